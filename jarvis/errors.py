@@ -1,0 +1,74 @@
+"""User-facing errors shared by every layer.
+
+Each class's docstring explains the problem and the fix; ``str(error)`` is one line that the CLI
+and UI print as is.  ``kind`` is a stable machine-readable name that the local API maps to its
+documented error codes (see :mod:`jarvis.ipc.jsonrpc`).  This module imports nothing from Jarvis.
+"""
+
+from __future__ import annotations
+
+
+class JarvisError(Exception):
+    """Base class of every error Jarvis reports to a user or a script."""
+
+    kind = "error"
+
+
+class Locked(JarvisError):
+    """The identity is locked: unlock it with the master password first (``jarvis unlock``)."""
+
+    kind = "locked"
+
+
+class NoIdentity(JarvisError):
+    """No identity exists in this data directory yet: create one with ``jarvis init --name NAME``."""
+
+    kind = "no_identity"
+
+
+class IdentityExists(JarvisError):
+    """An identity already exists in this data directory; use another ``--data-dir`` for a second one."""
+
+    kind = "identity_exists"
+
+
+class NotFound(JarvisError):
+    """The contact or message named does not exist; ``jarvis contacts`` lists the contacts."""
+
+    kind = "not_found"
+
+
+class Ambiguous(JarvisError):
+    """The name or uid prefix matches several contacts; give more characters of the uid."""
+
+    kind = "ambiguous"
+
+
+class TooLarge(JarvisError):
+    """The input is larger than Jarvis accepts (a message is at most 64 KiB of UTF-8)."""
+
+    kind = "too_large"
+
+
+class InvalidInput(JarvisError):
+    """An argument is malformed; the message names it and says what is expected."""
+
+    kind = "invalid"
+
+
+class DataDirError(JarvisError):
+    """The data directory cannot be used as it is; the message says why and how to fix it."""
+
+    kind = "data_dir"
+
+
+class AlreadyRunning(JarvisError):
+    """Another Jarvis daemon already uses this data directory: stop it first (``jarvis daemon stop``)."""
+
+    kind = "already_running"
+
+
+class DaemonNotRunning(JarvisError):
+    """No Jarvis daemon answers for this data directory: start one with ``jarvis daemon start``."""
+
+    kind = "not_running"
