@@ -1,0 +1,1026 @@
+"""The daemon's encrypted, crash-safe SQLite database and its thread.
+
+:class:`Store` is the reactor-side face: every public method returns a Deferred and only queues
+work.  All SQLite calls, and the sealing and opening of rows, run on one dedicated thread (a
+:class:`~twisted.python.threadpool.ThreadPool` of exactly one worker, started and stopped with
+the store) that owns the one connection, :class:`_Rows`.  Operations issued during the same
+reactor turn are flushed to that thread together and run in ONE transaction (each in its own
+savepoint, so one failing operation does not fail its neighbours); every caller's Deferred fires
+after the COMMIT returned, so a fired Deferred means "stored".
+
+What says something about the user is sealed with the injected row cipher, with associated data
+that names the row (table, column, row key), so a ciphertext moved to another row fails to open:
+message bodies, contact profiles (uid, name, alias, addresses, public key), the uid behind each
+conversation, setting names and values.  Contacts, conversations and settings are looked up by
+an HMAC-SHA256 blind index under ``index_key``.  Ids, states, timestamps and counters are clear.
+
+This module must not import the global reactor (it is passed in), must never run SQLite or the
+cipher on the reactor thread, and must never log plaintext or keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound
+from jarvis.store import schema
+from jarvis.store.records import (
+    OUTBOX_STATES,
+    Contact,
+    HistoryPage,
+    Message,
+    states_for,
+)
+
+#: At most this many queued operations go into one transaction.
+DEFAULT_MAX_BATCH = 1000
+#: The largest page :meth:`Store.history` returns.
+MAX_PAGE = 1000
+#: Format name and version written by :meth:`Store.dump`.
+DUMP_FORMAT = "jarvis-store-dump"
+DUMP_VERSION = 1
+
+_AD_DOMAIN = b"jarvis-store/1"
+
+
+class RowSealer(Protocol):
+    """What the store needs of a row cipher (:class:`jarvis.crypto.aead.RowCipher`)."""
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Encrypt and authenticate *plaintext*, binding *associated_data*."""
+        ...
+
+    def open(self, blob: bytes, associated_data: bytes) -> bytes:
+        """Check and decrypt *blob*; raise if it or *associated_data* does not match."""
+        ...
+
+
+class StoreClosed(Locked):
+    """The message store is closed, most likely because the identity was locked.
+
+    Unlock the identity again (``jarvis unlock``) and retry; nothing was written.
+    """
+
+    kind = "locked"
+
+    def __init__(self) -> None:
+        super().__init__("the message store is closed (the identity is locked): unlock and retry")
+
+
+class CorruptStore(JarvisError):
+    """The message database is damaged or is not a Jarvis database.
+
+    Restore the data directory from a backup, or import an account export into a new data
+    directory.  ``PRAGMA integrity_check`` (``Store.integrity_check()``) says more.
+    """
+
+    kind = "corrupt_store"
+
+
+class CorruptRow(CorruptStore):
+    """A row of the message database failed its integrity check and cannot be read.
+
+    It was modified on disk, copied from another row or written under another key.  Nothing in
+    it can be trusted.  Other rows are unaffected; restore from a backup or an export if this
+    repeats.
+    """
+
+    def __init__(self, table: str, column: str, row: str, cause: BaseException | None) -> None:
+        reason = f" ({type(cause).__name__})" if cause is not None else ""
+        super().__init__(
+            f"the {column} of {row} in the store's {table} table failed its integrity "
+            f"check{reason}: it was altered, moved from another row or sealed under another key"
+        )
+        self.table = table
+        self.column = column
+        self.row = row
+
+
+class WrongStoreKey(JarvisError):
+    """The message database was encrypted under another data key than the one given.
+
+    The key file and the database in the data directory do not belong together (a database
+    copied from another installation, or a key file restored from an older backup).  Put back
+    the matching key file, or move the database away and import an export.
+    """
+
+    kind = "wrong_store_key"
+
+
+class StoreNotEmpty(JarvisError):
+    """An export can only be loaded into an empty message store.
+
+    Import the export into a new data directory (``--data-dir``), or remove the existing data
+    directory first if it is no longer needed.
+    """
+
+    kind = "store_not_empty"
+
+
+class DuplicateMessage(JarvisError):
+    """A message with this id is already stored for this contact.
+
+    Message ids are 16 random bytes chosen when the message is written; a repeat means the same
+    message was submitted twice.  Nothing was written.
+    """
+
+    kind = "duplicate"
+
+
+def associated_data(table: str, column: str, *key: bytes) -> bytes:
+    """Return the associated data that binds a sealed value to its place in the database.
+
+    Length-prefixed parts, so no two different places give the same bytes.
+
+    :param table: the table name.
+    :param column: the column name.
+    :param key: the parts of the row key (blind index, message id...).
+    """
+    parts = (_AD_DOMAIN, table.encode(), column.encode(), *key)
+    return b"".join(len(part).to_bytes(2, "big") + part for part in parts)
+
+
+def blind_index(index_key: bytes, kind: str, value: str) -> bytes:
+    """Return the HMAC-SHA256 blind index of *value* (a uid, a setting name) under *index_key*.
+
+    :param index_key: the 32-byte index key.
+    :param kind: what *value* is (``"uid"``, ``"setting"``); different kinds never collide.
+    :param value: the plaintext to index.
+    """
+    data = kind.encode() + b"\x00" + value.encode()
+    return hmac.new(index_key, data, hashlib.sha256).digest()
+
+
+def _contact_to_json(contact: Contact) -> dict[str, Any]:
+    out = dataclasses.asdict(contact)
+    out["public_key"] = base64.b64encode(contact.public_key).decode("ascii")
+    out["addresses"] = list(contact.addresses)
+    return out
+
+
+def _contact_from_json(data: Any) -> Contact:
+    try:
+        fields = dict(data)
+        fields["public_key"] = base64.b64decode(fields["public_key"], validate=True)
+        fields["addresses"] = tuple(str(a) for a in fields["addresses"])
+        return Contact(**fields)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise InvalidInput(f"a contact in the dump is malformed ({type(exc).__name__})")
+
+
+def _message_from_json(data: Any) -> Message:
+    try:
+        message = Message(**dict(data))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"a message in the dump is malformed ({type(exc).__name__})")
+    if not isinstance(message.seq, int) or message.seq < 1:
+        raise InvalidInput(f"message {message.id} in the dump has no valid seq")
+    return message
+
+
+_MESSAGE_COLUMNS = "conversation, seq, id, direction, state, created, sent, delivered, read, body"
+_CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
+_TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
+
+
+class _Rows:
+    """The store's connection and everything done with it; used ONLY on the store's thread.
+
+    Each public method here is one operation; :meth:`run_batch` runs a list of them in one
+    transaction.
+    """
+
+    def __init__(self, path: str, cipher: RowSealer, index_key: bytes) -> None:
+        self._path = path
+        self._cipher = cipher
+        self._index_key = index_key
+        self._conn: sqlite3.Connection | None = None
+        # conversation blind index -> uid, filled as rows are read or written.
+        self._uids: dict[bytes, str] = {}
+        self.transactions = 0
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self) -> int:
+        """Open (creating if needed) and migrate the database; check the keys.
+
+        :returns: the schema version found (0 for a new database).
+        """
+        # SQLite gives the -wal and -shm files the mode of the database file: create that
+        # 0600 first (no process-wide umask change, which would race with other threads).
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.chmod(self._path + suffix, 0o600)
+            except FileNotFoundError:
+                pass
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise CorruptStore(f"the database refused WAL mode (journal mode {mode})")
+            # FULL: a commit is fsynced to the WAL before the Deferred fires, so an
+            # acknowledged write survives power loss, not only a killed process.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("PRAGMA secure_delete=ON")
+            found = schema.migrate(conn)
+            self._conn = conn
+            self._check_keys(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            self._conn = None
+            raise CorruptStore(f"the message database cannot be opened: {exc}")
+        except BaseException:
+            conn.close()
+            self._conn = None
+            raise
+        return found
+
+    def _check_keys(self, conn: sqlite3.Connection) -> None:
+        index_check = hmac.new(self._index_key, b"index check", hashlib.sha256).hexdigest()
+        ad = associated_data("meta", "key_check")
+        rows = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE '%_check'"))
+        if "key_check" not in rows:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('key_check', ?), ('index_check', ?)",
+                (self._cipher.seal(b"jarvis store key check", ad), index_check),
+            )
+            conn.execute("COMMIT")
+            return
+        try:
+            self._cipher.open(rows["key_check"], ad)
+        except Exception:
+            raise WrongStoreKey("the message database belongs to another data key")
+        if rows.get("index_check") != index_check:
+            raise WrongStoreKey("the message database belongs to another index key")
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL when the last one closes)."""
+        conn, self._conn = self._conn, None
+        self._uids.clear()
+        if conn is not None:
+            conn.close()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreClosed()
+        return self._conn
+
+    def run_batch(
+        self, ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]]
+    ) -> list[tuple[bool, Any]]:
+        """Run *ops* in one transaction, each write in its own savepoint.
+
+        :param ops: ``(method, args, writes)`` triples.
+        :returns: ``(True, value)`` or ``(False, exception)`` per op, after the COMMIT.
+        :raises Exception: if the transaction itself fails (then nothing was written).
+        """
+        conn = self.conn
+        writes = any(write for _, _, write in ops)
+        results: list[tuple[bool, Any]] = []
+        conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
+        try:
+            for method, args, write in ops:
+                if write:
+                    conn.execute("SAVEPOINT op")
+                try:
+                    value = method(*args)
+                except Exception as exc:
+                    if write:
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                    results.append((False, exc))
+                else:
+                    if write:
+                        conn.execute("RELEASE op")
+                    results.append((True, value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # Cached uids may name conversations whose creation was just rolled back.
+            self._uids.clear()
+            raise
+        if writes:
+            self.transactions += 1
+        return results
+
+    # -- sealing ----------------------------------------------------------------------------
+
+    def _seal(self, plaintext: bytes, table: str, column: str, *key: bytes) -> bytes:
+        return self._cipher.seal(plaintext, associated_data(table, column, *key))
+
+    def _open(self, blob: bytes, table: str, column: str, row: str, *key: bytes) -> bytes:
+        try:
+            return self._cipher.open(bytes(blob), associated_data(table, column, *key))
+        except Exception as exc:
+            raise CorruptRow(table, column, row, exc) from exc
+
+    def _index(self, uid: str) -> bytes:
+        if not isinstance(uid, str) or not uid:
+            raise InvalidInput("a contact uid is a non-empty string")
+        return blind_index(self._index_key, "uid", uid)
+
+    # -- conversations ----------------------------------------------------------------------
+
+    def _uid_of(self, conversation: bytes) -> str:
+        uid = self._uids.get(conversation)
+        if uid is None:
+            row = self.conn.execute(
+                "SELECT uid FROM conversations WHERE conversation = ?", (conversation,)
+            ).fetchone()
+            if row is None:
+                raise CorruptStore("a message belongs to no conversation")
+            uid = self._open(
+                row[0], "conversations", "uid", "a conversation", conversation
+            ).decode()
+            self._uids[conversation] = uid
+        return uid
+
+    def _ensure_conversation(self, conversation: bytes, uid: str) -> int:
+        """Create the conversation row if missing; return its next seq."""
+        row = self.conn.execute(
+            "SELECT next_seq FROM conversations WHERE conversation = ?", (conversation,)
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        sealed = self._seal(uid.encode(), "conversations", "uid", conversation)
+        self.conn.execute(
+            "INSERT INTO conversations (conversation, uid, next_seq) VALUES (?, ?, 1)",
+            (conversation, sealed),
+        )
+        self._uids[conversation] = uid
+        return 1
+
+    def _take_seq(self, conversation: bytes, uid: str, created: float) -> int:
+        seq = self._ensure_conversation(conversation, uid)
+        self.conn.execute(
+            "UPDATE conversations SET next_seq = ?, "
+            "last_activity = max(coalesce(last_activity, ?), ?) WHERE conversation = ?",
+            (seq + 1, created, created, conversation),
+        )
+        return seq
+
+    # -- contacts ---------------------------------------------------------------------------
+
+    def _contact_from_row(self, row: Sequence[Any]) -> Contact:
+        uid_index, profile, verified, blocked, muted, read_receipts, added_at = row
+        data = json.loads(self._open(profile, "contacts", "profile", "a contact", uid_index))
+        return Contact(
+            uid=data["uid"],
+            public_key=base64.b64decode(data["public_key"]),
+            name=data["name"],
+            addresses=tuple(data["addresses"]),
+            alias=data["alias"],
+            verified=bool(verified),
+            blocked=bool(blocked),
+            muted=bool(muted),
+            read_receipts=bool(read_receipts),
+            added_at=float(added_at),
+        )
+
+    def put_contact(self, contact: Contact) -> None:
+        uid_index = self._index(contact.uid)
+        profile = json.dumps(
+            {
+                "uid": contact.uid,
+                "public_key": base64.b64encode(bytes(contact.public_key)).decode("ascii"),
+                "name": contact.name,
+                "alias": contact.alias,
+                "addresses": list(contact.addresses),
+            }
+        ).encode()
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO contacts ({_CONTACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                uid_index,
+                self._seal(profile, "contacts", "profile", uid_index),
+                int(contact.verified),
+                int(contact.blocked),
+                int(contact.muted),
+                int(contact.read_receipts),
+                float(contact.added_at),
+            ),
+        )
+
+    def get_contact(self, uid: str) -> Contact | None:
+        row = self.conn.execute(
+            f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE uid_index = ?", (self._index(uid),)
+        ).fetchone()
+        return None if row is None else self._contact_from_row(row)
+
+    def list_contacts(self) -> list[Contact]:
+        rows = self.conn.execute(f"SELECT {_CONTACT_COLUMNS} FROM contacts").fetchall()
+        contacts = [self._contact_from_row(row) for row in rows]
+        contacts.sort(key=lambda c: ((c.alias or c.name).casefold(), c.uid))
+        return contacts
+
+    def remove_contact(self, uid: str, with_history: bool) -> bool:
+        conversation = self._index(uid)
+        removed = self.conn.execute(
+            "DELETE FROM contacts WHERE uid_index = ?", (conversation,)
+        ).rowcount
+        if with_history:
+            self.conn.execute("DELETE FROM outbox WHERE conversation = ?", (conversation,))
+            self.conn.execute("DELETE FROM messages WHERE conversation = ?", (conversation,))
+            self.conn.execute("DELETE FROM conversations WHERE conversation = ?", (conversation,))
+            self._uids.pop(conversation, None)
+        return removed > 0
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _message_from_row(self, row: Sequence[Any]) -> Message:
+        conversation, seq, mid, direction, state, created, sent, delivered, read, body = row
+        text = self._open(body, "messages", "body", f"message {mid}", conversation, mid.encode())
+        return Message(
+            id=mid,
+            contact=self._uid_of(conversation),
+            direction=direction,
+            body=text.decode(),
+            state=state,
+            created=created,
+            sent=sent,
+            delivered=delivered,
+            read=read,
+            seq=seq,
+        )
+
+    def _exists(self, conversation: bytes, mid: str) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM messages WHERE conversation = ? AND id = ?", (conversation, mid)
+        ).fetchone()
+        return row is not None
+
+    def _insert_message(self, message: Message, conversation: bytes, seq: int) -> None:
+        body = self._seal(
+            message.body.encode(), "messages", "body", conversation, message.id.encode()
+        )
+        rowid = self.conn.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                conversation,
+                seq,
+                message.id,
+                message.direction,
+                message.state,
+                message.created,
+                message.sent,
+                message.delivered,
+                message.read,
+                body,
+            ),
+        ).lastrowid
+        if message.direction == "out" and message.state in OUTBOX_STATES:
+            self.conn.execute(
+                "INSERT INTO outbox (message, conversation, seq) VALUES (?, ?, ?)",
+                (rowid, conversation, seq),
+            )
+
+    def add_outgoing(self, message: Message) -> Message:
+        if message.direction != "out":
+            raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
+        conversation = self._index(message.contact)
+        if self._exists(conversation, message.id):
+            raise DuplicateMessage(f"message {message.id} is already stored")
+        seq = self._take_seq(conversation, message.contact, message.created)
+        self._insert_message(message, conversation, seq)
+        return dataclasses.replace(message, seq=seq)
+
+    def add_incoming(self, message: Message) -> bool:
+        if message.direction != "in":
+            raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
+        conversation = self._index(message.contact)
+        if self._exists(conversation, message.id):
+            return False
+        seq = self._take_seq(conversation, message.contact, message.created)
+        self._insert_message(message, conversation, seq)
+        return True
+
+    def update_state(self, mid: str, state: str, at: float) -> Message | None:
+        if state not in ("queued", "sent", "delivered", "read", "received"):
+            raise InvalidInput(f"{state!r} is not a message state")
+        rows = self.conn.execute(
+            "SELECT rowid, direction, state FROM messages WHERE id = ? ORDER BY rowid", (mid,)
+        ).fetchall()
+        for rowid, direction, current in rows:
+            order = states_for(direction)
+            if state not in order or order.index(state) <= order.index(current):
+                continue
+            column = _TIME_COLUMN[state]  # rank > 0, so never 'queued' or 'received'
+            self.conn.execute(
+                f"UPDATE messages SET state = ?, {column} = ? WHERE rowid = ?", (state, at, rowid)
+            )
+            if state in ("delivered", "read"):
+                self.conn.execute("DELETE FROM outbox WHERE message = ?", (rowid,))
+            row = self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE rowid = ?", (rowid,)
+            ).fetchone()
+            return self._message_from_row(row)
+        return None
+
+    def get_message(self, mid: str) -> Message | None:
+        row = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? ORDER BY rowid LIMIT 1", (mid,)
+        ).fetchone()
+        return None if row is None else self._message_from_row(row)
+
+    def outbox(self, uid: str) -> list[Message]:
+        columns = ", ".join(f"m.{c.strip()}" for c in _MESSAGE_COLUMNS.split(","))
+        rows = self.conn.execute(
+            f"SELECT {columns} FROM outbox o JOIN messages m ON m.rowid = o.message "
+            "WHERE o.conversation = ? ORDER BY o.seq",
+            (self._index(uid),),
+        ).fetchall()
+        return [self._message_from_row(row) for row in rows]
+
+    def history(self, uid: str, limit: int, before: int | None) -> HistoryPage:
+        conversation = self._index(uid)
+        if before is None:
+            rows = self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (conversation, limit + 1),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND seq < ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (conversation, before, limit + 1),
+            ).fetchall()
+        messages = tuple(self._message_from_row(row) for row in rows[:limit])
+        more = len(rows) > limit
+        return HistoryPage(messages, str(messages[-1].seq) if more else None)
+
+    def unread_counts(self) -> dict[str, int]:
+        rows = self.conn.execute(
+            "SELECT conversation, count(*) FROM messages "
+            "WHERE direction = 'in' AND state = 'received' GROUP BY conversation"
+        ).fetchall()
+        return {self._uid_of(conversation): count for conversation, count in rows}
+
+    def mark_read(self, uid: str, up_to: str | None, at: float) -> list[str]:
+        conversation = self._index(uid)
+        query = (
+            "SELECT rowid, id FROM messages "
+            "WHERE conversation = ? AND direction = 'in' AND state = 'received'"
+        )
+        params: tuple[Any, ...] = (conversation,)
+        if up_to is not None:
+            row = self.conn.execute(
+                "SELECT seq FROM messages WHERE conversation = ? AND id = ?",
+                (conversation, up_to),
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"message {up_to} is not in this conversation")
+            query += " AND seq <= ?"
+            params += (row[0],)
+        rows = self.conn.execute(query + " ORDER BY seq", params).fetchall()
+        self.conn.executemany(
+            "UPDATE messages SET state = 'read', read = ? WHERE rowid = ?",
+            [(at, rowid) for rowid, _ in rows],
+        )
+        return [mid for _, mid in rows]
+
+    def last_activity(self) -> dict[str, float]:
+        rows = self.conn.execute(
+            "SELECT conversation, last_activity FROM conversations WHERE last_activity IS NOT NULL"
+        ).fetchall()
+        return {self._uid_of(conversation): when for conversation, when in rows}
+
+    # -- markers and settings ---------------------------------------------------------------
+
+    def set_marker(self, uid: str, mid: str | None) -> None:
+        conversation = self._index(uid)
+        self._ensure_conversation(conversation, uid)
+        self.conn.execute(
+            "UPDATE conversations SET marker = ? WHERE conversation = ?", (mid, conversation)
+        )
+
+    def get_marker(self, uid: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT marker FROM conversations WHERE conversation = ?", (self._index(uid),)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def set_setting(self, key: str, value: str) -> None:
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            raise InvalidInput("a setting is a non-empty name and a string value")
+        key_index = blind_index(self._index_key, "setting", key)
+        self.conn.execute(
+            "INSERT OR REPLACE INTO settings (key_index, name, value) VALUES (?, ?, ?)",
+            (
+                key_index,
+                self._seal(key.encode(), "settings", "name", key_index),
+                self._seal(value.encode(), "settings", "value", key_index),
+            ),
+        )
+
+    def get_setting(self, key: str) -> str | None:
+        key_index = blind_index(self._index_key, "setting", key)
+        row = self.conn.execute(
+            "SELECT value FROM settings WHERE key_index = ?", (key_index,)
+        ).fetchone()
+        if row is None:
+            return None
+        return self._open(row[0], "settings", "value", "a setting", key_index).decode()
+
+    # -- export -----------------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        conn = self.conn
+        contacts = [_contact_to_json(c) for c in self.list_contacts()]
+        messages = [
+            dataclasses.asdict(self._message_from_row(row))
+            for row in conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY conversation, seq"
+            )
+        ]
+        markers = {
+            self._uid_of(conversation): marker
+            for conversation, marker in conn.execute(
+                "SELECT conversation, marker FROM conversations WHERE marker IS NOT NULL"
+            ).fetchall()
+        }
+        settings = {}
+        for key_index, name, value in conn.execute("SELECT key_index, name, value FROM settings"):
+            key = self._open(name, "settings", "name", "a setting", key_index).decode()
+            settings[key] = self._open(value, "settings", "value", "a setting", key_index).decode()
+        return {
+            "format": DUMP_FORMAT,
+            "version": DUMP_VERSION,
+            "contacts": contacts,
+            "messages": messages,
+            "markers": markers,
+            "settings": settings,
+        }
+
+    def load(self, dump: dict[str, Any]) -> None:
+        conn = self.conn
+        for table in ("contacts", "conversations", "messages", "settings"):
+            if conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                raise StoreNotEmpty("the message store is not empty: load an export into a new one")
+        if not isinstance(dump, dict) or dump.get("format") != DUMP_FORMAT:
+            raise InvalidInput("this is not a Jarvis store dump")
+        if dump.get("version") != DUMP_VERSION:
+            raise InvalidInput(f"store dump version {dump.get('version')!r} is not supported")
+        for item in dump.get("contacts", []):
+            self.put_contact(_contact_from_json(item))
+        last: dict[bytes, tuple[int, float]] = {}
+        for item in dump.get("messages", []):
+            message = _message_from_json(item)
+            conversation = self._index(message.contact)
+            self._ensure_conversation(conversation, message.contact)
+            if self._exists(conversation, message.id):
+                raise InvalidInput(f"message {message.id} appears twice in the dump")
+            try:
+                self._insert_message(message, conversation, message.seq)
+            except sqlite3.IntegrityError:
+                raise InvalidInput(f"message {message.id} in the dump repeats a seq")
+            seq, when = last.get(conversation, (0, message.created))
+            last[conversation] = (max(seq, message.seq), max(when, message.created))
+        for conversation, (seq, when) in last.items():
+            conn.execute(
+                "UPDATE conversations SET next_seq = ?, last_activity = ? WHERE conversation = ?",
+                (seq + 1, when, conversation),
+            )
+        markers = dump.get("markers", {})
+        settings = dump.get("settings", {})
+        if not isinstance(markers, dict) or not isinstance(settings, dict):
+            raise InvalidInput("the markers and settings of a store dump are objects")
+        for uid, mid in markers.items():
+            self.set_marker(uid, mid)
+        for key, value in settings.items():
+            self.set_setting(key, value)
+
+    def integrity_check(self) -> list[str]:
+        return schema.integrity_check(self.conn)
+
+
+class Store:
+    """The encrypted message store; every method returns a Deferred (see the module docstring).
+
+    Do not construct it directly: use :meth:`Store.open`, and :meth:`close` it when the
+    identity is locked.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, pool: ThreadPool, rows: _Rows, max_batch: int) -> None:
+        """Use :meth:`Store.open`."""
+        self._reactor = reactor
+        self._pool = pool
+        self._rows = rows
+        self._max_batch = max_batch
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], bool, Deferred[Any]]] = []
+        self._flush_scheduled = False
+        self._in_flight = False
+        self._closed = False
+        self._idle_waiters: list[Deferred[None]] = []
+        self._close_waiters: list[Deferred[None]] | None = None
+        self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self.close)
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        reactor: Any,
+        cipher: RowSealer,
+        index_key: bytes,
+        max_batch: int = DEFAULT_MAX_BATCH,
+    ) -> Deferred[Store]:
+        """Open the database at *path*, creating and migrating it as needed.
+
+        :param path: the database file (in the data directory; created 0600).
+        :param reactor: the reactor (``IReactorCore``, ``IReactorThreads``, ``IReactorTime``).
+        :param cipher: seals and opens rows (:class:`jarvis.crypto.aead.RowCipher`).
+        :param index_key: the 32-byte HMAC key of the blind indexes.
+        :param max_batch: the most operations one transaction takes.
+        :returns: a Deferred firing with the open :class:`Store`; it fails with
+            :class:`WrongStoreKey` if the database was made under other keys,
+            :class:`~jarvis.store.schema.SchemaTooNew` if a newer Jarvis wrote it, or
+            :class:`CorruptStore` if it is not a readable SQLite database.
+        """
+        if not isinstance(index_key, bytes) or len(index_key) != 32:
+            return fail(ValueError("the store's index key is 32 bytes"))
+        pool = ThreadPool(1, 1, name="jarvis-store")
+        pool.start()
+        rows = _Rows(path, cipher, index_key)
+        d = deferToThreadPool(reactor, pool, rows.connect)
+
+        def opened(found: int) -> Store:
+            cls.log.info(
+                "store opened: {path} (schema {found} -> {version})",
+                path=path,
+                found=found,
+                version=schema.SCHEMA_VERSION,
+            )
+            return cls(reactor, pool, rows, max_batch)
+
+        def failed(failure: Failure) -> Failure:
+            pool.stop()
+            return failure
+
+        return d.addCallbacks(opened, failed)
+
+    # -- the queue --------------------------------------------------------------------------
+
+    def _submit(self, method: Callable[..., Any], *args: Any, write: bool) -> Deferred[Any]:
+        if self._closed:
+            return fail(StoreClosed())
+        d: Deferred[Any] = Deferred()
+        self._pending.append((method, args, write, d))
+        if not self._flush_scheduled and not self._in_flight:
+            self._flush_scheduled = True
+            self._reactor.callLater(0, self._flush)
+        return d
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._in_flight or not self._pending:
+            return
+        batch = self._pending[: self._max_batch]
+        del self._pending[: self._max_batch]
+        self._in_flight = True
+        ops = [(method, args, write) for method, args, write, _ in batch]
+        d = deferToThreadPool(self._reactor, self._pool, self._rows.run_batch, ops)
+        d.addBoth(self._batch_done, batch)
+
+    def _batch_done(self, result: Any, batch: list[Any]) -> None:
+        self._in_flight = False
+        if isinstance(result, Failure):
+            self.log.failure(
+                "store transaction of {count} operations failed", result, count=len(batch)
+            )
+            for *_, d in batch:
+                d.errback(result)
+        else:
+            for (ok, value), (*_, d) in zip(result, batch, strict=True):
+                if ok:
+                    d.callback(value)
+                else:
+                    d.errback(Failure(value))
+        if self._pending:
+            if not self._flush_scheduled and not self._in_flight:
+                self._flush_scheduled = True
+                self._reactor.callLater(0, self._flush)
+        elif not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def pool_stats(self) -> dict[str, int]:
+        """Return the figures of the store's thread for the daemon status (synchronous).
+
+        :returns: ``size`` (threads, always 1), ``busy`` (threads working), ``queued``
+            (operations waiting for the thread) and ``transactions`` (write transactions
+            committed since the store opened).
+        """
+        queued = len(self._pending) + self._pool.q.qsize()
+        return {
+            "size": self._pool.max,
+            "busy": len(self._pool.working),
+            "queued": queued,
+            "transactions": self._rows.transactions,
+        }
+
+    def close(self) -> Deferred[None]:
+        """Finish the queued operations, close the connection and stop the thread.
+
+        Operations issued after this call fail with :class:`StoreClosed`.  Idempotent.
+
+        :returns: a Deferred firing once the database file is closed.
+        """
+        done: Deferred[None] = Deferred()
+        if self._close_waiters is not None:
+            self._close_waiters.append(done)
+            return done
+        self._close_waiters = [done]
+        self._closed = True
+        try:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+        except (ValueError, KeyError):
+            pass  # we are that trigger, running now
+        idle: Deferred[None] = Deferred()
+        if self._in_flight or self._pending:
+            self._idle_waiters.append(idle)
+        else:
+            idle.callback(None)
+        idle.addCallback(lambda _: deferToThreadPool(self._reactor, self._pool, self._rows.close))
+
+        def stopped(result: Any) -> None:
+            self._pool.stop()
+            self.log.info("store closed")
+            waiters, self._close_waiters = self._close_waiters or [], []
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+
+        idle.addBoth(stopped)
+        return done
+
+    # -- contacts ---------------------------------------------------------------------------
+
+    def put_contact(self, contact: Contact) -> Deferred[None]:
+        """Insert *contact*, or replace the stored contact with the same uid.
+
+        :returns: a Deferred firing with None once stored.
+        """
+        return self._submit(self._rows.put_contact, contact, write=True)
+
+    def get_contact(self, uid: str) -> Deferred[Contact | None]:
+        """:returns: a Deferred firing with the contact whose uid is *uid*, or None."""
+        return self._submit(self._rows.get_contact, uid, write=False)
+
+    def list_contacts(self) -> Deferred[list[Contact]]:
+        """:returns: a Deferred firing with every contact, sorted by alias or name."""
+        return self._submit(self._rows.list_contacts, write=False)
+
+    def remove_contact(self, uid: str, *, with_history: bool) -> Deferred[bool]:
+        """Remove a contact, and with *with_history* its messages, outbox and marker.
+
+        Without *with_history* the conversation stays readable by uid.
+
+        :returns: a Deferred firing with whether a contact was removed.
+        """
+        return self._submit(self._rows.remove_contact, uid, with_history, write=True)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def add_outgoing(self, message: Message) -> Deferred[Message]:
+        """Store an outgoing message and (if queued or sent) its outbox entry, atomically.
+
+        :returns: a Deferred firing with *message* carrying its assigned ``seq``; it fails with
+            :class:`DuplicateMessage` if the id is already stored for this contact, or
+            :class:`~jarvis.errors.InvalidInput` if the message is not outgoing.
+        """
+        return self._submit(self._rows.add_outgoing, message, write=True)
+
+    def add_incoming(self, message: Message) -> Deferred[bool]:
+        """Store an incoming message unless its id is already stored for its contact.
+
+        :returns: a Deferred firing with True if stored, False if it was a duplicate.
+        """
+        return self._submit(self._rows.add_incoming, message, write=True)
+
+    def update_state(self, message_id: str, state: str, at: float) -> Deferred[Message | None]:
+        """Advance a message's state and set the matching timestamp (``sent``, ``delivered``
+        or ``read``) to *at*.  A delivered or read outgoing message leaves the outbox.  States
+        never move backwards.
+
+        :returns: a Deferred firing with the updated message, or None if the message is
+            unknown or the state would not advance.
+        :raises InvalidInput: (in the Deferred) if *state* is no message state.
+        """
+        return self._submit(self._rows.update_state, message_id, state, at, write=True)
+
+    def get_message(self, message_id: str) -> Deferred[Message | None]:
+        """:returns: a Deferred firing with the message with this id, or None.
+
+        :raises CorruptRow: (in the Deferred) if the stored row does not open.
+        """
+        return self._submit(self._rows.get_message, message_id, write=False)
+
+    def outbox(self, uid: str) -> Deferred[list[Message]]:
+        """:returns: a Deferred firing with the undelivered outgoing messages to *uid*,
+        oldest first."""
+        return self._submit(self._rows.outbox, uid, write=False)
+
+    def history(
+        self, uid: str, *, limit: int = 50, before: str | None = None
+    ) -> Deferred[HistoryPage]:
+        """Return a page of the conversation with *uid*, newest message first.
+
+        :param limit: the most messages in the page (1 to :data:`MAX_PAGE`).
+        :param before: the ``next_cursor`` of the previous page, or None for the newest page.
+        :returns: a Deferred firing with a :class:`~jarvis.store.records.HistoryPage`.
+        :raises InvalidInput: (in the Deferred) for a bad limit or cursor.
+        """
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            return fail(InvalidInput(f"a history page holds 1 to {MAX_PAGE} messages"))
+        cursor: int | None = None
+        if before is not None:
+            try:
+                cursor = int(before)
+            except (TypeError, ValueError):
+                return fail(InvalidInput("the history cursor is not one this store returned"))
+        return self._submit(self._rows.history, uid, limit, cursor, write=False)
+
+    def unread_counts(self) -> Deferred[dict[str, int]]:
+        """:returns: a Deferred firing with uid -> number of incoming messages not read
+        (conversations with none are left out)."""
+        return self._submit(self._rows.unread_counts, write=False)
+
+    def mark_read(self, uid: str, *, up_to: str | None = None, at: float) -> Deferred[list[str]]:
+        """Mark incoming messages from *uid* read, all of them or up to message *up_to*.
+
+        :returns: a Deferred firing with the ids newly marked read, oldest first.
+        :raises NotFound: (in the Deferred) if *up_to* is not in this conversation.
+        """
+        return self._submit(self._rows.mark_read, uid, up_to, at, write=True)
+
+    def last_activity(self) -> Deferred[dict[str, float]]:
+        """:returns: a Deferred firing with uid -> the newest message's ``created`` time."""
+        return self._submit(self._rows.last_activity, write=False)
+
+    # -- marker, settings, export -----------------------------------------------------------
+
+    def set_marker(self, uid: str, message_id: str | None) -> Deferred[None]:
+        """Set (or with None clear) the "new messages" marker of the conversation with *uid*."""
+        return self._submit(self._rows.set_marker, uid, message_id, write=True)
+
+    def get_marker(self, uid: str) -> Deferred[str | None]:
+        """:returns: a Deferred firing with the marker's message id, or None."""
+        return self._submit(self._rows.get_marker, uid, write=False)
+
+    def set_setting(self, key: str, value: str) -> Deferred[None]:
+        """Store the setting *key* (name and value are both encrypted)."""
+        return self._submit(self._rows.set_setting, key, value, write=True)
+
+    def get_setting(self, key: str) -> Deferred[str | None]:
+        """:returns: a Deferred firing with the value of setting *key*, or None."""
+        return self._submit(self._rows.get_setting, key, write=False)
+
+    def dump(self) -> Deferred[dict[str, Any]]:
+        """Return everything in the store as a JSON-able dict of PLAINTEXT (for an export,
+        which the caller seals at once; never write it to disk as is).
+
+        :returns: a Deferred firing with ``format``, ``version``, ``contacts``, ``messages``,
+            ``markers`` and ``settings``.
+        """
+        return self._submit(self._rows.dump, write=False)
+
+    def load(self, dump: dict[str, Any]) -> Deferred[None]:
+        """Load a :meth:`dump` into this store, all or nothing.
+
+        :returns: a Deferred firing with None once loaded; it fails with
+            :class:`StoreNotEmpty` if the store holds anything, or
+            :class:`~jarvis.errors.InvalidInput` if the dump is malformed.
+        """
+        return self._submit(self._rows.load, dump, write=True)
+
+    def integrity_check(self) -> Deferred[list[str]]:
+        """:returns: a Deferred firing with ``["ok"]``, or one line per problem found by
+        ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check``."""
+        return self._submit(self._rows.integrity_check, write=False)

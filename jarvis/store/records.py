@@ -1,0 +1,119 @@
+"""The values the store takes and returns: contacts, messages and pages of history.
+
+These are plain frozen dataclasses with light validation of their closed vocabularies
+(direction, state).  They carry plaintext: the store encrypts them on the way in and decrypts
+them on the way out.  This module must not touch SQLite, the cipher or the reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jarvis.errors import InvalidInput
+
+#: The states of an outgoing message, in the only order they may advance.
+OUTGOING_STATES: tuple[str, ...] = ("queued", "sent", "delivered", "read")
+#: The states of an incoming message, in the only order they may advance.
+INCOMING_STATES: tuple[str, ...] = ("received", "read")
+#: Outgoing states in which a message still waits in the outbox (not yet delivered).
+OUTBOX_STATES: frozenset[str] = frozenset({"queued", "sent"})
+#: The two directions of a message.
+DIRECTIONS: tuple[str, ...] = ("in", "out")
+
+
+def states_for(direction: str) -> tuple[str, ...]:
+    """Return the states a message of *direction* may take, in the order they advance.
+
+    :param direction: ``"in"`` or ``"out"``.
+    :returns: :data:`INCOMING_STATES` or :data:`OUTGOING_STATES`.
+    :raises InvalidInput: if *direction* is neither.
+    """
+    if direction == "out":
+        return OUTGOING_STATES
+    if direction == "in":
+        return INCOMING_STATES
+    raise InvalidInput(f"a message direction is 'in' or 'out', not {direction!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Contact:
+    """A contact as the store keeps it.
+
+    :param uid: the contact's identity uid (the key of the record).
+    :param public_key: the contact's identity public key.
+    :param name: the name the contact gave in their card.
+    :param addresses: where to dial the contact (``host:port`` strings or similar).
+    :param alias: the local user's own name for the contact, if any.
+    :param verified: whether the safety code was compared out of band.
+    :param blocked: whether messages from the contact are refused.
+    :param muted: whether notifications for the contact are silenced.
+    :param read_receipts: whether read receipts are sent to the contact.
+    :param added_at: when the contact was added (seconds since the epoch).
+    """
+
+    uid: str
+    public_key: bytes
+    name: str
+    addresses: tuple[str, ...]
+    alias: str | None = None
+    verified: bool = False
+    blocked: bool = False
+    muted: bool = False
+    read_receipts: bool = True
+    added_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.uid, str) or not self.uid:
+            raise InvalidInput("a contact's uid is a non-empty string")
+        if not isinstance(self.addresses, tuple):
+            raise InvalidInput("a contact's addresses are a tuple of strings")
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One message of a conversation.
+
+    :param id: the message id (hex of 16 random bytes, chosen by the sender).
+    :param contact: the uid of the contact the conversation is with.
+    :param direction: ``"in"`` (received) or ``"out"`` (sent by the local user).
+    :param body: the text of the message.
+    :param state: one of :data:`OUTGOING_STATES` or :data:`INCOMING_STATES` per *direction*.
+    :param created: when the message was written (outgoing) or received (incoming).
+    :param sent: when it left this node (outgoing), if it did.
+    :param delivered: when the peer acknowledged it (outgoing), if it did.
+    :param read: when it was read (by the peer for outgoing, locally for incoming).
+    :param seq: its position in the conversation, assigned by the store (0 until stored).
+    """
+
+    id: str
+    contact: str
+    direction: str
+    body: str
+    state: str
+    created: float
+    sent: float | None = None
+    delivered: float | None = None
+    read: float | None = None
+    seq: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= 128:
+            raise InvalidInput("a message id is a string of 1 to 128 characters")
+        if not isinstance(self.contact, str) or not self.contact:
+            raise InvalidInput("a message's contact is a non-empty uid")
+        if self.state not in states_for(self.direction):
+            kind = "outgoing" if self.direction == "out" else "incoming"
+            raise InvalidInput(f"{self.state!r} is not a state of an {kind} message")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryPage:
+    """A page of a conversation's history, newest message first.
+
+    :param messages: the messages of the page, newest first.
+    :param next_cursor: pass it as ``before`` to get the next (older) page; ``None`` when
+        there are no older messages.
+    """
+
+    messages: tuple[Message, ...]
+    next_cursor: str | None

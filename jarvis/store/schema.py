@@ -1,0 +1,162 @@
+"""The store's SQLite schema: tables, indexes, forward migrations and the integrity check.
+
+The schema version lives in the ``meta`` table (key ``schema_version``).  :data:`MIGRATIONS` is
+a list of functions; migration ``n`` (0-based) takes a database from version ``n`` to ``n + 1``
+and runs inside the transaction that also records the new version, so a crash mid-migration
+leaves the previous version intact.  Migrations only ever go forward: a database written by a
+newer Jarvis is refused (:class:`SchemaTooNew`), never downgraded.
+
+Every function here runs on the store's own thread with its connection; this module must not
+import the reactor, encrypt or decrypt anything, or know about the record types.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+from jarvis.errors import JarvisError
+
+
+class SchemaTooNew(JarvisError):
+    """The database was written by a newer version of Jarvis than the one running.
+
+    Jarvis never downgrades a database (it could lose data it does not understand).  Update
+    Jarvis to the version that wrote the data directory, or restore an export into a new one.
+    """
+
+    kind = "schema_too_new"
+
+    def __init__(self, found: int, known: int) -> None:
+        super().__init__(
+            f"the database has schema version {found} but this Jarvis knows only up to "
+            f"{known}: update Jarvis"
+        )
+        self.found = found
+        self.known = known
+
+
+# Version 1: contacts, conversations, messages, outbox, settings.  (executescript() would
+# commit the migration's transaction half-way, so statements run one by one.)
+_V1 = (
+    # uid_index: HMAC-SHA256 blind index of the uid; profile: sealed JSON of uid, name, alias,
+    # addresses and public key.  Flags and the time added are clear.
+    """CREATE TABLE contacts (
+        uid_index BLOB PRIMARY KEY,
+        profile BLOB NOT NULL,
+        verified INTEGER NOT NULL,
+        blocked INTEGER NOT NULL,
+        muted INTEGER NOT NULL,
+        read_receipts INTEGER NOT NULL,
+        added_at REAL NOT NULL
+    ) WITHOUT ROWID""",
+    # One row per conversation that ever had a message or a marker.  conversation is the
+    # contact's blind index, uid the sealed uid (so a history outlives its removed contact).
+    """CREATE TABLE conversations (
+        conversation BLOB PRIMARY KEY,
+        uid BLOB NOT NULL,
+        next_seq INTEGER NOT NULL,
+        last_activity REAL,
+        marker TEXT
+    ) WITHOUT ROWID""",
+    # body is sealed; everything else is an id, a state, a time or a counter.
+    """CREATE TABLE messages (
+        rowid INTEGER PRIMARY KEY,
+        conversation BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        sent REAL,
+        delivered REAL,
+        read REAL,
+        body BLOB NOT NULL,
+        UNIQUE (conversation, seq),
+        UNIQUE (conversation, id)
+    )""",
+    "CREATE INDEX messages_by_id ON messages (id)",
+    """CREATE INDEX messages_unread ON messages (conversation)
+        WHERE direction = 'in' AND state = 'received'""",
+    # Outgoing messages not yet delivered, in conversation order.
+    """CREATE TABLE outbox (
+        message INTEGER PRIMARY KEY REFERENCES messages (rowid) ON DELETE CASCADE,
+        conversation BLOB NOT NULL,
+        seq INTEGER NOT NULL
+    )""",
+    "CREATE INDEX outbox_by_conversation ON outbox (conversation, seq)",
+    # key_index: blind index of the setting's name; name and value are sealed.
+    """CREATE TABLE settings (
+        key_index BLOB PRIMARY KEY,
+        name BLOB NOT NULL,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    """Version 1: contacts, conversations, messages, outbox, settings."""
+    for statement in _V1:
+        conn.execute(statement)
+
+
+#: The forward migrations; the schema version of a database is how many of them it has run.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1]
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """Return the schema version recorded in *conn*'s ``meta`` table (0 for a new database).
+
+    :param conn: a connection in autocommit mode (``isolation_level=None``).
+    """
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return 0
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring *conn*'s database up to :data:`SCHEMA_VERSION`, one transaction per migration.
+
+    :param conn: a connection in autocommit mode (``isolation_level=None``).
+    :returns: the schema version found before migrating (0 for a new database).
+    :raises SchemaTooNew: if the database is newer than this code.
+    """
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise SchemaTooNew(found, SCHEMA_VERSION)
+    for version in range(found, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID"
+            )
+            MIGRATIONS[version](conn)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(version + 1),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def integrity_check(conn: sqlite3.Connection) -> list[str]:
+    """Run ``PRAGMA integrity_check`` and ``PRAGMA foreign_key_check``.
+
+    :param conn: an open connection.
+    :returns: ``["ok"]`` when the database is sound, else one line per problem found.
+    """
+    problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
+    problems = [] if problems == ["ok"] else problems
+    for table, rowid, parent, _ in conn.execute("PRAGMA foreign_key_check"):
+        problems.append(f"foreign key: {table} row {rowid} refers to a missing {parent} row")
+    return problems or ["ok"]
