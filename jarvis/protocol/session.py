@@ -1,0 +1,816 @@
+"""The sans-IO peer session: handshake, sealed messages, acks, keepalive and closing.
+
+One :class:`PeerSession` lives for one TLS connection.  ``jarvis.net`` feeds it
+(:meth:`~PeerSession.connection_made`, :meth:`~PeerSession.data_received`,
+:meth:`~PeerSession.connection_lost`) and gives it two callables to write bytes and to drop the
+connection; ``jarvis.core`` drives it (:meth:`~PeerSession.send_message`, acks, reads,
+:meth:`~PeerSession.close`) and hears back through a :class:`SessionObserver`.
+
+The lifecycle is an Automat machine whose table lists what every state does with every input,
+late inputs after the close included (see ``docs/protocol.md``, "Session state machine")::
+
+    connecting --connection_made--> handshaking --valid Hello--> established
+        |                               |                            |
+        +------ close / timeout / bad input / peer Goodbye ----------+--> closing
+        +------------------------ connection_lost -------------------+--> closed
+                                                           closing --connection_lost--> closed
+
+``session_closed`` is reported exactly once, when the session leaves the first three states.
+
+This module must not do I/O itself, read the wall clock or import ``twisted.internet.reactor``,
+``twisted.internet.protocol`` or ``urwid``: time comes from the injected ``IReactorTime``.  It
+never logs message bodies, keys or signatures: only uids, lengths, counters and reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from automat import TypeMachineBuilder
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from jarvis.crypto.cascade import (
+    OVERHEAD,
+    CascadeError,
+    CascadeOpener,
+    CascadeSealer,
+    derive_session_keys,
+)
+from jarvis.protocol.framing import (
+    HANDSHAKE_MAX_FRAME,
+    MAX_FRAME,
+    PROLOGUE,
+    BadPrologue,
+    FrameDecoder,
+    FrameTooLarge,
+    encode_frame,
+)
+from jarvis.protocol.records import (
+    MAX_IDS_PER_RECORD,
+    MAX_REASON_BYTES,
+    MAX_U64,
+    MESSAGE_ID_SIZE,
+    NONCE_SIZE,
+    Ack,
+    Goodbye,
+    Hello,
+    MalformedRecord,
+    Message,
+    Ping,
+    Pong,
+    Read,
+    Record,
+    UnknownRecord,
+    encode_record,
+    parse_record,
+)
+
+#: Domain separation of the Hello signature.
+HELLO_CONTEXT = b"jarvis/hello/v1\x00"
+#: Role bytes in the Hello transcript.
+ROLE_INITIATOR = b"I"
+ROLE_RESPONDER = b"R"
+
+#: Largest plaintext body :meth:`PeerSession.send_message` accepts: a Message frame with the
+#: cascade's tags and the record header must fit in :data:`~jarvis.protocol.framing.MAX_FRAME`.
+MAX_BODY = MAX_FRAME - OVERHEAD - 64
+
+#: Most bytes buffered before :meth:`PeerSession.connection_made` (a Hello frame and change).
+EARLY_DATA_LIMIT = HANDSHAKE_MAX_FRAME + 64
+
+_U16 = struct.Struct(">H")
+
+
+class _DelayedCall(Protocol):
+    """The part of ``IDelayedCall`` the session uses (zope interfaces do not type-check)."""
+
+    def active(self) -> bool: ...
+
+    def cancel(self) -> None: ...
+
+    def reset(self, seconds: float) -> None: ...
+
+
+class _Clock(Protocol):
+    """The part of ``IReactorTime`` the session uses."""
+
+    def callLater(self, delay: float, callable: Callable[..., Any], /) -> _DelayedCall: ...
+
+
+class NotEstablished(Exception):
+    """The session is not established (still handshaking, or closing or closed).
+
+    Nothing was sent.  Keep the message in the outbox and send it once
+    ``session_established`` is reported for a session with this peer.
+    """
+
+
+class SessionObserver(Protocol):
+    """What a :class:`PeerSession` reports; ``jarvis.core`` implements it."""
+
+    def session_established(self, session: PeerSession) -> None:
+        """The peer's Hello was accepted: messages can flow both ways."""
+
+    def message_received(
+        self, session: PeerSession, message_id: bytes, body: bytes, created_ms: int
+    ) -> None:
+        """A message arrived and opened (its counter was above every earlier one)."""
+
+    def acks_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        """The peer stored these messages."""
+
+    def reads_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        """The peer's user read these messages."""
+
+    def session_closed(self, session: PeerSession, reason: str) -> None:
+        """The session ended (reported exactly once); *reason* says why."""
+
+
+@dataclass(frozen=True)
+class SessionStats:
+    """Traffic counters of one session.
+
+    :ivar bytes_in: bytes received (prologue included).
+    :ivar bytes_out: bytes sent (prologue included).
+    :ivar records_in: records parsed (unknown types included).
+    :ivar records_out: records sent.
+    """
+
+    bytes_in: int
+    bytes_out: int
+    records_in: int
+    records_out: int
+
+
+def hello_transcript(
+    *,
+    initiator: bool,
+    signer_uid: str,
+    recipient_uid: str,
+    ephemeral_key: bytes,
+    min_version: int,
+    max_version: int,
+    channel_binding: bytes,
+) -> bytes:
+    """Return the bytes a Hello's signature covers.
+
+    ``HELLO_CONTEXT || role ("I" or "R") || u16-prefixed signer uid || u16-prefixed recipient
+    uid || ephemeral key (32) || u16 min_version || u16 max_version || u16-prefixed channel
+    binding``.  Binding the role, both uids and the TLS channel binding stops a Hello from being
+    replayed on another connection, towards another peer, or reflected back to its sender.
+
+    :param initiator: whether the signer dialled the connection.
+    :raises ValueError: if a field does not fit its length prefix.
+    """
+    fields = [
+        HELLO_CONTEXT,
+        ROLE_INITIATOR if initiator else ROLE_RESPONDER,
+    ]
+    for value in (signer_uid.encode("utf-8"), recipient_uid.encode("utf-8")):
+        fields += [_U16.pack(len(value)), value]
+    if len(channel_binding) > 0xFFFF:
+        raise ValueError("channel binding too long")
+    fields += [
+        bytes(ephemeral_key),
+        _U16.pack(min_version),
+        _U16.pack(max_version),
+        _U16.pack(len(channel_binding)),
+        bytes(channel_binding),
+    ]
+    return b"".join(fields)
+
+
+def negotiate_version(local: tuple[int, int], remote: tuple[int, int]) -> int | None:
+    """Return the highest version both ranges contain, or ``None`` if they do not overlap.
+
+    :param local: our ``(min_version, max_version)``.
+    :param remote: the peer's ``(min_version, max_version)``.
+    """
+    low = max(local[0], remote[0])
+    high = min(local[1], remote[1])
+    return high if low <= high else None
+
+
+def _printable(text: str) -> str:
+    """Return *text* with control characters replaced, safe to log and show (peer input)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _goodbye_reason(reason: str) -> str:
+    return reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+class _SessionInputs(Protocol):
+    """The inputs of the session machine (every state handles each of them)."""
+
+    def connection_made(self, channel_binding: bytes) -> None:
+        "TLS is up."
+
+    def hello_received(self, hello: Hello) -> None:
+        "The peer's Hello arrived."
+
+    def hello_accepted(self) -> None:
+        "The peer's Hello verified; keys are derived."
+
+    def message_received(self, message: Message) -> None:
+        "A Message record arrived."
+
+    def ack_received(self, ack: Ack) -> None:
+        "An Ack record arrived."
+
+    def read_received(self, read: Read) -> None:
+        "A Read record arrived."
+
+    def ping_received(self, ping: Ping) -> None:
+        "A Ping record arrived."
+
+    def pong_received(self, pong: Pong) -> None:
+        "A Pong record arrived."
+
+    def goodbye_received(self, goodbye: Goodbye) -> None:
+        "The peer is closing."
+
+    def protocol_failed(self, reason: str) -> None:
+        "The peer sent something we refuse."
+
+    def close(self, reason: str) -> None:
+        "Our side wants to close."
+
+    def connection_lost(self, reason: str) -> None:
+        "The transport is gone."
+
+    def handshake_timed_out(self) -> None:
+        "No valid Hello in time."
+
+    def idle_timed_out(self) -> None:
+        "Nothing received for the idle timeout."
+
+    def keepalive_due(self) -> None:
+        "Time to send a Ping."
+
+
+class PeerSession:
+    """One peer connection's protocol, fed bytes and events, with no I/O of its own.
+
+    The handshake timer starts when the session is created, so a peer that stalls the TLS
+    handshake or never sends a valid Hello is dropped after *handshake_timeout* seconds.
+
+    :param local_uid: our uid.
+    :param sign: signs bytes with our Ed25519 identity key (returns the 64-byte signature).
+    :param peer_uid: the uid the connection is pinned to.
+    :param peer_public_key: that peer's raw 32-byte Ed25519 public key.
+    :param initiator: whether we dialled the connection.
+    :param clock: the time source for every timer.
+    :param send_bytes: writes bytes to the connection.
+    :param lose_connection: drops the connection (the net layer then calls
+        :meth:`connection_lost`).
+    :param observer: receives the session's events.
+    :param handshake_timeout: seconds from creation until the peer's Hello must be accepted.
+    :param keepalive_interval: seconds between Pings on an established session.
+    :param idle_timeout: seconds without any received byte before an established session closes.
+    :param versions: our ``(min_version, max_version)`` protocol range.
+    :raises ValueError: if *peer_public_key* is not an Ed25519 key or *versions* is invalid.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        local_uid: str,
+        sign: Callable[[bytes], bytes],
+        peer_uid: str,
+        peer_public_key: bytes,
+        initiator: bool,
+        clock: IReactorTime,
+        send_bytes: Callable[[bytes], None],
+        lose_connection: Callable[[], None],
+        observer: SessionObserver,
+        handshake_timeout: float = 10.0,
+        keepalive_interval: float = 30.0,
+        idle_timeout: float = 90.0,
+        versions: tuple[int, int] = (1, 1),
+    ) -> None:
+        if not 0 < versions[0] <= versions[1] <= 0xFFFF:
+            raise ValueError("versions must be (min, max) with 0 < min <= max <= 65535")
+        self.local_uid = local_uid
+        self.peer_uid = peer_uid
+        self.initiator = initiator
+        self._peer_key = Ed25519PublicKey.from_public_bytes(bytes(peer_public_key))
+        self._sign = sign
+        self._reactor_time = clock
+        self._clock = cast(_Clock, clock)
+        self._send_bytes = send_bytes
+        self._lose_connection = lose_connection
+        self._observer = observer
+        self._keepalive_interval = keepalive_interval
+        self._idle_timeout = idle_timeout
+        self._versions = versions
+
+        self._state = "connecting"
+        self._close_reason: str | None = None
+        self._version: int | None = None
+        self._decoder: FrameDecoder | None = FrameDecoder(HANDSHAKE_MAX_FRAME, expect_prologue=True)
+        self._channel_binding = b""
+        self._ephemeral: X25519PrivateKey | None = None
+        self._ephemeral_public = b""
+        self._sealer: CascadeSealer | None = None
+        self._opener: CascadeOpener | None = None
+        self._bytes_in = self._bytes_out = self._records_in = self._records_out = 0
+
+        self._machine: _SessionInputs = _SessionMachine(self)
+        self._idle_call: _DelayedCall | None = None
+        self._keepalive: LoopingCall | None = None
+        self._handshake_call: _DelayedCall | None = self._clock.callLater(
+            handshake_timeout, self._machine.handshake_timed_out
+        )
+
+    # -- what callers see -------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """``"connecting"``, ``"handshaking"``, ``"established"``, ``"closing"`` or ``"closed"``."""
+        return self._state
+
+    @property
+    def version(self) -> int | None:
+        """The negotiated protocol version once established, else ``None``."""
+        return self._version
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the session closed (as reported to ``session_closed``), or ``None`` while open."""
+        return self._close_reason
+
+    @property
+    def stats(self) -> SessionStats:
+        """The traffic counters so far."""
+        return SessionStats(self._bytes_in, self._bytes_out, self._records_in, self._records_out)
+
+    def connection_made(self, channel_binding: bytes) -> None:
+        """TLS is up: send the prologue and our Hello, then process anything already received.
+
+        :param channel_binding: a TLS exporter value of this connection (both sides must pass
+            the same bytes); the Hello signatures and the session keys are bound to it.
+        """
+        self._machine.connection_made(channel_binding)
+        self._receive(b"")
+
+    def data_received(self, data: bytes) -> None:
+        """Process bytes received from the peer (any chunking); ignored once closing.
+
+        Bytes that arrive before :meth:`connection_made` (the TLS layers of the two sides do
+        not finish at the same moment) are checked and buffered, up to
+        :data:`EARLY_DATA_LIMIT` bytes, and processed once the connection is made.  Refused
+        input (bad prologue, oversized frame, malformed record, bad Hello, a message that fails
+        to open, a record before the Hello) closes the session with a reason.
+        """
+        if self._decoder is None:
+            return
+        self._bytes_in += len(data)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.reset(self._idle_timeout)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            if self._decoder is not None:
+                self._decoder.receive(data)
+            if self._state == "connecting":
+                if self._decoder is not None and self._decoder.buffered > EARLY_DATA_LIMIT:
+                    self._machine.protocol_failed("too much data before the connection was made")
+                return
+            while self._decoder is not None:
+                payload = self._decoder.next_frame()
+                if payload is None:
+                    break
+                record = parse_record(payload)
+                self._records_in += 1
+                self._dispatch(record)
+        except BadPrologue:
+            self._machine.protocol_failed("bad prologue")
+        except FrameTooLarge as e:
+            self._machine.protocol_failed(
+                f"frame too large ({e.announced} bytes, maximum {e.maximum})"
+            )
+        except MalformedRecord as e:
+            self._machine.protocol_failed(e.args[0])
+
+    def send_message(self, message_id: bytes, body: bytes, created_ms: int) -> None:
+        """Seal and send one message.
+
+        Not a machine input: it never changes the state, so an observer may call it from its
+        callbacks (for instance flush the outbox from ``session_established``).
+
+        :param message_id: the message's 16-byte id.
+        :param body: the plaintext body, at most :data:`MAX_BODY` bytes.
+        :param created_ms: when it was written, in milliseconds since the epoch.
+        :raises NotEstablished: unless the session is established (nothing is sent).
+        :raises ValueError: for a wrong id size, a body too large or a negative time.
+        :raises jarvis.crypto.cascade.CounterExhausted: after 2**64 - 1 messages.
+        """
+        if self._state != "established" or self._sealer is None:
+            raise NotEstablished(f"session with {self.peer_uid} is {self._state}")
+        if len(message_id) != MESSAGE_ID_SIZE:
+            raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
+        if len(body) > MAX_BODY:
+            raise ValueError(f"message body larger than {MAX_BODY} bytes")
+        if not 0 <= created_ms <= MAX_U64:
+            raise ValueError("created_ms out of range")
+        counter, sealed = self._sealer.seal(message_id, body)
+        self._send_records([Message(message_id, counter, created_ms, sealed)])
+
+    def send_ack(self, message_ids: Sequence[bytes]) -> None:
+        """Tell the peer these messages are stored (split into records of at most 1024 ids).
+
+        :raises NotEstablished: unless the session is established.
+        :raises ValueError: if an id is not 16 bytes.
+        """
+        self._send_ids(Ack, message_ids)
+
+    def send_read(self, message_ids: Sequence[bytes]) -> None:
+        """Tell the peer our user read these messages.
+
+        :raises NotEstablished: unless the session is established.
+        :raises ValueError: if an id is not 16 bytes.
+        """
+        self._send_ids(Read, message_ids)
+
+    def close(self, reason: str) -> None:
+        """Close: send Goodbye (when TLS is up), drop the connection, report ``session_closed``.
+
+        Does nothing once closing or closed.
+        """
+        self._machine.close(reason)
+
+    def connection_lost(self, reason: str) -> None:
+        """The transport is gone; reports ``session_closed(reason)`` unless already reported."""
+        self._machine.connection_lost(reason)
+
+    # -- helpers used by the machine's transitions ------------------------------------------
+
+    def _dispatch(self, record: Record | UnknownRecord) -> None:
+        match record:
+            case Hello():
+                self._machine.hello_received(record)
+            case Message():
+                self._machine.message_received(record)
+            case Ack():
+                self._machine.ack_received(record)
+            case Read():
+                self._machine.read_received(record)
+            case Ping():
+                self._machine.ping_received(record)
+            case Pong():
+                self._machine.pong_received(record)
+            case Goodbye():
+                self._machine.goodbye_received(record)
+            case UnknownRecord():
+                self.log.debug(
+                    "ignoring unknown record type {record_type} from {peer_uid}",
+                    record_type=record.record_type,
+                    peer_uid=self.peer_uid,
+                )
+
+    def _send_ids(self, kind: type[Ack] | type[Read], message_ids: Sequence[bytes]) -> None:
+        if self._state != "established":
+            raise NotEstablished(f"session with {self.peer_uid} is {self._state}")
+        ids = tuple(bytes(i) for i in message_ids)
+        if any(len(i) != MESSAGE_ID_SIZE for i in ids):
+            raise ValueError(f"message ids must be {MESSAGE_ID_SIZE} bytes")
+        self._send_records(
+            [
+                kind(ids[start : start + MAX_IDS_PER_RECORD])
+                for start in range(0, len(ids), MAX_IDS_PER_RECORD)
+            ]
+        )
+
+    def _send_records(self, records: Sequence[Record], prefix: bytes = b"") -> None:
+        data = prefix + b"".join(encode_frame(encode_record(r)) for r in records)
+        if not data:
+            return
+        self._bytes_out += len(data)
+        self._records_out += len(records)
+        self._send_bytes(data)
+
+    def _send_hello(self, channel_binding: bytes) -> None:
+        self._channel_binding = bytes(channel_binding)
+        self._ephemeral = X25519PrivateKey.generate()
+        self._ephemeral_public = self._ephemeral.public_key().public_bytes(
+            Encoding.Raw, PublicFormat.Raw
+        )
+        low, high = self._versions
+        transcript = hello_transcript(
+            initiator=self.initiator,
+            signer_uid=self.local_uid,
+            recipient_uid=self.peer_uid,
+            ephemeral_key=self._ephemeral_public,
+            min_version=low,
+            max_version=high,
+            channel_binding=self._channel_binding,
+        )
+        hello = Hello(low, high, self.local_uid, self._ephemeral_public, self._sign(transcript))
+        self._send_records([hello], prefix=PROLOGUE)
+
+    def _verify_hello(self, hello: Hello) -> str | None:
+        """Check the peer's Hello and derive the session keys; return a refusal reason or None."""
+        if hello.uid != self.peer_uid:
+            return "hello from an unexpected uid"
+        transcript = hello_transcript(
+            initiator=not self.initiator,
+            signer_uid=hello.uid,
+            recipient_uid=self.local_uid,
+            ephemeral_key=hello.ephemeral_key,
+            min_version=hello.min_version,
+            max_version=hello.max_version,
+            channel_binding=self._channel_binding,
+        )
+        try:
+            self._peer_key.verify(hello.signature, transcript)
+        except InvalidSignature:
+            return "bad hello signature"
+        version = negotiate_version(self._versions, (hello.min_version, hello.max_version))
+        if version is None:
+            return (
+                f"no common protocol version (ours {self._versions[0]}-{self._versions[1]}, "
+                f"theirs {hello.min_version}-{hello.max_version})"
+            )
+        assert self._ephemeral is not None
+        try:
+            shared = self._ephemeral.exchange(
+                X25519PublicKey.from_public_bytes(hello.ephemeral_key)
+            )
+        except ValueError:
+            return "invalid ephemeral key"
+        if self.initiator:
+            initiator_uid, responder_uid = self.local_uid, self.peer_uid
+            initiator_eph, responder_eph = self._ephemeral_public, hello.ephemeral_key
+        else:
+            initiator_uid, responder_uid = self.peer_uid, self.local_uid
+            initiator_eph, responder_eph = hello.ephemeral_key, self._ephemeral_public
+        to_responder, to_initiator = derive_session_keys(
+            shared,
+            initiator_uid=initiator_uid,
+            responder_uid=responder_uid,
+            initiator_ephemeral=initiator_eph,
+            responder_ephemeral=responder_eph,
+            channel_binding=self._channel_binding,
+        )
+        outgoing, incoming = (
+            (to_responder, to_initiator) if self.initiator else (to_initiator, to_responder)
+        )
+        self._sealer = CascadeSealer(outgoing, self.local_uid, self.peer_uid)
+        self._opener = CascadeOpener(incoming, self.peer_uid, self.local_uid)
+        self._version = version
+        self._ephemeral = None  # forward secrecy: the private half is not needed any more
+        return None
+
+    def _establish(self) -> None:
+        self._state = "established"
+        self._cancel_handshake_timer()
+        if self._decoder is not None:
+            self._decoder.set_max_frame(MAX_FRAME)
+        self._idle_call = self._clock.callLater(self._idle_timeout, self._machine.idle_timed_out)
+        self._keepalive = LoopingCall(self._machine.keepalive_due)
+        self._keepalive.clock = self._reactor_time
+        self._keepalive.start(self._keepalive_interval, now=False).addErrback(
+            lambda failure: self.log.failure("keepalive failed", failure)
+        )
+        self.log.info(
+            "session with {peer_uid} established (protocol version {version}, {role})",
+            peer_uid=self.peer_uid,
+            version=self._version,
+            role="initiator" if self.initiator else "responder",
+        )
+        self._observer.session_established(self)
+
+    def _cancel_handshake_timer(self) -> None:
+        if self._handshake_call is not None and self._handshake_call.active():
+            self._handshake_call.cancel()
+        self._handshake_call = None
+
+    def _end(self, reason: str, *, goodbye: bool, transport_gone: bool, refused: bool) -> None:
+        """Leave the active states: stop timers, forget keys, say goodbye, report once."""
+        self._state = "closed" if transport_gone else "closing"
+        self._close_reason = reason
+        self._decoder = None
+        self._cancel_handshake_timer()
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = None
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+        self._ephemeral = None
+        self._sealer = self._opener = None
+        log = self.log.warn if refused else self.log.info
+        log(
+            "session with {peer_uid} closed in {state}: {reason}",
+            peer_uid=self.peer_uid,
+            state=self._state,
+            reason=reason,
+        )
+        if goodbye:
+            self._send_records([Goodbye(_goodbye_reason(reason))])
+        if not transport_gone:
+            self._lose_connection()
+        self._observer.session_closed(self, reason)
+
+
+# -- the machine -----------------------------------------------------------------------------
+
+_builder = TypeMachineBuilder(_SessionInputs, PeerSession)
+connecting = _builder.state("connecting")
+handshaking = _builder.state("handshaking")
+established = _builder.state("established")
+closing = _builder.state("closing")
+closed = _builder.state("closed")
+
+_RECORD_INPUTS = (
+    _SessionInputs.message_received,
+    _SessionInputs.ack_received,
+    _SessionInputs.read_received,
+    _SessionInputs.ping_received,
+    _SessionInputs.pong_received,
+)
+
+
+def _refuse(reason: str) -> Callable[..., None]:
+    """A transition output that closes because the peer broke the protocol."""
+
+    def refuse(inputs: _SessionInputs, core: PeerSession, *args: object) -> None:
+        core._end(reason, goodbye=True, transport_gone=False, refused=True)
+
+    refuse.__name__ = f"refuse({reason})"
+    return refuse
+
+
+# connecting: TLS is not up yet; we have sent nothing.
+
+
+@connecting.upon(_SessionInputs.connection_made).to(handshaking)
+def _start_handshake(inputs: _SessionInputs, core: PeerSession, channel_binding: bytes) -> None:
+    core._state = "handshaking"
+    core._send_hello(channel_binding)
+
+
+def _drop_early(reason: str) -> Callable[..., None]:
+    """Close before TLS is up: no Goodbye (nothing was sent yet)."""
+
+    def drop(inputs: _SessionInputs, core: PeerSession, *args: object) -> None:
+        core._end(reason, goodbye=False, transport_gone=False, refused=True)
+
+    drop.__name__ = f"drop({reason})"
+    return drop
+
+
+connecting.upon(_SessionInputs.hello_received).to(closing)(
+    _drop_early("data before the connection was made")
+)
+for _input in _RECORD_INPUTS:
+    connecting.upon(_input).to(closing)(_drop_early("data before the connection was made"))
+connecting.upon(_SessionInputs.goodbye_received).to(closing)(
+    _drop_early("data before the connection was made")
+)
+connecting.upon(_SessionInputs.hello_accepted).loop().returns(None)
+connecting.upon(_SessionInputs.handshake_timed_out).to(closing)(_drop_early("handshake timeout"))
+connecting.upon(_SessionInputs.idle_timed_out).loop().returns(None)
+connecting.upon(_SessionInputs.keepalive_due).loop().returns(None)
+
+
+@connecting.upon(_SessionInputs.protocol_failed).to(closing)
+def _fail_early(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+    core._end(reason, goodbye=False, transport_gone=False, refused=True)
+
+
+@connecting.upon(_SessionInputs.close).to(closing)
+def _close_early(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+    core._end(reason, goodbye=False, transport_gone=False, refused=False)
+
+
+# handshaking: our Hello is sent; only the peer's Hello (or its Goodbye) is acceptable.
+
+
+@handshaking.upon(_SessionInputs.hello_received).loop()
+def _check_hello(inputs: _SessionInputs, core: PeerSession, hello: Hello) -> None:
+    refusal = core._verify_hello(hello)
+    if refusal is None:
+        inputs.hello_accepted()
+    else:
+        inputs.protocol_failed(refusal)
+
+
+@handshaking.upon(_SessionInputs.hello_accepted).to(established)
+def _establish(inputs: _SessionInputs, core: PeerSession) -> None:
+    core._establish()
+
+
+for _input in _RECORD_INPUTS:
+    handshaking.upon(_input).to(closing)(_refuse("record before hello"))
+handshaking.upon(_SessionInputs.connection_made).loop().returns(None)
+handshaking.upon(_SessionInputs.handshake_timed_out).to(closing)(_refuse("handshake timeout"))
+handshaking.upon(_SessionInputs.idle_timed_out).loop().returns(None)
+handshaking.upon(_SessionInputs.keepalive_due).loop().returns(None)
+
+# established: messages, acks, reads and keepalives flow both ways.
+
+
+@established.upon(_SessionInputs.message_received).loop()
+def _open_message(inputs: _SessionInputs, core: PeerSession, message: Message) -> None:
+    assert core._opener is not None
+    try:
+        body = core._opener.open(message.counter, message.message_id, message.body)
+    except CascadeError as e:
+        inputs.protocol_failed(f"message failed to open ({e.detail})")
+        return
+    core._observer.message_received(core, message.message_id, body, message.created)
+
+
+@established.upon(_SessionInputs.ack_received).loop()
+def _report_acks(inputs: _SessionInputs, core: PeerSession, ack: Ack) -> None:
+    core._observer.acks_received(core, ack.message_ids)
+
+
+@established.upon(_SessionInputs.read_received).loop()
+def _report_reads(inputs: _SessionInputs, core: PeerSession, read: Read) -> None:
+    core._observer.reads_received(core, read.message_ids)
+
+
+@established.upon(_SessionInputs.ping_received).loop()
+def _answer_ping(inputs: _SessionInputs, core: PeerSession, ping: Ping) -> None:
+    core._send_records([Pong(ping.nonce)])
+
+
+@established.upon(_SessionInputs.keepalive_due).loop()
+def _send_ping(inputs: _SessionInputs, core: PeerSession) -> None:
+    core._send_records([Ping(os.urandom(NONCE_SIZE))])
+
+
+established.upon(_SessionInputs.pong_received).loop().returns(None)  # the idle timer was reset
+established.upon(_SessionInputs.hello_received).to(closing)(_refuse("unexpected second hello"))
+established.upon(_SessionInputs.hello_accepted).loop().returns(None)
+established.upon(_SessionInputs.connection_made).loop().returns(None)
+established.upon(_SessionInputs.handshake_timed_out).loop().returns(None)
+established.upon(_SessionInputs.idle_timed_out).to(closing)(_refuse("idle timeout"))
+
+# handshaking and established end the same ways.
+
+for _active in (handshaking, established):
+
+    @_active.upon(_SessionInputs.protocol_failed).to(closing)
+    def _fail(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+        core._end(reason, goodbye=True, transport_gone=False, refused=True)
+
+    @_active.upon(_SessionInputs.close).to(closing)
+    def _close(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+        core._end(reason, goodbye=True, transport_gone=False, refused=False)
+
+    @_active.upon(_SessionInputs.goodbye_received).to(closing)
+    def _peer_goodbye(inputs: _SessionInputs, core: PeerSession, goodbye: Goodbye) -> None:
+        reason = f"peer said goodbye: {_printable(goodbye.reason)}"
+        core._end(reason, goodbye=False, transport_gone=False, refused=False)
+
+
+for _active in (connecting, handshaking, established):
+
+    @_active.upon(_SessionInputs.connection_lost).to(closed)
+    def _lost(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+        core._end(reason, goodbye=False, transport_gone=True, refused=False)
+
+
+# closing: we dropped the connection and wait for the transport to go; closed: all is over.
+# Both ignore every late input.
+
+
+@closing.upon(_SessionInputs.connection_lost).to(closed)
+def _transport_gone(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+    core._state = "closed"
+
+
+closed.upon(_SessionInputs.connection_lost).loop().returns(None)
+for _ended in (closing, closed):
+    for _late_input in (
+        _SessionInputs.connection_made,
+        _SessionInputs.hello_received,
+        _SessionInputs.hello_accepted,
+        *_RECORD_INPUTS,
+        _SessionInputs.goodbye_received,
+        _SessionInputs.protocol_failed,
+        _SessionInputs.close,
+        _SessionInputs.handshake_timed_out,
+        _SessionInputs.idle_timed_out,
+        _SessionInputs.keepalive_due,
+    ):
+        _ended.upon(_late_input).loop().returns(None)
+
+_SessionMachine = _builder.build()
