@@ -1,0 +1,66 @@
+"""The addresses a node publishes in its link code.
+
+The configured ``--advertise`` addresses win; otherwise the node's non-loopback interface
+addresses with the peer listening port.  Never a hard-coded "localhost": a link code that points
+at the reader's own machine is useless to them.  Blocking (interface look-ups): run it on a thread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+
+from jarvis.paths import DEFAULT_PEER_PORT
+
+MAX_ADDRESSES = 8
+
+
+def interface_addresses() -> list[str]:
+    """Return the machine's non-loopback, non-link-local IPv4 and IPv6 addresses."""
+    found: list[str] = []
+    candidates: set[str] = set()
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            candidates.add(str(info[4][0]))
+    except OSError:
+        pass
+    try:
+        import fcntl
+        import struct
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for _index, name in socket.if_nameindex():
+                try:
+                    packed = fcntl.ioctl(
+                        s.fileno(), 0x8915, struct.pack("256s", name[:15].encode())
+                    )  # SIOCGIFADDR
+                except OSError:
+                    continue
+                candidates.add(socket.inet_ntoa(packed[20:24]))
+    except (ImportError, OSError, AttributeError):
+        pass
+    for text in sorted(candidates):
+        try:
+            ip = ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+            continue
+        found.append(str(ip))
+    # IPv4 first: it is what most LANs and VPNs route.
+    found.sort(key=lambda a: (":" in a, a))
+    return found
+
+
+def format_address(host: str, port: int) -> str:
+    """Return ``host:port`` with IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def local_addresses(advertise: Sequence[str], port: int | None) -> tuple[str, ...]:
+    """Return the addresses to publish: *advertise* if given, else interface addresses."""
+    if advertise:
+        return tuple(advertise)[:MAX_ADDRESSES]
+    port = port or DEFAULT_PEER_PORT
+    return tuple(format_address(a, port) for a in interface_addresses()[:MAX_ADDRESSES])

@@ -1,0 +1,971 @@
+"""The Jarvis node: the application behind the daemon's local API.
+
+A :class:`Node` owns the identity life cycle (create, unlock, lock, change password, export,
+import, delete), the contact book, the conversations and the outbox, and turns peer-session
+events into stored messages and API events.  It is a Twisted ``Service`` but never touches the
+reactor directly: time (``clock``, ``now``), blocking work (``run_blocking``, a bounded thread
+pool) and the peer network (``network_factory``) are injected by :mod:`jarvis.daemon`, and tests
+pass fakes.
+
+Delivery contract (docs/protocol.md): ``send_message`` stores the message and its outbox entry in
+one transaction before it answers (state ``queued``); it becomes ``sent`` when written to an
+established session, ``delivered`` when the peer acknowledges it after storing it, ``read`` when
+a UI on the peer marks it read.  On every new session the outbox is replayed in order; the
+receiver deduplicates by message id, so a message is stored exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from jarvis.core.addresses import local_addresses
+from jarvis.core.views import contact_view, message_view, peer_view
+from jarvis.crypto import export as export_crypto
+from jarvis.crypto import keyfile, linkcode
+from jarvis.crypto.aead import RowCipher
+from jarvis.crypto.errors import WrongPassword
+from jarvis.crypto.identity import IdentityKey, fingerprint, is_valid_uid
+from jarvis.errors import (
+    Ambiguous,
+    DataDirError,
+    IdentityExists,
+    InvalidInput,
+    JarvisError,
+    Locked,
+    NoIdentity,
+    NotFound,
+    TooLarge,
+)
+from jarvis.store.database import Store
+from jarvis.store.records import Contact, Message
+
+KEYFILE = "identity.key"
+DATABASE = "jarvis.db"
+#: Largest message text accepted, in bytes of UTF-8.
+MAX_TEXT_BYTES = 64 * 1024
+#: Longest wait imposed after repeated wrong passwords, in seconds.
+MAX_UNLOCK_DELAY = 30.0
+EXPORT_FORMAT = 1
+
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+class TooManyAttempts(JarvisError):
+    """Several wrong passwords were given in a row; the next attempt is slowed down.
+
+    Wait the number of seconds named, then try again: the delay doubles with each wrong password
+    (at most 30 s) and resets after a correct one.
+    """
+
+    kind = "wrong_password"
+
+
+@dataclass
+class _PeerPump:
+    """Per-session sending state: what was written to this session and what waits."""
+
+    session: Any
+    sent: set[str] = field(default_factory=set)
+    pending: deque[Message] = field(default_factory=deque)
+    ready: bool = False
+
+
+class Node(Service):
+    """The application: see the module docstring.
+
+    :param clock: time for delays (``IReactorTime``).
+    :param data_dir: the private data directory (already checked by the daemon).
+    :param run_blocking: runs a blocking callable off the reactor thread and returns a Deferred.
+    :param network_factory: ``(identity, directory, observer) -> network``; called at unlock.
+    :param advertise: ``host:port`` addresses to publish in link codes (else interface addresses).
+    :param listen_port: returns the peer listener's port number (for link-code addresses).
+    :param now: wall-clock time in seconds since the epoch.
+    :param kdf_params: Argon2id parameters for new key files (tests use small ones).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        data_dir: str,
+        run_blocking: Callable[..., defer.Deferred[Any]],
+        network_factory: Callable[[IdentityKey, Any, Any], Any] | None,
+        advertise: Sequence[str] = (),
+        listen_port: Callable[[], int | None] = lambda: None,
+        now: Callable[[], float],
+        kdf_params: keyfile.KdfParams = keyfile.DEFAULT_PARAMS,
+        reactor_for_store: Any = None,
+    ) -> None:
+        self.clock = clock
+        self.data_dir = data_dir
+        self.run_blocking = run_blocking
+        self.network_factory = network_factory
+        self.advertise = tuple(advertise)
+        self.listen_port = listen_port
+        self.now = now
+        self.kdf_params = kdf_params
+        self._store_reactor = reactor_for_store if reactor_for_store is not None else clock
+        self._observers: list[Observer] = []
+        self._keys: keyfile.UnlockedKeys | None = None
+        self._store: Store | None = None
+        self._network: Any = None
+        self._contacts: dict[str, Contact] = {}
+        self._pumps: dict[str, _PeerPump] = {}
+        self._screen_locked = False
+        self._failed_unlocks = 0
+        self._public_uid: str | None = None
+        self._public_name: str | None = None
+        self._addresses: tuple[str, ...] = ()
+        self._summary: tuple[str, int, int] | None = None
+
+    # -- paths and status ----------------------------------------------------------------------
+
+    @property
+    def keyfile_path(self) -> str:
+        return os.path.join(self.data_dir, KEYFILE)
+
+    @property
+    def database_path(self) -> str:
+        return os.path.join(self.data_dir, DATABASE)
+
+    @property
+    def has_identity(self) -> bool:
+        """Whether a key file exists in the data directory."""
+        return os.path.exists(self.keyfile_path)
+
+    @property
+    def locked(self) -> bool:
+        """Whether API clients must unlock first (keys wiped, or the screen lock is on)."""
+        return self._keys is None or self._screen_locked
+
+    @property
+    def keys_loaded(self) -> bool:
+        """Whether the identity's keys are in memory (connections and storage work)."""
+        return self._keys is not None
+
+    def info(self) -> dict[str, Any]:
+        """Return ``{has_identity, locked, keys_loaded, uid, name}`` (no secrets)."""
+        uid = self._keys.uid if self._keys else self._public_uid
+        name = self._keys.name if self._keys and not self._screen_locked else None
+        return {
+            "has_identity": self.has_identity,
+            "locked": self.locked,
+            "keys_loaded": self.keys_loaded,
+            "uid": uid,
+            "name": name,
+        }
+
+    def store_pool_stats(self) -> dict[str, Any] | None:
+        """Thread figures of the store's database thread, when open."""
+        return self._store.pool_stats() if self._store is not None else None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call *observer(event, payload)* for every event; returns the unsubscribe function."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        for observer in list(self._observers):
+            try:
+                observer(event, payload)
+            except Exception:
+                self.log.failure("event observer failed for {event}", event=event)
+
+    # -- service life cycle --------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        if self.has_identity:
+            try:
+                with open(self.keyfile_path, "rb") as f:
+                    self._public_uid, _ = keyfile.read_public(f.read())
+            except Exception:
+                self.log.warn("the identity key file could not be read")
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        super().stopService()
+        yield self._close_keys()
+
+    # -- identity ------------------------------------------------------------------------------
+
+    def _require_keys(self) -> keyfile.UnlockedKeys:
+        if self._keys is None or self._screen_locked:
+            if not self.has_identity:
+                raise NoIdentity("no identity yet: create one with 'jarvis init --name NAME'")
+            raise Locked("the identity is locked: unlock it with the master password")
+        return self._keys
+
+    def _require_store(self) -> Store:
+        self._require_keys()
+        assert self._store is not None
+        return self._store
+
+    @defer.inlineCallbacks
+    def create_identity(
+        self, name: str, password: str, *, progress: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Create the identity and unlock it.  Argon2id runs on the thread pool.
+
+        :raises IdentityExists: if the data directory already has one.
+        """
+        if self.has_identity:
+            raise IdentityExists(f"an identity already exists in {self.data_dir}")
+        _report(progress, {"stage": "deriving key", "percent": 10})
+        content, keys = yield self.run_blocking(
+            keyfile.create_keyfile, name, password, params=self.kdf_params
+        )
+        if self.has_identity:
+            raise IdentityExists(f"an identity already exists in {self.data_dir}")
+        yield self.run_blocking(_write_private_atomically, self.keyfile_path, content)
+        _report(progress, {"stage": "opening store", "percent": 80})
+        yield self._open_keys(keys)
+        self.log.info("identity {uid} created", uid=keys.uid)
+        return {"uid": keys.uid, "name": keys.name, "fingerprint": fingerprint(keys.uid)}
+
+    @defer.inlineCallbacks
+    def unlock(self, password: str, *, progress: Callable[[Any], None] | None = None) -> Any:
+        """Unlock with the master password (after the screen lock or a full lock).
+
+        Wrong passwords slow down the next attempts exponentially (at most 30 s); nothing is
+        written to disk for a wrong password.
+
+        :raises WrongPassword: for a wrong password.
+        :raises NoIdentity: if there is no identity.
+        """
+        if not self.has_identity:
+            raise NoIdentity("no identity yet: create one with 'jarvis init --name NAME'")
+        delay = self.unlock_delay()
+        if delay > 0:
+            _report(progress, {"stage": "waiting after wrong passwords", "seconds": delay})
+            yield deferLater(self.clock, delay, lambda: None)
+        _report(progress, {"stage": "deriving key", "percent": 10})
+        content = yield self.run_blocking(_read_file, self.keyfile_path)
+        try:
+            keys = yield self.run_blocking(keyfile.unlock_keyfile, content, password)
+        except WrongPassword:
+            self._failed_unlocks += 1
+            self.log.warn("wrong password ({count} in a row)", count=self._failed_unlocks)
+            raise
+        self._failed_unlocks = 0
+        if self._keys is not None:
+            keys.data_key = b""
+            self._screen_locked = False
+        else:
+            _report(progress, {"stage": "opening store", "percent": 80})
+            yield self._open_keys(keys)
+        assert self._keys is not None
+        self._emit("identity.unlocked", {"uid": self._keys.uid, "name": self._keys.name})
+        return {"uid": self._keys.uid, "name": self._keys.name}
+
+    def unlock_delay(self) -> float:
+        """Seconds the next unlock attempt waits because of earlier wrong passwords."""
+        if self._failed_unlocks < 2:
+            return 0.0
+        return float(min(MAX_UNLOCK_DELAY, 2 ** (self._failed_unlocks - 2)))
+
+    @defer.inlineCallbacks
+    def _open_keys(self, keys: keyfile.UnlockedKeys) -> Any:
+        cipher = RowCipher(keys.data_key)
+        index_key = cipher.derive_subkey(b"jarvis store blind index v1")
+        store = yield Store.open(
+            self.database_path, reactor=self._store_reactor, cipher=cipher, index_key=index_key
+        )
+        contacts = yield store.list_contacts()
+        self._keys = keys
+        self._public_uid = keys.uid
+        self._public_name = keys.name
+        self._store = store
+        self._contacts = {c.uid: c for c in contacts}
+        self._screen_locked = False
+        self._addresses = yield self.run_blocking(
+            local_addresses, self.advertise, self.listen_port()
+        )
+        if self.network_factory is not None:
+            self._network = self.network_factory(keys.identity, self, self)
+            for contact in self._contacts.values():
+                if not contact.blocked:
+                    self._network.connect(contact.uid)
+        self._publish_summary()
+
+    def lock(self, *, wipe: bool = False) -> defer.Deferred[Any]:
+        """Lock the identity.
+
+        Without *wipe* this is the screen lock: every client must give the password again, but
+        the keys stay in memory so peer sessions stay up and incoming messages are stored.  With
+        *wipe* the keys are dropped, the store closed and every session closed, as at start-up.
+        """
+        if self._keys is None:
+            return defer.succeed(None)
+        if not wipe:
+            self._screen_locked = True
+            self._emit("identity.locked", {"wiped": False})
+            return defer.succeed(None)
+        d = self._close_keys()
+        d.addCallback(lambda _: self._emit("identity.locked", {"wiped": True}))
+        return d
+
+    @defer.inlineCallbacks
+    def _close_keys(self) -> Any:
+        network, self._network = self._network, None
+        self._pumps.clear()
+        if network is not None:
+            yield network.stop()
+        store, self._store = self._store, None
+        if store is not None:
+            yield store.close()
+        keys, self._keys = self._keys, None
+        if keys is not None:
+            keys.data_key = b""
+        self._contacts = {}
+        self._screen_locked = False
+
+    @defer.inlineCallbacks
+    def change_password(
+        self, old: str, new: str, *, progress: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Re-wrap the data key under a new password (the store is not re-encrypted)."""
+        self._require_keys()
+        _report(progress, {"stage": "deriving keys", "percent": 10})
+        content = yield self.run_blocking(_read_file, self.keyfile_path)
+        new_content = yield self.run_blocking(keyfile.change_password, content, old, new)
+        yield self.run_blocking(_write_private_atomically, self.keyfile_path, new_content)
+        self.log.info("password changed")
+        return None
+
+    def show_identity(self) -> dict[str, Any]:
+        """Return name, uid, fingerprint, link code and advertised addresses."""
+        keys = self._require_keys()
+        card = self.own_card()
+        return {
+            "name": keys.name,
+            "uid": keys.uid,
+            "fingerprint": fingerprint(keys.uid),
+            "link": linkcode.encode_link(card),
+            "card": linkcode.card_to_json(card),
+            "addresses": list(card.addresses),
+        }
+
+    def own_card(self) -> linkcode.ContactCard:
+        """Return this node's signed contact card."""
+        keys = self._require_keys()
+        return linkcode.make_card(keys.identity, keys.name, self._addresses, int(self.now()))
+
+    # -- contacts ------------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> Contact:
+        """Find a contact by alias, name or unique uid prefix.
+
+        :raises NotFound: if nothing matches.
+        :raises Ambiguous: if several contacts match.
+        """
+        self._require_keys()
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInput("a contact is named by its name, alias or uid prefix")
+        if ref in self._contacts:
+            return self._contacts[ref]
+        for getter in (lambda c: c.alias, lambda c: c.name):
+            matches = [c for c in self._contacts.values() if getter(c) == ref]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise Ambiguous(f"{ref!r} names {len(matches)} contacts: use a uid prefix")
+        lowered = ref.lower()
+        matches = [c for c in self._contacts.values() if c.uid.startswith(lowered)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise Ambiguous(f"{ref!r} is the start of {len(matches)} uids: give more characters")
+        raise NotFound(f"no contact called {ref!r}: 'jarvis contacts' lists them")
+
+    def _status_of(self, uid: str) -> str:
+        if self._network is None:
+            return "offline"
+        try:
+            return str(self._network.status(uid).state)
+        except Exception:
+            return "offline"
+
+    @defer.inlineCallbacks
+    def _views(self, contacts: Sequence[Contact]) -> Any:
+        store = self._require_store()
+        keys = self._require_keys()
+        unread = yield store.unread_counts()
+        activity = yield store.last_activity()
+        return [
+            contact_view(
+                c,
+                own_uid=keys.uid,
+                status=self._status_of(c.uid),
+                unread=unread.get(c.uid, 0),
+                last_activity=activity.get(c.uid),
+            )
+            for c in contacts
+        ]
+
+    @defer.inlineCallbacks
+    def _view(self, contact: Contact) -> Any:
+        views = yield self._views([contact])
+        return views[0]
+
+    @defer.inlineCallbacks
+    def add_contact(
+        self,
+        *,
+        link: str | None = None,
+        card: str | None = None,
+        uid: str | None = None,
+        addresses: Sequence[str] | None = None,
+        name: str | None = None,
+        verified: bool = False,
+    ) -> Any:
+        """Add (or update) a contact from a link code, a card's JSON text, or uid + addresses.
+
+        Adding a uid that is already a contact updates its addresses and name and keeps its
+        history.  A manual entry (uid + addresses) has no public key yet: it is learnt, and
+        checked against the uid, from the certificate at the first connection.
+
+        :raises LinkCodeError: for a tampered, truncated or malformed code or card.
+        """
+        keys = self._require_keys()
+        store = self._require_store()
+        if sum(x is not None for x in (link, card, uid)) != 1:
+            raise InvalidInput("give exactly one of a link code, a contact card or a uid")
+        if link is not None:
+            parsed = linkcode.decode_link(link)
+        elif card is not None:
+            parsed = linkcode.card_from_json(card)
+        else:
+            parsed = None
+        if parsed is not None:
+            new_uid, public_key = parsed.uid, parsed.public_key
+            card_name, card_addresses = parsed.name, tuple(parsed.addresses)
+        else:
+            if not is_valid_uid(uid):
+                raise InvalidInput("a uid is 52 characters of lowercase base32")
+            assert uid is not None
+            new_uid, public_key, card_name = uid, b"", name or uid[:8]
+            card_addresses = tuple(linkcode.check_address(a) for a in addresses or ())
+            if not card_addresses:
+                raise InvalidInput("a manual contact needs at least one HOST:PORT address")
+        if new_uid == keys.uid:
+            raise InvalidInput("that link code is your own")
+        existing = self._contacts.get(new_uid)
+        if existing is not None:
+            contact = replace(
+                existing,
+                name=card_name,
+                addresses=card_addresses,
+                public_key=public_key or existing.public_key,
+                alias=name if name is not None and parsed is not None else existing.alias,
+                verified=existing.verified or verified,
+            )
+        else:
+            contact = Contact(
+                uid=new_uid,
+                public_key=public_key,
+                name=card_name,
+                addresses=card_addresses,
+                alias=name if parsed is not None else None,
+                verified=verified,
+                added_at=self.now(),
+            )
+        yield store.put_contact(contact)
+        self._contacts[new_uid] = contact
+        self.log.info("contact {uid} saved", uid=new_uid)
+        if self._network is not None and not contact.blocked:
+            if existing is None:
+                self._network.connect(new_uid)
+            else:
+                self._network.redial(new_uid)
+        view = yield self._view(contact)
+        self._emit("contact.changed", {"contact": view})
+        self._publish_summary()
+        return view
+
+    def list_contacts(self) -> defer.Deferred[Any]:
+        """Return every contact's view, sorted by display name."""
+        self._require_keys()
+        ordered = sorted(self._contacts.values(), key=lambda c: (c.alias or c.name).lower())
+        return self._views(ordered)
+
+    @defer.inlineCallbacks
+    def show_contact(self, ref: str) -> Any:
+        """Return one contact's view with its connection health."""
+        contact = self.resolve(ref)
+        view = yield self._view(contact)
+        if self._network is not None:
+            try:
+                view["health"] = peer_view(self._network.status(contact.uid), contact.name)
+            except Exception:
+                view["health"] = None
+        return view
+
+    @defer.inlineCallbacks
+    def update_contact(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        addresses: Sequence[str] | None = None,
+        verified: bool | None = None,
+        blocked: bool | None = None,
+        muted: bool | None = None,
+        read_receipts: bool | None = None,
+    ) -> Any:
+        """Rename (set the alias), change addresses or flags of a contact."""
+        store = self._require_store()
+        contact = self.resolve(ref)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["alias"] = name or None
+        if addresses is not None:
+            changes["addresses"] = tuple(linkcode.check_address(a) for a in addresses)
+        for key, value in (
+            ("verified", verified),
+            ("blocked", blocked),
+            ("muted", muted),
+            ("read_receipts", read_receipts),
+        ):
+            if value is not None:
+                changes[key] = bool(value)
+        updated = replace(contact, **changes)
+        yield store.put_contact(updated)
+        self._contacts[updated.uid] = updated
+        if self._network is not None:
+            if updated.blocked and not contact.blocked:
+                self._network.forget(updated.uid)
+            elif not updated.blocked and (
+                contact.blocked or updated.addresses != contact.addresses
+            ):
+                self._network.connect(updated.uid)
+                self._network.redial(updated.uid)
+        view = yield self._view(updated)
+        self._emit("contact.changed", {"contact": view})
+        self._publish_summary()
+        return view
+
+    @defer.inlineCallbacks
+    def remove_contact(self, ref: str, *, with_history: bool = False) -> Any:
+        """Remove a contact, and its messages too when *with_history*."""
+        store = self._require_store()
+        contact = self.resolve(ref)
+        if self._network is not None:
+            self._network.forget(contact.uid)
+        yield store.remove_contact(contact.uid, with_history=with_history)
+        self._contacts.pop(contact.uid, None)
+        self._pumps.pop(contact.uid, None)
+        self._emit("contact.changed", {"uid": contact.uid, "removed": True})
+        self._publish_summary()
+        return None
+
+    # ContactDirectory, for the peer network ----------------------------------------------------
+
+    def is_acceptable(self, uid: str) -> bool:
+        """Whether a peer presenting *uid* may connect (a contact, not blocked)."""
+        contact = self._contacts.get(uid)
+        return contact is not None and not contact.blocked
+
+    def public_key(self, uid: str) -> bytes | None:
+        """The contact's identity public key, if known."""
+        contact = self._contacts.get(uid)
+        return contact.public_key if contact is not None and contact.public_key else None
+
+    def addresses(self, uid: str) -> tuple[str, ...]:
+        """Where to dial the contact."""
+        contact = self._contacts.get(uid)
+        return contact.addresses if contact is not None else ()
+
+    # -- messages ------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send_message(self, ref: str, text: str) -> Any:
+        """Store a message and its outbox entry, then send it if the peer is connected.
+
+        :raises TooLarge: for more than 64 KiB of UTF-8.
+        """
+        store = self._require_store()
+        contact = self.resolve(ref)
+        if not isinstance(text, str) or not text:
+            raise InvalidInput("a message needs some text")
+        size = len(text.encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
+        if contact.blocked:
+            raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
+        message = Message(
+            id=secrets.token_hex(16),
+            contact=contact.uid,
+            direction="out",
+            body=text,
+            state="queued",
+            created=self.now(),
+        )
+        stored = yield store.add_outgoing(message)
+        if stored is None:
+            stored = message
+        self._emit("message.added", {"message": message_view(stored)})
+        pump = self._pumps.get(contact.uid)
+        if pump is not None:
+            if pump.ready:
+                self._write(pump, stored)
+            else:
+                pump.pending.append(stored)
+        return message_view(stored)
+
+    def _write(self, pump: _PeerPump, message: Message) -> None:
+        if message.id in pump.sent:
+            return
+        pump.sent.add(message.id)
+        try:
+            pump.session.send_message(
+                bytes.fromhex(message.id), message.body.encode("utf-8"), int(message.created * 1000)
+            )
+        except Exception as e:
+            self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
+            return
+        if message.state == "queued":
+            self._advance(message.id, "sent")
+
+    def _advance(self, message_id: str, state: str) -> defer.Deferred[Any]:
+        store = self._store
+        if store is None:
+            return defer.succeed(None)
+        d = store.update_state(message_id, state, self.now())
+
+        def changed(message: Message | None) -> None:
+            if message is not None:
+                self._emit(
+                    "message.stateChanged",
+                    {
+                        "id": message.id,
+                        "contact": message.contact,
+                        "state": message.state,
+                        "at": self.now(),
+                    },
+                )
+
+        d.addCallback(changed)
+        d.addErrback(lambda f: self.log.failure("state update failed", f))
+        return d
+
+    def history(self, ref: str, *, limit: int = 50, before: str | None = None) -> Any:
+        """Return a page of a conversation, newest first, with the next cursor and the marker."""
+        store = self._require_store()
+        contact = self.resolve(ref)
+        if not 1 <= limit <= 500:
+            raise InvalidInput("limit must be between 1 and 500")
+
+        @defer.inlineCallbacks
+        def load() -> Any:
+            page = yield store.history(contact.uid, limit=limit, before=before)
+            marker = yield store.get_marker(contact.uid)
+            return {
+                "messages": [message_view(m) for m in page.messages],
+                "next": page.next_cursor,
+                "marker": marker,
+            }
+
+        return load()
+
+    @defer.inlineCallbacks
+    def mark_read(self, ref: str, *, up_to: str | None = None) -> Any:
+        """Mark a conversation read (up to a message), send read receipts if allowed."""
+        store = self._require_store()
+        contact = self.resolve(ref)
+        ids = yield store.mark_read(contact.uid, up_to=up_to, at=self.now())
+        if ids:
+            yield store.set_marker(contact.uid, None)
+            for message_id in ids:
+                self._emit(
+                    "message.stateChanged",
+                    {"id": message_id, "contact": contact.uid, "state": "read", "at": self.now()},
+                )
+            pump = self._pumps.get(contact.uid)
+            if pump is not None and contact.read_receipts:
+                try:
+                    pump.session.send_read([bytes.fromhex(i) for i in ids])
+                except Exception as e:
+                    self.log.warn("read receipts not sent: {error}", error=str(e))
+        return {"count": len(ids)}
+
+    def unread_counts(self) -> defer.Deferred[Any]:
+        """Return ``{uid: unread}`` for conversations with unread messages."""
+        return self._require_store().unread_counts()
+
+    def peers_status(self) -> dict[str, Any]:
+        """Return the connection summary and every contact's health figures."""
+        self._require_keys()
+        peers = []
+        for uid, contact in self._contacts.items():
+            if self._network is not None:
+                try:
+                    name = contact.alias or contact.name
+                    peers.append(peer_view(self._network.status(uid), name))
+                    continue
+                except Exception:
+                    pass
+            peers.append({"uid": uid, "status": "offline", "name": contact.alias or contact.name})
+        summary, online, total = self._compute_summary()
+        return {"summary": summary, "online": online, "total": total, "peers": peers}
+
+    def _compute_summary(self) -> tuple[str, int, int]:
+        candidates = [c.uid for c in self._contacts.values() if not c.blocked]
+        total = len(candidates)
+        online = sum(1 for uid in candidates if self._status_of(uid) == "online")
+        if total and online == total:
+            summary = "green"
+        elif online:
+            summary = "amber"
+        else:
+            summary = "red"
+        return summary, online, total
+
+    def _publish_summary(self) -> None:
+        current = self._compute_summary()
+        if current != self._summary:
+            self._summary = current
+            summary, online, total = current
+            self._emit("connection.summary", {"summary": summary, "online": online, "total": total})
+
+    # -- SessionObserver / network observer ----------------------------------------------------
+
+    def session_established(self, session: Any) -> None:
+        uid = session.peer_uid
+        store = self._store
+        if store is None or uid not in self._contacts:
+            return
+        pump = _PeerPump(session=session)
+        self._pumps[uid] = pump
+        self.log.info("session with {uid} established", uid=uid)
+
+        def replay(messages: list[Message]) -> None:
+            if self._pumps.get(uid) is not pump:
+                return
+            for message in messages:
+                self._write(pump, message)
+            while pump.pending:
+                self._write(pump, pump.pending.popleft())
+            pump.ready = True
+
+        d = store.outbox(uid)
+        d.addCallback(replay)
+        d.addErrback(lambda f: self.log.failure("outbox replay failed", f))
+
+    def session_closed(self, session: Any, reason: str) -> None:
+        uid = getattr(session, "peer_uid", None)
+        pump = self._pumps.get(uid) if uid else None
+        if pump is not None and pump.session is session:
+            del self._pumps[uid]  # type: ignore[arg-type]
+        self.log.info("session with {uid} closed: {reason}", uid=uid, reason=reason)
+
+    def message_received(
+        self, session: Any, message_id: bytes, body: bytes, created_ms: int
+    ) -> None:
+        uid = session.peer_uid
+        store = self._store
+        if store is None or uid not in self._contacts:
+            return
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            self.log.warn("message {id} from {uid} is not UTF-8", id=message_id.hex(), uid=uid)
+            return
+        message = Message(
+            id=message_id.hex(),
+            contact=uid,
+            direction="in",
+            body=text,
+            state="received",
+            created=created_ms / 1000.0,
+        )
+
+        def stored(is_new: bool) -> None:
+            try:
+                session.send_ack([message_id])
+            except Exception as e:
+                self.log.warn("ack for {id} not sent: {error}", id=message.id, error=str(e))
+            if is_new:
+                contact = self._contacts.get(uid)
+                self._emit(
+                    "message.received",
+                    {"message": message_view(message), "muted": bool(contact and contact.muted)},
+                )
+
+        d = store.add_incoming(message)
+        d.addCallback(stored)
+        d.addErrback(lambda f: self.log.failure("storing an incoming message failed", f))
+
+    def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> None:
+        for message_id in message_ids:
+            self._advance(message_id.hex(), "delivered")
+
+    def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> None:
+        for message_id in message_ids:
+            self._advance(message_id.hex(), "read")
+
+    def peer_status_changed(self, uid: str, status: Any) -> None:
+        contact = self._contacts.get(uid)
+        name = (contact.alias or contact.name) if contact else None
+        self._emit("peer.statusChanged", {"peer": peer_view(status, name)})
+        self._publish_summary()
+
+    # -- account export, import, deletion ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def export_account(
+        self, path: str, password: str, *, progress: Callable[[Any], None] | None = None
+    ) -> Any:
+        """Write identity, contacts and history to a password-sealed ``.jexport`` file."""
+        keys = self._require_keys()
+        store = self._require_store()
+        _report(progress, {"stage": "collecting", "percent": 10})
+        dump = yield store.dump()
+        payload = json.dumps(
+            {
+                "jarvis_export": EXPORT_FORMAT,
+                "name": keys.name,
+                "identity": keys.identity.private_bytes().hex(),
+                "store": dump,
+            }
+        ).encode("utf-8")
+        _report(progress, {"stage": "sealing", "percent": 40})
+        blob = yield self.run_blocking(
+            export_crypto.seal_export, payload, password, params=self.kdf_params
+        )
+        yield self.run_blocking(_write_private_atomically, path, blob, exclusive=True)
+        return {"path": path, "bytes": len(blob)}
+
+    @defer.inlineCallbacks
+    def import_account(
+        self,
+        path: str,
+        export_password: str,
+        password: str,
+        *,
+        progress: Callable[[Any], None] | None = None,
+    ) -> Any:
+        """Restore an export into this (empty) data directory, protected by *password*."""
+        if self.has_identity or os.path.exists(self.database_path):
+            raise IdentityExists("import needs an empty data directory")
+        blob = yield self.run_blocking(_read_file, path)
+        _report(progress, {"stage": "opening export", "percent": 10})
+        payload = yield self.run_blocking(export_crypto.open_export, blob, export_password)
+        try:
+            data = json.loads(payload)
+            identity = IdentityKey.from_private_bytes(bytes.fromhex(data["identity"]))
+            name, dump = data["name"], data["store"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise DataDirError(f"the export's content is damaged: {e}") from e
+        _report(progress, {"stage": "deriving key", "percent": 40})
+        content, keys = yield self.run_blocking(
+            keyfile.create_keyfile, name, password, params=self.kdf_params, identity=identity
+        )
+        cipher = RowCipher(keys.data_key)
+        store = yield Store.open(
+            self.database_path + ".import",
+            reactor=self._store_reactor,
+            cipher=cipher,
+            index_key=cipher.derive_subkey(b"jarvis store blind index v1"),
+        )
+        try:
+            yield store.load(dump)
+        finally:
+            yield store.close()
+        yield self.run_blocking(_finish_import, self.database_path, self.keyfile_path, content)
+        yield self._open_keys(keys)
+        return {"uid": keys.uid, "name": keys.name}
+
+    @defer.inlineCallbacks
+    def delete_account(self, password: str) -> Any:
+        """Check the password, then remove every file of the data directory (best effort wipe)."""
+        if not self.has_identity:
+            raise NoIdentity("there is no identity to delete")
+        content = yield self.run_blocking(_read_file, self.keyfile_path)
+        yield self.run_blocking(keyfile.unlock_keyfile, content, password)
+        yield self._close_keys()
+        removed = yield self.run_blocking(_wipe_directory, self.data_dir)
+        self._public_uid = None
+        self._emit("identity.locked", {"wiped": True, "deleted": True})
+        return {"removed": removed}
+
+
+def _report(progress: Callable[[Any], None] | None, value: Any) -> None:
+    if progress is not None:
+        progress(value)
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write_private_atomically(path: str, content: bytes, *, exclusive: bool = False) -> None:
+    """Write *content* to *path* (mode 0600) through a synced temporary file and a rename."""
+    if exclusive and os.path.exists(path):
+        raise InvalidInput(f"{path} already exists: choose another file name")
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _finish_import(database_path: str, keyfile_path: str, content: bytes) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(database_path + ".import" + suffix):
+            os.replace(database_path + ".import" + suffix, database_path + suffix)
+    _write_private_atomically(keyfile_path, content)
+
+
+def _wipe_directory(path: str) -> int:
+    """Overwrite (best effort) and remove every regular file under *path*; return the count."""
+    removed = 0
+    for root, _dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                if os.path.isfile(full) and not os.path.islink(full):
+                    size = os.path.getsize(full)
+                    with open(full, "r+b") as f:
+                        f.write(b"\0" * size)
+                        f.flush()
+                        os.fsync(f.fileno())
+                os.unlink(full)
+                removed += 1
+            except OSError:
+                pass
+    return removed

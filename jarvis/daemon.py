@@ -1,0 +1,369 @@
+"""The Jarvis daemon: its twistd options and its service tree.
+
+``twistd jarvis`` calls :func:`make_service`, which checks the reactor and the data directory and
+returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, started in this order:
+
+- the blocking-work thread pool (Argon2id, key file I/O),
+- the reactor-lag probe,
+- the :class:`~jarvis.core.node.Node` (identity, store, peers),
+- the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
+- the local API listener (``--ipc``), a ``strports`` service.
+
+A failed listen aborts start-up with the reason.  A second daemon on the same data directory is
+refused by a lock file before anything is written.  Stopping (SIGTERM, Ctrl-C, ``daemon.stop``)
+closes the listeners, the peer sessions and the store, then removes the endpoint file and the lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python import usage
+from twisted.python.lockfile import FilesystemLock
+from twisted.python.threadpool import ThreadPool
+
+import jarvis
+from jarvis import paths
+from jarvis.errors import AlreadyRunning, JarvisError
+from jarvis.logs import LEVELS, json_file_observer, parse_level
+
+
+class DaemonOptions(usage.Options):
+    """Options of ``twistd jarvis``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the Jarvis daemon: it owns the identity, the encrypted store, the peer-to-peer "
+        "connections and the local API used by the terminal UI, the CLI and scripts."
+    )
+    optParameters = [
+        [
+            "data-dir",
+            "d",
+            None,
+            "Data directory (default: $JARVIS_HOME, else the platform's user data directory).",
+        ],
+        [
+            "listen",
+            "l",
+            paths.DEFAULT_LISTEN,
+            "Peer-to-peer listening endpoint (strports description).",
+        ],
+        [
+            "ipc",
+            None,
+            None,
+            "Local API endpoint (default: a 0600 UNIX socket in the per-user runtime directory).",
+        ],
+        ["log-level", None, "info", f"Minimum level of the JSON log: {', '.join(LEVELS)}."],
+        [
+            "password-file",
+            None,
+            None,
+            "Unlock the identity at start with the first line of this file (unattended use).",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["advertise"] = []
+
+    def opt_advertise(self, address: str) -> None:
+        """Address (HOST:PORT) to publish in link codes; may be repeated."""
+        self["advertise"].append(address)
+
+    def postOptions(self) -> None:
+        try:
+            parse_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["data-dir"] is None:
+            self["data-dir"] = paths.default_data_dir()
+        self["data-dir"] = os.path.abspath(os.path.expanduser(self["data-dir"]))
+
+
+class PeerListenerFactory(Factory):
+    """Accepts peer connections only while a peer network exists (the identity is unlocked).
+
+    The listening port is bound at start-up so that a port conflict stops the daemon at once; while
+    the identity is locked there is no key to run TLS with, so connections are closed immediately.
+    """
+
+    def __init__(self) -> None:
+        self.current: IProtocolFactory | None = None
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        if self.current is None:
+            return None
+        return self.current.buildProtocol(addr)  # type: ignore[return-value]
+
+
+class ThreadPoolService(Service):
+    """Starts and stops a bounded thread pool with the daemon."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self.pool.stop()
+        return None
+
+
+class LagProbeService(Service):
+    """Runs the reactor-lag probe for ``daemon.status``."""
+
+    def __init__(self, probe: Any) -> None:
+        self.probe = probe
+
+    def startService(self) -> None:
+        super().startService()
+        self.probe.start()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        self.probe.stop()
+        return None
+
+
+def read_password_file(path: str) -> str:
+    """Return the first line of *path* without its line ending.
+
+    :raises JarvisError: if the file cannot be read.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as e:
+        raise JarvisError(f"cannot read password file {path}: {e.strerror}") from e
+
+
+def ipc_client_description(server_description: str, port: Any) -> str:
+    """Return the client endpoint description matching a listening IPC server."""
+    if server_description.startswith("unix:"):
+        return f"unix:{port.getHost().name}"
+    host = port.getHost()
+    return f"tcp:{host.host}:{host.port}"
+
+
+class JarvisDaemon(MultiService):
+    """The daemon's root service; see the module docstring for its children and life cycle."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, options: DaemonOptions) -> None:
+        super().__init__()
+        from jarvis.core.node import Node
+        from jarvis.ipc.methods import MethodContext, build_registry
+        from jarvis.ipc.server import IpcServerFactory
+        from jarvis.lag import ReactorLagProbe
+
+        self.reactor = reactor
+        self.options = options
+        self.data_dir: str = options["data-dir"]
+        self.started_at = time.time()
+        self._lock = FilesystemLock(paths.lock_path(self.data_dir))
+        self._log_file: Any = None
+        self._log_observer: Any = None
+
+        self.pool = ThreadPool(minthreads=0, maxthreads=2, name="jarvis-blocking")
+        ThreadPoolService(self.pool).setServiceParent(self)
+        self.lag_probe = ReactorLagProbe(reactor)
+        LagProbeService(self.lag_probe).setServiceParent(self)
+
+        self.peer_factory = PeerListenerFactory()
+        self.node = Node(
+            clock=reactor,
+            data_dir=self.data_dir,
+            run_blocking=self.run_blocking,
+            network_factory=self._make_network,
+            advertise=tuple(options["advertise"]),
+            listen_port=self._listen_port,
+            now=time.time,
+        )
+        self.node.setServiceParent(self)
+
+        self.peer_listener = strports.service(options["listen"], self.peer_factory, reactor=reactor)
+        self.peer_listener.setServiceParent(self)
+
+        ipc_desc = options["ipc"] or paths.default_ipc_endpoint(self.data_dir)
+        self.ipc_description = ipc_desc
+        self.ipc_endpoint = ""
+        token = None
+        if not ipc_desc.startswith("unix:"):
+            token = self._ensure_token()
+        self.context = MethodContext(
+            node=self.node,
+            clock=reactor,
+            lag_probe=self.lag_probe,
+            info=self.info,
+            stop_daemon=self.stop_daemon,
+            pool_stats=self.pool_stats,
+        )
+        factory = IpcServerFactory(
+            build_registry(), self.context, clock=reactor, require_token=token
+        )
+        self.ipc_listener = strports.service(ipc_desc, factory, reactor=reactor)
+        self.ipc_listener.setServiceParent(self)
+
+    # -- helpers given to the node and the API ------------------------------------------------
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Run blocking *f* on the daemon's bounded thread pool."""
+        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+
+    def _make_network(self, identity: Any, directory: Any, observer: Any) -> Any:
+        from jarvis.net.network import PeerNetwork
+
+        network = PeerNetwork(self.reactor, identity, directory, observer)
+        self.peer_factory.current = network.server_factory()
+        return network
+
+    def _listen_port(self) -> int | None:
+        port = getattr(self.peer_listener, "_waitingForPort", None)
+        result = getattr(port, "result", None)
+        if result is not None and hasattr(result, "getHost"):
+            return int(result.getHost().port)
+        return None
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the running daemon for ``daemon.status``."""
+        return {
+            "pid": os.getpid(),
+            "version": jarvis.__version__,
+            "data_dir": self.data_dir,
+            "ipc": self.ipc_endpoint,
+            "started_at": self.started_at,
+        }
+
+    def pool_stats(self) -> dict[str, Any]:
+        """Sizes, busy threads and queue lengths of the daemon's thread pools."""
+        stats: dict[str, Any] = {
+            "blocking": {
+                "max": self.pool.max,
+                "threads": len(self.pool.threads),
+                "busy": len(self.pool.working),
+                "queued": self.pool._team.statistics().backloggedWorkCount,
+            }
+        }
+        store_stats = getattr(self.node, "store_pool_stats", None)
+        if store_stats is not None:
+            stats["store"] = store_stats()
+        return stats
+
+    def stop_daemon(self) -> None:
+        """Stop the reactor (and so the daemon) shortly after the current request answered."""
+        self.reactor.callLater(0.05, self.reactor.stop)
+
+    def _ensure_token(self) -> bytes:
+        path = paths.token_path(self.data_dir)
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        with open(path, encoding="ascii") as f:
+            return f.read().strip().encode("ascii")
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        if not self._lock.lock():
+            raise AlreadyRunning(
+                f"another Jarvis daemon already uses {self.data_dir}: stop it first "
+                "('jarvis daemon stop')"
+            )
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        observer, self._log_file = json_file_observer(
+            paths.json_logfile_path(self.data_dir), parse_level(self.options["log-level"])
+        )
+        self._log_observer = observer
+        globalLogPublisher.addObserver(observer)
+        super().startService()
+        waiting = getattr(self.ipc_listener, "_waitingForPort", None)
+        if waiting is not None:
+            waiting.addCallback(self._ipc_listening)
+        self.log.info(
+            "jarvis {version} started: data directory {data_dir}, peers on {listen}",
+            version=jarvis.__version__,
+            data_dir=self.data_dir,
+            listen=self.options["listen"],
+        )
+        if self.options["password-file"]:
+            password = read_password_file(self.options["password-file"])
+            d = self.node.unlock(password)
+            d.addErrback(
+                lambda f: self.log.error(
+                    "unlock with --password-file failed: {reason}", reason=f.getErrorMessage()
+                )
+            )
+
+    def _ipc_listening(self, port: Any) -> Any:
+        self.ipc_endpoint = ipc_client_description(self.ipc_description, port)
+        path = paths.endpoint_file_path(self.data_dir)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.ipc_endpoint + "\n")
+        os.replace(path + ".tmp", path)
+        self.log.info("local API listening on {endpoint}", endpoint=self.ipc_endpoint)
+        return port
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.log.info("jarvis stopping")
+        yield defer.maybeDeferred(super().stopService)
+        try:
+            os.unlink(paths.endpoint_file_path(self.data_dir))
+        except OSError:
+            pass
+        if self._lock.locked:
+            self._lock.unlock()
+        self.log.info("jarvis stopped")
+        if self._log_observer is not None:
+            globalLogPublisher.removeObserver(self._log_observer)
+            self._log_file.close()
+
+
+def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
+    """Build the daemon's service tree (called by twistd through the plugin).
+
+    Installs the asyncio reactor if none is installed yet, refuses any other reactor, and checks
+    the data directory; problems end the process with a one-line explanation (exit status 1).
+
+    :param options: parsed :class:`DaemonOptions`.
+    :param reactor: the reactor to use (tests pass a fake); default: the installed asyncio reactor.
+    """
+    from jarvis import reactor as jreactor
+
+    try:
+        if reactor is None:
+            reactor = jreactor.install()
+        data_dir = paths.ensure_data_dir(options["data-dir"])
+        options["data-dir"] = data_dir
+        lock = FilesystemLock(paths.lock_path(data_dir))
+        if not lock.lock():
+            raise AlreadyRunning(
+                f"another Jarvis daemon already uses {data_dir}: stop it first "
+                "('jarvis daemon stop')"
+            )
+        lock.unlock()
+        return JarvisDaemon(reactor, options)
+    except (JarvisError, jreactor.WrongReactor) as e:
+        sys.stderr.write(f"jarvis: {e}\n")
+        raise SystemExit(1)
