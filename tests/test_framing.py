@@ -1,0 +1,152 @@
+"""Tests for :mod:`jarvis.protocol.framing`: frames, the prologue and the maximum frame size."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis.protocol.framing import (
+    HANDSHAKE_MAX_FRAME,
+    MAX_FRAME,
+    PROLOGUE,
+    BadPrologue,
+    FrameDecoder,
+    FrameTooLarge,
+    encode_frame,
+)
+
+#: The prologue as shown in docs/protocol.md.
+PROLOGUE_HEX = "4a41525649530001"
+#: A framed Ping with nonce 00..07 as shown in docs/protocol.md.
+PING_FRAME_HEX = "00000009050001020304050607"
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    """Split *data* at the given offsets (clamped and sorted)."""
+    points = sorted({min(max(c, 0), len(data)) for c in cuts})
+    pieces, start = [], 0
+    for point in [*points, len(data)]:
+        pieces.append(data[start:point])
+        start = point
+    return pieces
+
+
+class EncodeFrameTests(SynchronousTestCase):
+    """encode_frame puts a 4-byte big-endian length in front of the payload."""
+
+    def test_vector(self) -> None:
+        """When a Ping payload is framed, then the bytes match the documented vector."""
+        self.assertEqual(
+            encode_frame(bytes.fromhex("050001020304050607")), bytes.fromhex(PING_FRAME_HEX)
+        )
+
+    def test_empty(self) -> None:
+        """When an empty payload is framed, then only a zero header is written."""
+        self.assertEqual(encode_frame(b""), b"\x00\x00\x00\x00")
+
+    def test_prologue_constant(self) -> None:
+        """When the prologue is read, then it is the documented 8 bytes JARVIS NUL 1."""
+        self.assertEqual(PROLOGUE, bytes.fromhex(PROLOGUE_HEX))
+        self.assertEqual(len(PROLOGUE), 8)
+
+
+class RoundTripTests(SynchronousTestCase):
+    """Frames survive any chunking of the stream."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        payloads=st.lists(st.binary(max_size=300), max_size=8),
+        cuts=st.lists(st.integers(min_value=0, max_value=3000), max_size=12),
+        with_prologue=st.booleans(),
+    )
+    def test_any_chunking(
+        self, payloads: list[bytes], cuts: list[int], with_prologue: bool
+    ) -> None:
+        """When frames are fed in arbitrary chunks, then exactly the payloads come out in order."""
+        stream = (PROLOGUE if with_prologue else b"") + b"".join(map(encode_frame, payloads))
+        decoder = FrameDecoder(1024, expect_prologue=with_prologue)
+        received: list[bytes] = []
+        for piece in chunked(stream, cuts):
+            received.extend(decoder.feed(piece))
+        self.assertEqual(received, payloads)
+        self.assertEqual(decoder.buffered, 0)
+
+    def test_byte_by_byte(self) -> None:
+        """When a frame arrives one byte at a time, then it is returned once, on its last byte."""
+        decoder = FrameDecoder(16)
+        frame = encode_frame(b"abc")
+        outputs = [decoder.feed(frame[i : i + 1]) for i in range(len(frame))]
+        self.assertEqual(outputs, [[]] * (len(frame) - 1) + [[b"abc"]])
+
+
+class MaximumTests(SynchronousTestCase):
+    """Oversized frames are refused as soon as their header arrives."""
+
+    def test_header_alone_rejected(self) -> None:
+        """When a header announces one byte over the maximum, then feed raises before the body."""
+        decoder = FrameDecoder(100)
+        with self.assertRaises(FrameTooLarge) as caught:
+            decoder.feed((101).to_bytes(4, "big"))
+        self.assertEqual((caught.exception.announced, caught.exception.maximum), (101, 100))
+
+    def test_huge_announcement(self) -> None:
+        """When a header announces 4 GiB, then it is refused with no body buffered."""
+        decoder = FrameDecoder(MAX_FRAME)
+        with self.assertRaises(FrameTooLarge):
+            decoder.feed(b"\xff\xff\xff\xff")
+        self.assertEqual(decoder.buffered, 4)
+
+    def test_exact_maximum_accepted(self) -> None:
+        """When a frame is exactly the maximum, then it is accepted."""
+        decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        payload = b"x" * HANDSHAKE_MAX_FRAME
+        self.assertEqual(decoder.feed(encode_frame(payload)), [payload])
+
+    def test_raise_between_frames(self) -> None:
+        """When the maximum is raised after a frame, then a larger one in the same chunk passes."""
+        decoder = FrameDecoder(8)
+        decoder.receive(encode_frame(b"hello") + encode_frame(b"y" * 50))
+        self.assertEqual(decoder.next_frame(), b"hello")
+        decoder.set_max_frame(64)
+        self.assertEqual(decoder.next_frame(), b"y" * 50)
+        self.assertIsNone(decoder.next_frame())
+
+    def test_second_frame_checked(self) -> None:
+        """When a small frame is followed by an oversized header, then feed still refuses it."""
+        decoder = FrameDecoder(8)
+        with self.assertRaises(FrameTooLarge):
+            decoder.feed(encode_frame(b"ok") + (9).to_bytes(4, "big"))
+
+    def test_negative_maximum(self) -> None:
+        """When a negative maximum is given, then ValueError is raised."""
+        self.assertRaises(ValueError, FrameDecoder, -1)
+        self.assertRaises(ValueError, FrameDecoder(1).set_max_frame, -1)
+
+
+class PrologueTests(SynchronousTestCase):
+    """The stream must start with the prologue when one is expected."""
+
+    def test_garbage_refused_at_first_byte(self) -> None:
+        """When the first byte is wrong, then BadPrologue is raised at once."""
+        decoder = FrameDecoder(100, expect_prologue=True)
+        with self.assertRaises(BadPrologue):
+            decoder.feed(b"G")
+
+    def test_wrong_version(self) -> None:
+        """When the prologue version byte differs, then BadPrologue is raised."""
+        decoder = FrameDecoder(100, expect_prologue=True)
+        decoder.feed(PROLOGUE[:7])
+        with self.assertRaises(BadPrologue):
+            decoder.feed(b"\x02")
+
+    def test_http_request(self) -> None:
+        """When a plain HTTP request arrives, then BadPrologue is raised."""
+        decoder = FrameDecoder(100, expect_prologue=True)
+        self.assertRaises(BadPrologue, decoder.feed, b"GET / HTTP/1.1\r\n\r\n")
+
+    def test_partial_prologue_waits(self) -> None:
+        """When only part of the prologue has arrived, then nothing is returned or raised."""
+        decoder = FrameDecoder(100, expect_prologue=True)
+        self.assertEqual(decoder.feed(PROLOGUE[:3]), [])
+        self.assertEqual(decoder.feed(PROLOGUE[3:] + encode_frame(b"a")), [b"a"])
