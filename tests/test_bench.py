@@ -1,0 +1,242 @@
+"""Tests for the benchmark harness (:mod:`bench.harness`) and a smoke run of the ceiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, utils
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from bench import harness
+from bench.harness import Figure, Outcome
+
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+
+CEILING_KEYS = {
+    "tcp_rtt_1conn_per_s",
+    "tcp_rtt_1conn_p50_us",
+    "tcp_rtt_1conn_p99_us",
+    "tcp_rtt_100conn_per_s",
+    "tcp_connect_100conn_per_s",
+    "tcp_stream_200b_frames_per_s",
+    "tcp_stream_200b_mib_per_s",
+    "tcp_stream_16k_frames_per_s",
+    "tcp_stream_16k_mib_per_s",
+    "tls_rtt_1conn_per_s",
+    "tls_rtt_1conn_p50_us",
+    "tls_rtt_1conn_p99_us",
+    "tls_rtt_100conn_per_s",
+    "tls_connect_100conn_per_s",
+    "tls_stream_200b_frames_per_s",
+    "tls_stream_200b_mib_per_s",
+    "tls_stream_16k_frames_per_s",
+    "tls_stream_16k_mib_per_s",
+    "tls_unbuffered_rtt_1conn_per_s",
+    "tls_unbuffered_rtt_1conn_p50_us",
+    "tls_unbuffered_rtt_1conn_p99_us",
+}
+
+
+def run_bench(*args: str) -> defer.Deferred[tuple[bytes, bytes, int]]:
+    """Run ``python -m bench ARGS`` from the repository root without blocking the reactor."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(REPOSITORY_ROOT), env.get("PYTHONPATH", "")) if part
+    )
+    env.pop(harness.SMOKE_ENV, None)
+    return utils.getProcessOutputAndValue(
+        sys.executable, ["-m", "bench", *args], env=env, path=str(REPOSITORY_ROOT)
+    )
+
+
+def make_results_dir(test: SynchronousTestCase) -> Path:
+    """Return a fresh directory for results, removed after *test*."""
+    directory = Path(tempfile.mkdtemp(prefix="jarvis-bench-test-"))
+    test.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
+class CeilingSmokeRunTests(TestCase):
+    """``python -m bench ceiling --quick --smoke`` end to end, in a subprocess."""
+
+    timeout = 60
+
+    async def test_table_and_json(self) -> None:
+        """When the ceiling runs at smoke size, then it exits 0, prints the table, writes JSON."""
+        results = make_results_dir(self)
+        out, err, code = await run_bench(
+            "ceiling", "--quick", "--smoke", "--results-dir", str(results)
+        )
+        self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+        table = out.decode("utf-8")
+        self.assertIn("benchmark", table.splitlines()[0])
+        for key in ("tcp_rtt_1conn_per_s", "tls_stream_16k_mib_per_s", "tls_rtt_1conn_p50_us"):
+            self.assertIn(key, table)
+        document = json.loads((results / "ceiling.json").read_text(encoding="utf-8"))
+        self.assertEqual(document["name"], "ceiling")
+        self.assertIs(document["quick"], True)
+        self.assertIs(document["smoke"], True)
+        self.assertEqual(document["machine"]["cpu_count"], os.cpu_count())
+        self.assertEqual(
+            set(document["versions"]), {"jarvis", "twisted", "pyopenssl", "cryptography", "urwid"}
+        )
+        self.assertEqual(set(document["figures"]), CEILING_KEYS)
+        for key, figure in document["figures"].items():
+            self.assertGreater(figure["value"], 0, key)
+            self.assertTrue(figure["unit"], key)
+
+
+class ListTests(TestCase):
+    """``python -m bench --list``."""
+
+    async def test_lists_registry(self) -> None:
+        """When --list is given, then every registered benchmark is printed with its module."""
+        out, err, code = await run_bench("--list")
+        self.assertEqual(code, 0, err.decode("utf-8", "replace"))
+        text = out.decode("utf-8")
+        for name, module in harness.BENCHMARKS.items():
+            self.assertIn(name, text)
+            self.assertIn(module, text)
+
+
+class UnknownNameTests(TestCase):
+    """Asking for a benchmark that is not registered."""
+
+    async def test_usage_error(self) -> None:
+        """When an unknown name is given, then the harness exits 2 and names it."""
+        _out, err, code = await run_bench("no-such-benchmark")
+        self.assertEqual(code, 2)
+        self.assertIn(b"no-such-benchmark", err)
+
+
+class PlanTests(SynchronousTestCase):
+    """Which benchmarks run, in which order."""
+
+    def setUp(self) -> None:
+        registry = {"ceiling": "bench.ceiling", "store": "bench.store_bench", "ui": "bench.ui"}
+        self.patch(harness, "BENCHMARKS", registry)
+
+    def test_ceiling_first(self) -> None:
+        """When another benchmark is named, then the ceiling runs first in the same invocation."""
+        self.assertEqual(harness.plan(["store"]), ["ceiling", "store"])
+        self.assertEqual(harness.plan(["store", "ceiling"]), ["ceiling", "store"])
+
+    def test_ceiling_alone(self) -> None:
+        """When only the ceiling is named, then only the ceiling runs."""
+        self.assertEqual(harness.plan(["ceiling"]), ["ceiling"])
+
+    def test_default_all(self) -> None:
+        """When no name is given, then every registered benchmark runs, ceiling first."""
+        self.assertEqual(harness.plan([]), ["ceiling", "store", "ui"])
+
+    def test_unknown(self) -> None:
+        """When a name is not registered, then plan raises KeyError naming it."""
+        error = self.assertRaises(KeyError, harness.plan, ["nope"])
+        self.assertEqual(error.args, ("nope",))
+
+
+class MissingModuleTests(SynchronousTestCase):
+    """A registered benchmark whose module is not written yet."""
+
+    def test_reported_missing(self) -> None:
+        """When the module does not exist, then the outcome is 'missing' and nothing runs."""
+        outcome = harness.run_in_subprocess(
+            "ghost", "bench.no_such_module", quick=True, smoke=True, timeout=5
+        )
+        self.assertEqual(outcome.status, "missing")
+        self.assertIn("bench.no_such_module", outcome.error)
+        self.assertIn("missing", harness.format_table([outcome]))
+
+
+class FigureReadingTests(SynchronousTestCase):
+    """Reading what a benchmark's run() returned."""
+
+    def test_full_and_bare(self) -> None:
+        """When figures are dicts or bare numbers, then both read as Figures."""
+        figures = harness.read_figures(
+            {
+                "figures": {
+                    "a": {"value": 3, "unit": "ops/s", "goal": 2, "ceiling_key": "c"},
+                    "b": 1.5,
+                }
+            }
+        )
+        self.assertEqual(figures["a"], Figure(value=3.0, unit="ops/s", goal=2.0, ceiling_key="c"))
+        self.assertEqual(figures["b"], Figure(value=1.5, unit=""))
+
+    def test_garbage_refused(self) -> None:
+        """When a figure is a string or there are no figures, then BenchmarkFailed is raised."""
+        self.assertRaises(harness.BenchmarkFailed, harness.read_figures, {"figures": {"a": "x"}})
+        self.assertRaises(harness.BenchmarkFailed, harness.read_figures, {"figures": {}})
+        self.assertRaises(harness.BenchmarkFailed, harness.read_figures, [1])
+
+
+def make_outcomes() -> tuple[Outcome, Outcome]:
+    """Return a ceiling outcome and a store outcome whose figure compares with it."""
+    ceiling = Outcome(
+        name="ceiling",
+        status="ok",
+        figures={"tls_rtt_1conn_per_s": Figure(value=4000.0, unit="round trips/s")},
+    )
+    store = Outcome(
+        name="store",
+        status="ok",
+        figures={
+            "send_per_s": Figure(
+                value=1000.0, unit="msgs/s", goal=500.0, ceiling_key="tls_rtt_1conn_per_s"
+            ),
+            "open_ms": Figure(value=12.0, unit="ms"),
+        },
+    )
+    return ceiling, store
+
+
+class RatioTests(SynchronousTestCase):
+    """Figures compared with the ceiling measured in the same run."""
+
+    def test_ratio_in_document(self) -> None:
+        """When a figure names a ceiling key, then the JSON has the ceiling value and the ratio."""
+        ceiling, store = make_outcomes()
+        document: dict[str, Any] = harness.result_document(
+            store, quick=True, smoke=False, ceiling=ceiling
+        )
+        self.assertEqual(document["figures"]["send_per_s"]["ceiling_value"], 4000.0)
+        self.assertEqual(document["figures"]["send_per_s"]["ratio"], 0.25)
+        self.assertNotIn("ratio", document["figures"]["open_ms"])
+        self.assertEqual(document["ceiling"]["figures"]["tls_rtt_1conn_per_s"]["value"], 4000.0)
+        json.dumps(document)
+
+    def test_ratio_in_table(self) -> None:
+        """When the table is printed with the ceiling, then the ratio column shows 0.25."""
+        ceiling, store = make_outcomes()
+        table = harness.format_table([ceiling, store], ceiling)
+        line = next(row for row in table.splitlines() if "send_per_s" in row)
+        self.assertTrue(line.endswith("0.25"), line)
+        self.assertIn("4,000", line)
+
+    def test_no_ceiling(self) -> None:
+        """When the ceiling did not run, then there is no ratio and no ceiling block."""
+        _, store = make_outcomes()
+        document = harness.result_document(store, quick=False, smoke=False, ceiling=None)
+        self.assertNotIn("ratio", document["figures"]["send_per_s"])
+        self.assertIsNone(document["ceiling"])
+
+
+class WriteResultTests(SynchronousTestCase):
+    """Writing bench/results/<name>.json."""
+
+    def test_written_as_named(self) -> None:
+        """When a document is written, then <dir>/<name>.json holds it and no temporary is left."""
+        results = make_results_dir(self)
+        ceiling, _ = make_outcomes()
+        document = harness.result_document(ceiling, quick=True, smoke=False, ceiling=None)
+        path = harness.write_result(document, results)
+        self.assertEqual(path, results / "ceiling.json")
+        self.assertEqual(json.loads(path.read_text(encoding="utf-8")), document)
+        self.assertEqual(sorted(p.name for p in results.iterdir()), ["ceiling.json"])
