@@ -154,11 +154,24 @@ def read_password_file(path: str) -> str:
 
 
 def ipc_client_description(server_description: str, port: Any) -> str:
-    """Return the client endpoint description matching a listening IPC server."""
+    """Return the client endpoint description matching an IPC server description.
+
+    :param port: the listening port once known (its real address wins), or ``None``.
+    """
     if server_description.startswith("unix:"):
-        return f"unix:{port.getHost().name}"
-    host = port.getHost()
-    return f"tcp:{host.host}:{host.port}"
+        if port is None:
+            return f"unix:{server_description.split(':')[1]}"
+        name = port.getHost().name
+        return f"unix:{os.fsdecode(name)}"
+    if port is not None:
+        host = port.getHost()
+        return f"tcp:{host.host}:{host.port}"
+    fields = server_description.split(":")
+    interface = "127.0.0.1"
+    for extra in fields[2:]:
+        if extra.startswith("interface="):
+            interface = extra.split("=", 1)[1]
+    return f"tcp:{interface}:{fields[1]}"
 
 
 class JarvisDaemon(MultiService):
@@ -169,7 +182,7 @@ class JarvisDaemon(MultiService):
     def __init__(self, reactor: Any, options: DaemonOptions) -> None:
         super().__init__()
         from jarvis.core.node import Node
-        from jarvis.ipc.methods import MethodContext, build_registry
+        from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
         from jarvis.ipc.server import IpcServerFactory
         from jarvis.lag import ReactorLagProbe
 
@@ -203,7 +216,7 @@ class JarvisDaemon(MultiService):
 
         ipc_desc = options["ipc"] or paths.default_ipc_endpoint(self.data_dir)
         self.ipc_description = ipc_desc
-        self.ipc_endpoint = ""
+        self.ipc_endpoint = ipc_client_description(ipc_desc, None)
         token = None
         if not ipc_desc.startswith("unix:"):
             token = self._ensure_token()
@@ -211,9 +224,14 @@ class JarvisDaemon(MultiService):
             node=self.node,
             clock=reactor,
             lag_probe=self.lag_probe,
-            info=self.info,
+            info=DaemonInfo(
+                pid=os.getpid(),
+                version=jarvis.__version__,
+                data_dir=self.data_dir,
+                ipc=self.ipc_endpoint,
+            ),
             stop_daemon=self.stop_daemon,
-            pool_stats=self.pool_stats,
+            pool_stats={"blocking": self.blocking_pool_stats, "store": self.store_pool_stats},
         )
         factory = IpcServerFactory(
             build_registry(), self.context, clock=reactor, require_token=token
@@ -241,30 +259,18 @@ class JarvisDaemon(MultiService):
             return int(result.getHost().port)
         return None
 
-    def info(self) -> dict[str, Any]:
-        """Facts about the running daemon for ``daemon.status``."""
+    def blocking_pool_stats(self) -> dict[str, Any]:
+        """Size, busy threads and queue length of the blocking-work thread pool."""
         return {
-            "pid": os.getpid(),
-            "version": jarvis.__version__,
-            "data_dir": self.data_dir,
-            "ipc": self.ipc_endpoint,
-            "started_at": self.started_at,
+            "size": self.pool.max,
+            "threads": len(self.pool.threads),
+            "busy": len(self.pool.working),
+            "queued": self.pool._team.statistics().backloggedWorkCount,
         }
 
-    def pool_stats(self) -> dict[str, Any]:
-        """Sizes, busy threads and queue lengths of the daemon's thread pools."""
-        stats: dict[str, Any] = {
-            "blocking": {
-                "max": self.pool.max,
-                "threads": len(self.pool.threads),
-                "busy": len(self.pool.working),
-                "queued": self.pool._team.statistics().backloggedWorkCount,
-            }
-        }
-        store_stats = getattr(self.node, "store_pool_stats", None)
-        if store_stats is not None:
-            stats["store"] = store_stats()
-        return stats
+    def store_pool_stats(self) -> dict[str, Any]:
+        """The store's database thread figures (empty while locked)."""
+        return self.node.store_pool_stats() or {}
 
     def stop_daemon(self) -> None:
         """Stop the reactor (and so the daemon) shortly after the current request answered."""

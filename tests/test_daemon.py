@@ -1,0 +1,137 @@
+"""Tests for the twistd plugin, the daemon's options and its service tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis import daemon, paths
+from tests.daemons import DaemonProcess, short_tempdir
+
+
+def make_options(*argv: str) -> daemon.DaemonOptions:
+    options = daemon.DaemonOptions()
+    options.parseOptions(list(argv))
+    return options
+
+
+class PluginTests(SynchronousTestCase):
+    def test_plugin_discovered(self) -> None:
+        """When twistd looks for service makers, then 'jarvis' is among them with its options."""
+        makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
+        self.assertIn("jarvis", makers)
+        self.assertIs(makers["jarvis"].options, daemon.DaemonOptions)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """When no option is given, then the data dir comes from JARVIS_HOME and the documented
+        peer port is used."""
+        home = self.mktemp()
+        self.patch(os, "environ", {**os.environ, "JARVIS_HOME": home})
+        options = make_options()
+        self.assertEqual(options["data-dir"], os.path.abspath(home))
+        self.assertEqual(options["listen"], "tcp:7770")
+        self.assertEqual(options["advertise"], [])
+        self.assertIsNone(options["password-file"])
+
+    def test_advertise_repeats(self) -> None:
+        """When --advertise is given twice, then both addresses are kept in order."""
+        options = make_options("--advertise", "a.example:1", "--advertise", "[::1]:2")
+        self.assertEqual(options["advertise"], ["a.example:1", "[::1]:2"])
+
+    def test_bad_log_level(self) -> None:
+        """When --log-level names no level, then parsing fails naming the choices."""
+        exc = self.assertRaises(usage.UsageError, make_options, "--log-level", "loud")
+        self.assertIn("debug", str(exc))
+
+
+class ServiceTreeTests(SynchronousTestCase):
+    def test_tree_on_memory_reactor(self) -> None:
+        """When the service is built and started on a memory reactor, then the peer and API
+        listeners are bound and the data directory is private."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options(
+            "--data-dir", data_dir, "--listen", "tcp:7771", "--ipc", f"unix:{sock_dir}/s.sock"
+        )
+        service = daemon.make_service(options, reactor=clock)
+        self.assertEqual(stat.S_IMODE(os.stat(data_dir).st_mode), 0o700)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([port for port, *_ in clock.tcpServers], [7771])
+        self.assertEqual([addr for addr, *_ in clock.unixServers], [f"{sock_dir}/s.sock"])
+
+    def test_readable_data_dir_refused(self) -> None:
+        """When the data directory is readable by others, then start-up stops with a one-line
+        message naming the chmod that fixes it."""
+        data_dir = self.mktemp()
+        os.makedirs(data_dir, mode=0o755)
+        os.chmod(data_dir, 0o755)
+        written: list[str] = []
+        self.patch(daemon.sys.stderr, "write", written.append)
+        exc = self.assertRaises(
+            SystemExit,
+            daemon.make_service,
+            make_options("--data-dir", data_dir),
+            MemoryReactorClock(),
+        )
+        self.assertEqual(exc.code, 1)
+        self.assertIn(f"chmod 700 {os.path.abspath(data_dir)}", "".join(written))
+
+
+class RealDaemonTests(TestCase):
+    timeout = 90
+
+    async def test_start_refuse_second_and_stop(self) -> None:
+        """When twistd runs the daemon, a second one is started on the same data directory, and
+        the first gets SIGTERM, then the second is refused with a clear message, and the first
+        exits cleanly removing its socket, lock and endpoint file."""
+        root = short_tempdir(self)
+        data_dir = os.path.join(root, "data")
+        first = DaemonProcess(data_dir, root)
+        self.addCleanup(first.cleanup)
+        await first.start()
+        self.assertTrue(os.path.exists(first.socket))
+        self.assertEqual(stat.S_IMODE(os.stat(first.socket).st_mode), 0o600)
+        with open(paths.endpoint_file_path(data_dir)) as f:
+            self.assertEqual(f.read().strip(), first.endpoint)
+
+        # its own pid file, so that twistd's pid-file check does not refuse it first
+        second = DaemonProcess(data_dir, root, pidfile="second.pid")
+        self.addCleanup(second.cleanup)
+        code = await second.run_to_exit()
+        self.assertEqual(code, 1)
+        self.assertIn(b"another Jarvis daemon already uses", second.output)
+        self.assertTrue(os.path.exists(first.socket), "the refused daemon removed the socket")
+
+        code = await first.stop()
+        self.assertIn(b"jarvis stopped", first.output)
+        self.assertNotIn(b"Traceback", first.output)
+        # twistd re-raises SIGTERM after a clean shutdown: the shell sees exit status 143
+        self.assertEqual((code, first.exit_signal), (None, signal.SIGTERM))
+        self.assertFalse(os.path.exists(first.socket))
+        self.assertFalse(os.path.exists(first.socket + ".lock"))
+        self.assertFalse(os.path.exists(paths.lock_path(data_dir)))
+        self.assertFalse(os.path.exists(paths.endpoint_file_path(data_dir)))
+
+    async def test_other_reactor_refused(self) -> None:
+        """When twistd is asked for another reactor, then the daemon refuses in one line."""
+        root = short_tempdir(self)
+        proc = DaemonProcess(os.path.join(root, "data"), root, twistd_args=[])
+        proc.twistd_args = []
+        argv = proc.argv()
+        argv.insert(argv.index("jarvis"), "--reactor=poll")
+        self.patch(proc, "argv", lambda: argv)
+        code = await proc.run_to_exit()
+        self.assertEqual(code, 1)
+        self.assertIn(b"Jarvis needs the asyncio reactor but the", proc.output)
