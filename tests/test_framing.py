@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,6 +23,8 @@ from jarvis.protocol.framing import (
 PROLOGUE_HEX = "4a41525649530001"
 #: A framed Ping with nonce 00..07 as shown in docs/protocol.md.
 PING_FRAME_HEX = "00000009050001020304050607"
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -49,6 +54,13 @@ class EncodeFrameTests(SynchronousTestCase):
         """When the prologue is read, then it is the documented 8 bytes JARVIS NUL 1."""
         self.assertEqual(PROLOGUE, bytes.fromhex(PROLOGUE_HEX))
         self.assertEqual(len(PROLOGUE), 8)
+
+    def test_documented(self) -> None:
+        """When docs/protocol.md is read, then it shows the prologue and Ping frame vectors."""
+        blocks = re.findall(r"```hex\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+        shown = ["".join(block.split()) for block in blocks]
+        self.assertIn(PROLOGUE_HEX, shown)
+        self.assertIn(PING_FRAME_HEX, shown)
 
 
 class RoundTripTests(SynchronousTestCase):
