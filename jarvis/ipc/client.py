@@ -1,0 +1,244 @@
+"""The Twisted client of the local API, used by the terminal UI and the ``jarvis`` CLI.
+
+:meth:`IpcClient.connect` opens a connection from a ``clientFromString`` description (and
+authenticates with a token on TCP); :meth:`IpcClient.call` sends a request and returns a
+Deferred of its result (cancelling it sends ``$/cancelRequest``); :meth:`IpcClient.subscribe`
+delivers daemon events.  Errors from the daemon arrive as
+:class:`~jarvis.ipc.jsonrpc.RemoteError`; a lost connection fails pending calls with
+:class:`~twisted.internet.error.ConnectionLost`.
+
+This module must not import the global reactor: callers pass theirs to :meth:`IpcClient.connect`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, endpoints, error
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from jarvis.ipc import jsonrpc
+from jarvis.ipc.jsonrpc import RemoteError
+
+__all__ = ["IpcClient", "IpcClientProtocol", "RemoteError"]
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+DisconnectObserver = Callable[[Failure], None]
+
+
+class IpcClientProtocol(LineReceiver):
+    """The line protocol under :class:`IpcClient`: matches responses to requests by id."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = jsonrpc.MAX_INCOMING_LINE
+    log = Logger()
+    transport: Any
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._waiting: dict[int | str, defer.Deferred[Any]] = {}
+        self._progress: dict[str, Callable[[Any], None]] = {}
+        self.event_handlers: list[EventHandler] = []
+        self.disconnect_observers: list[DisconnectObserver] = []
+        self.connected_d: defer.Deferred[IpcClientProtocol] = defer.Deferred()
+        self.lost: Failure | None = None
+        self._lost_waiters: list[defer.Deferred[None]] = []
+
+    def connectionMade(self) -> None:
+        self.connected_d.callback(self)
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:  # noqa: B008
+        self.lost = reason
+        waiting, self._waiting = self._waiting, {}
+        self._progress.clear()
+        for d in waiting.values():
+            d.errback(Failure(error.ConnectionLost("the connection to the daemon was lost")))
+        for observer in list(self.disconnect_observers):
+            try:
+                observer(reason)
+            except Exception:
+                self.log.failure("disconnect observer failed")
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for w in waiters:
+            w.callback(None)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.log.error("the daemon sent a line of {size} bytes: closing", size=len(line))
+        self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            incoming = jsonrpc.parse_incoming(line)
+        except jsonrpc.InvalidMessage:
+            self.log.warn("ignored a malformed line from the daemon")
+            return
+        if incoming.is_notification:
+            self._notified(str(incoming.method), incoming.params)
+            return
+        d = self._waiting.pop(incoming.id, None) if isinstance(incoming.id, int | str) else None
+        if d is None:
+            return  # a cancelled call's late answer, or an answer to a notification
+        self._progress.pop(f"p{incoming.id}", None)
+        if incoming.error is not None:
+            d.errback(incoming.error)
+        else:
+            d.callback(incoming.result)
+
+    def _notified(self, method: str, params: dict[str, Any]) -> None:
+        if method == "$/progress":
+            callback = self._progress.get(str(params.get("token")))
+            if callback is not None:
+                callback(params.get("value"))
+            return
+        for handler in list(self.event_handlers):
+            try:
+                handler(method, params)
+            except Exception:
+                self.log.failure("event handler failed for {event}", event=method)
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        progress: Callable[[Any], None] | None = None,
+    ) -> defer.Deferred[Any]:
+        """Send a request; see :meth:`IpcClient.call`."""
+        if self.lost is not None:
+            return defer.fail(error.ConnectionLost("the connection to the daemon was lost"))
+        request_id = next(self._ids)
+        body = dict(params or {})
+        if progress is not None:
+            token = f"p{request_id}"
+            self._progress[token] = progress
+            body["_progress"] = token
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            self._waiting.pop(request_id, None)
+            self._progress.pop(f"p{request_id}", None)
+            if self.lost is None:
+                self.transport.write(jsonrpc.notification("$/cancelRequest", {"id": request_id}))
+
+        d: defer.Deferred[Any] = defer.Deferred(cancel)
+        self._waiting[request_id] = d
+        self.transport.write(jsonrpc.request(request_id, method, body or None))
+        return d
+
+    def when_lost(self) -> defer.Deferred[None]:
+        """Return a Deferred that fires once the connection is closed."""
+        if self.lost is not None:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._lost_waiters.append(d)
+        return d
+
+
+class IpcClient:
+    """A connection to the daemon's local API.
+
+    Build one with :meth:`connect`.  Any number of calls may be in flight at once.
+    """
+
+    def __init__(self, protocol: IpcClientProtocol) -> None:
+        self._protocol = protocol
+        self._subscription: Any = None
+        self._subscribe_waiters: list[defer.Deferred[Any]] = []
+
+    @classmethod
+    def connect(
+        cls, reactor: Any, endpoint_description: str, *, token: str | None = None
+    ) -> defer.Deferred[IpcClient]:
+        """Connect to the daemon.
+
+        :param reactor: the reactor.
+        :param endpoint_description: a ``clientFromString`` description (``unix:PATH`` or
+            ``tcp:HOST:PORT``), usually ``jarvis.paths.client_endpoint_for(data_dir)``.
+        :param token: the API token, sent with ``auth`` first (needed for TCP).
+        :returns: a Deferred firing with the client; it fails with the endpoint's connect error
+            (e.g. ``ConnectError``) if nobody listens, or with ``RemoteError`` (``unauthorized``).
+        """
+        endpoint = endpoints.clientFromString(reactor, endpoint_description)
+        d = endpoint.connect(Factory.forProtocol(IpcClientProtocol))
+
+        def connected(protocol: IpcClientProtocol) -> Any:
+            client = cls(protocol)
+            if token is None:
+                return client
+            auth = protocol.call("auth", {"token": token})
+
+            def refused(failure: Failure) -> Failure:
+                protocol.transport.loseConnection()
+                return failure
+
+            return auth.addCallbacks(lambda _: client, refused)
+
+        return d.addCallback(connected)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is still open."""
+        return self._protocol.lost is None
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        progress: Callable[[Any], None] | None = None,
+    ) -> defer.Deferred[Any]:
+        """Call *method* with named *params*.
+
+        :param progress: called with each ``$/progress`` value the method reports.
+        :returns: a Deferred firing with the result; it fails with :class:`RemoteError`, or
+            with ``ConnectionLost``.  Cancelling it sends ``$/cancelRequest`` (the daemon stops
+            the work) and fails it with ``CancelledError`` at once.
+        """
+        return self._protocol.call(method, params, progress=progress)
+
+    def subscribe(self, handler: EventHandler) -> defer.Deferred[Any]:
+        """Deliver every daemon event to *handler(event_name, payload)*.
+
+        Handlers must ignore events and fields they do not know.  The first call subscribes the
+        connection (``events.subscribe``); later calls add handlers to the same stream.
+
+        :returns: a Deferred firing once the daemon confirmed the subscription.
+        """
+        self._protocol.event_handlers.append(handler)
+        d: defer.Deferred[Any] = defer.Deferred()
+        if self._subscription is not None:
+            d.callback(self._subscription)
+            return d
+        self._subscribe_waiters.append(d)
+        if len(self._subscribe_waiters) == 1:
+            self.call("events.subscribe").addBoth(self._subscribed)
+        return d
+
+    def _subscribed(self, outcome: Any) -> None:
+        waiters, self._subscribe_waiters = self._subscribe_waiters, []
+        if isinstance(outcome, Failure):
+            # Not subscribed: a later subscribe() tries again.
+            for w in waiters:
+                w.errback(outcome)
+            return
+        self._subscription = outcome
+        for w in waiters:
+            w.callback(outcome)
+
+    def add_disconnect_observer(self, observer: DisconnectObserver) -> None:
+        """Call *observer(reason)* once when the connection closes, whoever closed it."""
+        self._protocol.disconnect_observers.append(observer)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close the connection (after sending what is buffered).
+
+        :returns: a Deferred firing once it is closed.
+        """
+        d = self._protocol.when_lost()
+        if self._protocol.lost is None:
+            self._protocol.transport.loseConnection()
+        return d

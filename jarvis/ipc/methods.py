@@ -1,0 +1,479 @@
+"""The local API's methods: each one a thin, validated call into the ``Node``.
+
+:func:`build_registry` declares every method once (params, result, deadline, lock rule,
+concurrency group, documentation) for the server and for ``docs/ipc.md``.  Handlers translate
+params into ``Node`` calls and nothing else: application rules live in :mod:`jarvis.core`.
+
+Passwords travel in params and go straight to the Node; nothing here logs params or results.
+This module must not import the reactor: time and the daemon's controls come in
+:class:`MethodContext`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from jarvis import errors
+from jarvis.ipc import jsonrpc
+from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
+
+#: The longest message body the API accepts, in bytes of UTF-8 (the Node enforces it too).
+MAX_MESSAGE_BYTES = 64 * 1024
+
+#: The largest page ``messages.history`` returns.
+MAX_HISTORY_PAGE = 200
+
+#: How long ``daemon.stop`` waits before stopping, so that its answer reaches the caller.
+STOP_DELAY = 0.05
+
+
+@dataclass(frozen=True)
+class DaemonInfo:
+    """Facts about the running daemon that ``daemon.status`` reports.
+
+    :param pid: the daemon's process id.
+    :param version: the Jarvis version.
+    :param data_dir: the data directory.
+    :param ipc: the client endpoint description of the local API.
+    """
+
+    pid: int
+    version: str
+    data_dir: str
+    ipc: str
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """Everything the methods may use.
+
+    :param node: the ``Node`` (or a :class:`jarvis.testing.FakeNode`).
+    :param clock: the reactor's time interface.
+    :param info: static facts for ``daemon.status``.
+    :param stop_daemon: stops the daemon gracefully (``daemon.stop`` calls it after answering).
+    :param lag_probe: an object with ``snapshot() -> dict`` (a ``ReactorLagProbe``), or ``None``.
+    :param pool_stats: named callables returning pool figures (e.g. the store's ``pool_stats``).
+    """
+
+    node: Any
+    clock: Any
+    info: DaemonInfo
+    stop_daemon: Callable[[], Any]
+    lag_probe: Any = None
+    pool_stats: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _name(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if len(value) > 64:
+        return "must be at most 64 characters"
+    return None
+
+
+def _password(value: str) -> str | None:
+    return None if len(value) <= 4096 else "must be at most 4096 characters"
+
+
+def _history_limit(value: int) -> str | None:
+    if 1 <= value <= MAX_HISTORY_PAGE:
+        return None
+    return f"must be between 1 and {MAX_HISTORY_PAGE}"
+
+
+def _addresses(value: list[Any]) -> str | None:
+    if all(isinstance(a, str) and a for a in value):
+        return None
+    return "must be an array of non-empty HOST:PORT strings"
+
+
+CONTACT = Param("contact", str, True, "the contact: name, alias or a unique uid prefix", _non_empty)
+
+
+# daemon.* --------------------------------------------------------------------------------------
+
+
+def daemon_status(inv: Invocation) -> dict[str, Any]:
+    ctx: MethodContext = inv.ctx
+    info = ctx.node.info()
+    return {
+        "running": True,
+        "pid": ctx.info.pid,
+        "version": ctx.info.version,
+        "ipc": ctx.info.ipc,
+        "data_dir": ctx.info.data_dir,
+        "has_identity": bool(info.get("has_identity")),
+        "locked": bool(info.get("locked")),
+        "uid": info.get("uid"),
+        "name": info.get("name"),
+        "lag": ctx.lag_probe.snapshot() if ctx.lag_probe is not None else None,
+        "pools": {name: stats() for name, stats in ctx.pool_stats.items()},
+        "in_flight": inv.registry.in_flight(ctx.clock.seconds()),
+    }
+
+
+def daemon_stop(inv: Invocation) -> dict[str, Any]:
+    ctx: MethodContext = inv.ctx
+    ctx.clock.callLater(STOP_DELAY, ctx.stop_daemon)
+    return {"stopping": True, "pid": ctx.info.pid}
+
+
+# identity.* ------------------------------------------------------------------------------------
+
+
+def identity_create(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.create_identity, p["name"], p["password"], progress=inv.progress
+    )
+
+
+def identity_unlock(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.unlock, inv.params["password"], progress=inv.progress)
+
+
+def identity_lock(inv: Invocation) -> defer.Deferred[Any]:
+    d = defer.maybeDeferred(inv.ctx.node.lock)
+    return d.addCallback(lambda _: {"locked": True})
+
+
+def identity_show(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.show_identity)
+
+
+def identity_change_password(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    d = defer.maybeDeferred(
+        inv.ctx.node.change_password, p["old_password"], p["new_password"], progress=inv.progress
+    )
+    return d.addCallback(lambda _: {"changed": True})
+
+
+# contacts.* ------------------------------------------------------------------------------------
+
+
+def contacts_add(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    if ("link" in p) == ("card" in p):
+        raise jsonrpc.invalid_params("link", "give exactly one of link or card")
+    return defer.maybeDeferred(
+        inv.ctx.node.add_contact,
+        link=p.get("link"),
+        card=p.get("card"),
+        name=p.get("name"),
+        verified=p.get("verified", False),
+    )
+
+
+def contacts_list(inv: Invocation) -> defer.Deferred[Any]:
+    d = defer.maybeDeferred(inv.ctx.node.list_contacts)
+    return d.addCallback(lambda contacts: {"contacts": list(contacts)})
+
+
+def contacts_show(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.show_contact, inv.params["contact"])
+
+
+_UPDATABLE = ("name", "addresses", "verified", "blocked", "muted", "read_receipts")
+
+
+def contacts_update(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    changes = {k: p[k] for k in _UPDATABLE if k in p}
+    if not changes:
+        raise jsonrpc.invalid_params("name", f"give at least one of {', '.join(_UPDATABLE)}")
+    return defer.maybeDeferred(inv.ctx.node.update_contact, p["contact"], **changes)
+
+
+def contacts_remove(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    d = defer.maybeDeferred(
+        inv.ctx.node.remove_contact, p["contact"], with_history=p.get("with_history", False)
+    )
+    return d.addCallback(lambda _: {"removed": True})
+
+
+# messages.* ------------------------------------------------------------------------------------
+
+
+def messages_send(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    size = len(p["text"].encode("utf-8"))
+    if size > MAX_MESSAGE_BYTES:
+        raise errors.TooLarge(
+            f"the message is {size} bytes of UTF-8; Jarvis sends at most {MAX_MESSAGE_BYTES}"
+        )
+    return defer.maybeDeferred(inv.ctx.node.send_message, p["contact"], p["text"])
+
+
+def messages_history(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.history, p["contact"], limit=p.get("limit", 50), before=p.get("before")
+    )
+
+
+def messages_mark_read(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(inv.ctx.node.mark_read, p["contact"], up_to=p.get("up_to"))
+
+
+def messages_unread_counts(inv: Invocation) -> defer.Deferred[Any]:
+    d = defer.maybeDeferred(inv.ctx.node.unread_counts)
+    return d.addCallback(lambda counts: {"unread": dict(counts)})
+
+
+# peers, events -------------------------------------------------------------------------------
+
+
+def peers_status(inv: Invocation) -> Any:
+    return inv.ctx.node.peers_status()
+
+
+def events_subscribe(inv: Invocation) -> dict[str, Any]:
+    if inv.session is None:
+        raise jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "events.subscribe needs a connection")
+    inv.session.subscribe_events()
+    return {"subscribed": True}
+
+
+IDENTITY_GROUP = ConcurrencyGroup(
+    "identity",
+    1,
+    "key-file work (Argon2id, ~0.2 s of a core each) runs one call at a time; later calls queue",
+)
+
+_CONTACT_RESULT = (
+    "contact: {uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted, "
+    "read_receipts, status, unread, last_activity}"
+)
+_MESSAGE_RESULT = (
+    "message: {id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read}"
+)
+
+
+def method_specs() -> tuple[MethodSpec, ...]:
+    """Return every method's declaration, in documentation order."""
+    return (
+        MethodSpec(
+            "daemon.status",
+            daemon_status,
+            result="{running, pid, version, ipc, data_dir, has_identity, locked, uid, name, "
+            "lag (reactor lag probe figures or null), pools ({name: figures}), in_flight "
+            "([{method, id, started, age, progress}])}",
+            doc="Report whether the daemon runs, its identity state, reactor lag, pool figures "
+            "and the requests being served.",
+            deadline=5.0,
+            needs_unlocked=False,
+        ),
+        MethodSpec(
+            "daemon.stop",
+            daemon_stop,
+            result="{stopping: true, pid}",
+            doc="Answer, then stop the daemon gracefully (connections close when it exits).",
+            deadline=5.0,
+            needs_unlocked=False,
+        ),
+        MethodSpec(
+            "identity.create",
+            identity_create,
+            (
+                Param("name", str, True, "your display name (at most 64 characters)", _name),
+                Param("password", str, True, "the master password (never logged)", _password),
+            ),
+            result="{uid, name, fingerprint}",
+            doc="Create the identity and its key file, sealed with the password; the identity "
+            "is unlocked afterwards.",
+            deadline=120.0,
+            needs_unlocked=False,
+            concurrency="identity",
+            progress=True,
+        ),
+        MethodSpec(
+            "identity.unlock",
+            identity_unlock,
+            (Param("password", str, True, "the master password (never logged)", _password),),
+            result="{uid, name}",
+            doc="Open the key file with the password and start messaging.",
+            deadline=120.0,
+            needs_unlocked=False,
+            concurrency="identity",
+            progress=True,
+        ),
+        MethodSpec(
+            "identity.lock",
+            identity_lock,
+            result="{locked: true}",
+            doc="Forget the keys and stop messaging until the next unlock.",
+            deadline=30.0,
+            concurrency="identity",
+        ),
+        MethodSpec(
+            "identity.show",
+            identity_show,
+            result="{name, uid, fingerprint, link, addresses}",
+            doc="Show your identity and the link code to give to contacts.",
+        ),
+        MethodSpec(
+            "identity.changePassword",
+            identity_change_password,
+            (
+                Param("old_password", str, True, "the current password", _password),
+                Param("new_password", str, True, "the new password", _password),
+            ),
+            result="{changed: true}",
+            doc="Re-seal the key file with a new password.",
+            deadline=120.0,
+            concurrency="identity",
+            progress=True,
+        ),
+        MethodSpec(
+            "contacts.add",
+            contacts_add,
+            (
+                Param("link", str, False, "a jarvis:// link code (give link or card)"),
+                Param("card", str, False, "the JSON text of a .jcard file (give link or card)"),
+                Param("name", str, False, "a local alias for the contact", _name),
+                Param("verified", bool, False, "mark the fingerprint as checked (default false)"),
+            ),
+            result=_CONTACT_RESULT,
+            doc="Add a contact from a link code or a contact card.",
+        ),
+        MethodSpec(
+            "contacts.list",
+            contacts_list,
+            result="{contacts: [contact]}",
+            doc="List every contact.",
+        ),
+        MethodSpec(
+            "contacts.show",
+            contacts_show,
+            (CONTACT,),
+            result=_CONTACT_RESULT,
+            doc="Show one contact.",
+        ),
+        MethodSpec(
+            "contacts.update",
+            contacts_update,
+            (
+                CONTACT,
+                Param("name", str, False, "a new local alias", _name),
+                Param("addresses", list, False, "HOST:PORT addresses to dial", _addresses),
+                Param("verified", bool, False, "fingerprint checked"),
+                Param("blocked", bool, False, "refuse the contact's connections and messages"),
+                Param("muted", bool, False, "no notifications for this contact"),
+                Param("read_receipts", bool, False, "send read receipts to this contact"),
+            ),
+            result=_CONTACT_RESULT,
+            doc="Change a contact's settings; give at least one field besides contact.",
+        ),
+        MethodSpec(
+            "contacts.remove",
+            contacts_remove,
+            (CONTACT, Param("with_history", bool, False, "also delete the conversation")),
+            result="{removed: true}",
+            doc="Remove a contact (and optionally its history).",
+        ),
+        MethodSpec(
+            "messages.send",
+            messages_send,
+            (
+                CONTACT,
+                Param("text", str, True, f"the message, at most {MAX_MESSAGE_BYTES} UTF-8 bytes"),
+            ),
+            result=_MESSAGE_RESULT + " (state 'queued' until sent; watch message.stateChanged)",
+            doc="Queue a message; it is sent when the contact is reachable.",
+            deadline=30.0,
+        ),
+        MethodSpec(
+            "messages.history",
+            messages_history,
+            (
+                CONTACT,
+                Param(
+                    "limit",
+                    int,
+                    False,
+                    f"messages per page, 1..{MAX_HISTORY_PAGE} (default 50)",
+                    _history_limit,
+                ),
+                Param(
+                    "before",
+                    (str, int),
+                    False,
+                    "the `next` cursor of the previous page",
+                    None,
+                    nullable=True,
+                ),
+            ),
+            result="{messages: [message] (oldest first), next: cursor for the older page or null, "
+            "marker: id of the first unread message or null}",
+            doc="Page through a conversation, newest page first.",
+        ),
+        MethodSpec(
+            "messages.markRead",
+            messages_mark_read,
+            (CONTACT, Param("up_to", str, False, "mark up to this message id", nullable=True)),
+            result="{count}",
+            doc="Mark a conversation's messages read (all, or up to a message).",
+        ),
+        MethodSpec(
+            "messages.unreadCounts",
+            messages_unread_counts,
+            result="{unread: {uid: count}}",
+            doc="Count unread messages per contact.",
+        ),
+        MethodSpec(
+            "peers.status",
+            peers_status,
+            result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
+            "'online'), connect_attempts, connect_successes, connect_failures, last_error, "
+            "last_error_at, connected_since, bytes_in, bytes_out, messages_in, messages_out}]}",
+            doc="Show the connection state of every peer.",
+        ),
+        MethodSpec(
+            "events.subscribe",
+            events_subscribe,
+            result="{subscribed: true}",
+            doc="Receive every daemon event on this connection as a notification (see Events).",
+            deadline=5.0,
+            needs_unlocked=False,
+        ),
+    )
+
+
+def build_registry() -> Registry:
+    """Return the registry of every API method (deadlines run on each call's ``ctx.clock``)."""
+    return Registry(method_specs(), (IDENTITY_GROUP,))
+
+
+def make_context(
+    node: Any,
+    clock: Any,
+    *,
+    data_dir: str,
+    ipc: str,
+    stop_daemon: Callable[[], Any],
+    lag_probe: Any = None,
+    pool_stats: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+) -> MethodContext:
+    """Return a :class:`MethodContext` for this process (pid and version filled in)."""
+    from jarvis import __version__
+
+    return MethodContext(
+        node=node,
+        clock=clock,
+        info=DaemonInfo(os.getpid(), __version__, data_dir, ipc),
+        stop_daemon=stop_daemon,
+        lag_probe=lag_probe,
+        pool_stats=dict(pool_stats or {}),
+    )

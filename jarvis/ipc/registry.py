@@ -1,0 +1,360 @@
+"""The method registry: every API method declared once, and the rules every call goes through.
+
+A :class:`MethodSpec` names a method, its params schema, its result, its deadline, whether it
+needs an unlocked identity, its concurrency group and its documentation.  :meth:`Registry.call`
+validates the params before anything runs, checks the lock, waits for the concurrency group's
+:class:`~twisted.internet.defer.DeferredSemaphore`, applies the deadline with
+:meth:`~twisted.internet.defer.Deferred.addTimeout` on the injected clock, supports cancellation
+and records the requests in flight for ``daemon.status``.
+
+Unknown params are refused (``-32602`` naming the field): a typo must not silently drop an
+option.  Params whose names start with ``_`` are transport-level (the server strips
+``_progress`` before calling) and are refused here too.
+
+This module knows nothing of sockets or JSON lines and must not import the reactor: time comes
+from the clock passed in.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jarvis import errors
+from jarvis.ipc import jsonrpc
+
+#: A progress callback: receives one JSON-able value (usually a dict with ``stage``).
+ProgressCallback = Callable[[Any], None]
+
+
+class Session(Protocol):
+    """What a method may ask of the connection that called it."""
+
+    def subscribe_events(self) -> None:
+        """Start forwarding every Node event to this connection as a notification."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One named parameter of a method.
+
+    :param name: the field name in ``params``.
+    :param type: the accepted JSON type(s): ``str``, ``int``, ``bool``, ``list``, ``dict``,
+        ``float`` (accepts ints too) or a tuple of them; ``bool`` is never accepted as ``int``.
+    :param required: whether the field must be present.
+    :param doc: one line for the documentation.
+    :param validator: returns a problem description for a bad value, ``None`` for a good one;
+        runs after the type check.
+    :param nullable: whether JSON ``null`` is accepted (it means "not given").
+    """
+
+    name: str
+    type: type | tuple[type, ...]
+    required: bool = False
+    doc: str = ""
+    validator: Callable[[Any], str | None] | None = None
+    nullable: bool = False
+
+    def type_names(self) -> str:
+        """Return the JSON type name(s) for messages and docs, e.g. ``string or null``."""
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        names = [_JSON_NAMES.get(t, t.__name__) for t in types]
+        if self.nullable:
+            names.append("null")
+        return " or ".join(names)
+
+    def check(self, value: Any) -> str | None:
+        """Return what is wrong with *value*, or ``None`` if it is acceptable."""
+        if value is None:
+            return None if self.nullable else f"must be {self.type_names()}, not null"
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        ok = False
+        for t in types:
+            if t is float:
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+            elif t is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            else:
+                ok = isinstance(value, t)
+            if ok:
+                break
+        if not ok:
+            return f"must be {self.type_names()}, not {_json_type(value)}"
+        if self.validator is not None:
+            return self.validator(value)
+        return None
+
+
+_JSON_NAMES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
+
+
+def _json_type(value: Any) -> str:
+    for t, name in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+        (str, "string"),
+        (list, "array"),
+        (dict, "object"),
+    ):
+        if isinstance(value, t):
+            return name
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What a method handler receives.
+
+    :param ctx: the daemon's :class:`~jarvis.ipc.methods.MethodContext`.
+    :param params: the validated params (only declared fields; absent optional ones missing).
+    :param progress: call it with a JSON-able value to report progress (never raises).
+    :param registry: the registry running the call (``daemon.status`` lists its requests).
+    :param session: the calling connection, or ``None`` for in-process calls.
+    """
+
+    ctx: Any
+    params: Mapping[str, Any]
+    progress: ProgressCallback
+    registry: Registry
+    session: Session | None = None
+
+
+#: A method handler: returns the JSON-able result or a Deferred of it.
+Handler = Callable[[Invocation], Any]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """The one declaration of an API method.
+
+    :param name: ``group.verb`` name, e.g. ``messages.send``.
+    :param handler: the function that does the work (see :data:`Handler`).
+    :param params: the accepted params.
+    :param result: a description of the result for the documentation.
+    :param doc: what the method does, for the documentation.
+    :param deadline: seconds before the call fails with "timed out" (``None``: no deadline).
+    :param needs_unlocked: whether the identity must exist and be unlocked.
+    :param concurrency: the name of the concurrency group (see :class:`Registry`), or ``None``.
+    :param progress: whether the method reports progress (documentation only).
+    """
+
+    name: str
+    handler: Handler
+    params: tuple[Param, ...] = ()
+    result: str = "null"
+    doc: str = ""
+    deadline: float | None = 10.0
+    needs_unlocked: bool = True
+    concurrency: str | None = None
+    progress: bool = False
+
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check *params* against the schema.
+
+        :returns: a copy holding only the fields given.
+        :raises jsonrpc.RpcError: ``-32602`` naming the first bad, missing or unknown field.
+        """
+        known = {p.name: p for p in self.params}
+        for name in params:
+            if name not in known:
+                raise jsonrpc.invalid_params(name, "unknown parameter")
+        checked: dict[str, Any] = {}
+        for p in self.params:
+            if p.name not in params:
+                if p.required:
+                    raise jsonrpc.invalid_params(p.name, "missing required parameter")
+                continue
+            problem = p.check(params[p.name])
+            if problem is not None:
+                raise jsonrpc.invalid_params(p.name, problem)
+            checked[p.name] = params[p.name]
+        return checked
+
+
+@dataclass
+class InFlight:
+    """A request being served (mutable: ``progress`` changes while it runs)."""
+
+    method: str
+    id: int | str | None
+    started: float
+    progress: Any = None
+
+
+@dataclass(frozen=True)
+class ConcurrencyGroup:
+    """A named limit shared by several methods.
+
+    :param name: the group name methods refer to.
+    :param limit: how many calls of the group may run at once; the others wait in order.
+    :param doc: why the limit exists.
+    """
+
+    name: str
+    limit: int
+    doc: str = ""
+
+
+class Registry:
+    """The set of API methods and the machinery every call goes through.
+
+    :param specs: the methods.
+    :param groups: the concurrency groups the methods name.
+
+    Time comes from ``ctx.clock`` of each call (an ``IReactorTime``; a ``task.Clock`` in tests).
+    :raises ValueError: for a duplicate method name or an unknown concurrency group.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        specs: Iterable[MethodSpec],
+        groups: Iterable[ConcurrencyGroup] = (),
+    ) -> None:
+        self.groups: dict[str, ConcurrencyGroup] = {g.name: g for g in groups}
+        self._semaphores = {g.name: defer.DeferredSemaphore(g.limit) for g in self.groups.values()}
+        self.methods: dict[str, MethodSpec] = {}
+        for spec in specs:
+            if spec.name in self.methods:
+                raise ValueError(f"method {spec.name} is declared twice")
+            if spec.concurrency is not None and spec.concurrency not in self.groups:
+                raise ValueError(f"method {spec.name} names unknown group {spec.concurrency}")
+            self.methods[spec.name] = spec
+        self._in_flight: dict[int, InFlight] = {}
+        self._keys = itertools.count()
+
+    def in_flight(self, now: float) -> list[dict[str, Any]]:
+        """Return the requests being served, oldest first, as JSON-able dicts.
+
+        :param now: the current time on the clock the calls were started with.
+        :returns: dicts with ``method``, ``id``, ``started`` (clock seconds), ``age`` (seconds)
+            and ``progress`` (the last value reported, or ``None``).
+        """
+        return [
+            {
+                "method": r.method,
+                "id": r.id,
+                "started": r.started,
+                "age": round(now - r.started, 6),
+                "progress": r.progress,
+            }
+            for r in self._in_flight.values()
+        ]
+
+    def call(
+        self,
+        name: str,
+        params: Mapping[str, Any] | None,
+        ctx: Any,
+        *,
+        progress: ProgressCallback | None = None,
+        request_id: int | str | None = None,
+        session: Session | None = None,
+    ) -> defer.Deferred[Any]:
+        """Run method *name* with *params*.
+
+        :param name: the method name.
+        :param params: the named params (``None`` for none).
+        :param ctx: the daemon's method context; ``ctx.node`` is checked for the lock and
+            ``ctx.clock`` runs the deadline.
+        :param progress: receives each progress value the method reports.
+        :param request_id: the JSON-RPC id, for ``daemon.status``.
+        :param session: the calling connection (needed by ``events.subscribe``).
+        :returns: a Deferred firing with the result; it fails only with
+            :class:`jsonrpc.RpcError` (``-32601`` unknown method, ``-32602`` bad params,
+            ``-32001`` locked, ``-32007`` no identity, ``-32004`` deadline passed, ``-32800``
+            cancelled, or the method's own error mapped by
+            :func:`jsonrpc.error_from_exception`).  Cancelling it cancels the work.
+        """
+        spec = self.methods.get(name)
+        if spec is None:
+            return defer.fail(
+                jsonrpc.RpcError(jsonrpc.METHOD_NOT_FOUND, f"method not found: {name}")
+            )
+        try:
+            checked = spec.validate(params or {})
+            if spec.needs_unlocked:
+                self._check_unlocked(ctx)
+        except jsonrpc.RpcError as e:
+            return defer.fail(e)
+
+        key = next(self._keys)
+        clock: Any = ctx.clock
+        record = InFlight(name, request_id, clock.seconds())
+        self._in_flight[key] = record
+
+        def report(value: Any) -> None:
+            record.progress = value
+            if progress is not None:
+                try:
+                    progress(value)
+                except Exception:
+                    self.log.failure("progress observer failed for {method}", method=name)
+
+        invocation = Invocation(ctx, checked, report, self, session)
+        semaphore = self._semaphores.get(spec.concurrency) if spec.concurrency else None
+
+        def run(_: object) -> Any:
+            if semaphore is None:
+                return defer.maybeDeferred(spec.handler, invocation)
+            work = defer.maybeDeferred(spec.handler, invocation)
+            return work.addBoth(_release, semaphore)
+
+        acquired: defer.Deferred[Any] = (
+            semaphore.acquire() if semaphore is not None else defer.succeed(None)
+        )
+        result = acquired.addCallback(run)
+        if spec.deadline is not None:
+            result.addTimeout(spec.deadline, clock)
+        result.addErrback(self._translate, spec)
+
+        def forget(value: Any) -> Any:
+            self._in_flight.pop(key, None)
+            return value
+
+        return result.addBoth(forget)
+
+    def _check_unlocked(self, ctx: Any) -> None:
+        node = ctx.node
+        if not node.has_identity:
+            raise jsonrpc.error_from_exception(errors.NoIdentity(_doc_line(errors.NoIdentity)))
+        if node.locked:
+            raise jsonrpc.error_from_exception(errors.Locked(_doc_line(errors.Locked)))
+
+    def _translate(self, failure: Failure, spec: MethodSpec) -> None:
+        if failure.check(defer.TimeoutError):
+            raise jsonrpc.RpcError(
+                jsonrpc.TIMED_OUT, f"{spec.name} timed out after {spec.deadline:g} s"
+            )
+        if failure.check(defer.CancelledError):
+            raise jsonrpc.RpcError(jsonrpc.REQUEST_CANCELLED, f"{spec.name} was cancelled")
+        exc = failure.value if failure.value is not None else RuntimeError("no exception")
+        error = jsonrpc.error_from_exception(exc)
+        if error.code == jsonrpc.INTERNAL_ERROR:
+            # The traceback goes to the log only; the client gets the exception type.
+            self.log.failure("method {method} failed", failure, method=spec.name)
+        raise error
+
+
+def _release(value: Any, semaphore: defer.DeferredSemaphore) -> Any:
+    semaphore.release()
+    return value
+
+
+def _doc_line(cls: type) -> str:
+    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]

@@ -1,0 +1,316 @@
+"""The local API server: a JSON-RPC line protocol on the daemon's private socket.
+
+:class:`IpcServerFactory` builds one :class:`IpcServerProtocol` per client.  Each connection:
+
+- on a UNIX socket, checks the peer's uid with ``SO_PEERCRED`` and closes connections of other
+  users (the socket is 0600 in a 0700 directory already; this is the second lock);
+- on any other transport, when the factory has a token, requires ``auth`` with that token as
+  the first request (constant-time comparison), else answers ``-32011`` and closes;
+- reads lines of at most :data:`~jarvis.ipc.jsonrpc.MAX_LINE` bytes: an oversized line gets an
+  error response and the connection is closed; a malformed line gets ``-32700`` or ``-32600``
+  and the connection stays usable;
+- runs requests concurrently through the :class:`~jarvis.ipc.registry.Registry`, answers each
+  with its id, honours ``$/cancelRequest`` and sends ``$/progress`` for requests that carry a
+  progress token (``params._progress`` or its alias ``params.progressToken``);
+- after ``events.subscribe``, forwards every Node event as a notification.
+
+This module must not know any method: it only moves lines between sockets and the registry.
+It never logs params, results or tokens (params may hold passwords).
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from jarvis.ipc import jsonrpc
+from jarvis.ipc.registry import Registry
+
+#: The transport-level param keys that carry a progress token (stripped before validation).
+PROGRESS_KEYS = ("_progress", "progressToken")
+
+#: The notification a client sends to cancel one of its requests.
+CANCEL_METHOD = "$/cancelRequest"
+
+#: The notification the server sends to report progress.
+PROGRESS_METHOD = "$/progress"
+
+#: The first request a TCP client must send.
+AUTH_METHOD = "auth"
+
+_UCRED = struct.Struct("3i")
+
+
+def peer_uid(transport: Any) -> int | None:
+    """Return the uid of the process at the other end of a UNIX socket transport.
+
+    :returns: the uid from ``SO_PEERCRED``, or ``None`` if *transport* is not a UNIX socket or
+        the platform has no ``SO_PEERCRED``.
+    """
+    get_handle = getattr(transport, "getHandle", None)
+    if get_handle is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    handle = get_handle()
+    if not isinstance(handle, socket.socket) or handle.family != socket.AF_UNIX:
+        return None
+    raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    _pid, uid, _gid = _UCRED.unpack(raw)
+    return int(uid)
+
+
+class IpcServerProtocol(LineReceiver):
+    """One client connection of the local API (see the module docstring)."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = jsonrpc.MAX_LINE
+    log = Logger()
+    transport: Any
+
+    factory: IpcServerFactory
+
+    def __init__(self) -> None:
+        self._pending: dict[int | str, defer.Deferred[Any]] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        self._authenticated = False
+        self._open = False
+
+    def connectionMade(self) -> None:
+        self._open = True
+        factory = self.factory
+        uid = peer_uid(self.transport)
+        if uid is not None:
+            if uid != factory.allowed_uid:
+                self.log.warn(
+                    "refused local API connection from uid {uid} (only uid {allowed} may connect)",
+                    uid=uid,
+                    allowed=factory.allowed_uid,
+                )
+                self._open = False
+                self.transport.loseConnection()
+                return
+            self._authenticated = True
+        else:
+            self._authenticated = factory.require_token is None
+        factory.connections.add(self)
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._open = False
+        self.factory.connections.discard(self)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        pending, self._pending = self._pending, {}
+        for d in pending.values():
+            d.cancel()
+
+    # sending -----------------------------------------------------------------------------------
+
+    def _send(self, line: bytes) -> None:
+        if self._open:
+            self.transport.write(line)
+
+    def _send_error(self, request_id: int | str | None, error: jsonrpc.RpcError) -> None:
+        self._send(jsonrpc.error_response(request_id, error))
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification (an event or ``$/progress``) to this client."""
+        try:
+            line = jsonrpc.notification(method, params)
+        except (TypeError, ValueError):
+            self.log.failure("cannot encode notification {method}", method=method)
+            return
+        self._send(line)
+
+    def subscribe_events(self) -> None:
+        """Forward every Node event to this client from now on (idempotent)."""
+        if self._unsubscribe is None and self._open:
+            self._unsubscribe = self.factory.ctx.node.subscribe(self.notify)
+
+    # receiving ---------------------------------------------------------------------------------
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.log.warn("local API line too long ({size} bytes): closing", size=len(line))
+        self._send_error(
+            None,
+            jsonrpc.RpcError(
+                jsonrpc.INVALID_REQUEST,
+                f"invalid request: line longer than {jsonrpc.MAX_LINE} bytes; closing",
+                {"kind": "too_large"},
+            ),
+        )
+        self._open = False
+        self.transport.loseConnection()
+
+    def lineReceived(self, line: bytes) -> None:
+        if not self._open:
+            return
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            req = jsonrpc.parse_request(line)
+        except jsonrpc.InvalidMessage as e:
+            self._send_error(e.request_id, e)
+            if not self._authenticated:
+                self._refuse()
+            return
+        if not self._authenticated:
+            self._authenticate(req)
+            return
+        if req.method == CANCEL_METHOD:
+            self._cancel(req)
+            return
+        if req.method == AUTH_METHOD:
+            if not req.is_notification:
+                self._send(jsonrpc.result_response(req.id, {"authenticated": True}))
+            return
+        self._dispatch(req)
+
+    def _refuse(self) -> None:
+        self._open = False
+        self.transport.loseConnection()
+
+    def _authenticate(self, req: jsonrpc.Request) -> None:
+        token = req.params.get("token") if req.method == AUTH_METHOD else None
+        expected = self.factory.require_token
+        if (
+            isinstance(token, str)
+            and expected is not None
+            and hmac.compare_digest(token.encode("utf-8"), expected)
+        ):
+            self._authenticated = True
+            if not req.is_notification:
+                self._send(jsonrpc.result_response(req.id, {"authenticated": True}))
+            return
+        self.log.warn("refused local API connection: missing or wrong token")
+        self._send_error(
+            req.id,
+            jsonrpc.RpcError(
+                jsonrpc.UNAUTHORIZED,
+                'unauthorized: send {"method": "auth", "params": {"token": ...}} first',
+            ),
+        )
+        self._refuse()
+
+    def _cancel(self, req: jsonrpc.Request) -> None:
+        target = req.params.get("id")
+        d = self._pending.get(target) if isinstance(target, int | str) else None
+        if d is not None:
+            d.cancel()
+        if not req.is_notification:
+            self._send(jsonrpc.result_response(req.id, {"cancelled": d is not None}))
+
+    def _dispatch(self, req: jsonrpc.Request) -> None:
+        params = dict(req.params)
+        token = None
+        for key in PROGRESS_KEYS:
+            if key in params:
+                token = params.pop(key)
+        if token is not None and not isinstance(token, int | str):
+            problem = "must be a string or an integer"
+            self._send_error(req.id, jsonrpc.invalid_params("_progress", problem))
+            return
+        if not req.is_notification and req.id in self._pending:
+            self._send_error(
+                req.id,
+                jsonrpc.RpcError(
+                    jsonrpc.INVALID_REQUEST, f"invalid request: id {req.id!r} is already in use"
+                ),
+            )
+            return
+
+        progress = None
+        if token is not None:
+
+            def progress(value: Any) -> None:
+                self.notify(PROGRESS_METHOD, {"token": token, "value": value})
+
+        self.log.debug("local API request {method} id={id}", method=req.method, id=req.id)
+        d = self.factory.registry.call(
+            req.method,
+            params,
+            self.factory.ctx,
+            progress=progress,
+            request_id=req.id,
+            session=self,
+        )
+        if req.is_notification:
+            d.addErrback(self._log_notification_failure, req.method)
+            return
+        request_id = req.id
+        if request_id is not None and not d.called:
+            # A null id cannot be named by $/cancelRequest, so it is not tracked.
+            self._pending[request_id] = d
+        d.addCallbacks(self._answer, self._answer_error, (request_id,), {}, (request_id, req))
+
+    def _answer(self, result: Any, request_id: int | str | None) -> None:
+        if request_id is not None:
+            self._pending.pop(request_id, None)
+        try:
+            line = jsonrpc.result_response(request_id, result)
+        except (TypeError, ValueError):
+            self.log.failure("result of request id={id} is not JSON", id=request_id)
+            line = jsonrpc.error_response(
+                request_id, jsonrpc.error_from_exception(TypeError("result is not JSON"))
+            )
+        self._send(line)
+
+    def _answer_error(
+        self, failure: Failure, request_id: int | str | None, req: jsonrpc.Request
+    ) -> None:
+        if request_id is not None:
+            self._pending.pop(request_id, None)
+        # The registry already mapped (and logged) the method's errors.
+        self._send_error(request_id, jsonrpc.error_from_exception(_exception_of(failure)))
+
+    def _log_notification_failure(self, failure: Failure, method: str) -> None:
+        # Nobody waits for a notification's answer; the registry logged internal errors.
+        self.log.debug(
+            "local API notification {method} failed: {error}", method=method, error=failure.value
+        )
+
+
+def _exception_of(failure: Failure) -> BaseException:
+    return failure.value if failure.value is not None else RuntimeError("no exception")
+
+
+class IpcServerFactory(Factory):
+    """Builds the local API connections.
+
+    :param registry: the methods (``jarvis.ipc.methods.build_registry()``).
+    :param ctx: the :class:`~jarvis.ipc.methods.MethodContext` passed to every method.
+    :param clock: the reactor's time (kept for the protocol's future timers and for tests).
+    :param require_token: the token TCP clients must send with ``auth``; ``None`` means no
+        token is asked (only for UNIX sockets, which check the peer uid instead).
+    :param allowed_uid: the uid allowed on UNIX sockets (default: this process's uid).
+    """
+
+    protocol = IpcServerProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        registry: Registry,
+        ctx: Any,
+        *,
+        clock: Any,
+        require_token: bytes | None = None,
+        allowed_uid: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.ctx = ctx
+        self.clock = clock
+        self.require_token = require_token
+        self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        #: The open connections (``daemon.status`` and shutdown may use them).
+        self.connections: set[IpcServerProtocol] = set()

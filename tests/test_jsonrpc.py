@@ -1,0 +1,142 @@
+"""Tests for jarvis.ipc.jsonrpc: framing, parsing and the error-code mapping."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis import errors
+from jarvis.crypto import errors as crypto_errors
+from jarvis.ipc import jsonrpc
+
+
+class EncodeTests(SynchronousTestCase):
+    """Encoding messages as lines."""
+
+    def test_one_line(self) -> None:
+        """When a result holds newlines and non-ASCII text, then the line has one newline, at
+        the end, and is UTF-8."""
+        line = jsonrpc.result_response(7, {"body": "a\nb ü"})
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertTrue(line.endswith(b"\n"))
+        self.assertIn("ü".encode(), line)
+        self.assertEqual(
+            json.loads(line), {"jsonrpc": "2.0", "id": 7, "result": {"body": "a\nb ü"}}
+        )
+
+    def test_error_response(self) -> None:
+        """When an error is encoded, then code, message and data.kind are present."""
+        line = jsonrpc.error_response(3, jsonrpc.RpcError(jsonrpc.LOCKED, "locked"))
+        self.assertEqual(
+            json.loads(line)["error"],
+            {"code": -32001, "message": "locked", "data": {"kind": "locked"}},
+        )
+
+    @given(
+        st.one_of(st.integers(), st.text(max_size=20)),
+        st.text(min_size=1, max_size=30),
+        st.dictionaries(st.text(max_size=10), st.one_of(st.integers(), st.text(), st.booleans())),
+    )
+    def test_request_round_trip(self, request_id: int | str, method: str, params: dict) -> None:
+        """When any request is encoded and parsed, then the same request comes back."""
+        parsed = jsonrpc.parse_request(jsonrpc.request(request_id, method, params)[:-1])
+        self.assertEqual(parsed, jsonrpc.Request(method, params, request_id, False))
+
+
+class ParseRequestTests(SynchronousTestCase):
+    """Parsing request lines."""
+
+    def assert_code(self, line: bytes, code: int) -> jsonrpc.InvalidMessage:
+        error = self.assertRaises(jsonrpc.InvalidMessage, jsonrpc.parse_request, line)
+        self.assertEqual(error.code, code)
+        return error
+
+    def test_garbage(self) -> None:
+        """When the line is not JSON or not UTF-8, then it is a parse error."""
+        self.assert_code(b"{nope", jsonrpc.PARSE_ERROR)
+        self.assert_code(b"\xff\xfe", jsonrpc.PARSE_ERROR)
+
+    def test_not_an_object(self) -> None:
+        """When the JSON is a number or a string, then it is an invalid request."""
+        self.assert_code(b"42", jsonrpc.INVALID_REQUEST)
+        self.assert_code(b'"x"', jsonrpc.INVALID_REQUEST)
+
+    def test_batch(self) -> None:
+        """When the JSON is an array (a batch), then it is refused as not supported."""
+        error = self.assert_code(b'[{"id":1,"method":"a"}]', jsonrpc.INVALID_REQUEST)
+        self.assertIn("batch", error.message)
+
+    def test_bad_members(self) -> None:
+        """When method, id, jsonrpc or params are of the wrong kind, then the right code comes
+        with the id when it was readable."""
+        self.assert_code(b'{"id":1}', jsonrpc.INVALID_REQUEST)
+        self.assert_code(b'{"id":true,"method":"a"}', jsonrpc.INVALID_REQUEST)
+        error = self.assert_code(b'{"id":5,"jsonrpc":"1.0","method":"a"}', jsonrpc.INVALID_REQUEST)
+        self.assertEqual(error.request_id, 5)
+        error = self.assert_code(b'{"id":6,"method":"a","params":[1]}', jsonrpc.INVALID_PARAMS)
+        self.assertEqual(error.request_id, 6)
+
+    def test_notification(self) -> None:
+        """When the request has no id member, then it is a notification with empty params."""
+        req = jsonrpc.parse_request(b'{"method":"$/cancelRequest"}')
+        self.assertTrue(req.is_notification)
+        self.assertEqual(req.params, {})
+
+
+class ParseIncomingTests(SynchronousTestCase):
+    """Parsing what clients receive."""
+
+    def test_error(self) -> None:
+        """When an error response arrives, then it becomes a RemoteError with its kind."""
+        incoming = jsonrpc.parse_incoming(
+            b'{"jsonrpc":"2.0","id":2,"error":{"code":-32003,"message":"no such contact"}}'
+        )
+        assert incoming.error is not None
+        self.assertEqual(
+            (incoming.id, incoming.error.code, incoming.error.kind, str(incoming.error)),
+            (2, -32003, "not_found", "no such contact"),
+        )
+
+    def test_notification_ignores_unknown_fields(self) -> None:
+        """When a notification has unknown members, then they are ignored."""
+        incoming = jsonrpc.parse_incoming(b'{"method":"x.y","params":{"a":1},"extra":true}')
+        self.assertTrue(incoming.is_notification)
+        self.assertEqual((incoming.method, incoming.params), ("x.y", {"a": 1}))
+
+
+class ErrorMappingTests(SynchronousTestCase):
+    """Mapping exceptions to error codes."""
+
+    def test_jarvis_errors(self) -> None:
+        """When a Jarvis error is mapped, then its kind picks the documented code."""
+        cases = {
+            errors.Locked("l"): jsonrpc.LOCKED,
+            errors.NotFound("n"): jsonrpc.NOT_FOUND,
+            errors.Ambiguous("a"): jsonrpc.AMBIGUOUS,
+            errors.TooLarge("t"): jsonrpc.TOO_LARGE,
+            errors.NoIdentity("x"): jsonrpc.NO_IDENTITY,
+            errors.IdentityExists("x"): jsonrpc.IDENTITY_EXISTS,
+            errors.InvalidInput("x"): jsonrpc.INVALID_PARAMS,
+            crypto_errors.WrongPassword(): jsonrpc.WRONG_PASSWORD,
+            crypto_errors.WeakPassword(): jsonrpc.WEAK_PASSWORD,
+            crypto_errors.DamagedLink(): jsonrpc.INVALID_LINK,
+        }
+        for exc, code in cases.items():
+            self.assertEqual(jsonrpc.error_from_exception(exc).code, code, exc)
+        self.assertEqual(jsonrpc.error_from_exception(errors.NotFound("who?")).message, "who?")
+
+    def test_unexpected(self) -> None:
+        """When an unexpected exception is mapped, then it is internal and hides its text."""
+        error = jsonrpc.error_from_exception(KeyError("secret-password"))
+        self.assertEqual(error.code, jsonrpc.INTERNAL_ERROR)
+        self.assertNotIn("secret", error.message)
+
+    def test_codes_unique(self) -> None:
+        """When the code table is read, then codes and kinds are unique."""
+        codes = [e.code for e in jsonrpc.ERROR_CODES]
+        kinds = [e.kind for e in jsonrpc.ERROR_CODES]
+        self.assertEqual(len(codes), len(set(codes)))
+        self.assertEqual(len(kinds), len(set(kinds)))
