@@ -629,14 +629,16 @@ class Node(Service):
         pump = self._pumps.get(contact.uid)
         if pump is not None:
             if pump.ready:
-                self._write(pump, stored)
+                yield self._write(pump, stored)
+                stored = replace(stored, state="sent")
             else:
                 pump.pending.append(stored)
         return message_view(stored)
 
-    def _write(self, pump: _PeerPump, message: Message) -> None:
+    def _write(self, pump: _PeerPump, message: Message) -> defer.Deferred[Any]:
+        """Write *message* to the pump's session once; fires when its state is recorded."""
         if message.id in pump.sent:
-            return
+            return defer.succeed(None)
         pump.sent.add(message.id)
         try:
             pump.session.send_message(
@@ -644,9 +646,10 @@ class Node(Service):
             )
         except Exception as e:
             self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
-            return
+            return defer.succeed(None)
         if message.state == "queued":
-            self._advance(message.id, "sent")
+            return self._advance(message.id, "sent")
+        return defer.succeed(None)
 
     def _advance(self, message_id: str, state: str) -> defer.Deferred[Any]:
         store = self._store
@@ -751,27 +754,29 @@ class Node(Service):
 
     # -- SessionObserver / network observer ----------------------------------------------------
 
-    def session_established(self, session: Any) -> None:
+    def session_established(self, session: Any) -> defer.Deferred[Any]:
+        """Replay the contact's outbox, in order, on the new session."""
         uid = session.peer_uid
         store = self._store
         if store is None or uid not in self._contacts:
-            return
+            return defer.succeed(None)
         pump = _PeerPump(session=session)
         self._pumps[uid] = pump
         self.log.info("session with {uid} established", uid=uid)
 
-        def replay(messages: list[Message]) -> None:
+        def replay(messages: list[Message]) -> Any:
             if self._pumps.get(uid) is not pump:
-                return
-            for message in messages:
-                self._write(pump, message)
+                return None
+            written = [self._write(pump, message) for message in messages]
             while pump.pending:
-                self._write(pump, pump.pending.popleft())
+                written.append(self._write(pump, pump.pending.popleft()))
             pump.ready = True
+            return defer.gatherResults(written)
 
         d = store.outbox(uid)
         d.addCallback(replay)
         d.addErrback(lambda f: self.log.failure("outbox replay failed", f))
+        return d
 
     def session_closed(self, session: Any, reason: str) -> None:
         uid = getattr(session, "peer_uid", None)
@@ -782,16 +787,17 @@ class Node(Service):
 
     def message_received(
         self, session: Any, message_id: bytes, body: bytes, created_ms: int
-    ) -> None:
+    ) -> defer.Deferred[Any]:
+        """Store an incoming message (once), then acknowledge it; fires when done."""
         uid = session.peer_uid
         store = self._store
         if store is None or uid not in self._contacts:
-            return
+            return defer.succeed(None)
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             self.log.warn("message {id} from {uid} is not UTF-8", id=message_id.hex(), uid=uid)
-            return
+            return defer.succeed(None)
         message = Message(
             id=message_id.hex(),
             contact=uid,
@@ -816,14 +822,15 @@ class Node(Service):
         d = store.add_incoming(message)
         d.addCallback(stored)
         d.addErrback(lambda f: self.log.failure("storing an incoming message failed", f))
+        return d
 
-    def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> None:
-        for message_id in message_ids:
-            self._advance(message_id.hex(), "delivered")
+    def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
+        """Mark acknowledged messages delivered; fires when recorded."""
+        return defer.gatherResults([self._advance(i.hex(), "delivered") for i in message_ids])
 
-    def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> None:
-        for message_id in message_ids:
-            self._advance(message_id.hex(), "read")
+    def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
+        """Mark messages read by the peer; fires when recorded."""
+        return defer.gatherResults([self._advance(i.hex(), "read") for i in message_ids])
 
     def peer_status_changed(self, uid: str, status: Any) -> None:
         contact = self._contacts.get(uid)

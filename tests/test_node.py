@@ -1,0 +1,391 @@
+"""Tests for :class:`jarvis.core.node.Node` with the real key file, crypto and SQLite store.
+
+The peer network is a recording fake (the net layer has its own tests); sessions are fakes that
+record what the node writes to them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import stat
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from jarvis.core.node import Node
+from jarvis.crypto import linkcode
+from jarvis.crypto.errors import LinkCodeError, WrongPassword
+from jarvis.crypto.identity import IdentityKey
+from jarvis.crypto.keyfile import KdfParams
+from jarvis.errors import Ambiguous, IdentityExists, Locked, NotFound, TooLarge
+
+FAST = KdfParams(time_cost=1, memory_cost_kib=8, parallelism=1)
+
+
+class FakeNetwork:
+    """Records what the node asks of the peer network."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.stopped = False
+
+    def connect(self, uid: str) -> None:
+        self.calls.append(("connect", uid))
+
+    def redial(self, uid: str) -> None:
+        self.calls.append(("redial", uid))
+
+    def forget(self, uid: str) -> None:
+        self.calls.append(("forget", uid))
+
+    def status(self, uid: str) -> Any:
+        raise KeyError(uid)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        return succeed(None)
+
+
+class FakeSession:
+    """A peer session that records the records the node writes."""
+
+    def __init__(self, peer_uid: str) -> None:
+        self.peer_uid = peer_uid
+        self.sent: list[tuple[bytes, bytes, int]] = []
+        self.acks: list[bytes] = []
+        self.reads: list[bytes] = []
+
+    def send_message(self, message_id: bytes, body: bytes, created_ms: int) -> None:
+        self.sent.append((message_id, body, created_ms))
+
+    def send_ack(self, ids: list[bytes]) -> None:
+        self.acks.extend(ids)
+
+    def send_read(self, ids: list[bytes]) -> None:
+        self.reads.extend(ids)
+
+
+def make_node(testcase: TestCase, data_dir: str | None = None) -> tuple[Node, Clock, list]:
+    """Return a started node on a fresh data directory, its delay clock and its event list."""
+    if data_dir is None:
+        data_dir = testcase.mktemp()
+        os.makedirs(data_dir, mode=0o700)
+    clock = Clock()
+    networks: list[FakeNetwork] = []
+
+    def network_factory(identity: Any, directory: Any, observer: Any) -> FakeNetwork:
+        networks.append(FakeNetwork())
+        return networks[-1]
+
+    node = Node(
+        clock=clock,
+        data_dir=data_dir,
+        run_blocking=threads.deferToThread,
+        network_factory=network_factory,
+        advertise=("192.0.2.7:7770",),
+        now=lambda: 1_700_000_000.0,
+        kdf_params=FAST,
+        reactor_for_store=reactor,
+    )
+    events: list[tuple[str, dict]] = []
+    node.subscribe(lambda name, payload: events.append((name, payload)))
+    node.startService()
+    testcase.addCleanup(node.stopService)
+    node.networks = networks  # type: ignore[attr-defined]
+    return node, clock, events
+
+
+def friend_link(
+    name: str = "Bob", addresses: tuple[str, ...] = ("192.0.2.9:7770",)
+) -> tuple[IdentityKey, str]:
+    key = IdentityKey.generate()
+    card = linkcode.make_card(key, name, addresses, 1_700_000_000)
+    return key, linkcode.encode_link(card)
+
+
+def files_bytes(path: str) -> bytes:
+    chunks = []
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                chunks.append(f.read())
+    return b"".join(chunks)
+
+
+class IdentityLifeCycleTests(TestCase):
+    async def test_create_lock_unlock(self) -> None:
+        """When an identity is created, wiped by a lock and unlocked, then it is the same uid,
+        the key file is 0600 and events announce each change."""
+        node, _clock, events = make_node(self)
+        created = await node.create_identity("Alice", "correct horse")
+        self.assertEqual(len(created["uid"]), 52)
+        self.assertFalse(node.locked)
+        self.assertEqual(stat.S_IMODE(os.stat(node.keyfile_path).st_mode), 0o600)
+        await node.lock(wipe=True)
+        self.assertTrue(node.locked)
+        self.assertFalse(node.keys_loaded)
+        self.assertTrue(node.networks[0].stopped)
+        self.assertRaises(Locked, node.show_identity)
+        unlocked = await node.unlock("correct horse")
+        self.assertEqual(unlocked["uid"], created["uid"])
+        names = [name for name, _ in events]
+        self.assertIn("identity.locked", names)
+        self.assertIn("identity.unlocked", names)
+
+    async def test_create_twice_refused(self) -> None:
+        """When an identity exists, then creating another is refused and the file unchanged."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw one")
+        with open(node.keyfile_path, "rb") as f:
+            before = f.read()
+        with self.assertRaises(IdentityExists):
+            await node.create_identity("Mallory", "pw two")
+        with open(node.keyfile_path, "rb") as f:
+            self.assertEqual(f.read(), before)
+
+    async def test_wrong_password_slows_down_and_writes_nothing(self) -> None:
+        """When wrong passwords are given repeatedly, then each fails with WrongPassword, nothing
+        on disk changes, and the third attempt waits on the clock before checking."""
+        node, clock, _events = make_node(self)
+        await node.create_identity("Alice", "right")
+        await node.lock(wipe=True)
+        before = files_bytes(node.data_dir)
+        for _ in range(2):
+            with self.assertRaises(WrongPassword):
+                await node.unlock("wrong")
+        self.assertEqual(node.unlock_delay(), 1.0)
+        self.assertEqual(files_bytes(node.data_dir), before)
+        d = node.unlock("right")
+        self.assertNoResult(d)
+        clock.advance(1.0)
+        result = await d
+        self.assertEqual(result["name"], "Alice")
+        self.assertEqual(node.unlock_delay(), 0.0)
+
+    async def test_screen_lock_keeps_keys(self) -> None:
+        """When the screen lock is on, then the API is locked but keys and store stay loaded and
+        an incoming message is still stored."""
+        node, _clock, events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        await node.lock()
+        self.assertTrue(node.locked)
+        self.assertTrue(node.keys_loaded)
+        session = FakeSession(key.uid)
+        await node.message_received(session, secrets.token_bytes(16), b"while locked", 1)
+        self.assertEqual(len(session.acks), 1)
+        with self.assertRaises(WrongPassword):
+            await node.unlock("nope")
+        self.assertTrue(node.locked)
+        await node.unlock("pw")
+        history = await node.history(key.uid)
+        self.assertEqual([m["body"] for m in history["messages"]], ["while locked"])
+        self.assertIn(("identity.locked", {"wiped": False}), events)
+
+
+class ContactTests(TestCase):
+    async def test_add_by_link_and_update(self) -> None:
+        """When a link code is added, then the contact is dialled; adding it again with new
+        addresses updates them and redials, keeping the history."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        view = await node.add_contact(link=link)
+        self.assertEqual(view["uid"], key.uid)
+        self.assertEqual(view["addresses"], ["192.0.2.9:7770"])
+        self.assertEqual(len(view["safety_code"].split()), 12)
+        await node.send_message("Bob", "hello")
+        card = linkcode.make_card(key, "Bob", ("198.51.100.1:7000",), 1_700_000_100)
+        view = await node.add_contact(card=linkcode.card_to_json(card))
+        self.assertEqual(view["addresses"], ["198.51.100.1:7000"])
+        self.assertEqual(node.networks[0].calls, [("connect", key.uid), ("redial", key.uid)])
+        history = await node.history("Bob")
+        self.assertEqual(len(history["messages"]), 1)
+
+    async def test_tampered_link_refused(self) -> None:
+        """When a link code has one character changed, then it is refused and no contact exists."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        _key, link = friend_link()
+        i = len(link) // 2
+        tampered = link[:i] + ("a" if link[i] != "a" else "b") + link[i + 1 :]
+        with self.assertRaises(LinkCodeError):
+            await node.add_contact(link=tampered)
+        self.assertEqual(await node.list_contacts(), [])
+
+    async def test_resolve(self) -> None:
+        """When contacts share a name, then the name is ambiguous, a uid prefix resolves, and an
+        unknown name is not found."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        k1, l1 = friend_link("Bob")
+        _k2, l2 = friend_link("Bob")
+        await node.add_contact(link=l1)
+        await node.add_contact(link=l2)
+        self.assertRaises(Ambiguous, node.resolve, "Bob")
+        self.assertEqual(node.resolve(k1.uid[:20]).uid, k1.uid)
+        self.assertRaises(NotFound, node.resolve, "Carol")
+
+    async def test_block_and_remove(self) -> None:
+        """When a contact is blocked, then the network forgets it and it is not acceptable; when
+        removed with history, its messages are gone."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        self.assertTrue(node.is_acceptable(key.uid))
+        await node.update_contact("Bob", blocked=True)
+        self.assertFalse(node.is_acceptable(key.uid))
+        self.assertIn(("forget", key.uid), node.networks[0].calls)
+        await node.update_contact("Bob", blocked=False)
+        await node.send_message("Bob", "x")
+        await node.remove_contact("Bob", with_history=True)
+        self.assertRaises(NotFound, node.resolve, "Bob")
+        self.assertEqual(await node.unread_counts(), {})
+
+
+class MessagingTests(TestCase):
+    async def test_outbox_replayed_in_order_then_delivered(self) -> None:
+        """When messages are queued offline and a session is established, then they are written
+        in order (state sent) and acks move them to delivered, each change an event."""
+        node, _clock, events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        sent = [await node.send_message("Bob", f"m{i}") for i in range(5)]
+        self.assertEqual({m["state"] for m in sent}, {"queued"})
+        session = FakeSession(key.uid)
+        await node.session_established(session)
+        later = await node.send_message("Bob", "m5")
+        self.assertEqual(later["state"], "sent")
+        self.assertEqual([b for _, b, _ in session.sent], [f"m{i}".encode() for i in range(6)])
+        await node.acks_received(session, [bytes.fromhex(m["id"]) for m in [*sent, later]])
+        history = await node.history("Bob")
+        self.assertEqual({m["state"] for m in history["messages"]}, {"delivered"})
+        states = [p["state"] for n, p in events if n == "message.stateChanged"]
+        self.assertEqual(states.count("sent"), 6)
+        self.assertEqual(states.count("delivered"), 6)
+
+    async def test_incoming_deduplicated_and_acked(self) -> None:
+        """When the same message arrives twice, then it is stored once, acked both times, and
+        announced once."""
+        node, _clock, events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        session = FakeSession(key.uid)
+        mid = secrets.token_bytes(16)
+        first = node.message_received(session, mid, "héllo".encode(), 1_700_000_000_000)
+        await node.message_received(session, mid, "héllo".encode(), 1_700_000_000_000)
+        await first
+        self.assertEqual(session.acks, [mid, mid])
+        history = await node.history("Bob")
+        self.assertEqual([m["body"] for m in history["messages"]], ["héllo"])
+        self.assertEqual([n for n, _ in events].count("message.received"), 1)
+        self.assertEqual(await node.unread_counts(), {key.uid: 1})
+        result = await node.mark_read("Bob")
+        self.assertEqual(result, {"count": 1})
+        self.assertEqual(session.reads, [])  # no live session registered: nothing to send
+
+    async def test_read_receipts_respect_setting(self) -> None:
+        """When a conversation is read with a live session, then a read receipt is sent unless
+        the contact's read receipts are off."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        session = FakeSession(key.uid)
+        await node.session_established(session)
+        m1, m2 = secrets.token_bytes(16), secrets.token_bytes(16)
+        await node.message_received(session, m1, b"one", 1)
+        await node.mark_read("Bob")
+        self.assertEqual(session.reads, [m1])
+        await node.update_contact("Bob", read_receipts=False)
+        await node.message_received(session, m2, b"two", 2)
+        await node.mark_read("Bob")
+        self.assertEqual(session.reads, [m1])
+
+    async def test_too_large_refused(self) -> None:
+        """When a message exceeds 64 KiB, then it is refused and nothing is stored."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        _key, link = friend_link()
+        await node.add_contact(link=link)
+        with self.assertRaises(TooLarge):
+            await node.send_message("Bob", "x" * (64 * 1024 + 1))
+        self.assertEqual((await node.history("Bob"))["messages"], [])
+
+
+class AtRestTests(TestCase):
+    async def test_canary_not_on_disk(self) -> None:
+        """When a contact name and messages carry a random canary and the identity is locked,
+        then no file in the data directory contains the canary, its base64 or its hex."""
+        node, _clock, _events = make_node(self)
+        canary = "canary" + secrets.token_hex(8)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link(name=canary[:40])
+        await node.add_contact(link=link, name=canary[:30])
+        for i in range(20):
+            await node.send_message(key.uid[:10], f"{canary} number {i}")
+        session = FakeSession(key.uid)
+        await node.message_received(session, secrets.token_bytes(16), canary.encode(), 5)
+        await node.lock(wipe=True)
+        blob = files_bytes(node.data_dir)
+        self.assertGreater(len(blob), 4096)
+        for needle in (
+            canary.encode(),
+            canary[:30].encode(),
+            base64.b64encode(canary.encode())[:16],
+            canary.encode().hex().encode(),
+        ):
+            self.assertNotIn(needle, blob)
+
+
+class AccountTests(TestCase):
+    async def test_export_import_round_trip(self) -> None:
+        """When an account is exported and imported into an empty directory, then the uid,
+        contacts and history are the same; a wrong export password writes nothing."""
+        node, _clock, _events = make_node(self)
+        created = await node.create_identity("Alice", "pw")
+        _key, link = friend_link()
+        await node.add_contact(link=link)
+        await node.send_message("Bob", "kept across export")
+        export_path = os.path.join(self.mktemp() + "x")
+        os.makedirs(os.path.dirname(export_path) or ".", exist_ok=True)
+        await node.export_account(export_path, "export pw")
+
+        other, _c2, _e2 = make_node(self)
+        with self.assertRaises(WrongPassword):
+            await other.import_account(export_path, "bad", "new pw")
+        self.assertEqual(os.listdir(other.data_dir), [])
+        result = await other.import_account(export_path, "export pw", "new pw")
+        self.assertEqual(result["uid"], created["uid"])
+        history = await other.history("Bob")
+        self.assertEqual([m["body"] for m in history["messages"]], ["kept across export"])
+        await other.lock(wipe=True)
+        await other.unlock("new pw")
+
+    async def test_import_refused_when_not_empty(self) -> None:
+        """When the data directory already has an identity, then import is refused."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        with self.assertRaises(IdentityExists):
+            await node.import_account("/nonexistent", "a", "b")
+
+    async def test_delete_needs_password(self) -> None:
+        """When deletion is asked with a wrong password, then nothing is removed; with the right
+        one every file of the data directory is gone."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        with self.assertRaises(WrongPassword):
+            await node.delete_account("nope")
+        self.assertTrue(node.has_identity)
+        await node.delete_account("pw")
+        self.assertEqual(os.listdir(node.data_dir), [])
+        self.assertFalse(node.has_identity)
