@@ -193,6 +193,7 @@ class JarvisDaemon(MultiService):
         self._lock = FilesystemLock(paths.lock_path(self.data_dir))
         self._log_file: Any = None
         self._log_observer: Any = None
+        self._peer_port: Any = None
 
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="jarvis-blocking")
         ThreadPoolService(self.pool).setServiceParent(self)
@@ -206,7 +207,7 @@ class JarvisDaemon(MultiService):
             run_blocking=self.run_blocking,
             network_factory=self._make_network,
             advertise=tuple(options["advertise"]),
-            listen_port=self._listen_port,
+            listening=self._listening,
             now=time.time,
         )
         self.node.setServiceParent(self)
@@ -252,12 +253,12 @@ class JarvisDaemon(MultiService):
         self.peer_factory.current = network.server_factory()
         return network
 
-    def _listen_port(self) -> int | None:
-        port = getattr(self.peer_listener, "_waitingForPort", None)
-        result = getattr(port, "result", None)
-        if result is not None and hasattr(result, "getHost"):
-            return int(result.getHost().port)
-        return None
+    def _listening(self) -> tuple[str, int] | None:
+        """The peer listener's bound (host, port), once listening."""
+        if self._peer_port is None:
+            return None
+        host = self._peer_port.getHost()
+        return (str(host.host), int(host.port))
 
     def blocking_pool_stats(self) -> dict[str, Any]:
         """Size, busy threads and queue length of the blocking-work thread pool."""
@@ -302,6 +303,10 @@ class JarvisDaemon(MultiService):
         self._log_observer = observer
         globalLogPublisher.addObserver(observer)
         super().startService()
+        # strports services expose the listening port only through this Deferred
+        waiting = getattr(self.peer_listener, "_waitingForPort", None)
+        if waiting is not None:
+            waiting.addCallback(self._peer_listening)
         waiting = getattr(self.ipc_listener, "_waitingForPort", None)
         if waiting is not None:
             waiting.addCallback(self._ipc_listening)
@@ -319,6 +324,10 @@ class JarvisDaemon(MultiService):
                     "unlock with --password-file failed: {reason}", reason=f.getErrorMessage()
                 )
             )
+
+    def _peer_listening(self, port: Any) -> Any:
+        self._peer_port = port
+        return port
 
     def _ipc_listening(self, port: Any) -> Any:
         self.ipc_endpoint = ipc_client_description(self.ipc_description, port)

@@ -21,13 +21,19 @@ class Locked(JarvisError):
 
 
 class NoIdentity(JarvisError):
-    """No identity exists in this data directory yet: create one with ``jarvis init --name NAME``."""
+    """No identity exists in this data directory yet.
+
+    Create one with ``jarvis init --name NAME``.
+    """
 
     kind = "no_identity"
 
 
 class IdentityExists(JarvisError):
-    """An identity already exists in this data directory; use another ``--data-dir`` for a second one."""
+    """An identity already exists in this data directory.
+
+    Use another ``--data-dir`` for a second identity.
+    """
 
     kind = "identity_exists"
 
@@ -63,7 +69,10 @@ class DataDirError(JarvisError):
 
 
 class AlreadyRunning(JarvisError):
-    """Another Jarvis daemon already uses this data directory: stop it first (``jarvis daemon stop``)."""
+    """Another Jarvis daemon already uses this data directory.
+
+    Stop it first (``jarvis daemon stop``) or use another ``--data-dir``.
+    """
 
     kind = "already_running"
 

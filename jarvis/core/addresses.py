@@ -58,9 +58,18 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def local_addresses(advertise: Sequence[str], port: int | None) -> tuple[str, ...]:
-    """Return the addresses to publish: *advertise* if given, else interface addresses."""
+def local_addresses(
+    advertise: Sequence[str], listening: tuple[str, int] | None
+) -> tuple[str, ...]:
+    """Return the addresses to publish.
+
+    :param advertise: configured ``host:port`` addresses; they win when given.
+    :param listening: the peer listener's (host, port); a listener bound to one interface
+        publishes that interface, one bound to every interface publishes the interface addresses.
+    """
     if advertise:
         return tuple(advertise)[:MAX_ADDRESSES]
-    port = port or DEFAULT_PEER_PORT
+    host, port = listening if listening is not None else ("", DEFAULT_PEER_PORT)
+    if host and host not in ("0.0.0.0", "::"):
+        return (format_address(host, port),)
     return tuple(format_address(a, port) for a in interface_addresses()[:MAX_ADDRESSES])

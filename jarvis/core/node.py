@@ -90,7 +90,7 @@ class Node(Service):
     :param run_blocking: runs a blocking callable off the reactor thread and returns a Deferred.
     :param network_factory: ``(identity, directory, observer) -> network``; called at unlock.
     :param advertise: ``host:port`` addresses to publish in link codes (else interface addresses).
-    :param listen_port: returns the peer listener's port number (for link-code addresses).
+    :param listening: returns the peer listener's (host, port), for link-code addresses.
     :param now: wall-clock time in seconds since the epoch.
     :param kdf_params: Argon2id parameters for new key files (tests use small ones).
     """
@@ -105,7 +105,7 @@ class Node(Service):
         run_blocking: Callable[..., defer.Deferred[Any]],
         network_factory: Callable[[IdentityKey, Any, Any], Any] | None,
         advertise: Sequence[str] = (),
-        listen_port: Callable[[], int | None] = lambda: None,
+        listening: Callable[[], tuple[str, int] | None] = lambda: None,
         now: Callable[[], float],
         kdf_params: keyfile.KdfParams = keyfile.DEFAULT_PARAMS,
         reactor_for_store: Any = None,
@@ -115,7 +115,7 @@ class Node(Service):
         self.run_blocking = run_blocking
         self.network_factory = network_factory
         self.advertise = tuple(advertise)
-        self.listen_port = listen_port
+        self.listening = listening
         self.now = now
         self.kdf_params = kdf_params
         self._store_reactor = reactor_for_store if reactor_for_store is not None else clock
@@ -300,7 +300,7 @@ class Node(Service):
         self._contacts = {c.uid: c for c in contacts}
         self._screen_locked = False
         self._addresses = yield self.run_blocking(
-            local_addresses, self.advertise, self.listen_port()
+            local_addresses, self.advertise, self.listening()
         )
         if self.network_factory is not None:
             self._network = self.network_factory(keys.identity, self, self)
@@ -737,7 +737,8 @@ class Node(Service):
         candidates = [c.uid for c in self._contacts.values() if not c.blocked]
         total = len(candidates)
         online = sum(1 for uid in candidates if self._status_of(uid) == "online")
-        if total and online == total:
+        # with no contact nothing is down: green, shown as "0/0 online"
+        if online == total:
             summary = "green"
         elif online:
             summary = "amber"
