@@ -401,6 +401,8 @@ class CeilingRun:
             # The first echo proves the peer accepted us (TLS 1.3 checks the client late).
             await gather([c.ping_pong(1, started + 30.0) for c in connections])
             connect_seconds = time.perf_counter() - started
+            warmup = max(1, sizes.warmup_round_trips // 20)
+            await gather([c.ping_pong(warmup, time.perf_counter() + 1.0) for c in connections])
             per_connection = max(1, math.ceil(sizes.max_round_trips / count))
             started = time.perf_counter()
             deadline = started + sizes.phase_seconds
