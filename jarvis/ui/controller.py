@@ -1,0 +1,986 @@
+"""The UI's controller: key routing, daemon calls, events, redraws, reconnection.
+
+It owns the :class:`~jarvis.ui.model.MessengerModel` and the top window, turns keymap commands
+and form submissions into calls to the daemon's local API, feeds results and events into the
+model, and redraws the screen after every network event (urwid only redraws after input).
+Every daemon call that the user waits for is an operation in flight that Ctrl+C cancels.  When
+the daemon goes away the UI keeps running with a grey summary and reconnects with backoff on an
+injected clock, then subscribes again and reloads its state.
+
+It must not let an exception reach urwid or the IPC client: failures become one line on the
+status bar and the details go to the log (never message text, passwords or tokens).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from jarvis.ui import keymap
+from jarvis.ui.model import (
+    Contact,
+    InputError,
+    Message,
+    MessengerModel,
+    SendText,
+    SlashCommand,
+    parse_input,
+)
+from jarvis.ui.screens import (
+    AddContactDialog,
+    AppWindow,
+    ConnectingScreen,
+    ContactInfoDialog,
+    CreateIdentityScreen,
+    IdentityDialog,
+    LockScreen,
+    MainScreen,
+    SettingsDialog,
+    WelcomeScreen,
+    confirm_dialog,
+    help_dialog,
+)
+from jarvis.ui.widgets import Dialog, button
+
+Callbacks = dict[str, Callable[..., Any]]
+
+#: Reconnection delays grow by this factor from FIRST_RETRY up to MAX_RETRY seconds.
+FIRST_RETRY = 0.5
+RETRY_FACTOR = 2.0
+MAX_RETRY = 15.0
+SPINNER_INTERVAL = 0.1
+HISTORY_PAGE = 100
+
+
+class DaemonClient(Protocol):
+    """What the controller needs of :class:`jarvis.ipc.client.IpcClient` (and the test fake)."""
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        progress: Callable[[Any], None] | None = None,
+    ) -> defer.Deferred[Any]: ...
+
+    def subscribe(self, handler: Callable[[str, dict[str, Any]], None]) -> defer.Deferred[Any]: ...
+
+    def add_disconnect_observer(self, observer: Callable[[Failure], None]) -> None: ...
+
+    def close(self) -> Any: ...
+
+
+class Unreachable(Exception):
+    """The daemon does not answer right now; the UI retries by itself."""
+
+    kind = "unreachable"
+
+
+def error_text(failure: Failure) -> str:
+    """One line for the status bar describing *failure* (never a traceback).
+
+    :returns: the daemon's message for API errors, a fixed text for anything else.
+    """
+    if failure.check(defer.CancelledError):
+        return "cancelled"
+    error = failure.value
+    kind = getattr(error, "kind", None)
+    if kind == "cancelled":
+        return "cancelled"
+    if kind == "timed_out":
+        return "the daemon took too long (timed out)"
+    message = getattr(error, "message", None)
+    if kind is not None and isinstance(message, str) and message:
+        return message.splitlines()[0]
+    if isinstance(error, Unreachable):
+        return "the daemon is unreachable; retrying"
+    name = type(error).__name__
+    if "Connection" in name:
+        return "lost the connection to the daemon"
+    return f"unexpected error ({name}); details are in the log"
+
+
+def _is_cancel(failure: Failure) -> bool:
+    return bool(failure.check(defer.CancelledError)) or getattr(failure.value, "kind", None) == (
+        "cancelled"
+    )
+
+
+def _switcher(index: int) -> Callable[[Controller], None]:
+    def switch(controller: Controller) -> None:
+        controller._switch(index)
+
+    return switch
+
+
+class Controller:
+    """Connects the widgets, the model and the daemon.
+
+    :param connect: returns a Deferred firing with a connected client (``IpcClient`` or fake).
+    :param clock: the reactor, or a ``task.Clock`` in tests (reconnection, spinner, banner).
+    :param tz: time zone for message times (``None``: local).
+    :param read_file: returns a Deferred with a text file's contents (off the reactor thread).
+    :param write_file: writes text to a private file, returning a Deferred.
+    :param clipboard: copies text to the terminal's clipboard (OSC 52).
+    :param bell: alerts the user of a new message (terminal bell).
+    :param on_quit: stops the UI (the daemon keeps running).
+    :param animate: whether the welcome banner animates (golden tests turn it off).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        connect: Callable[[], defer.Deferred[Any]],
+        clock: IReactorTime,
+        *,
+        model: MessengerModel | None = None,
+        tz: datetime.tzinfo | None = None,
+        read_file: Callable[[str], defer.Deferred[str]] | None = None,
+        write_file: Callable[[str, str], defer.Deferred[Any]] | None = None,
+        clipboard: Callable[[str], None] | None = None,
+        bell: Callable[[], None] | None = None,
+        on_quit: Callable[[], None] | None = None,
+        animate: bool = True,
+    ) -> None:
+        self.model = model if model is not None else MessengerModel()
+        self._connect = connect
+        self.clock: Any = clock
+        self._tz = tz
+        self._read_file = read_file
+        self._write_file = write_file
+        self._clipboard = clipboard
+        self._bell = bell
+        self._on_quit = on_quit
+        self._animate = animate
+        self.client: DaemonClient | None = None
+        self.main_loop: Any = None
+        self.inflight: dict[int, defer.Deferred[Any]] = {}
+        self.quitting = False
+        self._retry_delay = FIRST_RETRY
+        self._retry_call: Any = None
+        self._connecting = False
+        self._generation = 0  # bumps on each connection; stale callbacks compare it
+        self._spinner = LoopingCall(self._spin)
+        self._spinner.clock = clock
+        self._banner_animation: Any = None
+        self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
+        self.window = AppWindow(
+            ConnectingScreen(self.model), self._before_widgets, self._after_widgets
+        )
+        self.model.observe(self._model_changed)
+
+    # life cycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the daemon (retrying with backoff until it answers)."""
+        self._attempt_connect()
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Stop timers, cancel calls in flight and close the connection (the daemon keeps running).
+
+        :returns: a Deferred firing once the connection is closed.
+        """
+        self.quitting = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        self._stop_spinner()
+        self._stop_banner()
+        for d in list(self.inflight.values()):
+            d.cancel()
+        client, self.client = self.client, None
+        if client is None:
+            return defer.succeed(None)
+        try:
+            return defer.maybeDeferred(client.close).addErrback(lambda _: None)
+        except Exception:
+            return defer.succeed(None)
+
+    def attach_main_loop(self, main_loop: Any) -> None:
+        """Give the controller the urwid main loop, so it can redraw after network events."""
+        self.main_loop = main_loop
+
+    def redraw(self) -> None:
+        """Draw the screen now (network and timer callbacks are not followed by urwid redraws)."""
+        loop = self.main_loop
+        if loop is None:
+            return
+        try:
+            if getattr(loop.screen, "started", True):
+                loop.draw_screen()
+        except Exception:
+            self.log.failure("redraw failed")
+
+    def _attempt_connect(self) -> None:
+        if self.quitting or self._connecting or self.client is not None:
+            return
+        self._retry_call = None
+        self._connecting = True
+        try:
+            d = defer.maybeDeferred(self._connect)
+        except Exception:  # maybeDeferred already catches; belt and braces
+            d = defer.fail(Failure())
+        d.addCallbacks(self._connected, self._connect_failed)
+        d.addErrback(self._internal_error, "connect")
+
+    def _connected(self, client: DaemonClient) -> None:
+        self._connecting = False
+        if self.quitting:
+            client.close()
+            return
+        self.client = client
+        self._generation += 1
+        self._retry_delay = FIRST_RETRY
+        client.add_disconnect_observer(self._disconnected)
+        self.model.set_reachable(True)
+        self.model.clear_status()
+        generation = self._generation
+        d = client.subscribe(self._event_received)
+        d.addCallback(lambda _: self.reload(generation))
+        d.addErrback(self._reload_failed, generation)
+        self.redraw()
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = False
+        self.log.info("daemon unreachable: {error}", error=type(failure.value).__name__)
+        self.model.set_reachable(False)
+        self._schedule_reconnect()
+        self.redraw()
+
+    def _schedule_reconnect(self) -> None:
+        if self.quitting or (self._retry_call is not None and self._retry_call.active()):
+            return
+        delay = self._retry_delay
+        self._retry_delay = min(MAX_RETRY, self._retry_delay * RETRY_FACTOR)
+        self.model.notify(f"daemon unreachable; retrying in {delay:g}s", "error")
+        self._retry_call = self.clock.callLater(delay, self._attempt_connect)
+
+    def _disconnected(self, reason: Any = None) -> None:
+        if self.client is None:
+            return
+        self.client = None
+        self.log.info("daemon connection lost")
+        for d in list(self.inflight.values()):
+            d.cancel()
+        self.model.set_reachable(False)
+        if not self.quitting:
+            self._schedule_reconnect()
+        self.redraw()
+
+    def _reload_failed(self, failure: Failure, generation: int) -> None:
+        if generation != self._generation or self.client is None:
+            return
+        self.log.failure("loading state from the daemon failed", failure)
+        self.model.notify(error_text(failure), "error")
+        self.redraw()
+
+    # loading state -------------------------------------------------------------------------
+
+    def reload(self, generation: int | None = None) -> defer.Deferred[Any]:
+        """Fetch the daemon's status and, if unlocked, contacts, counts, summary and history.
+
+        :returns: a Deferred firing when the screen shows the reloaded state.
+        """
+        d = self._call("daemon.status")
+
+        def got_status(status: Mapping[str, Any]) -> Any:
+            self.model.load_status(status)
+            if not self.model.has_identity:
+                self.show_welcome()
+                return None
+            if self.model.locked:
+                self.show_lock()
+                return None
+            return self._load_unlocked()
+
+        d.addCallback(got_status)
+        d.addErrback(
+            self._reload_failed, generation if generation is not None else self._generation
+        )
+        d.addCallback(lambda _: self.redraw())
+        return d
+
+    def _load_unlocked(self) -> defer.Deferred[Any]:
+        calls = [
+            self._call("identity.show").addCallback(self.model.load_identity),
+            self._call("contacts.list").addCallback(self.model.load_contacts),
+        ]
+        d: defer.Deferred[Any] = defer.gatherResults(calls, consumeErrors=True)
+        d.addCallback(lambda _: self._call("messages.unreadCounts"))
+        d.addCallback(lambda counts: self.model.load_unread(counts))
+        d.addCallback(lambda _: self._call("peers.status"))
+        d.addCallback(lambda summary: self.model.load_summary(summary))
+        d.addCallback(lambda _: self._show_main())
+        d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
+        return d
+
+    def _show_main(self) -> None:
+        if self.model.locked:
+            return
+        already = self.window.screen is self.main_screen
+        if not already:
+            self._stop_banner()
+            self.window.show(self.main_screen)
+        self.main_screen.refresh()
+        uid = self.model.current_uid
+        if uid is not None:
+            self._load_history(uid)
+
+    # screens -------------------------------------------------------------------------------
+
+    def show_welcome(self) -> None:
+        """Show the welcome screen (first start: no identity yet)."""
+        if isinstance(self.window.screen, WelcomeScreen | CreateIdentityScreen):
+            return
+        screen = WelcomeScreen(self.show_create)
+        self.window.show(screen)
+        if self._animate:
+            from jarvis.ui.banner import BannerAnimation
+
+            self._banner_animation = BannerAnimation(screen.banner, self.clock, self.redraw)
+            self._banner_animation.start()
+
+    def _stop_banner(self) -> None:
+        if self._banner_animation is not None:
+            self._banner_animation.stop()
+            self._banner_animation = None
+
+    def show_create(self) -> None:
+        """Show the identity creation form."""
+        self._stop_banner()
+        self.window.show(CreateIdentityScreen(self.create_identity))
+
+    def show_lock(self) -> None:
+        """Show the lock screen, dropping every conversation from the screen."""
+        self._save_draft()
+        self._stop_banner()
+        if not isinstance(self.window.screen, LockScreen):
+            name = self.model.identity.name if self.model.identity else ""
+            self.window.show(LockScreen(name, self.unlock))
+        self.main_screen.refresh()
+
+    # keys ----------------------------------------------------------------------------------
+
+    def _before_widgets(self, state: str, key: str) -> bool:
+        name = keymap.command_for(key, state)
+        if name is None:
+            return False
+        handler = self._PRE_COMMANDS.get(name)
+        if handler is None:
+            return False
+        try:
+            handler(self)
+        except Exception:
+            self.log.failure("command {command} failed", command=name)
+            self.model.notify(f"{name} failed; details are in the log", "error")
+        return True
+
+    def _after_widgets(self, state: str, key: str) -> bool:
+        name = keymap.command_for(key, state)
+        if name == "submit":
+            submit = getattr(self.window.screen, "submit", None)
+            if submit is not None:
+                submit()
+            return True
+        if (
+            state == keymap.BROWSE
+            and name is None
+            and len(key) == 1
+            and key.isprintable()
+            and self.window.screen is self.main_screen
+        ):
+            # Typing in the list or scrollback goes to the input line, like weechat.
+            self.main_screen.focus_area("input")
+            self.main_screen.input.keypress((80,), key)
+            return True
+        return False
+
+    def handle_command(self, name: str) -> None:
+        """Run keymap command *name* as if its key had been pressed (for slash commands)."""
+        handler = self._PRE_COMMANDS.get(name)
+        if handler is not None:
+            handler(self)
+
+    def _on_main(self) -> bool:
+        return self.window.screen is self.main_screen and self.window.dialog is None
+
+    def _switch(self, index: int) -> None:
+        if not self._on_main():
+            return
+        ordered = self.model.ordered_contacts()
+        if 0 <= index < len(ordered):
+            self.open_conversation(ordered[index].uid)
+
+    def _step_conversation(self, step: int) -> None:
+        if self._on_main():
+            contact = self.model.neighbour(step)
+            if contact is not None:
+                self.open_conversation(contact.uid)
+
+    def _next_unread(self) -> None:
+        if not self._on_main():
+            return
+        contact = self.model.next_unread()
+        if contact is None:
+            self.model.notify("no unread messages")
+        else:
+            self.open_conversation(contact.uid)
+
+    def _move_focus(self, step: int) -> None:
+        if self.window.dialog is not None:
+            self.window.dialog.move_focus(step)
+        else:
+            move = getattr(self.window.screen, "move_focus", None)
+            if move is not None:
+                move(step)
+
+    def _scroll(self, command: str) -> None:
+        if self._on_main():
+            self.main_screen.scrollback.scroll(command)
+
+    def _close_dialog(self) -> None:
+        # The lock screen is a screen, not a dialog: Esc can never close it.
+        self.window.close_dialog()
+
+    def cancel_or_quit(self) -> None:
+        """Ctrl+C: cancel what is in flight; with nothing in flight ask whether to quit."""
+        if self.inflight:
+            count = len(self.inflight)
+            for d in list(self.inflight.values()):
+                d.cancel()
+            self.model.notify(f"cancelled {count} operation{'s' if count > 1 else ''}")
+            return
+        if self.window.dialog is not None and self.window.dialog.kind == "quit":
+            self.quit()
+            return
+        self.open_dialog(
+            confirm_dialog(
+                "quit",
+                "Close Jarvis? The daemon keeps running and keeps delivering messages.",
+                self.quit,
+                self.window.close_dialog,
+            )
+        )
+
+    def quit(self) -> None:
+        """Close the UI (the daemon keeps running)."""
+        self._save_draft()
+        self.quitting = True
+        if self._on_quit is not None:
+            self._on_quit()
+
+    _PRE_COMMANDS: dict[str, Callable[[Controller], Any]] = {
+        **{f"switch_{n}": _switcher(n - 1) for n in range(1, 10)},
+        "previous_conversation": lambda self: self._step_conversation(-1),
+        "next_conversation": lambda self: self._step_conversation(1),
+        "next_unread": lambda self: self._next_unread(),
+        "focus_next": lambda self: self._move_focus(1),
+        "focus_previous": lambda self: self._move_focus(-1),
+        "scroll_up": lambda self: self._scroll("scroll_up"),
+        "scroll_down": lambda self: self._scroll("scroll_down"),
+        "scroll_top": lambda self: self._scroll("scroll_top"),
+        "scroll_bottom": lambda self: self._scroll("scroll_bottom"),
+        "help": lambda self: self.open_help(),
+        "add_contact": lambda self: self.open_add_contact(),
+        "my_identity": lambda self: self.open_identity(),
+        "contact_info": lambda self: self.open_contact_info(),
+        "settings": lambda self: self.open_settings(),
+        "lock": lambda self: self.lock(),
+        "cancel": lambda self: self.cancel_or_quit(),
+        "close_dialog": lambda self: self._close_dialog(),
+    }
+
+    # daemon calls --------------------------------------------------------------------------
+
+    def _call(
+        self, method: str, params: dict[str, Any] | None = None, *, label: str | None = None
+    ) -> defer.Deferred[Any]:
+        """Call the daemon; with a *label* the call is an operation in flight (Ctrl+C cancels).
+
+        :returns: the call's Deferred (fails with :class:`Unreachable` when not connected).
+        """
+        client = self.client
+        if client is None:
+            return defer.fail(Unreachable())
+        try:
+            d = client.call(method, params or {})
+        except Exception:
+            return defer.fail(Failure())
+        if label is None:
+            return d
+        operation = self.model.begin_operation(label)
+        self.inflight[operation.id] = d
+        self._start_spinner()
+
+        def finished(result: Any) -> Any:
+            self.inflight.pop(operation.id, None)
+            self.model.end_operation(operation)
+            if not self.inflight:
+                self._stop_spinner()
+            self.redraw()
+            return result
+
+        d.addBoth(finished)
+        return d
+
+    def _report(self, failure: Failure, what: str) -> None:
+        """Errback: put a failed call on the status line and its details in the log."""
+        text = error_text(failure)
+        if _is_cancel(failure):
+            self.model.notify(f"{what}: cancelled")
+        else:
+            if getattr(failure.value, "kind", None) is None:
+                self.log.failure("{what} failed", failure, what=what)
+            else:
+                kind = getattr(failure.value, "kind", None)
+                self.log.info("{what} failed: {kind}", what=what, kind=kind)
+            self.model.notify(f"{what} failed: {text}", "error")
+        self.redraw()
+
+    def _internal_error(self, failure: Failure, what: str) -> None:
+        self.log.failure("internal error in {what}", failure, what=what)
+        self.model.notify(f"internal error ({what}); details are in the log", "error")
+        self.redraw()
+
+    def _spin(self) -> None:
+        self.main_screen.status.spinner_step += 1
+        self.main_screen.status.refresh()
+        self.redraw()
+
+    def _start_spinner(self) -> None:
+        if not self._spinner.running:
+            self._spinner.start(SPINNER_INTERVAL, now=False)
+
+    def _stop_spinner(self) -> None:
+        if self._spinner.running:
+            self._spinner.stop()
+
+    # events --------------------------------------------------------------------------------
+
+    def _event_received(self, name: str, payload: dict[str, Any]) -> None:
+        try:
+            self._apply_event(name, payload if isinstance(payload, dict) else {})
+        except Exception:
+            self.log.failure("handling event {event} failed", event=name)
+            self.model.notify("could not show an update; details are in the log", "error")
+        self.redraw()
+
+    def _apply_event(self, name: str, payload: dict[str, Any]) -> None:
+        self.model.apply_event(name, payload)
+        if name == "identity.locked":
+            self.show_lock()
+        elif name == "identity.unlocked" and isinstance(self.window.screen, LockScreen):
+            self._load_unlocked().addErrback(self._report, "loading")
+        elif name == "message.received":
+            message = payload.get("message")
+            if not isinstance(message, dict):
+                return
+            uid = message.get("contact")
+            if not isinstance(uid, str):
+                return
+            if uid == self.model.current_uid and self._on_main_screen():
+                self._mark_read(uid)
+            elif message.get("direction") == "in":
+                contact = self.model.contacts.get(uid)
+                if self.model.notifications and contact is not None and not contact.muted:
+                    if self._bell is not None:
+                        self._bell()
+        elif name == "contact.changed" and payload.get("removed"):
+            dialog = self.window.dialog
+            if isinstance(dialog, ContactInfoDialog) and dialog.uid == payload.get("uid"):
+                self.window.close_dialog()
+
+    def _on_main_screen(self) -> bool:
+        return self.window.screen is self.main_screen and not self.model.locked
+
+    def _model_changed(self, what: str) -> None:
+        if self.window.screen is self.main_screen or what in ("status", "reachable"):
+            self.main_screen.refresh(what)
+        if isinstance(self.window.screen, ConnectingScreen):
+            self.window.screen.refresh()
+
+    # conversations -------------------------------------------------------------------------
+
+    def _save_draft(self) -> None:
+        self.model.set_draft(self.model.current_uid, self.main_screen.input.edit_text)
+
+    def open_conversation(self, uid: str) -> None:
+        """Open *uid*'s conversation: keep the old draft, restore this one, load, mark read."""
+        if uid not in self.model.contacts:
+            return
+        self._save_draft()
+        self.model.open(uid)
+        draft = self.model.draft(uid)
+        self.main_screen.input.set_edit_text(draft)
+        self.main_screen.input.set_edit_pos(len(draft))
+        self.main_screen.conversations.select(uid)
+        self.main_screen.focus_area("input")
+        self._load_history(uid)
+
+    def _load_history(self, uid: str) -> None:
+        d = self._call("messages.history", {"contact": uid, "limit": HISTORY_PAGE})
+
+        def loaded(result: Mapping[str, Any]) -> None:
+            self.model.load_history(uid, result)
+            if uid == self.model.current_uid and self._on_main_screen():
+                self._mark_read(uid)
+
+        d.addCallback(loaded)
+        d.addErrback(self._report, "loading history")
+        d.addCallback(lambda _: self.redraw())
+
+    def _mark_read(self, uid: str) -> None:
+        contact = self.model.contacts.get(uid)
+        conversation = self.model.conversations.get(uid)
+        unread_loaded = conversation is not None and any(
+            m.direction == "in" and m.state == "received" and m.read is None
+            for m in conversation.messages.values()
+        )
+        if contact is None or not (contact.unread or unread_loaded):
+            return
+        self.model.mark_read(uid)
+        d = self._call("messages.markRead", {"contact": uid})
+        d.addErrback(self._report, "marking read")
+
+    def submit_input(self, text: str) -> None:
+        """The input line's Enter: send a message or run a slash command."""
+        action = parse_input(text)
+        if action is None:
+            return
+        self.model.clear_status()
+        if isinstance(action, InputError):
+            self.model.notify(action.text, "error")
+        elif isinstance(action, SendText):
+            uid = self.model.current_uid
+            if uid is None:
+                self.main_screen.input.set_edit_text(text)
+                self.model.notify("open a conversation first (Alt+1), or /msg NAME TEXT", "error")
+                return
+            self.model.set_draft(uid, "")
+            self.send(uid, action.text, restore=text)
+        elif isinstance(action, SlashCommand):
+            self._slash(action)
+
+    def _slash(self, action: SlashCommand) -> None:
+        if action.name == "quit":
+            self.quit()
+        elif action.name in ("lock", "help"):
+            self.handle_command(action.name)
+        elif action.name == "add":
+            dialog = self.open_add_contact(action.args[0])
+            dialog.submit()
+        elif action.name == "msg":
+            name, text = action.args
+            matches = self.model.find_contacts(name)
+            if not matches:
+                self.model.notify(f"no contact called {name}", "error")
+            elif len(matches) > 1:
+                self.model.notify(f"several contacts match {name}: use more of the uid", "error")
+            else:
+                self.send(matches[0].uid, text)
+
+    def send(self, uid: str, text: str, *, restore: str | None = None) -> defer.Deferred[Any]:
+        """Send *text* to *uid*; on failure put *restore* back into an empty input line."""
+        d = self._call("messages.send", {"contact": uid, "text": text}, label="sending")
+
+        def sent(result: Mapping[str, Any]) -> None:
+            try:
+                self.model.add_message(Message.from_api(result))
+            except (ValueError, AttributeError):
+                pass
+
+        def failed(failure: Failure) -> None:
+            if restore is not None and uid == self.model.current_uid:
+                if not self.main_screen.input.edit_text:
+                    self.main_screen.input.set_edit_text(restore)
+                    self.main_screen.input.set_edit_pos(len(restore))
+            self._report(failure, "sending")
+
+        d.addCallbacks(sent, failed)
+        d.addCallback(lambda _: self.redraw())
+        return d
+
+    # identity ------------------------------------------------------------------------------
+
+    def create_identity(self, name: str, password: str) -> None:
+        """Create the identity (the form checked the password was typed twice)."""
+        d = self._call("identity.create", {"name": name, "password": password}, label="creating")
+
+        def created(result: Mapping[str, Any]) -> Any:
+            self.model.load_identity(result)
+            self.model.set_locked(False)
+            return self._load_unlocked().addCallback(lambda _: self.open_identity())
+
+        def failed(failure: Failure) -> None:
+            screen = self.window.screen
+            if isinstance(screen, CreateIdentityScreen):
+                screen.show_error(error_text(failure))
+            self._report(failure, "creating the identity")
+
+        d.addCallbacks(created, failed)
+        d.addErrback(self._report, "loading")
+
+    def unlock(self, password: str) -> None:
+        """Try *password*; only success leaves the lock screen."""
+        d = self._call("identity.unlock", {"password": password}, label="unlocking")
+
+        def unlocked(result: Mapping[str, Any]) -> Any:
+            self.model.set_locked(False)
+            self.model.load_identity(result)
+            self.model.clear_status()
+            return self._load_unlocked()
+
+        def failed(failure: Failure) -> None:
+            screen = self.window.screen
+            kind = getattr(failure.value, "kind", None)
+            text = "Wrong password." if kind == "wrong_password" else error_text(failure)
+            if isinstance(screen, LockScreen):
+                screen.show_error(text)
+            if kind != "wrong_password":
+                self._report(failure, "unlocking")
+            self.redraw()
+
+        d.addCallbacks(unlocked, failed)
+        d.addErrback(self._report, "loading")
+
+    def lock(self) -> None:
+        """Ctrl+L: lock the daemon's identity and show the lock screen at once."""
+        if self.model.has_identity is False:
+            return
+        self._save_draft()
+        self.model.set_locked(True)
+        self.show_lock()
+        d = self._call("identity.lock", label="locking")
+        d.addErrback(self._report, "locking")
+
+    # dialogs -------------------------------------------------------------------------------
+
+    def open_dialog(self, dialog: Dialog) -> None:
+        """Show *dialog* over the current screen."""
+        self.window.open_dialog(dialog)
+
+    def _main_dialog_allowed(self) -> bool:
+        return self.window.screen is self.main_screen and not self.model.locked
+
+    def open_help(self) -> None:
+        """Show the keys (generated from the keymap)."""
+        if self._main_dialog_allowed():
+            self.open_dialog(help_dialog(self.window.close_dialog))
+
+    def open_add_contact(self, initial: str = "") -> AddContactDialog:
+        """Show the add-contact dialog (optionally with a link code typed in)."""
+        dialog = AddContactDialog(
+            lambda link, name, verified: self.add_contact(dialog, link, name, verified),
+            self.window.close_dialog,
+            initial,
+        )
+        if self._main_dialog_allowed():
+            self.open_dialog(dialog)
+        return dialog
+
+    def add_contact(self, dialog: AddContactDialog, link: str, name: str, verified: bool) -> None:
+        """Add a contact from a link code, or from a card file read off the reactor thread."""
+        if link.startswith("jarvis://") or self._read_file is None:
+            source: defer.Deferred[Any] = defer.succeed({"link": link})
+        else:
+            path = os.path.abspath(os.path.expanduser(link))
+            source = self._read_file(path).addCallback(lambda text: {"card": text})
+        params_extra: dict[str, Any] = {"verified": verified}
+        if name:
+            params_extra["name"] = name
+
+        def call(params: dict[str, Any]) -> Any:
+            return self._call("contacts.add", {**params, **params_extra}, label="adding contact")
+
+        def added(result: Mapping[str, Any]) -> None:
+            contact = self.model.upsert_contact(result)
+            dialog.show_added(contact, lambda: self._verify_added(dialog, contact.uid))
+            self.model.notify(f"added {contact.display_name}")
+
+        def failed(failure: Failure) -> None:
+            dialog.show_error(error_text(failure))
+            self._report(failure, "adding the contact")
+
+        source.addCallback(call).addCallbacks(added, failed)
+
+    def _verify_added(self, dialog: AddContactDialog, uid: str) -> None:
+        def done(contact: Contact) -> None:
+            dialog.show_added(contact, lambda: None)
+
+        self.update_contact(uid, {"verified": True}, "verifying").addCallback(done)
+
+    def update_contact(self, uid: str, changes: dict[str, Any], label: str) -> defer.Deferred[Any]:
+        """Call ``contacts.update`` and take in the result.
+
+        :returns: a Deferred firing with the updated :class:`Contact` (errors are reported and
+            the Deferred never fires with them).
+        """
+        d = self._call("contacts.update", {"contact": uid, **changes}, label=label)
+        result: defer.Deferred[Any] = defer.Deferred()
+
+        def updated(data: Mapping[str, Any]) -> None:
+            result.callback(self.model.upsert_contact(data))
+
+        d.addCallbacks(updated, self._report, errbackArgs=(label,))
+        d.addErrback(self._internal_error, label)
+        return result
+
+    def open_identity(self) -> None:
+        """Show my identity (fetching it from the daemon)."""
+        if not self._main_dialog_allowed():
+            return
+        d = self._call("identity.show", label="loading identity")
+
+        def show(data: Mapping[str, Any]) -> None:
+            self.model.load_identity(data)
+            identity = self.model.identity
+            if identity is None or not self._main_dialog_allowed():
+                return
+            card = data.get("card") if isinstance(data.get("card"), str) else None
+            dialog: IdentityDialog | None = None
+
+            def export(path: str) -> None:
+                assert dialog is not None
+                self._export_card(dialog, path, card or identity.link + "\n")
+
+            def copy() -> None:
+                assert dialog is not None
+                if self._clipboard is None:
+                    dialog.show_note("no clipboard here: select the link code with the mouse")
+                    return
+                self._clipboard(identity.link)
+                dialog.show_note("link code copied (needs a terminal with OSC 52 support)")
+
+            dialog = IdentityDialog(identity, export, copy, self.window.close_dialog)
+            self.open_dialog(dialog)
+
+        d.addCallbacks(show, self._report, errbackArgs=("loading the identity",))
+        d.addErrback(self._internal_error, "identity dialog")
+        d.addCallback(lambda _: self.redraw())
+
+    def _export_card(self, dialog: IdentityDialog, path: str, text: str) -> None:
+        if self._write_file is None:
+            dialog.show_note("exporting is not available here", "error")
+            return
+        full = os.path.abspath(os.path.expanduser(path))
+        d = self._write_file(full, text)
+
+        def written(_: Any) -> None:
+            dialog.show_note(f"card written to {full}")
+
+        def failed(failure: Failure) -> None:
+            reason = getattr(failure.value, "strerror", None) or type(failure.value).__name__
+            dialog.show_note(f"could not write {full}: {reason}", "error")
+
+        d.addCallbacks(written, failed)
+        d.addBoth(lambda _: self.redraw())
+
+    def _target_contact(self) -> Contact | None:
+        if self.main_screen.area == "list":
+            uid = self.main_screen.conversations.selected_uid()
+            if uid is not None:
+                return self.model.contacts.get(uid)
+        return self.model.current
+
+    def open_contact_info(self, contact: Contact | None = None) -> None:
+        """Show the open (or selected) contact's details and actions."""
+        if not self._main_dialog_allowed():
+            return
+        contact = contact or self._target_contact()
+        if contact is None:
+            self.model.notify("no conversation open: Alt+1 opens the first", "error")
+            return
+        uid = contact.uid
+
+        def refresh(updated: Contact) -> None:
+            dialog = self.window.dialog
+            if isinstance(dialog, ContactInfoDialog) and dialog.uid == uid:
+                self.open_contact_info(updated)
+
+        actions: Callbacks = {
+            "rename": lambda name: (
+                self.update_contact(uid, {"name": name}, "renaming").addCallback(refresh)
+                if name
+                else None
+            ),
+            "verify": lambda value: self.update_contact(
+                uid, {"verified": value}, "verifying"
+            ).addCallback(refresh),
+            "block": lambda value: self.update_contact(
+                uid, {"blocked": value}, "blocking" if value else "unblocking"
+            ).addCallback(refresh),
+            "remove": lambda: self._confirm_remove(uid),
+            "close": self.window.close_dialog,
+        }
+        self.open_dialog(ContactInfoDialog(contact, actions))
+        d = self._call("peers.status")
+
+        def health(status: Mapping[str, Any]) -> None:
+            dialog = self.window.dialog
+            if not (isinstance(dialog, ContactInfoDialog) and dialog.uid == uid):
+                return
+            for peer in status.get("peers") or ():
+                if isinstance(peer, Mapping) and peer.get("uid") == uid:
+                    current = self.model.contacts.get(uid, contact)
+                    self.open_dialog(ContactInfoDialog(current, actions, peer))
+
+        d.addCallback(health)
+        d.addErrback(lambda f: self.log.info("no health figures: {e}", e=type(f.value).__name__))
+        d.addCallback(lambda _: self.redraw())
+
+    def _confirm_remove(self, uid: str) -> None:
+        contact = self.model.contacts.get(uid)
+        if contact is None:
+            return
+
+        def remove(history: bool) -> None:
+            d = self._call(
+                "contacts.remove", {"contact": uid, "history": history}, label="removing"
+            )
+
+            def removed(_: Any) -> None:
+                self.model.remove_contact(uid)
+                self.window.close_dialog()
+                self.model.notify(f"removed {contact.display_name}")
+
+            d.addCallbacks(removed, self._report, errbackArgs=("removing",))
+
+        rows = [
+            urwid_text(
+                f"Remove {contact.display_name}? You will need their link code to add them again."
+            ),
+            button("No, keep", self.window.close_dialog),
+            button("Remove, keep the history", lambda: remove(False)),
+            button("Remove and delete the history", lambda: remove(True)),
+        ]
+        self.open_dialog(Dialog("remove", "Remove contact", rows))
+
+    def open_settings(self) -> None:
+        """Show settings: notifications, read receipts and mute per contact."""
+        if not self._main_dialog_allowed():
+            return
+
+        def toggle(setting: str, uid: str | None, value: bool) -> None:
+            if setting == "notifications":
+                self.model.notifications = value
+                self.model.notify(f"notifications {'on' if value else 'off'}")
+            elif uid is not None:
+                self.update_contact(uid, {setting: value}, "saving")
+
+        self.open_dialog(SettingsDialog(self.model, toggle, self.window.close_dialog))
+
+
+def urwid_text(text: str) -> Any:
+    """A plain text row (kept here so the controller needs no other urwid names)."""
+    import urwid
+
+    return urwid.Text(text)

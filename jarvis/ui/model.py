@@ -1,0 +1,812 @@
+"""What the terminal UI knows: contacts, conversations, unread counts, connection summary, drafts.
+
+The model is fed by results of the daemon's local API and by its events, and tells observers
+what changed; widgets render from it and the controller changes it.  It holds immutable values
+(:class:`Contact`, :class:`Message`, :class:`ConnectionSummary`) and small mutable per-conversation
+state (loaded messages, the "new messages" marker, the draft).
+
+This module must not import urwid, the reactor or the IPC client: it is tested on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: Connection summary levels and what they mean.
+GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
+
+#: Slash commands of the input line, for the help screen and docs/keys.md.
+SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("/add LINK", "Add a contact from a jarvis:// link code (or a card file path)"),
+    ("/msg NAME TEXT", "Send TEXT to the contact called NAME (quote names with spaces)"),
+    ("/lock", "Lock Jarvis"),
+    ("/help", "Show the keys"),
+    ("/quit", "Close the UI (the daemon keeps running)"),
+    ("//TEXT", "Send TEXT starting with a single slash"),
+)
+
+MESSAGE_STATES = ("queued", "sent", "delivered", "read", "received")
+PEER_STATUSES = ("offline", "connecting", "online")
+
+
+def _text(value: object, default: str = "") -> str:
+    return value if isinstance(value, str) else default
+
+
+def _strings(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A contact as the daemon reports it (``contacts.list`` / ``contact.changed``).
+
+    :param uid: the contact's 52-character identity.
+    :param status: ``"offline"``, ``"connecting"`` or ``"online"``.
+    :param last_activity: epoch seconds of the last message either way, if any.
+    """
+
+    uid: str
+    name: str = ""
+    alias: str = ""
+    fingerprint: str = ""
+    safety_code: str = ""
+    addresses: tuple[str, ...] = ()
+    verified: bool = False
+    blocked: bool = False
+    muted: bool = False
+    read_receipts: bool = True
+    status: str = "offline"
+    unread: int = 0
+    last_activity: float | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Contact:
+        """Build a contact from the API's dictionary, tolerating missing or odd fields.
+
+        :raises ValueError: if there is no uid.
+        """
+        uid = data.get("uid")
+        if not isinstance(uid, str) or not uid:
+            raise ValueError("contact without uid")
+        addresses = data.get("addresses") or ()
+        status = _text(data.get("status"), "offline")
+        unread = data.get("unread")
+        return cls(
+            uid=uid,
+            name=_text(data.get("name")),
+            alias=_text(data.get("alias")),
+            fingerprint=_text(data.get("fingerprint")),
+            safety_code=_text(data.get("safety_code")),
+            addresses=_strings(addresses),
+            verified=bool(data.get("verified", False)),
+            blocked=bool(data.get("blocked", False)),
+            muted=bool(data.get("muted", False)),
+            read_receipts=bool(data.get("read_receipts", True)),
+            status=status if status in PEER_STATUSES else "offline",
+            unread=unread if isinstance(unread, int) and unread > 0 else 0,
+            last_activity=_number(data.get("last_activity")),
+        )
+
+    @property
+    def display_name(self) -> str:
+        """The alias if set, else the name, else the start of the uid."""
+        return self.alias or self.name or self.uid[:12]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation (times are epoch seconds or ``None``).
+
+    :param direction: ``"in"`` or ``"out"``.
+    :param state: one of :data:`MESSAGE_STATES`.
+    """
+
+    id: str
+    contact: str
+    direction: str
+    body: str
+    state: str
+    created: float
+    sent: float | None = None
+    delivered: float | None = None
+    read: float | None = None
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Message:
+        """Build a message from the API's dictionary.
+
+        :raises ValueError: if the id or contact is missing.
+        """
+        ident = data.get("id")
+        contact = data.get("contact")
+        if not isinstance(ident, str | int) or not isinstance(contact, str):
+            raise ValueError("message without id or contact")
+        state = _text(data.get("state"), "queued")
+        direction = "in" if data.get("direction") == "in" else "out"
+        return cls(
+            id=str(ident),
+            contact=contact,
+            direction=direction,
+            body=_text(data.get("body")),
+            state=state if state in MESSAGE_STATES else "queued",
+            created=_number(data.get("created")) or 0.0,
+            sent=_number(data.get("sent")),
+            delivered=_number(data.get("delivered")),
+            read=_number(data.get("read")),
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionSummary:
+    """How many peers are connected, and the colour that says it.
+
+    :param level: :data:`GREEN` (all), :data:`AMBER` (some), :data:`RED` (none) or :data:`GREY`
+        (the daemon itself does not answer).
+    """
+
+    level: str
+    online: int = 0
+    total: int = 0
+
+    @classmethod
+    def from_counts(cls, online: int, total: int) -> ConnectionSummary:
+        """Summarise *online* of *total* peers (no peers at all is green: nothing is down)."""
+        if online >= total:
+            level = GREEN
+        elif online > 0:
+            level = AMBER
+        else:
+            level = RED
+        return cls(level, online, total)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> ConnectionSummary:
+        """Build from ``peers.status`` or a ``connection.summary`` event (trusts ``summary``)."""
+        online = data.get("online")
+        total = data.get("total")
+        online_n = online if isinstance(online, int) else 0
+        total_n = total if isinstance(total, int) else 0
+        level = data.get("summary")
+        if level in (GREEN, AMBER, RED):
+            return cls(str(level), online_n, total_n)
+        return cls.from_counts(online_n, total_n)
+
+    @classmethod
+    def unreachable(cls) -> ConnectionSummary:
+        """The summary shown while the daemon does not answer."""
+        return cls(GREY)
+
+    @property
+    def text(self) -> str:
+        """``"x/y online"``, or ``"daemon unreachable"`` when grey."""
+        if self.level == GREY:
+            return "daemon unreachable"
+        return f"{self.online}/{self.total} online"
+
+    @property
+    def style(self) -> str:
+        """The palette style name for this level."""
+        return f"summary_{self.level}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """My identity as ``identity.show`` reports it (only what the UI displays)."""
+
+    name: str
+    uid: str = ""
+    fingerprint: str = ""
+    link: str = ""
+    addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> Identity:
+        """Build from ``identity.show``/``identity.unlock``/``identity.create`` results."""
+        addresses = data.get("addresses") or ()
+        return cls(
+            name=_text(data.get("name")),
+            uid=_text(data.get("uid")),
+            fingerprint=_text(data.get("fingerprint")),
+            link=_text(data.get("link")),
+            addresses=_strings(addresses),
+        )
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A daemon call in flight that Ctrl+C can cancel.
+
+    :param id: a number unique in this model.
+    :param label: what the status bar shows (``"sending"``, ``"unlocking"``).
+    """
+
+    id: int
+    label: str
+
+
+@dataclass(frozen=True)
+class StatusLine:
+    """The one-line notice at the bottom: an error or information, never a traceback."""
+
+    text: str
+    level: str = "info"  # "info" or "error"
+
+
+class InputHistory:
+    """Lines sent from the input line, browsed with Up/Down like a shell.
+
+    The line being typed when browsing starts is kept and comes back after the newest entry.
+    """
+
+    def __init__(self, limit: int = 500) -> None:
+        """:param limit: how many lines to keep."""
+        self._entries: list[str] = []
+        self._limit = limit
+        self._position: int | None = None
+        self._pending = ""
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The remembered lines, oldest first."""
+        return tuple(self._entries)
+
+    def add(self, line: str) -> None:
+        """Remember *line* (skipping blanks and an immediate repeat) and stop browsing."""
+        self._position = None
+        if not line.strip():
+            return
+        if self._entries and self._entries[-1] == line:
+            return
+        self._entries.append(line)
+        del self._entries[: -self._limit]
+
+    def previous(self, current: str) -> str | None:
+        """Return the line before the one shown, or ``None`` at the oldest.
+
+        :param current: the text in the input line now (kept when browsing starts).
+        """
+        if not self._entries:
+            return None
+        if self._position is None:
+            self._pending = current
+            self._position = len(self._entries)
+        if self._position == 0:
+            return None
+        self._position -= 1
+        return self._entries[self._position]
+
+    def next(self) -> str | None:
+        """Return the line after the one shown, the pending line after the newest, or ``None``."""
+        if self._position is None:
+            return None
+        self._position += 1
+        if self._position >= len(self._entries):
+            self._position = None
+            return self._pending
+        return self._entries[self._position]
+
+    def reset(self) -> None:
+        """Stop browsing (the user typed or switched conversation)."""
+        self._position = None
+
+
+@dataclass
+class Conversation:
+    """What the UI holds for one contact's conversation (mutable, owned by the model)."""
+
+    uid: str
+    messages: dict[str, Message] = field(default_factory=dict)
+    marker: str | None = None
+    draft: str = ""
+    loaded: bool = False
+    older: Any = None  # the ``next`` cursor of messages.history, None when all are loaded
+
+    def ordered(self) -> list[Message]:
+        """Messages oldest first."""
+        return sorted(self.messages.values(), key=lambda m: (m.created, m.id))
+
+    def last_activity(self) -> float | None:
+        """The newest message's time, if any message is loaded."""
+        if not self.messages:
+            return None
+        return max(m.created for m in self.messages.values())
+
+
+# Slash command parsing ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendText:
+    """The input is a message for the open conversation."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class SlashCommand:
+    """The input is ``/name args``; ``args`` are already split as the command needs."""
+
+    name: str
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InputError:
+    """The input is a malformed command; ``text`` says what is expected."""
+
+    text: str
+
+
+InputAction = SendText | SlashCommand | InputError
+
+
+def _split_name(rest: str) -> tuple[str, str] | None:
+    rest = rest.lstrip()
+    if not rest:
+        return None
+    if rest[0] in "\"'":
+        end = rest.find(rest[0], 1)
+        if end < 0:
+            return None
+        return rest[1:end], rest[end + 1 :].lstrip()
+    name, _, text = rest.partition(" ")
+    return name, text.lstrip()
+
+
+def parse_input(line: str) -> InputAction | None:
+    """Decide what a line typed in the input means.
+
+    :param line: the input line's text.
+    :returns: the action, or ``None`` for a blank line.
+    """
+    if not line.strip():
+        return None
+    if line.startswith("//"):
+        return SendText(line[1:])
+    if not line.startswith("/"):
+        return SendText(line)
+    head, _, rest = line[1:].partition(" ")
+    name = head.lower()
+    rest = rest.strip()
+    if name in ("lock", "help", "quit"):
+        return SlashCommand(name)
+    if name == "add":
+        if not rest:
+            return InputError("usage: /add LINK (a jarvis:// link code or a card file path)")
+        return SlashCommand("add", (rest,))
+    if name == "msg":
+        parts = _split_name(rest)
+        if parts is None or not parts[1]:
+            return InputError("usage: /msg NAME TEXT")
+        return SlashCommand("msg", parts)
+    return InputError(f"unknown command /{head}; /help lists the commands")
+
+
+# The model -----------------------------------------------------------------------------------
+
+Observer = Callable[[str], None]
+
+
+class MessengerModel:
+    """Everything the UI shows, fed by API results and events, with change observers.
+
+    Observers are called with one word saying what changed: ``"contacts"``, ``"messages"``,
+    ``"summary"``, ``"identity"``, ``"lock"``, ``"operations"``, ``"status"``, ``"current"``,
+    ``"reachable"``.
+    """
+
+    def __init__(self) -> None:
+        self._observers: list[Observer] = []
+        self.contacts: dict[str, Contact] = {}
+        self.conversations: dict[str, Conversation] = {}
+        self.current_uid: str | None = None
+        self.identity: Identity | None = None
+        self.has_identity: bool | None = None
+        self.locked = False
+        self.reachable = False
+        self.summary = ConnectionSummary.unreachable()
+        self.operations: dict[int, Operation] = {}
+        self.status: StatusLine | None = None
+        self.history = InputHistory()
+        self.notifications = True
+        self._next_operation = 1
+
+    # observers ---------------------------------------------------------------------------
+
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Call *observer* with a change word after every change.
+
+        :returns: a function that stops the observation.
+        """
+        self._observers.append(observer)
+        return lambda: self._observers.remove(observer) if observer in self._observers else None
+
+    def _changed(self, what: str) -> None:
+        for observer in list(self._observers):
+            observer(what)
+
+    # daemon state ------------------------------------------------------------------------
+
+    def set_reachable(self, reachable: bool) -> None:
+        """Record whether the daemon answers; unreachable turns the summary grey."""
+        self.reachable = reachable
+        if not reachable:
+            self.summary = ConnectionSummary.unreachable()
+            self.operations.clear()
+        self._changed("reachable")
+
+    def load_status(self, status: Mapping[str, Any]) -> None:
+        """Take in a ``daemon.status`` result (identity existence and lock state)."""
+        self.reachable = True
+        self.has_identity = bool(status.get("has_identity", False))
+        self._set_locked(bool(status.get("locked", False)))
+        self._changed("reachable")
+
+    def load_identity(self, data: Mapping[str, Any]) -> None:
+        """Take in ``identity.show`` (or the result of create/unlock)."""
+        identity = Identity.from_api(data)
+        if self.identity is not None:
+            # create/unlock results carry fewer fields than identity.show: keep what we knew.
+            identity = replace(
+                self.identity,
+                **{k: v for k, v in identity.__dict__.items() if v},
+            )
+        self.identity = identity
+        self.has_identity = True
+        self._changed("identity")
+
+    def load_summary(self, data: Mapping[str, Any]) -> None:
+        """Take in ``peers.status`` or a ``connection.summary`` event."""
+        self.summary = ConnectionSummary.from_api(data)
+        self._changed("summary")
+
+    def load_contacts(self, contacts: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the contact list with a ``contacts.list`` result."""
+        fresh: dict[str, Contact] = {}
+        for data in contacts:
+            try:
+                contact = Contact.from_api(data)
+            except ValueError:
+                continue
+            fresh[contact.uid] = contact
+        self.contacts = fresh
+        for uid in list(self.conversations):
+            if uid not in fresh:
+                del self.conversations[uid]
+        if self.current_uid not in fresh:
+            self.current_uid = None
+        self._changed("contacts")
+
+    def load_unread(self, counts: Mapping[str, Any]) -> None:
+        """Take in ``messages.unreadCounts`` (``{uid: n}``)."""
+        for uid, contact in list(self.contacts.items()):
+            count = counts.get(uid, 0)
+            count = count if isinstance(count, int) and count > 0 else 0
+            self.contacts[uid] = replace(contact, unread=count)
+        self._changed("contacts")
+
+    def load_history(self, uid: str, result: Mapping[str, Any], *, older: bool = False) -> None:
+        """Take in a ``messages.history`` page for contact *uid*.
+
+        :param older: the page continues back in time (keep the marker of the first page).
+        """
+        conversation = self.conversation(uid)
+        for data in result.get("messages") or ():
+            try:
+                message = Message.from_api(data)
+            except ValueError:
+                continue
+            conversation.messages[message.id] = message
+        if not older:
+            marker = result.get("marker")
+            conversation.marker = str(marker) if isinstance(marker, str | int) else None
+        conversation.older = result.get("next")
+        conversation.loaded = True
+        self._changed("messages")
+
+    def conversation(self, uid: str) -> Conversation:
+        """Return (creating if needed) the conversation with contact *uid*."""
+        conversation = self.conversations.get(uid)
+        if conversation is None:
+            conversation = self.conversations[uid] = Conversation(uid)
+        return conversation
+
+    # events ------------------------------------------------------------------------------
+
+    def apply_event(self, name: str, payload: Mapping[str, Any]) -> None:
+        """Apply one daemon event; unknown events and malformed payloads are ignored."""
+        handler = self._EVENTS.get(name)
+        if handler is not None:
+            handler(self, payload)
+
+    def _message_received(self, payload: Mapping[str, Any]) -> None:
+        data = payload.get("message")
+        if not isinstance(data, Mapping):
+            return
+        try:
+            message = Message.from_api(data)
+        except ValueError:
+            return
+        self.add_message(message)
+
+    def add_message(self, message: Message) -> None:
+        """Add a received or sent message; an incoming one elsewhere than the open one is unread."""
+        conversation = self.conversation(message.contact)
+        is_new = message.id not in conversation.messages
+        conversation.messages[message.id] = message
+        contact = self.contacts.get(message.contact)
+        if contact is not None:
+            unread = contact.unread
+            if is_new and message.direction == "in" and message.contact != self.current_uid:
+                unread += 1
+            activity = max(contact.last_activity or 0.0, message.created)
+            self.contacts[message.contact] = replace(contact, unread=unread, last_activity=activity)
+        self._changed("messages")
+
+    def _state_changed(self, payload: Mapping[str, Any]) -> None:
+        ident = payload.get("id")
+        uid = payload.get("contact")
+        state = payload.get("state")
+        if not isinstance(uid, str) or state not in MESSAGE_STATES:
+            return
+        conversation = self.conversations.get(uid)
+        if conversation is None:
+            return
+        message = conversation.messages.get(str(ident))
+        if message is None:
+            return
+        at = _number(payload.get("at"))
+        changes: dict[str, Any] = {"state": state}
+        if state in ("sent", "delivered", "read") and at is not None:
+            changes[state] = at
+        conversation.messages[message.id] = replace(message, **changes)
+        self._changed("messages")
+
+    def _peer_status(self, payload: Mapping[str, Any]) -> None:
+        peer = payload.get("peer")
+        if not isinstance(peer, Mapping):
+            return
+        uid = peer.get("uid") or peer.get("contact")
+        status = peer.get("status") or peer.get("state")
+        contact = self.contacts.get(uid) if isinstance(uid, str) else None
+        if contact is None or status not in PEER_STATUSES:
+            return
+        self.contacts[contact.uid] = replace(contact, status=str(status))
+        self._changed("contacts")
+
+    def _summary(self, payload: Mapping[str, Any]) -> None:
+        self.load_summary(payload)
+
+    def _contact_changed(self, payload: Mapping[str, Any]) -> None:
+        data = payload.get("contact")
+        if isinstance(data, Mapping):
+            try:
+                self.upsert_contact(data)
+            except ValueError:
+                return
+            return
+        uid = payload.get("uid")
+        if isinstance(uid, str) and payload.get("removed"):
+            self.remove_contact(uid)
+
+    def upsert_contact(self, data: Mapping[str, Any]) -> Contact:
+        """Add or replace a contact from an API dictionary, keeping what only the UI counted.
+
+        :raises ValueError: if the dictionary has no uid.
+        """
+        contact = Contact.from_api(data)
+        old = self.contacts.get(contact.uid)
+        if old is not None and "unread" not in data:
+            contact = replace(contact, unread=old.unread)
+        if old is not None and contact.last_activity is None:
+            contact = replace(contact, last_activity=old.last_activity)
+        self.contacts[contact.uid] = contact
+        self._changed("contacts")
+        return contact
+
+    def remove_contact(self, uid: str) -> None:
+        """Forget contact *uid* and its conversation."""
+        self.contacts.pop(uid, None)
+        self.conversations.pop(uid, None)
+        if self.current_uid == uid:
+            self.current_uid = None
+            self._changed("current")
+        self._changed("contacts")
+
+    def _locked(self, payload: Mapping[str, Any]) -> None:
+        self._set_locked(True)
+
+    def _unlocked(self, payload: Mapping[str, Any]) -> None:
+        self._set_locked(False)
+        if payload.get("name"):
+            self.load_identity(payload)
+
+    def _set_locked(self, locked: bool) -> None:
+        if locked:
+            # Hide every conversation: nothing readable stays loaded while locked.
+            for conversation in self.conversations.values():
+                conversation.messages.clear()
+                conversation.loaded = False
+                conversation.marker = None
+            self.contacts = {}
+        changed = locked != self.locked
+        self.locked = locked
+        if changed:
+            self._changed("lock")
+
+    def set_locked(self, locked: bool) -> None:
+        """Record the lock state (locking drops every loaded conversation and contact)."""
+        self._set_locked(locked)
+
+    _EVENTS: dict[str, Callable[[MessengerModel, Mapping[str, Any]], None]] = {
+        "message.received": _message_received,
+        "message.stateChanged": _state_changed,
+        "peer.statusChanged": _peer_status,
+        "connection.summary": _summary,
+        "contact.changed": _contact_changed,
+        "identity.locked": _locked,
+        "identity.unlocked": _unlocked,
+    }
+
+    # conversations -----------------------------------------------------------------------
+
+    def ordered_contacts(self) -> list[Contact]:
+        """Contacts for the conversation list: most recent activity first, then by name."""
+
+        def activity(contact: Contact) -> float:
+            loaded = self.conversations.get(contact.uid)
+            seen = loaded.last_activity() if loaded is not None else None
+            return max(contact.last_activity or 0.0, seen or 0.0)
+
+        return sorted(
+            self.contacts.values(),
+            key=lambda c: (-activity(c), c.display_name.lower(), c.uid),
+        )
+
+    @property
+    def current(self) -> Contact | None:
+        """The contact whose conversation is open."""
+        return self.contacts.get(self.current_uid) if self.current_uid else None
+
+    def open(self, uid: str | None) -> None:
+        """Make *uid*'s conversation the open one (``None``: no conversation open)."""
+        if uid is not None and uid not in self.contacts:
+            return
+        if uid != self.current_uid:
+            self.history.reset()
+            self.current_uid = uid
+            self._changed("current")
+
+    def mark_read(self, uid: str) -> None:
+        """Record that contact *uid*'s messages were read here (unread count to zero)."""
+        contact = self.contacts.get(uid)
+        if contact is not None and contact.unread:
+            self.contacts[uid] = replace(contact, unread=0)
+            self._changed("contacts")
+
+    def next_unread(self) -> Contact | None:
+        """The first contact in list order with unread messages, other than the open one."""
+        for contact in self.ordered_contacts():
+            if contact.unread and contact.uid != self.current_uid:
+                return contact
+        return None
+
+    def neighbour(self, step: int) -> Contact | None:
+        """The contact *step* places from the open one in list order (wrapping around)."""
+        ordered = self.ordered_contacts()
+        if not ordered:
+            return None
+        uids = [c.uid for c in ordered]
+        if self.current_uid not in uids:
+            return ordered[0 if step > 0 else -1]
+        index = (uids.index(self.current_uid) + step) % len(uids)
+        return ordered[index]
+
+    def find_contacts(self, name: str) -> list[Contact]:
+        """Contacts whose name or alias is *name* (ignoring case), else whose uid starts with it."""
+        wanted = name.casefold()
+        exact = [
+            c
+            for c in self.contacts.values()
+            if wanted in (c.display_name.casefold(), c.name.casefold())
+        ]
+        if exact:
+            return exact
+        return [c for c in self.contacts.values() if c.uid.startswith(name.lower())]
+
+    def total_unread(self) -> int:
+        """Unread messages over every contact."""
+        return sum(c.unread for c in self.contacts.values())
+
+    # drafts ------------------------------------------------------------------------------
+
+    def draft(self, uid: str | None) -> str:
+        """The unsent text kept for *uid*'s conversation (``None``: no conversation open)."""
+        if uid is None:
+            return self._no_conversation_draft
+        conversation = self.conversations.get(uid)
+        return conversation.draft if conversation is not None else ""
+
+    def set_draft(self, uid: str | None, text: str) -> None:
+        """Keep *text* as the draft of *uid*'s conversation."""
+        if uid is None:
+            self._no_conversation_draft = text
+            return
+        self.conversation(uid).draft = text
+
+    _no_conversation_draft = ""
+
+    # operations in flight ------------------------------------------------------------------
+
+    def begin_operation(self, label: str) -> Operation:
+        """Record a daemon call in flight labelled *label*."""
+        operation = Operation(self._next_operation, label)
+        self._next_operation += 1
+        self.operations[operation.id] = operation
+        self._changed("operations")
+        return operation
+
+    def end_operation(self, operation: Operation) -> None:
+        """Record that *operation* finished (succeeded, failed or was cancelled)."""
+        if self.operations.pop(operation.id, None) is not None:
+            self._changed("operations")
+
+    # status line -------------------------------------------------------------------------
+
+    def notify(self, text: str, level: str = "info") -> None:
+        """Show *text* on the status line (``level`` ``"error"`` shows it as an error)."""
+        self.status = StatusLine(text, level)
+        self._changed("status")
+
+    def clear_status(self) -> None:
+        """Clear the status line."""
+        if self.status is not None:
+            self.status = None
+            self._changed("status")
+
+
+# Password strength ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PasswordHint:
+    """A rough strength estimate for the identity-creation form (a hint, not a policy).
+
+    :param level: ``"empty"``, ``"weak"``, ``"fair"`` or ``"strong"``.
+    :param text: one line for the form.
+    """
+
+    level: str
+    text: str
+
+
+def password_hint(password: str) -> PasswordHint:
+    """Estimate how hard *password* is to guess from its length and character variety.
+
+    :returns: the hint; a long passphrase of plain words counts as strong.
+    """
+    if not password:
+        return PasswordHint("empty", "Choose a master password (a few words make a good one).")
+    classes = sum(
+        (
+            any(c.islower() for c in password),
+            any(c.isupper() for c in password),
+            any(c.isdigit() for c in password),
+            any(not c.isalnum() for c in password),
+        )
+    )
+    length = len(password)
+    if length >= 16 or (length >= 12 and classes >= 3):
+        return PasswordHint("strong", "Strong password.")
+    if length >= 10 and classes >= 2:
+        return PasswordHint("fair", "Fair: a longer password or a few more words would be safer.")
+    return PasswordHint("weak", "Weak: use at least 12 characters, or several words.")

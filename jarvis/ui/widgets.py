@@ -1,0 +1,524 @@
+"""The building blocks of the terminal UI: input line, conversation list, scrollback, status bar.
+
+Widgets render from :class:`jarvis.ui.model.MessengerModel` and report what the user asked for
+through callbacks; they never call the daemon and never decide policy (that is
+:mod:`jarvis.ui.controller`).  Every key a widget reacts to comes from :mod:`jarvis.ui.keymap`;
+every colour is a style name from :mod:`jarvis.ui.palette`.  Widgets must render at any size
+down to 40x12 without raising.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import urwid
+
+from jarvis.ui import keymap
+from jarvis.ui.model import ConnectionSummary, Contact, Message, MessengerModel
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+#: Delivery marks of outgoing messages: state -> (text, style).
+DELIVERY_MARKS: dict[str, tuple[str, str]] = {
+    "queued": ("…", "mark_queued"),
+    "sent": ("✓", "mark_sent"),
+    "delivered": ("✓✓", "mark_delivered"),
+    "read": ("●", "mark_read"),
+}
+
+STATUS_DOTS: dict[str, tuple[str, str]] = {
+    "online": ("●", "dot_online"),
+    "connecting": ("◐", "dot_connecting"),
+    "offline": ("○", "dot_offline"),
+}
+
+NEW_MESSAGES = " new messages "
+
+
+def _word_start(text: str, pos: int) -> int:
+    """Index where the word before *pos* starts (readline's backward-word)."""
+    while pos > 0 and not text[pos - 1].isalnum():
+        pos -= 1
+    while pos > 0 and text[pos - 1].isalnum():
+        pos -= 1
+    return pos
+
+
+def _word_end(text: str, pos: int) -> int:
+    """Index just after the word at or after *pos* (readline's forward-word)."""
+    while pos < len(text) and not text[pos].isalnum():
+        pos += 1
+    while pos < len(text) and text[pos].isalnum():
+        pos += 1
+    return pos
+
+
+def _rubout_start(text: str, pos: int) -> int:
+    """Index where Ctrl+W starts deleting: back over spaces, then to the previous space."""
+    while pos > 0 and text[pos - 1].isspace():
+        pos -= 1
+    while pos > 0 and not text[pos - 1].isspace():
+        pos -= 1
+    return pos
+
+
+class ReadlineEdit(urwid.Edit):
+    """A one-line edit field with readline keys (Ctrl+A/E/K/U/W/Y, Alt+B/F) from the keymap."""
+
+    def __init__(self, caption: Any = "", edit_text: str = "", *, mask: str | None = None) -> None:
+        """:param mask: a character shown instead of each typed one (passwords)."""
+        super().__init__(caption, edit_text, multiline=False, mask=mask, wrap="clip")
+        self.kill_buffer = ""
+
+    def _kill(self, start: int, end: int) -> None:
+        text = self.edit_text
+        self.kill_buffer = text[start:end]
+        self.set_edit_text(text[:start] + text[end:])
+        self.set_edit_pos(start)
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        """Handle a readline key, else let :class:`urwid.Edit` handle typing and cursor keys."""
+        text, pos = self.edit_text, self.edit_pos
+        name = keymap.command_in(key, keymap.EDIT)
+        if name == "line_start":
+            self.set_edit_pos(0)
+        elif name == "line_end":
+            self.set_edit_pos(len(text))
+        elif name == "kill_to_end":
+            self._kill(pos, len(text))
+        elif name == "kill_to_start":
+            self._kill(0, pos)
+        elif name == "kill_word":
+            self._kill(_rubout_start(text, pos), pos)
+        elif name == "yank":
+            self.insert_text(self.kill_buffer)
+        elif name == "word_left":
+            self.set_edit_pos(_word_start(text, pos))
+        elif name == "word_right":
+            self.set_edit_pos(_word_end(text, pos))
+        else:
+            return super().keypress(size, key)
+        return None
+
+
+class InputLine(ReadlineEdit):
+    """The main screen's input line: Enter submits, Up/Down browse the input history.
+
+    :param model: where the input history lives.
+    :param on_submit: called with the text when Enter is pressed (the line is then cleared).
+    """
+
+    def __init__(self, model: MessengerModel, on_submit: Callable[[str], None]) -> None:
+        super().__init__(("prompt", "> "))
+        self._model = model
+        self._on_submit = on_submit
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        """Handle send and history keys, then readline keys."""
+        if keymap.is_command(key, "send", keymap.INPUT):
+            text = self.edit_text
+            if text.strip():
+                self._model.history.add(text)
+                self.set_edit_text("")
+                self._on_submit(text)
+            return None
+        if keymap.is_command(key, "history_previous", keymap.INPUT):
+            line = self._model.history.previous(self.edit_text)
+            if line is not None:
+                self.set_edit_text(line)
+                self.set_edit_pos(len(line))
+            return None
+        if keymap.is_command(key, "history_next", keymap.INPUT):
+            line = self._model.history.next()
+            if line is not None:
+                self.set_edit_text(line)
+                self.set_edit_pos(len(line))
+            return None
+        return super().keypress(size, key)
+
+
+class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
+    """One line of the conversation list: number, online dot, name, unread badge."""
+
+    def __init__(self, contact: Contact, number: int, is_open: bool) -> None:
+        self.uid = contact.uid
+        dot, dot_style = STATUS_DOTS.get(contact.status, STATUS_DOTS["offline"])
+        name_style = "conversation_open" if is_open else "conversation"
+        label: list[Any] = []
+        if number <= 9:
+            label.append(("hint", f"{number} "))
+        label += [(dot_style, dot + " "), (name_style, contact.display_name)]
+        if contact.muted:
+            label.append(("hint", " ~"))
+        columns: list[Any] = [urwid.Text(label, wrap="ellipsis")]
+        if contact.unread:
+            count = str(contact.unread) if contact.unread < 1000 else "999+"
+            columns.append(("pack", urwid.Text(("badge", f" {count} "))))
+        focus_map: dict[Any, str] = {
+            None: "conversation_focus",
+            "conversation": "conversation_focus",
+            "conversation_open": "conversation_focus",
+            "hint": "conversation_focus",
+        }
+        super().__init__(urwid.AttrMap(urwid.Columns(columns), None, focus_map))
+
+    def selectable(self) -> bool:
+        return True
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        return key
+
+
+class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
+    """The left pane: contacts by recent activity; Enter opens the selected one.
+
+    :param on_open: called with the uid of the conversation to open.
+    """
+
+    def __init__(self, model: MessengerModel, on_open: Callable[[str], None]) -> None:
+        self._model = model
+        self._on_open = on_open
+        self._walker: Any = urwid.SimpleFocusListWalker([])
+        super().__init__(urwid.ListBox(self._walker))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the rows from the model, keeping the selection on the same contact."""
+        selected = self.selected_uid()
+        rows: list[urwid.Widget] = [
+            ConversationRow(contact, index, contact.uid == self._model.current_uid)
+            for index, contact in enumerate(self._model.ordered_contacts(), start=1)
+        ]
+        if not rows:
+            rows = [urwid.Text(("hint", "No contacts yet: Ctrl+N adds one."))]
+        self._walker[:] = rows
+        target = selected or self._model.current_uid
+        for index, row in enumerate(rows):
+            if isinstance(row, ConversationRow) and row.uid == target:
+                self._walker.set_focus(index)
+                break
+
+    def selected_uid(self) -> str | None:
+        """The uid of the row with the selection, if any."""
+        if not len(self._walker):
+            return None
+        focus = self._walker.get_focus()[0]
+        return focus.uid if isinstance(focus, ConversationRow) else None
+
+    def select(self, uid: str) -> None:
+        """Move the selection to *uid*'s row."""
+        for index, row in enumerate(self._walker):
+            if isinstance(row, ConversationRow) and row.uid == uid:
+                self._walker.set_focus(index)
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        if keymap.is_command(key, "open_conversation", keymap.BROWSE):
+            uid = self.selected_uid()
+            if uid is not None:
+                self._on_open(uid)
+            return None
+        return super().keypress(size, key)
+
+
+def format_time(when: float, tz: datetime.tzinfo | None) -> datetime.datetime:
+    """Return *when* (epoch seconds) as an aware datetime in *tz* (``None``: local time)."""
+    moment = datetime.datetime.fromtimestamp(when, tz=datetime.UTC)
+    return moment.astimezone(tz) if tz is not None else moment.astimezone()
+
+
+class MessageRow(urwid.WidgetWrap[urwid.Columns]):
+    """One message: time, sender, text (wrapped under itself), delivery mark for outgoing ones."""
+
+    def __init__(self, message: Message, sender: str, tz: datetime.tzinfo | None) -> None:
+        self.message_id = message.id
+        stamp = format_time(message.created, tz).strftime("%H:%M")
+        incoming = message.direction == "in"
+        name_style, body_style = ("name_in", "body_in") if incoming else ("name_out", "body_out")
+        body = urwid.Text([(name_style, sender[:16] + ": "), (body_style, message.body)])
+        columns: list[Any] = [(6, urwid.Text(("time", stamp))), body]
+        if not incoming:
+            mark, style = DELIVERY_MARKS.get(message.state, DELIVERY_MARKS["queued"])
+            columns.append((3, urwid.Text((style, mark), align="right")))
+        super().__init__(urwid.Columns(columns))
+
+
+class SeparatorRow(urwid.WidgetWrap[urwid.Text]):
+    """A centred rule with a label: day separators and the "new messages" marker."""
+
+    def __init__(self, label: str, style: str, *, fill: str = "─") -> None:
+        self.label = label
+        self._fill = fill
+        self._style = style
+        super().__init__(urwid.Text((style, label), align="center", wrap="clip"))
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        (maxcol,) = size
+        label = f" {self.label.strip()} "
+        if len(label) >= maxcol:
+            text = label[:maxcol]
+        else:
+            side = (maxcol - len(label)) // 2
+            text = self._fill * side + label + self._fill * (maxcol - side - len(label))
+        self._w.set_text((self._style, text))
+        return super().render(size, focus)
+
+
+class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
+    """The right pane: the open conversation with day separators, times, marks and the marker.
+
+    It stays at the newest message unless the user scrolled up, and opens at the
+    "new messages" marker when there is one.
+
+    :param tz: time zone for times and days (``None``: local; tests pass UTC).
+    """
+
+    def __init__(self, model: MessengerModel, tz: datetime.tzinfo | None = None) -> None:
+        self._model = model
+        self._tz = tz
+        self._walker: Any = urwid.SimpleFocusListWalker([])
+        self._size: Any | None = None
+        self._shown_uid: str | None = None
+        self._follow = True
+        super().__init__(urwid.ListBox(self._walker))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild from the model's open conversation."""
+        uid = self._model.current_uid
+        contact = self._model.current
+        switched = uid != self._shown_uid
+        at_bottom = self._follow or not len(self._walker) or self._at_bottom()
+        rows: list[urwid.Widget] = []
+        marker_index: int | None = None
+        if contact is None or uid is None:
+            rows.append(
+                urwid.Text(
+                    ("hint", "No conversation open. Alt+1 opens the first; Ctrl+N adds a contact.")
+                )
+            )
+        else:
+            conversation = self._model.conversations.get(uid)
+            messages = conversation.ordered() if conversation is not None else []
+            marker = conversation.marker if conversation is not None else None
+            me = self._model.identity.name if self._model.identity else "me"
+            day: datetime.date | None = None
+            if not messages:
+                loading = conversation is None or not conversation.loaded
+                text = "Loading..." if loading else f"No messages with {contact.display_name} yet."
+                rows.append(urwid.Text(("hint", text)))
+            for message in messages:
+                moment = format_time(message.created, self._tz)
+                if moment.date() != day:
+                    day = moment.date()
+                    rows.append(SeparatorRow(moment.strftime("%A %d %B %Y"), "day"))
+                if message.id == marker:
+                    marker_index = len(rows)
+                    rows.append(SeparatorRow(NEW_MESSAGES, "marker", fill="━"))
+                sender = contact.display_name if message.direction == "in" else me
+                rows.append(MessageRow(message, sender, self._tz))
+        self._walker[:] = rows
+        self._shown_uid = uid
+        if switched and marker_index is not None:
+            self._walker.set_focus(marker_index)
+            self._follow = False
+        elif switched or at_bottom:
+            self._walker.set_focus(len(rows) - 1)
+            self._follow = True
+
+    def _at_bottom(self) -> bool:
+        return bool(len(self._walker)) and self._walker.focus == len(self._walker) - 1
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        self._size = size
+        return super().render(size, focus)
+
+    def scroll(self, command: str) -> None:
+        """Scroll by a keymap command: scroll_up/down (a page), scroll_top/bottom."""
+        if not len(self._walker):
+            return
+        if command == "scroll_top":
+            self._walker.set_focus(0)
+            self._w.set_focus_valign("top")
+            self._follow = False
+        elif command == "scroll_bottom":
+            self._walker.set_focus(len(self._walker) - 1)
+            self._w.set_focus_valign("bottom")
+            self._follow = True
+        elif command in ("scroll_up", "scroll_down"):
+            size = self._size or (40, 10)
+            self._w.keypress(size, "page up" if command == "scroll_up" else "page down")
+            self._follow = self._at_bottom()
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        result = super().keypress(size, key)
+        self._follow = self._at_bottom()
+        return result
+
+    def selectable(self) -> bool:
+        return True
+
+
+class StatusBar(urwid.WidgetWrap[urwid.Text]):
+    """One line: my name, the connection summary in colour, lock state, operations, notices."""
+
+    def __init__(self, model: MessengerModel) -> None:
+        self._model = model
+        self.spinner_step = 0
+        super().__init__(urwid.Text("", wrap="ellipsis"))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the text from the model."""
+        model = self._model
+        summary: ConnectionSummary = model.summary
+        markup: list[Any] = []
+        name = model.identity.name if model.identity and model.identity.name else "jarvis"
+        markup.append(("status", f" {name} "))
+        markup.append(("status", "│"))
+        markup.append((summary.style, f" {summary.text} "))
+        if model.locked:
+            markup += [("status", "│"), ("lock_state", " locked ")]
+        unread = model.total_unread()
+        if unread:
+            markup += [("status", "│"), ("status", f" {unread} unread ")]
+        if model.operations:
+            spin = SPINNER[self.spinner_step % len(SPINNER)]
+            labels = ", ".join(op.label for op in list(model.operations.values())[:2])
+            if len(model.operations) > 2:
+                labels += f" +{len(model.operations) - 2}"
+            markup += [("status", "│"), ("spinner", f" {spin} {labels} ")]
+        if model.status is not None:
+            style = "status_error" if model.status.level == "error" else "status_info"
+            markup += [("status", "│"), (style, f" {model.status.text} ")]
+        self._w.set_text(markup)
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        return urwid.AttrMap(self._w, "status").render(size, focus)
+
+
+class TitleBar(urwid.WidgetWrap[urwid.Text]):
+    """The top line: the open conversation's name, status and whether it is verified."""
+
+    def __init__(self, model: MessengerModel) -> None:
+        self._model = model
+        super().__init__(urwid.Text("", wrap="ellipsis"))
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Rebuild the text from the model."""
+        contact = self._model.current
+        if contact is None:
+            text = " Jarvis"
+        else:
+            verified = "verified" if contact.verified else "not verified"
+            extra = ", blocked" if contact.blocked else ""
+            text = f" {contact.display_name} · {contact.status} · {verified}{extra}"
+        self._w.set_text(("header", text))
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        return urwid.AttrMap(self._w, "header").render(size, focus)
+
+
+def button(label: str, on_press: Callable[[], None]) -> urwid.AttrMap:
+    """A button with house styles that calls *on_press* with no argument."""
+    widget = urwid.Button(label, on_press=lambda _button: on_press())
+    return urwid.AttrMap(widget, "button", "button_focus")
+
+
+def field(edit: urwid.Edit) -> urwid.AttrMap:
+    """An edit field with the field styles."""
+    return urwid.AttrMap(edit, "field", "field_focus")
+
+
+class Dialog(urwid.WidgetWrap[urwid.AttrMap]):
+    """A framed, scrollable dialog: a title and a list of rows (text, fields, buttons).
+
+    The controller puts it over the current screen with :class:`DialogLayer`; Esc (handled by
+    the controller) closes it.
+
+    :param kind: a stable name (``"add_contact"``, ``"quit"``) for the controller and tests.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        title: str,
+        rows: list[urwid.Widget],
+        *,
+        default_action: Callable[[], None] | None = None,
+    ) -> None:
+        """:param default_action: what Enter does when no button or field takes it."""
+        self.kind = kind
+        self.title = title
+        self.default_action = default_action
+        self._walker: Any = urwid.SimpleFocusListWalker(rows)
+        self._listbox = urwid.ListBox(self._walker)
+        self._frame = urwid.LineBox(self._listbox, title=title, title_attr="dialog_title")
+        super().__init__(urwid.AttrMap(self._frame, "dialog"))
+        self._focus_first()
+
+    def set_rows(self, rows: list[urwid.Widget]) -> None:
+        """Replace the dialog's rows (e.g. to show a result)."""
+        self._walker[:] = rows
+        self._focus_first()
+
+    def _selectable_indexes(self) -> list[int]:
+        return [i for i, row in enumerate(self._walker) if row.selectable()]
+
+    def _focus_first(self) -> None:
+        indexes = self._selectable_indexes()
+        if indexes:
+            self._walker.set_focus(indexes[0])
+
+    def move_focus(self, step: int) -> None:
+        """Move focus to the next (``1``) or previous (``-1``) field or button, wrapping."""
+        indexes = self._selectable_indexes()
+        if not indexes:
+            return
+        current = self._walker.focus
+        if current in indexes:
+            position = (indexes.index(current) + step) % len(indexes)
+        else:
+            position = 0
+        self._walker.set_focus(indexes[position])
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        result = super().keypress(size, key)
+        if result == "enter" and self.default_action is not None:
+            self.default_action()
+            return None
+        return result
+
+    def natural_rows(self, maxcol: int) -> int:
+        """How many screen rows the dialog wants at width *maxcol* (frame included)."""
+        inner = max(1, maxcol - 2)
+        return 2 + sum(row.rows((inner,)) for row in self._walker)
+
+    def selectable(self) -> bool:
+        return True
+
+
+class DialogLayer(urwid.Widget):
+    """Draws a :class:`Dialog` centred over another box widget, sized to fit the terminal."""
+
+    _sizing = frozenset([urwid.Sizing.BOX])
+    _selectable = True
+
+    def __init__(self, base: urwid.Widget, dialog: Dialog) -> None:
+        super().__init__()
+        self.base = base
+        self.dialog = dialog
+
+    def _overlay(self, size: Any) -> urwid.Overlay:
+        maxcol, maxrow = size
+        width = max(1, min(maxcol, max(min(72, maxcol - 4), min(36, maxcol))))
+        height = max(1, min(maxrow, self.dialog.natural_rows(width)))
+        return urwid.Overlay(self.dialog, self.base, "center", width, "middle", height)
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        return self._overlay(size).render(size, focus)
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        return self._overlay(size).keypress(size, key)

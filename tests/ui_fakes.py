@@ -1,0 +1,344 @@
+"""An in-memory stand-in for the daemon's IPC client, for the terminal UI's tests.
+
+:class:`FakeDaemonClient` speaks the same interface as :class:`jarvis.ipc.client.IpcClient`
+(``call``, ``subscribe``, ``add_disconnect_observer``, ``close``) over in-memory contacts and
+messages.  It records every call, emits events on request, simulates a disconnect, and can hold
+chosen methods' Deferreds so a test fires (or cancels) them by hand.  It must not touch the
+network, the reactor or the file system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from jarvis.ipc.jsonrpc import RemoteError, code_for_kind
+
+UID_ALICE = "a" * 52
+UID_BOB = "b" * 52
+UID_CAROL = "c" * 52
+NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def remote_error(kind: str, message: str) -> RemoteError:
+    """A ``RemoteError`` of *kind* as the real client raises it."""
+    return RemoteError(code_for_kind(kind), message, {"kind": kind})
+
+
+def make_contact(uid: str, name: str, **fields: Any) -> dict[str, Any]:
+    """The API form of a contact with sensible defaults."""
+    contact = {
+        "uid": uid,
+        "name": name,
+        "alias": "",
+        "fingerprint": "FP-" + uid[:8],
+        "safety_code": "12345 67890 11121 31415",
+        "addresses": ["127.0.0.1:7000"],
+        "verified": False,
+        "blocked": False,
+        "muted": False,
+        "read_receipts": True,
+        "status": "offline",
+        "unread": 0,
+        "last_activity": None,
+    }
+    contact.update(fields)
+    return contact
+
+
+class FakeDaemonClient:
+    """A fake IPC client over in-memory state.
+
+    :param has_identity: whether an identity exists.
+    :param locked: whether it starts locked.
+    :param password: the password ``identity.unlock`` accepts.
+    """
+
+    def __init__(
+        self,
+        *,
+        has_identity: bool = True,
+        locked: bool = False,
+        name: str = "me",
+        password: str = "correct horse",
+    ) -> None:
+        self.has_identity = has_identity
+        self.locked = locked
+        self.name = name
+        self.password = password
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.contacts: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}
+        self.markers: dict[str, str | None] = {}
+        self.handlers: list[Callable[[str, dict[str, Any]], None]] = []
+        self.disconnect_observers: list[Callable[[Any], None]] = []
+        self.slow: set[str] = set()
+        self.pending: list[tuple[str, dict[str, Any], defer.Deferred[Any]]] = []
+        self.cancelled: list[str] = []
+        self.failures: dict[str, Exception] = {}
+        self.closed = False
+        self.summary = {"summary": "amber", "online": 1, "total": 2}
+        self._next_id = 1
+
+    # setting up ---------------------------------------------------------------------------
+
+    def add_contact(self, uid: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Add a contact to the fake daemon's book."""
+        contact = make_contact(uid, name, **fields)
+        self.contacts[uid] = contact
+        self.messages.setdefault(uid, [])
+        return contact
+
+    def add_message(
+        self,
+        uid: str,
+        body: str,
+        *,
+        direction: str = "in",
+        state: str | None = None,
+        created: float = NOW,
+        unread: bool = False,
+    ) -> dict[str, Any]:
+        """Store a message (an incoming unread one counts toward the unread count)."""
+        message = {
+            "id": f"m{self._next_id}",
+            "contact": uid,
+            "direction": direction,
+            "body": body,
+            "state": state or ("received" if direction == "in" else "delivered"),
+            "created": created,
+            "sent": created if direction == "out" else None,
+            "delivered": None,
+            "read": None,
+        }
+        self._next_id += 1
+        self.messages.setdefault(uid, []).append(message)
+        if unread:
+            self.contacts[uid]["unread"] = self.contacts[uid].get("unread", 0) + 1
+            if self.markers.get(uid) is None:
+                self.markers[uid] = str(message["id"])
+        self.contacts[uid]["last_activity"] = created
+        return message
+
+    # the interface ------------------------------------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        progress: Callable[[Any], None] | None = None,
+    ) -> defer.Deferred[Any]:
+        """Record the call and answer it from memory (or hold it when *method* is slow)."""
+        params = dict(params or {})
+        self.calls.append((method, params))
+        if self.closed:
+            return defer.fail(ConnectionError("closed"))
+        if method in self.slow:
+
+            def cancel(_: defer.Deferred[Any]) -> None:
+                self.cancelled.append(method)
+
+            d: defer.Deferred[Any] = defer.Deferred(cancel)
+            self.pending.append((method, params, d))
+            return d
+        return self._answer(method, params)
+
+    def _answer(self, method: str, params: dict[str, Any]) -> defer.Deferred[Any]:
+        if method in self.failures:
+            return defer.fail(self.failures[method])
+        handler = getattr(self, "m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return defer.fail(remote_error("method_not_found", f"no method {method}"))
+        try:
+            return defer.succeed(handler(params))
+        except RemoteError as e:
+            return defer.fail(e)
+
+    def fire_pending(self, method: str | None = None) -> None:
+        """Answer the held calls (all, or those of *method*) as if the daemon replied."""
+        keep = []
+        for m, params, d in self.pending:
+            if method is None or m == method:
+                if not d.called:
+                    self._answer(m, params).chainDeferred(d)
+            else:
+                keep.append((m, params, d))
+        self.pending = keep
+
+    def subscribe(self, handler: Callable[[str, dict[str, Any]], None]) -> defer.Deferred[Any]:
+        """Deliver every later :meth:`emit` to *handler*."""
+        self.calls.append(("events.subscribe", {}))
+        self.handlers.append(handler)
+        return defer.succeed({"subscribed": True})
+
+    def add_disconnect_observer(self, observer: Callable[[Any], None]) -> None:
+        """Call *observer* on :meth:`disconnect`."""
+        self.disconnect_observers.append(observer)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close the fake connection (observers are not called: we closed it)."""
+        self.closed = True
+        return defer.succeed(None)
+
+    # simulation ---------------------------------------------------------------------------
+
+    def emit(self, name: str, payload: dict[str, Any]) -> None:
+        """Send event *name* to every subscriber."""
+        for handler in list(self.handlers):
+            handler(name, payload)
+
+    def disconnect(self) -> None:
+        """Drop the connection: pending calls fail, disconnect observers are called."""
+        self.closed = True
+        pending, self.pending = self.pending, []
+        for _method, _params, d in pending:
+            if not d.called:
+                d.errback(Failure(ConnectionError("connection lost")))
+        for observer in list(self.disconnect_observers):
+            observer(Failure(ConnectionError("connection lost")))
+
+    def methods_called(self) -> list[str]:
+        """The names of the methods called so far, in order."""
+        return [method for method, _ in self.calls]
+
+    # methods ------------------------------------------------------------------------------
+
+    def _unlocked(self) -> None:
+        if not self.has_identity:
+            raise remote_error("no_identity", "no identity")
+        if self.locked:
+            raise remote_error("locked", "the identity is locked")
+
+    def m_daemon_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "running": True,
+            "pid": 1,
+            "version": "test",
+            "locked": self.locked,
+            "has_identity": self.has_identity,
+        }
+
+    def m_identity_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.has_identity:
+            raise remote_error("identity_exists", "an identity already exists")
+        self.has_identity, self.locked, self.name = True, False, params["name"]
+        return {"uid": "m" * 52, "name": self.name, "fingerprint": "FP-me"}
+
+    def m_identity_unlock(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("password") != self.password:
+            raise remote_error("wrong_password", "wrong password")
+        self.locked = False
+        return {"uid": "m" * 52, "name": self.name}
+
+    def m_identity_lock(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.locked = True
+        return {}
+
+    def m_identity_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        return {
+            "name": self.name,
+            "uid": "m" * 52,
+            "fingerprint": "FP-me",
+            "link": "jarvis://me-link",
+            "card": '{"card": "me"}\n',
+            "addresses": ["127.0.0.1:7001"],
+        }
+
+    def m_contacts_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self._unlocked()
+        return [dict(c) for c in self.contacts.values()]
+
+    def m_contacts_add(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        link = params.get("link") or params.get("card") or ""
+        if "bad" in link:
+            raise remote_error("invalid_link", "the link code is not valid")
+        uid = "d" * 52
+        contact = self.add_contact(
+            uid, params.get("name") or "dave", verified=bool(params.get("verified"))
+        )
+        return dict(contact)
+
+    def _contact(self, params: dict[str, Any]) -> dict[str, Any]:
+        contact = self.contacts.get(params.get("contact", ""))
+        if contact is None:
+            raise remote_error("not_found", "no such contact")
+        return contact
+
+    def m_contacts_show(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        return dict(self._contact(params))
+
+    def m_contacts_update(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        contact = self._contact(params)
+        for key in ("name", "verified", "blocked", "muted", "read_receipts"):
+            if key in params:
+                contact[key] = params[key]
+        return dict(contact)
+
+    def m_contacts_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        contact = self._contact(params)
+        del self.contacts[contact["uid"]]
+        return {"removed": True}
+
+    def m_messages_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        contact = self._contact(params)
+        return self.add_message(
+            contact["uid"], params["text"], direction="out", state="queued", created=NOW + 60
+        )
+
+    def m_messages_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        contact = self._contact(params)
+        messages = list(reversed(self.messages.get(contact["uid"], [])))
+        limit = params.get("limit", 50)
+        return {
+            "messages": messages[:limit],
+            "next": None,
+            "marker": self.markers.get(contact["uid"]),
+        }
+
+    def m_messages_markRead(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        contact = self._contact(params)
+        count = contact.get("unread", 0)
+        contact["unread"] = 0
+        self.markers[contact["uid"]] = None
+        return {"count": count}
+
+    def m_messages_unreadCounts(self, params: dict[str, Any]) -> dict[str, int]:
+        self._unlocked()
+        return {uid: c.get("unread", 0) for uid, c in self.contacts.items() if c.get("unread")}
+
+    def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        peers = [
+            {"uid": uid, "status": c["status"], "connect_attempts": 3}
+            for uid, c in self.contacts.items()
+        ]
+        return {**self.summary, "peers": peers}
+
+
+class FakeConnector:
+    """A ``connect()`` callable handing out :class:`FakeDaemonClient` s, or failing while down.
+
+    :param client: the client the next successful connect returns.
+    """
+
+    def __init__(self, client: FakeDaemonClient | None) -> None:
+        self.client = client
+        self.attempts = 0
+
+    def __call__(self) -> defer.Deferred[Any]:
+        self.attempts += 1
+        if self.client is None:
+            return defer.fail(ConnectionRefusedError("nobody listens"))
+        return defer.succeed(self.client)
