@@ -249,8 +249,9 @@ class IpcServerProtocol(LineReceiver):
             d.addErrback(self._log_notification_failure, req.method)
             return
         request_id = req.id
-        if request_id is not None and not d.called:
-            # A null id cannot be named by $/cancelRequest, so it is not tracked.
+        if request_id is not None:
+            # Tracked until answered (the callbacks below pop it, at once if d has fired);
+            # a null id cannot be named by $/cancelRequest, so it is not tracked.
             self._pending[request_id] = d
         d.addCallbacks(self._answer, self._answer_error, (request_id,), {}, (request_id, req))
 

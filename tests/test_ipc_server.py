@@ -1,0 +1,452 @@
+"""Tests for jarvis.ipc.server: the line protocol on StringTransport and on real UNIX sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, endpoints, task, utils
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import StringTransport
+from twisted.protocols.basic import LineReceiver
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis.ipc import jsonrpc
+from jarvis.ipc.client import IpcClient
+from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
+from jarvis.ipc.server import IpcServerFactory, IpcServerProtocol, peer_uid
+from jarvis.testing import FakeNode, fake_link
+
+
+def unlocked_node() -> FakeNode:
+    """Return a FakeNode with an unlocked identity and one contact, alice."""
+    node = FakeNode()
+    node.create_identity("me", "pw", progress=lambda v: None)
+    node.add_contact(link=fake_link("alice"))
+    return node
+
+
+def make_factory(
+    node: FakeNode | None = None, clock: Any = None, token: bytes | None = None
+) -> IpcServerFactory:
+    """Return a server factory on a FakeNode (unlocked, with alice, unless given)."""
+    if clock is None:
+        clock = task.Clock()
+    ctx = MethodContext(
+        node=node or unlocked_node(),
+        clock=clock,
+        info=DaemonInfo(os.getpid(), "0.1.0", "/tmp/data", "unix:/tmp/x.sock"),
+        stop_daemon=lambda: None,
+    )
+    return IpcServerFactory(build_registry(), ctx, clock=clock, require_token=token)
+
+
+def make_connection(
+    factory: IpcServerFactory,
+) -> tuple[IpcServerProtocol, StringTransport]:
+    """Return a server protocol connected to a StringTransport (no peer uid: token rules)."""
+    proto = factory.buildProtocol(None)
+    assert isinstance(proto, IpcServerProtocol)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def sent(transport: StringTransport) -> list[dict[str, Any]]:
+    """Return (and clear) the JSON messages written to *transport*."""
+    data = transport.value()
+    transport.clear()
+    return [json.loads(line) for line in data.splitlines()]
+
+
+class MalformedInputTests(SynchronousTestCase):
+    """Bad lines get the right error and the connection stays usable."""
+
+    def setUp(self) -> None:
+        self.proto, self.transport = make_connection(make_factory())
+
+    def exchange(self, line: bytes) -> list[dict[str, Any]]:
+        self.proto.dataReceived(line + b"\n")
+        return sent(self.transport)
+
+    def test_garbage_then_good(self) -> None:
+        """When a garbage line arrives, then -32700 comes back with id null and the next
+        request is still answered."""
+        [error] = self.exchange(b"}{ not json")
+        self.assertEqual((error["id"], error["error"]["code"]), (None, jsonrpc.PARSE_ERROR))
+        [answer] = self.exchange(b'{"jsonrpc":"2.0","id":1,"method":"daemon.status"}')
+        self.assertEqual((answer["id"], answer["result"]["running"]), (1, True))
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_non_object(self) -> None:
+        """When the JSON is not an object (or is a batch), then -32600 comes back."""
+        for line in (b"17", b'["a"]', b"null"):
+            [error] = self.exchange(line)
+            self.assertEqual(error["error"]["code"], jsonrpc.INVALID_REQUEST)
+
+    def test_unknown_method(self) -> None:
+        """When the method is unknown, then -32601 comes back with the request's id."""
+        [error] = self.exchange(b'{"id":"a","method":"no.such"}')
+        self.assertEqual((error["id"], error["error"]["code"]), ("a", jsonrpc.METHOD_NOT_FOUND))
+
+    def test_bad_params(self) -> None:
+        """When a param is wrong, then -32602 names the field."""
+        [error] = self.exchange(b'{"id":2,"method":"messages.send","params":{"contact":"alice"}}')
+        self.assertEqual(error["error"]["code"], jsonrpc.INVALID_PARAMS)
+        self.assertEqual(error["error"]["data"]["field"], "text")
+        self.assertIn("text", error["error"]["message"])
+
+    def test_oversized(self) -> None:
+        """When a line is longer than 1 MiB, then an error is sent and the connection closes."""
+        self.proto.dataReceived(b'{"id":1,"method":"' + b"x" * (jsonrpc.MAX_LINE + 10))
+        [error] = sent(self.transport)
+        self.assertEqual(error["error"]["code"], jsonrpc.INVALID_REQUEST)
+        self.assertEqual(error["error"]["data"]["kind"], "too_large")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_duplicate_id(self) -> None:
+        """When a request reuses the id of a pending one, then it is refused and the first
+        still answers."""
+        node = unlocked_node()
+        paused = node.pause("send_message")
+        proto, transport = make_connection(make_factory(node))
+        line = b'{"id":9,"method":"messages.send","params":{"contact":"alice","text":"x"}}\n'
+        proto.dataReceived(line + line)
+        [error] = sent(transport)
+        self.assertEqual((error["id"], error["error"]["code"]), (9, jsonrpc.INVALID_REQUEST))
+        paused.release()
+        [answer] = sent(transport)
+        self.assertEqual(answer["result"]["body"], "x")
+
+
+class CancelTests(SynchronousTestCase):
+    """$/cancelRequest cancels a running request."""
+
+    def test_cancel(self) -> None:
+        """When the client cancels a slow send, then it gets -32800 and no message exists."""
+        node = unlocked_node()
+        paused = node.pause("send_message")
+        proto, transport = make_connection(make_factory(node))
+        proto.dataReceived(
+            b'{"id":4,"method":"messages.send","params":{"contact":"alice","text":"x"}}\n'
+        )
+        self.assertEqual(sent(transport), [])
+        proto.dataReceived(b'{"method":"$/cancelRequest","params":{"id":4}}\n')
+        [error] = sent(transport)
+        self.assertEqual((error["id"], error["error"]["code"]), (4, jsonrpc.REQUEST_CANCELLED))
+        self.assertEqual(paused.cancelled, 1)
+        self.assertEqual(node.messages_of("alice"), [])
+
+    def test_connection_lost(self) -> None:
+        """When the client goes away, then its pending requests are cancelled."""
+        node = unlocked_node()
+        paused = node.pause("send_message")
+        proto, _ = make_connection(make_factory(node))
+        proto.dataReceived(
+            b'{"id":4,"method":"messages.send","params":{"contact":"alice","text":"x"}}\n'
+        )
+        proto.connectionLost(jsonrpc.RpcError(0, "gone"))  # type: ignore[arg-type]
+        self.assertEqual(paused.cancelled, 1)
+
+
+class DeadlineTests(SynchronousTestCase):
+    """Deadlines on the server's clock."""
+
+    def test_timed_out(self) -> None:
+        """When a request outlives its deadline, then -32004 arrives and the work is cancelled."""
+        node = unlocked_node()
+        paused = node.pause("history")
+        clock = task.Clock()
+        proto, transport = make_connection(make_factory(node, clock))
+        proto.dataReceived(b'{"id":1,"method":"messages.history","params":{"contact":"alice"}}\n')
+        clock.advance(11)
+        [error] = sent(transport)
+        self.assertEqual(error["error"]["code"], jsonrpc.TIMED_OUT)
+        self.assertEqual(paused.cancelled, 1)
+
+
+class ProgressTests(SynchronousTestCase):
+    """Progress notifications."""
+
+    def test_progress_token(self) -> None:
+        """When a request carries _progress (or progressToken), then $/progress notifications
+        with that token precede the answer."""
+        for key in ("_progress", "progressToken"):
+            proto, transport = make_connection(make_factory(FakeNode()))
+            request = {"id": 1, "method": "identity.create"}
+            request["params"] = {"name": "me", "password": "pw", key: "tok"}
+            proto.dataReceived(json.dumps(request).encode() + b"\n")
+            messages = sent(transport)
+            self.assertEqual(
+                [m.get("method") for m in messages], ["$/progress", "$/progress", None]
+            )
+            self.assertEqual(
+                messages[0]["params"], {"token": "tok", "value": {"stage": "deriving key"}}
+            )
+            self.assertEqual(messages[2]["result"]["name"], "me")
+
+
+class EventTests(SynchronousTestCase):
+    """events.subscribe forwards Node events."""
+
+    def test_subscribe(self) -> None:
+        """When a connection subscribed, then node events arrive as notifications, and after
+        it closes the node has no observer left."""
+        node = unlocked_node()
+        proto, transport = make_connection(make_factory(node))
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        self.assertEqual(sent(transport)[0]["result"], {"subscribed": True})
+        node.receive("alice", "hello")
+        [event] = sent(transport)
+        self.assertEqual(event["method"], "message.received")
+        self.assertEqual(event["params"]["message"]["body"], "hello")
+        proto.connectionLost(jsonrpc.RpcError(0, "gone"))  # type: ignore[arg-type]
+        self.assertEqual(node.observer_count, 0)
+
+
+class TokenTests(SynchronousTestCase):
+    """Non-UNIX connections must authenticate with the token first."""
+
+    def test_missing_token(self) -> None:
+        """When the first request is not auth, then -32011 comes back and the connection
+        closes."""
+        proto, transport = make_connection(make_factory(token=b"s3cret"))
+        proto.dataReceived(b'{"id":1,"method":"daemon.status"}\n')
+        [error] = sent(transport)
+        self.assertEqual(error["error"]["code"], jsonrpc.UNAUTHORIZED)
+        self.assertTrue(transport.disconnecting)
+
+    def test_wrong_token(self) -> None:
+        """When auth carries a wrong token, then -32011 and close, without echoing the token."""
+        proto, transport = make_connection(make_factory(token=b"s3cret"))
+        proto.dataReceived(b'{"id":1,"method":"auth","params":{"token":"guess"}}\n')
+        data = transport.value()
+        self.assertNotIn(b"guess", data)
+        self.assertEqual(json.loads(data)["error"]["code"], jsonrpc.UNAUTHORIZED)
+        self.assertTrue(transport.disconnecting)
+
+    def test_right_token(self) -> None:
+        """When auth carries the right token, then later requests are served."""
+        proto, transport = make_connection(make_factory(token=b"s3cret"))
+        proto.dataReceived(
+            b'{"id":1,"method":"auth","params":{"token":"s3cret"}}\n'
+            b'{"id":2,"method":"daemon.status"}\n'
+        )
+        first, second = sent(transport)
+        self.assertEqual(first["result"], {"authenticated": True})
+        self.assertTrue(second["result"]["running"])
+
+    def test_no_peer_uid(self) -> None:
+        """When the transport is not a socket, then peer_uid is None."""
+        self.assertIsNone(peer_uid(StringTransport()))
+
+
+class LineClient(LineReceiver):
+    """A raw test client: writes lines, collects parsed JSON messages."""
+
+    delimiter = b"\n"
+    MAX_LENGTH = jsonrpc.MAX_INCOMING_LINE
+    transport: Any
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.waiters: list[defer.Deferred[Any]] = []
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def lineReceived(self, line: bytes) -> None:
+        message = json.loads(line)
+        if self.waiters:
+            self.waiters.pop(0).callback(message)
+        else:
+            self.messages.append(message)
+
+    def next_message(self) -> defer.Deferred[Any]:
+        if self.messages:
+            return defer.succeed(self.messages.pop(0))
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiters.append(d)
+        return d
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+def body_and(message: dict[str, Any], text: str) -> tuple[str, str]:
+    """Return the message's body and the text that was sent."""
+    return message["body"], text
+
+
+def recorder(log: list[tuple[str, Any]]) -> Any:
+    """Return an event handler appending (name, params) to *log*."""
+
+    def record(name: str, params: Any) -> None:
+        log.append((name, params))
+
+    return record
+
+
+class SocketTestCase(TestCase):
+    """Base: a server with a FakeNode on a real UNIX socket in a fresh 0700 directory."""
+
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.dir = tempfile.mkdtemp(dir="/tmp", prefix="jipc")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        self.path = os.path.join(self.dir, "api.sock")
+        self.node = unlocked_node()
+        self.factory = make_factory(self.node, reactor)
+        endpoint = endpoints.UNIXServerEndpoint(reactor, self.path, mode=0o600)
+        d = endpoint.listen(self.factory)
+
+        def listening(port: Any) -> None:
+            self.addCleanup(port.stopListening)
+
+        return d.addCallback(listening)
+
+    async def raw_client(self) -> LineClient:
+        endpoint = endpoints.UNIXClientEndpoint(self.reactor, self.path)
+        proto = await endpoint.connect(Factory.forProtocol(LineClient))
+        assert isinstance(proto, LineClient)
+
+        def close() -> defer.Deferred[None]:
+            proto.transport.loseConnection()
+            return proto.lost
+
+        self.addCleanup(close)
+        return proto
+
+    async def client(self) -> IpcClient:
+        client = await IpcClient.connect(self.reactor, f"unix:{self.path}")
+        self.addCleanup(client.close)
+        return client
+
+
+class SocketTests(SocketTestCase):
+    """The server on a real UNIX socket."""
+
+    def test_modes(self) -> None:
+        """When the server listens, then the socket is 0600 in a 0700 directory."""
+        self.assertEqual(stat.S_IMODE(os.stat(self.dir).st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
+    async def test_bad_lines_others_served(self) -> None:
+        """When one client sends garbage, non-objects, unknown methods, bad params and finally
+        an oversized line, then each gets its error and another client is still served."""
+        bad = await self.raw_client()
+        good = await self.client()
+        cases = [
+            (b"garbage", jsonrpc.PARSE_ERROR),
+            (b"[1,2]", jsonrpc.INVALID_REQUEST),
+            (b'{"id":1,"method":"x.y"}', jsonrpc.METHOD_NOT_FOUND),
+            (b'{"id":2,"method":"contacts.show","params":{"contact":5}}', jsonrpc.INVALID_PARAMS),
+        ]
+        for line, code in cases:
+            bad.transport.write(line + b"\n")
+            message = await bad.next_message()
+            self.assertEqual(message["error"]["code"], code, line)
+        self.assertEqual((await good.call("daemon.status"))["running"], True)
+        bad.transport.write(b"x" * (jsonrpc.MAX_LINE + 100))
+        message = await bad.next_message()
+        self.assertEqual(message["error"]["data"]["kind"], "too_large")
+        await bad.lost
+        self.assertEqual((await good.call("contacts.show", {"contact": "alice"}))["name"], "alice")
+
+    async def test_many_clients(self) -> None:
+        """When 20 clients each have 200 requests in flight, then every answer matches its
+        request."""
+        clients = [await self.client() for _ in range(20)]
+        calls = []
+        for c, client in enumerate(clients):
+            for i in range(200):
+                text = f"{c}-{i}"
+                d = client.call("messages.send", {"contact": "alice", "text": text})
+                calls.append(d.addCallback(body_and, text))
+        results = await defer.gatherResults(calls)
+        self.assertEqual(len(results), 4000)
+        for body, text in results:
+            self.assertEqual(body, text)
+
+    async def test_cancel_over_socket(self) -> None:
+        """When a client cancels a slow call, then the daemon drops the work and the state is
+        unchanged."""
+        paused = self.node.pause("send_message")
+        client = await self.client()
+        d = client.call("messages.send", {"contact": "alice", "text": "x"})
+        while paused.waiting == 0:
+            await task.deferLater(self.reactor, 0.005, lambda: None)
+        d.cancel()
+        with self.assertRaises(defer.CancelledError):
+            await d
+        while paused.cancelled == 0:
+            await task.deferLater(self.reactor, 0.005, lambda: None)
+        self.assertEqual(self.node.messages_of("alice"), [])
+        self.assertEqual(
+            (await client.call("daemon.status"))["in_flight"][0]["method"], "daemon.status"
+        )
+
+    async def test_cancel_answer(self) -> None:
+        """When a raw client sends $/cancelRequest, then the request answers -32800."""
+        self.node.pause("history")
+        raw = await self.raw_client()
+        raw.transport.write(
+            b'{"jsonrpc":"2.0","id":7,"method":"messages.history","params":{"contact":"alice"}}\n'
+            b'{"jsonrpc":"2.0","method":"$/cancelRequest","params":{"id":7}}\n'
+        )
+        message = await raw.next_message()
+        self.assertEqual((message["id"], message["error"]["code"]), (7, jsonrpc.REQUEST_CANCELLED))
+
+    async def test_events_same_order(self) -> None:
+        """When two clients subscribed, then both get the same events in the same order."""
+        seen: list[list[tuple[str, Any]]] = [[], []]
+        clients = [await self.client(), await self.client()]
+        for client, log in zip(clients, seen, strict=True):
+            await client.subscribe(recorder(log))
+        for i in range(20):
+            self.node.receive("alice", f"m{i}")
+        await clients[0].call("messages.markRead", {"contact": "alice"})
+        await clients[1].call("daemon.status")
+        self.assertEqual(len(seen[0]), 20)
+        self.assertEqual(seen[0], seen[1])
+        self.assertEqual([p["message"]["body"] for _, p in seen[0]], [f"m{i}" for i in range(20)])
+
+    async def test_other_uid_refused(self) -> None:
+        """When a process of another uid connects, then the server closes without answering."""
+        if os.getuid() != 0:
+            raise self.skipTest("needs root to run a client as another uid (nobody)")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            raise self.skipTest("no 'nobody' user on this machine") from None
+        # Let nobody reach the socket, so that only SO_PEERCRED can refuse it.
+        os.chmod(self.dir, 0o711)
+        os.chmod(self.path, 0o666)
+        script = (
+            "import os, socket, sys\n"
+            f"os.setgid({nobody.pw_gid}); os.setuid({nobody.pw_uid})\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.connect(sys.argv[1])\n"
+            "try:\n"
+            '    s.sendall(b\'{"id":1,"method":"daemon.status"}\\n\')\n'
+            "    data = s.recv(65536)\n"
+            "except OSError as e:\n"
+            "    data = type(e).__name__.encode()\n"
+            "print(os.getuid(), repr(data))\n"
+        )
+        out, err, code = await utils.getProcessOutputAndValue(
+            sys.executable, ["-c", script, self.path], env=dict(os.environ)
+        )
+        self.assertEqual(code, 0, err)
+        uid, data = out.decode().split(" ", 1)
+        self.assertEqual(int(uid), nobody.pw_uid)
+        self.assertNotIn("result", data)
+        self.assertIn(data.strip(), ("b''", "b'ConnectionResetError'", "b'BrokenPipeError'"))
+        # Our own uid is still served.
+        self.assertTrue((await (await self.client()).call("daemon.status"))["running"])
