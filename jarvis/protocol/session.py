@@ -101,10 +101,12 @@ class _DelayedCall(Protocol):
     def reset(self, seconds: float) -> None: ...
 
 
-class _Clock(Protocol):
-    """The part of ``IReactorTime`` the session uses."""
+class ClockLike(Protocol):
+    """The part of ``IReactorTime`` the session uses (``task.Clock`` provides it too)."""
 
     def callLater(self, delay: float, callable: Callable[..., Any], /) -> _DelayedCall: ...
+
+    def seconds(self) -> float: ...
 
 
 class NotEstablished(Exception):
@@ -292,7 +294,7 @@ class PeerSession:
         peer_uid: str,
         peer_public_key: bytes,
         initiator: bool,
-        clock: IReactorTime,
+        clock: IReactorTime | ClockLike,
         send_bytes: Callable[[bytes], None],
         lose_connection: Callable[[], None],
         observer: SessionObserver,
@@ -308,8 +310,8 @@ class PeerSession:
         self.initiator = initiator
         self._peer_key = Ed25519PublicKey.from_public_bytes(bytes(peer_public_key))
         self._sign = sign
-        self._reactor_time = clock
-        self._clock = cast(_Clock, clock)
+        self._reactor_time = cast(IReactorTime, clock)
+        self._clock = cast(ClockLike, clock)
         self._send_bytes = send_bytes
         self._lose_connection = lose_connection
         self._observer = observer
