@@ -1,0 +1,319 @@
+"""Start the terminal UI: reactor, urwid main loop, connection to (or start of) the daemon.
+
+:func:`run` is what ``jarvis`` (no subcommand) calls.  It installs the asyncio reactor, builds
+the urwid ``MainLoop`` on ``TwistedEventLoop``, lets Ctrl+C reach the UI, connects to the daemon
+of a data directory with :class:`jarvis.ipc.client.IpcClient`, starts a detached daemon through
+``reactor.spawnProcess`` when none answers (or, ``embedded=True``, runs the daemon's service tree
+in this process), and shuts down gracefully in a "before shutdown" trigger.  Closing the UI
+leaves a detached daemon running.
+
+The UI's log goes to ``ui.log`` in the data directory (never to the terminal); no traceback
+reaches the screen.  This module must not contain UI behaviour: that is the controller's.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, protocol, threads
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+
+UI_LOGFILE = "ui.log"
+
+log = Logger()
+
+
+class UiStartError(Exception):
+    """The terminal UI cannot start here (for example stdin is not a terminal).
+
+    Run ``jarvis`` from an interactive terminal, or use the ``jarvis`` CLI subcommands in scripts.
+    """
+
+
+def osc52(text: str) -> str:
+    """Return the OSC 52 escape sequence that asks the terminal to put *text* on the clipboard."""
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    return f"\x1b]52;c;{encoded}\x07"
+
+
+def write_private_file(path: str, text: str) -> None:
+    """Write *text* to *path* (mode 0600, replacing it).  Blocking: run it in a thread."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def read_text_file(path: str, limit: int = 1 << 20) -> str:
+    """Read up to *limit* bytes of *path* as UTF-8.  Blocking: run it in a thread.
+
+    :raises ValueError: if the file is larger than *limit*.
+    """
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is too large for a contact card")
+    return data.decode("utf-8")
+
+
+class DaemonStarter(protocol.ProcessProtocol):
+    """Watches the ``twistd`` child that daemonizes itself; reports a failed start.
+
+    :param on_failed: called with one line (the child's first stderr line) if it exits non-zero.
+    """
+
+    def __init__(self, on_failed: Callable[[str], None]) -> None:
+        self._on_failed = on_failed
+        self._stderr = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def errReceived(self, data: bytes) -> None:
+        self._stderr = (self._stderr + data)[-4096:]
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", 0) or 0
+        if code:
+            lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
+            line = lines[-1] if lines else f"the daemon exited with status {code}"
+            self._on_failed(line[:200])
+        self.ended.callback(code)
+
+
+class DaemonConnector:
+    """The controller's ``connect()``: attach to the daemon, starting one the first time needed.
+
+    :param reactor: the reactor.
+    :param data_dir: the data directory (its endpoint file is re-read on every attempt).
+    :param endpoint: a fixed endpoint description instead of the data directory's.
+    :param start_daemon: spawn a detached daemon when none answers (once).
+    :param report: shows a one-line problem on the status bar.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        data_dir: str,
+        *,
+        endpoint: str | None = None,
+        start_daemon: bool = True,
+        report: Callable[[str], None] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._data_dir = data_dir
+        self._endpoint = endpoint
+        self._start_daemon = start_daemon
+        self._report = report or (lambda line: None)
+        self.spawned = False
+
+    def _description(self) -> tuple[str, str | None]:
+        from jarvis import paths
+
+        description = self._endpoint or paths.client_endpoint_for(self._data_dir)
+        token = None
+        if description.startswith("tcp:"):
+            try:
+                with open(paths.token_path(self._data_dir), encoding="utf-8") as f:
+                    token = f.read().strip() or None
+            except OSError:
+                token = None
+        return description, token
+
+    def __call__(self) -> defer.Deferred[Any]:
+        from jarvis.ipc.client import IpcClient
+
+        try:
+            description, token = self._description()
+            d = IpcClient.connect(self._reactor, description, token=token)
+        except Exception:
+            d = defer.fail(Failure())
+
+        def failed(failure: Failure) -> Failure:
+            if self._start_daemon and not self.spawned and self._endpoint is None:
+                self.spawn()
+            return failure
+
+        return d.addErrback(failed)
+
+    def spawn(self) -> None:
+        """Start a detached daemon for the data directory (twistd forks and exits)."""
+        self.spawned = True
+        try:
+            from jarvis import launcher
+
+            argv = launcher.detached_daemon_argv(self._data_dir)
+            starter = DaemonStarter(self._report)
+            self._reactor.spawnProcess(
+                starter, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
+            )
+            log.info("starting a daemon for {data_dir}", data_dir=self._data_dir)
+        except Exception:
+            log.failure("could not start the daemon")
+            self._report("could not start the daemon; details are in ui.log")
+
+
+def _start_logging(data_dir: str) -> Any:
+    """Send the UI's log to ``ui.log`` in *data_dir* (or nowhere), never to the terminal."""
+    from jarvis import logs
+
+    try:
+        f: Any = logs.open_private_append(os.path.join(data_dir, UI_LOGFILE))
+    except OSError:
+        f = open(os.devnull, "w", encoding="utf-8")
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    observer = FilteringLogObserver(textFileLogObserver(f), [predicate])
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    return f
+
+
+def make_embedded_service(reactor: Any, data_dir: str) -> Any:
+    """Build the daemon's service tree to run inside the UI process (``embedded=True``).
+
+    This is the hook for the lead's :func:`jarvis.daemon.make_service`; it is only called when
+    the UI runs without a separate daemon.
+    """
+    from jarvis.daemon import DaemonOptions, make_service
+
+    options = DaemonOptions()
+    options.parseOptions(["--data-dir", data_dir])
+    return make_service(options, reactor)
+
+
+def run(
+    data_dir: str,
+    *,
+    endpoint: str | None = None,
+    embedded: bool = False,
+    start_daemon: bool = True,
+    theme: str = "default",
+) -> int:
+    """Run the terminal UI until the user quits.
+
+    :param data_dir: the Jarvis data directory whose daemon to attach to.
+    :param endpoint: an IPC endpoint description to use instead of the data directory's.
+    :param embedded: run the daemon's services in this process instead of attaching to a
+        separate daemon (they stop when the UI closes).
+    :param start_daemon: start a detached daemon if none answers.
+    :param theme: a palette theme (``default``, ``light``, ``mono``; ``NO_COLOR`` forces mono).
+    :returns: the process exit status (0 after a normal quit).
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        sys.stderr.write("jarvis: the terminal UI needs a terminal (stdin and stdout)\n")
+        return 2
+    from jarvis import paths
+    from jarvis import reactor as jreactor
+
+    try:
+        reactor = jreactor.install()
+        data_dir = paths.ensure_data_dir(data_dir)
+    except Exception as e:
+        sys.stderr.write(f"jarvis: {e}\n")
+        return 1
+    log_file = _start_logging(data_dir)
+    try:
+        return _run(reactor, data_dir, endpoint, embedded, start_daemon, theme)
+    except Exception as e:
+        log.failure("the UI stopped with an error")
+        sys.stderr.write(f"jarvis: the UI stopped: {type(e).__name__} (details in {UI_LOGFILE})\n")
+        return 1
+    finally:
+        log_file.flush()
+
+
+def _run(
+    reactor: Any,
+    data_dir: str,
+    endpoint: str | None,
+    embedded: bool,
+    start_daemon: bool,
+    theme: str,
+) -> int:
+    import urwid
+
+    from jarvis.ui.controller import Controller
+    from jarvis.ui.palette import palette
+
+    screen = urwid.display.raw.Screen()
+    saved_keys = screen.tty_signal_keys()
+    controller_box: list[Controller] = []
+
+    def report(line: str) -> None:
+        if controller_box:
+            controller_box[0].model.notify(line, "error")
+            controller_box[0].redraw()
+
+    connector = DaemonConnector(
+        reactor,
+        data_dir,
+        endpoint=endpoint,
+        start_daemon=start_daemon and not embedded,
+        report=report,
+    )
+
+    def quit_ui() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    def terminal_write(data: str) -> None:
+        try:
+            screen.write(data)
+            screen.flush()
+        except Exception:
+            log.failure("terminal write failed")
+
+    controller = Controller(
+        connector,
+        reactor,
+        read_file=lambda path: threads.deferToThread(read_text_file, path),
+        write_file=lambda path, text: threads.deferToThread(write_private_file, path, text),
+        clipboard=lambda text: terminal_write(osc52(text)),
+        bell=lambda: terminal_write("\a"),
+        on_quit=quit_ui,
+    )
+    controller_box.append(controller)
+
+    if os.environ.get("NO_COLOR"):
+        theme = "mono"
+    loop = urwid.MainLoop(
+        controller.window,
+        palette(theme),
+        screen=screen,
+        event_loop=urwid.TwistedEventLoop(reactor=reactor, manage_reactor=True),
+        handle_mouse=False,
+    )
+    controller.attach_main_loop(loop)
+
+    service: Any = None
+    if embedded:
+        service = make_embedded_service(reactor, data_dir)
+        reactor.callWhenRunning(service.startService)
+
+    def shutdown() -> defer.Deferred[Any]:
+        d = controller.stop()
+        if service is not None and service.running:
+            d.addBoth(lambda _: service.stopService())
+        return d
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    reactor.callWhenRunning(controller.start)
+    # Ctrl+C must reach the UI (it cancels the operation in flight) instead of SIGINT.
+    screen.tty_signal_keys(intr="undefined")
+    try:
+        loop.run()
+    finally:
+        try:
+            if saved_keys:
+                screen.tty_signal_keys(*saved_keys)
+        except Exception:
+            log.failure("restoring the terminal's signal keys failed")
+    return 0
