@@ -170,8 +170,9 @@ def _start_logging(data_dir: str) -> Any:
         f: Any = logs.open_private_append(os.path.join(data_dir, UI_LOGFILE))
     except OSError:
         f = open(os.devnull, "w", encoding="utf-8")
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-    observer = FilteringLogObserver(textFileLogObserver(f), [predicate])
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    text_observer: Any = textFileLogObserver(f)
+    observer: Any = FilteringLogObserver(text_observer, [predicate])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     return f
 
