@@ -264,7 +264,7 @@ def describe_keys(cmd: Command) -> str:
     shown: list[str] = []
     for binding in cmd.bindings:
         text = display_key(binding.key)
-        if binding.contexts == (BROWSE,) and cmd.name == "help":
+        if binding.contexts == (BROWSE,):
             text += " (outside the input)"
         shown.append(text)
     return ", ".join(shown)
