@@ -54,15 +54,16 @@ class IpcClientProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:  # noqa: B008
         self.lost = reason
-        waiting, self._waiting = self._waiting, {}
-        self._progress.clear()
-        for d in waiting.values():
-            d.errback(Failure(error.ConnectionLost("the connection to the daemon was lost")))
+        # Observers first: code resumed by a failing call may already look at the client.
         for observer in list(self.disconnect_observers):
             try:
                 observer(reason)
             except Exception:
                 self.log.failure("disconnect observer failed")
+        waiting, self._waiting = self._waiting, {}
+        self._progress.clear()
+        for d in waiting.values():
+            d.errback(Failure(error.ConnectionLost("the connection to the daemon was lost")))
         waiters, self._lost_waiters = self._lost_waiters, []
         for w in waiters:
             w.callback(None)
