@@ -342,3 +342,79 @@ class FakeConnector:
         if self.client is None:
             return defer.fail(ConnectionRefusedError("nobody listens"))
         return defer.succeed(self.client)
+
+
+def make_populated_client(**kwargs: Any) -> FakeDaemonClient:
+    """A fake daemon with alice (online, history with an unread message), bob and carol."""
+    client = FakeDaemonClient(**kwargs)
+    client.add_contact(UID_ALICE, "alice", status="online", verified=True)
+    client.add_contact(UID_BOB, "bob", status="connecting")
+    client.add_contact(UID_CAROL, "carol")
+    client.add_message(UID_ALICE, "are you there?", created=NOW - 86400)
+    client.add_message(UID_ALICE, "yes, here", direction="out", state="read", created=NOW - 3000)
+    client.add_message(UID_ALICE, "queued one", direction="out", state="queued", created=NOW - 2000)
+    client.add_message(UID_ALICE, "sent one", direction="out", state="sent", created=NOW - 1000)
+    client.add_message(UID_ALICE, "news!", created=NOW - 10, unread=True)
+    client.add_message(UID_BOB, "hi from bob", created=NOW - 500, unread=True)
+    return client
+
+
+def make_controller(
+    client: FakeDaemonClient | None = None, *, start: bool = True
+) -> tuple[Any, FakeDaemonClient | None, Any, FakeConnector]:
+    """A started controller on a fake daemon and a ``Clock``, with UTC times and no animation.
+
+    :returns: ``(controller, client, clock, connector)``.
+    """
+    import datetime
+
+    from twisted.internet.task import Clock
+
+    from jarvis.ui.controller import Controller
+
+    clock = Clock()
+    connector = FakeConnector(client)
+    files: dict[str, str] = {}
+
+    def write_file(path: str, text: str) -> defer.Deferred[None]:
+        files[path] = text
+        return defer.succeed(None)
+
+    def read_file(path: str) -> defer.Deferred[str]:
+        if path in files:
+            return defer.succeed(files[path])
+        return defer.fail(FileNotFoundError(2, "No such file or directory"))
+
+    controller = Controller(
+        connector,
+        clock,
+        tz=datetime.UTC,
+        animate=False,
+        write_file=write_file,
+        read_file=read_file,
+        clipboard=lambda text: files.__setitem__("<clipboard>", text),
+        on_quit=lambda: files.__setitem__("<quit>", "yes"),
+    )
+    controller.files = files  # type: ignore[attr-defined]
+    if start:
+        controller.start()
+    return controller, client, clock, connector
+
+
+def screen_text(widget: Any, size: tuple[int, int] = (80, 20)) -> str:
+    """The text a box widget renders at *size*, lines joined, trailing spaces removed."""
+    canvas = widget.render(size, focus=True)
+    return "\n".join(line.decode("utf-8").rstrip() for line in canvas.text)
+
+
+def press(controller: Any, *keys: str, size: tuple[int, int] = (80, 20)) -> None:
+    """Send *keys* to the controller's window; a multi-character string is typed char by char
+    unless it is a key name (contains a space or is a known name)."""
+    names = {"enter", "esc", "tab", "up", "down", "left", "right", "home", "end", "backspace"}
+    for key in keys:
+        is_function_key = key[0] == "f" and key[1:].isdigit()
+        if len(key) > 1 and " " not in key and key not in names and not is_function_key:
+            for char in key:
+                controller.window.keypress(size, char)
+        else:
+            controller.window.keypress(size, key)
