@@ -285,7 +285,7 @@ class PaletteTests(SynchronousTestCase):
         for theme in THEMES:
             entries = palette(theme)
             self.assertEqual({e[0] for e in entries}, set(STYLES))
-            for name, fg, bg, mono in entries:
+            for _name, fg, bg, mono in entries:
                 urwid.AttrSpec(fg, bg)
                 if mono:
                     urwid.AttrSpec(mono, "default")
@@ -326,7 +326,7 @@ class SizeTests(SynchronousTestCase):
         """When locked, or the daemon is unreachable, then every size renders."""
         controller, _, _, _ = make_controller(make_populated_client(locked=True))
         self.render_all(controller)
-        unreachable, _, clock, _ = make_controller(None)
+        unreachable, _, _, _ = make_controller(None)
         self.render_all(unreachable)
         unreachable.stop()
 

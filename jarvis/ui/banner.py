@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 import urwid
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
 ART: tuple[str, ...] = (
@@ -94,7 +93,7 @@ class BannerAnimation:
     :param redraw: called after each frame (the main loop's ``draw_screen``).
     """
 
-    def __init__(self, banner: BannerText, clock: IReactorTime, redraw: Callable[[], None]) -> None:
+    def __init__(self, banner: BannerText, clock: Any, redraw: Callable[[], None]) -> None:
         self._banner = banner
         self._redraw = redraw
         self._step = 0

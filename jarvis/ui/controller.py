@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -140,7 +139,7 @@ class Controller:
     def __init__(
         self,
         connect: Callable[[], defer.Deferred[Any]],
-        clock: IReactorTime,
+        clock: Any,
         *,
         model: MessengerModel | None = None,
         tz: datetime.tzinfo | None = None,
