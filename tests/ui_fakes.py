@@ -408,13 +408,17 @@ def screen_text(widget: Any, size: tuple[int, int] = (80, 20)) -> str:
 
 
 def press(controller: Any, *keys: str, size: tuple[int, int] = (80, 20)) -> None:
-    """Send *keys* to the controller's window; a multi-character string is typed char by char
-    unless it is a key name (contains a space or is a known name)."""
+    """Send *keys* to the controller's window.
+
+    A key name (``"enter"``, ``"meta 1"``, ``"ctrl l"``, ``"f2"``, ``"page up"``) is sent as
+    one key; any other string is typed character by character.
+    """
     names = {"enter", "esc", "tab", "up", "down", "left", "right", "home", "end", "backspace"}
+    prefixes = ("meta ", "ctrl ", "shift ", "page ")
     for key in keys:
         is_function_key = key[0] == "f" and key[1:].isdigit()
-        if len(key) > 1 and " " not in key and key not in names and not is_function_key:
+        if len(key) == 1 or key in names or key.startswith(prefixes) or is_function_key:
+            controller.window.keypress(size, key)
+        else:
             for char in key:
                 controller.window.keypress(size, char)
-        else:
-            controller.window.keypress(size, key)

@@ -1,0 +1,329 @@
+"""Tests for jarvis.ui.controller: keys, daemon calls, events, lock, cancel, reconnection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis.ui.controller import FIRST_RETRY
+from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
+from tests.ui_fakes import (
+    NOW,
+    UID_ALICE,
+    UID_BOB,
+    FakeDaemonClient,
+    make_controller,
+    make_populated_client,
+    press,
+    screen_text,
+)
+
+
+def started() -> tuple[Any, FakeDaemonClient, Any, Any]:
+    """A controller on the populated fake daemon, plus the client."""
+    controller, client, clock, connector = make_controller(make_populated_client())
+    assert client is not None
+    return controller, client, clock, connector
+
+
+class StartTests(SynchronousTestCase):
+    """What the controller shows after connecting."""
+
+    def test_loads_state(self) -> None:
+        """When connected and unlocked, then it subscribes, loads everything, shows main."""
+        controller, client, _, _ = started()
+        self.assertEqual(
+            client.methods_called()[:6],
+            [
+                "events.subscribe",
+                "daemon.status",
+                "identity.show",
+                "contacts.list",
+                "messages.unreadCounts",
+                "peers.status",
+            ],
+        )
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertEqual(controller.model.total_unread(), 2)
+
+    def test_no_identity_welcome_then_create(self) -> None:
+        """When no identity exists, then welcome shows and the form creates one."""
+        controller, client, _, _ = make_controller(FakeDaemonClient(has_identity=False))
+        assert client is not None
+        self.assertIsInstance(controller.window.screen, WelcomeScreen)
+        press(controller, "enter")
+        screen = controller.window.screen
+        self.assertIsInstance(screen, CreateIdentityScreen)
+        screen.name_edit.set_edit_text("zoe")
+        screen.password_edit.set_edit_text("pass phrase one")
+        screen.repeat_edit.set_edit_text("pass phrase two")
+        screen.submit()
+        self.assertIn("differ", screen.error.text)
+        screen.repeat_edit.set_edit_text("pass phrase one")
+        screen.submit()
+        self.assertIn(
+            ("identity.create", {"name": "zoe", "password": "pass phrase one"}), client.calls
+        )
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "my_identity")
+
+
+class ConversationTests(SynchronousTestCase):
+    """Opening conversations, marking read, drafts."""
+
+    def test_open_marks_read(self) -> None:
+        """When alice's conversation opens, then history loads and it is marked read."""
+        controller, client, _, _ = started()
+        press(controller, "meta 1")
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+        self.assertIn(("messages.markRead", {"contact": UID_ALICE}), client.calls)
+        self.assertEqual(controller.model.contacts[UID_ALICE].unread, 0)
+        self.assertIn("new messages", screen_text(controller.window))
+
+    def test_next_unread(self) -> None:
+        """When Alt+A is pressed, then the next conversation with unread messages opens."""
+        controller, _, _, _ = started()
+        press(controller, "meta 1", "meta a")
+        self.assertEqual(controller.model.current_uid, UID_BOB)
+
+    def test_drafts_per_conversation(self) -> None:
+        """When switching with a half-typed line, then each conversation keeps its draft."""
+        controller, _, _, _ = started()
+        press(controller, "meta 1", "for alice", "meta 2", "for bob", "meta 1")
+        self.assertEqual(controller.main_screen.input.edit_text, "for alice")
+        press(controller, "meta right")
+        self.assertEqual(controller.main_screen.input.edit_text, "for bob")
+
+    def test_received_in_open_conversation_marked_read(self) -> None:
+        """When a message arrives for the open conversation, then it shows and is marked read."""
+        controller, client, _, _ = started()
+        press(controller, "meta 1")
+        client.calls.clear()
+        message = client.add_message(UID_ALICE, "live!", created=NOW + 5)
+        client.emit("message.received", {"message": message})
+        self.assertIn("live!", screen_text(controller.window))
+        self.assertEqual(controller.model.contacts[UID_ALICE].unread, 0)
+
+    def test_received_elsewhere_counts_and_rings(self) -> None:
+        """When a message arrives for another conversation, then its badge grows."""
+        controller, client, _, _ = started()
+        bells: list[int] = []
+        controller._bell = lambda: bells.append(1)
+        press(controller, "meta 1")
+        message = client.add_message(UID_BOB, "psst", created=NOW + 5)
+        client.emit("message.received", {"message": message})
+        self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)
+        self.assertEqual(bells, [1])
+
+    def test_browse_typing_goes_to_input(self) -> None:
+        """When letters are typed with the list focused, then they land in the input line."""
+        controller, _, _, _ = started()
+        press(controller, "tab")
+        self.assertEqual(controller.window.state, "browse")
+        press(controller, "hi")
+        self.assertEqual(controller.main_screen.input.edit_text, "hi")
+        self.assertEqual(controller.window.state, "input")
+
+
+class SlashCommandTests(SynchronousTestCase):
+    """Slash commands in the input line."""
+
+    def test_msg(self) -> None:
+        """When /msg bob text is entered, then the text is sent to bob."""
+        controller, client, _, _ = started()
+        press(controller, "/msg bob hello bob", "enter")
+        self.assertIn(("messages.send", {"contact": UID_BOB, "text": "hello bob"}), client.calls)
+
+    def test_unknown_and_no_conversation(self) -> None:
+        """When text is sent with nothing open or a command is unknown, then the bar says so."""
+        controller, client, _, _ = started()
+        press(controller, "hello", "enter")
+        self.assertIn("open a conversation first", screen_text(controller.window, (120, 20)))
+        self.assertEqual(controller.main_screen.input.edit_text, "hello")
+        controller.main_screen.input.set_edit_text("")
+        press(controller, "/bogus", "enter")
+        self.assertIn("unknown command", screen_text(controller.window, (120, 20)))
+        self.assertNotIn("messages.send", client.methods_called())
+
+    def test_add(self) -> None:
+        """When /add LINK is entered, then the contact is added and its safety code shown."""
+        controller, client, _, _ = started()
+        press(controller, "/add jarvis://dave", "enter")
+        self.assertIn(("contacts.add", {"link": "jarvis://dave", "verified": False}), client.calls)
+        text = screen_text(controller.window, (80, 24))
+        self.assertIn("12345 67890", text)
+
+    def test_lock_help_quit(self) -> None:
+        """When /help, /lock and /quit are entered, then each does its job."""
+        controller, client, _, _ = started()
+        press(controller, "/help", "enter")
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "help")
+        press(controller, "esc", "/lock", "enter")
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertIn("identity.lock", client.methods_called())
+        controller2, _, _, _ = started()
+        press(controller2, "/quit", "enter")
+        self.assertEqual(controller2.files.get("<quit>"), "yes")
+
+
+class LockScreenTests(SynchronousTestCase):
+    """Only the password opens the lock screen."""
+
+    def test_refuses_escape_and_wrong_password(self) -> None:
+        """When Esc, other keys or a wrong password are tried, then it stays locked."""
+        controller, _, _, _ = started()
+        press(controller, "meta 1", "draft text", "ctrl l")
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        press(controller, "esc", "meta 1", "f1", "ctrl n", "tab", "page up")
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertIsNone(controller.window.dialog)
+        press(controller, "wrong", "enter")
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertIn("Wrong password", screen_text(controller.window))
+        self.assertNotIn("alice", screen_text(controller.window))
+        press(controller, "correct horse", "enter")
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertEqual(controller.main_screen.input.edit_text, "draft text")
+
+    def test_locked_event(self) -> None:
+        """When another UI locks (identity.locked event), then this one shows the lock screen."""
+        controller, client, _, _ = started()
+        press(controller, "meta 1", "f3")
+        client.emit("identity.locked", {})
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertIsNone(controller.window.dialog)
+        self.assertNotIn("alice", screen_text(controller.window))
+
+    def test_unlocked_event(self) -> None:
+        """When another UI unlocks, then this one leaves the lock screen."""
+        controller, client, _, _ = started()
+        press(controller, "ctrl l")
+        client.locked = False
+        client.emit("identity.unlocked", {"uid": "m" * 52, "name": "me"})
+        self.assertIs(controller.window.screen, controller.main_screen)
+
+
+class CancelTests(SynchronousTestCase):
+    """Ctrl+C cancels what is in flight, else asks whether to quit."""
+
+    def test_cancels_in_flight_call(self) -> None:
+        """When a send is in flight and Ctrl+C is pressed, then its Deferred is cancelled."""
+        controller, client, clock, _ = started()
+        client.slow.add("messages.send")
+        press(controller, "meta 1", "slow one", "enter")
+        self.assertIn("sending", screen_text(controller.window))
+        self.assertEqual(len(controller.inflight), 1)
+        press(controller, "ctrl c")
+        self.assertEqual(client.cancelled, ["messages.send"])
+        self.assertEqual(controller.inflight, {})
+        self.assertEqual(controller.main_screen.input.edit_text, "slow one")
+        self.assertIsNone(controller.window.dialog)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_quit_confirmation(self) -> None:
+        """When nothing is in flight, then Ctrl+C asks; Esc keeps running; Ctrl+C twice quits."""
+        controller, _, _, _ = started()
+        press(controller, "ctrl c")
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "quit")
+        press(controller, "esc")
+        self.assertIsNone(controller.window.dialog)
+        self.assertNotIn("<quit>", controller.files)
+        press(controller, "ctrl c", "ctrl c")
+        self.assertEqual(controller.files.get("<quit>"), "yes")
+
+    def test_unlock_cancel(self) -> None:
+        """When an unlock is slow, then Ctrl+C on the lock screen cancels it and stays locked."""
+        controller, client, _, _ = started()
+        press(controller, "ctrl l")
+        client.slow.add("identity.unlock")
+        press(controller, "correct horse", "enter", "ctrl c")
+        self.assertEqual(client.cancelled, ["identity.unlock"])
+        self.assertIsInstance(controller.window.screen, LockScreen)
+
+
+class ReconnectTests(SynchronousTestCase):
+    """Disconnect: grey, keep running, retry with backoff, reload."""
+
+    def test_disconnect_and_reconnect(self) -> None:
+        """When the daemon goes away and comes back, then grey, retries, then a full reload."""
+        controller, client, clock, connector = started()
+        press(controller, "meta 1")
+        connector.client = None
+        client.disconnect()
+        text = screen_text(controller.window, (100, 20))
+        self.assertIn("daemon unreachable", text)
+        self.assertIs(controller.window.screen, controller.main_screen)
+        clock.advance(FIRST_RETRY)
+        self.assertEqual(connector.attempts, 2)
+        fresh = make_populated_client()
+        fresh.add_message(UID_ALICE, "while away", created=NOW + 100)
+        connector.client = fresh
+        clock.advance(FIRST_RETRY * 2)
+        self.assertEqual(connector.attempts, 3)
+        self.assertIn("events.subscribe", fresh.methods_called())
+        self.assertIn("messages.history", fresh.methods_called())
+        text = screen_text(controller.window, (100, 20))
+        self.assertIn("1/2 online", text)
+        self.assertIn("while away", text)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_unreachable_at_start(self) -> None:
+        """When no daemon answers at start, then the connecting screen says so and retries."""
+        controller, _, clock, connector = make_controller(None)
+        self.assertIn("unreachable", screen_text(controller.window))
+        connector.client = make_populated_client()
+        clock.advance(FIRST_RETRY)
+        self.assertIs(controller.window.screen, controller.main_screen)
+
+    def test_stop_cancels_retry(self) -> None:
+        """When the UI stops while retrying, then no timer is left behind."""
+        controller, _, clock, _ = make_controller(None)
+        controller.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class DialogTests(SynchronousTestCase):
+    """Dialogs call the daemon and show results."""
+
+    def test_contact_info_verify_and_remove(self) -> None:
+        """When F3 is used on alice, then verify toggles and remove asks before removing."""
+        controller, client, _, _ = started()
+        press(controller, "meta 2", "f3")
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "contact_info")
+        self.assertIn("connect attempts", screen_text(controller.window, (100, 40)))
+        actions = controller.window.dialog
+        self.assertIsNotNone(actions)
+        controller.update_contact(UID_BOB, {"verified": True}, "verifying")
+        self.assertTrue(client.contacts[UID_BOB]["verified"])
+        controller._confirm_remove(UID_BOB)
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "remove")
+        self.assertIn(UID_BOB, client.contacts)
+
+    def test_identity_export_and_copy(self) -> None:
+        """When F2 is used, then the link shows, the card exports and the link copies."""
+        controller, _, _, _ = started()
+        press(controller, "f2")
+        dialog = controller.window.dialog
+        self.assertEqual(getattr(dialog, "kind", None), "my_identity")
+        self.assertIn("jarvis://me-link", screen_text(controller.window, (100, 30)))
+        dialog.export()
+        self.assertIn('{"card": "me"}\n', controller.files.values())
+        dialog._walker.set_focus(len(dialog._walker) - 2)  # the "Copy link code" button
+        press(controller, "enter")
+        self.assertEqual(controller.files["<clipboard>"], "jarvis://me-link")
+
+    def test_add_contact_error(self) -> None:
+        """When adding a bad link, then the dialog shows the daemon's message."""
+        controller, _, _, _ = started()
+        press(controller, "ctrl n", "jarvis://bad", "enter")
+        self.assertIn("not valid", screen_text(controller.window, (100, 30)))
+
+    def test_settings_mute(self) -> None:
+        """When mute is toggled in settings, then contacts.update is called."""
+        controller, client, _, _ = started()
+        press(controller, "f4")
+        self.assertEqual(getattr(controller.window.dialog, "kind", None), "settings")
+        controller.update_contact(UID_ALICE, {"muted": True}, "saving")
+        self.assertTrue(controller.model.contacts[UID_ALICE].muted)
+        self.assertIn(("contacts.update", {"contact": UID_ALICE, "muted": True}), client.calls)
