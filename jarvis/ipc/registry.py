@@ -332,9 +332,13 @@ class Registry:
     def _check_unlocked(self, ctx: Any) -> None:
         node = ctx.node
         if not node.has_identity:
-            raise jsonrpc.error_from_exception(errors.NoIdentity(_doc_line(errors.NoIdentity)))
+            raise jsonrpc.error_from_exception(
+                errors.NoIdentity("no identity exists yet: create one with 'jarvis init'")
+            )
         if node.locked:
-            raise jsonrpc.error_from_exception(errors.Locked(_doc_line(errors.Locked)))
+            raise jsonrpc.error_from_exception(
+                errors.Locked("the identity is locked: unlock it first ('jarvis unlock')")
+            )
 
     def _translate(self, failure: Failure, spec: MethodSpec) -> None:
         if failure.check(defer.TimeoutError):
@@ -354,7 +358,3 @@ class Registry:
 def _release(value: Any, semaphore: defer.DeferredSemaphore) -> Any:
     semaphore.release()
     return value
-
-
-def _doc_line(cls: type) -> str:
-    return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
