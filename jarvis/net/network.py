@@ -1,0 +1,847 @@
+"""The peer network: listening, dialling contacts with backoff, one session per contact.
+
+:class:`PeerNetwork` owns every peer connection of a node.  The daemon listens with
+:meth:`PeerNetwork.server_factory` (a pinned mutual-TLS factory for a ``strports`` service);
+the core asks it to :meth:`~PeerNetwork.connect` to contacts and hears back through a
+:class:`NetworkObserver`: the :class:`~jarvis.protocol.session.PeerSession` events, filtered so
+that at most one session per contact is reported established at a time, plus
+``peer_status_changed`` whenever a contact goes offline, connecting or online.
+
+* A :class:`Dialler` per contact tries the contact's addresses in turn; after a full round
+  fails it waits ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds
+  (Twisted's :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session
+  with the contact is established (either direction) and restarts when that session ends.
+* When both sides dial at once there are two sessions; the one whose initiator has the lower
+  uid survives (both sides compute the same), the other is closed with ``"duplicate
+  session"``.  Between two sessions with the same initiator, the newer survives.
+* Inbound peers whose key is not an acceptable contact are refused inside the TLS handshake,
+  before any application byte, counted in :attr:`PeerNetwork.refused_count` and logged by uid.
+
+See ``docs/net.md`` for the exact observer contract, timeouts and status figures.
+
+This module must not parse records or decide who is a contact (the
+:class:`ContactDirectory` does), keep messages (the core's outbox does) or log message
+content, keys or signatures.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
+from jarvis.errors import InvalidInput
+from jarvis.net.peer import (
+    DEFAULT_CLOSE_TIMEOUT,
+    Clock,
+    DelayedCall,
+    PeerFactory,
+    PeerProtocol,
+    describe_failure,
+)
+from jarvis.net.tls import PinnedClientCreator, client_creator, server_creator
+from jarvis.protocol.session import PeerSession, SessionObserver
+
+#: The reason given to the session that loses the simultaneous-connect tie-break.
+DUPLICATE_SESSION = "duplicate session"
+#: The reason given to sessions closed by :meth:`PeerNetwork.stop`.
+SHUTTING_DOWN = "shutting down"
+#: The reason given to sessions closed by :meth:`PeerNetwork.forget`.
+FORGOTTEN = "contact forgotten"
+
+PeerState = Literal["offline", "connecting", "online"]
+
+log = Logger(namespace="jarvis.net.network")
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What the network knows about one contact's connectivity, at one moment.
+
+    Counters run from the network's start (or from :meth:`PeerNetwork.connect` for a contact
+    first seen then) and survive reconnections; times are ``reactor.seconds()`` values
+    (seconds since the epoch on a real reactor).
+
+    :ivar uid: the contact.
+    :ivar state: ``"online"`` (a session is established), ``"connecting"`` (a connection is
+        being made or handshaking, in either direction) or ``"offline"`` (neither; the dialler
+        may be waiting to retry).
+    :ivar connect_attempts: outbound connection attempts started.
+    :ivar connect_successes: attempts that reached an established session.
+    :ivar connect_failures: attempts that ended before that.
+    :ivar last_error: why the last failed attempt failed, or ``None``.
+    :ivar last_error_at: when it failed, or ``None``.
+    :ivar connected_since: when the contact came online, or ``None`` while not online.
+    :ivar bytes_in: session bytes received (after TLS, prologue included).
+    :ivar bytes_out: session bytes sent.
+    :ivar messages_in: messages received.
+    :ivar messages_out: messages sent.
+    """
+
+    uid: str
+    state: PeerState = "offline"
+    connect_attempts: int = 0
+    connect_successes: int = 0
+    connect_failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    connected_since: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+class ClientEndpoint(Protocol):
+    """The part of ``IStreamClientEndpoint`` the network uses."""
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        """Connect *protocolFactory*'s protocol; fire with it once connected."""
+        ...
+
+
+class ContactDirectory(Protocol):
+    """The network's view of the contact list (the core implements it)."""
+
+    def is_acceptable(self, uid: str) -> bool:
+        """Whether *uid* is a contact and not blocked: may it connect, may we talk to it?"""
+        ...
+
+    def public_key(self, uid: str) -> bytes | None:
+        """The contact's raw 32-byte Ed25519 public key, or ``None`` if not a contact."""
+        ...
+
+    def addresses(self, uid: str) -> tuple[str, ...]:
+        """Where to dial the contact: ``"host:port"``, IPv6 as ``"[::1]:7770"``."""
+        ...
+
+
+class NetworkObserver(SessionObserver, Protocol):
+    """Receives the session events of :class:`PeerNetwork` plus status changes."""
+
+    def peer_status_changed(self, uid: str, status: PeerStatus) -> None:
+        """*uid*'s :attr:`PeerStatus.state` changed; *status* is the new snapshot."""
+        ...
+
+
+class InvalidPeerAddress(InvalidInput):
+    """A contact's address is not ``host:port`` (IPv6 in brackets: ``[2001:db8::1]:7770``).
+
+    Correct the address in the contact's card, or ask the contact for a new link code.
+    """
+
+
+class ConnectFailed(Exception):
+    """One outbound connection attempt ended before a session was established."""
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port.
+
+    :raises InvalidPeerAddress: if the text is not of that form or the port is not 1-65535.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise InvalidPeerAddress(f"IPv6 addresses must be in brackets: {text!r:.80}")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidPeerAddress(f"not a host:port address: {text!r:.80}")
+    return host, int(port_text)
+
+
+class Dialler:
+    """Keeps dialling one contact: its addresses in turn, rounds spaced by backoff with jitter.
+
+    A round tries every address once, one after the other.  When a round fails completely,
+    the next starts after ``policy(failed_rounds)`` seconds.  A successful attempt ends the
+    dialling (the caller restarts it with :meth:`start` when the session ends).
+
+    :param clock: schedules the retries.
+    :param addresses: returns the current addresses (read again at each round).
+    :param dial: makes one attempt; its Deferred fires on success, fails otherwise, and
+        cancelling it abandons the attempt.
+    :param policy: seconds to wait after *n* failed rounds.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        addresses: Callable[[], Sequence[str]],
+        dial: Callable[[str], Deferred[None]],
+        policy: Callable[[int], float],
+    ) -> None:
+        self._clock = clock
+        self._addresses = addresses
+        self._dial = dial
+        self._policy = policy
+        self._running = False
+        self._round: tuple[str, ...] = ()
+        self._index = 0
+        self.failed_rounds = 0
+        self._pending: DelayedCall | None = None
+        self._in_flight: Deferred[None] | None = None
+        self._restart_round = False
+        #: Delays scheduled so far, newest last (bounded; for status and tests).
+        self.delays: list[float] = []
+
+    @property
+    def running(self) -> bool:
+        """Whether the dialler wants a connection (dialling or waiting to retry)."""
+        return self._running
+
+    @property
+    def dialling(self) -> bool:
+        """Whether an attempt is in flight."""
+        return self._in_flight is not None
+
+    def start(self, delay: float = 0.0) -> None:
+        """Start dialling after *delay* seconds, with a fresh backoff; no-op if running."""
+        if self._running:
+            return
+        self._running = True
+        self.failed_rounds = 0
+        self._index = 0
+        if self._in_flight is not None:
+            self._restart_round = True
+        elif delay > 0:
+            self._schedule(delay)
+        else:
+            self._dial_next()
+
+    def redial(self) -> None:
+        """Dial now from the first address, forgetting the backoff (addresses may have changed).
+
+        An attempt already in flight is left to finish; if it fails, the new round starts at
+        once.
+        """
+        self._running = True
+        self.failed_rounds = 0
+        self._cancel_pending()
+        if self._in_flight is not None:
+            self._restart_round = True
+            return
+        self._index = 0
+        self._dial_next()
+
+    def stop(self) -> None:
+        """Stop scheduling attempts; an attempt in flight may still succeed."""
+        self._running = False
+        self._cancel_pending()
+
+    def cancel(self) -> None:
+        """Stop, and abandon any attempt in flight."""
+        self.stop()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+
+    def _schedule(self, delay: float) -> None:
+        self.delays = [*self.delays[-15:], delay]
+        self._pending = self._clock.callLater(delay, self._dial_next)
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+    def _dial_next(self) -> None:
+        self._pending = None
+        if not self._running:
+            return
+        if self._index == 0:
+            self._round = tuple(self._addresses())
+        if self._index >= len(self._round):
+            self._round_failed()
+            return
+        address = self._round[self._index]
+        self._index += 1
+        attempt = self._dial(address)
+        self._in_flight = attempt
+        attempt.addCallbacks(self._succeeded, self._failed, errbackArgs=(attempt,))
+        attempt.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
+
+    def _succeeded(self, _: object) -> None:
+        self._in_flight = None
+        self._running = False
+        self.failed_rounds = 0
+        self._index = 0
+        self._restart_round = False
+
+    def _failed(self, failure: Failure, attempt: Deferred[None]) -> None:
+        failure.trap(ConnectFailed, CancelledError, InvalidPeerAddress)
+        if self._in_flight is attempt:
+            self._in_flight = None
+        if not self._running:
+            return
+        if self._restart_round:
+            self._restart_round = False
+            self._index = 0
+            self._dial_next()
+        elif self._index < len(self._round):
+            self._dial_next()  # the next address of this round, at once
+        else:
+            self._round_failed()
+
+    def _round_failed(self) -> None:
+        self._index = 0
+        delay = self._policy(self.failed_rounds)
+        self.failed_rounds += 1
+        self._schedule(delay)
+
+
+def backoff(
+    initial: float, maximum: float, rng: Callable[[], float] = random.random
+) -> Callable[[int], float]:
+    """Return the retry policy: ``min(initial * 2**n, maximum) + rng() * initial`` seconds.
+
+    :param initial: the delay after the first failed round (before jitter).
+    :param maximum: the cap (before jitter).
+    :param rng: returns a float in [0, 1); the jitter keeps two nodes from retrying in step.
+    """
+    return backoffPolicy(
+        initialDelay=initial, maxDelay=maximum, factor=2.0, jitter=lambda: rng() * initial
+    )
+
+
+class _TrackedSession(PeerSession):
+    """A :class:`PeerSession` that counts the messages sent through it."""
+
+    messages_out = 0
+
+    def send_message(self, message_id: bytes, body: bytes, created_ms: int) -> None:
+        super().send_message(message_id, body, created_ms)
+        self.messages_out += 1
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One live session and what the network knows about it."""
+
+    peer: _Peer
+    session: _TrackedSession
+    protocol: PeerProtocol
+    attempt: _Attempt | None
+    reported: bool = False  # session_established was forwarded
+    closed_reported: bool = False  # session_closed was forwarded
+
+
+class _Peer:
+    """The network's mutable record of one contact."""
+
+    def __init__(self, uid: str, dialler: Dialler) -> None:
+        self.uid = uid
+        self.dialler = dialler
+        self.wanted = False
+        self.active: _Entry | None = None
+        self.entries: list[_Entry] = []
+        self.attempts: set[_Attempt] = set()
+        self.state: PeerState = "offline"
+        self.connect_attempts = self.connect_successes = self.connect_failures = 0
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.connected_since: float | None = None
+        self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
+
+    def current_state(self) -> PeerState:
+        if self.active is not None:
+            return "online"
+        if self.attempts or self.entries:
+            return "connecting"
+        return "offline"
+
+    def snapshot(self) -> PeerStatus:
+        live = [e.session for e in self.entries]
+        return PeerStatus(
+            uid=self.uid,
+            state=self.current_state(),
+            connect_attempts=self.connect_attempts,
+            connect_successes=self.connect_successes,
+            connect_failures=self.connect_failures,
+            last_error=self.last_error,
+            last_error_at=self.last_error_at,
+            connected_since=self.connected_since,
+            bytes_in=self.bytes_in + sum(s.stats.bytes_in for s in live),
+            bytes_out=self.bytes_out + sum(s.stats.bytes_out for s in live),
+            messages_in=self.messages_in,
+            messages_out=self.messages_out + sum(s.messages_out for s in live),
+        )
+
+
+class _Attempt:
+    """One outbound connection attempt: TCP connect, TLS, then the session's hello."""
+
+    def __init__(self, network: PeerNetwork, peer: _Peer, creator: PinnedClientCreator) -> None:
+        self.network = network
+        self.peer = peer
+        self.creator = creator
+        self.result: Deferred[None] = Deferred(self._cancel)
+        self.connecting: Deferred[Any] | None = None
+        self.protocol: PeerProtocol | None = None
+        self.resolved = False
+
+    # ConnectionHooks, for the PeerFactory of this attempt
+
+    def connection_started(self, protocol: PeerProtocol) -> None:
+        self.protocol = protocol
+        self.network._track(protocol)
+
+    def open_session(self, protocol: PeerProtocol, peer_uid: str) -> PeerSession | None:
+        return self.network._open_session(protocol, peer_uid, self)
+
+    def connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
+        self.network._connection_ended(protocol, reason)
+        if self.creator.refusal is not None:
+            reason = f"refused the server: {self.creator.refusal}"
+        self.fail(reason)
+
+    # outcome
+
+    def connected(self, _: object) -> None:
+        self.connecting = None
+
+    def connect_failed(self, failure: Failure) -> None:
+        self.connecting = None
+        if not self.resolved:
+            self.fail(describe_failure(failure))
+
+    # The result fires before the bookkeeping: the bookkeeping notifies the observer, whose
+    # code may run anything, including stop() (which cancels this result).
+
+    def succeed(self) -> None:
+        if not self.resolved:
+            self.resolved = True
+            self.result.callback(None)
+            self.network._attempt_ended(self, None)
+
+    def fail(self, reason: str) -> None:
+        if not self.resolved:
+            self.resolved = True
+            self.result.errback(ConnectFailed(reason))
+            self.network._attempt_ended(self, reason)
+
+    def _cancel(self, _: Deferred[None]) -> None:
+        if not self.resolved:
+            self.resolved = True
+            self.network._attempt_ended(self, None, counted=False)
+        if self.connecting is not None:
+            self.connecting.cancel()
+        elif self.protocol is not None:
+            self.protocol.abort()
+
+
+class _InboundHooks:
+    """ConnectionHooks of the listening side."""
+
+    def __init__(self, network: PeerNetwork) -> None:
+        self.network = network
+
+    def connection_started(self, protocol: PeerProtocol) -> None:
+        self.network._track(protocol)
+
+    def open_session(self, protocol: PeerProtocol, peer_uid: str) -> PeerSession | None:
+        return self.network._open_session(protocol, peer_uid, None)
+
+    def connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
+        self.network._connection_ended(protocol, reason)
+
+
+class _Relay:
+    """The observer every session reports to; the network filters and forwards."""
+
+    def __init__(self, network: PeerNetwork) -> None:
+        self.network = network
+
+    def session_established(self, session: PeerSession) -> None:
+        self.network._session_established(session)
+
+    def message_received(
+        self, session: PeerSession, message_id: bytes, body: bytes, created_ms: int
+    ) -> None:
+        entry = self.network._entries.get(id(session))
+        if entry is not None:
+            entry.peer.messages_in += 1
+        self.network._forward("message_received", session, message_id, body, created_ms)
+
+    def acks_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        self.network._forward("acks_received", session, message_ids)
+
+    def reads_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        self.network._forward("reads_received", session, message_ids)
+
+    def session_closed(self, session: PeerSession, reason: str) -> None:
+        self.network._session_closed(session, reason)
+
+
+class PeerNetwork:
+    """All peer connections of one node: listening, dialling, one session per contact.
+
+    :param reactor: provides TCP, name resolution and time (``IReactorTime``).
+    :param identity: our identity key (TLS certificate and hello signatures).
+    :param directory: who our contacts are, their keys and addresses.
+    :param observer: receives session events and status changes.
+    :param keepalive_interval: seconds between keepalive pings on a session.
+    :param idle_timeout: seconds of silence after which a session is dropped.
+    :param handshake_timeout: seconds for the TLS handshake (from TCP connect), and again for
+        the session's hello exchange (from TLS completion).
+    :param backoff_initial: seconds before the second round of dialling.
+    :param backoff_max: the longest wait between rounds (before jitter).
+    :param rng: returns floats in [0, 1) for the jitter.
+    :param connect_timeout: seconds for a TCP connection attempt.
+    :param close_timeout: seconds a graceful close may take before the connection is aborted.
+    :param endpoint_for: makes the TCP endpoint for ``(host, port)``; default
+        ``HostnameEndpoint`` (tests pass in-memory endpoints, a proxy could go here).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        identity: IdentityKey,
+        directory: ContactDirectory,
+        observer: NetworkObserver,
+        *,
+        keepalive_interval: float = 30.0,
+        idle_timeout: float = 90.0,
+        handshake_timeout: float = 10.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 60.0,
+        rng: Callable[[], float] = random.random,
+        connect_timeout: float = 10.0,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+        endpoint_for: Callable[[str, int], ClientEndpoint] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._identity = identity
+        self._directory = directory
+        self._observer = observer
+        self._keepalive_interval = keepalive_interval
+        self._idle_timeout = idle_timeout
+        self._handshake_timeout = handshake_timeout
+        self._backoff_initial = backoff_initial
+        self._rng = rng
+        self._policy = backoff(backoff_initial, backoff_max, rng)
+        self._connect_timeout = connect_timeout
+        self._close_timeout = close_timeout
+        self._endpoint_for = endpoint_for or self._hostname_endpoint
+        self._peers: dict[str, _Peer] = {}
+        self._entries: dict[int, _Entry] = {}
+        self._protocols: dict[PeerProtocol, Deferred[None]] = {}
+        self._stopping = False
+        self._relay = _Relay(self)
+        self._server_creator = server_creator(identity, self._accept_uid)
+        self._server_factory = TLSMemoryBIOFactory(
+            cast(IOpenSSLServerConnectionCreator, self._server_creator),
+            False,
+            cast(IProtocolFactory, self._peer_factory(_InboundHooks(self), initiator=False)),
+            clock=reactor,
+        )
+
+    # -- public API ---------------------------------------------------------------------------
+
+    @property
+    def refused_count(self) -> int:
+        """How many inbound peers were refused in the TLS handshake so far."""
+        return self._server_creator.refused_count
+
+    @property
+    def connections(self) -> int:
+        """How many peer connections are open, in any stage (TLS, hello, established)."""
+        return len(self._protocols)
+
+    def server_factory(self) -> IProtocolFactory:
+        """Return the factory to listen with (``strports.service("tcp:7770", factory)``)."""
+        return cast(IProtocolFactory, self._server_factory)
+
+    def connect(self, uid: str) -> None:
+        """Keep a connection to contact *uid*: dial now unless already online or dialling.
+
+        :raises ValueError: if *uid* is our own uid.
+        """
+        peer = self._want(uid)
+        if peer.active is None and not self._stopping:
+            peer.dialler.start()
+
+    def redial(self, uid: str) -> None:
+        """Dial *uid* at once with a fresh backoff (the user asked, or its addresses changed).
+
+        Does nothing while a session with *uid* is established.
+
+        :raises ValueError: if *uid* is our own uid.
+        """
+        peer = self._want(uid)
+        if peer.active is None and not self._stopping:
+            peer.dialler.redial()
+
+    def forget(self, uid: str) -> None:
+        """Stop dialling *uid* and close its sessions (it was removed or blocked).
+
+        Inbound connections are still governed by the directory's ``is_acceptable``.
+        """
+        peer = self._peers.get(uid)
+        if peer is None:
+            return
+        peer.wanted = False
+        peer.dialler.cancel()
+        for entry in list(peer.entries):
+            entry.session.close(FORGOTTEN)
+        self._update_state(peer)
+        self._drop_if_idle(peer)
+
+    def session(self, uid: str) -> PeerSession | None:
+        """Return the established session with *uid*, or ``None``."""
+        peer = self._peers.get(uid)
+        return peer.active.session if peer is not None and peer.active is not None else None
+
+    def status(self, uid: str) -> PeerStatus:
+        """Return *uid*'s current status (all zeros and offline for an unknown uid)."""
+        peer = self._peers.get(uid)
+        return peer.snapshot() if peer is not None else PeerStatus(uid=uid)
+
+    def statuses(self) -> dict[str, PeerStatus]:
+        """Return the status of every contact we dial or that has a session."""
+        return {uid: peer.snapshot() for uid, peer in self._peers.items()}
+
+    def summary(self) -> str:
+        """Return ``"green"`` if every contact we dial is online, ``"amber"`` if some are, else
+        ``"red"`` (also with no contacts: nobody can be reached)."""
+        wanted = [peer for peer in self._peers.values() if peer.wanted]
+        online = sum(1 for peer in wanted if peer.active is not None)
+        if wanted and online == len(wanted):
+            return "green"
+        return "amber" if online else "red"
+
+    def stop(self) -> Deferred[None]:
+        """Stop dialling, say goodbye on every session, and wait until all connections closed.
+
+        New inbound connections are dropped from now on.  Each graceful close is bounded by
+        *close_timeout*, so the Deferred fires within about that time.
+        """
+        self._stopping = True
+        for peer in list(self._peers.values()):
+            peer.dialler.cancel()
+        for entry in list(self._entries.values()):
+            entry.session.close(SHUTTING_DOWN)
+        for protocol in list(self._protocols):
+            if protocol.session is None:
+                protocol.lose_connection()
+        waiting = list(self._protocols.values())
+        done: Deferred[Any] = defer.gatherResults(waiting) if waiting else defer.succeed(None)
+        return done.addCallback(lambda _: None)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _hostname_endpoint(self, host: str, port: int) -> ClientEndpoint:
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._connect_timeout)
+        return cast(ClientEndpoint, endpoint)
+
+    def _peer_factory(self, hooks: Any, *, initiator: bool) -> PeerFactory:
+        return PeerFactory(
+            self._reactor,
+            hooks,
+            initiator=initiator,
+            handshake_timeout=self._handshake_timeout,
+            close_timeout=self._close_timeout,
+        )
+
+    def _want(self, uid: str) -> _Peer:
+        if uid == self._identity.uid:
+            raise ValueError("cannot connect to our own uid")
+        peer = self._peer(uid)
+        peer.wanted = True
+        return peer
+
+    def _peer(self, uid: str) -> _Peer:
+        peer = self._peers.get(uid)
+        if peer is None:
+            dialler = Dialler(
+                self._reactor,
+                lambda: self._directory.addresses(uid),
+                lambda address: self._dial(uid, address),
+                self._policy,
+            )
+            peer = self._peers[uid] = _Peer(uid, dialler)
+        return peer
+
+    def _drop_if_idle(self, peer: _Peer) -> None:
+        if not peer.wanted and not peer.entries and not peer.attempts:
+            if self._peers.get(peer.uid) is peer:
+                del self._peers[peer.uid]
+
+    def _accept_uid(self, uid: str) -> bool:
+        if self._stopping or uid == self._identity.uid:
+            return False
+        return bool(self._directory.is_acceptable(uid))
+
+    def _dial(self, uid: str, address: str) -> Deferred[None]:
+        peer = self._peer(uid)
+        try:
+            host, port = parse_address(address)
+        except InvalidPeerAddress as e:
+            peer.connect_attempts += 1
+            self._record_failure(peer, str(e))
+            return defer.fail(e)
+        creator = client_creator(self._identity, uid)
+        attempt = _Attempt(self, peer, creator)
+        peer.connect_attempts += 1
+        peer.attempts.add(attempt)
+        log.debug("dialling {uid} at {address}", uid=uid, address=address)
+        tls_factory = TLSMemoryBIOFactory(
+            cast(IOpenSSLClientConnectionCreator, creator),
+            True,
+            cast(IProtocolFactory, self._peer_factory(attempt, initiator=True)),
+            clock=self._reactor,
+        )
+        endpoint = self._endpoint_for(host, port)
+        connecting = endpoint.connect(cast(IProtocolFactory, tls_factory))
+        attempt.connecting = connecting
+        connecting.addCallbacks(attempt.connected, attempt.connect_failed)
+        self._update_state(peer)
+        return attempt.result
+
+    def _attempt_ended(self, attempt: _Attempt, reason: str | None, counted: bool = True) -> None:
+        peer = attempt.peer
+        peer.attempts.discard(attempt)
+        if not counted:
+            peer.connect_attempts -= 1  # abandoned by us (forget, stop): neither outcome
+        elif reason is None:
+            peer.connect_successes += 1
+        else:
+            self._record_failure(peer, reason)
+        self._update_state(peer)
+        self._drop_if_idle(peer)
+
+    def _record_failure(self, peer: _Peer, reason: str) -> None:
+        peer.connect_failures += 1
+        peer.last_error = reason
+        peer.last_error_at = self._reactor.seconds()
+        log.info("could not connect to {uid}: {reason}", uid=peer.uid, reason=reason)
+
+    def _track(self, protocol: PeerProtocol) -> None:
+        self._protocols[protocol] = Deferred()
+        if self._stopping:
+            protocol.abort()
+
+    def _connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
+        entry = self._entries.get(id(protocol.session))
+        if entry is not None and entry.protocol is protocol:
+            self._session_closed(entry.session, reason)  # the session did not report: be safe
+        waiting = self._protocols.pop(protocol, None)
+        if waiting is not None:
+            waiting.callback(None)
+
+    def _open_session(
+        self, protocol: PeerProtocol, peer_uid: str, attempt: _Attempt | None
+    ) -> PeerSession | None:
+        if self._stopping or (attempt is not None and attempt.peer.uid != peer_uid):
+            return None
+        key = self._directory.public_key(peer_uid) if self._accept_uid(peer_uid) else None
+        if key is None or uid_for_public_bytes(key) != peer_uid:
+            log.warn("no usable contact key for {uid}: dropping the connection", uid=peer_uid)
+            return None
+        session = _TrackedSession(
+            local_uid=self._identity.uid,
+            sign=self._identity.sign,
+            peer_uid=peer_uid,
+            peer_public_key=key,
+            initiator=protocol.initiator,
+            clock=self._reactor,
+            send_bytes=protocol.send_bytes,
+            lose_connection=protocol.lose_connection,
+            observer=self._relay,
+            handshake_timeout=self._handshake_timeout,
+            keepalive_interval=self._keepalive_interval,
+            idle_timeout=self._idle_timeout,
+        )
+        peer = self._peer(peer_uid)
+        entry = _Entry(peer, session, protocol, attempt)
+        peer.entries.append(entry)
+        self._entries[id(session)] = entry
+        self._update_state(peer)
+        return session
+
+    # -- session events -----------------------------------------------------------------------
+
+    def _initiator_uid(self, entry: _Entry) -> str:
+        return self._identity.uid if entry.session.initiator else entry.peer.uid
+
+    def _session_established(self, session: PeerSession) -> None:
+        entry = self._entries.get(id(session))
+        if entry is None:
+            return
+        peer = entry.peer
+        if entry.attempt is not None:
+            entry.attempt.succeed()
+        current = peer.active
+        if current is None:
+            peer.active = entry
+            entry.reported = True
+            peer.connected_since = self._reactor.seconds()
+            peer.dialler.stop()
+            self._forward("session_established", session)
+            self._update_state(peer)
+            return
+        # Two sessions with one peer: the lower initiator uid wins; same initiator: the newer.
+        new_wins = self._initiator_uid(entry) <= self._initiator_uid(current)
+        winner, loser = (entry, current) if new_wins else (current, entry)
+        log.info(
+            "duplicate session with {uid}: keeping the one initiated by {initiator}",
+            uid=peer.uid,
+            initiator=self._initiator_uid(winner),
+        )
+        if new_wins:
+            peer.active = winner
+            winner.reported = True
+        loser.session.close(DUPLICATE_SESSION)  # reports session_closed (forwarded if reported)
+        if new_wins:
+            self._forward("session_established", winner.session)
+
+    def _session_closed(self, session: PeerSession, reason: str) -> None:
+        entry = self._entries.pop(id(session), None)
+        if entry is None:
+            return
+        peer = entry.peer
+        if entry in peer.entries:
+            peer.entries.remove(entry)
+        stats = entry.session.stats
+        peer.bytes_in += stats.bytes_in
+        peer.bytes_out += stats.bytes_out
+        peer.messages_out += entry.session.messages_out
+        if entry.attempt is not None:
+            entry.attempt.fail(reason)  # no-op if it had reached established
+        if entry.reported and not entry.closed_reported:
+            entry.closed_reported = True
+            self._forward("session_closed", session, reason)
+        if peer.active is entry:
+            peer.active = None
+            peer.connected_since = None
+            if peer.wanted and not self._stopping:
+                # Not at once: if the peer closed a duplicate, the survivor is about to count.
+                peer.dialler.start(delay=self._backoff_initial * (0.5 + self._rng() / 2))
+        self._update_state(peer)
+        self._drop_if_idle(peer)
+
+    def _forward(self, event: str, *args: Any) -> None:
+        try:
+            getattr(self._observer, event)(*args)
+        except Exception:
+            log.failure("the network observer failed on {event}", event=event)
+
+    def _update_state(self, peer: _Peer) -> None:
+        state = peer.current_state()
+        if state != peer.state:
+            peer.state = state
+            self._forward("peer_status_changed", peer.uid, peer.snapshot())

@@ -1,0 +1,536 @@
+"""Tests for :mod:`jarvis.net.network`: real TLS over loopback TCP, and the dialler on a Clock.
+
+The network tests run two or three :class:`PeerNetwork` instances with the real
+``IdentityKey`` and ``PeerSession`` in one process, each listening on 127.0.0.1 port 0, and wait
+for observer events (never fixed sleeps).  The dialler's timing runs on ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.internet import defer, protocol, task
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocolFactory
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis.crypto.identity import IdentityKey
+from jarvis.net import network as net
+from jarvis.net import tls
+from jarvis.protocol.session import PeerSession
+from tests.test_tls import OtherKeyIdentity, RecordingProtocol, make_certificate
+
+reactor: Any = _reactor
+#: Seconds any single wait may take before the test fails (loopback events take milliseconds).
+WAIT = 10.0
+
+
+class FakeDirectory:
+    """An in-memory ContactDirectory: uid -> (public key, addresses)."""
+
+    def __init__(self) -> None:
+        self.contacts: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+
+    def add(self, identity: IdentityKey, *addresses: str) -> None:
+        self.contacts[identity.uid] = (identity.public_bytes, addresses)
+
+    def is_acceptable(self, uid: str) -> bool:
+        return uid in self.contacts
+
+    def public_key(self, uid: str) -> bytes | None:
+        entry = self.contacts.get(uid)
+        return entry[0] if entry else None
+
+    def addresses(self, uid: str) -> tuple[str, ...]:
+        entry = self.contacts.get(uid)
+        return entry[1] if entry else ()
+
+
+class RecordingObserver:
+    """A NetworkObserver that records events and lets a test wait for a condition."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
+
+    def _record(self, *event: Any) -> None:
+        self.events.append(event)
+        self.check()
+
+    def check(self) -> None:
+        for waiter in list(self._waiters):
+            condition, d = waiter
+            if condition():
+                # Resume the test on a later turn, not inside the session's own callback.
+                self._waiters.remove(waiter)
+                reactor.callLater(0, d.callback, None)
+
+    def wait(self, condition: Callable[[], bool]) -> Deferred[None]:
+        """Fire once *condition()* holds after some event (or now); fail after WAIT seconds."""
+        d: Deferred[None] = Deferred()
+        if condition():
+            d.callback(None)
+            return d
+        self._waiters.append((condition, d))
+        return d.addTimeout(WAIT, reactor)
+
+    def named(self, name: str) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] == name]
+
+    def session_established(self, session: PeerSession) -> None:
+        self._record("established", session)
+
+    def message_received(
+        self, session: PeerSession, message_id: bytes, body: bytes, created_ms: int
+    ) -> None:
+        self._record("message", session, message_id, body, created_ms)
+
+    def acks_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        self._record("acks", session, message_ids)
+
+    def reads_received(self, session: PeerSession, message_ids: tuple[bytes, ...]) -> None:
+        self._record("reads", session, message_ids)
+
+    def session_closed(self, session: PeerSession, reason: str) -> None:
+        self._record("closed", session, reason)
+
+    def peer_status_changed(self, uid: str, status: net.PeerStatus) -> None:
+        self._record("status", uid, status)
+
+
+class Node:
+    """One PeerNetwork listening on loopback, with its identity, directory and observer."""
+
+    def __init__(self, test: TestCase, **options: Any) -> None:
+        self.identity = IdentityKey.generate()
+        self.directory = FakeDirectory()
+        self.observer = RecordingObserver()
+        options.setdefault("backoff_initial", 30.0)  # no retry inside a test unless asked
+        self.network = net.PeerNetwork(
+            reactor, self.identity, self.directory, self.observer, **options
+        )
+        self.port = reactor.listenTCP(0, self.network.server_factory(), interface="127.0.0.1")
+        self.address = f"127.0.0.1:{self.port.getHost().port}"
+        test.addCleanup(self.close)
+
+    @property
+    def uid(self) -> str:
+        return self.identity.uid
+
+    def knows(self, other: Node) -> None:
+        self.directory.add(other.identity, other.address)
+
+    def online_with(self, other: Node) -> bool:
+        return self.network.session(other.uid) is not None
+
+    def wait_online(self, other: Node) -> Deferred[None]:
+        return self.observer.wait(lambda: self.online_with(other))
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        yield self.network.stop()
+        yield self.port.stopListening()
+
+
+def make_pair(test: TestCase, **options: Any) -> tuple[Node, Node]:
+    """Return two nodes that have each other as contacts."""
+    a, b = Node(test, **options), Node(test, **options)
+    a.knows(b)
+    b.knows(a)
+    return a, b
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:
+    """Return once *condition()* holds, checking every few milliseconds; fail after timeout.
+
+    For conditions no observer event announces (a connection finishing its close).
+    """
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.005, lambda: None)
+
+
+def message_id() -> bytes:
+    return os.urandom(16)
+
+
+class RawClient(protocol.Protocol):
+    """A TCP client that sends *payload* (maybe nothing) and reports when it is dropped."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.lost: Deferred[float] = Deferred()
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        if self.payload:
+            transport.write(self.payload)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.lost.callback(reactor.seconds())
+
+
+async def connect_raw(test: TestCase, node: Node, payload: bytes) -> RawClient:
+    client = RawClient(payload)
+    creator = protocol.ClientCreator(reactor, lambda: client)
+    await creator.connectTCP("127.0.0.1", node.port.getHost().port)
+    test.addCleanup(lambda: client.transport.abortConnection() if client.transport else None)  # type: ignore[union-attr]
+    return client
+
+
+class EstablishTests(TestCase):
+    """Two contacts that dial each other over real TLS."""
+
+    async def test_session_and_message(self) -> None:
+        """When A connects to B, then both see one established session and a message arrives."""
+        a, b = make_pair(self)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        await b.wait_online(a)
+        session = a.network.session(b.uid)
+        assert session is not None
+        self.assertTrue(session.initiator)
+        mid = message_id()
+        session.send_message(mid, b"hello bob", 1234)
+        await b.observer.wait(lambda: bool(b.observer.named("message")))
+        (_, received_on, got_id, body, created) = b.observer.named("message")[0]
+        self.assertEqual((got_id, body, created), (mid, b"hello bob", 1234))
+        self.assertIs(received_on, b.network.session(a.uid))
+        self.assertEqual(len(a.observer.named("established")), 1)
+        self.assertEqual(len(b.observer.named("established")), 1)
+
+    async def test_status_figures(self) -> None:
+        """When a session is up and a message sent, then the status figures say so."""
+        a, b = make_pair(self)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        await b.wait_online(a)
+        a.network.session(b.uid).send_message(message_id(), b"x", 1)  # type: ignore[union-attr]
+        await b.observer.wait(lambda: bool(b.observer.named("message")))
+        status_a, status_b = a.network.status(b.uid), b.network.status(a.uid)
+        self.assertEqual(status_a.state, "online")
+        self.assertEqual((status_a.connect_attempts, status_a.connect_successes), (1, 1))
+        self.assertEqual(status_a.connect_failures, 0)
+        self.assertIsNotNone(status_a.connected_since)
+        self.assertEqual((status_a.messages_out, status_b.messages_in), (1, 1))
+        self.assertGreater(status_a.bytes_out, 0)
+        self.assertGreater(status_b.bytes_in, 0)
+        self.assertEqual(a.network.statuses(), {b.uid: status_a})
+        self.assertEqual(a.network.summary(), "green")
+        states = [e[2].state for e in a.observer.named("status")]
+        self.assertEqual(states, ["connecting", "online"])
+
+    async def test_stop_says_goodbye(self) -> None:
+        """When A stops, then B's session closes with A's goodbye and A's stop fires."""
+        a, b = make_pair(self)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        await b.wait_online(a)
+        await a.network.stop()
+        await b.observer.wait(lambda: bool(b.observer.named("closed")))
+        self.assertEqual(b.observer.named("closed")[0][2], "peer said goodbye: shutting down")
+        self.assertEqual(a.observer.named("closed")[0][2], "shutting down")
+        self.assertEqual(a.network.connections, 0)
+
+    async def test_forget_closes(self) -> None:
+        """When A forgets B, then the session closes and B drops out of A's statuses."""
+        a, b = make_pair(self)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        a.network.forget(b.uid)
+        self.assertIsNone(a.network.session(b.uid))
+        self.assertEqual(a.observer.named("closed")[0][2], net.FORGOTTEN)
+        self.assertEqual(a.network.statuses(), {})
+        self.assertEqual(a.network.status(b.uid).state, "offline")
+
+
+class RefusedKeyTests(TestCase):
+    """Peers whose key is not the one expected."""
+
+    async def test_unknown_key_is_refused_and_counted(self) -> None:
+        """When a stranger dials B, then B refuses it in TLS, counts it and reports nothing."""
+        b = Node(self)
+        stranger = Node(self)
+        stranger.knows(b)
+        stranger.network.connect(b.uid)
+        await stranger.observer.wait(lambda: stranger.network.status(b.uid).connect_failures > 0)
+        self.assertEqual(b.network.refused_count, 1)
+        self.assertEqual(b.observer.events, [])
+        status = stranger.network.status(b.uid)
+        self.assertEqual(status.state, "offline")
+        self.assertIn("TLS refused by the peer", status.last_error or "")
+        self.assertIsNone(stranger.network.session(b.uid))
+
+    async def test_server_with_another_key_is_refused(self) -> None:
+        """When B's address answers with another key, then A refuses it and says why."""
+        a, b = make_pair(self)
+        impostor = Node(self)
+        impostor.knows(a)  # the impostor would gladly talk to A
+        a.directory.add(b.identity, impostor.address)
+        a.network.connect(b.uid)
+        await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
+        error = a.network.status(b.uid).last_error or ""
+        self.assertIn(f"not {b.uid}", error)
+        self.assertEqual(impostor.observer.named("established"), [])
+        self.assertEqual(a.observer.named("established"), [])
+
+    async def test_client_naming_a_known_uid_is_refused(self) -> None:
+        """When a client's certificate names A but holds another key, then B refuses it."""
+        a, b = make_pair(self)
+        mallory = IdentityKey.generate()
+        forged = OtherKeyIdentity(mallory, make_certificate(mallory, tls.peer_hostname(a.uid)))
+        app = RecordingProtocol(b"hello?")
+        lost: Deferred[None] = Deferred()
+        app.connectionLost = lambda reason=None: lost.callback(None)  # type: ignore[method-assign]
+        factory = TLSMemoryBIOFactory(
+            IOpenSSLClientConnectionCreator(tls.client_creator(forged, b.uid)),
+            True,
+            IProtocolFactory(protocol.ClientFactory.forProtocol(lambda: app)),
+        )
+        connector = reactor.connectTCP("127.0.0.1", b.port.getHost().port, factory)
+        self.addCleanup(connector.disconnect)
+        await lost.addTimeout(WAIT, reactor)
+        self.assertEqual(b.network.refused_count, 1)
+        self.assertEqual(b.observer.events, [])
+
+
+class SimultaneousConnectTests(TestCase):
+    """Both contacts dial each other at the same moment."""
+
+    async def test_one_session_survives(self) -> None:
+        """When A and B dial each other at once, then one session remains on both sides."""
+        a, b = make_pair(self)
+        resolved: list[dict[str, Any]] = []
+
+        def watch(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "jarvis.net.network" and "duplicate" in event.get(
+                "log_format", ""
+            ):
+                resolved.append(event)
+
+        observer = cast(ILogObserver, watch)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        started = reactor.seconds()
+        a.network.connect(b.uid)
+        b.network.connect(a.uid)
+
+        def settled() -> bool:
+            return all(
+                node.online_with(other)
+                and node.network.connections == 1
+                and node.network.status(other.uid).state == "online"
+                for node, other in ((a, b), (b, a))
+            ) and not (a.network._peers[b.uid].attempts or b.network._peers[a.uid].attempts)
+
+        await wait_until(settled)
+        self.assertLess(reactor.seconds() - started, 1.0)
+        lower = min(a.uid, b.uid)
+        self.assertEqual(len(resolved), 2)  # each side saw two sessions and chose the same
+        self.assertEqual({e["initiator"] for e in resolved}, {lower})
+        for node, other in ((a, b), (b, a)):
+            survivor = node.network.session(other.uid)
+            assert survivor is not None
+            self.assertEqual(survivor.initiator, node.uid == lower)
+            established = node.observer.named("established")
+            closed = node.observer.named("closed")
+            self.assertEqual(len(established) - len(closed), 1)
+            self.assertIs(established[-1][1], survivor)
+        # The survivor carries messages.
+        mid = message_id()
+        a.network.session(b.uid).send_message(mid, b"still here", 5)  # type: ignore[union-attr]
+        await b.observer.wait(lambda: bool(b.observer.named("message")))
+        self.assertEqual(b.observer.named("message")[0][2], mid)
+
+
+class HandshakeDeadlineTests(TestCase):
+    """A TCP client that never speaks TLS."""
+
+    async def test_stalled_client_dropped_while_session_works(self) -> None:
+        """When a client connects and sends nothing, then it is dropped at the deadline."""
+        a, b = make_pair(self, handshake_timeout=0.5)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        started = reactor.seconds()
+        raw = await connect_raw(self, b, b"")
+        dropped_at = await raw.lost.addTimeout(WAIT, reactor)
+        self.assertGreaterEqual(dropped_at - started, 0.4)
+        self.assertLess(dropped_at - started, 3.0)
+        # The session between A and B is unaffected.
+        a.network.session(b.uid).send_message(message_id(), b"ok", 1)  # type: ignore[union-attr]
+        await b.observer.wait(lambda: bool(b.observer.named("message")))
+        self.assertEqual(len(b.observer.named("established")), 1)
+        self.assertEqual(b.observer.named("closed"), [])
+
+    async def test_garbage_is_dropped(self) -> None:
+        """When a client sends bytes that are not TLS, then it is dropped at once, unreported."""
+        b = Node(self, handshake_timeout=5.0)
+        started = reactor.seconds()
+        raw = await connect_raw(self, b, b"GET / HTTP/1.0\r\n\r\n" + os.urandom(64))
+        dropped_at = await raw.lost.addTimeout(WAIT, reactor)
+        self.assertLess(dropped_at - started, 2.0)
+        self.assertEqual(b.observer.events, [])
+        self.assertEqual(b.network.refused_count, 0)
+        self.assertEqual(b.network.connections, 0)
+
+
+class SummaryTests(TestCase):
+    """The one-word summary of the network."""
+
+    def test_no_contacts_is_red(self) -> None:
+        """When no contact is dialled, then the summary is red."""
+        network = net.PeerNetwork(reactor, IdentityKey.generate(), FakeDirectory(), None)  # type: ignore[arg-type]
+        self.assertEqual(network.summary(), "red")
+
+    async def test_some_online_is_amber(self) -> None:
+        """When one contact is online and another unreachable, then the summary is amber."""
+        a, b = make_pair(self)
+        gone = Node(self)
+        await gone.port.stopListening()
+        a.knows(gone)
+        a.network.connect(b.uid)
+        a.network.connect(gone.uid)
+        await a.wait_online(b)
+        await a.observer.wait(lambda: a.network.status(gone.uid).connect_failures > 0)
+        self.assertEqual(a.network.summary(), "amber")
+        self.assertEqual(a.network.status(gone.uid).last_error, "connection refused")
+
+
+class AddressTests(SynchronousTestCase):
+    """Parsing contact addresses."""
+
+    def test_valid(self) -> None:
+        """When an address is host:port or [v6]:port, then it splits into host and port."""
+        self.assertEqual(net.parse_address("127.0.0.1:7770"), ("127.0.0.1", 7770))
+        self.assertEqual(net.parse_address("[::1]:7770"), ("::1", 7770))
+        self.assertEqual(net.parse_address("example.org:1"), ("example.org", 1))
+
+    def test_invalid(self) -> None:
+        """When an address lacks a port, has a bad port or bare IPv6, then it is refused."""
+        for text in ("127.0.0.1", "::1:7770", "host:0", "host:65536", ":80", "host:x", "[]:1"):
+            with self.assertRaises(net.InvalidPeerAddress, msg=text):
+                net.parse_address(text)
+
+
+class DiallerHarness:
+    """A Dialler on a Clock whose attempts the test resolves by hand."""
+
+    def __init__(self, addresses: tuple[str, ...], jitter: list[float] | None = None) -> None:
+        self.clock = Clock()
+        self.addresses = addresses
+        self.attempts: list[tuple[str, Deferred[None]]] = []
+        values = iter(jitter or [])
+        rng = (lambda: next(values)) if jitter else (lambda: 0.0)
+        self.dialler = net.Dialler(
+            self.clock, lambda: self.addresses, self.dial, net.backoff(1.0, 60.0, rng)
+        )
+
+    def dial(self, address: str) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.attempts.append((address, d))
+        return d
+
+    def fail_last(self) -> None:
+        self.attempts[-1][1].errback(net.ConnectFailed("refused"))
+
+    def fail_rounds(self, rounds: int) -> list[float]:
+        """Fail *rounds* full rounds, advancing the clock by each scheduled delay."""
+        delays = []
+        for _ in range(rounds):
+            for _ in self.addresses:
+                self.fail_last()
+            call: Any
+            (call,) = self.clock.getDelayedCalls()
+            delay = call.getTime() - self.clock.seconds()
+            delays.append(delay)
+            self.clock.advance(delay)
+        return delays
+
+
+class BackoffTests(SynchronousTestCase):
+    """The dialler's retry timing."""
+
+    def test_delays_grow_to_the_cap(self) -> None:
+        """When rounds keep failing, then the delays double up to the maximum."""
+        harness = DiallerHarness(("h:1",))
+        harness.dialler.start()
+        delays = harness.fail_rounds(9)
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0])
+
+    def test_delays_are_jittered(self) -> None:
+        """When rng varies, then each delay gains up to one initial delay of jitter."""
+        harness = DiallerHarness(("h:1",), jitter=[0.5, 0.25, 0.99, 0.0])
+        harness.dialler.start()
+        delays = harness.fail_rounds(4)
+        for got, want in zip(delays, [1.5, 2.25, 4.99, 8.0], strict=True):
+            self.assertAlmostEqual(got, want)
+
+    def test_addresses_in_turn(self) -> None:
+        """When an address fails, then the next is tried at once, and the round then waits."""
+        harness = DiallerHarness(("a:1", "b:2", "c:3"))
+        harness.dialler.start()
+        harness.fail_last()
+        harness.fail_last()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1", "b:2", "c:3"])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.fail_last()
+        self.assertEqual(len(harness.clock.getDelayedCalls()), 1)
+        harness.clock.advance(1.0)
+        self.assertEqual(harness.attempts[-1][0], "a:1")
+
+    def test_success_stops(self) -> None:
+        """When an attempt succeeds, then nothing more is scheduled."""
+        harness = DiallerHarness(("a:1",))
+        harness.dialler.start()
+        harness.fail_rounds(3)
+        harness.attempts[-1][1].callback(None)
+        self.assertFalse(harness.dialler.running)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.dialler.start()
+        harness.fail_last()
+        self.assertEqual(harness.dialler.delays[-1], 1.0)  # the backoff starts over
+
+    def test_redial_resets(self) -> None:
+        """When redial is asked while waiting, then it dials at once with a fresh backoff."""
+        harness = DiallerHarness(("a:1",))
+        harness.dialler.start()
+        harness.fail_rounds(4)
+        harness.fail_last()
+        self.assertEqual(harness.dialler.delays[-1], 16.0)
+        harness.dialler.redial()
+        self.assertEqual(len(harness.attempts), 6)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.fail_last()
+        self.assertEqual(harness.dialler.delays[-1], 1.0)
+
+    def test_stop_and_cancel(self) -> None:
+        """When stopped, then no retry is pending; cancel abandons the attempt in flight."""
+        harness = DiallerHarness(("a:1",))
+        harness.dialler.start()
+        harness.fail_last()
+        harness.dialler.stop()
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.dialler.redial()
+        cancelled: list[Deferred[None]] = []
+        in_flight = harness.attempts[-1][1]
+        in_flight._canceller = cancelled.append
+        harness.dialler.cancel()
+        self.assertEqual(cancelled, [in_flight])
+        self.assertFalse(harness.dialler.dialling)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_no_address_waits(self) -> None:
+        """When the contact has no address, then the dialler waits a backoff delay."""
+        harness = DiallerHarness(())
+        harness.dialler.start()
+        self.assertEqual(harness.attempts, [])
+        self.assertEqual(harness.dialler.delays, [1.0])
