@@ -327,3 +327,45 @@ class DialogTests(SynchronousTestCase):
         controller.update_contact(UID_ALICE, {"muted": True}, "saving")
         self.assertTrue(controller.model.contacts[UID_ALICE].muted)
         self.assertIn(("contacts.update", {"contact": UID_ALICE, "muted": True}), client.calls)
+
+
+class FakeMainLoop:
+    """Counts redraws like ``urwid.MainLoop.draw_screen``."""
+
+    def __init__(self) -> None:
+        self.draws = 0
+        self.screen = self
+
+    started = True
+
+    def draw_screen(self) -> None:
+        self.draws += 1
+
+
+class RedrawTests(SynchronousTestCase):
+    """Network events redraw the screen (urwid only redraws after input)."""
+
+    def test_event_and_unlock_redraw(self) -> None:
+        """When an event arrives or an unlock completes, then draw_screen is called."""
+        controller, client, _, _ = started()
+        loop = FakeMainLoop()
+        controller.attach_main_loop(loop)
+        client.emit("connection.summary", {"summary": "green", "online": 2, "total": 2})
+        self.assertGreaterEqual(loop.draws, 1)
+        press(controller, "ctrl l")
+        before = loop.draws
+        press(controller, "correct horse", "enter")
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertGreater(loop.draws, before)
+
+    def test_broken_event_goes_to_status_line(self) -> None:
+        """When handling an event raises, then the status line says so and nothing escapes."""
+        controller, client, _, _ = started()
+
+        def boom(name: str, payload: dict) -> None:
+            raise RuntimeError("bug")
+
+        self.patch(controller.model, "apply_event", boom)
+        client.emit("message.received", {"message": {}})
+        self.assertIn("could not show an update", screen_text(controller.window, (120, 20)))
+        self.flushLoggedErrors(RuntimeError)

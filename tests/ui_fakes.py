@@ -249,9 +249,9 @@ class FakeDaemonClient:
             "addresses": ["127.0.0.1:7001"],
         }
 
-    def m_contacts_list(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def m_contacts_list(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
-        return [dict(c) for c in self.contacts.values()]
+        return {"contacts": [dict(c) for c in self.contacts.values()]}
 
     def m_contacts_add(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
@@ -314,9 +314,10 @@ class FakeDaemonClient:
         self.markers[contact["uid"]] = None
         return {"count": count}
 
-    def m_messages_unreadCounts(self, params: dict[str, Any]) -> dict[str, int]:
+    def m_messages_unreadCounts(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
-        return {uid: c.get("unread", 0) for uid, c in self.contacts.items() if c.get("unread")}
+        counts = {uid: c.get("unread", 0) for uid, c in self.contacts.items() if c.get("unread")}
+        return {"unread": counts}
 
     def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()

@@ -171,6 +171,7 @@ class Controller:
         self._spinner = LoopingCall(self._spin)
         self._spinner.clock = clock
         self._banner_animation: Any = None
+        self._unlocking = False
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
             ConnectingScreen(self.model), self._before_widgets, self._after_widgets
@@ -333,6 +334,7 @@ class Controller:
         uid = self.model.current_uid
         if uid is not None:
             self._load_history(uid)
+        self.redraw()
 
     # screens -------------------------------------------------------------------------------
 
@@ -543,6 +545,9 @@ class Controller:
                 kind = getattr(failure.value, "kind", None)
                 self.log.info("{what} failed: {kind}", what=what, kind=kind)
             self.model.notify(f"{what} failed: {text}", "error")
+            screen = self.window.screen
+            if screen is not self.main_screen and hasattr(screen, "show_error"):
+                screen.show_error(f"{what} failed: {text}")
         self.redraw()
 
     def _internal_error(self, failure: Failure, what: str) -> None:
@@ -577,7 +582,11 @@ class Controller:
         self.model.apply_event(name, payload)
         if name == "identity.locked":
             self.show_lock()
-        elif name == "identity.unlocked" and isinstance(self.window.screen, LockScreen):
+        elif (
+            name == "identity.unlocked"
+            and isinstance(self.window.screen, LockScreen)
+            and not self._unlocking
+        ):
             self._load_unlocked().addErrback(self._report, "loading")
         elif name == "message.received":
             message = payload.get("message")
@@ -713,6 +722,9 @@ class Controller:
     def create_identity(self, name: str, password: str) -> None:
         """Create the identity (the form checked the password was typed twice)."""
         d = self._call("identity.create", {"name": name, "password": password}, label="creating")
+        screen = self.window.screen
+        if isinstance(screen, CreateIdentityScreen):
+            screen.show_note("Creating your identity (this takes a moment)... Ctrl+C cancels.")
 
         def created(result: Mapping[str, Any]) -> Any:
             self.model.load_identity(result)
@@ -731,6 +743,16 @@ class Controller:
     def unlock(self, password: str) -> None:
         """Try *password*; only success leaves the lock screen."""
         d = self._call("identity.unlock", {"password": password}, label="unlocking")
+        self._unlocking = True
+
+        def done(result: Any) -> Any:
+            self._unlocking = False
+            return result
+
+        d.addBoth(done)
+        screen = self.window.screen
+        if isinstance(screen, LockScreen):
+            screen.show_note("Unlocking...")
 
         def unlocked(result: Mapping[str, Any]) -> Any:
             self.model.set_locked(False)
@@ -943,7 +965,7 @@ class Controller:
 
         def remove(history: bool) -> None:
             d = self._call(
-                "contacts.remove", {"contact": uid, "history": history}, label="removing"
+                "contacts.remove", {"contact": uid, "with_history": history}, label="removing"
             )
 
             def removed(_: Any) -> None:

@@ -469,10 +469,17 @@ class MessengerModel:
         self.summary = ConnectionSummary.from_api(data)
         self._changed("summary")
 
-    def load_contacts(self, contacts: Iterable[Mapping[str, Any]]) -> None:
-        """Replace the contact list with a ``contacts.list`` result."""
+    def load_contacts(self, contacts: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
+        """Replace the contact list with a ``contacts.list`` result.
+
+        :param contacts: ``{"contacts": [...]}`` as the daemon answers, or the bare list.
+        """
+        if isinstance(contacts, Mapping):
+            contacts = contacts.get("contacts") or ()
         fresh: dict[str, Contact] = {}
         for data in contacts:
+            if not isinstance(data, Mapping):
+                continue
             try:
                 contact = Contact.from_api(data)
             except ValueError:
@@ -487,7 +494,10 @@ class MessengerModel:
         self._changed("contacts")
 
     def load_unread(self, counts: Mapping[str, Any]) -> None:
-        """Take in ``messages.unreadCounts`` (``{uid: n}``)."""
+        """Take in ``messages.unreadCounts``: ``{"unread": {uid: n}}`` or the bare ``{uid: n}``."""
+        inner = counts.get("unread")
+        if isinstance(inner, Mapping):
+            counts = inner
         for uid, contact in list(self.contacts.items()):
             count = counts.get(uid, 0)
             count = count if isinstance(count, int) and count > 0 else 0

@@ -156,6 +156,10 @@ class CreateIdentityScreen(_Screen):
         """Show *text* under the form."""
         self.error.set_text(("error", text))
 
+    def show_note(self, text: str) -> None:
+        """Show a progress note (not an error) under the form."""
+        self.error.set_text(("hint", text))
+
     def move_focus(self, step: int) -> None:
         """Tab / Shift+Tab between the fields and the button."""
         selectable = [i for i, row in enumerate(self._walker) if row.selectable()]
@@ -230,6 +234,10 @@ class LockScreen(_Screen):
     def show_error(self, text: str) -> None:
         """Show *text* under the password field."""
         self.error.set_text(("error", text))
+
+    def show_note(self, text: str) -> None:
+        """Show a progress note (not an error) under the password field."""
+        self.error.set_text(("hint", text))
 
 
 class MainScreen(_Screen):
