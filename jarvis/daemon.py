@@ -25,7 +25,6 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
@@ -101,12 +100,13 @@ class PeerListenerFactory(Factory):
     """
 
     def __init__(self) -> None:
-        self.current: IProtocolFactory | None = None
+        self.current: Any = None
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         if self.current is None:
             return None
-        return self.current.buildProtocol(addr)  # type: ignore[return-value]
+        protocol: Protocol | None = self.current.buildProtocol(addr)
+        return protocol
 
 
 class ThreadPoolService(Service):
@@ -212,7 +212,8 @@ class JarvisDaemon(MultiService):
         )
         self.node.setServiceParent(self)
 
-        self.peer_listener = strports.service(options["listen"], self.peer_factory, reactor=reactor)
+        peer_factory: Any = self.peer_factory
+        self.peer_listener = strports.service(options["listen"], peer_factory, reactor=reactor)
         self.peer_listener.setServiceParent(self)
 
         ipc_desc = options["ipc"] or paths.default_ipc_endpoint(self.data_dir)
@@ -234,7 +235,7 @@ class JarvisDaemon(MultiService):
             stop_daemon=self.stop_daemon,
             pool_stats={"blocking": self.blocking_pool_stats, "store": self.store_pool_stats},
         )
-        factory = IpcServerFactory(
+        factory: Any = IpcServerFactory(
             build_registry(), self.context, clock=reactor, require_token=token
         )
         self.ipc_listener = strports.service(ipc_desc, factory, reactor=reactor)

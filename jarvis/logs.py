@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -41,5 +42,7 @@ def open_private_append(path: str) -> io.TextIOWrapper:
 def json_file_observer(path: str, level: LogLevel) -> tuple[ILogObserver, io.TextIOWrapper]:
     """Return an observer writing JSON lines at *level* and above to *path*, and its file."""
     f = open_private_append(path)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
-    return FilteringLogObserver(jsonFileLogObserver(f), [predicate]), f
+    predicate: Any = LogLevelFilterPredicate(defaultLogLevel=level)
+    inner: Any = jsonFileLogObserver(f)
+    observer: Any = FilteringLogObserver(inner, [predicate])
+    return observer, f
