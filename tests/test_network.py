@@ -14,11 +14,16 @@ from typing import Any, cast
 from twisted.internet import defer, protocol, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IOpenSSLClientConnectionCreator,
+    IProtocolFactory,
+)
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis.crypto.identity import IdentityKey
@@ -534,3 +539,132 @@ class BackoffTests(SynchronousTestCase):
         harness.dialler.start()
         self.assertEqual(harness.attempts, [])
         self.assertEqual(harness.dialler.delays, [1.0])
+
+
+class PipeEndpoint:
+    """A client endpoint that connects in memory to *target*'s server factory (iosim)."""
+
+    def __init__(self, target: net.PeerNetwork, clock: Clock, pumps: list[iosim.IOPump]):
+        self.target, self.clock, self.pumps = target, clock, pumps
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        address = cast(IAddress, iosim.FakeAddress())
+        client = factory.buildProtocol(address)
+        server_factory: Any = self.target.server_factory()
+        server = server_factory.buildProtocol(address)
+        self.pumps.append(
+            iosim.connect(
+                server,
+                iosim.makeFakeServer(server),
+                client,
+                iosim.makeFakeClient(client),
+                greet=False,
+                clock=self.clock,
+            )
+        )
+        return defer.succeed(client)
+
+
+class MemoryPair:
+    """Two networks on one Clock, each dialling the other through PipeEndpoints."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.pumps: list[iosim.IOPump] = []
+        low, high = sorted((IdentityKey.generate() for _ in range(2)), key=lambda k: k.uid)
+        self.nodes: dict[str, tuple[net.PeerNetwork, RecordingObserver, IdentityKey]] = {}
+        directories = {"low": FakeDirectory(), "high": FakeDirectory()}
+        directories["low"].add(high, "high:1")
+        directories["high"].add(low, "low:1")
+        targets: dict[str, net.PeerNetwork] = {}
+        for name, identity in (("low", low), ("high", high)):
+            observer = RecordingObserver()
+            other = "high" if name == "low" else "low"
+            network = net.PeerNetwork(
+                self.clock,
+                identity,
+                directories[name],
+                observer,
+                backoff_initial=30.0,
+                endpoint_for=self._endpoint_to(targets, other),
+            )
+            targets[name] = network
+            self.nodes[name] = (network, observer, identity)
+
+    def _endpoint_to(
+        self, targets: dict[str, net.PeerNetwork], other: str
+    ) -> Callable[[str, int], net.ClientEndpoint]:
+        def endpoint_for(host: str, port: int) -> net.ClientEndpoint:
+            return PipeEndpoint(targets[other], self.clock, self.pumps)
+
+        return endpoint_for
+
+    def run(self) -> None:
+        for _ in range(40):
+            moved = [pump.pump() for pump in list(self.pumps)]
+            if not any(moved):
+                break
+
+    def kinds(self, name: str) -> list[tuple[str, ...]]:
+        """The observer's events as (kind, initiator uid or state, reason) tuples."""
+        _network, observer, identity = self.nodes[name]
+        other = self.nodes["high" if name == "low" else "low"][2]
+        out: list[tuple[str, ...]] = []
+        for event in observer.events:
+            if event[0] == "status":
+                out.append(("status", event[2].state))
+            else:
+                initiator = identity.uid if event[1].initiator else other.uid
+                who = "low" if initiator == self.nodes["low"][2].uid else "high"
+                out.append((event[0], who, *(event[2:3] if event[0] == "closed" else ())))
+        return out
+
+
+class TieBreakOrderTests(SynchronousTestCase):
+    """The observer contract of the tie-break, with the order of events forced in memory."""
+
+    def test_winner_after_reported_loser(self) -> None:
+        """When the losing session was reported first, then its closure precedes the winner."""
+        pair = MemoryPair()
+        low_net, high_net = pair.nodes["low"][0], pair.nodes["high"][0]
+        high_net.connect(low_net._identity.uid)  # high dials first: the loser by the rule
+        pair.run()
+        low_net._peers[high_net._identity.uid].dialler.start()  # force a second connection
+        pair.run()
+        start = [("status", "connecting"), ("established", "high"), ("status", "online")]
+        # High resolves first: its goodbye reaches low before low's new session is up.
+        self.assertEqual(
+            pair.kinds("high"),
+            [*start, ("closed", "high", net.DUPLICATE_SESSION), ("established", "low")],
+        )
+        self.assertEqual(
+            pair.kinds("low"),
+            [
+                *start,
+                ("closed", "high", "peer said goodbye: duplicate session"),
+                ("status", "connecting"),
+                ("established", "low"),
+                ("status", "online"),
+            ],
+        )
+        self.assertEqual(low_net.connections, 1)
+        self.assertEqual(high_net.connections, 1)
+        self.assertFalse(low_net._peers[high_net._identity.uid].dialler.running)
+
+    def test_loser_after_reported_winner(self) -> None:
+        """When the losing session comes second, then the observer never hears of it."""
+        pair = MemoryPair()
+        low_net, high_net = pair.nodes["low"][0], pair.nodes["high"][0]
+        low_net.connect(high_net._identity.uid)
+        pair.run()
+        high_net.redial(low_net._identity.uid)  # does nothing: high is online already
+        high_net._peers[low_net._identity.uid].dialler.start()  # force a second connection
+        pair.run()
+        for name in ("low", "high"):
+            self.assertEqual(
+                pair.kinds(name),
+                [("status", "connecting"), ("established", "low"), ("status", "online")],
+                name,
+            )
+        self.assertEqual(low_net.connections, 1)
+        self.assertEqual(high_net.connections, 1)
