@@ -650,17 +650,17 @@ class _Rows:
         contacts = [_contact_to_json(c) for c in self.list_contacts()]
         messages = [
             dataclasses.asdict(self._message_from_row(row))
-            for row in conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages ORDER BY conversation, seq"
-            )
+            for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages")
         ]
+        # By uid, not by blind index: the same data dumps alike under any index key.
+        messages.sort(key=lambda m: (m["contact"], m["seq"]))
         markers = {
             self._uid_of(conversation): marker
             for conversation, marker in conn.execute(
                 "SELECT conversation, marker FROM conversations WHERE marker IS NOT NULL"
             ).fetchall()
         }
-        settings = {}
+        settings: dict[str, str] = {}
         for key_index, name, value in conn.execute("SELECT key_index, name, value FROM settings"):
             key = self._open(name, "settings", "name", "a setting", key_index).decode()
             settings[key] = self._open(value, "settings", "value", "a setting", key_index).decode()
@@ -669,8 +669,8 @@ class _Rows:
             "version": DUMP_VERSION,
             "contacts": contacts,
             "messages": messages,
-            "markers": markers,
-            "settings": settings,
+            "markers": dict(sorted(markers.items())),
+            "settings": dict(sorted(settings.items())),
         }
 
     def load(self, dump: dict[str, Any]) -> None:
@@ -736,6 +736,7 @@ class Store:
         self._closed = False
         self._idle_waiters: list[Deferred[None]] = []
         self._close_waiters: list[Deferred[None]] | None = None
+        self._shut = False
         self._shutdown_trigger = reactor.addSystemEventTrigger("before", "shutdown", self.close)
 
     @classmethod
@@ -852,7 +853,10 @@ class Store:
         """
         done: Deferred[None] = Deferred()
         if self._close_waiters is not None:
-            self._close_waiters.append(done)
+            if self._shut:
+                done.callback(None)  # already closed
+            else:
+                self._close_waiters.append(done)
             return done
         self._close_waiters = [done]
         self._closed = True
@@ -869,6 +873,7 @@ class Store:
 
         def stopped(result: Any) -> None:
             self._pool.stop()
+            self._shut = True
             self.log.info("store closed")
             waiters, self._close_waiters = self._close_waiters or [], []
             for waiter in waiters:

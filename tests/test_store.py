@@ -1,0 +1,700 @@
+"""Tests for :mod:`jarvis.store`: real SQLite files in temporary directories.
+
+:class:`AESGCMRowCipher` is a tiny test double of :class:`jarvis.crypto.aead.RowCipher` (same
+``seal``/``open`` interface); :mod:`tests.store_crash_child` uses it too.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import sqlite3
+import stat
+import time
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import LoopingCall
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis.errors import InvalidInput, NotFound
+from jarvis.store import (
+    Contact,
+    CorruptRow,
+    CorruptStore,
+    DuplicateMessage,
+    Message,
+    SchemaTooNew,
+    Store,
+    StoreClosed,
+    StoreNotEmpty,
+    WrongStoreKey,
+)
+from jarvis.store.database import associated_data, blind_index
+from jarvis.store.schema import SCHEMA_VERSION
+
+reactor: Any = _reactor
+
+ALICE = "a" * 52
+BOB = "b" * 52
+
+
+class AESGCMRowCipher:
+    """Test double of ``RowCipher``: AES-256-GCM with a random nonce prepended."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self.key = key if key is not None else os.urandom(32)
+        self._aead = AESGCM(self.key)
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> bytes:
+        """Encrypt *plaintext* bound to *associated_data*."""
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, associated_data)
+
+    def open(self, blob: bytes, associated_data: bytes) -> bytes:
+        """Decrypt a blob from :meth:`seal`; raises ``InvalidTag`` if anything differs."""
+        return self._aead.decrypt(blob[:12], blob[12:], associated_data)
+
+
+def make_contact(uid: str = ALICE, **changes: Any) -> Contact:
+    """Return a contact with plausible fields, overridden by *changes*."""
+    fields: dict[str, Any] = {
+        "uid": uid,
+        "public_key": b"\x01" * 32,
+        "name": f"name of {uid[:4]}",
+        "addresses": ("127.0.0.1:7000", "example.org:7001"),
+    }
+    fields.update(changes)
+    return Contact(**fields)
+
+
+def make_message(
+    contact: str = ALICE, direction: str = "out", body: str = "hello", **changes: Any
+) -> Message:
+    """Return a new message with a random id, queued (out) or received (in)."""
+    fields: dict[str, Any] = {
+        "id": secrets.token_hex(16),
+        "contact": contact,
+        "direction": direction,
+        "body": body,
+        "state": "queued" if direction == "out" else "received",
+        "created": time.time(),
+    }
+    fields.update(changes)
+    return Message(**fields)
+
+
+class StoreTestCase(TestCase):
+    """Opens stores in a fresh temporary directory and closes them after the test."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.path = os.path.join(self.directory, "jarvis.sqlite3")
+        self.cipher = AESGCMRowCipher()
+        self.index_key = os.urandom(32)
+
+    async def open_store(self, **kwargs: Any) -> Store:
+        """Open the store at ``self.path`` (closing it at cleanup); *kwargs* override keys."""
+        options: dict[str, Any] = {"cipher": self.cipher, "index_key": self.index_key}
+        options.update(kwargs)
+        store = await Store.open(self.path, reactor=reactor, **options)
+        self.addCleanup(store.close)
+        return store
+
+
+class OpenTests(StoreTestCase):
+    async def test_new_database_files_are_private(self) -> None:
+        """When a store is opened and written, then the db, -wal and -shm files are 0600."""
+        store = await self.open_store()
+        await store.put_contact(make_contact())
+        for suffix in ("", "-wal", "-shm"):
+            mode = stat.S_IMODE(os.stat(self.path + suffix).st_mode)
+            self.assertEqual(mode, 0o600, suffix)
+
+    async def test_schema_version_and_wal_recorded(self) -> None:
+        """When a new store is opened, then meta holds the schema version and WAL is on."""
+        store = await self.open_store()
+        await store.close()
+        with sqlite3.connect(self.path) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            self.assertEqual(int(version.fetchone()[0]), SCHEMA_VERSION)
+            self.assertEqual(conn.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        conn.close()
+
+    async def test_integrity_check_ok(self) -> None:
+        """When a sound store is checked, then the answer is ["ok"]."""
+        store = await self.open_store()
+        await store.add_outgoing(make_message())
+        self.assertEqual(await store.integrity_check(), ["ok"])
+
+    async def test_reopen_keeps_data(self) -> None:
+        """When a store is closed and reopened with the same keys, then its data is there."""
+        store = await self.open_store()
+        message = await store.add_outgoing(make_message())
+        await store.close()
+        store = await self.open_store()
+        self.assertEqual(await store.get_message(message.id), message)
+
+    async def test_other_data_key_refused(self) -> None:
+        """When a store is reopened with another data key, then WrongStoreKey is raised."""
+        store = await self.open_store()
+        await store.close()
+        with self.assertRaises(WrongStoreKey):
+            await self.open_store(cipher=AESGCMRowCipher())
+
+    async def test_other_index_key_refused(self) -> None:
+        """When a store is reopened with another index key, then WrongStoreKey is raised."""
+        store = await self.open_store()
+        await store.close()
+        with self.assertRaises(WrongStoreKey):
+            await self.open_store(index_key=os.urandom(32))
+
+    async def test_newer_schema_refused(self) -> None:
+        """When the database has a newer schema version, then SchemaTooNew is raised."""
+        store = await self.open_store()
+        await store.close()
+        conn = sqlite3.connect(self.path)
+        with conn:
+            conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        conn.close()
+        with self.assertRaises(SchemaTooNew):
+            await self.open_store()
+
+    async def test_not_a_database_refused(self) -> None:
+        """When the file is not an SQLite database, then CorruptStore is raised."""
+        with open(self.path, "wb") as f:
+            f.write(b"this is not a database" * 100)
+        with self.assertRaises(CorruptStore):
+            await self.open_store()
+
+    async def test_closed_store_refuses_work(self) -> None:
+        """When a store is closed, then later calls fail with StoreClosed (a Locked error)."""
+        store = await self.open_store()
+        await store.close()
+        await store.close()  # idempotent
+        with self.assertRaises(StoreClosed):
+            await store.get_contact(ALICE)
+
+    async def test_close_finishes_queued_work(self) -> None:
+        """When close() is called with writes queued, then they are written first."""
+        store = await self.open_store()
+        pending = store.add_outgoing(make_message())
+        await store.close()
+        message = await pending
+        store = await self.open_store()
+        self.assertEqual(await store.get_message(message.id), message)
+
+    async def test_pool_stats(self) -> None:
+        """When pool_stats() is asked, then it reports one thread and the queue length."""
+        store = await self.open_store()
+        pending = [store.add_outgoing(make_message()) for _ in range(3)]
+        stats = store.pool_stats()
+        self.assertEqual(stats["size"], 1)
+        self.assertEqual(stats["queued"], 3)
+        await gatherResults(pending)
+        stats = store.pool_stats()
+        self.assertEqual((stats["busy"], stats["queued"]), (0, 0))
+
+
+class ContactTests(StoreTestCase):
+    async def test_round_trip(self) -> None:
+        """When a contact is put, then get_contact returns an equal contact."""
+        store = await self.open_store()
+        contact = make_contact(alias="Al", verified=True, muted=True, added_at=12.5)
+        await store.put_contact(contact)
+        self.assertEqual(await store.get_contact(ALICE), contact)
+
+    async def test_unknown_is_none(self) -> None:
+        """When an unknown uid is asked for, then get_contact returns None."""
+        store = await self.open_store()
+        self.assertIsNone(await store.get_contact(BOB))
+
+    async def test_put_updates_by_uid(self) -> None:
+        """When a contact with the same uid is put again, then it replaces the first."""
+        store = await self.open_store()
+        await store.put_contact(make_contact(name="old"))
+        await store.put_contact(make_contact(name="new", blocked=True))
+        self.assertEqual(await store.list_contacts(), [make_contact(name="new", blocked=True)])
+
+    async def test_list_sorted_by_display_name(self) -> None:
+        """When several contacts exist, then list_contacts sorts them by alias or name."""
+        store = await self.open_store()
+        zed = make_contact(ALICE, name="Zed")
+        amy = make_contact(BOB, name="Zoe", alias="amy")
+        await store.put_contact(zed)
+        await store.put_contact(amy)
+        self.assertEqual(await store.list_contacts(), [amy, zed])
+
+    async def test_remove_with_history(self) -> None:
+        """When a contact is removed with history, then its messages and outbox go too."""
+        store = await self.open_store()
+        await store.put_contact(make_contact())
+        message = await store.add_outgoing(make_message())
+        await store.set_marker(ALICE, message.id)
+        self.assertTrue(await store.remove_contact(ALICE, with_history=True))
+        self.assertIsNone(await store.get_contact(ALICE))
+        self.assertIsNone(await store.get_message(message.id))
+        self.assertEqual(await store.outbox(ALICE), [])
+        self.assertIsNone(await store.get_marker(ALICE))
+        self.assertEqual(await store.last_activity(), {})
+
+    async def test_remove_without_history(self) -> None:
+        """When a contact is removed without history, then its conversation stays readable."""
+        store = await self.open_store()
+        await store.put_contact(make_contact())
+        message = await store.add_outgoing(make_message())
+        self.assertTrue(await store.remove_contact(ALICE, with_history=False))
+        self.assertIsNone(await store.get_contact(ALICE))
+        page = await store.history(ALICE)
+        self.assertEqual(page.messages, (message,))
+        self.assertFalse(await store.remove_contact(ALICE, with_history=False))
+
+
+class OutgoingTests(StoreTestCase):
+    async def test_seq_assigned_per_conversation(self) -> None:
+        """When messages are added, then each conversation numbers them 1, 2, 3..."""
+        store = await self.open_store()
+        a1 = await store.add_outgoing(make_message(ALICE))
+        b1 = await store.add_outgoing(make_message(BOB))
+        a2 = await store.add_outgoing(make_message(ALICE))
+        self.assertEqual((a1.seq, b1.seq, a2.seq), (1, 1, 2))
+
+    async def test_round_trip_and_outbox(self) -> None:
+        """When an outgoing message is added, then it reads back and is in the outbox."""
+        store = await self.open_store()
+        message = await store.add_outgoing(make_message(body="héllo ✓"))
+        self.assertEqual(await store.get_message(message.id), message)
+        self.assertEqual(await store.outbox(ALICE), [message])
+        self.assertEqual(await store.outbox(BOB), [])
+
+    async def test_outbox_oldest_first(self) -> None:
+        """When several messages are queued, then the outbox lists them oldest first."""
+        store = await self.open_store()
+        added = [await store.add_outgoing(make_message(body=str(i))) for i in range(4)]
+        self.assertEqual(await store.outbox(ALICE), added)
+
+    async def test_duplicate_id_refused(self) -> None:
+        """When an outgoing id is added twice, then DuplicateMessage is raised once."""
+        store = await self.open_store()
+        message = make_message()
+        await store.add_outgoing(message)
+        with self.assertRaises(DuplicateMessage):
+            await store.add_outgoing(message)
+
+    async def test_incoming_refused(self) -> None:
+        """When add_outgoing is given an incoming message, then InvalidInput is raised."""
+        store = await self.open_store()
+        with self.assertRaises(InvalidInput):
+            await store.add_outgoing(make_message(direction="in"))
+
+
+class IncomingTests(StoreTestCase):
+    async def test_dedup(self) -> None:
+        """When the same incoming id arrives twice, then only the first is stored."""
+        store = await self.open_store()
+        message = make_message(direction="in")
+        self.assertTrue(await store.add_incoming(message))
+        self.assertFalse(await store.add_incoming(message))
+        page = await store.history(ALICE)
+        self.assertEqual([m.id for m in page.messages], [message.id])
+        self.assertEqual(page.messages[0].seq, 1)
+
+    async def test_same_id_other_contact_stored(self) -> None:
+        """When two contacts use the same message id, then both messages are stored."""
+        store = await self.open_store()
+        message = make_message(ALICE, direction="in")
+        self.assertTrue(await store.add_incoming(message))
+        self.assertTrue(await store.add_incoming(Message(**{**vars(message), "contact": BOB})))
+
+    async def test_incoming_not_in_outbox(self) -> None:
+        """When an incoming message is stored, then no outbox lists it."""
+        store = await self.open_store()
+        await store.add_incoming(make_message(direction="in"))
+        self.assertEqual(await store.outbox(ALICE), [])
+
+
+class StateTests(StoreTestCase):
+    async def test_advances_and_sets_timestamps(self) -> None:
+        """When a message goes sent, delivered, read, then each timestamp is set."""
+        store = await self.open_store()
+        message = await store.add_outgoing(make_message())
+        sent = await store.update_state(message.id, "sent", 10.0)
+        delivered = await store.update_state(message.id, "delivered", 11.0)
+        read = await store.update_state(message.id, "read", 12.0)
+        assert sent is not None and delivered is not None and read is not None
+        self.assertEqual((sent.state, sent.sent), ("sent", 10.0))
+        self.assertEqual((delivered.state, delivered.delivered), ("delivered", 11.0))
+        self.assertEqual((read.state, read.sent, read.delivered, read.read), ("read", 10, 11, 12))
+        self.assertEqual(await store.get_message(message.id), read)
+
+    async def test_never_backwards(self) -> None:
+        """When an older or equal state is set, then nothing changes and None is returned."""
+        store = await self.open_store()
+        message = await store.add_outgoing(make_message())
+        await store.update_state(message.id, "delivered", 11.0)
+        self.assertIsNone(await store.update_state(message.id, "sent", 12.0))
+        self.assertIsNone(await store.update_state(message.id, "delivered", 13.0))
+        self.assertIsNone(await store.update_state(message.id, "queued", 14.0))
+        stored = await store.get_message(message.id)
+        assert stored is not None
+        self.assertEqual((stored.state, stored.sent, stored.delivered), ("delivered", None, 11.0))
+
+    async def test_outbox_membership(self) -> None:
+        """When a message is sent it stays in the outbox; once delivered it leaves."""
+        store = await self.open_store()
+        first = await store.add_outgoing(make_message())
+        second = await store.add_outgoing(make_message())
+        await store.update_state(first.id, "sent", 1.0)
+        self.assertEqual([m.id for m in await store.outbox(ALICE)], [first.id, second.id])
+        await store.update_state(first.id, "delivered", 2.0)
+        self.assertEqual([m.id for m in await store.outbox(ALICE)], [second.id])
+        await store.update_state(second.id, "read", 3.0)
+        self.assertEqual(await store.outbox(ALICE), [])
+
+    async def test_unknown_message(self) -> None:
+        """When the id is unknown, then update_state returns None."""
+        store = await self.open_store()
+        self.assertIsNone(await store.update_state("00" * 16, "sent", 1.0))
+
+    async def test_incoming_only_to_read(self) -> None:
+        """When an incoming message is updated, then only 'read' applies to it."""
+        store = await self.open_store()
+        message = make_message(direction="in")
+        await store.add_incoming(message)
+        self.assertIsNone(await store.update_state(message.id, "delivered", 1.0))
+        read = await store.update_state(message.id, "read", 2.0)
+        assert read is not None
+        self.assertEqual((read.state, read.read), ("read", 2.0))
+
+    async def test_bad_state(self) -> None:
+        """When the state is not a message state, then InvalidInput is raised."""
+        store = await self.open_store()
+        with self.assertRaises(InvalidInput):
+            await store.update_state("00" * 16, "exploded", 1.0)
+
+
+class HistoryTests(StoreTestCase):
+    async def test_pages_newest_first_with_cursor(self) -> None:
+        """When 7 messages are paged 3 at a time, then pages are 3, 3, 1 with cursors."""
+        store = await self.open_store()
+        added = [await store.add_outgoing(make_message(body=f"m{i}")) for i in range(7)]
+        await store.add_outgoing(make_message(BOB))
+        newest_first = list(reversed(added))
+        page1 = await store.history(ALICE, limit=3)
+        self.assertEqual(list(page1.messages), newest_first[:3])
+        page2 = await store.history(ALICE, limit=3, before=page1.next_cursor)
+        self.assertEqual(list(page2.messages), newest_first[3:6])
+        page3 = await store.history(ALICE, limit=3, before=page2.next_cursor)
+        self.assertEqual(list(page3.messages), newest_first[6:])
+        self.assertIsNone(page3.next_cursor)
+
+    async def test_exact_page_has_no_cursor(self) -> None:
+        """When the page holds exactly the remaining messages, then next_cursor is None."""
+        store = await self.open_store()
+        for _ in range(3):
+            await store.add_outgoing(make_message())
+        page = await store.history(ALICE, limit=3)
+        self.assertEqual((len(page.messages), page.next_cursor), (3, None))
+
+    async def test_empty(self) -> None:
+        """When a conversation has no messages, then the page is empty."""
+        store = await self.open_store()
+        page = await store.history(BOB)
+        self.assertEqual((page.messages, page.next_cursor), ((), None))
+
+    async def test_bad_arguments(self) -> None:
+        """When the limit or cursor is invalid, then InvalidInput is raised."""
+        store = await self.open_store()
+        with self.assertRaises(InvalidInput):
+            await store.history(ALICE, limit=0)
+        with self.assertRaises(InvalidInput):
+            await store.history(ALICE, before="not a cursor")
+
+
+class UnreadTests(StoreTestCase):
+    async def test_counts_and_mark_read_up_to(self) -> None:
+        """When messages arrive and some are read, then counts and returned ids follow."""
+        store = await self.open_store()
+        incoming = [make_message(direction="in", created=float(i)) for i in range(4)]
+        for message in incoming:
+            await store.add_incoming(message)
+        await store.add_incoming(make_message(BOB, direction="in"))
+        await store.add_outgoing(make_message(BOB))
+        self.assertEqual(await store.unread_counts(), {ALICE: 4, BOB: 1})
+        marked = await store.mark_read(ALICE, up_to=incoming[1].id, at=50.0)
+        self.assertEqual(marked, [incoming[0].id, incoming[1].id])
+        self.assertEqual(await store.unread_counts(), {ALICE: 2, BOB: 1})
+        self.assertEqual(await store.mark_read(ALICE, up_to=incoming[1].id, at=51.0), [])
+        marked = await store.mark_read(ALICE, at=52.0)
+        self.assertEqual(marked, [incoming[2].id, incoming[3].id])
+        self.assertEqual(await store.unread_counts(), {BOB: 1})
+        first = await store.get_message(incoming[0].id)
+        assert first is not None
+        self.assertEqual((first.state, first.read), ("read", 50.0))
+
+    async def test_mark_read_unknown_message(self) -> None:
+        """When up_to names no message of the conversation, then NotFound is raised."""
+        store = await self.open_store()
+        with self.assertRaises(NotFound):
+            await store.mark_read(ALICE, up_to="ff" * 16, at=1.0)
+
+    async def test_last_activity(self) -> None:
+        """When messages exist, then last_activity gives each uid its newest created time."""
+        store = await self.open_store()
+        await store.add_outgoing(make_message(ALICE, created=5.0))
+        await store.add_incoming(make_message(ALICE, direction="in", created=7.0))
+        await store.add_outgoing(make_message(BOB, created=3.0))
+        self.assertEqual(await store.last_activity(), {ALICE: 7.0, BOB: 3.0})
+
+
+class MarkerAndSettingTests(StoreTestCase):
+    async def test_marker_round_trip(self) -> None:
+        """When a marker is set, moved and cleared, then get_marker follows."""
+        store = await self.open_store()
+        self.assertIsNone(await store.get_marker(ALICE))
+        await store.set_marker(ALICE, "ab" * 16)
+        self.assertEqual(await store.get_marker(ALICE), "ab" * 16)
+        await store.set_marker(ALICE, None)
+        self.assertIsNone(await store.get_marker(ALICE))
+
+    async def test_setting_round_trip(self) -> None:
+        """When a setting is set twice, then get_setting returns the last value."""
+        store = await self.open_store()
+        self.assertIsNone(await store.get_setting("theme"))
+        await store.set_setting("theme", "dark")
+        await store.set_setting("theme", "light")
+        self.assertEqual(await store.get_setting("theme"), "light")
+
+
+class DumpTests(StoreTestCase):
+    async def fill(self, store: Store) -> None:
+        await store.put_contact(make_contact(alias="al"))
+        await store.put_contact(make_contact(BOB))
+        sent = await store.add_outgoing(make_message(body="one"))
+        await store.update_state(sent.id, "delivered", 3.0)
+        await store.add_outgoing(make_message(body="two"))
+        await store.add_incoming(make_message(BOB, direction="in", body="three"))
+        await store.set_marker(BOB, "cd" * 16)
+        await store.set_setting("theme", "dark")
+
+    async def test_round_trip(self) -> None:
+        """When a dump is loaded into an empty store, then the new store dumps the same."""
+        store = await self.open_store()
+        await self.fill(store)
+        dump = await store.dump()
+        self.path = os.path.join(self.directory, "other.sqlite3")
+        other = await self.open_store(cipher=AESGCMRowCipher(), index_key=os.urandom(32))
+        await other.load(dump)
+        self.assertEqual(await other.dump(), dump)
+        self.assertEqual([m.body for m in await other.outbox(ALICE)], ["two"])
+        third = await other.add_outgoing(make_message())
+        self.assertEqual(third.seq, 3)
+
+    async def test_dump_is_json(self) -> None:
+        """When a store is dumped, then the dict survives JSON unchanged."""
+        import json
+
+        store = await self.open_store()
+        await self.fill(store)
+        dump = await store.dump()
+        self.assertEqual(json.loads(json.dumps(dump)), dump)
+        self.assertEqual(len(dump["messages"]), 3)
+
+    async def test_load_into_non_empty_refused(self) -> None:
+        """When load() is called on a store holding anything, then StoreNotEmpty is raised."""
+        store = await self.open_store()
+        await self.fill(store)
+        dump = await store.dump()
+        with self.assertRaises(StoreNotEmpty):
+            await store.load(dump)
+        self.assertEqual(await store.dump(), dump)
+
+    async def test_malformed_dump_refused_whole(self) -> None:
+        """When a dump has a bad message, then InvalidInput is raised and nothing is loaded."""
+        store = await self.open_store()
+        await self.fill(store)
+        dump = await store.dump()
+        dump["messages"][-1]["state"] = "exploded"
+        self.path = os.path.join(self.directory, "other.sqlite3")
+        other = await self.open_store()
+        with self.assertRaises(InvalidInput):
+            await other.load(dump)
+        self.assertEqual(await other.list_contacts(), [])
+        with self.assertRaises(InvalidInput):
+            await other.load({"format": "something else"})
+
+
+class BatchingTests(StoreTestCase):
+    async def test_one_turn_is_a_handful_of_transactions(self) -> None:
+        """When 1,000 add_outgoing calls are issued in one turn, then at most 3 commits run."""
+        store = await self.open_store()
+        before = store.pool_stats()["transactions"]
+        added = await gatherResults([store.add_outgoing(make_message()) for _ in range(1000)])
+        commits = store.pool_stats()["transactions"] - before
+        self.assertGreaterEqual(commits, 1)
+        self.assertLessEqual(commits, 3)
+        self.assertEqual([m.seq for m in added], list(range(1, 1001)))
+
+    async def test_failing_operation_spares_its_batch(self) -> None:
+        """When one write of a batch fails, then the others of that batch are still stored."""
+        store = await self.open_store()
+        first = await store.add_outgoing(make_message())
+        before = store.pool_stats()["transactions"]
+        good = store.add_outgoing(make_message())
+        bad = store.add_outgoing(first)
+        also_good = store.add_incoming(make_message(direction="in"))
+        with self.assertRaises(DuplicateMessage):
+            await bad
+        self.assertEqual((await good).seq, 2)
+        self.assertTrue(await also_good)
+        self.assertEqual(store.pool_stats()["transactions"] - before, 1)
+        self.assertEqual(len((await store.history(ALICE)).messages), 3)
+
+    async def test_reads_see_earlier_writes_of_the_turn(self) -> None:
+        """When a read is issued right after a write in the same turn, then it sees it."""
+        store = await self.open_store()
+        put = store.put_contact(make_contact())
+        got = store.get_contact(ALICE)
+        await put
+        self.assertEqual(await got, make_contact())
+
+
+class AtRestTests(StoreTestCase):
+    def assert_canary_absent(self, canary: str) -> int:
+        """Read every file of the directory; fail if the canary shows in any encoding."""
+        raw = canary.encode()
+        needles = {
+            raw,
+            base64.b64encode(raw),
+            base64.urlsafe_b64encode(raw),
+            raw.hex().encode(),
+            raw.hex().upper().encode(),
+            canary.encode("utf-16-le"),
+        }
+        total = 0
+        for name in os.listdir(self.directory):
+            with open(os.path.join(self.directory, name), "rb") as f:
+                data = f.read()
+            total += len(data)
+            for needle in needles:
+                self.assertNotIn(needle, data, f"{needle!r} found in {name}")
+        return total
+
+    async def test_canary_not_on_disk(self) -> None:
+        """When names, bodies and settings hold a canary, then no file shows it."""
+        canary = "canary" + secrets.token_hex(8)
+        store = await self.open_store()
+        await store.put_contact(
+            make_contact(canary, name=f"Name {canary}", alias=canary, addresses=(canary,))
+        )
+        for i in range(50):
+            await store.add_outgoing(make_message(canary, body=f"{i} body {canary} end"))
+        await store.add_incoming(make_message(canary, direction="in", body=canary))
+        await store.set_setting(canary, canary)
+        self.assertGreater(self.assert_canary_absent(canary), 0)  # while open: WAL present
+        await store.close()
+        self.assertGreater(self.assert_canary_absent(canary), 0)
+        for name in os.listdir(self.directory):
+            mode = stat.S_IMODE(os.stat(os.path.join(self.directory, name)).st_mode)
+            self.assertEqual(mode, 0o600, name)
+
+    async def test_conversation_column_is_blind_index(self) -> None:
+        """When a message is stored, then its conversation column is the uid's HMAC."""
+        store = await self.open_store()
+        await store.add_outgoing(make_message())
+        await store.close()
+        conn = sqlite3.connect(self.path)
+        try:
+            (conversation,) = conn.execute("SELECT conversation FROM messages").fetchone()
+        finally:
+            conn.close()
+        self.assertEqual(conversation, blind_index(self.index_key, "uid", ALICE))
+
+
+class RowSwapTests(StoreTestCase):
+    async def test_swapped_body_fails_clearly(self) -> None:
+        """When one message's ciphertext is copied onto another row, then reading it fails
+        with CorruptRow naming the row."""
+        store = await self.open_store()
+        first = await store.add_outgoing(make_message(body="first"))
+        second = await store.add_outgoing(make_message(body="second"))
+        await store.close()
+        conn = sqlite3.connect(self.path)
+        with conn:
+            conn.execute(
+                "UPDATE messages SET body = (SELECT body FROM messages WHERE id = ?) WHERE id = ?",
+                (first.id, second.id),
+            )
+        conn.close()
+        store = await self.open_store()
+        self.assertEqual(await store.get_message(first.id), first)
+        with self.assertRaises(CorruptRow) as caught:
+            await store.get_message(second.id)
+        self.assertIn(second.id, str(caught.exception))
+        self.assertIn("messages", str(caught.exception))
+
+    async def test_swapped_contact_profile_fails(self) -> None:
+        """When a contact's sealed profile is copied onto another contact, then reading fails."""
+        store = await self.open_store()
+        await store.put_contact(make_contact(ALICE))
+        await store.put_contact(make_contact(BOB))
+        await store.close()
+        conn = sqlite3.connect(self.path)
+        with conn:
+            conn.execute("UPDATE contacts SET profile = (SELECT max(profile) FROM contacts)")
+        conn.close()
+        store = await self.open_store()
+        with self.assertRaises(CorruptRow):
+            await store.list_contacts()
+
+
+class ReactorNotBlockedTests(StoreTestCase):
+    async def test_writes_leave_reactor_responsive(self) -> None:
+        """When 5,000 messages are written, then a 10 ms LoopingCall never waits 250 ms."""
+        store = await self.open_store()
+        gaps: list[float] = []
+        last = [time.monotonic()]
+
+        def tick() -> None:
+            now = time.monotonic()
+            gaps.append(now - last[0])
+            last[0] = now
+
+        loop = LoopingCall(tick)
+        loop.clock = reactor
+        loop.start(0.01)
+        try:
+            await gatherResults(
+                [store.add_outgoing(make_message(body="x" * 200)) for _ in range(5000)]
+            )
+        finally:
+            loop.stop()
+        self.assertGreater(len(gaps), 0)
+        self.assertLess(max(gaps), 0.25)
+
+
+class PureHelperTests(SynchronousTestCase):
+    @given(st.lists(st.binary(max_size=8), max_size=3), st.lists(st.binary(max_size=8), max_size=3))
+    def test_associated_data_injective(self, a: list[bytes], b: list[bytes]) -> None:
+        """When two row keys differ, then their associated data differ."""
+        if a != b:
+            self.assertNotEqual(associated_data("t", "c", *a), associated_data("t", "c", *b))
+
+    def test_blind_index_kinds_differ(self) -> None:
+        """When the same text is indexed as a uid and as a setting, then the indexes differ."""
+        key = b"k" * 32
+        self.assertNotEqual(blind_index(key, "uid", ALICE), blind_index(key, "setting", ALICE))
+        self.assertEqual(len(blind_index(key, "uid", ALICE)), 32)
+
+    def test_message_state_validated(self) -> None:
+        """When a message has a state of the other direction, then InvalidInput is raised."""
+        with self.assertRaises(InvalidInput):
+            make_message(direction="in", state="delivered")
+        with self.assertRaises(InvalidInput):
+            make_message(direction="sideways")
