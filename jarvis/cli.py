@@ -16,6 +16,7 @@ daemon through the API.
 
 from __future__ import annotations
 
+import getopt
 import getpass
 import importlib
 import json
@@ -67,6 +68,21 @@ class CommandOptions(usage.Options):
         """Print the Jarvis version and exit."""
         print(f"jarvis {jarvis.__version__}")
         raise SystemExit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse *options*, allowing options after the positional arguments (GNU style).
+
+        ``usage.Options`` stops at the first positional argument; commands without
+        subcommands put their options first, then ``--``, then the positional arguments.
+        """
+        if options is None or getattr(self, "subCommands", None) or "--" in options:
+            return super().parseOptions(options)
+        try:
+            pairs, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        flat = [part for opt, value in pairs for part in ((opt, value) if value else (opt,))]
+        return super().parseOptions([*flat, "--", *args])
 
 
 class _PasswordOptions(CommandOptions):

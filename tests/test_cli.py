@@ -1,0 +1,254 @@
+"""Tests for jarvis.cli: argument parsing, password files, exit codes and one-line errors.
+
+The process tests run ``python -m jarvis`` in a child process, against nothing (daemon not
+running) or against a FakeNode server on a UNIX socket in this process, found through the data
+directory's ``ipc.endpoint`` file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis import cli
+from tests.test_client import REPO, child_env
+from tests.test_ipc_server import SocketTestCase
+
+
+class ParsingTests(SynchronousTestCase):
+    """Command-line parsing."""
+
+    def parse(self, *args: str) -> cli.Options:
+        options = cli.Options()
+        options.parseOptions(list(args))
+        return options
+
+    def test_send(self) -> None:
+        """When send gets contact, text and --wait, then they are parsed; a bad --wait is a
+        usage error."""
+        options = self.parse("--data-dir", "/x", "send", "alice", "hi", "--wait", "sent")
+        self.assertEqual(options.subCommand, "send")
+        sub = options.subOptions
+        self.assertEqual(
+            (sub["contact"], sub["text"], sub["wait"], sub["timeout"]),
+            ("alice", "hi", "sent", 30.0),
+        )
+        self.assertRaises(usage.UsageError, self.parse, "send", "alice", "hi", "--wait", "read")
+        self.assertRaises(usage.UsageError, self.parse, "send", "alice")
+
+    def test_json_anywhere(self) -> None:
+        """When --json comes before or after the command, then the command wants JSON."""
+        self.assertTrue(self.parse("--json", "contacts").wants_json())
+        self.assertTrue(self.parse("daemon", "status", "--json").wants_json())
+        self.assertFalse(self.parse("contacts").wants_json())
+
+    def test_rpc_params(self) -> None:
+        """When rpc gets params, then they must be a JSON object."""
+        options = self.parse("rpc", "contacts.show", '{"contact": "bob"}')
+        self.assertEqual(options.subOptions["params"], {"contact": "bob"})
+        self.assertRaises(usage.UsageError, self.parse, "rpc", "x", "[1]")
+        self.assertRaises(usage.UsageError, self.parse, "rpc", "x", "{nope")
+
+    def test_daemon_needs_action(self) -> None:
+        """When daemon has no action, then it is a usage error; start collects --advertise."""
+        self.assertRaises(usage.UsageError, self.parse, "daemon")
+        options = self.parse("daemon", "start", "--advertise", "a:1", "--advertise", "b:2")
+        self.assertEqual(options.subOptions.subOptions["advertise"], ["a:1", "b:2"])
+
+    def test_init_needs_name(self) -> None:
+        """When init has no --name, then it is a usage error."""
+        self.assertRaises(usage.UsageError, self.parse, "init")
+
+
+class PasswordFileTests(SynchronousTestCase):
+    """Password files: the first line, without its line ending."""
+
+    def test_file(self) -> None:
+        """When the file has several lines and spaces, then only the line ending is removed."""
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(" pass word \r\nsecond\n")
+        self.assertEqual(cli.read_password_file(path), " pass word ")
+
+    def test_stdin(self) -> None:
+        """When the path is '-', then one line of stdin is read."""
+        self.assertEqual(cli.read_password_file("-", io.StringIO("pw\nrest")), "pw")
+
+    def test_missing(self) -> None:
+        """When the file is missing, then the error names it."""
+        error = self.assertRaises(cli.errors.InvalidInput, cli.read_password_file, "/nonexistent")
+        self.assertIn("/nonexistent", str(error))
+
+
+class CliProcess(ProcessProtocol):
+    """A ``python -m jarvis`` child: feeds stdin, collects output, reports the exit code."""
+
+    transport: Any
+
+    def __init__(self, stdin: bytes) -> None:
+        self.stdin = stdin
+        self.out = b""
+        self.err = b""
+        self.ended: defer.Deferred[int] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason: Any) -> None:
+        code = reason.value.exitCode
+        self.ended.callback(code if code is not None else -(reason.value.signal or 0))
+
+
+def spawn_cli(reactor: Any, args: list[str], stdin: bytes = b"") -> CliProcess:
+    """Start ``python -m jarvis ARGS`` with the repository on PYTHONPATH."""
+    proto = CliProcess(stdin)
+    env = child_env()
+    env.pop("JARVIS_HOME", None)
+    spawn: Any = reactor.spawnProcess
+    spawn(proto, sys.executable, [sys.executable, "-m", "jarvis", *args], env=env, path=REPO)
+    return proto
+
+
+class NoDaemonTests(TestCase):
+    """Exit codes without a daemon."""
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.data_dir = tempfile.mkdtemp(dir="/tmp", prefix="jcli")
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+
+    async def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        proto = spawn_cli(self.reactor, ["--data-dir", self.data_dir, *args], stdin)
+        code = await proto.ended
+        return code, proto.out.decode(), proto.err.decode()
+
+    async def test_not_running(self) -> None:
+        """When no daemon runs, then a command exits 1 with one line on stderr, no traceback."""
+        code, out, err = await self.run_cli("contacts")
+        self.assertEqual(code, 1)
+        self.assertEqual(out, "")
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("no Jarvis daemon is running", err)
+        self.assertNotIn("Traceback", err)
+
+    async def test_usage_error(self) -> None:
+        """When the arguments are wrong, then the exit status is 2."""
+        code, _, err = await self.run_cli("send", "alice")
+        self.assertEqual(code, 2)
+        self.assertIn("jarvis:", err)
+        code, _, _ = await self.run_cli("frobnicate")
+        self.assertEqual(code, 2)
+
+    async def test_no_terminal(self) -> None:
+        """When unlock has no password file and stdin is no terminal, then it exits 2."""
+        code, _, err = await self.run_cli("unlock")
+        self.assertEqual(code, 2)
+        self.assertIn("--password-file", err)
+
+    async def test_status_stopped(self) -> None:
+        """When no daemon runs, then 'daemon status --json' says so and exits 0."""
+        code, out, _ = await self.run_cli("daemon", "status", "--json")
+        self.assertEqual(code, 0)
+        self.assertEqual(
+            json.loads(out), {"running": False, "pid": None, "ipc": None, "version": None}
+        )
+
+    async def test_version(self) -> None:
+        """When --version is given, then the Jarvis version is printed."""
+        code, out, _ = await self.run_cli("--version")
+        self.assertEqual((code, out.strip()), (0, f"jarvis {cli.jarvis.__version__}"))
+
+
+async def wait_until(reactor: Any, predicate: Any, timeout: float = 10.0) -> None:
+    """Poll *predicate* every 10 ms; fail after *timeout* seconds."""
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await task.deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
+class FakeDaemonTests(SocketTestCase):
+    """Commands against a FakeNode server found through the data directory."""
+
+    def setUp(self) -> Any:
+        d = super().setUp()
+        self.data_dir = os.path.join(self.dir, "data")
+        os.mkdir(self.data_dir, 0o700)
+        with open(os.path.join(self.data_dir, "ipc.endpoint"), "w", encoding="ascii") as f:
+            f.write(f"unix:{self.path}\n")
+        return d
+
+    async def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+        proto = spawn_cli(self.reactor, ["--data-dir", self.data_dir, *args], stdin)
+        code = await proto.ended
+        return code, proto.out.decode(), proto.err.decode()
+
+    async def test_send_and_history(self) -> None:
+        """When a message is sent from stdin, then its id is printed and history shows it."""
+        code, out, err = await self.run_cli("send", "alice", "-", stdin=b"hello there\n")
+        self.assertEqual(code, 0, err)
+        [message] = self.node.messages_of("alice")
+        self.assertEqual((out.strip(), message["body"]), (message["id"], "hello there"))
+        code, out, _ = await self.run_cli("--json", "history", "alice")
+        self.assertEqual([m["body"] for m in json.loads(out)["messages"]], ["hello there"])
+
+    async def test_remote_error(self) -> None:
+        """When the daemon answers an error, then one line on stderr and exit 1."""
+        code, out, err = await self.run_cli("history", "nobody")
+        self.assertEqual((code, out), (1, ""))
+        self.assertEqual(err.count("\n"), 1)
+        self.assertIn("nobody", err)
+
+    async def test_wait_times_out(self) -> None:
+        """When --wait sent is not reached in time, then exit 1 says the message stays queued."""
+        code, _, err = await self.run_cli(
+            "send", "alice", "x", "--wait", "sent", "--timeout", "0.3"
+        )
+        self.assertEqual(code, 1)
+        self.assertIn("stays queued", err)
+
+    async def test_wait_sent(self) -> None:
+        """When the message becomes sent while waiting, then send prints its id and exits 0."""
+        proto = spawn_cli(
+            self.reactor, ["--data-dir", self.data_dir, "send", "alice", "x", "--wait", "sent"]
+        )
+        await wait_until(self.reactor, lambda: self.node.messages_of("alice"))
+        message_id = self.node.messages_of("alice")[0]["id"]
+        self.node.set_message_state(message_id, "sent")
+        self.assertEqual(await proto.ended, 0, proto.err.decode())
+        self.assertEqual(proto.out.decode().strip(), message_id)
+
+    async def test_interrupt_cancels(self) -> None:
+        """When Ctrl+C arrives during a call, then the daemon cancels it and the exit is 130."""
+        paused = self.node.pause("send_message")
+        params = json.dumps({"contact": "alice", "text": "x"})
+        proto = spawn_cli(
+            self.reactor, ["--data-dir", self.data_dir, "rpc", "messages.send", params]
+        )
+        await wait_until(self.reactor, lambda: paused.waiting)
+        os.kill(proto.transport.pid, signal.SIGINT)
+        self.assertEqual(await proto.ended, cli.EXIT_INTERRUPTED, proto.err.decode())
+        await wait_until(self.reactor, lambda: paused.cancelled)
+        self.assertEqual(self.node.messages_of("alice"), [])
+        self.assertIn("cancelled", proto.err.decode())
