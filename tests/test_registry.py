@@ -265,3 +265,31 @@ class MethodTests(SynchronousTestCase):
         self.assertEqual(self.call("contacts.list"), {"contacts": []})
         d = self.registry.call("contacts.show", {"contact": "alice"}, self.ctx)
         self.assertEqual(self.failureResultOf(d).value.code, jsonrpc.NOT_FOUND)  # type: ignore[union-attr]
+
+
+class DocsTests(SynchronousTestCase):
+    """docs/ipc.md is generated from the registry."""
+
+    def test_docs_current(self) -> None:
+        """When docs/ipc.md is compared with the generator's output, then they are equal
+        (regenerate with: python -m jarvis.ipc.docgen > docs/ipc.md)."""
+        import os
+
+        from jarvis.ipc import docgen
+
+        path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "ipc.md")
+        with open(path, encoding="utf-8") as f:
+            committed = f.read()
+        self.assertEqual(
+            committed, docgen.render(), "docs/ipc.md is stale: python -m jarvis.ipc.docgen"
+        )
+
+    def test_every_method_documented(self) -> None:
+        """When the docs are rendered, then every method and error code appears."""
+        from jarvis.ipc import docgen
+
+        text = docgen.render()
+        for name in build_registry().methods:
+            self.assertIn(f"### `{name}`", text)
+        for entry in jsonrpc.ERROR_CODES:
+            self.assertIn(f"| {entry.code} |", text)
