@@ -55,6 +55,12 @@ DUMP_FORMAT = "jarvis-store-dump"
 DUMP_VERSION = 1
 
 _AD_DOMAIN = b"jarvis-store/1"
+#: How many uid -> blind index results the store's thread keeps.
+_INDEX_CACHE = 4096
+
+
+class _WriteFailed(Exception):
+    """A write of a batch run without savepoints failed: run the batch again with them."""
 
 
 class RowSealer(Protocol):
@@ -211,6 +217,11 @@ class _Rows:
         self._conn: sqlite3.Connection | None = None
         # conversation blind index -> uid, filled as rows are read or written.
         self._uids: dict[bytes, str] = {}
+        # uid -> blind index (an HMAC per message adds up).
+        self._indexes: dict[str, bytes] = {}
+        # conversation -> next seq, as committed or as written in the open transaction;
+        # cleared whenever anything is rolled back.
+        self._next_seq: dict[bytes, int] = {}
         self.transactions = 0
 
     # -- connection -------------------------------------------------------------------------
@@ -276,6 +287,8 @@ class _Rows:
         """Close the connection (SQLite checkpoints the WAL when the last one closes)."""
         conn, self._conn = self._conn, None
         self._uids.clear()
+        self._indexes.clear()
+        self._next_seq.clear()
         if conn is not None:
             conn.close()
 
@@ -288,40 +301,59 @@ class _Rows:
     def run_batch(
         self, ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]]
     ) -> list[tuple[bool, Any]]:
-        """Run *ops* in one transaction, each write in its own savepoint.
+        """Run *ops* in one transaction; a failing write leaves the others of the batch alone.
+
+        The batch first runs without savepoints (two statements less per operation).  If a
+        write fails, that transaction is rolled back and the batch runs again with each write
+        in its own savepoint, so only the failing write is undone.
 
         :param ops: ``(method, args, writes)`` triples.
         :returns: ``(True, value)`` or ``(False, exception)`` per op, after the COMMIT.
         :raises Exception: if the transaction itself fails (then nothing was written).
         """
-        conn = self.conn
         writes = any(write for _, _, write in ops)
+        try:
+            results = self._attempt(ops, writes, isolate=False)
+        except _WriteFailed:
+            results = self._attempt(ops, writes, isolate=True)
+        if writes:
+            self.transactions += 1
+        return results
+
+    def _attempt(
+        self,
+        ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]],
+        writes: bool,
+        isolate: bool,
+    ) -> list[tuple[bool, Any]]:
+        conn = self.conn
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             for method, args, write in ops:
-                if write:
+                savepoint = isolate and write
+                if savepoint:
                     conn.execute("SAVEPOINT op")
                 try:
                     value = method(*args)
                 except Exception as exc:
-                    if write:
+                    if write and not isolate:
+                        raise _WriteFailed() from exc
+                    if savepoint:
                         conn.execute("ROLLBACK TO op")
                         conn.execute("RELEASE op")
+                        self._next_seq.clear()
                     results.append((False, exc))
                 else:
-                    if write:
+                    if savepoint:
                         conn.execute("RELEASE op")
                     results.append((True, value))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            # Cached uids may name conversations whose creation was just rolled back.
-            self._uids.clear()
+            self._next_seq.clear()
             raise
-        if writes:
-            self.transactions += 1
         return results
 
     # -- sealing ----------------------------------------------------------------------------
@@ -336,9 +368,14 @@ class _Rows:
             raise CorruptRow(table, column, row, exc) from exc
 
     def _index(self, uid: str) -> bytes:
-        if not isinstance(uid, str) or not uid:
-            raise InvalidInput("a contact uid is a non-empty string")
-        return blind_index(self._index_key, "uid", uid)
+        index = self._indexes.get(uid)
+        if index is None:
+            if not isinstance(uid, str) or not uid:
+                raise InvalidInput("a contact uid is a non-empty string")
+            if len(self._indexes) >= _INDEX_CACHE:
+                self._indexes.clear()
+            index = self._indexes[uid] = blind_index(self._index_key, "uid", uid)
+        return index
 
     # -- conversations ----------------------------------------------------------------------
 
@@ -371,13 +408,27 @@ class _Rows:
         self._uids[conversation] = uid
         return 1
 
-    def _take_seq(self, conversation: bytes, uid: str, created: float) -> int:
-        seq = self._ensure_conversation(conversation, uid)
+    def _append(self, message: Message) -> int | None:
+        """Store *message* as the next of its conversation.
+
+        :returns: its seq, or None if its id is already stored for that conversation.
+        """
+        conversation = self._index(message.contact)
+        seq = self._next_seq.get(conversation)
+        if seq is None:
+            seq = self._ensure_conversation(conversation, message.contact)
+        try:
+            self._insert_message(message, conversation, seq)
+        except sqlite3.IntegrityError:
+            if self._exists(conversation, message.id):
+                return None
+            raise
         self.conn.execute(
             "UPDATE conversations SET next_seq = ?, "
             "last_activity = max(coalesce(last_activity, ?), ?) WHERE conversation = ?",
-            (seq + 1, created, created, conversation),
+            (seq + 1, message.created, message.created, conversation),
         )
+        self._next_seq[conversation] = seq + 1
         return seq
 
     # -- contacts ---------------------------------------------------------------------------
@@ -443,7 +494,7 @@ class _Rows:
             self.conn.execute("DELETE FROM outbox WHERE conversation = ?", (conversation,))
             self.conn.execute("DELETE FROM messages WHERE conversation = ?", (conversation,))
             self.conn.execute("DELETE FROM conversations WHERE conversation = ?", (conversation,))
-            self._uids.pop(conversation, None)
+            self._next_seq.pop(conversation, None)
         return removed > 0
 
     # -- messages ---------------------------------------------------------------------------
@@ -498,22 +549,15 @@ class _Rows:
     def add_outgoing(self, message: Message) -> Message:
         if message.direction != "out":
             raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
-        conversation = self._index(message.contact)
-        if self._exists(conversation, message.id):
+        seq = self._append(message)
+        if seq is None:
             raise DuplicateMessage(f"message {message.id} is already stored")
-        seq = self._take_seq(conversation, message.contact, message.created)
-        self._insert_message(message, conversation, seq)
         return dataclasses.replace(message, seq=seq)
 
     def add_incoming(self, message: Message) -> bool:
         if message.direction != "in":
             raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
-        conversation = self._index(message.contact)
-        if self._exists(conversation, message.id):
-            return False
-        seq = self._take_seq(conversation, message.contact, message.created)
-        self._insert_message(message, conversation, seq)
-        return True
+        return self._append(message) is not None
 
     def update_state(self, mid: str, state: str, at: float) -> Message | None:
         if state not in ("queued", "sent", "delivered", "read", "received"):
@@ -697,6 +741,7 @@ class _Rows:
                 raise InvalidInput(f"message {message.id} in the dump repeats a seq")
             seq, when = last.get(conversation, (0, message.created))
             last[conversation] = (max(seq, message.seq), max(when, message.created))
+        self._next_seq.clear()
         for conversation, (seq, when) in last.items():
             conn.execute(
                 "UPDATE conversations SET next_seq = ?, last_activity = ? WHERE conversation = ?",
