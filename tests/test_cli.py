@@ -76,7 +76,9 @@ class PasswordFileTests(SynchronousTestCase):
 
     def test_file(self) -> None:
         """When the file has several lines and spaces, then only the line ending is removed."""
-        path = self.mktemp()
+        directory = tempfile.mkdtemp(prefix="jcli")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "password")
         with open(path, "w", encoding="utf-8") as f:
             f.write(" pass word \r\nsecond\n")
         self.assertEqual(cli.read_password_file(path), " pass word ")
