@@ -9,8 +9,10 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
 import sqlite3
 import stat
+import tempfile
 import time
 from typing import Any
 
@@ -93,8 +95,8 @@ class StoreTestCase(TestCase):
     """Opens stores in a fresh temporary directory and closes them after the test."""
 
     def setUp(self) -> None:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
+        self.directory = tempfile.mkdtemp(prefix="jarvis-store-test-")
+        self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
         self.path = os.path.join(self.directory, "jarvis.sqlite3")
         self.cipher = AESGCMRowCipher()
         self.index_key = os.urandom(32)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import sqlite3
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -98,8 +100,8 @@ class KilledWriterTests(TestCase):
     async def test_acknowledged_writes_survive_sigkill(self) -> None:
         """When a writer is killed repeatedly, then the database is sound and holds every
         acknowledged message exactly once, with gap-free seqs per conversation."""
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
+        directory = tempfile.mkdtemp(prefix="jarvis-store-crash-")
+        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
         path = os.path.join(directory, "jarvis.sqlite3")
         data_key, index_key = os.urandom(32), os.urandom(32)
         acknowledged: list[str] = []
