@@ -40,28 +40,45 @@ def short_tempdir(testcase: Any) -> str:
 
 
 class _Output(protocol.ProcessProtocol):
-    def __init__(self, owner: DaemonProcess) -> None:
+    """Feeds one spawned process's output and end to its owner.
+
+    Each spawn gets its own instance and generation, so the late end of a killed process can
+    never be mistaken for the end of the process started after it.
+    """
+
+    def __init__(self, owner: DaemonProcess, generation: int) -> None:
         self.owner = owner
+        self.generation = generation
+        self.ended: list[defer.Deferred[Any]] = []
+        self.done = False
+
+    def _current(self) -> bool:
+        return self.generation == self.owner.generation
 
     def outReceived(self, data: bytes) -> None:
-        self.owner.output += data
-        self.owner.check_waiters()
+        if self._current():
+            self.owner.output += data
+            self.owner.check_waiters()
 
-    def errReceived(self, data: bytes) -> None:
-        self.owner.output += data
-        self.owner.check_waiters()
+    errReceived = outReceived
 
     def processEnded(self, reason: Failure) -> None:
-        self.owner.exit_code = reason.value.exitCode
-        self.owner.exit_signal = getattr(reason.value, "signal", None)
-        ended, self.owner.ended = self.owner.ended, []
+        self.done = True
+        code = reason.value.exitCode
+        if self._current():
+            self.owner.exit_code = code
+            self.owner.exit_signal = getattr(reason.value, "signal", None)
+        ended, self.ended = self.ended, []
         for d in ended:
-            d.callback(self.owner.exit_code)
+            d.callback(code)
+        if not self._current():
+            return
         waiters, self.owner.waiters = self.owner.waiters, []
         for needle, d in waiters:
             d.errback(
                 RuntimeError(
-                    f"daemon exited ({self.owner.exit_code}) before printing {needle!r}:\n"
+                    f"daemon exited (status {code}, signal {self.owner.exit_signal}) "
+                    f"before printing {needle!r}:\n"
                     + self.owner.output.decode("utf-8", "replace")[-3000:]
                 )
             )
@@ -95,7 +112,8 @@ class DaemonProcess:
         self.output = b""
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
-        self.ended: list[defer.Deferred[Any]] = []
+        self.generation = 0
+        self.current: _Output | None = None
         self.waiters: list[tuple[bytes, defer.Deferred[None]]] = []
         self.transport: Any = None
 
@@ -121,29 +139,28 @@ class DaemonProcess:
             *self.extra,
         ]
 
-    def start(self, timeout: float = 30.0) -> defer.Deferred[None]:
-        """Spawn the daemon; fire when its local API listens."""
+    def _spawn(self) -> None:
+        self.generation += 1
         self.output = b""
         self.exit_code = None
+        self.exit_signal = None
+        self.current = _Output(self, self.generation)
         self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            _Output(self),
+            self.current,
             sys.executable,
             self.argv(),
             env=child_env(),
             path=os.path.dirname(self.socket),
         )
+
+    def start(self, timeout: float = 30.0) -> defer.Deferred[None]:
+        """Spawn the daemon; fire when its local API listens."""
+        self._spawn()
         return self.wait_for(b"local API listening on", timeout)
 
     def run_to_exit(self) -> defer.Deferred[int | None]:
         """Spawn the daemon and fire with its exit code (for refusals)."""
-        self.output = b""
-        self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            _Output(self),
-            sys.executable,
-            self.argv(),
-            env=child_env(),
-            path=os.path.dirname(self.socket),
-        )
+        self._spawn()
         return self.wait_exit()
 
     def wait_for(self, needle: bytes, timeout: float = 30.0) -> defer.Deferred[None]:
@@ -162,12 +179,10 @@ class DaemonProcess:
 
     def wait_exit(self, timeout: float = 30.0) -> defer.Deferred[int | None]:
         """Fire with the exit code when the process ends."""
-        if self.exit_code is not None or (
-            self.transport is not None and self.transport.pid is None
-        ):
+        if self.current is None or self.current.done:
             return defer.succeed(self.exit_code)
         d: defer.Deferred[int | None] = defer.Deferred()
-        self.ended.append(d)
+        self.current.ended.append(d)
         d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
         return d
 
@@ -189,6 +204,6 @@ class DaemonProcess:
 
     def cleanup(self) -> defer.Deferred[Any]:
         """Kill the process if it still runs (for addCleanup)."""
-        if self.transport is not None and self.transport.pid is not None:
+        if self.current is not None and not self.current.done:
             return self.kill()
         return defer.succeed(None)

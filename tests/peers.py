@@ -75,8 +75,11 @@ class Peer:
 
     async def start(self, *, create: bool = False, unlock: bool = False) -> None:
         """Start the daemon (unlocking it from the password file when asked) and attach."""
-        if unlock:
+        if unlock and self.password_file not in self.process.extra:
             self.process.extra = [*self.process.extra, "--password-file", self.password_file]
+        if self.link:
+            # a restart keeps its port, as a real node does, so contacts can redial it
+            self.process.listen = f"tcp:{self.peer_port()}:interface=127.0.0.1"
         await self.process.start()
         self.recorder = EventRecorder()
         self.client = await IpcClient.connect(reactor, self.process.endpoint)
@@ -157,7 +160,7 @@ class Peer:
         messages: list[dict[str, Any]] = []
         before = None
         while True:
-            params: dict[str, Any] = {"contact": contact, "limit": 500}
+            params: dict[str, Any] = {"contact": contact, "limit": 200}
             if before:
                 params["before"] = before
             page = await self.call("messages.history", **params)
