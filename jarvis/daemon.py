@@ -275,8 +275,8 @@ class JarvisDaemon(MultiService):
         return self.node.store_pool_stats() or {}
 
     def stop_daemon(self) -> None:
-        """Stop the reactor (and so the daemon) shortly after the current request answered."""
-        self.reactor.callLater(0.05, self.reactor.stop)
+        """Stop the reactor, and so the daemon (``daemon.stop`` calls it after answering)."""
+        self.reactor.stop()
 
     def _ensure_token(self) -> bytes:
         path = paths.token_path(self.data_dir)
@@ -295,7 +295,12 @@ class JarvisDaemon(MultiService):
                 f"another Jarvis daemon already uses {self.data_dir}: stop it first "
                 "('jarvis daemon stop')"
             )
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except BaseException:
+            # a failed listen aborts start-up: do not leave a lock behind for the next attempt
+            self._lock.unlock()
+            raise
 
     def startService(self) -> None:
         observer, self._log_file = json_file_observer(

@@ -135,3 +135,33 @@ class RealDaemonTests(TestCase):
         code = await proc.run_to_exit()
         self.assertEqual(code, 1)
         self.assertIn(b"Jarvis needs the asyncio reactor but the", proc.output)
+
+
+class FailedListenTests(TestCase):
+    timeout = 60
+
+    async def test_port_in_use_aborts_and_leaves_no_lock(self) -> None:
+        """When the peer port is already taken, then start-up fails naming the reason, and a
+        later start on the same data directory is not refused as 'already running'."""
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+        from twisted.internet.protocol import Factory, Protocol
+
+        busy = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(Protocol)
+        )
+        self.addCleanup(busy.stopListening)
+        root = short_tempdir(self)
+        data_dir = os.path.join(root, "data")
+        proc = DaemonProcess(
+            data_dir, root, listen=f"tcp:{busy.getHost().port}:interface=127.0.0.1"
+        )
+        self.addCleanup(proc.cleanup)
+        code = await proc.run_to_exit()
+        self.assertNotEqual(code, 0)
+        self.assertIn(b"Address already in use", proc.output)
+        self.assertFalse(os.path.exists(paths.lock_path(data_dir)))
+        ok = DaemonProcess(data_dir, root, pidfile="ok.pid")
+        self.addCleanup(ok.cleanup)
+        await ok.start()
+        await ok.stop()
