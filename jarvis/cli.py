@@ -155,7 +155,43 @@ class UnlockOptions(_PasswordOptions):
 
 
 class LockOptions(CommandOptions):
-    """Lock the identity (forget the keys until the next unlock)."""
+    """Lock every client out until the password is given again.
+
+    Peer sessions stay up and messages keep arriving; with --wipe the daemon also forgets the
+    keys and closes every session until the next unlock.
+    """
+
+    optFlags = [["wipe", None, "Also drop the keys from memory and close peer sessions."]]
+
+
+class ExportOptions(_PasswordOptions):
+    """Export identity, contacts and history to one password-sealed file."""
+
+    synopsis = "FILE.jexport [--password-file FILE|-]"
+
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
+        self["path"] = os.path.abspath(path)
+
+
+class ImportOptions(_PasswordOptions):
+    """Restore an export into an empty data directory (starts a daemon when none runs)."""
+
+    synopsis = "FILE.jexport [--export-password-file FILE|-] [--password-file FILE|-]"
+    optParameters = [
+        [
+            "export-password-file",
+            None,
+            None,
+            "Read the export's password from FILE ('-' reads stdin); else prompt.",
+        ]
+    ]
+
+    def parseArgs(self, path: str) -> None:  # type: ignore[override]
+        self["path"] = os.path.abspath(path)
+
+
+class DeleteAccountOptions(_PasswordOptions):
+    """Delete the identity and every file of the data directory (asks for the password)."""
 
 
 class WhoamiOptions(CommandOptions):
@@ -255,6 +291,9 @@ class Options(usage.Options):
         ["history", None, HistoryOptions, "Show a conversation."],
         ["watch", None, WatchOptions, "Print events as JSON lines."],
         ["rpc", None, RpcOptions, "Call an API method."],
+        ["export", None, ExportOptions, "Export the account to a sealed file."],
+        ["import", None, ImportOptions, "Import an exported account."],
+        ["delete-account", None, DeleteAccountOptions, "Delete the account and its data."],
     ]
 
     def opt_version(self) -> NoReturn:
@@ -323,8 +362,18 @@ def prepare(options: Options) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if command == "init":
         inputs["password"] = ask_password(sub, confirm=True)
-    elif command == "unlock":
+    elif command in ("unlock", "delete-account"):
         inputs["password"] = ask_password(sub, confirm=False)
+    elif command == "export":
+        inputs["password"] = ask_password(sub, confirm=True)
+    elif command == "import":
+        if sub["export-password-file"]:
+            inputs["export_password"] = read_password_file(sub["export-password-file"])
+        elif sys.stdin.isatty():
+            inputs["export_password"] = getpass.getpass("Password of the export: ")
+        else:
+            raise UsageProblem("no terminal to ask for passwords: use --export-password-file")
+        inputs["password"] = ask_password(sub, confirm=True)
     elif command == "send":
         inputs["text"] = sys.stdin.read().rstrip("\n") if sub["text"] == "-" else sub["text"]
     elif command == "add":
@@ -625,9 +674,42 @@ async def cmd_unlock(session: Session, sub: usage.Options, inputs: dict[str, Any
 
 
 async def cmd_lock(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``lock``."""
-    result = await session.call("identity.lock")
-    session.emit("locked", result)
+    """``lock [--wipe]``."""
+    result = await session.call("identity.lock", {"wipe": bool(sub["wipe"])})
+    session.emit("locked (keys wiped)" if sub["wipe"] else "locked", result)
+
+
+async def cmd_export(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``export FILE``."""
+    result = await session.call(
+        "account.export",
+        {"path": sub["path"], "password": inputs["password"]},
+        progress=_progress_printer(),
+    )
+    session.emit(f"exported to {result['path']} ({result['bytes']} bytes)", result)
+
+
+async def cmd_import(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``import FILE``: start a daemon if needed, then restore the export."""
+    if await _status_or_none(session) is None:
+        status = await start_daemon(session)
+        note(f"started the jarvis daemon (pid {status['pid']})")
+    result = await session.call(
+        "account.import",
+        {
+            "path": sub["path"],
+            "export_password": inputs["export_password"],
+            "password": inputs["password"],
+        },
+        progress=_progress_printer(),
+    )
+    session.emit(f"imported {result['name']} ({result['uid']})", result)
+
+
+async def cmd_delete_account(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``delete-account``."""
+    result = await session.call("account.delete", {"password": inputs["password"]})
+    session.emit(f"account deleted: {result['removed']} files removed", result)
 
 
 async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -725,11 +807,13 @@ async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, An
     page = await session.call(
         "messages.history", {"contact": sub["contact"], "limit": sub["limit"]}
     )
+    # the API pages newest first; people read a conversation oldest first
+    messages = list(reversed(page["messages"]))
     lines = [
         f"{_when(m.get('created'))} {'>' if m.get('direction') == 'out' else '<'} {m.get('body')}"
-        for m in page["messages"]
+        for m in messages
     ]
-    session.emit("\n".join(lines) if lines else "no messages", page)
+    session.emit("\n".join(lines) if lines else "no messages", messages)
 
 
 async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -764,6 +848,9 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "history": cmd_history,
     "watch": cmd_watch,
     "rpc": cmd_rpc,
+    "export": cmd_export,
+    "import": cmd_import,
+    "delete-account": cmd_delete_account,
 }
 
 

@@ -213,7 +213,7 @@ class FakeDaemonTests(SocketTestCase):
         [message] = self.node.messages_of("alice")
         self.assertEqual((out.strip(), message["body"]), (message["id"], "hello there"))
         code, out, _ = await self.run_cli("--json", "history", "alice")
-        self.assertEqual([m["body"] for m in json.loads(out)["messages"]], ["hello there"])
+        self.assertEqual([m["body"] for m in json.loads(out)], ["hello there"])
 
     async def test_remote_error(self) -> None:
         """When the daemon answers an error, then one line on stderr and exit 1."""

@@ -111,6 +111,8 @@ class LockTests(SynchronousTestCase):
                 "identity.create",
                 "identity.unlock",
                 "events.subscribe",
+                # creates the identity from an export, like identity.create from scratch
+                "account.import",
             },
         )
 

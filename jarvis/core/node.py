@@ -592,6 +592,17 @@ class Node(Service):
         contact = self._contacts.get(uid)
         return contact.public_key if contact is not None and contact.public_key else None
 
+    def learn_public_key(self, uid: str, public_key: bytes) -> None:
+        """Keep the key of a manually added contact, seen in its (uid-checked) certificate."""
+        contact = self._contacts.get(uid)
+        if contact is None or contact.public_key or self._store is None:
+            return
+        updated = replace(contact, public_key=public_key)
+        self._contacts[uid] = updated
+        d = self._store.put_contact(updated)
+        d.addErrback(lambda f: self.log.failure("could not keep the key of {uid}", f, uid=uid))
+        self.log.info("learnt the key of manually added contact {uid}", uid=uid)
+
     def addresses(self, uid: str) -> tuple[str, ...]:
         """Where to dial the contact."""
         contact = self._contacts.get(uid)

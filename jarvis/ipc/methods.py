@@ -84,6 +84,14 @@ def _password(value: str) -> str | None:
     return None if len(value) <= 4096 else "must be at most 4096 characters"
 
 
+def _path(value: str) -> str | None:
+    if not value or "\x00" in value:
+        return "must be a file path"
+    if not os.path.isabs(value):
+        return "must be an absolute path (the daemon's working directory is not yours)"
+    return None
+
+
 def _history_limit(value: int) -> str | None:
     if 1 <= value <= MAX_HISTORY_PAGE:
         return None
@@ -142,8 +150,9 @@ def identity_unlock(inv: Invocation) -> defer.Deferred[Any]:
 
 
 def identity_lock(inv: Invocation) -> defer.Deferred[Any]:
-    d = defer.maybeDeferred(inv.ctx.node.lock)
-    return d.addCallback(lambda _: {"locked": True})
+    wipe = bool(inv.params.get("wipe", False))
+    d = defer.maybeDeferred(inv.ctx.node.lock, wipe=wipe)
+    return d.addCallback(lambda _: {"locked": True, "wiped": wipe})
 
 
 def identity_show(inv: Invocation) -> defer.Deferred[Any]:
@@ -163,12 +172,16 @@ def identity_change_password(inv: Invocation) -> defer.Deferred[Any]:
 
 def contacts_add(inv: Invocation) -> defer.Deferred[Any]:
     p = inv.params
-    if ("link" in p) == ("card" in p):
-        raise jsonrpc.invalid_params("link", "give exactly one of link or card")
+    if sum(k in p for k in ("link", "card", "uid")) != 1:
+        raise jsonrpc.invalid_params("link", "give exactly one of link, card or uid")
+    if "uid" in p and not p.get("addresses"):
+        raise jsonrpc.invalid_params("addresses", "a manual contact needs HOST:PORT addresses")
     return defer.maybeDeferred(
         inv.ctx.node.add_contact,
         link=p.get("link"),
         card=p.get("card"),
+        uid=p.get("uid"),
+        addresses=p.get("addresses"),
         name=p.get("name"),
         verified=p.get("verified", False),
     )
@@ -230,6 +243,31 @@ def messages_mark_read(inv: Invocation) -> defer.Deferred[Any]:
 def messages_unread_counts(inv: Invocation) -> defer.Deferred[Any]:
     d = defer.maybeDeferred(inv.ctx.node.unread_counts)
     return d.addCallback(lambda counts: {"unread": dict(counts)})
+
+
+# account.* -------------------------------------------------------------------------------------
+
+
+def account_export(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.export_account, p["path"], p["password"], progress=inv.progress
+    )
+
+
+def account_import(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.import_account,
+        p["path"],
+        p["export_password"],
+        p["password"],
+        progress=inv.progress,
+    )
+
+
+def account_delete(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.delete_account, inv.params["password"])
 
 
 # peers, events -------------------------------------------------------------------------------
@@ -312,8 +350,18 @@ def method_specs() -> tuple[MethodSpec, ...]:
         MethodSpec(
             "identity.lock",
             identity_lock,
-            result="{locked: true}",
-            doc="Forget the keys and stop messaging until the next unlock.",
+            (
+                Param(
+                    "wipe",
+                    bool,
+                    False,
+                    "also drop the keys, close the store and every peer session (default false)",
+                ),
+            ),
+            result="{locked: true, wiped}",
+            doc="Lock every client out until the password is given again. By default the keys "
+            "stay in memory so peer sessions stay up and messages keep arriving (the lock "
+            "screen); with wipe the daemon forgets them as at start-up.",
             deadline=30.0,
             concurrency="identity",
         ),
@@ -340,13 +388,17 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "contacts.add",
             contacts_add,
             (
-                Param("link", str, False, "a jarvis:// link code (give link or card)"),
-                Param("card", str, False, "the JSON text of a .jcard file (give link or card)"),
+                Param("link", str, False, "a jarvis:// link code (give link, card or uid)"),
+                Param("card", str, False, "the JSON text of a .jcard file (or link or uid)"),
+                Param("uid", str, False, "manual entry: the contact's uid (with addresses)"),
+                Param("addresses", list, False, "manual entry: HOST:PORT addresses"),
                 Param("name", str, False, "a local alias for the contact", _name),
                 Param("verified", bool, False, "mark the fingerprint as checked (default false)"),
             ),
             result=_CONTACT_RESULT,
-            doc="Add a contact from a link code or a contact card.",
+            doc="Add a contact from a link code, a contact card, or manually by uid and "
+            "addresses (its key is then learnt and checked against the uid at the first "
+            "connection). Adding a known uid updates its addresses and keeps its history.",
         ),
         MethodSpec(
             "contacts.list",
@@ -431,6 +483,55 @@ def method_specs() -> tuple[MethodSpec, ...]:
             messages_unread_counts,
             result="{unread: {uid: count}}",
             doc="Count unread messages per contact.",
+        ),
+        MethodSpec(
+            "account.export",
+            account_export,
+            (
+                Param("path", str, True, "the .jexport file to create (must not exist)", _path),
+                Param("password", str, True, "the password sealing the export", _password),
+            ),
+            result="{path, bytes}",
+            doc="Write identity, contacts and history to one file sealed under a password "
+            "(Argon2id); never unencrypted.",
+            deadline=300.0,
+            concurrency="identity",
+            progress=True,
+        ),
+        MethodSpec(
+            "account.import",
+            account_import,
+            (
+                Param("path", str, True, "the .jexport file", _path),
+                Param(
+                    "export_password",
+                    str,
+                    True,
+                    "the password the export was sealed with",
+                    _password,
+                ),
+                Param(
+                    "password", str, True, "the master password for this data directory", _password
+                ),
+            ),
+            result="{uid, name}",
+            doc="Restore an export into this daemon's empty data directory (refused when an "
+            "identity exists); the identity is unlocked afterwards. A wrong password or a "
+            "damaged file writes nothing.",
+            deadline=300.0,
+            needs_unlocked=False,
+            concurrency="identity",
+            progress=True,
+        ),
+        MethodSpec(
+            "account.delete",
+            account_delete,
+            (Param("password", str, True, "the master password", _password),),
+            result="{removed}",
+            doc="Check the password, then remove every file of the data directory "
+            "(overwritten first, best effort: see docs/security.md).",
+            deadline=60.0,
+            concurrency="identity",
         ),
         MethodSpec(
             "peers.status",

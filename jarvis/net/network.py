@@ -54,7 +54,12 @@ from jarvis.net.peer import (
     PeerProtocol,
     describe_failure,
 )
-from jarvis.net.tls import PinnedClientCreator, client_creator, server_creator
+from jarvis.net.tls import (
+    PinnedClientCreator,
+    client_creator,
+    peer_public_bytes_of,
+    server_creator,
+)
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -743,12 +748,32 @@ class PeerNetwork:
         if waiting is not None:
             waiting.callback(None)
 
+    def _learn_key(self, protocol: PeerProtocol, peer_uid: str) -> bytes | None:
+        """Take a manually added contact's key from its certificate.
+
+        The TLS layer already checked that the certificate's key hashes to *peer_uid*, so the
+        key is authentic for that uid; the directory is told so it can keep it.
+        """
+        try:
+            key = peer_public_bytes_of(protocol.transport)
+        except Exception:
+            return None
+        if uid_for_public_bytes(key) != peer_uid:
+            return None
+        learn = getattr(self._directory, "learn_public_key", None)
+        if learn is not None:
+            learn(peer_uid, key)
+        return key
+
     def _open_session(
         self, protocol: PeerProtocol, peer_uid: str, attempt: _Attempt | None
     ) -> PeerSession | None:
         if self._stopping or (attempt is not None and attempt.peer.uid != peer_uid):
             return None
-        key = self._directory.public_key(peer_uid) if self._accept_uid(peer_uid) else None
+        acceptable = self._accept_uid(peer_uid)
+        key = self._directory.public_key(peer_uid) if acceptable else None
+        if key is None and acceptable:
+            key = self._learn_key(protocol, peer_uid)
         if key is None or uid_for_public_bytes(key) != peer_uid:
             log.warn("no usable contact key for {uid}: dropping the connection", uid=peer_uid)
             return None

@@ -276,6 +276,19 @@ def peer_uid_of(transport: Any) -> str:
     return uid_for_certificate(cert)
 
 
+def peer_public_bytes_of(transport: Any) -> bytes:
+    """Return the raw Ed25519 public key of the peer's verified certificate on *transport*.
+
+    :raises NoPeerCertificate: if there is no peer certificate (yet).
+    """
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    cert = _handle(transport).get_peer_certificate(as_cryptography=True)
+    if cert is None:
+        raise NoPeerCertificate("the peer presented no certificate")
+    return cert.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
 def channel_binding_of(transport: Any) -> bytes:
     """Return the 32-byte TLS exporter value of *transport*, the same on both ends.
 
