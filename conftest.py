@@ -18,7 +18,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run trial TestCases first: pytest-twisted leaves the reactor running after a function test."""
+    """Run trial TestCases first.
+
+    pytest-twisted leaves the reactor running after a plain test function.
+    """
     from twisted.trial.unittest import SynchronousTestCase
 
     def is_trial(item: pytest.Item) -> bool:
