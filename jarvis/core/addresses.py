@@ -58,9 +58,7 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def local_addresses(
-    advertise: Sequence[str], listening: tuple[str, int] | None
-) -> tuple[str, ...]:
+def local_addresses(advertise: Sequence[str], listening: tuple[str, int] | None) -> tuple[str, ...]:
     """Return the addresses to publish.
 
     :param advertise: configured ``host:port`` addresses; they win when given.

@@ -299,9 +299,7 @@ class Node(Service):
         self._store = store
         self._contacts = {c.uid: c for c in contacts}
         self._screen_locked = False
-        self._addresses = yield self.run_blocking(
-            local_addresses, self.advertise, self.listening()
-        )
+        self._addresses = yield self.run_blocking(local_addresses, self.advertise, self.listening())
         if self.network_factory is not None:
             self._network = self.network_factory(keys.identity, self, self)
             for contact in self._contacts.values():
