@@ -389,3 +389,25 @@ class AccountTests(TestCase):
         await node.delete_account("pw")
         self.assertEqual(os.listdir(node.data_dir), [])
         self.assertFalse(node.has_identity)
+
+
+class MarkerTests(TestCase):
+    async def test_marker_at_first_unread_until_read(self) -> None:
+        """When messages arrive, then the marker is the first unread one for every reader of the
+        history; after the conversation is read it is cleared, and the next arrival sets it."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        session = FakeSession(key.uid)
+        ids = [secrets.token_bytes(16) for _ in range(3)]
+        for i, mid in enumerate(ids[:2]):
+            await node.message_received(session, mid, f"m{i}".encode(), i)
+        first = await node.history("Bob")
+        second = await node.history("Bob")
+        self.assertEqual(first["marker"], ids[0].hex())
+        self.assertEqual(second["marker"], ids[0].hex())
+        await node.mark_read("Bob")
+        self.assertIsNone((await node.history("Bob"))["marker"])
+        await node.message_received(session, ids[2], b"m2", 2)
+        self.assertEqual((await node.history("Bob"))["marker"], ids[2].hex())

@@ -557,7 +557,14 @@ class _Rows:
     def add_incoming(self, message: Message) -> bool:
         if message.direction != "in":
             raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
-        return self._append(message) is not None
+        if self._append(message) is None:
+            return False
+        # the first unread message places the conversation's "new messages" marker
+        self.conn.execute(
+            "UPDATE conversations SET marker = ? WHERE conversation = ? AND marker IS NULL",
+            (message.id, self._index(message.contact)),
+        )
+        return True
 
     def update_state(self, mid: str, state: str, at: float) -> Message | None:
         if state not in ("queued", "sent", "delivered", "read", "received"):
@@ -969,6 +976,9 @@ class Store:
 
     def add_incoming(self, message: Message) -> Deferred[bool]:
         """Store an incoming message unless its id is already stored for its contact.
+
+        The first incoming message after the marker was cleared becomes the conversation's
+        "new messages" marker, in the same transaction.
 
         :returns: a Deferred firing with True if stored, False if it was a duplicate.
         """
