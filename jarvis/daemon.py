@@ -241,6 +241,14 @@ class JarvisDaemon(MultiService):
         self.ipc_listener = strports.service(ipc_desc, factory, reactor=reactor)
         self.ipc_listener.setServiceParent(self)
 
+        from jarvis.notify import Notifier
+
+        def is_shown(uid: str) -> bool:
+            return any(getattr(c, "focus", None) == uid for c in factory.connections)
+
+        self.notifier = Notifier(reactor, self.node, is_shown)
+        self.notifier.setServiceParent(self)
+
     # -- helpers given to the node and the API ------------------------------------------------
 
     def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:

@@ -58,6 +58,12 @@ MAX_TEXT_BYTES = 64 * 1024
 #: Longest wait imposed after repeated wrong passwords, in seconds.
 MAX_UNLOCK_DELAY = 30.0
 EXPORT_FORMAT = 1
+#: User settings kept (encrypted) in the store, with their defaults.
+DEFAULT_SETTINGS: dict[str, bool] = {
+    "notifications": True,  # desktop notifications for new messages
+    "previews": False,  # show message text in notifications (opt-in)
+    "bell": True,  # UIs ring the terminal bell for new messages
+}
 
 Observer = Callable[[str, dict[str, Any]], None]
 
@@ -131,6 +137,7 @@ class Node(Service):
         self._public_name: str | None = None
         self._addresses: tuple[str, ...] = ()
         self._summary: tuple[str, int, int] | None = None
+        self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -299,6 +306,16 @@ class Node(Service):
         self._store = store
         self._contacts = {c.uid: c for c in contacts}
         self._screen_locked = False
+        stored_settings = yield store.get_setting("settings")
+        self._settings = dict(DEFAULT_SETTINGS)
+        if stored_settings:
+            try:
+                loaded = json.loads(stored_settings)
+                self._settings.update(
+                    {k: bool(v) for k, v in loaded.items() if k in DEFAULT_SETTINGS}
+                )
+            except (ValueError, AttributeError):
+                self.log.warn("stored settings unreadable: using defaults")
         self._addresses = yield self.run_blocking(local_addresses, self.advertise, self.listening())
         if self.network_factory is not None:
             self._network = self.network_factory(keys.identity, self, self)
@@ -369,6 +386,30 @@ class Node(Service):
         """Return this node's signed contact card."""
         keys = self._require_keys()
         return linkcode.make_card(keys.identity, keys.name, self._addresses, int(self.now()))
+
+    # -- settings ------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> dict[str, bool]:
+        """The current settings (defaults while locked)."""
+        return dict(self._settings)
+
+    def get_settings(self) -> dict[str, bool]:
+        """Return the user's settings."""
+        self._require_keys()
+        return self.settings
+
+    @defer.inlineCallbacks
+    def update_settings(self, **changes: bool) -> Any:
+        """Change settings (names from :data:`DEFAULT_SETTINGS`) and keep them encrypted."""
+        store = self._require_store()
+        unknown = set(changes) - set(DEFAULT_SETTINGS)
+        if unknown:
+            raise InvalidInput(f"unknown setting {sorted(unknown)[0]!r}")
+        self._settings.update({k: bool(v) for k, v in changes.items()})
+        yield store.set_setting("settings", json.dumps(self._settings))
+        self._emit("settings.changed", {"settings": self.settings})
+        return self.settings
 
     # -- contacts ------------------------------------------------------------------------------
 
@@ -589,6 +630,11 @@ class Node(Service):
         """The contact's identity public key, if known."""
         contact = self._contacts.get(uid)
         return contact.public_key if contact is not None and contact.public_key else None
+
+    def display_name(self, uid: str) -> str:
+        """The contact's alias or name (a uid prefix for strangers)."""
+        contact = self._contacts.get(uid)
+        return (contact.alias or contact.name) if contact else uid[:12]
 
     def learn_public_key(self, uid: str, public_key: bytes) -> None:
         """Keep the key of a manually added contact, seen in its (uid-checked) certificate."""

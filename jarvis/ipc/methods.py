@@ -245,6 +245,29 @@ def messages_unread_counts(inv: Invocation) -> defer.Deferred[Any]:
     return d.addCallback(lambda counts: {"unread": dict(counts)})
 
 
+# settings and UI focus --------------------------------------------------------------------------
+
+
+def settings_get(inv: Invocation) -> Any:
+    return inv.ctx.node.get_settings()
+
+
+def settings_set(inv: Invocation) -> defer.Deferred[Any]:
+    changes = {k: v for k, v in inv.params.items() if k in ("notifications", "previews", "bell")}
+    if not changes:
+        raise jsonrpc.invalid_params("notifications", "give at least one setting to change")
+    return defer.maybeDeferred(inv.ctx.node.update_settings, **changes)
+
+
+def ui_focus(inv: Invocation) -> dict[str, Any]:
+    if inv.session is None:
+        raise jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "ui.focus needs a connection")
+    contact = inv.params.get("contact")
+    uid = inv.ctx.node.resolve(contact).uid if contact else None
+    inv.session.focus = uid
+    return {"focus": uid}
+
+
 # account.* -------------------------------------------------------------------------------------
 
 
@@ -483,6 +506,41 @@ def method_specs() -> tuple[MethodSpec, ...]:
             messages_unread_counts,
             result="{unread: {uid: count}}",
             doc="Count unread messages per contact.",
+        ),
+        MethodSpec(
+            "settings.get",
+            settings_get,
+            result="{notifications, previews, bell}",
+            doc="Read the settings: desktop notifications on new messages, message text in "
+            "them (opt-in), and the terminal bell in UIs.",
+        ),
+        MethodSpec(
+            "settings.set",
+            settings_set,
+            (
+                Param("notifications", bool, False, "raise desktop notifications"),
+                Param("previews", bool, False, "show message text in notifications"),
+                Param("bell", bool, False, "let UIs ring the terminal bell"),
+            ),
+            result="{notifications, previews, bell}",
+            doc="Change settings; they are stored encrypted and announced with settings.changed.",
+        ),
+        MethodSpec(
+            "ui.focus",
+            ui_focus,
+            (
+                Param(
+                    "contact",
+                    str,
+                    False,
+                    "the contact whose conversation this client now shows; absent or null: none",
+                    nullable=True,
+                ),
+            ),
+            result="{focus: uid or null}",
+            doc="Tell the daemon which conversation this client shows: no desktop notification "
+            "is raised for a conversation that an attached client shows. Cleared when the "
+            "connection closes.",
         ),
         MethodSpec(
             "account.export",

@@ -36,6 +36,9 @@ ProgressCallback = Callable[[Any], None]
 class Session(Protocol):
     """What a method may ask of the connection that called it."""
 
+    #: the contact whose conversation this client shows (set by ``ui.focus``)
+    focus: str | None
+
     def subscribe_events(self) -> None:
         """Start forwarding every Node event to this connection as a notification."""
 

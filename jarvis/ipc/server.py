@@ -81,6 +81,8 @@ class IpcServerProtocol(LineReceiver):
     def __init__(self) -> None:
         self._pending: dict[int | str, defer.Deferred[Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        #: the contact whose conversation this client shows (``ui.focus``), for notifications
+        self.focus: str | None = None
         self._authenticated = False
         self._open = False
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, protocol, threads
@@ -98,6 +98,7 @@ class DaemonConnector:
     :param endpoint: a fixed endpoint description instead of the data directory's.
     :param start_daemon: spawn a detached daemon when none answers (once).
     :param report: shows a one-line problem on the status bar.
+    :param daemon_args: more ``twistd jarvis`` options for the daemon it starts (``--listen``).
     """
 
     def __init__(
@@ -108,12 +109,14 @@ class DaemonConnector:
         endpoint: str | None = None,
         start_daemon: bool = True,
         report: Callable[[str], None] | None = None,
+        daemon_args: Sequence[str] = (),
     ) -> None:
         self._reactor = reactor
         self._data_dir = data_dir
         self._endpoint = endpoint
         self._start_daemon = start_daemon
         self._report = report or (lambda line: None)
+        self._daemon_args = list(daemon_args)
         self.spawned = False
 
     def _description(self) -> tuple[str, str | None]:
@@ -151,7 +154,7 @@ class DaemonConnector:
         try:
             from jarvis import launcher
 
-            argv = launcher.detached_daemon_argv(self._data_dir)
+            argv = launcher.detached_daemon_argv(self._data_dir, self._daemon_args)
             starter = DaemonStarter(self._report)
             self._reactor.spawnProcess(
                 starter, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
@@ -191,23 +194,30 @@ def make_embedded_service(reactor: Any, data_dir: str) -> Any:
 
 
 def run(
-    data_dir: str,
+    data_dir: Any,
     *,
     endpoint: str | None = None,
     embedded: bool = False,
     start_daemon: bool = True,
     theme: str = "default",
+    daemon_args: Sequence[str] = (),
 ) -> int:
     """Run the terminal UI until the user quits.
 
-    :param data_dir: the Jarvis data directory whose daemon to attach to.
+    :param data_dir: the Jarvis data directory whose daemon to attach to, or the ``jarvis``
+        command's parsed options (:class:`jarvis.cli.Options`, whose ``data_dir()`` names it).
     :param endpoint: an IPC endpoint description to use instead of the data directory's.
     :param embedded: run the daemon's services in this process instead of attaching to a
         separate daemon (they stop when the UI closes).
     :param start_daemon: start a detached daemon if none answers.
     :param theme: a palette theme (``default``, ``light``, ``mono``; ``NO_COLOR`` forces mono).
+    :param daemon_args: more ``twistd jarvis`` options for a daemon the UI starts (e.g.
+        ``["--listen", "tcp:0:interface=127.0.0.1"]``).
     :returns: the process exit status (0 after a normal quit).
     """
+    if not isinstance(data_dir, str) and callable(getattr(data_dir, "data_dir", None)):
+        # ``jarvis`` with no command passes its parsed options.
+        data_dir = data_dir.data_dir()
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         sys.stderr.write("jarvis: the terminal UI needs a terminal (stdin and stdout)\n")
         return 2
@@ -222,7 +232,7 @@ def run(
         return 1
     log_file = _start_logging(data_dir)
     try:
-        return _run(reactor, data_dir, endpoint, embedded, start_daemon, theme)
+        return _run(reactor, data_dir, endpoint, embedded, start_daemon, theme, daemon_args)
     except Exception as e:
         log.failure("the UI stopped with an error")
         sys.stderr.write(f"jarvis: the UI stopped: {type(e).__name__} (details in {UI_LOGFILE})\n")
@@ -238,6 +248,7 @@ def _run(
     embedded: bool,
     start_daemon: bool,
     theme: str,
+    daemon_args: Sequence[str] = (),
 ) -> int:
     import urwid
 
@@ -259,6 +270,7 @@ def _run(
         endpoint=endpoint,
         start_daemon=start_daemon and not embedded,
         report=report,
+        daemon_args=daemon_args,
     )
 
     def quit_ui() -> None:

@@ -1,0 +1,174 @@
+"""Tests for :mod:`jarvis.notify`: hostile message text never reaches a shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from jarvis import notify
+
+HOSTILE = "hi\" '; $(touch {canary}) `id` \n-rf --help & | > /tmp/x"
+
+
+class CommandTests(SynchronousTestCase):
+    def test_each_platform_argument_list(self) -> None:
+        """When a hostile preview is composed for each platform, then the command is an
+        argument list without a shell, and the text is one argument, unchanged but flattened."""
+        note = notify.compose("Bob; rm -rf ~", HOSTILE, previews=True)
+        self.assertNotIn("\n", note.body)
+        self.assertIn("$(touch {canary})", note.body)
+        expected_tail = [note.title, note.body]
+        for platform, program in (
+            ("linux", "notify-send"),
+            ("termux", "termux-notification"),
+            ("macos", "osascript"),
+        ):
+            argv = notify.command_for(platform, note)
+            assert argv is not None
+            self.assertEqual(argv[0], program)
+            self.assertNotIn(argv[0], ("sh", "bash", "/bin/sh"))
+            self.assertEqual([a for a in argv if a in expected_tail], expected_tail)
+        mac = notify.command_for("macos", note)
+        assert mac is not None
+        self.assertNotIn(note.body, mac[2])  # the script never contains the text
+        self.assertEqual(notify.command_for("linux", note)[2], "--")  # type: ignore[index]
+        self.assertIsNone(notify.command_for("none", note))
+
+    def test_sender_only_by_default(self) -> None:
+        """When previews are off (the default), then the notification names the sender only."""
+        note = notify.compose("Bob", "the secret plan", previews=False)
+        self.assertIn("Bob", note.title)
+        self.assertNotIn("secret", note.title + note.body)
+
+    def test_preview_cut(self) -> None:
+        """When a preview is long, then it is cut to the documented length."""
+        note = notify.compose("Bob", "x" * 500, previews=True)
+        self.assertEqual(len(note.body), notify.PREVIEW_CHARS)
+
+
+class FakeNode:
+    def __init__(self) -> None:
+        self.observers: list[Any] = []
+        self.settings = {"notifications": True, "previews": True}
+
+    def subscribe(self, observer: Any) -> Any:
+        self.observers.append(observer)
+        return lambda: self.observers.remove(observer)
+
+    def display_name(self, uid: str) -> str:
+        return "Bob $(whoami)"
+
+    def emit(self, message: dict[str, Any], muted: bool = False) -> None:
+        for o in list(self.observers):
+            o("message.received", {"message": message, "muted": muted})
+
+
+def fake_notifier(directory: str, body: str) -> str:
+    """Install an executable called notify-send in *directory* running *body* (Python)."""
+    path = os.path.join(directory, "notify-send")
+    with open(path, "w") as f:
+        f.write(f"#!{sys.executable}\nimport json, os, sys, time\n{body}\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+class RealProcessTests(TestCase):
+    timeout = 30
+
+    def make(self, body: str, **kwargs: Any) -> tuple[notify.Notifier, FakeNode, str]:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        fake_notifier(directory, body)
+        node = FakeNode()
+        shown: set[str] = set(kwargs.pop("shown", ()))
+        notifier = notify.Notifier(
+            reactor,
+            node,
+            shown.__contains__,
+            platform="linux",
+            env={"PATH": directory + os.pathsep + os.environ.get("PATH", "")},
+            **kwargs,
+        )
+        notifier.startService()
+        self.addCleanup(notifier.stopService)
+        return notifier, node, directory
+
+    async def test_hostile_text_reaches_notifier_verbatim(self) -> None:
+        """When a message with quotes, $(...), backticks and newlines is notified, then the
+        notifier receives it as one argument and nothing in it is executed."""
+        notifier, node, directory = self.make(
+            "open(os.path.join(os.path.dirname(sys.argv[0]), 'argv.json'), 'w')"
+            ".write(json.dumps(sys.argv[1:]))"
+        )
+        canary = os.path.join(directory, "pwned")
+        text = HOSTILE.format(canary=canary)
+        node.emit({"contact": "u1", "body": text})
+        await _wait_file(os.path.join(directory, "argv.json"))
+        with open(os.path.join(directory, "argv.json")) as f:
+            argv = json.load(f)
+        self.assertEqual(argv[:2], ["--app-name=Jarvis", "--"])
+        self.assertEqual(argv[2], "Jarvis: Bob $(whoami)")
+        self.assertEqual(argv[3], notify.clean(text, notify.PREVIEW_CHARS))
+        self.assertFalse(os.path.exists(canary))
+        self.assertEqual(notifier.raised, 1)
+
+    async def test_timeout_kills_process_group(self) -> None:
+        """When the notifier hangs with a child of its own, then after the deadline the whole
+        process group is killed, the child included."""
+        notifier, node, directory = self.make(
+            "import subprocess\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "open(os.path.join(os.path.dirname(sys.argv[0]), 'pids'), 'w')"
+            ".write(f'{os.getpid()} {child.pid}')\n"
+            "time.sleep(60)",
+            timeout=1.0,
+        )
+        node.emit({"contact": "u1", "body": "hello"})
+        pids_file = os.path.join(directory, "pids")
+        await _wait_file(pids_file)
+        with open(pids_file) as f:
+            pids = [int(p) for p in f.read().split()]
+        await _wait(lambda: all(not _alive(p) for p in pids), 10)
+        self.assertEqual(notifier.killed, 1)
+
+    async def test_muted_shown_or_off_raise_nothing(self) -> None:
+        """When the contact is muted, the conversation is shown by a client, or notifications
+        are off, then no notifier runs."""
+        notifier, node, _directory = self.make("pass", shown={"shown"})
+        node.emit({"contact": "u1", "body": "x"}, muted=True)
+        node.emit({"contact": "shown", "body": "x"})
+        node.settings["notifications"] = False
+        node.emit({"contact": "u2", "body": "x"})
+        self.assertEqual(notifier.raised, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0): read its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def _wait(predicate: Any, timeout: float) -> None:
+    """Poll *predicate* each 20 ms until true (a process's end has no event to wait for)."""
+    deadline = reactor.seconds() + timeout  # type: ignore[attr-defined]
+    while not predicate():
+        if reactor.seconds() > deadline:  # type: ignore[attr-defined]
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, 0.02, lambda: None)  # type: ignore[arg-type]
+
+
+async def _wait_file(path: str) -> None:
+    await _wait(lambda: os.path.exists(path) and os.path.getsize(path) > 0, 10)
