@@ -42,6 +42,9 @@ from typing import Any
 BENCHMARKS: dict[str, str] = {
     "ceiling": "bench.ceiling",
     "store": "bench.store_bench",
+    "ipc": "bench.ipc_bench",
+    "messaging": "bench.messaging_bench",
+    "scale": "bench.scale_bench",
 }
 
 #: The benchmark every other benchmark is compared with.
@@ -255,15 +258,25 @@ def run_in_subprocess(
     return Outcome(name=name, status="ok", figures=figures, seconds=seconds)
 
 
-def ratio_to_ceiling(figure: Figure, ceiling: Outcome | None) -> tuple[float | None, float | None]:
+def ratio_to_ceiling(
+    figure: Figure, ceiling: Outcome | None, own: Outcome | None = None
+) -> tuple[float | None, float | None]:
     """Return (ceiling value, figure value / ceiling value) for a figure with a ``ceiling_key``.
 
-    :returns: ``(None, None)`` when the figure names no ceiling key, the ceiling did not run,
-        or the ceiling lacks that key or measured zero.
+    The key is looked up in the ceiling's figures first, then in *own* (the figure's own
+    benchmark), so a benchmark that measures its own ceiling in the same run (the API's line
+    echo, say) can name it too.
+
+    :returns: ``(None, None)`` when the figure names no ceiling key, or neither the ceiling
+        (when it ran) nor *own* has that key; the ratio is ``None`` when the reference is zero.
     """
-    if figure.ceiling_key is None or ceiling is None or ceiling.status != "ok":
+    if figure.ceiling_key is None:
         return None, None
-    reference = ceiling.figures.get(figure.ceiling_key)
+    reference = None
+    if ceiling is not None and ceiling.status == "ok":
+        reference = ceiling.figures.get(figure.ceiling_key)
+    if reference is None and own is not None and own.status == "ok":
+        reference = own.figures.get(figure.ceiling_key)
     if reference is None:
         return None, None
     if reference.value == 0:
@@ -285,7 +298,7 @@ def result_document(
     figures: dict[str, Any] = {}
     for key, figure in outcome.figures.items():
         entry = figure.to_json()
-        ceiling_value, ratio = ratio_to_ceiling(figure, ceiling)
+        ceiling_value, ratio = ratio_to_ceiling(figure, ceiling, outcome)
         if ceiling_value is not None:
             entry["ceiling_value"] = ceiling_value
         if ratio is not None:
@@ -332,7 +345,7 @@ def format_table(outcomes: Iterable[Outcome], ceiling: Outcome | None = None) ->
             rows.append((outcome.name, f"({outcome.status}: {outcome.error})", "", "", "", "", ""))
             continue
         for key, figure in outcome.figures.items():
-            ceiling_value, ratio = ratio_to_ceiling(figure, ceiling)
+            ceiling_value, ratio = ratio_to_ceiling(figure, ceiling, outcome)
             rows.append(
                 (
                     outcome.name,
