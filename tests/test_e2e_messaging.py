@@ -18,7 +18,7 @@ from twisted.protocols import portforward
 from twisted.trial.unittest import TestCase
 
 from tests.daemons import short_tempdir
-from tests.peers import Peer, befriend
+from tests.peers import PASSWORD, Peer, befriend
 
 
 async def start_pair(testcase: TestCase) -> tuple[Peer, Peer, str]:
@@ -148,18 +148,18 @@ class WireTests(TestCase):
     timeout = 120
 
     async def test_no_plaintext_on_the_wire(self) -> None:
-        """When messages carrying a random canary cross a recording relay, then they arrive and
-        the capture holds neither the canary nor its base64 or hex."""
+        """When contacts added by hand (uid + address) exchange messages carrying a random
+        canary across a recording relay, then the messages arrive, and neither the capture nor
+        the daemons' logs hold the canary (or its base64 or hex) or the password."""
         alice, bob, _root = await start_pair(self)
         relay = RecordingRelay("127.0.0.1", bob.peer_port())
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(relay)
         self.addCleanup(port.stopListening)
         relay_address = f"127.0.0.1:{port.getHost().port}"
-        # alice reaches bob only through the relay; bob cannot dial alice back directly
-        await alice.call("contacts.add", link=bob.link)
-        await alice.call("contacts.update", contact=bob.uid, addresses=[relay_address])
-        await bob.call("contacts.add", link=alice.link)
-        await bob.call("contacts.update", contact=alice.uid, addresses=["127.0.0.1:1"])
+        # manual entries (uid + address): alice reaches bob only through the relay, bob cannot
+        # dial alice back; both learn the other's key from its uid-checked certificate
+        await alice.call("contacts.add", uid=bob.uid, addresses=[relay_address], name="bob")
+        await bob.call("contacts.add", uid=alice.uid, addresses=["127.0.0.1:1"], name="alice")
         await alice.recorder.wait(alice.online_with(bob), 60)
         canary = "canary-" + secrets.token_hex(12)
         sent = await send_all(alice, bob.uid, [f"{canary} {i}" for i in range(20)])
@@ -169,12 +169,20 @@ class WireTests(TestCase):
         await alice.recorder.wait(lambda: len(alice.received_bodies()) == 1, 60)
         capture = bytes(relay.captured)
         self.assertGreater(len(capture), 2000)
-        for needle in (
+        needles = (
             canary.encode(),
             base64.b64encode(canary.encode())[:20],
             canary.encode().hex().encode(),
-        ):
+        )
+        for needle in needles:
             self.assertNotIn(needle, capture)
+        # nor do the daemons' logs carry message text or the password
+        for peer in (alice, bob):
+            with open(os.path.join(peer.data_dir, "jarvis.log.json"), "rb") as f:
+                logs = f.read() + peer.process.output
+            self.assertIn(b"session with", logs)
+            for needle in (*needles, PASSWORD.encode()):
+                self.assertNotIn(needle, logs)
 
 
 class RawClient(protocol.Protocol):
