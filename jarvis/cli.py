@@ -270,12 +270,19 @@ class RpcOptions(CommandOptions):
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
-    synopsis = "jarvis [--data-dir DIR] [--json] [--version] [COMMAND [OPTIONS]]"
+    synopsis = "jarvis [--data-dir DIR] [--json] [--embedded] [--version] [COMMAND [OPTIONS]]"
     longdesc = (
         "Jarvis, a peer-to-peer end-to-end-encrypted messenger. Without COMMAND, the terminal "
         "UI starts. Commands talk to the background daemon of the data directory."
     )
-    optFlags = [JSON_FLAG]
+    optFlags = [
+        JSON_FLAG,
+        [
+            "embedded",
+            None,
+            "With no command: run the daemon inside the UI process (it stops when the UI quits).",
+        ],
+    ]
     optParameters = [
         ["data-dir", "d", None, "Data directory (default: $JARVIS_HOME or the platform's)."]
     ]
@@ -931,7 +938,7 @@ def _start_ui(options: Options) -> int | None:
         if e.name not in ("jarvis.ui.app", "jarvis.ui"):
             raise
         return None
-    status = app.run(options)
+    status = app.run(options.data_dir(), embedded=bool(options["embedded"]))
     return int(status or 0)
 
 
