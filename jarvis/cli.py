@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from twisted.internet import defer, error, task, utils
+from twisted.internet import defer, error, task, threads, utils
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -196,6 +196,8 @@ class DeleteAccountOptions(_PasswordOptions):
 
 class WhoamiOptions(CommandOptions):
     """Show your name, uid, fingerprint and link code."""
+
+    optParameters = [["card", None, None, "Also write your contact card (.jcard) to FILE."]]
 
 
 class AddOptions(CommandOptions):
@@ -729,7 +731,17 @@ async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any
         f"addresses:   {', '.join(me.get('addresses') or []) or '-'}",
         f"link:        {me['link']}",
     ]
+    if sub["card"]:
+        path = os.path.abspath(sub["card"])
+        await threads.deferToThread(_write_card, path, me["card"])
+        lines.append(f"card:        written to {path}")
     session.emit("\n".join(lines), me)
+
+
+def _write_card(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _contact_name(contact: dict[str, Any]) -> str:

@@ -772,6 +772,16 @@ class Node(Service):
         """Return ``{uid: unread}`` for conversations with unread messages."""
         return self._require_store().unread_counts()
 
+    def redial(self, ref: str) -> dict[str, Any]:
+        """Dial a contact now, skipping the backoff wait (the user asked)."""
+        contact = self.resolve(ref)
+        if contact.blocked:
+            raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
+        if self._network is not None:
+            self._network.connect(contact.uid)
+            self._network.redial(contact.uid)
+        return {"uid": contact.uid, "status": self._status_of(contact.uid)}
+
     def peers_status(self) -> dict[str, Any]:
         """Return the connection summary and every contact's health figures."""
         self._require_keys()

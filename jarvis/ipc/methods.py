@@ -296,6 +296,10 @@ def account_delete(inv: Invocation) -> defer.Deferred[Any]:
 # peers, events -------------------------------------------------------------------------------
 
 
+def peers_redial(inv: Invocation) -> Any:
+    return inv.ctx.node.redial(inv.params["contact"])
+
+
 def peers_status(inv: Invocation) -> Any:
     return inv.ctx.node.peers_status()
 
@@ -590,6 +594,13 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "(overwritten first, best effort: see docs/security.md).",
             deadline=60.0,
             concurrency="identity",
+        ),
+        MethodSpec(
+            "peers.redial",
+            peers_redial,
+            (Param("contact", str, True, "name, alias or uid prefix"),),
+            result="{uid, status}",
+            doc="Dial a contact now instead of waiting for the next backoff attempt.",
         ),
         MethodSpec(
             "peers.status",
