@@ -101,9 +101,8 @@ class CliTests(TestCase):
         self.assertEqual(code, 1)
         self.assertNotIn("Traceback", err)
         await alice.ok("add", me_b["link"], "--name", "bobby")
-        card = write(
-            os.path.join(root, "alice.jcard"), (await alice.json("rpc", "identity.show"))["card"]
-        )
+        card = os.path.join(root, "alice.jcard")
+        await alice.ok("whoami", "--card", card)
         await bob.ok("add", card)
         contacts = await alice.json("contacts")
         self.assertEqual([c["uid"] for c in contacts["contacts"]], [me_b["uid"]])
