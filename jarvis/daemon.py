@@ -74,6 +74,15 @@ class DaemonOptions(usage.Options):
         ],
     ]
 
+    optFlags = [
+        [
+            "ipc-allow-remote",
+            None,
+            "Allow a TCP --ipc endpoint on a non-loopback interface (anyone who can reach it "
+            "and has the token controls your messenger).",
+        ]
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["advertise"] = []
@@ -87,9 +96,36 @@ class DaemonOptions(usage.Options):
             parse_level(self["log-level"])
         except ValueError as e:
             raise usage.UsageError(str(e))
+        if self["ipc"] and self["ipc"].startswith("tcp:"):
+            self["ipc"] = loopback_only(self["ipc"], allow_remote=self["ipc-allow-remote"])
         if self["data-dir"] is None:
             self["data-dir"] = paths.default_data_dir()
         self["data-dir"] = os.path.abspath(os.path.expanduser(self["data-dir"]))
+
+
+def loopback_only(description: str, *, allow_remote: bool) -> str:
+    """Return a TCP IPC server description bound to loopback unless remote use is allowed.
+
+    ``tcp:PORT`` becomes ``tcp:PORT:interface=127.0.0.1``.
+
+    :raises usage.UsageError: for a non-loopback interface without *allow_remote*.
+    """
+    import ipaddress
+
+    fields = description.split(":")
+    interfaces = [f.split("=", 1)[1] for f in fields[2:] if f.startswith("interface=")]
+    if not interfaces:
+        return description + ":interface=127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(interfaces[0].strip("[]")).is_loopback
+    except ValueError:
+        loopback = interfaces[0] == "localhost"
+    if not loopback and not allow_remote:
+        raise usage.UsageError(
+            f"--ipc {description} would expose the local API beyond this machine: bind it to "
+            "127.0.0.1, or pass --ipc-allow-remote if you really mean it"
+        )
+    return description
 
 
 class PeerListenerFactory(Factory):
@@ -222,6 +258,13 @@ class JarvisDaemon(MultiService):
         token = None
         if not ipc_desc.startswith("unix:"):
             token = self._ensure_token()
+            if options["ipc-allow-remote"]:
+                self.log.warn(
+                    "the local API listens on {endpoint} beyond loopback: anyone who can reach "
+                    "it and holds the token controls this messenger",
+                    endpoint=ipc_desc,
+                )
+        factory: Any = IpcServerFactory(build_registry(), None, clock=reactor, require_token=token)
         self.context = MethodContext(
             node=self.node,
             clock=reactor,
@@ -234,10 +277,12 @@ class JarvisDaemon(MultiService):
             ),
             stop_daemon=self.stop_daemon,
             pool_stats={"blocking": self.blocking_pool_stats, "store": self.store_pool_stats},
+            clients=lambda: {
+                "clients": len(factory.connections),
+                "subscribers": sum(1 for c in factory.connections if c.subscribed),
+            },
         )
-        factory: Any = IpcServerFactory(
-            build_registry(), self.context, clock=reactor, require_token=token
-        )
+        factory.ctx = self.context
         self.ipc_listener = strports.service(ipc_desc, factory, reactor=reactor)
         self.ipc_listener.setServiceParent(self)
 

@@ -165,3 +165,20 @@ class FailedListenTests(TestCase):
         self.addCleanup(ok.cleanup)
         await ok.start()
         await ok.stop()
+
+
+class TcpIpcTests(SynchronousTestCase):
+    def test_tcp_ipc_bound_to_loopback(self) -> None:
+        """When --ipc is a TCP port without an interface, then it is bound to 127.0.0.1."""
+        options = make_options("--ipc", "tcp:7779")
+        self.assertEqual(options["ipc"], "tcp:7779:interface=127.0.0.1")
+
+    def test_remote_ipc_needs_explicit_flag(self) -> None:
+        """When --ipc names a non-loopback interface, then it is refused unless
+        --ipc-allow-remote is given."""
+        exc = self.assertRaises(
+            usage.UsageError, make_options, "--ipc", "tcp:7779:interface=0.0.0.0"
+        )
+        self.assertIn("--ipc-allow-remote", str(exc))
+        options = make_options("--ipc", "tcp:7779:interface=0.0.0.0", "--ipc-allow-remote")
+        self.assertEqual(options["ipc"], "tcp:7779:interface=0.0.0.0")

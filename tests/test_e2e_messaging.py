@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import sys
 import time
 from typing import Any
 
@@ -262,3 +263,48 @@ class HostileInputTests(TestCase):
         self.assertEqual(peer["status"], "online")
         self.assertEqual(bob.received_bodies(), ["ping"])
         self.assertEqual(alice.received_bodies(), ["pong"])
+
+
+class EchoBotTests(TestCase):
+    timeout = 120
+
+    async def test_echo_bot_answers_through_real_daemon(self) -> None:
+        """When examples/echo_bot.py runs against bob's real daemon and alice writes to bob,
+        then alice receives the echo of each message."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.daemons import REPO, child_env
+
+        alice, bob, _root = await start_pair(self)
+        await befriend(alice, bob)
+        bot = getProcessOutputAndValue(
+            sys.executable,
+            [
+                os.path.join(REPO, "examples", "echo_bot.py"),
+                "--endpoint",
+                bob.process.endpoint,
+                "--count",
+                "2",
+            ],
+            env=child_env(),
+            reactor=reactor,
+        )
+        # the bot subscribes before it can answer: wait until bob's daemon counts 2 subscribers
+        await _wait_subscribers(bob, 2)
+        await send_all(alice, bob.uid, ["one", "two"])
+        await alice.recorder.wait(lambda: len(alice.received_bodies()) == 2, 60)
+        self.assertEqual(alice.received_bodies(), ["echo: one", "echo: two"])
+        _out, err, code = await bot
+        self.assertEqual(code, 0, err)
+
+
+async def _wait_subscribers(peer: Peer, count: int) -> None:
+    """Wait until *count* clients of *peer*'s daemon receive events (polls daemon.status)."""
+    from twisted.internet.task import deferLater
+
+    for _ in range(500):
+        status = await peer.call("daemon.status")
+        if status.get("subscribers", 0) >= count:
+            return
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError("the bot never subscribed")

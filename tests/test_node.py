@@ -411,3 +411,45 @@ class MarkerTests(TestCase):
         self.assertIsNone((await node.history("Bob"))["marker"])
         await node.message_received(session, ids[2], b"m2", 2)
         self.assertEqual((await node.history("Bob"))["marker"], ids[2].hex())
+
+
+class ResponsivenessTests(TestCase):
+    timeout = 60
+
+    async def test_unlock_does_not_stall_reactor(self) -> None:
+        """When an unlock with the real Argon2id parameters runs, then a 10 ms lag probe on the
+        reactor sees no long gap (generous bound: the figure itself is in the benchmark)."""
+        from jarvis.crypto.keyfile import DEFAULT_PARAMS
+        from jarvis.lag import ReactorLagProbe
+
+        node, _clock, _events = make_node(self)
+        node.kdf_params = DEFAULT_PARAMS
+        await node.create_identity("Alice", "pw")
+        await node.lock(wipe=True)
+        probe = ReactorLagProbe(reactor, interval=0.01)  # type: ignore[arg-type]
+        probe.start()
+        self.addCleanup(probe.stop)
+        await node.unlock("pw")
+        probe.stop()
+        self.assertGreater(probe.ticks(), 5)
+        self.assertLess(probe.worst(), 0.15)
+
+
+class CorruptExportTests(TestCase):
+    async def test_damaged_export_writes_nothing(self) -> None:
+        """When an export file is damaged, then importing it fails with a clear error and the
+        data directory stays empty."""
+        from jarvis.crypto.errors import CorruptExport
+
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        path = self.mktemp()
+        await node.export_account(path, "export pw")
+        with open(path, "r+b") as f:
+            f.seek(-10, 2)
+            f.write(b"\0" * 10)
+        other, _c, _e = make_node(self)
+        with self.assertRaises(CorruptExport) as caught:
+            await other.import_account(path, "export pw", "new pw")
+        self.assertIn("export", str(caught.exception).lower())
+        self.assertEqual(os.listdir(other.data_dir), [])

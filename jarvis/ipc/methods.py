@@ -58,6 +58,7 @@ class MethodContext:
     :param stop_daemon: stops the daemon gracefully (``daemon.stop`` calls it after answering).
     :param lag_probe: an object with ``snapshot() -> dict`` (a ``ReactorLagProbe``), or ``None``.
     :param pool_stats: named callables returning pool figures (e.g. the store's ``pool_stats``).
+    :param clients: returns ``{clients, subscribers}``: attached API connections.
     """
 
     node: Any
@@ -66,6 +67,7 @@ class MethodContext:
     stop_daemon: Callable[[], Any]
     lag_probe: Any = None
     pool_stats: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    clients: Callable[[], dict[str, int]] | None = None
 
 
 def _non_empty(value: str) -> str | None:
@@ -126,6 +128,7 @@ def daemon_status(inv: Invocation) -> dict[str, Any]:
         "lag": ctx.lag_probe.snapshot() if ctx.lag_probe is not None else None,
         "pools": {name: stats() for name, stats in ctx.pool_stats.items()},
         "in_flight": inv.registry.in_flight(ctx.clock.seconds()),
+        **(ctx.clients() if ctx.clients is not None else {}),
     }
 
 

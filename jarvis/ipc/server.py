@@ -133,6 +133,11 @@ class IpcServerProtocol(LineReceiver):
             return
         self._send(line)
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether this client receives events."""
+        return self._unsubscribe is not None
+
     def subscribe_events(self) -> None:
         """Forward every Node event to this client from now on (idempotent)."""
         if self._unsubscribe is None and self._open:
