@@ -1,4 +1,4 @@
-"""Tests for the benchmark harness (:mod:`bench.harness`) and a smoke run of the ceiling."""
+"""Tests for the benchmark harness (:mod:`bench.harness`) and smoke runs of every benchmark."""
 
 from __future__ import annotations
 
@@ -40,6 +40,57 @@ CEILING_KEYS = {
     "tls_unbuffered_rtt_1conn_per_s",
     "tls_unbuffered_rtt_1conn_p50_us",
     "tls_unbuffered_rtt_1conn_p99_us",
+}
+
+
+#: Figures of each benchmark (besides the ceiling) that a smoke run must produce.
+BENCHMARK_KEYS = {
+    "store": {
+        "persist_msgs_per_s",
+        "msgs_per_transaction",
+        "history_page_ms",
+        "stall_persist_ms",
+        "stall_history_ms",
+        "unlock_ms",
+        "stall_unlock_ms",
+    },
+    "ipc": {
+        "status_rtt_p50_us",
+        "status_rtt_p99_us",
+        "status_rps_10_clients",
+        "echo_rtt_p50_us",
+        "echo_rtt_p99_us",
+        "echo_rps_10_clients",
+    },
+    "messaging": {
+        "throughput_msgs_per_s",
+        "latency_p50_us",
+        "latency_p99_us",
+        "sender_lag_worst_ms",
+        "receiver_lag_worst_ms",
+    },
+    "scale": {
+        "sessions",
+        "establish_all_s",
+        "establish_per_s",
+        "daemon_rss_mib",
+        "rss_per_session_kib",
+        "idle_cpu_percent",
+        "idle_cpu_no_sessions_percent",
+        "restart_unlocked_s",
+        "reconnect_all_s",
+    },
+}
+
+#: Figures that may legitimately be zero (a stall or lag that did not happen, no CPU tick).
+MAY_BE_ZERO = {
+    "stall_persist_ms",
+    "stall_history_ms",
+    "stall_unlock_ms",
+    "sender_lag_worst_ms",
+    "receiver_lag_worst_ms",
+    "idle_cpu_percent",
+    "idle_cpu_no_sessions_percent",
 }
 
 
@@ -90,6 +141,50 @@ class CeilingSmokeRunTests(TestCase):
         for key, figure in document["figures"].items():
             self.assertGreater(figure["value"], 0, key)
             self.assertTrue(figure["unit"], key)
+
+
+class BenchmarkSmokeRunTests(TestCase):
+    """``python -m bench NAME --quick --smoke`` for each benchmark besides the ceiling."""
+
+    timeout = 90
+
+    async def check_smoke(self, name: str) -> None:
+        """Run *name* at smoke size and check its results file against :data:`BENCHMARK_KEYS`."""
+        results = make_results_dir(self)
+        out, err, code = await run_bench(name, "--quick", "--smoke", "--results-dir", str(results))
+        self.assertEqual(code, 0, err.decode("utf-8", "replace")[-3000:])
+        self.assertIn(name, out.decode("utf-8"))
+        document = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
+        self.assertEqual(document["name"], name)
+        self.assertIs(document["smoke"], True)
+        self.assertEqual(set(document["figures"]), BENCHMARK_KEYS[name])
+        for key, figure in document["figures"].items():
+            if key in MAY_BE_ZERO:
+                self.assertGreaterEqual(figure["value"], 0, key)
+            else:
+                self.assertGreater(figure["value"], 0, key)
+            self.assertTrue(figure["unit"], key)
+            if "ceiling_key" in figure:
+                self.assertGreater(figure["ratio"], 0, key)
+
+    async def test_store(self) -> None:
+        """When the store benchmark runs at smoke size, then it reports persistence, paging,
+        unlock time and the stalls, with goals."""
+        await self.check_smoke("store")
+
+    async def test_ipc(self) -> None:
+        """When the API benchmark runs at smoke size, then every API figure has its echo ratio."""
+        await self.check_smoke("ipc")
+
+    async def test_messaging(self) -> None:
+        """When the messaging benchmark runs two daemons at smoke size, then it reports
+        throughput, latency and lag with ratios to the ceiling."""
+        await self.check_smoke("messaging")
+
+    async def test_scale(self) -> None:
+        """When the scale benchmark runs a daemon with 20 simulated peers, then it reports
+        memory, idle CPU and reconnection figures."""
+        await self.check_smoke("scale")
 
 
 class ListTests(TestCase):
@@ -226,6 +321,32 @@ class RatioTests(SynchronousTestCase):
         document = harness.result_document(store, quick=False, smoke=False, ceiling=None)
         self.assertNotIn("ratio", document["figures"]["send_per_s"])
         self.assertIsNone(document["ceiling"])
+
+
+class OwnCeilingTests(SynchronousTestCase):
+    """A benchmark that measures its own ceiling (the API's line echo)."""
+
+    def test_own_figure_as_ceiling(self) -> None:
+        """When a ceiling_key is not in the ceiling but in the benchmark's own figures, then the
+        ratio is taken from the benchmark's own figure."""
+        ceiling, _ = make_outcomes()
+        ipc = Outcome(
+            name="ipc",
+            status="ok",
+            figures={
+                "status_rtt_p50_us": Figure(value=300.0, unit="µs", ceiling_key="echo_rtt_p50_us"),
+                "echo_rtt_p50_us": Figure(value=150.0, unit="µs"),
+            },
+        )
+        document = harness.result_document(ipc, quick=True, smoke=False, ceiling=ceiling)
+        self.assertEqual(document["figures"]["status_rtt_p50_us"]["ceiling_value"], 150.0)
+        self.assertEqual(document["figures"]["status_rtt_p50_us"]["ratio"], 2.0)
+        alone = harness.result_document(ipc, quick=True, smoke=False, ceiling=None)
+        self.assertEqual(alone["figures"]["status_rtt_p50_us"]["ratio"], 2.0)
+        line = next(
+            row for row in harness.format_table([ipc], None).splitlines() if "status_rtt" in row
+        )
+        self.assertTrue(line.endswith("2.00"), line)
 
 
 class WriteResultTests(SynchronousTestCase):

@@ -172,6 +172,7 @@ class Controller:
         self._spinner.clock = clock
         self._banner_animation: Any = None
         self._unlocking = False
+        self._unread_refresh: Any = None
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
             ConnectingScreen(self.model), self._before_widgets, self._after_widgets
@@ -193,6 +194,9 @@ class Controller:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
+        if self._unread_refresh is not None and self._unread_refresh.active():
+            self._unread_refresh.cancel()
+        self._unread_refresh = None
         self._stop_spinner()
         self._stop_banner()
         for d in list(self.inflight.values()):
@@ -602,10 +606,29 @@ class Controller:
                 if self.model.notifications and contact is not None and not contact.muted:
                     if self._bell is not None:
                         self._bell()
+        elif name == "message.stateChanged" and payload.get("state") == "read":
+            # Another client (or this one) marked messages read: the daemon's counts are the
+            # truth, so every attached UI shows the same unread badges.
+            self._refresh_unread()
         elif name == "contact.changed" and payload.get("removed"):
             dialog = self.window.dialog
             if isinstance(dialog, ContactInfoDialog) and dialog.uid == payload.get("uid"):
                 self.window.close_dialog()
+
+    def _refresh_unread(self) -> None:
+        """Fetch ``messages.unreadCounts`` once for a burst of read events (one reactor turn)."""
+        if self._unread_refresh is not None and self._unread_refresh.active():
+            return
+        self._unread_refresh = self.clock.callLater(0, self._fetch_unread)
+
+    def _fetch_unread(self) -> None:
+        self._unread_refresh = None
+        if self.client is None or self.model.locked:
+            return
+        d = self._call("messages.unreadCounts")
+        d.addCallback(self.model.load_unread)
+        d.addErrback(lambda f: self.log.info("unread counts: {e}", e=type(f.value).__name__))
+        d.addCallback(lambda _: self.redraw())
 
     def _on_main_screen(self) -> bool:
         return self.window.screen is self.main_screen and not self.model.locked
