@@ -450,3 +450,23 @@ class SocketTests(SocketTestCase):
         self.assertIn(data.strip(), ("b''", "b'ConnectionResetError'", "b'BrokenPipeError'"))
         # Our own uid is still served.
         self.assertTrue((await (await self.client()).call("daemon.status"))["running"])
+
+
+class FairnessTests(SynchronousTestCase):
+    def test_pipelined_burst_yields_the_reactor(self) -> None:
+        """When a client sends 100 requests in one read, then a bounded number is handled per
+        reactor turn and the rest follow in the next turns, every one answered once."""
+        clock = task.Clock()
+        proto, transport = make_connection(make_factory(clock=clock))
+        burst = b"".join(
+            json.dumps({"jsonrpc": "2.0", "id": i, "method": "daemon.status"}).encode() + b"\n"
+            for i in range(100)
+        )
+        proto.dataReceived(burst)
+        first = sent(transport)
+        self.assertEqual(len(first), IpcServerProtocol.LINES_PER_TURN)
+        answered = [m["id"] for m in first]
+        for _ in range(10):
+            clock.advance(0)
+            answered += [m["id"] for m in sent(transport)]
+        self.assertEqual(answered, list(range(100)))

@@ -158,9 +158,27 @@ class IpcServerProtocol(LineReceiver):
         self._open = False
         self.transport.loseConnection()
 
+    #: Requests handled in one reactor turn before yielding to other work: a client with
+    #: hundreds of pipelined requests must not stall every other connection and timer.
+    LINES_PER_TURN = 32
+
+    _lines_this_turn = 0
+
+    def _yield_turn(self) -> None:
+        self._lines_this_turn += 1
+        if self._lines_this_turn >= self.LINES_PER_TURN and not self.paused:
+            self.pauseProducing()
+            self.factory.clock.callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._lines_this_turn = 0
+        if self._open and self.paused:
+            self.resumeProducing()
+
     def lineReceived(self, line: bytes) -> None:
         if not self._open:
             return
+        self._yield_turn()
         if line.endswith(b"\r"):
             line = line[:-1]
         if not line.strip():
@@ -243,7 +261,6 @@ class IpcServerProtocol(LineReceiver):
             def progress(value: Any) -> None:
                 self.notify(PROGRESS_METHOD, {"token": token, "value": value})
 
-        self.log.debug("local API request {method} id={id}", method=req.method, id=req.id)
         d = self.factory.registry.call(
             req.method,
             params,
@@ -298,7 +315,8 @@ class IpcServerFactory(Factory):
 
     :param registry: the methods (``jarvis.ipc.methods.build_registry()``).
     :param ctx: the :class:`~jarvis.ipc.methods.MethodContext` passed to every method.
-    :param clock: the reactor's time (kept for the protocol's future timers and for tests).
+    :param clock: the reactor's time (the protocol yields the reactor between bursts of
+        pipelined requests with it).
     :param require_token: the token TCP clients must send with ``auth``; ``None`` means no
         token is asked (only for UNIX sockets, which check the peer uid instead).
     :param allowed_uid: the uid allowed on UNIX sockets (default: this process's uid).
