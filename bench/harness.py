@@ -45,6 +45,7 @@ BENCHMARKS: dict[str, str] = {
     "ipc": "bench.ipc_bench",
     "messaging": "bench.messaging_bench",
     "scale": "bench.scale_bench",
+    "ui": "bench.ui_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

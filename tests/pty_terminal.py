@@ -17,6 +17,7 @@ import os
 import signal
 import struct
 import termios
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +116,8 @@ class PtyTerminal:
         self.screen = pyte.Screen(columns, lines)
         self.stream = pyte.ByteStream(self.screen)
         self.raw = b""
+        #: ``time.perf_counter()`` when the last output arrived (before the screen parsed it).
+        self.last_output_at = 0.0
         self.transport: Any = None
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
@@ -125,6 +128,7 @@ class PtyTerminal:
         self._queue: list[bytes] = []
         self._hold_until = 0.0
         self._flush_call: Any = None
+        self._buffered = False
         self._quiet_waiters: list[tuple[float, Any, defer.Deferred[str]]] = []
 
     # life cycle --------------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class PtyTerminal:
 
     def output_received(self, data: bytes) -> None:
         """Feed the child's output to the screen and re-check the waiters."""
+        self.last_output_at = time.perf_counter()
         self.raw = (self.raw + data)[-200_000:]
         self.stream.feed(data)
         for quiet, call, _d in self._quiet_waiters:
@@ -226,6 +231,21 @@ class PtyTerminal:
         self._queue.append(data)
         self._flush()
 
+    def _write(self, data: bytes) -> None:
+        # Straight to the pty like a terminal emulator (the transport's buffered write waits
+        # for the next reactor turn, which adds milliseconds to latency figures); whatever the
+        # pty does not take goes through the transport, and so does everything after it.
+        if not self._buffered:
+            try:
+                written = os.write(self.transport.fd, data)
+            except BlockingIOError:
+                written = 0
+            data = data[written:]
+            if not data:
+                return
+            self._buffered = True
+        self.transport.write(data)
+
     def _flush(self) -> None:
         self._flush_call = None
         while self._queue and not self.ended:
@@ -236,7 +256,7 @@ class PtyTerminal:
                 )
                 return
             data = self._queue.pop(0)
-            self.transport.write(data)
+            self._write(data)
             if data == b"\x1b":
                 self._hold_until = reactor.seconds() + ESC_DELAY  # type: ignore[attr-defined]
 

@@ -1,0 +1,406 @@
+"""The terminal UI benchmark: how fast the real UI draws, echoes keys and opens a conversation.
+
+The UI runs as ``python -m jarvis`` in a pseudo-terminal read by a ``pyte`` screen
+(:mod:`tests.pty_terminal`), attached to a real ``twistd jarvis`` daemon that is already running
+and unlocked.  Its data directory holds one conversation of 100,000 messages (10,000 with
+``--quick``), written straight into the store while the daemon is stopped (see
+:func:`fill_history`).  Figures:
+
+- ``first_screen_ms``: from spawning the UI process to the main screen drawn (interpreter start,
+  imports, attaching, loading contacts and counts), median of :func:`sizes` runs;
+- ``first_output_ms``: from spawning to the first screen drawn (any screen), same runs;
+- ``open_conversation_ms``: Alt+1 to the newest message of the big conversation on screen,
+  median over the runs (each run is a fresh UI, so nothing is cached);
+- ``keypress_echo_p50_ms`` / ``keypress_echo_p99_ms``: a key typed in the input line to the
+  character on screen, with that conversation open.
+
+Times are seen from the terminal's side: they end when the output that completes the screen
+arrives from the pty (before ``pyte`` parses it, which costs milliseconds per screen).
+``run()`` runs the reactor, so it can be called once per process only (the harness runs each
+benchmark in its own process).  ``python -m bench.ui_bench [--quick|--smoke]`` runs it alone.
+This module must not be imported by Jarvis itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+PASSWORD = "bench horse battery staple"
+#: Messages written per store batch while filling the history, and batches in flight.
+BURST = 1000
+WINDOW = 4
+REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big one run is."""
+
+    history: int  # messages in the big conversation
+    ui_runs: int  # fresh UI processes (first screen, open conversation)
+    keypresses: int  # keys typed for the echo figure
+
+
+def sizes(quick: bool) -> Sizes:
+    """Return the sizes of a smoke, quick or full run."""
+    from bench.harness import smoke_requested
+
+    if smoke_requested():
+        return Sizes(history=300, ui_runs=1, keypresses=20)
+    if quick:
+        return Sizes(history=10_000, ui_runs=3, keypresses=100)
+    return Sizes(history=100_000, ui_runs=5, keypresses=200)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the value at *fraction* (0..1) of *values* (nearest rank)."""
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """An environment whose Python imports this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY_ROOT, env.get("PYTHONPATH")]))
+    env.pop("JARVIS_HOME", None)
+    env.update(extra)
+    return env
+
+
+class DaemonChild:
+    """A ``twistd -n jarvis`` child for the benchmark's data directory."""
+
+    def __init__(self, reactor: Any, data_dir: str, sock_dir: str) -> None:
+        self.reactor = reactor
+        self.data_dir = data_dir
+        self.socket = os.path.join(sock_dir, "api.sock")
+        self.extra: list[str] = []
+        self.output = b""
+        self.process: Any = None
+        self._ready: Any = None
+        self._ended: Any = None
+
+    def argv(self) -> list[str]:
+        from jarvis.launcher import twistd_argv
+
+        return [
+            *twistd_argv(),
+            "-n",
+            "--pidfile",
+            os.path.join(os.path.dirname(self.socket), "twistd.pid"),
+            "jarvis",
+            "--data-dir",
+            self.data_dir,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--ipc",
+            f"unix:{self.socket}:mode=600:lockfile=1",
+            *self.extra,
+        ]
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Spawn the daemon and wait until its local API listens."""
+        from twisted.internet import defer
+        from twisted.internet.protocol import ProcessProtocol
+
+        self._ready = defer.Deferred()
+        self._ended = defer.Deferred()
+        self.output = b""
+        child = self
+
+        class Watch(ProcessProtocol):
+            def outReceived(self, data: bytes) -> None:
+                child.output = (child.output + data)[-20_000:]
+                if b"local API listening on" in child.output and not child._ready.called:
+                    child._ready.callback(None)
+
+            errReceived = outReceived
+
+            def processEnded(self, reason: Any) -> None:
+                if not child._ready.called:
+                    child._ready.errback(
+                        RuntimeError(
+                            "the daemon exited:\n" + child.output.decode("utf-8", "replace")
+                        )
+                    )
+                child._ended.callback(None)
+
+        self.process = self.reactor.spawnProcess(
+            Watch(), sys.executable, self.argv(), env=child_env(), path=REPOSITORY_ROOT
+        )
+        self._ready.addTimeout(timeout, self.reactor)
+        await self._ready
+
+    async def stop(self) -> None:
+        """SIGTERM the daemon and wait for its end."""
+        if self._ended is None or self._ended.called:
+            return
+        try:
+            self.process.signalProcess("TERM")
+        except Exception:
+            pass
+        await self._ended
+
+    async def client(self) -> Any:
+        """A connected API client."""
+        from jarvis.ipc.client import IpcClient
+
+        return await IpcClient.connect(self.reactor, f"unix:{self.socket}")
+
+
+def fake_link(name: str) -> str:
+    """The link code of a new random identity that never answers (an unused loopback port)."""
+    from jarvis.crypto.identity import IdentityKey
+    from jarvis.crypto.linkcode import encode_link, make_card
+
+    return encode_link(make_card(IdentityKey.generate(), name, ["127.0.0.1:9"], int(time.time())))
+
+
+async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) -> float:
+    """Write *count* messages (alternately in and out, all read or delivered) with *contact*
+    straight into the stopped daemon's store; returns the messages written per second.
+
+    This opens the store the way :class:`jarvis.core.node.Node` does when it unlocks, which is
+    thousands of times faster than sending through the API.
+    """
+    from twisted.internet import defer, threads
+    from twisted.internet.task import deferLater
+
+    from jarvis.core.node import DATABASE, KEYFILE
+    from jarvis.crypto import keyfile
+    from jarvis.crypto.aead import RowCipher
+    from jarvis.store import Message, Store
+
+    with open(os.path.join(data_dir, KEYFILE), "rb") as f:
+        content = f.read()
+    keys = await threads.deferToThread(keyfile.unlock_keyfile, content, PASSWORD)
+    cipher = RowCipher(keys.data_key)
+    store = await Store.open(
+        os.path.join(data_dir, DATABASE),
+        reactor=reactor,
+        cipher=cipher,
+        index_key=cipher.derive_subkey(b"jarvis store blind index v1"),
+    )
+    started = time.perf_counter()
+    base = time.time() - count - 60
+    try:
+        in_flight: deque[Any] = deque()
+        for first in range(0, count, BURST):
+            batch = []
+            for i in range(first, min(count, first + BURST)):
+                when = base + i
+                body = f"m{i:06d} the quick brown fox jumps over the lazy dog"
+                if i % 2:
+                    message = Message(
+                        secrets.token_hex(16), contact, "in", body, "read", when, read=when
+                    )
+                    batch.append(store.add_incoming(message))
+                else:
+                    message = Message(
+                        secrets.token_hex(16),
+                        contact,
+                        "out",
+                        body,
+                        "delivered",
+                        when,
+                        sent=when,
+                        delivered=when,
+                    )
+                    batch.append(store.add_outgoing(message))
+            in_flight.append(defer.gatherResults(batch, consumeErrors=True))
+            if len(in_flight) >= WINDOW:
+                await in_flight.popleft()
+            else:
+                await deferLater(reactor, 0, lambda: None)
+        while in_flight:
+            await in_flight.popleft()
+        await store.set_marker(contact, None)
+    finally:
+        await store.close()
+    return count / (time.perf_counter() - started)
+
+
+async def wait_unlocked(reactor: Any, daemon: DaemonChild, timeout: float = 30.0) -> None:
+    """Wait until the daemon (started with ``--password-file``) has unlocked."""
+    from twisted.internet.task import deferLater
+
+    client = await daemon.client()
+    try:
+        deadline = time.monotonic() + timeout
+        while (await client.call("daemon.status"))["locked"]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not unlock from its password file")
+            await deferLater(reactor, 0.05, lambda: None)
+    finally:
+        await client.close()
+
+
+async def measure_ui(
+    reactor: Any, data_dir: str, root: str, newest: str, keypresses: int
+) -> dict[str, Any]:
+    """Run one fresh UI: first output, main screen, open the conversation, type *keypresses*."""
+    from tests.pty_terminal import PtyTerminal
+
+    env = child_env(
+        JARVIS_HOME=data_dir,
+        XDG_RUNTIME_DIR=root,
+        TZ="UTC",
+        LC_ALL="C.UTF-8",
+        LANG="C.UTF-8",
+        TERM="xterm-256color",
+    )
+    terminal = PtyTerminal([sys.executable, "-m", "jarvis"], env=env, path=REPOSITORY_ROOT)
+    started = time.perf_counter()
+    terminal.start()
+    try:
+        await terminal.wait_for(lambda text: bool(text.strip()), 30)
+        first_output = terminal.last_output_at - started
+        await terminal.wait_for(" alice │ 0/1 online", 30)
+        first_screen = terminal.last_output_at - started
+
+        started = time.perf_counter()
+        terminal.press("meta 1")
+        await terminal.wait_for(newest, 30)
+        opened = terminal.last_output_at - started
+
+        echoes: list[float] = []
+        typed = ""
+        for n in range(keypresses):
+            if len(typed) >= 50:
+                terminal.press("ctrl u")
+                await terminal.wait_for(lambda text: terminal.rows()[-1] == ">", 10)
+                typed = ""
+            key = "abcdefghij"[n % 10]
+            typed += key
+            expected = "> " + typed
+            started = time.perf_counter()
+            terminal.type(key)
+            await terminal.wait_for(
+                lambda text, expected=expected: terminal.rows()[-1] == expected, 10
+            )
+            # when the echo arrived, before pyte parsed it (pyte takes ms per screen)
+            echoes.append(terminal.last_output_at - started)
+    finally:
+        await terminal.stop()
+    return {
+        "first_output": first_output,
+        "first_screen": first_screen,
+        "open": opened,
+        "echoes": echoes,
+    }
+
+
+async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
+    """Set up the daemon and history, run the UIs, return the harness's figures."""
+    root = tempfile.mkdtemp(prefix="jvb", dir="/tmp")
+    os.chmod(root, 0o700)
+    data_dir = os.path.join(root, "alice")
+    sock_dir = os.path.join(root, "s")
+    os.makedirs(sock_dir, mode=0o700)
+    password_file = os.path.join(root, "pw")
+    with open(password_file, "w", encoding="utf-8") as f:
+        f.write(PASSWORD + "\n")
+    daemon = DaemonChild(reactor, data_dir, sock_dir)
+    try:
+        await daemon.start()
+        client = await daemon.client()
+        try:
+            await client.call("identity.create", {"name": "alice", "password": PASSWORD})
+            bob = await client.call("contacts.add", {"link": fake_link("bob")})
+        finally:
+            await client.close()
+        await daemon.stop()
+        fill_rate = await fill_history(reactor, data_dir, bob["uid"], size.history)
+
+        daemon.extra = ["--password-file", password_file]
+        await daemon.start()
+        await wait_unlocked(reactor, daemon)
+        newest = f"m{size.history - 1:06d}"
+        runs = []
+        for index in range(size.ui_runs):
+            last = index == size.ui_runs - 1
+            runs.append(
+                await measure_ui(reactor, data_dir, root, newest, size.keypresses if last else 0)
+            )
+    finally:
+        await daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    echoes = [e * 1000.0 for run in runs for e in run["echoes"]]
+    count = f"{size.history:,}"
+    return {
+        "figures": {
+            "first_screen_ms": {
+                "value": statistics.median(r["first_screen"] for r in runs) * 1000.0,
+                "unit": "ms (spawn to main screen)",
+                "goal": 300.0,
+            },
+            "first_output_ms": {
+                "value": statistics.median(r["first_output"] for r in runs) * 1000.0,
+                "unit": "ms (spawn to first drawn screen)",
+            },
+            "open_conversation_ms": {
+                "value": statistics.median(r["open"] for r in runs) * 1000.0,
+                "unit": f"ms (Alt+1 to newest of {count} on screen)",
+                "goal": 100.0,
+            },
+            "keypress_echo_p50_ms": {
+                "value": statistics.median(echoes),
+                "unit": f"ms ({count} in history)",
+                "goal": 16.0,
+            },
+            "keypress_echo_p99_ms": {
+                "value": percentile(echoes, 0.99),
+                "unit": f"ms ({count} in history)",
+                "goal": 16.0,
+            },
+            "history_fill_msgs_per_s": {
+                "value": fill_rate,
+                "unit": "messages/s (setup, straight into the store)",
+            },
+        }
+    }
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Run the UI benchmark on the asyncio reactor and return its figures.
+
+    :param quick: 10,000 messages and 3 UI runs instead of 100,000 and 5.
+    :returns: ``{"figures": {name: {"value": float, "unit": str, "goal"?: float}}}``.
+    """
+    from twisted.internet import defer
+
+    from jarvis.reactor import install
+
+    reactor = install()
+    outcome: list[Any] = []
+
+    def start() -> None:
+        finished = defer.ensureDeferred(measure(reactor, sizes(quick)))
+        finished.addBoth(outcome.append)
+        finished.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome:
+        raise RuntimeError("the UI benchmark did not finish")
+    result = outcome[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return dict(result)
+
+
+if __name__ == "__main__":
+    from bench.harness import run_standalone
+
+    sys.exit(run_standalone("ui", run, sys.argv[1:]))
