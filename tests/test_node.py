@@ -179,6 +179,7 @@ class IdentityLifeCycleTests(TestCase):
         self.assertTrue(node.keys_loaded)
         session = FakeSession(key.uid)
         await node.message_received(session, secrets.token_bytes(16), b"while locked", 1)
+        _clock.advance(0)  # acks of one reactor turn leave together
         self.assertEqual(len(session.acks), 1)
         with self.assertRaises(WrongPassword):
             await node.unlock("nope")
@@ -275,7 +276,7 @@ class MessagingTests(TestCase):
     async def test_incoming_deduplicated_and_acked(self) -> None:
         """When the same message arrives twice, then it is stored once, acked both times, and
         announced once."""
-        node, _clock, events = make_node(self)
+        node, clock, events = make_node(self)
         await node.create_identity("Alice", "pw")
         key, link = friend_link()
         await node.add_contact(link=link)
@@ -284,6 +285,7 @@ class MessagingTests(TestCase):
         first = node.message_received(session, mid, "héllo".encode(), 1_700_000_000_000)
         await node.message_received(session, mid, "héllo".encode(), 1_700_000_000_000)
         await first
+        clock.advance(0)  # acks of one reactor turn leave together
         self.assertEqual(session.acks, [mid, mid])
         history = await node.history("Bob")
         self.assertEqual([m["body"] for m in history["messages"]], ["héllo"])

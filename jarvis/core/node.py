@@ -140,6 +140,8 @@ class Node(Service):
         self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
         #: each peer's last reported state, and how many acceptable contacts are online
         self._peer_states: dict[str, str] = {}
+        #: acks waiting for the end of the reactor turn, per session
+        self._pending_acks: dict[Any, list[bytes]] = {}
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -881,10 +883,7 @@ class Node(Service):
         )
 
         def stored(is_new: bool) -> None:
-            try:
-                session.send_ack([message_id])
-            except Exception as e:
-                self.log.warn("ack for {id} not sent: {error}", id=message.id, error=str(e))
+            self._queue_ack(session, message_id)
             if is_new:
                 contact = self._contacts.get(uid)
                 self._emit(
@@ -896,6 +895,33 @@ class Node(Service):
         d.addCallback(stored)
         d.addErrback(lambda f: self.log.failure("storing an incoming message failed", f))
         return d
+
+    def _queue_ack(self, session: Any, message_id: bytes) -> None:
+        """Acknowledge *message_id* (stored) with the others of this reactor turn in one record.
+
+        A store batch commits many messages at once; one Ack per batch instead of one per
+        message halves the records crossing the wire and the work on both sides.
+        """
+        pending = self._pending_acks.get(session)
+        if pending is None:
+            pending = self._pending_acks[session] = []
+            if len(self._pending_acks) == 1:
+                clock: Any = self.clock  # zope's IReactorTime.callLater confuses mypy
+                clock.callLater(0, self._flush_acks)
+        pending.append(message_id)
+
+    def _flush_acks(self) -> None:
+        pending, self._pending_acks = self._pending_acks, {}
+        for session, ids in pending.items():
+            try:
+                session.send_ack(ids)
+            except Exception as e:
+                self.log.warn(
+                    "{count} acks for {uid} not sent: {error}",
+                    count=len(ids),
+                    uid=getattr(session, "peer_uid", None),
+                    error=str(e),
+                )
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark acknowledged messages delivered; fires when recorded."""
