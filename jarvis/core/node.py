@@ -155,8 +155,12 @@ class Node(Service):
 
     @property
     def has_identity(self) -> bool:
-        """Whether a key file exists in the data directory."""
-        return os.path.exists(self.keyfile_path)
+        """Whether a key file exists in the data directory.
+
+        Asked on every API request: while the keys are loaded the answer is known without a
+        ``stat()`` on the reactor thread.
+        """
+        return self._keys is not None or os.path.exists(self.keyfile_path)
 
     @property
     def locked(self) -> bool:
