@@ -831,4 +831,6 @@ _ESTABLISHED_DATA: dict[type, Callable[[Any, PeerSession, Any], None]] = {
     Message: _open_message,
     Ack: _report_acks,
     Read: _report_reads,
+    Ping: _answer_ping,
+    Pong: lambda inputs, core, pong: None,  # the idle timer was reset when it arrived
 }
