@@ -369,3 +369,27 @@ class RedrawTests(SynchronousTestCase):
         client.emit("message.received", {"message": {}})
         self.assertIn("could not show an update", screen_text(controller.window, (120, 20)))
         self.flushLoggedErrors(RuntimeError)
+
+
+class FocusAndSettingsTests(SynchronousTestCase):
+    def test_focus_follows_the_open_conversation(self) -> None:
+        """When a conversation is opened and then the UI locks, then the daemon is told which
+        conversation is shown, then that none is (so notifications resume)."""
+        client = make_populated_client()
+        controller, _c, _clock, _connector = make_controller(client)
+        uid = UID_ALICE
+        controller.open_conversation(uid)
+        self.assertEqual(client.focus, uid)
+        controller.lock()
+        self.assertIsNone(client.focus)
+
+    def test_notification_toggle_saved_in_daemon(self) -> None:
+        """When notifications are turned off and previews on in the settings dialog, then the
+        daemon's settings change accordingly."""
+        client = make_populated_client()
+        controller, _c, _clock, _connector = make_controller(client)
+        controller.open_settings()
+        press(controller, " ", "down", " ")
+        self.assertEqual(client.settings["notifications"], False)
+        self.assertEqual(client.settings["bell"], False)
+        self.assertEqual(client.settings["previews"], True)

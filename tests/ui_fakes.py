@@ -70,6 +70,8 @@ class FakeDaemonClient:
         self.name = name
         self.password = password
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.focus: str | None = None
+        self.settings: dict[str, bool] = {"notifications": True, "previews": False, "bell": True}
         self.contacts: dict[str, dict[str, Any]] = {}
         self.messages: dict[str, list[dict[str, Any]]] = {}
         self.markers: dict[str, str | None] = {}
@@ -318,6 +320,17 @@ class FakeDaemonClient:
         self._unlocked()
         counts = {uid: c.get("unread", 0) for uid, c in self.contacts.items() if c.get("unread")}
         return {"unread": counts}
+
+    def m_ui_focus(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.focus = params.get("contact")
+        return {"focus": self.focus}
+
+    def m_settings_get(self, params: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.settings)
+
+    def m_settings_set(self, params: dict[str, Any]) -> dict[str, Any]:
+        self.settings.update(params)
+        return dict(self.settings)
 
     def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()

@@ -327,6 +327,25 @@ class Controller:
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
         return d
 
+    def _announce_focus(self) -> None:
+        """Tell the daemon which conversation this UI shows (no desktop notification for it)."""
+        uid = self.model.current_uid if self._on_main_screen() else None
+        if self.client is None:
+            return
+        d = self._call("ui.focus", {"contact": uid})
+        d.addErrback(lambda f: self.log.info("ui.focus: {e}", e=type(f.value).__name__))
+
+    def _load_settings(self) -> defer.Deferred[Any]:
+        def loaded(settings: Mapping[str, Any]) -> None:
+            if isinstance(settings, Mapping) and "notifications" in settings:
+                self.model.notifications = bool(settings.get("bell", settings["notifications"]))
+                self.model.previews = bool(settings.get("previews", False))
+
+        d = self._call("settings.get")
+        d.addCallback(loaded)
+        d.addErrback(lambda f: self.log.info("settings: {e}", e=type(f.value).__name__))
+        return d
+
     def _show_main(self) -> None:
         if self.model.locked:
             return
@@ -335,6 +354,8 @@ class Controller:
             self._stop_banner()
             self.window.show(self.main_screen)
         self.main_screen.refresh()
+        self._load_settings()
+        self._announce_focus()
         uid = self.model.current_uid
         if uid is not None:
             self._load_history(uid)
@@ -655,6 +676,7 @@ class Controller:
         self.main_screen.input.set_edit_pos(len(draft))
         self.main_screen.conversations.select(uid)
         self.main_screen.focus_area("input")
+        self._announce_focus()
         self._load_history(uid)
 
     def _load_history(self, uid: str) -> None:
@@ -803,6 +825,7 @@ class Controller:
         self._save_draft()
         self.model.set_locked(True)
         self.show_lock()
+        self._announce_focus()
         d = self._call("identity.lock", label="locking")
         d.addErrback(self._report, "locking")
 
@@ -1017,6 +1040,13 @@ class Controller:
             if setting == "notifications":
                 self.model.notifications = value
                 self.model.notify(f"notifications {'on' if value else 'off'}")
+                # the daemon raises the desktop notifications; the UI rings the bell
+                d = self._call("settings.set", {"notifications": value, "bell": value})
+                d.addErrback(self._report, "saving settings")
+            elif setting == "previews":
+                self.model.previews = value
+                d = self._call("settings.set", {"previews": value})
+                d.addErrback(self._report, "saving settings")
             elif uid is not None:
                 self.update_contact(uid, {setting: value}, "saving")
 

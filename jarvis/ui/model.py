@@ -418,6 +418,8 @@ class MessengerModel:
         self.status: StatusLine | None = None
         self.history = InputHistory()
         self.notifications = True
+        #: whether the daemon's desktop notifications show message text (opt-in)
+        self.previews = False
         self._next_operation = 1
 
     # observers ---------------------------------------------------------------------------

@@ -497,7 +497,7 @@ class SettingsDialog(Dialog):
     """Notifications, and read receipts and muting per contact.
 
     :param on_toggle: called with ``(setting, uid_or_None, value)``; settings are
-        ``"notifications"``, ``"read_receipts"`` and ``"muted"``.
+        ``"notifications"``, ``"previews"``, ``"read_receipts"`` and ``"muted"``.
     """
 
     def __init__(
@@ -514,7 +514,8 @@ class SettingsDialog(Dialog):
             )
 
         rows: list[urwid.Widget] = [
-            box("Desktop notifications in this UI", model.notifications, "notifications", None),
+            box("Notifications (desktop and bell)", model.notifications, "notifications", None),
+            box("  show message text in them", model.previews, "previews", None),
             urwid.Divider(),
             urwid.Text(("pane_title", "Per contact")),
         ]
