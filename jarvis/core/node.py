@@ -762,7 +762,6 @@ class Node(Service):
         contact = self.resolve(ref)
         ids = yield store.mark_read(contact.uid, up_to=up_to, at=self.now())
         if ids:
-            yield store.set_marker(contact.uid, None)
             for message_id in ids:
                 self._emit(
                     "message.stateChanged",

@@ -559,10 +559,14 @@ class _Rows:
             raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
         if self._append(message) is None:
             return False
-        # the first unread message places the conversation's "new messages" marker
+        # The first message of a new unread run places the conversation's "new messages"
+        # marker; it stays there (also once read) until the next unread run begins.
+        conversation = self._index(message.contact)
         self.conn.execute(
-            "UPDATE conversations SET marker = ? WHERE conversation = ? AND marker IS NULL",
-            (message.id, self._index(message.contact)),
+            "UPDATE conversations SET marker = ? WHERE conversation = ? AND NOT EXISTS ("
+            "SELECT 1 FROM messages WHERE conversation = ? AND direction = 'in' "
+            "AND state = 'received' AND id != ?)",
+            (message.id, conversation, conversation, message.id),
         )
         return True
 
@@ -977,8 +981,8 @@ class Store:
     def add_incoming(self, message: Message) -> Deferred[bool]:
         """Store an incoming message unless its id is already stored for its contact.
 
-        The first incoming message after the marker was cleared becomes the conversation's
-        "new messages" marker, in the same transaction.
+        The first message of a new unread run (no other unread incoming message in the
+        conversation) becomes its "new messages" marker, in the same transaction.
 
         :returns: a Deferred firing with True if stored, False if it was a duplicate.
         """
