@@ -497,8 +497,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
                     nullable=True,
                 ),
             ),
-            result="{messages: [message] (oldest first), next: cursor for the older page or null, "
-            "marker: id of the first unread message or null}",
+            result="{messages: [message] (newest first), next: cursor for the older page or null, "
+            "marker: id of the first message of the latest unread run (the read position, "
+            "shared by every client) or null}",
             doc="Page through a conversation, newest page first.",
         ),
         MethodSpec(
