@@ -113,8 +113,16 @@ class InitOptions(_PasswordOptions):
 class DaemonStartOptions(CommandOptions):
     """Start the daemon in the background."""
 
-    synopsis = "[--listen ENDPOINT] [--advertise HOST:PORT]..."
-    optParameters = [["listen", "l", None, "Peer-to-peer listening endpoint (e.g. tcp:7770)."]]
+    synopsis = "[--listen ENDPOINT] [--advertise HOST:PORT]... [--password-file FILE]"
+    optParameters = [
+        ["listen", "l", None, "Peer-to-peer listening endpoint (e.g. tcp:7770)."],
+        [
+            "password-file",
+            None,
+            None,
+            "Unlock at start with the first line of FILE (unattended use; keep it 0600).",
+        ],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -523,6 +531,8 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
             extra += ["--listen", sub["listen"]]
         for address in sub["advertise"]:
             extra += ["--advertise", address]
+        if sub["password-file"]:
+            extra += ["--password-file", os.path.abspath(sub["password-file"])]
     os.makedirs(session.data_dir, mode=0o700, exist_ok=True)
     argv = detached_daemon_argv(session.data_dir, extra)
     out, err, code = await utils.getProcessOutputAndValue(

@@ -309,6 +309,8 @@ def _run(
     service: Any = None
     if embedded:
         service = make_embedded_service(reactor, data_dir)
+        # as twistd does: bind the listeners first (a failed listen raises here), then start
+        service.privilegedStartService()
         reactor.callWhenRunning(service.startService)
 
     def shutdown() -> defer.Deferred[Any]:
