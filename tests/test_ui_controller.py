@@ -393,3 +393,23 @@ class FocusAndSettingsTests(SynchronousTestCase):
         self.assertEqual(client.settings["notifications"], False)
         self.assertEqual(client.settings["bell"], False)
         self.assertEqual(client.settings["previews"], True)
+
+
+class OlderHistoryTests(SynchronousTestCase):
+    def test_scrolling_past_the_top_loads_older_pages(self) -> None:
+        """When a conversation has more messages than one page and the user goes to the top,
+        then the previous page is fetched with the cursor, until everything is loaded."""
+        client = make_populated_client()
+        for i in range(250):
+            client.add_message(UID_BOB, f"old {i}", created=NOW - 100_000 + i)
+        controller, _c, _clock, _connector = make_controller(client)
+        controller.open_conversation(UID_BOB)
+        conversation = controller.model.conversations[UID_BOB]
+        self.assertEqual(len(conversation.messages), 100)
+        press(controller, "home")
+        self.assertEqual(len(conversation.messages), 200)
+        press(controller, "home")
+        self.assertEqual(len(conversation.messages), 251)
+        self.assertIsNone(conversation.older)
+        befores = [p.get("before") for m, p in client.calls if m == "messages.history"]
+        self.assertEqual(befores, [None, "100", "200"])

@@ -302,9 +302,11 @@ class FakeDaemonClient:
         contact = self._contact(params)
         messages = list(reversed(self.messages.get(contact["uid"], [])))
         limit = params.get("limit", 50)
+        start = int(params.get("before") or 0)
+        end = start + limit
         return {
-            "messages": messages[:limit],
-            "next": None,
+            "messages": messages[start:end],
+            "next": str(end) if end < len(messages) else None,
             "marker": self.markers.get(contact["uid"]),
         }
 

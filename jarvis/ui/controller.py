@@ -173,6 +173,7 @@ class Controller:
         self._banner_animation: Any = None
         self._unlocking = False
         self._unread_refresh: Any = None
+        self._loading_older = False
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
             ConnectingScreen(self.model), self._before_widgets, self._after_widgets
@@ -470,8 +471,31 @@ class Controller:
                 move(step)
 
     def _scroll(self, command: str) -> None:
-        if self._on_main():
-            self.main_screen.scrollback.scroll(command)
+        if not self._on_main():
+            return
+        self.main_screen.scrollback.scroll(command)
+        if command in ("scroll_up", "scroll_top") and self.main_screen.scrollback.at_top():
+            self._load_older()
+
+    def _load_older(self) -> None:
+        """Fetch the page before the oldest loaded message (scrolling past the top)."""
+        uid = self.model.current_uid
+        conversation = self.model.conversations.get(uid) if uid is not None else None
+        if uid is None or conversation is None or not conversation.older:
+            return
+        if self._loading_older:
+            return
+        self._loading_older = True
+        params = {"contact": uid, "limit": HISTORY_PAGE, "before": conversation.older}
+        d = self._call("messages.history", params)
+        d.addCallback(lambda result: self.model.load_history(uid, result, older=True))
+        d.addErrback(self._report, "loading older messages")
+
+        def done(_: Any) -> None:
+            self._loading_older = False
+            self.redraw()
+
+        d.addBoth(done)
 
     def _close_dialog(self) -> None:
         # The lock screen is a screen, not a dialog: Esc can never close it.

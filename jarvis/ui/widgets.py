@@ -351,6 +351,10 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
             self._w.keypress(size, "page up" if command == "scroll_up" else "page down")
             self._follow = self._at_bottom()
 
+    def at_top(self) -> bool:
+        """Whether the oldest loaded line is in focus (time to fetch an older page)."""
+        return len(self._walker) == 0 or self._walker.focus == 0
+
     def keypress(self, size: Any, key: str) -> str | None:
         result = super().keypress(size, key)
         self._follow = self._at_bottom()
