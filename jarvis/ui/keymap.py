@@ -127,7 +127,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     _command("scroll_up", "Scroll the conversation up a page", _NAV, ("page up",), (MAIN,)),
     _command("scroll_down", "Scroll the conversation down a page", _NAV, ("page down",), (MAIN,)),
-    _command("scroll_top", "Go to the oldest message (loads older pages)", _NAV, ("home",), (MAIN,)),
+    _command("scroll_top", "Go to the oldest message (loads older)", _NAV, ("home",), (MAIN,)),
     _command("scroll_bottom", "Go to the newest message", _NAV, ("end",), (MAIN,)),
     _command("history_previous", "Previous line of input history", _EDIT, ("up",), (INPUT,)),
     _command("history_next", "Next line of input history", _EDIT, ("down",), (INPUT,)),
