@@ -198,6 +198,19 @@ def _message_from_json(data: Any) -> Message:
     return message
 
 
+def _with_seq(message: Message, seq: int) -> Message:
+    """Return a copy of *message* (already validated) with *seq*, without re-validating it.
+
+    ``dataclasses.replace`` runs ``__init__`` and ``__post_init__`` again, a sizeable share of
+    storing a message.
+    """
+    copy = object.__new__(Message)
+    fields = copy.__dict__
+    fields.update(message.__dict__)
+    fields["seq"] = seq
+    return copy
+
+
 _MESSAGE_COLUMNS = "conversation, seq, id, direction, state, created, sent, delivered, read, body"
 _CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
 _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
@@ -222,6 +235,12 @@ class _Rows:
         # conversation -> next seq, as committed or as written in the open transaction;
         # cleared whenever anything is rolled back.
         self._next_seq: dict[bytes, int] = {}
+        # conversation -> newest ``created`` appended in the open transaction whose
+        # conversations row (next_seq, last_activity) is not updated yet: written once per
+        # conversation by :meth:`_write_conversations`, not once per message.
+        self._touched: dict[bytes, float] = {}
+        # conversation -> associated data prefix of its message bodies (the id follows).
+        self._body_ad: dict[bytes, bytes] = {}
         self.transactions = 0
 
     # -- connection -------------------------------------------------------------------------
@@ -288,7 +307,8 @@ class _Rows:
         conn, self._conn = self._conn, None
         self._uids.clear()
         self._indexes.clear()
-        self._next_seq.clear()
+        self._body_ad.clear()
+        self._forget_transaction()
         if conn is not None:
             conn.close()
 
@@ -330,31 +350,98 @@ class _Rows:
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
-            for method, args, write in ops:
-                savepoint = isolate and write
-                if savepoint:
-                    conn.execute("SAVEPOINT op")
-                try:
-                    value = method(*args)
-                except Exception as exc:
-                    if write and not isolate:
-                        raise _WriteFailed() from exc
-                    if savepoint:
-                        conn.execute("ROLLBACK TO op")
-                        conn.execute("RELEASE op")
-                        self._next_seq.clear()
-                    results.append((False, exc))
-                else:
-                    if savepoint:
-                        conn.execute("RELEASE op")
-                    results.append((True, value))
+            if isolate:
+                for method, args, write in ops:
+                    results.append(self._run_isolated(method, args, write))
+            else:
+                self._run_unisolated(ops, results)
+                self._write_conversations()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._next_seq.clear()
+            self._forget_transaction()
             raise
         return results
+
+    def _run_unisolated(
+        self,
+        ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]],
+        results: list[tuple[bool, Any]],
+    ) -> None:
+        """Run *ops* without savepoints; a failing write raises :class:`_WriteFailed`.
+
+        Consecutive :meth:`add_outgoing` operations go in with one ``executemany`` per table.
+        """
+        add_outgoing = self.add_outgoing
+        i, count = 0, len(ops)
+        while i < count:
+            method, args, write = ops[i]
+            if method == add_outgoing:
+                j = i + 1
+                while j < count and ops[j][0] == add_outgoing:
+                    j += 1
+                try:
+                    values = self._add_outgoing_many([op[1][0] for op in ops[i:j]])
+                except Exception as exc:
+                    raise _WriteFailed() from exc
+                results.extend((True, value) for value in values)
+                i = j
+                continue
+            if method != self.add_incoming:
+                # Anything else may read the conversations rows: bring them up to date.
+                self._write_conversations()
+            try:
+                value = method(*args)
+            except Exception as exc:
+                if write:
+                    raise _WriteFailed() from exc
+                results.append((False, exc))
+            else:
+                results.append((True, value))
+            i += 1
+
+    def _run_isolated(
+        self, method: Callable[..., Any], args: tuple[Any, ...], write: bool
+    ) -> tuple[bool, Any]:
+        """Run one operation, a write in its own savepoint (undone alone if it fails)."""
+        conn = self.conn
+        if not write:
+            try:
+                return (True, method(*args))
+            except Exception as exc:
+                return (False, exc)
+        conn.execute("SAVEPOINT op")
+        try:
+            value = method(*args)
+            self._write_conversations()
+        except Exception as exc:
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            self._forget_transaction()
+            return (False, exc)
+        conn.execute("RELEASE op")
+        return (True, value)
+
+    def _forget_transaction(self) -> None:
+        """Drop what is cached about uncommitted rows (after a rollback)."""
+        self._next_seq.clear()
+        self._touched.clear()
+
+    def _write_conversations(self) -> None:
+        """Write the next seq and last activity of the conversations appended to."""
+        if not self._touched:
+            return
+        next_seq = self._next_seq
+        self.conn.executemany(
+            "UPDATE conversations SET next_seq = ?, "
+            "last_activity = max(coalesce(last_activity, ?), ?) WHERE conversation = ?",
+            [
+                (next_seq[conversation], when, when, conversation)
+                for conversation, when in self._touched.items()
+            ],
+        )
+        self._touched.clear()
 
     # -- sealing ----------------------------------------------------------------------------
 
@@ -423,13 +510,25 @@ class _Rows:
             if self._exists(conversation, message.id):
                 return None
             raise
-        self.conn.execute(
-            "UPDATE conversations SET next_seq = ?, "
-            "last_activity = max(coalesce(last_activity, ?), ?) WHERE conversation = ?",
-            (seq + 1, message.created, message.created, conversation),
-        )
-        self._next_seq[conversation] = seq + 1
+        self._appended(conversation, seq, message.created)
         return seq
+
+    def _appended(self, conversation: bytes, seq: int, created: float) -> None:
+        """Note that *seq* of *conversation* is taken (its row is written before COMMIT)."""
+        self._next_seq[conversation] = seq + 1
+        touched = self._touched
+        when = touched.get(conversation)
+        touched[conversation] = created if when is None or created > when else when
+
+    def _seal_body(self, body: str, conversation: bytes, mid: str) -> bytes:
+        """Seal a message body bound to its conversation and id (as :func:`associated_data`)."""
+        prefix = self._body_ad.get(conversation)
+        if prefix is None:
+            if len(self._body_ad) >= _INDEX_CACHE:
+                self._body_ad.clear()
+            prefix = self._body_ad[conversation] = associated_data("messages", "body", conversation)
+        key = mid.encode()
+        return self._cipher.seal(body.encode(), prefix + len(key).to_bytes(2, "big") + key)
 
     # -- contacts ---------------------------------------------------------------------------
 
@@ -495,6 +594,7 @@ class _Rows:
             self.conn.execute("DELETE FROM messages WHERE conversation = ?", (conversation,))
             self.conn.execute("DELETE FROM conversations WHERE conversation = ?", (conversation,))
             self._next_seq.pop(conversation, None)
+            self._touched.pop(conversation, None)
         return removed > 0
 
     # -- messages ---------------------------------------------------------------------------
@@ -522,9 +622,7 @@ class _Rows:
         return row is not None
 
     def _insert_message(self, message: Message, conversation: bytes, seq: int) -> None:
-        body = self._seal(
-            message.body.encode(), "messages", "body", conversation, message.id.encode()
-        )
+        body = self._seal_body(message.body, conversation, message.id)
         rowid = self.conn.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -552,7 +650,58 @@ class _Rows:
         seq = self._append(message)
         if seq is None:
             raise DuplicateMessage(f"message {message.id} is already stored")
-        return dataclasses.replace(message, seq=seq)
+        return _with_seq(message, seq)
+
+    def _add_outgoing_many(self, messages: Sequence[Message]) -> list[Message]:
+        """:meth:`add_outgoing` for several messages, with one ``executemany`` per table.
+
+        :raises Exception: if any of them fails (the caller then retries them one by one).
+        """
+        conn = self.conn
+        row = conn.execute("SELECT max(rowid) FROM messages").fetchone()
+        rowid = (row[0] or 0) + 1
+        message_rows: list[tuple[Any, ...]] = []
+        outbox_rows: list[tuple[int, bytes, int]] = []
+        stored: list[Message] = []
+        next_seq = self._next_seq
+        for message in messages:
+            if message.direction != "out":
+                raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
+            conversation = self._index(message.contact)
+            seq = next_seq.get(conversation)
+            if seq is None:
+                seq = self._ensure_conversation(conversation, message.contact)
+            mid = message.id
+            message_rows.append(
+                (
+                    rowid,
+                    conversation,
+                    seq,
+                    mid,
+                    "out",
+                    message.state,
+                    message.created,
+                    message.sent,
+                    message.delivered,
+                    message.read,
+                    self._seal_body(message.body, conversation, mid),
+                )
+            )
+            if message.state in OUTBOX_STATES:
+                outbox_rows.append((rowid, conversation, seq))
+            self._appended(conversation, seq, message.created)
+            stored.append(_with_seq(message, seq))
+            rowid += 1
+        conn.executemany(
+            f"INSERT INTO messages (rowid, {_MESSAGE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            message_rows,
+        )
+        if outbox_rows:
+            conn.executemany(
+                "INSERT INTO outbox (message, conversation, seq) VALUES (?, ?, ?)", outbox_rows
+            )
+        return stored
 
     def add_incoming(self, message: Message) -> bool:
         if message.direction != "in":
