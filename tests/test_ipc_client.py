@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 from twisted.internet import defer, endpoints, error
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from jarvis.ipc import jsonrpc
-from jarvis.ipc.client import IpcClient, RemoteError
+from jarvis.ipc.client import IpcClient, RemoteError, _plain_description
 from tests.test_ipc_server import SocketTestCase, make_factory, unlocked_node
 
 
@@ -82,6 +86,65 @@ class DisconnectTests(SocketTestCase):
             await IpcClient.connect(self.reactor, f"unix:{self.path}.none")
 
 
+class DescriptionTests(SocketTestCase):
+    """Endpoint descriptions: the plain forms connect directly, the others via endpoints."""
+
+    def test_plain_forms(self) -> None:
+        """When a description is unix:PATH or tcp:HOST:PORT, then it is split directly; any
+        option, keyword, escape or other kind is left to clientFromString."""
+        self.assertEqual(_plain_description("unix:/run/j/api.sock"), ("unix", "/run/j/api.sock", 0))
+        self.assertEqual(_plain_description("tcp:127.0.0.1:7771"), ("tcp", "127.0.0.1", 7771))
+        self.assertEqual(_plain_description("tcp:localhost:80"), ("tcp", "localhost", 80))
+        for other in (
+            "unix:path=/x",
+            "unix:/x:timeout=3",
+            "unix:/x:lockfile=1",
+            "tcp:127.0.0.1:7771:timeout=5",
+            "tcp:host=h:port=1",
+            "tcp:\\:\\:1:7771",
+            "tcp:127.0.0.1:http",
+            "tcp:127.0.0.1",
+            "ssl:127.0.0.1:443",
+            "unix:",
+        ):
+            self.assertIsNone(_plain_description(other), other)
+
+    async def test_keyword_description(self) -> None:
+        """When the description uses clientFromString keywords, then it still connects."""
+        client = await IpcClient.connect(self.reactor, f"unix:path={self.path}:timeout=5")
+        self.addCleanup(client.close)
+        self.assertTrue((await client.call("daemon.status"))["running"])
+
+    async def test_cancel_connect(self) -> None:
+        """When the connect Deferred is cancelled before the connection is made, then it fails
+        with CancelledError and no connection is left open."""
+        d = IpcClient.connect(self.reactor, f"unix:{self.path}")
+        d.cancel()
+        with self.assertRaises(defer.CancelledError):
+            await d
+        await deferLater(self.reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.factory.connections), 0)
+
+
+class ImportTests(TestCase):
+    """The client stays cheap to import (the terminal UI's start-up)."""
+
+    def test_no_endpoints_import(self) -> None:
+        """When jarvis.cli and the IPC client are imported in a fresh interpreter, then neither
+        twisted.internet.endpoints nor jarvis.crypto's cryptography code is imported."""
+        code = (
+            "import sys, jarvis.cli, jarvis.ipc.client; "
+            "bad = [m for m in ('twisted.internet.endpoints', 'jarvis.crypto.identity', "
+            "'cryptography.hazmat.primitives.asymmetric.ed25519') if m in sys.modules]; "
+            "print(','.join(bad))"
+        )
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+        )
+        self.assertEqual(out.stdout.strip(), "")
+
+
 class TokenTests(TestCase):
     """TCP connections authenticate with the token."""
 
@@ -109,6 +172,17 @@ class TokenTests(TestCase):
         with self.assertRaises(RemoteError) as caught:
             await IpcClient.connect(self.reactor, self.endpoint, token="nope")
         self.assertEqual(caught.exception.code, jsonrpc.UNAUTHORIZED)
+
+    async def test_tcp_description(self) -> None:
+        """When the description is tcp:HOST:PORT, then the client connects over TCP."""
+        client = await IpcClient.connect(self.reactor, self.endpoint, token="t0ken")
+        self.addCleanup(client.close)
+        self.assertEqual(client._protocol.transport.getPeer().type, "TCP")
+
+    async def test_tcp_nobody_listens(self) -> None:
+        """When nothing listens on the TCP port, then connect fails with a connect error."""
+        with self.assertRaises(error.ConnectError):
+            await IpcClient.connect(self.reactor, "tcp:127.0.0.1:1")
 
     async def test_missing_token(self) -> None:
         """When no token is sent, then the first call fails with unauthorized and the

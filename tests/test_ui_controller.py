@@ -47,6 +47,35 @@ class StartTests(SynchronousTestCase):
         self.assertIs(controller.window.screen, controller.main_screen)
         self.assertEqual(controller.model.total_unread(), 2)
 
+    def test_locked_at_start(self) -> None:
+        """When the daemon is locked at start, then the state asked for early is dropped: the
+        lock screen shows with no error on the status line."""
+        client = make_populated_client()
+        client.locked = True
+        controller, _, _, _ = make_controller(client)
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertIsNone(controller.model.status)
+        self.assertNotIn("messages.history", client.methods_called())
+
+    def test_locked_reconnect_asks_status_only(self) -> None:
+        """When the UI knows the identity is locked and reconnects, then it asks for the
+        status alone, and loads the rest once the status says unlocked."""
+        client = make_populated_client()
+        client.locked = True
+        controller, _, clock, connector = make_controller(client)
+        connector.client = None
+        client.disconnect()
+        fresh = make_populated_client()
+        fresh.locked = True
+        connector.client = fresh
+        clock.advance(FIRST_RETRY)
+        self.assertEqual(fresh.methods_called(), ["events.subscribe", "daemon.status"])
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        fresh.locked = False
+        controller.reload()
+        self.assertIn("contacts.list", fresh.methods_called())
+        self.assertIs(controller.window.screen, controller.main_screen)
+
     def test_no_identity_welcome_then_create(self) -> None:
         """When no identity exists, then welcome shows and the form creates one."""
         controller, client, _, _ = make_controller(FakeDaemonClient(has_identity=False))

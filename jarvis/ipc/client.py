@@ -1,13 +1,16 @@
 """The Twisted client of the local API, used by the terminal UI and the ``jarvis`` CLI.
 
 :meth:`IpcClient.connect` opens a connection from a ``clientFromString`` description (and
-authenticates with a token on TCP); :meth:`IpcClient.call` sends a request and returns a
-Deferred of its result (cancelling it sends ``$/cancelRequest``); :meth:`IpcClient.subscribe`
-delivers daemon events.  Errors from the daemon arrive as
-:class:`~jarvis.ipc.jsonrpc.RemoteError`; a lost connection fails pending calls with
+authenticates with a token on TCP): the ``unix:PATH`` and ``tcp:HOST:PORT`` forms Jarvis writes go
+straight to ``connectUNIX``/``connectTCP`` (importing :mod:`twisted.internet.endpoints` costs the
+UI's start-up tens of milliseconds), any other description through ``clientFromString``.
+:meth:`IpcClient.call` sends a request and returns a Deferred of its result (cancelling it sends
+``$/cancelRequest``); :meth:`IpcClient.subscribe` delivers daemon events.  Errors from the daemon
+arrive as :class:`~jarvis.ipc.jsonrpc.RemoteError`; a lost connection fails pending calls with
 :class:`~twisted.internet.error.ConnectionLost`.
 
-This module must not import the global reactor: callers pass theirs to :meth:`IpcClient.connect`.
+This module must not import the global reactor (callers pass theirs to :meth:`IpcClient.connect`)
+nor :mod:`twisted.internet.endpoints` at import time.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, endpoints, error
-from twisted.internet.protocol import Factory
+from twisted.internet import defer, error
+from twisted.internet.protocol import ClientFactory, Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -139,6 +142,78 @@ class IpcClientProtocol(LineReceiver):
         return d
 
 
+def _plain_description(description: str) -> tuple[str, str, int] | None:
+    """Split ``unix:PATH`` or ``tcp:HOST:PORT`` into ``(kind, address, port)``.
+
+    :returns: ``None`` for any other description (options, keywords, escapes, other kinds),
+        which :func:`connect_description` leaves to ``clientFromString``.
+    """
+    kind, _, rest = description.partition(":")
+    if not rest or "=" in rest or "\\" in rest:
+        return None
+    if kind == "unix" and ":" not in rest:
+        return ("unix", rest, 0)
+    if kind == "tcp":
+        host, _, port = rest.partition(":")
+        if host and port.isdigit() and ":" not in port:
+            return ("tcp", host, int(port))
+    return None
+
+
+class _ConnectingFactory(ClientFactory):
+    """Builds one :class:`IpcClientProtocol` and fires :attr:`connected` when it is connected."""
+
+    def __init__(self) -> None:
+        self.connector: Any = None
+        self.connected: defer.Deferred[IpcClientProtocol] = defer.Deferred(self._cancel)
+
+    def _cancel(self, d: defer.Deferred[IpcClientProtocol]) -> None:
+        # Fail first: stopping the connector reports a UserError we no longer need.
+        d.errback(defer.CancelledError())
+        if self.connector is not None and self.connector.state == "connecting":
+            self.connector.stopConnecting()
+
+    def buildProtocol(self, addr: Any) -> IpcClientProtocol:
+        protocol = IpcClientProtocol()
+
+        def made(p: IpcClientProtocol) -> None:
+            if not self.connected.called:
+                self.connected.callback(p)
+            else:  # cancelled while the connection was being made
+                p.transport.loseConnection()
+
+        protocol.connected_d.addCallback(made)
+        return protocol
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        if not self.connected.called:
+            self.connected.errback(reason)
+
+
+def connect_description(reactor: Any, description: str) -> defer.Deferred[IpcClientProtocol]:
+    """Connect an :class:`IpcClientProtocol` as ``clientFromString(reactor, description)`` would.
+
+    :returns: a Deferred firing with the connected protocol, or failing with the connect error
+        (e.g. ``ConnectError``); cancelling it stops the attempt.
+    """
+    plain = _plain_description(description)
+    if plain is None:
+        from twisted.internet import endpoints
+
+        endpoint = endpoints.clientFromString(reactor, description)
+        connecting: defer.Deferred[IpcClientProtocol] = endpoint.connect(
+            Factory.forProtocol(IpcClientProtocol)
+        )
+        return connecting
+    kind, address, port = plain
+    factory = _ConnectingFactory()
+    if kind == "unix":
+        factory.connector = reactor.connectUNIX(address, factory, timeout=30)
+    else:
+        factory.connector = reactor.connectTCP(address, port, factory, timeout=30)
+    return factory.connected
+
+
 class IpcClient:
     """A connection to the daemon's local API.
 
@@ -163,8 +238,7 @@ class IpcClient:
         :returns: a Deferred firing with the client; it fails with the endpoint's connect error
             (e.g. ``ConnectError``) if nobody listens, or with ``RemoteError`` (``unauthorized``).
         """
-        endpoint = endpoints.clientFromString(reactor, endpoint_description)
-        d = endpoint.connect(Factory.forProtocol(IpcClientProtocol))
+        d = connect_description(reactor, endpoint_description)
 
         def connected(protocol: IpcClientProtocol) -> Any:
             client = cls(protocol)

@@ -249,9 +249,11 @@ class Controller:
         self.model.set_reachable(True)
         self.model.clear_status()
         generation = self._generation
+        # Subscribing and loading go out together: the daemon handles a connection's requests
+        # in order, so the subscription is in place before it answers the state calls.
         d = client.subscribe(self._event_received)
-        d.addCallback(lambda _: self.reload(generation))
         d.addErrback(self._reload_failed, generation)
+        self.reload(generation)
         self.redraw()
 
     def _connect_failed(self, failure: Failure) -> None:
@@ -293,19 +295,28 @@ class Controller:
     def reload(self, generation: int | None = None) -> defer.Deferred[Any]:
         """Fetch the daemon's status and, if unlocked, contacts, counts, summary and history.
 
+        Unless the identity is known to be locked or missing, the unlocked state is requested
+        together with the status (one round trip instead of four); the answers are dropped if
+        the status says otherwise.
+
         :returns: a Deferred firing when the screen shows the reloaded state.
         """
         d = self._call("daemon.status")
+        early: defer.Deferred[Any] | None = None
+        if self.model.has_identity is not False and not self.model.locked:
+            early = self._request_unlocked()
 
         def got_status(status: Mapping[str, Any]) -> Any:
             self.model.load_status(status)
+            if self.model.has_identity and not self.model.locked:
+                return self._load_unlocked(early)
+            if early is not None:
+                early.addErrback(lambda _: None)  # asked too early: the answers are not needed
             if not self.model.has_identity:
                 self.show_welcome()
-                return None
-            if self.model.locked:
+            else:
                 self.show_lock()
-                return None
-            return self._load_unlocked()
+            return None
 
         d.addCallback(got_status)
         d.addErrback(
@@ -314,17 +325,34 @@ class Controller:
         d.addCallback(lambda _: self.redraw())
         return d
 
-    def _load_unlocked(self) -> defer.Deferred[Any]:
+    def _request_unlocked(self) -> defer.Deferred[Any]:
+        """Ask for identity, contacts, unread counts and peer summary at once.
+
+        :returns: a Deferred firing with the four answers in that order (``FirstError`` if
+            one fails).
+        """
         calls = [
-            self._call("identity.show").addCallback(self.model.load_identity),
-            self._call("contacts.list").addCallback(self.model.load_contacts),
+            self._call("identity.show"),
+            self._call("contacts.list"),
+            self._call("messages.unreadCounts"),
+            self._call("peers.status"),
         ]
-        d: defer.Deferred[Any] = defer.gatherResults(calls, consumeErrors=True)
-        d.addCallback(lambda _: self._call("messages.unreadCounts"))
-        d.addCallback(lambda counts: self.model.load_unread(counts))
-        d.addCallback(lambda _: self._call("peers.status"))
-        d.addCallback(lambda summary: self.model.load_summary(summary))
-        d.addCallback(lambda _: self._show_main())
+        return defer.gatherResults(calls, consumeErrors=True)
+
+    def _load_unlocked(self, requested: defer.Deferred[Any] | None = None) -> defer.Deferred[Any]:
+        """Load the unlocked state (from *requested*, else from new calls), then show main."""
+        d = requested if requested is not None else self._request_unlocked()
+
+        def loaded(answers: list[Any]) -> None:
+            identity, contacts, counts, summary = answers
+            # Counts refer to contacts, so contacts go first.
+            self.model.load_identity(identity)
+            self.model.load_contacts(contacts)
+            self.model.load_unread(counts)
+            self.model.load_summary(summary)
+            self._show_main()
+
+        d.addCallback(loaded)
         d.addErrback(lambda f: f.value.subFailure if isinstance(f.value, defer.FirstError) else f)
         return d
 
