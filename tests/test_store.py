@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import secrets
 import shutil
@@ -37,7 +38,7 @@ from jarvis.store import (
     StoreNotEmpty,
     WrongStoreKey,
 )
-from jarvis.store.database import associated_data, blind_index
+from jarvis.store.database import DELIVERY_CHUNK, associated_data, blind_index
 from jarvis.store.schema import SCHEMA_VERSION
 
 reactor: Any = _reactor
@@ -568,6 +569,85 @@ class BatchingTests(StoreTestCase):
         got = store.get_contact(ALICE)
         await put
         self.assertEqual(await got, make_contact())
+
+
+class ChunkedDeliveryTests(StoreTestCase):
+    async def test_results_fire_in_order_over_several_turns(self) -> None:
+        """When a batch holds more writes than DELIVERY_CHUNK, then their Deferreds fire in
+        issue order, after the COMMIT, and not all in the same reactor turn."""
+        store = await self.open_store()
+        total = DELIVERY_CHUNK * 2 + DELIVERY_CHUNK // 2
+        before = store.pool_stats()["transactions"]
+        fired: list[int] = []
+        commits_seen: list[int] = []
+        seen_next_turn: list[int] = []
+
+        def record(message: Message) -> Message:
+            if not fired:
+                commits_seen.append(store.pool_stats()["transactions"] - before)
+                reactor.callLater(0, lambda: seen_next_turn.append(len(fired)))
+            fired.append(message.seq)
+            return message
+
+        pending = [store.add_outgoing(make_message()).addCallback(record) for _ in range(total)]
+        await gatherResults(pending)
+        self.assertEqual(fired, list(range(1, total + 1)))
+        self.assertEqual(commits_seen, [1])
+        self.assertEqual(len(seen_next_turn), 1)
+        self.assertGreaterEqual(seen_next_turn[0], DELIVERY_CHUNK)
+        self.assertLess(seen_next_turn[0], total)
+
+    async def test_close_waits_for_delivery(self) -> None:
+        """When close() is called while results are still being delivered, then every
+        Deferred has fired before close() does."""
+        store = await self.open_store()
+        pending = [store.add_outgoing(make_message()) for _ in range(DELIVERY_CHUNK * 3)]
+        await store.close()
+        self.assertTrue(all(d.called for d in pending))
+        self.assertEqual(len(await gatherResults(pending)), DELIVERY_CHUNK * 3)
+
+
+class BatchedAppendTests(StoreTestCase):
+    async def test_mixed_turn_keeps_seqs_and_activity(self) -> None:
+        """When one turn interleaves outgoing and incoming messages of two conversations with
+        reads, then seqs are per conversation and gapless and the reads see the writes."""
+        store = await self.open_store()
+        adds = []
+        for i in range(6):
+            contact = ALICE if i % 2 else BOB
+            adds.append(store.add_outgoing(make_message(contact, created=100.0 + i)))
+            adds.append(store.add_outgoing(make_message(contact, created=50.0)))
+        incoming = store.add_incoming(make_message(ALICE, "in", created=200.0))
+        activity = store.last_activity()
+        page = store.history(ALICE, limit=100)
+        later = store.add_outgoing(make_message(ALICE, created=10.0))
+        added = await gatherResults(adds)
+        self.assertEqual([m.seq for m in added if m.contact == ALICE], list(range(1, 7)))
+        self.assertEqual([m.seq for m in added if m.contact == BOB], list(range(1, 7)))
+        self.assertTrue(await incoming)
+        self.assertEqual(await activity, {ALICE: 200.0, BOB: 104.0})
+        self.assertEqual([m.seq for m in (await page).messages], list(range(7, 0, -1)))
+        self.assertEqual((await later).seq, 8)
+        self.assertEqual((await store.last_activity())[ALICE], 200.0)
+
+    async def test_duplicate_in_a_run_spares_the_run(self) -> None:
+        """When a run of outgoing messages in one turn repeats an id, then only the repeat
+        fails and the others get gapless seqs, also after the store is reopened."""
+        store = await self.open_store()
+        first = make_message()
+        results = [store.add_outgoing(make_message()) for _ in range(3)]
+        results.append(store.add_outgoing(first))
+        results.append(store.add_outgoing(first))
+        results += [store.add_outgoing(make_message()) for _ in range(3)]
+        with self.assertRaises(DuplicateMessage):
+            await results.pop(4)
+        stored = await gatherResults(results)
+        self.assertEqual([m.seq for m in stored], list(range(1, 8)))
+        self.assertEqual(stored[3], dataclasses.replace(first, seq=4))
+        await store.close()
+        store = await self.open_store()
+        self.assertEqual((await store.add_outgoing(make_message())).seq, 8)
+        self.assertEqual(len(await store.outbox(ALICE)), 8)
 
 
 class AtRestTests(StoreTestCase):

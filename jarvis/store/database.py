@@ -21,6 +21,7 @@ cipher on the reactor thread, and must never log plaintext or keys.
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import hashlib
 import hmac
@@ -48,6 +49,9 @@ from jarvis.store.records import (
 
 #: At most this many queued operations go into one transaction.
 DEFAULT_MAX_BATCH = 1000
+#: At most this many callers' Deferreds fire in one reactor turn after a commit; the rest
+#: follow in the next turns (firing a thousand at once stalls the reactor for tens of ms).
+DELIVERY_CHUNK = 100
 #: The largest page :meth:`Store.history` returns.
 MAX_PAGE = 1000
 #: Format name and version written by :meth:`Store.dump`.
@@ -938,6 +942,9 @@ class Store:
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], bool, Deferred[Any]]] = []
         self._flush_scheduled = False
         self._in_flight = False
+        # (Deferred, ok, value) of committed batches, fired in order, DELIVERY_CHUNK per turn.
+        self._deliveries: collections.deque[tuple[Deferred[Any], bool, Any]] = collections.deque()
+        self._delivery_scheduled = False
         self._closed = False
         self._idle_waiters: list[Deferred[None]] = []
         self._close_waiters: list[Deferred[None]] | None = None
@@ -1013,23 +1020,38 @@ class Store:
 
     def _batch_done(self, result: Any, batch: list[Any]) -> None:
         self._in_flight = False
+        deliveries = self._deliveries
         if isinstance(result, Failure):
             self.log.failure(
                 "store transaction of {count} operations failed", result, count=len(batch)
             )
-            for *_, d in batch:
-                d.errback(result)
+            deliveries.extend((d, False, result) for *_, d in batch)
         else:
-            for (ok, value), (*_, d) in zip(result, batch, strict=True):
-                if ok:
-                    d.callback(value)
-                else:
-                    d.errback(Failure(value))
-        if self._pending:
-            if not self._flush_scheduled and not self._in_flight:
-                self._flush_scheduled = True
-                self._reactor.callLater(0, self._flush)
-        elif not self._in_flight:
+            deliveries.extend(
+                (d, ok, value) for (ok, value), (*_, d) in zip(result, batch, strict=True)
+            )
+        # The thread starts on what queued up meanwhile while this turn fires the Deferreds.
+        self._flush()
+        if not self._delivery_scheduled:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        """Fire the next :data:`DELIVERY_CHUNK` Deferreds of committed batches, in order."""
+        self._delivery_scheduled = False
+        deliveries = self._deliveries
+        for _ in range(min(DELIVERY_CHUNK, len(deliveries))):
+            d, ok, value = deliveries.popleft()
+            if ok:
+                d.callback(value)
+            elif isinstance(value, Failure):
+                d.errback(value)
+            else:
+                d.errback(Failure(value))
+        if deliveries:
+            if not self._delivery_scheduled:
+                self._delivery_scheduled = True
+                self._reactor.callLater(0, self._deliver)
+        elif not self._in_flight and not self._pending:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
@@ -1070,7 +1092,7 @@ class Store:
         except (ValueError, KeyError):
             pass  # we are that trigger, running now
         idle: Deferred[None] = Deferred()
-        if self._in_flight or self._pending:
+        if self._in_flight or self._pending or self._deliveries:
             self._idle_waiters.append(idle)
         else:
             idle.callback(None)
