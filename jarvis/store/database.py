@@ -67,6 +67,20 @@ class _WriteFailed(Exception):
     """A write of a batch run without savepoints failed: run the batch again with them."""
 
 
+class _Failed:
+    """The result of an operation of a batch that raised *error* (other results are bare)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+#: One queued operation: the :class:`_Rows` method, its arguments, whether it writes, and the
+#: caller's Deferred (which only the reactor thread touches).
+_Op = tuple[Callable[..., Any], tuple[Any, ...], bool, Any]
+
+
 class RowSealer(Protocol):
     """What the store needs of a row cipher (:class:`jarvis.crypto.aead.RowCipher`)."""
 
@@ -322,20 +336,19 @@ class _Rows:
             raise StoreClosed()
         return self._conn
 
-    def run_batch(
-        self, ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]]
-    ) -> list[tuple[bool, Any]]:
+    def run_batch(self, ops: Sequence[_Op]) -> list[Any]:
         """Run *ops* in one transaction; a failing write leaves the others of the batch alone.
 
         The batch first runs without savepoints (two statements less per operation).  If a
         write fails, that transaction is rolled back and the batch runs again with each write
         in its own savepoint, so only the failing write is undone.
 
-        :param ops: ``(method, args, writes)`` triples.
-        :returns: ``(True, value)`` or ``(False, exception)`` per op, after the COMMIT.
+        :param ops: ``(method, args, writes, deferred)``; the Deferred is not touched here.
+        :returns: per op its value, or a :class:`_Failed` holding its exception, after the
+            COMMIT (no tuple per op: fewer objects for the garbage collector).
         :raises Exception: if the transaction itself fails (then nothing was written).
         """
-        writes = any(write for _, _, write in ops)
+        writes = any(op[2] for op in ops)
         try:
             results = self._attempt(ops, writes, isolate=False)
         except _WriteFailed:
@@ -346,16 +359,16 @@ class _Rows:
 
     def _attempt(
         self,
-        ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]],
+        ops: Sequence[_Op],
         writes: bool,
         isolate: bool,
-    ) -> list[tuple[bool, Any]]:
+    ) -> list[Any]:
         conn = self.conn
-        results: list[tuple[bool, Any]] = []
+        results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE" if writes else "BEGIN")
         try:
             if isolate:
-                for method, args, write in ops:
+                for method, args, write, _ in ops:
                     results.append(self._run_isolated(method, args, write))
             else:
                 self._run_unisolated(ops, results)
@@ -370,8 +383,8 @@ class _Rows:
 
     def _run_unisolated(
         self,
-        ops: Sequence[tuple[Callable[..., Any], tuple[Any, ...], bool]],
-        results: list[tuple[bool, Any]],
+        ops: Sequence[_Op],
+        results: list[Any],
     ) -> None:
         """Run *ops* without savepoints; a failing write raises :class:`_WriteFailed`.
 
@@ -380,7 +393,7 @@ class _Rows:
         add_outgoing = self.add_outgoing
         i, count = 0, len(ops)
         while i < count:
-            method, args, write = ops[i]
+            method, args, write, _ = ops[i]
             if method == add_outgoing:
                 j = i + 1
                 while j < count and ops[j][0] == add_outgoing:
@@ -389,7 +402,7 @@ class _Rows:
                     values = self._add_outgoing_many([op[1][0] for op in ops[i:j]])
                 except Exception as exc:
                     raise _WriteFailed() from exc
-                results.extend((True, value) for value in values)
+                results.extend(values)
                 i = j
                 continue
             if method != self.add_incoming:
@@ -400,21 +413,19 @@ class _Rows:
             except Exception as exc:
                 if write:
                     raise _WriteFailed() from exc
-                results.append((False, exc))
+                results.append(_Failed(exc))
             else:
-                results.append((True, value))
+                results.append(value)
             i += 1
 
-    def _run_isolated(
-        self, method: Callable[..., Any], args: tuple[Any, ...], write: bool
-    ) -> tuple[bool, Any]:
+    def _run_isolated(self, method: Callable[..., Any], args: tuple[Any, ...], write: bool) -> Any:
         """Run one operation, a write in its own savepoint (undone alone if it fails)."""
         conn = self.conn
         if not write:
             try:
-                return (True, method(*args))
+                return method(*args)
             except Exception as exc:
-                return (False, exc)
+                return _Failed(exc)
         conn.execute("SAVEPOINT op")
         try:
             value = method(*args)
@@ -423,9 +434,9 @@ class _Rows:
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._forget_transaction()
-            return (False, exc)
+            return _Failed(exc)
         conn.execute("RELEASE op")
-        return (True, value)
+        return value
 
     def _forget_transaction(self) -> None:
         """Drop what is cached about uncommitted rows (after a rollback)."""
@@ -939,11 +950,16 @@ class Store:
         self._pool = pool
         self._rows = rows
         self._max_batch = max_batch
-        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], bool, Deferred[Any]]] = []
+        self._pending: list[_Op] = []
+        # Bound once: a new bound method per call is one more object per message.
+        self._add_outgoing = rows.add_outgoing
+        self._add_incoming = rows.add_incoming
         self._flush_scheduled = False
         self._in_flight = False
-        # (Deferred, ok, value) of committed batches, fired in order, DELIVERY_CHUNK per turn.
-        self._deliveries: collections.deque[tuple[Deferred[Any], bool, Any]] = collections.deque()
+        # (batch, its results or the Failure of its transaction) of committed batches, fired
+        # in order, DELIVERY_CHUNK per turn; the first _delivered ops of the head are done.
+        self._deliveries: collections.deque[tuple[list[_Op], Any]] = collections.deque()
+        self._delivered = 0
         self._delivery_scheduled = False
         self._closed = False
         self._idle_waiters: list[Deferred[None]] = []
@@ -1014,22 +1030,16 @@ class Store:
         batch = self._pending[: self._max_batch]
         del self._pending[: self._max_batch]
         self._in_flight = True
-        ops = [(method, args, write) for method, args, write, _ in batch]
-        d = deferToThreadPool(self._reactor, self._pool, self._rows.run_batch, ops)
+        d = deferToThreadPool(self._reactor, self._pool, self._rows.run_batch, batch)
         d.addBoth(self._batch_done, batch)
 
-    def _batch_done(self, result: Any, batch: list[Any]) -> None:
+    def _batch_done(self, result: Any, batch: list[_Op]) -> None:
         self._in_flight = False
-        deliveries = self._deliveries
         if isinstance(result, Failure):
             self.log.failure(
                 "store transaction of {count} operations failed", result, count=len(batch)
             )
-            deliveries.extend((d, False, result) for *_, d in batch)
-        else:
-            deliveries.extend(
-                (d, ok, value) for (ok, value), (*_, d) in zip(result, batch, strict=True)
-            )
+        self._deliveries.append((batch, result))
         # The thread starts on what queued up meanwhile while this turn fires the Deferreds.
         self._flush()
         if not self._delivery_scheduled:
@@ -1039,14 +1049,27 @@ class Store:
         """Fire the next :data:`DELIVERY_CHUNK` Deferreds of committed batches, in order."""
         self._delivery_scheduled = False
         deliveries = self._deliveries
-        for _ in range(min(DELIVERY_CHUNK, len(deliveries))):
-            d, ok, value = deliveries.popleft()
-            if ok:
-                d.callback(value)
-            elif isinstance(value, Failure):
-                d.errback(value)
+        budget = DELIVERY_CHUNK
+        while deliveries and budget:
+            batch, results = deliveries[0]
+            start = self._delivered
+            stop = min(len(batch), start + budget)
+            budget -= stop - start
+            if stop == len(batch):
+                deliveries.popleft()
+                self._delivered = 0
             else:
-                d.errback(Failure(value))
+                self._delivered = stop
+            if isinstance(results, Failure):
+                for i in range(start, stop):
+                    batch[i][3].errback(results)
+                continue
+            for i in range(start, stop):
+                value = results[i]
+                if type(value) is _Failed:
+                    batch[i][3].errback(Failure(value.error))
+                else:
+                    batch[i][3].callback(value)
         if deliveries:
             if not self._delivery_scheduled:
                 self._delivery_scheduled = True
@@ -1147,7 +1170,7 @@ class Store:
             :class:`DuplicateMessage` if the id is already stored for this contact, or
             :class:`~jarvis.errors.InvalidInput` if the message is not outgoing.
         """
-        return self._submit(self._rows.add_outgoing, message, write=True)
+        return self._submit(self._add_outgoing, message, write=True)
 
     def add_incoming(self, message: Message) -> Deferred[bool]:
         """Store an incoming message unless its id is already stored for its contact.
@@ -1157,7 +1180,7 @@ class Store:
 
         :returns: a Deferred firing with True if stored, False if it was a duplicate.
         """
-        return self._submit(self._rows.add_incoming, message, write=True)
+        return self._submit(self._add_incoming, message, write=True)
 
     def update_state(self, message_id: str, state: str, at: float) -> Deferred[Message | None]:
         """Advance a message's state and set the matching timestamp (``sent``, ``delivered``
