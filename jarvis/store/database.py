@@ -4,9 +4,10 @@
 work.  All SQLite calls, and the sealing and opening of rows, run on one dedicated thread (a
 :class:`~twisted.python.threadpool.ThreadPool` of exactly one worker, started and stopped with
 the store) that owns the one connection, :class:`_Rows`.  Operations issued during the same
-reactor turn are flushed to that thread together and run in ONE transaction (each in its own
-savepoint, so one failing operation does not fail its neighbours); every caller's Deferred fires
-after the COMMIT returned, so a fired Deferred means "stored".
+reactor turn are flushed to that thread together and run in ONE transaction (run again with a
+savepoint per write if one fails, so one failing operation does not fail its neighbours); every
+caller's Deferred fires after the COMMIT returned, so a fired Deferred means "stored".  Results
+are delivered :data:`DELIVERY_CHUNK` per reactor turn, in issue order.
 
 What says something about the user is sealed with the injected row cipher, with associated data
 that names the row (table, column, row key), so a ciphertext moved to another row fails to open:
@@ -679,13 +680,15 @@ class _Rows:
         outbox_rows: list[tuple[int, bytes, int]] = []
         stored: list[Message] = []
         next_seq = self._next_seq
+        indexes = self._indexes
         for message in messages:
             if message.direction != "out":
                 raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
-            conversation = self._index(message.contact)
+            contact = message.contact
+            conversation = indexes.get(contact) or self._index(contact)
             seq = next_seq.get(conversation)
             if seq is None:
-                seq = self._ensure_conversation(conversation, message.contact)
+                seq = self._ensure_conversation(conversation, contact)
             mid = message.id
             message_rows.append(
                 (
