@@ -11,13 +11,13 @@ daemon and never printed or logged.
 
 With no command, ``jarvis`` starts the terminal UI (``jarvis.ui.app.run(options)``) when it is
 installed, else prints help.  This module must not import ``jarvis.core``: it only talks to the
-daemon through the API.
+daemon through the API.  It is on the UI's start-up path, so what only some commands need
+(prompts, child processes, threads, the IPC client) is imported where it is used.
 """
 
 from __future__ import annotations
 
 import getopt
-import getpass
 import importlib
 import json
 import os
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from twisted.internet import defer, error, task, threads, utils
+from twisted.internet import defer, error, task
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -360,6 +360,8 @@ def ask_password(options: usage.Options, *, confirm: bool) -> str:
     :raises UsageProblem: without a password file and without a terminal.
     :raises errors.InvalidInput: if the two prompted passwords differ.
     """
+    import getpass
+
     if options["password-file"]:
         return read_password_file(options["password-file"])
     if not sys.stdin.isatty():
@@ -387,6 +389,8 @@ def prepare(options: Options) -> dict[str, Any]:
         if sub["export-password-file"]:
             inputs["export_password"] = read_password_file(sub["export-password-file"])
         elif sys.stdin.isatty():
+            import getpass
+
             inputs["export_password"] = getpass.getpass("Password of the export: ")
         else:
             raise UsageProblem("no terminal to ask for passwords: use --export-password-file")
@@ -535,6 +539,8 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
             extra += ["--password-file", os.path.abspath(sub["password-file"])]
     os.makedirs(session.data_dir, mode=0o700, exist_ok=True)
     argv = detached_daemon_argv(session.data_dir, extra)
+    from twisted.internet import utils
+
     out, err, code = await utils.getProcessOutputAndValue(
         argv[0], argv[1:], env=dict(os.environ), reactor=session.reactor
     )
@@ -743,6 +749,8 @@ async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any
     ]
     if sub["card"]:
         path = os.path.abspath(sub["card"])
+        from twisted.internet import threads
+
         await threads.deferToThread(_write_card, path, me["card"])
         lines.append(f"card:        written to {path}")
     session.emit("\n".join(lines), me)
