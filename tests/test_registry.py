@@ -9,7 +9,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
-from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
+from jarvis.ipc.registry import (
+    ConcurrencyGroup,
+    DeadlineTimer,
+    Invocation,
+    MethodSpec,
+    Param,
+    Registry,
+)
 from jarvis.testing import FakeNode, fake_link
 
 
@@ -146,6 +153,100 @@ class DeadlineTests(SynchronousTestCase):
         self.assertEqual(paused.cancelled, 1)
         self.assertEqual(node.messages_of("alice"), [])
         self.assertEqual(registry.in_flight(clock.seconds()), [])
+
+
+class DeadlineTimerTests(SynchronousTestCase):
+    """Many deadlines share one delayed call and each still fires at its own time."""
+
+    def test_each_at_its_time(self) -> None:
+        """When deadlines are added out of order, then each expires at its time and only one
+        delayed call is ever pending."""
+        clock = task.Clock()
+        timer = DeadlineTimer(clock)
+        fired: list[str] = []
+        timer.add(10, lambda: fired.append("ten"))
+        timer.add(5, lambda: fired.append("five"))
+        timer.add(7, lambda: fired.append("seven"))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(4.9)
+        self.assertEqual(fired, [])
+        clock.advance(0.2)
+        self.assertEqual(fired, ["five"])
+        clock.advance(2)
+        self.assertEqual(fired, ["five", "seven"])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(3)
+        self.assertEqual(fired, ["five", "seven", "ten"])
+        self.assertEqual((clock.getDelayedCalls(), len(timer)), ([], 0))
+
+    def test_discarded(self) -> None:
+        """When entries are discarded, then they never fire, and once none is pending no
+        delayed call remains."""
+        clock = task.Clock()
+        timer = DeadlineTimer(clock)
+        fired: list[int] = []
+        first = timer.add(1, lambda: fired.append(1))
+        second = timer.add(2, lambda: fired.append(2))
+        timer.discard(first)
+        timer.discard(first)
+        self.assertEqual(len(timer), 1)
+        clock.advance(1.5)
+        self.assertEqual(fired, [])
+        timer.discard(second)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(5)
+        self.assertEqual(fired, [])
+
+    def test_compacts(self) -> None:
+        """When most entries are discarded, then the heap shrinks to the live ones."""
+        clock = task.Clock()
+        timer = DeadlineTimer(clock)
+        keep = timer.add(100, lambda: None)
+        entries = [timer.add(10, lambda: None) for _ in range(DeadlineTimer.COMPACT_AFTER * 2)]
+        for entry in entries:
+            timer.discard(entry)
+        self.assertLessEqual(len(timer._heap), DeadlineTimer.COMPACT_AFTER + 1)
+        self.assertEqual(len(timer), 1)
+        timer.discard(keep)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class RegistryTimerTests(SynchronousTestCase):
+    """The registry schedules deadlines only for calls that are still pending."""
+
+    def test_synchronous_answer(self) -> None:
+        """When a method answers synchronously, then no delayed call is left on the clock."""
+        ctx, clock, _ = make_context(unlocked_node())
+        self.successResultOf(build_registry().call("daemon.status", None, ctx))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_pending_then_answered(self) -> None:
+        """When pending calls with different deadlines finish, then their timer is gone; when
+        one of them outlives its deadline, then only that one times out."""
+        gates: list[defer.Deferred[int]] = []
+
+        def handler(inv: Invocation) -> defer.Deferred[int]:
+            gate: defer.Deferred[int] = defer.Deferred()
+            gates.append(gate)
+            return gate
+
+        specs = [
+            MethodSpec("t.slow", handler, deadline=20.0, needs_unlocked=False),
+            MethodSpec("t.fast", handler, deadline=2.0, needs_unlocked=False),
+        ]
+        registry = Registry(specs)
+        ctx, clock, _ = make_context()
+        slow = registry.call("t.slow", None, ctx)
+        fast = registry.call("t.fast", None, ctx)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(2.1)
+        error = self.failureResultOf(fast, jsonrpc.RpcError).value
+        self.assertEqual(error.code, jsonrpc.TIMED_OUT)  # type: ignore[union-attr]
+        self.assertIn("2 s", error.message)  # type: ignore[union-attr]
+        self.assertNoResult(slow)
+        gates[0].callback(7)
+        self.assertEqual(self.successResultOf(slow), 7)
+        self.assertEqual((clock.getDelayedCalls(), registry.in_flight(clock.seconds())), ([], []))
 
 
 class CancellationTests(SynchronousTestCase):

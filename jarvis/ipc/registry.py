@@ -3,9 +3,10 @@
 A :class:`MethodSpec` names a method, its params schema, its result, its deadline, whether it
 needs an unlocked identity, its concurrency group and its documentation.  :meth:`Registry.call`
 validates the params before anything runs, checks the lock, waits for the concurrency group's
-:class:`~twisted.internet.defer.DeferredSemaphore`, applies the deadline with
-:meth:`~twisted.internet.defer.Deferred.addTimeout` on the injected clock, supports cancellation
-and records the requests in flight for ``daemon.status``.
+:class:`~twisted.internet.defer.DeferredSemaphore` (methods without a group run at once),
+applies the deadline on the injected clock (a :class:`DeadlineTimer`: one delayed call for all
+pending requests; a call that answers synchronously needs none), supports cancellation and
+records the requests in flight for ``daemon.status``.
 
 Unknown params are refused (``-32602`` naming the field): a typo must not silently drop an
 option.  Params whose names start with ``_`` are transport-level (the server strips
@@ -17,9 +18,11 @@ from the clock passed in.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -240,6 +243,7 @@ class Registry:
             self.methods[spec.name] = spec
         self._in_flight: dict[int, InFlight] = {}
         self._keys = itertools.count()
+        self._deadlines: dict[Any, DeadlineTimer] = {}
 
     def in_flight(self, now: float) -> list[dict[str, Any]]:
         """Return the requests being served, oldest first, as JSON-able dicts.
@@ -299,7 +303,8 @@ class Registry:
         key = next(self._keys)
         clock: Any = ctx.clock
         record = InFlight(name, request_id, clock.seconds())
-        self._in_flight[key] = record
+        in_flight = self._in_flight
+        in_flight[key] = record
 
         def report(value: Any) -> None:
             record.progress = value
@@ -311,26 +316,56 @@ class Registry:
 
         invocation = Invocation(ctx, checked, report, self, session)
         semaphore = self._semaphores.get(spec.concurrency) if spec.concurrency else None
+        if semaphore is None:
+            # Most methods answer at once: call the handler directly, and only a result that
+            # is still pending gets a deadline (a finished call cannot outlive it).
+            try:
+                value = spec.handler(invocation)
+            except Exception:
+                del in_flight[key]
+                return defer.fail(self._translate_error(Failure(), spec, timed_out=False))
+            if isinstance(value, Failure):
+                del in_flight[key]
+                return defer.fail(self._translate_error(value, spec, timed_out=False))
+            if isinstance(value, CoroutineType):
+                value = defer.Deferred.fromCoroutine(value)
+            if not isinstance(value, defer.Deferred):
+                del in_flight[key]
+                return defer.succeed(value)
+            result: defer.Deferred[Any] = value
+        else:
 
-        def run(_: object) -> Any:
-            if semaphore is None:
-                return defer.maybeDeferred(spec.handler, invocation)
-            work = defer.maybeDeferred(spec.handler, invocation)
-            return work.addBoth(_release, semaphore)
+            def run(_: object) -> Any:
+                work = defer.maybeDeferred(spec.handler, invocation)
+                return work.addBoth(_release, semaphore)
 
-        acquired: defer.Deferred[Any] = (
-            semaphore.acquire() if semaphore is not None else defer.succeed(None)
-        )
-        result = acquired.addCallback(run)
-        if spec.deadline is not None:
-            result.addTimeout(spec.deadline, clock)
-        result.addErrback(self._translate, spec)
+            result = semaphore.acquire().addCallback(run)
 
-        def forget(value: Any) -> Any:
-            self._in_flight.pop(key, None)
+        expiry: list[bool] = []
+        deadline: list[Any] | None = None
+        if spec.deadline is not None and not result.called:
+
+            def expire() -> None:
+                expiry.append(True)
+                result.cancel()
+
+            deadline = self._deadlines_of(clock).add(spec.deadline, expire)
+
+        def finish(value: Any) -> Any:
+            in_flight.pop(key, None)
+            if deadline is not None:
+                self._deadlines_of(clock).discard(deadline)
+            if isinstance(value, Failure):
+                raise self._translate_error(value, spec, timed_out=bool(expiry))
             return value
 
-        return result.addBoth(forget)
+        return result.addBoth(finish)
+
+    def _deadlines_of(self, clock: Any) -> DeadlineTimer:
+        timer = self._deadlines.get(clock)
+        if timer is None:
+            timer = self._deadlines[clock] = DeadlineTimer(clock)
+        return timer
 
     def _check_unlocked(self, ctx: Any) -> None:
         node = ctx.node
@@ -343,21 +378,99 @@ class Registry:
                 errors.Locked("the identity is locked: unlock it first ('jarvis unlock')")
             )
 
-    def _translate(self, failure: Failure, spec: MethodSpec) -> None:
-        if failure.check(defer.TimeoutError):
-            raise jsonrpc.RpcError(
-                jsonrpc.TIMED_OUT, f"{spec.name} timed out after {spec.deadline:g} s"
-            )
-        if failure.check(defer.CancelledError):
-            raise jsonrpc.RpcError(jsonrpc.REQUEST_CANCELLED, f"{spec.name} was cancelled")
+    def _translate_error(
+        self, failure: Failure, spec: MethodSpec, *, timed_out: bool
+    ) -> jsonrpc.RpcError:
+        if failure.check(defer.CancelledError, defer.TimeoutError):
+            if timed_out or failure.check(defer.TimeoutError):
+                return jsonrpc.RpcError(
+                    jsonrpc.TIMED_OUT, f"{spec.name} timed out after {spec.deadline:g} s"
+                )
+            return jsonrpc.RpcError(jsonrpc.REQUEST_CANCELLED, f"{spec.name} was cancelled")
         exc = failure.value if failure.value is not None else RuntimeError("no exception")
         error = jsonrpc.error_from_exception(exc)
         if error.code == jsonrpc.INTERNAL_ERROR:
             # The traceback goes to the log only; the client gets the exception type.
             self.log.failure("method {method} failed", failure, method=spec.name)
-        raise error
+        return error
 
 
 def _release(value: Any, semaphore: defer.DeferredSemaphore) -> Any:
     semaphore.release()
     return value
+
+
+class DeadlineTimer:
+    """Every pending deadline on one clock, run by a single delayed call.
+
+    A call per request (``Deferred.addTimeout``) costs a reactor timer to schedule and cancel
+    even for the many requests that finish long before their deadline; here a request costs a
+    heap push, and the one delayed call always waits for the earliest deadline, so every
+    deadline still fires at its exact time.  Finished requests are only marked (their entries
+    are dropped when they reach the top, or all at once when most entries are finished).
+
+    :param clock: the ``IReactorTime`` the deadlines run on.
+    """
+
+    #: Rebuild the heap when more than this many entries are finished and they are the majority.
+    COMPACT_AFTER = 256
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()
+        self._call: Any = None
+        self._live = 0
+
+    def __len__(self) -> int:
+        """The number of deadlines still pending."""
+        return self._live
+
+    def add(self, delay: float, expire: Callable[[], None]) -> list[Any]:
+        """Call *expire* in *delay* seconds unless :meth:`discard` is called first.
+
+        :returns: the entry to pass to :meth:`discard`.
+        """
+        when = self._clock.seconds() + delay
+        entry = [when, next(self._order), expire]
+        heapq.heappush(self._heap, entry)
+        self._live += 1
+        call = self._call
+        if call is None:
+            self._call = self._clock.callLater(delay, self._expired)
+        elif when < call.getTime():
+            call.cancel()
+            self._call = self._clock.callLater(delay, self._expired)
+        return entry
+
+    def discard(self, entry: list[Any]) -> None:
+        """Forget *entry* (its request finished); idempotent."""
+        if entry[2] is None:
+            return
+        entry[2] = None
+        self._live -= 1
+        if self._live == 0:
+            # Nothing pending: no timer may outlive the last request.
+            self._heap.clear()
+            if self._call is not None:
+                self._call.cancel()
+                self._call = None
+        elif len(self._heap) > self.COMPACT_AFTER and self._live * 2 < len(self._heap):
+            self._heap = [e for e in self._heap if e[2] is not None]
+            heapq.heapify(self._heap)
+
+    def _expired(self) -> None:
+        self._call = None
+        heap = self._heap
+        now = self._clock.seconds()
+        due: list[Callable[[], None]] = []
+        while heap and (heap[0][2] is None or heap[0][0] <= now):
+            entry = heapq.heappop(heap)
+            if entry[2] is not None:
+                due.append(entry[2])
+                entry[2] = None
+                self._live -= 1
+        if heap:
+            self._call = self._clock.callLater(max(0.0, heap[0][0] - now), self._expired)
+        for expire in due:
+            expire()
