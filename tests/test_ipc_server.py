@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.client import IpcClient
 from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
+from jarvis.ipc.registry import MethodSpec, Registry
 from jarvis.ipc.server import IpcServerFactory, IpcServerProtocol, peer_uid
 from jarvis.testing import FakeNode, fake_link
 
@@ -169,6 +170,38 @@ class DeadlineTests(SynchronousTestCase):
         [error] = sent(transport)
         self.assertEqual(error["error"]["code"], jsonrpc.TIMED_OUT)
         self.assertEqual(paused.cancelled, 1)
+
+
+class AnswerTests(SynchronousTestCase):
+    """Answers leave nothing behind and survive results that are not JSON."""
+
+    def test_synchronous_answers_leave_nothing(self) -> None:
+        """When many requests are answered at once, then none stays pending and no deadline
+        timer is left on the clock."""
+        clock = task.Clock()
+        proto, transport = make_connection(make_factory(clock=clock))
+        for n in range(10):
+            proto.dataReceived(b'{"id":%d,"method":"daemon.status"}\n' % n)
+        answers = sent(transport)
+        self.assertEqual([a["id"] for a in answers], list(range(10)))
+        self.assertEqual(answers[-1]["result"]["in_flight"][0]["id"], 9)
+        self.assertEqual((proto._pending, clock.getDelayedCalls()), ({}, []))
+
+    def test_result_not_json(self) -> None:
+        """When a method's result cannot be encoded (a cycle), then -32603 comes back and the
+        next request is still answered."""
+        cycle: list[Any] = []
+        cycle.append(cycle)
+        spec = MethodSpec("t.cycle", lambda inv: cycle, needs_unlocked=False)
+        factory = make_factory()
+        full = build_registry()
+        factory.registry = Registry([*full.methods.values(), spec], full.groups.values())
+        proto, transport = make_connection(factory)
+        proto.dataReceived(b'{"id":1,"method":"t.cycle"}\n{"id":2,"method":"daemon.status"}\n')
+        bad, good = sent(transport)
+        self.assertEqual(bad["error"]["code"], jsonrpc.INTERNAL_ERROR)
+        self.assertTrue(good["result"]["running"])
+        self.assertEqual(len(self.flushLoggedErrors(RecursionError)), 1)
 
 
 class ProgressTests(SynchronousTestCase):

@@ -27,6 +27,22 @@ class EncodeTests(SynchronousTestCase):
             json.loads(line), {"jsonrpc": "2.0", "id": 7, "result": {"body": "a\nb ü"}}
         )
 
+    def test_compact(self) -> None:
+        """When a message is encoded, then it has no spaces between members, byte for byte."""
+        self.assertEqual(
+            jsonrpc.result_response(1, {"a": [1, None, True], "b": "x y"}),
+            b'{"jsonrpc":"2.0","id":1,"result":{"a":[1,null,true],"b":"x y"}}\n',
+        )
+
+    def test_not_json(self) -> None:
+        """When a result is not JSON-able or refers to itself, then encoding raises one of
+        ENCODE_ERRORS (the server answers with an internal error instead)."""
+        cycle: list[object] = []
+        cycle.append(cycle)
+        for bad in (object(), cycle, {"inner": [cycle]}):
+            with self.assertRaises(jsonrpc.ENCODE_ERRORS):
+                jsonrpc.result_response(1, bad)
+
     def test_error_response(self) -> None:
         """When an error is encoded, then code, message and data.kind are present."""
         line = jsonrpc.error_response(3, jsonrpc.RpcError(jsonrpc.LOCKED, "locked"))

@@ -201,9 +201,22 @@ def _first_line(text: str | None) -> str:
 # Encoding ------------------------------------------------------------------------------------
 
 
+# One encoder for every message: ``json.dumps`` with options builds a new encoder per call.
+# Circular values are not checked: messages are built from fresh JSON-able values, and a cycle
+# still fails (with RecursionError, a ValueError is not guaranteed) instead of looping.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+_DECODER = json.JSONDecoder()
+
+#: What encoding a value that is not JSON may raise.
+ENCODE_ERRORS = (TypeError, ValueError, RecursionError)
+
+
 def encode(message: dict[str, Any]) -> bytes:
-    """Encode one message as a compact UTF-8 JSON line ending in ``\\n``."""
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    """Encode one message as a compact UTF-8 JSON line ending in ``\\n``.
+
+    :raises TypeError: (or another of :data:`ENCODE_ERRORS`) if *message* is not JSON-able.
+    """
+    return _ENCODER.encode(message).encode("utf-8") + b"\n"
 
 
 def request(request_id: int | str, method: str, params: dict[str, Any] | None = None) -> bytes:
@@ -261,7 +274,7 @@ class InvalidMessage(RpcError):
 
 def _load(line: bytes) -> Any:
     try:
-        return json.loads(line.decode("utf-8"))
+        return _DECODER.decode(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise InvalidMessage(PARSE_ERROR, f"parse error: {type(e).__name__}") from None
 

@@ -128,7 +128,7 @@ class IpcServerProtocol(LineReceiver):
         """Send a notification (an event or ``$/progress``) to this client."""
         try:
             line = jsonrpc.notification(method, params)
-        except (TypeError, ValueError):
+        except jsonrpc.ENCODE_ERRORS:
             self.log.failure("cannot encode notification {method}", method=method)
             return
         self._send(line)
@@ -237,11 +237,13 @@ class IpcServerProtocol(LineReceiver):
             self._send(jsonrpc.result_response(req.id, {"cancelled": d is not None}))
 
     def _dispatch(self, req: jsonrpc.Request) -> None:
-        params = dict(req.params)
+        params = req.params
         token = None
-        for key in PROGRESS_KEYS:
-            if key in params:
-                token = params.pop(key)
+        if "_progress" in params or "progressToken" in params:
+            params = dict(params)  # the request's own params stay as they came
+            for key in PROGRESS_KEYS:
+                if key in params:
+                    token = params.pop(key)
         if token is not None and not isinstance(token, int | str):
             problem = "must be a string or an integer"
             self._send_error(req.id, jsonrpc.invalid_params("_progress", problem))
@@ -284,7 +286,7 @@ class IpcServerProtocol(LineReceiver):
             self._pending.pop(request_id, None)
         try:
             line = jsonrpc.result_response(request_id, result)
-        except (TypeError, ValueError):
+        except jsonrpc.ENCODE_ERRORS:
             self.log.failure("result of request id={id} is not JSON", id=request_id)
             line = jsonrpc.error_response(
                 request_id, jsonrpc.error_from_exception(TypeError("result is not JSON"))
