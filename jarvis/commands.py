@@ -1,0 +1,577 @@
+"""The ``jarvis`` commands that talk to the daemon: one coroutine per command, run by :func:`run`.
+
+:mod:`jarvis.cli` parses the command line, reads passwords and files, installs the reactor and
+hands over to :func:`run` (``task.react``).  Keeping the commands here keeps them off the terminal
+UI's start-up path (``jarvis`` with no command imports only :mod:`jarvis.cli`).  Output is plain
+text, or one JSON document with ``--json``; errors become one line and an exit status.
+
+Like :mod:`jarvis.cli`, this module must not import ``jarvis.core``: it only talks to the daemon
+through the API (:mod:`jarvis.ipc.client`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer, error, task
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from jarvis import errors
+from jarvis.cli import EXIT_INTERRUPTED, Options
+from jarvis.ipc.jsonrpc import RemoteError
+
+#: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
+START_DEADLINE = 15.0
+STOP_DEADLINE = 15.0
+POLL_INTERVAL = 0.1
+
+
+class Session:
+    """The CLI's connection to the daemon (at most one), closed when the command ends."""
+
+    def __init__(self, reactor: Any, options: Options) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.data_dir = options.data_dir()
+        self.client: Any = None
+
+    def endpoint(self) -> str:
+        """Return the API endpoint of the data directory's daemon."""
+        from jarvis import paths
+
+        return paths.client_endpoint_for(self.data_dir)
+
+    def token(self, endpoint: str) -> str | None:
+        """Return the TCP token from the data directory, for TCP endpoints."""
+        if not endpoint.startswith("tcp:"):
+            return None
+        from jarvis import paths
+
+        try:
+            with open(paths.token_path(self.data_dir), encoding="ascii") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    async def connect(self) -> Any:
+        """Connect to the daemon (once).
+
+        :raises errors.DaemonNotRunning: if no daemon answers for the data directory.
+        """
+        from jarvis.ipc.client import IpcClient
+
+        if self.client is not None and self.client.connected:
+            return self.client
+        endpoint = self.endpoint()
+        try:
+            self.client = await IpcClient.connect(
+                self.reactor, endpoint, token=self.token(endpoint)
+            )
+        except (error.ConnectError, OSError):
+            raise errors.DaemonNotRunning(
+                f"no Jarvis daemon is running for {self.data_dir}: "
+                "start one with 'jarvis daemon start'"
+            ) from None
+        return self.client
+
+    async def call(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
+        """Connect if needed and call *method*."""
+        client = await self.connect()
+        return await client.call(method, params, **kw)
+
+    def close(self) -> defer.Deferred[None]:
+        """Close the connection (flushing a pending ``$/cancelRequest``)."""
+        client, self.client = self.client, None
+        if client is None or not client.connected:
+            return defer.succeed(None)
+        return client.close()
+
+    def emit(self, text: str | None, document: Any) -> None:
+        """Print *text*, or *document* as JSON with ``--json``."""
+        if self.options.wants_json():
+            print(json.dumps(document, indent=2, ensure_ascii=False))
+        elif text is not None:
+            print(text)
+
+
+def note(message: str) -> None:
+    """Print a progress note on stderr (kept off stdout so --json stays one document)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress_printer() -> Callable[[Any], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(value: Any) -> None:
+        stage = value.get("stage") if isinstance(value, dict) else value
+        note(f"... {stage}")
+
+    return show
+
+
+async def _sleep(reactor: Any, seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def _status_or_none(session: Session) -> dict[str, Any] | None:
+    try:
+        status: dict[str, Any] = await session.call("daemon.status")
+        return status
+    except errors.DaemonNotRunning:
+        return None
+    except error.ConnectionLost:
+        return None
+
+
+async def start_daemon(session: Session, sub: usage.Options | None = None) -> dict[str, Any]:
+    """Start a detached daemon for the session's data directory and wait for its API.
+
+    :returns: the new daemon's ``daemon.status``.
+    :raises errors.AlreadyRunning: if a daemon already answers.
+    :raises errors.DaemonNotRunning: if it did not come up within :data:`START_DEADLINE`.
+    """
+    from jarvis.launcher import detached_daemon_argv
+
+    running = await _status_or_none(session)
+    if running is not None:
+        raise errors.AlreadyRunning(
+            f"a Jarvis daemon already runs for {session.data_dir} (pid {running['pid']})"
+        )
+    extra: list[str] = []
+    if sub is not None:
+        if sub["listen"]:
+            extra += ["--listen", sub["listen"]]
+        for address in sub["advertise"]:
+            extra += ["--advertise", address]
+        if sub["password-file"]:
+            extra += ["--password-file", os.path.abspath(sub["password-file"])]
+    os.makedirs(session.data_dir, mode=0o700, exist_ok=True)
+    argv = detached_daemon_argv(session.data_dir, extra)
+    from twisted.internet import utils
+
+    out, err, code = await utils.getProcessOutputAndValue(
+        argv[0], argv[1:], env=dict(os.environ), reactor=session.reactor
+    )
+    if code != 0:
+        reason = _start_failure(session.data_dir, (err or out).decode("utf-8", "replace"), code)
+        raise errors.DaemonNotRunning(f"the daemon did not start: {reason}")
+    deadline = time.monotonic() + START_DEADLINE
+    while time.monotonic() < deadline:
+        status = await _status_or_none(session)
+        if status is not None:
+            return status
+        await _sleep(session.reactor, POLL_INTERVAL)
+    raise errors.DaemonNotRunning(
+        f"the daemon did not answer within {START_DEADLINE:g} s: see its log in {session.data_dir}"
+    )
+
+
+def _start_failure(data_dir: str, output: str, code: int) -> str:
+    """Return the most telling line about a failed start: twistd's output, else its log."""
+    from jarvis import paths
+
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    reason = lines[-1] if lines else f"exit status {code}"
+    if "log file" not in reason:
+        return reason
+    logfile = paths.logfile_path(data_dir)
+    try:
+        with open(logfile, encoding="utf-8", errors="replace") as f:
+            tail = f.readlines()[-50:]
+    except OSError:
+        return f"{reason} ({logfile})"
+    for line in reversed(tail):
+        text = line.split("] ", 1)[-1].strip()
+        if "Error" in text or "error:" in text:
+            return f"{text} (log: {logfile})"
+    return f"{reason} ({logfile})"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pidfile_pid(data_dir: str) -> int | None:
+    from jarvis import paths
+
+    try:
+        with open(paths.pidfile_path(data_dir), encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+async def _wait_exit(reactor: Any, pid: int) -> bool:
+    deadline = time.monotonic() + STOP_DEADLINE
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return True
+        await _sleep(reactor, POLL_INTERVAL)
+    return False
+
+
+async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``daemon start|stop|status``."""
+    action = sub.subCommand
+    if action == "start":
+        started = await start_daemon(session, sub.subOptions)
+        session.emit(
+            f"jarvis daemon started (pid {started['pid']}, API {started['ipc']})",
+            _status_doc(started),
+        )
+    elif action == "status":
+        status = await _status_or_none(session)
+        if status is None:
+            pid = _pidfile_pid(session.data_dir)
+            stale = pid is not None and _pid_alive(pid)
+            text = "jarvis daemon: stopped"
+            if stale:
+                text += f" (pid {pid} exists but its API does not answer)"
+            session.emit(text, {"running": False, "pid": None, "ipc": None, "version": None})
+            return
+        lock = "locked" if status["locked"] else "unlocked"
+        if not status["has_identity"]:
+            lock = "no identity"
+        session.emit(
+            f"jarvis daemon: running (pid {status['pid']}, API {status['ipc']}, "
+            f"version {status['version']}, {lock})",
+            _status_doc(status),
+        )
+    else:
+        await _stop_daemon(session)
+
+
+def _status_doc(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "running": True,
+        "pid": status["pid"],
+        "ipc": status["ipc"],
+        "version": status["version"],
+    }
+
+
+async def _stop_daemon(session: Session) -> None:
+    pid: int | None
+    try:
+        client = await session.connect()
+    except errors.DaemonNotRunning:
+        client = None
+    if client is not None:
+        lost: defer.Deferred[None] = defer.Deferred()
+        client.add_disconnect_observer(lambda reason: lost.callback(None))
+        answer = await client.call("daemon.stop")
+        pid = answer.get("pid")
+        await lost
+    else:
+        pid = _pidfile_pid(session.data_dir)
+        if pid is None or not _pid_alive(pid):
+            session.emit("jarvis daemon: not running", {"stopped": False, "pid": None})
+            return
+        os.kill(pid, signal.SIGTERM)
+    if pid is not None and not await _wait_exit(session.reactor, pid):
+        raise errors.AlreadyRunning(
+            f"the daemon (pid {pid}) did not exit within {STOP_DEADLINE:g} s"
+        )
+    session.emit(f"jarvis daemon stopped (pid {pid})", {"stopped": True, "pid": pid})
+
+
+async def cmd_init(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``init --name NAME``: start a daemon if needed, then create the identity."""
+    if await _status_or_none(session) is None:
+        status = await start_daemon(session)
+        note(f"started the jarvis daemon (pid {status['pid']})")
+    result = await session.call(
+        "identity.create",
+        {"name": sub["name"], "password": inputs["password"]},
+        progress=_progress_printer(),
+    )
+    session.emit(
+        f"created identity {result['name']}\nuid:         {result['uid']}\n"
+        f"fingerprint: {result['fingerprint']}",
+        result,
+    )
+
+
+async def cmd_unlock(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``unlock``."""
+    result = await session.call(
+        "identity.unlock", {"password": inputs["password"]}, progress=_progress_printer()
+    )
+    session.emit(f"unlocked: {result['name']} ({result['uid']})", result)
+
+
+async def cmd_lock(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``lock [--wipe]``."""
+    result = await session.call("identity.lock", {"wipe": bool(sub["wipe"])})
+    session.emit("locked (keys wiped)" if sub["wipe"] else "locked", result)
+
+
+async def cmd_export(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``export FILE``."""
+    result = await session.call(
+        "account.export",
+        {"path": sub["path"], "password": inputs["password"]},
+        progress=_progress_printer(),
+    )
+    session.emit(f"exported to {result['path']} ({result['bytes']} bytes)", result)
+
+
+async def cmd_import(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``import FILE``: start a daemon if needed, then restore the export."""
+    if await _status_or_none(session) is None:
+        status = await start_daemon(session)
+        note(f"started the jarvis daemon (pid {status['pid']})")
+    result = await session.call(
+        "account.import",
+        {
+            "path": sub["path"],
+            "export_password": inputs["export_password"],
+            "password": inputs["password"],
+        },
+        progress=_progress_printer(),
+    )
+    session.emit(f"imported {result['name']} ({result['uid']})", result)
+
+
+async def cmd_delete_account(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``delete-account``."""
+    result = await session.call("account.delete", {"password": inputs["password"]})
+    session.emit(f"account deleted: {result['removed']} files removed", result)
+
+
+async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``whoami``."""
+    me = await session.call("identity.show")
+    lines = [
+        f"name:        {me['name']}",
+        f"uid:         {me['uid']}",
+        f"fingerprint: {me['fingerprint']}",
+        f"addresses:   {', '.join(me.get('addresses') or []) or '-'}",
+        f"link:        {me['link']}",
+    ]
+    if sub["card"]:
+        path = os.path.abspath(sub["card"])
+        from twisted.internet import threads
+
+        await threads.deferToThread(_write_card, path, me["card"])
+        lines.append(f"card:        written to {path}")
+    session.emit("\n".join(lines), me)
+
+
+def _write_card(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _contact_name(contact: dict[str, Any]) -> str:
+    return str(contact.get("alias") or contact.get("name") or contact.get("uid", "?")[:12])
+
+
+async def cmd_add(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``add LINK_OR_CARD_FILE``."""
+    params: dict[str, Any] = {k: inputs[k] for k in ("link", "card") if k in inputs}
+    if sub["name"]:
+        params["name"] = sub["name"]
+    if sub["verified"]:
+        params["verified"] = True
+    contact = await session.call("contacts.add", params)
+    session.emit(
+        f"added {_contact_name(contact)} ({contact['uid'][:12]}), "
+        f"fingerprint {contact['fingerprint']}",
+        contact,
+    )
+
+
+async def cmd_contacts(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``contacts``."""
+    result = await session.call("contacts.list")
+    contacts = result["contacts"]
+    lines = [
+        f"{_contact_name(c):<20} {c['uid'][:12]}  {c.get('status', '?'):<10} "
+        f"unread {c.get('unread', 0):<4} {'verified' if c.get('verified') else 'unverified'}"
+        for c in contacts
+    ]
+    session.emit("\n".join(lines) if lines else "no contacts yet: jarvis add LINK", result)
+
+
+_REACHED = {"sent": ("sent", "delivered", "read"), "delivered": ("delivered", "read")}
+
+
+async def cmd_send(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``send CONTACT TEXT|-``: prints the message id (after it is sent/delivered with --wait)."""
+    states: dict[str, str] = {}
+    reached: defer.Deferred[None] = defer.Deferred()
+    wanted = _REACHED.get(sub["wait"] or "", ())
+    message_id: list[str] = []
+
+    def on_event(name: str, params: dict[str, Any]) -> None:
+        if name != "message.stateChanged" or not isinstance(params.get("id"), str):
+            return
+        states[params["id"]] = str(params.get("state"))
+        if message_id and states.get(message_id[0]) in wanted and not reached.called:
+            reached.callback(None)
+
+    if wanted:
+        client = await session.connect()
+        await client.subscribe(on_event)
+    message = await session.call(
+        "messages.send", {"contact": sub["contact"], "text": inputs["text"]}
+    )
+    message_id.append(message["id"])
+    if wanted:
+        if message.get("state") in wanted or states.get(message["id"]) in wanted:
+            pass
+        else:
+            reached.addTimeout(sub["timeout"], session.reactor)
+            try:
+                await reached
+            except defer.TimeoutError:
+                raise errors.JarvisError(
+                    f"message {message['id']} was queued but not {sub['wait']} within "
+                    f"{sub['timeout']:g} s; it stays queued and will be sent later"
+                ) from None
+        message["state"] = states.get(message["id"], message.get("state"))
+    session.emit(message["id"], message)
+
+
+def _when(timestamp: Any) -> str:
+    if not isinstance(timestamp, int | float):
+        return "                "
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
+
+
+async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``history CONTACT``."""
+    page = await session.call(
+        "messages.history", {"contact": sub["contact"], "limit": sub["limit"]}
+    )
+    # the API pages newest first; people read a conversation oldest first
+    messages = list(reversed(page["messages"]))
+    lines = [
+        f"{_when(m.get('created'))} {'>' if m.get('direction') == 'out' else '<'} {m.get('body')}"
+        for m in messages
+    ]
+    session.emit("\n".join(lines) if lines else "no messages", messages)
+
+
+async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``watch``: events as JSON lines until Ctrl+C (or the daemon goes away: exit 1)."""
+    client = await session.connect()
+    lost: defer.Deferred[None] = defer.Deferred()
+    client.add_disconnect_observer(lambda reason: lost.callback(None))
+
+    def show(name: str, params: dict[str, Any]) -> None:
+        print(json.dumps({"event": name, "params": params}, ensure_ascii=False), flush=True)
+
+    await client.subscribe(show)
+    await lost
+    raise errors.DaemonNotRunning("the daemon closed the connection")
+
+
+async def cmd_rpc(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``rpc METHOD [JSON_PARAMS]``: always prints JSON."""
+    result = await session.call(sub["method"], sub["params"] or None)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
+    "init": cmd_init,
+    "daemon": cmd_daemon,
+    "unlock": cmd_unlock,
+    "lock": cmd_lock,
+    "whoami": cmd_whoami,
+    "add": cmd_add,
+    "contacts": cmd_contacts,
+    "send": cmd_send,
+    "history": cmd_history,
+    "watch": cmd_watch,
+    "rpc": cmd_rpc,
+    "export": cmd_export,
+    "import": cmd_import,
+    "delete-account": cmd_delete_account,
+}
+
+
+def error_line(failure: Failure) -> str | None:
+    """Return the one-line message for a failed command (``None``: a bug, show a traceback)."""
+    exc = failure.value
+    if isinstance(exc, RemoteError | errors.JarvisError):
+        text = str(exc) or (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
+        return " ".join(text.split())
+    if isinstance(exc, error.ConnectionLost):
+        return "the connection to the daemon was lost (did it stop?)"
+    if isinstance(exc, error.ConnectError | OSError):
+        return f"cannot reach the daemon: {exc}"
+    return None
+
+
+def run(reactor: Any, options: Options, inputs: dict[str, Any]) -> defer.Deferred[None]:
+    """Run the parsed command on *reactor* (the function ``task.react`` calls).
+
+    :returns: a Deferred that fails with ``SystemExit`` carrying the exit status on errors and
+        after Ctrl+C; it succeeds (status 0) otherwise.
+    """
+    session = Session(reactor, options)
+    command = options.subCommand
+    assert command is not None
+    handler = COMMANDS[command]
+    work = defer.ensureDeferred(handler(session, options.subOptions, inputs))
+    interrupted: list[bool] = []
+    finished: defer.Deferred[None] = defer.Deferred()
+
+    def on_shutdown() -> defer.Deferred[None]:
+        # Ctrl+C or SIGTERM: cancel the call in flight (the client sends $/cancelRequest),
+        # then wait until the connection is closed so that the cancel reaches the daemon.
+        if not work.called:
+            interrupted.append(True)
+            work.cancel()
+        return finished
+
+    reactor.addSystemEventTrigger("before", "shutdown", on_shutdown)
+
+    def outcome(result: Any) -> Any:
+        if not isinstance(result, Failure):
+            return None
+        if result.check(SystemExit):
+            return result
+        if interrupted and result.check(defer.CancelledError):
+            if command == "watch":
+                return None
+            print("jarvis: interrupted; the request was cancelled", file=sys.stderr)
+            raise SystemExit(EXIT_INTERRUPTED)
+        line = error_line(result)
+        if line is None:
+            print(f"jarvis: internal error: {result.getErrorMessage()}", file=sys.stderr)
+            result.printTraceback(file=sys.stderr)
+        else:
+            print(f"jarvis: {line}", file=sys.stderr)
+        raise SystemExit(1)
+
+    def close(result: Any) -> defer.Deferred[Any]:
+        d = session.close()
+        d.addBoth(lambda _: result)
+        return d
+
+    work.addBoth(outcome)
+    work.addBoth(close)
+
+    def done(result: Any) -> Any:
+        finished.callback(None)
+        return result
+
+    return work.addBoth(done)
