@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.jsonrpc import RemoteError
+from jarvis.ipc.wire import send_line
 
 __all__ = ["IpcClient", "IpcClientProtocol", "RemoteError"]
 
@@ -130,7 +131,7 @@ class IpcClientProtocol(LineReceiver):
 
         d: defer.Deferred[Any] = defer.Deferred(cancel)
         self._waiting[request_id] = d
-        self.transport.write(jsonrpc.request(request_id, method, body or None))
+        send_line(self.transport, jsonrpc.request(request_id, method, body or None))
         return d
 
     def when_lost(self) -> defer.Deferred[None]:

@@ -35,6 +35,7 @@ from twisted.python.failure import Failure
 
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import Registry
+from jarvis.ipc.wire import send_line
 
 #: The transport-level param keys that carry a progress token (stripped before validation).
 PROGRESS_KEYS = ("_progress", "progressToken")
@@ -119,7 +120,7 @@ class IpcServerProtocol(LineReceiver):
 
     def _send(self, line: bytes) -> None:
         if self._open:
-            self.transport.write(line)
+            send_line(self.transport, line)
 
     def _send_error(self, request_id: int | str | None, error: jsonrpc.RpcError) -> None:
         self._send(jsonrpc.error_response(request_id, error))
