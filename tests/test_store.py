@@ -385,6 +385,37 @@ class StateTests(StoreTestCase):
             await store.update_state("00" * 16, "exploded", 1.0)
 
 
+class AdvanceStatesTests(StoreTestCase):
+    async def test_batch_advances_like_update_state(self) -> None:
+        """When several ids advance at once, then each changed one is returned and leaves the
+        outbox once delivered; unknown, incoming and backward ones are left alone."""
+        store = await self.open_store()
+        first = await store.add_outgoing(make_message())
+        second = await store.add_outgoing(make_message())
+        third = await store.add_outgoing(make_message())
+        incoming = make_message(direction="in")
+        await store.add_incoming(incoming)
+        await store.update_state(third.id, "read", 1.0)
+        changed = await store.advance_states(
+            [first.id, "00" * 16, incoming.id, third.id, second.id], "delivered", 5.0
+        )
+        self.assertEqual(changed, [(first.id, ALICE, "delivered"), (second.id, ALICE, "delivered")])
+        self.assertEqual(await store.outbox(ALICE), [])
+        stored = await store.get_message(first.id)
+        assert stored is not None
+        self.assertEqual((stored.state, stored.delivered, stored.sent), ("delivered", 5.0, None))
+        self.assertEqual(await store.advance_states([first.id], "sent", 6.0), [])
+        self.assertEqual(await store.advance_states([first.id], "queued", 6.0), [])
+        read = await store.advance_states([incoming.id, first.id], "read", 7.0)
+        self.assertEqual(read, [(incoming.id, ALICE, "read"), (first.id, ALICE, "read")])
+
+    async def test_bad_state(self) -> None:
+        """When the state is not a message state, then InvalidInput is raised."""
+        store = await self.open_store()
+        with self.assertRaises(InvalidInput):
+            await store.advance_states(["00" * 16], "exploded", 1.0)
+
+
 class HistoryTests(StoreTestCase):
     async def test_pages_newest_first_with_cursor(self) -> None:
         """When 7 messages are paged 3 at a time, then pages are 3, 3, 1 with cursors."""

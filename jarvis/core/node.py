@@ -693,7 +693,7 @@ class Node(Service):
         if pump is not None:
             if pump.ready:
                 yield self._write(pump, stored)
-                stored = replace(stored, state="sent")
+                stored = _with_state(stored, "sent")
             else:
                 pump.pending.append(stored)
         return message_view(stored)
@@ -715,21 +715,21 @@ class Node(Service):
         return defer.succeed(None)
 
     def _advance(self, message_id: str, state: str) -> defer.Deferred[Any]:
-        store = self._store
-        if store is None:
-            return defer.succeed(None)
-        d = store.update_state(message_id, state, self.now())
+        return self._advance_many([message_id], state)
 
-        def changed(message: Message | None) -> None:
-            if message is not None:
-                self._emit(
+    def _advance_many(self, message_ids: Sequence[str], state: str) -> defer.Deferred[Any]:
+        """Advance *message_ids* to *state* in one store operation; announce each change."""
+        store = self._store
+        if store is None or not message_ids:
+            return defer.succeed(None)
+        d = store.advance_states(message_ids, state, self.now())
+
+        def changed(changes: list[tuple[str, str, str]]) -> None:
+            emit = self._emit
+            for mid, contact, new_state in changes:
+                emit(
                     "message.stateChanged",
-                    {
-                        "id": message.id,
-                        "contact": message.contact,
-                        "state": message.state,
-                        "at": self.now(),
-                    },
+                    {"id": mid, "contact": contact, "state": new_state, "at": self.now()},
                 )
 
         d.addCallback(changed)
@@ -928,11 +928,11 @@ class Node(Service):
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark acknowledged messages delivered; fires when recorded."""
-        return defer.gatherResults([self._advance(i.hex(), "delivered") for i in message_ids])
+        return self._advance_many([i.hex() for i in message_ids], "delivered")
 
     def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark messages read by the peer; fires when recorded."""
-        return defer.gatherResults([self._advance(i.hex(), "read") for i in message_ids])
+        return self._advance_many([i.hex() for i in message_ids], "read")
 
     def peer_status_changed(self, uid: str, status: Any) -> None:
         contact = self._contacts.get(uid)
@@ -1022,6 +1022,14 @@ class Node(Service):
         self._public_uid = None
         self._emit("identity.locked", {"wiped": True, "deleted": True})
         return {"removed": removed}
+
+
+def _with_state(message: Message, state: str) -> Message:
+    """A copy of *message* (valid already) in *state*, without dataclasses.replace's checks."""
+    copy = object.__new__(Message)
+    copy.__dict__.update(message.__dict__)
+    copy.__dict__["state"] = state
+    return copy
 
 
 def _report(progress: Callable[[Any], None] | None, value: Any) -> None:

@@ -235,6 +235,34 @@ _CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts,
 _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
 
 
+def _advance_sql(state: str) -> str | None:
+    """The UPDATE moving the first row of an id that may advance to *state* (None: no row may)."""
+    clauses = []
+    for direction in ("out", "in"):
+        order = states_for(direction)
+        if state not in order:
+            continue
+        below = order[: order.index(state)]
+        if below:
+            states = ", ".join(f"'{s}'" for s in below)
+            clauses.append(f"(direction = '{direction}' AND state IN ({states}))")
+    if not clauses:
+        return None
+    column = _TIME_COLUMN[state]
+    return (
+        f"UPDATE messages SET state = ?, {column} = ? WHERE rowid = ("
+        f"SELECT rowid FROM messages WHERE id = ? AND ({' OR '.join(clauses)}) "
+        "ORDER BY rowid LIMIT 1) RETURNING rowid, conversation"
+    )
+
+
+_ADVANCE_SQL: dict[str, str] = {
+    state: sql
+    for state in ("sent", "delivered", "read")
+    if (sql := _advance_sql(state)) is not None
+}
+
+
 class _Rows:
     """The store's connection and everything done with it; used ONLY on the store's thread.
 
@@ -759,6 +787,37 @@ class _Rows:
             return self._message_from_row(row)
         return None
 
+    def advance_states(
+        self, mids: Sequence[str], state: str, at: float
+    ) -> list[tuple[str, str, str]]:
+        """:meth:`update_state` for several ids, without reading back (or opening) the rows.
+
+        Per id, the first row (in rowid order) whose state may advance to *state* advances:
+        one ``UPDATE ... RETURNING`` whose WHERE clause holds the rank rule; then one
+        ``executemany`` takes the delivered or read ones out of the outbox.
+
+        :returns: ``(id, contact, state)`` of each message that changed, in the order given.
+        """
+        if state not in ("queued", "sent", "delivered", "read", "received"):
+            raise InvalidInput(f"{state!r} is not a message state")
+        sql = _ADVANCE_SQL.get(state)
+        if sql is None:  # 'queued' and 'received' are first states: nothing advances to them
+            return []
+        conn = self.conn
+        changed: list[tuple[str, str, str]] = []
+        rowids: list[tuple[int]] = []
+        for mid in mids:
+            row = conn.execute(sql, (state, at, mid)).fetchone()
+            if row is None:
+                continue
+            rowids.append((row[0],))
+            conversation = row[1]
+            uid = self._uids.get(conversation) or self._uid_of(conversation)
+            changed.append((mid, uid, state))
+        if rowids and state in ("delivered", "read"):
+            conn.executemany("DELETE FROM outbox WHERE message = ?", rowids)
+        return changed
+
     def get_message(self, mid: str) -> Message | None:
         row = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? ORDER BY rowid LIMIT 1", (mid,)
@@ -1195,6 +1254,19 @@ class Store:
         :raises InvalidInput: (in the Deferred) if *state* is no message state.
         """
         return self._submit(self._rows.update_state, message_id, state, at, write=True)
+
+    def advance_states(
+        self, message_ids: Sequence[str], state: str, at: float
+    ) -> Deferred[list[tuple[str, str, str]]]:
+        """Advance several messages to *state* in one operation, as :meth:`update_state` does
+        for each (states never move backwards; a delivered or read message leaves the outbox),
+        without reading the messages back.
+
+        :returns: a Deferred firing with ``(id, contact, state)`` of each message that changed,
+            in the order of *message_ids*.
+        :raises InvalidInput: (in the Deferred) if *state* is no message state.
+        """
+        return self._submit(self._rows.advance_states, list(message_ids), state, at, write=True)
 
     def get_message(self, message_id: str) -> Deferred[Message | None]:
         """:returns: a Deferred firing with the message with this id, or None.
