@@ -78,7 +78,23 @@ class IpcClientProtocol(LineReceiver):
 
     def lineReceived(self, line: bytes) -> None:
         try:
-            incoming = jsonrpc.parse_incoming(line)
+            value = jsonrpc.load_line(line)
+        except jsonrpc.InvalidMessage:
+            self.log.warn("ignored a malformed line from the daemon")
+            return
+        if type(value) is dict and "method" not in value and "error" not in value:
+            # The common case, a success response to a waiting call: parse_incoming's result
+            # branch, inline (anything else takes the general path below).
+            if "id" in value:
+                request_id = value["id"]
+                d = self._waiting.pop(request_id, None) if type(request_id) in (int, str) else None
+                if d is not None:
+                    if self._progress:
+                        self._progress.pop(f"p{request_id}", None)
+                    d.callback(value.get("result"))
+                    return
+        try:
+            incoming = jsonrpc.parse_value(value)
         except jsonrpc.InvalidMessage:
             self.log.warn("ignored a malformed line from the daemon")
             return

@@ -343,7 +343,22 @@ def parse_incoming(line: bytes) -> Incoming:
 
     :raises InvalidMessage: if the line is not JSON or neither a response nor a notification.
     """
-    value = _load(line)
+    return parse_value(_load(line))
+
+
+def load_line(line: bytes) -> Any:
+    """Decode one line (without its newline) as JSON.
+
+    :raises InvalidMessage: ``-32700`` for bad UTF-8 or JSON.
+    """
+    return _load(line)
+
+
+def parse_value(value: Any) -> Incoming:
+    """Return the :class:`Incoming` of a decoded line (see :func:`parse_incoming`).
+
+    :raises InvalidMessage: if *value* is neither a response nor a notification.
+    """
     if not isinstance(value, dict):
         raise InvalidMessage(INVALID_REQUEST, "the daemon sent something that is not an object")
     method = value.get("method")

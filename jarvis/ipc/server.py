@@ -276,6 +276,12 @@ class IpcServerProtocol(LineReceiver):
             d.addErrback(self._log_notification_failure, req.method)
             return
         request_id = req.id
+        if d.called and not d.paused:
+            result = d.result
+            if not isinstance(result, Failure | defer.Deferred):
+                # Answered at once (most methods): no callbacks, nothing to track.
+                self._answer(result, request_id)
+                return
         if request_id is not None:
             # Tracked until answered (the callbacks below pop it, at once if d has fired);
             # a null id cannot be named by $/cancelRequest, so it is not tracked.
