@@ -293,7 +293,7 @@ class PtyTerminal:
         return None
 
     def wait_for(
-        self, predicate: Callable[[str], bool] | str, timeout: float = 15.0
+        self, predicate: Callable[[str], bool] | str, timeout: float = 30.0
     ) -> defer.Deferred[str]:
         """Fire with the screen text once *predicate(text)* holds (or *predicate* is on screen).
 
