@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +47,13 @@ from bench.echo_peer import (
     PinnedTLSCreator,
     make_identity,
 )
-from bench.harness import REPOSITORY_ROOT, run_standalone, smoke_requested
+from bench.harness import (
+    REPOSITORY_ROOT,
+    percentile,
+    run_on_reactor,
+    run_standalone,
+    smoke_requested,
+)
 
 T = TypeVar("T")
 
@@ -289,14 +295,6 @@ class EchoPeerProcess(ProcessProtocol):
         self.ended.callback(None)
 
 
-def percentile(sorted_values: list[int], fraction: float) -> float:
-    """Return the nearest-rank percentile of an ascending list (``fraction`` in 0..1)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return float(sorted_values[rank - 1])
-
-
 def progress(message: str) -> None:
     """Print a progress line on stderr (stdout is kept for the table)."""
     print(f"   ceiling: {message}", file=sys.stderr, flush=True)
@@ -493,29 +491,6 @@ async def stop_peer(reactor: Any, process: Any, peer: EchoPeerProcess) -> None:
     await peer.ended
     if killer.active():
         killer.cancel()
-
-
-def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
-    """Install the asyncio reactor, run ``main(reactor)`` on it, and return its result.
-
-    :raises Exception: whatever *main* raised.
-    """
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[T] = []
-    failures: list[Failure] = []
-
-    def start() -> None:
-        finished: defer.Deferred[T] = defer.ensureDeferred(main(reactor))
-        finished.addCallbacks(outcome.append, failures.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if failures:
-        failures[0].raiseException()
-    return outcome[0]
 
 
 def run(quick: bool) -> dict[str, Any]:

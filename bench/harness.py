@@ -33,12 +33,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 #: Benchmark name -> module that exposes ``run(quick: bool) -> dict``.
+_T = TypeVar("_T")
+
 BENCHMARKS: dict[str, str] = {
     "ceiling": "bench.ceiling",
     "store": "bench.store_bench",
@@ -525,3 +527,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"   {outcome.status}: {outcome.error}", file=sys.stderr, flush=True)
     print(format_table(outcomes, ceiling))
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Return the nearest-rank percentile of *values* (``fraction`` in 0..1; NaN when empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, _T]]) -> _T:
+    """Install the asyncio reactor, run ``main(reactor)`` on it, and return its result.
+
+    :raises Exception: whatever *main* raised.
+    """
+    from twisted.internet import defer
+    from twisted.python.failure import Failure
+
+    from jarvis.reactor import install
+
+    reactor = install()
+    outcome: list[_T] = []
+    failures: list[Failure] = []
+
+    def start() -> None:
+        finished: defer.Deferred[_T] = defer.ensureDeferred(main(reactor))
+        finished.addCallbacks(outcome.append, failures.append)
+        finished.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if failures:
+        failures[0].raiseException()
+    return outcome[0]

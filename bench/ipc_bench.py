@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench.harness import percentile
+
 #: Clients in the throughput measurement.
 CLIENTS = 10
 #: Requests each client keeps in flight in the throughput measurement.
@@ -57,14 +59,6 @@ class Sizes:
         if quick:
             return cls(round_trips=1000, seconds=1.0)
         return cls(round_trips=5000, seconds=5.0)
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Return the value at *fraction* (0..1) of *sorted_values* (nearest rank)."""
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 # The server child ------------------------------------------------------------------------------
@@ -272,26 +266,9 @@ def run(quick: bool) -> dict[str, Any]:
     :param quick: about 1 s of throughput per server instead of 5 s.
     :returns: ``{"figures": {name: {"value", "unit"}}}``.
     """
-    from twisted.internet import defer
+    from bench.harness import run_on_reactor
 
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[Any] = []
-
-    def start() -> None:
-        finished = defer.ensureDeferred(measure(reactor, Sizes.choose(quick)))
-        finished.addBoth(outcome.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise RuntimeError("the IPC benchmark did not finish")
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return dict(result)
+    return dict(run_on_reactor(lambda reactor: measure(reactor, Sizes.choose(quick))))
 
 
 def main(argv: list[str]) -> int:

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.harness import percentile
+
 #: Password of the benchmark identities (never a real one).
 PASSWORD = "correct horse battery staple"
 #: ``messages.send`` calls kept in flight while measuring throughput.
@@ -69,14 +71,6 @@ class Sizes:
         if quick:
             return cls(messages=2_000, samples=100)
         return cls(messages=20_000, samples=1_000)
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Return the value at *fraction* (0..1) of *sorted_values* (nearest rank)."""
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
-    return sorted_values[index]
 
 
 class EventWaiters:
@@ -397,26 +391,9 @@ def run(quick: bool) -> dict[str, Any]:
     :param quick: 2,000 messages and 100 latency samples instead of 20,000 and 1,000.
     :returns: ``{"figures": {name: {"value", "unit", "goal"?, "ceiling_key"?}}}``.
     """
-    from twisted.internet import defer
+    from bench.harness import run_on_reactor
 
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[Any] = []
-
-    def start() -> None:
-        finished = defer.ensureDeferred(measure(reactor, Sizes.choose(quick)))
-        finished.addBoth(outcome.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise RuntimeError("the messaging benchmark did not finish")
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return dict(result)
+    return dict(run_on_reactor(lambda reactor: measure(reactor, Sizes.choose(quick))))
 
 
 if __name__ == "__main__":

@@ -277,26 +277,9 @@ def run(quick: bool) -> dict[str, Any]:
     :param quick: 100 sessions instead of 1,000.
     :returns: ``{"figures": {name: {"value", "unit", "goal"?, "ceiling_key"?}}}``.
     """
-    from twisted.internet import defer
+    from bench.harness import run_on_reactor
 
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[Any] = []
-
-    def start() -> None:
-        finished = defer.ensureDeferred(measure(reactor, Sizes.choose(quick)))
-        finished.addBoth(outcome.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise RuntimeError("the scale benchmark did not finish")
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return dict(result)
+    return dict(run_on_reactor(lambda reactor: measure(reactor, Sizes.choose(quick))))
 
 
 if __name__ == "__main__":

@@ -208,26 +208,11 @@ def run(quick: bool) -> dict[str, Any]:
     :param quick: 10,000 messages instead of 100,000.
     :returns: ``{"figures": {name: {"value": float, "unit": str}}}``.
     """
-    from twisted.internet import defer
+    from bench.harness import run_on_reactor
 
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[Any] = []
-
-    def start() -> None:
-        finished = defer.ensureDeferred(measure(reactor, sizes(quick), unlock_rounds(quick)))
-        finished.addBoth(outcome.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise RuntimeError("the store benchmark did not finish")
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return dict(result)
+    return dict(
+        run_on_reactor(lambda reactor: measure(reactor, sizes(quick), unlock_rounds(quick)))
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from bench.harness import percentile
+
 PASSWORD = "bench horse battery staple"
 #: Messages written per store batch while filling the history, and batches in flight.
 BURST = 1000
@@ -59,13 +61,6 @@ def sizes(quick: bool) -> Sizes:
     if quick:
         return Sizes(history=10_000, ui_runs=3, keypresses=100)
     return Sizes(history=100_000, ui_runs=5, keypresses=200)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Return the value at *fraction* (0..1) of *values* (nearest rank)."""
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-    return ordered[index]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -378,26 +373,9 @@ def run(quick: bool) -> dict[str, Any]:
     :param quick: 10,000 messages and 3 UI runs instead of 100,000 and 5.
     :returns: ``{"figures": {name: {"value": float, "unit": str, "goal"?: float}}}``.
     """
-    from twisted.internet import defer
+    from bench.harness import run_on_reactor
 
-    from jarvis.reactor import install
-
-    reactor = install()
-    outcome: list[Any] = []
-
-    def start() -> None:
-        finished = defer.ensureDeferred(measure(reactor, sizes(quick)))
-        finished.addBoth(outcome.append)
-        finished.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if not outcome:
-        raise RuntimeError("the UI benchmark did not finish")
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    return dict(result)
+    return dict(run_on_reactor(lambda reactor: measure(reactor, sizes(quick))))
 
 
 if __name__ == "__main__":
