@@ -195,7 +195,8 @@ def _start_failure(data_dir: str, output: str, code: int) -> str:
     return f"{reason} ({logfile})"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with *pid* exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -218,7 +219,7 @@ def _pidfile_pid(data_dir: str) -> int | None:
 async def _wait_exit(reactor: Any, pid: int) -> bool:
     deadline = time.monotonic() + STOP_DEADLINE
     while time.monotonic() < deadline:
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             return True
         await _sleep(reactor, POLL_INTERVAL)
     return False
@@ -237,7 +238,7 @@ async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any
         status = await _status_or_none(session)
         if status is None:
             pid = _pidfile_pid(session.data_dir)
-            stale = pid is not None and _pid_alive(pid)
+            stale = pid is not None and pid_alive(pid)
             text = "jarvis daemon: stopped"
             if stale:
                 text += f" (pid {pid} exists but its API does not answer)"
@@ -278,7 +279,7 @@ async def _stop_daemon(session: Session) -> None:
         await lost
     else:
         pid = _pidfile_pid(session.data_dir)
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             session.emit("jarvis daemon: not running", {"stopped": False, "pid": None})
             return
         os.kill(pid, signal.SIGTERM)

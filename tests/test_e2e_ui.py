@@ -24,6 +24,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from jarvis import paths
+from jarvis.commands import pid_alive
 from jarvis.ipc.client import IpcClient
 from tests.daemons import REPO, DaemonProcess, child_env, short_tempdir
 from tests.peers import PASSWORD, Peer, befriend
@@ -88,16 +89,6 @@ def start_ui(
     ).start()
     testcase.addCleanup(terminal.stop)
     return terminal
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def wait_until(predicate: Any, timeout: float = 15.0, what: str = "condition") -> None:
