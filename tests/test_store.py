@@ -37,9 +37,11 @@ from jarvis.store import (
     StoreClosed,
     StoreNotEmpty,
     WrongStoreKey,
+    schema,
 )
 from jarvis.store.database import DELIVERY_CHUNK, associated_data, blind_index
-from jarvis.store.schema import SCHEMA_VERSION
+from jarvis.store.records import new_message_id
+from jarvis.store.schema import OUTBOX_WHERE, SCHEMA_VERSION
 
 reactor: Any = _reactor
 
@@ -206,6 +208,93 @@ class OpenTests(StoreTestCase):
         self.assertEqual(stats["queued"], 0)
         self.assertLessEqual(stats["busy"], 1)
         self.assertGreaterEqual(stats["transactions"], 1)
+
+
+class MigrationTests(StoreTestCase):
+    """Forward migrations of databases written by earlier versions."""
+
+    def write_v1(self, rows: list[tuple[str, str, str]]) -> None:
+        """Write a version 1 database (outbox table) holding *rows* ``(id, direction, state)``
+        of a conversation with ALICE, sealed as version 1 sealed them."""
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            schema.migrate(conn, target=1)
+            conversation = blind_index(self.index_key, "uid", ALICE)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO conversations (conversation, uid, next_seq) VALUES (?, ?, ?)",
+                (
+                    conversation,
+                    self.cipher.seal(
+                        ALICE.encode(), associated_data("conversations", "uid", conversation)
+                    ),
+                    len(rows) + 1,
+                ),
+            )
+            for seq, (mid, direction, state) in enumerate(rows, start=1):
+                body = self.cipher.seal(
+                    f"body {seq}".encode(),
+                    associated_data("messages", "body", conversation, mid.encode()),
+                )
+                rowid = conn.execute(
+                    "INSERT INTO messages (conversation, seq, id, direction, state, created, "
+                    "body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (conversation, seq, mid, direction, state, 1_700_000_000.0 + seq, body),
+                ).lastrowid
+                if direction == "out" and state in ("queued", "sent"):
+                    conn.execute(
+                        "INSERT INTO outbox (message, conversation, seq) VALUES (?, ?, ?)",
+                        (rowid, conversation, seq),
+                    )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    async def test_v1_database_migrates(self) -> None:
+        """When a version 1 database with delivered, sent, queued and received messages is
+        opened, then it is at the current version, its history is whole, the outbox holds the
+        sent and queued ones in order (through the partial index), a stored id is still refused
+        and the integrity check is ok."""
+        rows = [
+            (secrets.token_hex(16), "out", "delivered"),
+            (secrets.token_hex(16), "out", "sent"),
+            (secrets.token_hex(16), "in", "received"),
+            (secrets.token_hex(16), "out", "queued"),
+            (secrets.token_hex(16), "out", "read"),
+            (secrets.token_hex(16), "out", "queued"),
+        ]
+        self.write_v1(rows)
+        store = await self.open_store()
+        page = await store.history(ALICE, limit=50)
+        self.assertEqual(
+            [(m.id, m.direction, m.state, m.body) for m in reversed(page.messages)],
+            [(mid, d, st, f"body {i}") for i, (mid, d, st) in enumerate(rows, start=1)],
+        )
+        outbox = await store.outbox(ALICE)
+        self.assertEqual([m.id for m in outbox], [rows[1][0], rows[3][0], rows[5][0]])
+        await store.update_state(rows[3][0], "delivered", time.time())
+        outbox = await store.outbox(ALICE)
+        self.assertEqual([m.id for m in outbox], [rows[1][0], rows[5][0]])
+        duplicate = make_message(ALICE, "out", id=rows[0][0])
+        with self.assertRaises(DuplicateMessage):
+            await store.add_outgoing(duplicate)
+        self.assertEqual(await store.integrity_check(), ["ok"])
+        await store.close()
+        conn = sqlite3.connect(self.path)
+        try:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'")
+            self.assertEqual(int(version.fetchone()[0]), SCHEMA_VERSION)
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+            self.assertNotIn("outbox_by_conversation", tables)
+            self.assertNotIn("messages_v2", tables)
+            plan = conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT id FROM messages WHERE conversation = ? AND "
+                f"{OUTBOX_WHERE} ORDER BY seq",
+                (b"x",),
+            ).fetchall()
+            self.assertIn("USING INDEX outbox", " ".join(str(row[-1]) for row in plan))
+        finally:
+            conn.close()
 
 
 class ContactTests(StoreTestCase):
@@ -818,3 +907,26 @@ class PureHelperTests(SynchronousTestCase):
             make_message(direction="in", state="delivered")
         with self.assertRaises(InvalidInput):
             make_message(direction="sideways")
+
+
+class MessageIdTests(SynchronousTestCase):
+    """:func:`jarvis.store.records.new_message_id`."""
+
+    def test_shape(self) -> None:
+        """When an id is made, then it is 32 lowercase hex digits (16 bytes on the wire)."""
+        mid = new_message_id(1_700_000_000.123)
+        self.assertRegex(mid, r"\A[0-9a-f]{32}\Z")
+        self.assertEqual(len(bytes.fromhex(mid)), 16)
+
+    def test_time_first(self) -> None:
+        """When ids are made at later times, then they sort after the earlier ones, and the
+        first 6 bytes are the milliseconds given."""
+        times = [1_700_000_000.0 + step * 0.001 for step in range(0, 5000, 7)]
+        ids = [new_message_id(at) for at in times]
+        self.assertEqual(ids, sorted(ids))
+        self.assertEqual(int(ids[0][:12], 16), 1_700_000_000_000)
+
+    def test_same_millisecond_distinct(self) -> None:
+        """When many ids are made in the same millisecond, then they are all different."""
+        ids = {new_message_id(1_700_000_000.0) for _ in range(10_000)}
+        self.assertEqual(len(ids), 10_000)

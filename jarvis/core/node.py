@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -49,7 +48,7 @@ from jarvis.errors import (
     TooLarge,
 )
 from jarvis.store.database import Store
-from jarvis.store.records import Contact, Message
+from jarvis.store.records import Contact, Message, new_message_id
 
 KEYFILE = "identity.key"
 DATABASE = "jarvis.db"
@@ -677,13 +676,14 @@ class Node(Service):
             raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
         if contact.blocked:
             raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
+        now = self.now()
         message = Message(
-            id=secrets.token_hex(16),
+            id=new_message_id(now),
             contact=contact.uid,
             direction="out",
             body=text,
             state="queued",
-            created=self.now(),
+            created=now,
         )
         stored = yield store.add_outgoing(message)
         if stored is None:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from jarvis.crypto.errors import DecryptionFailed, KeyWiped
+from jarvis.entropy import public_random
 
 #: Size of a data key in bytes.
 KEY_BYTES = 32
@@ -61,7 +62,7 @@ class RowCipher:
         :raises KeyWiped: after :meth:`wipe`.
         """
         aead = self._cipher()
-        nonce = os.urandom(NONCE_BYTES)
+        nonce = public_random(NONCE_BYTES)
         return nonce + aead.encrypt(nonce, plaintext, associated_data)
 
     def open(self, blob: bytes, associated_data: bytes) -> bytes:

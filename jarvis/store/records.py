@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jarvis.entropy import public_random
 from jarvis.errors import InvalidInput
 
 #: The states of an outgoing message, in the only order they may advance.
@@ -19,6 +20,23 @@ INCOMING_STATES: tuple[str, ...] = ("received", "read")
 OUTBOX_STATES: frozenset[str] = frozenset({"queued", "sent"})
 #: The two directions of a message.
 DIRECTIONS: tuple[str, ...] = ("in", "out")
+
+
+def new_message_id(now: float) -> str:
+    """Return a new message id for a message written at *now*: 32 hex digits, time first.
+
+    The first 6 bytes are the milliseconds since the epoch (big-endian), the other 10 are
+    random (80 bits: two ids made in the same millisecond collide with odds of 2**-80).  Ids
+    that grow with time land at the right edge of the store's id index, so a burst of messages
+    dirties a few index pages instead of one random page each (the store persists about twice
+    as many messages per second with them; ``docs/benchmarks.md``).  The time in an id says
+    nothing the message's clear ``created`` column and its record do not already say.
+
+    :param now: seconds since the epoch (the caller's injected clock).
+    :returns: the id, as it travels on the wire (16 bytes) in hex.
+    """
+    millis = max(0, int(now * 1000)) & 0xFFFF_FFFF_FFFF
+    return (millis.to_bytes(6, "big") + public_random(10)).hex()
 
 
 def states_for(direction: str) -> tuple[str, ...]:
@@ -73,7 +91,7 @@ class Contact:
 class Message:
     """One message of a conversation.
 
-    :param id: the message id (hex of 16 random bytes, chosen by the sender).
+    :param id: the message id (hex of 16 bytes, chosen by the sender; :func:`new_message_id`).
     :param contact: the uid of the contact the conversation is with.
     :param direction: ``"in"`` (received) or ``"out"`` (sent by the local user).
     :param body: the text of the message.
