@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from jarvis.ipc.wire import send_line
 
 
-class _Reactor:
+class _Reactor(Clock):
     def __init__(self) -> None:
+        super().__init__()
         self.writers: set[Any] = set()
 
     def addWriter(self, fd: Any) -> None:
@@ -54,6 +56,22 @@ class SendLineTests(unittest.TestCase):
         self.assertEqual(fd.sent, [b"hello\n"])
         self.assertEqual(fd.fake_reactor.writers, set())
         self.assertEqual(fd._tempDataLen, 0)
+
+    def test_later_lines_of_a_turn_are_buffered_together(self) -> None:
+        """When three lines are sent in one reactor turn, then the first leaves at once and the
+        other two are buffered and leave in one send when the reactor flushes; in the next turn
+        a line leaves at once again."""
+        fd = _Socket(room=1000)
+        send_line(fd, b"one\n")
+        send_line(fd, b"two\n")
+        send_line(fd, b"three\n")
+        self.assertEqual(fd.sent, [b"one\n"])
+        self.assertIn(fd, fd.fake_reactor.writers)
+        fd.doWrite()
+        self.assertEqual(fd.sent, [b"one\n", b"two\nthree\n"])
+        fd.fake_reactor.advance(0)
+        send_line(fd, b"four\n")
+        self.assertEqual(fd.sent[-1], b"four\n")
 
     def test_partial_send_buffers_the_rest(self) -> None:
         fd = _Socket(room=2)

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from jarvis.core.node import Node
@@ -98,6 +98,16 @@ def make_node(testcase: TestCase, data_dir: str | None = None) -> tuple[Node, Cl
     testcase.addCleanup(node.stopService)
     node.networks = networks  # type: ignore[attr-defined]
     return node, clock, events
+
+
+async def turned(clock: Clock, d: Deferred[Any]) -> Any:
+    """Wait for *d*, running the node's end-of-turn calls (on its clock) meanwhile."""
+    outcome: list[Any] = []
+    d.addBoth(lambda result: outcome.append(result) or result)
+    while not outcome:
+        clock.advance(0)
+        await deferLater(reactor, 0.001, lambda: None)
+    return await d
 
 
 def friend_link(
@@ -255,15 +265,15 @@ class MessagingTests(TestCase):
     async def test_outbox_replayed_in_order_then_delivered(self) -> None:
         """When messages are queued offline and a session is established, then they are written
         in order (state sent) and acks move them to delivered, each change an event."""
-        node, _clock, events = make_node(self)
+        node, clock, events = make_node(self)
         await node.create_identity("Alice", "pw")
         key, link = friend_link()
         await node.add_contact(link=link)
         sent = [await node.send_message("Bob", f"m{i}") for i in range(5)]
         self.assertEqual({m["state"] for m in sent}, {"queued"})
         session = FakeSession(key.uid)
-        await node.session_established(session)
-        later = await node.send_message("Bob", "m5")
+        await turned(clock, node.session_established(session))
+        later = await turned(clock, node.send_message("Bob", "m5"))
         self.assertEqual(later["state"], "sent")
         self.assertEqual([b for _, b, _ in session.sent], [f"m{i}".encode() for i in range(6)])
         await node.acks_received(session, [bytes.fromhex(m["id"]) for m in [*sent, later]])

@@ -504,6 +504,22 @@ class AdvanceStatesTests(StoreTestCase):
         with self.assertRaises(InvalidInput):
             await store.advance_states(["00" * 16], "exploded", 1.0)
 
+    async def test_many_ids_in_chunks_and_twice(self) -> None:
+        """When 1,203 ids (more than one statement's worth) advance, one of them given twice,
+        then each advances once, the changes come back in the order given, and an id stored in
+        two conversations advances only its first row."""
+        store = await self.open_store()
+        messages = [make_message(body=f"m{i}") for i in range(1200)]
+        await gatherResults([store.add_outgoing(m) for m in messages])
+        shared = messages[5].id
+        await store.add_outgoing(make_message(BOB, id=shared))
+        ids = [m.id for m in reversed(messages)]
+        changed = await store.advance_states([*ids, shared, "ff" * 16], "sent", 3.0)
+        self.assertEqual(changed, [(mid, ALICE, "sent") for mid in ids])
+        again = await store.advance_states([shared], "sent", 4.0)
+        self.assertEqual(again, [(shared, BOB, "sent")])
+        self.assertEqual(len(await store.outbox(ALICE)), 1200)
+
 
 class HistoryTests(StoreTestCase):
     async def test_pages_newest_first_with_cursor(self) -> None:

@@ -139,6 +139,8 @@ class Node(Service):
         self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
         #: each peer's last reported state, and how many acceptable contacts are online
         self._peer_states: dict[str, str] = {}
+        #: messages written to a session this reactor turn, waiting to be recorded as sent
+        self._pending_sent: list[tuple[str, defer.Deferred[None]]] = []
         #: acks waiting for the end of the reactor turn, per session
         self._pending_acks: dict[Any, list[bytes]] = {}
 
@@ -711,11 +713,30 @@ class Node(Service):
             self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
             return defer.succeed(None)
         if message.state == "queued":
-            return self._advance(message.id, "sent")
+            return self._advance_sent(message.id)
         return defer.succeed(None)
 
-    def _advance(self, message_id: str, state: str) -> defer.Deferred[Any]:
-        return self._advance_many([message_id], state)
+    def _advance_sent(self, message_id: str) -> defer.Deferred[None]:
+        """Record *message_id* as sent with the others written this reactor turn, in one store
+        operation (one statement on the store's thread instead of one per message).
+
+        :returns: a Deferred firing once the state is recorded and announced.
+        """
+        waiter: defer.Deferred[None] = defer.Deferred()
+        if not self._pending_sent:
+            clock: Any = self.clock  # zope's IReactorTime.callLater confuses mypy
+            clock.callLater(0, self._flush_sent)
+        self._pending_sent.append((message_id, waiter))
+        return waiter
+
+    def _flush_sent(self) -> None:
+        pending, self._pending_sent = self._pending_sent, []
+
+        def recorded(_: object) -> None:
+            for _mid, waiter in pending:
+                waiter.callback(None)
+
+        self._advance_many([mid for mid, _ in pending], "sent").addBoth(recorded)
 
     def _advance_many(self, message_ids: Sequence[str], state: str) -> defer.Deferred[Any]:
         """Advance *message_ids* to *state* in one store operation; announce each change."""

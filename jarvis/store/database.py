@@ -241,7 +241,11 @@ _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
 
 
 def _advance_sql(state: str) -> str | None:
-    """The UPDATE moving the first row of an id that may advance to *state* (None: no row may)."""
+    """The UPDATE moving, per id of the ``ids`` CTE, the first row that may advance to *state*.
+
+    The caller prefixes ``WITH ids(id) AS (VALUES (?), ...)``: one statement for a whole Ack
+    (one GIL hand-off on the store's thread instead of one per id).  None: no row may advance.
+    """
     clauses = []
     for direction in ("out", "in"):
         order = states_for(direction)
@@ -255,9 +259,9 @@ def _advance_sql(state: str) -> str | None:
         return None
     column = _TIME_COLUMN[state]
     return (
-        f"UPDATE messages SET state = ?, {column} = ? WHERE rowid = ("
-        f"SELECT rowid FROM messages WHERE id = ? AND ({' OR '.join(clauses)}) "
-        "ORDER BY rowid LIMIT 1) RETURNING conversation"
+        f"UPDATE messages SET state = ?, {column} = ? WHERE rowid IN (SELECT ("
+        f"SELECT rowid FROM messages WHERE id = ids.id AND ({' OR '.join(clauses)}) "
+        "ORDER BY rowid LIMIT 1) FROM ids) RETURNING id, conversation"
     )
 
 
@@ -797,8 +801,9 @@ class _Rows:
         """:meth:`update_state` for several ids, without reading back (or opening) the rows.
 
         Per id, the first row (in rowid order) whose state may advance to *state* advances:
-        one ``UPDATE ... RETURNING`` whose WHERE clause holds the rank rule (a delivered or
-        read message leaves the outbox index by its new state).
+        one ``UPDATE ... RETURNING`` per :data:`_INSERT_CHUNK` ids, whose WHERE clause holds the
+        rank rule (a delivered or read message leaves the outbox index by its new state).  An
+        id given twice counts once.
 
         :returns: ``(id, contact, state)`` of each message that changed, in the order given.
         """
@@ -808,14 +813,19 @@ class _Rows:
         if sql is None:  # 'queued' and 'received' are first states: nothing advances to them
             return []
         conn = self.conn
+        unique = list(dict.fromkeys(mids))
+        moved: dict[str, bytes] = {}
+        for start in range(0, len(unique), _INSERT_CHUNK):
+            chunk = unique[start : start + _INSERT_CHUNK]
+            values = ", ".join(["(?)"] * len(chunk))
+            rows = conn.execute(f"WITH ids(id) AS (VALUES {values}) {sql}", (*chunk, state, at))
+            moved.update(rows.fetchall())
         changed: list[tuple[str, str, str]] = []
-        for mid in mids:
-            row = conn.execute(sql, (state, at, mid)).fetchone()
-            if row is None:
-                continue
-            conversation = row[0]
-            uid = self._uids.get(conversation) or self._uid_of(conversation)
-            changed.append((mid, uid, state))
+        for mid in unique:
+            conversation = moved.get(mid)
+            if conversation is not None:
+                uid = self._uids.get(conversation) or self._uid_of(conversation)
+                changed.append((mid, uid, state))
         return changed
 
     def get_message(self, mid: str) -> Message | None:
