@@ -275,6 +275,8 @@ class MessagingTests(TestCase):
         await turned(clock, node.session_established(session))
         later = await turned(clock, node.send_message("Bob", "m5"))
         self.assertEqual(later["state"], "sent")
+        clock.advance(0)  # the end of the turn records "sent" (before the peer could ack)
+        await node.history("Bob")  # queued behind that store operation
         self.assertEqual([b for _, b, _ in session.sent], [f"m{i}".encode() for i in range(6)])
         await node.acks_received(session, [bytes.fromhex(m["id"]) for m in [*sent, later]])
         history = await node.history("Bob")

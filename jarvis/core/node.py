@@ -694,7 +694,11 @@ class Node(Service):
         pump = self._pumps.get(contact.uid)
         if pump is not None:
             if pump.ready:
-                yield self._write(pump, stored)
+                # Written now; the answer does not wait for "sent" to be recorded (that comes
+                # with the next store batch and its own event).  Should the daemon die before,
+                # the message is still queued in the store and goes again on the next session;
+                # the receiver drops the copy.
+                self._write(pump, stored)
                 stored = _with_state(stored, "sent")
             else:
                 pump.pending.append(stored)
