@@ -139,6 +139,8 @@ class Notifier(Service):
         self.semaphore = defer.DeferredSemaphore(MAX_CONCURRENT)
         self.raised = 0
         self.killed = 0
+        #: notifications dropped because a burst already had one waiting
+        self.coalesced = 0
         self._unsubscribe: Callable[[], None] | None = None
 
     def startService(self) -> None:
@@ -154,7 +156,7 @@ class Notifier(Service):
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
         """Node event observer: notify for new incoming messages when appropriate."""
-        if name != "message.received":
+        if name != "message.received" or self.platform == "none":
             return
         message = payload.get("message") or {}
         uid = message.get("contact")
@@ -162,6 +164,12 @@ class Notifier(Service):
             return
         settings = self.node.settings
         if not settings.get("notifications", True) or self.is_shown(uid):
+            return
+        semaphore = self.semaphore
+        if semaphore.tokens == 0 and semaphore.waiting:
+            # A burst: notifiers are running and one more already waits to show.  Thousands of
+            # messages a second must not queue thousands of processes; the user sees one.
+            self.coalesced += 1
             return
         sender = self.node.display_name(uid)
         note = compose(sender, str(message.get("body", "")), previews=settings.get("previews"))

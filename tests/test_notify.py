@@ -137,6 +137,17 @@ class RealProcessTests(TestCase):
         await _wait(lambda: all(not _alive(p) for p in pids), 10)
         self.assertEqual(notifier.killed, 1)
 
+    async def test_burst_coalesced(self) -> None:
+        """When 50 messages arrive while the notifiers hang, then only the running ones and one
+        waiting notification exist; the other 47 are counted as coalesced, not queued."""
+        notifier, node, _directory = self.make("time.sleep(60)", timeout=2.0)
+        for index in range(50):
+            node.emit({"contact": "u1", "body": f"message {index}"})
+        self.assertEqual(notifier.raised, notify.MAX_CONCURRENT)
+        self.assertEqual(len(notifier.semaphore.waiting), 1)
+        self.assertEqual(notifier.coalesced, 50 - notify.MAX_CONCURRENT - 1)
+        await _wait(lambda: notifier.killed == notify.MAX_CONCURRENT + 1, 15)
+
     async def test_muted_shown_or_off_raise_nothing(self) -> None:
         """When the contact is muted, the conversation is shown by a client, or notifications
         are off, then no notifier runs."""
