@@ -116,6 +116,35 @@ class CrashTests(TestCase):
         self.assertEqual([m["body"] for m in history], bodies)
 
 
+class ReadReceiptTests(TestCase):
+    timeout = 180
+
+    async def test_read_while_sender_down_reaches_sender_after_restart(self) -> None:
+        """When the receiver reads messages while the sender's daemon is stopped, then after the
+        sender starts again it learns they were read (the receipts were owed, not lost), and its
+        history says read."""
+        alice, bob, _root = await start_pair(self)
+        await befriend(alice, bob)
+        sent = await send_all(alice, bob.uid, ["first", "second"])
+        ids = {m["id"] for m in sent}
+        await alice.recorder.wait(lambda: ids <= alice.delivered_ids(), 60)
+        await alice.stop()
+        result = await bob.call("messages.markRead", contact=alice.uid)
+        self.assertEqual(result, {"count": 2})
+        await alice.start(unlock=True)
+
+        def read_ids() -> set[str]:
+            return {
+                p["id"]
+                for p in alice.recorder.named("message.stateChanged")
+                if p["state"] == "read"
+            }
+
+        await alice.recorder.wait(lambda: ids <= read_ids(), 60)
+        history = await alice.all_history(bob.uid)
+        self.assertEqual([m["state"] for m in history], ["read", "read"])
+
+
 class RecordingRelay(portforward.ProxyFactory):
     """A TCP relay that keeps every byte crossing it, both directions."""
 

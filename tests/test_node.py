@@ -325,6 +325,42 @@ class MessagingTests(TestCase):
         await node.mark_read("Bob")
         self.assertEqual(session.reads, [m1])
 
+    async def test_read_receipts_owed_go_out_on_next_session(self) -> None:
+        """When messages are read while the sender's session is down, then their receipts go out
+        once the next session is established, and only once; receipts owed when the contact's
+        read receipts are turned off are dropped, not sent later."""
+        node, _clock, _events = make_node(self)
+        await node.create_identity("Alice", "pw")
+        key, link = friend_link()
+        await node.add_contact(link=link)
+        first = FakeSession(key.uid)
+        await node.session_established(first)
+        m1, m2, m3 = (secrets.token_bytes(16) for _ in range(3))
+        await node.message_received(first, m1, b"one", 1)
+        await node.message_received(first, m2, b"two", 2)
+        node.session_closed(first, "connection lost")
+        await node.mark_read("Bob")
+        self.assertEqual(first.reads, [])
+        second = FakeSession(key.uid)
+        await node.session_established(second)
+        self.assertEqual(second.reads, [m1, m2])
+        await node.history("Bob")  # behind the store operation that notes them sent
+        node.session_closed(second, "connection lost")
+        third = FakeSession(key.uid)
+        await node.session_established(third)
+        self.assertEqual(third.reads, [])
+        await node.message_received(third, m3, b"three", 3)
+        node.session_closed(third, "connection lost")
+        await node.mark_read("Bob")
+        await node.update_contact("Bob", read_receipts=False)
+        fourth = FakeSession(key.uid)
+        await node.session_established(fourth)
+        node.session_closed(fourth, "connection lost")
+        await node.update_contact("Bob", read_receipts=True)
+        fifth = FakeSession(key.uid)
+        await node.session_established(fifth)
+        self.assertEqual((fourth.reads, fifth.reads), ([], []))
+
     async def test_too_large_refused(self) -> None:
         """When a message exceeds 64 KiB, then it is refused and nothing is stored."""
         node, _clock, _events = make_node(self)

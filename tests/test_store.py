@@ -521,6 +521,29 @@ class AdvanceStatesTests(StoreTestCase):
         self.assertEqual(len(await store.outbox(ALICE)), 1200)
 
 
+class ReceiptTests(StoreTestCase):
+    async def test_receipts_owed_until_cleared(self) -> None:
+        """When incoming messages are marked read with receipts, then their ids are owed in
+        conversation order until cleared; marked read without receipts, none are owed; another
+        conversation's owed receipts are untouched by clearing."""
+        store = await self.open_store()
+        mine = [make_message(direction="in", body=f"m{i}") for i in range(3)]
+        for message in mine:
+            await store.add_incoming(message)
+        other = make_message(BOB, direction="in")
+        await store.add_incoming(other)
+        self.assertEqual(await store.mark_read(ALICE, at=1.0, receipts=True), [m.id for m in mine])
+        await store.mark_read(BOB, at=1.0, receipts=True)
+        self.assertEqual(await store.receipts_due(ALICE), [m.id for m in mine])
+        await store.clear_receipts(ALICE, [mine[0].id, mine[2].id, other.id])
+        self.assertEqual(await store.receipts_due(ALICE), [mine[1].id])
+        self.assertEqual(await store.receipts_due(BOB), [other.id])
+        late = make_message(direction="in")
+        await store.add_incoming(late)
+        await store.mark_read(ALICE, at=2.0)
+        self.assertEqual(await store.receipts_due(ALICE), [mine[1].id])
+
+
 class HistoryTests(StoreTestCase):
     async def test_pages_newest_first_with_cursor(self) -> None:
         """When 7 messages are paged 3 at a time, then pages are 3, 3, 1 with cursors."""

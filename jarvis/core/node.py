@@ -785,7 +785,9 @@ class Node(Service):
         """Mark a conversation read (up to a message), send read receipts if allowed."""
         store = self._require_store()
         contact = self.resolve(ref)
-        ids = yield store.mark_read(contact.uid, up_to=up_to, at=self.now())
+        ids = yield store.mark_read(
+            contact.uid, up_to=up_to, at=self.now(), receipts=contact.read_receipts
+        )
         if ids:
             for message_id in ids:
                 self._emit(
@@ -794,11 +796,41 @@ class Node(Service):
                 )
             pump = self._pumps.get(contact.uid)
             if pump is not None and contact.read_receipts:
-                try:
-                    pump.session.send_read([bytes.fromhex(i) for i in ids])
-                except Exception as e:
-                    self.log.warn("read receipts not sent: {error}", error=str(e))
+                self._send_receipts(pump, contact.uid, ids)
         return {"count": len(ids)}
+
+    def _send_receipts(self, pump: _PeerPump, uid: str, ids: Sequence[str]) -> None:
+        """Write read receipts for *ids* to the pump's session; then they are no longer owed.
+
+        Receipts not written (no session, or the write failed) stay owed in the store and go
+        out when the next session with *uid* is established.
+        """
+        try:
+            pump.session.send_read([bytes.fromhex(i) for i in ids])
+        except Exception as e:
+            self.log.warn("read receipts not sent: {error}", error=str(e))
+            return
+        store = self._store
+        if store is not None:
+            store.clear_receipts(uid, ids).addErrback(
+                lambda f: self.log.failure("read receipts not noted as sent", f)
+            )
+
+    @defer.inlineCallbacks
+    def _replay_receipts(self, pump: _PeerPump, uid: str) -> Any:
+        """Send the read receipts owed to *uid* (read while no session was up)."""
+        store = self._store
+        if store is None:
+            return
+        due = yield store.receipts_due(uid)
+        contact = self._contacts.get(uid)
+        if not due or self._pumps.get(uid) is not pump:
+            return
+        if contact is None or not contact.read_receipts:
+            # turned off since: what is owed is not sent any more
+            yield store.clear_receipts(uid, due)
+            return
+        self._send_receipts(pump, uid, due)
 
     def unread_counts(self) -> defer.Deferred[Any]:
         """Return ``{uid: unread}`` for conversations with unread messages."""
@@ -874,6 +906,7 @@ class Node(Service):
             while pump.pending:
                 written.append(self._write(pump, pump.pending.popleft()))
             pump.ready = True
+            written.append(self._replay_receipts(pump, uid))
             return defer.gatherResults(written)
 
         d = store.outbox(uid)

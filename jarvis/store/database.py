@@ -867,7 +867,7 @@ class _Rows:
         ).fetchall()
         return {self._uid_of(conversation): count for conversation, count in rows}
 
-    def mark_read(self, uid: str, up_to: str | None, at: float) -> list[str]:
+    def mark_read(self, uid: str, up_to: str | None, at: float, receipts: bool) -> list[str]:
         conversation = self._index(uid)
         query = (
             "SELECT rowid, id FROM messages "
@@ -884,11 +884,27 @@ class _Rows:
             query += " AND seq <= ?"
             params += (row[0],)
         rows = self.conn.execute(query + " ORDER BY seq", params).fetchall()
+        due = 1 if receipts else 0
         self.conn.executemany(
-            "UPDATE messages SET state = 'read', read = ? WHERE rowid = ?",
-            [(at, rowid) for rowid, _ in rows],
+            "UPDATE messages SET state = 'read', read = ?, receipt_due = ? WHERE rowid = ?",
+            [(at, due, rowid) for rowid, _ in rows],
         )
         return [mid for _, mid in rows]
+
+    def receipts_due(self, uid: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM messages WHERE conversation = ? AND receipt_due = 1 ORDER BY seq",
+            (self._index(uid),),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def clear_receipts(self, uid: str, mids: Sequence[str]) -> None:
+        conversation = self._index(uid)
+        self.conn.executemany(
+            "UPDATE messages SET receipt_due = 0 WHERE id = ? AND conversation = ? "
+            "AND receipt_due = 1",
+            [(mid, conversation) for mid in mids],
+        )
 
     def last_activity(self) -> dict[str, float]:
         rows = self.conn.execute(
@@ -1314,13 +1330,26 @@ class Store:
         (conversations with none are left out)."""
         return self._submit(self._rows.unread_counts, write=False)
 
-    def mark_read(self, uid: str, *, up_to: str | None = None, at: float) -> Deferred[list[str]]:
+    def mark_read(
+        self, uid: str, *, up_to: str | None = None, at: float, receipts: bool = False
+    ) -> Deferred[list[str]]:
         """Mark incoming messages from *uid* read, all of them or up to message *up_to*.
 
+        :param receipts: whether the sender is owed read receipts for them (they stay owed,
+            :meth:`receipts_due`, until :meth:`clear_receipts`).
         :returns: a Deferred firing with the ids newly marked read, oldest first.
         :raises NotFound: (in the Deferred) if *up_to* is not in this conversation.
         """
-        return self._submit(self._rows.mark_read, uid, up_to, at, write=True)
+        return self._submit(self._rows.mark_read, uid, up_to, at, receipts, write=True)
+
+    def receipts_due(self, uid: str) -> Deferred[list[str]]:
+        """Return the ids of *uid*'s messages read here whose read receipt is still owed,
+        oldest first."""
+        return self._submit(self._rows.receipts_due, uid, write=False)
+
+    def clear_receipts(self, uid: str, message_ids: Sequence[str]) -> Deferred[None]:
+        """Note that the read receipts of *message_ids* (from *uid*) were written to a session."""
+        return self._submit(self._rows.clear_receipts, uid, list(message_ids), write=True)
 
     def last_activity(self) -> Deferred[dict[str, float]]:
         """:returns: a Deferred firing with uid -> the newest message's ``created`` time."""

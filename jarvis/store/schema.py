@@ -146,8 +146,23 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Version 3: read receipts owed to the sender.  An incoming message read while its sender's
+# session was down keeps receipt_due = 1 until the receipt is written to a session, so the
+# sender learns it was read even when both are rarely online at the same time.
+_V3 = (
+    "ALTER TABLE messages ADD COLUMN receipt_due INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX receipts_due ON messages (conversation, seq) WHERE receipt_due = 1",
+)
+
+
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """Version 3: read receipts owed (``messages.receipt_due``)."""
+    for statement in _V3:
+        conn.execute(statement)
+
+
 #: The forward migrations; the schema version of a database is how many of them it has run.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _v1_to_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _v1_to_v2, _v2_to_v3]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)
