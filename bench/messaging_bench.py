@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import percentile
+from tests.waiting import Waiters
 
 #: Password of the benchmark identities (never a real one).
 PASSWORD = "correct horse battery staple"
@@ -73,50 +74,25 @@ class Sizes:
         return cls(messages=20_000, samples=1_000)
 
 
-class EventWaiters:
+class EventWaiters(Waiters):
     """An event handler for one API connection that fires Deferreds when conditions hold.
 
     Every event goes to the hooks in :attr:`hooks` (name -> callables), then the waiters'
     predicates are checked.  Unlike a recorder it keeps no history, so long runs stay linear.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reactor: Any) -> None:
+        super().__init__(reactor)
         self.hooks: dict[str, list[Callable[[dict[str, Any]], object]]] = {}
-        self._waiters: list[tuple[Callable[[], bool], Any]] = []
 
     def __call__(self, name: str, payload: dict[str, Any]) -> None:
         for hook in self.hooks.get(name, ()):
             hook(payload)
-        if self._waiters:
-            self.check()
+        self.check()
 
     def on(self, name: str, hook: Callable[[dict[str, Any]], object]) -> None:
         """Call *hook(payload)* for every event called *name*."""
         self.hooks.setdefault(name, []).append(hook)
-
-    def check(self) -> None:
-        """Fire the waiters whose predicate now holds."""
-        keep = []
-        for predicate, d in self._waiters:
-            if d.called:
-                continue
-            if predicate():
-                d.callback(None)
-            else:
-                keep.append((predicate, d))
-        self._waiters = keep
-
-    def wait(self, reactor: Any, predicate: Callable[[], bool], timeout: float) -> Any:
-        """Return a Deferred that fires once *predicate()* holds (checked now and per event)."""
-        from twisted.internet import defer
-
-        d: defer.Deferred[None] = defer.Deferred()
-        if predicate():
-            d.callback(None)
-            return d
-        self._waiters.append((predicate, d))
-        d.addTimeout(timeout, reactor)
-        return d
 
 
 class BenchDaemon:
@@ -140,7 +116,7 @@ class BenchDaemon:
             f.write(PASSWORD + "\n")
         self.process = DaemonProcess(self.data_dir, sock_dir)
         self.client: Any = None
-        self.events = EventWaiters()
+        self.events = EventWaiters(reactor)
         self.uid = ""
         self.link = ""
 
@@ -178,9 +154,7 @@ class BenchDaemon:
         if not (await self.call("daemon.status"))["locked"]:
             return
         while True:
-            await self.events.wait(self.reactor, lambda: unlocked[0], 1.0).addErrback(
-                lambda f: None
-            )
+            await self.events.wait(lambda: unlocked[0], 1.0).addErrback(lambda f: None)
             if not (await self.call("daemon.status"))["locked"]:
                 return
             if time.monotonic() > deadline:
@@ -201,7 +175,7 @@ class BenchDaemon:
         if self.client is not None and self.client.connected:
             await self.client.close()
         self.client = None
-        self.events = EventWaiters()
+        self.events = EventWaiters(self.reactor)
         await self.process.stop()
 
     async def cleanup(self) -> None:
@@ -228,7 +202,7 @@ def wait_online(reactor: Any, daemon: BenchDaemon, count: int, timeout: float) -
         deadline = time.monotonic() + timeout
         while True:
             await daemon.events.wait(
-                reactor, lambda: latest[0] >= count, max(0.1, deadline - time.monotonic())
+                lambda: latest[0] >= count, max(0.1, deadline - time.monotonic())
             )
             status = await daemon.call("peers.status")
             if int(status["online"]) >= count:
@@ -266,7 +240,7 @@ async def measure_throughput(reactor: Any, a: BenchDaemon, b: BenchDaemon, count
     def all_delivered() -> bool:
         return answered[0] == count and len(delivered) >= count and sent <= delivered
 
-    done = a.events.wait(reactor, all_delivered, 600.0)
+    done = a.events.wait(all_delivered, 600.0)
     window = defer.DeferredSemaphore(WINDOW)
 
     def body(index: int) -> str:
@@ -314,14 +288,14 @@ async def measure_latency(
     times: list[float] = []
     for index in range(samples + 10):  # the first 10 warm up
         text = f"latency {index} " + "y" * 100
-        waiting = b.events.wait(reactor, arrived(received, text), 30.0)
+        waiting = b.events.wait(arrived(received, text), 30.0)
         started = time.perf_counter()
         message = await a.call("messages.send", contact=b.uid, text=text)
         await waiting
         if index >= 10:
             times.append((received[text] - started) * 1e6)
         message_id = message["id"]
-        await a.events.wait(reactor, arrived(delivered, message_id), 30.0)
+        await a.events.wait(arrived(delivered, message_id), 30.0)
     return sorted(times)
 
 

@@ -15,44 +15,28 @@ from twisted.internet import defer, reactor
 
 from jarvis.ipc.client import IpcClient
 from tests.daemons import DaemonProcess
+from tests.waiting import Waiters
 
 PASSWORD = "correct horse battery staple"
 
 
-class EventRecorder:
+class EventRecorder(Waiters):
     """Keeps every event of one client and fires waiters when a predicate holds."""
 
     def __init__(self) -> None:
+        super().__init__(reactor)
         self.events: list[tuple[str, dict[str, Any]]] = []
-        self._waiters: list[tuple[Callable[[], bool], defer.Deferred[None]]] = []
 
     def __call__(self, name: str, payload: dict[str, Any]) -> None:
         self.events.append((name, payload))
         self.check()
-
-    def check(self) -> None:
-        keep = []
-        for predicate, d in self._waiters:
-            if d.called:
-                continue
-            if predicate():
-                d.callback(None)
-            else:
-                keep.append((predicate, d))
-        self._waiters = keep
 
     def named(self, name: str) -> list[dict[str, Any]]:
         return [p for n, p in self.events if n == name]
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 30.0) -> defer.Deferred[None]:
         """Fire once *predicate()* is true (checked now and after every event)."""
-        d: defer.Deferred[None] = defer.Deferred()
-        if predicate():
-            d.callback(None)
-            return d
-        self._waiters.append((predicate, d))
-        d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
-        return d
+        return super().wait(predicate, timeout)
 
 
 class Peer:

@@ -31,6 +31,7 @@ from jarvis.net import network as net
 from jarvis.net import tls
 from jarvis.protocol.session import PeerSession
 from tests.test_tls import OtherKeyIdentity, RecordingProtocol, make_certificate
+from tests.waiting import Waiters
 
 reactor: Any = _reactor
 #: Seconds any single wait may take before the test fails (loopback events take milliseconds).
@@ -58,33 +59,23 @@ class FakeDirectory:
         return entry[1] if entry else ()
 
 
-class RecordingObserver:
-    """A NetworkObserver that records events and lets a test wait for a condition."""
+class RecordingObserver(Waiters):
+    """A NetworkObserver that records events and lets a test wait for a condition.
+
+    Waiters resume the test on a later turn, not inside the session's own callback.
+    """
 
     def __init__(self) -> None:
+        super().__init__(reactor, fire_later=True)
         self.events: list[tuple[Any, ...]] = []
-        self._waiters: list[tuple[Callable[[], bool], Deferred[None]]] = []
 
     def _record(self, *event: Any) -> None:
         self.events.append(event)
         self.check()
 
-    def check(self) -> None:
-        for waiter in list(self._waiters):
-            condition, d = waiter
-            if condition():
-                # Resume the test on a later turn, not inside the session's own callback.
-                self._waiters.remove(waiter)
-                reactor.callLater(0, d.callback, None)
-
-    def wait(self, condition: Callable[[], bool]) -> Deferred[None]:
+    def wait(self, condition: Callable[[], bool], timeout: float = WAIT) -> Deferred[None]:
         """Fire once *condition()* holds after some event (or now); fail after WAIT seconds."""
-        d: Deferred[None] = Deferred()
-        if condition():
-            d.callback(None)
-            return d
-        self._waiters.append((condition, d))
-        return d.addTimeout(WAIT, reactor)
+        return super().wait(condition, timeout)
 
     def named(self, name: str) -> list[tuple[Any, ...]]:
         return [e for e in self.events if e[0] == name]
