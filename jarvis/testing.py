@@ -19,9 +19,8 @@ from typing import Any
 from twisted.internet import defer
 
 from jarvis import errors
+from jarvis.core.events import Events, Observer
 from jarvis.crypto import errors as crypto_errors
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 def fake_uid(seed: str) -> str:
@@ -87,7 +86,7 @@ class FakeNode:
         self._contacts: dict[str, dict[str, Any]] = {}
         self._messages: dict[str, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
-        self._observers: list[Observer] = []
+        self._events = Events()
         self._paused: dict[str, PausedCalls] = {}
         #: Names of the methods called, in order (never their arguments).
         self.calls: list[str] = []
@@ -101,8 +100,7 @@ class FakeNode:
 
     def emit(self, event: str, payload: dict[str, Any]) -> None:
         """Send *event* with *payload* to every subscribed observer, in subscription order."""
-        for observer in list(self._observers):
-            observer(event, payload)
+        self._events.emit(event, payload)
 
     def receive(self, contact: str, text: str) -> dict[str, Any]:
         """Simulate an incoming message from *contact* (a ref) and emit ``message.received``."""
@@ -402,15 +400,9 @@ class FakeNode:
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Call *observer(event, payload)* for every event; returns the unsubscribe callable."""
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            if observer in self._observers:
-                self._observers.remove(observer)
-
-        return unsubscribe
+        return self._events.subscribe(observer)
 
     @property
     def observer_count(self) -> int:
         """How many observers are subscribed (tests check that connections unsubscribe)."""
-        return len(self._observers)
+        return len(self._events)

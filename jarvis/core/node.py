@@ -30,6 +30,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from jarvis.core.addresses import local_addresses
+from jarvis.core.events import Events, Observer
 from jarvis.core.views import contact_view, message_view, peer_view
 from jarvis.crypto import export as export_crypto
 from jarvis.crypto import keyfile, linkcode
@@ -63,8 +64,6 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     "previews": False,  # show message text in notifications (opt-in)
     "bell": True,  # UIs ring the terminal bell for new messages
 }
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 class TooManyAttempts(JarvisError):
@@ -124,7 +123,8 @@ class Node(Service):
         self.now = now
         self.kdf_params = kdf_params
         self._store_reactor = reactor_for_store if reactor_for_store is not None else clock
-        self._observers: list[Observer] = []
+        self._events = Events()
+        self._emit = self._events.emit
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
         self._network: Any = None
@@ -193,20 +193,7 @@ class Node(Service):
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
         """Call *observer(event, payload)* for every event; returns the unsubscribe function."""
-        self._observers.append(observer)
-
-        def unsubscribe() -> None:
-            if observer in self._observers:
-                self._observers.remove(observer)
-
-        return unsubscribe
-
-    def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        for observer in list(self._observers):
-            try:
-                observer(event, payload)
-            except Exception:
-                self.log.failure("event observer failed for {event}", event=event)
+        return self._events.subscribe(observer)
 
     # -- service life cycle --------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""The node's events: observers subscribe, the node emits ``(event, payload)`` to each.
+
+Shared by :class:`jarvis.core.node.Node` and its test double :class:`jarvis.testing.FakeNode`,
+so both deliver events the same way.  Pure code: no reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+
+#: ``observer(event, payload)``.
+Observer = Callable[[str, dict[str, Any]], None]
+
+
+class Events:
+    """Observers of one event source, called in subscription order."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self._observers: list[Observer] = []
+
+    def __len__(self) -> int:
+        """How many observers are subscribed."""
+        return len(self._observers)
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call *observer(event, payload)* for every event; returns the unsubscribe function."""
+        self._observers.append(observer)
+
+        def unsubscribe() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return unsubscribe
+
+    def emit(self, event: str, payload: dict[str, Any]) -> None:
+        """Give *event* to every observer; one that raises is logged and the others still run."""
+        for observer in list(self._observers):
+            try:
+                observer(event, payload)
+            except Exception:
+                self.log.failure("event observer failed for {event}", event=event)
