@@ -63,96 +63,6 @@ def sizes(quick: bool) -> Sizes:
     return Sizes(history=100_000, ui_runs=5, keypresses=200)
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """An environment whose Python imports this checkout."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPOSITORY_ROOT, env.get("PYTHONPATH")]))
-    env.pop("JARVIS_HOME", None)
-    env.update(extra)
-    return env
-
-
-class DaemonChild:
-    """A ``twistd -n jarvis`` child for the benchmark's data directory."""
-
-    def __init__(self, reactor: Any, data_dir: str, sock_dir: str) -> None:
-        self.reactor = reactor
-        self.data_dir = data_dir
-        self.socket = os.path.join(sock_dir, "api.sock")
-        self.extra: list[str] = []
-        self.output = b""
-        self.process: Any = None
-        self._ready: Any = None
-        self._ended: Any = None
-
-    def argv(self) -> list[str]:
-        from jarvis.launcher import twistd_argv
-
-        return [
-            *twistd_argv(),
-            "-n",
-            "--pidfile",
-            os.path.join(os.path.dirname(self.socket), "twistd.pid"),
-            "jarvis",
-            "--data-dir",
-            self.data_dir,
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--ipc",
-            f"unix:{self.socket}:mode=600:lockfile=1",
-            *self.extra,
-        ]
-
-    async def start(self, timeout: float = 30.0) -> None:
-        """Spawn the daemon and wait until its local API listens."""
-        from twisted.internet import defer
-        from twisted.internet.protocol import ProcessProtocol
-
-        self._ready = defer.Deferred()
-        self._ended = defer.Deferred()
-        self.output = b""
-        child = self
-
-        class Watch(ProcessProtocol):
-            def outReceived(self, data: bytes) -> None:
-                child.output = (child.output + data)[-20_000:]
-                if b"local API listening on" in child.output and not child._ready.called:
-                    child._ready.callback(None)
-
-            errReceived = outReceived
-
-            def processEnded(self, reason: Any) -> None:
-                if not child._ready.called:
-                    child._ready.errback(
-                        RuntimeError(
-                            "the daemon exited:\n" + child.output.decode("utf-8", "replace")
-                        )
-                    )
-                child._ended.callback(None)
-
-        self.process = self.reactor.spawnProcess(
-            Watch(), sys.executable, self.argv(), env=child_env(), path=REPOSITORY_ROOT
-        )
-        self._ready.addTimeout(timeout, self.reactor)
-        await self._ready
-
-    async def stop(self) -> None:
-        """SIGTERM the daemon and wait for its end."""
-        if self._ended is None or self._ended.called:
-            return
-        try:
-            self.process.signalProcess("TERM")
-        except Exception:
-            pass
-        await self._ended
-
-    async def client(self) -> Any:
-        """A connected API client."""
-        from jarvis.ipc.client import IpcClient
-
-        return await IpcClient.connect(self.reactor, f"unix:{self.socket}")
-
-
 def fake_link(name: str) -> str:
     """The link code of a new random identity that never answers (an unused loopback port)."""
     from jarvis.crypto.identity import IdentityKey
@@ -225,11 +135,18 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
     return count / (time.perf_counter() - started)
 
 
-async def wait_unlocked(reactor: Any, daemon: DaemonChild, timeout: float = 30.0) -> None:
+async def connect(reactor: Any, daemon: Any) -> Any:
+    """A connected API client of *daemon* (a :class:`tests.daemons.DaemonProcess`)."""
+    from jarvis.ipc.client import IpcClient
+
+    return await IpcClient.connect(reactor, daemon.endpoint)
+
+
+async def wait_unlocked(reactor: Any, daemon: Any, timeout: float = 30.0) -> None:
     """Wait until the daemon (started with ``--password-file``) has unlocked."""
     from twisted.internet.task import deferLater
 
-    client = await daemon.client()
+    client = await connect(reactor, daemon)
     try:
         deadline = time.monotonic() + timeout
         while (await client.call("daemon.status"))["locked"]:
@@ -244,17 +161,12 @@ async def measure_ui(
     reactor: Any, data_dir: str, root: str, newest: str, keypresses: int
 ) -> dict[str, Any]:
     """Run one fresh UI: first output, main screen, open the conversation, type *keypresses*."""
+    from tests.daemons import ui_env
     from tests.pty_terminal import PtyTerminal
 
-    env = child_env(
-        JARVIS_HOME=data_dir,
-        XDG_RUNTIME_DIR=root,
-        TZ="UTC",
-        LC_ALL="C.UTF-8",
-        LANG="C.UTF-8",
-        TERM="xterm-256color",
+    terminal = PtyTerminal(
+        [sys.executable, "-m", "jarvis"], env=ui_env(data_dir, root), path=REPOSITORY_ROOT
     )
-    terminal = PtyTerminal([sys.executable, "-m", "jarvis"], env=env, path=REPOSITORY_ROOT)
     started = time.perf_counter()
     terminal.start()
     try:
@@ -305,10 +217,12 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
     password_file = os.path.join(root, "pw")
     with open(password_file, "w", encoding="utf-8") as f:
         f.write(PASSWORD + "\n")
-    daemon = DaemonChild(reactor, data_dir, sock_dir)
+    from tests.daemons import DaemonProcess
+
+    daemon = DaemonProcess(data_dir, sock_dir)
     try:
         await daemon.start()
-        client = await daemon.client()
+        client = await connect(reactor, daemon)
         try:
             await client.call("identity.create", {"name": "alice", "password": PASSWORD})
             bob = await client.call("contacts.add", {"link": fake_link("bob")})
@@ -328,7 +242,7 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
                 await measure_ui(reactor, data_dir, root, newest, size.keypresses if last else 0)
             )
     finally:
-        await daemon.stop()
+        await daemon.cleanup()
         shutil.rmtree(root, ignore_errors=True)
 
     echoes = [e * 1000.0 for run in runs for e in run["echoes"]]

@@ -31,6 +31,18 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def ui_env(data_dir: str, root: str) -> dict[str, str]:
+    """The UI's environment: its data directory, a short runtime directory, UTC, UTF-8."""
+    return child_env(
+        JARVIS_HOME=data_dir,
+        XDG_RUNTIME_DIR=root,
+        TZ="UTC",
+        LC_ALL="C.UTF-8",
+        LANG="C.UTF-8",
+        TERM="xterm-256color",
+    )
+
+
 def short_tempdir(testcase: Any) -> str:
     """Make a private directory under /tmp removed at the end of *testcase*."""
     path = tempfile.mkdtemp(prefix="jv", dir="/tmp")

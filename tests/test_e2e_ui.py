@@ -26,7 +26,7 @@ from twisted.trial.unittest import TestCase
 from jarvis import paths
 from jarvis.commands import pid_alive
 from jarvis.ipc.client import IpcClient
-from tests.daemons import REPO, DaemonProcess, child_env, short_tempdir
+from tests.daemons import REPO, DaemonProcess, child_env, short_tempdir, ui_env
 from tests.peers import PASSWORD, Peer, befriend
 from tests.pty_terminal import PtyTerminal, ScreenTimeout
 
@@ -52,18 +52,6 @@ def normalise(text: str) -> str:
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
     text = re.sub(r"[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]", "⠋", text)
     return "\n".join(line.rstrip() for line in text.splitlines()).rstrip("\n") + "\n"
-
-
-def ui_env(data_dir: str, root: str) -> dict[str, str]:
-    """The UI's environment: its data directory, a short runtime directory, UTC, UTF-8."""
-    return child_env(
-        JARVIS_HOME=data_dir,
-        XDG_RUNTIME_DIR=root,
-        TZ="UTC",
-        LC_ALL="C.UTF-8",
-        LANG="C.UTF-8",
-        TERM="xterm-256color",
-    )
 
 
 def start_ui(
