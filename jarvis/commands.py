@@ -290,11 +290,16 @@ async def _stop_daemon(session: Session) -> None:
     session.emit(f"jarvis daemon stopped (pid {pid})", {"stopped": True, "pid": pid})
 
 
-async def cmd_init(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``init --name NAME``: start a daemon if needed, then create the identity."""
+async def _ensure_daemon(session: Session) -> None:
+    """Start a daemon unless one answers (and say so on stderr)."""
     if await _status_or_none(session) is None:
         status = await start_daemon(session)
         note(f"started the jarvis daemon (pid {status['pid']})")
+
+
+async def cmd_init(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``init --name NAME``: start a daemon if needed, then create the identity."""
+    await _ensure_daemon(session)
     result = await session.call(
         "identity.create",
         {"name": sub["name"], "password": inputs["password"]},
@@ -333,9 +338,7 @@ async def cmd_export(session: Session, sub: usage.Options, inputs: dict[str, Any
 
 async def cmd_import(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``import FILE``: start a daemon if needed, then restore the export."""
-    if await _status_or_none(session) is None:
-        status = await start_daemon(session)
-        note(f"started the jarvis daemon (pid {status['pid']})")
+    await _ensure_daemon(session)
     result = await session.call(
         "account.import",
         {
