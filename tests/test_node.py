@@ -100,6 +100,16 @@ def make_node(testcase: TestCase, data_dir: str | None = None) -> tuple[Node, Cl
     return node, clock, events
 
 
+async def node_with_bob(testcase: TestCase) -> tuple[Node, Clock, list, IdentityKey]:
+    """Return a node with Alice's identity and Bob (a new key) as a contact: the node, its
+    delay clock, its event list and Bob's key."""
+    node, clock, events = make_node(testcase)
+    await node.create_identity("Alice", "pw")
+    key, link = friend_link()
+    await node.add_contact(link=link)
+    return node, clock, events, key
+
+
 async def turned(clock: Clock, d: Deferred[Any]) -> Any:
     """Wait for *d*, running the node's end-of-turn calls (on its clock) meanwhile."""
     outcome: list[Any] = []
@@ -180,10 +190,7 @@ class IdentityLifeCycleTests(TestCase):
     async def test_screen_lock_keeps_keys(self) -> None:
         """When the screen lock is on, then the API is locked but keys and store stay loaded and
         an incoming message is still stored."""
-        node, _clock, events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, events, key = await node_with_bob(self)
         await node.lock()
         self.assertTrue(node.locked)
         self.assertTrue(node.keys_loaded)
@@ -246,10 +253,7 @@ class ContactTests(TestCase):
     async def test_block_and_remove(self) -> None:
         """When a contact is blocked, then the network forgets it and it is not acceptable; when
         removed with history, its messages are gone."""
-        node, _clock, _events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, _events, key = await node_with_bob(self)
         self.assertTrue(node.is_acceptable(key.uid))
         await node.update_contact("Bob", blocked=True)
         self.assertFalse(node.is_acceptable(key.uid))
@@ -265,10 +269,7 @@ class MessagingTests(TestCase):
     async def test_outbox_replayed_in_order_then_delivered(self) -> None:
         """When messages are queued offline and a session is established, then they are written
         in order (state sent) and acks move them to delivered, each change an event."""
-        node, clock, events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, clock, events, key = await node_with_bob(self)
         sent = [await node.send_message("Bob", f"m{i}") for i in range(5)]
         self.assertEqual({m["state"] for m in sent}, {"queued"})
         session = FakeSession(key.uid)
@@ -288,10 +289,7 @@ class MessagingTests(TestCase):
     async def test_incoming_deduplicated_and_acked(self) -> None:
         """When the same message arrives twice, then it is stored once, acked both times, and
         announced once."""
-        node, clock, events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, clock, events, key = await node_with_bob(self)
         session = FakeSession(key.uid)
         mid = secrets.token_bytes(16)
         first = node.message_received(session, mid, "héllo".encode(), 1_700_000_000_000)
@@ -310,10 +308,7 @@ class MessagingTests(TestCase):
     async def test_read_receipts_respect_setting(self) -> None:
         """When a conversation is read with a live session, then a read receipt is sent unless
         the contact's read receipts are off."""
-        node, _clock, _events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, _events, key = await node_with_bob(self)
         session = FakeSession(key.uid)
         await node.session_established(session)
         m1, m2 = secrets.token_bytes(16), secrets.token_bytes(16)
@@ -329,10 +324,7 @@ class MessagingTests(TestCase):
         """When messages are read while the sender's session is down, then their receipts go out
         once the next session is established, and only once; receipts owed when the contact's
         read receipts are turned off are dropped, not sent later."""
-        node, _clock, _events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, _events, key = await node_with_bob(self)
         first = FakeSession(key.uid)
         await node.session_established(first)
         m1, m2, m3 = (secrets.token_bytes(16) for _ in range(3))
@@ -363,10 +355,7 @@ class MessagingTests(TestCase):
 
     async def test_too_large_refused(self) -> None:
         """When a message exceeds 64 KiB, then it is refused and nothing is stored."""
-        node, _clock, _events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        _key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, _events, _key = await node_with_bob(self)
         with self.assertRaises(TooLarge):
             await node.send_message("Bob", "x" * (64 * 1024 + 1))
         self.assertEqual((await node.history("Bob"))["messages"], [])
@@ -446,10 +435,7 @@ class MarkerTests(TestCase):
         """When messages arrive, then the marker is the first unread one for every reader of the
         history; it stays there once read (the read position, as in weechat), and the first
         message of the next unread run moves it."""
-        node, _clock, _events = make_node(self)
-        await node.create_identity("Alice", "pw")
-        key, link = friend_link()
-        await node.add_contact(link=link)
+        node, _clock, _events, key = await node_with_bob(self)
         session = FakeSession(key.uid)
         ids = [secrets.token_bytes(16) for _ in range(4)]
         for i, mid in enumerate(ids[:2]):
