@@ -30,8 +30,8 @@ import itertools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
@@ -231,13 +231,22 @@ def _with_seq(message: Message, seq: int) -> Message:
     return copy
 
 
+_T = TypeVar("_T")
+
 _MESSAGE_COLUMNS = "conversation, seq, id, direction, state, created, sent, delivered, read, body"
-#: Rows per multi-row INSERT (10 parameters each; SQLite allows 32,766 parameters).
-_INSERT_CHUNK = 500
+#: Rows per multi-row INSERT (10 parameters each) and ids per multi-id UPDATE: well under the
+#: 32,766 parameters SQLite allows in one statement.
+_PER_STATEMENT = 500
 #: The multi-row INSERT statements made so far, by row count.
 _MULTI_INSERT: dict[int, str] = {}
 _CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
 _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
+
+
+def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """*items* in slices of :data:`_PER_STATEMENT`, one statement's worth each."""
+    for start in range(0, len(items), _PER_STATEMENT):
+        yield items[start : start + _PER_STATEMENT]
 
 
 def _advance_sql(state: str) -> str | None:
@@ -700,7 +709,7 @@ class _Rows:
         return _with_seq(message, seq)
 
     def _add_outgoing_many(self, messages: Sequence[Message]) -> list[Message]:
-        """:meth:`add_outgoing` for several messages, with one ``executemany``.
+        """:meth:`add_outgoing` for several messages, with multi-row INSERTs (:meth:`_insert_rows`).
 
         (Queued and sent messages are in the outbox by their state: the outbox is a partial
         index of ``messages``, see :data:`jarvis.store.schema.OUTBOX_WHERE`.)
@@ -740,7 +749,7 @@ class _Rows:
         return stored
 
     def _insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert message rows (:data:`_MESSAGE_COLUMNS`), :data:`_INSERT_CHUNK` per statement.
+        """Insert message rows (:data:`_MESSAGE_COLUMNS`), :data:`_PER_STATEMENT` per statement.
 
         One multi-row INSERT runs in one ``sqlite3_step``: the thread gives up and takes back
         the GIL once per chunk, not once per row as ``executemany`` does.  (Each take-back
@@ -748,8 +757,7 @@ class _Rows:
         it halved the store's speed while the reactor was busy.)
         """
         conn = self.conn
-        for start in range(0, len(rows), _INSERT_CHUNK):
-            chunk = rows[start : start + _INSERT_CHUNK]
+        for chunk in _chunks(rows):
             sql = _MULTI_INSERT.get(len(chunk))
             if sql is None:
                 sql = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ", ".join(
@@ -801,7 +809,7 @@ class _Rows:
         """:meth:`update_state` for several ids, without reading back (or opening) the rows.
 
         Per id, the first row (in rowid order) whose state may advance to *state* advances:
-        one ``UPDATE ... RETURNING`` per :data:`_INSERT_CHUNK` ids, whose WHERE clause holds the
+        one ``UPDATE ... RETURNING`` per :data:`_PER_STATEMENT` ids, whose WHERE clause holds the
         rank rule (a delivered or read message leaves the outbox index by its new state).  An
         id given twice counts once.
 
@@ -815,8 +823,7 @@ class _Rows:
         conn = self.conn
         unique = list(dict.fromkeys(mids))
         moved: dict[str, bytes] = {}
-        for start in range(0, len(unique), _INSERT_CHUNK):
-            chunk = unique[start : start + _INSERT_CHUNK]
+        for chunk in _chunks(unique):
             values = ", ".join(["(?)"] * len(chunk))
             rows = conn.execute(f"WITH ids(id) AS (VALUES {values}) {sql}", (*chunk, state, at))
             moved.update(rows.fetchall())
