@@ -76,6 +76,29 @@ class TooManyAttempts(JarvisError):
     kind = "wrong_password"
 
 
+class _TurnBatch:
+    """Items added during one reactor turn, handed together to *flush* at the next turn.
+
+    :param clock: schedules the flush (``callLater(0)``).
+    :param flush: called with ``{key: [items in the order added]}``.
+    """
+
+    def __init__(self, clock: Any, flush: Callable[[dict[Any, list[Any]]], None]) -> None:
+        self._clock = clock
+        self._flush = flush
+        self._pending: dict[Any, list[Any]] = {}
+
+    def add(self, key: Any, item: Any) -> None:
+        """Queue *item* under *key* for this turn's flush."""
+        if not self._pending:
+            self._clock.callLater(0, self._run)
+        self._pending.setdefault(key, []).append(item)
+
+    def _run(self) -> None:
+        pending, self._pending = self._pending, {}
+        self._flush(pending)
+
+
 @dataclass
 class _PeerPump:
     """Per-session sending state: what was written to this session and what waits."""
@@ -140,9 +163,9 @@ class Node(Service):
         #: each peer's last reported state, and how many acceptable contacts are online
         self._peer_states: dict[str, str] = {}
         #: messages written to a session this reactor turn, waiting to be recorded as sent
-        self._pending_sent: list[tuple[str, defer.Deferred[None]]] = []
+        self._sent_this_turn = _TurnBatch(clock, self._flush_sent)
         #: acks waiting for the end of the reactor turn, per session
-        self._pending_acks: dict[Any, list[bytes]] = {}
+        self._acks_this_turn = _TurnBatch(clock, self._flush_acks)
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -714,20 +737,17 @@ class Node(Service):
         :returns: a Deferred firing once the state is recorded and announced.
         """
         waiter: defer.Deferred[None] = defer.Deferred()
-        if not self._pending_sent:
-            clock: Any = self.clock  # zope's IReactorTime.callLater confuses mypy
-            clock.callLater(0, self._flush_sent)
-        self._pending_sent.append((message_id, waiter))
+        self._sent_this_turn.add(None, (message_id, waiter))
         return waiter
 
-    def _flush_sent(self) -> None:
-        pending, self._pending_sent = self._pending_sent, []
+    def _flush_sent(self, pending: dict[Any, list[tuple[str, defer.Deferred[None]]]]) -> None:
+        written = pending[None]
 
         def recorded(_: object) -> None:
-            for _mid, waiter in pending:
+            for _mid, waiter in written:
                 waiter.callback(None)
 
-        self._advance_many([mid for mid, _ in pending], "sent").addBoth(recorded)
+        self._advance_many([mid for mid, _ in written], "sent").addBoth(recorded)
 
     def _advance_many(self, message_ids: Sequence[str], state: str) -> defer.Deferred[Any]:
         """Advance *message_ids* to *state* in one store operation; announce each change."""
@@ -950,16 +970,9 @@ class Node(Service):
         A store batch commits many messages at once; one Ack per batch instead of one per
         message halves the records crossing the wire and the work on both sides.
         """
-        pending = self._pending_acks.get(session)
-        if pending is None:
-            pending = self._pending_acks[session] = []
-            if len(self._pending_acks) == 1:
-                clock: Any = self.clock  # zope's IReactorTime.callLater confuses mypy
-                clock.callLater(0, self._flush_acks)
-        pending.append(message_id)
+        self._acks_this_turn.add(session, message_id)
 
-    def _flush_acks(self) -> None:
-        pending, self._pending_acks = self._pending_acks, {}
+    def _flush_acks(self, pending: dict[Any, list[bytes]]) -> None:
         for session, ids in pending.items():
             try:
                 session.send_ack(ids)
