@@ -144,6 +144,18 @@ class ErrorMappingTests(SynchronousTestCase):
             self.assertEqual(jsonrpc.error_from_exception(exc).code, code, exc)
         self.assertEqual(jsonrpc.error_from_exception(errors.NotFound("who?")).message, "who?")
 
+    def test_damaged_files_are_not_internal(self) -> None:
+        """When a damaged export or key file is mapped, then the client gets a clear error of
+        its own kind with the one-line reason (not an internal error), while a crypto error no
+        input can cause stays internal."""
+        export = jsonrpc.error_from_exception(crypto_errors.CorruptExport("truncated"))
+        self.assertEqual((export.code, export.data), (jsonrpc.INVALID_PARAMS, {"kind": "invalid"}))
+        self.assertIn("truncated", export.message)
+        keyfile = jsonrpc.error_from_exception(crypto_errors.CorruptKeyFile("no uid"))
+        self.assertEqual((keyfile.code, keyfile.data), (jsonrpc.DATA_DIR, {"kind": "data_dir"}))
+        wiped = jsonrpc.error_from_exception(crypto_errors.KeyWiped())
+        self.assertEqual(wiped.code, jsonrpc.INTERNAL_ERROR)
+
     def test_unexpected(self) -> None:
         """When an unexpected exception is mapped, then it is internal and hides its text."""
         error = jsonrpc.error_from_exception(KeyError("secret-password"))

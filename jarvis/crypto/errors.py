@@ -15,6 +15,9 @@ class CryptoError(Exception):
 
     #: The one-line message shown to the user; subclasses override it.
     message = "a cryptographic operation failed"
+    #: The local API's error kind (``docs/ipc.md``); ``"internal"`` for errors a caller cannot
+    #: cause with its input (they are bugs, logged by the daemon).
+    kind = "internal"
 
     def __init__(self, detail: str | None = None) -> None:
         text = self.message if not detail else f"{self.message}: {detail}"
@@ -31,6 +34,7 @@ class WeakPassword(CryptoError):
     """
 
     message = "the password is refused"
+    kind = "weak_password"
 
 
 class WrongPassword(CryptoError):
@@ -42,6 +46,7 @@ class WrongPassword(CryptoError):
     """
 
     message = "wrong password"
+    kind = "wrong_password"
 
 
 class CorruptKeyFile(CryptoError):
@@ -52,6 +57,7 @@ class CorruptKeyFile(CryptoError):
     """
 
     message = "the key file is damaged or not a Jarvis key file"
+    kind = "data_dir"
 
 
 class CorruptExport(CryptoError):
@@ -62,6 +68,7 @@ class CorruptExport(CryptoError):
     """
 
     message = "the file is damaged or not a Jarvis account export"
+    kind = "invalid"
 
 
 class DecryptionFailed(CryptoError):
@@ -99,6 +106,7 @@ class LinkCodeError(CryptoError):
     """Base class of the errors raised while reading a contact's link code or card file."""
 
     message = "the contact link code or card is not valid"
+    kind = "invalid_link"
 
 
 class NotALink(LinkCodeError):

@@ -170,27 +170,21 @@ def invalid_params(field_name: str, problem: str) -> RpcError:
 def error_from_exception(exc: BaseException) -> RpcError:
     """Map an exception raised by a method to the :class:`RpcError` the client receives.
 
-    Jarvis errors keep their one-line message and map by ``kind``; crypto password and link
-    errors get their own codes; anything else is an internal error whose message names only the
-    exception type (details may hold secrets and go to the daemon log instead).
+    Jarvis and crypto errors keep their one-line message and map by their ``kind``; anything
+    else (and a crypto error of kind ``internal``) is an internal error whose message names only
+    the exception type (details may hold secrets and go to the daemon log instead).
 
     :param exc: the exception.
     :returns: the error to send.
     """
     if isinstance(exc, RpcError):
         return exc
-    if isinstance(exc, jarvis_errors.JarvisError):
+    if isinstance(exc, jarvis_errors.JarvisError | crypto_errors.CryptoError) and (
+        exc.kind != "internal"
+    ):
         kind = exc.kind
         message = str(exc) or _first_line(type(exc).__doc__) or kind
-        if kind == "invalid":
-            return RpcError(INVALID_PARAMS, message, {"kind": "invalid"})
         return RpcError(code_for_kind(kind), message, {"kind": kind})
-    if isinstance(exc, crypto_errors.WrongPassword):
-        return RpcError(WRONG_PASSWORD, str(exc))
-    if isinstance(exc, crypto_errors.WeakPassword):
-        return RpcError(WEAK_PASSWORD, str(exc))
-    if isinstance(exc, crypto_errors.LinkCodeError):
-        return RpcError(INVALID_LINK, str(exc))
     return RpcError(INTERNAL_ERROR, f"internal error ({type(exc).__name__}): see the daemon log")
 
 
