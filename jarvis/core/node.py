@@ -1013,18 +1013,15 @@ class Node(Service):
         store = self._require_store()
         _report(progress, {"stage": "collecting", "percent": 10})
         dump = yield store.dump()
-        payload = json.dumps(
-            {
-                "jarvis_export": EXPORT_FORMAT,
-                "name": keys.name,
-                "identity": keys.identity.private_bytes().hex(),
-                "store": dump,
-            }
-        ).encode("utf-8")
+        content = {
+            "jarvis_export": EXPORT_FORMAT,
+            "name": keys.name,
+            "identity": keys.identity.private_bytes().hex(),
+            "store": dump,
+        }
         _report(progress, {"stage": "sealing", "percent": 40})
-        blob = yield self.run_blocking(
-            export_crypto.seal_export, payload, password, params=self.kdf_params
-        )
+        # Encoding the whole history is work in proportion to it: on the thread, with the KDF.
+        blob = yield self.run_blocking(_seal_export, content, password, self.kdf_params)
         yield self.run_blocking(_write_private_atomically, path, blob, exclusive=True)
         return {"path": path, "bytes": len(blob)}
 
@@ -1042,13 +1039,7 @@ class Node(Service):
             raise IdentityExists("import needs an empty data directory")
         blob = yield self.run_blocking(_read_file, path)
         _report(progress, {"stage": "opening export", "percent": 10})
-        payload = yield self.run_blocking(export_crypto.open_export, blob, export_password)
-        try:
-            data = json.loads(payload)
-            identity = IdentityKey.from_private_bytes(bytes.fromhex(data["identity"]))
-            name, dump = data["name"], data["store"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataDirError(f"the export's content is damaged: {e}") from e
+        identity, name, dump = yield self.run_blocking(_open_export, blob, export_password)
         _report(progress, {"stage": "deriving key", "percent": 40})
         content, keys = yield self.run_blocking(
             keyfile.create_keyfile, name, password, params=self.kdf_params, identity=identity
@@ -1093,6 +1084,26 @@ def _with_state(message: Message, state: str) -> Message:
 def _report(progress: Callable[[Any], None] | None, value: Any) -> None:
     if progress is not None:
         progress(value)
+
+
+def _seal_export(content: dict[str, Any], password: str, params: keyfile.KdfParams) -> bytes:
+    """Encode and seal an export's content (runs on a thread: JSON of the whole history)."""
+    payload = json.dumps(content).encode("utf-8")
+    return export_crypto.seal_export(payload, password, params=params)
+
+
+def _open_export(blob: bytes, password: str) -> tuple[IdentityKey, str, dict[str, Any]]:
+    """Open and decode an export (runs on a thread): its identity key, name and store dump.
+
+    :raises DataDirError: if the opened content is not what an export holds.
+    """
+    payload = export_crypto.open_export(blob, password)
+    try:
+        data = json.loads(payload)
+        identity = IdentityKey.from_private_bytes(bytes.fromhex(data["identity"]))
+        return identity, data["name"], data["store"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataDirError(f"the export's content is damaged: {e}") from e
 
 
 def _read_file(path: str) -> bytes:
