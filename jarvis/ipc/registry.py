@@ -334,12 +334,7 @@ class Registry:
                 return defer.succeed(value)
             result: defer.Deferred[Any] = value
         else:
-
-            def run(_: object) -> Any:
-                work = defer.maybeDeferred(spec.handler, invocation)
-                return work.addBoth(_release, semaphore)
-
-            result = semaphore.acquire().addCallback(run)
+            result = semaphore.run(spec.handler, invocation)
 
         expiry: list[bool] = []
         deadline: list[Any] | None = None
@@ -393,11 +388,6 @@ class Registry:
             # The traceback goes to the log only; the client gets the exception type.
             self.log.failure("method {method} failed", failure, method=spec.name)
         return error
-
-
-def _release(value: Any, semaphore: defer.DeferredSemaphore) -> Any:
-    semaphore.release()
-    return value
 
 
 class DeadlineTimer:
