@@ -55,6 +55,7 @@ from jarvis.net.peer import (
     describe_failure,
 )
 from jarvis.net.tls import (
+    ContextCache,
     PinnedClientCreator,
     client_creator,
     peer_public_bytes_of,
@@ -547,7 +548,9 @@ class PeerNetwork:
         self._protocols: dict[PeerProtocol, Deferred[None]] = {}
         self._stopping = False
         self._relay = _Relay(self)
-        self._server_creator = server_creator(identity, self._accept_uid)
+        # one SSL.Context for the listener and every dial (built once per certificate)
+        self._contexts = ContextCache(identity)
+        self._server_creator = server_creator(identity, self._accept_uid, contexts=self._contexts)
         self._server_factory = TLSMemoryBIOFactory(
             cast(IOpenSSLServerConnectionCreator, self._server_creator),
             False,
@@ -699,7 +702,7 @@ class PeerNetwork:
             peer.connect_attempts += 1
             self._record_failure(peer, str(e))
             return defer.fail(e)
-        creator = client_creator(self._identity, uid)
+        creator = client_creator(self._identity, uid, contexts=self._contexts)
         attempt = _Attempt(self, peer, creator)
         peer.connect_attempts += 1
         peer.attempts.add(attempt)

@@ -99,8 +99,12 @@ def certificate_refusal(cert: x509.Certificate, uid: str) -> str | None:
     return None
 
 
-class _ContextCache:
-    """One ``SSL.Context`` per certificate of our identity (rebuilt if it is reissued)."""
+class ContextCache:
+    """One ``SSL.Context`` per certificate of our identity (rebuilt if it is reissued).
+
+    The client and server settings are the same, so one cache serves every dial and the
+    listener (:class:`jarvis.net.network.PeerNetwork` shares one).
+    """
 
     def __init__(self, identity: CertifiedIdentity) -> None:
         self._identity = identity
@@ -151,7 +155,7 @@ def _verify_callback(decide: Decide) -> Callable[[SSL.Connection, Any, int, int,
     return verify
 
 
-def _new_connection(contexts: _ContextCache, tls_protocol: object, decide: Decide) -> Any:
+def _new_connection(contexts: ContextCache, tls_protocol: object, decide: Decide) -> Any:
     connection = SSL.Connection(contexts.context(), None)
     connection.set_app_data(tls_protocol)
     connection.set_verify(_VERIFY_MODE, _verify_callback(decide))
@@ -165,9 +169,17 @@ class PinnedClientCreator:
     :ivar refusal: why the last server was refused, or ``None``; the dialler reports it.
     """
 
-    def __init__(self, identity: CertifiedIdentity, expected_uid: str) -> None:
-        """Dial as *identity* and accept only a server whose key is *expected_uid*."""
-        self._contexts = _ContextCache(identity)
+    def __init__(
+        self,
+        identity: CertifiedIdentity,
+        expected_uid: str,
+        contexts: ContextCache | None = None,
+    ) -> None:
+        """Dial as *identity* and accept only a server whose key is *expected_uid*.
+
+        :param contexts: the identity's shared :class:`ContextCache` (default: a new one).
+        """
+        self._contexts = contexts if contexts is not None else ContextCache(identity)
         self.expected_uid = expected_uid
         self.refusal: str | None = None
 
@@ -202,12 +214,14 @@ class PinnedServerCreator:
         identity: CertifiedIdentity,
         accept_uid: Callable[[str], bool],
         on_refused: Callable[[str, str], object] | None = None,
+        contexts: ContextCache | None = None,
     ) -> None:
         """Listen as *identity*; accept a client if ``accept_uid(uid)`` and its SAN matches.
 
         :param on_refused: called with ``(uid, reason)`` after each refusal.
+        :param contexts: the identity's shared :class:`ContextCache` (default: a new one).
         """
-        self._contexts = _ContextCache(identity)
+        self._contexts = contexts if contexts is not None else ContextCache(identity)
         self._accept_uid = accept_uid
         self._on_refused = on_refused
         self.refused_count = 0
@@ -233,12 +247,14 @@ class PinnedServerCreator:
         return connection
 
 
-def client_creator(identity: CertifiedIdentity, expected_uid: str) -> PinnedClientCreator:
+def client_creator(
+    identity: CertifiedIdentity, expected_uid: str, *, contexts: ContextCache | None = None
+) -> PinnedClientCreator:
     """Return the connection creator for dialling the contact *expected_uid* as *identity*.
 
     Use it as ``TLSMemoryBIOFactory(client_creator(me, uid), True, factory)``.
     """
-    return PinnedClientCreator(identity, expected_uid)
+    return PinnedClientCreator(identity, expected_uid, contexts)
 
 
 def server_creator(
@@ -246,6 +262,7 @@ def server_creator(
     accept_uid: Callable[[str], bool],
     *,
     on_refused: Callable[[str, str], object] | None = None,
+    contexts: ContextCache | None = None,
 ) -> PinnedServerCreator:
     """Return the connection creator for accepting contacts as *identity*.
 
@@ -254,7 +271,7 @@ def server_creator(
     :param accept_uid: the policy, called once per handshake with the client's uid.
     :param on_refused: called with ``(uid, reason)`` after each refusal.
     """
-    return PinnedServerCreator(identity, accept_uid, on_refused)
+    return PinnedServerCreator(identity, accept_uid, on_refused, contexts)
 
 
 def _handle(transport: Any) -> SSL.Connection:
