@@ -116,12 +116,8 @@ class Client:
 
             directory = data_dir or paths.default_data_dir()
             target = paths.client_endpoint_for(directory)
-            if token is None and target.startswith("tcp:"):
-                try:
-                    with open(paths.token_path(directory), encoding="ascii") as f:
-                        token = f.read().strip()
-                except OSError:
-                    token = None
+            if token is None:
+                token = paths.client_token_for(directory, target)
         try:
             reader, writer, _ = await _open(target, jsonrpc.MAX_INCOMING_LINE)
         except (OSError, ValueError) as e:

@@ -50,15 +50,9 @@ class Session:
 
     def token(self, endpoint: str) -> str | None:
         """Return the TCP token from the data directory, for TCP endpoints."""
-        if not endpoint.startswith("tcp:"):
-            return None
         from jarvis import paths
 
-        try:
-            with open(paths.token_path(self.data_dir), encoding="ascii") as f:
-                return f.read().strip()
-        except OSError:
-            return None
+        return paths.client_token_for(self.data_dir, endpoint)
 
     async def connect(self) -> Any:
         """Connect to the daemon (once).

@@ -102,6 +102,19 @@ def client_endpoint_for(data_dir: str) -> str:
     return f"unix:{default_ipc_socket(data_dir)}"
 
 
+def client_token_for(data_dir: str, endpoint: str) -> str | None:
+    """Return the token a client sends on *endpoint*: the data directory's loopback TCP token
+    for a ``tcp:`` endpoint, ``None`` for a UNIX socket (or when the token file is unreadable).
+    """
+    if not endpoint.startswith("tcp:"):
+        return None
+    try:
+        with open(token_path(data_dir), encoding="ascii") as f:
+            return f.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def pidfile_path(data_dir: str) -> str:
     """Return the daemon's pid file path in *data_dir*."""
     return os.path.join(data_dir, PIDFILE)

@@ -123,14 +123,7 @@ class DaemonConnector:
         from jarvis import paths
 
         description = self._endpoint or paths.client_endpoint_for(self._data_dir)
-        token = None
-        if description.startswith("tcp:"):
-            try:
-                with open(paths.token_path(self._data_dir), encoding="utf-8") as f:
-                    token = f.read().strip() or None
-            except OSError:
-                token = None
-        return description, token
+        return description, paths.client_token_for(self._data_dir, description)
 
     def __call__(self) -> defer.Deferred[Any]:
         from jarvis.ipc.client import IpcClient
