@@ -35,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 
 import jarvis
 from jarvis import paths
+from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, JarvisError
 from jarvis.logs import LEVELS, json_file_observer, parse_level
 
@@ -176,18 +177,6 @@ class LagProbeService(Service):
         super().stopService()
         self.probe.stop()
         return None
-
-
-def read_password_file(path: str) -> str:
-    """Return the first line of *path* without its line ending.
-
-    :raises JarvisError: if the file cannot be read.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().rstrip("\r\n")
-    except OSError as e:
-        raise JarvisError(f"cannot read password file {path}: {e.strerror}") from e
 
 
 def ipc_client_description(server_description: str, port: Any) -> str:
