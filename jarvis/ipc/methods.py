@@ -628,26 +628,3 @@ def method_specs() -> tuple[MethodSpec, ...]:
 def build_registry() -> Registry:
     """Return the registry of every API method (deadlines run on each call's ``ctx.clock``)."""
     return Registry(method_specs(), (IDENTITY_GROUP,))
-
-
-def make_context(
-    node: Any,
-    clock: Any,
-    *,
-    data_dir: str,
-    ipc: str,
-    stop_daemon: Callable[[], Any],
-    lag_probe: Any = None,
-    pool_stats: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
-) -> MethodContext:
-    """Return a :class:`MethodContext` for this process (pid and version filled in)."""
-    from jarvis import __version__
-
-    return MethodContext(
-        node=node,
-        clock=clock,
-        info=DaemonInfo(os.getpid(), __version__, data_dir, ipc),
-        stop_daemon=stop_daemon,
-        lag_probe=lag_probe,
-        pool_stats=dict(pool_stats or {}),
-    )

@@ -205,10 +205,7 @@ class Controller:
         client, self.client = self.client, None
         if client is None:
             return defer.succeed(None)
-        try:
-            return defer.maybeDeferred(client.close).addErrback(lambda _: None)
-        except Exception:
-            return defer.succeed(None)
+        return defer.maybeDeferred(client.close).addErrback(lambda _: None)
 
     def attach_main_loop(self, main_loop: Any) -> None:
         """Give the controller the urwid main loop, so it can redraw after network events."""
@@ -230,10 +227,7 @@ class Controller:
             return
         self._retry_call = None
         self._connecting = True
-        try:
-            d = defer.maybeDeferred(self._connect)
-        except Exception:  # maybeDeferred already catches; belt and braces
-            d = defer.fail(Failure())
+        d = defer.maybeDeferred(self._connect)
         d.addCallbacks(self._connected, self._connect_failed)
         d.addErrback(self._internal_error, "connect")
 
@@ -887,12 +881,9 @@ class Controller:
         """Show *dialog* over the current screen."""
         self.window.open_dialog(dialog)
 
-    def _main_dialog_allowed(self) -> bool:
-        return self.window.screen is self.main_screen and not self.model.locked
-
     def open_help(self) -> None:
         """Show the keys (generated from the keymap)."""
-        if self._main_dialog_allowed():
+        if self._on_main_screen():
             self.open_dialog(help_dialog(self.window.close_dialog))
 
     def open_add_contact(self, initial: str = "") -> AddContactDialog:
@@ -902,7 +893,7 @@ class Controller:
             self.window.close_dialog,
             initial,
         )
-        if self._main_dialog_allowed():
+        if self._on_main_screen():
             self.open_dialog(dialog)
         return dialog
 
@@ -955,14 +946,14 @@ class Controller:
 
     def open_identity(self) -> None:
         """Show my identity (fetching it from the daemon)."""
-        if not self._main_dialog_allowed():
+        if not self._on_main_screen():
             return
         d = self._call("identity.show", label="loading identity")
 
         def show(data: Mapping[str, Any]) -> None:
             self.model.load_identity(data)
             identity = self.model.identity
-            if identity is None or not self._main_dialog_allowed():
+            if identity is None or not self._on_main_screen():
                 return
             card = data.get("card") if isinstance(data.get("card"), str) else None
             dialog: IdentityDialog | None = None
@@ -1012,7 +1003,7 @@ class Controller:
 
     def open_contact_info(self, contact: Contact | None = None) -> None:
         """Show the open (or selected) contact's details and actions."""
-        if not self._main_dialog_allowed():
+        if not self._on_main_screen():
             return
         contact = contact or self._target_contact()
         if contact is None:
@@ -1085,7 +1076,7 @@ class Controller:
 
     def open_settings(self) -> None:
         """Show settings: notifications, read receipts and mute per contact."""
-        if not self._main_dialog_allowed():
+        if not self._on_main_screen():
             return
 
         def toggle(setting: str, uid: str | None, value: bool) -> None:

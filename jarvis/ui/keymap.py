@@ -68,15 +68,6 @@ class Command:
     category: str
     bindings: tuple[Binding, ...]
 
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """All keys of this command, in table order, without repeats."""
-        seen: list[str] = []
-        for binding in self.bindings:
-            if binding.key not in seen:
-                seen.append(binding.key)
-        return tuple(seen)
-
 
 def _command(
     name: str, help: str, category: str, keys: tuple[str, ...], contexts: tuple[str, ...]
@@ -163,20 +154,8 @@ COMMANDS: tuple[Command, ...] = (
     _command("submit", "Confirm the form or unlock", _DIALOGS, ("enter",), (LOCK, FORM)),
 )
 
+
 _BY_NAME: dict[str, Command] = {command.name: command for command in COMMANDS}
-
-
-def command(name: str) -> Command:
-    """Return the command called *name*.
-
-    :raises KeyError: if there is no such command.
-    """
-    return _BY_NAME[name]
-
-
-def keys_for(name: str) -> tuple[str, ...]:
-    """Return the keys of command *name* (every context)."""
-    return _BY_NAME[name].keys
 
 
 def command_for(key: str, state: str) -> str | None:

@@ -37,7 +37,7 @@ LOST_PASSWORD_WARNING = (
 )
 
 
-def _centered(rows: list[urwid.Widget], width: int = 60) -> urwid.Widget:
+def _centered(rows: list[urwid.Widget]) -> urwid.Widget:
     """A column of flow widgets centred on the screen (scrolls if the terminal is short)."""
     listbox = urwid.ListBox(urwid.SimpleFocusListWalker(rows))  # type: ignore[arg-type]
     return urwid.Padding(listbox, "center", ("relative", 100), min_width=20, left=1, right=1)
@@ -101,7 +101,7 @@ class WelcomeScreen(_Screen):
             urwid.Divider(),
             urwid.Padding(button("Create my identity", on_continue), "center", 24),
         ]
-        super().__init__(_centered(rows, 72))
+        super().__init__(_centered(rows))
 
     def submit(self) -> None:
         """Enter pressed: continue to identity creation."""
