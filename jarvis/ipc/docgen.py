@@ -85,12 +85,14 @@ new ones are added without a version change.
 
 | event | params |
 |---|---|
-| `message.received` | `{message}` |
+| `message.added` | `{message}`: a message this daemon's user sent was stored (state `queued`, or `sent` in the call's answer) |
+| `message.received` | `{message, muted}` |
 | `message.stateChanged` | `{id, contact, state, at}` |
 | `peer.statusChanged` | `{peer}` |
 | `connection.summary` | `{summary, online, total}` |
 | `contact.changed` | `{contact}`, or `{uid, removed: true}` |
-| `identity.locked` | `{}` |
+| `settings.changed` | `{settings}` (every setting and its value) |
+| `identity.locked` | `{wiped}`, and `deleted: true` after `account.delete` |
 | `identity.unlocked` | `{uid, name}` |
 
 `message` = `{id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read}`;
