@@ -412,7 +412,16 @@ class AddressTests(SynchronousTestCase):
 
     def test_invalid(self) -> None:
         """When an address lacks a port, has a bad port or bare IPv6, then it is refused."""
-        for text in ("127.0.0.1", "::1:7770", "host:0", "host:65536", ":80", "host:x", "[]:1"):
+        for text in (
+            "127.0.0.1",
+            "::1:7770",
+            "host:0",
+            "host:65536",
+            ":80",
+            "host:x",
+            "[]:1",
+            "host:\u00b2",
+        ):
             with self.assertRaises(net.InvalidPeerAddress, msg=text):
                 net.parse_address(text)
 

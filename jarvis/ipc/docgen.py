@@ -85,7 +85,7 @@ new ones are added without a version change.
 
 | event | params |
 |---|---|
-| `message.added` | `{message}`: a message this daemon's user sent was stored (state `queued`, or `sent` in the call's answer) |
+| `message.added` | `{message}`: a message the user sent is stored (state `queued`) |
 | `message.received` | `{message, muted}` |
 | `message.stateChanged` | `{id, contact, state, at}` |
 | `peer.statusChanged` | `{peer}` |

@@ -45,6 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
+from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -159,15 +160,16 @@ class ConnectFailed(Exception):
 def parse_address(text: str) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port.
 
-    :raises InvalidPeerAddress: if the text is not of that form or the port is not 1-65535.
+    :raises InvalidPeerAddress: if the text is not an address that link codes and cards accept
+        (:func:`jarvis.crypto.linkcode.check_address`, the one rule for addresses).
     """
-    host, sep, port_text = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
+    try:
+        check_address(text)
+    except ValueError as e:
+        raise InvalidPeerAddress(str(e)) from None
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("["):
         host = host[1:-1]
-    elif ":" in host:
-        raise InvalidPeerAddress(f"IPv6 addresses must be in brackets: {text!r:.80}")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidPeerAddress(f"not a host:port address: {text!r:.80}")
     return host, int(port_text)
 
 
