@@ -20,6 +20,7 @@ from twisted.internet import defer
 
 from jarvis import errors
 from jarvis.core.events import Events, Observer
+from jarvis.core.views import summary_level
 from jarvis.crypto import errors as crypto_errors
 
 
@@ -392,7 +393,7 @@ class FakeNode:
         ]
         online = sum(1 for p in peers if p["status"] == "online")
         return {
-            "summary": f"{online}/{len(peers)} online",
+            "summary": summary_level(online, len(peers)),
             "online": online,
             "total": len(peers),
             "peers": peers,

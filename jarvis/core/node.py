@@ -31,7 +31,7 @@ from twisted.logger import Logger
 
 from jarvis.core.addresses import local_addresses
 from jarvis.core.events import Events, Observer
-from jarvis.core.views import contact_view, message_view, peer_view
+from jarvis.core.views import contact_view, message_view, peer_view, summary_level
 from jarvis.crypto import export as export_crypto
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.aead import RowCipher
@@ -878,14 +878,7 @@ class Node(Service):
             for uid, state in self._peer_states.items()
             if state == "online" and self.is_acceptable(uid)
         )
-        # with no contact nothing is down: green, shown as "0/0 online"
-        if online == total:
-            summary = "green"
-        elif online:
-            summary = "amber"
-        else:
-            summary = "red"
-        return summary, online, total
+        return summary_level(online, total), online, total
 
     def _publish_summary(self) -> None:
         current = self._compute_summary()
