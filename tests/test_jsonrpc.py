@@ -12,6 +12,9 @@ from jarvis import errors
 from jarvis.crypto import errors as crypto_errors
 from jarvis.ipc import jsonrpc
 
+#: The integers the local API carries (JSON numbers that every client reads exactly).
+_INT64 = st.integers(min_value=-(2**63), max_value=2**64 - 1)
+
 
 class EncodeTests(SynchronousTestCase):
     """Encoding messages as lines."""
@@ -51,10 +54,17 @@ class EncodeTests(SynchronousTestCase):
             {"code": -32001, "message": "locked", "data": {"kind": "locked"}},
         )
 
+    def test_integers_beyond_64_bits(self) -> None:
+        """When a result holds an integer beyond 64 bits, then encoding raises one of
+        ENCODE_ERRORS instead of writing a number other clients would round."""
+        with self.assertRaises(jsonrpc.ENCODE_ERRORS):
+            jsonrpc.result_response(1, {"n": 2**64})
+        self.assertIn(b'"n":-9223372036854775808', jsonrpc.result_response(1, {"n": -(2**63)}))
+
     @given(
-        st.one_of(st.integers(), st.text(max_size=20)),
+        st.one_of(_INT64, st.text(max_size=20)),
         st.text(min_size=1, max_size=30),
-        st.dictionaries(st.text(max_size=10), st.one_of(st.integers(), st.text(), st.booleans())),
+        st.dictionaries(st.text(max_size=10), st.one_of(_INT64, st.text(), st.booleans())),
     )
     def test_request_round_trip(self, request_id: int | str, method: str, params: dict) -> None:
         """When any request is encoded and parsed, then the same request comes back."""
@@ -74,6 +84,13 @@ class ParseRequestTests(SynchronousTestCase):
         """When the line is not JSON or not UTF-8, then it is a parse error."""
         self.assert_code(b"{nope", jsonrpc.PARSE_ERROR)
         self.assert_code(b"\xff\xfe", jsonrpc.PARSE_ERROR)
+        self.assert_code(b'{"id":1,"method":"a"} x', jsonrpc.PARSE_ERROR)
+        self.assert_code(b'{"id":1,"method":"a","params":{"n":NaN}}', jsonrpc.PARSE_ERROR)
+
+    def test_id_beyond_64_bits(self) -> None:
+        """When a request id is an integer beyond 64 bits, then it is an invalid request (it
+        would not come back exactly in the answer)."""
+        self.assert_code(b'{"id":%d,"method":"a"}' % 2**70, jsonrpc.INVALID_REQUEST)
 
     def test_not_an_object(self) -> None:
         """When the JSON is a number or a string, then it is an invalid request."""

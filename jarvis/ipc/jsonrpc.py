@@ -13,15 +13,18 @@ Framing rules (the server and both clients follow them):
 - batch requests (a JSON array) are not supported: the server answers ``-32600``;
 - ``"jsonrpc": "2.0"`` is sent on every message; on requests it may be left out, but any other
   value is refused with ``-32600``;
+- numbers are JSON numbers (no ``NaN``) and integers fit in 64 bits; a longer one is read as a
+  float (refused where an integer is expected) and is never written;
 - params are by name (an object) or absent; positional params (an array) are refused with
   ``-32602``.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from jarvis import errors as jarvis_errors
 from jarvis.crypto import errors as crypto_errors
@@ -195,11 +198,11 @@ def _first_line(text: str | None) -> str:
 # Encoding ------------------------------------------------------------------------------------
 
 
-# One encoder for every message: ``json.dumps`` with options builds a new encoder per call.
-# Circular values are not checked: messages are built from fresh JSON-able values, and a cycle
-# still fails (with RecursionError, a ValueError is not guaranteed) instead of looping.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-_DECODER = json.JSONDecoder()
+# orjson writes compact UTF-8 directly (no str -> bytes copy) and refuses what is not JSON:
+# NaN and infinities become null, integers beyond 64 bits, lone surrogates and nesting deeper
+# than 254 raise ``orjson.JSONEncodeError`` (a TypeError).  Keys that are not strings (a count
+# keyed by an int, say) are written as strings, as the standard library does.
+_ENCODE_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
 
 #: What encoding a value that is not JSON may raise.
 ENCODE_ERRORS = (TypeError, ValueError, RecursionError)
@@ -210,7 +213,7 @@ def encode(message: dict[str, Any]) -> bytes:
 
     :raises TypeError: (or another of :data:`ENCODE_ERRORS`) if *message* is not JSON-able.
     """
-    return _ENCODER.encode(message).encode("utf-8") + b"\n"
+    return orjson.dumps(message, option=_ENCODE_OPTIONS)
 
 
 def request(request_id: int | str, method: str, params: dict[str, Any] | None = None) -> bytes:
@@ -267,9 +270,10 @@ class InvalidMessage(RpcError):
 
 
 def _load(line: bytes) -> Any:
+    # orjson checks the UTF-8 itself and refuses NaN, Infinity and integers beyond 64 bits.
     try:
-        return _DECODER.decode(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+        return orjson.loads(line)
+    except ValueError as e:
         raise InvalidMessage(PARSE_ERROR, f"parse error: {type(e).__name__}") from None
 
 
