@@ -3,7 +3,10 @@
 Two ``twistd -n jarvis`` processes (started as ``tests/daemons.py`` starts them: the checkout on
 ``PYTHONPATH``, a private data directory, the peer listener on ``127.0.0.1`` port 0, the local
 API on a short UNIX socket) create their identities with ``identity.create``, exchange link
-codes with ``contacts.add`` and wait until each sees the other online.  Then:
+codes with ``contacts.add`` and wait until each sees the other online.  Each API connection
+subscribes only to the events this process waits for (``events.subscribe`` with ``events``), as
+a script would: the sender's to ``message.stateChanged``, the receiver's to none while
+measuring throughput and to ``message.received`` while measuring latency.  Then:
 
 - ``throughput_msgs_per_s``: the sender issues ``messages.send`` with 200-byte texts, keeping
   :data:`WINDOW` calls in flight, until every message is *delivered*: the receiver stored it and
@@ -49,6 +52,8 @@ PASSWORD = "correct horse battery staple"
 WINDOW = 200
 #: Bytes of each message text.
 BODY_BYTES = 200
+#: The events the clients wait for while the daemons start and befriend.
+START_EVENTS = ("identity.unlocked", "connection.summary")
 
 GOAL_THROUGHPUT = 5_000.0
 GOAL_P50_US = 5_000.0
@@ -135,12 +140,17 @@ class BenchDaemon:
         self.drop_output()
         self.client = await IpcClient.connect(self.reactor, self.process.endpoint)
         await self.client.subscribe(self.events)
+        await self.listen(*START_EVENTS)
         if create:
             await self.call("identity.create", name=self.name, password=PASSWORD)
         if unlock:
             await self.wait_unlocked()
         me = await self.call("identity.show")
         self.uid, self.link = me["uid"], me["link"]
+
+    async def listen(self, *names: str) -> None:
+        """Receive only the events called *names* from now on (``events.subscribe``)."""
+        await self.call("events.subscribe", events=list(names))
 
     def drop_output(self) -> None:
         """Forget the daemon's output so far (it is only searched at start-up)."""
@@ -224,11 +234,8 @@ async def befriend(reactor: Any, a: BenchDaemon, b: BenchDaemon) -> None:
 
 async def measure_throughput(reactor: Any, a: BenchDaemon, b: BenchDaemon, count: int) -> float:
     """Send *count* 200-byte messages from *a* to *b*, pipelined; return messages/s delivered."""
-    from twisted.internet import defer
-
     delivered: set[str] = set()
     sent: set[str] = set()
-    issued = [0]
     answered = [0]
 
     def on_state(payload: dict[str, Any]) -> None:
@@ -241,26 +248,33 @@ async def measure_throughput(reactor: Any, a: BenchDaemon, b: BenchDaemon, count
         return answered[0] == count and len(delivered) >= count and sent <= delivered
 
     done = a.events.wait(all_delivered, 600.0)
-    window = defer.DeferredSemaphore(WINDOW)
+    next_index = [0]
 
     def body(index: int) -> str:
         prefix = f"t{index:08d} "
         return prefix + "x" * (BODY_BYTES - len(prefix))
 
-    def send(index: int) -> Any:
-        issued[0] += 1
-        d = a.call("messages.send", contact=b.uid, text=body(index))
+    def launch() -> None:
+        # One more call, keeping WINDOW in flight: each answer launches the next.
+        index = next_index[0]
+        if index == count:
+            return
+        next_index[0] = index + 1
+        a.call("messages.send", contact=b.uid, text=body(index)).addCallbacks(answer, failed)
 
-        def answer(message: dict[str, Any]) -> None:
-            sent.add(message["id"])
-            answered[0] += 1
-            a.events.check()
+    def answer(message: dict[str, Any]) -> None:
+        sent.add(message["id"])
+        answered[0] += 1
+        launch()
+        a.events.check()
 
-        return d.addCallback(answer)
+    def failed(reason: Any) -> None:
+        if not done.called:
+            done.errback(reason)
 
     started = time.perf_counter()
-    calls = [window.run(send, index) for index in range(count)]
-    await defer.gatherResults(calls, consumeErrors=True)
+    for _ in range(min(WINDOW, count)):
+        launch()
     await done
     return count / (time.perf_counter() - started)
 
@@ -316,8 +330,12 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
         )
         await befriend(reactor, alice, bob)
         print("messaging: both daemons online, measuring throughput", file=sys.stderr)
+        # Each API connection asks for the events it waits for, as a script would.
+        await alice.listen("message.stateChanged")
+        await bob.listen()
         throughput = await measure_throughput(reactor, alice, bob, sizes.messages)
         print("messaging: measuring latency", file=sys.stderr)
+        await bob.listen("message.received")
         latencies = await measure_latency(reactor, alice, bob, sizes.samples)
         sender = await alice.call("daemon.status")
         receiver = await bob.call("daemon.status")

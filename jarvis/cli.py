@@ -249,7 +249,13 @@ class HistoryOptions(CommandOptions):
 
 
 class WatchOptions(CommandOptions):
-    """Print daemon events as JSON lines until interrupted."""
+    """Print daemon events as JSON lines until interrupted: every event, or only the EVENTs
+    named (see docs/ipc.md, Events)."""
+
+    synopsis = "[EVENT ...]"
+
+    def parseArgs(self, *events: str) -> None:  # type: ignore[override]
+        self["events"] = list(events) or None
 
 
 class RpcOptions(CommandOptions):

@@ -468,7 +468,8 @@ async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, An
 
 
 async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``watch``: events as JSON lines until Ctrl+C (or the daemon goes away: exit 1)."""
+    """``watch [EVENT ...]``: events as JSON lines until Ctrl+C (or the daemon goes away:
+    exit 1); only the named events when some are named (an unknown name: exit 1)."""
     client = await session.connect()
     lost: defer.Deferred[None] = defer.Deferred()
     client.add_disconnect_observer(lambda reason: lost.callback(None))
@@ -476,7 +477,7 @@ async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]
     def show(name: str, params: dict[str, Any]) -> None:
         print(json.dumps({"event": name, "params": params}, ensure_ascii=False), flush=True)
 
-    await client.subscribe(show)
+    await client.subscribe(show, sub["events"])
     await lost
     raise errors.DaemonNotRunning("the daemon closed the connection")
 

@@ -241,6 +241,24 @@ class FakeDaemonTests(SocketTestCase):
         self.assertEqual(await proto.ended, 0, proto.err.decode())
         self.assertEqual(proto.out.decode().strip(), message_id)
 
+    async def test_watch_named_events(self) -> None:
+        """When watch names an event, then only that event is printed; a misspelt name is one
+        line on stderr and exit 1."""
+        proto = spawn_cli(self.reactor, ["--data-dir", self.data_dir, "watch", "message.received"])
+        await wait_until(self.reactor, lambda: any(c.subscribed for c in self.factory.connections))
+        self.node.emit("contact.changed", {"contact": {"uid": "x"}})
+        self.node.receive("alice", "watched")
+        await wait_until(self.reactor, lambda: b"\n" in proto.out)
+        os.kill(proto.transport.pid, signal.SIGINT)
+        await proto.ended
+        [line] = proto.out.decode().splitlines()
+        event = json.loads(line)
+        self.assertEqual(event["event"], "message.received")
+        self.assertEqual(event["params"]["message"]["body"], "watched")
+        code, out, err = await self.run_cli("watch", "message.recieved")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1))
+        self.assertIn("message.recieved", err)
+
     async def test_interrupt_cancels(self) -> None:
         """When Ctrl+C arrives during a call, then the daemon cancels it and the exit is 130."""
         paused = self.node.pause("send_message")

@@ -51,6 +51,39 @@ class CallTests(SocketTestCase):
         self.assertEqual(first, second)
         self.assertEqual(self.node.observer_count, 1)
 
+    async def test_subscribe_to_named_events(self) -> None:
+        """When one handler asks for named events and another for others, then each sees only
+        its own and the daemon sends the union; a handler asking for everything widens it."""
+        client = await self.client()
+        peers: list[str] = []
+        messages: list[str] = []
+        answer = await client.subscribe(
+            lambda name, params: peers.append(name), events=["peer.statusChanged"]
+        )
+        self.assertEqual(answer["events"], ["peer.statusChanged"])
+        answer = await client.subscribe(
+            lambda name, params: messages.append(name), events=["message.received"]
+        )
+        self.assertEqual(answer["events"], ["message.received", "peer.statusChanged"])
+        [server_side] = list(self.factory.connections)
+        forwarded: list[str] = []
+        real_notify = server_side.notify
+        server_side.notify = lambda m, p: (forwarded.append(m), real_notify(m, p))  # type: ignore[method-assign]
+        self.node.emit("peer.statusChanged", {"peer": {}})
+        self.node.emit("contact.changed", {"contact": {}})
+        self.node.receive("alice", "hello")
+        await client.call("daemon.status")
+        self.assertEqual(peers, ["peer.statusChanged"])
+        self.assertEqual(messages, ["message.received"])
+        self.assertEqual(forwarded, ["peer.statusChanged", "message.received"])
+        everything: list[str] = []
+        answer = await client.subscribe(lambda name, params: everything.append(name))
+        self.assertIsNone(answer["events"])
+        self.node.emit("contact.changed", {"contact": {}})
+        await client.call("daemon.status")
+        self.assertEqual(everything, ["contact.changed"])
+        self.assertEqual(peers, ["peer.statusChanged"])
+
 
 class DisconnectTests(SocketTestCase):
     """Losing the connection."""

@@ -11,6 +11,20 @@ from typing import Any
 
 from twisted.logger import Logger
 
+#: Every event the node emits, with its payload as documented in ``docs/ipc.md``.  The local
+#: API renders its event table from this and refuses subscriptions to names not in it.
+EVENT_DOCS: dict[str, str] = {
+    "message.added": "`{message}`: a message the user sent is stored (state `queued`)",
+    "message.received": "`{message, muted}`",
+    "message.stateChanged": "`{id, contact, state, at}`",
+    "peer.statusChanged": "`{peer}`",
+    "connection.summary": "`{summary, online, total}`",
+    "contact.changed": "`{contact}`, or `{uid, removed: true}`",
+    "settings.changed": "`{settings}` (every setting and its value)",
+    "identity.locked": "`{wiped}`, and `deleted: true` after `account.delete`",
+    "identity.unlocked": "`{uid, name}`",
+}
+
 #: ``observer(event, payload)``.
 Observer = Callable[[str, dict[str, Any]], None]
 

@@ -16,7 +16,7 @@ nor :mod:`twisted.internet.endpoints` at import time.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet import defer, error
@@ -231,6 +231,14 @@ def connect_description(reactor: Any, description: str) -> defer.Deferred[IpcCli
     return factory.connected
 
 
+def _only(names: frozenset[str], handler: EventHandler) -> EventHandler:
+    def filtered(name: str, payload: dict[str, Any]) -> None:
+        if name in names:
+            handler(name, payload)
+
+    return filtered
+
+
 class IpcClient:
     """A connection to the daemon's local API.
 
@@ -241,6 +249,10 @@ class IpcClient:
         self._protocol = protocol
         self._subscription: Any = None
         self._subscribe_waiters: list[defer.Deferred[Any]] = []
+        #: the events the connection asked for (``None``: all of them)
+        self._requested: frozenset[str] | None = frozenset()
+        self._asked = False
+        self._in_flight = 0
 
     @classmethod
     def connect(
@@ -292,34 +304,55 @@ class IpcClient:
         """
         return self._protocol.call(method, params, progress=progress)
 
-    def subscribe(self, handler: EventHandler) -> defer.Deferred[Any]:
-        """Deliver every daemon event to *handler(event_name, payload)*.
+    def subscribe(
+        self, handler: EventHandler, events: Iterable[str] | None = None
+    ) -> defer.Deferred[Any]:
+        """Deliver daemon events to *handler(event_name, payload)*: every event, or only those
+        called *events*.
 
-        Handlers must ignore events and fields they do not know.  The first call subscribes the
-        connection (``events.subscribe``); later calls add handlers to the same stream.
+        Handlers must ignore events and fields they do not know.  The connection subscribes
+        (``events.subscribe``) to what its handlers asked for together; a handler that narrows
+        nothing widens it to every event again.
 
-        :returns: a Deferred firing once the daemon confirmed the subscription.
+        :returns: a Deferred firing with the daemon's answer once the subscription that
+            includes *handler*'s events is confirmed.
         """
-        self._protocol.event_handlers.append(handler)
+        names = None if events is None else frozenset(events)
+        if names is None:
+            self._protocol.event_handlers.append(handler)
+        else:
+            self._protocol.event_handlers.append(_only(names, handler))
+        before = self._requested
+        wanted = None if names is None or before is None else names | before
         d: defer.Deferred[Any] = defer.Deferred()
-        if self._subscription is not None:
-            d.callback(self._subscription)
-            return d
         self._subscribe_waiters.append(d)
-        if len(self._subscribe_waiters) == 1:
-            self.call("events.subscribe").addBoth(self._subscribed)
+        if self._asked and wanted == before:
+            if not self._in_flight:
+                self._answer_subscribers(self._subscription)
+            return d
+        self._asked, self._requested, self._in_flight = True, wanted, self._in_flight + 1
+        params = {} if wanted is None else {"events": sorted(wanted)}
+        self.call("events.subscribe", params).addBoth(self._subscribed)
         return d
 
     def _subscribed(self, outcome: Any) -> None:
-        waiters, self._subscribe_waiters = self._subscribe_waiters, []
+        self._in_flight -= 1
         if isinstance(outcome, Failure):
-            # Not subscribed: a later subscribe() tries again.
-            for w in waiters:
-                w.errback(outcome)
-            return
-        self._subscription = outcome
+            # Not subscribed to (all of) it: a later subscribe() asks again.
+            self._asked = False
+            self._requested = frozenset()
+        else:
+            self._subscription = outcome
+        if not self._in_flight:
+            self._answer_subscribers(outcome)
+
+    def _answer_subscribers(self, outcome: Any) -> None:
+        waiters, self._subscribe_waiters = self._subscribe_waiters, []
         for w in waiters:
-            w.callback(outcome)
+            if isinstance(outcome, Failure):
+                w.errback(outcome)
+            else:
+                w.callback(outcome)
 
     def add_disconnect_observer(self, observer: DisconnectObserver) -> None:
         """Call *observer(reason)* once when the connection closes, whoever closed it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from jarvis.core.events import EVENT_DOCS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import MAX_HISTORY_PAGE, build_registry
 from jarvis.ipc.registry import MethodSpec, Registry
@@ -44,6 +45,9 @@ client is `jarvis.ipc.client.IpcClient`; scripts use the asyncio client `jarvis.
 - A line that is not JSON gets `-32700`; JSON that is not a request object (a number, a string,
   a batch array) gets `-32600`. The connection stays usable after both.
 - Batch requests are not supported (`-32600`).
+- Numbers are JSON numbers: `NaN` and `Infinity` are not JSON (`-32700`), and integers are
+  64-bit (-2^63 .. 2^64-1). A longer integer is read as a float, so as an id it is refused
+  (`-32600`) and as an integer param it is refused (`-32602`); the daemon never sends one.
 - `"jsonrpc": "2.0"` may be omitted in requests; any other value is refused. Params are by name
   (an object) or absent; positional params are refused (`-32602`).
 - A request without `id` is a notification: it runs, nobody is answered. Ids must be strings
@@ -80,20 +84,13 @@ CANCEL_PROGRESS = """
 
 After `events.subscribe` the connection receives every daemon event as a notification whose
 `method` is the event name and whose `params` is the payload. All subscribed connections get
-the same events in the same order. **Clients must ignore events and fields they do not know**:
-new ones are added without a version change.
+the same events in the same order. With `events` (a list of names from the table) the
+connection receives only those; a later `events.subscribe` replaces the list (`null` or no
+`events`: all of them). A script that only counts deliveries asks for
+`["message.stateChanged"]` and the daemon does not encode the rest for it. **Clients must
+ignore events and fields they do not know**: new ones are added without a version change.
 
-| event | params |
-|---|---|
-| `message.added` | `{message}`: a message the user sent is stored (state `queued`) |
-| `message.received` | `{message, muted}` |
-| `message.stateChanged` | `{id, contact, state, at}` |
-| `peer.statusChanged` | `{peer}` |
-| `connection.summary` | `{summary, online, total}` |
-| `contact.changed` | `{contact}`, or `{uid, removed: true}` |
-| `settings.changed` | `{settings}` (every setting and its value) |
-| `identity.locked` | `{wiped}`, and `deleted: true` after `account.delete` |
-| `identity.unlocked` | `{uid, name}` |
+{EVENT_TABLE}
 
 `message` = `{id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read}`;
 `contact` = `{uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted,
@@ -139,7 +136,10 @@ def render() -> str:
     parts = [INTRO]
     for entry in jsonrpc.ERROR_CODES:
         parts.append(f"| {entry.code} | `{entry.kind}` | {entry.meaning} |\n")
-    parts.append(CANCEL_PROGRESS)
+    table = "| event | params |\n|---|---|\n" + "".join(
+        f"| `{name}` | {doc} |\n" for name, doc in EVENT_DOCS.items()
+    )
+    parts.append(CANCEL_PROGRESS.replace("{EVENT_TABLE}\n", table))
     parts.append(f"\n## Methods\n\nHistory pages hold at most {MAX_HISTORY_PAGE} messages.\n")
     groups: dict[str, list[MethodSpec]] = {}
     for spec in registry.methods.values():

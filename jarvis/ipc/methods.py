@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from jarvis import errors
+from jarvis.core.events import EVENT_DOCS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
@@ -310,8 +311,16 @@ def peers_status(inv: Invocation) -> Any:
 def events_subscribe(inv: Invocation) -> dict[str, Any]:
     if inv.session is None:
         raise jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "events.subscribe needs a connection")
-    inv.session.subscribe_events()
-    return {"subscribed": True}
+    names = inv.params.get("events")
+    inv.session.subscribe_events(None if names is None else frozenset(names))
+    return {"subscribed": True, "events": names}
+
+
+def _known_events(value: list[Any]) -> str | None:
+    unknown = [name for name in value if not isinstance(name, str) or name not in EVENT_DOCS]
+    if unknown:
+        return f"unknown events {unknown!r} (known: {', '.join(EVENT_DOCS)})"
+    return None
 
 
 IDENTITY_GROUP = ConcurrencyGroup(
@@ -617,8 +626,18 @@ def method_specs() -> tuple[MethodSpec, ...]:
         MethodSpec(
             "events.subscribe",
             events_subscribe,
-            result="{subscribed: true}",
-            doc="Receive every daemon event on this connection as a notification (see Events).",
+            (
+                Param(
+                    "events",
+                    list,
+                    False,
+                    "only these events (names from the Events table); all when absent",
+                    validator=_known_events,
+                    nullable=True,
+                ),
+            ),
+            result="{subscribed: true, events: [names] or null}",
+            doc="Receive the daemon's events on this connection as notifications (see Events).",
             deadline=5.0,
             needs_unlocked=False,
         ),

@@ -42,8 +42,9 @@ class Session(Protocol):
     #: the contact whose conversation this client shows (set by ``ui.focus``)
     focus: str | None
 
-    def subscribe_events(self) -> None:
-        """Start forwarding every Node event to this connection as a notification."""
+    def subscribe_events(self, names: frozenset[str] | None = None) -> None:
+        """Forward the Node's events called *names* (all for ``None``) to this connection as
+        notifications; a later call replaces the names."""
 
 
 @dataclass(frozen=True)

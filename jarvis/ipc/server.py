@@ -82,6 +82,7 @@ class IpcServerProtocol(LineReceiver):
     def __init__(self) -> None:
         self._pending: dict[int | str, defer.Deferred[Any]] = {}
         self._unsubscribe: Callable[[], None] | None = None
+        self._event_names: frozenset[str] | None = None
         #: the contact whose conversation this client shows (``ui.focus``), for notifications
         self.focus: str | None = None
         self._authenticated = False
@@ -139,10 +140,17 @@ class IpcServerProtocol(LineReceiver):
         """Whether this client receives events."""
         return self._unsubscribe is not None
 
-    def subscribe_events(self) -> None:
-        """Forward every Node event to this client from now on (idempotent)."""
+    def subscribe_events(self, names: frozenset[str] | None = None) -> None:
+        """Forward the Node's events called *names* (every event for ``None``) to this client
+        from now on; a later call replaces the names."""
+        self._event_names = names
         if self._unsubscribe is None and self._open:
-            self._unsubscribe = self.factory.ctx.node.subscribe(self.notify)
+            self._unsubscribe = self.factory.ctx.node.subscribe(self._forward_event)
+
+    def _forward_event(self, event: str, payload: dict[str, Any]) -> None:
+        names = self._event_names
+        if names is None or event in names:
+            self.notify(event, payload)
 
     # receiving ---------------------------------------------------------------------------------
 
