@@ -673,21 +673,28 @@ class Node(Service):
 
     # -- messages ------------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def send_message(self, ref: str, text: str) -> Any:
+    def send_message(self, ref: str, text: str) -> defer.Deferred[Any]:
         """Store a message and its outbox entry, then send it if the peer is connected.
 
-        :raises TooLarge: for more than 64 KiB of UTF-8.
+        :returns: a Deferred firing with the message's view once it is stored (and written to
+            the peer's session when one is up); it fails with ``TooLarge`` for more than
+            64 KiB of UTF-8, ``InvalidInput`` for no text or a blocked contact, ``NotFound``
+            for an unknown contact.
         """
-        store = self._require_store()
-        contact = self.resolve(ref)
-        if not isinstance(text, str) or not text:
-            raise InvalidInput("a message needs some text")
-        size = len(text.encode("utf-8"))
-        if size > MAX_TEXT_BYTES:
-            raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
-        if contact.blocked:
-            raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
+        try:
+            store = self._require_store()
+            contact = self.resolve(ref)
+            if not isinstance(text, str) or not text:
+                raise InvalidInput("a message needs some text")
+            size = len(text.encode("utf-8"))
+            if size > MAX_TEXT_BYTES:
+                raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
+            if contact.blocked:
+                raise InvalidInput(
+                    f"{contact.alias or contact.name} is blocked: unblock them first"
+                )
+        except Exception:
+            return defer.fail()
         now = self.now()
         message = Message(
             id=new_message_id(now),
@@ -697,11 +704,13 @@ class Node(Service):
             state="queued",
             created=now,
         )
-        stored = yield store.add_outgoing(message)
+        return store.add_outgoing(message).addCallback(self._stored_outgoing, message)
+
+    def _stored_outgoing(self, stored: Message | None, message: Message) -> dict[str, Any]:
         if stored is None:
             stored = message
         self._emit("message.added", {"message": message_view(stored)})
-        pump = self._pumps.get(contact.uid)
+        pump = self._pumps.get(stored.contact)
         if pump is not None:
             if pump.ready:
                 # Written now; the answer does not wait for "sent" to be recorded (that comes

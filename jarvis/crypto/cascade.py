@@ -173,13 +173,16 @@ def associated_data(sender_uid: str, recipient_uid: str, message_id: bytes, coun
         raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
     if not 0 <= counter <= MAX_COUNTER:
         raise ValueError("counter out of range")
+    return _ad_prefix(sender_uid, recipient_uid) + bytes(message_id) + _COUNTER.pack(counter)
+
+
+def _ad_prefix(sender_uid: str, recipient_uid: str) -> bytes:
+    # The part of the associated data that is the same for every message of a direction.
     return b"".join(
         [
             AD_CONTEXT,
             _prefixed(sender_uid.encode("utf-8"), "sender uid"),
             _prefixed(recipient_uid.encode("utf-8"), "recipient uid"),
-            bytes(message_id),
-            _COUNTER.pack(counter),
         ]
     )
 
@@ -213,8 +216,7 @@ class CascadeSealer:
         if not 0 <= last_counter <= MAX_COUNTER:
             raise ValueError("last_counter out of range")
         self._ciphers = _layer_ciphers(keys)
-        self._sender_uid = sender_uid
-        self._recipient_uid = recipient_uid
+        self._ad_prefix = _ad_prefix(sender_uid, recipient_uid)
         self._last_counter = last_counter
 
     @property
@@ -233,11 +235,15 @@ class CascadeSealer:
         """
         if self._last_counter >= MAX_COUNTER:
             raise CounterExhausted()
+        if len(message_id) != MESSAGE_ID_SIZE:
+            raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
         counter = self._last_counter + 1
-        ad = associated_data(self._sender_uid, self._recipient_uid, message_id, counter)
+        # associated_data() and layer_nonce(), without a call per layer (the hot path)
+        ad = self._ad_prefix + bytes(message_id) + _COUNTER.pack(counter)
         data = bytes(plaintext)
+        pack = _NONCE.pack
         for layer, cipher in enumerate(self._ciphers):
-            data = cipher.encrypt(layer_nonce(layer, counter), data, ad)
+            data = cipher.encrypt(pack(layer, counter), data, ad)
         self._last_counter = counter
         return counter, data
 
@@ -252,8 +258,7 @@ class CascadeOpener:
 
     def __init__(self, keys: DirectionKeys, sender_uid: str, recipient_uid: str) -> None:
         self._ciphers = _layer_ciphers(keys)
-        self._sender_uid = sender_uid
-        self._recipient_uid = recipient_uid
+        self._ad_prefix = _ad_prefix(sender_uid, recipient_uid)
         self._last_counter = 0
 
     @property
@@ -282,11 +287,13 @@ class CascadeOpener:
             raise CascadeError("message id must be 16 bytes")
         if len(ciphertext) < OVERHEAD:
             raise CascadeError("ciphertext too short")
-        ad = associated_data(self._sender_uid, self._recipient_uid, message_id, counter)
+        ad = self._ad_prefix + bytes(message_id) + _COUNTER.pack(counter)
         data = bytes(ciphertext)
+        pack = _NONCE.pack
+        ciphers = self._ciphers
         try:
-            for layer in reversed(range(len(self._ciphers))):
-                data = self._ciphers[layer].decrypt(layer_nonce(layer, counter), data, ad)
+            for layer in range(len(ciphers) - 1, -1, -1):
+                data = ciphers[layer].decrypt(pack(layer, counter), data, ad)
         except InvalidTag:
             raise CascadeError("a layer failed to authenticate")
         self._last_counter = counter
