@@ -331,7 +331,10 @@ class SimultaneousConnectTests(TestCase):
         await wait_until(settled)
         self.assertLess(reactor.seconds() - started, 1.0)
         lower = min(a.uid, b.uid)
-        self.assertEqual(len(resolved), 2)  # each side saw two sessions and chose the same
+        # A side that saw both sessions established logs its choice; when one side closes its
+        # loser before the other side's copy of it finished its hello, only one side sees two
+        # (seen on a busy machine).  Whoever chose, chose the lower uid's session:
+        self.assertIn(len(resolved), (1, 2))
         self.assertEqual({e["initiator"] for e in resolved}, {lower})
         for node, other in ((a, b), (b, a)):
             survivor = node.network.session(other.uid)
