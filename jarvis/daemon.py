@@ -39,6 +39,22 @@ from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, JarvisError
 from jarvis.logs import LEVELS, json_file_observer, parse_level
 
+#: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
+#: contact redials within a few seconds, and connections beyond a full queue are dropped by the
+#: kernel, whose clients retry their SYN only after 1, 3, 7... seconds.  The scale benchmark's
+#: 1,000 peers counted tens of thousands of such drops (``nstat``'s ``TcpExtListenOverflows``)
+#: and reconnecting them took 8-15 s.  The kernel caps it at ``net.core.somaxconn``.
+PEER_BACKLOG = 1024
+
+
+def peer_listen_description(description: str) -> str:
+    """Return the ``strports`` *description* of the peer listener with ``backlog=``
+    :data:`PEER_BACKLOG` added to a ``tcp``/``tcp6`` endpoint that does not set its own."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={PEER_BACKLOG}"
+    return description
+
 
 class DaemonOptions(usage.Options):
     """Options of ``twistd jarvis``."""
@@ -241,7 +257,9 @@ class JarvisDaemon(MultiService):
         self.node.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
-        self.peer_listener = strports.service(options["listen"], peer_factory, reactor=reactor)
+        self.peer_listener = strports.service(
+            peer_listen_description(options["listen"]), peer_factory, reactor=reactor
+        )
         self.peer_listener.setServiceParent(self)
 
         ipc_desc = options["ipc"] or paths.default_ipc_endpoint(self.data_dir)

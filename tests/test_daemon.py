@@ -70,6 +70,21 @@ class ServiceTreeTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual([port for port, *_ in clock.tcpServers], [7771])
         self.assertEqual([addr for addr, *_ in clock.unixServers], [f"{sock_dir}/s.sock"])
+        # the peer listener's accept queue holds a restart's worth of redialling contacts
+        self.assertEqual([backlog for _, _, backlog, _ in clock.tcpServers], [1024])
+
+    def test_peer_backlog(self) -> None:
+        """When the listen description is TCP without a backlog, then the daemon's backlog is
+        added; a backlog the user chose and other endpoint kinds stay as given."""
+        self.assertEqual(
+            daemon.peer_listen_description("tcp:0:interface=127.0.0.1"),
+            f"tcp:0:interface=127.0.0.1:backlog={daemon.PEER_BACKLOG}",
+        )
+        self.assertEqual(
+            daemon.peer_listen_description("tcp6:7770"), f"tcp6:7770:backlog={daemon.PEER_BACKLOG}"
+        )
+        self.assertEqual(daemon.peer_listen_description("tcp:7770:backlog=5"), "tcp:7770:backlog=5")
+        self.assertEqual(daemon.peer_listen_description("unix:/tmp/p.sock"), "unix:/tmp/p.sock")
 
     def test_readable_data_dir_refused(self) -> None:
         """When the data directory is readable by others, then start-up stops with a one-line

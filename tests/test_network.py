@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, endpoints, protocol, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -20,6 +20,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
 )
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -412,6 +413,20 @@ class AddressTests(SynchronousTestCase):
         self.assertEqual(net.parse_address("127.0.0.1:7770"), ("127.0.0.1", 7770))
         self.assertEqual(net.parse_address("[::1]:7770"), ("::1", 7770))
         self.assertEqual(net.parse_address("example.org:1"), ("example.org", 1))
+
+    def test_endpoint_kind(self) -> None:
+        """When the host is an IPv4 or IPv6 address, then it is dialled directly (no resolver
+        thread); a name goes through HostnameEndpoint."""
+        clock = MemoryReactorClock()
+        self.assertIsInstance(
+            net.tcp_endpoint(clock, "127.0.0.1", 7770, 5.0), endpoints.TCP4ClientEndpoint
+        )
+        self.assertIsInstance(
+            net.tcp_endpoint(clock, "::1", 7770, 5.0), endpoints.TCP6ClientEndpoint
+        )
+        self.assertIsInstance(
+            net.tcp_endpoint(clock, "example.org", 7770, 5.0), endpoints.HostnameEndpoint
+        )
 
     def test_invalid(self) -> None:
         """When an address lacks a port, has a bad port or bare IPv6, then it is refused."""
