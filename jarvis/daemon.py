@@ -45,9 +45,6 @@ from jarvis.logs import LEVELS, json_file_observer, parse_level
 #: 1,000 peers counted tens of thousands of such drops (``nstat``'s ``TcpExtListenOverflows``)
 #: and reconnecting them took 8-15 s.  The kernel caps it at ``net.core.somaxconn``.
 PEER_BACKLOG = 1024
-#: Inbound TLS handshakes in flight before the daemon stops accepting until one finishes
-#: (:meth:`jarvis.net.network.PeerNetwork.limit_handshakes`): the rest wait in the accept queue.
-PEER_HANDSHAKES = 64
 
 
 def peer_listen_description(description: str) -> str:
@@ -239,7 +236,6 @@ class JarvisDaemon(MultiService):
         self._log_file: Any = None
         self._log_observer: Any = None
         self._peer_port: Any = None
-        self._network: Any = None
 
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="jarvis-blocking")
         ThreadPoolService(self.pool).setServiceParent(self)
@@ -319,9 +315,6 @@ class JarvisDaemon(MultiService):
 
         network = PeerNetwork(self.reactor, identity, directory, observer)
         self.peer_factory.current = network.server_factory()
-        self._network = network
-        if self._peer_port is not None:
-            network.limit_handshakes(self._peer_port, PEER_HANDSHAKES)
         return network
 
     def _listening(self) -> tuple[str, int] | None:
@@ -407,8 +400,6 @@ class JarvisDaemon(MultiService):
 
     def _peer_listening(self, port: Any) -> Any:
         self._peer_port = port
-        if self._network is not None:
-            self._network.limit_handshakes(port, PEER_HANDSHAKES)
         return port
 
     def _ipc_listening(self, port: Any) -> Any:

@@ -13,16 +13,14 @@ from typing import Any, cast
 
 from twisted.internet import defer, endpoints, protocol, task
 from twisted.internet import reactor as _reactor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IOpenSSLClientConnectionCreator,
     IProtocolFactory,
 )
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -383,42 +381,6 @@ class HandshakeDeadlineTests(TestCase):
         self.assertEqual(b.observer.events, [])
         self.assertEqual(b.network.refused_count, 0)
         self.assertEqual(b.network.connections, 0)
-
-
-class HandshakeLimitTests(TestCase):
-    """The listener stops accepting while too many inbound handshakes are in flight."""
-
-    def test_pause_and_resume(self) -> None:
-        """When the limit of connections are in their TLS handshake, then the listener is
-        paused; when one of them ends (dropped or through TLS), then it accepts again."""
-        b = Node(self)
-        calls: list[str] = []
-
-        class Listener:
-            def pauseProducing(self) -> None:
-                calls.append("pause")
-
-            def resumeProducing(self) -> None:
-                calls.append("resume")
-
-        b.network.limit_handshakes(Listener(), 2)
-        factory = b.network.server_factory()
-        address = IPv4Address("TCP", "127.0.0.1", 1)
-        connections = []
-        for _ in range(2):
-            tls_protocol = factory.buildProtocol(address)
-            assert tls_protocol is not None
-            transport = StringTransport()
-            tls_protocol.makeConnection(transport)
-            connections.append((tls_protocol, transport))
-        self.assertEqual(calls, ["pause"])
-        tls_protocol, transport = connections[0]
-        tls_protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(calls, ["pause", "resume"])
-        for tls_protocol, _ in connections[1:]:
-            tls_protocol.connectionLost(Failure(ConnectionDone()))
-        self.assertEqual(calls, ["pause", "resume"])
-        self.assertRaises(ValueError, b.network.limit_handshakes, Listener(), 0)
 
 
 class SummaryTests(TestCase):

@@ -458,38 +458,19 @@ class _Attempt:
 
 
 class _InboundHooks:
-    """ConnectionHooks of the listening side; counts the connections still in TLS."""
+    """ConnectionHooks of the listening side."""
 
     def __init__(self, network: PeerNetwork) -> None:
         self.network = network
-        self.handshaking: set[PeerProtocol] = set()
 
     def connection_started(self, protocol: PeerProtocol) -> None:
-        self.handshaking.add(protocol)
         self.network._track(protocol)
-        self.network._handshakes_changed(len(self.handshaking))
 
     def open_session(self, protocol: PeerProtocol, peer_uid: str) -> PeerSession | None:
-        self._handshake_over(protocol)
         return self.network._open_session(protocol, peer_uid, None)
 
     def connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
-        self._handshake_over(protocol)
         self.network._connection_ended(protocol, reason)
-
-    def _handshake_over(self, protocol: PeerProtocol) -> None:
-        if protocol in self.handshaking:
-            self.handshaking.discard(protocol)
-            self.network._handshakes_changed(len(self.handshaking))
-
-
-class Pausable(Protocol):
-    """What :meth:`PeerNetwork.limit_handshakes` needs of a listening port (a Twisted
-    ``tcp.Port`` stops and starts accepting with these)."""
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
 
 
 class _Relay:
@@ -602,35 +583,8 @@ class PeerNetwork:
             cast(IProtocolFactory, self._peer_factory(_InboundHooks(self), initiator=False)),
             clock=reactor,
         )
-        self._listener: Pausable | None = None
-        self._handshake_limit = 0
-        self._accepting_paused = False
 
     # -- public API ---------------------------------------------------------------------------
-
-    def limit_handshakes(self, listener: Pausable, limit: int) -> None:
-        """Stop accepting on *listener* while *limit* inbound connections are in their TLS
-        handshake; accept again once fewer are.
-
-        Connections beyond it wait in the kernel's accept queue instead of in the daemon: after
-        a restart every contact redials at once, and a thousand handshakes in flight cost
-        memory the allocator keeps (about 6 KiB more per session in the scale benchmark) and
-        finish no sooner than a hundred at a time on the same cores.
-        """
-        if limit < 1:
-            raise ValueError("the handshake limit must be at least 1")
-        self._listener, self._handshake_limit = listener, limit
-
-    def _handshakes_changed(self, count: int) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        if not self._accepting_paused and count >= self._handshake_limit:
-            self._accepting_paused = True
-            listener.pauseProducing()
-        elif self._accepting_paused and count < self._handshake_limit:
-            self._accepting_paused = False
-            listener.resumeProducing()
 
     @property
     def refused_count(self) -> int:
