@@ -162,6 +162,19 @@ class AcceptedPairTests(SynchronousTestCase):
         self.assertNotEqual(client2.binding, self.client.binding)
 
 
+class ContextTests(SynchronousTestCase):
+    """The one SSL.Context of an identity."""
+
+    def test_settings(self) -> None:
+        """When the context is built, then it speaks only TLS 1.3, never resumes (the pin is
+        checked on every handshake) and frees idle connections' buffers."""
+        context = tls.ContextCache(IdentityKey.generate()).context()
+        # set_mode ORs its argument in and returns the resulting mode
+        self.assertTrue(context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS)
+        self.assertTrue(context.set_options(0) & SSL.OP_NO_TICKET)
+        self.assertEqual(context.get_session_cache_mode(), SSL.SESS_CACHE_OFF)
+
+
 class UnknownClientTests(SynchronousTestCase):
     """A client whose key the server does not accept."""
 

@@ -123,6 +123,9 @@ class ContextCache:
             # No resumption: a resumed session would skip the verify callback (the pin).
             context.set_options(SSL.OP_NO_TICKET)
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            # Free a connection's read and write buffers (~34 KiB) while they are empty: most
+            # sessions are idle most of the time (the scale benchmark's 1,000 sessions).
+            context.set_mode(SSL.MODE_RELEASE_BUFFERS)
             self._certificate, self._context = cert, context
         return self._context
 
