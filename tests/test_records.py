@@ -164,6 +164,9 @@ class MalformedTests(SynchronousTestCase):
     def test_trailing_bytes(self) -> None:
         """When a record is followed by extra bytes, then it is malformed."""
         self.assertMalformed(bytes.fromhex(ACK_HEX) + b"\x00", "trailing")
+        # a Message's body length is checked against the payload both ways
+        self.assertMalformed(bytes.fromhex(MESSAGE_HEX) + b"\x00", "trailing")
+        self.assertMalformed(bytes.fromhex(MESSAGE_HEX)[:-1], "truncated body")
 
     def test_bad_uid(self) -> None:
         """When a Hello's uid has upper-case letters, then it is malformed."""

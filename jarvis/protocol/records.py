@@ -49,6 +49,8 @@ _UID_PATTERN = re.compile(r"[a-z2-7]{1,64}")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+#: A Message record after its type byte, up to its body: id, counter, created, body length.
+_MESSAGE_HEAD = struct.Struct(">16sQQI")
 
 
 class MalformedRecord(Exception):
@@ -205,16 +207,13 @@ def encode_record(record: Record) -> bytes:
         case Message():
             if len(record.body) > MAX_U32:
                 raise ValueError("body too large")
-            return b"".join(
-                [
-                    bytes([MESSAGE]),
-                    _fixed(record.message_id, MESSAGE_ID_SIZE, "message id"),
-                    _u64(record.counter, "counter"),
-                    _u64(record.created, "created"),
-                    _U32.pack(len(record.body)),
-                    bytes(record.body),
-                ]
-            )
+            message_id = _fixed(record.message_id, MESSAGE_ID_SIZE, "message id")
+            if not 0 <= record.counter <= MAX_U64:
+                raise ValueError("counter must fit in 64 bits")
+            if not 0 <= record.created <= MAX_U64:
+                raise ValueError("created must fit in 64 bits")
+            head = _MESSAGE_HEAD.pack(message_id, record.counter, record.created, len(record.body))
+            return _MESSAGE_TYPE + head + bytes(record.body)
         case Ack():
             return bytes([ACK]) + _id_list(record.message_ids)
         case Read():
@@ -229,6 +228,10 @@ def encode_record(record: Record) -> bytes:
                 raise ValueError(f"reason must be at most {MAX_REASON_BYTES} UTF-8 bytes")
             return bytes([GOODBYE]) + _U16.pack(len(reason)) + reason
     raise TypeError(f"not a record: {type(record).__name__}")
+
+
+_MESSAGE_TYPE = bytes([MESSAGE])
+_MESSAGE_BODY_AT = 1 + _MESSAGE_HEAD.size
 
 
 class _Reader:
@@ -328,6 +331,12 @@ def parse_record(payload: bytes) -> Record | UnknownRecord:
     if not payload:
         raise MalformedRecord("empty record")
     record_type = payload[0]
+    if record_type == MESSAGE and len(payload) >= _MESSAGE_BODY_AT:
+        # The hot path, in one unpack; anything but an exact fit takes the reader below,
+        # which names what is wrong.
+        message_id, counter, created, length = _MESSAGE_HEAD.unpack_from(payload, 1)
+        if _MESSAGE_BODY_AT + length == len(payload):
+            return Message(message_id, counter, created, bytes(payload[_MESSAGE_BODY_AT:]))
     entry = _PARSERS.get(record_type)
     if entry is None:
         return UnknownRecord(record_type)
