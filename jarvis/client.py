@@ -86,8 +86,11 @@ class Client:
         self._writer = writer
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._queues: list[asyncio.Queue[Any]] = []
+        # each iterator's queue and the event names it wants (None: all)
+        self._queues: list[tuple[asyncio.Queue[Any], frozenset[str] | None]] = []
         self._subscribed: asyncio.Future[Any] | None = None
+        # what the connection asked the daemon for (None: all; unset before the first call)
+        self._requested: frozenset[str] | None = frozenset()
         self._closed = False
         self._reading = asyncio.ensure_future(self._read_loop())
 
@@ -172,20 +175,35 @@ class Client:
         self._writer.write(jsonrpc.request(request_id, method, params or None))
         return request_id, future
 
-    def events(self) -> AsyncIterator[Event]:
-        """Return an async iterator over every daemon event from this call on.
+    def events(self, *names: str) -> AsyncIterator[Event]:
+        """Return an async iterator over the daemon's events from this call on: every event,
+        or only those called *names* (see Events in ``docs/ipc.md``).
 
         The first call subscribes the connection (``events.subscribe`` is sent at once, so no
-        event after this call is missed).  The iterator ends when the connection closes.
-        Several iterators may run at once; each sees every event.
+        event after this call is missed); a call that wants more than the connection asked for
+        so far subscribes again to the union.  The iterator ends when the connection closes.
+        Several iterators may run at once; each sees the events it asked for.
 
         :raises ConnectionError: if the connection is closed.
         """
-        if self._subscribed is None:
-            _, self._subscribed = self._send("events.subscribe", {})
+        wanted = frozenset(names) if names else None
+        before = self._requested
+        union = None if wanted is None or before is None else wanted | before
+        if self._subscribed is None or union != before:
+            self._requested = union
+            params = {} if union is None else {"events": sorted(union)}
+            _, subscribed = self._send("events.subscribe", params)
+            subscribed.add_done_callback(self._subscription_done)
+            self._subscribed = subscribed
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._queues.append(queue)
+        self._queues.append((queue, wanted))
         return self._iterate(queue, self._subscribed)
+
+    def _subscription_done(self, subscribed: asyncio.Future[Any]) -> None:
+        # Refused (an unknown name) or lost: the next events() call subscribes afresh.
+        if subscribed is self._subscribed and (subscribed.cancelled() or subscribed.exception()):
+            self._subscribed = None
+            self._requested = frozenset()
 
     async def _iterate(
         self, queue: asyncio.Queue[Any], subscribed: asyncio.Future[Any]
@@ -198,8 +216,7 @@ class Client:
                     return
                 yield item
         finally:
-            if queue in self._queues:
-                self._queues.remove(queue)
+            self._queues = [entry for entry in self._queues if entry[0] is not queue]
 
     async def close(self) -> None:
         """Close the connection; pending calls fail with ``ConnectionError``."""
@@ -222,7 +239,7 @@ class Client:
         for future in waiting.values():
             if not future.done():
                 future.set_exception(ConnectionError("the connection to the daemon was lost"))
-        for queue in self._queues:
+        for queue, _ in self._queues:
             queue.put_nowait(_CLOSED)
 
     async def _read_loop(self) -> None:
@@ -249,8 +266,9 @@ class Client:
             if incoming.method == "$/progress":
                 return
             event = Event(str(incoming.method), incoming.params)
-            for queue in self._queues:
-                queue.put_nowait(event)
+            for queue, wanted in self._queues:
+                if wanted is None or event.name in wanted:
+                    queue.put_nowait(event)
             return
         future = self._waiting.pop(incoming.id, None) if isinstance(incoming.id, int) else None
         if future is None or future.done():

@@ -39,11 +39,27 @@ async def main(path):
             await slow
         except asyncio.CancelledError:
             out["cancelled"] = True
+        only_status = c.events("daemon.nothing")
+        out["unknown_event"] = None
+        try:
+            await only_status.__anext__()
+        except RemoteError as e:
+            out["unknown_event"] = e.code
+        contacts = c.events("contact.changed")
+        peers = c.events("peer.statusChanged")
         events = c.events()
         first = asyncio.ensure_future(events.__anext__())
+        first_contact = asyncio.ensure_future(contacts.__anext__())
+        first_peer = asyncio.ensure_future(peers.__anext__())
         await c.call("contacts.update", contact="alice", muted=True)
         event = await asyncio.wait_for(first, 5)
         out["event"] = [event.name, event.params["contact"]["muted"]]
+        out["named"] = (await asyncio.wait_for(first_contact, 5)).name
+        # the event reached every queue in one step; the peers iterator was given none
+        for _ in range(5):
+            await asyncio.sleep(0)
+        out["peers_quiet"] = not first_peer.done()
+        first_peer.cancel()
     out["twisted"] = sorted(m for m in sys.modules if m.startswith("twisted"))
     print(json.dumps(out))
 
@@ -75,6 +91,10 @@ class AsyncioClientTests(SocketTestCase):
         self.assertEqual(result["error"][:2], [jsonrpc.NOT_FOUND, "not_found"])
         self.assertTrue(result["cancelled"])
         self.assertEqual(result["event"], ["contact.changed", True])
+        # a misspelt event name is refused; an iterator of named events sees only those
+        self.assertEqual(result["unknown_event"], jsonrpc.INVALID_PARAMS)
+        self.assertEqual(result["named"], "contact.changed")
+        self.assertTrue(result["peers_quiet"])
         self.assertEqual(result["twisted"], [])
         self.assertEqual(paused.cancelled, 1)
         self.assertEqual(self.node.messages_of("alice"), [])

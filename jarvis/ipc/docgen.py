@@ -87,7 +87,9 @@ After `events.subscribe` the connection receives every daemon event as a notific
 the same events in the same order. With `events` (a list of names from the table) the
 connection receives only those; a later `events.subscribe` replaces the list (`null` or no
 `events`: all of them). A script that only counts deliveries asks for
-`["message.stateChanged"]` and the daemon does not encode the rest for it. **Clients must
+`["message.stateChanged"]` and the daemon does not encode the rest for it (the clients:
+`IpcClient.subscribe(handler, events)`, `Client.events(*names)`, `jarvis watch EVENT ...`;
+each asks the daemon for what all its handlers want together). **Clients must
 ignore events and fields they do not know**: new ones are added without a version change.
 
 {EVENT_TABLE}
