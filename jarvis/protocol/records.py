@@ -51,6 +51,8 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 #: A Message record after its type byte, up to its body: id, counter, created, body length.
 _MESSAGE_HEAD = struct.Struct(">16sQQI")
+_MESSAGE_TYPE = bytes([MESSAGE])
+_MESSAGE_BODY_AT = 1 + _MESSAGE_HEAD.size
 
 
 class MalformedRecord(Exception):
@@ -158,10 +160,14 @@ def _u16(value: int, name: str) -> bytes:
     return _U16.pack(value)
 
 
-def _u64(value: int, name: str) -> bytes:
+def _check_u64(value: int, name: str) -> int:
     if not 0 <= value <= MAX_U64:
         raise ValueError(f"{name} must fit in 64 bits")
-    return _U64.pack(value)
+    return value
+
+
+def _u64(value: int, name: str) -> bytes:
+    return _U64.pack(_check_u64(value, name))
 
 
 def _fixed(value: bytes, size: int, name: str) -> bytes:
@@ -207,12 +213,12 @@ def encode_record(record: Record) -> bytes:
         case Message():
             if len(record.body) > MAX_U32:
                 raise ValueError("body too large")
-            message_id = _fixed(record.message_id, MESSAGE_ID_SIZE, "message id")
-            if not 0 <= record.counter <= MAX_U64:
-                raise ValueError("counter must fit in 64 bits")
-            if not 0 <= record.created <= MAX_U64:
-                raise ValueError("created must fit in 64 bits")
-            head = _MESSAGE_HEAD.pack(message_id, record.counter, record.created, len(record.body))
+            head = _MESSAGE_HEAD.pack(
+                _fixed(record.message_id, MESSAGE_ID_SIZE, "message id"),
+                _check_u64(record.counter, "counter"),
+                _check_u64(record.created, "created"),
+                len(record.body),
+            )
             return _MESSAGE_TYPE + head + bytes(record.body)
         case Ack():
             return bytes([ACK]) + _id_list(record.message_ids)
@@ -228,10 +234,6 @@ def encode_record(record: Record) -> bytes:
                 raise ValueError(f"reason must be at most {MAX_REASON_BYTES} UTF-8 bytes")
             return bytes([GOODBYE]) + _U16.pack(len(reason)) + reason
     raise TypeError(f"not a record: {type(record).__name__}")
-
-
-_MESSAGE_TYPE = bytes([MESSAGE])
-_MESSAGE_BODY_AT = 1 + _MESSAGE_HEAD.size
 
 
 class _Reader:
