@@ -681,20 +681,18 @@ class Node(Service):
             64 KiB of UTF-8, ``InvalidInput`` for no text or a blocked contact, ``NotFound``
             for an unknown contact.
         """
-        try:
-            store = self._require_store()
-            contact = self.resolve(ref)
-            if not isinstance(text, str) or not text:
-                raise InvalidInput("a message needs some text")
-            size = len(text.encode("utf-8"))
-            if size > MAX_TEXT_BYTES:
-                raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
-            if contact.blocked:
-                raise InvalidInput(
-                    f"{contact.alias or contact.name} is blocked: unblock them first"
-                )
-        except Exception:
-            return defer.fail()
+        return defer.maybeDeferred(self._send_message, ref, text)
+
+    def _send_message(self, ref: str, text: str) -> defer.Deferred[Any]:
+        store = self._require_store()
+        contact = self.resolve(ref)
+        if not isinstance(text, str) or not text:
+            raise InvalidInput("a message needs some text")
+        size = len(text.encode("utf-8"))
+        if size > MAX_TEXT_BYTES:
+            raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
+        if contact.blocked:
+            raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
         now = self.now()
         message = Message(
             id=new_message_id(now),
