@@ -188,11 +188,10 @@ class Client:
         """
         wanted = frozenset(names) if names else None
         before = self._requested
-        union = None if wanted is None or before is None else wanted | before
+        union = jsonrpc.widen_events(before, wanted)
         if self._subscribed is None or union != before:
             self._requested = union
-            params = {} if union is None else {"events": sorted(union)}
-            _, subscribed = self._send("events.subscribe", params)
+            _, subscribed = self._send("events.subscribe", jsonrpc.subscribe_params(union))
             subscribed.add_done_callback(self._subscription_done)
             self._subscribed = subscribed
         queue: asyncio.Queue[Any] = asyncio.Queue()

@@ -323,7 +323,7 @@ class IpcClient:
         else:
             self._protocol.event_handlers.append(_only(names, handler))
         before = self._requested
-        wanted = None if names is None or before is None else names | before
+        wanted = jsonrpc.widen_events(before, names)
         d: defer.Deferred[Any] = defer.Deferred()
         self._subscribe_waiters.append(d)
         if self._asked and wanted == before:
@@ -331,8 +331,7 @@ class IpcClient:
                 self._answer_subscribers(self._subscription)
             return d
         self._asked, self._requested, self._in_flight = True, wanted, self._in_flight + 1
-        params = {} if wanted is None else {"events": sorted(wanted)}
-        self.call("events.subscribe", params).addBoth(self._subscribed)
+        self.call("events.subscribe", jsonrpc.subscribe_params(wanted)).addBoth(self._subscribed)
         return d
 
     def _subscribed(self, outcome: Any) -> None:

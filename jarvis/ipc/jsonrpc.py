@@ -216,6 +216,19 @@ def encode(message: dict[str, Any]) -> bytes:
     return orjson.dumps(message, option=_ENCODE_OPTIONS)
 
 
+def widen_events(
+    requested: frozenset[str] | None, wanted: frozenset[str] | None
+) -> frozenset[str] | None:
+    """Return the events a connection must ask for once a handler wants *wanted* as well as
+    what it *requested* so far (``None``: every event)."""
+    return None if requested is None or wanted is None else requested | wanted
+
+
+def subscribe_params(events: frozenset[str] | None) -> dict[str, Any]:
+    """Return the params of ``events.subscribe`` for *events* (``None``: every event)."""
+    return {} if events is None else {"events": sorted(events)}
+
+
 def request(request_id: int | str, method: str, params: dict[str, Any] | None = None) -> bytes:
     """Encode a request line."""
     message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
