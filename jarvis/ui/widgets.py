@@ -70,11 +70,11 @@ class ReadlineEdit(urwid.Edit):
     def __init__(self, caption: Any = "", edit_text: str = "", *, mask: str | None = None) -> None:
         """:param mask: a character shown instead of each typed one (passwords)."""
         super().__init__(caption, edit_text, multiline=False, mask=mask, wrap="clip")
-        self.kill_buffer = ""
+        self.cut_text = ""
 
-    def _kill(self, start: int, end: int) -> None:
+    def _cut(self, start: int, end: int) -> None:
         text = self.edit_text
-        self.kill_buffer = text[start:end]
+        self.cut_text = text[start:end]
         self.set_edit_text(text[:start] + text[end:])
         self.set_edit_pos(start)
 
@@ -87,13 +87,13 @@ class ReadlineEdit(urwid.Edit):
         elif name == "line_end":
             self.set_edit_pos(len(text))
         elif name == "kill_to_end":
-            self._kill(pos, len(text))
+            self._cut(pos, len(text))
         elif name == "kill_to_start":
-            self._kill(0, pos)
+            self._cut(0, pos)
         elif name == "kill_word":
-            self._kill(_rubout_start(text, pos), pos)
+            self._cut(_rubout_start(text, pos), pos)
         elif name == "yank":
-            self.insert_text(self.kill_buffer)
+            self.insert_text(self.cut_text)
         elif name == "word_left":
             self.set_edit_pos(_word_start(text, pos))
         elif name == "word_right":
