@@ -207,6 +207,55 @@ class ScrollbackTests(SynchronousTestCase):
         scrollback.refresh()
         self.assertIn("●", screen_text(scrollback, (50, 10)))
 
+    def test_new_messages_touch_only_their_rows(self) -> None:
+        """When a message arrives and another changes state, then only their rows are new:
+        the rows of the other messages are the same widgets, and the screen shows both
+        changes with a separator for the new day."""
+        model = self.make_model(None)
+        scrollback = Scrollback(model, datetime.UTC)
+        before = list(scrollback._walker)
+        model.add_message(Message("4", UID_ALICE, "in", "next day", "received", NOW + 86400))
+        model.apply_event(
+            "message.stateChanged", {"id": "2", "contact": UID_ALICE, "state": "read", "at": NOW}
+        )
+        scrollback.refresh()
+        after = list(scrollback._walker)
+        changed = [i for i, row in enumerate(before) if after[i] is not row]
+        self.assertEqual(len(changed), 1)
+        self.assertIn("mine", screen_text(after[changed[0]], (50, 1)))
+        self.assertEqual(len(after), len(before) + 2)  # the new day's separator, the message
+        text = screen_text(scrollback, (50, 10))
+        self.assertIn("Wednesday 15 November 2023", text)
+        self.assertIn("next day", text)
+        self.assertIn("●", text)
+
+    def test_older_page_and_marker_rebuild(self) -> None:
+        """When an older page is loaded, or the marker moves, then the rows are rebuilt in
+        order: the older message shows first, under its own day, and the marker line sits
+        before its message."""
+        model = self.make_model(None)
+        scrollback = Scrollback(model, datetime.UTC)
+        older = {
+            "id": "0",
+            "contact": UID_ALICE,
+            "direction": "in",
+            "body": "ancient",
+            "state": "received",
+            "created": NOW - 3 * 86400,
+        }
+        model.load_history(UID_ALICE, {"messages": [older], "next": None}, older=True)
+        scrollback.refresh()
+        scrollback.scroll("scroll_top")
+        lines = [line.strip() for line in screen_text(scrollback, (50, 12)).splitlines()]
+        self.assertIn("Saturday 11 November 2023", lines[0])
+        self.assertIn("ancient", lines[1])
+        model.conversations[UID_ALICE].marker = "3"
+        scrollback.refresh()
+        scrollback.scroll("scroll_bottom")
+        lines = screen_text(scrollback, (50, 12)).splitlines()
+        marker_row = next(i for i, line in enumerate(lines) if "new messages" in line)
+        self.assertIn("fresh", lines[marker_row + 1])
+
     def test_scroll_commands(self) -> None:
         """When scrolled to the top and bottom, then the first or last row has focus."""
         model = self.make_model(None)

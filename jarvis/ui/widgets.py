@@ -280,52 +280,125 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
         self._walker: Any = urwid.SimpleFocusListWalker([])
         self._size: Any | None = None
         self._shown_uid: str | None = None
+        # what the rows show: the messages (oldest first), the walker index of each one's row,
+        # the day of the last separator, the marker and the (contact, own) names
+        self._shown: list[Message] = []
+        self._rows_of: list[int] = []
+        self._day: datetime.date | None = None
+        self._shown_marker: str | None = None
+        self._shown_names = ("", "")
         self._follow = True
         super().__init__(urwid.ListBox(self._walker))
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild from the model's open conversation."""
+        """Show the model's open conversation.
+
+        The common changes (new messages after the newest shown, a message's state) touch only
+        their own rows; anything else (another conversation, an older page, the marker, a name)
+        rebuilds the rows.  A refresh runs after every model change, so rebuilding every row
+        each time would make each incoming message cost as much as the whole conversation.
+        """
         uid = self._model.current_uid
         contact = self._model.current
         switched = uid != self._shown_uid
         at_bottom = self._follow or not len(self._walker) or self._at_bottom()
-        rows: list[urwid.Widget] = []
         marker_index: int | None = None
-        if contact is None or uid is None:
-            rows.append(
-                urwid.Text(
-                    ("hint", "No conversation open. Alt+1 opens the first; Ctrl+N adds a contact.")
-                )
-            )
-        else:
-            conversation = self._model.conversations.get(uid)
-            messages = conversation.ordered() if conversation is not None else []
-            marker = conversation.marker if conversation is not None else None
-            me = self._model.identity.name if self._model.identity else "me"
-            day: datetime.date | None = None
-            if not messages:
-                loading = conversation is None or not conversation.loaded
-                text = "Loading..." if loading else f"No messages with {contact.display_name} yet."
-                rows.append(urwid.Text(("hint", text)))
-            for message in messages:
-                moment = format_time(message.created, self._tz)
-                if moment.date() != day:
-                    day = moment.date()
-                    rows.append(SeparatorRow(moment.strftime("%A %d %B %Y"), "day"))
-                if message.id == marker:
-                    marker_index = len(rows)
-                    rows.append(SeparatorRow(NEW_MESSAGES, "marker", fill="━"))
-                sender = contact.display_name if message.direction == "in" else me
-                rows.append(MessageRow(message, sender, self._tz))
-        self._walker[:] = rows
+        if switched or not self._update_rows():
+            marker_index = self._rebuild(contact)
         self._shown_uid = uid
+        last = len(self._walker) - 1
         if switched and marker_index is not None:
             self._walker.set_focus(marker_index)
             self._follow = False
         elif switched or at_bottom:
-            self._walker.set_focus(len(rows) - 1)
+            self._walker.set_focus(last)
             self._follow = True
+
+    def _names(self, contact: Contact) -> tuple[str, str]:
+        me = self._model.identity.name if self._model.identity else "me"
+        return contact.display_name, me
+
+    def _rebuild(self, contact: Contact | None) -> int | None:
+        """Build every row of the open conversation; return the marker row's index, if any."""
+        self._shown = []
+        self._rows_of = []
+        self._day = None
+        if contact is None:
+            self._walker[:] = [
+                urwid.Text(
+                    ("hint", "No conversation open. Alt+1 opens the first; Ctrl+N adds a contact.")
+                )
+            ]
+            return None
+        conversation = self._model.conversations.get(contact.uid)
+        messages = conversation.ordered() if conversation is not None else []
+        marker = conversation.marker if conversation is not None else None
+        self._shown_marker = marker
+        self._shown_names = self._names(contact)
+        rows: list[urwid.Widget] = []
+        if not messages:
+            loading = conversation is None or not conversation.loaded
+            text = "Loading..." if loading else f"No messages with {contact.display_name} yet."
+            rows.append(urwid.Text(("hint", text)))
+        marker_index = self._add_rows(rows, messages, marker)
+        self._walker[:] = rows
+        return marker_index
+
+    def _add_rows(
+        self, rows: list[urwid.Widget], messages: list[Message], marker: str | None
+    ) -> int | None:
+        """Append the rows of *messages* (after those shown) to *rows*; return the marker's."""
+        them, me = self._shown_names
+        offset = len(self._walker) if self._shown else 0
+        marker_index: int | None = None
+        for message in messages:
+            day = format_time(message.created, self._tz).date()
+            if day != self._day:
+                self._day = day
+                rows.append(SeparatorRow(day.strftime("%A %d %B %Y"), "day"))
+            if message.id == marker:
+                marker_index = offset + len(rows)
+                rows.append(SeparatorRow(NEW_MESSAGES, "marker", fill="━"))
+            self._rows_of.append(offset + len(rows))
+            self._shown.append(message)
+            rows.append(MessageRow(message, them if message.direction == "in" else me, self._tz))
+        return marker_index
+
+    def _update_rows(self) -> bool:
+        """Bring the shown rows up to date in place; ``False`` if they need a rebuild.
+
+        In place means: the shown messages are still the oldest ones, in the same order, with
+        the same marker and names; changed ones get a new row, newer ones are appended.
+        """
+        contact = self._model.current
+        conversation = self._model.conversations.get(contact.uid) if contact else None
+        shown = self._shown
+        if contact is None or conversation is None or not shown:
+            return False
+        if conversation.marker != self._shown_marker or self._names(contact) != self._shown_names:
+            return False
+        messages = conversation.ordered()
+        count = len(shown)
+        if len(messages) < count:
+            return False
+        for old, new in zip(shown, messages[:count], strict=True):
+            if old.id != new.id:
+                return False
+        if any(m.id == self._shown_marker for m in messages[count:]):
+            return False
+        them, me = self._shown_names
+        for index in range(count):
+            message = messages[index]
+            if message is not shown[index] and message != shown[index]:
+                shown[index] = message
+                sender = them if message.direction == "in" else me
+                self._walker[self._rows_of[index]] = MessageRow(message, sender, self._tz)
+        if len(messages) > count:
+            rows: list[urwid.Widget] = []
+            self._add_rows(rows, messages[count:], None)
+            self._walker.extend(rows)
+        return True
 
     def _at_bottom(self) -> bool:
         return bool(len(self._walker)) and self._walker.focus == len(self._walker) - 1
