@@ -375,17 +375,54 @@ class RedrawTests(SynchronousTestCase):
     """Network events redraw the screen (urwid only redraws after input)."""
 
     def test_event_and_unlock_redraw(self) -> None:
-        """When an event arrives or an unlock completes, then draw_screen is called."""
-        controller, client, _, _ = started()
+        """When an event arrives or an unlock completes, then draw_screen is called at the end
+        of that reactor turn."""
+        controller, client, clock, _ = started()
         loop = FakeMainLoop()
         controller.attach_main_loop(loop)
         client.emit("connection.summary", {"summary": "green", "online": 2, "total": 2})
-        self.assertGreaterEqual(loop.draws, 1)
+        self.assertEqual(loop.draws, 0)
+        clock.advance(0)
+        self.assertEqual(loop.draws, 1)
         press(controller, "ctrl l")
+        clock.advance(0)
         before = loop.draws
         press(controller, "correct horse", "enter")
+        clock.advance(0)
         self.assertIs(controller.window.screen, controller.main_screen)
         self.assertGreater(loop.draws, before)
+
+    def test_burst_of_events_drawn_once(self) -> None:
+        """When 500 messages arrive in one reactor turn, then the screen is drawn once after
+        the turn, showing the last of them, and a later event draws again."""
+        controller, client, clock, _ = started()
+        loop = FakeMainLoop()
+        controller.attach_main_loop(loop)
+        press(controller, "meta 1")
+        clock.advance(0)
+        loop.draws = 0
+        for n in range(500):
+            message = client.add_message(UID_ALICE, f"burst {n}", created=NOW + 5 + n)
+            client.emit("message.received", {"message": message})
+        self.assertEqual(loop.draws, 0)
+        clock.advance(0)
+        self.assertEqual(loop.draws, 1)
+        self.assertIn("burst 499", screen_text(controller.window, (120, 20)))
+        message = client.add_message(UID_ALICE, "after", created=NOW + 600)
+        client.emit("message.received", {"message": message})
+        clock.advance(0)
+        self.assertEqual(loop.draws, 2)
+
+    def test_no_draw_after_stop(self) -> None:
+        """When the UI stops with a draw pending, then the screen is not drawn again."""
+        controller, client, clock, _ = started()
+        loop = FakeMainLoop()
+        controller.attach_main_loop(loop)
+        client.emit("connection.summary", {"summary": "amber", "online": 1, "total": 2})
+        controller.stop()
+        clock.advance(0)
+        self.assertEqual(loop.draws, 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_broken_event_goes_to_status_line(self) -> None:
         """When handling an event raises, then the status line says so and nothing escapes."""

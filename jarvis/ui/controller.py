@@ -2,7 +2,8 @@
 
 It owns the :class:`~jarvis.ui.model.MessengerModel` and the top window, turns keymap commands
 and form submissions into calls to the daemon's local API, feeds results and events into the
-model, and redraws the screen after every network event (urwid only redraws after input).
+model, and redraws the screen after network events (urwid only redraws after input), once per
+reactor turn however many events the turn brought.
 Every daemon call that the user waits for is an operation in flight that Ctrl+C cancels.  When
 the daemon goes away the UI keeps running with a grey summary and reconnects with backoff on an
 injected clock, then subscribes again and reloads its state.
@@ -173,6 +174,7 @@ class Controller:
         self._banner_animation: Any = None
         self._unlocking = False
         self._unread_refresh: Any = None
+        self._redraw_call: Any = None
         self._loading_older = False
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
@@ -198,6 +200,9 @@ class Controller:
         if self._unread_refresh is not None and self._unread_refresh.active():
             self._unread_refresh.cancel()
         self._unread_refresh = None
+        if self._redraw_call is not None and self._redraw_call.active():
+            self._redraw_call.cancel()
+        self._redraw_call = None
         self._stop_spinner()
         self._stop_banner()
         for d in list(self.inflight.values()):
@@ -212,9 +217,21 @@ class Controller:
         self.main_loop = main_loop
 
     def redraw(self) -> None:
-        """Draw the screen now (network and timer callbacks are not followed by urwid redraws)."""
+        """Draw the screen once the work of this reactor turn is done.
+
+        Network events and timers are not followed by urwid's own redraw, so they ask for one
+        here.  Every request of the same turn is served by one draw: a burst of events (an
+        outbox flushed after a reconnect brings hundreds in one read) costs one draw, not one
+        per event.
+        """
+        if self.main_loop is None or self._redraw_call is not None or self.quitting:
+            return
+        self._redraw_call = self.clock.callLater(0, self._draw)
+
+    def _draw(self) -> None:
+        self._redraw_call = None
         loop = self.main_loop
-        if loop is None:
+        if loop is None or self.quitting:
             return
         try:
             if getattr(loop.screen, "started", True):
