@@ -6,6 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.ui.model import (
     ConnectionSummary,
+    Conversation,
     InputError,
     InputHistory,
     Message,
@@ -85,6 +86,43 @@ class OrderingTests(SynchronousTestCase):
         model, _ = make_model()
         model.apply_event("message.received", {"message": message("m1", UID_CAROL, NOW)})
         self.assertEqual(model.ordered_contacts()[0].name, "carol")
+
+
+class ConversationOrderTests(SynchronousTestCase):
+    """A conversation keeps its messages oldest first through every kind of change."""
+
+    def sorted_ids(self, conversation: Conversation) -> list[str]:
+        return [
+            m.id for m in sorted(conversation.messages.values(), key=lambda m: (m.created, m.id))
+        ]
+
+    def test_every_change_keeps_the_order(self) -> None:
+        """When messages arrive newest-last, out of order, with equal times, change state,
+        change time and are cleared, then ordered() always equals a fresh sort, and the newest
+        time follows."""
+        conversation = Conversation(UID_ALICE)
+        self.assertEqual(conversation.ordered(), [])
+        self.assertIsNone(conversation.last_activity())
+        steps = [
+            Message("b", UID_ALICE, "in", "2", "received", NOW + 2),
+            Message("d", UID_ALICE, "in", "4", "received", NOW + 4),
+            Message("a", UID_ALICE, "in", "1", "received", NOW + 1),  # older: goes before
+            Message("c", UID_ALICE, "in", "2 too", "received", NOW + 2),  # same time, id after b
+            Message("b", UID_ALICE, "in", "2", "read", NOW + 2),  # new state, same place
+            Message("a", UID_ALICE, "in", "1", "received", NOW + 9),  # new time: moves last
+        ]
+        for step in steps:
+            conversation.put(step)
+            ordered = conversation.ordered()
+            self.assertEqual([m.id for m in ordered], self.sorted_ids(conversation))
+            self.assertEqual([m for m in ordered], [conversation.messages[m.id] for m in ordered])
+            self.assertEqual(conversation.last_activity(), ordered[-1].created)
+        self.assertEqual([m.id for m in conversation.ordered()], ["b", "c", "d", "a"])
+        self.assertEqual(conversation.messages["b"].state, "read")
+        conversation.clear()
+        self.assertEqual(conversation.ordered(), [])
+        conversation.put(steps[0])
+        self.assertEqual([m.id for m in conversation.ordered()], ["b"])
 
 
 class UnreadTests(SynchronousTestCase):

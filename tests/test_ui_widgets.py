@@ -15,10 +15,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from jarvis.ui import banner
 from jarvis.ui.model import Message, MessengerModel
 from jarvis.ui.palette import STYLES, THEMES, palette
-from jarvis.ui.widgets import ReadlineEdit, Scrollback, StatusBar
+from jarvis.ui.widgets import ConversationList, ReadlineEdit, Scrollback, StatusBar
 from tests.ui_fakes import (
     NOW,
     UID_ALICE,
+    UID_BOB,
     FakeDaemonClient,
     make_controller,
     make_populated_client,
@@ -271,6 +272,38 @@ class ScrollbackTests(SynchronousTestCase):
         self.assertIn("line 29", screen_text(scrollback, (40, 5)))
         scrollback.scroll("scroll_up")
         self.assertNotIn("line 29", screen_text(scrollback, (40, 5)))
+
+
+class ConversationListTests(SynchronousTestCase):
+    """The conversation list keeps the rows that did not change."""
+
+    def test_unchanged_rows_kept(self) -> None:
+        """When a message arrives for bob, then only bob's row is new, it moves to the top with
+        its badge, and the others' rows are the same widgets."""
+        model = MessengerModel()
+        model.load_contacts(
+            [
+                {"uid": UID_ALICE, "name": "alice", "last_activity": NOW},
+                {"uid": UID_BOB, "name": "bob", "last_activity": NOW - 10},
+            ]
+        )
+        model.open(UID_ALICE)
+        conversations = ConversationList(model, lambda uid: None)
+        before = {row.uid: row for row in conversations._walker}
+        conversations.refresh()
+        self.assertEqual([row for row in conversations._walker], list(before.values()))
+        model.add_message(Message("x", UID_BOB, "in", "hi", "received", NOW + 5))
+        conversations.refresh()
+        rows = list(conversations._walker)
+        self.assertEqual([row.uid for row in rows], [UID_BOB, UID_ALICE])
+        self.assertIsNot(rows[0], before[UID_BOB])
+        self.assertIsNot(rows[1], before[UID_ALICE])  # its number changed from 1 to 2
+        first, second = screen_text(conversations, (20, 2)).splitlines()
+        self.assertEqual((first[:7], first.split()[-1]), ("1 ○ bob", "1"))  # one unread
+        self.assertEqual(second.rstrip(), "2 ○ alice")
+        model.add_message(Message("y", UID_BOB, "in", "again", "received", NOW + 6))
+        conversations.refresh()
+        self.assertIs(conversations._walker[1], rows[1])
 
 
 class StatusBarTests(SynchronousTestCase):

@@ -299,9 +299,19 @@ class InputHistory:
         self._position = None
 
 
+def _order_key(message: Message) -> tuple[float, str]:
+    return message.created, message.id
+
+
 @dataclass
 class Conversation:
-    """What the UI holds for one contact's conversation (mutable, owned by the model)."""
+    """What the UI holds for one contact's conversation (mutable, owned by the model).
+
+    ``messages`` is read here and written only through :meth:`put` and :meth:`clear`, which
+    keep the oldest-first order up to date: a message newer than the newest, or a new state of
+    a shown message, costs no sort (every incoming message would otherwise sort the whole
+    conversation again, twice: for the scrollback and for the conversation list).
+    """
 
     uid: str
     messages: dict[str, Message] = field(default_factory=dict)
@@ -309,16 +319,46 @@ class Conversation:
     draft: str = ""
     loaded: bool = False
     older: Any = None  # the ``next`` cursor of messages.history, None when all are loaded
+    # the messages oldest first and each one's index there; None until asked, or after a
+    # message went in anywhere but at the end
+    _order: list[Message] | None = field(default=None, repr=False, compare=False)
+    _index: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def put(self, message: Message) -> None:
+        """Add *message*, or replace the message with its id."""
+        old = self.messages.get(message.id)
+        self.messages[message.id] = message
+        order = self._order
+        if order is None:
+            return
+        if old is not None:
+            if old.created == message.created:
+                order[self._index[message.id]] = message
+            else:
+                self._order = None
+        elif not order or _order_key(order[-1]) <= _order_key(message):
+            self._index[message.id] = len(order)
+            order.append(message)
+        else:
+            self._order = None
+
+    def clear(self) -> None:
+        """Forget every message."""
+        self.messages.clear()
+        self._order = None
 
     def ordered(self) -> list[Message]:
-        """Messages oldest first."""
-        return sorted(self.messages.values(), key=lambda m: (m.created, m.id))
+        """Messages oldest first (the conversation's own list: read it, do not change it)."""
+        order = self._order
+        if order is None:
+            order = self._order = sorted(self.messages.values(), key=_order_key)
+            self._index = {message.id: index for index, message in enumerate(order)}
+        return order
 
     def last_activity(self) -> float | None:
         """The newest message's time, if any message is loaded."""
-        if not self.messages:
-            return None
-        return max(m.created for m in self.messages.values())
+        order = self.ordered()
+        return order[-1].created if order else None
 
 
 # Slash command parsing ---------------------------------------------------------------------
@@ -517,7 +557,7 @@ class MessengerModel:
                 message = Message.from_api(data)
             except ValueError:
                 continue
-            conversation.messages[message.id] = message
+            conversation.put(message)
         if not older:
             marker = result.get("marker")
             conversation.marker = str(marker) if isinstance(marker, str | int) else None
@@ -554,7 +594,7 @@ class MessengerModel:
         """Add a received or sent message; an incoming one elsewhere than the open one is unread."""
         conversation = self.conversation(message.contact)
         is_new = message.id not in conversation.messages
-        conversation.messages[message.id] = message
+        conversation.put(message)
         contact = self.contacts.get(message.contact)
         if contact is not None:
             unread = contact.unread
@@ -580,7 +620,7 @@ class MessengerModel:
         changes: dict[str, Any] = {"state": state}
         if state in ("sent", "delivered", "read") and at is not None:
             changes[state] = at
-        conversation.messages[message.id] = replace(message, **changes)
+        conversation.put(replace(message, **changes))
         self._changed("messages")
 
     def _peer_status(self, payload: Mapping[str, Any]) -> None:
@@ -646,7 +686,7 @@ class MessengerModel:
         if locked:
             # Hide every conversation: nothing readable stays loaded while locked.
             for conversation in self.conversations.values():
-                conversation.messages.clear()
+                conversation.clear()
                 conversation.loaded = False
                 conversation.marker = None
             self.contacts = {}

@@ -144,6 +144,8 @@ class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
 
     def __init__(self, contact: Contact, number: int, is_open: bool) -> None:
         self.uid = contact.uid
+        #: what the row shows; :class:`ConversationList` keeps a row whose key did not change
+        self.key = (contact, number, is_open)
         dot, dot_style = STATUS_DOTS.get(contact.status, STATUS_DOTS["offline"])
         name_style = "conversation_open" if is_open else "conversation"
         label: list[Any] = []
@@ -185,14 +187,25 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
         self.refresh()
 
     def refresh(self) -> None:
-        """Rebuild the rows from the model, keeping the selection on the same contact."""
+        """Show the model's contacts, keeping the selection on the same contact.
+
+        A row whose contact, number and open state did not change is kept as it is, and the
+        list is left alone when no row changed (most refreshes: a message in the open
+        conversation, a delivery mark).
+        """
         selected = self.selected_uid()
-        rows: list[urwid.Widget] = [
-            ConversationRow(contact, index, contact.uid == self._model.current_uid)
-            for index, contact in enumerate(self._model.ordered_contacts(), start=1)
-        ]
+        kept = {row.key: row for row in self._walker if isinstance(row, ConversationRow)}
+        rows: list[urwid.Widget] = []
+        for index, contact in enumerate(self._model.ordered_contacts(), start=1):
+            key = (contact, index, contact.uid == self._model.current_uid)
+            existing = kept.get(key)
+            rows.append(existing if existing is not None else ConversationRow(*key))
         if not rows:
             rows = [urwid.Text(("hint", "No contacts yet: Ctrl+N adds one."))]
+        if len(rows) == len(self._walker) and all(
+            new is old for new, old in zip(rows, self._walker, strict=True)
+        ):
+            return
         self._walker[:] = rows
         target = selected or self._model.current_uid
         for index, row in enumerate(rows):
@@ -382,18 +395,19 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
         count = len(shown)
         if len(messages) < count:
             return False
-        for old, new in zip(shown, messages[:count], strict=True):
-            if old.id != new.id:
-                return False
+        changed = []
+        for index, (old, new) in enumerate(zip(shown, messages[:count], strict=True)):
+            if old is not new:
+                if old.id != new.id:
+                    return False
+                changed.append(index)
         if any(m.id == self._shown_marker for m in messages[count:]):
             return False
         them, me = self._shown_names
-        for index in range(count):
-            message = messages[index]
-            if message is not shown[index] and message != shown[index]:
-                shown[index] = message
-                sender = them if message.direction == "in" else me
-                self._walker[self._rows_of[index]] = MessageRow(message, sender, self._tz)
+        for index in changed:
+            message = shown[index] = messages[index]
+            sender = them if message.direction == "in" else me
+            self._walker[self._rows_of[index]] = MessageRow(message, sender, self._tz)
         if len(messages) > count:
             rows: list[urwid.Widget] = []
             self._add_rows(rows, messages[count:], None)
