@@ -21,6 +21,7 @@ UI_KEYS = {
     "keypress_echo_p50_ms",
     "keypress_echo_p99_ms",
     "history_fill_msgs_per_s",
+    "incoming_burst_ms",
 }
 
 
