@@ -134,6 +134,21 @@ class ConversationTests(SynchronousTestCase):
         self.assertIn("live!", screen_text(controller.window))
         self.assertEqual(controller.model.contacts[UID_ALICE].unread, 0)
 
+    def test_burst_in_open_conversation_marked_read_once(self) -> None:
+        """When 50 messages arrive for the open conversation in one reactor turn, then the
+        daemon is asked to mark it read once, after the turn."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        clock.advance(0)
+        client.calls.clear()
+        for n in range(50):
+            message = client.add_message(UID_ALICE, f"burst {n}", created=NOW + 5 + n)
+            client.emit("message.received", {"message": message})
+        self.assertNotIn("messages.markRead", client.methods_called())
+        clock.advance(0)
+        self.assertEqual(client.methods_called().count("messages.markRead"), 1)
+        self.assertIn(("messages.markRead", {"contact": UID_ALICE}), client.calls)
+
     def test_received_elsewhere_counts_and_rings(self) -> None:
         """When a message arrives for another conversation, then its badge grows."""
         controller, client, _, _ = started()

@@ -175,6 +175,7 @@ class Controller:
         self._unlocking = False
         self._unread_refresh: Any = None
         self._redraw_call: Any = None
+        self._mark_read_call: Any = None
         self._loading_older = False
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
@@ -200,9 +201,10 @@ class Controller:
         if self._unread_refresh is not None and self._unread_refresh.active():
             self._unread_refresh.cancel()
         self._unread_refresh = None
-        if self._redraw_call is not None and self._redraw_call.active():
-            self._redraw_call.cancel()
-        self._redraw_call = None
+        for call in (self._redraw_call, self._mark_read_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._redraw_call = self._mark_read_call = None
         self._stop_spinner()
         self._stop_banner()
         for d in list(self.inflight.values()):
@@ -684,7 +686,7 @@ class Controller:
             if not isinstance(uid, str):
                 return
             if uid == self.model.current_uid and self._on_main_screen():
-                self._mark_read(uid)
+                self._mark_read_soon()
             elif message.get("direction") == "in":
                 contact = self.model.contacts.get(uid)
                 if self.model.notifications and contact is not None and not contact.muted:
@@ -753,6 +755,22 @@ class Controller:
         d.addCallback(loaded)
         d.addErrback(self._report, "loading history")
         d.addCallback(lambda _: self.redraw())
+
+    def _mark_read_soon(self) -> None:
+        """Mark the open conversation read once for a burst of arrivals (one reactor turn).
+
+        Each ``messages.markRead`` is a round trip and a store write in the daemon, which then
+        reports every message it marked: one per burst, not one per message.
+        """
+        if self._mark_read_call is not None and self._mark_read_call.active():
+            return
+        self._mark_read_call = self.clock.callLater(0, self._mark_open_read)
+
+    def _mark_open_read(self) -> None:
+        self._mark_read_call = None
+        uid = self.model.current_uid
+        if uid is not None and self._on_main_screen():
+            self._mark_read(uid)
 
     def _mark_read(self, uid: str) -> None:
         contact = self.model.contacts.get(uid)
