@@ -305,6 +305,28 @@ class MessagingTests(TestCase):
         self.assertEqual(result, {"count": 1})
         self.assertEqual(session.reads, [])  # no live session registered: nothing to send
 
+    async def test_same_millisecond_keeps_order(self) -> None:
+        """When three messages arrive with the same timestamp (a burst) and ids that sort the
+        other way, and one is sent in between, then the events and the history carry seq
+        1, 2, 3, 4 in the order they were stored, the order to show them in."""
+        node, _clock, events, key = await node_with_bob(self)
+        session = FakeSession(key.uid)
+        ids = [bytes([255 - n]) * 16 for n in range(3)]  # descending ids
+        await node.message_received(session, ids[0], b"one", 1_700_000_000_000)
+        await node.message_received(session, ids[1], b"two", 1_700_000_000_000)
+        sent = await node.send_message("Bob", "mine")
+        await node.message_received(session, ids[2], b"three", 1_700_000_000_000)
+        received = [p["message"] for n, p in events if n == "message.received"]
+        self.assertEqual(
+            [(m["body"], m["seq"]) for m in received], [("one", 1), ("two", 2), ("three", 4)]
+        )
+        self.assertEqual(sent["seq"], 3)
+        history = await node.history("Bob")
+        self.assertEqual(
+            [(m["body"], m["seq"]) for m in reversed(history["messages"])],
+            [("one", 1), ("two", 2), ("mine", 3), ("three", 4)],
+        )
+
     async def test_read_receipts_respect_setting(self) -> None:
         """When a conversation is read with a live session, then a read receipt is sent unless
         the contact's read receipts are off."""

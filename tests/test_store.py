@@ -394,8 +394,9 @@ class IncomingTests(StoreTestCase):
         """When the same incoming id arrives twice, then only the first is stored."""
         store = await self.open_store()
         message = make_message(direction="in")
-        self.assertTrue(await store.add_incoming(message))
-        self.assertFalse(await store.add_incoming(message))
+        stored = await store.add_incoming(message)
+        self.assertEqual((stored.id, stored.body, stored.seq), (message.id, message.body, 1))
+        self.assertIsNone(await store.add_incoming(message))
         page = await store.history(ALICE)
         self.assertEqual([m.id for m in page.messages], [message.id])
         self.assertEqual(page.messages[0].seq, 1)

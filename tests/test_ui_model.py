@@ -124,6 +124,19 @@ class ConversationOrderTests(SynchronousTestCase):
         conversation.put(steps[0])
         self.assertEqual([m.id for m in conversation.ordered()], ["b"])
 
+    def test_seq_orders_a_burst(self) -> None:
+        """When messages of one millisecond arrive with the daemon's seq and ids that sort
+        the other way, then they are shown in seq order, also when one arrives late."""
+        model = MessengerModel()
+        for seq, ident in ((1, "z"), (2, "y"), (4, "w"), (3, "x")):
+            model.apply_event(
+                "message.received",
+                {"message": {**message(ident, UID_ALICE, NOW), "seq": seq, "body": str(seq)}},
+            )
+        ordered = model.conversations[UID_ALICE].ordered()
+        self.assertEqual([m.body for m in ordered], ["1", "2", "3", "4"])
+        self.assertEqual([m.seq for m in ordered], [1, 2, 3, 4])
+
 
 class UnreadTests(SynchronousTestCase):
     """Unread counts follow messages, the open conversation and markRead."""

@@ -950,13 +950,13 @@ class Node(Service):
             created=created_ms / 1000.0,
         )
 
-        def stored(is_new: bool) -> None:
+        def stored(new: Message | None) -> None:
             self._queue_ack(session, message_id)
-            if is_new:
+            if new is not None:
                 contact = self._contacts.get(uid)
                 self._emit(
                     "message.received",
-                    {"message": message_view(message), "muted": bool(contact and contact.muted)},
+                    {"message": message_view(new), "muted": bool(contact and contact.muted)},
                 )
 
         d = store.add_incoming(message)

@@ -24,6 +24,7 @@ def message_view(message: Message) -> dict[str, Any]:
         "sent": message.sent,
         "delivered": message.delivered,
         "read": message.read,
+        "seq": message.seq,
     }
 
 

@@ -94,7 +94,9 @@ ignore events and fields they do not know**: new ones are added without a versio
 
 {EVENT_TABLE}
 
-`message` = `{id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read}`;
+`message` = `{id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read,
+seq}` (`seq`: the message's place in its conversation, 1, 2, 3, ...: show messages in this
+order, since messages written in the same millisecond share `created`);
 `contact` = `{uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted,
 read_receipts, status, unread, last_activity}`; timestamps are seconds since the epoch.
 

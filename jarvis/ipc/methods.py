@@ -330,7 +330,8 @@ _CONTACT_RESULT = (
     "read_receipts, status, unread, last_activity}"
 )
 _MESSAGE_RESULT = (
-    "message: {id, contact, direction ('in'|'out'), body, state, created, sent, delivered, read}"
+    "message: {id, contact, direction ('in'|'out'), body, state, created, sent, delivered, "
+    "read, seq}"
 )
 
 

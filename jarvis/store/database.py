@@ -767,11 +767,12 @@ class _Rows:
                     _MULTI_INSERT[len(chunk)] = sql
             conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
-    def add_incoming(self, message: Message) -> bool:
+    def add_incoming(self, message: Message) -> Message | None:
         if message.direction != "in":
             raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
-        if self._append(message) is None:
-            return False
+        seq = self._append(message)
+        if seq is None:
+            return None
         # The first message of a new unread run places the conversation's "new messages"
         # marker; it stays there (also once read) until the next unread run begins.
         conversation = self._index(message.contact)
@@ -781,7 +782,7 @@ class _Rows:
             "AND state = 'received' AND id != ?)",
             (message.id, conversation, conversation, message.id),
         )
-        return True
+        return _with_seq(message, seq)
 
     def update_state(self, mid: str, state: str, at: float) -> Message | None:
         if state not in ("queued", "sent", "delivered", "read", "received"):
@@ -1266,13 +1267,14 @@ class Store:
         """
         return self._submit(self._add_outgoing, message, write=True)
 
-    def add_incoming(self, message: Message) -> Deferred[bool]:
+    def add_incoming(self, message: Message) -> Deferred[Message | None]:
         """Store an incoming message unless its id is already stored for its contact.
 
         The first message of a new unread run (no other unread incoming message in the
         conversation) becomes its "new messages" marker, in the same transaction.
 
-        :returns: a Deferred firing with True if stored, False if it was a duplicate.
+        :returns: a Deferred firing with *message* carrying its assigned ``seq``, or with None
+            if it was a duplicate.
         """
         return self._submit(self._add_incoming, message, write=True)
 

@@ -119,6 +119,7 @@ class Message:
     sent: float | None = None
     delivered: float | None = None
     read: float | None = None
+    seq: int = 0  # its position in the conversation (the daemon's order; 0 if not given)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Message:
@@ -142,6 +143,7 @@ class Message:
             sent=_number(data.get("sent")),
             delivered=_number(data.get("delivered")),
             read=_number(data.get("read")),
+            seq=seq if isinstance(seq := data.get("seq"), int) and seq > 0 else 0,
         )
 
 
@@ -299,8 +301,10 @@ class InputHistory:
         self._position = None
 
 
-def _order_key(message: Message) -> tuple[float, str]:
-    return message.created, message.id
+def _order_key(message: Message) -> tuple[int, float, str]:
+    # The daemon's seq is the conversation's order: messages written or received in the same
+    # millisecond (a burst) share ``created``, and their random ids say nothing of order.
+    return message.seq, message.created, message.id
 
 
 @dataclass
@@ -332,7 +336,7 @@ class Conversation:
         if order is None:
             return
         if old is not None:
-            if old.created == message.created:
+            if _order_key(old) == _order_key(message):
                 order[self._index[message.id]] = message
             else:
                 self._order = None
