@@ -13,6 +13,11 @@ and unlocked.  Its data directory holds one conversation of 100,000 messages (10
   median over the runs (each run is a fresh UI, so nothing is cached);
 - ``keypress_echo_p50_ms`` / ``keypress_echo_p99_ms``: a key typed in the input line to the
   character on screen, with that conversation open;
+- ``live_burst_ms``: :func:`measure_live_burst`, the same kind of burst through every real
+  part: two more daemons (alice and bob, befriended over loopback TLS), the UI on alice's in a
+  pty with bob's conversation open; bob's API sends 500 messages at once and the figure ends
+  when the last one is on alice's screen (so it includes both daemons' messaging, alice's
+  marking them read, and the UI);
 - ``incoming_burst_ms``: :func:`measure_burst`, the UI's own cost of a burst of incoming
   messages (an outbox flushed after a reconnect): 500 ``message.received`` events in one reactor
   turn into an open conversation that already shows 1,000 messages, until the screen is drawn.
@@ -35,6 +40,7 @@ This module must not be imported by Jarvis itself.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import statistics
@@ -191,6 +197,56 @@ def measure_burst(shown: int, burst: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+async def measure_live_burst(reactor: Any, burst: int) -> float:
+    """Seconds from bob's first ``messages.send`` of *burst* to the last on alice's UI."""
+    from twisted.internet import defer
+
+    from bench.messaging_bench import BenchDaemon, befriend
+    from tests.daemons import ui_env
+    from tests.pty_terminal import PtyTerminal
+
+    root = tempfile.mkdtemp(prefix="jvl", dir="/tmp")
+    os.chmod(root, 0o700)
+    alice = BenchDaemon(reactor, root, "alice")
+    bob = BenchDaemon(reactor, root, "bob")
+    try:
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(alice.start(create=True)),
+                defer.ensureDeferred(bob.start(create=True)),
+            ]
+        )
+        await befriend(reactor, alice, bob)
+        terminal = PtyTerminal(
+            [sys.executable, "-m", "jarvis"], env=ui_env(alice.data_dir, root), path=REPOSITORY_ROOT
+        )
+        terminal.start()
+        try:
+            await terminal.wait_for(" alice │ 1/1 online", 30)
+            terminal.press("meta 1")
+            await terminal.wait_for("No messages with bob yet", 30)
+            started = time.perf_counter()
+            sends = [
+                bob.call("messages.send", contact=alice.uid, text=f"live {n:04d} from bob")
+                for n in range(burst)
+            ]
+            await terminal.wait_for(f"live {burst - 1:04d} from bob", 120)
+            shown = terminal.last_output_at - started
+            await defer.gatherResults(sends)
+            numbers = [int(m) for m in re.findall(r"live (\d{4}) from bob", terminal.text())]
+            if numbers != sorted(numbers) or numbers[-1] != burst - 1:
+                raise RuntimeError(f"the burst is shown out of order: {numbers}")
+        finally:
+            await terminal.stop()
+    finally:
+        await defer.gatherResults(
+            [defer.ensureDeferred(alice.cleanup()), defer.ensureDeferred(bob.cleanup())],
+            consumeErrors=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+    return shown
+
+
 def compile_bytecode() -> None:
     """Compile the checkout's ``jarvis`` package to ``__pycache__`` (what pip does on install).
 
@@ -317,6 +373,7 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
     finally:
         await daemon.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+    live = await measure_live_burst(reactor, arriving)
 
     echoes = [e * 1000.0 for run in runs for e in run["echoes"]]
     count = f"{size.history:,}"
@@ -345,6 +402,10 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
                 "value": percentile(echoes, 0.99),
                 "unit": f"ms ({count} in history)",
                 "goal": 16.0,
+            },
+            "live_burst_ms": {
+                "value": live * 1000.0,
+                "unit": f"ms (bob sends {arriving:,} at once to the last on alice's UI)",
             },
             "incoming_burst_ms": {
                 "value": burst * 1000.0,

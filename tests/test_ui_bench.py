@@ -22,6 +22,7 @@ UI_KEYS = {
     "keypress_echo_p99_ms",
     "history_fill_msgs_per_s",
     "incoming_burst_ms",
+    "live_burst_ms",
 }
 
 
