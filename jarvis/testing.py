@@ -310,6 +310,7 @@ class FakeNode:
             "sent": None,
             "delivered": None,
             "read": None,
+            "seq": len(self._messages.get(uid, ())) + 1,
         }
         self._messages.setdefault(uid, []).append(message)
         self._contacts[uid]["last_activity"] = message["created"]
