@@ -184,6 +184,9 @@ def _start_failure(data_dir: str, output: str, code: int) -> str:
         return f"{reason} ({logfile})"
     for line in reversed(tail):
         text = line.split("] ", 1)[-1].strip()
+        if text.startswith("jarvis.errors."):
+            # a JarvisError's text is written for the user: it says what to do
+            return f"{text.split(': ', 1)[-1]} (log: {logfile})"
         if "Error" in text or "error:" in text:
             return f"{text} (log: {logfile})"
     return f"{reason} ({logfile})"

@@ -26,6 +26,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger, globalLogPublisher
@@ -36,7 +37,7 @@ from twisted.python.threadpool import ThreadPool
 import jarvis
 from jarvis import paths
 from jarvis.cli import read_password_file
-from jarvis.errors import AlreadyRunning, JarvisError
+from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
 from jarvis.logs import LEVELS, json_file_observer, parse_level
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
@@ -360,6 +361,14 @@ class JarvisDaemon(MultiService):
             )
         try:
             super().privilegedStartService()
+        except CannotListenError as e:
+            self._lock.unlock()
+            where = f"{e.interface or 'any'}:{e.port}" if e.port is not None else e.interface
+            reason = getattr(e.socketError, "strerror", None) or str(e.socketError)
+            raise CannotListen(
+                f"cannot listen on {where}: {reason}; another program (another Jarvis daemon?) "
+                "holds it: choose another with --listen tcp:PORT (peers) or --ipc (local API)"
+            ) from e
         except BaseException:
             # a failed listen aborts start-up: do not leave a lock behind for the next attempt
             self._lock.unlock()

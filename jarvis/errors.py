@@ -77,6 +77,16 @@ class AlreadyRunning(JarvisError):
     kind = "already_running"
 
 
+class CannotListen(JarvisError):
+    """The daemon cannot listen where it was told to: another program holds that port or path.
+
+    Another Jarvis daemon (of another data directory) is the usual holder of the default peer
+    port; give one of them another with ``--listen tcp:PORT`` (peers) or ``--ipc`` (local API).
+    """
+
+    kind = "cannot_listen"
+
+
 class DaemonNotRunning(JarvisError):
     """No Jarvis daemon answers for this data directory: start one with ``jarvis daemon start``."""
 

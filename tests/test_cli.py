@@ -93,6 +93,33 @@ class PasswordFileTests(SynchronousTestCase):
         self.assertIn("/nonexistent", str(error))
 
 
+class StartFailureTests(SynchronousTestCase):
+    """What ``jarvis daemon start`` says when twistd exits at once."""
+
+    def test_jarvis_error_in_log_is_shown_as_written(self) -> None:
+        """When twistd only says "see the log file" and the log ends in a Jarvis error, then
+        the reason is that error's own text (it says what to do), not the lower-level error
+        above it."""
+        from jarvis import paths
+        from jarvis.commands import _start_failure
+
+        data_dir = tempfile.mkdtemp(prefix="jvsf", dir="/tmp")
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        stamp = "2026-12-03T06:31:34+0000 [stderr#error] "
+        with open(paths.logfile_path(data_dir), "w", encoding="utf-8") as f:
+            f.write(stamp + "OSError: [Errno 98] Address already in use\n")
+            f.write(stamp + "    raise CannotListen(\n")
+            f.write(stamp + "jarvis.errors.CannotListen: cannot listen on any:7770: taken\n")
+        reason = _start_failure(data_dir, "Failed to load application: see the log file\n", 1)
+        self.assertEqual(
+            reason, f"cannot listen on any:7770: taken (log: {paths.logfile_path(data_dir)})"
+        )
+        with open(paths.logfile_path(data_dir), "w", encoding="utf-8") as f:
+            f.write(stamp + "OSError: [Errno 98] Address already in use\n")
+        reason = _start_failure(data_dir, "Failed to load application: see the log file\n", 1)
+        self.assertTrue(reason.startswith("OSError: [Errno 98] Address already in use (log: "))
+
+
 class CliProcess(ProcessProtocol):
     """A ``python -m jarvis`` child: feeds stdin, collects output, reports the exit code."""
 

@@ -156,8 +156,9 @@ class FailedListenTests(TestCase):
     timeout = 60
 
     async def test_port_in_use_aborts_and_leaves_no_lock(self) -> None:
-        """When the peer port is already taken, then start-up fails naming the reason, and a
-        later start on the same data directory is not refused as 'already running'."""
+        """When the peer port is already taken, then start-up fails naming the address, the
+        reason and the option that fixes it, and a later start on the same data directory is not
+        refused as 'already running'."""
         from twisted.internet import reactor
         from twisted.internet.endpoints import TCP4ServerEndpoint
         from twisted.internet.protocol import Factory, Protocol
@@ -174,7 +175,12 @@ class FailedListenTests(TestCase):
         self.addCleanup(proc.cleanup)
         code = await proc.run_to_exit()
         self.assertNotEqual(code, 0)
-        self.assertIn(b"Address already in use", proc.output)
+        port = busy.getHost().port
+        self.assertIn(
+            f"cannot listen on 127.0.0.1:{port}: Address already in use; another program "
+            "(another Jarvis daemon?) holds it: choose another with --listen tcp:PORT".encode(),
+            proc.output,
+        )
         self.assertFalse(os.path.exists(paths.lock_path(data_dir)))
         ok = DaemonProcess(data_dir, root, pidfile="ok.pid")
         self.addCleanup(ok.cleanup)
