@@ -34,12 +34,13 @@ the table.  This module must not be imported by Jarvis itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,8 +314,10 @@ async def measure_latency(
     return sorted(times)
 
 
-async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
-    """Start two daemons, befriend them, measure; return the harness's figures."""
+@contextlib.asynccontextmanager
+async def friends(reactor: Any) -> AsyncIterator[tuple[str, BenchDaemon, BenchDaemon]]:
+    """Two new daemons, alice and bob, each the other's contact and online; yields
+    ``(root, alice, bob)`` (*root*: their private directory) and removes all afterwards."""
     from twisted.internet import defer
 
     root = tempfile.mkdtemp(prefix="jvb", dir="/tmp")
@@ -329,6 +332,18 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
             ]
         )
         await befriend(reactor, alice, bob)
+        yield root, alice, bob
+    finally:
+        await defer.gatherResults(
+            [defer.ensureDeferred(alice.cleanup()), defer.ensureDeferred(bob.cleanup())],
+            consumeErrors=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
+    """Start two daemons, befriend them, measure; return the harness's figures."""
+    async with friends(reactor) as (_, alice, bob):
         print("messaging: both daemons online, measuring throughput", file=sys.stderr)
         # Each API connection asks for the events it waits for, as a script would.
         await alice.listen("message.stateChanged")
@@ -339,12 +354,6 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
         latencies = await measure_latency(reactor, alice, bob, sizes.samples)
         sender = await alice.call("daemon.status")
         receiver = await bob.call("daemon.status")
-    finally:
-        await defer.gatherResults(
-            [defer.ensureDeferred(alice.cleanup()), defer.ensureDeferred(bob.cleanup())],
-            consumeErrors=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
     return {
         "figures": {
             "throughput_msgs_per_s": {

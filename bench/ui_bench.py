@@ -201,22 +201,11 @@ async def measure_live_burst(reactor: Any, burst: int) -> float:
     """Seconds from bob's first ``messages.send`` of *burst* to the last on alice's UI."""
     from twisted.internet import defer
 
-    from bench.messaging_bench import BenchDaemon, befriend
+    from bench.messaging_bench import friends
     from tests.daemons import ui_env
     from tests.pty_terminal import PtyTerminal
 
-    root = tempfile.mkdtemp(prefix="jvl", dir="/tmp")
-    os.chmod(root, 0o700)
-    alice = BenchDaemon(reactor, root, "alice")
-    bob = BenchDaemon(reactor, root, "bob")
-    try:
-        await defer.gatherResults(
-            [
-                defer.ensureDeferred(alice.start(create=True)),
-                defer.ensureDeferred(bob.start(create=True)),
-            ]
-        )
-        await befriend(reactor, alice, bob)
+    async with friends(reactor) as (root, alice, bob):
         terminal = PtyTerminal(
             [sys.executable, "-m", "jarvis"], env=ui_env(alice.data_dir, root), path=REPOSITORY_ROOT
         )
@@ -238,12 +227,6 @@ async def measure_live_burst(reactor: Any, burst: int) -> float:
                 raise RuntimeError(f"the burst is shown out of order: {numbers}")
         finally:
             await terminal.stop()
-    finally:
-        await defer.gatherResults(
-            [defer.ensureDeferred(alice.cleanup()), defer.ensureDeferred(bob.cleanup())],
-            consumeErrors=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
     return shown
 
 
