@@ -12,6 +12,7 @@ from tests.ui_fakes import (
     NOW,
     UID_ALICE,
     UID_BOB,
+    UID_CAROL,
     FakeDaemonClient,
     make_controller,
     make_populated_client,
@@ -427,6 +428,36 @@ class RedrawTests(SynchronousTestCase):
         client.emit("message.received", {"message": message})
         clock.advance(0)
         self.assertEqual(loop.draws, 2)
+
+    def test_burst_sorts_contacts_once(self) -> None:
+        """When 50 messages arrive for another conversation in one reactor turn, then the
+        contact list is sorted once, for the one draw, and shows the new order and badge."""
+        controller, client, clock, _ = started()
+
+        class RenderingLoop(FakeMainLoop):
+            def draw_screen(self) -> None:
+                super().draw_screen()
+                controller.window.render((120, 20), focus=True)
+
+        controller.attach_main_loop(RenderingLoop())
+        press(controller, "meta 1")
+        clock.advance(0)
+        sorts: list[int] = []
+        ordered_contacts = controller.model.ordered_contacts
+        self.patch(
+            controller.model,
+            "ordered_contacts",
+            lambda: sorts.append(1) or ordered_contacts(),
+        )
+        for n in range(50):
+            message = client.add_message(UID_CAROL, f"burst {n}", created=NOW + 5 + n)
+            client.emit("message.received", {"message": message})
+        self.assertEqual(sorts, [])
+        clock.advance(0)
+        self.assertEqual(sorts, [1])
+        first_row = screen_text(controller.window, (120, 20)).splitlines()[1]
+        self.assertIn("carol", first_row)
+        self.assertIn(" 50 ", first_row)
 
     def test_no_draw_after_stop(self) -> None:
         """When the UI stops with a draw pending, then the screen is not drawn again."""

@@ -289,12 +289,12 @@ class ConversationListTests(SynchronousTestCase):
         )
         model.open(UID_ALICE)
         conversations = ConversationList(model, lambda uid: None)
-        before = {row.uid: row for row in conversations._walker}
+        before = {row.uid: row for row in conversations.rows_shown()}
         conversations.refresh()
-        self.assertEqual([row for row in conversations._walker], list(before.values()))
+        self.assertEqual(conversations.rows_shown(), list(before.values()))
         model.add_message(Message("x", UID_BOB, "in", "hi", "received", NOW + 5))
         conversations.refresh()
-        rows = list(conversations._walker)
+        rows = conversations.rows_shown()
         self.assertEqual([row.uid for row in rows], [UID_BOB, UID_ALICE])
         self.assertIsNot(rows[0], before[UID_BOB])
         self.assertIsNot(rows[1], before[UID_ALICE])  # its number changed from 1 to 2
@@ -303,7 +303,7 @@ class ConversationListTests(SynchronousTestCase):
         self.assertEqual(second.rstrip(), "2 ○ alice")
         model.add_message(Message("y", UID_BOB, "in", "again", "received", NOW + 6))
         conversations.refresh()
-        self.assertIs(conversations._walker[1], rows[1])
+        self.assertIs(conversations.rows_shown()[1], rows[1])
 
 
 class StatusBarTests(SynchronousTestCase):

@@ -183,23 +183,36 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
         self._model = model
         self._on_open = on_open
         self._walker: Any = urwid.SimpleFocusListWalker([])
+        self._stale = True
         super().__init__(urwid.ListBox(self._walker))
-        self.refresh()
 
     def refresh(self) -> None:
+        """Note that the model changed: the rows are brought up to date before they are next
+        drawn, read or sent a key, once however many changes came before (a burst of messages
+        re-sorts a long contact list once, not once per message)."""
+        self._stale = True
+        self._invalidate()
+
+    def _update(self) -> None:
         """Show the model's contacts, keeping the selection on the same contact.
 
         A row whose contact, number and open state did not change is kept as it is, and the
         list is left alone when no row changed (most refreshes: a message in the open
         conversation, a delivery mark).
         """
+        if not self._stale:
+            return
+        self._stale = False
         selected = self.selected_uid()
-        kept = {row.key: row for row in self._walker if isinstance(row, ConversationRow)}
+        kept = {row.uid: row for row in self._walker if isinstance(row, ConversationRow)}
         rows: list[urwid.Widget] = []
         for index, contact in enumerate(self._model.ordered_contacts(), start=1):
             key = (contact, index, contact.uid == self._model.current_uid)
-            existing = kept.get(key)
-            rows.append(existing if existing is not None else ConversationRow(*key))
+            existing = kept.get(contact.uid)
+            # (an unchanged contact is the same object: the comparison stops at identity)
+            if existing is None or existing.key != key:
+                existing = ConversationRow(*key)
+            rows.append(existing)
         if not rows:
             rows = [urwid.Text(("hint", "No contacts yet: Ctrl+N adds one."))]
         if len(rows) == len(self._walker) and all(
@@ -213,8 +226,18 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
                 self._walker.set_focus(index)
                 break
 
+    def rows_shown(self) -> list[urwid.Widget]:
+        """The rows as they are now (brought up to date first)."""
+        self._update()
+        return list(self._walker)
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        self._update()
+        return super().render(size, focus)
+
     def selected_uid(self) -> str | None:
         """The uid of the row with the selection, if any."""
+        self._update()
         if not len(self._walker):
             return None
         focus = self._walker.get_focus()[0]
@@ -222,17 +245,25 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
 
     def select(self, uid: str) -> None:
         """Move the selection to *uid*'s row."""
+        self._update()
         for index, row in enumerate(self._walker):
             if isinstance(row, ConversationRow) and row.uid == uid:
                 self._walker.set_focus(index)
 
     def keypress(self, size: Any, key: str) -> str | None:
+        self._update()
         if keymap.is_command(key, "open_conversation", keymap.BROWSE):
             uid = self.selected_uid()
             if uid is not None:
                 self._on_open(uid)
             return None
         return super().keypress(size, key)
+
+    def mouse_event(
+        self, size: Any, event: str, button: int, col: int, row: int, focus: bool
+    ) -> Any:
+        self._update()
+        return super().mouse_event(size, event, button, col, row, focus)
 
 
 def format_time(when: float, tz: datetime.tzinfo | None) -> datetime.datetime:
