@@ -23,7 +23,8 @@ and unlocked.  Its data directory holds one conversation of 100,000 messages (10
   turn into an open conversation that already shows 1,000 messages, until the screen is drawn.
   This one runs in the benchmark's process: the real controller, model and urwid widgets on a
   ``task.Clock``, fed by the tests' fake daemon client, rendering a 160x45 canvas per draw
-  (median of 5; smoke: 100 into 100, once).
+  (median of 5; smoke: 100 into 100, once); ``incoming_burst_crowd_ms`` is the same with
+  1,000 more contacts in the conversation list (smoke: 100).
 
 Before the first UI starts, the checkout's ``jarvis`` package is compiled to bytecode
 (:func:`compile_bytecode`), as ``pip install`` compiles an installed Jarvis: otherwise, where
@@ -152,15 +153,18 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
     return count / (time.perf_counter() - started)
 
 
-def measure_burst(shown: int, burst: int, repeats: int) -> float:
+def measure_burst(shown: int, burst: int, repeats: int, contacts: int = 0) -> float:
     """Seconds for *burst* ``message.received`` events in one turn to reach a drawn canvas.
 
-    The conversation is open and shows *shown* messages first; median of *repeats* bursts.
+    The conversation is open and shows *shown* messages first; *contacts* more contacts fill
+    the conversation list; median of *repeats* bursts.
     """
     from tests.ui_fakes import NOW, UID_ALICE, make_controller, make_populated_client, press
 
-    controller, client, clock, _ = make_controller(make_populated_client())
-    assert client is not None
+    client = make_populated_client()
+    for n in range(contacts):
+        client.add_contact(f"{n:052d}", f"friend {n}", last_activity=NOW - 5000 - n)
+    controller, _, clock, _ = make_controller(client)
 
     class Canvas:
         """A main loop whose draw renders the whole window, as urwid's draw_screen does."""
@@ -330,6 +334,8 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
     smoke = smoke_requested()
     shown, arriving = (100, 100) if smoke else (1000, 500)
     burst = measure_burst(shown, arriving, 1 if smoke else 5)
+    crowd = 100 if smoke else 1000
+    crowded = measure_burst(shown, arriving, 1 if smoke else 5, contacts=crowd)
     daemon = DaemonProcess(data_dir, sock_dir)
     try:
         await daemon.start()
@@ -393,6 +399,10 @@ async def measure(reactor: Any, size: Sizes) -> dict[str, Any]:
             "incoming_burst_ms": {
                 "value": burst * 1000.0,
                 "unit": f"ms ({arriving:,} received into {shown:,} shown, drawn; in-process)",
+            },
+            "incoming_burst_crowd_ms": {
+                "value": crowded * 1000.0,
+                "unit": f"ms (the same with {crowd:,} more contacts listed)",
             },
             "history_fill_msgs_per_s": {
                 "value": fill_rate,

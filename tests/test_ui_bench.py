@@ -23,6 +23,7 @@ UI_KEYS = {
     "history_fill_msgs_per_s",
     "incoming_burst_ms",
     "live_burst_ms",
+    "incoming_burst_crowd_ms",
 }
 
 
