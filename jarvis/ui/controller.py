@@ -121,6 +121,34 @@ def _switcher(index: int) -> Callable[[Controller], None]:
     return switch
 
 
+class OncePerTurn:
+    """Calls *function* once at the end of this reactor turn, however often it is asked to.
+
+    The UI's answer to bursts: a turn that brings hundreds of events asks for a redraw (or an
+    unread-count fetch, or a mark-read) hundreds of times and gets one.
+    """
+
+    def __init__(self, clock: Any, function: Callable[[], object]) -> None:
+        self._clock = clock
+        self._function = function
+        self._call: Any = None
+
+    def request(self) -> None:
+        """Have *function* called at the end of this turn (once, if asked again)."""
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._run)
+
+    def cancel(self) -> None:
+        """Forget a pending call."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    def _run(self) -> None:
+        self._call = None
+        self._function()
+
+
 class Controller:
     """Connects the widgets, the model and the daemon.
 
@@ -173,9 +201,9 @@ class Controller:
         self._spinner.clock = clock
         self._banner_animation: Any = None
         self._unlocking = False
-        self._unread_refresh: Any = None
-        self._redraw_call: Any = None
-        self._mark_read_call: Any = None
+        self._unread_refresh = OncePerTurn(clock, self._fetch_unread)
+        self._redraw = OncePerTurn(clock, self._draw)
+        self._mark_read_soon = OncePerTurn(clock, self._mark_open_read)
         self._loading_older = False
         self.main_screen = MainScreen(self.model, self.submit_input, self.open_conversation, tz)
         self.window = AppWindow(
@@ -198,13 +226,8 @@ class Controller:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
-        if self._unread_refresh is not None and self._unread_refresh.active():
-            self._unread_refresh.cancel()
-        self._unread_refresh = None
-        for call in (self._redraw_call, self._mark_read_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._redraw_call = self._mark_read_call = None
+        for pending in (self._unread_refresh, self._redraw, self._mark_read_soon):
+            pending.cancel()
         self._stop_spinner()
         self._stop_banner()
         for d in list(self.inflight.values()):
@@ -226,12 +249,10 @@ class Controller:
         outbox flushed after a reconnect brings hundreds in one read) costs one draw, not one
         per event.
         """
-        if self.main_loop is None or self._redraw_call is not None or self.quitting:
-            return
-        self._redraw_call = self.clock.callLater(0, self._draw)
+        if self.main_loop is not None and not self.quitting:
+            self._redraw.request()
 
     def _draw(self) -> None:
-        self._redraw_call = None
         loop = self.main_loop
         if loop is None or self.quitting:
             return
@@ -686,7 +707,9 @@ class Controller:
             if not isinstance(uid, str):
                 return
             if uid == self.model.current_uid and self._on_main_screen():
-                self._mark_read_soon()
+                # once for a burst of arrivals: each messages.markRead is a round trip and a
+                # store write in the daemon, which then reports every message it marked
+                self._mark_read_soon.request()
             elif message.get("direction") == "in":
                 contact = self.model.contacts.get(uid)
                 if self.model.notifications and contact is not None and not contact.muted:
@@ -695,20 +718,14 @@ class Controller:
         elif name == "message.stateChanged" and payload.get("state") == "read":
             # Another client (or this one) marked messages read: the daemon's counts are the
             # truth, so every attached UI shows the same unread badges.
-            self._refresh_unread()
+            self._unread_refresh.request()
         elif name == "contact.changed" and payload.get("removed"):
             dialog = self.window.dialog
             if isinstance(dialog, ContactInfoDialog) and dialog.uid == payload.get("uid"):
                 self.window.close_dialog()
 
-    def _refresh_unread(self) -> None:
-        """Fetch ``messages.unreadCounts`` once for a burst of read events (one reactor turn)."""
-        if self._unread_refresh is not None and self._unread_refresh.active():
-            return
-        self._unread_refresh = self.clock.callLater(0, self._fetch_unread)
-
     def _fetch_unread(self) -> None:
-        self._unread_refresh = None
+        """Fetch ``messages.unreadCounts`` (once for a burst of read events)."""
         if self.client is None or self.model.locked:
             return
         d = self._call("messages.unreadCounts")
@@ -756,18 +773,7 @@ class Controller:
         d.addErrback(self._report, "loading history")
         d.addCallback(lambda _: self.redraw())
 
-    def _mark_read_soon(self) -> None:
-        """Mark the open conversation read once for a burst of arrivals (one reactor turn).
-
-        Each ``messages.markRead`` is a round trip and a store write in the daemon, which then
-        reports every message it marked: one per burst, not one per message.
-        """
-        if self._mark_read_call is not None and self._mark_read_call.active():
-            return
-        self._mark_read_call = self.clock.callLater(0, self._mark_open_read)
-
     def _mark_open_read(self) -> None:
-        self._mark_read_call = None
         uid = self.model.current_uid
         if uid is not None and self._on_main_screen():
             self._mark_read(uid)
