@@ -416,6 +416,8 @@ class RedrawTests(SynchronousTestCase):
         controller.attach_main_loop(loop)
         press(controller, "meta 1")
         clock.advance(0)
+        press(controller, "end")  # it opened at the "new messages" marker: follow the newest
+        clock.advance(0)
         loop.draws = 0
         for n in range(500):
             message = client.add_message(UID_ALICE, f"burst {n}", created=NOW + 5 + n)

@@ -214,13 +214,13 @@ class ScrollbackTests(SynchronousTestCase):
         changes with a separator for the new day."""
         model = self.make_model(None)
         scrollback = Scrollback(model, datetime.UTC)
-        before = list(scrollback._walker)
+        before = scrollback.rows_shown()
         model.add_message(Message("4", UID_ALICE, "in", "next day", "received", NOW + 86400))
         model.apply_event(
             "message.stateChanged", {"id": "2", "contact": UID_ALICE, "state": "read", "at": NOW}
         )
         scrollback.refresh()
-        after = list(scrollback._walker)
+        after = scrollback.rows_shown()
         changed = [i for i, row in enumerate(before) if after[i] is not row]
         self.assertEqual(len(changed), 1)
         self.assertIn("mine", screen_text(after[changed[0]], (50, 1)))

@@ -173,7 +173,53 @@ class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
         return key
 
 
-class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
+class LazyPane(urwid.WidgetWrap[urwid.ListBox]):
+    """A list of rows that follows the model lazily.
+
+    :meth:`refresh` only notes that the model changed; :meth:`_bring_up_to_date` runs once,
+    before the pane is next drawn, read or sent input, however many changes came before: a
+    burst of messages costs one update of each pane, not one per message.
+    """
+
+    def __init__(self) -> None:
+        self._walker: Any = urwid.SimpleFocusListWalker([])
+        self._stale = True
+        super().__init__(urwid.ListBox(self._walker))
+
+    def refresh(self) -> None:
+        """Note that the model changed (the rows follow before they are next used)."""
+        self._stale = True
+        self._invalidate()
+
+    def _update(self) -> None:
+        if self._stale:
+            self._stale = False
+            self._bring_up_to_date()
+
+    def _bring_up_to_date(self) -> None:
+        raise NotImplementedError
+
+    def rows_shown(self) -> list[urwid.Widget]:
+        """The rows as they are now (brought up to date first)."""
+        self._update()
+        return list(self._walker)
+
+    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
+        self._update()
+        return super().render(size, focus)
+
+    def keypress(self, size: Any, key: str) -> str | None:
+        self._update()
+        return super().keypress(size, key)
+
+    def mouse_event(
+        self, size: Any, event: str, button: int, col: int, row: int, focus: bool
+    ) -> Any:
+        self._update()
+        return super().mouse_event(size, event, button, col, row, focus)
+
+
+class ConversationList(LazyPane):
     """The left pane: contacts by recent activity; Enter opens the selected one.
 
     :param on_open: called with the uid of the conversation to open.
@@ -182,27 +228,15 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
     def __init__(self, model: MessengerModel, on_open: Callable[[str], None]) -> None:
         self._model = model
         self._on_open = on_open
-        self._walker: Any = urwid.SimpleFocusListWalker([])
-        self._stale = True
-        super().__init__(urwid.ListBox(self._walker))
+        super().__init__()
 
-    def refresh(self) -> None:
-        """Note that the model changed: the rows are brought up to date before they are next
-        drawn, read or sent a key, once however many changes came before (a burst of messages
-        re-sorts a long contact list once, not once per message)."""
-        self._stale = True
-        self._invalidate()
-
-    def _update(self) -> None:
+    def _bring_up_to_date(self) -> None:
         """Show the model's contacts, keeping the selection on the same contact.
 
         A row whose contact, number and open state did not change is kept as it is, and the
         list is left alone when no row changed (most refreshes: a message in the open
         conversation, a delivery mark).
         """
-        if not self._stale:
-            return
-        self._stale = False
         selected = self.selected_uid()
         kept = {row.uid: row for row in self._walker if isinstance(row, ConversationRow)}
         rows: list[urwid.Widget] = []
@@ -226,15 +260,6 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
                 self._walker.set_focus(index)
                 break
 
-    def rows_shown(self) -> list[urwid.Widget]:
-        """The rows as they are now (brought up to date first)."""
-        self._update()
-        return list(self._walker)
-
-    def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
-        self._update()
-        return super().render(size, focus)
-
     def selected_uid(self) -> str | None:
         """The uid of the row with the selection, if any."""
         self._update()
@@ -251,19 +276,12 @@ class ConversationList(urwid.WidgetWrap[urwid.ListBox]):
                 self._walker.set_focus(index)
 
     def keypress(self, size: Any, key: str) -> str | None:
-        self._update()
         if keymap.is_command(key, "open_conversation", keymap.BROWSE):
             uid = self.selected_uid()
             if uid is not None:
                 self._on_open(uid)
             return None
         return super().keypress(size, key)
-
-    def mouse_event(
-        self, size: Any, event: str, button: int, col: int, row: int, focus: bool
-    ) -> Any:
-        self._update()
-        return super().mouse_event(size, event, button, col, row, focus)
 
 
 def format_time(when: float, tz: datetime.tzinfo | None) -> datetime.datetime:
@@ -309,7 +327,7 @@ class SeparatorRow(urwid.WidgetWrap[urwid.Text]):
         return super().render(size, focus)
 
 
-class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
+class Scrollback(LazyPane):
     """The right pane: the open conversation with day separators, times, marks and the marker.
 
     It stays at the newest message unless the user scrolled up, and opens at the
@@ -321,7 +339,6 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
     def __init__(self, model: MessengerModel, tz: datetime.tzinfo | None = None) -> None:
         self._model = model
         self._tz = tz
-        self._walker: Any = urwid.SimpleFocusListWalker([])
         self._size: Any | None = None
         self._shown_uid: str | None = None
         # what the rows show: the messages (oldest first), the walker index of each one's row,
@@ -332,16 +349,15 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
         self._shown_marker: str | None = None
         self._shown_names = ("", "")
         self._follow = True
-        super().__init__(urwid.ListBox(self._walker))
-        self.refresh()
+        super().__init__()
 
-    def refresh(self) -> None:
+    def _bring_up_to_date(self) -> None:
         """Show the model's open conversation.
 
         The common changes (new messages after the newest shown, a message's state) touch only
         their own rows; anything else (another conversation, an older page, the marker, a name)
-        rebuilds the rows.  A refresh runs after every model change, so rebuilding every row
-        each time would make each incoming message cost as much as the whole conversation.
+        rebuilds the rows, which would otherwise make each burst cost as much as the whole
+        conversation.
         """
         uid = self._model.current_uid
         contact = self._model.current
@@ -454,6 +470,7 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
 
     def scroll(self, command: str) -> None:
         """Scroll by a keymap command: scroll_up/down (a page), scroll_top/bottom."""
+        self._update()
         if not len(self._walker):
             return
         if command == "scroll_top":
@@ -471,6 +488,7 @@ class Scrollback(urwid.WidgetWrap[urwid.ListBox]):
 
     def at_top(self) -> bool:
         """Whether the oldest loaded line is in focus (time to fetch an older page)."""
+        self._update()
         return len(self._walker) == 0 or self._walker.focus == 0
 
     def keypress(self, size: Any, key: str) -> str | None:
