@@ -150,6 +150,24 @@ class ConversationTests(SynchronousTestCase):
         self.assertEqual(client.methods_called().count("messages.markRead"), 1)
         self.assertIn(("messages.markRead", {"contact": UID_ALICE}), client.calls)
 
+    def test_history_arriving_after_open_shows_the_marker(self) -> None:
+        """When a conversation's history arrives a round trip after it was opened (as from a
+        real daemon), then it opens at the "new messages" marker, not at the newest line."""
+        controller, client, clock, _ = started()
+        for n in range(40):
+            client.add_message(UID_ALICE, f"later {n}", created=NOW + 5 + n, unread=True)
+        client.slow.add("messages.history")
+        press(controller, "meta 1")
+        self.assertIn("Loading...", screen_text(controller.window, (120, 20)))
+        method, params, d = client.pending.pop()
+        self.assertEqual(method, "messages.history")
+        d.callback(client.m_messages_history(params))
+        clock.advance(0)
+        text = screen_text(controller.window, (120, 20))
+        self.assertIn("new messages", text)
+        self.assertIn("news!", text)
+        self.assertNotIn("later 39", text)
+
     def test_received_elsewhere_counts_and_rings(self) -> None:
         """When a message arrives for another conversation, then its badge grows."""
         controller, client, _, _ = started()

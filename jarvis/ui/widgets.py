@@ -363,12 +363,15 @@ class Scrollback(LazyPane):
         contact = self._model.current
         switched = uid != self._shown_uid
         at_bottom = self._follow or not len(self._walker) or self._at_bottom()
+        # the conversation shows its first messages: just opened, or its history just loaded
+        # (it arrives a round trip after the switch); they open at the marker if there is one
+        first_rows = switched or not self._shown
         marker_index: int | None = None
         if switched or not self._update_rows():
             marker_index = self._rebuild(contact)
         self._shown_uid = uid
         last = len(self._walker) - 1
-        if switched and marker_index is not None:
+        if first_rows and marker_index is not None:
             self._walker.set_focus(marker_index)
             self._follow = False
         elif switched or at_bottom:
