@@ -348,6 +348,7 @@ class Scrollback(LazyPane):
         self._day: datetime.date | None = None
         self._shown_marker: str | None = None
         self._shown_names = ("", "")
+        self._loading = False  # the rows say "Loading..." (the history is on its way)
         self._follow = True
         super().__init__()
 
@@ -365,7 +366,7 @@ class Scrollback(LazyPane):
         at_bottom = self._follow or not len(self._walker) or self._at_bottom()
         # the conversation shows its first messages: just opened, or its history just loaded
         # (it arrives a round trip after the switch); they open at the marker if there is one
-        first_rows = switched or not self._shown
+        first_rows = switched or self._loading
         marker_index: int | None = None
         if switched or not self._update_rows():
             marker_index = self._rebuild(contact)
@@ -387,6 +388,7 @@ class Scrollback(LazyPane):
         self._shown = []
         self._rows_of = []
         self._day = None
+        self._loading = False
         if contact is None:
             self._walker[:] = [
                 urwid.Text(
@@ -401,8 +403,10 @@ class Scrollback(LazyPane):
         self._shown_names = self._names(contact)
         rows: list[urwid.Widget] = []
         if not messages:
-            loading = conversation is None or not conversation.loaded
-            text = "Loading..." if loading else f"No messages with {contact.display_name} yet."
+            self._loading = conversation is None or not conversation.loaded
+            text = (
+                "Loading..." if self._loading else f"No messages with {contact.display_name} yet."
+            )
             rows.append(urwid.Text(("hint", text)))
         marker_index = self._add_rows(rows, messages, marker)
         self._walker[:] = rows
