@@ -16,6 +16,7 @@ closes the listeners, the peer sessions and the store, then removes the endpoint
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import sys
@@ -48,12 +49,27 @@ from jarvis.logs import LEVELS, json_file_observer, parse_level
 PEER_BACKLOG = 1024
 
 
+#: The accept queue of the local API listener.  Twisted's default of 50 refused 42 of 200 clients
+#: connecting at once (a UNIX socket refuses with EAGAIN once its queue is full, and the CLI then
+#: believed no daemon was running).  The kernel caps it at ``net.core.somaxconn``.
+IPC_BACKLOG = 1024
+
+
 def peer_listen_description(description: str) -> str:
     """Return the ``strports`` *description* of the peer listener with ``backlog=``
     :data:`PEER_BACKLOG` added to a ``tcp``/``tcp6`` endpoint that does not set its own."""
     kind = description.split(":", 1)[0].strip().lower()
     if kind in ("tcp", "tcp6") and "backlog=" not in description:
         return f"{description}:backlog={PEER_BACKLOG}"
+    return description
+
+
+def ipc_listen_description(description: str) -> str:
+    """Return the ``strports`` *description* of the local API listener with ``backlog=``
+    :data:`IPC_BACKLOG` added to a ``unix``/``tcp`` endpoint that does not set its own."""
+    kind = description.split(":", 1)[0].strip().lower()
+    if kind in ("unix", "tcp", "tcp6") and "backlog=" not in description:
+        return f"{description}:backlog={IPC_BACKLOG}"
     return description
 
 
@@ -294,7 +310,10 @@ class JarvisDaemon(MultiService):
             },
         )
         factory.ctx = self.context
-        self.ipc_listener = strports.service(ipc_desc, factory, reactor=reactor)
+        self._ipc_factory = factory
+        self.ipc_listener = strports.service(
+            ipc_listen_description(ipc_desc), factory, reactor=reactor
+        )
         self.ipc_listener.setServiceParent(self)
 
         from jarvis.notify import Notifier
@@ -384,6 +403,13 @@ class JarvisDaemon(MultiService):
         )
         self._log_observer = observer
         globalLogPublisher.addObserver(observer)
+        # twistd builds the service before it daemonizes (forks): the process that serves the
+        # API, holds the lock and wrote the pid file is this one, so report its pid
+        self.context = dataclasses.replace(
+            self.context, info=dataclasses.replace(self.context.info, pid=os.getpid())
+        )
+        self._ipc_factory.ctx = self.context
+        self._remember_options()
         super().startService()
         # strports services expose the listening port only through this Deferred
         waiting = getattr(self.peer_listener, "_waitingForPort", None)
@@ -405,6 +431,19 @@ class JarvisDaemon(MultiService):
                 lambda f: self.log.error(
                     "unlock with --password-file failed: {reason}", reason=f.getErrorMessage()
                 )
+            )
+
+    def _remember_options(self) -> None:
+        """Record the start options for a replacement daemon (see :mod:`jarvis.launcher`)."""
+        from jarvis import launcher
+
+        try:
+            launcher.write_daemon_options(self.data_dir, self.options)
+        except OSError as e:
+            self.log.warn(
+                "cannot record the start options in {path}: {reason}",
+                path=launcher.daemon_options_path(self.data_dir),
+                reason=e.strerror,
             )
 
     def _peer_listening(self, port: Any) -> Any:

@@ -3,11 +3,20 @@
 ``python -m twisted.scripts.twistd`` does nothing (that module has no ``__main__`` block), and the
 ``twistd`` script may not be on ``PATH`` (a virtual environment that is not activated), so Jarvis
 runs twistd through the current interpreter.
+
+A daemon records the options it was started with (``--listen``, ``--advertise``...) in
+``daemon.json`` in its data directory; a daemon started later without options (by the UI when its
+daemon died, or by ``jarvis daemon start``) reuses them instead of the defaults.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import tempfile
+from collections.abc import Mapping
+from typing import Any
 
 from jarvis import paths
 
@@ -33,3 +42,117 @@ def detached_daemon_argv(data_dir: str, extra: list[str] | None = None) -> list[
         data_dir,
         *(extra or []),
     ]
+
+
+# The options a replacement daemon reuses -------------------------------------------------------
+
+#: The file in the data directory where the daemon records the options it was started with.
+DAEMON_OPTIONS_FILE = "daemon.json"
+
+#: The daemon options recorded in :data:`DAEMON_OPTIONS_FILE` and reused by a replacement daemon,
+#: with the type each must have.  ``--password-file`` is left out on purpose: a replacement comes
+#: up locked and the password comes from the UI or ``jarvis unlock``.
+REMEMBERED_OPTIONS: dict[str, type] = {
+    "listen": str,
+    "advertise": list,
+    "ipc": str,
+    "ipc-allow-remote": bool,
+    "log-level": str,
+}
+
+
+def daemon_options_path(data_dir: str) -> str:
+    """Return the path of the file recording the daemon's start options in *data_dir*."""
+    return os.path.join(data_dir, DAEMON_OPTIONS_FILE)
+
+
+def remembered_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Return the part of parsed daemon *options* that a replacement daemon reuses
+    (unset ones, such as the default ``--ipc``, are left out)."""
+    picked: dict[str, Any] = {}
+    for name in REMEMBERED_OPTIONS:
+        value = options.get(name)
+        if REMEMBERED_OPTIONS[name] is bool:
+            value = bool(value)  # usage.Options flags are 0 or 1
+        if value is None or value is False or value == []:
+            continue
+        picked[name] = list(value) if isinstance(value, list | tuple) else value
+    return picked
+
+
+def write_daemon_options(data_dir: str, options: Mapping[str, Any]) -> None:
+    """Record *options* (see :func:`remembered_options`) in :data:`DAEMON_OPTIONS_FILE`.
+
+    Written atomically (a temporary file in the same directory, fsync, rename) with mode 0600,
+    so a reader sees the old file or the new one, never a torn one.
+    """
+    document = {"version": 1, "options": remembered_options(options)}
+    data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    path = daemon_options_path(data_dir)
+    fd, tmp = tempfile.mkstemp(prefix=".daemon.", suffix=".tmp", dir=data_dir)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_daemon_options(data_dir: str) -> dict[str, Any]:
+    """Return the options recorded in *data_dir* (``{}`` when there are none).
+
+    A missing, unreadable or damaged file, and values of the wrong type, count as not recorded:
+    the daemon then starts with its defaults, as it would have without the file.
+    """
+    try:
+        with open(daemon_options_path(data_dir), encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    options = document.get("options") if isinstance(document, dict) else None
+    if not isinstance(options, dict):
+        return {}
+    valid: dict[str, Any] = {}
+    for name, kind in REMEMBERED_OPTIONS.items():
+        value: Any = options.get(name)
+        if not isinstance(value, kind):
+            continue
+        if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+            continue
+        valid[name] = value
+    return valid
+
+
+def options_argv(options: Mapping[str, Any]) -> list[str]:
+    """Return the ``twistd jarvis`` arguments that give a daemon *options*."""
+    argv: list[str] = []
+    for name in REMEMBERED_OPTIONS:
+        value = options.get(name)
+        if value is None or value is False:
+            continue
+        if name == "advertise":
+            for address in value:
+                argv += ["--advertise", address]
+        elif value is True:
+            argv.append(f"--{name}")
+        else:
+            argv += [f"--{name}", str(value)]
+    return argv
+
+
+def replacement_argv(data_dir: str, given: Mapping[str, Any] | None = None) -> list[str]:
+    """Return the ``twistd jarvis`` options for a daemon started for *data_dir*: the options its
+    last daemon recorded, each replaced by the one in *given* when that is set.
+
+    :param given: options chosen now (``listen``, ``advertise``...); unset ones are ignored.
+    """
+    options = read_daemon_options(data_dir)
+    options.update(remembered_options(given or {}))
+    return options_argv(options)

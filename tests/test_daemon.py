@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+from typing import Any
 
 from twisted.application.service import IServiceMaker
 from twisted.internet.testing import MemoryReactorClock
@@ -203,3 +204,68 @@ class TcpIpcTests(SynchronousTestCase):
         self.assertIn("--ipc-allow-remote", str(exc))
         options = make_options("--ipc", "tcp:7779:interface=0.0.0.0", "--ipc-allow-remote")
         self.assertEqual(options["ipc"], "tcp:7779:interface=0.0.0.0")
+
+
+class LifeCycleServiceTests(SynchronousTestCase):
+    """What the service does when it starts: the pid it reports, its API backlog, its options."""
+
+    def test_pid_read_after_daemonizing(self) -> None:
+        """When twistd builds the service in one process and starts it in another (it forks to
+        daemonize in between), then daemon.status and daemon.stop report the pid of the process
+        that started the service (the one serving the API), not the builder's."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options("--data-dir", data_dir, "--ipc", f"unix:{sock_dir}/s.sock")
+        builder_pid = os.getpid() + 1
+        self.patch(daemon.os, "getpid", lambda: builder_pid)
+        service = daemon.make_service(options, reactor=clock)
+        self.patch(daemon.os, "getpid", lambda: builder_pid + 1)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        server: Any = service.ipc_listener.factory  # type: ignore[attr-defined]
+        # the API's methods read the pid from the context its server hands them
+        self.assertIs(server.ctx, service.context)
+        self.assertEqual(server.ctx.info.pid, builder_pid + 1)
+
+    def test_api_backlog(self) -> None:
+        """When the local API listens on a UNIX socket (given or default) or loopback TCP, then
+        its accept queue is IPC_BACKLOG, not Twisted's 50; a backlog given stays."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options("--data-dir", data_dir, "--ipc", f"unix:{sock_dir}/s.sock:mode=600")
+        service = daemon.make_service(options, reactor=clock)
+        service.privilegedStartService()
+        self.addCleanup(service.stopService)
+        self.assertEqual([backlog for _, _, backlog, *_ in clock.unixServers], [1024])
+        self.assertEqual(
+            daemon.ipc_listen_description("tcp:7779:interface=127.0.0.1"),
+            "tcp:7779:interface=127.0.0.1:backlog=1024",
+        )
+        self.assertEqual(daemon.ipc_listen_description("unix:/s:backlog=5"), "unix:/s:backlog=5")
+
+    def test_start_records_options(self) -> None:
+        """When the service starts, then its start options are recorded in daemon.json (0600)
+        for a replacement daemon."""
+        from jarvis import launcher
+
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options(
+            "--data-dir", data_dir, "--ipc", f"unix:{sock_dir}/s.sock", "--listen", "tcp:7772"
+        )
+        service = daemon.make_service(options, reactor=clock)
+        service.privilegedStartService()
+        self.assertFalse(os.path.exists(launcher.daemon_options_path(data_dir)))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(
+            stat.S_IMODE(os.stat(launcher.daemon_options_path(data_dir)).st_mode), 0o600
+        )
+        self.assertEqual(
+            launcher.read_daemon_options(data_dir),
+            {"listen": "tcp:7772", "ipc": f"unix:{sock_dir}/s.sock", "log-level": "info"},
+        )

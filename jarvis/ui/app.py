@@ -98,7 +98,8 @@ class DaemonConnector:
     :param endpoint: a fixed endpoint description instead of the data directory's.
     :param start_daemon: spawn a detached daemon when none answers (once).
     :param report: shows a one-line problem on the status bar.
-    :param daemon_args: more ``twistd jarvis`` options for the daemon it starts (``--listen``).
+    :param daemon_args: more ``twistd jarvis`` options for the daemon it starts (``--listen``);
+        without them, the options the data directory's last daemon recorded.
     """
 
     def __init__(
@@ -147,7 +148,10 @@ class DaemonConnector:
         try:
             from jarvis import launcher
 
-            argv = launcher.detached_daemon_argv(self._data_dir, self._daemon_args)
+            # without options of its own, the replacement listens where the last daemon of this
+            # data directory did (its daemon.json), not on the defaults
+            daemon_args = self._daemon_args or launcher.replacement_argv(self._data_dir)
+            argv = launcher.detached_daemon_argv(self._data_dir, daemon_args)
             starter = DaemonStarter(self._report)
             self._reactor.spawnProcess(
                 starter, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}

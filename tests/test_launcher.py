@@ -1,0 +1,142 @@
+"""Tests for jarvis.launcher: the start options a daemon records and a replacement reuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis import daemon, launcher
+from jarvis.ui.app import DaemonConnector
+
+
+def make_data_dir(testcase: SynchronousTestCase) -> str:
+    path = os.path.abspath(testcase.mktemp())
+    os.makedirs(path, mode=0o700)
+    return path
+
+
+def parsed(*argv: str) -> daemon.DaemonOptions:
+    options = daemon.DaemonOptions()
+    options.parseOptions(list(argv))
+    return options
+
+
+class RecordedOptionsTests(SynchronousTestCase):
+    def test_round_trip_private(self) -> None:
+        """When the daemon's parsed options are recorded, then daemon.json is 0600, holds the
+        options a replacement needs (no password file, no unset --ipc) and reads back the same;
+        no temporary file is left behind."""
+        data_dir = make_data_dir(self)
+        options = parsed(
+            "--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1",
+            "--advertise", "a.example:1", "--advertise", "[::1]:2",
+            "--password-file", "/secret/pw",
+        )  # fmt: skip
+        launcher.write_daemon_options(data_dir, options)
+        path = launcher.daemon_options_path(data_dir)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.listdir(data_dir), ["daemon.json"])
+        recorded = launcher.read_daemon_options(data_dir)
+        self.assertEqual(
+            recorded,
+            {
+                "listen": "tcp:0:interface=127.0.0.1",
+                "advertise": ["a.example:1", "[::1]:2"],
+                "log-level": "info",
+            },
+        )
+        with open(path, encoding="utf-8") as f:
+            self.assertNotIn("secret", f.read())
+        # the recorded options give back the same parsed options
+        again = parsed("--data-dir", data_dir, *launcher.options_argv(recorded))
+        for name in ("listen", "advertise", "log-level", "ipc", "ipc-allow-remote"):
+            self.assertEqual(again[name], options[name], name)
+
+    def test_flags_and_ipc(self) -> None:
+        """When --ipc and --ipc-allow-remote were given, then both are recorded and given back
+        (a flag as a flag)."""
+        data_dir = make_data_dir(self)
+        options = parsed(
+            "--data-dir", data_dir, "--ipc", "tcp:7000:interface=10.0.0.1", "--ipc-allow-remote"
+        )
+        launcher.write_daemon_options(data_dir, options)
+        argv = launcher.options_argv(launcher.read_daemon_options(data_dir))
+        self.assertIn("--ipc-allow-remote", argv)
+        self.assertEqual(argv[argv.index("--ipc") + 1], "tcp:7000:interface=10.0.0.1")
+
+    def test_damaged_or_missing(self) -> None:
+        """When daemon.json is missing, not JSON, or holds values of the wrong type, then those
+        count as not recorded (the daemon falls back to its defaults)."""
+        data_dir = make_data_dir(self)
+        self.assertEqual(launcher.read_daemon_options(data_dir), {})
+        path = launcher.daemon_options_path(data_dir)
+        with open(path, "w") as f:
+            f.write("{not json")
+        self.assertEqual(launcher.read_daemon_options(data_dir), {})
+        with open(path, "w") as f:
+            json.dump(
+                {
+                    "version": 1,
+                    "options": {
+                        "listen": 7770,
+                        "advertise": ["ok:1", 2],
+                        "log-level": "debug",
+                        "password-file": "/x",
+                    },
+                },
+                f,
+            )
+        self.assertEqual(launcher.read_daemon_options(data_dir), {"log-level": "debug"})
+
+    def test_given_options_replace_recorded(self) -> None:
+        """When options are given now, then each replaces the recorded one and the others are
+        kept; unset ones (None, empty list) change nothing."""
+        data_dir = make_data_dir(self)
+        launcher.write_daemon_options(
+            data_dir,
+            parsed("--data-dir", data_dir, "--listen", "tcp:1", "--advertise", "h:1"),
+        )
+        self.assertEqual(
+            launcher.replacement_argv(data_dir, {"listen": None, "advertise": []}),
+            ["--listen", "tcp:1", "--advertise", "h:1", "--log-level", "info"],
+        )
+        self.assertEqual(
+            launcher.replacement_argv(data_dir, {"listen": "tcp:2", "advertise": []}),
+            ["--listen", "tcp:2", "--advertise", "h:1", "--log-level", "info"],
+        )
+        self.assertEqual(launcher.replacement_argv(make_data_dir(self)), [])
+
+
+class FakeSpawner:
+    """Records ``spawnProcess`` calls."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+
+    def spawnProcess(self, protocol: Any, executable: str, args: list[str], **kw: Any) -> None:
+        self.argvs.append(list(args))
+
+
+class UiReplacementTests(SynchronousTestCase):
+    def test_ui_replacement_uses_recorded_options(self) -> None:
+        """When the UI starts a daemon without options of its own, then the daemon gets the
+        options the data directory's last daemon recorded, not the defaults (every interface,
+        port 7770); options the UI was given win."""
+        data_dir = make_data_dir(self)
+        launcher.write_daemon_options(
+            data_dir,
+            parsed("--data-dir", data_dir, "--listen", "tcp:0:interface=127.0.0.1"),
+        )
+        reactor = FakeSpawner()
+        DaemonConnector(reactor, data_dir).spawn()
+        argv = reactor.argvs[-1]
+        self.assertEqual(argv[argv.index("--listen") + 1], "tcp:0:interface=127.0.0.1")
+
+        DaemonConnector(reactor, data_dir, daemon_args=["--listen", "tcp:9"]).spawn()
+        argv = reactor.argvs[-1]
+        self.assertEqual(argv[argv.index("--listen") + 1], "tcp:9")
+        self.assertEqual(argv.count("--listen"), 1)
