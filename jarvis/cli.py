@@ -102,7 +102,8 @@ class InitOptions(_PasswordOptions):
 
 
 class DaemonStartOptions(CommandOptions):
-    """Start the daemon in the background."""
+    """Start the daemon in the background. Options not given are those the data directory's
+    last daemon was started with (recorded in daemon.json), else the defaults."""
 
     synopsis = "[--listen ENDPOINT] [--advertise HOST:PORT]... [--password-file FILE]"
     optParameters = [
@@ -132,19 +133,51 @@ class DaemonStatusOptions(CommandOptions):
     """Say whether the daemon runs, with its pid and API endpoint."""
 
 
+class DaemonInstallUnitOptions(CommandOptions):
+    """Write a systemd user unit (jarvis.service in $XDG_CONFIG_HOME/systemd/user, else
+    ~/.config/systemd/user) that runs the daemon of the data directory in the foreground under
+    systemd, restarts it when it fails and stops it cleanly; it uses the options the daemon was
+    last started with unless --listen/--advertise say otherwise. The daemon starts locked: unlock
+    it in the UI or with 'jarvis unlock'. Then run: systemctl --user daemon-reload && systemctl
+    --user enable --now jarvis"""
+
+    synopsis = "[--force] [--print] [--listen ENDPOINT] [--advertise HOST:PORT]..."
+    optFlags = [
+        ["force", "f", "Replace an existing unit file."],
+        ["print", None, "Print the unit on stdout and write nothing."],
+    ]
+    optParameters = [
+        ["listen", "l", None, "Peer-to-peer listening endpoint (e.g. tcp:7770)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["advertise"] = []
+
+    def opt_advertise(self, address: str) -> None:
+        """Address (HOST:PORT) to publish in link codes; may be repeated."""
+        self["advertise"].append(address)
+
+
 class DaemonCommandOptions(CommandOptions):
     """Control the background daemon."""
 
-    synopsis = "start|stop|status"
+    synopsis = "start|stop|status|install-unit"
     subCommands = [
         ["start", None, DaemonStartOptions, "Start the daemon in the background."],
         ["stop", None, DaemonStopOptions, "Stop the daemon."],
         ["status", None, DaemonStatusOptions, "Is the daemon running?"],
+        [
+            "install-unit",
+            None,
+            DaemonInstallUnitOptions,
+            "Write a systemd user unit that runs the daemon.",
+        ],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("daemon needs start, stop or status")
+            raise usage.UsageError("daemon needs start, stop, status or install-unit")
 
 
 class UnlockOptions(_PasswordOptions):

@@ -69,10 +69,7 @@ class Session:
                 self.reactor, endpoint, token=self.token(endpoint)
             )
         except (error.ConnectError, OSError):
-            raise errors.DaemonNotRunning(
-                f"no Jarvis daemon is running for {self.data_dir}: "
-                "start one with 'jarvis daemon start'"
-            ) from None
+            raise unreachable_error(self.data_dir, endpoint) from None
         return self.client
 
     async def call(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
@@ -132,21 +129,21 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
     :raises errors.AlreadyRunning: if a daemon already answers.
     :raises errors.DaemonNotRunning: if it did not come up within :data:`START_DEADLINE`.
     """
-    from jarvis.launcher import detached_daemon_argv
+    from jarvis.launcher import detached_daemon_argv, replacement_argv
 
     running = await _status_or_none(session)
     if running is not None:
         raise errors.AlreadyRunning(
             f"a Jarvis daemon already runs for {session.data_dir} (pid {running['pid']})"
         )
-    extra: list[str] = []
-    if sub is not None:
-        if sub["listen"]:
-            extra += ["--listen", sub["listen"]]
-        for address in sub["advertise"]:
-            extra += ["--advertise", address]
-        if sub["password-file"]:
-            extra += ["--password-file", os.path.abspath(sub["password-file"])]
+    await _wait_previous_gone(session)
+    # the options given now, the others as the last daemon of this data directory had them
+    extra = replacement_argv(
+        session.data_dir,
+        {"listen": sub["listen"], "advertise": sub["advertise"]} if sub is not None else None,
+    )
+    if sub is not None and sub["password-file"]:
+        extra += ["--password-file", os.path.abspath(sub["password-file"])]
     os.makedirs(session.data_dir, mode=0o700, exist_ok=True)
     argv = detached_daemon_argv(session.data_dir, extra)
     from twisted.internet import utils
@@ -192,15 +189,31 @@ def _start_failure(data_dir: str, output: str, code: int) -> str:
     return f"{reason} ({logfile})"
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with *pid* exists (it may belong to another user)."""
+def process_state(pid: int) -> str:
+    """Return ``"running"``, ``"zombie"`` (it has exited, its parent has not reaped it yet) or
+    ``"gone"`` for the process *pid* (it may belong to another user).
+
+    A zombie holds no socket and no file, but ``kill(pid, 0)`` still finds it, and so do twistd's
+    pid file check and the data directory's lock: a new daemon must wait until it is gone.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return "gone"
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "running"
+    return "zombie" if state in ("Z", "X") else "running"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with *pid* runs (it may belong to another user; a zombie does not)."""
+    return process_state(pid) == "running"
 
 
 def _pidfile_pid(data_dir: str) -> int | None:
@@ -213,6 +226,74 @@ def _pidfile_pid(data_dir: str) -> int | None:
         return None
 
 
+def _lock_pid(data_dir: str) -> int | None:
+    """The pid recorded in the data directory's lock (a running daemon always holds it, with or
+    without a pid file)."""
+    from jarvis import paths
+
+    try:
+        return int(os.readlink(paths.lock_path(data_dir)))
+    except (OSError, ValueError):
+        return None
+
+
+def daemon_pid(data_dir: str) -> int | None:
+    """Return the pid of the data directory's daemon from its lock or pid file, if it runs."""
+    for pid in (_lock_pid(data_dir), _pidfile_pid(data_dir)):
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
+            return pid
+    return None
+
+
+def unreachable_error(data_dir: str, endpoint: str) -> errors.JarvisError:
+    """Return the error for a refused connection to the API at *endpoint*.
+
+    A daemon that runs (its lock or pid file names a live process) and whose socket file exists
+    refused because its accept queue was full: :class:`errors.DaemonBusy`.  Otherwise no daemon
+    runs (a socket left by a killed daemon refuses too): :class:`errors.DaemonNotRunning`.
+    """
+    pid = daemon_pid(data_dir)
+    socket_there = not endpoint.startswith("unix:") or os.path.exists(endpoint.split(":")[1])
+    if pid is not None and socket_there:
+        return errors.DaemonBusy(
+            f"the Jarvis daemon for {data_dir} (pid {pid}) is running but refused the "
+            "connection: its local API is busy (too many clients connecting at once); "
+            "try again in a moment"
+        )
+    return errors.DaemonNotRunning(
+        f"no Jarvis daemon is running for {data_dir}: start one with 'jarvis daemon start'"
+    )
+
+
+async def _wait_previous_gone(session: Session) -> None:
+    """Wait until the process named by the lock or pid file is gone (a daemon killed a moment
+    ago may linger as a zombie, and twistd and the lock would take it for a running daemon).
+
+    :raises errors.AlreadyRunning: if that process runs without answering, or lingers.
+    """
+    deadline = time.monotonic() + START_DEADLINE
+    for pid in (_lock_pid(session.data_dir), _pidfile_pid(session.data_dir)):
+        if pid is None or pid == os.getpid():
+            continue
+        while True:
+            state = process_state(pid)
+            if state == "gone":
+                break
+            if state == "running":
+                raise errors.AlreadyRunning(
+                    f"process {pid}, named by the lock or pid file in {session.data_dir}, runs "
+                    "but its API does not answer: stop it ('jarvis daemon stop' or kill "
+                    f"{pid}); if it is not a Jarvis daemon, remove jarvis.pid and daemon.lock "
+                    f"in {session.data_dir}"
+                )
+            if time.monotonic() > deadline:
+                raise errors.AlreadyRunning(
+                    f"the previous daemon (pid {pid}) has exited but its parent has not reaped "
+                    "it yet: try again in a moment"
+                )
+            await _sleep(session.reactor, POLL_INTERVAL)
+
+
 async def _wait_exit(reactor: Any, pid: int) -> bool:
     deadline = time.monotonic() + STOP_DEADLINE
     while time.monotonic() < deadline:
@@ -223,7 +304,7 @@ async def _wait_exit(reactor: Any, pid: int) -> bool:
 
 
 async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``daemon start|stop|status``."""
+    """``daemon start|stop|status|install-unit``."""
     action = sub.subCommand
     if action == "start":
         started = await start_daemon(session, sub.subOptions)
@@ -249,8 +330,30 @@ async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any
             f"version {status['version']}, {lock})",
             _status_doc(status),
         )
+    elif action == "install-unit":
+        install_unit(session, sub.subOptions)
     else:
         await _stop_daemon(session)
+
+
+def install_unit(session: Session, sub: usage.Options) -> None:
+    """``daemon install-unit [--force] [--print]``: write (or print) the systemd user unit."""
+    from jarvis import launcher, systemd
+
+    daemon_args = launcher.replacement_argv(
+        session.data_dir, {"listen": sub["listen"], "advertise": sub["advertise"]}
+    )
+    text = systemd.unit_text(session.data_dir, daemon_args, systemd.source_root())
+    path = systemd.unit_path()
+    if sub["print"]:
+        session.emit(text.rstrip("\n"), {"path": path, "written": False, "unit": text})
+        return
+    systemd.write_unit(path, text, force=bool(sub["force"]))
+    session.emit(
+        f"wrote {path}\nnow run: {systemd.NEXT_STEPS}\n"
+        "the daemon starts locked: unlock it in the UI ('jarvis') or with 'jarvis unlock'",
+        {"path": path, "written": True, "unit": text, "next": systemd.NEXT_STEPS},
+    )
 
 
 def _status_doc(status: dict[str, Any]) -> dict[str, Any]:

@@ -91,3 +91,10 @@ class DaemonNotRunning(JarvisError):
     """No Jarvis daemon answers for this data directory: start one with ``jarvis daemon start``."""
 
     kind = "not_running"
+
+
+class DaemonBusy(JarvisError):
+    """The data directory's daemon is running but refused the connection: its local API's
+    accept queue is full (many clients connecting at once).  Try again in a moment."""
+
+    kind = "busy"
