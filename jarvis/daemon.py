@@ -10,8 +10,11 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the local API listener (``--ipc``), a ``strports`` service.
 
 A failed listen aborts start-up with the reason.  A second daemon on the same data directory is
-refused by a lock file before anything is written.  Stopping (SIGTERM, Ctrl-C, ``daemon.stop``)
-closes the listeners, the peer sessions and the store, then removes the endpoint file and the lock.
+refused by a lock file before anything is written.  Starting records the start options in
+``daemon.json`` (for a replacement daemon, see :mod:`jarvis.launcher`) and the pid that
+``daemon.status`` reports: twistd builds the service before it forks to daemonize, so the pid is
+read when the service starts.  Stopping (SIGTERM, Ctrl-C, ``daemon.stop``) closes the listeners,
+the peer sessions and the store, then removes the endpoint file and the lock.
 """
 
 from __future__ import annotations
