@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from jarvis import errors
 from jarvis.cli import EXIT_INTERRUPTED, Options
 from jarvis.ipc.jsonrpc import RemoteError
+from jarvis.launcher import process_state, recorded_pids
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
@@ -189,28 +190,6 @@ def _start_failure(data_dir: str, output: str, code: int) -> str:
     return f"{reason} ({logfile})"
 
 
-def process_state(pid: int) -> str:
-    """Return ``"running"``, ``"zombie"`` (it has exited, its parent has not reaped it yet) or
-    ``"gone"`` for the process *pid* (it may belong to another user).
-
-    A zombie holds no socket and no file, but ``kill(pid, 0)`` still finds it, and so do twistd's
-    pid file check and the data directory's lock: a new daemon must wait until it is gone.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            # "pid (comm) state ...": comm may hold spaces and parentheses
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "running"
-    return "zombie" if state in ("Z", "X") else "running"
-
-
 def pid_alive(pid: int) -> bool:
     """Whether a process with *pid* runs (it may belong to another user; a zombie does not)."""
     return process_state(pid) == "running"
@@ -226,21 +205,10 @@ def _pidfile_pid(data_dir: str) -> int | None:
         return None
 
 
-def _lock_pid(data_dir: str) -> int | None:
-    """The pid recorded in the data directory's lock (a running daemon always holds it, with or
-    without a pid file)."""
-    from jarvis import paths
-
-    try:
-        return int(os.readlink(paths.lock_path(data_dir)))
-    except (OSError, ValueError):
-        return None
-
-
 def daemon_pid(data_dir: str) -> int | None:
     """Return the pid of the data directory's daemon from its lock or pid file, if it runs."""
-    for pid in (_lock_pid(data_dir), _pidfile_pid(data_dir)):
-        if pid is not None and pid != os.getpid() and pid_alive(pid):
+    for pid in recorded_pids(data_dir):
+        if pid_alive(pid):
             return pid
     return None
 
@@ -272,9 +240,7 @@ async def _wait_previous_gone(session: Session) -> None:
     :raises errors.AlreadyRunning: if that process runs without answering, or lingers.
     """
     deadline = time.monotonic() + START_DEADLINE
-    for pid in (_lock_pid(session.data_dir), _pidfile_pid(session.data_dir)):
-        if pid is None or pid == os.getpid():
-            continue
+    for pid in recorded_pids(session.data_dir):
         while True:
             state = process_state(pid)
             if state == "gone":

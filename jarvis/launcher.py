@@ -156,3 +156,50 @@ def replacement_argv(data_dir: str, given: Mapping[str, Any] | None = None) -> l
     options = read_daemon_options(data_dir)
     options.update(remembered_options(given or {}))
     return options_argv(options)
+
+
+# The previous daemon's process ------------------------------------------------------------------
+
+
+def process_state(pid: int) -> str:
+    """Return ``"running"``, ``"zombie"`` (it has exited, its parent has not reaped it yet) or
+    ``"gone"`` for the process *pid* (it may belong to another user).
+
+    A zombie holds no socket and no file, but ``kill(pid, 0)`` still finds it, and so do twistd's
+    pid file check and the data directory's lock: a new daemon must wait until it is gone.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "running"
+    return "zombie" if state in ("Z", "X") else "running"
+
+
+def recorded_pids(data_dir: str) -> list[int]:
+    """Return the pids named by *data_dir*'s lock (a running daemon always holds it, with or
+    without a pid file) and pid file, each once, leaving out this process."""
+    pids: list[int] = []
+    try:
+        pids.append(int(os.readlink(paths.lock_path(data_dir))))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(paths.pidfile_path(data_dir), encoding="ascii") as f:
+            pids.append(int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    return [pid for i, pid in enumerate(pids) if pid != os.getpid() and pid not in pids[:i]]
+
+
+def previous_daemon_lingers(data_dir: str) -> bool:
+    """Whether the last daemon of *data_dir* has exited but is not reaped yet (a zombie): twistd's
+    pid-file check and the lock would refuse a new daemon until it is gone."""
+    return any(process_state(pid) == "zombie" for pid in recorded_pids(data_dir))

@@ -6,12 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from jarvis import cli, commands, errors, paths
+from jarvis import cli, commands, errors, launcher, paths
 from tests.daemons import short_tempdir
 
 #: A pid above the kernel's largest possible pid (2**22): no process has it.
@@ -48,14 +47,6 @@ def live_child(testcase: TestCase) -> subprocess.Popen[bytes]:
     testcase.addCleanup(child.wait)
     testcase.addCleanup(child.stdin.close)  # type: ignore[union-attr]
     return child
-
-
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await task.deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 class UnreachableTests(TestCase):
@@ -121,21 +112,23 @@ class UnreachableTests(TestCase):
 class ProcessStateTests(TestCase):
     """A process that has exited but is not reaped (a zombie) is not a running daemon."""
 
-    async def test_zombie(self) -> None:
+    def test_zombie(self) -> None:
         """When a child has exited and is not reaped yet, then it is a zombie, not alive, and
         gone once reaped."""
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         self.addCleanup(child.wait)
-        self.assertIn(commands.process_state(child.pid), ("running", "zombie"))
+        self.assertIn(launcher.process_state(child.pid), ("running", "zombie"))
         if not os.path.exists(f"/proc/{child.pid}/stat"):
             self.skipTest("needs /proc to tell a zombie")
-        await wait_until(lambda: commands.process_state(child.pid) == "zombie")
+        # wait for the child's exit without reaping it: it stays a zombie until child.wait()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        self.assertEqual(launcher.process_state(child.pid), "zombie")
         self.assertFalse(commands.pid_alive(child.pid))
         child.wait()
-        self.assertEqual(commands.process_state(child.pid), "gone")
+        self.assertEqual(launcher.process_state(child.pid), "gone")
 
     def test_running_and_gone(self) -> None:
         """When the pid is this process, then it runs; when no process has it, it is gone."""
-        self.assertEqual(commands.process_state(os.getpid()), "running")
+        self.assertEqual(launcher.process_state(os.getpid()), "running")
         self.assertTrue(commands.pid_alive(os.getpid()))
-        self.assertEqual(commands.process_state(NO_SUCH_PID), "gone")
+        self.assertEqual(launcher.process_state(NO_SUCH_PID), "gone")

@@ -1,8 +1,9 @@
 """End to end: the daemon's life cycle as a user and a supervisor see it, with real daemons.
 
 The pid the daemon reports is the one that serves the API; a daemon killed with SIGKILL is
-replaced at once by ``jarvis daemon start``; a replacement keeps the options of the daemon it
-replaces; the local API accepts a crowd of clients connecting at once.
+replaced at once by ``jarvis daemon start``; a replacement (started by the CLI or by the UI)
+keeps the options of the daemon it replaces; the local API accepts a crowd of clients connecting
+at once.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class ReplacementOptionsTests(TestCase):
         await cli.ok("daemon", "start")
         new = (await cli.json("daemon", "status"))["pid"]
         argv = cmdline(new)
+        self.assertIn("--listen", argv, "the replacement got the default options")
         self.assertEqual(argv[argv.index("--listen") + 1], LOOPBACK)
         self.assertEqual(argv[argv.index("--advertise") + 1], "127.0.0.1:9")
         self.assertNotIn("--password-file", argv)
@@ -230,3 +232,45 @@ class ApiBacklogTests(TestCase):
         await client.close()
         self.assertEqual(status["pid"], daemon.transport.pid)
         await daemon.stop()
+
+
+class UiReplacementTests(TestCase):
+    timeout = 120
+
+    async def test_ui_replaces_a_killed_daemon_with_its_options(self) -> None:
+        """When the daemon a running UI is attached to (started with --listen on loopback) is
+        killed with SIGKILL, then the UI starts a replacement once the killed process is gone,
+        and the replacement listens where the first did, not on the defaults."""
+        from tests.test_e2e_ui import start_ui
+
+        root = short_tempdir(self)
+        cli = Cli(root, "data")
+        self.addCleanup(cli.run, "daemon", "stop")
+        await cli.ok("daemon", "start", "--listen", LOOPBACK)
+        old = (await cli.json("daemon", "status"))["pid"]
+
+        start_ui(self, cli.data_dir, root)
+
+        async def clients() -> int:
+            status = await cli.json("rpc", "daemon.status")
+            return int(status.get("clients", 0))
+
+        for _ in range(300):  # the UI attaches: the daemon counts it among its clients
+            if await clients() >= 2:  # the UI and this 'rpc' call
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        else:
+            self.fail("the UI did not attach to the daemon")
+
+        os.kill(old, signal.SIGKILL)
+
+        def replaced() -> bool:
+            pids = launcher.recorded_pids(cli.data_dir)
+            return bool(pids) and old not in pids and all(not gone(pid) for pid in pids)
+
+        await wait_until(replaced, 60.0)
+        new = (await cli.json("daemon", "status"))["pid"]
+        self.assertNotEqual(new, old)
+        argv = cmdline(new)
+        self.assertIn("--listen", argv, "the replacement got the default options")
+        self.assertEqual(argv[argv.index("--listen") + 1], LOOPBACK)

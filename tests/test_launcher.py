@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -140,3 +142,38 @@ class UiReplacementTests(SynchronousTestCase):
         argv = reactor.argvs[-1]
         self.assertEqual(argv[argv.index("--listen") + 1], "tcp:9")
         self.assertEqual(argv.count("--listen"), 1)
+
+    def test_ui_waits_for_a_zombie_daemon(self) -> None:
+        """When the daemon was killed a moment ago and is not reaped yet (a zombie that twistd
+        and the lock would take for a running daemon), then the UI does not start a replacement
+        that would be refused; it starts one on an attempt after the process is gone."""
+        data_dir = make_data_dir(self)
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        self.addCleanup(child.wait)
+        os.symlink(str(child.pid), os.path.join(data_dir, "daemon.lock"))
+        if not os.path.exists(f"/proc/{child.pid}/stat"):
+            raise self.skipTest("needs /proc to tell a zombie")
+        # wait for the child's exit without reaping it: it stays a zombie until child.wait()
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+        self.assertTrue(launcher.previous_daemon_lingers(data_dir))
+        reactor = FakeSpawner()
+        connector = DaemonConnector(reactor, data_dir)
+        self.failureResultOf(connector())
+        self.assertEqual((reactor.argvs, connector.spawned), ([], False))
+        child.wait()
+        self.assertFalse(launcher.previous_daemon_lingers(data_dir))
+        self.failureResultOf(connector())
+        self.assertEqual((len(reactor.argvs), connector.spawned), (1, True))
+
+    def test_recorded_pids(self) -> None:
+        """When the lock and the pid file name pids, then both are listed once, never this
+        process's own."""
+        data_dir = make_data_dir(self)
+        self.assertEqual(launcher.recorded_pids(data_dir), [])
+        os.symlink("12345", os.path.join(data_dir, "daemon.lock"))
+        with open(os.path.join(data_dir, "jarvis.pid"), "w") as f:
+            f.write("12345")
+        self.assertEqual(launcher.recorded_pids(data_dir), [12345])
+        with open(os.path.join(data_dir, "jarvis.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        self.assertEqual(launcher.recorded_pids(data_dir), [12345])

@@ -137,7 +137,14 @@ class DaemonConnector:
 
         def failed(failure: Failure) -> Failure:
             if self._start_daemon and not self.spawned and self._endpoint is None:
-                self.spawn()
+                from jarvis import launcher
+
+                # a daemon killed a moment ago may still be a zombie, which twistd and the lock
+                # take for a running daemon: start the replacement on a later attempt
+                if launcher.previous_daemon_lingers(self._data_dir):
+                    log.info("the previous daemon has not been reaped yet; starting one later")
+                else:
+                    self.spawn()
             return failure
 
         return d.addErrback(failed)
