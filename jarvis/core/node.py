@@ -775,8 +775,19 @@ class Node(Service):
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
 
-    def history(self, ref: str, *, limit: int = 50, before: str | None = None) -> Any:
-        """Return a page of a conversation, newest first, with the next cursor and the marker."""
+    def history(
+        self,
+        ref: str,
+        *,
+        limit: int = 50,
+        before: str | int | None = None,
+        after: str | int | None = None,
+    ) -> Any:
+        """Return a page of a conversation, newest first, with the cursors and the marker.
+
+        :param before: a ``next`` cursor or a message id: only older messages.
+        :param after: a ``newer`` cursor or a message id: the oldest messages newer than it.
+        """
         store = self._require_store()
         contact = self.resolve(ref)
         if not 1 <= limit <= 500:
@@ -784,11 +795,12 @@ class Node(Service):
 
         @defer.inlineCallbacks
         def load() -> Any:
-            page = yield store.history(contact.uid, limit=limit, before=before)
+            page = yield store.history(contact.uid, limit=limit, before=before, after=after)
             marker = yield store.get_marker(contact.uid)
             return {
                 "messages": [message_view(m) for m in page.messages],
                 "next": page.next_cursor,
+                "newer": page.newer_cursor,
                 "marker": marker,
             }
 
