@@ -449,13 +449,19 @@ class Node(Service):
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise Ambiguous(f"{ref!r} names {len(matches)} contacts: use a uid prefix")
+                raise Ambiguous(
+                    f"{ref!r} names {len(matches)} contacts ({_candidates(matches)}): "
+                    "use a uid prefix"
+                )
         lowered = ref.lower()
         matches = [c for c in self._contacts.values() if c.uid.startswith(lowered)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise Ambiguous(f"{ref!r} is the start of {len(matches)} uids: give more characters")
+            raise Ambiguous(
+                f"{ref!r} is the start of {len(matches)} uids ({_candidates(matches)}): "
+                "give more characters"
+            )
         raise NotFound(f"no contact called {ref!r}: 'jarvis contacts' lists them")
 
     def _status_of(self, uid: str) -> str:
@@ -1083,6 +1089,20 @@ class Node(Service):
         self._public_uid = None
         self._emit("identity.locked", {"wiped": True, "deleted": True})
         return {"removed": removed}
+
+
+#: How many candidates an ambiguous contact reference names.
+_SHOWN_CANDIDATES = 5
+
+
+def _candidates(matches: Sequence[Contact]) -> str:
+    """Name the contacts an ambiguous reference matches: display name (repr, so a control
+    character cannot reach a terminal) and uid prefix, a few of them."""
+    ordered = sorted(matches, key=lambda c: c.uid)
+    shown = [f"{c.alias or c.name!r} {c.uid[:12]}" for c in ordered[:_SHOWN_CANDIDATES]]
+    if len(ordered) > _SHOWN_CANDIDATES:
+        shown.append(f"{len(ordered) - _SHOWN_CANDIDATES} more")
+    return ", ".join(shown)
 
 
 def _with_state(message: Message, state: str) -> Message:

@@ -649,9 +649,16 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "peers.status",
             peers_status,
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
-            "'online'), connect_attempts, connect_successes, connect_failures, last_error, "
-            "last_error_at, connected_since, bytes_in, bytes_out, messages_in, messages_out}]}",
-            doc="Show the connection state of every peer.",
+            "'online'), connect_attempts, connect_successes, connect_failures, "
+            "sessions_accepted, last_error, last_error_at, connected_since, offline_since, "
+            "bytes_in, bytes_out, messages_in, messages_out}]}",
+            doc="Show the connection state of every peer. connect_attempts counts outbound "
+            "dials started; connect_successes those that reached a session (sessions dialled), "
+            "connect_failures those that did not (last_error, last_error_at: the latest); "
+            "sessions_accepted counts inbound connections that reached a session. "
+            "connected_since is set while online, offline_since while not (when the last "
+            "session ended, or when the daemon began to track the contact). Times are seconds "
+            "since the epoch; counters run from the daemon's unlock.",
         ),
         MethodSpec(
             "events.subscribe",
