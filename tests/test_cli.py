@@ -390,6 +390,35 @@ class FakeDaemonTests(SocketTestCase):
         self.assertTrue(json.loads(out)["verified"])
         self.assertTrue(self.node._resolve("alice")["verified"])  # type: ignore[attr-defined]
 
+    async def test_verify_asks_on_the_terminal(self) -> None:
+        """When verify runs on a terminal, then it shows both fingerprints and the safety code
+        and asks; 'n' leaves the contact unverified (exit 1), 'y' marks it verified."""
+        from tests.pty_terminal import PtyTerminal
+
+        alice = self.node._resolve("alice")  # type: ignore[attr-defined]
+        argv = [sys.executable, "-m", "jarvis", "--data-dir", self.data_dir, "verify", "alice"]
+        env = child_env()
+        for answer, code, verified in (("n", 1, False), ("y", 0, True)):
+            terminal = PtyTerminal(argv, env=env, path=REPO, columns=120).start()
+            self.addCleanup(terminal.stop)
+            screen = await terminal.wait_for("[y/N]")
+            self.assertIn(alice["safety_code"], screen)
+            self.assertIn(alice["fingerprint"], screen)
+            self.assertIn("your fingerprint:", screen)
+            self.assertFalse(alice["verified"])
+            terminal.type(answer + "\r")
+            self.assertEqual(await terminal.wait_ended(), code)
+            self.assertEqual(alice["verified"], verified)
+        self.assertIn("is now verified", terminal.text())
+        # Ctrl+C at the question: exit 130 at once (the read does not hold the exit), unmarked
+        self.node.update_contact("alice", verified=False)
+        terminal = PtyTerminal(argv, env=env, path=REPO, columns=120).start()
+        self.addCleanup(terminal.stop)
+        await terminal.wait_for("[y/N]")
+        terminal.send(b"\x03")
+        self.assertEqual(await terminal.wait_ended(), cli.EXIT_INTERRUPTED)
+        self.assertFalse(alice["verified"])
+
     async def test_remote_error(self) -> None:
         """When the daemon answers an error, then one line on stderr and exit 1."""
         code, out, err = await self.run_cli("history", "nobody")
