@@ -33,6 +33,8 @@ from jarvis import errors
 
 #: Exit status after Ctrl+C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
+#: How many messages ``history`` shows without --limit or --all.
+DEFAULT_HISTORY = 20
 
 
 class UsageProblem(Exception):
@@ -248,15 +250,17 @@ class ContactsOptions(CommandOptions):
 
 
 class SendOptions(CommandOptions):
-    """Send a message (TEXT '-' reads stdin); prints the message id."""
+    """Send a message; prints the message id. Without TEXT, or with TEXT '-', the message is
+    read from stdin (to its end): prefer that, because TEXT on the command line is visible to
+    every local user in the process list."""
 
-    synopsis = "CONTACT TEXT|- [--wait sent|delivered] [--timeout S]"
+    synopsis = "CONTACT [TEXT|-] [--wait sent|delivered] [--timeout S]"
     optParameters = [
         ["wait", "w", None, "Wait until the message is 'sent' or 'delivered'."],
         ["timeout", "t", 30.0, "Seconds to wait with --wait.", float],
     ]
 
-    def parseArgs(self, contact: str, text: str) -> None:  # type: ignore[override]
+    def parseArgs(self, contact: str, text: str = "-") -> None:  # type: ignore[override]
         self["contact"] = contact
         self["text"] = text
 
@@ -268,17 +272,103 @@ class SendOptions(CommandOptions):
 
 
 class HistoryOptions(CommandOptions):
-    """Show the last messages of a conversation."""
+    """Show a conversation, oldest message first: its last N messages (default 20), or all of
+    them, or those before or after a message id. Scripts page with --json: pass the first
+    message's id as --before for older ones, the last one's as --after for newer ones."""
 
-    synopsis = "CONTACT [--limit N]"
-    optParameters = [["limit", "n", 20, "How many messages (1-200).", int]]
+    synopsis = "CONTACT [--limit N | --all] [--before MESSAGE_ID] [--after MESSAGE_ID]"
+    optFlags = [["all", "a", "Every message (fetched from the daemon 200 at a time)."]]
+    optParameters = [
+        ["limit", "n", None, f"How many messages, any N >= 1 (default {DEFAULT_HISTORY}).", int],
+        ["before", "b", None, "Only messages older than MESSAGE_ID: the N just before it."],
+        [
+            "after",
+            None,
+            None,
+            "Only messages newer than MESSAGE_ID: the N just after it (with --before too: "
+            "those between the two).",
+        ],
+    ]
 
     def parseArgs(self, contact: str) -> None:  # type: ignore[override]
         self["contact"] = contact
 
     def postOptions(self) -> None:
-        if not 1 <= self["limit"] <= 200:
-            raise usage.UsageError("--limit must be between 1 and 200")
+        if self["all"] and self["limit"] is not None:
+            raise usage.UsageError("give --limit N or --all, not both")
+        if self["limit"] is not None and self["limit"] < 1:
+            raise usage.UsageError("--limit must be at least 1")
+        if not self["all"] and self["limit"] is None:
+            self["limit"] = DEFAULT_HISTORY
+        if self["all"]:
+            self["limit"] = None
+
+
+class _ContactOptions(CommandOptions):
+    synopsis = "CONTACT"
+
+    def parseArgs(self, contact: str) -> None:  # type: ignore[override]
+        self["contact"] = contact
+
+
+class VerifyOptions(_ContactOptions):
+    """Show your fingerprint, the contact's and your shared safety code, ask on the terminal
+    whether the contact read you the same safety code (in person or over a channel you trust),
+    and if so mark the contact verified. With --json, --yes is required."""
+
+    synopsis = "CONTACT [--yes]"
+    optFlags = [["yes", "y", "Do not ask: you already compared the safety code (scripts)."]]
+
+
+class RemoveOptions(_ContactOptions):
+    """Remove a contact; its conversation is kept unless --with-history is given."""
+
+    synopsis = "CONTACT [--with-history]"
+    optFlags = [["with-history", None, "Also delete the conversation with the contact."]]
+
+
+class RenameOptions(CommandOptions):
+    """Give a contact a local alias (what you see; the contact's own name is kept)."""
+
+    synopsis = "CONTACT NAME"
+
+    def parseArgs(self, contact: str, name: str) -> None:  # type: ignore[override]
+        self["contact"] = contact
+        self["name"] = name
+
+
+class PasswdOptions(_PasswordOptions):
+    """Change the master password. Both passwords are asked on the terminal (the new one
+    twice), or read from files; when both files are '-', stdin's first line is the current
+    password and its second line the new one."""
+
+    synopsis = "[--password-file FILE|-] [--new-password-file FILE|-]"
+    optParameters = [
+        [
+            "new-password-file",
+            None,
+            None,
+            "Read the new password from the first line of FILE ('-' reads stdin); without "
+            "it, prompt twice on the terminal.",
+        ]
+    ]
+
+
+class SettingsOptions(CommandOptions):
+    """List the settings, show one (KEY) or change one (KEY VALUE). On/off settings take
+    on/off, true/false, yes/no or 1/0."""
+
+    synopsis = "[KEY [VALUE]]"
+
+    def parseArgs(self, key: str | None = None, value: str | None = None) -> None:  # type: ignore[override]
+        self["key"] = key
+        self["value"] = value
+
+
+class PeersOptions(CommandOptions):
+    """Show every contact's connection: online or offline and since when, traffic, sessions
+    dialled and accepted, failed dials and the last error. Counters run from the daemon's
+    unlock."""
 
 
 class WatchOptions(CommandOptions):
@@ -336,6 +426,12 @@ class Options(usage.Options):
         ["contacts", None, ContactsOptions, "List contacts."],
         ["send", None, SendOptions, "Send a message."],
         ["history", None, HistoryOptions, "Show a conversation."],
+        ["verify", None, VerifyOptions, "Compare safety codes and mark a contact verified."],
+        ["rename", None, RenameOptions, "Give a contact a local alias."],
+        ["remove", None, RemoveOptions, "Remove a contact."],
+        ["peers", None, PeersOptions, "Show connection status and figures per contact."],
+        ["settings", None, SettingsOptions, "List, show or change settings."],
+        ["passwd", None, PasswdOptions, "Change the master password."],
         ["watch", None, WatchOptions, "Print events as JSON lines."],
         ["rpc", None, RpcOptions, "Call an API method."],
         ["export", None, ExportOptions, "Export the account to a sealed file."],
@@ -384,22 +480,33 @@ def read_password_file(path: str, stdin: Any = None) -> str:
     return line.rstrip("\r\n")
 
 
-def ask_password(options: usage.Options, *, confirm: bool) -> str:
-    """Return the password from ``--password-file`` or a terminal prompt.
+def ask_password(
+    options: usage.Options,
+    *,
+    confirm: bool,
+    option: str = "password-file",
+    prompt: str = "Password: ",
+) -> str:
+    """Return the password from the file option *option* or a terminal prompt.
 
     :raises UsageProblem: without a password file and without a terminal.
     :raises errors.InvalidInput: if the two prompted passwords differ.
     """
     import getpass
 
-    if options["password-file"]:
-        return read_password_file(options["password-file"])
+    if options[option]:
+        return read_password_file(options[option])
     if not sys.stdin.isatty():
-        raise UsageProblem("no terminal to ask for the password: use --password-file FILE (or -)")
-    password = getpass.getpass("Password: ")
+        raise UsageProblem(f"no terminal to ask for the password: use --{option} FILE (or -)")
+    password = getpass.getpass(prompt)
     if confirm and getpass.getpass("Repeat the password: ") != password:
         raise errors.InvalidInput("the passwords differ; nothing was changed")
     return password
+
+
+def ask_new_password(options: usage.Options) -> str:
+    """Return ``passwd``'s new password: ``--new-password-file`` or two terminal prompts."""
+    return ask_password(options, confirm=True, option="new-password-file", prompt="New password: ")
 
 
 def prepare(options: Options) -> dict[str, Any]:
@@ -425,8 +532,27 @@ def prepare(options: Options) -> dict[str, Any]:
         else:
             raise UsageProblem("no terminal to ask for passwords: use --export-password-file")
         inputs["password"] = ask_password(sub, confirm=True)
+    elif command == "passwd":
+        inputs["password"] = ask_password(sub, confirm=False, prompt="Current password: ")
+        inputs["new_password"] = ask_new_password(sub)
+    elif command == "verify":
+        if options.wants_json() and not sub["yes"]:
+            raise UsageProblem(
+                "verify --json cannot ask for a confirmation: compare the safety code "
+                "('jarvis verify CONTACT' shows it), then run it again with --yes"
+            )
+        if not sub["yes"] and not sys.stdin.isatty():
+            raise UsageProblem(
+                "no terminal to ask whether the safety codes match: compare them, then run "
+                "'jarvis verify CONTACT --yes'"
+            )
     elif command == "send":
-        inputs["text"] = sys.stdin.read().rstrip("\n") if sub["text"] == "-" else sub["text"]
+        if sub["text"] == "-":
+            if sys.stdin.isatty():
+                print("Type the message, then Ctrl+D on a line of its own:", file=sys.stderr)
+            inputs["text"] = sys.stdin.read().rstrip("\n")
+        else:
+            inputs["text"] = sub["text"]
     elif command == "add":
         source = sub["link_or_card"]
         if source.startswith("jarvis://"):

@@ -525,18 +525,270 @@ def _when(timestamp: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))
 
 
+#: Messages per ``messages.history`` call (the API's largest page).
+HISTORY_PAGE = 200
+
+
+async def history_messages(
+    session: Session,
+    contact: str,
+    *,
+    limit: int | None,
+    before: str | None = None,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return a conversation's messages, oldest first, paging through ``messages.history``.
+
+    :param limit: the most messages (``None``: all): the newest ones, or with *after* the
+        oldest ones newer than it.
+    :param before: a message id: only older messages.
+    :param after: a message id: only newer messages.
+    """
+    newest_first: list[dict[str, Any]] = []
+    oldest_first: list[dict[str, Any]] = []
+    cursor = after if after is not None else before
+    while limit is None or len(newest_first) + len(oldest_first) < limit:
+        got = len(newest_first) + len(oldest_first)
+        size = HISTORY_PAGE if limit is None else min(HISTORY_PAGE, limit - got)
+        params: dict[str, Any] = {"contact": contact, "limit": size}
+        if after is None:
+            if cursor is not None:
+                params["before"] = cursor
+            page = await session.call("messages.history", params)
+            newest_first.extend(page["messages"])
+            cursor = page.get("next")
+        else:
+            params["after"] = cursor
+            if before is not None:
+                params["before"] = before
+            page = await session.call("messages.history", params)
+            oldest_first.extend(reversed(page["messages"]))
+            cursor = page.get("newer")
+        if cursor is None:
+            break
+    return oldest_first if after is not None else list(reversed(newest_first))
+
+
 async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``history CONTACT``."""
-    page = await session.call(
-        "messages.history", {"contact": sub["contact"], "limit": sub["limit"]}
+    """``history CONTACT [--limit N|--all] [--before ID] [--after ID]``: oldest first."""
+    from jarvis.textsafe import terminal_safe
+
+    messages = await history_messages(
+        session, sub["contact"], limit=sub["limit"], before=sub["before"], after=sub["after"]
     )
-    # the API pages newest first; people read a conversation oldest first
-    messages = list(reversed(page["messages"]))
+    if session.options.wants_json():
+        session.emit(None, messages)
+        return
     lines = [
-        f"{_when(m.get('created'))} {'>' if m.get('direction') == 'out' else '<'} {m.get('body')}"
+        f"{_when(m.get('created'))} {'>' if m.get('direction') == 'out' else '<'} "
+        f"{terminal_safe(str(m.get('body')))}"
         for m in messages
     ]
     session.emit("\n".join(lines) if lines else "no messages", messages)
+
+
+async def _show_contact(session: Session, ref: str) -> dict[str, Any]:
+    contact: dict[str, Any] = await session.call("contacts.show", {"contact": ref})
+    return contact
+
+
+def _safe_name(contact: dict[str, Any]) -> str:
+    from jarvis.textsafe import terminal_safe
+
+    return terminal_safe(_contact_name(contact), keep_newlines=False)
+
+
+async def _confirm(session: Session, question: str) -> bool:
+    """Ask *question* on the terminal; True for an answer starting with y.
+
+    The answer is read by a daemon thread (not the reactor's pool): Ctrl+C while it waits
+    ends the command at once instead of waiting for the blocked read.
+    """
+    import threading
+
+    answer: defer.Deferred[str] = defer.Deferred()
+
+    def read() -> None:
+        try:
+            line = input(question)
+        except (EOFError, OSError):
+            line = ""
+        session.reactor.callFromThread(answer.callback, line)
+
+    threading.Thread(target=read, name="jarvis-confirm", daemon=True).start()
+    return (await answer).strip().lower() in ("y", "yes")
+
+
+async def cmd_verify(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``verify CONTACT [--yes]``: show both fingerprints and the safety code, confirm, mark
+    the contact verified."""
+    contact = await _show_contact(session, sub["contact"])
+    me = await session.call("identity.show")
+    name = _safe_name(contact)
+    document = {
+        "uid": contact["uid"],
+        "name": contact.get("alias") or contact.get("name"),
+        "fingerprint": contact["fingerprint"],
+        "own_fingerprint": me["fingerprint"],
+        "safety_code": contact["safety_code"],
+        "verified": bool(contact.get("verified")),
+    }
+    if not session.options.wants_json():
+        width = max(len("your fingerprint:"), len(name) + len("'s fingerprint:"))
+        print(f"{'your fingerprint:':<{width}} {me['fingerprint']}")
+        print(f"{name + chr(39) + 's fingerprint:':<{width}} {contact['fingerprint']}")
+        print(f"{'safety code:':<{width}} {contact['safety_code']}")
+    if contact.get("verified"):
+        session.emit(f"{name} is already verified", document)
+        return
+    if not sub["yes"]:
+        print(
+            f"Ask {name} to read you their safety code, in person or over a channel you "
+            "trust (not this one)."
+        )
+        if not await _confirm(session, "Is it the same as yours? [y/N] "):
+            raise errors.JarvisError(
+                f"{name} was not marked verified: the codes were not confirmed"
+            )
+    updated = await session.call("contacts.update", {"contact": contact["uid"], "verified": True})
+    document["verified"] = bool(updated.get("verified"))
+    session.emit(f"{name} is now verified", document)
+
+
+async def cmd_remove(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``remove CONTACT [--with-history]``."""
+    contact = await _show_contact(session, sub["contact"])
+    with_history = bool(sub["with-history"])
+    await session.call("contacts.remove", {"contact": contact["uid"], "with_history": with_history})
+    outcome = "and the conversation" if with_history else "(the conversation is kept)"
+    session.emit(
+        f"removed {_safe_name(contact)} ({contact['uid'][:12]}) {outcome}",
+        {
+            "removed": True,
+            "uid": contact["uid"],
+            "name": contact.get("alias") or contact.get("name"),
+            "with_history": with_history,
+        },
+    )
+
+
+async def cmd_rename(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``rename CONTACT NAME``: set the contact's local alias."""
+    contact = await _show_contact(session, sub["contact"])
+    updated = await session.call(
+        "contacts.update", {"contact": contact["uid"], "name": sub["name"]}
+    )
+    session.emit(f"renamed {_safe_name(contact)} to {_safe_name(updated)}", updated)
+
+
+async def cmd_passwd(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``passwd``: re-seal the key file with a new password."""
+    result = await session.call(
+        "identity.changePassword",
+        {"old_password": inputs["password"], "new_password": inputs["new_password"]},
+        progress=_progress_printer(),
+    )
+    session.emit("password changed", result)
+
+
+_ON = ("on", "true", "yes", "1")
+_OFF = ("off", "false", "no", "0")
+
+
+def parse_setting(key: str, text: str, current: Any) -> Any:
+    """Return *text* as the type of the setting's *current* value (on/off for booleans).
+
+    :raises errors.InvalidInput: if it is not a value of that type.
+    """
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in _ON:
+            return True
+        if lowered in _OFF:
+            return False
+        raise errors.InvalidInput(f"{key} is on or off, not {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise errors.InvalidInput(f"{key} is a whole number, not {text!r}") from None
+    return text
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+async def cmd_settings(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``settings [KEY [VALUE]]``: list, get or set."""
+    settings: dict[str, Any] = await session.call("settings.get")
+    key, value = sub["key"], sub["value"]
+    if key is None:
+        width = max((len(k) for k in settings), default=0)
+        lines = [f"{k:<{width}}  {_setting_text(v)}" for k, v in settings.items()]
+        session.emit("\n".join(lines), settings)
+        return
+    if key not in settings:
+        raise errors.NotFound(f"no setting {key!r}: there are {', '.join(settings)}")
+    if value is not None:
+        changed = await session.call(
+            "settings.set", {key: parse_setting(key, value, settings[key])}
+        )
+        settings = changed
+    session.emit(f"{key} {_setting_text(settings[key])}", {key: settings[key]})
+
+
+def _ago(timestamp: Any, now: float) -> str | None:
+    from jarvis.textsafe import human_since
+
+    if not isinstance(timestamp, int | float):
+        return None
+    return human_since(float(timestamp), now)
+
+
+def peer_lines(peer: dict[str, Any], now: float) -> list[str]:
+    """Return the text lines that describe one entry of ``peers.status``."""
+    from jarvis.textsafe import human_bytes, terminal_safe
+
+    name = terminal_safe(str(peer.get("name") or peer.get("uid", "?")[:12]), keep_newlines=False)
+    status = str(peer.get("status") or "offline")
+    if status == "online":
+        since = _ago(peer.get("connected_since"), now)
+        state = "online" + (f" since {since}" if since else "")
+    else:
+        since = _ago(peer.get("offline_since"), now)
+        state = "offline" + (f" since {since}" if since else "")
+        if status == "connecting":
+            state += ", connecting now"
+    lines = [f"{name} ({str(peer.get('uid', ''))[:12]}): {state}"]
+    if "bytes_in" in peer:
+        lines.append(
+            f"  traffic:    {human_bytes(peer.get('bytes_in') or 0)} in, "
+            f"{human_bytes(peer.get('bytes_out') or 0)} out; "
+            f"messages {peer.get('messages_in') or 0} in, {peer.get('messages_out') or 0} out"
+        )
+        lines.append(
+            f"  sessions:   {peer.get('connect_successes') or 0} dialled, "
+            f"{peer.get('sessions_accepted') or 0} accepted; "
+            f"{peer.get('connect_failures') or 0} failed dials"
+        )
+    if peer.get("last_error"):
+        when = _ago(peer.get("last_error_at"), now)
+        error_text = terminal_safe(str(peer["last_error"]), keep_newlines=False)
+        lines.append(f"  last error: {when + ': ' if when else ''}{error_text}")
+    return lines
+
+
+async def cmd_peers(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``peers``: connection status and health figures per contact."""
+    result = await session.call("peers.status")
+    now = time.time()
+    lines = [f"{result.get('online', 0)} of {result.get('total', 0)} contacts online"]
+    for peer in result.get("peers", []):
+        lines.extend(peer_lines(peer, now))
+    session.emit("\n".join(lines), result)
 
 
 async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -570,6 +822,12 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "contacts": cmd_contacts,
     "send": cmd_send,
     "history": cmd_history,
+    "verify": cmd_verify,
+    "rename": cmd_rename,
+    "remove": cmd_remove,
+    "peers": cmd_peers,
+    "settings": cmd_settings,
+    "passwd": cmd_passwd,
     "watch": cmd_watch,
     "rpc": cmd_rpc,
     "export": cmd_export,

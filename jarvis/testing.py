@@ -330,23 +330,42 @@ class FakeNode:
         return self._call("send_message", work)
 
     def history(
-        self, ref: str, *, limit: int = 50, before: str | int | None = None
+        self,
+        ref: str,
+        *,
+        limit: int = 50,
+        before: str | int | None = None,
+        after: str | int | None = None,
     ) -> defer.Deferred[Any]:
+        """Like ``Node.history``: newest first; cursors here are message ids."""
+
         def work() -> dict[str, Any]:
             c = self._resolve(ref)
             messages = self._messages.get(c["uid"], [])
-            end = len(messages)
+            ids = [m["id"] for m in messages]
+
+            def position(bound: str | int) -> int:
+                if bound not in ids:
+                    raise errors.NotFound(f"message {bound} is not in this conversation")
+                return ids.index(bound)
+
+            start, end = 0, len(messages)
             if before is not None:
-                ids = [m["id"] for m in messages]
-                if before not in ids:
-                    raise errors.InvalidInput(f"before: unknown cursor {before!r}")
-                end = ids.index(before)
-            start = max(0, end - limit)
-            page = [dict(m) for m in messages[start:end]]
+                end = position(before)
+            if after is not None:
+                start = position(after) + 1
+            if after is None:
+                first, last = max(start, end - limit), end
+            else:
+                first, last = start, min(end, start + limit)
+            page = [dict(m) for m in reversed(messages[first:last])]
             unread = [m for m in messages if m["direction"] == "in" and m["read"] is None]
+            older = after is None and first > start
+            newer = after is not None and last < end
             return {
                 "messages": page,
-                "next": messages[start]["id"] if start > 0 else None,
+                "next": messages[first]["id"] if older else None,
+                "newer": messages[last - 1]["id"] if newer else None,
                 "marker": unread[0]["id"] if unread and c["unread"] else None,
             }
 
@@ -382,9 +401,11 @@ class FakeNode:
                 "connect_attempts": 0,
                 "connect_successes": 0,
                 "connect_failures": 0,
+                "sessions_accepted": 0,
                 "last_error": None,
                 "last_error_at": None,
                 "connected_since": None,
+                "offline_since": None if c["status"] == "online" else self._now(),
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "messages_in": 0,

@@ -45,7 +45,41 @@ class ParsingTests(SynchronousTestCase):
             ("alice", "hi", "sent", 30.0),
         )
         self.assertRaises(usage.UsageError, self.parse, "send", "alice", "hi", "--wait", "read")
-        self.assertRaises(usage.UsageError, self.parse, "send", "alice")
+        self.assertRaises(usage.UsageError, self.parse, "send")
+
+    def test_send_text_from_stdin(self) -> None:
+        """When send gets no TEXT, then the text comes from stdin (as with '-'), so it need not
+        appear in the process list; --help says so."""
+        self.assertEqual(self.parse("send", "alice").subOptions["text"], "-")
+        self.assertIn("stdin", str(cli.SendOptions()))
+        self.assertIn("process list", str(cli.SendOptions()))
+
+    def test_history_limits(self) -> None:
+        """When history gets --limit N, then any N >= 1 is taken (no ceiling); --all means no
+        limit; both together, or N < 1, are usage errors; --before/--after take message ids."""
+        self.assertEqual(self.parse("history", "bob").subOptions["limit"], cli.DEFAULT_HISTORY)
+        sub = self.parse("history", "bob", "--limit", "10000").subOptions
+        self.assertEqual(sub["limit"], 10000)
+        self.assertIsNone(self.parse("history", "bob", "--all").subOptions["limit"])
+        self.assertRaises(usage.UsageError, self.parse, "history", "bob", "--limit", "0")
+        self.assertRaises(usage.UsageError, self.parse, "history", "bob", "--all", "--limit", "5")
+        sub = self.parse("history", "bob", "--before", "ab" * 16, "--after", "cd" * 16).subOptions
+        self.assertEqual((sub["before"], sub["after"]), ("ab" * 16, "cd" * 16))
+
+    def test_new_commands(self) -> None:
+        """When verify, rename, remove, settings, peers and passwd are parsed, then their
+        arguments and flags land where the commands read them."""
+        self.assertTrue(self.parse("verify", "bob", "--yes").subOptions["yes"])
+        sub = self.parse("rename", "bob", "Bobby B").subOptions
+        self.assertEqual((sub["contact"], sub["name"]), ("bob", "Bobby B"))
+        self.assertTrue(self.parse("remove", "bob", "--with-history").subOptions["with-history"])
+        sub = self.parse("settings", "bell", "off").subOptions
+        self.assertEqual((sub["key"], sub["value"]), ("bell", "off"))
+        self.assertIsNone(self.parse("settings").subOptions["key"])
+        self.assertEqual(self.parse("peers", "--json").subCommand, "peers")
+        sub = self.parse("passwd", "-p", "a", "--new-password-file", "b").subOptions
+        self.assertEqual((sub["password-file"], sub["new-password-file"]), ("a", "b"))
+        self.assertRaises(usage.UsageError, self.parse, "rename", "bob")
 
     def test_json_anywhere(self) -> None:
         """When --json comes before or after the command, then the command wants JSON."""
@@ -91,6 +125,72 @@ class PasswordFileTests(SynchronousTestCase):
         """When the file is missing, then the error names it."""
         error = self.assertRaises(cli.errors.InvalidInput, cli.read_password_file, "/nonexistent")
         self.assertIn("/nonexistent", str(error))
+
+
+class FigureTests(SynchronousTestCase):
+    """The text of ``peers`` and ``settings``."""
+
+    def test_peer_lines_each_figure_once(self) -> None:
+        """When a peer's figures are shown, then status, since, traffic in human units,
+        dialled/accepted sessions, failed dials and the last error each appear once, and a
+        control character in the name is shown escaped."""
+        from jarvis.commands import peer_lines
+
+        now = 1_800_000_000.0
+        peer = {
+            "uid": "k" * 52,
+            "name": "Bo\x1b[2Jb",
+            "status": "online",
+            "connect_attempts": 9,
+            "connect_successes": 2,
+            "connect_failures": 7,
+            "sessions_accepted": 3,
+            "last_error": "connection refused",
+            "last_error_at": now - 3600,
+            "connected_since": now - 720,
+            "offline_since": None,
+            "bytes_in": 1536,
+            "bytes_out": 5 * 1024 * 1024,
+            "messages_in": 4,
+            "messages_out": 6,
+        }
+        lines = peer_lines(peer, now)
+        text = "\n".join(lines)
+        self.assertNotIn("\x1b", text)
+        self.assertTrue(lines[0].startswith("Bo\\x1b[2Jb (kkkkkkkkkkkk): online since "))
+        self.assertTrue(lines[0].endswith(", 12 min ago"))
+        self.assertEqual(
+            lines[1:3],
+            [
+                "  traffic:    1.5 KiB in, 5.0 MiB out; messages 4 in, 6 out",
+                "  sessions:   2 dialled, 3 accepted; 7 failed dials",
+            ],
+        )
+        self.assertTrue(lines[3].endswith(", 1 h ago: connection refused"))
+        self.assertEqual(len(lines), 4)
+
+    def test_offline_connecting(self) -> None:
+        """When a peer is connecting, then it is shown offline since when, connecting now."""
+        from jarvis.commands import peer_lines
+
+        now = 1_800_000_000.0
+        [line, *_] = peer_lines(
+            {"uid": "k" * 52, "name": "Bob", "status": "connecting", "offline_since": now - 40},
+            now,
+        )
+        self.assertIn("offline since", line)
+        self.assertIn("40 s ago, connecting now", line)
+
+    def test_parse_setting(self) -> None:
+        """When a setting is given as text, then it is parsed as the type of its value."""
+        from jarvis import errors
+        from jarvis.commands import parse_setting
+
+        self.assertIs(parse_setting("bell", "Off", True), False)
+        self.assertIs(parse_setting("bell", "yes", False), True)
+        self.assertEqual(parse_setting("n", "12", 3), 12)
+        self.assertRaises(errors.InvalidInput, parse_setting, "bell", "maybe", True)
+        self.assertRaises(errors.InvalidInput, parse_setting, "n", "x", 3)
 
 
 class StartFailureTests(SynchronousTestCase):
@@ -182,7 +282,7 @@ class NoDaemonTests(TestCase):
 
     async def test_usage_error(self) -> None:
         """When the arguments are wrong, then the exit status is 2."""
-        code, _, err = await self.run_cli("send", "alice")
+        code, _, err = await self.run_cli("send")
         self.assertEqual(code, 2)
         self.assertIn("jarvis:", err)
         code, _, _ = await self.run_cli("frobnicate")
@@ -241,6 +341,83 @@ class FakeDaemonTests(SocketTestCase):
         self.assertEqual((out.strip(), message["body"]), (message["id"], "hello there"))
         code, out, _ = await self.run_cli("--json", "history", "alice")
         self.assertEqual([m["body"] for m in json.loads(out)], ["hello there"])
+
+    async def test_send_without_text_reads_stdin(self) -> None:
+        """When send has no TEXT, then the message is read from stdin (not the arguments)."""
+        code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")
+        self.assertEqual(code, 0, err)
+        [message] = self.node.messages_of("alice")
+        self.assertEqual((out.strip(), message["body"]), (message["id"], "not in argv"))
+
+    async def test_passwd_from_stdin(self) -> None:
+        """When both password files are '-', then stdin's first line is the current password
+        and its second the new one; a wrong current password changes nothing (exit 1)."""
+        self.node._password = "old"  # type: ignore[attr-defined]
+        args = ("passwd", "--password-file", "-", "--new-password-file", "-")
+        code, _out, err = await self.run_cli(*args, stdin=b"wrong\nnew\n")
+        self.assertEqual(code, 1)
+        self.assertEqual(self.node._password, "old")  # type: ignore[attr-defined]
+        code, out, err = await self.run_cli(*args, stdin=b"old\nnew\n")
+        self.assertEqual((code, out.strip()), (0, "password changed"), err)
+        self.assertEqual(self.node._password, "new")  # type: ignore[attr-defined]
+
+    async def test_history_pages(self) -> None:
+        """When history asks for more than a page, then the CLI pages through the API and
+        prints them oldest first; --before/--after page from a message id."""
+        for i in range(450):
+            self.node.receive("alice", f"m{i}")
+        ids = [m["id"] for m in self.node.messages_of("alice")]
+        code, out, err = await self.run_cli("--json", "history", "alice", "--limit", "10000")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([m["id"] for m in json.loads(out)], ids)
+        code, out, err = await self.run_cli("history", "alice", "--limit", "300")
+        self.assertEqual(out.splitlines()[0][-6:], "< m150")
+        self.assertEqual(len(out.splitlines()), 300)
+        code, out, err = await self.run_cli("--json", "history", "alice", "--after", ids[9])
+        self.assertEqual([m["id"] for m in json.loads(out)], ids[10:30])
+        code, out, err = await self.run_cli("--json", "history", "alice", "--before", ids[9])
+        self.assertEqual([m["id"] for m in json.loads(out)], ids[:9])
+
+    async def test_verify_json_needs_yes(self) -> None:
+        """When verify runs with --json but without --yes, then it refuses (exit 2) without
+        marking anything; with --yes the contact is verified."""
+        code, out, err = await self.run_cli("--json", "verify", "alice")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("--yes", err)
+        self.assertFalse(self.node._resolve("alice")["verified"])  # type: ignore[attr-defined]
+        code, out, err = await self.run_cli("--json", "verify", "alice", "--yes")
+        self.assertEqual(code, 0, err)
+        self.assertTrue(json.loads(out)["verified"])
+        self.assertTrue(self.node._resolve("alice")["verified"])  # type: ignore[attr-defined]
+
+    async def test_verify_asks_on_the_terminal(self) -> None:
+        """When verify runs on a terminal, then it shows both fingerprints and the safety code
+        and asks; 'n' leaves the contact unverified (exit 1), 'y' marks it verified."""
+        from tests.pty_terminal import PtyTerminal
+
+        alice = self.node._resolve("alice")  # type: ignore[attr-defined]
+        argv = [sys.executable, "-m", "jarvis", "--data-dir", self.data_dir, "verify", "alice"]
+        env = child_env()
+        for answer, code, verified in (("n", 1, False), ("y", 0, True)):
+            terminal = PtyTerminal(argv, env=env, path=REPO, columns=120).start()
+            self.addCleanup(terminal.stop)
+            screen = await terminal.wait_for("[y/N]")
+            self.assertIn(alice["safety_code"], screen)
+            self.assertIn(alice["fingerprint"], screen)
+            self.assertIn("your fingerprint:", screen)
+            self.assertFalse(alice["verified"])
+            terminal.type(answer + "\r")
+            self.assertEqual(await terminal.wait_ended(), code)
+            self.assertEqual(alice["verified"], verified)
+        self.assertIn("is now verified", terminal.text())
+        # Ctrl+C at the question: exit 130 at once (the read does not hold the exit), unmarked
+        self.node.update_contact("alice", verified=False)
+        terminal = PtyTerminal(argv, env=env, path=REPO, columns=120).start()
+        self.addCleanup(terminal.stop)
+        await terminal.wait_for("[y/N]")
+        terminal.send(b"\x03")
+        self.assertEqual(await terminal.wait_ended(), cli.EXIT_INTERRUPTED)
+        self.assertFalse(alice["verified"])
 
     async def test_remote_error(self) -> None:
         """When the daemon answers an error, then one line on stderr and exit 1."""

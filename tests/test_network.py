@@ -218,6 +218,10 @@ class EstablishTests(TestCase):
         self.assertEqual((status_a.connect_attempts, status_a.connect_successes), (1, 1))
         self.assertEqual(status_a.connect_failures, 0)
         self.assertIsNotNone(status_a.connected_since)
+        # dialled by A, accepted by B: each side counts the session once, on its own side
+        self.assertEqual((status_a.sessions_accepted, status_b.sessions_accepted), (0, 1))
+        self.assertEqual((status_b.connect_attempts, status_b.connect_successes), (0, 0))
+        self.assertIsNone(status_a.offline_since)
         self.assertEqual((status_a.messages_out, status_b.messages_in), (1, 1))
         self.assertGreater(status_a.bytes_out, 0)
         self.assertGreater(status_b.bytes_in, 0)
@@ -225,6 +229,26 @@ class EstablishTests(TestCase):
         self.assertEqual(a.network.summary(), "green")
         states = [e[2].state for e in a.observer.named("status")]
         self.assertEqual(states, ["connecting", "online"])
+
+    async def test_offline_since(self) -> None:
+        """When a contact is tracked but not reached, then offline_since is when tracking began;
+        when its session ends, then offline_since is that moment and connected_since is gone."""
+        a, b = make_pair(self)
+        before = reactor.seconds()
+        a.network.connect(b.uid)
+        tracked = a.network.status(b.uid).offline_since
+        assert tracked is not None
+        self.assertGreaterEqual(tracked, before)
+        await a.wait_online(b)
+        self.assertIsNone(a.network.status(b.uid).offline_since)
+        online_at = a.network.status(b.uid).connected_since
+        assert online_at is not None
+        a.network.session(b.uid).close("test")  # type: ignore[union-attr]
+        await a.observer.wait(lambda: bool(a.observer.named("closed")))
+        status = a.network.status(b.uid)
+        self.assertIsNone(status.connected_since)
+        assert status.offline_since is not None
+        self.assertGreaterEqual(status.offline_since, online_at)
 
     async def test_stop_says_goodbye(self) -> None:
         """When A stops, then B's session closes with A's goodbye and A's stop fires."""

@@ -246,7 +246,10 @@ class ContactTests(TestCase):
         _k2, l2 = friend_link("Bob")
         await node.add_contact(link=l1)
         await node.add_contact(link=l2)
-        self.assertRaises(Ambiguous, node.resolve, "Bob")
+        ambiguous = self.assertRaises(Ambiguous, node.resolve, "Bob")
+        # the error names the candidates, so the user can pick one by its uid prefix
+        for key in (k1, _k2):
+            self.assertIn(key.uid[:12], str(ambiguous))
         self.assertEqual(node.resolve(k1.uid[:20]).uid, k1.uid)
         self.assertRaises(NotFound, node.resolve, "Carol")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
@@ -396,3 +396,58 @@ class DocsTests(SynchronousTestCase):
             self.assertIn(f"### `{name}`", text)
         for entry in jsonrpc.ERROR_CODES:
             self.assertIn(f"| {entry.code} |", text)
+
+
+class RealNodeMethodTests(TestCase):
+    """Methods in front of a real Node (key file, SQLite store), as the daemon serves them."""
+
+    def context(self) -> tuple[MethodContext, Any, Any]:
+        from tests.test_node import make_node
+
+        node, clock, _ = make_node(self)
+        ctx, _, _ = make_context(node)
+        return ctx, node, clock
+
+    async def test_create_name_with_control_character(self) -> None:
+        """When identity.create gets a name with a control character, then the answer is
+        -32602 naming the field and the character (not -32603), and no identity is made."""
+        ctx, node, _ = self.context()
+        with self.assertRaises(jsonrpc.RpcError) as caught:
+            await build_registry().call(
+                "identity.create", {"name": "Eve\x07il", "password": "pw"}, ctx
+            )
+        error = caught.exception
+        self.assertEqual((error.code, error.data["field"]), (jsonrpc.INVALID_PARAMS, "name"))
+        self.assertIn("U+0007", error.message)
+        self.assertFalse(node.has_identity)
+
+    async def test_history_by_message_id(self) -> None:
+        """When messages.history gets a message id as before or after, then it pages back
+        from it or forward from it (the oldest newer ones first, with a newer cursor); an id
+        of no message in the conversation is not_found."""
+        from tests.test_node import friend_link, turned
+
+        ctx, node, clock = self.context()
+        await node.create_identity("Alice", "pw")
+        await node.add_contact(link=friend_link()[1])
+        sent = await turned(
+            clock, defer.gatherResults([node.send_message("Bob", f"m{i}") for i in range(250)])
+        )
+        ids = [m["id"] for m in sorted(sent, key=lambda m: m["seq"])]
+        registry = build_registry()
+
+        async def page(**params: Any) -> Any:
+            return await registry.call("messages.history", {"contact": "Bob", **params}, ctx)
+
+        older = await page(before=ids[100], limit=30)
+        self.assertEqual([m["id"] for m in older["messages"]], ids[70:100][::-1])
+        self.assertIsNone(older["newer"])
+        newer = await page(after=ids[100], limit=100)
+        self.assertEqual([m["id"] for m in newer["messages"]], ids[101:201][::-1])
+        self.assertIsNone(newer["next"])
+        rest = await page(after=newer["newer"], limit=100)
+        self.assertEqual([m["id"] for m in rest["messages"]], ids[201:][::-1])
+        self.assertIsNone(rest["newer"])
+        with self.assertRaises(jsonrpc.RpcError) as caught:
+            await page(after="0" * 32)
+        self.assertEqual(caught.exception.code, jsonrpc.NOT_FOUND)

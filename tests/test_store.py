@@ -583,6 +583,70 @@ class HistoryTests(StoreTestCase):
             await store.history(ALICE, before="not a cursor")
 
 
+class HistoryBoundTests(StoreTestCase):
+    """Paging from a message id, backwards (before) and forwards (after), by seq."""
+
+    async def fill(self, count: int) -> tuple[Store, list[Message]]:
+        store = await self.open_store()
+        added = await gatherResults(
+            [store.add_outgoing(make_message(body=f"m{i}")) for i in range(count)]
+        )
+        await store.add_outgoing(make_message(BOB))
+        return store, sorted(added, key=lambda m: m.seq)
+
+    async def test_before_message_id(self) -> None:
+        """When 1,200 messages are paged back from a message id, then each page holds the
+        messages just older than it, newest first, and the cursors reach the oldest."""
+        store, added = await self.fill(1200)
+        page = await store.history(ALICE, limit=200, before=added[700].id)
+        self.assertEqual(list(page.messages), list(reversed(added[500:700])))
+        seen = list(page.messages)
+        while page.next_cursor is not None:
+            page = await store.history(ALICE, limit=200, before=page.next_cursor)
+            seen.extend(page.messages)
+        self.assertEqual(seen, list(reversed(added[:700])))
+        self.assertIsNone(page.newer_cursor)
+
+    async def test_after_message_id(self) -> None:
+        """When 1,200 messages are paged forward from a message id, then each page holds the
+        oldest messages newer than it (newest first in the page) and newer_cursor goes on to
+        the newest; next_cursor stays None."""
+        store, added = await self.fill(1200)
+        page = await store.history(ALICE, limit=200, after=added[99].id)
+        self.assertEqual(list(page.messages), list(reversed(added[100:300])))
+        self.assertIsNone(page.next_cursor)
+        seen = list(reversed(page.messages))
+        while page.newer_cursor is not None:
+            page = await store.history(ALICE, limit=200, after=page.newer_cursor)
+            seen.extend(reversed(page.messages))
+        self.assertEqual(seen, added[100:])
+        page = await store.history(ALICE, limit=5, after=added[-1].id)
+        self.assertEqual((page.messages, page.newer_cursor), ((), None))
+
+    async def test_between(self) -> None:
+        """When both before and after are given, then only the messages between them come,
+        the oldest first when more remain."""
+        store, added = await self.fill(30)
+        page = await store.history(ALICE, limit=5, after=added[9].id, before=added[20].id)
+        self.assertEqual(list(page.messages), list(reversed(added[10:15])))
+        page = await store.history(ALICE, limit=50, after=page.newer_cursor, before=added[20].id)
+        self.assertEqual(list(page.messages), list(reversed(added[15:20])))
+        self.assertIsNone(page.newer_cursor)
+
+    async def test_unknown_or_foreign_id(self) -> None:
+        """When the message id is unknown or belongs to another conversation, then NotFound;
+        a cursor that is neither an id nor a seq is InvalidInput."""
+        store, _ = await self.fill(3)
+        other = await store.add_outgoing(make_message(BOB))
+        for bound in (secrets.token_hex(16), other.id):
+            with self.assertRaises(NotFound):
+                await store.history(ALICE, before=bound)
+            with self.assertRaises(NotFound):
+                await store.history(ALICE, after=bound)
+        with self.assertRaises(InvalidInput):
+            await store.history(ALICE, after="ABCDEF")
+
+
 class UnreadTests(StoreTestCase):
     async def test_counts_and_mark_read_up_to(self) -> None:
         """When messages arrive and some are read, then counts and returned ids follow."""

@@ -449,13 +449,19 @@ class Node(Service):
             if len(matches) == 1:
                 return matches[0]
             if len(matches) > 1:
-                raise Ambiguous(f"{ref!r} names {len(matches)} contacts: use a uid prefix")
+                raise Ambiguous(
+                    f"{ref!r} names {len(matches)} contacts ({_candidates(matches)}): "
+                    "use a uid prefix"
+                )
         lowered = ref.lower()
         matches = [c for c in self._contacts.values() if c.uid.startswith(lowered)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise Ambiguous(f"{ref!r} is the start of {len(matches)} uids: give more characters")
+            raise Ambiguous(
+                f"{ref!r} is the start of {len(matches)} uids ({_candidates(matches)}): "
+                "give more characters"
+            )
         raise NotFound(f"no contact called {ref!r}: 'jarvis contacts' lists them")
 
     def _status_of(self, uid: str) -> str:
@@ -775,8 +781,19 @@ class Node(Service):
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
 
-    def history(self, ref: str, *, limit: int = 50, before: str | None = None) -> Any:
-        """Return a page of a conversation, newest first, with the next cursor and the marker."""
+    def history(
+        self,
+        ref: str,
+        *,
+        limit: int = 50,
+        before: str | int | None = None,
+        after: str | int | None = None,
+    ) -> Any:
+        """Return a page of a conversation, newest first, with the cursors and the marker.
+
+        :param before: a ``next`` cursor or a message id: only older messages.
+        :param after: a ``newer`` cursor or a message id: the oldest messages newer than it.
+        """
         store = self._require_store()
         contact = self.resolve(ref)
         if not 1 <= limit <= 500:
@@ -784,11 +801,12 @@ class Node(Service):
 
         @defer.inlineCallbacks
         def load() -> Any:
-            page = yield store.history(contact.uid, limit=limit, before=before)
+            page = yield store.history(contact.uid, limit=limit, before=before, after=after)
             marker = yield store.get_marker(contact.uid)
             return {
                 "messages": [message_view(m) for m in page.messages],
                 "next": page.next_cursor,
+                "newer": page.newer_cursor,
                 "marker": marker,
             }
 
@@ -1071,6 +1089,20 @@ class Node(Service):
         self._public_uid = None
         self._emit("identity.locked", {"wiped": True, "deleted": True})
         return {"removed": removed}
+
+
+#: How many candidates an ambiguous contact reference names.
+_SHOWN_CANDIDATES = 5
+
+
+def _candidates(matches: Sequence[Contact]) -> str:
+    """Name the contacts an ambiguous reference matches: display name (repr, so a control
+    character cannot reach a terminal) and uid prefix, a few of them."""
+    ordered = sorted(matches, key=lambda c: c.uid)
+    shown = [f"{c.alias or c.name!r} {c.uid[:12]}" for c in ordered[:_SHOWN_CANDIDATES]]
+    if len(ordered) > _SHOWN_CANDIDATES:
+        shown.append(f"{len(ordered) - _SHOWN_CANDIDATES} more")
+    return ", ".join(shown)
 
 
 def _with_state(message: Message, state: str) -> Message:

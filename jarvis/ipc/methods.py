@@ -20,6 +20,7 @@ from twisted.internet import defer
 
 from jarvis.core.events import EVENT_DOCS
 from jarvis.core.node import MAX_TEXT_BYTES
+from jarvis.crypto.identity import check_name
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
@@ -80,6 +81,16 @@ def _name(value: str) -> str | None:
         return "must not be empty"
     if len(value) > 64:
         return "must be at most 64 characters"
+    return None
+
+
+def _display_name(value: str) -> str | None:
+    # the identity's own rule (it is signed into link codes): refuse here as invalid params,
+    # with the reason, rather than let the key file code fail as an internal error
+    try:
+        check_name(value)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -230,8 +241,9 @@ def messages_send(inv: Invocation) -> defer.Deferred[Any]:
 
 def messages_history(inv: Invocation) -> defer.Deferred[Any]:
     p = inv.params
+    bounds = {k: p[k] for k in ("before", "after") if p.get(k) is not None}
     return defer.maybeDeferred(
-        inv.ctx.node.history, p["contact"], limit=p.get("limit", 50), before=p.get("before")
+        inv.ctx.node.history, p["contact"], limit=p.get("limit", 50), **bounds
     )
 
 
@@ -361,7 +373,14 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "identity.create",
             identity_create,
             (
-                Param("name", str, True, "your display name (at most 64 characters)", _name),
+                Param(
+                    "name",
+                    str,
+                    True,
+                    "your display name: 1 to 64 characters, no control or format characters, "
+                    "no white space at either end",
+                    _display_name,
+                ),
                 Param("password", str, True, "the master password (never logged)", _password),
             ),
             result="{uid, name, fingerprint}",
@@ -498,15 +517,29 @@ def method_specs() -> tuple[MethodSpec, ...]:
                     "before",
                     (str, int),
                     False,
-                    "the `next` cursor of the previous page",
+                    "the `next` cursor of the previous page, or a message id of the "
+                    "conversation: only messages older than it",
+                    None,
+                    nullable=True,
+                ),
+                Param(
+                    "after",
+                    (str, int),
+                    False,
+                    "the `newer` cursor of the previous page, or a message id of the "
+                    "conversation: the oldest messages newer than it (paging forward)",
                     None,
                     nullable=True,
                 ),
             ),
-            result="{messages: [message] (newest first), next: cursor for the older page or null, "
-            "marker: id of the first message of the latest unread run (the read position, "
-            "shared by every client) or null}",
-            doc="Page through a conversation, newest page first.",
+            result="{messages: [message] (newest first), next: cursor for the older page or null "
+            "(always null with after), newer: with after, cursor for the next newer page or "
+            "null (always null without after), marker: id of the first message of the latest "
+            "unread run (the read position, shared by every client) or null}",
+            doc="Page through a conversation, newest page first; with after, oldest page first "
+            "from a message. Paging is by position in the conversation (keyset), so a page "
+            "costs the same at any depth and messages arriving meanwhile neither repeat nor "
+            "skip. A message id that is not in the conversation is not_found.",
         ),
         MethodSpec(
             "messages.markRead",
@@ -616,9 +649,16 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "peers.status",
             peers_status,
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
-            "'online'), connect_attempts, connect_successes, connect_failures, last_error, "
-            "last_error_at, connected_since, bytes_in, bytes_out, messages_in, messages_out}]}",
-            doc="Show the connection state of every peer.",
+            "'online'), connect_attempts, connect_successes, connect_failures, "
+            "sessions_accepted, last_error, last_error_at, connected_since, offline_since, "
+            "bytes_in, bytes_out, messages_in, messages_out}]}",
+            doc="Show the connection state of every peer. connect_attempts counts outbound "
+            "dials started; connect_successes those that reached a session (sessions dialled), "
+            "connect_failures those that did not (last_error, last_error_at: the latest); "
+            "sessions_accepted counts inbound connections that reached a session. "
+            "connected_since is set while online, offline_since while not (when the last "
+            "session ended, or when the daemon began to track the contact). Times are seconds "
+            "since the epoch; counters run from the daemon's unlock.",
         ),
         MethodSpec(
             "events.subscribe",

@@ -94,11 +94,14 @@ class PeerStatus:
         being made or handshaking, in either direction) or ``"offline"`` (neither; the dialler
         may be waiting to retry).
     :ivar connect_attempts: outbound connection attempts started.
-    :ivar connect_successes: attempts that reached an established session.
+    :ivar connect_successes: attempts that reached an established session (sessions dialled).
     :ivar connect_failures: attempts that ended before that.
+    :ivar sessions_accepted: inbound connections that reached an established session.
     :ivar last_error: why the last failed attempt failed, or ``None``.
     :ivar last_error_at: when it failed, or ``None``.
     :ivar connected_since: when the contact came online, or ``None`` while not online.
+    :ivar offline_since: while not online, when its last session ended (or, if none did, when
+        the network began to track the contact); ``None`` while online.
     :ivar bytes_in: session bytes received (after TLS, prologue included).
     :ivar bytes_out: session bytes sent.
     :ivar messages_in: messages received.
@@ -110,9 +113,11 @@ class PeerStatus:
     connect_attempts: int = 0
     connect_successes: int = 0
     connect_failures: int = 0
+    sessions_accepted: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
     connected_since: float | None = None
+    offline_since: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     messages_in: int = 0
@@ -356,7 +361,7 @@ class _Entry:
 class _Peer:
     """The network's mutable record of one contact."""
 
-    def __init__(self, uid: str, dialler: Dialler) -> None:
+    def __init__(self, uid: str, dialler: Dialler, since: float) -> None:
         self.uid = uid
         self.dialler = dialler
         self.wanted = False
@@ -365,9 +370,11 @@ class _Peer:
         self.attempts: set[_Attempt] = set()
         self.state: PeerState = "offline"
         self.connect_attempts = self.connect_successes = self.connect_failures = 0
+        self.sessions_accepted = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.connected_since: float | None = None
+        self.offline_since = since  # meaningful while not online
         self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
 
     def current_state(self) -> PeerState:
@@ -385,9 +392,11 @@ class _Peer:
             connect_attempts=self.connect_attempts,
             connect_successes=self.connect_successes,
             connect_failures=self.connect_failures,
+            sessions_accepted=self.sessions_accepted,
             last_error=self.last_error,
             last_error_at=self.last_error_at,
             connected_since=self.connected_since,
+            offline_since=None if self.active is not None else self.offline_since,
             bytes_in=self.bytes_in + sum(s.stats.bytes_in for s in live),
             bytes_out=self.bytes_out + sum(s.stats.bytes_out for s in live),
             messages_in=self.messages_in,
@@ -706,7 +715,7 @@ class PeerNetwork:
                 lambda address: self._dial(uid, address),
                 self._policy,
             )
-            peer = self._peers[uid] = _Peer(uid, dialler)
+            peer = self._peers[uid] = _Peer(uid, dialler, self._reactor.seconds())
         return peer
 
     def _drop_if_idle(self, peer: _Peer) -> None:
@@ -838,6 +847,8 @@ class PeerNetwork:
         peer = entry.peer
         if entry.attempt is not None:
             entry.attempt.succeed()
+        else:
+            peer.sessions_accepted += 1
         current = peer.active
         if current is None:
             peer.active = entry
@@ -881,6 +892,7 @@ class PeerNetwork:
         if peer.active is entry:
             peer.active = None
             peer.connected_since = None
+            peer.offline_since = self._reactor.seconds()
             if peer.wanted and not self._stopping:
                 # Not at once: if the peer closed a duplicate, the survivor is about to count.
                 peer.dialler.start(delay=self._backoff_initial * (0.5 + self._rng() / 2))

@@ -29,6 +29,7 @@ import hmac
 import itertools
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
@@ -241,6 +242,29 @@ _PER_STATEMENT = 500
 _MULTI_INSERT: dict[int, str] = {}
 _CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
 _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
+
+
+_MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _history_bound(value: str | int | None) -> int | str | None:
+    """Return a history bound as a seq (a cursor) or a message id, or None.
+
+    A cursor is what :meth:`Store.history` returned (decimal digits, or an int); a message id is
+    32 lowercase hex digits.
+
+    :raises InvalidInput: for anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if _MESSAGE_ID.fullmatch(value):
+            return value
+        if value.isascii() and value.isdigit() and len(value) < 20:
+            return int(value)
+    raise InvalidInput("the history cursor is neither a message id nor one this store returned")
 
 
 def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -850,23 +874,43 @@ class _Rows:
         ).fetchall()
         return [self._message_from_row(row) for row in rows]
 
-    def history(self, uid: str, limit: int, before: int | None) -> HistoryPage:
+    def _seq_of(self, conversation: bytes, bound: int | str) -> int:
+        """Return the seq a history bound stands for: a cursor is one, an id is looked up."""
+        if isinstance(bound, int):
+            return bound
+        row = self.conn.execute(
+            "SELECT seq FROM messages WHERE conversation = ? AND id = ?", (conversation, bound)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"message {bound} is not in this conversation")
+        return int(row[0])
+
+    def history(
+        self, uid: str, limit: int, before: int | str | None, after: int | str | None = None
+    ) -> HistoryPage:
+        # keyset paging on seq (never OFFSET): each page costs its own rows whatever its depth
         conversation = self._index(uid)
-        if before is None:
-            rows = self.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (conversation, limit + 1),
-            ).fetchall()
-        else:
-            rows = self.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND seq < ? "
-                "ORDER BY seq DESC LIMIT ?",
-                (conversation, before, limit + 1),
-            ).fetchall()
-        messages = tuple(self._message_from_row(row) for row in rows[:limit])
+        where = "conversation = ?"
+        params: list[Any] = [conversation]
+        if before is not None:
+            where += " AND seq < ?"
+            params.append(self._seq_of(conversation, before))
+        if after is not None:
+            where += " AND seq > ?"
+            params.append(self._seq_of(conversation, after))
+        # with after, the page holds the oldest messages newer than it (paging forward)
+        order = "DESC" if after is None else "ASC"
+        rows = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order} LIMIT ?",
+            (*params, limit + 1),
+        ).fetchall()
+        chosen = [self._message_from_row(row) for row in rows[:limit]]
         more = len(rows) > limit
-        return HistoryPage(messages, str(messages[-1].seq) if more else None)
+        if after is None:
+            return HistoryPage(tuple(chosen), str(chosen[-1].seq) if more else None)
+        return HistoryPage(
+            tuple(reversed(chosen)), None, newer_cursor=str(chosen[-1].seq) if more else None
+        )
 
     def unread_counts(self) -> dict[str, int]:
         rows = self.conn.execute(
@@ -1315,24 +1359,34 @@ class Store:
         return self._submit(self._rows.outbox, uid, write=False)
 
     def history(
-        self, uid: str, *, limit: int = 50, before: str | None = None
+        self,
+        uid: str,
+        *,
+        limit: int = 50,
+        before: str | int | None = None,
+        after: str | int | None = None,
     ) -> Deferred[HistoryPage]:
         """Return a page of the conversation with *uid*, newest message first.
 
+        Without *after*, the page holds the newest messages (older than *before* when given);
+        with *after*, it holds the oldest messages newer than *after* (and older than *before*
+        when given), still newest first: that pages forward.
+
         :param limit: the most messages in the page (1 to :data:`MAX_PAGE`).
-        :param before: the ``next_cursor`` of the previous page, or None for the newest page.
+        :param before: a cursor this store returned (``next_cursor``) or a message id of the
+            conversation: only older messages.
+        :param after: a cursor (``newer_cursor``) or a message id: only newer messages.
         :returns: a Deferred firing with a :class:`~jarvis.store.records.HistoryPage`.
         :raises InvalidInput: (in the Deferred) for a bad limit or cursor.
+        :raises NotFound: (in the Deferred) for a message id not in this conversation.
         """
         if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
             return fail(InvalidInput(f"a history page holds 1 to {MAX_PAGE} messages"))
-        cursor: int | None = None
-        if before is not None:
-            try:
-                cursor = int(before)
-            except (TypeError, ValueError):
-                return fail(InvalidInput("the history cursor is not one this store returned"))
-        return self._submit(self._rows.history, uid, limit, cursor, write=False)
+        try:
+            bounds = [_history_bound(b) for b in (before, after)]
+        except InvalidInput as e:
+            return fail(e)
+        return self._submit(self._rows.history, uid, limit, *bounds, write=False)
 
     def unread_counts(self) -> Deferred[dict[str, int]]:
         """:returns: a Deferred firing with uid -> number of incoming messages not read

@@ -130,8 +130,11 @@ class HistoryPage:
 
     :param messages: the messages of the page, newest first.
     :param next_cursor: pass it as ``before`` to get the next (older) page; ``None`` when
-        there are no older messages.
+        there are no older messages (always ``None`` for a page asked with ``after``).
+    :param newer_cursor: for a page asked with ``after``: pass it as ``after`` to get the next
+        newer page; ``None`` when there are no newer messages (always for other pages).
     """
 
     messages: tuple[Message, ...]
     next_cursor: str | None
+    newer_cursor: str | None = None
