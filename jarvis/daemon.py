@@ -39,7 +39,7 @@ from jarvis import paths
 from jarvis.atomicfile import write_text_atomically
 from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
-from jarvis.logs import LEVELS, json_file_observer, parse_level
+from jarvis.logs import LEVELS, json_file_observer, parse_level, prepare_private_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -453,6 +453,11 @@ def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
             reactor = jreactor.install()
         data_dir = paths.ensure_data_dir(options["data-dir"])
         options["data-dir"] = data_dir
+        # twistd opens its --logfile after this, with the process umask: create it 0600 first
+        twistd_options = getattr(options, "parent", None)
+        logfile = twistd_options.get("logfile") if twistd_options is not None else None
+        if logfile and logfile != "-":
+            prepare_private_file(logfile)
         lock = FilesystemLock(paths.lock_path(data_dir))
         if not lock.lock():
             raise AlreadyRunning(
