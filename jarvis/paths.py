@@ -122,15 +122,17 @@ def _short_id(data_dir: str) -> str:
 def default_ipc_socket(data_dir: str) -> str:
     """Return the default local API socket path for *data_dir*.
 
-    ``DATA_DIR/ipc.sock`` when that path fits in an AF_UNIX address (the data directory is
-    private already, and daemon and clients agree on it whatever their environment), else
+    ``DATA_DIR/ipc.sock`` when that path fits in an AF_UNIX address and needs no escaping in an
+    endpoint description (the data directory is private already, and daemon and clients agree
+    on it whatever their environment), else
     ``<runtime directory>/<hash of the data directory>.sock`` (see :func:`runtime_dir`).
 
     :raises DataDirError: if the resulting path would be too long for AF_UNIX, or the runtime
         directory is unsafe.
     """
     in_data_dir = os.path.join(os.path.abspath(data_dir), SOCKET_FILE)
-    if len(in_data_dir.encode()) <= MAX_UNIX_PATH:
+    # the path goes into endpoint descriptions, where ':', '=' and '\\' are syntax
+    if len(in_data_dir.encode()) <= MAX_UNIX_PATH and not set(":=\\") & set(in_data_dir):
         return in_data_dir
     path = os.path.join(runtime_dir(), f"{_short_id(data_dir)}.sock")
     if len(path.encode()) > MAX_UNIX_PATH:

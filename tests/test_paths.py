@@ -145,6 +145,15 @@ class SocketPathTests(TestCase):
         with self.assertRaises(DataDirError):
             paths.default_ipc_socket(data)
 
+    def test_description_syntax_in_data_dir_uses_runtime_dir(self) -> None:
+        """When the data directory's path holds ':' (endpoint description syntax), then the
+        socket goes into the runtime directory under a hashed name."""
+        tmp = shared_tmp(self)
+        data = os.path.join(short_tempdir(self), "a:b")
+        path = paths.default_ipc_socket(data)
+        self.assertEqual(os.path.dirname(path), os.path.join(tmp, f"jarvis-{os.getuid()}"))
+        self.assertNotIn(":", path)
+
     def test_client_refuses_open_data_dir(self) -> None:
         """When the data directory others can write exists, then a client refuses to read its
         ``ipc.endpoint`` (someone else could have chosen where the password goes)."""
