@@ -31,11 +31,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jarvis.errors import DaemonNotRunning
+from jarvis.errors import DaemonNotRunning, UntrustedDaemon
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.jsonrpc import RemoteError
+from jarvis.peercred import check_local_server
 
-__all__ = ["Client", "DaemonNotRunning", "Event", "RemoteError"]
+__all__ = ["Client", "DaemonNotRunning", "Event", "RemoteError", "UntrustedDaemon"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,23 @@ def _split_endpoint(description: str) -> tuple[str, dict[str, str], list[str]]:
     return kind, named, positional
 
 
+async def _open_unix(path: str, limit: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_unix_connection(path, limit=limit)
+    # Before anything is sent: the server must run as our own uid, or the first request
+    # (unlock's password, a token) would go to whoever planted the socket.
+    try:
+        check_local_server(writer.get_extra_info("socket"))
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return reader, writer
+
+
 async def _open(target: str, limit: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
     if target.startswith("unix:"):
         _, named, positional = _split_endpoint(target)
         path = named.get("path") or (positional[0] if positional else "")
-        reader, writer = await asyncio.open_unix_connection(path, limit=limit)
+        reader, writer = await _open_unix(path, limit)
         return reader, writer, "unix"
     if target.startswith("tcp:"):
         _, named, positional = _split_endpoint(target)
@@ -74,7 +87,7 @@ async def _open(target: str, limit: int) -> tuple[asyncio.StreamReader, asyncio.
         port = int(named.get("port") or (positional[1] if len(positional) > 1 else "0"))
         reader, writer = await asyncio.open_connection(host, port, limit=limit)
         return reader, writer, "tcp"
-    reader, writer = await asyncio.open_unix_connection(target, limit=limit)
+    reader, writer = await _open_unix(target, limit)
     return reader, writer, "unix"
 
 
@@ -111,6 +124,8 @@ class Client:
         :param data_dir: the data directory (default ``$JARVIS_HOME`` or the platform's).
         :returns: the connected client.
         :raises DaemonNotRunning: if nothing listens there.
+        :raises UntrustedDaemon: if the process on the UNIX socket runs as another user
+            (checked before anything is sent to it).
         :raises RemoteError: ``unauthorized`` if the token is refused.
         """
         target = path_or_endpoint

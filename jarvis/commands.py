@@ -443,9 +443,11 @@ async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any
 
 
 def _write_card(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    """Write the contact card (public: mode 0644), replacing *path* atomically: a symbolic link
+    or another user's file there is replaced, never written through."""
+    from jarvis.atomicfile import write_text_atomically
+
+    write_text_atomically(path, text, mode=0o644)
 
 
 def _contact_name(contact: dict[str, Any]) -> str:

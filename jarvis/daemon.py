@@ -40,9 +40,10 @@ from twisted.python.threadpool import ThreadPool
 
 import jarvis
 from jarvis import paths
+from jarvis.atomicfile import write_text_atomically
 from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
-from jarvis.logs import LEVELS, json_file_observer, parse_level
+from jarvis.logs import LEVELS, json_file_observer, parse_level, prepare_private_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -366,10 +367,10 @@ class JarvisDaemon(MultiService):
 
     def _ensure_token(self) -> bytes:
         path = paths.token_path(self.data_dir)
-        if not os.path.exists(path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(os.urandom(32).hex() + "\n")
+        try:
+            write_text_atomically(path, os.urandom(32).hex() + "\n", mode=0o600, exclusive=True)
+        except FileExistsError:
+            pass  # the token of an earlier start: clients already hold it
         with open(path, encoding="ascii") as f:
             return f.read().strip().encode("ascii")
 
@@ -455,11 +456,10 @@ class JarvisDaemon(MultiService):
 
     def _ipc_listening(self, port: Any) -> Any:
         self.ipc_endpoint = ipc_client_description(self.ipc_description, port)
-        path = paths.endpoint_file_path(self.data_dir)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.ipc_endpoint + "\n")
-        os.replace(path + ".tmp", path)
+        # once, at start-up, before any client can know the endpoint: a small synchronous write
+        write_text_atomically(
+            paths.endpoint_file_path(self.data_dir), self.ipc_endpoint + "\n", mode=0o600
+        )
         self.log.info("local API listening on {endpoint}", endpoint=self.ipc_endpoint)
         return port
 
@@ -495,6 +495,11 @@ def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
             reactor = jreactor.install()
         data_dir = paths.ensure_data_dir(options["data-dir"])
         options["data-dir"] = data_dir
+        # twistd opens its --logfile after this, with the process umask: create it 0600 first
+        twistd_options = getattr(options, "parent", None)
+        logfile = twistd_options.get("logfile") if twistd_options is not None else None
+        if logfile and logfile != "-":
+            prepare_private_file(logfile)
         lock = FilesystemLock(paths.lock_path(data_dir))
         if not lock.lock():
             raise AlreadyRunning(

@@ -98,3 +98,16 @@ class DaemonBusy(JarvisError):
     accept queue is full (many clients connecting at once).  Try again in a moment."""
 
     kind = "busy"
+
+
+class UntrustedDaemon(JarvisError):
+    """The process answering on the daemon's socket runs as another user, so Jarvis sent it
+    nothing (no password, no token, no request).
+
+    Another user may have planted a fake daemon to steal your password.  Look at who owns the
+    socket (``ls -l`` on the path, ``ss -xlp``), remove it, and start your own daemon; running
+    Jarvis with ``XDG_RUNTIME_DIR`` set, or a data directory short enough to hold the socket,
+    keeps the socket out of shared directories.
+    """
+
+    kind = "untrusted_daemon"

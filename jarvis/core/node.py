@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +30,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from jarvis.atomicfile import write_atomically
 from jarvis.core.addresses import local_addresses
 from jarvis.core.events import Events, Observer
 from jarvis.core.views import contact_view, message_view, peer_view, summary_level
@@ -1144,26 +1146,15 @@ def _read_file(path: str) -> bytes:
 
 
 def _write_private_atomically(path: str, content: bytes, *, exclusive: bool = False) -> None:
-    """Write *content* to *path* (mode 0600) through a synced temporary file and a rename."""
-    if exclusive and os.path.exists(path):
-        raise InvalidInput(f"{path} already exists: choose another file name")
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write *content* to *path* (mode 0600) through :func:`jarvis.atomicfile.write_atomically`
+    (an exclusively created temporary file, fsync, rename).
+
+    :raises InvalidInput: with *exclusive*, if *path* already exists (a symbolic link too).
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomically(path, content, mode=0o600, exclusive=exclusive)
+    except FileExistsError:
+        raise InvalidInput(f"{path} already exists: choose another file name") from None
 
 
 def _finish_import(database_path: str, keyfile_path: str, content: bytes) -> None:
@@ -1174,18 +1165,23 @@ def _finish_import(database_path: str, keyfile_path: str, content: bytes) -> Non
 
 
 def _wipe_directory(path: str) -> int:
-    """Overwrite (best effort) and remove every regular file under *path*; return the count."""
+    """Overwrite (best effort) and remove every regular file under *path*; return the count.
+
+    Sockets and symbolic links are left alone: they hold no data, and the running daemon still
+    needs them (its local API socket ``ipc.sock`` and the lock links beside it).
+    """
     removed = 0
     for root, _dirs, files in os.walk(path, topdown=False):
         for name in files:
             full = os.path.join(root, name)
             try:
-                if os.path.isfile(full) and not os.path.islink(full):
-                    size = os.path.getsize(full)
-                    with open(full, "r+b") as f:
-                        f.write(b"\0" * size)
-                        f.flush()
-                        os.fsync(f.fileno())
+                if not stat.S_ISREG(os.lstat(full).st_mode):
+                    continue
+                size = os.path.getsize(full)
+                with open(full, "r+b") as f:
+                    f.write(b"\0" * size)
+                    f.flush()
+                    os.fsync(f.fileno())
                 os.unlink(full)
                 removed += 1
             except OSError:

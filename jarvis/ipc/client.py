@@ -7,7 +7,9 @@ UI's start-up tens of milliseconds), any other description through ``clientFromS
 :meth:`IpcClient.call` sends a request and returns a Deferred of its result (cancelling it sends
 ``$/cancelRequest``); :meth:`IpcClient.subscribe` delivers daemon events.  Errors from the daemon
 arrive as :class:`~jarvis.ipc.jsonrpc.RemoteError`; a lost connection fails pending calls with
-:class:`~twisted.internet.error.ConnectionLost`.
+:class:`~twisted.internet.error.ConnectionLost`.  On a UNIX socket the client first checks that
+the server runs as our own uid (:func:`jarvis.peercred.check_local_server`) and sends nothing to
+any other.
 
 This module must not import the global reactor (callers pass theirs to :meth:`IpcClient.connect`)
 nor :mod:`twisted.internet.endpoints` at import time.
@@ -16,6 +18,7 @@ nor :mod:`twisted.internet.endpoints` at import time.
 from __future__ import annotations
 
 import itertools
+import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,9 +28,11 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from jarvis.errors import UntrustedDaemon
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.jsonrpc import RemoteError
 from jarvis.ipc.wire import send_line
+from jarvis.peercred import check_local_server
 
 __all__ = ["IpcClient", "IpcClientProtocol", "RemoteError"]
 
@@ -54,6 +59,18 @@ class IpcClientProtocol(LineReceiver):
         self._lost_waiters: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
+        # Before anything is sent: a UNIX socket must be served by our own uid, or the first
+        # request (unlock's password, a token) would go to whoever planted the socket.
+        get_handle = getattr(self.transport, "getHandle", None)
+        handle = get_handle() if get_handle is not None else None
+        if isinstance(handle, socket.socket):
+            try:
+                check_local_server(handle)
+            except (UntrustedDaemon, OSError) as e:
+                self.lost = Failure(e)
+                self.transport.abortConnection()
+                self.connected_d.errback(self.lost)
+                return
         self.connected_d.callback(self)
 
     def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:  # noqa: B008
@@ -199,7 +216,11 @@ class _ConnectingFactory(ClientFactory):
             else:  # cancelled while the connection was being made
                 p.transport.loseConnection()
 
-        protocol.connected_d.addCallback(made)
+        def refused(reason: Failure) -> None:
+            if not self.connected.called:
+                self.connected.errback(reason)
+
+        protocol.connected_d.addCallbacks(made, refused)
         return protocol
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
@@ -221,7 +242,8 @@ def connect_description(reactor: Any, description: str) -> defer.Deferred[IpcCli
         connecting: defer.Deferred[IpcClientProtocol] = endpoint.connect(
             Factory.forProtocol(IpcClientProtocol)
         )
-        return connecting
+        # fails with UntrustedDaemon if the server's uid is not ours
+        return connecting.addCallback(lambda p: p.connected_d)
     kind, address, port = plain
     factory = _ConnectingFactory()
     if kind == "unix":
@@ -265,7 +287,10 @@ class IpcClient:
             ``tcp:HOST:PORT``), usually ``jarvis.paths.client_endpoint_for(data_dir)``.
         :param token: the API token, sent with ``auth`` first (needed for TCP).
         :returns: a Deferred firing with the client; it fails with the endpoint's connect error
-            (e.g. ``ConnectError``) if nobody listens, or with ``RemoteError`` (``unauthorized``).
+            (e.g. ``ConnectError``) if nobody listens, with
+            :class:`~jarvis.errors.UntrustedDaemon` if the process on a UNIX socket runs as
+            another user (checked before anything is sent), or with ``RemoteError``
+            (``unauthorized``).
         """
         d = connect_description(reactor, endpoint_description)
 

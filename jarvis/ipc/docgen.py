@@ -25,11 +25,16 @@ client is `jarvis.ipc.client.IpcClient`; scripts use the asyncio client `jarvis.
 
 ## Transport and authentication
 
-- Default: a UNIX socket with mode 0600 in a per-user runtime directory with mode 0700
-  (`$XDG_RUNTIME_DIR/jarvis/` or `/tmp/jarvis-UID/`). The daemon writes its client endpoint
-  (`unix:PATH` or `tcp:HOST:PORT`) to `ipc.endpoint` in the data directory; clients read it.
+- Default: a UNIX socket with mode 0600, `ipc.sock` in the data directory when that path fits
+  in an AF_UNIX address (~100 bytes), else in a per-user runtime directory with mode 0700
+  (`$XDG_RUNTIME_DIR/jarvis/` or `/tmp/jarvis-UID/`, created with `mkdir` and refused if it is a
+  symbolic link, another user's, or open to others). The daemon writes its client endpoint
+  (`unix:PATH` or `tcp:HOST:PORT`) to `ipc.endpoint` in the data directory; clients read it
+  (and refuse a data directory others could write).
 - On UNIX sockets the server also checks the peer's uid (`SO_PEERCRED`) and closes
-  connections of any other user without answering.
+  connections of any other user without answering.  Clients check the server the same way
+  before they send anything (a socket served by another uid is refused: `UntrustedDaemon`);
+  where `SO_PEERCRED` is missing they check the socket file's owner with `lstat`.
 - On TCP (`--ipc tcp:PORT:interface=127.0.0.1`) the first request must be
   `{{"jsonrpc": "2.0", "id": 1, "method": "auth", "params": {{"token": "..."}}}}` with the token
   from the 0600 file `ipc.token` in the data directory (compared in constant time). It answers

@@ -49,10 +49,11 @@ def osc52(text: str) -> str:
 
 
 def write_private_file(path: str, text: str) -> None:
-    """Write *text* to *path* (mode 0600, replacing it).  Blocking: run it in a thread."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
+    """Write *text* to *path* (mode 0600, replacing it atomically: a symbolic link or another
+    user's file there is replaced, never written through).  Blocking: run it in a thread."""
+    from jarvis.atomicfile import write_text_atomically
+
+    write_text_atomically(path, text, mode=0o600)
 
 
 def read_text_file(path: str, limit: int = 1 << 20) -> str:
