@@ -549,3 +549,59 @@ class FairnessTests(SynchronousTestCase):
             clock.advance(0)
             answered += [m["id"] for m in sent(transport)]
         self.assertEqual(answered, list(range(100)))
+
+
+class LockedEventTests(TestCase):
+    """While the identity is locked, subscribers learn no user content (issue 13)."""
+
+    def test_fake_node_locked_subscriber(self) -> None:
+        """When a client subscribes after the lock and a message arrives, then it receives
+        neither the text nor the sender, only the lock events; after unlock text flows again."""
+        node = unlocked_node()
+        proto, transport = make_connection(make_factory(node))
+        node.locked = True
+        node.emit("identity.locked", {"wiped": False})
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        sent(transport)
+        node.receive("alice", "secret while locked")
+        node.emit("contact.changed", {"contact": {"name": "alice"}})
+        node.emit("peer.statusChanged", {"peer": {"name": "alice"}})
+        self.assertEqual(transport.value(), b"")
+        node.locked = False
+        node.emit("identity.unlocked", {"uid": "u", "name": "me"})
+        node.receive("alice", "visible after unlock")
+        messages = sent(transport)
+        self.assertEqual([m["method"] for m in messages], ["identity.unlocked", "message.received"])
+        self.assertEqual(messages[1]["params"]["message"]["body"], "visible after unlock")
+
+    async def test_real_node_hides_peer_message(self) -> None:
+        """When the real node is screen-locked, a client subscribes and a contact's message is
+        delivered (stored, acked), then no byte the client receives holds the text, the
+        contact's name or uid; after unlock the next message's text arrives."""
+        from tests.test_node import FakeSession, node_with_bob, turned
+
+        node, clock, _events, bob = await node_with_bob(self)
+        await node.lock()
+        ctx = MethodContext(
+            node=node,
+            clock=clock,
+            info=DaemonInfo(os.getpid(), "0.1.0", node.data_dir, "unix:/tmp/x.sock"),
+            stop_daemon=lambda: None,
+        )
+        factory = IpcServerFactory(build_registry(), ctx, clock=clock)
+        proto, transport = make_connection(factory)
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        self.assertEqual(sent(transport)[0]["result"]["subscribed"], True)
+        session = FakeSession(bob.uid)
+        await turned(clock, node.message_received(session, os.urandom(16), b"canary-text", 1))
+        clock.advance(0)
+        self.assertEqual(len(session.acks), 1)  # delivered and stored despite the lock
+        leaked = transport.value()
+        for needle in (b"canary-text", b"Bob", bob.uid.encode()):
+            self.assertNotIn(needle, leaked)
+        await node.unlock("pw")
+        await turned(clock, node.message_received(session, os.urandom(16), b"after-unlock", 2))
+        methods = [m["method"] for m in sent(transport)]
+        self.assertIn("identity.unlocked", methods)
+        self.assertIn("message.received", methods)
+        proto.connectionLost(jsonrpc.RpcError(0, "gone"))  # type: ignore[arg-type]

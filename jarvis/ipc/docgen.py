@@ -105,6 +105,12 @@ read_receipts, status, unread, last_activity}`; timestamps are seconds since the
 A locked daemon (or one without an identity) answers only `daemon.*`, `identity.create`,
 `identity.unlock` and `events.subscribe`; other methods answer `-32001` (locked) or `-32007`
 (no identity).
+
+While the identity is locked (screen lock or wipe) a subscribed connection receives only
+`identity.locked` and `identity.unlocked`: every other event (messages, their states, contacts,
+peers, settings) is dropped, not delayed, so a client that has not given the password learns no
+message text, no contact name and not even that a message arrived. Messages are still stored;
+after `identity.unlocked` a client reloads what it shows (`contacts.list`, `messages.history`).
 """
 
 

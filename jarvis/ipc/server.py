@@ -12,7 +12,8 @@
 - runs requests concurrently through the :class:`~jarvis.ipc.registry.Registry`, answers each
   with its id, honours ``$/cancelRequest`` and sends ``$/progress`` for requests that carry a
   progress token (``params._progress`` or its alias ``params.progressToken``);
-- after ``events.subscribe``, forwards every Node event as a notification.
+- after ``events.subscribe``, forwards every Node event as a notification, except while the
+  identity is locked: then only :data:`~jarvis.core.events.LOCKED_EVENTS` (no names, no text).
 
 This module must not know any method: it only moves lines between sockets and the registry.
 It never logs params, results or tokens (params may hold passwords).
@@ -33,6 +34,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
+from jarvis.core.events import LOCKED_EVENTS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import Registry
 from jarvis.ipc.wire import send_line
@@ -150,6 +152,9 @@ class IpcServerProtocol(LineReceiver):
     def _forward_event(self, event: str, payload: dict[str, Any]) -> None:
         names = self._event_names
         if names is None or event in names:
+            if event not in LOCKED_EVENTS and self.factory.ctx.node.locked:
+                # The lock hides user content: no text, no names, not even that a message came.
+                return
             self.notify(event, payload)
 
     # receiving ---------------------------------------------------------------------------------
