@@ -59,6 +59,7 @@ UNAUTHORIZED = -32011
 DATA_DIR = -32012
 ALREADY_RUNNING = -32013
 NOT_RUNNING = -32014
+TOO_MANY_ATTEMPTS = -32015
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(DATA_DIR, "data_dir", "The data directory cannot be used as it is."),
     ErrorCode(ALREADY_RUNNING, "already_running", "Another daemon already uses this data dir."),
     ErrorCode(NOT_RUNNING, "not_running", "The daemon is not running (or is stopping)."),
+    ErrorCode(
+        TOO_MANY_ATTEMPTS,
+        "too_many_attempts",
+        "Too many wrong passwords: the attempt was refused at once, unchecked; `data.retry_after`"
+        " is the whole seconds to wait. Shared by every method that checks the master password "
+        "and kept across daemon restarts.",
+    ),
 )
 
 _BY_KIND = {entry.kind: entry for entry in ERROR_CODES}
@@ -173,7 +181,8 @@ def invalid_params(field_name: str, problem: str) -> RpcError:
 def error_from_exception(exc: BaseException) -> RpcError:
     """Map an exception raised by a method to the :class:`RpcError` the client receives.
 
-    Jarvis and crypto errors keep their one-line message and map by their ``kind``; anything
+    Jarvis and crypto errors keep their one-line message and map by their ``kind`` (a ``data``
+    dict on the exception adds fields to ``error.data``, e.g. ``retry_after``); anything
     else (and a crypto error of kind ``internal``) is an internal error whose message names only
     the exception type (details may hold secrets and go to the daemon log instead).
 
@@ -187,7 +196,10 @@ def error_from_exception(exc: BaseException) -> RpcError:
     ):
         kind = exc.kind
         message = str(exc) or _first_line(type(exc).__doc__) or kind
-        return RpcError(code_for_kind(kind), message, {"kind": kind})
+        extra = getattr(exc, "data", None)
+        data = dict(extra) if isinstance(extra, dict) else {}
+        data["kind"] = kind
+        return RpcError(code_for_kind(kind), message, data)
     return RpcError(INTERNAL_ERROR, f"internal error ({type(exc).__name__}): see the daemon log")
 
 
