@@ -42,9 +42,18 @@ client is `jarvis.ipc.client.IpcClient`; scripts use the asyncio client `jarvis.
   bytes (1 MiB); a longer line is answered with `-32600` (`data.kind` = `too_large`) and the
   connection is closed. Responses and notifications can be longer (a page of long messages);
   clients accept lines up to {jsonrpc.MAX_INCOMING_LINE} bytes.
-- A line that is not JSON gets `-32700`; JSON that is not a request object (a number, a string,
-  a batch array) gets `-32600`. The connection stays usable after both.
-- Batch requests are not supported (`-32600`).
+- A line that is not JSON gets `-32700`; JSON that is not a request object (a number, a string)
+  gets `-32600`. The connection stays usable after both.
+- **Batches** (JSON-RPC 2.0 section 6): a line may hold an array of requests (at most
+  {jsonrpc.MAX_BATCH}; the line limit applies to the whole line). Each element runs as if sent
+  alone, concurrently with the others: its own deadline, its own id (which `$/cancelRequest` can
+  name while it runs), its own `$/progress` notifications (sent as they come). Once every
+  element has finished, one line holds the array of the responses of the elements that have an
+  id, **in any order** (match them by id). A batch of notifications only is answered by nothing.
+  An invalid element gets its own error in the array (`[1,2,3]` gets three `-32600` errors with
+  id `null`); a batch that is not valid JSON gets one `-32700` error and `[]` (or a batch of
+  more than {jsonrpc.MAX_BATCH} elements) one `-32600` error, each a single object, not an array.
+  `auth` cannot be sent in a batch.
 - Numbers are JSON numbers: `NaN` and `Infinity` are not JSON (`-32700`), and integers are
   64-bit (-2^63 .. 2^64-1). A longer integer is read as a float, so as an id it is refused
   (`-32600`) and as an integer param it is refused (`-32602`); the daemon never sends one.

@@ -12,6 +12,9 @@
 - runs requests concurrently through the :class:`~jarvis.ipc.registry.Registry`, answers each
   with its id, honours ``$/cancelRequest`` and sends ``$/progress`` for requests that carry a
   progress token (``params._progress`` or its alias ``params.progressToken``);
+- runs the elements of a batch (a JSON array) the same way, each with its own deadline and id
+  (``$/cancelRequest`` names it), and answers the batch with one line, the array of the
+  elements' responses, once every element has finished (nothing if all were notifications);
 - after ``events.subscribe``, forwards every Node event as a notification, except while the
   identity is locked: then only :data:`~jarvis.core.events.LOCKED_EVENTS` (no names, no text).
 
@@ -198,23 +201,45 @@ class IpcServerProtocol(LineReceiver):
         if not line.strip():
             return
         try:
-            req = jsonrpc.parse_request(line)
+            req = jsonrpc.parse_line(line)
         except jsonrpc.InvalidMessage as e:
             self._send_error(e.request_id, e)
             if not self._authenticated:
                 self._refuse()
             return
+        if isinstance(req, jsonrpc.Batch):
+            self._run_batch(req)
+            return
         if not self._authenticated:
             self._authenticate(req)
             return
+        self._handle(req, self._send)
+
+    def _handle(self, req: jsonrpc.Request, reply: Callable[[bytes], None]) -> None:
+        """Serve one request (alone or in a batch): its response line goes to *reply*."""
         if req.method == CANCEL_METHOD:
-            self._cancel(req)
+            self._cancel(req, reply)
             return
         if req.method == AUTH_METHOD:
             if not req.is_notification:
-                self._send(jsonrpc.result_response(req.id, {"authenticated": True}))
+                reply(jsonrpc.result_response(req.id, {"authenticated": True}))
             return
-        self._dispatch(req)
+        self._dispatch(req, reply)
+
+    def _run_batch(self, batch: jsonrpc.Batch) -> None:
+        if not self._authenticated:
+            # ``auth`` comes alone, first: a batch cannot carry it.
+            self._authenticate(jsonrpc.Request("batch"))
+            return
+        answers = _BatchAnswers(self._send)
+        for element in batch.elements:
+            if isinstance(element, jsonrpc.InvalidMessage):
+                answers.expect()(jsonrpc.error_response(element.request_id, element))
+            elif element.is_notification:
+                self._handle(element, _no_reply)
+            else:
+                self._handle(element, answers.expect())
+        answers.seal()
 
     def _refuse(self) -> None:
         self._open = False
@@ -242,15 +267,15 @@ class IpcServerProtocol(LineReceiver):
         )
         self._refuse()
 
-    def _cancel(self, req: jsonrpc.Request) -> None:
+    def _cancel(self, req: jsonrpc.Request, reply: Callable[[bytes], None]) -> None:
         target = req.params.get("id")
         d = self._pending.get(target) if isinstance(target, int | str) else None
         if d is not None:
             d.cancel()
         if not req.is_notification:
-            self._send(jsonrpc.result_response(req.id, {"cancelled": d is not None}))
+            reply(jsonrpc.result_response(req.id, {"cancelled": d is not None}))
 
-    def _dispatch(self, req: jsonrpc.Request) -> None:
+    def _dispatch(self, req: jsonrpc.Request, reply: Callable[[bytes], None]) -> None:
         params = req.params
         token = None
         if "_progress" in params or "progressToken" in params:
@@ -260,15 +285,11 @@ class IpcServerProtocol(LineReceiver):
                     token = params.pop(key)
         if token is not None and not isinstance(token, int | str):
             problem = "must be a string or an integer"
-            self._send_error(req.id, jsonrpc.invalid_params("_progress", problem))
+            reply(jsonrpc.error_response(req.id, jsonrpc.invalid_params("_progress", problem)))
             return
         if not req.is_notification and req.id in self._pending:
-            self._send_error(
-                req.id,
-                jsonrpc.RpcError(
-                    jsonrpc.INVALID_REQUEST, f"invalid request: id {req.id!r} is already in use"
-                ),
-            )
+            in_use = f"invalid request: id {req.id!r} is already in use"
+            reply(jsonrpc.error_response(req.id, jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, in_use)))
             return
 
         progress = None
@@ -293,15 +314,19 @@ class IpcServerProtocol(LineReceiver):
             result = d.result
             if not isinstance(result, Failure | defer.Deferred):
                 # Answered at once (most methods): no callbacks, nothing to track.
-                self._answer(result, request_id)
+                self._answer(result, request_id, reply)
                 return
         if request_id is not None:
             # Tracked until answered (the callbacks below pop it, at once if d has fired);
             # a null id cannot be named by $/cancelRequest, so it is not tracked.
             self._pending[request_id] = d
-        d.addCallbacks(self._answer, self._answer_error, (request_id,), {}, (request_id, req))
+        d.addCallbacks(
+            self._answer, self._answer_error, (request_id, reply), {}, (request_id, reply)
+        )
 
-    def _answer(self, result: Any, request_id: int | str | None) -> None:
+    def _answer(
+        self, result: Any, request_id: int | str | None, reply: Callable[[bytes], None]
+    ) -> None:
         if request_id is not None:
             self._pending.pop(request_id, None)
         try:
@@ -311,21 +336,61 @@ class IpcServerProtocol(LineReceiver):
             line = jsonrpc.error_response(
                 request_id, jsonrpc.error_from_exception(TypeError("result is not JSON"))
             )
-        self._send(line)
+        reply(line)
 
     def _answer_error(
-        self, failure: Failure, request_id: int | str | None, req: jsonrpc.Request
+        self, failure: Failure, request_id: int | str | None, reply: Callable[[bytes], None]
     ) -> None:
         if request_id is not None:
             self._pending.pop(request_id, None)
         # The registry already mapped (and logged) the method's errors.
-        self._send_error(request_id, jsonrpc.error_from_exception(_exception_of(failure)))
+        reply(
+            jsonrpc.error_response(request_id, jsonrpc.error_from_exception(_exception_of(failure)))
+        )
 
     def _log_notification_failure(self, failure: Failure, method: str) -> None:
         # Nobody waits for a notification's answer; the registry logged internal errors.
         self.log.debug(
             "local API notification {method} failed: {error}", method=method, error=failure.value
         )
+
+
+def _no_reply(line: bytes) -> None:
+    """Where the (never written) response of a notification in a batch would go."""
+
+
+class _BatchAnswers:
+    """Collects the response lines of a batch's elements and sends them as one array.
+
+    :param send: writes the batch response line once every expected response arrived and
+        :meth:`seal` was called; nothing is written when no response was expected.
+    """
+
+    def __init__(self, send: Callable[[bytes], None]) -> None:
+        self._send = send
+        self._lines: list[bytes] = []
+        self._waiting = 0
+        self._sealed = False
+
+    def expect(self) -> Callable[[bytes], None]:
+        """Return the reply function of one more element (call it exactly once)."""
+        self._waiting += 1
+        return self._add
+
+    def _add(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._waiting -= 1
+        self._finish()
+
+    def seal(self) -> None:
+        """Every element has been started: send the array as soon as all have answered."""
+        self._sealed = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._sealed and self._waiting == 0 and self._lines:
+            lines, self._lines = self._lines, []
+            self._send(jsonrpc.batch_response(lines))
 
 
 def _exception_of(failure: Failure) -> BaseException:
