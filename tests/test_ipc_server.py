@@ -781,3 +781,106 @@ class BatchSocketTests(SocketTestCase, BatchExamples):
         self.check_invalid_elements(self, await exchange(b"[1]"), 1)
         self.check_invalid_elements(self, await exchange(b"[1,2,3]"), 3)
         self.assertEqual(client.messages, [])
+
+
+class SlowClientTests(SocketTestCase):
+    """A subscriber that stops reading cannot make the daemon buffer without bound (issue 12)."""
+
+    async def wait_until(self, condition: Any) -> None:
+        while not condition():
+            await task.deferLater(self.reactor, 0.001, lambda: None)
+
+    async def test_slow_subscriber_lagged_reader_served(self) -> None:
+        """When one subscriber stops reading while three times the bound of events is
+        produced, then the bytes the server holds for each client stay under the bound (and
+        daemon.status's output_buffered, for both, under the bound and 1 MiB for the reader),
+        the slow client receives a
+        prefix of the events, then $/lagged with the count dropped, then EOF, and a reading
+        subscriber receives every event in order."""
+        from jarvis.ipc.wire import MAX_PENDING_OUTPUT
+
+        slow = await self.raw_client()
+        fast = await self.raw_client()
+        for client in (slow, fast):
+            client.transport.write(b'{"id":1,"method":"events.subscribe"}\n')
+            self.assertEqual((await client.next_message())["result"]["subscribed"], True)
+        slow.transport.pauseProducing()  # the client stops reading (a suspended UI)
+        filler = "x" * 16_000
+        total = 3 * MAX_PENDING_OUTPUT // len(filler)
+        peak = peak_total = 0
+        for i in range(total):
+            self.node.receive("alice", f"{i}:{filler}")
+            peak = max(peak, *(c.buffered for c in self.factory.connections))
+            peak_total = max(peak_total, self.factory.client_figures()["output_buffered"])
+            if i % 16 == 15:
+                await self.wait_until(lambda i=i: len(fast.messages) > i - 8)
+        await self.wait_until(lambda: len(fast.messages) == total)
+        self.assertLessEqual(peak, MAX_PENDING_OUTPUT)
+        self.assertGreater(peak, MAX_PENDING_OUTPUT // 2)  # the slow client did fill it
+        self.assertLessEqual(peak_total, MAX_PENDING_OUTPUT + (1 << 20))
+        self.assertEqual(self.factory.lagged, 1)
+        bodies = [m["params"]["message"]["body"] for m in fast.messages]
+        self.assertEqual([int(b.split(":")[0]) for b in bodies], list(range(total)))
+
+        slow.transport.resumeProducing()
+        await slow.lost
+        await self.wait_until(lambda: len(self.factory.connections) == 1)  # the reader's
+        *events, last = slow.messages
+        self.assertEqual(last["method"], "$/lagged")
+        self.assertIn("lagged, resubscribe", last["params"]["message"])
+        received = [int(m["params"]["message"]["body"].split(":")[0]) for m in events]
+        self.assertEqual(received, list(range(len(received))))  # a prefix, in order
+        self.assertGreater(last["params"]["dropped"], 0)
+        self.assertLess(len(received), total)
+
+    async def test_unread_replies_count_too(self) -> None:
+        """When a client pipelines calls and never reads the answers, then it is disconnected
+        with $/lagged once they pass the bound, and other clients are still served."""
+        from jarvis.ipc.wire import MAX_PENDING_OUTPUT
+
+        greedy = await self.raw_client()
+        greedy.transport.pauseProducing()
+        self.node.receive("alice", "y" * 60_000)
+        request = b'{"id":%d,"method":"messages.history","params":{"contact":"alice"}}\n'
+        count = 2 * MAX_PENDING_OUTPUT // 60_000
+        greedy.transport.write(b"".join(request % i for i in range(count)))
+        await self.wait_until(lambda: self.factory.lagged == 1)
+        good = await self.client()
+        self.assertTrue((await good.call("daemon.status"))["running"])
+        self.assertEqual(self.factory.client_figures()["lagged"], 1)
+        greedy.transport.resumeProducing()
+        await greedy.lost
+        self.assertEqual(greedy.messages[-1]["method"], "$/lagged")
+
+
+class LaggedTests(SynchronousTestCase):
+    """$/lagged on a test transport, with the factory's bound and clock."""
+
+    def test_lagged_then_closed_then_aborted(self) -> None:
+        """When the transport stops taking lines and more than the bound waits, then later
+        lines are dropped, $/lagged (with the count dropped) is the last line written, the
+        connection closes, and it is aborted if the client still has not read after the
+        grace period."""
+        from jarvis.ipc.server import LAGGED_GRACE
+
+        node = unlocked_node()
+        clock = task.Clock()
+        base = make_factory(node, clock)
+        factory = IpcServerFactory(base.registry, base.ctx, clock=clock, output_limit=1000)
+        proto, transport = make_connection(factory)
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        sent(transport)
+        transport.producer.pauseProducing()  # the transport's buffer is full
+        for i in range(20):
+            node.receive("alice", f"{i:02d}" + "z" * 100)
+        [lagged] = sent(transport)  # every event waited, then was dropped
+        self.assertEqual(lagged["method"], "$/lagged")
+        self.assertGreaterEqual(lagged["params"]["dropped"], 2)  # queued ones and the last
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(factory.lagged, 1)
+        node.receive("alice", "after")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnected)
+        clock.advance(LAGGED_GRACE)
+        self.assertTrue(transport.disconnected)

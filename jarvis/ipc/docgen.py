@@ -13,6 +13,8 @@ from jarvis.core.events import EVENT_DOCS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import MAX_HISTORY_PAGE, build_registry
 from jarvis.ipc.registry import MethodSpec, Registry
+from jarvis.ipc.server import LAGGED_GRACE
+from jarvis.ipc.wire import MAX_PENDING_OUTPUT
 
 INTRO = f"""\
 # Jarvis local API (JSON-RPC 2.0)
@@ -109,6 +111,20 @@ order, since messages written in the same millisecond share `created`);
 `contact` = `{uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted,
 read_receipts, status, unread, last_activity}`; timestamps are seconds since the epoch.
 
+## Slow clients: `$/lagged`
+
+The daemon holds at most {MAX_PENDING_OUTPUT} bytes (8 MiB, `MAX_PENDING_OUTPUT` in
+`jarvis/ipc/wire.py`) written for one connection and not yet read by it: events and answers to
+calls alike. A client that stops reading (`jarvis watch | less` left open, a suspended UI)
+while more than that piles up gets, after whatever was already buffered, one last notification
+`{"jsonrpc": "2.0", "method": "$/lagged", "params": {"dropped": N, "message": "lagged,
+resubscribe: ..."}}` (`N`: the messages that were dropped instead of sent), then the daemon
+closes the connection (and aborts it if it still has not read {LAGGED_GRACE:g} s later). The
+client has missed events: it reconnects, subscribes again and reloads what it shows
+(`contacts.list`, `messages.history`, `messages.unreadCounts`). Other clients are not affected.
+`daemon.status` reports `output_buffered` (bytes written for all clients, not yet read) and
+`lagged` (clients disconnected so far).
+
 ## Lock rule
 
 A locked daemon (or one without an identity) answers only `daemon.*`, `identity.create`,
@@ -158,7 +174,11 @@ def render() -> str:
     table = "| event | params |\n|---|---|\n" + "".join(
         f"| `{name}` | {doc} |\n" for name, doc in EVENT_DOCS.items()
     )
-    parts.append(CANCEL_PROGRESS.replace("{EVENT_TABLE}\n", table))
+    parts.append(
+        CANCEL_PROGRESS.replace("{EVENT_TABLE}\n", table)
+        .replace("{MAX_PENDING_OUTPUT}", str(MAX_PENDING_OUTPUT))
+        .replace("{LAGGED_GRACE:g}", f"{LAGGED_GRACE:g}")
+    )
     parts.append(f"\n## Methods\n\nHistory pages hold at most {MAX_HISTORY_PAGE} messages.\n")
     groups: dict[str, list[MethodSpec]] = {}
     for spec in registry.methods.values():

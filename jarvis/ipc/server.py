@@ -15,6 +15,9 @@
 - runs the elements of a batch (a JSON array) the same way, each with its own deadline and id
   (``$/cancelRequest`` names it), and answers the batch with one line, the array of the
   elements' responses, once every element has finished (nothing if all were notifications);
+- writes through a bounded :class:`~jarvis.ipc.wire.LineSender`: a client that stops reading
+  while more than :data:`~jarvis.ipc.wire.MAX_PENDING_OUTPUT` bytes (events and answers) wait
+  for it gets a last ``$/lagged`` notification and is disconnected;
 - after ``events.subscribe``, forwards every Node event as a notification, except while the
   identity is locked: then only :data:`~jarvis.core.events.LOCKED_EVENTS` (no names, no text).
 
@@ -40,7 +43,7 @@ from twisted.python.failure import Failure
 from jarvis.core.events import LOCKED_EVENTS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import Registry
-from jarvis.ipc.wire import send_line
+from jarvis.ipc.wire import MAX_PENDING_OUTPUT, LineSender
 
 #: The transport-level param keys that carry a progress token (stripped before validation).
 PROGRESS_KEYS = ("_progress", "progressToken")
@@ -50,6 +53,13 @@ CANCEL_METHOD = "$/cancelRequest"
 
 #: The notification the server sends to report progress.
 PROGRESS_METHOD = "$/progress"
+
+#: The last notification a client that fell too far behind gets before it is disconnected.
+LAGGED_METHOD = "$/lagged"
+
+#: Seconds a lagged client has to read what is still buffered (and ``$/lagged``) before its
+#: connection is aborted, so that a client that never reads again costs nothing after that.
+LAGGED_GRACE = 30.0
 
 #: The first request a TCP client must send.
 AUTH_METHOD = "auth"
@@ -92,6 +102,8 @@ class IpcServerProtocol(LineReceiver):
         self.focus: str | None = None
         self._authenticated = False
         self._open = False
+        self._sender: LineSender | None = None
+        self._abort_call: Any = None
 
     def connectionMade(self) -> None:
         self._open = True
@@ -110,11 +122,19 @@ class IpcServerProtocol(LineReceiver):
             self._authenticated = True
         else:
             self._authenticated = factory.require_token is None
+        self._sender = LineSender(
+            self.transport, factory.clock, limit=factory.output_limit, overflowed=self._lagged
+        )
         factory.connections.add(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._open = False
         self.factory.connections.discard(self)
+        if self._sender is not None:
+            self._sender.stopProducing()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -125,8 +145,44 @@ class IpcServerProtocol(LineReceiver):
     # sending -----------------------------------------------------------------------------------
 
     def _send(self, line: bytes) -> None:
-        if self._open:
-            send_line(self.transport, line)
+        if self._open and self._sender is not None:
+            self._sender.send(line)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written for this client and not yet flushed to it (see ``LineSender``)."""
+        return self._sender.buffered if self._sender is not None else 0
+
+    def _close(self) -> None:
+        self._open = False
+        if self._sender is not None:
+            self._sender.close()
+        else:
+            self.transport.loseConnection()
+
+    def _lagged(self, dropped: int) -> None:
+        """The client fell more than the bound behind: tell it, and disconnect it."""
+        self.log.warn(
+            "local API client {reading}lagged: {dropped} messages dropped, disconnecting",
+            reading="" if self.subscribed else "(not subscribed) ",
+            dropped=dropped,
+        )
+        self.factory.lagged += 1
+        if self._sender is not None:
+            self._sender.write_last(
+                jsonrpc.notification(
+                    LAGGED_METHOD,
+                    {
+                        "dropped": dropped,
+                        "message": "lagged, resubscribe: this client read too slowly; "
+                        "reconnect and reload the state",
+                    },
+                )
+            )
+        self._close()
+        self._abort_call = self.factory.clock.callLater(
+            LAGGED_GRACE, self.transport.abortConnection
+        )
 
     def _send_error(self, request_id: int | str | None, error: jsonrpc.RpcError) -> None:
         self._send(jsonrpc.error_response(request_id, error))
@@ -172,8 +228,7 @@ class IpcServerProtocol(LineReceiver):
                 {"kind": "too_large"},
             ),
         )
-        self._open = False
-        self.transport.loseConnection()
+        self._close()
 
     #: Requests handled in one reactor turn before yielding to other work: a client with
     #: hundreds of pipelined requests must not stall every other connection and timer.
@@ -242,8 +297,7 @@ class IpcServerProtocol(LineReceiver):
         answers.seal()
 
     def _refuse(self) -> None:
-        self._open = False
-        self.transport.loseConnection()
+        self._close()
 
     def _authenticate(self, req: jsonrpc.Request) -> None:
         token = req.params.get("token") if req.method == AUTH_METHOD else None
@@ -407,6 +461,8 @@ class IpcServerFactory(Factory):
     :param require_token: the token TCP clients must send with ``auth``; ``None`` means no
         token is asked (only for UNIX sockets, which check the peer uid instead).
     :param allowed_uid: the uid allowed on UNIX sockets (default: this process's uid).
+    :param output_limit: the most bytes held for one client before it is told ``$/lagged``
+        and disconnected (:data:`~jarvis.ipc.wire.MAX_PENDING_OUTPUT`).
     """
 
     protocol = IpcServerProtocol  # type: ignore[assignment]
@@ -419,11 +475,27 @@ class IpcServerFactory(Factory):
         clock: Any,
         require_token: bytes | None = None,
         allowed_uid: int | None = None,
+        output_limit: int = MAX_PENDING_OUTPUT,
     ) -> None:
         self.registry = registry
         self.ctx = ctx
         self.clock = clock
         self.require_token = require_token
         self.allowed_uid = os.getuid() if allowed_uid is None else allowed_uid
+        self.output_limit = output_limit
         #: The open connections (``daemon.status`` and shutdown may use them).
         self.connections: set[IpcServerProtocol] = set()
+        #: How many clients were disconnected for reading too slowly.
+        self.lagged = 0
+
+    def client_figures(self) -> dict[str, int]:
+        """Return ``{clients, subscribers, output_buffered, lagged}`` for ``daemon.status``:
+        the connections, those receiving events, the bytes written for them and not yet
+        flushed, and how many clients were disconnected with ``$/lagged`` so far."""
+        connections = self.connections
+        return {
+            "clients": len(connections),
+            "subscribers": sum(1 for c in connections if c.subscribed),
+            "output_buffered": sum(c.buffered for c in connections),
+            "lagged": self.lagged,
+        }
