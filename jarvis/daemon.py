@@ -308,10 +308,7 @@ class JarvisDaemon(MultiService):
             ),
             stop_daemon=self.stop_daemon,
             pool_stats={"blocking": self.blocking_pool_stats, "store": self.store_pool_stats},
-            clients=lambda: {
-                "clients": len(factory.connections),
-                "subscribers": sum(1 for c in factory.connections if c.subscribed),
-            },
+            clients=factory.client_figures,
         )
         factory.ctx = self.context
         self._ipc_factory = factory

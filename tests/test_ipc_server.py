@@ -87,7 +87,7 @@ class MalformedInputTests(SynchronousTestCase):
 
     def test_non_object(self) -> None:
         """When the JSON is not an object (or is a batch), then -32600 comes back."""
-        for line in (b"17", b'["a"]', b"null"):
+        for line in (b"17", b'"a"', b"null"):
             [error] = self.exchange(line)
             self.assertEqual(error["error"]["code"], jsonrpc.INVALID_REQUEST)
 
@@ -423,7 +423,7 @@ class SocketTests(SocketTestCase):
         good = await self.client()
         cases = [
             (b"garbage", jsonrpc.PARSE_ERROR),
-            (b"[1,2]", jsonrpc.INVALID_REQUEST),
+            (b"17", jsonrpc.INVALID_REQUEST),
             (b'{"id":1,"method":"x.y"}', jsonrpc.METHOD_NOT_FOUND),
             (b'{"id":2,"method":"contacts.show","params":{"contact":5}}', jsonrpc.INVALID_PARAMS),
         ]
@@ -549,3 +549,338 @@ class FairnessTests(SynchronousTestCase):
             clock.advance(0)
             answered += [m["id"] for m in sent(transport)]
         self.assertEqual(answered, list(range(100)))
+
+
+class LockedEventTests(TestCase):
+    """While the identity is locked, subscribers learn no user content (issue 13)."""
+
+    def test_fake_node_locked_subscriber(self) -> None:
+        """When a client subscribes after the lock and a message arrives, then it receives
+        neither the text nor the sender, only the lock events; after unlock text flows again."""
+        node = unlocked_node()
+        proto, transport = make_connection(make_factory(node))
+        node.locked = True
+        node.emit("identity.locked", {"wiped": False})
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        sent(transport)
+        node.receive("alice", "secret while locked")
+        node.emit("contact.changed", {"contact": {"name": "alice"}})
+        node.emit("peer.statusChanged", {"peer": {"name": "alice"}})
+        self.assertEqual(transport.value(), b"")
+        node.locked = False
+        node.emit("identity.unlocked", {"uid": "u", "name": "me"})
+        node.receive("alice", "visible after unlock")
+        messages = sent(transport)
+        self.assertEqual([m["method"] for m in messages], ["identity.unlocked", "message.received"])
+        self.assertEqual(messages[1]["params"]["message"]["body"], "visible after unlock")
+
+    async def test_real_node_hides_peer_message(self) -> None:
+        """When the real node is screen-locked, a client subscribes and a contact's message is
+        delivered (stored, acked), then no byte the client receives holds the text, the
+        contact's name or uid; after unlock the next message's text arrives."""
+        from tests.test_node import FakeSession, node_with_bob, turned
+
+        node, clock, _events, bob = await node_with_bob(self)
+        await node.lock()
+        ctx = MethodContext(
+            node=node,
+            clock=clock,
+            info=DaemonInfo(os.getpid(), "0.1.0", node.data_dir, "unix:/tmp/x.sock"),
+            stop_daemon=lambda: None,
+        )
+        factory = IpcServerFactory(build_registry(), ctx, clock=clock)
+        proto, transport = make_connection(factory)
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        self.assertEqual(sent(transport)[0]["result"]["subscribed"], True)
+        session = FakeSession(bob.uid)
+        await turned(clock, node.message_received(session, os.urandom(16), b"canary-text", 1))
+        clock.advance(0)
+        self.assertEqual(len(session.acks), 1)  # delivered and stored despite the lock
+        leaked = transport.value()
+        for needle in (b"canary-text", b"Bob", bob.uid.encode()):
+            self.assertNotIn(needle, leaked)
+        await node.unlock("pw")
+        await turned(clock, node.message_received(session, os.urandom(16), b"after-unlock", 2))
+        methods = [m["method"] for m in sent(transport)]
+        self.assertIn("identity.unlocked", methods)
+        self.assertIn("message.received", methods)
+        proto.connectionLost(jsonrpc.RpcError(0, "gone"))  # type: ignore[arg-type]
+
+
+#: Section 7 of the JSON-RPC 2.0 specification, adapted to real methods: (name, line, check).
+#: The "rpc call Batch" example: two calls, a notification, an invalid element, an unknown
+#: method, a call with bad params ("mixed" valid, invalid and notification elements).
+RPC_CALL_BATCH = (
+    b'[{"jsonrpc":"2.0","method":"daemon.status","id":"1"},'
+    b'{"jsonrpc":"2.0","method":"messages.send","params":{"contact":"alice","text":"hi"}},'
+    b'{"jsonrpc":"2.0","method":"contacts.show","params":{"contact":"alice"},"id":"2"},'
+    b'{"foo":"boo"},'
+    b'{"jsonrpc":"2.0","method":"foo.get","params":{"name":"myself"},"id":"5"},'
+    b'{"jsonrpc":"2.0","method":"contacts.show","params":{"contact":5},"id":"9"}]'
+)
+ALL_NOTIFICATIONS = (
+    b'[{"jsonrpc":"2.0","method":"messages.send","params":{"contact":"alice","text":"n1"}},'
+    b'{"jsonrpc":"2.0","method":"messages.send","params":{"contact":"alice","text":"n2"}}]'
+)
+INVALID_JSON_BATCH = (
+    b'[{"jsonrpc":"2.0","method":"daemon.status","params":[1,2,4],"id":"1"},'
+    b'{"jsonrpc":"2.0","method"]'
+)
+
+
+class BatchExamples:
+    """Checks shared by the StringTransport and the real-socket batch tests."""
+
+    def check_rpc_call_batch(self, tc: Any, answer: Any) -> None:
+        tc.assertIsInstance(answer, list)
+        by_id = {}
+        for response in answer:
+            by_id.setdefault(response["id"], []).append(response)
+        tc.assertEqual(sorted(by_id, key=str), sorted(["1", "2", None, "5", "9"], key=str))
+        tc.assertTrue(by_id["1"][0]["result"]["running"])
+        tc.assertEqual(by_id["2"][0]["result"]["name"], "alice")
+        tc.assertEqual(by_id[None][0]["error"]["code"], jsonrpc.INVALID_REQUEST)
+        tc.assertEqual(by_id["5"][0]["error"]["code"], jsonrpc.METHOD_NOT_FOUND)
+        tc.assertEqual(by_id["9"][0]["error"]["code"], jsonrpc.INVALID_PARAMS)
+
+    def check_single_error(self, tc: Any, answer: Any, code: int) -> None:
+        tc.assertIsInstance(answer, dict)  # one error object, not an array
+        tc.assertEqual((answer["id"], answer["error"]["code"]), (None, code))
+
+    def check_invalid_elements(self, tc: Any, answer: Any, count: int) -> None:
+        tc.assertIsInstance(answer, list)
+        tc.assertEqual(len(answer), count)
+        for response in answer:
+            tc.assertEqual((response["id"], response["error"]["code"]), (None, -32600))
+
+
+class BatchTests(SynchronousTestCase, BatchExamples):
+    """Batches on a StringTransport (JSON-RPC 2.0 section 6 and the examples of section 7)."""
+
+    def setUp(self) -> None:
+        self.node = unlocked_node()
+        self.clock = task.Clock()
+        self.proto, self.transport = make_connection(make_factory(self.node, self.clock))
+
+    def exchange(self, line: bytes) -> list[Any]:
+        self.proto.dataReceived(line + b"\n")
+        return sent(self.transport)
+
+    def test_rpc_call_batch(self) -> None:
+        """When a batch mixes calls, a notification, an invalid element, an unknown method and
+        bad params, then one line holds the five responses (not the notification's) and the
+        notification ran."""
+        [answer] = self.exchange(RPC_CALL_BATCH)
+        self.check_rpc_call_batch(self, answer)
+        self.assertEqual(len(answer), 5)
+        self.assertEqual([m["body"] for m in self.node.messages_of("alice")], ["hi"])
+
+    def test_all_notifications(self) -> None:
+        """When every element is a notification, then nothing is written and each ran."""
+        self.assertEqual(self.exchange(ALL_NOTIFICATIONS), [])
+        bodies = [m["body"] for m in self.node.messages_of("alice")]
+        self.assertEqual(sorted(bodies), ["n1", "n2"])
+
+    def test_invalid_json_batch(self) -> None:
+        """When the batch is not valid JSON, then one parse error (not an array) comes back."""
+        [answer] = self.exchange(INVALID_JSON_BATCH)
+        self.check_single_error(self, answer, jsonrpc.PARSE_ERROR)
+
+    def test_empty_array(self) -> None:
+        """When the batch is [], then one -32600 error with id null (not an array)."""
+        [answer] = self.exchange(b"[]")
+        self.check_single_error(self, answer, jsonrpc.INVALID_REQUEST)
+
+    def test_invalid_not_empty(self) -> None:
+        """When the batch is [1] or [1,2,3], then an array of one or three -32600 errors."""
+        [answer] = self.exchange(b"[1]")
+        self.check_invalid_elements(self, answer, 1)
+        [answer] = self.exchange(b"[1,2,3]")
+        self.check_invalid_elements(self, answer, 3)
+        [answer] = self.exchange(b'{"id":1,"method":"daemon.status"}')
+        self.assertTrue(answer["result"]["running"])  # the connection stays usable
+
+    def test_waits_for_every_element_and_cancel_by_id(self) -> None:
+        """When one element is slow, then nothing is written until it finishes; cancelling it
+        by its id answers it -32800 inside the batch's array, with the fast element's result;
+        the work was cancelled."""
+        paused = self.node.pause("send_message")
+        line = (
+            b'[{"id":"slow","method":"messages.send","params":{"contact":"alice","text":"x"}},'
+            b'{"id":"fast","method":"daemon.status"}]'
+        )
+        self.assertEqual(self.exchange(line), [])
+        [answer] = self.exchange(b'{"method":"$/cancelRequest","params":{"id":"slow"}}')
+        by_id = {r["id"]: r for r in answer}
+        self.assertEqual(by_id["slow"]["error"]["code"], jsonrpc.REQUEST_CANCELLED)
+        self.assertTrue(by_id["fast"]["result"]["running"])
+        self.assertEqual(paused.cancelled, 1)
+        self.assertEqual(self.node.messages_of("alice"), [])
+
+    def test_deadline_per_element(self) -> None:
+        """When a batch element outlives its method's deadline, then it answers -32004 in the
+        array while the other element answered normally."""
+        paused = self.node.pause("history")
+        line = (
+            b'[{"id":1,"method":"messages.history","params":{"contact":"alice"}},'
+            b'{"id":2,"method":"contacts.list"}]'
+        )
+        self.assertEqual(self.exchange(line), [])
+        self.clock.advance(11)
+        [answer] = sent(self.transport)
+        by_id = {r["id"]: r for r in answer}
+        self.assertEqual(by_id[1]["error"]["code"], jsonrpc.TIMED_OUT)
+        self.assertEqual(by_id[2]["result"]["contacts"][0]["name"], "alice")
+        self.assertEqual(paused.cancelled, 1)
+
+    def test_duplicate_id_in_batch(self) -> None:
+        """When two pending elements share an id, then the second is refused -32600 and the
+        first still answers."""
+        paused = self.node.pause("send_message")
+        line = (
+            b'[{"id":7,"method":"messages.send","params":{"contact":"alice","text":"a"}},'
+            b'{"id":7,"method":"messages.send","params":{"contact":"alice","text":"b"}}]'
+        )
+        self.assertEqual(self.exchange(line), [])
+        paused.release()
+        [answer] = sent(self.transport)
+        codes = sorted(r.get("error", {}).get("code", 0) for r in answer)
+        self.assertEqual(codes, [jsonrpc.INVALID_REQUEST, 0])
+
+    def test_batch_before_auth_refused(self) -> None:
+        """When a connection that must authenticate sends a batch first, then -32011 comes
+        back and the connection closes (auth comes alone)."""
+        proto, transport = make_connection(make_factory(token=b"s3cret"))
+        proto.dataReceived(b'[{"id":1,"method":"auth","params":{"token":"s3cret"}}]\n')
+        [error] = sent(transport)
+        self.assertEqual(error["error"]["code"], jsonrpc.UNAUTHORIZED)
+        self.assertTrue(transport.disconnecting)
+
+
+class BatchSocketTests(SocketTestCase, BatchExamples):
+    """Every example of section 7 over the real server on a real UNIX socket."""
+
+    async def test_section_7_examples(self) -> None:
+        """When a raw client sends each example of the specification in turn, then each gets
+        the specified answer on one line, and an all-notification batch gets none (the next
+        answer belongs to the request after it)."""
+        client = await self.raw_client()
+
+        async def exchange(line: bytes) -> Any:
+            client.transport.write(line + b"\n")
+            return await client.next_message()
+
+        self.check_rpc_call_batch(self, await exchange(RPC_CALL_BATCH))
+        client.transport.write(ALL_NOTIFICATIONS + b"\n")
+        after = await exchange(b'{"id":"after","method":"daemon.status"}')
+        self.assertEqual(after["id"], "after")
+        bodies = sorted(m["body"] for m in self.node.messages_of("alice"))
+        self.assertEqual(bodies, ["hi", "n1", "n2"])
+        self.check_single_error(self, await exchange(INVALID_JSON_BATCH), jsonrpc.PARSE_ERROR)
+        self.check_single_error(self, await exchange(b"[]"), jsonrpc.INVALID_REQUEST)
+        self.check_invalid_elements(self, await exchange(b"[1]"), 1)
+        self.check_invalid_elements(self, await exchange(b"[1,2,3]"), 3)
+        self.assertEqual(client.messages, [])
+
+
+class SlowClientTests(SocketTestCase):
+    """A subscriber that stops reading cannot make the daemon buffer without bound (issue 12)."""
+
+    async def wait_until(self, condition: Any) -> None:
+        while not condition():
+            await task.deferLater(self.reactor, 0.001, lambda: None)
+
+    async def test_slow_subscriber_lagged_reader_served(self) -> None:
+        """When one subscriber stops reading while three times the bound of events is
+        produced, then the bytes the server holds for each client stay under the bound (and
+        daemon.status's output_buffered, for both, under the bound and 1 MiB for the reader),
+        the slow client receives a
+        prefix of the events, then $/lagged with the count dropped, then EOF, and a reading
+        subscriber receives every event in order."""
+        from jarvis.ipc.wire import MAX_PENDING_OUTPUT
+
+        slow = await self.raw_client()
+        fast = await self.raw_client()
+        for client in (slow, fast):
+            client.transport.write(b'{"id":1,"method":"events.subscribe"}\n')
+            self.assertEqual((await client.next_message())["result"]["subscribed"], True)
+        slow.transport.pauseProducing()  # the client stops reading (a suspended UI)
+        filler = "x" * 16_000
+        total = 3 * MAX_PENDING_OUTPUT // len(filler)
+        peak = peak_total = 0
+        for i in range(total):
+            self.node.receive("alice", f"{i}:{filler}")
+            peak = max(peak, *(c.buffered for c in self.factory.connections))
+            peak_total = max(peak_total, self.factory.client_figures()["output_buffered"])
+            if i % 16 == 15:
+                await self.wait_until(lambda i=i: len(fast.messages) > i - 8)
+        await self.wait_until(lambda: len(fast.messages) == total)
+        self.assertLessEqual(peak, MAX_PENDING_OUTPUT)
+        self.assertGreater(peak, MAX_PENDING_OUTPUT // 2)  # the slow client did fill it
+        self.assertLessEqual(peak_total, MAX_PENDING_OUTPUT + (1 << 20))
+        self.assertEqual(self.factory.lagged, 1)
+        bodies = [m["params"]["message"]["body"] for m in fast.messages]
+        self.assertEqual([int(b.split(":")[0]) for b in bodies], list(range(total)))
+
+        slow.transport.resumeProducing()
+        await slow.lost
+        await self.wait_until(lambda: len(self.factory.connections) == 1)  # the reader's
+        *events, last = slow.messages
+        self.assertEqual(last["method"], "$/lagged")
+        self.assertIn("lagged, resubscribe", last["params"]["message"])
+        received = [int(m["params"]["message"]["body"].split(":")[0]) for m in events]
+        self.assertEqual(received, list(range(len(received))))  # a prefix, in order
+        self.assertGreater(last["params"]["dropped"], 0)
+        self.assertLess(len(received), total)
+
+    async def test_unread_replies_count_too(self) -> None:
+        """When a client pipelines calls and never reads the answers, then it is disconnected
+        with $/lagged once they pass the bound, and other clients are still served."""
+        from jarvis.ipc.wire import MAX_PENDING_OUTPUT
+
+        greedy = await self.raw_client()
+        greedy.transport.pauseProducing()
+        self.node.receive("alice", "y" * 60_000)
+        request = b'{"id":%d,"method":"messages.history","params":{"contact":"alice"}}\n'
+        count = 2 * MAX_PENDING_OUTPUT // 60_000
+        greedy.transport.write(b"".join(request % i for i in range(count)))
+        await self.wait_until(lambda: self.factory.lagged == 1)
+        good = await self.client()
+        self.assertTrue((await good.call("daemon.status"))["running"])
+        self.assertEqual(self.factory.client_figures()["lagged"], 1)
+        greedy.transport.resumeProducing()
+        await greedy.lost
+        self.assertEqual(greedy.messages[-1]["method"], "$/lagged")
+
+
+class LaggedTests(SynchronousTestCase):
+    """$/lagged on a test transport, with the factory's bound and clock."""
+
+    def test_lagged_then_closed_then_aborted(self) -> None:
+        """When the transport stops taking lines and more than the bound waits, then later
+        lines are dropped, $/lagged (with the count dropped) is the last line written, the
+        connection closes, and it is aborted if the client still has not read after the
+        grace period."""
+        from jarvis.ipc.server import LAGGED_GRACE
+
+        node = unlocked_node()
+        clock = task.Clock()
+        base = make_factory(node, clock)
+        factory = IpcServerFactory(base.registry, base.ctx, clock=clock, output_limit=1000)
+        proto, transport = make_connection(factory)
+        proto.dataReceived(b'{"id":1,"method":"events.subscribe"}\n')
+        sent(transport)
+        transport.producer.pauseProducing()  # the transport's buffer is full
+        for i in range(20):
+            node.receive("alice", f"{i:02d}" + "z" * 100)
+        [lagged] = sent(transport)  # every event waited, then was dropped
+        self.assertEqual(lagged["method"], "$/lagged")
+        self.assertGreaterEqual(lagged["params"]["dropped"], 2)  # queued ones and the last
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+        self.assertEqual(factory.lagged, 1)
+        node.receive("alice", "after")
+        self.assertEqual(transport.value(), b"")
+        self.assertFalse(transport.disconnected)
+        clock.advance(LAGGED_GRACE)
+        self.assertTrue(transport.disconnected)

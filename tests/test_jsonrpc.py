@@ -98,7 +98,7 @@ class ParseRequestTests(SynchronousTestCase):
         self.assert_code(b'"x"', jsonrpc.INVALID_REQUEST)
 
     def test_batch(self) -> None:
-        """When the JSON is an array (a batch), then it is refused as not supported."""
+        """When the JSON is an array (a batch), then parse_request (one request) refuses it."""
         error = self.assert_code(b'[{"id":1,"method":"a"}]', jsonrpc.INVALID_REQUEST)
         self.assertIn("batch", error.message)
 
@@ -117,6 +117,74 @@ class ParseRequestTests(SynchronousTestCase):
         req = jsonrpc.parse_request(b'{"method":"$/cancelRequest"}')
         self.assertTrue(req.is_notification)
         self.assertEqual(req.params, {})
+
+
+class ParseBatchTests(SynchronousTestCase):
+    """Batches, with the examples of section 7 of the JSON-RPC 2.0 specification."""
+
+    def test_rpc_call_batch(self) -> None:
+        """When a batch mixes calls, a notification and an invalid element, then each element
+        comes back in order, the invalid one as its -32600 error."""
+        batch = jsonrpc.parse_line(
+            b'[{"jsonrpc":"2.0","method":"sum","params":{"a":1},"id":"1"},'
+            b'{"jsonrpc":"2.0","method":"notify_hello","params":{"n":7}},'
+            b'{"foo":"boo"},'
+            b'{"jsonrpc":"2.0","method":"get_data","id":"9"}]'
+        )
+        assert isinstance(batch, jsonrpc.Batch)
+        first, hello, foo, data = batch.elements
+        self.assertEqual(first, jsonrpc.Request("sum", {"a": 1}, "1", False))
+        self.assertEqual(hello, jsonrpc.Request("notify_hello", {"n": 7}, None, True))
+        assert isinstance(foo, jsonrpc.InvalidMessage)
+        self.assertEqual((foo.code, foo.request_id), (jsonrpc.INVALID_REQUEST, None))
+        self.assertEqual(data, jsonrpc.Request("get_data", {}, "9", False))
+
+    def test_invalid_json_batch(self) -> None:
+        """When a batch is not valid JSON, then the whole line is one parse error."""
+        error = self.assertRaises(
+            jsonrpc.InvalidMessage,
+            jsonrpc.parse_line,
+            b'[{"jsonrpc":"2.0","method":"sum","params":[1,2,4],"id":"1"},{"jsonrpc":"2.0","method"]',
+        )
+        self.assertEqual(error.code, jsonrpc.PARSE_ERROR)
+
+    def test_empty_and_too_large(self) -> None:
+        """When the array is empty or longer than MAX_BATCH, then the whole line is one
+        -32600 error (not an array of errors)."""
+        error = self.assertRaises(jsonrpc.InvalidMessage, jsonrpc.parse_line, b"[]")
+        self.assertEqual((error.code, error.request_id), (jsonrpc.INVALID_REQUEST, None))
+        line = b"[" + b",".join([b"1"] * (jsonrpc.MAX_BATCH + 1)) + b"]"
+        error = self.assertRaises(jsonrpc.InvalidMessage, jsonrpc.parse_line, line)
+        self.assertEqual((error.code, error.kind), (jsonrpc.INVALID_REQUEST, "too_large"))
+
+    def test_invalid_elements(self) -> None:
+        """When the elements are not requests ([1], [1,2,3]), then each is its own -32600."""
+        for line, count in ((b"[1]", 1), (b"[1,2,3]", 3)):
+            batch = jsonrpc.parse_line(line)
+            assert isinstance(batch, jsonrpc.Batch)
+            self.assertEqual(len(batch.elements), count)
+            for element in batch.elements:
+                assert isinstance(element, jsonrpc.InvalidMessage)
+                self.assertEqual(element.code, jsonrpc.INVALID_REQUEST)
+
+    def test_single_request_unchanged(self) -> None:
+        """When the line holds one object, then parse_line returns the same as parse_request."""
+        line = b'{"id":3,"method":"a","params":{"x":1}}'
+        self.assertEqual(jsonrpc.parse_line(line), jsonrpc.parse_request(line))
+
+    def test_batch_response(self) -> None:
+        """When response lines are joined, then the result is one line holding their array."""
+        line = jsonrpc.batch_response(
+            [jsonrpc.result_response(1, "a"), jsonrpc.result_response("x\ny", None)]
+        )
+        self.assertEqual(line.count(b"\n"), 1)
+        self.assertEqual(
+            json.loads(line),
+            [
+                {"jsonrpc": "2.0", "id": 1, "result": "a"},
+                {"jsonrpc": "2.0", "id": "x\ny", "result": None},
+            ],
+        )
 
 
 class ParseIncomingTests(SynchronousTestCase):

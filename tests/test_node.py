@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
+from jarvis.core.backoff import BACKOFF_FILE, TooManyAttempts
 from jarvis.core.node import Node
 from jarvis.crypto import linkcode
 from jarvis.crypto.errors import LinkCodeError, WrongPassword
@@ -128,10 +129,12 @@ def friend_link(
     return key, linkcode.encode_link(card)
 
 
-def files_bytes(path: str) -> bytes:
+def files_bytes(path: str, but: str = "") -> bytes:
     chunks = []
     for root, _dirs, files in os.walk(path):
         for name in files:
+            if name == but:
+                continue
             with open(os.path.join(root, name), "rb") as f:
                 chunks.append(f.read())
     return b"".join(chunks)
@@ -169,21 +172,23 @@ class IdentityLifeCycleTests(TestCase):
             self.assertEqual(f.read(), before)
 
     async def test_wrong_password_slows_down_and_writes_nothing(self) -> None:
-        """When wrong passwords are given repeatedly, then each fails with WrongPassword, nothing
-        on disk changes, and the third attempt waits on the clock before checking."""
+        """When wrong passwords are given repeatedly, then each fails with WrongPassword, the key
+        file and the store do not change, and the third attempt is refused at once (even the
+        right password) until the wait on the clock is over."""
         node, clock, _events = make_node(self)
         await node.create_identity("Alice", "right")
         await node.lock(wipe=True)
-        before = files_bytes(node.data_dir)
+        before = files_bytes(node.data_dir, but=BACKOFF_FILE)
         for _ in range(2):
             with self.assertRaises(WrongPassword):
                 await node.unlock("wrong")
         self.assertEqual(node.unlock_delay(), 1.0)
-        self.assertEqual(files_bytes(node.data_dir), before)
-        d = node.unlock("right")
-        self.assertNoResult(d)
+        self.assertEqual(files_bytes(node.data_dir, but=BACKOFF_FILE), before)
+        refused = self.failureResultOf(node.unlock("right"), TooManyAttempts)
+        self.assertEqual(refused.value.retry_after, 1)
+        self.assertTrue(node.locked)
         clock.advance(1.0)
-        result = await d
+        result = await node.unlock("right")
         self.assertEqual(result["name"], "Alice")
         self.assertEqual(node.unlock_delay(), 0.0)
 

@@ -25,6 +25,12 @@ EVENT_DOCS: dict[str, str] = {
     "identity.unlocked": "`{uid, name}`",
 }
 
+#: The only events an API client receives while the identity is locked (screen lock or wipe).
+#: Every other event names a contact or carries message text, settings or peer addresses, which
+#: the lock must hide from a client that has not given the password: those events are dropped,
+#: not delayed or redacted (a client reloads its state after ``identity.unlocked``).
+LOCKED_EVENTS: frozenset[str] = frozenset({"identity.locked", "identity.unlocked"})
+
 #: ``observer(event, payload)``.
 Observer = Callable[[str, dict[str, Any]], None]
 

@@ -27,11 +27,11 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from jarvis.atomicfile import write_atomically
 from jarvis.core.addresses import local_addresses
+from jarvis.core.backoff import MAX_DELAY, PasswordBackoff
 from jarvis.core.events import Events, Observer
 from jarvis.core.views import contact_view, message_view, peer_view, summary_level
 from jarvis.crypto import export as export_crypto
@@ -44,7 +44,6 @@ from jarvis.errors import (
     DataDirError,
     IdentityExists,
     InvalidInput,
-    JarvisError,
     Locked,
     NoIdentity,
     NotFound,
@@ -58,7 +57,7 @@ DATABASE = "jarvis.db"
 #: Largest message text accepted, in bytes of UTF-8.
 MAX_TEXT_BYTES = 64 * 1024
 #: Longest wait imposed after repeated wrong passwords, in seconds.
-MAX_UNLOCK_DELAY = 30.0
+MAX_UNLOCK_DELAY = MAX_DELAY
 EXPORT_FORMAT = 1
 #: User settings kept (encrypted) in the store, with their defaults.
 DEFAULT_SETTINGS: dict[str, bool] = {
@@ -66,16 +65,6 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     "previews": False,  # show message text in notifications (opt-in)
     "bell": True,  # UIs ring the terminal bell for new messages
 }
-
-
-class TooManyAttempts(JarvisError):
-    """Several wrong passwords were given in a row; the next attempt is slowed down.
-
-    Wait the number of seconds named, then try again: the delay doubles with each wrong password
-    (at most 30 s) and resets after a correct one.
-    """
-
-    kind = "wrong_password"
 
 
 class _TurnBatch:
@@ -156,7 +145,11 @@ class Node(Service):
         self._contacts: dict[str, Contact] = {}
         self._pumps: dict[str, _PeerPump] = {}
         self._screen_locked = False
-        self._failed_unlocks = 0
+        #: one wrong-password counter for every method that checks the password, kept on disk
+        time_source: Any = clock  # IReactorTime's stub declares seconds() without self
+        self._backoff = PasswordBackoff(
+            data_dir, seconds=time_source.seconds, run_blocking=run_blocking
+        )
         self._public_uid: str | None = None
         self._public_name: str | None = None
         self._addresses: tuple[str, ...] = ()
@@ -224,6 +217,7 @@ class Node(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._backoff.load()
         if self.has_identity:
             try:
                 with open(self.keyfile_path, "rb") as f:
@@ -276,27 +270,19 @@ class Node(Service):
     def unlock(self, password: str, *, progress: Callable[[Any], None] | None = None) -> Any:
         """Unlock with the master password (after the screen lock or a full lock).
 
-        Wrong passwords slow down the next attempts exponentially (at most 30 s); nothing is
-        written to disk for a wrong password.
+        Wrong passwords start the shared back-off (:mod:`jarvis.core.backoff`); the key file is
+        never written for a wrong password.
 
         :raises WrongPassword: for a wrong password.
+        :raises TooManyAttempts: during the back-off (at once, the password unchecked).
         :raises NoIdentity: if there is no identity.
         """
         if not self.has_identity:
             raise NoIdentity("no identity yet: create one with 'jarvis init --name NAME'")
-        delay = self.unlock_delay()
-        if delay > 0:
-            _report(progress, {"stage": "waiting after wrong passwords", "seconds": delay})
-            yield deferLater(self.clock, delay, lambda: None)
+        self._backoff.check()
         _report(progress, {"stage": "deriving key", "percent": 10})
         content = yield self.run_blocking(_read_file, self.keyfile_path)
-        try:
-            keys = yield self.run_blocking(keyfile.unlock_keyfile, content, password)
-        except WrongPassword:
-            self._failed_unlocks += 1
-            self.log.warn("wrong password ({count} in a row)", count=self._failed_unlocks)
-            raise
-        self._failed_unlocks = 0
+        keys = yield self._check_password(keyfile.unlock_keyfile, content, password)
         if self._keys is not None:
             keys.data_key = b""
             self._screen_locked = False
@@ -308,10 +294,25 @@ class Node(Service):
         return {"uid": self._keys.uid, "name": self._keys.name}
 
     def unlock_delay(self) -> float:
-        """Seconds the next unlock attempt waits because of earlier wrong passwords."""
-        if self._failed_unlocks < 2:
-            return 0.0
-        return float(min(MAX_UNLOCK_DELAY, 2 ** (self._failed_unlocks - 2)))
+        """Seconds before a password attempt is accepted again (0: now)."""
+        return self._backoff.retry_after()
+
+    @defer.inlineCallbacks
+    def _check_password(self, check: Callable[..., Any], *args: Any) -> Any:
+        """Run *check* on *args* (it raises ``WrongPassword``) off the reactor, under the
+        back-off every password-checking method shares.
+
+        :raises TooManyAttempts: during the back-off, without running *check*.
+        :raises WrongPassword: for a wrong password, once the failure is saved.
+        """
+        self._backoff.check()
+        try:
+            result = yield self.run_blocking(check, *args)
+        except WrongPassword:
+            yield self._backoff.failed()
+            raise
+        yield self._backoff.succeeded()
+        return result
 
     @defer.inlineCallbacks
     def _open_keys(self, keys: keyfile.UnlockedKeys) -> Any:
@@ -384,9 +385,10 @@ class Node(Service):
     ) -> Any:
         """Re-wrap the data key under a new password (the store is not re-encrypted)."""
         self._require_keys()
+        self._backoff.check()
         _report(progress, {"stage": "deriving keys", "percent": 10})
         content = yield self.run_blocking(_read_file, self.keyfile_path)
-        new_content = yield self.run_blocking(keyfile.change_password, content, old, new)
+        new_content = yield self._check_password(keyfile.change_password, content, old, new)
         yield self.run_blocking(_write_private_atomically, self.keyfile_path, new_content)
         self.log.info("password changed")
         return None
@@ -1084,8 +1086,9 @@ class Node(Service):
         """Check the password, then remove every file of the data directory (best effort wipe)."""
         if not self.has_identity:
             raise NoIdentity("there is no identity to delete")
+        self._backoff.check()
         content = yield self.run_blocking(_read_file, self.keyfile_path)
-        yield self.run_blocking(keyfile.unlock_keyfile, content, password)
+        yield self._check_password(keyfile.unlock_keyfile, content, password)
         yield self._close_keys()
         removed = yield self.run_blocking(_wipe_directory, self.data_dir)
         self._public_uid = None

@@ -13,6 +13,8 @@ from jarvis.core.events import EVENT_DOCS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import MAX_HISTORY_PAGE, build_registry
 from jarvis.ipc.registry import MethodSpec, Registry
+from jarvis.ipc.server import LAGGED_GRACE
+from jarvis.ipc.wire import MAX_PENDING_OUTPUT
 
 INTRO = f"""\
 # Jarvis local API (JSON-RPC 2.0)
@@ -47,9 +49,18 @@ client is `jarvis.ipc.client.IpcClient`; scripts use the asyncio client `jarvis.
   bytes (1 MiB); a longer line is answered with `-32600` (`data.kind` = `too_large`) and the
   connection is closed. Responses and notifications can be longer (a page of long messages);
   clients accept lines up to {jsonrpc.MAX_INCOMING_LINE} bytes.
-- A line that is not JSON gets `-32700`; JSON that is not a request object (a number, a string,
-  a batch array) gets `-32600`. The connection stays usable after both.
-- Batch requests are not supported (`-32600`).
+- A line that is not JSON gets `-32700`; JSON that is not a request object (a number, a string)
+  gets `-32600`. The connection stays usable after both.
+- **Batches** (JSON-RPC 2.0 section 6): a line may hold an array of requests (at most
+  {jsonrpc.MAX_BATCH}; the line limit applies to the whole line). Each element runs as if sent
+  alone, concurrently with the others: its own deadline, its own id (which `$/cancelRequest` can
+  name while it runs), its own `$/progress` notifications (sent as they come). Once every
+  element has finished, one line holds the array of the responses of the elements that have an
+  id, **in any order** (match them by id). A batch of notifications only is answered by nothing.
+  An invalid element gets its own error in the array (`[1,2,3]` gets three `-32600` errors with
+  id `null`); a batch that is not valid JSON gets one `-32700` error and `[]` (or a batch of
+  more than {jsonrpc.MAX_BATCH} elements) one `-32600` error, each a single object, not an array.
+  `auth` cannot be sent in a batch.
 - Numbers are JSON numbers: `NaN` and `Infinity` are not JSON (`-32700`), and integers are
   64-bit (-2^63 .. 2^64-1). A longer integer is read as a float, so as an id it is refused
   (`-32600`) and as an integer param it is refused (`-32602`); the daemon never sends one.
@@ -105,11 +116,31 @@ order, since messages written in the same millisecond share `created`);
 `contact` = `{uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted,
 read_receipts, status, unread, last_activity}`; timestamps are seconds since the epoch.
 
+## Slow clients: `$/lagged`
+
+The daemon holds at most {MAX_PENDING_OUTPUT} bytes (8 MiB, `MAX_PENDING_OUTPUT` in
+`jarvis/ipc/wire.py`) written for one connection and not yet read by it: events and answers to
+calls alike. A client that stops reading (`jarvis watch | less` left open, a suspended UI)
+while more than that piles up gets, after whatever was already buffered, one last notification
+`{"jsonrpc": "2.0", "method": "$/lagged", "params": {"dropped": N, "message": "lagged,
+resubscribe: ..."}}` (`N`: the messages that were dropped instead of sent), then the daemon
+closes the connection (and aborts it if it still has not read {LAGGED_GRACE:g} s later). The
+client has missed events: it reconnects, subscribes again and reloads what it shows
+(`contacts.list`, `messages.history`, `messages.unreadCounts`). Other clients are not affected.
+`daemon.status` reports `output_buffered` (bytes written for all clients, not yet read) and
+`lagged` (clients disconnected so far).
+
 ## Lock rule
 
 A locked daemon (or one without an identity) answers only `daemon.*`, `identity.create`,
 `identity.unlock` and `events.subscribe`; other methods answer `-32001` (locked) or `-32007`
 (no identity).
+
+While the identity is locked (screen lock or wipe) a subscribed connection receives only
+`identity.locked` and `identity.unlocked`: every other event (messages, their states, contacts,
+peers, settings) is dropped, not delayed, so a client that has not given the password learns no
+message text, no contact name and not even that a message arrived. Messages are still stored;
+after `identity.unlocked` a client reloads what it shows (`contacts.list`, `messages.history`).
 """
 
 
@@ -148,7 +179,11 @@ def render() -> str:
     table = "| event | params |\n|---|---|\n" + "".join(
         f"| `{name}` | {doc} |\n" for name, doc in EVENT_DOCS.items()
     )
-    parts.append(CANCEL_PROGRESS.replace("{EVENT_TABLE}\n", table))
+    parts.append(
+        CANCEL_PROGRESS.replace("{EVENT_TABLE}\n", table)
+        .replace("{MAX_PENDING_OUTPUT}", str(MAX_PENDING_OUTPUT))
+        .replace("{LAGGED_GRACE:g}", f"{LAGGED_GRACE:g}")
+    )
     parts.append(f"\n## Methods\n\nHistory pages hold at most {MAX_HISTORY_PAGE} messages.\n")
     groups: dict[str, list[MethodSpec]] = {}
     for spec in registry.methods.values():

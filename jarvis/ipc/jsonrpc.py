@@ -10,7 +10,10 @@ Framing rules (the server and both clients follow them):
   newline because JSON escapes them inside strings;
 - a request line is at most :data:`MAX_LINE` bytes (1 MiB); responses and notifications may be
   longer (up to :data:`MAX_INCOMING_LINE`, for a page of long messages), so clients accept more;
-- batch requests (a JSON array) are not supported: the server answers ``-32600``;
+- a batch (a JSON array of requests, on one line) is answered by one line holding the array of
+  the responses to its elements that have an id, in any order, once every element has finished;
+  an all-notification batch is answered by nothing, an empty array by one ``-32600`` error (not
+  an array), and an array of more than :data:`MAX_BATCH` elements likewise;
 - ``"jsonrpc": "2.0"`` is sent on every message; on requests it may be left out, but any other
   value is refused with ``-32600``;
 - numbers are JSON numbers (no ``NaN``) and integers fit in 64 bits; a longer one is read as a
@@ -34,6 +37,10 @@ MAX_LINE = 1024 * 1024
 
 #: The longest response or notification line the clients accept, in bytes.
 MAX_INCOMING_LINE = 16 * 1024 * 1024
+
+#: The most elements a batch may hold (a larger one gets a single ``-32600`` error): at most
+#: this many responses come back for one line, however small its elements.
+MAX_BATCH = 1000
 
 # Standard JSON-RPC 2.0 codes.
 PARSE_ERROR = -32700
@@ -59,6 +66,7 @@ UNAUTHORIZED = -32011
 DATA_DIR = -32012
 ALREADY_RUNNING = -32013
 NOT_RUNNING = -32014
+TOO_MANY_ATTEMPTS = -32015
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(
         INVALID_REQUEST,
         "invalid_request",
-        "The JSON is not a request object (an array, a number, a missing or non-string "
-        "`method`, a bad `id`, a duplicate `id` on the connection, or a batch).",
+        "The JSON is not a request object (a number, a missing or non-string `method`, a bad "
+        "`id`, a duplicate `id` on the connection), or is an empty or too large batch.",
     ),
     ErrorCode(METHOD_NOT_FOUND, "method_not_found", "No method of that name exists."),
     ErrorCode(
@@ -110,6 +118,13 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(DATA_DIR, "data_dir", "The data directory cannot be used as it is."),
     ErrorCode(ALREADY_RUNNING, "already_running", "Another daemon already uses this data dir."),
     ErrorCode(NOT_RUNNING, "not_running", "The daemon is not running (or is stopping)."),
+    ErrorCode(
+        TOO_MANY_ATTEMPTS,
+        "too_many_attempts",
+        "Too many wrong passwords: the attempt was refused at once, unchecked; `data.retry_after`"
+        " is the whole seconds to wait. Shared by every method that checks the master password "
+        "and kept across daemon restarts.",
+    ),
 )
 
 _BY_KIND = {entry.kind: entry for entry in ERROR_CODES}
@@ -173,7 +188,8 @@ def invalid_params(field_name: str, problem: str) -> RpcError:
 def error_from_exception(exc: BaseException) -> RpcError:
     """Map an exception raised by a method to the :class:`RpcError` the client receives.
 
-    Jarvis and crypto errors keep their one-line message and map by their ``kind``; anything
+    Jarvis and crypto errors keep their one-line message and map by their ``kind`` (a ``data``
+    dict on the exception adds fields to ``error.data``, e.g. ``retry_after``); anything
     else (and a crypto error of kind ``internal``) is an internal error whose message names only
     the exception type (details may hold secrets and go to the daemon log instead).
 
@@ -187,7 +203,10 @@ def error_from_exception(exc: BaseException) -> RpcError:
     ):
         kind = exc.kind
         message = str(exc) or _first_line(type(exc).__doc__) or kind
-        return RpcError(code_for_kind(kind), message, {"kind": kind})
+        extra = getattr(exc, "data", None)
+        data = dict(extra) if isinstance(extra, dict) else {}
+        data["kind"] = kind
+        return RpcError(code_for_kind(kind), message, data)
     return RpcError(INTERNAL_ERROR, f"internal error ({type(exc).__name__}): see the daemon log")
 
 
@@ -295,16 +314,66 @@ def _valid_id(value: Any) -> bool:
 
 
 def parse_request(line: bytes) -> Request:
-    """Parse one request line (without its newline).
+    """Parse one request line (without its newline) that must hold a single request.
 
     :param line: the raw bytes of the line.
     :returns: the request.
     :raises InvalidMessage: ``-32700`` for bad UTF-8 or JSON, ``-32600`` for anything but a
-        request object (batches included), ``-32602`` for positional params.
+        request object (a batch included: see :func:`parse_line`), ``-32602`` for positional
+        params.
     """
     value = _load(line)
     if isinstance(value, list):
-        raise InvalidMessage(INVALID_REQUEST, "invalid request: batch requests are not supported")
+        raise InvalidMessage(INVALID_REQUEST, "invalid request: a batch is not a single request")
+    return request_of(value)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch request: its elements in order, each a request or the error it gets.
+
+    :param elements: :class:`Request` for a valid element, :class:`InvalidMessage` (with the id
+        when one could be read) for an invalid one.
+    """
+
+    elements: tuple[Request | InvalidMessage, ...]
+
+
+def parse_line(line: bytes) -> Request | Batch:
+    """Parse one line a client sent (without its newline): a single request or a batch.
+
+    :param line: the raw bytes of the line.
+    :returns: the request, or the :class:`Batch` whose invalid elements carry their errors.
+    :raises InvalidMessage: ``-32700`` for bad UTF-8 or JSON (a batch included: one error),
+        ``-32600`` for an empty batch, a batch of more than :data:`MAX_BATCH` elements or a
+        single value that is not a request, ``-32602`` for positional params.
+    """
+    value = _load(line)
+    if not isinstance(value, list):
+        return request_of(value)
+    if not value:
+        raise InvalidMessage(INVALID_REQUEST, "invalid request: empty batch")
+    if len(value) > MAX_BATCH:
+        error = InvalidMessage(
+            INVALID_REQUEST, f"invalid request: a batch holds at most {MAX_BATCH} requests"
+        )
+        error.data["kind"] = "too_large"
+        raise error
+    elements: list[Request | InvalidMessage] = []
+    for element in value:
+        try:
+            elements.append(request_of(element))
+        except InvalidMessage as e:
+            elements.append(e)
+    return Batch(tuple(elements))
+
+
+def request_of(value: Any) -> Request:
+    """Return the request a decoded JSON value holds.
+
+    :raises InvalidMessage: ``-32600`` if it is not a request object, ``-32602`` for
+        positional params (with the id when one could be read).
+    """
     if not isinstance(value, dict):
         raise InvalidMessage(INVALID_REQUEST, "invalid request: a request must be a JSON object")
     request_id = value.get("id")
@@ -325,6 +394,11 @@ def parse_request(line: bytes) -> Request:
             INVALID_PARAMS, "invalid params: params must be an object (by name)", request_id
         )
     return Request(method, params, request_id, "id" not in value)
+
+
+def batch_response(lines: list[bytes]) -> bytes:
+    """Join encoded response lines (each ending in ``\\n``) into one batch response line."""
+    return b"[" + b",".join(line[:-1] for line in lines) + b"]\n"
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,9 @@ class MethodContext:
     :param stop_daemon: stops the daemon gracefully (``daemon.stop`` calls it after answering).
     :param lag_probe: an object with ``snapshot() -> dict`` (a ``ReactorLagProbe``), or ``None``.
     :param pool_stats: named callables returning pool figures (e.g. the store's ``pool_stats``).
-    :param clients: returns ``{clients, subscribers}``: attached API connections.
+    :param clients: returns ``{clients, subscribers, output_buffered, lagged}``: attached API
+        connections, those subscribed to events, the bytes written for them and not yet
+        flushed, and how many were disconnected with ``$/lagged``.
     """
 
     node: Any
@@ -355,7 +357,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
             daemon_status,
             result="{running, pid, version, ipc, data_dir, has_identity, locked, uid, name, "
             "lag (reactor lag probe figures or null), pools ({name: figures}), in_flight "
-            "([{method, id, started, age, progress}])}",
+            "([{method, id, started, age, progress}]), clients, subscribers, output_buffered "
+            "(bytes written for clients, not yet flushed), lagged (clients disconnected with "
+            "$/lagged)}",
             doc="Report whether the daemon runs, its identity state, reactor lag, pool figures "
             "and the requests being served.",
             deadline=5.0,
