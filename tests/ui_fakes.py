@@ -115,6 +115,7 @@ class FakeDaemonClient:
             "sent": created if direction == "out" else None,
             "delivered": None,
             "read": None,
+            "seq": self._next_id,
         }
         self._next_id += 1
         self.messages.setdefault(uid, []).append(message)
@@ -291,11 +292,14 @@ class FakeDaemonClient:
         return {"removed": True}
 
     def m_messages_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Store the message and, as the daemon does, tell every subscriber before answering."""
         self._unlocked()
         contact = self._contact(params)
-        return self.add_message(
+        message = self.add_message(
             contact["uid"], params["text"], direction="out", state="queued", created=NOW + 60
         )
+        self.emit("message.added", {"message": dict(message)})
+        return dict(message)
 
     def m_messages_history(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
