@@ -382,6 +382,7 @@ class FakeNode:
                 "connect_attempts": 0,
                 "connect_successes": 0,
                 "connect_failures": 0,
+                "sessions_accepted": 0,
                 "last_error": None,
                 "last_error_at": None,
                 "connected_since": None,

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.textsafe import local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
 from tests.ui_fakes import (
@@ -425,7 +426,7 @@ class DialogTests(SynchronousTestCase):
         controller, client, _, _ = started()
         press(controller, "meta 2", "f3")
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "contact_info")
-        self.assertIn("connect attempts", screen_text(controller.window, (100, 40)))
+        self.assertIn("Connections: we dialled 3 times", screen_text(controller.window, (100, 40)))
         actions = controller.window.dialog
         self.assertIsNotNone(actions)
         controller.update_contact(UID_BOB, {"verified": True}, "verifying")
@@ -433,6 +434,41 @@ class DialogTests(SynchronousTestCase):
         controller._confirm_remove(UID_BOB)
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "remove")
         self.assertIn(UID_BOB, client.contacts)
+
+    def test_contact_info_in_words(self) -> None:
+        """When F3 is used on a contact online through a session it dialled, then the details
+        say since when in local time and for how long, the traffic in human units, who dialled
+        whom, and show no raw epoch value, no "connect successes: 0" and the name once."""
+        client = make_populated_client()
+        client.health[UID_ALICE] = {
+            "uid": UID_ALICE,
+            "name": "alice",
+            "status": "online",
+            "connect_attempts": 0,
+            "connect_successes": 0,
+            "connect_failures": 0,
+            "sessions_accepted": 1,
+            "last_error": "connection refused",
+            "last_error_at": NOW - 800.5,
+            "connected_since": NOW - 720.25,
+            "bytes_in": 1536,
+            "bytes_out": 3 * 1024 * 1024,
+            "messages_in": 4,
+            "messages_out": 7,
+        }
+        controller, _, clock, _ = make_controller(client)
+        clock.advance(NOW)
+        press(controller, "meta 1", "f3")
+        text = screen_text(controller.window, (100, 40))
+        self.assertIn(f"Status: online since {local_time(NOW - 720.25, NOW)} (12 min)", text)
+        self.assertIn(f"Last error: connection refused (at {local_time(NOW - 800.5, NOW)},", text)
+        self.assertIn("13 min ago)", text)
+        self.assertIn("Connections: they dialled us once", text)
+        self.assertIn("Traffic: 1.5 KiB in, 3.0 MiB out; messages 4 in, 7 out", text)
+        self.assertNotIn("1699999", text)
+        self.assertNotIn("successes", text)
+        self.assertEqual(text.count("Name: alice"), 1)
+        self.assertNotIn("name:", text)
 
     def test_identity_export_and_copy(self) -> None:
         """When F2 is used, then the link shows, the card exports and the link copies."""

@@ -83,6 +83,8 @@ class FakeDaemonClient:
         self.failures: dict[str, Exception] = {}
         self.closed = False
         self.summary = {"summary": "amber", "online": 1, "total": 2}
+        #: ``peers.status`` entries by uid (a default one for the others)
+        self.health: dict[str, dict[str, Any]] = {}
         self._next_id = 1
 
     # setting up ---------------------------------------------------------------------------
@@ -341,7 +343,7 @@ class FakeDaemonClient:
     def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
         peers = [
-            {"uid": uid, "status": c["status"], "connect_attempts": 3}
+            self.health.get(uid) or {"uid": uid, "status": c["status"], "connect_attempts": 3}
             for uid, c in self.contacts.items()
         ]
         return {**self.summary, "peers": peers}

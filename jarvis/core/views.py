@@ -64,6 +64,7 @@ def peer_view(status: Any, name: str | None) -> dict[str, Any]:
         "connect_attempts",
         "connect_successes",
         "connect_failures",
+        "sessions_accepted",
         "last_error",
         "last_error_at",
         "connected_since",

@@ -616,7 +616,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "peers.status",
             peers_status,
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
-            "'online'), connect_attempts, connect_successes, connect_failures, last_error, "
+            "'online'), connect_attempts, connect_successes, connect_failures, sessions_accepted, "
+            "last_error, "
             "last_error_at, connected_since, bytes_in, bytes_out, messages_in, messages_out}]}",
             doc="Show the connection state of every peer.",
         ),

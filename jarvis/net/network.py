@@ -96,6 +96,8 @@ class PeerStatus:
     :ivar connect_attempts: outbound connection attempts started.
     :ivar connect_successes: attempts that reached an established session.
     :ivar connect_failures: attempts that ended before that.
+    :ivar sessions_accepted: connections the contact dialled to us that reached an established
+        session (the inbound counterpart of ``connect_successes``).
     :ivar last_error: why the last failed attempt failed, or ``None``.
     :ivar last_error_at: when it failed, or ``None``.
     :ivar connected_since: when the contact came online, or ``None`` while not online.
@@ -110,6 +112,7 @@ class PeerStatus:
     connect_attempts: int = 0
     connect_successes: int = 0
     connect_failures: int = 0
+    sessions_accepted: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
     connected_since: float | None = None
@@ -365,6 +368,7 @@ class _Peer:
         self.attempts: set[_Attempt] = set()
         self.state: PeerState = "offline"
         self.connect_attempts = self.connect_successes = self.connect_failures = 0
+        self.sessions_accepted = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.connected_since: float | None = None
@@ -385,6 +389,7 @@ class _Peer:
             connect_attempts=self.connect_attempts,
             connect_successes=self.connect_successes,
             connect_failures=self.connect_failures,
+            sessions_accepted=self.sessions_accepted,
             last_error=self.last_error,
             last_error_at=self.last_error_at,
             connected_since=self.connected_since,
@@ -838,6 +843,8 @@ class PeerNetwork:
         peer = entry.peer
         if entry.attempt is not None:
             entry.attempt.succeed()
+        elif not entry.session.initiator:
+            peer.sessions_accepted += 1
         current = peer.active
         if current is None:
             peer.active = entry

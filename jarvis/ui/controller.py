@@ -1111,7 +1111,7 @@ class Controller:
             "remove": lambda: self._confirm_remove(uid),
             "close": self.window.close_dialog,
         }
-        self.open_dialog(ContactInfoDialog(contact, actions))
+        self.open_dialog(ContactInfoDialog(contact, actions, now=self.clock.seconds()))
         d = self._call("peers.status")
 
         def health(status: Mapping[str, Any]) -> None:
@@ -1121,7 +1121,8 @@ class Controller:
             for peer in status.get("peers") or ():
                 if isinstance(peer, Mapping) and peer.get("uid") == uid:
                     current = self.model.contacts.get(uid, contact)
-                    self.open_dialog(ContactInfoDialog(current, actions, peer))
+                    now = self.clock.seconds()
+                    self.open_dialog(ContactInfoDialog(current, actions, peer, now))
 
         d.addCallback(health)
         d.addErrback(lambda f: self.log.info("no health figures: {e}", e=type(f.value).__name__))
