@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.textsafe import local_time
+from jarvis.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
 from tests.ui_fakes import (
@@ -722,3 +722,29 @@ class OtherClientsTests(SynchronousTestCase):
             self.assertEqual(len(lines), 2, lines)
             self.assertIn("from the first ui", lines[0])
             self.assertIn("from the second ui", lines[1])
+
+
+class HostileTextTests(SynchronousTestCase):
+    """Names and bodies from peers cannot reorder what the screen shows."""
+
+    def test_no_bidi_controls_reach_the_screen(self) -> None:
+        """When a contact's name and message carry bidi overrides and isolates (U+202E, U+2066)
+        and an escape sequence, then no bidi control is rendered anywhere: list, title,
+        scrollback, details; the visible text survives."""
+        client = make_populated_client()
+        evil = "e" * 52
+        client.add_contact(evil, "\u202eevil\u2066", status="online", addresses=["\u202e1.2.3.4"])
+        client.add_message(evil, "pay \u202e0001\u202c now \x1b]0;title\x07", created=NOW + 1)
+        controller, _, clock, _ = make_controller(client)
+        press(controller, "meta 1")
+        self.assertEqual(controller.model.current_uid, evil)
+        clock.advance(0)
+        screens = [screen_text(controller.window, (100, 30))]
+        press(controller, "f3")
+        screens.append(screen_text(controller.window, (100, 40)))
+        for text in screens:
+            self.assertFalse(set(text) & BIDI_CONTROLS, text)
+            self.assertNotIn("\x1b", text)
+        self.assertIn("evil: pay 0001 now", screens[0])
+        self.assertIn("Name: evil", screens[1])
+        self.assertIn("Addresses: 1.2.3.4", screens[1])

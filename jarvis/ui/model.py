@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jarvis.textsafe import strip_bidi
+
 #: Connection summary levels and what they mean.
 GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
 
@@ -34,11 +36,13 @@ PEER_STATUSES = ("offline", "connecting", "online")
 
 
 def _text(value: object, default: str = "") -> str:
-    return value if isinstance(value, str) else default
+    # urwid drops C0/C1 controls and escape sequences when it lays text out, but lets bidi
+    # controls through: a name or body with U+202E would reverse what follows it on screen.
+    return strip_bidi(value) if isinstance(value, str) else default
 
 
 def _strings(value: object) -> tuple[str, ...]:
-    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+    return tuple(strip_bidi(str(v)) for v in value) if isinstance(value, list | tuple) else ()
 
 
 def _number(value: object) -> float | None:
