@@ -27,6 +27,7 @@ from jarvis import errors
 from jarvis.cli import EXIT_INTERRUPTED, Options
 from jarvis.ipc.jsonrpc import RemoteError
 from jarvis.launcher import process_state, recorded_pids
+from jarvis.textsafe import is_unsafe, terminal_safe
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
@@ -86,11 +87,32 @@ class Session:
         return client.close()
 
     def emit(self, text: str | None, document: Any) -> None:
-        """Print *text*, or *document* as JSON with ``--json``."""
+        """Print *text*, or *document* as JSON with ``--json``.
+
+        Text goes through :func:`~jarvis.textsafe.terminal_safe` (names and bodies from peers
+        cannot drive the terminal); JSON stays exact (see :func:`json_text`).
+        """
         if self.options.wants_json():
-            print(json.dumps(document, indent=2, ensure_ascii=False))
+            print(json_text(document, indent=2))
         elif text is not None:
-            print(text)
+            print(terminal_safe(text))
+
+
+def _escape_unsafe(char: str) -> str:
+    return f"\\u{ord(char):04x}" if is_unsafe(char) else char
+
+
+def json_text(document: Any, *, indent: int | None = None) -> str:
+    """*document* as JSON that is safe to print on a terminal and parses to the same value.
+
+    ``json.dumps`` already escapes C0 controls (ESC is ``\\u001b``); C1 controls (such as
+    U+009B, CSI), DEL, bidi controls and line separators are escaped here the same way.  They
+    can only occur inside JSON strings, where ``\\uXXXX`` means the same character.
+    """
+    text = json.dumps(document, indent=indent, ensure_ascii=False)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return "".join(_escape_unsafe(c) if c == "\x7f" or ord(c) > 0x7F else c for c in text)
 
 
 def note(message: str) -> None:
@@ -474,7 +496,8 @@ async def cmd_contacts(session: Session, sub: usage.Options, inputs: dict[str, A
     result = await session.call("contacts.list")
     contacts = result["contacts"]
     lines = [
-        f"{_contact_name(c):<20} {c['uid'][:12]}  {c.get('status', '?'):<10} "
+        f"{terminal_safe(_contact_name(c), keep_newlines=False):<20} "
+        f"{terminal_safe(str(c['uid'])[:12], keep_newlines=False)}  {c.get('status', '?'):<10} "
         f"unread {c.get('unread', 0):<4} {'verified' if c.get('verified') else 'unverified'}"
         for c in contacts
     ]
@@ -801,7 +824,7 @@ async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]
     client.add_disconnect_observer(lambda reason: lost.callback(None))
 
     def show(name: str, params: dict[str, Any]) -> None:
-        print(json.dumps({"event": name, "params": params}, ensure_ascii=False), flush=True)
+        print(json_text({"event": name, "params": params}), flush=True)
 
     await client.subscribe(show, sub["events"])
     await lost

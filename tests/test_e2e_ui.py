@@ -422,3 +422,106 @@ class TwoUiTests(TestCase):
             [line for line in conversation_rows(ui2) if "bob:" in line],
             [line for line in conversation_rows(ui1) if "bob:" in line],
         )
+
+
+class MsgCommandTests(TestCase):
+    timeout = 60
+
+    async def test_msg_with_nothing_open_opens_the_conversation(self) -> None:
+        """When ``/msg bob hello`` is typed with no conversation open, then bob's conversation
+        opens on the screen with the sent line, and bob receives it."""
+        root, (alice, bob) = await start_peers(self, "alice", "bob")
+        await befriend(alice, bob)
+        ui = start_ui(self, alice.data_dir, root)
+        await ui.wait_for(lambda t: "No conversation open" in t and "1/1 online" in t)
+        ui.type("/msg bob hello")
+        ui.press("enter")
+        await ui.wait_for(lambda t: " bob · online" in t and "alice: hello" in t)
+        self.assertEqual(
+            next(line for line in conversation_rows(ui) if "hello" in line)[6:].rstrip(" ✓●…"),
+            "alice: hello",
+        )
+        await bob.recorder.wait(lambda: "hello" in bob.received_bodies())
+
+
+class OtherClientsTests(TestCase):
+    timeout = 90
+
+    async def test_cli_send_shows_in_the_open_conversation(self) -> None:
+        """When ``jarvis send`` (another client of the same daemon) sends to the conversation
+        open in the UI, then the line appears at once, once, and its delivery mark follows."""
+        root, (alice, bob) = await start_peers(self, "alice", "bob")
+        await befriend(alice, bob)
+        ui = start_ui(self, alice.data_dir, root)
+        await ui.wait_for("1/1 online")
+        ui.press("meta 1")
+        await ui.wait_for(lambda t: " bob · online" in t and "No messages with bob yet." in t)
+        await cli(root, alice, "send", "bob", "sent by the cli")
+
+        def delivered(text: str) -> bool:
+            row = ui.row_with("alice: sent by the cli")
+            return row is not None and row.endswith(("✓✓", "●"))
+
+        await ui.wait_for(delivered)
+        self.assertEqual(
+            len([line for line in conversation_rows(ui) if "sent by the cli" in line]), 1
+        )
+
+    async def test_two_uis_each_sending_show_both_lines_once(self) -> None:
+        """When two UIs of one daemon have bob's conversation open and each sends a line,
+        then both show both lines, exactly once each, in the same order."""
+        root, (alice, bob) = await start_peers(self, "alice", "bob")
+        await befriend(alice, bob)
+        ui1 = start_ui(self, alice.data_dir, root)
+        ui2 = start_ui(self, alice.data_dir, root)
+        for ui in (ui1, ui2):
+            await ui.wait_for("1/1 online")
+            ui.press("meta 1")
+            await ui.wait_for("No messages with bob yet.")
+        ui1.type("first from ui one")
+        ui1.press("enter")
+        await ui2.wait_for("alice: first from ui one")
+        ui2.type("second from ui two")
+        ui2.press("enter")
+        for ui in (ui1, ui2):
+            await ui.wait_for("alice: second from ui two")
+        await bob.recorder.wait(lambda: len(bob.received_bodies()) == 2)
+        for ui in (ui1, ui2):
+            lines = [line for line in conversation_rows(ui) if "from ui" in line]
+            self.assertEqual(len(lines), 2, ui.text())
+            self.assertIn("first from ui one", lines[0])
+            self.assertIn("second from ui two", lines[1])
+
+
+class SuspendTests(TestCase):
+    timeout = 60
+
+    async def test_ctrl_z_suspends_and_fg_redraws(self) -> None:
+        """When Ctrl+Z is pressed in the UI run from an interactive shell, then the UI gives
+        the terminal back (the shell says the job stopped); when the job is resumed with fg,
+        then the whole screen is drawn again, the draft is still there, and typing works."""
+        root, (alice,) = await start_peers(self, "alice")
+        env = ui_env(alice.data_dir, root)
+        env.update(PS1="shell$ ", HISTFILE="/dev/null", INPUTRC="/dev/null")
+        shell = PtyTerminal(
+            ["/bin/bash", "--norc", "--noprofile", "-i"], env=env, path=REPO
+        ).start()
+        self.addCleanup(shell.stop)
+        await shell.wait_for("shell$")
+        shell.type(f"{sys.executable} -m jarvis\r")
+        await shell.wait_for(" alice │ 0/0 online")
+        shell.type("a draft")
+        await shell.wait_for("> a draft")
+
+        shell.press("ctrl z")
+        await shell.wait_for(lambda t: "Stopped" in t and t.rstrip().endswith("shell$"))
+        self.assertIn(b"\x1b[?1049l", shell.raw)  # the alternate screen was left
+        shell.screen.reset()
+        shell.type("fg\r")
+        await shell.wait_for(lambda t: " alice │ 0/0 online" in t and "> a draft" in t)
+        shell.type(" typed after")
+        await shell.wait_for("> a draft typed after")
+        shell.press("ctrl c")
+        await shell.wait_for("Close Jarvis?")
+        shell.press("ctrl c")
+        await shell.wait_for(lambda t: t.rstrip().endswith("shell$"))

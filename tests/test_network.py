@@ -217,6 +217,9 @@ class EstablishTests(TestCase):
         self.assertEqual(status_a.state, "online")
         self.assertEqual((status_a.connect_attempts, status_a.connect_successes), (1, 1))
         self.assertEqual(status_a.connect_failures, 0)
+        # B was dialled: it accepted the session and dialled nothing; A accepted none
+        self.assertEqual((status_b.connect_attempts, status_b.connect_successes), (0, 0))
+        self.assertEqual((status_b.sessions_accepted, status_a.sessions_accepted), (1, 0))
         self.assertIsNotNone(status_a.connected_since)
         # dialled by A, accepted by B: each side counts the session once, on its own side
         self.assertEqual((status_a.sessions_accepted, status_b.sessions_accepted), (0, 1))

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
 from tests.ui_fakes import (
@@ -17,6 +18,7 @@ from tests.ui_fakes import (
     make_controller,
     make_populated_client,
     press,
+    remote_error,
     screen_text,
 )
 
@@ -198,6 +200,76 @@ class SlashCommandTests(SynchronousTestCase):
         press(controller, "/msg bob hello bob", "enter")
         self.assertIn(("messages.send", {"contact": UID_BOB, "text": "hello bob"}), client.calls)
 
+    def test_msg_with_nothing_open_opens_the_conversation(self) -> None:
+        """When /msg bob hello is entered with no conversation open, then bob's conversation
+        opens (as irssi opens a query window) and shows the sent line, once."""
+        controller, _client, clock, _ = started()
+        self.assertIsNone(controller.model.current_uid)
+        press(controller, "/msg bob hello", "enter")
+        clock.advance(0)
+        self.assertEqual(controller.model.current_uid, UID_BOB)
+        text = screen_text(controller.window, (80, 20))
+        self.assertIn(" bob · connecting", text)
+        self.assertEqual(text.count("me: hello"), 1, text)
+        self.assertIn("hi from bob", text)
+        self.assertEqual(controller.main_screen.input.edit_text, "")
+
+    def test_msg_elsewhere_stays_and_confirms(self) -> None:
+        """When /msg carol is entered while alice's conversation is open, then the UI stays on
+        alice, the status line says "sent to carol" and carol's row moves to the top."""
+        controller, _client, clock, _ = started()
+        press(controller, "meta 1")
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+        rows = [r.uid for r in controller.main_screen.conversations.rows_shown()]
+        self.assertEqual(rows[0], UID_ALICE)
+        press(controller, "/msg carol see you at 8", "enter")
+        clock.advance(0)
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+        self.assertIsNotNone(controller.model.status)
+        self.assertEqual(controller.model.status.text, "sent to carol")
+        text = screen_text(controller.window, (100, 20))
+        self.assertIn("sent to carol", text)
+        self.assertNotIn("see you at 8", text)
+        rows = [r.uid for r in controller.main_screen.conversations.rows_shown()]
+        self.assertEqual(rows[0], UID_CAROL)
+
+    def test_msg_unknown_names_candidates(self) -> None:
+        """When /msg names nobody, then nothing is sent and the status line says so in one
+        line, suggesting the contacts whose names are close."""
+        controller, client, _, _ = started()
+        press(controller, "/msg bobby hi", "enter")
+        self.assertNotIn("messages.send", client.methods_called())
+        status = controller.model.status
+        assert status is not None
+        self.assertEqual(status.level, "error")
+        self.assertEqual(status.text, "no contact called bobby; did you mean bob?")
+        self.assertIsNone(controller.model.current_uid)
+
+    def test_msg_ambiguous_names_candidates(self) -> None:
+        """When /msg names two contacts called the same, then nothing is sent and the status
+        line names both (name and start of uid)."""
+        client = make_populated_client()
+        client.add_contact("d" * 52, "bob")
+        controller, _, _, _ = make_controller(client)
+        press(controller, "/msg bob hi", "enter")
+        self.assertNotIn("messages.send", client.methods_called())
+        status = controller.model.status
+        assert status is not None
+        self.assertEqual(status.level, "error")
+        self.assertEqual(
+            status.text, "2 contacts match bob: bob (bbbbbbbb), bob (dddddddd); use more of the uid"
+        )
+        self.assertNotIn("\n", status.text)
+
+    def test_msg_failure_restores_the_line(self) -> None:
+        """When /msg to another conversation fails, then the typed line comes back."""
+        controller, client, _, _ = started()
+        press(controller, "meta 1")
+        client.failures["messages.send"] = remote_error("invalid_input", "bob is blocked")
+        press(controller, "/msg bob hi", "enter")
+        self.assertEqual(controller.main_screen.input.edit_text, "/msg bob hi")
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+
     def test_unknown_and_no_conversation(self) -> None:
         """When text is sent with nothing open or a command is unknown, then the bar says so."""
         controller, client, _, _ = started()
@@ -354,7 +426,7 @@ class DialogTests(SynchronousTestCase):
         controller, client, _, _ = started()
         press(controller, "meta 2", "f3")
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "contact_info")
-        self.assertIn("connect attempts", screen_text(controller.window, (100, 40)))
+        self.assertIn("Connections: we dialled 3 times", screen_text(controller.window, (100, 40)))
         actions = controller.window.dialog
         self.assertIsNotNone(actions)
         controller.update_contact(UID_BOB, {"verified": True}, "verifying")
@@ -362,6 +434,41 @@ class DialogTests(SynchronousTestCase):
         controller._confirm_remove(UID_BOB)
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "remove")
         self.assertIn(UID_BOB, client.contacts)
+
+    def test_contact_info_in_words(self) -> None:
+        """When F3 is used on a contact online through a session it dialled, then the details
+        say since when in local time and for how long, the traffic in human units, who dialled
+        whom, and show no raw epoch value, no "connect successes: 0" and the name once."""
+        client = make_populated_client()
+        client.health[UID_ALICE] = {
+            "uid": UID_ALICE,
+            "name": "alice",
+            "status": "online",
+            "connect_attempts": 0,
+            "connect_successes": 0,
+            "connect_failures": 0,
+            "sessions_accepted": 1,
+            "last_error": "connection refused",
+            "last_error_at": NOW - 800.5,
+            "connected_since": NOW - 720.25,
+            "bytes_in": 1536,
+            "bytes_out": 3 * 1024 * 1024,
+            "messages_in": 4,
+            "messages_out": 7,
+        }
+        controller, _, clock, _ = make_controller(client)
+        clock.advance(NOW)
+        press(controller, "meta 1", "f3")
+        text = screen_text(controller.window, (100, 40))
+        self.assertIn(f"Status: online since {local_time(NOW - 720.25, NOW)} (12 min)", text)
+        self.assertIn(f"Last error: connection refused (at {local_time(NOW - 800.5, NOW)},", text)
+        self.assertIn("13 min ago)", text)
+        self.assertIn("Connections: they dialled us once", text)
+        self.assertIn("Traffic: 1.5 KiB in, 3.0 MiB out; messages 4 in, 7 out", text)
+        self.assertNotIn("1699999", text)
+        self.assertNotIn("successes", text)
+        self.assertEqual(text.count("Name: alice"), 1)
+        self.assertNotIn("name:", text)
 
     def test_identity_export_and_copy(self) -> None:
         """When F2 is used, then the link shows, the card exports and the link copies."""
@@ -545,3 +652,99 @@ class OlderHistoryTests(SynchronousTestCase):
         self.assertIsNone(conversation.older)
         befores = [p.get("before") for m, p in client.calls if m == "messages.history"]
         self.assertEqual(befores, [None, "100", "200"])
+
+
+def rows_with(controller: Any, needle: str, size: tuple[int, int] = (100, 30)) -> list[str]:
+    """The screen rows of *controller*'s window that contain *needle*."""
+    return [line for line in screen_text(controller.window, size).splitlines() if needle in line]
+
+
+class OtherClientsTests(SynchronousTestCase):
+    """Every client of one daemon shows the same conversation."""
+
+    def test_message_sent_by_another_client_appears_with_its_marks(self) -> None:
+        """When another client (the CLI, a bot) sends to the open conversation, then the line
+        appears from the message.added event, and its delivery mark follows the state events."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        message = client.add_message(
+            UID_ALICE, "from the cli", direction="out", state="queued", created=NOW + 30
+        )
+        client.emit("message.added", {"message": dict(message)})
+        clock.advance(0)
+        self.assertEqual(len(rows_with(controller, "me: from the cli")), 1)
+        self.assertTrue(rows_with(controller, "me: from the cli")[0].endswith("…"))
+        for state, mark in (("sent", "✓"), ("delivered", "✓✓")):
+            client.emit(
+                "message.stateChanged",
+                {"id": message["id"], "contact": UID_ALICE, "state": state, "at": NOW + 31},
+            )
+            self.assertTrue(rows_with(controller, "me: from the cli")[0].endswith(mark), state)
+
+    def test_own_send_shown_once_whatever_the_order(self) -> None:
+        """When the UI's own send is reported by the event, then by a state change, and the
+        call's answer (state queued) comes last, then the line shows once, still sent."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        client.slow.add("messages.send")
+        press(controller, "only once", "enter")
+        _method, params, d = client.pending.pop()
+        answer = client.m_messages_send(params)  # emits message.added to the UI
+        client.emit(
+            "message.stateChanged",
+            {"id": answer["id"], "contact": UID_ALICE, "state": "sent", "at": NOW + 61},
+        )
+        d.callback(answer)
+        clock.advance(0)
+        rows = rows_with(controller, "me: only once")
+        self.assertEqual(len(rows), 1, rows)
+        self.assertTrue(rows[0].endswith("✓"), rows)
+
+    def test_two_uis_show_both_lines_once(self) -> None:
+        """When two UIs on one daemon each send to bob, then both show both lines, each once,
+        in the daemon's order."""
+        client = make_populated_client()
+        first, _, clock1, _ = make_controller(client)
+        second, _, clock2, _ = make_controller(client)
+        for ui in (first, second):
+            press(ui, "meta 2")
+            self.assertEqual(ui.model.current_uid, UID_BOB)
+        press(first, "from the first ui", "enter")
+        press(second, "from the second ui", "enter")
+        clock1.advance(0)
+        clock2.advance(0)
+        for ui in (first, second):
+            lines = [
+                line
+                for line in screen_text(ui.window, (100, 30)).splitlines()
+                if "me: from the" in line
+            ]
+            self.assertEqual(len(lines), 2, lines)
+            self.assertIn("from the first ui", lines[0])
+            self.assertIn("from the second ui", lines[1])
+
+
+class HostileTextTests(SynchronousTestCase):
+    """Names and bodies from peers cannot reorder what the screen shows."""
+
+    def test_no_bidi_controls_reach_the_screen(self) -> None:
+        """When a contact's name and message carry bidi overrides and isolates (U+202E, U+2066)
+        and an escape sequence, then no bidi control is rendered anywhere: list, title,
+        scrollback, details; the visible text survives."""
+        client = make_populated_client()
+        evil = "e" * 52
+        client.add_contact(evil, "\u202eevil\u2066", status="online", addresses=["\u202e1.2.3.4"])
+        client.add_message(evil, "pay \u202e0001\u202c now \x1b]0;title\x07", created=NOW + 1)
+        controller, _, clock, _ = make_controller(client)
+        press(controller, "meta 1")
+        self.assertEqual(controller.model.current_uid, evil)
+        clock.advance(0)
+        screens = [screen_text(controller.window, (100, 30))]
+        press(controller, "f3")
+        screens.append(screen_text(controller.window, (100, 40)))
+        for text in screens:
+            self.assertFalse(set(text) & BIDI_CONTROLS, text)
+            self.assertNotIn("\x1b", text)
+        self.assertIn("evil: pay 0001 now", screens[0])
+        self.assertIn("Name: evil", screens[1])
+        self.assertIn("Addresses: 1.2.3.4", screens[1])

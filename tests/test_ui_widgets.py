@@ -12,9 +12,11 @@ import urwid
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.textsafe import local_time
 from jarvis.ui import banner
 from jarvis.ui.model import Message, MessengerModel
 from jarvis.ui.palette import STYLES, THEMES, palette
+from jarvis.ui.screens import describe_health
 from jarvis.ui.widgets import ConversationList, ReadlineEdit, Scrollback, StatusBar
 from tests.ui_fakes import (
     NOW,
@@ -434,3 +436,35 @@ class GoldenScreenTests(SynchronousTestCase):
         text = screen_text(controller.window, (60, 12))
         self.assertEqual(text, GOLDEN_LOCK_60x12)
         self.assertNotIn("alice", text)
+
+
+class HealthWordsTests(SynchronousTestCase):
+    """A contact's connection figures as the details dialog words them."""
+
+    def test_dialled_with_failures(self) -> None:
+        """When we dialled a contact four times (one connected, two failed, one in flight) and
+        it never dialled us, then the rows say so once each; no figure shows as a raw number
+        of seconds."""
+        health = {
+            "connect_attempts": 4,
+            "connect_successes": 1,
+            "connect_failures": 2,
+            "sessions_accepted": 0,
+            "last_error": "timed out\nsecond line",
+            "last_error_at": NOW - 30,
+            "connected_since": None,
+            "bytes_in": 100,
+            "bytes_out": 0,
+        }
+        rows = dict(describe_health("connecting", health, NOW))
+        self.assertEqual(rows["Status"], "connecting")
+        at = local_time(NOW - 30, NOW)
+        self.assertEqual(rows["Last error"], f"timed out (at {at}, 30 s ago)")
+        self.assertEqual(
+            rows["Connections"], "we dialled 4 times (1 connected, 2 failed, 1 in progress)"
+        )
+        self.assertEqual(rows["Traffic"], "100 B in, 0 B out")
+
+    def test_nothing_known(self) -> None:
+        """When there are no health figures (an offline contact), then only the status shows."""
+        self.assertEqual(describe_health("offline", {}, NOW), [("Status", "offline")])

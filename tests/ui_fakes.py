@@ -83,6 +83,8 @@ class FakeDaemonClient:
         self.failures: dict[str, Exception] = {}
         self.closed = False
         self.summary = {"summary": "amber", "online": 1, "total": 2}
+        #: ``peers.status`` entries by uid (a default one for the others)
+        self.health: dict[str, dict[str, Any]] = {}
         self._next_id = 1
 
     # setting up ---------------------------------------------------------------------------
@@ -115,6 +117,7 @@ class FakeDaemonClient:
             "sent": created if direction == "out" else None,
             "delivered": None,
             "read": None,
+            "seq": self._next_id,
         }
         self._next_id += 1
         self.messages.setdefault(uid, []).append(message)
@@ -291,11 +294,14 @@ class FakeDaemonClient:
         return {"removed": True}
 
     def m_messages_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Store the message and, as the daemon does, tell every subscriber before answering."""
         self._unlocked()
         contact = self._contact(params)
-        return self.add_message(
+        message = self.add_message(
             contact["uid"], params["text"], direction="out", state="queued", created=NOW + 60
         )
+        self.emit("message.added", {"message": dict(message)})
+        return dict(message)
 
     def m_messages_history(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
@@ -337,7 +343,7 @@ class FakeDaemonClient:
     def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
         peers = [
-            {"uid": uid, "status": c["status"], "connect_attempts": 3}
+            self.health.get(uid) or {"uid": uid, "status": c["status"], "connect_attempts": 3}
             for uid, c in self.contacts.items()
         ]
         return {**self.summary, "peers": peers}

@@ -847,7 +847,7 @@ class PeerNetwork:
         peer = entry.peer
         if entry.attempt is not None:
             entry.attempt.succeed()
-        else:
+        elif not entry.session.initiator:
             peer.sessions_accepted += 1
         current = peer.active
         if current is None:

@@ -170,6 +170,26 @@ class DaemonConnector:
             self._report("could not start the daemon; details are in ui.log")
 
 
+def make_screen() -> Any:
+    """urwid's raw terminal screen, on which Ctrl+C is a key and Ctrl+Z suspends cleanly.
+
+    Ctrl+C must reach the UI (it cancels the operation in flight) instead of raising SIGINT.
+    Ctrl+Z is urwid's: on SIGTSTP it gives the terminal back as it found it (Ctrl+C a signal
+    again, for the shell) and stops the process; on resume it starts the screen again and
+    redraws all of it.  Every start therefore turns Ctrl+C into a key again: set only once,
+    before the first start, Ctrl+C would kill the UI after the first Ctrl+Z and ``fg``.
+    """
+    import urwid
+
+    class Screen(urwid.display.raw.Screen):  # type: ignore[misc,name-defined]
+        def start(self, *args: Any, **kwargs: Any) -> Any:
+            started = super().start(*args, **kwargs)
+            self.tty_signal_keys(intr="undefined")
+            return started
+
+    return Screen()
+
+
 def _start_logging(data_dir: str) -> Any:
     """Send the UI's log to ``ui.log`` in *data_dir* (or nowhere), never to the terminal."""
     from jarvis import logs
@@ -260,7 +280,7 @@ def _run(
     from jarvis.ui.controller import Controller
     from jarvis.ui.palette import palette
 
-    screen = urwid.display.raw.Screen()
+    screen = make_screen()
     saved_keys = screen.tty_signal_keys()
     controller_box: list[Controller] = []
 
@@ -326,8 +346,6 @@ def _run(
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     reactor.callWhenRunning(controller.start)
-    # Ctrl+C must reach the UI (it cancels the operation in flight) instead of SIGINT.
-    screen.tty_signal_keys(intr="undefined")
     try:
         loop.run()
     finally:

@@ -808,9 +808,9 @@ class Controller:
             self.model.set_draft(uid, "")
             self.send(uid, action.text, restore=text)
         elif isinstance(action, SlashCommand):
-            self._slash(action)
+            self._slash(action, text)
 
-    def _slash(self, action: SlashCommand) -> None:
+    def _slash(self, action: SlashCommand, line: str = "") -> None:
         if action.name == "quit":
             self.quit()
         elif action.name in ("lock", "help"):
@@ -820,34 +820,73 @@ class Controller:
             dialog.submit()
         elif action.name == "msg":
             name, text = action.args
-            matches = self.model.find_contacts(name)
-            if not matches:
-                self.model.notify(f"no contact called {name}", "error")
-            elif len(matches) > 1:
-                self.model.notify(f"several contacts match {name}: use more of the uid", "error")
-            else:
-                self.send(matches[0].uid, text)
+            self.message_to(name, text, restore=line or None)
 
-    def send(self, uid: str, text: str, *, restore: str | None = None) -> defer.Deferred[Any]:
-        """Send *text* to *uid*; on failure put *restore* back into an empty input line."""
+    def message_to(self, name: str, text: str, *, restore: str | None = None) -> None:
+        """``/msg NAME TEXT``: send *text* to the one contact called *name*.
+
+        With no conversation open, NAME's conversation opens with the line in it (as irssi
+        opens a query window); with another one open the UI stays there, and the status line
+        says "sent to NAME" once the daemon took the message.  An unknown or ambiguous NAME
+        sends nothing and names the candidates on the status line.
+
+        :param restore: the typed line, put back into an empty input line if sending fails.
+        """
+        matches = self.model.find_contacts(name)
+        if len(matches) != 1:
+            self.model.notify(self.model.no_single_contact(name, matches), "error")
+            return
+        contact = matches[0]
+        stay = self.model.current_uid not in (None, contact.uid)
+        if self.model.current_uid is None:
+            self.open_conversation(contact.uid)
+        d = self.send(contact.uid, text, restore=restore, restore_anywhere=True)
+        if stay:
+            label = contact.display_name
+
+            def confirm(sent: bool) -> None:
+                if sent:
+                    self.model.notify(f"sent to {label}")
+
+            d.addCallback(confirm)
+
+    def send(
+        self, uid: str, text: str, *, restore: str | None = None, restore_anywhere: bool = False
+    ) -> defer.Deferred[bool]:
+        """Send *text* to *uid*; on failure put *restore* back into an empty input line.
+
+        The line shows from the call's answer or from the ``message.added`` event, whichever
+        comes first (once: both carry the message's id).
+
+        :param restore_anywhere: restore even if another conversation is open by then (the
+            line names its contact: ``/msg``).
+        :returns: a Deferred firing with whether the daemon took the message.
+        """
         d = self._call("messages.send", {"contact": uid, "text": text}, label="sending")
 
-        def sent(result: Mapping[str, Any]) -> None:
+        def sent(result: Mapping[str, Any]) -> bool:
             try:
                 self.model.add_message(Message.from_api(result))
             except (ValueError, AttributeError):
                 pass
+            return True
 
-        def failed(failure: Failure) -> None:
-            if restore is not None and uid == self.model.current_uid:
+        def failed(failure: Failure) -> bool:
+            here = restore_anywhere or uid == self.model.current_uid
+            if restore is not None and here:
                 if not self.main_screen.input.edit_text:
                     self.main_screen.input.set_edit_text(restore)
                     self.main_screen.input.set_edit_pos(len(restore))
             self._report(failure, "sending")
+            return False
 
         d.addCallbacks(sent, failed)
-        d.addCallback(lambda _: self.redraw())
-        return d
+
+        def drawn(outcome: bool) -> bool:
+            self.redraw()
+            return outcome
+
+        return d.addCallback(drawn)
 
     # identity ------------------------------------------------------------------------------
 
@@ -1072,7 +1111,7 @@ class Controller:
             "remove": lambda: self._confirm_remove(uid),
             "close": self.window.close_dialog,
         }
-        self.open_dialog(ContactInfoDialog(contact, actions))
+        self.open_dialog(ContactInfoDialog(contact, actions, now=self.clock.seconds()))
         d = self._call("peers.status")
 
         def health(status: Mapping[str, Any]) -> None:
@@ -1082,7 +1121,8 @@ class Controller:
             for peer in status.get("peers") or ():
                 if isinstance(peer, Mapping) and peer.get("uid") == uid:
                     current = self.model.contacts.get(uid, contact)
-                    self.open_dialog(ContactInfoDialog(current, actions, peer))
+                    now = self.clock.seconds()
+                    self.open_dialog(ContactInfoDialog(current, actions, peer, now))
 
         d.addCallback(health)
         d.addErrback(lambda f: self.log.info("no health figures: {e}", e=type(f.value).__name__))

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jarvis.textsafe import strip_bidi
+
 #: Connection summary levels and what they mean.
 GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
 
@@ -28,15 +30,19 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 MESSAGE_STATES = ("queued", "sent", "delivered", "read", "received")
+#: How far an outgoing message got: a later report of an earlier state never takes it back.
+_PROGRESS = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "received": 0}
 PEER_STATUSES = ("offline", "connecting", "online")
 
 
 def _text(value: object, default: str = "") -> str:
-    return value if isinstance(value, str) else default
+    # urwid drops C0/C1 controls and escape sequences when it lays text out, but lets bidi
+    # controls through: a name or body with U+202E would reverse what follows it on screen.
+    return strip_bidi(value) if isinstance(value, str) else default
 
 
 def _strings(value: object) -> tuple[str, ...]:
-    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+    return tuple(strip_bidi(str(v)) for v in value) if isinstance(value, list | tuple) else ()
 
 
 def _number(value: object) -> float | None:
@@ -299,6 +305,24 @@ class InputHistory:
     def reset(self) -> None:
         """Stop browsing (the user typed or switched conversation)."""
         self._position = None
+
+
+def _furthest(old: Message, new: Message) -> Message:
+    """The newer report of one message, without going back to an earlier state.
+
+    :returns: *old* itself when *new* tells nothing more.
+    """
+    if _PROGRESS[new.state] < _PROGRESS[old.state]:
+        new = replace(
+            new,
+            state=old.state,
+            sent=old.sent or new.sent,
+            delivered=old.delivered or new.delivered,
+            read=old.read or new.read,
+        )
+    if not new.seq and old.seq:
+        new = replace(new, seq=old.seq)
+    return old if new == old else new
 
 
 def _order_key(message: Message) -> tuple[int, float, str]:
@@ -595,9 +619,18 @@ class MessengerModel:
         self.add_message(message)
 
     def add_message(self, message: Message) -> None:
-        """Add a received or sent message; an incoming one elsewhere than the open one is unread."""
+        """Add a received or sent message; an incoming one elsewhere than the open one is unread.
+
+        The same message reported twice (a send's answer and its ``message.added`` event, in
+        either order) is shown once, and keeps the furthest state either report gave it.
+        """
         conversation = self.conversation(message.contact)
-        is_new = message.id not in conversation.messages
+        old = conversation.messages.get(message.id)
+        is_new = old is None
+        if old is not None:
+            message = _furthest(old, message)
+            if message is old:
+                return
         conversation.put(message)
         contact = self.contacts.get(message.contact)
         if contact is not None:
@@ -620,6 +653,8 @@ class MessengerModel:
         message = conversation.messages.get(str(ident))
         if message is None:
             return
+        if _PROGRESS[state] < _PROGRESS[message.state]:
+            return  # a late report of an earlier state
         at = _number(payload.get("at"))
         changes: dict[str, Any] = {"state": state}
         if state in ("sent", "delivered", "read") and at is not None:
@@ -704,6 +739,8 @@ class MessengerModel:
         self._set_locked(locked)
 
     _EVENTS: dict[str, Callable[[MessengerModel, Mapping[str, Any]], None]] = {
+        # a message sent by any client of the daemon (this UI, another UI, the CLI, a bot)
+        "message.added": _message_received,
         "message.received": _message_received,
         "message.stateChanged": _state_changed,
         "peer.statusChanged": _peer_status,
@@ -778,6 +815,32 @@ class MessengerModel:
         if exact:
             return exact
         return [c for c in self.contacts.values() if c.uid.startswith(name.lower())]
+
+    def no_single_contact(self, name: str, matches: list[Contact], limit: int = 5) -> str:
+        """One line saying why *name* names no single contact, with the candidates.
+
+        :param matches: what :meth:`find_contacts` found for *name* (none, or several).
+        """
+        if matches:
+            shown = ", ".join(f"{c.display_name} ({c.uid[:8]})" for c in matches[:limit])
+            more = f" and {len(matches) - limit} more" if len(matches) > limit else ""
+            return f"{len(matches)} contacts match {name}: {shown}{more}; use more of the uid"
+        wanted = name.casefold()
+        similar = sorted(
+            {
+                c.display_name
+                for c in self.contacts.values()
+                if wanted
+                and (wanted in c.display_name.casefold() or c.display_name.casefold() in wanted)
+            },
+            key=str.casefold,
+        )
+        if similar:
+            more = f" and {len(similar) - limit} more" if len(similar) > limit else ""
+            return f"no contact called {name}; did you mean {', '.join(similar[:limit])}{more}?"
+        if not self.contacts:
+            return f"no contact called {name}: no contacts yet (Ctrl+N adds one)"
+        return f"no contact called {name} (the list on the left has every contact)"
 
     def total_unread(self) -> int:
         """Unread messages over every contact."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import urwid
 
+from jarvis.textsafe import human_bytes, human_duration, human_since, local_time, strip_bidi
 from jarvis.ui import keymap
 from jarvis.ui.banner import TAGLINE, BannerText
 from jarvis.ui.model import SLASH_COMMANDS, Contact, Identity, MessengerModel, password_hint
@@ -440,12 +441,80 @@ class IdentityDialog(Dialog):
         self.note.set_text(("error" if level == "error" else "good", text))
 
 
+def _figure(health: Mapping[str, Any], key: str) -> float | None:
+    value = health.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _count(health: Mapping[str, Any], key: str) -> int:
+    value = _figure(health, key)
+    return int(value) if value is not None else 0
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
+
+
+def describe_health(status: str, health: Mapping[str, Any], now: float) -> list[tuple[str, str]]:
+    """The connection rows of a contact's details, in words: each figure once.
+
+    :param status: the contact's status (``online``, ``connecting``, ``offline``).
+    :param health: the contact's entry of ``peers.status`` (may lack any field).
+    :param now: the current time (epoch seconds), for "since 16:39, 12 min".
+    :returns: ``(label, text)`` rows: status, last error, connections, traffic.
+    """
+    rows: list[tuple[str, str]] = []
+    since = _figure(health, "connected_since")
+    if status == "online" and since is not None:
+        rows.append(
+            ("Status", f"online since {local_time(since, now)} ({human_duration(now - since)})")
+        )
+    else:
+        rows.append(("Status", status))
+    error = health.get("last_error")
+    if isinstance(error, str) and error:
+        at = _figure(health, "last_error_at")
+        when = f" (at {human_since(at, now)})" if at is not None else ""
+        rows.append(("Last error", strip_bidi(error.splitlines()[0]) + when))
+    attempts = _count(health, "connect_attempts")
+    connected = _count(health, "connect_successes")
+    failed = _count(health, "connect_failures")
+    accepted = _count(health, "sessions_accepted")
+    parts = []
+    if attempts:
+        outcome = [f"{connected} connected"] if connected else []
+        outcome += [f"{failed} failed"] if failed else []
+        pending = attempts - connected - failed
+        outcome += [f"{pending} in progress"] if pending > 0 else []
+        parts.append(f"we dialled {_times(attempts)} ({', '.join(outcome)})")
+    if accepted:
+        parts.append(f"they dialled us {_times(accepted)}")
+    if parts or "connect_attempts" in health:
+        rows.append(("Connections", "; ".join(parts) if parts else "none yet"))
+    traffic = []
+    if "bytes_in" in health or "bytes_out" in health:
+        traffic.append(
+            f"{human_bytes(_count(health, 'bytes_in'))} in, "
+            f"{human_bytes(_count(health, 'bytes_out'))} out"
+        )
+    if "messages_in" in health or "messages_out" in health:
+        traffic.append(
+            f"messages {_count(health, 'messages_in')} in, {_count(health, 'messages_out')} out"
+        )
+    if traffic:
+        rows.append(("Traffic", "; ".join(traffic)))
+    return rows
+
+
 class ContactInfoDialog(Dialog):
     """A contact's details and actions: verify, rename, block, remove.
 
     :param actions: callbacks by name: ``rename(name)``, ``verify(bool)``, ``block(bool)``,
         ``remove()``, ``close()``.
     :param health: optional connection health figures from ``peers.status``.
+    :param now: the current time (epoch seconds), for the health figures.
     """
 
     def __init__(
@@ -453,22 +522,26 @@ class ContactInfoDialog(Dialog):
         contact: Contact,
         actions: Mapping[str, Callable[..., Any]],
         health: Mapping[str, Any] | None = None,
+        now: float = 0.0,
     ) -> None:
         self.uid = contact.uid
         self.rename_edit = ReadlineEdit("Rename to: ", contact.display_name)
         self.note = urwid.Text("")
+        name = contact.display_name
+        if contact.alias and contact.name and contact.name != contact.alias:
+            name += f" (calls themself {contact.name})"
         rows: list[urwid.Widget] = [
-            _text_row("Name", contact.display_name, "name_in"),
+            _text_row("Name", name, "name_in"),
             _text_row("UID", contact.uid),
             _text_row("Fingerprint", contact.fingerprint),
             _text_row("Safety code", contact.safety_code, "safety"),
             _text_row("Verified", "yes" if contact.verified else "no - compare the safety code"),
-            _text_row("Status", contact.status),
             _text_row("Addresses", ", ".join(contact.addresses)),
         ]
-        for key, value in sorted((health or {}).items()):
-            if key not in ("uid", "status", "contact") and isinstance(value, str | int | float):
-                rows.append(_text_row(key.replace("_", " "), str(value)))
+        rows += [
+            _text_row(label, text)
+            for label, text in describe_health(contact.status, health or {}, now)
+        ]
         flags = [f for f, on in (("blocked", contact.blocked), ("muted", contact.muted)) if on]
         if flags:
             rows.append(_text_row("Flags", ", ".join(flags), "warning"))
@@ -486,7 +559,7 @@ class ContactInfoDialog(Dialog):
             ("Remove contact...", lambda: actions["remove"]()),
             ("Close", lambda: actions["close"]()),
         )
-        super().__init__("contact_info", f"Contact: {contact.display_name}", rows)
+        super().__init__("contact_info", "Contact details", rows)
 
     def show_note(self, text: str, level: str = "info") -> None:
         """Show the outcome of an action."""
