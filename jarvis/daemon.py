@@ -33,8 +33,9 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.python.lockfile import FilesystemLock
 from twisted.python.threadpool import ThreadPool
 
@@ -43,7 +44,15 @@ from jarvis import paths
 from jarvis.atomicfile import write_text_atomically
 from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
-from jarvis.logs import LEVELS, json_file_observer, parse_level, prepare_private_file
+from jarvis.logs import (
+    LEVELS,
+    json_file_observer,
+    load_log_key,
+    parse_level,
+    prepare_private_file,
+    set_log_key,
+    text_observer,
+)
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -373,6 +382,20 @@ class JarvisDaemon(MultiService):
 
     # -- life cycle ---------------------------------------------------------------------------
 
+    def setServiceParent(self, parent: Any) -> None:
+        """Join *parent*; under twistd, also give the application our text log observer.
+
+        twistd builds the application from :func:`make_service` and then starts logging with
+        the application's ``ILogObserver`` component if it has one: ours rotates the text log
+        (see :func:`jarvis.logs.text_observer`), twistd's own would keep every rotated file.
+        """
+        twistd_options = getattr(self.options, "parent", None)
+        if isinstance(parent, Componentized) and twistd_options is not None:
+            observer = text_observer(twistd_options)
+            if observer is not None and parent.getComponent(ILogObserver) is None:
+                parent.setComponent(ILogObserver, observer)
+        super().setServiceParent(parent)
+
     def privilegedStartService(self) -> None:
         if not self._lock.lock():
             raise AlreadyRunning(
@@ -399,6 +422,7 @@ class JarvisDaemon(MultiService):
         # cyclic collector's full passes, which otherwise stall the reactor for 20-40 ms each.
         gc.collect()
         gc.freeze()
+        set_log_key(load_log_key(self.data_dir))
         observer, self._log_file = json_file_observer(
             paths.json_logfile_path(self.data_dir), parse_level(self.options["log-level"])
         )

@@ -28,6 +28,7 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis.crypto.identity import IdentityKey
+from jarvis.logs import log_id
 from jarvis.net import network as net
 from jarvis.net import tls
 from jarvis.protocol.session import PeerSession
@@ -363,7 +364,7 @@ class SimultaneousConnectTests(TestCase):
         # loser before the other side's copy of it finished its hello, only one side sees two
         # (seen on a busy machine).  Whoever chose, chose the lower uid's session:
         self.assertIn(len(resolved), (1, 2))
-        self.assertEqual({e["initiator"] for e in resolved}, {lower})
+        self.assertEqual({e["initiator"] for e in resolved}, {log_id(lower)})
         for node, other in ((a, b), (b, a)):
             survivor = node.network.session(other.uid)
             assert survivor is not None

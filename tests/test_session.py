@@ -16,6 +16,7 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.logs import log_id
 from jarvis.protocol.framing import HANDSHAKE_MAX_FRAME, MAX_FRAME, PROLOGUE, encode_frame
 from jarvis.protocol.records import (
     Goodbye,
@@ -777,4 +778,5 @@ class LoggingTests(SynchronousTestCase):
         self.assertNotIn("very private words", text)
         self.assertNotIn(repr(b"very private words"), text)
         closes = [e for e in events if e.get("reason") == "done"]
-        self.assertEqual([e["peer_uid"] for e in closes], [pair.bob_uid])
+        # uids are logged as pseudonyms (docs/security.md, "Logs")
+        self.assertEqual([e["peer_uid"] for e in closes], [log_id(pair.bob_uid)])

@@ -49,6 +49,7 @@ from jarvis.errors import (
     NotFound,
     TooLarge,
 )
+from jarvis.logs import log_id, redact
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, Message, new_message_id
 
@@ -560,7 +561,7 @@ class Node(Service):
             )
         yield store.put_contact(contact)
         self._contacts[new_uid] = contact
-        self.log.info("contact {uid} saved", uid=new_uid)
+        self.log.info("contact {uid} saved", uid=log_id(new_uid))
         if self._network is not None and not contact.blocked:
             if existing is None:
                 self._network.connect(new_uid)
@@ -673,8 +674,10 @@ class Node(Service):
         updated = replace(contact, public_key=public_key)
         self._contacts[uid] = updated
         d = self._store.put_contact(updated)
-        d.addErrback(lambda f: self.log.failure("could not keep the key of {uid}", f, uid=uid))
-        self.log.info("learnt the key of manually added contact {uid}", uid=uid)
+        d.addErrback(
+            lambda f: self.log.failure("could not keep the key of {uid}", f, uid=log_id(uid))
+        )
+        self.log.info("learnt the key of manually added contact {uid}", uid=log_id(uid))
 
     def addresses(self, uid: str) -> tuple[str, ...]:
         """Where to dial the contact."""
@@ -926,7 +929,7 @@ class Node(Service):
             return defer.succeed(None)
         pump = _PeerPump(session=session)
         self._pumps[uid] = pump
-        self.log.info("session with {uid} established", uid=uid)
+        self.log.info("session with {uid} established", uid=log_id(uid))
 
         def replay(messages: list[Message]) -> Any:
             if self._pumps.get(uid) is not pump:
@@ -948,7 +951,7 @@ class Node(Service):
         pump = self._pumps.get(uid) if uid else None
         if pump is not None and pump.session is session:
             del self._pumps[uid]  # type: ignore[arg-type]
-        self.log.info("session with {uid} closed: {reason}", uid=uid, reason=reason)
+        self.log.info("session with {uid} closed: {reason}", uid=log_id(uid), reason=redact(reason))
 
     def message_received(
         self, session: Any, message_id: bytes, body: bytes, created_ms: int
@@ -961,7 +964,9 @@ class Node(Service):
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            self.log.warn("message {id} from {uid} is not UTF-8", id=message_id.hex(), uid=uid)
+            self.log.warn(
+                "message {id} from {uid} is not UTF-8", id=message_id.hex(), uid=log_id(uid)
+            )
             return defer.succeed(None)
         message = Message(
             id=message_id.hex(),
@@ -1002,8 +1007,8 @@ class Node(Service):
                 self.log.warn(
                     "{count} acks for {uid} not sent: {error}",
                     count=len(ids),
-                    uid=getattr(session, "peer_uid", None),
-                    error=str(e),
+                    uid=log_id(getattr(session, "peer_uid", None)),
+                    error=redact(str(e)),
                 )
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:

@@ -52,6 +52,8 @@ from twisted.python.failure import Failure
 from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
 from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
+from jarvis.logs import log_id, redact
+from jarvis.net.admission import AdmissionControl
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
     Clock,
@@ -546,6 +548,8 @@ class PeerNetwork:
     :param close_timeout: seconds a graceful close may take before the connection is aborted.
     :param endpoint_for: makes the TCP endpoint for ``(host, port)``; default
         :func:`tcp_endpoint` (tests pass in-memory endpoints, a proxy could go here).
+    :param admission: keyword arguments of the listener's
+        :class:`~jarvis.net.admission.AdmissionControl` (its caps; defaults otherwise).
     """
 
     def __init__(
@@ -564,6 +568,7 @@ class PeerNetwork:
         connect_timeout: float = 10.0,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         endpoint_for: Callable[[str, int], ClientEndpoint] | None = None,
+        admission: dict[str, Any] | None = None,
     ) -> None:
         self._reactor = reactor
         self._identity = identity
@@ -585,12 +590,18 @@ class PeerNetwork:
         self._relay = _Relay(self)
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
-        self._server_creator = server_creator(identity, self._accept_uid, contexts=self._contexts)
+        self._server_creator = server_creator(
+            identity, self._accept_uid, on_refused=self._refused, contexts=self._contexts
+        )
         self._server_factory = TLSMemoryBIOFactory(
             cast(IOpenSSLServerConnectionCreator, self._server_creator),
             False,
             cast(IProtocolFactory, self._peer_factory(_InboundHooks(self), initiator=False)),
             clock=reactor,
+        )
+        # outermost: counts each inbound connection from accept to its authenticated hello
+        self._admission = AdmissionControl(
+            reactor, cast(IProtocolFactory, self._server_factory), **(admission or {})
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -605,9 +616,14 @@ class PeerNetwork:
         """How many peer connections are open, in any stage (TLS, hello, established)."""
         return len(self._protocols)
 
+    @property
+    def admission(self) -> AdmissionControl:
+        """The listener's admission control (pre-authentication caps and their figures)."""
+        return self._admission
+
     def server_factory(self) -> IProtocolFactory:
         """Return the factory to listen with (``strports.service("tcp:7770", factory)``)."""
-        return cast(IProtocolFactory, self._server_factory)
+        return cast(IProtocolFactory, self._admission)
 
     def connect(self, uid: str) -> None:
         """Keep a connection to contact *uid*: dial now unless already online or dialling.
@@ -674,6 +690,7 @@ class PeerNetwork:
         *close_timeout*, so the Deferred fires within about that time.
         """
         self._stopping = True
+        self._admission.stop()
         for peer in list(self._peers.values()):
             peer.dialler.cancel()
         for entry in list(self._entries.values()):
@@ -723,6 +740,9 @@ class PeerNetwork:
             if self._peers.get(peer.uid) is peer:
                 del self._peers[peer.uid]
 
+    def _refused(self, uid: str, reason: str) -> None:
+        self._admission.summary.note("refused in TLS")
+
     def _accept_uid(self, uid: str) -> bool:
         if self._stopping or uid == self._identity.uid:
             return False
@@ -740,7 +760,7 @@ class PeerNetwork:
         attempt = _Attempt(self, peer, creator)
         peer.connect_attempts += 1
         peer.attempts.add(attempt)
-        log.debug("dialling {uid} at {address}", uid=uid, address=address)
+        log.debug("dialling {uid} at {address}", uid=log_id(uid), address=log_id(address))
         tls_factory = TLSMemoryBIOFactory(
             cast(IOpenSSLClientConnectionCreator, creator),
             True,
@@ -770,7 +790,9 @@ class PeerNetwork:
         peer.connect_failures += 1
         peer.last_error = reason
         peer.last_error_at = self._reactor.seconds()
-        log.info("could not connect to {uid}: {reason}", uid=peer.uid, reason=reason)
+        log.info(
+            "could not connect to {uid}: {reason}", uid=log_id(peer.uid), reason=redact(reason)
+        )
 
     def _track(self, protocol: PeerProtocol) -> None:
         self._protocols[protocol] = Deferred()
@@ -812,7 +834,9 @@ class PeerNetwork:
         if key is None and acceptable:
             key = self._learn_key(protocol, peer_uid)
         if key is None or uid_for_public_bytes(key) != peer_uid:
-            log.warn("no usable contact key for {uid}: dropping the connection", uid=peer_uid)
+            log.warn(
+                "no usable contact key for {uid}: dropping the connection", uid=log_id(peer_uid)
+            )
             return None
         session = _TrackedSession(
             local_uid=self._identity.uid,
@@ -847,8 +871,10 @@ class PeerNetwork:
         peer = entry.peer
         if entry.attempt is not None:
             entry.attempt.succeed()
-        elif not entry.session.initiator:
-            peer.sessions_accepted += 1
+        else:
+            self._admission.authenticated(entry.protocol)
+            if not entry.session.initiator:
+                peer.sessions_accepted += 1
         current = peer.active
         if current is None:
             peer.active = entry
@@ -863,8 +889,8 @@ class PeerNetwork:
         winner, loser = (entry, current) if new_wins else (current, entry)
         log.info(
             "duplicate session with {uid}: keeping the one initiated by {initiator}",
-            uid=peer.uid,
-            initiator=self._initiator_uid(winner),
+            uid=log_id(peer.uid),
+            initiator=log_id(self._initiator_uid(winner)),
         )
         if new_wins:
             peer.active = winner

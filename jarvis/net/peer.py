@@ -156,9 +156,8 @@ class PeerProtocol(Protocol):
         self._local_reason = (
             f"TLS handshake not finished within {self.factory.handshake_timeout:g} s"
         )
-        self.log.info(
-            "dropping {address}: {reason}", address=self._peer_address(), reason=self._local_reason
-        )
+        # not logged: a flood of stalled strangers would write one line each; the listener's
+        # admission control counts them, a dial reports the reason in the contact's status
         self.abort()
 
     def handshakeCompleted(self) -> None:
@@ -236,12 +235,6 @@ class PeerProtocol(Protocol):
     def closed(self) -> bool:
         """Whether ``connectionLost`` has run."""
         return self._lost
-
-    def _peer_address(self) -> str:
-        transport: Any = self.transport
-        peer = transport.getPeer() if transport is not None else None
-        host, port = getattr(peer, "host", "?"), getattr(peer, "port", "?")
-        return f"{host}:{port}"
 
     @staticmethod
     def _cancel(call: DelayedCall | None) -> None:

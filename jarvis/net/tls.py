@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from jarvis.crypto.identity import UID_DOMAIN, uid_for_certificate
+from jarvis.logs import log_id, redact
 
 #: Label of the TLS exporter (RFC 8446 section 7.5) that yields the channel binding.
 EXPORTER_LABEL = b"EXPORTER-jarvis-v1"
@@ -192,8 +193,8 @@ class PinnedClientCreator:
             self.refusal = reason
             log.warn(
                 "refused server for {expected}: {reason}",
-                expected=self.expected_uid,
-                reason=reason,
+                expected=log_id(self.expected_uid),
+                reason=redact(reason),
             )
             return False
         return True
@@ -238,7 +239,8 @@ class PinnedServerCreator:
         if not reason:
             return True
         self.refused_count += 1
-        log.warn("refused inbound peer {uid}: {reason}", uid=uid, reason=reason)
+        # not logged here: one line per stranger would let a flood fill the disk; the
+        # listener's admission control logs an aggregate (jarvis.net.admission)
         if self._on_refused is not None:
             self._on_refused(uid, reason)
         return False

@@ -46,6 +46,7 @@ from jarvis.crypto.cascade import (
     CascadeSealer,
     derive_session_keys,
 )
+from jarvis.logs import log_id, redact
 from jarvis.protocol.framing import (
     HANDSHAKE_MAX_FRAME,
     MAX_FRAME,
@@ -489,7 +490,7 @@ class PeerSession:
                 self.log.debug(
                     "ignoring unknown record type {record_type} from {peer_uid}",
                     record_type=record.record_type,
-                    peer_uid=self.peer_uid,
+                    peer_uid=log_id(self.peer_uid),
                 )
 
     def _send_ids(self, kind: type[Ack] | type[Read], message_ids: Sequence[bytes]) -> None:
@@ -598,7 +599,7 @@ class PeerSession:
         )
         self.log.info(
             "session with {peer_uid} established (protocol version {version}, {role})",
-            peer_uid=self.peer_uid,
+            peer_uid=log_id(self.peer_uid),
             version=self._version,
             role="initiator" if self.initiator else "responder",
         )
@@ -626,9 +627,9 @@ class PeerSession:
         log = self.log.warn if refused else self.log.info
         log(
             "session with {peer_uid} closed in {state}: {reason}",
-            peer_uid=self.peer_uid,
+            peer_uid=log_id(self.peer_uid),
             state=self._state,
-            reason=reason,
+            reason=redact(reason),
         )
         if goodbye:
             self._send_records([Goodbye(_goodbye_reason(reason))])

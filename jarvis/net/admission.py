@@ -1,0 +1,304 @@
+"""Admission control for the peer listener: bounded pre-authentication connections.
+
+Anyone who can reach the peer port can open TCP connections; until a connection has completed
+TLS *and* the session's hello it is a **pre-authentication** connection, and it costs a file
+descriptor, memory and (for TLS) CPU.  :class:`AdmissionControl` wraps the listener's factory
+(outermost, so it counts every stage in between: a knock, TLS, the hello) and keeps that cost
+bounded:
+
+* at most :data:`MAX_PREAUTH` pre-authentication connections in total and
+  :data:`MAX_PREAUTH_PER_SOURCE` from one source (an IPv4 address, or an IPv6 ``/64``); when a
+  new connection would exceed a cap, the **oldest** pre-authentication connection (of that
+  source, for the per-source cap) is dropped, so a flood cannot keep a contact out for longer
+  than it takes the contact to authenticate;
+* at most *max_connections* inbound connections in all (authenticated ones included), by
+  default the process's descriptor limit minus :data:`RESERVED_DESCRIPTORS`, so that the
+  local API, the store and the logs always find a descriptor; beyond that a new connection
+  drops the oldest pre-authentication one, or is closed at once if every connection is
+  authenticated;
+* a pre-authentication connection is aborted :data:`PREAUTH_DEADLINE` seconds after it was
+  accepted, whatever stage it is in.
+
+Refusals and drops are logged as one aggregated line per :data:`SUMMARY_INTERVAL`
+(:class:`RefusalSummary`), never one line per stranger, and never with the stranger's address.
+
+This module must not decide who is a contact (TLS and the network do) or parse any byte of
+the connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import resource
+from collections import Counter, OrderedDict
+from typing import Any
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+
+from jarvis.net.peer import Clock, DelayedCall
+
+#: Pre-authentication connections allowed at once, from all sources together.
+MAX_PREAUTH = 256
+#: Pre-authentication connections allowed at once from one source address (IPv6: one /64).
+MAX_PREAUTH_PER_SOURCE = 16
+#: Seconds from accept to authenticated hello before a connection is aborted.
+PREAUTH_DEADLINE = 30.0
+#: Descriptors kept free of peer connections (local API clients, store, logs, dials).
+RESERVED_DESCRIPTORS = 64
+#: Seconds between two aggregated refusal lines in the log.
+SUMMARY_INTERVAL = 60.0
+
+log = Logger(namespace="jarvis.net.admission")
+
+
+def descriptor_budget(reserve: int = RESERVED_DESCRIPTORS) -> int:
+    """Return how many inbound peer connections fit in the process's descriptor limit.
+
+    :param reserve: descriptors left for everything else.
+    :returns: the soft ``RLIMIT_NOFILE`` minus *reserve* (at least 1); a large number when the
+        limit is unlimited.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(1, soft - reserve)
+
+
+def source_of(address: IAddress | None) -> str:
+    """Return the key that groups connections by origin: the IP address, an IPv6 /64 prefix.
+
+    One host usually holds a whole IPv6 /64, so counting single IPv6 addresses would not bound
+    it.  Anything else (a UNIX socket, an unknown address) is grouped by its ``repr``.
+    """
+    host = getattr(address, "host", None)
+    if not isinstance(host, str):
+        return repr(address)
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class RefusalSummary:
+    """Counts refused and dropped connections and logs them at most once per *interval*.
+
+    The first event after a quiet interval is logged at once (so a user watching the log sees
+    it), the following ones are counted and logged together when the interval ends.
+
+    :param clock: schedules the next summary.
+    :param interval: seconds between two log lines.
+    """
+
+    def __init__(self, clock: Clock, interval: float = SUMMARY_INTERVAL) -> None:
+        self._clock = clock
+        self._interval = interval
+        self._counts: Counter[str] = Counter()
+        self._pending: DelayedCall | None = None
+        self._stopped = False
+        #: Every event counted so far, by kind (for status and tests).
+        self.totals: Counter[str] = Counter()
+
+    def note(self, kind: str) -> None:
+        """Count one event of *kind* (a short phrase: ``"dropped over the cap"``)."""
+        self._counts[kind] += 1
+        self.totals[kind] += 1
+        if self._pending is None and not self._stopped:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._pending = None
+        if not self._counts:
+            return
+        details = ", ".join(f"{n} {kind}" for kind, n in sorted(self._counts.items()))
+        log.info(
+            "inbound connections refused or dropped in the last {interval:g} s: {details}",
+            interval=self._interval,
+            details=details,
+            counts=dict(self._counts),
+        )
+        self._counts.clear()
+        if not self._stopped:
+            self._pending = self._clock.callLater(self._interval, self._flush)
+
+    def stop(self) -> None:
+        """Log what is counted and schedule nothing more (later events are only totalled)."""
+        self._stopped = True
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+        if self._counts:
+            self._flush()
+
+
+class AdmittedConnection(ProtocolWrapper):
+    """One inbound connection seen by :class:`AdmissionControl` (the outermost protocol)."""
+
+    factory: AdmissionControl
+
+    def __init__(self, factory: AdmissionControl, wrapped: Any, source: str) -> None:
+        super().__init__(factory, wrapped)
+        self.source = source
+        self.authenticated = False
+        self.drop_reason: str | None = None
+        self.deadline: DelayedCall | None = None
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.factory.connection_ended(self)
+        super().connectionLost(reason if reason is not None else Failure(ConnectionDone()))
+
+    def drop(self, reason: str) -> None:
+        """Abort the connection at once; *reason* is what the summary will count."""
+        if self.drop_reason is None:
+            self.drop_reason = reason
+            self.factory.summary.note(reason)
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+class AdmissionControl(WrappingFactory[AdmittedConnection]):
+    """Wraps the peer listener's factory and bounds its pre-authentication connections.
+
+    See the module docstring for the rules.  The owner calls :meth:`authenticated` when an
+    inbound connection's session is established, and :meth:`stop` when it stops.
+
+    :param clock: runs the deadlines and the log summary.
+    :param wrapped: the factory that builds the real protocols (TLS, knock...).
+    :param max_preauth: pre-authentication connections allowed in total.
+    :param max_preauth_per_source: pre-authentication connections allowed per source.
+    :param max_connections: inbound connections allowed in all; default
+        :func:`descriptor_budget`.
+    :param preauth_deadline: seconds a connection may stay unauthenticated.
+    :param summary: where refusals are counted (a new :class:`RefusalSummary` by default).
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        clock: Clock,
+        wrapped: IProtocolFactory,
+        *,
+        max_preauth: int = MAX_PREAUTH,
+        max_preauth_per_source: int = MAX_PREAUTH_PER_SOURCE,
+        max_connections: int | None = None,
+        preauth_deadline: float = PREAUTH_DEADLINE,
+        summary: RefusalSummary | None = None,
+    ) -> None:
+        super().__init__(wrapped)
+        self.clock = clock
+        self.max_preauth = max_preauth
+        self.max_preauth_per_source = max_preauth_per_source
+        self.max_connections = (
+            max_connections if max_connections is not None else descriptor_budget()
+        )
+        self.preauth_deadline = preauth_deadline
+        self.summary = summary if summary is not None else RefusalSummary(clock)
+        # insertion order is age order: the first entry is the oldest
+        self._preauth: OrderedDict[AdmittedConnection, None] = OrderedDict()
+        self._by_source: dict[str, OrderedDict[AdmittedConnection, None]] = {}
+        self._open: set[AdmittedConnection] = set()
+
+    # -- figures ---------------------------------------------------------------------------
+
+    @property
+    def preauth_count(self) -> int:
+        """How many inbound connections have not authenticated yet."""
+        return len(self._preauth)
+
+    @property
+    def open_count(self) -> int:
+        """How many inbound connections are open, authenticated or not."""
+        return len(self._open)
+
+    # -- the factory -------------------------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        source = source_of(addr)
+        self._make_room(source)
+        if len(self._open) >= self.max_connections:
+            self.summary.note("refused at the connection limit")
+            return None  # the port closes the socket
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        connection = AdmittedConnection(self, inner, source)
+        self._open.add(connection)
+        self._preauth[connection] = None
+        self._by_source.setdefault(source, OrderedDict())[connection] = None
+        connection.deadline = self.clock.callLater(
+            self.preauth_deadline, connection.drop, "not authenticated in time"
+        )
+        return connection
+
+    def _make_room(self, source: str) -> None:
+        same = self._by_source.get(source)
+        if same is not None and len(same) >= self.max_preauth_per_source:
+            self._evict(next(iter(same)), "dropped over the per-source cap")
+        if len(self._preauth) >= self.max_preauth:
+            self._evict(next(iter(self._preauth)), "dropped over the total cap")
+        if len(self._open) >= self.max_connections and self._preauth:
+            self._evict(next(iter(self._preauth)), "dropped at the connection limit")
+
+    def _evict(self, connection: AdmittedConnection, reason: str) -> None:
+        # forget it now: the abort's connectionLost may come later, and the new connection
+        # must find the room freed
+        self._forget_preauth(connection)
+        self._open.discard(connection)
+        connection.drop(reason)
+
+    def _forget_preauth(self, connection: AdmittedConnection) -> None:
+        if connection not in self._preauth:
+            return  # not (or no longer) pre-authentication
+        del self._preauth[connection]
+        same = self._by_source.get(connection.source)
+        if same is not None:
+            same.pop(connection, None)
+            if not same:
+                del self._by_source[connection.source]
+        if connection.deadline is not None and connection.deadline.active():
+            connection.deadline.cancel()
+        connection.deadline = None
+
+    # -- what the owner and the connections call ----------------------------------------------
+
+    def authenticated(self, protocol: Any) -> bool:
+        """Mark the inbound connection carrying *protocol* as authenticated.
+
+        *protocol* is the innermost protocol (the peer connection); its chain of transports
+        leads to the :class:`AdmittedConnection` that carries it.
+
+        :returns: whether the connection was found.
+        """
+        transport = getattr(protocol, "transport", None)
+        for _ in range(8):  # a few layers: knock, TLS...
+            if transport is None:
+                return False
+            if isinstance(transport, AdmittedConnection) and transport.factory is self:
+                transport.authenticated = True
+                self._forget_preauth(transport)
+                return True
+            transport = getattr(transport, "transport", None)
+        return False
+
+    def connection_ended(self, connection: AdmittedConnection) -> None:
+        """Forget *connection* (it is gone); count it if it never authenticated."""
+        self._forget_preauth(connection)
+        self._open.discard(connection)
+        if not connection.authenticated and connection.drop_reason is None:
+            self.summary.note("closed before authentication")
+
+    def stop(self) -> None:
+        """Cancel every deadline and log the last summary."""
+        for connection in list(self._preauth):
+            if connection.deadline is not None and connection.deadline.active():
+                connection.deadline.cancel()
+            connection.deadline = None
+        self.summary.stop()
