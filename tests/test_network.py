@@ -108,9 +108,11 @@ class RecordingObserver(Waiters):
 class Node:
     """One PeerNetwork listening on loopback, with its identity, directory and observer."""
 
-    def __init__(self, test: TestCase, **options: Any) -> None:
+    def __init__(
+        self, test: TestCase, directory: FakeDirectory | None = None, **options: Any
+    ) -> None:
         self.identity = IdentityKey.generate()
-        self.directory = FakeDirectory()
+        self.directory = directory or FakeDirectory()
         self.observer = RecordingObserver()
         options.setdefault("backoff_initial", 30.0)  # no retry inside a test unless asked
         self.network = net.PeerNetwork(

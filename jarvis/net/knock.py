@@ -265,7 +265,11 @@ class KnockSender(Protocol):
         self._inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
-        if not self._received and reason.check(error.ConnectionDone, error.ConnectionLost):
+        # ConnectionAborted (a ConnectionLost) is our own abort: a timeout, not the peer.
+        closed_by_peer = reason.check(error.ConnectionAborted) is None and reason.check(
+            error.ConnectionDone, error.ConnectionLost
+        )
+        if not self._received and closed_by_peer:
             self._factory.closed_before_tls()
         self._inner.connectionLost(reason)
 
