@@ -49,6 +49,10 @@ class DaemonDirectory:
         """The daemon's address."""
         return (self.address,) if uid == self.uid else ()
 
+    def acceptable_uids(self) -> tuple[str, ...]:
+        """Only the daemon."""
+        return (self.uid,)
+
 
 class LoadObserver:
     """Counts the simulated peers whose session with the daemon is established."""

@@ -60,6 +60,9 @@ class FakeDirectory:
         entry = self.contacts.get(uid)
         return entry[1] if entry else ()
 
+    def acceptable_uids(self) -> list[str]:
+        return list(self.contacts)
+
 
 class RecordingObserver(Waiters):
     """A NetworkObserver that records events and lets a test wait for a condition.
@@ -106,9 +109,11 @@ class RecordingObserver(Waiters):
 class Node:
     """One PeerNetwork listening on loopback, with its identity, directory and observer."""
 
-    def __init__(self, test: TestCase, **options: Any) -> None:
+    def __init__(
+        self, test: TestCase, directory: FakeDirectory | None = None, **options: Any
+    ) -> None:
         self.identity = IdentityKey.generate()
-        self.directory = FakeDirectory()
+        self.directory = directory or FakeDirectory()
         self.observer = RecordingObserver()
         options.setdefault("backoff_initial", 30.0)  # no retry inside a test unless asked
         self.network = net.PeerNetwork(
@@ -282,9 +287,10 @@ class RefusedKeyTests(TestCase):
     """Peers whose key is not the one expected."""
 
     async def test_unknown_key_is_refused_and_counted(self) -> None:
-        """When a stranger dials B, then B refuses it in TLS, counts it and reports nothing."""
-        b = Node(self)
-        stranger = Node(self)
+        """When a stranger dials B without the knock (B does not require one), then B refuses
+        it in TLS, counts it and reports nothing."""
+        b = Node(self, knock=False)
+        stranger = Node(self, knock=False)
         stranger.knows(b)
         stranger.network.connect(b.uid)
         await stranger.observer.wait(lambda: stranger.network.status(b.uid).connect_failures > 0)
@@ -296,9 +302,10 @@ class RefusedKeyTests(TestCase):
         self.assertIsNone(stranger.network.session(b.uid))
 
     async def test_server_with_another_key_is_refused(self) -> None:
-        """When B's address answers with another key, then A refuses it and says why."""
-        a, b = make_pair(self)
-        impostor = Node(self)
+        """When B's address answers with another key (past the knock), then A refuses it in TLS
+        and says why."""
+        a, b = make_pair(self, knock=False)
+        impostor = Node(self, knock=False)
         impostor.knows(a)  # the impostor would gladly talk to A
         a.directory.add(b.identity, impostor.address)
         a.network.connect(b.uid)
@@ -309,8 +316,9 @@ class RefusedKeyTests(TestCase):
         self.assertEqual(a.observer.named("established"), [])
 
     async def test_client_naming_a_known_uid_is_refused(self) -> None:
-        """When a client's certificate names A but holds another key, then B refuses it."""
-        a, b = make_pair(self)
+        """When a client's certificate names A but holds another key, then B (not requiring the
+        knock) refuses it in TLS."""
+        a, b = make_pair(self, knock=False)
         mallory = IdentityKey.generate()
         forged = OtherKeyIdentity(mallory, make_certificate(mallory, tls.peer_hostname(a.uid)))
         app = RecordingProtocol(b"hello?")
@@ -400,12 +408,15 @@ class HandshakeDeadlineTests(TestCase):
         self.assertEqual(b.observer.named("closed"), [])
 
     async def test_garbage_is_dropped(self) -> None:
-        """When a client sends bytes that are not TLS, then it is dropped at once, unreported."""
+        """When a client sends bytes that are not a knock, then it is dropped after the random
+        refusal delay (0.5 to 2 s), unreported."""
         b = Node(self, handshake_timeout=5.0)
         started = reactor.seconds()
         raw = await connect_raw(self, b, b"GET / HTTP/1.0\r\n\r\n" + os.urandom(64))
         dropped_at = await raw.lost.addTimeout(WAIT, reactor)
-        self.assertLess(dropped_at - started, 2.0)
+        self.assertGreaterEqual(dropped_at - started, 0.45)
+        self.assertLess(dropped_at - started, 3.0)
+        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
         self.assertEqual(b.observer.events, [])
         self.assertEqual(b.network.refused_count, 0)
         self.assertEqual(b.network.connections, 0)

@@ -684,6 +684,10 @@ class Node(Service):
         contact = self._contacts.get(uid)
         return contact.addresses if contact is not None else ()
 
+    def acceptable_uids(self) -> list[str]:
+        """Every contact that may connect (not blocked): whose knock the listener tries."""
+        return [uid for uid, contact in self._contacts.items() if not contact.blocked]
+
     # -- messages ------------------------------------------------------------------------------
 
     def send_message(self, ref: str, text: str) -> defer.Deferred[Any]:

@@ -27,8 +27,9 @@ content, keys or signatures.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
@@ -54,6 +55,13 @@ from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
 from jarvis.net.admission import AdmissionControl
+from jarvis.net.knock import (
+    CLOSED_BEFORE_TLS,
+    DEFAULT_KNOCK_DEADLINE,
+    KnockGateFactory,
+    KnockSenderFactory,
+    RefusalLog,
+)
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
     Clock,
@@ -69,6 +77,7 @@ from jarvis.net.tls import (
     peer_public_bytes_of,
     server_creator,
 )
+from jarvis.protocol.knock import KnockKeys, KnockVerifier, Verdict, make_knock, window_of
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -147,6 +156,10 @@ class ContactDirectory(Protocol):
 
     def addresses(self, uid: str) -> tuple[str, ...]:
         """Where to dial the contact: ``"host:port"``, IPv6 as ``"[::1]:7770"``."""
+        ...
+
+    def acceptable_uids(self) -> Iterable[str]:
+        """Every uid for which :meth:`is_acceptable` holds (whose knock the listener tries)."""
         ...
 
 
@@ -378,6 +391,8 @@ class _Peer:
         self.connected_since: float | None = None
         self.offline_since = since  # meaningful while not online
         self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
+        # knock with the uid key instead of the pair key (see PeerNetwork._knock_for)
+        self.uid_knock = False
 
     def current_state(self) -> PeerState:
         if self.active is not None:
@@ -417,6 +432,7 @@ class _Attempt:
         self.connecting: Deferred[Any] | None = None
         self.protocol: PeerProtocol | None = None
         self.resolved = False
+        self.closed_before_tls = False
 
     # ConnectionHooks, for the PeerFactory of this attempt
 
@@ -431,7 +447,14 @@ class _Attempt:
         self.network._connection_ended(protocol, reason)
         if self.creator.refusal is not None:
             reason = f"refused the server: {self.creator.refusal}"
+        elif self.closed_before_tls:
+            reason = CLOSED_BEFORE_TLS
         self.fail(reason)
+
+    def peer_closed_before_tls(self) -> None:
+        self.closed_before_tls = True
+        # A contact that added us by uid alone does not know our key yet: alternate keys.
+        self.peer.uid_knock = not self.peer.uid_knock
 
     # outcome
 
@@ -539,8 +562,9 @@ class PeerNetwork:
     :param observer: receives session events and status changes.
     :param keepalive_interval: seconds between keepalive pings on a session.
     :param idle_timeout: seconds of silence after which a session is dropped.
-    :param handshake_timeout: seconds for the TLS handshake (from TCP connect), and again for
-        the session's hello exchange (from TLS completion).
+    :param handshake_timeout: seconds for the TLS handshake (from TCP connect, or from the
+        knock), and again for the session's hello exchange (from TLS completion); a listener
+        waits at most this long, and 5 s at most, for the knock.
     :param backoff_initial: seconds before the second round of dialling.
     :param backoff_max: the longest wait between rounds (before jitter).
     :param rng: returns floats in [0, 1) for the jitter.
@@ -550,6 +574,9 @@ class PeerNetwork:
         :func:`tcp_endpoint` (tests pass in-memory endpoints, a proxy could go here).
     :param admission: keyword arguments of the listener's
         :class:`~jarvis.net.admission.AdmissionControl` (its caps; defaults otherwise).
+    :param knock: send the pre-TLS knock when dialling and require it when listening
+        (:mod:`jarvis.net.knock`); ``False`` behaves as a Jarvis from before the knock.
+    :param random_bytes: returns *n* random bytes (knock nonces).
     """
 
     def __init__(
@@ -569,6 +596,8 @@ class PeerNetwork:
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
         endpoint_for: Callable[[str, int], ClientEndpoint] | None = None,
         admission: dict[str, Any] | None = None,
+        knock: bool = True,
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._reactor = reactor
         self._identity = identity
@@ -599,9 +628,26 @@ class PeerNetwork:
             cast(IProtocolFactory, self._peer_factory(_InboundHooks(self), initiator=False)),
             clock=reactor,
         )
-        # outermost: counts each inbound connection from accept to its authenticated hello
+        self._knock = knock
+        self._random_bytes = random_bytes
+        self._knock_keys = KnockKeys(identity.private_bytes(), identity.uid)
+        self._knock_verifier = KnockVerifier(identity.uid)
+        #: Connections refused at the knock, counted by reason and logged sparingly.
+        self.knock_refusals = RefusalLog(reactor)
+        self._gate_factory = KnockGateFactory(
+            cast(IProtocolFactory, self._server_factory),
+            self._verify_knock,
+            reactor,
+            rng,
+            self.knock_refusals,
+            deadline=min(DEFAULT_KNOCK_DEADLINE, handshake_timeout),
+        )
+        # outermost: counts each inbound connection from accept to its authenticated hello,
+        # through the knock and TLS
         self._admission = AdmissionControl(
-            reactor, cast(IProtocolFactory, self._server_factory), **(admission or {})
+            reactor,
+            cast(IProtocolFactory, self._gate_factory if knock else self._server_factory),
+            **(admission or {}),
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -691,6 +737,7 @@ class PeerNetwork:
         """
         self._stopping = True
         self._admission.stop()
+        self._gate_factory.stop()
         for peer in list(self._peers.values()):
             peer.dialler.cancel()
         for entry in list(self._entries.values()):
@@ -767,12 +814,44 @@ class PeerNetwork:
             cast(IProtocolFactory, self._peer_factory(attempt, initiator=True)),
             clock=self._reactor,
         )
+        knocking = KnockSenderFactory(
+            cast(IProtocolFactory, tls_factory),
+            lambda: self._knock_for(peer),
+            attempt.peer_closed_before_tls,
+        )
         endpoint = self._endpoint_for(host, port)
-        connecting = endpoint.connect(cast(IProtocolFactory, tls_factory))
+        connecting = endpoint.connect(cast(IProtocolFactory, knocking))
         attempt.connecting = connecting
         connecting.addCallbacks(attempt.connected, attempt.connect_failed)
         self._update_state(peer)
         return attempt.result
+
+    # -- knock ----------------------------------------------------------------------------------
+
+    def _knock_key(self, uid: str) -> bytes | None:
+        return self._knock_keys.key(uid, self._directory.public_key(uid))
+
+    def _knock_for(self, peer: _Peer) -> bytes:
+        """The knock for one dial: the pair key if we know the contact's public key, else (or
+        on every other attempt after the peer closed before TLS) the uid key."""
+        if not self._knock:
+            return b""
+        public = None if peer.uid_knock else self._directory.public_key(peer.uid)
+        key = self._knock_keys.key(peer.uid, public)
+        if key is None:
+            return b""
+        window = window_of(self._reactor.seconds())
+        return make_knock(key, peer.uid, window, self._random_bytes(12))
+
+    def _knock_candidates(self) -> Iterator[tuple[str, bytes]]:
+        for uid in self._directory.acceptable_uids():
+            if uid != self._identity.uid:
+                key = self._knock_key(uid)
+                if key is not None:
+                    yield uid, key
+
+    def _verify_knock(self, token: bytes) -> Verdict:
+        return self._knock_verifier.verify(token, self._reactor.seconds(), self._knock_candidates())
 
     def _attempt_ended(self, attempt: _Attempt, reason: str | None, counted: bool = True) -> None:
         peer = attempt.peer

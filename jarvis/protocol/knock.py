@@ -1,0 +1,256 @@
+"""The pre-TLS knock: 32 bytes a dialling contact sends before its TLS ClientHello.
+
+A listener answers nothing (no certificate, no byte) until the first 32 bytes of a connection
+prove that the dialler holds a key it shares with one of the listener's contacts, for the
+current minute.  Strangers learn nothing (not even the uid in the certificate) and cost one
+HMAC per contact.  The layout, the key derivation and test vectors are in ``docs/protocol.md``
+("Knock"); in short::
+
+    token = u32 window || nonce (12 bytes) || tag (16 bytes)
+    window = floor(unix_time / 60)
+    tag = HMAC-SHA256(knock_key, "jarvis-knock-v1" || 0x00 || window || nonce || listener uid)[:16]
+
+The **pair key** comes from a static-static X25519 exchange of the two Ed25519 identity keys
+(converted to X25519 as libsodium's ``crypto_sign_ed25519_*_to_curve25519`` do), so only the two
+contacts can compute it.  A contact whose public key is not known yet (added by uid and address,
+its key learnt at the first TLS connection) uses the weaker **uid key**, derived from the two
+uids alone.
+
+Pure code: no reactor, no I/O; time and randomness are passed in.  It must not decide who is a
+contact (the caller passes the candidates) nor log (the caller logs the verdict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+#: Bytes in a knock token.
+KNOCK_LENGTH = 32
+#: Seconds in one time window.
+WINDOW_SECONDS = 60
+#: A knock is accepted in its own window and this many windows either side (clock skew).
+ACCEPTED_SKEW = 1
+#: Valid knocks remembered for replay detection, at most (valid ones only: strangers cannot
+#: fill it).  When full, further knocks are refused until old windows expire.
+MAX_REMEMBERED = 16_384
+
+_LABEL = b"jarvis-knock-v1"
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+_P = 2**255 - 19
+
+
+class KnockKeyError(ValueError):
+    """A contact's public key cannot give a pair key (a low-order or non-canonical point)."""
+
+
+def ed25519_public_to_x25519(public32: bytes) -> bytes:
+    """Return the X25519 (Montgomery u) public key of a raw Ed25519 public key.
+
+    ``u = (1 + y) / (1 - y) mod p``, where *y* is the Edwards coordinate (the sign bit of x
+    is dropped: u does not depend on it).
+
+    :raises KnockKeyError: if the key is not 32 bytes, *y* is not canonical or ``y == 1``.
+    """
+    if len(public32) != 32:
+        raise KnockKeyError("an Ed25519 public key is 32 bytes")
+    y = int.from_bytes(public32, "little") & ((1 << 255) - 1)
+    if y >= _P or y == 1:
+        raise KnockKeyError("the Ed25519 public key has no X25519 form")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
+
+
+def ed25519_seed_to_x25519(seed32: bytes) -> X25519PrivateKey:
+    """Return the X25519 private key of a raw Ed25519 private key (seed).
+
+    The Ed25519 secret scalar is the first half of SHA-512(seed), clamped; X25519 clamps the
+    same way, so its public key is :func:`ed25519_public_to_x25519` of the Ed25519 public key.
+    """
+    return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed32).digest()[:32])
+
+
+def _uids_info(kind: bytes, uid_a: str, uid_b: str) -> bytes:
+    first, second = sorted((uid_a, uid_b))
+    return kind + b"\x00" + first.encode("ascii") + second.encode("ascii")
+
+
+def _hkdf(ikm: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_LABEL, info=info).derive(ikm)
+
+
+def pair_key(own_seed: bytes, own_uid: str, peer_public: bytes, peer_uid: str) -> bytes:
+    """Return the knock key of a pair whose public keys both sides know.
+
+    ``HKDF-SHA256(salt="jarvis-knock-v1", ikm=X25519(own, peer), info="pair" 0x00 uid1 uid2)``
+    with the uids sorted, so both sides get the same 32 bytes.
+
+    :raises KnockKeyError: if *peer_public* has no X25519 form or the exchange gives zero.
+    """
+    peer = X25519PublicKey.from_public_bytes(ed25519_public_to_x25519(peer_public))
+    try:
+        shared = ed25519_seed_to_x25519(own_seed).exchange(peer)
+    except ValueError:
+        raise KnockKeyError("the contact's public key is a low-order point") from None
+    return _hkdf(shared, _uids_info(b"pair", own_uid, peer_uid))
+
+
+def uid_key(uid_a: str, uid_b: str) -> bytes:
+    """Return the knock key of a pair where one side does not know the other's public key yet.
+
+    ``HKDF-SHA256(salt="jarvis-knock-v1", ikm="", info="uids" 0x00 uid1 uid2)``, uids sorted.
+    Anyone who knows both uids can compute it: it keeps out scanners, not acquaintances.
+    """
+    return _hkdf(b"", _uids_info(b"uids", uid_a, uid_b))
+
+
+def window_of(seconds: float) -> int:
+    """Return the time window of a Unix time: ``floor(seconds / 60)``."""
+    return int(seconds // WINDOW_SECONDS)
+
+
+def _tag(key: bytes, window_bytes: bytes, nonce: bytes, listener_uid: str) -> bytes:
+    data = _LABEL + b"\x00" + window_bytes + nonce + listener_uid.encode("ascii")
+    return hmac.digest(key, data, "sha256")[:_TAG_BYTES]
+
+
+def make_knock(key: bytes, listener_uid: str, window: int, nonce: bytes) -> bytes:
+    """Return the 32-byte knock to send to *listener_uid* in *window*.
+
+    :param nonce: 12 random bytes (from the caller's random source; never reused).
+    """
+    if len(nonce) != _NONCE_BYTES:
+        raise ValueError(f"a knock nonce is {_NONCE_BYTES} bytes")
+    window_bytes = struct.pack(">I", window & 0xFFFFFFFF)
+    return window_bytes + nonce + _tag(key, window_bytes, nonce, listener_uid)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The knock is valid: *uid* is the contact whose key made it."""
+
+    uid: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The knock is not accepted.
+
+    :ivar reason: a short, log-safe reason (``"no knock"`` for what looks like a TLS
+        ClientHello, ``"bad knock"``, ``"stale knock"``, ``"replayed knock"``, ``"too many
+        knocks"``).
+    :ivar uid: the contact whose key made the knock, when the tag was valid (stale, replayed).
+    :ivar skew: windows between the knock's and ours, for a stale knock.
+    """
+
+    reason: str
+    uid: str | None = None
+    skew: int = 0
+
+
+Verdict = Accepted | Refused
+
+
+def looks_like_tls(data: bytes) -> bool:
+    """Whether *data* starts like a TLS handshake record (an un-knocked ClientHello).
+
+    A knock's first byte is the top byte of the window, 0x01 until the year 2133.
+    """
+    return len(data) >= 2 and data[0] == 0x16 and data[1] == 0x03
+
+
+class KnockVerifier:
+    """Checks knocks sent to one listener, remembering valid ones to refuse their replay.
+
+    :param listener_uid: our uid (bound into every tag, so a knock cannot be reflected).
+    """
+
+    def __init__(self, listener_uid: str, max_remembered: int = MAX_REMEMBERED) -> None:
+        self._uid = listener_uid
+        self._max = max_remembered
+        self._seen: dict[int, set[bytes]] = {}
+        self._count = 0
+
+    @property
+    def remembered(self) -> int:
+        """How many valid knocks are remembered now."""
+        return self._count
+
+    def verify(self, token: bytes, now: float, candidates: Iterable[tuple[str, bytes]]) -> Verdict:
+        """Return the verdict on *token* received at Unix time *now*.
+
+        :param candidates: ``(uid, knock key)`` of every contact that may connect; each costs
+            one HMAC-SHA256 (about a microsecond) until one matches.
+        """
+        if len(token) != KNOCK_LENGTH:
+            return Refused("short knock")
+        if looks_like_tls(token):
+            return Refused("no knock")
+        window_bytes, nonce, tag = token[:4], token[4:16], token[16:]
+        uid = None
+        for candidate_uid, key in candidates:
+            if hmac.compare_digest(_tag(key, window_bytes, nonce, self._uid), tag):
+                uid = candidate_uid
+                break
+        if uid is None:
+            return Refused("bad knock")
+        current = window_of(now)
+        window = struct.unpack(">I", window_bytes)[0]
+        skew = window - (current & 0xFFFFFFFF)
+        if abs(skew) > ACCEPTED_SKEW:
+            return Refused("stale knock", uid, skew)
+        self._forget_before(current - ACCEPTED_SKEW)
+        seen = self._seen.setdefault(window, set())
+        if nonce in seen:
+            return Refused("replayed knock", uid)
+        if self._count >= self._max:
+            return Refused("too many knocks", uid)
+        seen.add(nonce)
+        self._count += 1
+        return Accepted(uid)
+
+    def _forget_before(self, oldest: int) -> None:
+        for window in [w for w in self._seen if w < oldest]:
+            self._count -= len(self._seen.pop(window))
+
+
+class KnockKeys:
+    """Our knock keys with each contact, computed once per (uid, public key) and kept.
+
+    A pair key costs one X25519 exchange (about 0.2 ms); a listener needs every contact's key
+    for each connection, so they are cached.
+
+    :param own_seed: our raw Ed25519 private key.
+    :param own_uid: our uid.
+    """
+
+    def __init__(self, own_seed: bytes, own_uid: str) -> None:
+        self._seed = own_seed
+        self._uid = own_uid
+        self._cache: dict[tuple[str, bytes], bytes | None] = {}
+
+    def key(self, peer_uid: str, peer_public: bytes | None) -> bytes | None:
+        """Return the knock key with *peer_uid*: the pair key when its public key is known,
+        else the uid key; ``None`` if the public key has no X25519 form."""
+        index = (peer_uid, peer_public or b"")
+        if index not in self._cache:
+            if len(self._cache) >= 65_536:
+                self._cache.clear()  # contacts churned a lot: start again
+            try:
+                value: bytes | None = (
+                    pair_key(self._seed, self._uid, peer_public, peer_uid)
+                    if peer_public
+                    else uid_key(self._uid, peer_uid)
+                )
+            except KnockKeyError:
+                value = None
+            self._cache[index] = value
+        return self._cache[index]
