@@ -91,3 +91,13 @@ class DaemonNotRunning(JarvisError):
     """No Jarvis daemon answers for this data directory: start one with ``jarvis daemon start``."""
 
     kind = "not_running"
+
+
+class StorageFull(JarvisError):
+    """The disk holding the data directory is full: Jarvis could not write to its store.
+
+    Nothing was written (the message was not queued).  Free some space on that disk, then
+    retry; messages already queued stay queued and go out once space is available.
+    """
+
+    kind = "storage"

@@ -59,6 +59,7 @@ UNAUTHORIZED = -32011
 DATA_DIR = -32012
 ALREADY_RUNNING = -32013
 NOT_RUNNING = -32014
+STORAGE = -32020
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(DATA_DIR, "data_dir", "The data directory cannot be used as it is."),
     ErrorCode(ALREADY_RUNNING, "already_running", "Another daemon already uses this data dir."),
     ErrorCode(NOT_RUNNING, "not_running", "The daemon is not running (or is stopping)."),
+    ErrorCode(
+        STORAGE,
+        "storage",
+        "The daemon's disk is full: nothing was written; free space and retry.",
+    ),
 )
 
 _BY_KIND = {entry.kind: entry for entry in ERROR_CODES}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import errno
 import hashlib
 import hmac
 import itertools
@@ -39,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound
+from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound, StorageFull
 from jarvis.store import schema
 from jarvis.store.records import (
     Contact,
@@ -165,6 +166,32 @@ class DuplicateMessage(JarvisError):
     """
 
     kind = "duplicate"
+
+
+def storage_error(error: BaseException) -> BaseException:
+    """Return :class:`~jarvis.errors.StorageFull` for a disk-full *error*, else *error* itself.
+
+    SQLite reports a full disk (or a database at its page limit) as ``SQLITE_FULL``
+    ("database or disk is full"); a write of the operating system as ``ENOSPC``.  Both become one
+    user-facing error that says what to do, instead of an internal error.
+    """
+    if isinstance(error, StorageFull):
+        return error
+    full = False
+    if isinstance(error, sqlite3.Error):
+        full = getattr(error, "sqlite_errorname", "") == "SQLITE_FULL" or (
+            "database or disk is full" in str(error)
+        )
+    elif isinstance(error, OSError):
+        full = error.errno == errno.ENOSPC
+    if not full:
+        return error
+    replacement = StorageFull(
+        "disk full: the message store cannot be written; free space on the data directory's "
+        "disk and retry"
+    )
+    replacement.__cause__ = error
+    return replacement
 
 
 def associated_data(table: str, column: str, *key: bytes) -> bytes:
@@ -478,6 +505,10 @@ class _Rows:
             value = method(*args)
             self._write_conversations()
         except Exception as exc:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back itself (it does on SQLITE_FULL, a
+                # full disk): the batch's other writes are gone too, so the batch fails.
+                raise
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._forget_transaction()
@@ -1131,9 +1162,18 @@ class Store:
     def _batch_done(self, result: Any, batch: list[_Op]) -> None:
         self._in_flight = False
         if isinstance(result, Failure):
-            self.log.failure(
-                "store transaction of {count} operations failed", result, count=len(batch)
-            )
+            translated = storage_error(result.value) if result.value is not None else None
+            if translated is not None and translated is not result.value:
+                result = Failure(translated)
+            if isinstance(translated, StorageFull):
+                # An operating condition, not a bug: no traceback (the callers get the error).
+                self.log.warn(
+                    "store transaction of {count} operations failed: disk full", count=len(batch)
+                )
+            else:
+                self.log.failure(
+                    "store transaction of {count} operations failed", result, count=len(batch)
+                )
         self._deliveries.append((batch, result))
         # The thread starts on what queued up meanwhile while this turn fires the Deferreds.
         self._flush()
@@ -1162,7 +1202,7 @@ class Store:
             for i in range(start, stop):
                 value = results[i]
                 if type(value) is _Failed:
-                    batch[i][3].errback(Failure(value.error))
+                    batch[i][3].errback(Failure(storage_error(value.error)))
                 else:
                     batch[i][3].callback(value)
         if deliveries:
