@@ -881,6 +881,56 @@ class _Rows:
         ).fetchall()
         return [self._message_from_row(row) for row in rows]
 
+    def outbox_page(
+        self, uid: str, after_seq: int, limit: int, max_bytes: int
+    ) -> tuple[list[Message], bool]:
+        """The next undelivered outgoing messages to *uid* after *after_seq*, oldest first.
+
+        Rows are read one by one and reading stops at *limit* messages or once the sealed bodies
+        would pass *max_bytes* (one message at least), so a page never holds more than that in
+        memory however large the outbox is.
+
+        :returns: the messages, and whether more follow them.
+        """
+        cursor = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (self._index(uid), after_seq, limit + 1),
+        )
+        messages: list[Message] = []
+        size = 0
+        more = False
+        for row in cursor:
+            if len(messages) >= limit or (messages and size + len(row[9]) > max_bytes):
+                more = True
+                break
+            size += len(row[9])
+            messages.append(self._message_from_row(row))
+        cursor.close()
+        return messages, more
+
+    def deliver_through(self, uid: str, mid: str, at: float) -> list[tuple[str, str, str]]:
+        """Mark delivered every undelivered outgoing message to *uid* up to message *mid*.
+
+        The peer said (in its Resume record) that it stored *mid* and everything we sent it
+        before; an id that is not one of our messages to *uid* changes nothing.
+
+        :returns: ``(id, uid, "delivered")`` per message that changed, in conversation order.
+        """
+        conversation = self._index(uid)
+        row = self.conn.execute(
+            "SELECT seq FROM messages WHERE id = ? AND conversation = ? AND direction = 'out'",
+            (mid, conversation),
+        ).fetchone()
+        if row is None:
+            return []
+        rows = self.conn.execute(
+            f"UPDATE messages SET state = 'delivered', delivered = ? WHERE conversation = ? "
+            f"AND {OUTBOX_WHERE} AND seq <= ? RETURNING seq, id",
+            (at, conversation, row[0]),
+        ).fetchall()
+        return [(changed, uid, "delivered") for _, changed in sorted(rows)]
+
     def history(self, uid: str, limit: int, before: int | None) -> HistoryPage:
         conversation = self._index(uid)
         if before is None:
@@ -1353,6 +1403,27 @@ class Store:
         """:returns: a Deferred firing with the undelivered outgoing messages to *uid*,
         oldest first."""
         return self._submit(self._rows.outbox, uid, write=False)
+
+    def outbox_page(
+        self, uid: str, *, after_seq: int, limit: int, max_bytes: int
+    ) -> Deferred[tuple[list[Message], bool]]:
+        """:returns: a Deferred firing with ``(messages, more)``: at most *limit* undelivered
+        outgoing messages to *uid* with a seq above *after_seq*, oldest first, whose sealed
+        bodies stay within *max_bytes* (one message at least), and whether more follow."""
+        return self._submit(
+            self._rows.outbox_page, uid, after_seq, max(1, limit), max_bytes, write=False
+        )
+
+    def deliver_through(
+        self, uid: str, message_id: str, at: float
+    ) -> Deferred[list[tuple[str, str, str]]]:
+        """Mark delivered (at *at*) every undelivered outgoing message to *uid* up to and
+        including *message_id*, in one statement.
+
+        :returns: a Deferred firing with ``(id, uid, "delivered")`` per message that changed, in
+            conversation order (none if *message_id* is not an outgoing message to *uid*).
+        """
+        return self._submit(self._rows.deliver_through, uid, message_id, at, write=True)
 
     def history(
         self, uid: str, *, limit: int = 50, before: str | None = None
