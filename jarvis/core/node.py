@@ -892,12 +892,12 @@ class Node(Service):
             pump.retransmit_delay = min(pump.retransmit_delay * 2, RETRANSMIT_MAX)
         pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
 
-    def _acknowledged(self, uid: str, message_ids: Sequence[str]) -> None:
+    def _acknowledged(self, uid: str, message_ids: Sequence[str]) -> defer.Deferred[Any]:
         """Take acknowledged messages out of *uid*'s window; progress resets the retransmission
-        delay; the freed room takes the next messages."""
+        delay; the freed room takes the next messages (fires once they are written)."""
         pump = self._pumps.get(uid)
         if pump is None:
-            return
+            return defer.succeed(None)
         progress = False
         for mid in message_ids:
             entry = pump.in_flight.pop(mid, None)
@@ -905,12 +905,12 @@ class Node(Service):
                 pump.in_flight_bytes -= entry[1]
                 progress = True
         if not progress:
-            return
+            return defer.succeed(None)
         _cancel_retransmit(pump)
         pump.retransmit_delay = RETRANSMIT_INITIAL
         if pump.in_flight:
             pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
-        self._drain(pump)
+        return self._drain(pump)
 
     def session_writable(self, session: Any) -> None:
         """The transport takes bytes again after a pause: go on with the stream."""
@@ -1210,11 +1210,10 @@ class Node(Service):
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark acknowledged messages delivered and free their room in the window; fires when
-        recorded."""
+        recorded and the next messages are written."""
         ids = [i.hex() for i in message_ids]
-        d = self._advance_many(ids, "delivered")
-        self._acknowledged(session.peer_uid, ids)
-        return d
+        recorded = self._advance_many(ids, "delivered")
+        return defer.gatherResults([recorded, self._acknowledged(session.peer_uid, ids)])
 
     def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark messages read by the peer; fires when recorded."""
