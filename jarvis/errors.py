@@ -111,3 +111,13 @@ class UntrustedDaemon(JarvisError):
     """
 
     kind = "untrusted_daemon"
+
+
+class StorageFull(JarvisError):
+    """The disk holding the data directory is full: Jarvis could not write to its store.
+
+    Nothing was written (the message was not queued).  Free some space on that disk, then
+    retry; messages already queued stay queued and go out once space is available.
+    """
+
+    kind = "storage"

@@ -254,3 +254,26 @@ class DescribeFailureTests(SynchronousTestCase):
         ]
         for value, text in cases:
             self.assertEqual(describe_failure(Failure(value)), text)
+
+
+class BackPressureTests(SynchronousTestCase):
+    """The PeerProtocol is the transport's push producer and passes its pauses to the session."""
+
+    def test_transport_pause_and_resume_reach_the_session(self) -> None:
+        """When the TCP transport under TLS pauses and resumes its producer (its buffers filled
+        and drained), then the session's writing is paused and resumed; closing still works
+        with the producer registered (it is unregistered first, or TLS would not shut down)."""
+        alice_hooks, bob_hooks, pump, _clock, _alice, _bob = make_pair()
+        session = alice_hooks.session
+        assert session is not None
+        producer = pump.clientIO.producer
+        self.assertIsNotNone(producer)
+        self.assertFalse(session.writing_paused)
+        producer.pauseProducing()
+        self.assertTrue(session.writing_paused)
+        producer.resumeProducing()
+        self.assertFalse(session.writing_paused)
+        session.close("bye")
+        run(pump)
+        self.assertEqual(bob_hooks.events[-1], ("closed", "peer said goodbye: bye"))
+        self.assertEqual(len(alice_hooks.ended), 1)

@@ -20,6 +20,7 @@ from jarvis.protocol.records import (
     Pong,
     Read,
     Record,
+    Resume,
     UnknownRecord,
     encode_record,
     parse_record,
@@ -42,6 +43,8 @@ HELLO_HEX = (
 )
 #: An Ack of ids 00..0f and 10..1f, unframed (docs/protocol.md, "Ack").
 ACK_HEX = "030002000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+#: A Resume naming message 00..0f (docs/protocol.md, "Resume").
+RESUME_HEX = "08000102030405060708090a0b0c0d0e0f"
 #: A Goodbye with reason "bye".
 GOODBYE_HEX = "070003627965"
 #: A Message: id 00..0f, counter 1, created 1700000000000 ms, body "hello" sealed (see
@@ -76,6 +79,7 @@ records: st.SearchStrategy[Record] = st.one_of(
     st.builds(Ping, st.binary(min_size=8, max_size=8)),
     st.builds(Pong, st.binary(min_size=8, max_size=8)),
     st.builds(Goodbye, st.text(max_size=100)),
+    st.builds(Resume, ids),
 )
 
 
@@ -135,10 +139,16 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual((message.counter, message.created), (1, 1700000000000))
         self.assertEqual(len(message.body), 5 + 80)
 
+    def test_resume(self) -> None:
+        """When a Resume is encoded, then it is type 8 and the 16-byte id, and parses back."""
+        resume = Resume(bytes(range(16)))
+        self.assertEqual(encode_record(resume).hex(), RESUME_HEX)
+        self.assertEqual(parse_record(bytes.fromhex(RESUME_HEX)), resume)
+
     def test_documented(self) -> None:
         """When docs/protocol.md is read, then it shows each of these vectors verbatim."""
         shown = doc_hex()
-        for vector in (HELLO_HEX, ACK_HEX, GOODBYE_HEX, MESSAGE_HEX):
+        for vector in (HELLO_HEX, ACK_HEX, GOODBYE_HEX, MESSAGE_HEX, RESUME_HEX):
             self.assertIn(vector, shown)
 
 
@@ -156,7 +166,14 @@ class MalformedTests(SynchronousTestCase):
 
     def test_every_truncation(self) -> None:
         """When any known record is cut short anywhere, then it is malformed, never misparsed."""
-        for hex_payload in (HELLO_HEX, ACK_HEX, GOODBYE_HEX, MESSAGE_HEX, "050001020304050607"):
+        for hex_payload in (
+            HELLO_HEX,
+            ACK_HEX,
+            GOODBYE_HEX,
+            MESSAGE_HEX,
+            RESUME_HEX,
+            "050001020304050607",
+        ):
             payload = bytes.fromhex(hex_payload)
             for end in range(1, len(payload)):
                 self.assertRaises(MalformedRecord, parse_record, payload[:end])
@@ -198,8 +215,8 @@ class UnknownTests(SynchronousTestCase):
     """Record types this version does not know parse to UnknownRecord."""
 
     def test_unknown_types(self) -> None:
-        """When the type byte is 0, 8 or 255, then UnknownRecord carries it, whatever follows."""
-        for record_type in (0x00, 0x08, 0xFF):
+        """When the type byte is 0, 9 or 255, then UnknownRecord carries it, whatever follows."""
+        for record_type in (0x00, 0x09, 0xFF):
             self.assertEqual(
                 parse_record(bytes([record_type]) + b"anything"), UnknownRecord(record_type)
             )

@@ -25,6 +25,7 @@ from jarvis.protocol.records import (
     Ping,
     Pong,
     Record,
+    Resume,
     UnknownRecord,
     encode_record,
     parse_record,
@@ -780,3 +781,72 @@ class LoggingTests(SynchronousTestCase):
         closes = [e for e in events if e.get("reason") == "done"]
         # uids are logged as pseudonyms (docs/security.md, "Logs")
         self.assertEqual([e["peer_uid"] for e in closes], [log_id(pair.bob_uid)])
+
+
+class ResumeTests(SynchronousTestCase):
+    """The Resume record: a side's stored mark, sent before its Hello, kept by the peer."""
+
+    def test_mark_sent_before_hello_and_kept_by_the_peer(self) -> None:
+        """When Alice has a mark for Bob, then her Resume goes right before her Hello and Bob's
+        session holds it once established; Bob, with no mark, sends none."""
+        asked: list[str] = []
+
+        def mark(uid: str) -> bytes | None:
+            asked.append(uid)
+            return ID2
+
+        pair = Pair(alice={"resume_mark": mark}, bob={"resume_mark": lambda uid: None})
+        pair.established()
+        self.assertEqual(asked, [pair.bob_uid])
+        alice_records = pair.alice.sent_records()
+        self.assertEqual(alice_records[0], Resume(ID2))
+        self.assertIsInstance(alice_records[1], Hello)
+        self.assertNotIn(Resume, [type(r) for r in pair.bob.sent_records()])
+        self.assertEqual(pair.bob.session.peer_resume_mark, ID2)
+        self.assertIsNone(pair.alice.session.peer_resume_mark)
+
+    def test_resume_after_hello_changes_nothing(self) -> None:
+        """When a Resume arrives on an established session, then it is ignored: the session
+        stays up and the mark stays unset."""
+        pair = Pair()
+        pair.established()
+        pair.bob.session.data_received(frame(Resume(ID3)))
+        self.assertEqual(pair.bob.session.state, "established")
+        self.assertIsNone(pair.bob.session.peer_resume_mark)
+
+    def test_unknown_to_a_version_1_peer(self) -> None:
+        """When the record before the Hello is one the peer does not know (as type 8 is to a
+        version 1 peer, which parses it as UnknownRecord), then it is ignored and the Hello
+        after it is accepted: sending Resume keeps old peers working."""
+        pair = Pair(alice={"resume_mark": lambda uid: ID1})
+        pair.alice.session.connection_made(CHANNEL_BINDING)
+        pair.bob.session.connection_made(CHANNEL_BINDING)
+        known = PROLOGUE + frame(Resume(ID1))
+        stream = pair.alice.outgoing.pop(0)
+        self.assertTrue(stream.startswith(known))
+        unknown = PROLOGUE + encode_frame(b"\x09" + ID1)  # what an old parser makes of it
+        pair.alice.outgoing.insert(0, unknown + stream[len(known) :])
+        pair.pump()
+        self.assertEqual(pair.bob.session.state, "established")
+        self.assertEqual(pair.alice.session.state, "established")
+        self.assertIsNone(pair.bob.session.peer_resume_mark)
+
+
+class WritingPauseTests(SynchronousTestCase):
+    """pause_writing / resume_writing, driven by the net layer's producer."""
+
+    def test_resume_tells_the_observer_once(self) -> None:
+        """When the transport pauses then resumes, then writing_paused follows and the observer
+        hears session_writable once (not for a resume without a pause)."""
+        pair = Pair()
+        pair.established()
+        writable: list[PeerSession] = []
+        pair.alice.observer.session_writable = writable.append  # type: ignore[attr-defined]
+        session = pair.alice.session
+        session.resume_writing()
+        self.assertEqual(writable, [])
+        session.pause_writing()
+        self.assertTrue(session.writing_paused)
+        session.resume_writing()
+        self.assertFalse(session.writing_paused)
+        self.assertEqual(writable, [session])

@@ -47,6 +47,7 @@ from jarvis.errors import (
     Locked,
     NoIdentity,
     NotFound,
+    StorageFull,
     TooLarge,
 )
 from jarvis.logs import log_id, redact
@@ -91,14 +92,51 @@ class _TurnBatch:
         self._flush(pending)
 
 
-@dataclass
+#: Most messages written to a session and not yet acknowledged (the send window).  The outbox
+#: streams through this window: the next page is read from the store as acks free it.
+WINDOW_MESSAGES = 256
+#: Most bytes of message bodies written to a session and not yet acknowledged.
+WINDOW_BYTES = 4 * 1024 * 1024
+#: Seconds without any ack, while messages are unacknowledged on a live session, before they
+#: are written again (the receiver may have failed to store them, for instance on a full disk).
+RETRANSMIT_INITIAL = 5.0
+#: The retransmission delay doubles after each retransmission without progress, up to this.
+RETRANSMIT_MAX = 60.0
+
+
+@dataclass(eq=False)
 class _PeerPump:
-    """Per-session sending state: what was written to this session and what waits."""
+    """Per-session sending state: the window of unacknowledged messages and the stream position.
+
+    :ivar in_flight: written and not yet acknowledged, in the order written: id -> (message,
+        its body size).
+    :ivar waiting: read from the store but not written yet (the transport asked to pause).
+    :ivar last_seq: the seq of the last message read from the outbox; the next page starts
+        after it.
+    :ivar loading: a page is being read from the store.
+    :ivar caught_up: the last page reached the end of the outbox (new messages may then be
+        written as they are stored).
+    :ivar retransmit: the pending retransmission of ``in_flight``, if armed.
+    """
 
     session: Any
-    sent: set[str] = field(default_factory=set)
-    pending: deque[Message] = field(default_factory=deque)
-    ready: bool = False
+    in_flight: dict[str, tuple[Message, int]] = field(default_factory=dict)
+    in_flight_bytes: int = 0
+    waiting: deque[Message] = field(default_factory=deque)
+    last_seq: int = 0
+    loading: bool = False
+    caught_up: bool = False
+    retransmit: Any = None
+    retransmit_delay: float = RETRANSMIT_INITIAL
+
+    def room(self) -> bool:
+        """Whether the window takes another message."""
+        used = len(self.in_flight) + len(self.waiting)
+        return used == 0 or (used < WINDOW_MESSAGES and self.in_flight_bytes < WINDOW_BYTES)
+
+    def paused(self) -> bool:
+        """Whether the transport asked us to stop writing for now."""
+        return bool(getattr(self.session, "writing_paused", False))
 
 
 class Node(Service):
@@ -162,6 +200,12 @@ class Node(Service):
         self._sent_this_turn = _TurnBatch(clock, self._flush_sent)
         #: acks waiting for the end of the reactor turn, per session
         self._acks_this_turn = _TurnBatch(clock, self._flush_acks)
+        #: per contact: the last message it sent us that we stored with everything it sent
+        #: before (told to it in our Resume record, so it resends only what follows)
+        self._stored_marks: dict[str, bytes] = {}
+        #: per contact: messages whose store failed and that have not been stored since; while
+        #: any is missing, the stored mark stays where it was
+        self._store_gaps: dict[str, set[bytes]] = {}
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -367,7 +411,11 @@ class Node(Service):
     @defer.inlineCallbacks
     def _close_keys(self) -> Any:
         network, self._network = self._network, None
+        for pump in self._pumps.values():
+            _cancel_retransmit(pump)
         self._pumps.clear()
+        self._stored_marks.clear()
+        self._store_gaps.clear()
         self._peer_states.clear()
         if network is not None:
             yield network.stop()
@@ -643,7 +691,11 @@ class Node(Service):
             self._network.forget(contact.uid)
         yield store.remove_contact(contact.uid, with_history=with_history)
         self._contacts.pop(contact.uid, None)
-        self._pumps.pop(contact.uid, None)
+        pump = self._pumps.pop(contact.uid, None)
+        if pump is not None:
+            _cancel_retransmit(pump)
+        self._stored_marks.pop(contact.uid, None)
+        self._store_gaps.pop(contact.uid, None)
         self._peer_states.pop(contact.uid, None)
         self._emit("contact.changed", {"uid": contact.uid, "removed": True})
         self._publish_summary()
@@ -726,33 +778,172 @@ class Node(Service):
             stored = message
         self._emit("message.added", {"message": message_view(stored)})
         pump = self._pumps.get(stored.contact)
-        if pump is not None:
-            if pump.ready:
-                # Written now; the answer does not wait for "sent" to be recorded (that comes
-                # with the next store batch and its own event).  Should the daemon die before,
-                # the message is still queued in the store and goes again on the next session;
-                # the receiver drops the copy.
+        if pump is not None and not pump.loading and stored.seq > pump.last_seq:
+            if pump.caught_up and not pump.waiting and pump.room() and not pump.paused():
+                # Written now (everything before it in the outbox already was); the answer
+                # does not wait for "sent" to be recorded (that comes with the next store batch
+                # and its own event).  Should the daemon die before, the message is still
+                # queued in the store and goes again on the next session; the receiver drops
+                # the copy.
+                pump.last_seq = stored.seq
                 self._write(pump, stored)
                 stored = _with_state(stored, "sent")
             else:
-                pump.pending.append(stored)
+                # The window is full (or paused): the stream reads it from the store later.
+                pump.caught_up = False
+                self._refill(pump)
+        # While a page is being read, that read comes after this message's insert in the
+        # store's queue, so the page holds it.
         return message_view(stored)
 
-    def _write(self, pump: _PeerPump, message: Message) -> defer.Deferred[Any]:
-        """Write *message* to the pump's session once; fires when its state is recorded."""
-        if message.id in pump.sent:
+    def _refill(self, pump: _PeerPump) -> defer.Deferred[Any]:
+        """Read the next page of the outbox into the window, if it has room; write it.
+
+        Fires once the page is written and its "sent" states recorded.  The read runs on the
+        store's thread, bounded by the room left in the window (messages and bytes).
+        """
+        store = self._store
+        uid = pump.session.peer_uid
+        if (
+            store is None
+            or pump.loading
+            or pump.caught_up
+            or pump.paused()
+            or not pump.room()
+            or self._pumps.get(uid) is not pump
+        ):
             return defer.succeed(None)
-        pump.sent.add(message.id)
-        try:
-            pump.session.send_message(
-                bytes.fromhex(message.id), message.body.encode("utf-8"), int(message.created * 1000)
+        pump.loading = True
+        used = len(pump.in_flight) + len(pump.waiting)
+        d = store.outbox_page(
+            uid,
+            after_seq=pump.last_seq,
+            limit=WINDOW_MESSAGES - used,
+            max_bytes=max(1, WINDOW_BYTES - pump.in_flight_bytes),
+        )
+
+        def loaded(page: tuple[list[Message], bool]) -> Any:
+            pump.loading = False
+            messages, more = page
+            if self._pumps.get(uid) is not pump:
+                return None
+            for message in messages:
+                pump.waiting.append(message)
+                pump.last_seq = message.seq
+            pump.caught_up = not more
+            return self._drain(pump)
+
+        def failed(failure: Any) -> None:
+            pump.loading = False
+            self.log.failure("reading the outbox for {uid} failed", failure, uid=uid)
+
+        return d.addCallbacks(loaded, failed)
+
+    def _drain(self, pump: _PeerPump) -> defer.Deferred[Any]:
+        """Write the messages read and waiting, while the window has room and the transport
+        takes them; then read the next page.  Fires once their "sent" states are recorded."""
+        written: list[defer.Deferred[Any]] = []
+        while (
+            pump.waiting
+            and not pump.paused()
+            and (
+                not pump.in_flight
+                or (len(pump.in_flight) < WINDOW_MESSAGES and pump.in_flight_bytes < WINDOW_BYTES)
             )
+        ):
+            written.append(self._write(pump, pump.waiting.popleft()))
+        if not pump.waiting:
+            written.append(self._refill(pump))
+        return defer.gatherResults(written) if written else defer.succeed(None)
+
+    def _write(self, pump: _PeerPump, message: Message) -> defer.Deferred[Any]:
+        """Write *message* to the pump's session, into the window; fires when its state is
+        recorded."""
+        if message.id in pump.in_flight:
+            return defer.succeed(None)
+        body = message.body.encode("utf-8")
+        try:
+            pump.session.send_message(bytes.fromhex(message.id), body, int(message.created * 1000))
         except Exception as e:
             self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
             return defer.succeed(None)
+        pump.in_flight[message.id] = (message, len(body))
+        pump.in_flight_bytes += len(body)
+        if pump.retransmit is None:
+            pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
         if message.state == "queued":
             return self._advance_sent(message.id)
         return defer.succeed(None)
+
+    def _call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any:
+        clock: Any = self.clock  # IReactorTime's zope signature does not type-check
+        return clock.callLater(delay, fn, *args)
+
+    def _retransmit(self, pump: _PeerPump) -> None:
+        """No ack came for a while: write the unacknowledged messages again, in order.
+
+        The peer may have failed to store them (a full disk): it acknowledged nothing, and on a
+        session that stays up nothing else would send them again.  The receiver drops copies
+        it already stored.  The delay doubles up to :data:`RETRANSMIT_MAX` until an ack comes.
+        """
+        pump.retransmit = None
+        if self._pumps.get(pump.session.peer_uid) is not pump or not pump.in_flight:
+            return
+        if not pump.paused():
+            self.log.info(
+                "no ack from {uid} for {delay:g} s: sending {count} messages again",
+                uid=pump.session.peer_uid,
+                delay=pump.retransmit_delay,
+                count=len(pump.in_flight),
+            )
+            for message, _size in list(pump.in_flight.values()):
+                try:
+                    pump.session.send_message(
+                        bytes.fromhex(message.id),
+                        message.body.encode("utf-8"),
+                        int(message.created * 1000),
+                    )
+                except Exception as e:
+                    self.log.warn("could not send {id} again: {error}", id=message.id, error=str(e))
+                    return
+            pump.retransmit_delay = min(pump.retransmit_delay * 2, RETRANSMIT_MAX)
+        pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
+
+    def _acknowledged(self, uid: str, message_ids: Sequence[str]) -> defer.Deferred[Any]:
+        """Take acknowledged messages out of *uid*'s window; progress resets the retransmission
+        delay; the freed room takes the next messages (fires once they are written)."""
+        pump = self._pumps.get(uid)
+        if pump is None:
+            return defer.succeed(None)
+        progress = False
+        for mid in message_ids:
+            entry = pump.in_flight.pop(mid, None)
+            if entry is not None:
+                pump.in_flight_bytes -= entry[1]
+                progress = True
+        if not progress:
+            return defer.succeed(None)
+        _cancel_retransmit(pump)
+        pump.retransmit_delay = RETRANSMIT_INITIAL
+        if pump.in_flight:
+            pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
+        return self._drain(pump)
+
+    def session_writable(self, session: Any) -> None:
+        """The transport takes bytes again after a pause: go on with the stream."""
+        pump = self._pumps.get(getattr(session, "peer_uid", ""))
+        if pump is not None and pump.session is session:
+            self._drain(pump)
+
+    def resume_mark(self, uid: str) -> bytes | None:
+        """The id of the last message from *uid* stored with everything *uid* sent before it.
+
+        A new session tells it to the peer (in a Resume record), which then marks delivered
+        what it had sent up to it and resends only what follows.  ``None`` when nothing from
+        *uid* was stored since the store opened (the peer then resends every unacknowledged
+        message; the copies are dropped).
+        """
+        return self._stored_marks.get(uid)
 
     def _advance_sent(self, message_id: str) -> defer.Deferred[None]:
         """Record *message_id* as sent with the others written this reactor turn, in one store
@@ -779,18 +970,18 @@ class Node(Service):
         if store is None or not message_ids:
             return defer.succeed(None)
         d = store.advance_states(message_ids, state, self.now())
-
-        def changed(changes: list[tuple[str, str, str]]) -> None:
-            emit = self._emit
-            for mid, contact, new_state in changes:
-                emit(
-                    "message.stateChanged",
-                    {"id": mid, "contact": contact, "state": new_state, "at": self.now()},
-                )
-
-        d.addCallback(changed)
+        d.addCallback(self._announce_changes)
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
+
+    def _announce_changes(self, changes: list[tuple[str, str, str]]) -> None:
+        """Emit ``message.stateChanged`` per ``(id, contact, state)`` change."""
+        emit = self._emit
+        for mid, contact, new_state in changes:
+            emit(
+                "message.stateChanged",
+                {"id": mid, "contact": contact, "state": new_state, "at": self.now()},
+            )
 
     def history(
         self,
@@ -926,27 +1117,31 @@ class Node(Service):
     # -- SessionObserver / network observer ----------------------------------------------------
 
     def session_established(self, session: Any) -> defer.Deferred[Any]:
-        """Replay the contact's outbox, in order, on the new session."""
+        """Stream the contact's outbox, in order, on the new session, a window at a time.
+
+        When the peer said which of our messages it already stored (its Resume record), those
+        are marked delivered first and not sent again.  Fires once the first window is written.
+        """
         uid = session.peer_uid
         store = self._store
         if store is None or uid not in self._contacts:
             return defer.succeed(None)
+        old = self._pumps.get(uid)
+        if old is not None:
+            _cancel_retransmit(old)
         pump = _PeerPump(session=session)
         self._pumps[uid] = pump
         self.log.info("session with {uid} established", uid=log_id(uid))
-
-        def replay(messages: list[Message]) -> Any:
-            if self._pumps.get(uid) is not pump:
-                return None
-            written = [self._write(pump, message) for message in messages]
-            while pump.pending:
-                written.append(self._write(pump, pump.pending.popleft()))
-            pump.ready = True
-            written.append(self._replay_receipts(pump, uid))
-            return defer.gatherResults(written)
-
-        d = store.outbox(uid)
-        d.addCallback(replay)
+        mark = getattr(session, "peer_resume_mark", None)
+        first: defer.Deferred[Any]
+        if mark:
+            # Queued before the first page is read: the store runs them in this order.
+            first = store.deliver_through(uid, bytes(mark).hex(), self.now())
+            first.addCallback(self._announce_changes)
+            first.addErrback(lambda f: self.log.failure("resume mark not applied", f))
+        else:
+            first = defer.succeed(None)
+        d = defer.gatherResults([first, self._refill(pump), self._replay_receipts(pump, uid)])
         d.addErrback(lambda f: self.log.failure("outbox replay failed", f))
         return d
 
@@ -954,6 +1149,7 @@ class Node(Service):
         uid = getattr(session, "peer_uid", None)
         pump = self._pumps.get(uid) if uid else None
         if pump is not None and pump.session is session:
+            _cancel_retransmit(pump)
             del self._pumps[uid]  # type: ignore[arg-type]
         self.log.info("session with {uid} closed: {reason}", uid=log_id(uid), reason=redact(reason))
 
@@ -983,6 +1179,7 @@ class Node(Service):
 
         def stored(new: Message | None) -> None:
             self._queue_ack(session, message_id)
+            self._note_stored(uid, message_id)
             if new is not None:
                 contact = self._contacts.get(uid)
                 self._emit(
@@ -990,10 +1187,37 @@ class Node(Service):
                     {"message": message_view(new), "muted": bool(contact and contact.muted)},
                 )
 
+        def failed(failure: Any) -> None:
+            # Not acknowledged: the sender keeps it and writes it again (after a while on this
+            # session, or on the next one).  Until it is stored, the mark stays where it is.
+            self._store_gaps.setdefault(uid, set()).add(message_id)
+            if failure.check(StorageFull):
+                self.log.warn(
+                    "message {id} from {uid} not stored: disk full", id=message_id.hex(), uid=uid
+                )
+            else:
+                self.log.failure("storing an incoming message failed", failure)
+
         d = store.add_incoming(message)
-        d.addCallback(stored)
-        d.addErrback(lambda f: self.log.failure("storing an incoming message failed", f))
+        d.addCallbacks(stored, failed)
+        d.addErrback(lambda f: self.log.failure("handling an incoming message failed", f))
         return d
+
+    def _note_stored(self, uid: str, message_id: bytes) -> None:
+        """Move *uid*'s stored mark to *message_id*, unless an earlier message is missing.
+
+        Messages arrive in the order the peer sent them and their stores finish in that order,
+        so without a failed store since the mark, everything the peer sent up to *message_id*
+        is stored.  After a failure the mark waits until the failed messages are stored (the
+        peer sends them again), and moves with the next message after that.
+        """
+        gaps = self._store_gaps.get(uid)
+        if gaps:
+            gaps.discard(message_id)
+            if not gaps:
+                del self._store_gaps[uid]
+            return
+        self._stored_marks[uid] = message_id
 
     def _queue_ack(self, session: Any, message_id: bytes) -> None:
         """Acknowledge *message_id* (stored) with the others of this reactor turn in one record.
@@ -1016,8 +1240,11 @@ class Node(Service):
                 )
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
-        """Mark acknowledged messages delivered; fires when recorded."""
-        return self._advance_many([i.hex() for i in message_ids], "delivered")
+        """Mark acknowledged messages delivered and free their room in the window; fires when
+        recorded and the next messages are written."""
+        ids = [i.hex() for i in message_ids]
+        recorded = self._advance_many(ids, "delivered")
+        return defer.gatherResults([recorded, self._acknowledged(session.peer_uid, ids)])
 
     def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark messages read by the peer; fires when recorded."""
@@ -1117,6 +1344,12 @@ def _candidates(matches: Sequence[Contact]) -> str:
     if len(ordered) > _SHOWN_CANDIDATES:
         shown.append(f"{len(ordered) - _SHOWN_CANDIDATES} more")
     return ", ".join(shown)
+
+
+def _cancel_retransmit(pump: _PeerPump) -> None:
+    if pump.retransmit is not None and pump.retransmit.active():
+        pump.retransmit.cancel()
+    pump.retransmit = None
 
 
 def _with_state(message: Message, state: str) -> Message:

@@ -67,6 +67,7 @@ DATA_DIR = -32012
 ALREADY_RUNNING = -32013
 NOT_RUNNING = -32014
 TOO_MANY_ATTEMPTS = -32015
+STORAGE = -32020
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,11 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
         "Too many wrong passwords: the attempt was refused at once, unchecked; `data.retry_after`"
         " is the whole seconds to wait. Shared by every method that checks the master password "
         "and kept across daemon restarts.",
+    ),
+    ErrorCode(
+        STORAGE,
+        "storage",
+        "The daemon's disk is full: nothing was written; free space and retry.",
     ),
 )
 

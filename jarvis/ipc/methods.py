@@ -502,7 +502,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
                 Param("text", str, True, f"the message, at most {MAX_MESSAGE_BYTES} UTF-8 bytes"),
             ),
             result=_MESSAGE_RESULT + " (state 'queued' until sent; watch message.stateChanged)",
-            doc="Queue a message; it is sent when the contact is reachable.",
+            doc="Queue a message; it is sent when the contact is reachable. When the daemon's "
+            "disk is full nothing is queued and it answers `-32020` (`storage`): free space "
+            "and retry.",
             deadline=30.0,
         ),
         MethodSpec(

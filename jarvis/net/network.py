@@ -533,6 +533,10 @@ class _Relay:
     def session_closed(self, session: PeerSession, reason: str) -> None:
         self.network._session_closed(session, reason)
 
+    def session_writable(self, session: PeerSession) -> None:
+        if hasattr(self.network._observer, "session_writable"):
+            self.network._forward("session_writable", session)
+
 
 def tcp_endpoint(reactor: Any, host: str, port: int, timeout: float) -> ClientEndpoint:
     """Return the TCP endpoint that dials *host* (an IP address or a name) on *port*.
@@ -930,6 +934,7 @@ class PeerNetwork:
             handshake_timeout=self._handshake_timeout,
             keepalive_interval=self._keepalive_interval,
             idle_timeout=self._idle_timeout,
+            resume_mark=getattr(self._observer, "resume_mark", None),
         )
         peer = self._peer(peer_uid)
         entry = _Entry(peer, session, protocol, attempt)

@@ -24,7 +24,7 @@ from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet import error
-from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +71,14 @@ class SessionLike(TypingProtocol):
 
     def connection_lost(self, reason: str) -> None:
         """The connection is gone, for *reason*."""
+        ...
+
+    def pause_writing(self) -> None:
+        """The transport's buffers are full: stop streaming for now."""
+        ...
+
+    def resume_writing(self) -> None:
+        """The transport takes bytes again."""
         ...
 
 
@@ -120,9 +128,13 @@ def describe_failure(reason: Failure) -> str:
     return f"{type(value).__name__}: {text[0][:120] if text else ''}".rstrip(": ")
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPushProducer)
 class PeerProtocol(Protocol):
     """One peer connection: TLS handshake deadline, then bytes to and from its session.
+
+    It is its transport's streaming producer once its session starts: when the transport's
+    buffers fill up, ``pauseProducing`` reaches the session (``pause_writing``), which stops
+    streaming the outbox until ``resumeProducing`` (``resume_writing``).
 
     :ivar session: the session fed by this connection, once TLS completed and one was given.
     :ivar peer_uid: the uid TLS verified, once the handshake completed.
@@ -178,6 +190,8 @@ class PeerProtocol(Protocol):
             self.lose_connection()
             return
         self.session = session
+        transport: Any = self.transport
+        transport.registerProducer(self, True)
         session.connection_made(binding)
 
     def dataReceived(self, data: bytes) -> None:
@@ -203,6 +217,21 @@ class PeerProtocol(Protocol):
             self.session.connection_lost(text)
         self.factory.hooks.connection_ended(self, text)
 
+    # -- IPushProducer: the transport's back-pressure, passed on to the session ---------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffers are full."""
+        if self.session is not None:
+            self.session.pause_writing()
+
+    def resumeProducing(self) -> None:
+        """The transport drained its buffers."""
+        if self.session is not None:
+            self.session.resume_writing()
+
+    def stopProducing(self) -> None:
+        """The connection is going away (``connectionLost`` follows)."""
+
     # -- what the session (and the network) call ---------------------------------------------
 
     def send_bytes(self, data: bytes) -> None:
@@ -219,6 +248,9 @@ class PeerProtocol(Protocol):
         self._close_deadline = self.factory.clock.callLater(
             self.factory.close_timeout, self._close_timed_out
         )
+        if self.session is not None:
+            # TLS shuts down only once no producer is registered.
+            transport.unregisterProducer()
         transport.loseConnection()
 
     def _close_timed_out(self) -> None:

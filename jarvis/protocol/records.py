@@ -30,6 +30,7 @@ READ = 0x04
 PING = 0x05
 PONG = 0x06
 GOODBYE = 0x07
+RESUME = 0x08
 
 MESSAGE_ID_SIZE = 16
 EPHEMERAL_KEY_SIZE = 32
@@ -145,13 +146,29 @@ class Goodbye:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Where the sender's receiving side stands: the id of the last message it stored from the
+    receiver of this record, with every message the receiver sent before that one.
+
+    Sent right before the sender's :class:`Hello` (a peer that does not know this record type
+    ignores it, as every unknown record), so that the peer knows it when the session is
+    established: it marks delivered what it sent up to *message_id* instead of sending it
+    again.  Added in the life of protocol version 1; optional.
+
+    :ivar message_id: a 16-byte message id the receiver of this record wrote.
+    """
+
+    message_id: bytes
+
+
+@dataclass(frozen=True)
 class UnknownRecord:
     """A record whose type this version does not know (ignored by the session)."""
 
     record_type: int
 
 
-Record = Hello | Message | Ack | Read | Ping | Pong | Goodbye
+Record = Hello | Message | Ack | Read | Ping | Pong | Goodbye | Resume
 
 
 def _u16(value: int, name: str) -> bytes:
@@ -233,6 +250,8 @@ def encode_record(record: Record) -> bytes:
             if len(reason) > MAX_REASON_BYTES:
                 raise ValueError(f"reason must be at most {MAX_REASON_BYTES} UTF-8 bytes")
             return bytes([GOODBYE]) + _U16.pack(len(reason)) + reason
+        case Resume():
+            return bytes([RESUME]) + _fixed(record.message_id, MESSAGE_ID_SIZE, "message id")
     raise TypeError(f"not a record: {type(record).__name__}")
 
 
@@ -319,6 +338,7 @@ _PARSERS: dict[int, tuple[str, Callable[[_Reader], Record]]] = {
     PING: ("ping", lambda r: Ping(r.take(NONCE_SIZE, "nonce"))),
     PONG: ("pong", lambda r: Pong(r.take(NONCE_SIZE, "nonce"))),
     GOODBYE: ("goodbye", _parse_goodbye),
+    RESUME: ("resume", lambda r: Resume(r.take(MESSAGE_ID_SIZE, "message id"))),
 }
 
 

@@ -71,6 +71,7 @@ from jarvis.protocol.records import (
     Pong,
     Read,
     Record,
+    Resume,
     UnknownRecord,
     encode_record,
     parse_record,
@@ -137,6 +138,11 @@ class SessionObserver(Protocol):
 
     def session_closed(self, session: PeerSession, reason: str) -> None:
         """The session ended (reported exactly once); *reason* says why."""
+
+    # Optional (called only when the observer has it):
+    # ``session_writable(session)``: the transport takes bytes again after
+    # :meth:`PeerSession.pause_writing`; ``resume_mark(peer_uid) -> bytes | None``: passed as
+    # the session's *resume_mark* by the network.
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,9 @@ class PeerSession:
     :param keepalive_interval: seconds between Pings on an established session.
     :param idle_timeout: seconds without any received byte before an established session closes.
     :param versions: our ``(min_version, max_version)`` protocol range.
+    :param resume_mark: returns, for the peer's uid, the id of the last message we stored from
+        it with everything it sent before (or ``None``); sent in a :class:`Resume` record right
+        before our Hello, so the peer resends only what follows.
     :raises ValueError: if *peer_public_key* is not an Ed25519 key or *versions* is invalid.
     """
 
@@ -303,6 +312,7 @@ class PeerSession:
         keepalive_interval: float = 30.0,
         idle_timeout: float = 90.0,
         versions: tuple[int, int] = (1, 1),
+        resume_mark: Callable[[str], bytes | None] | None = None,
     ) -> None:
         if not 0 < versions[0] <= versions[1] <= 0xFFFF:
             raise ValueError("versions must be (min, max) with 0 < min <= max <= 65535")
@@ -319,6 +329,9 @@ class PeerSession:
         self._keepalive_interval = keepalive_interval
         self._idle_timeout = idle_timeout
         self._versions = versions
+        self._resume_mark = resume_mark
+        self._peer_resume_mark: bytes | None = None
+        self._writing_paused = False
 
         self._state = "connecting"
         self._close_reason: str | None = None
@@ -354,6 +367,37 @@ class PeerSession:
     def close_reason(self) -> str | None:
         """Why the session closed (as reported to ``session_closed``), or ``None`` while open."""
         return self._close_reason
+
+    @property
+    def peer_resume_mark(self) -> bytes | None:
+        """The message id from the peer's :class:`Resume` record (sent before its Hello): the
+        last of our messages it stored with everything we sent before; ``None`` if it sent none.
+        """
+        return self._peer_resume_mark
+
+    @property
+    def writing_paused(self) -> bool:
+        """Whether the transport asked to stop writing for now (its buffers are full).
+
+        Writes still go through (nothing is dropped); a sender streaming many messages should
+        wait for ``session_writable`` before writing more.
+        """
+        return self._writing_paused
+
+    def pause_writing(self) -> None:
+        """The transport's buffers are full (its producer was paused): see
+        :attr:`writing_paused`."""
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport takes bytes again: tell the observer (``session_writable``)."""
+        if not self._writing_paused:
+            return
+        self._writing_paused = False
+        if self._state == "established":
+            notify = getattr(self._observer, "session_writable", None)
+            if notify is not None:
+                notify(self)
 
     @property
     def stats(self) -> SessionStats:
@@ -486,6 +530,11 @@ class PeerSession:
                 self._machine.pong_received(record)
             case Goodbye():
                 self._machine.goodbye_received(record)
+            case Resume():
+                # Not a machine input: it changes no state, and only counts before the Hello
+                # (it tells where the peer's stream resumes, read once the session is up).
+                if self._state == "handshaking" and self._peer_resume_mark is None:
+                    self._peer_resume_mark = record.message_id
             case UnknownRecord():
                 self.log.debug(
                     "ignoring unknown record type {record_type} from {peer_uid}",
@@ -531,7 +580,11 @@ class PeerSession:
             channel_binding=self._channel_binding,
         )
         hello = Hello(low, high, self.local_uid, self._ephemeral_public, self._sign(transcript))
-        self._send_records([hello], prefix=PROLOGUE)
+        records: list[Record] = [hello]
+        mark = self._resume_mark(self.peer_uid) if self._resume_mark is not None else None
+        if mark is not None and len(mark) == MESSAGE_ID_SIZE:
+            records.insert(0, Resume(bytes(mark)))
+        self._send_records(records, prefix=PROLOGUE)
 
     def _verify_hello(self, hello: Hello) -> str | None:
         """Check the peer's Hello and derive the session keys; return a refusal reason or None."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import errno
 import hashlib
 import hmac
 import itertools
@@ -40,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound
+from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound, StorageFull
 from jarvis.store import schema
 from jarvis.store.records import (
     Contact,
@@ -166,6 +167,32 @@ class DuplicateMessage(JarvisError):
     """
 
     kind = "duplicate"
+
+
+def storage_error(error: BaseException) -> BaseException:
+    """Return :class:`~jarvis.errors.StorageFull` for a disk-full *error*, else *error* itself.
+
+    SQLite reports a full disk (or a database at its page limit) as ``SQLITE_FULL``
+    ("database or disk is full"); a write of the operating system as ``ENOSPC``.  Both become one
+    user-facing error that says what to do, instead of an internal error.
+    """
+    if isinstance(error, StorageFull):
+        return error
+    full = False
+    if isinstance(error, sqlite3.Error):
+        full = getattr(error, "sqlite_errorname", "") == "SQLITE_FULL" or (
+            "database or disk is full" in str(error)
+        )
+    elif isinstance(error, OSError):
+        full = error.errno == errno.ENOSPC
+    if not full:
+        return error
+    replacement = StorageFull(
+        "disk full: the message store cannot be written; free space on the data directory's "
+        "disk and retry"
+    )
+    replacement.__cause__ = error
+    return replacement
 
 
 def associated_data(table: str, column: str, *key: bytes) -> bytes:
@@ -502,6 +529,10 @@ class _Rows:
             value = method(*args)
             self._write_conversations()
         except Exception as exc:
+            if not conn.in_transaction:
+                # SQLite rolled the whole transaction back itself (it does on SQLITE_FULL, a
+                # full disk): the batch's other writes are gone too, so the batch fails.
+                raise
             conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
             self._forget_transaction()
@@ -874,6 +905,56 @@ class _Rows:
         ).fetchall()
         return [self._message_from_row(row) for row in rows]
 
+    def outbox_page(
+        self, uid: str, after_seq: int, limit: int, max_bytes: int
+    ) -> tuple[list[Message], bool]:
+        """The next undelivered outgoing messages to *uid* after *after_seq*, oldest first.
+
+        Rows are read one by one and reading stops at *limit* messages or once the sealed bodies
+        would pass *max_bytes* (one message at least), so a page never holds more than that in
+        memory however large the outbox is.
+
+        :returns: the messages, and whether more follow them.
+        """
+        cursor = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (self._index(uid), after_seq, limit + 1),
+        )
+        messages: list[Message] = []
+        size = 0
+        more = False
+        for row in cursor:
+            if len(messages) >= limit or (messages and size + len(row[9]) > max_bytes):
+                more = True
+                break
+            size += len(row[9])
+            messages.append(self._message_from_row(row))
+        cursor.close()
+        return messages, more
+
+    def deliver_through(self, uid: str, mid: str, at: float) -> list[tuple[str, str, str]]:
+        """Mark delivered every undelivered outgoing message to *uid* up to message *mid*.
+
+        The peer said (in its Resume record) that it stored *mid* and everything we sent it
+        before; an id that is not one of our messages to *uid* changes nothing.
+
+        :returns: ``(id, uid, "delivered")`` per message that changed, in conversation order.
+        """
+        conversation = self._index(uid)
+        row = self.conn.execute(
+            "SELECT seq FROM messages WHERE id = ? AND conversation = ? AND direction = 'out'",
+            (mid, conversation),
+        ).fetchone()
+        if row is None:
+            return []
+        rows = self.conn.execute(
+            f"UPDATE messages SET state = 'delivered', delivered = ? WHERE conversation = ? "
+            f"AND {OUTBOX_WHERE} AND seq <= ? RETURNING seq, id",
+            (at, conversation, row[0]),
+        ).fetchall()
+        return [(changed, uid, "delivered") for _, changed in sorted(rows)]
+
     def _seq_of(self, conversation: bytes, bound: int | str) -> int:
         """Return the seq a history bound stands for: a cursor is one, an id is looked up."""
         if isinstance(bound, int):
@@ -1175,9 +1256,18 @@ class Store:
     def _batch_done(self, result: Any, batch: list[_Op]) -> None:
         self._in_flight = False
         if isinstance(result, Failure):
-            self.log.failure(
-                "store transaction of {count} operations failed", result, count=len(batch)
-            )
+            translated = storage_error(result.value) if result.value is not None else None
+            if translated is not None and translated is not result.value:
+                result = Failure(translated)
+            if isinstance(translated, StorageFull):
+                # An operating condition, not a bug: no traceback (the callers get the error).
+                self.log.warn(
+                    "store transaction of {count} operations failed: disk full", count=len(batch)
+                )
+            else:
+                self.log.failure(
+                    "store transaction of {count} operations failed", result, count=len(batch)
+                )
         self._deliveries.append((batch, result))
         # The thread starts on what queued up meanwhile while this turn fires the Deferreds.
         self._flush()
@@ -1206,7 +1296,7 @@ class Store:
             for i in range(start, stop):
                 value = results[i]
                 if type(value) is _Failed:
-                    batch[i][3].errback(Failure(value.error))
+                    batch[i][3].errback(Failure(storage_error(value.error)))
                 else:
                     batch[i][3].callback(value)
         if deliveries:
@@ -1357,6 +1447,27 @@ class Store:
         """:returns: a Deferred firing with the undelivered outgoing messages to *uid*,
         oldest first."""
         return self._submit(self._rows.outbox, uid, write=False)
+
+    def outbox_page(
+        self, uid: str, *, after_seq: int, limit: int, max_bytes: int
+    ) -> Deferred[tuple[list[Message], bool]]:
+        """:returns: a Deferred firing with ``(messages, more)``: at most *limit* undelivered
+        outgoing messages to *uid* with a seq above *after_seq*, oldest first, whose sealed
+        bodies stay within *max_bytes* (one message at least), and whether more follow."""
+        return self._submit(
+            self._rows.outbox_page, uid, after_seq, max(1, limit), max_bytes, write=False
+        )
+
+    def deliver_through(
+        self, uid: str, message_id: str, at: float
+    ) -> Deferred[list[tuple[str, str, str]]]:
+        """Mark delivered (at *at*) every undelivered outgoing message to *uid* up to and
+        including *message_id*, in one statement.
+
+        :returns: a Deferred firing with ``(id, uid, "delivered")`` per message that changed, in
+            conversation order (none if *message_id* is not an outgoing message to *uid*).
+        """
+        return self._submit(self._rows.deliver_through, uid, message_id, at, write=True)
 
     def history(
         self,
