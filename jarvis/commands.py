@@ -301,7 +301,15 @@ async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any
             _status_doc(started),
         )
     elif action == "status":
-        status = await _status_or_none(session)
+        try:
+            status = await _status_or_none(session)
+        except errors.DaemonBusy as e:
+            pid = daemon_pid(session.data_dir)
+            session.emit(
+                f"jarvis daemon: running but busy (pid {pid}): {e}",
+                {"running": True, "busy": True, "pid": pid, "ipc": None, "version": None},
+            )
+            return
         if status is None:
             pid = _pidfile_pid(session.data_dir)
             stale = pid is not None and pid_alive(pid)

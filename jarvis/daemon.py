@@ -62,9 +62,10 @@ from jarvis.logs import (
 PEER_BACKLOG = 1024
 
 
-#: The accept queue of the local API listener.  Twisted's default of 50 refused 42 of 200 clients
-#: connecting at once (a UNIX socket refuses with EAGAIN once its queue is full, and the CLI then
-#: believed no daemon was running).  The kernel caps it at ``net.core.somaxconn``.
+#: The accept queue of the local API listener.  With Twisted's default of 50, 200 clients connecting
+#: at once saw tens of refusals (a UNIX socket refuses with EAGAIN once its queue is full; 149 of
+#: 200 non-blocking connects in ``tests.test_e2e_lifecycle.ApiBacklogTests``), and the CLI then
+#: claimed no daemon was running.  The kernel caps it at ``net.core.somaxconn``.
 IPC_BACKLOG = 1024
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -132,3 +133,32 @@ class ProcessStateTests(TestCase):
         self.assertEqual(launcher.process_state(os.getpid()), "running")
         self.assertTrue(commands.pid_alive(os.getpid()))
         self.assertEqual(launcher.process_state(NO_SUCH_PID), "gone")
+
+
+class BusyStatusTests(TestCase):
+    timeout = 60
+
+    async def test_status_of_a_busy_daemon(self) -> None:
+        """When 'jarvis daemon status' is refused by the socket of a daemon whose process runs,
+        then it says the daemon runs but is busy (exit 0, running: true), not 'stopped'."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.daemons import REPO, child_env
+
+        data_dir, sock = make_data_dir(self)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(server.close)
+        server.bind(sock)
+        child = live_child(self)
+        hold_lock(data_dir, child.pid)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "jarvis", "--data-dir", data_dir, "--json", "daemon", "status"],
+            env=child_env(),
+            path=REPO,
+            reactor=reactor,
+        )
+        self.assertEqual(code, 0, err)
+        document = json.loads(out)
+        self.assertEqual((document["running"], document["busy"]), (True, True))
+        self.assertEqual(document["pid"], child.pid)
