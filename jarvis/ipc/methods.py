@@ -343,6 +343,11 @@ _CONTACT_RESULT = (
     "contact: {uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted, "
     "read_receipts, status, unread, last_activity}"
 )
+_BACKOFF_DOC = (
+    "Wrong passwords start the back-off shared by identity.unlock, identity.changePassword "
+    "and account.delete (kept across restarts): during it every attempt is refused at once, "
+    "unchecked, with -32015 and data.retry_after (seconds)."
+)
 _MESSAGE_RESULT = (
     "message: {id, contact, direction ('in'|'out'), body, state, created, sent, delivered, "
     "read, seq}"
@@ -400,7 +405,7 @@ def method_specs() -> tuple[MethodSpec, ...]:
             identity_unlock,
             (Param("password", str, True, "the master password (never logged)", _password),),
             result="{uid, name}",
-            doc="Open the key file with the password and start messaging.",
+            doc="Open the key file with the password and start messaging. " + _BACKOFF_DOC,
             deadline=120.0,
             needs_unlocked=False,
             concurrency="identity",
@@ -438,7 +443,7 @@ def method_specs() -> tuple[MethodSpec, ...]:
                 Param("new_password", str, True, "the new password", _password),
             ),
             result="{changed: true}",
-            doc="Re-seal the key file with a new password.",
+            doc="Re-seal the key file with a new password. " + _BACKOFF_DOC,
             deadline=120.0,
             concurrency="identity",
             progress=True,
@@ -640,7 +645,7 @@ def method_specs() -> tuple[MethodSpec, ...]:
             (Param("password", str, True, "the master password", _password),),
             result="{removed}",
             doc="Check the password, then remove every file of the data directory "
-            "(overwritten first, best effort: see docs/security.md).",
+            "(overwritten first, best effort: see docs/security.md). " + _BACKOFF_DOC,
             deadline=60.0,
             concurrency="identity",
         ),
