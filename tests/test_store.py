@@ -1034,3 +1034,42 @@ class MessageIdTests(SynchronousTestCase):
         """When many ids are made in the same millisecond, then they are all different."""
         ids = {new_message_id(1_700_000_000.0) for _ in range(10_000)}
         self.assertEqual(len(ids), 10_000)
+
+
+class OutboxPageTests(StoreTestCase):
+    """Reading the outbox a page at a time, and marking it delivered up to a message."""
+
+    async def test_pages_bounded_by_count_and_bytes(self) -> None:
+        """When the outbox is read in pages, then a page stops at its count or before its
+        bytes (one message at least), says whether more follow, and the pages together are the
+        outbox in order."""
+        store = await self.open_store()
+        added = [await store.add_outgoing(make_message(body="x" * 1000)) for _ in range(10)]
+        await store.add_outgoing(make_message(BOB))
+        first, more = await store.outbox_page(ALICE, after_seq=0, limit=4, max_bytes=10**6)
+        self.assertEqual((first, more), (added[:4], True))
+        second, more = await store.outbox_page(ALICE, after_seq=4, limit=10, max_bytes=2500)
+        self.assertEqual((len(second), more), (2, True))
+        tiny, more = await store.outbox_page(ALICE, after_seq=6, limit=10, max_bytes=1)
+        self.assertEqual((tiny, more), (added[6:7], True))
+        rest, more = await store.outbox_page(ALICE, after_seq=7, limit=10, max_bytes=10**6)
+        self.assertEqual((rest, more), (added[7:], False))
+        self.assertEqual(first + second + tiny + rest, added)
+
+    async def test_deliver_through(self) -> None:
+        """When the outbox is marked delivered through a message, then exactly the messages up
+        to it in that conversation leave the outbox (in order); an id that is not an outgoing
+        message to that contact changes nothing."""
+        store = await self.open_store()
+        added = [await store.add_outgoing(make_message()) for _ in range(5)]
+        other = await store.add_outgoing(make_message(BOB))
+        incoming = await store.add_incoming(make_message(direction="in"))
+        assert incoming is not None
+        self.assertEqual(await store.deliver_through(ALICE, other.id, 1.0), [])
+        self.assertEqual(await store.deliver_through(ALICE, incoming.id, 1.0), [])
+        changed = await store.deliver_through(ALICE, added[2].id, 2.0)
+        self.assertEqual(changed, [(m.id, ALICE, "delivered") for m in added[:3]])
+        self.assertEqual(await store.outbox(ALICE), added[3:])
+        self.assertEqual(await store.outbox(BOB), [other])
+        self.assertEqual((await store.get_message(added[0].id)).delivered, 2.0)  # type: ignore[union-attr]
+        self.assertEqual(await store.deliver_through(ALICE, added[2].id, 3.0), [])

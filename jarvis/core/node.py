@@ -10,7 +10,10 @@ pass fakes.
 Delivery contract (docs/protocol.md): ``send_message`` stores the message and its outbox entry in
 one transaction before it answers (state ``queued``); it becomes ``sent`` when written to an
 established session, ``delivered`` when the peer acknowledges it after storing it, ``read`` when
-a UI on the peer marks it read.  On every new session the outbox is replayed in order; the
+a UI on the peer marks it read.  On every new session the outbox streams in order through a
+send window (:data:`WINDOW_MESSAGES` / :data:`WINDOW_BYTES` unacknowledged, read from the store a
+page at a time), after what the peer's Resume mark says it already stored; unacknowledged
+messages are written again after :data:`RETRANSMIT_INITIAL` seconds without an ack.  The
 receiver deduplicates by message id, so a message is stored exactly once.
 """
 
@@ -110,7 +113,8 @@ class _PeerPump:
 
     :ivar in_flight: written and not yet acknowledged, in the order written: id -> (message,
         its body size).
-    :ivar waiting: read from the store but not written yet (the transport asked to pause).
+    :ivar waiting: read from the store, not written yet: the next messages, read ahead (at most
+        one more window) so that an ack is answered by writes without waiting for the store.
     :ivar last_seq: the seq of the last message read from the outbox; the next page starts
         after it.
     :ivar loading: a page is being read from the store.
@@ -122,17 +126,26 @@ class _PeerPump:
     session: Any
     in_flight: dict[str, tuple[Message, int]] = field(default_factory=dict)
     in_flight_bytes: int = 0
-    waiting: deque[Message] = field(default_factory=deque)
+    waiting: deque[tuple[Message, int]] = field(default_factory=deque)
+    waiting_bytes: int = 0
     last_seq: int = 0
     loading: bool = False
     caught_up: bool = False
     retransmit: Any = None
     retransmit_delay: float = RETRANSMIT_INITIAL
 
-    def room(self) -> bool:
-        """Whether the window takes another message."""
-        used = len(self.in_flight) + len(self.waiting)
-        return used == 0 or (used < WINDOW_MESSAGES and self.in_flight_bytes < WINDOW_BYTES)
+    def window_open(self) -> bool:
+        """Whether the window takes another message now."""
+        return not self.in_flight or (
+            len(self.in_flight) < WINDOW_MESSAGES and self.in_flight_bytes < WINDOW_BYTES
+        )
+
+    def read_room(self) -> tuple[int, int]:
+        """How many messages and bytes the next page may hold: the window and one more."""
+        return (
+            2 * WINDOW_MESSAGES - len(self.in_flight) - len(self.waiting),
+            2 * WINDOW_BYTES - self.in_flight_bytes - self.waiting_bytes,
+        )
 
     def paused(self) -> bool:
         """Whether the transport asked us to stop writing for now."""
@@ -779,7 +792,7 @@ class Node(Service):
         self._emit("message.added", {"message": message_view(stored)})
         pump = self._pumps.get(stored.contact)
         if pump is not None and not pump.loading and stored.seq > pump.last_seq:
-            if pump.caught_up and not pump.waiting and pump.room() and not pump.paused():
+            if pump.caught_up and not pump.waiting and pump.window_open() and not pump.paused():
                 # Written now (everything before it in the outbox already was); the answer
                 # does not wait for "sent" to be recorded (that comes with the next store batch
                 # and its own event).  Should the daemon die before, the message is still
@@ -797,30 +810,28 @@ class Node(Service):
         return message_view(stored)
 
     def _refill(self, pump: _PeerPump) -> defer.Deferred[Any]:
-        """Read the next page of the outbox into the window, if it has room; write it.
+        """Read the next page of the outbox ahead (at most one window beyond the one in
+        flight, in messages and bytes), then write what the window takes.
 
         Fires once the page is written and its "sent" states recorded.  The read runs on the
-        store's thread, bounded by the room left in the window (messages and bytes).
+        store's thread.
         """
         store = self._store
         uid = pump.session.peer_uid
+        count, size = pump.read_room()
         if (
             store is None
             or pump.loading
             or pump.caught_up
-            or pump.paused()
-            or not pump.room()
+            or count <= 0
+            or (size <= 0 and (pump.in_flight or pump.waiting))
+            # enough is read ahead: wait to read a larger page (fewer trips to the store)
+            or (len(pump.waiting) > WINDOW_MESSAGES // 2 and count < WINDOW_MESSAGES // 2)
             or self._pumps.get(uid) is not pump
         ):
             return defer.succeed(None)
         pump.loading = True
-        used = len(pump.in_flight) + len(pump.waiting)
-        d = store.outbox_page(
-            uid,
-            after_seq=pump.last_seq,
-            limit=WINDOW_MESSAGES - used,
-            max_bytes=max(1, WINDOW_BYTES - pump.in_flight_bytes),
-        )
+        d = store.outbox_page(uid, after_seq=pump.last_seq, limit=count, max_bytes=max(1, size))
 
         def loaded(page: tuple[list[Message], bool]) -> Any:
             pump.loading = False
@@ -828,7 +839,9 @@ class Node(Service):
             if self._pumps.get(uid) is not pump:
                 return None
             for message in messages:
-                pump.waiting.append(message)
+                size = len(message.body.encode("utf-8"))
+                pump.waiting.append((message, size))
+                pump.waiting_bytes += size
                 pump.last_seq = message.seq
             pump.caught_up = not more
             return self._drain(pump)
@@ -840,21 +853,15 @@ class Node(Service):
         return d.addCallbacks(loaded, failed)
 
     def _drain(self, pump: _PeerPump) -> defer.Deferred[Any]:
-        """Write the messages read and waiting, while the window has room and the transport
-        takes them; then read the next page.  Fires once their "sent" states are recorded."""
+        """Write the messages read ahead while the window has room and the transport takes
+        them; then read the next page.  Fires once their "sent" states are recorded."""
         written: list[defer.Deferred[Any]] = []
-        while (
-            pump.waiting
-            and not pump.paused()
-            and (
-                not pump.in_flight
-                or (len(pump.in_flight) < WINDOW_MESSAGES and pump.in_flight_bytes < WINDOW_BYTES)
-            )
-        ):
-            written.append(self._write(pump, pump.waiting.popleft()))
-        if not pump.waiting:
-            written.append(self._refill(pump))
-        return defer.gatherResults(written) if written else defer.succeed(None)
+        while pump.waiting and pump.window_open() and not pump.paused():
+            message, size = pump.waiting.popleft()
+            pump.waiting_bytes -= size
+            written.append(self._write(pump, message))
+        written.append(self._refill(pump))
+        return defer.gatherResults(written)
 
     def _write(self, pump: _PeerPump, message: Message) -> defer.Deferred[Any]:
         """Write *message* to the pump's session, into the window; fires when its state is
