@@ -29,6 +29,7 @@ def make_gate(**options: Any) -> tuple[AdmissionControl, Clock]:
     """Return an admission control over a factory of :class:`Inner`, and its clock."""
     clock = Clock()
     options.setdefault("max_connections", 10_000)
+    options.setdefault("min_age", 0.0)
     return AdmissionControl(clock, Factory.forProtocol(Inner), **options), clock
 
 
@@ -66,7 +67,7 @@ class CapTests(SynchronousTestCase):
         self.assertEqual([aborted(c) for c in first if c], [True, False, False, False])
         self.assertFalse(aborted(newest))
         self.assertEqual(gate.preauth_count, 4)
-        self.assertEqual(gate.summary.totals["dropped over the total cap"], 1)
+        self.assertEqual(gate.summary.totals["dropped at the total cap"], 1)
 
     def test_per_source_cap_drops_that_sources_oldest(self) -> None:
         """When one source holds its share of pre-authentication connections and opens
@@ -78,6 +79,28 @@ class CapTests(SynchronousTestCase):
         self.assertFalse(aborted(other))
         self.assertEqual([aborted(c) for c in flood if c], [True] * 7 + [False] * 3)
         self.assertEqual(gate.preauth_count, 4)
+
+    def test_young_connections_are_not_dropped_for_newer(self) -> None:
+        """When the cap is reached by connections younger than the minimum age (a burst of
+        contacts redialling), then the newcomer is refused and the handshakes in progress go
+        on; once they are older, the oldest is dropped for a newcomer."""
+        gate, clock = make_gate(max_preauth=3, max_preauth_per_source=100, min_age=1.0)
+        first = [connect(gate, f"10.0.0.{i}") for i in range(3)]
+        self.assertIsNone(connect(gate, "10.0.0.50"))
+        self.assertFalse(any(aborted(c) for c in first if c))
+        self.assertEqual(gate.summary.totals["refused at the total cap"], 1)
+        clock.advance(1.0)
+        self.assertIsNotNone(connect(gate, "10.0.0.51"))
+        self.assertEqual([aborted(c) for c in first if c], [True, False, False])
+
+    def test_loopback_is_exempt_from_the_per_source_cap(self) -> None:
+        """When many connections come from loopback (a local relay, a benchmark), then the
+        per-source cap does not apply to them; the total cap still does."""
+        gate, _clock = make_gate(max_preauth=20, max_preauth_per_source=2)
+        local = [connect(gate, "127.0.0.1", 1000 + i) for i in range(10)]
+        self.assertFalse(any(aborted(c) for c in local if c))
+        more = [connect(gate, "::1", 2000 + i) for i in range(15)]
+        self.assertEqual(sum(1 for c in local + more if c and aborted(c)), 5)
 
     def test_ipv6_sources_grouped_by_64(self) -> None:
         """When one host uses many addresses of its IPv6 /64, then they share one source cap."""
@@ -214,12 +237,12 @@ class SummaryTests(SynchronousTestCase):
         summary.note("refused in TLS")
         for _ in range(4):
             summary.note("refused in TLS")
-        summary.note("dropped over the total cap")
+        summary.note("dropped at the total cap")
         clock.advance(60)
         self.assertEqual(
             self.lines()[-1],
             "inbound connections refused or dropped in the last 60 s: "
-            "1 dropped over the total cap, 4 refused in TLS",
+            "1 dropped at the total cap, 4 refused in TLS",
         )
 
 
