@@ -734,7 +734,7 @@ class Node(Service):
                 bytes.fromhex(message.id), message.body.encode("utf-8"), int(message.created * 1000)
             )
         except Exception as e:
-            self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
+            self.log.warn("could not send {id}: {error}", id=message.id, error=redact(str(e)))
             return defer.succeed(None)
         if message.state == "queued":
             return self._advance_sent(message.id)
@@ -825,7 +825,7 @@ class Node(Service):
         try:
             pump.session.send_read([bytes.fromhex(i) for i in ids])
         except Exception as e:
-            self.log.warn("read receipts not sent: {error}", error=str(e))
+            self.log.warn("read receipts not sent: {error}", error=redact(str(e)))
             return
         store = self._store
         if store is not None:
