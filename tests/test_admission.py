@@ -6,11 +6,12 @@ import resource
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jarvis.net.admission import (
     AdmissionControl,
@@ -19,6 +20,7 @@ from jarvis.net.admission import (
     descriptor_budget,
     source_of,
 )
+from tests.waiting import Waiters
 
 
 class Inner(Protocol):
@@ -33,13 +35,29 @@ def make_gate(**options: Any) -> tuple[AdmissionControl, Clock]:
     return AdmissionControl(clock, Factory.forProtocol(Inner), **options), clock
 
 
-def connect(gate: AdmissionControl, host: str, port: int = 40000) -> AdmittedConnection | None:
+class FakePort:
+    """The listening port's producer side, as ``tcp.Port`` offers it."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+
+def connect(
+    gate: AdmissionControl, host: str, port: int = 40000, listener: FakePort | None = None
+) -> AdmittedConnection | None:
     """Accept one connection from *host* the way ``tcp.Port`` does; ``None`` if refused."""
     kind = IPv6Address if ":" in host else IPv4Address
     address = kind("TCP", host, port)
     connection = gate.buildProtocol(address)
     if connection is not None:
-        transport = StringTransport(peerAddress=address)
+        transport: Any = StringTransport(peerAddress=address)
+        transport.server = listener  # tcp.Server's attribute: the port that accepted it
         connection.makeConnection(transport)
     return connection
 
@@ -92,6 +110,28 @@ class CapTests(SynchronousTestCase):
         clock.advance(1.0)
         self.assertIsNotNone(connect(gate, "10.0.0.51"))
         self.assertEqual([aborted(c) for c in first if c], [True, False, False])
+
+    def test_full_of_young_connections_pauses_accepting(self) -> None:
+        """When the total cap is full of connections still handshaking, then accepting pauses
+        (newcomers wait in the kernel's queue, not refused one by one) and resumes as soon as
+        one of them authenticates, or when the oldest is old enough to be dropped."""
+        listener = FakePort()
+        gate, clock = make_gate(max_preauth=3, max_preauth_per_source=100, min_age=5.0)
+        first = [connect(gate, f"10.0.0.{i}", listener=listener) for i in range(3)]
+        self.assertIsNone(connect(gate, "10.0.0.50", listener=listener))  # already accepted
+        self.assertFalse(listener.reading)
+        assert first[1] is not None
+        gate.authenticated(first[1].wrappedProtocol)
+        self.assertTrue(listener.reading)
+        self.assertIsNotNone(connect(gate, "10.0.0.51", listener=listener))
+        self.assertIsNone(connect(gate, "10.0.0.52", listener=listener))
+        self.assertFalse(listener.reading)
+        clock.advance(5.0)  # the oldest may now be dropped for a newcomer
+        self.assertTrue(listener.reading)
+        self.assertIsNotNone(connect(gate, "10.0.0.53", listener=listener))
+        self.assertEqual(gate.pause_count, 2)
+        gate.stop()
+        self.assertTrue(listener.reading)
 
     def test_loopback_is_exempt_from_the_per_source_cap(self) -> None:
         """When many connections come from loopback (a local relay, a benchmark), then the
@@ -256,3 +296,38 @@ class BudgetTests(SynchronousTestCase):
             raise SkipTest("no descriptor limit")
         self.assertEqual(descriptor_budget(64), soft - 64)
         self.assertEqual(descriptor_budget(soft + 10), 1)
+
+
+class PortTests(TestCase):
+    """What admission control relies on in Twisted's TCP port (a real listening socket)."""
+
+    async def test_real_port_is_paused_and_resumed(self) -> None:
+        """When a real ``tcp.Port`` accepts through a full gate, then the gate finds that port
+        through the connection's transport (``tcp.Server.server``) and pauses it, and the
+        client waiting in the accept queue is accepted once a place frees."""
+        from twisted.internet import reactor
+
+        built: list[Any] = []
+        accepted = Waiters(reactor)
+
+        class Recorder(Protocol):
+            def connectionMade(self) -> None:
+                built.append(self)
+                accepted.check()
+
+        gate = AdmissionControl(reactor, Factory.forProtocol(Recorder), max_preauth=1, min_age=60.0)
+        port = reactor.listenTCP(0, gate, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(gate.stop)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        clients = []
+        for _ in range(3):
+            client = await connectProtocol(endpoint, Protocol())
+            clients.append(client)
+            self.addCleanup(client.transport.abortConnection)
+        await accepted.wait(lambda: len(built) >= 1, 10)
+        await accepted.wait(lambda: gate.paused, 10)
+        self.assertIs(getattr(built[0].transport.transport, "server", None), port)
+        count = len(built)
+        gate.authenticated(built[0])  # a place frees: accepting resumes
+        await accepted.wait(lambda: len(built) > count, 10)

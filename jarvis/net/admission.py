@@ -11,7 +11,9 @@ bounded:
   loopback is exempt from the per-source cap); when a new connection would exceed a cap, the
   **oldest** pre-authentication connection (of that source, for the per-source cap) is
   dropped, so a flood of held connections cannot keep a contact out; if even the oldest is
-  younger than :data:`MIN_AGE_TO_DROP`, the new connection is refused instead;
+  younger than :data:`MIN_AGE_TO_DROP`, the new connection is refused instead and (for the
+  total caps) the listening port stops accepting until a place frees, so a burst waits in the
+  kernel's accept queue rather than being refused;
 * at most *max_connections* inbound connections in all (authenticated ones included), by
   default the process's descriptor limit minus :data:`RESERVED_DESCRIPTORS`, so that the
   local API, the store and the logs always find a descriptor; beyond that a new connection
@@ -49,10 +51,12 @@ MAX_PREAUTH_PER_SOURCE = 16
 #: Seconds from accept to authenticated hello before a connection is aborted.
 PREAUTH_DEADLINE = 30.0
 #: A pre-authentication connection is dropped for a newer one only once it is this old
-#: (seconds); until then the newer one is refused.  A handshake takes milliseconds to a few
-#: round trips, so a burst of contacts redialling after a restart completes instead of each
-#: newcomer killing a handshake in progress; a flood's held connections are older than this.
-MIN_AGE_TO_DROP = 1.0
+#: (seconds); until then the newer one is refused and accepting pauses (newcomers wait in the
+#: kernel's accept queue) until a place frees or the oldest reaches this age.  A handshake
+#: takes milliseconds to a few round trips, a couple of seconds when a restarted daemon's
+#: thousand contacts redial at once: they complete instead of each newcomer killing one in
+#: progress.  A flood's held connections grow older than this and are dropped.
+MIN_AGE_TO_DROP = 5.0
 #: Descriptors kept free of peer connections (local API clients, store, logs, dials).
 RESERVED_DESCRIPTORS = 64
 #: Seconds between two aggregated refusal lines in the log.
@@ -168,6 +172,10 @@ class AdmittedConnection(ProtocolWrapper):
         self.drop_reason: str | None = None
         self.deadline: DelayedCall | None = None
 
+    def makeConnection(self, transport: Any) -> None:
+        self.factory.learn_port(transport)
+        super().makeConnection(transport)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.connection_ended(self)
         super().connectionLost(reason if reason is not None else Failure(ConnectionDone()))
@@ -228,6 +236,12 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         self._preauth: OrderedDict[AdmittedConnection, None] = OrderedDict()
         self._by_source: dict[str, OrderedDict[AdmittedConnection, None]] = {}
         self._open: set[AdmittedConnection] = set()
+        self._port: Any = None
+        self._resume_call: DelayedCall | None = None
+        #: Whether accepting is paused (the kernel's accept queue holds newcomers meanwhile).
+        self.paused = False
+        #: How many times accepting was paused (for status and tests).
+        self.pause_count = 0
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -264,28 +278,73 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         it may come in (no: every candidate for dropping is younger than *min_age*)."""
         same = self._by_source.get(source) if per_source else None
         if same is not None and len(same) >= self.max_preauth_per_source:
-            if not self._evict_oldest(same, "the per-source cap"):
+            if not self._evict_oldest(same, "the per-source cap", pause=False):
                 return False
         if len(self._preauth) >= self.max_preauth:
-            if not self._evict_oldest(self._preauth, "the total cap"):
+            if not self._evict_oldest(self._preauth, "the total cap", pause=True):
                 return False
         if len(self._open) >= self.max_connections:
             if not self._preauth:  # every connection is a contact's
                 self.summary.note("refused at the connection limit")
+                self._pause(self.min_age)
                 return False
-            if not self._evict_oldest(self._preauth, "the connection limit"):
+            if not self._evict_oldest(self._preauth, "the connection limit", pause=True):
                 return False
         return True
 
-    def _evict_oldest(self, pool: OrderedDict[AdmittedConnection, None], cap: str) -> bool:
+    def _evict_oldest(
+        self, pool: OrderedDict[AdmittedConnection, None], cap: str, *, pause: bool
+    ) -> bool:
         oldest = next(iter(pool))
-        if self.clock.seconds() - oldest.accepted_at < self.min_age:
+        age = self.clock.seconds() - oldest.accepted_at
+        if age < self.min_age:
             # a burst of new connections (contacts redialling after a restart): let the ones
-            # in progress finish, the new one retries
+            # in progress finish; this one is refused, the next wait in the kernel's queue
             self.summary.note(f"refused at {cap}")
+            if pause:
+                self._pause(self.min_age - age)
             return False
         self._evict(oldest, f"dropped at {cap}")
         return True
+
+    # -- pausing the listening port -----------------------------------------------------------
+
+    def learn_port(self, transport: Any) -> None:
+        """Note the listening port that accepted *transport*, to pause it when full.
+
+        ``tcp.Server.server`` is the ``tcp.Port`` that accepted the connection (a public but
+        undocumented attribute, pinned by ``tests/test_admission.py::PortTests``); the port's
+        ``pauseProducing``/``resumeProducing`` stop and restart its accept loop.  Without it
+        (another transport) the caps refuse instead of pausing.
+        """
+        if self._port is None:
+            port = getattr(transport, "server", None)
+            if hasattr(port, "pauseProducing") and hasattr(port, "resumeProducing"):
+                self._port = port
+
+    def _pause(self, delay: float) -> None:
+        if self._port is None or self.paused:
+            return
+        self.paused = True
+        self.pause_count += 1
+        self._port.pauseProducing()
+        self._resume_call = self.clock.callLater(max(delay, 0.05), self._resume)
+
+    def _resume(self) -> None:
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+        if self.paused:
+            self.paused = False
+            self._port.resumeProducing()
+
+    def _room_freed(self) -> None:
+        if (
+            self.paused
+            and len(self._preauth) < self.max_preauth
+            and len(self._open) < self.max_connections
+        ):
+            self._resume()
 
     def _evict(self, connection: AdmittedConnection, reason: str) -> None:
         # forget it now: the abort's connectionLost may come later, and the new connection
@@ -298,6 +357,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         if connection not in self._preauth:
             return  # not (or no longer) pre-authentication
         del self._preauth[connection]
+        self._room_freed()
         same = self._by_source.get(connection.source)
         if same is not None:
             same.pop(connection, None)
@@ -332,11 +392,13 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         """Forget *connection* (it is gone); count it if it never authenticated."""
         self._forget_preauth(connection)
         self._open.discard(connection)
+        self._room_freed()
         if not connection.authenticated and connection.drop_reason is None:
             self.summary.note("closed before authentication")
 
     def stop(self) -> None:
-        """Cancel every deadline and log the last summary."""
+        """Cancel every deadline, stop pausing, and log the last summary."""
+        self._resume()
         for connection in list(self._preauth):
             if connection.deadline is not None and connection.deadline.active():
                 connection.deadline.cancel()
