@@ -6,11 +6,12 @@ import resource
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from jarvis.net.admission import (
     AdmissionControl,
@@ -19,6 +20,7 @@ from jarvis.net.admission import (
     descriptor_budget,
     source_of,
 )
+from tests.waiting import Waiters
 
 
 class Inner(Protocol):
@@ -29,16 +31,33 @@ def make_gate(**options: Any) -> tuple[AdmissionControl, Clock]:
     """Return an admission control over a factory of :class:`Inner`, and its clock."""
     clock = Clock()
     options.setdefault("max_connections", 10_000)
+    options.setdefault("min_age", 0.0)
     return AdmissionControl(clock, Factory.forProtocol(Inner), **options), clock
 
 
-def connect(gate: AdmissionControl, host: str, port: int = 40000) -> AdmittedConnection | None:
+class FakePort:
+    """The listening port's producer side, as ``tcp.Port`` offers it."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+
+
+def connect(
+    gate: AdmissionControl, host: str, port: int = 40000, listener: FakePort | None = None
+) -> AdmittedConnection | None:
     """Accept one connection from *host* the way ``tcp.Port`` does; ``None`` if refused."""
     kind = IPv6Address if ":" in host else IPv4Address
     address = kind("TCP", host, port)
     connection = gate.buildProtocol(address)
     if connection is not None:
-        transport = StringTransport(peerAddress=address)
+        transport: Any = StringTransport(peerAddress=address)
+        transport.server = listener  # tcp.Server's attribute: the port that accepted it
         connection.makeConnection(transport)
     return connection
 
@@ -66,7 +85,7 @@ class CapTests(SynchronousTestCase):
         self.assertEqual([aborted(c) for c in first if c], [True, False, False, False])
         self.assertFalse(aborted(newest))
         self.assertEqual(gate.preauth_count, 4)
-        self.assertEqual(gate.summary.totals["dropped over the total cap"], 1)
+        self.assertEqual(gate.summary.totals["dropped at the total cap"], 1)
 
     def test_per_source_cap_drops_that_sources_oldest(self) -> None:
         """When one source holds its share of pre-authentication connections and opens
@@ -78,6 +97,50 @@ class CapTests(SynchronousTestCase):
         self.assertFalse(aborted(other))
         self.assertEqual([aborted(c) for c in flood if c], [True] * 7 + [False] * 3)
         self.assertEqual(gate.preauth_count, 4)
+
+    def test_young_connections_are_not_dropped_for_newer(self) -> None:
+        """When the cap is reached by connections younger than the minimum age (a burst of
+        contacts redialling), then the newcomer is refused and the handshakes in progress go
+        on; once they are older, the oldest is dropped for a newcomer."""
+        gate, clock = make_gate(max_preauth=3, max_preauth_per_source=100, min_age=1.0)
+        first = [connect(gate, f"10.0.0.{i}") for i in range(3)]
+        self.assertIsNone(connect(gate, "10.0.0.50"))
+        self.assertFalse(any(aborted(c) for c in first if c))
+        self.assertEqual(gate.summary.totals["refused at the total cap"], 1)
+        clock.advance(1.0)
+        self.assertIsNotNone(connect(gate, "10.0.0.51"))
+        self.assertEqual([aborted(c) for c in first if c], [True, False, False])
+
+    def test_full_of_young_connections_pauses_accepting(self) -> None:
+        """When the total cap is full of connections still handshaking, then accepting pauses
+        (newcomers wait in the kernel's queue, not refused one by one) and resumes as soon as
+        one of them authenticates, or when the oldest is old enough to be dropped."""
+        listener = FakePort()
+        gate, clock = make_gate(max_preauth=3, max_preauth_per_source=100, min_age=5.0)
+        first = [connect(gate, f"10.0.0.{i}", listener=listener) for i in range(3)]
+        self.assertIsNone(connect(gate, "10.0.0.50", listener=listener))  # already accepted
+        self.assertFalse(listener.reading)
+        assert first[1] is not None
+        gate.authenticated(first[1].wrappedProtocol)
+        self.assertTrue(listener.reading)
+        self.assertIsNotNone(connect(gate, "10.0.0.51", listener=listener))
+        self.assertIsNone(connect(gate, "10.0.0.52", listener=listener))
+        self.assertFalse(listener.reading)
+        clock.advance(5.0)  # the oldest may now be dropped for a newcomer
+        self.assertTrue(listener.reading)
+        self.assertIsNotNone(connect(gate, "10.0.0.53", listener=listener))
+        self.assertEqual(gate.pause_count, 2)
+        gate.stop()
+        self.assertTrue(listener.reading)
+
+    def test_loopback_is_exempt_from_the_per_source_cap(self) -> None:
+        """When many connections come from loopback (a local relay, a benchmark), then the
+        per-source cap does not apply to them; the total cap still does."""
+        gate, _clock = make_gate(max_preauth=20, max_preauth_per_source=2)
+        local = [connect(gate, "127.0.0.1", 1000 + i) for i in range(10)]
+        self.assertFalse(any(aborted(c) for c in local if c))
+        more = [connect(gate, "::1", 2000 + i) for i in range(15)]
+        self.assertEqual(sum(1 for c in local + more if c and aborted(c)), 5)
 
     def test_ipv6_sources_grouped_by_64(self) -> None:
         """When one host uses many addresses of its IPv6 /64, then they share one source cap."""
@@ -214,12 +277,12 @@ class SummaryTests(SynchronousTestCase):
         summary.note("refused in TLS")
         for _ in range(4):
             summary.note("refused in TLS")
-        summary.note("dropped over the total cap")
+        summary.note("dropped at the total cap")
         clock.advance(60)
         self.assertEqual(
             self.lines()[-1],
             "inbound connections refused or dropped in the last 60 s: "
-            "1 dropped over the total cap, 4 refused in TLS",
+            "1 dropped at the total cap, 4 refused in TLS",
         )
 
 
@@ -233,3 +296,38 @@ class BudgetTests(SynchronousTestCase):
             raise SkipTest("no descriptor limit")
         self.assertEqual(descriptor_budget(64), soft - 64)
         self.assertEqual(descriptor_budget(soft + 10), 1)
+
+
+class PortTests(TestCase):
+    """What admission control relies on in Twisted's TCP port (a real listening socket)."""
+
+    async def test_real_port_is_paused_and_resumed(self) -> None:
+        """When a real ``tcp.Port`` accepts through a full gate, then the gate finds that port
+        through the connection's transport (``tcp.Server.server``) and pauses it, and the
+        client waiting in the accept queue is accepted once a place frees."""
+        from twisted.internet import reactor
+
+        built: list[Any] = []
+        accepted = Waiters(reactor)
+
+        class Recorder(Protocol):
+            def connectionMade(self) -> None:
+                built.append(self)
+                accepted.check()
+
+        gate = AdmissionControl(reactor, Factory.forProtocol(Recorder), max_preauth=1, min_age=60.0)
+        port = reactor.listenTCP(0, gate, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.addCleanup(gate.stop)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        clients = []
+        for _ in range(3):
+            client = await connectProtocol(endpoint, Protocol())
+            clients.append(client)
+            self.addCleanup(client.transport.abortConnection)
+        await accepted.wait(lambda: len(built) >= 1, 10)
+        await accepted.wait(lambda: gate.paused, 10)
+        self.assertIs(getattr(built[0].transport.transport, "server", None), port)
+        count = len(built)
+        gate.authenticated(built[0])  # a place frees: accepting resumes
+        await accepted.wait(lambda: len(built) > count, 10)

@@ -11,10 +11,11 @@ import hmac
 import os
 import re
 
-from twisted.internet import defer
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import SkipTest, TestCase
 
 from jarvis.logs import LOG_KEY_FILE
+from tests.daemons import DaemonProcess, short_tempdir
 from tests.peers import Peer, befriend
 from tests.test_e2e_messaging import send_all, start_pair
 
@@ -61,3 +62,36 @@ class LogPrivacyTests(TestCase):
             for address in other.link_addresses():
                 self.assertNotIn(address.encode(), logs)
         self.assertNotEqual(pseudonym(alice, bob.uid), pseudonym(bob, bob.uid))
+
+
+class TextLogFileTests(TestCase):
+    timeout = 60
+
+    async def test_twistd_logfile_is_the_daemons_private_rotating_file(self) -> None:
+        """When twistd runs the daemon with ``--logfile``, then the text log is written by the
+        daemon's own observer (a rotating ``LogFile`` created 0600), not by twistd's default
+        one (created with the umask's mode and never pruned)."""
+        umask = os.umask(0o022)
+        os.umask(umask)
+        if umask & 0o044:
+            raise SkipTest("the umask already makes new files private: nothing to tell apart")
+        root = short_tempdir(self)
+        logfile = os.path.join(root, "text.log")
+        process = DaemonProcess(
+            os.path.join(root, "data"), root, twistd_args=["--logfile", logfile]
+        )
+        self.addCleanup(process.cleanup)
+        process.run_to_exit()  # spawns it; its standard output stays empty
+
+        def listening() -> bool:
+            if not os.path.exists(logfile):
+                return False
+            with open(logfile, "rb") as f:
+                return b"local API listening on" in f.read()
+
+        deadline = reactor.seconds() + 30  # type: ignore[attr-defined]
+        while not listening():  # the log file is the only signal of a detached-style daemon
+            self.assertLess(reactor.seconds(), deadline)  # type: ignore[attr-defined]
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(os.stat(logfile).st_mode & 0o777, 0o600)
+        await process.stop()

@@ -872,7 +872,7 @@ class Node(Service):
         try:
             pump.session.send_message(bytes.fromhex(message.id), body, int(message.created * 1000))
         except Exception as e:
-            self.log.warn("could not send {id}: {error}", id=message.id, error=str(e))
+            self.log.warn("could not send {id}: {error}", id=message.id, error=redact(str(e)))
             return defer.succeed(None)
         pump.in_flight[message.id] = (message, len(body))
         pump.in_flight_bytes += len(body)
@@ -1049,7 +1049,7 @@ class Node(Service):
         try:
             pump.session.send_read([bytes.fromhex(i) for i in ids])
         except Exception as e:
-            self.log.warn("read receipts not sent: {error}", error=str(e))
+            self.log.warn("read receipts not sent: {error}", error=redact(str(e)))
             return
         store = self._store
         if store is not None:

@@ -7,10 +7,13 @@ descriptor, memory and (for TLS) CPU.  :class:`AdmissionControl` wraps the liste
 bounded:
 
 * at most :data:`MAX_PREAUTH` pre-authentication connections in total and
-  :data:`MAX_PREAUTH_PER_SOURCE` from one source (an IPv4 address, or an IPv6 ``/64``); when a
-  new connection would exceed a cap, the **oldest** pre-authentication connection (of that
-  source, for the per-source cap) is dropped, so a flood cannot keep a contact out for longer
-  than it takes the contact to authenticate;
+  :data:`MAX_PREAUTH_PER_SOURCE` from one source (an IPv4 address, or an IPv6 ``/64``;
+  loopback is exempt from the per-source cap); when a new connection would exceed a cap, the
+  **oldest** pre-authentication connection (of that source, for the per-source cap) is
+  dropped, so a flood of held connections cannot keep a contact out; if even the oldest is
+  younger than :data:`MIN_AGE_TO_DROP`, the new connection is refused instead and (for the
+  total caps) the listening port stops accepting until a place frees, so a burst waits in the
+  kernel's accept queue rather than being refused;
 * at most *max_connections* inbound connections in all (authenticated ones included), by
   default the process's descriptor limit minus :data:`RESERVED_DESCRIPTORS`, so that the
   local API, the store and the logs always find a descriptor; beyond that a new connection
@@ -47,6 +50,13 @@ MAX_PREAUTH = 256
 MAX_PREAUTH_PER_SOURCE = 16
 #: Seconds from accept to authenticated hello before a connection is aborted.
 PREAUTH_DEADLINE = 30.0
+#: A pre-authentication connection is dropped for a newer one only once it is this old
+#: (seconds); until then the newer one is refused and accepting pauses (newcomers wait in the
+#: kernel's accept queue) until a place frees or the oldest reaches this age.  A handshake
+#: takes milliseconds to a few round trips, a couple of seconds when a restarted daemon's
+#: thousand contacts redial at once: they complete instead of each newcomer killing one in
+#: progress.  A flood's held connections grow older than this and are dropped.
+MIN_AGE_TO_DROP = 5.0
 #: Descriptors kept free of peer connections (local API clients, store, logs, dials).
 RESERVED_DESCRIPTORS = 64
 #: Seconds between two aggregated refusal lines in the log.
@@ -66,6 +76,16 @@ def descriptor_budget(reserve: int = RESERVED_DESCRIPTORS) -> int:
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
     return max(1, soft - reserve)
+
+
+def is_loopback(address: IAddress | None) -> bool:
+    """Whether *address* is this machine's loopback (not subject to the per-source cap: a
+    local relay or proxy makes every remote peer appear from there)."""
+    host = getattr(address, "host", None)
+    try:
+        return isinstance(host, str) and ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def source_of(address: IAddress | None) -> str:
@@ -142,12 +162,19 @@ class AdmittedConnection(ProtocolWrapper):
 
     factory: AdmissionControl
 
-    def __init__(self, factory: AdmissionControl, wrapped: Any, source: str) -> None:
+    def __init__(
+        self, factory: AdmissionControl, wrapped: Any, source: str, accepted_at: float
+    ) -> None:
         super().__init__(factory, wrapped)
         self.source = source
+        self.accepted_at = accepted_at
         self.authenticated = False
         self.drop_reason: str | None = None
         self.deadline: DelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        self.factory.learn_port(transport)
+        super().makeConnection(transport)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.connection_ended(self)
@@ -176,6 +203,8 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
     :param max_connections: inbound connections allowed in all; default
         :func:`descriptor_budget`.
     :param preauth_deadline: seconds a connection may stay unauthenticated.
+    :param min_age: a pre-authentication connection younger than this is not dropped for a
+        newer one: the newer one is refused instead.
     :param summary: where refusals are counted (a new :class:`RefusalSummary` by default).
     """
 
@@ -190,6 +219,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         max_preauth_per_source: int = MAX_PREAUTH_PER_SOURCE,
         max_connections: int | None = None,
         preauth_deadline: float = PREAUTH_DEADLINE,
+        min_age: float = MIN_AGE_TO_DROP,
         summary: RefusalSummary | None = None,
     ) -> None:
         super().__init__(wrapped)
@@ -200,11 +230,18 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
             max_connections if max_connections is not None else descriptor_budget()
         )
         self.preauth_deadline = preauth_deadline
+        self.min_age = min_age
         self.summary = summary if summary is not None else RefusalSummary(clock)
         # insertion order is age order: the first entry is the oldest
         self._preauth: OrderedDict[AdmittedConnection, None] = OrderedDict()
         self._by_source: dict[str, OrderedDict[AdmittedConnection, None]] = {}
         self._open: set[AdmittedConnection] = set()
+        self._port: Any = None
+        self._resume_call: DelayedCall | None = None
+        #: Whether accepting is paused (the kernel's accept queue holds newcomers meanwhile).
+        self.paused = False
+        #: How many times accepting was paused (for status and tests).
+        self.pause_count = 0
 
     # -- figures ---------------------------------------------------------------------------
 
@@ -222,14 +259,12 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         source = source_of(addr)
-        self._make_room(source)
-        if len(self._open) >= self.max_connections:
-            self.summary.note("refused at the connection limit")
+        if not self._make_room(source, per_source=not is_loopback(addr)):
             return None  # the port closes the socket
         inner = self.wrappedFactory.buildProtocol(addr)
         if inner is None:
             return None
-        connection = AdmittedConnection(self, inner, source)
+        connection = AdmittedConnection(self, inner, source, self.clock.seconds())
         self._open.add(connection)
         self._preauth[connection] = None
         self._by_source.setdefault(source, OrderedDict())[connection] = None
@@ -238,14 +273,78 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         )
         return connection
 
-    def _make_room(self, source: str) -> None:
-        same = self._by_source.get(source)
+    def _make_room(self, source: str, *, per_source: bool) -> bool:
+        """Drop what the caps require for one more connection from *source*; return whether
+        it may come in (no: every candidate for dropping is younger than *min_age*)."""
+        same = self._by_source.get(source) if per_source else None
         if same is not None and len(same) >= self.max_preauth_per_source:
-            self._evict(next(iter(same)), "dropped over the per-source cap")
+            if not self._evict_oldest(same, "the per-source cap", pause=False):
+                return False
         if len(self._preauth) >= self.max_preauth:
-            self._evict(next(iter(self._preauth)), "dropped over the total cap")
-        if len(self._open) >= self.max_connections and self._preauth:
-            self._evict(next(iter(self._preauth)), "dropped at the connection limit")
+            if not self._evict_oldest(self._preauth, "the total cap", pause=True):
+                return False
+        if len(self._open) >= self.max_connections:
+            if not self._preauth:  # every connection is a contact's
+                self.summary.note("refused at the connection limit")
+                self._pause(self.min_age)
+                return False
+            if not self._evict_oldest(self._preauth, "the connection limit", pause=True):
+                return False
+        return True
+
+    def _evict_oldest(
+        self, pool: OrderedDict[AdmittedConnection, None], cap: str, *, pause: bool
+    ) -> bool:
+        oldest = next(iter(pool))
+        age = self.clock.seconds() - oldest.accepted_at
+        if age < self.min_age:
+            # a burst of new connections (contacts redialling after a restart): let the ones
+            # in progress finish; this one is refused, the next wait in the kernel's queue
+            self.summary.note(f"refused at {cap}")
+            if pause:
+                self._pause(self.min_age - age)
+            return False
+        self._evict(oldest, f"dropped at {cap}")
+        return True
+
+    # -- pausing the listening port -----------------------------------------------------------
+
+    def learn_port(self, transport: Any) -> None:
+        """Note the listening port that accepted *transport*, to pause it when full.
+
+        ``tcp.Server.server`` is the ``tcp.Port`` that accepted the connection (a public but
+        undocumented attribute, pinned by ``tests/test_admission.py::PortTests``); the port's
+        ``pauseProducing``/``resumeProducing`` stop and restart its accept loop.  Without it
+        (another transport) the caps refuse instead of pausing.
+        """
+        if self._port is None:
+            port = getattr(transport, "server", None)
+            if hasattr(port, "pauseProducing") and hasattr(port, "resumeProducing"):
+                self._port = port
+
+    def _pause(self, delay: float) -> None:
+        if self._port is None or self.paused:
+            return
+        self.paused = True
+        self.pause_count += 1
+        self._port.pauseProducing()
+        self._resume_call = self.clock.callLater(max(delay, 0.05), self._resume)
+
+    def _resume(self) -> None:
+        if self._resume_call is not None and self._resume_call.active():
+            self._resume_call.cancel()
+        self._resume_call = None
+        if self.paused:
+            self.paused = False
+            self._port.resumeProducing()
+
+    def _room_freed(self) -> None:
+        if (
+            self.paused
+            and len(self._preauth) < self.max_preauth
+            and len(self._open) < self.max_connections
+        ):
+            self._resume()
 
     def _evict(self, connection: AdmittedConnection, reason: str) -> None:
         # forget it now: the abort's connectionLost may come later, and the new connection
@@ -258,6 +357,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         if connection not in self._preauth:
             return  # not (or no longer) pre-authentication
         del self._preauth[connection]
+        self._room_freed()
         same = self._by_source.get(connection.source)
         if same is not None:
             same.pop(connection, None)
@@ -292,11 +392,13 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         """Forget *connection* (it is gone); count it if it never authenticated."""
         self._forget_preauth(connection)
         self._open.discard(connection)
+        self._room_freed()
         if not connection.authenticated and connection.drop_reason is None:
             self.summary.note("closed before authentication")
 
     def stop(self) -> None:
-        """Cancel every deadline and log the last summary."""
+        """Cancel every deadline, stop pausing, and log the last summary."""
+        self._resume()
         for connection in list(self._preauth):
             if connection.deadline is not None and connection.deadline.active():
                 connection.deadline.cancel()

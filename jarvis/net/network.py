@@ -15,7 +15,11 @@ that at most one session per contact is reported established at a time, plus
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
 * Inbound peers whose key is not an acceptable contact are refused inside the TLS handshake,
-  before any application byte, counted in :attr:`PeerNetwork.refused_count` and logged by uid.
+  before any application byte, and counted in :attr:`PeerNetwork.refused_count`.
+* The listener is wrapped in :class:`~jarvis.net.admission.AdmissionControl`: it caps the
+  connections that have not yet authenticated (total, per source, below the descriptor limit),
+  dropping the oldest first, and logs refusals as one aggregated line a minute.  Contacts' uids
+  and addresses are logged only as :func:`jarvis.logs.log_id` pseudonyms.
 
 See ``docs/net.md`` for the exact observer contract, timeouts and status figures.
 

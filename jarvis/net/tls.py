@@ -9,7 +9,8 @@ reissue its certificate for the same key at any time.
 
 * :func:`client_creator` dials one contact: the server must be exactly *expected_uid*.
 * :func:`server_creator` listens for many: a client must present a certificate, and its uid
-  must pass ``accept_uid``; refusals are counted and logged by uid only.
+  must pass ``accept_uid``; refusals are counted and reported to ``on_refused`` (not logged
+  one by one: a flood of strangers would fill the disk).
 * :func:`peer_uid_of` and :func:`channel_binding_of` read the negotiated peer and the TLS
   exporter value (the channel binding the application hello signs) from a TLS transport.
 
