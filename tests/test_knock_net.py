@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, task, utils
 from twisted.internet import reactor as _reactor
@@ -13,7 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -68,10 +71,18 @@ def make_gate(
     factory = net_knock.KnockGateFactory(
         wrapped, verify, clock, lambda: rng_value, net_knock.RefusalLog(clock)
     )
+    gate, transport = connect_gate(factory)
+    return gate, transport, clock, inner
+
+
+def connect_gate(
+    factory: net_knock.KnockGateFactory,
+) -> tuple[net_knock.KnockGate, StringTransport]:
+    """Return one more connection through *factory*'s gate, on a StringTransport."""
     gate = factory.buildProtocol(ADDRESS)
     transport = StringTransport(peerAddress=ADDRESS)
     gate.makeConnection(transport)
-    return gate, transport, clock, inner
+    return gate, transport
 
 
 class GateTests(SynchronousTestCase):
@@ -130,6 +141,20 @@ class GateTests(SynchronousTestCase):
         gate.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(inner[0].lost)
 
+    @settings(max_examples=60, deadline=None)
+    @given(tail=st.binary(max_size=100), cuts=st.lists(st.integers(0, 140), max_size=6))
+    def test_any_chunking_hands_over_exactly_the_tail(self, tail: bytes, cuts: list[int]) -> None:
+        """When a valid knock and TLS bytes arrive cut anywhere, then the inner protocol gets
+        exactly the bytes after the knock, and nothing is written back."""
+        gate, transport, _, inner = make_gate()
+        stream = TOKEN_OK + tail
+        edges = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+        for start, end in itertools.pairwise(edges):
+            gate.dataReceived(stream[start:end])
+        self.assertEqual(len(inner), 1)
+        self.assertEqual(inner[0].data, tail)
+        self.assertEqual(transport.value(), b"")
+
     def test_stop_drops_waiting_connections(self) -> None:
         """When the network stops, then connections still before their knock are aborted and
         new ones are aborted at once."""
@@ -143,22 +168,30 @@ class GateTests(SynchronousTestCase):
 
     def test_refusals_are_logged_sparingly(self) -> None:
         """When 50 bad knocks arrive within a minute, then one line is logged at once and one
-        summary a minute later, and no key or token appears in them."""
+        summary a minute later, and no token appears in them."""
         events: list[dict[str, Any]] = []
         observer = cast(ILogObserver, events.append)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        clock = task.Clock()
-        refusals = net_knock.RefusalLog(clock)
-        for _ in range(50):
-            refusals.refused(knock.Refused("bad knock"), ADDRESS)
+        tokens = [b"\x01" + os.urandom(knock.KNOCK_LENGTH - 1) for _ in range(50)]
+        first, _, clock, _ = make_gate()
+        factory = first._factory
+        first.dataReceived(tokens[0])
+        for token in tokens[1:]:
+            gate, _ = connect_gate(factory)
+            gate.dataReceived(token)
         clock.advance(60)
         clock.advance(60)
         lines = [e for e in events if e.get("log_namespace") == "jarvis.net.knock"]
         self.assertEqual(len(lines), 2)
-        self.assertIn("49", str(lines[1]["count"]))
-        self.assertEqual(refusals.counts["bad knock"], 50)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(lines[1]["count"], 49)
+        self.assertIn("49 bad knock", formatEvent(lines[1]))
+        self.assertEqual(factory.refusals.counts["bad knock"], 50)
+        text = repr(events)
+        for token in tokens:
+            self.assertNotIn(token.hex(), text)
+            self.assertNotIn(repr(token)[2:-1], text)
+        factory.refusals.stop()
 
 
 class SenderTests(SynchronousTestCase):
@@ -243,8 +276,6 @@ class CaptureLog:
         test.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def texts(self) -> list[str]:
-        from twisted.logger import formatEvent
-
         return [formatEvent(e) for e in self.events]
 
 
@@ -281,6 +312,7 @@ class LoopbackTests(TestCase):
         it, then the listener refuses it as "no knock" and the dialler records and logs that the
         peer closed before TLS, and may require a knock."""
         log = CaptureLog(self, "jarvis.net.network")
+        listener_log = CaptureLog(self, "jarvis.net.knock")
         old, new = Node(self, knock=False), Node(self)
         old.knows(new)
         new.knows(old)
@@ -290,6 +322,13 @@ class LoopbackTests(TestCase):
         self.assertTrue(any(net_knock.CLOSED_BEFORE_TLS in t for t in log.texts()))
         self.assertEqual(new.network.knock_refusals.counts, {"no knock": 1})
         self.assertEqual(new.observer.events, [])
+        self.assertEqual(
+            listener_log.texts(),
+            [
+                "refused a TLS connection without a knock (an older Jarvis, or a scanner) "
+                "from 127.0.0.1; closing it silently"
+            ],
+        )
 
     async def test_stranger_with_a_knock_is_refused(self) -> None:
         """When a stranger who knows B's card knocks with its own pair key, then B refuses it
