@@ -364,6 +364,33 @@ class LoopbackTests(TestCase):
         self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
         self.assertEqual(b.directory.public_key(a.uid), a.identity.public_bytes)
 
+    async def test_after_a_session_a_closed_peer_keeps_the_pair_key(self) -> None:
+        """When A had a session with B and B's port then closes connections before TLS (B
+        locked, restarting), then A keeps knocking with the pair key: the next dial after B is
+        back gets in at once (before, it switched to the uid key and lost a round)."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        port_number = b.port.getHost().port
+        await b.network.stop()
+        await b.port.stopListening()
+        closer = protocol.ServerFactory.forProtocol(CloseAtOnce)
+        closing = reactor.listenTCP(port_number, closer, interface="127.0.0.1")
+        self.addCleanup(closing.stopListening)
+        await a.observer.wait(lambda: a.network.status(b.uid).connect_failures >= 3)
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertFalse(a.network._peers[b.uid].uid_knock)
+
+
+class CloseAtOnce(protocol.Protocol):
+    """A listener that closes every connection at once (a locked daemon)."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
 
 class KeylessDirectory(FakeDirectory):
     """A directory with manual contacts: an empty key means "not known yet"."""

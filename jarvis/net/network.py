@@ -384,6 +384,8 @@ class _Peer:
         self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
         # knock with the uid key instead of the pair key (see PeerNetwork._knock_for)
         self.uid_knock = False
+        # a session was established (so each side has the other's key: no uid key any more)
+        self.keys_exchanged = False
 
     def current_state(self) -> PeerState:
         if self.active is not None:
@@ -442,8 +444,10 @@ class _Attempt:
 
     def peer_closed_before_tls(self) -> None:
         self.closed_before_tls = True
-        # A contact that added us by uid alone does not know our key yet: alternate keys.
-        self.peer.uid_knock = not self.peer.uid_knock
+        # A contact that added us by uid alone does not know our key until a first session:
+        # alternate keys until then.  Not after (a locked or busy peer also closes early).
+        if not self.peer.keys_exchanged:
+            self.peer.uid_knock = not self.peer.uid_knock
 
     # outcome
 
@@ -914,6 +918,7 @@ class PeerNetwork:
         if entry is None:
             return
         peer = entry.peer
+        peer.keys_exchanged, peer.uid_knock = True, False
         if entry.attempt is not None:
             entry.attempt.succeed()
         current = peer.active
