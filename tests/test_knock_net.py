@@ -344,13 +344,34 @@ class LoopbackTests(TestCase):
         self.assertEqual(b.observer.events, [])
 
     async def test_blocked_contact_is_refused_before_tls(self) -> None:
-        """When a contact B no longer accepts (blocked or removed) dials with the right pair
-        key, then B refuses it at the knock."""
-        a, b = make_pair(self)
-        del b.directory.contacts[a.uid]
+        """When B removes (or blocks) contact A after a session, and A redials with the right
+        pair key, then B refuses it at the knock, though A's key is in B's hint table."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
         a.network.connect(b.uid)
+        await a.wait_online(b)
+        del b.directory.contacts[a.uid]
+        b.network.forget(a.uid)  # as the node does when a contact is removed or blocked
         await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
-        self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
+
+    async def test_removed_contact_in_the_table_is_refused(self) -> None:
+        """When B's directory drops A without telling the network (no forget, so the hint table
+        still holds A's key) and A redials, then B still refuses it at the knock."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        del b.directory.contacts[a.uid]
+        b.network.session(a.uid).close("test")  # type: ignore[union-attr]
+        await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
 
     async def test_manual_contact_gets_in_with_the_uid_key(self) -> None:
         """When B added A by uid alone (no key) and A knows B's key, then A's first knock (pair

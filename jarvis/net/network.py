@@ -75,7 +75,16 @@ from jarvis.net.tls import (
     peer_public_bytes_of,
     server_creator,
 )
-from jarvis.protocol.knock import KnockKeys, KnockVerifier, Verdict, make_knock, window_of
+from jarvis.protocol.knock import (
+    NONCE_BYTES,
+    Accepted,
+    KnockKeys,
+    KnockVerifier,
+    Refused,
+    Verdict,
+    make_knock,
+    window_of,
+)
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -678,6 +687,7 @@ class PeerNetwork:
         if peer is None:
             return
         peer.wanted = False
+        self._knock_verifier.invalidate()
         peer.dialler.cancel()
         for entry in list(peer.entries):
             entry.session.close(FORGOTTEN)
@@ -815,7 +825,7 @@ class PeerNetwork:
         if key is None:
             return b""
         window = window_of(self._reactor.seconds())
-        return make_knock(key, peer.uid, window, self._random_bytes(12))
+        return make_knock(key, peer.uid, window, self._random_bytes(NONCE_BYTES))
 
     def _knock_candidates(self) -> Iterator[tuple[str, bytes]]:
         for uid in self._directory.acceptable_uids():
@@ -825,7 +835,13 @@ class PeerNetwork:
                     yield uid, key
 
     def _verify_knock(self, token: bytes) -> Verdict:
-        return self._knock_verifier.verify(token, self._reactor.seconds(), self._knock_candidates())
+        verdict = self._knock_verifier.verify(
+            token, self._reactor.seconds(), self._knock_candidates
+        )
+        if isinstance(verdict, Accepted) and not self._accept_uid(verdict.uid):
+            # found in the verifier's table, but removed or blocked since it was built
+            return Refused("bad knock", verdict.uid)
+        return verdict
 
     def _attempt_ended(self, attempt: _Attempt, reason: str | None, counted: bool = True) -> None:
         peer = attempt.peer
@@ -873,6 +889,7 @@ class PeerNetwork:
         learn = getattr(self._directory, "learn_public_key", None)
         if learn is not None:
             learn(peer_uid, key)
+            self._knock_verifier.invalidate()  # it knocks with the pair key from now on
         return key
 
     def _open_session(
