@@ -73,7 +73,7 @@ def ed25519_public_to_x25519(public32: bytes) -> bytes:
     y = int.from_bytes(public32, "little") & ((1 << 255) - 1)
     if y >= _P or y == 1:
         raise KnockKeyError("the Ed25519 public key has no X25519 form")
-    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    u = (1 + y) * pow(1 - y, -1, _P) % _P
     return u.to_bytes(32, "little")
 
 
@@ -103,9 +103,13 @@ def pair_key(own_seed: bytes, own_uid: str, peer_public: bytes, peer_uid: str) -
 
     :raises KnockKeyError: if *peer_public* has no X25519 form or the exchange gives zero.
     """
+    return _pair_key(ed25519_seed_to_x25519(own_seed), own_uid, peer_public, peer_uid)
+
+
+def _pair_key(own: X25519PrivateKey, own_uid: str, peer_public: bytes, peer_uid: str) -> bytes:
     peer = X25519PublicKey.from_public_bytes(ed25519_public_to_x25519(peer_public))
     try:
-        shared = ed25519_seed_to_x25519(own_seed).exchange(peer)
+        shared = own.exchange(peer)
     except ValueError:
         raise KnockKeyError("the contact's public key is a low-order point") from None
     return _hkdf(shared, _uids_info(b"pair", own_uid, peer_uid))
@@ -279,15 +283,15 @@ class KnockVerifier:
 class KnockKeys:
     """Our knock keys with each contact, computed once per (uid, public key) and kept.
 
-    A pair key costs one X25519 exchange (about 0.2 ms); a listener needs every contact's key
-    for each connection, so they are cached.
+    A pair key costs one X25519 exchange and a key conversion (about 0.1 ms); the listener's
+    hint table needs every contact's key, so they are cached.
 
     :param own_seed: our raw Ed25519 private key.
     :param own_uid: our uid.
     """
 
     def __init__(self, own_seed: bytes, own_uid: str) -> None:
-        self._seed = own_seed
+        self._own = ed25519_seed_to_x25519(own_seed)
         self._uid = own_uid
         self._cache: dict[tuple[str, bytes], bytes | None] = {}
 
@@ -300,7 +304,7 @@ class KnockKeys:
                 self._cache.clear()  # contacts churned a lot: start again
             try:
                 value: bytes | None = (
-                    pair_key(self._seed, self._uid, peer_public, peer_uid)
+                    _pair_key(self._own, self._uid, peer_public, peer_uid)
                     if peer_public
                     else uid_key(self._uid, peer_uid)
                 )
