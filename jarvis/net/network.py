@@ -14,6 +14,9 @@ that at most one session per contact is reported established at a time, plus
 * When both sides dial at once there are two sessions; the one whose initiator has the lower
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
+* Every connection starts with the pre-TLS knock (:mod:`jarvis.net.knock`): a listener
+  writes nothing until a knock made with a contact's key arrives, and each dial sends one
+  before its ClientHello.  Refusals are counted in :attr:`PeerNetwork.knock_refusals`.
 * Inbound peers whose key is not an acceptable contact are refused inside the TLS handshake,
   before any application byte, counted in :attr:`PeerNetwork.refused_count` and logged by uid.
 
