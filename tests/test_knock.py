@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ ALICE = IdentityKey.from_private_bytes(bytes(range(32)))
 BOB = IdentityKey.from_private_bytes(bytes(range(32, 64)))
 #: The vectors' time: 2027-01-15T08:00:00Z.
 NOW = 1_800_000_000
-NONCE = bytes(range(0x80, 0x8C))
+NONCE = bytes(range(0x80, 0x88))
 
 #: docs/protocol.md, "Knock": the X25519 forms of Alice's and Bob's Ed25519 public keys.
 ALICE_X25519_HEX = "4701d08488451f545a409fb58ae3e58581ca40ac3f7f114698cd71deac73ca01"
@@ -30,8 +31,8 @@ SHARED_HEX = "f6f92efb32945aff683324a1c984c5001f46aaea513f3453138d740b3a604b7d"
 PAIR_KEY_HEX = "3d11176e481a05a32bf8b8d59c722fc1e60e75ee640dff14f9e1ce8bce565568"
 UID_KEY_HEX = "fbe324de21d3bf02775b3f847dbbb08b0aea63461c5965ae01c995cf9046e70c"
 #: Alice's knock to Bob at NOW with NONCE, with the pair key, then with the uid key.
-PAIR_KNOCK_HEX = "01c9c380808182838485868788898a8b595899d49d1e878788f97600db671699"
-UID_KNOCK_HEX = "01c9c380808182838485868788898a8b8346da66b777d903e7cc5b6c67f6840a"
+PAIR_KNOCK_HEX = "01c9c380bc40a7be80818283848586875d8d897507f5cf099360ce8c7ca5f324"
+UID_KNOCK_HEX = "01c9c380de1affe18081828384858687ddc903a260e931386868834b2f9cf7eb"
 
 
 def pair_key() -> bytes:
@@ -125,9 +126,7 @@ class WindowTests(SynchronousTestCase):
         for offset in (-1, 0, 1):
             verifier = knock.KnockVerifier(BOB.uid)
             token = alice_knock(current + offset)
-            self.assertEqual(
-                verifier.verify(token, NOW, bob_candidates()), knock.Accepted(ALICE.uid)
-            )
+            self.assertEqual(verifier.verify(token, NOW, bob_candidates), knock.Accepted(ALICE.uid))
 
     def test_refused_two_windows_off(self) -> None:
         """When a knock is two windows off, then it is refused as stale, naming Alice and the
@@ -135,7 +134,7 @@ class WindowTests(SynchronousTestCase):
         current = knock.window_of(NOW)
         verifier = knock.KnockVerifier(BOB.uid)
         for offset in (-2, 2, -1000):
-            verdict = verifier.verify(alice_knock(current + offset), NOW, bob_candidates())
+            verdict = verifier.verify(alice_knock(current + offset), NOW, bob_candidates)
             self.assertEqual(verdict, knock.Refused("stale knock", ALICE.uid, offset))
 
 
@@ -147,28 +146,30 @@ class ReplayTests(SynchronousTestCase):
         fresh nonce is accepted."""
         verifier = knock.KnockVerifier(BOB.uid)
         token = alice_knock()
-        self.assertEqual(verifier.verify(token, NOW, bob_candidates()), knock.Accepted(ALICE.uid))
+        self.assertEqual(verifier.verify(token, NOW, bob_candidates), knock.Accepted(ALICE.uid))
         self.assertEqual(
-            verifier.verify(token, NOW + 30, bob_candidates()),
+            verifier.verify(token, NOW + 30, bob_candidates),
             knock.Refused("replayed knock", ALICE.uid),
         )
-        fresh = alice_knock(nonce=os.urandom(12))
-        self.assertEqual(verifier.verify(fresh, NOW, bob_candidates()), knock.Accepted(ALICE.uid))
+        fresh = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(fresh, NOW, bob_candidates), knock.Accepted(ALICE.uid))
 
     def test_replay_refused_until_it_is_stale(self) -> None:
         """When a knock is replayed at any time until it expires, then it is refused, and the
         memory of it is dropped only once it would be stale anyway."""
         verifier = knock.KnockVerifier(BOB.uid)
         token = alice_knock(knock.window_of(NOW) + 1)  # from a clock a minute ahead
-        verifier.verify(token, NOW, bob_candidates())
+        verifier.verify(token, NOW, bob_candidates)
         for later in (1, 60, 119):
-            verdict = verifier.verify(token, NOW + later, bob_candidates())
+            verdict = verifier.verify(token, NOW + later, bob_candidates)
             self.assertIsInstance(verdict, knock.Refused)
         self.assertEqual(verifier.remembered, 1)
-        verdict = verifier.verify(token, NOW + 180, bob_candidates())
+        verdict = verifier.verify(token, NOW + 180, bob_candidates)
         self.assertEqual(verdict, knock.Refused("stale knock", ALICE.uid, -2))
         verifier.verify(
-            alice_knock(knock.window_of(NOW + 180), os.urandom(12)), NOW + 180, bob_candidates()
+            alice_knock(knock.window_of(NOW + 180), os.urandom(knock.NONCE_BYTES)),
+            NOW + 180,
+            bob_candidates,
         )
         self.assertEqual(verifier.remembered, 1)  # the old one was forgotten
 
@@ -177,9 +178,11 @@ class ReplayTests(SynchronousTestCase):
         refused (never a replay let through by forgetting)."""
         verifier = knock.KnockVerifier(BOB.uid, max_remembered=3)
         for _ in range(3):
-            token = alice_knock(nonce=os.urandom(12))
-            self.assertIsInstance(verifier.verify(token, NOW, bob_candidates()), knock.Accepted)
-        verdict = verifier.verify(alice_knock(nonce=os.urandom(12)), NOW, bob_candidates())
+            token = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+            self.assertIsInstance(verifier.verify(token, NOW, bob_candidates), knock.Accepted)
+        verdict = verifier.verify(
+            alice_knock(nonce=os.urandom(knock.NONCE_BYTES)), NOW, bob_candidates
+        )
         self.assertEqual(verdict, knock.Refused("too many knocks", ALICE.uid))
 
 
@@ -193,7 +196,7 @@ class ForgeryTests(SynchronousTestCase):
         key = knock.pair_key(mallory.private_bytes(), mallory.uid, BOB.public_bytes, BOB.uid)
         token = knock.make_knock(key, BOB.uid, knock.window_of(NOW), NONCE)
         verifier = knock.KnockVerifier(BOB.uid)
-        self.assertEqual(verifier.verify(token, NOW, bob_candidates()), knock.Refused("bad knock"))
+        self.assertEqual(verifier.verify(token, NOW, bob_candidates), knock.Refused("bad knock"))
         self.assertEqual(verifier.remembered, 0)
 
     def test_uid_key_refused_where_the_pair_key_is_known(self) -> None:
@@ -201,13 +204,13 @@ class ForgeryTests(SynchronousTestCase):
         Alice's public key refuses it (it expects the pair key)."""
         token = knock.make_knock(bytes.fromhex(UID_KEY_HEX), BOB.uid, knock.window_of(NOW), NONCE)
         verifier = knock.KnockVerifier(BOB.uid)
-        self.assertEqual(verifier.verify(token, NOW, bob_candidates()), knock.Refused("bad knock"))
+        self.assertEqual(verifier.verify(token, NOW, bob_candidates), knock.Refused("bad knock"))
 
     def test_reflected_knock_refused(self) -> None:
         """When Alice's knock for Bob is sent to Alice (same pair key), then she refuses it:
         the tag binds the listener's uid."""
         verifier = knock.KnockVerifier(ALICE.uid)
-        verdict = verifier.verify(alice_knock(), NOW, [(BOB.uid, pair_key())])
+        verdict = verifier.verify(alice_knock(), NOW, lambda: [(BOB.uid, pair_key())])
         self.assertEqual(verdict, knock.Refused("bad knock"))
 
     def test_found_among_many_contacts(self) -> None:
@@ -215,7 +218,8 @@ class ForgeryTests(SynchronousTestCase):
         others = [(f"c{i}", os.urandom(32)) for i in range(1000)]
         verifier = knock.KnockVerifier(BOB.uid)
         self.assertEqual(
-            verifier.verify(alice_knock(), NOW, bob_candidates(*others)), knock.Accepted(ALICE.uid)
+            verifier.verify(alice_knock(), NOW, lambda: bob_candidates(*others)),
+            knock.Accepted(ALICE.uid),
         )
 
     @settings(max_examples=200, deadline=None)
@@ -224,14 +228,14 @@ class ForgeryTests(SynchronousTestCase):
         """When any one bit of a valid knock is flipped, then it is refused."""
         token = bytearray(alice_knock())
         token[bit // 8] ^= 1 << (bit % 8)
-        verdict = knock.KnockVerifier(BOB.uid).verify(bytes(token), NOW, bob_candidates())
+        verdict = knock.KnockVerifier(BOB.uid).verify(bytes(token), NOW, bob_candidates)
         self.assertIsInstance(verdict, knock.Refused)
 
     @settings(max_examples=100, deadline=None)
     @given(data=st.binary(max_size=64))
     def test_arbitrary_bytes_refused(self, data: bytes) -> None:
         """When arbitrary bytes arrive instead of a knock, then they are refused."""
-        verdict = knock.KnockVerifier(BOB.uid).verify(data, NOW, bob_candidates())
+        verdict = knock.KnockVerifier(BOB.uid).verify(data, NOW, bob_candidates)
         self.assertIsInstance(verdict, knock.Refused)
 
     def test_tls_client_hello_is_named(self) -> None:
@@ -239,7 +243,64 @@ class ForgeryTests(SynchronousTestCase):
         "no knock" (an older Jarvis or a scanner), and a real knock never looks like TLS."""
         hello = bytes.fromhex("160301") + os.urandom(29)
         self.assertEqual(
-            knock.KnockVerifier(BOB.uid).verify(hello, NOW, bob_candidates()),
+            knock.KnockVerifier(BOB.uid).verify(hello, NOW, bob_candidates),
             knock.Refused("no knock"),
         )
         self.assertFalse(knock.looks_like_tls(alice_knock()))
+
+
+class HintTableTests(SynchronousTestCase):
+    """The listener finds a contact's key by the hint, not by trying every key."""
+
+    def make_counted(self, contacts: list[tuple[str, bytes]]) -> tuple[Any, list[int]]:
+        calls: list[int] = []
+
+        def candidates() -> list[tuple[str, bytes]]:
+            calls.append(1)
+            return list(contacts)
+
+        return candidates, calls
+
+    def test_known_contact_costs_no_scan(self) -> None:
+        """When the table is built and Alice knocks again (another nonce, the next window),
+        then the candidates are not listed again: her key is found by its hint."""
+        others = [(f"c{i}", os.urandom(32)) for i in range(1000)]
+        candidates, calls = self.make_counted(bob_candidates(*others))
+        verifier = knock.KnockVerifier(BOB.uid)
+        self.assertEqual(verifier.verify(alice_knock(), NOW, candidates), knock.Accepted(ALICE.uid))
+        self.assertEqual(len(calls), 1)  # the table was built
+        again = alice_knock(knock.window_of(NOW) + 1, os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(again, NOW, candidates), knock.Accepted(ALICE.uid))
+        self.assertEqual(len(calls), 1)
+
+    def test_contact_added_after_the_table_gets_in(self) -> None:
+        """When Alice becomes a contact after the table was built, then her knock is still
+        accepted (every key is tried on a miss) and the table is rebuilt with her."""
+        contacts: list[tuple[str, bytes]] = [("c0", os.urandom(32))]
+        candidates, calls = self.make_counted(contacts)
+        verifier = knock.KnockVerifier(BOB.uid)
+        self.assertEqual(verifier.verify(b"\x01" * 32, NOW, candidates), knock.Refused("bad knock"))
+        contacts.extend(bob_candidates())
+        self.assertEqual(verifier.verify(alice_knock(), NOW, candidates), knock.Accepted(ALICE.uid))
+        fresh = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(fresh, NOW, candidates), knock.Accepted(ALICE.uid))
+        count = len(calls)
+        fresh = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(fresh, NOW, candidates), knock.Accepted(ALICE.uid))
+        self.assertEqual(len(calls), count)  # found in the rebuilt table
+
+    def test_removed_contact_refused_once_the_table_is_rebuilt(self) -> None:
+        """When Alice is no longer a candidate, then her knock is refused once the table is
+        rebuilt (at the next window, or at once after invalidate(); the network also checks
+        that an accepted uid is still acceptable)."""
+        contacts = bob_candidates()
+        candidates, _ = self.make_counted(contacts)
+        verifier = knock.KnockVerifier(BOB.uid)
+        verifier.verify(alice_knock(), NOW, candidates)
+        contacts.clear()
+        verifier.invalidate()
+        token = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(token, NOW, candidates), knock.Refused("bad knock"))
+        later = NOW + knock.WINDOW_SECONDS
+        token = alice_knock(knock.window_of(later), os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(token, later, candidates), knock.Refused("bad knock"))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from typing import Any, cast
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet import defer, protocol, task, utils
 from twisted.internet import reactor as _reactor
@@ -13,7 +16,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -68,10 +71,18 @@ def make_gate(
     factory = net_knock.KnockGateFactory(
         wrapped, verify, clock, lambda: rng_value, net_knock.RefusalLog(clock)
     )
+    gate, transport = connect_gate(factory)
+    return gate, transport, clock, inner
+
+
+def connect_gate(
+    factory: net_knock.KnockGateFactory,
+) -> tuple[net_knock.KnockGate, StringTransport]:
+    """Return one more connection through *factory*'s gate, on a StringTransport."""
     gate = factory.buildProtocol(ADDRESS)
     transport = StringTransport(peerAddress=ADDRESS)
     gate.makeConnection(transport)
-    return gate, transport, clock, inner
+    return gate, transport
 
 
 class GateTests(SynchronousTestCase):
@@ -130,6 +141,20 @@ class GateTests(SynchronousTestCase):
         gate.connectionLost(Failure(ConnectionDone()))
         self.assertIsNotNone(inner[0].lost)
 
+    @settings(max_examples=60, deadline=None)
+    @given(tail=st.binary(max_size=100), cuts=st.lists(st.integers(0, 140), max_size=6))
+    def test_any_chunking_hands_over_exactly_the_tail(self, tail: bytes, cuts: list[int]) -> None:
+        """When a valid knock and TLS bytes arrive cut anywhere, then the inner protocol gets
+        exactly the bytes after the knock, and nothing is written back."""
+        gate, transport, _, inner = make_gate()
+        stream = TOKEN_OK + tail
+        edges = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+        for start, end in itertools.pairwise(edges):
+            gate.dataReceived(stream[start:end])
+        self.assertEqual(len(inner), 1)
+        self.assertEqual(inner[0].data, tail)
+        self.assertEqual(transport.value(), b"")
+
     def test_stop_drops_waiting_connections(self) -> None:
         """When the network stops, then connections still before their knock are aborted and
         new ones are aborted at once."""
@@ -143,22 +168,30 @@ class GateTests(SynchronousTestCase):
 
     def test_refusals_are_logged_sparingly(self) -> None:
         """When 50 bad knocks arrive within a minute, then one line is logged at once and one
-        summary a minute later, and no key or token appears in them."""
+        summary a minute later, and no token appears in them."""
         events: list[dict[str, Any]] = []
         observer = cast(ILogObserver, events.append)
         globalLogPublisher.addObserver(observer)
         self.addCleanup(globalLogPublisher.removeObserver, observer)
-        clock = task.Clock()
-        refusals = net_knock.RefusalLog(clock)
-        for _ in range(50):
-            refusals.refused(knock.Refused("bad knock"), ADDRESS)
+        tokens = [b"\x01" + os.urandom(knock.KNOCK_LENGTH - 1) for _ in range(50)]
+        first, _, clock, _ = make_gate()
+        factory = first._factory
+        first.dataReceived(tokens[0])
+        for token in tokens[1:]:
+            gate, _ = connect_gate(factory)
+            gate.dataReceived(token)
         clock.advance(60)
         clock.advance(60)
         lines = [e for e in events if e.get("log_namespace") == "jarvis.net.knock"]
         self.assertEqual(len(lines), 2)
-        self.assertIn("49", str(lines[1]["count"]))
-        self.assertEqual(refusals.counts["bad knock"], 50)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(lines[1]["count"], 49)
+        self.assertIn("49 bad knock", formatEvent(lines[1]))
+        self.assertEqual(factory.refusals.counts["bad knock"], 50)
+        text = repr(events)
+        for token in tokens:
+            self.assertNotIn(token.hex(), text)
+            self.assertNotIn(repr(token)[2:-1], text)
+        factory.refusals.stop()
 
 
 class SenderTests(SynchronousTestCase):
@@ -243,8 +276,6 @@ class CaptureLog:
         test.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def texts(self) -> list[str]:
-        from twisted.logger import formatEvent
-
         return [formatEvent(e) for e in self.events]
 
 
@@ -281,6 +312,7 @@ class LoopbackTests(TestCase):
         it, then the listener refuses it as "no knock" and the dialler records and logs that the
         peer closed before TLS, and may require a knock."""
         log = CaptureLog(self, "jarvis.net.network")
+        listener_log = CaptureLog(self, "jarvis.net.knock")
         old, new = Node(self, knock=False), Node(self)
         old.knows(new)
         new.knows(old)
@@ -290,6 +322,13 @@ class LoopbackTests(TestCase):
         self.assertTrue(any(net_knock.CLOSED_BEFORE_TLS in t for t in log.texts()))
         self.assertEqual(new.network.knock_refusals.counts, {"no knock": 1})
         self.assertEqual(new.observer.events, [])
+        self.assertEqual(
+            listener_log.texts(),
+            [
+                "refused a TLS connection without a knock (an older Jarvis, or a scanner) "
+                "from 127.0.0.1; closing it silently"
+            ],
+        )
 
     async def test_stranger_with_a_knock_is_refused(self) -> None:
         """When a stranger who knows B's card knocks with its own pair key, then B refuses it
@@ -305,13 +344,34 @@ class LoopbackTests(TestCase):
         self.assertEqual(b.observer.events, [])
 
     async def test_blocked_contact_is_refused_before_tls(self) -> None:
-        """When a contact B no longer accepts (blocked or removed) dials with the right pair
-        key, then B refuses it at the knock."""
-        a, b = make_pair(self)
-        del b.directory.contacts[a.uid]
+        """When B removes (or blocks) contact A after a session, and A redials with the right
+        pair key, then B refuses it at the knock, though A's key is in B's hint table."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
         a.network.connect(b.uid)
+        await a.wait_online(b)
+        del b.directory.contacts[a.uid]
+        b.network.forget(a.uid)  # as the node does when a contact is removed or blocked
         await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
-        self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
+
+    async def test_removed_contact_in_the_table_is_refused(self) -> None:
+        """When B's directory drops A without telling the network (no forget, so the hint table
+        still holds A's key) and A redials, then B still refuses it at the knock."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        del b.directory.contacts[a.uid]
+        b.network.session(a.uid).close("test")  # type: ignore[union-attr]
+        await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
 
     async def test_manual_contact_gets_in_with_the_uid_key(self) -> None:
         """When B added A by uid alone (no key) and A knows B's key, then A's first knock (pair
@@ -324,6 +384,33 @@ class LoopbackTests(TestCase):
         await a.wait_online(b)
         self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
         self.assertEqual(b.directory.public_key(a.uid), a.identity.public_bytes)
+
+    async def test_after_a_session_a_closed_peer_keeps_the_pair_key(self) -> None:
+        """When A had a session with B and B's port then closes connections before TLS (B
+        locked, restarting), then A keeps knocking with the pair key: the next dial after B is
+        back gets in at once (before, it switched to the uid key and lost a round)."""
+        a = Node(self, backoff_initial=0.05, backoff_max=0.05)
+        b = Node(self)
+        a.knows(b)
+        b.knows(a)
+        a.network.connect(b.uid)
+        await a.wait_online(b)
+        port_number = b.port.getHost().port
+        await b.network.stop()
+        await b.port.stopListening()
+        closer = protocol.ServerFactory.forProtocol(CloseAtOnce)
+        closing = reactor.listenTCP(port_number, closer, interface="127.0.0.1")
+        self.addCleanup(closing.stopListening)
+        await a.observer.wait(lambda: a.network.status(b.uid).connect_failures >= 3)
+        self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
+        self.assertFalse(a.network._peers[b.uid].uid_knock)
+
+
+class CloseAtOnce(protocol.Protocol):
+    """A listener that closes every connection at once (a locked daemon)."""
+
+    def connectionMade(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
 
 class KeylessDirectory(FakeDirectory):

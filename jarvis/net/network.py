@@ -14,6 +14,9 @@ that at most one session per contact is reported established at a time, plus
 * When both sides dial at once there are two sessions; the one whose initiator has the lower
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
+* Every connection starts with the pre-TLS knock (:mod:`jarvis.net.knock`): a listener
+  writes nothing until a knock made with a contact's key arrives, and each dial sends one
+  before its ClientHello.  Refusals are counted in :attr:`PeerNetwork.knock_refusals`.
 * Inbound peers whose key is not an acceptable contact are refused inside the TLS handshake,
   before any application byte, and counted in :attr:`PeerNetwork.refused_count`.
 * The listener is wrapped in :class:`~jarvis.net.admission.AdmissionControl`: it caps the
@@ -81,7 +84,16 @@ from jarvis.net.tls import (
     peer_public_bytes_of,
     server_creator,
 )
-from jarvis.protocol.knock import KnockKeys, KnockVerifier, Verdict, make_knock, window_of
+from jarvis.protocol.knock import (
+    NONCE_BYTES,
+    Accepted,
+    KnockKeys,
+    KnockVerifier,
+    Refused,
+    Verdict,
+    make_knock,
+    window_of,
+)
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -397,6 +409,8 @@ class _Peer:
         self.bytes_in = self.bytes_out = self.messages_in = self.messages_out = 0
         # knock with the uid key instead of the pair key (see PeerNetwork._knock_for)
         self.uid_knock = False
+        # a session was established (so each side has the other's key: no uid key any more)
+        self.keys_exchanged = False
 
     def current_state(self) -> PeerState:
         if self.active is not None:
@@ -457,8 +471,10 @@ class _Attempt:
 
     def peer_closed_before_tls(self) -> None:
         self.closed_before_tls = True
-        # A contact that added us by uid alone does not know our key yet: alternate keys.
-        self.peer.uid_knock = not self.peer.uid_knock
+        # A contact that added us by uid alone does not know our key until a first session:
+        # alternate keys until then.  Not after (a locked or busy peer also closes early).
+        if not self.peer.keys_exchanged:
+            self.peer.uid_knock = not self.peer.uid_knock
 
     # outcome
 
@@ -708,6 +724,7 @@ class PeerNetwork:
         if peer is None:
             return
         peer.wanted = False
+        self._knock_verifier.invalidate()
         peer.dialler.cancel()
         for entry in list(peer.entries):
             entry.session.close(FORGOTTEN)
@@ -849,7 +866,7 @@ class PeerNetwork:
         if key is None:
             return b""
         window = window_of(self._reactor.seconds())
-        return make_knock(key, peer.uid, window, self._random_bytes(12))
+        return make_knock(key, peer.uid, window, self._random_bytes(NONCE_BYTES))
 
     def _knock_candidates(self) -> Iterator[tuple[str, bytes]]:
         for uid in self._directory.acceptable_uids():
@@ -859,7 +876,13 @@ class PeerNetwork:
                     yield uid, key
 
     def _verify_knock(self, token: bytes) -> Verdict:
-        return self._knock_verifier.verify(token, self._reactor.seconds(), self._knock_candidates())
+        verdict = self._knock_verifier.verify(
+            token, self._reactor.seconds(), self._knock_candidates
+        )
+        if isinstance(verdict, Accepted) and not self._accept_uid(verdict.uid):
+            # found in the verifier's table, but removed or blocked since it was built
+            return Refused("bad knock", verdict.uid)
+        return verdict
 
     def _attempt_ended(self, attempt: _Attempt, reason: str | None, counted: bool = True) -> None:
         peer = attempt.peer
@@ -909,6 +932,7 @@ class PeerNetwork:
         learn = getattr(self._directory, "learn_public_key", None)
         if learn is not None:
             learn(peer_uid, key)
+            self._knock_verifier.invalidate()  # it knocks with the pair key from now on
         return key
 
     def _open_session(
@@ -957,6 +981,7 @@ class PeerNetwork:
         if entry is None:
             return
         peer = entry.peer
+        peer.keys_exchanged, peer.uid_knock = True, False
         if entry.attempt is not None:
             entry.attempt.succeed()
         else:

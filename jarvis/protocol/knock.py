@@ -3,12 +3,17 @@
 A listener answers nothing (no certificate, no byte) until the first 32 bytes of a connection
 prove that the dialler holds a key it shares with one of the listener's contacts, for the
 current minute.  Strangers learn nothing (not even the uid in the certificate) and cost one
-HMAC per contact.  The layout, the key derivation and test vectors are in ``docs/protocol.md``
-("Knock"); in short::
+HMAC per contact; contacts cost one HMAC, found by their hint.  The layout, the key derivation
+and test vectors are in ``docs/protocol.md`` ("Knock"); in short::
 
-    token = u32 window || nonce (12 bytes) || tag (16 bytes)
+    token = u32 window || hint (4 bytes) || nonce (8 bytes) || tag (16 bytes)
     window = floor(unix_time / 60)
-    tag = HMAC-SHA256(knock_key, "jarvis-knock-v1" || 0x00 || window || nonce || listener uid)[:16]
+    hint = HMAC-SHA256(knock_key, "jarvis-knock-v1" || 0x01 || window || listener uid)[:4]
+    tag = HMAC-SHA256(knock_key, "jarvis-knock-v1" || 0x00 || window || hint || nonce
+                      || listener uid)[:16]
+
+The hint, the same for one contact during one window, lets the listener find the contact's key
+in a table instead of trying every contact's.
 
 The **pair key** comes from a static-static X25519 exchange of the two Ed25519 identity keys
 (converted to X25519 as libsodium's ``crypto_sign_ed25519_*_to_curve25519`` do), so only the two
@@ -25,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -34,6 +39,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 #: Bytes in a knock token.
 KNOCK_LENGTH = 32
+#: Random bytes in a knock.
+NONCE_BYTES = 8
 #: Seconds in one time window.
 WINDOW_SECONDS = 60
 #: A knock is accepted in its own window and this many windows either side (clock skew).
@@ -43,7 +50,8 @@ ACCEPTED_SKEW = 1
 MAX_REMEMBERED = 16_384
 
 _LABEL = b"jarvis-knock-v1"
-_NONCE_BYTES = 12
+_HINT_BYTES = 4
+_NONCE_BYTES = NONCE_BYTES
 _TAG_BYTES = 16
 _P = 2**255 - 19
 
@@ -65,7 +73,7 @@ def ed25519_public_to_x25519(public32: bytes) -> bytes:
     y = int.from_bytes(public32, "little") & ((1 << 255) - 1)
     if y >= _P or y == 1:
         raise KnockKeyError("the Ed25519 public key has no X25519 form")
-    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    u = (1 + y) * pow(1 - y, -1, _P) % _P
     return u.to_bytes(32, "little")
 
 
@@ -95,9 +103,13 @@ def pair_key(own_seed: bytes, own_uid: str, peer_public: bytes, peer_uid: str) -
 
     :raises KnockKeyError: if *peer_public* has no X25519 form or the exchange gives zero.
     """
+    return _pair_key(ed25519_seed_to_x25519(own_seed), own_uid, peer_public, peer_uid)
+
+
+def _pair_key(own: X25519PrivateKey, own_uid: str, peer_public: bytes, peer_uid: str) -> bytes:
     peer = X25519PublicKey.from_public_bytes(ed25519_public_to_x25519(peer_public))
     try:
-        shared = ed25519_seed_to_x25519(own_seed).exchange(peer)
+        shared = own.exchange(peer)
     except ValueError:
         raise KnockKeyError("the contact's public key is a low-order point") from None
     return _hkdf(shared, _uids_info(b"pair", own_uid, peer_uid))
@@ -117,20 +129,27 @@ def window_of(seconds: float) -> int:
     return int(seconds // WINDOW_SECONDS)
 
 
-def _tag(key: bytes, window_bytes: bytes, nonce: bytes, listener_uid: str) -> bytes:
-    data = _LABEL + b"\x00" + window_bytes + nonce + listener_uid.encode("ascii")
+def _hint(key: bytes, window_bytes: bytes, listener_uid: str) -> bytes:
+    data = _LABEL + b"\x01" + window_bytes + listener_uid.encode("ascii")
+    return hmac.digest(key, data, "sha256")[:_HINT_BYTES]
+
+
+def _tag(key: bytes, head: bytes, listener_uid: str) -> bytes:
+    """The tag over *head* (window, hint and nonce: the token's first 16 bytes)."""
+    data = _LABEL + b"\x00" + head + listener_uid.encode("ascii")
     return hmac.digest(key, data, "sha256")[:_TAG_BYTES]
 
 
 def make_knock(key: bytes, listener_uid: str, window: int, nonce: bytes) -> bytes:
     """Return the 32-byte knock to send to *listener_uid* in *window*.
 
-    :param nonce: 12 random bytes (from the caller's random source; never reused).
+    :param nonce: :data:`NONCE_BYTES` random bytes (from the caller's random source).
     """
     if len(nonce) != _NONCE_BYTES:
         raise ValueError(f"a knock nonce is {_NONCE_BYTES} bytes")
     window_bytes = struct.pack(">I", window & 0xFFFFFFFF)
-    return window_bytes + nonce + _tag(key, window_bytes, nonce, listener_uid)
+    head = window_bytes + _hint(key, window_bytes, listener_uid) + nonce
+    return head + _tag(key, head, listener_uid)
 
 
 @dataclass(frozen=True)
@@ -170,7 +189,13 @@ def looks_like_tls(data: bytes) -> bool:
 class KnockVerifier:
     """Checks knocks sent to one listener, remembering valid ones to refuse their replay.
 
+    It keeps a table from ``(window, hint)`` to contacts for the three acceptable windows,
+    rebuilt when the window changes (three HMACs per contact, once a minute) or after a knock
+    the table missed was found valid.  A knock whose hint is not in the table is checked against
+    every candidate (one HMAC each), so a contact added since the table was built still gets in.
+
     :param listener_uid: our uid (bound into every tag, so a knock cannot be reflected).
+    :param max_remembered: how many valid knocks to remember at most.
     """
 
     def __init__(self, listener_uid: str, max_remembered: int = MAX_REMEMBERED) -> None:
@@ -178,37 +203,49 @@ class KnockVerifier:
         self._max = max_remembered
         self._seen: dict[int, set[bytes]] = {}
         self._count = 0
+        self._table: dict[bytes, list[tuple[str, bytes]]] = {}
+        self._table_window: int | None = None
 
     @property
     def remembered(self) -> int:
         """How many valid knocks are remembered now."""
         return self._count
 
-    def verify(self, token: bytes, now: float, candidates: Iterable[tuple[str, bytes]]) -> Verdict:
+    def invalidate(self) -> None:
+        """Rebuild the table at the next knock (a contact's key changed, or it was removed)."""
+        self._table_window = None
+
+    def verify(
+        self, token: bytes, now: float, candidates: Callable[[], Iterable[tuple[str, bytes]]]
+    ) -> Verdict:
         """Return the verdict on *token* received at Unix time *now*.
 
-        :param candidates: ``(uid, knock key)`` of every contact that may connect; each costs
-            one HMAC-SHA256 (about a microsecond) until one matches.
+        :param candidates: returns ``(uid, knock key)`` of every contact that may connect;
+            called to rebuild the table, and to try every key when the hint is unknown.
         """
         if len(token) != KNOCK_LENGTH:
             return Refused("short knock")
         if looks_like_tls(token):
             return Refused("no knock")
-        window_bytes, nonce, tag = token[:4], token[4:16], token[16:]
-        uid = None
-        for candidate_uid, key in candidates:
-            if hmac.compare_digest(_tag(key, window_bytes, nonce, self._uid), tag):
-                uid = candidate_uid
-                break
-        if uid is None:
-            return Refused("bad knock")
         current = window_of(now)
-        window = struct.unpack(">I", window_bytes)[0]
+        if self._table_window != current:
+            self._build_table(current, candidates())
+        head, tag = token[:16], token[16:]
+        uid = self._match(head, tag, self._table.get(head[:8], ()))
+        missed = uid is None
+        if uid is None:
+            uid = self._match(head, tag, candidates())
+            if uid is None:
+                return Refused("bad knock")
+        window = struct.unpack(">I", head[:4])[0]
         skew = window - (current & 0xFFFFFFFF)
         if abs(skew) > ACCEPTED_SKEW:
             return Refused("stale knock", uid, skew)
+        if missed:
+            self._table_window = None  # the table missed a contact: rebuild it next time
         self._forget_before(current - ACCEPTED_SKEW)
         seen = self._seen.setdefault(window, set())
+        nonce = head[4:]
         if nonce in seen:
             return Refused("replayed knock", uid)
         if self._count >= self._max:
@@ -216,6 +253,27 @@ class KnockVerifier:
         seen.add(nonce)
         self._count += 1
         return Accepted(uid)
+
+    def _match(
+        self, head: bytes, tag: bytes, candidates: Iterable[tuple[str, bytes]]
+    ) -> str | None:
+        for uid, key in candidates:
+            if hmac.compare_digest(_tag(key, head, self._uid), tag):
+                return uid
+        return None
+
+    def _build_table(self, current: int, candidates: Iterable[tuple[str, bytes]]) -> None:
+        table: dict[bytes, list[tuple[str, bytes]]] = {}
+        windows = [
+            struct.pack(">I", w & 0xFFFFFFFF)
+            for w in range(current - ACCEPTED_SKEW, current + ACCEPTED_SKEW + 1)
+        ]
+        for uid, key in candidates:
+            for window_bytes in windows:
+                index = window_bytes + _hint(key, window_bytes, self._uid)
+                table.setdefault(index, []).append((uid, key))
+        self._table = table
+        self._table_window = current
 
     def _forget_before(self, oldest: int) -> None:
         for window in [w for w in self._seen if w < oldest]:
@@ -225,15 +283,15 @@ class KnockVerifier:
 class KnockKeys:
     """Our knock keys with each contact, computed once per (uid, public key) and kept.
 
-    A pair key costs one X25519 exchange (about 0.2 ms); a listener needs every contact's key
-    for each connection, so they are cached.
+    A pair key costs one X25519 exchange and a key conversion (about 0.1 ms); the listener's
+    hint table needs every contact's key, so they are cached.
 
     :param own_seed: our raw Ed25519 private key.
     :param own_uid: our uid.
     """
 
     def __init__(self, own_seed: bytes, own_uid: str) -> None:
-        self._seed = own_seed
+        self._own = ed25519_seed_to_x25519(own_seed)
         self._uid = own_uid
         self._cache: dict[tuple[str, bytes], bytes | None] = {}
 
@@ -246,7 +304,7 @@ class KnockKeys:
                 self._cache.clear()  # contacts churned a lot: start again
             try:
                 value: bytes | None = (
-                    pair_key(self._seed, self._uid, peer_public, peer_uid)
+                    _pair_key(self._own, self._uid, peer_public, peer_uid)
                     if peer_public
                     else uid_key(self._uid, peer_uid)
                 )
