@@ -56,6 +56,7 @@ from jarvis.errors import (
 from jarvis.logs import log_id, redact
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, Message, new_message_id
+from jarvis.turn import TurnBatch
 
 KEYFILE = "identity.key"
 DATABASE = "jarvis.db"
@@ -70,29 +71,6 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     "previews": False,  # show message text in notifications (opt-in)
     "bell": True,  # UIs ring the terminal bell for new messages
 }
-
-
-class _TurnBatch:
-    """Items added during one reactor turn, handed together to *flush* at the next turn.
-
-    :param clock: schedules the flush (``callLater(0)``).
-    :param flush: called with ``{key: [items in the order added]}``.
-    """
-
-    def __init__(self, clock: Any, flush: Callable[[dict[Any, list[Any]]], None]) -> None:
-        self._clock = clock
-        self._flush = flush
-        self._pending: dict[Any, list[Any]] = {}
-
-    def add(self, key: Any, item: Any) -> None:
-        """Queue *item* under *key* for this turn's flush."""
-        if not self._pending:
-            self._clock.callLater(0, self._run)
-        self._pending.setdefault(key, []).append(item)
-
-    def _run(self) -> None:
-        pending, self._pending = self._pending, {}
-        self._flush(pending)
 
 
 #: Most messages written to a session and not yet acknowledged (the send window).  The outbox
@@ -210,9 +188,9 @@ class Node(Service):
         #: each peer's last reported state, and how many acceptable contacts are online
         self._peer_states: dict[str, str] = {}
         #: messages written to a session this reactor turn, waiting to be recorded as sent
-        self._sent_this_turn = _TurnBatch(clock, self._flush_sent)
+        self._sent_this_turn = TurnBatch(clock, self._flush_sent)
         #: acks waiting for the end of the reactor turn, per session
-        self._acks_this_turn = _TurnBatch(clock, self._flush_acks)
+        self._acks_this_turn = TurnBatch(clock, self._flush_acks)
         #: per contact: the last message it sent us that we stored with everything it sent
         #: before (told to it in our Resume record, so it resends only what follows)
         self._stored_marks: dict[str, bytes] = {}

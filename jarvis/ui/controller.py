@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
 from jarvis.ui.model import (
     Contact,
@@ -119,34 +120,6 @@ def _switcher(index: int) -> Callable[[Controller], None]:
         controller._switch(index)
 
     return switch
-
-
-class OncePerTurn:
-    """Calls *function* once at the end of this reactor turn, however often it is asked to.
-
-    The UI's answer to bursts: a turn that brings hundreds of events asks for a redraw (or an
-    unread-count fetch, or a mark-read) hundreds of times and gets one.
-    """
-
-    def __init__(self, clock: Any, function: Callable[[], object]) -> None:
-        self._clock = clock
-        self._function = function
-        self._call: Any = None
-
-    def request(self) -> None:
-        """Have *function* called at the end of this turn (once, if asked again)."""
-        if self._call is None:
-            self._call = self._clock.callLater(0, self._run)
-
-    def cancel(self) -> None:
-        """Forget a pending call."""
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-
-    def _run(self) -> None:
-        self._call = None
-        self._function()
 
 
 class Controller:
