@@ -71,12 +71,18 @@ class FakeSession:
         self.reads.extend(ids)
 
 
-def make_node(testcase: TestCase, data_dir: str | None = None) -> tuple[Node, Clock, list]:
-    """Return a started node on a fresh data directory, its delay clock and its event list."""
+def make_node(
+    testcase: TestCase, data_dir: str | None = None, clock: Clock | None = None
+) -> tuple[Node, Clock, list]:
+    """Return a started node on a fresh data directory, its delay clock and its event list.
+
+    :param clock: the node's clock (default: a new ``Clock``; nodes that talk share one).
+    """
     if data_dir is None:
         data_dir = testcase.mktemp()
         os.makedirs(data_dir, mode=0o700)
-    clock = Clock()
+    if clock is None:
+        clock = Clock()
     networks: list[FakeNetwork] = []
 
     def network_factory(identity: Any, directory: Any, observer: Any) -> FakeNetwork:

@@ -272,16 +272,13 @@ class Link:
 
 async def two_nodes(testcase: TestCase) -> tuple[Node, Node, Tap, Clock]:
     """Alice's and Bob's nodes (real stores), each the other's contact, on one Clock."""
-    alice, _clock, _events = make_node(testcase)
-    bob, _clock, _events = make_node(testcase)
+    clock = Clock()  # one time for both nodes and the sessions between them
+    alice, _clock, _events = make_node(testcase, clock=clock)
+    bob, _clock, _events = make_node(testcase, clock=clock)
     await alice.create_identity("Alice", "pw")
     await bob.create_identity("Bob", "pw")
     await alice.add_contact(link=bob.show_identity()["link"])
     await bob.add_contact(link=alice.show_identity()["link"])
-    clock = Clock()
-    alice.clock = bob.clock = clock  # one time for both nodes and the sessions between them
-    alice._sent_this_turn._clock = alice._acks_this_turn._clock = clock
-    bob._sent_this_turn._clock = bob._acks_this_turn._clock = clock
     return alice, bob, Tap(bob), clock
 
 
