@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,6 +35,7 @@ from jarvis.protocol.group_message import (
 ALICE = IdentityKey.from_private_bytes(bytes(range(0x00, 0x20)))
 BOB = IdentityKey.from_private_bytes(bytes(range(0x20, 0x40)))
 GROUP_ID = bytes(range(0x80, 0x90))
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 #: Alice's first message "hi" in "Family" under state version 1, at 1700000000000 ms, naming
 #: Bob's message 1 (hash 32 bytes of 0xbb) as its parent (docs/protocol.md, "Groups").
@@ -73,6 +76,12 @@ def make_first() -> GroupMessage:
 
 class LayoutTests(SynchronousTestCase):
     """The byte layout and its vector."""
+
+    def test_documented(self) -> None:
+        """When docs/protocol.md is read, then its "Groups" section shows the vector verbatim."""
+        blocks = re.findall(r"```hex\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+        shown = "".join("".join(block.split()) for block in blocks)
+        self.assertIn(MESSAGE_HEX + MESSAGE_SIGNATURE_HEX, shown)
 
     def test_vector(self) -> None:
         """When Alice writes the vector's message, then its bytes are the vector's."""

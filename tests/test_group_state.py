@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +44,7 @@ BOB = IdentityKey.from_private_bytes(bytes(range(0x20, 0x40)))
 CAROL = IdentityKey.from_private_bytes(bytes(range(0x40, 0x60)))
 DAVE = IdentityKey.from_private_bytes(bytes(range(0x60, 0x80)))
 GROUP_ID = bytes(range(0x80, 0x90))
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
 #: Version 1 of "Family", founded by Alice (docs/protocol.md, "Groups").
 FOUNDING_HEX = (
@@ -69,6 +72,11 @@ def make_family() -> list[GroupState]:
 
 class LayoutTests(SynchronousTestCase):
     """The byte layout and its vector."""
+
+    def test_documented(self) -> None:
+        """When docs/protocol.md is read, then its "Groups" section shows the vector verbatim."""
+        blocks = re.findall(r"```hex\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+        self.assertIn(FOUNDING_HEX, "".join("".join(block.split()) for block in blocks))
 
     def test_founding_vector(self) -> None:
         """When Alice founds "Family" with the vector's id, then the body is the vector's and
