@@ -59,7 +59,7 @@ class PlanMessageTests(SynchronousTestCase):
     def test_removed_member_gets_nothing(self) -> None:
         """When Carol is removed at version 4, then a message written under version 4 has no
         entry for her."""
-        v4 = remove(make_state(), ALICE, CAROL.uid)
+        v4 = remove(make_state(), ALICE, CAROL.uid, last_seq=0)
         message = write_message(
             ALICE, GROUP_ID, seq=1, prev_hash=NO_HASH, state_version=4, created=0, body=b"x"
         )
@@ -80,7 +80,7 @@ class PlanStateTests(SynchronousTestCase):
         """When Alice removes Carol, then Bob and Carol get the new state (Carol learns she was
         removed), Alice does not, and the entries share the state's id."""
         v3 = make_state()
-        v4 = remove(v3, ALICE, CAROL.uid)
+        v4 = remove(v3, ALICE, CAROL.uid, last_seq=0)
         entries = plan_state(v3, v4, ALICE.public_bytes)
         self.assertEqual(sorted(e.recipient for e in entries), sorted([BOB.uid, CAROL.uid]))
         self.assertEqual({e.entry_id for e in entries}, {state_hash(v4)[:16]})

@@ -191,12 +191,14 @@ class MembershipTests(SynchronousTestCase):
     """Who may write."""
 
     def test_removed_member_refused_after_removal(self) -> None:
-        """When Carol is removed at version 4, then her message written under version 4 is
-        refused by every member while her earlier message (version 3) is kept."""
+        """When Carol is removed at version 4 after her first message, then her message written
+        under version 4 is refused by every member, and so is a later message she backdates to
+        version 3; her first message is kept."""
         states = make_states()
-        v4 = remove(states[-1], ALICE, CAROL.uid)
+        v4 = remove(states[-1], ALICE, CAROL.uid, last_seq=1)
         carol = Writer(CAROL, make_log())
         before = carol.write(b"before")
+        backdated = carol.write(b"backdated")
         carol.state_version = 4
         after = carol.write(b"after")
         log = make_log([*states, v4])
@@ -204,7 +206,41 @@ class MembershipTests(SynchronousTestCase):
         offered = log.offer(after)
         self.assertEqual(offered.outcome, Outcome.refused)
         self.assertEqual(offered.reason, "not a member at that state version")
+        offered = log.offer(backdated)
+        self.assertEqual(offered.outcome, Outcome.refused)
+        self.assertEqual(offered.reason, "written after the author was removed")
         self.assertEqual(log.shown(), [before])
+
+    def test_removal_learned_late(self) -> None:
+        """When a member accepted Carol's message 2 (and Bob's reply naming it) before learning
+        that Carol was removed after message 1, then applying the removal drops message 2, and
+        it shows the same messages in the same order as a member that knew of the removal
+        from the start, with no gap reported."""
+        states = make_states()
+        v4 = remove(states[-1], ALICE, CAROL.uid, last_seq=1)
+        carol = Writer(CAROL, make_log())
+        c1, c2 = carol.write(b"c1"), carol.write(b"c2")
+        bob_view = make_log()
+        bob_view.offer(c1)
+        bob_view.offer(c2)
+        bob = Writer(BOB, bob_view)
+        b1 = bob.write(b"reply")
+        self.assertIn(Parent(CAROL.public_bytes, 2, message_hash(c2)), b1.parents)
+        membership = Membership(states)
+        late = GroupLog(GROUP_ID, membership)
+        for m in (c1, c2, b1):
+            self.assertEqual(late.offer(m).outcome, Outcome.accepted)
+        self.assertEqual(late.shown(), [c1, c2, b1])
+        membership.add(v4)
+        dropped, shown = late.states_added()
+        self.assertEqual(dropped, [c2])
+        self.assertEqual(shown, [c1, b1])
+        knew = make_log([*states, v4])
+        for m in (b1, c2, c1):
+            knew.offer(m)
+        self.assertEqual(knew.shown(), [c1, b1])
+        self.assertEqual(knew.gaps(), [])
+        self.assertEqual(late.gaps(), [])
 
     def test_non_member_refused(self) -> None:
         """When Dave, never a member, writes to the group, then his message is refused, and so

@@ -16,6 +16,7 @@ from jarvis.protocol.group_state import (
     MAX_MEMBERS,
     MAX_STATE_BYTES,
     NO_HASH,
+    Departure,
     GroupState,
     MalformedState,
     Member,
@@ -55,9 +56,10 @@ FOUNDING_HEX = (
     "0001"
     "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
     "010000"
+    "0000"
     "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
-    "e42d60c8034f2ca4b0b0c98db79d86d62de179cfea3c231afbf705e3664f2101"
-    "9e56349f4f3641ef29b4ca6e2c6bac647bc35150be75fe375b098e97f8859c08"
+    "1cf81b8e476da2798154ea9846c33b50dfd51ea2760794f8f39fb1b258870c19"
+    "c75b91e104754184e942d03ef5b53ef68c5e148088ddb1768357ea80f89e9803"
 )
 
 
@@ -146,6 +148,11 @@ class RoundTripTests(SynchronousTestCase):
         addresses=st.lists(st.binary(max_size=MAX_ADDRESSES_BYTES), min_size=1, max_size=4),
         roles=st.lists(st.sampled_from([Role.ADMIN, Role.MEMBER]), min_size=3, max_size=3),
         signature=st.binary(min_size=64, max_size=64),
+        departed=st.lists(
+            st.builds(Departure, st.binary(min_size=32, max_size=32), st.integers(0, 2**64 - 1)),
+            max_size=5,
+            unique_by=lambda d: d.public_key,
+        ),
     )
     def test_round_trip(
         self,
@@ -156,6 +163,7 @@ class RoundTripTests(SynchronousTestCase):
         addresses: list[bytes],
         roles: list[Role],
         signature: bytes,
+        departed: list[Departure],
     ) -> None:
         """When any in-range state is encoded, then parsing gives it back, and encoding again
         gives the same bytes."""
@@ -164,6 +172,7 @@ class RoundTripTests(SynchronousTestCase):
             Member(k.public_bytes, Role.FOUNDER if i == 0 else roles[i - 1], addresses[i])
             for i, k in enumerate(keys)
         ]
+        present = {k.public_bytes for k in keys}
         state = GroupState(
             GROUP_ID,
             version,
@@ -173,6 +182,7 @@ class RoundTripTests(SynchronousTestCase):
             tuple(sorted(members, key=lambda m: m.public_key)),
             BOB.public_bytes,
             signature,
+            tuple(sorted(d for d in departed if d.public_key not in present)),
         )
         data = encode_state(state)
         self.assertEqual(parse_state(data), state)
@@ -202,7 +212,7 @@ class ChangeTests(SynchronousTestCase):
     def test_member_leaves(self) -> None:
         """When Carol leaves, then the version she signed is accepted and she is gone."""
         v4 = make_family()[-1]
-        v5 = leave(v4, CAROL)
+        v5 = leave(v4, CAROL, last_seq=0)
         verify_successor(v4, v5)
         self.assertIsNone(v5.member(CAROL.uid))
 
@@ -216,7 +226,7 @@ class ChangeTests(SynchronousTestCase):
         """When Carol is removed at version 5 and invited again at 6, then Membership says when
         she was a member."""
         chain = make_family()
-        v5 = remove(chain[-1], ALICE, CAROL.uid)
+        v5 = remove(chain[-1], ALICE, CAROL.uid, last_seq=0)
         v6 = invite(v5, ALICE, CAROL.public_bytes)
         history = Membership([*chain, v5])
         self.assertEqual(history.removed_at(CAROL.public_bytes), 5)
@@ -260,7 +270,7 @@ class RefusalTests(SynchronousTestCase):
         self.assert_refused(v4, forged, "only the founder or an admin may make this change")
         renamed = _resign(replace(_next_of(v4), name="Mine"), CAROL)
         self.assert_refused(v4, renamed, "only the founder or an admin may make this change")
-        self.assertRaises(StateRefused, remove, v4, CAROL, BOB.uid)
+        self.assertRaises(StateRefused, remove, v4, CAROL, BOB.uid, last_seq=0)
 
     def test_admin_cannot_appoint_admins(self) -> None:
         """When Bob, an admin, promotes Carol or invites Dave as admin, then it is refused
@@ -271,15 +281,15 @@ class RefusalTests(SynchronousTestCase):
         promoted = set_role(v4, ALICE, CAROL.uid, Role.ADMIN)
         self.assertEqual(promoted.member(CAROL.uid).role, Role.ADMIN)  # type: ignore[union-attr]
         # and once an admin, Bob cannot remove her either
-        self.assertRaises(StateRefused, remove, promoted, BOB, CAROL.uid)
+        self.assertRaises(StateRefused, remove, promoted, BOB, CAROL.uid, last_seq=0)
 
     def test_admin_cannot_remove_founder(self) -> None:
         """When Bob, an admin, removes or demotes Alice, the founder, then it is refused; so is
         the founder leaving."""
         v4 = make_family()[-1]
-        self.assertRaises(StateRefused, remove, v4, BOB, ALICE.uid)
+        self.assertRaises(StateRefused, remove, v4, BOB, ALICE.uid, last_seq=0)
         self.assertRaises(StateRefused, set_role, v4, BOB, ALICE.uid, Role.MEMBER)
-        self.assertRaises(StateRefused, leave, v4, ALICE)
+        self.assertRaises(StateRefused, leave, v4, ALICE, last_seq=0)
         crowned = [
             replace(m, role=Role.FOUNDER if m.uid == BOB.uid else Role.MEMBER) for m in v4.members
         ]
@@ -289,7 +299,7 @@ class RefusalTests(SynchronousTestCase):
     def test_admin_may_remove_plain_member(self) -> None:
         """When Bob, an admin, removes Carol, then the version is accepted."""
         v4 = make_family()[-1]
-        self.assertIsNone(remove(v4, BOB, CAROL.uid).member(CAROL.uid))
+        self.assertIsNone(remove(v4, BOB, CAROL.uid, last_seq=0).member(CAROL.uid))
 
     def test_version_rollback_and_replay(self) -> None:
         """When a member holding version 4 is offered version 2 or 4's sibling with the same
@@ -309,6 +319,23 @@ class RefusalTests(SynchronousTestCase):
         v5 = rename(held, ALICE, name="New")
         forged = _resign(replace(v5, prev_hash=bytes(range(32))), ALICE)
         self.assert_refused(held, forged, "previous hash mismatch")
+
+    def test_departures_must_match(self) -> None:
+        """When a removal omits the departure, or a rename lists one, then it is refused; the
+        departure carries the last kept message and Membership applies it."""
+        held = make_family()[-1]
+        v5 = remove(held, ALICE, CAROL.uid, last_seq=7)
+        self.assertEqual(v5.departed, (Departure(CAROL.public_bytes, 7),))
+        self.assert_refused(held, _resign(replace(v5, departed=()), ALICE), _DEPARTURES)
+        renamed = rename(held, ALICE, name="New")
+        extra = replace(renamed, departed=(Departure(DAVE.public_bytes, 1),))
+        self.assert_refused(held, _resign(extra, ALICE), _DEPARTURES)
+        history = Membership([*make_family(), v5])
+        self.assertTrue(history.may_write(CAROL.public_bytes, 4, 7))
+        self.assertFalse(history.may_write(CAROL.public_bytes, 4, 8))
+        self.assertFalse(history.may_write(CAROL.public_bytes, 5, 1))
+        self.assertTrue(history.may_write(BOB.public_bytes, 5, 10**6))
+        self.assertEqual(history.departed_last_seq(CAROL.public_bytes), 7)
 
     def test_another_group(self) -> None:
         """When a version of another group is offered, then it is refused."""
@@ -333,6 +360,9 @@ class RefusalTests(SynchronousTestCase):
         self.assertIs(preferred(by_alice, by_bob), by_alice)
         other = rename(v3, BOB, name="Bob's 2")
         self.assertIs(preferred(by_bob, other), preferred(other, by_bob))
+
+
+_DEPARTURES = "the departures are not the members removed"
 
 
 def _next_of(state: GroupState) -> GroupState:

@@ -175,7 +175,7 @@ class GroupLog:
                 wanted[author] = max(wanted.get(author, 0), min(buffered) - 1)
         for author, seq in self._waiting:
             for p in self._chains[author][seq - 1].parents:
-                wanted[p.author] = max(wanted.get(p.author, 0), p.seq)
+                wanted[p.author] = max(wanted.get(p.author, 0), self._reachable(p))
         gaps = []
         for author, last in sorted(wanted.items()):
             first = len(self._hashes.get(author, ())) + 1
@@ -213,6 +213,8 @@ class GroupLog:
             return Offered(Outcome.refused, "state unknown")
         if not self._membership.was_member(author, message.state_version):
             return Offered(Outcome.refused, "not a member at that state version")
+        if not self._membership.may_write(author, message.state_version, message.seq):
+            return Offered(Outcome.refused, "written after the author was removed")
         for p in message.parents:
             if not self._membership.is_known(p.author):
                 return Offered(Outcome.refused, "a parent names a non-member")
@@ -268,6 +270,44 @@ class GroupLog:
         self._waiting.add((author, message.seq))
         return None
 
+    def states_added(self) -> tuple[list[GroupMessage], list[GroupMessage]]:
+        """Apply the states the caller has just added to the membership.
+
+        Messages the membership now refuses (a departed author's messages beyond the last one
+        their departure keeps, which this member accepted before it learned of the departure)
+        are dropped, and the order is computed again: parents beyond a departed author's last
+        kept message count as that last message, so every member ends with the same messages
+        in the same order whenever it learned of the removal.
+
+        :returns: ``(dropped, shown)``: the messages to take off the screen, and the shown
+            messages in their order after the change.
+        """
+        dropped: list[GroupMessage] = []
+        for author, chain in self._chains.items():
+            for index, m in enumerate(chain):
+                if not self._membership.may_write(author, m.state_version, m.seq):
+                    dropped += chain[index:]
+                    del chain[index:]
+                    del self._hashes[author][index:]
+                    break
+        for author, buffered in self._buffer.items():
+            limit = self._membership.departed_last_seq(author)
+            if limit is not None:
+                for seq in [seq for seq in buffered if seq > limit]:
+                    del buffered[seq]
+        self._depth.clear()
+        self._order.clear()
+        self._shown.clear()
+        self._waiting = {(a, i + 1) for a, chain in self._chains.items() for i in range(len(chain))}
+        self._show_ready()
+        return dropped, list(self._shown)
+
+    def _reachable(self, parent: Parent) -> int:
+        """Return the seq of *parent*, or of its author's last kept message if they departed
+        before it (a parent beyond that can never be shown)."""
+        limit = self._membership.departed_last_seq(parent.author)
+        return parent.seq if limit is None else min(parent.seq, limit)
+
     def _depth_if_ready(self, key: _Key) -> int | None:
         author, seq = key
         message = self._chains[author][seq - 1]
@@ -275,7 +315,10 @@ class GroupLog:
         if seq > 1 and (author, seq - 1) not in self._depth:
             return None
         for p in message.parents:
-            parent_depth = self._depth.get((p.author, p.seq))
+            seq = self._reachable(p)
+            if seq == 0:
+                continue
+            parent_depth = self._depth.get((p.author, seq))
             if parent_depth is None:
                 return None
             depth = max(depth, parent_depth)

@@ -13,11 +13,19 @@ Layout (integers unsigned big-endian, ``lp16(x) = u16(len(x)) || x``; see docs/p
 
     state   = body || signature (64)
     body    = u8(1) || group_id (16) || u64(version) || prev_hash (32)
-              || lp16(name) || lp16(topic) || u16(count) || member * count || signer_key (32)
+              || lp16(name) || lp16(topic) || u16(count) || member * count
+              || u16(gone) || departure * gone || signer_key (32)
     member  = public_key (32) || u8(role) || lp16(addresses)
+    departure = public_key (32) || u64(last_seq)
     signed  = "jarvis group state v1" || 0x00 || body
 
-Members are sorted by public key and unique, so a state has exactly one encoding.  A member is
+A version that removes members (a removal or a leave) lists each of them as a *departure* with
+the sequence number of their last group message that members keep: whatever they sign beyond
+it is refused, whichever state version it claims (:meth:`Membership.may_write`), so "removed"
+means the same on every member.
+
+Members and departures are sorted by public key and unique, so a state has exactly one
+encoding.  A member is
 named by its raw public key on the wire; its uid is derived from the key
 (:func:`jarvis.crypto.identity.uid_for_public_bytes`), so a state can never pair a uid with the
 wrong key.
@@ -55,7 +63,8 @@ MAX_ADDRESSES_BYTES = 512
 #: Most bytes of an encoded state: with every field at its maximum it still fits one 1:1 body.
 MAX_STATE_BYTES = (
     1 + GROUP_ID_SIZE + 8 + HASH_SIZE + 2 + 4 * 64 + 2 + 4 * MAX_TOPIC_CHARS + 2
-    + MAX_MEMBERS * (KEY_SIZE + 1 + 2 + MAX_ADDRESSES_BYTES) + KEY_SIZE + SIGNATURE_SIZE
+    + MAX_MEMBERS * (KEY_SIZE + 1 + 2 + MAX_ADDRESSES_BYTES) + 2 + MAX_MEMBERS * (KEY_SIZE + 8)
+    + KEY_SIZE + SIGNATURE_SIZE
 )  # fmt: skip
 MAX_VERSION = 0xFFFFFFFFFFFFFFFF
 
@@ -124,6 +133,18 @@ class Member:
         object.__setattr__(self, "uid", uid_for_public_bytes(self.public_key))
 
 
+@dataclass(frozen=True, order=True)
+class Departure:
+    """A member removed (or leaving) in this version, and where their messages stop.
+
+    :ivar public_key: the departed member's raw key.
+    :ivar last_seq: the sequence number of their last group message members keep (0: none).
+    """
+
+    public_key: bytes
+    last_seq: int
+
+
 @dataclass(frozen=True)
 class GroupState:
     """One signed version of a group's state.  Build it with the change functions below.
@@ -136,6 +157,7 @@ class GroupState:
     :ivar members: sorted by public key; exactly one founder.
     :ivar signer: public key of the member who signed this version.
     :ivar signature: Ed25519 signature of the signer over the body.
+    :ivar departed: the members of the previous version missing from this one, sorted by key.
     """
 
     group_id: bytes
@@ -146,9 +168,11 @@ class GroupState:
     members: tuple[Member, ...]
     signer: bytes
     signature: bytes
+    departed: tuple[Departure, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
+        object.__setattr__(self, "departed", tuple(self.departed))
 
     @property
     def founder(self) -> Member:
@@ -203,6 +227,14 @@ def _check_structure(state: GroupState) -> None:
         raise ValueError("members are not sorted by key or not unique")
     if sum(1 for m in state.members if m.role is Role.FOUNDER) != 1:
         raise ValueError("a group has exactly one founder")
+    gone = [d.public_key for d in state.departed]
+    if len(gone) > MAX_MEMBERS or any(a >= b for a, b in itertools.pairwise(gone)):
+        raise ValueError("departures are not sorted by key, not unique or too many")
+    for d in state.departed:
+        if len(d.public_key) != KEY_SIZE or not 0 <= d.last_seq <= MAX_VERSION:
+            raise ValueError("a departure is out of range")
+    if set(gone) & set(keys):
+        raise ValueError("a departed member is still a member")
     if len(state.signer) != KEY_SIZE:
         raise ValueError(f"the signer's key is {KEY_SIZE} bytes")
     if len(state.signature) != SIGNATURE_SIZE:
@@ -221,6 +253,8 @@ def _body(state: GroupState) -> bytes:
     ]
     for m in state.members:
         parts += [m.public_key, bytes([m.role]), _lp16(m.addresses)]
+    parts.append(_U16.pack(len(state.departed)))
+    parts += [d.public_key + _U64.pack(d.last_seq) for d in state.departed]
     parts.append(state.signer)
     return b"".join(parts)
 
@@ -307,10 +341,18 @@ def parse_state(data: bytes) -> GroupState:
             members.append(Member(key, Role(role), addresses))
         except ValueError as e:
             raise MalformedState(str(e)) from None
+    gone = r.u16("departure count")
+    if gone > MAX_MEMBERS:
+        raise MalformedState("too many departures")
+    departed = tuple(
+        Departure(r.take(KEY_SIZE, "departed key"), r.u64("last seq")) for _ in range(gone)
+    )
     signer = r.take(KEY_SIZE, "signer")
     signature = r.take(SIGNATURE_SIZE, "signature")
     r.finish()
-    state = GroupState(group_id, version, prev_hash, name, topic, tuple(members), signer, signature)
+    state = GroupState(
+        group_id, version, prev_hash, name, topic, tuple(members), signer, signature, departed
+    )
     try:
         _check_structure(state)
     except ValueError as e:
@@ -341,6 +383,8 @@ def verify_founding(state: GroupState) -> None:
         raise StateRefused("not a founding state")
     if state.signer != state.founder.public_key:
         raise StateRefused("the founding state is not signed by its founder")
+    if state.departed:
+        raise StateRefused("a founding state has no departures")
     _check_signature(state)
 
 
@@ -362,7 +406,8 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
     * an admin may rename, change the topic, invite plain members, remove plain members and
       change addresses; only the founder appoints, demotes or removes admins;
     * any member (admin or plain) may sign a version whose only change is removing themself
-      (leaving) or replacing their own addresses.
+      (leaving) or replacing their own addresses;
+    * the departures list exactly the members of *previous* missing from *candidate*.
 
     :raises StateRefused: if *candidate* breaks a rule.
     """
@@ -384,6 +429,9 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
         raise StateRefused("the signer is not a member")
     if candidate.founder.public_key != previous.founder.public_key:
         raise StateRefused("the founder cannot be removed or replaced")
+    gone = {m.public_key for m in previous.members} - {m.public_key for m in candidate.members}
+    if {d.public_key for d in candidate.departed} != gone:
+        raise StateRefused("the departures are not the members removed")
     if signer.role is Role.FOUNDER:
         return
     before = {m.public_key: m for m in previous.members}
@@ -486,6 +534,7 @@ def _next(
     *,
     name: str | None = None,
     topic: str | None = None,
+    departed: Iterable[Departure] = (),
 ) -> GroupState:
     candidate = _sign(
         replace(
@@ -495,6 +544,7 @@ def _next(
             name=held.name if name is None else check_name(name),
             topic=held.topic if topic is None else _check_topic(topic),
             members=tuple(sorted(members, key=lambda m: m.public_key)),
+            departed=tuple(sorted(departed)),
         ),
         signer,
     )
@@ -529,25 +579,29 @@ def invite(
     return _next(held, signer, [*held.members, Member(public_key, role, addresses)])
 
 
-def remove(held: GroupState, signer: IdentityKey, uid: str) -> GroupState:
+def remove(held: GroupState, signer: IdentityKey, uid: str, *, last_seq: int) -> GroupState:
     """Return the next version without the member *uid*.
 
+    :param last_seq: the sequence number of *uid*'s last group message the signer holds:
+        members keep their messages up to it and refuse any beyond it.
     :raises ValueError: if *uid* is not a member.
     :raises StateRefused: if *signer* may not remove them (the founder cannot be removed).
     """
     gone = _require(held, uid)
     if gone.role is Role.FOUNDER:
         raise StateRefused("the founder cannot be removed or replaced")
-    return _next(held, signer, _without(held.members, gone.public_key).values())
+    members = _without(held.members, gone.public_key).values()
+    return _next(held, signer, members, departed=[Departure(gone.public_key, last_seq)])
 
 
-def leave(held: GroupState, member: IdentityKey) -> GroupState:
+def leave(held: GroupState, member: IdentityKey, *, last_seq: int) -> GroupState:
     """Return the next version, signed by *member*, without *member*.
 
+    :param last_seq: the sequence number of *member*'s last group message.
     :raises ValueError: if *member* is not a member.
     :raises StateRefused: if *member* is the founder (the founder cannot leave).
     """
-    return remove(held, member, member.uid)
+    return remove(held, member, member.uid, last_seq=last_seq)
 
 
 def set_role(held: GroupState, signer: IdentityKey, uid: str, role: Role) -> GroupState:
@@ -585,16 +639,27 @@ def rename(
     return _next(held, signer, held.members, name=name, topic=topic)
 
 
-class Membership:
-    """Who was a member at which version: what a group log needs to refuse a removed member.
+@dataclass
+class _Span:
+    """One stretch of membership: versions ``start`` to ``end - 1`` (open while end is None),
+    and the last message kept from it (None while still a member)."""
 
-    Fed every accepted state in order (:meth:`add`); a uid may leave and be invited again, so
-    each member has a list of version intervals.
+    start: int
+    end: int | None = None
+    last_seq: int | None = None
+
+
+class Membership:
+    """Who was a member at which version, and where a departed member's messages stop: what a
+    group log needs to refuse a removed member.
+
+    Fed every accepted state in order (:meth:`add`); a member may leave and be invited again,
+    so each member has a list of spans of versions.
     """
 
     def __init__(self, states: Iterable[GroupState] = ()) -> None:
         """Start empty, then :meth:`add` each of *states*."""
-        self._intervals: dict[bytes, list[list[int | None]]] = {}
+        self._spans: dict[bytes, list[_Span]] = {}
         self._version = 0
         for state in states:
             self.add(state)
@@ -611,31 +676,44 @@ class Membership:
         """
         if self._version and state.version != self._version + 1:
             raise ValueError("states must be added in version order")
-        present = {m.public_key for m in state.members}
-        for key in present:
-            spans = self._intervals.setdefault(key, [])
-            if not spans or spans[-1][1] is not None:
-                spans.append([state.version, None])
-        for key, spans in self._intervals.items():
-            if key not in present and spans[-1][1] is None:
-                spans[-1][1] = state.version
+        for m in state.members:
+            spans = self._spans.setdefault(m.public_key, [])
+            if not spans or spans[-1].end is not None:
+                spans.append(_Span(state.version))
+        for d in state.departed:
+            gone = self._spans.get(d.public_key)
+            if gone and gone[-1].end is None:
+                gone[-1].end = state.version
+                gone[-1].last_seq = d.last_seq
         self._version = state.version
 
     def is_known(self, public_key: bytes) -> bool:
         """Return whether *public_key* was ever a member."""
-        return public_key in self._intervals
+        return public_key in self._spans
 
     def was_member(self, public_key: bytes, version: int) -> bool:
-        """Return whether *public_key* was a member in *version* (which must be known)."""
-        for start, end in self._intervals.get(public_key, ()):
-            assert start is not None
-            if start <= version and (end is None or version < end):
-                return True
-        return False
+        """Return whether *public_key* was a member in *version*."""
+        return self._span(public_key, version) is not None
+
+    def may_write(self, public_key: bytes, version: int, seq: int) -> bool:
+        """Return whether a message of *public_key* numbered *seq*, claiming to be written
+        under *version*, is acceptable: the author was a member then and, if they departed
+        since, *seq* is not beyond the last message their departure keeps."""
+        span = self._span(public_key, version)
+        return span is not None and (span.last_seq is None or seq <= span.last_seq)
+
+    def departed_last_seq(self, public_key: bytes) -> int | None:
+        """Return the last kept seq of *public_key* if it is not a member now, else None."""
+        spans = self._spans.get(public_key)
+        return spans[-1].last_seq if spans and spans[-1].end is not None else None
 
     def removed_at(self, public_key: bytes) -> int | None:
         """Return the first version without *public_key* if it is not a member now, else None."""
-        spans = self._intervals.get(public_key)
-        if not spans or spans[-1][1] is None:
-            return None
-        return spans[-1][1]
+        spans = self._spans.get(public_key)
+        return spans[-1].end if spans else None
+
+    def _span(self, public_key: bytes, version: int) -> _Span | None:
+        for span in self._spans.get(public_key, ()):
+            if span.start <= version and (span.end is None or version < span.end):
+                return span
+        return None
