@@ -125,6 +125,42 @@ class ChainTests(SynchronousTestCase):
         self.assertEqual(carol.shown(), [a1, a2, b1])
         self.assertEqual(carol.gaps(), [])
 
+    def test_gaps_are_holes_only(self) -> None:
+        """When Alice's messages 2 and 4 are missing and 3 and 5 are held, then two gaps are
+        reported, (2..2) and (4..4), not what is already held."""
+        alice = Writer(ALICE, make_log())
+        m = [alice.write(b"%d" % i) for i in range(5)]
+        log = make_log()
+        for i in (0, 2, 4):
+            log.offer(m[i])
+        self.assertEqual(log.gaps(), [Gap(ALICE.public_bytes, 2, 2), Gap(ALICE.public_bytes, 4, 4)])
+
+    def test_bogus_parent_holds_up_only_its_author(self) -> None:
+        """When Carol names a parent nobody has (Alice's message 99), then her message waits
+        and reports the gap, but Bob, who holds it, does not name it as a parent, so his own
+        messages are shown by everyone."""
+        a1 = Writer(ALICE, make_log()).write(b"a1")
+        bogus = write_message(
+            CAROL,
+            GROUP_ID,
+            seq=1,
+            prev_hash=NO_HASH,
+            state_version=3,
+            created=0,
+            parents=[Parent(ALICE.public_bytes, 99, b"\x01" * 32)],
+            body=b"c1",
+        )
+        bob_log = make_log()
+        bob_log.offer(a1)
+        self.assertEqual(bob_log.offer(bogus).shown, ())
+        self.assertEqual(bob_log.gaps(), [Gap(ALICE.public_bytes, 2, 99)])
+        b1 = Writer(BOB, bob_log).write(b"b1")
+        self.assertEqual([p.author for p in b1.parents], [ALICE.public_bytes])
+        other = make_log()
+        for message in (bogus, a1, b1):
+            other.offer(message)
+        self.assertEqual(other.shown(), [a1, b1])
+
 
 class ForkTests(SynchronousTestCase):
     """An author who signs two versions of one position is caught."""

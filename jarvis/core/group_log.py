@@ -119,6 +119,9 @@ class GroupLog:
         self._hashes: dict[bytes, list[bytes]] = {}
         self._buffer: dict[bytes, dict[int, GroupMessage]] = {}
         self._waiting: set[_Key] = set()
+        # what a waiting message waits for -> the waiting messages
+        self._blocked: dict[_Key, set[_Key]] = {}
+        self._shown_heads: dict[bytes, Parent] = {}
         self._depth: dict[_Key, int] = {}
         self._order: list[tuple[int, bytes]] = []
         self._shown: list[GroupMessage] = []
@@ -147,10 +150,14 @@ class GroupLog:
         return {a: Parent(a, len(h), h[-1]) for a, h in self._hashes.items() if h}
 
     def parents_for(self, author: bytes, limit: int) -> tuple[Parent, ...]:
-        """Return the causal parents *author* should name in their next message: the head of
-        each other author, the *limit* with the longest chains (ties by key)."""
-        others = [p for a, p in self.heads().items() if a != author]
-        others.sort(key=lambda p: (-self._depth.get((p.author, p.seq), 0), p.author))
+        """Return the causal parents *author* should name in their next message: the last
+        *shown* message of each other author, the *limit* most recent (deepest, ties by key).
+
+        Only shown messages are named, so a message that can never be shown (its author named
+        a parent nobody has) never holds up anyone else's messages.
+        """
+        others = [p for a, p in self._shown_heads.items() if a != author]
+        others.sort(key=lambda p: (-self._depth[(p.author, p.seq)], p.author))
         return tuple(sorted(others[:limit]))
 
     def summary(self, state_version: int) -> Summary:
@@ -168,17 +175,24 @@ class GroupLog:
 
     def gaps(self) -> list[Gap]:
         """Return what this member knows it lacks: holes before buffered messages, and messages
-        named as parents but not held.  Ask any member for them."""
+        named as parents but not held.  Ask any member for them.
+
+        Only holes are listed (not what is buffered), one :class:`Gap` per hole.
+        """
         wanted: dict[bytes, int] = {}
         for author, buffered in self._buffer.items():
             if buffered:
-                wanted[author] = max(wanted.get(author, 0), min(buffered) - 1)
+                wanted[author] = max(buffered)
         for author, seq in self._waiting:
             for p in self._chains[author][seq - 1].parents:
                 wanted[p.author] = max(wanted.get(p.author, 0), self._reachable(p))
         gaps = []
         for author, last in sorted(wanted.items()):
             first = len(self._hashes.get(author, ())) + 1
+            for seq in sorted(self._buffer.get(author, ())):
+                if seq > first:
+                    gaps.append(Gap(author, first, seq - 1))
+                first = seq + 1
             if last >= first:
                 gaps.append(Gap(author, first, last))
         return gaps
@@ -243,11 +257,13 @@ class GroupLog:
         refusal = self._append(message, digest)
         if refusal is not None:
             return refusal
+        appended = [(author, message.seq)]
         while len(hashes) + 1 in buffered:
             following = buffered.pop(len(hashes) + 1)
             if self._append(following, message_hash(following)) is not None:
                 break
-        return Offered(Outcome.accepted, shown=tuple(self._show_ready()))
+            appended.append((author, following.seq))
+        return Offered(Outcome.accepted, shown=tuple(self._show_ready(appended)))
 
     def _forked(self, first: GroupMessage, second: GroupMessage) -> Offered:
         evidence = ForkEvidence(first, second)
@@ -298,8 +314,10 @@ class GroupLog:
         self._depth.clear()
         self._order.clear()
         self._shown.clear()
+        self._blocked.clear()
+        self._shown_heads.clear()
         self._waiting = {(a, i + 1) for a, chain in self._chains.items() for i in range(len(chain))}
-        self._show_ready()
+        self._show_ready(sorted(self._waiting))
         return dropped, list(self._shown)
 
     def _reachable(self, parent: Parent) -> int:
@@ -308,41 +326,51 @@ class GroupLog:
         limit = self._membership.departed_last_seq(parent.author)
         return parent.seq if limit is None else min(parent.seq, limit)
 
-    def _depth_if_ready(self, key: _Key) -> int | None:
+    def _depth_or_missing(self, key: _Key) -> tuple[int, None] | tuple[None, _Key]:
+        """Return ``(depth, None)`` if *key* can be shown, else ``(None, what it waits for)``."""
         author, seq = key
-        message = self._chains[author][seq - 1]
-        depth = self._depth.get((author, seq - 1), 0) if seq > 1 else 0
-        if seq > 1 and (author, seq - 1) not in self._depth:
-            return None
-        for p in message.parents:
-            seq = self._reachable(p)
-            if seq == 0:
+        depth = 0
+        if seq > 1:
+            before = self._depth.get((author, seq - 1))
+            if before is None:
+                return None, (author, seq - 1)
+            depth = before
+        for p in self._chains[author][seq - 1].parents:
+            reachable = self._reachable(p)
+            if reachable == 0:
                 continue
-            parent_depth = self._depth.get((p.author, seq))
+            parent_depth = self._depth.get((p.author, reachable))
             if parent_depth is None:
-                return None
+                return None, (p.author, reachable)
             depth = max(depth, parent_depth)
-        return depth + 1
+        return depth + 1, None
 
-    def _show_ready(self) -> list[GroupMessage]:
+    def _show_ready(self, candidates: Iterable[_Key]) -> list[GroupMessage]:
+        """Show every waiting message among *candidates* (and those they unblock) that can be
+        shown; a message that cannot is filed under the first thing it waits for, and tried
+        again when that is shown."""
         shown: list[tuple[tuple[int, bytes], GroupMessage]] = []
-        progress = True
-        while progress and self._waiting:
-            progress = False
-            for key in sorted(self._waiting):
-                depth = self._depth_if_ready(key)
-                if depth is None:
-                    continue
-                self._waiting.discard(key)
-                self._depth[key] = depth
-                author, seq = key
-                message = self._chains[author][seq - 1]
-                sort_key = (depth, self._hashes[author][seq - 1])
-                at = bisect.bisect(self._order, sort_key)
-                self._order.insert(at, sort_key)
-                self._shown.insert(at, message)
-                shown.append((sort_key, message))
-                progress = True
+        work = list(candidates)
+        while work:
+            key = work.pop()
+            if key not in self._waiting:
+                continue
+            depth, missing = self._depth_or_missing(key)
+            if depth is None:
+                assert missing is not None
+                self._blocked.setdefault(missing, set()).add(key)
+                continue
+            self._waiting.discard(key)
+            self._depth[key] = depth
+            author, seq = key
+            message = self._chains[author][seq - 1]
+            sort_key = (depth, self._hashes[author][seq - 1])
+            at = bisect.bisect(self._order, sort_key)
+            self._order.insert(at, sort_key)
+            self._shown.insert(at, message)
+            self._shown_heads[author] = Parent(author, seq, sort_key[1])
+            shown.append((sort_key, message))
+            work.extend(self._blocked.pop(key, ()))
         shown.sort(key=lambda pair: pair[0])
         return [message for _key, message in shown]
 
