@@ -470,8 +470,8 @@ def accept_next(held: GroupState, candidate: GroupState) -> GroupState:
 def accept_chain(held: GroupState, chain: Sequence[GroupState]) -> GroupState:
     """Return the newest state of *chain* (consecutive versions after *held*), all checked.
 
-    Versions in *chain* at or below ``held.version`` are skipped if they are the ones held
-    (a relay may send the whole chain); the first one that does not follow raises.
+    Versions in *chain* below the held one are skipped (a relay may send the whole chain from
+    version 1); each other one must follow the one before, and the first that does not raises.
 
     :raises StateRefused: naming the first refused version.
     """
