@@ -1,0 +1,126 @@
+"""Pairwise fan-out of group traffic: which member gets which outbox entry, and who may talk.
+
+A group has no shared key and no server: a group message (or a new group state) travels as one
+ordinary 1:1 message to each other member, over the pinned, end-to-end sessions (and later the
+mailbox), and the durable outbox of the 1:1 layer makes each delivery exactly-once.  The entries
+of one group message share its group message id, so the UI can count deliveries ("7 of 9") and a
+member that gets the same message twice (from its author and from a relay) keeps it once.
+
+The 1:1 body of a group entry is a *group payload*: ``u8(kind) || record``, kind
+:data:`KIND_MESSAGE` (a :mod:`~jarvis.protocol.group_message` message),
+:data:`KIND_STATE` (a :mod:`~jarvis.protocol.group_state` state) or :data:`KIND_SUMMARY`
+(a keepalive summary).  How the 1:1 layer tells a group payload from a chat text is the lead's
+wiring (a body type byte or a record type); this module only builds the plan.
+
+Members need not be contacts: :func:`group_peers` says, from the states a node holds, which
+non-contact keys it may accept a session from *for group traffic only* (docs/groups.md).
+
+Pure code: no reactor, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from jarvis.protocol.group_message import GroupMessage, encode_message, message_id
+from jarvis.protocol.group_state import GroupState, encode_state, state_hash
+
+KIND_MESSAGE = 0x01
+KIND_STATE = 0x02
+KIND_SUMMARY = 0x03
+_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY})
+#: Size of the id a state's fan-out entries share (the first bytes of its hash).
+ENTRY_ID_SIZE = 16
+
+
+@dataclass(frozen=True)
+class FanoutEntry:
+    """One durable outbox entry of a group fan-out.
+
+    :ivar recipient: the member's uid.
+    :ivar public_key: the member's raw key (to open a session with a non-contact member).
+    :ivar addresses: the member's opaque addresses from the group state.
+    :ivar entry_id: 16 bytes shared by every entry of one group message or state.
+    :ivar payload: the 1:1 body: ``u8(kind) || record``.
+    """
+
+    recipient: str
+    public_key: bytes
+    addresses: bytes
+    entry_id: bytes
+    payload: bytes
+
+
+def encode_payload(kind: int, record: bytes) -> bytes:
+    """Return a group payload: *kind* then the record bytes.
+
+    :raises ValueError: for an unknown kind.
+    """
+    if kind not in _KINDS:
+        raise ValueError("unknown group payload kind")
+    return bytes([kind]) + record
+
+
+def parse_payload(payload: bytes) -> tuple[int, bytes]:
+    """Return ``(kind, record bytes)`` of a group payload (the record is parsed by its module).
+
+    :raises ValueError: if it is empty or of an unknown kind.
+    """
+    if not payload or payload[0] not in _KINDS:
+        raise ValueError("not a group payload")
+    return payload[0], bytes(payload[1:])
+
+
+def plan_message(state: GroupState, message: GroupMessage) -> list[FanoutEntry]:
+    """Return one entry per member of *state* other than the message's author.
+
+    The author writes under *state* (``message.state_version == state.version``): members
+    removed by *state* get nothing, members added by it get the message.  A relay (a member
+    answering a gap request) sends single entries with the same payload instead.
+
+    :raises ValueError: if the message is of another group or another state version.
+    """
+    if message.group_id != state.group_id or message.state_version != state.version:
+        raise ValueError("the message was not written under this state")
+    payload = encode_payload(KIND_MESSAGE, encode_message(message))
+    entry_id = message_id(message)
+    return [
+        FanoutEntry(m.uid, m.public_key, m.addresses, entry_id, payload)
+        for m in state.members
+        if m.public_key != message.author
+    ]
+
+
+def plan_state(previous: GroupState | None, state: GroupState, sender: bytes) -> list[FanoutEntry]:
+    """Return the entries announcing *state*: to every member of *state* and of *previous*
+    (so a removed member is told it was removed), except *sender* (a raw key).
+
+    Members who were removed get the state once, then nothing more from the group.
+    """
+    payload = encode_payload(KIND_STATE, encode_state(state))
+    entry_id = state_hash(state)[:ENTRY_ID_SIZE]
+    recipients = {m.public_key: m for m in (previous.members if previous else ())}
+    recipients.update({m.public_key: m for m in state.members})
+    return [
+        FanoutEntry(m.uid, m.public_key, m.addresses, entry_id, payload)
+        for key, m in sorted(recipients.items())
+        if key != sender
+    ]
+
+
+def group_peers(states: Iterable[GroupState], own_key: bytes) -> dict[str, frozenset[bytes]]:
+    """Return, for each uid this node shares a group with, the ids of those groups.
+
+    The network layer may accept a session from such a uid even if it is not a contact, and
+    must then carry only group payloads of these groups on it (never chat messages, never
+    make it a contact).  Pass the current state of every group the node is a member of.
+    """
+    peers: dict[str, set[bytes]] = {}
+    for state in states:
+        if state.member_by_key(own_key) is None:
+            continue
+        for m in state.members:
+            if m.public_key != own_key:
+                peers.setdefault(m.uid, set()).add(state.group_id)
+    return {uid: frozenset(groups) for uid, groups in peers.items()}
