@@ -3,7 +3,8 @@
 :class:`MailboxStore` is everything the server asks of storage, as Deferred-returning calls, so
 an operator could move the mailbox to a server database by writing another implementation.
 :class:`SQLiteMailboxStore` keeps one SQLite file in WAL mode (``synchronous=FULL``: a
-deposit is acknowledged only after its transaction is on disk) and runs every query on one
+deposit is acknowledged only after its transaction is on disk; ``secure_delete``: a collected
+block is overwritten with zeros, not left in a free page) and runs every query on one
 dedicated thread, never on the reactor.  Queries are plain functions of a cursor.  The thread
 commits in groups: it takes every operation waiting when it becomes free (up to
 :data:`MAX_BATCH`), runs each inside its own savepoint (one failing operation does not undo
@@ -273,6 +274,8 @@ class SQLiteMailboxStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
+        # collected and expired blocks are overwritten, not left in free pages
+        conn.execute("PRAGMA secure_delete=ON")
         conn.executescript(SCHEMA)
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="jarvis-mailbox-db", daemon=True
