@@ -225,6 +225,22 @@ class ScanTests(MailboxCase):
         self.assertEqual(count, 20)
         columns = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
         self.assertEqual(columns, ["seq", "queue", "msg_id", "ts", "block"])
+        columns = [r[1] for r in db.execute("PRAGMA table_info(queues)")]
+        self.assertEqual(
+            columns,
+            [
+                "id",
+                "recipient_id",
+                "sender_id",
+                "recipient_key",
+                "sender_key",
+                "created",
+                "msg_count",
+            ],
+        )
+        self.assertEqual(
+            sorted(t for t in tables if t != "sqlite_sequence"), ["messages", "queues"]
+        )
 
 
 class _Raw(protocol.Protocol):

@@ -243,6 +243,21 @@ class AuthTests(unittest.TestCase):
         self.assertEqual(codes(attacker.send(cmd)), [wire.ERR_AUTH])
         self.assertEqual(self.successResultOf(store.figures())["messages"], 1)
 
+    def test_proved_queue_needs_no_further_signature_on_that_connection_only(self) -> None:
+        """When a connection has made one verified deposit into a queue, then later deposits
+        there on that connection may carry a zero signature; the same zero-signed deposit on
+        another connection is refused with ERR_AUTH."""
+        factory, _clock, store = make_server()
+        c, other = Conn(factory), Conn(factory)
+        _rid, sid, _rkey, skey = c.new_queue()
+        unsigned = wire.Deposit(0, sid, bytes(64), wire.pad_block(b"z"))
+        self.assertEqual(codes(c.send(replace(unsigned, corr=c.next_corr()))), [wire.ERR_AUTH])
+        self.assertIsInstance(c.deposit(sid, skey), wire.Ok)
+        self.assertIsInstance(c.send(replace(unsigned, corr=c.next_corr()))[0], wire.Ok)
+        refused = other.send(replace(unsigned, corr=other.next_corr()))
+        self.assertEqual(codes(refused), [wire.ERR_AUTH])
+        self.assertEqual(self.successResultOf(store.figures())["messages"], 2)
+
 
 class LimitTests(unittest.TestCase):
     """Quotas, expiry and rate limits."""

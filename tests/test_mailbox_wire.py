@@ -58,11 +58,15 @@ class VectorTests(unittest.TestCase):
 
     def test_signed_data(self) -> None:
         """When a deposit is signed, then the signature covers domain, nonce, head, corr,
-        queue id and block, and not the signature itself."""
+        queue id and the block's SHA-256, and not the signature itself."""
         cmd = wire.Deposit(1, QID, SIG, b"blk")
         self.assertEqual(
             wire.signed_data(b"N" * 32, cmd),
-            b"jarvis-mailbox-v1\x00" + b"N" * 32 + b"\x01\x11\x00\x00\x00\x01" + QID + b"blk",
+            b"jarvis-mailbox-v1\x00"
+            + b"N" * 32
+            + b"\x01\x11\x00\x00\x00\x01"
+            + QID
+            + bytes.fromhex("5af2392a948f950e3f93e9f171da623fe6629440bc8d7e27fa7b39573e40ee73"),
         )
         other = wire.Deposit(1, QID, b"\x00" * 64, b"blk")
         self.assertEqual(wire.signed_data(b"N" * 32, cmd), wire.signed_data(b"N" * 32, other))

@@ -132,6 +132,8 @@ class MailboxClientProtocol(Protocol):
         self._waiting: dict[int, tuple[defer.Deferred[Any], Callable[[wire.Record], Any]]] = {}
         self._subscriptions: dict[bytes, _Subscription] = {}
         self._keys: dict[bytes, Ed25519PrivateKey] = {}
+        #: sender ids whose key this connection has proved to the mailbox
+        self._proven: set[bytes] = set()
         self.connected = False
 
     # -- connection ---------------------------------------------------------------------------
@@ -251,9 +253,18 @@ class MailboxClientProtocol(Protocol):
 
     def deposit_block(self, credential: SenderCredential, block: bytes) -> defer.Deferred[bytes]:
         """Deposit an already padded *block* (tests send wrong sizes through this)."""
-        cmd = wire.Deposit(self._next_corr(), credential.sender_id, bytes(64), block)
-        signed = self._signed(cmd, self._key(credential.sender_key))
-        return self._request(signed, lambda r: getattr(r, "msg_id", b""))
+        sid = credential.sender_id
+        cmd = wire.Deposit(self._next_corr(), sid, bytes(64), block)
+        if sid not in self._proven:
+            # until the mailbox has accepted one signed deposit into this queue on this
+            # connection, every deposit is signed; afterwards the signature field is zeros
+            cmd = self._signed(cmd, self._key(credential.sender_key))
+
+        def accepted(record: wire.Record) -> bytes:
+            self._proven.add(sid)
+            return getattr(record, "msg_id", b"")
+
+        return self._request(cmd, accepted)
 
     def subscribe(
         self, recipient_id: bytes, recipient_key: bytes, handler: Handler

@@ -11,7 +11,9 @@ length does not match exactly is :class:`MalformedRecord`.  Commands carry a cor
 
 Signed commands (everything that touches a queue) carry an Ed25519 signature by the queue's
 key for that role over :func:`signed_data`: a domain label, the connection's 32-byte challenge
-(sent by the server in :class:`Hello`), and the record without the signature.  The server
+(sent by the server in :class:`Hello`), the record's head, ``corr`` and queue id, and the
+SHA-256 of the fields after the signature (the block of a deposit: Ed25519 over 16 KiB costs
+twice as much as over its hash, measured).  The server
 requires ``corr`` to grow strictly on a connection, so a signature can be used once, on one
 connection.
 
@@ -25,6 +27,7 @@ Pure code: no reactor, no I/O, no logging.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from typing import ClassVar
@@ -279,7 +282,8 @@ def _signed_fields(cmd: SignedCommand) -> bytes:
 
 
 def signed_data(nonce: bytes, cmd: SignedCommand) -> bytes:
-    """Return the bytes a signed command's signature covers.
+    """Return the bytes a signed command's signature covers: domain, *nonce*, head, corr,
+    queue id and the SHA-256 of the fields after the signature.
 
     :param nonce: the connection's challenge from :class:`Hello`.
     """
@@ -290,7 +294,7 @@ def signed_data(nonce: bytes, cmd: SignedCommand) -> bytes:
             _head(cmd.TYPE),
             _CORR.pack(cmd.corr),
             cmd.queue_id,
-            _signed_fields(cmd),
+            hashlib.sha256(_signed_fields(cmd)).digest(),
         )
     )
 
