@@ -19,6 +19,7 @@ from jarvis.mailbox.client import (
     Delivery,
     MailboxClientProtocol,
     MailboxConnectionLost,
+    QueueFull,
     connect_mailbox,
 )
 from jarvis.mailbox.link import MailboxLink, parse_link
@@ -91,6 +92,30 @@ class DeliveryTests(MailboxCase):
         self.assertEqual(len({d.msg_id for d in got}), 1000)
         status = await client.status()
         self.assertEqual((status["messages"], status["queues"]), (0, 1))
+
+    async def test_push_and_full_queue(self) -> None:
+        """When a collector is subscribed, then a deposit from another connection is pushed
+        to it at once; when the queue is full (--queue-messages 3), then the sender gets
+        QueueFull, whose text it can show its user; after a collection there is room."""
+        mailbox = await self.start_mailbox(["--queue-messages", "3"])
+        collector, sender = await self.connect(mailbox), await self.connect(mailbox)
+        keys = await collector.create_queue()
+        pushed: defer.Deferred[Delivery] = defer.Deferred()
+        await collector.subscribe(keys.recipient_id, keys.recipient_key, pushed.callback)
+        await sender.deposit(keys.sender_credential(), b"first")
+        self.assertEqual((await pushed).payload, b"first")
+        while (await sender.status())["messages"]:  # until its acknowledgement is in
+            await deferLater(0.01)
+        await collector.close()
+        for i in range(3):
+            await sender.deposit(keys.sender_credential(), b"%d" % i)
+        with self.assertRaises(QueueFull) as caught:
+            await sender.deposit(keys.sender_credential(), b"one too many")
+        self.assertIn("full", str(caught.exception))
+        again = await self.connect(mailbox)
+        got = await again.collect(keys.recipient_id, keys.recipient_key)
+        self.assertEqual([d.payload for d in got], [b"0", b"1", b"2"])
+        await sender.deposit(keys.sender_credential(), b"room again")
 
     async def test_wrong_pin_refused(self) -> None:
         """When a client holds a link whose pin is not the mailbox's key, then the TLS

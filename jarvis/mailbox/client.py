@@ -289,9 +289,9 @@ class MailboxClientProtocol(Protocol):
 
     def collect(self, recipient_id: bytes, recipient_key: bytes) -> defer.Deferred[list[Delivery]]:
         """Collect (and acknowledge) everything the queue holds now; fire with the messages in
-        order once the mailbox says the queue is empty.  The subscription stays active: later
-        deposits go to :meth:`subscribe`'s handler if one is set again, else are collected
-        into nothing until :meth:`unsubscribe`."""
+        order once the mailbox says the queue is empty.  Then this side stops handling the
+        queue: a message pushed later is left unacknowledged at the mailbox (it comes with the
+        next :meth:`collect` or :meth:`subscribe`), never acknowledged into nowhere."""
         got: list[Delivery] = []
         empty: defer.Deferred[None] = defer.Deferred()
         d = self.subscribe(recipient_id, recipient_key, got.append)
@@ -300,6 +300,8 @@ class MailboxClientProtocol(Protocol):
             sub.on_empty.append(empty)
 
         def finished(_: None) -> list[Delivery]:
+            if self._subscriptions.get(recipient_id) is sub:
+                self.unsubscribe(recipient_id)
             return got
 
         return d.addCallback(lambda _: empty).addCallback(finished)

@@ -162,7 +162,10 @@ class MailboxService(MultiService):
             time.time,
             options.limits(),
             lag=lambda: self.lag_probe.worst_recent(60.0),
-            extra_figures=lambda: {"gc_worst_ms": round(self.gc_worst * 1000.0, 3)},
+            extra_figures=lambda: {
+                "gc_worst_ms": round(self.gc_worst * 1000.0, 3),
+                "gc_worst_generation": self.gc_worst_generation,
+            },
         )
         creator: Any = MailboxServerCreator(self.key)
         server_factory: Any = self.factory
@@ -173,6 +176,7 @@ class MailboxService(MultiService):
         self.listener.setServiceParent(self)
         self.link: MailboxLink | None = None
         self.gc_worst = 0.0
+        self.gc_worst_generation = -1
         self._gc_started = 0.0
         self._loops: list[LoopingCall] = []
 
@@ -195,6 +199,7 @@ class MailboxService(MultiService):
             took = time.perf_counter() - self._gc_started
             if took > self.gc_worst:
                 self.gc_worst = took
+                self.gc_worst_generation = int(info.get("generation", -1))
 
     def startService(self) -> None:
         # the worst garbage-collector pause, for the status: a full collection is the usual
