@@ -145,3 +145,17 @@ class HostileInputTests(unittest.TestCase):
         """When a deposit carries more than a block, then parsing refuses it."""
         body = wire.encode(wire.Deposit(1, QID, SIG, b""))
         self.assertRaises(wire.MalformedRecord, wire.parse, body + b"x" * (wire.BLOCK_SIZE + 1))
+
+
+class LayeringTests(unittest.TestCase):
+    def test_pure_modules_import_no_reactor(self) -> None:
+        """When the mailbox's sans-IO modules are scanned, then none imports the reactor,
+        twisted.internet.protocol or urwid."""
+        import os
+
+        from tests.test_layering import forbidden_imports
+
+        here = os.path.dirname(os.path.abspath(wire.__file__))
+        for name in ("wire.py", "link.py"):
+            with open(os.path.join(here, name), encoding="utf-8") as f:
+                self.assertEqual(forbidden_imports(f.read()), [], name)
