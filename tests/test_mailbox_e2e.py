@@ -81,7 +81,8 @@ class DeliveryTests(MailboxCase):
 
     async def test_thousand_deposits_collected_once_in_order(self) -> None:
         """When 1,000 payloads are deposited into one queue, then the collector gets all of
-        them exactly once, in order, and the queue is empty afterwards."""
+        them exactly once, in order, and the queue is empty afterwards; a second queue shares
+        no id or key with the first."""
         mailbox = await self.start_mailbox()
         client = await self.connect(mailbox)
         keys = await client.create_queue()
@@ -92,6 +93,11 @@ class DeliveryTests(MailboxCase):
         self.assertEqual(len({d.msg_id for d in got}), 1000)
         status = await client.status()
         self.assertEqual((status["messages"], status["queues"]), (0, 1))
+        # a second queue of the same user shares no id and no key with the first
+        other = await client.create_queue()
+        values = [keys.recipient_id, keys.sender_id, other.recipient_id, other.sender_id]
+        values += [keys.recipient_key, keys.sender_key, other.recipient_key, other.sender_key]
+        self.assertEqual(len(set(values)), 8)
 
     async def test_push_and_full_queue(self) -> None:
         """When a collector is subscribed, then a deposit from another connection is pushed

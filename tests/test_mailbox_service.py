@@ -64,8 +64,7 @@ class OptionsTests(SynchronousTestCase):
 
     def test_key_created_once(self) -> None:
         """When the key file is loaded twice, then the same key comes back, stored 0600."""
-        path = os.path.join(self.mktemp())
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        path = os.path.join(short_tempdir(self), "mailbox.key")
         first, second = load_or_create_key(path), load_or_create_key(path)
         self.assertEqual(first.uid, second.uid)
         self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
