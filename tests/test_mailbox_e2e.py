@@ -142,7 +142,15 @@ class CrashTests(MailboxCase):
         the middle of their collection, then after restarts every acknowledged deposit is
         collected, at most the one message in flight at the kill comes twice (same message
         id, deduped by the collector), and the collected sequence is in order."""
-        mailbox = await self.start_mailbox()
+        await self.check_kill([])
+
+    async def test_kill_with_sync_normal(self) -> None:
+        """When the mailbox runs with --sync normal and is killed the same way, then the same
+        holds: a commit without fsync still survives the process's death."""
+        await self.check_kill(["--sync", "normal"])
+
+    async def check_kill(self, extra: list[str]) -> None:
+        mailbox = await self.start_mailbox(extra)
         client = await self.connect(mailbox)
         keys = await client.create_queue()
         cred = keys.sender_credential()

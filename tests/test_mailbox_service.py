@@ -56,6 +56,15 @@ class OptionsTests(SynchronousTestCase):
         limits = options.limits()
         self.assertEqual((limits.expiry, limits.queue_messages), (172800.0, 7))
 
+    def test_sync_choices(self) -> None:
+        """When --sync is neither full nor normal, then parsing fails; full is the default."""
+        options = MailboxOptions()
+        options.parseOptions(["-d", "x"])
+        self.assertEqual(options["sync"], "full")
+        self.assertRaises(
+            usage.UsageError, MailboxOptions().parseOptions, ["-d", "x", "--sync", "off"]
+        )
+
     def test_bad_advertise(self) -> None:
         """When --advertise is not HOST:PORT, then parsing fails."""
         self.assertRaises(

@@ -80,6 +80,13 @@ class MailboxOptions(usage.Options):
         ["queue-bytes", None, 64 * 1024 * 1024, "Bytes of blocks one queue may hold.", int],
         ["connection-rate", None, 2000.0, "Commands per second per connection.", float],
         ["queue-rate", None, 200.0, "Deposits per second into one queue.", float],
+        [
+            "sync",
+            None,
+            "full",
+            "Durability of an acknowledged deposit: 'full' (fsynced: survives power loss) or "
+            "'normal' (survives a killed mailbox, not an OS crash; faster on slow disks).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -93,6 +100,8 @@ class MailboxOptions(usage.Options):
                 check_address(self["advertise"])
             except ValueError as e:
                 raise usage.UsageError(f"--advertise: {e}")
+        if self["sync"] not in ("full", "normal"):
+            raise usage.UsageError("--sync must be 'full' or 'normal'")
         for name in (
             "expiry-days",
             "queue-messages",
@@ -153,7 +162,9 @@ class MailboxService(MultiService):
         self._lock = FilesystemLock(os.path.join(self.data_dir, LOCK_FILE))
         self.key = load_or_create_key(os.path.join(self.data_dir, KEY_FILE))
         self.store = SQLiteMailboxStore(
-            os.path.join(self.data_dir, DB_FILE), reactor.callFromThread
+            os.path.join(self.data_dir, DB_FILE),
+            reactor.callFromThread,
+            synchronous=options["sync"].upper(),
         )
         self.lag_probe = ReactorLagProbe(reactor, interval=0.05)
         self.factory = MailboxServerFactory(

@@ -250,9 +250,17 @@ class SQLiteMailboxStore:
     :param path: the database file (created 0600 with its WAL files if absent).
     :param call_from_thread: the reactor's ``callFromThread``: results are delivered on the
         reactor thread through it.
+    :param synchronous: ``"FULL"`` (default: a commit is fsynced, it survives power loss) or
+        ``"NORMAL"`` (a commit survives the process being killed but not an OS crash or power
+        loss; ~40% more deposits/s measured on this machine's disk).
     """
 
-    def __init__(self, path: str, call_from_thread: Callable[..., Any]) -> None:
+    def __init__(
+        self, path: str, call_from_thread: Callable[..., Any], synchronous: str = "FULL"
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.synchronous = synchronous
         self.path = path
         self._call_from_thread = call_from_thread
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -272,7 +280,7 @@ class SQLiteMailboxStore:
         os.close(fd)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=ON")
         # collected and expired blocks are overwritten, not left in free pages
         conn.execute("PRAGMA secure_delete=ON")
