@@ -23,6 +23,7 @@ is the caller's job.  Nothing here logs payloads, ids or keys.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ class MailboxClientProtocol(Protocol):
     def _signed(self, cmd: wire.SignedCommand, key: Ed25519PrivateKey) -> Any:
         assert self._nonce is not None, "wait for MailboxClientProtocol.ready"
         signature = key.sign(wire.signed_data(self._nonce, cmd))
-        return type(cmd)(**{**cmd.__dict__, "signature": signature})
+        return dataclasses.replace(cmd, signature=signature)
 
     def _key(self, seed: bytes | Ed25519PrivateKey) -> Ed25519PrivateKey:
         if isinstance(seed, Ed25519PrivateKey):
