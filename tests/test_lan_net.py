@@ -126,13 +126,23 @@ class NamespaceDiscoveryTests(TestCase):
         self.waiters = Waiters(reactor, fire_later=True)
         self.found: dict[str, list[tuple[str, str, int]]] = {}
 
-    def make(self, host: str, me: IdentityKey, contacts: list[IdentityKey]) -> LanDiscovery:
+    def make(
+        self,
+        host: str,
+        me: IdentityKey,
+        contacts: list[IdentityKey],
+        made: list[AsyncZeroconf] | None = None,
+    ) -> LanDiscovery:
+        """Return *me*'s discovery on *host*; each zeroconf instance it makes goes to *made*."""
         namespace, address = self.net.namespaces[host], self.net.addresses[host]
         found = self.found.setdefault(host, [])
 
         def factory() -> AsyncZeroconf:
             with netns.inside(namespace):
-                return AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
+                zc = AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
+            if made is not None:
+                made.append(zc)
+            return zc
 
         def on_found(uid: str, found_host: str, port: int) -> None:
             found.append((uid, found_host, port))
@@ -217,8 +227,12 @@ class NamespaceDiscoveryTests(TestCase):
             yield self.waiters.wait(lambda step=step: len(self.found.get("b", [])) > step, 15)  # type: ignore[misc]
         self.assertEqual(self.uids_found("b"), {ALICE.uid})
 
+        hostname = socket.gethostname().split(".")[0].encode()
+        label = bytes([len(hostname)]) + hostname  # as a DNS name label (host.local.)
         secrets = {
-            "hostname": socket.gethostname().encode(),
+            # a short host name ("vm") would match random bytes: look for it as a DNS label
+            "hostname.local": label + b"\x05local",
+            "hostname label then pointer": label + b"\xc0",
             "pair key": pair_key,
             "lan key": lan_key,
         }
@@ -227,6 +241,8 @@ class NamespaceDiscoveryTests(TestCase):
             secrets[f"{who} uid (upper)"] = identity.uid.upper().encode()
             secrets[f"{who} public key"] = identity.public_bytes
             secrets[f"{who} private key"] = identity.private_bytes()
+        if len(hostname) >= 8:
+            secrets["hostname"] = hostname
         for name, secret in secrets.items():
             leaks = [p for p in capture.packets if secret in p]
             self.assertEqual(leaks, [], f"{name} in a captured packet")
@@ -246,3 +262,16 @@ class NamespaceDiscoveryTests(TestCase):
         for i, first in enumerate(instances):
             for second in instances[i + 1 :]:
                 self.assertEqual(tokens_by_instance[first] & tokens_by_instance[second], set())
+
+    @inlineCallbacks
+    def test_stop_before_start_ran(self) -> Any:
+        """When stop() comes before the loop ran start()'s work (a daemon stopping as it
+        starts), then the zeroconf instance made afterwards is closed and nothing runs."""
+        made: list[AsyncZeroconf] = []
+        alice = self.make("a", ALICE, [BOB], made)
+        started = alice.start()
+        yield alice.stop()
+        yield started
+        self.assertEqual(len(made), 1)
+        self.assertFalse(alice.running)
+        self.assertTrue(made[0].zeroconf.done)

@@ -187,11 +187,15 @@ class LanDiscovery:
 
     async def _start(self) -> None:
         try:
-            self._zc = self._factory()
+            zc = self._factory()
         except OSError as e:
             self.failure = f"cannot use multicast DNS here: {e}"
             log.warn("LAN discovery is off: {reason}", reason=self.failure)
             return
+        if self._stopped:  # stop() came before the loop ran us
+            await zc.async_close()
+            return
+        self._zc = zc
         self.failure = None
         self._browser = AsyncServiceBrowser(
             self._zc.zeroconf, [SERVICE_TYPE], handlers=[self._service_changed]
