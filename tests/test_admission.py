@@ -16,8 +16,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from jarvis.net.admission import (
     AdmissionControl,
     AdmittedConnection,
-    RefusalSummary,
     descriptor_budget,
+    refusal_summary,
     source_of,
 )
 from tests.waiting import Waiters
@@ -273,7 +273,7 @@ class SummaryTests(SynchronousTestCase):
     def test_summary_counts_by_kind(self) -> None:
         """When refusals of several kinds happen in one interval, then the line gives each."""
         clock = Clock()
-        summary = RefusalSummary(clock, interval=60)
+        summary = refusal_summary(clock, interval=60)
         summary.note("refused in TLS")
         for _ in range(4):
             summary.note("refused in TLS")

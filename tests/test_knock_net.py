@@ -69,7 +69,7 @@ def make_gate(
         return knock.Refused("no knock" if knock.looks_like_tls(token) else "bad knock")
 
     factory = net_knock.KnockGateFactory(
-        wrapped, verify, clock, lambda: rng_value, net_knock.RefusalLog(clock)
+        wrapped, verify, clock, lambda: rng_value, net_knock.refusal_log(clock)
     )
     gate, transport = connect_gate(factory)
     return gate, transport, clock, inner
@@ -110,7 +110,7 @@ class GateTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(transport.value(), b"")
         self.assertEqual(inner, [])
-        self.assertEqual(gate._factory.refusals.counts, {"no knock": 1})
+        self.assertEqual(gate._factory.refusals.totals, {"no knock": 1})
 
     def test_silent_client_refused_at_the_deadline(self) -> None:
         """When a client sends 31 bytes and then nothing, then it is refused at the 5 s
@@ -124,7 +124,7 @@ class GateTests(SynchronousTestCase):
         clock.advance(2.0)
         self.assertTrue(transport.disconnecting)
         self.assertEqual(transport.value(), b"")
-        self.assertEqual(gate._factory.refusals.counts, {"late knock": 1})
+        self.assertEqual(gate._factory.refusals.totals, {"late knock": 1})
 
     def test_valid_knock_hands_over_the_rest(self) -> None:
         """When a valid knock arrives in pieces with TLS bytes behind it, then the inner
@@ -186,7 +186,7 @@ class GateTests(SynchronousTestCase):
         self.assertEqual(len(lines), 2)
         self.assertEqual(lines[1]["count"], 49)
         self.assertIn("49 bad knock", formatEvent(lines[1]))
-        self.assertEqual(factory.refusals.counts["bad knock"], 50)
+        self.assertEqual(factory.refusals.totals["bad knock"], 50)
         text = repr(events)
         for token in tokens:
             self.assertNotIn(token.hex(), text)
@@ -291,7 +291,7 @@ class LoopbackTests(TestCase):
         await creator.connectTCP("127.0.0.1", b.port.getHost().port)
         await client.lost.addTimeout(WAIT, reactor)
         self.assertEqual(client.received, b"")
-        self.assertEqual(b.network.knock_refusals.counts, {"no knock": 1})
+        self.assertEqual(b.network.knock_refusals.totals, {"no knock": 1})
         self.assertEqual(b.network.refused_count, 0)  # TLS never started
 
     async def test_pair_with_knock_exchanges_messages(self) -> None:
@@ -305,7 +305,7 @@ class LoopbackTests(TestCase):
         a.network.session(b.uid).send_message(mid, b"knock knock", 1)  # type: ignore[union-attr]
         await b.observer.wait(lambda: bool(b.observer.named("message")))
         self.assertEqual(b.observer.named("message")[0][2], mid)
-        self.assertEqual(sum(b.network.knock_refusals.counts.values()), 0)
+        self.assertEqual(sum(b.network.knock_refusals.totals.values()), 0)
 
     async def test_old_dialler_logs_the_clear_line(self) -> None:
         """When a dialler without the knock (an older Jarvis) dials a listener that requires
@@ -320,7 +320,7 @@ class LoopbackTests(TestCase):
         await old.observer.wait(lambda: old.network.status(new.uid).connect_failures > 0)
         self.assertEqual(old.network.status(new.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
         self.assertTrue(any(net_knock.CLOSED_BEFORE_TLS in t for t in log.texts()))
-        self.assertEqual(new.network.knock_refusals.counts, {"no knock": 1})
+        self.assertEqual(new.network.knock_refusals.totals, {"no knock": 1})
         self.assertEqual(new.observer.events, [])
         self.assertEqual(
             listener_log.texts(),
@@ -339,7 +339,7 @@ class LoopbackTests(TestCase):
         stranger.network.connect(b.uid)
         await stranger.observer.wait(lambda: stranger.network.status(b.uid).connect_failures > 0)
         self.assertEqual(stranger.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
-        self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
+        self.assertEqual(b.network.knock_refusals.totals, {"bad knock": 1})
         self.assertEqual(b.network.refused_count, 0)
         self.assertEqual(b.observer.events, [])
 
@@ -356,7 +356,7 @@ class LoopbackTests(TestCase):
         b.network.forget(a.uid)  # as the node does when a contact is removed or blocked
         await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
         self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
-        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
+        self.assertEqual(b.network.knock_refusals.totals["bad knock"], 1)
 
     async def test_removed_contact_in_the_table_is_refused(self) -> None:
         """When B's directory drops A without telling the network (no forget, so the hint table
@@ -371,7 +371,7 @@ class LoopbackTests(TestCase):
         b.network.session(a.uid).close("test")  # type: ignore[union-attr]
         await a.observer.wait(lambda: a.network.status(b.uid).connect_failures > 0)
         self.assertEqual(a.network.status(b.uid).last_error, net_knock.CLOSED_BEFORE_TLS)
-        self.assertEqual(b.network.knock_refusals.counts["bad knock"], 1)
+        self.assertEqual(b.network.knock_refusals.totals["bad knock"], 1)
 
     async def test_manual_contact_gets_in_with_the_uid_key(self) -> None:
         """When B added A by uid alone (no key) and A knows B's key, then A's first knock (pair
@@ -382,7 +382,7 @@ class LoopbackTests(TestCase):
         b.directory.contacts[a.uid] = (b"", (a.address,))
         a.network.connect(b.uid)
         await a.wait_online(b)
-        self.assertEqual(b.network.knock_refusals.counts, {"bad knock": 1})
+        self.assertEqual(b.network.knock_refusals.totals, {"bad knock": 1})
         self.assertEqual(b.directory.public_key(a.uid), a.identity.public_bytes)
 
     async def test_after_a_session_a_closed_peer_keeps_the_pair_key(self) -> None:

@@ -16,14 +16,19 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.crypto.cascade import CascadeOpener, CascadeSealer, derive_session_keys
 from jarvis.logs import log_id
+from jarvis.protocol import session as session_module
 from jarvis.protocol.framing import HANDSHAKE_MAX_FRAME, MAX_FRAME, PROLOGUE, encode_frame
+from jarvis.protocol.keys import SessionKeys, hello_transcript, negotiate_version
 from jarvis.protocol.records import (
+    Ack,
     Goodbye,
     Hello,
     Message,
     Ping,
     Pong,
+    Read,
     Record,
     Resume,
     UnknownRecord,
@@ -35,8 +40,6 @@ from jarvis.protocol.session import (
     MAX_BODY,
     NotEstablished,
     PeerSession,
-    hello_transcript,
-    negotiate_version,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -721,10 +724,21 @@ class LateInputTests(SynchronousTestCase):
     def test_every_input_in_every_state(self) -> None:
         """When each machine input is given in each state, then no state lacks a transition."""
         hello = Hello(1, 1, "a", b"\x00" * 32, b"\x00" * 64)
+        to_responder, to_initiator = derive_session_keys(
+            b"\x01" * 32,
+            initiator_uid="a",
+            responder_uid="b",
+            initiator_ephemeral=b"\x02" * 32,
+            responder_ephemeral=b"\x03" * 32,
+            channel_binding=CHANNEL_BINDING,
+        )
+        late_keys = SessionKeys(
+            CascadeSealer(to_responder, "a", "b"), CascadeOpener(to_initiator, "b", "a"), 1
+        )
         inputs: list[tuple[str, tuple[object, ...]]] = [
             ("connection_made", (CHANNEL_BINDING,)),
             ("hello_received", (hello,)),
-            ("hello_accepted", ()),
+            ("hello_accepted", (late_keys,)),
             ("message_received", (Message(ID1, 1, 1, b"x" * 80),)),
             ("ack_received", (parse_record(b"\x03\x00\x00"),)),
             ("read_received", (parse_record(b"\x04\x00\x00"),)),
@@ -850,3 +864,44 @@ class WritingPauseTests(SynchronousTestCase):
         session.resume_writing()
         self.assertFalse(session.writing_paused)
         self.assertEqual(writable, [session])
+
+
+class StateDataTests(SynchronousTestCase):
+    """Each state carries its own data; the fast path runs the table's own transitions."""
+
+    def test_fast_path_runs_the_tables_transitions(self) -> None:
+        """When a data record arrives established, then the fast path calls the very function
+        the machine table registers for its input, and that input only loops there."""
+        automaton = session_module._SessionMachine.__automat_automaton__
+        inputs = {
+            Message: "message_received",
+            Ack: "ack_received",
+            Read: "read_received",
+            Ping: "ping_received",
+            Pong: "pong_received",
+        }
+        self.assertEqual(set(session_module._ESTABLISHED_DATA), set(inputs))
+        for record_type, input_name in inputs.items():
+            new_state, outputs = automaton.outputForInput(session_module.established, input_name)
+            self.assertIs(new_state, session_module.established)
+            methods = [getattr(output, "method", None) for output in outputs]
+            self.assertEqual(methods, [session_module._ESTABLISHED_DATA[record_type]])
+
+    def test_keys_live_only_in_established(self) -> None:
+        """When a session is established and then closes, then the keys and timers were held
+        by the established state's data only, and the closing state holds none of them."""
+        pair = Pair()
+        pair.alice.session.connection_made(CHANNEL_BINDING)
+        self.assertFalse(hasattr(pair.alice.session._data, "sealer"))
+        pair.established()
+        established = pair.alice.session._data
+        self.assertIsInstance(established, session_module.Established)
+        assert isinstance(established, session_module.Established)
+        self.assertTrue(established.keepalive.running)
+        pair.alice.session.close("done")
+        self.assertEqual(pair.alice.session.state, "closing")
+        self.assertFalse(hasattr(pair.alice.session._data, "sealer"))
+        self.assertFalse(established.keepalive.running)
+        self.assertFalse(established.idle_call.active())
+        pair.bob.session.close("done")
+        self.assertEqual(pair.clock.getDelayedCalls(), [])

@@ -23,7 +23,7 @@ bounded:
   accepted, whatever stage it is in.
 
 Refusals and drops are logged as one aggregated line per :data:`SUMMARY_INTERVAL`
-(:class:`RefusalSummary`), never one line per stranger, and never with the stranger's address.
+(:func:`refusal_summary`), never one line per stranger, and never with the stranger's address.
 
 This module must not decide who is a contact (TLS and the network do) or parse any byte of
 the connection.
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import resource
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
@@ -43,6 +43,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from jarvis.net.peer import Clock, DelayedCall
+from jarvis.net.refusals import RefusalTally
 
 #: Pre-authentication connections allowed at once, from all sources together.
 MAX_PREAUTH = 256
@@ -106,55 +107,12 @@ def source_of(address: IAddress | None) -> str:
     return str(ip)
 
 
-class RefusalSummary:
-    """Counts refused and dropped connections and logs them at most once per *interval*.
-
-    The first event after a quiet interval is logged at once (so a user watching the log sees
-    it), the following ones are counted and logged together when the interval ends.
-
-    :param clock: schedules the next summary.
-    :param interval: seconds between two log lines.
-    """
-
-    def __init__(self, clock: Clock, interval: float = SUMMARY_INTERVAL) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._counts: Counter[str] = Counter()
-        self._pending: DelayedCall | None = None
-        self._stopped = False
-        #: Every event counted so far, by kind (for status and tests).
-        self.totals: Counter[str] = Counter()
-
-    def note(self, kind: str) -> None:
-        """Count one event of *kind* (a short phrase: ``"dropped over the cap"``)."""
-        self._counts[kind] += 1
-        self.totals[kind] += 1
-        if self._pending is None and not self._stopped:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._pending = None
-        if not self._counts:
-            return
-        details = ", ".join(f"{n} {kind}" for kind, n in sorted(self._counts.items()))
-        log.info(
-            "inbound connections refused or dropped in the last {interval:g} s: {details}",
-            interval=self._interval,
-            details=details,
-            counts=dict(self._counts),
-        )
-        self._counts.clear()
-        if not self._stopped:
-            self._pending = self._clock.callLater(self._interval, self._flush)
-
-    def stop(self) -> None:
-        """Log what is counted and schedule nothing more (later events are only totalled)."""
-        self._stopped = True
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
-        if self._counts:
-            self._flush()
+def refusal_summary(clock: Clock, interval: float = SUMMARY_INTERVAL) -> RefusalTally:
+    """Return the tally of refused and dropped inbound connections: one line per *interval*
+    with the counts by kind, never the stranger's address
+    (:class:`~jarvis.net.refusals.RefusalTally`, one rule for every refusal log)."""
+    line = "inbound connections refused or dropped in the last {period:g} s: {details}"
+    return RefusalTally(clock, interval, log=log, first=line, summary=line)
 
 
 class AdmittedConnection(ProtocolWrapper):
@@ -205,7 +163,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
     :param preauth_deadline: seconds a connection may stay unauthenticated.
     :param min_age: a pre-authentication connection younger than this is not dropped for a
         newer one: the newer one is refused instead.
-    :param summary: where refusals are counted (a new :class:`RefusalSummary` by default).
+    :param summary: where refusals are counted (a new :func:`refusal_summary` by default).
     """
 
     noisy = False
@@ -220,7 +178,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         max_connections: int | None = None,
         preauth_deadline: float = PREAUTH_DEADLINE,
         min_age: float = MIN_AGE_TO_DROP,
-        summary: RefusalSummary | None = None,
+        summary: RefusalTally | None = None,
     ) -> None:
         super().__init__(wrapped)
         self.clock = clock
@@ -231,7 +189,7 @@ class AdmissionControl(WrappingFactory[AdmittedConnection]):
         )
         self.preauth_deadline = preauth_deadline
         self.min_age = min_age
-        self.summary = summary if summary is not None else RefusalSummary(clock)
+        self.summary = summary if summary is not None else refusal_summary(clock)
         # insertion order is age order: the first entry is the oldest
         self._preauth: OrderedDict[AdmittedConnection, None] = OrderedDict()
         self._by_source: dict[str, OrderedDict[AdmittedConnection, None]] = {}

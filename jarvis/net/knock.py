@@ -5,7 +5,7 @@
 *deadline* seconds.  A valid knock hands the connection to the wrapped (TLS) protocol, with any
 bytes that came after the knock; anything else (a bare TLS ClientHello, garbage, a short or late
 knock, a replay) stops reading and closes the connection after a random 0.5 to 2 s, so a stranger
-sees exactly what a wrong port would show, and the refusal goes to :class:`RefusalLog` (at most
+sees exactly what a wrong port would show, and the refusal goes to :func:`refusal_log` (at most
 one line a minute, plus one summary).
 
 :class:`KnockSenderFactory` wraps a dialling TLS factory: its protocol writes the knock first,
@@ -18,7 +18,6 @@ This module must not compute keys, choose candidates or parse TLS.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.net.peer import Clock, DelayedCall
+from jarvis.net.refusals import RefusalTally
 from jarvis.protocol.knock import KNOCK_LENGTH, Accepted, Refused, Verdict
 
 #: Seconds a connection may take to send its knock.
@@ -61,53 +61,16 @@ def describe_refusal(verdict: Refused) -> str:
     return f"a {verdict.reason} (not from a contact)"
 
 
-class RefusalLog:
-    """Logs refused knocks without flooding: the first at once, then a count per period.
-
-    :param clock: schedules the summary.
-    :param period: seconds between two lines, at least.
-    """
-
-    def __init__(self, clock: Clock, period: float = REFUSAL_LOG_PERIOD) -> None:
-        self._clock = clock
-        self._period = period
-        self._pending: DelayedCall | None = None
-        self._since: Counter[str] = Counter()
-        #: Connections refused at the knock so far, by reason.
-        self.counts: Counter[str] = Counter()
-
-    def refused(self, verdict: Refused, address: IAddress | None) -> None:
-        """Count one refusal, and log it now unless a line was logged within the period."""
-        self.counts[verdict.reason] += 1
-        if self._pending is None:
-            log.info(
-                "refused {what} from {host}; closing it silently",
-                what=describe_refusal(verdict),
-                host=_host_of(address),
-                reason=verdict.reason,
-            )
-            self._pending = self._clock.callLater(self._period, self._summarise)
-        else:
-            self._since[verdict.reason] += 1
-
-    def _summarise(self) -> None:
-        self._pending = None
-        if self._since:
-            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self._since.items()))
-            log.info(
-                "refused {count} more connections before TLS in {period:.0f} s: {reasons}",
-                count=sum(self._since.values()),
-                period=self._period,
-                reasons=reasons,
-            )
-            self._since.clear()
-            self._pending = self._clock.callLater(self._period, self._summarise)
-
-    def stop(self) -> None:
-        """Cancel the pending summary (the counts stay)."""
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
+def refusal_log(clock: Clock, period: float = REFUSAL_LOG_PERIOD) -> RefusalTally:
+    """Return the tally of knock refusals: the first logged with its source, then a count per
+    *period* (:class:`~jarvis.net.refusals.RefusalTally`, one rule for every refusal log)."""
+    return RefusalTally(
+        clock,
+        period,
+        log=log,
+        first="refused {what} from {host}; closing it silently",
+        summary="refused {count} more connections before TLS in {period:.0f} s: {details}",
+    )
 
 
 class KnockGate(Protocol):
@@ -169,7 +132,9 @@ class KnockGate(Protocol):
         self._buffer = b""
         transport: Any = self.transport
         transport.pauseProducing()  # read nothing more: a refused peer costs nothing
-        self._factory.refusals.refused(verdict, self._address)
+        self._factory.refusals.note(
+            verdict.reason, what=describe_refusal(verdict), host=_host_of(self._address)
+        )
         low, high = REFUSAL_DELAY
         delay = low + self._factory.rng() * (high - low)
         self._timer = self._factory.clock.callLater(delay, self._close)
@@ -213,7 +178,7 @@ class KnockGateFactory(Factory):
         verify: Callable[[bytes], Verdict],
         clock: Clock,
         rng: Callable[[], float],
-        refusals: RefusalLog,
+        refusals: RefusalTally,
         deadline: float = DEFAULT_KNOCK_DEADLINE,
     ) -> None:
         self.wrappedFactory: Any = wrapped

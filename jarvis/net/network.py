@@ -67,7 +67,7 @@ from jarvis.net.knock import (
     DEFAULT_KNOCK_DEADLINE,
     KnockGateFactory,
     KnockSenderFactory,
-    RefusalLog,
+    refusal_log,
 )
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -657,7 +657,7 @@ class PeerNetwork:
         self._knock_keys = KnockKeys(identity.private_bytes(), identity.uid)
         self._knock_verifier = KnockVerifier(identity.uid)
         #: Connections refused at the knock, counted by reason and logged sparingly.
-        self.knock_refusals = RefusalLog(reactor)
+        self.knock_refusals = refusal_log(reactor)
         self._gate_factory = KnockGateFactory(
             cast(IProtocolFactory, self._server_factory),
             self._verify_knock,
@@ -744,15 +744,6 @@ class PeerNetwork:
     def statuses(self) -> dict[str, PeerStatus]:
         """Return the status of every contact we dial or that has a session."""
         return {uid: peer.snapshot() for uid, peer in self._peers.items()}
-
-    def summary(self) -> str:
-        """Return ``"green"`` if every contact we dial is online, ``"amber"`` if some are, else
-        ``"red"`` (also with no contacts: nobody can be reached)."""
-        wanted = [peer for peer in self._peers.values() if peer.wanted]
-        online = sum(1 for peer in wanted if peer.active is not None)
-        if wanted and online == len(wanted):
-            return "green"
-        return "amber" if online else "red"
 
     def stop(self) -> Deferred[None]:
         """Stop dialling, say goodbye on every session, and wait until all connections closed.

@@ -129,20 +129,6 @@ class FrameDecoder:
         # between two frames of the same chunk.
         return payload
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Buffer *data* and return every payload it completes, in order.
-
-        :param data: the next bytes of the stream, of any length (possibly empty).
-        :returns: the completed payloads (possibly none).
-        :raises BadPrologue: if the stream does not start with the prologue.
-        :raises FrameTooLarge: as soon as a header announces more than the maximum.
-        """
-        self.receive(data)
-        frames = []
-        while (frame := self.next_frame()) is not None:
-            frames.append(frame)
-        return frames
-
     @property
     def buffered(self) -> int:
         """Number of bytes received but not yet returned as payloads."""

@@ -183,10 +183,6 @@ def _check_u64(value: int, name: str) -> int:
     return value
 
 
-def _u64(value: int, name: str) -> bytes:
-    return _U64.pack(_check_u64(value, name))
-
-
 def _fixed(value: bytes, size: int, name: str) -> bytes:
     if len(value) != size:
         raise ValueError(f"{name} must be {size} bytes, not {len(value)}")

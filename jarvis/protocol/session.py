@@ -25,27 +25,17 @@ never logs message bodies, keys or signatures: only uids, lengths, counters and 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from automat import TypeMachineBuilder
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from jarvis.crypto.cascade import (
-    OVERHEAD,
-    CascadeError,
-    CascadeOpener,
-    CascadeSealer,
-    derive_session_keys,
-)
+from jarvis.crypto.cascade import OVERHEAD, CascadeError, CascadeOpener, CascadeSealer
 from jarvis.logs import log_id, redact
 from jarvis.protocol.framing import (
     HANDSHAKE_MAX_FRAME,
@@ -56,6 +46,7 @@ from jarvis.protocol.framing import (
     FrameTooLarge,
     encode_frame,
 )
+from jarvis.protocol.keys import KeyAgreement, SessionKeys
 from jarvis.protocol.records import (
     MAX_IDS_PER_RECORD,
     MAX_REASON_BYTES,
@@ -77,20 +68,12 @@ from jarvis.protocol.records import (
     parse_record,
 )
 
-#: Domain separation of the Hello signature.
-HELLO_CONTEXT = b"jarvis/hello/v1\x00"
-#: Role bytes in the Hello transcript.
-ROLE_INITIATOR = b"I"
-ROLE_RESPONDER = b"R"
-
 #: Largest plaintext body :meth:`PeerSession.send_message` accepts: a Message frame with the
 #: cascade's tags and the record header must fit in :data:`~jarvis.protocol.framing.MAX_FRAME`.
 MAX_BODY = MAX_FRAME - OVERHEAD - 64
 
 #: Most bytes buffered before :meth:`PeerSession.connection_made` (a Hello frame and change).
 EARLY_DATA_LIMIT = HANDSHAKE_MAX_FRAME + 64
-
-_U16 = struct.Struct(">H")
 
 
 class _DelayedCall(Protocol):
@@ -161,55 +144,6 @@ class SessionStats:
     records_out: int
 
 
-def hello_transcript(
-    *,
-    initiator: bool,
-    signer_uid: str,
-    recipient_uid: str,
-    ephemeral_key: bytes,
-    min_version: int,
-    max_version: int,
-    channel_binding: bytes,
-) -> bytes:
-    """Return the bytes a Hello's signature covers.
-
-    ``HELLO_CONTEXT || role ("I" or "R") || u16-prefixed signer uid || u16-prefixed recipient
-    uid || ephemeral key (32) || u16 min_version || u16 max_version || u16-prefixed channel
-    binding``.  Binding the role, both uids and the TLS channel binding stops a Hello from being
-    replayed on another connection, towards another peer, or reflected back to its sender.
-
-    :param initiator: whether the signer dialled the connection.
-    :raises ValueError: if a field does not fit its length prefix.
-    """
-    fields = [
-        HELLO_CONTEXT,
-        ROLE_INITIATOR if initiator else ROLE_RESPONDER,
-    ]
-    for value in (signer_uid.encode("utf-8"), recipient_uid.encode("utf-8")):
-        fields += [_U16.pack(len(value)), value]
-    if len(channel_binding) > 0xFFFF:
-        raise ValueError("channel binding too long")
-    fields += [
-        bytes(ephemeral_key),
-        _U16.pack(min_version),
-        _U16.pack(max_version),
-        _U16.pack(len(channel_binding)),
-        bytes(channel_binding),
-    ]
-    return b"".join(fields)
-
-
-def negotiate_version(local: tuple[int, int], remote: tuple[int, int]) -> int | None:
-    """Return the highest version both ranges contain, or ``None`` if they do not overlap.
-
-    :param local: our ``(min_version, max_version)``.
-    :param remote: the peer's ``(min_version, max_version)``.
-    """
-    low = max(local[0], remote[0])
-    high = min(local[1], remote[1])
-    return high if low <= high else None
-
-
 def _printable(text: str) -> str:
     """Return *text* with control characters replaced, safe to log and show (peer input)."""
     return "".join(c if c.isprintable() else "?" for c in text)
@@ -228,8 +162,8 @@ class _SessionInputs(Protocol):
     def hello_received(self, hello: Hello) -> None:
         "The peer's Hello arrived."
 
-    def hello_accepted(self) -> None:
-        "The peer's Hello verified; keys are derived."
+    def hello_accepted(self, keys: SessionKeys) -> None:
+        "The peer's Hello verified; these are the session's keys."
 
     def message_received(self, message: Message) -> None:
         "A Message record arrived."
@@ -266,6 +200,70 @@ class _SessionInputs(Protocol):
 
     def keepalive_due(self) -> None:
         "Time to send a Ping."
+
+
+# -- what each state carries -----------------------------------------------------------------
+# The machine's states carry their own data (Twisted's ClientService does the same): the keys
+# exist only in ``established``, the ephemeral key only in ``handshaking``.  Each data object is
+# made by the machine's data factory on entering its state, so ``PeerSession.state`` (read from
+# the current data object) cannot disagree with the machine.
+
+
+class _StateData:
+    """What every state's data offers: its name, and how to stop what it runs."""
+
+    name: ClassVar[str]
+
+    def stop(self) -> None:
+        """Stop the state's timers (nothing, unless a state has some)."""
+
+
+class Connecting(_StateData):
+    """The machine's first state: TLS is not up, nothing was sent (no data of its own)."""
+
+    name: ClassVar[str] = "connecting"
+
+
+@dataclass(eq=False)
+class Handshaking(_StateData):
+    """Our Hello is sent; the key agreement waits for the peer's Hello."""
+
+    name: ClassVar[str] = "handshaking"
+    agreement: KeyAgreement
+
+    def stop(self) -> None:
+        """Forget the ephemeral private key."""
+        self.agreement.forget()
+
+
+@dataclass(eq=False)
+class Established(_StateData):
+    """Messages flow: the session keys, the idle timer and the keepalive live here only."""
+
+    name: ClassVar[str] = "established"
+    sealer: CascadeSealer
+    opener: CascadeOpener
+    idle_call: _DelayedCall
+    keepalive: LoopingCall
+
+    def stop(self) -> None:
+        """Stop the timers (the keys go with this object when the state is left)."""
+        if self.idle_call.active():
+            self.idle_call.cancel()
+        if self.keepalive.running:
+            self.keepalive.stop()
+
+
+class Closing(_StateData):
+    """We dropped the connection and wait for the transport to go."""
+
+    name: ClassVar[str] = "closing"
+
+
+class Closed(_StateData):
+    """All is over; late inputs are ignored."""
+
+    name: ClassVar[str] = "closed"
 
 
 class PeerSession:
@@ -333,21 +331,17 @@ class PeerSession:
         self._peer_resume_mark: bytes | None = None
         self._writing_paused = False
 
-        self._state = "connecting"
         self._close_reason: str | None = None
         self._version: int | None = None
         self._decoder: FrameDecoder | None = FrameDecoder(HANDSHAKE_MAX_FRAME, expect_prologue=True)
-        self._channel_binding = b""
-        self._ephemeral: X25519PrivateKey | None = None
-        self._ephemeral_public = b""
-        self._sealer: CascadeSealer | None = None
-        self._opener: CascadeOpener | None = None
         self._bytes_in = self._bytes_out = self._records_in = self._records_out = 0
 
+        #: The current state's data, set only by the machine's data factories (see
+        #: ``_entering``); the initial state, ``connecting``, carries none of its own.
+        self._data: _StateData = Connecting()
         self._machine: _SessionInputs = _SessionMachine(self)
-        self._idle_call: _DelayedCall | None = None
-        self._keepalive: LoopingCall | None = None
-        self._handshake_call: _DelayedCall | None = self._clock.callLater(
+        # The deadline spans connecting and handshaking: it starts with the session.
+        self._handshake_deadline: _DelayedCall = self._clock.callLater(
             handshake_timeout, self._machine.handshake_timed_out
         )
 
@@ -356,7 +350,7 @@ class PeerSession:
     @property
     def state(self) -> str:
         """``"connecting"``, ``"handshaking"``, ``"established"``, ``"closing"`` or ``"closed"``."""
-        return self._state
+        return self._data.name
 
     @property
     def version(self) -> int | None:
@@ -394,7 +388,7 @@ class PeerSession:
         if not self._writing_paused:
             return
         self._writing_paused = False
-        if self._state == "established":
+        if type(self._data) is Established:
             notify = getattr(self._observer, "session_writable", None)
             if notify is not None:
                 notify(self)
@@ -425,15 +419,16 @@ class PeerSession:
         if self._decoder is None:
             return
         self._bytes_in += len(data)
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.reset(self._idle_timeout)
+        state = self._data
+        if type(state) is Established and state.idle_call.active():
+            state.idle_call.reset(self._idle_timeout)
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
         try:
             if self._decoder is not None:
                 self._decoder.receive(data)
-            if self._state == "connecting":
+            if type(self._data) is Connecting:
                 if self._decoder is not None and self._decoder.buffered > EARLY_DATA_LIMIT:
                     self._machine.protocol_failed("too much data before the connection was made")
                 return
@@ -466,15 +461,16 @@ class PeerSession:
         :raises ValueError: for a wrong id size, a body too large or a negative time.
         :raises jarvis.crypto.cascade.CounterExhausted: after 2**64 - 1 messages.
         """
-        if self._state != "established" or self._sealer is None:
-            raise NotEstablished(f"session with {self.peer_uid} is {self._state}")
+        state = self._data
+        if type(state) is not Established:
+            raise NotEstablished(f"session with {self.peer_uid} is {state.name}")
         if len(message_id) != MESSAGE_ID_SIZE:
             raise ValueError(f"message id must be {MESSAGE_ID_SIZE} bytes")
         if len(body) > MAX_BODY:
             raise ValueError(f"message body larger than {MAX_BODY} bytes")
         if not 0 <= created_ms <= MAX_U64:
             raise ValueError("created_ms out of range")
-        counter, sealed = self._sealer.seal(message_id, body)
+        counter, sealed = state.sealer.seal(message_id, body)
         self._send_records([Message(message_id, counter, created_ms, sealed)])
 
     def send_ack(self, message_ids: Sequence[bytes]) -> None:
@@ -507,14 +503,9 @@ class PeerSession:
     # -- helpers used by the machine's transitions ------------------------------------------
 
     def _dispatch(self, record: Record | UnknownRecord) -> None:
-        if self._state == "established":
-            # The hot path: data records in the established state run the very transitions the
-            # machine table below declares for them (they loop in "established"), without the
-            # machine's per-input dispatch, which costs ~85 us per record.
-            fast = _ESTABLISHED_DATA.get(type(record))
-            if fast is not None:
-                fast(self._machine, self, record)
-                return
+        state = self._data
+        if type(state) is Established and self._deliver_established_record(state, record):
+            return
         match record:
             case Hello():
                 self._machine.hello_received(record)
@@ -533,7 +524,7 @@ class PeerSession:
             case Resume():
                 # Not a machine input: it changes no state, and only counts before the Hello
                 # (it tells where the peer's stream resumes, read once the session is up).
-                if self._state == "handshaking" and self._peer_resume_mark is None:
+                if type(self._data) is Handshaking and self._peer_resume_mark is None:
                     self._peer_resume_mark = record.message_id
             case UnknownRecord():
                 self.log.debug(
@@ -542,9 +533,26 @@ class PeerSession:
                     peer_uid=log_id(self.peer_uid),
                 )
 
+    def _deliver_established_record(
+        self, state: Established, record: Record | UnknownRecord
+    ) -> bool:
+        """The measured fast path: run a data record's established transition directly.
+
+        Message, Ack, Read, Ping and Pong only loop in ``established``; this calls the very
+        function the table below registers for that input (:data:`_ESTABLISHED_DATA`, checked
+        against the table by ``tests/test_session.py``), without Automat's per-input dispatch.
+        Returns whether it handled *record*; anything else goes through the machine.
+        """
+        transition = _ESTABLISHED_DATA.get(type(record))
+        if transition is None:
+            return False
+        transition(self._machine, self, state, record)
+        return True
+
     def _send_ids(self, kind: type[Ack] | type[Read], message_ids: Sequence[bytes]) -> None:
-        if self._state != "established":
-            raise NotEstablished(f"session with {self.peer_uid} is {self._state}")
+        state = self._data
+        if type(state) is not Established:
+            raise NotEstablished(f"session with {self.peer_uid} is {state.name}")
         ids = tuple(bytes(i) for i in message_ids)
         if any(len(i) != MESSAGE_ID_SIZE for i in ids):
             raise ValueError(f"message ids must be {MESSAGE_ID_SIZE} bytes")
@@ -563,91 +571,38 @@ class PeerSession:
         self._records_out += len(records)
         self._send_bytes(data)
 
-    def _send_hello(self, channel_binding: bytes) -> None:
-        self._channel_binding = bytes(channel_binding)
-        self._ephemeral = X25519PrivateKey.generate()
-        self._ephemeral_public = self._ephemeral.public_key().public_bytes(
-            Encoding.Raw, PublicFormat.Raw
-        )
-        low, high = self._versions
-        transcript = hello_transcript(
-            initiator=self.initiator,
-            signer_uid=self.local_uid,
-            recipient_uid=self.peer_uid,
-            ephemeral_key=self._ephemeral_public,
-            min_version=low,
-            max_version=high,
-            channel_binding=self._channel_binding,
-        )
-        hello = Hello(low, high, self.local_uid, self._ephemeral_public, self._sign(transcript))
-        records: list[Record] = [hello]
+    def _send_hello(self, agreement: KeyAgreement) -> None:
+        records: list[Record] = [agreement.hello(self._sign)]
         mark = self._resume_mark(self.peer_uid) if self._resume_mark is not None else None
         if mark is not None and len(mark) == MESSAGE_ID_SIZE:
             records.insert(0, Resume(bytes(mark)))
         self._send_records(records, prefix=PROLOGUE)
 
-    def _verify_hello(self, hello: Hello) -> str | None:
-        """Check the peer's Hello and derive the session keys; return a refusal reason or None."""
-        if hello.uid != self.peer_uid:
-            return "hello from an unexpected uid"
-        transcript = hello_transcript(
-            initiator=not self.initiator,
-            signer_uid=hello.uid,
-            recipient_uid=self.local_uid,
-            ephemeral_key=hello.ephemeral_key,
-            min_version=hello.min_version,
-            max_version=hello.max_version,
-            channel_binding=self._channel_binding,
-        )
-        try:
-            self._peer_key.verify(hello.signature, transcript)
-        except InvalidSignature:
-            return "bad hello signature"
-        version = negotiate_version(self._versions, (hello.min_version, hello.max_version))
-        if version is None:
-            return (
-                f"no common protocol version (ours {self._versions[0]}-{self._versions[1]}, "
-                f"theirs {hello.min_version}-{hello.max_version})"
-            )
-        assert self._ephemeral is not None
-        try:
-            shared = self._ephemeral.exchange(
-                X25519PublicKey.from_public_bytes(hello.ephemeral_key)
-            )
-        except ValueError:
-            return "invalid ephemeral key"
-        if self.initiator:
-            initiator_uid, responder_uid = self.local_uid, self.peer_uid
-            initiator_eph, responder_eph = self._ephemeral_public, hello.ephemeral_key
-        else:
-            initiator_uid, responder_uid = self.peer_uid, self.local_uid
-            initiator_eph, responder_eph = hello.ephemeral_key, self._ephemeral_public
-        to_responder, to_initiator = derive_session_keys(
-            shared,
-            initiator_uid=initiator_uid,
-            responder_uid=responder_uid,
-            initiator_ephemeral=initiator_eph,
-            responder_ephemeral=responder_eph,
-            channel_binding=self._channel_binding,
-        )
-        outgoing, incoming = (
-            (to_responder, to_initiator) if self.initiator else (to_initiator, to_responder)
-        )
-        self._sealer = CascadeSealer(outgoing, self.local_uid, self.peer_uid)
-        self._opener = CascadeOpener(incoming, self.peer_uid, self.local_uid)
-        self._version = version
-        self._ephemeral = None  # forward secrecy: the private half is not needed any more
-        return None
+    def _entering(self, data: _StateData) -> _StateData:
+        """Keep the new state's data where the fast path and :attr:`state` read it."""
+        self._data = data
+        return data
 
-    def _establish(self) -> None:
-        self._state = "established"
-        self._cancel_handshake_timer()
+    def _start_established(self, keys: SessionKeys) -> Established:
+        """The ``established`` state's data: the keys, a fresh idle timer and the keepalive."""
+        if self._handshake_deadline.active():
+            self._handshake_deadline.cancel()
+        self._version = keys.version
+        keepalive = LoopingCall(self._machine.keepalive_due)
+        keepalive.clock = self._reactor_time
+        state = Established(
+            keys.sealer,
+            keys.opener,
+            self._clock.callLater(self._idle_timeout, self._machine.idle_timed_out),
+            keepalive,
+        )
+        self._entering(state)
+        return state
+
+    def _establish(self, state: Established) -> None:
         if self._decoder is not None:
             self._decoder.set_max_frame(MAX_FRAME)
-        self._idle_call = self._clock.callLater(self._idle_timeout, self._machine.idle_timed_out)
-        self._keepalive = LoopingCall(self._machine.keepalive_due)
-        self._keepalive.clock = self._reactor_time
-        self._keepalive.start(self._keepalive_interval, now=False).addErrback(
+        state.keepalive.start(self._keepalive_interval, now=False).addErrback(
             lambda failure: self.log.failure("keepalive failed", failure)
         )
         self.log.info(
@@ -658,30 +613,26 @@ class PeerSession:
         )
         self._observer.session_established(self)
 
-    def _cancel_handshake_timer(self) -> None:
-        if self._handshake_call is not None and self._handshake_call.active():
-            self._handshake_call.cancel()
-        self._handshake_call = None
-
-    def _end(self, reason: str, *, goodbye: bool, transport_gone: bool, refused: bool) -> None:
-        """Leave the active states: stop timers, forget keys, say goodbye, report once."""
-        self._state = "closed" if transport_gone else "closing"
+    def _end(
+        self,
+        left: _StateData,
+        reason: str,
+        *,
+        goodbye: bool,
+        transport_gone: bool,
+        refused: bool,
+    ) -> None:
+        """Leave an active state: stop its timers, forget its keys, say goodbye, report once."""
         self._close_reason = reason
         self._decoder = None
-        self._cancel_handshake_timer()
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        self._keepalive = None
-        self._ephemeral = None
-        self._sealer = self._opener = None
+        if self._handshake_deadline.active():
+            self._handshake_deadline.cancel()
+        left.stop()
         log = self.log.warn if refused else self.log.info
         log(
             "session with {peer_uid} closed in {state}: {reason}",
             peer_uid=log_id(self.peer_uid),
-            state=self._state,
+            state=self._data.name,
             reason=redact(reason),
         )
         if goodbye:
@@ -693,12 +644,46 @@ class PeerSession:
 
 # -- the machine -----------------------------------------------------------------------------
 
+
+def _handshaking_data(
+    inputs: _SessionInputs, core: PeerSession, channel_binding: bytes
+) -> Handshaking:
+    state = Handshaking(
+        KeyAgreement(
+            local_uid=core.local_uid,
+            peer_uid=core.peer_uid,
+            initiator=core.initiator,
+            versions=core._versions,
+            channel_binding=channel_binding,
+        )
+    )
+    core._entering(state)
+    return state
+
+
+def _established_data(inputs: _SessionInputs, core: PeerSession, keys: SessionKeys) -> Established:
+    return core._start_established(keys)
+
+
+def _closing_data(inputs: _SessionInputs, core: PeerSession, *args: Any) -> Closing:
+    state = Closing()
+    core._entering(state)
+    return state
+
+
+def _closed_data(inputs: _SessionInputs, core: PeerSession, *args: Any) -> Closed:
+    state = Closed()
+    core._entering(state)
+    return state
+
+
 _builder = TypeMachineBuilder(_SessionInputs, PeerSession)
 connecting = _builder.state("connecting")
-handshaking = _builder.state("handshaking")
-established = _builder.state("established")
-closing = _builder.state("closing")
-closed = _builder.state("closed")
+handshaking = _builder.state("handshaking", _handshaking_data)
+established = _builder.state("established", _established_data)
+# Entered upon inputs of every signature: typed loosely, as their factories take any arguments.
+closing = _builder.state("closing", cast(Callable[..., Closing], _closing_data))
+closed = _builder.state("closed", cast(Callable[..., Closed], _closed_data))
 
 _RECORD_INPUTS = (
     _SessionInputs.message_received,
@@ -712,8 +697,8 @@ _RECORD_INPUTS = (
 def _refuse(reason: str) -> Callable[..., None]:
     """A transition output that closes because the peer broke the protocol."""
 
-    def refuse(inputs: _SessionInputs, core: PeerSession, *args: object) -> None:
-        core._end(reason, goodbye=True, transport_gone=False, refused=True)
+    def refuse(inputs: _SessionInputs, core: PeerSession, left: _StateData, *args: object) -> None:
+        core._end(left, reason, goodbye=True, transport_gone=False, refused=True)
 
     refuse.__name__ = f"refuse({reason})"
     return refuse
@@ -724,15 +709,16 @@ def _refuse(reason: str) -> Callable[..., None]:
 
 @connecting.upon(_SessionInputs.connection_made).to(handshaking)
 def _start_handshake(inputs: _SessionInputs, core: PeerSession, channel_binding: bytes) -> None:
-    core._state = "handshaking"
-    core._send_hello(channel_binding)
+    state = core._data
+    assert type(state) is Handshaking  # made by _handshaking_data before this output runs
+    core._send_hello(state.agreement)
 
 
 def _drop_early(reason: str) -> Callable[..., None]:
     """Close before TLS is up: no Goodbye (nothing was sent yet)."""
 
     def drop(inputs: _SessionInputs, core: PeerSession, *args: object) -> None:
-        core._end(reason, goodbye=False, transport_gone=False, refused=True)
+        core._end(Connecting(), reason, goodbye=False, transport_gone=False, refused=True)
 
     drop.__name__ = f"drop({reason})"
     return drop
@@ -754,29 +740,40 @@ connecting.upon(_SessionInputs.keepalive_due).loop().returns(None)
 
 @connecting.upon(_SessionInputs.protocol_failed).to(closing)
 def _fail_early(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-    core._end(reason, goodbye=False, transport_gone=False, refused=True)
+    core._end(Connecting(), reason, goodbye=False, transport_gone=False, refused=True)
 
 
 @connecting.upon(_SessionInputs.close).to(closing)
 def _close_early(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-    core._end(reason, goodbye=False, transport_gone=False, refused=False)
+    core._end(Connecting(), reason, goodbye=False, transport_gone=False, refused=False)
+
+
+@connecting.upon(_SessionInputs.connection_lost).to(closed)
+def _lost_early(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
+    core._end(Connecting(), reason, goodbye=False, transport_gone=True, refused=False)
 
 
 # handshaking: our Hello is sent; only the peer's Hello (or its Goodbye) is acceptable.
 
 
 @handshaking.upon(_SessionInputs.hello_received).loop()
-def _check_hello(inputs: _SessionInputs, core: PeerSession, hello: Hello) -> None:
-    refusal = core._verify_hello(hello)
-    if refusal is None:
-        inputs.hello_accepted()
+def _check_hello(
+    inputs: _SessionInputs, core: PeerSession, state: Handshaking, hello: Hello
+) -> None:
+    keys = state.agreement.accept(hello, core._peer_key)
+    if isinstance(keys, str):
+        inputs.protocol_failed(keys)
     else:
-        inputs.protocol_failed(refusal)
+        inputs.hello_accepted(keys)
 
 
 @handshaking.upon(_SessionInputs.hello_accepted).to(established)
-def _establish(inputs: _SessionInputs, core: PeerSession) -> None:
-    core._establish()
+def _establish(
+    inputs: _SessionInputs, core: PeerSession, left: Handshaking, keys: SessionKeys
+) -> None:
+    state = core._data
+    assert type(state) is Established  # made by _established_data before this output runs
+    core._establish(state)
 
 
 for _input in _RECORD_INPUTS:
@@ -790,10 +787,11 @@ handshaking.upon(_SessionInputs.keepalive_due).loop().returns(None)
 
 
 @established.upon(_SessionInputs.message_received).loop()
-def _open_message(inputs: _SessionInputs, core: PeerSession, message: Message) -> None:
-    assert core._opener is not None
+def _open_message(
+    inputs: _SessionInputs, core: PeerSession, state: Established, message: Message
+) -> None:
     try:
-        body = core._opener.open(message.counter, message.message_id, message.body)
+        body = state.opener.open(message.counter, message.message_id, message.body)
     except CascadeError as e:
         inputs.protocol_failed(f"message failed to open ({e.detail})")
         return
@@ -801,26 +799,32 @@ def _open_message(inputs: _SessionInputs, core: PeerSession, message: Message) -
 
 
 @established.upon(_SessionInputs.ack_received).loop()
-def _report_acks(inputs: _SessionInputs, core: PeerSession, ack: Ack) -> None:
+def _report_acks(inputs: _SessionInputs, core: PeerSession, state: Established, ack: Ack) -> None:
     core._observer.acks_received(core, ack.message_ids)
 
 
 @established.upon(_SessionInputs.read_received).loop()
-def _report_reads(inputs: _SessionInputs, core: PeerSession, read: Read) -> None:
+def _report_reads(
+    inputs: _SessionInputs, core: PeerSession, state: Established, read: Read
+) -> None:
     core._observer.reads_received(core, read.message_ids)
 
 
 @established.upon(_SessionInputs.ping_received).loop()
-def _answer_ping(inputs: _SessionInputs, core: PeerSession, ping: Ping) -> None:
+def _answer_ping(inputs: _SessionInputs, core: PeerSession, state: Established, ping: Ping) -> None:
     core._send_records([Pong(ping.nonce)])
 
 
+@established.upon(_SessionInputs.pong_received).loop()
+def _note_pong(inputs: _SessionInputs, core: PeerSession, state: Established, pong: Pong) -> None:
+    """Nothing to do: the idle timer was reset when the bytes arrived."""
+
+
 @established.upon(_SessionInputs.keepalive_due).loop()
-def _send_ping(inputs: _SessionInputs, core: PeerSession) -> None:
+def _send_ping(inputs: _SessionInputs, core: PeerSession, state: Established) -> None:
     core._send_records([Ping(os.urandom(NONCE_SIZE))])
 
 
-established.upon(_SessionInputs.pong_received).loop().returns(None)  # the idle timer was reset
 established.upon(_SessionInputs.hello_received).to(closing)(_refuse("unexpected second hello"))
 established.upon(_SessionInputs.hello_accepted).loop().returns(None)
 established.upon(_SessionInputs.connection_made).loop().returns(None)
@@ -832,35 +836,29 @@ established.upon(_SessionInputs.idle_timed_out).to(closing)(_refuse("idle timeou
 for _active in (handshaking, established):
 
     @_active.upon(_SessionInputs.protocol_failed).to(closing)
-    def _fail(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-        core._end(reason, goodbye=True, transport_gone=False, refused=True)
+    def _fail(inputs: _SessionInputs, core: PeerSession, left: _StateData, reason: str) -> None:
+        core._end(left, reason, goodbye=True, transport_gone=False, refused=True)
 
     @_active.upon(_SessionInputs.close).to(closing)
-    def _close(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-        core._end(reason, goodbye=True, transport_gone=False, refused=False)
+    def _close(inputs: _SessionInputs, core: PeerSession, left: _StateData, reason: str) -> None:
+        core._end(left, reason, goodbye=True, transport_gone=False, refused=False)
 
     @_active.upon(_SessionInputs.goodbye_received).to(closing)
-    def _peer_goodbye(inputs: _SessionInputs, core: PeerSession, goodbye: Goodbye) -> None:
+    def _peer_goodbye(
+        inputs: _SessionInputs, core: PeerSession, left: _StateData, goodbye: Goodbye
+    ) -> None:
         reason = f"peer said goodbye: {_printable(goodbye.reason)}"
-        core._end(reason, goodbye=False, transport_gone=False, refused=False)
-
-
-for _active in (connecting, handshaking, established):
+        core._end(left, reason, goodbye=False, transport_gone=False, refused=False)
 
     @_active.upon(_SessionInputs.connection_lost).to(closed)
-    def _lost(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-        core._end(reason, goodbye=False, transport_gone=True, refused=False)
+    def _lost(inputs: _SessionInputs, core: PeerSession, left: _StateData, reason: str) -> None:
+        core._end(left, reason, goodbye=False, transport_gone=True, refused=False)
 
 
 # closing: we dropped the connection and wait for the transport to go; closed: all is over.
 # Both ignore every late input.
 
-
-@closing.upon(_SessionInputs.connection_lost).to(closed)
-def _transport_gone(inputs: _SessionInputs, core: PeerSession, reason: str) -> None:
-    core._state = "closed"
-
-
+closing.upon(_SessionInputs.connection_lost).to(closed).returns(None)
 closed.upon(_SessionInputs.connection_lost).loop().returns(None)
 for _ended in (closing, closed):
     for _late_input in (
@@ -880,11 +878,12 @@ for _ended in (closing, closed):
 _SessionMachine = _builder.build()
 
 
-#: Established-state transitions that only loop: :meth:`PeerSession._dispatch` calls them directly.
-_ESTABLISHED_DATA: dict[type, Callable[[Any, PeerSession, Any], None]] = {
+#: The established state's data-record transitions (each only loops there), by record type:
+#: :meth:`PeerSession._deliver_established_record` calls them directly.
+_ESTABLISHED_DATA: dict[type, Callable[[Any, PeerSession, Established, Any], None]] = {
     Message: _open_message,
     Ack: _report_acks,
     Read: _report_reads,
     Ping: _answer_ping,
-    Pong: lambda inputs, core, pong: None,  # the idle timer was reset when it arrived
+    Pong: _note_pong,
 }
