@@ -22,7 +22,13 @@ from jarvis.files.receive import (
     partial_paths,
     safe_file_name,
 )
-from jarvis.files.send import FileSource, PreparedFile, SourceChanged, make_offer
+from jarvis.files.send import (
+    FileSource,
+    PreparedFile,
+    SourceChanged,
+    make_offer,
+    prepare_again,
+)
 from jarvis.protocol.transfer import MIN_CHUNK_SIZE, missing_indexes
 from jarvis.textsafe import BIDI_CONTROLS
 from tests.daemons import short_tempdir
@@ -253,3 +259,19 @@ class FileSourceTests(SynchronousTestCase):
         with self.assertRaises(SourceChanged):
             source.read_chunk(1)
         self.assertEqual(source.read_chunk(0), read_chunk(prepared, 0))
+
+    def test_prepare_again_after_restart(self) -> None:
+        """When the sender restarts, then the same offer is rebuilt from the file, and refused
+        once the file changed."""
+        prepared = make_prepared(self, 2 * CHUNK + 1)
+        again = prepare_again(prepared.path, prepared.offer)
+        self.assertEqual(again, prepared)
+        with open(prepared.path, "r+b") as f:
+            f.seek(CHUNK + 3)
+            f.write(b"!")
+        with self.assertRaises(SourceChanged):
+            prepare_again(prepared.path, prepared.offer)
+        with open(prepared.path, "ab") as f:
+            f.write(b"more")
+        with self.assertRaises(SourceChanged):
+            prepare_again(prepared.path, prepared.offer)

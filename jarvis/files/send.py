@@ -72,6 +72,27 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
     return PreparedFile(path, offer, tuple(hashes))
 
 
+def prepare_again(path: str, offer: Offer) -> PreparedFile:
+    """Rebuild the manifest of an already offered file after a restart (the sender keeps only
+    the path and the offer).
+
+    :raises SourceChanged: if the file no longer hashes to the offered content hash.
+    :raises OSError: if the file cannot be read.
+    """
+    hashes = []
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != offer.size:
+            raise SourceChanged("the size changed")
+        for index in range(offer.chunks):
+            length = chunk_length(index, size, offer.chunk_size)
+            data = os.pread(f.fileno(), length, index * offer.chunk_size)
+            hashes.append(hashlib.sha256(data).digest())
+    if manifest_root(size, offer.chunk_size, hashes) != offer.content_hash:
+        raise SourceChanged("the content changed")
+    return PreparedFile(path, offer, tuple(hashes))
+
+
 class FileSource:
     """Read verified chunks of an offered file.
 
