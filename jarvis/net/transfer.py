@@ -126,6 +126,9 @@ class TransferSender(protocol.Protocol):
         self._queue: deque[int] = deque()
         self._cipher: ChunkCipher | None = None
         self._in_flight = 0
+        self._ready: deque[tuple[bytes, bytes]] = deque()
+        self._pumping = False
+        self._pump_again = False
         self._paused = False
         self._stopped = False
         self._end_sent = False
@@ -134,7 +137,7 @@ class TransferSender(protocol.Protocol):
         #: Chunks and bytes handed to the transport on this connection.
         self.chunks_sent = 0
         self.bytes_sent = 0
-        #: Most chunks that were read but not yet written at any time (a memory bound check).
+        #: Most chunks being read or waiting to be written at any time (a memory bound check).
         self.max_in_flight = 0
 
     @property
@@ -187,31 +190,52 @@ class TransferSender(protocol.Protocol):
         return head, sealed
 
     def _pump(self) -> None:
+        # Chunks are read and sealed ahead while the transport is paused, up to *window*
+        # held (being read, or sealed and waiting): the socket never waits for a read after a
+        # resume, and memory stays bounded.  Re-entrant calls (a synchronous run_blocking, a
+        # write that pauses or resumes us) only ask the running loop for another round.
+        if self._pumping:
+            self._pump_again = True
+            return
         cipher = self._cipher
         if cipher is None:
             return
-        while (
-            not self._paused
+        self._pumping = True
+        try:
+            while not self._stopped:
+                self._pump_again = False
+                while self._in_flight + len(self._ready) < self._window and self._queue:
+                    index = self._queue.popleft()
+                    self._in_flight += 1
+                    held = self._in_flight + len(self._ready)
+                    self.max_in_flight = max(self.max_in_flight, held)
+                    d = self._run(self._read_sealed, cipher, index)
+                    d.addCallbacks(self._chunk_ready, self._read_failed)
+                if self._ready and not self._paused:
+                    parts = self._ready.popleft()
+                    self._out.writeSequence(parts)  # may pause us at once
+                    self.chunks_sent += 1
+                    self.bytes_sent += len(parts[1]) - CHUNK_OVERHEAD
+                    self._observer.bytes_done(self.bytes_sent)
+                    continue
+                if not self._pump_again:
+                    break
+        finally:
+            self._pumping = False
+        if (
+            not self._queue
+            and not self._ready
+            and self._in_flight == 0
+            and not self._end_sent
             and not self._stopped
-            and self._in_flight < self._window
-            and self._queue
         ):
-            index = self._queue.popleft()
-            self._in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self._in_flight)
-            d = self._run(self._read_sealed, cipher, index)
-            d.addCallbacks(self._chunk_ready, self._read_failed)
-        if not self._queue and self._in_flight == 0 and not self._end_sent and not self._stopped:
             self._end_sent = True
             self._out.write(_frame(End()))
 
     def _chunk_ready(self, parts: tuple[bytes, bytes]) -> None:
         self._in_flight -= 1
         if not self._stopped:
-            self._out.writeSequence(parts)
-            self.chunks_sent += 1
-            self.bytes_sent += len(parts[1]) - CHUNK_OVERHEAD
-            self._observer.bytes_done(self.bytes_sent)
+            self._ready.append(parts)
         self._pump()
         self._check_settled()
 
