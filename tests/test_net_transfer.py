@@ -128,6 +128,15 @@ class PairTests(TestCase):
         self.assertEqual(sender.chunks_sent, 5)
         self.assertEqual(os.listdir(directory), ["data.bin"])
 
+    def test_empty_file_arrives(self) -> None:
+        """When an empty file is sent, then it arrives empty under its name."""
+        prepared = make_prepared(self, 0)
+        sender, _receiver, _send_rec, recv_rec, _directory = self.make_pair(prepared)
+        kind, final = self.successResultOf(recv_rec.finished)
+        self.assertEqual(kind, "completed")
+        self.assertEqual(os.path.getsize(final), 0)
+        self.assertEqual(sender.chunks_sent, 0)
+
     def test_lying_chunk_refused_and_removed(self) -> None:
         """When the sender's chunk does not match the content it offered, then the receiver
         cancels for good and the partial file and sidecar are removed."""
@@ -261,15 +270,16 @@ class BackpressureTests(TestCase):
         self.assertIn(frame(Complete(offer.transfer_id)), transport.value())
 
     def test_cancel_from_sender_ends_for_good(self) -> None:
-        """When the sender cancels, then the receiver reports a final end, not a resumable one."""
+        """When the sender cancels, then the receiver reports a final end, not a resumable one,
+        quoting the sender's reason with its escape and bidi characters made visible."""
         prepared = make_prepared(self, CHUNK)
         partial = PartialFile.create(short_tempdir(self), prepared.offer)
         self.addCleanup(partial.close)
         recorder = Recorder()
         receiver = TransferReceiver(partial, recorder, run_blocking=run_now)
         receiver.makeConnection(StringTransport())
-        receiver.dataReceived(frame(Cancel(prepared.offer.transfer_id, "user")))
-        expected = ("ended", ("the sender cancelled: user", False))
+        receiver.dataReceived(frame(Cancel(prepared.offer.transfer_id, "user\x1b[2J\u202e")))
+        expected = ("ended", ("the sender cancelled: user\\x1b[2J\\u202e", False))
         self.assertEqual(self.successResultOf(recorder.finished), expected)
 
 

@@ -65,6 +65,7 @@ from jarvis.protocol.transfer import (
     missing_indexes,
     parse_transfer_record,
 )
+from jarvis.textsafe import terminal_safe
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
 #: receiver); with 1 MiB chunks the stream holds a few MiB at most.
@@ -90,7 +91,8 @@ class TransferStreamObserver(TypingProtocol):
 
     def stream_ended(self, reason: str, resumable: bool) -> None:
         """The connection ended before completion; *resumable* is false for a Cancel or a
-        refusal that a new connection would not fix (the transfer has failed)."""
+        refusal that a new connection would not fix (the transfer has failed).  A peer's
+        Cancel reason is quoted in *reason* with control and bidi characters escaped."""
 
 
 def _frame(record: TransferRecord) -> bytes:
@@ -179,7 +181,8 @@ class TransferSender(protocol.Protocol):
             self._observer.stream_completed(None)
             self._out.loseConnection()
         elif isinstance(record, Cancel) and record.transfer_id == offer.transfer_id:
-            self._end(f"the receiver cancelled: {record.reason}", resumable=False, cancel=False)
+            reason = terminal_safe(record.reason, keep_newlines=False)
+            self._end(f"the receiver cancelled: {reason}", resumable=False, cancel=False)
         else:
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
@@ -385,7 +388,8 @@ class TransferReceiver(protocol.Protocol):
             self._end_received = True
             self._maybe_finish()
         elif isinstance(record, Cancel) and record.transfer_id == self._offer.transfer_id:
-            self._end(f"the sender cancelled: {record.reason}", resumable=False, send=False)
+            reason = terminal_safe(record.reason, keep_newlines=False)
+            self._end(f"the sender cancelled: {reason}", resumable=False, send=False)
         else:
             raise MalformedTransferRecord(f"unexpected {type(record).__name__} record")
 
