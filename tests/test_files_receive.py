@@ -159,6 +159,22 @@ class PartialFileTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"mine")
         self.assertEqual(sorted(os.listdir(directory)), ["a (1).bin", "a.bin"])
 
+    def test_finish_without_reread(self) -> None:
+        """When the final check skips the re-read, then a complete file still lands verified,
+        and an incomplete one is refused and removed."""
+        prepared, _directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(prepared.offer.chunks):
+            partial.store_chunk(i, read_chunk(prepared, i))
+        final = partial.finish(reread=False)
+        self.assertEqual(sha256_file(final), sha256_file(prepared.path))
+        prepared2, directory2, partial2 = self.make()
+        partial2.set_manifest(prepared2.chunk_hashes)
+        partial2.store_chunk(0, read_chunk(prepared2, 0))
+        with self.assertRaises(VerificationFailed):
+            partial2.finish(reread=False)
+        self.assertEqual(os.listdir(directory2), [])
+
     def test_chunk_not_matching_manifest_not_written(self) -> None:
         """When a chunk does not match its hash, then ChunkMismatch and it is not held."""
         prepared, _directory, partial = self.make()

@@ -417,7 +417,7 @@ class PartialFile:
                 os.fsync(self._state_fd)
         return True
 
-    def finish(self) -> str:
+    def finish(self, *, reread: bool = True) -> str:
         """Verify the whole file against the offer and give it its name; return the final path.
 
         The partial file is synced, read back and hashed chunk by chunk; the root must equal
@@ -425,11 +425,33 @@ class PartialFile:
         ``name (1).ext``... (never replacing anything) and the partial file and sidecar are
         removed.
 
+        :param reread: re-read the file (about 1 CPU second per GiB).  Without it the check
+            rests on the hashes taken as each chunk was written (and re-taken at each reopen),
+            so it misses only a change made to the partial file on disk since.
         :raises VerificationFailed: if a chunk is missing or the content does not match; the
             partial file and sidecar are removed.
         """
         offer = self.offer
         os.fsync(self._data_fd)
+        if reread:
+            matches = self.is_complete() and self._hash_on_disk() == offer.content_hash
+        else:
+            with self._lock:
+                complete, manifest = all(self._held), self._manifest
+            matches = complete and (
+                offer.chunks == 0
+                or (manifest is not None and _root_of(offer, manifest) == offer.content_hash)
+            )
+        if not matches:
+            self.discard()
+            raise VerificationFailed()
+        final = _link_free_name(self.partial_path, self.directory, safe_file_name(offer.name))
+        self.discard()
+        return final
+
+    def _hash_on_disk(self) -> bytes:
+        """Return the content hash of the partial file as it is on disk."""
+        offer = self.offer
         hashes = []
         for index in range(offer.chunks):
             length = chunk_length(index, offer.size, offer.chunk_size)
@@ -443,15 +465,7 @@ class PartialFile:
                 h.update(block)
                 pos += len(block)
             hashes.append(h.digest())
-        if (
-            not self.is_complete()
-            or manifest_root(offer.size, offer.chunk_size, hashes) != offer.content_hash
-        ):
-            self.discard()
-            raise VerificationFailed()
-        final = _link_free_name(self.partial_path, self.directory, safe_file_name(offer.name))
-        self.discard()
-        return final
+        return manifest_root(offer.size, offer.chunk_size, hashes)
 
     def close(self) -> None:
         """Close the file descriptors (the files stay for a later :meth:`reopen`)."""

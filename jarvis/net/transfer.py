@@ -301,6 +301,8 @@ class TransferReceiver(protocol.Protocol):
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
     :param window: the most chunks waiting for the disk before the socket is paused.
+    :param reread_on_finish: re-read the whole file for the final check
+        (:meth:`PartialFile.finish`); off saves about 1 CPU second per GiB.
     """
 
     log = Logger()
@@ -312,8 +314,10 @@ class TransferReceiver(protocol.Protocol):
         *,
         run_blocking: RunBlocking = deferToThread,
         window: int = DEFAULT_WINDOW,
+        reread_on_finish: bool = True,
     ) -> None:
         self._partial = partial
+        self._reread = reread_on_finish
         self._offer = partial.offer
         self._observer = observer
         self._run = run_blocking
@@ -434,7 +438,8 @@ class TransferReceiver(protocol.Protocol):
             return
         self._finishing = True
         self._pending += 1
-        self._run(self._partial.finish).addCallbacks(self._finished, self._finish_failed)
+        finishing = self._run(lambda: self._partial.finish(reread=self._reread))
+        finishing.addCallbacks(self._finished, self._finish_failed)
 
     def _finished(self, final_path: str) -> None:
         self._pending -= 1
