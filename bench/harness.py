@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "bench.scale_bench",
     "ui": "bench.ui_bench",
     "mailbox": "bench.mailbox_bench",
+    "transfer": "bench.transfer_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

@@ -1,0 +1,515 @@
+"""The receiving side of a file transfer, on disk: safe names, private partial files, resume.
+
+- :func:`safe_file_name` turns an offered name into one that is safe to create: no path
+  separators, no ``..``, no leading dot, no control, bidi or line-separator characters, no
+  Windows device names or reserved characters, at most 200 UTF-8 bytes (extension kept).
+- :func:`check_acceptable` refuses a file over the configured size cap or one the disk cannot
+  hold (``os.statvfs``), before anything is accepted.
+- :class:`PartialFile` holds the chunks while they arrive, in a hidden
+  ``.NAME.ID.jarvis-partial`` created 0600 with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (never through a
+  planted link, never into someone else's file), next to a sidecar ``...jarvis-partial.state``
+  (created the same way) that records the verified chunk hashes and one byte per chunk saying
+  "held, verified".  A chunk's byte is written after the chunk itself, so after ``kill -9`` the
+  sidecar never claims a chunk that was not written; data and sidecar are fsynced every
+  :data:`SYNC_EVERY` bytes and before the file gets its name, and :meth:`PartialFile.reopen`
+  re-hashes every chunk the sidecar claims, so a chunk lost or corrupted on disk (a power cut,
+  a bad sector, a meddler) is fetched again.  At most the chunk in flight is sent twice.
+- :meth:`PartialFile.finish` re-reads the whole file, checks it against the offered content
+  hash, and only then links it into place under a name that does not exist yet
+  (``name (1).ext``, ``name (2).ext``...): nothing is ever overwritten, and a file that does not
+  match (a lying sender) is removed with its sidecar.
+
+Every function here blocks on the file system: run it off the reactor thread (``deferToThread``
+or the transfer's own thread).  No reactor import, no logging of names or content.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+import threading
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from jarvis.protocol.transfer import (
+    HASH_SIZE,
+    Offer,
+    chunk_length,
+    manifest_root,
+    ranges_from_indexes,
+)
+from jarvis.textsafe import is_unsafe
+
+#: Longest name (UTF-8 bytes) a received file gets; leaves room for `` (123)`` and the partial
+#: file's prefix and suffix under the usual 255-byte limit.
+MAX_NAME_BYTES = 200
+#: Longest extension kept when a name is shortened or numbered.
+MAX_EXTENSION_CHARS = 16
+#: The name used when nothing of the offered name is left.
+FALLBACK_NAME = "file"
+#: Windows device names (with any extension) that must not be created.
+DEVICE_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$", "CLOCK$"}
+    | {f"COM{i}" for i in "123456789¹²³"}
+    | {f"LPT{i}" for i in "123456789¹²³"}
+)
+_RESERVED = set('<>:"|?*')
+#: Bytes written between two fsyncs of the partial file and its sidecar.
+SYNC_EVERY = 32 * 1024 * 1024
+PARTIAL_SUFFIX = ".jarvis-partial"
+STATE_SUFFIX = ".jarvis-partial.state"
+_MAGIC = b"JVPART\x00\x01"
+_STATE_HEAD = struct.Struct(">8s16sQI32sB")
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
+_READ_BLOCK = 1024 * 1024
+
+
+class ReceiveError(Exception):
+    """Base class of the errors of the receiving side."""
+
+
+class FileTooLarge(ReceiveError):
+    """The offered file is larger than the size you accept from this contact.
+
+    Raise the limit (the receive size cap in the configuration) or ask for a smaller file.
+    """
+
+
+class NotEnoughSpace(ReceiveError):
+    """The folder the file would go to does not have enough free space for it.
+
+    Free some space or accept the file into another folder.
+    """
+
+
+class PartialFileMismatch(ReceiveError):
+    """The partial file on disk belongs to another transfer or is damaged beyond use.
+
+    Cancel the transfer and start it again.
+    """
+
+
+class ChunkMismatch(ReceiveError):
+    """A chunk does not match its hash in the verified manifest: the sender is broken or lying.
+
+    The chunk is not written; the transfer connection is closed.
+    """
+
+
+class VerificationFailed(ReceiveError):
+    """The complete file does not match the hash the sender offered; it was deleted.
+
+    The sender's file changed during the transfer, or the sender is broken or hostile.
+    """
+
+
+def safe_file_name(name: str, *, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """Return a file name made from *name* that is safe to create in a folder.
+
+    Keeps only the last path component (``/`` and ``\\`` both count), drops control, bidi and
+    line-separator characters, replaces Windows-reserved characters with ``_``, strips leading
+    dots and spaces (no hidden files, no ``..``) and trailing dots and spaces, prefixes Windows
+    device names with ``_`` and shortens the result to *max_bytes* of UTF-8, keeping the
+    extension.  Never returns an empty name.
+    """
+    name = unicodedata.normalize("NFC", name)
+    parts = [p for p in name.replace("\\", "/").split("/") if p.strip(" .")]
+    name = parts[-1] if parts else ""
+    name = "".join(
+        "_" if c in _RESERVED else c for c in name if not is_unsafe(c, keep_newlines=False)
+    )
+    name = name.lstrip(" .").rstrip(" .")
+    if not name:
+        name = FALLBACK_NAME
+    if name.split(".", 1)[0].rstrip(" ").upper() in DEVICE_NAMES:
+        name = "_" + name
+    return _shorten(name, max_bytes)
+
+
+def _split_extension(name: str) -> tuple[str, str]:
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem or len(ext) > MAX_EXTENSION_CHARS:
+        return name, ""
+    return stem, "." + ext
+
+
+def _shorten(name: str, max_bytes: int) -> str:
+    if len(name.encode("utf-8")) <= max_bytes:
+        return name
+    stem, ext = _split_extension(name)
+    budget = max_bytes - len(ext.encode("utf-8"))
+    stem = stem.encode("utf-8")[:budget].decode("utf-8", "ignore").rstrip(" .") or "f"
+    return stem + ext
+
+
+def numbered_name(name: str, n: int) -> str:
+    """Return *name* with `` (n)`` before its extension (``name`` itself for ``n == 0``)."""
+    if n == 0:
+        return name
+    stem, ext = _split_extension(name)
+    return f"{stem} ({n}){ext}"
+
+
+@dataclass(frozen=True)
+class ReceivePolicy:
+    """What a receiver accepts.
+
+    :ivar max_size: the largest file accepted, in bytes.
+    :ivar reserve_bytes: free space that must remain on the disk after the file.
+    """
+
+    max_size: int = 4 * 1024**3
+    reserve_bytes: int = 64 * 1024**2
+
+
+def free_bytes(directory: str) -> int:
+    """Return the bytes an unprivileged user may still write in *directory*'s file system."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
+
+
+def check_acceptable(
+    directory: str, offer: Offer, policy: ReceivePolicy, *, already_held: int = 0
+) -> None:
+    """Refuse an offer that is over the size cap or does not fit on the disk.
+
+    :param already_held: bytes of this file already on disk (a resumed transfer).
+    :raises FileTooLarge: if ``offer.size`` exceeds ``policy.max_size``.
+    :raises NotEnoughSpace: if the free space minus the reserve cannot hold what is missing.
+    """
+    if offer.size > policy.max_size:
+        raise FileTooLarge(f"{offer.size} bytes, limit {policy.max_size}")
+    needed = offer.size - already_held + policy.reserve_bytes
+    available = free_bytes(directory)
+    if available < needed:
+        raise NotEnoughSpace(f"{available} bytes free, {needed} needed")
+
+
+def partial_paths(directory: str, offer: Offer) -> tuple[str, str]:
+    """Return the paths of the hidden partial file and of its sidecar for *offer*."""
+    base = f".{safe_file_name(offer.name)}.{offer.transfer_id.hex()[:16]}"
+    return (
+        os.path.join(directory, base + PARTIAL_SUFFIX),
+        os.path.join(directory, base + STATE_SUFFIX),
+    )
+
+
+def _sync_directory(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class PartialFile:
+    """A file being received: the hidden partial file and its sidecar, both open.
+
+    Build it with :meth:`create` (a new transfer) or :meth:`reopen` (after a restart).
+    :meth:`store_chunk` may run on several threads at once (each chunk has its own offset).
+    """
+
+    def __init__(
+        self, directory: str, offer: Offer, data_fd: int, state_fd: int, manifest: bytes | None
+    ) -> None:
+        self.directory = directory
+        self.offer = offer
+        self.partial_path, self.state_path = partial_paths(directory, offer)
+        self._data_fd = data_fd
+        self._state_fd = state_fd
+        self._count = offer.chunks
+        self._manifest = manifest  # count * 32 bytes, or None until set_manifest()
+        self._held = bytearray(self._count)
+        self._held_bytes = 0
+        self._unsynced = 0
+        self._lock = threading.Lock()
+
+    # -- offsets in the sidecar
+
+    @property
+    def _manifest_at(self) -> int:
+        return _STATE_HEAD.size
+
+    @property
+    def _bitmap_at(self) -> int:
+        return _STATE_HEAD.size + self._count * HASH_SIZE
+
+    @classmethod
+    def create(
+        cls, directory: str, offer: Offer, policy: ReceivePolicy | None = None
+    ) -> PartialFile:
+        """Create the partial file and sidecar of a newly accepted *offer* in *directory*.
+
+        :raises FileTooLarge: / :raises NotEnoughSpace: see :func:`check_acceptable`.
+        :raises FileExistsError: if a partial file of this transfer (or anything planted at its
+            name) exists already: use :meth:`reopen`.
+        """
+        check_acceptable(directory, offer, policy or ReceivePolicy())
+        partial, state = partial_paths(directory, offer)
+        data_fd = os.open(partial, _CREATE_FLAGS, 0o600)
+        try:
+            state_fd = os.open(state, _CREATE_FLAGS, 0o600)
+        except BaseException:
+            os.close(data_fd)
+            os.unlink(partial)
+            raise
+        try:
+            os.fchmod(data_fd, 0o600)
+            os.fchmod(state_fd, 0o600)
+            if offer.size:
+                try:
+                    os.posix_fallocate(data_fd, 0, offer.size)
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        raise NotEnoughSpace("the disk filled up while reserving space") from e
+                    os.ftruncate(data_fd, offer.size)  # no fallocate on this file system
+            count = offer.chunks
+            head = _STATE_HEAD.pack(
+                _MAGIC, offer.transfer_id, offer.size, offer.chunk_size, offer.content_hash, 0
+            )
+            os.pwrite(state_fd, head + bytes(count * HASH_SIZE + count), 0)
+            os.fsync(data_fd)
+            os.fsync(state_fd)
+            _sync_directory(directory)
+        except BaseException:
+            os.close(data_fd)
+            os.close(state_fd)
+            for path in (partial, state):
+                os.unlink(path)
+            raise
+        return cls(directory, offer, data_fd, state_fd, None)
+
+    @classmethod
+    def reopen(cls, directory: str, offer: Offer) -> PartialFile:
+        """Open the partial file of *offer* after a restart and re-verify what it holds.
+
+        Every chunk the sidecar marks as held is read back and hashed against the stored
+        manifest; a chunk that does not match is marked missing (and will be fetched again).
+
+        :raises FileNotFoundError: if there is no partial file for this transfer.
+        :raises PartialFileMismatch: if the sidecar describes another transfer or is truncated.
+        """
+        partial, state = partial_paths(directory, offer)
+        data_fd = os.open(partial, _OPEN_FLAGS)
+        try:
+            state_fd = os.open(state, _OPEN_FLAGS)
+        except BaseException:
+            os.close(data_fd)
+            raise
+        try:
+            count = offer.chunks
+            size = _STATE_HEAD.size + count * (HASH_SIZE + 1)
+            raw = os.pread(state_fd, size, 0)
+            if len(raw) != size:
+                raise PartialFileMismatch("the sidecar is truncated")
+            magic, tid, fsize, chunk_size, root, known = _STATE_HEAD.unpack_from(raw)
+            if (magic, tid, fsize, chunk_size, root) != (
+                _MAGIC,
+                offer.transfer_id,
+                offer.size,
+                offer.chunk_size,
+                offer.content_hash,
+            ):
+                raise PartialFileMismatch("the sidecar belongs to another transfer")
+            manifest = raw[_STATE_HEAD.size : _STATE_HEAD.size + count * HASH_SIZE]
+            if known and _root_of(offer, manifest) != offer.content_hash:
+                known = 0  # a damaged manifest: the sender sends it again
+        except BaseException:
+            os.close(data_fd)
+            os.close(state_fd)
+            raise
+        self = cls(directory, offer, data_fd, state_fd, manifest if known else None)
+        bitmap = raw[self._bitmap_at :]
+        for index in range(count):
+            if not bitmap[index] or self._manifest is None:
+                continue
+            data = os.pread(
+                data_fd, chunk_length(index, offer.size, offer.chunk_size), _at(offer, index)
+            )
+            if hashlib.sha256(data).digest() == self._expected(index):
+                self._held[index] = 1
+                self._held_bytes += len(data)
+        # Make the sidecar say exactly what was verified.
+        os.pwrite(state_fd, bytes(self._held), self._bitmap_at)
+        return self
+
+    # -- state
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held verified."""
+        return self._held_bytes
+
+    @property
+    def manifest_known(self) -> bool:
+        """Whether a manifest matching the offer is stored."""
+        return self._manifest is not None
+
+    def held_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Return the chunk ranges held verified (for the ``Have`` record)."""
+        with self._lock:
+            return ranges_from_indexes(i for i, h in enumerate(self._held) if h)
+
+    def is_complete(self) -> bool:
+        """Whether every chunk is held verified."""
+        with self._lock:
+            return all(self._held)
+
+    def set_manifest(self, hashes: Sequence[bytes]) -> None:
+        """Store the chunk hashes (already checked against the offer) in the sidecar.
+
+        :raises ValueError: if they do not hash to the offered content hash.
+        """
+        manifest = b"".join(hashes)
+        if _root_of(self.offer, manifest) != self.offer.content_hash:
+            raise ValueError("the manifest does not match the offer")
+        with self._lock:
+            if self._manifest == manifest:
+                return
+            self._manifest = manifest
+            os.pwrite(self._state_fd, manifest, self._manifest_at)
+            os.fsync(self._state_fd)
+            os.pwrite(self._state_fd, b"\x01", _STATE_HEAD.size - 1)
+            os.fsync(self._state_fd)
+
+    def _expected(self, index: int) -> bytes:
+        assert self._manifest is not None
+        return self._manifest[index * HASH_SIZE : (index + 1) * HASH_SIZE]
+
+    def store_chunk(self, index: int, data: bytes) -> bool:
+        """Verify chunk *index* against the manifest, write it, then mark it held.
+
+        :returns: whether the chunk was new (``False`` for a chunk already held).
+        :raises ChunkMismatch: if the chunk does not match its hash (nothing is written).
+        :raises ValueError: before the manifest is set, or for an index out of range.
+        """
+        if self._manifest is None:
+            raise ValueError("no manifest yet")
+        offer = self.offer
+        if len(data) != chunk_length(index, offer.size, offer.chunk_size):
+            raise ChunkMismatch(f"chunk {index} has the wrong length")
+        if hashlib.sha256(data).digest() != self._expected(index):
+            raise ChunkMismatch(f"chunk {index} does not match the manifest")
+        if self._held[index]:
+            return False
+        os.pwrite(self._data_fd, data, _at(offer, index))
+        with self._lock:
+            if self._held[index]:
+                return False
+            # The byte that says "held" is written after the data: a crash in between leaves
+            # the chunk missing, never falsely held.
+            os.pwrite(self._state_fd, b"\x01", self._bitmap_at + index)
+            self._held[index] = 1
+            self._held_bytes += len(data)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_EVERY:
+                self._unsynced = 0
+                os.fsync(self._data_fd)
+                os.fsync(self._state_fd)
+        return True
+
+    def finish(self, *, reread: bool = True) -> str:
+        """Verify the whole file against the offer and give it its name; return the final path.
+
+        The partial file is synced, read back and hashed chunk by chunk; the root must equal
+        the offered content hash.  Then it is linked to the first free name among ``name``,
+        ``name (1).ext``... (never replacing anything) and the partial file and sidecar are
+        removed.
+
+        :param reread: re-read the file (about 1 CPU second per GiB).  Without it the check
+            rests on the hashes taken as each chunk was written (and re-taken at each reopen),
+            so it misses only a change made to the partial file on disk since.
+        :raises VerificationFailed: if a chunk is missing or the content does not match; the
+            partial file and sidecar are removed.
+        """
+        offer = self.offer
+        os.fsync(self._data_fd)
+        if reread:
+            matches = self.is_complete() and self._hash_on_disk() == offer.content_hash
+        else:
+            with self._lock:
+                complete, manifest = all(self._held), self._manifest
+            matches = complete and (
+                offer.chunks == 0
+                or (manifest is not None and _root_of(offer, manifest) == offer.content_hash)
+            )
+        if not matches:
+            self.discard()
+            raise VerificationFailed()
+        final = _link_free_name(self.partial_path, self.directory, safe_file_name(offer.name))
+        self.discard()
+        return final
+
+    def _hash_on_disk(self) -> bytes:
+        """Return the content hash of the partial file as it is on disk."""
+        offer = self.offer
+        hashes = []
+        for index in range(offer.chunks):
+            length = chunk_length(index, offer.size, offer.chunk_size)
+            h = hashlib.sha256()
+            pos = _at(offer, index)
+            end = pos + length
+            while pos < end:
+                block = os.pread(self._data_fd, min(_READ_BLOCK, end - pos), pos)
+                if not block:
+                    break
+                h.update(block)
+                pos += len(block)
+            hashes.append(h.digest())
+        return manifest_root(offer.size, offer.chunk_size, hashes)
+
+    def close(self) -> None:
+        """Close the file descriptors (the files stay for a later :meth:`reopen`)."""
+        for fd in (self._data_fd, self._state_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._data_fd = self._state_fd = -1
+
+    def discard(self) -> None:
+        """Close and remove the partial file and its sidecar."""
+        self.close()
+        for path in (self.partial_path, self.state_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        _sync_directory(self.directory)
+
+
+def _at(offer: Offer, index: int) -> int:
+    return index * offer.chunk_size
+
+
+def _root_of(offer: Offer, manifest: bytes) -> bytes:
+    hashes = [manifest[i : i + HASH_SIZE] for i in range(0, len(manifest), HASH_SIZE)]
+    return manifest_root(offer.size, offer.chunk_size, hashes)
+
+
+def _link_free_name(source: str, directory: str, name: str, *, tries: int = 10000) -> str:
+    """Give *source* the first free name among *name*, ``name (1).ext``...; return it."""
+    for n in range(tries):
+        candidate = os.path.join(directory, numbered_name(name, n))
+        try:
+            os.link(source, candidate, follow_symlinks=False)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            if os.path.lexists(candidate):  # no hard links here: check, then rename
+                continue
+            os.rename(source, candidate)
+        _sync_directory(directory)
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free name", name)

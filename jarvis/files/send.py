@@ -1,0 +1,123 @@
+"""The sending side of a file transfer, on disk: hash a file into an offer, read its chunks.
+
+:func:`make_offer` reads the file once to compute each chunk's SHA-256 and the content hash
+(:func:`~jarvis.protocol.transfer.manifest_root`), and draws the transfer id and secret.
+:class:`FileSource` reads chunks by index with ``pread`` and checks each against the manifest
+before it is sealed, so a file changed after the offer fails the transfer instead of sending
+content the receiver would refuse at the end.
+
+Every function blocks on the file system: run it off the reactor thread.  No reactor import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+import os
+from dataclasses import dataclass
+
+from jarvis.crypto.transfer_keys import new_transfer_secret
+from jarvis.protocol.transfer import (
+    DEFAULT_CHUNK_SIZE,
+    Offer,
+    chunk_count,
+    chunk_length,
+    manifest_root,
+)
+
+
+class SourceChanged(Exception):
+    """The file being sent changed after it was offered (a chunk no longer matches its hash).
+
+    The transfer is cancelled: offer the file again.
+    """
+
+
+@dataclass(frozen=True)
+class PreparedFile:
+    """A file ready to offer: the offer and the chunk hashes (the manifest)."""
+
+    path: str
+    offer: Offer
+    chunk_hashes: tuple[bytes, ...]
+
+
+def guess_media_type(name: str) -> str:
+    """Return the media type guessed from *name*'s extension, or ``application/octet-stream``."""
+    kind, _encoding = mimetypes.guess_type(name, strict=False)
+    return kind.lower() if kind else "application/octet-stream"
+
+
+def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFile:
+    """Hash the file at *path* and return its offer (fresh id and secret) and manifest.
+
+    :raises OSError: if the file cannot be read.
+    """
+    hashes = []
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        for index in range(chunk_count(size, chunk_size)):
+            data = os.pread(f.fileno(), chunk_length(index, size, chunk_size), index * chunk_size)
+            hashes.append(hashlib.sha256(data).digest())
+    name = os.path.basename(path) or "file"
+    offer = Offer(
+        transfer_id=os.urandom(16),
+        name=name.encode("utf-8", "replace")[:1024].decode("utf-8", "ignore") or "file",
+        size=size,
+        content_hash=manifest_root(size, chunk_size, hashes),
+        media_type=guess_media_type(name),
+        chunk_size=chunk_size,
+        secret=new_transfer_secret(),
+    )
+    return PreparedFile(path, offer, tuple(hashes))
+
+
+def prepare_again(path: str, offer: Offer) -> PreparedFile:
+    """Rebuild the manifest of an already offered file after a restart (the sender keeps only
+    the path and the offer).
+
+    :raises SourceChanged: if the file no longer hashes to the offered content hash.
+    :raises OSError: if the file cannot be read.
+    """
+    hashes = []
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size != offer.size:
+            raise SourceChanged("the size changed")
+        for index in range(offer.chunks):
+            length = chunk_length(index, size, offer.chunk_size)
+            data = os.pread(f.fileno(), length, index * offer.chunk_size)
+            hashes.append(hashlib.sha256(data).digest())
+    if manifest_root(size, offer.chunk_size, hashes) != offer.content_hash:
+        raise SourceChanged("the content changed")
+    return PreparedFile(path, offer, tuple(hashes))
+
+
+class FileSource:
+    """Read verified chunks of an offered file.
+
+    :param prepared: from :func:`make_offer` (or rebuilt from storage after a restart).
+    """
+
+    def __init__(self, prepared: PreparedFile) -> None:
+        self.prepared = prepared
+        self._fd = os.open(prepared.path, os.O_RDONLY)
+
+    def read_chunk(self, index: int) -> bytes:
+        """Return chunk *index*, checked against its hash.
+
+        :raises SourceChanged: if the file changed since the offer.
+        """
+        offer = self.prepared.offer
+        length = chunk_length(index, offer.size, offer.chunk_size)
+        data = os.pread(self._fd, length, index * offer.chunk_size)
+        if (
+            len(data) != length
+            or hashlib.sha256(data).digest() != self.prepared.chunk_hashes[index]
+        ):
+            raise SourceChanged(f"chunk {index}")
+        return data
+
+    def close(self) -> None:
+        """Close the file."""
+        os.close(self._fd)

@@ -1,0 +1,293 @@
+"""Tests for :mod:`jarvis.files.receive` and :mod:`jarvis.files.send`: the transfer on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import replace
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis.files.receive import (
+    MAX_NAME_BYTES,
+    ChunkMismatch,
+    FileTooLarge,
+    NotEnoughSpace,
+    PartialFile,
+    PartialFileMismatch,
+    ReceivePolicy,
+    VerificationFailed,
+    numbered_name,
+    partial_paths,
+    safe_file_name,
+)
+from jarvis.files.send import (
+    FileSource,
+    PreparedFile,
+    SourceChanged,
+    make_offer,
+    prepare_again,
+)
+from jarvis.protocol.transfer import MIN_CHUNK_SIZE, missing_indexes
+from jarvis.textsafe import BIDI_CONTROLS
+from tests.daemons import short_tempdir
+
+CHUNK = MIN_CHUNK_SIZE
+
+
+def make_prepared(testcase: SynchronousTestCase, size: int, name: str = "a.bin") -> PreparedFile:
+    """Write a random file of *size* bytes and return it prepared for sending."""
+    source_dir = short_tempdir(testcase)
+    path = os.path.join(source_dir, name)
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return make_offer(path, chunk_size=CHUNK)
+
+
+def read_chunk(prepared: PreparedFile, index: int) -> bytes:
+    with open(prepared.path, "rb") as f:
+        f.seek(index * CHUNK)
+        return f.read(CHUNK)
+
+
+def sha256_file(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class SafeNameTests(SynchronousTestCase):
+    def test_hostile_names(self) -> None:
+        """When hostile names are offered, then the name kept has no path, no leading dot, no
+        control or bidi characters and no device name."""
+        cases = {
+            "../../.bashrc": "bashrc",
+            "..": "file",
+            "": "file",
+            "/": "file",
+            " . ": "file",
+            "a/b\\c.txt": "c.txt",
+            "C:\\Windows\\evil.exe": "evil.exe",
+            "CON": "_CON",
+            "con.txt": "_con.txt",
+            "LPT1.tar.gz": "_LPT1.tar.gz",
+            "nul ": "_nul",
+            "what?.txt": "what_.txt",
+            "x\x1b]52;c;QUFB\x07y.txt": "x]52;c;QUFBy.txt",
+            "invoice\u202egpj.exe": "invoicegpj.exe",
+            "line\u2028break\n.txt": "linebreak.txt",
+            "trailing...": "trailing",
+        }
+        for offered, expected in cases.items():
+            with self.subTest(offered=offered):
+                self.assertEqual(safe_file_name(offered), expected)
+
+    def test_long_names_keep_extension(self) -> None:
+        """When a 4,000-character name arrives, then it is cut to 200 UTF-8 bytes with its
+        extension kept, also for multi-byte characters."""
+        for char in ("a", "é", "😀"):
+            name = safe_file_name(char * 4000 + ".pdf")
+            self.assertLessEqual(len(name.encode("utf-8")), MAX_NAME_BYTES)
+            self.assertTrue(name.endswith(".pdf"))
+            self.assertTrue(name.startswith(char))
+
+    def test_no_unsafe_characters_survive(self) -> None:
+        """When every control and bidi character is in a name, then none survives."""
+        nasty = "".join(chr(c) for c in range(0x20)) + "\x7f" + "".join(BIDI_CONTROLS) + "ok"
+        name = safe_file_name(nasty)
+        self.assertEqual(name, "ok")
+        self.assertEqual(numbered_name("a.tar.gz", 2), "a.tar (2).gz")
+        self.assertEqual(numbered_name("README", 1), "README (1)")
+
+
+class PartialFileTests(SynchronousTestCase):
+    def make(self, size: int = 10 * CHUNK + 123) -> tuple[PreparedFile, str, PartialFile]:
+        prepared = make_prepared(self, size)
+        directory = short_tempdir(self)
+        partial = PartialFile.create(directory, prepared.offer)
+        self.addCleanup(partial.close)
+        return prepared, directory, partial
+
+    def test_partial_is_private_hidden_and_exclusive(self) -> None:
+        """When a transfer is accepted, then its partial file and sidecar are hidden and 0600;
+        a symbolic link planted at that name is never followed."""
+        prepared, directory, partial = self.make()
+        for path in (partial.partial_path, partial.state_path):
+            self.assertTrue(os.path.basename(path).startswith("."))
+            self.assertEqual(stat.S_IMODE(os.lstat(path).st_mode), 0o600)
+        self.assertEqual([n for n in os.listdir(directory) if not n.startswith(".")], [])
+        # A second create (or a planted link) is refused, and the link's target is untouched.
+        other_dir = short_tempdir(self)
+        target = os.path.join(other_dir, "victim")
+        with open(target, "wb") as f:
+            f.write(b"keep")
+        data_path, _state_path = partial_paths(other_dir, prepared.offer)
+        os.symlink(target, data_path)
+        with self.assertRaises(FileExistsError):
+            PartialFile.create(other_dir, prepared.offer)
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"keep")
+        with self.assertRaises(FileExistsError):
+            PartialFile.create(directory, prepared.offer)
+
+    def test_size_cap_and_disk_space(self) -> None:
+        """When the file is over the cap or the disk cannot hold it, then it is refused before
+        anything is created."""
+        prepared = make_prepared(self, CHUNK)
+        directory = short_tempdir(self)
+        with self.assertRaises(FileTooLarge):
+            PartialFile.create(directory, prepared.offer, ReceivePolicy(max_size=CHUNK - 1))
+        with self.assertRaises(NotEnoughSpace):
+            PartialFile.create(directory, prepared.offer, ReceivePolicy(reserve_bytes=1 << 60))
+        self.assertEqual(os.listdir(directory), [])
+
+    def test_complete_file_gets_a_free_name(self) -> None:
+        """When a file completes and a file of that name exists, then it lands as
+        ``name (1).ext`` and the existing file is untouched; the partial files are gone."""
+        prepared, directory, partial = self.make()
+        with open(os.path.join(directory, "a.bin"), "wb") as f:
+            f.write(b"mine")
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(prepared.offer.chunks):
+            self.assertTrue(partial.store_chunk(i, read_chunk(prepared, i)))
+        self.assertFalse(partial.store_chunk(0, read_chunk(prepared, 0)))
+        self.assertTrue(partial.is_complete())
+        final = partial.finish()
+        self.assertEqual(os.path.basename(final), "a (1).bin")
+        self.assertEqual(sha256_file(final), sha256_file(prepared.path))
+        with open(os.path.join(directory, "a.bin"), "rb") as f:
+            self.assertEqual(f.read(), b"mine")
+        self.assertEqual(sorted(os.listdir(directory)), ["a (1).bin", "a.bin"])
+
+    def test_finish_without_reread(self) -> None:
+        """When the final check skips the re-read, then a complete file still lands verified,
+        and an incomplete one is refused and removed."""
+        prepared, _directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(prepared.offer.chunks):
+            partial.store_chunk(i, read_chunk(prepared, i))
+        final = partial.finish(reread=False)
+        self.assertEqual(sha256_file(final), sha256_file(prepared.path))
+        prepared2, directory2, partial2 = self.make()
+        partial2.set_manifest(prepared2.chunk_hashes)
+        partial2.store_chunk(0, read_chunk(prepared2, 0))
+        with self.assertRaises(VerificationFailed):
+            partial2.finish(reread=False)
+        self.assertEqual(os.listdir(directory2), [])
+
+    def test_chunk_not_matching_manifest_not_written(self) -> None:
+        """When a chunk does not match its hash, then ChunkMismatch and it is not held."""
+        prepared, _directory, partial = self.make()
+        with self.assertRaises(ValueError):
+            partial.store_chunk(0, read_chunk(prepared, 0))  # no manifest yet
+        partial.set_manifest(prepared.chunk_hashes)
+        with self.assertRaises(ChunkMismatch):
+            partial.store_chunk(1, read_chunk(prepared, 2))
+        self.assertEqual(partial.held_ranges(), ())
+
+    def test_resume_after_crash_resends_at_most_one_chunk(self) -> None:
+        """When the receiver dies after half the chunks and in the middle of writing the next,
+        then after reopening from disk it asks for every chunk but those it held: over both
+        runs exactly one chunk is sent twice, and the file is byte-identical."""
+        prepared, directory, partial = self.make()
+        count = prepared.offer.chunks
+        partial.set_manifest(prepared.chunk_hashes)
+        sent = 0
+        half = count // 2
+        for i in range(half):
+            partial.store_chunk(i, read_chunk(prepared, i))
+            sent += 1
+        # "kill -9" in the middle of the next chunk: its data reached the file, its mark did not.
+        with open(partial.partial_path, "r+b") as f:
+            f.seek(half * CHUNK)
+            f.write(read_chunk(prepared, half)[:1000])
+        sent += 1
+        partial.close()
+        del partial
+
+        reopened = PartialFile.reopen(directory, prepared.offer)
+        self.addCleanup(reopened.close)
+        self.assertTrue(reopened.manifest_known)
+        self.assertEqual(reopened.held_ranges(), ((0, half),))
+        missing = missing_indexes(count, reopened.held_ranges())
+        for i in missing:
+            reopened.store_chunk(i, read_chunk(prepared, i))
+            sent += 1
+        self.assertEqual(sent - count, 1)
+        final = reopened.finish()
+        self.assertEqual(sha256_file(final), sha256_file(prepared.path))
+
+    def test_chunk_corrupted_on_disk_is_fetched_again(self) -> None:
+        """When a held chunk is damaged on disk between runs, then reopening marks it missing."""
+        prepared, directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(4):
+            partial.store_chunk(i, read_chunk(prepared, i))
+        partial.close()
+        with open(partial.partial_path, "r+b") as f:
+            f.seek(2 * CHUNK + 7)
+            byte = f.read(1)
+            f.seek(2 * CHUNK + 7)
+            f.write(bytes([byte[0] ^ 0xFF]))
+        reopened = PartialFile.reopen(directory, prepared.offer)
+        self.addCleanup(reopened.close)
+        self.assertEqual(reopened.held_ranges(), ((0, 2), (3, 4)))
+        self.assertEqual(reopened.held_bytes, 3 * CHUNK)
+
+    def test_final_check_refuses_and_removes(self) -> None:
+        """When the file on disk no longer matches the offer at the end, then
+        VerificationFailed, and neither the file nor its partial files remain."""
+        prepared, directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(prepared.offer.chunks):
+            partial.store_chunk(i, read_chunk(prepared, i))
+        with open(partial.partial_path, "r+b") as f:
+            f.write(b"\x00" * 16)
+        with self.assertRaises(VerificationFailed):
+            partial.finish()
+        self.assertEqual(os.listdir(directory), [])
+
+    def test_reopen_refuses_another_transfers_sidecar(self) -> None:
+        """When the sidecar on disk belongs to another offer, then PartialFileMismatch."""
+        prepared, directory, partial = self.make()
+        partial.close()
+        other = make_offer(prepared.path, chunk_size=CHUNK)
+        # Same name and id, another content hash: the sidecar does not describe it.
+        lying = replace(other.offer, transfer_id=prepared.offer.transfer_id)
+        lying = replace(lying, content_hash=b"\x00" * 32)
+        with self.assertRaises(PartialFileMismatch):
+            PartialFile.reopen(directory, lying)
+
+
+class FileSourceTests(SynchronousTestCase):
+    def test_offer_and_changed_source(self) -> None:
+        """When a file is offered and then changed, then reading the changed chunk raises
+        SourceChanged and the untouched chunks still read."""
+        prepared = make_prepared(self, 3 * CHUNK + 5, name="photo.JPG")
+        self.assertEqual(prepared.offer.media_type, "image/jpeg")
+        self.assertEqual(prepared.offer.chunks, 4)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        self.assertEqual(source.read_chunk(3), read_chunk(prepared, 3))
+        with open(prepared.path, "r+b") as f:
+            f.seek(CHUNK)
+            f.write(b"changed")
+        with self.assertRaises(SourceChanged):
+            source.read_chunk(1)
+        self.assertEqual(source.read_chunk(0), read_chunk(prepared, 0))
+
+    def test_prepare_again_after_restart(self) -> None:
+        """When the sender restarts, then the same offer is rebuilt from the file, and refused
+        once the file changed."""
+        prepared = make_prepared(self, 2 * CHUNK + 1)
+        again = prepare_again(prepared.path, prepared.offer)
+        self.assertEqual(again, prepared)
+        with open(prepared.path, "r+b") as f:
+            f.seek(CHUNK + 3)
+            f.write(b"!")
+        with self.assertRaises(SourceChanged):
+            prepare_again(prepared.path, prepared.offer)
+        with open(prepared.path, "ab") as f:
+            f.write(b"more")
+        with self.assertRaises(SourceChanged):
+            prepare_again(prepared.path, prepared.offer)

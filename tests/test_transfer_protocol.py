@@ -1,0 +1,294 @@
+"""Tests for :mod:`jarvis.protocol.transfer`: records, vectors, manifest, progress, the machine."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis.protocol.transfer import (
+    FINAL_STATES,
+    MAX_RANGES,
+    STATES,
+    Accept,
+    Cancel,
+    Chunk,
+    Complete,
+    Decline,
+    End,
+    Have,
+    MalformedTransferRecord,
+    ManifestAssembler,
+    ManifestMismatch,
+    ManifestPage,
+    Offer,
+    ProgressMeter,
+    Transfer,
+    TransferStatus,
+    chunk_count,
+    encode_transfer_record,
+    manifest_pages,
+    manifest_root,
+    missing_indexes,
+    parse_transfer_record,
+    ranges_from_indexes,
+)
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+TID = bytes(range(16))
+SECRET = bytes(range(32, 64))
+
+#: Byte-exact vectors, also printed in docs/protocol.md ("File transfer").
+VECTORS = {
+    "offer": (
+        Offer(TID, "photo.jpg", 1048577, b"\xaa" * 32, "image/jpeg", 1048576, SECRET),
+        "0101000102030405060708090a0b0c0d0e0f000970686f746f2e6a70670000000000100001"
+        + "aa" * 32
+        + "000a696d6167652f6a70656700100000202122232425262728292a2b2c2d2e2f303132333435363738"
+        "393a3b3c3d3e3f",
+    ),
+    "accept": (Accept(TID), "0102000102030405060708090a0b0c0d0e0f"),
+    "decline": (Decline(TID, "no"), "0103000102030405060708090a0b0c0d0e0f00026e6f"),
+    "cancel": (Cancel(TID, "stop"), "0104000102030405060708090a0b0c0d0e0f000473746f70"),
+    "have": (
+        Have(TID, b"\xee" * 16, ((0, 3), (5, 6))),
+        "0105000102030405060708090a0b0c0d0e0f" + "ee" * 16 + "00000002"
+        "00000000000000000000000000000003"
+        "00000000000000050000000000000006",
+    ),
+    "manifest page": (
+        ManifestPage(0, (b"\x11" * 32,)),
+        "0106000000000000000000000001" + "11" * 32,
+    ),
+    "end": (End(), "0108"),
+    "complete": (Complete(TID), "0109000102030405060708090a0b0c0d0e0f"),
+    "chunk": (Chunk(7, b"\x5a" * 80), "01070000000000000007" + "5a" * 80),
+}
+
+ROOT_VECTOR = "72c4d42b4c61f280e10cb39639a25f36f761785d75393e093eb7808d39d02b36"
+
+
+class RecordVectorTests(SynchronousTestCase):
+    def test_vectors_encode_and_parse(self) -> None:
+        """When each record type is encoded, then it gives the documented bytes and parses back."""
+        for name, (record, hex_) in VECTORS.items():
+            with self.subTest(name):
+                self.assertEqual(encode_transfer_record(record).hex(), hex_)
+                self.assertEqual(parse_transfer_record(bytes.fromhex(hex_)), record)
+
+    def test_vectors_are_documented(self) -> None:
+        """When docs/protocol.md is read, then it shows every vector and the manifest root."""
+        doc = "".join(DOC.read_text(encoding="utf-8").split())
+        for name, (_record, hex_) in VECTORS.items():
+            if name != "chunk":
+                self.assertIn(hex_, doc, name)
+        self.assertIn(ROOT_VECTOR, doc)
+
+    def test_manifest_root_vector(self) -> None:
+        """When a 65,537-byte file of 64 KiB chunks is hashed, then the root is the vector."""
+        hashes = [hashlib.sha256(b"a" * 65536).digest(), hashlib.sha256(b"b").digest()]
+        self.assertEqual(manifest_root(65537, 65536, hashes).hex(), ROOT_VECTOR)
+        with self.assertRaises(ValueError):
+            manifest_root(65537, 65536, hashes[:1])
+
+    def test_offer_secret_not_in_repr(self) -> None:
+        """When an offer is shown, then its secret is not."""
+        offer = VECTORS["offer"][0]
+        self.assertNotIn(SECRET.hex(), repr(offer))
+        self.assertNotIn(repr(SECRET), repr(offer))
+
+
+class ParseRefusalTests(SynchronousTestCase):
+    def assertRefused(self, payload: bytes) -> None:
+        with self.assertRaises(MalformedTransferRecord):
+            parse_transfer_record(payload)
+
+    def test_wrong_version_unknown_type_truncated_trailing(self) -> None:
+        """When a record has another version, an unknown type, is cut or has extra bytes,
+        then it is refused."""
+        good = bytes.fromhex(VECTORS["complete"][1])
+        self.assertRefused(b"\x02" + good[1:])
+        self.assertRefused(b"\x01\x7f")
+        self.assertRefused(b"\x01")
+        self.assertRefused(good[:-1])
+        self.assertRefused(good + b"\x00")
+
+    def test_bad_fields(self) -> None:
+        """When fields are invalid (bad chunk size, unsorted ranges, too many ranges, bad UTF-8,
+        an upper-case media type, a short sealed chunk), then the record is refused."""
+        offer = bytearray(bytes.fromhex(VECTORS["offer"][1]))
+        bad_chunk = bytes(offer[:-36]) + (3 * 65536).to_bytes(4, "big") + SECRET
+        self.assertRefused(bad_chunk)
+        head = encode_transfer_record(Have(TID, b"\x00" * 16, ()))[:-4]
+        ranges = [(5, 6), (0, 1)]
+        unsorted = (
+            head
+            + b"\x00\x00\x00\x02"
+            + b"".join(s.to_bytes(8, "big") + e.to_bytes(8, "big") for s, e in ranges)
+        )
+        self.assertRefused(unsorted)
+        self.assertRefused(head + (MAX_RANGES + 1).to_bytes(4, "big"))
+        self.assertRefused(bytes.fromhex("0103000102030405060708090a0b0c0d0e0f0002ff80"))
+        with self.assertRaises(ValueError):
+            Offer(TID, "x", 1, b"\x00" * 32, "Image/JPEG", 65536, SECRET)
+        self.assertRefused(b"\x01\x07" + b"\x00" * 8 + b"\x00" * 79)
+
+    @given(
+        held=st.sets(st.integers(0, 5000), max_size=200),
+        epoch=st.binary(min_size=16, max_size=16),
+    )
+    def test_have_round_trip(self, held: set[int], epoch: bytes) -> None:
+        """When any set of held chunks is sent as ranges, then it parses back to the same set."""
+        ranges = ranges_from_indexes(held)
+        record = Have(TID, epoch, ranges)
+        parsed = parse_transfer_record(encode_transfer_record(record))
+        self.assertEqual(parsed, record)
+        self.assertEqual(set(missing_indexes(5001, ranges)), set(range(5001)) - held)
+
+    @given(
+        name=st.text(min_size=1, max_size=300),
+        size=st.integers(0, 1 << 40),
+        shift=st.integers(16, 22),
+    )
+    def test_offer_round_trip(self, name: str, size: int, shift: int) -> None:
+        """When any valid offer is encoded, then it parses back equal."""
+        offer = Offer(TID, name, size, b"\x01" * 32, "application/octet-stream", 1 << shift, SECRET)
+        self.assertEqual(parse_transfer_record(encode_transfer_record(offer)), offer)
+
+
+class ManifestTests(SynchronousTestCase):
+    def make_offer(self, hashes: list[bytes], size: int) -> Offer:
+        root = manifest_root(size, 65536, hashes)
+        return Offer(TID, "f", size, root, "application/octet-stream", 65536, SECRET)
+
+    def test_pages_assemble_to_the_offer(self) -> None:
+        """When 9,000 hashes arrive in pages in any order, then the manifest is returned once
+        complete and matching."""
+        size = 9000 * 65536
+        hashes = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(9000)]
+        offer = self.make_offer(hashes, size)
+        pages = manifest_pages(hashes)
+        self.assertEqual(len(pages), 3)
+        assembler = ManifestAssembler(offer)
+        self.assertIsNone(assembler.add(pages[2]))
+        self.assertIsNone(assembler.add(pages[0]))
+        self.assertEqual(assembler.add(pages[1]), tuple(hashes))
+
+    def test_lying_manifest_refused(self) -> None:
+        """When the hashes do not hash to the offered content hash, then ManifestMismatch."""
+        hashes = [b"\x01" * 32, b"\x02" * 32]
+        offer = self.make_offer(hashes, 65537)
+        with self.assertRaises(ManifestMismatch):
+            ManifestAssembler(offer).add(ManifestPage(0, (b"\x01" * 32, b"\x03" * 32)))
+        with self.assertRaises(MalformedTransferRecord):
+            ManifestAssembler(offer).add(ManifestPage(1, (b"\x01" * 32, b"\x03" * 32)))
+        self.assertEqual(chunk_count(65537, 65536), 2)
+
+
+class ProgressMeterTests(SynchronousTestCase):
+    def test_rate_and_eta(self) -> None:
+        """When 10 MiB arrive per second on the clock, then the rate is 10 MiB/s and the ETA
+        what is left divided by it."""
+        clock = Clock()
+        meter = ProgressMeter(100 << 20, clock.seconds)
+        first = meter.update(0)
+        self.assertEqual((first.rate, first.eta), (0.0, None))
+        for i in range(1, 4):
+            clock.advance(1)
+            progress = meter.update(i * (10 << 20))
+        self.assertAlmostEqual(progress.rate, 10 << 20)
+        self.assertAlmostEqual(progress.eta or 0, 7.0)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.statuses: list[TransferStatus] = []
+
+    def transfer_changed(self, status: TransferStatus) -> None:
+        self.statuses.append(status)
+
+
+INPUTS = {
+    "accepted": (),
+    "declined": ("no thanks",),
+    "stream_opened": (),
+    "stream_lost": ("reset",),
+    "all_sent": (),
+    "verified": (),
+    "cancelled": ("user",),
+    "failed": ("disk",),
+}
+
+#: (state, input) -> next state; every pair not listed keeps the state.
+EXPECTED = {
+    ("offered", "accepted"): "accepted",
+    ("offered", "declined"): "cancelled",
+    ("accepted", "stream_opened"): "streaming",
+    ("streaming", "stream_lost"): "accepted",
+    ("streaming", "all_sent"): "verifying",
+    ("verifying", "verified"): "complete",
+}
+PATHS = {
+    "offered": [],
+    "accepted": ["accepted"],
+    "streaming": ["accepted", "stream_opened"],
+    "verifying": ["accepted", "stream_opened", "all_sent"],
+    "complete": ["accepted", "stream_opened", "all_sent", "verified"],
+    "cancelled": ["cancelled"],
+    "failed": ["failed"],
+}
+
+
+def make_transfer(sending: bool = False) -> tuple[Transfer, Recorder]:
+    recorder = Recorder()
+    return Transfer(TID, sending=sending, observer=recorder), recorder
+
+
+def drive(transfer: Transfer, name: str) -> None:
+    getattr(transfer.inputs, name)(*INPUTS[name])
+
+
+class TransferMachineTests(SynchronousTestCase):
+    def test_every_state_handles_every_input(self) -> None:
+        """When each input reaches each state, then the machine moves as the table says,
+        reports only real changes, and final states ignore every late input."""
+        self.assertEqual(set(PATHS), set(STATES))
+        for state, path in PATHS.items():
+            for name in INPUTS:
+                with self.subTest(state=state, input=name):
+                    transfer, recorder = make_transfer()
+                    for step in path:
+                        drive(transfer, step)
+                    self.assertEqual(transfer.status.state, state)
+                    before = len(recorder.statuses)
+                    drive(transfer, name)
+                    if (state, name) in EXPECTED:
+                        expected = EXPECTED[(state, name)]
+                    elif state not in FINAL_STATES and name in ("cancelled", "failed"):
+                        expected = name
+                    else:
+                        expected = state
+                    self.assertEqual(transfer.status.state, expected)
+                    changed = len(recorder.statuses) - before
+                    self.assertEqual(changed, 0 if expected == state else 1)
+
+    def test_resume_cycle_and_reasons(self) -> None:
+        """When the stream is lost and reopened, then the transfer goes back to accepted and on;
+        a decline is reported as cancelled with the reason."""
+        transfer, recorder = make_transfer(sending=True)
+        for step in ["accepted", "stream_opened", "stream_lost", "stream_opened", "all_sent"]:
+            drive(transfer, step)
+        drive(transfer, "stream_lost")  # the sender keeps waiting for Complete
+        drive(transfer, "verified")
+        self.assertEqual(
+            [s.state for s in recorder.statuses],
+            ["accepted", "streaming", "accepted", "streaming", "verifying", "complete"],
+        )
+        self.assertTrue(all(s.sending for s in recorder.statuses))
+        declined, rec = make_transfer()
+        drive(declined, "declined")
+        self.assertEqual(rec.statuses[-1].reason, "declined: no thanks")
