@@ -6,7 +6,8 @@ UI's start-up path (``jarvis`` with no command imports only :mod:`jarvis.cli`). 
 text, or one JSON document with ``--json``; errors become one line and an exit status.
 
 Like :mod:`jarvis.cli`, this module must not import ``jarvis.core``: it only talks to the daemon
-through the API (:mod:`jarvis.ipc.client`).
+through the API (:mod:`jarvis.ipc.client`).  It must not import :mod:`jarvis.cli` either (the CLI
+is the composition root that calls it); the parsed options arrive as a :class:`CommandLine`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer, error, task
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from jarvis import errors
-from jarvis.cli import EXIT_INTERRUPTED, Options
+from jarvis.exitstatus import EXIT_INTERRUPTED
 from jarvis.ipc.jsonrpc import RemoteError
 from jarvis.launcher import process_state, recorded_pids
 from jarvis.textsafe import is_unsafe, terminal_safe
@@ -35,10 +36,26 @@ STOP_DEADLINE = 15.0
 POLL_INTERVAL = 0.1
 
 
+class CommandLine(Protocol):
+    """What the commands need of the parsed command line (:class:`jarvis.cli.Options` is one):
+    the commands never import the CLI, the CLI hands its options over."""
+
+    subCommand: str | None
+    subOptions: Any
+
+    def data_dir(self) -> str:
+        """Return the data directory (absolute)."""
+        ...
+
+    def wants_json(self) -> bool:
+        """Whether ``--json`` was given."""
+        ...
+
+
 class Session:
     """The CLI's connection to the daemon (at most one), closed when the command ends."""
 
-    def __init__(self, reactor: Any, options: Options) -> None:
+    def __init__(self, reactor: Any, options: CommandLine) -> None:
         self.reactor = reactor
         self.options = options
         self.data_dir = options.data_dir()
@@ -882,7 +899,7 @@ def error_line(failure: Failure) -> str | None:
     return None
 
 
-def run(reactor: Any, options: Options, inputs: dict[str, Any]) -> defer.Deferred[None]:
+def run(reactor: Any, options: CommandLine, inputs: dict[str, Any]) -> defer.Deferred[None]:
     """Run the parsed command on *reactor* (the function ``task.react`` calls).
 
     :returns: a Deferred that fails with ``SystemExit`` carrying the exit status on errors and

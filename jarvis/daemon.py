@@ -42,7 +42,6 @@ from twisted.python.threadpool import ThreadPool
 import jarvis
 from jarvis import paths
 from jarvis.atomicfile import write_text_atomically
-from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
 from jarvis.logs import (
     LEVELS,
@@ -53,6 +52,7 @@ from jarvis.logs import (
     set_log_key,
     text_observer,
 )
+from jarvis.passwordfile import read_password_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -533,3 +533,17 @@ def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
     except (JarvisError, jreactor.WrongReactor) as e:
         sys.stderr.write(f"jarvis: {e}\n")
         raise SystemExit(1)
+
+
+def make_embedded_service(reactor: Any, data_dir: str) -> JarvisDaemon:
+    """Build the daemon's service tree to run inside the terminal UI's process.
+
+    The composition root (``jarvis --embedded``) hands this to :func:`jarvis.ui.app.run`, so the
+    UI never imports the daemon.
+
+    :param reactor: the running UI's reactor.
+    :param data_dir: the data directory.
+    """
+    options = DaemonOptions()
+    options.parseOptions(["--data-dir", data_dir])
+    return make_service(options, reactor)

@@ -3,8 +3,9 @@
 :func:`run` is what ``jarvis`` (no subcommand) calls.  It installs the asyncio reactor, builds
 the urwid ``MainLoop`` on ``TwistedEventLoop``, lets Ctrl+C reach the UI, connects to the daemon
 of a data directory with :class:`jarvis.ipc.client.IpcClient`, starts a detached daemon through
-``reactor.spawnProcess`` when none answers (or, ``embedded=True``, runs the daemon's service tree
-in this process), and shuts down gracefully in a "before shutdown" trigger.  Closing the UI
+``reactor.spawnProcess`` when none answers (or runs the daemon's service tree in this process,
+built by the ``embedded_service`` callable the composition root hands over: the UI never imports
+the daemon), and shuts down gracefully in a "before shutdown" trigger.  Closing the UI
 leaves a detached daemon running.
 
 The UI's log goes to ``ui.log`` in the data directory (never to the terminal); no traceback
@@ -33,13 +34,6 @@ from twisted.python.failure import Failure
 UI_LOGFILE = "ui.log"
 
 log = Logger()
-
-
-class UiStartError(Exception):
-    """The terminal UI cannot start here (for example stdin is not a terminal).
-
-    Run ``jarvis`` from an interactive terminal, or use the ``jarvis`` CLI subcommands in scripts.
-    """
 
 
 def osc52(text: str) -> str:
@@ -205,24 +199,11 @@ def _start_logging(data_dir: str) -> Any:
     return f
 
 
-def make_embedded_service(reactor: Any, data_dir: str) -> Any:
-    """Build the daemon's service tree to run inside the UI process (``embedded=True``).
-
-    This is the hook for the lead's :func:`jarvis.daemon.make_service`; it is only called when
-    the UI runs without a separate daemon.
-    """
-    from jarvis.daemon import DaemonOptions, make_service
-
-    options = DaemonOptions()
-    options.parseOptions(["--data-dir", data_dir])
-    return make_service(options, reactor)
-
-
 def run(
     data_dir: Any,
     *,
     endpoint: str | None = None,
-    embedded: bool = False,
+    embedded_service: Callable[[Any, str], Any] | None = None,
     start_daemon: bool = True,
     theme: str = "default",
     daemon_args: Sequence[str] = (),
@@ -232,8 +213,10 @@ def run(
     :param data_dir: the Jarvis data directory whose daemon to attach to, or the ``jarvis``
         command's parsed options (:class:`jarvis.cli.Options`, whose ``data_dir()`` names it).
     :param endpoint: an IPC endpoint description to use instead of the data directory's.
-    :param embedded: run the daemon's services in this process instead of attaching to a
-        separate daemon (they stop when the UI closes).
+    :param embedded_service: ``(reactor, data_dir) -> IService``: run the daemon's services it
+        builds in this process instead of attaching to a separate daemon (they stop when the UI
+        closes).  The composition root (:mod:`jarvis.cli`) passes
+        :func:`jarvis.daemon.make_embedded_service`.
     :param start_daemon: start a detached daemon if none answers.
     :param theme: a palette theme (``default``, ``light``, ``mono``; ``NO_COLOR`` forces mono).
     :param daemon_args: more ``twistd jarvis`` options for a daemon the UI starts (e.g.
@@ -257,7 +240,7 @@ def run(
         return 1
     log_file = _start_logging(data_dir)
     try:
-        return _run(reactor, data_dir, endpoint, embedded, start_daemon, theme, daemon_args)
+        return _run(reactor, data_dir, endpoint, embedded_service, start_daemon, theme, daemon_args)
     except Exception as e:
         log.failure("the UI stopped with an error")
         sys.stderr.write(f"jarvis: the UI stopped: {type(e).__name__} (details in {UI_LOGFILE})\n")
@@ -270,7 +253,7 @@ def _run(
     reactor: Any,
     data_dir: str,
     endpoint: str | None,
-    embedded: bool,
+    embedded_service: Callable[[Any, str], Any] | None,
     start_daemon: bool,
     theme: str,
     daemon_args: Sequence[str] = (),
@@ -293,7 +276,7 @@ def _run(
         reactor,
         data_dir,
         endpoint=endpoint,
-        start_daemon=start_daemon and not embedded,
+        start_daemon=start_daemon and embedded_service is None,
         report=report,
         daemon_args=daemon_args,
     )
@@ -332,8 +315,8 @@ def _run(
     controller.attach_main_loop(loop)
 
     service: Any = None
-    if embedded:
-        service = make_embedded_service(reactor, data_dir)
+    if embedded_service is not None:
+        service = embedded_service(reactor, data_dir)
         # as twistd does: bind the listeners first (a failed listen raises here), then start
         service.privilegedStartService()
         reactor.callWhenRunning(service.startService)
