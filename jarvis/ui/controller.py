@@ -5,8 +5,10 @@ and form submissions into calls to the daemon's local API, feeds results and eve
 model, and redraws the screen after network events (urwid only redraws after input), once per
 reactor turn however many events the turn brought.
 Every daemon call that the user waits for is an operation in flight that Ctrl+C cancels.  When
-the daemon goes away the UI keeps running with a grey summary and reconnects with backoff on an
-injected clock, then subscribes again and reloads its state.
+the daemon goes away the UI keeps running with a grey summary; its
+:class:`~jarvis.ui.link.DaemonLink`
+(``ClientService``) reconnects with backoff on an injected clock, and the handshake here
+subscribes again and reloads the state.
 
 It must not let an exception reach urwid or the IPC client: failures become one line on the
 status bar and the details go to the log (never message text, passwords or tokens).
@@ -26,6 +28,7 @@ from twisted.python.failure import Failure
 
 from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
+from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     Contact,
     InputError,
@@ -53,12 +56,10 @@ from jarvis.ui.widgets import Dialog, button
 
 Callbacks = dict[str, Callable[..., Any]]
 
-#: Reconnection delays grow by this factor from FIRST_RETRY up to MAX_RETRY seconds.
-FIRST_RETRY = 0.5
-RETRY_FACTOR = 2.0
-MAX_RETRY = 15.0
 SPINNER_INTERVAL = 0.1
 HISTORY_PAGE = 100
+
+__all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "error_text"]
 
 
 class DaemonClient(Protocol):
@@ -153,7 +154,6 @@ class Controller:
         animate: bool = True,
     ) -> None:
         self.model = model if model is not None else MessengerModel()
-        self._connect = connect
         self.clock: Any = clock
         self._tz = tz
         self._read_file = read_file
@@ -166,9 +166,14 @@ class Controller:
         self.main_loop: Any = None
         self.inflight: dict[int, defer.Deferred[Any]] = {}
         self.quitting = False
-        self._retry_delay = FIRST_RETRY
-        self._retry_call: Any = None
-        self._connecting = False
+        self.link = DaemonLink(
+            connect,
+            clock,
+            connected=self._link_ready,
+            lost=self._disconnected,
+            failed=self._connect_failed,
+            retrying=self._retrying,
+        )
         self._generation = 0  # bumps on each connection; stale callbacks compare it
         self._spinner = LoopingCall(self._spin)
         self._spinner.clock = clock
@@ -188,7 +193,7 @@ class Controller:
 
     def start(self) -> None:
         """Connect to the daemon (retrying with backoff until it answers)."""
-        self._attempt_connect()
+        self.link.start()
 
     def stop(self) -> defer.Deferred[Any]:
         """Stop timers, cancel calls in flight and close the connection (the daemon keeps running).
@@ -196,19 +201,14 @@ class Controller:
         :returns: a Deferred firing once the connection is closed.
         """
         self.quitting = True
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
         for pending in (self._unread_refresh, self._redraw, self._mark_read_soon):
             pending.cancel()
         self._stop_spinner()
         self._stop_banner()
         for d in list(self.inflight.values()):
             d.cancel()
-        client, self.client = self.client, None
-        if client is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(client.close).addErrback(lambda _: None)
+        self.client = None
+        return self.link.stop()
 
     def attach_main_loop(self, main_loop: Any) -> None:
         """Give the controller the urwid main loop, so it can redraw after network events."""
@@ -235,24 +235,10 @@ class Controller:
         except Exception:
             self.log.failure("redraw failed")
 
-    def _attempt_connect(self) -> None:
-        if self.quitting or self._connecting or self.client is not None:
-            return
-        self._retry_call = None
-        self._connecting = True
-        d = defer.maybeDeferred(self._connect)
-        d.addCallbacks(self._connected, self._connect_failed)
-        d.addErrback(self._internal_error, "connect")
-
-    def _connected(self, client: DaemonClient) -> None:
-        self._connecting = False
-        if self.quitting:
-            client.close()
-            return
+    def _link_ready(self, client: DaemonClient) -> None:
+        """The link's handshake: subscribe and load the state (``prepareConnection``)."""
         self.client = client
         self._generation += 1
-        self._retry_delay = FIRST_RETRY
-        client.add_disconnect_observer(self._disconnected)
         self.model.set_reachable(True)
         self.model.clear_status()
         generation = self._generation
@@ -264,19 +250,14 @@ class Controller:
         self.redraw()
 
     def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = False
         self.log.info("daemon unreachable: {error}", error=type(failure.value).__name__)
         self.model.set_reachable(False)
-        self._schedule_reconnect()
         self.redraw()
 
-    def _schedule_reconnect(self) -> None:
-        if self.quitting or (self._retry_call is not None and self._retry_call.active()):
-            return
-        delay = self._retry_delay
-        self._retry_delay = min(MAX_RETRY, self._retry_delay * RETRY_FACTOR)
-        self.model.notify(f"daemon unreachable; retrying in {delay:g}s", "error")
-        self._retry_call = self.clock.callLater(delay, self._attempt_connect)
+    def _retrying(self, delay: float) -> None:
+        if not self.quitting:
+            self.model.notify(f"daemon unreachable; retrying in {delay:g}s", "error")
+            self.redraw()
 
     def _disconnected(self, reason: Any = None) -> None:
         if self.client is None:
@@ -286,8 +267,6 @@ class Controller:
         for d in list(self.inflight.values()):
             d.cancel()
         self.model.set_reachable(False)
-        if not self.quitting:
-            self._schedule_reconnect()
         self.redraw()
 
     def _reload_failed(self, failure: Failure, generation: int) -> None:
