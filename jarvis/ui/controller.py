@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
+from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     Contact,
@@ -56,10 +56,9 @@ from jarvis.ui.widgets import Dialog, button
 
 Callbacks = dict[str, Callable[..., Any]]
 
-SPINNER_INTERVAL = 0.1
 HISTORY_PAGE = 100
 
-__all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "error_text"]
+__all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "Unreachable", "error_text"]
 
 
 class DaemonClient(Protocol):
@@ -78,42 +77,6 @@ class DaemonClient(Protocol):
     def add_disconnect_observer(self, observer: Callable[[Failure], None]) -> None: ...
 
     def close(self) -> Any: ...
-
-
-class Unreachable(Exception):
-    """The daemon does not answer right now; the UI retries by itself."""
-
-    kind = "unreachable"
-
-
-def error_text(failure: Failure) -> str:
-    """One line for the status bar describing *failure* (never a traceback).
-
-    :returns: the daemon's message for API errors, a fixed text for anything else.
-    """
-    if failure.check(defer.CancelledError):
-        return "cancelled"
-    error = failure.value
-    kind = getattr(error, "kind", None)
-    if kind == "cancelled":
-        return "cancelled"
-    if kind == "timed_out":
-        return "the daemon took too long (timed out)"
-    message = getattr(error, "message", None)
-    if kind is not None and isinstance(message, str) and message:
-        return message.splitlines()[0]
-    if isinstance(error, Unreachable):
-        return "the daemon is unreachable; retrying"
-    name = type(error).__name__
-    if "Connection" in name:
-        return "lost the connection to the daemon"
-    return f"unexpected error ({name}); details are in the log"
-
-
-def _is_cancel(failure: Failure) -> bool:
-    return bool(failure.check(defer.CancelledError)) or getattr(failure.value, "kind", None) == (
-        "cancelled"
-    )
 
 
 def _switcher(index: int) -> Callable[[Controller], None]:
@@ -164,7 +127,6 @@ class Controller:
         self._animate = animate
         self.client: DaemonClient | None = None
         self.main_loop: Any = None
-        self.inflight: dict[int, defer.Deferred[Any]] = {}
         self.quitting = False
         self.link = DaemonLink(
             connect,
@@ -175,8 +137,13 @@ class Controller:
             retrying=self._retrying,
         )
         self._generation = 0  # bumps on each connection; stale callbacks compare it
-        self._spinner = LoopingCall(self._spin)
-        self._spinner.clock = clock
+        self.calls = CallsInFlight(
+            clock,
+            begin=self.model.begin_operation,
+            end=self.model.end_operation,
+            spin=self._spin,
+            finished=self.redraw,
+        )
         self._banner_animation: Any = None
         self._unlocking = False
         self._unread_refresh = OncePerTurn(clock, self._fetch_unread)
@@ -188,6 +155,11 @@ class Controller:
             ConnectingScreen(self.model), self._before_widgets, self._after_widgets
         )
         self.model.observe(self._model_changed)
+
+    @property
+    def inflight(self) -> dict[int, defer.Deferred[Any]]:
+        """The daemon calls in flight, by operation id."""
+        return self.calls.inflight
 
     # life cycle ----------------------------------------------------------------------------
 
@@ -203,10 +175,8 @@ class Controller:
         self.quitting = True
         for pending in (self._unread_refresh, self._redraw, self._mark_read_soon):
             pending.cancel()
-        self._stop_spinner()
+        self.calls.stop()
         self._stop_banner()
-        for d in list(self.inflight.values()):
-            d.cancel()
         self.client = None
         return self.link.stop()
 
@@ -264,8 +234,7 @@ class Controller:
             return
         self.client = None
         self.log.info("daemon connection lost")
-        for d in list(self.inflight.values()):
-            d.cancel()
+        self.calls.cancel_all()
         self.model.set_reachable(False)
         self.redraw()
 
@@ -517,10 +486,8 @@ class Controller:
 
     def cancel_or_quit(self) -> None:
         """Ctrl+C: cancel what is in flight; with nothing in flight ask whether to quit."""
-        if self.inflight:
-            count = len(self.inflight)
-            for d in list(self.inflight.values()):
-                d.cancel()
+        count = self.calls.cancel_all()
+        if count:
             self.model.notify(f"cancelled {count} operation{'s' if count > 1 else ''}")
             return
         if self.window.dialog is not None and self.window.dialog.kind == "quit":
@@ -581,25 +548,12 @@ class Controller:
             return defer.fail(Failure())
         if label is None:
             return d
-        operation = self.model.begin_operation(label)
-        self.inflight[operation.id] = d
-        self._start_spinner()
-
-        def finished(result: Any) -> Any:
-            self.inflight.pop(operation.id, None)
-            self.model.end_operation(operation)
-            if not self.inflight:
-                self._stop_spinner()
-            self.redraw()
-            return result
-
-        d.addBoth(finished)
-        return d
+        return self.calls.track(d, label)
 
     def _report(self, failure: Failure, what: str) -> None:
         """Errback: put a failed call on the status line and its details in the log."""
         text = error_text(failure)
-        if _is_cancel(failure):
+        if is_cancel(failure):
             self.model.notify(f"{what}: cancelled")
         else:
             if getattr(failure.value, "kind", None) is None:
@@ -622,14 +576,6 @@ class Controller:
         self.main_screen.status.spinner_step += 1
         self.main_screen.status.refresh()
         self.redraw()
-
-    def _start_spinner(self) -> None:
-        if not self._spinner.running:
-            self._spinner.start(SPINNER_INTERVAL, now=False)
-
-    def _stop_spinner(self) -> None:
-        if self._spinner.running:
-            self._spinner.stop()
 
     # events --------------------------------------------------------------------------------
 
