@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, threads
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -60,29 +60,6 @@ def read_text_file(path: str, limit: int = 1 << 20) -> str:
     if len(data) > limit:
         raise ValueError(f"{path} is too large for a contact card")
     return data.decode("utf-8")
-
-
-class DaemonStarter(protocol.ProcessProtocol):
-    """Watches the ``twistd`` child that daemonizes itself; reports a failed start.
-
-    :param on_failed: called with one line (the child's first stderr line) if it exits non-zero.
-    """
-
-    def __init__(self, on_failed: Callable[[str], None]) -> None:
-        self._on_failed = on_failed
-        self._stderr = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def errReceived(self, data: bytes) -> None:
-        self._stderr = (self._stderr + data)[-4096:]
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", 0) or 0
-        if code:
-            lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
-            line = lines[-1] if lines else f"the daemon exited with status {code}"
-            self._on_failed(line[:200])
-        self.ended.callback(code)
 
 
 class DaemonConnector:
@@ -153,15 +130,19 @@ class DaemonConnector:
             # without options of its own, the replacement listens where the last daemon of this
             # data directory did (its daemon.json), not on the defaults
             daemon_args = self._daemon_args or launcher.replacement_argv(self._data_dir)
-            argv = launcher.detached_daemon_argv(self._data_dir, daemon_args)
-            starter = DaemonStarter(self._report)
-            self._reactor.spawnProcess(
-                starter, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
-            )
+            ended = launcher.spawn_detached_daemon(self._reactor, self._data_dir, daemon_args)
+            ended.addCallback(self._spawn_ended)
             log.info("starting a daemon for {data_dir}", data_dir=self._data_dir)
         except Exception:
             log.failure("could not start the daemon")
             self._report("could not start the daemon; details are in ui.log")
+
+    def _spawn_ended(self, ended: tuple[int, str]) -> None:
+        code, output = ended
+        if code:
+            lines = output.strip().splitlines()
+            line = lines[-1] if lines else f"the daemon exited with status {code}"
+            self._report(line[:200])
 
 
 def make_screen() -> Any:
