@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
+from jarvis.ui.events import Reaction, ScreenState, reaction_to
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     Contact,
@@ -589,38 +590,34 @@ class Controller:
 
     def _apply_event(self, name: str, payload: dict[str, Any]) -> None:
         self.model.apply_event(name, payload)
-        if name == "identity.locked":
+        reaction = reaction_to(name, payload, self._screen_state())
+        if reaction is None:
+            return
+        if reaction is Reaction.SHOW_LOCK:
             self.show_lock()
-        elif (
-            name == "identity.unlocked"
-            and isinstance(self.window.screen, LockScreen)
-            and not self._unlocking
-        ):
+        elif reaction is Reaction.LOAD_UNLOCKED:
             self._load_unlocked().addErrback(self._report, "loading")
-        elif name == "message.received":
-            message = payload.get("message")
-            if not isinstance(message, dict):
-                return
-            uid = message.get("contact")
-            if not isinstance(uid, str):
-                return
-            if uid == self.model.current_uid and self._on_main_screen():
-                # once for a burst of arrivals: each messages.markRead is a round trip and a
-                # store write in the daemon, which then reports every message it marked
-                self._mark_read_soon.request()
-            elif message.get("direction") == "in":
-                contact = self.model.contacts.get(uid)
-                if self.model.notifications and contact is not None and not contact.muted:
-                    if self._bell is not None:
-                        self._bell()
-        elif name == "message.stateChanged" and payload.get("state") == "read":
-            # Another client (or this one) marked messages read: the daemon's counts are the
-            # truth, so every attached UI shows the same unread badges.
+        elif reaction is Reaction.MARK_READ:
+            self._mark_read_soon.request()
+        elif reaction is Reaction.BELL:
+            if self._bell is not None:
+                self._bell()
+        elif reaction is Reaction.REFRESH_UNREAD:
             self._unread_refresh.request()
-        elif name == "contact.changed" and payload.get("removed"):
-            dialog = self.window.dialog
-            if isinstance(dialog, ContactInfoDialog) and dialog.uid == payload.get("uid"):
-                self.window.close_dialog()
+        elif reaction is Reaction.CLOSE_CONTACT_DIALOG:
+            self.window.close_dialog()
+
+    def _screen_state(self) -> ScreenState:
+        dialog = self.window.dialog
+        return ScreenState(
+            current_uid=self.model.current_uid,
+            on_main=self._on_main_screen(),
+            lock_screen=isinstance(self.window.screen, LockScreen),
+            unlocking=self._unlocking,
+            notifications=self.model.notifications,
+            contact_dialog_uid=dialog.uid if isinstance(dialog, ContactInfoDialog) else None,
+            contacts=self.model.contacts,
+        )
 
     def _fetch_unread(self) -> None:
         """Fetch ``messages.unreadCounts`` (once for a burst of read events)."""
