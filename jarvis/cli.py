@@ -30,9 +30,10 @@ from twisted.python import usage
 
 import jarvis
 from jarvis import errors
+from jarvis.exitstatus import EXIT_INTERRUPTED
+from jarvis.passwordfile import read_password_file
 
-#: Exit status after Ctrl+C (128 + SIGINT).
-EXIT_INTERRUPTED = 130
+__all__ = ["EXIT_INTERRUPTED", "Options", "main", "read_password_file"]
 #: How many messages ``history`` shows without --limit or --all.
 DEFAULT_HISTORY = 20
 
@@ -464,22 +465,6 @@ class Options(usage.Options):
 # Secrets and input, read before the reactor runs -----------------------------------------------
 
 
-def read_password_file(path: str, stdin: Any = None) -> str:
-    """Return the first line of *path* without its line ending (``-``: one line of stdin).
-
-    :raises errors.InvalidInput: if the file cannot be read.
-    """
-    if path == "-":
-        line = (stdin or sys.stdin).readline()
-    else:
-        try:
-            with open(path, encoding="utf-8") as f:
-                line = f.readline()
-        except OSError as e:
-            raise errors.InvalidInput(f"cannot read the password file {path}: {e.strerror}")
-    return line.rstrip("\r\n")
-
-
 def ask_password(
     options: usage.Options,
     *,
@@ -577,7 +562,13 @@ def _start_ui(options: Options) -> int | None:
         if e.name not in ("jarvis.ui.app", "jarvis.ui"):
             raise
         return None
-    status = app.run(options.data_dir(), embedded=bool(options["embedded"]))
+    embedded_service = None
+    if options["embedded"]:
+        # the composition root wires: the UI is handed the daemon's service builder
+        from jarvis.daemon import make_embedded_service
+
+        embedded_service = make_embedded_service
+    status = app.run(options.data_dir(), embedded_service=embedded_service)
     return int(status or 0)
 
 

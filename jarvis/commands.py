@@ -6,7 +6,8 @@ UI's start-up path (``jarvis`` with no command imports only :mod:`jarvis.cli`). 
 text, or one JSON document with ``--json``; errors become one line and an exit status.
 
 Like :mod:`jarvis.cli`, this module must not import ``jarvis.core``: it only talks to the daemon
-through the API (:mod:`jarvis.ipc.client`).
+through the API (:mod:`jarvis.ipc.client`).  It must not import :mod:`jarvis.cli` either (the CLI
+is the composition root that calls it); the parsed options arrive as a :class:`CommandLine`.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.python import usage
 from twisted.python.failure import Failure
 
 from jarvis import errors
-from jarvis.cli import EXIT_INTERRUPTED, Options
+from jarvis.exitstatus import EXIT_INTERRUPTED
 from jarvis.ipc.jsonrpc import RemoteError
 from jarvis.launcher import process_state, recorded_pids
 from jarvis.textsafe import is_unsafe, terminal_safe
@@ -32,13 +33,28 @@ from jarvis.textsafe import is_unsafe, terminal_safe
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
 STOP_DEADLINE = 15.0
-POLL_INTERVAL = 0.1
+
+
+class CommandLine(Protocol):
+    """What the commands need of the parsed command line (:class:`jarvis.cli.Options` is one):
+    the commands never import the CLI, the CLI hands its options over."""
+
+    subCommand: str | None
+    subOptions: Any
+
+    def data_dir(self) -> str:
+        """Return the data directory (absolute)."""
+        ...
+
+    def wants_json(self) -> bool:
+        """Whether ``--json`` was given."""
+        ...
 
 
 class Session:
     """The CLI's connection to the daemon (at most one), closed when the command ends."""
 
-    def __init__(self, reactor: Any, options: Options) -> None:
+    def __init__(self, reactor: Any, options: CommandLine) -> None:
         self.reactor = reactor
         self.options = options
         self.data_dir = options.data_dir()
@@ -131,10 +147,6 @@ def _progress_printer() -> Callable[[Any], None] | None:
     return show
 
 
-async def _sleep(reactor: Any, seconds: float) -> None:
-    await task.deferLater(reactor, seconds, lambda: None)
-
-
 async def _status_or_none(session: Session) -> dict[str, Any] | None:
     try:
         status: dict[str, Any] = await session.call("daemon.status")
@@ -152,7 +164,7 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
     :raises errors.AlreadyRunning: if a daemon already answers.
     :raises errors.DaemonNotRunning: if it did not come up within :data:`START_DEADLINE`.
     """
-    from jarvis.launcher import detached_daemon_argv, replacement_argv
+    from jarvis.launcher import replacement_argv, spawn_detached_daemon, wait_until
 
     running = await _status_or_none(session)
     if running is not None:
@@ -168,21 +180,14 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
     if sub is not None and sub["password-file"]:
         extra += ["--password-file", os.path.abspath(sub["password-file"])]
     os.makedirs(session.data_dir, mode=0o700, exist_ok=True)
-    argv = detached_daemon_argv(session.data_dir, extra)
-    from twisted.internet import utils
-
-    out, err, code = await utils.getProcessOutputAndValue(
-        argv[0], argv[1:], env=dict(os.environ), reactor=session.reactor
-    )
+    # wait for twistd's parent to end (an event), then for the API (nothing to wait on: retry)
+    code, output = await spawn_detached_daemon(session.reactor, session.data_dir, extra)
     if code != 0:
-        reason = _start_failure(session.data_dir, (err or out).decode("utf-8", "replace"), code)
+        reason = _start_failure(session.data_dir, output, code)
         raise errors.DaemonNotRunning(f"the daemon did not start: {reason}")
-    deadline = time.monotonic() + START_DEADLINE
-    while time.monotonic() < deadline:
-        status = await _status_or_none(session)
-        if status is not None:
-            return status
-        await _sleep(session.reactor, POLL_INTERVAL)
+    status = await wait_until(session.reactor, lambda: _status_or_none(session), START_DEADLINE)
+    if status is not None:
+        return status
     raise errors.DaemonNotRunning(
         f"the daemon did not answer within {START_DEADLINE:g} s: see its log in {session.data_dir}"
     )
@@ -261,12 +266,16 @@ async def _wait_previous_gone(session: Session) -> None:
 
     :raises errors.AlreadyRunning: if that process runs without answering, or lingers.
     """
-    deadline = time.monotonic() + START_DEADLINE
+    from jarvis.launcher import wait_until
+
     for pid in recorded_pids(session.data_dir):
-        while True:
-            state = process_state(pid)
-            if state == "gone":
-                break
+
+        async def settled(pid: int = pid) -> bool | None:
+            return True if process_state(pid) != "zombie" else None
+
+        await wait_until(session.reactor, settled, START_DEADLINE)
+        state = process_state(pid)
+        if state != "gone":
             if state == "running":
                 raise errors.AlreadyRunning(
                     f"process {pid}, named by the lock or pid file in {session.data_dir}, runs "
@@ -274,21 +283,20 @@ async def _wait_previous_gone(session: Session) -> None:
                     f"{pid}); if it is not a Jarvis daemon, remove jarvis.pid and daemon.lock "
                     f"in {session.data_dir}"
                 )
-            if time.monotonic() > deadline:
-                raise errors.AlreadyRunning(
-                    f"the previous daemon (pid {pid}) has exited but its parent has not reaped "
-                    "it yet: try again in a moment"
-                )
-            await _sleep(session.reactor, POLL_INTERVAL)
+            raise errors.AlreadyRunning(
+                f"the previous daemon (pid {pid}) has exited but its parent has not reaped "
+                "it yet: try again in a moment"
+            )
 
 
 async def _wait_exit(reactor: Any, pid: int) -> bool:
-    deadline = time.monotonic() + STOP_DEADLINE
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        await _sleep(reactor, POLL_INTERVAL)
-    return False
+    # another process's exit (not our child) has no event: check with backoff to the deadline
+    from jarvis.launcher import wait_until
+
+    async def exited() -> bool | None:
+        return True if not pid_alive(pid) else None
+
+    return bool(await wait_until(reactor, exited, STOP_DEADLINE))
 
 
 async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -882,7 +890,7 @@ def error_line(failure: Failure) -> str | None:
     return None
 
 
-def run(reactor: Any, options: Options, inputs: dict[str, Any]) -> defer.Deferred[None]:
+def run(reactor: Any, options: CommandLine, inputs: dict[str, Any]) -> defer.Deferred[None]:
     """Run the parsed command on *reactor* (the function ``task.react`` calls).
 
     :returns: a Deferred that fails with ``SystemExit`` carrying the exit status on errors and

@@ -23,6 +23,7 @@ import dataclasses
 import gc
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,6 @@ from twisted.python.threadpool import ThreadPool
 import jarvis
 from jarvis import paths
 from jarvis.atomicfile import write_text_atomically
-from jarvis.cli import read_password_file
 from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
 from jarvis.logs import (
     LEVELS,
@@ -53,6 +53,7 @@ from jarvis.logs import (
     set_log_key,
     text_observer,
 )
+from jarvis.passwordfile import read_password_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -194,6 +195,49 @@ class PeerListenerFactory(Factory):
         return protocol
 
 
+@dataclasses.dataclass
+class Backlog:
+    """Work submitted to a thread pool that no thread has started yet (the pool's public API
+    does not say); changed from the reactor and the pool's threads, hence the lock."""
+
+    waiting: int = 0
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+
+class PortReportingEndpoint:
+    """A server endpoint that also hands the port it listens on to :attr:`listening`.
+
+    ``strports`` services keep the listening port to themselves; wrapping their public
+    ``endpoint`` attribute gives it to the daemon without reading the service's privates.
+
+    :param endpoint: the ``IStreamServerEndpoint`` to listen with.
+    """
+
+    def __init__(self, endpoint: Any) -> None:
+        self._endpoint = endpoint
+        #: fires with the ``IListeningPort`` once listening
+        self.listening: defer.Deferred[Any] = defer.Deferred()
+
+    def listen(self, protocolFactory: Any) -> defer.Deferred[Any]:
+        """Listen with the wrapped endpoint; report the port to :attr:`listening`."""
+
+        def listening(port: Any) -> Any:
+            if not self.listening.called:
+                self.listening.callback(port)
+            return port
+
+        d: defer.Deferred[Any] = self._endpoint.listen(protocolFactory)
+        return d.addCallback(listening)
+
+
+def reporting_service(description: str, factory: Any, reactor: Any) -> Any:
+    """Return ``strports.service(description, factory)`` whose endpoint is a
+    :class:`PortReportingEndpoint` (the service's ``endpoint.listening`` fires with the port)."""
+    service = strports.service(description, factory, reactor=reactor)
+    service.endpoint = PortReportingEndpoint(service.endpoint)
+    return service
+
+
 class ThreadPoolService(Service):
     """Starts and stops a bounded thread pool with the daemon."""
 
@@ -269,6 +313,7 @@ class JarvisDaemon(MultiService):
         self._peer_port: Any = None
 
         self.pool = ThreadPool(minthreads=0, maxthreads=2, name="jarvis-blocking")
+        self._blocking_backlog = Backlog()
         ThreadPoolService(self.pool).setServiceParent(self)
         # 50 ms ticks: fine enough for stalls that matter, and cheap when idle (a 10 ms probe
         # alone costs ~2% of a core on the asyncio reactor)
@@ -288,8 +333,8 @@ class JarvisDaemon(MultiService):
         self.node.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
-        self.peer_listener = strports.service(
-            peer_listen_description(options["listen"]), peer_factory, reactor=reactor
+        self.peer_listener = reporting_service(
+            peer_listen_description(options["listen"]), peer_factory, reactor
         )
         self.peer_listener.setServiceParent(self)
 
@@ -322,9 +367,7 @@ class JarvisDaemon(MultiService):
         )
         factory.ctx = self.context
         self._ipc_factory = factory
-        self.ipc_listener = strports.service(
-            ipc_listen_description(ipc_desc), factory, reactor=reactor
-        )
+        self.ipc_listener = reporting_service(ipc_listen_description(ipc_desc), factory, reactor)
         self.ipc_listener.setServiceParent(self)
 
         from jarvis.notify import Notifier
@@ -338,8 +381,17 @@ class JarvisDaemon(MultiService):
     # -- helpers given to the node and the API ------------------------------------------------
 
     def run_blocking(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
-        """Run blocking *f* on the daemon's bounded thread pool."""
-        return deferToThreadPool(self.reactor, self.pool, f, *args, **kwargs)
+        """Run blocking *f* on the daemon's bounded thread pool (counted while it waits)."""
+        backlog = self._blocking_backlog
+        with backlog.lock:
+            backlog.waiting += 1
+
+        def started() -> Any:
+            with backlog.lock:
+                backlog.waiting -= 1
+            return f(*args, **kwargs)
+
+        return deferToThreadPool(self.reactor, self.pool, started)
 
     def _make_network(self, identity: Any, directory: Any, observer: Any) -> Any:
         from jarvis.net.network import PeerNetwork
@@ -361,7 +413,7 @@ class JarvisDaemon(MultiService):
             "size": self.pool.max,
             "threads": len(self.pool.threads),
             "busy": len(self.pool.working),
-            "queued": self.pool._team.statistics().backloggedWorkCount,
+            "queued": self._blocking_backlog.waiting,
         }
 
     def store_pool_stats(self) -> dict[str, Any]:
@@ -437,13 +489,9 @@ class JarvisDaemon(MultiService):
         self._ipc_factory.ctx = self.context
         self._remember_options()
         super().startService()
-        # strports services expose the listening port only through this Deferred
-        waiting = getattr(self.peer_listener, "_waitingForPort", None)
-        if waiting is not None:
-            waiting.addCallback(self._peer_listening)
-        waiting = getattr(self.ipc_listener, "_waitingForPort", None)
-        if waiting is not None:
-            waiting.addCallback(self._ipc_listening)
+        # the ports were bound in privilegedStartService; report them now that logging runs
+        self.peer_listener.endpoint.listening.addCallback(self._peer_listening)
+        self.ipc_listener.endpoint.listening.addCallback(self._ipc_listening)
         self.log.info(
             "jarvis {version} started: data directory {data_dir}, peers on {listen}",
             version=jarvis.__version__,
@@ -533,3 +581,17 @@ def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
     except (JarvisError, jreactor.WrongReactor) as e:
         sys.stderr.write(f"jarvis: {e}\n")
         raise SystemExit(1)
+
+
+def make_embedded_service(reactor: Any, data_dir: str) -> JarvisDaemon:
+    """Build the daemon's service tree to run inside the terminal UI's process.
+
+    The composition root (``jarvis --embedded``) hands this to :func:`jarvis.ui.app.run`, so the
+    UI never imports the daemon.
+
+    :param reactor: the running UI's reactor.
+    :param data_dir: the data directory.
+    """
+    options = DaemonOptions()
+    options.parseOptions(["--data-dir", data_dir])
+    return make_service(options, reactor)

@@ -7,6 +7,11 @@ runs twistd through the current interpreter.
 A daemon records the options it was started with (``--listen``, ``--advertise``...) in
 ``daemon.json`` in its data directory; a daemon started later without options (by the UI when its
 daemon died, or by ``jarvis daemon start``) reuses them instead of the defaults.
+
+:func:`spawn_detached_daemon` is the one daemon starter both the CLI and the UI use: it spawns
+twistd and fires when twistd's parent process ends (it has daemonized, or failed);
+:func:`wait_until` is the one waiting loop after it (backoff up to a deadline on the reactor's
+clock), for what has no event of its own (the new daemon's API, another process's exit).
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from twisted.internet import defer, task
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 
 from jarvis import paths
+
+T = TypeVar("T")
+
+#: The first and the longest pause of :func:`wait_until`, in seconds (doubling in between).
+FIRST_WAIT = 0.02
+MAX_WAIT = 0.5
 
 
 def twistd_argv() -> list[str]:
@@ -203,3 +218,65 @@ def previous_daemon_lingers(data_dir: str) -> bool:
     """Whether the last daemon of *data_dir* has exited but is not reaped yet (a zombie): twistd's
     pid-file check and the lock would refuse a new daemon until it is gone."""
     return any(process_state(pid) == "zombie" for pid in recorded_pids(data_dir))
+
+
+class DaemonSpawn(ProcessProtocol):
+    """The ``twistd`` parent that daemonizes itself: its output, and its end.
+
+    :attr ended: fires with ``(exit status, output)`` when the parent process has ended and
+        closed its pipes (the daemon runs on in the background, or failed to start).
+    """
+
+    def __init__(self) -> None:
+        self._output = b""
+        self.ended: defer.Deferred[tuple[int, str]] = defer.Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self._output = (self._output + data)[-8192:]
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", 0) or 0
+        self.ended.callback((int(code), self._output.decode("utf-8", "replace")))
+
+
+def spawn_detached_daemon(
+    reactor: Any, data_dir: str, daemon_args: list[str] | None = None
+) -> defer.Deferred[tuple[int, str]]:
+    """Start a detached daemon for *data_dir* (``twistd`` forks and its parent exits).
+
+    :param reactor: an ``IReactorProcess``.
+    :param daemon_args: more ``twistd jarvis`` options (see :func:`replacement_argv`).
+    :returns: a Deferred firing with ``(exit status, output)`` of twistd's parent process:
+        status 0 means the daemon is on its way (its API may not answer yet).
+    """
+    argv = detached_daemon_argv(data_dir, daemon_args)
+    spawn = DaemonSpawn()
+    reactor.spawnProcess(
+        spawn, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
+    )
+    return spawn.ended
+
+
+async def wait_until(
+    reactor: Any, attempt: Callable[[], Awaitable[T | None]], deadline: float
+) -> T | None:
+    """Await *attempt()* until it returns something other than ``None``, pausing between
+    attempts from :data:`FIRST_WAIT` doubling up to :data:`MAX_WAIT` seconds.
+
+    :param reactor: an ``IReactorTime`` (the pauses and the deadline run on its clock).
+    :param deadline: give up after this many seconds.
+    :returns: the first result that is not ``None``, or ``None`` at the deadline.
+    """
+    end = reactor.seconds() + deadline
+    pause = FIRST_WAIT
+    while True:
+        result = await attempt()
+        if result is not None:
+            return result
+        left = end - reactor.seconds()
+        if left <= 0:
+            return None
+        await task.deferLater(reactor, min(pause, left), lambda: None)
+        pause = min(MAX_WAIT, pause * 2)

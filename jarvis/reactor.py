@@ -1,7 +1,9 @@
 """The one place that installs and checks Jarvis's reactor.
 
 Jarvis runs on :mod:`twisted.internet.asyncioreactor` everywhere (daemon, CLI, UI, tests) so
-that asyncio-based parts can meet Twisted code through :mod:`jarvis.aio`.  Nothing else in the
+that asyncio-based parts can share its loop with Twisted code (``Deferred.fromFuture`` and
+``Deferred.asFuture``; no part does yet: the asyncio client :mod:`jarvis.client` runs without
+Twisted, under a plain ``asyncio.run``).  Nothing else in the
 package may call ``asyncioreactor.install()``; code that needs the reactor receives it as a
 parameter or calls :func:`install` first.
 """

@@ -476,3 +476,36 @@ class FakeDaemonTests(SocketTestCase):
         await wait_until(self.reactor, lambda: paused.cancelled)
         self.assertEqual(self.node.messages_of("alice"), [])
         self.assertIn("cancelled", proto.err.decode())
+
+
+class EmbeddedWiringTests(SynchronousTestCase):
+    """The CLI is the composition root: it hands the UI the daemon's service builder."""
+
+    def test_embedded_hands_the_builder(self) -> None:
+        """When ``jarvis --embedded`` starts the UI, then the UI gets
+        daemon.make_embedded_service; without the flag it gets none."""
+        from jarvis import daemon
+        from jarvis.ui import app
+
+        seen: list[Any] = []
+        self.patch(app, "run", lambda data_dir, **kw: seen.append(kw) or 0)
+        for argv in (["--embedded"], []):
+            options = cli.Options()
+            options.parseOptions(["--data-dir", self.mktemp(), *argv])
+            self.assertEqual(cli._start_ui(options), 0)
+        self.assertIs(seen[0]["embedded_service"], daemon.make_embedded_service)
+        self.assertIsNone(seen[1]["embedded_service"])
+
+    def test_embedded_service_builds_the_daemon(self) -> None:
+        """When the embedded builder runs, then it returns the daemon's service tree for the
+        data directory."""
+        import os
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from jarvis import daemon
+
+        data_dir = os.path.join(self.mktemp(), "data")
+        service = daemon.make_embedded_service(MemoryReactorClock(), data_dir)
+        self.assertIsInstance(service, daemon.JarvisDaemon)
+        self.assertEqual(service.data_dir, os.path.abspath(data_dir))

@@ -269,3 +269,56 @@ class LifeCycleServiceTests(SynchronousTestCase):
             launcher.read_daemon_options(data_dir),
             {"listen": "tcp:7772", "ipc": f"unix:{sock_dir}/s.sock", "log-level": "info"},
         )
+
+
+class PublicTwistedApiTests(SynchronousTestCase):
+    """The daemon learns its ports and its pool's backlog without Twisted's private attributes."""
+
+    def test_listening_ports_reported(self) -> None:
+        """When the service starts on a memory reactor, then the peer port and the API endpoint
+        are reported through the endpoints (the endpoint file names the socket)."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options(
+            "--data-dir", data_dir, "--listen", "tcp:7773", "--ipc", f"unix:{sock_dir}/s.sock"
+        )
+        service: Any = daemon.make_service(options, reactor=clock)
+        service.privilegedStartService()
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIsInstance(service.peer_listener.endpoint, daemon.PortReportingEndpoint)
+        self.assertIsNotNone(service._listening())
+        with open(paths.endpoint_file_path(service.data_dir), encoding="utf-8") as f:
+            self.assertIn(f"{sock_dir}/s.sock", f.read())
+
+    def test_blocking_backlog_counted(self) -> None:
+        """When three jobs are submitted to the blocking pool and one starts, then two are
+        reported queued; when they all start, then none."""
+        data_dir = os.path.join(self.mktemp(), "data")
+        sock_dir = short_tempdir(self)
+        clock = MemoryReactorClock()
+        options = make_options("--data-dir", data_dir, "--ipc", f"unix:{sock_dir}/s.sock")
+        service: Any = daemon.make_service(options, reactor=clock)
+
+        class FakePool:
+            max = 2
+            threads: list[Any] = []
+            working: list[Any] = []
+
+            def __init__(self) -> None:
+                self.jobs: list[Any] = []
+
+            def callInThreadWithCallback(self, on_result: Any, f: Any, *a: Any, **kw: Any) -> None:
+                self.jobs.append(lambda: f(*a, **kw))
+
+        pool = FakePool()
+        service.pool = pool
+        for n in range(3):
+            service.run_blocking(lambda n=n: n)
+        self.assertEqual(service.blocking_pool_stats()["queued"], 3)
+        self.assertEqual(pool.jobs[0](), 0)
+        self.assertEqual(service.blocking_pool_stats()["queued"], 2)
+        for job in pool.jobs[1:]:
+            job()
+        self.assertEqual(service.blocking_pool_stats()["queued"], 0)

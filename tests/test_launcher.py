@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -177,3 +178,73 @@ class UiReplacementTests(SynchronousTestCase):
         with open(os.path.join(data_dir, "jarvis.pid"), "w") as f:
             f.write(str(os.getpid()))
         self.assertEqual(launcher.recorded_pids(data_dir), [12345])
+
+
+class WaitUntilTests(SynchronousTestCase):
+    """The one waiting loop: backoff on the reactor's clock, up to a deadline."""
+
+    def test_backoff_then_result(self) -> None:
+        """When the third attempt succeeds, then the pauses were FIRST_WAIT and twice that, and
+        the result is returned."""
+        from twisted.internet import defer
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        times: list[float] = []
+
+        async def attempt() -> str | None:
+            times.append(clock.seconds())
+            return "up" if len(times) == 3 else None
+
+        d = defer.ensureDeferred(launcher.wait_until(clock, attempt, 5.0))
+        clock.advance(launcher.FIRST_WAIT)
+        clock.advance(launcher.FIRST_WAIT * 2)
+        self.assertEqual(self.successResultOf(d), "up")
+        self.assertEqual(times, [0.0, launcher.FIRST_WAIT, launcher.FIRST_WAIT * 3])
+
+    def test_deadline(self) -> None:
+        """When nothing ever succeeds, then None comes at the deadline, with pauses no longer
+        than MAX_WAIT and no timer left."""
+        from twisted.internet import defer
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        times: list[float] = []
+
+        async def attempt() -> None:
+            times.append(clock.seconds())
+            return None
+
+        d = defer.ensureDeferred(launcher.wait_until(clock, attempt, 3.0))
+        while clock.getDelayedCalls():
+            clock.advance(clock.getDelayedCalls()[0].getTime() - clock.seconds())
+        self.assertIsNone(self.successResultOf(d))
+        self.assertAlmostEqual(times[-1], 3.0, places=6)
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        self.assertLessEqual(max(gaps), launcher.MAX_WAIT + 1e-6)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class DaemonSpawnTests(SynchronousTestCase):
+    def test_spawn_reports_end_and_output(self) -> None:
+        """When twistd's parent process ends with a status and a last line, then ``ended``
+        fires with both (the one starter both the CLI and the UI use)."""
+        from twisted.internet.error import ProcessTerminated
+        from twisted.internet.testing import MemoryReactor
+        from twisted.python.failure import Failure
+
+        spawned: list[Any] = []
+
+        class Reactor(MemoryReactor):
+            def spawnProcess(self, proto: Any, exe: Any, args: Any, **kw: Any) -> None:
+                spawned.append((proto, args, kw))
+
+        d = launcher.spawn_detached_daemon(Reactor(), "/tmp/jarvis-data", ["--listen", "tcp:0"])
+        proto, args, kw = spawned[0]
+        self.assertIn("--listen", args)
+        self.assertEqual(kw["childFDs"], {0: "w", 1: "r", 2: "r"})
+        proto.errReceived(b"jarvis: the data directory is not private\n")
+        proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        code, output = self.successResultOf(d)
+        self.assertEqual(code, 1)
+        self.assertIn("not private", output)

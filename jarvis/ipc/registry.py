@@ -400,6 +400,14 @@ class DeadlineTimer:
     deadline still fires at its exact time.  Finished requests are only marked (their entries
     are dropped when they reach the top, or all at once when most entries are finished).
 
+    Measured against ``Deferred.addTimeout`` on the asyncio reactor (100,000 requests that finish
+    before a 30 s deadline, best of 5, 2-core machine shared with other jobs): with 10 requests
+    pending at once 2.5-4.8 µs per request here against 4.5-7.3 µs, with 100 pending 1.7-8.2 µs
+    against 5.0-14.3 µs; with one pending at a time it costs more (13-41 µs against 8-14 µs,
+    both a timer per request).  ``ipc_bench`` does not reach it (``daemon.status`` answers at
+    once, and only a pending result gets a deadline).  It uses no private attribute of Twisted;
+    ``DeadlineTimerTests`` in ``tests/test_registry.py`` pin its behaviour.
+
     :param clock: the ``IReactorTime`` the deadlines run on.
     """
 

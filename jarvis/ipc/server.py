@@ -44,6 +44,7 @@ from jarvis.core.events import LOCKED_EVENTS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import Registry
 from jarvis.ipc.wire import MAX_PENDING_OUTPUT, LineSender
+from jarvis.turn import OncePerTurn
 
 #: The transport-level param keys that carry a progress token (stripped before validation).
 PROGRESS_KEYS = ("_progress", "progressToken")
@@ -235,12 +236,15 @@ class IpcServerProtocol(LineReceiver):
     LINES_PER_TURN = 32
 
     _lines_this_turn = 0
+    _turn_ended: OncePerTurn | None = None
 
     def _yield_turn(self) -> None:
         self._lines_this_turn += 1
         if self._lines_this_turn >= self.LINES_PER_TURN and not self.paused:
             self.pauseProducing()
-            self.factory.clock.callLater(0, self._next_turn)
+            if self._turn_ended is None:
+                self._turn_ended = OncePerTurn(self.factory.clock, self._next_turn)
+            self._turn_ended.request()
 
     def _next_turn(self) -> None:
         self._lines_this_turn = 0

@@ -44,6 +44,8 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPullProducer, IPushProducer, ISSLTransport
 from zope.interface import implementer
 
+from jarvis.turn import OncePerTurn
+
 __all__ = ["MAX_PENDING_OUTPUT", "WINDOW", "LineSender", "send_line"]
 
 #: The most bytes a connection may hold for its client (written but not yet flushed), in
@@ -93,6 +95,7 @@ class LineSender:
         #: whether the sender overflowed or its connection was closed (nothing more is sent)
         self.closed = False
         self._direct_used = False
+        self._turn_ended = OncePerTurn(clock, self._next_turn)
         self._registered = True
         self._socket: socket.socket | None = None
         self.pull = isinstance(transport, FileDescriptor) and not ISSLTransport.providedBy(
@@ -137,7 +140,7 @@ class LineSender:
         if self.handed == 0 and not self._direct_used and self._socket is not None:
             # The transport is empty (it said so): the first line of this turn goes out now.
             self._direct_used = True
-            self._clock.callLater(0, self._next_turn)
+            self._turn_ended.request()
             try:
                 sent = self._socket.send(data)
             except (BlockingIOError, InterruptedError):

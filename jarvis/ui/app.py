@@ -3,8 +3,9 @@
 :func:`run` is what ``jarvis`` (no subcommand) calls.  It installs the asyncio reactor, builds
 the urwid ``MainLoop`` on ``TwistedEventLoop``, lets Ctrl+C reach the UI, connects to the daemon
 of a data directory with :class:`jarvis.ipc.client.IpcClient`, starts a detached daemon through
-``reactor.spawnProcess`` when none answers (or, ``embedded=True``, runs the daemon's service tree
-in this process), and shuts down gracefully in a "before shutdown" trigger.  Closing the UI
+``reactor.spawnProcess`` when none answers (or runs the daemon's service tree in this process,
+built by the ``embedded_service`` callable the composition root hands over: the UI never imports
+the daemon), and shuts down gracefully in a "before shutdown" trigger.  Closing the UI
 leaves a detached daemon running.
 
 The UI's log goes to ``ui.log`` in the data directory (never to the terminal); no traceback
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer, protocol, threads
+from twisted.internet import defer, threads
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -33,13 +34,6 @@ from twisted.python.failure import Failure
 UI_LOGFILE = "ui.log"
 
 log = Logger()
-
-
-class UiStartError(Exception):
-    """The terminal UI cannot start here (for example stdin is not a terminal).
-
-    Run ``jarvis`` from an interactive terminal, or use the ``jarvis`` CLI subcommands in scripts.
-    """
 
 
 def osc52(text: str) -> str:
@@ -66,29 +60,6 @@ def read_text_file(path: str, limit: int = 1 << 20) -> str:
     if len(data) > limit:
         raise ValueError(f"{path} is too large for a contact card")
     return data.decode("utf-8")
-
-
-class DaemonStarter(protocol.ProcessProtocol):
-    """Watches the ``twistd`` child that daemonizes itself; reports a failed start.
-
-    :param on_failed: called with one line (the child's first stderr line) if it exits non-zero.
-    """
-
-    def __init__(self, on_failed: Callable[[str], None]) -> None:
-        self._on_failed = on_failed
-        self._stderr = b""
-        self.ended: defer.Deferred[int] = defer.Deferred()
-
-    def errReceived(self, data: bytes) -> None:
-        self._stderr = (self._stderr + data)[-4096:]
-
-    def processEnded(self, reason: Failure) -> None:
-        code = getattr(reason.value, "exitCode", 0) or 0
-        if code:
-            lines = self._stderr.decode("utf-8", "replace").strip().splitlines()
-            line = lines[-1] if lines else f"the daemon exited with status {code}"
-            self._on_failed(line[:200])
-        self.ended.callback(code)
 
 
 class DaemonConnector:
@@ -159,15 +130,19 @@ class DaemonConnector:
             # without options of its own, the replacement listens where the last daemon of this
             # data directory did (its daemon.json), not on the defaults
             daemon_args = self._daemon_args or launcher.replacement_argv(self._data_dir)
-            argv = launcher.detached_daemon_argv(self._data_dir, daemon_args)
-            starter = DaemonStarter(self._report)
-            self._reactor.spawnProcess(
-                starter, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
-            )
+            ended = launcher.spawn_detached_daemon(self._reactor, self._data_dir, daemon_args)
+            ended.addCallback(self._spawn_ended)
             log.info("starting a daemon for {data_dir}", data_dir=self._data_dir)
         except Exception:
             log.failure("could not start the daemon")
             self._report("could not start the daemon; details are in ui.log")
+
+    def _spawn_ended(self, ended: tuple[int, str]) -> None:
+        code, output = ended
+        if code:
+            lines = output.strip().splitlines()
+            line = lines[-1] if lines else f"the daemon exited with status {code}"
+            self._report(line[:200])
 
 
 def make_screen() -> Any:
@@ -205,24 +180,11 @@ def _start_logging(data_dir: str) -> Any:
     return f
 
 
-def make_embedded_service(reactor: Any, data_dir: str) -> Any:
-    """Build the daemon's service tree to run inside the UI process (``embedded=True``).
-
-    This is the hook for the lead's :func:`jarvis.daemon.make_service`; it is only called when
-    the UI runs without a separate daemon.
-    """
-    from jarvis.daemon import DaemonOptions, make_service
-
-    options = DaemonOptions()
-    options.parseOptions(["--data-dir", data_dir])
-    return make_service(options, reactor)
-
-
 def run(
     data_dir: Any,
     *,
     endpoint: str | None = None,
-    embedded: bool = False,
+    embedded_service: Callable[[Any, str], Any] | None = None,
     start_daemon: bool = True,
     theme: str = "default",
     daemon_args: Sequence[str] = (),
@@ -232,8 +194,10 @@ def run(
     :param data_dir: the Jarvis data directory whose daemon to attach to, or the ``jarvis``
         command's parsed options (:class:`jarvis.cli.Options`, whose ``data_dir()`` names it).
     :param endpoint: an IPC endpoint description to use instead of the data directory's.
-    :param embedded: run the daemon's services in this process instead of attaching to a
-        separate daemon (they stop when the UI closes).
+    :param embedded_service: ``(reactor, data_dir) -> IService``: run the daemon's services it
+        builds in this process instead of attaching to a separate daemon (they stop when the UI
+        closes).  The composition root (:mod:`jarvis.cli`) passes
+        :func:`jarvis.daemon.make_embedded_service`.
     :param start_daemon: start a detached daemon if none answers.
     :param theme: a palette theme (``default``, ``light``, ``mono``; ``NO_COLOR`` forces mono).
     :param daemon_args: more ``twistd jarvis`` options for a daemon the UI starts (e.g.
@@ -257,7 +221,7 @@ def run(
         return 1
     log_file = _start_logging(data_dir)
     try:
-        return _run(reactor, data_dir, endpoint, embedded, start_daemon, theme, daemon_args)
+        return _run(reactor, data_dir, endpoint, embedded_service, start_daemon, theme, daemon_args)
     except Exception as e:
         log.failure("the UI stopped with an error")
         sys.stderr.write(f"jarvis: the UI stopped: {type(e).__name__} (details in {UI_LOGFILE})\n")
@@ -270,7 +234,7 @@ def _run(
     reactor: Any,
     data_dir: str,
     endpoint: str | None,
-    embedded: bool,
+    embedded_service: Callable[[Any, str], Any] | None,
     start_daemon: bool,
     theme: str,
     daemon_args: Sequence[str] = (),
@@ -293,7 +257,7 @@ def _run(
         reactor,
         data_dir,
         endpoint=endpoint,
-        start_daemon=start_daemon and not embedded,
+        start_daemon=start_daemon and embedded_service is None,
         report=report,
         daemon_args=daemon_args,
     )
@@ -332,8 +296,8 @@ def _run(
     controller.attach_main_loop(loop)
 
     service: Any = None
-    if embedded:
-        service = make_embedded_service(reactor, data_dir)
+    if embedded_service is not None:
+        service = embedded_service(reactor, data_dir)
         # as twistd does: bind the listeners first (a failed listen raises here), then start
         service.privilegedStartService()
         reactor.callWhenRunning(service.startService)

@@ -5,8 +5,10 @@ and form submissions into calls to the daemon's local API, feeds results and eve
 model, and redraws the screen after network events (urwid only redraws after input), once per
 reactor turn however many events the turn brought.
 Every daemon call that the user waits for is an operation in flight that Ctrl+C cancels.  When
-the daemon goes away the UI keeps running with a grey summary and reconnects with backoff on an
-injected clock, then subscribes again and reloads its state.
+the daemon goes away the UI keeps running with a grey summary; its
+:class:`~jarvis.ui.link.DaemonLink`
+(``ClientService``) reconnects with backoff on an injected clock, and the handshake here
+subscribes again and reloads the state.
 
 It must not let an exception reach urwid or the IPC client: failures become one line on the
 status bar and the details go to the log (never message text, passwords or tokens).
@@ -20,12 +22,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
+from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
+from jarvis.ui.events import Reaction, ScreenState, reaction_to
+from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     Contact,
     InputError,
@@ -53,12 +57,9 @@ from jarvis.ui.widgets import Dialog, button
 
 Callbacks = dict[str, Callable[..., Any]]
 
-#: Reconnection delays grow by this factor from FIRST_RETRY up to MAX_RETRY seconds.
-FIRST_RETRY = 0.5
-RETRY_FACTOR = 2.0
-MAX_RETRY = 15.0
-SPINNER_INTERVAL = 0.1
 HISTORY_PAGE = 100
+
+__all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "Unreachable", "error_text"]
 
 
 class DaemonClient(Protocol):
@@ -77,42 +78,6 @@ class DaemonClient(Protocol):
     def add_disconnect_observer(self, observer: Callable[[Failure], None]) -> None: ...
 
     def close(self) -> Any: ...
-
-
-class Unreachable(Exception):
-    """The daemon does not answer right now; the UI retries by itself."""
-
-    kind = "unreachable"
-
-
-def error_text(failure: Failure) -> str:
-    """One line for the status bar describing *failure* (never a traceback).
-
-    :returns: the daemon's message for API errors, a fixed text for anything else.
-    """
-    if failure.check(defer.CancelledError):
-        return "cancelled"
-    error = failure.value
-    kind = getattr(error, "kind", None)
-    if kind == "cancelled":
-        return "cancelled"
-    if kind == "timed_out":
-        return "the daemon took too long (timed out)"
-    message = getattr(error, "message", None)
-    if kind is not None and isinstance(message, str) and message:
-        return message.splitlines()[0]
-    if isinstance(error, Unreachable):
-        return "the daemon is unreachable; retrying"
-    name = type(error).__name__
-    if "Connection" in name:
-        return "lost the connection to the daemon"
-    return f"unexpected error ({name}); details are in the log"
-
-
-def _is_cancel(failure: Failure) -> bool:
-    return bool(failure.check(defer.CancelledError)) or getattr(failure.value, "kind", None) == (
-        "cancelled"
-    )
 
 
 def _switcher(index: int) -> Callable[[Controller], None]:
@@ -153,7 +118,6 @@ class Controller:
         animate: bool = True,
     ) -> None:
         self.model = model if model is not None else MessengerModel()
-        self._connect = connect
         self.clock: Any = clock
         self._tz = tz
         self._read_file = read_file
@@ -164,14 +128,23 @@ class Controller:
         self._animate = animate
         self.client: DaemonClient | None = None
         self.main_loop: Any = None
-        self.inflight: dict[int, defer.Deferred[Any]] = {}
         self.quitting = False
-        self._retry_delay = FIRST_RETRY
-        self._retry_call: Any = None
-        self._connecting = False
+        self.link = DaemonLink(
+            connect,
+            clock,
+            connected=self._link_ready,
+            lost=self._disconnected,
+            failed=self._connect_failed,
+            retrying=self._retrying,
+        )
         self._generation = 0  # bumps on each connection; stale callbacks compare it
-        self._spinner = LoopingCall(self._spin)
-        self._spinner.clock = clock
+        self.calls = CallsInFlight(
+            clock,
+            begin=self.model.begin_operation,
+            end=self.model.end_operation,
+            spin=self._spin,
+            finished=self.redraw,
+        )
         self._banner_animation: Any = None
         self._unlocking = False
         self._unread_refresh = OncePerTurn(clock, self._fetch_unread)
@@ -184,11 +157,16 @@ class Controller:
         )
         self.model.observe(self._model_changed)
 
+    @property
+    def inflight(self) -> dict[int, defer.Deferred[Any]]:
+        """The daemon calls in flight, by operation id."""
+        return self.calls.inflight
+
     # life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         """Connect to the daemon (retrying with backoff until it answers)."""
-        self._attempt_connect()
+        self.link.start()
 
     def stop(self) -> defer.Deferred[Any]:
         """Stop timers, cancel calls in flight and close the connection (the daemon keeps running).
@@ -196,19 +174,12 @@ class Controller:
         :returns: a Deferred firing once the connection is closed.
         """
         self.quitting = True
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
         for pending in (self._unread_refresh, self._redraw, self._mark_read_soon):
             pending.cancel()
-        self._stop_spinner()
+        self.calls.stop()
         self._stop_banner()
-        for d in list(self.inflight.values()):
-            d.cancel()
-        client, self.client = self.client, None
-        if client is None:
-            return defer.succeed(None)
-        return defer.maybeDeferred(client.close).addErrback(lambda _: None)
+        self.client = None
+        return self.link.stop()
 
     def attach_main_loop(self, main_loop: Any) -> None:
         """Give the controller the urwid main loop, so it can redraw after network events."""
@@ -235,24 +206,10 @@ class Controller:
         except Exception:
             self.log.failure("redraw failed")
 
-    def _attempt_connect(self) -> None:
-        if self.quitting or self._connecting or self.client is not None:
-            return
-        self._retry_call = None
-        self._connecting = True
-        d = defer.maybeDeferred(self._connect)
-        d.addCallbacks(self._connected, self._connect_failed)
-        d.addErrback(self._internal_error, "connect")
-
-    def _connected(self, client: DaemonClient) -> None:
-        self._connecting = False
-        if self.quitting:
-            client.close()
-            return
+    def _link_ready(self, client: DaemonClient) -> None:
+        """The link's handshake: subscribe and load the state (``prepareConnection``)."""
         self.client = client
         self._generation += 1
-        self._retry_delay = FIRST_RETRY
-        client.add_disconnect_observer(self._disconnected)
         self.model.set_reachable(True)
         self.model.clear_status()
         generation = self._generation
@@ -264,30 +221,22 @@ class Controller:
         self.redraw()
 
     def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = False
         self.log.info("daemon unreachable: {error}", error=type(failure.value).__name__)
         self.model.set_reachable(False)
-        self._schedule_reconnect()
         self.redraw()
 
-    def _schedule_reconnect(self) -> None:
-        if self.quitting or (self._retry_call is not None and self._retry_call.active()):
-            return
-        delay = self._retry_delay
-        self._retry_delay = min(MAX_RETRY, self._retry_delay * RETRY_FACTOR)
-        self.model.notify(f"daemon unreachable; retrying in {delay:g}s", "error")
-        self._retry_call = self.clock.callLater(delay, self._attempt_connect)
+    def _retrying(self, delay: float) -> None:
+        if not self.quitting:
+            self.model.notify(f"daemon unreachable; retrying in {delay:g}s", "error")
+            self.redraw()
 
     def _disconnected(self, reason: Any = None) -> None:
         if self.client is None:
             return
         self.client = None
         self.log.info("daemon connection lost")
-        for d in list(self.inflight.values()):
-            d.cancel()
+        self.calls.cancel_all()
         self.model.set_reachable(False)
-        if not self.quitting:
-            self._schedule_reconnect()
         self.redraw()
 
     def _reload_failed(self, failure: Failure, generation: int) -> None:
@@ -538,10 +487,8 @@ class Controller:
 
     def cancel_or_quit(self) -> None:
         """Ctrl+C: cancel what is in flight; with nothing in flight ask whether to quit."""
-        if self.inflight:
-            count = len(self.inflight)
-            for d in list(self.inflight.values()):
-                d.cancel()
+        count = self.calls.cancel_all()
+        if count:
             self.model.notify(f"cancelled {count} operation{'s' if count > 1 else ''}")
             return
         if self.window.dialog is not None and self.window.dialog.kind == "quit":
@@ -602,25 +549,12 @@ class Controller:
             return defer.fail(Failure())
         if label is None:
             return d
-        operation = self.model.begin_operation(label)
-        self.inflight[operation.id] = d
-        self._start_spinner()
-
-        def finished(result: Any) -> Any:
-            self.inflight.pop(operation.id, None)
-            self.model.end_operation(operation)
-            if not self.inflight:
-                self._stop_spinner()
-            self.redraw()
-            return result
-
-        d.addBoth(finished)
-        return d
+        return self.calls.track(d, label)
 
     def _report(self, failure: Failure, what: str) -> None:
         """Errback: put a failed call on the status line and its details in the log."""
         text = error_text(failure)
-        if _is_cancel(failure):
+        if is_cancel(failure):
             self.model.notify(f"{what}: cancelled")
         else:
             if getattr(failure.value, "kind", None) is None:
@@ -644,14 +578,6 @@ class Controller:
         self.main_screen.status.refresh()
         self.redraw()
 
-    def _start_spinner(self) -> None:
-        if not self._spinner.running:
-            self._spinner.start(SPINNER_INTERVAL, now=False)
-
-    def _stop_spinner(self) -> None:
-        if self._spinner.running:
-            self._spinner.stop()
-
     # events --------------------------------------------------------------------------------
 
     def _event_received(self, name: str, payload: dict[str, Any]) -> None:
@@ -664,38 +590,34 @@ class Controller:
 
     def _apply_event(self, name: str, payload: dict[str, Any]) -> None:
         self.model.apply_event(name, payload)
-        if name == "identity.locked":
+        reaction = reaction_to(name, payload, self._screen_state())
+        if reaction is None:
+            return
+        if reaction is Reaction.SHOW_LOCK:
             self.show_lock()
-        elif (
-            name == "identity.unlocked"
-            and isinstance(self.window.screen, LockScreen)
-            and not self._unlocking
-        ):
+        elif reaction is Reaction.LOAD_UNLOCKED:
             self._load_unlocked().addErrback(self._report, "loading")
-        elif name == "message.received":
-            message = payload.get("message")
-            if not isinstance(message, dict):
-                return
-            uid = message.get("contact")
-            if not isinstance(uid, str):
-                return
-            if uid == self.model.current_uid and self._on_main_screen():
-                # once for a burst of arrivals: each messages.markRead is a round trip and a
-                # store write in the daemon, which then reports every message it marked
-                self._mark_read_soon.request()
-            elif message.get("direction") == "in":
-                contact = self.model.contacts.get(uid)
-                if self.model.notifications and contact is not None and not contact.muted:
-                    if self._bell is not None:
-                        self._bell()
-        elif name == "message.stateChanged" and payload.get("state") == "read":
-            # Another client (or this one) marked messages read: the daemon's counts are the
-            # truth, so every attached UI shows the same unread badges.
+        elif reaction is Reaction.MARK_READ:
+            self._mark_read_soon.request()
+        elif reaction is Reaction.BELL:
+            if self._bell is not None:
+                self._bell()
+        elif reaction is Reaction.REFRESH_UNREAD:
             self._unread_refresh.request()
-        elif name == "contact.changed" and payload.get("removed"):
-            dialog = self.window.dialog
-            if isinstance(dialog, ContactInfoDialog) and dialog.uid == payload.get("uid"):
-                self.window.close_dialog()
+        elif reaction is Reaction.CLOSE_CONTACT_DIALOG:
+            self.window.close_dialog()
+
+    def _screen_state(self) -> ScreenState:
+        dialog = self.window.dialog
+        return ScreenState(
+            current_uid=self.model.current_uid,
+            on_main=self._on_main_screen(),
+            lock_screen=isinstance(self.window.screen, LockScreen),
+            unlocking=self._unlocking,
+            notifications=self.model.notifications,
+            contact_dialog_uid=dialog.uid if isinstance(dialog, ContactInfoDialog) else None,
+            contacts=self.model.contacts,
+        )
 
     def _fetch_unread(self) -> None:
         """Fetch ``messages.unreadCounts`` (once for a burst of read events)."""

@@ -1,0 +1,85 @@
+"""What the UI does about a daemon event beyond updating the model: one pure decision per event.
+
+The model applies every event to its own state (:meth:`MessengerModel.apply_event`); this module
+decides the rest (show the lock screen, load after an unlock, mark the open conversation read,
+ring the bell, refresh the unread counts, close a removed contact's dialog) from the event and
+what the screen shows, as a :class:`Reaction` that the controller carries out.  It must not call
+the daemon, draw, or import urwid.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class Reaction(enum.Enum):
+    """What the controller does after the model applied an event."""
+
+    SHOW_LOCK = "show_lock"
+    LOAD_UNLOCKED = "load_unlocked"
+    MARK_READ = "mark_read"
+    BELL = "bell"
+    REFRESH_UNREAD = "refresh_unread"
+    CLOSE_CONTACT_DIALOG = "close_contact_dialog"
+
+
+@dataclass(frozen=True)
+class ScreenState:
+    """What the screen shows when an event arrives.
+
+    :param current_uid: the open conversation's contact, if any.
+    :param on_main: the main screen is shown and the identity is unlocked.
+    :param lock_screen: the lock screen is shown.
+    :param unlocking: this UI's own unlock is in flight (it loads by itself).
+    :param notifications: new-message alerts are on.
+    :param contact_dialog_uid: the uid whose contact dialog is open, if any.
+    :param contacts: the model's contacts by uid (each with ``muted``); not copied, so that a
+        burst of events costs nothing per contact.
+    """
+
+    current_uid: str | None
+    on_main: bool
+    lock_screen: bool
+    unlocking: bool
+    notifications: bool
+    contact_dialog_uid: str | None
+    contacts: Mapping[str, Any]
+
+
+def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Reaction | None:
+    """Return what to do about event *name* with *payload* beyond the model (``None``: nothing).
+
+    :param name: the event name (``message.received``...).
+    :param payload: its params (already checked to be a dict).
+    :param state: what the screen shows.
+    """
+    if name == "identity.locked":
+        return Reaction.SHOW_LOCK
+    if name == "identity.unlocked":
+        return Reaction.LOAD_UNLOCKED if state.lock_screen and not state.unlocking else None
+    if name == "message.received":
+        message = payload.get("message")
+        if not isinstance(message, dict):
+            return None
+        uid = message.get("contact")
+        if not isinstance(uid, str):
+            return None
+        if uid == state.current_uid and state.on_main:
+            # once for a burst of arrivals: each messages.markRead is a round trip and a store
+            # write in the daemon, which then reports every message it marked
+            return Reaction.MARK_READ
+        contact = state.contacts.get(uid)
+        if message.get("direction") == "in" and state.notifications and contact is not None:
+            return None if contact.muted else Reaction.BELL
+        return None
+    if name == "message.stateChanged" and payload.get("state") == "read":
+        # Another client (or this one) marked messages read: the daemon's counts are the truth,
+        # so every attached UI shows the same unread badges.
+        return Reaction.REFRESH_UNREAD
+    if name == "contact.changed" and payload.get("removed"):
+        if state.contact_dialog_uid is not None and state.contact_dialog_uid == payload.get("uid"):
+            return Reaction.CLOSE_CONTACT_DIALOG
+    return None
