@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
 from jarvis.textsafe import strip_bidi
 
 #: Connection summary levels and what they mean.
-GREEN, AMBER, RED, GREY = "green", "amber", "red", "grey"
 
 #: Slash commands of the input line, for the help screen and docs/keys.md.
 SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
@@ -167,14 +167,8 @@ class ConnectionSummary:
 
     @classmethod
     def from_counts(cls, online: int, total: int) -> ConnectionSummary:
-        """Summarise *online* of *total* peers (no peers at all is green: nothing is down)."""
-        if online >= total:
-            level = GREEN
-        elif online > 0:
-            level = AMBER
-        else:
-            level = RED
-        return cls(level, online, total)
+        """Summarise *online* of *total* peers (the one rule: :func:`jarvis.summary.summary_level`)."""
+        return cls(summary_level(online, total), online, total)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> ConnectionSummary:
