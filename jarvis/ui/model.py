@@ -167,7 +167,7 @@ class ConnectionSummary:
 
     @classmethod
     def from_counts(cls, online: int, total: int) -> ConnectionSummary:
-        """Summarise *online* of *total* peers (the one rule: :func:`jarvis.summary.summary_level`)."""
+        """Summarise *online* of *total* peers (the rule: :func:`jarvis.summary.summary_level`)."""
         return cls(summary_level(online, total), online, total)
 
     @classmethod
