@@ -131,19 +131,25 @@ def hooks_list(inv: Invocation) -> Any:
 
 def hooks_add(inv: Invocation) -> defer.Deferred[Any]:
     p = inv.params
+
+    def build(uid: str | None) -> defer.Deferred[Any]:
+        hook = Hook(
+            name=p["name"],
+            argv=tuple(p["argv"]),
+            event=p.get("event", "message.received"),
+            contact=uid,
+            pattern=p.get("pattern"),
+            reply=bool(p.get("reply", False)),
+            timeout=float(p.get("timeout", 10.0)),
+            rate=int(p.get("rate", 10)),
+        )
+        return inv.ctx.hooks.add(hook)
+
     contact = p.get("contact")
-    uid = inv.ctx.node.resolve(contact).uid if contact else None
-    hook = Hook(
-        name=p["name"],
-        argv=tuple(p["argv"]),
-        event=p.get("event", "message.received"),
-        contact=uid,
-        pattern=p.get("pattern"),
-        reply=bool(p.get("reply", False)),
-        timeout=float(p.get("timeout", 10.0)),
-        rate=int(p.get("rate", 10)),
-    )
-    return inv.ctx.hooks.add(hook)
+    if not contact:
+        return build(None)
+    d = defer.maybeDeferred(inv.ctx.node.show_contact, contact)
+    return d.addCallback(lambda view: build(view["uid"]))
 
 
 def hooks_remove(inv: Invocation) -> defer.Deferred[Any]:

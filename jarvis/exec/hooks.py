@@ -214,7 +214,7 @@ class HookDispatcher(Service):
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._queue: deque[tuple[Hook, str, dict[str, Any]]] = deque()
         self._unsubscribe: Callable[[], None] | None = None
-        self.running = 0
+        self.busy = 0
         self.peak_running = 0
         self.ran = 0
         self.failed = 0
@@ -286,7 +286,7 @@ class HookDispatcher(Service):
             "limit": self.limit,
             "max_queue": self.max_queue,
             "queued": len(self._queue),
-            "running": self.running,
+            "running": self.busy,
             "peak_running": self.peak_running,
             "ran": self.ran,
             "dropped_rate": self.dropped_rate,
@@ -355,18 +355,21 @@ class HookDispatcher(Service):
             # locked meanwhile: what waits is dropped, as events arriving now are
             self.skipped_locked += len(self._queue)
             self._queue.clear()
-        while self._queue and self.running < self.limit:
+        while self._queue and self.busy < self.limit:
             hook, event, payload = self._queue.popleft()
             self._run(hook, event, payload)
 
     def _environment(self, hook: Hook, event: str, payload: dict[str, Any]) -> dict[str, str]:
         contact = event_contact(event, payload) or ""
         env = {"JARVIS_HOOK": hook.name, "JARVIS_EVENT": event, "JARVIS_CONTACT_UID": contact}
-        try:
-            found = self.node.resolve(contact)
-            name = found.alias or found.name
-        except Exception:
-            name = None
+        name = None
+        resolve = getattr(self.node, "resolve", None)
+        if resolve is not None:
+            try:
+                found = resolve(contact)
+                name = found.alias or found.name
+            except Exception:
+                name = None
         if name:
             env["JARVIS_CONTACT_NAME"] = name.replace("\x00", "")
         message = payload.get("message")
@@ -393,10 +396,10 @@ class HookDispatcher(Service):
             figures.failed += 1
             self.log.warn("hook {name} cannot run: {error}", name=hook.name, error=str(e))
             return
-        self.running += 1
+        self.busy += 1
         self.ran += 1
         figures.ran += 1
-        self.peak_running = max(self.peak_running, self.running)
+        self.peak_running = max(self.peak_running, self.busy)
 
         def ended(result: RunResult) -> Any:
             ok = result.exit_code == 0 and result.signal is None
@@ -426,7 +429,7 @@ class HookDispatcher(Service):
             )
 
         def done(_: Any) -> None:
-            self.running -= 1
+            self.busy -= 1
             self._pump()
 
         run.done.addCallback(ended).addErrback(problem).addBoth(done)
