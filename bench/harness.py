@@ -48,6 +48,7 @@ BENCHMARKS: dict[str, str] = {
     "messaging": "bench.messaging_bench",
     "scale": "bench.scale_bench",
     "ui": "bench.ui_bench",
+    "exec": "bench.exec_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

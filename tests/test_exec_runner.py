@@ -230,14 +230,30 @@ class LimitTests(TestCase):
                     peak.append(runner.running_count())
 
         runs = [runner.start(RunSpec(("sh", "-c", "sleep 0.1")), Watch()) for _ in range(5)]
-        self.assertEqual([r.state for r in runs], ["running"] * 2 + ["queued"] * 3)
         self.assertEqual(runner.listing()["queued"], 3)
+        await poll(lambda: runs[1].state == "running", 5)
+        self.assertEqual([r.state for r in runs], ["running"] * 2 + ["queued"] * 3)
         runs[3].kill(cancelled=True)
         results = await defer.gatherResults([r.done for r in runs])
         self.assertLessEqual(max(peak), 2)
         self.assertEqual(started, [runs[0].id, runs[1].id, runs[2].id, runs[4].id])
         self.assertTrue(results[3].cancelled)
         self.assertIsNone(results[3].pid)
+
+    async def test_spawns_paced_one_per_turn(self) -> None:
+        """When several runs get a slot at once, then they are spawned one per reactor turn
+        (a burst does not stall the reactor for the sum of the spawns), and one cancelled
+        before its turn ends without a process and frees its slot."""
+        runner = make_runner(self, limit=10)
+        runs = [runner.start(RunSpec(("true",))) for _ in range(3)]
+        self.assertEqual([r.pid for r in runs], [None, None, None])
+        runs[2].kill(cancelled=True)
+        await task.deferLater(reactor, 0, lambda: None)
+        self.assertEqual(sum(r.pid is not None for r in runs), 1)
+        results = await defer.gatherResults([r.done for r in runs])
+        self.assertEqual([r.exit_code for r in results], [0, 0, None])
+        self.assertTrue(results[2].cancelled)
+        self.assertEqual(runner.running_count(), 0)
 
     async def test_queue_bound_refuses(self) -> None:
         """When max_queued runs already wait, then another start is refused as busy."""
