@@ -111,6 +111,17 @@ class OutputTests(TestCase):
         self.assertEqual(result.kept_bytes, cap)
         self.assertEqual(result.dropped_bytes, len(expected) - cap)
 
+    async def test_output_beyond_cap_read_slowly(self) -> None:
+        """When a program floods far beyond its cap for a second, then the runner reads the
+        excess at a throttled pace (one read per DISCARD_PAUSE): the program is held back by
+        its pipe instead of keeping the reactor busy (unthrottled, yes writes hundreds of MB)."""
+        runner = make_runner(self)
+        result = await runner.start(RunSpec(("yes",), output_cap=1000, timeout=1.0)).done
+        self.assertEqual(result.kept_bytes, 1000)
+        self.assertTrue(result.timed_out)
+        # 1 s / 10 ms = 100 reads of at most 64 KiB (one pipe buffer) each, far less in practice
+        self.assertLess(result.dropped_bytes, 100 * 64 * 1024)
+
     async def test_unknown_program_refused(self) -> None:
         """When the program does not exist, then start refuses with NotFound and nothing
         is queued."""

@@ -68,6 +68,12 @@ HISTORY = 32
 #: Seconds between two looks at a congested observer while the output is paused.
 CONGESTION_POLL = 0.01
 
+#: Seconds the runner waits before each read once a run's output cap is reached: output beyond
+#: the cap is still read and counted (so the program is not blocked forever on a full pipe) but
+#: at most one read (8 KiB) per pause, so a program printing gigabytes cannot keep the
+#: reactor busy reading what nobody will see.  ``dropped`` counts what was read.
+DISCARD_PAUSE = 0.01
+
 #: The util-linux program that puts a piped child in its own session and process group.
 SETSID = shutil.which("setsid")
 
@@ -390,6 +396,7 @@ class Run:
         room = self.spec.output_cap - self.kept_bytes
         if room <= 0:
             self.dropped_bytes += len(data)
+            self._pause(DISCARD_PAUSE)
             return
         if len(data) > room:
             self.dropped_bytes += len(data) - room
@@ -401,10 +408,16 @@ class Run:
         text = decoder.decode(data, final=self.kept_bytes >= self.spec.output_cap)
         if text:
             self.observer.output(self, stream, text)
-        if not self.paused and self.state == "running" and self.observer.congested():
-            self.paused = True
-            self._transport.pauseProducing()
-            self._poll_call = self.runner.clock.callLater(CONGESTION_POLL, self._poll)
+        if self.observer.congested():
+            self._pause(CONGESTION_POLL)
+
+    def _pause(self, delay: float) -> None:
+        """Stop reading the program's output; look again in *delay* seconds."""
+        if self.paused or self.state != "running" or self._transport is None:
+            return
+        self.paused = True
+        self._transport.pauseProducing()
+        self._poll_call = self.runner.clock.callLater(delay, self._poll)
 
     def _poll(self) -> None:
         self._poll_call = None
