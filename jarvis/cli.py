@@ -473,6 +473,19 @@ class HookAddOptions(CommandOptions):
         ["rate", "r", 10, "Runs per minute per contact; more are dropped.", int],
     ]
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Options may come before or after NAME; everything after ``--`` is ARGV."""
+        if options is not None and "--" in options:
+            split = options.index("--")
+            try:
+                pairs, args = getopt.gnu_getopt(options[:split], self.shortOpt, self.longOpt)
+            except getopt.error as e:
+                raise usage.UsageError(str(e)) from None
+            flat = [p for opt, value in pairs for p in ((opt, value) if value else (opt,))]
+            options = [*flat, "--", *args, *options[split + 1 :]]
+            return usage.Options.parseOptions(self, options)
+        return super().parseOptions(options)
+
     def parseArgs(self, name: str, *argv: str) -> None:  # type: ignore[override]
         if not argv:
             raise usage.UsageError("hook add NAME -- PROGRAM [ARGS...]")
