@@ -90,6 +90,22 @@ class ExecApiTests(TestCase):
         self.assertEqual(listing["runs"], [])
         self.assertTrue(listing["finished"][-1]["result"]["cancelled"])
 
+    async def test_daemon_stop_kills_its_programs(self) -> None:
+        """When the daemon is stopped (SIGTERM) while a tree that ignores SIGTERM runs, then
+        the daemon exits and no process of the tree is left."""
+        peer = await one_daemon(self)
+        assert peer.client is not None
+        seen = Progress()
+        call = peer.client.call(
+            "exec.run", {"command": STUBBORN, "grace": 0.5, "timeout": 600}, progress=seen
+        )
+        call.addErrback(lambda _: None)  # the connection goes away with the daemon
+        await poll(lambda: seen.pid() is not None and len(group_members(seen.pid() or 0)) >= 3, 10)
+        pid = seen.pid()
+        assert pid is not None
+        await peer.process.stop()
+        await poll(lambda: group_members(pid) == [], 5)
+
     async def test_timeout_and_kill(self) -> None:
         """When a run passes its timeout, then the answer says timed_out with the signal;
         when exec.kill names a run, then its call answers killed."""
