@@ -90,6 +90,25 @@ class ExecApiTests(TestCase):
         self.assertEqual(listing["runs"], [])
         self.assertTrue(listing["finished"][-1]["result"]["cancelled"])
 
+    async def test_client_gone_kills_its_runs(self) -> None:
+        """When the client that started a run disconnects, then the run's tree is killed."""
+        from twisted.internet import reactor
+
+        from jarvis.ipc.client import IpcClient
+
+        peer = await one_daemon(self)
+        other = await IpcClient.connect(reactor, peer.process.endpoint)
+        seen = Progress()
+        call = other.call(
+            "exec.run", {"command": STUBBORN, "grace": 0.5, "timeout": 600}, progress=seen
+        )
+        call.addErrback(lambda _: None)
+        await poll(lambda: seen.pid() is not None and len(group_members(seen.pid() or 0)) >= 3, 10)
+        pid = seen.pid()
+        assert pid is not None
+        await other.close()
+        await poll(lambda: group_members(pid) == [], 10)
+
     async def test_daemon_stop_kills_its_programs(self) -> None:
         """When the daemon is stopped (SIGTERM) while a tree that ignores SIGTERM runs, then
         the daemon exits and no process of the tree is left."""

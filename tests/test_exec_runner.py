@@ -152,6 +152,15 @@ class TerminalTests(TestCase):
         await runner.start(RunSpec(("sh", "-c", script), pty=True), seen).done
         self.assertEqual(seen.text().strip(), "tty")
 
+    async def test_pty_has_a_size(self) -> None:
+        """When a run has a pseudo-terminal, then it is 80 columns by 24 rows (not 0x0)."""
+        runner = make_runner(self)
+        seen = Recorder()
+        # the program waits for its input, which the runner writes after setting the size
+        spec = RunSpec(("sh", "-c", "read x; stty size"), pty=True, stdin=b"go\n")
+        await runner.start(spec, seen).done
+        self.assertEqual(seen.text().strip().splitlines()[-1], "24 80")
+
     async def test_pipes_are_not_a_terminal(self) -> None:
         """When a run has no pseudo-terminal, then the program's stdout is not a terminal."""
         runner = make_runner(self)

@@ -28,10 +28,13 @@ secrets or message text): only ids, pids, exit status and byte counts.
 from __future__ import annotations
 
 import codecs
+import fcntl
 import itertools
 import os
 import shutil
 import signal
+import struct
+import termios
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +81,20 @@ DISCARD_PAUSE = 0.01
 SETSID = shutil.which("setsid")
 
 _SIGNAL_NAMES = {int(s): s.name for s in signal.Signals}
+
+#: The size of a run's pseudo-terminal (Twisted leaves it 0x0, which confuses programs that
+#: lay out their output: ``ls``, ``top``, progress bars).
+PTY_ROWS = 24
+PTY_COLUMNS = 80
+
+
+def _set_window_size(fd: int, rows: int, columns: int) -> None:
+    """Set the pseudo-terminal's size (the child may see the change as a ``SIGWINCH`` if it
+    started first)."""
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    except OSError:
+        pass
 
 
 class RunObserver(Protocol):
@@ -330,6 +347,8 @@ class Run:
             self._finish(failed=e)
             return
         self.pid = self._transport.pid
+        if spec.pty:
+            _set_window_size(self._transport.fileno(), PTY_ROWS, PTY_COLUMNS)
         self.log.debug("run {id} started: pid {pid}", id=self.id, pid=self.pid)
         if spec.stdin:
             self._transport.write(spec.stdin)
