@@ -168,6 +168,57 @@ class ExecApiTests(TestCase):
         self.assertEqual(out, b"a\\x1b]52;c;eA==\\x07b\n")
 
 
+class CliInterruptTests(TestCase):
+    timeout = 60
+
+    async def test_ctrl_c_cancels_the_run(self) -> None:
+        """When 'jarvis exec' gets SIGINT (Ctrl+C) while a tree that ignores SIGTERM runs, then
+        it exits 130 and the daemon kills the whole tree."""
+        import signal
+
+        from twisted.internet import protocol, reactor
+
+        peer = await one_daemon(self)
+
+        class Cli(protocol.ProcessProtocol):
+            def __init__(self) -> None:
+                self.ended: defer.Deferred[Any] = defer.Deferred()
+
+            def processEnded(self, reason: Any) -> None:
+                self.ended.callback(reason.value.exitCode)
+
+        cli = Cli()
+        transport = reactor.spawnProcess(  # type: ignore[attr-defined]
+            cli,
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "jarvis",
+                "--data-dir",
+                peer.data_dir,
+                "exec",
+                "--shell",
+                "--",
+                STUBBORN,
+            ],
+            env=child_env(),
+            path=REPO,
+        )
+        pids: list[int] = []
+
+        async def running() -> bool:
+            runs = (await peer.call("exec.list"))["runs"]
+            pids[:] = [r["pid"] for r in runs if r["pid"]]
+            return bool(pids) and len(group_members(pids[0])) >= 3
+
+        while not await running():
+            pass
+        transport.signalProcess(signal.SIGINT)
+        self.assertEqual(await cli.ended, 130)
+        await poll(lambda: group_members(pids[0]) == [], 10)
+
+
 class HookE2ETests(TestCase):
     timeout = 300
 
