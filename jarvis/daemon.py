@@ -7,7 +7,9 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the reactor-lag probe,
 - the :class:`~jarvis.core.node.Node` (identity, store, peers),
 - the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
-- the local API listener (``--ipc``), a ``strports`` service.
+- the local API listener (``--ipc``), a ``strports`` service,
+- the desktop notifier, then the process runner and the hooks (:mod:`jarvis.exec`), last so
+  that they stop first: every program the daemon started is gone before the node stops.
 
 A failed listen aborts start-up with the reason.  A second daemon on the same data directory is
 refused by a lock file before anything is written.  Starting records the start options in

@@ -73,13 +73,25 @@ class ApiRunObserver:
         return self._congested
 
 
+def _runner(inv: Invocation) -> Any:
+    runner = getattr(inv.ctx, "runner", None)
+    if runner is None:
+        raise errors.InvalidInput("this daemon runs no programs")
+    return runner
+
+
+def _hooks(inv: Invocation) -> Any:
+    hooks = getattr(inv.ctx, "hooks", None)
+    if hooks is None:
+        raise errors.InvalidInput("this daemon runs no hooks")
+    return hooks
+
+
 def exec_run(inv: Invocation) -> defer.Deferred[Any]:
     p = inv.params
     if ("argv" in p) == ("command" in p):
         raise jsonrpc.invalid_params("argv", "give exactly one of argv or command")
-    runner = inv.ctx.runner
-    if runner is None:
-        raise errors.InvalidInput("this daemon runs no programs")
+    runner = _runner(inv)
     stdin = p.get("stdin")
     options: dict[str, Any] = {
         "cwd": p.get("cwd"),
@@ -116,17 +128,17 @@ def exec_run(inv: Invocation) -> defer.Deferred[Any]:
 
 
 def exec_list(inv: Invocation) -> Any:
-    return inv.ctx.runner.listing()
+    return _runner(inv).listing()
 
 
 def exec_kill(inv: Invocation) -> Any:
-    run = inv.ctx.runner.get(inv.params["id"])
+    run = _runner(inv).get(inv.params["id"])
     run.kill()
     return {"id": run.id, "state": run.state}
 
 
 def hooks_list(inv: Invocation) -> Any:
-    return inv.ctx.hooks.listing()
+    return _hooks(inv).listing()
 
 
 def hooks_add(inv: Invocation) -> defer.Deferred[Any]:
@@ -143,7 +155,7 @@ def hooks_add(inv: Invocation) -> defer.Deferred[Any]:
             timeout=float(p.get("timeout", 10.0)),
             rate=int(p.get("rate", 10)),
         )
-        return inv.ctx.hooks.add(hook)
+        return _hooks(inv).add(hook)
 
     contact = p.get("contact")
     if not contact:
@@ -153,7 +165,7 @@ def hooks_add(inv: Invocation) -> defer.Deferred[Any]:
 
 
 def hooks_remove(inv: Invocation) -> defer.Deferred[Any]:
-    return inv.ctx.hooks.remove(inv.params["name"])
+    return _hooks(inv).remove(inv.params["name"])
 
 
 def _hook_name(value: str) -> str | None:
