@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, str] = {
     "ui": "bench.ui_bench",
     "mailbox": "bench.mailbox_bench",
     "transfer": "bench.transfer_bench",
+    "exec": "bench.exec_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

@@ -398,6 +398,130 @@ class RpcOptions(CommandOptions):
         self["params"] = value
 
 
+class ExecOptions(CommandOptions):
+    """Run a program in the daemon and stream its output here (Ctrl+C cancels it: its whole
+    process group is terminated). Put -- before ARGV when it has options of its own. The exit
+    status is the program's (128+N after signal N, 124 after the timeout). --list shows the
+    programs running and queued, --kill ID terminates one. No shell runs unless --shell is
+    given (ARGV is then one command line). Output is shown with control characters made
+    visible; --json prints JSON lines instead. See docs/exec.md."""
+
+    synopsis = (
+        "[--timeout S] [--pty] [--cwd DIR] [--env NAME=VALUE] [--shell] -- ARGV... "
+        "| --list | --kill ID"
+    )
+    optFlags = [
+        JSON_FLAG,
+        ["pty", None, "Run on a pseudo-terminal (the program sees a terminal)."],
+        ["shell", None, "Run ARGV, one command line, with /bin/sh -c."],
+        ["list", None, "List the programs running or queued in the daemon."],
+    ]
+    optParameters = [
+        ["timeout", "t", None, "Seconds before the program is terminated (default 60).", float],
+        ["cwd", None, None, "Working directory (default: the current one)."],
+        ["kill", None, None, "Terminate the run with this id (see --list).", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["env"] = {}
+
+    def opt_env(self, assignment: str) -> None:
+        """NAME=VALUE added to the program's environment; may be repeated."""
+        name, sep, value = assignment.partition("=")
+        if not sep or not name:
+            raise usage.UsageError(f"--env wants NAME=VALUE, not {assignment!r}")
+        self["env"][name] = value
+
+    def parseArgs(self, *argv: str) -> None:  # type: ignore[override]
+        self["argv"] = list(argv)
+
+    def postOptions(self) -> None:
+        modes = bool(self["argv"]) + bool(self["list"]) + (self["kill"] is not None)
+        if modes != 1:
+            raise usage.UsageError("give ARGV to run, or --list, or --kill ID")
+        if self["shell"] and len(self["argv"]) != 1:
+            raise usage.UsageError("--shell takes one command line: quote it")
+        if self["cwd"] is None:
+            self["cwd"] = os.getcwd()
+        self["cwd"] = os.path.abspath(self["cwd"])
+
+
+class HookAddOptions(CommandOptions):
+    """Bind a program to an event: it runs with the event as JSON on stdin and JARVIS_*
+    variables (JARVIS_CONTACT_UID, JARVIS_CONTACT_NAME, JARVIS_MESSAGE_ID, JARVIS_EVENT,
+    JARVIS_HOOK); with --reply its standard output is sent back to the contact. Put -- before
+    ARGV. See docs/exec.md."""
+
+    synopsis = (
+        "NAME [--event E] [--contact C] [--pattern RE] [--reply] [--timeout S] [--rate N] "
+        "-- ARGV..."
+    )
+    optFlags = [
+        JSON_FLAG,
+        ["reply", None, "Send the program's output (exit 0, not blank) back to the contact."],
+    ]
+    optParameters = [
+        [
+            "event",
+            "e",
+            "message.received",
+            "message.received, peer.statusChanged or contact.changed.",
+        ],
+        ["contact", "c", None, "Only this contact (default: every contact)."],
+        ["pattern", "p", None, "Only message bodies matching this regular expression."],
+        ["timeout", "t", 10.0, "Seconds per run.", float],
+        ["rate", "r", 10, "Runs per minute per contact; more are dropped.", int],
+    ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Options may come before or after NAME; everything after ``--`` is ARGV."""
+        if options is not None and "--" in options:
+            split = options.index("--")
+            try:
+                pairs, args = getopt.gnu_getopt(options[:split], self.shortOpt, self.longOpt)
+            except getopt.error as e:
+                raise usage.UsageError(str(e)) from None
+            flat = [p for opt, value in pairs for p in ((opt, value) if value else (opt,))]
+            options = [*flat, "--", *args, *options[split + 1 :]]
+            return usage.Options.parseOptions(self, options)
+        return super().parseOptions(options)
+
+    def parseArgs(self, name: str, *argv: str) -> None:  # type: ignore[override]
+        if not argv:
+            raise usage.UsageError("hook add NAME -- PROGRAM [ARGS...]")
+        self["name"] = name
+        self["argv"] = list(argv)
+
+
+class HookListOptions(CommandOptions):
+    """List the hooks and their figures (runs, failures, replies, dropped events)."""
+
+
+class HookRemoveOptions(CommandOptions):
+    """Remove a hook."""
+
+    synopsis = "NAME"
+
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+        self["name"] = name
+
+
+class HookCommandOptions(CommandOptions):
+    """Programs run on events (auto-replies, notifiers); configured only here, locally."""
+
+    synopsis = "add|list|remove"
+    subCommands = [
+        ["add", None, HookAddOptions, "Bind a program to an event."],
+        ["list", None, HookListOptions, "List the hooks."],
+        ["remove", None, HookRemoveOptions, "Remove a hook."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("hook needs add, list or remove")
+
+
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
@@ -435,6 +559,8 @@ class Options(usage.Options):
         ["passwd", None, PasswdOptions, "Change the master password."],
         ["watch", None, WatchOptions, "Print events as JSON lines."],
         ["rpc", None, RpcOptions, "Call an API method."],
+        ["exec", None, ExecOptions, "Run a program in the daemon, streaming its output."],
+        ["hook", None, HookCommandOptions, "Add, list or remove hooks (programs run on events)."],
         ["export", None, ExportOptions, "Export the account to a sealed file."],
         ["import", None, ImportOptions, "Import an exported account."],
         ["delete-account", None, DeleteAccountOptions, "Delete the account and its data."],

@@ -853,6 +853,124 @@ async def cmd_rpc(session: Session, sub: usage.Options, inputs: dict[str, Any]) 
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
+#: ``jarvis exec``'s exit status after the program's timeout (as timeout(1)).
+EXIT_TIMED_OUT = 124
+
+
+def exec_status(result: dict[str, Any]) -> int:
+    """``jarvis exec``'s exit status for an ``exec.run`` result."""
+    if result.get("timed_out"):
+        return EXIT_TIMED_OUT
+    if result.get("exit_code") is not None:
+        return int(result["exit_code"])
+    name = result.get("signal")
+    try:
+        return 128 + int(signal.Signals[name]) if name else 1
+    except KeyError:
+        return 1
+
+
+def _run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    from jarvis.textsafe import human_bytes, human_duration
+
+    lines = []
+    for run in runs:
+        argv = terminal_safe(" ".join(run["argv"]), keep_newlines=False)
+        size = human_bytes(run["bytes"]["stdout"] + run["bytes"]["stderr"])
+        pid = run["pid"] if run["pid"] is not None else "-"
+        lines.append(
+            f"{run['id']:>5}  {run['state']:<8} pid {pid}  {human_duration(run['age'])}  "
+            f"{size}  {run['owner']}  {argv}"
+        )
+    return lines
+
+
+async def cmd_exec(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``exec [OPTIONS] -- ARGV...``, ``exec --list``, ``exec --kill ID``."""
+    if sub["list"]:
+        listing = await session.call("exec.list")
+        lines = [
+            f"{listing['running']} running, {listing['queued']} queued "
+            f"(at most {listing['limit']} at once)",
+            *_run_lines(listing["runs"]),
+        ]
+        session.emit("\n".join(lines), listing)
+        return
+    if sub["kill"] is not None:
+        killed = await session.call("exec.kill", {"id": sub["kill"]})
+        session.emit(f"run {killed['id']}: {killed['state']}", killed)
+        return
+    params: dict[str, Any] = {"cwd": sub["cwd"], "pty": bool(sub["pty"])}
+    if sub["shell"]:
+        params["command"] = sub["argv"][0]
+    else:
+        params["argv"] = sub["argv"]
+    if sub["env"]:
+        params["env"] = sub["env"]
+    if sub["timeout"] is not None:
+        params["timeout"] = sub["timeout"]
+    as_json = session.options.wants_json()
+
+    def show(value: Any) -> None:
+        if not isinstance(value, dict):
+            return
+        if as_json:
+            print(json_text(value), flush=True)
+        elif value.get("stage") == "output":
+            # the program's bytes are not trusted: no escape sequence reaches the terminal
+            out = sys.stderr if value.get("stream") == "stderr" else sys.stdout
+            out.write(terminal_safe(value.get("text", "")))
+            out.flush()
+        elif value.get("stage") == "queued":
+            note(f"jarvis: queued behind {value.get('ahead', '?')} other programs")
+
+    result = await session.call("exec.run", params, progress=show)
+    if as_json:
+        print(json_text({"stage": "result", **result}), flush=True)
+    else:
+        if result["bytes"]["dropped"]:
+            note(f"jarvis: {result['bytes']['dropped']} more bytes of output were not kept")
+        if result["timed_out"]:
+            note(f"jarvis: timed out after {result['duration']:.1f} s")
+    status = exec_status(result)
+    if status:
+        raise SystemExit(status)
+
+
+async def cmd_hook(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``hook add|list|remove``."""
+    action, opts = sub.subCommand, sub.subOptions
+    if action == "add":
+        params: dict[str, Any] = {
+            "name": opts["name"],
+            "argv": opts["argv"],
+            "event": opts["event"],
+            "reply": bool(opts["reply"]),
+            "timeout": opts["timeout"],
+            "rate": opts["rate"],
+        }
+        for key in ("contact", "pattern"):
+            if opts[key] is not None:
+                params[key] = opts[key]
+        hook = await session.call("hooks.add", params)
+        session.emit(f"hook {hook['name']} added", hook)
+    elif action == "remove":
+        removed = await session.call("hooks.remove", {"name": opts["name"]})
+        session.emit(f"hook {opts['name']} removed", removed)
+    else:
+        listing = await session.call("hooks.list")
+        lines = []
+        for hook in listing["hooks"]:
+            argv = terminal_safe(" ".join(hook["argv"]), keep_newlines=False)
+            who = hook["contact"][:12] if hook["contact"] else "anyone"
+            reply = " reply" if hook["reply"] else ""
+            lines.append(
+                f"{hook['name']}: {hook['event']} from {who}{reply}: {argv} "
+                f"(ran {hook['ran']}, failed {hook['failed']}, dropped {hook['dropped']})"
+            )
+        session.emit("\n".join(lines) if lines else "no hooks", listing)
+
+
 COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "init": cmd_init,
     "daemon": cmd_daemon,
@@ -871,6 +989,8 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "passwd": cmd_passwd,
     "watch": cmd_watch,
     "rpc": cmd_rpc,
+    "exec": cmd_exec,
+    "hook": cmd_hook,
     "export": cmd_export,
     "import": cmd_import,
     "delete-account": cmd_delete_account,

@@ -7,7 +7,9 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the reactor-lag probe,
 - the :class:`~jarvis.core.node.Node` (identity, store, peers),
 - the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
-- the local API listener (``--ipc``), a ``strports`` service.
+- the local API listener (``--ipc``), a ``strports`` service,
+- the desktop notifier, then the process runner and the hooks (:mod:`jarvis.exec`), last so
+  that they stop first: every program the daemon started is gone before the node stops.
 
 A failed listen aborts start-up with the reason.  A second daemon on the same data directory is
 refused by a lock file before anything is written.  Starting records the start options in
@@ -116,6 +118,8 @@ class DaemonOptions(usage.Options):
             "Local API endpoint (default: a 0600 UNIX socket in the per-user runtime directory).",
         ],
         ["log-level", None, "info", f"Minimum level of the JSON log: {', '.join(LEVELS)}."],
+        ["exec-limit", None, "16", "Programs (exec.run and hooks) running at once; more queue."],
+        ["hook-limit", None, "4", "Hook programs running at once (within --exec-limit)."],
         [
             "password-file",
             None,
@@ -148,6 +152,13 @@ class DaemonOptions(usage.Options):
             raise usage.UsageError(str(e))
         if self["ipc"] and self["ipc"].startswith("tcp:"):
             self["ipc"] = loopback_only(self["ipc"], allow_remote=self["ipc-allow-remote"])
+        for limit in ("exec-limit", "hook-limit"):
+            try:
+                self[limit] = int(self[limit])
+            except ValueError:
+                raise usage.UsageError(f"--{limit} must be a whole number") from None
+            if not 1 <= self[limit] <= 1024:
+                raise usage.UsageError(f"--{limit} must be between 1 and 1024")
         if self["data-dir"] is None:
             self["data-dir"] = paths.default_data_dir()
         self["data-dir"] = os.path.abspath(os.path.expanduser(self["data-dir"]))
@@ -351,6 +362,19 @@ class JarvisDaemon(MultiService):
                     endpoint=ipc_desc,
                 )
         factory: Any = IpcServerFactory(build_registry(), None, clock=reactor, require_token=token)
+        from jarvis.exec.hooks import HookDispatcher
+        from jarvis.exec.runner import ProcessRunner
+
+        # added last, so stopped first: every child program is gone before the node stops
+        self.runner = ProcessRunner(reactor, limit=int(options["exec-limit"]))
+        self.hooks = HookDispatcher(
+            self.node,
+            self.runner,
+            self.data_dir,
+            self.run_blocking,
+            reactor,
+            limit=int(options["hook-limit"]),
+        )
         self.context = MethodContext(
             node=self.node,
             clock=reactor,
@@ -364,6 +388,8 @@ class JarvisDaemon(MultiService):
             stop_daemon=self.stop_daemon,
             pool_stats={"blocking": self.blocking_pool_stats, "store": self.store_pool_stats},
             clients=factory.client_figures,
+            runner=self.runner,
+            hooks=self.hooks,
         )
         factory.ctx = self.context
         self._ipc_factory = factory
@@ -377,6 +403,8 @@ class JarvisDaemon(MultiService):
 
         self.notifier = Notifier(reactor, self.node, is_shown)
         self.notifier.setServiceParent(self)
+        self.runner.setServiceParent(self)
+        self.hooks.setServiceParent(self)
 
     # -- helpers given to the node and the API ------------------------------------------------
 

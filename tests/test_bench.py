@@ -45,6 +45,29 @@ CEILING_KEYS = {
 
 #: Figures of each benchmark (besides the ceiling) that a smoke run must produce.
 BENCHMARK_KEYS = {
+    "exec": {
+        "line_latency_p50_ms",
+        "line_latency_p99_ms",
+        "flood_runs",
+        "flood_status_p50_ms",
+        "flood_status_p99_ms",
+        "flood_status_max_ms",
+        "flood_status_samples",
+        "flood_stall_ms",
+        "flood_kept_mib",
+        "flood_dropped_mib",
+        "setup_stall_ms",
+        "load_avg_1min",
+        "true_runs_per_s",
+        "raw_spawn_true_per_s",
+        "true_stall_ms",
+        "hook_flood_messages",
+        "hook_flood_delivered",
+        "hook_flood_msgs_per_s",
+        "hook_flood_peak_processes",
+        "hook_flood_hook_runs",
+        "hook_flood_dropped_events",
+    },
     "store": {
         "persist_msgs_per_s",
         "msgs_per_transaction",
@@ -84,6 +107,9 @@ BENCHMARK_KEYS = {
 
 #: Figures that may legitimately be zero (a stall or lag that did not happen, no CPU tick).
 MAY_BE_ZERO = {
+    "flood_dropped_mib",
+    "hook_flood_dropped_events",
+    "load_avg_1min",
     "stall_persist_ms",
     "stall_history_ms",
     "stall_unlock_ms",
@@ -180,6 +206,12 @@ class BenchmarkSmokeRunTests(TestCase):
         """When the messaging benchmark runs two daemons at smoke size, then it reports
         throughput, latency and lag with ratios to the ceiling."""
         await self.check_smoke("messaging")
+
+    async def test_exec(self) -> None:
+        """When the exec benchmark runs at smoke size, then it reports line latency, the
+        flood's status round trips and stall, true runs/s against raw spawns and the hooked
+        message flood."""
+        await self.check_smoke("exec")
 
     async def test_scale(self) -> None:
         """When the scale benchmark runs a daemon with 20 simulated peers, then it reports

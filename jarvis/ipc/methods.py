@@ -21,6 +21,7 @@ from twisted.internet import defer
 from jarvis.core.events import EVENT_DOCS
 from jarvis.core.node import MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
+from jarvis.exec.api import exec_specs
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
@@ -72,6 +73,10 @@ class MethodContext:
     lag_probe: Any = None
     pool_stats: Mapping[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     clients: Callable[[], dict[str, int]] | None = None
+    #: the :class:`~jarvis.exec.runner.ProcessRunner` for ``exec.*`` (``None``: no programs)
+    runner: Any = None
+    #: the :class:`~jarvis.exec.hooks.HookDispatcher` for ``hooks.*``
+    hooks: Any = None
 
 
 def _non_empty(value: str) -> str | None:
@@ -689,6 +694,7 @@ def method_specs() -> tuple[MethodSpec, ...]:
             deadline=5.0,
             needs_unlocked=False,
         ),
+        *exec_specs(),
     )
 
 
