@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet import defer
 
 from jarvis.core.events import EVENT_DOCS
+from jarvis.core.interfaces import NodeApi
 from jarvis.core.node import MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
 from jarvis.ipc import jsonrpc
@@ -54,7 +55,7 @@ class DaemonInfo:
 class MethodContext:
     """Everything the methods may use.
 
-    :param node: the ``Node`` (or a :class:`jarvis.testing.FakeNode`).
+    :param node: the node's API (a ``Node``, or a :class:`jarvis.testing.FakeNode`).
     :param clock: the reactor's time interface.
     :param info: static facts for ``daemon.status``.
     :param stop_daemon: stops the daemon gracefully (``daemon.stop`` calls it after answering).
@@ -65,7 +66,7 @@ class MethodContext:
         flushed, and how many were disconnected with ``$/lagged``.
     """
 
-    node: Any
+    node: NodeApi
     clock: Any
     info: DaemonInfo
     stop_daemon: Callable[[], Any]
