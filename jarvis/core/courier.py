@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
@@ -43,8 +43,7 @@ from jarvis.core.views import message_view
 from jarvis.errors import InvalidInput, StorageFull, TooLarge
 from jarvis.logs import log_id, redact
 from jarvis.store.database import Store
-from jarvis.store.records import Contact, new_message_id
-from jarvis.store.records import Message as StoredMessage
+from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
 
 
@@ -200,7 +199,7 @@ class Courier:
                 # the copy.
                 pump.last_seq = stored.seq
                 self._write(pump, stored)
-                stored = replace(stored, state="sent")
+                stored = copy_unchecked(stored, state="sent")
             else:
                 # The window is full (or paused): the stream reads it from the store later.
                 pump.caught_up = False

@@ -20,16 +20,13 @@ from twisted.internet import defer
 
 from jarvis.core.events import EVENT_DOCS
 from jarvis.core.interfaces import NodeApi
-from jarvis.core.node import MAX_TEXT_BYTES
+from jarvis.core.limits import MAX_HISTORY_PAGE, MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
 #: The longest message text, in UTF-8 bytes (the node's rule, named here for the docs).
 MAX_MESSAGE_BYTES = MAX_TEXT_BYTES
-
-#: The largest page ``messages.history`` returns.
-MAX_HISTORY_PAGE = 200
 
 #: How long ``daemon.stop`` waits before stopping, so that its answer reaches the caller.
 STOP_DELAY = 0.05
