@@ -742,15 +742,17 @@ class _Rows:
         )
 
     def add_outgoing(self, message: StoredMessage) -> StoredMessage:
-        if message.direction != "out":
-            raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
-        seq = self._append(message)
-        if seq is None:
-            raise DuplicateMessage(f"message {message.id} is already stored")
-        return copy_unchecked(message, seq=seq)
+        """One outgoing message, through the same write path as a batch of them."""
+        try:
+            return self._add_outgoing_many([message])[0]
+        except sqlite3.IntegrityError:
+            if self._exists(self._index(message.contact), message.id):
+                raise DuplicateMessage(f"message {message.id} is already stored") from None
+            raise
 
     def _add_outgoing_many(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
-        """:meth:`add_outgoing` for several messages, with multi-row INSERTs (:meth:`_insert_rows`).
+        """Store outgoing messages with multi-row INSERTs (:meth:`_insert_rows`): the one write
+        path of outgoing messages (:meth:`add_outgoing` is this for one).
 
         (Queued and sent messages are in the outbox by their state: the outbox is a partial
         index of ``messages``, see :data:`jarvis.store.schema.OUTBOX_WHERE`.)
