@@ -137,7 +137,7 @@ async def measure(reactor: Any, count: int, rounds: int) -> dict[str, Any]:
     from twisted.internet.defer import Deferred, gatherResults
     from twisted.internet.task import deferLater
 
-    from jarvis.store import Message, Store
+    from jarvis.store import Store, StoredMessage
     from jarvis.store.records import new_message_id
 
     # As the daemon's startService does: what start-up built lives as long as the process.
@@ -162,7 +162,9 @@ async def measure(reactor: Any, count: int, rounds: int) -> dict[str, Any]:
                     gatherResults(
                         [
                             store.add_outgoing(
-                                Message(new_message_id(now), CONTACT, "out", body, "queued", now)
+                                StoredMessage(
+                                    new_message_id(now), CONTACT, "out", body, "queued", now
+                                )
                             )
                             for _ in range(min(BURST, count - first))
                         ]

@@ -102,7 +102,7 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
     from jarvis.core.node import DATABASE, KEYFILE
     from jarvis.crypto import keyfile
     from jarvis.crypto.aead import RowCipher
-    from jarvis.store import Message, Store
+    from jarvis.store import Store, StoredMessage
 
     with open(os.path.join(data_dir, KEYFILE), "rb") as f:
         content = f.read()
@@ -124,12 +124,12 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
                 when = base + i
                 body = f"m{i:06d} the quick brown fox jumps over the lazy dog"
                 if i % 2:
-                    message = Message(
+                    message = StoredMessage(
                         secrets.token_hex(16), contact, "in", body, "read", when, read=when
                     )
                     batch.append(store.add_incoming(message))
                 else:
-                    message = Message(
+                    message = StoredMessage(
                         secrets.token_hex(16),
                         contact,
                         "out",

@@ -1,6 +1,7 @@
 """Public, interface-true fakes for tests of code that talks to Jarvis.
 
-:class:`FakeNode` implements the ``Node`` interface of :mod:`jarvis.core.node` in memory: an
+:class:`FakeNode` implements :class:`jarvis.core.interfaces.NodeApi` (the interface the real
+:class:`~jarvis.core.node.Node` implements too; mypy checks both) in memory: an
 identity with a password, contacts, conversations, unread counts, peers and events, with the
 same error classes as the real Node.  Tests can pause a method (:meth:`FakeNode.pause`) to hold
 calls in flight, then release or cancel them, and can inject incoming messages and state
@@ -13,15 +14,18 @@ import base64
 import hashlib
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer
 
 from jarvis import errors
 from jarvis.core.events import Events, Observer
+from jarvis.core.interfaces import NodeApi
+from jarvis.core.node import DEFAULT_SETTINGS
 from jarvis.core.views import summary_level
 from jarvis.crypto import errors as crypto_errors
+from jarvis.store.records import Contact
 
 
 def fake_uid(seed: str) -> str:
@@ -89,6 +93,7 @@ class FakeNode:
         self._ids = itertools.count(1)
         self._events = Events()
         self._paused: dict[str, PausedCalls] = {}
+        self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
         #: Names of the methods called, in order (never their arguments).
         self.calls: list[str] = []
 
@@ -180,10 +185,10 @@ class FakeNode:
 
         return self._call("unlock", work)
 
-    def lock(self) -> defer.Deferred[None]:
+    def lock(self, *, wipe: bool = False) -> defer.Deferred[None]:
         def work() -> None:
             self.locked = True
-            self.emit("identity.locked", {})
+            self.emit("identity.locked", {"wiped": wipe} if wipe else {})
 
         return self._call("lock", work)
 
@@ -227,34 +232,55 @@ class FakeNode:
             raise errors.Ambiguous(f"{ref!r} matches {len(matches)} contacts")
         return matches[0]
 
+    def resolve(self, ref: str) -> Contact:
+        """Find a contact by alias, name or uid prefix, as the store's record."""
+        c = self._resolve(ref)
+        return Contact(
+            uid=c["uid"],
+            public_key=b"",
+            name=c["name"],
+            addresses=tuple(c["addresses"]),
+            alias=c["alias"],
+            verified=c["verified"],
+            blocked=c["blocked"],
+            muted=c["muted"],
+            read_receipts=c["read_receipts"],
+        )
+
     def add_contact(
         self,
         *,
         link: str | None = None,
         card: str | None = None,
+        uid: str | None = None,
+        addresses: Sequence[str] | None = None,
         name: str | None = None,
         verified: bool = False,
     ) -> defer.Deferred[Any]:
         def work() -> dict[str, Any]:
-            if link is not None:
+            if uid is not None:
+                if link is not None or card is not None or not addresses:
+                    raise errors.InvalidInput("give a uid with at least one HOST:PORT address")
+                link_uid, their_name = uid, name or uid[:8]
+            elif link is not None:
                 if not link.startswith("jarvis://"):
                     raise crypto_errors.NotALink()
-                uid, _, their_name = link[len("jarvis://") :].partition("/")
-                if len(uid) != 52 or not their_name:
+                link_uid, _, their_name = link[len("jarvis://") :].partition("/")
+                if len(link_uid) != 52 or not their_name:
                     raise crypto_errors.DamagedLink()
             else:
                 try:
                     parsed = json.loads(card or "")
-                    uid, their_name = parsed["uid"], parsed["name"]
+                    link_uid, their_name = parsed["uid"], parsed["name"]
                 except (ValueError, KeyError, TypeError):
                     raise crypto_errors.MalformedCardFile() from None
             contact: dict[str, Any] = {
-                "uid": uid,
+                "uid": link_uid,
                 "name": their_name,
-                "alias": name,
-                "fingerprint": " ".join(uid[i : i + 4] for i in range(0, 32, 4)),
-                "safety_code": uid[:12],
-                "addresses": [],
+                "alias": name if uid is None else None,
+                "fingerprint": " ".join(link_uid[i : i + 4] for i in range(0, 32, 4)),
+                "safety_code": link_uid[:12],
+                "addresses": list(addresses or ()),
                 "verified": verified,
                 "blocked": False,
                 "muted": False,
@@ -263,8 +289,8 @@ class FakeNode:
                 "unread": 0,
                 "last_activity": None,
             }
-            self._contacts[uid] = contact
-            self._messages.setdefault(uid, [])
+            self._contacts[link_uid] = contact
+            self._messages.setdefault(link_uid, [])
             self.emit("contact.changed", {"contact": dict(contact)})
             return dict(contact)
 
@@ -391,6 +417,72 @@ class FakeNode:
             "unread_counts", lambda: {uid: c["unread"] for uid, c in self._contacts.items()}
         )
 
+    # settings, account, peers -------------------------------------------------------------------
+
+    def get_settings(self) -> dict[str, bool]:
+        """Return the settings (synchronously)."""
+        self.calls.append("get_settings")
+        return dict(self._settings)
+
+    def update_settings(self, **changes: bool) -> defer.Deferred[Any]:
+        def work() -> dict[str, bool]:
+            unknown = set(changes) - set(self._settings)
+            if unknown:
+                raise errors.InvalidInput(f"unknown setting {sorted(unknown)[0]!r}")
+            self._settings.update({k: bool(v) for k, v in changes.items()})
+            self.emit("settings.changed", {"settings": dict(self._settings)})
+            return dict(self._settings)
+
+        return self._call("update_settings", work)
+
+    def export_account(
+        self, path: str, password: str, *, progress: Callable[[Any], None]
+    ) -> defer.Deferred[Any]:
+        """Pretend to write an export (nothing is written); answers like ``Node``."""
+
+        def work() -> dict[str, Any]:
+            if self.locked:
+                raise errors.Locked("the identity is locked")
+            progress({"stage": "sealing", "percent": 40})
+            return {"path": path, "bytes": 0}
+
+        return self._call("export_account", work)
+
+    def import_account(
+        self, path: str, export_password: str, password: str, *, progress: Callable[[Any], None]
+    ) -> defer.Deferred[Any]:
+        """Refuse, as ``Node`` does, when an identity exists; else become *path*'s identity."""
+
+        def work() -> dict[str, Any]:
+            if self.has_identity:
+                raise errors.IdentityExists("import needs an empty data directory")
+            progress({"stage": "opening export", "percent": 10})
+            name = "imported"
+            self.has_identity, self.locked = True, False
+            self._name, self._uid, self._password = name, fake_uid("me:" + path), password
+            return {"uid": self._uid, "name": name}
+
+        return self._call("import_account", work)
+
+    def delete_account(self, password: str) -> defer.Deferred[Any]:
+        def work() -> dict[str, Any]:
+            if not self.has_identity:
+                raise errors.NoIdentity("there is no identity to delete")
+            if password != self._password:
+                raise crypto_errors.WrongPassword()
+            self.has_identity, self.locked = False, True
+            self._contacts.clear()
+            self._messages.clear()
+            self.emit("identity.locked", {"wiped": True, "deleted": True})
+            return {"removed": 1}
+
+        return self._call("delete_account", work)
+
+    def redial(self, ref: str) -> dict[str, Any]:
+        """Answer like ``Node.redial`` (synchronously; fake peers stay as they are)."""
+        c = self._resolve(ref)
+        return {"uid": c["uid"], "status": c["status"]}
+
     def peers_status(self) -> dict[str, Any]:
         """Return the peers' connection figures (synchronously; every fake peer is offline)."""
         peers = [
@@ -429,3 +521,8 @@ class FakeNode:
     def observer_count(self) -> int:
         """How many observers are subscribed (tests check that connections unsubscribe)."""
         return len(self._events)
+
+
+def _declared(node: FakeNode) -> NodeApi:
+    """Never called: mypy checks here that :class:`FakeNode` satisfies :class:`NodeApi`."""
+    return node

@@ -31,7 +31,7 @@ async def write_messages(
     """Write *count* messages in bursts, acknowledging each on stdout as it is committed."""
     from twisted.internet.defer import Deferred, gatherResults
 
-    from jarvis.store import Message, Store
+    from jarvis.store import Store, StoredMessage
     from tests.test_store import AESGCMRowCipher
 
     store = await Store.open(
@@ -44,10 +44,14 @@ async def write_messages(
             message_id = secrets.token_hex(16)
             contact = CONTACTS[(written + i) % len(CONTACTS)]
             if i % 2:
-                message = Message(message_id, contact, "in", f"in {i}", "received", time.time())
+                message = StoredMessage(
+                    message_id, contact, "in", f"in {i}", "received", time.time()
+                )
                 d: Deferred[Any] = store.add_incoming(message)
             else:
-                message = Message(message_id, contact, "out", f"out {i}", "queued", time.time())
+                message = StoredMessage(
+                    message_id, contact, "out", f"out {i}", "queued", time.time()
+                )
                 d = store.add_outgoing(message)
             d.addCallback(acknowledge, message_id)
             burst.append(d)

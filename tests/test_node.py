@@ -268,9 +268,9 @@ class ContactTests(TestCase):
         """When a contact is blocked, then the network forgets it and it is not acceptable; when
         removed with history, its messages are gone."""
         node, _clock, _events, key = await node_with_bob(self)
-        self.assertTrue(node.is_acceptable(key.uid))
+        self.assertTrue(node.contacts.is_acceptable(key.uid))
         await node.update_contact("Bob", blocked=True)
-        self.assertFalse(node.is_acceptable(key.uid))
+        self.assertFalse(node.contacts.is_acceptable(key.uid))
         self.assertIn(("forget", key.uid), node.networks[0].calls)
         await node.update_contact("Bob", blocked=False)
         await node.send_message("Bob", "x")

@@ -18,7 +18,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import TestCase
 
-from jarvis.core.node import RETRANSMIT_INITIAL, WINDOW_BYTES, WINDOW_MESSAGES, Node
+from jarvis.core.limits import MAX_HISTORY_PAGE, RETRANSMIT_INITIAL, WINDOW_BYTES, WINDOW_MESSAGES
+from jarvis.core.node import Node
 from jarvis.errors import StorageFull
 from jarvis.ipc.jsonrpc import STORAGE, error_from_exception
 from jarvis.protocol.session import PeerSession
@@ -287,7 +288,7 @@ async def bodies(node: Node, ref: str) -> list[str]:
     found: list[str] = []
     before = None
     while True:
-        page = await node.history(ref, limit=500, before=before)
+        page = await node.history(ref, limit=MAX_HISTORY_PAGE, before=before)
         found[:0] = [m["body"] for m in reversed(page["messages"])]
         before = page["next"]
         if before is None:
@@ -305,7 +306,7 @@ class RetransmitTests(TestCase):
         session, each stored once, in order, and the sender sees them delivered."""
         alice, bob, tap, clock = await two_nodes(self)
         link = Link(clock, alice, bob, tap)
-        await link.until(lambda: bob._pumps and alice._pumps, "the session")
+        await link.until(lambda: bob.courier._pumps and alice.courier._pumps, "the session")
         bob_store = bob._store
         assert bob_store is not None
         await fill_disk(bob_store)
@@ -324,11 +325,11 @@ class RetransmitTests(TestCase):
         clock.advance(0.5)
         await link.until(lambda: len(tap.received) == 6, "the copies")
         uid = bob.info()["uid"]
-        await link.until(lambda: not alice._pumps[uid].in_flight, "the acks")
+        await link.until(lambda: not alice.courier._pumps[uid].in_flight, "the acks")
         self.assertEqual(await bodies(bob, "Alice"), texts)
         self.assertEqual(await outbox_ids(alice, uid), [])
         self.assertEqual((link.alice.state, link.bob.state), ("established", "established"))
-        self.assertIs(alice._pumps[uid].session, link.alice)
+        self.assertIs(alice.courier._pumps[uid].session, link.alice)
 
     async def test_retransmission_backs_off_and_resets(self) -> None:
         """When no ack comes, then the copies go after 5 s, then 10 s, 20 s ... at most 60 s
@@ -374,7 +375,7 @@ class ExactlyOnceAcrossCutsTests(TestCase):
         first.cut()
         second = Link(clock, alice, bob, tap)
         await second.until(lambda: len(tap.received) == 600, "the rest")
-        await second.until(lambda: not alice._pumps[bob_uid].in_flight, "the acks")
+        await second.until(lambda: not alice.courier._pumps[bob_uid].in_flight, "the acks")
         self.assertEqual([m.hex() for m in tap.received], [m["id"] for m in ids])
         self.assertEqual(await bodies(bob, "Alice"), [f"n{i}" for i in range(600)])
         self.assertEqual(await outbox_ids(alice, bob_uid), [])

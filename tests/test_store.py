@@ -31,16 +31,16 @@ from jarvis.store import (
     CorruptRow,
     CorruptStore,
     DuplicateMessage,
-    Message,
     SchemaTooNew,
     Store,
     StoreClosed,
+    StoredMessage,
     StoreNotEmpty,
     WrongStoreKey,
     schema,
 )
 from jarvis.store.database import DELIVERY_CHUNK, associated_data, blind_index
-from jarvis.store.records import new_message_id
+from jarvis.store.records import copy_unchecked, new_message_id
 from jarvis.store.schema import OUTBOX_WHERE, SCHEMA_VERSION
 
 reactor: Any = _reactor
@@ -80,7 +80,7 @@ def make_contact(uid: str = ALICE, **changes: Any) -> Contact:
 
 def make_message(
     contact: str = ALICE, direction: str = "out", body: str = "hello", **changes: Any
-) -> Message:
+) -> StoredMessage:
     """Return a new message with a random id, queued (out) or received (in)."""
     fields: dict[str, Any] = {
         "id": secrets.token_hex(16),
@@ -91,7 +91,7 @@ def make_message(
         "created": time.time(),
     }
     fields.update(changes)
-    return Message(**fields)
+    return StoredMessage(**fields)
 
 
 class StoreTestCase(TestCase):
@@ -272,7 +272,7 @@ class MigrationTests(StoreTestCase):
         )
         outbox = await store.outbox(ALICE)
         self.assertEqual([m.id for m in outbox], [rows[1][0], rows[3][0], rows[5][0]])
-        await store.update_state(rows[3][0], "delivered", time.time())
+        await advance(store, rows[3][0], "delivered", time.time())
         outbox = await store.outbox(ALICE)
         self.assertEqual([m.id for m in outbox], [rows[1][0], rows[5][0]])
         duplicate = make_message(ALICE, "out", id=rows[0][0])
@@ -406,7 +406,9 @@ class IncomingTests(StoreTestCase):
         store = await self.open_store()
         message = make_message(ALICE, direction="in")
         self.assertTrue(await store.add_incoming(message))
-        self.assertTrue(await store.add_incoming(Message(**{**vars(message), "contact": BOB})))
+        self.assertTrue(
+            await store.add_incoming(StoredMessage(**{**vars(message), "contact": BOB}))
+        )
 
     async def test_incoming_not_in_outbox(self) -> None:
         """When an incoming message is stored, then no outbox lists it."""
@@ -415,14 +417,21 @@ class IncomingTests(StoreTestCase):
         self.assertEqual(await store.outbox(ALICE), [])
 
 
+async def advance(store: Store, message_id: str, state: str, at: float) -> Any:
+    """Advance one message through :meth:`Store.advance_states`; return it as stored now, or
+    ``None`` if it did not change."""
+    changed = await store.advance_states([message_id], state, at)
+    return await store.get_message(message_id) if changed else None
+
+
 class StateTests(StoreTestCase):
     async def test_advances_and_sets_timestamps(self) -> None:
         """When a message goes sent, delivered, read, then each timestamp is set."""
         store = await self.open_store()
         message = await store.add_outgoing(make_message())
-        sent = await store.update_state(message.id, "sent", 10.0)
-        delivered = await store.update_state(message.id, "delivered", 11.0)
-        read = await store.update_state(message.id, "read", 12.0)
+        sent = await advance(store, message.id, "sent", 10.0)
+        delivered = await advance(store, message.id, "delivered", 11.0)
+        read = await advance(store, message.id, "read", 12.0)
         assert sent is not None and delivered is not None and read is not None
         self.assertEqual((sent.state, sent.sent), ("sent", 10.0))
         self.assertEqual((delivered.state, delivered.delivered), ("delivered", 11.0))
@@ -433,10 +442,10 @@ class StateTests(StoreTestCase):
         """When an older or equal state is set, then nothing changes and None is returned."""
         store = await self.open_store()
         message = await store.add_outgoing(make_message())
-        await store.update_state(message.id, "delivered", 11.0)
-        self.assertIsNone(await store.update_state(message.id, "sent", 12.0))
-        self.assertIsNone(await store.update_state(message.id, "delivered", 13.0))
-        self.assertIsNone(await store.update_state(message.id, "queued", 14.0))
+        await advance(store, message.id, "delivered", 11.0)
+        self.assertIsNone(await advance(store, message.id, "sent", 12.0))
+        self.assertIsNone(await advance(store, message.id, "delivered", 13.0))
+        self.assertIsNone(await advance(store, message.id, "queued", 14.0))
         stored = await store.get_message(message.id)
         assert stored is not None
         self.assertEqual((stored.state, stored.sent, stored.delivered), ("delivered", None, 11.0))
@@ -446,25 +455,25 @@ class StateTests(StoreTestCase):
         store = await self.open_store()
         first = await store.add_outgoing(make_message())
         second = await store.add_outgoing(make_message())
-        await store.update_state(first.id, "sent", 1.0)
+        await advance(store, first.id, "sent", 1.0)
         self.assertEqual([m.id for m in await store.outbox(ALICE)], [first.id, second.id])
-        await store.update_state(first.id, "delivered", 2.0)
+        await advance(store, first.id, "delivered", 2.0)
         self.assertEqual([m.id for m in await store.outbox(ALICE)], [second.id])
-        await store.update_state(second.id, "read", 3.0)
+        await advance(store, second.id, "read", 3.0)
         self.assertEqual(await store.outbox(ALICE), [])
 
     async def test_unknown_message(self) -> None:
-        """When the id is unknown, then update_state returns None."""
+        """When the id is unknown, then nothing advances."""
         store = await self.open_store()
-        self.assertIsNone(await store.update_state("00" * 16, "sent", 1.0))
+        self.assertIsNone(await advance(store, "00" * 16, "sent", 1.0))
 
     async def test_incoming_only_to_read(self) -> None:
         """When an incoming message is updated, then only 'read' applies to it."""
         store = await self.open_store()
         message = make_message(direction="in")
         await store.add_incoming(message)
-        self.assertIsNone(await store.update_state(message.id, "delivered", 1.0))
-        read = await store.update_state(message.id, "read", 2.0)
+        self.assertIsNone(await advance(store, message.id, "delivered", 1.0))
+        read = await advance(store, message.id, "read", 2.0)
         assert read is not None
         self.assertEqual((read.state, read.read), ("read", 2.0))
 
@@ -472,11 +481,11 @@ class StateTests(StoreTestCase):
         """When the state is not a message state, then InvalidInput is raised."""
         store = await self.open_store()
         with self.assertRaises(InvalidInput):
-            await store.update_state("00" * 16, "exploded", 1.0)
+            await advance(store, "00" * 16, "exploded", 1.0)
 
 
 class AdvanceStatesTests(StoreTestCase):
-    async def test_batch_advances_like_update_state(self) -> None:
+    async def test_batch_advances_each_changed_one(self) -> None:
         """When several ids advance at once, then each changed one is returned and leaves the
         outbox once delivered; unknown, incoming and backward ones are left alone."""
         store = await self.open_store()
@@ -485,7 +494,7 @@ class AdvanceStatesTests(StoreTestCase):
         third = await store.add_outgoing(make_message())
         incoming = make_message(direction="in")
         await store.add_incoming(incoming)
-        await store.update_state(third.id, "read", 1.0)
+        await advance(store, third.id, "read", 1.0)
         changed = await store.advance_states(
             [first.id, "00" * 16, incoming.id, third.id, second.id], "delivered", 5.0
         )
@@ -586,7 +595,7 @@ class HistoryTests(StoreTestCase):
 class HistoryBoundTests(StoreTestCase):
     """Paging from a message id, backwards (before) and forwards (after), by seq."""
 
-    async def fill(self, count: int) -> tuple[Store, list[Message]]:
+    async def fill(self, count: int) -> tuple[Store, list[StoredMessage]]:
         store = await self.open_store()
         added = await gatherResults(
             [store.add_outgoing(make_message(body=f"m{i}")) for i in range(count)]
@@ -707,7 +716,7 @@ class DumpTests(StoreTestCase):
         await store.put_contact(make_contact(alias="al"))
         await store.put_contact(make_contact(BOB))
         sent = await store.add_outgoing(make_message(body="one"))
-        await store.update_state(sent.id, "delivered", 3.0)
+        await advance(store, sent.id, "delivered", 3.0)
         await store.add_outgoing(make_message(body="two"))
         await store.add_incoming(make_message(BOB, direction="in", body="three"))
         await store.set_marker(BOB, "cd" * 16)
@@ -806,7 +815,7 @@ class ChunkedDeliveryTests(StoreTestCase):
         commits_seen: list[int] = []
         seen_next_turn: list[int] = []
 
-        def record(message: Message) -> Message:
+        def record(message: StoredMessage) -> StoredMessage:
             if not fired:
                 commits_seen.append(store.pool_stats()["transactions"] - before)
                 reactor.callLater(0, lambda: seen_next_turn.append(len(fired)))
@@ -1073,3 +1082,15 @@ class OutboxPageTests(StoreTestCase):
         self.assertEqual(await store.outbox(BOB), [other])
         self.assertEqual((await store.get_message(added[0].id)).delivered, 2.0)  # type: ignore[union-attr]
         self.assertEqual(await store.deliver_through(ALICE, added[2].id, 3.0), [])
+
+
+class CopyUncheckedTests(StoreTestCase):
+    def test_copy_changes_only_the_given_fields(self) -> None:
+        """When a stored message is copied with a new seq and state, then the copy equals
+        ``dataclasses.replace``'s, the original is unchanged, and both stay frozen."""
+        message = make_message()
+        copy = copy_unchecked(message, seq=7, state="sent")
+        self.assertEqual(copy, dataclasses.replace(message, seq=7, state="sent"))
+        self.assertEqual((message.seq, message.state), (0, "queued"))
+        with self.assertRaises(dataclasses.FrozenInstanceError):
+            copy.seq = 8  # type: ignore[misc]

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from jarvis.crypto.identity import fingerprint, safety_code
-from jarvis.store.records import Contact, Message
+from jarvis.store.records import Contact, StoredMessage
 
 
-def message_view(message: Message) -> dict[str, Any]:
+def message_view(message: StoredMessage) -> dict[str, Any]:
     """Return the API form of *message*."""
     return {
         "id": message.id,

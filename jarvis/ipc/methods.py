@@ -19,7 +19,8 @@ from typing import Any
 from twisted.internet import defer
 
 from jarvis.core.events import EVENT_DOCS
-from jarvis.core.node import MAX_TEXT_BYTES
+from jarvis.core.interfaces import NodeApi
+from jarvis.core.limits import MAX_HISTORY_PAGE, MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
 from jarvis.exec.api import exec_specs
 from jarvis.ipc import jsonrpc
@@ -27,9 +28,6 @@ from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param,
 
 #: The longest message text, in UTF-8 bytes (the node's rule, named here for the docs).
 MAX_MESSAGE_BYTES = MAX_TEXT_BYTES
-
-#: The largest page ``messages.history`` returns.
-MAX_HISTORY_PAGE = 200
 
 #: How long ``daemon.stop`` waits before stopping, so that its answer reaches the caller.
 STOP_DELAY = 0.05
@@ -55,7 +53,7 @@ class DaemonInfo:
 class MethodContext:
     """Everything the methods may use.
 
-    :param node: the ``Node`` (or a :class:`jarvis.testing.FakeNode`).
+    :param node: the node's API (a ``Node``, or a :class:`jarvis.testing.FakeNode`).
     :param clock: the reactor's time interface.
     :param info: static facts for ``daemon.status``.
     :param stop_daemon: stops the daemon gracefully (``daemon.stop`` calls it after answering).
@@ -66,7 +64,7 @@ class MethodContext:
         flushed, and how many were disconnected with ``$/lagged``.
     """
 
-    node: Any
+    node: NodeApi
     clock: Any
     info: DaemonInfo
     stop_daemon: Callable[[], Any]

@@ -14,7 +14,7 @@ from jarvis.store.database import (
     StoreNotEmpty,
     WrongStoreKey,
 )
-from jarvis.store.records import Contact, HistoryPage, Message
+from jarvis.store.records import Contact, HistoryPage, StoredMessage
 from jarvis.store.schema import SchemaTooNew
 
 __all__ = [
@@ -23,10 +23,10 @@ __all__ = [
     "CorruptStore",
     "DuplicateMessage",
     "HistoryPage",
-    "Message",
     "SchemaTooNew",
     "Store",
     "StoreClosed",
     "StoreNotEmpty",
+    "StoredMessage",
     "WrongStoreKey",
 ]

@@ -46,7 +46,8 @@ from jarvis.store import schema
 from jarvis.store.records import (
     Contact,
     HistoryPage,
-    Message,
+    StoredMessage,
+    copy_unchecked,
     states_for,
 )
 from jarvis.store.schema import OUTBOX_WHERE
@@ -56,8 +57,6 @@ DEFAULT_MAX_BATCH = 1000
 #: At most this many callers' Deferreds fire in one reactor turn after a commit; the rest
 #: follow in the next turns (firing a thousand at once stalls the reactor for tens of ms).
 DELIVERY_CHUNK = 100
-#: The largest page :meth:`Store.history` returns.
-MAX_PAGE = 1000
 #: Format name and version written by :meth:`Store.dump`.
 DUMP_FORMAT = "jarvis-store-dump"
 DUMP_VERSION = 1
@@ -236,27 +235,14 @@ def _contact_from_json(data: Any) -> Contact:
         raise InvalidInput(f"a contact in the dump is malformed ({type(exc).__name__})")
 
 
-def _message_from_json(data: Any) -> Message:
+def _message_from_json(data: Any) -> StoredMessage:
     try:
-        message = Message(**dict(data))
+        message = StoredMessage(**dict(data))
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"a message in the dump is malformed ({type(exc).__name__})")
     if not isinstance(message.seq, int) or message.seq < 1:
         raise InvalidInput(f"message {message.id} in the dump has no valid seq")
     return message
-
-
-def _with_seq(message: Message, seq: int) -> Message:
-    """Return a copy of *message* (already validated) with *seq*, without re-validating it.
-
-    ``dataclasses.replace`` runs ``__init__`` and ``__post_init__`` again, a sizeable share of
-    storing a message.
-    """
-    copy = object.__new__(Message)
-    fields = copy.__dict__
-    fields.update(message.__dict__)
-    fields["seq"] = seq
-    return copy
 
 
 _T = TypeVar("_T")
@@ -612,7 +598,7 @@ class _Rows:
         self._uids[conversation] = uid
         return 1
 
-    def _append(self, message: Message) -> int | None:
+    def _append(self, message: StoredMessage) -> int | None:
         """Store *message* as the next of its conversation.
 
         :returns: its seq, or None if its id is already stored for that conversation.
@@ -715,10 +701,10 @@ class _Rows:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _message_from_row(self, row: Sequence[Any]) -> Message:
+    def _message_from_row(self, row: Sequence[Any]) -> StoredMessage:
         conversation, seq, mid, direction, state, created, sent, delivered, read, body = row
         text = self._open(body, "messages", "body", f"message {mid}", conversation, mid.encode())
-        return Message(
+        return StoredMessage(
             id=mid,
             contact=self._uid_of(conversation),
             direction=direction,
@@ -737,7 +723,7 @@ class _Rows:
         ).fetchone()
         return row is not None
 
-    def _insert_message(self, message: Message, conversation: bytes, seq: int) -> None:
+    def _insert_message(self, message: StoredMessage, conversation: bytes, seq: int) -> None:
         body = self._seal_body(message.body, conversation, message.id)
         self.conn.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -755,16 +741,18 @@ class _Rows:
             ),
         )
 
-    def add_outgoing(self, message: Message) -> Message:
-        if message.direction != "out":
-            raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
-        seq = self._append(message)
-        if seq is None:
-            raise DuplicateMessage(f"message {message.id} is already stored")
-        return _with_seq(message, seq)
+    def add_outgoing(self, message: StoredMessage) -> StoredMessage:
+        """One outgoing message, through the same write path as a batch of them."""
+        try:
+            return self._add_outgoing_many([message])[0]
+        except sqlite3.IntegrityError:
+            if self._exists(self._index(message.contact), message.id):
+                raise DuplicateMessage(f"message {message.id} is already stored") from None
+            raise
 
-    def _add_outgoing_many(self, messages: Sequence[Message]) -> list[Message]:
-        """:meth:`add_outgoing` for several messages, with multi-row INSERTs (:meth:`_insert_rows`).
+    def _add_outgoing_many(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
+        """Store outgoing messages with multi-row INSERTs (:meth:`_insert_rows`): the one write
+        path of outgoing messages (:meth:`add_outgoing` is this for one).
 
         (Queued and sent messages are in the outbox by their state: the outbox is a partial
         index of ``messages``, see :data:`jarvis.store.schema.OUTBOX_WHERE`.)
@@ -772,7 +760,7 @@ class _Rows:
         :raises Exception: if any of them fails (the caller then retries them one by one).
         """
         message_rows: list[tuple[Any, ...]] = []
-        stored: list[Message] = []
+        stored: list[StoredMessage] = []
         next_seq = self._next_seq
         indexes = self._indexes
         for message in messages:
@@ -799,7 +787,7 @@ class _Rows:
                 )
             )
             self._appended(conversation, seq, message.created)
-            stored.append(_with_seq(message, seq))
+            stored.append(copy_unchecked(message, seq=seq))
         self._insert_rows(message_rows)
         return stored
 
@@ -822,7 +810,7 @@ class _Rows:
                     _MULTI_INSERT[len(chunk)] = sql
             conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
-    def add_incoming(self, message: Message) -> Message | None:
+    def add_incoming(self, message: StoredMessage) -> StoredMessage | None:
         if message.direction != "in":
             raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
         seq = self._append(message)
@@ -837,32 +825,13 @@ class _Rows:
             "AND state = 'received' AND id != ?)",
             (message.id, conversation, conversation, message.id),
         )
-        return _with_seq(message, seq)
-
-    def update_state(self, mid: str, state: str, at: float) -> Message | None:
-        if state not in ("queued", "sent", "delivered", "read", "received"):
-            raise InvalidInput(f"{state!r} is not a message state")
-        rows = self.conn.execute(
-            "SELECT rowid, direction, state FROM messages WHERE id = ? ORDER BY rowid", (mid,)
-        ).fetchall()
-        for rowid, direction, current in rows:
-            order = states_for(direction)
-            if state not in order or order.index(state) <= order.index(current):
-                continue
-            column = _TIME_COLUMN[state]  # rank > 0, so never 'queued' or 'received'
-            self.conn.execute(
-                f"UPDATE messages SET state = ?, {column} = ? WHERE rowid = ?", (state, at, rowid)
-            )
-            row = self.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE rowid = ?", (rowid,)
-            ).fetchone()
-            return self._message_from_row(row)
-        return None
+        return copy_unchecked(message, seq=seq)
 
     def advance_states(
         self, mids: Sequence[str], state: str, at: float
     ) -> list[tuple[str, str, str]]:
-        """:meth:`update_state` for several ids, without reading back (or opening) the rows.
+        """Advance the messages *mids* to *state* (states never move backwards), without reading
+        back (or opening) the rows.
 
         Per id, the first row (in rowid order) whose state may advance to *state* advances:
         one ``UPDATE ... RETURNING`` per :data:`_PER_STATEMENT` ids, whose WHERE clause holds the
@@ -891,13 +860,13 @@ class _Rows:
                 changed.append((mid, uid, state))
         return changed
 
-    def get_message(self, mid: str) -> Message | None:
+    def get_message(self, mid: str) -> StoredMessage | None:
         row = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? ORDER BY rowid LIMIT 1", (mid,)
         ).fetchone()
         return None if row is None else self._message_from_row(row)
 
-    def outbox(self, uid: str) -> list[Message]:
+    def outbox(self, uid: str) -> list[StoredMessage]:
         rows = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
             "ORDER BY seq",
@@ -907,7 +876,7 @@ class _Rows:
 
     def outbox_page(
         self, uid: str, after_seq: int, limit: int, max_bytes: int
-    ) -> tuple[list[Message], bool]:
+    ) -> tuple[list[StoredMessage], bool]:
         """The next undelivered outgoing messages to *uid* after *after_seq*, oldest first.
 
         Rows are read one by one and reading stops at *limit* messages or once the sealed bodies
@@ -921,7 +890,7 @@ class _Rows:
             "AND seq > ? ORDER BY seq LIMIT ?",
             (self._index(uid), after_seq, limit + 1),
         )
-        messages: list[Message] = []
+        messages: list[StoredMessage] = []
         size = 0
         more = False
         for row in cursor:
@@ -1392,7 +1361,7 @@ class Store:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def add_outgoing(self, message: Message) -> Deferred[Message]:
+    def add_outgoing(self, message: StoredMessage) -> Deferred[StoredMessage]:
         """Store an outgoing message and (if queued or sent) its outbox entry, atomically.
 
         :returns: a Deferred firing with *message* carrying its assigned ``seq``; it fails with
@@ -1401,7 +1370,7 @@ class Store:
         """
         return self._submit(self._add_outgoing, message, write=True)
 
-    def add_incoming(self, message: Message) -> Deferred[Message | None]:
+    def add_incoming(self, message: StoredMessage) -> Deferred[StoredMessage | None]:
         """Store an incoming message unless its id is already stored for its contact.
 
         The first message of a new unread run (no other unread incoming message in the
@@ -1412,23 +1381,11 @@ class Store:
         """
         return self._submit(self._add_incoming, message, write=True)
 
-    def update_state(self, message_id: str, state: str, at: float) -> Deferred[Message | None]:
-        """Advance a message's state and set the matching timestamp (``sent``, ``delivered``
-        or ``read``) to *at*.  A delivered or read outgoing message leaves the outbox.  States
-        never move backwards.
-
-        :returns: a Deferred firing with the updated message, or None if the message is
-            unknown or the state would not advance.
-        :raises InvalidInput: (in the Deferred) if *state* is no message state.
-        """
-        return self._submit(self._rows.update_state, message_id, state, at, write=True)
-
     def advance_states(
         self, message_ids: Sequence[str], state: str, at: float
     ) -> Deferred[list[tuple[str, str, str]]]:
-        """Advance several messages to *state* in one operation, as :meth:`update_state` does
-        for each (states never move backwards; a delivered or read message leaves the outbox),
-        without reading the messages back.
+        """Advance several messages to *state* in one operation (states never move backwards;
+        a delivered or read message leaves the outbox), without reading the messages back.
 
         :returns: a Deferred firing with ``(id, contact, state)`` of each message that changed,
             in the order of *message_ids*.
@@ -1436,21 +1393,21 @@ class Store:
         """
         return self._submit(self._rows.advance_states, list(message_ids), state, at, write=True)
 
-    def get_message(self, message_id: str) -> Deferred[Message | None]:
+    def get_message(self, message_id: str) -> Deferred[StoredMessage | None]:
         """:returns: a Deferred firing with the message with this id, or None.
 
         :raises CorruptRow: (in the Deferred) if the stored row does not open.
         """
         return self._submit(self._rows.get_message, message_id, write=False)
 
-    def outbox(self, uid: str) -> Deferred[list[Message]]:
+    def outbox(self, uid: str) -> Deferred[list[StoredMessage]]:
         """:returns: a Deferred firing with the undelivered outgoing messages to *uid*,
         oldest first."""
         return self._submit(self._rows.outbox, uid, write=False)
 
     def outbox_page(
         self, uid: str, *, after_seq: int, limit: int, max_bytes: int
-    ) -> Deferred[tuple[list[Message], bool]]:
+    ) -> Deferred[tuple[list[StoredMessage], bool]]:
         """:returns: a Deferred firing with ``(messages, more)``: at most *limit* undelivered
         outgoing messages to *uid* with a seq above *after_seq*, oldest first, whose sealed
         bodies stay within *max_bytes* (one message at least), and whether more follow."""
@@ -1483,7 +1440,8 @@ class Store:
         with *after*, it holds the oldest messages newer than *after* (and older than *before*
         when given), still newest first: that pages forward.
 
-        :param limit: the most messages in the page (1 to :data:`MAX_PAGE`).
+        :param limit: the most messages in the page, at least 1 (the core caps it at
+            :data:`jarvis.core.limits.MAX_HISTORY_PAGE`).
         :param before: a cursor this store returned (``next_cursor``) or a message id of the
             conversation: only older messages.
         :param after: a cursor (``newer_cursor``) or a message id: only newer messages.
@@ -1491,8 +1449,8 @@ class Store:
         :raises InvalidInput: (in the Deferred) for a bad limit or cursor.
         :raises NotFound: (in the Deferred) for a message id not in this conversation.
         """
-        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
-            return fail(InvalidInput(f"a history page holds 1 to {MAX_PAGE} messages"))
+        if not isinstance(limit, int) or limit < 1:
+            return fail(InvalidInput("a history page holds at least 1 message"))
         try:
             bounds = [_history_bound(b) for b in (before, after)]
         except InvalidInput as e:

@@ -1,0 +1,401 @@
+"""The contact book: who the contacts are, how a reference names one, and who is online.
+
+:class:`ContactBook` keeps the contacts in memory (loaded from the store at unlock, written
+through on every change), resolves a user's reference (alias, name, uid prefix) to one contact,
+answers the peer network as its :class:`~jarvis.core.interfaces.ContactDirectory`, and keeps
+the presence the network reports (each peer's state and the connection summary).  It does not
+send or store messages: that is the courier's (:mod:`jarvis.core.courier`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from jarvis.core.interfaces import PeerNetwork
+from jarvis.core.views import contact_view, peer_view, summary_level
+from jarvis.crypto import linkcode
+from jarvis.crypto.identity import is_valid_uid
+from jarvis.errors import Ambiguous, InvalidInput, NotFound
+from jarvis.logs import log_id
+from jarvis.store.database import Store
+from jarvis.store.records import Contact
+
+#: How many candidates an ambiguous contact reference names.
+_SHOWN_CANDIDATES = 5
+
+
+class ContactBook:
+    """The contacts of the unlocked identity, and their presence.
+
+    :param now: wall-clock time in seconds since the epoch.
+    :param emit: ``(event, payload)``: publishes API events.
+    """
+
+    log = Logger()
+
+    def __init__(self, *, now: Callable[[], float], emit: Callable[[str, Any], None]) -> None:
+        self.now = now
+        self._emit = emit
+        self._store: Store | None = None
+        self._network: PeerNetwork | None = None
+        self._own_uid = ""
+        self._contacts: dict[str, Contact] = {}
+        #: each peer's last reported state
+        self._peer_states: dict[str, str] = {}
+        self._summary: tuple[str, int, int] | None = None
+
+    # -- life cycle (the node calls these at unlock and lock) ----------------------------------
+
+    def open(self, store: Store, contacts: Sequence[Contact], own_uid: str) -> None:
+        """Start with *contacts* (read from *store*, where changes are written)."""
+        self._store = store
+        self._own_uid = own_uid
+        self._contacts = {c.uid: c for c in contacts}
+
+    def attach(self, network: PeerNetwork) -> None:
+        """Dial every contact that is not blocked on *network*, and keep it for later changes."""
+        self._network = network
+        for contact in self._contacts.values():
+            if not contact.blocked:
+                network.connect(contact.uid)
+
+    def close(self) -> None:
+        """Forget everything (the keys are being wiped)."""
+        self._store = None
+        self._network = None
+        self._contacts = {}
+        self._peer_states.clear()
+
+    def get(self, uid: str) -> Contact | None:
+        """The contact with *uid*, if any."""
+        return self._contacts.get(uid)
+
+    # -- references ----------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> Contact:
+        """Find a contact by alias, name or unique uid prefix.
+
+        :raises NotFound: if nothing matches.
+        :raises Ambiguous: if several contacts match.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInput("a contact is named by its name, alias or uid prefix")
+        if ref in self._contacts:
+            return self._contacts[ref]
+        for getter in (lambda c: c.alias, lambda c: c.name):
+            matches = [c for c in self._contacts.values() if getter(c) == ref]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise Ambiguous(
+                    f"{ref!r} names {len(matches)} contacts ({_candidates(matches)}): "
+                    "use a uid prefix"
+                )
+        lowered = ref.lower()
+        matches = [c for c in self._contacts.values() if c.uid.startswith(lowered)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise Ambiguous(
+                f"{ref!r} is the start of {len(matches)} uids ({_candidates(matches)}): "
+                "give more characters"
+            )
+        raise NotFound(f"no contact called {ref!r}: 'jarvis contacts' lists them")
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def status_of(self, uid: str) -> str:
+        """The peer's last reported state (kept from ``peer_status_changed``: O(1))."""
+        if self._network is None:
+            return "offline"
+        return self._peer_states.get(uid, "offline")
+
+    @defer.inlineCallbacks
+    def views(self, contacts: Sequence[Contact]) -> Any:
+        """The API views of *contacts*, with status, unread count and last activity."""
+        store = self._store
+        assert store is not None
+        unread = yield store.unread_counts()
+        activity = yield store.last_activity()
+        return [
+            contact_view(
+                c,
+                own_uid=self._own_uid,
+                status=self.status_of(c.uid),
+                unread=unread.get(c.uid, 0),
+                last_activity=activity.get(c.uid),
+            )
+            for c in contacts
+        ]
+
+    @defer.inlineCallbacks
+    def view(self, contact: Contact) -> Any:
+        """The API view of one contact."""
+        views = yield self.views([contact])
+        return views[0]
+
+    def list_views(self) -> defer.Deferred[Any]:
+        """Every contact's view, sorted by display name."""
+        ordered = sorted(self._contacts.values(), key=lambda c: (c.alias or c.name).lower())
+        return self.views(ordered)
+
+    @defer.inlineCallbacks
+    def show(self, ref: str) -> Any:
+        """One contact's view with its connection health."""
+        contact = self.resolve(ref)
+        view = yield self.view(contact)
+        if self._network is not None:
+            try:
+                view["health"] = peer_view(self._network.status(contact.uid), contact.name)
+            except Exception:
+                view["health"] = None
+        return view
+
+    # -- changes -------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def add(
+        self,
+        *,
+        link: str | None = None,
+        card: str | None = None,
+        uid: str | None = None,
+        addresses: Sequence[str] | None = None,
+        name: str | None = None,
+        verified: bool = False,
+    ) -> Any:
+        """Add (or update) a contact from a link code, a card's JSON text, or uid + addresses.
+
+        Adding a uid that is already a contact updates its addresses and name and keeps its
+        history.  A manual entry (uid + addresses) has no public key yet: it is learnt, and
+        checked against the uid, from the certificate at the first connection.
+
+        :raises LinkCodeError: for a tampered, truncated or malformed code or card.
+        """
+        store = self._store
+        assert store is not None
+        if sum(x is not None for x in (link, card, uid)) != 1:
+            raise InvalidInput("give exactly one of a link code, a contact card or a uid")
+        if link is not None:
+            parsed = linkcode.decode_link(link)
+        elif card is not None:
+            parsed = linkcode.card_from_json(card)
+        else:
+            parsed = None
+        if parsed is not None:
+            new_uid, public_key = parsed.uid, parsed.public_key
+            card_name, card_addresses = parsed.name, tuple(parsed.addresses)
+        else:
+            if not is_valid_uid(uid):
+                raise InvalidInput("a uid is 52 characters of lowercase base32")
+            assert uid is not None
+            new_uid, public_key, card_name = uid, b"", name or uid[:8]
+            card_addresses = tuple(linkcode.check_address(a) for a in addresses or ())
+            if not card_addresses:
+                raise InvalidInput("a manual contact needs at least one HOST:PORT address")
+        if new_uid == self._own_uid:
+            raise InvalidInput("that link code is your own")
+        existing = self._contacts.get(new_uid)
+        if existing is not None:
+            contact = replace(
+                existing,
+                name=card_name,
+                addresses=card_addresses,
+                public_key=public_key or existing.public_key,
+                alias=name if name is not None and parsed is not None else existing.alias,
+                verified=existing.verified or verified,
+            )
+        else:
+            contact = Contact(
+                uid=new_uid,
+                public_key=public_key,
+                name=card_name,
+                addresses=card_addresses,
+                alias=name if parsed is not None else None,
+                verified=verified,
+                added_at=self.now(),
+            )
+        yield store.put_contact(contact)
+        self._contacts[new_uid] = contact
+        self.log.info("contact {uid} saved", uid=log_id(new_uid))
+        if self._network is not None and not contact.blocked:
+            if existing is None:
+                self._network.connect(new_uid)
+            else:
+                self._network.redial(new_uid)
+        view = yield self.view(contact)
+        self._emit("contact.changed", {"contact": view})
+        self.publish_summary()
+        return view
+
+    @defer.inlineCallbacks
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        addresses: Sequence[str] | None = None,
+        verified: bool | None = None,
+        blocked: bool | None = None,
+        muted: bool | None = None,
+        read_receipts: bool | None = None,
+    ) -> Any:
+        """Rename (set the alias), change addresses or flags of a contact."""
+        store = self._store
+        assert store is not None
+        contact = self.resolve(ref)
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["alias"] = name or None
+        if addresses is not None:
+            changes["addresses"] = tuple(linkcode.check_address(a) for a in addresses)
+        for key, value in (
+            ("verified", verified),
+            ("blocked", blocked),
+            ("muted", muted),
+            ("read_receipts", read_receipts),
+        ):
+            if value is not None:
+                changes[key] = bool(value)
+        updated = replace(contact, **changes)
+        yield store.put_contact(updated)
+        self._contacts[updated.uid] = updated
+        if self._network is not None:
+            if updated.blocked and not contact.blocked:
+                self._network.forget(updated.uid)
+            elif not updated.blocked and (
+                contact.blocked or updated.addresses != contact.addresses
+            ):
+                self._network.connect(updated.uid)
+                self._network.redial(updated.uid)
+        view = yield self.view(updated)
+        self._emit("contact.changed", {"contact": view})
+        self.publish_summary()
+        return view
+
+    @defer.inlineCallbacks
+    def remove(self, contact: Contact, *, with_history: bool = False) -> Any:
+        """Remove *contact* (hang up on it first), and its messages too when *with_history*."""
+        store = self._store
+        assert store is not None
+        if self._network is not None:
+            self._network.forget(contact.uid)
+        yield store.remove_contact(contact.uid, with_history=with_history)
+        self._contacts.pop(contact.uid, None)
+        self._peer_states.pop(contact.uid, None)
+
+    def removed(self, uid: str) -> None:
+        """Announce that *uid* is gone (once every part forgot it)."""
+        self._emit("contact.changed", {"uid": uid, "removed": True})
+        self.publish_summary()
+
+    def redial(self, ref: str) -> dict[str, Any]:
+        """Dial a contact now, skipping the backoff wait (the user asked)."""
+        contact = self.resolve(ref)
+        if contact.blocked:
+            raise InvalidInput(f"{contact.alias or contact.name} is blocked: unblock them first")
+        if self._network is not None:
+            self._network.connect(contact.uid)
+            self._network.redial(contact.uid)
+        return {"uid": contact.uid, "status": self.status_of(contact.uid)}
+
+    # -- ContactDirectory, for the peer network ------------------------------------------------
+
+    def is_acceptable(self, uid: str) -> bool:
+        """Whether a peer presenting *uid* may connect (a contact, not blocked)."""
+        contact = self._contacts.get(uid)
+        return contact is not None and not contact.blocked
+
+    def public_key(self, uid: str) -> bytes | None:
+        """The contact's identity public key, if known."""
+        contact = self._contacts.get(uid)
+        return contact.public_key if contact is not None and contact.public_key else None
+
+    def display_name(self, uid: str) -> str:
+        """The contact's alias or name (a uid prefix for strangers)."""
+        contact = self._contacts.get(uid)
+        return (contact.alias or contact.name) if contact else uid[:12]
+
+    def learn_public_key(self, uid: str, public_key: bytes) -> None:
+        """Keep the key of a manually added contact, seen in its (uid-checked) certificate."""
+        contact = self._contacts.get(uid)
+        if contact is None or contact.public_key or self._store is None:
+            return
+        updated = replace(contact, public_key=public_key)
+        self._contacts[uid] = updated
+        d = self._store.put_contact(updated)
+        d.addErrback(
+            lambda f: self.log.failure("could not keep the key of {uid}", f, uid=log_id(uid))
+        )
+        self.log.info("learnt the key of manually added contact {uid}", uid=log_id(uid))
+
+    def addresses(self, uid: str) -> tuple[str, ...]:
+        """Where to dial the contact."""
+        contact = self._contacts.get(uid)
+        return contact.addresses if contact is not None else ()
+
+    def acceptable_uids(self) -> list[str]:
+        """Every contact that may connect (not blocked): whose knock the listener tries."""
+        return [uid for uid, contact in self._contacts.items() if not contact.blocked]
+
+    # -- presence ------------------------------------------------------------------------------
+
+    def peer_status_changed(self, uid: str, status: Any) -> None:
+        """The network reports *uid*'s new state: announce it, and the summary if it moved."""
+        contact = self._contacts.get(uid)
+        name = (contact.alias or contact.name) if contact else None
+        state = str(getattr(status, "state", "offline"))
+        previous = self._peer_states.get(uid)
+        self._peer_states[uid] = state
+        self._emit("peer.statusChanged", {"peer": peer_view(status, name)})
+        if (previous == "online") != (state == "online"):
+            self.publish_summary()
+
+    def peers_status(self) -> dict[str, Any]:
+        """The connection summary and every contact's health figures."""
+        peers = []
+        for uid, contact in self._contacts.items():
+            if self._network is not None:
+                try:
+                    name = contact.alias or contact.name
+                    peers.append(peer_view(self._network.status(uid), name))
+                    continue
+                except Exception:
+                    pass
+            peers.append({"uid": uid, "status": "offline", "name": contact.alias or contact.name})
+        summary, online, total = self._compute_summary()
+        return {"summary": summary, "online": online, "total": total, "peers": peers}
+
+    def _compute_summary(self) -> tuple[str, int, int]:
+        # peer_status_changed fires for every dial attempt of every contact: this must stay
+        # cheap (no per-contact network snapshots), or 1,000 contacts cost O(n^2) per round
+        total = sum(1 for c in self._contacts.values() if not c.blocked)
+        online = sum(
+            1
+            for uid, state in self._peer_states.items()
+            if state == "online" and self.is_acceptable(uid)
+        )
+        return summary_level(online, total), online, total
+
+    def publish_summary(self) -> None:
+        """Emit ``connection.summary`` when the summary changed since the last one."""
+        current = self._compute_summary()
+        if current != self._summary:
+            self._summary = current
+            summary, online, total = current
+            self._emit("connection.summary", {"summary": summary, "online": online, "total": total})
+
+
+def _candidates(matches: Sequence[Contact]) -> str:
+    """Name the contacts an ambiguous reference matches: display name (repr, so a control
+    character cannot reach a terminal) and uid prefix, a few of them."""
+    ordered = sorted(matches, key=lambda c: c.uid)
+    shown = [f"{c.alias or c.name!r} {c.uid[:12]}" for c in ordered[:_SHOWN_CANDIDATES]]
+    if len(ordered) > _SHOWN_CANDIDATES:
+        shown.append(f"{len(ordered) - _SHOWN_CANDIDATES} more")
+    return ", ".join(shown)
