@@ -23,9 +23,9 @@ from jarvis import errors
 from jarvis.core.events import Events, Observer
 from jarvis.core.interfaces import NodeApi
 from jarvis.core.node import DEFAULT_SETTINGS
-from jarvis.core.views import summary_level
 from jarvis.crypto import errors as crypto_errors
 from jarvis.store.records import Contact
+from jarvis.summary import summary_level
 
 
 def fake_uid(seed: str) -> str:

@@ -78,11 +78,3 @@ def peer_view(status: Any, name: str | None) -> dict[str, Any]:
     view["status"] = view.pop("state") or "offline"
     view["name"] = name
     return view
-
-
-def summary_level(online: int, total: int) -> str:
-    """The connection summary's level: ``green`` (every contact online, also with none: nothing
-    is down), ``amber`` (some) or ``red`` (none).  Grey, "daemon unreachable", is the UI's."""
-    if online >= total:
-        return "green"
-    return "amber" if online else "red"
