@@ -36,6 +36,7 @@ from jarvis.protocol.transfer import (
     parse_transfer_record,
 )
 from tests.daemons import short_tempdir
+from tests.test_framing import feed
 
 CHUNK = MIN_CHUNK_SIZE
 
@@ -219,7 +220,7 @@ class BackpressureTests(TestCase):
         chunks = 0
         ended = False
         while not ended:
-            for payload in decoder.feed(transport.drain(100_000)):
+            for payload in feed(decoder, transport.drain(100_000)):
                 record = parse_transfer_record(payload)
                 chunks += isinstance(record, Chunk)
                 ended = isinstance(record, End)
@@ -245,7 +246,7 @@ class BackpressureTests(TestCase):
         receiver = TransferReceiver(partial, recorder, run_blocking=slow_disk)
         transport = StringTransport()
         receiver.makeConnection(transport)
-        have = parse_transfer_record(FrameDecoder(4096).feed(transport.value())[0])
+        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
         assert isinstance(have, Have)
         offer = prepared.offer
         cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
