@@ -59,6 +59,15 @@ class RecordedOptionsTests(SynchronousTestCase):
         for name in ("listen", "advertise", "log-level", "ipc", "ipc-allow-remote"):
             self.assertEqual(again[name], options[name], name)
 
+    def test_process_limits_kept(self) -> None:
+        """When the daemon was started with --exec-limit and --hook-limit, then a replacement
+        gets the same limits (not the defaults)."""
+        data_dir = make_data_dir(self)
+        options = parsed("--data-dir", data_dir, "--exec-limit", "3", "--hook-limit", "2")
+        launcher.write_daemon_options(data_dir, options)
+        again = parsed("--data-dir", data_dir, *launcher.replacement_argv(data_dir))
+        self.assertEqual((again["exec-limit"], again["hook-limit"]), ("3", "2"))
+
     def test_flags_and_ipc(self) -> None:
         """When --ipc and --ipc-allow-remote were given, then both are recorded and given back
         (a flag as a flag)."""
