@@ -73,8 +73,8 @@ REMEMBERED_OPTIONS: dict[str, type] = {
     "ipc": str,
     "ipc-allow-remote": bool,
     "log-level": str,
-    "exec-limit": str,
-    "hook-limit": str,
+    "exec-limit": int,
+    "hook-limit": int,
 }
 
 

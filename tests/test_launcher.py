@@ -50,6 +50,8 @@ class RecordedOptionsTests(SynchronousTestCase):
                 "listen": "tcp:0:interface=127.0.0.1",
                 "advertise": ["a.example:1", "[::1]:2"],
                 "log-level": "info",
+                "exec-limit": 16,
+                "hook-limit": 4,
             },
         )
         with open(path, encoding="utf-8") as f:
@@ -66,7 +68,7 @@ class RecordedOptionsTests(SynchronousTestCase):
         options = parsed("--data-dir", data_dir, "--exec-limit", "3", "--hook-limit", "2")
         launcher.write_daemon_options(data_dir, options)
         again = parsed("--data-dir", data_dir, *launcher.replacement_argv(data_dir))
-        self.assertEqual((again["exec-limit"], again["hook-limit"]), ("3", "2"))
+        self.assertEqual((again["exec-limit"], again["hook-limit"]), (3, 2))
 
     def test_flags_and_ipc(self) -> None:
         """When --ipc and --ipc-allow-remote were given, then both are recorded and given back
