@@ -267,7 +267,13 @@ class LifeCycleServiceTests(SynchronousTestCase):
         )
         self.assertEqual(
             launcher.read_daemon_options(data_dir),
-            {"listen": "tcp:7772", "ipc": f"unix:{sock_dir}/s.sock", "log-level": "info"},
+            {
+                "listen": "tcp:7772",
+                "ipc": f"unix:{sock_dir}/s.sock",
+                "log-level": "info",
+                "exec-limit": 16,
+                "hook-limit": 4,
+            },
         )
 
 

@@ -168,7 +168,13 @@ class ReplacementOptionsTests(TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(recorded).st_mode), 0o600)
         self.assertEqual(
             launcher.read_daemon_options(cli.data_dir),
-            {"listen": LOOPBACK, "advertise": ["127.0.0.1:9"], "log-level": "info"},
+            {
+                "listen": LOOPBACK,
+                "advertise": ["127.0.0.1:9"],
+                "log-level": "info",
+                "exec-limit": 16,
+                "hook-limit": 4,
+            },
         )
         with open(recorded, encoding="utf-8") as f:
             self.assertNotIn("password", f.read())

@@ -28,6 +28,10 @@ def parsed(*argv: str) -> daemon.DaemonOptions:
     return options
 
 
+#: The process limits every daemon records (their defaults), as twistd arguments.
+LIMITS = ("--exec-limit", "16", "--hook-limit", "4")
+
+
 class RecordedOptionsTests(SynchronousTestCase):
     def test_round_trip_private(self) -> None:
         """When the daemon's parsed options are recorded, then daemon.json is 0600, holds the
@@ -116,11 +120,11 @@ class RecordedOptionsTests(SynchronousTestCase):
         )
         self.assertEqual(
             launcher.replacement_argv(data_dir, {"listen": None, "advertise": []}),
-            ["--listen", "tcp:1", "--advertise", "h:1", "--log-level", "info"],
+            ["--listen", "tcp:1", "--advertise", "h:1", "--log-level", "info", *LIMITS],
         )
         self.assertEqual(
             launcher.replacement_argv(data_dir, {"listen": "tcp:2", "advertise": []}),
-            ["--listen", "tcp:2", "--advertise", "h:1", "--log-level", "info"],
+            ["--listen", "tcp:2", "--advertise", "h:1", "--log-level", "info", *LIMITS],
         )
         self.assertEqual(launcher.replacement_argv(make_data_dir(self)), [])
 
