@@ -429,9 +429,9 @@ class DialogTests(SynchronousTestCase):
         self.assertIn("Connections: we dialled 3 times", screen_text(controller.window, (100, 40)))
         actions = controller.window.dialog
         self.assertIsNotNone(actions)
-        controller.update_contact(UID_BOB, {"verified": True}, "verifying")
+        controller.dialogs.update_contact(UID_BOB, {"verified": True}, "verifying")
         self.assertTrue(client.contacts[UID_BOB]["verified"])
-        controller._confirm_remove(UID_BOB)
+        controller.dialogs.confirm_remove(UID_BOB)
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "remove")
         self.assertIn(UID_BOB, client.contacts)
 
@@ -494,7 +494,7 @@ class DialogTests(SynchronousTestCase):
         controller, client, _, _ = started()
         press(controller, "f4")
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "settings")
-        controller.update_contact(UID_ALICE, {"muted": True}, "saving")
+        controller.dialogs.update_contact(UID_ALICE, {"muted": True}, "saving")
         self.assertTrue(controller.model.contacts[UID_ALICE].muted)
         self.assertIn(("contacts.update", {"contact": UID_ALICE, "muted": True}), client.calls)
 
@@ -619,7 +619,7 @@ class FocusAndSettingsTests(SynchronousTestCase):
         uid = UID_ALICE
         controller.open_conversation(uid)
         self.assertEqual(client.focus, uid)
-        controller.lock()
+        controller.dialogs.lock()
         self.assertIsNone(client.focus)
 
     def test_notification_toggle_saved_in_daemon(self) -> None:
@@ -627,7 +627,7 @@ class FocusAndSettingsTests(SynchronousTestCase):
         daemon's settings change accordingly."""
         client = make_populated_client()
         controller, _c, _clock, _connector = make_controller(client)
-        controller.open_settings()
+        controller.dialogs.open_settings()
         press(controller, " ", "down", " ")
         self.assertEqual(client.settings["notifications"], False)
         self.assertEqual(client.settings["bell"], False)
