@@ -748,3 +748,91 @@ class HostileTextTests(SynchronousTestCase):
         self.assertIn("evil: pay 0001 now", screens[0])
         self.assertIn("Name: evil", screens[1])
         self.assertIn("Addresses: 1.2.3.4", screens[1])
+
+
+def bodies(controller: Any, uid: str) -> list[str]:
+    """The bodies of *uid*'s loaded messages, oldest first."""
+    conversation = controller.model.conversations.get(uid)
+    if conversation is None:
+        return []
+    return [m.body for m in conversation.messages.values()]
+
+
+class MissedEventsTests(SynchronousTestCase):
+    """Events the UI never got ($/lagged, a locked daemon): it reloads what it shows."""
+
+    def _meanwhile(self, client: FakeDaemonClient) -> None:
+        """Messages the daemon stored without telling this UI."""
+        client.add_message(UID_ALICE, "while suspended", created=NOW + 100)
+        client.add_message(UID_BOB, "bob meanwhile", created=NOW + 101, unread=True)
+
+    def _assert_caught_up(self, controller: Any) -> None:
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+        self.assertIn("while suspended", bodies(controller, UID_ALICE))
+        self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertIn("while suspended", screen_text(controller.window, (100, 20)))
+
+    def test_lagged_then_disconnected(self) -> None:
+        """When the daemon says $/lagged and closes the connection, then the UI reconnects,
+        subscribes again and shows the messages that arrived meanwhile, with their counts."""
+        controller, client, clock, connector = started()
+        press(controller, "meta 1")
+        fresh = make_populated_client()
+        self._meanwhile(fresh)
+        connector.client = fresh
+        client.emit("$/lagged", {"dropped": 12, "message": "lagged, resubscribe"})
+        client.disconnect()
+        clock.advance(FIRST_RETRY)
+        self.assertIn("events.subscribe", fresh.methods_called())
+        self._assert_caught_up(controller)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lagged_drops_the_connection_itself(self) -> None:
+        """When the daemon says $/lagged but has not closed yet, then the UI closes the
+        connection itself (no wait for the daemon's grace period), says so, and reloads."""
+        controller, client, clock, connector = started()
+        press(controller, "meta 1")
+        fresh = make_populated_client()
+        self._meanwhile(fresh)
+        connector.client = fresh
+        client.emit("$/lagged", {"dropped": 12, "message": "lagged, resubscribe"})
+        self.assertTrue(client.closed)
+        self.assertIn("missed 12 updates", screen_text(controller.window, (100, 20)))
+        clock.advance(FIRST_RETRY)
+        self.assertEqual(connector.attempts, 2)
+        self._assert_caught_up(controller)
+        client.disconnect()  # the daemon's own close, late: changes nothing
+        self.assertIs(controller.client, fresh)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_unlocked_event_reloads(self) -> None:
+        """When another client locks, messages arrive while locked (no events), and another
+        client unlocks, then the UI reloads contacts, the open conversation and the counts."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        client.locked = True
+        client.emit("identity.locked", {})
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertEqual(bodies(controller, UID_ALICE), [])
+        self._meanwhile(client)
+        client.locked = False
+        client.emit("identity.unlocked", {"name": "me"})
+        clock.advance(0)
+        self._assert_caught_up(controller)
+
+    def test_unlocked_elsewhere_while_own_unlock_fails(self) -> None:
+        """When another client unlocks while this UI's own unlock (a wrong password) is in
+        flight, then the failure does not leave the UI on the lock screen: it reloads."""
+        client = make_populated_client()
+        client.locked = True
+        controller, _, clock, _ = make_controller(client)
+        self._meanwhile(client)
+        client.slow.add("identity.unlock")
+        press(controller, "wrong", "enter")
+        client.locked = False
+        client.emit("identity.unlocked", {"name": "me"})
+        client.fire_pending("identity.unlock")
+        clock.advance(0)
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)

@@ -598,6 +598,12 @@ class Controller:
             self._unread_refresh.request()
         elif reaction is Reaction.CLOSE_CONTACT_DIALOG:
             self.window.close_dialog()
+        elif reaction is Reaction.RECONNECT:
+            dropped = payload.get("dropped")
+            missed = f"missed {dropped} updates" if isinstance(dropped, int) else "missed updates"
+            self.log.info("the daemon dropped {dropped} events for this UI", dropped=dropped)
+            self.link.reconnect()  # first: the retry note would hide the reason
+            self.model.notify(f"this UI read too slowly and {missed}: reloading", "error")
 
     def _screen_state(self) -> ScreenState:
         dialog = self.window.dialog

@@ -109,15 +109,24 @@ class Dialogs:
             self.model.clear_status()
             return self._controller.load_unlocked()
 
-        def failed(failure: Failure) -> None:
+        def failed(failure: Failure) -> Any:
+            if not self.model.locked:
+                # another client unlocked while this attempt was in flight (its event was
+                # left to this call): the daemon is open whatever this attempt says
+                return self._controller.load_unlocked()
             screen = self.window.screen
             kind = getattr(failure.value, "kind", None)
             text = "Wrong password." if kind == "wrong_password" else error_text(failure)
             if isinstance(screen, LockScreen):
                 screen.show_error(text)
-            if kind != "wrong_password":
+                if kind == "too_many_attempts" and not screen.password_edit.edit_text:
+                    # refused unchecked: keep what was typed for the retry
+                    screen.password_edit.set_edit_text(password)
+                    screen.password_edit.set_edit_pos(len(password))
+            if kind not in ("wrong_password", "too_many_attempts"):
                 self._controller.report(failure, "unlocking")
             self._controller.redraw()
+            return None
 
         d.addCallbacks(unlocked, failed)
         d.addErrback(self._controller.report, "loading")
