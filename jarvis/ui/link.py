@@ -170,9 +170,10 @@ class DaemonLink:
         grace period, but the events are lost already, so there is nothing to wait for.
         """
         protocol = self._protocol
-        if protocol is None or protocol.ended or protocol.transport is None:
+        transport: Any = protocol.transport if protocol is not None else None
+        if protocol is None or protocol.ended or transport is None:
             return
-        protocol.transport.loseConnection()
+        transport.loseConnection()
 
     def start(self) -> None:
         """Connect now, and again after every failure or loss until :meth:`stop`."""
