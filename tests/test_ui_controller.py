@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.ipc.jsonrpc import TOO_MANY_ATTEMPTS, RemoteError
 from jarvis.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
@@ -336,6 +337,29 @@ class LockScreenTests(SynchronousTestCase):
         press(controller, "ctrl l")
         client.locked = False
         client.emit("identity.unlocked", {"uid": "m" * 52, "name": "me"})
+        self.assertIs(controller.window.screen, controller.main_screen)
+
+    def test_too_many_attempts(self) -> None:
+        """When the daemon refuses the password unchecked (-32015), then the lock screen says
+        how long to wait (not "Wrong password" or a generic failure) and keeps what was typed;
+        once the wait is over, Enter retries the same password."""
+        controller, client, _, _ = started()
+        press(controller, "ctrl l")
+        client.failures["identity.unlock"] = RemoteError(
+            TOO_MANY_ATTEMPTS,
+            "too many wrong passwords: retry in 12 s (this attempt was not tried)",
+            {"kind": "too_many_attempts", "retry_after": 12},
+        )
+        press(controller, "correct horse", "enter")
+        screen = controller.window.screen
+        self.assertIsInstance(screen, LockScreen)
+        text = screen_text(controller.window, (100, 20))
+        self.assertIn("Too many wrong passwords: retry in 12 s", text)
+        self.assertNotIn("Wrong password", text)
+        self.assertNotIn("failed", text)
+        self.assertEqual(screen.password_edit.edit_text, "correct horse")
+        del client.failures["identity.unlock"]
+        press(controller, "enter")
         self.assertIs(controller.window.screen, controller.main_screen)
 
 
