@@ -33,6 +33,7 @@ from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     MessengerModel,
 )
+from jarvis.ui.reading import Reader
 from jarvis.ui.screens import (
     AppWindow,
     ConnectingScreen,
@@ -47,7 +48,6 @@ from jarvis.ui.sending import Sender
 
 Callbacks = dict[str, Callable[..., Any]]
 
-HISTORY_PAGE = 100
 
 __all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "Unreachable", "error_text"]
 
@@ -133,10 +133,7 @@ class Controller:
             finished=self.redraw,
         )
         self._banner_animation: Any = None
-        self._unread_refresh = OncePerTurn(clock, self._fetch_unread)
         self._redraw = OncePerTurn(clock, self._draw)
-        self._mark_read_soon = OncePerTurn(clock, self._mark_open_read)
-        self._loading_older = False
         self.main_screen = MainScreen(
             self.model, lambda text: self.sender.submit_input(text), self.open_conversation, tz
         )
@@ -147,6 +144,9 @@ class Controller:
             self, read_file=read_file, write_file=write_file, clipboard=clipboard
         )
         self.sender = Sender(self, self.dialogs.open_add_contact)
+        self.reader = Reader(self)
+        self._unread_refresh = OncePerTurn(clock, self.reader.fetch_unread)
+        self._mark_read_soon = OncePerTurn(clock, self.reader.mark_open_read)
         self.model.observe(self._model_changed)
 
     @property
@@ -335,7 +335,7 @@ class Controller:
         self.announce_focus()
         uid = self.model.current_uid
         if uid is not None:
-            self._load_history(uid)
+            self.reader.load_history(uid)
         self.redraw()
 
     # screens -------------------------------------------------------------------------------
@@ -451,27 +451,7 @@ class Controller:
             return
         self.main_screen.scrollback.scroll(command)
         if command in ("scroll_up", "scroll_top") and self.main_screen.scrollback.at_top():
-            self._load_older()
-
-    def _load_older(self) -> None:
-        """Fetch the page before the oldest loaded message (scrolling past the top)."""
-        uid = self.model.current_uid
-        conversation = self.model.conversations.get(uid) if uid is not None else None
-        if uid is None or conversation is None or not conversation.older:
-            return
-        if self._loading_older:
-            return
-        self._loading_older = True
-        params = {"contact": uid, "limit": HISTORY_PAGE, "before": conversation.older}
-        d = self.call("messages.history", params)
-        d.addCallback(lambda result: self.model.load_history(uid, result, older=True))
-        d.addErrback(self.report, "loading older messages")
-
-        def done(_: Any) -> None:
-            self._loading_older = False
-            self.redraw()
-
-        d.addBoth(done)
+            self.reader.load_older()
 
     def _close_dialog(self) -> None:
         # The lock screen is a screen, not a dialog: Esc can never close it.
@@ -617,15 +597,6 @@ class Controller:
             contacts=self.model.contacts,
         )
 
-    def _fetch_unread(self) -> None:
-        """Fetch ``messages.unreadCounts`` (once for a burst of read events)."""
-        if self.client is None or self.model.locked:
-            return
-        d = self.call("messages.unreadCounts")
-        d.addCallback(self.model.load_unread)
-        d.addErrback(lambda f: self.log.info("unread counts: {e}", e=type(f.value).__name__))
-        d.addCallback(lambda _: self.redraw())
-
     def on_main_screen(self) -> bool:
         return self.window.screen is self.main_screen and not self.model.locked
 
@@ -637,49 +608,13 @@ class Controller:
 
     # conversations -------------------------------------------------------------------------
 
-    def save_draft(self) -> None:
-        self.model.set_draft(self.model.current_uid, self.main_screen.input.edit_text)
+    def connected(self) -> bool:
+        """Whether the daemon is connected now."""
+        return self.client is not None
 
     def open_conversation(self, uid: str) -> None:
         """Open *uid*'s conversation: keep the old draft, restore this one, load, mark read."""
-        if uid not in self.model.contacts:
-            return
-        self.save_draft()
-        self.model.open(uid)
-        draft = self.model.draft(uid)
-        self.main_screen.input.set_edit_text(draft)
-        self.main_screen.input.set_edit_pos(len(draft))
-        self.main_screen.conversations.select(uid)
-        self.main_screen.focus_area("input")
-        self.announce_focus()
-        self._load_history(uid)
+        self.reader.open_conversation(uid)
 
-    def _load_history(self, uid: str) -> None:
-        d = self.call("messages.history", {"contact": uid, "limit": HISTORY_PAGE})
-
-        def loaded(result: Mapping[str, Any]) -> None:
-            self.model.load_history(uid, result)
-            if uid == self.model.current_uid and self.on_main_screen():
-                self._mark_read(uid)
-
-        d.addCallback(loaded)
-        d.addErrback(self.report, "loading history")
-        d.addCallback(lambda _: self.redraw())
-
-    def _mark_open_read(self) -> None:
-        uid = self.model.current_uid
-        if uid is not None and self.on_main_screen():
-            self._mark_read(uid)
-
-    def _mark_read(self, uid: str) -> None:
-        contact = self.model.contacts.get(uid)
-        conversation = self.model.conversations.get(uid)
-        unread_loaded = conversation is not None and any(
-            m.direction == "in" and m.state == "received" and m.read is None
-            for m in conversation.messages.values()
-        )
-        if contact is None or not (contact.unread or unread_loaded):
-            return
-        self.model.mark_read(uid)
-        d = self.call("messages.markRead", {"contact": uid})
-        d.addErrback(self.report, "marking read")
+    def save_draft(self) -> None:
+        self.model.set_draft(self.model.current_uid, self.main_screen.input.edit_text)

@@ -38,6 +38,10 @@ class UiHost(Protocol):
         """Errback for a bug: log it, say so on the status line."""
         ...
 
+    def connected(self) -> bool:
+        """Whether the daemon is connected now."""
+        ...
+
     def redraw(self) -> None:
         """Draw the screen once the work of this reactor turn is done."""
         ...
