@@ -25,10 +25,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.turn import OncePerTurn
-from jarvis.ui import keymap
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs
 from jarvis.ui.events import Reaction, ScreenState, reaction_to
+from jarvis.ui.keys import KeyRouter
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     MessengerModel,
@@ -68,13 +68,6 @@ class DaemonClient(Protocol):
     def add_disconnect_observer(self, observer: Callable[[Failure], None]) -> None: ...
 
     def close(self) -> Any: ...
-
-
-def _switcher(index: int) -> Callable[[Controller], None]:
-    def switch(controller: Controller) -> None:
-        controller._switch(index)
-
-    return switch
 
 
 class Controller:
@@ -138,13 +131,30 @@ class Controller:
             self.model, lambda text: self.sender.submit_input(text), self.open_conversation, tz
         )
         self.window = AppWindow(
-            ConnectingScreen(self.model), self._before_widgets, self._after_widgets
+            ConnectingScreen(self.model),
+            lambda state, key: self.keys.before_widgets(state, key),
+            lambda state, key: self.keys.after_widgets(state, key),
         )
         self.dialogs = Dialogs(
             self, read_file=read_file, write_file=write_file, clipboard=clipboard
         )
         self.sender = Sender(self, self.dialogs.open_add_contact)
         self.reader = Reader(self)
+        self.keys = KeyRouter(
+            self,
+            {
+                "help": self.dialogs.open_help,
+                "add_contact": self.dialogs.open_add_contact,
+                "my_identity": self.dialogs.open_identity,
+                "contact_info": self.dialogs.open_contact_info,
+                "settings": self.dialogs.open_settings,
+                "lock": self.dialogs.lock,
+                "cancel": self.cancel_or_quit,
+                # the lock screen is a screen, not a dialog: Esc can never close it
+                "close_dialog": self.window.close_dialog,
+            },
+            self.reader.load_older,
+        )
         self._unread_refresh = OncePerTurn(clock, self.reader.fetch_unread)
         self._mark_read_soon = OncePerTurn(clock, self.reader.mark_open_read)
         self.model.observe(self._model_changed)
@@ -373,89 +383,9 @@ class Controller:
 
     # keys ----------------------------------------------------------------------------------
 
-    def _before_widgets(self, state: str, key: str) -> bool:
-        name = keymap.command_for(key, state)
-        if name is None:
-            return False
-        handler = self._PRE_COMMANDS.get(name)
-        if handler is None:
-            return False
-        try:
-            handler(self)
-        except Exception:
-            self.log.failure("command {command} failed", command=name)
-            self.model.notify(f"{name} failed; details are in the log", "error")
-        return True
-
-    def _after_widgets(self, state: str, key: str) -> bool:
-        name = keymap.command_for(key, state)
-        if name == "submit":
-            submit = getattr(self.window.screen, "submit", None)
-            if submit is not None:
-                submit()
-            return True
-        if (
-            state == keymap.BROWSE
-            and name is None
-            and len(key) == 1
-            and key.isprintable()
-            and self.window.screen is self.main_screen
-        ):
-            # Typing in the list or scrollback goes to the input line, like weechat.
-            self.main_screen.focus_area("input")
-            self.main_screen.input.keypress((80,), key)
-            return True
-        return False
-
     def handle_command(self, name: str) -> None:
         """Run keymap command *name* as if its key had been pressed (for slash commands)."""
-        handler = self._PRE_COMMANDS.get(name)
-        if handler is not None:
-            handler(self)
-
-    def _on_main(self) -> bool:
-        return self.window.screen is self.main_screen and self.window.dialog is None
-
-    def _switch(self, index: int) -> None:
-        if not self._on_main():
-            return
-        ordered = self.model.ordered_contacts()
-        if 0 <= index < len(ordered):
-            self.open_conversation(ordered[index].uid)
-
-    def _step_conversation(self, step: int) -> None:
-        if self._on_main():
-            contact = self.model.neighbour(step)
-            if contact is not None:
-                self.open_conversation(contact.uid)
-
-    def _next_unread(self) -> None:
-        if not self._on_main():
-            return
-        contact = self.model.next_unread()
-        if contact is None:
-            self.model.notify("no unread messages")
-        else:
-            self.open_conversation(contact.uid)
-
-    def _move_focus(self, step: int) -> None:
-        if self.window.dialog is not None:
-            self.window.dialog.move_focus(step)
-        else:
-            move = getattr(self.window.screen, "move_focus", None)
-            if move is not None:
-                move(step)
-
-    def _scroll(self, command: str) -> None:
-        if not self._on_main():
-            return
-        self.main_screen.scrollback.scroll(command)
-        if command in ("scroll_up", "scroll_top") and self.main_screen.scrollback.at_top():
-            self.reader.load_older()
-
-    def _close_dialog(self) -> None:
-        # The lock screen is a screen, not a dialog: Esc can never close it.
-        self.window.close_dialog()
+        self.keys.run(name)
 
     def cancel_or_quit(self) -> None:
         """Ctrl+C: cancel what is in flight; with nothing in flight ask whether to quit."""
@@ -481,27 +411,6 @@ class Controller:
         self.quitting = True
         if self._on_quit is not None:
             self._on_quit()
-
-    _PRE_COMMANDS: dict[str, Callable[[Controller], Any]] = {
-        **{f"switch_{n}": _switcher(n - 1) for n in range(1, 10)},
-        "previous_conversation": lambda self: self._step_conversation(-1),
-        "next_conversation": lambda self: self._step_conversation(1),
-        "next_unread": lambda self: self._next_unread(),
-        "focus_next": lambda self: self._move_focus(1),
-        "focus_previous": lambda self: self._move_focus(-1),
-        "scroll_up": lambda self: self._scroll("scroll_up"),
-        "scroll_down": lambda self: self._scroll("scroll_down"),
-        "scroll_top": lambda self: self._scroll("scroll_top"),
-        "scroll_bottom": lambda self: self._scroll("scroll_bottom"),
-        "help": lambda self: self.dialogs.open_help(),
-        "add_contact": lambda self: self.dialogs.open_add_contact(),
-        "my_identity": lambda self: self.dialogs.open_identity(),
-        "contact_info": lambda self: self.dialogs.open_contact_info(),
-        "settings": lambda self: self.dialogs.open_settings(),
-        "lock": lambda self: self.dialogs.lock(),
-        "cancel": lambda self: self.cancel_or_quit(),
-        "close_dialog": lambda self: self._close_dialog(),
-    }
 
     # daemon calls --------------------------------------------------------------------------
 
