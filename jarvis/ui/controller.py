@@ -1,14 +1,16 @@
-"""The UI's controller: key routing, daemon calls, events, redraws, reconnection.
+"""The UI's controller: wires the parts, loads the daemon's state, carries out events, redraws.
 
-It owns the :class:`~jarvis.ui.model.MessengerModel` and the top window, turns keymap commands
-and form submissions into calls to the daemon's local API, feeds results and events into the
-model, and redraws the screen after network events (urwid only redraws after input), once per
-reactor turn however many events the turn brought.
-Every daemon call that the user waits for is an operation in flight that Ctrl+C cancels.  When
-the daemon goes away the UI keeps running with a grey summary; its
-:class:`~jarvis.ui.link.DaemonLink`
-(``ClientService``) reconnects with backoff on an injected clock, and the handshake here
-subscribes again and reloads the state.
+It owns the :class:`~jarvis.ui.model.MessengerModel` and the top window, and wires the parts
+that each own one concern, through the :class:`~jarvis.ui.host.UiHost` seam: the daemon link
+(:mod:`jarvis.ui.link`, ``ClientService`` reconnecting with backoff on an injected clock),
+calls in flight (:mod:`jarvis.ui.calls`, Ctrl+C cancels), key routing (:mod:`jarvis.ui.keys`),
+event reactions (:mod:`jarvis.ui.events`), dialogs and identity forms
+(:mod:`jarvis.ui.dialogs`), the input line's sending and slash commands
+(:mod:`jarvis.ui.sending`) and reading conversations (:mod:`jarvis.ui.reading`).  Itself it
+keeps the link's handshake (subscribe, reload the state: also after ``$/lagged`` and an unlock
+elsewhere), the screens shown, the daemon calls with their error reporting, and the redraw after
+network events (urwid only redraws after input), once per reactor turn however many events the
+turn brought.
 
 It must not let an exception reach urwid or the IPC client: failures become one line on the
 status bar and the details go to the log (never message text, passwords or tokens).
