@@ -3,7 +3,9 @@
 Every command except ``daemon start``/``stop`` is one or two calls to the running daemon
 (:mod:`jarvis.ipc.client`); nothing here touches keys or the database.  Output is plain text, or
 one JSON document with ``--json``.  Errors are one line on stderr and exit status 1; usage errors
-exit 2; Ctrl+C cancels the call in the daemon too and exits 130 (``watch`` exits 0).
+exit 2; a password refused unchecked after too many wrong ones exits 75; Ctrl+C cancels the call
+in the daemon too and exits 130 (``watch`` exits 0); a closed stdout (``| head -1``) exits 141
+quietly.  (:mod:`jarvis.exitstatus`.)
 
 Passwords come from ``--password-file FILE`` (its first line; ``-`` reads stdin) or from a
 ``getpass`` prompt on a terminal; they are read before the reactor starts, sent only to the
@@ -30,7 +32,7 @@ from twisted.python import usage
 
 import jarvis
 from jarvis import errors
-from jarvis.exitstatus import EXIT_INTERRUPTED
+from jarvis.exitstatus import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
 from jarvis.passwordfile import read_password_file
 
 __all__ = ["EXIT_INTERRUPTED", "Options", "main", "read_password_file"]
@@ -80,6 +82,17 @@ class CommandOptions(usage.Options):
 
 
 class _PasswordOptions(CommandOptions):
+    #: the daemon checks this password (back-off after wrong ones): say so in --help
+    checks_password = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        if self.checks_password:
+            self.longdesc += (
+                " After several wrong passwords the daemon refuses attempts unchecked for a "
+                "while: the command then says how many seconds to wait and exits 75."
+            )
+
     optParameters = [
         [
             "password-file",
@@ -186,6 +199,8 @@ class DaemonCommandOptions(CommandOptions):
 class UnlockOptions(_PasswordOptions):
     """Unlock the identity with the master password."""
 
+    checks_password = True
+
     synopsis = "[--password-file FILE|-]"
 
 
@@ -227,6 +242,8 @@ class ImportOptions(_PasswordOptions):
 
 class DeleteAccountOptions(_PasswordOptions):
     """Delete the identity and every file of the data directory (asks for the password)."""
+
+    checks_password = True
 
 
 class WhoamiOptions(CommandOptions):
@@ -342,6 +359,8 @@ class PasswdOptions(_PasswordOptions):
     """Change the master password. Both passwords are asked on the terminal (the new one
     twice), or read from files; when both files are '-', stdin's first line is the current
     password and its second line the new one."""
+
+    checks_password = True
 
     synopsis = "[--password-file FILE|-] [--new-password-file FILE|-]"
     optParameters = [
@@ -528,7 +547,10 @@ class Options(usage.Options):
     synopsis = "jarvis [--data-dir DIR] [--json] [--embedded] [--version] [COMMAND [OPTIONS]]"
     longdesc = (
         "Jarvis, a peer-to-peer end-to-end-encrypted messenger. Without COMMAND, the terminal "
-        "UI starts. Commands talk to the background daemon of the data directory."
+        "UI starts. Commands talk to the background daemon of the data directory. Exit "
+        "status: 0 done, 1 failed (one line on stderr), 2 usage error, 75 password refused "
+        "unchecked after too many wrong ones (retry later), 130 interrupted, 141 stdout closed "
+        "early."
     )
     optFlags = [
         JSON_FLAG,
@@ -701,8 +723,34 @@ def _start_ui(options: Options) -> int | None:
 def main(argv: list[str] | None = None) -> NoReturn:
     """The ``jarvis`` console script.
 
+    Output to a closed pipe (``jarvis --help | head -1``) ends the command quietly with
+    :data:`~jarvis.exitstatus.EXIT_BROKEN_PIPE` (141), with no traceback.
+
     :param argv: the arguments (default ``sys.argv[1:]``).
     """
+    try:
+        _main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+        try:
+            sys.stdout.flush()  # here, not at exit, where a failure could not be handled
+        except BrokenPipeError:
+            status = _broken_pipe()
+        raise SystemExit(status) from None
+    except BrokenPipeError:
+        raise SystemExit(_broken_pipe()) from None
+    raise SystemExit(0)
+
+
+def _broken_pipe() -> int:
+    from jarvis.commands import quiet_stdout
+
+    quiet_stdout()
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> None:
+    """:func:`main` without its closed-pipe handling (raises ``SystemExit`` with the status)."""
     args = sys.argv[1:] if argv is None else argv
     options = Options()
     try:

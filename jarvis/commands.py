@@ -25,8 +25,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from jarvis import errors
-from jarvis.exitstatus import EXIT_INTERRUPTED
-from jarvis.ipc.jsonrpc import RemoteError
+from jarvis.exitstatus import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_TOO_MANY_ATTEMPTS,
+)
+from jarvis.ipc.jsonrpc import RemoteError, too_many_attempts_text
 from jarvis.launcher import process_state, recorded_pids
 from jarvis.textsafe import is_unsafe, terminal_safe
 
@@ -129,6 +134,20 @@ def json_text(document: Any, *, indent: int | None = None) -> str:
     if text.isascii() and "\x7f" not in text:
         return text
     return "".join(_escape_unsafe(c) if c == "\x7f" or ord(c) > 0x7F else c for c in text)
+
+
+def quiet_stdout() -> None:
+    """After ``BrokenPipeError`` on stdout: point stdout at ``/dev/null``.
+
+    Python flushes stdout once more at exit; with the reader gone that flush would fail again
+    and print "Exception ignored ...".  (The recipe of the ``signal`` module's documentation.)
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def note(message: str) -> None:
@@ -850,7 +869,7 @@ async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]
 async def cmd_rpc(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``rpc METHOD [JSON_PARAMS]``: always prints JSON."""
     result = await session.call(sub["method"], sub["params"] or None)
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    print(json_text(result, indent=2))
 
 
 #: ``jarvis exec``'s exit status after the program's timeout (as timeout(1)).
@@ -1000,6 +1019,8 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
 def error_line(failure: Failure) -> str | None:
     """Return the one-line message for a failed command (``None``: a bug, show a traceback)."""
     exc = failure.value
+    if getattr(exc, "kind", None) == "too_many_attempts":
+        return too_many_attempts_text(getattr(exc, "data", None)) + " (the password was not tried)"
     if isinstance(exc, RemoteError | errors.JarvisError):
         text = str(exc) or (type(exc).__doc__ or type(exc).__name__).strip().splitlines()[0]
         return " ".join(text.split())
@@ -1044,13 +1065,19 @@ def run(reactor: Any, options: CommandLine, inputs: dict[str, Any]) -> defer.Def
                 return None
             print("jarvis: interrupted; the request was cancelled", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED)
+        if result.check(BrokenPipeError):
+            # stdout closed early (``| head -1``): nothing more to say, and nowhere to say it
+            quiet_stdout()
+            raise SystemExit(EXIT_BROKEN_PIPE)
         line = error_line(result)
         if line is None:
             print(f"jarvis: internal error: {result.getErrorMessage()}", file=sys.stderr)
             result.printTraceback(file=sys.stderr)
         else:
             print(f"jarvis: {line}", file=sys.stderr)
-        raise SystemExit(1)
+        if getattr(result.value, "kind", None) == "too_many_attempts":
+            raise SystemExit(EXIT_TOO_MANY_ATTEMPTS)
+        raise SystemExit(EXIT_FAILURE)
 
     def close(result: Any) -> defer.Deferred[Any]:
         d = session.close()

@@ -22,6 +22,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis import cli
+from jarvis.exitstatus import EXIT_BROKEN_PIPE, EXIT_TOO_MANY_ATTEMPTS
+from jarvis.testing import fake_link
 from tests.test_client import REPO, child_env
 from tests.test_ipc_server import SocketTestCase
 
@@ -246,9 +248,19 @@ class CliProcess(ProcessProtocol):
         self.ended.callback(code if code is not None else -(reason.value.signal or 0))
 
 
-def spawn_cli(reactor: Any, args: list[str], stdin: bytes = b"") -> CliProcess:
+class ClosedStdoutCli(CliProcess):
+    """A ``python -m jarvis`` child whose stdout pipe is closed before it writes (``| head``)."""
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdout()
+        super().connectionMade()
+
+
+def spawn_cli(
+    reactor: Any, args: list[str], stdin: bytes = b"", *, closed_stdout: bool = False
+) -> CliProcess:
     """Start ``python -m jarvis ARGS`` with the repository on PYTHONPATH."""
-    proto = CliProcess(stdin)
+    proto = ClosedStdoutCli(stdin) if closed_stdout else CliProcess(stdin)
     env = child_env()
     env.pop("JARVIS_HOME", None)
     spawn: Any = reactor.spawnProcess
@@ -266,8 +278,11 @@ class NoDaemonTests(TestCase):
         self.data_dir = tempfile.mkdtemp(dir="/tmp", prefix="jcli")
         self.addCleanup(shutil.rmtree, self.data_dir, True)
 
-    async def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-        proto = spawn_cli(self.reactor, ["--data-dir", self.data_dir, *args], stdin)
+    async def run_cli(
+        self, *args: str, stdin: bytes = b"", closed_stdout: bool = False
+    ) -> tuple[int, str, str]:
+        argv = ["--data-dir", self.data_dir, *args]
+        proto = spawn_cli(self.reactor, argv, stdin, closed_stdout=closed_stdout)
         code = await proto.ended
         return code, proto.out.decode(), proto.err.decode()
 
@@ -302,6 +317,13 @@ class NoDaemonTests(TestCase):
             json.loads(out), {"running": False, "pid": None, "ipc": None, "version": None}
         )
 
+    async def test_closed_stdout(self) -> None:
+        """When stdout is closed before jarvis writes (``jarvis --help | head -1``), then it
+        exits 141 quietly: no traceback, no "cannot reach the daemon", nothing on stderr."""
+        for args in (["--help"], ["--json", "daemon", "status"], ["unlock", "--help"]):
+            code, _out, err = await self.run_cli(*args, closed_stdout=True)
+            self.assertEqual((code, err), (EXIT_BROKEN_PIPE, ""), args)
+
     async def test_version(self) -> None:
         """When --version is given, then the Jarvis version is printed."""
         code, out, _ = await self.run_cli("--version")
@@ -328,8 +350,11 @@ class FakeDaemonTests(SocketTestCase):
             f.write(f"unix:{self.path}\n")
         return d
 
-    async def run_cli(self, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
-        proto = spawn_cli(self.reactor, ["--data-dir", self.data_dir, *args], stdin)
+    async def run_cli(
+        self, *args: str, stdin: bytes = b"", closed_stdout: bool = False
+    ) -> tuple[int, str, str]:
+        argv = ["--data-dir", self.data_dir, *args]
+        proto = spawn_cli(self.reactor, argv, stdin, closed_stdout=closed_stdout)
         code = await proto.ended
         return code, proto.out.decode(), proto.err.decode()
 
@@ -418,6 +443,50 @@ class FakeDaemonTests(SocketTestCase):
         terminal.send(b"\x03")
         self.assertEqual(await terminal.wait_ended(), cli.EXIT_INTERRUPTED)
         self.assertFalse(alice["verified"])
+
+    async def test_too_many_attempts(self) -> None:
+        """When the daemon refuses a password unchecked (-32015), then unlock, passwd and
+        delete-account say how long to wait on one line and exit 75 (not the generic 1)."""
+        from jarvis.core.backoff import TooManyAttempts
+
+        def refuse(*args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            return defer.fail(TooManyAttempts(6.2))
+
+        for method in ("unlock", "change_password", "delete_account"):
+            setattr(self.node, method, refuse)
+        runs = [
+            ("unlock", "--password-file", "-"),
+            ("passwd", "--password-file", "-", "--new-password-file", "-"),
+            ("delete-account", "--password-file", "-"),
+        ]
+        for args in runs:
+            code, out, err = await self.run_cli(*args, stdin=b"pw\nnew\n")
+            self.assertEqual((code, out), (EXIT_TOO_MANY_ATTEMPTS, ""), (args, err))
+            self.assertEqual(
+                err,
+                "jarvis: Too many wrong passwords: retry in 7 s (the password was not tried)\n",
+            )
+        self.assertEqual(self.node._password, "pw")  # type: ignore[attr-defined]
+
+    async def test_rpc_output_is_terminal_safe(self) -> None:
+        """When a result holds C1 and bidi controls (a hostile contact name), then ``rpc``
+        prints them escaped, and the JSON still parses to the same name."""
+        name = "ev\x9b31mil\u202eman"
+        self.node.add_contact(link=fake_link(name))
+        code, out, err = await self.run_cli("rpc", "contacts.list")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn("\x9b", out)
+        self.assertNotIn("\u202e", out)
+        self.assertIn("\\u009b", out)
+        names = [c["name"] for c in json.loads(out)["contacts"]]
+        self.assertIn(name, names)
+
+    async def test_closed_stdout_with_a_daemon(self) -> None:
+        """When stdout is closed before a command's answer is printed, then it exits 141
+        with nothing on stderr (not "cannot reach the daemon: Broken pipe")."""
+        for args in (["--json", "contacts"], ["rpc", "daemon.status"]):
+            code, _out, err = await self.run_cli(*args, closed_stdout=True)
+            self.assertEqual((code, err), (EXIT_BROKEN_PIPE, ""), args)
 
     async def test_remote_error(self) -> None:
         """When the daemon answers an error, then one line on stderr and exit 1."""

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.ipc.jsonrpc import TOO_MANY_ATTEMPTS, RemoteError
 from jarvis.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
@@ -338,6 +339,29 @@ class LockScreenTests(SynchronousTestCase):
         client.emit("identity.unlocked", {"uid": "m" * 52, "name": "me"})
         self.assertIs(controller.window.screen, controller.main_screen)
 
+    def test_too_many_attempts(self) -> None:
+        """When the daemon refuses the password unchecked (-32015), then the lock screen says
+        how long to wait (not "Wrong password" or a generic failure) and keeps what was typed;
+        once the wait is over, Enter retries the same password."""
+        controller, client, _, _ = started()
+        press(controller, "ctrl l")
+        client.failures["identity.unlock"] = RemoteError(
+            TOO_MANY_ATTEMPTS,
+            "too many wrong passwords: retry in 12 s (this attempt was not tried)",
+            {"kind": "too_many_attempts", "retry_after": 12},
+        )
+        press(controller, "correct horse", "enter")
+        screen = controller.window.screen
+        self.assertIsInstance(screen, LockScreen)
+        text = screen_text(controller.window, (100, 20))
+        self.assertIn("Too many wrong passwords: retry in 12 s", text)
+        self.assertNotIn("Wrong password", text)
+        self.assertNotIn("failed", text)
+        self.assertEqual(screen.password_edit.edit_text, "correct horse")
+        del client.failures["identity.unlock"]
+        press(controller, "enter")
+        self.assertIs(controller.window.screen, controller.main_screen)
+
 
 class CancelTests(SynchronousTestCase):
     """Ctrl+C cancels what is in flight, else asks whether to quit."""
@@ -429,9 +453,9 @@ class DialogTests(SynchronousTestCase):
         self.assertIn("Connections: we dialled 3 times", screen_text(controller.window, (100, 40)))
         actions = controller.window.dialog
         self.assertIsNotNone(actions)
-        controller.update_contact(UID_BOB, {"verified": True}, "verifying")
+        controller.dialogs.update_contact(UID_BOB, {"verified": True}, "verifying")
         self.assertTrue(client.contacts[UID_BOB]["verified"])
-        controller._confirm_remove(UID_BOB)
+        controller.dialogs.confirm_remove(UID_BOB)
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "remove")
         self.assertIn(UID_BOB, client.contacts)
 
@@ -494,7 +518,7 @@ class DialogTests(SynchronousTestCase):
         controller, client, _, _ = started()
         press(controller, "f4")
         self.assertEqual(getattr(controller.window.dialog, "kind", None), "settings")
-        controller.update_contact(UID_ALICE, {"muted": True}, "saving")
+        controller.dialogs.update_contact(UID_ALICE, {"muted": True}, "saving")
         self.assertTrue(controller.model.contacts[UID_ALICE].muted)
         self.assertIn(("contacts.update", {"contact": UID_ALICE, "muted": True}), client.calls)
 
@@ -619,7 +643,7 @@ class FocusAndSettingsTests(SynchronousTestCase):
         uid = UID_ALICE
         controller.open_conversation(uid)
         self.assertEqual(client.focus, uid)
-        controller.lock()
+        controller.dialogs.lock()
         self.assertIsNone(client.focus)
 
     def test_notification_toggle_saved_in_daemon(self) -> None:
@@ -627,7 +651,7 @@ class FocusAndSettingsTests(SynchronousTestCase):
         daemon's settings change accordingly."""
         client = make_populated_client()
         controller, _c, _clock, _connector = make_controller(client)
-        controller.open_settings()
+        controller.dialogs.open_settings()
         press(controller, " ", "down", " ")
         self.assertEqual(client.settings["notifications"], False)
         self.assertEqual(client.settings["bell"], False)
@@ -748,3 +772,91 @@ class HostileTextTests(SynchronousTestCase):
         self.assertIn("evil: pay 0001 now", screens[0])
         self.assertIn("Name: evil", screens[1])
         self.assertIn("Addresses: 1.2.3.4", screens[1])
+
+
+def bodies(controller: Any, uid: str) -> list[str]:
+    """The bodies of *uid*'s loaded messages, oldest first."""
+    conversation = controller.model.conversations.get(uid)
+    if conversation is None:
+        return []
+    return [m.body for m in conversation.messages.values()]
+
+
+class MissedEventsTests(SynchronousTestCase):
+    """Events the UI never got ($/lagged, a locked daemon): it reloads what it shows."""
+
+    def _meanwhile(self, client: FakeDaemonClient) -> None:
+        """Messages the daemon stored without telling this UI."""
+        client.add_message(UID_ALICE, "while suspended", created=NOW + 100)
+        client.add_message(UID_BOB, "bob meanwhile", created=NOW + 101, unread=True)
+
+    def _assert_caught_up(self, controller: Any) -> None:
+        self.assertEqual(controller.model.current_uid, UID_ALICE)
+        self.assertIn("while suspended", bodies(controller, UID_ALICE))
+        self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertIn("while suspended", screen_text(controller.window, (100, 20)))
+
+    def test_lagged_then_disconnected(self) -> None:
+        """When the daemon says $/lagged and closes the connection, then the UI reconnects,
+        subscribes again and shows the messages that arrived meanwhile, with their counts."""
+        controller, client, clock, connector = started()
+        press(controller, "meta 1")
+        fresh = make_populated_client()
+        self._meanwhile(fresh)
+        connector.client = fresh
+        client.emit("$/lagged", {"dropped": 12, "message": "lagged, resubscribe"})
+        client.disconnect()
+        clock.advance(FIRST_RETRY)
+        self.assertIn("events.subscribe", fresh.methods_called())
+        self._assert_caught_up(controller)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_lagged_drops_the_connection_itself(self) -> None:
+        """When the daemon says $/lagged but has not closed yet, then the UI closes the
+        connection itself (no wait for the daemon's grace period), says so, and reloads."""
+        controller, client, clock, connector = started()
+        press(controller, "meta 1")
+        fresh = make_populated_client()
+        self._meanwhile(fresh)
+        connector.client = fresh
+        client.emit("$/lagged", {"dropped": 12, "message": "lagged, resubscribe"})
+        self.assertTrue(client.closed)
+        self.assertIn("missed 12 updates", screen_text(controller.window, (100, 20)))
+        clock.advance(FIRST_RETRY)
+        self.assertEqual(connector.attempts, 2)
+        self._assert_caught_up(controller)
+        client.disconnect()  # the daemon's own close, late: changes nothing
+        self.assertIs(controller.client, fresh)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_unlocked_event_reloads(self) -> None:
+        """When another client locks, messages arrive while locked (no events), and another
+        client unlocks, then the UI reloads contacts, the open conversation and the counts."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        client.locked = True
+        client.emit("identity.locked", {})
+        self.assertIsInstance(controller.window.screen, LockScreen)
+        self.assertEqual(bodies(controller, UID_ALICE), [])
+        self._meanwhile(client)
+        client.locked = False
+        client.emit("identity.unlocked", {"name": "me"})
+        clock.advance(0)
+        self._assert_caught_up(controller)
+
+    def test_unlocked_elsewhere_while_own_unlock_fails(self) -> None:
+        """When another client unlocks while this UI's own unlock (a wrong password) is in
+        flight, then the failure does not leave the UI on the lock screen: it reloads."""
+        client = make_populated_client()
+        client.locked = True
+        controller, _, clock, _ = make_controller(client)
+        self._meanwhile(client)
+        client.slow.add("identity.unlock")
+        press(controller, "wrong", "enter")
+        client.locked = False
+        client.emit("identity.unlocked", {"name": "me"})
+        client.fire_pending("identity.unlock")
+        clock.advance(0)
+        self.assertIs(controller.window.screen, controller.main_screen)
+        self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)

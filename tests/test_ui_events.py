@@ -67,3 +67,9 @@ class ReactionTests(SynchronousTestCase):
         self.assertIs(reaction_to("contact.changed", removed, state), Reaction.CLOSE_CONTACT_DIALOG)
         other = {"uid": "alice", "removed": True}
         self.assertIsNone(reaction_to("contact.changed", other, state))
+
+    def test_lagged_reconnects(self) -> None:
+        """When the daemon says $/lagged, then the UI reconnects, whatever the screen shows
+        (the lock screen too: the lock events may be among those dropped)."""
+        for state in (make_state(), make_state(on_main=False, lock_screen=True)):
+            self.assertIs(reaction_to("$/lagged", {"dropped": 3}, state), Reaction.RECONNECT)

@@ -24,6 +24,7 @@ Framing rules (the server and both clients follow them):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -466,3 +467,14 @@ def parse_value(value: Any) -> Incoming:
         error = RemoteError(code, str(err.get("message", "error")), data)
         return Incoming(id=value["id"], error=error)
     return Incoming(id=value["id"], result=value.get("result"))
+
+
+def too_many_attempts_text(data: Any) -> str:
+    """The line for error ``too_many_attempts`` (-32015), from its ``data.retry_after``.
+
+    :param data: the error's ``data`` (``retry_after``: whole seconds to wait).
+    """
+    wait = data.get("retry_after") if isinstance(data, dict) else None
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+        return f"Too many wrong passwords: retry in {math.ceil(wait)} s"
+    return "Too many wrong passwords: retry later"

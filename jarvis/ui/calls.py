@@ -14,6 +14,8 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
+from jarvis.ipc.jsonrpc import too_many_attempts_text
+
 SPINNER_INTERVAL = 0.1
 
 
@@ -36,6 +38,8 @@ def error_text(failure: Failure) -> str:
         return "cancelled"
     if kind == "timed_out":
         return "the daemon took too long (timed out)"
+    if kind == "too_many_attempts":
+        return too_many_attempts_text(getattr(error, "data", None))
     message = getattr(error, "message", None)
     if kind is not None and isinstance(message, str) and message:
         return message.splitlines()[0]

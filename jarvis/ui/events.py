@@ -2,7 +2,8 @@
 
 The model applies every event to its own state (:meth:`MessengerModel.apply_event`); this module
 decides the rest (show the lock screen, load after an unlock, mark the open conversation read,
-ring the bell, refresh the unread counts, close a removed contact's dialog) from the event and
+ring the bell, refresh the unread counts, close a removed contact's dialog, reconnect
+after ``$/lagged``) from the event and
 what the screen shows, as a :class:`Reaction` that the controller carries out.  It must not call
 the daemon, draw, or import urwid.
 """
@@ -24,6 +25,8 @@ class Reaction(enum.Enum):
     BELL = "bell"
     REFRESH_UNREAD = "refresh_unread"
     CLOSE_CONTACT_DIALOG = "close_contact_dialog"
+    #: the daemon dropped events for this client (``$/lagged``): connect again and reload
+    RECONNECT = "reconnect"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Re
     :param payload: its params (already checked to be a dict).
     :param state: what the screen shows.
     """
+    if name == "$/lagged":
+        # the daemon dropped events it owed this client and is closing the connection
+        return Reaction.RECONNECT
     if name == "identity.locked":
         return Reaction.SHOW_LOCK
     if name == "identity.unlocked":

@@ -129,6 +129,7 @@ class DaemonLink:
         self._lost = lost
         self._retrying = retrying
         self.client: Any = None
+        self._protocol: LinkProtocol | None = None
         link = self
 
         class _LinkProtocol(LinkProtocol):
@@ -142,6 +143,7 @@ class DaemonLink:
             return delay
 
         def prepare(protocol: Any) -> Any:
+            self._protocol = protocol
             self.client = protocol.client
             return connected(protocol.client)
 
@@ -160,6 +162,18 @@ class DaemonLink:
         if self.client is protocol.client and self.client is not None:
             self.client = None
             self._lost(reason)
+
+    def reconnect(self) -> None:
+        """Drop the current connection now; ``ClientService`` connects again after its delay.
+
+        For a connection the daemon gave up on (``$/lagged``): it closes it itself after a
+        grace period, but the events are lost already, so there is nothing to wait for.
+        """
+        protocol = self._protocol
+        transport: Any = protocol.transport if protocol is not None else None
+        if protocol is None or protocol.ended or transport is None:
+            return
+        transport.loseConnection()
 
     def start(self) -> None:
         """Connect now, and again after every failure or loss until :meth:`stop`."""

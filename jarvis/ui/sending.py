@@ -1,0 +1,131 @@
+"""Sending from the input line: messages to the open conversation and slash commands.
+
+:class:`Sender` owns what happens when the user presses Enter in the input line: a plain line
+is sent to the open conversation, ``/msg NAME TEXT`` to a named contact, and ``/add``, ``/lock``,
+``/help``, ``/quit`` run their commands.  A line that could not be sent goes back into an empty
+input line.  It must not build dialogs (:mod:`jarvis.ui.dialogs` does) nor touch the
+connection (:mod:`jarvis.ui.link`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from jarvis.ui.host import UiHost
+from jarvis.ui.model import InputError, Message, SendText, SlashCommand, parse_input
+
+
+class Sender:
+    """Sends what the input line holds, and runs its slash commands.
+
+    :param controller: the controller (:class:`~jarvis.ui.host.UiHost`): daemon calls, model,
+        screens.
+    :param open_add_contact: opens the add-contact dialog with a link code typed in.
+    """
+
+    def __init__(self, controller: UiHost, open_add_contact: Callable[[str], Any]) -> None:
+        self._controller = controller
+        self._open_add_contact = open_add_contact
+        self.model = controller.model
+        self.main_screen = controller.main_screen
+
+    def submit_input(self, text: str) -> None:
+        """The input line's Enter: send a message or run a slash command."""
+        action = parse_input(text)
+        if action is None:
+            return
+        self.model.clear_status()
+        if isinstance(action, InputError):
+            self.model.notify(action.text, "error")
+        elif isinstance(action, SendText):
+            uid = self.model.current_uid
+            if uid is None:
+                self.main_screen.input.set_edit_text(text)
+                self.model.notify("open a conversation first (Alt+1), or /msg NAME TEXT", "error")
+                return
+            self.model.set_draft(uid, "")
+            self.send(uid, action.text, restore=text)
+        elif isinstance(action, SlashCommand):
+            self.slash(action, text)
+
+    def slash(self, action: SlashCommand, line: str = "") -> None:
+        if action.name == "quit":
+            self._controller.quit()
+        elif action.name in ("lock", "help"):
+            self._controller.handle_command(action.name)
+        elif action.name == "add":
+            dialog = self._open_add_contact(action.args[0])
+            dialog.submit()
+        elif action.name == "msg":
+            name, text = action.args
+            self.message_to(name, text, restore=line or None)
+
+    def message_to(self, name: str, text: str, *, restore: str | None = None) -> None:
+        """``/msg NAME TEXT``: send *text* to the one contact called *name*.
+
+        With no conversation open, NAME's conversation opens with the line in it (as irssi
+        opens a query window); with another one open the UI stays there, and the status line
+        says "sent to NAME" once the daemon took the message.  An unknown or ambiguous NAME
+        sends nothing and names the candidates on the status line.
+
+        :param restore: the typed line, put back into an empty input line if sending fails.
+        """
+        matches = self.model.find_contacts(name)
+        if len(matches) != 1:
+            self.model.notify(self.model.no_single_contact(name, matches), "error")
+            return
+        contact = matches[0]
+        stay = self.model.current_uid not in (None, contact.uid)
+        if self.model.current_uid is None:
+            self._controller.open_conversation(contact.uid)
+        d = self.send(contact.uid, text, restore=restore, restore_anywhere=True)
+        if stay:
+            label = contact.display_name
+
+            def confirm(sent: bool) -> None:
+                if sent:
+                    self.model.notify(f"sent to {label}")
+
+            d.addCallback(confirm)
+
+    def send(
+        self, uid: str, text: str, *, restore: str | None = None, restore_anywhere: bool = False
+    ) -> defer.Deferred[bool]:
+        """Send *text* to *uid*; on failure put *restore* back into an empty input line.
+
+        The line shows from the call's answer or from the ``message.added`` event, whichever
+        comes first (once: both carry the message's id).
+
+        :param restore_anywhere: restore even if another conversation is open by then (the
+            line names its contact: ``/msg``).
+        :returns: a Deferred firing with whether the daemon took the message.
+        """
+        d = self._controller.call("messages.send", {"contact": uid, "text": text}, label="sending")
+
+        def sent(result: Mapping[str, Any]) -> bool:
+            try:
+                self.model.add_message(Message.from_api(result))
+            except (ValueError, AttributeError):
+                pass
+            return True
+
+        def failed(failure: Failure) -> bool:
+            here = restore_anywhere or uid == self.model.current_uid
+            if restore is not None and here:
+                if not self.main_screen.input.edit_text:
+                    self.main_screen.input.set_edit_text(restore)
+                    self.main_screen.input.set_edit_pos(len(restore))
+            self._controller.report(failure, "sending")
+            return False
+
+        d.addCallbacks(sent, failed)
+
+        def drawn(outcome: bool) -> bool:
+            self._controller.redraw()
+            return outcome
+
+        return d.addCallback(drawn)
