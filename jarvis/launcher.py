@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -28,6 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from jarvis import paths
+from jarvis.atomicfile import write_atomically
 
 T = TypeVar("T")
 
@@ -106,20 +106,7 @@ def write_daemon_options(data_dir: str, options: Mapping[str, Any]) -> None:
     document = {"version": 1, "options": remembered_options(options)}
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
     path = daemon_options_path(data_dir)
-    fd, tmp = tempfile.mkstemp(prefix=".daemon.", suffix=".tmp", dir=data_dir)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, data, mode=0o600)
 
 
 def read_daemon_options(data_dir: str) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import jarvis
 from jarvis import errors, launcher
+from jarvis.atomicfile import write_text_atomically
 
 UNIT_NAME = "jarvis.service"
 
@@ -140,17 +140,4 @@ def write_unit(path: str, text: str, *, force: bool) -> None:
         raise UnitExists(f"{path} already exists: run again with --force to replace it")
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".jarvis.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_text_atomically(path, text, mode=0o644)

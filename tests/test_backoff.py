@@ -92,6 +92,24 @@ class PersistenceTests(SynchronousTestCase):
         again.failed()  # the count goes on from 2
         self.assertEqual(again.retry_after(), 2.0)
 
+    def test_planted_link_not_followed(self) -> None:
+        """When another process planted symbolic links at the names a temporary file of the
+        back-off could take (the old ``password.backoff.tmp<pid>``), then counting a wrong
+        password writes through none of them: their targets keep their content."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        target = os.path.join(directory, "identity.key")
+        with open(target, "w") as f:
+            f.write("keep")
+        path = os.path.join(directory, BACKOFF_FILE)
+        os.symlink(target, f"{path}.tmp{os.getpid()}")
+        backoff, _clock = make_backoff(self, directory)
+        backoff.failed()
+        with open(target) as f:
+            self.assertEqual(f.read(), "keep")
+        self.assertFalse(os.path.islink(path))
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+
     def test_clock_set_back_and_damaged_file(self) -> None:
         """When the saved wait ends far in the future (the clock was set back), then it is cut
         to the maximum from now; when the file is damaged, then there is no back-off."""

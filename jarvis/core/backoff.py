@@ -27,6 +27,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from jarvis.atomicfile import write_atomically
 from jarvis.errors import JarvisError
 
 #: The file (in the data directory) that keeps the back-off across restarts.
@@ -141,7 +142,7 @@ class PasswordBackoff:
             d = self._run_blocking(_remove, self.path)
         else:
             content = json.dumps({"failures": self.failures, "not_before": self.not_before})
-            d = self._run_blocking(_write_private, self.path, content.encode("ascii"))
+            d = self._run_blocking(write_atomically, self.path, content.encode("ascii"))
 
         def unsaved(failure: Any) -> None:
             # The in-memory back-off still applies; only a restart would forget it.
@@ -155,19 +156,3 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _write_private(path: str, content: bytes) -> None:
-    """Write *content* to *path* (0600) through a temporary file, fsync and rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
