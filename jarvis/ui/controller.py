@@ -29,6 +29,7 @@ from jarvis.turn import OncePerTurn
 from jarvis.ui import keymap
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.events import Reaction, ScreenState, reaction_to
+from jarvis.ui.execview import ExecRuns
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     Contact,
@@ -156,6 +157,14 @@ class Controller:
             ConnectingScreen(self.model), self._before_widgets, self._after_widgets
         )
         self.model.observe(self._model_changed)
+        # /exec: running local programs and their output lines (jarvis/ui/execview.py)
+        self.execs = ExecRuns(
+            self.model,
+            clock,
+            client=lambda: self.client,
+            send=lambda uid, text: self.send(uid, text),
+            redraw=self.redraw,
+        )
 
     @property
     def inflight(self) -> dict[int, defer.Deferred[Any]]:
@@ -491,6 +500,8 @@ class Controller:
         if count:
             self.model.notify(f"cancelled {count} operation{'s' if count > 1 else ''}")
             return
+        if self.execs.cancel_focused():  # the /exec command running here
+            return
         if self.window.dialog is not None and self.window.dialog.kind == "quit":
             self.quit()
             return
@@ -688,6 +699,8 @@ class Controller:
 
     def submit_input(self, text: str) -> None:
         """The input line's Enter: send a message or run a slash command."""
+        if self.execs.submit(text):  # /exec (jarvis/ui/execview.py)
+            return
         action = parse_input(text)
         if action is None:
             return
