@@ -407,12 +407,6 @@ class ExecRuns:
                 return True
         return False
 
-    def stop(self) -> None:
-        """Cancel every command (the UI is closing; the daemon would end them anyway)."""
-        for run in list(self.runs.values()):
-            if run.call is not None and not run.call.called:
-                run.call.cancel()
-
     def list(self) -> None:
         """``/exec -list``: the daemon's running programs as local lines of the view open."""
         view = self.model.current_uid
