@@ -402,3 +402,30 @@ class ListKillTests(SynchronousTestCase):
         assert controller.model.status is not None
         self.assertEqual(controller.model.status.level, "error")
         self.assertIn("/exec -kill 99 failed", controller.model.status.text)
+
+
+class LocalLineTests(SynchronousTestCase):
+    """Local lines in the model and the scrollback."""
+
+    def test_local_line_between_messages(self) -> None:
+        """When a local line is added and a message arrives after it, then the conversation
+        shows the loaded messages, the local line (no sender, no mark), then the new message,
+        both updated in place and after a rebuild."""
+        from jarvis.ui.model import Message
+
+        controller, _, _ = started()
+        press(controller, "meta 1")
+        model = controller.model
+        newest = model.conversations[UID_ALICE].ordered()[-1]
+        model.add_local(UID_ALICE, "a local line", 0.0)
+        model.add_message(
+            Message("m99", UID_ALICE, "in", "after it", "received", newest.created, seq=99)
+        )
+        bodies = [m.body for m in model.conversations[UID_ALICE].ordered()]
+        self.assertEqual(bodies[-3:], [newest.body, "a local line", "after it"])
+        rows = screen_text(controller.window, (80, 24)).splitlines()
+        local_row = next(i for i, row in enumerate(rows) if "a local line" in row)
+        self.assertIn("after it", rows[local_row + 1])
+        self.assertRegex(rows[local_row], r"\d\d:\d\d a local line$")
+        controller.main_screen.scrollback._rebuild(model.current)  # the same rows rebuilt
+        self.assertEqual(screen_text(controller.window, (80, 24)).splitlines(), rows)
