@@ -86,6 +86,13 @@ class FakeDaemonClient:
         #: ``peers.status`` entries by uid (a default one for the others)
         self.health: dict[str, dict[str, Any]] = {}
         self._next_id = 1
+        #: ``exec.run``: what each new run prints at once ((stream, text) pairs) and whether it
+        #: then keeps running (until :meth:`exec_finish`, ``exec.kill`` or a cancel)
+        self.exec_output: list[tuple[str, str]] = []
+        self.exec_holds = False
+        #: the runs not ended: id -> {"argv", "params", "progress", "call"}
+        self.exec_runs: dict[int, dict[str, Any]] = {}
+        self._next_run = 7
 
     # setting up ---------------------------------------------------------------------------
 
@@ -142,6 +149,8 @@ class FakeDaemonClient:
         self.calls.append((method, params))
         if self.closed:
             return defer.fail(ConnectionError("closed"))
+        if method == "exec.run" and method not in self.failures:
+            return self._exec_run(params, progress)
         if method in self.slow:
 
             def cancel(_: defer.Deferred[Any]) -> None:
@@ -205,6 +214,89 @@ class FakeDaemonClient:
                 d.errback(Failure(ConnectionError("connection lost")))
         for observer in list(self.disconnect_observers):
             observer(Failure(ConnectionError("connection lost")))
+
+    def _exec_run(
+        self, params: dict[str, Any], progress: Callable[[Any], None] | None
+    ) -> defer.Deferred[Any]:
+        """``exec.run`` as the daemon streams it: ``running``, the scripted output, then the
+        answer (at once, or held while :attr:`exec_holds`).  Cancelling the call ends the run
+        as ``$/cancelRequest`` does (the real client fails the call with ``CancelledError``)."""
+        try:
+            self._unlocked()
+        except RemoteError as e:
+            return defer.fail(e)
+        run_id = self._next_run
+        self._next_run += 1
+
+        def cancel(_: defer.Deferred[Any]) -> None:
+            self.cancelled.append("exec.run")
+            self.exec_runs.pop(run_id, None)
+
+        call: defer.Deferred[Any] = defer.Deferred(cancel)
+        self.exec_runs[run_id] = {
+            "argv": list(params.get("argv") or []),
+            "params": params,
+            "progress": progress or (lambda value: None),
+            "call": call,
+            "bytes": 0,
+        }
+        self._progress(run_id, {"stage": "running", "id": run_id, "pid": 4000 + run_id})
+        for stream, text in self.exec_output:
+            self.exec_write(run_id, text, stream)
+        if not self.exec_holds:
+            self.exec_finish(run_id)
+        return call
+
+    def _progress(self, run_id: int, value: dict[str, Any]) -> None:
+        run = self.exec_runs.get(run_id)
+        if run is not None:
+            run["progress"](value)
+
+    def exec_write(self, run_id: int, text: str, stream: str = "stdout") -> None:
+        """Run *run_id* prints *text* on *stream* (a ``$/progress`` output value)."""
+        run = self.exec_runs.get(run_id)
+        if run is not None:
+            run["bytes"] += len(text.encode("utf-8"))
+        self._progress(run_id, {"stage": "output", "id": run_id, "stream": stream, "text": text})
+
+    def exec_finish(
+        self, run_id: int, exit_code: int | None = 0, signal: str | None = None, **flags: Any
+    ) -> None:
+        """Run *run_id* ends: its call answers as exec.run does."""
+        run = self.exec_runs.pop(run_id, None)
+        if run is None:
+            return
+        size = run["bytes"]
+        result = {
+            "id": run_id,
+            "pid": 4000 + run_id,
+            "exit_code": exit_code,
+            "signal": signal,
+            "timed_out": False,
+            "killed": False,
+            "cancelled": False,
+            "duration": 0.25,
+            "queued_for": 0.0,
+            "bytes": {"stdout": size, "stderr": 0, "kept": size, "dropped": 0},
+        }
+        result.update(flags)
+        run["call"].callback(result)
+
+    def m_exec_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        runs = [
+            {"id": i, "argv": r["argv"], "owner": "api", "state": "running", "age": 3.0}
+            for i, r in self.exec_runs.items()
+        ]
+        return {"runs": runs, "finished": [], "limit": 16, "running": len(runs), "queued": 0}
+
+    def m_exec_kill(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        run_id = params.get("id")
+        if run_id not in self.exec_runs:
+            raise remote_error("not_found", f"no run {run_id}")
+        self.exec_finish(run_id, None, "SIGTERM", killed=True)
+        return {"id": run_id, "state": "stopping"}
 
     def methods_called(self) -> list[str]:
         """The names of the methods called so far, in order."""

@@ -30,6 +30,7 @@ from jarvis.turn import OncePerTurn
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs
 from jarvis.ui.events import Reaction, ScreenState, reaction_to
+from jarvis.ui.execview import ExecRuns
 from jarvis.ui.keys import KeyRouter
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
@@ -129,9 +130,7 @@ class Controller:
         )
         self._banner_animation: Any = None
         self._redraw = OncePerTurn(clock, self._draw)
-        self.main_screen = MainScreen(
-            self.model, lambda text: self.sender.submit_input(text), self.open_conversation, tz
-        )
+        self.main_screen = MainScreen(self.model, self._submit_input, self.open_conversation, tz)
         self.window = AppWindow(
             ConnectingScreen(self.model),
             lambda state, key: self.keys.before_widgets(state, key),
@@ -160,6 +159,14 @@ class Controller:
         self._unread_refresh = OncePerTurn(clock, self.reader.fetch_unread)
         self._mark_read_soon = OncePerTurn(clock, self.reader.mark_open_read)
         self.model.observe(self._model_changed)
+        # /exec: running local programs and their output lines (jarvis/ui/execview.py)
+        self.execs = ExecRuns(
+            self.model,
+            clock,
+            client=lambda: self.client,
+            send=lambda uid, text: self.sender.send(uid, text),
+            redraw=self.redraw,
+        )
 
     @property
     def inflight(self) -> dict[int, defer.Deferred[Any]]:
@@ -395,6 +402,8 @@ class Controller:
         if count:
             self.model.notify(f"cancelled {count} operation{'s' if count > 1 else ''}")
             return
+        if self.execs.cancel_focused():  # the /exec command running here
+            return
         if self.window.dialog is not None and self.window.dialog.kind == "quit":
             self.quit()
             return
@@ -522,6 +531,11 @@ class Controller:
     def connected(self) -> bool:
         """Whether the daemon is connected now."""
         return self.client is not None
+
+    def _submit_input(self, text: str) -> None:
+        """The input line's Enter: ``/exec`` (:mod:`jarvis.ui.execview`), else the sender."""
+        if not self.execs.submit(text):
+            self.sender.submit_input(text)
 
     def open_conversation(self, uid: str) -> None:
         """Open *uid*'s conversation: keep the old draft, restore this one, load, mark read."""

@@ -145,7 +145,7 @@ COMMANDS: tuple[Command, ...] = (
     _command("lock", "Lock Jarvis (the password unlocks it)", _GENERAL, ("ctrl l",), (MAIN,)),
     _command(
         "cancel",
-        "Cancel the operation in flight; with none, ask whether to quit",
+        "Cancel the operation in flight, else the /exec command running here; else ask to quit",
         _GENERAL,
         ("ctrl c",),
         (APP,),

@@ -23,6 +23,8 @@ from jarvis.textsafe import strip_bidi
 SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/add LINK", "Add a contact from a jarvis:// link code (or a card file path)"),
     ("/msg NAME TEXT", "Send TEXT to the contact called NAME (quote names with spaces)"),
+    ("/exec [-o] [-t S] CMD", "Run CMD here, its output shown locally (-o: then sent)"),
+    ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
     ("/lock", "Lock Jarvis"),
     ("/help", "Show the keys"),
     ("/quit", "Close the UI (the daemon keeps running)"),
@@ -30,6 +32,10 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 MESSAGE_STATES = ("queued", "sent", "delivered", "read", "received")
+#: The direction of a local line: shown in the conversation area only, never sent (``/exec``).
+LOCAL = "local"
+#: Where local lines go while no conversation is open (no contact has an empty uid).
+NO_CONVERSATION = ""
 #: How far an outgoing message got: a later report of an earlier state never takes it back.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "received": 0}
 PEER_STATUSES = ("offline", "connecting", "online")
@@ -378,9 +384,11 @@ class Conversation:
         return order
 
     def last_activity(self) -> float | None:
-        """The newest message's time, if any message is loaded."""
-        order = self.ordered()
-        return order[-1].created if order else None
+        """The newest message's time, if any message is loaded (local lines do not count)."""
+        for message in reversed(self.ordered()):
+            if message.direction != LOCAL:
+                return message.created
+        return None
 
 
 # Slash command parsing ---------------------------------------------------------------------
@@ -551,7 +559,7 @@ class MessengerModel:
             fresh[contact.uid] = contact
         self.contacts = fresh
         for uid in list(self.conversations):
-            if uid not in fresh:
+            if uid not in fresh and uid != NO_CONVERSATION:
                 del self.conversations[uid]
         if self.current_uid not in fresh:
             self.current_uid = None
@@ -857,6 +865,32 @@ class MessengerModel:
         self.conversation(uid).draft = text
 
     _no_conversation_draft = ""
+
+    # local lines -------------------------------------------------------------------------
+
+    def add_local(self, uid: str | None, text: str, now: float) -> None:
+        """Show *text* as a local line at the end of *uid*'s conversation (``None``: the view
+        with no conversation open): it is never sent and goes when the UI locks or closes.
+
+        The line sorts after the newest message loaded now and before any later one.
+        """
+        conversation = self.conversation(uid or NO_CONVERSATION)
+        order = conversation.ordered()
+        last = order[-1] if order else None
+        self._local_lines += 1
+        line = Message(
+            id=f"~local{self._local_lines:010d}",
+            contact=uid or NO_CONVERSATION,
+            direction=LOCAL,
+            body=strip_bidi(text),
+            state="received",
+            created=max(now, last.created) if last is not None else now,
+            seq=last.seq if last is not None else 0,
+        )
+        conversation.put(line)
+        self._changed("messages")
+
+    _local_lines = 0
 
     # operations in flight ------------------------------------------------------------------
 

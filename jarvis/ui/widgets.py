@@ -16,7 +16,14 @@ from typing import Any
 import urwid
 
 from jarvis.ui import keymap
-from jarvis.ui.model import ConnectionSummary, Contact, Message, MessengerModel
+from jarvis.ui.model import (
+    LOCAL,
+    NO_CONVERSATION,
+    ConnectionSummary,
+    Contact,
+    Message,
+    MessengerModel,
+)
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -296,6 +303,10 @@ class MessageRow(urwid.WidgetWrap[urwid.Columns]):
     def __init__(self, message: Message, sender: str, tz: datetime.tzinfo | None) -> None:
         self.message_id = message.id
         stamp = format_time(message.created, tz).strftime("%H:%M")
+        if message.direction == LOCAL:  # shown here only (/exec output): no sender, no mark
+            local = urwid.Text(("local", message.body))
+            super().__init__(urwid.Columns([(6, urwid.Text(("time", stamp))), local]))
+            return
         incoming = message.direction == "in"
         name_style, body_style = ("name_in", "body_in") if incoming else ("name_out", "body_out")
         body = urwid.Text([(name_style, sender[:16] + ": "), (body_style, message.body)])
@@ -395,6 +406,10 @@ class Scrollback(LazyPane):
                     ("hint", "No conversation open. Alt+1 opens the first; Ctrl+N adds a contact.")
                 )
             ]
+            # local lines (/exec output) of the view with no conversation open
+            local = self._model.conversations.get(NO_CONVERSATION)
+            if local is not None:
+                self._walker.extend(MessageRow(m, "", self._tz) for m in local.ordered())
             return None
         conversation = self._model.conversations.get(contact.uid)
         messages = conversation.ordered() if conversation is not None else []
