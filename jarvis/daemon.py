@@ -6,6 +6,8 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the blocking-work thread pool (Argon2id, key file I/O),
 - the reactor-lag probe,
 - the :class:`~jarvis.core.node.Node` (identity, store, peers),
+- LAN discovery (:class:`~jarvis.lanservice.LanService`), running while unlocked and the
+  ``lan_discovery`` setting is on,
 - the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
 - the local API listener (``--ipc``), a ``strports`` service,
 - the desktop notifier, then the process runner and the hooks (:mod:`jarvis.exec`), last so
@@ -342,6 +344,10 @@ class JarvisDaemon(MultiService):
             now=time.time,
         )
         self.node.setServiceParent(self)
+        from jarvis.lanservice import LanService, lan_discovery_factory
+
+        self.lan = LanService(self.node, lan_discovery_factory(reactor), self._listening_port)
+        self.lan.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
         self.peer_listener = reporting_service(
@@ -426,6 +432,7 @@ class JarvisDaemon(MultiService):
 
         network = PeerNetwork(self.reactor, identity, directory, observer)
         self.peer_factory.current = network.server_factory()
+        self.lan.unlocked(identity)
         return network
 
     def _listening(self) -> tuple[str, int] | None:
@@ -434,6 +441,10 @@ class JarvisDaemon(MultiService):
             return None
         host = self._peer_port.getHost()
         return (str(host.host), int(host.port))
+
+    def _listening_port(self) -> int | None:
+        listening = self._listening()
+        return listening[1] if listening is not None else None
 
     def blocking_pool_stats(self) -> dict[str, Any]:
         """Size, busy threads and queue length of the blocking-work thread pool."""

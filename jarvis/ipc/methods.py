@@ -571,9 +571,10 @@ def method_specs() -> tuple[MethodSpec, ...]:
         MethodSpec(
             "settings.get",
             settings_get,
-            result="{notifications, previews, bell}",
+            result="{notifications, previews, bell, lan_discovery}",
             doc="Read the settings: desktop notifications on new messages, message text in "
-            "them (opt-in), and the terminal bell in UIs.",
+            "them (opt-in), the terminal bell in UIs, and LAN discovery (announce to and find "
+            "contacts on the local network, docs/net.md).",
         ),
         MethodSpec(
             "settings.set",
@@ -582,8 +583,15 @@ def method_specs() -> tuple[MethodSpec, ...]:
                 Param("notifications", bool, False, "raise desktop notifications"),
                 Param("previews", bool, False, "show message text in notifications"),
                 Param("bell", bool, False, "let UIs ring the terminal bell"),
+                Param(
+                    "lan_discovery",
+                    bool,
+                    False,
+                    "announce to and find contacts on the local network (mDNS); off stops it "
+                    "at once and forgets the addresses it found",
+                ),
             ),
-            result="{notifications, previews, bell}",
+            result="{notifications, previews, bell, lan_discovery}",
             doc="Change settings; they are stored encrypted and announced with settings.changed.",
         ),
         MethodSpec(
@@ -665,14 +673,17 @@ def method_specs() -> tuple[MethodSpec, ...]:
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
             "'online'), connect_attempts, connect_successes, connect_failures, "
             "sessions_accepted, last_error, last_error_at, connected_since, offline_since, "
-            "bytes_in, bytes_out, messages_in, messages_out}]}",
+            "bytes_in, bytes_out, messages_in, messages_out, lan_addresses, path}]}",
             doc="Show the connection state of every peer. connect_attempts counts outbound "
             "dials started; connect_successes those that reached a session (sessions dialled), "
             "connect_failures those that did not (last_error, last_error_at: the latest); "
             "sessions_accepted counts inbound connections that reached a session. "
             "connected_since is set while online, offline_since while not (when the last "
             "session ended, or when the daemon began to track the contact). Times are seconds "
-            "since the epoch; counters run from the daemon's unlock.",
+            "since the epoch; counters run from the daemon's unlock. lan_addresses: the "
+            "HOST:PORT addresses where LAN discovery found the contact, newest first (dialled "
+            "before the card's addresses); path: how the live session runs ('direct': a TCP "
+            "connection to a found or a card's address), null while not online.",
         ),
         MethodSpec(
             "events.subscribe",

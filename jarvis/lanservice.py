@@ -1,0 +1,176 @@
+"""LAN discovery in the daemon: run it while the identity is unlocked and the setting is on.
+
+:class:`LanService` is the composition root's glue between :class:`jarvis.net.lan.LanDiscovery`
+(announce and browse on the local network) and the node: the daemon tells it when the peer
+network is made at unlock (:meth:`LanService.unlocked`); it stops discovery when the keys are
+wiped, when the daemon stops and when the user turns ``lan_discovery`` off (and starts it again
+when turned on); it hands every address found to the node (``address_discovered``, which dials
+it first) and tells discovery when the contacts changed.  It must not dial, nor keep addresses
+itself: the node's contact book does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from jarvis.core.addresses import format_address
+
+#: The setting that turns discovery on and off.
+SETTING = "lan_discovery"
+
+
+class Discovery(Protocol):
+    """What this service calls on :class:`jarvis.net.lan.LanDiscovery` (tests fake it)."""
+
+    enabled: bool
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+    def contacts_changed(self) -> Any: ...
+
+
+class Contacts(Protocol):
+    """The part of the node's contact book this service uses."""
+
+    def acceptable_uids(self) -> Any: ...
+
+    def public_key(self, uid: str) -> bytes | None: ...
+
+    def watch_directory(self, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+    def forget_discovered(self) -> None: ...
+
+
+class LanNode(Protocol):
+    """The part of the node this service uses."""
+
+    @property
+    def contacts(self) -> Contacts: ...
+
+    @property
+    def settings(self) -> dict[str, bool]: ...
+
+    def subscribe(self, observer: Callable[[str, Any], None]) -> Callable[[], None]: ...
+
+    def address_discovered(self, uid: str, address: str) -> None: ...
+
+
+#: ``(identity, port, contacts, on_found, enabled) -> discovery``.
+DiscoveryFactory = Callable[
+    [Any, int, Callable[[], list[tuple[str, bytes | None]]], Callable[[str, str, int], None], bool],
+    Discovery,
+]
+
+
+def lan_discovery_factory(clock: Any) -> DiscoveryFactory:
+    """Return a factory of real :class:`~jarvis.net.lan.LanDiscovery` on *clock* (the reactor)."""
+
+    def make(
+        identity: Any,
+        port: int,
+        contacts: Callable[[], list[tuple[str, bytes | None]]],
+        on_found: Callable[[str, str, int], None],
+        enabled: bool,
+    ) -> Discovery:
+        from jarvis.net.lan import LanDiscovery
+        from jarvis.protocol.lan import LanKeys
+
+        return LanDiscovery(
+            identity.uid,
+            port,
+            LanKeys(identity.private_bytes(), identity.uid),
+            contacts=contacts,
+            on_found=on_found,
+            clock=clock,
+            enabled=enabled,
+        )
+
+    return make
+
+
+class LanService(Service):
+    """Runs LAN discovery for the unlocked identity; see the module docstring.
+
+    :param node: the node (settings, events, contact book, ``address_discovered``).
+    :param make_discovery: builds the discovery (:func:`lan_discovery_factory`).
+    :param port: returns the peer listener's port (what we announce), or ``None``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, node: LanNode, make_discovery: DiscoveryFactory, port: Callable[[], int | None]
+    ) -> None:
+        self._node = node
+        self._make = make_discovery
+        self._port = port
+        #: the discovery of the unlocked identity, or ``None`` while locked
+        self.discovery: Discovery | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
+
+    def startService(self) -> None:
+        super().startService()
+        self._unsubscribe = [
+            self._node.subscribe(self._event),
+            self._node.contacts.watch_directory(self._contacts_changed),
+        ]
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        return self._stop()
+
+    def unlocked(self, identity: Any) -> None:
+        """The peer network of *identity* was just made: discover with its keys (if enabled)."""
+        self._stop()
+        port = self._port()
+        if port is None:
+            self.log.warn("LAN discovery is off: the peer listener has no port")
+            return
+        self.discovery = self._make(identity, port, self._contacts, self._found, self._enabled())
+        self.discovery.start()
+
+    def _enabled(self) -> bool:
+        return bool(self._node.settings.get(SETTING, True))
+
+    def _contacts(self) -> list[tuple[str, bytes | None]]:
+        book = self._node.contacts
+        return [(uid, book.public_key(uid)) for uid in book.acceptable_uids()]
+
+    def _found(self, uid: str, host: str, port: int) -> None:
+        self._node.address_discovered(uid, format_address(host, port))
+
+    def _contacts_changed(self) -> None:
+        if self.discovery is not None:
+            self.discovery.contacts_changed()
+
+    def _event(self, event: str, payload: Any) -> None:
+        if event == "identity.locked" and payload.get("wiped"):
+            self._stop()
+        elif event == "settings.changed" and self.discovery is not None:
+            enabled = bool(payload.get("settings", {}).get(SETTING, True))
+            if enabled == self.discovery.enabled:
+                return
+            self.discovery.enabled = enabled
+            if enabled:
+                self.log.info("LAN discovery turned on")
+                self.discovery.start()
+            else:
+                self.log.info("LAN discovery turned off")
+                self.discovery.stop()
+                self._node.contacts.forget_discovered()
+
+    def _stop(self) -> defer.Deferred[Any]:
+        discovery, self.discovery = self.discovery, None
+        if discovery is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(discovery.stop)
