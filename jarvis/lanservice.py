@@ -114,6 +114,9 @@ class LanService(Service):
         #: the discovery of the unlocked identity, or ``None`` while locked
         self.discovery: Discovery | None = None
         self._unsubscribe: list[Callable[[], None]] = []
+        # a discovery's start and stop each finish on a later turn of the loop: a start made
+        # before the previous stop finished would be lost, so they run one after the other
+        self._switching = defer.DeferredLock()
 
     def startService(self) -> None:
         super().startService()
@@ -160,17 +163,18 @@ class LanService(Service):
             enabled = bool(payload.get("settings", {}).get(SETTING, True))
             if enabled == self.discovery.enabled:
                 return
-            self.discovery.enabled = enabled
+            discovery = self.discovery
+            discovery.enabled = enabled
             if enabled:
                 self.log.info("LAN discovery turned on")
-                self.discovery.start()
+                self._switching.run(discovery.start)
             else:
                 self.log.info("LAN discovery turned off")
-                self.discovery.stop()
+                self._switching.run(discovery.stop)
                 self._node.contacts.forget_discovered()
 
     def _stop(self) -> defer.Deferred[Any]:
         discovery, self.discovery = self.discovery, None
         if discovery is None:
             return defer.succeed(None)
-        return defer.maybeDeferred(discovery.stop)
+        return self._switching.run(discovery.stop)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import TestCase
 
 from jarvis.core.contacts import MAX_DISCOVERED
@@ -192,6 +192,23 @@ class LifeCycleTests(TestCase):
         self.assertTrue(discovery.running)
         self.assertEqual(discovery.calls[-1], "start")
 
+    async def test_on_waits_for_the_stop_to_finish(self) -> None:
+        """When lan_discovery is turned off and on again before the stop finished (it runs on
+        a later turn of the loop), then the start waits for it, so discovery ends up running
+        (the start was lost before: turned on, yet silent)."""
+        node, _service, made = make_wired(self)
+        await node.create_identity("Alice", "pw")
+        discovery = made[-1]
+        stopping: Deferred[None] = Deferred()
+        discovery.stop = lambda: (discovery.calls.append("stop"), stopping)[1]  # type: ignore[method-assign]
+
+        await node.update_settings(lan_discovery=False)
+        await node.update_settings(lan_discovery=True)
+        self.assertEqual(discovery.calls, ["start", "stop"])
+        stopping.callback(None)
+        self.assertEqual(discovery.calls, ["start", "stop", "start"])
+        self.assertTrue(discovery.running)
+
     async def test_setting_off_kept_across_unlock(self) -> None:
         """When lan_discovery is off and the identity is locked and unlocked, then the new
         discovery is made disabled (it does not announce)."""
@@ -234,3 +251,14 @@ class LifeCycleTests(TestCase):
         await node.remove_contact(key.uid)
         self.assertEqual(discovery.calls.count("contacts_changed"), 4)
         self.assertEqual(discovery.contacts(), [])
+
+
+class SettingTests(TestCase):
+    def test_every_setting_can_be_changed_over_the_api(self) -> None:
+        """When the node has a setting (lan_discovery included), then settings.set accepts it
+        (it was refused as "give at least one setting to change")."""
+        from jarvis.core.node import DEFAULT_SETTINGS
+        from jarvis.ipc.methods import SETTING_NAMES
+
+        self.assertEqual(set(SETTING_NAMES), set(DEFAULT_SETTINGS))
+        self.assertIs(DEFAULT_SETTINGS["lan_discovery"], True)

@@ -265,12 +265,16 @@ def messages_unread_counts(inv: Invocation) -> defer.Deferred[Any]:
 # settings and UI focus --------------------------------------------------------------------------
 
 
+#: The settings ``settings.set`` changes (the node's ``DEFAULT_SETTINGS``).
+SETTING_NAMES = ("notifications", "previews", "bell", "lan_discovery")
+
+
 def settings_get(inv: Invocation) -> Any:
     return inv.ctx.node.get_settings()
 
 
 def settings_set(inv: Invocation) -> defer.Deferred[Any]:
-    changes = {k: v for k, v in inv.params.items() if k in ("notifications", "previews", "bell")}
+    changes = {k: v for k, v in inv.params.items() if k in SETTING_NAMES}
     if not changes:
         raise jsonrpc.invalid_params("notifications", "give at least one setting to change")
     return defer.maybeDeferred(inv.ctx.node.update_settings, **changes)
