@@ -80,7 +80,8 @@ class LanSessionTests(TestCase):
     async def test_contacts_without_addresses_meet_on_the_lan(self) -> None:
         """When two daemons on one LAN add each other by link codes whose addresses nobody
         holds, then they find each other by mDNS and get a direct session within 5 s,
-        exchange a message, and peers.status shows where each was found and the path."""
+        exchange a message, peers.status shows where each was found and the path, and the
+        log names neither the contact nor its address."""
         root = short_tempdir(self)
         alice = lan_peer(self, root, "alice", self.net.namespaces["a"])
         bob = lan_peer(self, root, "bob", self.net.namespaces["b"])
@@ -120,6 +121,10 @@ class LanSessionTests(TestCase):
         )
         contact = await alice.call("contacts.show", contact=bob.uid)
         self.assertEqual(contact["addresses"], [UNREACHABLE])  # the card is unchanged
+        # the log says that a contact was found, never who or where
+        self.assertIn(b"found on the local network", alice.process.output)
+        self.assertNotIn(bob.uid.encode(), alice.process.output)
+        self.assertNotIn(bob_address.encode(), alice.process.output)
 
     async def test_setting_off_stops_discovery_live(self) -> None:
         """When lan_discovery is turned off on a running daemon, then discovery stops and the
