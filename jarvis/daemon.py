@@ -396,6 +396,7 @@ class JarvisDaemon(MultiService):
             clients=factory.client_figures,
             runner=self.runner,
             hooks=self.hooks,
+            lan=self.lan.figures,
         )
         factory.ctx = self.context
         self._ipc_factory = factory

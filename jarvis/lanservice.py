@@ -29,6 +29,15 @@ class Discovery(Protocol):
 
     enabled: bool
 
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def failure(self) -> str | None: ...
+
+    @property
+    def services_seen(self) -> int: ...
+
     def start(self) -> Any: ...
 
     def stop(self) -> Any: ...
@@ -131,6 +140,16 @@ class LanService(Service):
             unsubscribe()
         self._unsubscribe = []
         return self._stop()
+
+    def figures(self) -> dict[str, Any]:
+        """``{enabled, running, failure, services_seen}`` for ``daemon.status``."""
+        discovery = self.discovery
+        return {
+            "enabled": self._enabled(),
+            "running": discovery is not None and discovery.running,
+            "failure": discovery.failure if discovery is not None else None,
+            "services_seen": discovery.services_seen if discovery is not None else 0,
+        }
 
     def unlocked(self, identity: Any) -> None:
         """The peer network of *identity* was just made: discover with its keys (if enabled)."""

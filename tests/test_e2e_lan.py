@@ -92,6 +92,8 @@ class LanSessionTests(TestCase):
         self.assertEqual(bob.link_addresses(), [UNREACHABLE])
         settings = await alice.call("settings.get")
         self.assertIs(settings["lan_discovery"], True)
+        lan = (await alice.call("daemon.status"))["lan"]
+        self.assertEqual((lan["enabled"], lan["failure"]), (True, None))
 
         await alice.call("contacts.add", link=bob.link)
         await bob.call("contacts.add", link=alice.link)

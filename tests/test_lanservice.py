@@ -36,6 +36,8 @@ class FakeDiscovery:
         self.enabled = enabled
         self.calls: list[str] = []
         self.running = False
+        self.failure: str | None = None
+        self.services_seen = 0
 
     def start(self) -> Any:
         self.calls.append("start")
@@ -158,8 +160,8 @@ class FoundTests(TestCase):
 class LifeCycleTests(TestCase):
     async def test_started_at_unlock_with_identity_and_port(self) -> None:
         """When the identity is created (unlocked), then discovery starts with its uid, the
-        peer port, and the unblocked contacts with their keys."""
-        node, _service, made = make_wired(self)
+        peer port, and the unblocked contacts with their keys, and its figures say so."""
+        node, service, made = make_wired(self)
         self.assertEqual(made, [])
         created = await node.create_identity("Alice", "pw")
         key, link = friend_link()
@@ -173,6 +175,10 @@ class LifeCycleTests(TestCase):
         self.assertEqual((discovery.uid, discovery.port), (created["uid"], 7770))
         self.assertTrue(discovery.running)
         self.assertEqual(discovery.contacts(), [(key.uid, key.public_bytes)])
+        self.assertEqual(
+            service.figures(),
+            {"enabled": True, "running": True, "failure": None, "services_seen": 0},
+        )
 
     async def test_setting_off_stops_and_forgets_on_starts(self) -> None:
         """When lan_discovery is turned off, then discovery stops and the found addresses are

@@ -75,6 +75,8 @@ class MethodContext:
     runner: Any = None
     #: the :class:`~jarvis.exec.hooks.HookDispatcher` for ``hooks.*``
     hooks: Any = None
+    #: returns LAN discovery's figures for ``daemon.status`` (``None``: no LAN discovery)
+    lan: Callable[[], dict[str, Any]] | None = None
 
 
 def _non_empty(value: str) -> str | None:
@@ -146,6 +148,7 @@ def daemon_status(inv: Invocation) -> dict[str, Any]:
         "pools": {name: stats() for name, stats in ctx.pool_stats.items()},
         "in_flight": inv.registry.in_flight(ctx.clock.seconds()),
         **(ctx.clients() if ctx.clients is not None else {}),
+        "lan": ctx.lan() if ctx.lan is not None else None,
     }
 
 
@@ -371,9 +374,13 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "lag (reactor lag probe figures or null), pools ({name: figures}), in_flight "
             "([{method, id, started, age, progress}]), clients, subscribers, output_buffered "
             "(bytes written for clients, not yet flushed), lagged (clients disconnected with "
-            "$/lagged)}",
+            "$/lagged), lan (LAN discovery: {enabled, running, failure, services_seen} or "
+            "null)}",
             doc="Report whether the daemon runs, its identity state, reactor lag, pool figures "
-            "and the requests being served.",
+            "and the requests being served. lan.running says whether the daemon announces and "
+            "browses now (while unlocked and the lan_discovery setting is on); failure, why "
+            "not although enabled (multicast refused); services_seen, Jarvis announcements "
+            "seen on the LAN (strangers' included).",
             deadline=5.0,
             needs_unlocked=False,
         ),
