@@ -346,7 +346,7 @@ class JarvisDaemon(MultiService):
         self.node.setServiceParent(self)
         from jarvis.lanservice import LanService, lan_discovery_factory
 
-        self.lan = LanService(self.node, lan_discovery_factory(reactor), self._listening_port)
+        self.lan = LanService(self.node, lan_discovery_factory(reactor), self._listening)
         self.lan.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
@@ -442,10 +442,6 @@ class JarvisDaemon(MultiService):
             return None
         host = self._peer_port.getHost()
         return (str(host.host), int(host.port))
-
-    def _listening_port(self) -> int | None:
-        listening = self._listening()
-        return listening[1] if listening is not None else None
 
     def blocking_pool_stats(self) -> dict[str, Any]:
         """Size, busy threads and queue length of the blocking-work thread pool."""

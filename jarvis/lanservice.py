@@ -11,6 +11,7 @@ itself: the node's contact book does.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -71,25 +72,71 @@ class LanNode(Protocol):
     def address_discovered(self, uid: str, address: str) -> None: ...
 
 
-#: ``(identity, port, contacts, on_found, enabled) -> discovery``.
+#: ``(identity, (host, port), contacts, on_found, enabled) -> discovery``: *host* is the peer
+#: listener's bound address ("" or a wildcard: every interface).
 DiscoveryFactory = Callable[
-    [Any, int, Callable[[], list[tuple[str, bytes | None]]], Callable[[str, str, int], None], bool],
+    [
+        Any,
+        tuple[str, int],
+        Callable[[], list[tuple[str, bytes | None]]],
+        Callable[[str, str, int], None],
+        bool,
+    ],
     Discovery,
 ]
 
+#: Why discovery does not run for a listener bound to loopback.
+LOOPBACK_ONLY = (
+    "the peer listener accepts loopback connections only (--listen): nobody on the LAN "
+    "could connect"
+)
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether a listener bound to *host* accepts on every interface."""
+    return host in ("", "0.0.0.0", "::")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener bound to *host* accepts loopback connections only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
 
 def lan_discovery_factory(clock: Any) -> DiscoveryFactory:
-    """Return a factory of real :class:`~jarvis.net.lan.LanDiscovery` on *clock* (the reactor)."""
+    """Return a factory of real :class:`~jarvis.net.lan.LanDiscovery` on *clock* (the reactor).
+
+    A listener bound to one IPv4 address announces that address only, from that interface
+    only; a listener on every interface announces every non-loopback IPv4 address.
+    """
 
     def make(
         identity: Any,
-        port: int,
+        listening: tuple[str, int],
         contacts: Callable[[], list[tuple[str, bytes | None]]],
         on_found: Callable[[str, str, int], None],
         enabled: bool,
     ) -> Discovery:
-        from jarvis.net.lan import LanDiscovery
+        from zeroconf import IPVersion
+        from zeroconf.asyncio import AsyncZeroconf
+
+        from jarvis.net.lan import LanDiscovery, default_zeroconf, local_ipv4_addresses
         from jarvis.protocol.lan import LanKeys
+
+        host, port = listening
+        addresses = local_ipv4_addresses
+        factory = default_zeroconf
+        if not is_wildcard(host):
+
+            def addresses() -> list[str]:
+                return [host]
+
+            def factory() -> AsyncZeroconf:
+                return AsyncZeroconf(interfaces=[host], ip_version=IPVersion.V4Only)
 
         return LanDiscovery(
             identity.uid,
@@ -99,6 +146,8 @@ def lan_discovery_factory(clock: Any) -> DiscoveryFactory:
             on_found=on_found,
             clock=clock,
             enabled=enabled,
+            addresses=addresses,
+            zeroconf_factory=factory,
         )
 
     return make
@@ -109,17 +158,24 @@ class LanService(Service):
 
     :param node: the node (settings, events, contact book, ``address_discovered``).
     :param make_discovery: builds the discovery (:func:`lan_discovery_factory`).
-    :param port: returns the peer listener's port (what we announce), or ``None``.
+    :param listening: returns the peer listener's bound ``(host, port)``, or ``None``.
+        Discovery does not run for a listener bound to loopback (nobody on the LAN could
+        connect: no announcement is worth sending), nor without a listener.
     """
 
     log = Logger()
 
     def __init__(
-        self, node: LanNode, make_discovery: DiscoveryFactory, port: Callable[[], int | None]
+        self,
+        node: LanNode,
+        make_discovery: DiscoveryFactory,
+        listening: Callable[[], tuple[str, int] | None],
     ) -> None:
         self._node = node
         self._make = make_discovery
-        self._port = port
+        self._listening = listening
+        #: why discovery was not made at the last unlock (``None``: it was)
+        self.not_made: str | None = None
         #: the discovery of the unlocked identity, or ``None`` while locked
         self.discovery: Discovery | None = None
         self._unsubscribe: list[Callable[[], None]] = []
@@ -147,19 +203,28 @@ class LanService(Service):
         return {
             "enabled": self._enabled(),
             "running": discovery is not None and discovery.running,
-            "failure": discovery.failure if discovery is not None else None,
+            "failure": discovery.failure if discovery is not None else self.not_made,
             "services_seen": discovery.services_seen if discovery is not None else 0,
         }
 
     def unlocked(self, identity: Any) -> None:
         """The peer network of *identity* was just made: discover with its keys (if enabled)."""
         self._stop()
-        port = self._port()
-        if port is None:
-            self.log.warn("LAN discovery is off: the peer listener has no port")
+        listening = self._listening()
+        if listening is None:
+            self.not_made = "the peer listener has no port"
+        elif is_loopback(listening[0]):
+            self.not_made = LOOPBACK_ONLY
+        else:
+            self.not_made = None
+        if self.not_made is not None:
+            self.log.info("LAN discovery is off: {reason}", reason=self.not_made)
             return
-        self.discovery = self._make(identity, port, self._contacts, self._found, self._enabled())
-        self.discovery.start()
+        assert listening is not None
+        self.discovery = self._make(
+            identity, listening, self._contacts, self._found, self._enabled()
+        )
+        self._switching.run(self.discovery.start)
 
     def _enabled(self) -> bool:
         return bool(self._node.settings.get(SETTING, True))

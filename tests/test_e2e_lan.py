@@ -50,9 +50,11 @@ class NamespacedDaemon(DaemonProcess):
         )
 
 
-def lan_peer(testcase: TestCase, root: str, name: str, namespace: str) -> Peer:
-    """Return a :class:`Peer` whose daemon runs in *namespace*, listening on every interface
-    there and advertising only :data:`UNREACHABLE`."""
+def lan_peer(
+    testcase: TestCase, root: str, name: str, namespace: str, listen: str = "tcp:0"
+) -> Peer:
+    """Return a :class:`Peer` whose daemon runs in *namespace*, listening on *listen* (every
+    interface there by default) and advertising only :data:`UNREACHABLE`."""
     peer = Peer(testcase, root, name)
     process = peer.process
     peer.process = NamespacedDaemon(
@@ -60,7 +62,7 @@ def lan_peer(testcase: TestCase, root: str, name: str, namespace: str) -> Peer:
         process.data_dir,
         os.path.dirname(process.socket),
         ["--advertise", UNREACHABLE],
-        listen="tcp:0",
+        listen=listen,
     )
     return peer
 
@@ -81,10 +83,12 @@ class LanSessionTests(TestCase):
         """When two daemons on one LAN add each other by link codes whose addresses nobody
         holds, then they find each other by mDNS and get a direct session within 5 s,
         exchange a message, peers.status shows where each was found and the path, and the
-        log names neither the contact nor its address."""
+        log names neither the contact nor its address.  (Alice listens on every interface,
+        Bob on his LAN address only: both ways of announcing.)"""
         root = short_tempdir(self)
         alice = lan_peer(self, root, "alice", self.net.namespaces["a"])
-        bob = lan_peer(self, root, "bob", self.net.namespaces["b"])
+        bob_listen = f"tcp:0:interface={self.net.addresses['b']}"
+        bob = lan_peer(self, root, "bob", self.net.namespaces["b"], bob_listen)
         await defer.gatherResults(
             [defer.ensureDeferred(p.start(create=True)) for p in (alice, bob)]
         )

@@ -24,13 +24,13 @@ class FakeDiscovery:
     def __init__(
         self,
         identity: Any,
-        port: int,
+        listening: tuple[str, int],
         contacts: Callable[[], list[tuple[str, bytes | None]]],
         on_found: Callable[[str, str, int], None],
         enabled: bool,
     ) -> None:
         self.uid = identity.uid
-        self.port = port
+        self.host, self.port = listening
         self.contacts = contacts
         self.on_found = on_found
         self.enabled = enabled
@@ -54,9 +54,14 @@ class FakeDiscovery:
         return succeed(None)
 
 
-def make_wired(testcase: TestCase) -> tuple[Node, LanService, list[FakeDiscovery]]:
+def make_wired(
+    testcase: TestCase, listening: tuple[str, int] = ("0.0.0.0", 7770)
+) -> tuple[Node, LanService, list[FakeDiscovery]]:
     """Return a started node whose network factory starts LAN discovery as the daemon's does,
-    the service, and every fake discovery made (newest last)."""
+    the service, and every fake discovery made (newest last).
+
+    :param listening: the peer listener's bound address.
+    """
     node, _clock, _events = make_node(testcase)
     made: list[FakeDiscovery] = []
 
@@ -64,7 +69,7 @@ def make_wired(testcase: TestCase) -> tuple[Node, LanService, list[FakeDiscovery
         made.append(FakeDiscovery(*args))
         return made[-1]
 
-    service = LanService(node, make_discovery, lambda: 7770)
+    service = LanService(node, make_discovery, lambda: listening)
     inner = node.network_factory
     assert inner is not None
 
@@ -179,6 +184,19 @@ class LifeCycleTests(TestCase):
             service.figures(),
             {"enabled": True, "running": True, "failure": None, "services_seen": 0},
         )
+
+    async def test_loopback_listener_no_discovery(self) -> None:
+        """When the peer listener is bound to loopback (as every other test daemon's is), then
+        no discovery is made at unlock (no mDNS packet: nobody on the LAN could connect), and
+        daemon.status's figures say why."""
+        for host in ("127.0.0.1", "::1", "localhost"):
+            node, service, made = make_wired(self, (host, 7770))
+            await node.create_identity("Alice", "pw")
+            self.assertEqual(made, [])
+            figures = service.figures()
+            self.assertFalse(figures["running"])
+            self.assertIn("loopback", figures["failure"])
+            await service.stopService()
 
     async def test_setting_off_stops_and_forgets_on_starts(self) -> None:
         """When lan_discovery is turned off, then discovery stops and the found addresses are
