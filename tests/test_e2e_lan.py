@@ -116,6 +116,8 @@ class LanSessionTests(TestCase):
         await alice.call("messages.send", contact=bob.uid, text="found you on the LAN")
         await bob.recorder.wait(lambda: "found you on the LAN" in bob.received_bodies(), 10)
 
+        # the session may come from Bob's dial, before Alice found Bob herself: wait for it
+        await alice.process.wait_for(b"found on the local network", 10)
         status = await alice.call("peers.status")
         [peer] = status["peers"]
         self.assertEqual(peer["status"], "online")
