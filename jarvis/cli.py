@@ -376,7 +376,8 @@ class PasswdOptions(_PasswordOptions):
 
 class SettingsOptions(CommandOptions):
     """List the settings, show one (KEY) or change one (KEY VALUE). On/off settings take
-    on/off, true/false, yes/no or 1/0."""
+    on/off, true/false, yes/no or 1/0. Settings: notifications, previews, bell, lan_discovery
+    (announce to and find contacts on the local network; off stops it at once)."""
 
     synopsis = "[KEY [VALUE]]"
 
@@ -387,8 +388,9 @@ class SettingsOptions(CommandOptions):
 
 class PeersOptions(CommandOptions):
     """Show every contact's connection: online or offline and since when, traffic, sessions
-    dialled and accepted, failed dials and the last error. Counters run from the daemon's
-    unlock."""
+    dialled and accepted, failed dials and the last error; the path of a live session
+    (direct) and the addresses where LAN discovery found a contact. Counters run from the
+    daemon's unlock."""
 
 
 class WatchOptions(CommandOptions):

@@ -822,7 +822,12 @@ def peer_lines(peer: dict[str, Any], now: float) -> list[str]:
         state = "offline" + (f" since {since}" if since else "")
         if status == "connecting":
             state += ", connecting now"
+    if status == "online" and peer.get("path"):
+        state += f", {terminal_safe(str(peer['path']), keep_newlines=False)}"
     lines = [f"{name} ({str(peer.get('uid', ''))[:12]}): {state}"]
+    found = [terminal_safe(str(a), keep_newlines=False) for a in peer.get("lan_addresses") or []]
+    if found:
+        lines.append(f"  on the LAN: {', '.join(found)}")
     if "bytes_in" in peer:
         lines.append(
             f"  traffic:    {human_bytes(peer.get('bytes_in') or 0)} in, "

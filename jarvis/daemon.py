@@ -6,6 +6,8 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the blocking-work thread pool (Argon2id, key file I/O),
 - the reactor-lag probe,
 - the :class:`~jarvis.core.node.Node` (identity, store, peers),
+- LAN discovery (:class:`~jarvis.lanservice.LanService`), running while unlocked and the
+  ``lan_discovery`` setting is on,
 - the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
 - the local API listener (``--ipc``), a ``strports`` service,
 - the desktop notifier, then the process runner and the hooks (:mod:`jarvis.exec`), last so
@@ -342,6 +344,10 @@ class JarvisDaemon(MultiService):
             now=time.time,
         )
         self.node.setServiceParent(self)
+        from jarvis.lanservice import LanService, lan_discovery_factory
+
+        self.lan = LanService(self.node, lan_discovery_factory(reactor), self._listening)
+        self.lan.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
         self.peer_listener = reporting_service(
@@ -390,6 +396,7 @@ class JarvisDaemon(MultiService):
             clients=factory.client_figures,
             runner=self.runner,
             hooks=self.hooks,
+            lan=self.lan.figures,
         )
         factory.ctx = self.context
         self._ipc_factory = factory
@@ -426,6 +433,7 @@ class JarvisDaemon(MultiService):
 
         network = PeerNetwork(self.reactor, identity, directory, observer)
         self.peer_factory.current = network.server_factory()
+        self.lan.unlocked(identity)
         return network
 
     def _listening(self) -> tuple[str, int] | None:

@@ -171,6 +171,24 @@ class FigureTests(SynchronousTestCase):
         self.assertTrue(lines[3].endswith(", 1 h ago: connection refused"))
         self.assertEqual(len(lines), 4)
 
+    def test_peer_lines_lan_addresses_and_path(self) -> None:
+        """When a peer was found on the LAN and is online, then the path follows the state and
+        the LAN addresses get their own line (a control character shown escaped)."""
+        from jarvis.commands import peer_lines
+
+        now = 1_800_000_000.0
+        peer = {
+            "uid": "k" * 52,
+            "name": "Bob",
+            "status": "online",
+            "connected_since": now - 60,
+            "path": "direct",
+            "lan_addresses": ["10.213.0.2:7770", "10.0.0.9:1\x1b"],
+        }
+        lines = peer_lines(peer, now)
+        self.assertTrue(lines[0].endswith("1 min ago, direct"), lines[0])
+        self.assertEqual(lines[1], "  on the LAN: 10.213.0.2:7770, 10.0.0.9:1\\x1b")
+
     def test_offline_connecting(self) -> None:
         """When a peer is connecting, then it is shown offline since when, connecting now."""
         from jarvis.commands import peer_lines

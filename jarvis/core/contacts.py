@@ -28,6 +28,8 @@ from jarvis.summary import summary_level
 
 #: How many candidates an ambiguous contact reference names.
 _SHOWN_CANDIDATES = 5
+#: Addresses kept per contact from LAN discovery (newest first); older ones are dropped.
+MAX_DISCOVERED = 4
 
 
 class ContactBook:
@@ -49,6 +51,9 @@ class ContactBook:
         #: each peer's last reported state
         self._peer_states: dict[str, str] = {}
         self._summary: tuple[str, int, int] | None = None
+        #: addresses found by LAN discovery, per contact, newest first (memory only)
+        self._discovered: dict[str, list[str]] = {}
+        self._directory_watchers: list[Callable[[], None]] = []
 
     # -- life cycle (the node calls these at unlock and lock) ----------------------------------
 
@@ -71,6 +76,7 @@ class ContactBook:
         self._network = None
         self._contacts = {}
         self._peer_states.clear()
+        self._discovered.clear()
 
     def get(self, uid: str) -> Contact | None:
         """The contact with *uid*, if any."""
@@ -152,7 +158,9 @@ class ContactBook:
         view = yield self.view(contact)
         if self._network is not None:
             try:
-                view["health"] = peer_view(self._network.status(contact.uid), contact.name)
+                health = peer_view(self._network.status(contact.uid), contact.name)
+                health.update(self._path_fields(contact.uid, health["status"]))
+                view["health"] = health
             except Exception:
                 view["health"] = None
         return view
@@ -224,6 +232,7 @@ class ContactBook:
         yield store.put_contact(contact)
         self._contacts[new_uid] = contact
         self.log.info("contact {uid} saved", uid=log_id(new_uid))
+        self._directory_changed()
         if self._network is not None and not contact.blocked:
             if existing is None:
                 self._network.connect(new_uid)
@@ -266,6 +275,9 @@ class ContactBook:
         updated = replace(contact, **changes)
         yield store.put_contact(updated)
         self._contacts[updated.uid] = updated
+        if updated.blocked != contact.blocked:
+            self._discovered.pop(updated.uid, None)
+            self._directory_changed()
         if self._network is not None:
             if updated.blocked and not contact.blocked:
                 self._network.forget(updated.uid)
@@ -289,6 +301,8 @@ class ContactBook:
         yield store.remove_contact(contact.uid, with_history=with_history)
         self._contacts.pop(contact.uid, None)
         self._peer_states.pop(contact.uid, None)
+        self._discovered.pop(contact.uid, None)
+        self._directory_changed()
 
     def removed(self, uid: str) -> None:
         """Announce that *uid* is gone (once every part forgot it)."""
@@ -334,15 +348,77 @@ class ContactBook:
             lambda f: self.log.failure("could not keep the key of {uid}", f, uid=log_id(uid))
         )
         self.log.info("learnt the key of manually added contact {uid}", uid=log_id(uid))
+        self._directory_changed()
 
     def addresses(self, uid: str) -> tuple[str, ...]:
-        """Where to dial the contact."""
+        """Where to dial the contact: where LAN discovery found it (newest first), then the
+        addresses of its card, each once."""
         contact = self._contacts.get(uid)
-        return contact.addresses if contact is not None else ()
+        if contact is None:
+            return ()
+        found = self._discovered.get(uid, [])
+        return (*found, *(a for a in contact.addresses if a not in found))
 
     def acceptable_uids(self) -> list[str]:
         """Every contact that may connect (not blocked): whose knock the listener tries."""
         return [uid for uid, contact in self._contacts.items() if not contact.blocked]
+
+    # -- addresses found on the local network ---------------------------------------------------
+
+    def watch_directory(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call *callback()* whenever who is acceptable or a contact's key changes (a contact
+        added, removed, blocked or unblocked, a key learnt); returns the unsubscribe function.
+
+        LAN discovery announces to, and recognises, exactly those contacts.
+        """
+        self._directory_watchers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._directory_watchers:
+                self._directory_watchers.remove(callback)
+
+        return unsubscribe
+
+    def _directory_changed(self) -> None:
+        for callback in list(self._directory_watchers):
+            try:
+                callback()
+            except Exception:
+                self.log.failure("contact directory watcher failed")
+
+    def address_discovered(self, uid: str, address: str) -> None:
+        """LAN discovery found contact *uid* at *address* (``host:port``): dial it first from now
+        on, and at once unless a session is up.
+
+        Kept in memory only, at most :data:`MAX_DISCOVERED` per contact (newest first); nothing
+        for a stranger or a blocked contact.
+        """
+        if not self.is_acceptable(uid):
+            return
+        found = self._discovered.setdefault(uid, [])
+        if address in found:
+            found.remove(address)
+        found.insert(0, address)
+        del found[MAX_DISCOVERED:]
+        self.log.info("contact {uid} found on the local network", uid=log_id(uid))
+        if self._network is not None and self.status_of(uid) != "online":
+            self._network.redial(uid)
+
+    def forget_discovered(self) -> None:
+        """Drop every address LAN discovery found (it was turned off or stopped)."""
+        self._discovered.clear()
+
+    def discovered_addresses(self, uid: str) -> list[str]:
+        """Where LAN discovery found contact *uid*, newest first."""
+        return list(self._discovered.get(uid, ()))
+
+    def _path_fields(self, uid: str, state: str) -> dict[str, Any]:
+        # TODO(issue 16): "relayed" and "mailbox" once those paths exist; every live session
+        # is a direct TCP connection today (to a discovered address or a card's)
+        return {
+            "lan_addresses": self.discovered_addresses(uid),
+            "path": "direct" if state == "online" else None,
+        }
 
     # -- presence ------------------------------------------------------------------------------
 
@@ -364,11 +440,20 @@ class ContactBook:
             if self._network is not None:
                 try:
                     name = contact.alias or contact.name
-                    peers.append(peer_view(self._network.status(uid), name))
+                    view = peer_view(self._network.status(uid), name)
+                    view.update(self._path_fields(uid, view["status"]))
+                    peers.append(view)
                     continue
                 except Exception:
                     pass
-            peers.append({"uid": uid, "status": "offline", "name": contact.alias or contact.name})
+            peers.append(
+                {
+                    "uid": uid,
+                    "status": "offline",
+                    "name": contact.alias or contact.name,
+                    **self._path_fields(uid, "offline"),
+                }
+            )
         summary, online, total = self._compute_summary()
         return {"summary": summary, "online": online, "total": total, "peers": peers}
 

@@ -69,6 +69,8 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     "notifications": True,  # desktop notifications for new messages
     "previews": False,  # show message text in notifications (opt-in)
     "bell": True,  # UIs ring the terminal bell for new messages
+    # announce to, and find, contacts on the local network (mDNS; docs/net.md, docs/security.md)
+    "lan_discovery": True,
 }
 #: ``(identity, directory, observer) -> network``: builds the peer network at unlock.
 NetworkFactory = Callable[[IdentityKey, ContactDirectory, SessionObserver], PeerNetwork]
@@ -416,6 +418,12 @@ class Node(Service):
     def display_name(self, uid: str) -> str:
         """The contact's alias or name (a uid prefix for strangers)."""
         return self.contacts.display_name(uid)
+
+    def address_discovered(self, uid: str, address: str) -> None:
+        """LAN discovery found contact *uid* at *address*: see
+        :meth:`ContactBook.address_discovered` (nothing while locked)."""
+        if self._keys is not None:
+            self.contacts.address_discovered(uid, address)
 
     # -- messages (the courier, once unlocked) -------------------------------------------------
 

@@ -75,6 +75,8 @@ class MethodContext:
     runner: Any = None
     #: the :class:`~jarvis.exec.hooks.HookDispatcher` for ``hooks.*``
     hooks: Any = None
+    #: returns LAN discovery's figures for ``daemon.status`` (``None``: no LAN discovery)
+    lan: Callable[[], dict[str, Any]] | None = None
 
 
 def _non_empty(value: str) -> str | None:
@@ -146,6 +148,7 @@ def daemon_status(inv: Invocation) -> dict[str, Any]:
         "pools": {name: stats() for name, stats in ctx.pool_stats.items()},
         "in_flight": inv.registry.in_flight(ctx.clock.seconds()),
         **(ctx.clients() if ctx.clients is not None else {}),
+        "lan": ctx.lan() if ctx.lan is not None else None,
     }
 
 
@@ -265,12 +268,16 @@ def messages_unread_counts(inv: Invocation) -> defer.Deferred[Any]:
 # settings and UI focus --------------------------------------------------------------------------
 
 
+#: The settings ``settings.set`` changes (the node's ``DEFAULT_SETTINGS``).
+SETTING_NAMES = ("notifications", "previews", "bell", "lan_discovery")
+
+
 def settings_get(inv: Invocation) -> Any:
     return inv.ctx.node.get_settings()
 
 
 def settings_set(inv: Invocation) -> defer.Deferred[Any]:
-    changes = {k: v for k, v in inv.params.items() if k in ("notifications", "previews", "bell")}
+    changes = {k: v for k, v in inv.params.items() if k in SETTING_NAMES}
     if not changes:
         raise jsonrpc.invalid_params("notifications", "give at least one setting to change")
     return defer.maybeDeferred(inv.ctx.node.update_settings, **changes)
@@ -367,9 +374,13 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "lag (reactor lag probe figures or null), pools ({name: figures}), in_flight "
             "([{method, id, started, age, progress}]), clients, subscribers, output_buffered "
             "(bytes written for clients, not yet flushed), lagged (clients disconnected with "
-            "$/lagged)}",
+            "$/lagged), lan (LAN discovery: {enabled, running, failure, services_seen} or "
+            "null)}",
             doc="Report whether the daemon runs, its identity state, reactor lag, pool figures "
-            "and the requests being served.",
+            "and the requests being served. lan.running says whether the daemon announces and "
+            "browses now (while unlocked and the lan_discovery setting is on); failure, why "
+            "not although enabled (multicast refused); services_seen, Jarvis announcements "
+            "seen on the LAN (strangers' included).",
             deadline=5.0,
             needs_unlocked=False,
         ),
@@ -571,9 +582,10 @@ def method_specs() -> tuple[MethodSpec, ...]:
         MethodSpec(
             "settings.get",
             settings_get,
-            result="{notifications, previews, bell}",
+            result="{notifications, previews, bell, lan_discovery}",
             doc="Read the settings: desktop notifications on new messages, message text in "
-            "them (opt-in), and the terminal bell in UIs.",
+            "them (opt-in), the terminal bell in UIs, and LAN discovery (announce to and find "
+            "contacts on the local network, docs/net.md).",
         ),
         MethodSpec(
             "settings.set",
@@ -582,8 +594,15 @@ def method_specs() -> tuple[MethodSpec, ...]:
                 Param("notifications", bool, False, "raise desktop notifications"),
                 Param("previews", bool, False, "show message text in notifications"),
                 Param("bell", bool, False, "let UIs ring the terminal bell"),
+                Param(
+                    "lan_discovery",
+                    bool,
+                    False,
+                    "announce to and find contacts on the local network (mDNS); off stops it "
+                    "at once and forgets the addresses it found",
+                ),
             ),
-            result="{notifications, previews, bell}",
+            result="{notifications, previews, bell, lan_discovery}",
             doc="Change settings; they are stored encrypted and announced with settings.changed.",
         ),
         MethodSpec(
@@ -665,14 +684,17 @@ def method_specs() -> tuple[MethodSpec, ...]:
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
             "'online'), connect_attempts, connect_successes, connect_failures, "
             "sessions_accepted, last_error, last_error_at, connected_since, offline_since, "
-            "bytes_in, bytes_out, messages_in, messages_out}]}",
+            "bytes_in, bytes_out, messages_in, messages_out, lan_addresses, path}]}",
             doc="Show the connection state of every peer. connect_attempts counts outbound "
             "dials started; connect_successes those that reached a session (sessions dialled), "
             "connect_failures those that did not (last_error, last_error_at: the latest); "
             "sessions_accepted counts inbound connections that reached a session. "
             "connected_since is set while online, offline_since while not (when the last "
             "session ended, or when the daemon began to track the contact). Times are seconds "
-            "since the epoch; counters run from the daemon's unlock.",
+            "since the epoch; counters run from the daemon's unlock. lan_addresses: the "
+            "HOST:PORT addresses where LAN discovery found the contact, newest first (dialled "
+            "before the card's addresses); path: how the live session runs ('direct': a TCP "
+            "connection to a found or a card's address), null while not online.",
         ),
         MethodSpec(
             "events.subscribe",

@@ -26,6 +26,7 @@ from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from jarvis import aio
+from jarvis.logs import log_id
 from jarvis.net.peer import Clock, DelayedCall
 from jarvis.protocol.lan import (
     SERVICE_TYPE,
@@ -316,8 +317,11 @@ class LanDiscovery:
             self._found.setdefault(uid, {})[name] = addresses
             for host, port in addresses:
                 if (host, port) not in previous.get(uid, ()):
+                    # pseudonyms only: the log must not say who was where (docs/security.md)
                     log.info(
-                        "LAN discovery found {uid} at {host}:{port}", uid=uid, host=host, port=port
+                        "LAN discovery found {uid} at {address}",
+                        uid=log_id(uid),
+                        address=log_id(f"{host}:{port}"),
                     )
                     self._on_found(uid, host, port)
         for uid in [uid for uid, by_name in self._found.items() if not by_name]:
