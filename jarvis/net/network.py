@@ -7,10 +7,12 @@ the core asks it to :meth:`~PeerNetwork.connect` to contacts and hears back thro
 that at most one session per contact is reported established at a time, plus
 ``peer_status_changed`` whenever a contact goes offline, connecting or online.
 
-* A :class:`Dialler` per contact tries the contact's addresses in turn; after a full round
-  fails it waits ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds
-  (Twisted's :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session
-  with the contact is established (either direction) and restarts when that session ends.
+* A :class:`~jarvis.net.dialling.Dialler` per wanted contact (a Twisted ``ClientService`` per
+  run) tries the contact's addresses in turn; after a full round fails it waits
+  ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds (Twisted's
+  :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session with the
+  contact is established (either direction; an attempt in flight still finishes) and the
+  network restarts it when that session ends, if the contact is still wanted.
 * When both sides dial at once there are two sessions; the one whose initiator has the lower
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
