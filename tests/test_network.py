@@ -647,6 +647,26 @@ class InFlightTests(SynchronousTestCase):
         self.assertFalse(harness.dialler.running)
         self.assertEqual(harness.clock.getDelayedCalls(), [])
 
+    def test_immediate_success_ends_the_run(self) -> None:
+        """When an attempt succeeds before its dial returns, then the run ends all the same and
+        a later start dials again."""
+        harness = DiallerHarness(("a:1",))
+        dials: list[str] = []
+
+        def dial(address: str) -> Deferred[None]:
+            dials.append(address)
+            return defer.succeed(None)
+
+        harness.dialler._dial = dial
+        harness.dialler.start()
+        self.assertEqual(dials, ["a:1"])
+        self.assertFalse(harness.dialler.dialling)
+        harness.clock.advance(0)  # the service is stopped on the next turn
+        self.assertFalse(harness.dialler.running)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.dialler.start()
+        self.assertEqual(dials, ["a:1", "a:1"])
+
     def test_released_service_stops_at_once(self) -> None:
         """When a ClientService's connection is the dialler's released stand-in, then
         stopService fires before it returns and leaves no call scheduled (the Twisted

@@ -135,6 +135,7 @@ class Dialler:
         self._pending: DelayedCall | None = None  # a delayed start
         self._round: _Round | None = None
         self._in_flight: Deferred[None] | None = None
+        self._in_connect = False
         #: Consecutive failed rounds of the current run.
         self.failed_rounds = 0
         #: Delays scheduled so far, newest last (bounded; for status and tests).
@@ -194,13 +195,13 @@ class Dialler:
     def _start_service(self) -> None:
         self._pending = None
         self.failed_rounds = 0
-        self._service = ClientService(
+        service = self._service = ClientService(
             cast(IStreamClientEndpoint, _Rounds(self, self._label)),
             cast(IProtocolFactory, Factory.forProtocol(Protocol)),
             retryPolicy=self._retry_delay,
             clock=cast(IReactorTime, self._clock),
         )
-        self._service.startService()
+        service.startService()
 
     def _retry_delay(self, failed: int) -> float:
         # ClientService counts failed connects from 1; each of ours is a round
@@ -217,7 +218,11 @@ class Dialler:
     def _begin_round(self, factory: IProtocolFactory) -> Deferred[Any]:
         round_ = self._round = _Round(self, factory)
         if self._in_flight is None:
-            self._next(round_)
+            self._in_connect = True  # the service is inside a transition: see _round_ended
+            try:
+                self._next(round_)
+            finally:
+                self._in_connect = False
         # else: the attempt in flight (from an earlier run) decides; see _attempt_failed
         return round_.result
 
@@ -239,17 +244,24 @@ class Dialler:
         )
         attempt.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
 
-    def _round_ended(self, round_: _Round, outcome: Any) -> None:
+    def _round_ended(self, round_: _Round, outcome: Failure | None) -> None:
+        if round_.detached:
+            return
+        if outcome is None and self._in_connect:
+            # A dial that succeeded before returning (test doubles; never TLS): Automat refuses
+            # a stop from inside the service's transition, so the run ends on the next turn.
+            self._clock.callLater(0, self._round_ended, round_, outcome)
+            return
         if self._round is round_:
             self._round = None
-        if isinstance(outcome, Failure):
+        if outcome is not None:
             round_.result.errback(outcome)
             return
         # Success: hand the service a stand-in connection, released when the service stops.
         protocol = round_.factory.buildProtocol(cast(IAddress, None))
         if protocol is not None:
             protocol.makeConnection(cast(ITransport, _Handle(protocol)))
-        round_.result.callback(protocol)
+        round_.result.callback(protocol)  # the service is Connected when this returns
         self.failed_rounds = 0
         self.stop()
 
