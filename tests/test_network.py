@@ -842,3 +842,23 @@ class TieBreakOrderTests(SynchronousTestCase):
         self.assertEqual(low_net.status(high_uid).connect_attempts, 1)
         self.assertEqual(high_net.status(low_uid).connect_attempts, 1)
         self.assertEqual(low_net.status(high_uid).state, "online")
+
+    def test_ended_session_redials_after_half_to_one_initial_delay(self) -> None:
+        """When the active session of a wanted contact ends, then the dialler starts again
+        after 0.5 to 1 times the initial backoff, not at once."""
+        pair = MemoryPair()
+        low_net, high_net = pair.nodes["low"][0], pair.nodes["high"][0]
+        high_uid = high_net._identity.uid
+        low_net.connect(high_uid)
+        pair.run()
+        self.assertEqual(low_net.status(high_uid).state, "online")
+        high_net.forget(low_net._identity.uid)  # closes the session from the other side
+        pair.run()
+        dialler = low_net._peers[high_uid].dialler
+        self.assertTrue(dialler.running)
+        delay = dialler.delays[-1]
+        self.assertTrue(15.0 <= delay <= 30.0, delay)  # backoff_initial is 30 s here
+        pair.clock.advance(delay - 0.01)
+        self.assertEqual(low_net.status(high_uid).connect_attempts, 1)
+        pair.clock.advance(0.01)
+        self.assertEqual(low_net.status(high_uid).connect_attempts, 2)
