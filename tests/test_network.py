@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jarvis import logs
 from jarvis.crypto.identity import IdentityKey
 from jarvis.logs import log_id
 from jarvis.net import dialling, tls
@@ -666,6 +667,21 @@ class InFlightTests(SynchronousTestCase):
         self.assertEqual(harness.clock.getDelayedCalls(), [])
         harness.dialler.start()
         self.assertEqual(dials, ["a:1", "a:1"])
+
+    def test_retry_lines_are_dropped_from_the_daemon_logs(self) -> None:
+        """When the dialler's service schedules a retry, then its per-retry log line is one the
+        daemon's log filter drops (a thousand unreachable contacts would write it at every
+        backoff step)."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        harness = DiallerHarness(())
+        harness.dialler.start()
+        retries = [e for e in events if "retry" in e.get("log_format", "")]
+        self.assertEqual(len(retries), 1)
+        noise = logs.ConnectionNoiseFilter()
+        self.assertEqual(noise(retries[0]), logs.PredicateResult.no)
 
     def test_released_service_stops_at_once(self) -> None:
         """When a ClientService's connection is the dialler's released stand-in, then
