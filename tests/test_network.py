@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints, protocol, task
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -28,11 +27,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import logs
 from jarvis.crypto.identity import IdentityKey
 from jarvis.logs import log_id
-from jarvis.net import dialling, tls
 from jarvis.net import network as net
+from jarvis.net import tls
 from jarvis.protocol.session import PeerSession
 from jarvis.summary import summary_level
 from tests.test_tls import OtherKeyIdentity, RecordingProtocol, make_certificate
@@ -598,7 +596,7 @@ class BackoffTests(SynchronousTestCase):
 
 
 class InFlightTests(SynchronousTestCase):
-    """An attempt in flight outlives a stop of the dialler's ClientService."""
+    """An attempt in flight outlives a stop of the dialler."""
 
     def test_stop_lets_the_attempt_finish(self) -> None:
         """When the dialler stops with an attempt in flight, then the attempt is neither
@@ -667,44 +665,6 @@ class InFlightTests(SynchronousTestCase):
         self.assertEqual(harness.clock.getDelayedCalls(), [])
         harness.dialler.start()
         self.assertEqual(dials, ["a:1", "a:1"])
-
-    def test_retry_lines_are_dropped_from_the_daemon_logs(self) -> None:
-        """When the dialler's service schedules a retry, then its per-retry log line is one the
-        daemon's log filter drops (a thousand unreachable contacts would write it at every
-        backoff step)."""
-        events: list[dict[str, Any]] = []
-        observer = cast(ILogObserver, events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
-        harness = DiallerHarness(())
-        harness.dialler.start()
-        retries = [e for e in events if "retry" in e.get("log_format", "")]
-        self.assertEqual(len(retries), 1)
-        noise = logs.ConnectionNoiseFilter()
-        self.assertEqual(noise(retries[0]), logs.PredicateResult.no)
-
-    def test_released_service_stops_at_once(self) -> None:
-        """When a ClientService's connection is the dialler's released stand-in, then
-        stopService fires before it returns and leaves no call scheduled (the Twisted
-        behaviour the dialler relies on: Automat queues the loss reported inside the stop)."""
-        clock = Clock()
-
-        class Endpoint:
-            def connect(self, factory: Any) -> Deferred[Any]:
-                built = factory.buildProtocol(None)
-                built.makeConnection(dialling._Handle(built))
-                return defer.succeed(built)
-
-        service = ClientService(
-            cast(Any, Endpoint()),
-            cast(Any, protocol.Factory.forProtocol(protocol.Protocol)),
-            clock=clock,
-        )
-        service.startService()
-        stopped = service.stopService()
-        self.assertIsNone(self.successResultOf(stopped))
-        self.failureResultOf(service.whenConnected(), defer.CancelledError)
-        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class PipeEndpoint:

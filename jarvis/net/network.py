@@ -7,12 +7,10 @@ the core asks it to :meth:`~PeerNetwork.connect` to contacts and hears back thro
 that at most one session per contact is reported established at a time, plus
 ``peer_status_changed`` whenever a contact goes offline, connecting or online.
 
-* A :class:`~jarvis.net.dialling.Dialler` per wanted contact (a Twisted ``ClientService`` per
-  run) tries the contact's addresses in turn; after a full round fails it waits
-  ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds (Twisted's
-  :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session with the
-  contact is established (either direction; an attempt in flight still finishes) and the
-  network restarts it when that session ends, if the contact is still wanted.
+* A :class:`Dialler` per contact tries the contact's addresses in turn; after a full round
+  fails it waits ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds
+  (Twisted's :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session
+  with the contact is established (either direction) and restarts when that session ends.
 * When both sides dial at once there are two sessions; the one whose initiator has the lower
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
@@ -38,13 +36,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -64,7 +62,6 @@ from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
 from jarvis.net.admission import AdmissionControl
-from jarvis.net.dialling import ConnectFailed, Dialler
 from jarvis.net.knock import (
     CLOSED_BEFORE_TLS,
     DEFAULT_KNOCK_DEADLINE,
@@ -74,6 +71,8 @@ from jarvis.net.knock import (
 )
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
+    Clock,
+    DelayedCall,
     PeerFactory,
     PeerProtocol,
     describe_failure,
@@ -195,6 +194,10 @@ class InvalidPeerAddress(InvalidInput):
     """
 
 
+class ConnectFailed(Exception):
+    """One outbound connection attempt ended before a session was established."""
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port.
 
@@ -209,6 +212,145 @@ def parse_address(text: str) -> tuple[str, int]:
     if host.startswith("["):
         host = host[1:-1]
     return host, int(port_text)
+
+
+class Dialler:
+    """Keeps dialling one contact: its addresses in turn, rounds spaced by backoff with jitter.
+
+    A round tries every address once, one after the other.  When a round fails completely,
+    the next starts after ``policy(failed_rounds)`` seconds.  A successful attempt ends the
+    dialling (the caller restarts it with :meth:`start` when the session ends).
+
+    :param clock: schedules the retries.
+    :param addresses: returns the current addresses (read again at each round).
+    :param dial: makes one attempt; its Deferred fires on success, fails otherwise, and
+        cancelling it abandons the attempt.
+    :param policy: seconds to wait after *n* failed rounds.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        addresses: Callable[[], Sequence[str]],
+        dial: Callable[[str], Deferred[None]],
+        policy: Callable[[int], float],
+    ) -> None:
+        self._clock = clock
+        self._addresses = addresses
+        self._dial = dial
+        self._policy = policy
+        self._running = False
+        self._round: tuple[str, ...] = ()
+        self._index = 0
+        self.failed_rounds = 0
+        self._pending: DelayedCall | None = None
+        self._in_flight: Deferred[None] | None = None
+        self._restart_round = False
+        #: Delays scheduled so far, newest last (bounded; for status and tests).
+        self.delays: list[float] = []
+
+    @property
+    def running(self) -> bool:
+        """Whether the dialler wants a connection (dialling or waiting to retry)."""
+        return self._running
+
+    @property
+    def dialling(self) -> bool:
+        """Whether an attempt is in flight."""
+        return self._in_flight is not None
+
+    def start(self, delay: float = 0.0) -> None:
+        """Start dialling after *delay* seconds, with a fresh backoff; no-op if running."""
+        if self._running:
+            return
+        self._running = True
+        self.failed_rounds = 0
+        self._index = 0
+        if self._in_flight is not None:
+            self._restart_round = True
+        elif delay > 0:
+            self._schedule(delay)
+        else:
+            self._dial_next()
+
+    def redial(self) -> None:
+        """Dial now from the first address, forgetting the backoff (addresses may have changed).
+
+        An attempt already in flight is left to finish; if it fails, the new round starts at
+        once.
+        """
+        self._running = True
+        self.failed_rounds = 0
+        self._cancel_pending()
+        if self._in_flight is not None:
+            self._restart_round = True
+            return
+        self._index = 0
+        self._dial_next()
+
+    def stop(self) -> None:
+        """Stop scheduling attempts; an attempt in flight may still succeed."""
+        self._running = False
+        self._cancel_pending()
+
+    def cancel(self) -> None:
+        """Stop, and abandon any attempt in flight."""
+        self.stop()
+        if self._in_flight is not None:
+            self._in_flight.cancel()
+
+    def _schedule(self, delay: float) -> None:
+        self.delays = [*self.delays[-15:], delay]
+        self._pending = self._clock.callLater(delay, self._dial_next)
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None and self._pending.active():
+            self._pending.cancel()
+        self._pending = None
+
+    def _dial_next(self) -> None:
+        self._pending = None
+        if not self._running:
+            return
+        if self._index == 0:
+            self._round = tuple(self._addresses())
+        if self._index >= len(self._round):
+            self._round_failed()
+            return
+        address = self._round[self._index]
+        self._index += 1
+        attempt = self._dial(address)
+        self._in_flight = attempt
+        attempt.addCallbacks(self._succeeded, self._failed, errbackArgs=(attempt,))
+        attempt.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
+
+    def _succeeded(self, _: object) -> None:
+        self._in_flight = None
+        self._running = False
+        self.failed_rounds = 0
+        self._index = 0
+        self._restart_round = False
+
+    def _failed(self, failure: Failure, attempt: Deferred[None]) -> None:
+        failure.trap(ConnectFailed, CancelledError, InvalidPeerAddress)
+        if self._in_flight is attempt:
+            self._in_flight = None
+        if not self._running:
+            return
+        if self._restart_round:
+            self._restart_round = False
+            self._index = 0
+            self._dial_next()
+        elif self._index < len(self._round):
+            self._dial_next()  # the next address of this round, at once
+        else:
+            self._round_failed()
+
+    def _round_failed(self) -> None:
+        self._index = 0
+        delay = self._policy(self.failed_rounds)
+        self.failed_rounds += 1
+        self._schedule(delay)
 
 
 def backoff(
@@ -652,7 +794,6 @@ class PeerNetwork:
                 lambda: self._directory.addresses(uid),
                 lambda address: self._dial(uid, address),
                 self._policy,
-                label=log_id(uid),
             )
             peer = self._peers[uid] = _Peer(uid, dialler, self._reactor.seconds())
         return peer
