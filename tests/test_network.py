@@ -595,6 +595,78 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(harness.dialler.delays, [1.0])
 
 
+class InFlightTests(SynchronousTestCase):
+    """An attempt in flight outlives a stop of the dialler."""
+
+    def test_stop_lets_the_attempt_finish(self) -> None:
+        """When the dialler stops with an attempt in flight, then the attempt is neither
+        cancelled nor followed by another address, and its success schedules nothing."""
+        harness = DiallerHarness(("a:1", "b:2"))
+        harness.dialler.start()
+        in_flight = harness.attempts[-1][1]
+        cancelled: list[Deferred[None]] = []
+        in_flight._canceller = cancelled.append
+        harness.dialler.stop()
+        self.assertFalse(harness.dialler.running)
+        self.assertTrue(harness.dialler.dialling)
+        self.assertEqual(cancelled, [])
+        in_flight.callback(None)
+        self.assertFalse(harness.dialler.dialling)
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1"])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_stopped_attempt_failing_dials_no_further(self) -> None:
+        """When a stopped dialler's attempt fails, then no other address is dialled."""
+        harness = DiallerHarness(("a:1", "b:2"))
+        harness.dialler.start()
+        harness.dialler.stop()
+        harness.fail_last()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1"])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_restart_waits_for_the_attempt(self) -> None:
+        """When the dialler restarts while an attempt is in flight, then it dials nothing more
+        until that attempt ends: on failure its round starts at once from the first address,
+        on success it is done."""
+        harness = DiallerHarness(("a:1", "b:2"))
+        harness.dialler.start()
+        harness.dialler.stop()
+        harness.dialler.start(delay=5.0)
+        self.assertTrue(harness.dialler.running)
+        self.assertEqual(len(harness.attempts), 1)
+        harness.fail_last()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1", "a:1"])
+        harness.attempts[-1][1].callback(None)
+        self.assertFalse(harness.dialler.running)
+        harness.dialler.redial()
+        harness.dialler.stop()
+        harness.dialler.redial()  # the attempt of the first redial is still in flight
+        self.assertEqual(len(harness.attempts), 3)
+        harness.attempts[-1][1].callback(None)
+        self.assertFalse(harness.dialler.running)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_immediate_success_ends_the_run(self) -> None:
+        """When an attempt succeeds before its dial returns, then the run ends all the same and
+        a later start dials again."""
+        harness = DiallerHarness(("a:1",))
+        dials: list[str] = []
+
+        def dial(address: str) -> Deferred[None]:
+            dials.append(address)
+            return defer.succeed(None)
+
+        harness.dialler._dial = dial
+        harness.dialler.start()
+        self.assertEqual(dials, ["a:1"])
+        self.assertFalse(harness.dialler.dialling)
+        harness.clock.advance(0)  # the service is stopped on the next turn
+        self.assertFalse(harness.dialler.running)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        harness.dialler.start()
+        self.assertEqual(dials, ["a:1", "a:1"])
+
+
 class PipeEndpoint:
     """A client endpoint that connects in memory to *target*'s server factory (iosim)."""
 
@@ -722,3 +794,47 @@ class TieBreakOrderTests(SynchronousTestCase):
             )
         self.assertEqual(low_net.connections, 1)
         self.assertEqual(high_net.connections, 1)
+
+    def test_simultaneous_dials_keep_the_low_session(self) -> None:
+        """When both dial at once, then each attempt in flight finishes even after the other
+        side's session stopped its dialler, the low initiator's session survives on both
+        sides, and the closed duplicate makes neither side dial again."""
+        pair = MemoryPair()
+        low_net, high_net = pair.nodes["low"][0], pair.nodes["high"][0]
+        low_uid, high_uid = low_net._identity.uid, high_net._identity.uid
+        low_net.connect(high_uid)
+        high_net.connect(low_uid)
+        self.assertTrue(low_net._peers[high_uid].dialler.dialling)
+        self.assertTrue(high_net._peers[low_uid].dialler.dialling)
+        pair.run()
+        for network, other in ((low_net, high_uid), (high_net, low_uid)):
+            survivor = network.session(other)
+            assert survivor is not None
+            self.assertEqual(survivor.initiator, network is low_net)
+            self.assertEqual(network.connections, 1)
+            self.assertFalse(network._peers[other].dialler.running)
+        pair.clock.advance(61.0)  # past any restart delay (backoff_initial is 30 s here)
+        pair.run()
+        self.assertEqual(low_net.status(high_uid).connect_attempts, 1)
+        self.assertEqual(high_net.status(low_uid).connect_attempts, 1)
+        self.assertEqual(low_net.status(high_uid).state, "online")
+
+    def test_ended_session_redials_after_half_to_one_initial_delay(self) -> None:
+        """When the active session of a wanted contact ends, then the dialler starts again
+        after 0.5 to 1 times the initial backoff, not at once."""
+        pair = MemoryPair()
+        low_net, high_net = pair.nodes["low"][0], pair.nodes["high"][0]
+        high_uid = high_net._identity.uid
+        low_net.connect(high_uid)
+        pair.run()
+        self.assertEqual(low_net.status(high_uid).state, "online")
+        high_net.forget(low_net._identity.uid)  # closes the session from the other side
+        pair.run()
+        dialler = low_net._peers[high_uid].dialler
+        self.assertTrue(dialler.running)
+        delay = dialler.delays[-1]
+        self.assertTrue(15.0 <= delay <= 30.0, delay)  # backoff_initial is 30 s here
+        pair.clock.advance(delay - 0.01)
+        self.assertEqual(low_net.status(high_uid).connect_attempts, 1)
+        pair.clock.advance(0.01)
+        self.assertEqual(low_net.status(high_uid).connect_attempts, 2)
