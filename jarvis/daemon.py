@@ -55,6 +55,7 @@ from jarvis.logs import (
     set_log_key,
     text_observer,
 )
+from jarvis.mailbox.attach import MailboxConnector
 from jarvis.passwordfile import read_password_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
@@ -340,6 +341,7 @@ class JarvisDaemon(MultiService):
             advertise=tuple(options["advertise"]),
             listening=self._listening,
             now=time.time,
+            mailbox_factory=lambda: MailboxConnector(reactor, time.time),
         )
         self.node.setServiceParent(self)
 
