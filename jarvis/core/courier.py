@@ -462,7 +462,7 @@ class Courier:
         mailbox committed it.  A message too large for one block stays queued for a session."""
         self._mailbox_timers.pop(uid, None)
         store, postbox = self._store, self.postbox
-        if store is None or postbox is None or uid in self._pumps:
+        if store is None or postbox is None or uid in self._pumps or not postbox.can_deposit(uid):
             return
         if uid in self._depositing:
             self._deposit_again.add(uid)  # once this run ends, another reads what came since
