@@ -11,7 +11,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from jarvis.core.courier import MAILBOX_GRACE
+from jarvis.core.courier import MAILBOX_ACK_DELAY, MAILBOX_GRACE
 from jarvis.core.node import Node
 from jarvis.core.postbox import KIND_ACKS, KIND_MESSAGE
 from jarvis.crypto import mailseal
@@ -158,6 +158,9 @@ class CollectTests(PostboxCase):
         (handler,) = transport.handlers.values()
         await turned(clock, defer.maybeDeferred(handler, envelope))
         await turned(clock, defer.maybeDeferred(handler, envelope))
+        self.assertEqual(transport.deposits, [])  # acks wait to be deposited together
+        clock.advance(MAILBOX_ACK_DELAY)
+        self.assertEqual(len(transport.deposits), 1)
         session = FakeSession(bob.uid)
         await turned(clock, node.session_established(session))
         await turned(clock, node.message_received(session, mid, b"from bob", int(NOW * 1000)))

@@ -50,22 +50,44 @@ from jarvis.turn import TurnBatch
 MAILBOX_GRACE = 2.0
 
 
+#: Seconds acks for collected messages wait to be deposited together (one sealed deposit for
+#: up to ~1,000 ids instead of one per reactor turn).
+MAILBOX_ACK_DELAY = 0.5
+
+
 class MailboxPath:
     """Stands in for a session for what was collected from a contact's mailbox queue: acks
-    go over the contact's session when one is up, else into its queue."""
+    go over the contact's session when one is up, else into its queue, gathered for
+    :data:`MAILBOX_ACK_DELAY` seconds into one deposit."""
 
     def __init__(self, uid: str, courier: Courier) -> None:
         self.peer_uid = uid
         self._courier = courier
+        self._pending: list[bytes] = []
+        self._timer: Any = None
 
     def send_ack(self, message_ids: Sequence[bytes]) -> None:
         pump = self._courier._pumps.get(self.peer_uid)
         if pump is not None:
             pump.session.send_ack(message_ids)
             return
+        self._pending.extend(message_ids)
+        if self._timer is None or not self._timer.active():
+            self._timer = self._courier._call_later(MAILBOX_ACK_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Send the gathered acks (over a session that came up meanwhile, else deposited)."""
+        self._timer = None
+        ids, self._pending = self._pending, []
+        if not ids:
+            return
+        pump = self._courier._pumps.get(self.peer_uid)
+        if pump is not None:
+            pump.session.send_ack(ids)
+            return
         postbox = self._courier.postbox
         if postbox is not None and postbox.can_deposit(self.peer_uid):
-            postbox.deposit_acks(self.peer_uid, list(message_ids)).addErrback(
+            postbox.deposit_acks(self.peer_uid, ids).addErrback(
                 lambda f: self._courier.log.warn(
                     "acks not deposited: {error}", error=redact(str(f.value))
                 )
