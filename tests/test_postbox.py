@@ -12,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from jarvis.core.courier import MAILBOX_ACK_DELAY, MAILBOX_GRACE
-from jarvis.core.node import Node
+from jarvis.core.node import PREKEY_CHECK_INTERVAL, Node
 from jarvis.core.postbox import KIND_ACKS, KIND_MESSAGE
 from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
@@ -202,3 +202,28 @@ class CollectTests(PostboxCase):
         self.assertEqual(transport.deleted, [queue_id])
         self.assertNotIn(bob.uid, node.postbox.peers)
         self.assertEqual(node.mailbox_status()["queues"], 0)
+
+
+class RotationTests(PostboxCase):
+    async def test_daily_check_rotates_and_announces(self) -> None:
+        """When a week passes while unlocked, then the daily check makes a new prekey, tells
+        the connected contact, and keeps the old one until it is two weeks old."""
+        node, clock, _events, bob, _transport, _ring = await self.setup_pair()
+        session = FakeSession(bob.uid)
+        sent: list[MailboxAddress] = []
+        session.send_mailbox_address = sent.append  # type: ignore[attr-defined]
+        await turned(clock, node.session_established(session))
+        first = node.postbox.ring.current
+        assert first is not None
+        self.assertEqual(sent[-1].prekey, first.signed.to_bytes())
+        now = [NOW + mailseal.ROTATE_AFTER]
+        node.postbox.now = lambda: now[0]
+        clock.advance(PREKEY_CHECK_INTERVAL)
+        second = node.postbox.ring.current
+        assert second is not None
+        self.assertNotEqual(second.signed.prekey_id, first.signed.prekey_id)
+        self.assertEqual(sent[-1].prekey, second.signed.to_bytes())
+        self.assertIsNotNone(node.postbox.ring.find(first.signed.prekey_id))
+        now[0] = NOW + mailseal.DELETE_AFTER
+        clock.advance(PREKEY_CHECK_INTERVAL)
+        self.assertIsNone(node.postbox.ring.find(first.signed.prekey_id))

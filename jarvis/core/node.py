@@ -77,6 +77,8 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     "previews": False,  # show message text in notifications (opt-in)
     "bell": True,  # UIs ring the terminal bell for new messages
 }
+#: Seconds between checks of the mailbox prekeys (made weekly, deleted after two weeks).
+PREKEY_CHECK_INTERVAL = 86400.0
 #: ``(identity, directory, observer) -> network``: builds the peer network at unlock.
 NetworkFactory = Callable[[IdentityKey, ContactDirectory, SessionObserver], PeerNetwork]
 
@@ -149,6 +151,7 @@ class Node(Service):
         self._public_uid: str | None = None
         self._addresses: tuple[str, ...] = ()
         self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
+        self._rotation: Any = None
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -303,6 +306,19 @@ class Node(Service):
         yield self.postbox.open(store, keys.identity, transport)
         for uid in list(self.postbox.peers):
             self.courier.schedule_mailbox(uid)
+        self._schedule_rotation()
+
+    def _schedule_rotation(self) -> None:
+        """Check the mailbox prekeys once a day while unlocked (rotation, deletion)."""
+
+        def check() -> None:
+            self._rotation = None
+            if self._keys is not None:
+                self.postbox.rotate_due()
+                self._schedule_rotation()
+
+        clock: Any = self.clock
+        self._rotation = clock.callLater(PREKEY_CHECK_INTERVAL, check)
 
     def lock(self, *, wipe: bool = False) -> defer.Deferred[Any]:
         """Lock the identity.
@@ -324,6 +340,9 @@ class Node(Service):
     @defer.inlineCallbacks
     def _close_keys(self) -> Any:
         network, self._network = self._network, None
+        rotation, self._rotation = self._rotation, None
+        if rotation is not None and rotation.active():
+            rotation.cancel()
         self.courier.close()
         yield self.postbox.close()
         self.contacts.close()

@@ -310,6 +310,17 @@ class Postbox:
             return
         self._announce(uid)
 
+    def rotate_due(self) -> bool:
+        """Make a new prekey or delete expired ones when due (the node calls this daily);
+        tell every connected contact about a new one.  Returns whether anything changed."""
+        if self._identity is None or self._store is None:
+            return False
+        if not self.ring.rotate(self._identity, self.now()):
+            return False
+        self._save_config().addErrback(lambda f: self.log.failure("saving prekeys failed", f))
+        self._announce_all()
+        return True
+
     def session_closed(self, session: Any) -> None:
         uid = getattr(session, "peer_uid", None)
         if uid is not None and self._sessions.get(uid) is session:
