@@ -193,6 +193,26 @@ class CollectTests(PostboxCase):
         await turned(clock, defer.maybeDeferred(handler, envelope))
         self.assertEqual((await node.history("Bob"))["messages"], [])
 
+    async def test_blocked_contact_deposit_dropped(self) -> None:
+        """When Bob is blocked, then his sealed deposit is collected but nothing is stored."""
+        node, clock, _events, bob, transport, _ring = await self.setup_pair()
+        await node.update_contact("Bob", blocked=True)
+        current = node.postbox.ring.current
+        assert current is not None and node._keys is not None
+        body = bytes([KIND_MESSAGE]) + bytes(8) + b"blocked"
+        envelope = mailseal.seal(
+            bob,
+            node._keys.uid,
+            node._keys.identity.public_bytes,
+            current.signed,
+            bytes(16),
+            body,
+            NOW,
+        )
+        (handler,) = transport.handlers.values()
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        self.assertEqual((await node.history("Bob"))["messages"], [])
+
     async def test_removed_contact_queue_deleted(self) -> None:
         """When Bob is removed, then his queue at our mailbox is deleted (he can deposit no
         more) and his address is forgotten."""

@@ -540,7 +540,12 @@ class Courier:
         self, uid: str, message_id: bytes, body: bytes, created_ms: int
     ) -> defer.Deferred[Any]:
         """A message collected from *uid*'s queue: stored on the session messages' path
-        (once, by id); acknowledged over a session if one is up, else by a deposit."""
+        (once, by id); acknowledged over a session if one is up, else by a deposit.  From a
+        blocked contact it is dropped (the network refuses its sessions; its deposits are
+        collected and deleted unread)."""
+        contact = self._contacts.get(uid)
+        if contact is None or contact.blocked:
+            return defer.succeed(None)
         return self.message_received(self.mailbox_path(uid), message_id, body, created_ms)
 
     def mailbox_acks(self, uid: str, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
