@@ -11,12 +11,13 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from jarvis.core.courier import MAILBOX_ACK_DELAY, MAILBOX_GRACE
+from jarvis.core.courier import MAILBOX_ACK_DELAY, MAILBOX_GRACE, MAILBOX_RETRY
 from jarvis.core.node import PREKEY_CHECK_INTERVAL, Node
 from jarvis.core.postbox import KIND_ACKS, KIND_MESSAGE
 from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.mailseal import PrekeyRing
+from jarvis.mailbox.wire import ERR_AUTH
 from jarvis.protocol.records import MailboxAddress
 from tests.test_node import FakeSession, friend_link, make_node, turned
 
@@ -36,6 +37,8 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.deposits: list[tuple[str, bytes, bytes]] = []
+        #: errors the next deposits fail with, in order
+        self.failures: list[Exception] = []
         self.handlers: dict[bytes, Any] = {}
         self.deleted: list[bytes] = []
         self.created = 0
@@ -58,6 +61,8 @@ class FakeTransport:
         return defer.succeed(None)
 
     def deposit(self, link: str, sender_id: bytes, sender_key: bytes, payload: bytes) -> Any:
+        if self.failures:
+            return defer.fail(self.failures.pop(0))
         self.deposits.append((link, sender_id, payload))
         return defer.succeed(b"msg-id")
 
@@ -140,6 +145,35 @@ class PathChoiceTests(PostboxCase):
         self.assertEqual(node.courier._depositing, set())
         self.assertEqual(transport.deposits, [])
         self.assertEqual(sent["state"], "queued")
+
+
+class Refused(Exception):
+    """Stands for jarvis.mailbox.client.MailboxRefused (a code from jarvis.mailbox.wire)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"refused {code}")
+        self.code = code
+
+
+class RetryTests(PostboxCase):
+    async def test_unreachable_mailbox_retried_refused_queue_not(self) -> None:
+        """When a deposit fails because the mailbox is unreachable, then it is tried again
+        after MAILBOX_RETRY and succeeds; when the mailbox refuses the queue's key (the
+        contact deleted it), then it is reported and not retried."""
+        node, clock, events, _bob, transport, _ring = await self.setup_pair()
+        transport.failures.append(ConnectionRefusedError("mailbox down"))
+        await node.send_message("Bob", "retry me")
+        clock.advance(MAILBOX_GRACE)
+        await until(clock, lambda: bool(node.courier._mailbox_timers))
+        self.assertEqual(len([n for n, _ in events if n == "mailbox.depositFailed"]), 1)
+        clock.advance(MAILBOX_RETRY)
+        await until(clock, lambda: len(transport.deposits) == 1)
+        transport.failures.append(Refused(ERR_AUTH))
+        await node.send_message("Bob", "refused")
+        clock.advance(MAILBOX_GRACE)
+        await until(clock, lambda: len([n for n, _ in events if n == "mailbox.depositFailed"]) == 2)
+        await until(clock, lambda: not node.courier._depositing)
+        self.assertEqual(node.courier._mailbox_timers, {})
 
 
 class CollectTests(PostboxCase):

@@ -40,14 +40,30 @@ from jarvis.core.limits import (
     WINDOW_MESSAGES,
 )
 from jarvis.core.views import message_view
+from jarvis.crypto.errors import CryptoError
 from jarvis.errors import InvalidInput, StorageFull, TooLarge
 from jarvis.logs import log_id, redact
+from jarvis.mailbox.wire import ERR_AUTH
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
 
 #: Seconds to wait for a session before depositing into the contact's mailbox.
 MAILBOX_GRACE = 2.0
+
+
+#: Seconds before deposits that failed for a passing reason (mailbox unreachable, queue full)
+#: are tried again.
+MAILBOX_RETRY = 60.0
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    """Whether a failed deposit may succeed later: not when the mailbox refused our key (the
+    contact deleted the queue: it removed us or dropped its mailbox), nor for a message too
+    large for a block or an invalid prekey (those wait for a session or a new address)."""
+    if isinstance(error, TooLarge | CryptoError):
+        return False
+    return getattr(error, "code", None) != ERR_AUTH
 
 
 #: Seconds acks for collected messages wait to be deposited together (one sealed deposit for
@@ -490,6 +506,7 @@ class Courier:
             self._deposit_again.add(uid)  # once this run ends, another reads what came since
             return
         self._depositing.add(uid)
+        retry = False
         try:
             after, more = 0, True
             while more and uid not in self._pumps and self._store is store:
@@ -512,6 +529,8 @@ class Courier:
                 results = yield defer.DeferredList(deposits, consumeErrors=True)
                 done = [m.id for m, (ok, _) in zip(queued, results, strict=True) if ok]
                 for ok, failure in results:
+                    if not ok and _worth_retrying(failure.value):
+                        retry = True
                     if not ok:
                         self.log.warn(
                             "a message to {uid} not deposited: {error}",
@@ -525,6 +544,8 @@ class Courier:
                 yield self._advance_many(done, "sent", via="mailbox")
         finally:
             self._depositing.discard(uid)
+        if retry and uid not in self._mailbox_timers and self._store is store:
+            self._mailbox_timers[uid] = self._call_later(MAILBOX_RETRY, self._deposit_outbox, uid)
         if uid in self._deposit_again:
             self._deposit_again.discard(uid)
             yield self._deposit_outbox(uid)
