@@ -145,6 +145,12 @@ class NeverOnlineTogetherTests(TestCase):
         await bob.stop()
         await alice.recorder.wait(lambda: not alice.online_with(bob)())
         await alice.call("messages.send", contact=bob.uid, text="after removal")
-        await alice.recorder.wait(lambda: bool(alice.recorder.named("mailbox.depositFailed")))
+        try:
+            await alice.recorder.wait(
+                lambda: bool(alice.recorder.named("mailbox.depositFailed")), timeout=60
+            )
+        except Exception:
+            tail = b"\n".join(p.process.output[-3000:] for p in (alice, bob))
+            raise AssertionError(tail.decode("utf-8", "replace")) from None
         refused = alice.recorder.named("mailbox.depositFailed")[0]
         self.assertEqual(refused["contact"], bob.uid)
