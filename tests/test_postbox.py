@@ -258,6 +258,37 @@ class CollectTests(PostboxCase):
         self.assertEqual(node.mailbox_status()["queues"], 0)
 
 
+class ChangeTests(PostboxCase):
+    async def test_changing_and_dropping_the_mailbox(self) -> None:
+        """When the mailbox changes, then the old queue is deleted (over the old connection,
+        before connecting to the new one), a new queue is made and the connected contact is
+        told the new address; when it is dropped, the queue is deleted and the contact is
+        told an empty address."""
+        node, clock, _events, bob, transport, _ring = await self.setup_pair()
+        session = FakeSession(bob.uid)
+        sent: list[MailboxAddress] = []
+        session.send_mailbox_address = sent.append  # type: ignore[attr-defined]
+        await turned(clock, node.session_established(session))
+        (old_queue,) = transport.handlers
+        connected: list[tuple[str, list[bytes]]] = []
+        connect = transport.connect
+
+        def recording_connect(link: str) -> Any:
+            connected.append((link, list(transport.deleted)))
+            return connect(link)
+
+        transport.connect = recording_connect  # type: ignore[method-assign]
+        await node.mailbox_use(link_for(3))
+        self.assertEqual(connected[0], (link_for(3), [old_queue]))
+        self.assertEqual(sent[-1].link, link_for(3))
+        self.assertEqual(node.mailbox_status()["queues"], 1)
+        (new_queue,) = transport.handlers
+        await node.mailbox_drop()
+        self.assertEqual(transport.deleted, [old_queue, new_queue])
+        self.assertEqual(sent[-1], MailboxAddress(""))
+        self.assertIsNone(node.mailbox_status()["link"])
+
+
 class RotationTests(PostboxCase):
     async def test_daily_check_rotates_and_announces(self) -> None:
         """When a week passes while unlocked, then the daily check makes a new prekey, tells

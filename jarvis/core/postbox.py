@@ -211,9 +211,14 @@ class Postbox:
             raise InvalidInput("this daemon cannot reach mailboxes")
         if link != self.link:
             old_link, old_queues = self.link, self.queues
-            yield self._transport.connect(link)  # fails before anything changes
             if old_link is not None:
+                # deleted over the connection to the old mailbox, before it is replaced
                 yield self._delete_queues(old_queues, old_link)
+                self.link, self.queues = None, {}
+                yield self._save_config()
+                yield self._save_queues()
+                self._announce_all()
+            yield self._transport.connect(link)
             self.link = link
             self.queues = {}
             yield self._save_config()
