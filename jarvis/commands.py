@@ -852,6 +852,12 @@ def mailbox_lines(result: dict[str, Any]) -> list[str]:
     ]
     if result.get("last_collect"):
         lines.append(f"  last collect: {human_since(result['last_collect'], time.time())}")
+    paths = [c.get("path") for c in result.get("contacts", [])]
+    if paths:
+        lines.append(
+            "  contacts: "
+            + ", ".join(f"{paths.count(p)} {p}" for p in ("direct", "mailbox", "waiting"))
+        )
     return lines
 
 

@@ -501,6 +501,7 @@ class FakeNode:
             "deposited": 0,
             "acks_deposited": 0,
             "error": None,
+            "contacts": [],
         }
 
     def mailbox_drop(self) -> dict[str, Any]:

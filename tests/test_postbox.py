@@ -134,6 +134,10 @@ class PathChoiceTests(PostboxCase):
         clock.advance(MAILBOX_GRACE * 2)
         self.assertEqual([body for _, body, _ in session.sent], [b"hello online"])
         self.assertEqual(transport.deposits, [])
+        paths = node.mailbox_status()["contacts"]
+        self.assertEqual(paths, [{"uid": bob.uid, "path": "direct"}])
+        node.session_closed(session, "gone")
+        self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "mailbox")
 
     async def test_no_address_no_deposit(self) -> None:
         """When Bob's mailbox address is not known, then nothing is deposited: the message
@@ -141,6 +145,7 @@ class PathChoiceTests(PostboxCase):
         node, clock, _events, _bob, transport, _ring = await self.setup_pair()
         node.postbox.peers.clear()
         sent = await node.send_message("Bob", "wait")
+        self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "waiting")
         clock.advance(MAILBOX_GRACE * 2)  # the run that fires checks the address first
         self.assertEqual(node.courier._depositing, set())
         self.assertEqual(transport.deposits, [])

@@ -550,6 +550,15 @@ class Courier:
             self._deposit_again.discard(uid)
             yield self._deposit_outbox(uid)
 
+    def path_of(self, uid: str) -> str:
+        """Which path a message to *uid* takes now: ``direct`` (a session is up), ``mailbox``
+        (no session; its deposit address is known) or ``waiting`` (neither: it stays queued)."""
+        if uid in self._pumps:
+            return "direct"
+        if self.postbox is not None and self.postbox.can_deposit(uid):
+            return "mailbox"
+        return "waiting"
+
     def mailbox_path(self, uid: str) -> MailboxPath:
         """The return path for what was collected from *uid*'s queue."""
         path = self._mailbox_paths.get(uid)

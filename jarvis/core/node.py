@@ -481,7 +481,12 @@ class Node(Service):
     def mailbox_status(self) -> dict[str, Any]:
         """The mailbox in use, reachability, queues, last collect: see :meth:`Postbox.status`."""
         self._require_keys()
-        return self.postbox.status()
+        status = self.postbox.status()
+        status["contacts"] = [
+            {"uid": uid, "path": self.courier.path_of(uid)}
+            for uid in sorted(self.contacts.acceptable_uids())
+        ]
+        return status
 
     def mailbox_drop(self) -> defer.Deferred[Any]:
         """Stop using the mailbox: see :meth:`Postbox.drop`."""

@@ -338,7 +338,7 @@ def mailbox_drop(inv: Invocation) -> Any:
 
 _MAILBOX_RESULT = (
     "{link (null: none), connected, queues, contacts_reachable, last_collect, collected, "
-    "deposited, acks_deposited, error}"
+    "deposited, acks_deposited, error, contacts: [{uid, path ('direct'|'mailbox'|'waiting')}]}"
 )
 
 
@@ -712,7 +712,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
             result=_MAILBOX_RESULT,
             doc="Show the mailbox in use: whether it is reachable, how many queues we hold "
             "there, how many contacts we can deposit for (contacts_reachable), when we last "
-            "collected, and the deposits and collections since unlock.",
+            "collected, and the deposits and collections since unlock; per contact, the path "
+            "a message takes now: direct (session up), mailbox (deposited in the contact's "
+            "mailbox) or waiting (neither: it stays queued).",
         ),
         MethodSpec(
             "mailbox.drop",
