@@ -543,6 +543,43 @@ class HookCommandOptions(CommandOptions):
             raise usage.UsageError("hook needs add, list or remove")
 
 
+class MailboxUseOptions(CommandOptions):
+    """Use the mailbox at LINK (a jarvis-mailbox: link, as its operator's mailbox.link file
+    gives it) for offline delivery: the daemon creates one queue per contact there, collects
+    them, and tells every contact where to deposit while you are offline. Replaces the mailbox
+    used before. See docs/mailbox.md."""
+
+    synopsis = "LINK"
+
+    def parseArgs(self, link: str) -> None:  # type: ignore[override]
+        self["link"] = link
+
+
+class MailboxStatusOptions(CommandOptions):
+    """Show the mailbox in use: reachable or not, queues held, contacts you can deposit for,
+    the last collection, deposits and collections since unlock."""
+
+
+class MailboxDropOptions(CommandOptions):
+    """Stop using the mailbox: delete your queues there and tell your contacts."""
+
+
+class MailboxCommandOptions(CommandOptions):
+    """Offline delivery through a mailbox (a store-and-forward server that sees only
+    ciphertext): use one, show its status, or drop it."""
+
+    synopsis = "use LINK|status|drop"
+    subCommands = [
+        ["use", None, MailboxUseOptions, "Use the mailbox at LINK."],
+        ["status", None, MailboxStatusOptions, "Show the mailbox in use."],
+        ["drop", None, MailboxDropOptions, "Stop using the mailbox."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("mailbox needs use, status or drop")
+
+
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
@@ -579,6 +616,7 @@ class Options(usage.Options):
         ["rename", None, RenameOptions, "Give a contact a local alias."],
         ["remove", None, RemoveOptions, "Remove a contact."],
         ["peers", None, PeersOptions, "Show connection status and figures per contact."],
+        ["mailbox", None, MailboxCommandOptions, "Use, show or drop your offline mailbox."],
         ["settings", None, SettingsOptions, "List, show or change settings."],
         ["passwd", None, PasswdOptions, "Change the master password."],
         ["watch", None, WatchOptions, "Print events as JSON lines."],

@@ -33,7 +33,7 @@ from jarvis.exitstatus import (
 )
 from jarvis.ipc.jsonrpc import RemoteError, too_many_attempts_text
 from jarvis.launcher import process_state, recorded_pids
-from jarvis.textsafe import is_unsafe, terminal_safe
+from jarvis.textsafe import human_since, is_unsafe, terminal_safe
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
@@ -856,6 +856,47 @@ async def cmd_peers(session: Session, sub: usage.Options, inputs: dict[str, Any]
     session.emit("\n".join(lines), result)
 
 
+def mailbox_lines(result: dict[str, Any]) -> list[str]:
+    """The text lines that describe ``mailbox.status``."""
+    if not result.get("link"):
+        return ["no mailbox in use (offline delivery is off): jarvis mailbox use LINK"]
+    link = terminal_safe(str(result["link"]), keep_newlines=False)
+    lines = [
+        f"mailbox: {link}",
+        f"  {'reachable' if result.get('connected') else 'not reachable'}"
+        + (
+            f" ({terminal_safe(str(result['error']), keep_newlines=False)})"
+            if result.get("error") and not result.get("connected")
+            else ""
+        ),
+        f"  queues: {result.get('queues', 0)}; contacts you can deposit for: "
+        f"{result.get('contacts_reachable', 0)}",
+        f"  collected {result.get('collected', 0)}, deposited {result.get('deposited', 0)}"
+        " since unlock",
+    ]
+    if result.get("last_collect"):
+        lines.append(f"  last collect: {human_since(result['last_collect'], time.time())}")
+    paths = [c.get("path") for c in result.get("contacts", [])]
+    if paths:
+        lines.append(
+            "  contacts: "
+            + ", ".join(f"{paths.count(p)} {p}" for p in ("direct", "mailbox", "waiting"))
+        )
+    return lines
+
+
+async def cmd_mailbox(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``mailbox use LINK|status|drop``."""
+    action, opts = sub.subCommand, sub.subOptions
+    if action == "use":
+        result = await session.call("mailbox.use", {"link": opts["link"]})
+    elif action == "drop":
+        result = await session.call("mailbox.drop")
+    else:
+        result = await session.call("mailbox.status")
+    session.emit("\n".join(mailbox_lines(result)), result)
+
+
 async def cmd_watch(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``watch [EVENT ...]``: events as JSON lines until Ctrl+C (or the daemon goes away:
     exit 1); only the named events when some are named (an unknown name: exit 1)."""
@@ -1015,6 +1056,7 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "rpc": cmd_rpc,
     "exec": cmd_exec,
     "hook": cmd_hook,
+    "mailbox": cmd_mailbox,
     "export": cmd_export,
     "import": cmd_import,
     "delete-account": cmd_delete_account,

@@ -57,6 +57,7 @@ from jarvis.logs import (
     set_log_key,
     text_observer,
 )
+from jarvis.mailbox.attach import MailboxConnector
 from jarvis.passwordfile import read_password_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
@@ -342,6 +343,7 @@ class JarvisDaemon(MultiService):
             advertise=tuple(options["advertise"]),
             listening=self._listening,
             now=time.time,
+            mailbox_factory=lambda: MailboxConnector(reactor, time.time),
         )
         self.node.setServiceParent(self)
         from jarvis.lanservice import LanService, lan_discovery_factory

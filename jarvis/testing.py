@@ -483,6 +483,32 @@ class FakeNode:
         c = self._resolve(ref)
         return {"uid": c["uid"], "status": c["status"]}
 
+    def mailbox_use(self, link: str) -> dict[str, Any]:
+        """Answer like ``Node.mailbox_use`` (no connection: the link is only remembered)."""
+        self._mailbox: str | None = link
+        return self.mailbox_status()
+
+    def mailbox_status(self) -> dict[str, Any]:
+        """Answer like ``Node.mailbox_status``."""
+        link = getattr(self, "_mailbox", None)
+        return {
+            "link": link,
+            "connected": False,
+            "queues": 0,
+            "contacts_reachable": 0,
+            "last_collect": None,
+            "collected": 0,
+            "deposited": 0,
+            "acks_deposited": 0,
+            "error": None,
+            "contacts": [],
+        }
+
+    def mailbox_drop(self) -> dict[str, Any]:
+        """Answer like ``Node.mailbox_drop``."""
+        self._mailbox = None
+        return self.mailbox_status()
+
     def peers_status(self) -> dict[str, Any]:
         """Return the peers' connection figures (synchronously; every fake peer is offline)."""
         peers = [

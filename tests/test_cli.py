@@ -385,6 +385,22 @@ class FakeDaemonTests(SocketTestCase):
         code, out, _ = await self.run_cli("--json", "history", "alice")
         self.assertEqual([m["body"] for m in json.loads(out)], ["hello there"])
 
+    async def test_mailbox_use_status_drop(self) -> None:
+        """When mailbox use, status (text and --json) and drop run, then the link is used,
+        shown and dropped; mailbox without an action is a usage error."""
+        link = "jarvis-mailbox:" + "a" * 52 + "@127.0.0.1:7780"
+        code, out, err = await self.run_cli("mailbox", "use", link)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"mailbox: {link}", out)
+        code, out, err = await self.run_cli("--json", "mailbox", "status")
+        self.assertEqual((code, json.loads(out)["link"]), (0, link), err)
+        code, out, err = await self.run_cli("mailbox", "drop")
+        self.assertEqual(code, 0, err)
+        self.assertIn("no mailbox in use", out)
+        code, _out, err = await self.run_cli("mailbox")
+        self.assertNotEqual(code, 0)
+        self.assertIn("mailbox needs use, status or drop", err)
+
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""
         code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")

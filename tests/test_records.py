@@ -14,6 +14,7 @@ from jarvis.protocol.records import (
     Ack,
     Goodbye,
     Hello,
+    MailboxAddress,
     MalformedRecord,
     Message,
     Ping,
@@ -215,8 +216,8 @@ class UnknownTests(SynchronousTestCase):
     """Record types this version does not know parse to UnknownRecord."""
 
     def test_unknown_types(self) -> None:
-        """When the type byte is 0, 9 or 255, then UnknownRecord carries it, whatever follows."""
-        for record_type in (0x00, 0x09, 0xFF):
+        """When the type byte is 0, 10 or 255, then UnknownRecord carries it, whatever follows."""
+        for record_type in (0x00, 0x0A, 0xFF):
             self.assertEqual(
                 parse_record(bytes([record_type]) + b"anything"), UnknownRecord(record_type)
             )
@@ -245,3 +246,24 @@ class EncodeValidationTests(SynchronousTestCase):
     def test_not_a_record(self) -> None:
         """When something that is not a record is encoded, then TypeError is raised."""
         self.assertRaises(TypeError, encode_record, "ping")  # type: ignore[arg-type]
+
+
+class MailboxAddressTests(SynchronousTestCase):
+    """The MailboxAddress record (type 9): where to deposit for its sender."""
+
+    def test_round_trip_and_layout(self) -> None:
+        """When a MailboxAddress is encoded, then it is type 9, a u16-prefixed link and the
+        fixed fields, and parses back; an empty link (dropped) is type 9 and a zero length."""
+        address = MailboxAddress("jarvis-mailbox:x@h:1", bytes(24), bytes([1]) * 32, bytes(112))
+        data = encode_record(address)
+        self.assertEqual(data[:3], bytes([9, 0, 20]))
+        self.assertEqual(len(data), 1 + 2 + 20 + 24 + 32 + 112)
+        self.assertEqual(parse_record(data), address)
+        self.assertEqual(encode_record(MailboxAddress("")), bytes([9, 0, 0]))
+        self.assertEqual(parse_record(bytes([9, 0, 0])), MailboxAddress(""))
+
+    def test_truncated_refused(self) -> None:
+        """When a MailboxAddress lacks its prekey's last byte, then it is malformed."""
+        data = encode_record(MailboxAddress("l", bytes(24), bytes(32), bytes(112)))
+        with self.assertRaises(MalformedRecord):
+            parse_record(data[:-1])

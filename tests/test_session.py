@@ -25,6 +25,7 @@ from jarvis.protocol.records import (
     Ack,
     Goodbye,
     Hello,
+    MailboxAddress,
     Message,
     Ping,
     Pong,
@@ -838,12 +839,38 @@ class ResumeTests(SynchronousTestCase):
         known = PROLOGUE + frame(Resume(ID1))
         stream = pair.alice.outgoing.pop(0)
         self.assertTrue(stream.startswith(known))
-        unknown = PROLOGUE + encode_frame(b"\x09" + ID1)  # what an old parser makes of it
+        unknown = PROLOGUE + encode_frame(b"\x0a" + ID1)  # what an old parser makes of it
         pair.alice.outgoing.insert(0, unknown + stream[len(known) :])
         pair.pump()
         self.assertEqual(pair.bob.session.state, "established")
         self.assertEqual(pair.alice.session.state, "established")
         self.assertIsNone(pair.bob.session.peer_resume_mark)
+
+
+class MailboxAddressTests(SynchronousTestCase):
+    """The MailboxAddress record: handed to ``on_mailbox_address`` on an established session."""
+
+    def test_address_reaches_the_handler(self) -> None:
+        """When Alice sends her mailbox address on an established session, then Bob's handler
+        gets it, and the session stays up."""
+        pair = Pair()
+        pair.established()
+        got: list[object] = []
+        pair.bob.session.on_mailbox_address = lambda session, record: got.append(record)
+        address = MailboxAddress("jarvis-mailbox:x@h:1", bytes(24), bytes(32), bytes(112))
+        pair.alice.session.send_mailbox_address(address)
+        pair.pump()
+        self.assertEqual(got, [address])
+        self.assertEqual(pair.bob.session.state, "established")
+
+    def test_unknown_to_an_old_peer(self) -> None:
+        """When a peer without a handler (an old peer ignores type 9) gets the record, then
+        nothing happens and the session stays up."""
+        pair = Pair()
+        pair.established()
+        pair.alice.session.send_mailbox_address(MailboxAddress(""))
+        pair.pump()
+        self.assertEqual(pair.bob.session.state, "established")
 
 
 class WritingPauseTests(SynchronousTestCase):

@@ -40,11 +40,74 @@ from jarvis.core.limits import (
     WINDOW_MESSAGES,
 )
 from jarvis.core.views import message_view
+from jarvis.crypto.errors import CryptoError
 from jarvis.errors import InvalidInput, StorageFull, TooLarge
 from jarvis.logs import log_id, redact
+from jarvis.mailbox.wire import ERR_AUTH
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
+
+#: Seconds to wait for a session before depositing into the contact's mailbox.
+MAILBOX_GRACE = 2.0
+
+
+#: Seconds before deposits that failed for a passing reason (mailbox unreachable, queue full)
+#: are tried again.
+MAILBOX_RETRY = 60.0
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    """Whether a failed deposit may succeed later: not when the mailbox refused our key (the
+    contact deleted the queue: it removed us or dropped its mailbox), nor for a message too
+    large for a block or an invalid prekey (those wait for a session or a new address)."""
+    if isinstance(error, TooLarge | CryptoError):
+        return False
+    return getattr(error, "code", None) != ERR_AUTH
+
+
+#: Seconds acks for collected messages wait to be deposited together (one sealed deposit for
+#: up to ~1,000 ids instead of one per reactor turn).
+MAILBOX_ACK_DELAY = 0.5
+
+
+class MailboxPath:
+    """Stands in for a session for what was collected from a contact's mailbox queue: acks
+    go over the contact's session when one is up, else into its queue, gathered for
+    :data:`MAILBOX_ACK_DELAY` seconds into one deposit."""
+
+    def __init__(self, uid: str, courier: Courier) -> None:
+        self.peer_uid = uid
+        self._courier = courier
+        self._pending: list[bytes] = []
+        self._timer: Any = None
+
+    def send_ack(self, message_ids: Sequence[bytes]) -> None:
+        pump = self._courier._pumps.get(self.peer_uid)
+        if pump is not None:
+            pump.session.send_ack(message_ids)
+            return
+        self._pending.extend(message_ids)
+        if self._timer is None or not self._timer.active():
+            self._timer = self._courier._call_later(MAILBOX_ACK_DELAY, self.flush)
+
+    def flush(self) -> None:
+        """Send the gathered acks (over a session that came up meanwhile, else deposited)."""
+        self._timer = None
+        ids, self._pending = self._pending, []
+        if not ids:
+            return
+        pump = self._courier._pumps.get(self.peer_uid)
+        if pump is not None:
+            pump.session.send_ack(ids)
+            return
+        postbox = self._courier.postbox
+        if postbox is not None and postbox.can_deposit(self.peer_uid):
+            postbox.deposit_acks(self.peer_uid, ids).addErrback(
+                lambda f: self._courier.log.warn(
+                    "acks not deposited: {error}", error=redact(str(f.value))
+                )
+            )
 
 
 @dataclass(eq=False)
@@ -133,6 +196,15 @@ class Courier:
         #: per contact: messages whose store failed and that have not been stored since; while
         #: any is missing, the stored mark stays where it was
         self._store_gaps: dict[str, set[bytes]] = {}
+        #: the mailbox side (set by the node): deposits for contacts without a session
+        self.postbox: Any = None
+        #: per contact: the pending "no session within the grace: deposit" timer
+        self._mailbox_timers: dict[str, Any] = {}
+        #: per contact: a deposit run is going on (what is queued meanwhile waits for it)
+        self._depositing: set[str] = set()
+        self._deposit_again: set[str] = set()
+        #: per contact: the return path of mailbox-collected messages (acks batch on it)
+        self._mailbox_paths: dict[str, MailboxPath] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -143,6 +215,12 @@ class Courier:
     def close(self) -> None:
         """Stop every stream and forget the store (the keys are being wiped)."""
         self._store = None
+        for timer in self._mailbox_timers.values():
+            if timer.active():
+                timer.cancel()
+        self._mailbox_timers.clear()
+        self._depositing.clear()
+        self._deposit_again.clear()
         for pump in self._pumps.values():
             pump.cancel_retransmit()
         self._pumps.clear()
@@ -190,6 +268,8 @@ class Courier:
     def _stored_outgoing(self, stored: StoredMessage) -> dict[str, Any]:
         self._emit("message.added", {"message": message_view(stored)})
         pump = self._pumps.get(stored.contact)
+        if pump is None:
+            self.schedule_mailbox(stored.contact)
         if pump is not None and not pump.loading and stored.seq > pump.last_seq:
             if pump.caught_up and not pump.waiting and pump.window_open() and not pump.paused():
                 # Written now (everything before it in the outbox already was); the answer
@@ -275,6 +355,11 @@ class Courier:
             old.cancel_retransmit()
         pump = PeerPump(session=session)
         self._pumps[uid] = pump
+        timer = self._mailbox_timers.pop(uid, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        if self.postbox is not None:
+            self.postbox.session_established(session)
         self.log.info("session with {uid} established", uid=log_id(uid))
         mark = getattr(session, "peer_resume_mark", None)
         first: defer.Deferred[Any]
@@ -296,6 +381,10 @@ class Courier:
         if pump is not None and pump.session is session:
             pump.cancel_retransmit()
             del self._pumps[uid]  # type: ignore[arg-type]
+            if self.postbox is not None:
+                self.postbox.session_closed(session)
+            if uid:
+                self.schedule_mailbox(uid)
         self.log.info("session with {uid} closed: {reason}", uid=log_id(uid), reason=redact(reason))
 
     def session_writable(self, session: Any) -> None:
@@ -390,6 +479,108 @@ class Courier:
         message; the copies are dropped).
         """
         return self._stored_marks.get(uid)
+
+    # -- the mailbox path ----------------------------------------------------------------------
+
+    def schedule_mailbox(self, uid: str) -> None:
+        """Deposit *uid*'s queued messages in its mailbox unless a session comes up within
+        :data:`MAILBOX_GRACE` seconds (a dial in progress usually succeeds in less)."""
+        postbox = self.postbox
+        if postbox is None or not postbox.can_deposit(uid) or uid in self._pumps:
+            return
+        timer = self._mailbox_timers.get(uid)
+        if timer is not None and timer.active():
+            return
+        self._mailbox_timers[uid] = self._call_later(MAILBOX_GRACE, self._deposit_outbox, uid)
+
+    @defer.inlineCallbacks
+    def _deposit_outbox(self, uid: str) -> Any:
+        """No session with *uid* after the grace: seal and deposit its ``queued`` messages, in
+        outbox order, a page at a time; each becomes ``sent`` (``via: mailbox``) once the
+        mailbox committed it.  A message too large for one block stays queued for a session."""
+        self._mailbox_timers.pop(uid, None)
+        store, postbox = self._store, self.postbox
+        if store is None or postbox is None or uid in self._pumps or not postbox.can_deposit(uid):
+            return
+        if uid in self._depositing:
+            self._deposit_again.add(uid)  # once this run ends, another reads what came since
+            return
+        self._depositing.add(uid)
+        retry = False
+        try:
+            after, more = 0, True
+            while more and uid not in self._pumps and self._store is store:
+                page, more = yield store.outbox_page(
+                    uid, after_seq=after, limit=WINDOW_MESSAGES, max_bytes=WINDOW_BYTES
+                )
+                if not page:
+                    break
+                after = page[-1].seq
+                queued = [m for m in page if m.state == "queued"]
+                deposits = [
+                    postbox.deposit_message(
+                        uid,
+                        bytes.fromhex(m.id),
+                        m.body.encode("utf-8"),
+                        int(m.created * 1000),
+                    )
+                    for m in queued
+                ]
+                results = yield defer.DeferredList(deposits, consumeErrors=True)
+                done = [m.id for m, (ok, _) in zip(queued, results, strict=True) if ok]
+                for ok, failure in results:
+                    if not ok and _worth_retrying(failure.value):
+                        retry = True
+                    if not ok:
+                        self.log.warn(
+                            "a message to {uid} not deposited: {error}",
+                            uid=log_id(uid),
+                            error=redact(str(failure.value)),
+                        )
+                        self._emit(
+                            "mailbox.depositFailed",
+                            {"contact": uid, "error": str(failure.value)},
+                        )
+                yield self._advance_many(done, "sent", via="mailbox")
+        finally:
+            self._depositing.discard(uid)
+        if retry and uid not in self._mailbox_timers and self._store is store:
+            self._mailbox_timers[uid] = self._call_later(MAILBOX_RETRY, self._deposit_outbox, uid)
+        if uid in self._deposit_again:
+            self._deposit_again.discard(uid)
+            yield self._deposit_outbox(uid)
+
+    def path_of(self, uid: str) -> str:
+        """Which path a message to *uid* takes now: ``direct`` (a session is up), ``mailbox``
+        (no session; its deposit address is known) or ``waiting`` (neither: it stays queued)."""
+        if uid in self._pumps:
+            return "direct"
+        if self.postbox is not None and self.postbox.can_deposit(uid):
+            return "mailbox"
+        return "waiting"
+
+    def mailbox_path(self, uid: str) -> MailboxPath:
+        """The return path for what was collected from *uid*'s queue."""
+        path = self._mailbox_paths.get(uid)
+        if path is None:
+            path = self._mailbox_paths[uid] = MailboxPath(uid, self)
+        return path
+
+    def mailbox_message(
+        self, uid: str, message_id: bytes, body: bytes, created_ms: int
+    ) -> defer.Deferred[Any]:
+        """A message collected from *uid*'s queue: stored on the session messages' path
+        (once, by id); acknowledged over a session if one is up, else by a deposit.  From a
+        blocked contact it is dropped (the network refuses its sessions; its deposits are
+        collected and deleted unread)."""
+        contact = self._contacts.get(uid)
+        if contact is None or contact.blocked:
+            return defer.succeed(None)
+        return self.message_received(self.mailbox_path(uid), message_id, body, created_ms)
+
+    def mailbox_acks(self, uid: str, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
+        """Acks collected from *uid*'s queue: our messages are ``delivered``."""
+        return self.acks_received(self.mailbox_path(uid), message_ids)
 
     # -- the outbox stream ---------------------------------------------------------------------
 
@@ -554,24 +745,29 @@ class Courier:
 
         self._advance_many([mid for mid, _ in written], "sent").addBoth(recorded)
 
-    def _advance_many(self, message_ids: Sequence[str], state: str) -> defer.Deferred[Any]:
+    def _advance_many(
+        self, message_ids: Sequence[str], state: str, *, via: str | None = None
+    ) -> defer.Deferred[Any]:
         """Advance *message_ids* to *state* in one store operation; announce each change."""
         store = self._store
         if store is None or not message_ids:
             return defer.succeed(None)
         d = store.advance_states(message_ids, state, self.now())
-        d.addCallback(self._announce_changes)
+        d.addCallback(self._announce_changes, via)
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
 
-    def _announce_changes(self, changes: list[tuple[str, str, str]]) -> None:
-        """Emit ``message.stateChanged`` per ``(id, contact, state)`` change."""
+    def _announce_changes(
+        self, changes: list[tuple[str, str, str]], via: str | None = None
+    ) -> None:
+        """Emit ``message.stateChanged`` per ``(id, contact, state)`` change (with ``via``
+        when the path is not the session: ``"mailbox"``)."""
         emit = self._emit
         for mid, contact, new_state in changes:
-            emit(
-                "message.stateChanged",
-                {"id": mid, "contact": contact, "state": new_state, "at": self.now()},
-            )
+            payload = {"id": mid, "contact": contact, "state": new_state, "at": self.now()}
+            if via is not None:
+                payload["via"] = via
+            emit("message.stateChanged", payload)
 
     # -- read receipts -------------------------------------------------------------------------
 

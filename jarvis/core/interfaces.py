@@ -123,6 +123,50 @@ class PeerNetwork(Protocol):
         ...
 
 
+class MailboxTransport(Protocol):
+    """What the core calls to reach mailboxes (``jarvis.mailbox.attach.MailboxConnector``).
+
+    Queue credentials are ``(recipient_id, sender_id, recipient_key, sender_key)`` bytes.
+    Every call answers a Deferred; failures are ``jarvis.mailbox.client`` exceptions
+    (``MailboxRefused``, ``QueueFull``, ``MailboxConnectionLost``) or connection errors.
+    """
+
+    def connect(self, link: str) -> defer.Deferred[Any]:
+        """Connect to our own mailbox at *link* (replacing any previous one)."""
+        ...
+
+    def create_queue(self) -> defer.Deferred[tuple[bytes, bytes, bytes, bytes]]:
+        """Create a queue at our mailbox."""
+        ...
+
+    def delete_queue(self, recipient_id: bytes, recipient_key: bytes) -> defer.Deferred[Any]:
+        """Delete one of our queues (a removed contact can deposit no more)."""
+        ...
+
+    def subscribe(
+        self,
+        recipient_id: bytes,
+        recipient_key: bytes,
+        handler: Callable[[bytes], defer.Deferred[Any]],
+    ) -> defer.Deferred[Any]:
+        """Collect the queue: *handler(payload)* per message, acknowledged when it fires."""
+        ...
+
+    def deposit(
+        self, link: str, sender_id: bytes, sender_key: bytes, payload: bytes
+    ) -> defer.Deferred[Any]:
+        """Deposit *payload* (at most one block) into a contact's queue at *link*."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """``{connected, link, last_collect, collected, deposited}``."""
+        ...
+
+    def disconnect(self) -> defer.Deferred[Any]:
+        """Close every mailbox connection."""
+        ...
+
+
 class NodeApi(Protocol):
     """The node as the local API's methods (:mod:`jarvis.ipc.methods`) and server use it.
 
@@ -203,3 +247,9 @@ class NodeApi(Protocol):
     def redial(self, ref: str) -> dict[str, Any]: ...
 
     def peers_status(self) -> dict[str, Any]: ...
+
+    def mailbox_use(self, link: str) -> Any: ...
+
+    def mailbox_status(self) -> Any: ...
+
+    def mailbox_drop(self) -> Any: ...

@@ -35,7 +35,13 @@ from jarvis.core.backoff import MAX_DELAY
 from jarvis.core.contacts import ContactBook
 from jarvis.core.courier import Courier
 from jarvis.core.events import Events, Observer
-from jarvis.core.interfaces import ContactDirectory, NodeApi, PeerNetwork, SessionObserver
+from jarvis.core.interfaces import (
+    ContactDirectory,
+    MailboxTransport,
+    NodeApi,
+    PeerNetwork,
+    SessionObserver,
+)
 from jarvis.core.limits import (
     MAX_TEXT_BYTES,
     RETRANSMIT_INITIAL,
@@ -43,6 +49,7 @@ from jarvis.core.limits import (
     WINDOW_BYTES,
     WINDOW_MESSAGES,
 )
+from jarvis.core.postbox import Postbox
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
 from jarvis.errors import IdentityExists, InvalidInput, Locked, NoIdentity
@@ -72,6 +79,8 @@ DEFAULT_SETTINGS: dict[str, bool] = {
     # announce to, and find, contacts on the local network (mDNS; docs/net.md, docs/security.md)
     "lan_discovery": True,
 }
+#: Seconds between checks of the mailbox prekeys (made weekly, deleted after two weeks).
+PREKEY_CHECK_INTERVAL = 86400.0
 #: ``(identity, directory, observer) -> network``: builds the peer network at unlock.
 NetworkFactory = Callable[[IdentityKey, ContactDirectory, SessionObserver], PeerNetwork]
 
@@ -103,6 +112,7 @@ class Node(Service):
         now: Callable[[], float],
         kdf_params: keyfile.KdfParams = keyfile.DEFAULT_PARAMS,
         reactor_for_store: Any = None,
+        mailbox_factory: Callable[[], MailboxTransport] | None = None,
     ) -> None:
         self.clock = clock
         self.data_dir = data_dir
@@ -124,6 +134,17 @@ class Node(Service):
         )
         self.contacts = ContactBook(now=now, emit=self._emit)
         self.courier = Courier(clock=clock, now=now, emit=self._emit, contacts=self.contacts)
+        self.mailbox_factory = mailbox_factory
+        self.postbox = Postbox(
+            now=now,
+            emit=self._emit,
+            public_key=self.contacts.public_key,
+            contact_uids=self.contacts.acceptable_uids,
+        )
+        self.courier.postbox = self.postbox
+        self.postbox.on_message = self.courier.mailbox_message
+        self.postbox.on_acks = self.courier.mailbox_acks
+        self.postbox.on_address = self.courier.schedule_mailbox
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
@@ -132,6 +153,7 @@ class Node(Service):
         self._public_uid: str | None = None
         self._addresses: tuple[str, ...] = ()
         self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
+        self._rotation: Any = None
 
     # -- paths and status ----------------------------------------------------------------------
 
@@ -282,6 +304,23 @@ class Node(Service):
             assert self._network is not None
             self.contacts.attach(self._network)
         self.contacts.publish_summary()
+        transport = self.mailbox_factory() if self.mailbox_factory is not None else None
+        yield self.postbox.open(store, keys.identity, transport)
+        for uid in list(self.postbox.peers):
+            self.courier.schedule_mailbox(uid)
+        self._schedule_rotation()
+
+    def _schedule_rotation(self) -> None:
+        """Check the mailbox prekeys once a day while unlocked (rotation, deletion)."""
+
+        def check() -> None:
+            self._rotation = None
+            if self._keys is not None:
+                self.postbox.rotate_due()
+                self._schedule_rotation()
+
+        clock: Any = self.clock
+        self._rotation = clock.callLater(PREKEY_CHECK_INTERVAL, check)
 
     def lock(self, *, wipe: bool = False) -> defer.Deferred[Any]:
         """Lock the identity.
@@ -303,7 +342,11 @@ class Node(Service):
     @defer.inlineCallbacks
     def _close_keys(self) -> Any:
         network, self._network = self._network, None
+        rotation, self._rotation = self._rotation, None
+        if rotation is not None and rotation.active():
+            rotation.cancel()
         self.courier.close()
+        yield self.postbox.close()
         self.contacts.close()
         if network is not None:
             yield network.stop()
@@ -376,9 +419,19 @@ class Node(Service):
         return self.contacts.resolve(ref)
 
     def add_contact(self, **card: Any) -> defer.Deferred[Any]:
-        """Add (or update) a contact: see :meth:`ContactBook.add`."""
+        """Add (or update) a contact: see :meth:`ContactBook.add` (and make its mailbox queue
+        when a mailbox is in use)."""
         self._require_store()
-        return self.contacts.add(**card)
+
+        def queue(view: Any) -> Any:
+            uid = view.get("uid") if isinstance(view, dict) else None
+            if uid:
+                self.postbox.contact_added(uid).addErrback(
+                    lambda f: self.log.warn("no mailbox queue for the contact: {e}", e=f.value)
+                )
+            return view
+
+        return self.contacts.add(**card).addCallback(queue)
 
     def list_contacts(self) -> defer.Deferred[Any]:
         """Return every contact's view, sorted by display name."""
@@ -403,6 +456,7 @@ class Node(Service):
         yield self.contacts.remove(contact, with_history=with_history)
         self.courier.forget(contact.uid)
         self.contacts.removed(contact.uid)
+        yield self.postbox.contact_removed(contact.uid)
         return None
 
     def redial(self, ref: str) -> dict[str, Any]:
@@ -424,6 +478,28 @@ class Node(Service):
         :meth:`ContactBook.address_discovered` (nothing while locked)."""
         if self._keys is not None:
             self.contacts.address_discovered(uid, address)
+
+    # -- the mailbox (the postbox, once unlocked) ----------------------------------------------
+
+    def mailbox_use(self, link: str) -> defer.Deferred[Any]:
+        """Use the mailbox at *link*: see :meth:`Postbox.use`."""
+        self._require_store()
+        return self.postbox.use(link)
+
+    def mailbox_status(self) -> dict[str, Any]:
+        """The mailbox in use, reachability, queues, last collect: see :meth:`Postbox.status`."""
+        self._require_keys()
+        status = self.postbox.status()
+        status["contacts"] = [
+            {"uid": uid, "path": self.courier.path_of(uid)}
+            for uid in sorted(self.contacts.acceptable_uids())
+        ]
+        return status
+
+    def mailbox_drop(self) -> defer.Deferred[Any]:
+        """Stop using the mailbox: see :meth:`Postbox.drop`."""
+        self._require_store()
+        return self.postbox.drop()
 
     # -- messages (the courier, once unlocked) -------------------------------------------------
 

@@ -328,6 +328,27 @@ def peers_status(inv: Invocation) -> Any:
     return inv.ctx.node.peers_status()
 
 
+# mailbox -------------------------------------------------------------------------------------
+
+
+def mailbox_use(inv: Invocation) -> Any:
+    return defer.maybeDeferred(inv.ctx.node.mailbox_use, inv.params["link"])
+
+
+def mailbox_status(inv: Invocation) -> Any:
+    return inv.ctx.node.mailbox_status()
+
+
+def mailbox_drop(inv: Invocation) -> Any:
+    return defer.maybeDeferred(inv.ctx.node.mailbox_drop)
+
+
+_MAILBOX_RESULT = (
+    "{link (null: none), connected, queues, contacts_reachable, last_collect, collected, "
+    "deposited, acks_deposited, error, contacts: [{uid, path ('direct'|'mailbox'|'waiting')}]}"
+)
+
+
 def events_subscribe(inv: Invocation) -> dict[str, Any]:
     if inv.session is None:
         raise jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "events.subscribe needs a connection")
@@ -695,6 +716,35 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "HOST:PORT addresses where LAN discovery found the contact, newest first (dialled "
             "before the card's addresses); path: how the live session runs ('direct': a TCP "
             "connection to a found or a card's address), null while not online.",
+        ),
+        MethodSpec(
+            "mailbox.use",
+            mailbox_use,
+            (Param("link", str, True, "the mailbox's jarvis-mailbox: link"),),
+            result=_MAILBOX_RESULT,
+            doc="Use the mailbox at link for offline delivery: the daemon connects to it, "
+            "creates one queue per contact there, collects them, and tells every contact "
+            "(over its session) where to deposit. Replaces (and deletes the queues at) the "
+            "mailbox used before. See docs/mailbox.md.",
+            deadline=60.0,
+        ),
+        MethodSpec(
+            "mailbox.status",
+            mailbox_status,
+            result=_MAILBOX_RESULT,
+            doc="Show the mailbox in use: whether it is reachable, how many queues we hold "
+            "there, how many contacts we can deposit for (contacts_reachable), when we last "
+            "collected, and the deposits and collections since unlock; per contact, the path "
+            "a message takes now: direct (session up), mailbox (deposited in the contact's "
+            "mailbox) or waiting (neither: it stays queued).",
+        ),
+        MethodSpec(
+            "mailbox.drop",
+            mailbox_drop,
+            result=_MAILBOX_RESULT,
+            doc="Stop using the mailbox: delete our queues there and tell every connected "
+            "contact (the others learn it at their next session; their deposits are refused).",
+            deadline=60.0,
         ),
         MethodSpec(
             "events.subscribe",

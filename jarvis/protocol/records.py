@@ -31,6 +31,7 @@ PING = 0x05
 PONG = 0x06
 GOODBYE = 0x07
 RESUME = 0x08
+MAILBOX_ADDRESS = 0x09
 
 MESSAGE_ID_SIZE = 16
 EPHEMERAL_KEY_SIZE = 32
@@ -42,6 +43,10 @@ MAX_UID_LENGTH = 64
 MAX_IDS_PER_RECORD = 1024
 #: Most UTF-8 bytes of a Goodbye reason.
 MAX_REASON_BYTES = 512
+#: Sizes of a MailboxAddress's fixed fields: queue sender id, Ed25519 seed, signed prekey.
+MAILBOX_QUEUE_ID_SIZE = 24
+MAILBOX_KEY_SIZE = 32
+MAILBOX_PREKEY_SIZE = 112
 MAX_U16 = 0xFFFF
 MAX_U32 = 0xFFFFFFFF
 MAX_U64 = 0xFFFFFFFFFFFFFFFF
@@ -168,7 +173,28 @@ class UnknownRecord:
     record_type: int
 
 
-Record = Hello | Message | Ack | Read | Ping | Pong | Goodbye | Resume
+@dataclass(frozen=True)
+class MailboxAddress:
+    """Where to deposit messages for the sender of this record while it is offline (issue 15).
+
+    Sent on an established session (a peer that does not know this record type ignores it).
+    An empty *link* says the sender dropped its mailbox: deposit nothing any more.  Added in
+    the life of protocol version 1; optional.
+
+    :ivar link: the ``jarvis-mailbox:`` link of the sender's mailbox (ASCII), or empty.
+    :ivar sender_id: the 24-byte id of the queue the receiver of this record deposits into.
+    :ivar sender_key: the 32-byte Ed25519 seed that signs those deposits (for this queue only).
+    :ivar prekey: the sender's signed prekey (112 bytes, ``jarvis.crypto.mailseal``) that
+        deposits are sealed to.
+    """
+
+    link: str
+    sender_id: bytes = b""
+    sender_key: bytes = b""
+    prekey: bytes = b""
+
+
+Record = Hello | Message | Ack | Read | Ping | Pong | Goodbye | Resume | MailboxAddress
 
 
 def _u16(value: int, name: str) -> bytes:
@@ -248,6 +274,22 @@ def encode_record(record: Record) -> bytes:
             return bytes([GOODBYE]) + _U16.pack(len(reason)) + reason
         case Resume():
             return bytes([RESUME]) + _fixed(record.message_id, MESSAGE_ID_SIZE, "message id")
+        case MailboxAddress():
+            link = record.link.encode("ascii")
+            if len(link) > MAX_REASON_BYTES:
+                raise ValueError(f"mailbox link must be at most {MAX_REASON_BYTES} bytes")
+            if not link:
+                return bytes([MAILBOX_ADDRESS]) + _U16.pack(0)
+            return b"".join(
+                [
+                    bytes([MAILBOX_ADDRESS]),
+                    _U16.pack(len(link)),
+                    link,
+                    _fixed(record.sender_id, MAILBOX_QUEUE_ID_SIZE, "sender id"),
+                    _fixed(record.sender_key, MAILBOX_KEY_SIZE, "sender key"),
+                    _fixed(record.prekey, MAILBOX_PREKEY_SIZE, "prekey"),
+                ]
+            )
     raise TypeError(f"not a record: {type(record).__name__}")
 
 
@@ -326,6 +368,25 @@ def _parse_goodbye(r: _Reader) -> Goodbye:
     return Goodbye(reason)
 
 
+def _parse_mailbox_address(r: _Reader) -> MailboxAddress:
+    length = r.u16("link length")
+    if length > MAX_REASON_BYTES:
+        raise MalformedRecord("mailbox address: link too long")
+    raw = r.take(length, "link")
+    if not raw:
+        return MailboxAddress("")
+    try:
+        link = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedRecord("mailbox address: link is not ASCII")
+    return MailboxAddress(
+        link,
+        r.take(MAILBOX_QUEUE_ID_SIZE, "sender id"),
+        r.take(MAILBOX_KEY_SIZE, "sender key"),
+        r.take(MAILBOX_PREKEY_SIZE, "prekey"),
+    )
+
+
 _PARSERS: dict[int, tuple[str, Callable[[_Reader], Record]]] = {
     HELLO: ("hello", _parse_hello),
     MESSAGE: ("message", _parse_message),
@@ -335,6 +396,7 @@ _PARSERS: dict[int, tuple[str, Callable[[_Reader], Record]]] = {
     PONG: ("pong", lambda r: Pong(r.take(NONCE_SIZE, "nonce"))),
     GOODBYE: ("goodbye", _parse_goodbye),
     RESUME: ("resume", lambda r: Resume(r.take(MESSAGE_ID_SIZE, "message id"))),
+    MAILBOX_ADDRESS: ("mailbox address", _parse_mailbox_address),
 }
 
 

@@ -56,6 +56,7 @@ from jarvis.protocol.records import (
     Ack,
     Goodbye,
     Hello,
+    MailboxAddress,
     MalformedRecord,
     Message,
     Ping,
@@ -329,6 +330,8 @@ class PeerSession:
         self._versions = versions
         self._resume_mark = resume_mark
         self._peer_resume_mark: bytes | None = None
+        #: called with ``(session, MailboxAddress)`` when the peer sends its mailbox address
+        self.on_mailbox_address: Callable[[Any, MailboxAddress], Any] | None = None
         self._writing_paused = False
 
         self._close_reason: str | None = None
@@ -481,6 +484,17 @@ class PeerSession:
         """
         self._send_ids(Ack, message_ids)
 
+    def send_mailbox_address(self, address: MailboxAddress) -> None:
+        """Tell the peer where to deposit for us while we are offline (or, with an empty link,
+        that we have no mailbox any more).
+
+        :raises NotEstablished: unless the session is established.
+        """
+        state = self._data
+        if type(state) is not Established:
+            raise NotEstablished(f"session with {self.peer_uid} is {state.name}")
+        self._send_records([address])
+
     def send_read(self, message_ids: Sequence[bytes]) -> None:
         """Tell the peer our user read these messages.
 
@@ -526,6 +540,12 @@ class PeerSession:
                 # (it tells where the peer's stream resumes, read once the session is up).
                 if type(self._data) is Handshaking and self._peer_resume_mark is None:
                     self._peer_resume_mark = record.message_id
+            case MailboxAddress():
+                # Not a machine input either: handed to whoever set ``on_mailbox_address``
+                # (the courier, at session_established), only on an established session.
+                handler = self.on_mailbox_address
+                if type(self._data) is Established and handler is not None:
+                    handler(self, record)
             case UnknownRecord():
                 self.log.debug(
                     "ignoring unknown record type {record_type} from {peer_uid}",

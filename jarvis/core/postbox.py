@@ -1,0 +1,460 @@
+"""The postbox: the daemon's side of the mailbox (issue 15, offline delivery).
+
+It owns what the user's mailbox needs while unlocked: the mailbox link, one queue per contact
+at that mailbox (we collect it; the contact deposits into it), our signed prekeys
+(:mod:`jarvis.crypto.mailseal`), and each contact's deposit address (their mailbox link, the
+sender id and key of the queue they made for us, their signed prekey), learnt in a
+``MailboxAddress`` record over the end-to-end session.  All of it is kept in the store's
+encrypted settings (names and values sealed like every setting), under ``mailbox``,
+``mailbox.queues`` and ``mailbox.peers``.
+
+It seals and deposits what the courier gives it (messages, acks), and opens what is collected
+from our queues and hands it to the courier, which stores it on the same path as a session's
+messages (deduplicated by message id).  The mailbox connections themselves are behind
+:class:`~jarvis.core.interfaces.MailboxTransport` (``jarvis.mailbox.attach``): no I/O here.
+
+Deposit payloads (before sealing): ``kind (1)`` then for ``KIND_MESSAGE`` ``created_ms (8) ||
+UTF-8 body``, for ``KIND_ACKS`` the acknowledged 16-byte ids; the message id travels in the
+envelope (for acks, a random id).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from jarvis.crypto import mailseal
+from jarvis.crypto.identity import IdentityKey
+from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
+from jarvis.errors import InvalidInput
+from jarvis.logs import log_id, redact
+from jarvis.mailbox.link import BadMailboxLink, parse_link
+from jarvis.mailbox.wire import MAX_PAYLOAD
+from jarvis.protocol.records import MailboxAddress
+from jarvis.store.database import Store
+
+KIND_MESSAGE = 1
+KIND_ACKS = 2
+#: Most bytes of a message body that fit in one mailbox block once sealed.
+MAX_MAILBOX_BODY = MAX_PAYLOAD - mailseal.OVERHEAD - 1 - 8
+#: Most message ids one ack deposit carries.
+MAX_ACKS_PER_DEPOSIT = (MAX_PAYLOAD - mailseal.OVERHEAD - 1) // 16
+_CREATED = struct.Struct(">Q")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"))
+
+
+class Postbox:
+    """See the module docstring.
+
+    :param now: wall-clock seconds.
+    :param emit: publishes API events (``mailbox.changed``).
+    :param public_key: the contact's identity public key by uid (the contact book's).
+    :param contact_uids: every contact's uid.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        now: Callable[[], float],
+        emit: Callable[[str, Any], None],
+        public_key: Callable[[str], bytes | None],
+        contact_uids: Callable[[], list[str]],
+    ) -> None:
+        self.now = now
+        self._emit = emit
+        self._public_key = public_key
+        self._contact_uids = contact_uids
+        self._store: Store | None = None
+        self._identity: IdentityKey | None = None
+        self._transport: Any = None
+        self.link: str | None = None
+        self.ring = PrekeyRing()
+        #: uid -> (recipient_id, sender_id, recipient_key, sender_key) of our queue for them
+        self.queues: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
+        #: uid -> their MailboxAddress (where we deposit for them)
+        self.peers: dict[str, MailboxAddress] = {}
+        #: uid -> the session currently up with them (to announce changes)
+        self._sessions: dict[str, Any] = {}
+        #: called with ``(uid, message_id, body, created_ms)`` / ``(uid, ids)``: the courier
+        self.on_message: Callable[[str, bytes, bytes, int], Any] = lambda *a: None
+        self.on_acks: Callable[[str, list[bytes]], Any] = lambda *a: None
+        #: called with a uid whose deposit address became known (the courier deposits)
+        self.on_address: Callable[[str], Any] = lambda uid: None
+        #: message ids acknowledged by a deposit since unlock
+        self.acks_deposited = 0
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def open(self, store: Store, identity: IdentityKey, transport: Any) -> Any:
+        """Load the mailbox state; connect and collect when a mailbox is in use."""
+        self._store = store
+        self._identity = identity
+        self._transport = transport
+        raw = yield store.get_setting("mailbox")
+        if raw:
+            config = json.loads(raw)
+            self.link = config.get("link") or None
+            self.ring = PrekeyRing.from_bytes(_unb64(config.get("prekeys", "")))
+        raw = yield store.get_setting("mailbox.queues")
+        if raw:
+            self.queues = {
+                uid: tuple(_unb64(x) for x in creds)  # type: ignore[misc]
+                for uid, creds in json.loads(raw).items()
+            }
+        raw = yield store.get_setting("mailbox.peers")
+        if raw:
+            for uid, fields in json.loads(raw).items():
+                self.peers[uid] = MailboxAddress(
+                    fields["link"],
+                    _unb64(fields["sender_id"]),
+                    _unb64(fields["sender_key"]),
+                    _unb64(fields["prekey"]),
+                )
+        if self.ring.rotate(identity, self.now()):
+            yield self._save_config()
+        if self.link is not None and transport is not None:
+            self._start().addErrback(
+                lambda f: self.log.warn(
+                    "mailbox not reachable: {error}", error=redact(str(f.value))
+                )
+            )
+
+    def close(self) -> defer.Deferred[Any]:
+        """Forget the state and close the mailbox connections (the keys are being wiped)."""
+        transport, self._transport = self._transport, None
+        self._store = None
+        self._identity = None
+        self.link = None
+        self.queues = {}
+        self.peers = {}
+        self._sessions.clear()
+        self.ring = PrekeyRing()
+        if transport is not None:
+            return transport.disconnect()
+        return defer.succeed(None)
+
+    @defer.inlineCallbacks
+    def _start(self) -> Any:
+        """Connect to our mailbox, make the missing queues, subscribe every queue."""
+        assert self.link is not None and self._transport is not None
+        yield self._transport.connect(self.link)
+        changed = False
+        for uid in self._contact_uids():
+            if uid not in self.queues:
+                self.queues[uid] = yield self._transport.create_queue()
+                changed = True
+        if changed:
+            yield self._save_queues()
+        for uid, creds in list(self.queues.items()):
+            yield self._subscribe(uid, creds)
+
+    def _subscribe(self, uid: str, creds: tuple[bytes, bytes, bytes, bytes]) -> Any:
+        return self._transport.subscribe(
+            creds[0], creds[2], lambda payload: self._collected(uid, payload)
+        )
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _save_config(self) -> Any:
+        assert self._store is not None
+        config = {"link": self.link or "", "prekeys": _b64(self.ring.to_bytes())}
+        return self._store.set_setting("mailbox", json.dumps(config))
+
+    def _save_queues(self) -> Any:
+        assert self._store is not None
+        data = {uid: [_b64(x) for x in creds] for uid, creds in self.queues.items()}
+        return self._store.set_setting("mailbox.queues", json.dumps(data))
+
+    def _save_peers(self) -> Any:
+        assert self._store is not None
+        data = {
+            uid: {
+                "link": a.link,
+                "sender_id": _b64(a.sender_id),
+                "sender_key": _b64(a.sender_key),
+                "prekey": _b64(a.prekey),
+            }
+            for uid, a in self.peers.items()
+        }
+        return self._store.set_setting("mailbox.peers", json.dumps(data))
+
+    # -- the user's commands -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def use(self, link: str) -> Any:
+        """Use the mailbox at *link*: connect, make one queue per contact, tell every contact.
+
+        :raises InvalidInput: for a text that is not a mailbox link.
+        """
+        try:
+            link = str(parse_link(link))
+        except BadMailboxLink as e:
+            raise InvalidInput(str(e)) from None
+        if self._transport is None:
+            raise InvalidInput("this daemon cannot reach mailboxes")
+        if link != self.link:
+            old_link, old_queues = self.link, self.queues
+            if old_link is not None:
+                # deleted over the connection to the old mailbox, before it is replaced
+                yield self._delete_queues(old_queues, old_link)
+                self.link, self.queues = None, {}
+                yield self._save_config()
+                yield self._save_queues()
+                self._announce_all()
+            yield self._transport.connect(link)
+            self.link = link
+            self.queues = {}
+            yield self._save_config()
+            yield self._save_queues()
+        yield self._start()
+        self._announce_all()
+        self._emit("mailbox.changed", {"link": self.link})
+        return self.status()
+
+    @defer.inlineCallbacks
+    def drop(self) -> Any:
+        """Stop using the mailbox: delete our queues there, tell every contact."""
+        if self.link is None:
+            return self.status()
+        old_link, old_queues = self.link, self.queues
+        self.link = None
+        self.queues = {}
+        self._announce_all()
+        yield self._delete_queues(old_queues, old_link)
+        if self._transport is not None:
+            yield self._transport.disconnect()
+        yield self._save_config()
+        yield self._save_queues()
+        self._emit("mailbox.changed", {"link": None})
+        return self.status()
+
+    @defer.inlineCallbacks
+    def _delete_queues(
+        self, queues: dict[str, tuple[bytes, bytes, bytes, bytes]], link: str
+    ) -> Any:
+        for creds in queues.values():
+            try:
+                yield self._transport.delete_queue(creds[0], creds[2])
+            except Exception as e:
+                self.log.warn("deleting a mailbox queue failed: {error}", error=redact(str(e)))
+
+    def status(self) -> dict[str, Any]:
+        """``{link, connected, queues, contacts_reachable, last_collect, collected, deposited,
+        acks_deposited, error}`` (no keys, no ids)."""
+        figures = self._transport.status() if self._transport is not None else {}
+        return {
+            "link": self.link,
+            "connected": bool(self.link and figures.get("connected")),
+            "queues": len(self.queues),
+            "contacts_reachable": sum(1 for a in self.peers.values() if a.link),
+            "last_collect": figures.get("last_collect"),
+            "collected": figures.get("collected", 0),
+            "deposited": figures.get("deposited", 0),
+            "acks_deposited": self.acks_deposited,
+            "error": figures.get("error"),
+        }
+
+    # -- contacts ------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def contact_added(self, uid: str) -> Any:
+        """Make a queue for a new contact (when a mailbox is in use)."""
+        if self.link is None or self._transport is None or uid in self.queues:
+            return
+        creds = yield self._transport.create_queue()
+        self.queues[uid] = creds
+        yield self._save_queues()
+        yield self._subscribe(uid, creds)
+        self._announce(uid)
+
+    @defer.inlineCallbacks
+    def contact_removed(self, uid: str) -> Any:
+        """Delete the contact's queue (it can deposit no more) and forget its address."""
+        creds = self.queues.pop(uid, None)
+        had_peer = self.peers.pop(uid, None) is not None
+        self._sessions.pop(uid, None)
+        if creds is not None and self._transport is not None:
+            try:
+                yield self._transport.delete_queue(creds[0], creds[2])
+            except Exception as e:
+                self.log.warn("deleting a mailbox queue failed: {error}", error=redact(str(e)))
+        if self._store is not None:
+            if creds is not None:
+                yield self._save_queues()
+            if had_peer:
+                yield self._save_peers()
+
+    # -- the session: our address out, theirs in -----------------------------------------------
+
+    def session_established(self, session: Any) -> None:
+        """Hear the peer's address on this session and tell it ours."""
+        uid = session.peer_uid
+        self._sessions[uid] = session
+        if hasattr(session, "on_mailbox_address"):
+            session.on_mailbox_address = self._address_received
+        if self._identity is not None and self.ring.rotate(self._identity, self.now()):
+            self._save_config()
+            self._announce_all()
+            return
+        self._announce(uid)
+
+    def rotate_due(self) -> bool:
+        """Make a new prekey or delete expired ones when due (the node calls this daily);
+        tell every connected contact about a new one.  Returns whether anything changed."""
+        if self._identity is None or self._store is None:
+            return False
+        if not self.ring.rotate(self._identity, self.now()):
+            return False
+        self._save_config().addErrback(lambda f: self.log.failure("saving prekeys failed", f))
+        self._announce_all()
+        return True
+
+    def session_closed(self, session: Any) -> None:
+        uid = getattr(session, "peer_uid", None)
+        if uid is not None and self._sessions.get(uid) is session:
+            del self._sessions[uid]
+
+    def own_address(self, uid: str) -> MailboxAddress:
+        """What *uid* needs to deposit for us (an empty link: no mailbox)."""
+        creds = self.queues.get(uid)
+        prekey = self.ring.current
+        if self.link is None or creds is None or prekey is None:
+            return MailboxAddress("")
+        return MailboxAddress(self.link, creds[1], creds[3], prekey.signed.to_bytes())
+
+    def _announce(self, uid: str) -> None:
+        session = self._sessions.get(uid)
+        send = getattr(session, "send_mailbox_address", None)
+        if send is None:
+            return
+        try:
+            send(self.own_address(uid))
+        except Exception as e:
+            self.log.warn("mailbox address not sent: {error}", error=redact(str(e)))
+
+    def _announce_all(self) -> None:
+        for uid in list(self._sessions):
+            self._announce(uid)
+
+    def _address_received(self, session: Any, address: MailboxAddress) -> None:
+        uid = session.peer_uid
+        if self._store is None or self._public_key(uid) is None:
+            return
+        if address.link:
+            try:
+                parse_link(address.link)
+                SignedPrekey.from_bytes(address.prekey)
+            except (BadMailboxLink, PrekeyError):
+                self.log.warn("{uid} sent an invalid mailbox address", uid=log_id(uid))
+                return
+            if self.peers.get(uid) == address:
+                return
+            self.peers[uid] = address
+        elif self.peers.pop(uid, None) is None:
+            return
+        self._save_peers().addErrback(lambda f: self.log.failure("saving an address failed", f))
+        if address.link:
+            self.on_address(uid)
+
+    # -- deposits ------------------------------------------------------------------------------
+
+    def can_deposit(self, uid: str) -> bool:
+        """Whether we know where and how to deposit for *uid*."""
+        return self._transport is not None and uid in self.peers and self._identity is not None
+
+    def _deposit(self, uid: str, message_id: bytes, plaintext: bytes) -> defer.Deferred[Any]:
+        address = self.peers.get(uid)
+        public = self._public_key(uid)
+        if address is None or public is None or self._identity is None or self._transport is None:
+            return defer.fail(InvalidInput("no mailbox address for this contact"))
+        try:
+            envelope = mailseal.seal(
+                self._identity,
+                uid,
+                public,
+                SignedPrekey.from_bytes(address.prekey),
+                message_id,
+                plaintext,
+                self.now(),
+            )
+        except PrekeyError as e:
+            return defer.fail(e)
+        return self._transport.deposit(
+            address.link, address.sender_id, address.sender_key, envelope
+        )
+
+    def deposit_message(
+        self, uid: str, message_id: bytes, body: bytes, created_ms: int
+    ) -> defer.Deferred[Any]:
+        """Seal and deposit one message for *uid*; fires once the mailbox committed it.
+
+        :raises TooLarge: (in the Deferred) for a body over :data:`MAX_MAILBOX_BODY` bytes.
+        """
+        if len(body) > MAX_MAILBOX_BODY:
+            from jarvis.errors import TooLarge
+
+            return defer.fail(
+                TooLarge(f"{len(body)} bytes do not fit in one mailbox block ({MAX_MAILBOX_BODY})")
+            )
+        payload = bytes([KIND_MESSAGE]) + _CREATED.pack(created_ms) + body
+        return self._deposit(uid, message_id, payload)
+
+    def deposit_acks(self, uid: str, message_ids: list[bytes]) -> defer.Deferred[Any]:
+        """Deposit acknowledgements for *uid*'s messages into its queue."""
+        deposits = []
+        for start in range(0, len(message_ids), MAX_ACKS_PER_DEPOSIT):
+            chunk = message_ids[start : start + MAX_ACKS_PER_DEPOSIT]
+            payload = bytes([KIND_ACKS]) + b"".join(chunk)
+            d = self._deposit(uid, os.urandom(16), payload)
+            d.addCallback(self._count_acks, len(chunk))
+            deposits.append(d)
+        return defer.gatherResults(deposits, consumeErrors=True)
+
+    def _count_acks(self, result: Any, count: int) -> Any:
+        self.acks_deposited += count
+        return result
+
+    # -- collection ----------------------------------------------------------------------------
+
+    def _collected(self, uid: str, envelope: bytes) -> Any:
+        """One deposit from *uid*'s queue: open it, hand it to the courier; the mailbox
+        deletes it once the returned Deferred fires (after the store committed)."""
+        public = self._public_key(uid)
+        if public is None or self._identity is None:
+            return None
+        try:
+            message_id, payload = mailseal.open_sealed(
+                self._identity.uid, self.ring, uid, public, envelope
+            )
+        except SealError as e:
+            self.log.warn(
+                "dropping a mailbox deposit from {uid}: {error}", uid=log_id(uid), error=e
+            )
+            return None
+        if not payload:
+            return None
+        if payload[0] == KIND_MESSAGE and len(payload) >= 9:
+            (created_ms,) = _CREATED.unpack_from(payload, 1)
+            return self.on_message(uid, message_id, payload[9:], created_ms)
+        if payload[0] == KIND_ACKS and (len(payload) - 1) % 16 == 0:
+            ids = [payload[i : i + 16] for i in range(1, len(payload), 16)]
+            return self.on_acks(uid, ids)
+        self.log.warn("dropping a mailbox deposit of unknown kind from {uid}", uid=log_id(uid))
+        return None
