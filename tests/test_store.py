@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ from jarvis.store import (
 )
 from jarvis.store.database import DELIVERY_CHUNK, associated_data, blind_index
 from jarvis.store.records import copy_unchecked, new_message_id
+from jarvis.store.rows import Rows
 from jarvis.store.schema import OUTBOX_WHERE, SCHEMA_VERSION
 
 reactor: Any = _reactor
@@ -920,6 +922,44 @@ class ChunkedDeliveryTests(StoreTestCase):
         await store.close()
         self.assertTrue(all(d.called for d in pending))
         self.assertEqual(len(await gatherResults(pending)), DELIVERY_CHUNK * 3)
+
+
+class RunTests(StoreTestCase):
+    async def test_any_function_runs_on_the_thread_in_the_batch(self) -> None:
+        """When Store.run is given a plain function of the rows, then it runs on the store's
+        thread inside the transaction of its turn's batch and sees that batch's writes."""
+        store = await self.open_store()
+        before = store.pool_stats()["transactions"]
+
+        def probe(rows: Rows, table: str) -> tuple[threading.Thread, bool, int]:
+            count = rows.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            return threading.current_thread(), rows.conn.in_transaction, count
+
+        added = store.run(queries.add_outgoing, make_message(), write=True)
+        thread, in_transaction, count = await store.run(probe, "messages", write=False)
+        await added
+        self.assertIsNot(thread, threading.current_thread())
+        self.assertTrue(in_transaction)
+        self.assertEqual(count, 1)
+        self.assertEqual(store.pool_stats()["transactions"] - before, 1)
+
+    async def test_keywords_reach_the_query(self) -> None:
+        """When Store.run is given keyword arguments, then the query gets them."""
+        store = await self.open_store()
+        for _ in range(3):
+            await store.run(queries.add_outgoing, make_message(), write=True)
+        page = await store.run(queries.history, ALICE, limit=2, write=False)
+        self.assertEqual([m.seq for m in page.messages], [3, 2])
+        self.assertEqual(page.next_cursor, "2")
+
+    async def test_closed_store_runs_nothing(self) -> None:
+        """When the store is closed, then Store.run fails with StoreClosed and runs nothing."""
+        store = await self.open_store()
+        await store.close()
+        ran: list[object] = []
+        with self.assertRaises(StoreClosed):
+            await store.run(ran.append, write=True)
+        self.assertEqual(ran, [])
 
 
 class BatchedAppendTests(StoreTestCase):

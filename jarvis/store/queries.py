@@ -101,7 +101,14 @@ def remove_contact(db: Rows, uid: str, *, with_history: bool) -> bool:
 
 
 def add_outgoing(db: Rows, message: StoredMessage) -> StoredMessage:
-    """One outgoing message, through the same write path as a batch of them."""
+    """Store an outgoing message and (if queued or sent) its outbox entry, atomically.
+
+    The same write path as a batch of them (the store writes a run of these together).
+
+    :returns: *message* carrying its assigned ``seq``.
+    :raises DuplicateMessage: if the id is already stored for this contact.
+    :raises InvalidInput: if the message is not outgoing.
+    """
     try:
         return db._add_outgoing_many([message])[0]
     except sqlite3.IntegrityError:
@@ -116,8 +123,7 @@ def add_incoming(db: Rows, message: StoredMessage) -> StoredMessage | None:
     The first message of a new unread run (no other unread incoming message in the
     conversation) becomes its "new messages" marker, in the same transaction.
 
-    :returns: *message* carrying its assigned ``seq``, or with None
-        if it was a duplicate.
+    :returns: *message* carrying its assigned ``seq``, or None if it was a duplicate.
     """
     if message.direction != "in":
         raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
