@@ -42,6 +42,7 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from jarvis.entropy import public_random
+from jarvis.store import queries
 
 #: Messages issued per reactor turn while persisting.
 BURST = 100
@@ -161,10 +162,12 @@ async def measure(reactor: Any, count: int, rounds: int) -> dict[str, Any]:
                 in_flight.append(
                     gatherResults(
                         [
-                            store.add_outgoing(
+                            store.run(
+                                queries.add_outgoing,
                                 StoredMessage(
                                     new_message_id(now), CONTACT, "out", body, "queued", now
-                                )
+                                ),
+                                write=True,
                             )
                             for _ in range(min(BURST, count - first))
                         ]
@@ -184,7 +187,7 @@ async def measure(reactor: Any, count: int, rounds: int) -> dict[str, Any]:
             loads = []
             for _ in range(PAGE_LOADS):
                 started = time.perf_counter()
-                page = await store.history(CONTACT, limit=50)
+                page = await store.run(queries.history, CONTACT, limit=50, write=False)
                 loads.append(time.perf_counter() - started)
                 assert len(page.messages) == 50
             stall_history = stop_probe(probe)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import percentile
+from jarvis.store import queries
 
 PASSWORD = "bench horse battery staple"
 #: Messages written per store batch while filling the history, and batches in flight.
@@ -127,7 +128,7 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
                     message = StoredMessage(
                         secrets.token_hex(16), contact, "in", body, "read", when, read=when
                     )
-                    batch.append(store.add_incoming(message))
+                    batch.append(store.run(queries.add_incoming, message, write=True))
                 else:
                     message = StoredMessage(
                         secrets.token_hex(16),
@@ -139,7 +140,7 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
                         sent=when,
                         delivered=when,
                     )
-                    batch.append(store.add_outgoing(message))
+                    batch.append(store.run(queries.add_outgoing, message, write=True))
             in_flight.append(defer.gatherResults(batch, consumeErrors=True))
             if len(in_flight) >= WINDOW:
                 await in_flight.popleft()
@@ -147,7 +148,7 @@ async def fill_history(reactor: Any, data_dir: str, contact: str, count: int) ->
                 await deferLater(reactor, 0, lambda: None)
         while in_flight:
             await in_flight.popleft()
-        await store.set_marker(contact, None)
+        await store.run(queries.set_marker, contact, None, write=True)
     finally:
         await store.close()
     return count / (time.perf_counter() - started)

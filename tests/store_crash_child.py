@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any
 
+from jarvis.store import queries
+
 #: Messages issued per reactor turn (then the child waits for all of them).
 BURST = 100
 #: Conversations the messages are spread over.
@@ -47,12 +49,12 @@ async def write_messages(
                 message = StoredMessage(
                     message_id, contact, "in", f"in {i}", "received", time.time()
                 )
-                d: Deferred[Any] = store.add_incoming(message)
+                d: Deferred[Any] = store.run(queries.add_incoming, message, write=True)
             else:
                 message = StoredMessage(
                     message_id, contact, "out", f"out {i}", "queued", time.time()
                 )
-                d = store.add_outgoing(message)
+                d = store.run(queries.add_outgoing, message, write=True)
             d.addCallback(acknowledge, message_id)
             burst.append(d)
         await gatherResults(burst)

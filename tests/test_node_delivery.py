@@ -23,6 +23,7 @@ from jarvis.core.node import Node
 from jarvis.errors import StorageFull
 from jarvis.ipc.jsonrpc import STORAGE, error_from_exception
 from jarvis.protocol.session import PeerSession
+from jarvis.store import queries
 from jarvis.store.database import Store
 from tests.test_node import FakeSession, make_node, node_with_bob, turned
 
@@ -80,7 +81,9 @@ def outbox_ids(node: Node, uid: str) -> Deferred[Any]:
     """The ids of the node's undelivered messages to *uid*, oldest first."""
     store = node._store
     assert store is not None
-    return store.outbox(uid).addCallback(lambda messages: [m.id for m in messages])
+    return store.run(queries.outbox, uid, write=False).addCallback(
+        lambda messages: [m.id for m in messages]
+    )
 
 
 async def queue(node: Node, count: int, text: Callable[[int], str] = lambda i: f"m{i}") -> list:

@@ -14,6 +14,7 @@ import shutil
 import sqlite3
 import stat
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -37,10 +38,12 @@ from jarvis.store import (
     StoredMessage,
     StoreNotEmpty,
     WrongStoreKey,
+    queries,
     schema,
 )
 from jarvis.store.database import DELIVERY_CHUNK, associated_data, blind_index
 from jarvis.store.records import copy_unchecked, new_message_id
+from jarvis.store.rows import Rows
 from jarvis.store.schema import OUTBOX_WHERE, SCHEMA_VERSION
 
 reactor: Any = _reactor
@@ -117,7 +120,7 @@ class OpenTests(StoreTestCase):
     async def test_new_database_files_are_private(self) -> None:
         """When a store is opened and written, then the db, -wal and -shm files are 0600."""
         store = await self.open_store()
-        await store.put_contact(make_contact())
+        await store.run(queries.put_contact, make_contact(), write=True)
         for suffix in ("", "-wal", "-shm"):
             mode = stat.S_IMODE(os.stat(self.path + suffix).st_mode)
             self.assertEqual(mode, 0o600, suffix)
@@ -135,16 +138,16 @@ class OpenTests(StoreTestCase):
     async def test_integrity_check_ok(self) -> None:
         """When a sound store is checked, then the answer is ["ok"]."""
         store = await self.open_store()
-        await store.add_outgoing(make_message())
-        self.assertEqual(await store.integrity_check(), ["ok"])
+        await store.run(queries.add_outgoing, make_message(), write=True)
+        self.assertEqual(await store.run(queries.integrity_check, write=False), ["ok"])
 
     async def test_reopen_keeps_data(self) -> None:
         """When a store is closed and reopened with the same keys, then its data is there."""
         store = await self.open_store()
-        message = await store.add_outgoing(make_message())
+        message = await store.run(queries.add_outgoing, make_message(), write=True)
         await store.close()
         store = await self.open_store()
-        self.assertEqual(await store.get_message(message.id), message)
+        self.assertEqual(await store.run(queries.get_message, message.id, write=False), message)
 
     async def test_other_data_key_refused(self) -> None:
         """When a store is reopened with another data key, then WrongStoreKey is raised."""
@@ -184,21 +187,21 @@ class OpenTests(StoreTestCase):
         await store.close()
         await store.close()  # idempotent
         with self.assertRaises(StoreClosed):
-            await store.get_contact(ALICE)
+            await store.run(queries.get_contact, ALICE, write=False)
 
     async def test_close_finishes_queued_work(self) -> None:
         """When close() is called with writes queued, then they are written first."""
         store = await self.open_store()
-        pending = store.add_outgoing(make_message())
+        pending = store.run(queries.add_outgoing, make_message(), write=True)
         await store.close()
         message = await pending
         store = await self.open_store()
-        self.assertEqual(await store.get_message(message.id), message)
+        self.assertEqual(await store.run(queries.get_message, message.id, write=False), message)
 
     async def test_pool_stats(self) -> None:
         """When pool_stats() is asked, then it reports one thread and the queue length."""
         store = await self.open_store()
-        pending = [store.add_outgoing(make_message()) for _ in range(3)]
+        pending = [store.run(queries.add_outgoing, make_message(), write=True) for _ in range(3)]
         stats = store.pool_stats()
         self.assertEqual(stats["size"], 1)
         self.assertEqual(stats["queued"], 3)
@@ -265,20 +268,20 @@ class MigrationTests(StoreTestCase):
         ]
         self.write_v1(rows)
         store = await self.open_store()
-        page = await store.history(ALICE, limit=50)
+        page = await store.run(queries.history, ALICE, limit=50, write=False)
         self.assertEqual(
             [(m.id, m.direction, m.state, m.body) for m in reversed(page.messages)],
             [(mid, d, st, f"body {i}") for i, (mid, d, st) in enumerate(rows, start=1)],
         )
-        outbox = await store.outbox(ALICE)
+        outbox = await store.run(queries.outbox, ALICE, write=False)
         self.assertEqual([m.id for m in outbox], [rows[1][0], rows[3][0], rows[5][0]])
         await advance(store, rows[3][0], "delivered", time.time())
-        outbox = await store.outbox(ALICE)
+        outbox = await store.run(queries.outbox, ALICE, write=False)
         self.assertEqual([m.id for m in outbox], [rows[1][0], rows[5][0]])
         duplicate = make_message(ALICE, "out", id=rows[0][0])
         with self.assertRaises(DuplicateMessage):
-            await store.add_outgoing(duplicate)
-        self.assertEqual(await store.integrity_check(), ["ok"])
+            await store.run(queries.add_outgoing, duplicate, write=True)
+        self.assertEqual(await store.run(queries.integrity_check, write=False), ["ok"])
         await store.close()
         conn = sqlite3.connect(self.path)
         try:
@@ -302,91 +305,103 @@ class ContactTests(StoreTestCase):
         """When a contact is put, then get_contact returns an equal contact."""
         store = await self.open_store()
         contact = make_contact(alias="Al", verified=True, muted=True, added_at=12.5)
-        await store.put_contact(contact)
-        self.assertEqual(await store.get_contact(ALICE), contact)
+        await store.run(queries.put_contact, contact, write=True)
+        self.assertEqual(await store.run(queries.get_contact, ALICE, write=False), contact)
 
     async def test_unknown_is_none(self) -> None:
         """When an unknown uid is asked for, then get_contact returns None."""
         store = await self.open_store()
-        self.assertIsNone(await store.get_contact(BOB))
+        self.assertIsNone(await store.run(queries.get_contact, BOB, write=False))
 
     async def test_put_updates_by_uid(self) -> None:
         """When a contact with the same uid is put again, then it replaces the first."""
         store = await self.open_store()
-        await store.put_contact(make_contact(name="old"))
-        await store.put_contact(make_contact(name="new", blocked=True))
-        self.assertEqual(await store.list_contacts(), [make_contact(name="new", blocked=True)])
+        await store.run(queries.put_contact, make_contact(name="old"), write=True)
+        await store.run(queries.put_contact, make_contact(name="new", blocked=True), write=True)
+        self.assertEqual(
+            await store.run(queries.list_contacts, write=False),
+            [make_contact(name="new", blocked=True)],
+        )
 
     async def test_list_sorted_by_display_name(self) -> None:
         """When several contacts exist, then list_contacts sorts them by alias or name."""
         store = await self.open_store()
         zed = make_contact(ALICE, name="Zed")
         amy = make_contact(BOB, name="Zoe", alias="amy")
-        await store.put_contact(zed)
-        await store.put_contact(amy)
-        self.assertEqual(await store.list_contacts(), [amy, zed])
+        await store.run(queries.put_contact, zed, write=True)
+        await store.run(queries.put_contact, amy, write=True)
+        self.assertEqual(await store.run(queries.list_contacts, write=False), [amy, zed])
 
     async def test_remove_with_history(self) -> None:
         """When a contact is removed with history, then its messages and outbox go too."""
         store = await self.open_store()
-        await store.put_contact(make_contact())
-        message = await store.add_outgoing(make_message())
-        await store.set_marker(ALICE, message.id)
-        self.assertTrue(await store.remove_contact(ALICE, with_history=True))
-        self.assertIsNone(await store.get_contact(ALICE))
-        self.assertIsNone(await store.get_message(message.id))
-        self.assertEqual(await store.outbox(ALICE), [])
-        self.assertIsNone(await store.get_marker(ALICE))
-        self.assertEqual(await store.last_activity(), {})
+        await store.run(queries.put_contact, make_contact(), write=True)
+        message = await store.run(queries.add_outgoing, make_message(), write=True)
+        await store.run(queries.set_marker, ALICE, message.id, write=True)
+        self.assertTrue(
+            await store.run(queries.remove_contact, ALICE, with_history=True, write=True)
+        )
+        self.assertIsNone(await store.run(queries.get_contact, ALICE, write=False))
+        self.assertIsNone(await store.run(queries.get_message, message.id, write=False))
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), [])
+        self.assertIsNone(await store.run(queries.get_marker, ALICE, write=False))
+        self.assertEqual(await store.run(queries.last_activity, write=False), {})
 
     async def test_remove_without_history(self) -> None:
         """When a contact is removed without history, then its conversation stays readable."""
         store = await self.open_store()
-        await store.put_contact(make_contact())
-        message = await store.add_outgoing(make_message())
-        self.assertTrue(await store.remove_contact(ALICE, with_history=False))
-        self.assertIsNone(await store.get_contact(ALICE))
-        page = await store.history(ALICE)
+        await store.run(queries.put_contact, make_contact(), write=True)
+        message = await store.run(queries.add_outgoing, make_message(), write=True)
+        self.assertTrue(
+            await store.run(queries.remove_contact, ALICE, with_history=False, write=True)
+        )
+        self.assertIsNone(await store.run(queries.get_contact, ALICE, write=False))
+        page = await store.run(queries.history, ALICE, write=False)
         self.assertEqual(page.messages, (message,))
-        self.assertFalse(await store.remove_contact(ALICE, with_history=False))
+        self.assertFalse(
+            await store.run(queries.remove_contact, ALICE, with_history=False, write=True)
+        )
 
 
 class OutgoingTests(StoreTestCase):
     async def test_seq_assigned_per_conversation(self) -> None:
         """When messages are added, then each conversation numbers them 1, 2, 3..."""
         store = await self.open_store()
-        a1 = await store.add_outgoing(make_message(ALICE))
-        b1 = await store.add_outgoing(make_message(BOB))
-        a2 = await store.add_outgoing(make_message(ALICE))
+        a1 = await store.run(queries.add_outgoing, make_message(ALICE), write=True)
+        b1 = await store.run(queries.add_outgoing, make_message(BOB), write=True)
+        a2 = await store.run(queries.add_outgoing, make_message(ALICE), write=True)
         self.assertEqual((a1.seq, b1.seq, a2.seq), (1, 1, 2))
 
     async def test_round_trip_and_outbox(self) -> None:
         """When an outgoing message is added, then it reads back and is in the outbox."""
         store = await self.open_store()
-        message = await store.add_outgoing(make_message(body="héllo ✓"))
-        self.assertEqual(await store.get_message(message.id), message)
-        self.assertEqual(await store.outbox(ALICE), [message])
-        self.assertEqual(await store.outbox(BOB), [])
+        message = await store.run(queries.add_outgoing, make_message(body="héllo ✓"), write=True)
+        self.assertEqual(await store.run(queries.get_message, message.id, write=False), message)
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), [message])
+        self.assertEqual(await store.run(queries.outbox, BOB, write=False), [])
 
     async def test_outbox_oldest_first(self) -> None:
         """When several messages are queued, then the outbox lists them oldest first."""
         store = await self.open_store()
-        added = [await store.add_outgoing(make_message(body=str(i))) for i in range(4)]
-        self.assertEqual(await store.outbox(ALICE), added)
+        added = [
+            await store.run(queries.add_outgoing, make_message(body=str(i)), write=True)
+            for i in range(4)
+        ]
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), added)
 
     async def test_duplicate_id_refused(self) -> None:
         """When an outgoing id is added twice, then DuplicateMessage is raised once."""
         store = await self.open_store()
         message = make_message()
-        await store.add_outgoing(message)
+        await store.run(queries.add_outgoing, message, write=True)
         with self.assertRaises(DuplicateMessage):
-            await store.add_outgoing(message)
+            await store.run(queries.add_outgoing, message, write=True)
 
     async def test_incoming_refused(self) -> None:
         """When add_outgoing is given an incoming message, then InvalidInput is raised."""
         store = await self.open_store()
         with self.assertRaises(InvalidInput):
-            await store.add_outgoing(make_message(direction="in"))
+            await store.run(queries.add_outgoing, make_message(direction="in"), write=True)
 
 
 class IncomingTests(StoreTestCase):
@@ -394,10 +409,10 @@ class IncomingTests(StoreTestCase):
         """When the same incoming id arrives twice, then only the first is stored."""
         store = await self.open_store()
         message = make_message(direction="in")
-        stored = await store.add_incoming(message)
+        stored = await store.run(queries.add_incoming, message, write=True)
         self.assertEqual((stored.id, stored.body, stored.seq), (message.id, message.body, 1))
-        self.assertIsNone(await store.add_incoming(message))
-        page = await store.history(ALICE)
+        self.assertIsNone(await store.run(queries.add_incoming, message, write=True))
+        page = await store.run(queries.history, ALICE, write=False)
         self.assertEqual([m.id for m in page.messages], [message.id])
         self.assertEqual(page.messages[0].seq, 1)
 
@@ -405,30 +420,32 @@ class IncomingTests(StoreTestCase):
         """When two contacts use the same message id, then both messages are stored."""
         store = await self.open_store()
         message = make_message(ALICE, direction="in")
-        self.assertTrue(await store.add_incoming(message))
+        self.assertTrue(await store.run(queries.add_incoming, message, write=True))
         self.assertTrue(
-            await store.add_incoming(StoredMessage(**{**vars(message), "contact": BOB}))
+            await store.run(
+                queries.add_incoming, StoredMessage(**{**vars(message), "contact": BOB}), write=True
+            )
         )
 
     async def test_incoming_not_in_outbox(self) -> None:
         """When an incoming message is stored, then no outbox lists it."""
         store = await self.open_store()
-        await store.add_incoming(make_message(direction="in"))
-        self.assertEqual(await store.outbox(ALICE), [])
+        await store.run(queries.add_incoming, make_message(direction="in"), write=True)
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), [])
 
 
 async def advance(store: Store, message_id: str, state: str, at: float) -> Any:
     """Advance one message through :meth:`Store.advance_states`; return it as stored now, or
     ``None`` if it did not change."""
-    changed = await store.advance_states([message_id], state, at)
-    return await store.get_message(message_id) if changed else None
+    changed = await store.run(queries.advance_states, [message_id], state, at, write=True)
+    return await store.run(queries.get_message, message_id, write=False) if changed else None
 
 
 class StateTests(StoreTestCase):
     async def test_advances_and_sets_timestamps(self) -> None:
         """When a message goes sent, delivered, read, then each timestamp is set."""
         store = await self.open_store()
-        message = await store.add_outgoing(make_message())
+        message = await store.run(queries.add_outgoing, make_message(), write=True)
         sent = await advance(store, message.id, "sent", 10.0)
         delivered = await advance(store, message.id, "delivered", 11.0)
         read = await advance(store, message.id, "read", 12.0)
@@ -436,31 +453,36 @@ class StateTests(StoreTestCase):
         self.assertEqual((sent.state, sent.sent), ("sent", 10.0))
         self.assertEqual((delivered.state, delivered.delivered), ("delivered", 11.0))
         self.assertEqual((read.state, read.sent, read.delivered, read.read), ("read", 10, 11, 12))
-        self.assertEqual(await store.get_message(message.id), read)
+        self.assertEqual(await store.run(queries.get_message, message.id, write=False), read)
 
     async def test_never_backwards(self) -> None:
         """When an older or equal state is set, then nothing changes and None is returned."""
         store = await self.open_store()
-        message = await store.add_outgoing(make_message())
+        message = await store.run(queries.add_outgoing, make_message(), write=True)
         await advance(store, message.id, "delivered", 11.0)
         self.assertIsNone(await advance(store, message.id, "sent", 12.0))
         self.assertIsNone(await advance(store, message.id, "delivered", 13.0))
         self.assertIsNone(await advance(store, message.id, "queued", 14.0))
-        stored = await store.get_message(message.id)
+        stored = await store.run(queries.get_message, message.id, write=False)
         assert stored is not None
         self.assertEqual((stored.state, stored.sent, stored.delivered), ("delivered", None, 11.0))
 
     async def test_outbox_membership(self) -> None:
         """When a message is sent it stays in the outbox; once delivered it leaves."""
         store = await self.open_store()
-        first = await store.add_outgoing(make_message())
-        second = await store.add_outgoing(make_message())
+        first = await store.run(queries.add_outgoing, make_message(), write=True)
+        second = await store.run(queries.add_outgoing, make_message(), write=True)
         await advance(store, first.id, "sent", 1.0)
-        self.assertEqual([m.id for m in await store.outbox(ALICE)], [first.id, second.id])
+        self.assertEqual(
+            [m.id for m in await store.run(queries.outbox, ALICE, write=False)],
+            [first.id, second.id],
+        )
         await advance(store, first.id, "delivered", 2.0)
-        self.assertEqual([m.id for m in await store.outbox(ALICE)], [second.id])
+        self.assertEqual(
+            [m.id for m in await store.run(queries.outbox, ALICE, write=False)], [second.id]
+        )
         await advance(store, second.id, "read", 3.0)
-        self.assertEqual(await store.outbox(ALICE), [])
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), [])
 
     async def test_unknown_message(self) -> None:
         """When the id is unknown, then nothing advances."""
@@ -471,7 +493,7 @@ class StateTests(StoreTestCase):
         """When an incoming message is updated, then only 'read' applies to it."""
         store = await self.open_store()
         message = make_message(direction="in")
-        await store.add_incoming(message)
+        await store.run(queries.add_incoming, message, write=True)
         self.assertIsNone(await advance(store, message.id, "delivered", 1.0))
         read = await advance(store, message.id, "read", 2.0)
         assert read is not None
@@ -489,30 +511,40 @@ class AdvanceStatesTests(StoreTestCase):
         """When several ids advance at once, then each changed one is returned and leaves the
         outbox once delivered; unknown, incoming and backward ones are left alone."""
         store = await self.open_store()
-        first = await store.add_outgoing(make_message())
-        second = await store.add_outgoing(make_message())
-        third = await store.add_outgoing(make_message())
+        first = await store.run(queries.add_outgoing, make_message(), write=True)
+        second = await store.run(queries.add_outgoing, make_message(), write=True)
+        third = await store.run(queries.add_outgoing, make_message(), write=True)
         incoming = make_message(direction="in")
-        await store.add_incoming(incoming)
+        await store.run(queries.add_incoming, incoming, write=True)
         await advance(store, third.id, "read", 1.0)
-        changed = await store.advance_states(
-            [first.id, "00" * 16, incoming.id, third.id, second.id], "delivered", 5.0
+        changed = await store.run(
+            queries.advance_states,
+            [first.id, "00" * 16, incoming.id, third.id, second.id],
+            "delivered",
+            5.0,
+            write=True,
         )
         self.assertEqual(changed, [(first.id, ALICE, "delivered"), (second.id, ALICE, "delivered")])
-        self.assertEqual(await store.outbox(ALICE), [])
-        stored = await store.get_message(first.id)
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), [])
+        stored = await store.run(queries.get_message, first.id, write=False)
         assert stored is not None
         self.assertEqual((stored.state, stored.delivered, stored.sent), ("delivered", 5.0, None))
-        self.assertEqual(await store.advance_states([first.id], "sent", 6.0), [])
-        self.assertEqual(await store.advance_states([first.id], "queued", 6.0), [])
-        read = await store.advance_states([incoming.id, first.id], "read", 7.0)
+        self.assertEqual(
+            await store.run(queries.advance_states, [first.id], "sent", 6.0, write=True), []
+        )
+        self.assertEqual(
+            await store.run(queries.advance_states, [first.id], "queued", 6.0, write=True), []
+        )
+        read = await store.run(
+            queries.advance_states, [incoming.id, first.id], "read", 7.0, write=True
+        )
         self.assertEqual(read, [(incoming.id, ALICE, "read"), (first.id, ALICE, "read")])
 
     async def test_bad_state(self) -> None:
         """When the state is not a message state, then InvalidInput is raised."""
         store = await self.open_store()
         with self.assertRaises(InvalidInput):
-            await store.advance_states(["00" * 16], "exploded", 1.0)
+            await store.run(queries.advance_states, ["00" * 16], "exploded", 1.0, write=True)
 
     async def test_many_ids_in_chunks_and_twice(self) -> None:
         """When 1,203 ids (more than one statement's worth) advance, one of them given twice,
@@ -520,15 +552,17 @@ class AdvanceStatesTests(StoreTestCase):
         two conversations advances only its first row."""
         store = await self.open_store()
         messages = [make_message(body=f"m{i}") for i in range(1200)]
-        await gatherResults([store.add_outgoing(m) for m in messages])
+        await gatherResults([store.run(queries.add_outgoing, m, write=True) for m in messages])
         shared = messages[5].id
-        await store.add_outgoing(make_message(BOB, id=shared))
+        await store.run(queries.add_outgoing, make_message(BOB, id=shared), write=True)
         ids = [m.id for m in reversed(messages)]
-        changed = await store.advance_states([*ids, shared, "ff" * 16], "sent", 3.0)
+        changed = await store.run(
+            queries.advance_states, [*ids, shared, "ff" * 16], "sent", 3.0, write=True
+        )
         self.assertEqual(changed, [(mid, ALICE, "sent") for mid in ids])
-        again = await store.advance_states([shared], "sent", 4.0)
+        again = await store.run(queries.advance_states, [shared], "sent", 4.0, write=True)
         self.assertEqual(again, [(shared, BOB, "sent")])
-        self.assertEqual(len(await store.outbox(ALICE)), 1200)
+        self.assertEqual(len(await store.run(queries.outbox, ALICE, write=False)), 1200)
 
 
 class ReceiptTests(StoreTestCase):
@@ -539,33 +573,47 @@ class ReceiptTests(StoreTestCase):
         store = await self.open_store()
         mine = [make_message(direction="in", body=f"m{i}") for i in range(3)]
         for message in mine:
-            await store.add_incoming(message)
+            await store.run(queries.add_incoming, message, write=True)
         other = make_message(BOB, direction="in")
-        await store.add_incoming(other)
-        self.assertEqual(await store.mark_read(ALICE, at=1.0, receipts=True), [m.id for m in mine])
-        await store.mark_read(BOB, at=1.0, receipts=True)
-        self.assertEqual(await store.receipts_due(ALICE), [m.id for m in mine])
-        await store.clear_receipts(ALICE, [mine[0].id, mine[2].id, other.id])
-        self.assertEqual(await store.receipts_due(ALICE), [mine[1].id])
-        self.assertEqual(await store.receipts_due(BOB), [other.id])
+        await store.run(queries.add_incoming, other, write=True)
+        self.assertEqual(
+            await store.run(queries.mark_read, ALICE, at=1.0, receipts=True, write=True),
+            [m.id for m in mine],
+        )
+        await store.run(queries.mark_read, BOB, at=1.0, receipts=True, write=True)
+        self.assertEqual(
+            await store.run(queries.receipts_due, ALICE, write=False), [m.id for m in mine]
+        )
+        await store.run(
+            queries.clear_receipts, ALICE, [mine[0].id, mine[2].id, other.id], write=True
+        )
+        self.assertEqual(await store.run(queries.receipts_due, ALICE, write=False), [mine[1].id])
+        self.assertEqual(await store.run(queries.receipts_due, BOB, write=False), [other.id])
         late = make_message(direction="in")
-        await store.add_incoming(late)
-        await store.mark_read(ALICE, at=2.0)
-        self.assertEqual(await store.receipts_due(ALICE), [mine[1].id])
+        await store.run(queries.add_incoming, late, write=True)
+        await store.run(queries.mark_read, ALICE, at=2.0, write=True)
+        self.assertEqual(await store.run(queries.receipts_due, ALICE, write=False), [mine[1].id])
 
 
 class HistoryTests(StoreTestCase):
     async def test_pages_newest_first_with_cursor(self) -> None:
         """When 7 messages are paged 3 at a time, then pages are 3, 3, 1 with cursors."""
         store = await self.open_store()
-        added = [await store.add_outgoing(make_message(body=f"m{i}")) for i in range(7)]
-        await store.add_outgoing(make_message(BOB))
+        added = [
+            await store.run(queries.add_outgoing, make_message(body=f"m{i}"), write=True)
+            for i in range(7)
+        ]
+        await store.run(queries.add_outgoing, make_message(BOB), write=True)
         newest_first = list(reversed(added))
-        page1 = await store.history(ALICE, limit=3)
+        page1 = await store.run(queries.history, ALICE, limit=3, write=False)
         self.assertEqual(list(page1.messages), newest_first[:3])
-        page2 = await store.history(ALICE, limit=3, before=page1.next_cursor)
+        page2 = await store.run(
+            queries.history, ALICE, limit=3, before=page1.next_cursor, write=False
+        )
         self.assertEqual(list(page2.messages), newest_first[3:6])
-        page3 = await store.history(ALICE, limit=3, before=page2.next_cursor)
+        page3 = await store.run(
+            queries.history, ALICE, limit=3, before=page2.next_cursor, write=False
+        )
         self.assertEqual(list(page3.messages), newest_first[6:])
         self.assertIsNone(page3.next_cursor)
 
@@ -573,23 +621,23 @@ class HistoryTests(StoreTestCase):
         """When the page holds exactly the remaining messages, then next_cursor is None."""
         store = await self.open_store()
         for _ in range(3):
-            await store.add_outgoing(make_message())
-        page = await store.history(ALICE, limit=3)
+            await store.run(queries.add_outgoing, make_message(), write=True)
+        page = await store.run(queries.history, ALICE, limit=3, write=False)
         self.assertEqual((len(page.messages), page.next_cursor), (3, None))
 
     async def test_empty(self) -> None:
         """When a conversation has no messages, then the page is empty."""
         store = await self.open_store()
-        page = await store.history(BOB)
+        page = await store.run(queries.history, BOB, write=False)
         self.assertEqual((page.messages, page.next_cursor), ((), None))
 
     async def test_bad_arguments(self) -> None:
         """When the limit or cursor is invalid, then InvalidInput is raised."""
         store = await self.open_store()
         with self.assertRaises(InvalidInput):
-            await store.history(ALICE, limit=0)
+            await store.run(queries.history, ALICE, limit=0, write=False)
         with self.assertRaises(InvalidInput):
-            await store.history(ALICE, before="not a cursor")
+            await store.run(queries.history, ALICE, before="not a cursor", write=False)
 
 
 class HistoryBoundTests(StoreTestCase):
@@ -598,20 +646,25 @@ class HistoryBoundTests(StoreTestCase):
     async def fill(self, count: int) -> tuple[Store, list[StoredMessage]]:
         store = await self.open_store()
         added = await gatherResults(
-            [store.add_outgoing(make_message(body=f"m{i}")) for i in range(count)]
+            [
+                store.run(queries.add_outgoing, make_message(body=f"m{i}"), write=True)
+                for i in range(count)
+            ]
         )
-        await store.add_outgoing(make_message(BOB))
+        await store.run(queries.add_outgoing, make_message(BOB), write=True)
         return store, sorted(added, key=lambda m: m.seq)
 
     async def test_before_message_id(self) -> None:
         """When 1,200 messages are paged back from a message id, then each page holds the
         messages just older than it, newest first, and the cursors reach the oldest."""
         store, added = await self.fill(1200)
-        page = await store.history(ALICE, limit=200, before=added[700].id)
+        page = await store.run(queries.history, ALICE, limit=200, before=added[700].id, write=False)
         self.assertEqual(list(page.messages), list(reversed(added[500:700])))
         seen = list(page.messages)
         while page.next_cursor is not None:
-            page = await store.history(ALICE, limit=200, before=page.next_cursor)
+            page = await store.run(
+                queries.history, ALICE, limit=200, before=page.next_cursor, write=False
+            )
             seen.extend(page.messages)
         self.assertEqual(seen, list(reversed(added[:700])))
         self.assertIsNone(page.newer_cursor)
@@ -621,24 +674,35 @@ class HistoryBoundTests(StoreTestCase):
         oldest messages newer than it (newest first in the page) and newer_cursor goes on to
         the newest; next_cursor stays None."""
         store, added = await self.fill(1200)
-        page = await store.history(ALICE, limit=200, after=added[99].id)
+        page = await store.run(queries.history, ALICE, limit=200, after=added[99].id, write=False)
         self.assertEqual(list(page.messages), list(reversed(added[100:300])))
         self.assertIsNone(page.next_cursor)
         seen = list(reversed(page.messages))
         while page.newer_cursor is not None:
-            page = await store.history(ALICE, limit=200, after=page.newer_cursor)
+            page = await store.run(
+                queries.history, ALICE, limit=200, after=page.newer_cursor, write=False
+            )
             seen.extend(reversed(page.messages))
         self.assertEqual(seen, added[100:])
-        page = await store.history(ALICE, limit=5, after=added[-1].id)
+        page = await store.run(queries.history, ALICE, limit=5, after=added[-1].id, write=False)
         self.assertEqual((page.messages, page.newer_cursor), ((), None))
 
     async def test_between(self) -> None:
         """When both before and after are given, then only the messages between them come,
         the oldest first when more remain."""
         store, added = await self.fill(30)
-        page = await store.history(ALICE, limit=5, after=added[9].id, before=added[20].id)
+        page = await store.run(
+            queries.history, ALICE, limit=5, after=added[9].id, before=added[20].id, write=False
+        )
         self.assertEqual(list(page.messages), list(reversed(added[10:15])))
-        page = await store.history(ALICE, limit=50, after=page.newer_cursor, before=added[20].id)
+        page = await store.run(
+            queries.history,
+            ALICE,
+            limit=50,
+            after=page.newer_cursor,
+            before=added[20].id,
+            write=False,
+        )
         self.assertEqual(list(page.messages), list(reversed(added[15:20])))
         self.assertIsNone(page.newer_cursor)
 
@@ -646,14 +710,14 @@ class HistoryBoundTests(StoreTestCase):
         """When the message id is unknown or belongs to another conversation, then NotFound;
         a cursor that is neither an id nor a seq is InvalidInput."""
         store, _ = await self.fill(3)
-        other = await store.add_outgoing(make_message(BOB))
+        other = await store.run(queries.add_outgoing, make_message(BOB), write=True)
         for bound in (secrets.token_hex(16), other.id):
             with self.assertRaises(NotFound):
-                await store.history(ALICE, before=bound)
+                await store.run(queries.history, ALICE, before=bound, write=False)
             with self.assertRaises(NotFound):
-                await store.history(ALICE, after=bound)
+                await store.run(queries.history, ALICE, after=bound, write=False)
         with self.assertRaises(InvalidInput):
-            await store.history(ALICE, after="ABCDEF")
+            await store.run(queries.history, ALICE, after="ABCDEF", write=False)
 
 
 class UnreadTests(StoreTestCase):
@@ -662,18 +726,22 @@ class UnreadTests(StoreTestCase):
         store = await self.open_store()
         incoming = [make_message(direction="in", created=float(i)) for i in range(4)]
         for message in incoming:
-            await store.add_incoming(message)
-        await store.add_incoming(make_message(BOB, direction="in"))
-        await store.add_outgoing(make_message(BOB))
-        self.assertEqual(await store.unread_counts(), {ALICE: 4, BOB: 1})
-        marked = await store.mark_read(ALICE, up_to=incoming[1].id, at=50.0)
+            await store.run(queries.add_incoming, message, write=True)
+        await store.run(queries.add_incoming, make_message(BOB, direction="in"), write=True)
+        await store.run(queries.add_outgoing, make_message(BOB), write=True)
+        self.assertEqual(await store.run(queries.unread_counts, write=False), {ALICE: 4, BOB: 1})
+        marked = await store.run(
+            queries.mark_read, ALICE, up_to=incoming[1].id, at=50.0, write=True
+        )
         self.assertEqual(marked, [incoming[0].id, incoming[1].id])
-        self.assertEqual(await store.unread_counts(), {ALICE: 2, BOB: 1})
-        self.assertEqual(await store.mark_read(ALICE, up_to=incoming[1].id, at=51.0), [])
-        marked = await store.mark_read(ALICE, at=52.0)
+        self.assertEqual(await store.run(queries.unread_counts, write=False), {ALICE: 2, BOB: 1})
+        self.assertEqual(
+            await store.run(queries.mark_read, ALICE, up_to=incoming[1].id, at=51.0, write=True), []
+        )
+        marked = await store.run(queries.mark_read, ALICE, at=52.0, write=True)
         self.assertEqual(marked, [incoming[2].id, incoming[3].id])
-        self.assertEqual(await store.unread_counts(), {BOB: 1})
-        first = await store.get_message(incoming[0].id)
+        self.assertEqual(await store.run(queries.unread_counts, write=False), {BOB: 1})
+        first = await store.run(queries.get_message, incoming[0].id, write=False)
         assert first is not None
         self.assertEqual((first.state, first.read), ("read", 50.0))
 
@@ -681,58 +749,66 @@ class UnreadTests(StoreTestCase):
         """When up_to names no message of the conversation, then NotFound is raised."""
         store = await self.open_store()
         with self.assertRaises(NotFound):
-            await store.mark_read(ALICE, up_to="ff" * 16, at=1.0)
+            await store.run(queries.mark_read, ALICE, up_to="ff" * 16, at=1.0, write=True)
 
     async def test_last_activity(self) -> None:
         """When messages exist, then last_activity gives each uid its newest created time."""
         store = await self.open_store()
-        await store.add_outgoing(make_message(ALICE, created=5.0))
-        await store.add_incoming(make_message(ALICE, direction="in", created=7.0))
-        await store.add_outgoing(make_message(BOB, created=3.0))
-        self.assertEqual(await store.last_activity(), {ALICE: 7.0, BOB: 3.0})
+        await store.run(queries.add_outgoing, make_message(ALICE, created=5.0), write=True)
+        await store.run(
+            queries.add_incoming, make_message(ALICE, direction="in", created=7.0), write=True
+        )
+        await store.run(queries.add_outgoing, make_message(BOB, created=3.0), write=True)
+        self.assertEqual(
+            await store.run(queries.last_activity, write=False), {ALICE: 7.0, BOB: 3.0}
+        )
 
 
 class MarkerAndSettingTests(StoreTestCase):
     async def test_marker_round_trip(self) -> None:
         """When a marker is set, moved and cleared, then get_marker follows."""
         store = await self.open_store()
-        self.assertIsNone(await store.get_marker(ALICE))
-        await store.set_marker(ALICE, "ab" * 16)
-        self.assertEqual(await store.get_marker(ALICE), "ab" * 16)
-        await store.set_marker(ALICE, None)
-        self.assertIsNone(await store.get_marker(ALICE))
+        self.assertIsNone(await store.run(queries.get_marker, ALICE, write=False))
+        await store.run(queries.set_marker, ALICE, "ab" * 16, write=True)
+        self.assertEqual(await store.run(queries.get_marker, ALICE, write=False), "ab" * 16)
+        await store.run(queries.set_marker, ALICE, None, write=True)
+        self.assertIsNone(await store.run(queries.get_marker, ALICE, write=False))
 
     async def test_setting_round_trip(self) -> None:
         """When a setting is set twice, then get_setting returns the last value."""
         store = await self.open_store()
-        self.assertIsNone(await store.get_setting("theme"))
-        await store.set_setting("theme", "dark")
-        await store.set_setting("theme", "light")
-        self.assertEqual(await store.get_setting("theme"), "light")
+        self.assertIsNone(await store.run(queries.get_setting, "theme", write=False))
+        await store.run(queries.set_setting, "theme", "dark", write=True)
+        await store.run(queries.set_setting, "theme", "light", write=True)
+        self.assertEqual(await store.run(queries.get_setting, "theme", write=False), "light")
 
 
 class DumpTests(StoreTestCase):
     async def fill(self, store: Store) -> None:
-        await store.put_contact(make_contact(alias="al"))
-        await store.put_contact(make_contact(BOB))
-        sent = await store.add_outgoing(make_message(body="one"))
+        await store.run(queries.put_contact, make_contact(alias="al"), write=True)
+        await store.run(queries.put_contact, make_contact(BOB), write=True)
+        sent = await store.run(queries.add_outgoing, make_message(body="one"), write=True)
         await advance(store, sent.id, "delivered", 3.0)
-        await store.add_outgoing(make_message(body="two"))
-        await store.add_incoming(make_message(BOB, direction="in", body="three"))
-        await store.set_marker(BOB, "cd" * 16)
-        await store.set_setting("theme", "dark")
+        await store.run(queries.add_outgoing, make_message(body="two"), write=True)
+        await store.run(
+            queries.add_incoming, make_message(BOB, direction="in", body="three"), write=True
+        )
+        await store.run(queries.set_marker, BOB, "cd" * 16, write=True)
+        await store.run(queries.set_setting, "theme", "dark", write=True)
 
     async def test_round_trip(self) -> None:
         """When a dump is loaded into an empty store, then the new store dumps the same."""
         store = await self.open_store()
         await self.fill(store)
-        dump = await store.dump()
+        dump = await store.run(queries.dump, write=False)
         self.path = os.path.join(self.directory, "other.sqlite3")
         other = await self.open_store(cipher=AESGCMRowCipher(), index_key=os.urandom(32))
-        await other.load(dump)
-        self.assertEqual(await other.dump(), dump)
-        self.assertEqual([m.body for m in await other.outbox(ALICE)], ["two"])
-        third = await other.add_outgoing(make_message())
+        await other.run(queries.load, dump, write=True)
+        self.assertEqual(await other.run(queries.dump, write=False), dump)
+        self.assertEqual(
+            [m.body for m in await other.run(queries.outbox, ALICE, write=False)], ["two"]
+        )
+        third = await other.run(queries.add_outgoing, make_message(), write=True)
         self.assertEqual(third.seq, 3)
 
     async def test_dump_is_json(self) -> None:
@@ -741,7 +817,7 @@ class DumpTests(StoreTestCase):
 
         store = await self.open_store()
         await self.fill(store)
-        dump = await store.dump()
+        dump = await store.run(queries.dump, write=False)
         self.assertEqual(json.loads(json.dumps(dump)), dump)
         self.assertEqual(len(dump["messages"]), 3)
 
@@ -749,24 +825,24 @@ class DumpTests(StoreTestCase):
         """When load() is called on a store holding anything, then StoreNotEmpty is raised."""
         store = await self.open_store()
         await self.fill(store)
-        dump = await store.dump()
+        dump = await store.run(queries.dump, write=False)
         with self.assertRaises(StoreNotEmpty):
-            await store.load(dump)
-        self.assertEqual(await store.dump(), dump)
+            await store.run(queries.load, dump, write=True)
+        self.assertEqual(await store.run(queries.dump, write=False), dump)
 
     async def test_malformed_dump_refused_whole(self) -> None:
         """When a dump has a bad message, then InvalidInput is raised and nothing is loaded."""
         store = await self.open_store()
         await self.fill(store)
-        dump = await store.dump()
+        dump = await store.run(queries.dump, write=False)
         dump["messages"][-1]["state"] = "exploded"
         self.path = os.path.join(self.directory, "other.sqlite3")
         other = await self.open_store()
         with self.assertRaises(InvalidInput):
-            await other.load(dump)
-        self.assertEqual(await other.list_contacts(), [])
+            await other.run(queries.load, dump, write=True)
+        self.assertEqual(await other.run(queries.list_contacts, write=False), [])
         with self.assertRaises(InvalidInput):
-            await other.load({"format": "something else"})
+            await other.run(queries.load, {"format": "something else"}, write=True)
 
 
 class BatchingTests(StoreTestCase):
@@ -774,7 +850,9 @@ class BatchingTests(StoreTestCase):
         """When 1,000 add_outgoing calls are issued in one turn, then at most 3 commits run."""
         store = await self.open_store()
         before = store.pool_stats()["transactions"]
-        added = await gatherResults([store.add_outgoing(make_message()) for _ in range(1000)])
+        added = await gatherResults(
+            [store.run(queries.add_outgoing, make_message(), write=True) for _ in range(1000)]
+        )
         commits = store.pool_stats()["transactions"] - before
         self.assertGreaterEqual(commits, 1)
         self.assertLessEqual(commits, 3)
@@ -783,23 +861,23 @@ class BatchingTests(StoreTestCase):
     async def test_failing_operation_spares_its_batch(self) -> None:
         """When one write of a batch fails, then the others of that batch are still stored."""
         store = await self.open_store()
-        first = await store.add_outgoing(make_message())
+        first = await store.run(queries.add_outgoing, make_message(), write=True)
         before = store.pool_stats()["transactions"]
-        good = store.add_outgoing(make_message())
-        bad = store.add_outgoing(first)
-        also_good = store.add_incoming(make_message(direction="in"))
+        good = store.run(queries.add_outgoing, make_message(), write=True)
+        bad = store.run(queries.add_outgoing, first, write=True)
+        also_good = store.run(queries.add_incoming, make_message(direction="in"), write=True)
         with self.assertRaises(DuplicateMessage):
             await bad
         self.assertEqual((await good).seq, 2)
         self.assertTrue(await also_good)
         self.assertEqual(store.pool_stats()["transactions"] - before, 1)
-        self.assertEqual(len((await store.history(ALICE)).messages), 3)
+        self.assertEqual(len((await store.run(queries.history, ALICE, write=False)).messages), 3)
 
     async def test_reads_see_earlier_writes_of_the_turn(self) -> None:
         """When a read is issued right after a write in the same turn, then it sees it."""
         store = await self.open_store()
-        put = store.put_contact(make_contact())
-        got = store.get_contact(ALICE)
+        put = store.run(queries.put_contact, make_contact(), write=True)
+        got = store.run(queries.get_contact, ALICE, write=False)
         await put
         self.assertEqual(await got, make_contact())
 
@@ -822,7 +900,10 @@ class ChunkedDeliveryTests(StoreTestCase):
             fired.append(message.seq)
             return message
 
-        pending = [store.add_outgoing(make_message()).addCallback(record) for _ in range(total)]
+        pending = [
+            store.run(queries.add_outgoing, make_message(), write=True).addCallback(record)
+            for _ in range(total)
+        ]
         await gatherResults(pending)
         self.assertEqual(fired, list(range(1, total + 1)))
         self.assertEqual(commits_seen, [1])
@@ -834,10 +915,51 @@ class ChunkedDeliveryTests(StoreTestCase):
         """When close() is called while results are still being delivered, then every
         Deferred has fired before close() does."""
         store = await self.open_store()
-        pending = [store.add_outgoing(make_message()) for _ in range(DELIVERY_CHUNK * 3)]
+        pending = [
+            store.run(queries.add_outgoing, make_message(), write=True)
+            for _ in range(DELIVERY_CHUNK * 3)
+        ]
         await store.close()
         self.assertTrue(all(d.called for d in pending))
         self.assertEqual(len(await gatherResults(pending)), DELIVERY_CHUNK * 3)
+
+
+class RunTests(StoreTestCase):
+    async def test_any_function_runs_on_the_thread_in_the_batch(self) -> None:
+        """When Store.run is given a plain function of the rows, then it runs on the store's
+        thread inside the transaction of its turn's batch and sees that batch's writes."""
+        store = await self.open_store()
+        before = store.pool_stats()["transactions"]
+
+        def probe(rows: Rows, table: str) -> tuple[threading.Thread, bool, int]:
+            count = rows.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            return threading.current_thread(), rows.conn.in_transaction, count
+
+        added = store.run(queries.add_outgoing, make_message(), write=True)
+        thread, in_transaction, count = await store.run(probe, "messages", write=False)
+        await added
+        self.assertIsNot(thread, threading.current_thread())
+        self.assertTrue(in_transaction)
+        self.assertEqual(count, 1)
+        self.assertEqual(store.pool_stats()["transactions"] - before, 1)
+
+    async def test_keywords_reach_the_query(self) -> None:
+        """When Store.run is given keyword arguments, then the query gets them."""
+        store = await self.open_store()
+        for _ in range(3):
+            await store.run(queries.add_outgoing, make_message(), write=True)
+        page = await store.run(queries.history, ALICE, limit=2, write=False)
+        self.assertEqual([m.seq for m in page.messages], [3, 2])
+        self.assertEqual(page.next_cursor, "2")
+
+    async def test_closed_store_runs_nothing(self) -> None:
+        """When the store is closed, then Store.run fails with StoreClosed and runs nothing."""
+        store = await self.open_store()
+        await store.close()
+        ran: list[object] = []
+        with self.assertRaises(StoreClosed):
+            await store.run(ran.append, write=True)
+        self.assertEqual(ran, [])
 
 
 class BatchedAppendTests(StoreTestCase):
@@ -848,12 +970,20 @@ class BatchedAppendTests(StoreTestCase):
         adds = []
         for i in range(6):
             contact = ALICE if i % 2 else BOB
-            adds.append(store.add_outgoing(make_message(contact, created=100.0 + i)))
-            adds.append(store.add_outgoing(make_message(contact, created=50.0)))
-        incoming = store.add_incoming(make_message(ALICE, "in", created=200.0))
-        activity = store.last_activity()
-        page = store.history(ALICE, limit=100)
-        later = store.add_outgoing(make_message(ALICE, created=10.0))
+            adds.append(
+                store.run(
+                    queries.add_outgoing, make_message(contact, created=100.0 + i), write=True
+                )
+            )
+            adds.append(
+                store.run(queries.add_outgoing, make_message(contact, created=50.0), write=True)
+            )
+        incoming = store.run(
+            queries.add_incoming, make_message(ALICE, "in", created=200.0), write=True
+        )
+        activity = store.run(queries.last_activity, write=False)
+        page = store.run(queries.history, ALICE, limit=100, write=False)
+        later = store.run(queries.add_outgoing, make_message(ALICE, created=10.0), write=True)
         added = await gatherResults(adds)
         self.assertEqual([m.seq for m in added if m.contact == ALICE], list(range(1, 7)))
         self.assertEqual([m.seq for m in added if m.contact == BOB], list(range(1, 7)))
@@ -861,17 +991,17 @@ class BatchedAppendTests(StoreTestCase):
         self.assertEqual(await activity, {ALICE: 200.0, BOB: 104.0})
         self.assertEqual([m.seq for m in (await page).messages], list(range(7, 0, -1)))
         self.assertEqual((await later).seq, 8)
-        self.assertEqual((await store.last_activity())[ALICE], 200.0)
+        self.assertEqual((await store.run(queries.last_activity, write=False))[ALICE], 200.0)
 
     async def test_duplicate_in_a_run_spares_the_run(self) -> None:
         """When a run of outgoing messages in one turn repeats an id, then only the repeat
         fails and the others get gapless seqs, also after the store is reopened."""
         store = await self.open_store()
         first = make_message()
-        results = [store.add_outgoing(make_message()) for _ in range(3)]
-        results.append(store.add_outgoing(first))
-        results.append(store.add_outgoing(first))
-        results += [store.add_outgoing(make_message()) for _ in range(3)]
+        results = [store.run(queries.add_outgoing, make_message(), write=True) for _ in range(3)]
+        results.append(store.run(queries.add_outgoing, first, write=True))
+        results.append(store.run(queries.add_outgoing, first, write=True))
+        results += [store.run(queries.add_outgoing, make_message(), write=True) for _ in range(3)]
         with self.assertRaises(DuplicateMessage):
             await results.pop(4)
         stored = await gatherResults(results)
@@ -879,8 +1009,8 @@ class BatchedAppendTests(StoreTestCase):
         self.assertEqual(stored[3], dataclasses.replace(first, seq=4))
         await store.close()
         store = await self.open_store()
-        self.assertEqual((await store.add_outgoing(make_message())).seq, 8)
-        self.assertEqual(len(await store.outbox(ALICE)), 8)
+        self.assertEqual((await store.run(queries.add_outgoing, make_message(), write=True)).seq, 8)
+        self.assertEqual(len(await store.run(queries.outbox, ALICE, write=False)), 8)
 
 
 class AtRestTests(StoreTestCase):
@@ -908,13 +1038,21 @@ class AtRestTests(StoreTestCase):
         """When names, bodies and settings hold a canary, then no file shows it."""
         canary = "canary" + secrets.token_hex(8)
         store = await self.open_store()
-        await store.put_contact(
-            make_contact(canary, name=f"Name {canary}", alias=canary, addresses=(canary,))
+        await store.run(
+            queries.put_contact,
+            make_contact(canary, name=f"Name {canary}", alias=canary, addresses=(canary,)),
+            write=True,
         )
         for i in range(50):
-            await store.add_outgoing(make_message(canary, body=f"{i} body {canary} end"))
-        await store.add_incoming(make_message(canary, direction="in", body=canary))
-        await store.set_setting(canary, canary)
+            await store.run(
+                queries.add_outgoing,
+                make_message(canary, body=f"{i} body {canary} end"),
+                write=True,
+            )
+        await store.run(
+            queries.add_incoming, make_message(canary, direction="in", body=canary), write=True
+        )
+        await store.run(queries.set_setting, canary, canary, write=True)
         self.assertGreater(self.assert_canary_absent(canary), 0)  # while open: WAL present
         await store.close()
         self.assertGreater(self.assert_canary_absent(canary), 0)
@@ -925,7 +1063,7 @@ class AtRestTests(StoreTestCase):
     async def test_conversation_column_is_blind_index(self) -> None:
         """When a message is stored, then its conversation column is the uid's HMAC."""
         store = await self.open_store()
-        await store.add_outgoing(make_message())
+        await store.run(queries.add_outgoing, make_message(), write=True)
         await store.close()
         conn = sqlite3.connect(self.path)
         try:
@@ -940,8 +1078,8 @@ class RowSwapTests(StoreTestCase):
         """When one message's ciphertext is copied onto another row, then reading it fails
         with CorruptRow naming the row."""
         store = await self.open_store()
-        first = await store.add_outgoing(make_message(body="first"))
-        second = await store.add_outgoing(make_message(body="second"))
+        first = await store.run(queries.add_outgoing, make_message(body="first"), write=True)
+        second = await store.run(queries.add_outgoing, make_message(body="second"), write=True)
         await store.close()
         conn = sqlite3.connect(self.path)
         with conn:
@@ -951,17 +1089,17 @@ class RowSwapTests(StoreTestCase):
             )
         conn.close()
         store = await self.open_store()
-        self.assertEqual(await store.get_message(first.id), first)
+        self.assertEqual(await store.run(queries.get_message, first.id, write=False), first)
         with self.assertRaises(CorruptRow) as caught:
-            await store.get_message(second.id)
+            await store.run(queries.get_message, second.id, write=False)
         self.assertIn(second.id, str(caught.exception))
         self.assertIn("messages", str(caught.exception))
 
     async def test_swapped_contact_profile_fails(self) -> None:
         """When a contact's sealed profile is copied onto another contact, then reading fails."""
         store = await self.open_store()
-        await store.put_contact(make_contact(ALICE))
-        await store.put_contact(make_contact(BOB))
+        await store.run(queries.put_contact, make_contact(ALICE), write=True)
+        await store.run(queries.put_contact, make_contact(BOB), write=True)
         await store.close()
         conn = sqlite3.connect(self.path)
         with conn:
@@ -969,7 +1107,7 @@ class RowSwapTests(StoreTestCase):
         conn.close()
         store = await self.open_store()
         with self.assertRaises(CorruptRow):
-            await store.list_contacts()
+            await store.run(queries.list_contacts, write=False)
 
 
 class ReactorNotBlockedTests(StoreTestCase):
@@ -993,7 +1131,10 @@ class ReactorNotBlockedTests(StoreTestCase):
         loop.start(0.01)
         try:
             await gatherResults(
-                [store.add_outgoing(make_message(body="x" * 200)) for _ in range(5000)]
+                [
+                    store.run(queries.add_outgoing, make_message(body="x" * 200), write=True)
+                    for _ in range(5000)
+                ]
             )
         finally:
             loop.stop()
@@ -1053,15 +1194,26 @@ class OutboxPageTests(StoreTestCase):
         bytes (one message at least), says whether more follow, and the pages together are the
         outbox in order."""
         store = await self.open_store()
-        added = [await store.add_outgoing(make_message(body="x" * 1000)) for _ in range(10)]
-        await store.add_outgoing(make_message(BOB))
-        first, more = await store.outbox_page(ALICE, after_seq=0, limit=4, max_bytes=10**6)
+        added = [
+            await store.run(queries.add_outgoing, make_message(body="x" * 1000), write=True)
+            for _ in range(10)
+        ]
+        await store.run(queries.add_outgoing, make_message(BOB), write=True)
+        first, more = await store.run(
+            queries.outbox_page, ALICE, after_seq=0, limit=4, max_bytes=10**6, write=False
+        )
         self.assertEqual((first, more), (added[:4], True))
-        second, more = await store.outbox_page(ALICE, after_seq=4, limit=10, max_bytes=2500)
+        second, more = await store.run(
+            queries.outbox_page, ALICE, after_seq=4, limit=10, max_bytes=2500, write=False
+        )
         self.assertEqual((len(second), more), (2, True))
-        tiny, more = await store.outbox_page(ALICE, after_seq=6, limit=10, max_bytes=1)
+        tiny, more = await store.run(
+            queries.outbox_page, ALICE, after_seq=6, limit=10, max_bytes=1, write=False
+        )
         self.assertEqual((tiny, more), (added[6:7], True))
-        rest, more = await store.outbox_page(ALICE, after_seq=7, limit=10, max_bytes=10**6)
+        rest, more = await store.run(
+            queries.outbox_page, ALICE, after_seq=7, limit=10, max_bytes=10**6, write=False
+        )
         self.assertEqual((rest, more), (added[7:], False))
         self.assertEqual(first + second + tiny + rest, added)
 
@@ -1070,18 +1222,28 @@ class OutboxPageTests(StoreTestCase):
         to it in that conversation leave the outbox (in order); an id that is not an outgoing
         message to that contact changes nothing."""
         store = await self.open_store()
-        added = [await store.add_outgoing(make_message()) for _ in range(5)]
-        other = await store.add_outgoing(make_message(BOB))
-        incoming = await store.add_incoming(make_message(direction="in"))
+        added = [
+            await store.run(queries.add_outgoing, make_message(), write=True) for _ in range(5)
+        ]
+        other = await store.run(queries.add_outgoing, make_message(BOB), write=True)
+        incoming = await store.run(queries.add_incoming, make_message(direction="in"), write=True)
         assert incoming is not None
-        self.assertEqual(await store.deliver_through(ALICE, other.id, 1.0), [])
-        self.assertEqual(await store.deliver_through(ALICE, incoming.id, 1.0), [])
-        changed = await store.deliver_through(ALICE, added[2].id, 2.0)
+        self.assertEqual(
+            await store.run(queries.deliver_through, ALICE, other.id, 1.0, write=True), []
+        )
+        self.assertEqual(
+            await store.run(queries.deliver_through, ALICE, incoming.id, 1.0, write=True), []
+        )
+        changed = await store.run(queries.deliver_through, ALICE, added[2].id, 2.0, write=True)
         self.assertEqual(changed, [(m.id, ALICE, "delivered") for m in added[:3]])
-        self.assertEqual(await store.outbox(ALICE), added[3:])
-        self.assertEqual(await store.outbox(BOB), [other])
-        self.assertEqual((await store.get_message(added[0].id)).delivered, 2.0)  # type: ignore[union-attr]
-        self.assertEqual(await store.deliver_through(ALICE, added[2].id, 3.0), [])
+        self.assertEqual(await store.run(queries.outbox, ALICE, write=False), added[3:])
+        self.assertEqual(await store.run(queries.outbox, BOB, write=False), [other])
+        self.assertEqual(
+            (await store.run(queries.get_message, added[0].id, write=False)).delivered, 2.0
+        )  # type: ignore[union-attr]
+        self.assertEqual(
+            await store.run(queries.deliver_through, ALICE, added[2].id, 3.0, write=True), []
+        )
 
 
 class CopyUncheckedTests(StoreTestCase):

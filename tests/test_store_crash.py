@@ -25,7 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from jarvis.store import Store
+from jarvis.store import Store, queries
 from tests.store_crash_child import CONTACTS
 from tests.test_store import AESGCMRowCipher
 
@@ -114,8 +114,8 @@ class KilledWriterTests(TestCase):
             path, reactor=reactor, cipher=AESGCMRowCipher(data_key), index_key=index_key
         )
         self.addCleanup(store.close)
-        self.assertEqual(await store.integrity_check(), ["ok"])
-        dump = await store.dump()
+        self.assertEqual(await store.run(queries.integrity_check, write=False), ["ok"])
+        dump = await store.run(queries.dump, write=False)
         stored = collections.Counter(m["id"] for m in dump["messages"])
         self.assertEqual([i for i in acknowledged if stored[i] != 1], [])
         self.assertEqual([i for i, n in stored.items() if n != 1], [])

@@ -27,6 +27,7 @@ from jarvis.crypto.aead import RowCipher
 from jarvis.crypto.errors import WrongPassword
 from jarvis.crypto.identity import IdentityKey
 from jarvis.errors import DataDirError, IdentityExists, InvalidInput
+from jarvis.store import queries
 from jarvis.store.database import Store
 
 KEYFILE = "identity.key"
@@ -182,7 +183,7 @@ class AccountFiles:
         )
         store = yield open_store(self.database_path + ".import", keys, self.store_reactor)
         try:
-            yield store.load(dump)
+            yield store.run(queries.load, dump, write=True)
         finally:
             yield store.close()
         yield self.run_blocking(_finish_import, self.database_path, self.keyfile_path, content)

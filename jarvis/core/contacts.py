@@ -22,6 +22,7 @@ from jarvis.crypto import linkcode
 from jarvis.crypto.identity import is_valid_uid
 from jarvis.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.logs import log_id
+from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
 from jarvis.summary import summary_level
@@ -127,8 +128,8 @@ class ContactBook:
         """The API views of *contacts*, with status, unread count and last activity."""
         store = self._store
         assert store is not None
-        unread = yield store.unread_counts()
-        activity = yield store.last_activity()
+        unread = yield store.run(queries.unread_counts, write=False)
+        activity = yield store.run(queries.last_activity, write=False)
         return [
             contact_view(
                 c,
@@ -229,7 +230,7 @@ class ContactBook:
                 verified=verified,
                 added_at=self.now(),
             )
-        yield store.put_contact(contact)
+        yield store.run(queries.put_contact, contact, write=True)
         self._contacts[new_uid] = contact
         self.log.info("contact {uid} saved", uid=log_id(new_uid))
         self._directory_changed()
@@ -273,7 +274,7 @@ class ContactBook:
             if value is not None:
                 changes[key] = bool(value)
         updated = replace(contact, **changes)
-        yield store.put_contact(updated)
+        yield store.run(queries.put_contact, updated, write=True)
         self._contacts[updated.uid] = updated
         if updated.blocked != contact.blocked:
             self._discovered.pop(updated.uid, None)
@@ -298,7 +299,7 @@ class ContactBook:
         assert store is not None
         if self._network is not None:
             self._network.forget(contact.uid)
-        yield store.remove_contact(contact.uid, with_history=with_history)
+        yield store.run(queries.remove_contact, contact.uid, with_history=with_history, write=True)
         self._contacts.pop(contact.uid, None)
         self._peer_states.pop(contact.uid, None)
         self._discovered.pop(contact.uid, None)
@@ -343,7 +344,7 @@ class ContactBook:
             return
         updated = replace(contact, public_key=public_key)
         self._contacts[uid] = updated
-        d = self._store.put_contact(updated)
+        d = self._store.run(queries.put_contact, updated, write=True)
         d.addErrback(
             lambda f: self.log.failure("could not keep the key of {uid}", f, uid=log_id(uid))
         )

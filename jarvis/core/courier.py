@@ -44,6 +44,7 @@ from jarvis.crypto.errors import CryptoError
 from jarvis.errors import InvalidInput, StorageFull, TooLarge
 from jarvis.logs import log_id, redact
 from jarvis.mailbox.wire import ERR_AUTH
+from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
@@ -263,7 +264,9 @@ class Courier:
             state="queued",
             created=now,
         )
-        return store.add_outgoing(message).addCallback(self._stored_outgoing)
+        return store.run(queries.add_outgoing, message, write=True).addCallback(
+            self._stored_outgoing
+        )
 
     def _stored_outgoing(self, stored: StoredMessage) -> dict[str, Any]:
         self._emit("message.added", {"message": message_view(stored)})
@@ -308,8 +311,10 @@ class Courier:
 
         @defer.inlineCallbacks
         def load() -> Any:
-            page = yield store.history(contact.uid, limit=limit, before=before, after=after)
-            marker = yield store.get_marker(contact.uid)
+            page = yield store.run(
+                queries.history, contact.uid, limit=limit, before=before, after=after, write=False
+            )
+            marker = yield store.run(queries.get_marker, contact.uid, write=False)
             return {
                 "messages": [message_view(m) for m in page.messages],
                 "next": page.next_cursor,
@@ -324,8 +329,13 @@ class Courier:
         """Mark a conversation read (up to a message), send read receipts if allowed."""
         store = self._store
         assert store is not None
-        ids = yield store.mark_read(
-            contact.uid, up_to=up_to, at=self.now(), receipts=contact.read_receipts
+        ids = yield store.run(
+            queries.mark_read,
+            contact.uid,
+            up_to=up_to,
+            at=self.now(),
+            receipts=contact.read_receipts,
+            write=True,
         )
         if ids:
             for message_id in ids:
@@ -365,7 +375,9 @@ class Courier:
         first: defer.Deferred[Any]
         if mark:
             # Queued before the first page is read: the store runs them in this order.
-            first = store.deliver_through(uid, bytes(mark).hex(), self.now())
+            first = store.run(
+                queries.deliver_through, uid, bytes(mark).hex(), self.now(), write=True
+            )
             first.addCallback(self._announce_changes)
             first.addErrback(lambda f: self.log.failure("resume mark not applied", f))
         else:
@@ -438,7 +450,7 @@ class Courier:
             else:
                 self.log.failure("storing an incoming message failed", failure)
 
-        d = store.add_incoming(message)
+        d = store.run(queries.add_incoming, message, write=True)
         d.addCallbacks(stored, failed)
         d.addErrback(lambda f: self.log.failure("handling an incoming message failed", f))
         return d
@@ -510,8 +522,13 @@ class Courier:
         try:
             after, more = 0, True
             while more and uid not in self._pumps and self._store is store:
-                page, more = yield store.outbox_page(
-                    uid, after_seq=after, limit=WINDOW_MESSAGES, max_bytes=WINDOW_BYTES
+                page, more = yield store.run(
+                    queries.outbox_page,
+                    uid,
+                    after_seq=after,
+                    limit=WINDOW_MESSAGES,
+                    max_bytes=WINDOW_BYTES,
+                    write=False,
                 )
                 if not page:
                     break
@@ -606,7 +623,14 @@ class Courier:
         ):
             return defer.succeed(None)
         pump.loading = True
-        d = store.outbox_page(uid, after_seq=pump.last_seq, limit=count, max_bytes=max(1, size))
+        d = store.run(
+            queries.outbox_page,
+            uid,
+            after_seq=pump.last_seq,
+            limit=count,
+            max_bytes=max(1, size),
+            write=False,
+        )
 
         def loaded(page: tuple[list[StoredMessage], bool]) -> Any:
             pump.loading = False
@@ -752,7 +776,7 @@ class Courier:
         store = self._store
         if store is None or not message_ids:
             return defer.succeed(None)
-        d = store.advance_states(message_ids, state, self.now())
+        d = store.run(queries.advance_states, list(message_ids), state, self.now(), write=True)
         d.addCallback(self._announce_changes, via)
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
@@ -784,7 +808,7 @@ class Courier:
             return
         store = self._store
         if store is not None:
-            store.clear_receipts(uid, ids).addErrback(
+            store.run(queries.clear_receipts, uid, list(ids), write=True).addErrback(
                 lambda f: self.log.failure("read receipts not noted as sent", f)
             )
 
@@ -794,12 +818,12 @@ class Courier:
         store = self._store
         if store is None:
             return
-        due = yield store.receipts_due(uid)
+        due = yield store.run(queries.receipts_due, uid, write=False)
         contact = self._contacts.get(uid)
         if not due or self._pumps.get(uid) is not pump:
             return
         if contact is None or not contact.read_receipts:
             # turned off since: what is owed is not sent any more
-            yield store.clear_receipts(uid, due)
+            yield store.run(queries.clear_receipts, uid, due, write=True)
             return
         self._send_receipts(pump, uid, due)

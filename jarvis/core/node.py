@@ -53,6 +53,7 @@ from jarvis.core.postbox import Postbox
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
 from jarvis.errors import IdentityExists, InvalidInput, Locked, NoIdentity
+from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
 
@@ -281,14 +282,14 @@ class Node(Service):
     def _open_keys(self, keys: keyfile.UnlockedKeys) -> Any:
         """Open what exists only while unlocked: the store, the parts' state, the network."""
         store = yield open_store(self.database_path, keys, self._store_reactor)
-        contacts = yield store.list_contacts()
+        contacts = yield store.run(queries.list_contacts, write=False)
         self._keys = keys
         self._public_uid = keys.uid
         self._store = store
         self.contacts.open(store, contacts, keys.uid)
         self.courier.open(store)
         self._screen_locked = False
-        stored_settings = yield store.get_setting("settings")
+        stored_settings = yield store.run(queries.get_setting, "settings", write=False)
         self._settings = dict(DEFAULT_SETTINGS)
         if stored_settings:
             try:
@@ -407,7 +408,7 @@ class Node(Service):
         if unknown:
             raise InvalidInput(f"unknown setting {sorted(unknown)[0]!r}")
         self._settings.update({k: bool(v) for k, v in changes.items()})
-        yield store.set_setting("settings", json.dumps(self._settings))
+        yield store.run(queries.set_setting, "settings", json.dumps(self._settings), write=True)
         self._emit("settings.changed", {"settings": self.settings})
         return self.settings
 
@@ -537,7 +538,7 @@ class Node(Service):
 
     def unread_counts(self) -> defer.Deferred[Any]:
         """Return ``{uid: unread}`` for conversations with unread messages."""
-        return self._require_store().unread_counts()
+        return self._require_store().run(queries.unread_counts, write=False)
 
     # -- the peer network's observer: sessions to the courier, presence to the contact book ----
 
@@ -577,7 +578,7 @@ class Node(Service):
         keys = self._require_keys()
         store = self._require_store()
         report(progress, {"stage": "collecting", "percent": 10})
-        dump = yield store.dump()
+        dump = yield store.run(queries.dump, write=False)
         report(progress, {"stage": "sealing", "percent": 40})
         result = yield self.account.export(path, password, keys, dump)
         return result

@@ -38,6 +38,7 @@ from jarvis.logs import log_id, redact
 from jarvis.mailbox.link import BadMailboxLink, parse_link
 from jarvis.mailbox.wire import MAX_PAYLOAD
 from jarvis.protocol.records import MailboxAddress
+from jarvis.store import queries
 from jarvis.store.database import Store
 
 KIND_MESSAGE = 1
@@ -107,18 +108,18 @@ class Postbox:
         self._store = store
         self._identity = identity
         self._transport = transport
-        raw = yield store.get_setting("mailbox")
+        raw = yield store.run(queries.get_setting, "mailbox", write=False)
         if raw:
             config = json.loads(raw)
             self.link = config.get("link") or None
             self.ring = PrekeyRing.from_bytes(_unb64(config.get("prekeys", "")))
-        raw = yield store.get_setting("mailbox.queues")
+        raw = yield store.run(queries.get_setting, "mailbox.queues", write=False)
         if raw:
             self.queues = {
                 uid: tuple(_unb64(x) for x in creds)  # type: ignore[misc]
                 for uid, creds in json.loads(raw).items()
             }
-        raw = yield store.get_setting("mailbox.peers")
+        raw = yield store.run(queries.get_setting, "mailbox.peers", write=False)
         if raw:
             for uid, fields in json.loads(raw).items():
                 self.peers[uid] = MailboxAddress(
@@ -175,12 +176,12 @@ class Postbox:
     def _save_config(self) -> Any:
         assert self._store is not None
         config = {"link": self.link or "", "prekeys": _b64(self.ring.to_bytes())}
-        return self._store.set_setting("mailbox", json.dumps(config))
+        return self._store.run(queries.set_setting, "mailbox", json.dumps(config), write=True)
 
     def _save_queues(self) -> Any:
         assert self._store is not None
         data = {uid: [_b64(x) for x in creds] for uid, creds in self.queues.items()}
-        return self._store.set_setting("mailbox.queues", json.dumps(data))
+        return self._store.run(queries.set_setting, "mailbox.queues", json.dumps(data), write=True)
 
     def _save_peers(self) -> Any:
         assert self._store is not None
@@ -193,7 +194,7 @@ class Postbox:
             }
             for uid, a in self.peers.items()
         }
-        return self._store.set_setting("mailbox.peers", json.dumps(data))
+        return self._store.run(queries.set_setting, "mailbox.peers", json.dumps(data), write=True)
 
     # -- the user's commands -------------------------------------------------------------------
 
