@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "bench.scale_bench",
     "ui": "bench.ui_bench",
     "mailbox": "bench.mailbox_bench",
+    "mailbox_path": "bench.mailbox_path_bench",
     "transfer": "bench.transfer_bench",
     "exec": "bench.exec_bench",
 }

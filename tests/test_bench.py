@@ -92,6 +92,15 @@ BENCHMARK_KEYS = {
         "sender_lag_worst_ms",
         "receiver_lag_worst_ms",
     },
+    "mailbox_path": {
+        "latency_p50_us",
+        "latency_p99_us",
+        "grace_s",
+        "after_grace_p50_us",
+        "after_grace_p99_us",
+        "sender_lag_worst_ms",
+        "receiver_lag_worst_ms",
+    },
     "scale": {
         "sessions",
         "establish_all_s",
@@ -206,6 +215,12 @@ class BenchmarkSmokeRunTests(TestCase):
         """When the messaging benchmark runs two daemons at smoke size, then it reports
         throughput, latency and lag with ratios to the ceiling."""
         await self.check_smoke("messaging")
+
+    async def test_mailbox_path(self) -> None:
+        """When the mailbox-path benchmark runs a mailbox and two daemons that cannot dial each
+        other at smoke size, then it reports the latency through the mailbox with ratios to
+        the ceiling, the grace it includes and both daemons' lag."""
+        await self.check_smoke("mailbox_path")
 
     async def test_exec(self) -> None:
         """When the exec benchmark runs at smoke size, then it reports line latency, the

@@ -241,7 +241,7 @@ class MessagingTests(TestCase):
             await ui.wait_gone("Add a contact")
         await ui.wait_for("● bob")
         ui.press("meta 1")
-        await ui.wait_for(" bob · online · not verified")
+        await ui.wait_for(" bob · online · direct · not verified")
 
         ui.type("hello bob, from the UI")
         ui.press("enter")

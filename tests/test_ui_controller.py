@@ -860,3 +860,57 @@ class MissedEventsTests(SynchronousTestCase):
         clock.advance(0)
         self.assertIs(controller.window.screen, controller.main_screen)
         self.assertEqual(controller.model.contacts[UID_BOB].unread, 2)
+
+
+class PathTests(SynchronousTestCase):
+    """The path a message to a contact takes now (direct, via mailbox, waiting)."""
+
+    def test_title_and_details_show_the_path(self) -> None:
+        """When the daemon says carol is reached via the mailbox, then the conversation's
+        title says "via mailbox" and her details (F3) say so in words."""
+        client = make_populated_client()
+        client.paths[UID_CAROL] = "mailbox"
+        controller, _, _, _ = make_controller(client)
+        press(controller, "meta 3")
+        title = screen_text(controller.window, (80, 20)).splitlines()[0]
+        self.assertEqual(title, " carol · offline · via mailbox · not verified")
+        press(controller, "f3")
+        text = screen_text(controller.window, (100, 40))
+        self.assertIn("Path: via the mailbox (no session", text)
+
+    def test_path_follows_peer_and_mailbox_events(self) -> None:
+        """When carol comes online (peer.statusChanged), then the title says direct; when the
+        mailbox is dropped (mailbox.changed) and she is offline, then it says waiting; a burst
+        of events asks mailbox.status once."""
+        client = make_populated_client()
+        client.paths[UID_CAROL] = "mailbox"
+        controller, _, clock, _ = make_controller(client)
+        press(controller, "meta 3")
+
+        def title() -> str:
+            return screen_text(controller.window, (80, 20)).splitlines()[0]
+
+        client.contacts[UID_CAROL]["status"] = "online"
+        client.paths.pop(UID_CAROL)
+        client.emit("peer.statusChanged", {"peer": {"uid": UID_CAROL, "status": "online"}})
+        clock.advance(0)
+        self.assertEqual(title(), " carol · online · direct · not verified")
+
+        client.contacts[UID_CAROL]["status"] = "offline"
+        client.paths[UID_CAROL] = "waiting"
+        asked = sum(method == "mailbox.status" for method, _ in client.calls)
+        client.emit("peer.statusChanged", {"peer": {"uid": UID_CAROL, "status": "offline"}})
+        client.emit("mailbox.changed", {"link": None})
+        clock.advance(0)
+        self.assertEqual(sum(method == "mailbox.status" for method, _ in client.calls), asked + 1)
+        self.assertEqual(title(), " carol · offline · waiting · not verified")
+
+    def test_no_path_when_the_daemon_cannot_say(self) -> None:
+        """When mailbox.status fails (an older daemon), then the title shows no path and
+        nothing else breaks."""
+        client = make_populated_client()
+        client.failures["mailbox.status"] = remote_error("method_not_found", "no method")
+        controller, _, _, _ = make_controller(client)
+        press(controller, "meta 3")
+        title = screen_text(controller.window, (80, 20)).splitlines()[0]
+        self.assertEqual(title, " carol · offline · not verified")

@@ -68,6 +68,14 @@ class ReactionTests(SynchronousTestCase):
         other = {"uid": "alice", "removed": True}
         self.assertIsNone(reaction_to("contact.changed", other, state))
 
+    def test_paths_refreshed(self) -> None:
+        """When the mailbox changes or a peer's status changes on the main screen, then the
+        paths are asked for again; on the lock screen, not (mailbox.status needs the keys)."""
+        for name in ("mailbox.changed", "peer.statusChanged"):
+            self.assertIs(reaction_to(name, {}, make_state()), Reaction.REFRESH_PATHS)
+            locked = make_state(on_main=False, lock_screen=True)
+            self.assertIsNone(reaction_to(name, {}, locked))
+
     def test_lagged_reconnects(self) -> None:
         """When the daemon says $/lagged, then the UI reconnects, whatever the screen shows
         (the lock screen too: the lock events may be among those dropped)."""

@@ -229,6 +229,35 @@ class ContactEventTests(SynchronousTestCase):
         self.assertIsNone(model.current_uid)
 
 
+class PathTests(SynchronousTestCase):
+    """The path per contact from ``mailbox.status``."""
+
+    def test_load_paths(self) -> None:
+        """When mailbox.status lists paths, then the model keeps the known ones, skips odd
+        entries and reports a change only when something changed; a peer coming online with
+        a direct path is direct at once."""
+        model, changes = make_model()
+        status = {
+            "contacts": [
+                {"uid": UID_ALICE, "path": "direct"},
+                {"uid": UID_BOB, "path": "mailbox"},
+                {"uid": UID_CAROL, "path": "teleport"},
+                {"path": "waiting"},
+                "junk",
+            ]
+        }
+        model.load_paths(status)
+        self.assertEqual(model.paths, {UID_ALICE: "direct", UID_BOB: "mailbox"})
+        self.assertIsNone(model.path_of(UID_CAROL))
+        self.assertEqual(changes[-1], "contacts")
+        changes.clear()
+        model.load_paths(status)
+        self.assertEqual(changes, [])
+        peer = {"uid": UID_BOB, "status": "online", "path": "direct"}
+        model.apply_event("peer.statusChanged", {"peer": peer})
+        self.assertEqual(model.path_of(UID_BOB), "direct")
+
+
 class LockTests(SynchronousTestCase):
     """Locking hides every conversation."""
 

@@ -30,7 +30,7 @@ from tests.ui_fakes import (
 )
 
 GOLDEN_MAIN_60x12 = """\
- alice · online · verified
+ alice · online · direct · verified
 1 ● alice       ───────── Monday 13 November 2023 ──────────
 2 ◐ bob      1  22:13 alice: are you there?
 3 ○ carol       ───────── Tuesday 14 November 2023 ─────────

@@ -85,6 +85,8 @@ class FakeDaemonClient:
         self.summary = {"summary": "amber", "online": 1, "total": 2}
         #: ``peers.status`` entries by uid (a default one for the others)
         self.health: dict[str, dict[str, Any]] = {}
+        #: ``mailbox.status`` paths by uid (default: ``direct`` when online, else ``waiting``)
+        self.paths: dict[str, str] = {}
         self._next_id = 1
         #: ``exec.run``: what each new run prints at once ((stream, text) pairs) and whether it
         #: then keeps running (until :meth:`exec_finish`, ``exec.kill`` or a cancel)
@@ -435,10 +437,36 @@ class FakeDaemonClient:
     def m_peers_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
         peers = [
-            self.health.get(uid) or {"uid": uid, "status": c["status"], "connect_attempts": 3}
+            self.health.get(uid)
+            or {
+                "uid": uid,
+                "status": c["status"],
+                "connect_attempts": 3,
+                "path": "direct" if c["status"] == "online" else None,
+            }
             for uid, c in self.contacts.items()
         ]
         return {**self.summary, "peers": peers}
+
+    def path_of(self, uid: str) -> str:
+        """The path ``mailbox.status`` reports for *uid*."""
+        default = "direct" if self.contacts[uid]["status"] == "online" else "waiting"
+        return self.paths.get(uid, default)
+
+    def m_mailbox_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        return {
+            "link": None,
+            "connected": False,
+            "queues": 0,
+            "contacts_reachable": sum(p == "mailbox" for p in self.paths.values()),
+            "last_collect": None,
+            "collected": 0,
+            "deposited": 0,
+            "acks_deposited": 0,
+            "error": None,
+            "contacts": [{"uid": uid, "path": self.path_of(uid)} for uid in sorted(self.contacts)],
+        }
 
 
 class FakeConnector:

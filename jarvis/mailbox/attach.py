@@ -5,8 +5,12 @@ core never imports Twisted's I/O.
 
 A lost connection to our own mailbox is re-established with a growing delay (1 s to 60 s) and
 every subscription is renewed (which also collects what arrived meanwhile).  Connections to
-other mailboxes are made on the first deposit and kept; a deposit on a lost one reconnects
-once.  Nothing here logs ids, keys or payloads.
+other mailboxes are made on the first deposit and kept.  A deposit whose connection is lost
+or cannot be made (the mailbox restarts, say) keeps redialling with a growing delay (0.25 s to
+4 s) for up to :data:`DEPOSIT_PATIENCE` seconds, so deposits resume within seconds of the
+mailbox coming back instead of waiting for the courier's next retry run; only then does it
+fail.  A deposit cut off before its acknowledgement may be stored twice by the mailbox: the
+recipient keeps one (by message id).  Nothing here logs ids, keys or payloads.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, error, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +33,20 @@ from jarvis.mailbox.link import parse_link
 
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 60.0
+#: Seconds a deposit keeps redialling a mailbox it cannot reach before it fails.
+DEPOSIT_PATIENCE = 30.0
+DEPOSIT_REDIAL_MIN = 0.25
+DEPOSIT_REDIAL_MAX = 4.0
+
+#: Failures of the connection rather than refusals by the mailbox: worth redialling.
+_CONNECTION_FAILURES = (
+    MailboxConnectionLost,
+    error.ConnectError,
+    error.ConnectionLost,
+    error.ConnectionClosed,
+    defer.TimeoutError,
+    defer.CancelledError,
+)
 
 
 class MailboxConnector:
@@ -206,16 +224,28 @@ class MailboxConnector:
         def send(protocol: MailboxClientProtocol) -> defer.Deferred[Any]:
             return protocol.deposit(credential, payload)
 
+        deadline = self.reactor.seconds() + DEPOSIT_PATIENCE
+        delay = DEPOSIT_REDIAL_MIN
+
+        def attempt() -> defer.Deferred[Any]:
+            return self._connection(link).addCallback(send).addErrback(again)
+
         def again(failure: Failure) -> Any:
-            failure.trap(MailboxConnectionLost)
-            return self._connection(link).addCallback(send)  # reconnect once
+            nonlocal delay
+            failure.trap(*_CONNECTION_FAILURES)
+            wait = delay
+            if self._stopped:
+                return failure  # disconnect(): the daemon is stopping
+            if self.reactor.seconds() + wait > deadline:
+                return failure
+            delay = min(delay * 2, DEPOSIT_REDIAL_MAX)
+            return task.deferLater(self.reactor, wait, attempt)
 
         def counted(result: Any) -> Any:
             self.deposited += 1
             return result
 
-        d = self._connection(link).addCallback(send)
-        return d.addErrback(again).addCallback(counted)
+        return attempt().addCallback(counted)
 
     # -- status and shutdown ------------------------------------------------------------------
 

@@ -158,6 +158,7 @@ class Controller:
         )
         self._unread_refresh = OncePerTurn(clock, self.reader.fetch_unread)
         self._mark_read_soon = OncePerTurn(clock, self.reader.mark_open_read)
+        self._paths_refresh = OncePerTurn(clock, self.fetch_paths)
         self.model.observe(self._model_changed)
         # /exec: running local programs and their output lines (jarvis/ui/execview.py)
         self.execs = ExecRuns(
@@ -185,7 +186,12 @@ class Controller:
         :returns: a Deferred firing once the connection is closed.
         """
         self.quitting = True
-        for pending in (self._unread_refresh, self._redraw, self._mark_read_soon):
+        for pending in (
+            self._unread_refresh,
+            self._redraw,
+            self._mark_read_soon,
+            self._paths_refresh,
+        ):
             pending.cancel()
         self.calls.stop()
         self._stop_banner()
@@ -342,6 +348,14 @@ class Controller:
         d.addErrback(lambda f: self.log.info("settings: {e}", e=type(f.value).__name__))
         return d
 
+    def fetch_paths(self) -> defer.Deferred[Any]:
+        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, waiting)."""
+        d = self.call("mailbox.status")
+        d.addCallback(self.model.load_paths)
+        d.addErrback(lambda f: self.log.info("mailbox.status: {e}", e=type(f.value).__name__))
+        d.addCallback(lambda _: self.redraw())
+        return d
+
     def _show_main(self) -> None:
         if self.model.locked:
             return
@@ -351,6 +365,7 @@ class Controller:
             self.window.show(self.main_screen)
         self.main_screen.refresh()
         self._load_settings()
+        self.fetch_paths()
         self.announce_focus()
         uid = self.model.current_uid
         if uid is not None:
@@ -496,6 +511,8 @@ class Controller:
                 self._bell()
         elif reaction is Reaction.REFRESH_UNREAD:
             self._unread_refresh.request()
+        elif reaction is Reaction.REFRESH_PATHS:
+            self._paths_refresh.request()
         elif reaction is Reaction.CLOSE_CONTACT_DIALOG:
             self.window.close_dialog()
         elif reaction is Reaction.RECONNECT:

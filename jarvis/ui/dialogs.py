@@ -300,7 +300,11 @@ class Dialogs:
             "remove": lambda: self.confirm_remove(uid),
             "close": self.window.close_dialog,
         }
-        self.open_dialog(ContactInfoDialog(contact, actions, now=self.clock.seconds()))
+        self.open_dialog(
+            ContactInfoDialog(
+                contact, actions, now=self.clock.seconds(), path=self.model.path_of(uid)
+            )
+        )
         d = self._controller.call("peers.status")
 
         def health(status: Mapping[str, Any]) -> None:
@@ -311,7 +315,8 @@ class Dialogs:
                 if isinstance(peer, Mapping) and peer.get("uid") == uid:
                     current = self.model.contacts.get(uid, contact)
                     now = self.clock.seconds()
-                    self.open_dialog(ContactInfoDialog(current, actions, peer, now))
+                    path = self.model.path_of(uid)
+                    self.open_dialog(ContactInfoDialog(current, actions, peer, now, path))
 
         d.addCallback(health)
         d.addErrback(lambda f: self.log.info("no health figures: {e}", e=type(f.value).__name__))

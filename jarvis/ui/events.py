@@ -25,6 +25,8 @@ class Reaction(enum.Enum):
     BELL = "bell"
     REFRESH_UNREAD = "refresh_unread"
     CLOSE_CONTACT_DIALOG = "close_contact_dialog"
+    #: ask ``mailbox.status`` again: the path per contact (direct, mailbox, waiting) may differ
+    REFRESH_PATHS = "refresh_paths"
     #: the daemon dropped events for this client (``$/lagged``): connect again and reload
     RECONNECT = "reconnect"
 
@@ -88,4 +90,6 @@ def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Re
     if name == "contact.changed" and payload.get("removed"):
         if state.contact_dialog_uid is not None and state.contact_dialog_uid == payload.get("uid"):
             return Reaction.CLOSE_CONTACT_DIALOG
+    if name in ("mailbox.changed", "peer.statusChanged") and state.on_main:
+        return Reaction.REFRESH_PATHS
     return None

@@ -39,6 +39,8 @@ NO_CONVERSATION = ""
 #: How far an outgoing message got: a later report of an earlier state never takes it back.
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "received": 0}
 PEER_STATUSES = ("offline", "connecting", "online")
+#: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
+PATHS = ("direct", "mailbox", "waiting")
 
 
 def _text(value: object, default: str = "") -> str:
@@ -490,6 +492,9 @@ class MessengerModel:
         self.notifications = True
         #: whether the daemon's desktop notifications show message text (opt-in)
         self.previews = False
+        #: per contact uid, the path a message takes now (``mailbox.status``'s
+        #: ``contacts[].path``): ``direct``, ``mailbox`` or ``waiting``
+        self.paths: dict[str, str] = {}
         self._next_operation = 1
 
     # observers ---------------------------------------------------------------------------
@@ -540,6 +545,23 @@ class MessengerModel:
         """Take in ``peers.status`` or a ``connection.summary`` event."""
         self.summary = ConnectionSummary.from_api(data)
         self._changed("summary")
+
+    def load_paths(self, status: Mapping[str, Any]) -> None:
+        """Take in ``mailbox.status``: the path per contact (``contacts: [{uid, path}]``)."""
+        fresh: dict[str, str] = {}
+        for entry in status.get("contacts") or ():
+            if not isinstance(entry, Mapping):
+                continue
+            uid, path = entry.get("uid"), entry.get("path")
+            if isinstance(uid, str) and path in PATHS:
+                fresh[uid] = str(path)
+        if fresh != self.paths:
+            self.paths = fresh
+            self._changed("contacts")
+
+    def path_of(self, uid: str) -> str | None:
+        """The path a message to *uid* takes now, if the daemon said (see :data:`PATHS`)."""
+        return self.paths.get(uid)
 
     def load_contacts(self, contacts: Iterable[Mapping[str, Any]] | Mapping[str, Any]) -> None:
         """Replace the contact list with a ``contacts.list`` result.
@@ -674,6 +696,8 @@ class MessengerModel:
         if contact is None or status not in PEER_STATUSES:
             return
         self.contacts[contact.uid] = replace(contact, status=str(status))
+        if peer.get("path") == "direct":
+            self.paths[contact.uid] = "direct"  # at once; mailbox.status is asked for the rest
         self._changed("contacts")
 
     def _summary(self, payload: Mapping[str, Any]) -> None:

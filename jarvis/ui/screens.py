@@ -508,6 +508,14 @@ def describe_health(status: str, health: Mapping[str, Any], now: float) -> list[
     return rows
 
 
+#: The contact details' words for the path a message takes now.
+PATH_DETAILS = {
+    "direct": "direct (a live session with this contact)",
+    "mailbox": "via the mailbox (no session: messages are deposited in their mailbox)",
+    "waiting": "waiting (no session and no mailbox address: messages stay queued)",
+}
+
+
 class ContactInfoDialog(Dialog):
     """A contact's details and actions: verify, rename, block, remove.
 
@@ -515,6 +523,7 @@ class ContactInfoDialog(Dialog):
         ``remove()``, ``close()``.
     :param health: optional connection health figures from ``peers.status``.
     :param now: the current time (epoch seconds), for the health figures.
+    :param path: the path a message takes now (``mailbox.status``), if known.
     """
 
     def __init__(
@@ -523,6 +532,7 @@ class ContactInfoDialog(Dialog):
         actions: Mapping[str, Callable[..., Any]],
         health: Mapping[str, Any] | None = None,
         now: float = 0.0,
+        path: str | None = None,
     ) -> None:
         self.uid = contact.uid
         self.rename_edit = ReadlineEdit("Rename to: ", contact.display_name)
@@ -542,6 +552,8 @@ class ContactInfoDialog(Dialog):
             _text_row(label, text)
             for label, text in describe_health(contact.status, health or {}, now)
         ]
+        if path in PATH_DETAILS:
+            rows.append(_text_row("Path", PATH_DETAILS[path]))
         flags = [f for f, on in (("blocked", contact.blocked), ("muted", contact.muted)) if on]
         if flags:
             rows.append(_text_row("Flags", ", ".join(flags), "warning"))

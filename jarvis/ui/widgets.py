@@ -560,8 +560,13 @@ class StatusBar(urwid.WidgetWrap[urwid.Text]):
         return urwid.AttrMap(self._w, "status").render(size, focus)
 
 
+#: How the title bar names the path a message to the open conversation takes now.
+PATH_WORDS = {"direct": "direct", "mailbox": "via mailbox", "waiting": "waiting"}
+
+
 class TitleBar(urwid.WidgetWrap[urwid.Text]):
-    """The top line: the open conversation's name, status and whether it is verified."""
+    """The top line: the open conversation's name, status, path (direct, via mailbox,
+    waiting) and whether it is verified."""
 
     def __init__(self, model: MessengerModel) -> None:
         self._model = model
@@ -576,7 +581,9 @@ class TitleBar(urwid.WidgetWrap[urwid.Text]):
         else:
             verified = "verified" if contact.verified else "not verified"
             extra = ", blocked" if contact.blocked else ""
-            text = f" {contact.display_name} · {contact.status} · {verified}{extra}"
+            path = PATH_WORDS.get(self._model.path_of(contact.uid) or "")
+            via = f" · {path}" if path else ""
+            text = f" {contact.display_name} · {contact.status}{via} · {verified}{extra}"
         self._w.set_text(("header", text))
 
     def render(self, size: Any, focus: bool = False) -> urwid.Canvas:
