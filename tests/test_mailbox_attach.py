@@ -95,3 +95,48 @@ class DepositRedialTests(TestCase):
         self.assertEqual(len(results), 1)
         results[0].trap(MailboxRefused)
         self.assertEqual(len(self.dials), 1)
+
+
+class OwnConnectionTests(TestCase):
+    def setUp(self) -> None:
+        self.dials: list[defer.Deferred[Any]] = []
+        self.patch(attach, "connect_mailbox", self.dial)
+        self.connector = attach.MailboxConnector(task.Clock(), lambda: 0.0)
+
+    def dial(self, reactor: Any, link: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.dials.append(d)
+        return d
+
+    def test_every_waiter_gets_the_connection(self) -> None:
+        """When a second operation (removing a contact deletes its queue) waits for our
+        mailbox connection while the first waiter is an ``inlineCallbacks`` function, then
+        both get the connection: one dial, and no waiter is handed ``None`` (before, the
+        second got ``None`` and the queue was never deleted, so the removed contact could
+        still deposit)."""
+        seen: list[Any] = []
+
+        @defer.inlineCallbacks
+        def first() -> Any:
+            own = yield self.connector.connect(LINK)
+            seen.append(("first", own))
+
+        first()
+        second = self.connector._ensure_own()
+        second.addCallback(lambda own: seen.append(("second", own)))
+        protocol = FakeProtocol()
+        self.assertEqual(len(self.dials), 1)
+        self.dials[0].callback(protocol)
+        self.assertEqual(
+            sorted(seen, key=lambda s: s[0]), [("first", protocol), ("second", protocol)]
+        )
+
+    def test_failure_reaches_every_waiter(self) -> None:
+        """When the connection fails, then every waiter gets the failure (none is left
+        hanging, none is logged as unhandled)."""
+        failures: list[Any] = []
+        for _ in range(2):
+            self.connector.connect(LINK).addErrback(failures.append)
+        self.dials[0].errback(error.ConnectionRefusedError())
+        self.assertEqual(len(failures), 2)
+        self.connector.disconnect()

@@ -61,6 +61,8 @@ class MailboxConnector:
         self._link: str | None = None
         self._own: MailboxClientProtocol | None = None
         self._connecting: defer.Deferred[MailboxClientProtocol] | None = None
+        #: callers waiting for the connection being made (one Deferred each)
+        self._waiters: list[defer.Deferred[MailboxClientProtocol]] = []
         self._subscriptions: dict[bytes, tuple[bytes, Callable[[bytes], Any]]] = {}
         self._others: dict[str, MailboxClientProtocol] = {}
         self._dialling: dict[str, list[defer.Deferred[MailboxClientProtocol]]] = {}
@@ -87,17 +89,7 @@ class MailboxConnector:
         if self._own is not None and self._own.connected:
             return defer.succeed(self._own)
         if self._connecting is not None:
-            waiter: defer.Deferred[MailboxClientProtocol] = defer.Deferred()
-
-            def relay(result: Any) -> Any:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(result)
-                return result
-
-            self._connecting.addBoth(relay)
-            return waiter
+            return self._connection_waiter()
         if self._link is None:
             return defer.fail(MailboxConnectionLost("no mailbox in use"))
         link = self._link
@@ -123,8 +115,29 @@ class MailboxConnector:
             self._schedule_reconnect()
             return failure
 
+        waiter = self._connection_waiter()  # before the callbacks: d may have fired already
         d.addCallbacks(connected, failed)
-        return d
+        d.addBoth(self._connection_settled)
+        return waiter
+
+    def _connection_waiter(self) -> defer.Deferred[MailboxClientProtocol]:
+        """A Deferred of its own for one caller waiting for the connection being made.
+
+        Every caller gets its own (never the connecting Deferred itself): a caller's callbacks
+        on a shared Deferred would change the result the next caller sees (an
+        ``inlineCallbacks`` caller leaves ``None`` behind it).
+        """
+        waiter: defer.Deferred[MailboxClientProtocol] = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _connection_settled(self, result: Any) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
 
     def _own_lost(self, protocol: MailboxClientProtocol) -> None:
         if self._own is protocol:
