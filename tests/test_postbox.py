@@ -18,6 +18,7 @@ from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.mailseal import PrekeyRing
 from jarvis.mailbox.wire import ERR_AUTH
+from jarvis.net.network import PeerStatus
 from jarvis.protocol.records import MailboxAddress
 from tests.test_node import FakeSession, friend_link, make_node, turned
 
@@ -101,17 +102,21 @@ class PostboxCase(TestCase):
         return mailseal.open_sealed(bob.uid, ring, alice.uid, alice.public_bytes, envelope)
 
 
+def report_state(node: Node, uid: str, state: Any) -> None:
+    """Report *uid*'s connection state to *node* as the peer network does."""
+    node.contacts.peer_status_changed(uid, PeerStatus(uid=uid, state=state))
+
+
 class PathChoiceTests(PostboxCase):
-    async def test_no_session_within_grace_deposits(self) -> None:
-        """When Bob has no session and none comes within the grace, then the message is
-        sealed for Bob, deposited at his mailbox, and becomes sent via mailbox; not before
-        the grace has passed."""
+    async def test_no_dial_in_flight_deposits_at_once(self) -> None:
+        """When Bob has no session and no dial to him is in flight, then the message is
+        sealed for Bob and deposited at his mailbox at once (no grace: the clock does not
+        move), and becomes sent via mailbox."""
         node, clock, events, bob, transport, ring = await self.setup_pair()
+        report_state(node, bob.uid, "offline")
         sent = await node.send_message("Bob", "hello offline")
-        clock.advance(MAILBOX_GRACE - 0.1)
-        self.assertEqual(transport.deposits, [])
-        clock.advance(0.2)
         await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        self.assertEqual(clock.seconds(), 0)
         self.assertEqual(len(transport.deposits), 1)
         link, sender_id, envelope = transport.deposits[0]
         self.assertEqual((link, sender_id), (link_for(2), b"b" * 24))
@@ -123,14 +128,44 @@ class PathChoiceTests(PostboxCase):
         changes = [p for n, p in events if n == "message.stateChanged"]
         self.assertEqual([(p["state"], p.get("via")) for p in changes], [("sent", "mailbox")])
 
+    async def test_dial_in_flight_waits_until_it_fails(self) -> None:
+        """When a dial to Bob is in flight, then the deposit waits for it; when that dial
+        ends without a session, then the message is deposited at once (before the grace
+        ends)."""
+        node, clock, events, bob, transport, _ring = await self.setup_pair()
+        report_state(node, bob.uid, "connecting")
+        await node.send_message("Bob", "after the dial")
+        clock.advance(MAILBOX_GRACE / 4)
+        await turned(clock, defer.succeed(None))
+        self.assertEqual(transport.deposits, [])
+        report_state(node, bob.uid, "offline")
+        await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        self.assertEqual(len(transport.deposits), 1)
+        self.assertLess(clock.seconds(), MAILBOX_GRACE)
+
+    async def test_dial_in_flight_waits_at_most_the_grace(self) -> None:
+        """When a dial to Bob stays in flight, then the message is deposited once the grace
+        has passed, not before."""
+        node, clock, events, bob, transport, _ring = await self.setup_pair()
+        report_state(node, bob.uid, "connecting")
+        await node.send_message("Bob", "slow dial")
+        clock.advance(MAILBOX_GRACE - 0.1)
+        await turned(clock, defer.succeed(None))
+        self.assertEqual(transport.deposits, [])
+        clock.advance(0.2)
+        await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        self.assertEqual(len(transport.deposits), 1)
+
     async def test_session_within_grace_uses_the_session(self) -> None:
-        """When a session with Bob comes up within the grace, then the message goes over it
-        and nothing is deposited."""
+        """When a session with Bob comes up while the dial was in flight, then the message
+        goes over it and nothing is deposited (not even after the dial's later state)."""
         node, clock, _events, bob, transport, _ring = await self.setup_pair()
+        report_state(node, bob.uid, "connecting")
         await node.send_message("Bob", "hello online")
         clock.advance(MAILBOX_GRACE / 2)
         session = FakeSession(bob.uid)
         await turned(clock, node.session_established(session))
+        report_state(node, bob.uid, "online")
         clock.advance(MAILBOX_GRACE * 2)
         self.assertEqual([body for _, body, _ in session.sent], [b"hello online"])
         self.assertEqual(transport.deposits, [])
@@ -138,6 +173,24 @@ class PathChoiceTests(PostboxCase):
         self.assertEqual(paths, [{"uid": bob.uid, "path": "direct"}])
         node.session_closed(session, "gone")
         self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "mailbox")
+
+    async def test_session_after_deposit_takes_over(self) -> None:
+        """When a message was deposited (no dial in flight) and a session with Bob comes up
+        before Bob acknowledged it, then the direct path takes over: the message (same id)
+        is written on the session too (Bob stores it once, by id), and new messages go over
+        the session only."""
+        node, clock, events, bob, transport, _ring = await self.setup_pair()
+        first = await node.send_message("Bob", "deposited first")
+        await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        self.assertEqual(len(transport.deposits), 1)
+        session = FakeSession(bob.uid)
+        await turned(clock, node.session_established(session))
+        await until(clock, lambda: len(session.sent) == 1)
+        self.assertEqual(session.sent[0][0].hex(), first["id"])
+        await node.send_message("Bob", "over the session")
+        await until(clock, lambda: len(session.sent) == 2)
+        self.assertEqual(session.sent[1][1], b"over the session")
+        self.assertEqual(len(transport.deposits), 1)
 
     async def test_no_address_no_deposit(self) -> None:
         """When Bob's mailbox address is not known, then nothing is deposited: the message

@@ -55,6 +55,9 @@ class ContactBook:
         #: addresses found by LAN discovery, per contact, newest first (memory only)
         self._discovered: dict[str, list[str]] = {}
         self._directory_watchers: list[Callable[[], None]] = []
+        #: called with ``(uid, state)`` whenever the network reports a peer's new state (the
+        #: courier: a dial that ended without a session lets a waiting deposit go at once)
+        self.on_peer_state: Callable[[str, str], None] | None = None
 
     # -- life cycle (the node calls these at unlock and lock) ----------------------------------
 
@@ -433,6 +436,8 @@ class ContactBook:
         self._emit("peer.statusChanged", {"peer": peer_view(status, name)})
         if (previous == "online") != (state == "online"):
             self.publish_summary()
+        if self.on_peer_state is not None and previous != state:
+            self.on_peer_state(uid, state)
 
     def peers_status(self) -> dict[str, Any]:
         """The connection summary and every contact's health figures."""

@@ -49,7 +49,9 @@ from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
 
-#: Seconds to wait for a session before depositing into the contact's mailbox.
+#: Most seconds a deposit waits while a dial to the contact is in flight (a dial in progress
+#: usually succeeds in less, and the message then goes over the session).  A dial that ends
+#: without a session ends the wait at once; with no dial in flight there is no wait at all.
 MAILBOX_GRACE = 2.0
 
 
@@ -199,8 +201,11 @@ class Courier:
         self._store_gaps: dict[str, set[bytes]] = {}
         #: the mailbox side (set by the node): deposits for contacts without a session
         self.postbox: Any = None
-        #: per contact: the pending "no session within the grace: deposit" timer
+        #: per contact: the pending deposit timer (the grace while a dial is in flight, or the
+        #: retry after a passing failure)
         self._mailbox_timers: dict[str, Any] = {}
+        #: contacts whose timer is the grace for a dial in flight (ended early when it fails)
+        self._grace_waits: set[str] = set()
         #: per contact: a deposit run is going on (what is queued meanwhile waits for it)
         self._depositing: set[str] = set()
         self._deposit_again: set[str] = set()
@@ -220,6 +225,7 @@ class Courier:
             if timer.active():
                 timer.cancel()
         self._mailbox_timers.clear()
+        self._grace_waits.clear()
         self._depositing.clear()
         self._deposit_again.clear()
         for pump in self._pumps.values():
@@ -368,6 +374,7 @@ class Courier:
         timer = self._mailbox_timers.pop(uid, None)
         if timer is not None and timer.active():
             timer.cancel()
+        self._grace_waits.discard(uid)
         if self.postbox is not None:
             self.postbox.session_established(session)
         self.log.info("session with {uid} established", uid=log_id(uid))
@@ -495,22 +502,44 @@ class Courier:
     # -- the mailbox path ----------------------------------------------------------------------
 
     def schedule_mailbox(self, uid: str) -> None:
-        """Deposit *uid*'s queued messages in its mailbox unless a session comes up within
-        :data:`MAILBOX_GRACE` seconds (a dial in progress usually succeeds in less)."""
+        """Deposit *uid*'s queued messages in its mailbox now, unless a session may come up
+        soon: while a dial to *uid* is in flight (its state is ``connecting``) the deposit
+        waits until that dial ends without a session, or :data:`MAILBOX_GRACE` seconds."""
         postbox = self.postbox
         if postbox is None or not postbox.can_deposit(uid) or uid in self._pumps:
             return
         timer = self._mailbox_timers.get(uid)
         if timer is not None and timer.active():
             return
-        self._mailbox_timers[uid] = self._call_later(MAILBOX_GRACE, self._deposit_outbox, uid)
+        if self._contacts.status_of(uid) == "connecting":
+            self._grace_waits.add(uid)
+            self._mailbox_timers[uid] = self._call_later(MAILBOX_GRACE, self._deposit_outbox, uid)
+            return
+        self._deposit_now(uid)
+
+    def peer_state_changed(self, uid: str, state: str) -> None:
+        """The network reports *uid*'s new state: when a dial ended without a session
+        (``offline``) while a deposit waited for it, the deposit goes now."""
+        if state != "offline" or uid not in self._grace_waits:
+            return
+        self._grace_waits.discard(uid)
+        timer = self._mailbox_timers.pop(uid, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._deposit_now(uid)
+
+    def _deposit_now(self, uid: str) -> None:
+        self._deposit_outbox(uid).addErrback(
+            lambda f: self.log.failure("depositing for {uid} failed", f, uid=log_id(uid))
+        )
 
     @defer.inlineCallbacks
     def _deposit_outbox(self, uid: str) -> Any:
-        """No session with *uid* after the grace: seal and deposit its ``queued`` messages, in
-        outbox order, a page at a time; each becomes ``sent`` (``via: mailbox``) once the
+        """No session with *uid*, none expected soon: seal and deposit its ``queued`` messages,
+        in outbox order, a page at a time; each becomes ``sent`` (``via: mailbox``) once the
         mailbox committed it.  A message too large for one block stays queued for a session."""
         self._mailbox_timers.pop(uid, None)
+        self._grace_waits.discard(uid)
         store, postbox = self._store, self.postbox
         if store is None or postbox is None or uid in self._pumps or not postbox.can_deposit(uid):
             return
