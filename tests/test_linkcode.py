@@ -260,11 +260,11 @@ class AlteredTests(SynchronousTestCase):
 
 class VersionAndFieldTests(SynchronousTestCase):
     def test_unsupported_version(self) -> None:
-        """When the version byte is 2 and the checksum right, then UnsupportedVersion is raised."""
+        """When the version byte is 3 and the checksum right, then UnsupportedVersion is raised."""
         exc = self.assertRaises(
-            UnsupportedVersion, decode_link, link_for(b"\x02" + VECTOR_PAYLOAD[1:])
+            UnsupportedVersion, decode_link, link_for(b"\x03" + VECTOR_PAYLOAD[1:])
         )
-        self.assertIn("version 2", str(exc))
+        self.assertIn("version 3", str(exc))
 
     def test_trailing_bytes(self) -> None:
         """When the body has extra bytes, then MalformedCard is raised."""
@@ -415,10 +415,75 @@ class CardFileTests(SynchronousTestCase):
             self.assertRaises(MalformedCard, card_from_json, text)
 
     def test_unsupported_version(self) -> None:
-        """When the card version is 2, then UnsupportedVersion is raised."""
-        text = self.edited(lambda d: d.__setitem__("jarvis_card", 2))
+        """When the card version is 3, then UnsupportedVersion is raised."""
+        text = self.edited(lambda d: d.__setitem__("jarvis_card", 3))
         self.assertRaises(UnsupportedVersion, card_from_json, text)
 
     def test_created_is_big_endian_seconds(self) -> None:
         """When the vector's created field is read, then it is the Unix time big-endian."""
         self.assertEqual(struct.unpack(">Q", VECTOR_PAYLOAD[-72:-64])[0], VECTOR_CREATED)
+
+
+def vector_mailbox() -> Any:
+    from jarvis.crypto.linkcode import CardMailbox
+
+    return CardMailbox(
+        "jarvis-mailbox:" + "a" * 52 + "@192.0.2.8:7780", b"i" * 24, b"k" * 32, b"p" * 112
+    )
+
+
+class MailboxCardTests(SynchronousTestCase):
+    """Version 2: a card carrying its owner's mailbox queue (issue 15)."""
+
+    def test_round_trip_link_and_file(self) -> None:
+        """When a card carries a mailbox, then its link starts with version byte 2 and both
+        the link and the card file give back the same card, mailbox included."""
+        key = IdentityKey.from_private_bytes(RFC8032_SECRET_1)
+        card = make_card(key, "Alice", VECTOR_ADDRESSES, VECTOR_CREATED, vector_mailbox())
+        link = encode_link(card)
+        text = link[len("jarvis://") :].upper()
+        payload = base64.b32decode(text + "=" * (-len(text) % 8))
+        self.assertEqual(payload[0], 2)
+        self.assertEqual(decode_link(link), card)
+        self.assertEqual(decode_link(link).mailbox, vector_mailbox())
+        text = card_to_json(card)
+        self.assertEqual(json.loads(text)["jarvis_card"], 2)
+        self.assertEqual(card_from_json(text), card)
+
+    def test_card_without_mailbox_stays_version_1(self) -> None:
+        """When a card has no mailbox, then it is written exactly as before (version 1), so
+        older Jarvis versions still read it."""
+        key = IdentityKey.from_private_bytes(RFC8032_SECRET_1)
+        card = make_card(key, "Alice", VECTOR_ADDRESSES, VECTOR_CREATED)
+        self.assertEqual(encode_link(card), VECTOR_LINK)
+        self.assertIsNone(decode_link(VECTOR_LINK).mailbox)
+
+    def test_mailbox_is_signed(self) -> None:
+        """When the mailbox of a signed card is replaced, or one is attached to a version 1
+        card's signature, then the card is refused as altered."""
+        from dataclasses import replace
+
+        key = IdentityKey.from_private_bytes(RFC8032_SECRET_1)
+        card = make_card(key, "Alice", VECTOR_ADDRESSES, VECTOR_CREATED, vector_mailbox())
+        other = replace(vector_mailbox(), sender_id=b"j" * 24)
+        self.assertRaises(AlteredCard, decode_link, encode_link(replace(card, mailbox=other)))
+        plain = make_card(key, "Alice", VECTOR_ADDRESSES, VECTOR_CREATED)
+        attached = replace(plain, mailbox=vector_mailbox())
+        self.assertRaises(AlteredCard, decode_link, encode_link(attached))
+        self.assertRaises(AlteredCard, card_from_json, card_to_json(attached))
+
+    def test_malformed_mailbox(self) -> None:
+        """When the mailbox link is not a jarvis-mailbox: link or a field has a wrong size,
+        then MalformedCard is raised; a card file missing its mailbox is a malformed file."""
+        from dataclasses import replace
+
+        from jarvis.crypto.linkcode import CardMailbox
+
+        self.assertRaises(MalformedCard, replace, vector_mailbox(), link="http://x")
+        self.assertRaises(MalformedCard, replace, vector_mailbox(), prekey=b"p" * 111)
+        self.assertRaises(MalformedCard, CardMailbox, "jarvis-mailbox:x", b"", b"k" * 32, b"")
+        key = IdentityKey.from_private_bytes(RFC8032_SECRET_1)
+        card = make_card(key, "Alice", VECTOR_ADDRESSES, VECTOR_CREATED, vector_mailbox())
+        document = json.loads(card_to_json(card))
+        del document["mailbox"]
+        self.assertRaises(MalformedCardFile, card_from_json, json.dumps(document))

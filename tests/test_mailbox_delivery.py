@@ -154,3 +154,90 @@ class NeverOnlineTogetherTests(TestCase):
             raise AssertionError(tail.decode("utf-8", "replace")) from None
         refused = alice.recorder.named("mailbox.depositFailed")[0]
         self.assertEqual(refused["contact"], bob.uid)
+
+
+class LinkCodeQueueTests(TestCase):
+    """Link codes carrying a mailbox queue (issue 15): two people who exchanged codes but were
+    never online together still talk."""
+
+    timeout = 300
+
+    async def test_added_from_codes_never_online_together(self) -> None:
+        """When Alice and Bob each use a mailbox, Alice adds Bob from his code while Bob's
+        daemon is stopped, then stops, and Bob adds Alice from her code and sends, then
+        stops, then Alice starts and receives Bob's message; her answer and her ack reach
+        Bob at his next start: his message ends delivered, and no session ever existed."""
+        from jarvis.crypto.linkcode import decode_link
+
+        root = short_tempdir(self)
+        box = MailboxProcess(os.path.join(root, "mx"))
+        os.makedirs(os.path.join(root, "mx"), exist_ok=True)
+        self.addCleanup(box.cleanup)
+        await box.start()
+        alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
+        codes = {}
+        for peer in (alice, bob):
+            await peer.start(create=True)
+            await peer.call("mailbox.use", link=str(box.link()))
+            codes[peer.name] = (await peer.call("identity.show"))["link"]
+            self.assertIsNotNone(decode_link(codes[peer.name]).mailbox)
+            await peer.stop()
+
+        def no_session(peer: Peer) -> None:
+            statuses = [p["peer"]["status"] for p in peer.recorder.named("peer.statusChanged")]
+            self.assertNotIn("online", statuses)
+
+        # Alice adds Bob from his code (Bob is stopped), then stops
+        await alice.start(unlock=True)
+        await alice.call("contacts.add", link=codes["bobby"])
+        no_session(alice)
+        await alice.stop()
+
+        # Bob adds Alice from her code (Alice is stopped) and sends at once, then stops
+        await bob.start(unlock=True)
+        await bob.call("contacts.add", link=codes["alice"])
+        sent = await bob.call("messages.send", contact=alice.uid, text=f"{CANARY} hello")
+
+        def deposited(peer: Peer, message_id: str) -> Any:
+            def check() -> bool:
+                return any(
+                    p["id"] == message_id and p.get("via") == "mailbox"
+                    for p in peer.recorder.named("message.stateChanged")
+                )
+
+            return check
+
+        await bob.recorder.wait(deposited(bob, sent["id"]), timeout=60)
+        no_session(bob)
+        await bob.stop()
+
+        # Alice starts alone: she receives it, answers, and acknowledges it by deposit
+        await alice.start(unlock=True)
+
+        async def received(peer: Peer, contact: str, text: str) -> bool:
+            history = await peer.all_history(contact)
+            return any(m["direction"] == "in" and m["body"] == text for m in history)
+
+        await until(lambda: received(alice, bob.uid, f"{CANARY} hello"), what="alice received")
+        answer = await alice.call("messages.send", contact=bob.uid, text="hello back")
+        await alice.recorder.wait(deposited(alice, answer["id"]), timeout=60)
+
+        async def acked() -> bool:
+            return bool((await alice.call("mailbox.status"))["acks_deposited"] >= 1)
+
+        await until(acked, what="alice deposited her ack")
+        no_session(alice)
+        await alice.stop()
+
+        # Bob starts alone: the answer arrives and his message is delivered
+        await bob.start(unlock=True)
+        await until(lambda: received(bob, alice.uid, "hello back"), what="bob received")
+
+        async def delivered() -> bool:
+            history = await bob.all_history(alice.uid)
+            return any(m["id"] == sent["id"] and m["state"] == "delivered" for m in history)
+
+        await until(delivered, what="bob's message delivered")
+        no_session(bob)
+        incoming = [m for m in await bob.all_history(alice.uid) if m["direction"] == "in"]
+        self.assertEqual([m["body"] for m in incoming], ["hello back"])

@@ -48,6 +48,27 @@ class SealTests(unittest.TestCase):
         sender = sender or self.alice
         return open_sealed(self.bob.uid, self.ring, sender.uid, sender.public_bytes, envelope)
 
+    def test_open_from_any_candidate(self) -> None:
+        """When an envelope comes from a queue that does not name its sender (a link code's
+        introduction queue), then it opens against the candidate that sealed it, found among
+        others, and names it; from no candidate (a stranger holding the code), it is refused."""
+        others = [(k.uid, k.public_bytes) for k in (_key(5), _key(6), _key(7))]
+        envelope = self._seal()
+        candidates = [*others, (self.alice.uid, self.alice.public_bytes), others[0]]
+        found = mailseal.open_sealed_any(self.bob.uid, self.ring, candidates, envelope)
+        self.assertEqual(found, (self.alice.uid, MID, b"canary text"))
+        self.assertRaises(
+            SealError, mailseal.open_sealed_any, self.bob.uid, self.ring, others, envelope
+        )
+        # a stranger signs with its own key but claims to be Alice: refused too
+        stranger = _key(9)
+        forged = seal(
+            stranger, self.bob.uid, self.bob.public_bytes, self.prekey.signed, MID, b"x", NOW
+        )
+        self.assertRaises(
+            SealError, mailseal.open_sealed_any, self.bob.uid, self.ring, candidates, forged
+        )
+
     def test_round_trip(self) -> None:
         """When Alice seals to Bob's prekey, then Bob opens it with the id and text, and the
         envelope holds neither the text nor either uid."""

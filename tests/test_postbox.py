@@ -13,13 +13,13 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.core.courier import MAILBOX_ACK_DELAY, MAILBOX_GRACE, MAILBOX_RETRY
 from jarvis.core.node import PREKEY_CHECK_INTERVAL, Node
-from jarvis.core.postbox import KIND_ACKS, KIND_MESSAGE
-from jarvis.crypto import mailseal
+from jarvis.core.postbox import KIND_ACKS, KIND_ADDRESS, KIND_MESSAGE
+from jarvis.crypto import linkcode, mailseal
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.mailseal import PrekeyRing
 from jarvis.mailbox.wire import ERR_AUTH
 from jarvis.net.network import PeerStatus
-from jarvis.protocol.records import MailboxAddress
+from jarvis.protocol.records import MailboxAddress, encode_record, parse_record
 from tests.test_node import FakeSession, friend_link, make_node, turned
 
 NOW = 1_700_000_000.0
@@ -247,7 +247,7 @@ class CollectTests(PostboxCase):
         envelope = mailseal.seal(
             bob, node._keys.uid, node._keys.identity.public_bytes, current.signed, mid, body, NOW
         )
-        (handler,) = transport.handlers.values()
+        handler = transport.handlers[node.postbox.queues[bob.uid][0]]
         await turned(clock, defer.maybeDeferred(handler, envelope))
         await turned(clock, defer.maybeDeferred(handler, envelope))
         self.assertEqual(transport.deposits, [])  # acks wait to be deposited together
@@ -267,7 +267,7 @@ class CollectTests(PostboxCase):
 
     async def test_forged_deposit_dropped(self) -> None:
         """When a deposit in Bob's queue is sealed by someone else, then nothing is stored."""
-        node, clock, _events, _bob, transport, _ring = await self.setup_pair()
+        node, clock, _events, bob, transport, _ring = await self.setup_pair()
         current = node.postbox.ring.current
         assert current is not None and node._keys is not None
         mallory = IdentityKey.generate()
@@ -281,7 +281,7 @@ class CollectTests(PostboxCase):
             body,
             NOW,
         )
-        (handler,) = transport.handlers.values()
+        handler = transport.handlers[node.postbox.queues[bob.uid][0]]
         await turned(clock, defer.maybeDeferred(handler, envelope))
         self.assertEqual((await node.history("Bob"))["messages"], [])
 
@@ -301,7 +301,7 @@ class CollectTests(PostboxCase):
             body,
             NOW,
         )
-        (handler,) = transport.handlers.values()
+        handler = transport.handlers[node.postbox.queues[bob.uid][0]]
         await turned(clock, defer.maybeDeferred(handler, envelope))
         self.assertEqual((await node.history("Bob"))["messages"], [])
 
@@ -309,7 +309,7 @@ class CollectTests(PostboxCase):
         """When Bob is removed, then his queue at our mailbox is deleted (he can deposit no
         more) and his address is forgotten."""
         node, _clock, _events, bob, transport, _ring = await self.setup_pair()
-        (queue_id,) = transport.handlers
+        queue_id = node.postbox.queues[bob.uid][0]
         await node.remove_contact("Bob")
         self.assertEqual(transport.deleted, [queue_id])
         self.assertNotIn(bob.uid, node.postbox.peers)
@@ -327,7 +327,8 @@ class ChangeTests(PostboxCase):
         sent: list[MailboxAddress] = []
         session.send_mailbox_address = sent.append  # type: ignore[attr-defined]
         await turned(clock, node.session_established(session))
-        (old_queue,) = transport.handlers
+        old_queue = node.postbox.queues[bob.uid][0]
+        old_intro = node.postbox.queues[""][0]
         connected: list[tuple[str, list[bytes]]] = []
         connect = transport.connect
 
@@ -337,12 +338,13 @@ class ChangeTests(PostboxCase):
 
         transport.connect = recording_connect  # type: ignore[method-assign]
         await node.mailbox_use(link_for(3))
-        self.assertEqual(connected[0], (link_for(3), [old_queue]))
+        self.assertEqual(connected[0], (link_for(3), [old_queue, old_intro]))
         self.assertEqual(sent[-1].link, link_for(3))
         self.assertEqual(node.mailbox_status()["queues"], 1)
-        (new_queue,) = transport.handlers
+        new_queue = node.postbox.queues[bob.uid][0]
+        new_intro = node.postbox.queues[""][0]
         await node.mailbox_drop()
-        self.assertEqual(transport.deleted, [old_queue, new_queue])
+        self.assertEqual(transport.deleted, [old_queue, old_intro, new_queue, new_intro])
         self.assertEqual(sent[-1], MailboxAddress(""))
         self.assertIsNone(node.mailbox_status()["link"])
 
@@ -370,3 +372,145 @@ class RotationTests(PostboxCase):
         now[0] = NOW + mailseal.DELETE_AFTER
         clock.advance(PREKEY_CHECK_INTERVAL)
         self.assertIsNone(node.postbox.ring.find(first.signed.prekey_id))
+
+
+def card_with_mailbox(name: str, link: str) -> tuple[IdentityKey, PrekeyRing, str]:
+    """A new key, its prekey ring and its link code carrying an introduction queue."""
+    key = IdentityKey.generate()
+    ring = PrekeyRing()
+    ring.rotate(key, NOW)
+    assert ring.current is not None
+    box = linkcode.CardMailbox(link, b"i" * 24, b"j" * 32, ring.current.signed.to_bytes())
+    card = linkcode.make_card(key, name, ("192.0.2.10:7770",), int(NOW), box)
+    return key, ring, linkcode.encode_link(card)
+
+
+def kinds(node: Node, key: IdentityKey, ring: PrekeyRing, transport: FakeTransport) -> list:
+    """``(sender_id, kind, rest)`` of every deposit, opened as *key* (the recipient)."""
+    assert node._keys is not None
+    alice = node._keys.identity
+    opened = []
+    for _link, sender_id, envelope in transport.deposits:
+        _mid, payload = mailseal.open_sealed(key.uid, ring, alice.uid, alice.public_bytes, envelope)
+        opened.append((sender_id, payload[0], payload[1:]))
+    return opened
+
+
+class IntroductionTests(PostboxCase):
+    """Link codes and cards carrying a mailbox queue (issue 15)."""
+
+    async def test_own_code_carries_the_introduction_queue(self) -> None:
+        """When no mailbox is in use, then our link code is a version 1 card; once one is,
+        then it carries the mailbox link, the introduction queue's sender half and our
+        current signed prekey."""
+        node, _clock, _events = make_node(self)
+        transport = FakeTransport()
+        node.mailbox_factory = lambda: transport
+        await node.create_identity("Alice", "pw")
+        self.assertIsNone(linkcode.decode_link(node.show_identity()["link"]).mailbox)
+        await node.mailbox_use(link_for(1))
+        box = linkcode.decode_link(node.show_identity()["link"]).mailbox
+        intro = node.postbox.queues[""]
+        current = node.postbox.ring.current
+        assert box is not None and current is not None
+        self.assertEqual(box.link, link_for(1))
+        self.assertEqual((box.sender_id, box.sender_key), (intro[1], intro[3]))
+        self.assertEqual(box.prekey, current.signed.to_bytes())
+        self.assertEqual(node.mailbox_status()["queues"], 0)  # the intro queue is not counted
+
+    async def test_added_from_a_code_deposits_at_once(self) -> None:
+        """When Alice adds Carol from a code carrying Carol's introduction queue, then a
+        message to Carol (no session, no dial in flight) is deposited there at once, sealed
+        to Carol's prekey, after Alice's own address for Carol (so Carol can answer into
+        Alice's queue for her)."""
+        node, clock, events, _bob, transport, _ring = await self.setup_pair()
+        carol, carol_ring, code = card_with_mailbox("Carol", link_for(4))
+        await node.add_contact(link=code)
+        await until(clock, lambda: "" in node.postbox.queues and len(node.postbox.queues) == 3)
+        self.assertIn(carol.uid, node.postbox.card_peers)
+        sent = await node.send_message("Carol", "hello before we ever met")
+        await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        opened = kinds(node, carol, carol_ring, transport)
+        self.assertEqual([(sid, kind) for sid, kind, _ in opened], [(b"i" * 24, 3), (b"i" * 24, 1)])
+        address = parse_record(opened[0][2])
+        assert isinstance(address, MailboxAddress)
+        self.assertEqual(address, node.postbox.own_address(carol.uid))
+        self.assertEqual(opened[1][2][8:], b"hello before we ever met")
+        states = [p for n, p in events if n == "message.stateChanged" and p["id"] == sent["id"]]
+        self.assertEqual(states[0]["via"], "mailbox")
+
+    async def test_introduction_deposit_opened_for_the_contact_that_sealed_it(self) -> None:
+        """When Bob (who added Alice from her code) deposits into her introduction queue, then
+        the message is stored as Bob's and Alice tells Bob her queue for him by a deposit; a
+        stranger's deposit there is dropped."""
+        node, clock, _events, bob, transport, ring = await self.setup_pair()
+        current = node.postbox.ring.current
+        assert current is not None and node._keys is not None
+        handler = transport.handlers[node.postbox.queues[""][0]]
+        body = bytes([KIND_MESSAGE]) + int(NOW * 1000).to_bytes(8, "big") + b"via your code"
+        for sender in (IdentityKey.generate(), bob):
+            envelope = mailseal.seal(
+                sender,
+                node._keys.uid,
+                node._keys.identity.public_bytes,
+                current.signed,
+                bytes([len(transport.deposits)]) * 16,
+                body,
+                NOW,
+            )
+            await turned(clock, defer.maybeDeferred(handler, envelope))
+        messages = (await node.history("Bob"))["messages"]
+        self.assertEqual([m["body"] for m in messages], ["via your code"])
+        opened = kinds(node, bob, ring, transport)
+        self.assertEqual(opened[0][1], 3)
+        self.assertEqual(parse_record(opened[0][2]), node.postbox.own_address(bob.uid))
+
+    async def test_address_by_deposit_replaces_the_code(self) -> None:
+        """When Carol, added from her code, deposits her own queue's address for Alice, then
+        Alice deposits there from then on (not into the introduction queue)."""
+        node, clock, _events, _bob, transport, _ring = await self.setup_pair()
+        carol, carol_ring, code = card_with_mailbox("Carol", link_for(4))
+        await node.add_contact(link=code)
+        await until(
+            clock,
+            lambda: node.postbox.queues.get(carol.uid, (b"",))[0] in transport.handlers,
+        )
+        current, carol_prekey = node.postbox.ring.current, carol_ring.current
+        assert current is not None and carol_prekey is not None and node._keys is not None
+        own = MailboxAddress(link_for(5), b"c" * 24, b"d" * 32, carol_prekey.signed.to_bytes())
+        envelope = mailseal.seal(
+            carol,
+            node._keys.uid,
+            node._keys.identity.public_bytes,
+            current.signed,
+            bytes(16),
+            bytes([KIND_ADDRESS]) + encode_record(own),
+            NOW,
+        )
+        handler = transport.handlers[node.postbox.queues[carol.uid][0]]
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        self.assertEqual(node.postbox.peers[carol.uid], own)
+        self.assertNotIn(carol.uid, node.postbox.card_peers)
+        # a later (older) code does not replace what Carol told us
+        await node.add_contact(link=code)
+        self.assertEqual(node.postbox.peers[carol.uid], own)
+
+
+class TellEveryContactTests(PostboxCase):
+    async def test_change_and_drop_reach_offline_contacts_by_deposit(self) -> None:
+        """When Alice changes her mailbox, then Bob, who has no session now but whose queue
+        she knows, gets her new address by a deposit; when she drops it, he gets an empty
+        address the same way (he deposits nothing any more)."""
+        node, clock, _events, bob, transport, ring = await self.setup_pair()
+        await node.mailbox_use(link_for(3))
+        await until(clock, lambda: len(transport.deposits) == 1)
+        ((_sid, kind, rest),) = kinds(node, bob, ring, transport)
+        self.assertEqual(kind, 3)
+        told = parse_record(rest)
+        assert isinstance(told, MailboxAddress)
+        self.assertEqual(told.link, link_for(3))
+        self.assertEqual(told, node.postbox.own_address(bob.uid))
+        await node.mailbox_drop()
+        await until(clock, lambda: len(transport.deposits) == 2)
+        _sid, kind, rest = kinds(node, bob, ring, transport)[1]
+        self.assertEqual((kind, parse_record(rest)), (3, MailboxAddress("")))

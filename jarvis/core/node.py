@@ -387,7 +387,13 @@ class Node(Service):
     def own_card(self) -> linkcode.ContactCard:
         """Return this node's signed contact card."""
         keys = self._require_keys()
-        return linkcode.make_card(keys.identity, keys.name, self._addresses, int(self.now()))
+        return linkcode.make_card(
+            keys.identity,
+            keys.name,
+            self._addresses,
+            int(self.now()),
+            mailbox=self.postbox.card_mailbox(),
+        )
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -422,12 +428,16 @@ class Node(Service):
 
     def add_contact(self, **card: Any) -> defer.Deferred[Any]:
         """Add (or update) a contact: see :meth:`ContactBook.add` (and make its mailbox queue
-        when a mailbox is in use)."""
+        when a mailbox is in use; a code or card carrying the contact's mailbox lets us
+        deposit for it at once)."""
         self._require_store()
 
         def queue(view: Any) -> Any:
             uid = view.get("uid") if isinstance(view, dict) else None
             if uid:
+                mailbox = _card_mailbox(card)
+                if mailbox is not None:
+                    self.postbox.address_from_card(uid, mailbox)
                 self.postbox.contact_added(uid).addErrback(
                     lambda f: self.log.warn("no mailbox queue for the contact: {e}", e=f.value)
                 )
@@ -616,3 +626,16 @@ class Node(Service):
 def _check_node_api(node: Node) -> NodeApi:
     """Never called: mypy checks here that :class:`Node` satisfies :class:`NodeApi`."""
     return node
+
+
+def _card_mailbox(card: dict[str, Any]) -> linkcode.CardMailbox | None:
+    """The mailbox queue in the link code or card file of an added contact, if any (the
+    contact book already checked the code or card whole)."""
+    try:
+        if card.get("link") is not None:
+            return linkcode.decode_link(card["link"]).mailbox
+        if card.get("card") is not None:
+            return linkcode.card_from_json(card["card"]).mailbox
+    except Exception:
+        return None
+    return None

@@ -14,8 +14,18 @@ messages (deduplicated by message id).  The mailbox connections themselves are b
 :class:`~jarvis.core.interfaces.MailboxTransport` (``jarvis.mailbox.attach``): no I/O here.
 
 Deposit payloads (before sealing): ``kind (1)`` then for ``KIND_MESSAGE`` ``created_ms (8) ||
-UTF-8 body``, for ``KIND_ACKS`` the acknowledged 16-byte ids; the message id travels in the
-envelope (for acks, a random id).
+UTF-8 body``, for ``KIND_ACKS`` the acknowledged 16-byte ids, for ``KIND_ADDRESS`` the sender's
+own ``MailboxAddress`` record for the recipient (as encoded on a session: where to deposit for
+the sender from now on; an empty link: nowhere); the message id travels in the envelope (for
+acks and addresses, a random id).
+
+**Introduction queue.**  Besides one queue per contact, a daemon using a mailbox keeps one more
+queue whose sender half travels in its link codes and cards (``jarvis.crypto.linkcode``,
+version 2), so that someone who adds us from a code can deposit before we ever share a session.
+Deposits there do not say who sent them: they are opened against every contact
+(:func:`~jarvis.crypto.mailseal.open_sealed_any`) and dropped unless one of them sealed and
+signed it.  A contact that deposits there also deposits its own address for us
+(``KIND_ADDRESS``), and we answer likewise, so both move to per-contact queues.
 """
 
 from __future__ import annotations
@@ -32,17 +42,21 @@ from twisted.logger import Logger
 
 from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
+from jarvis.crypto.linkcode import CardMailbox
 from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
 from jarvis.mailbox.link import BadMailboxLink, parse_link
 from jarvis.mailbox.wire import MAX_PAYLOAD
-from jarvis.protocol.records import MailboxAddress
+from jarvis.protocol.records import MailboxAddress, MalformedRecord, encode_record, parse_record
 from jarvis.store import queries
 from jarvis.store.database import Store
 
 KIND_MESSAGE = 1
 KIND_ACKS = 2
+KIND_ADDRESS = 3
+#: The key of the introduction queue in :attr:`Postbox.queues` (never a uid).
+INTRO = ""
 #: Most bytes of a message body that fit in one mailbox block once sealed.
 MAX_MAILBOX_BODY = MAX_PAYLOAD - mailseal.OVERHEAD - 1 - 8
 #: Most message ids one ack deposit carries.
@@ -86,10 +100,16 @@ class Postbox:
         self._transport: Any = None
         self.link: str | None = None
         self.ring = PrekeyRing()
-        #: uid -> (recipient_id, sender_id, recipient_key, sender_key) of our queue for them
+        #: uid -> (recipient_id, sender_id, recipient_key, sender_key) of our queue for them;
+        #: under :data:`INTRO`, the introduction queue of our link codes
         self.queues: dict[str, tuple[bytes, bytes, bytes, bytes]] = {}
         #: uid -> their MailboxAddress (where we deposit for them)
         self.peers: dict[str, MailboxAddress] = {}
+        #: contacts whose address in :attr:`peers` came from their link code or card (their
+        #: introduction queue), until they tell us their queue for us
+        self.card_peers: set[str] = set()
+        #: contacts we told our address by a deposit since unlock
+        self._told_by_deposit: set[str] = set()
         #: uid -> the session currently up with them (to announce changes)
         self._sessions: dict[str, Any] = {}
         #: called with ``(uid, message_id, body, created_ms)`` / ``(uid, ids)``: the courier
@@ -128,6 +148,8 @@ class Postbox:
                     _unb64(fields["sender_key"]),
                     _unb64(fields["prekey"]),
                 )
+                if fields.get("card"):
+                    self.card_peers.add(uid)
         if self.ring.rotate(identity, self.now()):
             yield self._save_config()
         if self.link is not None and transport is not None:
@@ -145,6 +167,8 @@ class Postbox:
         self.link = None
         self.queues = {}
         self.peers = {}
+        self.card_peers = set()
+        self._told_by_deposit = set()
         self._sessions.clear()
         self.ring = PrekeyRing()
         if transport is not None:
@@ -157,7 +181,7 @@ class Postbox:
         assert self.link is not None and self._transport is not None
         yield self._transport.connect(self.link)
         changed = False
-        for uid in self._contact_uids():
+        for uid in [*self._contact_uids(), INTRO]:
             if uid not in self.queues:
                 self.queues[uid] = yield self._transport.create_queue()
                 changed = True
@@ -191,6 +215,7 @@ class Postbox:
                 "sender_id": _b64(a.sender_id),
                 "sender_key": _b64(a.sender_key),
                 "prekey": _b64(a.prekey),
+                "card": uid in self.card_peers,
             }
             for uid, a in self.peers.items()
         }
@@ -225,7 +250,7 @@ class Postbox:
             yield self._save_config()
             yield self._save_queues()
         yield self._start()
-        self._announce_all()
+        self._announce_all(by_deposit=True)
         self._emit("mailbox.changed", {"link": self.link})
         return self.status()
 
@@ -237,7 +262,7 @@ class Postbox:
         old_link, old_queues = self.link, self.queues
         self.link = None
         self.queues = {}
-        self._announce_all()
+        self._announce_all(by_deposit=True)
         yield self._delete_queues(old_queues, old_link)
         if self._transport is not None:
             yield self._transport.disconnect()
@@ -263,7 +288,7 @@ class Postbox:
         return {
             "link": self.link,
             "connected": bool(self.link and figures.get("connected")),
-            "queues": len(self.queues),
+            "queues": sum(1 for uid in self.queues if uid != INTRO),
             "contacts_reachable": sum(1 for a in self.peers.values() if a.link),
             "last_collect": figures.get("last_collect"),
             "collected": figures.get("collected", 0),
@@ -290,6 +315,7 @@ class Postbox:
         """Delete the contact's queue (it can deposit no more) and forget its address."""
         creds = self.queues.pop(uid, None)
         had_peer = self.peers.pop(uid, None) is not None
+        self.card_peers.discard(uid)
         self._sessions.pop(uid, None)
         if creds is not None and self._transport is not None:
             try:
@@ -324,7 +350,7 @@ class Postbox:
         if not self.ring.rotate(self._identity, self.now()):
             return False
         self._save_config().addErrback(lambda f: self.log.failure("saving prekeys failed", f))
-        self._announce_all()
+        self._announce_all(by_deposit=True)
         return True
 
     def session_closed(self, session: Any) -> None:
@@ -350,12 +376,63 @@ class Postbox:
         except Exception as e:
             self.log.warn("mailbox address not sent: {error}", error=redact(str(e)))
 
-    def _announce_all(self) -> None:
+    def _announce_all(self, *, by_deposit: bool = False) -> None:
+        """Tell every contact with a session our (new) address over it; with *by_deposit*,
+        tell every other contact whose deposit address we know by a deposit into its queue
+        (so a change or a drop reaches contacts that are offline now)."""
         for uid in list(self._sessions):
             self._announce(uid)
+        if not by_deposit:
+            return
+        for uid in list(self.peers):
+            if uid not in self._sessions and self.can_deposit(uid):
+                self._deposit_address(uid)
+
+    def _deposit_address(self, uid: str) -> defer.Deferred[Any]:
+        """Deposit our current address for *uid* into its queue."""
+        self._told_by_deposit.add(uid)
+        payload = bytes([KIND_ADDRESS]) + encode_record(self.own_address(uid))
+        d = self._deposit(uid, os.urandom(16), payload)
+
+        def failed(failure: Any) -> None:
+            self._told_by_deposit.discard(uid)
+            self.log.warn(
+                "address not deposited for {uid}: {error}",
+                uid=log_id(uid),
+                error=redact(str(failure.value)),
+            )
+
+        return d.addErrback(failed)
+
+    # -- link codes and cards: the introduction queue ------------------------------------------
+
+    def card_mailbox(self) -> CardMailbox | None:
+        """What our link codes and cards carry for people who add us (``None``: no mailbox in
+        use, or its introduction queue is not made yet)."""
+        creds = self.queues.get(INTRO)
+        prekey = self.ring.current
+        if self.link is None or creds is None or prekey is None:
+            return None
+        return CardMailbox(self.link, creds[1], creds[3], prekey.signed.to_bytes())
+
+    def address_from_card(self, uid: str, mailbox: CardMailbox) -> None:
+        """Keep the introduction queue of contact *uid*'s link code or card as where to
+        deposit for it, unless it already told us its queue for us (which stays)."""
+        if self._store is None or (uid in self.peers and uid not in self.card_peers):
+            return
+        address = MailboxAddress(
+            mailbox.link, mailbox.sender_id, mailbox.sender_key, mailbox.prekey
+        )
+        self._address_learnt(uid, address, from_card=True)
 
     def _address_received(self, session: Any, address: MailboxAddress) -> None:
-        uid = session.peer_uid
+        self._address_learnt(session.peer_uid, address)
+
+    def _address_learnt(
+        self, uid: str, address: MailboxAddress, *, from_card: bool = False
+    ) -> None:
+        """*uid* told us where to deposit for it (over a session, by a deposit, or in its
+        card); an empty link: nowhere any more."""
         if self._store is None or self._public_key(uid) is None:
             return
         if address.link:
@@ -365,6 +442,11 @@ class Postbox:
             except (BadMailboxLink, PrekeyError):
                 self.log.warn("{uid} sent an invalid mailbox address", uid=log_id(uid))
                 return
+        if from_card:
+            self.card_peers.add(uid)
+        else:
+            self.card_peers.discard(uid)
+        if address.link:
             if self.peers.get(uid) == address:
                 return
             self.peers[uid] = address
@@ -415,6 +497,14 @@ class Postbox:
                 TooLarge(f"{len(body)} bytes do not fit in one mailbox block ({MAX_MAILBOX_BODY})")
             )
         payload = bytes([KIND_MESSAGE]) + _CREATED.pack(created_ms) + body
+        if (
+            uid in self.card_peers
+            and uid not in self._told_by_deposit
+            and self.own_address(uid).link
+        ):
+            # depositing into the contact's introduction queue (from its link code): it does
+            # not know our queue for it yet; tell it first, once per unlock
+            self._deposit_address(uid)
         return self._deposit(uid, message_id, payload)
 
     def deposit_acks(self, uid: str, message_ids: list[bytes]) -> defer.Deferred[Any]:
@@ -437,8 +527,12 @@ class Postbox:
     def _collected(self, uid: str, envelope: bytes) -> Any:
         """One deposit from *uid*'s queue: open it, hand it to the courier; the mailbox
         deletes it once the returned Deferred fires (after the store committed)."""
+        if self._identity is None:
+            return None
+        if uid == INTRO:
+            return self._collected_intro(envelope)
         public = self._public_key(uid)
-        if public is None or self._identity is None:
+        if public is None:
             return None
         try:
             message_id, payload = mailseal.open_sealed(
@@ -449,6 +543,10 @@ class Postbox:
                 "dropping a mailbox deposit from {uid}: {error}", uid=log_id(uid), error=e
             )
             return None
+        return self._handle(uid, message_id, payload)
+
+    def _handle(self, uid: str, message_id: bytes, payload: bytes) -> Any:
+        """An opened deposit from *uid*: a message or acks to the courier, an address kept."""
         if not payload:
             return None
         if payload[0] == KIND_MESSAGE and len(payload) >= 9:
@@ -457,5 +555,35 @@ class Postbox:
         if payload[0] == KIND_ACKS and (len(payload) - 1) % 16 == 0:
             ids = [payload[i : i + 16] for i in range(1, len(payload), 16)]
             return self.on_acks(uid, ids)
+        if payload[0] == KIND_ADDRESS:
+            try:
+                record = parse_record(payload[1:])
+            except MalformedRecord:
+                record = None
+            if isinstance(record, MailboxAddress):
+                self._address_learnt(uid, record)
+                return None
         self.log.warn("dropping a mailbox deposit of unknown kind from {uid}", uid=log_id(uid))
         return None
+
+    def _collected_intro(self, envelope: bytes) -> Any:
+        """One deposit from the introduction queue: find which contact sealed it, then as
+        from that contact's queue.  From nobody we know (a stranger holding our code, or a
+        contact we removed), it is dropped."""
+        assert self._identity is not None
+        candidates = []
+        for uid in self._contact_uids():
+            public = self._public_key(uid)
+            if public is not None:
+                candidates.append((uid, public))
+        try:
+            uid, message_id, payload = mailseal.open_sealed_any(
+                self._identity.uid, self.ring, candidates, envelope
+            )
+        except SealError as e:
+            self.log.warn("dropping a deposit in the introduction queue: {error}", error=e)
+            return None
+        if uid not in self._told_by_deposit and self.can_deposit(uid):
+            # it added us from our code and does not know our queue for it: tell it
+            self._deposit_address(uid)
+        return self._handle(uid, message_id, payload)

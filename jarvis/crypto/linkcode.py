@@ -19,6 +19,19 @@ The payload, integers big-endian::
     signature                  64  Ed25519 over b"jarvis card v1\\0" + body
     checksum                    4  first 4 bytes of SHA-256(body + signature)
 
+**Link code, version 2** (a card carrying a mailbox queue, issue 15): the version byte is
+``0x02``, the signature context ``b"jarvis card v2\\0"``, and after ``created`` the body goes on
+with where the card's owner collects deposits from people who added it from this card::
+
+               mailbox link len 1  ASCII, ``jarvis-mailbox:<pin>@<host>:<port>`` (<= 255 bytes)
+               mailbox link     n
+               sender id       24  the id of the owner's introduction queue to deposit into
+               sender key      32  the Ed25519 seed that signs those deposits
+               prekey         112  the owner's current signed prekey (jarvis.crypto.mailseal)
+
+A card without a mailbox is still written as version 1, so older Jarvis versions read it;
+both versions are read.
+
 Decoding checks, in order: the ``jarvis://`` prefix (:class:`NotALink`), the alphabet, canonical
 base32 and the checksum (:class:`DamagedLink`: any lost or changed character), the version
 (:class:`UnsupportedVersion`), the field layout and values (:class:`MalformedCard`), and the
@@ -26,7 +39,9 @@ signature (:class:`AlteredCard`).  The whole link is at most :data:`MAX_LINK_CHA
 white space anywhere in it (line wrapping) is ignored.
 
 **Card file.**  The same card as a JSON object: ``"jarvis_card": 1``, ``uid``, ``name``,
-``addresses``, ``created``, and ``public_key`` and ``signature`` in unpadded base64url.  The
+``addresses``, ``created``, and ``public_key`` and ``signature`` in unpadded base64url; a card
+with a mailbox is ``"jarvis_card": 2`` with ``mailbox``: ``{link, sender_id, sender_key,
+prekey}`` (the bytes in unpadded base64url).  The
 signature is the same as the link's, so a card converts between the two forms.
 
 Pure code: no reactor, no I/O.
@@ -59,8 +74,12 @@ from jarvis.crypto.identity import IdentityKey, check_name, uid_for_public_bytes
 
 #: The scheme every link code starts with.
 LINK_PREFIX = "jarvis://"
-#: The card format version this module writes and reads (in links and card files alike).
+#: The card format version of a card without a mailbox (in links and card files alike).
 CARD_VERSION = 1
+#: The card format version of a card carrying a mailbox queue (:class:`CardMailbox`).
+CARD_VERSION_MAILBOX = 2
+#: The versions this module reads.
+READ_VERSIONS = (CARD_VERSION, CARD_VERSION_MAILBOX)
 #: At most this many addresses in a card.
 MAX_ADDRESSES = 8
 #: At most this many bytes in one "host:port" address.
@@ -71,6 +90,11 @@ MAX_LINK_CHARS = 4096
 MAX_CARD_FILE_BYTES = 16 * 1024
 
 _SIGNATURE_CONTEXT = b"jarvis card v1\x00"
+_SIGNATURE_CONTEXT_MAILBOX = b"jarvis card v2\x00"
+_MAILBOX_PREFIX = "jarvis-mailbox:"
+_QUEUE_ID_BYTES = 24
+_QUEUE_KEY_BYTES = 32
+_PREKEY_BYTES = 112
 _PUBLIC_BYTES = 32
 _SIGNATURE_BYTES = 64
 _CHECKSUM_BYTES = 4
@@ -121,6 +145,42 @@ def _field_error(error: ValueError) -> MalformedCard:
 
 
 @dataclass(frozen=True)
+class CardMailbox:
+    """Where people who add the card's owner deposit for it before they ever share a session:
+    the owner's mailbox link and the sender half of its introduction queue, and the owner's
+    current signed prekey to seal to.  Construction checks sizes and the link's form
+    (:class:`MalformedCard`); the daemon checks the link and prekey further before using them.
+    """
+
+    link: str
+    sender_id: bytes
+    sender_key: bytes
+    prekey: bytes
+
+    def __post_init__(self) -> None:
+        link = self.link
+        if (
+            not isinstance(link, str)
+            or not link.isascii()
+            or not link.startswith(_MAILBOX_PREFIX)
+            or len(link) > MAX_ADDRESS_BYTES
+        ):
+            raise MalformedCard("the mailbox link is not a jarvis-mailbox: link")
+        for value, size, what in (
+            (self.sender_id, _QUEUE_ID_BYTES, "mailbox sender id"),
+            (self.sender_key, _QUEUE_KEY_BYTES, "mailbox sender key"),
+            (self.prekey, _PREKEY_BYTES, "mailbox prekey"),
+        ):
+            if not isinstance(value, bytes) or len(value) != size:
+                raise MalformedCard(f"the {what} is not {size} bytes")
+
+    def encode(self) -> bytes:
+        """The bytes that follow ``created`` in a version 2 body."""
+        link = self.link.encode("ascii")
+        return struct.pack(">B", len(link)) + link + self.sender_id + self.sender_key + self.prekey
+
+
+@dataclass(frozen=True)
 class ContactCard:
     """A contact's public key, name, addresses and creation time, signed by that key.
 
@@ -133,6 +193,8 @@ class ContactCard:
     addresses: tuple[str, ...]
     created: int
     signature: bytes
+    #: the owner's mailbox queue for new contacts (version 2), or ``None`` (version 1)
+    mailbox: CardMailbox | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.public_key, bytes) or len(self.public_key) != _PUBLIC_BYTES:
@@ -161,6 +223,13 @@ class ContactCard:
             raise MalformedCard("the creation time is not an integer")
         if not 0 <= created <= _MAX_CREATED:
             raise MalformedCard("the creation time is out of range")
+        if self.mailbox is not None and not isinstance(self.mailbox, CardMailbox):
+            raise MalformedCard("the mailbox is not a CardMailbox")
+
+    @property
+    def version(self) -> int:
+        """The format version this card is written in (2 when it carries a mailbox)."""
+        return CARD_VERSION if self.mailbox is None else CARD_VERSION_MAILBOX
 
     @property
     def uid(self) -> str:
@@ -171,7 +240,7 @@ class ContactCard:
         """The canonical encoding of the signed fields (the link's body, see the module doc)."""
         name = self.name.encode("utf-8")
         parts = [
-            struct.pack(">B", CARD_VERSION),
+            struct.pack(">B", self.version),
             self.public_key,
             struct.pack(">H", len(name)),
             name,
@@ -180,19 +249,27 @@ class ContactCard:
         for address in self.addresses:
             parts += [struct.pack(">B", len(address)), address.encode("ascii")]
         parts.append(struct.pack(">Q", self.created))
+        if self.mailbox is not None:
+            parts.append(self.mailbox.encode())
         return b"".join(parts)
 
     def signed_data(self) -> bytes:
         """The exact bytes the signature covers: a context label, then :meth:`body`."""
-        return _SIGNATURE_CONTEXT + self.body()
+        context = _SIGNATURE_CONTEXT if self.mailbox is None else _SIGNATURE_CONTEXT_MAILBOX
+        return context + self.body()
 
 
 def make_card(
-    identity: IdentityKey, name: str, addresses: Sequence[str], created: int
+    identity: IdentityKey,
+    name: str,
+    addresses: Sequence[str],
+    created: int,
+    mailbox: CardMailbox | None = None,
 ) -> ContactCard:
     """Return the card of *identity*, signed by it.
 
     :param created: the creation time, Unix seconds (from the caller's injected clock).
+    :param mailbox: the owner's introduction queue (makes a version 2 card), if any.
     :raises MalformedCard: if the name, an address or the time is invalid.
     """
     unsigned = ContactCard(
@@ -201,9 +278,10 @@ def make_card(
         addresses=tuple(addresses),
         created=created,
         signature=bytes(_SIGNATURE_BYTES),
+        mailbox=mailbox,
     )
     signature = identity.sign(unsigned.signed_data())
-    return ContactCard(identity.public_bytes, name, unsigned.addresses, created, signature)
+    return ContactCard(identity.public_bytes, name, unsigned.addresses, created, signature, mailbox)
 
 
 def verify_card(card: ContactCard) -> None:
@@ -300,8 +378,10 @@ def decode_link(text: str) -> ContactCard:
     signed, checksum = payload[:-_CHECKSUM_BYTES], payload[-_CHECKSUM_BYTES:]
     if _checksum(signed) != checksum:
         raise DamagedLink()
-    if signed[0] != CARD_VERSION:
-        raise UnsupportedVersion(f"card version {signed[0]}, this Jarvis reads {CARD_VERSION}")
+    if signed[0] not in READ_VERSIONS:
+        raise UnsupportedVersion(
+            f"card version {signed[0]}, this Jarvis reads {CARD_VERSION_MAILBOX} and older"
+        )
     body, signature = signed[:-_SIGNATURE_BYTES], signed[-_SIGNATURE_BYTES:]
     reader = _Reader(body)
     reader.take(1, "version")
@@ -312,16 +392,25 @@ def decode_link(text: str) -> ContactCard:
         raw = reader.take(reader.uint(">B", "address length"), "address")
         addresses.append(_text(raw, "ascii", "address"))
     created = reader.uint(">Q", "creation time")
+    mailbox = None
+    if signed[0] == CARD_VERSION_MAILBOX:
+        raw_link = reader.take(reader.uint(">B", "mailbox link length"), "mailbox link")
+        mailbox = CardMailbox(
+            _text(raw_link, "ascii", "mailbox link"),
+            reader.take(_QUEUE_ID_BYTES, "mailbox sender id"),
+            reader.take(_QUEUE_KEY_BYTES, "mailbox sender key"),
+            reader.take(_PREKEY_BYTES, "mailbox prekey"),
+        )
     reader.finish()
-    card = ContactCard(public_key, name, tuple(addresses), created, signature)
+    card = ContactCard(public_key, name, tuple(addresses), created, signature, mailbox)
     verify_card(card)
     return card
 
 
 def card_to_json(card: ContactCard) -> str:
     """Return the ``.jcard`` file text of *card*: an indented JSON object ending in a newline."""
-    document = {
-        "jarvis_card": CARD_VERSION,
+    document: dict[str, Any] = {
+        "jarvis_card": card.version,
         "uid": card.uid,
         "name": card.name,
         "addresses": list(card.addresses),
@@ -329,6 +418,13 @@ def card_to_json(card: ContactCard) -> str:
         "public_key": b64url_encode(card.public_key),
         "signature": b64url_encode(card.signature),
     }
+    if card.mailbox is not None:
+        document["mailbox"] = {
+            "link": card.mailbox.link,
+            "sender_id": b64url_encode(card.mailbox.sender_id),
+            "sender_key": b64url_encode(card.mailbox.sender_key),
+            "prekey": b64url_encode(card.mailbox.prekey),
+        }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -346,8 +442,10 @@ def card_from_json(text: str | bytes) -> ContactCard:
         version = get_field(obj, "jarvis_card", int)
     except ValueError as e:
         raise MalformedCardFile(str(e)) from None
-    if version != CARD_VERSION:
-        raise UnsupportedVersion(f"card version {version}, this Jarvis reads {CARD_VERSION}")
+    if version not in READ_VERSIONS:
+        raise UnsupportedVersion(
+            f"card version {version}, this Jarvis reads {CARD_VERSION_MAILBOX} and older"
+        )
     fields: dict[str, Any] = {}
     try:
         uid = get_field(obj, "uid", str)
@@ -359,6 +457,14 @@ def card_from_json(text: str | bytes) -> ContactCard:
         fields["created"] = get_field(obj, "created", int)
         fields["public_key"] = b64url_decode(get_field(obj, "public_key", str))
         fields["signature"] = b64url_decode(get_field(obj, "signature", str))
+        if version == CARD_VERSION_MAILBOX:
+            box = get_field(obj, "mailbox", dict)
+            fields["mailbox"] = CardMailbox(
+                get_field(box, "link", str),
+                b64url_decode(get_field(box, "sender_id", str)),
+                b64url_decode(get_field(box, "sender_key", str)),
+                b64url_decode(get_field(box, "prekey", str)),
+            )
     except ValueError as e:
         raise MalformedCardFile(str(e)) from None
     card = ContactCard(**fields)

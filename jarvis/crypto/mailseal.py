@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives import hashes, serialization
@@ -284,19 +285,9 @@ def seal(
     return _HEADER.pack(VERSION, prekey.prekey_id, eph_public, message_id) + ciphertext
 
 
-def open_sealed(
-    recipient_uid: str,
-    ring: PrekeyRing,
-    sender_uid: str,
-    sender_public: bytes,
-    envelope: bytes,
-) -> tuple[bytes, bytes]:
-    """Open an envelope from *sender_uid* (identity key *sender_public*).
-
-    :returns: ``(message_id, plaintext)``.
-    :raises SealError: if it is malformed, names a prekey we do not have (unknown, or deleted
-        after rotation), fails any layer, or is not signed by *sender_public*.
-    """
+def _exchange(ring: PrekeyRing, envelope: bytes) -> tuple[bytes, bytes, bytes, Prekey, bytes]:
+    """Parse the header and do the X25519 exchange: ``(prekey_id, eph_public, message_id,
+    prekey, shared)``."""
     if len(envelope) < OVERHEAD or envelope[0] != VERSION:
         raise SealError("malformed mailbox envelope")
     _, prekey_id, eph_public, message_id = _HEADER.unpack_from(envelope)
@@ -309,6 +300,17 @@ def open_sealed(
         )
     except ValueError:
         raise SealError("bad ephemeral key") from None
+    return prekey_id, eph_public, message_id, prekey, shared
+
+
+def _open_from(
+    recipient_uid: str,
+    sender_uid: str,
+    sender_public: bytes,
+    envelope: bytes,
+    exchanged: tuple[bytes, bytes, bytes, Prekey, bytes],
+) -> bytes:
+    prekey_id, eph_public, message_id, prekey, shared = exchanged
     salt = transcript(
         sender_uid, recipient_uid, prekey_id, prekey.signed.public, eph_public, message_id
     )
@@ -324,4 +326,47 @@ def open_sealed(
         )
     except BadSignature:
         raise SealError("the envelope is not signed by the contact") from None
-    return message_id, plaintext
+    return plaintext
+
+
+def open_sealed(
+    recipient_uid: str,
+    ring: PrekeyRing,
+    sender_uid: str,
+    sender_public: bytes,
+    envelope: bytes,
+) -> tuple[bytes, bytes]:
+    """Open an envelope from *sender_uid* (identity key *sender_public*).
+
+    :returns: ``(message_id, plaintext)``.
+    :raises SealError: if it is malformed, names a prekey we do not have (unknown, or deleted
+        after rotation), fails any layer, or is not signed by *sender_public*.
+    """
+    exchanged = _exchange(ring, envelope)
+    plaintext = _open_from(recipient_uid, sender_uid, sender_public, envelope, exchanged)
+    return exchanged[2], plaintext
+
+
+def open_sealed_any(
+    recipient_uid: str,
+    ring: PrekeyRing,
+    senders: Iterable[tuple[str, bytes]],
+    envelope: bytes,
+) -> tuple[str, bytes, bytes]:
+    """Open an envelope from one of *senders* (``(uid, identity public key)`` pairs), not
+    knowing which (a deposit into the introduction queue of a link code: anyone holding the
+    code may deposit there).  The X25519 exchange is done once; each wrong candidate costs one
+    key derivation and one failed authentication of the cascade.
+
+    :returns: ``(sender_uid, message_id, plaintext)``.
+    :raises SealError: if it is malformed, names a prekey we do not have, or none of
+        *senders* sealed and signed it.
+    """
+    exchanged = _exchange(ring, envelope)
+    for uid, public in senders:
+        try:
+            plaintext = _open_from(recipient_uid, uid, public, envelope, exchanged)
+        except SealError:
+            continue
+        return uid, exchanged[2], plaintext
+    raise SealError("the envelope is not from any contact")
