@@ -642,6 +642,7 @@ async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, An
     lines = [
         f"{_when(m.get('created'))} {'>' if m.get('direction') == 'out' else '<'} "
         f"{terminal_safe(str(m.get('body')))}"
+        + (" [via mailbox]" if m.get("path") == "mailbox" else "")
         for m in messages
     ]
     session.emit("\n".join(lines) if lines else "no messages", messages)

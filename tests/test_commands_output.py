@@ -165,3 +165,28 @@ class EmitTests(SynchronousTestCase):
         ``json.dumps`` prints it."""
         document = {"body": "héllo 👋 — ok", "n": [1, 2]}
         self.assertEqual(commands.json_text(document), json.dumps(document, ensure_ascii=False))
+
+
+class HistoryPathTests(SynchronousTestCase):
+    """``jarvis history``: the path a message left by."""
+
+    def test_deposited_message_says_via_mailbox(self) -> None:
+        """When the history holds a message deposited in the contact's mailbox and one sent
+        over a session, then the text marks the first ``[via mailbox]`` only, and --json
+        keeps each message's ``path`` as the daemon sent it."""
+        page = {
+            "messages": [
+                {"id": "b", "direction": "out", "body": "direct", "created": 2.0, "path": "direct"},
+                {"id": "a", "direction": "out", "body": "boxed", "created": 1.0, "path": "mailbox"},
+            ],
+            "next": None,
+        }
+        sub = {"contact": UID, "limit": 50, "before": None, "after": None}
+        session = FakeSession(options("history", UID), {"messages.history": page})
+        out, _ = run_command(commands.cmd_history(session, sub, {}))  # type: ignore[arg-type]
+        lines = out.splitlines()
+        self.assertTrue(lines[0].endswith("> boxed [via mailbox]"), lines)
+        self.assertTrue(lines[1].endswith("> direct"), lines)
+        session = FakeSession(options("--json", "history", UID), {"messages.history": page})
+        out, _ = run_command(commands.cmd_history(session, sub, {}))  # type: ignore[arg-type]
+        self.assertEqual([m["path"] for m in json.loads(out)], ["mailbox", "direct"])

@@ -514,3 +514,36 @@ class TellEveryContactTests(PostboxCase):
         await until(clock, lambda: len(transport.deposits) == 2)
         _sid, kind, rest = kinds(node, bob, ring, transport)[1]
         self.assertEqual((kind, parse_record(rest)), (3, MailboxAddress("")))
+
+
+class SentViaMailboxTests(PostboxCase):
+    async def test_path_recorded_shown_and_kept_across_restart(self) -> None:
+        """When a message is deposited in Bob's mailbox, then its history entry says path
+        mailbox (a message later sent over a session says direct), also after the keys were
+        wiped and the store reopened; Bob's contact view and peer status say mailbox while
+        he has no session, direct while he has one."""
+        node, clock, events, bob, _transport, _ring = await self.setup_pair()
+        deposited = await node.send_message("Bob", "deposited")
+        self.assertIsNone(deposited["path"])  # queued: no path yet
+        await until(clock, lambda: any(n == "message.stateChanged" for n, _ in events))
+        (change,) = [p for n, p in events if n == "message.stateChanged"]
+        self.assertEqual((change["via"], change["path"]), ("mailbox", "mailbox"))
+        (contact,) = await node.list_contacts()
+        self.assertEqual(contact["path"], "mailbox")
+        self.assertEqual(node.peers_status()["peers"][0]["path"], "mailbox")
+        session = FakeSession(bob.uid)
+        await turned(clock, node.session_established(session))
+        report_state(node, bob.uid, "online")
+        (contact,) = await node.list_contacts()
+        self.assertEqual(contact["path"], "direct")
+        direct = await node.send_message("Bob", "direct")
+        await turned(clock, node.acks_received(session, [bytes.fromhex(direct["id"])]))
+        node.session_closed(session, "gone")
+        report_state(node, bob.uid, "offline")
+        await node.lock(wipe=True)
+        await node.unlock("pw")
+        history = (await node.history("Bob"))["messages"]
+        self.assertEqual(
+            [(m["body"], m["path"]) for m in history],
+            [("direct", "direct"), ("deposited", "mailbox")],
+        )

@@ -705,6 +705,31 @@ class OtherClientsTests(SynchronousTestCase):
             )
             self.assertTrue(rows_with(controller, "me: from the cli")[0].endswith(mark), state)
 
+    def test_deposited_message_marked_as_via_the_mailbox(self) -> None:
+        """When a message becomes sent by a deposit in the contact's mailbox (the state event
+        says via mailbox), then its line shows the mailbox mark before the delivery mark, and
+        keeps it when delivered; a message sent over the session shows no mailbox mark."""
+        controller, client, clock, _ = started()
+        press(controller, "meta 1")
+        for body in ("deposited", "direct"):
+            message = client.add_message(
+                UID_ALICE, body, direction="out", state="queued", created=NOW + 30
+            )
+            client.emit("message.added", {"message": dict(message)})
+            clock.advance(0)
+            change = {"id": message["id"], "contact": UID_ALICE, "state": "sent", "at": NOW}
+            if body == "deposited":
+                change.update(via="mailbox", path="mailbox")
+            client.emit("message.stateChanged", change)
+        self.assertTrue(rows_with(controller, "me: deposited")[0].endswith("✉✓"))
+        self.assertTrue(rows_with(controller, "me: direct")[0].endswith(" ✓"))
+        deposited = next(m for m in client.messages[UID_ALICE] if m["body"] == "deposited")
+        client.emit(
+            "message.stateChanged",
+            {"id": deposited["id"], "contact": UID_ALICE, "state": "delivered", "at": NOW},
+        )
+        self.assertTrue(rows_with(controller, "me: deposited")[0].endswith("✉✓✓"))
+
     def test_own_send_shown_once_whatever_the_order(self) -> None:
         """When the UI's own send is reported by the event, then by a state change, and the
         call's answer (state queued) comes last, then the line shows once, still sent."""

@@ -58,6 +58,9 @@ class ContactBook:
         #: called with ``(uid, state)`` whenever the network reports a peer's new state (the
         #: courier: a dial that ended without a session lets a waiting deposit go at once)
         self.on_peer_state: Callable[[str, str], None] | None = None
+        #: whether we can deposit for a contact in its mailbox (the postbox's answer): its
+        #: path while it has no session is then ``mailbox``
+        self.can_deposit: Callable[[str], bool] = lambda uid: False
 
     # -- life cycle (the node calls these at unlock and lock) ----------------------------------
 
@@ -133,16 +136,19 @@ class ContactBook:
         assert store is not None
         unread = yield store.run(queries.unread_counts, write=False)
         activity = yield store.run(queries.last_activity, write=False)
-        return [
-            contact_view(
+        views = []
+        for c in contacts:
+            status = self.status_of(c.uid)
+            view = contact_view(
                 c,
                 own_uid=self._own_uid,
-                status=self.status_of(c.uid),
+                status=status,
                 unread=unread.get(c.uid, 0),
                 last_activity=activity.get(c.uid),
             )
-            for c in contacts
-        ]
+            view["path"] = self.path_of(c.uid, status)
+            views.append(view)
+        return views
 
     @defer.inlineCallbacks
     def view(self, contact: Contact) -> Any:
@@ -421,8 +427,15 @@ class ContactBook:
         # is a direct TCP connection today (to a discovered address or a card's)
         return {
             "lan_addresses": self.discovered_addresses(uid),
-            "path": "direct" if state == "online" else None,
+            "path": self.path_of(uid, state),
         }
+
+    def path_of(self, uid: str, state: str) -> str | None:
+        """The path a message to *uid* takes now: ``direct`` over the live session,
+        ``mailbox`` (no session; deposited in its mailbox), or ``None`` (it waits)."""
+        if state == "online":
+            return "direct"
+        return "mailbox" if self.can_deposit(uid) else None
 
     # -- presence ------------------------------------------------------------------------------
 

@@ -321,8 +321,12 @@ class Courier:
                 queries.history, contact.uid, limit=limit, before=before, after=after, write=False
             )
             marker = yield store.run(queries.get_marker, contact.uid, write=False)
+            outgoing = [m.id for m in page.messages if m.direction == "out"]
+            paths = {}
+            if outgoing:
+                paths = yield store.run(queries.paths_of, contact.uid, outgoing, write=False)
             return {
-                "messages": [message_view(m) for m in page.messages],
+                "messages": [message_view(m, paths.get(m.id)) for m in page.messages],
                 "next": page.next_cursor,
                 "newer": page.newer_cursor,
                 "marker": marker,
@@ -805,7 +809,12 @@ class Courier:
         store = self._store
         if store is None or not message_ids:
             return defer.succeed(None)
-        d = store.run(queries.advance_states, list(message_ids), state, self.now(), write=True)
+        if via is not None:
+            d = store.run(
+                queries.advance_via, list(message_ids), state, self.now(), via, write=True
+            )
+        else:
+            d = store.run(queries.advance_states, list(message_ids), state, self.now(), write=True)
         d.addCallback(self._announce_changes, via)
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d
@@ -819,7 +828,7 @@ class Courier:
         for mid, contact, new_state in changes:
             payload = {"id": mid, "contact": contact, "state": new_state, "at": self.now()}
             if via is not None:
-                payload["via"] = via
+                payload["via"] = payload["path"] = via
             emit("message.stateChanged", payload)
 
     # -- read receipts -------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from twisted.logger import Logger
 EVENT_DOCS: dict[str, str] = {
     "message.added": "`{message}`: a message the user sent is stored (state `queued`)",
     "message.received": "`{message, muted}`",
-    "message.stateChanged": '`{id, contact, state, at}`, and `via: "mailbox"` when the '
-    "message was deposited in the contact's mailbox (state `sent`) rather than written to a "
-    "session",
+    "message.stateChanged": '`{id, contact, state, at}`, and `via: "mailbox"` (and the '
+    'same `path: "mailbox"` as in the message history) when the message was deposited in '
+    "the contact's mailbox (state `sent`) rather than written to a session",
     "mailbox.changed": "`{link}`: the mailbox in use changed (`null`: dropped)",
     "mailbox.depositFailed": "`{contact, error}`: a message could not be deposited in the "
     "contact's mailbox (for instance its queue is full); it stays queued",

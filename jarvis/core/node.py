@@ -147,6 +147,7 @@ class Node(Service):
         self.postbox.on_acks = self.courier.mailbox_acks
         self.postbox.on_address = self.courier.schedule_mailbox
         self.contacts.on_peer_state = self.courier.peer_state_changed
+        self.contacts.can_deposit = self.postbox.can_deposit
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None

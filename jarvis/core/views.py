@@ -12,8 +12,14 @@ from jarvis.crypto.identity import fingerprint, safety_code
 from jarvis.store.records import Contact, StoredMessage
 
 
-def message_view(message: StoredMessage) -> dict[str, Any]:
-    """Return the API form of *message*."""
+def message_view(message: StoredMessage, path: str | None = None) -> dict[str, Any]:
+    """Return the API form of *message*.
+
+    :param path: the recorded path it left by (``"mailbox"``), if any; otherwise an outgoing
+        message past ``queued`` went over a session (``"direct"``), and the others have none.
+    """
+    if path is None and message.direction == "out" and message.state != "queued":
+        path = "direct"
     return {
         "id": message.id,
         "contact": message.contact,
@@ -25,6 +31,7 @@ def message_view(message: StoredMessage) -> dict[str, Any]:
         "delivered": message.delivered,
         "read": message.read,
         "seq": message.seq,
+        "path": path,
     }
 
 

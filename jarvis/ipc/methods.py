@@ -372,7 +372,8 @@ IDENTITY_GROUP = ConcurrencyGroup(
 
 _CONTACT_RESULT = (
     "contact: {uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted, "
-    "read_receipts, status, unread, last_activity}"
+    "read_receipts, status, unread, last_activity, path ('direct': session up, 'mailbox': "
+    "no session, messages are deposited in the contact's mailbox, null: they wait)}"
 )
 _BACKOFF_DOC = (
     "Wrong passwords start the back-off shared by identity.unlock, identity.changePassword "
@@ -381,7 +382,8 @@ _BACKOFF_DOC = (
 )
 _MESSAGE_RESULT = (
     "message: {id, contact, direction ('in'|'out'), body, state, created, sent, delivered, "
-    "read, seq}"
+    "read, seq, path ('direct': sent over a session, 'mailbox': deposited in the contact's "
+    "mailbox, kept across restarts; null while queued and for incoming messages)}"
 )
 
 
@@ -715,7 +717,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "since the epoch; counters run from the daemon's unlock. lan_addresses: the "
             "HOST:PORT addresses where LAN discovery found the contact, newest first (dialled "
             "before the card's addresses); path: how the live session runs ('direct': a TCP "
-            "connection to a found or a card's address), null while not online.",
+            "connection to a found or a card's address); while not online 'mailbox' when "
+            "messages are deposited in the contact's mailbox, else null.",
         ),
         MethodSpec(
             "mailbox.use",

@@ -176,6 +176,37 @@ def advance_states(
     return changed
 
 
+def advance_via(
+    db: Rows, mids: Sequence[str], state: str, at: float, path: str
+) -> list[tuple[str, str, str]]:
+    """:func:`advance_states`, and record that the outgoing messages *mids* left by *path*
+    (``"mailbox"``: deposited in the contact's mailbox), in one transaction."""
+    changed = advance_states(db, mids, state, at)
+    for chunk in _chunks(list(dict.fromkeys(mids))):
+        values = ", ".join(["?"] * len(chunk))
+        db.conn.execute(
+            f"UPDATE messages SET path = ? WHERE direction = 'out' AND id IN ({values})",
+            (path, *chunk),
+        )
+    return changed
+
+
+def paths_of(db: Rows, uid: str, mids: Sequence[str]) -> dict[str, str]:
+    """The recorded path (:func:`advance_via`) of those of *uid*'s messages *mids* that have
+    one."""
+    conversation = db._index(uid)
+    found: dict[str, str] = {}
+    for chunk in _chunks(list(mids)):
+        values = ", ".join(["?"] * len(chunk))
+        rows = db.conn.execute(
+            f"SELECT id, path FROM messages WHERE conversation = ? AND id IN ({values}) "
+            "AND path IS NOT NULL",
+            (conversation, *chunk),
+        )
+        found.update(rows.fetchall())
+    return found
+
+
 def get_message(db: Rows, mid: str) -> StoredMessage | None:
     """:returns: the message with this id, or None.
 

@@ -161,8 +161,24 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Version 4: the path an outgoing message left by when it was not the session: 'mailbox' for a
+# message deposited in the contact's mailbox (issue 15); NULL otherwise.
+_V4 = ("ALTER TABLE messages ADD COLUMN path TEXT",)
+
+
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    """Version 4: ``messages.path`` (sent via the mailbox)."""
+    for statement in _V4:
+        conn.execute(statement)
+
+
 #: The forward migrations; the schema version of a database is how many of them it has run.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_create_v1, _v1_to_v2, _v2_to_v3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _create_v1,
+    _v1_to_v2,
+    _v2_to_v3,
+    _v3_to_v4,
+]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -134,6 +134,7 @@ class Message:
     delivered: float | None = None
     read: float | None = None
     seq: int = 0  # its position in the conversation (the daemon's order; 0 if not given)
+    path: str | None = None  # "mailbox": deposited in the contact's mailbox; else None
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Message:
@@ -158,6 +159,7 @@ class Message:
             delivered=_number(data.get("delivered")),
             read=_number(data.get("read")),
             seq=seq if isinstance(seq := data.get("seq"), int) and seq > 0 else 0,
+            path="mailbox" if data.get("path") == "mailbox" else None,
         )
 
 
@@ -324,6 +326,8 @@ def _furthest(old: Message, new: Message) -> Message:
         )
     if not new.seq and old.seq:
         new = replace(new, seq=old.seq)
+    if old.path and not new.path:
+        new = replace(new, path=old.path)
     return old if new == old else new
 
 
@@ -683,6 +687,8 @@ class MessengerModel:
         changes: dict[str, Any] = {"state": state}
         if state in ("sent", "delivered", "read") and at is not None:
             changes[state] = at
+        if payload.get("via") == "mailbox" or payload.get("path") == "mailbox":
+            changes["path"] = "mailbox"
         conversation.put(replace(message, **changes))
         self._changed("messages")
 

@@ -41,6 +41,9 @@ STATUS_DOTS: dict[str, tuple[str, str]] = {
     "offline": ("○", "dot_offline"),
 }
 
+#: Put before the delivery mark of a message deposited in the contact's mailbox.
+MAILBOX_MARK = "✉"
+
 NEW_MESSAGES = " new messages "
 
 
@@ -313,6 +316,8 @@ class MessageRow(urwid.WidgetWrap[urwid.Columns]):
         columns: list[Any] = [(6, urwid.Text(("time", stamp))), body]
         if not incoming:
             mark, style = DELIVERY_MARKS.get(message.state, DELIVERY_MARKS["queued"])
+            if message.path == "mailbox":
+                mark = MAILBOX_MARK + mark
             columns.append((3, urwid.Text((style, mark), align="right")))
         super().__init__(urwid.Columns(columns))
 
