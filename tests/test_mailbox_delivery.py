@@ -241,3 +241,75 @@ class LinkCodeQueueTests(TestCase):
         no_session(bob)
         incoming = [m for m in await bob.all_history(alice.uid) if m["direction"] == "in"]
         self.assertEqual([m["body"] for m in incoming], ["hello back"])
+
+
+class TellEveryContactTests(TestCase):
+    """ "Changing or dropping a mailbox tells every contact" (issue 15), offline ones too."""
+
+    timeout = 300
+
+    async def test_change_and_drop_reach_a_stopped_contact(self) -> None:
+        """When Alice changes her mailbox while Bob's daemon is stopped, then Bob, started
+        alone, deposits into her new mailbox (her message there reaches her); when she then
+        drops it while he is stopped again, then at his next start he knows no address for
+        her any more (his message waits for a session)."""
+        root = short_tempdir(self)
+        boxes = []
+        for name in ("m1", "m2", "mb"):
+            box = MailboxProcess(os.path.join(root, name))
+            os.makedirs(os.path.join(root, name), exist_ok=True)
+            self.addCleanup(box.cleanup)
+            await box.start()
+            boxes.append(box)
+        alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
+        await alice.start(create=True)
+        await bob.start(create=True)
+        await befriend(alice, bob)
+        await alice.call("mailbox.use", link=str(boxes[0].link()))
+        await bob.call("mailbox.use", link=str(boxes[2].link()))
+
+        async def knows(peer: Peer, reachable: int) -> bool:
+            status = await peer.call("mailbox.status")
+            return bool(status["connected"]) and status["contacts_reachable"] == reachable
+
+        await until(lambda: knows(alice, 1), what="alice knows bob's mailbox")
+        await until(lambda: knows(bob, 1), what="bob knows alice's mailbox")
+        await bob.stop()
+        await alice.recorder.wait(lambda: not alice.online_with(bob)())
+
+        # Alice moves to the second mailbox while Bob is stopped
+        await alice.call("mailbox.use", link=str(boxes[1].link()))
+        await until(
+            lambda: deposits_of(alice, 1), what="alice told bob her new mailbox by a deposit"
+        )
+        await alice.stop()
+        await bob.start(unlock=True)
+        sent = await bob.call("messages.send", contact=alice.uid, text="to the new mailbox")
+        await bob.recorder.wait(
+            lambda: any(
+                p["id"] == sent["id"] and p.get("via") == "mailbox"
+                for p in bob.recorder.named("message.stateChanged")
+            ),
+            timeout=60,
+        )
+        await bob.stop()
+        await alice.start(unlock=True)
+
+        async def received() -> bool:
+            history = await alice.all_history(bob.uid)
+            return any(m["body"] == "to the new mailbox" for m in history)
+
+        await until(received, what="alice received through her new mailbox")
+
+        # Alice drops her mailbox while Bob is stopped
+        await alice.call("mailbox.drop")
+        await alice.stop()
+        await bob.start(unlock=True)
+        await until(lambda: knows(bob, 0), what="bob forgot alice's mailbox")
+        status = await bob.call("mailbox.status")
+        self.assertEqual(status["contacts"], [{"uid": alice.uid, "path": "waiting"}])
+
+
+async def deposits_of(peer: Peer, count: int) -> bool:
+    """Whether *peer*'s daemon made at least *count* deposits since its unlock."""
+    return bool((await peer.call("mailbox.status"))["deposited"] >= count)

@@ -262,8 +262,10 @@ class Postbox:
         old_link, old_queues = self.link, self.queues
         self.link = None
         self.queues = {}
-        self._announce_all(by_deposit=True)
+        # the deposits of our empty address finish before the connections close
+        told = self._announce_all(by_deposit=True)
         yield self._delete_queues(old_queues, old_link)
+        yield told
         if self._transport is not None:
             yield self._transport.disconnect()
         yield self._save_config()
@@ -376,17 +378,20 @@ class Postbox:
         except Exception as e:
             self.log.warn("mailbox address not sent: {error}", error=redact(str(e)))
 
-    def _announce_all(self, *, by_deposit: bool = False) -> None:
+    def _announce_all(self, *, by_deposit: bool = False) -> defer.Deferred[Any]:
         """Tell every contact with a session our (new) address over it; with *by_deposit*,
         tell every other contact whose deposit address we know by a deposit into its queue
-        (so a change or a drop reaches contacts that are offline now)."""
+        (so a change or a drop reaches contacts that are offline now).
+
+        :returns: a Deferred firing once those deposits are done (failures are logged)."""
         for uid in list(self._sessions):
             self._announce(uid)
-        if not by_deposit:
-            return
-        for uid in list(self.peers):
-            if uid not in self._sessions and self.can_deposit(uid):
-                self._deposit_address(uid)
+        deposits = []
+        if by_deposit:
+            for uid in list(self.peers):
+                if uid not in self._sessions and self.can_deposit(uid):
+                    deposits.append(self._deposit_address(uid))
+        return defer.gatherResults(deposits, consumeErrors=True)
 
     def _deposit_address(self, uid: str) -> defer.Deferred[Any]:
         """Deposit our current address for *uid* into its queue."""
