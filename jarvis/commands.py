@@ -880,7 +880,11 @@ def mailbox_lines(result: dict[str, Any]) -> list[str]:
     if paths:
         lines.append(
             "  contacts: "
-            + ", ".join(f"{paths.count(p)} {p}" for p in ("direct", "mailbox", "waiting"))
+            + ", ".join(
+                f"{paths.count(p)} {p}"
+                for p in ("lan", "direct", "relayed", "mailbox", "waiting")
+                if p in ("direct", "mailbox", "waiting") or p in paths
+            )
         )
     return lines
 
