@@ -297,3 +297,39 @@ class UpgradeTests(SynchronousTestCase):
         pair.clock.advance(60.0)
         pair.run()
         self.assertEqual(low.status(pair.uid("high")).connect_attempts, settled)
+
+
+class DiallerRaceTests(SynchronousTestCase):
+    """The dialler's rounds are address races."""
+
+    def test_found_address_dialled_while_the_card_address_hangs(self) -> None:
+        """When a round hangs on the card's address and the contact is found on the LAN
+        (redial with a new first address), then the new address is dialled at once in that
+        round, and when it connects the hanging attempt is cancelled and dialling stops."""
+        from tests.test_network import DiallerHarness
+
+        harness = DiallerHarness(("far:1",))
+        harness.dialler.start()
+        far = harness.attempts[-1][1]
+        cancelled: list[Deferred[None]] = []
+        far._canceller = cancelled.append
+        harness.addresses = ("near:2", "far:1")
+        harness.dialler.redial()
+        self.assertEqual([a for a, _ in harness.attempts], ["far:1", "near:2"])
+        harness.attempts[-1][1].callback(None)
+        self.assertEqual(cancelled, [far])
+        self.assertFalse(harness.dialler.running)
+        self.assertFalse(harness.dialler.dialling)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+
+    def test_second_address_after_the_stagger(self) -> None:
+        """When the first address neither connects nor fails, then the second is dialled
+        after the stagger, not after the first's connect timeout."""
+        from jarvis.net.eyeballs import STAGGER
+        from tests.test_network import DiallerHarness
+
+        harness = DiallerHarness(("a:1", "b:2"))
+        harness.dialler.start()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1"])
+        harness.clock.advance(STAGGER)
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1", "b:2"])
