@@ -829,6 +829,9 @@ def peer_lines(peer: dict[str, Any], now: float) -> list[str]:
     found = [terminal_safe(str(a), keep_newlines=False) for a in peer.get("lan_addresses") or []]
     if found:
         lines.append(f"  on the LAN: {', '.join(found)}")
+    if peer.get("path_reason"):
+        reason = terminal_safe(str(peer["path_reason"]), keep_newlines=False)
+        lines.append(f"  path:       {reason}")
     if "bytes_in" in peer:
         lines.append(
             f"  traffic:    {human_bytes(peer.get('bytes_in') or 0)} in, "
@@ -881,7 +884,11 @@ def mailbox_lines(result: dict[str, Any]) -> list[str]:
     if paths:
         lines.append(
             "  contacts: "
-            + ", ".join(f"{paths.count(p)} {p}" for p in ("direct", "mailbox", "waiting"))
+            + ", ".join(
+                f"{paths.count(p)} {p}"
+                for p in ("lan", "direct", "relayed", "mailbox", "waiting")
+                if p in ("direct", "mailbox", "waiting") or p in paths
+            )
         )
     return lines
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, utils
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from bench import harness
 from bench.harness import Figure, Outcome
@@ -45,6 +45,13 @@ CEILING_KEYS = {
 
 #: Figures of each benchmark (besides the ceiling) that a smoke run must produce.
 BENCHMARK_KEYS = {
+    "lan": {
+        "lan_session_s",
+        "lan_session_max_s",
+        "idle_cpu_discovery_on_pct",
+        "idle_cpu_discovery_off_pct",
+        "discovery_idle_cost_pct",
+    },
     "exec": {
         "line_latency_p50_ms",
         "line_latency_p99_ms",
@@ -114,6 +121,9 @@ BENCHMARK_KEYS = {
 
 #: Figures that may legitimately be zero (a stall or lag that did not happen, no CPU tick).
 MAY_BE_ZERO = {
+    "idle_cpu_discovery_on_pct",
+    "idle_cpu_discovery_off_pct",
+    "discovery_idle_cost_pct",
     "flood_dropped_mib",
     "hook_flood_dropped_events",
     "load_avg_1min",
@@ -219,6 +229,16 @@ class BenchmarkSmokeRunTests(TestCase):
         other at smoke size, then it reports the latency through the mailbox with ratios to
         the ceiling, the most grace while a dial is in flight and both daemons' lag."""
         await self.check_smoke("mailbox_path")
+
+    async def test_lan(self) -> None:
+        """When the LAN benchmark runs two daemons in network namespaces at smoke size, then it
+        reports the time to a live session and discovery's idle CPU cost, with goals."""
+        from tests import netns
+
+        reason = netns.unavailable()
+        if reason is not None:
+            raise SkipTest(reason)
+        await self.check_smoke("lan")
 
     async def test_exec(self) -> None:
         """When the exec benchmark runs at smoke size, then it reports line latency, the

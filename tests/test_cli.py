@@ -189,6 +189,26 @@ class FigureTests(SynchronousTestCase):
         self.assertTrue(lines[0].endswith("1 min ago, direct"), lines[0])
         self.assertEqual(lines[1], "  on the LAN: 10.213.0.2:7770, 10.0.0.9:1\\x1b")
 
+    def test_peer_lines_path_reason(self) -> None:
+        """When peers.status gives a path and its reason, then the reason gets its own line
+        (a control character shown escaped); offline, the state line names no path."""
+        from jarvis.commands import peer_lines
+
+        now = 1_800_000_000.0
+        peer = {
+            "uid": "k" * 52,
+            "name": "Bob",
+            "status": "offline",
+            "offline_since": now - 60,
+            "path": "mailbox",
+            "path_reason": "mailbox: no address answers (connection refused)\x1b[2J",
+        }
+        lines = peer_lines(peer, now)
+        self.assertNotIn("mailbox", lines[0])
+        self.assertEqual(
+            lines[1], "  path:       mailbox: no address answers (connection refused)\\x1b[2J"
+        )
+
     def test_offline_connecting(self) -> None:
         """When a peer is connecting, then it is shown offline since when, connecting now."""
         from jarvis.commands import peer_lines

@@ -103,7 +103,8 @@ class FoundTests(TestCase):
         self.assertEqual(network.calls, [("redial", key.uid)])
         view = node.peers_status()["peers"][0]
         self.assertEqual(view["lan_addresses"], ["10.213.0.2:40002"])
-        self.assertIsNone(view["path"])
+        self.assertEqual(view["path"], "none")  # offline, and no mailbox address
+        self.assertIn("no mailbox address", view["path_reason"])
 
     async def test_newest_first_deduplicated_and_bounded(self) -> None:
         """When discovery reports many addresses, some again, then the newest comes first,

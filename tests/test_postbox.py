@@ -170,7 +170,7 @@ class PathChoiceTests(PostboxCase):
         self.assertEqual([body for _, body, _ in session.sent], [b"hello online"])
         self.assertEqual(transport.deposits, [])
         paths = node.mailbox_status()["contacts"]
-        self.assertEqual(paths, [{"uid": bob.uid, "path": "direct"}])
+        self.assertEqual([(p["uid"], p["path"]) for p in paths], [(bob.uid, "direct")])
         node.session_closed(session, "gone")
         self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "mailbox")
 

@@ -1,4 +1,4 @@
-"""The addresses a node publishes in its link code.
+"""The addresses a node publishes in its link code, and the order a contact's are dialled in.
 
 The configured ``--advertise`` addresses win; otherwise the node's non-loopback interface
 addresses with the peer listening port.  Never a hard-coded "localhost": a link code that points
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from jarvis.paths import DEFAULT_PEER_PORT
 
@@ -71,3 +71,20 @@ def local_addresses(advertise: Sequence[str], listening: tuple[str, int] | None)
     if host and host not in ("0.0.0.0", "::"):
         return (format_address(host, port),)
     return tuple(format_address(a, port) for a in interface_addresses()[:MAX_ADDRESSES])
+
+
+def dial_order(
+    found: Iterable[str], card: Iterable[str], successes: Mapping[str, float]
+) -> tuple[str, ...]:
+    """Return a contact's addresses best first, each once: those that reached a session, most
+    recent success first; then those LAN discovery found (as given: newest first); then the
+    card's.  A success is only a ranking: an address no longer found nor on the card is not
+    dialled.  Pure; the dialler races them in this order (``jarvis.net.eyeballs``).
+
+    :param found: where LAN discovery found the contact, newest first.
+    :param card: the addresses of its card (link code or manual).
+    :param successes: address -> when a dial to it last succeeded.
+    """
+    candidates = list(dict.fromkeys([*found, *card]))
+    position = {address: index for index, address in enumerate(candidates)}
+    return tuple(sorted(candidates, key=lambda a: (-successes.get(a, float("-inf")), position[a])))

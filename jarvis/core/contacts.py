@@ -16,12 +16,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from jarvis.core.addresses import dial_order
 from jarvis.core.interfaces import PeerNetwork
 from jarvis.core.views import contact_view, peer_view
 from jarvis.crypto import linkcode
 from jarvis.crypto.identity import is_valid_uid
 from jarvis.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.logs import log_id
+from jarvis.protocol.peerpath import PeerPath
+from jarvis.protocol.peerpath import offline as offline_path
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
@@ -54,13 +57,14 @@ class ContactBook:
         self._summary: tuple[str, int, int] | None = None
         #: addresses found by LAN discovery, per contact, newest first (memory only)
         self._discovered: dict[str, list[str]] = {}
+        #: when a dial to each address of a contact last succeeded (memory only)
+        self._succeeded: dict[str, dict[str, float]] = {}
+        #: whether a message to a contact can be deposited in its mailbox (the node sets it)
+        self.can_deposit: Callable[[str], bool] = lambda uid: False
         self._directory_watchers: list[Callable[[], None]] = []
         #: called with ``(uid, state)`` whenever the network reports a peer's new state (the
         #: courier: a dial that ended without a session lets a waiting deposit go at once)
         self.on_peer_state: Callable[[str, str], None] | None = None
-        #: whether we can deposit for a contact in its mailbox (the postbox's answer): its
-        #: path while it has no session is then ``mailbox``
-        self.can_deposit: Callable[[str], bool] = lambda uid: False
 
     # -- life cycle (the node calls these at unlock and lock) ----------------------------------
 
@@ -84,6 +88,7 @@ class ContactBook:
         self._contacts = {}
         self._peer_states.clear()
         self._discovered.clear()
+        self._succeeded.clear()
 
     def get(self, uid: str) -> Contact | None:
         """The contact with *uid*, if any."""
@@ -131,24 +136,25 @@ class ContactBook:
 
     @defer.inlineCallbacks
     def views(self, contacts: Sequence[Contact]) -> Any:
-        """The API views of *contacts*, with status, unread count and last activity."""
+        """The API views of *contacts*, with status, unread count, last activity and the path
+        a message takes now (``path``, ``path_reason``)."""
         store = self._store
         assert store is not None
         unread = yield store.run(queries.unread_counts, write=False)
         activity = yield store.run(queries.last_activity, write=False)
-        views = []
-        for c in contacts:
-            status = self.status_of(c.uid)
-            view = contact_view(
-                c,
-                own_uid=self._own_uid,
-                status=status,
-                unread=unread.get(c.uid, 0),
-                last_activity=activity.get(c.uid),
-            )
-            view["path"] = self.path_of(c.uid, status)
-            views.append(view)
-        return views
+        return [
+            {
+                **contact_view(
+                    c,
+                    own_uid=self._own_uid,
+                    status=self.status_of(c.uid),
+                    unread=unread.get(c.uid, 0),
+                    last_activity=activity.get(c.uid),
+                ),
+                **self.path(c.uid).as_dict(),
+            }
+            for c in contacts
+        ]
 
     @defer.inlineCallbacks
     def view(self, contact: Contact) -> Any:
@@ -361,13 +367,44 @@ class ContactBook:
         self._directory_changed()
 
     def addresses(self, uid: str) -> tuple[str, ...]:
-        """Where to dial the contact: where LAN discovery found it (newest first), then the
-        addresses of its card, each once."""
+        """Where to dial the contact, best first (:func:`jarvis.core.addresses.dial_order`):
+        addresses that worked, most recent success first; then where LAN discovery found it
+        (newest first); then the addresses of its card; each once."""
         contact = self._contacts.get(uid)
         if contact is None:
             return ()
-        found = self._discovered.get(uid, [])
-        return (*found, *(a for a in contact.addresses if a not in found))
+        return dial_order(
+            self._discovered.get(uid, ()), contact.addresses, self._succeeded.get(uid, {})
+        )
+
+    def address_succeeded(self, uid: str, address: str) -> None:
+        """A dial to contact *uid* at *address* reached a session: try it first next time (while
+        it is still one of the contact's addresses; kept in memory only)."""
+        if uid not in self._contacts:
+            return
+        successes = self._succeeded.setdefault(uid, {})
+        successes[address] = self.now()
+        if len(successes) > MAX_DISCOVERED * 2:
+            oldest = min(successes, key=successes.__getitem__)
+            del successes[oldest]
+
+    def path(self, uid: str) -> PeerPath:
+        """The path a message to *uid* takes now, and why (:mod:`jarvis.protocol.peerpath`):
+        the live session's (``lan``, ``direct``, ``relayed``), else ``mailbox`` when it can be
+        deposited, else ``none``."""
+        network = self._network
+        path_of = getattr(network, "path_of", None)
+        live = path_of(uid) if path_of is not None else None
+        if isinstance(live, PeerPath):
+            return live
+        why = None
+        if network is not None:
+            try:
+                why = network.status(uid).last_error
+            except Exception:
+                why = None
+        reason = f"no address answers ({why})" if why else None
+        return offline_path(self.can_deposit(uid), reason)
 
     def acceptable_uids(self) -> list[str]:
         """Every contact that may connect (not blocked): whose knock the listener tries."""
@@ -411,8 +448,10 @@ class ContactBook:
         found.insert(0, address)
         del found[MAX_DISCOVERED:]
         self.log.info("contact {uid} found on the local network", uid=log_id(uid))
-        if self._network is not None and self.status_of(uid) != "online":
-            self._network.redial(uid)
+        if self._network is not None and (
+            self.status_of(uid) != "online" or self.path(uid).kind == "relayed"
+        ):
+            self._network.redial(uid)  # relayed: the network upgrades if the dial succeeds
 
     def forget_discovered(self) -> None:
         """Drop every address LAN discovery found (it was turned off or stopped)."""
@@ -423,19 +462,7 @@ class ContactBook:
         return list(self._discovered.get(uid, ()))
 
     def _path_fields(self, uid: str, state: str) -> dict[str, Any]:
-        # TODO(issue 16): "relayed" and "mailbox" once those paths exist; every live session
-        # is a direct TCP connection today (to a discovered address or a card's)
-        return {
-            "lan_addresses": self.discovered_addresses(uid),
-            "path": self.path_of(uid, state),
-        }
-
-    def path_of(self, uid: str, state: str) -> str | None:
-        """The path a message to *uid* takes now: ``direct`` over the live session,
-        ``mailbox`` (no session; deposited in its mailbox), or ``None`` (it waits)."""
-        if state == "online":
-            return "direct"
-        return "mailbox" if self.can_deposit(uid) else None
+        return {"lan_addresses": self.discovered_addresses(uid), **self.path(uid).as_dict()}
 
     # -- presence ------------------------------------------------------------------------------
 

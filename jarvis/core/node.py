@@ -143,11 +143,11 @@ class Node(Service):
             contact_uids=self.contacts.acceptable_uids,
         )
         self.courier.postbox = self.postbox
+        self.contacts.can_deposit = self.postbox.can_deposit  # the path when no session is up
         self.postbox.on_message = self.courier.mailbox_message
         self.postbox.on_acks = self.courier.mailbox_acks
         self.postbox.on_address = self.courier.schedule_mailbox
         self.contacts.on_peer_state = self.courier.peer_state_changed
-        self.contacts.can_deposit = self.postbox.can_deposit
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
@@ -504,10 +504,19 @@ class Node(Service):
         self._require_keys()
         status = self.postbox.status()
         status["contacts"] = [
-            {"uid": uid, "path": self.courier.path_of(uid)}
-            for uid in sorted(self.contacts.acceptable_uids())
+            self._mailbox_path_entry(uid) for uid in sorted(self.contacts.acceptable_uids())
         ]
         return status
+
+    def _mailbox_path_entry(self, uid: str) -> dict[str, Any]:
+        """``{uid, path, path_reason}``: the courier's word (direct, mailbox, waiting), with a
+        live session's kind (lan, direct, relayed: jarvis.protocol.peerpath) for "direct"."""
+        path = self.courier.path_of(uid)
+        live = self.contacts.path(uid)
+        reason = live.reason
+        if path == "direct":
+            path, reason = (live.kind, live.reason) if live.live else (path, "direct: live")
+        return {"uid": uid, "path": path, "path_reason": reason}
 
     def mailbox_drop(self) -> defer.Deferred[Any]:
         """Stop using the mailbox: see :meth:`Postbox.drop`."""

@@ -345,7 +345,8 @@ def mailbox_drop(inv: Invocation) -> Any:
 
 _MAILBOX_RESULT = (
     "{link (null: none), connected, queues, contacts_reachable, last_collect, collected, "
-    "deposited, acks_deposited, error, contacts: [{uid, path ('direct'|'mailbox'|'waiting')}]}"
+    "deposited, acks_deposited, error, contacts: [{uid, path "
+    "('lan'|'direct'|'relayed'|'mailbox'|'waiting'), path_reason}]}"
 )
 
 
@@ -372,8 +373,7 @@ IDENTITY_GROUP = ConcurrencyGroup(
 
 _CONTACT_RESULT = (
     "contact: {uid, name, alias, fingerprint, safety_code, addresses, verified, blocked, muted, "
-    "read_receipts, status, unread, last_activity, path ('direct': session up, 'mailbox': "
-    "no session, messages are deposited in the contact's mailbox, null: they wait)}"
+    "read_receipts, status, unread, last_activity, path, path_reason}"
 )
 _BACKOFF_DOC = (
     "Wrong passwords start the back-off shared by identity.unlock, identity.changePassword "
@@ -505,7 +505,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "contacts.list",
             contacts_list,
             result="{contacts: [contact]}",
-            doc="List every contact.",
+            doc="List every contact, each with the path a message to it takes now (path, "
+            "path_reason: as in peers.status).",
         ),
         MethodSpec(
             "contacts.show",
@@ -707,7 +708,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
             result="{summary, online, total, peers: [{uid, name, status ('offline'|'connecting'|"
             "'online'), connect_attempts, connect_successes, connect_failures, "
             "sessions_accepted, last_error, last_error_at, connected_since, offline_since, "
-            "bytes_in, bytes_out, messages_in, messages_out, lan_addresses, path}]}",
+            "bytes_in, bytes_out, messages_in, messages_out, lan_addresses, path, "
+            "path_reason}]}",
             doc="Show the connection state of every peer. connect_attempts counts outbound "
             "dials started; connect_successes those that reached a session (sessions dialled), "
             "connect_failures those that did not (last_error, last_error_at: the latest); "
@@ -716,9 +718,14 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "session ended, or when the daemon began to track the contact). Times are seconds "
             "since the epoch; counters run from the daemon's unlock. lan_addresses: the "
             "HOST:PORT addresses where LAN discovery found the contact, newest first (dialled "
-            "before the card's addresses); path: how the live session runs ('direct': a TCP "
-            "connection to a found or a card's address); while not online 'mailbox' when "
-            "messages are deposited in the contact's mailbox, else null.",
+            "before the card's addresses, after any address that reached a session, most recent "
+            "success first). path: how a message to the contact goes now, best first: 'lan' (a "
+            "live session dialled to where LAN discovery found it), 'direct' (a live TCP "
+            "session: a card's address, or the contact dialled us), 'relayed' (a live session "
+            "through a mailbox's relay; direct is tried meanwhile and replaces it), 'mailbox' "
+            "(no session: deposited in its mailbox), 'none' (no session, no mailbox address: "
+            "it waits); path_reason says why in words, e.g. 'direct: dialled 10.0.0.2:7770' or "
+            "'mailbox: no address answers (connection refused)'.",
         ),
         MethodSpec(
             "mailbox.use",
@@ -738,8 +745,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
             doc="Show the mailbox in use: whether it is reachable, how many queues we hold "
             "there, how many contacts we can deposit for (contacts_reachable), when we last "
             "collected, and the deposits and collections since unlock; per contact, the path "
-            "a message takes now: direct (session up), mailbox (deposited in the contact's "
-            "mailbox) or waiting (neither: it stays queued).",
+            "a message takes now: lan, direct or relayed (a session is up, of that kind: see "
+            "peers.status), mailbox (deposited in the contact's mailbox) or waiting (neither: "
+            "it stays queued), with path_reason.",
         ),
         MethodSpec(
             "mailbox.drop",

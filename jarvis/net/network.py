@@ -62,6 +62,7 @@ from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
 from jarvis.net.admission import AdmissionControl
+from jarvis.net.eyeballs import STAGGER, AddressRace, RaceFailed
 from jarvis.net.knock import (
     CLOSED_BEFORE_TLS,
     DEFAULT_KNOCK_DEADLINE,
@@ -94,6 +95,13 @@ from jarvis.protocol.knock import (
     make_knock,
     window_of,
 )
+from jarvis.protocol.peerpath import (
+    UPGRADED,
+    PeerPath,
+    accepted,
+    dialled,
+    transport_rank,
+)
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -104,6 +112,8 @@ SHUTTING_DOWN = "shutting down"
 FORGOTTEN = "contact forgotten"
 
 PeerState = Literal["offline", "connecting", "online"]
+#: The transport rank of a direct TCP session: nothing to upgrade to.
+_BEST_TRANSPORT = transport_rank("direct")
 
 log = Logger(namespace="jarvis.net.network")
 
@@ -215,17 +225,20 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 class Dialler:
-    """Keeps dialling one contact: its addresses in turn, rounds spaced by backoff with jitter.
+    """Keeps dialling one contact: rounds over its addresses, spaced by backoff with jitter.
 
-    A round tries every address once, one after the other.  When a round fails completely,
-    the next starts after ``policy(failed_rounds)`` seconds.  A successful attempt ends the
-    dialling (the caller restarts it with :meth:`start` when the session ends).
+    A round is one :class:`~jarvis.net.eyeballs.AddressRace` over the current addresses (best
+    first): the first is dialled at once, the next after a short stagger or as soon as the
+    previous fails, and the first to succeed wins.  When a round fails completely, the next
+    starts after ``policy(failed_rounds)`` seconds.  A successful attempt ends the dialling
+    (the caller restarts it with :meth:`start` when the session ends).
 
     :param clock: schedules the retries.
-    :param addresses: returns the current addresses (read again at each round).
+    :param addresses: returns the current addresses, best first (read again at each round).
     :param dial: makes one attempt; its Deferred fires on success, fails otherwise, and
         cancelling it abandons the attempt.
     :param policy: seconds to wait after *n* failed rounds.
+    :param stagger: seconds between the starts of two addresses of one round.
     """
 
     def __init__(
@@ -234,17 +247,17 @@ class Dialler:
         addresses: Callable[[], Sequence[str]],
         dial: Callable[[str], Deferred[None]],
         policy: Callable[[int], float],
+        stagger: float = STAGGER,
     ) -> None:
         self._clock = clock
         self._addresses = addresses
         self._dial = dial
         self._policy = policy
+        self._stagger = stagger
         self._running = False
-        self._round: tuple[str, ...] = ()
-        self._index = 0
         self.failed_rounds = 0
         self._pending: DelayedCall | None = None
-        self._in_flight: Deferred[None] | None = None
+        self._race: AddressRace | None = None
         self._restart_round = False
         #: Delays scheduled so far, newest last (bounded; for status and tests).
         self.delays: list[float] = []
@@ -256,8 +269,8 @@ class Dialler:
 
     @property
     def dialling(self) -> bool:
-        """Whether an attempt is in flight."""
-        return self._in_flight is not None
+        """Whether a round (one or more attempts) is in flight."""
+        return self._race is not None
 
     def start(self, delay: float = 0.0) -> None:
         """Start dialling after *delay* seconds, with a fresh backoff; no-op if running."""
@@ -265,89 +278,79 @@ class Dialler:
             return
         self._running = True
         self.failed_rounds = 0
-        self._index = 0
-        if self._in_flight is not None:
+        if self._race is not None:
             self._restart_round = True
         elif delay > 0:
             self._schedule(delay)
         else:
-            self._dial_next()
+            self._dial_round()
 
     def redial(self) -> None:
-        """Dial now from the first address, forgetting the backoff (addresses may have changed).
+        """Dial now with a fresh backoff (addresses may have changed).
 
-        An attempt already in flight is left to finish; if it fails, the new round starts at
-        once.
+        While a round is in flight, addresses it has not tried yet are dialled at once in it;
+        if it fails, a new round starts at once.
         """
         self._running = True
         self.failed_rounds = 0
         self._cancel_pending()
-        if self._in_flight is not None:
+        if self._race is not None:
             self._restart_round = True
+            self._race.offer(self._addresses(), at_once=True)
             return
-        self._index = 0
-        self._dial_next()
+        self._dial_round()
 
     def stop(self) -> None:
-        """Stop scheduling attempts; an attempt in flight may still succeed."""
+        """Stop scheduling attempts; attempts in flight may still succeed."""
         self._running = False
         self._cancel_pending()
+        if self._race is not None:
+            self._race.hold()
 
     def cancel(self) -> None:
         """Stop, and abandon any attempt in flight."""
         self.stop()
-        if self._in_flight is not None:
-            self._in_flight.cancel()
+        if self._race is not None:
+            self._race.result.cancel()
 
     def _schedule(self, delay: float) -> None:
         self.delays = [*self.delays[-15:], delay]
-        self._pending = self._clock.callLater(delay, self._dial_next)
+        self._pending = self._clock.callLater(delay, self._dial_round)
 
     def _cancel_pending(self) -> None:
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         self._pending = None
 
-    def _dial_next(self) -> None:
+    def _dial_round(self) -> None:
         self._pending = None
         if not self._running:
             return
-        if self._index == 0:
-            self._round = tuple(self._addresses())
-        if self._index >= len(self._round):
-            self._round_failed()
-            return
-        address = self._round[self._index]
-        self._index += 1
-        attempt = self._dial(address)
-        self._in_flight = attempt
-        attempt.addCallbacks(self._succeeded, self._failed, errbackArgs=(attempt,))
-        attempt.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
+        self._restart_round = False
+        race = AddressRace(self._clock, self._dial, self._stagger)
+        self._race = race
+        race.result.addCallbacks(self._succeeded, self._failed, errbackArgs=(race,))
+        race.result.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
+        race.offer(tuple(self._addresses()))
 
     def _succeeded(self, _: object) -> None:
-        self._in_flight = None
+        self._race = None
         self._running = False
         self.failed_rounds = 0
-        self._index = 0
         self._restart_round = False
 
-    def _failed(self, failure: Failure, attempt: Deferred[None]) -> None:
-        failure.trap(ConnectFailed, CancelledError, InvalidPeerAddress)
-        if self._in_flight is attempt:
-            self._in_flight = None
+    def _failed(self, failure: Failure, race: AddressRace) -> None:
+        failure.trap(ConnectFailed, CancelledError, InvalidPeerAddress, RaceFailed)
+        if self._race is race:
+            self._race = None
         if not self._running:
             return
         if self._restart_round:
-            self._restart_round = False
-            self._index = 0
-            self._dial_next()
-        elif self._index < len(self._round):
-            self._dial_next()  # the next address of this round, at once
+            self._dial_round()
         else:
             self._round_failed()
 
     def _round_failed(self) -> None:
-        self._index = 0
         delay = self._policy(self.failed_rounds)
         self.failed_rounds += 1
         self._schedule(delay)
@@ -385,6 +388,7 @@ class _Entry:
     session: _TrackedSession
     protocol: PeerProtocol
     attempt: _Attempt | None
+    path: PeerPath
     reported: bool = False  # session_established was forwarded
     closed_reported: bool = False  # session_closed was forwarded
 
@@ -442,10 +446,19 @@ class _Peer:
 class _Attempt:
     """One outbound connection attempt: TCP connect, TLS, then the session's hello."""
 
-    def __init__(self, network: PeerNetwork, peer: _Peer, creator: PinnedClientCreator) -> None:
+    def __init__(
+        self,
+        network: PeerNetwork,
+        peer: _Peer,
+        creator: PinnedClientCreator,
+        path: PeerPath,
+        address: str | None,
+    ) -> None:
         self.network = network
         self.peer = peer
         self.creator = creator
+        self.path = path
+        self.address = address
         self.result: Deferred[None] = Deferred(self._cancel)
         self.connecting: Deferred[Any] | None = None
         self.protocol: PeerProtocol | None = None
@@ -512,16 +525,17 @@ class _Attempt:
 
 
 class _InboundHooks:
-    """ConnectionHooks of the listening side."""
+    """ConnectionHooks of the listening side (or of the accepting end of a relayed join)."""
 
-    def __init__(self, network: PeerNetwork) -> None:
+    def __init__(self, network: PeerNetwork, path: PeerPath | None = None) -> None:
         self.network = network
+        self.path = path
 
     def connection_started(self, protocol: PeerProtocol) -> None:
         self.network._track(protocol)
 
     def open_session(self, protocol: PeerProtocol, peer_uid: str) -> PeerSession | None:
-        return self.network._open_session(protocol, peer_uid, None)
+        return self.network._open_session(protocol, peer_uid, None, self.path)
 
     def connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
         self.network._connection_ended(protocol, reason)
@@ -695,24 +709,56 @@ class PeerNetwork:
         """Return the factory to listen with (``strports.service("tcp:7770", factory)``)."""
         return cast(IProtocolFactory, self._admission)
 
+    def relayed_server_factory(self, path: PeerPath) -> IProtocolFactory:
+        """Return a factory for the accepting (TLS server) end of a relayed connection.
+
+        The knock and pinned TLS run as on the listener; the session is marked with *path*
+        (``peerpath.relayed(...)``), so both ends of the join rank it as relayed and a direct
+        session replaces it.  Not under the listener's admission control: we dialled the relay.
+        """
+        tls = TLSMemoryBIOFactory(
+            cast(IOpenSSLServerConnectionCreator, self._server_creator),
+            False,
+            cast(
+                IProtocolFactory,
+                self._peer_factory(_InboundHooks(self, path), initiator=False),
+            ),
+            clock=self._reactor,
+        )
+        if not self._knock:
+            return cast(IProtocolFactory, tls)
+        return cast(
+            IProtocolFactory,
+            KnockGateFactory(
+                cast(IProtocolFactory, tls),
+                self._verify_knock,
+                self._reactor,
+                self._rng,
+                self.knock_refusals,
+                deadline=min(DEFAULT_KNOCK_DEADLINE, self._handshake_timeout),
+            ),
+        )
+
     def connect(self, uid: str) -> None:
-        """Keep a connection to contact *uid*: dial now unless already online or dialling.
+        """Keep a connection to contact *uid*: dial now unless already online (on a direct
+        transport) or dialling.
 
         :raises ValueError: if *uid* is our own uid.
         """
         peer = self._want(uid)
-        if peer.active is None and not self._stopping:
+        if self._may_dial(peer):
             peer.dialler.start()
 
     def redial(self, uid: str) -> None:
         """Dial *uid* at once with a fresh backoff (the user asked, or its addresses changed).
 
-        Does nothing while a session with *uid* is established.
+        Does nothing while a direct session with *uid* is established (a relayed one is
+        upgraded if a dial succeeds).
 
         :raises ValueError: if *uid* is our own uid.
         """
         peer = self._want(uid)
-        if peer.active is None and not self._stopping:
+        if self._may_dial(peer):
             peer.dialler.redial()
 
     def forget(self, uid: str) -> None:
@@ -798,6 +844,13 @@ class PeerNetwork:
             peer = self._peers[uid] = _Peer(uid, dialler, self._reactor.seconds())
         return peer
 
+    def _may_dial(self, peer: _Peer) -> bool:
+        """Whether to dial: no live session, or one on a worse transport than direct."""
+        if self._stopping:
+            return False
+        active = peer.active
+        return active is None or transport_rank(active.path.kind) < _BEST_TRANSPORT
+
     def _drop_if_idle(self, peer: _Peer) -> None:
         if not peer.wanted and not peer.entries and not peer.attempts:
             if self._peers.get(peer.uid) is peer:
@@ -819,11 +872,45 @@ class PeerNetwork:
             peer.connect_attempts += 1
             self._record_failure(peer, str(e))
             return defer.fail(e)
-        creator = client_creator(self._identity, uid, contexts=self._contexts)
-        attempt = _Attempt(self, peer, creator)
+        found = getattr(self._directory, "discovered_addresses", None)
+        on_lan = found is not None and address in found(uid)
+        path = dialled(address, found_on_lan=on_lan)
+        log.debug("dialling {uid} at {address}", uid=log_id(uid), address=log_id(address))
+        return self._dial_endpoint(peer, self._endpoint_for(host, port), path, address)
+
+    def dial_via(self, uid: str, endpoint: ClientEndpoint, path: PeerPath) -> Deferred[None]:
+        """Make one outbound attempt to contact *uid* through *endpoint*, its session marked
+        with *path* (a relay's client endpoint gives ``peerpath.relayed(...)``).
+
+        The knock, pinned TLS and hello run as for any dial; the session takes part in the
+        one-session rule (a better transport wins, see :meth:`path_of`).  The Deferred fires
+        when the session is established and fails with :class:`ConnectFailed` otherwise;
+        cancelling it abandons the attempt.
+
+        :raises ValueError: if *uid* is our own uid.
+        """
+        if uid == self._identity.uid:
+            raise ValueError("cannot connect to our own uid")
+        return self._dial_endpoint(self._peer(uid), endpoint, path, None)
+
+    def path_of(self, uid: str) -> PeerPath | None:
+        """The path of the live session with *uid* and why, or ``None`` while there is none.
+
+        Of two live sessions with one contact the better transport survives (direct TCP over
+        relayed, :func:`jarvis.protocol.peerpath.transport_rank`), whichever came first; on
+        the same transport the tie-break of docs/net.md applies.  While the live session is
+        relayed the dialler keeps trying the contact's addresses in the background.
+        """
+        peer = self._peers.get(uid)
+        return peer.active.path if peer is not None and peer.active is not None else None
+
+    def _dial_endpoint(
+        self, peer: _Peer, endpoint: ClientEndpoint, path: PeerPath, address: str | None
+    ) -> Deferred[None]:
+        creator = client_creator(self._identity, peer.uid, contexts=self._contexts)
+        attempt = _Attempt(self, peer, creator, path, address)
         peer.connect_attempts += 1
         peer.attempts.add(attempt)
-        log.debug("dialling {uid} at {address}", uid=log_id(uid), address=log_id(address))
         tls_factory = TLSMemoryBIOFactory(
             cast(IOpenSSLClientConnectionCreator, creator),
             True,
@@ -835,7 +922,6 @@ class PeerNetwork:
             lambda: self._knock_for(peer),
             attempt.peer_closed_before_tls,
         )
-        endpoint = self._endpoint_for(host, port)
         connecting = endpoint.connect(cast(IProtocolFactory, knocking))
         attempt.connecting = connecting
         connecting.addCallbacks(attempt.connected, attempt.connect_failed)
@@ -882,6 +968,9 @@ class PeerNetwork:
             peer.connect_attempts -= 1  # abandoned by us (forget, stop): neither outcome
         elif reason is None:
             peer.connect_successes += 1
+            succeeded = getattr(self._directory, "address_succeeded", None)
+            if attempt.address is not None and succeeded is not None:
+                succeeded(peer.uid, attempt.address)
         else:
             self._record_failure(peer, reason)
         self._update_state(peer)
@@ -927,7 +1016,11 @@ class PeerNetwork:
         return key
 
     def _open_session(
-        self, protocol: PeerProtocol, peer_uid: str, attempt: _Attempt | None
+        self,
+        protocol: PeerProtocol,
+        peer_uid: str,
+        attempt: _Attempt | None,
+        inbound_path: PeerPath | None = None,
     ) -> PeerSession | None:
         if self._stopping or (attempt is not None and attempt.peer.uid != peer_uid):
             return None
@@ -956,7 +1049,8 @@ class PeerNetwork:
             resume_mark=getattr(self._observer, "resume_mark", None),
         )
         peer = self._peer(peer_uid)
-        entry = _Entry(peer, session, protocol, attempt)
+        path = attempt.path if attempt is not None else (inbound_path or accepted())
+        entry = _Entry(peer, session, protocol, attempt, path)
         peer.entries.append(entry)
         self._entries[id(session)] = entry
         self._update_state(peer)
@@ -984,12 +1078,17 @@ class PeerNetwork:
             peer.active = entry
             entry.reported = True
             peer.connected_since = self._reactor.seconds()
-            peer.dialler.stop()
+            self._keep_upgrading(peer)
             self._forward("session_established", session)
             self._update_state(peer)
             return
-        # Two sessions with one peer: the lower initiator uid wins; same initiator: the newer.
-        new_wins = self._initiator_uid(entry) <= self._initiator_uid(current)
+        # Two sessions with one peer: the better transport wins (both ends rank it the same);
+        # then the lower initiator uid; same initiator: the newer.
+        new_rank, current_rank = transport_rank(entry.path.kind), transport_rank(current.path.kind)
+        if new_rank != current_rank:
+            new_wins = new_rank > current_rank
+        else:
+            new_wins = self._initiator_uid(entry) <= self._initiator_uid(current)
         winner, loser = (entry, current) if new_wins else (current, entry)
         log.info(
             "duplicate session with {uid}: keeping the one initiated by {initiator}",
@@ -999,9 +1098,20 @@ class PeerNetwork:
         if new_wins:
             peer.active = winner
             winner.reported = True
-        loser.session.close(DUPLICATE_SESSION)  # reports session_closed (forwarded if reported)
+        # closing reports session_closed (forwarded if reported)
+        loser.session.close(UPGRADED if new_rank != current_rank else DUPLICATE_SESSION)
         if new_wins:
+            self._keep_upgrading(peer)
             self._forward("session_established", winner.session)
+
+    def _keep_upgrading(self, peer: _Peer) -> None:
+        """Stop dialling once the live session is on the best transport; on a worse one
+        (relayed) keep the dialler trying the contact's addresses in the background."""
+        active = peer.active
+        if active is None or transport_rank(active.path.kind) >= _BEST_TRANSPORT:
+            peer.dialler.stop()
+        elif peer.wanted and not self._stopping:
+            peer.dialler.start()
 
     def _session_closed(self, session: PeerSession, reason: str) -> None:
         entry = self._entries.pop(id(session), None)

@@ -40,7 +40,7 @@ NO_CONVERSATION = ""
 _PROGRESS = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "received": 0}
 PEER_STATUSES = ("offline", "connecting", "online")
 #: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
-PATHS = ("direct", "mailbox", "waiting")
+PATHS = ("lan", "direct", "relayed", "mailbox", "waiting")
 
 
 def _text(value: object, default: str = "") -> str:

@@ -510,7 +510,9 @@ def describe_health(status: str, health: Mapping[str, Any], now: float) -> list[
 
 #: The contact details' words for the path a message takes now.
 PATH_DETAILS = {
+    "lan": "on the LAN (a live session to where the contact was found on this network)",
     "direct": "direct (a live session with this contact)",
+    "relayed": "relayed (a live session through a mailbox's relay; direct is tried meanwhile)",
     "mailbox": "via the mailbox (no session: messages are deposited in their mailbox)",
     "waiting": "waiting (no session and no mailbox address: messages stay queued)",
 }
@@ -554,6 +556,9 @@ class ContactInfoDialog(Dialog):
         ]
         if path in PATH_DETAILS:
             rows.append(_text_row("Path", PATH_DETAILS[path]))
+        reason = (health or {}).get("path_reason")
+        if isinstance(reason, str) and reason:
+            rows.append(_text_row("Path now", strip_bidi(reason.splitlines()[0])))
         flags = [f for f, on in (("blocked", contact.blocked), ("muted", contact.muted)) if on]
         if flags:
             rows.append(_text_row("Flags", ", ".join(flags), "warning"))

@@ -566,7 +566,13 @@ class StatusBar(urwid.WidgetWrap[urwid.Text]):
 
 
 #: How the title bar names the path a message to the open conversation takes now.
-PATH_WORDS = {"direct": "direct", "mailbox": "via mailbox", "waiting": "waiting"}
+PATH_WORDS = {
+    "lan": "on the LAN",
+    "direct": "direct",
+    "relayed": "relayed",
+    "mailbox": "via mailbox",
+    "waiting": "waiting",
+}
 
 
 class TitleBar(urwid.WidgetWrap[urwid.Text]):
