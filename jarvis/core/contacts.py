@@ -397,6 +397,9 @@ class ContactBook:
         live = path_of(uid) if path_of is not None else None
         if isinstance(live, PeerPath):
             return live
+        if self._peer_states.get(uid) == "online":
+            # a network that does not say how its session runs: a live session is direct
+            return PeerPath("direct", "direct: live session")
         why = None
         if network is not None:
             try:
