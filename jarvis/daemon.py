@@ -433,7 +433,9 @@ class JarvisDaemon(MultiService):
     def _make_network(self, identity: Any, directory: Any, observer: Any) -> Any:
         from jarvis.net.network import PeerNetwork
 
-        network = PeerNetwork(self.reactor, identity, directory, observer)
+        network = PeerNetwork(
+            self.reactor, identity, directory, observer, run_blocking=self.run_blocking
+        )
         self.peer_factory.current = network.server_factory()
         self.lan.unlocked(identity)
         return network
