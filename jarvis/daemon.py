@@ -320,7 +320,6 @@ class JarvisDaemon(MultiService):
         self.reactor = reactor
         self.options = options
         self.data_dir: str = options["data-dir"]
-        self.started_at = time.time()
         self._lock = FilesystemLock(paths.lock_path(self.data_dir))
         self._log_file: Any = None
         self._log_observer: Any = None
