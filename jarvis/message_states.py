@@ -2,9 +2,10 @@
 
 An outgoing message goes ``queued -> sent -> delivered -> read``, an incoming one
 ``received -> read``.  The store's UPDATEs (:func:`jarvis.store.queries.advance_states`,
-``deliver_through``, ``mark_read``), its outbox (the outgoing states before ``delivered``) and
-the UI's model (a late report of an earlier state never takes a message back) all ask this
-module.  It holds no I/O and imports nothing but :mod:`jarvis.errors`, so every layer may use it.
+``deliver_through``, ``mark_read``), its outbox (the outgoing states before ``delivered``), the
+UI's model (a late report of an earlier state never takes a message back) and ``jarvis send
+--wait`` all ask this module.  It holds no I/O and imports nothing but :mod:`jarvis.errors`, so
+every layer may use it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,16 @@ def states_before(direction: str, state: str) -> tuple[str, ...]:
     """
     order = states_for(direction)
     return order[: order.index(state)] if state in order else ()
+
+
+def states_from(direction: str, state: str) -> tuple[str, ...]:
+    """Return *state* and the states after it for a message of *direction*: the states of a
+    message that has reached *state* (empty when *state* is not one of its states).
+
+    :raises InvalidInput: if *direction* is neither ``"in"`` nor ``"out"``.
+    """
+    order = states_for(direction)
+    return order[order.index(state) :] if state in order else ()
 
 
 def may_advance(direction: str, old: str, new: str) -> bool:

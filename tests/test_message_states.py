@@ -19,6 +19,7 @@ from jarvis.message_states import (
     OUTGOING_STATES,
     may_advance,
     states_before,
+    states_from,
 )
 from jarvis.store import queries, schema
 from jarvis.store.database import Store
@@ -37,6 +38,13 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(states_before("in", "read"), ("received",))
         self.assertEqual(states_before("in", "sent"), ())
         self.assertEqual(set(MESSAGE_STATES), set(OUTGOING_STATES) | set(INCOMING_STATES))
+
+    def test_states_from(self) -> None:
+        """When the states a message has reached are asked for (``jarvis send --wait``), then
+        they are the state and the later ones of its direction."""
+        self.assertEqual(states_from("out", "sent"), ("sent", "delivered", "read"))
+        self.assertEqual(states_from("out", "delivered"), ("delivered", "read"))
+        self.assertEqual(states_from("in", "delivered"), ())
 
     def test_may_advance(self) -> None:
         """When a state is reported for a message, then it is taken only if it is one of the
