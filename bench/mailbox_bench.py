@@ -85,34 +85,17 @@ def progress(message: str) -> None:
 async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
     from twisted.internet import defer
 
-    from jarvis.launcher import twistd_argv
     from jarvis.mailbox.client import connect_mailbox
-    from jarvis.mailbox.link import parse_link
-    from tests.daemons import DaemonProcess
+    from tests.mailboxes import MailboxProcess
 
-    class Mailbox(DaemonProcess):
-        def argv(self) -> list[str]:
-            return [
-                *twistd_argv(),
-                "-n",
-                *os.environ.get("MAILBOX_PROFILE_ARGS", "").split(),
-                "--pidfile",
-                self.pidfile,
-                "jarvis-mailbox",
-                "--data-dir",
-                self.data_dir,
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                "--connection-rate",
-                "100000",
-            ]
-
-    mailbox = Mailbox(os.path.join(root, "data"), root)
-    mailbox._spawn()
-    await mailbox.wait_for(b"mailbox listening on")
+    mailbox = MailboxProcess(
+        root,
+        ["--connection-rate", "100000"],
+        twistd_args=os.environ.get("MAILBOX_PROFILE_ARGS", "").split(),
+    )
+    await mailbox.start()
     try:
-        with open(os.path.join(mailbox.data_dir, "mailbox.link"), encoding="ascii") as f:
-            link = parse_link(f.read())
+        link = mailbox.link()
         clients = [await connect_mailbox(reactor, link) for _ in range(CONNECTIONS)]
 
         # -- queues

@@ -71,7 +71,7 @@ async def measure(reactor: Any, samples: int) -> dict[str, Any]:
     from twisted.internet import defer
 
     from jarvis.core.courier import MAILBOX_GRACE
-    from tests.test_mailbox_e2e import MailboxProcess
+    from tests.mailboxes import MailboxProcess
 
     root = tempfile.mkdtemp(prefix="jvm", dir="/tmp")
     os.chmod(root, 0o700)

@@ -63,7 +63,7 @@ def write_atomically(
         else:
             os.replace(tmp, path)
             placed = True
-        _sync_directory(directory)
+        sync_directory(directory)
     finally:
         if not placed:
             try:
@@ -96,8 +96,9 @@ def _link_new(tmp: str, path: str) -> None:
         os.rename(tmp, path)
 
 
-def _sync_directory(directory: str) -> None:
-    """Make the rename durable; file systems that cannot sync a directory are let be."""
+def sync_directory(directory: str) -> None:
+    """Make a rename, link or unlink in *directory* durable; file systems that cannot sync a
+    directory are let be (blocking: never on the reactor thread)."""
     try:
         dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

@@ -33,6 +33,7 @@ from jarvis.exitstatus import (
 )
 from jarvis.ipc.jsonrpc import RemoteError, too_many_attempts_text
 from jarvis.launcher import process_state, recorded_pids
+from jarvis.message_states import states_from
 from jarvis.textsafe import human_since, is_unsafe, terminal_safe
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
@@ -539,14 +540,11 @@ async def cmd_contacts(session: Session, sub: usage.Options, inputs: dict[str, A
     session.emit("\n".join(lines) if lines else "no contacts yet: jarvis add LINK", result)
 
 
-_REACHED = {"sent": ("sent", "delivered", "read"), "delivered": ("delivered", "read")}
-
-
 async def cmd_send(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``send CONTACT TEXT|-``: prints the message id (after it is sent/delivered with --wait)."""
     states: dict[str, str] = {}
     reached: defer.Deferred[None] = defer.Deferred()
-    wanted = _REACHED.get(sub["wait"] or "", ())
+    wanted = states_from("out", sub["wait"]) if sub["wait"] else ()
     message_id: list[str] = []
 
     def on_event(name: str, params: dict[str, Any]) -> None:

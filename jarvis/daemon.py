@@ -320,7 +320,6 @@ class JarvisDaemon(MultiService):
         self.reactor = reactor
         self.options = options
         self.data_dir: str = options["data-dir"]
-        self.started_at = time.time()
         self._lock = FilesystemLock(paths.lock_path(self.data_dir))
         self._log_file: Any = None
         self._log_observer: Any = None
@@ -433,7 +432,9 @@ class JarvisDaemon(MultiService):
     def _make_network(self, identity: Any, directory: Any, observer: Any) -> Any:
         from jarvis.net.network import PeerNetwork
 
-        network = PeerNetwork(self.reactor, identity, directory, observer)
+        network = PeerNetwork(
+            self.reactor, identity, directory, observer, run_blocking=self.run_blocking
+        )
         self.peer_factory.current = network.server_factory()
         self.lan.unlocked(identity)
         return network

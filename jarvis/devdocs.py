@@ -75,6 +75,9 @@ LAYERING_TABLE: dict[str, tuple[str, ...]] = {
     "jarvis.commands": ("jarvis.cli", "jarvis.core", "jarvis.store", "jarvis.net", "jarvis.ui"),
     "jarvis.daemon": ("jarvis.cli", "jarvis.commands", "jarvis.ui"),
     "jarvis.launcher": ("jarvis.cli", "jarvis.commands", "jarvis.daemon", "jarvis.ui"),
+    # the process runner is a library: the API layer (jarvis.ipc.exec_methods) declares its
+    # methods, so exec knows nothing of JSON-RPC
+    "jarvis.exec": ("jarvis.ipc", "jarvis.ui", "jarvis.daemon", "jarvis.cli", "jarvis.commands"),
 }
 
 

@@ -151,16 +151,21 @@ class DaemonProcess:
             *self.extra,
         ]
 
+    def command(self) -> tuple[str, list[str]]:
+        """The executable and argv to spawn (a subclass may wrap them, e.g. in a namespace)."""
+        return sys.executable, self.argv()
+
     def _spawn(self) -> None:
         self.generation += 1
         self.output = b""
         self.exit_code = None
         self.exit_signal = None
         self.current = _Output(self, self.generation)
+        executable, argv = self.command()
         self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
             self.current,
-            sys.executable,
-            self.argv(),
+            executable,
+            argv,
             env=child_env(),
             path=os.path.dirname(self.socket),
         )

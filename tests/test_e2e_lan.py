@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import netns
-from tests.daemons import DaemonProcess, _Output, child_env, short_tempdir
+from tests.daemons import DaemonProcess, short_tempdir
 from tests.peers import Peer
 
 #: Where the link codes say the daemons are: inside the LAN's subnet, held by no host.
@@ -34,20 +34,9 @@ class NamespacedDaemon(DaemonProcess):
         super().__init__(*args, **kwargs)
         self.namespace = namespace
 
-    def _spawn(self) -> None:
-        self.generation += 1
-        self.output = b""
-        self.exit_code = None
-        self.exit_signal = None
-        self.current = _Output(self, self.generation)
+    def command(self) -> tuple[str, list[str]]:
         ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
-        self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.current,
-            ip,
-            ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]],
-            env=child_env(),
-            path=os.path.dirname(self.socket),
-        )
+        return ip, ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]]
 
 
 def lan_peer(

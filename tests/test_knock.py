@@ -115,6 +115,20 @@ class VectorTests(SynchronousTestCase):
         self.assertEqual(keys.key(BOB.uid, BOB.public_bytes), bytes.fromhex(PAIR_KEY_HEX))
         self.assertEqual(keys.key(BOB.uid, None), bytes.fromhex(UID_KEY_HEX))
 
+    def test_compute_then_add(self) -> None:
+        """When keys are computed apart (as on a thread) and then added, then they are the
+        keys :meth:`KnockKeys.key` gives, computing leaves the cache alone, and only the
+        contacts with a public key and no cached key are missing."""
+        keys = knock.KnockKeys(ALICE.private_bytes(), ALICE.uid)
+        peers = [(BOB.uid, BOB.public_bytes), ("c" * 52, None)]
+        self.assertEqual(keys.missing(peers), [(BOB.uid, BOB.public_bytes)])
+        computed = keys.compute(keys.missing(peers))
+        self.assertEqual(computed, {(BOB.uid, BOB.public_bytes): bytes.fromhex(PAIR_KEY_HEX)})
+        self.assertEqual(keys.missing(peers), [(BOB.uid, BOB.public_bytes)])
+        keys.add(computed)
+        self.assertEqual(keys.missing(peers), [])
+        self.assertEqual(keys.key(BOB.uid, BOB.public_bytes), bytes.fromhex(PAIR_KEY_HEX))
+
 
 class WindowTests(SynchronousTestCase):
     """A knock is valid in its minute and one either side."""

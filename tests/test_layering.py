@@ -1,5 +1,6 @@
 """The layering rules: protocol, core and crypto never import the reactor, Protocols or urwid; the
-whole layering table of jarvis's packages holds; no import circle among jarvis's modules."""
+whole layering table of jarvis's packages holds; no import circle among jarvis's modules, nor
+among its packages."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from jarvis.devdocs import (
     import_circles,
     import_graph,
     imported_modules,
+    layer_graph,
     layering_violations,
 )
 from tests.daemons import REPO
@@ -50,6 +52,27 @@ class ImportGraphTests(SynchronousTestCase):
         self.assertIn("jarvis.commands", graph)
         self.assertIn("jarvis.ipc.client", graph["jarvis.commands"])
         self.assertEqual(import_circles(graph), [])
+
+    def test_no_package_circles(self) -> None:
+        """When the import graph is folded into layers (each subpackage of jarvis, or a module at
+        its top), then no two layers import each other, directly or round a longer loop: the
+        API layer imports the process runner, never the reverse."""
+        layers = layer_graph(import_graph())
+        self.assertIn("jarvis.exec", layers["jarvis.ipc"])
+        self.assertNotIn("jarvis.ipc", layers["jarvis.exec"])
+        self.assertEqual(import_circles(layers), [])
+
+    def test_package_circle_detector(self) -> None:
+        """When two modules of different packages import each other's package (as
+        ``jarvis.exec.api`` and ``jarvis.ipc.methods`` once did), then the layer graph has that
+        circle even though the module graph has none."""
+        graph = {
+            "jarvis.exec.api": {"jarvis.ipc.registry"},
+            "jarvis.ipc.registry": set(),
+            "jarvis.ipc.methods": {"jarvis.exec.api"},
+        }
+        self.assertEqual(import_circles(graph), [])
+        self.assertEqual(import_circles(layer_graph(graph)), [["jarvis.exec", "jarvis.ipc"]])
 
     def test_circle_detector(self) -> None:
         """When a graph has a circle of three and a self-import, then both are reported, and an

@@ -140,3 +140,48 @@ class OwnConnectionTests(TestCase):
         self.dials[0].errback(error.ConnectionRefusedError())
         self.assertEqual(len(failures), 2)
         self.connector.disconnect()
+
+
+class ContactConnectionTests(TestCase):
+    def setUp(self) -> None:
+        self.dials: list[defer.Deferred[Any]] = []
+        self.patch(attach, "connect_mailbox", self.dial)
+        self.connector = attach.MailboxConnector(task.Clock(), lambda: 0.0)
+
+    def dial(self, reactor: Any, link: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.dials.append(d)
+        return d
+
+    def test_deposits_share_one_dial(self) -> None:
+        """When two deposits to a contact's mailbox wait for its connection being dialled and
+        the first is an ``inlineCallbacks`` caller, then there is one dial and both deposits
+        go through it (each waiter has a Deferred of its own, as for our own mailbox)."""
+        results: list[Any] = []
+
+        @defer.inlineCallbacks
+        def first() -> Any:
+            result = yield self.connector.deposit(LINK, b"s" * 16, b"k" * 32, b"one")
+            results.append(result)
+
+        first()
+        self.connector.deposit(LINK, b"s" * 16, b"k" * 32, b"two").addBoth(results.append)
+        self.assertEqual(len(self.dials), 1)
+        protocol = FakeProtocol()
+        self.dials[0].callback(protocol)
+        self.assertEqual(results, [b"ok", b"ok"])
+        self.assertEqual(protocol.deposits, [b"one", b"two"])
+
+    def test_failed_dial_reaches_every_deposit_waiter(self) -> None:
+        """When the dial of a contact's mailbox fails for good (refused), then every deposit
+        waiting for it gets the failure and a later deposit dials again."""
+        failures: list[Any] = []
+        for payload in (b"one", b"two"):
+            d = self.connector.deposit(LINK, b"s" * 16, b"k" * 32, payload)
+            d.addErrback(failures.append)
+        self.dials[0].errback(MailboxRefused(1, "no"))
+        self.assertEqual(len(failures), 2)
+        for failure in failures:
+            failure.trap(MailboxRefused)
+        self.connector.deposit(LINK, b"s" * 16, b"k" * 32, b"three").addErrback(failures.append)
+        self.assertEqual(len(self.dials), 2)

@@ -9,47 +9,16 @@ import os
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.daemons import short_tempdir
+from tests.mailboxes import start_mailbox, until
 from tests.peers import Peer, befriend
-from tests.test_mailbox_delivery import until
-from tests.test_mailbox_e2e import MailboxProcess
 
 FIRST = 100  # deposited before the first kill
 SECOND = 200  # deposited across it
 COUNT = FIRST + SECOND
-
-
-async def poll(check: Any, timeout: float = 60.0, what: str = "a state") -> Any:
-    """Like :func:`until` with short waits (5 ms): to act in the middle of a stream."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.005, lambda: None)
-
-
-class RestartableMailbox(MailboxProcess):
-    """A mailbox that restarts on the port it got the first time."""
-
-    port: int | None = None
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        if self.port is not None:
-            argv[argv.index("tcp:0:interface=127.0.0.1")] = f"tcp:{self.port}:interface=127.0.0.1"
-        return argv
-
-    async def restart_after_kill(self) -> None:
-        self.port = self.link().port
-        await self.kill()
-        self.assertion_link = self.link()
-        await self.start()
 
 
 class MailboxKilledTests(TestCase):
@@ -62,14 +31,8 @@ class MailboxKilledTests(TestCase):
         60 s retry), every deposit acknowledged before the kill survives, the recipient holds
         all 300 exactly once and in order, and the sender's messages end delivered."""
         root = short_tempdir(self)
-        boxes = []
-        for name in ("ma", "mb"):
-            os.makedirs(os.path.join(root, name), exist_ok=True)
-            box = RestartableMailbox(os.path.join(root, name))
-            self.addCleanup(box.cleanup)
-            await box.start()
-            boxes.append(box)
-        box_a, box_b = boxes
+        box_a = await start_mailbox(self, os.path.join(root, "ma"))
+        box_b = await start_mailbox(self, os.path.join(root, "mb"))
         alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
         await alice.start(create=True)
         await bob.start(create=True)
@@ -111,13 +74,15 @@ class MailboxKilledTests(TestCase):
         # the second batch: kill bob's mailbox once its deposits have begun
         base = await deposited()
         sent_ids += await send(FIRST, SECOND)
-        await poll(lambda: _above(deposited, base), what="deposits of the second batch")
+        await until(
+            lambda: _above(deposited, base), what="deposits of the second batch", interval=0.005
+        )
         acknowledged = sent_via_mailbox()
         killed_at = await deposited()
         started = time.monotonic()
-        await box_b.restart_after_kill()
+        before = await box_b.restart_after_kill()
         restarted = time.monotonic() - started
-        self.assertEqual(box_b.link(), box_b.assertion_link)  # same key, port: same link
+        self.assertEqual(box_b.link(), before)  # same key, port: same link
         await alice.recorder.wait(lambda: sent_via_mailbox() >= set(sent_ids), timeout=60)
         resumed = time.monotonic() - started
         print(
@@ -133,7 +98,7 @@ class MailboxKilledTests(TestCase):
         async def collected() -> int:
             return int((await bob.call("mailbox.status"))["collected"])
 
-        await poll(lambda: _above(collected, 0), what="collection to begin")
+        await until(lambda: _above(collected, 0), what="collection to begin", interval=0.005)
         collected_at = await collected()
         await box_b.restart_after_kill()
 

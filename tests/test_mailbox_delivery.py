@@ -8,38 +8,19 @@ import os
 import time
 from typing import Any
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.daemons import short_tempdir
+from tests.mailboxes import MailboxProcess, start_mailbox, until
 from tests.peers import Peer, befriend
-from tests.test_mailbox_e2e import MailboxProcess
 
 CANARY = "CANARY-7f3a9c"
 COUNT = 1000
 
 
-async def until(check: Any, timeout: float = 60.0, what: str = "a state") -> Any:
-    """Call the async *check* until it returns a true value (short waits between)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await task.deferLater(reactor, 0.05, lambda: None)
-
-
 class NeverOnlineTogetherTests(TestCase):
     timeout = 300
-
-    async def start_mailbox(self, root: str, name: str) -> MailboxProcess:
-        mailbox = MailboxProcess(os.path.join(root, name))
-        os.makedirs(os.path.join(root, name), exist_ok=True)
-        self.addCleanup(mailbox.cleanup)
-        await mailbox.start()
-        return mailbox
 
     async def test_thousand_messages_and_acks_through_mailboxes(self) -> None:
         """When A sends 1,000 messages while B's daemon is stopped and A stops before B
@@ -49,8 +30,8 @@ class NeverOnlineTogetherTests(TestCase):
         data directories and logs hold no canary, uid or name, and once B removes A, A's
         deposits are refused."""
         root = short_tempdir(self)
-        box_a = await self.start_mailbox(root, "ma")
-        box_b = await self.start_mailbox(root, "mb")
+        box_a = await start_mailbox(self, os.path.join(root, "ma"))
+        box_b = await start_mailbox(self, os.path.join(root, "mb"))
         alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
         await alice.start(create=True)
         await bob.start(create=True)

@@ -13,7 +13,6 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from jarvis.launcher import twistd_argv
 from jarvis.mailbox import wire
 from jarvis.mailbox.client import (
     Delivery,
@@ -22,49 +21,17 @@ from jarvis.mailbox.client import (
     QueueFull,
     connect_mailbox,
 )
-from jarvis.mailbox.link import MailboxLink, parse_link
+from jarvis.mailbox.link import MailboxLink
 from jarvis.mailbox.tls import MailboxClientCreator
-from tests.daemons import DaemonProcess, short_tempdir
-
-
-class MailboxProcess(DaemonProcess):
-    """One ``twistd -n jarvis-mailbox`` child process on a loopback port."""
-
-    def __init__(self, root: str, extra: list[str] | None = None) -> None:
-        super().__init__(os.path.join(root, "data"), root, extra)
-
-    def argv(self) -> list[str]:
-        return [
-            *twistd_argv(),
-            "-n",
-            "--pidfile",
-            self.pidfile,
-            "jarvis-mailbox",
-            "--data-dir",
-            self.data_dir,
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            *self.extra,
-        ]
-
-    def start(self, timeout: float = 30.0) -> defer.Deferred[None]:
-        self._spawn()
-        return self.wait_for(b"mailbox listening on", timeout)
-
-    def link(self) -> MailboxLink:
-        with open(os.path.join(self.data_dir, "mailbox.link"), encoding="ascii") as f:
-            return parse_link(f.read())
+from tests.daemons import short_tempdir
+from tests.mailboxes import MailboxProcess, start_mailbox
 
 
 class MailboxCase(TestCase):
     timeout = 120
 
     async def start_mailbox(self, extra: list[str] | None = None) -> MailboxProcess:
-        root = short_tempdir(self)
-        mailbox = MailboxProcess(root, extra)
-        self.addCleanup(mailbox.cleanup)
-        await mailbox.start()
-        return mailbox
+        return await start_mailbox(self, short_tempdir(self), extra)
 
     async def connect(self, mailbox: MailboxProcess) -> MailboxClientProtocol:
         client = await connect_mailbox(reactor, mailbox.link())

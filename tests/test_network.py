@@ -8,10 +8,11 @@ for observer events (never fixed sleeps).  The dialler's timing runs on ``task.C
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
-from twisted.internet import defer, endpoints, protocol, task
+from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -31,6 +32,7 @@ from jarvis.crypto.identity import IdentityKey
 from jarvis.logs import log_id
 from jarvis.net import network as net
 from jarvis.net import tls
+from jarvis.protocol import knock as knock_protocol
 from jarvis.protocol.session import PeerSession
 from jarvis.summary import summary_level
 from tests.test_tls import OtherKeyIdentity, RecordingProtocol, make_certificate
@@ -838,3 +840,75 @@ class TieBreakOrderTests(SynchronousTestCase):
         self.assertEqual(low_net.status(high_uid).connect_attempts, 1)
         pair.clock.advance(0.01)
         self.assertEqual(low_net.status(high_uid).connect_attempts, 2)
+
+
+class KnockKeysOffReactorTests(TestCase):
+    """The contacts' knock pair keys (one X25519 each) are computed on a thread."""
+
+    def setUp(self) -> None:
+        self.me = IdentityKey.generate()
+        self.contacts = [IdentityKey.generate() for _ in range(3)]
+        self.directory = FakeDirectory()
+        for contact in self.contacts:
+            self.directory.add(contact, "127.0.0.1:1")
+        self.runs: list[Deferred[Any]] = []
+        sender = self.contacts[1]
+        # the key contact 1 knocks with (computed on its side, before the recording starts)
+        self.sender_key = knock_protocol.pair_key(
+            sender.private_bytes(), sender.uid, self.me.public_bytes, self.me.uid
+        )
+        # every pair-key exchange records the thread it ran on
+        self.exchanges: list[threading.Thread] = []
+        real = knock_protocol._pair_key
+
+        def recording_pair_key(*args: Any) -> bytes:
+            self.exchanges.append(threading.current_thread())
+            return real(*args)
+
+        self.patch(knock_protocol, "_pair_key", recording_pair_key)
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """The node's run_blocking: a thread of the reactor's pool."""
+        d = threads.deferToThread(f, *args)
+        self.runs.append(d)
+        return d
+
+    def make_network(self) -> net.PeerNetwork:
+        network = net.PeerNetwork(
+            MemoryReactorClock(),
+            self.me,
+            self.directory,
+            RecordingObserver(),
+            run_blocking=self.run_blocking,
+        )
+        return network
+
+    async def test_keys_at_unlock_and_for_a_new_contact(self) -> None:
+        """When the network is made (at unlock), then every contact's pair key is computed
+        once, off the reactor thread, and a contact's valid knock then computes none on the
+        reactor; a contact added later gets its key on a thread too."""
+        network = self.make_network()
+        self.assertEqual(len(self.runs), 1)
+        for contact in self.contacts:
+            network.connect(contact.uid)  # in flight already: no second computation
+        self.assertEqual(len(self.runs), 1)
+        await self.runs[0]
+        self.assertEqual(len(self.exchanges), len(self.contacts))
+        self.assertNotIn(threading.main_thread(), self.exchanges)
+        sender = self.contacts[1]
+        token = knock_protocol.make_knock(
+            self.sender_key, self.me.uid, knock_protocol.window_of(0), b"n" * 8
+        )
+        verdict = network._verify_knock(token)
+        self.assertEqual(verdict, knock_protocol.Accepted(sender.uid))
+        self.assertEqual(len(self.exchanges), len(self.contacts))  # none on the reactor
+        newcomer = IdentityKey.generate()
+        self.directory.add(newcomer, "127.0.0.1:1")
+        network.connect(newcomer.uid)
+        self.assertEqual(len(self.runs), 2)
+        await self.runs[1]
+        self.assertEqual(len(self.exchanges), len(self.contacts) + 1)
+        self.assertNotIn(threading.main_thread(), self.exchanges)
+        network.connect(newcomer.uid)
+        self.assertEqual(len(self.runs), 2)  # kept: nothing more to compute
+        await network.stop()

@@ -107,7 +107,7 @@ class Node(Service):
         clock: IReactorTime,
         data_dir: str,
         run_blocking: Callable[..., defer.Deferred[Any]],
-        network_factory: Callable[..., Any] | None,
+        network_factory: NetworkFactory | None,
         advertise: Sequence[str] = (),
         listening: Callable[[], tuple[str, int] | None] = lambda: None,
         now: Callable[[], float],

@@ -2,5 +2,6 @@
 
 :mod:`jarvis.exec.runner` runs programs (time-limited, cancellable, each in its own process
 group, output bounded); :mod:`jarvis.exec.hooks` binds programs to the node's events;
-:mod:`jarvis.exec.api` declares their local API methods.  See docs/exec.md.
+:mod:`jarvis.ipc.exec_methods` declares their local API methods (this package imports nothing
+of :mod:`jarvis.ipc`).  See docs/exec.md.
 """

@@ -34,6 +34,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from jarvis.atomicfile import sync_directory
 from jarvis.protocol.transfer import (
     HASH_SIZE,
     Offer,
@@ -198,19 +199,6 @@ def partial_paths(directory: str, offer: Offer) -> tuple[str, str]:
     )
 
 
-def _sync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class PartialFile:
     """A file being received: the hidden partial file and its sidecar, both open.
 
@@ -279,7 +267,7 @@ class PartialFile:
             os.pwrite(state_fd, head + bytes(count * HASH_SIZE + count), 0)
             os.fsync(data_fd)
             os.fsync(state_fd)
-            _sync_directory(directory)
+            sync_directory(directory)
         except BaseException:
             os.close(data_fd)
             os.close(state_fd)
@@ -484,7 +472,7 @@ class PartialFile:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        _sync_directory(self.directory)
+        sync_directory(self.directory)
 
 
 def _at(offer: Offer, index: int) -> int:
@@ -510,6 +498,6 @@ def _link_free_name(source: str, directory: str, name: str, *, tries: int = 1000
             if os.path.lexists(candidate):  # no hard links here: check, then rename
                 continue
             os.rename(source, candidate)
-        _sync_directory(directory)
+        sync_directory(directory)
         return candidate
     raise FileExistsError(errno.EEXIST, "no free name", name)

@@ -22,8 +22,8 @@ from jarvis.core.events import EVENT_DOCS
 from jarvis.core.interfaces import NodeApi
 from jarvis.core.limits import MAX_HISTORY_PAGE, MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
-from jarvis.exec.api import exec_specs
 from jarvis.ipc import jsonrpc
+from jarvis.ipc.exec_methods import exec_specs
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
 #: The longest message text, in UTF-8 bytes (the node's rule, named here for the docs).

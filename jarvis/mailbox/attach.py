@@ -49,6 +49,34 @@ _CONNECTION_FAILURES = (
 )
 
 
+class _Waiting:
+    """The callers waiting for one connection being made, each with a Deferred of its own.
+
+    Never the connecting Deferred itself: a caller's callbacks on a shared Deferred would change
+    the result the next caller sees (an ``inlineCallbacks`` caller leaves ``None`` behind it).
+    Used for our own mailbox and for each contact's mailbox being dialled.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: list[defer.Deferred[MailboxClientProtocol]] = []
+
+    def wait(self) -> defer.Deferred[MailboxClientProtocol]:
+        """Return a new Deferred that fires with the connection (or its failure)."""
+        waiter: defer.Deferred[MailboxClientProtocol] = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def settle(self, result: Any) -> None:
+        """Fire every waiter with *result* (a protocol or a Failure), then forget them; the
+        result is consumed (a failure handed to the waiters is not logged as unhandled)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+
 class MailboxConnector:
     """See the module docstring.  :param reactor: for connections and the reconnect timer;
     :param now: wall-clock seconds (for ``last_collect``)."""
@@ -61,11 +89,12 @@ class MailboxConnector:
         self._link: str | None = None
         self._own: MailboxClientProtocol | None = None
         self._connecting: defer.Deferred[MailboxClientProtocol] | None = None
-        #: callers waiting for the connection being made (one Deferred each)
-        self._waiters: list[defer.Deferred[MailboxClientProtocol]] = []
+        #: callers waiting for the connection to our mailbox being made
+        self._own_waiting = _Waiting()
         self._subscriptions: dict[bytes, tuple[bytes, Callable[[bytes], Any]]] = {}
         self._others: dict[str, MailboxClientProtocol] = {}
-        self._dialling: dict[str, list[defer.Deferred[MailboxClientProtocol]]] = {}
+        #: callers waiting for a contact's mailbox being dialled, by link
+        self._dialling: dict[str, _Waiting] = {}
         self._retry: Any = None
         self._delay = RECONNECT_MIN
         self._stopped = False
@@ -89,7 +118,7 @@ class MailboxConnector:
         if self._own is not None and self._own.connected:
             return defer.succeed(self._own)
         if self._connecting is not None:
-            return self._connection_waiter()
+            return self._own_waiting.wait()
         if self._link is None:
             return defer.fail(MailboxConnectionLost("no mailbox in use"))
         link = self._link
@@ -115,29 +144,10 @@ class MailboxConnector:
             self._schedule_reconnect()
             return failure
 
-        waiter = self._connection_waiter()  # before the callbacks: d may have fired already
+        waiter = self._own_waiting.wait()  # before the callbacks: d may have fired already
         d.addCallbacks(connected, failed)
-        d.addBoth(self._connection_settled)
+        d.addBoth(self._own_waiting.settle)
         return waiter
-
-    def _connection_waiter(self) -> defer.Deferred[MailboxClientProtocol]:
-        """A Deferred of its own for one caller waiting for the connection being made.
-
-        Every caller gets its own (never the connecting Deferred itself): a caller's callbacks
-        on a shared Deferred would change the result the next caller sees (an
-        ``inlineCallbacks`` caller leaves ``None`` behind it).
-        """
-        waiter: defer.Deferred[MailboxClientProtocol] = defer.Deferred()
-        self._waiters.append(waiter)
-        return waiter
-
-    def _connection_settled(self, result: Any) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
 
     def _own_lost(self, protocol: MailboxClientProtocol) -> None:
         if self._own is protocol:
@@ -210,21 +220,17 @@ class MailboxConnector:
         protocol = self._others.get(link)
         if protocol is not None and protocol.connected:
             return defer.succeed(protocol)
-        waiter: defer.Deferred[MailboxClientProtocol] = defer.Deferred()
         waiting = self._dialling.get(link)
         if waiting is not None:
-            waiting.append(waiter)
-            return waiter
-        self._dialling[link] = [waiter]
+            return waiting.wait()
+        waiting = self._dialling[link] = _Waiting()
+        waiter = waiting.wait()  # before dialling: the dial may fail at once
 
         def done(result: Any) -> None:
-            for each in self._dialling.pop(link, []):
-                if isinstance(result, Failure):
-                    each.errback(result)
-                else:
-                    each.callback(result)
+            self._dialling.pop(link, None)
             if isinstance(result, MailboxClientProtocol):
                 self._others[link] = result
+            waiting.settle(result)
 
         connect_mailbox(self.reactor, parse_link(link)).addBoth(done)
         return waiter

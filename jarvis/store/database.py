@@ -165,12 +165,12 @@ def _attempt(
                 results.append(_run_isolated(rows, method, args, write))
         else:
             _run_unisolated(rows, ops, results)
-            rows._write_conversations()
+            rows.write_conversations()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
-        rows._forget_transaction()
+        rows.forget_transaction()
         raise
     return results
 
@@ -195,7 +195,7 @@ def _run_unisolated(
             while j < count and ops[j][0] is add_outgoing:
                 j += 1
             try:
-                values = rows._add_outgoing_many([op[1][0] for op in ops[i:j]])
+                values = rows.add_outgoing_many([op[1][0] for op in ops[i:j]])
             except Exception as exc:
                 raise _WriteFailed() from exc
             results.extend(values)
@@ -203,7 +203,7 @@ def _run_unisolated(
             continue
         if method is not add_incoming:
             # Anything else may read the conversations rows: bring them up to date.
-            rows._write_conversations()
+            rows.write_conversations()
         try:
             value = method(rows, *args)
         except Exception as exc:
@@ -228,7 +228,7 @@ def _run_isolated(
     conn.execute("SAVEPOINT op")
     try:
         value = method(rows, *args)
-        rows._write_conversations()
+        rows.write_conversations()
     except Exception as exc:
         if not conn.in_transaction:
             # SQLite rolled the whole transaction back itself (it does on SQLITE_FULL, a
@@ -236,7 +236,7 @@ def _run_isolated(
             raise
         conn.execute("ROLLBACK TO op")
         conn.execute("RELEASE op")
-        rows._forget_transaction()
+        rows.forget_transaction()
         return _Failed(exc)
     conn.execute("RELEASE op")
     return value

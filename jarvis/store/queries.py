@@ -17,23 +17,23 @@ from collections.abc import Sequence
 from typing import Any
 
 from jarvis.errors import InvalidInput, NotFound
+from jarvis.message_states import MESSAGE_STATES
 from jarvis.store import schema
 from jarvis.store.records import Contact, HistoryPage, StoredMessage, copy_unchecked
 from jarvis.store.rows import (
-    _ADVANCE_SQL,
-    _CONTACT_COLUMNS,
-    _MESSAGE_COLUMNS,
+    ADVANCE_SQL,
+    CONTACT_COLUMNS,
     DUMP_FORMAT,
     DUMP_VERSION,
+    MESSAGE_COLUMNS,
     DuplicateMessage,
     Rows,
     StoreNotEmpty,
-    _chunks,
-    _contact_from_json,
-    _contact_to_json,
-    _history_bound,
-    _message_from_json,
-    blind_index,
+    chunks,
+    contact_from_json,
+    contact_to_json,
+    history_bound,
+    message_from_json,
 )
 from jarvis.store.schema import OUTBOX_WHERE
 
@@ -43,7 +43,7 @@ def put_contact(db: Rows, contact: Contact) -> None:
 
     :returns: None once stored.
     """
-    uid_index = db._index(contact.uid)
+    uid_index = db.index(contact.uid)
     profile = json.dumps(
         {
             "uid": contact.uid,
@@ -54,10 +54,10 @@ def put_contact(db: Rows, contact: Contact) -> None:
         }
     ).encode()
     db.conn.execute(
-        f"INSERT OR REPLACE INTO contacts ({_CONTACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO contacts ({CONTACT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         (
             uid_index,
-            db._seal(profile, "contacts", "profile", uid_index),
+            db.seal(profile, "contacts", "profile", uid_index),
             int(contact.verified),
             int(contact.blocked),
             int(contact.muted),
@@ -70,15 +70,15 @@ def put_contact(db: Rows, contact: Contact) -> None:
 def get_contact(db: Rows, uid: str) -> Contact | None:
     """:returns: the contact whose uid is *uid*, or None."""
     row = db.conn.execute(
-        f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE uid_index = ?", (db._index(uid),)
+        f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE uid_index = ?", (db.index(uid),)
     ).fetchone()
-    return None if row is None else db._contact_from_row(row)
+    return None if row is None else db.contact_from_row(row)
 
 
 def list_contacts(db: Rows) -> list[Contact]:
     """:returns: every contact, sorted by alias or name."""
-    rows = db.conn.execute(f"SELECT {_CONTACT_COLUMNS} FROM contacts").fetchall()
-    contacts = [db._contact_from_row(row) for row in rows]
+    rows = db.conn.execute(f"SELECT {CONTACT_COLUMNS} FROM contacts").fetchall()
+    contacts = [db.contact_from_row(row) for row in rows]
     contacts.sort(key=lambda c: ((c.alias or c.name).casefold(), c.uid))
     return contacts
 
@@ -90,13 +90,12 @@ def remove_contact(db: Rows, uid: str, *, with_history: bool) -> bool:
 
     :returns: whether a contact was removed.
     """
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     removed = db.conn.execute("DELETE FROM contacts WHERE uid_index = ?", (conversation,)).rowcount
     if with_history:
         db.conn.execute("DELETE FROM messages WHERE conversation = ?", (conversation,))
         db.conn.execute("DELETE FROM conversations WHERE conversation = ?", (conversation,))
-        db._next_seq.pop(conversation, None)
-        db._touched.pop(conversation, None)
+        db.forget_conversation(conversation)
     return removed > 0
 
 
@@ -110,9 +109,9 @@ def add_outgoing(db: Rows, message: StoredMessage) -> StoredMessage:
     :raises InvalidInput: if the message is not outgoing.
     """
     try:
-        return db._add_outgoing_many([message])[0]
+        return db.add_outgoing_many([message])[0]
     except sqlite3.IntegrityError:
-        if db._exists(db._index(message.contact), message.id):
+        if db.exists(db.index(message.contact), message.id):
             raise DuplicateMessage(f"message {message.id} is already stored") from None
         raise
 
@@ -127,12 +126,12 @@ def add_incoming(db: Rows, message: StoredMessage) -> StoredMessage | None:
     """
     if message.direction != "in":
         raise InvalidInput("add_incoming takes an incoming message (direction 'in')")
-    seq = db._append(message)
+    seq = db.append(message)
     if seq is None:
         return None
     # The first message of a new unread run places the conversation's "new messages"
     # marker; it stays there (also once read) until the next unread run begins.
-    conversation = db._index(message.contact)
+    conversation = db.index(message.contact)
     db.conn.execute(
         "UPDATE conversations SET marker = ? WHERE conversation = ? AND NOT EXISTS ("
         "SELECT 1 FROM messages WHERE conversation = ? AND direction = 'in' "
@@ -150,20 +149,21 @@ def advance_states(
 
     Per id, the first row (in rowid order) whose state may advance to *state* advances:
     one ``UPDATE ... RETURNING`` per :data:`_PER_STATEMENT` ids, whose WHERE clause holds the
-    rank rule (a delivered or read message leaves the outbox index by its new state).  An
+    rank rule of :mod:`jarvis.message_states` (a delivered or read message leaves the outbox
+    index by its new state).  An
     id given twice counts once.
 
     :returns: ``(id, contact, state)`` of each message that changed, in the order given.
     """
-    if state not in ("queued", "sent", "delivered", "read", "received"):
+    if state not in MESSAGE_STATES:
         raise InvalidInput(f"{state!r} is not a message state")
-    sql = _ADVANCE_SQL.get(state)
+    sql = ADVANCE_SQL.get(state)
     if sql is None:  # 'queued' and 'received' are first states: nothing advances to them
         return []
     conn = db.conn
     unique = list(dict.fromkeys(mids))
     moved: dict[str, bytes] = {}
-    for chunk in _chunks(unique):
+    for chunk in chunks(unique):
         values = ", ".join(["(?)"] * len(chunk))
         rows = conn.execute(f"WITH ids(id) AS (VALUES {values}) {sql}", (*chunk, state, at))
         moved.update(rows.fetchall())
@@ -171,7 +171,7 @@ def advance_states(
     for mid in unique:
         conversation = moved.get(mid)
         if conversation is not None:
-            uid = db._uids.get(conversation) or db._uid_of(conversation)
+            uid = db.uid_of(conversation)
             changed.append((mid, uid, state))
     return changed
 
@@ -182,7 +182,7 @@ def advance_via(
     """:func:`advance_states`, and record that the outgoing messages *mids* left by *path*
     (``"mailbox"``: deposited in the contact's mailbox), in one transaction."""
     changed = advance_states(db, mids, state, at)
-    for chunk in _chunks(list(dict.fromkeys(mids))):
+    for chunk in chunks(list(dict.fromkeys(mids))):
         values = ", ".join(["?"] * len(chunk))
         db.conn.execute(
             f"UPDATE messages SET path = ? WHERE direction = 'out' AND id IN ({values})",
@@ -194,9 +194,9 @@ def advance_via(
 def paths_of(db: Rows, uid: str, mids: Sequence[str]) -> dict[str, str]:
     """The recorded path (:func:`advance_via`) of those of *uid*'s messages *mids* that have
     one."""
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     found: dict[str, str] = {}
-    for chunk in _chunks(list(mids)):
+    for chunk in chunks(list(mids)):
         values = ", ".join(["?"] * len(chunk))
         rows = db.conn.execute(
             f"SELECT id, path FROM messages WHERE conversation = ? AND id IN ({values}) "
@@ -213,9 +213,9 @@ def get_message(db: Rows, mid: str) -> StoredMessage | None:
     :raises CorruptRow: if the stored row does not open.
     """
     row = db.conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ? ORDER BY rowid LIMIT 1", (mid,)
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? ORDER BY rowid LIMIT 1", (mid,)
     ).fetchone()
-    return None if row is None else db._message_from_row(row)
+    return None if row is None else db.message_from_row(row)
 
 
 def outbox(db: Rows, uid: str) -> list[StoredMessage]:
@@ -223,11 +223,11 @@ def outbox(db: Rows, uid: str) -> list[StoredMessage]:
     oldest first.
     """
     rows = db.conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
         "ORDER BY seq",
-        (db._index(uid),),
+        (db.index(uid),),
     ).fetchall()
-    return [db._message_from_row(row) for row in rows]
+    return [db.message_from_row(row) for row in rows]
 
 
 def outbox_page(
@@ -243,9 +243,9 @@ def outbox_page(
     """
     limit = max(1, limit)
     cursor = db.conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ? AND {OUTBOX_WHERE} "
         "AND seq > ? ORDER BY seq LIMIT ?",
-        (db._index(uid), after_seq, limit + 1),
+        (db.index(uid), after_seq, limit + 1),
     )
     messages: list[StoredMessage] = []
     size = 0
@@ -255,7 +255,7 @@ def outbox_page(
             more = True
             break
         size += len(row[9])
-        messages.append(db._message_from_row(row))
+        messages.append(db.message_from_row(row))
     cursor.close()
     return messages, more
 
@@ -268,7 +268,7 @@ def deliver_through(db: Rows, uid: str, mid: str, at: float) -> list[tuple[str, 
 
     :returns: ``(id, uid, "delivered")`` per message that changed, in conversation order.
     """
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     row = db.conn.execute(
         "SELECT seq FROM messages WHERE id = ? AND conversation = ? AND direction = 'out'",
         (mid, conversation),
@@ -308,24 +308,24 @@ def history(
     """
     if not isinstance(limit, int) or limit < 1:
         raise InvalidInput("a history page holds at least 1 message")
-    before, after = _history_bound(before), _history_bound(after)
+    before, after = history_bound(before), history_bound(after)
     # keyset paging on seq (never OFFSET): each page costs its own rows whatever its depth
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     where = "conversation = ?"
     params: list[Any] = [conversation]
     if before is not None:
         where += " AND seq < ?"
-        params.append(db._seq_of(conversation, before))
+        params.append(db.seq_of(conversation, before))
     if after is not None:
         where += " AND seq > ?"
-        params.append(db._seq_of(conversation, after))
+        params.append(db.seq_of(conversation, after))
     # with after, the page holds the oldest messages newer than it (paging forward)
     order = "DESC" if after is None else "ASC"
     rows = db.conn.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order} LIMIT ?",
+        f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {where} ORDER BY seq {order} LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
-    chosen = [db._message_from_row(row) for row in rows[:limit]]
+    chosen = [db.message_from_row(row) for row in rows[:limit]]
     more = len(rows) > limit
     if after is None:
         return HistoryPage(tuple(chosen), str(chosen[-1].seq) if more else None)
@@ -342,7 +342,7 @@ def unread_counts(db: Rows) -> dict[str, int]:
         "SELECT conversation, count(*) FROM messages "
         "WHERE direction = 'in' AND state = 'received' GROUP BY conversation"
     ).fetchall()
-    return {db._uid_of(conversation): count for conversation, count in rows}
+    return {db.uid_of(conversation): count for conversation, count in rows}
 
 
 def mark_read(
@@ -355,7 +355,7 @@ def mark_read(
     :returns: the ids newly marked read, oldest first.
     :raises NotFound: if *up_to* is not in this conversation.
     """
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     query = (
         "SELECT rowid, id FROM messages "
         "WHERE conversation = ? AND direction = 'in' AND state = 'received'"
@@ -385,14 +385,14 @@ def receipts_due(db: Rows, uid: str) -> list[str]:
     """
     rows = db.conn.execute(
         "SELECT id FROM messages WHERE conversation = ? AND receipt_due = 1 ORDER BY seq",
-        (db._index(uid),),
+        (db.index(uid),),
     ).fetchall()
     return [row[0] for row in rows]
 
 
 def clear_receipts(db: Rows, uid: str, mids: Sequence[str]) -> None:
     """Note that the read receipts of *message_ids* (from *uid*) were written to a session."""
-    conversation = db._index(uid)
+    conversation = db.index(uid)
     db.conn.executemany(
         "UPDATE messages SET receipt_due = 0 WHERE id = ? AND conversation = ? AND receipt_due = 1",
         [(mid, conversation) for mid in mids],
@@ -404,13 +404,13 @@ def last_activity(db: Rows) -> dict[str, float]:
     rows = db.conn.execute(
         "SELECT conversation, last_activity FROM conversations WHERE last_activity IS NOT NULL"
     ).fetchall()
-    return {db._uid_of(conversation): when for conversation, when in rows}
+    return {db.uid_of(conversation): when for conversation, when in rows}
 
 
 def set_marker(db: Rows, uid: str, mid: str | None) -> None:
     """Set (or with None clear) the "new messages" marker of the conversation with *uid*."""
-    conversation = db._index(uid)
-    db._ensure_conversation(conversation, uid)
+    conversation = db.index(uid)
+    db.ensure_conversation(conversation, uid)
     db.conn.execute(
         "UPDATE conversations SET marker = ? WHERE conversation = ?", (mid, conversation)
     )
@@ -419,7 +419,7 @@ def set_marker(db: Rows, uid: str, mid: str | None) -> None:
 def get_marker(db: Rows, uid: str) -> str | None:
     """:returns: the marker's message id, or None."""
     row = db.conn.execute(
-        "SELECT marker FROM conversations WHERE conversation = ?", (db._index(uid),)
+        "SELECT marker FROM conversations WHERE conversation = ?", (db.index(uid),)
     ).fetchone()
     return None if row is None else row[0]
 
@@ -428,24 +428,24 @@ def set_setting(db: Rows, key: str, value: str) -> None:
     """Store the setting *key* (name and value are both encrypted)."""
     if not isinstance(key, str) or not key or not isinstance(value, str):
         raise InvalidInput("a setting is a non-empty name and a string value")
-    key_index = blind_index(db._index_key, "setting", key)
+    key_index = db.setting_index(key)
     db.conn.execute(
         "INSERT OR REPLACE INTO settings (key_index, name, value) VALUES (?, ?, ?)",
         (
             key_index,
-            db._seal(key.encode(), "settings", "name", key_index),
-            db._seal(value.encode(), "settings", "value", key_index),
+            db.seal(key.encode(), "settings", "name", key_index),
+            db.seal(value.encode(), "settings", "value", key_index),
         ),
     )
 
 
 def get_setting(db: Rows, key: str) -> str | None:
     """:returns: the value of setting *key*, or None."""
-    key_index = blind_index(db._index_key, "setting", key)
+    key_index = db.setting_index(key)
     row = db.conn.execute("SELECT value FROM settings WHERE key_index = ?", (key_index,)).fetchone()
     if row is None:
         return None
-    return db._open(row[0], "settings", "value", "a setting", key_index).decode()
+    return db.unseal(row[0], "settings", "value", "a setting", key_index).decode()
 
 
 def dump(db: Rows) -> dict[str, Any]:
@@ -456,23 +456,23 @@ def dump(db: Rows) -> dict[str, Any]:
         ``markers`` and ``settings``.
     """
     conn = db.conn
-    contacts = [_contact_to_json(c) for c in list_contacts(db)]
+    contacts = [contact_to_json(c) for c in list_contacts(db)]
     messages = [
-        dataclasses.asdict(db._message_from_row(row))
-        for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages")
+        dataclasses.asdict(db.message_from_row(row))
+        for row in conn.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages")
     ]
     # By uid, not by blind index: the same data dumps alike under any index key.
     messages.sort(key=lambda m: (m["contact"], m["seq"]))
     markers = {
-        db._uid_of(conversation): marker
+        db.uid_of(conversation): marker
         for conversation, marker in conn.execute(
             "SELECT conversation, marker FROM conversations WHERE marker IS NOT NULL"
         ).fetchall()
     }
     settings: dict[str, str] = {}
     for key_index, name, value in conn.execute("SELECT key_index, name, value FROM settings"):
-        key = db._open(name, "settings", "name", "a setting", key_index).decode()
-        settings[key] = db._open(value, "settings", "value", "a setting", key_index).decode()
+        key = db.unseal(name, "settings", "name", "a setting", key_index).decode()
+        settings[key] = db.unseal(value, "settings", "value", "a setting", key_index).decode()
     return {
         "format": DUMP_FORMAT,
         "version": DUMP_VERSION,
@@ -499,21 +499,21 @@ def load(db: Rows, dump: dict[str, Any]) -> None:
     if dump.get("version") != DUMP_VERSION:
         raise InvalidInput(f"store dump version {dump.get('version')!r} is not supported")
     for item in dump.get("contacts", []):
-        put_contact(db, _contact_from_json(item))
+        put_contact(db, contact_from_json(item))
     last: dict[bytes, tuple[int, float]] = {}
     for item in dump.get("messages", []):
-        message = _message_from_json(item)
-        conversation = db._index(message.contact)
-        db._ensure_conversation(conversation, message.contact)
-        if db._exists(conversation, message.id):
+        message = message_from_json(item)
+        conversation = db.index(message.contact)
+        db.ensure_conversation(conversation, message.contact)
+        if db.exists(conversation, message.id):
             raise InvalidInput(f"message {message.id} appears twice in the dump")
         try:
-            db._insert_message(message, conversation, message.seq)
+            db.insert_message(message, conversation, message.seq)
         except sqlite3.IntegrityError:
             raise InvalidInput(f"message {message.id} in the dump repeats a seq")
         seq, when = last.get(conversation, (0, message.created))
         last[conversation] = (max(seq, message.seq), max(when, message.created))
-    db._next_seq.clear()
+    db.forget_conversation()
     for conversation, (seq, when) in last.items():
         conn.execute(
             "UPDATE conversations SET next_seq = ?, last_activity = ? WHERE conversation = ?",

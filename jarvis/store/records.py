@@ -11,15 +11,7 @@ import dataclasses
 
 from jarvis.entropy import public_random
 from jarvis.errors import InvalidInput
-
-#: The states of an outgoing message, in the only order they may advance.
-OUTGOING_STATES: tuple[str, ...] = ("queued", "sent", "delivered", "read")
-#: The states of an incoming message, in the only order they may advance.
-INCOMING_STATES: tuple[str, ...] = ("received", "read")
-#: Outgoing states in which a message still waits in the outbox (not yet delivered).
-OUTBOX_STATES: frozenset[str] = frozenset({"queued", "sent"})
-#: The two directions of a message.
-DIRECTIONS: tuple[str, ...] = ("in", "out")
+from jarvis.message_states import states_for
 
 
 def new_message_id(now: float) -> str:
@@ -37,20 +29,6 @@ def new_message_id(now: float) -> str:
     """
     millis = max(0, int(now * 1000)) & 0xFFFF_FFFF_FFFF
     return (millis.to_bytes(6, "big") + public_random(10)).hex()
-
-
-def states_for(direction: str) -> tuple[str, ...]:
-    """Return the states a message of *direction* may take, in the order they advance.
-
-    :param direction: ``"in"`` or ``"out"``.
-    :returns: :data:`INCOMING_STATES` or :data:`OUTGOING_STATES`.
-    :raises InvalidInput: if *direction* is neither.
-    """
-    if direction == "out":
-        return OUTGOING_STATES
-    if direction == "in":
-        return INCOMING_STATES
-    raise InvalidInput(f"a message direction is 'in' or 'out', not {direction!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +74,7 @@ class StoredMessage:
     :param contact: the uid of the contact the conversation is with.
     :param direction: ``"in"`` (received) or ``"out"`` (sent by the local user).
     :param body: the text of the message.
-    :param state: one of :data:`OUTGOING_STATES` or :data:`INCOMING_STATES` per *direction*.
+    :param state: one of :func:`jarvis.message_states.states_for` *direction*.
     :param created: when the message was written (outgoing) or received (incoming).
     :param sent: when it left this node (outgoing), if it did.
     :param delivered: when the peer acknowledged it (outgoing), if it did.

@@ -20,13 +20,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound
+from jarvis.message_states import states_before
 from jarvis.store import schema
-from jarvis.store.records import (
-    Contact,
-    StoredMessage,
-    copy_unchecked,
-    states_for,
-)
+from jarvis.store.records import Contact, StoredMessage, copy_unchecked
 
 #: Format name and version written by :meth:`Store.dump`.
 DUMP_FORMAT = "jarvis-store-dump"
@@ -150,14 +146,14 @@ def blind_index(index_key: bytes, kind: str, value: str) -> bytes:
     return hmac.new(index_key, data, hashlib.sha256).digest()
 
 
-def _contact_to_json(contact: Contact) -> dict[str, Any]:
+def contact_to_json(contact: Contact) -> dict[str, Any]:
     out = dataclasses.asdict(contact)
     out["public_key"] = base64.b64encode(contact.public_key).decode("ascii")
     out["addresses"] = list(contact.addresses)
     return out
 
 
-def _contact_from_json(data: Any) -> Contact:
+def contact_from_json(data: Any) -> Contact:
     try:
         fields = dict(data)
         fields["public_key"] = base64.b64decode(fields["public_key"], validate=True)
@@ -167,7 +163,7 @@ def _contact_from_json(data: Any) -> Contact:
         raise InvalidInput(f"a contact in the dump is malformed ({type(exc).__name__})")
 
 
-def _message_from_json(data: Any) -> StoredMessage:
+def message_from_json(data: Any) -> StoredMessage:
     try:
         message = StoredMessage(**dict(data))
     except (TypeError, ValueError) as exc:
@@ -180,7 +176,7 @@ def _message_from_json(data: Any) -> StoredMessage:
 _T = TypeVar("_T")
 
 
-_MESSAGE_COLUMNS = "conversation, seq, id, direction, state, created, sent, delivered, read, body"
+MESSAGE_COLUMNS = "conversation, seq, id, direction, state, created, sent, delivered, read, body"
 
 
 #: Rows per multi-row INSERT (10 parameters each) and ids per multi-id UPDATE: well under the
@@ -192,7 +188,7 @@ _PER_STATEMENT = 500
 _MULTI_INSERT: dict[int, str] = {}
 
 
-_CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
+CONTACT_COLUMNS = "uid_index, profile, verified, blocked, muted, read_receipts, added_at"
 
 
 _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
@@ -201,7 +197,7 @@ _TIME_COLUMN = {"sent": "sent", "delivered": "delivered", "read": "read"}
 _MESSAGE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def _history_bound(value: str | int | None) -> int | str | None:
+def history_bound(value: str | int | None) -> int | str | None:
     """Return a history bound as a seq (a cursor) or a message id, or None.
 
     A cursor is what :func:`~jarvis.store.queries.history` returned (decimal digits, or an
@@ -221,7 +217,7 @@ def _history_bound(value: str | int | None) -> int | str | None:
     raise InvalidInput("the history cursor is neither a message id nor one this store returned")
 
 
-def _chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """*items* in slices of :data:`_PER_STATEMENT`, one statement's worth each."""
     for start in range(0, len(items), _PER_STATEMENT):
         yield items[start : start + _PER_STATEMENT]
@@ -235,10 +231,7 @@ def _advance_sql(state: str) -> str | None:
     """
     clauses = []
     for direction in ("out", "in"):
-        order = states_for(direction)
-        if state not in order:
-            continue
-        below = order[: order.index(state)]
+        below = states_before(direction, state)
         if below:
             states = ", ".join(f"'{s}'" for s in below)
             clauses.append(f"(direction = '{direction}' AND state IN ({states}))")
@@ -252,7 +245,7 @@ def _advance_sql(state: str) -> str | None:
     )
 
 
-_ADVANCE_SQL: dict[str, str] = {
+ADVANCE_SQL: dict[str, str] = {
     state: sql
     for state in ("sent", "delivered", "read")
     if (sql := _advance_sql(state)) is not None
@@ -263,8 +256,8 @@ class Rows:
     """The store's connection and the row sealing, opening and indexing around it; used ONLY
     on the store's thread.
 
-    The queries (:mod:`jarvis.store.queries`) are functions of it; the store runs a batch of them
-    in one transaction.
+    The queries (:mod:`jarvis.store.queries`) are plain functions of it (as of an adbapi cursor)
+    and use only its public methods; the store runs a batch of them in one transaction.
     """
 
     def __init__(self, path: str, cipher: RowSealer, index_key: bytes) -> None:
@@ -281,7 +274,7 @@ class Rows:
         self._next_seq: dict[bytes, int] = {}
         # conversation -> newest ``created`` appended in the open transaction whose
         # conversations row (next_seq, last_activity) is not updated yet: written once per
-        # conversation by :meth:`_write_conversations`, not once per message.
+        # conversation by :meth:`write_conversations`, not once per message.
         self._touched: dict[bytes, float] = {}
         # conversation -> associated data prefix of its message bodies (the id follows).
         self._body_ad: dict[bytes, bytes] = {}
@@ -352,7 +345,7 @@ class Rows:
         self._uids.clear()
         self._indexes.clear()
         self._body_ad.clear()
-        self._forget_transaction()
+        self.forget_transaction()
         if conn is not None:
             conn.close()
 
@@ -362,12 +355,22 @@ class Rows:
             raise StoreClosed()
         return self._conn
 
-    def _forget_transaction(self) -> None:
+    def forget_transaction(self) -> None:
         """Drop what is cached about uncommitted rows (after a rollback)."""
         self._next_seq.clear()
         self._touched.clear()
 
-    def _write_conversations(self) -> None:
+    def forget_conversation(self, conversation: bytes | None = None) -> None:
+        """Drop the cached next seq and pending activity of *conversation* (of every one for
+        None): its rows were deleted or written by other means in this transaction."""
+        if conversation is None:
+            self._next_seq.clear()
+            self._touched.clear()
+        else:
+            self._next_seq.pop(conversation, None)
+            self._touched.pop(conversation, None)
+
+    def write_conversations(self) -> None:
         """Write the next seq and last activity of the conversations appended to."""
         if not self._touched:
             return
@@ -384,16 +387,16 @@ class Rows:
 
     # -- sealing ----------------------------------------------------------------------------
 
-    def _seal(self, plaintext: bytes, table: str, column: str, *key: bytes) -> bytes:
+    def seal(self, plaintext: bytes, table: str, column: str, *key: bytes) -> bytes:
         return self._cipher.seal(plaintext, associated_data(table, column, *key))
 
-    def _open(self, blob: bytes, table: str, column: str, row: str, *key: bytes) -> bytes:
+    def unseal(self, blob: bytes, table: str, column: str, row: str, *key: bytes) -> bytes:
         try:
             return self._cipher.open(bytes(blob), associated_data(table, column, *key))
         except Exception as exc:
             raise CorruptRow(table, column, row, exc) from exc
 
-    def _index(self, uid: str) -> bytes:
+    def index(self, uid: str) -> bytes:
         index = self._indexes.get(uid)
         if index is None:
             if not isinstance(uid, str) or not uid:
@@ -403,9 +406,13 @@ class Rows:
             index = self._indexes[uid] = blind_index(self._index_key, "uid", uid)
         return index
 
+    def setting_index(self, key: str) -> bytes:
+        """Return the blind index of the setting named *key*."""
+        return blind_index(self._index_key, "setting", key)
+
     # -- conversations ----------------------------------------------------------------------
 
-    def _uid_of(self, conversation: bytes) -> str:
+    def uid_of(self, conversation: bytes) -> str:
         uid = self._uids.get(conversation)
         if uid is None:
             row = self.conn.execute(
@@ -413,20 +420,20 @@ class Rows:
             ).fetchone()
             if row is None:
                 raise CorruptStore("a message belongs to no conversation")
-            uid = self._open(
+            uid = self.unseal(
                 row[0], "conversations", "uid", "a conversation", conversation
             ).decode()
             self._uids[conversation] = uid
         return uid
 
-    def _ensure_conversation(self, conversation: bytes, uid: str) -> int:
+    def ensure_conversation(self, conversation: bytes, uid: str) -> int:
         """Create the conversation row if missing; return its next seq."""
         row = self.conn.execute(
             "SELECT next_seq FROM conversations WHERE conversation = ?", (conversation,)
         ).fetchone()
         if row is not None:
             return int(row[0])
-        sealed = self._seal(uid.encode(), "conversations", "uid", conversation)
+        sealed = self.seal(uid.encode(), "conversations", "uid", conversation)
         self.conn.execute(
             "INSERT INTO conversations (conversation, uid, next_seq) VALUES (?, ?, 1)",
             (conversation, sealed),
@@ -434,19 +441,19 @@ class Rows:
         self._uids[conversation] = uid
         return 1
 
-    def _append(self, message: StoredMessage) -> int | None:
+    def append(self, message: StoredMessage) -> int | None:
         """Store *message* as the next of its conversation.
 
         :returns: its seq, or None if its id is already stored for that conversation.
         """
-        conversation = self._index(message.contact)
+        conversation = self.index(message.contact)
         seq = self._next_seq.get(conversation)
         if seq is None:
-            seq = self._ensure_conversation(conversation, message.contact)
+            seq = self.ensure_conversation(conversation, message.contact)
         try:
-            self._insert_message(message, conversation, seq)
+            self.insert_message(message, conversation, seq)
         except sqlite3.IntegrityError:
-            if self._exists(conversation, message.id):
+            if self.exists(conversation, message.id):
                 return None
             raise
         self._appended(conversation, seq, message.created)
@@ -471,9 +478,9 @@ class Rows:
 
     # -- contacts ---------------------------------------------------------------------------
 
-    def _contact_from_row(self, row: Sequence[Any]) -> Contact:
+    def contact_from_row(self, row: Sequence[Any]) -> Contact:
         uid_index, profile, verified, blocked, muted, read_receipts, added_at = row
-        data = json.loads(self._open(profile, "contacts", "profile", "a contact", uid_index))
+        data = json.loads(self.unseal(profile, "contacts", "profile", "a contact", uid_index))
         return Contact(
             uid=data["uid"],
             public_key=base64.b64decode(data["public_key"]),
@@ -489,12 +496,12 @@ class Rows:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _message_from_row(self, row: Sequence[Any]) -> StoredMessage:
+    def message_from_row(self, row: Sequence[Any]) -> StoredMessage:
         conversation, seq, mid, direction, state, created, sent, delivered, read, body = row
-        text = self._open(body, "messages", "body", f"message {mid}", conversation, mid.encode())
+        text = self.unseal(body, "messages", "body", f"message {mid}", conversation, mid.encode())
         return StoredMessage(
             id=mid,
-            contact=self._uid_of(conversation),
+            contact=self.uid_of(conversation),
             direction=direction,
             body=text.decode(),
             state=state,
@@ -505,16 +512,16 @@ class Rows:
             seq=seq,
         )
 
-    def _exists(self, conversation: bytes, mid: str) -> bool:
+    def exists(self, conversation: bytes, mid: str) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM messages WHERE conversation = ? AND id = ?", (conversation, mid)
         ).fetchone()
         return row is not None
 
-    def _insert_message(self, message: StoredMessage, conversation: bytes, seq: int) -> None:
+    def insert_message(self, message: StoredMessage, conversation: bytes, seq: int) -> None:
         body = self._seal_body(message.body, conversation, message.id)
         self.conn.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 conversation,
                 seq,
@@ -529,7 +536,7 @@ class Rows:
             ),
         )
 
-    def _add_outgoing_many(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
+    def add_outgoing_many(self, messages: Sequence[StoredMessage]) -> list[StoredMessage]:
         """Store outgoing messages with multi-row INSERTs (:meth:`_insert_rows`): the one write
         path of outgoing messages (:func:`~jarvis.store.queries.add_outgoing` is this for one).
 
@@ -546,10 +553,10 @@ class Rows:
             if message.direction != "out":
                 raise InvalidInput("add_outgoing takes an outgoing message (direction 'out')")
             contact = message.contact
-            conversation = indexes.get(contact) or self._index(contact)
+            conversation = indexes.get(contact) or self.index(contact)
             seq = next_seq.get(conversation)
             if seq is None:
-                seq = self._ensure_conversation(conversation, contact)
+                seq = self.ensure_conversation(conversation, contact)
             mid = message.id
             message_rows.append(
                 (
@@ -571,7 +578,7 @@ class Rows:
         return stored
 
     def _insert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert message rows (:data:`_MESSAGE_COLUMNS`), :data:`_PER_STATEMENT` per statement.
+        """Insert message rows (:data:`MESSAGE_COLUMNS`), :data:`_PER_STATEMENT` per statement.
 
         One multi-row INSERT runs in one ``sqlite3_step``: the thread gives up and takes back
         the GIL once per chunk, not once per row as ``executemany`` does.  (Each take-back
@@ -579,17 +586,17 @@ class Rows:
         it halved the store's speed while the reactor was busy.)
         """
         conn = self.conn
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             sql = _MULTI_INSERT.get(len(chunk))
             if sql is None:
-                sql = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES " + ", ".join(
+                sql = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES " + ", ".join(
                     ["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)
                 )
                 if len(_MULTI_INSERT) < 64:
                     _MULTI_INSERT[len(chunk)] = sql
             conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
-    def _seq_of(self, conversation: bytes, bound: int | str) -> int:
+    def seq_of(self, conversation: bytes, bound: int | str) -> int:
         """Return the seq a history bound stands for: a cursor is one, an id is looked up."""
         if isinstance(bound, int):
             return bound

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from jarvis.message_states import MESSAGE_STATES, may_advance
 from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
 from jarvis.textsafe import strip_bidi
 
@@ -31,13 +32,10 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("//TEXT", "Send TEXT starting with a single slash"),
 )
 
-MESSAGE_STATES = ("queued", "sent", "delivered", "read", "received")
 #: The direction of a local line: shown in the conversation area only, never sent (``/exec``).
 LOCAL = "local"
 #: Where local lines go while no conversation is open (no contact has an empty uid).
 NO_CONVERSATION = ""
-#: How far an outgoing message got: a later report of an earlier state never takes it back.
-_PROGRESS = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "received": 0}
 PEER_STATUSES = ("offline", "connecting", "online")
 #: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
 PATHS = ("lan", "direct", "relayed", "mailbox", "waiting")
@@ -316,7 +314,8 @@ def _furthest(old: Message, new: Message) -> Message:
 
     :returns: *old* itself when *new* tells nothing more.
     """
-    if _PROGRESS[new.state] < _PROGRESS[old.state]:
+    # a later report of an earlier state never takes a message back
+    if not may_advance(new.direction, old.state, new.state):
         new = replace(
             new,
             state=old.state,
@@ -681,7 +680,7 @@ class MessengerModel:
         message = conversation.messages.get(str(ident))
         if message is None:
             return
-        if _PROGRESS[state] < _PROGRESS[message.state]:
+        if not may_advance(message.direction, message.state, state):
             return  # a late report of an earlier state
         at = _number(payload.get("at"))
         changes: dict[str, Any] = {"state": state}

@@ -1,11 +1,14 @@
 """The local API's ``exec.*`` and ``hooks.*`` methods (declared here, listed by
-:func:`jarvis.ipc.methods.method_specs`).
+:func:`jarvis.ipc.methods.method_specs`): the API layer over :mod:`jarvis.exec`.
 
 ``exec.run`` streams a program's output as ``$/progress`` values and answers with how it ended;
 ``$/cancelRequest`` (or the client's disconnection) terminates its process group.  Handlers only
 translate params into :class:`~jarvis.exec.runner.ProcessRunner` and
 :class:`~jarvis.exec.hooks.HookDispatcher` calls.  This module must not import the reactor and
 never logs params (argv, environment, stdin) or output.
+
+It lives in :mod:`jarvis.ipc` (not in :mod:`jarvis.exec`) so that imports point one way: the API
+layer knows the process runner, the runner knows nothing of JSON-RPC.
 """
 
 from __future__ import annotations

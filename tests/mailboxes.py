@@ -1,0 +1,97 @@
+"""Real mailbox processes for tests and benchmarks: ``twistd -n jarvis-mailbox`` children on
+loopback (beside :mod:`tests.daemons`, which starts the messenger's daemons), and a poll for an
+async condition that the mailbox end-to-end tests share."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+
+from jarvis.launcher import twistd_argv
+from jarvis.mailbox.link import MailboxLink, parse_link
+from tests.daemons import DaemonProcess
+
+#: Where a mailbox listens unless told otherwise: a free loopback port.
+ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
+class MailboxProcess(DaemonProcess):
+    """One ``twistd -n jarvis-mailbox`` child process on a loopback port.
+
+    :param root: its directory: the data directory is ``root/data``, the pid file is here.
+    :param extra: more mailbox options (e.g. ``["--sync", "normal"]``).
+    :param twistd_args: options for twistd itself (e.g. a profiler's).
+    """
+
+    def __init__(
+        self, root: str, extra: list[str] | None = None, *, twistd_args: list[str] | None = None
+    ) -> None:
+        super().__init__(
+            os.path.join(root, "data"), root, extra, listen=ANY_PORT, twistd_args=twistd_args
+        )
+
+    def argv(self) -> list[str]:
+        return [
+            *twistd_argv(),
+            "-n",
+            "--pidfile",
+            self.pidfile,
+            *self.twistd_args,
+            "jarvis-mailbox",
+            "--data-dir",
+            self.data_dir,
+            "--listen",
+            self.listen,
+            *self.extra,
+        ]
+
+    def start(self, timeout: float = 30.0) -> defer.Deferred[None]:
+        """Spawn the mailbox; fire when it listens."""
+        self._spawn()
+        return self.wait_for(b"mailbox listening on", timeout)
+
+    def link(self) -> MailboxLink:
+        """The link the mailbox wrote at its (latest) start."""
+        with open(os.path.join(self.data_dir, "mailbox.link"), encoding="ascii") as f:
+            return parse_link(f.read())
+
+    async def restart_after_kill(self) -> MailboxLink:
+        """SIGKILL the mailbox and start it again on the same port and data directory.
+
+        :returns: its link from before the kill (the restarted one must be the same).
+        """
+        before = self.link()
+        self.listen = f"tcp:{before.port}:interface=127.0.0.1"
+        await self.kill()
+        await self.start()
+        return before
+
+
+async def start_mailbox(testcase: Any, root: str, extra: list[str] | None = None) -> MailboxProcess:
+    """Start a mailbox in *root* (created if missing), killed at *testcase*'s cleanup."""
+    os.makedirs(root, exist_ok=True)
+    mailbox = MailboxProcess(root, extra)
+    testcase.addCleanup(mailbox.cleanup)
+    await mailbox.start()
+    return mailbox
+
+
+async def until(
+    check: Any, timeout: float = 60.0, what: str = "a state", interval: float = 0.05
+) -> Any:
+    """Call the async *check* until it returns a true value, *interval* seconds between calls
+    (a daemon's state seen through its API, which sends no event for it).
+
+    :raises AssertionError: after *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await task.deferLater(reactor, interval, lambda: None)
