@@ -80,3 +80,62 @@ class GroupBasicsTests(TestCase):
         self.assertEqual(
             sorted(m["uid"] for m in members["members"]), sorted([alice.uid, bob.uid, carol.uid])
         )
+
+
+async def found_with(founder: Peer, members: list[Peer], name: str) -> str:
+    """*founder* befriends every member, founds group *name* and brings them all in; returns
+    the group id once every member holds the last state."""
+    await defer.gatherResults([defer.ensureDeferred(befriend(founder, m)) for m in members])
+    gid = str((await founder.call("groups.create", name=name))["id"])
+    for member in members:
+        await invite_and_join(founder, gid, member)
+    version = 1 + len(members)
+
+    async def holds_last(member: Peer) -> None:
+        def check() -> bool:
+            return any(
+                p["group"]["id"] == gid and p["group"]["version"] == version
+                for p in member.recorder.named("group.changed")
+            )
+
+        await member.recorder.wait(check, 60)
+
+    await defer.gatherResults([defer.ensureDeferred(holds_last(m)) for m in members])
+    return gid
+
+
+class GroupScaleTests(TestCase):
+    timeout = 600
+
+    async def test_ten_members_three_senders_thousand_messages(self) -> None:
+        """When ten daemons share a group (only the founder is everyone's contact) and three
+        members who are not each other's contacts write 1,000 messages concurrently, then
+        every member shows every message exactly once, each author's in sequence, and all ten
+        show the same order."""
+        peers = await start_peers(self, [f"m{i:02d}" for i in range(10)])
+        founder, members = peers[0], peers[1:]
+        gid = await found_with(founder, members, "ten")
+        senders = members[:3]
+        counts = [334, 333, 333]
+        sends = [
+            s.call("groups.send", group=gid, text=f"{s.name} {i}")
+            for s, n in zip(senders, counts, strict=True)
+            for i in range(n)
+        ]
+        await defer.gatherResults(sends)
+        await defer.gatherResults(
+            [p.recorder.wait(lambda p=p: len(group_bodies(p, gid)) >= 1000, 300) for p in peers]
+        )
+        orders = []
+        for p in peers:
+            items = await history(p, gid)
+            self.assertEqual(len(items), 1000)
+            self.assertEqual(len({m["id"] for m in items}), 1000)
+            self.assertEqual(sorted(group_bodies(p, gid)), sorted(m["body"] for m in items))
+            for s, n in zip(senders, counts, strict=True):
+                mine = [m for m in items if m["author"] == s.uid]
+                self.assertEqual([m["seq"] for m in mine], list(range(1, n + 1)))
+                self.assertEqual([m["body"] for m in mine], [f"{s.name} {i}" for i in range(n)])
+            orders.append([m["id"] for m in items])
+        for order in orders[1:]:
+            self.assertEqual(order, orders[0])

@@ -130,6 +130,7 @@ class Groups:
     :param emit: ``(event, payload)``: publishes API events.
     :param courier: queues the fan-out entries (``queue_group_entry``, ``is_connected``).
     :param contacts: the contact book (resolving contacts, display names).
+    :param keepalive: mean seconds between keepalive summaries (jittered by half).
     """
 
     log = Logger()
@@ -142,8 +143,10 @@ class Groups:
         emit: Callable[[str, Any], None],
         courier: Any,
         contacts: Any,
+        keepalive: float = SYNC_INTERVAL,
     ) -> None:
         self.clock = clock
+        self.keepalive = keepalive
         self.now = now
         self._emit = emit
         self._courier = courier
@@ -521,7 +524,11 @@ class Groups:
         # Stored in the same store batch as the entries (one reactor turn, one transaction).
         stored = self._persist([("message", message_hash(message), encode_message(message))])
         sends = [self._send(e.recipient, e.entry_id, e.payload) for e in entries]
-        yield defer.gatherResults([stored, *sends])
+        try:
+            yield defer.gatherResults([stored, *sends], consumeErrors=True)
+        except defer.FirstError as e:
+            self.log.failure("a group message was not stored", e.subFailure)
+            raise e.subFailure.value from None
         self._announce(group, offered.shown)
         return self._message_view(group, message, len(group.log.shown()) - 1)
 
@@ -837,7 +844,7 @@ class Groups:
 
     def _schedule_keepalive(self) -> None:
         clock: Any = self.clock
-        self._keepalive = clock.callLater(SYNC_INTERVAL * (0.5 + random.random()), self._tick)
+        self._keepalive = clock.callLater(self.keepalive * (0.5 + random.random()), self._tick)
 
     def _tick(self) -> None:
         """Keepalive: each group's summary to one connected member (Tox-style gossip)."""
