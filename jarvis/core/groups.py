@@ -528,7 +528,7 @@ class Groups:
             yield defer.gatherResults([stored, *sends], consumeErrors=True)
         except defer.FirstError as e:
             self.log.failure("a group message was not stored", e.subFailure)
-            raise e.subFailure.value from None
+            e.subFailure.raiseException()
         self._announce(group, offered.shown)
         return self._message_view(group, message, len(group.log.shown()) - 1)
 
