@@ -6,6 +6,7 @@ waits for the events it expects.  What each test tries and what must survive is 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer
@@ -34,6 +35,18 @@ def group_bodies(peer: Peer, gid: str) -> list[str]:
 async def history(peer: Peer, gid: str) -> list[dict[str, Any]]:
     result = await peer.call("groups.history", group=gid, limit=100000)
     return list(result["messages"])
+
+
+async def history_of_at_least(peer: Peer, gid: str, count: int) -> list[dict[str, Any]]:
+    """*peer*'s group history once it holds *count* messages (checked after each event)."""
+    while True:
+        seen = len(peer.recorder.named("group.message"))
+        items = await history(peer, gid)
+        if len(items) >= count:
+            return items
+        await peer.recorder.wait(
+            lambda seen=seen: len(peer.recorder.named("group.message")) > seen, 60
+        )
 
 
 async def invite_and_join(founder: Peer, gid: str, member: Peer) -> None:
@@ -139,3 +152,117 @@ class GroupScaleTests(TestCase):
             orders.append([m["id"] for m in items])
         for order in orders[1:]:
             self.assertEqual(order, orders[0])
+
+
+class GroupOfflineTests(TestCase):
+    timeout = 300
+
+    async def test_offline_member_catches_up_while_author_is_offline(self) -> None:
+        """When carol is stopped while bob writes, and bob is stopped before carol returns,
+        then carol catches up from alice (a third member): she shows all of bob's messages
+        once, in bob's order, as alice does."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob, carol], "offline")
+        await carol.stop()
+        bodies = [f"while carol is away {i}" for i in range(20)]
+        for text in bodies:
+            await bob.call("groups.send", group=gid, text=text)
+        await alice.recorder.wait(lambda: group_bodies(alice, gid) == bodies, 60)
+        await bob.stop()
+        await carol.start(unlock=True)
+        await carol.recorder.wait(lambda: len(group_bodies(carol, gid)) >= 20, 60)
+        carol_items = await history(carol, gid)
+        self.assertEqual([m["body"] for m in carol_items], bodies)
+        self.assertEqual(
+            [m["id"] for m in carol_items], [m["id"] for m in await history(alice, gid)]
+        )
+
+    async def test_kill_9_of_members_loses_and_doubles_nothing(self) -> None:
+        """When a receiving member (carol) is killed with SIGKILL in the middle of 300
+        messages and restarted, and the sender (bob) is killed right after its last send was
+        answered and restarted, then every member shows all 300 exactly once, in one order."""
+        alice, bob, carol, dave = await start_peers(self, ["alice", "bob", "carol", "dave"])
+        gid = await found_with(alice, [bob, carol, dave], "kill")
+        bodies = [f"m {i}" for i in range(300)]
+        first = [bob.call("groups.send", group=gid, text=t) for t in bodies[:150]]
+        await carol.recorder.wait(lambda: len(group_bodies(carol, gid)) >= 20, 60)
+        await carol.kill()
+        await defer.gatherResults(first)
+        await defer.gatherResults(
+            [bob.call("groups.send", group=gid, text=t) for t in bodies[150:]]
+        )
+        await bob.kill()
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(bob.start(unlock=True)),
+                defer.ensureDeferred(carol.start(unlock=True)),
+            ]
+        )
+        others = [alice, bob, carol, dave]
+
+        histories = [await history_of_at_least(p, gid, 300) for p in others]
+        for items in histories:
+            self.assertEqual(len(items), 300)
+            self.assertEqual([m["body"] for m in items], bodies)
+            self.assertEqual([m["seq"] for m in items], list(range(1, 301)))
+        for items in histories[1:]:
+            self.assertEqual([m["id"] for m in items], [m["id"] for m in histories[0]])
+
+
+class GroupCliTests(TestCase):
+    timeout = 180
+
+    async def test_group_commands_as_a_user_types_them(self) -> None:
+        """When alice and bob use the ``jarvis group`` commands against real daemons, then
+        create prints the group id, the invitation reaches bob's daemon and is listed with an
+        id, join, send, history (JSON items with id, author, body, seq), members and remove
+        work, and a removed member's send fails with one line (exit 1)."""
+        from tests.test_e2e_cli import Cli, write
+
+        root = short_tempdir(self)
+        pw = write(os.path.join(root, "pw"), "secret one\n")
+        alice, bob = Cli(root, "alice"), Cli(root, "bob")
+        self.addCleanup(alice.run, "daemon", "stop")
+        self.addCleanup(bob.run, "daemon", "stop")
+        for cli, name in ((alice, "Alice"), (bob, "Bob")):
+            await cli.ok("daemon", "start", "--listen", "tcp:0:interface=127.0.0.1")
+            await cli.ok("init", "--name", name, "--password-file", pw)
+        me_a, me_b = await alice.json("whoami"), await bob.json("whoami")
+        await alice.ok("add", me_b["link"])
+        await bob.ok("add", me_a["link"])
+
+        gid = (await alice.ok("group", "create", "family")).strip()
+        self.assertEqual(len(gid), 32)
+        int(gid, 16)
+        listed = await alice.json("group", "list")
+        self.assertEqual([(g["id"], g["name"]) for g in listed], [(gid, "family")])
+        await alice.ok("group", "invite", "family", "Bob")
+        # the 1:1 stream is in order: once this is delivered, the invitation was handled
+        await alice.ok("send", "Bob", "barrier", "--wait", "delivered")
+        invites = await bob.json("group", "invites")
+        self.assertEqual([(i["group"], i["name"]) for i in invites], [(gid, "family")])
+        joined = await bob.json("group", "join", invites[0]["id"])
+        self.assertEqual(joined["id"], gid)
+
+        await bob.ok("group", "send", gid, "hello family")
+        await bob.ok("send", "Alice", "barrier", "--wait", "delivered")
+        items = await alice.json("group", "history", "family", "--limit", "10")
+        self.assertEqual(
+            [(m["author"], m["body"], m["seq"]) for m in items],
+            [(me_b["uid"], "hello family", 1)],
+        )
+        self.assertEqual(len(items[0]["id"]), 32)
+        self.assertIn("hello family", await alice.ok("group", "history", "family"))
+        members = await bob.json("group", "members", "family")
+        self.assertEqual(sorted(m["uid"] for m in members), sorted([me_a["uid"], me_b["uid"]]))
+
+        removed = await alice.json("group", "remove", "family", me_b["uid"])
+        self.assertEqual(removed["removed"], me_b["uid"])
+        await alice.ok("send", "Bob", "barrier 2", "--wait", "delivered")
+        self.assertTrue((await bob.json("group", "list"))[0]["left"])
+        code, _out, err = await bob.run("group", "send", "family", "still here?")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("no longer a member", err)
+        code, _out, _err = await alice.run("group")
+        self.assertEqual(code, 2)
