@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from jarvis.ipc.jsonrpc import RemoteError
 from tests.daemons import short_tempdir
 from tests.peers import Peer, befriend
 
@@ -87,6 +88,8 @@ class GroupBasicsTests(TestCase):
             [(m["author"], m["body"], m["seq"]) for m in items],
             [(bob.uid, "hello from bob", 1), (carol.uid, "hello from carol", 1)],
         )
+        with self.assertRaises(RemoteError):  # a chat text cannot pose as a group payload
+            await bob.call("messages.send", contact=alice.uid, text="\x00jarvis-group\x00AQ==")
         bob_contacts = await bob.call("contacts.list")
         self.assertNotIn(carol.uid, [c["uid"] for c in bob_contacts["contacts"]])
         members = await carol.call("groups.members", group=gid)

@@ -261,6 +261,8 @@ class Courier:
         assert store is not None
         if not isinstance(text, str) or not text:
             raise InvalidInput("a message needs some text")
+        if text.startswith(_GROUP_TEXT):
+            raise InvalidInput("a message cannot start with the group payload marker")
         size = len(text.encode("utf-8"))
         if size > MAX_TEXT_BYTES:
             raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
