@@ -141,6 +141,7 @@ def group_specs() -> tuple[MethodSpec, ...]:
             result=_MESSAGE,
             doc="Write a message to the group: signed, stored, then one durable entry per "
             "other member over the 1:1 sessions (or the mailbox).",
+            deadline=60.0,
         ),
         MethodSpec(
             "groups.history",
