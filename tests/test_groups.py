@@ -297,3 +297,25 @@ class GapTests(TestCase):
         m.deliver(drop=lambda s, r, p: s == KEYS["alice"].uid and withhold(s, r, p))
         self.assertEqual(m.bodies("carol", gid), ["one", "two"])
         self.assertEqual(m.bodies("bob", gid), ["one", "two"])
+
+
+class LeaveTests(TestCase):
+    """A member leaves."""
+
+    async def test_leaving_member_tells_everyone_then_gets_nothing(self) -> None:
+        """When carol leaves, then every member holds the state without her, the members stay
+        her group peers (so the news reaches those who are not her contacts), and a message
+        written after is queued to nobody but the remaining members."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["carol"].leave(gid)
+        self.assertTrue(m.groups["carol"].is_peer(KEYS["bob"].uid))
+        m.settle()
+        for name in ("alice", "bob"):
+            state = m.groups[name].resolve(gid).state
+            self.assertIsNone(state.member(KEYS["carol"].uid))
+        self.assertTrue(m.groups["carol"].resolve(gid).left)
+        await m.groups["bob"].send(gid, "after carol left")
+        self.assertEqual({r for _, r, _ in m.outbox}, {KEYS["alice"].uid})
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].leave(gid)  # the founder cannot leave

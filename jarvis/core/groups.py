@@ -251,15 +251,18 @@ class Groups:
         return list(self._peers)
 
     def _update_peers(self) -> None:
-        """Recompute the group peers: the members of every group we are in, and the members
-        the latest state removed (they are told of their removal once)."""
+        """Recompute the group peers: the members of every group we are in, the members the
+        latest state removed (they are told of their removal once), and, for a group we left
+        ourselves, its remaining members (they are told of our leaving)."""
         own = self._own_key()
         peers: dict[str, tuple[bytes, tuple[str, ...]]] = {}
         for group in self._groups.values():
-            if group.left:
-                continue
             members = list(group.state.members)
-            if len(group.states) > 1:
+            if group.left:
+                departed = {d.public_key for d in group.state.departed}
+                if group.state.signer != own or own not in departed:
+                    continue
+            elif len(group.states) > 1:
                 gone = {d.public_key for d in group.state.departed}
                 members += [m for m in group.states[-2].members if m.public_key in gone]
             for m in members:
