@@ -53,6 +53,7 @@ BENCHMARKS: dict[str, str] = {
     "transfer": "bench.transfer_bench",
     "exec": "bench.exec_bench",
     "lan": "bench.lan_bench",
+    "group": "bench.group_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

@@ -580,6 +580,131 @@ class MailboxCommandOptions(CommandOptions):
             raise usage.UsageError("mailbox needs use, status or drop")
 
 
+# groups (issue 17) -----------------------------------------------------------------------------
+
+
+class GroupCreateOptions(CommandOptions):
+    """Found a private group with you as founder and only member; prints its id (docs/groups.md)."""
+
+    synopsis = "NAME [--topic TOPIC]"
+    optParameters = [["topic", "t", None, "The group's topic."]]
+
+    def parseArgs(self, name: str) -> None:  # type: ignore[override]
+        self["name"] = name
+
+
+class GroupListOptions(CommandOptions):
+    """List your groups: id, name, members, unread count."""
+
+
+class GroupInviteOptions(CommandOptions):
+    """Invite a contact to a group (founder and admins). The invitation reaches the contact's
+    daemon, where 'jarvis group invites' lists it."""
+
+    synopsis = "GROUP CONTACT"
+
+    def parseArgs(self, group: str, contact: str) -> None:  # type: ignore[override]
+        self["group"], self["contact"] = group, contact
+
+
+class GroupInvitesOptions(CommandOptions):
+    """List the invitations you received, with the id to give 'jarvis group join'."""
+
+
+class GroupJoinOptions(CommandOptions):
+    """Join the group of an invitation (INVITE_ID from 'jarvis group invites')."""
+
+    synopsis = "INVITE_ID"
+
+    def parseArgs(self, invite: str) -> None:  # type: ignore[override]
+        self["invite"] = invite
+
+
+class GroupDeclineOptions(CommandOptions):
+    """Forget an invitation."""
+
+    synopsis = "INVITE_ID"
+
+    def parseArgs(self, invite: str) -> None:  # type: ignore[override]
+        self["invite"] = invite
+
+
+class GroupSendOptions(CommandOptions):
+    """Send TEXT to every member of GROUP (its id or its name)."""
+
+    synopsis = "GROUP TEXT"
+
+    def parseArgs(self, group: str, text: str) -> None:  # type: ignore[override]
+        self["group"], self["text"] = group, text
+
+
+class GroupHistoryOptions(CommandOptions):
+    """Show a group's last messages, oldest first, in the order every member shows them. JSON
+    items carry id, author, body and seq."""
+
+    synopsis = "GROUP [--limit N]"
+    optParameters = [["limit", "n", DEFAULT_HISTORY, "How many messages (N >= 1).", int]]
+
+    def parseArgs(self, group: str) -> None:  # type: ignore[override]
+        self["group"] = group
+
+    def postOptions(self) -> None:
+        if self["limit"] < 1:
+            raise usage.UsageError("--limit must be at least 1")
+
+
+class GroupMembersOptions(CommandOptions):
+    """List a group's members with their role and whether they are online."""
+
+    synopsis = "GROUP"
+
+    def parseArgs(self, group: str) -> None:  # type: ignore[override]
+        self["group"] = group
+
+
+class GroupRemoveOptions(CommandOptions):
+    """Remove MEMBER (a contact name or a uid) from GROUP (founder and admins): they receive
+    nothing sent after, and what they write after is refused by every member."""
+
+    synopsis = "GROUP MEMBER"
+
+    def parseArgs(self, group: str, member: str) -> None:  # type: ignore[override]
+        self["group"], self["member"] = group, member
+
+
+class GroupLeaveOptions(CommandOptions):
+    """Leave GROUP (the founder cannot)."""
+
+    synopsis = "GROUP"
+
+    def parseArgs(self, group: str) -> None:  # type: ignore[override]
+        self["group"] = group
+
+
+class GroupCommandOptions(CommandOptions):
+    """Private groups: every member gets every message once, in the same order; members need
+    not be each other's contacts (docs/groups.md). GROUP is a group id or name."""
+
+    synopsis = "create|list|invite|invites|join|decline|send|history|members|remove|leave"
+    subCommands = [
+        ["create", None, GroupCreateOptions, "Found a group; prints its id."],
+        ["list", None, GroupListOptions, "List your groups."],
+        ["invite", None, GroupInviteOptions, "Invite a contact to a group."],
+        ["invites", None, GroupInvitesOptions, "List invitations received."],
+        ["join", None, GroupJoinOptions, "Join a group you were invited to."],
+        ["decline", None, GroupDeclineOptions, "Forget an invitation."],
+        ["send", None, GroupSendOptions, "Send a message to a group."],
+        ["history", None, GroupHistoryOptions, "Show a group's messages."],
+        ["members", None, GroupMembersOptions, "List a group's members."],
+        ["remove", None, GroupRemoveOptions, "Remove a member from a group."],
+        ["leave", None, GroupLeaveOptions, "Leave a group."],
+    ]
+
+    def postOptions(self) -> None:
+        if self.subCommand is None:
+            raise usage.UsageError("group needs a subcommand: jarvis group --help")
+
+
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
@@ -617,6 +742,7 @@ class Options(usage.Options):
         ["remove", None, RemoveOptions, "Remove a contact."],
         ["peers", None, PeersOptions, "Show connection status and figures per contact."],
         ["mailbox", None, MailboxCommandOptions, "Use, show or drop your offline mailbox."],
+        ["group", None, GroupCommandOptions, "Private groups: create, invite, send, history."],
         ["settings", None, SettingsOptions, "List, show or change settings."],
         ["passwd", None, PasswdOptions, "Change the master password."],
         ["watch", None, WatchOptions, "Print events as JSON lines."],

@@ -1042,6 +1042,74 @@ async def cmd_hook(session: Session, sub: usage.Options, inputs: dict[str, Any])
         session.emit("\n".join(lines) if lines else "no hooks", listing)
 
 
+# groups (issue 17) ----------------------------------------------------------------------------
+
+
+def _group_line(g: dict[str, Any]) -> str:
+    unread = f", {g['unread']} unread" if g.get("unread") else ""
+    left = " (left)" if g.get("left") else ""
+    return f"{g['id']}  {g['name']}  {g['members']} members{unread}{left}"
+
+
+async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``group create|list|invite|invites|join|decline|send|history|members|remove|leave``."""
+    action, opts = sub.subCommand, sub.subOptions
+    result: Any
+    if action == "create":
+        params = {"name": opts["name"]}
+        if opts["topic"]:
+            params["topic"] = opts["topic"]
+        result = await session.call("groups.create", params)
+        session.emit(result["id"], result)
+    elif action == "list":
+        result = await session.call("groups.list")
+        groups = result["groups"]
+        session.emit("\n".join(map(_group_line, groups)) or "no groups", groups)
+    elif action == "invite":
+        result = await session.call(
+            "groups.invite", {"group": opts["group"], "contact": opts["contact"]}
+        )
+        session.emit(f"invited {result['invited']}", result)
+    elif action == "invites":
+        result = await session.call("groups.invites")
+        invites = result["invites"]
+        lines = [
+            f"{i['id']}  {i['name']}  from {i['from_name']}  ({i['members']} members)"
+            for i in invites
+        ]
+        session.emit("\n".join(lines) or "no invitations", invites)
+    elif action in ("join", "decline"):
+        result = await session.call(f"groups.{action}", {"invite": opts["invite"]})
+        text = f"joined {result['name']} ({result['id']})" if action == "join" else "declined"
+        session.emit(text, result)
+    elif action == "send":
+        result = await session.call("groups.send", {"group": opts["group"], "text": opts["text"]})
+        session.emit(result["id"], result)
+    elif action == "history":
+        result = await session.call(
+            "groups.history", {"group": opts["group"], "limit": opts["limit"]}
+        )
+        messages = result["messages"]
+        lines = [f"{_when(m.get('created'))} {m['author_name']}: {m['body']}" for m in messages]
+        session.emit("\n".join(lines) or "no messages", messages)
+    elif action == "members":
+        result = await session.call("groups.members", {"group": opts["group"]})
+        members = result["members"]
+        lines = [
+            f"{m['uid']}  {m['name']}  {m['role']}{'  online' if m['online'] else ''}"
+            for m in members
+        ]
+        session.emit("\n".join(lines), members)
+    elif action == "remove":
+        result = await session.call(
+            "groups.remove", {"group": opts["group"], "member": opts["member"]}
+        )
+        session.emit(f"removed {result['removed']}", result)
+    elif action == "leave":
+        result = await session.call("groups.leave", {"group": opts["group"]})
+        session.emit("left the group", result)
+
+
 COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "init": cmd_init,
     "daemon": cmd_daemon,
@@ -1063,6 +1131,7 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "exec": cmd_exec,
     "hook": cmd_hook,
     "mailbox": cmd_mailbox,
+    "group": cmd_group,
     "export": cmd_export,
     "import": cmd_import,
     "delete-account": cmd_delete_account,

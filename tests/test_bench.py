@@ -52,6 +52,15 @@ BENCHMARK_KEYS = {
         "idle_cpu_discovery_off_pct",
         "discovery_idle_cost_pct",
     },
+    "group": {
+        "event_p50_ms",
+        "event_p99_ms",
+        "last_member_p50_ms",
+        "last_member_p99_ms",
+        "group_msgs_per_s",
+        "one_to_one_p50_ms",
+        "one_to_one_p99_ms",
+    },
     "exec": {
         "line_latency_p50_ms",
         "line_latency_p99_ms",
@@ -245,6 +254,12 @@ class BenchmarkSmokeRunTests(TestCase):
         flood's status round trips and stall, true runs/s against raw spawns and the hooked
         message flood."""
         await self.check_smoke("exec")
+
+    async def test_group(self) -> None:
+        """When the group benchmark runs four daemons in one group at smoke size, then it
+        reports the send-to-event latency per member and to the last member, the burst's
+        group messages/s and the same run's 1:1 latency."""
+        await self.check_smoke("group")
 
     async def test_scale(self) -> None:
         """When the scale benchmark runs a daemon with 20 simulated peers, then it reports

@@ -145,3 +145,33 @@ class GroupsDocTests(SynchronousTestCase):
             if owner is None or not hasattr(owner, method):
                 missing.append(f"{module_name}::{class_name}::{method}")
         self.assertEqual(missing, [])
+
+
+class BodyAndChainTests(SynchronousTestCase):
+    """The 1:1 body that carries a group payload, and the invitation chain."""
+
+    def test_body_round_trip_and_chat_text(self) -> None:
+        """When a group payload is put in a 1:1 body, then it comes back exactly; a chat text
+        is not taken for one, and a marked body with bad base64 is refused."""
+        from jarvis.protocol.group_fanout import BODY_MARK, decode_body, encode_body
+
+        payload = encode_payload(KIND_MESSAGE, b"\x00\xffrecord")
+        body = encode_body(payload)
+        body.decode("utf-8")  # stays text for the 1:1 outbox
+        self.assertEqual(decode_body(body), payload)
+        self.assertIsNone(decode_body(b"hello \x00jarvis-group"))
+        with self.assertRaises(ValueError):
+            decode_body(BODY_MARK + b"not base64 !")
+
+    def test_chain_round_trip_and_truncation(self) -> None:
+        """When a chain of states is encoded as an invitation, then it parses to the same
+        states; a truncated or padded one is refused."""
+        from jarvis.protocol.group_fanout import encode_chain, parse_chain
+
+        chain = [found_group(ALICE, "Chain")]
+        chain.append(invite(chain[-1], ALICE, BOB.public_bytes))
+        data = encode_chain(chain)
+        self.assertEqual(parse_chain(data), chain)
+        for bad in (data[:-1], data + b"\x00", b"\x00\x00", b""):
+            with self.assertRaises(ValueError):
+                parse_chain(bad)

@@ -44,10 +44,14 @@ from jarvis.crypto.errors import CryptoError
 from jarvis.errors import InvalidInput, StorageFull, TooLarge
 from jarvis.logs import log_id, redact
 from jarvis.mailbox.wire import ERR_AUTH
+from jarvis.protocol.group_fanout import BODY_MARK, decode_body, encode_body
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
 from jarvis.turn import TurnBatch
+
+#: How a stored outbox entry carrying a group payload starts (hidden from 1:1 history).
+_GROUP_TEXT = BODY_MARK.decode("ascii")
 
 #: Most seconds a deposit waits while a dial to the contact is in flight (a dial in progress
 #: usually succeeds in less, and the message then goes over the session).  A dial that ends
@@ -211,6 +215,13 @@ class Courier:
         self._deposit_again: set[str] = set()
         #: per contact: the return path of mailbox-collected messages (acks batch on it)
         self._mailbox_paths: dict[str, MailboxPath] = {}
+        #: the groups (set by the node): ``(uid, group payload) -> Deferred`` for 1:1 messages
+        #: whose body carries a group payload (``group_fanout.BODY_MARK``); acknowledged once
+        #: it fires
+        self.on_group: Callable[[str, bytes], defer.Deferred[Any]] | None = None
+        #: whether *uid* (not a contact) shares a group with us: its sessions are kept for
+        #: group payloads only (docs/groups.md, "Members who are not contacts")
+        self.group_peer: Callable[[str], bool] = lambda uid: False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -256,6 +267,8 @@ class Courier:
         assert store is not None
         if not isinstance(text, str) or not text:
             raise InvalidInput("a message needs some text")
+        if text.startswith(_GROUP_TEXT):
+            raise InvalidInput("a message cannot start with the group payload marker")
         size = len(text.encode("utf-8"))
         if size > MAX_TEXT_BYTES:
             raise TooLarge(f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES}")
@@ -274,8 +287,33 @@ class Courier:
             self._stored_outgoing
         )
 
-    def _stored_outgoing(self, stored: StoredMessage) -> dict[str, Any]:
-        self._emit("message.added", {"message": message_view(stored)})
+    def queue_group_entry(self, uid: str, entry_id: str, payload: bytes) -> defer.Deferred[Any]:
+        """Store one durable outbox entry to *uid* carrying a group *payload* (issue 17): it
+        streams, is retransmitted, acknowledged and deposited like a chat message, but is never
+        shown in the 1:1 conversation nor announced as a message.
+
+        :param entry_id: the entry's 32-hex-digit id (a group message id, unique per member).
+        """
+        store = self._store
+        assert store is not None
+        message = StoredMessage(
+            id=entry_id,
+            contact=uid,
+            direction="out",
+            body=encode_body(payload).decode("ascii"),
+            state="queued",
+            created=self.now(),
+        )
+        d = store.run(queries.add_outgoing, message, write=True)
+        return d.addCallback(self._stored_outgoing, announce=False)
+
+    def is_connected(self, uid: str) -> bool:
+        """Whether a session with *uid* is up now."""
+        return uid in self._pumps
+
+    def _stored_outgoing(self, stored: StoredMessage, announce: bool = True) -> dict[str, Any]:
+        if announce:
+            self._emit("message.added", {"message": message_view(stored)})
         pump = self._pumps.get(stored.contact)
         if pump is None:
             self.schedule_mailbox(stored.contact)
@@ -326,7 +364,11 @@ class Courier:
             if outgoing:
                 paths = yield store.run(queries.paths_of, contact.uid, outgoing, write=False)
             return {
-                "messages": [message_view(m, paths.get(m.id)) for m in page.messages],
+                "messages": [
+                    message_view(m, paths.get(m.id))
+                    for m in page.messages
+                    if not m.body.startswith(_GROUP_TEXT)
+                ],
                 "next": page.next_cursor,
                 "newer": page.newer_cursor,
                 "marker": marker,
@@ -368,7 +410,7 @@ class Courier:
         """
         uid = session.peer_uid
         store = self._store
-        if store is None or self._contacts.get(uid) is None:
+        if store is None or (self._contacts.get(uid) is None and not self.group_peer(uid)):
             return defer.succeed(None)
         old = self._pumps.get(uid)
         if old is not None:
@@ -422,6 +464,8 @@ class Courier:
         """Store an incoming message (once), then acknowledge it; fires when done."""
         uid = session.peer_uid
         store = self._store
+        if body.startswith(BODY_MARK) and self.on_group is not None and store is not None:
+            return self._group_received(session, uid, message_id, body)
         if store is None or self._contacts.get(uid) is None:
             return defer.succeed(None)
         try:
@@ -465,6 +509,34 @@ class Courier:
         d.addCallbacks(stored, failed)
         d.addErrback(lambda f: self.log.failure("handling an incoming message failed", f))
         return d
+
+    def _group_received(
+        self, session: Any, uid: str, message_id: bytes, body: bytes
+    ) -> defer.Deferred[Any]:
+        """A 1:1 message carrying a group payload: handed to the groups (from a contact or a
+        group peer), acknowledged once they stored it; a bad one is acknowledged and dropped."""
+        contact = self._contacts.get(uid)
+        if (contact is None and not self.group_peer(uid)) or (contact and contact.blocked):
+            return defer.succeed(None)
+        assert self.on_group is not None
+        try:
+            payload = decode_body(body)
+        except ValueError:
+            payload = None
+        if payload is None:
+            self.log.warn("a malformed group payload from {uid}", uid=log_id(uid))
+            self._acks_this_turn.add(session, message_id)
+            return defer.succeed(None)
+
+        def handled(_: object) -> None:
+            self._acks_this_turn.add(session, message_id)
+            self._note_stored(uid, message_id)
+
+        def failed(failure: Any) -> None:
+            self._store_gaps.setdefault(uid, set()).add(message_id)
+            self.log.failure("handling a group payload failed", failure)
+
+        return defer.maybeDeferred(self.on_group, uid, payload).addCallbacks(handled, failed)
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """What happens when an ack arrives: the messages are recorded ``delivered``, leave the

@@ -28,6 +28,14 @@ EVENT_DOCS: dict[str, str] = {
     "settings.changed": "`{settings}` (every setting and its value)",
     "identity.locked": "`{wiped}`, and `deleted: true` after `account.delete`",
     "identity.unlocked": "`{uid, name}`",
+    "group.changed": "`{group}`: a group was created, joined, or its state changed (members, "
+    "name, topic)",
+    "group.message": "`{message}`: a group message became shown (`{id, group, author, "
+    "author_name, body, seq, created, index}`)",
+    "group.invited": "`{invite}`: a contact invited us to a group (`jarvis group invites`)",
+    "group.removed": "`{group, name}`: we were removed from a group (or left it)",
+    "group.dropped": "`{group, ids}`: messages taken back (written after their author's "
+    "removal, learnt late)",
 }
 
 #: The only events an API client receives while the identity is locked (screen lock or wipe).

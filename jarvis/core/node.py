@@ -35,6 +35,7 @@ from jarvis.core.backoff import MAX_DELAY
 from jarvis.core.contacts import ContactBook
 from jarvis.core.courier import Courier
 from jarvis.core.events import Events, Observer
+from jarvis.core.groups import GroupDirectory, Groups
 from jarvis.core.interfaces import (
     ContactDirectory,
     MailboxTransport,
@@ -148,6 +149,11 @@ class Node(Service):
         self.postbox.on_acks = self.courier.mailbox_acks
         self.postbox.on_address = self.courier.schedule_mailbox
         self.contacts.on_peer_state = self.courier.peer_state_changed
+        self.groups = Groups(
+            clock=clock, now=now, emit=self._emit, courier=self.courier, contacts=self.contacts
+        )
+        self.courier.on_group = self.groups.payload_received
+        self.courier.group_peer = self.groups.is_peer
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
@@ -302,10 +308,13 @@ class Node(Service):
             except (ValueError, AttributeError):
                 self.log.warn("stored settings unreadable: using defaults")
         self._addresses = yield self.run_blocking(local_addresses, self.advertise, self.listening())
+        yield self.groups.open(store, keys.identity, self._addresses)
         if self.network_factory is not None:
-            self._network = self.network_factory(keys.identity, self.contacts, self)
+            directory = GroupDirectory(self.contacts, self.groups)
+            self._network = self.network_factory(keys.identity, directory, self)
             assert self._network is not None
             self.contacts.attach(self._network)
+            self.groups.attach(self._network)
         self.contacts.publish_summary()
         transport = self.mailbox_factory() if self.mailbox_factory is not None else None
         yield self.postbox.open(store, keys.identity, transport)
@@ -349,6 +358,7 @@ class Node(Service):
         if rotation is not None and rotation.active():
             rotation.cancel()
         self.courier.close()
+        self.groups.close()
         yield self.postbox.close()
         self.contacts.close()
         if network is not None:

@@ -24,6 +24,7 @@ from jarvis.core.limits import MAX_HISTORY_PAGE, MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.exec_methods import exec_specs
+from jarvis.ipc.group_api import group_specs
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
 #: The longest message text, in UTF-8 bytes (the node's rule, named here for the docs).
@@ -776,6 +777,7 @@ def method_specs() -> tuple[MethodSpec, ...]:
             needs_unlocked=False,
         ),
         *exec_specs(),
+        *group_specs(),
     )
 
 

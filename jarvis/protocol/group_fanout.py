@@ -20,16 +20,27 @@ Pure code: no reactor, no I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jarvis.protocol.group_message import GroupMessage, encode_message, message_id
-from jarvis.protocol.group_state import GroupState, encode_state, state_hash
+from jarvis.protocol.group_state import GroupState, encode_state, parse_state, state_hash
 
 KIND_MESSAGE = 0x01
 KIND_STATE = 0x02
 KIND_SUMMARY = 0x03
-_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY})
+#: An invitation: the whole chain of states from version 1, sent to the invitee only.
+KIND_INVITE = 0x04
+_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY, KIND_INVITE})
+#: Most states in an invitation's chain.
+MAX_CHAIN = 4096
+#: How a group payload travels as a 1:1 message body: this marker, then the payload in
+#: base64 (so the body stays UTF-8 text in the 1:1 outbox and the mailbox path).  A chat text
+#: never starts with a NUL byte (docs/protocol.md, "Groups over the 1:1 layer").
+BODY_MARK = b"\x00jarvis-group\x00"
 #: Size of the id a state's fan-out entries share (the first bytes of its hash).
 ENTRY_ID_SIZE = 16
 
@@ -70,6 +81,59 @@ def parse_payload(payload: bytes) -> tuple[int, bytes]:
     if not payload or payload[0] not in _KINDS:
         raise ValueError("not a group payload")
     return payload[0], bytes(payload[1:])
+
+
+def encode_body(payload: bytes) -> bytes:
+    """Return the 1:1 message body that carries the group *payload*."""
+    return BODY_MARK + base64.b64encode(payload)
+
+
+def decode_body(body: bytes) -> bytes | None:
+    """Return the group payload a 1:1 message *body* carries, or None for a chat text.
+
+    :raises ValueError: if the body has the marker but no valid base64 after it.
+    """
+    if not body.startswith(BODY_MARK):
+        return None
+    try:
+        return base64.b64decode(body[len(BODY_MARK) :], validate=True)
+    except binascii.Error as e:
+        raise ValueError("group body is not base64") from e
+
+
+def encode_chain(states: Iterable[GroupState]) -> bytes:
+    """Return an invitation record: u16 count, then each state as u32 length + bytes."""
+    encoded = [encode_state(s) for s in states]
+    if not 1 <= len(encoded) <= MAX_CHAIN:
+        raise ValueError("an invitation carries 1 to 4096 states")
+    return struct.pack(">H", len(encoded)) + b"".join(
+        struct.pack(">I", len(e)) + e for e in encoded
+    )
+
+
+def parse_chain(data: bytes) -> list[GroupState]:
+    """Parse an invitation record (states parsed, not yet checked: see ``accept_chain``).
+
+    :raises ValueError: (``MalformedState`` included) if it does not parse exactly.
+    """
+    if len(data) < 2:
+        raise ValueError("truncated invitation")
+    (count,) = struct.unpack_from(">H", data)
+    if not 1 <= count <= MAX_CHAIN:
+        raise ValueError("an invitation carries 1 to 4096 states")
+    offset, states = 2, []
+    for _ in range(count):
+        if offset + 4 > len(data):
+            raise ValueError("truncated invitation")
+        (length,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+        if offset + length > len(data):
+            raise ValueError("truncated invitation")
+        states.append(parse_state(data[offset : offset + length]))
+        offset += length
+    if offset != len(data):
+        raise ValueError("trailing bytes after the invitation")
+    return states
 
 
 def plan_message(state: GroupState, message: GroupMessage) -> list[FanoutEntry]:

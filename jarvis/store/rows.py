@@ -410,6 +410,10 @@ class Rows:
         """Return the blind index of the setting named *key*."""
         return blind_index(self._index_key, "setting", key)
 
+    def blind(self, kind: str, value: str) -> bytes:
+        """Return the blind index of *value* in the namespace *kind* (e.g. a group record's)."""
+        return blind_index(self._index_key, kind, value)
+
     # -- conversations ----------------------------------------------------------------------
 
     def uid_of(self, conversation: bytes) -> str:

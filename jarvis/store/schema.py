@@ -172,12 +172,33 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+# Version 5: private groups (issue 17, docs/groups.md).  One row per group state, group
+# message, invitation or per-group setting; item is a blind index of what the row holds (its
+# kind and hash, or the group id), data is sealed (the encoded record).  Rows are read back in
+# rowid order at unlock and offered to the groups' logs again.
+_V5 = (
+    """CREATE TABLE group_records (
+        rowid INTEGER PRIMARY KEY,
+        item BLOB NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        data BLOB NOT NULL
+    )""",
+)
+
+
+def _v4_to_v5(conn: sqlite3.Connection) -> None:
+    """Version 5: private groups (``group_records``)."""
+    for statement in _V5:
+        conn.execute(statement)
+
+
 #: The forward migrations; the schema version of a database is how many of them it has run.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _create_v1,
     _v1_to_v2,
     _v2_to_v3,
     _v3_to_v4,
+    _v4_to_v5,
 ]
 
 #: The schema version this code writes.

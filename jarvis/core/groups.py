@@ -1,0 +1,910 @@
+"""Private groups wired into the node (issue 17, docs/groups.md).
+
+:class:`Groups` holds every group this node is a member of (its chain of signed states, its
+:class:`~jarvis.core.group_log.GroupLog`), the invitations received, and the group peers (members
+who are not contacts).  Group traffic is pairwise fan-out over the 1:1 layer: every state,
+message, summary or invitation is one durable outbox entry per recipient
+(:meth:`Courier.queue_group_entry`), so it streams, is acknowledged, retransmitted and deposited
+in the mailbox like a chat message, and the receiver hands it here (``Courier.on_group``).
+
+What is stored: every accepted state, every message offered and not refused, every pending
+invitation (``jarvis.store.group_queries``); at unlock they are read back and offered again
+(offering is idempotent and the order shown does not depend on the order of offering).
+
+Sync (Tox's version gossip, Briar's gap requests): when a member sees a gap, or every
+:data:`SYNC_INTERVAL` seconds, it sends its summary (state version and per-author heads) to the
+members it has a session with; a member receiving a summary sends back the states and messages
+the sender lacks, and its own summary if it lacks something the sender holds.  So a member
+catches up from any member, and a message withheld by one member is filled from a third.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from jarvis.core.group_log import GroupLog, Outcome
+from jarvis.crypto.identity import IdentityKey
+from jarvis.errors import Ambiguous, InvalidInput, NotFound
+from jarvis.logs import log_id
+from jarvis.protocol.group_fanout import (
+    KIND_INVITE,
+    KIND_MESSAGE,
+    KIND_STATE,
+    KIND_SUMMARY,
+    encode_chain,
+    encode_payload,
+    parse_chain,
+    parse_payload,
+    plan_message,
+    plan_state,
+)
+from jarvis.protocol.group_message import (
+    MAX_BODY_BYTES,
+    MAX_PARENTS,
+    NO_HASH,
+    GroupMessage,
+    encode_message,
+    encode_summary,
+    message_hash,
+    message_id,
+    parse_message,
+    parse_summary,
+    write_message,
+)
+from jarvis.protocol.group_state import (
+    GroupState,
+    Membership,
+    StateRefused,
+    accept_chain,
+    accept_next,
+    encode_state,
+    found_group,
+    invite,
+    leave,
+    parse_state,
+    remove,
+    state_hash,
+    verify_founding,
+)
+from jarvis.store import group_queries
+from jarvis.store.database import Store
+from jarvis.store.records import new_message_id
+
+#: Seconds between keepalive summaries to connected members of each group.
+SYNC_INTERVAL = 5.0
+#: Seconds a gap waits before a summary asks for it (more messages may fill it first).
+GAP_DELAY = 0.5
+#: Most messages sent back for one summary (the rest on the next round).
+MAX_SYNC_MESSAGES = 2048
+
+
+@dataclass
+class Group:
+    """One group this node is (or was) a member of."""
+
+    states: list[GroupState]
+    membership: Membership
+    log: GroupLog
+    #: messages naming a state version not held yet: offered again when it arrives
+    parked: list[GroupMessage] = field(default_factory=list)
+    #: states received ahead of the next version, by version
+    ahead: dict[int, GroupState] = field(default_factory=dict)
+    unread: int = 0
+    left: bool = False
+
+    @property
+    def state(self) -> GroupState:
+        return self.states[-1]
+
+    @property
+    def group_id(self) -> bytes:
+        return self.states[0].group_id
+
+
+@dataclass(frozen=True)
+class Invitation:
+    """A received invitation: the chain of states and who handed it over."""
+
+    invite_id: str
+    sender: str
+    chain: tuple[GroupState, ...]
+
+    @property
+    def state(self) -> GroupState:
+        return self.chain[-1]
+
+
+class Groups:
+    """The node's groups: see the module docstring.
+
+    :param clock: time for the sync timers.
+    :param now: wall-clock time in seconds since the epoch.
+    :param emit: ``(event, payload)``: publishes API events.
+    :param courier: queues the fan-out entries (``queue_group_entry``, ``is_connected``).
+    :param contacts: the contact book (resolving contacts, display names).
+    :param keepalive: mean seconds between keepalive summaries (jittered by half).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        now: Callable[[], float],
+        emit: Callable[[str, Any], None],
+        courier: Any,
+        contacts: Any,
+        keepalive: float = SYNC_INTERVAL,
+    ) -> None:
+        self.clock = clock
+        self.keepalive = keepalive
+        self.now = now
+        self._emit = emit
+        self._courier = courier
+        self._contacts = contacts
+        self._store: Store | None = None
+        self._identity: IdentityKey | None = None
+        self._addresses = b""
+        self._groups: dict[bytes, Group] = {}
+        self._invites: dict[str, Invitation] = {}
+        self._peers: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        self._network: Any = None
+        self._timers: dict[bytes, Any] = {}
+        self._keepalive: Any = None
+        #: called with no argument when the set of group peers changed
+        self.on_peers_changed: Callable[[], None] = lambda: None
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def open(self, store: Store, identity: IdentityKey, addresses: Iterable[str]) -> Any:
+        """Read the groups back from *store* (the identity is unlocked)."""
+        self._store = store
+        self._identity = identity
+        self._addresses = ",".join(addresses).encode("ascii", "ignore")[:512]
+        rows = yield store.run(group_queries.load_group_records, write=False)
+        states: list[GroupState] = []
+        messages: list[GroupMessage] = []
+        left: set[bytes] = set()
+        for kind, data in rows:
+            try:
+                if kind == "state":
+                    states.append(parse_state(data))
+                elif kind == "message":
+                    messages.append(parse_message(data))
+                elif kind == "invite":
+                    record = json.loads(data)
+                    chain = tuple(parse_chain(bytes.fromhex(record["chain"])))
+                    self._invites[record["id"]] = Invitation(record["id"], record["from"], chain)
+                elif kind == "setting":
+                    record = json.loads(data)
+                    if record.get("left"):
+                        left.add(bytes.fromhex(record["group"]))
+            except (ValueError, KeyError):
+                self.log.warn("an unreadable group record was skipped")
+        states.sort(key=lambda s: (s.group_id, s.version))
+        for state in states:
+            group = self._groups.get(state.group_id)
+            if group is None:
+                membership = Membership()
+                membership.add(state)
+                self._groups[state.group_id] = Group(
+                    [state], membership, GroupLog(state.group_id, membership)
+                )
+            elif state.version == group.state.version + 1:
+                group.states.append(state)
+                group.membership.add(state)
+        for group in self._groups.values():
+            group.left = group.group_id in left or not self._is_member(group.state)
+        for message in messages:
+            group = self._groups.get(message.group_id)
+            if group is not None:
+                self._offer(group, message)
+        self._update_peers()
+        self._schedule_keepalive()
+
+    def close(self) -> None:
+        """Forget everything (the keys are being wiped)."""
+        for timer in [*self._timers.values(), self._keepalive]:
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self._keepalive = None
+        self._store = None
+        self._identity = None
+        self._groups.clear()
+        self._invites.clear()
+        self._peers.clear()
+        self._network = None
+
+    def attach(self, network: Any) -> None:
+        """Keep sessions with the group peers who are not contacts on *network*."""
+        self._network = network
+        for uid in self._peers:
+            if self._contacts.get(uid) is None:
+                network.connect(uid)
+
+    # -- group peers (members who are not contacts) -------------------------------------------
+
+    def is_peer(self, uid: str) -> bool:
+        """Whether *uid* shares a group with us (its session carries group payloads only)."""
+        return uid in self._peers
+
+    def peer_key(self, uid: str) -> bytes | None:
+        entry = self._peers.get(uid)
+        return entry[0] if entry else None
+
+    def peer_addresses(self, uid: str) -> tuple[str, ...]:
+        entry = self._peers.get(uid)
+        return entry[1] if entry else ()
+
+    def peer_uids(self) -> list[str]:
+        return list(self._peers)
+
+    def _update_peers(self) -> None:
+        """Recompute the group peers: the members of every group we are in, the members the
+        latest state removed (they are told of their removal once), and, for a group we left
+        ourselves, its remaining members (they are told of our leaving)."""
+        own = self._own_key()
+        peers: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        for group in self._groups.values():
+            members = list(group.state.members)
+            if group.left:
+                departed = {d.public_key for d in group.state.departed}
+                if group.state.signer != own or own not in departed:
+                    continue
+            elif len(group.states) > 1:
+                gone = {d.public_key for d in group.state.departed}
+                members += [m for m in group.states[-2].members if m.public_key in gone]
+            for m in members:
+                if m.public_key == own:
+                    continue
+                addresses = tuple(a for a in m.addresses.decode("ascii", "replace").split(",") if a)
+                peers[m.uid] = (m.public_key, addresses)
+        old = set(self._peers)
+        self._peers = peers
+        if self._network is not None:
+            for uid in set(peers) - old:
+                if self._contacts.get(uid) is None:
+                    self._network.connect(uid)
+            for uid in old - set(peers):
+                if self._contacts.get(uid) is None:
+                    self._network.forget(uid)
+        if old != set(peers):
+            self.on_peers_changed()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _own_key(self) -> bytes:
+        assert self._identity is not None
+        return self._identity.public_bytes
+
+    def _is_member(self, state: GroupState) -> bool:
+        return state.member_by_key(self._own_key()) is not None
+
+    def _require(self) -> tuple[Store, IdentityKey]:
+        if self._store is None or self._identity is None:
+            raise InvalidInput("groups are not open")
+        return self._store, self._identity
+
+    def resolve(self, ref: str) -> Group:
+        """Find a group by id (or a unique id prefix of 4 or more hex digits) or by name.
+
+        :raises NotFound: if nothing matches.
+        :raises Ambiguous: if several groups match.
+        """
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInput("a group is named by its id or its name")
+        lowered = ref.lower()
+        for gid, group in self._groups.items():
+            if gid.hex() == lowered:
+                return group
+        named = [g for g in self._groups.values() if g.state.name == ref]
+        if not named and len(lowered) >= 4:
+            named = [g for gid, g in self._groups.items() if gid.hex().startswith(lowered)]
+        if len(named) > 1:
+            live = [g for g in named if not g.left]
+            if len(live) == 1:
+                return live[0]
+            raise Ambiguous(f"{ref!r} names {len(named)} groups: use the group id")
+        if not named:
+            raise NotFound(f"no group called {ref!r}: 'jarvis group list' lists them")
+        return named[0]
+
+    def _name_of(self, uid: str) -> str:
+        if uid == (self._identity.uid if self._identity else None):
+            return "me"
+        return str(self._contacts.display_name(uid))
+
+    def _view(self, group: Group) -> dict[str, Any]:
+        state = group.state
+        return {
+            "id": group.group_id.hex(),
+            "name": state.name,
+            "topic": state.topic,
+            "version": state.version,
+            "members": len(state.members),
+            "role": _role_name(state, self._own_key()),
+            "unread": group.unread,
+            "messages": len(group.log.shown()),
+            "left": group.left,
+        }
+
+    def _message_view(self, group: Group, m: GroupMessage, index: int) -> dict[str, Any]:
+        return {
+            "id": message_id(m).hex(),
+            "group": group.group_id.hex(),
+            "author": m.author_uid,
+            "author_name": self._name_of(m.author_uid),
+            "body": m.body.decode("utf-8", "replace"),
+            "seq": m.seq,
+            "created": m.created / 1000.0,
+            "index": index,
+        }
+
+    def _persist(self, records: list[tuple[str, bytes, bytes]]) -> defer.Deferred[Any]:
+        store = self._store
+        if store is None or not records:
+            return defer.succeed(0)
+        return store.run(group_queries.put_group_records, records, write=True)
+
+    def _send(self, uid: str, entry_id: bytes | None, payload: bytes) -> defer.Deferred[Any]:
+        """Queue one durable entry to *uid* (a fresh id when *entry_id* is None)."""
+        mid = entry_id.hex() if entry_id is not None else new_message_id(self.now())
+        d = self._courier.queue_group_entry(uid, mid, payload)
+        return d.addErrback(self._send_failed, uid)
+
+    def _send_failed(self, failure: Any, uid: str) -> None:
+        from jarvis.store.rows import DuplicateMessage
+
+        if failure.check(DuplicateMessage):
+            return None  # this very entry is already queued or delivered
+        self.log.warn("a group entry to {uid} was not queued: {e}", uid=log_id(uid), e=failure)
+        return None
+
+    def _fan_state(self, previous: GroupState | None, state: GroupState) -> defer.Deferred[Any]:
+        sends = [
+            self._send(e.recipient, e.entry_id, e.payload)
+            for e in plan_state(previous, state, self._own_key())
+        ]
+        return defer.gatherResults(sends)
+
+    # -- the API -------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def create(self, name: str, topic: str = "") -> Any:
+        """Found a group with us as its only member; :returns: its view (``id``: the group id)."""
+        _store, identity = self._require()
+        try:
+            state = found_group(identity, name, topic=topic, addresses=self._addresses)
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        membership = Membership([state])
+        group = Group([state], membership, GroupLog(state.group_id, membership))
+        yield self._persist([("state", state_hash(state), encode_state(state))])
+        self._groups[state.group_id] = group
+        view = self._view(group)
+        self._emit("group.changed", {"group": view})
+        return view
+
+    def list_groups(self) -> list[dict[str, Any]]:
+        """Every group, by name."""
+        self._require()
+        return sorted((self._view(g) for g in self._groups.values()), key=lambda v: v["name"])
+
+    def members(self, ref: str) -> dict[str, Any]:
+        """The members of a group with their role, and whether a session is up."""
+        self._require()
+        group = self.resolve(ref)
+        own = self._own_key()
+        members = []
+        for m in group.state.members:
+            members.append(
+                {
+                    "uid": m.uid,
+                    "name": self._name_of(m.uid),
+                    "role": m.role.name.lower(),
+                    "contact": self._contacts.get(m.uid) is not None,
+                    "me": m.public_key == own,
+                    "online": m.public_key == own or self._courier.is_connected(m.uid),
+                }
+            )
+        return {"group": group.group_id.hex(), "members": members}
+
+    @defer.inlineCallbacks
+    def invite(self, ref: str, contact_ref: str) -> Any:
+        """Add a contact to a group (admins and the founder): a new state to every member, the
+        whole chain to the invitee, whose daemon lists it as an invitation."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        contact = self._contacts.resolve(contact_ref)
+        if not contact.public_key:
+            raise InvalidInput("the contact's key is not known yet: connect with it once first")
+        previous = group.state
+        try:
+            addresses = ",".join(contact.addresses).encode("ascii", "ignore")[:512]
+            state = invite(previous, identity, bytes(contact.public_key), addresses=addresses)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        chain = encode_payload(KIND_INVITE, encode_chain(group.states))
+        yield self._send(contact.uid, None, chain)
+        return {"group": group.group_id.hex(), "invited": contact.uid, "version": state.version}
+
+    def invites(self) -> list[dict[str, Any]]:
+        """The pending invitations."""
+        self._require()
+        return [self._invite_view(i) for i in self._invites.values()]
+
+    def _invite_view(self, invitation: Invitation) -> dict[str, Any]:
+        state = invitation.state
+        return {
+            "id": invitation.invite_id,
+            "group": state.group_id.hex(),
+            "name": state.name,
+            "topic": state.topic,
+            "from": invitation.sender,
+            "from_name": self._name_of(invitation.sender),
+            "members": len(state.members),
+        }
+
+    @defer.inlineCallbacks
+    def join(self, invite_id: str) -> Any:
+        """Accept an invitation: the group is ours from now on; history comes by sync."""
+        store, _identity = self._require()
+        invitation = self._invites.get(invite_id)
+        if invitation is None:
+            raise NotFound(f"no invitation {invite_id!r}: 'jarvis group invites' lists them")
+        chain = list(invitation.chain)
+        gid = chain[0].group_id
+        existing = self._groups.get(gid)
+        if existing is not None and not existing.left:
+            del self._invites[invite_id]
+            yield store.run(
+                group_queries.delete_group_record, "invite", _key(invite_id), write=True
+            )
+            return self._view(existing)
+        membership = Membership(chain)
+        group = Group(chain, membership, GroupLog(gid, membership))
+        self._groups[gid] = group
+        del self._invites[invite_id]
+        yield self._persist([("state", state_hash(s), encode_state(s)) for s in chain])
+        yield store.run(group_queries.delete_group_record, "invite", _key(invite_id), write=True)
+        yield self._set_left(group, False)
+        self._update_peers()
+        yield self._send_summary(group, [invitation.sender])
+        view = self._view(group)
+        self._emit("group.changed", {"group": view})
+        return view
+
+    @defer.inlineCallbacks
+    def decline(self, invite_id: str) -> Any:
+        """Forget an invitation."""
+        store, _identity = self._require()
+        if self._invites.pop(invite_id, None) is None:
+            raise NotFound(f"no invitation {invite_id!r}")
+        yield store.run(group_queries.delete_group_record, "invite", _key(invite_id), write=True)
+        return {"declined": invite_id}
+
+    @defer.inlineCallbacks
+    def send(self, ref: str, text: str) -> Any:
+        """Write a message to a group: stored, then one entry per other member."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        if not isinstance(text, str) or not text:
+            raise InvalidInput("a message needs some text")
+        body = text.encode("utf-8")
+        if len(body) > MAX_BODY_BYTES:
+            raise InvalidInput(f"a group message holds at most {MAX_BODY_BYTES} bytes")
+        own = self._own_key()
+        head = group.log.head(own)
+        message = write_message(
+            identity,
+            group.group_id,
+            seq=(head.seq if head else 0) + 1,
+            prev_hash=head.hash if head else NO_HASH,
+            state_version=group.state.version,
+            created=int(self.now() * 1000),
+            parents=group.log.parents_for(own, MAX_PARENTS),
+            body=body,
+        )
+        offered = group.log.offer(message)
+        if offered.outcome is not Outcome.accepted:
+            raise InvalidInput(f"the message was not accepted: {offered.reason}")
+        entries = plan_message(group.state, message)
+        # Stored in the same store batch as the entries (one reactor turn, one transaction).
+        stored = self._persist([("message", message_hash(message), encode_message(message))])
+        sends = [self._send(e.recipient, e.entry_id, e.payload) for e in entries]
+        try:
+            yield defer.gatherResults([stored, *sends], consumeErrors=True)
+        except defer.FirstError as e:
+            self.log.failure("a group message was not stored", e.subFailure)
+            e.subFailure.raiseException()
+        self._announce(group, offered.shown)
+        return self._message_view(group, message, len(group.log.shown()) - 1)
+
+    def history(self, ref: str, *, limit: int = 50) -> dict[str, Any]:
+        """The last *limit* messages shown, oldest first, in the order every member shows."""
+        self._require()
+        group = self.resolve(ref)
+        if not 1 <= limit <= 100000:
+            raise InvalidInput("limit must be between 1 and 100000")
+        shown = group.log.shown()
+        start = max(0, len(shown) - limit)
+        return {
+            "group": group.group_id.hex(),
+            "messages": [
+                self._message_view(group, m, start + i) for i, m in enumerate(shown[start:])
+            ],
+        }
+
+    def mark_read(self, ref: str) -> dict[str, Any]:
+        """Reset a group's unread count."""
+        self._require()
+        group = self.resolve(ref)
+        group.unread = 0
+        return {"group": group.group_id.hex(), "unread": 0}
+
+    @defer.inlineCallbacks
+    def remove(self, ref: str, member_ref: str) -> Any:
+        """Remove a member (admins and the founder): nobody fans out to them from now on, and
+        their later messages are refused by every member."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        member = self._member(group, member_ref)
+        head = group.log.head(member.public_key)
+        previous = group.state
+        try:
+            state = remove(previous, identity, member.uid, last_seq=head.seq if head else 0)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return {"group": group.group_id.hex(), "removed": member.uid, "version": state.version}
+
+    @defer.inlineCallbacks
+    def leave(self, ref: str) -> Any:
+        """Leave a group (not the founder): a new state to every member, then nothing more."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        head = group.log.head(self._own_key())
+        previous = group.state
+        try:
+            state = leave(previous, identity, last_seq=head.seq if head else 0)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return {"group": group.group_id.hex(), "left": True, "version": state.version}
+
+    def _live(self, ref: str) -> Group:
+        group = self.resolve(ref)
+        if group.left:
+            raise InvalidInput("you are no longer a member of this group")
+        return group
+
+    def _member(self, group: Group, ref: str) -> Any:
+        for m in group.state.members:
+            if m.uid == ref.lower():
+                return m
+        try:
+            contact = self._contacts.resolve(ref)
+        except NotFound:
+            contact = None
+        if contact is not None:
+            found = group.state.member(contact.uid)
+            if found is not None:
+                return found
+        matches = [m for m in group.state.members if m.uid.startswith(ref.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"{ref!r} is not a member of {group.state.name!r}")
+
+    # -- states --------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _adopt(self, group: Group, states: list[GroupState]) -> Any:
+        """Hold *states* (already checked, in version order): membership, log, peers, store."""
+        was_member = not group.left
+        for state in states:
+            group.states.append(state)
+            group.membership.add(state)
+        dropped, _shown = group.log.states_added()
+        yield self._persist([("state", state_hash(s), encode_state(s)) for s in states])
+        parked, group.parked = group.parked, []
+        shown: list[GroupMessage] = []
+        for message in parked:
+            offered = self._offer(group, message)
+            if offered is not None:
+                shown += offered
+        if was_member and not self._is_member(group.state):
+            yield self._set_left(group, True)
+            self._emit("group.removed", {"group": group.group_id.hex(), "name": group.state.name})
+        self._update_peers()
+        self._emit("group.changed", {"group": self._view(group)})
+        if dropped:
+            self._emit(
+                "group.dropped",
+                {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
+            )
+        self._announce(group, shown)
+
+    def _set_left(self, group: Group, left: bool) -> defer.Deferred[Any]:
+        group.left = left
+        store = self._store
+        if store is None:
+            return defer.succeed(None)
+        data = json.dumps({"group": group.group_id.hex(), "left": left}).encode()
+        return store.run(
+            group_queries.put_group_record,
+            "setting",
+            group.group_id,
+            data,
+            replace=True,
+            write=True,
+        )
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def payload_received(self, uid: str, payload: bytes) -> defer.Deferred[Any]:
+        """A group payload from *uid* (over a session or the mailbox); fires once stored."""
+        if self._store is None:
+            return defer.succeed(None)
+        try:
+            kind, record = parse_payload(payload)
+            if kind == KIND_MESSAGE:
+                return self._message_received(uid, parse_message(record))
+            if kind == KIND_STATE:
+                return self._state_received(uid, parse_state(record))
+            if kind == KIND_SUMMARY:
+                return self._summary_received(uid, parse_summary(record))
+            if kind == KIND_INVITE:
+                return self._invite_received(uid, parse_chain(record))
+        except ValueError as e:
+            self.log.warn("a group payload from {uid} refused: {e}", uid=log_id(uid), e=str(e))
+        return defer.succeed(None)
+
+    def _sender_may_relay(self, group: Group, uid: str) -> bool:
+        """Whether *uid* is a member now (or was removed by the latest state, whose messages
+        from before their removal still arrive)."""
+        return (
+            uid in group.state.uids
+            or uid in self._peers
+            or uid in {m.uid for s in group.states[-2:] for m in s.members}
+        )
+
+    def _message_received(self, uid: str, message: GroupMessage) -> defer.Deferred[Any]:
+        group = self._groups.get(message.group_id)
+        if group is None or group.left or not self._sender_may_relay(group, uid):
+            self.log.info("a group message from {uid} refused: no shared group", uid=log_id(uid))
+            return defer.succeed(None)
+        before = len(group.parked)
+        shown = self._offer(group, message)
+        if shown is None and len(group.parked) == before:
+            return defer.succeed(None)
+        d = self._persist([("message", message_hash(message), encode_message(message))])
+        if shown:
+            self._announce(group, shown, counted=True)
+        if group.log.gaps() or group.parked:
+            self._gap_seen(group, uid)
+        return d
+
+    def _offer(self, group: Group, message: GroupMessage) -> list[GroupMessage] | None:
+        """Offer *message*: :returns: what became shown, or None if refused or a duplicate."""
+        offered = group.log.offer(message)
+        if offered.outcome is Outcome.refused:
+            if offered.reason == "state unknown":
+                group.parked.append(message)
+            else:
+                self.log.info("a group message refused: {reason}", reason=offered.reason)
+            return None
+        if offered.outcome is Outcome.forked:
+            self.log.warn("fork evidence against {uid}", uid=log_id(message.author_uid))
+            return None
+        if offered.outcome is Outcome.duplicate:
+            return None
+        return list(offered.shown)
+
+    def _announce(self, group: Group, shown: Iterable[GroupMessage], counted: bool = False) -> None:
+        own = self._own_key()
+        total = len(group.log.shown())
+        shown = list(shown)
+        for i, m in enumerate(shown):
+            if counted and m.author != own:
+                group.unread += 1
+            self._emit(
+                "group.message",
+                {"message": self._message_view(group, m, total - len(shown) + i)},
+            )
+
+    @defer.inlineCallbacks
+    def _state_received(self, uid: str, state: GroupState) -> Any:
+        group = self._groups.get(state.group_id)
+        if group is None:
+            return
+        if state.version <= group.state.version:
+            return  # a relay of what we hold, or a rollback / replay: refused
+        group.ahead[state.version] = state
+        accepted: list[GroupState] = []
+        held = group.state
+        while held.version + 1 in group.ahead:
+            candidate = group.ahead.pop(held.version + 1)
+            try:
+                held = accept_next(held, candidate)
+            except StateRefused as e:
+                self.log.warn(
+                    "a group state from {uid} refused: {reason}", uid=log_id(uid), reason=e.reason
+                )
+                break
+            accepted.append(held)
+        for version in [v for v in group.ahead if v <= held.version]:
+            del group.ahead[version]
+        if accepted:
+            rejoined = group.left and self._is_member(accepted[-1])
+            yield self._adopt(group, accepted)
+            if rejoined:
+                yield self._set_left(group, False)
+        elif group.ahead:
+            self._gap_seen(group, uid)
+
+    @defer.inlineCallbacks
+    def _invite_received(self, uid: str, chain: list[GroupState]) -> Any:
+        if not chain or self._contacts.get(uid) is None:
+            return  # invitations come from contacts only
+        try:
+            verify_founding(chain[0])
+            last = accept_chain(chain[0], chain)
+        except StateRefused as e:
+            self.log.warn("an invitation from {uid} refused: {r}", uid=log_id(uid), r=e.reason)
+            return
+        if not self._is_member(last) or last.member(uid) is None:
+            return
+        existing = self._groups.get(last.group_id)
+        if existing is not None and not existing.left:
+            return
+        invite_id = state_hash(last)[:6].hex()
+        if invite_id in self._invites:
+            return
+        invitation = Invitation(invite_id, uid, tuple(chain))
+        self._invites[invite_id] = invitation
+        data = json.dumps(
+            {"id": invite_id, "from": uid, "chain": encode_chain(chain).hex()}
+        ).encode()
+        store = self._store
+        if store is not None:
+            yield store.run(
+                group_queries.put_group_record, "invite", _key(invite_id), data, write=True
+            )
+        self._emit("group.invited", {"invite": self._invite_view(invitation)})
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def _gap_seen(self, group: Group, uid: str) -> None:
+        """A gap or a state ahead: ask soon (other copies may fill it first)."""
+        gid = group.group_id
+        timer = self._timers.get(gid)
+        if timer is not None and timer.active():
+            return
+        clock: Any = self.clock
+        self._timers[gid] = clock.callLater(GAP_DELAY, self._ask, gid, uid)
+
+    def _ask(self, gid: bytes, uid: str) -> None:
+        self._timers.pop(gid, None)
+        group = self._groups.get(gid)
+        if group is None or group.left or self._store is None:
+            return
+        if not (group.log.gaps() or group.parked or group.ahead):
+            return
+        targets = [uid, *self._connected_members(group)]
+        self._send_summary(group, list(dict.fromkeys(targets))).addErrback(
+            lambda f: self.log.failure("group summary not sent", f)
+        )
+
+    def _connected_members(self, group: Group) -> list[str]:
+        own = self._own_key()
+        return [
+            m.uid
+            for m in group.state.members
+            if m.public_key != own and self._courier.is_connected(m.uid)
+        ]
+
+    def _send_summary(self, group: Group, uids: Iterable[str]) -> defer.Deferred[Any]:
+        summary = group.log.summary(group.state.version)
+        payload = encode_payload(KIND_SUMMARY, encode_summary(summary))
+        return defer.gatherResults([self._send(uid, None, payload) for uid in uids])
+
+    @defer.inlineCallbacks
+    def _summary_received(self, uid: str, summary: Any) -> Any:
+        group = self._groups.get(summary.group_id)
+        if group is None or group.left or group.state.member(uid) is None:
+            return
+        sends = []
+        if summary.state_version < group.state.version:
+            for state in group.states:
+                if state.version > summary.state_version:
+                    payload = encode_payload(KIND_STATE, encode_state(state))
+                    sends.append(self._send(uid, None, payload))
+        budget = MAX_SYNC_MESSAGES
+        for gap in group.log.missing_for(summary):
+            for m in group.log.messages(gap.author, gap.first, gap.last)[:budget]:
+                sends.append(self._send(uid, None, encode_payload(KIND_MESSAGE, encode_message(m))))
+                budget -= 1
+        yield defer.gatherResults(sends)
+        if group.log.wanted_from(summary) or summary.state_version > group.state.version:
+            yield self._send_summary(group, [uid])
+
+    def _schedule_keepalive(self) -> None:
+        clock: Any = self.clock
+        self._keepalive = clock.callLater(self.keepalive * (0.5 + random.random()), self._tick)
+
+    def _tick(self) -> None:
+        """Keepalive: each group's summary to one connected member (Tox-style gossip)."""
+        self._keepalive = None
+        if self._store is None:
+            return
+        for group in list(self._groups.values()):
+            if group.left:
+                continue
+            connected = self._connected_members(group)
+            if connected:
+                self._send_summary(group, [random.choice(connected)]).addErrback(
+                    lambda f: self.log.failure("group keepalive not sent", f)
+                )
+        self._schedule_keepalive()
+
+
+def _key(invite_id: str) -> bytes:
+    return invite_id.encode("ascii")
+
+
+def _role_name(state: GroupState, key: bytes) -> str | None:
+    member = state.member_by_key(key)
+    return member.role.name.lower() if member else None
+
+
+class GroupDirectory:
+    """The peer network's directory: the contact book, plus the group peers (members who are
+    not contacts), who may connect and be dialled at the addresses their group state gives.
+    Their sessions carry group payloads only (the courier drops anything else)."""
+
+    def __init__(self, contacts: Any, groups: Groups) -> None:
+        self._contacts = contacts
+        self._groups = groups
+
+    def is_acceptable(self, uid: str) -> bool:
+        if self._contacts.get(uid) is not None:
+            return bool(self._contacts.is_acceptable(uid))
+        return self._groups.is_peer(uid)
+
+    def public_key(self, uid: str) -> bytes | None:
+        if self._contacts.get(uid) is not None:
+            key: bytes | None = self._contacts.public_key(uid)
+            return key
+        return self._groups.peer_key(uid)
+
+    def addresses(self, uid: str) -> tuple[str, ...]:
+        if self._contacts.get(uid) is not None:
+            return tuple(self._contacts.addresses(uid))
+        return self._groups.peer_addresses(uid)
+
+    def acceptable_uids(self) -> list[str]:
+        uids = list(self._contacts.acceptable_uids())
+        known = set(uids)
+        return uids + [
+            u for u in self._groups.peer_uids() if u not in known and self._contacts.get(u) is None
+        ]
+
+    def learn_public_key(self, uid: str, public_key: bytes) -> None:
+        self._contacts.learn_public_key(uid, public_key)

@@ -1,0 +1,187 @@
+"""The local API's ``groups.*`` methods (issue 17; declared here, listed by
+:func:`jarvis.ipc.methods.method_specs`).
+
+Handlers only translate params into :class:`jarvis.core.groups.Groups` calls (the node's
+``groups``).  This module must not import the reactor and never logs params or results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+
+from jarvis import errors
+from jarvis.ipc.registry import Invocation, MethodSpec, Param
+from jarvis.protocol.group_message import MAX_BODY_BYTES
+
+
+def _groups(inv: Invocation) -> Any:
+    groups = getattr(inv.ctx.node, "groups", None)
+    if groups is None:
+        raise errors.InvalidInput("this daemon has no groups")
+    return groups
+
+
+def _limit(value: int) -> str | None:
+    return None if 1 <= value <= 100000 else "must be between 1 and 100000"
+
+
+def groups_create(inv: Invocation) -> Any:
+    p = inv.params
+    return defer.maybeDeferred(_groups(inv).create, p["name"], p.get("topic") or "")
+
+
+def groups_list(inv: Invocation) -> Any:
+    return {"groups": _groups(inv).list_groups()}
+
+
+def groups_invite(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).invite, inv.params["group"], inv.params["contact"])
+
+
+def groups_invites(inv: Invocation) -> Any:
+    return {"invites": _groups(inv).invites()}
+
+
+def groups_join(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).join, inv.params["invite"])
+
+
+def groups_decline(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).decline, inv.params["invite"])
+
+
+def groups_send(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).send, inv.params["group"], inv.params["text"])
+
+
+def groups_history(inv: Invocation) -> Any:
+    limit = inv.params.get("limit") or 50
+    return _groups(inv).history(inv.params["group"], limit=limit)
+
+
+def groups_members(inv: Invocation) -> Any:
+    return _groups(inv).members(inv.params["group"])
+
+
+def groups_remove(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).remove, inv.params["group"], inv.params["member"])
+
+
+def groups_leave(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).leave, inv.params["group"])
+
+
+def groups_mark_read(inv: Invocation) -> Any:
+    return _groups(inv).mark_read(inv.params["group"])
+
+
+_GROUP = Param("group", str, True, "the group: its id (or 4+ hex digits of it) or its name")
+_INVITE = Param("invite", str, True, "the invitation's id, from groups.invites")
+_VIEW = (
+    "{id, name, topic, version, members (count), role ('founder'|'admin'|'member'|null), "
+    "unread, messages (count), left}"
+)
+_MESSAGE = "{id, group, author (uid), author_name, body, seq, created, index}"
+
+
+def group_specs() -> tuple[MethodSpec, ...]:
+    """The ``groups.*`` method declarations."""
+    return (
+        MethodSpec(
+            "groups.create",
+            groups_create,
+            (
+                Param("name", str, True, "the group's name"),
+                Param("topic", str, False, "its topic", nullable=True),
+            ),
+            result=_VIEW,
+            doc="Found a private group with you as its founder and only member (docs/groups.md).",
+        ),
+        MethodSpec(
+            "groups.list",
+            groups_list,
+            result=f"{{groups: [{_VIEW}]}}",
+            doc="List the groups you are (or were) a member of, by name.",
+        ),
+        MethodSpec(
+            "groups.invite",
+            groups_invite,
+            (_GROUP, Param("contact", str, True, "the contact to invite (name, alias, uid)")),
+            result="{group, invited (uid), version}",
+            doc="Add a contact to the group (founder and admins): a new signed state goes to "
+            "every member, and the contact's daemon lists the invitation (event group.invited).",
+        ),
+        MethodSpec(
+            "groups.invites",
+            groups_invites,
+            result="{invites: [{id, group, name, topic, from (uid), from_name, members}]}",
+            doc="List the invitations received and not yet joined or declined.",
+        ),
+        MethodSpec(
+            "groups.join",
+            groups_join,
+            (_INVITE,),
+            result=_VIEW,
+            doc="Join the group of an invitation; its history arrives from the other members.",
+        ),
+        MethodSpec(
+            "groups.decline",
+            groups_decline,
+            (_INVITE,),
+            result="{declined}",
+            doc="Forget an invitation (you stay in the group's state until an admin removes "
+            "you; nothing is sent to you meanwhile that you keep).",
+        ),
+        MethodSpec(
+            "groups.send",
+            groups_send,
+            (_GROUP, Param("text", str, True, f"the text (at most {MAX_BODY_BYTES} bytes)")),
+            result=_MESSAGE,
+            doc="Write a message to the group: signed, stored, then one durable entry per "
+            "other member over the 1:1 sessions (or the mailbox).",
+            deadline=60.0,
+        ),
+        MethodSpec(
+            "groups.history",
+            groups_history,
+            (
+                _GROUP,
+                Param("limit", int, False, "the last N messages (default 50)", validator=_limit),
+            ),
+            result=f"{{group, messages: [{_MESSAGE}]}}",
+            doc="The group's last messages, oldest first, in the order every member shows "
+            "(per author in sequence, causes before effects, ties by hash).",
+        ),
+        MethodSpec(
+            "groups.members",
+            groups_members,
+            (_GROUP,),
+            result="{group, members: [{uid, name, role, contact, me, online}]}",
+            doc="The group's members, their role, whether they are your contacts and whether "
+            "a session with them is up.",
+        ),
+        MethodSpec(
+            "groups.remove",
+            groups_remove,
+            (_GROUP, Param("member", str, True, "a contact name or a member's uid (prefix)")),
+            result="{group, removed (uid), version}",
+            doc="Remove a member (founder and admins): nobody sends them anything from now on "
+            "and every member refuses what they write after.",
+        ),
+        MethodSpec(
+            "groups.leave",
+            groups_leave,
+            (_GROUP,),
+            result="{group, left: true, version}",
+            doc="Leave the group (not its founder): the members are told, and stop sending to you.",
+        ),
+        MethodSpec(
+            "groups.markRead",
+            groups_mark_read,
+            (_GROUP,),
+            result="{group, unread: 0}",
+            doc="Reset the group's unread count.",
+        ),
+    )

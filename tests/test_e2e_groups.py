@@ -1,0 +1,278 @@
+"""End to end: private groups between real twistd daemons (issue 17, docs/groups.md).
+
+Each test starts its daemons as child processes, drives them through the real local API and
+waits for the events it expects.  What each test tries and what must survive is in its docstring.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from jarvis.ipc.jsonrpc import RemoteError
+from tests.daemons import short_tempdir
+from tests.peers import Peer, befriend
+
+
+async def start_peers(testcase: TestCase, names: list[str]) -> list[Peer]:
+    root = short_tempdir(testcase)
+    peers = [Peer(testcase, root, name) for name in names]
+    await defer.gatherResults([defer.ensureDeferred(p.start(create=True)) for p in peers])
+    return peers
+
+
+def group_bodies(peer: Peer, gid: str) -> list[str]:
+    """The bodies of the group.message events *peer* saw for group *gid*, in event order."""
+    return [
+        p["message"]["body"]
+        for p in peer.recorder.named("group.message")
+        if p["message"]["group"] == gid
+    ]
+
+
+async def history(peer: Peer, gid: str) -> list[dict[str, Any]]:
+    result = await peer.call("groups.history", group=gid, limit=100000)
+    return list(result["messages"])
+
+
+async def history_of_at_least(peer: Peer, gid: str, count: int) -> list[dict[str, Any]]:
+    """*peer*'s group history once it holds *count* messages (checked after each event)."""
+    while True:
+        seen = len(peer.recorder.named("group.message"))
+        items = await history(peer, gid)
+        if len(items) >= count:
+            return items
+        await peer.recorder.wait(
+            lambda seen=seen: len(peer.recorder.named("group.message")) > seen, 60
+        )
+
+
+async def invite_and_join(founder: Peer, gid: str, member: Peer) -> None:
+    """*founder* invites *member* (a contact), whose daemon gets the invitation and joins."""
+    await founder.call("groups.invite", group=gid, contact=member.uid)
+    await member.recorder.wait(lambda: bool(member.recorder.named("group.invited")), 30)
+    invite = member.recorder.named("group.invited")[-1]["invite"]
+    listed = await member.call("groups.invites")
+    assert invite["id"] in [i["id"] for i in listed["invites"]]
+    await member.call("groups.join", invite=invite["id"])
+
+
+class GroupBasicsTests(TestCase):
+    timeout = 180
+
+    async def test_members_who_are_not_contacts_exchange_messages(self) -> None:
+        """When alice founds a group and invites bob and carol (her contacts, who are not each
+        other's), then bob and carol each read what the other writes, every message once,
+        and all three show the same order; neither becomes the other's contact."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        await befriend(alice, bob)
+        await befriend(alice, carol)
+        created = await alice.call("groups.create", name="family")
+        gid = created["id"]
+        await invite_and_join(alice, gid, bob)
+        await invite_and_join(alice, gid, carol)
+        await bob.call("groups.send", group="family", text="hello from bob")
+        await carol.recorder.wait(lambda: group_bodies(carol, gid) == ["hello from bob"], 60)
+        await carol.call("groups.send", group=gid, text="hello from carol")
+        await bob.recorder.wait(lambda: "hello from carol" in group_bodies(bob, gid), 60)
+        await alice.recorder.wait(lambda: len(group_bodies(alice, gid)) == 2, 60)
+        orders = [[m["id"] for m in await history(p, gid)] for p in (alice, bob, carol)]
+        self.assertEqual(len(orders[0]), 2)
+        self.assertEqual(orders[0], orders[1])
+        self.assertEqual(orders[0], orders[2])
+        items = await history(bob, gid)
+        self.assertEqual(
+            [(m["author"], m["body"], m["seq"]) for m in items],
+            [(bob.uid, "hello from bob", 1), (carol.uid, "hello from carol", 1)],
+        )
+        with self.assertRaises(RemoteError):  # a chat text cannot pose as a group payload
+            await bob.call("messages.send", contact=alice.uid, text="\x00jarvis-group\x00AQ==")
+        bob_contacts = await bob.call("contacts.list")
+        self.assertNotIn(carol.uid, [c["uid"] for c in bob_contacts["contacts"]])
+        members = await carol.call("groups.members", group=gid)
+        self.assertEqual(
+            sorted(m["uid"] for m in members["members"]), sorted([alice.uid, bob.uid, carol.uid])
+        )
+
+
+async def found_with(founder: Peer, members: list[Peer], name: str) -> str:
+    """*founder* befriends every member, founds group *name* and brings them all in; returns
+    the group id once every member holds the last state."""
+    await defer.gatherResults([defer.ensureDeferred(befriend(founder, m)) for m in members])
+    gid = str((await founder.call("groups.create", name=name))["id"])
+    for member in members:
+        await invite_and_join(founder, gid, member)
+    version = 1 + len(members)
+
+    async def holds_last(member: Peer) -> None:
+        def check() -> bool:
+            return any(
+                p["group"]["id"] == gid and p["group"]["version"] == version
+                for p in member.recorder.named("group.changed")
+            )
+
+        await member.recorder.wait(check, 60)
+
+    await defer.gatherResults([defer.ensureDeferred(holds_last(m)) for m in members])
+    return gid
+
+
+class GroupScaleTests(TestCase):
+    timeout = 600
+
+    async def test_ten_members_three_senders_thousand_messages(self) -> None:
+        """When ten daemons share a group (only the founder is everyone's contact) and three
+        members who are not each other's contacts write 1,000 messages concurrently, then
+        every member shows every message exactly once, each author's in sequence, and all ten
+        show the same order."""
+        peers = await start_peers(self, [f"m{i:02d}" for i in range(10)])
+        founder, members = peers[0], peers[1:]
+        gid = await found_with(founder, members, "ten")
+        senders = members[:3]
+        counts = [334, 333, 333]
+
+        async def write(sender: Peer, count: int) -> None:
+            for first in range(0, count, 50):  # 50 calls in flight per sender
+                await defer.gatherResults(
+                    [
+                        sender.call("groups.send", group=gid, text=f"{sender.name} {i}")
+                        for i in range(first, min(count, first + 50))
+                    ]
+                )
+
+        await defer.gatherResults(
+            [defer.ensureDeferred(write(s, n)) for s, n in zip(senders, counts, strict=True)]
+        )
+        await defer.gatherResults(
+            [p.recorder.wait(lambda p=p: len(group_bodies(p, gid)) >= 1000, 300) for p in peers]
+        )
+        orders = []
+        for p in peers:
+            items = await history(p, gid)
+            self.assertEqual(len(items), 1000)
+            self.assertEqual(len({m["id"] for m in items}), 1000)
+            self.assertEqual(sorted(group_bodies(p, gid)), sorted(m["body"] for m in items))
+            for s, n in zip(senders, counts, strict=True):
+                mine = [m for m in items if m["author"] == s.uid]
+                self.assertEqual([m["seq"] for m in mine], list(range(1, n + 1)))
+                self.assertEqual([m["body"] for m in mine], [f"{s.name} {i}" for i in range(n)])
+            orders.append([m["id"] for m in items])
+        for order in orders[1:]:
+            self.assertEqual(order, orders[0])
+
+
+class GroupOfflineTests(TestCase):
+    timeout = 300
+
+    async def test_offline_member_catches_up_while_author_is_offline(self) -> None:
+        """When carol is stopped while bob writes, and bob is stopped before carol returns,
+        then carol catches up from alice (a third member): she shows all of bob's messages
+        once, in bob's order, as alice does."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob, carol], "offline")
+        await carol.stop()
+        bodies = [f"while carol is away {i}" for i in range(20)]
+        for text in bodies:
+            await bob.call("groups.send", group=gid, text=text)
+        await alice.recorder.wait(lambda: group_bodies(alice, gid) == bodies, 60)
+        await bob.stop()
+        await carol.start(unlock=True)
+        await carol.recorder.wait(lambda: len(group_bodies(carol, gid)) >= 20, 60)
+        carol_items = await history(carol, gid)
+        self.assertEqual([m["body"] for m in carol_items], bodies)
+        self.assertEqual(
+            [m["id"] for m in carol_items], [m["id"] for m in await history(alice, gid)]
+        )
+
+    async def test_kill_9_of_members_loses_and_doubles_nothing(self) -> None:
+        """When a receiving member (carol) is killed with SIGKILL in the middle of 300
+        messages and restarted, and the sender (bob) is killed right after its last send was
+        answered and restarted, then every member shows all 300 exactly once, in one order."""
+        alice, bob, carol, dave = await start_peers(self, ["alice", "bob", "carol", "dave"])
+        gid = await found_with(alice, [bob, carol, dave], "kill")
+        bodies = [f"m {i}" for i in range(300)]
+        first = [bob.call("groups.send", group=gid, text=t) for t in bodies[:150]]
+        await carol.recorder.wait(lambda: len(group_bodies(carol, gid)) >= 20, 60)
+        await carol.kill()
+        await defer.gatherResults(first)
+        await defer.gatherResults(
+            [bob.call("groups.send", group=gid, text=t) for t in bodies[150:]]
+        )
+        await bob.kill()
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(bob.start(unlock=True)),
+                defer.ensureDeferred(carol.start(unlock=True)),
+            ]
+        )
+        others = [alice, bob, carol, dave]
+
+        histories = [await history_of_at_least(p, gid, 300) for p in others]
+        for items in histories:
+            self.assertEqual(len(items), 300)
+            self.assertEqual([m["body"] for m in items], bodies)
+            self.assertEqual([m["seq"] for m in items], list(range(1, 301)))
+        for items in histories[1:]:
+            self.assertEqual([m["id"] for m in items], [m["id"] for m in histories[0]])
+
+
+class GroupCliTests(TestCase):
+    timeout = 180
+
+    async def test_group_commands_as_a_user_types_them(self) -> None:
+        """When alice and bob use the ``jarvis group`` commands against real daemons, then
+        create prints the group id, the invitation reaches bob's daemon and is listed with an
+        id, join, send, history (JSON items with id, author, body, seq), members and remove
+        work, and a removed member's send fails with one line (exit 1)."""
+        from tests.test_e2e_cli import Cli, write
+
+        root = short_tempdir(self)
+        pw = write(os.path.join(root, "pw"), "secret one\n")
+        alice, bob = Cli(root, "alice"), Cli(root, "bob")
+        self.addCleanup(alice.run, "daemon", "stop")
+        self.addCleanup(bob.run, "daemon", "stop")
+        for cli, name in ((alice, "Alice"), (bob, "Bob")):
+            await cli.ok("daemon", "start", "--listen", "tcp:0:interface=127.0.0.1")
+            await cli.ok("init", "--name", name, "--password-file", pw)
+        me_a, me_b = await alice.json("whoami"), await bob.json("whoami")
+        await alice.ok("add", me_b["link"])
+        await bob.ok("add", me_a["link"])
+
+        gid = (await alice.ok("group", "create", "family")).strip()
+        self.assertEqual(len(gid), 32)
+        int(gid, 16)
+        listed = await alice.json("group", "list")
+        self.assertEqual([(g["id"], g["name"]) for g in listed], [(gid, "family")])
+        await alice.ok("group", "invite", "family", "Bob")
+        # the 1:1 stream is in order: once this is delivered, the invitation was handled
+        await alice.ok("send", "Bob", "barrier", "--wait", "delivered")
+        invites = await bob.json("group", "invites")
+        self.assertEqual([(i["group"], i["name"]) for i in invites], [(gid, "family")])
+        joined = await bob.json("group", "join", invites[0]["id"])
+        self.assertEqual(joined["id"], gid)
+
+        await bob.ok("group", "send", gid, "hello family")
+        await bob.ok("send", "Alice", "barrier", "--wait", "delivered")
+        items = await alice.json("group", "history", "family", "--limit", "10")
+        self.assertEqual(
+            [(m["author"], m["body"], m["seq"]) for m in items],
+            [(me_b["uid"], "hello family", 1)],
+        )
+        self.assertEqual(len(items[0]["id"]), 32)
+        self.assertIn("hello family", await alice.ok("group", "history", "family"))
+        members = await bob.json("group", "members", "family")
+        self.assertEqual(sorted(m["uid"] for m in members), sorted([me_a["uid"], me_b["uid"]]))
+
+        removed = await alice.json("group", "remove", "family", me_b["uid"])
+        self.assertEqual(removed["removed"], me_b["uid"])
+        await alice.ok("send", "Bob", "barrier 2", "--wait", "delivered")
+        self.assertTrue((await bob.json("group", "list"))[0]["left"])
+        code, _out, err = await bob.run("group", "send", "family", "still here?")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1, err)
+        self.assertIn("no longer a member", err)
+        code, _out, _err = await alice.run("group")
+        self.assertEqual(code, 2)

@@ -1,0 +1,321 @@
+"""The node's groups (:mod:`jarvis.core.groups`) between in-process members.
+
+Each member is a real :class:`~jarvis.core.groups.Groups` with fakes around it: a courier that
+queues the fan-out entries in a list (the test delivers, drops or forges them), a store that
+keeps the group records in memory, a contact book of plain records, and a ``task.Clock``.
+So the tests can do what a hostile member or the network would: withhold one copy, replay an
+old state, sign a state without the right, write after a removal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import TestCase
+
+from jarvis.core.groups import GAP_DELAY, Groups
+from jarvis.crypto.identity import IdentityKey
+from jarvis.errors import InvalidInput, NotFound
+from jarvis.protocol.group_fanout import (
+    KIND_MESSAGE,
+    KIND_STATE,
+    encode_payload,
+    parse_payload,
+)
+from jarvis.protocol.group_message import encode_message, parse_message, write_message
+from jarvis.protocol.group_state import (
+    Member,
+    Role,
+    _sign,
+    encode_state,
+    state_hash,
+)
+from jarvis.store import group_queries
+from jarvis.store.records import Contact
+
+KEYS = {
+    name: IdentityKey.from_private_bytes(bytes([i + 1]) * 32)
+    for i, name in enumerate(["alice", "bob", "carol", "dave", "eve"])
+}
+
+
+class FakeStore:
+    """Keeps ``group_records`` in memory; runs the group queries at once."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, bytes], bytes] = {}
+
+    def run(self, fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
+        if fn is group_queries.put_group_records:
+            new = 0
+            for kind, key, data in args[0]:
+                if (kind, key) not in self.rows:
+                    self.rows[(kind, key)] = data
+                    new += 1
+            return defer.succeed(new)
+        if fn is group_queries.put_group_record:
+            kind, key, data = args
+            self.rows[(kind, key)] = data
+            return defer.succeed(True)
+        if fn is group_queries.delete_group_record:
+            self.rows.pop((args[0], args[1]), None)
+            return defer.succeed(None)
+        if fn is group_queries.load_group_records:
+            return defer.succeed([(kind, data) for (kind, _), data in self.rows.items()])
+        raise AssertionError(f"unexpected query {fn}")
+
+
+class FakeCourier:
+    """Queues entries as ``(sender, recipient, payload)`` in the shared outbox."""
+
+    def __init__(self, uid: str, outbox: list[tuple[str, str, bytes]]) -> None:
+        self.uid = uid
+        self.outbox = outbox
+
+    def queue_group_entry(self, uid: str, entry_id: str, payload: bytes) -> defer.Deferred[Any]:
+        self.outbox.append((self.uid, uid, payload))
+        return defer.succeed(None)
+
+    def is_connected(self, uid: str) -> bool:
+        return True
+
+
+class FakeContacts:
+    """Everyone in :data:`KEYS` is everyone's contact."""
+
+    def __init__(self) -> None:
+        self.by_uid = {k.uid: Contact(k.uid, k.public_bytes, name, ()) for name, k in KEYS.items()}
+
+    def get(self, uid: str) -> Contact | None:
+        return self.by_uid.get(uid)
+
+    def resolve(self, ref: str) -> Contact:
+        for c in self.by_uid.values():
+            if ref in (c.uid, c.name):
+                return c
+        raise NotFound(ref)
+
+    def display_name(self, uid: str) -> str:
+        contact = self.by_uid.get(uid)
+        return contact.name if contact else uid[:12]
+
+
+class Members:
+    """A few members' :class:`Groups`, a shared outbox and a clock."""
+
+    def __init__(self, testcase: TestCase, names: list[str]) -> None:
+        self.clock = task.Clock()
+        self.outbox: list[tuple[str, str, bytes]] = []
+        self.groups: dict[str, Groups] = {}
+        self.events: dict[str, list[tuple[str, Any]]] = {}
+        self.by_uid: dict[str, str] = {}
+        for name in names:
+            events: list[tuple[str, Any]] = []
+            g = Groups(
+                clock=self.clock,
+                now=lambda: 1_800_000_000.0,
+                emit=lambda e, p, events=events: events.append((e, p)),
+                courier=FakeCourier(KEYS[name].uid, self.outbox),
+                contacts=FakeContacts(),
+                keepalive=3600.0,  # no keepalive during a test: only gaps ask
+            )
+            g.open(FakeStore(), KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
+            testcase.addCleanup(g.close)
+            self.groups[name] = g
+            self.events[name] = events
+            self.by_uid[KEYS[name].uid] = name
+
+    def deliver(self, drop: Any = None) -> int:
+        """Deliver every queued entry (and what they cause) until none is left; *drop*
+        ``(sender, recipient, payload) -> bool`` withholds some.  :returns: how many."""
+        count = 0
+        while self.outbox:
+            sender, recipient, payload = self.outbox.pop(0)
+            if drop is not None and drop(sender, recipient, payload):
+                continue
+            name = self.by_uid.get(recipient)
+            if name is not None:
+                self.groups[name].payload_received(sender, payload)
+                count += 1
+        return count
+
+    def settle(self) -> None:
+        """Deliver, let the gap timers fire, deliver again, until quiet."""
+        for _ in range(20):
+            self.deliver()
+            self.clock.advance(GAP_DELAY)
+            if not self.outbox:
+                return
+
+    def bodies(self, name: str, gid: str) -> list[str]:
+        return [m["body"] for m in self.groups[name].history(gid, limit=1000)["messages"]]
+
+    async def group_of(self, founder: str, members: list[str]) -> str:
+        g = self.groups[founder]
+        gid = str((await g.create("team"))["id"])
+        for name in members:
+            await g.invite(gid, name)
+            self.deliver()
+            invites = self.groups[name].invites()
+            await self.groups[name].join(invites[-1]["id"])
+            self.settle()
+        return gid
+
+
+class RefusalTests(TestCase):
+    """What members refuse from the wire, whoever relays it."""
+
+    async def test_forged_state_from_plain_member_refused(self) -> None:
+        """When a plain member signs a next state that adds someone and sends it to the
+        others, then nobody takes it: their version and members stay."""
+        m = Members(self, ["alice", "bob", "carol", "eve"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        held = m.groups["bob"].resolve(gid).state
+        forged = _sign(
+            replace(
+                held,
+                version=held.version + 1,
+                prev_hash=state_hash(held),
+                members=tuple(
+                    sorted(
+                        [*held.members, Member(KEYS["eve"].public_bytes, Role.MEMBER, b"")],
+                        key=lambda x: x.public_key,
+                    )
+                ),
+            ),
+            KEYS["bob"],
+        )
+        payload = encode_payload(KIND_STATE, encode_state(forged))
+        for name in ("alice", "carol"):
+            m.groups[name].payload_received(KEYS["bob"].uid, payload)
+            state = m.groups[name].resolve(gid).state
+            self.assertEqual(state.version, held.version)
+            self.assertIsNone(state.member(KEYS["eve"].uid))
+
+    async def test_replayed_old_state_refused(self) -> None:
+        """When an old state (version 2) is sent again after version 3, then members keep
+        version 3 and its members."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        states = m.groups["alice"].resolve(gid).states
+        old = encode_payload(KIND_STATE, encode_state(states[1]))
+        m.groups["carol"].payload_received(KEYS["bob"].uid, old)
+        state = m.groups["carol"].resolve(gid).state
+        self.assertEqual(state, states[-1])
+        self.assertEqual(len(state.members), 3)
+
+    async def test_message_from_non_member_refused(self) -> None:
+        """When someone outside the group (a contact of every member) writes a signed message
+        for its id and sends it, then no member shows it; a member's message still goes."""
+        m = Members(self, ["alice", "bob", "eve"])
+        gid = await m.group_of("alice", ["bob"])
+        group_id = bytes.fromhex(gid)
+        forged = write_message(
+            KEYS["eve"],
+            group_id,
+            seq=1,
+            prev_hash=bytes(32),
+            state_version=2,
+            created=1,
+            body=b"let me in",
+        )
+        payload = encode_payload(KIND_MESSAGE, encode_message(forged))
+        for name in ("alice", "bob"):
+            m.groups[name].payload_received(KEYS["eve"].uid, payload)
+        await m.groups["alice"].send(gid, "hi")
+        m.settle()
+        self.assertEqual(m.bodies("bob", gid), ["hi"])
+        self.assertEqual(m.bodies("alice", gid), ["hi"])
+
+
+class RemovalTests(TestCase):
+    """A removed member gets nothing more and writes nothing that counts."""
+
+    async def test_removed_member_receives_nothing_and_is_refused(self) -> None:
+        """When alice removes dave, then dave is told (group.removed), no entry is queued to
+        him for later messages, his daemon refuses to send, and a message he signs after the
+        removal (under the old version, as if he had not learnt it) is refused by all."""
+        m = Members(self, ["alice", "bob", "carol", "dave"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave"])
+        await m.groups["dave"].send(gid, "before")
+        m.settle()
+        old_version = m.groups["dave"].resolve(gid).state.version
+        await m.groups["alice"].remove(gid, "dave")
+        m.deliver()
+        self.assertTrue([p for e, p in m.events["dave"] if e == "group.removed"])
+        await m.groups["bob"].send(gid, "after")
+        self.assertEqual([r for _, r, _ in m.outbox if r == KEYS["dave"].uid], [])
+        m.settle()
+        self.assertEqual(m.bodies("dave", gid), ["before"])
+        with self.assertRaises(InvalidInput):
+            await m.groups["dave"].send(gid, "still here?")
+        group = m.groups["dave"].resolve(gid)
+        late = write_message(
+            KEYS["dave"],
+            group.group_id,
+            seq=2,
+            prev_hash=group.log.head(KEYS["dave"].public_bytes).hash,  # type: ignore[union-attr]
+            state_version=old_version,
+            created=2,
+            body=b"after removal",
+        )
+        payload = encode_payload(KIND_MESSAGE, encode_message(late))
+        for name in ("alice", "bob", "carol"):
+            m.groups[name].payload_received(KEYS["dave"].uid, payload)
+            self.assertEqual(m.bodies(name, gid), ["before", "after"])
+
+
+class GapTests(TestCase):
+    """Withholding is detected and filled from a third member."""
+
+    async def test_withheld_message_filled_from_a_third(self) -> None:
+        """When alice's first message never reaches carol (withheld), then carol, seeing
+        alice's second, asks the others with her summary and bob's copy fills the gap: carol
+        shows both, in the order alice and bob show."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["alice"].send(gid, "one")
+
+        def withhold(sender: str, recipient: str, payload: bytes) -> bool:
+            kind, record = parse_payload(payload)
+            return (
+                recipient == KEYS["carol"].uid
+                and kind == KIND_MESSAGE
+                and parse_message(record).body == b"one"
+            )
+
+        m.deliver(drop=withhold)
+        self.assertEqual(m.bodies("carol", gid), [])
+        await m.groups["alice"].send(gid, "two")
+        m.deliver(drop=withhold)
+        self.assertEqual(m.bodies("carol", gid), [])  # "two" waits for "one"
+        self.assertTrue(m.groups["carol"].resolve(gid).log.gaps())
+        # Alice withholds "one" from carol for good; carol's gap timer asks, bob answers.
+        m.clock.advance(GAP_DELAY)
+        m.deliver(drop=lambda s, r, p: s == KEYS["alice"].uid and withhold(s, r, p))
+        self.assertEqual(m.bodies("carol", gid), ["one", "two"])
+        self.assertEqual(m.bodies("bob", gid), ["one", "two"])
+
+
+class LeaveTests(TestCase):
+    """A member leaves."""
+
+    async def test_leaving_member_tells_everyone_then_gets_nothing(self) -> None:
+        """When carol leaves, then every member holds the state without her, the members stay
+        her group peers (so the news reaches those who are not her contacts), and a message
+        written after is queued to nobody but the remaining members."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["carol"].leave(gid)
+        self.assertTrue(m.groups["carol"].is_peer(KEYS["bob"].uid))
+        m.settle()
+        for name in ("alice", "bob"):
+            state = m.groups[name].resolve(gid).state
+            self.assertIsNone(state.member(KEYS["carol"].uid))
+        self.assertTrue(m.groups["carol"].resolve(gid).left)
+        await m.groups["bob"].send(gid, "after carol left")
+        self.assertEqual({r for _, r, _ in m.outbox}, {KEYS["alice"].uid})
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].leave(gid)  # the founder cannot leave
