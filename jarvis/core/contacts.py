@@ -414,12 +414,13 @@ class ContactBook:
         return list(self._discovered.get(uid, ()))
 
     def _path_fields(self, uid: str, state: str) -> dict[str, Any]:
-        # TODO(issue 16): "relayed" and "mailbox" once those paths exist; every live session
-        # is a direct TCP connection today (to a discovered address or a card's)
-        return {
-            "lan_addresses": self.discovered_addresses(uid),
-            "path": "direct" if state == "online" else None,
-        }
+        # TODO(issue 16): "mailbox" once that path is reported here; a live session is a
+        # direct TCP connection or one relayed by a mailbox (the network says which)
+        path = None
+        if state == "online":
+            status = self._network.status(uid) if self._network is not None else None
+            path = getattr(status, "path", None) or "direct"
+        return {"lan_addresses": self.discovered_addresses(uid), "path": path}
 
     # -- presence ------------------------------------------------------------------------------
 
