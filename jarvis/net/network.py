@@ -869,7 +869,7 @@ class PeerNetwork:
     def _candidates(self, uid: str) -> tuple[str, ...]:
         """The contact's addresses, then ``relay:<link>`` for each relay that may join us."""
         addresses = tuple(self._directory.addresses(uid))
-        if self._relay_links is None or self._directory.public_key(uid) is None:
+        if self._relay_links is None or not self._directory.public_key(uid):
             return addresses
         return addresses + tuple(RELAY_PREFIX + link for link in self._relay_links(uid))
 
