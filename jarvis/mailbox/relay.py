@@ -16,9 +16,9 @@ direction (a token bucket).  A join beyond a limit is answered
 the first waits is refused the same way.
 
 Bounded buffering: each direction is a push producer registered on the receiving transport;
-when that transport's buffer passes its high-water mark (64 KiB in Twisted) or the bandwidth
-is spent, reading from the sending connection stops until it drains, so a pair never holds
-more than about two socket reads and two transport buffers.
+when that transport's buffer passes its high-water mark (:data:`PAIR_BUFFER`, 256 KiB) or the
+bandwidth is spent, reading from the sending connection stops until it drains, so a pair never
+holds more than about one read and one transport buffer per direction (about 1 MiB).
 
 This module never logs tokens or addresses.
 """
@@ -39,6 +39,8 @@ from zope.interface import implementer
 
 from jarvis.protocol import relay as wire
 
+#: Bytes a paired connection reads at once and buffers before pausing its partner.
+PAIR_BUFFER = 256 * 1024
 #: The first byte of a TLS handshake record: a mailbox client, not a relay join.
 TLS_FIRST_BYTE = 0x16
 
@@ -207,6 +209,10 @@ class RelayConnection(Protocol):
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)  # small session records: Nagle would add 40 ms to each
+        if hasattr(self.transport, "bufferSize"):
+            # read and buffer in bigger steps than Twisted's 64 KiB: fewer pauses and turns
+            # per MiB relayed, still a fixed bound per direction
+            self.transport.bufferSize = PAIR_BUFFER
         self.transport.write(bytes([wire.STATUS_PAIRED]))
 
     def start_copying(self) -> None:
