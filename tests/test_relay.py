@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -42,6 +43,29 @@ class WireTests(SynchronousTestCase):
         ).digest()
         self.assertEqual(wire.token(key, 2949120, 0), expected)
         self.assertEqual(wire.window_of(1_769_472_000.0), 2949120)
+
+    def test_documented_vectors(self) -> None:
+        """When the relay key, tokens and a join are computed from docs/protocol.md's pair key,
+        then they are the values that section shows."""
+        pair = bytes.fromhex("3d11176e481a05a32bf8b8d59c722fc1e60e75ee640dff14f9e1ce8bce565568")
+        key = wire.relay_key(pair)
+        window = wire.window_of(1_800_000_000)
+        values = [
+            key.hex(),
+            wire.token(key, window, 0).hex(),
+            wire.token(key, window, 1).hex(),
+            wire.token(key, window + 1, 0).hex(),
+        ]
+        bob = "qjgitkuo7ok67e3ctncrswmrfhfm4sw2zgtbqdnlumoo5va6z3ta"
+        alice = "ubiig7mfa4cyfthxhffqtceeptbrfs4iewnyssez63zdttyxsgsq"
+        join = wire.Join(wire.token(key, window, 0), wire.side_of(bob, alice)).to_bytes()
+        self.assertEqual(join[:16].hex(), "6a61727669732d72656c61792d76310a")
+        self.assertEqual(join[-1], 0)
+        docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "protocol.md")
+        with open(docs, encoding="utf-8") as f:
+            section = f.read().split("## Relay join", 1)[1]
+        for value in values:
+            self.assertIn(f"`{value}`", section)
 
     def test_tokens_unlinkable_across_windows_and_generations(self) -> None:
         """When the window or the generation changes, then the token changes entirely."""
