@@ -100,6 +100,27 @@ class WireTests(SynchronousTestCase):
         self.assertEqual(source_of(Addr("2001:db8::5")), "2001:db8::/64")  # type: ignore[arg-type]
 
 
+class OptionsTests(SynchronousTestCase):
+    def test_relay_options_reach_the_limits(self) -> None:
+        """When the relay options are given to twistd jarvis-mailbox, then they reach
+        RelayLimits (MiB/s in bytes/s); a negative bandwidth or zero pairs is refused."""
+        from twisted.python import usage
+
+        from jarvis.mailbox.service import MailboxOptions
+
+        options = MailboxOptions()
+        argv = ["--data-dir", "x", "--relay-bandwidth", "2", "--relay-pairs", "7"]
+        options.parseOptions([*argv, "--relay-timeout", "4"])
+        limits = options.relay_limits()
+        self.assertEqual(
+            (limits.bandwidth, limits.max_pairs, limits.pairing_timeout), (2 * 1024 * 1024, 7, 4)
+        )
+        for bad in (["--relay-bandwidth", "-1"], ["--relay-pairs", "0"]):
+            self.assertRaises(
+                usage.UsageError, MailboxOptions().parseOptions, ["--data-dir", "x", *bad]
+            )
+
+
 class FlowTests(SynchronousTestCase):
     """The pair's flow control, with in-memory transports and a clock."""
 
