@@ -103,7 +103,7 @@ class WireTests(SynchronousTestCase):
 class OptionsTests(SynchronousTestCase):
     def test_relay_options_reach_the_limits(self) -> None:
         """When the relay options are given to twistd jarvis-mailbox, then they reach
-        RelayLimits (MiB/s in bytes/s); a negative bandwidth or zero pairs is refused."""
+        RelayLimits (MiB/s in bytes/s); a negative bandwidth or pair count is refused."""
         from twisted.python import usage
 
         from jarvis.mailbox.service import MailboxOptions
@@ -115,7 +115,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(
             (limits.bandwidth, limits.max_pairs, limits.pairing_timeout), (2 * 1024 * 1024, 7, 4)
         )
-        for bad in (["--relay-bandwidth", "-1"], ["--relay-pairs", "0"]):
+        for bad in (["--relay-bandwidth", "-1"], ["--relay-pairs", "-1"]):
             self.assertRaises(
                 usage.UsageError, MailboxOptions().parseOptions, ["--data-dir", "x", *bad]
             )
@@ -222,6 +222,16 @@ class FlowTests(SynchronousTestCase):
         clock.advance(5.0)
         self.assertEqual((tl.value(), tl.disconnecting), (bytes([wire.STATUS_TIMEOUT]), True))
         lone.connectionLost()
+        self.assertEqual(relay.figures()["relay_waiting"], 0)
+
+    def test_relaying_off(self) -> None:
+        """When the operator allows no pairs (--relay-pairs 0), then every join is answered
+        "busy" at once, and nothing waits."""
+        relay = RelayFactory(Clock(), RelayLimits(max_pairs=0))
+        conn, t = relay.buildProtocol(None), StringTransport()
+        conn.makeConnection(t)
+        conn.dataReceived(wire.Join(wire.token(KEY, 1), 0).to_bytes())
+        self.assertEqual((t.value(), t.disconnecting), (bytes([wire.STATUS_BUSY]), True))
         self.assertEqual(relay.figures()["relay_waiting"], 0)
 
     def test_waiting_limits(self) -> None:

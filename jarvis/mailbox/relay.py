@@ -53,7 +53,7 @@ class RelayLimits:
     :ivar pairing_timeout: seconds a join waits for its partner.
     :ivar max_waiting: joins waiting for a partner, in all.
     :ivar max_waiting_per_source: joins waiting from one source (IPv4 address, IPv6 /64).
-    :ivar max_pairs: pairs relaying at once, in all.
+    :ivar max_pairs: pairs relaying at once, in all (0: every join is answered "busy").
     :ivar max_pairs_per_source: pairs one source may take part in.
     :ivar bandwidth: bytes per second each pair may send in each direction (0: no limit).
     :ivar burn_seconds: how long a paired token is refused (two token windows).
@@ -304,6 +304,9 @@ class RelayFactory(Factory):
         join = connection.join
         assert join is not None
         limits = self.limits
+        if limits.max_pairs <= 0:
+            connection._answer_and_close(wire.STATUS_BUSY)  # the operator turned relaying off
+            return
         if self._is_burnt(join.token) or (join.token, join.side) in self.waiting:
             connection._answer_and_close(wire.STATUS_USED)
             return

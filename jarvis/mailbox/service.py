@@ -90,7 +90,7 @@ class MailboxOptions(usage.Options):
             "MiB per second one relayed pair may send in each direction (0: no limit).",
             float,
         ],
-        ["relay-pairs", None, 1024, "Pairs the relay joins at once.", int],
+        ["relay-pairs", None, 1024, "Pairs the relay joins at once (0: no relaying).", int],
         ["relay-timeout", None, 30.0, "Seconds a relay join waits for its partner.", float],
         [
             "sync",
@@ -120,13 +120,14 @@ class MailboxOptions(usage.Options):
             "queue-bytes",
             "connection-rate",
             "queue-rate",
-            "relay-pairs",
             "relay-timeout",
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
         if self["relay-bandwidth"] < 0:
             raise usage.UsageError("--relay-bandwidth must be 0 (no limit) or positive")
+        if self["relay-pairs"] < 0:
+            raise usage.UsageError("--relay-pairs must be 0 (no relaying) or positive")
 
     def limits(self) -> MailboxLimits:
         """The :class:`MailboxLimits` these options ask for."""
