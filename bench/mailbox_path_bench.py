@@ -5,7 +5,8 @@ A real mailbox (``twistd -n jarvis-mailbox``, as ``tests/test_mailbox_e2e.py`` s
 two real daemons (as :mod:`bench.messaging_bench` starts them) on loopback.  The daemons befriend
 each other directly, both ``mailbox.use`` the one mailbox and exchange their queues' addresses
 over that first session; then both restart on new peer ports, so each one's record of the
-other names a closed port: no session can come up, and ``mailbox.status`` lists the contact's
+other names a closed port, and the mailbox relays nothing (``--relay-pairs 0``): no session
+can come up, and ``mailbox.status`` lists the contact's
 path as ``mailbox`` on both sides (checked before measuring).  Then:
 
 - ``latency_p50_us`` / ``latency_p99_us``: one message at a time, from the sender's
@@ -77,7 +78,8 @@ async def measure(reactor: Any, samples: int) -> dict[str, Any]:
     os.chmod(root, 0o700)
     box_root = os.path.join(root, "mb")
     os.makedirs(box_root)
-    mailbox = MailboxProcess(box_root)
+    # no relaying (issue 16): it would join the two daemons, and this measures the mailbox path
+    mailbox = MailboxProcess(box_root, ["--relay-pairs", "0"])
     alice = BenchDaemon(reactor, root, "alice")
     bob = BenchDaemon(reactor, root, "bob")
     try:

@@ -432,8 +432,15 @@ class JarvisDaemon(MultiService):
     def _make_network(self, identity: Any, directory: Any, observer: Any) -> Any:
         from jarvis.net.network import PeerNetwork
 
+        postbox = getattr(observer, "postbox", None)
         network = PeerNetwork(
-            self.reactor, identity, directory, observer, run_blocking=self.run_blocking
+            self.reactor,
+            identity,
+            directory,
+            observer,
+            run_blocking=self.run_blocking,
+            # issue 16: through a mailbox's relay when no direct path works
+            relay_links=postbox.relay_links if postbox is not None else None,
         )
         self.peer_factory.current = network.server_factory()
         self.lan.unlocked(identity)

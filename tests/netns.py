@@ -110,3 +110,60 @@ def inside(namespace: str) -> Iterator[None]:
             os.close(target)
     finally:
         os.close(own)
+
+
+#: Where :class:`NatTopology` puts its "public" service (on the public namespace's loopback).
+PUBLIC_SERVICE = "10.214.100.1"
+
+
+class NatTopology:
+    """Hosts that each reach a "public" namespace but not each other ("both behind NAT").
+
+    Namespace ``<prefix>-pub`` holds :data:`PUBLIC_SERVICE` on its loopback and one veth link
+    per host: host *i* is ``10.214.<i + 1>.2/24``, its link's other end ``10.214.<i + 1>.1``.
+    A host has a route to the service only (no default route), and the public namespace does
+    not forward (``ip_forward`` is 0 in a new namespace), so dialling another host fails at
+    once with "network unreachable" and the service is the only meeting point.
+
+    :param prefix: namespace name prefix (short).
+    :param hosts: host names.
+    """
+
+    def __init__(self, prefix: str, hosts: list[str]) -> None:
+        self.public_ns = f"{prefix}-pub"
+        self.namespaces: dict[str, str] = {}
+        self.addresses: dict[str, str] = {}
+        self._made: list[str] = []
+        try:
+            self._add_ns(self.public_ns)
+            _ip("-n", self.public_ns, "link", "set", "lo", "up")
+            _ip("-n", self.public_ns, "addr", "add", f"{PUBLIC_SERVICE}/32", "dev", "lo")
+            for index, host in enumerate(hosts):
+                ns = f"{prefix}-{host}"
+                net = f"10.214.{index + 1}"
+                self._add_ns(ns)
+                side = f"h{index}"
+                _ip("-n", self.public_ns, "link", "add", side, "type", "veth", "peer", "name",
+                    "eth0", "netns", ns)  # fmt: skip
+                _ip("-n", self.public_ns, "addr", "add", f"{net}.1/24", "dev", side)
+                _ip("-n", self.public_ns, "link", "set", side, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+                _ip("-n", ns, "addr", "add", f"{net}.2/24", "dev", "eth0")
+                _ip("-n", ns, "link", "set", "eth0", "up")
+                _ip("-n", ns, "route", "add", f"{PUBLIC_SERVICE}/32", "via", f"{net}.1")
+                self.namespaces[host] = ns
+                self.addresses[host] = f"{net}.2"
+        except BaseException:
+            self.remove()
+            raise
+
+    def _add_ns(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)  # a leftover
+        _ip("netns", "add", name)
+        self._made.append(name)
+
+    def remove(self) -> None:
+        """Delete every namespace made (their interfaces go with them)."""
+        for name in reversed(self._made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self._made.clear()

@@ -320,7 +320,17 @@ class Node(Service):
         yield self.postbox.open(store, keys.identity, transport)
         for uid in list(self.postbox.peers):
             self.courier.schedule_mailbox(uid)
+        self._redial_with_relays()
         self._schedule_rotation()
+
+    def _redial_with_relays(self) -> None:
+        """Issue 16: the first dial round ran before the postbox was open, so without any
+        mailbox's relay; start a fresh round for every contact not online, with them."""
+        if self._network is None or not (self.postbox.link or self.postbox.peers):
+            return
+        for uid in list(self.contacts.acceptable_uids()):
+            if self.contacts.status_of(uid) != "online":
+                self._network.redial(uid)
 
     def _schedule_rotation(self) -> None:
         """Check the mailbox prekeys once a day while unlocked (rotation, deletion)."""

@@ -368,6 +368,18 @@ class Postbox:
             return MailboxAddress("")
         return MailboxAddress(self.link, creds[1], creds[3], prekey.signed.to_bytes())
 
+    def relay_links(self, uid: str) -> list[str]:
+        """The mailboxes whose relay may join us with *uid*: ours and theirs, sorted.
+
+        Both sides compute the same list from what they know (each its own link and the
+        contact's, from its ``MailboxAddress``), so they try the same relay first.
+        """
+        links = {self.link} if self.link else set()
+        theirs = self.peers.get(uid)
+        if theirs is not None and theirs.link:
+            links.add(theirs.link)
+        return sorted(links)
+
     def _announce(self, uid: str) -> None:
         session = self._sessions.get(uid)
         send = getattr(session, "send_mailbox_address", None)

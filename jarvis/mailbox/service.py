@@ -6,9 +6,11 @@
 - takes ``DIR/mailbox.lock`` (a second mailbox on the same directory is refused);
 - loads or creates the mailbox's TLS key ``DIR/mailbox.key`` (raw Ed25519 seed, 0600);
 - opens ``DIR/mailbox.sqlite`` (WAL) on its own database thread;
-- listens with TLS 1.3 on ``--listen``; once listening writes its ``jarvis-mailbox:`` link
-  (host from ``--advertise`` or the listening interface, the bound port, the key's pin) to
-  ``DIR/mailbox.link`` atomically and logs it ("mailbox listening on jarvis-mailbox:...");
+- listens with TLS 1.3 on ``--listen``, where connections that start with a relay join
+  (:mod:`jarvis.mailbox.relay`) go to the relay instead; once listening writes its
+  ``jarvis-mailbox:`` link (host from ``--advertise`` or the listening interface, the bound
+  port, the key's pin) to ``DIR/mailbox.link`` atomically and logs it ("mailbox listening
+  on jarvis-mailbox:...");
 - expires uncollected messages every :data:`EXPIRY_INTERVAL` seconds and logs its health
   figures every :data:`STATUS_INTERVAL` seconds (lag, queues, bytes, clients).
 
@@ -36,6 +38,7 @@ from twisted.python.lockfile import FilesystemLock
 from jarvis.atomicfile import write_atomically, write_text_atomically
 from jarvis.crypto.identity import IdentityKey
 from jarvis.mailbox.link import MailboxLink
+from jarvis.mailbox.relay import PortSharing, RelayFactory, RelayLimits
 from jarvis.mailbox.server import MailboxLimits, MailboxServerFactory
 from jarvis.mailbox.store import SQLiteMailboxStore
 from jarvis.mailbox.tls import MailboxServerCreator
@@ -81,6 +84,15 @@ class MailboxOptions(usage.Options):
         ["connection-rate", None, 2000.0, "Commands per second per connection.", float],
         ["queue-rate", None, 200.0, "Deposits per second into one queue.", float],
         [
+            "relay-bandwidth",
+            None,
+            256.0,
+            "MiB per second one relayed pair may send in each direction (0: no limit).",
+            float,
+        ],
+        ["relay-pairs", None, 1024, "Pairs the relay joins at once (0: no relaying).", int],
+        ["relay-timeout", None, 30.0, "Seconds a relay join waits for its partner.", float],
+        [
             "sync",
             None,
             "full",
@@ -108,9 +120,14 @@ class MailboxOptions(usage.Options):
             "queue-bytes",
             "connection-rate",
             "queue-rate",
+            "relay-timeout",
         ):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be positive")
+        if self["relay-bandwidth"] < 0:
+            raise usage.UsageError("--relay-bandwidth must be 0 (no limit) or positive")
+        if self["relay-pairs"] < 0:
+            raise usage.UsageError("--relay-pairs must be 0 (no relaying) or positive")
 
     def limits(self) -> MailboxLimits:
         """The :class:`MailboxLimits` these options ask for."""
@@ -122,6 +139,14 @@ class MailboxOptions(usage.Options):
             connection_burst=2 * self["connection-rate"],
             queue_rate=self["queue-rate"],
             queue_burst=10 * self["queue-rate"],
+        )
+
+    def relay_limits(self) -> RelayLimits:
+        """The relay's :class:`~jarvis.mailbox.relay.RelayLimits` these options ask for."""
+        return RelayLimits(
+            bandwidth=self["relay-bandwidth"] * 1024 * 1024,
+            max_pairs=self["relay-pairs"],
+            pairing_timeout=self["relay-timeout"],
         )
 
 
@@ -167,6 +192,7 @@ class MailboxService(MultiService):
             synchronous=options["sync"].upper(),
         )
         self.lag_probe = ReactorLagProbe(reactor, interval=0.05)
+        self.relay = RelayFactory(reactor, options.relay_limits())
         self.factory = MailboxServerFactory(
             self.store,
             reactor,
@@ -176,13 +202,16 @@ class MailboxService(MultiService):
             extra_figures=lambda: {
                 "gc_worst_ms": round(self.gc_worst * 1000.0, 3),
                 "gc_worst_generation": self.gc_worst_generation,
+                **self.relay.figures(),
             },
         )
         creator: Any = MailboxServerCreator(self.key)
         server_factory: Any = self.factory
         tls_factory: Any = TLSMemoryBIOFactory(creator, False, server_factory)
+        # one port for both: TLS clients reach the mailbox, relay joins the relay
+        sharing: Any = PortSharing(tls_factory, self.relay)
         self.listener = strports.service(
-            listen_description(options["listen"]), tls_factory, reactor=reactor
+            listen_description(options["listen"]), sharing, reactor=reactor
         )
         self.listener.setServiceParent(self)
         self.link: MailboxLink | None = None

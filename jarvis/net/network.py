@@ -61,6 +61,7 @@ from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
 from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
+from jarvis.mailbox.link import BadMailboxLink, parse_link
 from jarvis.net.admission import AdmissionControl
 from jarvis.net.eyeballs import STAGGER, AddressRace, RaceFailed
 from jarvis.net.knock import (
@@ -78,13 +79,14 @@ from jarvis.net.peer import (
     PeerProtocol,
     describe_failure,
 )
+from jarvis.net.relay import RELAY_PREFIX, RelayEndpoint, RelayServerCreator
 from jarvis.net.tls import (
     ContextCache,
-    PinnedClientCreator,
     client_creator,
     peer_public_bytes_of,
     server_creator,
 )
+from jarvis.protocol import relay as relay_wire
 from jarvis.protocol.knock import (
     NONCE_BYTES,
     Accepted,
@@ -102,6 +104,7 @@ from jarvis.protocol.peerpath import (
     dialled,
     transport_rank,
 )
+from jarvis.protocol.peerpath import relayed as relayed_path
 from jarvis.protocol.session import PeerSession, SessionObserver
 
 #: The reason given to the session that loses the simultaneous-connect tie-break.
@@ -159,6 +162,8 @@ class PeerStatus:
     bytes_out: int = 0
     messages_in: int = 0
     messages_out: int = 0
+    #: how the live session runs: ``"direct"`` or ``"relayed"`` (``None`` while not online)
+    path: str | None = None
 
 
 class ClientEndpoint(Protocol):
@@ -440,7 +445,13 @@ class _Peer:
             bytes_out=self.bytes_out + sum(s.stats.bytes_out for s in live),
             messages_in=self.messages_in,
             messages_out=self.messages_out + sum(s.messages_out for s in live),
+            path=self.path(),
         )
+
+    def path(self) -> str | None:
+        if self.active is None:
+            return None
+        return self.active.path.kind
 
 
 class _Attempt:
@@ -450,12 +461,13 @@ class _Attempt:
         self,
         network: PeerNetwork,
         peer: _Peer,
-        creator: PinnedClientCreator,
+        creator: Any,
         path: PeerPath,
         address: str | None,
     ) -> None:
         self.network = network
         self.peer = peer
+        #: a PinnedClientCreator, or a RelayServerCreator (both keep ``refusal``)
         self.creator = creator
         self.path = path
         self.address = address
@@ -619,6 +631,9 @@ class PeerNetwork:
         node's ``run_blocking``): the contacts' knock pair keys (one X25519 each, 52 ms for
         1,000 contacts) are computed through it when the network is made and when a contact's
         key is learnt, not on the reactor.  ``None``: each is computed when first needed.
+    :param relay_links: the mailbox links through whose relay a contact may be reached
+        (:mod:`jarvis.net.relay`), tried after its addresses; ``None``: no relay.
+    :param relay_timeout: seconds a relayed attempt waits for the contact at the relay.
     """
 
     def __init__(
@@ -641,8 +656,12 @@ class PeerNetwork:
         knock: bool = True,
         random_bytes: Callable[[int], bytes] = os.urandom,
         run_blocking: Callable[..., Deferred[Any]] | None = None,
+        relay_links: Callable[[str], Sequence[str]] | None = None,
+        relay_timeout: float = 35.0,
     ) -> None:
         self._reactor = reactor
+        self._relay_links = relay_links
+        self._relay_timeout = relay_timeout
         self._identity = identity
         self._directory = directory
         self._observer = observer
@@ -848,7 +867,7 @@ class PeerNetwork:
         if peer is None:
             dialler = Dialler(
                 self._reactor,
-                lambda: self._directory.addresses(uid),
+                lambda: self._candidates(uid),
                 lambda address: self._dial(uid, address),
                 self._policy,
             )
@@ -876,6 +895,8 @@ class PeerNetwork:
         return bool(self._directory.is_acceptable(uid))
 
     def _dial(self, uid: str, address: str) -> Deferred[None]:
+        if address.startswith(RELAY_PREFIX):
+            return self._dial_relay(uid, address[len(RELAY_PREFIX) :])
         peer = self._peer(uid)
         try:
             host, port = parse_address(address)
@@ -934,6 +955,61 @@ class PeerNetwork:
             attempt.peer_closed_before_tls,
         )
         connecting = endpoint.connect(cast(IProtocolFactory, knocking))
+        attempt.connecting = connecting
+        connecting.addCallbacks(attempt.connected, attempt.connect_failed)
+        self._update_state(peer)
+        return attempt.result
+
+    # -- relay (jarvis.net.relay) ----------------------------------------------------------------
+
+    def _candidates(self, uid: str) -> tuple[str, ...]:
+        """The contact's addresses, then ``relay:<link>`` for each relay that may join us."""
+        addresses = tuple(self._directory.addresses(uid))
+        if self._relay_links is None or not self._directory.public_key(uid):
+            return addresses
+        return addresses + tuple(RELAY_PREFIX + link for link in self._relay_links(uid))
+
+    def _dial_relay(self, uid: str, link_text: str) -> Deferred[None]:
+        """One attempt through the relay of the mailbox *link_text*: join there, then pinned
+        TLS end to end, as client if our uid is the lower one, else as server."""
+        peer = self._peer(uid)
+        public = self._directory.public_key(uid)
+        pair = self._knock_keys.key(uid, public) if public else None
+        try:
+            link = parse_link(link_text)
+        except BadMailboxLink as e:
+            pair, reason = None, str(e)
+        else:
+            reason = "no pair key for the relay (the contact's key is not known)"
+        if pair is None:
+            peer.connect_attempts += 1
+            self._record_failure(peer, reason)
+            return defer.fail(ConnectFailed(reason))
+        side = relay_wire.side_of(self._identity.uid, uid)
+        is_client = side == relay_wire.SIDE_CLIENT
+        creator: Any = (
+            client_creator(self._identity, uid, contexts=self._contexts)
+            if is_client
+            else RelayServerCreator(self._identity, uid, self._contexts)
+        )
+        attempt = _Attempt(self, peer, creator, relayed_path(f"{link.host}:{link.port}"), None)
+        peer.connect_attempts += 1
+        peer.attempts.add(attempt)
+        log.debug("joining {uid} through a relay", uid=log_id(uid))
+        tls_factory = TLSMemoryBIOFactory(
+            creator,
+            is_client,
+            cast(IProtocolFactory, self._peer_factory(attempt, initiator=is_client)),
+            clock=self._reactor,
+        )
+        endpoint = RelayEndpoint(
+            self._endpoint_for(link.host, link.port),
+            relay_wire.relay_key(pair),
+            side,
+            self._reactor,
+            timeout=self._relay_timeout,
+        )
+        connecting = endpoint.connect(tls_factory)
         attempt.connecting = connecting
         connecting.addCallbacks(attempt.connected, attempt.connect_failed)
         self._update_state(peer)
