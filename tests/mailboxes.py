@@ -5,6 +5,7 @@ async condition that the mailbox end-to-end tests share."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -68,6 +69,40 @@ class MailboxProcess(DaemonProcess):
         await self.kill()
         await self.start()
         return before
+
+
+class NamespacedMailbox(MailboxProcess):
+    """A mailbox started with ``ip netns exec NAMESPACE``, listening on *address*:*port* there
+    (and advertising it).
+
+    :param extra: more mailbox options (e.g. ``["--relay-pairs", "0"]``).
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        root: str,
+        address: str,
+        extra: list[str] | None = None,
+        *,
+        port: int = 0,
+    ) -> None:
+        advertise = ["--advertise", f"{address}:{port}"] if port else []
+        super().__init__(root, [*advertise, *(extra or [])])
+        self.namespace = namespace
+        self.listen = f"tcp:{port}:interface={address}"
+
+    def command(self) -> tuple[str, list[str]]:
+        ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
+        return ip, ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]]
+
+    def rss_kib(self) -> int:
+        """The mailbox's resident memory (``ip netns exec`` execs it: same pid)."""
+        with open(f"/proc/{self.transport.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
 
 
 async def start_mailbox(testcase: Any, root: str, extra: list[str] | None = None) -> MailboxProcess:

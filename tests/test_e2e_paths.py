@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -21,10 +20,10 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests import netns
-from tests.daemons import _Output, child_env, short_tempdir
+from tests.daemons import short_tempdir
+from tests.mailboxes import NamespacedMailbox
 from tests.peers import Peer
 from tests.test_e2e_lan import UNREACHABLE, NamespacedDaemon
-from tests.test_mailbox_e2e import MailboxProcess
 
 #: The peer port inside each namespace (each has its own port space).
 PORT = 7770
@@ -134,30 +133,6 @@ class PinnedNamespacedDaemon(NamespacedDaemon):
             self._listen = value
 
 
-class NamespacedMailbox(MailboxProcess):
-    """``twistd -n jarvis-mailbox`` in a namespace, on *address*:7780."""
-
-    def __init__(self, namespace: str, root: str, address: str) -> None:
-        listen = ["--listen", f"tcp:7780:interface={address}", "--advertise", f"{address}:7780"]
-        super().__init__(root, listen)
-        self.namespace = namespace
-
-    def _spawn(self) -> None:
-        self.generation += 1
-        self.output = b""
-        self.exit_code = None
-        self.exit_signal = None
-        self.current = _Output(self, self.generation)
-        ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
-        self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.current,
-            ip,
-            ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]],
-            env=child_env(),
-            path=os.path.dirname(self.pidfile),
-        )
-
-
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
@@ -209,8 +184,13 @@ class UpgradeTests(TestCase):
         redial asked), B has every message exactly once and in A's order, A sees every one
         delivered, and both report the live path."""
         root = short_tempdir(self)
+        # relaying off: this test is about the mailbox path giving way to a live session
         box = NamespacedMailbox(
-            self.net.namespaces["m"], os.path.join(root, "m"), self.net.addresses["m"]
+            self.net.namespaces["m"],
+            os.path.join(root, "m"),
+            self.net.addresses["m"],
+            ["--relay-pairs", "0"],
+            port=7780,
         )
         os.makedirs(os.path.dirname(box.pidfile), exist_ok=True)
         self.addCleanup(box.cleanup)

@@ -26,10 +26,10 @@ from twisted.trial.unittest import SkipTest, TestCase
 from bench.harness import percentile
 from jarvis.protocol import relay as wire
 from tests import netns
-from tests.daemons import child_env, short_tempdir
+from tests.daemons import short_tempdir
+from tests.mailboxes import NamespacedMailbox
 from tests.peers import Peer
 from tests.test_e2e_lan import NamespacedDaemon
-from tests.test_mailbox_e2e import MailboxProcess
 
 #: The issue's bounds.
 RELAYED_SESSION_SECONDS = 10.0
@@ -37,44 +37,6 @@ P99_MS = 50.0
 COUNT = 1000
 PEER_PORT = 7770
 _ETH_P_ALL = 0x0003
-
-
-class NamespacedMailbox(MailboxProcess):
-    """A ``twistd -n jarvis-mailbox`` in *namespace*, listening on the public address."""
-
-    def __init__(self, namespace: str, root: str, extra: list[str] | None = None) -> None:
-        super().__init__(root, extra)
-        self.namespace = namespace
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        at = argv.index("--listen")
-        argv[at + 1] = f"tcp:0:interface={netns.PUBLIC_SERVICE}"
-        return argv
-
-    def _spawn(self) -> None:
-        from tests.daemons import _Output
-
-        self.generation += 1
-        self.output = b""
-        self.exit_code = None
-        self.current = _Output(self, self.generation)
-        ip = "/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else "/sbin/ip"
-        self.transport = reactor.spawnProcess(  # type: ignore[attr-defined]
-            self.current,
-            ip,
-            ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]],
-            env=child_env(),
-            path=self.data_dir.rsplit("/", 1)[0],
-        )
-
-    def rss_kib(self) -> int:
-        """The mailbox's resident memory (``ip netns exec`` execs it: same pid)."""
-        with open(f"/proc/{self.transport.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise AssertionError("no VmRSS")
 
 
 class PacketCapture:
@@ -164,7 +126,9 @@ class RelayedSessionTests(TestCase):
         self.assert_unreachable("b", "a")
         root = short_tempdir(self)
         os.makedirs(os.path.join(root, "mbox"))
-        mailbox = NamespacedMailbox(self.net.public_ns, os.path.join(root, "mbox"), extra)
+        mailbox = NamespacedMailbox(
+            self.net.public_ns, os.path.join(root, "mbox"), netns.PUBLIC_SERVICE, extra
+        )
         self.addCleanup(mailbox.cleanup)
         await mailbox.start()
         alice = relay_peer(self, root, "alice", self.net.namespaces["a"], self.net.addresses["a"])

@@ -963,9 +963,14 @@ class PeerNetwork:
     # -- relay (jarvis.net.relay) ----------------------------------------------------------------
 
     def _candidates(self, uid: str) -> tuple[str, ...]:
-        """The contact's addresses, then ``relay:<link>`` for each relay that may join us."""
+        """The contact's addresses, then ``relay:<link>`` for each relay that may join us.
+
+        While a live session runs (relayed: the dialler keeps looking for a direct path), the
+        relays are left out: a second relayed session would only replace the first."""
         addresses = tuple(self._directory.addresses(uid))
-        if self._relay_links is None or not self._directory.public_key(uid):
+        peer = self._peers.get(uid)
+        live = peer is not None and peer.active is not None
+        if live or self._relay_links is None or not self._directory.public_key(uid):
             return addresses
         return addresses + tuple(RELAY_PREFIX + link for link in self._relay_links(uid))
 
