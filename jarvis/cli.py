@@ -580,6 +580,62 @@ class MailboxCommandOptions(CommandOptions):
             raise usage.UsageError("mailbox needs use, status or drop")
 
 
+class SendFileOptions(CommandOptions):
+    """Offer a file to a contact; prints the transfer id. The contact accepts it ('jarvis
+    accept ID'); the file then streams on a connection of its own, resuming after a restart
+    of either side. With --wait, wait until the transfer ended (a progress bar on a terminal);
+    the exit status is 1 unless it completed."""
+
+    synopsis = "CONTACT PATH [--wait]"
+    optFlags = [
+        ["wait", "w", "Wait until the transfer is complete, declined, cancelled or failed."]
+    ]
+
+    def parseArgs(self, contact: str, path: str) -> None:  # type: ignore[override]
+        self["contact"] = contact
+        self["path"] = os.path.abspath(os.path.expanduser(path))
+
+
+class FilesOptions(CommandOptions):
+    """List file transfers, both directions, newest first (id, direction, state, progress,
+    name, contact)."""
+
+
+class AcceptOptions(CommandOptions):
+    """Accept an offered file (ID from 'jarvis files', or a unique prefix of 4+ characters).
+    The file is saved under its sanitised name, never overwriting ('name (1).ext'), once
+    verified; until then it is a hidden 0600 partial file in the same folder."""
+
+    synopsis = "ID [--to DIR]"
+    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+    def postOptions(self) -> None:
+        if self["to"] is not None:
+            self["to"] = os.path.abspath(os.path.expanduser(self["to"]))
+
+
+class DeclineOptions(CommandOptions):
+    """Decline an offered file (the sender is told)."""
+
+    synopsis = "ID"
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+
+class CancelOptions(CommandOptions):
+    """Cancel a file transfer, sending or receiving (the contact is told; a partial file is
+    removed)."""
+
+    synopsis = "ID"
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
@@ -626,6 +682,11 @@ class Options(usage.Options):
         ["export", None, ExportOptions, "Export the account to a sealed file."],
         ["import", None, ImportOptions, "Import an exported account."],
         ["delete-account", None, DeleteAccountOptions, "Delete the account and its data."],
+        ["send-file", None, SendFileOptions, "Offer a file to a contact."],
+        ["files", None, FilesOptions, "List file transfers."],
+        ["accept", None, AcceptOptions, "Accept an offered file."],
+        ["decline", None, DeclineOptions, "Decline an offered file."],
+        ["cancel", None, CancelOptions, "Cancel a file transfer."],
     ]
 
     def opt_version(self) -> NoReturn:

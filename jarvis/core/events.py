@@ -28,6 +28,10 @@ EVENT_DOCS: dict[str, str] = {
     "settings.changed": "`{settings}` (every setting and its value)",
     "identity.locked": "`{wiped}`, and `deleted: true` after `account.delete`",
     "identity.unlocked": "`{uid, name}`",
+    "transfer.offered": "`{transfer}`: a contact offers a file (accept with `files.accept`)",
+    "transfer.changed": "`{transfer}`: a file transfer changed state (see `files.list`)",
+    "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "
+    "transfer, every 0.4 s (rate in bytes/s, eta in s or null)",
 }
 
 #: The only events an API client receives while the identity is locked (screen lock or wipe).
