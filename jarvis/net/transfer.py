@@ -275,6 +275,11 @@ class TransferSender(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._stopped = True
+        self.log.info(
+            "transfer {transfer}: {sent} chunks sent on this connection",
+            transfer=log_id(self._offer.transfer_id.hex()),
+            sent=self.chunks_sent,
+        )
         if not self._ended:
             self._ended = True
             self._observer.stream_ended(f"connection lost: {reason.getErrorMessage()}", True)
@@ -369,7 +374,12 @@ class TransferReceiver(protocol.Protocol):
             lying = isinstance(e, ManifestMismatch)
             self._end(f"bad record from the sender ({e})", resumable=not lying, discard=lying)
             return
-        if self._pending >= self._window and not self._reading_paused and not self._ended:
+        if (
+            self._pending >= self._window
+            and not self._reading_paused
+            and not self._ended
+            and not self._gone
+        ):
             self._reading_paused = True
             self._out.pauseProducing()
 
@@ -423,12 +433,20 @@ class TransferReceiver(protocol.Protocol):
 
     def _after_job(self) -> None:
         if not self._ended:
-            if self._reading_paused and self._pending < self._window:
+            if self._reading_paused and self._pending < self._window and not self._gone:
                 self._reading_paused = False
                 self._out.resumeProducing()
             self._process()
             self._maybe_finish()
+            self._end_when_drained()
         self._check_settled()
+
+    def _end_when_drained(self) -> None:
+        # After the connection is lost, the complete chunks already received are still
+        # stored (they are authentic): the resumed transfer re-sends only what was cut off.
+        if self._gone and not self._ended and self._pending == 0:
+            self._ended = True
+            self._observer.stream_ended(self._lost_reason, True)
 
     def _maybe_finish(self) -> None:
         if self._ended or not self._end_received or self._pending or self._finishing:
@@ -479,9 +497,13 @@ class TransferReceiver(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._gone = True
         if not self._ended:
-            self._ended = True
-            self._observer.stream_ended(f"connection lost: {reason.getErrorMessage()}", True)
+            self._lost_reason = f"connection lost: {reason.getErrorMessage()}"
+            self._process()
+            self._maybe_finish()
+            self._end_when_drained()
         self._check_settled()
+
+    _lost_reason = "connection lost"
 
     def when_settled(self) -> defer.Deferred[None]:
         """Return a Deferred that fires once the connection is gone and no disk job runs
