@@ -12,7 +12,7 @@ import os
 import re
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from tests.daemons import short_tempdir
@@ -169,6 +169,7 @@ class TransferTests(TestCase):
         await wait_state(bob, sent["id"], {"complete", "failed", "cancelled"}, 180)
         self.assertEqual(state_of(bob, sent["id"]), "complete")
         self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(b"chunks of transfer")  # the log may trail the events
         self.assertEqual(chunks_resent(alice), [(SIZE - held) // CHUNK])
 
     async def test_receiver_killed_mid_transfer_resumes(self) -> None:
@@ -193,12 +194,14 @@ class TransferTests(TestCase):
             bitmap = f.read()[-(SIZE // CHUNK) :]
         held = sum(bitmap)
         self.assertLess(held, SIZE // CHUNK, "the transfer ended before the kill")
+        await alice.process.wait_for(b"chunks sent on this connection")
         first_connection = sent_per_connection(alice)
         self.assertEqual(len(first_connection), 1)
         await bob.start(unlock=True)
         await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 180)
         self.assertEqual(state_of(alice, sent["id"]), "complete")
         self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(f"sending {SIZE // CHUNK - held} of".encode())
         self.assertEqual(chunks_resent(alice), [SIZE // CHUNK, SIZE // CHUNK - held])
         lost = first_connection[0] - held
         print(f"\nreceiver kill: {lost} chunk(s) of {CHUNK} bytes sent again")
@@ -234,3 +237,90 @@ def chunks_resent(sender: Peer) -> list[int]:
 def sent_per_connection(sender: Peer) -> list[int]:
     found = re.findall(rb": (\d+) chunks sent on this connection", sender.process.output)
     return [int(n) for n in found]
+
+
+class DamageTests(TestCase):
+    timeout = 240
+
+    async def test_partial_corrupted_between_runs_fetches_the_bad_chunk_again(self) -> None:
+        """When the receiver is killed mid-transfer and one chunk its sidecar says it holds is
+        overwritten on disk before it restarts, then the restart detects it, the resumed
+        connection fetches that chunk again with the missing ones, and the file is
+        byte-identical."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "big.bin")
+        digest = random_file(path, SIZE)
+        inbox = os.path.join(root, "inbox")
+        sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
+        await bob.kill()
+        await wait_state(alice, sent["id"], {"accepted"}, 30)
+        (partial,) = [n for n in os.listdir(inbox) if n.endswith(".jarvis-partial")]
+        with open(os.path.join(inbox, partial + ".state"), "rb") as f:
+            bitmap = f.read()[-(SIZE // CHUNK) :]
+        held = sum(bitmap)
+        self.assertGreater(held, 2)
+        self.assertLess(held, SIZE // CHUNK)
+        victim = bitmap.index(1, 1)
+        with open(os.path.join(inbox, partial), "r+b") as f:
+            f.seek(victim * CHUNK + 100)
+            f.write(b"\x00corrupted\x00")
+        await bob.start(unlock=True)
+        await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 180)
+        self.assertEqual(state_of(alice, sent["id"]), "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(f"sending {SIZE // CHUNK - held + 1} of".encode())
+        self.assertEqual(chunks_resent(alice)[-1], SIZE // CHUNK - held + 1)
+
+
+class ConcurrencyTests(TestCase):
+    timeout = 300
+
+    async def test_two_each_way_with_chat(self) -> None:
+        """When two files go each way at once while alice and bob chat, then all four files
+        arrive byte-identical and every chat message arrives in order while the files stream;
+        the chat latency (send call to the receiver's event) is measured and bounded."""
+        alice, bob, root = await start_friends(self)
+        inbox_a, inbox_b = os.path.join(root, "in-a"), os.path.join(root, "in-b")
+        digests: dict[str, tuple[Peer, str, str]] = {}
+        for sender, receiver, inbox in ((alice, bob, inbox_b), (bob, alice, inbox_a)):
+            for n in range(2):
+                path = os.path.join(root, f"{sender.name}-{n}.bin")
+                digest = random_file(path, CHAT_FILE)
+                sent = await sender.call("files.send", contact=receiver.uid, path=path)
+                digests[sent["id"]] = (
+                    receiver,
+                    os.path.join(inbox, os.path.basename(path)),
+                    digest,
+                )
+        for tid, (receiver, _path, _digest) in digests.items():
+            await receiver.recorder.wait(lambda r=receiver, t=tid: t in offered_ids(r), 30)
+        for tid, (receiver, path, _digest) in digests.items():
+            await receiver.call("files.accept", id=tid, directory=os.path.dirname(path))
+        clock: Any = reactor
+        latencies = []
+        n = 0
+        while not all(state_of(r, t) == "complete" for t, (r, _p, _d) in digests.items()):
+            text = f"chat {n}"
+            started = clock.seconds()
+            await alice.call("messages.send", contact=bob.uid, text=text)
+            await bob.recorder.wait(lambda c=n: len(bob.received_bodies()) > c, 30)
+            latencies.append(clock.seconds() - started)
+            n += 1
+            self.assertLess(n, 100_000)
+        for _tid, (_receiver, path, digest) in digests.items():
+            self.assertEqual(sha256_of(path), digest)
+        self.assertEqual(bob.received_bodies(), [f"chat {i}" for i in range(n)])
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(f"\nchat during 4 transfers: {n} messages, p50 {p50:.3f} s, p99 {p99:.3f} s")
+        self.assertGreater(n, 5, "the transfers ended before the chat was measured")
+        self.assertLess(p99, CHAT_P99_BOUND)
+
+
+#: Each file of the concurrency test.
+CHAT_FILE = 96 * MiB
+#: Chat p99 bound under four transfers on a shared 2-core CI machine (issue goal: 50 ms on a
+#: quiet one; measured figures in docs/benchmarks.md).
+CHAT_P99_BOUND = 1.0
