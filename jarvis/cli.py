@@ -596,9 +596,47 @@ class SendFileOptions(CommandOptions):
         self["path"] = os.path.abspath(os.path.expanduser(path))
 
 
+def parse_size(text: str) -> int:
+    """``1500``, ``100K``, ``20M``, ``2G``, ``1T`` (binary units) -> bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in "KMGT" else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise usage.UsageError(f"{text!r} is not a size (like 500M or 2G)") from None
+    if number < 0:
+        raise usage.UsageError("a size cannot be negative")
+    return int(number * units[unit])
+
+
 class FilesOptions(CommandOptions):
     """List file transfers, both directions, newest first (id, direction, state, progress,
-    name, contact)."""
+    name, contact). With --max-size, --downloads or --auto-accept: change the receiving
+    policy instead and print it; with --policy, print it."""
+
+    optFlags = [["policy", None, "Show the receiving policy."]]
+    optParameters = [
+        ["max-size", None, None, "Refuse offers larger than SIZE (like 2G; default 4G)."],
+        ["downloads", None, None, "Default folder for accepted files (default ~/Downloads)."],
+        [
+            "auto-accept",
+            None,
+            None,
+            "CONTACT=SIZE: accept this contact's files up to SIZE without asking (0: ask).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["max-size"] is not None:
+            self["max-size"] = parse_size(self["max-size"])
+        if self["downloads"] is not None:
+            self["downloads"] = os.path.abspath(os.path.expanduser(self["downloads"]))
+        if self["auto-accept"] is not None:
+            contact, sep, size = self["auto-accept"].rpartition("=")
+            if not sep or not contact:
+                raise usage.UsageError("--auto-accept takes CONTACT=SIZE")
+            self["auto-accept"] = (contact, parse_size(size))
 
 
 class AcceptOptions(CommandOptions):

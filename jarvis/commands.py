@@ -1100,8 +1100,33 @@ async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, 
         raise SystemExit(1)
 
 
+def policy_lines(policy: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """The receiving policy as ``jarvis files --policy`` prints it."""
+    lines = [
+        f"size cap:    {human_bytes(int(policy['max_size']))}",
+        f"downloads:   {terminal_safe(str(policy['downloads']), keep_newlines=False)}",
+    ]
+    for uid, limit in sorted(policy.get("auto_accept", {}).items()):
+        name = terminal_safe(names.get(uid, uid[:12]), keep_newlines=False)
+        lines.append(f"auto-accept: {name} up to {human_bytes(int(limit))}")
+    return lines
+
+
 async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``files``."""
+    """``files [--policy | --max-size SIZE | --downloads DIR | --auto-accept CONTACT=SIZE]``."""
+    changes: dict[str, Any] = {}
+    if sub["max-size"] is not None:
+        changes["max_size"] = sub["max-size"]
+    if sub["downloads"] is not None:
+        changes["downloads"] = sub["downloads"]
+    if sub["auto-accept"] is not None:
+        changes["contact"], changes["auto_accept"] = sub["auto-accept"]
+    if changes or sub["policy"]:
+        policy = await session.call("files.policy", changes)
+        contacts = (await session.call("contacts.list"))["contacts"]
+        names = {c["uid"]: _contact_name(c) for c in contacts}
+        session.emit("\n".join(policy_lines(policy, names)), policy)
+        return
     result = await session.call("files.list")
     lines = [transfer_line(t) for t in result["transfers"]]
     session.emit("\n".join(lines) if lines else "no file transfers", result)

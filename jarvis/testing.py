@@ -545,6 +545,17 @@ class FakeNode:
         view["state"] = "accepted"
         return view
 
+    def transfer_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        contact: str | None = None,
+        auto_accept: int | None = None,
+    ) -> dict[str, Any]:
+        """Answer like ``Node.transfer_policy`` (nothing is kept)."""
+        return {"max_size": max_size or 4 * 1024**3, "downloads": downloads, "auto_accept": {}}
+
     def decline_transfer(self, ref: str) -> dict[str, Any]:
         """Answer like ``Node.decline_transfer``."""
         view = self._transfer(ref)

@@ -30,6 +30,7 @@ EVENT_DOCS: dict[str, str] = {
     "identity.unlocked": "`{uid, name}`",
     "transfer.offered": "`{transfer}`: a contact offers a file (accept with `files.accept`)",
     "transfer.changed": "`{transfer}`: a file transfer changed state (see `files.list`)",
+    "transfer.policyChanged": "`{policy}`: the receiving policy changed (see `files.policy`)",
     "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "
     "transfer, every 0.4 s (rate in bytes/s, eta in s or null)",
 }

@@ -264,4 +264,13 @@ class NodeApi(Protocol):
 
     def decline_transfer(self, ref: str) -> Any: ...
 
+    def transfer_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        contact: str | None = None,
+        auto_accept: int | None = None,
+    ) -> Any: ...
+
     def cancel_transfer(self, ref: str) -> Any: ...

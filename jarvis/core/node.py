@@ -635,6 +635,26 @@ class Node(Service):
         self._require_store()
         return self.transfers.accept(ref, directory)
 
+    def transfer_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        contact: str | None = None,
+        auto_accept: int | None = None,
+    ) -> Any:
+        """Show, or change, the receiving policy: size cap, default folder, and one contact's
+        auto-accept limit (bytes; 0 turns it off)."""
+        self._require_store()
+        pair = None
+        if auto_accept is not None:
+            if contact is None:
+                raise InvalidInput("auto_accept needs a contact")
+            pair = (self.contacts.resolve(contact).uid, auto_accept)
+        if max_size is None and downloads is None and pair is None:
+            return self.transfers.policy_view()
+        return self.transfers.set_policy(max_size=max_size, downloads=downloads, auto_accept=pair)
+
     def decline_transfer(self, ref: str) -> Any:
         """Decline an incoming offer."""
         self._require_store()

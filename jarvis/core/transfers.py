@@ -65,6 +65,10 @@ from jarvis.textsafe import terminal_safe
 CONTROL_PREFIX = b"\xffJXF"
 #: The store setting that keeps every transfer (one encrypted JSON document).
 SETTING = "transfers"
+#: The store setting that keeps the receiving policy (size cap, folder, auto-accept).
+POLICY_SETTING = "files"
+#: The largest file accepted unless the user says otherwise (4 GiB).
+DEFAULT_MAX_SIZE = 4 * 1024**3
 #: Seconds between two ``transfer.progress`` events of a running stream.
 PROGRESS_INTERVAL = 0.4
 #: Seconds before a sender dials again after a stream was lost (doubling up to the max).
@@ -178,7 +182,6 @@ class Transfers:
         emit: Callable[[str, dict[str, Any]], None],
         run_blocking: Callable[..., defer.Deferred[Any]],
         display_name: Callable[[str], str],
-        policy: Callable[[str], tuple[ReceivePolicy, int]] | None = None,
         downloads: str | None = None,
     ) -> None:
         self.clock = clock
@@ -186,8 +189,8 @@ class Transfers:
         self._emit = emit
         self._run = run_blocking
         self._display_name = display_name
-        self._policy = policy or (lambda uid: (ReceivePolicy(), 0))
-        self.downloads = downloads or os.path.expanduser(DEFAULT_DOWNLOADS)
+        self._default_downloads = downloads or os.path.expanduser(DEFAULT_DOWNLOADS)
+        self._settings: dict[str, Any] = {}
         self._store: Any = None
         self._network: Any = None
         self._sessions: Callable[[str], Any] = lambda uid: None
@@ -204,6 +207,13 @@ class Transfers:
         self._store = store
         self._network = network
         self._sessions = sessions
+        raw_policy = yield store.run(queries.get_setting, POLICY_SETTING, write=False)
+        self._settings = {}
+        if raw_policy:
+            try:
+                self._settings = _checked_policy(json.loads(raw_policy))
+            except (ValueError, TypeError):
+                self.log.warn("file transfer settings unreadable: using defaults")
         raw = yield store.run(queries.get_setting, SETTING, write=False)
         self._entries = {}
         if raw:
@@ -251,6 +261,59 @@ class Transfers:
         d.addBoth(done)
         d.addErrback(lambda f: self.log.failure("keeping the transfers failed", f))
         return d
+
+    # -- the receiving policy ------------------------------------------------------------------
+
+    @property
+    def downloads(self) -> str:
+        """The folder accepted files go to when none is given."""
+        return str(self._settings.get("downloads") or self._default_downloads)
+
+    def _policy(self, uid: str) -> tuple[ReceivePolicy, int]:
+        """``(policy, auto-accept limit in bytes)`` for files from *uid* (limit 0: ask)."""
+        max_size = int(self._settings.get("max_size", DEFAULT_MAX_SIZE))
+        auto = int(self._settings.get("auto_accept", {}).get(uid, 0))
+        return ReceivePolicy(max_size=max_size), min(auto, max_size)
+
+    def policy_view(self) -> dict[str, Any]:
+        """``{max_size, downloads, auto_accept: {uid: bytes}}``."""
+        return {
+            "max_size": int(self._settings.get("max_size", DEFAULT_MAX_SIZE)),
+            "downloads": self.downloads,
+            "auto_accept": dict(self._settings.get("auto_accept", {})),
+        }
+
+    @defer.inlineCallbacks
+    def set_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        auto_accept: tuple[str, int] | None = None,
+    ) -> Any:
+        """Change the size cap, the default folder or one contact's auto-accept limit
+        (0 removes it); kept encrypted in the store.  Returns :meth:`policy_view`."""
+        settings = dict(self._settings)
+        if max_size is not None:
+            settings["max_size"] = max_size
+        if downloads is not None:
+            settings["downloads"] = os.path.abspath(os.path.expanduser(downloads))
+        if auto_accept is not None:
+            uid, limit = auto_accept
+            table = dict(settings.get("auto_accept", {}))
+            if limit > 0:
+                table[uid] = limit
+            else:
+                table.pop(uid, None)
+            settings["auto_accept"] = table
+        self._settings = _checked_policy(settings)
+        if self._store is not None:
+            yield self._store.run(
+                queries.set_setting, POLICY_SETTING, json.dumps(self._settings), write=True
+            )
+        view = self.policy_view()
+        self._emit("transfer.policyChanged", {"policy": view})
+        return view
 
     # -- views -----------------------------------------------------------------------------
 
@@ -712,3 +775,25 @@ def _reopen_partial(directory: str, offer: Offer) -> PartialFile | None:
         return PartialFile.reopen(directory, offer)
     except FileNotFoundError:
         return None
+
+
+def _checked_policy(data: Any) -> dict[str, Any]:
+    """Return the receiving policy *data* if well formed; raises ValueError otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("the policy is an object")
+    out: dict[str, Any] = {}
+    if "max_size" in data:
+        if not isinstance(data["max_size"], int) or data["max_size"] < 0:
+            raise ValueError("max_size is a byte count")
+        out["max_size"] = data["max_size"]
+    if data.get("downloads"):
+        if not isinstance(data["downloads"], str) or not os.path.isabs(data["downloads"]):
+            raise ValueError("downloads is an absolute path")
+        out["downloads"] = data["downloads"]
+    table = data.get("auto_accept", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in table.items()
+    ):
+        raise ValueError("auto_accept maps uids to byte counts")
+    out["auto_accept"] = dict(table)
+    return out

@@ -810,6 +810,21 @@ def files_cancel(inv: Invocation) -> defer.Deferred[Any]:
     return defer.maybeDeferred(inv.ctx.node.cancel_transfer, inv.params["id"])
 
 
+def files_policy(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.transfer_policy,
+        max_size=p.get("max_size"),
+        downloads=p.get("downloads"),
+        contact=p.get("contact"),
+        auto_accept=p.get("auto_accept"),
+    )
+
+
+def _byte_count(value: int) -> str | None:
+    return None if value >= 0 else "must be a byte count (0 or more)"
+
+
 def file_specs() -> tuple[MethodSpec, ...]:
     """The ``files.*`` methods (file transfer, issue 18)."""
     return (
@@ -856,6 +871,27 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "the hidden 0600 partial file and tells the sender. The file gets its (sanitised, "
             "never overwriting) name only once verified against the offered hash.",
             deadline=60.0,
+        ),
+        MethodSpec(
+            "files.policy",
+            files_policy,
+            (
+                Param("max_size", int, False, "the largest file accepted, bytes", _byte_count),
+                Param("downloads", str, False, "the default folder (absolute)", _path),
+                Param("contact", str, False, "the contact whose auto-accept limit changes"),
+                Param(
+                    "auto_accept",
+                    int,
+                    False,
+                    "accept this contact's files up to this size without asking (0: ask)",
+                    _byte_count,
+                ),
+            ),
+            result="{max_size, downloads, auto_accept: {uid: bytes}}",
+            doc="Show the receiving policy, or change it: the size cap (larger offers cannot be "
+            "accepted), the default folder, and per contact a size up to which offers are "
+            "accepted without asking (into the default folder, after the same size and disk "
+            "space checks). Kept encrypted in the store.",
         ),
         MethodSpec(
             "files.decline",
