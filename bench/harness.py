@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, str] = {
     "mailbox_path": "bench.mailbox_path_bench",
     "transfer": "bench.transfer_bench",
     "exec": "bench.exec_bench",
+    "files": "bench.files_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

@@ -45,6 +45,18 @@ CEILING_KEYS = {
 
 #: Figures of each benchmark (besides the ceiling) that a smoke run must produce.
 BENCHMARK_KEYS = {
+    "files": {
+        "files_mib_per_s",
+        "tls_stream_16k_mib_per_s",
+        "files_vs_tls_ceiling",
+        "offer_hash_s",
+        "sender_cpu_s_per_gib",
+        "receiver_cpu_s_per_gib",
+        "sender_rss_growth_mib",
+        "receiver_rss_growth_mib",
+        "chat_p50_ms",
+        "chat_p99_ms",
+    },
     "exec": {
         "line_latency_p50_ms",
         "line_latency_p99_ms",
@@ -227,6 +239,12 @@ class BenchmarkSmokeRunTests(TestCase):
         flood's status round trips and stall, true runs/s against raw spawns and the hooked
         message flood."""
         await self.check_smoke("exec")
+
+    async def test_files(self) -> None:
+        """When the file benchmark sends a file between two daemons at smoke size, then it
+        reports throughput next to the same run's TLS ceiling, CPU and RSS growth per side and
+        chat latency during the transfer."""
+        await self.check_smoke("files")
 
     async def test_scale(self) -> None:
         """When the scale benchmark runs a daemon with 20 simulated peers, then it reports
