@@ -68,8 +68,9 @@ from jarvis.protocol.transfer import (
 from jarvis.textsafe import terminal_safe
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
-#: receiver); with 1 MiB chunks the stream holds a few MiB at most.
-DEFAULT_WINDOW = 4
+#: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about
+#: 16 MiB during a transfer (4 doubled that, tests/test_e2e_files.py measures it).
+DEFAULT_WINDOW = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
