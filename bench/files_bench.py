@@ -13,6 +13,7 @@ other; the sender calls ``files.send`` on a random file, the receiver ``files.ac
   after the transfer minus its RSS before it (goal: at most 32 MiB);
 - ``chat_p50_ms`` / ``chat_p99_ms``: one chat message at a time during the transfer, from the
   sender's ``messages.send`` to the receiver's ``message.received`` event;
+- the received file is compared byte for byte with the sent one (the run fails otherwise);
 - ``tls_stream_16k_mib_per_s``: the ceiling's one-way stream of 16 KiB frames over pinned TLS
   1.3 to an echo peer process, measured in this run (:mod:`bench.ceiling`).
 
@@ -23,6 +24,7 @@ other; the sender calls ``files.send`` on a random file, the receiver ``files.ac
 
 from __future__ import annotations
 
+import filecmp
 import os
 import sys
 import tempfile
@@ -154,6 +156,9 @@ async def measure(reactor: Any, quick: bool) -> dict[str, Any]:
             raise RuntimeError(f"the transfer ended {states['bob'][tid]}")
         cpu = {n: proc_cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
         growth = {n: proc_memory_mib(p, "VmHWM") - rss_before[n] for n, p in pids.items()}
+        landed = os.path.join(root, "inbox", "payload.bin")
+        if not filecmp.cmp(path, landed, shallow=False):
+            raise RuntimeError("the received file differs from the sent one")
     gib = size / (1024 * MIB)
     mib_per_s = size / MIB / seconds
     print(f"files: {size // MIB} MiB in {seconds:.2f} s = {mib_per_s:.0f} MiB/s", file=sys.stderr)
