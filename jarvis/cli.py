@@ -705,6 +705,100 @@ class GroupCommandOptions(CommandOptions):
             raise usage.UsageError("group needs a subcommand: jarvis group --help")
 
 
+class SendFileOptions(CommandOptions):
+    """Offer a file to a contact; prints the transfer id. The contact accepts it ('jarvis
+    accept ID'); the file then streams on a connection of its own, resuming after a restart
+    of either side. With --wait, wait until the transfer ended (a progress bar on a terminal);
+    the exit status is 1 unless it completed."""
+
+    synopsis = "CONTACT PATH [--wait]"
+    optFlags = [
+        ["wait", "w", "Wait until the transfer is complete, declined, cancelled or failed."]
+    ]
+
+    def parseArgs(self, contact: str, path: str) -> None:  # type: ignore[override]
+        self["contact"] = contact
+        self["path"] = os.path.abspath(os.path.expanduser(path))
+
+
+def parse_size(text: str) -> int:
+    """``1500``, ``100K``, ``20M``, ``2G``, ``1T`` (binary units) -> bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1:] if value[-1:] in "KMGT" else ""
+    try:
+        number = float(value[: len(value) - len(unit)])
+    except ValueError:
+        raise usage.UsageError(f"{text!r} is not a size (like 500M or 2G)") from None
+    if number < 0:
+        raise usage.UsageError("a size cannot be negative")
+    return int(number * units[unit])
+
+
+class FilesOptions(CommandOptions):
+    """List file transfers, both directions, newest first (id, direction, state, progress,
+    name, contact). With --max-size, --downloads or --auto-accept: change the receiving
+    policy instead and print it; with --policy, print it."""
+
+    optFlags = [["policy", None, "Show the receiving policy."]]
+    optParameters = [
+        ["max-size", None, None, "Refuse offers larger than SIZE (like 2G; default 4G)."],
+        ["downloads", None, None, "Default folder for accepted files (default ~/Downloads)."],
+        [
+            "auto-accept",
+            None,
+            None,
+            "CONTACT=SIZE: accept this contact's files up to SIZE without asking (0: ask).",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["max-size"] is not None:
+            self["max-size"] = parse_size(self["max-size"])
+        if self["downloads"] is not None:
+            self["downloads"] = os.path.abspath(os.path.expanduser(self["downloads"]))
+        if self["auto-accept"] is not None:
+            contact, sep, size = self["auto-accept"].rpartition("=")
+            if not sep or not contact:
+                raise usage.UsageError("--auto-accept takes CONTACT=SIZE")
+            self["auto-accept"] = (contact, parse_size(size))
+
+
+class AcceptOptions(CommandOptions):
+    """Accept an offered file (ID from 'jarvis files', or a unique prefix of 4+ characters).
+    The file is saved under its sanitised name, never overwriting ('name (1).ext'), once
+    verified; until then it is a hidden 0600 partial file in the same folder."""
+
+    synopsis = "ID [--to DIR]"
+    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+    def postOptions(self) -> None:
+        if self["to"] is not None:
+            self["to"] = os.path.abspath(os.path.expanduser(self["to"]))
+
+
+class DeclineOptions(CommandOptions):
+    """Decline an offered file (the sender is told)."""
+
+    synopsis = "ID"
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+
+class CancelOptions(CommandOptions):
+    """Cancel a file transfer, sending or receiving (the contact is told; a partial file is
+    removed)."""
+
+    synopsis = "ID"
+
+    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+        self["id"] = transfer
+
+
 class Options(usage.Options):
     """``jarvis [--data-dir DIR] [--json] [--version] COMMAND``."""
 
@@ -752,6 +846,11 @@ class Options(usage.Options):
         ["export", None, ExportOptions, "Export the account to a sealed file."],
         ["import", None, ImportOptions, "Import an exported account."],
         ["delete-account", None, DeleteAccountOptions, "Delete the account and its data."],
+        ["send-file", None, SendFileOptions, "Offer a file to a contact."],
+        ["files", None, FilesOptions, "List file transfers."],
+        ["accept", None, AcceptOptions, "Accept an offered file."],
+        ["decline", None, DeclineOptions, "Decline an offered file."],
+        ["cancel", None, CancelOptions, "Cancel a file transfer."],
     ]
 
     def opt_version(self) -> NoReturn:

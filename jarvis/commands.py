@@ -34,7 +34,7 @@ from jarvis.exitstatus import (
 from jarvis.ipc.jsonrpc import RemoteError, too_many_attempts_text
 from jarvis.launcher import process_state, recorded_pids
 from jarvis.message_states import states_from
-from jarvis.textsafe import human_since, is_unsafe, terminal_safe
+from jarvis.textsafe import human_bytes, human_duration, human_since, is_unsafe, terminal_safe
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
@@ -1110,6 +1110,123 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
         session.emit("left the group", result)
 
 
+# file transfers (issue 18) ----------------------------------------------------------------------
+
+
+def transfer_line(t: dict[str, Any]) -> str:
+    """One line of ``jarvis files``: id prefix, direction, state, progress, name, contact."""
+    size = int(t.get("size") or 0)
+    done = int(t.get("bytes") or 0)
+    percent = f"{100 * done // size:3d}%" if size else "100%"
+    arrow = "->" if t.get("direction") == "out" else "<-"
+    name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+    who = terminal_safe(
+        str(t.get("contact_name") or t.get("contact", ""))[:20], keep_newlines=False
+    )
+    line = (
+        f"{str(t['id'])[:8]}  {arrow} {who:<12} {t.get('state', '?'):<9} {percent} "
+        f"{human_bytes(size):>9}  {name}"
+    )
+    if t.get("reason"):
+        line += f"  ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+    if t.get("state") == "complete" and t.get("path") and t.get("direction") == "in":
+        line += f"  -> {terminal_safe(str(t['path']), keep_newlines=False)}"
+    return line
+
+
+def _progress_bar() -> Callable[[Any], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(value: Any) -> None:
+        if not isinstance(value, dict) or "size" not in value:
+            return
+        size = int(value.get("size") or 0)
+        done = int(value.get("bytes") or 0)
+        fraction = done / size if size else 1.0
+        width = 30
+        filled = int(fraction * width)
+        eta = value.get("eta")
+        tail = f" ETA {human_duration(eta)}" if isinstance(eta, int | float) else ""
+        sys.stderr.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% "
+            f"{human_bytes(done)} of {human_bytes(size)} "
+            f"{human_bytes(int(value.get('rate') or 0))}/s{tail}\x1b[K"
+        )
+        sys.stderr.flush()
+
+    return show
+
+
+async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``send-file CONTACT PATH [--wait]``: prints the transfer id (its end state with --wait)."""
+    params = {"contact": sub["contact"], "path": sub["path"]}
+    if not sub["wait"]:
+        result = await session.call("files.send", params)
+        session.emit(result["id"], result)
+        return
+    bar = _progress_bar()
+    result = await session.call("files.send", {**params, "wait": True}, progress=bar)
+    if bar is not None:
+        sys.stderr.write("\n")
+    session.emit(transfer_line(result), result)
+    if result.get("state") != "complete":
+        raise SystemExit(1)
+
+
+def policy_lines(policy: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """The receiving policy as ``jarvis files --policy`` prints it."""
+    lines = [
+        f"size cap:    {human_bytes(int(policy['max_size']))}",
+        f"downloads:   {terminal_safe(str(policy['downloads']), keep_newlines=False)}",
+    ]
+    for uid, limit in sorted(policy.get("auto_accept", {}).items()):
+        name = terminal_safe(names.get(uid, uid[:12]), keep_newlines=False)
+        lines.append(f"auto-accept: {name} up to {human_bytes(int(limit))}")
+    return lines
+
+
+async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``files [--policy | --max-size SIZE | --downloads DIR | --auto-accept CONTACT=SIZE]``."""
+    changes: dict[str, Any] = {}
+    if sub["max-size"] is not None:
+        changes["max_size"] = sub["max-size"]
+    if sub["downloads"] is not None:
+        changes["downloads"] = sub["downloads"]
+    if sub["auto-accept"] is not None:
+        changes["contact"], changes["auto_accept"] = sub["auto-accept"]
+    if changes or sub["policy"]:
+        policy = await session.call("files.policy", changes)
+        contacts = (await session.call("contacts.list"))["contacts"]
+        names = {c["uid"]: _contact_name(c) for c in contacts}
+        session.emit("\n".join(policy_lines(policy, names)), policy)
+        return
+    result = await session.call("files.list")
+    lines = [transfer_line(t) for t in result["transfers"]]
+    session.emit("\n".join(lines) if lines else "no file transfers", result)
+
+
+async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``accept ID [--to DIR]``."""
+    params: dict[str, Any] = {"id": sub["id"]}
+    if sub["to"]:
+        params["directory"] = sub["to"]
+    result = await session.call("files.accept", params)
+    session.emit(transfer_line(result), result)
+
+
+async def cmd_decline(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``decline ID``."""
+    result = await session.call("files.decline", {"id": sub["id"]})
+    session.emit(transfer_line(result), result)
+
+
+async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
+    """``cancel ID``."""
+    result = await session.call("files.cancel", {"id": sub["id"]})
+    session.emit(transfer_line(result), result)
+
+
 COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "init": cmd_init,
     "daemon": cmd_daemon,
@@ -1135,6 +1252,11 @@ COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
     "export": cmd_export,
     "import": cmd_import,
     "delete-account": cmd_delete_account,
+    "send-file": cmd_send_file,
+    "files": cmd_files,
+    "accept": cmd_accept,
+    "decline": cmd_decline,
+    "cancel": cmd_cancel,
 }
 
 

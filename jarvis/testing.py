@@ -14,6 +14,7 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,6 +95,8 @@ class FakeNode:
         self._events = Events()
         self._paused: dict[str, PausedCalls] = {}
         self._settings: dict[str, bool] = dict(DEFAULT_SETTINGS)
+        #: The file transfers' views (``send_file`` adds one).
+        self.transfers: list[dict[str, Any]] = []
         #: Names of the methods called, in order (never their arguments).
         self.calls: list[str] = []
 
@@ -508,6 +511,62 @@ class FakeNode:
         """Answer like ``Node.mailbox_drop``."""
         self._mailbox = None
         return self.mailbox_status()
+
+    def send_file(
+        self, ref: str, path: str, *, wait: bool = False, progress: Any = None
+    ) -> dict[str, Any]:
+        """Answer like ``Node.send_file`` (the fake sends nothing: the offer stays offered)."""
+        uid = self.resolve(ref).uid
+        view = {
+            "id": "%032x" % (len(self.transfers) + 1),
+            "contact": uid,
+            "direction": "out",
+            "name": os.path.basename(path),
+            "size": 0,
+            "state": "offered",
+            "bytes": 0,
+        }
+        self.transfers.append(view)
+        return view
+
+    def list_transfers(self) -> list[dict[str, Any]]:
+        """Answer like ``Node.list_transfers``."""
+        return list(self.transfers)
+
+    def _transfer(self, ref: str) -> dict[str, Any]:
+        for view in self.transfers:
+            if len(ref) >= 4 and view["id"].startswith(ref):
+                return view
+        raise errors.NotFound(f"no single transfer with id {ref!r}")
+
+    def accept_transfer(self, ref: str, directory: str | None = None) -> dict[str, Any]:
+        """Answer like ``Node.accept_transfer``."""
+        view = self._transfer(ref)
+        view["state"] = "accepted"
+        return view
+
+    def transfer_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        contact: str | None = None,
+        auto_accept: int | None = None,
+    ) -> dict[str, Any]:
+        """Answer like ``Node.transfer_policy`` (nothing is kept)."""
+        return {"max_size": max_size or 4 * 1024**3, "downloads": downloads, "auto_accept": {}}
+
+    def decline_transfer(self, ref: str) -> dict[str, Any]:
+        """Answer like ``Node.decline_transfer``."""
+        view = self._transfer(ref)
+        view["state"] = "cancelled"
+        return view
+
+    def cancel_transfer(self, ref: str) -> dict[str, Any]:
+        """Answer like ``Node.cancel_transfer``."""
+        view = self._transfer(ref)
+        view["state"] = "cancelled"
+        return view
 
     def peers_status(self) -> dict[str, Any]:
         """Return the peers' connection figures (synchronously; every fake peer is offline)."""

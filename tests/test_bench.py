@@ -61,6 +61,18 @@ BENCHMARK_KEYS = {
         "one_to_one_p50_ms",
         "one_to_one_p99_ms",
     },
+    "files": {
+        "files_mib_per_s",
+        "tls_stream_16k_mib_per_s",
+        "files_vs_tls_ceiling",
+        "offer_hash_s",
+        "sender_cpu_s_per_gib",
+        "receiver_cpu_s_per_gib",
+        "sender_rss_growth_mib",
+        "receiver_rss_growth_mib",
+        "chat_p50_ms",
+        "chat_p99_ms",
+    },
     "exec": {
         "line_latency_p50_ms",
         "line_latency_p99_ms",
@@ -260,6 +272,12 @@ class BenchmarkSmokeRunTests(TestCase):
         reports the send-to-event latency per member and to the last member, the burst's
         group messages/s and the same run's 1:1 latency."""
         await self.check_smoke("group")
+
+    async def test_files(self) -> None:
+        """When the file benchmark sends a file between two daemons at smoke size, then it
+        reports throughput next to the same run's TLS ceiling, CPU and RSS growth per side and
+        chat latency during the transfer."""
+        await self.check_smoke("files")
 
     async def test_scale(self) -> None:
         """When the scale benchmark runs a daemon with 20 simulated peers, then it reports

@@ -12,8 +12,10 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol
+from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import TestCase
 
@@ -269,6 +271,45 @@ class BackpressureTests(TestCase):
         self.assertEqual(kind, "completed")
         self.assertEqual(file_sha256(final), file_sha256(prepared.path))
         self.assertIn(frame(Complete(offer.transfer_id)), transport.value())
+
+    def test_chunks_buffered_when_the_connection_drops_are_kept(self) -> None:
+        """When the connection is lost while complete chunks still wait behind a slow disk,
+        then they are stored before the (resumable) loss is reported, so the next connection's
+        Have holds every chunk that had arrived whole and only the one cut off is sent again."""
+        prepared = make_prepared(self, 12 * CHUNK)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def slow_disk(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((f, args, d))
+            return d
+
+        recorder = Recorder()
+        receiver = TransferReceiver(partial, recorder, run_blocking=slow_disk)
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
+        assert isinstance(have, Have)
+        offer = prepared.offer
+        cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+        stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
+        with open(prepared.path, "rb") as f:
+            for i in range(10):
+                stream += frame(Chunk(i, cipher.seal(i, f.read(CHUNK))))
+            cut = frame(Chunk(10, cipher.seal(10, f.read(CHUNK))))
+        receiver.dataReceived(stream + cut[: len(cut) // 2])
+        self.assertLessEqual(len(jobs), DEFAULT_WINDOW)
+        receiver.connectionLost(Failure(ConnectionLost("gone")))
+        self.assertFalse(recorder.finished.called)
+        while jobs:
+            f, args, d = jobs.pop(0)
+            d.callback(f(*args))
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("connection lost", reason)
+        self.assertEqual(partial.held_ranges(), ((0, 10),))
 
     def test_cancel_from_sender_ends_for_good(self) -> None:
         """When the sender cancels, then the receiver reports a final end, not a resumable one,

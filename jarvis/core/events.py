@@ -36,6 +36,11 @@ EVENT_DOCS: dict[str, str] = {
     "group.removed": "`{group, name}`: we were removed from a group (or left it)",
     "group.dropped": "`{group, ids}`: messages taken back (written after their author's "
     "removal, learnt late)",
+    "transfer.offered": "`{transfer}`: a contact offers a file (accept with `files.accept`)",
+    "transfer.changed": "`{transfer}`: a file transfer changed state (see `files.list`)",
+    "transfer.policyChanged": "`{policy}`: the receiving policy changed (see `files.policy`)",
+    "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "
+    "transfer, every 0.4 s (rate in bytes/s, eta in s or null)",
 }
 
 #: The only events an API client receives while the identity is locked (screen lock or wipe).

@@ -51,6 +51,7 @@ from jarvis.core.limits import (
     WINDOW_MESSAGES,
 )
 from jarvis.core.postbox import Postbox
+from jarvis.core.transfers import Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
 from jarvis.errors import IdentityExists, InvalidInput, Locked, NoIdentity
@@ -154,6 +155,13 @@ class Node(Service):
         )
         self.courier.on_group = self.groups.payload_received
         self.courier.group_peer = self.groups.is_peer
+        self.transfers = Transfers(
+            clock=clock,
+            now=now,
+            emit=self._emit,
+            run_blocking=run_blocking,
+            display_name=self.contacts.display_name,
+        )
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
@@ -316,6 +324,8 @@ class Node(Service):
             self.contacts.attach(self._network)
             self.groups.attach(self._network)
         self.contacts.publish_summary()
+        yield self.transfers.open(store, self._network, self._live_session)
+        self.transfers.reopen_partials()
         transport = self.mailbox_factory() if self.mailbox_factory is not None else None
         yield self.postbox.open(store, keys.identity, transport)
         for uid in list(self.postbox.peers):
@@ -367,6 +377,7 @@ class Node(Service):
         rotation, self._rotation = self._rotation, None
         if rotation is not None and rotation.active():
             rotation.cancel()
+        self.transfers.close()
         self.courier.close()
         self.groups.close()
         yield self.postbox.close()
@@ -584,7 +595,9 @@ class Node(Service):
     # -- the peer network's observer: sessions to the courier, presence to the contact book ----
 
     def session_established(self, session: Any) -> defer.Deferred[Any]:
-        return self.courier.session_established(session)
+        d = self.courier.session_established(session)
+        self.transfers.session_established(session.peer_uid)
+        return d
 
     def session_closed(self, session: Any, reason: str) -> None:
         self.courier.session_closed(session, reason)
@@ -595,6 +608,9 @@ class Node(Service):
     def message_received(
         self, session: Any, message_id: bytes, body: bytes, created_ms: int
     ) -> defer.Deferred[Any]:
+        if is_control_body(body):
+            self.transfers.control_received(session.peer_uid, body)
+            return defer.succeed(None)
         return self.courier.message_received(session, message_id, body, created_ms)
 
     def acks_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
@@ -608,6 +624,87 @@ class Node(Service):
 
     def peer_status_changed(self, uid: str, status: Any) -> None:
         self.contacts.peer_status_changed(uid, status)
+
+    # -- file transfers (jarvis.core.transfers, once unlocked) ---------------------------------
+
+    def _live_session(self, uid: str) -> Any:
+        network = self._network
+        session = getattr(network, "session", None) if network is not None else None
+        return session(uid) if session is not None else None
+
+    def inbound_stream(self, uid: str, transfer_id: bytes) -> Any:
+        """The peer network asks for the partial file of an inbound data connection."""
+        if self._keys is None:
+            return None
+        return self.transfers.inbound_stream(uid, transfer_id)
+
+    @defer.inlineCallbacks
+    def send_file(self, ref: str, path: str, *, wait: bool = False, progress: Any = None) -> Any:
+        """Offer the file at *path* to a contact; with *wait*, answer once it is complete,
+        declined, cancelled or failed (reporting progress meanwhile)."""
+        self._require_store()
+        contact = self.contacts.resolve(ref)
+        if contact.blocked:
+            raise InvalidInput("the contact is blocked: unblock them first")
+        view = yield self.transfers.send(contact.uid, path)
+        if not wait:
+            return view
+        unsubscribe = None
+        if progress is not None:
+
+            def relay(event: str, payload: dict[str, Any]) -> None:
+                if event == "transfer.progress" and payload.get("id") == view["id"]:
+                    progress(payload)
+                elif event == "transfer.changed" and payload["transfer"]["id"] == view["id"]:
+                    progress({"id": view["id"], "state": payload["transfer"]["state"]})
+
+            unsubscribe = self._events.subscribe(relay)
+        try:
+            final = yield self.transfers.wait(self.transfers.find(view["id"]))
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+        return final
+
+    def list_transfers(self) -> list[dict[str, Any]]:
+        """Every transfer, both directions, newest first."""
+        self._require_keys()
+        return self.transfers.list()
+
+    def accept_transfer(self, ref: str, directory: str | None = None) -> Any:
+        """Accept an incoming file into *directory* (default ~/Downloads)."""
+        self._require_store()
+        return self.transfers.accept(ref, directory)
+
+    def transfer_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        contact: str | None = None,
+        auto_accept: int | None = None,
+    ) -> Any:
+        """Show, or change, the receiving policy: size cap, default folder, and one contact's
+        auto-accept limit (bytes; 0 turns it off)."""
+        self._require_store()
+        pair = None
+        if auto_accept is not None:
+            if contact is None:
+                raise InvalidInput("auto_accept needs a contact")
+            pair = (self.contacts.resolve(contact).uid, auto_accept)
+        if max_size is None and downloads is None and pair is None:
+            return self.transfers.policy_view()
+        return self.transfers.set_policy(max_size=max_size, downloads=downloads, auto_accept=pair)
+
+    def decline_transfer(self, ref: str) -> Any:
+        """Decline an incoming offer."""
+        self._require_store()
+        return self.transfers.decline(ref)
+
+    def cancel_transfer(self, ref: str) -> Any:
+        """Cancel a transfer, either direction."""
+        self._require_store()
+        return self.transfers.cancel(ref)
 
     # -- account export, import, deletion ------------------------------------------------------
 

@@ -778,6 +778,150 @@ def method_specs() -> tuple[MethodSpec, ...]:
         ),
         *exec_specs(),
         *group_specs(),
+        *file_specs(),
+    )
+
+
+# files.* (issue 18) ---------------------------------------------------------------------------
+
+_TRANSFER_VIEW = (
+    "{id, contact, contact_name, direction ('in'|'out'), name, size, media_type, state "
+    "('offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, bytes, rate, "
+    "eta, path, directory, created}"
+)
+TRANSFER = Param(
+    "id", str, True, "the transfer id, or a unique prefix of it (4+ hex digits)", _non_empty
+)
+
+
+def files_send(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.send_file,
+        p["contact"],
+        p["path"],
+        wait=bool(p.get("wait")),
+        progress=inv.progress,
+    )
+
+
+def files_list(inv: Invocation) -> defer.Deferred[Any]:
+    d = defer.maybeDeferred(inv.ctx.node.list_transfers)
+    return d.addCallback(lambda views: {"transfers": views})
+
+
+def files_accept(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(inv.ctx.node.accept_transfer, p["id"], p.get("directory"))
+
+
+def files_decline(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.decline_transfer, inv.params["id"])
+
+
+def files_cancel(inv: Invocation) -> defer.Deferred[Any]:
+    return defer.maybeDeferred(inv.ctx.node.cancel_transfer, inv.params["id"])
+
+
+def files_policy(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.transfer_policy,
+        max_size=p.get("max_size"),
+        downloads=p.get("downloads"),
+        contact=p.get("contact"),
+        auto_accept=p.get("auto_accept"),
+    )
+
+
+def _byte_count(value: int) -> str | None:
+    return None if value >= 0 else "must be a byte count (0 or more)"
+
+
+def file_specs() -> tuple[MethodSpec, ...]:
+    """The ``files.*`` methods (file transfer, issue 18)."""
+    return (
+        MethodSpec(
+            "files.send",
+            files_send,
+            (
+                CONTACT,
+                Param("path", str, True, "the file to send (absolute path)", _path),
+                Param("wait", bool, False, "answer only once the transfer ended"),
+            ),
+            result=_TRANSFER_VIEW,
+            doc="Offer a file to a contact: the daemon hashes it (SHA-256 per chunk), sends the "
+            "offer inside the session, and streams it on a connection of its own once the "
+            "contact accepts. With wait, progress ({id, bytes, size, rate, eta} and {id, "
+            "state}) is reported with $/progress and the answer comes when the transfer is "
+            "complete, cancelled or failed.",
+            deadline=None,
+            progress=True,
+        ),
+        MethodSpec(
+            "files.list",
+            files_list,
+            result="{transfers: [" + _TRANSFER_VIEW + "]}",
+            doc="List every file transfer, both directions, newest first; they survive "
+            "restarts of the daemon.",
+        ),
+        MethodSpec(
+            "files.accept",
+            files_accept,
+            (
+                TRANSFER,
+                Param(
+                    "directory",
+                    str,
+                    False,
+                    "the folder to save into (absolute; default ~/Downloads)",
+                    _path,
+                    nullable=True,
+                ),
+            ),
+            result=_TRANSFER_VIEW,
+            doc="Accept an offered file: checks the size cap and the free disk space, creates "
+            "the hidden 0600 partial file and tells the sender. The file gets its (sanitised, "
+            "never overwriting) name only once verified against the offered hash.",
+            deadline=60.0,
+        ),
+        MethodSpec(
+            "files.policy",
+            files_policy,
+            (
+                Param("max_size", int, False, "the largest file accepted, bytes", _byte_count),
+                Param("downloads", str, False, "the default folder (absolute)", _path),
+                Param("contact", str, False, "the contact whose auto-accept limit changes"),
+                Param(
+                    "auto_accept",
+                    int,
+                    False,
+                    "accept this contact's files up to this size without asking (0: ask)",
+                    _byte_count,
+                ),
+            ),
+            result="{max_size, downloads, auto_accept: {uid: bytes}}",
+            doc="Show the receiving policy, or change it: the size cap (larger offers cannot be "
+            "accepted), the default folder, and per contact a size up to which offers are "
+            "accepted without asking (into the default folder, after the same size and disk "
+            "space checks). Kept encrypted in the store.",
+        ),
+        MethodSpec(
+            "files.decline",
+            files_decline,
+            (TRANSFER,),
+            result=_TRANSFER_VIEW,
+            doc="Decline an offered file (the sender is told).",
+        ),
+        MethodSpec(
+            "files.cancel",
+            files_cancel,
+            (TRANSFER,),
+            result=_TRANSFER_VIEW,
+            doc="Cancel a transfer in either direction at any time (the peer is told; a "
+            "receiver's partial file is removed).",
+            deadline=60.0,
+        ),
     )
 
 

@@ -86,6 +86,8 @@ from jarvis.net.tls import (
     peer_public_bytes_of,
     server_creator,
 )
+from jarvis.net.transfer import TransferReceiver, TransferSender
+from jarvis.net.transfer_link import InboundDemux, TransferDialFactory, TransferDialProtocol
 from jarvis.protocol import relay as relay_wire
 from jarvis.protocol.knock import (
     NONCE_BYTES,
@@ -546,8 +548,9 @@ class _InboundHooks:
     def connection_started(self, protocol: PeerProtocol) -> None:
         self.network._track(protocol)
 
-    def open_session(self, protocol: PeerProtocol, peer_uid: str) -> PeerSession | None:
-        return self.network._open_session(protocol, peer_uid, None, self.path)
+    def open_session(self, protocol: PeerProtocol, peer_uid: str) -> Any:
+        # the first bytes tell a session from a file transfer's data connection
+        return self.network._inbound_demux(protocol, peer_uid, self.path)
 
     def connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
         self.network._connection_ended(protocol, reason)
@@ -679,6 +682,10 @@ class PeerNetwork:
         self._protocols: dict[PeerProtocol, Deferred[None]] = {}
         self._stopping = False
         self._relay = _Relay(self)
+        # file transfer data connections (jarvis.net.transfer_link), by transfer id
+        self._links_in: dict[bytes, PeerProtocol] = {}
+        self._links_out: dict[bytes, Any] = {}
+        self._undecided: set[PeerProtocol] = set()
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
         self._server_creator = server_creator(
@@ -837,6 +844,10 @@ class PeerNetwork:
         for protocol in list(self._protocols):
             if protocol.session is None:
                 protocol.lose_connection()
+        for tid in list(self._links_in) + list(self._links_out):
+            self.stop_transfer(tid)
+        for protocol in list(self._undecided):
+            protocol.abort()
         waiting = list(self._protocols.values())
         done: Deferred[Any] = defer.gatherResults(waiting) if waiting else defer.succeed(None)
         return done.addCallback(lambda _: None)
@@ -1117,6 +1128,10 @@ class PeerNetwork:
             protocol.abort()
 
     def _connection_ended(self, protocol: PeerProtocol, reason: str) -> None:
+        self._undecided.discard(protocol)
+        for tid, link in list(self._links_in.items()):
+            if link is protocol:
+                del self._links_in[tid]
         entry = self._entries.get(id(protocol.session))
         if entry is not None and entry.protocol is protocol:
             self._session_closed(entry.session, reason)  # the session did not report: be safe
@@ -1279,3 +1294,93 @@ class PeerNetwork:
         if state != peer.state:
             peer.state = state
             self._forward("peer_status_changed", peer.uid, peer.snapshot())
+
+    # -- file transfer data connections (jarvis.net.transfer_link) ------------------------------
+
+    def _inbound_demux(
+        self, protocol: PeerProtocol, peer_uid: str, path: PeerPath | None = None
+    ) -> InboundDemux | None:
+        """An inbound connection passed TLS: wait for its first bytes (session or transfer)."""
+        if self._stopping:
+            return None
+        self._undecided.add(protocol)
+
+        def open_session() -> PeerSession | None:
+            self._undecided.discard(protocol)
+            return self._open_session(protocol, peer_uid, None, path)
+
+        def open_transfer(transfer_id: bytes) -> Any:
+            self._undecided.discard(protocol)
+            ask = getattr(self._observer, "inbound_stream", None)
+            if self._stopping or ask is None or not self._accept_uid(peer_uid):
+                return None
+            found = ask(peer_uid, transfer_id)
+            if found is None:
+                return None
+            partial, observer = found
+            self._links_in[transfer_id] = protocol
+            # Every chunk was checked against the verified manifest as it arrived (and again at
+            # each reopen): re-reading the whole file at the end would add a serial pass over
+            # it (about 1 s per GiB) before the file gets its name.
+            return TransferReceiver(partial, observer, reread_on_finish=False)
+
+        return InboundDemux(
+            protocol,
+            peer_uid,
+            open_session,
+            open_transfer,
+            self._admission.authenticated,
+            self._reactor,
+            self._handshake_timeout,
+        )
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        """Dial *uid* for a file's data connection and send *source* on it.
+
+        The contact's addresses are tried in turn (knock, then pinned TLS on *uid*); the
+        *observer* (a ``TransferStreamObserver``) hears ``stream_ended(reason, True)`` if none
+        answers, and the stream's events otherwise.
+        """
+        transfer_id = source.prepared.offer.transfer_id
+        addresses = list(self._directory.addresses(uid))
+        peer = self._peer(uid)
+
+        def try_next(reason: str) -> None:
+            self._links_out.pop(transfer_id, None)
+            if self._stopping or not addresses:
+                observer.stream_ended(f"no data connection: {reason}", True)
+                return
+            address = addresses.pop(0)
+            try:
+                host, port = parse_address(address)
+            except InvalidPeerAddress as e:
+                try_next(str(e))
+                return
+            sender = TransferSender(source, observer)
+            link = TransferDialProtocol(
+                sender, transfer_id, self._reactor, self._handshake_timeout, try_next
+            )
+            creator = client_creator(self._identity, uid, contexts=self._contexts)
+            tls_factory = TLSMemoryBIOFactory(
+                cast(IOpenSSLClientConnectionCreator, creator),
+                True,
+                cast(IProtocolFactory, TransferDialFactory(lambda: link)),
+                clock=self._reactor,
+            )
+            knocking = KnockSenderFactory(
+                cast(IProtocolFactory, tls_factory), lambda: self._knock_for(peer), lambda: None
+            )
+            self._links_out[transfer_id] = link
+            connecting = self._endpoint_for(host, port).connect(cast(IProtocolFactory, knocking))
+            connecting.addErrback(lambda f: try_next(describe_failure(f)))
+
+        try_next("the contact has no address")
+
+    def stop_transfer(self, transfer_id: bytes) -> None:
+        """Drop the data connection of *transfer_id*, if one is open (it was cancelled)."""
+        inbound = self._links_in.pop(transfer_id, None)
+        if inbound is not None:
+            inbound.abort()
+        outbound = self._links_out.pop(transfer_id, None)
+        if outbound is not None and outbound.transport is not None:
+            outbound.transport.abortConnection()

@@ -68,8 +68,9 @@ from jarvis.protocol.transfer import (
 from jarvis.textsafe import terminal_safe
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
-#: receiver); with 1 MiB chunks the stream holds a few MiB at most.
-DEFAULT_WINDOW = 4
+#: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about
+#: 16 MiB during a transfer (4 doubled that, tests/test_e2e_files.py measures it).
+DEFAULT_WINDOW = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
@@ -275,6 +276,11 @@ class TransferSender(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._stopped = True
+        self.log.info(
+            "transfer {transfer}: {sent} chunks sent on this connection",
+            transfer=log_id(self._offer.transfer_id.hex()),
+            sent=self.chunks_sent,
+        )
         if not self._ended:
             self._ended = True
             self._observer.stream_ended(f"connection lost: {reason.getErrorMessage()}", True)
@@ -369,7 +375,12 @@ class TransferReceiver(protocol.Protocol):
             lying = isinstance(e, ManifestMismatch)
             self._end(f"bad record from the sender ({e})", resumable=not lying, discard=lying)
             return
-        if self._pending >= self._window and not self._reading_paused and not self._ended:
+        if (
+            self._pending >= self._window
+            and not self._reading_paused
+            and not self._ended
+            and not self._gone
+        ):
             self._reading_paused = True
             self._out.pauseProducing()
 
@@ -423,12 +434,20 @@ class TransferReceiver(protocol.Protocol):
 
     def _after_job(self) -> None:
         if not self._ended:
-            if self._reading_paused and self._pending < self._window:
+            if self._reading_paused and self._pending < self._window and not self._gone:
                 self._reading_paused = False
                 self._out.resumeProducing()
             self._process()
             self._maybe_finish()
+            self._end_when_drained()
         self._check_settled()
+
+    def _end_when_drained(self) -> None:
+        # After the connection is lost, the complete chunks already received are still
+        # stored (they are authentic): the resumed transfer re-sends only what was cut off.
+        if self._gone and not self._ended and self._pending == 0:
+            self._ended = True
+            self._observer.stream_ended(self._lost_reason, True)
 
     def _maybe_finish(self) -> None:
         if self._ended or not self._end_received or self._pending or self._finishing:
@@ -479,9 +498,13 @@ class TransferReceiver(protocol.Protocol):
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._gone = True
         if not self._ended:
-            self._ended = True
-            self._observer.stream_ended(f"connection lost: {reason.getErrorMessage()}", True)
+            self._lost_reason = f"connection lost: {reason.getErrorMessage()}"
+            self._process()
+            self._maybe_finish()
+            self._end_when_drained()
         self._check_settled()
+
+    _lost_reason = "connection lost"
 
     def when_settled(self) -> defer.Deferred[None]:
         """Return a Deferred that fires once the connection is gone and no disk job runs

@@ -10,13 +10,14 @@ This module must not import urwid, the reactor or the IPC client: it is tested o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jarvis.message_states import MESSAGE_STATES, may_advance
 from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
-from jarvis.textsafe import strip_bidi
+from jarvis.textsafe import human_bytes, human_duration, strip_bidi, terminal_safe
 
 #: Connection summary levels and what they mean.
 
@@ -26,6 +27,10 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/msg NAME TEXT", "Send TEXT to the contact called NAME (quote names with spaces)"),
     ("/exec [-o] [-t S] CMD", "Run CMD here, its output shown locally (-o: then sent)"),
     ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
+    ("/file PATH", "Offer the file at PATH to the open conversation"),
+    ("/accept ID [DIR]", "Accept an offered file (into DIR; default ~/Downloads)"),
+    ("/decline ID", "Decline an offered file"),
+    ("/cancel ID", "Cancel a file transfer, either way"),
     ("/lock", "Lock Jarvis"),
     ("/help", "Show the keys"),
     ("/quit", "Close the UI (the daemon keeps running)"),
@@ -463,6 +468,18 @@ def parse_input(line: str) -> InputAction | None:
         if parts is None or not parts[1]:
             return InputError("usage: /msg NAME TEXT")
         return SlashCommand("msg", parts)
+    if name == "file":
+        if not rest:
+            return InputError("usage: /file PATH")
+        return SlashCommand("file", (os.path.abspath(os.path.expanduser(rest)),))
+    if name in ("accept", "decline", "cancel"):
+        ident, _, directory = rest.partition(" ")
+        if not ident or (directory.strip() and name != "accept"):
+            return InputError(f"usage: /{name} ID" + (" [DIR]" if name == "accept" else ""))
+        if directory.strip():
+            folder = os.path.abspath(os.path.expanduser(directory.strip()))
+            return SlashCommand(name, (ident, folder))
+        return SlashCommand(name, (ident,))
     return InputError(f"unknown command /{head}; /help lists the commands")
 
 
@@ -499,6 +516,8 @@ class MessengerModel:
         #: ``contacts[].path``): ``direct``, ``mailbox`` or ``waiting``
         self.paths: dict[str, str] = {}
         self._next_operation = 1
+        #: file names by transfer id (from transfer events), for the progress line
+        self.transfer_names: dict[str, str] = {}
 
     # observers ---------------------------------------------------------------------------
 
@@ -769,7 +788,56 @@ class MessengerModel:
         """Record the lock state (locking drops every loaded conversation and contact)."""
         self._set_locked(locked)
 
+    # file transfers ----------------------------------------------------------------------
+
+    def _transfer_offered(self, payload: Mapping[str, Any]) -> None:
+        t = payload.get("transfer")
+        if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
+            return
+        ident = str(t.get("id", ""))[:8]
+        self.add_local(
+            t["contact"],
+            f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
+            f"/decline {ident}",
+            float(t.get("created") or 0.0),
+        )
+
+    def _transfer_changed(self, payload: Mapping[str, Any]) -> None:
+        t = payload.get("transfer")
+        if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
+            return
+        state = t.get("state")
+        self.transfer_names[str(t.get("id"))] = terminal_safe(
+            str(t.get("name", "")), keep_newlines=False
+        )
+        if state not in ("complete", "cancelled", "failed"):
+            return
+        text = f"file {_file_label(t)}: {state}"
+        if t.get("reason"):
+            text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+        if state == "complete" and t.get("direction") == "in" and t.get("path"):
+            text += f", saved as {terminal_safe(str(t['path']), keep_newlines=False)}"
+            text += (
+                f" (folder: {terminal_safe(str(t.get('directory') or ''), keep_newlines=False)})"
+            )
+        self.add_local(t["contact"], text, float(t.get("created") or 0.0))
+        if self.status is not None and self.status.text.startswith("file "):
+            self.clear_status()
+
+    def _transfer_progress(self, payload: Mapping[str, Any]) -> None:
+        size = payload.get("size")
+        done = payload.get("bytes")
+        if not isinstance(size, int) or not isinstance(done, int):
+            return
+        name = self.transfer_names.get(str(payload.get("id")), "")
+        self.notify(
+            f"file {name} {progress_bar(done, size, payload.get('rate'), payload.get('eta'))}"
+        )
+
     _EVENTS: dict[str, Callable[[MessengerModel, Mapping[str, Any]], None]] = {
+        "transfer.offered": _transfer_offered,
+        "transfer.changed": _transfer_changed,
+        "transfer.progress": _transfer_progress,
         # a message sent by any client of the daemon (this UI, another UI, the CLI, a bot)
         "message.added": _message_received,
         "message.received": _message_received,
@@ -986,3 +1054,28 @@ def password_hint(password: str) -> PasswordHint:
     if length >= 10 and classes >= 2:
         return PasswordHint("fair", "Fair: a longer password or a few more words would be safer.")
     return PasswordHint("weak", "Weak: use at least 12 characters, or several words.")
+
+
+def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width: int = 20) -> str:
+    """``[#####.....]  45% 12 MiB of 26 MiB, 3 MiB/s, 5 s left`` for a transfer's progress."""
+    fraction = min(1.0, done / size) if size else 1.0
+    filled = int(fraction * width)
+    text = f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}% "
+    text += f"{human_bytes(done)} of {human_bytes(size)}"
+    if isinstance(rate, int | float) and rate > 0:
+        text += f", {human_bytes(rate)}/s"
+    if isinstance(eta, int | float):
+        text += f", {human_duration(eta)} left"
+    return text
+
+
+def _file_label(t: Mapping[str, Any]) -> str:
+    name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+    return f"{name} ({human_bytes(int(t.get('size') or 0))})"
+
+
+def _sender_name(model: MessengerModel, t: Mapping[str, Any]) -> str:
+    contact = model.contacts.get(str(t.get("contact")))
+    if contact is not None:
+        return contact.display_name
+    return terminal_safe(str(t.get("contact_name") or "a contact"), keep_newlines=False)

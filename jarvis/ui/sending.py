@@ -15,6 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from jarvis.textsafe import human_bytes, terminal_safe
 from jarvis.ui.host import UiHost
 from jarvis.ui.model import InputError, Message, SendText, SlashCommand, parse_input
 
@@ -63,6 +64,44 @@ class Sender:
         elif action.name == "msg":
             name, text = action.args
             self.message_to(name, text, restore=line or None)
+        elif action.name == "file":
+            self.offer_file(action.args[0])
+        elif action.name in ("accept", "decline", "cancel"):
+            self.answer_file(action.name, action.args)
+
+    def offer_file(self, path: str) -> None:
+        """``/file PATH``: offer the file to the open conversation's contact."""
+        uid = self.model.current_uid
+        if uid is None:
+            self.model.notify("open a conversation first (Alt+1), then /file PATH", "error")
+            return
+        d = self._controller.call("files.send", {"contact": uid, "path": path}, label="hashing")
+
+        def offered(t: Mapping[str, Any]) -> None:
+            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+            self.model.add_local(
+                uid,
+                f"offered {label} ({human_bytes(int(t.get('size') or 0))}); "
+                f"/cancel {str(t.get('id'))[:8]} stops it",
+                self._controller.clock.seconds(),
+            )
+            self._controller.redraw()
+
+        d.addCallbacks(offered, self._controller.report, errbackArgs=("/file",))
+
+    def answer_file(self, verb: str, args: tuple[str, ...]) -> None:
+        """``/accept ID [DIR]``, ``/decline ID``, ``/cancel ID``."""
+        params: dict[str, Any] = {"id": args[0]}
+        if verb == "accept" and len(args) > 1:
+            params["directory"] = args[1]
+        d = self._controller.call(f"files.{verb}", params, label=verb)
+
+        def answered(t: Mapping[str, Any]) -> None:
+            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+            self.model.notify(f"file {label}: {t.get('state')}")
+            self._controller.redraw()
+
+        d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
 
     def message_to(self, name: str, text: str, *, restore: str | None = None) -> None:
         """``/msg NAME TEXT``: send *text* to the one contact called *name*.

@@ -1,0 +1,799 @@
+"""File transfers of one node: offers, answers, streams, resume, progress (issue 18).
+
+:class:`Transfers` keeps every transfer of the unlocked identity, both directions, and drives
+the parts that already exist (see ``docs/protocol.md``, "File transfer"):
+
+- **Control records** (:class:`~jarvis.protocol.transfer.Offer`, ``Accept``, ``Decline``,
+  ``Cancel``, ``Complete``) travel inside the end-to-end session as message bodies that start
+  with :data:`CONTROL_PREFIX` (a ``0xFF`` byte is never UTF-8, so no chat text is ever taken for
+  one).  They are not kept in the chat history: every transfer's state is kept (encrypted) in
+  the store, and the record a peer still needs is written again at each new session with it
+  (the sender's ``Offer`` while unanswered, the receiver's ``Accept`` while incomplete, a
+  pending ``Cancel``/``Decline``/``Complete``).  Handling each record is idempotent.
+- **Data** travels on a connection of its own to the same peer (pinned TLS and the knock, see
+  :mod:`jarvis.net.transfer_link`), so a file never delays chat: the sender dials it when the
+  ``Accept`` arrives (again after every session start, so either side's restart resumes), the
+  receiver's network hands it to :meth:`Transfers.inbound_stream`.  The receiver's
+  ``Have`` says which chunks it holds verified, so a resumed transfer re-sends at most the
+  chunks in flight.
+- **Progress** is pushed as ``transfer.progress`` events (bytes, rate, ETA) every
+  :data:`PROGRESS_INTERVAL` seconds while a stream runs, and ``transfer.changed`` at every
+  change of state.
+
+Blocking work (hashing, creating, reopening, discarding files) goes through *run_blocking*.
+No reactor import; never logs file names, keys or content (ids as :func:`jarvis.logs.log_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from jarvis.errors import InvalidInput, NotFound
+from jarvis.files.receive import (
+    FileTooLarge,
+    NotEnoughSpace,
+    PartialFile,
+    ReceivePolicy,
+    check_acceptable,
+)
+from jarvis.files.send import FileSource, PreparedFile, SourceChanged, make_offer, prepare_again
+from jarvis.logs import log_id
+from jarvis.protocol.transfer import (
+    FINAL_STATES,
+    Accept,
+    Cancel,
+    Complete,
+    Decline,
+    MalformedTransferRecord,
+    Offer,
+    ProgressMeter,
+    TransferRecord,
+    encode_transfer_record,
+    parse_transfer_record,
+)
+from jarvis.store import queries
+from jarvis.textsafe import terminal_safe
+
+#: The first bytes of a message body that carries a transfer control record.
+CONTROL_PREFIX = b"\xffJXF"
+#: The store setting that keeps every transfer (one encrypted JSON document).
+SETTING = "transfers"
+#: The store setting that keeps the receiving policy (size cap, folder, auto-accept).
+POLICY_SETTING = "files"
+#: The largest file accepted unless the user says otherwise (4 GiB).
+DEFAULT_MAX_SIZE = 4 * 1024**3
+#: Seconds between two ``transfer.progress`` events of a running stream.
+PROGRESS_INTERVAL = 0.4
+#: Seconds before a sender dials again after a stream was lost (doubling up to the max).
+REDIAL_INITIAL = 1.0
+REDIAL_MAX = 30.0
+#: The default folder received files go to (under the user's home).
+DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
+
+
+class TransferNotFound(NotFound):
+    """No transfer has this id (or unique id prefix): list them with ``jarvis files``."""
+
+    kind = "not_found"
+
+
+def is_control_body(body: bytes) -> bool:
+    """Whether a message body carries a transfer control record."""
+    return body.startswith(CONTROL_PREFIX)
+
+
+def control_body(record: TransferRecord) -> bytes:
+    """Return the message body carrying the control *record*."""
+    return CONTROL_PREFIX + encode_transfer_record(record)
+
+
+@dataclass
+class TransferEntry:
+    """One transfer as this side keeps it (persisted as JSON, inside the encrypted store).
+
+    :ivar notice: a control record the peer still has to hear (``"cancel"``, ``"decline"``,
+        ``"complete"``), written at its next session; ``""`` when none.
+    """
+
+    offer: Offer
+    peer: str
+    sending: bool
+    state: str
+    created: float
+    path: str = ""  # sender: the file; receiver: the final file once complete
+    directory: str = ""  # receiver: where the partial file lives
+    reason: str = ""
+    notice: str = ""
+    done: int = 0
+    # runtime only
+    partial: PartialFile | None = field(default=None, repr=False)
+    prepared: PreparedFile | None = field(default=None, repr=False)
+    streaming: bool = False
+    meter: ProgressMeter | None = field(default=None, repr=False)
+    rate: float = 0.0
+    eta: float | None = None
+    redial: Any = None
+    redial_delay: float = REDIAL_INITIAL
+    waiters: list[defer.Deferred[Any]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.offer.transfer_id.hex()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "offer": encode_transfer_record(self.offer).hex(),
+            "peer": self.peer,
+            "sending": self.sending,
+            "state": self.state,
+            "created": self.created,
+            "path": self.path,
+            "directory": self.directory,
+            "reason": self.reason,
+            "notice": self.notice,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TransferEntry:
+        offer = parse_transfer_record(bytes.fromhex(data["offer"]))
+        if not isinstance(offer, Offer):
+            raise ValueError("not an offer")
+        return cls(
+            offer=offer,
+            peer=str(data["peer"]),
+            sending=bool(data["sending"]),
+            state=str(data["state"]),
+            created=float(data["created"]),
+            path=str(data.get("path", "")),
+            directory=str(data.get("directory", "")),
+            reason=str(data.get("reason", "")),
+            notice=str(data.get("notice", "")),
+            done=int(data.get("done", 0)),
+        )
+
+
+class Transfers:
+    """Every file transfer of the unlocked identity: see the module docstring.
+
+    :param clock: ``IReactorTime`` (timers, the progress meter).
+    :param now: wall-clock seconds since the epoch (creation times).
+    :param emit: ``(event, payload)`` to API clients.
+    :param run_blocking: runs a blocking callable off the reactor thread, returns a Deferred.
+    :param display_name: the contact's display name for a uid.
+    :param policy: returns the receive policy (size cap, reserve) and auto-accept limit for a
+        contact uid: ``(ReceivePolicy, auto_accept_bytes)``.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        clock: Any,
+        now: Callable[[], float],
+        emit: Callable[[str, dict[str, Any]], None],
+        run_blocking: Callable[..., defer.Deferred[Any]],
+        display_name: Callable[[str], str],
+        downloads: str | None = None,
+    ) -> None:
+        self.clock = clock
+        self.now = now
+        self._emit = emit
+        self._run = run_blocking
+        self._display_name = display_name
+        self._default_downloads = downloads or os.path.expanduser(DEFAULT_DOWNLOADS)
+        self._settings: dict[str, Any] = {}
+        self._store: Any = None
+        self._network: Any = None
+        self._sessions: Callable[[str], Any] = lambda uid: None
+        self._entries: dict[str, TransferEntry] = {}
+        self._ticker: Any = None
+        self._saving: defer.Deferred[Any] | None = None
+        self._save_again = False
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def open(self, store: Any, network: Any, sessions: Callable[[str], Any]) -> Any:
+        """Load the kept transfers (after unlock); *sessions(uid)* is the live session or None."""
+        self._store = store
+        self._network = network
+        self._sessions = sessions
+        raw_policy = yield store.run(queries.get_setting, POLICY_SETTING, write=False)
+        self._settings = {}
+        if raw_policy:
+            try:
+                self._settings = _checked_policy(json.loads(raw_policy))
+            except (ValueError, TypeError):
+                self.log.warn("file transfer settings unreadable: using defaults")
+        raw = yield store.run(queries.get_setting, SETTING, write=False)
+        self._entries = {}
+        if raw:
+            try:
+                for data in json.loads(raw).values():
+                    entry = TransferEntry.from_json(data)
+                    self._entries[entry.id] = entry
+            except (ValueError, KeyError, TypeError, MalformedTransferRecord):
+                self.log.warn("kept transfers unreadable: starting with none")
+        for entry in self._entries.values():
+            if entry.state == "streaming":
+                entry.state = "accepted"  # the stream died with the previous run
+
+    def close(self) -> None:
+        """Forget the runtime state (at lock); the kept state stays in the store."""
+        for entry in self._entries.values():
+            self._cancel_redial(entry)
+            if entry.partial is not None and not entry.streaming:
+                entry.partial.close()
+            entry.partial = None
+        if self._ticker is not None and self._ticker.active():
+            self._ticker.cancel()
+        self._ticker = None
+        self._store = None
+        self._network = None
+
+    def _save(self) -> defer.Deferred[Any]:
+        """Write every transfer to the store (one write at a time, the latest state wins)."""
+        if self._store is None:
+            return defer.succeed(None)
+        if self._saving is not None:
+            self._save_again = True
+            return self._saving
+        doc = json.dumps({k: e.to_json() for k, e in self._entries.items()})
+        d = self._store.run(queries.set_setting, SETTING, doc, write=True)
+        self._saving = d
+
+        def done(result: Any) -> Any:
+            self._saving = None
+            if self._save_again:
+                self._save_again = False
+                self._save()
+            return result
+
+        d.addBoth(done)
+        d.addErrback(lambda f: self.log.failure("keeping the transfers failed", f))
+        return d
+
+    # -- the receiving policy ------------------------------------------------------------------
+
+    @property
+    def downloads(self) -> str:
+        """The folder accepted files go to when none is given."""
+        return str(self._settings.get("downloads") or self._default_downloads)
+
+    def _policy(self, uid: str) -> tuple[ReceivePolicy, int]:
+        """``(policy, auto-accept limit in bytes)`` for files from *uid* (limit 0: ask)."""
+        max_size = int(self._settings.get("max_size", DEFAULT_MAX_SIZE))
+        auto = int(self._settings.get("auto_accept", {}).get(uid, 0))
+        return ReceivePolicy(max_size=max_size), min(auto, max_size)
+
+    def policy_view(self) -> dict[str, Any]:
+        """``{max_size, downloads, auto_accept: {uid: bytes}}``."""
+        return {
+            "max_size": int(self._settings.get("max_size", DEFAULT_MAX_SIZE)),
+            "downloads": self.downloads,
+            "auto_accept": dict(self._settings.get("auto_accept", {})),
+        }
+
+    @defer.inlineCallbacks
+    def set_policy(
+        self,
+        *,
+        max_size: int | None = None,
+        downloads: str | None = None,
+        auto_accept: tuple[str, int] | None = None,
+    ) -> Any:
+        """Change the size cap, the default folder or one contact's auto-accept limit
+        (0 removes it); kept encrypted in the store.  Returns :meth:`policy_view`."""
+        settings = dict(self._settings)
+        if max_size is not None:
+            settings["max_size"] = max_size
+        if downloads is not None:
+            settings["downloads"] = os.path.abspath(os.path.expanduser(downloads))
+        if auto_accept is not None:
+            uid, limit = auto_accept
+            table = dict(settings.get("auto_accept", {}))
+            if limit > 0:
+                table[uid] = limit
+            else:
+                table.pop(uid, None)
+            settings["auto_accept"] = table
+        self._settings = _checked_policy(settings)
+        if self._store is not None:
+            yield self._store.run(
+                queries.set_setting, POLICY_SETTING, json.dumps(self._settings), write=True
+            )
+        view = self.policy_view()
+        self._emit("transfer.policyChanged", {"policy": view})
+        return view
+
+    # -- views -----------------------------------------------------------------------------
+
+    def view(self, entry: TransferEntry) -> dict[str, Any]:
+        """The API view of a transfer (names escaped for terminals by the clients)."""
+        offer = entry.offer
+        return {
+            "id": entry.id,
+            "contact": entry.peer,
+            "contact_name": self._display_name(entry.peer),
+            "direction": "out" if entry.sending else "in",
+            "name": offer.name,
+            "size": offer.size,
+            "media_type": offer.media_type,
+            "state": entry.state,
+            "reason": entry.reason,
+            "bytes": entry.done,
+            "rate": entry.rate,
+            "eta": entry.eta,
+            "path": entry.path or None,
+            "directory": entry.directory or None,
+            "created": entry.created,
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every transfer's view, newest first."""
+        entries = sorted(self._entries.values(), key=lambda e: e.created, reverse=True)
+        return [self.view(e) for e in entries]
+
+    def find(self, ref: str) -> TransferEntry:
+        """Return the transfer whose id starts with *ref* (at least 4 hex digits).
+
+        :raises TransferNotFound: if none or several match.
+        """
+        ref = ref.strip().lower()
+        matches = [e for k, e in self._entries.items() if len(ref) >= 4 and k.startswith(ref)]
+        if len(matches) != 1:
+            raise TransferNotFound(f"no single transfer with id {terminal_safe(ref)!r}")
+        return matches[0]
+
+    def _changed(self, entry: TransferEntry) -> None:
+        self._save()
+        self._emit("transfer.changed", {"transfer": self.view(entry)})
+        if entry.state in FINAL_STATES:
+            waiters, entry.waiters = entry.waiters, []
+            for d in waiters:
+                d.callback(self.view(entry))
+
+    def wait(self, entry: TransferEntry) -> defer.Deferred[Any]:
+        """A Deferred firing with the view once *entry* reaches a final state."""
+        if entry.state in FINAL_STATES:
+            return defer.succeed(self.view(entry))
+        d: defer.Deferred[Any] = defer.Deferred()
+        entry.waiters.append(d)
+        return d
+
+    # -- control records -------------------------------------------------------------------------
+
+    def _send_control(self, uid: str, record: TransferRecord) -> bool:
+        session = self._sessions(uid)
+        if session is None:
+            return False
+        try:
+            session.send_message(os.urandom(16), control_body(record), int(self.now() * 1000))
+        except Exception:
+            self.log.failure("writing a transfer record failed")
+            return False
+        return True
+
+    def _notice_record(self, entry: TransferEntry) -> TransferRecord | None:
+        tid = entry.offer.transfer_id
+        if entry.notice == "cancel":
+            return Cancel(tid, entry.reason[:200])
+        if entry.notice == "decline":
+            return Decline(tid, entry.reason[:200])
+        if entry.notice == "complete":
+            return Complete(tid)
+        return None
+
+    def _send_notice(self, entry: TransferEntry) -> None:
+        record = self._notice_record(entry)
+        if record is not None and self._send_control(entry.peer, record):
+            entry.notice = ""
+            self._save()
+
+    def session_established(self, uid: str) -> None:
+        """A session with *uid* is up: write what the peer still needs, resume streams."""
+        for entry in list(self._entries.values()):
+            if entry.peer != uid:
+                continue
+            if entry.notice:
+                self._send_notice(entry)
+            elif entry.state == "offered" and entry.sending:
+                self._send_control(uid, entry.offer)
+            elif not entry.sending and entry.state in ("accepted", "streaming"):
+                self._send_control(uid, Accept(entry.offer.transfer_id))
+            elif entry.sending and entry.state == "accepted":
+                entry.redial_delay = REDIAL_INITIAL
+                self._start_stream(entry)
+
+    def control_received(self, uid: str, body: bytes) -> None:
+        """A control record arrived from *uid* (a message body with :data:`CONTROL_PREFIX`)."""
+        try:
+            record = parse_transfer_record(body[len(CONTROL_PREFIX) :])
+        except MalformedTransferRecord as e:
+            self.log.warn("bad transfer record from {uid}: {e}", uid=log_id(uid), e=e.reason)
+            return
+        if isinstance(record, Offer):
+            self._offer_received(uid, record)
+            return
+        tid = getattr(record, "transfer_id", b"")
+        entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
+        if entry is None or entry.peer != uid:
+            return
+        if isinstance(record, Accept) and entry.sending:
+            if entry.state == "offered":
+                entry.state = "accepted"
+                self._changed(entry)
+            if entry.state == "accepted" and not entry.streaming:
+                entry.redial_delay = REDIAL_INITIAL
+                self._start_stream(entry)
+            elif entry.state == "complete":
+                pass
+        elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
+            self._finish(entry, "cancelled", "declined: " + _safe(record.reason), notice="")
+        elif isinstance(record, Cancel) and entry.state not in FINAL_STATES:
+            self._finish(entry, "cancelled", "the peer cancelled: " + _safe(record.reason), "")
+        elif isinstance(record, Complete) and entry.sending and entry.state not in FINAL_STATES:
+            entry.done = entry.offer.size
+            self._finish(entry, "complete", "", "")
+
+    def _offer_received(self, uid: str, offer: Offer) -> None:
+        known = self._entries.get(offer.transfer_id.hex())
+        if known is not None:
+            if known.peer != uid:
+                return
+            if known.notice:
+                self._send_notice(known)
+            elif known.state in ("accepted", "streaming") and not known.sending:
+                self._send_control(uid, Accept(offer.transfer_id))
+            elif known.state == "complete" and not known.sending:
+                self._send_control(uid, Complete(offer.transfer_id))
+            return
+        entry = TransferEntry(
+            offer=offer, peer=uid, sending=False, state="offered", created=self.now()
+        )
+        self._entries[entry.id] = entry
+        self.log.info(
+            "file offered by {uid}: transfer {tid}, {size} bytes",
+            uid=log_id(uid),
+            tid=log_id(entry.id),
+            size=offer.size,
+        )
+        self._emit("transfer.offered", {"transfer": self.view(entry)})
+        self._changed(entry)
+        _policy, auto_limit = self._policy(uid)
+        if offer.size <= auto_limit:
+            self.accept(entry.id).addErrback(
+                lambda f: self.log.warn("auto-accept refused: {e}", e=f.getErrorMessage())
+            )
+
+    # -- user actions ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send(self, uid: str, path: str) -> Any:
+        """Hash the file at *path* (off the reactor) and offer it to *uid*; returns the view.
+
+        :raises InvalidInput: if *path* is not a readable regular file.
+        """
+        if not os.path.isabs(path):
+            raise InvalidInput("the path must be absolute")
+        try:
+            prepared = yield self._run(_prepare, path)
+        except OSError as e:
+            raise InvalidInput(f"cannot read the file: {e.strerror or e}") from None
+        entry = TransferEntry(
+            offer=prepared.offer,
+            peer=uid,
+            sending=True,
+            state="offered",
+            created=self.now(),
+            path=prepared.path,
+            prepared=prepared,
+        )
+        self._entries[entry.id] = entry
+        self._changed(entry)
+        self._send_control(uid, entry.offer)
+        self.log.info(
+            "offering transfer {tid} to {uid}: {size} bytes",
+            tid=log_id(entry.id),
+            uid=log_id(uid),
+            size=entry.offer.size,
+        )
+        return self.view(entry)
+
+    @defer.inlineCallbacks
+    def accept(self, ref: str, directory: str | None = None) -> Any:
+        """Accept an offered file into *directory* (default: the downloads folder).
+
+        :raises InvalidInput: if the transfer is not an incoming offer, or the folder is not
+            usable; ``FileTooLarge`` / ``NotEnoughSpace`` mapped to InvalidInput with the reason.
+        """
+        entry = self.find(ref)
+        if entry.sending or entry.state != "offered":
+            raise InvalidInput(f"transfer {entry.id[:8]} is not waiting to be accepted")
+        directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
+        policy, _auto = self._policy(entry.peer)
+        try:
+            partial = yield self._run(_create_partial, directory, entry.offer, policy)
+        except (FileTooLarge, NotEnoughSpace) as e:
+            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
+        except OSError as e:
+            raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        if entry.state != "offered":  # cancelled meanwhile
+            yield self._run(partial.discard)
+            raise InvalidInput(f"transfer {entry.id[:8]} was {entry.state} meanwhile")
+        entry.partial = partial
+        entry.directory = directory
+        entry.state = "accepted"
+        self._changed(entry)
+        self._send_control(entry.peer, Accept(entry.offer.transfer_id))
+        return self.view(entry)
+
+    @defer.inlineCallbacks
+    def decline(self, ref: str, reason: str = "") -> Any:
+        """Decline an incoming offer (the sender is told)."""
+        entry = self.find(ref)
+        if entry.sending or entry.state != "offered":
+            raise InvalidInput(f"transfer {entry.id[:8]} is not waiting to be accepted")
+        yield self._finish(entry, "cancelled", reason or "declined", notice="decline")
+        return self.view(entry)
+
+    @defer.inlineCallbacks
+    def cancel(self, ref: str, reason: str = "") -> Any:
+        """Cancel a transfer on this side and tell the peer (either direction, any time)."""
+        entry = self.find(ref)
+        if entry.state in FINAL_STATES:
+            raise InvalidInput(f"transfer {entry.id[:8]} is already {entry.state}")
+        yield self._finish(entry, "cancelled", reason or "cancelled", notice="cancel")
+        return self.view(entry)
+
+    @defer.inlineCallbacks
+    def _finish(self, entry: TransferEntry, state: str, reason: str, notice: str) -> Any:
+        entry.state = state
+        entry.reason = reason
+        entry.notice = notice
+        self._cancel_redial(entry)
+        if entry.streaming:
+            self._network.stop_transfer(entry.offer.transfer_id)
+        if notice:
+            self._send_notice(entry)
+        self._changed(entry)
+        if state != "complete" and not entry.sending:
+            partial, entry.partial = entry.partial, None
+            try:
+                if partial is None and entry.directory:
+                    partial = yield self._run(_reopen_partial, entry.directory, entry.offer)
+                if partial is not None:
+                    yield self._run(partial.discard)
+            except Exception:
+                self.log.warn("removing a partial file failed")
+        self.log.info("transfer {tid} {state}", tid=log_id(entry.id), state=state)
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def _cancel_redial(self, entry: TransferEntry) -> None:
+        if entry.redial is not None and entry.redial.active():
+            entry.redial.cancel()
+        entry.redial = None
+
+    @defer.inlineCallbacks
+    def _start_stream(self, entry: TransferEntry) -> Any:
+        """Sender: dial the data connection for *entry* (rebuilding the manifest if needed)."""
+        if entry.streaming or self._network is None or entry.state != "accepted":
+            return
+        self._cancel_redial(entry)
+        entry.streaming = True
+        try:
+            if entry.prepared is None:
+                entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
+            source = yield self._run(FileSource, entry.prepared)
+        except (SourceChanged, OSError) as e:
+            entry.streaming = False
+            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
+            return
+        if entry.state != "accepted" or self._network is None:
+            entry.streaming = False
+            source.close()
+            return
+        observer = _StreamObserver(self, entry, source)
+        self._network.open_transfer(entry.peer, source, observer)
+
+    def inbound_stream(self, uid: str, transfer_id: bytes) -> Any:
+        """The network asks for the partial file and observer of an inbound data connection.
+
+        :returns: ``(partial, observer)``, or ``None`` to refuse the connection.
+        """
+        entry = self._entries.get(transfer_id.hex())
+        if (
+            entry is None
+            or entry.peer != uid
+            or entry.sending
+            or entry.state not in ("accepted",)
+            or entry.streaming
+            or entry.partial is None
+        ):
+            if entry is not None and entry.partial is None and entry.state == "accepted":
+                self._reopen(entry)
+            return None
+        entry.streaming = True
+        return entry.partial, _StreamObserver(self, entry, None)
+
+    def reopen_partials(self) -> defer.Deferred[Any]:
+        """Reopen (and re-verify) the partial files of accepted incoming transfers."""
+        return defer.DeferredList(
+            [
+                self._reopen(e)
+                for e in self._entries.values()
+                if not e.sending and e.state == "accepted" and e.partial is None
+            ]
+        )
+
+    def _reopen(self, entry: TransferEntry) -> defer.Deferred[Any]:
+        if entry.directory == "":
+            return defer.succeed(None)
+
+        def opened(partial: PartialFile | None) -> None:
+            if partial is None:
+                self._finish(entry, "failed", "the partial file is gone", "cancel")
+                return
+            if entry.partial is not None or entry.state != "accepted":
+                partial.close()
+                return
+            entry.partial = partial
+            entry.done = partial.held_bytes
+            self._send_control(entry.peer, Accept(entry.offer.transfer_id))
+
+        d = self._run(_reopen_partial, entry.directory, entry.offer)
+        d.addCallback(opened)
+        d.addErrback(lambda f: self.log.failure("reopening a partial file failed", f))
+        return d
+
+    def stream_opened(self, entry: TransferEntry) -> None:
+        entry.meter = ProgressMeter(entry.offer.size, self.clock.seconds)
+        if entry.state == "accepted":
+            entry.state = "streaming"
+            self._changed(entry)
+        self._tick()
+
+    def bytes_done(self, entry: TransferEntry, done: int) -> None:
+        entry.done = done
+
+    def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
+        entry.streaming = False
+        entry.done = entry.offer.size
+        if final_path is not None:
+            entry.path = final_path
+            entry.partial = None
+            self._finish(entry, "complete", "", "complete")
+        else:
+            self._finish(entry, "complete", "", "")
+
+    def stream_ended(self, entry: TransferEntry, reason: str, resumable: bool) -> None:
+        entry.streaming = False
+        entry.rate, entry.eta = 0.0, None
+        if entry.state in FINAL_STATES:
+            return
+        if not resumable:
+            self._finish(entry, "failed", reason, "cancel")
+            return
+        if entry.state == "streaming":
+            entry.state = "accepted"
+            self._changed(entry)
+        if entry.sending and self._sessions(entry.peer) is not None:
+            delay, entry.redial_delay = entry.redial_delay, min(entry.redial_delay * 2, REDIAL_MAX)
+            entry.redial = self.clock.callLater(delay, self._start_stream, entry)
+
+    # -- progress -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        if self._ticker is not None and self._ticker.active():
+            return
+        active = [e for e in self._entries.values() if e.streaming and e.meter is not None]
+        for entry in active:
+            assert entry.meter is not None
+            p = entry.meter.update(entry.done)
+            entry.rate, entry.eta = p.rate, p.eta
+            self._emit(
+                "transfer.progress",
+                {
+                    "id": entry.id,
+                    "contact": entry.peer,
+                    "direction": "out" if entry.sending else "in",
+                    "bytes": p.done,
+                    "size": p.total,
+                    "rate": p.rate,
+                    "eta": p.eta,
+                },
+            )
+        if active:
+            self._ticker = self.clock.callLater(PROGRESS_INTERVAL, self._tick)
+        else:
+            self._ticker = None
+
+
+class _StreamObserver:
+    """Feeds one data connection's events to :class:`Transfers` (a TransferStreamObserver)."""
+
+    def __init__(self, owner: Transfers, entry: TransferEntry, source: FileSource | None) -> None:
+        self._owner = owner
+        self._entry = entry
+        self._source = source
+        self._ended = False
+
+    def stream_opened(self) -> None:
+        self._owner.stream_opened(self._entry)
+
+    def bytes_done(self, done: int) -> None:
+        self._owner.bytes_done(self._entry, done)
+
+    def stream_completed(self, final_path: str | None) -> None:
+        if self._end():
+            self._owner.stream_completed(self._entry, final_path)
+
+    def stream_ended(self, reason: str, resumable: bool) -> None:
+        if self._end():
+            self._owner.stream_ended(self._entry, reason, resumable)
+
+    def _end(self) -> bool:
+        if self._ended:
+            return False
+        self._ended = True
+        if self._source is not None:
+            self._source.close()
+        return True
+
+
+def _safe(text: str) -> str:
+    return terminal_safe(text, keep_newlines=False)[:200]
+
+
+def _prepare(path: str) -> PreparedFile:
+    import stat
+
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(0, "not a regular file")
+    return make_offer(path)
+
+
+def _create_partial(directory: str, offer: Offer, policy: ReceivePolicy) -> PartialFile:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    check_acceptable(directory, offer, policy)
+    return PartialFile.create(directory, offer, policy)
+
+
+def _reopen_partial(directory: str, offer: Offer) -> PartialFile | None:
+    try:
+        return PartialFile.reopen(directory, offer)
+    except FileNotFoundError:
+        return None
+
+
+def _checked_policy(data: Any) -> dict[str, Any]:
+    """Return the receiving policy *data* if well formed; raises ValueError otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("the policy is an object")
+    out: dict[str, Any] = {}
+    if "max_size" in data:
+        if not isinstance(data["max_size"], int) or data["max_size"] < 0:
+            raise ValueError("max_size is a byte count")
+        out["max_size"] = data["max_size"]
+    if data.get("downloads"):
+        if not isinstance(data["downloads"], str) or not os.path.isabs(data["downloads"]):
+            raise ValueError("downloads is an absolute path")
+        out["downloads"] = data["downloads"]
+    table = data.get("auto_accept", {})
+    if not isinstance(table, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in table.items()
+    ):
+        raise ValueError("auto_accept maps uids to byte counts")
+    out["auto_accept"] = dict(table)
+    return out

@@ -1,0 +1,260 @@
+"""Transfer data connections: their own pinned-TLS connection to a contact, beside the session.
+
+A file's chunks never share a connection with chat (issue 18): the sender dials the receiver
+exactly as for a session (the knock, then pinned mutual TLS on the contact's uid), and its first
+application bytes are :data:`TRANSFER_PREFACE` and the 16-byte transfer id instead of the
+session's prologue.  Then the connection carries the stream records of
+:mod:`jarvis.net.transfer` (``TransferSender`` on the dialling side, ``TransferReceiver`` on the
+listening side) and nothing else.
+
+- :class:`TransferDialProtocol` is the protocol inside the dialling side's TLS: when TLS is up
+  it writes the preface and hands the transport to the sender.
+- :class:`InboundDemux` is what the listener's :class:`~jarvis.net.peer.PeerProtocol` feeds
+  first: it waits for the peer's first 8 bytes.  The session prologue makes it start the
+  ordinary session (which then owns the connection); the transfer preface makes it ask the
+  node for the transfer's partial file and run a ``TransferReceiver``.  A peer that sends
+  neither within the handshake timeout is dropped.
+
+The preface can never start a session by mistake: it differs from ``JARVIS\\x00\\x01`` in its
+first byte.  This module never logs file names or content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import error
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from jarvis.protocol.framing import PROLOGUE
+
+#: The first 8 application bytes of a transfer data connection (then the 16-byte transfer id).
+TRANSFER_PREFACE = b"JXFER\x00\x00\x01"
+TRANSFER_ID_SIZE = 16
+
+log = Logger(namespace="jarvis.net.transfer_link")
+
+
+@implementer(IHandshakeListener)
+class TransferDialProtocol(Protocol):
+    """The dialling side of a data connection, inside TLS: preface, then the sender.
+
+    :param inner: the ``TransferSender`` to run once TLS is up.
+    :param transfer_id: the transfer this connection carries.
+    :param clock: for the handshake deadline.
+    :param timeout: seconds from TCP connection to the end of the TLS handshake.
+    :param on_lost: called once with a reason if the connection ends before TLS completed.
+    """
+
+    def __init__(
+        self,
+        inner: Protocol,
+        transfer_id: bytes,
+        clock: Any,
+        timeout: float,
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self.inner = inner
+        self.transfer_id = transfer_id
+        self._clock = clock
+        self._timeout = timeout
+        self._on_lost = on_lost
+        self._deadline: Any = None
+        self._started = False
+
+    def connectionMade(self) -> None:
+        self._deadline = self._clock.callLater(self._timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        transport: Any = self.transport
+        transport.abortConnection()
+
+    def handshakeCompleted(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        transport: Any = self.transport
+        transport.write(TRANSFER_PREFACE + self.transfer_id)
+        self._started = True
+        self.inner.makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self._started:
+            self.inner.connectionLost(reason)
+        else:
+            self._on_lost(str(reason.getErrorMessage()))
+
+
+class TransferDialFactory(Factory):
+    """Builds the one :class:`TransferDialProtocol` of a dial (wrap it in TLS)."""
+
+    noisy = False
+
+    def __init__(self, make: Callable[[], TransferDialProtocol]) -> None:
+        self._make = make
+
+    def buildProtocol(self, addr: Any) -> TransferDialProtocol:
+        return self._make()
+
+
+class _ReceiverSession:
+    """What the listener's PeerProtocol feeds once the connection carries a transfer."""
+
+    def __init__(self, receiver: Protocol) -> None:
+        self.receiver = receiver
+
+    def connection_made(self, channel_binding: bytes) -> None:
+        pass
+
+    def data_received(self, data: bytes) -> None:
+        self.receiver.dataReceived(data)
+
+    def connection_lost(self, reason: str) -> None:
+        self.receiver.connectionLost(Failure(error.ConnectionLost(reason)))
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        transport: Any = self.receiver.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+class InboundDemux:
+    """The first thing an inbound connection feeds after TLS: session or transfer?
+
+    :param protocol: the connection's ``PeerProtocol``.
+    :param peer_uid: the uid TLS verified.
+    :param open_session: ``() -> session or None``: starts the ordinary session.
+    :param open_transfer: ``(transfer_id) -> receiver Protocol or None``.
+    :param authenticated: tells the listener's admission control the connection is a contact's.
+    :param clock: for the deadline.
+    :param timeout: seconds to wait for the peer's first bytes.
+    """
+
+    def __init__(
+        self,
+        protocol: Any,
+        peer_uid: str,
+        open_session: Callable[[], Any],
+        open_transfer: Callable[[bytes], Protocol | None],
+        authenticated: Callable[[Any], object],
+        clock: Any,
+        timeout: float,
+    ) -> None:
+        self._protocol = protocol
+        self._peer_uid = peer_uid
+        self._open_session = open_session
+        self._open_transfer = open_transfer
+        self._authenticated = authenticated
+        self._clock = clock
+        self._timeout = timeout
+        self._buffer = b""
+        self._binding: bytes | None = None
+        self._deadline: Any = None
+        self._decided = False
+
+    def connection_made(self, channel_binding: bytes) -> None:
+        self._binding = channel_binding
+        self._deadline = self._clock.callLater(self._timeout, self._timed_out)
+        self._decide()
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if not self._decided:
+            self._decided = True
+            self._protocol.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self._decided:
+            return
+        self._buffer += data
+        if len(self._buffer) > 64 * 1024:
+            self._decided = True
+            self._protocol.abort()
+            return
+        self._decide()
+
+    def _decide(self) -> None:
+        if self._decided or self._binding is None:
+            return
+        if len(self._buffer) < len(PROLOGUE):
+            return
+        head = self._buffer[: len(PROLOGUE)]
+        if head == PROLOGUE:
+            self._become_session()
+            return
+        if head == TRANSFER_PREFACE and len(self._buffer) < len(head) + TRANSFER_ID_SIZE:
+            return
+        self._decided = True
+        self._stop_deadline()
+        if not self._buffer.startswith(TRANSFER_PREFACE):
+            self._protocol.abort()
+            return
+        start = len(TRANSFER_PREFACE)
+        tid = self._buffer[start : start + TRANSFER_ID_SIZE]
+        rest = self._buffer[start + TRANSFER_ID_SIZE :]
+        self._buffer = b""
+        receiver = self._open_transfer(tid)
+        if receiver is None:
+            self._protocol.abort()
+            return
+        self._authenticated(self._protocol)
+        transport: Any = self._protocol.transport
+        transport.unregisterProducer()  # the PeerProtocol registered itself; the receiver pauses
+        session = _ReceiverSession(receiver)
+        self._protocol.session = session
+        receiver.makeConnection(transport)
+        if rest:
+            receiver.dataReceived(rest)
+
+    def _become_session(self) -> None:
+        self._decided = True
+        self._stop_deadline()
+        session = self._open_session()
+        if session is None:
+            self._protocol.lose_connection()
+            return
+        self._protocol.session = session
+        buffered, self._buffer = self._buffer, b""
+        assert self._binding is not None
+        session.connection_made(self._binding)
+        if buffered:
+            session.data_received(buffered)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def connection_lost(self, reason: str) -> None:
+        self._decided = True
+        self._stop_deadline()
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        self._decided = True
+        self._stop_deadline()
+        self._protocol.abort()

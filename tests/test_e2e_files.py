@@ -1,0 +1,432 @@
+"""End to end: file transfer between two real twistd daemons over loopback (issue 18).
+
+Each test starts two daemons, befriends them, and drives ``files.*`` through the real local
+API; the file travels on its own pinned-TLS data connection.  What each test tries and what
+must survive is in its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from tests.daemons import short_tempdir
+from tests.peers import Peer, befriend
+
+MiB = 1024 * 1024
+
+
+async def start_friends(testcase: TestCase) -> tuple[Peer, Peer, str]:
+    root = short_tempdir(testcase)
+    alice, bob = Peer(testcase, root, "alice"), Peer(testcase, root, "bob")
+    await defer.gatherResults(
+        [
+            defer.ensureDeferred(alice.start(create=True)),
+            defer.ensureDeferred(bob.start(create=True)),
+        ]
+    )
+    await befriend(alice, bob)
+    return alice, bob, root
+
+
+def random_file(path: str, size: int) -> str:
+    """Write *size* random bytes to *path*; return their SHA-256."""
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 * MiB))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def rss_mib(pid: int, key: str, *, reset_peak: bool = False) -> float:
+    """``VmRSS``/``VmHWM`` of *pid* in MiB; *reset_peak* first resets the peak (Linux
+    ``clear_refs``; the Argon2 of the identity's creation would otherwise be the peak)."""
+    if reset_peak:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def state_of(peer: Peer, transfer_id: str) -> str | None:
+    """The last state *peer* announced for the transfer."""
+    for payload in reversed(peer.recorder.named("transfer.changed")):
+        if payload["transfer"]["id"] == transfer_id:
+            return str(payload["transfer"]["state"])
+    return None
+
+
+def offered_ids(peer: Peer) -> list[str]:
+    return [p["transfer"]["id"] for p in peer.recorder.named("transfer.offered")]
+
+
+async def wait_state(peer: Peer, transfer_id: str, states: set[str], timeout: float = 60) -> None:
+    await peer.recorder.wait(lambda: state_of(peer, transfer_id) in states, timeout)
+
+
+async def offer_and_accept(
+    alice: Peer, bob: Peer, path: str, inbox: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    sent = await alice.call("files.send", contact=bob.uid, path=path)
+    await bob.recorder.wait(lambda: sent["id"] in offered_ids(bob), 30)
+    accepted = await bob.call("files.accept", id=sent["id"][:8], directory=inbox)
+    return sent, accepted
+
+
+class TransferTests(TestCase):
+    timeout = 240
+
+    async def test_file_arrives_byte_identical(self) -> None:
+        """When alice sends a 256 MiB random file and bob accepts it into a folder, then the
+        file there is byte-identical, both sides say complete, no partial file is left,
+        progress events carried bytes, rate and ETA on both sides, and neither daemon's peak
+        RSS grew by more than 32 MiB during the transfer (1 GiB: ``python -m bench files``)."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "big.bin")
+        digest = random_file(path, 256 * MiB + 12345)
+        inbox = os.path.join(root, "inbox")
+        sent = await alice.call("files.send", contact=bob.uid, path=path)
+        await bob.recorder.wait(lambda: sent["id"] in offered_ids(bob), 30)
+        pids = [alice.process.transport.pid, bob.process.transport.pid]
+        before = [rss_mib(pid, "VmRSS", reset_peak=True) for pid in pids]
+        accepted = await bob.call("files.accept", id=sent["id"][:8], directory=inbox)
+        self.assertEqual(accepted["state"], "accepted")
+        await wait_state(bob, sent["id"], {"complete", "failed", "cancelled"}, 180)
+        await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 60)
+        growth = [rss_mib(pid, "VmHWM") - b for pid, b in zip(pids, before, strict=True)]
+        print(f"\nRSS growth during 256 MiB: sender {growth[0]:.1f} MiB, receiver {growth[1]:.1f}")
+        self.assertLessEqual(max(growth), 32.0)
+        self.assertEqual(state_of(bob, sent["id"]), "complete")
+        self.assertEqual(state_of(alice, sent["id"]), "complete")
+        self.assertEqual(os.listdir(inbox), ["big.bin"])
+        self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        listed = (await bob.call("files.list"))["transfers"]
+        self.assertEqual([(t["id"], t["state"]) for t in listed], [(sent["id"], "complete")])
+        self.assertEqual(listed[0]["path"], os.path.join(inbox, "big.bin"))
+        for peer in (alice, bob):
+            progress = peer.recorder.named("transfer.progress")
+            self.assertTrue(progress, f"{peer.name} reported no progress")
+            self.assertTrue({"bytes", "rate", "eta", "size"} <= set(progress[-1]))
+
+    async def test_chat_still_flows_and_hostile_name_lands_safely(self) -> None:
+        """When alice offers a file named with an escape sequence, a path and an RTL override,
+        then bob's file lands inside the chosen folder under a cleaned name, and a chat
+        message sent meanwhile is delivered."""
+        alice, bob, root = await start_friends(self)
+        hostile = "..\x1b]52;c;AAAA\x07\u202etxt.exe"
+        path = os.path.join(root, hostile)
+        digest = random_file(path, 3 * MiB)
+        inbox = os.path.join(root, "inbox")
+        sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        message = await alice.call("messages.send", contact=bob.uid, text="still here")
+        await alice.recorder.wait(lambda: message["id"] in alice.delivered_ids(), 60)
+        await wait_state(bob, sent["id"], {"complete", "failed", "cancelled"}, 60)
+        self.assertEqual(state_of(bob, sent["id"]), "complete")
+        names = os.listdir(inbox)
+        self.assertEqual(len(names), 1)
+        name = names[0]
+        self.assertFalse(name.startswith("."))
+        self.assertNotIn("\x1b", name)
+        self.assertNotIn("\u202e", name)
+        self.assertEqual(sha256_of(os.path.join(inbox, name)), digest)
+        self.assertEqual(bob.received_bodies(), ["still here"])
+
+    async def test_decline_and_cancel_reach_both_sides(self) -> None:
+        """When bob declines one offer and alice cancels another before it is accepted, then
+        both sides show both cancelled, with the reason, and nothing is written to bob's
+        folder."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "a.bin")
+        random_file(path, 1000)
+        first = await alice.call("files.send", contact=bob.uid, path=path)
+        second = await alice.call("files.send", contact=bob.uid, path=path)
+        await bob.recorder.wait(lambda: {first["id"], second["id"]} <= set(offered_ids(bob)), 30)
+        declined = await bob.call("files.decline", id=first["id"])
+        self.assertEqual(declined["state"], "cancelled")
+        await wait_state(alice, first["id"], {"cancelled"}, 30)
+        cancelled = await alice.call("files.cancel", id=second["id"])
+        self.assertEqual(cancelled["state"], "cancelled")
+        await wait_state(bob, second["id"], {"cancelled"}, 30)
+        reasons = {t["id"]: t["reason"] for t in (await alice.call("files.list"))["transfers"]}
+        self.assertIn("declined", reasons[first["id"]])
+
+    async def test_sender_killed_mid_transfer_resumes(self) -> None:
+        """When the sender is SIGKILLed in the middle of a transfer and restarted, then the
+        transfer completes by itself, byte-identical, and the resumed connection sends exactly
+        the chunks the receiver did not hold (every complete chunk that had arrived was kept:
+        at most the one cut off in flight is sent again)."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "big.bin")
+        digest = random_file(path, SIZE)
+        inbox = os.path.join(root, "inbox")
+        sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
+        await alice.kill()
+        await wait_state(bob, sent["id"], {"accepted"}, 30)
+        held = await listed_bytes(bob, sent["id"])
+        self.assertLess(held, SIZE, "the transfer ended before the kill: nothing was tested")
+        self.assertEqual(held % CHUNK, 0)
+        await alice.start(unlock=True)
+        await wait_state(bob, sent["id"], {"complete", "failed", "cancelled"}, 180)
+        self.assertEqual(state_of(bob, sent["id"]), "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(b"chunks of transfer")  # the log may trail the events
+        self.assertEqual(chunks_resent(alice), [(SIZE - held) // CHUNK])
+
+    async def test_receiver_killed_mid_transfer_resumes(self) -> None:
+        """When the receiver is SIGKILLed in the middle of a transfer and restarted, then it
+        re-verifies its hidden 0600 partial file, the resumed connection sends exactly the
+        chunks not on disk, and the file completes byte-identical.  Chunks lost with the
+        killed process (in its socket buffers and its write window) are sent again: they are
+        counted and bounded here."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "big.bin")
+        digest = random_file(path, SIZE)
+        inbox = os.path.join(root, "inbox")
+        sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
+        await bob.kill()
+        await wait_state(alice, sent["id"], {"accepted"}, 30)
+        partials = [n for n in os.listdir(inbox) if n.endswith(".jarvis-partial")]
+        self.assertEqual(len(partials), 1)
+        self.assertTrue(partials[0].startswith("."))
+        self.assertEqual(os.stat(os.path.join(inbox, partials[0])).st_mode & 0o777, 0o600)
+        with open(os.path.join(inbox, partials[0] + ".state"), "rb") as f:
+            bitmap = f.read()[-(SIZE // CHUNK) :]
+        held = sum(bitmap)
+        self.assertLess(held, SIZE // CHUNK, "the transfer ended before the kill")
+        await alice.process.wait_for(b"chunks sent on this connection")
+        first_connection = sent_per_connection(alice)
+        self.assertEqual(len(first_connection), 1)
+        await bob.start(unlock=True)
+        await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 180)
+        self.assertEqual(state_of(alice, sent["id"]), "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(f"sending {SIZE // CHUNK - held} of".encode())
+        self.assertEqual(chunks_resent(alice), [SIZE // CHUNK, SIZE // CHUNK - held])
+        lost = first_connection[0] - held
+        print(f"\nreceiver kill: {lost} chunk(s) of {CHUNK} bytes sent again")
+        self.assertLessEqual(lost, LOST_BOUND)
+
+
+#: The file of the kill tests and its chunk size (the default offered).
+SIZE = 192 * MiB
+CHUNK = MiB
+#: Chunks a killed receiver may lose: its write window (2), the frame being cut, and what its
+#: socket buffers held (loopback buffers hold a few MiB).
+LOST_BOUND = 16
+
+
+def received(peer: Peer, transfer_id: str) -> int:
+    done = [p["bytes"] for p in peer.recorder.named("transfer.progress") if p["id"] == transfer_id]
+    return max(done, default=0)
+
+
+async def listed_bytes(peer: Peer, transfer_id: str) -> int:
+    for t in (await peer.call("files.list"))["transfers"]:
+        if t["id"] == transfer_id:
+            return int(t["bytes"])
+    raise AssertionError("transfer not listed")
+
+
+def chunks_resent(sender: Peer) -> list[int]:
+    """The ``missing`` of each "sending {missing} of {chunks} chunks" line of the sender."""
+    found = re.findall(rb"sending (\d+) of \d+ chunks of transfer", sender.process.output)
+    return [int(n) for n in found]
+
+
+def sent_per_connection(sender: Peer) -> list[int]:
+    found = re.findall(rb": (\d+) chunks sent on this connection", sender.process.output)
+    return [int(n) for n in found]
+
+
+class DamageTests(TestCase):
+    timeout = 240
+
+    async def test_partial_corrupted_between_runs_fetches_the_bad_chunk_again(self) -> None:
+        """When the receiver is killed mid-transfer and one chunk its sidecar says it holds is
+        overwritten on disk before it restarts, then the restart detects it, the resumed
+        connection fetches that chunk again with the missing ones, and the file is
+        byte-identical."""
+        alice, bob, root = await start_friends(self)
+        path = os.path.join(root, "big.bin")
+        digest = random_file(path, SIZE)
+        inbox = os.path.join(root, "inbox")
+        sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
+        await bob.kill()
+        await wait_state(alice, sent["id"], {"accepted"}, 30)
+        (partial,) = [n for n in os.listdir(inbox) if n.endswith(".jarvis-partial")]
+        with open(os.path.join(inbox, partial + ".state"), "rb") as f:
+            bitmap = f.read()[-(SIZE // CHUNK) :]
+        held = sum(bitmap)
+        self.assertGreater(held, 2)
+        self.assertLess(held, SIZE // CHUNK)
+        victim = bitmap.index(1, 1)
+        with open(os.path.join(inbox, partial), "r+b") as f:
+            f.seek(victim * CHUNK + 100)
+            f.write(b"\x00corrupted\x00")
+        await bob.start(unlock=True)
+        await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 180)
+        self.assertEqual(state_of(alice, sent["id"]), "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
+        await alice.process.wait_for(f"sending {SIZE // CHUNK - held + 1} of".encode())
+        self.assertEqual(chunks_resent(alice)[-1], SIZE // CHUNK - held + 1)
+
+
+class ConcurrencyTests(TestCase):
+    timeout = 300
+
+    async def test_two_each_way_with_chat(self) -> None:
+        """When two files go each way at once while alice and bob chat, then all four files
+        arrive byte-identical and every chat message arrives in order while the files stream;
+        the chat latency (send call to the receiver's event) is measured and bounded."""
+        alice, bob, root = await start_friends(self)
+        inbox_a, inbox_b = os.path.join(root, "in-a"), os.path.join(root, "in-b")
+        digests: dict[str, tuple[Peer, str, str]] = {}
+        for sender, receiver, inbox in ((alice, bob, inbox_b), (bob, alice, inbox_a)):
+            for n in range(2):
+                path = os.path.join(root, f"{sender.name}-{n}.bin")
+                digest = random_file(path, CHAT_FILE)
+                sent = await sender.call("files.send", contact=receiver.uid, path=path)
+                digests[sent["id"]] = (
+                    receiver,
+                    os.path.join(inbox, os.path.basename(path)),
+                    digest,
+                )
+        for tid, (receiver, _path, _digest) in digests.items():
+            await receiver.recorder.wait(lambda r=receiver, t=tid: t in offered_ids(r), 30)
+        for tid, (receiver, path, _digest) in digests.items():
+            await receiver.call("files.accept", id=tid, directory=os.path.dirname(path))
+        clock: Any = reactor
+        latencies = []
+        n = 0
+        while not all(state_of(r, t) == "complete" for t, (r, _p, _d) in digests.items()):
+            text = f"chat {n}"
+            started = clock.seconds()
+            await alice.call("messages.send", contact=bob.uid, text=text)
+            await bob.recorder.wait(lambda c=n: len(bob.received_bodies()) > c, 30)
+            latencies.append(clock.seconds() - started)
+            n += 1
+            self.assertLess(n, 100_000)
+        for _tid, (_receiver, path, digest) in digests.items():
+            self.assertEqual(sha256_of(path), digest)
+        self.assertEqual(bob.received_bodies(), [f"chat {i}" for i in range(n)])
+        latencies.sort()
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        print(f"\nchat during 4 transfers: {n} messages, p50 {p50:.3f} s, p99 {p99:.3f} s")
+        self.assertGreater(n, 5, "the transfers ended before the chat was measured")
+        self.assertLess(p99, CHAT_P99_BOUND)
+
+
+#: Each file of the concurrency test.
+CHAT_FILE = 96 * MiB
+#: Chat p99 bound under four transfers on a shared 2-core CI machine (issue goal: 50 ms on a
+#: quiet one; measured figures in docs/benchmarks.md).
+CHAT_P99_BOUND = 1.0
+
+
+class CliTests(TestCase):
+    timeout = 240
+
+    async def test_cli_send_accept_policy(self) -> None:
+        """When files go through the CLI: send-file --wait answers once bob accepts and prints
+        the complete transfer; files --json lists it on both sides; an auto-accept limit takes
+        a small file without asking and leaves a larger one offered; a size cap refuses an
+        oversize accept with the reason; cancel ends a waiting offer on both sides."""
+        from jarvis import paths
+        from jarvis.ipc.client import IpcClient
+        from tests.peers import EventRecorder
+        from tests.test_e2e_cli import Cli, write
+
+        root = short_tempdir(self)
+        pw = write(os.path.join(root, "pw"), "secret one\n")
+        alice, bob = Cli(root, "alice"), Cli(root, "bob")
+        for cli, name in ((alice, "Alice"), (bob, "Bob")):
+            self.addCleanup(cli.run, "daemon", "stop")
+            await cli.ok("daemon", "start", "--listen", "tcp:0:interface=127.0.0.1")
+            await cli.ok("init", "--name", name, "--password-file", pw)
+        a_me, b_me = await alice.json("whoami"), await bob.json("whoami")
+        await alice.ok("add", b_me["link"])
+        await bob.ok("add", a_me["link"])
+        path = os.path.join(root, "report.pdf")
+        digest = random_file(path, 5 * MiB)
+        inbox = os.path.join(root, "inbox")
+
+        events = {}
+        for cli, name in ((alice, "alice"), (bob, "bob")):
+            client = await IpcClient.connect(reactor, paths.client_endpoint_for(cli.data_dir))
+            self.addCleanup(client.close)
+            events[name] = EventRecorder()
+            await client.subscribe(events[name])
+
+        def states(name: str) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for p in events[name].named("transfer.changed"):
+                found[p["transfer"]["id"]] = p["transfer"]["state"]
+            return found
+
+        async def reach(name: str, tid: str, state: str) -> None:
+            await events[name].wait(lambda: states(name).get(tid) == state, 60)
+
+        waiting = defer.ensureDeferred(alice.run("--json", "send-file", "Bob", path, "--wait"))
+        await events["bob"].wait(lambda: bool(events["bob"].named("transfer.offered")), 60)
+        offered = await bob.json("files")
+        tid = offered["transfers"][0]["id"]
+        self.assertEqual(offered["transfers"][0]["state"], "offered")
+        accepted = await bob.json("accept", tid[:6], "--to", inbox)
+        self.assertEqual(accepted["state"], "accepted")
+        code, out, err = await waiting
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["state"], "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "report.pdf")), digest)
+        await reach("bob", tid, "complete")
+        done = await bob.json("files")
+        self.assertEqual(done["transfers"][0]["path"], os.path.join(inbox, "report.pdf"))
+        text = await bob.ok("files")
+        self.assertIn("complete", text)
+        self.assertIn("report.pdf", text)
+
+        policy = await bob.json(
+            "files", "--auto-accept", "Alice=1M", "--downloads", inbox, "--max-size", "3M"
+        )
+        self.assertEqual(policy["auto_accept"], {a_me["uid"]: 1024 * 1024})
+        self.assertEqual((policy["max_size"], policy["downloads"]), (3 * MiB, inbox))
+        small = os.path.join(root, "small.txt")
+        small_digest = random_file(small, 1000)
+        sent_small = await alice.json("send-file", "Bob", small)
+        big = os.path.join(root, "big.bin")
+        random_file(big, 4 * MiB)
+        sent_big = await alice.json("send-file", "Bob", big)
+        await reach("alice", sent_small["id"], "complete")
+        self.assertEqual(sha256_of(os.path.join(inbox, "small.txt")), small_digest)
+        await reach("bob", sent_big["id"], "offered")
+        code, _out, err = await bob.run("accept", sent_big["id"])
+        self.assertEqual(code, 1)
+        self.assertIn("larger than the size you accept", err)
+        cancelled = await alice.json("cancel", sent_big["id"])
+        self.assertEqual(cancelled["state"], "cancelled")
+        await reach("bob", sent_big["id"], "cancelled")
+        self.assertFalse([n for n in os.listdir(inbox) if "partial" in n])

@@ -1,0 +1,115 @@
+"""Tests for file transfer in the terminal UI: /file, /accept, /decline, /cancel, the offer
+line, the progress bar on the status line and the end line (headless, fake daemon)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from jarvis.ui.model import InputError, SlashCommand, parse_input, progress_bar
+from tests.ui_fakes import (
+    UID_ALICE,
+    FakeDaemonClient,
+    make_controller,
+    make_populated_client,
+    press,
+    screen_text,
+)
+
+TID = "0123456789abcdef" * 2
+
+
+def started() -> tuple[Any, FakeDaemonClient, Any]:
+    controller, client, clock, _connector = make_controller(make_populated_client())
+    assert client is not None
+    return controller, client, clock
+
+
+def transfer(**fields: Any) -> dict[str, Any]:
+    view = {
+        "id": TID,
+        "contact": UID_ALICE,
+        "contact_name": "alice",
+        "direction": "in",
+        "name": "holiday.jpg",
+        "size": 3 * 1024 * 1024,
+        "state": "offered",
+        "reason": "",
+        "path": None,
+        "directory": None,
+        "created": 1_700_000_100.0,
+    }
+    view.update(fields)
+    return view
+
+
+class ParseTests(SynchronousTestCase):
+    def test_file_commands(self) -> None:
+        """When /file, /accept, /decline and /cancel are typed, then they parse to commands
+        with an absolute path or folder, and a missing argument is a usage error."""
+        self.assertEqual(parse_input("/file /tmp/a b.txt"), SlashCommand("file", ("/tmp/a b.txt",)))
+        self.assertEqual(parse_input("/accept 0123abcd"), SlashCommand("accept", ("0123abcd",)))
+        self.assertEqual(
+            parse_input("/accept 0123abcd /srv/in"), SlashCommand("accept", ("0123abcd", "/srv/in"))
+        )
+        self.assertEqual(parse_input("/cancel 0123abcd"), SlashCommand("cancel", ("0123abcd",)))
+        for line in ("/file", "/accept", "/decline", "/decline a b"):
+            self.assertIsInstance(parse_input(line), InputError, line)
+
+    def test_progress_bar(self) -> None:
+        """When a transfer is 45 % done, then the bar is 45 % filled and says rate and ETA."""
+        bar = progress_bar(45, 100, 10.0, 5.5, width=20)
+        self.assertTrue(bar.startswith("[#########...........]  45% 45 B of 100 B"), bar)
+        self.assertIn("10 B/s", bar)
+        self.assertIn("left", bar)
+
+
+class TransferUiTests(SynchronousTestCase):
+    def test_file_offers_to_the_open_conversation(self) -> None:
+        """When /file PATH is typed in alice's conversation, then files.send goes to alice with
+        the absolute path, and the conversation says it was offered and how to cancel."""
+        controller, client, clock = started()
+        client.m_files_send = lambda params: transfer(direction="out", name="report.pdf")
+        press(controller, "meta 1")
+        press(controller, "/file /tmp/report.pdf", "enter")
+        clock.advance(0)
+        self.assertIn(
+            ("files.send", {"contact": UID_ALICE, "path": "/tmp/report.pdf"}), client.calls
+        )
+        text = screen_text(controller.window, (120, 24))
+        self.assertIn("offered report.pdf (3.0 MiB); /cancel 01234567", text)
+
+    def test_file_without_a_conversation_says_so(self) -> None:
+        """When /file is typed with no conversation open, then nothing is sent and the status
+        line says to open one."""
+        controller, client, _clock = started()
+        press(controller, "/file /tmp/x", "enter")
+        self.assertFalse([c for c in client.calls if c[0] == "files.send"])
+        self.assertIn("open a conversation first", controller.model.status.text)
+
+    def test_offer_progress_and_end_are_shown(self) -> None:
+        """When alice offers a file with a hostile name, then her conversation shows the offer
+        with the escape made visible and the /accept hint; /accept calls files.accept; progress
+        events fill the status line's bar; completion shows where the file was saved."""
+        controller, client, clock = started()
+        client.m_files_accept = lambda params: transfer(state="accepted")
+        press(controller, "meta 1")
+        hostile = transfer(name="evil\x1b]52;c;QUFB\x07.jpg")
+        client.emit("transfer.offered", {"transfer": hostile})
+        client.emit("transfer.changed", {"transfer": hostile})
+        text = screen_text(controller.window, (140, 24))
+        self.assertIn("offers evil\\x1b]52;c;QUFB\\x07.jpg (3.0 MiB): /accept 01234567", text)
+        self.assertNotIn("\x1b", text)
+        press(controller, "/accept 01234567 /srv/in", "enter")
+        clock.advance(0)
+        self.assertIn(("files.accept", {"id": "01234567", "directory": "/srv/in"}), client.calls)
+        progress = {"id": TID, "bytes": 1024 * 1024, "size": 3 * 1024 * 1024, "rate": 2.0**20}
+        client.emit("transfer.progress", {**progress, "eta": 2.0, "contact": UID_ALICE})
+        self.assertIn("33%", controller.model.status.text)
+        self.assertIn("[######", controller.model.status.text)
+        done = transfer(state="complete", path="/srv/in/evil.jpg", directory="/srv/in")
+        client.emit("transfer.changed", {"transfer": done})
+        text = screen_text(controller.window, (140, 24))
+        self.assertIn("complete, saved as /srv/in/evil.jpg (folder: /srv/in)", text)
+        self.assertIsNone(controller.model.status)
