@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 
 from jarvis.launcher import twistd_argv
-from jarvis.mailbox.link import MailboxLink, parse_link
+from jarvis.protocol.mailbox_link import MailboxLink, parse_link
 from tests.daemons import DaemonProcess
 
 #: Where a mailbox listens unless told otherwise: a free loopback port.

@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.mailbox import attach
 from jarvis.mailbox.client import MailboxConnectionLost, MailboxRefused
-from jarvis.mailbox.link import MailboxLink
+from jarvis.protocol.mailbox_link import MailboxLink
 
 LINK = str(MailboxLink("aeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaqcaibaeaq", "127.0.0.1", 4000))
 

@@ -21,8 +21,8 @@ from jarvis.mailbox.client import (
     QueueFull,
     connect_mailbox,
 )
-from jarvis.mailbox.link import MailboxLink
 from jarvis.mailbox.tls import MailboxClientCreator
+from jarvis.protocol.mailbox_link import MailboxLink
 from tests.daemons import short_tempdir
 from tests.mailboxes import MailboxProcess, start_mailbox
 

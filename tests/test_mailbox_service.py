@@ -11,9 +11,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis.launcher import twistd_argv
-from jarvis.mailbox import link as mlink
 from jarvis.mailbox.service import MailboxOptions, load_or_create_key
 from jarvis.mailbox.store import InlineSQLiteMailboxStore, MailboxStore, SQLiteMailboxStore
+from jarvis.protocol import mailbox_link as mlink
 from tests.daemons import REPO, child_env, short_tempdir
 
 

@@ -46,8 +46,8 @@ from jarvis.crypto.linkcode import CardMailbox
 from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
-from jarvis.mailbox.link import BadMailboxLink, parse_link
 from jarvis.mailbox.wire import MAX_PAYLOAD
+from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
 from jarvis.protocol.records import MailboxAddress, MalformedRecord, encode_record, parse_record
 from jarvis.store import queries
 from jarvis.store.database import Store

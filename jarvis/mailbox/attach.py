@@ -29,7 +29,7 @@ from jarvis.mailbox.client import (
     SenderCredential,
     connect_mailbox,
 )
-from jarvis.mailbox.link import parse_link
+from jarvis.protocol.mailbox_link import parse_link
 
 RECONNECT_MIN = 1.0
 RECONNECT_MAX = 60.0

@@ -38,8 +38,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.mailbox import wire
-from jarvis.mailbox.link import MailboxLink
 from jarvis.mailbox.tls import MailboxClientCreator
+from jarvis.protocol.mailbox_link import MailboxLink
 
 
 class MailboxRefused(Exception):

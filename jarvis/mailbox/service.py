@@ -37,11 +37,11 @@ from twisted.python.lockfile import FilesystemLock
 
 from jarvis.atomicfile import write_atomically, write_text_atomically
 from jarvis.crypto.identity import IdentityKey
-from jarvis.mailbox.link import MailboxLink
 from jarvis.mailbox.relay import PortSharing, RelayFactory, RelayLimits
 from jarvis.mailbox.server import MailboxLimits, MailboxServerFactory
 from jarvis.mailbox.store import SQLiteMailboxStore
 from jarvis.mailbox.tls import MailboxServerCreator
+from jarvis.protocol.mailbox_link import MailboxLink
 
 #: Seconds between two expiry sweeps.
 EXPIRY_INTERVAL = 600.0

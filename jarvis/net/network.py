@@ -61,7 +61,6 @@ from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
 from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
-from jarvis.mailbox.link import BadMailboxLink, parse_link
 from jarvis.net.admission import AdmissionControl
 from jarvis.net.eyeballs import STAGGER, AddressRace, RaceFailed
 from jarvis.net.knock import (
@@ -99,6 +98,7 @@ from jarvis.protocol.knock import (
     make_knock,
     window_of,
 )
+from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
 from jarvis.protocol.peerpath import (
     UPGRADED,
     PeerPath,
