@@ -10,6 +10,13 @@ connects :data:`CONNECTIONS` clients of :mod:`jarvis.mailbox.client` over pinned
   when the mailbox acknowledged it, i.e. after its commit (WAL, ``synchronous=FULL``):
   ``deposits_per_s`` (goal >= 5,000/s, shown next to the same run's ceiling of TLS 16 KiB
   frames/s on one connection, ``tls_stream_16k_frames_per_s``);
+- splits the deposit phase's CPU: the mailbox's (``mailbox_cpu_per_deposit_us``, all its
+  threads) and this client process's (``client_cpu_per_deposit_us``: if it neared a full core,
+  the client, not the mailbox, would be the limit); and, from the mailbox's status before and
+  after the phase, how much of the phase's wall time its database thread was busy
+  (``db_busy_percent``: running operations and committing; near 100 means that thread is the
+  limit), the part spent committing (``db_commit_percent``: fsync and checkpoint included)
+  and the mean group-commit size (``deposits_per_batch``);
 - collects (subscribe, acknowledge one by one) every message of :data:`COLLECT_QUEUES` queues
   on one connection each: ``collect_per_s``;
 - reads the mailbox's VmRSS at the end (``rss_mib``, goal <= 200 MiB with all Q queues and
@@ -146,6 +153,7 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
                 await inflight.pop(0)
             await defer.gatherResults(inflight)
 
+        before = await clients[0].status()
         pid = int(mailbox.transport.pid)
         started, cpu_before, own_before = time.perf_counter(), cpu_seconds(pid), time.process_time()
         await defer.gatherResults(
@@ -155,6 +163,10 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
         server_cpu = cpu_seconds(pid) - cpu_before
         client_cpu = time.process_time() - own_before
         progress(f"deposit phase CPU: mailbox {server_cpu:.2f} s, clients {client_cpu:.2f} s")
+        after = await clients[0].status()
+        db_busy_ms = sum(after.get(k, 0) - before.get(k, 0) for k in ("db_run_ms", "db_commit_ms"))
+        db_commit_ms = after.get("db_commit_ms", 0) - before.get("db_commit_ms", 0)
+        db_batches = after.get("db_batches", 0) - before.get("db_batches", 0)
         deposits = per_conn * CONNECTIONS
         progress(f"{deposits:,} deposits in {deposit_s:.2f} s: {deposits / deposit_s:,.0f}/s")
         rss = rss_mib(int(mailbox.transport.pid))
@@ -191,6 +203,22 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
             "mailbox_cpu_per_deposit_us": {
                 "value": server_cpu / deposits * 1e6,
                 "unit": "µs",
+            },
+            "client_cpu_per_deposit_us": {
+                "value": client_cpu / deposits * 1e6,
+                "unit": "µs",
+            },
+            "db_busy_percent": {
+                "value": db_busy_ms / 10.0 / deposit_s,
+                "unit": "% of wall",
+            },
+            "db_commit_percent": {
+                "value": db_commit_ms / 10.0 / deposit_s,
+                "unit": "% of wall",
+            },
+            "deposits_per_batch": {
+                "value": deposits / db_batches if db_batches else 0.0,
+                "unit": "deposits",
             },
             "collect_per_s": {"value": collected / collect_s, "unit": "messages/s"},
             "rss_mib": {"value": rss, "unit": "MiB", "goal": GOAL_RSS_MIB},
