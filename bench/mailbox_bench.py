@@ -23,6 +23,9 @@ connects :data:`CONNECTIONS` clients of :mod:`jarvis.mailbox.client` over pinned
   every deposit stored) and its own reactor-lag probe over the run (``worst_stall_ms``, goal
   <= 20 ms, the worst lag of a 50 ms timer in the last 60 s, read from its status).
 
+``MAILBOX_ARGS`` (environment) adds options to the mailbox's command line, e.g.
+``MAILBOX_ARGS="--sync normal"``; ``MAILBOX_PROFILE_ARGS`` adds twistd options (a profiler).
+
 ``python -m bench.mailbox_bench [--quick] [--smoke]`` prints the table; ``python -m bench
 mailbox`` runs the ceiling first and writes both to ``bench/results``.  This module must not
 be imported by Jarvis itself.
@@ -112,6 +115,7 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
                 "tcp:0:interface=127.0.0.1",
                 "--connection-rate",
                 "100000",
+                *os.environ.get("MAILBOX_ARGS", "").split(),
             ]
 
     mailbox = Mailbox(os.path.join(root, "data"), root)

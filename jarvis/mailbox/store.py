@@ -36,11 +36,6 @@ from jarvis.mailbox.wire import BLOCK_SIZE, ERR_AUTH, ERR_QUOTA, MSG_ID_BYTES
 
 #: Most operations committed in one transaction.
 MAX_BATCH = 512
-#: SQLite page cache of the database thread, KiB.  A full batch is 512 blocks of 16 KiB
-#: (8 MiB); with SQLite's default 2 MiB a batch spills dirty pages into the WAL before its
-#: commit, one small write at a time (see docs/benchmarks.md, "Mailbox", for the measured
-#: difference).  It bounds this cache's share of the RSS.
-CACHE_KIB = 16 * 1024
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (
@@ -293,7 +288,6 @@ class SQLiteMailboxStore:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         conn.execute("PRAGMA foreign_keys=ON")
         # collected and expired blocks are overwritten, not left in free pages
         conn.execute("PRAGMA secure_delete=ON")
