@@ -138,7 +138,8 @@ class MailboxStore(Protocol):
         ...
 
     def figures(self) -> defer.Deferred[dict[str, int]]:
-        """Fire with ``queues``, ``messages`` and ``bytes`` (of stored blocks)."""
+        """Fire with ``queues``, ``messages`` and ``bytes`` (of stored blocks), and any
+        figures of the implementation's own (the SQLite one adds its thread's ``db_*``)."""
         ...
 
     @property
