@@ -10,11 +10,21 @@ connects :data:`CONNECTIONS` clients of :mod:`jarvis.mailbox.client` over pinned
   when the mailbox acknowledged it, i.e. after its commit (WAL, ``synchronous=FULL``):
   ``deposits_per_s`` (goal >= 5,000/s, shown next to the same run's ceiling of TLS 16 KiB
   frames/s on one connection, ``tls_stream_16k_frames_per_s``);
+- splits the deposit phase's CPU: the mailbox's (``mailbox_cpu_per_deposit_us``, all its
+  threads) and this client process's (``client_cpu_per_deposit_us``: if it neared a full core,
+  the client, not the mailbox, would be the limit); and, from the mailbox's status before and
+  after the phase, how much of the phase's wall time its database thread was busy
+  (``db_busy_percent``: running operations and committing; near 100 means that thread is the
+  limit), the part spent committing (``db_commit_percent``: fsync and checkpoint included)
+  and the mean group-commit size (``deposits_per_batch``);
 - collects (subscribe, acknowledge one by one) every message of :data:`COLLECT_QUEUES` queues
   on one connection each: ``collect_per_s``;
 - reads the mailbox's VmRSS at the end (``rss_mib``, goal <= 200 MiB with all Q queues and
   every deposit stored) and its own reactor-lag probe over the run (``worst_stall_ms``, goal
   <= 20 ms, the worst lag of a 50 ms timer in the last 60 s, read from its status).
+
+``MAILBOX_ARGS`` (environment) adds options to the mailbox's command line, e.g.
+``MAILBOX_ARGS="--sync normal"``; ``MAILBOX_PROFILE_ARGS`` adds twistd options (a profiler).
 
 ``python -m bench.mailbox_bench [--quick] [--smoke]`` prints the table; ``python -m bench
 mailbox`` runs the ceiling first and writes both to ``bench/results``.  This module must not
@@ -90,7 +100,7 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
 
     mailbox = MailboxProcess(
         root,
-        ["--connection-rate", "100000"],
+        ["--connection-rate", "100000", *os.environ.get("MAILBOX_ARGS", "").split()],
         twistd_args=os.environ.get("MAILBOX_PROFILE_ARGS", "").split(),
     )
     await mailbox.start()
@@ -129,6 +139,7 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
                 await inflight.pop(0)
             await defer.gatherResults(inflight)
 
+        before = await clients[0].status()
         pid = int(mailbox.transport.pid)
         started, cpu_before, own_before = time.perf_counter(), cpu_seconds(pid), time.process_time()
         await defer.gatherResults(
@@ -138,6 +149,10 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
         server_cpu = cpu_seconds(pid) - cpu_before
         client_cpu = time.process_time() - own_before
         progress(f"deposit phase CPU: mailbox {server_cpu:.2f} s, clients {client_cpu:.2f} s")
+        after = await clients[0].status()
+        db_busy_ms = sum(after.get(k, 0) - before.get(k, 0) for k in ("db_run_ms", "db_commit_ms"))
+        db_commit_ms = after.get("db_commit_ms", 0) - before.get("db_commit_ms", 0)
+        db_batches = after.get("db_batches", 0) - before.get("db_batches", 0)
         deposits = per_conn * CONNECTIONS
         progress(f"{deposits:,} deposits in {deposit_s:.2f} s: {deposits / deposit_s:,.0f}/s")
         rss = rss_mib(int(mailbox.transport.pid))
@@ -174,6 +189,22 @@ async def measure(reactor: Any, sizes: Sizes, root: str) -> dict[str, Any]:
             "mailbox_cpu_per_deposit_us": {
                 "value": server_cpu / deposits * 1e6,
                 "unit": "µs",
+            },
+            "client_cpu_per_deposit_us": {
+                "value": client_cpu / deposits * 1e6,
+                "unit": "µs",
+            },
+            "db_busy_percent": {
+                "value": db_busy_ms / 10.0 / deposit_s,
+                "unit": "% of wall",
+            },
+            "db_commit_percent": {
+                "value": db_commit_ms / 10.0 / deposit_s,
+                "unit": "% of wall",
+            },
+            "deposits_per_batch": {
+                "value": deposits / db_batches if db_batches else 0.0,
+                "unit": "deposits",
             },
             "collect_per_s": {"value": collected / collect_s, "unit": "messages/s"},
             "rss_mib": {"value": rss, "unit": "MiB", "goal": GOAL_RSS_MIB},

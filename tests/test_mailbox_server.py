@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -417,3 +418,34 @@ class HostileTests(unittest.TestCase):
             later.callback(result)
         self.assertEqual(c.transport.producerState, "producing")
         self.assertEqual(len(c.replies()), MAX_PENDING)
+
+
+class MessageIdTests(unittest.TestCase):
+    """Message ids come from a pool of random bytes drawn at once."""
+
+    def test_ids_cut_from_few_random_draws_never_repeat(self) -> None:
+        """When 600 deposits are made, then the random source is asked for message ids only
+        ceil(600 / MSG_ID_POOL) times, and every id is distinct and MSG_ID_BYTES long."""
+        from jarvis.mailbox.server import MSG_ID_POOL
+
+        draws: list[int] = []
+
+        def counting(n: int) -> bytes:
+            draws.append(n)
+            return os.urandom(n)
+
+        clock = Clock()
+        factory = MailboxServerFactory(
+            InlineSQLiteMailboxStore(), clock, clock.seconds, LIMITS, random_bytes=counting
+        )
+        c = Conn(factory)
+        _rid, sid, _rkey, skey = c.new_queue()
+        draws.clear()
+        got = []
+        for i in range(600):
+            ok = c.deposit(sid, skey, b"%d" % i)
+            assert isinstance(ok, wire.Ok), ok
+            got.append(ok.msg_id)
+        self.assertEqual(len(set(got)), 600)
+        self.assertEqual({len(m) for m in got}, {wire.MSG_ID_BYTES})
+        self.assertEqual(draws, [wire.MSG_ID_BYTES * MSG_ID_POOL] * -(-600 // MSG_ID_POOL))
