@@ -179,17 +179,26 @@ class UpgradeTests(TestCase):
         return peer
 
     async def test_mailbox_to_live_session_while_messages_flow(self) -> None:
-        """When A and B are on the mailbox path (no route between them) and the route comes
-        back while A sends 1,000 messages, then the pair gets a live session on its own (no
-        redial asked), B has every message exactly once and in A's order, A sees every one
-        delivered, and both report the live path."""
+        """When A and B are on the mailbox path (no route between them, the mailbox relays
+        nothing) and the route comes back while A sends 1,000 messages, then the pair gets a
+        live session on its own (no redial asked), B has every message exactly once and in A's
+        order, A sees every one delivered, and both report the live path."""
+        await self.upgrade_while_messages_flow(relay=False)
+
+    async def test_relayed_to_direct_while_messages_flow(self) -> None:
+        """When A and B have a relayed session through the mailbox (no route between them) and
+        the route comes back while A sends 1,000 messages, then the pair moves to a direct
+        session on its own, B has every message exactly once and in A's order, A sees every
+        one delivered, and both report the direct path."""
+        await self.upgrade_while_messages_flow(relay=True)
+
+    async def upgrade_while_messages_flow(self, *, relay: bool) -> None:
         root = short_tempdir(self)
-        # relaying off: this test is about the mailbox path giving way to a live session
         box = NamespacedMailbox(
             self.net.namespaces["m"],
             os.path.join(root, "m"),
             self.net.addresses["m"],
-            ["--relay-pairs", "0"],
+            [] if relay else ["--relay-pairs", "0"],
             port=7780,
         )
         os.makedirs(os.path.dirname(box.pidfile), exist_ok=True)
@@ -216,40 +225,46 @@ class UpgradeTests(TestCase):
         await alice.recorder.wait(lambda: not alice.online_with(bob)(), 30)
         self.block()
         await bob.start(unlock=True)
+        worse = "relayed" if relay else "mailbox"
 
-        async def on_mailbox(peer: Peer) -> bool:
+        async def on_worse_path(peer: Peer) -> bool:
             [view] = (await peer.call("peers.status"))["peers"]
-            return bool(view["path"] == "mailbox")
+            return bool(view["path"] == worse)
 
-        await until(lambda: on_mailbox(alice), "alice on the mailbox path")
+        await until(lambda: on_worse_path(alice), f"alice on the {worse} path")
+        if relay:
+            await until(lambda: on_worse_path(bob), f"bob on the {worse} path")
         [view] = (await alice.call("peers.status"))["peers"]
-        self.assertTrue(view["path_reason"].startswith("mailbox: "), view)
+        self.assertTrue(view["path_reason"].startswith(f"{worse}: "), view)
 
         bodies = [f"upgrade {i:04d}" for i in range(COUNT)]
         third = COUNT // 3
         sent = await defer.gatherResults(
             [alice.call("messages.send", contact=bob.uid, text=body) for body in bodies[:third]]
         )
+        first_ids = {m["id"] for m in sent}
 
-        def deposited() -> bool:
-            via = {
+        def first_third_left() -> bool:
+            left = {
                 p["id"]
                 for p in alice.recorder.named("message.stateChanged")
-                if p.get("via") == "mailbox" and p["state"] == "sent"
+                if p["state"] in ("sent", "delivered") and (relay or p.get("via") == "mailbox")
             }
-            return via >= {m["id"] for m in sent}
+            return left >= first_ids
 
-        await alice.recorder.wait(deposited, 60)  # the first third went through the mailbox
-        self.unblock()  # the rest flow while the pair finds its live session
+        await alice.recorder.wait(first_third_left, 60)  # the first third went the worse way
+        self.unblock()  # the rest flow while the pair finds its direct session
         sent += await defer.gatherResults(
             [alice.call("messages.send", contact=bob.uid, text=body) for body in bodies[third:]]
         )
         sent_ids = [m["id"] for m in sent]
 
-        await defer.gatherResults(
-            [alice.recorder.wait(alice.online_with(bob), 90),
-             bob.recorder.wait(bob.online_with(alice), 90)]
-        )  # fmt: skip
+        async def direct(peer: Peer) -> bool:
+            [view] = (await peer.call("peers.status"))["peers"]
+            return bool(view["status"] == "online" and view["path"] in ("lan", "direct"))
+
+        await until(lambda: direct(alice), "alice on a direct session", timeout=150)
+        await until(lambda: direct(bob), "bob on a direct session", timeout=150)
 
         async def all_received() -> bool:
             history = await bob.all_history(alice.uid)
@@ -265,15 +280,13 @@ class UpgradeTests(TestCase):
             return sum(m["state"] == "delivered" for m in history) == COUNT
 
         await until(all_delivered, "alice's messages delivered", timeout=120)
-        via_mailbox = {
-            p["id"]
-            for p in alice.recorder.named("message.stateChanged")
-            if p.get("via") == "mailbox" and p["state"] == "sent"
-        }
-        print(f"\n{len(via_mailbox)} of {COUNT} messages deposited before the live session")
-        for peer in (alice, bob):
-            [view] = (await peer.call("peers.status"))["peers"]
-            self.assertIn(view["path"], ("lan", "direct"), view)
+        if not relay:
+            via_mailbox = {
+                p["id"]
+                for p in alice.recorder.named("message.stateChanged")
+                if p.get("via") == "mailbox" and p["state"] == "sent"
+            }
+            print(f"\n{len(via_mailbox)} of {COUNT} messages deposited before the live session")
 
 
 async def until(check: Any, what: str, timeout: float = 60.0) -> None:
