@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import InputError, Message, SendText, SlashCommand, parse_input
+from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
 
 
 class Sender:
@@ -27,8 +27,13 @@ class Sender:
     :param open_add_contact: opens the add-contact dialog with a link code typed in.
     """
 
-    def __init__(self, controller: UiHost, open_add_contact: Callable[[str], Any]) -> None:
+    def __init__(
+        self, controller: UiHost, open_add_contact: Callable[[str], Any], groups: Any = None
+    ) -> None:
+        """:param groups: the :class:`~jarvis.ui.grouping.GroupActions` (sending in a group,
+        the group slash commands)."""
         self._controller = controller
+        self._groups = groups
         self._open_add_contact = open_add_contact
         self.model = controller.model
         self.main_screen = controller.main_screen
@@ -63,6 +68,8 @@ class Sender:
         elif action.name == "msg":
             name, text = action.args
             self.message_to(name, text, restore=line or None)
+        elif self._groups is not None:
+            self._groups.slash(action)
 
     def message_to(self, name: str, text: str, *, restore: str | None = None) -> None:
         """``/msg NAME TEXT``: send *text* to the one contact called *name*.
@@ -104,9 +111,16 @@ class Sender:
             line names its contact: ``/msg``).
         :returns: a Deferred firing with whether the daemon took the message.
         """
-        d = self._controller.call("messages.send", {"contact": uid, "text": text}, label="sending")
+        if is_group(uid) and self._groups is not None:
+            d = self._groups.send(uid, text)
+        else:
+            d = self._controller.call(
+                "messages.send", {"contact": uid, "text": text}, label="sending"
+            )
 
         def sent(result: Mapping[str, Any]) -> bool:
+            if is_group(uid):
+                return True  # the group part took the answer in
             try:
                 self.model.add_message(Message.from_api(result))
             except (ValueError, AttributeError):
