@@ -882,6 +882,8 @@ class MessengerModel:
         invite = {k: strip_bidi(str(v)) for k, v in data.items() if v is not None}
         self.invites = [i for i in self.invites if i.get("id") != invite["id"]] + [invite]
         self._changed("invites")
+        who = invite.get("from_name") or invite.get("from", "")[:12]
+        self.notify(f"{who} invites you to #{invite.get('name', '?')}: /invites to answer")
 
     def _group_dropped(self, payload: Mapping[str, Any]) -> None:
         ident = payload.get("group")
