@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.ui.events import Reaction, ScreenState, reaction_to
 from jarvis.ui.model import (
     Contact,
     InputError,
@@ -322,3 +323,25 @@ class GroupControllerTests(SynchronousTestCase):
         press(controller, "enter", size=(100, 30))  # the first button: Join
         self.assertIn(("groups.join", {"invite": "5"}), client.calls)
         self.assertEqual(controller.model.current_uid, group_key("cd" * 16))
+
+
+class GroupReactionTests(SynchronousTestCase):
+    """What the screen does about group events (jarvis.ui.events, pure)."""
+
+    def state(self, current: str | None) -> ScreenState:
+        entry = Contact.from_group(group_view())
+        return ScreenState(current, True, False, False, True, None, {KEY: entry}, ME_UID)
+
+    def test_group_message_reactions(self) -> None:
+        """When a member writes in a group that is not open, then the bell rings; in the open
+        group the read mark goes; my own message (another client of mine) rings nothing; an
+        invitation reloads the groups."""
+        other = {"message": group_message("g1", UID_BOB, "hi", 0)}
+        mine = {"message": group_message("g2", ME_UID, "hi", 1)}
+        self.assertIs(reaction_to("group.message", other, self.state(None)), Reaction.BELL)
+        self.assertIs(reaction_to("group.message", other, self.state(KEY)), Reaction.MARK_READ)
+        self.assertIsNone(reaction_to("group.message", mine, self.state(None)))
+        invited = {"invite": {"id": "1", "name": "team"}}
+        self.assertIs(
+            reaction_to("group.invited", invited, self.state(None)), Reaction.REFRESH_GROUPS
+        )
