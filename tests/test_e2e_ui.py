@@ -531,3 +531,35 @@ class SuspendTests(TestCase):
         await shell.wait_for("Close Jarvis?")
         shell.press("ctrl c")
         await shell.wait_for(lambda t: t.rstrip().endswith("shell$"))
+
+
+class GroupUiTests(TestCase):
+    timeout = 90
+
+    async def test_create_group_invite_send_and_receive(self) -> None:
+        """When ``/group create`` then ``/invite bob`` are typed and bob joins, then a line
+        typed in the group reaches bob, and bob's reply shows in the UI with his name."""
+        root, (alice, bob) = await start_peers(self, "alice", "bob")
+        await befriend(alice, bob)
+        ui = start_ui(self, alice.data_dir, root)
+        await ui.wait_for(lambda t: "No conversation open" in t and "1/1 online" in t)
+        ui.type("/group create team")
+        ui.press("enter")
+        await ui.wait_for(lambda t: "#team · 1 member" in t)
+        ui.type("/invite bob")
+        ui.press("enter")
+        await bob.recorder.wait(lambda: bool(bob.recorder.named("group.invited")), 30)
+        invite = bob.recorder.named("group.invited")[-1]["invite"]
+        await bob.call("groups.join", invite=invite["id"])
+        await ui.wait_for(lambda t: "#team · 2 members" in t)
+        ui.type("hello group")
+        ui.press("enter")
+        await ui.wait_for(lambda t: "alice: hello group" in t)
+
+        def bob_has(body: str) -> bool:
+            return any(e["message"]["body"] == body for e in bob.recorder.named("group.message"))
+
+        await bob.recorder.wait(lambda: bob_has("hello group"), 30)
+        await bob.call("groups.send", group=invite["group"], text="hi from bob")
+        await ui.wait_for(lambda t: "bob: hi from bob" in t, 30)
+        self.assertEqual(len([line for line in conversation_rows(ui) if "hello group" in line]), 1)

@@ -21,6 +21,7 @@ UID_ALICE = "a" * 52
 UID_BOB = "b" * 52
 UID_CAROL = "c" * 52
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+ME_UID = "m" * 52  # identity.show's uid
 
 
 def remote_error(kind: str, message: str) -> RemoteError:
@@ -49,7 +50,113 @@ def make_contact(uid: str, name: str, **fields: Any) -> dict[str, Any]:
     return contact
 
 
-class FakeDaemonClient:
+class FakeGroupsMixin:
+    """The ``groups.*`` methods of the fake daemon (issue 17), over ``groups``,
+    ``group_messages``, ``group_members`` and ``group_invites``."""
+
+    groups: dict[str, dict[str, Any]]
+    group_messages: dict[str, list[dict[str, Any]]]
+    group_members: dict[str, list[dict[str, Any]]]
+    group_invites: list[dict[str, Any]]
+    contacts: dict[str, dict[str, Any]]
+
+    def _group(self, params: dict[str, Any]) -> dict[str, Any]:
+        wanted = str(params.get("group", ""))
+        for view in self.groups.values():  # type: ignore[attr-defined]
+            if wanted in (view["id"], view["name"]):
+                return view
+        raise remote_error("not_found", f"no group {wanted}")
+
+    def m_groups_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"groups": [dict(v) for v in self.groups.values()]}
+
+    def m_groups_invites(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"invites": list(self.group_invites)}
+
+    def m_groups_create(self, params: dict[str, Any]) -> dict[str, Any]:
+        ident = f"{len(self.groups) + 1:032x}"
+        view = self.add_group(ident, params["name"], topic=params.get("topic") or "")  # type: ignore[attr-defined]
+        self.emit("group.changed", {"group": dict(view)})  # type: ignore[attr-defined]
+        return dict(view)
+
+    def m_groups_send(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        message = self.add_group_message(view["id"], ME_UID, params["text"])  # type: ignore[attr-defined]
+        self.emit("group.message", {"message": dict(message)})  # type: ignore[attr-defined]
+        return dict(message)
+
+    def m_groups_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        limit = params.get("limit") or 50
+        return {"group": view["id"], "messages": self.group_messages[view["id"]][-limit:]}
+
+    def m_groups_markRead(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        view["unread"] = 0
+        return {"group": view["id"], "unread": 0}
+
+    def m_groups_members(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        return {"group": view["id"], "members": list(self.group_members[view["id"]])}
+
+    def m_groups_invite(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        wanted = params["contact"]
+        found = [c for c in self.contacts.values() if wanted in (c["uid"], c["name"])]
+        if len(found) != 1:
+            raise remote_error("not_found", f"no contact {wanted}")
+        contact = found[0]
+        self.group_members[view["id"]].append(
+            {
+                "uid": contact["uid"],
+                "name": contact["name"],
+                "role": "member",
+                "contact": True,
+                "me": False,
+                "online": contact.get("status") == "online",
+            }
+        )
+        view["members"] = len(self.group_members[view["id"]])
+        view["version"] += 1
+        return {"group": view["id"], "invited": contact["uid"], "version": view["version"]}
+
+    def m_groups_remove(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        wanted = params["member"]
+        members = self.group_members[view["id"]]
+        gone = [m for m in members if wanted in (m["uid"], m["name"]) and not m["me"]]
+        if len(gone) != 1:
+            raise remote_error("not_found", f"no member {wanted}")
+        members.remove(gone[0])
+        view["members"] = len(members)
+        view["version"] += 1
+        return {"group": view["id"], "removed": gone[0]["uid"], "version": view["version"]}
+
+    def m_groups_leave(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        if view["role"] == "founder":
+            raise remote_error("invalid_input", "the founder cannot leave")
+        view["left"] = True
+        return {"group": view["id"], "left": True, "version": view["version"]}
+
+    def _invite(self, params: dict[str, Any]) -> dict[str, Any]:
+        for invite in self.group_invites:
+            if invite["id"] == params["invite"]:
+                self.group_invites.remove(invite)
+                return invite
+        raise remote_error("not_found", f"no invitation {params['invite']!r}")
+
+    def m_groups_join(self, params: dict[str, Any]) -> dict[str, Any]:
+        invite = self._invite(params)
+        view = self.add_group(invite["group"], invite["name"], role="member")  # type: ignore[attr-defined]
+        return dict(view)
+
+    def m_groups_decline(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._invite(params)
+        return {"declined": params["invite"]}
+
+
+class FakeDaemonClient(FakeGroupsMixin):
     """A fake IPC client over in-memory state.
 
     :param has_identity: whether an identity exists.
@@ -95,6 +202,11 @@ class FakeDaemonClient:
         #: the runs not ended: id -> {"argv", "params", "progress", "call"}
         self.exec_runs: dict[int, dict[str, Any]] = {}
         self._next_run = 7
+        #: groups (issue 17): views by id, their messages, members, and invitations received
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.group_messages: dict[str, list[dict[str, Any]]] = {}
+        self.group_members: dict[str, list[dict[str, Any]]] = {}
+        self.group_invites: list[dict[str, Any]] = []
 
     # setting up ---------------------------------------------------------------------------
 
@@ -135,6 +247,56 @@ class FakeDaemonClient:
             if self.markers.get(uid) is None:
                 self.markers[uid] = str(message["id"])
         self.contacts[uid]["last_activity"] = created
+        return message
+
+    def add_group(self, ident: str, name: str, **fields: Any) -> dict[str, Any]:
+        """Add a group I am a member of (``groups.list``'s view, with me as its founder)."""
+        view = {
+            "id": ident,
+            "name": name,
+            "topic": "",
+            "version": 1,
+            "members": 1,
+            "role": "founder",
+            "unread": 0,
+            "messages": 0,
+            "left": False,
+        }
+        view.update(fields)
+        self.groups[ident] = view
+        self.group_messages.setdefault(ident, [])
+        self.group_members[ident] = [
+            {
+                "uid": ME_UID,
+                "name": self.name,
+                "role": "founder",
+                "contact": False,
+                "me": True,
+                "online": True,
+            }
+        ]
+        return view
+
+    def add_group_message(
+        self, ident: str, author: str, body: str, *, author_name: str = "", unread: bool = False
+    ) -> dict[str, Any]:
+        """Store a group message by *author* (a uid; :data:`ME_UID` is me)."""
+        messages = self.group_messages.setdefault(ident, [])
+        message = {
+            "id": f"g{self._next_id}",
+            "group": ident,
+            "author": author,
+            "author_name": author_name or (self.name if author == ME_UID else author[:12]),
+            "body": body,
+            "seq": len(messages) + 1,
+            "created": NOW + self._next_id,
+            "index": len(messages),
+        }
+        self._next_id += 1
+        messages.append(message)
+        self.groups[ident]["messages"] = len(messages)
+        if unread:
+            self.groups[ident]["unread"] += 1
         return message
 
     # the interface ------------------------------------------------------------------------
@@ -341,7 +503,7 @@ class FakeDaemonClient:
         self._unlocked()
         return {
             "name": self.name,
-            "uid": "m" * 52,
+            "uid": ME_UID,
             "fingerprint": "FP-me",
             "link": "jarvis://me-link",
             "card": '{"card": "me"}\n',

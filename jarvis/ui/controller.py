@@ -31,6 +31,7 @@ from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs
 from jarvis.ui.events import Reaction, ScreenState, reaction_to
 from jarvis.ui.execview import ExecRuns
+from jarvis.ui.grouping import GroupActions
 from jarvis.ui.keys import KeyRouter
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
@@ -139,8 +140,10 @@ class Controller:
         self.dialogs = Dialogs(
             self, read_file=read_file, write_file=write_file, clipboard=clipboard
         )
-        self.sender = Sender(self, self.dialogs.open_add_contact)
-        self.reader = Reader(self)
+        self.groups = GroupActions(self)
+        self.sender = Sender(self, self.dialogs.open_add_contact, self.groups)
+        self.reader = Reader(self, self.groups)
+        self.dialogs.groups = self.groups
         self.keys = KeyRouter(
             self,
             {
@@ -366,6 +369,7 @@ class Controller:
         self.main_screen.refresh()
         self._load_settings()
         self.fetch_paths()
+        self.groups.reload()
         self.announce_focus()
         uid = self.model.current_uid
         if uid is not None:
@@ -513,6 +517,8 @@ class Controller:
             self._unread_refresh.request()
         elif reaction is Reaction.REFRESH_PATHS:
             self._paths_refresh.request()
+        elif reaction is Reaction.REFRESH_GROUPS:
+            self.groups.reload()
         elif reaction is Reaction.CLOSE_CONTACT_DIALOG:
             self.window.close_dialog()
         elif reaction is Reaction.RECONNECT:
@@ -532,6 +538,7 @@ class Controller:
             notifications=self.model.notifications,
             contact_dialog_uid=dialog.uid if isinstance(dialog, ContactInfoDialog) else None,
             contacts=self.model.contacts,
+            me=self.model.identity.uid if self.model.identity is not None else None,
         )
 
     def on_main_screen(self) -> bool:

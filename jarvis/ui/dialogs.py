@@ -58,6 +58,8 @@ class Dialogs:
         self.window = controller.window
         self.main_screen = controller.main_screen
         self.clock = controller.clock
+        #: the :class:`~jarvis.ui.grouping.GroupActions` (F3 on a group shows its members)
+        self.groups: Any = None
         self._read_file = read_file
         self._write_file = write_file
         self._clipboard = clipboard
@@ -277,6 +279,9 @@ class Dialogs:
         contact = contact or self._target_contact()
         if contact is None:
             self.model.notify("no conversation open: Alt+1 opens the first", "error")
+            return
+        if contact.group and self.groups is not None:
+            self.groups.open_info(contact)  # a group's members, their presence and path
             return
         uid = contact.uid
 

@@ -27,6 +27,8 @@ class Reaction(enum.Enum):
     CLOSE_CONTACT_DIALOG = "close_contact_dialog"
     #: ask ``mailbox.status`` again: the path per contact (direct, mailbox, waiting) may differ
     REFRESH_PATHS = "refresh_paths"
+    #: ask ``groups.list`` and ``groups.invites`` again (a group's counts, an invitation)
+    REFRESH_GROUPS = "refresh_groups"
     #: the daemon dropped events for this client (``$/lagged``): connect again and reload
     RECONNECT = "reconnect"
 
@@ -52,6 +54,7 @@ class ScreenState:
     notifications: bool
     contact_dialog_uid: str | None
     contacts: Mapping[str, Any]
+    me: str | None = None  # my uid: my own group messages ring no bell
 
 
 def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Reaction | None:
@@ -68,11 +71,16 @@ def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Re
         return Reaction.SHOW_LOCK
     if name == "identity.unlocked":
         return Reaction.LOAD_UNLOCKED if state.lock_screen and not state.unlocking else None
-    if name == "message.received":
+    if name == "group.invited":
+        return Reaction.REFRESH_GROUPS if state.on_main else None
+    if name in ("message.received", "group.message"):
         message = payload.get("message")
         if not isinstance(message, dict):
             return None
         uid = message.get("contact")
+        if name == "group.message":
+            group = message.get("group")
+            uid = "group:" + group if isinstance(group, str) else None
         if not isinstance(uid, str):
             return None
         if uid == state.current_uid and state.on_main:
@@ -80,7 +88,10 @@ def reaction_to(name: str, payload: Mapping[str, Any], state: ScreenState) -> Re
             # write in the daemon, which then reports every message it marked
             return Reaction.MARK_READ
         contact = state.contacts.get(uid)
-        if message.get("direction") == "in" and state.notifications and contact is not None:
+        incoming = message.get("direction") == "in" or (
+            name == "group.message" and message.get("author") != state.me
+        )
+        if incoming and state.notifications and contact is not None:
             return None if contact.muted else Reaction.BELL
         return None
     if name == "message.stateChanged" and payload.get("state") == "read":

@@ -31,6 +31,13 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/accept ID [DIR]", "Accept an offered file (into DIR; default ~/Downloads)"),
     ("/decline ID", "Decline an offered file"),
     ("/cancel ID", "Cancel a file transfer, either way"),
+    ("/group create NAME", "Found a private group called NAME (it opens)"),
+    ("/invite CONTACT", "Invite a contact to the open group"),
+    ("/kick MEMBER", "Remove a member (name or uid) from the open group"),
+    ("/leave", "Leave the open group"),
+    ("/topic TEXT", "Set the open group's topic (if the daemon can)"),
+    ("/invites", "List the group invitations received"),
+    ("/join ID", "Join the group of invitation ID (/decline ID forgets it)"),
     ("/lock", "Lock Jarvis"),
     ("/help", "Show the keys"),
     ("/quit", "Close the UI (the daemon keeps running)"),
@@ -44,6 +51,18 @@ NO_CONVERSATION = ""
 PEER_STATUSES = ("offline", "connecting", "online")
 #: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
 PATHS = ("lan", "direct", "relayed", "mailbox", "waiting")
+#: Conversation keys of groups start with this (contact uids are base32: never a colon).
+GROUP_PREFIX = "group:"
+
+
+def group_key(group_id: str) -> str:
+    """The conversation key of group *group_id* (its entry in ``contacts``/``conversations``)."""
+    return GROUP_PREFIX + group_id
+
+
+def is_group(key: str | None) -> bool:
+    """Whether conversation key *key* is a group's."""
+    return bool(key) and str(key).startswith(GROUP_PREFIX)
 
 
 def _text(value: object, default: str = "") -> str:
@@ -84,6 +103,42 @@ class Contact:
     status: str = "offline"
     unread: int = 0
     last_activity: float | None = None
+    #: a group's entry (``uid`` is :func:`group_key` of its id): its topic, member count,
+    #: my role and whether I left or was removed
+    group: bool = False
+    topic: str = ""
+    members: int = 0
+    role: str | None = None
+    left: bool = False
+
+    @classmethod
+    def from_group(cls, data: Mapping[str, Any]) -> Contact:
+        """Build a group's conversation-list entry from ``groups.list``/``group.changed``.
+
+        :raises ValueError: if there is no id.
+        """
+        ident = data.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise ValueError("group without id")
+        unread = data.get("unread")
+        members = data.get("members")
+        role = data.get("role")
+        return cls(
+            uid=group_key(ident),
+            name=_text(data.get("name")),
+            status="online",
+            unread=unread if isinstance(unread, int) and unread > 0 else 0,
+            group=True,
+            topic=_text(data.get("topic")),
+            members=members if isinstance(members, int) and members > 0 else 0,
+            role=str(role) if role in ("founder", "admin", "member") else None,
+            left=bool(data.get("left", False)),
+        )
+
+    @property
+    def group_id(self) -> str:
+        """A group entry's group id (empty for a contact)."""
+        return self.uid[len(GROUP_PREFIX) :] if self.group else ""
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Contact:
@@ -115,7 +170,9 @@ class Contact:
 
     @property
     def display_name(self) -> str:
-        """The alias if set, else the name, else the start of the uid."""
+        """The alias if set, else the name, else the start of the uid (``#name`` for a group)."""
+        if self.group:
+            return "#" + (self.name or self.group_id[:8])
         return self.alias or self.name or self.uid[:12]
 
 
@@ -138,6 +195,33 @@ class Message:
     read: float | None = None
     seq: int = 0  # its position in the conversation (the daemon's order; 0 if not given)
     path: str | None = None  # "mailbox": deposited in the contact's mailbox; else None
+    author: str = ""  # a group message's author, as shown on its line ("" in 1:1)
+
+    @classmethod
+    def from_group(cls, data: Mapping[str, Any], me: str | None) -> Message:
+        """Build a group message (``groups.history`` item, ``group.message`` event).
+
+        :param me: my uid: my own messages are outgoing, every other member's incoming.
+        :raises ValueError: if the id or group is missing.
+        """
+        ident = data.get("id")
+        group = data.get("group")
+        if not isinstance(ident, str | int) or not isinstance(group, str) or not group:
+            raise ValueError("group message without id or group")
+        author = data.get("author")
+        mine = bool(me) and author == me
+        name = _text(data.get("author_name")) or (author[:12] if isinstance(author, str) else "?")
+        index = data.get("index")
+        return cls(
+            id=str(ident),
+            contact=group_key(group),
+            direction="out" if mine else "in",
+            body=_text(data.get("body")),
+            state="sent" if mine else "received",
+            created=_number(data.get("created")) or 0.0,
+            seq=index + 1 if isinstance(index, int) and index >= 0 else 0,
+            author="" if mine else name,
+        )
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Message:
@@ -480,6 +564,34 @@ def parse_input(line: str) -> InputAction | None:
             folder = os.path.abspath(os.path.expanduser(directory.strip()))
             return SlashCommand(name, (ident, folder))
         return SlashCommand(name, (ident,))
+    return _group_command(head, name, rest)
+
+
+#: Group slash commands taking one argument, and their usage line.
+_GROUP_USAGE = {
+    "invite": "usage: /invite CONTACT (in an open group)",
+    "kick": "usage: /kick MEMBER (a member's name or uid, in an open group)",
+    "topic": "usage: /topic TEXT (in an open group)",
+    "join": "usage: /join INVITE_ID (/invites lists them)",
+    "decline": "usage: /decline INVITE_ID (/invites lists them)",
+}
+
+
+def _group_command(head: str, name: str, rest: str) -> InputAction:
+    if name in ("leave", "invites", "members"):
+        return SlashCommand(name)
+    if name in _GROUP_USAGE:
+        if not rest:
+            return InputError(_GROUP_USAGE[name])
+        parts = _split_name(rest) if name in ("invite", "kick") else (rest, "")
+        if parts is None or (name in ("invite", "kick") and parts[1]):
+            return InputError(_GROUP_USAGE[name])
+        return SlashCommand(name, (parts[0],))
+    if name == "group":
+        verb, _, group_name = rest.partition(" ")
+        if verb.lower() != "create" or not group_name.strip():
+            return InputError("usage: /group create NAME")
+        return SlashCommand("group-create", (group_name.strip(),))
     return InputError(f"unknown command /{head}; /help lists the commands")
 
 
@@ -515,6 +627,10 @@ class MessengerModel:
         #: per contact uid, the path a message takes now (``mailbox.status``'s
         #: ``contacts[].path``): ``direct``, ``mailbox`` or ``waiting``
         self.paths: dict[str, str] = {}
+        #: group invitations received (``groups.invites``'s items, as text)
+        self.invites: list[dict[str, str]] = []
+        #: per group key, its members as ``groups.members`` last said
+        self.members: dict[str, list[dict[str, Any]]] = {}
         self._next_operation = 1
         #: file names by transfer id (from transfer events), for the progress line
         self.transfer_names: dict[str, str] = {}
@@ -601,6 +717,8 @@ class MessengerModel:
             except ValueError:
                 continue
             fresh[contact.uid] = contact
+        # groups come from groups.list: a contact list leaves them as they are
+        fresh.update((k, c) for k, c in self.contacts.items() if c.group)
         self.contacts = fresh
         for uid in list(self.conversations):
             if uid not in fresh and uid != NO_CONVERSATION:
@@ -615,10 +733,91 @@ class MessengerModel:
         if isinstance(inner, Mapping):
             counts = inner
         for uid, contact in list(self.contacts.items()):
+            if contact.group:
+                continue  # a group's count comes with groups.list
             count = counts.get(uid, 0)
             count = count if isinstance(count, int) and count > 0 else 0
             self.contacts[uid] = replace(contact, unread=count)
         self._changed("contacts")
+
+    def load_groups(self, result: Mapping[str, Any]) -> None:
+        """Replace the groups of the conversation list with a ``groups.list`` result."""
+        fresh: dict[str, Contact] = {}
+        for data in result.get("groups") or ():
+            if not isinstance(data, Mapping):
+                continue
+            try:
+                entry = Contact.from_group(data)
+            except ValueError:
+                continue
+            fresh[entry.uid] = entry
+        for key in [k for k, c in self.contacts.items() if c.group and k not in fresh]:
+            del self.contacts[key]
+            self.conversations.pop(key, None)
+            if self.current_uid == key:
+                self.current_uid = None
+                self._changed("current")
+        self.contacts.update(fresh)
+        self._changed("contacts")
+
+    def upsert_group(self, data: Mapping[str, Any]) -> Contact | None:
+        """Add or replace one group's entry (``group.changed``, ``groups.create``/``join``)."""
+        try:
+            entry = Contact.from_group(data)
+        except ValueError:
+            return None
+        old = self.contacts.get(entry.uid)
+        if old is not None and "unread" not in data:
+            entry = replace(entry, unread=old.unread)
+        if old is not None:
+            entry = replace(entry, last_activity=old.last_activity)
+        self.contacts[entry.uid] = entry
+        self._changed("contacts")
+        return entry
+
+    def load_invites(self, result: Mapping[str, Any]) -> None:
+        """Take in ``groups.invites``: the invitations not yet joined or declined."""
+        self.invites = [
+            {k: strip_bidi(str(v)) for k, v in i.items() if v is not None}
+            for i in result.get("invites") or ()
+            if isinstance(i, Mapping) and i.get("id") is not None
+        ]
+        self._changed("invites")
+
+    def load_members(self, key: str, result: Mapping[str, Any]) -> None:
+        """Take in ``groups.members`` for group *key*: ``[{uid, name, role, contact, me,
+        online}]``."""
+        self.members[key] = [dict(m) for m in result.get("members") or () if isinstance(m, Mapping)]
+        self._changed("members")
+
+    def member_lines(self, key: str) -> list[str]:
+        """One line per member of group *key*: name, role, presence and path (as F3 shows)."""
+        lines = []
+        for m in self.members.get(key, ()):
+            uid = str(m.get("uid") or "")
+            name = _text(m.get("name")) or uid[:12]
+            role = _text(m.get("role"), "member")
+            if m.get("me"):
+                lines.append(f"{name} ({role}) · me")
+                continue
+            presence = "online" if m.get("online") else "offline"
+            path = self.paths.get(uid)
+            if path is None:
+                path = (
+                    "not a contact"
+                    if not m.get("contact")
+                    else ("direct" if m.get("online") else "waiting")
+                )
+            lines.append(f"{name} ({role}) · {presence} · {path} · {uid[:8]}")
+        return lines
+
+    def find_groups(self, name: str) -> list[Contact]:
+        """Groups whose name is *name* (ignoring case and a leading #), else whose id starts
+        with it."""
+        wanted = name.lstrip("#").casefold()
+        groups = [c for c in self.contacts.values() if c.group]
+        exact = [g for g in groups if g.name.casefold() == wanted]
+        return exact or [g for g in groups if wanted and g.group_id.startswith(wanted)]
 
     def load_history(self, uid: str, result: Mapping[str, Any], *, older: bool = False) -> None:
         """Take in a ``messages.history`` page for contact *uid*.
@@ -626,14 +825,21 @@ class MessengerModel:
         :param older: the page continues back in time (keep the marker of the first page).
         """
         conversation = self.conversation(uid)
+        me = self.identity.uid if self.identity is not None else None
         for data in result.get("messages") or ():
             try:
-                message = Message.from_api(data)
+                message = Message.from_group(data, me) if is_group(uid) else Message.from_api(data)
             except ValueError:
                 continue
             conversation.put(message)
         if not older:
             marker = result.get("marker")
+            entry = self.contacts.get(uid)
+            if marker is None and entry is not None and entry.group and entry.unread:
+                # groups.history has no marker: the first of the unread ones, counted back
+                incoming = [m for m in conversation.ordered() if m.direction == "in"]
+                if len(incoming) >= entry.unread:
+                    marker = incoming[-entry.unread].id
             conversation.marker = str(marker) if isinstance(marker, str | int) else None
         conversation.older = result.get("next")
         conversation.loaded = True
@@ -663,6 +869,52 @@ class MessengerModel:
         except ValueError:
             return
         self.add_message(message)
+
+    def _group_message(self, payload: Mapping[str, Any]) -> None:
+        data = payload.get("message")
+        if not isinstance(data, Mapping):
+            return
+        me = self.identity.uid if self.identity is not None else None
+        try:
+            message = Message.from_group(data, me)
+        except ValueError:
+            return
+        if message.contact in self.contacts:
+            self.add_message(message)
+
+    def _group_changed(self, payload: Mapping[str, Any]) -> None:
+        data = payload.get("group")
+        if isinstance(data, Mapping):
+            self.upsert_group(data)
+
+    def _group_removed(self, payload: Mapping[str, Any]) -> None:
+        ident = payload.get("group")
+        entry = self.contacts.get(group_key(ident)) if isinstance(ident, str) else None
+        if entry is not None:
+            self.contacts[entry.uid] = replace(entry, left=True)
+            self._changed("contacts")
+
+    def _group_invited(self, payload: Mapping[str, Any]) -> None:
+        data = payload.get("invite")
+        if not isinstance(data, Mapping) or data.get("id") is None:
+            return
+        invite = {k: strip_bidi(str(v)) for k, v in data.items() if v is not None}
+        self.invites = [i for i in self.invites if i.get("id") != invite["id"]] + [invite]
+        self._changed("invites")
+        who = invite.get("from_name") or invite.get("from", "")[:12]
+        self.notify(f"{who} invites you to #{invite.get('name', '?')}: /invites to answer")
+
+    def _group_dropped(self, payload: Mapping[str, Any]) -> None:
+        ident = payload.get("group")
+        conversation = self.conversations.get(group_key(ident)) if isinstance(ident, str) else None
+        ids = payload.get("ids")
+        if conversation is None or not isinstance(ids, list):
+            return
+        kept = [m for m in conversation.messages.values() if m.id not in {str(i) for i in ids}]
+        conversation.clear()
+        for message in kept:
+            conversation.put(message)
+        self._changed("messages")
 
     def add_message(self, message: Message) -> None:
         """Add a received or sent message; an incoming one elsewhere than the open one is unread.
@@ -847,6 +1099,11 @@ class MessengerModel:
         "contact.changed": _contact_changed,
         "identity.locked": _locked,
         "identity.unlocked": _unlocked,
+        "group.message": _group_message,
+        "group.changed": _group_changed,
+        "group.removed": _group_removed,
+        "group.invited": _group_invited,
+        "group.dropped": _group_dropped,
     }
 
     # conversations -----------------------------------------------------------------------
@@ -906,14 +1163,11 @@ class MessengerModel:
     def find_contacts(self, name: str) -> list[Contact]:
         """Contacts whose name or alias is *name* (ignoring case), else whose uid starts with it."""
         wanted = name.casefold()
-        exact = [
-            c
-            for c in self.contacts.values()
-            if wanted in (c.display_name.casefold(), c.name.casefold())
-        ]
+        people = [c for c in self.contacts.values() if not c.group]
+        exact = [c for c in people if wanted in (c.display_name.casefold(), c.name.casefold())]
         if exact:
             return exact
-        return [c for c in self.contacts.values() if c.uid.startswith(name.lower())]
+        return [c for c in people if c.uid.startswith(name.lower())]
 
     def no_single_contact(self, name: str, matches: list[Contact], limit: int = 5) -> str:
         """One line saying why *name* names no single contact, with the candidates.

@@ -14,6 +14,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from jarvis.ui.host import UiHost
+from jarvis.ui.model import is_group
 
 #: Messages per ``messages.history`` page the UI asks for.
 HISTORY_PAGE = 100
@@ -28,8 +29,11 @@ class Reader:
 
     log = Logger()
 
-    def __init__(self, controller: UiHost) -> None:
+    def __init__(self, controller: UiHost, groups: Any = None) -> None:
+        """:param groups: the :class:`~jarvis.ui.grouping.GroupActions` (a group's history and
+        read marks go through ``groups.*``)."""
         self._controller = controller
+        self._groups = groups
         self.model = controller.model
         self.main_screen = controller.main_screen
         self._loading_older = False
@@ -40,8 +44,8 @@ class Reader:
         conversation = self.model.conversations.get(uid) if uid is not None else None
         if uid is None or conversation is None or not conversation.older:
             return
-        if self._loading_older:
-            return
+        if self._loading_older or is_group(uid):
+            return  # a group's history is one page (groups.history has no cursor)
         self._loading_older = True
         params = {"contact": uid, "limit": HISTORY_PAGE, "before": conversation.older}
         d = self._controller.call("messages.history", params)
@@ -79,7 +83,10 @@ class Reader:
 
     def load_history(self, uid: str) -> None:
         """Load *uid*'s newest page; if it is the conversation shown, mark it read."""
-        d = self._controller.call("messages.history", {"contact": uid, "limit": HISTORY_PAGE})
+        if is_group(uid) and self._groups is not None:
+            d = self._groups.history(uid)
+        else:
+            d = self._controller.call("messages.history", {"contact": uid, "limit": HISTORY_PAGE})
 
         def loaded(result: Mapping[str, Any]) -> None:
             self.model.load_history(uid, result)
@@ -98,6 +105,10 @@ class Reader:
 
     def mark_read(self, uid: str) -> None:
         """Mark *uid*'s conversation read (here and in the daemon), if anything is unread."""
+        if is_group(uid):
+            if self._groups is not None:
+                self._groups.mark_read(uid)
+            return
         contact = self.model.contacts.get(uid)
         conversation = self.model.conversations.get(uid)
         unread_loaded = conversation is not None and any(

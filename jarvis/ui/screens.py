@@ -583,6 +583,80 @@ class ContactInfoDialog(Dialog):
         self.note.set_text(("error" if level == "error" else "good", text))
 
 
+class GroupInfoDialog(Dialog):
+    """A group's details (F3 on a group): name, topic, my role, and each member's role,
+    presence and path; buttons to leave and close.
+
+    :param members: one line per member (:meth:`MessengerModel.member_lines`); ``None``
+        while ``groups.members`` is on its way.
+    :param actions: callbacks by name: ``leave()``, ``close()``.
+    """
+
+    def __init__(
+        self,
+        group: Contact,
+        members: list[str] | None,
+        actions: Mapping[str, Callable[[], Any]],
+    ) -> None:
+        self.uid = group.uid
+        rows: list[urwid.Widget] = [
+            _text_row("Group", group.display_name, "name_in"),
+            _text_row("Topic", group.topic),
+            _text_row("Id", group.group_id),
+            _text_row("My role", group.role or ("left" if group.left else "")),
+            urwid.Divider(),
+        ]
+        if members is None:
+            rows.append(urwid.Text(("hint", "Loading the members...")))
+        else:
+            rows.append(urwid.Text(("hint", f"{len(members)} members:")))
+            rows += [urwid.Text(("body", "  " + line)) for line in members]
+        rows.append(urwid.Divider())
+        if not group.left:
+            rows += _buttons(("Leave group...", lambda: actions["leave"]()))
+        rows += _buttons(("Close", lambda: actions["close"]()))
+        super().__init__("group_info", "Group details", rows)
+
+
+def _answer(on_answer: Callable[[str, bool], None], ident: str, join: bool) -> Callable[[], None]:
+    return lambda: on_answer(ident, join)
+
+
+class InvitesDialog(Dialog):
+    """The group invitations received, each with Join and Decline buttons.
+
+    :param on_answer: called with ``(invite_id, join)``.
+    """
+
+    def __init__(
+        self,
+        invites: list[dict[str, str]],
+        on_answer: Callable[[str, bool], None],
+        on_close: Callable[[], None],
+    ) -> None:
+        rows: list[urwid.Widget] = []
+        if not invites:
+            rows.append(urwid.Text(("hint", "No invitations.")))
+        for invite in invites:
+            ident = invite.get("id", "")
+            who = invite.get("from_name") or invite.get("from", "")[:12]
+            rows.append(
+                urwid.Text(
+                    [
+                        ("name_in", "#" + invite.get("name", "?")),
+                        ("body", f" from {who} ({invite.get('members', '?')} members) "),
+                        ("hint", f"id {ident}"),
+                    ]
+                )
+            )
+            rows += _buttons(
+                (f"Join #{invite.get('name', '?')}", _answer(on_answer, ident, True)),
+                ("Decline", _answer(on_answer, ident, False)),
+            )
+        rows += [urwid.Divider(), *_buttons(("Close", on_close))]
+        super().__init__("invites", "Group invitations", rows)
+
+
 class SettingsDialog(Dialog):
     """Notifications, and read receipts and muting per contact.
 

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from jarvis.textsafe import human_bytes, terminal_safe
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import InputError, Message, SendText, SlashCommand, parse_input
+from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
 
 
 class Sender:
@@ -28,8 +28,13 @@ class Sender:
     :param open_add_contact: opens the add-contact dialog with a link code typed in.
     """
 
-    def __init__(self, controller: UiHost, open_add_contact: Callable[[str], Any]) -> None:
+    def __init__(
+        self, controller: UiHost, open_add_contact: Callable[[str], Any], groups: Any = None
+    ) -> None:
+        """:param groups: the :class:`~jarvis.ui.grouping.GroupActions` (sending in a group,
+        the group slash commands)."""
         self._controller = controller
+        self._groups = groups
         self._open_add_contact = open_add_contact
         self.model = controller.model
         self.main_screen = controller.main_screen
@@ -66,8 +71,17 @@ class Sender:
             self.message_to(name, text, restore=line or None)
         elif action.name == "file":
             self.offer_file(action.args[0])
+        elif action.name == "decline" and self._groups is not None and self._is_invite(action):
+            self._groups.slash(action)  # /decline of a group invitation, not of a file
         elif action.name in ("accept", "decline", "cancel"):
             self.answer_file(action.name, action.args)
+        elif self._groups is not None:
+            self._groups.slash(action)
+
+    def _is_invite(self, action: SlashCommand) -> bool:
+        """Whether ``/decline ID`` names a group invitation (else it is a file's)."""
+        ident = str(action.args[0]) if action.args else ""
+        return any(str(i.get("id", "")).startswith(ident) for i in self.model.invites)
 
     def offer_file(self, path: str) -> None:
         """``/file PATH``: offer the file to the open conversation's contact."""
@@ -143,9 +157,16 @@ class Sender:
             line names its contact: ``/msg``).
         :returns: a Deferred firing with whether the daemon took the message.
         """
-        d = self._controller.call("messages.send", {"contact": uid, "text": text}, label="sending")
+        if is_group(uid) and self._groups is not None:
+            d = self._groups.send(uid, text)
+        else:
+            d = self._controller.call(
+                "messages.send", {"contact": uid, "text": text}, label="sending"
+            )
 
         def sent(result: Mapping[str, Any]) -> bool:
+            if is_group(uid):
+                return True  # the group part took the answer in
             try:
                 self.model.add_message(Message.from_api(result))
             except (ValueError, AttributeError):

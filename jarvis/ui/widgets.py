@@ -157,6 +157,8 @@ class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
         #: what the row shows; :class:`ConversationList` keeps a row whose key did not change
         self.key = (contact, number, is_open)
         dot, dot_style = STATUS_DOTS.get(contact.status, STATUS_DOTS["offline"])
+        if contact.group:  # a group has no one presence: its members' are in F3
+            dot, dot_style = ("-", "hint") if contact.left else ("≡", "conversation")
         name_style = "conversation_open" if is_open else "conversation"
         label: list[Any] = []
         if number <= 9:
@@ -312,6 +314,7 @@ class MessageRow(urwid.WidgetWrap[urwid.Columns]):
             return
         incoming = message.direction == "in"
         name_style, body_style = ("name_in", "body_in") if incoming else ("name_out", "body_out")
+        sender = message.author or sender  # a group message names its author on its line
         body = urwid.Text([(name_style, sender[:16] + ": "), (body_style, message.body)])
         columns: list[Any] = [(6, urwid.Text(("time", stamp))), body]
         if not incoming:
@@ -589,6 +592,11 @@ class TitleBar(urwid.WidgetWrap[urwid.Text]):
         contact = self._model.current
         if contact is None:
             text = " Jarvis"
+        elif contact.group:
+            count = f"{contact.members} member{'s' if contact.members != 1 else ''}"
+            topic = f" · {contact.topic}" if contact.topic else ""
+            gone = " · you are no longer a member" if contact.left else ""
+            text = f" {contact.display_name} · {count}{topic}{gone} · F3: members"
         else:
             verified = "verified" if contact.verified else "not verified"
             extra = ", blocked" if contact.blocked else ""
