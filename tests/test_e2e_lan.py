@@ -39,18 +39,41 @@ class NamespacedDaemon(DaemonProcess):
         return ip, ["ip", "netns", "exec", self.namespace, sys.executable, *self.argv()[1:]]
 
 
+class PinnedNamespacedDaemon(NamespacedDaemon):
+    """A namespaced daemon that keeps its first ``listen`` across restarts (``Peer.start``
+    would move a restarted daemon to loopback)."""
+
+    @property
+    def listen(self) -> str:
+        return self._listen
+
+    @listen.setter
+    def listen(self, value: str) -> None:
+        if not hasattr(self, "_listen"):
+            self._listen = value
+
+
 def lan_peer(
-    testcase: TestCase, root: str, name: str, namespace: str, listen: str = "tcp:0"
+    testcase: TestCase,
+    root: str,
+    name: str,
+    namespace: str,
+    listen: str = "tcp:0",
+    advertise: str = UNREACHABLE,
+    *,
+    pinned: bool = False,
 ) -> Peer:
     """Return a :class:`Peer` whose daemon runs in *namespace*, listening on *listen* (every
-    interface there by default) and advertising only :data:`UNREACHABLE`."""
+    interface there by default) and whose link code gives *advertise* (by default only
+    :data:`UNREACHABLE`); *pinned*: it keeps *listen* across restarts."""
     peer = Peer(testcase, root, name)
     process = peer.process
-    peer.process = NamespacedDaemon(
+    kind = PinnedNamespacedDaemon if pinned else NamespacedDaemon
+    peer.process = kind(
         namespace,
         process.data_dir,
         os.path.dirname(process.socket),
-        ["--advertise", UNREACHABLE],
+        ["--advertise", advertise],
         listen=listen,
     )
     return peer

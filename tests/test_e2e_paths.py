@@ -23,30 +23,13 @@ from tests import netns
 from tests.daemons import short_tempdir
 from tests.mailboxes import NamespacedMailbox
 from tests.peers import Peer
-from tests.test_e2e_lan import UNREACHABLE, NamespacedDaemon
+from tests.test_e2e_lan import UNREACHABLE, lan_peer
 
 #: The peer port inside each namespace (each has its own port space).
 PORT = 7770
 #: How long a session may take once both are contacts: B's dial to A fails at once (nothing
 #: routes to A's card address... it is ARP that gives up, ~3 s), A's dial to B succeeds.
 SESSION_SECONDS = 10.0
-
-
-def peer_in(
-    testcase: TestCase, root: str, name: str, namespace: str, listen: str, advertise: str
-) -> Peer:
-    """A :class:`Peer` whose daemon runs in *namespace*, listening on *listen*, whose link code
-    gives *advertise*."""
-    peer = Peer(testcase, root, name)
-    process = peer.process
-    peer.process = NamespacedDaemon(
-        namespace,
-        process.data_dir,
-        os.path.dirname(process.socket),
-        ["--advertise", advertise],
-        listen=listen,
-    )
-    return peer
 
 
 class OneReachableTests(TestCase):
@@ -63,12 +46,12 @@ class OneReachableTests(TestCase):
 
     async def start_pair(self) -> tuple[Peer, Peer]:
         root = short_tempdir(self)
-        a = peer_in(
+        a = lan_peer(
             self, root, "alice", self.net.namespaces["a"], f"tcp:{PORT}:interface=127.0.0.1",
             UNREACHABLE,
         )  # fmt: skip
         b_address = self.net.addresses["b"]
-        b = peer_in(
+        b = lan_peer(
             self, root, "bob", self.net.namespaces["b"], f"tcp:{PORT}:interface={b_address}",
             f"{b_address}:{PORT}",
         )  # fmt: skip
@@ -119,20 +102,6 @@ class OneReachableTests(TestCase):
         await self.check_session(a, b, elapsed)
 
 
-class PinnedNamespacedDaemon(NamespacedDaemon):
-    """A namespaced daemon that keeps its first ``listen`` across restarts (``Peer.start``
-    would move a restarted daemon to loopback)."""
-
-    @property
-    def listen(self) -> str:
-        return self._listen
-
-    @listen.setter
-    def listen(self, value: str) -> None:
-        if not hasattr(self, "_listen"):
-            self._listen = value
-
-
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
@@ -167,16 +136,16 @@ class UpgradeTests(TestCase):
                 "dev", "eth0")  # fmt: skip
 
     def peer(self, root: str, name: str, host: str) -> Peer:
-        peer = Peer(self, root, name)
-        process, address = peer.process, self.net.addresses[host]
-        peer.process = PinnedNamespacedDaemon(
+        address = self.net.addresses[host]
+        return lan_peer(
+            self,
+            root,
+            name,
             self.net.namespaces[host],
-            process.data_dir,
-            os.path.dirname(process.socket),
-            ["--advertise", f"{address}:{PORT}"],
-            listen=f"tcp:{PORT}:interface={address}",
+            f"tcp:{PORT}:interface={address}",
+            f"{address}:{PORT}",
+            pinned=True,
         )
-        return peer
 
     async def test_mailbox_to_live_session_while_messages_flow(self) -> None:
         """When A and B are on the mailbox path (no route between them, the mailbox relays

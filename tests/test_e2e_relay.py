@@ -29,7 +29,7 @@ from tests import netns
 from tests.daemons import short_tempdir
 from tests.mailboxes import NamespacedMailbox
 from tests.peers import Peer
-from tests.test_e2e_lan import NamespacedDaemon
+from tests.test_e2e_lan import lan_peer
 
 #: The issue's bounds.
 RELAYED_SESSION_SECONDS = 10.0
@@ -72,16 +72,8 @@ class PacketCapture:
 def relay_peer(testcase: TestCase, root: str, name: str, namespace: str, address: str) -> Peer:
     """A :class:`Peer` whose daemon runs in *namespace*, listening and advertising
     *address*:7770 (which the other peer cannot reach)."""
-    peer = Peer(testcase, root, name)
-    process = peer.process
-    peer.process = NamespacedDaemon(
-        namespace,
-        process.data_dir,
-        os.path.dirname(process.socket),
-        ["--advertise", f"{address}:{PEER_PORT}"],
-        listen=f"tcp:{PEER_PORT}:interface={address}",
-    )
-    return peer
+    listen = f"tcp:{PEER_PORT}:interface={address}"
+    return lan_peer(testcase, root, name, namespace, listen, f"{address}:{PEER_PORT}")
 
 
 class _Raw(protocol.Protocol):
