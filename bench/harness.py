@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, str] = {
     "exec": "bench.exec_bench",
     "lan": "bench.lan_bench",
     "group": "bench.group_bench",
+    "postbox": "bench.postbox_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

@@ -142,6 +142,7 @@ class Node(Service):
             emit=self._emit,
             public_key=self.contacts.public_key,
             contact_uids=self.contacts.acceptable_uids,
+            run_blocking=run_blocking,
         )
         self.courier.postbox = self.postbox
         self.contacts.can_deposit = self.postbox.can_deposit  # the path when no session is up
