@@ -677,8 +677,11 @@ class PeerNetwork:
         self._knock_verifier = KnockVerifier(identity.uid)
         self._run_blocking = run_blocking
         self._keys_in_flight: set[str] = set()
+        #: fires once the contacts' knock keys known at start are computed (``None``: nothing
+        #: to compute); LAN discovery waits for it and shares :attr:`knock_keys`
+        self.knock_keys_prepared: Deferred[None] | None = None
         if knock:
-            self.prepare_knock_keys(directory.acceptable_uids())
+            self.knock_keys_prepared = self.prepare_knock_keys(directory.acceptable_uids())
         #: Connections refused at the knock, counted by reason and logged sparingly.
         self.knock_refusals = refusal_log(reactor)
         self._gate_factory = KnockGateFactory(
@@ -940,6 +943,12 @@ class PeerNetwork:
         return attempt.result
 
     # -- knock ----------------------------------------------------------------------------------
+
+    @property
+    def knock_keys(self) -> KnockKeys:
+        """Our knock keys with each contact (shared with LAN discovery, which derives its own
+        keys from them)."""
+        return self._knock_keys
 
     def prepare_knock_keys(self, uids: Iterable[str]) -> Deferred[None] | None:
         """Compute the knock pair keys of *uids* that are not cached yet through
