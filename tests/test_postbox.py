@@ -199,7 +199,10 @@ class PathChoiceTests(PostboxCase):
         node, clock, _events, _bob, transport, _ring = await self.setup_pair()
         node.postbox.peers.clear()
         sent = await node.send_message("Bob", "wait")
-        self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "waiting")
+        status = node.mailbox_status()["contacts"][0]
+        self.assertEqual(status["path"], "none")  # peerpath's word, as in contacts.list
+        views = await node.list_contacts()
+        self.assertEqual(status["path"], views[0]["path"])
         clock.advance(MAILBOX_GRACE * 2)  # the run that fires checks the address first
         self.assertEqual(node.courier._depositing, set())
         self.assertEqual(transport.deposits, [])

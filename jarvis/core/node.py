@@ -520,7 +520,7 @@ class Node(Service):
         return status
 
     def _mailbox_path_entry(self, uid: str) -> dict[str, Any]:
-        """``{uid, path, path_reason}``: the courier's word (direct, mailbox, waiting), with a
+        """``{uid, path, path_reason}``: the courier's word (direct, mailbox, none), with a
         live session's kind (lan, direct, relayed: jarvis.protocol.peerpath) for "direct"."""
         path = self.courier.path_of(uid)
         live = self.contacts.path(uid)

@@ -38,7 +38,7 @@ LOCAL = "local"
 NO_CONVERSATION = ""
 PEER_STATUSES = ("offline", "connecting", "online")
 #: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
-PATHS = ("lan", "direct", "relayed", "mailbox", "waiting")
+PATHS = ("lan", "direct", "relayed", "mailbox", "none")
 
 
 def _text(value: object, default: str = "") -> str:
@@ -496,7 +496,7 @@ class MessengerModel:
         #: whether the daemon's desktop notifications show message text (opt-in)
         self.previews = False
         #: per contact uid, the path a message takes now (``mailbox.status``'s
-        #: ``contacts[].path``): ``direct``, ``mailbox`` or ``waiting``
+        #: ``contacts[].path``): ``direct``, ``mailbox`` or ``none``
         self.paths: dict[str, str] = {}
         self._next_operation = 1
 
