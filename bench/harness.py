@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, str] = {
     "lan": "bench.lan_bench",
     "group": "bench.group_bench",
     "files": "bench.files_bench",
+    "postbox": "bench.postbox_bench",
 }
 
 #: The benchmark every other benchmark is compared with.

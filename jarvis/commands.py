@@ -884,8 +884,8 @@ def mailbox_lines(result: dict[str, Any]) -> list[str]:
             "  contacts: "
             + ", ".join(
                 f"{paths.count(p)} {p}"
-                for p in ("lan", "direct", "relayed", "mailbox", "waiting")
-                if p in ("direct", "mailbox", "waiting") or p in paths
+                for p in ("lan", "direct", "relayed", "mailbox", "none")
+                if p in ("direct", "mailbox", "none") or p in paths
             )
         )
     return lines

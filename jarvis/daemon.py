@@ -347,7 +347,10 @@ class JarvisDaemon(MultiService):
         self.node.setServiceParent(self)
         from jarvis.lanservice import LanService, lan_discovery_factory
 
-        self.lan = LanService(self.node, lan_discovery_factory(reactor), self._listening)
+        self._lan_knock_keys: Any = None  # the current network's, shared with discovery
+        self.lan = LanService(
+            self.node, lan_discovery_factory(reactor, lambda: self._lan_knock_keys), self._listening
+        )
         self.lan.setServiceParent(self)
 
         peer_factory: Any = self.peer_factory
@@ -443,7 +446,8 @@ class JarvisDaemon(MultiService):
             relay_links=postbox.relay_links if postbox is not None else None,
         )
         self.peer_factory.current = network.server_factory()
-        self.lan.unlocked(identity)
+        self._lan_knock_keys = network.knock_keys
+        self.lan.unlocked(identity, network.knock_keys_prepared)
         return network
 
     def _listening(self) -> tuple[str, int] | None:

@@ -107,11 +107,18 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def lan_discovery_factory(clock: Any) -> DiscoveryFactory:
+def lan_discovery_factory(
+    clock: Any, shared_keys: Callable[[], Any] = lambda: None
+) -> DiscoveryFactory:
     """Return a factory of real :class:`~jarvis.net.lan.LanDiscovery` on *clock* (the reactor).
 
     A listener bound to one IPv4 address announces that address only, from that interface
     only; a listener on every interface announces every non-loopback IPv4 address.
+
+    :param shared_keys: returns the peer network's
+        :class:`~jarvis.protocol.knock.KnockKeys` of the identity being unlocked (or
+        ``None``): discovery derives its keys from them instead of computing its own X25519
+        exchange per contact on the reactor.
     """
 
     def make(
@@ -141,7 +148,7 @@ def lan_discovery_factory(clock: Any) -> DiscoveryFactory:
         return LanDiscovery(
             identity.uid,
             port,
-            LanKeys(identity.private_bytes(), identity.uid),
+            LanKeys(identity.private_bytes(), identity.uid, knock=shared_keys()),
             contacts=contacts,
             on_found=on_found,
             clock=clock,
@@ -207,8 +214,13 @@ class LanService(Service):
             "services_seen": discovery.services_seen if discovery is not None else 0,
         }
 
-    def unlocked(self, identity: Any) -> None:
-        """The peer network of *identity* was just made: discover with its keys (if enabled)."""
+    def unlocked(self, identity: Any, keys_ready: defer.Deferred[Any] | None = None) -> None:
+        """The peer network of *identity* was just made: discover with its keys (if enabled).
+
+        :param keys_ready: fires once the network computed its contacts' knock keys off the
+            reactor (discovery derives its keys from them): discovery starts after it, so it
+            computes none on the reactor.
+        """
         self._stop()
         listening = self._listening()
         if listening is None:
@@ -221,10 +233,19 @@ class LanService(Service):
             self.log.info("LAN discovery is off: {reason}", reason=self.not_made)
             return
         assert listening is not None
-        self.discovery = self._make(
+        discovery = self.discovery = self._make(
             identity, listening, self._contacts, self._found, self._enabled()
         )
-        self._switching.run(self.discovery.start)
+        if keys_ready is None:
+            self._switching.run(discovery.start)
+            return
+
+        def start(result: Any) -> Any:
+            if self.discovery is discovery:  # not stopped or replaced meanwhile
+                self._switching.run(discovery.start)
+            return result
+
+        keys_ready.addBoth(start)
 
     def _enabled(self) -> bool:
         return bool(self._node.settings.get(SETTING, True))

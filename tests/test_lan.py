@@ -124,6 +124,29 @@ class KeyTests(SynchronousTestCase):
         )
 
 
+class SharedKnockKeysTests(SynchronousTestCase):
+    def test_shared_knock_keys_computed_once(self) -> None:
+        """When LAN keys share the network's knock keys, already computed for a contact, then
+        no X25519 exchange is computed again and the LAN key is the one of a separate cache."""
+        peer = IdentityKey.generate()
+        shared = knock.KnockKeys(ALICE.private_bytes(), ALICE.uid)
+        shared.add(shared.compute([(peer.uid, peer.public_bytes)]))
+        computed: list[object] = []
+        original = shared.compute
+
+        def counting(peers: object) -> object:
+            computed.append(peers)
+            return original(peers)  # type: ignore[arg-type]
+
+        shared.compute = counting  # type: ignore[method-assign]
+        keys = lan.LanKeys(ALICE.private_bytes(), ALICE.uid, knock=shared)
+        own = lan.LanKeys(ALICE.private_bytes(), ALICE.uid)
+        self.assertEqual(
+            keys.key(peer.uid, peer.public_bytes), own.key(peer.uid, peer.public_bytes)
+        )
+        self.assertEqual(computed, [])
+
+
 class UnlinkabilityTests(SynchronousTestCase):
     """What a stranger capturing announcements cannot compute or link."""
 

@@ -278,6 +278,22 @@ class LifeCycleTests(TestCase):
         self.assertEqual(discovery.contacts(), [])
 
 
+class SharedKeysTests(TestCase):
+    async def test_discovery_starts_once_the_network_keys_are_ready(self) -> None:
+        """When the network is still computing its knock keys off the reactor at unlock, then
+        discovery (which derives its keys from them) starts only once they are ready."""
+        node, service, made = make_wired(self)
+        await node.create_identity("Alice", "pw")
+        assert node._keys is not None
+        ready: Deferred[None] = Deferred()
+        service.unlocked(node._keys.identity, ready)
+        discovery = made[-1]
+        self.assertEqual(discovery.calls, [])
+        ready.callback(None)
+        self.assertEqual(discovery.calls, ["start"])
+        self.assertIs(service.discovery, discovery)
+
+
 class SettingTests(TestCase):
     def test_every_setting_can_be_changed_over_the_api(self) -> None:
         """When the node has a setting (lan_discovery included), then settings.set accepts it

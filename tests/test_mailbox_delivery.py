@@ -288,9 +288,7 @@ class TellEveryContactTests(TestCase):
         await bob.start(unlock=True)
         await until(lambda: knows(bob, 0), what="bob forgot alice's mailbox")
         status = await bob.call("mailbox.status")
-        self.assertEqual(
-            [(c["uid"], c["path"]) for c in status["contacts"]], [(alice.uid, "waiting")]
-        )
+        self.assertEqual([(c["uid"], c["path"]) for c in status["contacts"]], [(alice.uid, "none")])
 
 
 async def deposits_of(peer: Peer, count: int) -> bool:

@@ -852,6 +852,7 @@ class KnockKeysOffReactorTests(TestCase):
         for contact in self.contacts:
             self.directory.add(contact, "127.0.0.1:1")
         self.runs: list[Deferred[Any]] = []
+        self.tables: list[Deferred[Any]] = []
         sender = self.contacts[1]
         # the key contact 1 knocks with (computed on its side, before the recording starts)
         self.sender_key = knock_protocol.pair_key(
@@ -870,7 +871,10 @@ class KnockKeysOffReactorTests(TestCase):
     def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """The node's run_blocking: a thread of the reactor's pool."""
         d = threads.deferToThread(f, *args)
-        self.runs.append(d)
+        if getattr(f, "__name__", "") == "prepare":
+            self.tables.append(d)  # a knock hint table, made ahead
+        else:
+            self.runs.append(d)
         return d
 
     def make_network(self) -> net.PeerNetwork:
@@ -912,3 +916,36 @@ class KnockKeysOffReactorTests(TestCase):
         network.connect(newcomer.uid)
         self.assertEqual(len(self.runs), 2)  # kept: nothing more to compute
         await network.stop()
+
+    async def test_hint_table_made_off_the_reactor_each_window(self) -> None:
+        """When the network is made, then the knock hint table of the current window is made
+        on a thread once the keys are ready, a valid knock then computes no hint on the
+        reactor, and the next window's table is made 5 s before that window starts."""
+        token = knock_protocol.make_knock(
+            self.sender_key, self.me.uid, knock_protocol.window_of(0), b"m" * 8
+        )
+        hints: list[threading.Thread] = []
+        real = knock_protocol._hint
+
+        def recording_hint(*args: Any) -> bytes:
+            hints.append(threading.current_thread())
+            return real(*args)
+
+        self.patch(knock_protocol, "_hint", recording_hint)
+        network = self.make_network()
+        clock = network._reactor
+        await self.runs[0]
+        while not self.tables or not self.tables[0].called:
+            await task.deferLater(_reactor, 0.001, lambda: None)
+        await self.tables[0]
+        self.assertEqual(len(hints), 3 * len(self.contacts))
+        self.assertNotIn(threading.main_thread(), hints)
+        self.assertEqual(
+            network._verify_knock(token), knock_protocol.Accepted(self.contacts[1].uid)
+        )
+        self.assertNotIn(threading.main_thread(), hints)  # the table was ready
+        self.assertEqual(len(self.tables), 1)
+        clock.advance(knock_protocol.WINDOW_SECONDS - net.KNOCK_TABLE_LEAD)
+        self.assertEqual(len(self.tables), 2)
+        await self.tables[1]
+        network.stop()

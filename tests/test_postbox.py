@@ -5,9 +5,10 @@ once, acks routed by deposit.  The mailbox connections are a recording fake
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -198,7 +199,10 @@ class PathChoiceTests(PostboxCase):
         node, clock, _events, _bob, transport, _ring = await self.setup_pair()
         node.postbox.peers.clear()
         sent = await node.send_message("Bob", "wait")
-        self.assertEqual(node.mailbox_status()["contacts"][0]["path"], "waiting")
+        status = node.mailbox_status()["contacts"][0]
+        self.assertEqual(status["path"], "none")  # peerpath's word, as in contacts.list
+        views = await node.list_contacts()
+        self.assertEqual(status["path"], views[0]["path"])
         clock.advance(MAILBOX_GRACE * 2)  # the run that fires checks the address first
         self.assertEqual(node.courier._depositing, set())
         self.assertEqual(transport.deposits, [])
@@ -252,6 +256,7 @@ class CollectTests(PostboxCase):
         await turned(clock, defer.maybeDeferred(handler, envelope))
         self.assertEqual(transport.deposits, [])  # acks wait to be deposited together
         clock.advance(MAILBOX_ACK_DELAY)
+        await until(clock, lambda: len(transport.deposits) >= 1)  # sealed off the reactor
         self.assertEqual(len(transport.deposits), 1)
         session = FakeSession(bob.uid)
         await turned(clock, node.session_established(session))
@@ -547,3 +552,67 @@ class SentViaMailboxTests(PostboxCase):
             [(m["body"], m["path"]) for m in history],
             [("direct", "direct"), ("deposited", "mailbox")],
         )
+
+
+class OffReactorTests(PostboxCase):
+    async def test_sealing_and_opening_run_off_the_reactor_thread(self) -> None:
+        """When Alice deposits for Bob and collects Bob's deposits (his queue and the
+        introduction queue), then every seal and open runs on a thread other than the
+        reactor's, and what was collected is stored once."""
+        node, clock, _events, bob, transport, _ring = await self.setup_pair()
+        ran: list[tuple[str, bool]] = []
+        main = threading.current_thread()
+
+        def recording(f: Any, *args: Any, **kwargs: Any) -> Any:
+            def run() -> Any:
+                ran.append((f.__name__, threading.current_thread() is not main))
+                return f(*args, **kwargs)
+
+            return threads.deferToThread(run)
+
+        node.postbox._run_blocking = recording
+        report_state(node, bob.uid, "offline")
+        await node.send_message("Bob", "to bob")
+        await until(clock, lambda: len(transport.deposits) >= 1)
+        current = node.postbox.ring.current
+        assert current is not None and node._keys is not None
+        for n, queue in ((1, node.postbox.queues[bob.uid][0]), (2, node.postbox.queues[""][0])):
+            body = bytes([KIND_MESSAGE]) + int(NOW * 1000).to_bytes(8, "big") + b"from bob %d" % n
+            envelope = mailseal.seal(
+                bob,
+                node._keys.uid,
+                node._keys.identity.public_bytes,
+                current.signed,
+                bytes([n]) * 16,
+                body,
+                NOW,
+            )
+            await turned(clock, defer.maybeDeferred(transport.handlers[queue], envelope))
+        names = [name for name, _ in ran]
+        self.assertIn("_seal", names)
+        self.assertIn("open_sealed", names)
+        self.assertIn("open_sealed_any", names)
+        self.assertTrue(all(off for _, off in ran), ran)
+        history = (await node.history("Bob"))["messages"]
+        self.assertEqual(sorted(m["body"] for m in history), ["from bob 1", "from bob 2", "to bob"])
+
+    async def test_deposits_keep_their_order_when_seals_finish_out_of_order(self) -> None:
+        """When three deposits are sealed and the seals finish in reverse order, then the
+        mailbox still receives them in the order they were asked for, each once."""
+        node, _clock, _events, bob, transport, ring = await self.setup_pair()
+        pending: list[tuple[defer.Deferred[Any], Any]] = []
+
+        def held(f: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((d, lambda: f(*args, **kwargs)))
+            return d
+
+        node.postbox._run_blocking = held
+        ids = [bytes([n]) * 16 for n in (1, 2, 3)]
+        done = [node.postbox.deposit_message(bob.uid, i, b"m", 0) for i in ids]
+        self.assertEqual(len(pending), 3)
+        for d, work in reversed(pending):
+            d.callback(work())
+        await defer.gatherResults(done)
+        opened = [self.open_deposit(node, bob, ring, env)[0] for _l, _s, env in transport.deposits]
+        self.assertEqual(opened, ids)

@@ -844,6 +844,35 @@ class DumpTests(StoreTestCase):
         with self.assertRaises(InvalidInput):
             await other.run(queries.load, {"format": "something else"}, write=True)
 
+    async def test_path_survives_export_and_old_dumps_load(self) -> None:
+        """When a message deposited in the mailbox is dumped and loaded into a new store, then
+        its path is still ``mailbox``; and a version-1 dump (no path) still loads, without it."""
+        store = await self.open_store()
+        await self.fill(store)
+        sent = await store.run(queries.add_outgoing, make_message(body="four"), write=True)
+        await store.run(queries.advance_via, [sent.id], "sent", 4.0, "mailbox", write=True)
+        dump = await store.run(queries.dump, write=False)
+        self.assertEqual(dump["version"], 2)
+        self.assertEqual({m["body"]: m["path"] for m in dump["messages"]}["four"], "mailbox")
+        self.path = os.path.join(self.directory, "other.sqlite3")
+        other = await self.open_store(cipher=AESGCMRowCipher(), index_key=os.urandom(32))
+        await other.run(queries.load, dump, write=True)
+        self.assertEqual(
+            await other.run(queries.paths_of, ALICE, [sent.id], write=False), {sent.id: "mailbox"}
+        )
+        self.assertEqual(await other.run(queries.dump, write=False), dump)
+        old = {
+            **dump,
+            "version": 1,
+            "messages": [{k: v for k, v in m.items() if k != "path"} for m in dump["messages"]],
+        }
+        self.path = os.path.join(self.directory, "third.sqlite3")
+        third = await self.open_store(cipher=AESGCMRowCipher(), index_key=os.urandom(32))
+        await third.run(queries.load, old, write=True)
+        self.assertEqual(await third.run(queries.paths_of, ALICE, [sent.id], write=False), {})
+        bodies = [m["body"] for m in (await third.run(queries.dump, write=False))["messages"]]
+        self.assertEqual(sorted(bodies), ["four", "one", "three", "two"])
+
 
 class BatchingTests(StoreTestCase):
     async def test_one_turn_is_a_handful_of_transactions(self) -> None:

@@ -905,7 +905,8 @@ class PathTests(SynchronousTestCase):
 
     def test_path_follows_peer_and_mailbox_events(self) -> None:
         """When carol comes online (peer.statusChanged), then the title says direct; when the
-        mailbox is dropped (mailbox.changed) and she is offline, then it says waiting; a burst
+        mailbox is dropped (mailbox.changed) and she is offline, then it says no path (the
+        daemon's none); a burst
         of events asks mailbox.status once."""
         client = make_populated_client()
         client.paths[UID_CAROL] = "mailbox"
@@ -922,13 +923,13 @@ class PathTests(SynchronousTestCase):
         self.assertEqual(title(), " carol · online · direct · not verified")
 
         client.contacts[UID_CAROL]["status"] = "offline"
-        client.paths[UID_CAROL] = "waiting"
+        client.paths[UID_CAROL] = "none"
         asked = sum(method == "mailbox.status" for method, _ in client.calls)
         client.emit("peer.statusChanged", {"peer": {"uid": UID_CAROL, "status": "offline"}})
         client.emit("mailbox.changed", {"link": None})
         clock.advance(0)
         self.assertEqual(sum(method == "mailbox.status" for method, _ in client.calls), asked + 1)
-        self.assertEqual(title(), " carol · offline · waiting · not verified")
+        self.assertEqual(title(), " carol · offline · no path · not verified")
 
     def test_no_path_when_the_daemon_cannot_say(self) -> None:
         """When mailbox.status fails (an older daemon), then the title shows no path and

@@ -242,7 +242,7 @@ class PathTests(SynchronousTestCase):
                 {"uid": UID_ALICE, "path": "direct"},
                 {"uid": UID_BOB, "path": "mailbox"},
                 {"uid": UID_CAROL, "path": "teleport"},
-                {"path": "waiting"},
+                {"path": "none"},
                 "junk",
             ]
         }

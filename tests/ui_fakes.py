@@ -192,7 +192,7 @@ class FakeDaemonClient(FakeGroupsMixin):
         self.summary = {"summary": "amber", "online": 1, "total": 2}
         #: ``peers.status`` entries by uid (a default one for the others)
         self.health: dict[str, dict[str, Any]] = {}
-        #: ``mailbox.status`` paths by uid (default: ``direct`` when online, else ``waiting``)
+        #: ``mailbox.status`` paths by uid (default: ``direct`` when online, else ``none``)
         self.paths: dict[str, str] = {}
         self._next_id = 1
         #: ``exec.run``: what each new run prints at once ((stream, text) pairs) and whether it
@@ -612,7 +612,7 @@ class FakeDaemonClient(FakeGroupsMixin):
 
     def path_of(self, uid: str) -> str:
         """The path ``mailbox.status`` reports for *uid*."""
-        default = "direct" if self.contacts[uid]["status"] == "online" else "waiting"
+        default = "direct" if self.contacts[uid]["status"] == "online" else "none"
         return self.paths.get(uid, default)
 
     def m_mailbox_status(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -674,12 +674,13 @@ class Courier:
 
     def path_of(self, uid: str) -> str:
         """Which path a message to *uid* takes now: ``direct`` (a session is up), ``mailbox``
-        (no session; its deposit address is known) or ``waiting`` (neither: it stays queued)."""
+        (no session; its deposit address is known) or ``none`` (neither: it stays queued), in
+        the words of :mod:`jarvis.protocol.peerpath`."""
         if uid in self._pumps:
             return "direct"
         if self.postbox is not None and self.postbox.can_deposit(uid):
             return "mailbox"
-        return "waiting"
+        return "none"
 
     def mailbox_path(self, uid: str) -> MailboxPath:
         """The return path for what was collected from *uid*'s queue."""

@@ -143,6 +143,7 @@ class Node(Service):
             emit=self._emit,
             public_key=self.contacts.public_key,
             contact_uids=self.contacts.acceptable_uids,
+            run_blocking=run_blocking,
         )
         self.courier.postbox = self.postbox
         self.contacts.can_deposit = self.postbox.can_deposit  # the path when no session is up
@@ -540,7 +541,7 @@ class Node(Service):
         return status
 
     def _mailbox_path_entry(self, uid: str) -> dict[str, Any]:
-        """``{uid, path, path_reason}``: the courier's word (direct, mailbox, waiting), with a
+        """``{uid, path, path_reason}``: the courier's word (direct, mailbox, none), with a
         live session's kind (lan, direct, relayed: jarvis.protocol.peerpath) for "direct"."""
         path = self.courier.path_of(uid)
         live = self.contacts.path(uid)

@@ -79,6 +79,10 @@ class Postbox:
     :param emit: publishes API events (``mailbox.changed``).
     :param public_key: the contact's identity public key by uid (the contact book's).
     :param contact_uids: every contact's uid.
+    :param run_blocking: runs a callable off the reactor thread and returns a Deferred (the
+        node's thread pool); sealing and opening deposits (an X25519 exchange and the cascade
+        each, ~0.2 ms) run there, so a burst of collected deposits does not stall the reactor.
+        Default: in the caller's thread.
     """
 
     log = Logger()
@@ -90,8 +94,15 @@ class Postbox:
         emit: Callable[[str, Any], None],
         public_key: Callable[[str], bytes | None],
         contact_uids: Callable[[], list[str]],
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
         self.now = now
+        self._run_blocking: Callable[..., defer.Deferred[Any]] = (
+            run_blocking if run_blocking is not None else defer.maybeDeferred
+        )
+        #: fires once every deposit asked for so far was handed to the transport: deposits
+        #: are sealed off the reactor but reach the mailbox in the order they were asked for
+        self._deposit_turn: defer.Deferred[None] = defer.succeed(None)
         self._emit = emit
         self._public_key = public_key
         self._contact_uids = contact_uids
@@ -480,25 +491,42 @@ class Postbox:
         return self._transport is not None and uid in self.peers and self._identity is not None
 
     def _deposit(self, uid: str, message_id: bytes, plaintext: bytes) -> defer.Deferred[Any]:
+        """Seal *plaintext* for *uid* off the reactor, then deposit it; deposits reach the
+        transport in the order of these calls, each sealed exactly once."""
         address = self.peers.get(uid)
         public = self._public_key(uid)
-        if address is None or public is None or self._identity is None or self._transport is None:
+        identity, transport = self._identity, self._transport
+        if address is None or public is None or identity is None or transport is None:
             return defer.fail(InvalidInput("no mailbox address for this contact"))
-        try:
-            envelope = mailseal.seal(
-                self._identity,
-                uid,
-                public,
-                SignedPrekey.from_bytes(address.prekey),
-                message_id,
-                plaintext,
-                self.now(),
-            )
-        except PrekeyError as e:
-            return defer.fail(e)
-        return self._transport.deposit(
-            address.link, address.sender_id, address.sender_key, envelope
+        sealed = self._run_blocking(
+            _seal,
+            identity,
+            uid,
+            public,
+            address.prekey,
+            message_id,
+            plaintext,
+            self.now(),
         )
+        result: defer.Deferred[Any] = defer.Deferred()
+        turn, self._deposit_turn = self._deposit_turn, defer.Deferred()
+        mine = self._deposit_turn
+
+        def issue(_: object) -> defer.Deferred[Any]:
+            return sealed
+
+        def deposit(envelope: bytes) -> None:
+            defer.maybeDeferred(
+                transport.deposit, address.link, address.sender_id, address.sender_key, envelope
+            ).chainDeferred(result)
+
+        def refused(failure: Any) -> None:
+            result.errback(failure)
+
+        turn.addCallback(issue).addCallbacks(deposit, refused).addBoth(
+            lambda _: mine.callback(None)
+        )
+        return result
 
     def deposit_message(
         self, uid: str, message_id: bytes, body: bytes, created_ms: int
@@ -542,25 +570,34 @@ class Postbox:
     # -- collection ----------------------------------------------------------------------------
 
     def _collected(self, uid: str, envelope: bytes) -> Any:
-        """One deposit from *uid*'s queue: open it, hand it to the courier; the mailbox
-        deletes it once the returned Deferred fires (after the store committed)."""
-        if self._identity is None:
+        """One deposit from *uid*'s queue: open it off the reactor, hand it to the courier;
+        the mailbox deletes it once the returned Deferred fires (after the store committed).
+        A queue delivers one deposit at a time, so a queue's deposits are handled in order."""
+        identity = self._identity
+        if identity is None:
             return None
         if uid == INTRO:
             return self._collected_intro(envelope)
         public = self._public_key(uid)
         if public is None:
             return None
-        try:
-            message_id, payload = mailseal.open_sealed(
-                self._identity.uid, self.ring, uid, public, envelope
-            )
-        except SealError as e:
+        ring = PrekeyRing(self.ring.prekeys)
+        opened = self._run_blocking(mailseal.open_sealed, identity.uid, ring, uid, public, envelope)
+
+        def handle(result: tuple[bytes, bytes]) -> Any:
+            if self._identity is not identity:
+                return None  # locked meanwhile: the mailbox delivers it again
+            return self._handle(uid, *result)
+
+        def dropped(failure: Any) -> None:
+            failure.trap(SealError)
             self.log.warn(
-                "dropping a mailbox deposit from {uid}: {error}", uid=log_id(uid), error=e
+                "dropping a mailbox deposit from {uid}: {error}",
+                uid=log_id(uid),
+                error=failure.value,
             )
-            return None
-        return self._handle(uid, message_id, payload)
+
+        return opened.addCallbacks(handle, dropped)
 
     def _handle(self, uid: str, message_id: bytes, payload: bytes) -> Any:
         """An opened deposit from *uid*: a message or acks to the courier, an address kept."""
@@ -584,23 +621,49 @@ class Postbox:
         return None
 
     def _collected_intro(self, envelope: bytes) -> Any:
-        """One deposit from the introduction queue: find which contact sealed it, then as
-        from that contact's queue.  From nobody we know (a stranger holding our code, or a
-        contact we removed), it is dropped."""
-        assert self._identity is not None
+        """One deposit from the introduction queue: find which contact sealed it (off the
+        reactor), then as from that contact's queue.  From nobody we know (a stranger holding
+        our code, or a contact we removed), it is dropped."""
+        identity = self._identity
+        assert identity is not None
         candidates = []
         for uid in self._contact_uids():
             public = self._public_key(uid)
             if public is not None:
                 candidates.append((uid, public))
-        try:
-            uid, message_id, payload = mailseal.open_sealed_any(
-                self._identity.uid, self.ring, candidates, envelope
+        ring = PrekeyRing(self.ring.prekeys)
+        opened = self._run_blocking(
+            mailseal.open_sealed_any, identity.uid, ring, candidates, envelope
+        )
+
+        def handle(result: tuple[str, bytes, bytes]) -> Any:
+            if self._identity is not identity:
+                return None
+            uid, message_id, payload = result
+            if uid not in self._told_by_deposit and self.can_deposit(uid):
+                # it added us from our code and does not know our queue for it: tell it
+                self._deposit_address(uid)
+            return self._handle(uid, message_id, payload)
+
+        def dropped(failure: Any) -> None:
+            failure.trap(SealError)
+            self.log.warn(
+                "dropping a deposit in the introduction queue: {error}", error=failure.value
             )
-        except SealError as e:
-            self.log.warn("dropping a deposit in the introduction queue: {error}", error=e)
-            return None
-        if uid not in self._told_by_deposit and self.can_deposit(uid):
-            # it added us from our code and does not know our queue for it: tell it
-            self._deposit_address(uid)
-        return self._handle(uid, message_id, payload)
+
+        return opened.addCallbacks(handle, dropped)
+
+
+def _seal(
+    identity: IdentityKey,
+    uid: str,
+    public: bytes,
+    prekey: bytes,
+    message_id: bytes,
+    plaintext: bytes,
+    now: float,
+) -> bytes:
+    """Seal one deposit (runs off the reactor)."""
+    return mailseal.seal(
+        identity, uid, public, SignedPrekey.from_bytes(prekey), message_id, plaintext, now
+    )

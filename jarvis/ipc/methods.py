@@ -347,7 +347,7 @@ def mailbox_drop(inv: Invocation) -> Any:
 _MAILBOX_RESULT = (
     "{link (null: none), connected, queues, contacts_reachable, last_collect, collected, "
     "deposited, acks_deposited, error, contacts: [{uid, path "
-    "('lan'|'direct'|'relayed'|'mailbox'|'waiting'), path_reason}]}"
+    "('lan'|'direct'|'relayed'|'mailbox'|'none'), path_reason}]}"
 )
 
 
@@ -747,8 +747,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "there, how many contacts we can deposit for (contacts_reachable), when we last "
             "collected, and the deposits and collections since unlock; per contact, the path "
             "a message takes now: lan, direct or relayed (a session is up, of that kind: see "
-            "peers.status), mailbox (deposited in the contact's mailbox) or waiting (neither: "
-            "it stays queued), with path_reason.",
+            "peers.status), mailbox (deposited in the contact's mailbox) or none (neither: "
+            "it stays queued), with path_reason: the words of contacts.list and peers.status "
+            "(before, none was called waiting here).",
         ),
         MethodSpec(
             "mailbox.drop",

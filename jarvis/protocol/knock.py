@@ -186,6 +186,26 @@ def looks_like_tls(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0x16 and data[1] == 0x03
 
 
+HintTable = dict[bytes, list[tuple[str, bytes]]]
+
+
+def hint_table(
+    listener_uid: str, current: int, candidates: Iterable[tuple[str, bytes]]
+) -> HintTable:
+    """The table from ``(window, hint)`` to the contacts whose key makes that hint, for the
+    windows accepted around *current* (pure: safe on any thread)."""
+    table: HintTable = {}
+    windows = [
+        struct.pack(">I", w & 0xFFFFFFFF)
+        for w in range(current - ACCEPTED_SKEW, current + ACCEPTED_SKEW + 1)
+    ]
+    for uid, key in candidates:
+        for window_bytes in windows:
+            index = window_bytes + _hint(key, window_bytes, listener_uid)
+            table.setdefault(index, []).append((uid, key))
+    return table
+
+
 class KnockVerifier:
     """Checks knocks sent to one listener, remembering valid ones to refuse their replay.
 
@@ -205,6 +225,10 @@ class KnockVerifier:
         self._count = 0
         self._table: dict[bytes, list[tuple[str, bytes]]] = {}
         self._table_window: int | None = None
+        #: a table made ahead (off the reactor) for a window: ``(window, table)``
+        self._prepared: tuple[int, dict[bytes, list[tuple[str, bytes]]]] | None = None
+        #: bumped by :meth:`invalidate`: a table prepared before is stale
+        self.generation = 0
 
     @property
     def remembered(self) -> int:
@@ -214,6 +238,21 @@ class KnockVerifier:
     def invalidate(self) -> None:
         """Rebuild the table at the next knock (a contact's key changed, or it was removed)."""
         self._table_window = None
+        self._prepared = None
+        self.generation += 1
+
+    def prepare(self, window: int, candidates: Iterable[tuple[str, bytes]]) -> HintTable:
+        """Make the table for *window* without keeping it: it touches no state of this
+        verifier, so the caller may run it on another thread (three HMACs per contact, ~15 ms
+        for 1,000 contacts), then hand it to :meth:`prepared` on its own thread."""
+        return hint_table(self._uid, window, candidates)
+
+    def prepared(self, window: int, table: HintTable, generation: int) -> None:
+        """Keep *table* from :meth:`prepare` for *window*: the first knock of that window uses
+        it instead of building one.  Dropped if :meth:`invalidate` was called since
+        *generation* (:attr:`generation` when the candidates were read)."""
+        if generation == self.generation:
+            self._prepared = (window, table)
 
     def verify(
         self, token: bytes, now: float, candidates: Callable[[], Iterable[tuple[str, bytes]]]
@@ -229,7 +268,12 @@ class KnockVerifier:
             return Refused("no knock")
         current = window_of(now)
         if self._table_window != current:
-            self._build_table(current, candidates())
+            prepared = self._prepared
+            if prepared is not None and prepared[0] == current:
+                self._prepared = None
+                self._table, self._table_window = prepared[1], current
+            else:
+                self._build_table(current, candidates())
         head, tag = token[:16], token[16:]
         uid = self._match(head, tag, self._table.get(head[:8], ()))
         missed = uid is None
@@ -263,16 +307,7 @@ class KnockVerifier:
         return None
 
     def _build_table(self, current: int, candidates: Iterable[tuple[str, bytes]]) -> None:
-        table: dict[bytes, list[tuple[str, bytes]]] = {}
-        windows = [
-            struct.pack(">I", w & 0xFFFFFFFF)
-            for w in range(current - ACCEPTED_SKEW, current + ACCEPTED_SKEW + 1)
-        ]
-        for uid, key in candidates:
-            for window_bytes in windows:
-                index = window_bytes + _hint(key, window_bytes, self._uid)
-                table.setdefault(index, []).append((uid, key))
-        self._table = table
+        self._table = hint_table(self._uid, current, candidates)
         self._table_window = current
 
     def _forget_before(self, oldest: int) -> None:

@@ -76,10 +76,13 @@ class LanKeys:
 
     :param own_seed: our raw Ed25519 private key.
     :param own_uid: our uid.
+    :param knock: the peer network's knock keys of the same identity, to share (the network
+        computes them off the reactor at unlock, so discovery computes no X25519 exchange of
+        its own); default: a cache of our own.
     """
 
-    def __init__(self, own_seed: bytes, own_uid: str) -> None:
-        self._knock = KnockKeys(own_seed, own_uid)
+    def __init__(self, own_seed: bytes, own_uid: str, knock: KnockKeys | None = None) -> None:
+        self._knock = knock if knock is not None else KnockKeys(own_seed, own_uid)
         self._cache: dict[bytes, bytes] = {}
 
     def key(self, peer_uid: str, peer_public: bytes | None) -> bytes | None:

@@ -25,6 +25,7 @@ from jarvis.store.rows import (
     CONTACT_COLUMNS,
     DUMP_FORMAT,
     DUMP_VERSION,
+    LOADABLE_DUMP_VERSIONS,
     MESSAGE_COLUMNS,
     DuplicateMessage,
     Rows,
@@ -458,8 +459,8 @@ def dump(db: Rows) -> dict[str, Any]:
     conn = db.conn
     contacts = [contact_to_json(c) for c in list_contacts(db)]
     messages = [
-        dataclasses.asdict(db.message_from_row(row))
-        for row in conn.execute(f"SELECT {MESSAGE_COLUMNS} FROM messages")
+        {**dataclasses.asdict(db.message_from_row(row[:-1])), "path": row[-1]}
+        for row in conn.execute(f"SELECT {MESSAGE_COLUMNS}, path FROM messages")
     ]
     # By uid, not by blind index: the same data dumps alike under any index key.
     messages.sort(key=lambda m: (m["contact"], m["seq"]))
@@ -496,12 +497,18 @@ def load(db: Rows, dump: dict[str, Any]) -> None:
             raise StoreNotEmpty("the message store is not empty: load an export into a new one")
     if not isinstance(dump, dict) or dump.get("format") != DUMP_FORMAT:
         raise InvalidInput("this is not a Jarvis store dump")
-    if dump.get("version") != DUMP_VERSION:
+    if dump.get("version") not in LOADABLE_DUMP_VERSIONS:
         raise InvalidInput(f"store dump version {dump.get('version')!r} is not supported")
     for item in dump.get("contacts", []):
         put_contact(db, contact_from_json(item))
     last: dict[bytes, tuple[int, float]] = {}
     for item in dump.get("messages", []):
+        path = None
+        if isinstance(item, dict) and "path" in item:
+            item = dict(item)
+            path = item.pop("path")
+            if path is not None and (not isinstance(path, str) or len(path) > 16):
+                raise InvalidInput("a message in the dump has a malformed path")
         message = message_from_json(item)
         conversation = db.index(message.contact)
         db.ensure_conversation(conversation, message.contact)
@@ -511,6 +518,11 @@ def load(db: Rows, dump: dict[str, Any]) -> None:
             db.insert_message(message, conversation, message.seq)
         except sqlite3.IntegrityError:
             raise InvalidInput(f"message {message.id} in the dump repeats a seq")
+        if path is not None:
+            conn.execute(
+                "UPDATE messages SET path = ? WHERE conversation = ? AND id = ?",
+                (path, conversation, message.id),
+            )
         seq, when = last.get(conversation, (0, message.created))
         last[conversation] = (max(seq, message.seq), max(when, message.created))
     db.forget_conversation()

@@ -28,7 +28,11 @@ from jarvis.store.records import Contact, StoredMessage, copy_unchecked
 DUMP_FORMAT = "jarvis-store-dump"
 
 
-DUMP_VERSION = 1
+#: Version 2: each message carries ``path`` (how an outgoing message left: ``"mailbox"``,
+#: ``"direct"``, or ``None``; schema version 4).  Version 1 dumps (no ``path``) still load.
+DUMP_VERSION = 2
+#: The dump versions :func:`~jarvis.store.queries.load` accepts.
+LOADABLE_DUMP_VERSIONS = (1, 2)
 
 
 _AD_DOMAIN = b"jarvis-store/1"

@@ -352,7 +352,7 @@ class Controller:
         return d
 
     def fetch_paths(self) -> defer.Deferred[Any]:
-        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, waiting)."""
+        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, none)."""
         d = self.call("mailbox.status")
         d.addCallback(self.model.load_paths)
         d.addErrback(lambda f: self.log.info("mailbox.status: {e}", e=type(f.value).__name__))

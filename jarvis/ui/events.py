@@ -25,7 +25,7 @@ class Reaction(enum.Enum):
     BELL = "bell"
     REFRESH_UNREAD = "refresh_unread"
     CLOSE_CONTACT_DIALOG = "close_contact_dialog"
-    #: ask ``mailbox.status`` again: the path per contact (direct, mailbox, waiting) may differ
+    #: ask ``mailbox.status`` again: the path per contact (direct, mailbox, none) may differ
     REFRESH_PATHS = "refresh_paths"
     #: ask ``groups.list`` and ``groups.invites`` again (a group's counts, an invitation)
     REFRESH_GROUPS = "refresh_groups"

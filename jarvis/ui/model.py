@@ -50,7 +50,6 @@ LOCAL = "local"
 NO_CONVERSATION = ""
 PEER_STATUSES = ("offline", "connecting", "online")
 #: The paths a message to a contact can take (``mailbox.status``'s ``contacts[].path``).
-PATHS = ("lan", "direct", "relayed", "mailbox", "waiting")
 #: Conversation keys of groups start with this (contact uids are base32: never a colon).
 GROUP_PREFIX = "group:"
 
@@ -63,6 +62,9 @@ def group_key(group_id: str) -> str:
 def is_group(key: str | None) -> bool:
     """Whether conversation key *key* is a group's."""
     return bool(key) and str(key).startswith(GROUP_PREFIX)
+
+
+PATHS = ("lan", "direct", "relayed", "mailbox", "none")
 
 
 def _text(value: object, default: str = "") -> str:
@@ -625,7 +627,7 @@ class MessengerModel:
         #: whether the daemon's desktop notifications show message text (opt-in)
         self.previews = False
         #: per contact uid, the path a message takes now (``mailbox.status``'s
-        #: ``contacts[].path``): ``direct``, ``mailbox`` or ``waiting``
+        #: ``contacts[].path``): ``direct``, ``mailbox`` or ``none``
         self.paths: dict[str, str] = {}
         #: group invitations received (``groups.invites``'s items, as text)
         self.invites: list[dict[str, str]] = []

@@ -514,7 +514,7 @@ PATH_DETAILS = {
     "direct": "direct (a live session with this contact)",
     "relayed": "relayed (a live session through a mailbox's relay; direct is tried meanwhile)",
     "mailbox": "via the mailbox (no session: messages are deposited in their mailbox)",
-    "waiting": "waiting (no session and no mailbox address: messages stay queued)",
+    "none": "none (no session and no mailbox address: messages stay queued)",
 }
 
 

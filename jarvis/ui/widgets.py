@@ -574,13 +574,13 @@ PATH_WORDS = {
     "direct": "direct",
     "relayed": "relayed",
     "mailbox": "via mailbox",
-    "waiting": "waiting",
+    "none": "no path",
 }
 
 
 class TitleBar(urwid.WidgetWrap[urwid.Text]):
     """The top line: the open conversation's name, status, path (direct, via mailbox,
-    waiting) and whether it is verified."""
+    no path) and whether it is verified."""
 
     def __init__(self, model: MessengerModel) -> None:
         self._model = model
