@@ -319,3 +319,67 @@ class LeaveTests(TestCase):
         self.assertEqual({r for _, r, _ in m.outbox}, {KEYS["alice"].uid})
         with self.assertRaises(InvalidInput):
             await m.groups["alice"].leave(gid)  # the founder cannot leave
+
+
+class RenameAndRoleTests(TestCase):
+    """Rename, topic and roles through :class:`Groups` (groups.rename, setTopic, setRole)."""
+
+    async def test_founder_renames_and_sets_topic_everyone_sees_it(self) -> None:
+        """When the founder renames the group and sets its topic, then every member holds
+        the new name and topic at the new version and got a group.changed event with them."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        view = await m.groups["alice"].rename(gid, name="family")
+        self.assertEqual(view["name"], "family")
+        view = await m.groups["alice"].rename(gid, topic="sunday lunch")
+        m.settle()
+        for name in ("alice", "bob", "carol"):
+            state = m.groups[name].resolve("family").state
+            self.assertEqual((state.name, state.topic, state.version), view_tuple(view))
+            changed = [p["group"] for e, p in m.events[name] if e == "group.changed"]
+            last = changed[-1]
+            self.assertEqual((last["name"], last["topic"]), ("family", "sunday lunch"))
+
+    async def test_plain_member_cannot_rename_until_made_admin(self) -> None:
+        """When a plain member tries to rename, then it is refused and nothing changes; once
+        the founder makes them admin they can set the topic, and once demoted they cannot."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        version = m.groups["bob"].resolve(gid).state.version
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].rename(gid, name="bob's group")
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].set_role(gid, "carol", "admin")  # only the founder appoints
+        self.assertEqual(m.groups["bob"].resolve(gid).state.version, version)
+        self.assertEqual(m.outbox, [])
+
+        result = await m.groups["alice"].set_role(gid, "bob", "admin")
+        self.assertEqual((result["member"], result["role"]), (KEYS["bob"].uid, "admin"))
+        m.settle()
+        members = m.groups["carol"].members(gid)["members"]
+        roles = {x["uid"]: x["role"] for x in members}
+        self.assertEqual(roles[KEYS["bob"].uid], "admin")
+        await m.groups["bob"].rename(gid, topic="bob's topic")
+        m.settle()
+        self.assertEqual(m.groups["carol"].resolve(gid).state.topic, "bob's topic")
+
+        await m.groups["alice"].set_role(gid, KEYS["bob"].uid, "member")
+        m.settle()
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].rename(gid, topic="again")
+        self.assertEqual(m.groups["alice"].resolve(gid).state.topic, "bob's topic")
+
+    async def test_bad_role_and_founder_role_refused(self) -> None:
+        """When asked for an unknown role or to change the founder's role, then InvalidInput."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].set_role(gid, "bob", "founder")
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].set_role(gid, "alice", "member")
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].rename(gid)
+
+
+def view_tuple(view: dict[str, Any]) -> tuple[str, str, int]:
+    return (view["name"], view["topic"], view["version"])

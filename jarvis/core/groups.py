@@ -62,6 +62,7 @@ from jarvis.protocol.group_message import (
 from jarvis.protocol.group_state import (
     GroupState,
     Membership,
+    Role,
     StateRefused,
     accept_chain,
     accept_next,
@@ -71,6 +72,8 @@ from jarvis.protocol.group_state import (
     leave,
     parse_state,
     remove,
+    rename,
+    set_role,
     state_hash,
     verify_founding,
 )
@@ -84,6 +87,8 @@ SYNC_INTERVAL = 5.0
 GAP_DELAY = 0.5
 #: Most messages sent back for one summary (the rest on the next round).
 MAX_SYNC_MESSAGES = 2048
+#: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
+ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
 
 @dataclass
@@ -588,6 +593,56 @@ class Groups:
         yield self._adopt(group, [state])
         yield self._fan_state(previous, state)
         return {"group": group.group_id.hex(), "left": True, "version": state.version}
+
+    @defer.inlineCallbacks
+    def rename(self, ref: str, *, name: str | None = None, topic: str | None = None) -> Any:
+        """Give a group a new name and/or topic (founder and admins): a new signed state to
+        every member.  :returns: the group's view."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        if name is None and topic is None:
+            raise InvalidInput("give a new name or a new topic")
+        previous = group.state
+        try:
+            state = rename(previous, identity, name=name, topic=topic)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return self._view(group)
+
+    @defer.inlineCallbacks
+    def set_role(self, ref: str, member_ref: str, role: str) -> Any:
+        """Make a member an admin or a plain member (the founder only): a new signed state to
+        every member.  :returns: ``{group, member (uid), role, version}``."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        wanted = ROLES.get(role) if isinstance(role, str) else None
+        if wanted is None:
+            raise InvalidInput("a role is 'admin' or 'member'")
+        member = self._member(group, member_ref)
+        if member.role is wanted:
+            return {
+                "group": group.group_id.hex(),
+                "member": member.uid,
+                "role": role,
+                "version": group.state.version,
+            }
+        previous = group.state
+        try:
+            state = set_role(previous, identity, member.uid, wanted)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return {
+            "group": group.group_id.hex(),
+            "member": member.uid,
+            "role": role,
+            "version": state.version,
+        }
 
     def _live(self, ref: str) -> Group:
         group = self.resolve(ref)
