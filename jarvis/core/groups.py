@@ -114,6 +114,16 @@ class Group:
         return self.states[0].group_id
 
 
+@dataclass
+class Delivery:
+    """Where one of our group messages got to: its entries (one per member) delivered."""
+
+    group_id: bytes
+    #: how many members it went to (the other members of the state it was written under)
+    members: int
+    delivered: set[str] = field(default_factory=set)
+
+
 @dataclass(frozen=True)
 class Invitation:
     """A received invitation: the chain of states and who handed it over."""
@@ -165,6 +175,8 @@ class Groups:
         self._network: Any = None
         self._timers: dict[bytes, Any] = {}
         self._keepalive: Any = None
+        #: our own group messages by id (hex): to how many members their entries went
+        self._deliveries: dict[str, Delivery] = {}
         #: called with no argument when the set of group peers changed
         self.on_peers_changed: Callable[[], None] = lambda: None
 
@@ -214,8 +226,50 @@ class Groups:
             group = self._groups.get(message.group_id)
             if group is not None:
                 self._offer(group, message)
+        own = identity.public_bytes
+        for group in self._groups.values():
+            for m in group.log.shown():
+                if m.author == own:
+                    self._track(group, m)
+        if self._deliveries:
+            delivered = yield store.run(
+                group_queries.delivered_to, list(self._deliveries), write=False
+            )
+            for mid, uids in delivered.items():
+                self._deliveries[mid].delivered.update(uids)
         self._update_peers()
         self._schedule_keepalive()
+
+    def _track(self, group: Group, message: GroupMessage) -> Delivery:
+        """Start counting the deliveries of our *message*."""
+        mid = message_id(message).hex()
+        written_under = next(
+            (s for s in group.states if s.version == message.state_version), group.state
+        )
+        delivery = Delivery(group.group_id, len(written_under.members) - 1)
+        self._deliveries[mid] = delivery
+        return delivery
+
+    def event_seen(self, event: str, payload: Any) -> None:
+        """An event of the node: a ``message.stateChanged`` of an entry of one of our group
+        messages to *delivered* or *read* counts that member once, and emits
+        ``group.delivery`` ``{group, id, delivered, members}`` when the count grew."""
+        if event != "message.stateChanged" or payload.get("state") not in ("delivered", "read"):
+            return
+        mid = payload.get("id")
+        delivery = self._deliveries.get(mid) if isinstance(mid, str) else None
+        if delivery is None or payload.get("contact") in delivery.delivered:
+            return
+        delivery.delivered.add(payload.get("contact"))
+        self._emit(
+            "group.delivery",
+            {
+                "group": delivery.group_id.hex(),
+                "id": mid,
+                "delivered": len(delivery.delivered),
+                "members": delivery.members,
+            },
+        )
 
     def close(self) -> None:
         """Forget everything (the keys are being wiped)."""
@@ -229,6 +283,7 @@ class Groups:
         self._groups.clear()
         self._invites.clear()
         self._peers.clear()
+        self._deliveries.clear()
         self._network = None
 
     def attach(self, network: Any) -> None:
@@ -345,8 +400,12 @@ class Groups:
         }
 
     def _message_view(self, group: Group, m: GroupMessage, index: int) -> dict[str, Any]:
+        mid = message_id(m).hex()
+        delivery = self._deliveries.get(mid)
         return {
-            "id": message_id(m).hex(),
+            "id": mid,
+            "delivered": len(delivery.delivered) if delivery else None,
+            "members": delivery.members if delivery else None,
             "group": group.group_id.hex(),
             "author": m.author_uid,
             "author_name": self._name_of(m.author_uid),
@@ -529,6 +588,7 @@ class Groups:
         if offered.outcome is not Outcome.accepted:
             raise InvalidInput(f"the message was not accepted: {offered.reason}")
         entries = plan_message(group.state, message)
+        self._track(group, message)
         # Stored in the same store batch as the entries (one reactor turn, one transaction).
         stored = self._persist([("message", message_hash(message), encode_message(message))])
         sends = [self._send(e.recipient, e.entry_id, e.payload) for e in entries]

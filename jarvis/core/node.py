@@ -154,6 +154,7 @@ class Node(Service):
         )
         self.courier.on_group = self.groups.payload_received
         self.courier.group_peer = self.groups.is_peer
+        self._events.subscribe(self.groups.event_seen)  # per-member delivery of group messages
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None

@@ -100,7 +100,11 @@ _VIEW = (
     "{id, name, topic, version, members (count), role ('founder'|'admin'|'member'|null), "
     "unread, messages (count), left}"
 )
-_MESSAGE = "{id, group, author (uid), author_name, body, seq, created, index}"
+_MESSAGE = (
+    "{id, group, author (uid), author_name, body, seq, created, index, delivered, members} "
+    "(delivered: how many of the members the message was written to have stored it; both null "
+    "on other authors' messages)"
+)
 
 
 def group_specs() -> tuple[MethodSpec, ...]:
