@@ -35,6 +35,7 @@ from jarvis.crypto.identity import IdentityKey
 from jarvis.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.logs import log_id
 from jarvis.protocol.group_fanout import (
+    ENTRY_ID_SIZE,
     KIND_INVITE,
     KIND_MESSAGE,
     KIND_STATE,
@@ -102,8 +103,16 @@ class Group:
     parked: list[GroupMessage] = field(default_factory=list)
     #: states received ahead of the next version, by version
     ahead: dict[int, GroupState] = field(default_factory=dict)
-    unread: int = 0
+    #: how many messages of other members are shown
+    others_shown: int = 0
+    #: how many of them were shown when the group was last marked read (stored)
+    read: int = 0
     left: bool = False
+
+    @property
+    def unread(self) -> int:
+        """Messages of other members shown since the group was last marked read."""
+        return max(0, self.others_shown - self.read)
 
     @property
     def state(self) -> GroupState:
@@ -175,6 +184,10 @@ class Groups:
         self._network: Any = None
         self._timers: dict[bytes, Any] = {}
         self._keepalive: Any = None
+        #: (state entry id hex, uid): a peer kept until the state we signed that parted us
+        #: (their removal, our leaving) is delivered to them; and those delivered
+        self._departing: set[tuple[str, str]] = set()
+        self._told: set[tuple[str, str]] = set()
         #: our own group messages by id (hex): to how many members their entries went
         self._deliveries: dict[str, Delivery] = {}
         #: called with no argument when the set of group peers changed
@@ -192,6 +205,7 @@ class Groups:
         states: list[GroupState] = []
         messages: list[GroupMessage] = []
         left: set[bytes] = set()
+        read: dict[bytes, int] = {}
         for kind, data in rows:
             try:
                 if kind == "state":
@@ -206,6 +220,7 @@ class Groups:
                     record = json.loads(data)
                     if record.get("left"):
                         left.add(bytes.fromhex(record["group"]))
+                    read[bytes.fromhex(record["group"])] = int(record.get("read", 0))
             except (ValueError, KeyError):
                 self.log.warn("an unreadable group record was skipped")
         states.sort(key=lambda s: (s.group_id, s.version))
@@ -228,9 +243,12 @@ class Groups:
                 self._offer(group, message)
         own = identity.public_bytes
         for group in self._groups.values():
+            group.read = read.get(group.group_id, 0)
             for m in group.log.shown():
                 if m.author == own:
                     self._track(group, m)
+                else:
+                    group.others_shown += 1
         if self._deliveries:
             delivered = yield store.run(
                 group_queries.delivered_to, list(self._deliveries), write=False
@@ -238,6 +256,12 @@ class Groups:
             for mid, uids in delivered.items():
                 self._deliveries[mid].delivered.update(uids)
         self._update_peers()
+        if self._departing:
+            told = yield store.run(
+                group_queries.delivered_to, [mid for mid, _ in self._departing], write=False
+            )
+            self._told.update(k for k in self._departing if k[1] in told.get(k[0], ()))
+            self._update_peers()
         self._schedule_keepalive()
 
     def _track(self, group: Group, message: GroupMessage) -> Delivery:
@@ -257,6 +281,11 @@ class Groups:
         if event != "message.stateChanged" or payload.get("state") not in ("delivered", "read"):
             return
         mid = payload.get("id")
+        departing = (mid, payload.get("contact"))
+        if departing in self._departing and self._identity is not None:
+            self._told.add(departing)  # type: ignore[arg-type]
+            self._update_peers()
+            return
         delivery = self._deliveries.get(mid) if isinstance(mid, str) else None
         if delivery is None or payload.get("contact") in delivery.delivered:
             return
@@ -284,6 +313,8 @@ class Groups:
         self._invites.clear()
         self._peers.clear()
         self._deliveries.clear()
+        self._departing.clear()
+        self._told.clear()
         self._network = None
 
     def attach(self, network: Any) -> None:
@@ -316,15 +347,21 @@ class Groups:
         ourselves, its remaining members (they are told of our leaving)."""
         own = self._own_key()
         peers: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        self._departing = set()
         for group in self._groups.values():
             members = list(group.state.members)
             if group.left:
                 departed = {d.public_key for d in group.state.departed}
                 if group.state.signer != own or own not in departed:
                     continue
+                members = [m for m in members if self._keep_departing(group, m.uid)]
             elif len(group.states) > 1:
                 gone = {d.public_key for d in group.state.departed}
-                members += [m for m in group.states[-2].members if m.public_key in gone]
+                members += [
+                    m
+                    for m in group.states[-2].members
+                    if m.public_key in gone and self._keep_departing(group, m.uid)
+                ]
             for m in members:
                 if m.public_key == own:
                     continue
@@ -341,6 +378,18 @@ class Groups:
                     self._network.forget(uid)
         if old != set(peers):
             self.on_peers_changed()
+
+    def _keep_departing(self, group: Group, uid: str) -> bool:
+        """Whether *uid*, no longer our fellow member in *group*, stays a group peer: only
+        while the state we signed that parted us (their removal, our leaving) is not yet
+        delivered to them.  A member that only received the state drops them at once."""
+        if group.state.signer != self._own_key():
+            return False
+        key = (state_hash(group.state)[:ENTRY_ID_SIZE].hex(), uid)
+        if key in self._told:
+            return False
+        self._departing.add(key)
+        return True
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -615,11 +664,13 @@ class Groups:
             ],
         }
 
-    def mark_read(self, ref: str) -> dict[str, Any]:
-        """Reset a group's unread count."""
+    @defer.inlineCallbacks
+    def mark_read(self, ref: str) -> Any:
+        """Reset a group's unread count (stored: it stays 0 after a restart)."""
         self._require()
         group = self.resolve(ref)
-        group.unread = 0
+        group.read = group.others_shown
+        yield self._put_setting(group)
         return {"group": group.group_id.hex(), "unread": 0}
 
     @defer.inlineCallbacks
@@ -737,6 +788,9 @@ class Groups:
             group.states.append(state)
             group.membership.add(state)
         dropped, _shown = group.log.states_added()
+        if dropped:
+            own = self._own_key()
+            group.others_shown = sum(1 for m in group.log.shown() if m.author != own)
         yield self._persist([("state", state_hash(s), encode_state(s)) for s in states])
         parked, group.parked = group.parked, []
         shown: list[GroupMessage] = []
@@ -758,10 +812,15 @@ class Groups:
 
     def _set_left(self, group: Group, left: bool) -> defer.Deferred[Any]:
         group.left = left
+        return self._put_setting(group)
+
+    def _put_setting(self, group: Group) -> defer.Deferred[Any]:
+        """Store the group's own settings: whether we left, how many messages were read."""
         store = self._store
         if store is None:
             return defer.succeed(None)
-        data = json.dumps({"group": group.group_id.hex(), "left": left}).encode()
+        setting = {"group": group.group_id.hex(), "left": group.left, "read": group.read}
+        data = json.dumps(setting).encode()
         return store.run(
             group_queries.put_group_record,
             "setting",
@@ -811,7 +870,7 @@ class Groups:
             return defer.succeed(None)
         d = self._persist([("message", message_hash(message), encode_message(message))])
         if shown:
-            self._announce(group, shown, counted=True)
+            self._announce(group, shown)
         if group.log.gaps() or group.parked:
             self._gap_seen(group, uid)
         return d
@@ -832,13 +891,13 @@ class Groups:
             return None
         return list(offered.shown)
 
-    def _announce(self, group: Group, shown: Iterable[GroupMessage], counted: bool = False) -> None:
+    def _announce(self, group: Group, shown: Iterable[GroupMessage]) -> None:
         own = self._own_key()
         total = len(group.log.shown())
         shown = list(shown)
         for i, m in enumerate(shown):
-            if counted and m.author != own:
-                group.unread += 1
+            if m.author != own:
+                group.others_shown += 1
             self._emit(
                 "group.message",
                 {"message": self._message_view(group, m, total - len(shown) + i)},

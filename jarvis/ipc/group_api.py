@@ -74,7 +74,7 @@ def groups_leave(inv: Invocation) -> Any:
 
 
 def groups_mark_read(inv: Invocation) -> Any:
-    return _groups(inv).mark_read(inv.params["group"])
+    return defer.maybeDeferred(_groups(inv).mark_read, inv.params["group"])
 
 
 def groups_rename(inv: Invocation) -> Any:
