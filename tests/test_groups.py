@@ -35,6 +35,7 @@ from jarvis.protocol.group_state import (
     _sign,
     encode_state,
     found_group,
+    preferred,
     state_hash,
 )
 from jarvis.protocol.group_state import invite as state_invite
@@ -530,3 +531,66 @@ class DepartingPeerTests(TestCase):
         )
         self.assertFalse(m.groups["alice"].is_peer(KEYS["carol"].uid))
         self.assertTrue(m.groups["alice"].is_peer(KEYS["bob"].uid))
+
+
+class ConcurrentChangeTests(TestCase):
+    """Two admins change the group at once: every member keeps the same version."""
+
+    async def make(self) -> tuple[Members, str, Any, Any]:
+        """Alice's group of five with bob and carol admins; bob renames and carol sets the
+        topic at the same version.  :returns: the members, the group id, both states."""
+        m = Members(self, ["alice", "bob", "carol", "dave", "eve"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave", "eve"])
+        await m.groups["alice"].set_role(gid, "bob", "admin")
+        await m.groups["alice"].set_role(gid, "carol", "admin")
+        m.settle()
+        await m.groups["bob"].rename(gid, name="bob's name")
+        await m.groups["carol"].rename(gid, topic="carol's topic")
+        by_bob = m.groups["bob"].resolve(gid).state
+        by_carol = m.groups["carol"].resolve(gid).state
+        self.assertEqual(by_bob.version, by_carol.version)
+        self.assertNotEqual(state_hash(by_bob), state_hash(by_carol))
+        return m, gid, by_bob, by_carol
+
+    def assert_converged(self, m: Members, gid: str, winner: Any) -> None:
+        for name, g in m.groups.items():
+            held = g.resolve(gid).state
+            self.assertEqual(state_hash(held), state_hash(winner), name)
+
+    async def test_direct_exchange_converges_on_preferred(self) -> None:
+        """When both states reach everyone in any order, then every member holds the one
+        `preferred` picks (the lower hash: neither is the founder's), the other admin
+        included, and a message written after reaches everyone."""
+        m, gid, by_bob, by_carol = await self.make()
+        m.settle()
+        winner = preferred(by_bob, by_carol)
+        self.assert_converged(m, gid, winner)
+        loser = "carol" if winner is by_bob else "bob"
+        changed = [p["group"] for e, p in m.events[loser] if e == "group.changed"]
+        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (winner.name, winner.topic))
+        await m.groups["dave"].send(gid, "after the race")
+        m.settle()
+        for name in m.groups:
+            self.assertEqual(m.bodies(name, gid), ["after the race"])
+
+    async def test_summary_state_hash_converges_when_the_states_never_crossed(self) -> None:
+        """When no state reaches the admin whose change loses (every copy to it is dropped),
+        then the others converge and the keepalive summaries, which carry the state hash,
+        bring that admin over: all hold `preferred`; the same after a restart of both
+        admins (the store holds both states of that version)."""
+        m, gid, by_bob, by_carol = await self.make()
+        winner = preferred(by_bob, by_carol)
+        loser = "carol" if winner is by_bob else "bob"
+
+        def to_loser(sender: str, recipient: str, payload: bytes) -> bool:
+            return recipient == KEYS[loser].uid and parse_payload(payload)[0] == KIND_STATE
+
+        m.deliver(drop=to_loser)
+        self.assertNotEqual(state_hash(m.groups[loser].resolve(gid).state), state_hash(winner))
+        for _ in range(4):  # keepalives (each member to one random member), then delivery
+            m.clock.advance(3600 * 1.5)
+            m.settle()
+        self.assert_converged(m, gid, winner)
+        m.restart("bob")
+        m.restart("carol")
+        self.assert_converged(m, gid, winner)

@@ -24,6 +24,7 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from dataclasses import replace as replaced
 from typing import Any
 
 from twisted.internet import defer
@@ -72,6 +73,7 @@ from jarvis.protocol.group_state import (
     invite,
     leave,
     parse_state,
+    preferred,
     remove,
     rename,
     set_role,
@@ -224,23 +226,28 @@ class Groups:
             except (ValueError, KeyError):
                 self.log.warn("an unreadable group record was skipped")
         states.sort(key=lambda s: (s.group_id, s.version))
+        chains: dict[bytes, list[GroupState]] = {}
         for state in states:
-            group = self._groups.get(state.group_id)
-            if group is None:
-                membership = Membership()
-                membership.add(state)
-                self._groups[state.group_id] = Group(
-                    [state], membership, GroupLog(state.group_id, membership)
-                )
-            elif state.version == group.state.version + 1:
-                group.states.append(state)
-                group.membership.add(state)
+            held = chains.setdefault(state.group_id, [])
+            if not held:
+                held.append(state)
+            elif state.version == held[-1].version + 1 and state.prev_hash == state_hash(held[-1]):
+                held.append(state)
+            elif (
+                len(held) > 1
+                and state.version == held[-1].version
+                and state.prev_hash == held[-1].prev_hash
+            ):
+                held[-1] = preferred(held[-1], state)  # two admins' concurrent changes
+        for gid, held in chains.items():
+            membership = Membership(held)
+            self._groups[gid] = Group(held, membership, GroupLog(gid, membership))
         for group in self._groups.values():
             group.left = group.group_id in left or not self._is_member(group.state)
         for message in messages:
-            group = self._groups.get(message.group_id)
-            if group is not None:
-                self._offer(group, message)
+            target = self._groups.get(message.group_id)
+            if target is not None:
+                self._offer(target, message)
         own = identity.public_bytes
         for group in self._groups.values():
             group.read = read.get(group.group_id, 0)
@@ -908,6 +915,9 @@ class Groups:
         group = self._groups.get(state.group_id)
         if group is None:
             return
+        if state.version == group.state.version and len(group.states) > 1:
+            yield self._concurrent_state(group, uid, state)
+            return
         if state.version <= group.state.version:
             return  # a relay of what we hold, or a rollback / replay: refused
         group.ahead[state.version] = state
@@ -963,6 +973,59 @@ class Groups:
             )
         self._emit("group.invited", {"invite": self._invite_view(invitation)})
 
+    @defer.inlineCallbacks
+    def _concurrent_state(self, group: Group, uid: str, state: GroupState) -> Any:
+        """*state* has the version of the one we hold: the same (a relay), or another change
+        made at once on the same previous version (two admins).  Every member keeps
+        :func:`preferred` of the two; if ours is kept, the sender gets it back."""
+        held = group.state
+        if state == held:
+            return
+        try:
+            accept_next(group.states[-2], state)
+        except StateRefused as e:
+            self.log.warn("a group state from {uid} refused: {r}", uid=log_id(uid), r=e.reason)
+            return
+        if preferred(held, state) == held:
+            payload = encode_payload(KIND_STATE, encode_state(held))
+            yield self._send(uid, None, payload)
+            return
+        yield self._replace_head(group, state)
+
+    @defer.inlineCallbacks
+    def _replace_head(self, group: Group, state: GroupState) -> Any:
+        """Hold *state* instead of our latest state (same version, preferred): membership and
+        log rebuilt from the states, every message held offered again."""
+        was_member = not group.left
+        before = group.log.shown()
+        states = [*group.states[:-1], state]
+        membership = Membership(states)
+        log = GroupLog(group.group_id, membership)
+        group.states, group.membership, group.log = states, membership, log
+        parked, group.parked = group.parked, []
+        for message in [*before, *parked]:
+            self._offer(group, message)
+        yield self._persist([("state", state_hash(state), encode_state(state))])
+        own = self._own_key()
+        group.others_shown = sum(1 for m in log.shown() if m.author != own)
+        kept = {message_hash(m) for m in log.shown()}
+        dropped = [m for m in before if message_hash(m) not in kept]
+        is_member = self._is_member(state)
+        if was_member and not is_member:
+            yield self._set_left(group, True)
+            self._emit("group.removed", {"group": group.group_id.hex(), "name": state.name})
+        elif not was_member and is_member:
+            yield self._set_left(group, False)
+        self._update_peers()
+        self._emit("group.changed", {"group": self._view(group)})
+        if dropped:
+            self._emit(
+                "group.dropped",
+                {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
+            )
+        before_ids = {message_hash(m) for m in before}
+        self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
+
     # -- sync ----------------------------------------------------------------------------------
 
     def _gap_seen(self, group: Group, uid: str) -> None:
@@ -995,7 +1058,9 @@ class Groups:
         ]
 
     def _send_summary(self, group: Group, uids: Iterable[str]) -> defer.Deferred[Any]:
-        summary = group.log.summary(group.state.version)
+        summary = replaced(
+            group.log.summary(group.state.version), state_hash=state_hash(group.state)
+        )
         payload = encode_payload(KIND_SUMMARY, encode_summary(summary))
         return defer.gatherResults([self._send(uid, None, payload) for uid in uids])
 
@@ -1005,6 +1070,15 @@ class Groups:
         if group is None or group.left or group.state.member(uid) is None:
             return
         sends = []
+        if (
+            summary.state_version == group.state.version
+            and summary.state_hash
+            and summary.state_hash != state_hash(group.state)
+        ):
+            # the same version, another state: both sides keep `preferred` once they hold both
+            sends.append(
+                self._send(uid, None, encode_payload(KIND_STATE, encode_state(group.state)))
+            )
         if summary.state_version < group.state.version:
             for state in group.states:
                 if state.version > summary.state_version:
