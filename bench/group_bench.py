@@ -12,6 +12,11 @@ each other as group peers).  Then:
   messages per second until every member shows all of them (each is N - 1 pairwise copies).
 - ``one_to_one_p50_ms`` / ``one_to_one_p99_ms``: in the same run, a 1:1 message from the
   founder to a member, send to ``message.received``, for comparison.
+- ``burst_cpu_ms_per_msg`` / ``sender_cpu_ms_per_msg``: CPU seconds (user + system,
+  ``/proc/PID/stat``) the burst cost all daemons together, and the sender alone, per group
+  message: what one message costs the machine, next to the 1:1 path's.
+- ``rss_mib_per_member``: the daemons' mean resident set size after the burst (each daemon
+  holds the group's states and every message shown).
 
 ``python -m bench.group_bench [--quick] [--smoke]`` prints the table.  This module must not be
 imported by Jarvis itself.
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.harness import percentile
+from bench.mailbox_bench import cpu_seconds, rss_mib
 from bench.messaging_bench import BenchDaemon, arrived, befriend, measure_latency
 
 GOAL_P99_MS = 50.0
@@ -100,6 +106,7 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
         waiting = [
             d.events.wait(lambda s=shown[d.uid]: all(b in s for b in bodies), 300.0) for d in others
         ]
+        cpu_before = [cpu_seconds(d.pid) for d in daemons]
         started = time.perf_counter()
         for first in range(0, len(bodies), 100):  # 100 calls in flight at a time
             await defer.gatherResults(
@@ -107,6 +114,8 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
             )
         await defer.gatherResults(waiting)
         burst_s = time.perf_counter() - started
+        cpu_spent = [cpu_seconds(d.pid) - b for d, b in zip(daemons, cpu_before, strict=True)]
+        rss = [rss_mib(d.pid) for d in daemons]
         one_to_one = [
             t / 1e3 for t in await measure_latency(reactor, founder, members[1], sizes.samples)
         ]
@@ -139,6 +148,18 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
                 "unit": "ms (1:1 send to received, same run)",
             },
             "one_to_one_p99_ms": {"value": percentile(one_to_one, 0.99), "unit": "ms"},
+            "burst_cpu_ms_per_msg": {
+                "value": sum(cpu_spent) / sizes.burst * 1e3,
+                "unit": f"ms CPU of all {sizes.members} daemons per group message (burst)",
+            },
+            "sender_cpu_ms_per_msg": {
+                "value": cpu_spent[daemons.index(sender)] / sizes.burst * 1e3,
+                "unit": f"ms CPU of the sender per group message ({sizes.members - 1} copies)",
+            },
+            "rss_mib_per_member": {
+                "value": sum(rss) / len(rss),
+                "unit": f"MiB mean daemon RSS after {sizes.burst + sizes.samples + 5} messages",
+            },
         }
     }
 

@@ -681,11 +681,44 @@ class GroupLeaveOptions(CommandOptions):
         self["group"] = group
 
 
+class GroupRenameOptions(CommandOptions):
+    """Rename GROUP to NAME (founder and admins); every member sees the new name."""
+
+    synopsis = "GROUP NAME"
+
+    def parseArgs(self, group: str, name: str) -> None:  # type: ignore[override]
+        self["group"], self["name"] = group, name
+
+
+class GroupTopicOptions(CommandOptions):
+    """Set GROUP's topic to TEXT (founder and admins); an empty TEXT clears it."""
+
+    synopsis = "GROUP TEXT"
+
+    def parseArgs(self, group: str, text: str) -> None:  # type: ignore[override]
+        self["group"], self["text"] = group, text
+
+
+class GroupRoleOptions(CommandOptions):
+    """Make MEMBER (a contact name or a uid) an admin or a plain member of GROUP (the founder
+    only). Admins may rename, set the topic, invite and remove plain members."""
+
+    synopsis = "GROUP MEMBER admin|member"
+
+    def parseArgs(self, group: str, member: str, role: str) -> None:  # type: ignore[override]
+        if role not in ("admin", "member"):
+            raise usage.UsageError("the role is 'admin' or 'member'")
+        self["group"], self["member"], self["role"] = group, member, role
+
+
 class GroupCommandOptions(CommandOptions):
     """Private groups: every member gets every message once, in the same order; members need
     not be each other's contacts (docs/groups.md). GROUP is a group id or name."""
 
-    synopsis = "create|list|invite|invites|join|decline|send|history|members|remove|leave"
+    synopsis = (
+        "create|list|invite|invites|join|decline|send|history|members|remove|leave|"
+        "rename|topic|role"
+    )
     subCommands = [
         ["create", None, GroupCreateOptions, "Found a group; prints its id."],
         ["list", None, GroupListOptions, "List your groups."],
@@ -698,6 +731,9 @@ class GroupCommandOptions(CommandOptions):
         ["members", None, GroupMembersOptions, "List a group's members."],
         ["remove", None, GroupRemoveOptions, "Remove a member from a group."],
         ["leave", None, GroupLeaveOptions, "Leave a group."],
+        ["rename", None, GroupRenameOptions, "Rename a group."],
+        ["topic", None, GroupTopicOptions, "Set a group's topic."],
+        ["role", None, GroupRoleOptions, "Make a member an admin or a plain member."],
     ]
 
     def postOptions(self) -> None:

@@ -1052,7 +1052,8 @@ def _group_line(g: dict[str, Any]) -> str:
 
 
 async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``group create|list|invite|invites|join|decline|send|history|members|remove|leave``."""
+    """``group create|list|invite|invites|join|decline|send|history|members|remove|leave|
+    rename|topic|role``."""
     action, opts = sub.subCommand, sub.subOptions
     result: Any
     if action == "create":
@@ -1108,6 +1109,20 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
     elif action == "leave":
         result = await session.call("groups.leave", {"group": opts["group"]})
         session.emit("left the group", result)
+    elif action == "rename":
+        result = await session.call("groups.rename", {"group": opts["group"], "name": opts["name"]})
+        session.emit(f"renamed to {result['name']}", result)
+    elif action == "topic":
+        result = await session.call(
+            "groups.setTopic", {"group": opts["group"], "topic": opts["text"]}
+        )
+        session.emit(f"topic: {result['topic']}" if result["topic"] else "topic cleared", result)
+    elif action == "role":
+        result = await session.call(
+            "groups.setRole",
+            {"group": opts["group"], "member": opts["member"], "role": opts["role"]},
+        )
+        session.emit(f"{result['member']} is now {result['role']}", result)
 
 
 # file transfers (issue 18) ----------------------------------------------------------------------

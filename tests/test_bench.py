@@ -60,6 +60,9 @@ BENCHMARK_KEYS = {
         "group_msgs_per_s",
         "one_to_one_p50_ms",
         "one_to_one_p99_ms",
+        "burst_cpu_ms_per_msg",
+        "sender_cpu_ms_per_msg",
+        "rss_mib_per_member",
     },
     "files": {
         "files_mib_per_s",

@@ -266,13 +266,80 @@ class GroupCliTests(TestCase):
         members = await bob.json("group", "members", "family")
         self.assertEqual(sorted(m["uid"] for m in members), sorted([me_a["uid"], me_b["uid"]]))
 
-        removed = await alice.json("group", "remove", "family", me_b["uid"])
+        role = await alice.json("group", "role", "family", "Bob", "admin")
+        self.assertEqual((role["member"], role["role"]), (me_b["uid"], "admin"))
+        await alice.ok("send", "Bob", "barrier 1", "--wait", "delivered")
+        self.assertIn("topic: sunday lunch", await bob.ok("group", "topic", gid, "sunday lunch"))
+        await bob.ok("send", "Alice", "barrier 1a", "--wait", "delivered")
+        renamed = await alice.json("group", "rename", gid, "relatives")
+        self.assertEqual(renamed["name"], "relatives")
+        await alice.ok("send", "Bob", "barrier 1b", "--wait", "delivered")
+        listed = await bob.json("group", "list")
+        self.assertEqual([(g["name"], g["topic"]) for g in listed], [("relatives", "sunday lunch")])
+        code, _out, err = await bob.run("group", "role", "relatives", "Alice", "admin")
+        self.assertEqual(code, 1)  # only the founder gives roles, and not to itself
+        code, _out, _err = await bob.run("group", "role", "relatives", "Alice", "boss")
+        self.assertEqual(code, 2)
+
+        removed = await alice.json("group", "remove", "relatives", me_b["uid"])
         self.assertEqual(removed["removed"], me_b["uid"])
         await alice.ok("send", "Bob", "barrier 2", "--wait", "delivered")
         self.assertTrue((await bob.json("group", "list"))[0]["left"])
-        code, _out, err = await bob.run("group", "send", "family", "still here?")
+        code, _out, err = await bob.run("group", "send", "relatives", "still here?")
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertIn("no longer a member", err)
         code, _out, _err = await alice.run("group")
         self.assertEqual(code, 2)
+
+
+class GroupDeliveryTests(TestCase):
+    timeout = 240
+
+    async def test_delivered_to_n_of_m_per_member(self) -> None:
+        """When alice writes to a group of four while dave's daemon is stopped, then her
+        history says delivered to 2 of 3 with a group.delivery event per member that stored
+        it (naming bob and carol, never dave); after a restart of alice it still says 2 of 3,
+        and once dave returns it says 3 of 3.  Other authors' messages carry no counts."""
+        alice, bob, carol, dave = await start_peers(self, ["alice", "bob", "carol", "dave"])
+        gid = await found_with(alice, [bob, carol, dave], "delivery")
+        await bob.call("groups.send", group=gid, text="from bob")
+        await alice.recorder.wait(lambda: group_bodies(alice, gid) == ["from bob"], 60)
+        await dave.stop()
+        sent = await alice.call("groups.send", group=gid, text="to everyone")
+        self.assertEqual((sent["delivered"], sent["members"]), (0, 3))
+        mid = sent["id"]
+
+        def deliveries() -> list[dict[str, Any]]:
+            return [p for p in alice.recorder.named("group.delivery") if p["id"] == mid]
+
+        def delivered_to() -> set[str]:
+            return {
+                p["contact"]
+                for p in alice.recorder.named("message.stateChanged")
+                if p["id"] == mid and p["state"] == "delivered"
+            }
+
+        # group.delivery is emitted while the entry's message.stateChanged is: wait for both
+        await alice.recorder.wait(lambda: len(deliveries()) >= 2 and len(delivered_to()) >= 2, 60)
+        self.assertEqual(
+            [(p["group"], p["delivered"], p["members"]) for p in deliveries()],
+            [(gid, 1, 3), (gid, 2, 3)],
+        )
+        self.assertEqual(delivered_to(), {bob.uid, carol.uid})
+        items = {m["id"]: m for m in await history(alice, gid)}
+        self.assertEqual((items[mid]["delivered"], items[mid]["members"]), (2, 3))
+        bob_item = next(m for m in items.values() if m["body"] == "from bob")
+        self.assertEqual((bob_item["delivered"], bob_item["members"]), (None, None))
+        bob_view = {m["id"]: m for m in await history(bob, gid)}[mid]
+        self.assertEqual((bob_view["delivered"], bob_view["members"]), (None, None))
+
+        await alice.stop()
+        await alice.start(unlock=True)
+        items = {m["id"]: m for m in await history(alice, gid)}
+        self.assertEqual((items[mid]["delivered"], items[mid]["members"]), (2, 3))
+
+        await dave.start(unlock=True)
+        await alice.recorder.wait(lambda: any(p["delivered"] == 3 for p in deliveries()), 90)
+        items = {m["id"]: m for m in await history(alice, gid)}
+        self.assertEqual((items[mid]["delivered"], items[mid]["members"]), (3, 3))

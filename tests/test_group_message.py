@@ -260,3 +260,18 @@ class SignatureTests(SynchronousTestCase):
             self.assertRaises(MalformedGroupMessage, parse_summary, data[:cut])
         doubled = data[: -72 - 2] + b"\x00\x02" + data[-72:] * 2
         self.assertRaises(MalformedGroupMessage, parse_summary, doubled)
+
+    def test_summary_with_state_hash(self) -> None:
+        """When a summary carries a state hash, then it is format 2, 32 bytes longer, parses
+        back to itself (a format 1 summary parses with no hash), and a cut one or a hash of
+        another length is refused."""
+        head = Parent(ALICE.public_bytes, 3, bytes(32))
+        plain = encode_summary(Summary(GROUP_ID, 4, (head,)))
+        summary = Summary(GROUP_ID, 4, (head,), b"\x07" * 32)
+        data = encode_summary(summary)
+        self.assertEqual((data[0], plain[0], len(data) - len(plain)), (2, 1, 32))
+        self.assertEqual(parse_summary(data), summary)
+        self.assertEqual(parse_summary(plain).state_hash, b"")
+        for cut in range(len(data)):
+            self.assertRaises(MalformedGroupMessage, parse_summary, data[:cut])
+        self.assertRaises(ValueError, encode_summary, Summary(GROUP_ID, 4, (head,), b"\x07" * 31))

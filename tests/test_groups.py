@@ -9,6 +9,7 @@ old state, sign a state without the right, write after a removal.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Any
 
@@ -19,21 +20,29 @@ from jarvis.core.groups import GAP_DELAY, Groups
 from jarvis.crypto.identity import IdentityKey
 from jarvis.errors import InvalidInput, NotFound
 from jarvis.protocol.group_fanout import (
+    KIND_INVITE,
     KIND_MESSAGE,
     KIND_STATE,
+    encode_body,
+    encode_chain,
     encode_payload,
     parse_payload,
 )
-from jarvis.protocol.group_message import encode_message, parse_message, write_message
+from jarvis.protocol.group_message import NO_HASH, encode_message, parse_message, write_message
 from jarvis.protocol.group_state import (
     Member,
     Role,
     _sign,
     encode_state,
+    found_group,
+    preferred,
     state_hash,
 )
+from jarvis.protocol.group_state import invite as state_invite
+from jarvis.protocol.group_state import remove as state_remove
 from jarvis.store import group_queries
 from jarvis.store.records import Contact
+from tests.test_node import FakeSession, node_with_bob, turned
 
 KEYS = {
     name: IdentityKey.from_private_bytes(bytes([i + 1]) * 32)
@@ -64,6 +73,8 @@ class FakeStore:
             return defer.succeed(None)
         if fn is group_queries.load_group_records:
             return defer.succeed([(kind, data) for (kind, _), data in self.rows.items()])
+        if fn is group_queries.delivered_to:
+            return defer.succeed({})  # the fake courier keeps no entry states
         raise AssertionError(f"unexpected query {fn}")
 
 
@@ -111,6 +122,7 @@ class Members:
         self.groups: dict[str, Groups] = {}
         self.events: dict[str, list[tuple[str, Any]]] = {}
         self.by_uid: dict[str, str] = {}
+        self.stores: dict[str, FakeStore] = {}
         for name in names:
             events: list[tuple[str, Any]] = []
             g = Groups(
@@ -121,7 +133,8 @@ class Members:
                 contacts=FakeContacts(),
                 keepalive=3600.0,  # no keepalive during a test: only gaps ask
             )
-            g.open(FakeStore(), KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
+            self.stores[name] = FakeStore()
+            g.open(self.stores[name], KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
             testcase.addCleanup(g.close)
             self.groups[name] = g
             self.events[name] = events
@@ -140,6 +153,12 @@ class Members:
                 self.groups[name].payload_received(sender, payload)
                 count += 1
         return count
+
+    def restart(self, name: str) -> None:
+        """Close *name*'s groups and open them again from its store (a daemon restart)."""
+        g = self.groups[name]
+        g.close()
+        g.open(self.stores[name], KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
 
     def settle(self) -> None:
         """Deliver, let the gap timers fire, deliver again, until quiet."""
@@ -319,3 +338,259 @@ class LeaveTests(TestCase):
         self.assertEqual({r for _, r, _ in m.outbox}, {KEYS["alice"].uid})
         with self.assertRaises(InvalidInput):
             await m.groups["alice"].leave(gid)  # the founder cannot leave
+
+
+class RenameAndRoleTests(TestCase):
+    """Rename, topic and roles through :class:`Groups` (groups.rename, setTopic, setRole)."""
+
+    async def test_founder_renames_and_sets_topic_everyone_sees_it(self) -> None:
+        """When the founder renames the group and sets its topic, then every member holds
+        the new name and topic at the new version and got a group.changed event with them."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        view = await m.groups["alice"].rename(gid, name="family")
+        self.assertEqual(view["name"], "family")
+        view = await m.groups["alice"].rename(gid, topic="sunday lunch")
+        m.settle()
+        for name in ("alice", "bob", "carol"):
+            state = m.groups[name].resolve("family").state
+            self.assertEqual((state.name, state.topic, state.version), view_tuple(view))
+            changed = [p["group"] for e, p in m.events[name] if e == "group.changed"]
+            last = changed[-1]
+            self.assertEqual((last["name"], last["topic"]), ("family", "sunday lunch"))
+
+    async def test_plain_member_cannot_rename_until_made_admin(self) -> None:
+        """When a plain member tries to rename, then it is refused and nothing changes; once
+        the founder makes them admin they can set the topic, and once demoted they cannot."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        version = m.groups["bob"].resolve(gid).state.version
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].rename(gid, name="bob's group")
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].set_role(gid, "carol", "admin")  # only the founder appoints
+        self.assertEqual(m.groups["bob"].resolve(gid).state.version, version)
+        self.assertEqual(m.outbox, [])
+
+        result = await m.groups["alice"].set_role(gid, "bob", "admin")
+        self.assertEqual((result["member"], result["role"]), (KEYS["bob"].uid, "admin"))
+        m.settle()
+        members = m.groups["carol"].members(gid)["members"]
+        roles = {x["uid"]: x["role"] for x in members}
+        self.assertEqual(roles[KEYS["bob"].uid], "admin")
+        await m.groups["bob"].rename(gid, topic="bob's topic")
+        m.settle()
+        self.assertEqual(m.groups["carol"].resolve(gid).state.topic, "bob's topic")
+
+        await m.groups["alice"].set_role(gid, KEYS["bob"].uid, "member")
+        m.settle()
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].rename(gid, topic="again")
+        self.assertEqual(m.groups["alice"].resolve(gid).state.topic, "bob's topic")
+
+    async def test_bad_role_and_founder_role_refused(self) -> None:
+        """When asked for an unknown role or to change the founder's role, then InvalidInput."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].set_role(gid, "bob", "founder")
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].set_role(gid, "alice", "member")
+        with self.assertRaises(InvalidInput):
+            await m.groups["alice"].rename(gid)
+
+
+def view_tuple(view: dict[str, Any]) -> tuple[str, str, int]:
+    return (view["name"], view["topic"], view["version"])
+
+
+class UnreadTests(TestCase):
+    """Unread counts are stored."""
+
+    async def test_unread_survives_restart_and_mark_read_sticks(self) -> None:
+        """When bob has 3 unread messages and restarts, then he still has 3; marked read and
+        restarted, 0; one more message, 1 (also after a restart); his own messages never
+        count."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+
+        def unread() -> int:
+            return int(m.groups["bob"].list_groups()[0]["unread"])
+
+        for text in ("one", "two", "three"):
+            await m.groups["alice"].send(gid, text)
+        await m.groups["bob"].send(gid, "mine")
+        m.settle()
+        self.assertEqual(unread(), 3)
+        m.restart("bob")
+        self.assertEqual(unread(), 3)
+        self.assertEqual(sorted(m.bodies("bob", gid)), ["mine", "one", "three", "two"])
+        self.assertEqual(await m.groups["bob"].mark_read(gid), {"group": gid, "unread": 0})
+        m.restart("bob")
+        self.assertEqual(unread(), 0)
+        await m.groups["alice"].send(gid, "four")
+        m.settle()
+        self.assertEqual(unread(), 1)
+        m.restart("bob")
+        self.assertEqual(unread(), 1)
+
+
+def group_body(kind: int, record: bytes) -> bytes:
+    """A 1:1 message body carrying a group payload, as a member's daemon sends it."""
+    return encode_body(encode_payload(kind, record))
+
+
+class NonContactMemberTests(TestCase):
+    """A member who is not a contact, against a real :class:`~jarvis.core.node.Node` (real
+    store and courier; the sessions are recording fakes)."""
+
+    async def test_chat_dropped_group_taken_session_forgotten_after_removal(self) -> None:
+        """When carol (in bob's group with alice, not alice's contact) sends alice a chat
+        message over her group session, then alice stores, announces and acknowledges
+        nothing and carol does not become a contact, while carol's group message is shown;
+        when bob removes carol, then alice forgets carol (the network closes her sessions)
+        and carol's later sessions carry nothing."""
+        node, clock, events, bob = await node_with_bob(self)
+        carol = IdentityKey.generate()
+        alice_key = node.own_card().public_key
+        v1 = found_group(bob, "club")
+        v2 = state_invite(v1, bob, carol.public_bytes, addresses=b"192.0.2.10:7770")
+        v3 = state_invite(v2, bob, alice_key, addresses=b"")
+        bob_session = FakeSession(bob.uid)
+        await turned(clock, node.session_established(bob_session))
+        body = group_body(KIND_INVITE, encode_chain([v1, v2, v3]))
+        await turned(clock, node.message_received(bob_session, os.urandom(16), body, 1))
+        invites = node.groups.invites()
+        self.assertEqual([i["name"] for i in invites], ["club"])
+        await turned(clock, node.groups.join(invites[0]["id"]))
+        self.assertTrue(node.groups.is_peer(carol.uid))
+        network = node.networks[-1]  # type: ignore[attr-defined]
+        self.assertIn(("connect", carol.uid), network.calls)
+
+        carol_session = FakeSession(carol.uid)
+        await turned(clock, node.session_established(carol_session))
+        chat_id = os.urandom(16)
+        await turned(clock, node.message_received(carol_session, chat_id, b"add me?", 2))
+        clock.advance(0)
+        self.assertNotIn("message.received", [name for name, _ in events])
+        self.assertNotIn(chat_id, carol_session.acks)
+        self.assertIsNone(node.contacts.get(carol.uid))
+        self.assertNotIn(carol.uid, await node.unread_counts())
+
+        hello = write_message(
+            carol, v1.group_id, seq=1, prev_hash=NO_HASH, state_version=3, created=3, body=b"hi"
+        )
+        hello_id = os.urandom(16)
+        body = group_body(KIND_MESSAGE, encode_message(hello))
+        await turned(clock, node.message_received(carol_session, hello_id, body, 3))
+        clock.advance(0)
+        self.assertIn(hello_id, carol_session.acks)
+        self.assertEqual(m_bodies(node, v1.group_id.hex()), ["hi"])
+
+        v4 = state_remove(v3, bob, carol.uid, last_seq=1)
+        body = group_body(KIND_STATE, encode_state(v4))
+        await turned(clock, node.message_received(bob_session, os.urandom(16), body, 4))
+        self.assertFalse(node.groups.is_peer(carol.uid))
+        self.assertIn(("forget", carol.uid), network.calls)
+        late_session = FakeSession(carol.uid)
+        await turned(clock, node.session_established(late_session))
+        late = group_body(KIND_MESSAGE, encode_message(hello))
+        await turned(clock, node.message_received(late_session, os.urandom(16), late, 5))
+        clock.advance(0)
+        self.assertEqual(late_session.acks, [])
+        self.assertEqual(late_session.sent, [])
+
+
+def m_bodies(node: Any, gid: str) -> list[str]:
+    return [m["body"] for m in node.groups.history(gid, limit=100)["messages"]]
+
+
+class DepartingPeerTests(TestCase):
+    """The remover keeps the removed member as a peer only until it was told."""
+
+    async def test_removed_member_dropped_once_told(self) -> None:
+        """When alice removes carol, then carol stays alice's group peer until the entry
+        carrying the removal is delivered to carol (message.stateChanged), then not; bob, who
+        only received the removal, drops carol at once."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["alice"].remove(gid, "carol")
+        self.assertTrue(m.groups["alice"].is_peer(KEYS["carol"].uid))
+        m.deliver()
+        self.assertFalse(m.groups["bob"].is_peer(KEYS["carol"].uid))
+        state = m.groups["alice"].resolve(gid).state
+        entry = state_hash(state)[:16].hex()
+        m.groups["alice"].event_seen(
+            "message.stateChanged",
+            {"id": entry, "contact": KEYS["bob"].uid, "state": "delivered"},
+        )
+        self.assertTrue(m.groups["alice"].is_peer(KEYS["carol"].uid))
+        m.groups["alice"].event_seen(
+            "message.stateChanged",
+            {"id": entry, "contact": KEYS["carol"].uid, "state": "delivered"},
+        )
+        self.assertFalse(m.groups["alice"].is_peer(KEYS["carol"].uid))
+        self.assertTrue(m.groups["alice"].is_peer(KEYS["bob"].uid))
+
+
+class ConcurrentChangeTests(TestCase):
+    """Two admins change the group at once: every member keeps the same version."""
+
+    async def make(self) -> tuple[Members, str, Any, Any]:
+        """Alice's group of five with bob and carol admins; bob renames and carol sets the
+        topic at the same version.  :returns: the members, the group id, both states."""
+        m = Members(self, ["alice", "bob", "carol", "dave", "eve"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave", "eve"])
+        await m.groups["alice"].set_role(gid, "bob", "admin")
+        await m.groups["alice"].set_role(gid, "carol", "admin")
+        m.settle()
+        await m.groups["bob"].rename(gid, name="bob's name")
+        await m.groups["carol"].rename(gid, topic="carol's topic")
+        by_bob = m.groups["bob"].resolve(gid).state
+        by_carol = m.groups["carol"].resolve(gid).state
+        self.assertEqual(by_bob.version, by_carol.version)
+        self.assertNotEqual(state_hash(by_bob), state_hash(by_carol))
+        return m, gid, by_bob, by_carol
+
+    def assert_converged(self, m: Members, gid: str, winner: Any) -> None:
+        for name, g in m.groups.items():
+            held = g.resolve(gid).state
+            self.assertEqual(state_hash(held), state_hash(winner), name)
+
+    async def test_direct_exchange_converges_on_preferred(self) -> None:
+        """When both states reach everyone in any order, then every member holds the one
+        `preferred` picks (the lower hash: neither is the founder's), the other admin
+        included, and a message written after reaches everyone."""
+        m, gid, by_bob, by_carol = await self.make()
+        m.settle()
+        winner = preferred(by_bob, by_carol)
+        self.assert_converged(m, gid, winner)
+        loser = "carol" if winner is by_bob else "bob"
+        changed = [p["group"] for e, p in m.events[loser] if e == "group.changed"]
+        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (winner.name, winner.topic))
+        await m.groups["dave"].send(gid, "after the race")
+        m.settle()
+        for name in m.groups:
+            self.assertEqual(m.bodies(name, gid), ["after the race"])
+
+    async def test_summary_state_hash_converges_when_the_states_never_crossed(self) -> None:
+        """When no state reaches the admin whose change loses (every copy to it is dropped),
+        then the others converge and the keepalive summaries, which carry the state hash,
+        bring that admin over: all hold `preferred`; the same after a restart of both
+        admins (the store holds both states of that version)."""
+        m, gid, by_bob, by_carol = await self.make()
+        winner = preferred(by_bob, by_carol)
+        loser = "carol" if winner is by_bob else "bob"
+
+        def to_loser(sender: str, recipient: str, payload: bytes) -> bool:
+            return recipient == KEYS[loser].uid and parse_payload(payload)[0] == KIND_STATE
+
+        m.deliver(drop=to_loser)
+        self.assertNotEqual(state_hash(m.groups[loser].resolve(gid).state), state_hash(winner))
+        for _ in range(4):  # keepalives (each member to one random member), then delivery
+            m.clock.advance(3600 * 1.5)
+            m.settle()
+        self.assert_converged(m, gid, winner)
+        m.restart("bob")
+        m.restart("carol")
+        self.assert_converged(m, gid, winner)

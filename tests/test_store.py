@@ -564,6 +564,34 @@ class AdvanceStatesTests(StoreTestCase):
         self.assertEqual(again, [(shared, BOB, "sent")])
         self.assertEqual(len(await store.run(queries.outbox, ALICE, write=False)), 1200)
 
+    async def test_shared_id_advances_in_the_named_conversation(self) -> None:
+        """When one id is stored in two conversations (the entries of one group message) and
+        the second contact acknowledges it, then only that contact's row is delivered and the
+        first contact's stays in the outbox; ids given with contacts advance once each."""
+        store = await self.open_store()
+        first = make_message(ALICE)
+        await store.run(queries.add_outgoing, first, write=True)
+        await store.run(queries.add_outgoing, make_message(BOB, id=first.id), write=True)
+        changed = await store.run(
+            queries.advance_states, [first.id], "delivered", 5.0, uids=[BOB], write=True
+        )
+        self.assertEqual(changed, [(first.id, BOB, "delivered")])
+        self.assertEqual(
+            [m.id for m in await store.run(queries.outbox, ALICE, write=False)], [first.id]
+        )
+        self.assertEqual(await store.run(queries.outbox, BOB, write=False), [])
+        both = await store.run(
+            queries.advance_states,
+            [first.id, first.id, first.id],
+            "sent",
+            6.0,
+            uids=[ALICE, BOB, ALICE],
+            write=True,
+        )
+        self.assertEqual(both, [(first.id, ALICE, "sent")])  # BOB's is delivered already
+        with self.assertRaises(InvalidInput):
+            await store.run(queries.advance_states, [first.id], "sent", 7.0, uids=[], write=True)
+
 
 class ReceiptTests(StoreTestCase):
     async def test_receipts_owed_until_cleared(self) -> None:

@@ -543,7 +543,7 @@ class Courier:
         send window (progress resets the retransmission delay), and the freed room takes the
         next messages of the outbox.  Fires when recorded and the next messages are written."""
         ids = [i.hex() for i in message_ids]
-        recorded = self._advance_many(ids, "delivered")
+        recorded = self._advance_many(ids, "delivered", uids=[session.peer_uid] * len(ids))
         pump = self._pumps.get(session.peer_uid)
         if pump is None:
             return defer.gatherResults([recorded])
@@ -563,7 +563,8 @@ class Courier:
 
     def reads_received(self, session: Any, message_ids: Sequence[bytes]) -> defer.Deferred[Any]:
         """Mark messages read by the peer; fires when recorded."""
-        return self._advance_many([i.hex() for i in message_ids], "read")
+        ids = [i.hex() for i in message_ids]
+        return self._advance_many(ids, "read", uids=[session.peer_uid] * len(ids))
 
     def resume_mark(self, uid: str) -> bytes | None:
         """The id of the last message from *uid* stored with everything *uid* sent before it.
@@ -663,7 +664,7 @@ class Courier:
                             "mailbox.depositFailed",
                             {"contact": uid, "error": str(failure.value)},
                         )
-                yield self._advance_many(done, "sent", via="mailbox")
+                yield self._advance_many(done, "sent", via="mailbox", uids=[uid] * len(done))
         finally:
             self._depositing.discard(uid)
         if retry and uid not in self._mailbox_timers and self._store is store:
@@ -784,7 +785,7 @@ class Courier:
         if pump.retransmit is None:
             pump.retransmit = self._call_later(pump.retransmit_delay, self._retransmit, pump)
         if message.state == "queued":
-            return self._advance_sent(message.id)
+            return self._advance_sent(message.id, message.contact)
         return defer.succeed(None)
 
     def _call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> Any:
@@ -856,38 +857,60 @@ class Courier:
                     error=redact(str(e)),
                 )
 
-    def _advance_sent(self, message_id: str) -> defer.Deferred[None]:
+    def _advance_sent(self, message_id: str, uid: str) -> defer.Deferred[None]:
         """Record *message_id* as sent with the others written this reactor turn, in one store
         operation (one statement on the store's thread instead of one per message).
 
         :returns: a Deferred firing once the state is recorded and announced.
         """
         waiter: defer.Deferred[None] = defer.Deferred()
-        self._sent_this_turn.add(None, (message_id, waiter))
+        self._sent_this_turn.add(None, (message_id, uid, waiter))
         return waiter
 
-    def _flush_sent(self, pending: dict[Any, list[tuple[str, defer.Deferred[None]]]]) -> None:
+    def _flush_sent(self, pending: dict[Any, list[tuple[str, str, defer.Deferred[None]]]]) -> None:
         written = pending[None]
 
         def recorded(_: object) -> None:
-            for _mid, waiter in written:
+            for _mid, _uid, waiter in written:
                 waiter.callback(None)
 
-        self._advance_many([mid for mid, _ in written], "sent").addBoth(recorded)
+        mids = [mid for mid, _, _ in written]
+        self._advance_many(mids, "sent", uids=[uid for _, uid, _ in written]).addBoth(recorded)
 
     def _advance_many(
-        self, message_ids: Sequence[str], state: str, *, via: str | None = None
+        self,
+        message_ids: Sequence[str],
+        state: str,
+        *,
+        via: str | None = None,
+        uids: Sequence[str] | None = None,
     ) -> defer.Deferred[Any]:
-        """Advance *message_ids* to *state* in one store operation; announce each change."""
+        """Advance *message_ids* to *state* in one store operation; announce each change.
+
+        :param uids: the contact of each id (the entries of a group message share one id).
+        """
         store = self._store
         if store is None or not message_ids:
             return defer.succeed(None)
         if via is not None:
             d = store.run(
-                queries.advance_via, list(message_ids), state, self.now(), via, write=True
+                queries.advance_via,
+                list(message_ids),
+                state,
+                self.now(),
+                via,
+                uids=uids,
+                write=True,
             )
         else:
-            d = store.run(queries.advance_states, list(message_ids), state, self.now(), write=True)
+            d = store.run(
+                queries.advance_states,
+                list(message_ids),
+                state,
+                self.now(),
+                uids=uids,
+                write=True,
+            )
         d.addCallback(self._announce_changes, via)
         d.addErrback(lambda f: self.log.failure("state update failed", f))
         return d

@@ -31,7 +31,7 @@ EVENT_DOCS: dict[str, str] = {
     "group.changed": "`{group}`: a group was created, joined, or its state changed (members, "
     "name, topic)",
     "group.message": "`{message}`: a group message became shown (`{id, group, author, "
-    "author_name, body, seq, created, index}`)",
+    "author_name, body, seq, created, index, delivered, members}`)",
     "group.invited": "`{invite}`: a contact invited us to a group (`jarvis group invites`)",
     "group.removed": "`{group, name}`: we were removed from a group (or left it)",
     "group.dropped": "`{group, ids}`: messages taken back (written after their author's "
@@ -41,6 +41,8 @@ EVENT_DOCS: dict[str, str] = {
     "transfer.policyChanged": "`{policy}`: the receiving policy changed (see `files.policy`)",
     "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "
     "transfer, every 0.4 s (rate in bytes/s, eta in s or null)",
+    "group.delivery": "`{group, id, delivered, members}`: one more member's daemon stored our "
+    "group message `id` (delivered to `delivered` of `members`)",
 }
 
 #: The only events an API client receives while the identity is locked (screen lock or wipe).

@@ -24,6 +24,7 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from dataclasses import replace as replaced
 from typing import Any
 
 from twisted.internet import defer
@@ -35,6 +36,7 @@ from jarvis.crypto.identity import IdentityKey
 from jarvis.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.logs import log_id
 from jarvis.protocol.group_fanout import (
+    ENTRY_ID_SIZE,
     KIND_INVITE,
     KIND_MESSAGE,
     KIND_STATE,
@@ -62,6 +64,7 @@ from jarvis.protocol.group_message import (
 from jarvis.protocol.group_state import (
     GroupState,
     Membership,
+    Role,
     StateRefused,
     accept_chain,
     accept_next,
@@ -70,7 +73,10 @@ from jarvis.protocol.group_state import (
     invite,
     leave,
     parse_state,
+    preferred,
     remove,
+    rename,
+    set_role,
     state_hash,
     verify_founding,
 )
@@ -84,6 +90,8 @@ SYNC_INTERVAL = 5.0
 GAP_DELAY = 0.5
 #: Most messages sent back for one summary (the rest on the next round).
 MAX_SYNC_MESSAGES = 2048
+#: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
+ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
 
 @dataclass
@@ -97,8 +105,16 @@ class Group:
     parked: list[GroupMessage] = field(default_factory=list)
     #: states received ahead of the next version, by version
     ahead: dict[int, GroupState] = field(default_factory=dict)
-    unread: int = 0
+    #: how many messages of other members are shown
+    others_shown: int = 0
+    #: how many of them were shown when the group was last marked read (stored)
+    read: int = 0
     left: bool = False
+
+    @property
+    def unread(self) -> int:
+        """Messages of other members shown since the group was last marked read."""
+        return max(0, self.others_shown - self.read)
 
     @property
     def state(self) -> GroupState:
@@ -107,6 +123,16 @@ class Group:
     @property
     def group_id(self) -> bytes:
         return self.states[0].group_id
+
+
+@dataclass
+class Delivery:
+    """Where one of our group messages got to: its entries (one per member) delivered."""
+
+    group_id: bytes
+    #: how many members it went to (the other members of the state it was written under)
+    members: int
+    delivered: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,12 @@ class Groups:
         self._network: Any = None
         self._timers: dict[bytes, Any] = {}
         self._keepalive: Any = None
+        #: (state entry id hex, uid): a peer kept until the state we signed that parted us
+        #: (their removal, our leaving) is delivered to them; and those delivered
+        self._departing: set[tuple[str, str]] = set()
+        self._told: set[tuple[str, str]] = set()
+        #: our own group messages by id (hex): to how many members their entries went
+        self._deliveries: dict[str, Delivery] = {}
         #: called with no argument when the set of group peers changed
         self.on_peers_changed: Callable[[], None] = lambda: None
 
@@ -175,6 +207,7 @@ class Groups:
         states: list[GroupState] = []
         messages: list[GroupMessage] = []
         left: set[bytes] = set()
+        read: dict[bytes, int] = {}
         for kind, data in rows:
             try:
                 if kind == "state":
@@ -189,28 +222,90 @@ class Groups:
                     record = json.loads(data)
                     if record.get("left"):
                         left.add(bytes.fromhex(record["group"]))
+                    read[bytes.fromhex(record["group"])] = int(record.get("read", 0))
             except (ValueError, KeyError):
                 self.log.warn("an unreadable group record was skipped")
         states.sort(key=lambda s: (s.group_id, s.version))
+        chains: dict[bytes, list[GroupState]] = {}
         for state in states:
-            group = self._groups.get(state.group_id)
-            if group is None:
-                membership = Membership()
-                membership.add(state)
-                self._groups[state.group_id] = Group(
-                    [state], membership, GroupLog(state.group_id, membership)
-                )
-            elif state.version == group.state.version + 1:
-                group.states.append(state)
-                group.membership.add(state)
+            held = chains.setdefault(state.group_id, [])
+            if not held:
+                held.append(state)
+            elif state.version == held[-1].version + 1 and state.prev_hash == state_hash(held[-1]):
+                held.append(state)
+            elif (
+                len(held) > 1
+                and state.version == held[-1].version
+                and state.prev_hash == held[-1].prev_hash
+            ):
+                held[-1] = preferred(held[-1], state)  # two admins' concurrent changes
+        for gid, held in chains.items():
+            membership = Membership(held)
+            self._groups[gid] = Group(held, membership, GroupLog(gid, membership))
         for group in self._groups.values():
             group.left = group.group_id in left or not self._is_member(group.state)
         for message in messages:
-            group = self._groups.get(message.group_id)
-            if group is not None:
-                self._offer(group, message)
+            target = self._groups.get(message.group_id)
+            if target is not None:
+                self._offer(target, message)
+        own = identity.public_bytes
+        for group in self._groups.values():
+            group.read = read.get(group.group_id, 0)
+            for m in group.log.shown():
+                if m.author == own:
+                    self._track(group, m)
+                else:
+                    group.others_shown += 1
+        if self._deliveries:
+            delivered = yield store.run(
+                group_queries.delivered_to, list(self._deliveries), write=False
+            )
+            for mid, uids in delivered.items():
+                self._deliveries[mid].delivered.update(uids)
         self._update_peers()
+        if self._departing:
+            told = yield store.run(
+                group_queries.delivered_to, [mid for mid, _ in self._departing], write=False
+            )
+            self._told.update(k for k in self._departing if k[1] in told.get(k[0], ()))
+            self._update_peers()
         self._schedule_keepalive()
+
+    def _track(self, group: Group, message: GroupMessage) -> Delivery:
+        """Start counting the deliveries of our *message*."""
+        mid = message_id(message).hex()
+        written_under = next(
+            (s for s in group.states if s.version == message.state_version), group.state
+        )
+        delivery = Delivery(group.group_id, len(written_under.members) - 1)
+        self._deliveries[mid] = delivery
+        return delivery
+
+    def event_seen(self, event: str, payload: Any) -> None:
+        """An event of the node: a ``message.stateChanged`` of an entry of one of our group
+        messages to *delivered* or *read* counts that member once, and emits
+        ``group.delivery`` ``{group, id, delivered, members}`` when the count grew."""
+        if event != "message.stateChanged" or payload.get("state") not in ("delivered", "read"):
+            return
+        mid = payload.get("id")
+        departing = (mid, payload.get("contact"))
+        if departing in self._departing and self._identity is not None:
+            self._told.add(departing)  # type: ignore[arg-type]
+            self._update_peers()
+            return
+        delivery = self._deliveries.get(mid) if isinstance(mid, str) else None
+        if delivery is None or payload.get("contact") in delivery.delivered:
+            return
+        delivery.delivered.add(payload.get("contact"))
+        self._emit(
+            "group.delivery",
+            {
+                "group": delivery.group_id.hex(),
+                "id": mid,
+                "delivered": len(delivery.delivered),
+                "members": delivery.members,
+            },
+        )
 
     def close(self) -> None:
         """Forget everything (the keys are being wiped)."""
@@ -224,6 +319,9 @@ class Groups:
         self._groups.clear()
         self._invites.clear()
         self._peers.clear()
+        self._deliveries.clear()
+        self._departing.clear()
+        self._told.clear()
         self._network = None
 
     def attach(self, network: Any) -> None:
@@ -256,15 +354,21 @@ class Groups:
         ourselves, its remaining members (they are told of our leaving)."""
         own = self._own_key()
         peers: dict[str, tuple[bytes, tuple[str, ...]]] = {}
+        self._departing = set()
         for group in self._groups.values():
             members = list(group.state.members)
             if group.left:
                 departed = {d.public_key for d in group.state.departed}
                 if group.state.signer != own or own not in departed:
                     continue
+                members = [m for m in members if self._keep_departing(group, m.uid)]
             elif len(group.states) > 1:
                 gone = {d.public_key for d in group.state.departed}
-                members += [m for m in group.states[-2].members if m.public_key in gone]
+                members += [
+                    m
+                    for m in group.states[-2].members
+                    if m.public_key in gone and self._keep_departing(group, m.uid)
+                ]
             for m in members:
                 if m.public_key == own:
                     continue
@@ -281,6 +385,18 @@ class Groups:
                     self._network.forget(uid)
         if old != set(peers):
             self.on_peers_changed()
+
+    def _keep_departing(self, group: Group, uid: str) -> bool:
+        """Whether *uid*, no longer our fellow member in *group*, stays a group peer: only
+        while the state we signed that parted us (their removal, our leaving) is not yet
+        delivered to them.  A member that only received the state drops them at once."""
+        if group.state.signer != self._own_key():
+            return False
+        key = (state_hash(group.state)[:ENTRY_ID_SIZE].hex(), uid)
+        if key in self._told:
+            return False
+        self._departing.add(key)
+        return True
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -340,8 +456,12 @@ class Groups:
         }
 
     def _message_view(self, group: Group, m: GroupMessage, index: int) -> dict[str, Any]:
+        mid = message_id(m).hex()
+        delivery = self._deliveries.get(mid)
         return {
-            "id": message_id(m).hex(),
+            "id": mid,
+            "delivered": len(delivery.delivered) if delivery else None,
+            "members": delivery.members if delivery else None,
             "group": group.group_id.hex(),
             "author": m.author_uid,
             "author_name": self._name_of(m.author_uid),
@@ -524,6 +644,7 @@ class Groups:
         if offered.outcome is not Outcome.accepted:
             raise InvalidInput(f"the message was not accepted: {offered.reason}")
         entries = plan_message(group.state, message)
+        self._track(group, message)
         # Stored in the same store batch as the entries (one reactor turn, one transaction).
         stored = self._persist([("message", message_hash(message), encode_message(message))])
         sends = [self._send(e.recipient, e.entry_id, e.payload) for e in entries]
@@ -550,11 +671,13 @@ class Groups:
             ],
         }
 
-    def mark_read(self, ref: str) -> dict[str, Any]:
-        """Reset a group's unread count."""
+    @defer.inlineCallbacks
+    def mark_read(self, ref: str) -> Any:
+        """Reset a group's unread count (stored: it stays 0 after a restart)."""
         self._require()
         group = self.resolve(ref)
-        group.unread = 0
+        group.read = group.others_shown
+        yield self._put_setting(group)
         return {"group": group.group_id.hex(), "unread": 0}
 
     @defer.inlineCallbacks
@@ -589,6 +712,56 @@ class Groups:
         yield self._fan_state(previous, state)
         return {"group": group.group_id.hex(), "left": True, "version": state.version}
 
+    @defer.inlineCallbacks
+    def rename(self, ref: str, *, name: str | None = None, topic: str | None = None) -> Any:
+        """Give a group a new name and/or topic (founder and admins): a new signed state to
+        every member.  :returns: the group's view."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        if name is None and topic is None:
+            raise InvalidInput("give a new name or a new topic")
+        previous = group.state
+        try:
+            state = rename(previous, identity, name=name, topic=topic)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return self._view(group)
+
+    @defer.inlineCallbacks
+    def set_role(self, ref: str, member_ref: str, role: str) -> Any:
+        """Make a member an admin or a plain member (the founder only): a new signed state to
+        every member.  :returns: ``{group, member (uid), role, version}``."""
+        _store, identity = self._require()
+        group = self._live(ref)
+        wanted = ROLES.get(role) if isinstance(role, str) else None
+        if wanted is None:
+            raise InvalidInput("a role is 'admin' or 'member'")
+        member = self._member(group, member_ref)
+        if member.role is wanted:
+            return {
+                "group": group.group_id.hex(),
+                "member": member.uid,
+                "role": role,
+                "version": group.state.version,
+            }
+        previous = group.state
+        try:
+            state = set_role(previous, identity, member.uid, wanted)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return {
+            "group": group.group_id.hex(),
+            "member": member.uid,
+            "role": role,
+            "version": state.version,
+        }
+
     def _live(self, ref: str) -> Group:
         group = self.resolve(ref)
         if group.left:
@@ -622,6 +795,9 @@ class Groups:
             group.states.append(state)
             group.membership.add(state)
         dropped, _shown = group.log.states_added()
+        if dropped:
+            own = self._own_key()
+            group.others_shown = sum(1 for m in group.log.shown() if m.author != own)
         yield self._persist([("state", state_hash(s), encode_state(s)) for s in states])
         parked, group.parked = group.parked, []
         shown: list[GroupMessage] = []
@@ -643,10 +819,15 @@ class Groups:
 
     def _set_left(self, group: Group, left: bool) -> defer.Deferred[Any]:
         group.left = left
+        return self._put_setting(group)
+
+    def _put_setting(self, group: Group) -> defer.Deferred[Any]:
+        """Store the group's own settings: whether we left, how many messages were read."""
         store = self._store
         if store is None:
             return defer.succeed(None)
-        data = json.dumps({"group": group.group_id.hex(), "left": left}).encode()
+        setting = {"group": group.group_id.hex(), "left": group.left, "read": group.read}
+        data = json.dumps(setting).encode()
         return store.run(
             group_queries.put_group_record,
             "setting",
@@ -696,7 +877,7 @@ class Groups:
             return defer.succeed(None)
         d = self._persist([("message", message_hash(message), encode_message(message))])
         if shown:
-            self._announce(group, shown, counted=True)
+            self._announce(group, shown)
         if group.log.gaps() or group.parked:
             self._gap_seen(group, uid)
         return d
@@ -717,13 +898,13 @@ class Groups:
             return None
         return list(offered.shown)
 
-    def _announce(self, group: Group, shown: Iterable[GroupMessage], counted: bool = False) -> None:
+    def _announce(self, group: Group, shown: Iterable[GroupMessage]) -> None:
         own = self._own_key()
         total = len(group.log.shown())
         shown = list(shown)
         for i, m in enumerate(shown):
-            if counted and m.author != own:
-                group.unread += 1
+            if m.author != own:
+                group.others_shown += 1
             self._emit(
                 "group.message",
                 {"message": self._message_view(group, m, total - len(shown) + i)},
@@ -733,6 +914,9 @@ class Groups:
     def _state_received(self, uid: str, state: GroupState) -> Any:
         group = self._groups.get(state.group_id)
         if group is None:
+            return
+        if state.version == group.state.version and len(group.states) > 1:
+            yield self._concurrent_state(group, uid, state)
             return
         if state.version <= group.state.version:
             return  # a relay of what we hold, or a rollback / replay: refused
@@ -789,6 +973,59 @@ class Groups:
             )
         self._emit("group.invited", {"invite": self._invite_view(invitation)})
 
+    @defer.inlineCallbacks
+    def _concurrent_state(self, group: Group, uid: str, state: GroupState) -> Any:
+        """*state* has the version of the one we hold: the same (a relay), or another change
+        made at once on the same previous version (two admins).  Every member keeps
+        :func:`preferred` of the two; if ours is kept, the sender gets it back."""
+        held = group.state
+        if state == held:
+            return
+        try:
+            accept_next(group.states[-2], state)
+        except StateRefused as e:
+            self.log.warn("a group state from {uid} refused: {r}", uid=log_id(uid), r=e.reason)
+            return
+        if preferred(held, state) == held:
+            payload = encode_payload(KIND_STATE, encode_state(held))
+            yield self._send(uid, None, payload)
+            return
+        yield self._replace_head(group, state)
+
+    @defer.inlineCallbacks
+    def _replace_head(self, group: Group, state: GroupState) -> Any:
+        """Hold *state* instead of our latest state (same version, preferred): membership and
+        log rebuilt from the states, every message held offered again."""
+        was_member = not group.left
+        before = group.log.shown()
+        states = [*group.states[:-1], state]
+        membership = Membership(states)
+        log = GroupLog(group.group_id, membership)
+        group.states, group.membership, group.log = states, membership, log
+        parked, group.parked = group.parked, []
+        for message in [*before, *parked]:
+            self._offer(group, message)
+        yield self._persist([("state", state_hash(state), encode_state(state))])
+        own = self._own_key()
+        group.others_shown = sum(1 for m in log.shown() if m.author != own)
+        kept = {message_hash(m) for m in log.shown()}
+        dropped = [m for m in before if message_hash(m) not in kept]
+        is_member = self._is_member(state)
+        if was_member and not is_member:
+            yield self._set_left(group, True)
+            self._emit("group.removed", {"group": group.group_id.hex(), "name": state.name})
+        elif not was_member and is_member:
+            yield self._set_left(group, False)
+        self._update_peers()
+        self._emit("group.changed", {"group": self._view(group)})
+        if dropped:
+            self._emit(
+                "group.dropped",
+                {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
+            )
+        before_ids = {message_hash(m) for m in before}
+        self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
+
     # -- sync ----------------------------------------------------------------------------------
 
     def _gap_seen(self, group: Group, uid: str) -> None:
@@ -821,7 +1058,9 @@ class Groups:
         ]
 
     def _send_summary(self, group: Group, uids: Iterable[str]) -> defer.Deferred[Any]:
-        summary = group.log.summary(group.state.version)
+        summary = replaced(
+            group.log.summary(group.state.version), state_hash=state_hash(group.state)
+        )
         payload = encode_payload(KIND_SUMMARY, encode_summary(summary))
         return defer.gatherResults([self._send(uid, None, payload) for uid in uids])
 
@@ -831,6 +1070,15 @@ class Groups:
         if group is None or group.left or group.state.member(uid) is None:
             return
         sends = []
+        if (
+            summary.state_version == group.state.version
+            and summary.state_hash
+            and summary.state_hash != state_hash(group.state)
+        ):
+            # the same version, another state: both sides keep `preferred` once they hold both
+            sends.append(
+                self._send(uid, None, encode_payload(KIND_STATE, encode_state(group.state)))
+            )
         if summary.state_version < group.state.version:
             for state in group.states:
                 if state.version > summary.state_version:

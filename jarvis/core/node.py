@@ -163,6 +163,7 @@ class Node(Service):
             run_blocking=run_blocking,
             display_name=self.contacts.display_name,
         )
+        self._events.subscribe(self.groups.event_seen)  # per-member delivery of group messages
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None

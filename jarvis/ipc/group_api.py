@@ -74,7 +74,24 @@ def groups_leave(inv: Invocation) -> Any:
 
 
 def groups_mark_read(inv: Invocation) -> Any:
-    return _groups(inv).mark_read(inv.params["group"])
+    return defer.maybeDeferred(_groups(inv).mark_read, inv.params["group"])
+
+
+def groups_rename(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).rename, inv.params["group"], name=inv.params["name"])
+
+
+def groups_set_topic(inv: Invocation) -> Any:
+    return defer.maybeDeferred(_groups(inv).rename, inv.params["group"], topic=inv.params["topic"])
+
+
+def groups_set_role(inv: Invocation) -> Any:
+    p = inv.params
+    return defer.maybeDeferred(_groups(inv).set_role, p["group"], p["member"], p["role"])
+
+
+def _role(value: str) -> str | None:
+    return None if value in ("admin", "member") else "must be 'admin' or 'member'"
 
 
 _GROUP = Param("group", str, True, "the group: its id (or 4+ hex digits of it) or its name")
@@ -83,7 +100,11 @@ _VIEW = (
     "{id, name, topic, version, members (count), role ('founder'|'admin'|'member'|null), "
     "unread, messages (count), left}"
 )
-_MESSAGE = "{id, group, author (uid), author_name, body, seq, created, index}"
+_MESSAGE = (
+    "{id, group, author (uid), author_name, body, seq, created, index, delivered, members} "
+    "(delivered: how many of the members the message was written to have stored it; both null "
+    "on other authors' messages)"
+)
 
 
 def group_specs() -> tuple[MethodSpec, ...]:
@@ -183,5 +204,34 @@ def group_specs() -> tuple[MethodSpec, ...]:
             (_GROUP,),
             result="{group, unread: 0}",
             doc="Reset the group's unread count.",
+        ),
+        MethodSpec(
+            "groups.rename",
+            groups_rename,
+            (_GROUP, Param("name", str, True, "the new name")),
+            result=_VIEW,
+            doc="Rename the group (founder and admins): a new signed state goes to every "
+            "member (event group.changed on each).",
+        ),
+        MethodSpec(
+            "groups.setTopic",
+            groups_set_topic,
+            (_GROUP, Param("topic", str, True, "the new topic ('' clears it)")),
+            result=_VIEW,
+            doc="Set the group's topic (founder and admins): a new signed state goes to every "
+            "member (event group.changed on each).",
+        ),
+        MethodSpec(
+            "groups.setRole",
+            groups_set_role,
+            (
+                _GROUP,
+                Param("member", str, True, "a contact name or a member's uid (prefix)"),
+                Param("role", str, True, "'admin' or 'member'", validator=_role),
+            ),
+            result="{group, member (uid), role, version}",
+            doc="Make a member an admin or a plain member again (the founder only; the "
+            "founder's own role cannot change). Admins may rename, set the topic, invite and "
+            "remove plain members.",
         ),
     )

@@ -289,6 +289,9 @@ def is_fork_proof(first: GroupMessage, second: GroupMessage) -> bool:
 #: Most authors one :class:`Summary` lists.
 MAX_SUMMARY_AUTHORS = 1024
 _SUMMARY_HEAD = struct.Struct(">B16sQH")
+#: The summary format that also carries the hash of the sender's state (concurrent changes).
+_SUMMARY_WITH_HASH = 2
+_STATE_HASH = struct.Struct(">32s")
 
 
 @dataclass(frozen=True)
@@ -299,18 +302,23 @@ class Summary:
     :ivar state_version: the member's group state version.
     :ivar heads: ``(author key, seq, hash)`` of each author's last contiguous message, sorted
         by author key (a :class:`Parent` value is exactly such a head).
+    :ivar state_hash: the SHA-256 of the member's state at that version (empty: not given, as
+        in format 1), so two members at one version with different states notice it.
     """
 
     group_id: bytes
     state_version: int
     heads: tuple[Parent, ...]
+    state_hash: bytes = b""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
 
 
 def encode_summary(summary: Summary) -> bytes:
-    """Return ``u8(1) || group_id || u64(state_version) || u16(count) || parent * count``.
+    """Return ``u8(1) || group_id || u64(state_version) || u16(count) || parent * count``,
+    or with a state hash ``u8(2) || group_id || u64(state_version) || u16(count) ||
+    state_hash (32) || parent * count``.
 
     :raises ValueError: if a field is out of range or heads are unsorted or repeated.
     """
@@ -324,7 +332,11 @@ def encode_summary(summary: Summary) -> bytes:
     for h in summary.heads:
         if len(h.author) != KEY_SIZE or len(h.hash) != HASH_SIZE or not 1 <= h.seq <= MAX_U64:
             raise ValueError("a head is out of range")
-    head = _SUMMARY_HEAD.pack(_FORMAT, summary.group_id, summary.state_version, len(authors))
+    if summary.state_hash and len(summary.state_hash) != HASH_SIZE:
+        raise ValueError("a state hash is 32 bytes")
+    fmt = _SUMMARY_WITH_HASH if summary.state_hash else _FORMAT
+    head = _SUMMARY_HEAD.pack(fmt, summary.group_id, summary.state_version, len(authors))
+    head += summary.state_hash
     return head + b"".join(_PARENT.pack(h.author, h.seq, h.hash) for h in summary.heads)
 
 
@@ -337,15 +349,16 @@ def parse_summary(data: bytes) -> Summary:
     if len(data) < _SUMMARY_HEAD.size:
         raise MalformedGroupMessage("truncated summary")
     fmt, group_id, version, count = _SUMMARY_HEAD.unpack_from(data)
-    if fmt != _FORMAT or count > MAX_SUMMARY_AUTHORS:
+    if fmt not in (_FORMAT, _SUMMARY_WITH_HASH) or count > MAX_SUMMARY_AUTHORS:
         raise MalformedGroupMessage("unknown summary format or too many heads")
-    if len(data) != _SUMMARY_HEAD.size + count * _PARENT.size:
+    start = _SUMMARY_HEAD.size + (_STATE_HASH.size if fmt == _SUMMARY_WITH_HASH else 0)
+    if len(data) != start + count * _PARENT.size:
         raise MalformedGroupMessage("truncated or trailing bytes in summary")
+    digest = data[_SUMMARY_HEAD.size : start]
     heads = tuple(
-        Parent(*_PARENT.unpack_from(data, _SUMMARY_HEAD.size + i * _PARENT.size))
-        for i in range(count)
+        Parent(*_PARENT.unpack_from(data, start + i * _PARENT.size)) for i in range(count)
     )
-    summary = Summary(group_id, version, heads)
+    summary = Summary(group_id, version, heads, digest)
     try:
         encode_summary(summary)
     except ValueError as e:

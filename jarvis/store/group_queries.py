@@ -8,7 +8,7 @@ clear.  Run them with :meth:`jarvis.store.database.Store.run` like :mod:`jarvis.
 
 from __future__ import annotations
 
-from jarvis.store.rows import Rows
+from jarvis.store.rows import Rows, chunks
 
 #: What a row holds.
 KINDS = frozenset({"state", "message", "invite", "setting"})
@@ -53,3 +53,23 @@ def load_group_records(db: Rows) -> list[tuple[str, bytes]]:
         (kind, db.unseal(data, "group_records", "data", "a group record", item))
         for item, kind, data in rows
     ]
+
+
+def delivered_to(db: Rows, mids: list[str]) -> dict[str, list[str]]:
+    """The members each of our group messages *mids* (hex ids) was delivered to: the
+    contacts of the outgoing entries with that id in state delivered or read (one entry per
+    member shares the group message's id).
+
+    :returns: id -> uids, for the ids with at least one delivered entry.
+    """
+    found: dict[str, list[str]] = {}
+    for chunk in chunks(list(dict.fromkeys(mids))):
+        marks = ", ".join(["?"] * len(chunk))
+        rows = db.conn.execute(
+            f"SELECT id, conversation FROM messages WHERE direction = 'out' "
+            f"AND state IN ('delivered', 'read') AND id IN ({marks})",
+            tuple(chunk),
+        ).fetchall()
+        for mid, conversation in rows:
+            found.setdefault(mid, []).append(db.uid_of(bytes(conversation)))
+    return found

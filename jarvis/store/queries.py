@@ -21,6 +21,7 @@ from jarvis.message_states import MESSAGE_STATES
 from jarvis.store import schema
 from jarvis.store.records import Contact, HistoryPage, StoredMessage, copy_unchecked
 from jarvis.store.rows import (
+    ADVANCE_IN_CONVERSATION_SQL,
     ADVANCE_SQL,
     CONTACT_COLUMNS,
     DUMP_FORMAT,
@@ -143,7 +144,7 @@ def add_incoming(db: Rows, message: StoredMessage) -> StoredMessage | None:
 
 
 def advance_states(
-    db: Rows, mids: Sequence[str], state: str, at: float
+    db: Rows, mids: Sequence[str], state: str, at: float, uids: Sequence[str] | None = None
 ) -> list[tuple[str, str, str]]:
     """Advance the messages *mids* to *state* (states never move backwards), without reading
     back (or opening) the rows.
@@ -154,10 +155,16 @@ def advance_states(
     index by its new state).  An
     id given twice counts once.
 
+    With *uids* (one per id), each id advances only in that contact's conversation: the
+    entries of one group message share an id, one per member (issue 17), and an ack from one
+    member must not move another's.
+
     :returns: ``(id, contact, state)`` of each message that changed, in the order given.
     """
     if state not in MESSAGE_STATES:
         raise InvalidInput(f"{state!r} is not a message state")
+    if uids is not None:
+        return _advance_in_conversations(db, mids, uids, state, at)
     sql = ADVANCE_SQL.get(state)
     if sql is None:  # 'queued' and 'received' are first states: nothing advances to them
         return []
@@ -177,12 +184,44 @@ def advance_states(
     return changed
 
 
+def _advance_in_conversations(
+    db: Rows, mids: Sequence[str], uids: Sequence[str], state: str, at: float
+) -> list[tuple[str, str, str]]:
+    """:func:`advance_states` per ``(id, uid)`` pair."""
+    if len(uids) != len(mids):
+        raise InvalidInput("one contact per message id")
+    sql = ADVANCE_IN_CONVERSATION_SQL.get(state)
+    if sql is None:
+        return []
+    pairs = list(dict.fromkeys(zip(mids, uids, strict=True)))
+    moved: set[tuple[str, bytes]] = set()
+    for chunk in chunks(pairs):
+        values = ", ".join(["(?, ?)"] * len(chunk))
+        params = [x for mid, uid in chunk for x in (mid, db.index(uid))]
+        rows = db.conn.execute(
+            f"WITH ids(id, conversation) AS (VALUES {values}) {sql}", (*params, state, at)
+        )
+        moved.update((mid, bytes(conv)) for mid, conv in rows.fetchall())
+    return [(mid, uid, state) for mid, uid in pairs if (mid, db.index(uid)) in moved]
+
+
 def advance_via(
-    db: Rows, mids: Sequence[str], state: str, at: float, path: str
+    db: Rows,
+    mids: Sequence[str],
+    state: str,
+    at: float,
+    path: str,
+    uids: Sequence[str] | None = None,
 ) -> list[tuple[str, str, str]]:
     """:func:`advance_states`, and record that the outgoing messages *mids* left by *path*
     (``"mailbox"``: deposited in the contact's mailbox), in one transaction."""
-    changed = advance_states(db, mids, state, at)
+    changed = advance_states(db, mids, state, at, uids)
+    if uids is not None:
+        db.conn.executemany(
+            "UPDATE messages SET path = ? WHERE direction = 'out' AND id = ? AND conversation = ?",
+            [(path, mid, db.index(uid)) for mid, uid in zip(mids, uids, strict=True)],
+        )
+        return changed
     for chunk in chunks(list(dict.fromkeys(mids))):
         values = ", ".join(["?"] * len(chunk))
         db.conn.execute(

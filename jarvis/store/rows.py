@@ -227,11 +227,13 @@ def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield items[start : start + _PER_STATEMENT]
 
 
-def _advance_sql(state: str) -> str | None:
+def _advance_sql(state: str, in_conversation: bool = False) -> str | None:
     """The UPDATE moving, per id of the ``ids`` CTE, the first row that may advance to *state*.
 
     The caller prefixes ``WITH ids(id) AS (VALUES (?), ...)``: one statement for a whole Ack
     (one GIL hand-off on the store's thread instead of one per id).  None: no row may advance.
+    With *in_conversation*, the CTE is ``ids(id, conversation)`` and only that conversation's
+    row with the id moves (the entries of one group message share an id, one per member).
     """
     clauses = []
     for direction in ("out", "in"):
@@ -242,9 +244,10 @@ def _advance_sql(state: str) -> str | None:
     if not clauses:
         return None
     column = _TIME_COLUMN[state]
+    where = " AND conversation = ids.conversation" if in_conversation else ""
     return (
         f"UPDATE messages SET state = ?, {column} = ? WHERE rowid IN (SELECT ("
-        f"SELECT rowid FROM messages WHERE id = ids.id AND ({' OR '.join(clauses)}) "
+        f"SELECT rowid FROM messages WHERE id = ids.id{where} AND ({' OR '.join(clauses)}) "
         "ORDER BY rowid LIMIT 1) FROM ids) RETURNING id, conversation"
     )
 
@@ -253,6 +256,12 @@ ADVANCE_SQL: dict[str, str] = {
     state: sql
     for state in ("sent", "delivered", "read")
     if (sql := _advance_sql(state)) is not None
+}
+#: :data:`ADVANCE_SQL` per ``(id, conversation)`` pair.
+ADVANCE_IN_CONVERSATION_SQL: dict[str, str] = {
+    state: sql
+    for state in ("sent", "delivered", "read")
+    if (sql := _advance_sql(state, in_conversation=True)) is not None
 }
 
 
