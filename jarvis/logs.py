@@ -61,6 +61,10 @@ _ADDRESS = re.compile(r"\[[0-9a-fA-F:.%]+\](?::\d+)?|\b\d{1,3}(?:\.\d{1,3}){3}(?
 #: Twisted's own per-connection lines (``tcp.Port`` recovering from EMFILE): one per refused
 #: socket, with the remote address.  Dropped from the daemon's logs.
 _PER_CONNECTION_FORMATS = frozenset({"EMFILE recovery: Closed socket from {address}"})
+#: ``ClientService``'s line before each retry (the peer dialler, :mod:`jarvis.net.dialling`):
+#: it repeats for every unreachable contact at each backoff step, and the network already logs
+#: each failed attempt with its reason.  Dropped.
+_RETRY_FORMATS = frozenset({"Scheduling retry {attempt} to connect {endpoint} in {delay} seconds."})
 #: Twisted's per-accept lines when out of descriptors: let through once per
 #: :data:`NOISE_INTERVAL` each, since a flood repeats them at every accept.
 _PER_ACCEPT_FORMATS = frozenset(
@@ -114,7 +118,8 @@ def redact(text: str) -> str:
 class ConnectionNoiseFilter:
     """A log filter predicate for Twisted's per-connection lines.
 
-    Lines naming a refused socket's remote address are dropped; the per-accept lines of
+    Lines naming a refused socket's remote address and ``ClientService``'s per-retry lines are
+    dropped; the per-accept lines of
     descriptor exhaustion pass at most once per *interval* seconds of event time each.
     """
 
@@ -124,7 +129,7 @@ class ConnectionNoiseFilter:
 
     def __call__(self, event: LogEvent) -> PredicateResult:
         fmt = event.get("log_format")
-        if fmt in _PER_CONNECTION_FORMATS:
+        if fmt in _PER_CONNECTION_FORMATS or fmt in _RETRY_FORMATS:
             return PredicateResult.no
         if fmt in _PER_ACCEPT_FORMATS:
             now = float(event.get("log_time", 0.0))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints, protocol, task, threads
 from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred
@@ -28,10 +29,11 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jarvis import logs
 from jarvis.crypto.identity import IdentityKey
 from jarvis.logs import log_id
+from jarvis.net import dialling, tls
 from jarvis.net import network as net
-from jarvis.net import tls
 from jarvis.protocol import knock as knock_protocol
 from jarvis.protocol.session import PeerSession
 from jarvis.summary import summary_level
@@ -589,12 +591,30 @@ class BackoffTests(SynchronousTestCase):
         self.assertFalse(harness.dialler.dialling)
         self.assertEqual(harness.clock.getDelayedCalls(), [])
 
-    def test_no_address_waits(self) -> None:
-        """When the contact has no address, then the dialler waits a backoff delay."""
+    def test_no_address_costs_nothing_until_redial(self) -> None:
+        """When the contact has no address, then no service runs and nothing is scheduled (a
+        thousand such contacts cost a pass through ClientService at every backoff step); when
+        it gains an address and is redialled, then it is dialled at once."""
         harness = DiallerHarness(())
         harness.dialler.start()
+        harness.clock.advance(3600)
         self.assertEqual(harness.attempts, [])
-        self.assertEqual(harness.dialler.delays, [1.0])
+        self.assertEqual(harness.dialler.delays, [])
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        self.assertFalse(harness.dialler.running)
+        harness.addresses = ("a:1",)
+        harness.dialler.redial()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1"])
+        self.assertTrue(harness.dialler.running)
+
+    def test_delayed_start_without_address_schedules_nothing_more(self) -> None:
+        """When a delayed start (after a session ended) finds no address, then the dialler
+        stops there instead of backing off round after round."""
+        harness = DiallerHarness(())
+        harness.dialler.start(delay=0.5)
+        harness.clock.advance(0.5)
+        self.assertEqual(harness.clock.getDelayedCalls(), [])
+        self.assertFalse(harness.dialler.running)
 
 
 class InFlightTests(SynchronousTestCase):
@@ -667,6 +687,66 @@ class InFlightTests(SynchronousTestCase):
         self.assertEqual(harness.clock.getDelayedCalls(), [])
         harness.dialler.start()
         self.assertEqual(dials, ["a:1", "a:1"])
+
+    def test_retry_lines_are_dropped_from_the_daemon_logs(self) -> None:
+        """When the dialler's service schedules a retry, then its per-retry log line is one the
+        daemon's log filter drops (a thousand unreachable contacts would write it at every
+        backoff step)."""
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        harness = DiallerHarness(("a:1",))
+        harness.dialler.start()
+        harness.fail_last()
+        retries = [e for e in events if "retry" in e.get("log_format", "")]
+        self.assertEqual(len(retries), 1)
+        noise = logs.ConnectionNoiseFilter()
+        self.assertEqual(noise(retries[0]), logs.PredicateResult.no)
+
+    def test_released_service_stops_at_once(self) -> None:
+        """When a ClientService's connection is the dialler's released stand-in, then
+        stopService fires before it returns and leaves no call scheduled (the Twisted
+        behaviour the dialler relies on: Automat queues the loss reported inside the stop)."""
+        clock = Clock()
+
+        class Endpoint:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                built = factory.buildProtocol(None)
+                built.makeConnection(dialling._Handle(built))
+                return defer.succeed(built)
+
+        service = ClientService(
+            cast(Any, Endpoint()),
+            cast(Any, protocol.Factory.forProtocol(protocol.Protocol)),
+            clock=clock,
+        )
+        service.startService()
+        stopped = service.stopService()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.failureResultOf(service.whenConnected(), defer.CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_redial_keeps_the_race_and_its_stagger(self) -> None:
+        """When redial comes while a round's first address hangs, then that round goes on (its
+        second address after the stagger, not the first one dialled again), and when the
+        round then fails the next starts at once with a fresh backoff."""
+        from jarvis.net.eyeballs import STAGGER
+
+        harness = DiallerHarness(("a:1", "b:2"))
+        harness.dialler.start()
+        harness.dialler.redial()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1"])
+        harness.clock.advance(STAGGER)
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1", "b:2"])
+        harness.attempts[0][1].errback(net.ConnectFailed("refused"))
+        harness.fail_last()
+        self.assertEqual([a for a, _ in harness.attempts], ["a:1", "b:2", "a:1"])
+        self.assertTrue(harness.dialler.running)
+        harness.clock.advance(STAGGER)
+        harness.fail_last()
+        harness.attempts[-2][1].errback(net.ConnectFailed("refused"))
+        self.assertEqual(harness.dialler.delays[-1], 1.0)
 
 
 class PipeEndpoint:

@@ -1,7 +1,7 @@
 """Dial several addresses of one contact, "happy eyeballs" style: the first to connect wins.
 
 :class:`AddressRace` is the one place where a round of dialling over a contact's addresses is
-decided (the :class:`~jarvis.net.network.Dialler` runs one race per round).  Like Twisted's
+decided (the :class:`~jarvis.net.dialling.Dialler` runs one race per round).  Like Twisted's
 ``HostnameEndpoint`` (RFC 8305): the first address is dialled at once; the next one starts
 after :data:`STAGGER` seconds if no attempt has succeeded yet, or at once when the previous one
 fails; the first attempt to succeed wins and every other attempt in flight is cancelled.

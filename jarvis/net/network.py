@@ -7,10 +7,13 @@ the core asks it to :meth:`~PeerNetwork.connect` to contacts and hears back thro
 that at most one session per contact is reported established at a time, plus
 ``peer_status_changed`` whenever a contact goes offline, connecting or online.
 
-* A :class:`Dialler` per contact tries the contact's addresses in turn; after a full round
-  fails it waits ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds
-  (Twisted's :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session
-  with the contact is established (either direction) and restarts when that session ends.
+* A :class:`~jarvis.net.dialling.Dialler` per wanted contact (a Twisted ``ClientService`` per
+  run, each round an address race) tries the contact's addresses; after a full round fails it
+  waits ``min(initial * 2**rounds, max)`` plus a jitter of up to *initial* seconds (Twisted's
+  :func:`~twisted.application.internet.backoffPolicy`).  It stops once a session with the
+  contact is established (either direction; an attempt in flight still finishes) and the
+  network restarts it when that session ends, if the contact is still wanted.  A contact with
+  no address is not dialled until :meth:`PeerNetwork.redial`.
 * When both sides dial at once there are two sessions; the one whose initiator has the lower
   uid survives (both sides compute the same), the other is closed with ``"duplicate
   session"``.  Between two sessions with the same initiator, the newer survives.
@@ -42,7 +45,7 @@ from typing import Any, Literal, Protocol, cast
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     TCP4ClientEndpoint,
@@ -62,7 +65,7 @@ from jarvis.crypto.linkcode import check_address
 from jarvis.errors import InvalidInput
 from jarvis.logs import log_id, redact
 from jarvis.net.admission import AdmissionControl
-from jarvis.net.eyeballs import STAGGER, AddressRace, RaceFailed
+from jarvis.net.dialling import ConnectFailed, Dialler
 from jarvis.net.knock import (
     CLOSED_BEFORE_TLS,
     DEFAULT_KNOCK_DEADLINE,
@@ -72,8 +75,6 @@ from jarvis.net.knock import (
 )
 from jarvis.net.peer import (
     DEFAULT_CLOSE_TIMEOUT,
-    Clock,
-    DelayedCall,
     PeerFactory,
     PeerProtocol,
     describe_failure,
@@ -216,10 +217,6 @@ class InvalidPeerAddress(InvalidInput):
     """
 
 
-class ConnectFailed(Exception):
-    """One outbound connection attempt ended before a session was established."""
-
-
 def parse_address(text: str) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port.
 
@@ -234,138 +231,6 @@ def parse_address(text: str) -> tuple[str, int]:
     if host.startswith("["):
         host = host[1:-1]
     return host, int(port_text)
-
-
-class Dialler:
-    """Keeps dialling one contact: rounds over its addresses, spaced by backoff with jitter.
-
-    A round is one :class:`~jarvis.net.eyeballs.AddressRace` over the current addresses (best
-    first): the first is dialled at once, the next after a short stagger or as soon as the
-    previous fails, and the first to succeed wins.  When a round fails completely, the next
-    starts after ``policy(failed_rounds)`` seconds.  A successful attempt ends the dialling
-    (the caller restarts it with :meth:`start` when the session ends).
-
-    :param clock: schedules the retries.
-    :param addresses: returns the current addresses, best first (read again at each round).
-    :param dial: makes one attempt; its Deferred fires on success, fails otherwise, and
-        cancelling it abandons the attempt.
-    :param policy: seconds to wait after *n* failed rounds.
-    :param stagger: seconds between the starts of two addresses of one round.
-    """
-
-    def __init__(
-        self,
-        clock: Clock,
-        addresses: Callable[[], Sequence[str]],
-        dial: Callable[[str], Deferred[None]],
-        policy: Callable[[int], float],
-        stagger: float = STAGGER,
-    ) -> None:
-        self._clock = clock
-        self._addresses = addresses
-        self._dial = dial
-        self._policy = policy
-        self._stagger = stagger
-        self._running = False
-        self.failed_rounds = 0
-        self._pending: DelayedCall | None = None
-        self._race: AddressRace | None = None
-        self._restart_round = False
-        #: Delays scheduled so far, newest last (bounded; for status and tests).
-        self.delays: list[float] = []
-
-    @property
-    def running(self) -> bool:
-        """Whether the dialler wants a connection (dialling or waiting to retry)."""
-        return self._running
-
-    @property
-    def dialling(self) -> bool:
-        """Whether a round (one or more attempts) is in flight."""
-        return self._race is not None
-
-    def start(self, delay: float = 0.0) -> None:
-        """Start dialling after *delay* seconds, with a fresh backoff; no-op if running."""
-        if self._running:
-            return
-        self._running = True
-        self.failed_rounds = 0
-        if self._race is not None:
-            self._restart_round = True
-        elif delay > 0:
-            self._schedule(delay)
-        else:
-            self._dial_round()
-
-    def redial(self) -> None:
-        """Dial now with a fresh backoff (addresses may have changed).
-
-        While a round is in flight, addresses it has not tried yet are dialled at once in it;
-        if it fails, a new round starts at once.
-        """
-        self._running = True
-        self.failed_rounds = 0
-        self._cancel_pending()
-        if self._race is not None:
-            self._restart_round = True
-            self._race.offer(self._addresses(), at_once=True)
-            return
-        self._dial_round()
-
-    def stop(self) -> None:
-        """Stop scheduling attempts; attempts in flight may still succeed."""
-        self._running = False
-        self._cancel_pending()
-        if self._race is not None:
-            self._race.hold()
-
-    def cancel(self) -> None:
-        """Stop, and abandon any attempt in flight."""
-        self.stop()
-        if self._race is not None:
-            self._race.result.cancel()
-
-    def _schedule(self, delay: float) -> None:
-        self.delays = [*self.delays[-15:], delay]
-        self._pending = self._clock.callLater(delay, self._dial_round)
-
-    def _cancel_pending(self) -> None:
-        if self._pending is not None and self._pending.active():
-            self._pending.cancel()
-        self._pending = None
-
-    def _dial_round(self) -> None:
-        self._pending = None
-        if not self._running:
-            return
-        self._restart_round = False
-        race = AddressRace(self._clock, self._dial, self._stagger)
-        self._race = race
-        race.result.addCallbacks(self._succeeded, self._failed, errbackArgs=(race,))
-        race.result.addErrback(lambda f: log.failure("dialler bookkeeping failed", f))
-        race.offer(tuple(self._addresses()))
-
-    def _succeeded(self, _: object) -> None:
-        self._race = None
-        self._running = False
-        self.failed_rounds = 0
-        self._restart_round = False
-
-    def _failed(self, failure: Failure, race: AddressRace) -> None:
-        failure.trap(ConnectFailed, CancelledError, InvalidPeerAddress, RaceFailed)
-        if self._race is race:
-            self._race = None
-        if not self._running:
-            return
-        if self._restart_round:
-            self._dial_round()
-        else:
-            self._round_failed()
-
-    def _round_failed(self) -> None:
-        delay = self._policy(self.failed_rounds)
-        self.failed_rounds += 1
-        self._schedule(delay)
 
 
 def backoff(
@@ -905,6 +770,7 @@ class PeerNetwork:
                 lambda: self._candidates(uid),
                 lambda address: self._dial(uid, address),
                 self._policy,
+                label=log_id(uid),
             )
             peer = self._peers[uid] = _Peer(uid, dialler, self._reactor.seconds())
         return peer
