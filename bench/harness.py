@@ -56,6 +56,7 @@ BENCHMARKS: dict[str, str] = {
     "group": "bench.group_bench",
     "files": "bench.files_bench",
     "postbox": "bench.postbox_bench",
+    "relay": "bench.relay_bench",
 }
 
 #: The benchmark every other benchmark is compared with.
