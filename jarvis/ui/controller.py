@@ -139,7 +139,9 @@ class Controller:
         self.dialogs = Dialogs(
             self, read_file=read_file, write_file=write_file, clipboard=clipboard
         )
-        self.sender = Sender(self, self.dialogs.open_add_contact)
+        self.sender = Sender(
+            self, self.dialogs.open_add_contact, mailbox=self.dialogs.mailbox_command
+        )
         self.reader = Reader(self)
         self.keys = KeyRouter(
             self,

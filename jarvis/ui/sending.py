@@ -2,9 +2,9 @@
 
 :class:`Sender` owns what happens when the user presses Enter in the input line: a plain line
 is sent to the open conversation, ``/msg NAME TEXT`` to a named contact, and ``/add``, ``/lock``,
-``/help``, ``/quit`` run their commands.  A line that could not be sent goes back into an empty
-input line.  It must not build dialogs (:mod:`jarvis.ui.dialogs` does) nor touch the
-connection (:mod:`jarvis.ui.link`).
+``/help``, ``/quit``, ``/mailbox`` run their commands.  A line that could not be sent goes
+back into an empty input line.  It must not build dialogs (:mod:`jarvis.ui.dialogs` does)
+nor touch the connection (:mod:`jarvis.ui.link`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,16 @@ class Sender:
     :param open_add_contact: opens the add-contact dialog with a link code typed in.
     """
 
-    def __init__(self, controller: UiHost, open_add_contact: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        controller: UiHost,
+        open_add_contact: Callable[[str], Any],
+        mailbox: Callable[[tuple[str, ...]], Any] | None = None,
+    ) -> None:
+        """:param mailbox: runs ``/mailbox [LINK|drop]`` with its arguments."""
         self._controller = controller
         self._open_add_contact = open_add_contact
+        self._mailbox = mailbox
         self.model = controller.model
         self.main_screen = controller.main_screen
 
@@ -68,6 +75,8 @@ class Sender:
             self.offer_file(action.args[0])
         elif action.name in ("accept", "decline", "cancel"):
             self.answer_file(action.name, action.args)
+        elif action.name == "mailbox" and self._mailbox is not None:
+            self._mailbox(action.args)
 
     def offer_file(self, path: str) -> None:
         """``/file PATH``: offer the file to the open conversation's contact."""
