@@ -489,6 +489,10 @@ def parse_input(line: str) -> InputAction | None:
 # The mailbox (issue 15) ----------------------------------------------------------------------
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class MailboxStatus:
     """The mailbox in use as ``mailbox.status`` reports it (``link`` empty: none).
@@ -540,7 +544,8 @@ class MailboxStatus:
         collect = human_since(self.last_collect, now) if self.last_collect else "never"
         return [
             f"Mailbox {self.address}: {reach}",
-            f"{self.queues} queues; {self.contacts_reachable} contacts you can deposit for",
+            f"{_count(self.queues, 'queue')}; "
+            f"{_count(self.contacts_reachable, 'contact')} you can deposit for",
             f"collected {self.collected}, deposited {self.deposited} since unlock",
             f"last collect: {collect}",
         ]
