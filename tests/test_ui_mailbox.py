@@ -140,6 +140,21 @@ class MailboxSettingsTests(SynchronousTestCase):
         self.assertEqual(controller.window.dialog.kind, "settings")
         self.assertIn("No mailbox: messages wait", dialog_text(controller))
 
+    def test_another_client_changing_the_mailbox_updates_open_settings(self) -> None:
+        """When another client uses a mailbox while the settings are open (the daemon emits
+        mailbox.changed), then the open settings show it, with the focus where it was."""
+        controller, client, clock = started()
+        press(controller, "f4", size=SIZE)
+        press(controller, "tab", "tab", size=SIZE)
+        focused = controller.window.dialog.focused_row()
+        self.assertIn("No mailbox", dialog_text(controller))
+        client.mailbox_link = LINK
+        client.emit("mailbox.changed", {"link": LINK})
+        clock.advance(0)
+        self.assertIn("Mailbox 127.0.0.1:4000: connected", dialog_text(controller))
+        self.assertEqual(controller.window.dialog.focused_row(), focused)
+        self.assertNotEqual(focused, 0)
+
 
 class MailboxSlashCommandTests(SynchronousTestCase):
     """``/mailbox``, ``/mailbox LINK``, ``/mailbox drop`` in the input line."""

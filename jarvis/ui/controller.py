@@ -351,9 +351,15 @@ class Controller:
         return d
 
     def fetch_paths(self) -> defer.Deferred[Any]:
-        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, waiting)."""
+        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, waiting), and for
+        the settings' Mailbox section when that dialog is open."""
         d = self.call("mailbox.status")
-        d.addCallback(self.model.load_paths)
+
+        def loaded(status: Mapping[str, Any]) -> None:
+            self.model.load_paths(status)
+            self.dialogs.mailbox_status_arrived(status)
+
+        d.addCallback(loaded)
         d.addErrback(lambda f: self.log.info("mailbox.status: {e}", e=type(f.value).__name__))
         d.addCallback(lambda _: self.redraw())
         return d

@@ -382,6 +382,20 @@ class Dialogs:
         d.addErrback(self._controller.internal_error, "settings dialog")
         d.addCallback(lambda _: self._controller.redraw())
 
+    def mailbox_status_arrived(self, status: Mapping[str, Any]) -> None:
+        """A fresh ``mailbox.status`` (after a ``mailbox.changed`` event): an open settings
+        dialog shows it, its focus kept (another client may have used or dropped one)."""
+        dialog = self.window.dialog
+        if not isinstance(dialog, SettingsDialog) or dialog.mailbox is None:
+            return
+        fresh = MailboxStatus.from_api(status)
+        if fresh != dialog.mailbox:
+            focus = dialog.focused_row()
+            self._show_settings(fresh)
+            replaced = self.window.dialog
+            if isinstance(replaced, SettingsDialog):
+                replaced.focus_row(focus)
+
     def _show_settings(self, mailbox: MailboxStatus | None) -> None:
         actions = {
             "use": self.open_mailbox_form,

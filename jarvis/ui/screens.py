@@ -610,6 +610,8 @@ class SettingsDialog(Dialog):
         """:param mailbox: the mailbox section's status (``None``: still being asked).
         :param mailbox_actions: ``"use"`` and ``"drop"`` (no section without them).
         :param now: the time, for "last collect"."""
+        #: the Mailbox section's status (``None``: not known yet)
+        self.mailbox = mailbox
 
         def box(label: str, state: bool, setting: str, uid: str | None) -> urwid.CheckBox:
             return urwid.CheckBox(
@@ -636,6 +638,15 @@ class SettingsDialog(Dialog):
             rows += mailbox_rows(mailbox, mailbox_actions, now)
         rows += [urwid.Divider(), button("Close", on_close)]
         super().__init__("settings", "Settings", rows)
+
+    def focused_row(self) -> int:
+        """The index of the row with the focus (to keep it when the dialog is rebuilt)."""
+        return int(self._walker.focus or 0)
+
+    def focus_row(self, index: int) -> None:
+        """Put the focus on row *index* if it takes focus (else leave it where it is)."""
+        if 0 <= index < len(self._walker) and self._walker[index].selectable():
+            self._walker.set_focus(index)
 
 
 def mailbox_rows(
