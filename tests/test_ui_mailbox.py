@@ -172,7 +172,13 @@ class MailboxSlashCommandTests(SynchronousTestCase):
         self.assertIn("no mailbox in use", status_text(controller))
         client.mailbox_link = LINK
         press(controller, "/mailbox", "enter")
-        self.assertIn("Mailbox 127.0.0.1:4000: connected", status_text(controller))
+        line = status_text(controller)
+        self.assertRegex(
+            line,
+            r"^mailbox 127\.0\.0\.1:4000: connected; 3 queues; "
+            r"last collect \d\d:\d\d, 1 min ago$",
+        )
+        self.assertLessEqual(len(line), 80)
         self.assertIsNone(controller.window.dialog)
 
     def test_use_with_a_link(self) -> None:

@@ -554,7 +554,14 @@ class MailboxStatus:
         """The status on one line (for the status line: ``/mailbox``)."""
         if not self.link:
             return "no mailbox in use: /mailbox LINK uses one"
-        return "; ".join(self.lines(now))
+        reach = "connected" if self.connected else "not connected"
+        if self.error and not self.connected:
+            reach += f" ({self.error})"
+        collect = human_since(self.last_collect, now) if self.last_collect else "never"
+        # short enough for an 80-column status line; F4 shows the rest
+        return f"mailbox {self.address}: {reach}; {_count(self.queues, 'queue')}; " + (
+            f"last collect {collect}"
+        )
 
 
 # The model -----------------------------------------------------------------------------------

@@ -672,7 +672,8 @@ class MailboxDialog(Dialog):
 
     def __init__(self, on_use: Callable[[str], Any], on_close: Callable[[], None]) -> None:
         self._on_use = on_use
-        self.link_edit = ReadlineEdit("Mailbox link: ")
+        # the caption on its own row: a link is longer than the field, which scrolls
+        self.link_edit = ReadlineEdit("")
         self.error = urwid.Text("")
         rows: list[urwid.Widget] = [
             urwid.Text(
@@ -682,6 +683,7 @@ class MailboxDialog(Dialog):
                     "it to mailbox.link). Your contacts will deposit there while you are away.",
                 )
             ),
+            urwid.Text("Mailbox link:"),
             field(self.link_edit),
             self.error,
             *_buttons(("Use it", self.submit), ("Cancel", on_close)),
