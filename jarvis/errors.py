@@ -121,3 +121,11 @@ class StorageFull(JarvisError):
     """
 
     kind = "storage"
+
+
+class MailboxUnreachable(JarvisError):
+    """The mailbox named by the link does not answer (or answers with another key than the
+    link's pin): check that the mailbox runs, that this machine reaches its address, and that
+    the link was copied whole; then use it again."""
+
+    kind = "mailbox_unreachable"

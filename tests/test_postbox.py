@@ -616,3 +616,29 @@ class OffReactorTests(PostboxCase):
         await defer.gatherResults(done)
         opened = [self.open_deposit(node, bob, ring, env)[0] for _l, _s, env in transport.deposits]
         self.assertEqual(opened, ids)
+
+
+class RefusingTransport(FakeTransport):
+    """A transport whose mailbox does not answer."""
+
+    def connect(self, link: str) -> defer.Deferred[Any]:
+        return defer.fail(ConnectionRefusedError("Connection was refused by other side"))
+
+
+class UnreachableMailboxTests(TestCase):
+    async def test_unreachable_mailbox_is_refused_in_words(self) -> None:
+        """When mailbox.use names a mailbox that does not answer, then it fails with
+        MailboxUnreachable naming the address and the reason (not an internal error), and no
+        mailbox is in use."""
+        from jarvis.errors import MailboxUnreachable
+
+        node, _clock, _events = make_node(self)
+        node.mailbox_factory = RefusingTransport
+        await node.create_identity("Alice", "pw")
+        with self.assertRaises(MailboxUnreachable) as caught:
+            await node.mailbox_use(link_for(1))
+        self.assertEqual(
+            str(caught.exception),
+            "cannot reach the mailbox at 127.0.0.1:7780: Connection was refused by other side",
+        )
+        self.assertIsNone(node.mailbox_status()["link"])

@@ -194,6 +194,8 @@ class FakeDaemonClient(FakeGroupsMixin):
         self.health: dict[str, dict[str, Any]] = {}
         #: ``mailbox.status`` paths by uid (default: ``direct`` when online, else ``none``)
         self.paths: dict[str, str] = {}
+        #: the mailbox in use (``mailbox.use`` / ``mailbox.drop``): its link, or ``None``
+        self.mailbox_link: str | None = None
         self._next_id = 1
         #: ``exec.run``: what each new run prints at once ((stream, text) pairs) and whether it
         #: then keeps running (until :meth:`exec_finish`, ``exec.kill`` or a cancel)
@@ -617,18 +619,35 @@ class FakeDaemonClient(FakeGroupsMixin):
 
     def m_mailbox_status(self, params: dict[str, Any]) -> dict[str, Any]:
         self._unlocked()
+        link = self.mailbox_link
         return {
-            "link": None,
-            "connected": False,
-            "queues": 0,
+            "link": link,
+            "connected": link is not None,
+            "queues": len(self.contacts) if link else 0,
             "contacts_reachable": sum(p == "mailbox" for p in self.paths.values()),
-            "last_collect": None,
+            "last_collect": NOW - 60 if link else None,
             "collected": 0,
             "deposited": 0,
             "acks_deposited": 0,
             "error": None,
             "contacts": [{"uid": uid, "path": self.path_of(uid)} for uid in sorted(self.contacts)],
         }
+
+    def m_mailbox_use(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check the link as the daemon does (its words on refusal), then use it."""
+        from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
+
+        self._unlocked()
+        try:
+            self.mailbox_link = str(parse_link(str(params.get("link", ""))))
+        except BadMailboxLink as e:
+            raise remote_error("invalid", str(e)) from None
+        return self.m_mailbox_status({})
+
+    def m_mailbox_drop(self, params: dict[str, Any]) -> dict[str, Any]:
+        self._unlocked()
+        self.mailbox_link = None
+        return self.m_mailbox_status({})
 
 
 class FakeConnector:

@@ -44,7 +44,7 @@ from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.linkcode import CardMailbox
 from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
-from jarvis.errors import InvalidInput
+from jarvis.errors import InvalidInput, MailboxUnreachable
 from jarvis.logs import log_id, redact
 from jarvis.mailbox.wire import MAX_PAYLOAD
 from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
@@ -255,7 +255,15 @@ class Postbox:
                 yield self._save_config()
                 yield self._save_queues()
                 self._announce_all()
-            yield self._transport.connect(link)
+            try:
+                yield self._transport.connect(link)
+            except defer.CancelledError:
+                raise
+            except Exception as e:
+                # the user's words, not "internal error": the link was fine, the mailbox silent
+                address = link.rpartition("@")[2]
+                reason = redact(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                raise MailboxUnreachable(f"cannot reach the mailbox at {address}: {reason}") from e
             self.link = link
             self.queues = {}
             yield self._save_config()

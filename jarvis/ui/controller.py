@@ -141,7 +141,12 @@ class Controller:
             self, read_file=read_file, write_file=write_file, clipboard=clipboard
         )
         self.groups = GroupActions(self)
-        self.sender = Sender(self, self.dialogs.open_add_contact, self.groups)
+        self.sender = Sender(
+            self,
+            self.dialogs.open_add_contact,
+            self.groups,
+            mailbox=self.dialogs.mailbox_command,
+        )
         self.reader = Reader(self, self.groups)
         self.dialogs.groups = self.groups
         self.keys = KeyRouter(
@@ -352,9 +357,15 @@ class Controller:
         return d
 
     def fetch_paths(self) -> defer.Deferred[Any]:
-        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, none)."""
+        """Ask ``mailbox.status`` for the path per contact (direct, mailbox, none), and for the
+        settings' Mailbox section when that dialog is open."""
         d = self.call("mailbox.status")
-        d.addCallback(self.model.load_paths)
+
+        def loaded(status: Mapping[str, Any]) -> None:
+            self.model.load_paths(status)
+            self.dialogs.mailbox_status_arrived(status)
+
+        d.addCallback(loaded)
         d.addErrback(lambda f: self.log.info("mailbox.status: {e}", e=type(f.value).__name__))
         d.addCallback(lambda _: self.redraw())
         return d

@@ -18,14 +18,16 @@ from twisted.python.failure import Failure
 
 from jarvis.ui.calls import error_text
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import Contact
+from jarvis.ui.model import Contact, MailboxStatus
 from jarvis.ui.screens import (
     AddContactDialog,
     ContactInfoDialog,
     CreateIdentityScreen,
     IdentityDialog,
     LockScreen,
+    MailboxDialog,
     SettingsDialog,
+    confirm_dialog,
     help_dialog,
 )
 from jarvis.ui.widgets import Dialog, button
@@ -373,7 +375,139 @@ class Dialogs:
             elif uid is not None:
                 self.update_contact(uid, {setting: value}, "saving")
 
-        self.open_dialog(SettingsDialog(self.model, toggle, self.window.close_dialog))
+        self._settings_toggle = toggle
+        self._show_settings(None)
+        d = self._controller.call("mailbox.status")
+
+        def show(status: Mapping[str, Any]) -> None:
+            if isinstance(self.window.dialog, SettingsDialog):
+                self._show_settings(MailboxStatus.from_api(status))
+
+        d.addCallbacks(show, self._controller.report, errbackArgs=("asking for the mailbox",))
+        d.addErrback(self._controller.internal_error, "settings dialog")
+        d.addCallback(lambda _: self._controller.redraw())
+
+    def mailbox_status_arrived(self, status: Mapping[str, Any]) -> None:
+        """A fresh ``mailbox.status`` (after a ``mailbox.changed`` event): an open settings
+        dialog shows it, its focus kept (another client may have used or dropped one)."""
+        dialog = self.window.dialog
+        if not isinstance(dialog, SettingsDialog) or dialog.mailbox is None:
+            return
+        fresh = MailboxStatus.from_api(status)
+        if fresh != dialog.mailbox:
+            focus = dialog.focused_row()
+            self._show_settings(fresh)
+            replaced = self.window.dialog
+            if isinstance(replaced, SettingsDialog):
+                replaced.focus_row(focus)
+
+    def _show_settings(self, mailbox: MailboxStatus | None) -> None:
+        actions = {
+            "use": self.open_mailbox_form,
+            "drop": lambda: self.confirm_drop_mailbox(back_to_settings=True),
+        }
+        dialog = SettingsDialog(
+            self.model,
+            self._settings_toggle,
+            self.window.close_dialog,
+            mailbox=mailbox,
+            mailbox_actions=actions,
+            now=self.clock.seconds(),
+        )
+        self.open_dialog(dialog)
+
+    # the mailbox (issue 15) ------------------------------------------------------------------
+
+    def open_mailbox_form(self) -> MailboxDialog:
+        """Show the form asking for a ``jarvis-mailbox:`` link (settings' "Use a mailbox...")."""
+        dialog = MailboxDialog(lambda link: self.use_mailbox(link, dialog), self.open_settings)
+        self.open_dialog(dialog)
+        return dialog
+
+    def use_mailbox(self, link: str, dialog: MailboxDialog | None = None) -> defer.Deferred[Any]:
+        """Call ``mailbox.use``; the daemon's refusal shows in *dialog* (else the status line).
+
+        On success the settings dialog comes back showing the new mailbox (from the form), or
+        the status line says where the mailbox is (``/mailbox LINK``).
+        """
+        if dialog is not None:
+            dialog.show_note("connecting to the mailbox...")
+        d = self._controller.call("mailbox.use", {"link": link}, label="using the mailbox")
+
+        def used(result: Mapping[str, Any]) -> None:
+            status = MailboxStatus.from_api(result)
+            self.model.notify(f"mailbox in use: {status.address}")
+            self._controller.fetch_paths()
+            if dialog is not None and self.window.dialog is dialog:
+                self.open_settings()
+
+        def failed(failure: Failure) -> None:
+            if dialog is not None and self.window.dialog is dialog:
+                dialog.show_error(f"The daemon refused it: {error_text(failure)}")
+            self._controller.report(failure, "using the mailbox")
+
+        d.addCallbacks(used, failed)
+        d.addErrback(self._controller.internal_error, "using the mailbox")
+        d.addCallback(lambda _: self._controller.redraw())
+        return d
+
+    def confirm_drop_mailbox(self, back_to_settings: bool = False) -> None:
+        """Ask before ``mailbox.drop`` (settings' "Stop using the mailbox", ``/mailbox drop``).
+
+        :param back_to_settings: show the settings again once dropped (else close the question).
+        """
+
+        def drop() -> None:
+            self.drop_mailbox(back_to_settings)
+
+        self.open_dialog(
+            confirm_dialog(
+                "drop_mailbox",
+                "Stop using the mailbox? Your queues there are deleted and every contact is "
+                "told; messages then wait until you are both online.",
+                drop,
+                self.open_settings if back_to_settings else self.window.close_dialog,
+            )
+        )
+
+    def drop_mailbox(self, back_to_settings: bool = False) -> defer.Deferred[Any]:
+        """Call ``mailbox.drop``; then the question closes (or the settings come back)."""
+        d = self._controller.call("mailbox.drop", label="dropping the mailbox")
+
+        def dropped(_: Any) -> None:
+            self.model.notify("mailbox dropped: messages wait until you are both online")
+            self._controller.fetch_paths()
+            dialog = self.window.dialog
+            if dialog is not None and dialog.kind == "drop_mailbox":
+                if back_to_settings:
+                    self.open_settings()
+                else:
+                    self.window.close_dialog()
+
+        d.addCallbacks(dropped, self._controller.report, errbackArgs=("dropping the mailbox",))
+        d.addErrback(self._controller.internal_error, "dropping the mailbox")
+        d.addCallback(lambda _: self._controller.redraw())
+        return d
+
+    def show_mailbox_status(self) -> defer.Deferred[Any]:
+        """``/mailbox``: put the mailbox's status on the status line."""
+        d = self._controller.call("mailbox.status", label="asking for the mailbox")
+
+        def show(status: Mapping[str, Any]) -> None:
+            self.model.notify(MailboxStatus.from_api(status).summary(self.clock.seconds()))
+
+        d.addCallbacks(show, self._controller.report, errbackArgs=("asking for the mailbox",))
+        d.addCallback(lambda _: self._controller.redraw())
+        return d
+
+    def mailbox_command(self, args: tuple[str, ...]) -> None:
+        """``/mailbox`` (status), ``/mailbox drop`` (asks first), ``/mailbox LINK`` (use it)."""
+        if not args:
+            self.show_mailbox_status()
+        elif args[0].lower() == "drop":
+            self.confirm_drop_mailbox()
+        else:
+            self.use_mailbox(args[0])
 
 
 def urwid_text(text: str) -> Any:

@@ -77,3 +77,7 @@ class UiHost(Protocol):
     def quit(self) -> None:
         """Close the UI (the daemon keeps running)."""
         ...
+
+    def fetch_paths(self) -> defer.Deferred[Any]:
+        """Ask ``mailbox.status`` again for the path per contact."""
+        ...

@@ -17,7 +17,7 @@ from typing import Any
 
 from jarvis.message_states import MESSAGE_STATES, may_advance
 from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
-from jarvis.textsafe import human_bytes, human_duration, strip_bidi, terminal_safe
+from jarvis.textsafe import human_bytes, human_duration, human_since, strip_bidi, terminal_safe
 
 #: Connection summary levels and what they mean.
 
@@ -38,6 +38,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/topic TEXT", "Set the open group's topic (if the daemon can)"),
     ("/invites", "List the group invitations received"),
     ("/join ID", "Join the group of invitation ID (/decline ID forgets it)"),
+    ("/mailbox [LINK|drop]", "Show the mailbox; use the one at LINK; stop using it (drop)"),
     ("/lock", "Lock Jarvis"),
     ("/help", "Show the keys"),
     ("/quit", "Close the UI (the daemon keeps running)"),
@@ -566,6 +567,8 @@ def parse_input(line: str) -> InputAction | None:
             folder = os.path.abspath(os.path.expanduser(directory.strip()))
             return SlashCommand(name, (ident, folder))
         return SlashCommand(name, (ident,))
+    if name == "mailbox":
+        return SlashCommand("mailbox", (rest,) if rest else ())
     return _group_command(head, name, rest)
 
 
@@ -595,6 +598,84 @@ def _group_command(head: str, name: str, rest: str) -> InputAction:
             return InputError("usage: /group create NAME")
         return SlashCommand("group-create", (group_name.strip(),))
     return InputError(f"unknown command /{head}; /help lists the commands")
+
+
+# The mailbox (issue 15) ----------------------------------------------------------------------
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    """The mailbox in use as ``mailbox.status`` reports it (``link`` empty: none).
+
+    :param address: ``host:port`` of the link (the pin left out: it says nothing to a reader).
+    :param last_collect: epoch seconds of the last collection, if any.
+    """
+
+    link: str = ""
+    connected: bool = False
+    queues: int = 0
+    contacts_reachable: int = 0
+    collected: int = 0
+    deposited: int = 0
+    last_collect: float | None = None
+    error: str = ""
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> MailboxStatus:
+        """Build it from ``mailbox.status``'s answer, tolerating missing or odd fields."""
+
+        def count(key: str) -> int:
+            value = data.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+        return cls(
+            link=terminal_safe(_text(data.get("link")), keep_newlines=False),
+            connected=bool(data.get("connected", False)),
+            queues=count("queues"),
+            contacts_reachable=count("contacts_reachable"),
+            collected=count("collected"),
+            deposited=count("deposited"),
+            last_collect=_number(data.get("last_collect")),
+            error=terminal_safe(_text(data.get("error")), keep_newlines=False),
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` from ``jarvis-mailbox:<pin>@<host>:<port>`` (the link if odd)."""
+        return self.link.rpartition("@")[2] if "@" in self.link else self.link
+
+    def lines(self, now: float) -> list[str]:
+        """The status in words, one fact a line (for the settings dialog)."""
+        if not self.link:
+            return ["No mailbox: messages wait until you and the contact are online together."]
+        reach = "connected" if self.connected else "not connected"
+        if self.error and not self.connected:
+            reach += f" ({self.error})"
+        collect = human_since(self.last_collect, now) if self.last_collect else "never"
+        return [
+            f"Mailbox {self.address}: {reach}",
+            f"{_count(self.queues, 'queue')}; "
+            f"{_count(self.contacts_reachable, 'contact')} you can deposit for",
+            f"collected {self.collected}, deposited {self.deposited} since unlock",
+            f"last collect: {collect}",
+        ]
+
+    def summary(self, now: float) -> str:
+        """The status on one line (for the status line: ``/mailbox``)."""
+        if not self.link:
+            return "no mailbox in use: /mailbox LINK uses one"
+        reach = "connected" if self.connected else "not connected"
+        if self.error and not self.connected:
+            reach += f" ({self.error})"
+        collect = human_since(self.last_collect, now) if self.last_collect else "never"
+        # short enough for an 80-column status line; F4 shows the rest
+        return f"mailbox {self.address}: {reach}; {_count(self.queues, 'queue')}; " + (
+            f"last collect {collect}"
+        )
 
 
 # The model -----------------------------------------------------------------------------------

@@ -18,7 +18,14 @@ import urwid
 from jarvis.textsafe import human_bytes, human_duration, human_since, local_time, strip_bidi
 from jarvis.ui import keymap
 from jarvis.ui.banner import TAGLINE, BannerText
-from jarvis.ui.model import SLASH_COMMANDS, Contact, Identity, MessengerModel, password_hint
+from jarvis.ui.model import (
+    SLASH_COMMANDS,
+    Contact,
+    Identity,
+    MailboxStatus,
+    MessengerModel,
+    password_hint,
+)
 from jarvis.ui.widgets import (
     ConversationList,
     Dialog,
@@ -669,7 +676,17 @@ class SettingsDialog(Dialog):
         model: MessengerModel,
         on_toggle: Callable[[str, str | None, bool], None],
         on_close: Callable[[], None],
+        *,
+        mailbox: MailboxStatus | None = None,
+        mailbox_actions: Mapping[str, Callable[[], Any]] | None = None,
+        now: float = 0.0,
     ) -> None:
+        """:param mailbox: the mailbox section's status (``None``: still being asked).
+        :param mailbox_actions: ``"use"`` and ``"drop"`` (no section without them).
+        :param now: the time, for "last collect"."""
+        #: the Mailbox section's status (``None``: not known yet)
+        self.mailbox = mailbox
+
         def box(label: str, state: bool, setting: str, uid: str | None) -> urwid.CheckBox:
             return urwid.CheckBox(
                 label,
@@ -691,8 +708,78 @@ class SettingsDialog(Dialog):
             rows.append(box("  mute", contact.muted, "muted", contact.uid))
         if not model.contacts:
             rows.append(urwid.Text(("hint", "No contacts yet.")))
+        if mailbox_actions is not None:
+            rows += mailbox_rows(mailbox, mailbox_actions, now)
         rows += [urwid.Divider(), button("Close", on_close)]
         super().__init__("settings", "Settings", rows)
+
+    def focused_row(self) -> int:
+        """The index of the row with the focus (to keep it when the dialog is rebuilt)."""
+        return int(self._walker.focus or 0)
+
+    def focus_row(self, index: int) -> None:
+        """Put the focus on row *index* if it takes focus (else leave it where it is)."""
+        if 0 <= index < len(self._walker) and self._walker[index].selectable():
+            self._walker.set_focus(index)
+
+
+def mailbox_rows(
+    status: MailboxStatus | None, actions: Mapping[str, Callable[[], Any]], now: float
+) -> list[urwid.Widget]:
+    """The settings' "Mailbox" section: the status in words, then its actions."""
+    rows: list[urwid.Widget] = [urwid.Divider(), urwid.Text(("pane_title", "Mailbox"))]
+    if status is None:
+        rows.append(urwid.Text(("hint", "asking the daemon...")))
+        return rows
+    rows += [urwid.Text(line) for line in status.lines(now)]
+    rows.append(button("Use a mailbox...", actions["use"]))
+    if status.link:
+        rows.append(button("Stop using the mailbox", actions["drop"]))
+    return rows
+
+
+class MailboxDialog(Dialog):
+    """A form asking for a ``jarvis-mailbox:`` link; the daemon's refusal shows in it.
+
+    :param on_use: called with the link typed (stripped, not empty).
+    """
+
+    def __init__(self, on_use: Callable[[str], Any], on_close: Callable[[], None]) -> None:
+        self._on_use = on_use
+        # the caption on its own row: a link is longer than the field, which scrolls
+        self.link_edit = ReadlineEdit("")
+        self.error = urwid.Text("")
+        rows: list[urwid.Widget] = [
+            urwid.Text(
+                (
+                    "hint",
+                    "Paste the jarvis-mailbox: link its operator gave you (the mailbox writes "
+                    "it to mailbox.link). Your contacts will deposit there while you are away.",
+                )
+            ),
+            urwid.Text("Mailbox link:"),
+            field(self.link_edit),
+            self.error,
+            *_buttons(("Use it", self.submit), ("Cancel", on_close)),
+        ]
+        super().__init__("mailbox", "Use a mailbox", rows, default_action=self.submit)
+
+    def submit(self) -> None:
+        """Call back with the link if one was typed."""
+        link = self.link_edit.edit_text.strip()
+        if not link:
+            self.show_error("Paste a jarvis-mailbox: link.")
+            return
+        self.show_error("")
+        self._on_use(link)
+
+    def show_error(self, text: str) -> None:
+        """Show *text* (the daemon's reason, or a note) in the form."""
+        self.error.set_text(("error", text) if text else "")
+
+    def show_note(self, text: str) -> None:
+        """Show a neutral note (e.g. "connecting...")."""
+        self.error.set_text(("hint", text))
 
 
 def help_dialog(on_close: Callable[[], None]) -> Dialog:

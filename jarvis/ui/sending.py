@@ -2,9 +2,9 @@
 
 :class:`Sender` owns what happens when the user presses Enter in the input line: a plain line
 is sent to the open conversation, ``/msg NAME TEXT`` to a named contact, and ``/add``, ``/lock``,
-``/help``, ``/quit`` run their commands.  A line that could not be sent goes back into an empty
-input line.  It must not build dialogs (:mod:`jarvis.ui.dialogs` does) nor touch the
-connection (:mod:`jarvis.ui.link`).
+``/help``, ``/quit``, ``/mailbox`` run their commands.  A line that could not be sent goes
+back into an empty input line.  It must not build dialogs (:mod:`jarvis.ui.dialogs` does)
+nor touch the connection (:mod:`jarvis.ui.link`).
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ class Sender:
     """
 
     def __init__(
-        self, controller: UiHost, open_add_contact: Callable[[str], Any], groups: Any = None
+        self,
+        controller: UiHost,
+        open_add_contact: Callable[[str], Any],
+        groups: Any = None,
+        mailbox: Callable[[tuple[str, ...]], Any] | None = None,
     ) -> None:
         """:param groups: the :class:`~jarvis.ui.grouping.GroupActions` (sending in a group,
-        the group slash commands)."""
+        the group slash commands).
+        :param mailbox: runs ``/mailbox [LINK|drop]`` with its arguments."""
         self._controller = controller
         self._groups = groups
         self._open_add_contact = open_add_contact
+        self._mailbox = mailbox
         self.model = controller.model
         self.main_screen = controller.main_screen
 
@@ -75,6 +81,8 @@ class Sender:
             self._groups.slash(action)  # /decline of a group invitation, not of a file
         elif action.name in ("accept", "decline", "cancel"):
             self.answer_file(action.name, action.args)
+        elif action.name == "mailbox" and self._mailbox is not None:
+            self._mailbox(action.args)
         elif self._groups is not None:
             self._groups.slash(action)
 
