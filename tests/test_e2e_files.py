@@ -430,3 +430,49 @@ class CliTests(TestCase):
         self.assertEqual(cancelled["state"], "cancelled")
         await reach("bob", sent_big["id"], "cancelled")
         self.assertFalse([n for n in os.listdir(inbox) if "partial" in n])
+
+
+#: The folder whose ``sitecustomize`` turns a daemon into a lying sender.
+LYING_HOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks", "lying_sender")
+
+
+class LyingSenderTests(TestCase):
+    timeout = 120
+
+    async def test_lying_sender_refused_and_partial_removed(self) -> None:
+        """When a real sender daemon offers a file honestly (name, size, content hash) and then
+        sends one chunk whose content does not match (one byte flipped, sealed with the real
+        transfer keys: tests/hooks/lying_sender), then the receiver refuses it: its transfer
+        fails saying the chunk does not match, the sender is told (its transfer ends too), the
+        hidden partial file and its sidecar are removed, no file appears under the offered
+        name, and the chat session survives (a message still arrives)."""
+        from tests.daemons import REPO
+        from tests.test_e2e_lifecycle import wait_until
+
+        root = short_tempdir(self)
+        alice, bob = Peer(self, root, "alice"), Peer(self, root, "bob")
+        alice.process.env = {
+            "PYTHONPATH": LYING_HOOK + os.pathsep + REPO,
+            "JARVIS_TEST_LIE_CHUNK": "3",
+        }
+        await defer.gatherResults(
+            [
+                defer.ensureDeferred(alice.start(create=True)),
+                defer.ensureDeferred(bob.start(create=True)),
+            ]
+        )
+        await befriend(alice, bob)
+        path = os.path.join(root, "lie.bin")
+        random_file(path, 8 * MiB)
+        inbox = os.path.join(root, "inbox")
+        sent, accepted = await offer_and_accept(alice, bob, path, inbox)
+        self.assertEqual(accepted["state"], "accepted")
+        await wait_state(bob, sent["id"], {"complete", "failed", "cancelled"}, 60)
+        self.assertEqual(state_of(bob, sent["id"]), "failed")
+        reasons = {t["id"]: t["reason"] for t in (await bob.call("files.list"))["transfers"]}
+        self.assertIn("does not match the offered file", reasons[sent["id"]])
+        await wait_state(alice, sent["id"], {"failed", "cancelled"}, 30)
+        await wait_until(lambda: os.listdir(inbox) == [], 30)
+        self.assertFalse(os.path.exists(os.path.join(inbox, "lie.bin")))
+        await alice.call("messages.send", contact=bob.uid, text="still here")
+        await bob.recorder.wait(lambda: bob.received_bodies() == ["still here"], 30)
