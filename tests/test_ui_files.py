@@ -113,3 +113,30 @@ class TransferUiTests(SynchronousTestCase):
         text = screen_text(controller.window, (140, 24))
         self.assertIn("complete, saved as /srv/in/evil.jpg (folder: /srv/in)", text)
         self.assertIsNone(controller.model.status)
+
+
+class ConversationProgressTests(SynchronousTestCase):
+    def test_progress_bar_in_the_conversation_and_open_folder_hint(self) -> None:
+        """When progress events of an accepted transfer arrive, then the conversation shows one
+        line for the transfer whose bar moves in place (not one line per event); when it
+        completes, that line says complete and the end line gives the command that opens the
+        folder (shell-quoted)."""
+        controller, client, _clock = started()
+        press(controller, "meta 1")
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        size = 4 * 1024 * 1024
+        for done in (1, 2, 3):
+            event = {"id": TID, "bytes": done * 1024 * 1024, "size": size, "rate": 2.0**20}
+            client.emit("transfer.progress", {**event, "eta": 1.0, "contact": UID_ALICE})
+        text = screen_text(controller.window, (140, 30))
+        self.assertIn("file holiday.jpg [###############.....]  75% 3.0 MiB of 4.0 MiB", text)
+        self.assertNotIn("25%", text)
+        self.assertNotIn(" 50%", text)
+        # one line in the conversation, one on the status line
+        self.assertEqual(text.count("file holiday.jpg ["), 2)
+        self.assertEqual(controller.model.status.text.count("75%"), 1)
+        done = transfer(state="complete", path="/srv/my in/holiday.jpg", directory="/srv/my in")
+        client.emit("transfer.changed", {"transfer": done})
+        text = screen_text(controller.window, (220, 30))
+        self.assertIn("file holiday.jpg: complete", text)
+        self.assertIn("open the folder: xdg-open '/srv/my in'", text)
