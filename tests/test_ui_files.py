@@ -140,3 +140,64 @@ class ConversationProgressTests(SynchronousTestCase):
         text = screen_text(controller.window, (220, 30))
         self.assertIn("file holiday.jpg: complete", text)
         self.assertIn("open the folder: xdg-open '/srv/my in'", text)
+
+
+class PathCompletionTests(SynchronousTestCase):
+    def make_folder(self) -> str:
+        import os
+
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "reports"))
+        for name in ("report-2024.pdf", "report-2025.pdf", "photo.jpg", ".hidden", "evil\x1b]0;x"):
+            with open(os.path.join(root, name), "w") as f:
+                f.write("x")
+        return root
+
+    def test_complete_extends_to_the_shared_prefix(self) -> None:
+        """When a path is completed, then a single match is completed whole (a folder gets
+        ``/``), several extend to their shared prefix and are listed, hidden names only show
+        for a typed dot, and a name with an escape character is never offered."""
+        from jarvis.ui.completion import complete, listing
+
+        root = self.make_folder()
+        entries = listing(root)
+        self.assertEqual(complete(root + "/ph", entries), (root + "/photo.jpg", ["photo.jpg"]))
+        new, matches = complete(root + "/re", entries)
+        self.assertEqual(new, root + "/report")
+        self.assertEqual(matches, ["report-2024.pdf", "report-2025.pdf", "reports/"])
+        self.assertEqual(complete(root + "/reports", entries)[0], root + "/reports/")
+        self.assertEqual(complete(root + "/.h", entries), (root + "/.hidden", [".hidden"]))
+        self.assertNotIn(".hidden", complete(root + "/", entries)[1])
+        self.assertEqual(complete(root + "/ev", entries), (root + "/ev", []))
+        self.assertEqual(listing(root + "/missing"), [])
+
+    def test_tab_completes_file_paths_in_the_input_line(self) -> None:
+        """When Tab is pressed on ``/file PARTIAL`` in the input line, then the folder is listed
+        off the reactor thread (here synchronously) and the input line holds the completed
+        path, several matches are listed on the status line; Tab on other text still moves the
+        focus."""
+        from twisted.internet import defer
+
+        from jarvis.ui.completion import listing
+
+        controller, _client, _clock = started()
+        root = self.make_folder()
+        listed: list[str] = []
+
+        def list_dir(directory: str) -> Any:
+            listed.append(directory)
+            return defer.succeed(listing(directory))
+
+        controller.list_dir = list_dir
+        press(controller, "meta 1")
+        press(controller, f"/file {root}/ph", "tab")
+        self.assertEqual(controller.main_screen.input.edit_text, f"/file {root}/photo.jpg")
+        self.assertEqual(listed, [root])
+        controller.main_screen.input.set_edit_text("")
+        press(controller, f"/file {root}/rep", "tab")
+        self.assertEqual(controller.main_screen.input.edit_text, f"/file {root}/report")
+        self.assertIn("report-2024.pdf  report-2025.pdf  reports/", controller.model.status.text)
+        controller.main_screen.input.set_edit_text("")
+        press(controller, "hello", "tab")
+        self.assertEqual(listed, [root, root])
+        self.assertNotEqual(controller.main_screen.area, "input")
