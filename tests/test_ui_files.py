@@ -98,6 +98,9 @@ class TransferUiTests(SynchronousTestCase):
         hostile = transfer(name="evil\x1b]52;c;QUFB\x07.jpg")
         client.emit("transfer.offered", {"transfer": hostile})
         client.emit("transfer.changed", {"transfer": hostile})
+        self.assertEqual(controller.window.dialog.kind, "file_offer")
+        press(controller, "esc")  # the accept prompt: decide later, with /accept
+        self.assertIsNone(controller.window.dialog)
         text = screen_text(controller.window, (140, 24))
         self.assertIn("offers evil\\x1b]52;c;QUFB\\x07.jpg (3.0 MiB): /accept 01234567", text)
         self.assertNotIn("\x1b", text)
@@ -201,3 +204,66 @@ class PathCompletionTests(SynchronousTestCase):
         press(controller, "hello", "tab")
         self.assertEqual(listed, [root, root])
         self.assertNotEqual(controller.main_screen.area, "input")
+
+
+class OfferDialogTests(SynchronousTestCase):
+    def offered(self, controller: Any, client: FakeDaemonClient, **fields: Any) -> None:
+        client.emit("transfer.offered", {"transfer": transfer(**fields)})
+
+    def test_offer_in_the_open_conversation_prompts(self) -> None:
+        """When an offer arrives in the open conversation, then a dialog asks; Enter on its
+        focused first button (Later) accepts nothing; "Accept into the download folder" calls
+        files.accept without a folder, the folder field accepts into the typed folder (``~``
+        expanded) and Decline calls files.decline; the dialog closes after each answer."""
+        import os
+
+        controller, client, clock = started()
+        client.m_files_accept = lambda params: transfer(state="accepted")
+        client.m_files_decline = lambda params: transfer(state="cancelled")
+        press(controller, "meta 1")
+        self.offered(controller, client, name="plan\u202e.txt", media_type="text/plain")
+        dialog = controller.window.dialog
+        self.assertEqual(dialog.kind, "file_offer")
+        text = screen_text(controller.window, (120, 30))
+        self.assertIn("alice offers plan", text)
+        self.assertIn("(3.0 MiB, text/plain)", text)
+        self.assertNotIn("\u202e", text)
+        press(controller, "enter")
+        self.assertIsNone(controller.window.dialog)
+        self.assertFalse([c for c in client.calls if c[0].startswith("files.")])
+
+        self.offered(controller, client)
+        controller.window.dialog.accept_default()
+        clock.advance(0)
+        self.assertIn(("files.accept", {"id": TID}), client.calls)
+        self.assertIsNone(controller.window.dialog)
+
+        self.offered(controller, client)
+        dialog = controller.window.dialog
+        dialog.accept_into_folder()
+        self.assertIsNotNone(controller.window.dialog, "no folder typed: nothing sent")
+        dialog.folder_edit.set_edit_text("~/in")
+        dialog.accept_into_folder()
+        clock.advance(0)
+        folder = os.path.expanduser("~/in")
+        self.assertIn(("files.accept", {"id": TID, "directory": folder}), client.calls)
+
+        self.offered(controller, client)
+        controller.window.dialog.decline()
+        clock.advance(0)
+        self.assertIn(("files.decline", {"id": TID}), client.calls)
+        self.assertIsNone(controller.window.dialog)
+
+    def test_offer_elsewhere_or_auto_accepted_does_not_prompt(self) -> None:
+        """When an offer arrives for a conversation that is not open, or already accepted (an
+        auto-accept), or an outgoing one, then no dialog opens (the conversation line with
+        /accept stays the way to answer)."""
+        controller, client, _clock = started()
+        self.offered(controller, client)
+        self.assertIsNone(controller.window.dialog)
+        press(controller, "meta 1")
+        self.offered(controller, client, state="accepted")
+        self.offered(controller, client, direction="out")
+        self.assertIsNone(controller.window.dialog)
+        self.offered(controller, client, contact="someone-else")
+        self.assertIsNone(controller.window.dialog)

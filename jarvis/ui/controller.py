@@ -37,6 +37,7 @@ from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     MessengerModel,
 )
+from jarvis.ui.offerdialog import OfferDialog
 from jarvis.ui.reading import Reader
 from jarvis.ui.screens import (
     AppWindow,
@@ -503,6 +504,8 @@ class Controller:
 
     def _apply_event(self, name: str, payload: dict[str, Any]) -> None:
         self.model.apply_event(name, payload)
+        if name == "transfer.offered":
+            self._prompt_offer(payload)
         reaction = reaction_to(name, payload, self._screen_state())
         if reaction is None:
             return
@@ -527,6 +530,20 @@ class Controller:
             self.log.info("the daemon dropped {dropped} events for this UI", dropped=dropped)
             self.link.reconnect()  # first: the retry note would hide the reason
             self.model.notify(f"this UI read too slowly and {missed}: reloading", "error")
+
+    def _prompt_offer(self, payload: Mapping[str, Any]) -> None:
+        """Open the accept prompt for an offer that arrives in the open conversation."""
+        t = payload.get("transfer")
+        if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
+            return
+        uid = t.get("contact")
+        if uid != self.model.current_uid or not self.on_main_screen() or self.window.dialog:
+            return
+        contact = self.model.contacts.get(str(uid))
+        sender = contact.display_name if contact is not None else "a contact"
+        self.window.open_dialog(
+            OfferDialog(t, sender, self.sender.answer_file, self.window.close_dialog)
+        )
 
     def _screen_state(self) -> ScreenState:
         dialog = self.window.dialog
