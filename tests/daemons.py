@@ -128,6 +128,8 @@ class DaemonProcess:
         self.current: _Output | None = None
         self.waiters: list[tuple[bytes, defer.Deferred[None]]] = []
         self.transport: Any = None
+        #: More environment for the child (e.g. a test hook on ``PYTHONPATH``).
+        self.env: dict[str, str] = {}
 
     @property
     def endpoint(self) -> str:
@@ -166,7 +168,7 @@ class DaemonProcess:
             self.current,
             executable,
             argv,
-            env=child_env(),
+            env=child_env(**self.env),
             path=os.path.dirname(self.socket),
         )
 

@@ -19,6 +19,7 @@ from jarvis.protocol.transfer import (
     Chunk,
     Complete,
     Decline,
+    DialBack,
     End,
     Have,
     MalformedTransferRecord,
@@ -66,6 +67,7 @@ VECTORS = {
     ),
     "end": (End(), "0108"),
     "complete": (Complete(TID), "0109000102030405060708090a0b0c0d0e0f"),
+    "dial back": (DialBack(TID), "010a000102030405060708090a0b0c0d0e0f"),
     "chunk": (Chunk(7, b"\x5a" * 80), "01070000000000000007" + "5a" * 80),
 }
 

@@ -194,3 +194,132 @@ class SenderTests(TestCase):
         self.assertEqual(final.state, "cancelled")
         self.assertIn("\\x1b", final.reason)
         self.assertEqual(events[-1][1]["transfer"]["state"], "cancelled")
+
+
+class RoutedSession:
+    """A session whose control records go straight to the peer's Transfers."""
+
+    def __init__(self, peer: Transfers, me: str) -> None:
+        self.peer = peer
+        self.me = me
+        self.records: list[TransferRecord] = []
+
+    def send_message(self, message_id: bytes, body: bytes, created_ms: int) -> None:
+        self.records.append(parse_transfer_record(body[len(CONTROL_PREFIX) :]))
+        self.peer.control_received(self.me, body)
+
+
+class UndialableNetwork:
+    """The sender's network: no address of the receiver answers."""
+
+    def __init__(self) -> None:
+        self.dials = 0
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        self.dials += 1
+        observer.stream_ended("no data connection: connection refused", True)
+
+    def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+
+class DialBackNetwork:
+    """The receiver's network: dials the sender back, in memory, through its outbound_pull."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self.sender: Transfers | None = None
+        self.pulls = 0
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        raise AssertionError("the receiver never sends")
+
+    def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
+        from twisted.test.iosim import connectedServerAndClient
+
+        from jarvis.net.transfer import TransferReceiver, TransferSender
+
+        self.pulls += 1
+        assert self.sender is not None
+        found = self.sender.outbound_pull(self.me, partial.offer.transfer_id)
+        assert found is not None, "the sender refused the dial back"
+        source, sender_observer = found
+        _server, _client, pump = connectedServerAndClient(
+            lambda: TransferSender(
+                source, sender_observer, run_blocking=lambda f, *a: defer.maybeDeferred(f, *a)
+            ),
+            lambda: TransferReceiver(
+                partial, observer, run_blocking=lambda f, *a: defer.maybeDeferred(f, *a)
+            ),
+        )
+        pump.flush()
+
+    def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+
+class DialBackTests(TestCase):
+    def make(self, network: Any) -> tuple[Transfers, dict[str, Any]]:
+        sessions: dict[str, Any] = {}
+        transfers = Transfers(
+            clock=Clock(),
+            now=lambda: 1_700_000_000.0,
+            emit=lambda name, payload: None,
+            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
+            display_name=lambda uid: uid[:4],
+            downloads=short_tempdir(self),
+        )
+        self.successResultOf(transfers.open(FakeStore(), network, sessions.get))
+        return transfers, sessions
+
+    def test_receiver_dials_back_when_the_sender_cannot_dial_it(self) -> None:
+        """When the sender cannot dial the receiver for the data (the session is relayed or
+        the receiver takes no inbound connections), then it asks the receiver to dial back
+        (DialBack in the session), the receiver dials the sender (pull preface: the dialling
+        side receives), the file arrives byte-identical and both sides say complete; a second
+        dial back for the same transfer is refused, and so is one for a transfer never
+        offered to that contact."""
+        import hashlib
+
+        alice_net, bob_net = UndialableNetwork(), DialBackNetwork(BOB)
+        alice, alice_sessions = self.make(alice_net)
+        bob, bob_sessions = self.make(bob_net)
+        bob_net.sender = alice
+        to_bob, to_alice = RoutedSession(bob, ALICE), RoutedSession(alice, BOB)
+        alice_sessions[BOB], bob_sessions[ALICE] = to_bob, to_alice
+        path = os.path.join(short_tempdir(self), "big.bin")
+        content = os.urandom(3 * 1024 * 1024 + 5)
+        with open(path, "wb") as f:
+            f.write(content)
+        view = self.successResultOf(alice.send(BOB, path))
+        self.successResultOf(bob.accept(view["id"]))
+        self.assertEqual(alice_net.dials, 1)
+        self.assertIn("DialBack", [type(r).__name__ for r in to_bob.records])
+        self.assertEqual(bob_net.pulls, 1)
+        received = bob.find(view["id"])
+        self.assertEqual(received.state, "complete")
+        with open(received.path, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), hashlib.sha256(content).digest())
+        self.assertEqual(alice.find(view["id"]).state, "complete")
+        tid = bytes.fromhex(view["id"])
+        self.assertIsNone(alice.outbound_pull(BOB, tid))
+        self.assertIsNone(alice.outbound_pull(BOB, os.urandom(16)))
+
+    def test_dial_back_only_for_the_offered_contact_and_an_accepted_transfer(self) -> None:
+        """When the sender's dial fails, then its dial-back source is handed only to the
+        contact the file was offered to (another contact's pull is refused) and not after the
+        transfer is cancelled."""
+        alice_net = UndialableNetwork()
+        alice, alice_sessions = self.make(alice_net)
+        session = FakeSession()
+        alice_sessions[BOB] = session
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        view = self.successResultOf(alice.send(BOB, path))
+        tid = bytes.fromhex(view["id"])
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        self.assertEqual([type(r).__name__ for r in session.records], ["Offer", "DialBack"])
+        self.assertIsNone(alice.outbound_pull("c" * 52, tid))
+        self.successResultOf(alice.cancel(view["id"]))
+        self.assertIsNone(alice.outbound_pull(BOB, tid))

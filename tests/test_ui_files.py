@@ -98,6 +98,9 @@ class TransferUiTests(SynchronousTestCase):
         hostile = transfer(name="evil\x1b]52;c;QUFB\x07.jpg")
         client.emit("transfer.offered", {"transfer": hostile})
         client.emit("transfer.changed", {"transfer": hostile})
+        self.assertEqual(controller.window.dialog.kind, "file_offer")
+        press(controller, "esc")  # the accept prompt: decide later, with /accept
+        self.assertIsNone(controller.window.dialog)
         text = screen_text(controller.window, (140, 24))
         self.assertIn("offers evil\\x1b]52;c;QUFB\\x07.jpg (3.0 MiB): /accept 01234567", text)
         self.assertNotIn("\x1b", text)
@@ -113,3 +116,154 @@ class TransferUiTests(SynchronousTestCase):
         text = screen_text(controller.window, (140, 24))
         self.assertIn("complete, saved as /srv/in/evil.jpg (folder: /srv/in)", text)
         self.assertIsNone(controller.model.status)
+
+
+class ConversationProgressTests(SynchronousTestCase):
+    def test_progress_bar_in_the_conversation_and_open_folder_hint(self) -> None:
+        """When progress events of an accepted transfer arrive, then the conversation shows one
+        line for the transfer whose bar moves in place (not one line per event); when it
+        completes, that line says complete and the end line gives the command that opens the
+        folder (shell-quoted)."""
+        controller, client, _clock = started()
+        press(controller, "meta 1")
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        size = 4 * 1024 * 1024
+        for done in (1, 2, 3):
+            event = {"id": TID, "bytes": done * 1024 * 1024, "size": size, "rate": 2.0**20}
+            client.emit("transfer.progress", {**event, "eta": 1.0, "contact": UID_ALICE})
+        text = screen_text(controller.window, (140, 30))
+        self.assertIn("file holiday.jpg [###############.....]  75% 3.0 MiB of 4.0 MiB", text)
+        self.assertNotIn("25%", text)
+        self.assertNotIn(" 50%", text)
+        # one line in the conversation, one on the status line
+        self.assertEqual(text.count("file holiday.jpg ["), 2)
+        self.assertEqual(controller.model.status.text.count("75%"), 1)
+        done = transfer(state="complete", path="/srv/my in/holiday.jpg", directory="/srv/my in")
+        client.emit("transfer.changed", {"transfer": done})
+        text = screen_text(controller.window, (220, 30))
+        self.assertIn("file holiday.jpg: complete", text)
+        self.assertIn("open the folder: xdg-open '/srv/my in'", text)
+
+
+class PathCompletionTests(SynchronousTestCase):
+    def make_folder(self) -> str:
+        import os
+
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "reports"))
+        for name in ("report-2024.pdf", "report-2025.pdf", "photo.jpg", ".hidden", "evil\x1b]0;x"):
+            with open(os.path.join(root, name), "w") as f:
+                f.write("x")
+        return root
+
+    def test_complete_extends_to_the_shared_prefix(self) -> None:
+        """When a path is completed, then a single match is completed whole (a folder gets
+        ``/``), several extend to their shared prefix and are listed, hidden names only show
+        for a typed dot, and a name with an escape character is never offered."""
+        from jarvis.ui.completion import complete, listing
+
+        root = self.make_folder()
+        entries = listing(root)
+        self.assertEqual(complete(root + "/ph", entries), (root + "/photo.jpg", ["photo.jpg"]))
+        new, matches = complete(root + "/re", entries)
+        self.assertEqual(new, root + "/report")
+        self.assertEqual(matches, ["report-2024.pdf", "report-2025.pdf", "reports/"])
+        self.assertEqual(complete(root + "/reports", entries)[0], root + "/reports/")
+        self.assertEqual(complete(root + "/.h", entries), (root + "/.hidden", [".hidden"]))
+        self.assertNotIn(".hidden", complete(root + "/", entries)[1])
+        self.assertEqual(complete(root + "/ev", entries), (root + "/ev", []))
+        self.assertEqual(listing(root + "/missing"), [])
+
+    def test_tab_completes_file_paths_in_the_input_line(self) -> None:
+        """When Tab is pressed on ``/file PARTIAL`` in the input line, then the folder is listed
+        off the reactor thread (here synchronously) and the input line holds the completed
+        path, several matches are listed on the status line; Tab on other text still moves the
+        focus."""
+        from twisted.internet import defer
+
+        from jarvis.ui.completion import listing
+
+        controller, _client, _clock = started()
+        root = self.make_folder()
+        listed: list[str] = []
+
+        def list_dir(directory: str) -> Any:
+            listed.append(directory)
+            return defer.succeed(listing(directory))
+
+        controller.list_dir = list_dir
+        press(controller, "meta 1")
+        press(controller, f"/file {root}/ph", "tab")
+        self.assertEqual(controller.main_screen.input.edit_text, f"/file {root}/photo.jpg")
+        self.assertEqual(listed, [root])
+        controller.main_screen.input.set_edit_text("")
+        press(controller, f"/file {root}/rep", "tab")
+        self.assertEqual(controller.main_screen.input.edit_text, f"/file {root}/report")
+        self.assertIn("report-2024.pdf  report-2025.pdf  reports/", controller.model.status.text)
+        controller.main_screen.input.set_edit_text("")
+        press(controller, "hello", "tab")
+        self.assertEqual(listed, [root, root])
+        self.assertNotEqual(controller.main_screen.area, "input")
+
+
+class OfferDialogTests(SynchronousTestCase):
+    def offered(self, controller: Any, client: FakeDaemonClient, **fields: Any) -> None:
+        client.emit("transfer.offered", {"transfer": transfer(**fields)})
+
+    def test_offer_in_the_open_conversation_prompts(self) -> None:
+        """When an offer arrives in the open conversation, then a dialog asks; Enter on its
+        focused first button (Later) accepts nothing; "Accept into the download folder" calls
+        files.accept without a folder, the folder field accepts into the typed folder (``~``
+        expanded) and Decline calls files.decline; the dialog closes after each answer."""
+        import os
+
+        controller, client, clock = started()
+        client.m_files_accept = lambda params: transfer(state="accepted")
+        client.m_files_decline = lambda params: transfer(state="cancelled")
+        press(controller, "meta 1")
+        self.offered(controller, client, name="plan\u202e.txt", media_type="text/plain")
+        dialog = controller.window.dialog
+        self.assertEqual(dialog.kind, "file_offer")
+        text = screen_text(controller.window, (120, 30))
+        self.assertIn("alice offers plan", text)
+        self.assertIn("(3.0 MiB, text/plain)", text)
+        self.assertNotIn("\u202e", text)
+        press(controller, "enter")
+        self.assertIsNone(controller.window.dialog)
+        self.assertFalse([c for c in client.calls if c[0].startswith("files.")])
+
+        self.offered(controller, client)
+        controller.window.dialog.accept_default()
+        clock.advance(0)
+        self.assertIn(("files.accept", {"id": TID}), client.calls)
+        self.assertIsNone(controller.window.dialog)
+
+        self.offered(controller, client)
+        dialog = controller.window.dialog
+        dialog.accept_into_folder()
+        self.assertIsNotNone(controller.window.dialog, "no folder typed: nothing sent")
+        dialog.folder_edit.set_edit_text("~/in")
+        dialog.accept_into_folder()
+        clock.advance(0)
+        folder = os.path.expanduser("~/in")
+        self.assertIn(("files.accept", {"id": TID, "directory": folder}), client.calls)
+
+        self.offered(controller, client)
+        controller.window.dialog.decline()
+        clock.advance(0)
+        self.assertIn(("files.decline", {"id": TID}), client.calls)
+        self.assertIsNone(controller.window.dialog)
+
+    def test_offer_elsewhere_or_auto_accepted_does_not_prompt(self) -> None:
+        """When an offer arrives for a conversation that is not open, or already accepted (an
+        auto-accept), or an outgoing one, then no dialog opens (the conversation line with
+        /accept stays the way to answer)."""
+        controller, client, _clock = started()
+        self.offered(controller, client)
+        self.assertIsNone(controller.window.dialog)
+        press(controller, "meta 1")
+        self.offered(controller, client, state="accepted")
+        self.offered(controller, client, direction="out")
+        self.assertIsNone(controller.window.dialog)
+        self.offered(controller, client, contact="someone-else")
+        self.assertIsNone(controller.window.dialog)

@@ -640,6 +640,13 @@ class Node(Service):
             return None
         return self.transfers.inbound_stream(uid, transfer_id)
 
+    def outbound_pull(self, uid: str, transfer_id: bytes) -> Any:
+        """The peer network asks for the file's source of a data connection the receiver
+        dialled back."""
+        if self._keys is None:
+            return None
+        return self.transfers.outbound_pull(uid, transfer_id)
+
     @defer.inlineCallbacks
     def send_file(self, ref: str, path: str, *, wait: bool = False, progress: Any = None) -> Any:
         """Offer the file at *path* to a contact; with *wait*, answer once it is complete,

@@ -51,6 +51,7 @@ from jarvis.protocol.transfer import (
     Cancel,
     Complete,
     Decline,
+    DialBack,
     MalformedTransferRecord,
     Offer,
     ProgressMeter,
@@ -74,6 +75,9 @@ PROGRESS_INTERVAL = 0.4
 #: Seconds before a sender dials again after a stream was lost (doubling up to the max).
 REDIAL_INITIAL = 1.0
 REDIAL_MAX = 30.0
+#: How the network's ``stream_ended`` reason starts when no address of the receiver answered
+#: the sender's dial (then the sender asks the receiver to dial back: ``DialBack``).
+NO_DATA_CONNECTION = "no data connection"
 #: The default folder received files go to (under the user's home).
 DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 
@@ -121,6 +125,8 @@ class TransferEntry:
     eta: float | None = None
     redial: Any = None
     redial_delay: float = REDIAL_INITIAL
+    #: Sender: the source kept open for the receiver's dial back (after our dial failed).
+    pull_source: Any = None
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
     @property
@@ -437,6 +443,8 @@ class Transfers:
                 self._start_stream(entry)
             elif entry.state == "complete":
                 pass
+        elif isinstance(record, DialBack) and not entry.sending:
+            self._dial_back(entry)
         elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
             self._finish(entry, "cancelled", "declined: " + _safe(record.reason), notice="")
         elif isinstance(record, Cancel) and entry.state not in FINAL_STATES:
@@ -561,6 +569,9 @@ class Transfers:
         entry.reason = reason
         entry.notice = notice
         self._cancel_redial(entry)
+        if entry.pull_source is not None:
+            entry.pull_source.close()
+            entry.pull_source = None
         if entry.streaming:
             self._network.stop_transfer(entry.offer.transfer_id)
         if notice:
@@ -626,6 +637,56 @@ class Transfers:
         entry.streaming = True
         return entry.partial, _StreamObserver(self, entry, None)
 
+    def outbound_pull(self, uid: str, transfer_id: bytes) -> Any:
+        """The network asks for the source of a data connection the receiver dialled back.
+
+        :returns: ``(source, observer)``, or ``None`` to refuse the connection (not a transfer
+            we asked *uid* to dial back for, or one streaming already).
+        """
+        entry = self._entries.get(transfer_id.hex())
+        if (
+            entry is None
+            or entry.peer != uid
+            or not entry.sending
+            or entry.state != "accepted"
+            or entry.streaming
+            or entry.pull_source is None
+        ):
+            return None
+        source, entry.pull_source = entry.pull_source, None
+        entry.streaming = True
+        self._cancel_redial(entry)
+        return source, _StreamObserver(self, entry, source)
+
+    def _dial_back(self, entry: TransferEntry) -> None:
+        """Receiver: the sender could not dial us; dial it for the data instead."""
+        if (
+            entry.state != "accepted"
+            or entry.streaming
+            or entry.partial is None
+            or self._network is None
+            or getattr(self._network, "pull_transfer", None) is None
+        ):
+            return
+        entry.streaming = True
+        self.log.info("dialling back for transfer {tid}", tid=log_id(entry.id))
+        self._network.pull_transfer(entry.peer, entry.partial, _StreamObserver(self, entry, None))
+
+    @defer.inlineCallbacks
+    def _ask_dial_back(self, entry: TransferEntry) -> Any:
+        """Sender: our dial failed; keep the file open and ask the receiver to dial us."""
+        if entry.pull_source is None and entry.prepared is not None:
+            try:
+                source = yield self._run(FileSource, entry.prepared)
+            except OSError:
+                return
+            if entry.state != "accepted" or entry.pull_source is not None:
+                source.close()
+                return
+            entry.pull_source = source
+        if entry.pull_source is not None:
+            self._send_control(entry.peer, DialBack(entry.offer.transfer_id))
+
     def reopen_partials(self) -> defer.Deferred[Any]:
         """Reopen (and re-verify) the partial files of accepted incoming transfers."""
         return defer.DeferredList(
@@ -688,6 +749,8 @@ class Transfers:
             entry.state = "accepted"
             self._changed(entry)
         if entry.sending and self._sessions(entry.peer) is not None:
+            if reason.startswith(NO_DATA_CONNECTION):
+                self._ask_dial_back(entry)
             delay, entry.redial_delay = entry.redial_delay, min(entry.redial_delay * 2, REDIAL_MAX)
             entry.redial = self.clock.callLater(delay, self._start_stream, entry)
 

@@ -87,7 +87,13 @@ from jarvis.net.tls import (
     server_creator,
 )
 from jarvis.net.transfer import TransferReceiver, TransferSender
-from jarvis.net.transfer_link import InboundDemux, TransferDialFactory, TransferDialProtocol
+from jarvis.net.transfer_link import (
+    TRANSFER_PREFACE,
+    TRANSFER_PULL_PREFACE,
+    InboundDemux,
+    TransferDialFactory,
+    TransferDialProtocol,
+)
 from jarvis.protocol import relay as relay_wire
 from jarvis.protocol.knock import (
     NONCE_BYTES,
@@ -1245,6 +1251,19 @@ class PeerNetwork:
             # it (about 1 s per GiB) before the file gets its name.
             return TransferReceiver(partial, observer, reread_on_finish=False)
 
+        def open_pull(transfer_id: bytes) -> Any:
+            # The receiver dials back (the sender could not dial it): send the file on this one.
+            self._undecided.discard(protocol)
+            ask = getattr(self._observer, "outbound_pull", None)
+            if self._stopping or ask is None or not self._accept_uid(peer_uid):
+                return None
+            found = ask(peer_uid, transfer_id)
+            if found is None:
+                return None
+            source, observer = found
+            self._links_in[transfer_id] = protocol
+            return TransferSender(source, observer)
+
         return InboundDemux(
             protocol,
             peer_uid,
@@ -1253,6 +1272,7 @@ class PeerNetwork:
             self._admission.authenticated,
             self._reactor,
             self._handshake_timeout,
+            open_pull=open_pull,
         )
 
     def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
@@ -1263,6 +1283,33 @@ class PeerNetwork:
         answers, and the stream's events otherwise.
         """
         transfer_id = source.prepared.offer.transfer_id
+        self._dial_data(
+            uid, transfer_id, lambda: TransferSender(source, observer), observer, TRANSFER_PREFACE
+        )
+
+    def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
+        """Dial *uid* (the sender, which could not dial us) and receive into *partial* on it.
+
+        As :meth:`open_transfer`, with the pull preface: the dialling side receives.
+        """
+        transfer_id = partial.offer.transfer_id
+        self._dial_data(
+            uid,
+            transfer_id,
+            lambda: TransferReceiver(partial, observer, reread_on_finish=False),
+            observer,
+            TRANSFER_PULL_PREFACE,
+        )
+
+    def _dial_data(
+        self,
+        uid: str,
+        transfer_id: bytes,
+        make_inner: Callable[[], Any],
+        observer: Any,
+        preface: bytes,
+    ) -> None:
+        """Dial *uid*'s addresses in turn for a data connection running ``make_inner()``."""
         addresses = list(self._directory.addresses(uid))
         peer = self._peer(uid)
 
@@ -1277,9 +1324,13 @@ class PeerNetwork:
             except InvalidPeerAddress as e:
                 try_next(str(e))
                 return
-            sender = TransferSender(source, observer)
             link = TransferDialProtocol(
-                sender, transfer_id, self._reactor, self._handshake_timeout, try_next
+                make_inner(),
+                transfer_id,
+                self._reactor,
+                self._handshake_timeout,
+                try_next,
+                preface,
             )
             creator = client_creator(self._identity, uid, contexts=self._contexts)
             tls_factory = TLSMemoryBIOFactory(

@@ -12,8 +12,9 @@ listening side) and nothing else.
 - :class:`InboundDemux` is what the listener's :class:`~jarvis.net.peer.PeerProtocol` feeds
   first: it waits for the peer's first 8 bytes.  The session prologue makes it start the
   ordinary session (which then owns the connection); the transfer preface makes it ask the
-  node for the transfer's partial file and run a ``TransferReceiver``.  A peer that sends
-  neither within the handshake timeout is dropped.
+  node for the transfer's partial file and run a ``TransferReceiver``; the pull preface (a
+  receiver dialling back, :data:`TRANSFER_PULL_PREFACE`) makes it ask for the file's source
+  and run a ``TransferSender``.  A peer that sends none within the handshake timeout is dropped.
 
 The preface can never start a session by mistake: it differs from ``JARVIS\\x00\\x01`` in its
 first byte.  This module never logs file names or content.
@@ -36,6 +37,10 @@ from jarvis.protocol.framing import PROLOGUE
 #: The first 8 application bytes of a transfer data connection (then the 16-byte transfer id).
 TRANSFER_PREFACE = b"JXFER\x00\x00\x01"
 TRANSFER_ID_SIZE = 16
+#: The first 8 bytes of a data connection the *receiver* dialled (a dial back, asked by the
+#: sender's ``DialBack`` record when it could not dial the receiver): the dialling side then
+#: runs the ``TransferReceiver`` and the listening side the ``TransferSender``.
+TRANSFER_PULL_PREFACE = b"JXPUL\x00\x00\x01"
 
 log = Logger(namespace="jarvis.net.transfer_link")
 
@@ -58,7 +63,9 @@ class TransferDialProtocol(Protocol):
         clock: Any,
         timeout: float,
         on_lost: Callable[[str], None],
+        preface: bytes = TRANSFER_PREFACE,
     ) -> None:
+        self.preface = preface
         self.inner = inner
         self.transfer_id = transfer_id
         self._clock = clock
@@ -80,7 +87,7 @@ class TransferDialProtocol(Protocol):
             self._deadline.cancel()
         self._deadline = None
         transport: Any = self.transport
-        transport.write(TRANSFER_PREFACE + self.transfer_id)
+        transport.write(self.preface + self.transfer_id)
         self._started = True
         self.inner.makeConnection(transport)
 
@@ -158,7 +165,9 @@ class InboundDemux:
         authenticated: Callable[[Any], object],
         clock: Any,
         timeout: float,
+        open_pull: Callable[[bytes], Protocol | None] | None = None,
     ) -> None:
+        self._open_pull = open_pull
         self._protocol = protocol
         self._peer_uid = peer_uid
         self._open_session = open_session
@@ -201,18 +210,20 @@ class InboundDemux:
         if head == PROLOGUE:
             self._become_session()
             return
-        if head == TRANSFER_PREFACE and len(self._buffer) < len(head) + TRANSFER_ID_SIZE:
+        prefaces = (TRANSFER_PREFACE, TRANSFER_PULL_PREFACE)
+        if head in prefaces and len(self._buffer) < len(head) + TRANSFER_ID_SIZE:
             return
         self._decided = True
         self._stop_deadline()
-        if not self._buffer.startswith(TRANSFER_PREFACE):
+        opener = self._open_transfer if head == TRANSFER_PREFACE else self._open_pull
+        if head not in prefaces or opener is None:
             self._protocol.abort()
             return
-        start = len(TRANSFER_PREFACE)
+        start = len(head)
         tid = self._buffer[start : start + TRANSFER_ID_SIZE]
         rest = self._buffer[start + TRANSFER_ID_SIZE :]
         self._buffer = b""
-        receiver = self._open_transfer(tid)
+        receiver = opener(tid)
         if receiver is None:
             self._protocol.abort()
             return

@@ -48,6 +48,7 @@ MANIFEST_PAGE = 0x06
 CHUNK = 0x07
 END = 0x08
 COMPLETE = 0x09
+DIAL_BACK = 0x0A
 
 TRANSFER_ID_SIZE = 16
 SECRET_SIZE = 32
@@ -311,7 +312,21 @@ class Complete:
         _check_id(self.transfer_id)
 
 
-TransferRecord = Offer | Accept | Decline | Cancel | Have | ManifestPage | Chunk | End | Complete
+@dataclass(frozen=True)
+class DialBack:
+    """The sender could not dial the receiver for the data: the receiver dials the sender
+    instead (control record; the data connection then starts with the pull preface of
+    :mod:`jarvis.net.transfer_link`, and the records flow as on a dialled one)."""
+
+    transfer_id: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer_id)
+
+
+TransferRecord = (
+    Offer | Accept | Decline | Cancel | Have | ManifestPage | Chunk | End | Complete | DialBack
+)
 
 
 def _check_id(transfer_id: bytes) -> None:
@@ -374,6 +389,8 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
         return _HEADER.pack(TRANSFER_VERSION, END)
     if isinstance(record, Complete):
         return _HEADER.pack(TRANSFER_VERSION, COMPLETE) + record.transfer_id
+    if isinstance(record, DialBack):
+        return _HEADER.pack(TRANSFER_VERSION, DIAL_BACK) + record.transfer_id
     raise TypeError(f"not a transfer record: {type(record).__name__}")
 
 
@@ -469,6 +486,8 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             record = End()
         elif kind == COMPLETE:
             record = Complete(r.take(TRANSFER_ID_SIZE, "transfer id"))
+        elif kind == DIAL_BACK:
+            record = DialBack(r.take(TRANSFER_ID_SIZE, "transfer id"))
         else:
             raise MalformedTransferRecord(f"unknown record type {kind}")
     except ValueError as e:

@@ -22,11 +22,12 @@ import datetime
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.turn import OncePerTurn
+from jarvis.ui import completion
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs
 from jarvis.ui.events import Reaction, ScreenState, reaction_to
@@ -37,6 +38,7 @@ from jarvis.ui.link import FIRST_RETRY, DaemonLink
 from jarvis.ui.model import (
     MessengerModel,
 )
+from jarvis.ui.offerdialog import OfferDialog
 from jarvis.ui.reading import Reader
 from jarvis.ui.screens import (
     AppWindow,
@@ -149,9 +151,14 @@ class Controller:
         )
         self.reader = Reader(self, self.groups)
         self.dialogs.groups = self.groups
+        #: Lists a folder off the reactor thread for ``/file`` path completion (Tab).
+        self.list_dir: Callable[[str], defer.Deferred[list[tuple[str, bool]]]] = lambda directory: (
+            threads.deferToThread(completion.listing, directory)
+        )
         self.keys = KeyRouter(
             self,
             {
+                "complete_input": self.complete_file_path,
                 "help": self.dialogs.open_help,
                 "add_contact": self.dialogs.open_add_contact,
                 "my_identity": self.dialogs.open_identity,
@@ -512,6 +519,8 @@ class Controller:
 
     def _apply_event(self, name: str, payload: dict[str, Any]) -> None:
         self.model.apply_event(name, payload)
+        if name == "transfer.offered":
+            self._prompt_offer(payload)
         reaction = reaction_to(name, payload, self._screen_state())
         if reaction is None:
             return
@@ -538,6 +547,20 @@ class Controller:
             self.log.info("the daemon dropped {dropped} events for this UI", dropped=dropped)
             self.link.reconnect()  # first: the retry note would hide the reason
             self.model.notify(f"this UI read too slowly and {missed}: reloading", "error")
+
+    def _prompt_offer(self, payload: Mapping[str, Any]) -> None:
+        """Open the accept prompt for an offer that arrives in the open conversation."""
+        t = payload.get("transfer")
+        if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
+            return
+        uid = t.get("contact")
+        if uid != self.model.current_uid or not self.on_main_screen() or self.window.dialog:
+            return
+        contact = self.model.contacts.get(str(uid))
+        sender = contact.display_name if contact is not None else "a contact"
+        self.window.open_dialog(
+            OfferDialog(t, sender, self.sender.answer_file, self.window.close_dialog)
+        )
 
     def _screen_state(self) -> ScreenState:
         dialog = self.window.dialog
@@ -566,6 +589,34 @@ class Controller:
     def connected(self) -> bool:
         """Whether the daemon is connected now."""
         return self.client is not None
+
+    def complete_file_path(self) -> bool:
+        """Complete the path of a ``/file PATH`` being typed (Tab in the input line).
+
+        :returns: whether the input line holds ``/file ...`` (then Tab completes, not moves).
+        """
+        edit = self.main_screen.input
+        text = edit.edit_text
+        typed = completion.file_argument(text)
+        if typed is None:
+            return False
+
+        def listed(entries: list[tuple[str, bool]]) -> None:
+            if edit.edit_text != text:
+                return  # typed on meanwhile: this listing is stale
+            new, matches = completion.complete(typed, entries)
+            edit.set_edit_text(completion.FILE_COMMAND + new)
+            edit.set_edit_pos(len(edit.edit_text))
+            if not matches:
+                self.model.notify("no file matches")
+            elif len(matches) > 1:
+                self.model.notify(completion.candidates_text(matches))
+            self.redraw()
+
+        d = self.list_dir(completion.listing_directory(typed))
+        d.addCallback(listed)
+        d.addErrback(lambda f: self.log.failure("listing a folder for completion failed", f))
+        return True
 
     def _submit_input(self, text: str) -> None:
         """The input line's Enter: ``/exec`` (:mod:`jarvis.ui.execview`), else the sender."""

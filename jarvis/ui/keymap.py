@@ -107,7 +107,11 @@ COMMANDS: tuple[Command, ...] = (
         (BROWSE,),
     ),
     _command(
-        "focus_next", "Move focus to the next area or field", _NAV, ("tab",), (MAIN, DIALOG, FORM)
+        "focus_next",
+        "Next area or field (after /file: complete the path)",
+        _NAV,
+        ("tab",),
+        (MAIN, DIALOG, FORM),
     ),
     _command(
         "focus_previous",

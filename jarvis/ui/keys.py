@@ -61,6 +61,8 @@ class KeyRouter:
         name = keymap.command_for(key, state)
         if name is None:
             return False
+        if name == "focus_next" and state == keymap.INPUT and self._complete_input():
+            return True
         handler = self._commands.get(name)
         if handler is None:
             return False
@@ -94,6 +96,11 @@ class KeyRouter:
             self.main_screen.input.keypress((80,), key)
             return True
         return False
+
+    def _complete_input(self) -> bool:
+        # Tab on "/file PATH" in the input line completes the path instead of moving focus.
+        complete = self._commands.get("complete_input")
+        return bool(complete is not None and self._on_main() and complete())
 
     def run(self, name: str) -> None:
         """Run keymap command *name* as if its key had been pressed (for slash commands)."""

@@ -11,6 +11,8 @@ This module must not import urwid, the reactor or the IPC client: it is tested o
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -1155,6 +1157,8 @@ class MessengerModel:
             text += (
                 f" (folder: {terminal_safe(str(t.get('directory') or ''), keep_newlines=False)})"
             )
+            text += open_folder_hint(str(t.get("directory") or ""))
+        self._transfer_line_ends(str(t.get("id")), state)
         self.add_local(t["contact"], text, float(t.get("created") or 0.0))
         if self.status is not None and self.status.text.startswith("file "):
             self.clear_status()
@@ -1165,9 +1169,44 @@ class MessengerModel:
         if not isinstance(size, int) or not isinstance(done, int):
             return
         name = self.transfer_names.get(str(payload.get("id")), "")
-        self.notify(
-            f"file {name} {progress_bar(done, size, payload.get('rate'), payload.get('eta'))}"
-        )
+        bar = progress_bar(done, size, payload.get("rate"), payload.get("eta"))
+        self.notify(f"file {name} {bar}")
+        contact = payload.get("contact")
+        if isinstance(contact, str):
+            self._put_transfer_line(contact, str(payload.get("id")), f"file {name} {bar}")
+
+    def _put_transfer_line(self, uid: str, tid: str, text: str) -> None:
+        """Show *text* on the transfer's own line in *uid*'s conversation: added at the end the
+        first time, then replaced in place (one progress bar per transfer, not one line per
+        event)."""
+        line_id = TRANSFER_LINE_PREFIX + tid
+        conversation = self.conversation(uid)
+        old = conversation.messages.get(line_id)
+        if old is None:
+            order = conversation.ordered()
+            last = order[-1] if order else None
+            line = Message(
+                id=line_id,
+                contact=uid,
+                direction=LOCAL,
+                body=strip_bidi(text),
+                state="received",
+                created=last.created if last is not None else 0.0,
+                seq=last.seq if last is not None else 0,
+            )
+        else:
+            line = replace(old, body=strip_bidi(text))
+        conversation.put(line)
+        self._changed("messages")
+
+    def _transfer_line_ends(self, tid: str, state: str) -> None:
+        """Say the end state on the transfer's progress line, if it has one."""
+        line_id = TRANSFER_LINE_PREFIX + tid
+        for uid, conversation in self.conversations.items():
+            old = conversation.messages.get(line_id)
+            if old is not None:
+                body = old.body.split(" [", 1)[0]
+                self._put_transfer_line(uid, tid, f"{body}: {state}")
 
     _EVENTS: dict[str, Callable[[MessengerModel, Mapping[str, Any]], None]] = {
         "transfer.offered": _transfer_offered,
@@ -1391,6 +1430,19 @@ def password_hint(password: str) -> PasswordHint:
     if length >= 10 and classes >= 2:
         return PasswordHint("fair", "Fair: a longer password or a few more words would be safer.")
     return PasswordHint("weak", "Weak: use at least 12 characters, or several words.")
+
+
+#: Id prefix of a transfer's progress line in its conversation (a local line, never sent).
+TRANSFER_LINE_PREFIX = "~transfer-"
+
+
+def open_folder_hint(directory: str) -> str:
+    """``; open the folder: xdg-open '/srv/in'`` (``open`` on macOS), or ``""`` without one."""
+    if not directory:
+        return ""
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    folder = shlex.quote(terminal_safe(directory, keep_newlines=False))
+    return f"; open the folder: {opener} {folder}"
 
 
 def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width: int = 20) -> str:

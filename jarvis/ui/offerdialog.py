@@ -1,0 +1,82 @@
+"""The accept prompt of an incoming file offer (issue 18): accept into the download folder,
+accept into a folder you type, decline, or decide later.
+
+The controller opens it when an offer (``transfer.offered``) arrives in the conversation that is
+open on the main screen and no other dialog is up; offers elsewhere keep their line with the
+``/accept`` hint.  "Later" has the focus, so an Enter typed for a message as the dialog appears
+accepts nothing.  Names are shown through :func:`~jarvis.textsafe.terminal_safe`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urwid
+
+from jarvis.textsafe import human_bytes, terminal_safe
+from jarvis.ui.widgets import Dialog, ReadlineEdit, button, field
+
+#: ``on_answer(verb, args)``: ``("accept", (id,))``, ``("accept", (id, folder))`` or
+#: ``("decline", (id,))``, as ``/accept`` and ``/decline`` would send them.
+Answer = Callable[[str, tuple[str, ...]], None]
+
+
+class OfferDialog(Dialog):
+    """Ask what to do with an offered file.
+
+    :param transfer: the transfer view of the ``transfer.offered`` event.
+    :param sender: the sender's display name.
+    :param on_answer: called with the answer (see :data:`Answer`); the dialog then closes.
+    :param on_close: closes the dialog (Later, Esc).
+    """
+
+    def __init__(
+        self,
+        transfer: Mapping[str, Any],
+        sender: str,
+        on_answer: Answer,
+        on_close: Callable[[], None],
+    ) -> None:
+        self.transfer_id = str(transfer.get("id", ""))
+        self._on_answer = on_answer
+        self._on_close = on_close
+        name = terminal_safe(str(transfer.get("name", "")), keep_newlines=False)
+        kind = terminal_safe(str(transfer.get("media_type") or ""), keep_newlines=False)
+        size = human_bytes(int(transfer.get("size") or 0))
+        self.folder_edit = ReadlineEdit("Folder: ")
+        self.error = urwid.Text("")
+        rows: list[urwid.Widget] = [
+            urwid.Text(
+                [("name_in", sender), f" offers {name} ({size}{', ' + kind if kind else ''})."]
+            ),
+            urwid.Divider(),
+            button("Later (keep it offered: /accept or /decline)", on_close),
+            button("Accept into the download folder", self.accept_default),
+            field(self.folder_edit),
+            button("Accept into the folder above", self.accept_into_folder),
+            button("Decline", self.decline),
+            self.error,
+        ]
+        super().__init__("file_offer", "File offered", rows)
+
+    def accept_default(self) -> None:
+        """Accept into the daemon's download folder."""
+        self._answer("accept", (self.transfer_id,))
+
+    def accept_into_folder(self) -> None:
+        """Accept into the folder typed in the field (``~`` expanded, made absolute)."""
+        folder = self.folder_edit.edit_text.strip()
+        if not folder:
+            self.error.set_text(("error", "Type a folder first."))
+            return
+        self._answer("accept", (self.transfer_id, os.path.abspath(os.path.expanduser(folder))))
+
+    def decline(self) -> None:
+        """Decline the offer (the sender is told)."""
+        self._answer("decline", (self.transfer_id,))
+
+    def _answer(self, verb: str, args: tuple[str, ...]) -> None:
+        self._on_close()
+        self._on_answer(verb, args)
