@@ -2,7 +2,7 @@
 
 One process, the real asyncio reactor, a real :class:`jarvis.net.network.PeerNetwork` with the
 daemon's defaults (backoff 1 s doubling to 60 s, jitter) and the daemon's JSON log observer
-(:func:`jarvis.logs.json_file_observer` at ``info``, into a temporary file).  N contacts are
+(:func:`jarvis.common.logs.json_file_observer` at ``info``, into a temporary file).  N contacts are
 added and :meth:`~jarvis.net.network.PeerNetwork.connect` is called for each, as the core does
 at unlock; then the process's own CPU time (``resource.getrusage``, user + system) is read over
 a window:
@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet.task import deferLater
     from twisted.logger import LogLevel, globalLogBeginner
 
+    from jarvis.common.logs import json_file_observer
     from jarvis.crypto.identity import IdentityKey
-    from jarvis.logs import json_file_observer
     from jarvis.net.network import PeerNetwork
 
     workdir = tempfile.mkdtemp(prefix="dialidle", dir="/tmp")

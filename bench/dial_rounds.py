@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, globalLogBeginner
 
-from jarvis.logs import json_file_observer
+from jarvis.common.logs import json_file_observer
 from jarvis.net import network as net
 
 

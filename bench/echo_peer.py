@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peer-cert", type=Path, required=True)
     options = parser.parse_args(argv)
 
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor = install()
     from twisted.internet.stdio import StandardIO

@@ -555,7 +555,7 @@ def run_on_reactor(main: Callable[[Any], Coroutine[Any, Any, _T]]) -> _T:
     from twisted.internet import defer
     from twisted.python.failure import Failure
 
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor = install()
     outcome: list[_T] = []

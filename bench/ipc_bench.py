@@ -70,7 +70,7 @@ def serve(mode: str, path: str) -> None:
     from twisted.internet.protocol import Factory
     from twisted.protocols.basic import LineReceiver
 
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor = install()
 

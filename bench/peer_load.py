@@ -132,7 +132,7 @@ def main(argv: list[str]) -> int:
         parser.error(f"--count must be 1..{MAX_COUNT}")
     target = loopback_address(options.target)
 
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor = install()
 

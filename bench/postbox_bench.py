@@ -4,7 +4,8 @@ In one process, on the asyncio reactor, without a mailbox server (a transport th
 once) and without a store (the courier is a callback that counts):
 
 * ``collect_stall_reactor_ms`` / ``collect_stall_thread_ms``: the worst reactor stall
-  (:class:`jarvis.lag.ReactorLagProbe`, 1 ms ticks) while a burst of 1,000 collected deposits
+  (:class:`jarvis.runtime.lag.ReactorLagProbe`, 1 ms ticks) while a burst of 1,000 collected
+  deposits
   (one per queue, handed over in one reactor turn, as after an unlock with 1,000 contacts'
   deposits waiting) is opened and handed on, with the postbox opening on the reactor thread
   (``run_blocking`` absent: how it was before) and on a 2-thread pool like the daemon's;
@@ -38,10 +39,10 @@ def _figures(reactor: Any) -> Any:
     from jarvis.crypto import mailseal
     from jarvis.crypto.identity import IdentityKey
     from jarvis.crypto.mailseal import PrekeyRing
-    from jarvis.lag import ReactorLagProbe
     from jarvis.protocol.knock import KnockKeys, KnockVerifier, make_knock, window_of
     from jarvis.protocol.lan import LanKeys, TokenMatcher
     from jarvis.protocol.records import MailboxAddress
+    from jarvis.runtime.lag import ReactorLagProbe
 
     count = 100 if smoke_requested() else CONTACTS
     now = time.time()

@@ -9,14 +9,15 @@ an AES-256-GCM row cipher:
   transaction ran into one transaction (``msgs_per_transaction``).  Ids are made as the daemon
   makes them (:func:`jarvis.store.records.new_message_id`), and the process freezes its
   start-up objects out of the garbage collector's full passes before it starts, as the daemon
-  does (``jarvis.daemon``);
+  does (``jarvis.app.daemon``);
 - ``history_page_ms``: loading the 50 newest messages of a conversation of 100,000 messages
   (10,000 with ``--quick``), median of :data:`PAGE_LOADS` loads;
 - ``unlock_ms``: opening a key file made at the default Argon2id parameters (t=3, 64 MiB,
   p=1) with :func:`jarvis.crypto.keyfile.unlock_keyfile` on a thread (``deferToThread``), as
   the daemon does, median of 10 unlocks (3 with ``--quick``);
 - ``stall_persist_ms``, ``stall_history_ms`` and ``stall_unlock_ms``: the worst reactor stall
-  during each phase, measured by a :class:`jarvis.lag.ReactorLagProbe` ticking every 10 ms (it
+  during each phase, measured by a :class:`jarvis.runtime.lag.ReactorLagProbe` ticking every 10 ms
+  (it
   should stay near zero: the store's work and Argon2id run on other threads).
 
 Goals (``goal`` in the figures): at least 20,000 messages/s persisted, a page load of at most
@@ -41,7 +42,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from jarvis.entropy import public_random
+from jarvis.common.entropy import public_random
 from jarvis.store import queries
 
 #: Messages issued per reactor turn while persisting.
@@ -77,8 +78,8 @@ class BenchCipher:
 
 
 def start_probe(reactor: Any) -> Any:
-    """Start and return a :class:`jarvis.lag.ReactorLagProbe` ticking every 10 ms."""
-    from jarvis.lag import ReactorLagProbe
+    """Start and return a :class:`jarvis.runtime.lag.ReactorLagProbe` ticking every 10 ms."""
+    from jarvis.runtime.lag import ReactorLagProbe
 
     probe = ReactorLagProbe(reactor, interval=0.01)
     probe.start()

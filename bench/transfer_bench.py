@@ -285,7 +285,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 def child(argv: list[str]) -> int:
     """Listen on 127.0.0.1, print the port, receive, print a JSON line of usage, exit."""
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor: Any = install()
     from twisted.internet import protocol

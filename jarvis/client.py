@@ -31,10 +31,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from jarvis.errors import DaemonNotRunning, UntrustedDaemon
+from jarvis.common.errors import DaemonNotRunning, UntrustedDaemon
+from jarvis.common.peercred import check_local_server
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.jsonrpc import RemoteError
-from jarvis.peercred import check_local_server
 
 __all__ = ["Client", "DaemonNotRunning", "Event", "RemoteError", "UntrustedDaemon"]
 
@@ -130,7 +130,7 @@ class Client:
         """
         target = path_or_endpoint
         if target is None:
-            from jarvis import paths
+            from jarvis.common import paths
 
             directory = data_dir or paths.default_data_dir()
             target = paths.client_endpoint_for(directory)

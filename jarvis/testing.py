@@ -20,13 +20,13 @@ from typing import Any
 
 from twisted.internet import defer
 
-from jarvis import errors
+from jarvis.common import errors
+from jarvis.common.summary import summary_level
 from jarvis.core.events import Events, Observer
 from jarvis.core.interfaces import NodeApi
 from jarvis.core.node import DEFAULT_SETTINGS
 from jarvis.crypto import errors as crypto_errors
 from jarvis.store.records import Contact
-from jarvis.summary import summary_level
 
 
 def fake_uid(seed: str) -> str:

@@ -4,6 +4,6 @@ Importing this package installs the asyncio reactor when none is installed yet, 
 runs on the same reactor as pytest (``--reactor=asyncio``) and as the daemon.
 """
 
-from jarvis import reactor as _reactor
+from jarvis.runtime import reactor as _reactor
 
 _reactor.install()

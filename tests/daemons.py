@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet import defer, protocol, reactor
 from twisted.python.failure import Failure
 
-from jarvis.launcher import twistd_argv
+from jarvis.app.launcher import twistd_argv
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

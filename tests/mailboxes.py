@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 
-from jarvis.launcher import twistd_argv
+from jarvis.app.launcher import twistd_argv
 from jarvis.protocol.mailbox_link import MailboxLink, parse_link
 from tests.daemons import DaemonProcess
 

@@ -64,7 +64,7 @@ async def write_messages(
 
 def main(argv: list[str]) -> None:
     """Install the asyncio reactor and write messages as told by *argv*."""
-    from jarvis import reactor as jarvis_reactor
+    from jarvis.runtime import reactor as jarvis_reactor
 
     jarvis_reactor.install()
     from twisted.internet import defer, task

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.aio`, the asyncio <-> Twisted bridge."""
+"""Tests for :mod:`jarvis.runtime.aio`, the asyncio <-> Twisted bridge."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import TestCase
 
-from jarvis import aio
+from jarvis.runtime import aio
 
 
 class CoroutineToDeferredTests(TestCase):

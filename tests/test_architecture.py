@@ -8,7 +8,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import devdocs
+from jarvis.app import devdocs
 from tests.daemons import REPO
 
 DOC = os.path.join(REPO, "docs", "architecture.md")
@@ -29,13 +29,13 @@ class ArchitectureDocTests(SynchronousTestCase):
     def test_generated_section_is_current(self) -> None:
         """When the module table and layer diagram are rendered from the code, then the
         committed docs/architecture.md holds exactly that section (regenerate with
-        ``python -m jarvis.devdocs --write``)."""
+        ``python -m jarvis.app.devdocs --write``)."""
         committed = devdocs.generated_section(read_doc())
         self.assertIn("### `jarvis.core`", committed)
         self.assertEqual(
             committed,
             devdocs.render(),
-            "docs/architecture.md is stale: python -m jarvis.devdocs --write",
+            "docs/architecture.md is stale: python -m jarvis.app.devdocs --write",
         )
 
     def test_every_module_says_what_it_owns(self) -> None:

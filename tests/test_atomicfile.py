@@ -1,4 +1,5 @@
-"""Tests for jarvis.atomicfile and every write path that uses it (export, key file, contact card,
+"""Tests for jarvis.common.atomicfile and every write path that uses it (export, key file, contact
+card,
 the UI's saved files, the daemon's endpoint and token files): planted symbolic links and
 pre-created files in the destination's directory never receive the content."""
 
@@ -11,9 +12,9 @@ from unittest import mock
 
 from twisted.trial.unittest import TestCase
 
-from jarvis import atomicfile
-from jarvis.commands import _write_card
-from jarvis.errors import InvalidInput
+from jarvis.app.commands import _write_card
+from jarvis.common import atomicfile
+from jarvis.common.errors import InvalidInput
 from jarvis.ui.app import write_private_file
 from tests.test_node import make_node
 

@@ -1,4 +1,4 @@
-"""Tests for jarvis.cli: argument parsing, password files, exit codes and one-line errors.
+"""Tests for jarvis.app.cli: argument parsing, password files, exit codes and one-line errors.
 
 The process tests run ``python -m jarvis`` in a child process, against nothing (daemon not
 running) or against a FakeNode server on a UNIX socket in this process, found through the data
@@ -21,8 +21,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import cli
-from jarvis.exitstatus import EXIT_BROKEN_PIPE, EXIT_TOO_MANY_ATTEMPTS
+from jarvis.app import cli
+from jarvis.app.exitstatus import EXIT_BROKEN_PIPE, EXIT_TOO_MANY_ATTEMPTS
 from jarvis.testing import fake_link
 from tests.test_client import REPO, child_env
 from tests.test_ipc_server import SocketTestCase
@@ -136,7 +136,7 @@ class FigureTests(SynchronousTestCase):
         """When a peer's figures are shown, then status, since, traffic in human units,
         dialled/accepted sessions, failed dials and the last error each appear once, and a
         control character in the name is shown escaped."""
-        from jarvis.commands import peer_lines
+        from jarvis.app.commands import peer_lines
 
         now = 1_800_000_000.0
         peer = {
@@ -174,7 +174,7 @@ class FigureTests(SynchronousTestCase):
     def test_peer_lines_lan_addresses_and_path(self) -> None:
         """When a peer was found on the LAN and is online, then the path follows the state and
         the LAN addresses get their own line (a control character shown escaped)."""
-        from jarvis.commands import peer_lines
+        from jarvis.app.commands import peer_lines
 
         now = 1_800_000_000.0
         peer = {
@@ -192,7 +192,7 @@ class FigureTests(SynchronousTestCase):
     def test_peer_lines_path_reason(self) -> None:
         """When peers.status gives a path and its reason, then the reason gets its own line
         (a control character shown escaped); offline, the state line names no path."""
-        from jarvis.commands import peer_lines
+        from jarvis.app.commands import peer_lines
 
         now = 1_800_000_000.0
         peer = {
@@ -211,7 +211,7 @@ class FigureTests(SynchronousTestCase):
 
     def test_offline_connecting(self) -> None:
         """When a peer is connecting, then it is shown offline since when, connecting now."""
-        from jarvis.commands import peer_lines
+        from jarvis.app.commands import peer_lines
 
         now = 1_800_000_000.0
         [line, *_] = peer_lines(
@@ -223,8 +223,8 @@ class FigureTests(SynchronousTestCase):
 
     def test_parse_setting(self) -> None:
         """When a setting is given as text, then it is parsed as the type of its value."""
-        from jarvis import errors
-        from jarvis.commands import parse_setting
+        from jarvis.app.commands import parse_setting
+        from jarvis.common import errors
 
         self.assertIs(parse_setting("bell", "Off", True), False)
         self.assertIs(parse_setting("bell", "yes", False), True)
@@ -240,8 +240,8 @@ class StartFailureTests(SynchronousTestCase):
         """When twistd only says "see the log file" and the log ends in a Jarvis error, then
         the reason is that error's own text (it says what to do), not the lower-level error
         above it."""
-        from jarvis import paths
-        from jarvis.commands import _start_failure
+        from jarvis.app.commands import _start_failure
+        from jarvis.common import paths
 
         data_dir = tempfile.mkdtemp(prefix="jvsf", dir="/tmp")
         self.addCleanup(shutil.rmtree, data_dir, True)
@@ -249,7 +249,7 @@ class StartFailureTests(SynchronousTestCase):
         with open(paths.logfile_path(data_dir), "w", encoding="utf-8") as f:
             f.write(stamp + "OSError: [Errno 98] Address already in use\n")
             f.write(stamp + "    raise CannotListen(\n")
-            f.write(stamp + "jarvis.errors.CannotListen: cannot listen on any:7770: taken\n")
+            f.write(stamp + "jarvis.common.errors.CannotListen: cannot listen on any:7770: taken\n")
         reason = _start_failure(data_dir, "Failed to load application: see the log file\n", 1)
         self.assertEqual(
             reason, f"cannot listen on any:7770: taken (log: {paths.logfile_path(data_dir)})"
@@ -607,7 +607,7 @@ class EmbeddedWiringTests(SynchronousTestCase):
     def test_embedded_hands_the_builder(self) -> None:
         """When ``jarvis --embedded`` starts the UI, then the UI gets
         daemon.make_embedded_service; without the flag it gets none."""
-        from jarvis import daemon
+        from jarvis.app import daemon
         from jarvis.ui import app
 
         seen: list[Any] = []
@@ -626,7 +626,7 @@ class EmbeddedWiringTests(SynchronousTestCase):
 
         from twisted.internet.testing import MemoryReactorClock
 
-        from jarvis import daemon
+        from jarvis.app import daemon
 
         data_dir = os.path.join(self.mktemp(), "data")
         service = daemon.make_embedded_service(MemoryReactorClock(), data_dir)

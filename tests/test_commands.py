@@ -1,4 +1,4 @@
-"""Tests for jarvis.commands' view of the daemon's process: busy versus not running, zombies."""
+"""Tests for jarvis.app.commands' view of the daemon's process: busy versus not running, zombies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import sys
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from jarvis import cli, commands, errors, launcher, paths
+from jarvis.app import cli, commands, launcher
+from jarvis.common import errors, paths
 from tests.daemons import short_tempdir
 
 #: A pid above the kernel's largest possible pid (2**22): no process has it.

@@ -1,4 +1,4 @@
-"""Tests for what jarvis.commands prints: hostile names and bodies cannot drive the terminal.
+"""Tests for what jarvis.app.commands prints: hostile names and bodies cannot drive the terminal.
 
 Contact names and message bodies come from other people.  The commands run in this process
 against a stand-in for the daemon connection, and their standard output is captured: text
@@ -17,9 +17,10 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import commands, errors
-from jarvis.cli import Options
-from jarvis.textsafe import BIDI_CONTROLS
+from jarvis.app import commands
+from jarvis.app.cli import Options
+from jarvis.common import errors
+from jarvis.common.textsafe import BIDI_CONTROLS
 
 #: A name that would set the window title, write the clipboard (OSC 52), link (OSC 8), clear
 #: the screen, move the cursor up to forge a line, send a DCS and a C1 CSI, reverse the text.

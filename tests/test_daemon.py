@@ -13,7 +13,8 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import daemon, paths
+from jarvis.app import daemon
+from jarvis.common import paths
 from tests.daemons import DaemonProcess, short_tempdir
 
 
@@ -249,7 +250,7 @@ class LifeCycleServiceTests(SynchronousTestCase):
     def test_start_records_options(self) -> None:
         """When the service starts, then its start options are recorded in daemon.json (0600)
         for a replacement daemon."""
-        from jarvis import launcher
+        from jarvis.app import launcher
 
         data_dir = os.path.join(self.mktemp(), "data")
         sock_dir = short_tempdir(self)

@@ -44,7 +44,7 @@ class Cli:
         return json.loads(await self.ok("--json", *args))
 
 
-_STDIN_RUNNER = "import sys; from jarvis.cli import main; main(sys.argv[1:])"
+_STDIN_RUNNER = "import sys; from jarvis.app.cli import main; main(sys.argv[1:])"
 
 
 def write(path: str, text: str) -> str:
@@ -165,7 +165,7 @@ class CliReachTests(TestCase):
         """When a conversation holds 1,200 messages in a real store, then history --limit 10000
         and --all print all 1,200 in seq order, --before/--after page from a message id, and
         verify, rename, remove, settings, peers and passwd work against the real daemon."""
-        from jarvis import paths
+        from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from jarvis.ipc.jsonrpc import INVALID_PARAMS, RemoteError
 

@@ -372,7 +372,7 @@ class CliTests(TestCase):
         the complete transfer; files --json lists it on both sides; an auto-accept limit takes
         a small file without asking and leaves a larger one offered; a size cap refuses an
         oversize accept with the reason; cancel ends a waiting offer on both sides."""
-        from jarvis import paths
+        from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from tests.peers import EventRecorder
         from tests.test_e2e_cli import Cli, write

@@ -19,7 +19,8 @@ from typing import Any
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
-from jarvis import launcher, paths
+from jarvis.app import launcher
+from jarvis.common import paths
 from tests.daemons import DaemonProcess, short_tempdir
 from tests.test_e2e_cli import Cli
 

@@ -14,7 +14,7 @@ import re
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jarvis.logs import LOG_KEY_FILE
+from jarvis.common.logs import LOG_KEY_FILE
 from tests.daemons import DaemonProcess, short_tempdir
 from tests.peers import Peer, befriend
 from tests.test_e2e_messaging import send_all, start_pair

@@ -23,8 +23,8 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from jarvis import paths
-from jarvis.commands import pid_alive
+from jarvis.app.commands import pid_alive
+from jarvis.common import paths
 from jarvis.ipc.client import IpcClient
 from tests.daemons import REPO, DaemonProcess, child_env, short_tempdir, ui_env
 from tests.peers import PASSWORD, Peer, befriend

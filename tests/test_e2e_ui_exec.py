@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from jarvis.commands import pid_alive
+from jarvis.app.commands import pid_alive
 from tests.peers import befriend
 from tests.test_e2e_ui import conversation_rows, start_peers, start_ui
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.entropy`: block-drawn public random bytes."""
+"""Tests for :mod:`jarvis.common.entropy`: block-drawn public random bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import entropy
+from jarvis.common import entropy
 
 
 class PublicRandomTests(SynchronousTestCase):

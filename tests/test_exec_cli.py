@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.cli import Options
-from jarvis.commands import EXIT_TIMED_OUT, exec_status
+from jarvis.app.cli import Options
+from jarvis.app.commands import EXIT_TIMED_OUT, exec_status
 
 
 def parse(*argv: str) -> Options:

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.exec.hooks import Hook, HookDispatcher
 from jarvis.exec.runner import ProcessRunner
 from jarvis.testing import FakeNode, fake_link

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.exec.runner import ProcessRunner, Run, RunSpec
 
 #: a process tree that ignores SIGTERM: the shell and both sleeps trap it

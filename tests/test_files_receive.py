@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.common.textsafe import BIDI_CONTROLS
 from jarvis.files.receive import (
     MAX_NAME_BYTES,
     ChunkMismatch,
@@ -30,7 +31,6 @@ from jarvis.files.send import (
     prepare_again,
 )
 from jarvis.protocol.transfer import MIN_CHUNK_SIZE, missing_indexes
-from jarvis.textsafe import BIDI_CONTROLS
 from tests.daemons import short_tempdir
 
 CHUNK = MIN_CHUNK_SIZE

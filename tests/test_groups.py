@@ -16,9 +16,9 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
+from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.core.groups import GAP_DELAY, Groups
 from jarvis.crypto.identity import IdentityKey
-from jarvis.errors import InvalidInput, NotFound
 from jarvis.protocol.group_fanout import (
     KIND_INVITE,
     KIND_MESSAGE,

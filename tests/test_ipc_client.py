@@ -163,14 +163,14 @@ class ImportTests(TestCase):
     """The client stays cheap to import (the terminal UI's start-up)."""
 
     def test_no_endpoints_import(self) -> None:
-        """When jarvis.cli and the IPC client are imported in a fresh interpreter, then none of
+        """When jarvis.app.cli and the IPC client are imported in a fresh interpreter, then none of
         twisted.internet.endpoints, TLS (twisted.internet.ssl, OpenSSL), cryptography's keys
-        or the CLI's commands (jarvis.commands) is imported."""
+        or the CLI's commands (jarvis.app.commands) is imported."""
         code = (
-            "import sys, jarvis.cli, jarvis.ipc.client; "
+            "import sys, jarvis.app.cli, jarvis.ipc.client; "
             "bad = [m for m in ('twisted.internet.endpoints', 'twisted.internet.ssl', 'OpenSSL', "
             "'jarvis.crypto.identity', 'cryptography.hazmat.primitives.asymmetric.ed25519', "
-            "'jarvis.commands') if m in sys.modules]; "
+            "'jarvis.app.commands') if m in sys.modules]; "
             "print(','.join(bad))"
         )
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

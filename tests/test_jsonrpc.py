@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.crypto import errors as crypto_errors
 from jarvis.ipc import jsonrpc
 

@@ -1,4 +1,5 @@
-"""Tests for :mod:`jarvis.lag`: the reactor lag probe, on a fake clock and on the real reactor."""
+"""Tests for :mod:`jarvis.runtime.lag`: the reactor lag probe, on a fake clock and on the real
+reactor."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis.lag import ReactorLagProbe
+from jarvis.runtime.lag import ReactorLagProbe
 
 
 def make_probe(interval: float = 0.01) -> tuple[ReactorLagProbe, task.Clock]:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.lanservice`: LAN discovery wired to a real node (store, contact book)
+"""Tests for :mod:`jarvis.app.lanservice`: LAN discovery wired to a real node (store, contact book)
 with a recording fake discovery and a recording fake peer network.
 
 The real discovery between real daemons is ``tests/test_e2e_lan.py``.
@@ -12,9 +12,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import TestCase
 
+from jarvis.app.lanservice import LanService
 from jarvis.core.contacts import MAX_DISCOVERED
 from jarvis.core.node import Node
-from jarvis.lanservice import LanService
 from tests.test_node import friend_link, make_node
 
 

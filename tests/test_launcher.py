@@ -1,4 +1,4 @@
-"""Tests for jarvis.launcher: the start options a daemon records and a replacement reuses."""
+"""Tests for jarvis.app.launcher: the start options a daemon records and a replacement reuses."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import daemon, launcher
+from jarvis.app import daemon, launcher
 from jarvis.ui.app import DaemonConnector
 
 

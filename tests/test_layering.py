@@ -9,7 +9,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.devdocs import (
+from jarvis.app.devdocs import (
     LAYERING_TABLE,
     import_circles,
     import_graph,
@@ -19,7 +19,7 @@ from jarvis.devdocs import (
 )
 from tests.daemons import REPO
 
-# The import-graph code and the table live in jarvis.devdocs (which also draws
+# The import-graph code and the table live in jarvis.app.devdocs (which also draws
 # docs/architecture.md from the graph); this module keeps the assertions.
 
 PURE_PACKAGES = ("jarvis/protocol", "jarvis/core", "jarvis/crypto")
@@ -49,8 +49,8 @@ class ImportGraphTests(SynchronousTestCase):
         """When jarvis's import graph is built from every import (lazy ones too), then it has no
         circle."""
         graph = import_graph()
-        self.assertIn("jarvis.commands", graph)
-        self.assertIn("jarvis.ipc.client", graph["jarvis.commands"])
+        self.assertIn("jarvis.app.commands", graph)
+        self.assertIn("jarvis.ipc.client", graph["jarvis.app.commands"])
         self.assertEqual(import_circles(graph), [])
 
     def test_no_package_circles(self) -> None:
@@ -85,7 +85,7 @@ class ImportGraphTests(SynchronousTestCase):
         """When every jarvis module's imports are checked against the layering table, then none
         is forbidden (the UI imports neither core, store, net nor the daemon; core imports
         neither net nor ipc; libraries never import the CLI)."""
-        for forbidden in ("jarvis.core", "jarvis.store", "jarvis.net", "jarvis.daemon"):
+        for forbidden in ("jarvis.core", "jarvis.store", "jarvis.net", "jarvis.app.daemon"):
             self.assertIn(forbidden, LAYERING_TABLE["jarvis.ui"])
         for forbidden in ("jarvis.net", "jarvis.ipc"):
             self.assertIn(forbidden, LAYERING_TABLE["jarvis.core"])
@@ -93,33 +93,40 @@ class ImportGraphTests(SynchronousTestCase):
         self.assertEqual(layering_violations(graph), [])
 
     def test_libraries_never_import_the_cli(self) -> None:
-        """When any jarvis module but the entry points imports jarvis.cli, then that is
+        """When any jarvis module but the entry points imports jarvis.app.cli, then that is
         reported; only ``jarvis.__main__`` does."""
         graph = import_graph()
-        importers = sorted(m for m, imported in graph.items() if "jarvis.cli" in imported)
+        importers = sorted(m for m, imported in graph.items() if "jarvis.app.cli" in imported)
         self.assertEqual(importers, ["jarvis.__main__"])
-        importers = sorted(m for m, imported in graph.items() if "jarvis.daemon" in imported)
-        self.assertEqual(importers, ["jarvis.cli"])
+        importers = sorted(m for m, imported in graph.items() if "jarvis.app.daemon" in imported)
+        self.assertEqual(importers, ["jarvis.app.cli"])
 
     def test_violation_detector(self) -> None:
         """When the UI imports the daemon and core imports ipc, then both are reported."""
         graph = {
-            "jarvis.ui.app": {"jarvis.daemon", "jarvis.ipc.client"},
+            "jarvis.ui.app": {"jarvis.app.daemon", "jarvis.ipc.client"},
             "jarvis.core.node": {"jarvis.ipc.methods", "jarvis.store.database"},
         }
         self.assertEqual(
             layering_violations(graph),
-            ["jarvis.core.node -> jarvis.ipc.methods", "jarvis.ui.app -> jarvis.daemon"],
+            ["jarvis.core.node -> jarvis.ipc.methods", "jarvis.ui.app -> jarvis.app.daemon"],
         )
 
     def test_relative_and_from_imports_resolve(self) -> None:
-        """When a module uses ``from jarvis import paths`` and a relative import, then both
+        """When a module uses ``from jarvis.common import paths`` and a relative import, then both
         resolve to the imported modules."""
-        known = {"jarvis", "jarvis.paths", "jarvis.ui", "jarvis.ui.app", "jarvis.ui.model"}
-        source = "from jarvis import paths\nfrom . import model\nimport jarvis\n"
+        known = {
+            "jarvis",
+            "jarvis.common",
+            "jarvis.common.paths",
+            "jarvis.ui",
+            "jarvis.ui.app",
+            "jarvis.ui.model",
+        }
+        source = "from jarvis.common import paths\nfrom . import model\nimport jarvis\n"
         self.assertEqual(
             imported_modules("jarvis.ui.app", source, known),
-            {"jarvis.paths", "jarvis.ui.model", "jarvis"},
+            {"jarvis.common.paths", "jarvis.ui.model", "jarvis"},
         )
 
 

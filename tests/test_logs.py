@@ -12,9 +12,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import logs
+from jarvis.app.daemon import DaemonOptions, make_service
+from jarvis.common import logs
 from jarvis.crypto.identity import IdentityKey
-from jarvis.daemon import DaemonOptions, make_service
 from tests.daemons import short_tempdir
 from tests.test_e2e_cli import Cli
 

@@ -10,7 +10,7 @@ from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis.launcher import twistd_argv
+from jarvis.app.launcher import twistd_argv
 from jarvis.mailbox.service import MailboxOptions, load_or_create_key
 from jarvis.mailbox.store import InlineSQLiteMailboxStore, MailboxStore, SQLiteMailboxStore
 from jarvis.protocol import mailbox_link as mlink

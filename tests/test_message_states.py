@@ -1,4 +1,4 @@
-"""The one state-rank rule (jarvis.message_states): a message's state only moves forward, and
+"""The one state-rank rule (jarvis.common.message_states): a message's state only moves forward, and
 the store's UPDATEs, its outbox index and the UI's model all follow the same rule."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis.message_states import (
+from jarvis.common.message_states import (
     INCOMING_STATES,
     MESSAGE_STATES,
     OUTGOING_STATES,

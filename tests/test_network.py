@@ -29,14 +29,14 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import logs
+from jarvis.common import logs
+from jarvis.common.logs import log_id
+from jarvis.common.summary import summary_level
 from jarvis.crypto.identity import IdentityKey
-from jarvis.logs import log_id
 from jarvis.net import dialling, tls
 from jarvis.net import network as net
 from jarvis.protocol import knock as knock_protocol
 from jarvis.protocol.session import PeerSession
-from jarvis.summary import summary_level
 from tests.test_tls import OtherKeyIdentity, RecordingProtocol, make_certificate
 from tests.waiting import Waiters
 
@@ -427,7 +427,8 @@ class HandshakeDeadlineTests(TestCase):
 
 
 class SummaryTests(TestCase):
-    """The network's statuses feed the one summary rule (:func:`jarvis.summary.summary_level`)."""
+    """The network's statuses feed the one summary rule
+    (:func:`jarvis.common.summary.summary_level`)."""
 
     async def test_some_online_is_amber(self) -> None:
         """When one contact is online and another unreachable, then the summary is amber."""

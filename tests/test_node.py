@@ -17,13 +17,13 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
+from jarvis.common.errors import Ambiguous, IdentityExists, Locked, NotFound, TooLarge
 from jarvis.core.backoff import BACKOFF_FILE, TooManyAttempts
 from jarvis.core.node import Node
 from jarvis.crypto import linkcode
 from jarvis.crypto.errors import LinkCodeError, WrongPassword
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.keyfile import KdfParams
-from jarvis.errors import Ambiguous, IdentityExists, Locked, NotFound, TooLarge
 
 FAST = KdfParams(time_cost=1, memory_cost_kib=8, parallelism=1)
 

@@ -18,9 +18,9 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.trial.unittest import TestCase
 
+from jarvis.common.errors import StorageFull
 from jarvis.core.limits import MAX_HISTORY_PAGE, RETRANSMIT_INITIAL, WINDOW_BYTES, WINDOW_MESSAGES
 from jarvis.core.node import Node
-from jarvis.errors import StorageFull
 from jarvis.ipc.jsonrpc import STORAGE, error_from_exception
 from jarvis.protocol.session import PeerSession
 from jarvis.store import queries

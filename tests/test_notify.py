@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.notify`: hostile message text never reaches a shell."""
+"""Tests for :mod:`jarvis.app.notify`: hostile message text never reaches a shell."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import notify
+from jarvis.app import notify
 
 HOSTILE = "hi\" '; $(touch {canary}) `id` \n-rf --help & | > /tmp/x"
 

@@ -1,4 +1,5 @@
-"""Tests for jarvis.paths: where the local API socket lives, and the runtime directory that another
+"""Tests for jarvis.common.paths: where the local API socket lives, and the runtime directory that
+another
 local user must not be able to plant or redirect."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from unittest import mock
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jarvis import paths
-from jarvis.errors import DataDirError
+from jarvis.common import paths
+from jarvis.common.errors import DataDirError
 from tests.daemons import short_tempdir
 
 

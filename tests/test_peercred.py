@@ -1,4 +1,5 @@
-"""Tests for jarvis.peercred and the clients that use it: a "daemon" run by another user on the
+"""Tests for jarvis.common.peercred and the clients that use it: a "daemon" run by another user on
+the
 socket path gets no byte (no password) from the Twisted client, the asyncio client or the CLI.
 
 The end-to-end tests need root (to run the fake daemon as ``nobody``) and skip otherwise."""
@@ -15,9 +16,9 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from jarvis.errors import UntrustedDaemon
+from jarvis.common.errors import UntrustedDaemon
+from jarvis.common.peercred import PeerCredentials, check_local_server, peer_credentials
 from jarvis.ipc.client import IpcClient
-from jarvis.peercred import PeerCredentials, check_local_server, peer_credentials
 from tests.daemons import REPO, child_env, short_tempdir
 
 NOBODY = 65534
@@ -238,7 +239,7 @@ class FakeDaemonTests(TestCase):
         script = (
             "import asyncio, sys\n"
             "from jarvis.client import Client\n"
-            "from jarvis.errors import UntrustedDaemon\n"
+            "from jarvis.common.errors import UntrustedDaemon\n"
             "async def main():\n"
             "    try:\n"
             "        client = await Client.connect(sys.argv[1])\n"

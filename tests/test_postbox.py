@@ -630,7 +630,7 @@ class UnreachableMailboxTests(TestCase):
         """When mailbox.use names a mailbox that does not answer, then it fails with
         MailboxUnreachable naming the address and the reason (not an internal error), and no
         mailbox is in use."""
-        from jarvis.errors import MailboxUnreachable
+        from jarvis.common.errors import MailboxUnreachable
 
         node, _clock, _events = make_node(self)
         node.mailbox_factory = RefusingTransport

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.reactor`."""
+"""Tests for :mod:`jarvis.runtime.reactor`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis import reactor as jreactor
+from jarvis.runtime import reactor as jreactor
 
 
 class InstallTests(SynchronousTestCase):

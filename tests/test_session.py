@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.common.logs import log_id
 from jarvis.crypto.cascade import CascadeOpener, CascadeSealer, derive_session_keys
-from jarvis.logs import log_id
 from jarvis.protocol import session as session_module
 from jarvis.protocol.framing import HANDSHAKE_MAX_FRAME, MAX_FRAME, PROLOGUE, encode_frame
 from jarvis.protocol.keys import SessionKeys, hello_transcript, negotiate_version

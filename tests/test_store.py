@@ -26,7 +26,7 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis.errors import InvalidInput, NotFound
+from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.store import (
     Contact,
     CorruptRow,

@@ -1,10 +1,10 @@
-"""Tests for :mod:`jarvis.summary`: the one connection summary rule."""
+"""Tests for :mod:`jarvis.common.summary`: the one connection summary rule."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
+from jarvis.common.summary import AMBER, GREEN, GREY, RED, summary_level
 
 
 class SummaryLevelTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""Tests for jarvis.systemd and ``jarvis daemon install-unit``: the systemd user unit."""
+"""Tests for jarvis.app.systemd and ``jarvis daemon install-unit``: the systemd user unit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import subprocess
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from jarvis import errors, launcher, systemd
+from jarvis.app import launcher, systemd
+from jarvis.common import errors
 from tests.daemons import short_tempdir
 from tests.test_e2e_cli import Cli
 

@@ -1,4 +1,4 @@
-"""Tests for :mod:`jarvis.textsafe`: hostile text made safe for a terminal, human figures."""
+"""Tests for :mod:`jarvis.common.textsafe`: hostile text made safe for a terminal, human figures."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from jarvis.textsafe import (
+from jarvis.common.textsafe import (
     human_bytes,
     human_duration,
     human_since,

@@ -6,8 +6,8 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.common.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ipc.jsonrpc import TOO_MANY_ATTEMPTS, RemoteError
-from jarvis.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ui.controller import FIRST_RETRY
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
 from tests.ui_fakes import (

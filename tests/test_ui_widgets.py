@@ -12,7 +12,7 @@ import urwid
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.textsafe import local_time
+from jarvis.common.textsafe import local_time
 from jarvis.ui import banner
 from jarvis.ui.model import Message, MessengerModel
 from jarvis.ui.palette import STYLES, THEMES, palette

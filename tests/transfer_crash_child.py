@@ -15,7 +15,7 @@ from typing import Any
 
 def main(directory: str, offer_hex: str) -> None:
     """Receive into *directory* until killed."""
-    from jarvis.reactor import install
+    from jarvis.runtime.reactor import install
 
     reactor: Any = install()
     from twisted.internet import protocol

@@ -19,14 +19,14 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jarvis.atomicfile import write_atomically
+from jarvis.common.atomicfile import write_atomically
+from jarvis.common.errors import DataDirError, IdentityExists, InvalidInput
 from jarvis.core.backoff import PasswordBackoff
 from jarvis.crypto import export as export_crypto
 from jarvis.crypto import keyfile
 from jarvis.crypto.aead import RowCipher
 from jarvis.crypto.errors import WrongPassword
 from jarvis.crypto.identity import IdentityKey
-from jarvis.errors import DataDirError, IdentityExists, InvalidInput
 from jarvis.store import queries
 from jarvis.store.database import Store
 
@@ -234,7 +234,8 @@ def read_file(path: str) -> bytes:
 
 
 def write_private_atomically(path: str, content: bytes, *, exclusive: bool = False) -> None:
-    """Write *content* to *path* (mode 0600) through :func:`jarvis.atomicfile.write_atomically`
+    """Write *content* to *path* (mode 0600) through
+    :func:`jarvis.common.atomicfile.write_atomically`
     (an exclusively created temporary file, fsync, rename).
 
     :raises InvalidInput: with *exclusive*, if *path* already exists (a symbolic link too).

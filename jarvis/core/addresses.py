@@ -11,7 +11,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 
-from jarvis.paths import DEFAULT_PEER_PORT
+from jarvis.common.paths import DEFAULT_PEER_PORT
 
 MAX_ADDRESSES = 8
 

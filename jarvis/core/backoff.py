@@ -27,8 +27,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jarvis.atomicfile import write_atomically
-from jarvis.errors import JarvisError
+from jarvis.common.atomicfile import write_atomically
+from jarvis.common.errors import JarvisError
 
 #: The file (in the data directory) that keeps the back-off across restarts.
 BACKOFF_FILE = "password.backoff"

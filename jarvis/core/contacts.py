@@ -16,19 +16,19 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from jarvis.common.errors import Ambiguous, InvalidInput, NotFound
+from jarvis.common.logs import log_id
+from jarvis.common.summary import summary_level
 from jarvis.core.addresses import dial_order
 from jarvis.core.interfaces import PeerNetwork
 from jarvis.core.views import contact_view, peer_view
 from jarvis.crypto import linkcode
 from jarvis.crypto.identity import is_valid_uid
-from jarvis.errors import Ambiguous, InvalidInput, NotFound
-from jarvis.logs import log_id
 from jarvis.protocol.peerpath import PeerPath
 from jarvis.protocol.peerpath import offline as offline_path
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
-from jarvis.summary import summary_level
 
 #: How many candidates an ambiguous contact reference names.
 _SHOWN_CANDIDATES = 5

@@ -29,6 +29,8 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from jarvis.common.errors import InvalidInput, StorageFull, TooLarge
+from jarvis.common.logs import log_id, redact
 from jarvis.core.contacts import ContactBook
 from jarvis.core.interfaces import SessionHandle
 from jarvis.core.limits import (
@@ -41,14 +43,12 @@ from jarvis.core.limits import (
 )
 from jarvis.core.views import message_view
 from jarvis.crypto.errors import CryptoError
-from jarvis.errors import InvalidInput, StorageFull, TooLarge
-from jarvis.logs import log_id, redact
 from jarvis.mailbox.wire import ERR_AUTH
 from jarvis.protocol.group_fanout import BODY_MARK, decode_body, encode_body
+from jarvis.runtime.turn import TurnBatch
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked, new_message_id
-from jarvis.turn import TurnBatch
 
 #: How a stored outbox entry carrying a group payload starts (hidden from 1:1 history).
 _GROUP_TEXT = BODY_MARK.decode("ascii")

@@ -31,10 +31,10 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from jarvis.common.errors import Ambiguous, InvalidInput, NotFound
+from jarvis.common.logs import log_id
 from jarvis.core.group_log import GroupLog, Outcome
 from jarvis.crypto.identity import IdentityKey
-from jarvis.errors import Ambiguous, InvalidInput, NotFound
-from jarvis.logs import log_id
 from jarvis.protocol.group_fanout import (
     ENTRY_ID_SIZE,
     KIND_INVITE,

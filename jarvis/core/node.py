@@ -15,7 +15,7 @@ concern, built here and wired through the seams of :mod:`jarvis.core.interfaces`
 What exists only while unlocked (the keys, the open store, the peer network) is opened in
 :meth:`Node._open_keys` and closed in :meth:`Node._close_keys`.  The node never touches the
 reactor directly: time (``clock``, ``now``), blocking work (``run_blocking``) and the peer
-network (``network_factory``) are injected by :mod:`jarvis.daemon`, and tests pass fakes.
+network (``network_factory``) are injected by :mod:`jarvis.app.daemon`, and tests pass fakes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from jarvis.common.errors import IdentityExists, InvalidInput, Locked, NoIdentity
 from jarvis.core.account import DATABASE, KEYFILE, AccountFiles, open_store, report
 from jarvis.core.addresses import local_addresses
 from jarvis.core.backoff import MAX_DELAY
@@ -54,7 +55,6 @@ from jarvis.core.postbox import Postbox
 from jarvis.core.transfers import Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
-from jarvis.errors import IdentityExists, InvalidInput, Locked, NoIdentity
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact

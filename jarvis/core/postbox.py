@@ -40,12 +40,12 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from jarvis.common.errors import InvalidInput, MailboxUnreachable
+from jarvis.common.logs import log_id, redact
 from jarvis.crypto import mailseal
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.linkcode import CardMailbox
 from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
-from jarvis.errors import InvalidInput, MailboxUnreachable
-from jarvis.logs import log_id, redact
 from jarvis.mailbox.wire import MAX_PAYLOAD
 from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
 from jarvis.protocol.records import MailboxAddress, MalformedRecord, encode_record, parse_record
@@ -544,7 +544,7 @@ class Postbox:
         :raises TooLarge: (in the Deferred) for a body over :data:`MAX_MAILBOX_BODY` bytes.
         """
         if len(body) > MAX_MAILBOX_BODY:
-            from jarvis.errors import TooLarge
+            from jarvis.common.errors import TooLarge
 
             return defer.fail(
                 TooLarge(f"{len(body)} bytes do not fit in one mailbox block ({MAX_MAILBOX_BODY})")

@@ -21,7 +21,8 @@ the parts that already exist (see ``docs/protocol.md``, "File transfer"):
   change of state.
 
 Blocking work (hashing, creating, reopening, discarding files) goes through *run_blocking*.
-No reactor import; never logs file names, keys or content (ids as :func:`jarvis.logs.log_id`).
+No reactor import; never logs file names, keys or content (ids as
+:func:`jarvis.common.logs.log_id`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jarvis.errors import InvalidInput, NotFound
+from jarvis.common.errors import InvalidInput, NotFound
+from jarvis.common.logs import log_id
+from jarvis.common.textsafe import terminal_safe
 from jarvis.files.receive import (
     FileTooLarge,
     NotEnoughSpace,
@@ -44,7 +47,6 @@ from jarvis.files.receive import (
     check_acceptable,
 )
 from jarvis.files.send import FileSource, PreparedFile, SourceChanged, make_offer, prepare_again
-from jarvis.logs import log_id
 from jarvis.protocol.transfer import (
     FINAL_STATES,
     Accept,
@@ -60,7 +62,6 @@ from jarvis.protocol.transfer import (
     parse_transfer_record,
 )
 from jarvis.store import queries
-from jarvis.textsafe import terminal_safe
 
 #: The first bytes of a message body that carries a transfer control record.
 CONTROL_PREFIX = b"\xffJXF"

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from jarvis.common.entropy import public_random
 from jarvis.crypto.errors import DecryptionFailed, KeyWiped
-from jarvis.entropy import public_random
 
 #: Size of a data key in bytes.
 KEY_BYTES = 32

@@ -36,8 +36,8 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jarvis import errors
-from jarvis.atomicfile import write_text_atomically
+from jarvis.common import errors
+from jarvis.common.atomicfile import write_text_atomically
 from jarvis.exec.runner import ProcessRunner, Run, RunResult, RunSpec
 
 #: The events a hook may bind to.

@@ -46,7 +46,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jarvis import errors
+from jarvis.common import errors
 
 #: How many programs run at once by default; later runs wait in order.
 DEFAULT_LIMIT = 16

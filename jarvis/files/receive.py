@@ -34,7 +34,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from jarvis.atomicfile import sync_directory
+from jarvis.common.atomicfile import sync_directory
+from jarvis.common.textsafe import is_unsafe
 from jarvis.protocol.transfer import (
     HASH_SIZE,
     Offer,
@@ -42,7 +43,6 @@ from jarvis.protocol.transfer import (
     manifest_root,
     ranges_from_indexes,
 )
-from jarvis.textsafe import is_unsafe
 
 #: Longest name (UTF-8 bytes) a received file gets; leaves room for `` (123)`` and the partial
 #: file's prefix and suffix under the usual 255-byte limit.

@@ -8,7 +8,8 @@ UI's start-up tens of milliseconds), any other description through ``clientFromS
 ``$/cancelRequest``); :meth:`IpcClient.subscribe` delivers daemon events.  Errors from the daemon
 arrive as :class:`~jarvis.ipc.jsonrpc.RemoteError`; a lost connection fails pending calls with
 :class:`~twisted.internet.error.ConnectionLost`.  On a UNIX socket the client first checks that
-the server runs as our own uid (:func:`jarvis.peercred.check_local_server`) and sends nothing to
+the server runs as our own uid (:func:`jarvis.common.peercred.check_local_server`) and sends
+nothing to
 any other.
 
 This module must not import the global reactor (callers pass theirs to :meth:`IpcClient.connect`)
@@ -28,11 +29,11 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from jarvis.errors import UntrustedDaemon
+from jarvis.common.errors import UntrustedDaemon
+from jarvis.common.peercred import check_local_server
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.jsonrpc import RemoteError
 from jarvis.ipc.wire import send_line
-from jarvis.peercred import check_local_server
 
 __all__ = ["IpcClient", "IpcClientProtocol", "RemoteError"]
 
@@ -284,11 +285,11 @@ class IpcClient:
 
         :param reactor: the reactor.
         :param endpoint_description: a ``clientFromString`` description (``unix:PATH`` or
-            ``tcp:HOST:PORT``), usually ``jarvis.paths.client_endpoint_for(data_dir)``.
+            ``tcp:HOST:PORT``), usually ``jarvis.common.paths.client_endpoint_for(data_dir)``.
         :param token: the API token, sent with ``auth`` first (needed for TCP).
         :returns: a Deferred firing with the client; it fails with the endpoint's connect error
             (e.g. ``ConnectError``) if nobody listens, with
-            :class:`~jarvis.errors.UntrustedDaemon` if the process on a UNIX socket runs as
+            :class:`~jarvis.common.errors.UntrustedDaemon` if the process on a UNIX socket runs as
             another user (checked before anything is sent), or with ``RemoteError``
             (``unauthorized``).
         """

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.exec import runner as runner_module
 from jarvis.exec.hooks import HOOK_EVENTS, MAX_RATE, Hook, check_hook_name
 from jarvis.exec.runner import Run, RunSpec

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.ipc.registry import Invocation, MethodSpec, Param
 from jarvis.protocol.group_message import MAX_BODY_BYTES
 

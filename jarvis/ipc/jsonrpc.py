@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from jarvis import errors as jarvis_errors
+from jarvis.common import errors as jarvis_errors
 from jarvis.crypto import errors as crypto_errors
 
 #: The longest request line the server accepts, in bytes, without the newline.

@@ -29,7 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jarvis import errors
+from jarvis.common import errors
 from jarvis.ipc import jsonrpc
 
 #: A progress callback: receives one JSON-able value (usually a dict with ``stage``).

@@ -44,7 +44,7 @@ from jarvis.core.events import LOCKED_EVENTS
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.registry import Registry
 from jarvis.ipc.wire import MAX_PENDING_OUTPUT, LineSender
-from jarvis.turn import OncePerTurn
+from jarvis.runtime.turn import OncePerTurn
 
 #: The transport-level param keys that carry a progress token (stripped before validation).
 PROGRESS_KEYS = ("_progress", "progressToken")

@@ -44,7 +44,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPullProducer, IPushProducer, ISSLTransport
 from zope.interface import implementer
 
-from jarvis.turn import OncePerTurn
+from jarvis.runtime.turn import OncePerTurn
 
 __all__ = ["MAX_PENDING_OUTPUT", "WINDOW", "LineSender", "send_line"]
 

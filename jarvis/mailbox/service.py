@@ -35,7 +35,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.lockfile import FilesystemLock
 
-from jarvis.atomicfile import write_atomically, write_text_atomically
+from jarvis.common.atomicfile import write_atomically, write_text_atomically
 from jarvis.crypto.identity import IdentityKey
 from jarvis.mailbox.relay import PortSharing, RelayFactory, RelayLimits
 from jarvis.mailbox.server import MailboxLimits, MailboxServerFactory
@@ -47,7 +47,7 @@ from jarvis.protocol.mailbox_link import MailboxLink
 EXPIRY_INTERVAL = 600.0
 #: Seconds between two health log lines.
 STATUS_INTERVAL = 300.0
-#: Accept queue of the listener (see jarvis.daemon.PEER_BACKLOG for why not 50).
+#: Accept queue of the listener (see jarvis.app.daemon.PEER_BACKLOG for why not 50).
 BACKLOG = 1024
 
 KEY_FILE = "mailbox.key"
@@ -179,7 +179,7 @@ class MailboxService(MultiService):
 
     def __init__(self, reactor: Any, options: MailboxOptions) -> None:
         super().__init__()
-        from jarvis.lag import ReactorLagProbe
+        from jarvis.runtime.lag import ReactorLagProbe
 
         self.reactor = reactor
         self.options = options
@@ -317,9 +317,9 @@ def make_service(options: MailboxOptions, reactor: Any = None) -> MailboxService
     Installs the asyncio reactor if none is installed yet; problems end the process with a
     one-line explanation (exit status 1).
     """
-    from jarvis import paths
-    from jarvis import reactor as jreactor
-    from jarvis.errors import JarvisError
+    from jarvis.common import paths
+    from jarvis.common.errors import JarvisError
+    from jarvis.runtime import reactor as jreactor
 
     try:
         if reactor is None:

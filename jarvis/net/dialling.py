@@ -55,7 +55,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jarvis.errors import InvalidInput
+from jarvis.common.errors import InvalidInput
 from jarvis.net.eyeballs import STAGGER, AddressRace, RaceFailed
 from jarvis.net.peer import Clock, DelayedCall
 

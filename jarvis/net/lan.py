@@ -2,7 +2,7 @@
 
 :class:`LanDiscovery` runs python-zeroconf's asyncio API (``AsyncZeroconf``,
 ``AsyncServiceInfo``, ``AsyncServiceBrowser``) on the reactor's own asyncio loop, through
-:mod:`jarvis.aio`.  It announces one service with our peer port and the padded tokens of
+:mod:`jarvis.runtime.aio`.  It announces one service with our peer port and the padded tokens of
 :mod:`jarvis.protocol.lan` under random names, announces it anew at each window boundary and
 when told the contacts changed, browses for other daemons' services, and reports
 ``(uid, host, port)`` for every announcement carrying a token of one of our contacts.
@@ -25,8 +25,7 @@ from twisted.logger import Logger
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from jarvis import aio
-from jarvis.logs import log_id
+from jarvis.common.logs import log_id
 from jarvis.net.peer import Clock, DelayedCall
 from jarvis.protocol.lan import (
     SERVICE_TYPE,
@@ -37,6 +36,7 @@ from jarvis.protocol.lan import (
     parse_tokens,
     window_of,
 )
+from jarvis.runtime import aio
 
 #: Milliseconds to wait for a discovered service's records.
 RESOLVE_TIMEOUT_MS = 3000

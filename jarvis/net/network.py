@@ -25,7 +25,7 @@ that at most one session per contact is reported established at a time, plus
 * The listener is wrapped in :class:`~jarvis.net.admission.AdmissionControl`: it caps the
   connections that have not yet authenticated (total, per source, below the descriptor limit),
   dropping the oldest first, and logs refusals as one aggregated line a minute.  Contacts' uids
-  and addresses are logged only as :func:`jarvis.logs.log_id` pseudonyms.
+  and addresses are logged only as :func:`jarvis.common.logs.log_id` pseudonyms.
 
 See ``docs/net.md`` for the exact observer contract, timeouts and status figures.
 
@@ -60,10 +60,10 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from jarvis.common.errors import InvalidInput
+from jarvis.common.logs import log_id, redact
 from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
 from jarvis.crypto.linkcode import check_address
-from jarvis.errors import InvalidInput
-from jarvis.logs import log_id, redact
 from jarvis.net.admission import AdmissionControl
 from jarvis.net.dialling import ConnectFailed, Dialler
 from jarvis.net.knock import (

@@ -39,8 +39,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from jarvis.common.logs import log_id, redact
 from jarvis.crypto.identity import UID_DOMAIN, uid_for_certificate
-from jarvis.logs import log_id, redact
 
 #: Label of the TLS exporter (RFC 8446 section 7.5) that yields the channel binding.
 EXPORTER_LABEL = b"EXPORTER-jarvis-v1"

@@ -39,10 +39,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jarvis.common.logs import log_id
+from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, new_epoch
 from jarvis.files.receive import ChunkMismatch, PartialFile, VerificationFailed
 from jarvis.files.send import FileSource, SourceChanged
-from jarvis.logs import log_id
 from jarvis.protocol.framing import FrameDecoder, FramingError, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK,
@@ -65,7 +66,6 @@ from jarvis.protocol.transfer import (
     missing_indexes,
     parse_transfer_record,
 )
-from jarvis.textsafe import terminal_safe
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
 #: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about

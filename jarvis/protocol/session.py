@@ -35,8 +35,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from jarvis.common.logs import log_id, redact
 from jarvis.crypto.cascade import OVERHEAD, CascadeError, CascadeOpener, CascadeSealer
-from jarvis.logs import log_id, redact
 from jarvis.protocol.framing import (
     HANDSHAKE_MAX_FRAME,
     MAX_FRAME,

@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from jarvis.errors import StorageFull
+from jarvis.common.errors import StorageFull
 from jarvis.store import queries, schema
 from jarvis.store.rows import (
     DUMP_FORMAT,
@@ -103,7 +103,8 @@ _Op = tuple[Callable[..., Any], tuple[Any, ...], bool, Any]
 
 
 def storage_error(error: BaseException) -> BaseException:
-    """Return :class:`~jarvis.errors.StorageFull` for a disk-full *error*, else *error* itself.
+    """Return :class:`~jarvis.common.errors.StorageFull` for a disk-full *error*, else *error*
+    itself.
 
     SQLite reports a full disk (or a database at its page limit) as ``SQLITE_FULL``
     ("database or disk is full"); a write of the operating system as ``ENOSPC``.  Both become one

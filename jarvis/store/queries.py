@@ -16,8 +16,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from jarvis.errors import InvalidInput, NotFound
-from jarvis.message_states import MESSAGE_STATES
+from jarvis.common.errors import InvalidInput, NotFound
+from jarvis.common.message_states import MESSAGE_STATES
 from jarvis.store import schema
 from jarvis.store.records import Contact, HistoryPage, StoredMessage, copy_unchecked
 from jarvis.store.rows import (
@@ -151,7 +151,7 @@ def advance_states(
 
     Per id, the first row (in rowid order) whose state may advance to *state* advances:
     one ``UPDATE ... RETURNING`` per :data:`_PER_STATEMENT` ids, whose WHERE clause holds the
-    rank rule of :mod:`jarvis.message_states` (a delivered or read message leaves the outbox
+    rank rule of :mod:`jarvis.common.message_states` (a delivered or read message leaves the outbox
     index by its new state).  An
     id given twice counts once.
 
@@ -528,7 +528,7 @@ def load(db: Rows, dump: dict[str, Any]) -> None:
 
     :returns: None once loaded; it fails with
         :class:`StoreNotEmpty` if the store holds anything, or
-        :class:`~jarvis.errors.InvalidInput` if the dump is malformed.
+        :class:`~jarvis.common.errors.InvalidInput` if the dump is malformed.
     """
     conn = db.conn
     for table in ("contacts", "conversations", "messages", "settings"):

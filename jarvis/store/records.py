@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from jarvis.entropy import public_random
-from jarvis.errors import InvalidInput
-from jarvis.message_states import states_for
+from jarvis.common.entropy import public_random
+from jarvis.common.errors import InvalidInput
+from jarvis.common.message_states import states_for
 
 
 def new_message_id(now: float) -> str:
@@ -74,7 +74,7 @@ class StoredMessage:
     :param contact: the uid of the contact the conversation is with.
     :param direction: ``"in"`` (received) or ``"out"`` (sent by the local user).
     :param body: the text of the message.
-    :param state: one of :func:`jarvis.message_states.states_for` *direction*.
+    :param state: one of :func:`jarvis.common.message_states.states_for` *direction*.
     :param created: when the message was written (outgoing) or received (incoming).
     :param sent: when it left this node (outgoing), if it did.
     :param delivered: when the peer acknowledged it (outgoing), if it did.

@@ -19,8 +19,8 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from jarvis.errors import InvalidInput, JarvisError, Locked, NotFound
-from jarvis.message_states import states_before
+from jarvis.common.errors import InvalidInput, JarvisError, Locked, NotFound
+from jarvis.common.message_states import states_before
 from jarvis.store import schema
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-from jarvis.errors import JarvisError
+from jarvis.common.errors import JarvisError
 
 
 class SchemaTooNew(JarvisError):

@@ -45,7 +45,7 @@ def osc52(text: str) -> str:
 def write_private_file(path: str, text: str) -> None:
     """Write *text* to *path* (mode 0600, replacing it atomically: a symbolic link or another
     user's file there is replaced, never written through).  Blocking: run it in a thread."""
-    from jarvis.atomicfile import write_text_atomically
+    from jarvis.common.atomicfile import write_text_atomically
 
     write_text_atomically(path, text, mode=0o600)
 
@@ -93,7 +93,7 @@ class DaemonConnector:
         self.spawned = False
 
     def _description(self) -> tuple[str, str | None]:
-        from jarvis import paths
+        from jarvis.common import paths
 
         description = self._endpoint or paths.client_endpoint_for(self._data_dir)
         return description, paths.client_token_for(self._data_dir, description)
@@ -109,7 +109,7 @@ class DaemonConnector:
 
         def failed(failure: Failure) -> Failure:
             if self._start_daemon and not self.spawned and self._endpoint is None:
-                from jarvis import launcher
+                from jarvis.app import launcher
 
                 # a daemon killed a moment ago may still be a zombie, which twistd and the lock
                 # take for a running daemon: start the replacement on a later attempt
@@ -125,7 +125,7 @@ class DaemonConnector:
         """Start a detached daemon for the data directory (twistd forks and exits)."""
         self.spawned = True
         try:
-            from jarvis import launcher
+            from jarvis.app import launcher
 
             # without options of its own, the replacement listens where the last daemon of this
             # data directory did (its daemon.json), not on the defaults
@@ -167,7 +167,7 @@ def make_screen() -> Any:
 
 def _start_logging(data_dir: str) -> Any:
     """Send the UI's log to ``ui.log`` in *data_dir* (or nowhere), never to the terminal."""
-    from jarvis import logs
+    from jarvis.common import logs
 
     try:
         f: Any = logs.open_private_append(os.path.join(data_dir, UI_LOGFILE))
@@ -192,12 +192,12 @@ def run(
     """Run the terminal UI until the user quits.
 
     :param data_dir: the Jarvis data directory whose daemon to attach to, or the ``jarvis``
-        command's parsed options (:class:`jarvis.cli.Options`, whose ``data_dir()`` names it).
+        command's parsed options (:class:`jarvis.app.cli.Options`, whose ``data_dir()`` names it).
     :param endpoint: an IPC endpoint description to use instead of the data directory's.
     :param embedded_service: ``(reactor, data_dir) -> IService``: run the daemon's services it
         builds in this process instead of attaching to a separate daemon (they stop when the UI
-        closes).  The composition root (:mod:`jarvis.cli`) passes
-        :func:`jarvis.daemon.make_embedded_service`.
+        closes).  The composition root (:mod:`jarvis.app.cli`) passes
+        :func:`jarvis.app.daemon.make_embedded_service`.
     :param start_daemon: start a detached daemon if none answers.
     :param theme: a palette theme (``default``, ``light``, ``mono``; ``NO_COLOR`` forces mono).
     :param daemon_args: more ``twistd jarvis`` options for a daemon the UI starts (e.g.
@@ -210,8 +210,8 @@ def run(
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         sys.stderr.write("jarvis: the terminal UI needs a terminal (stdin and stdout)\n")
         return 2
-    from jarvis import paths
-    from jarvis import reactor as jreactor
+    from jarvis.common import paths
+    from jarvis.runtime import reactor as jreactor
 
     try:
         reactor = jreactor.install()

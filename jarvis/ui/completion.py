@@ -3,7 +3,7 @@
 :func:`file_argument` finds the path being typed, :func:`listing` reads the folder it names
 (blocking: the controller runs it off the reactor thread) and :func:`complete` extends the typed
 path to the longest prefix the matching names share, adding ``/`` after a folder.  Names are
-shown through :func:`~jarvis.textsafe.terminal_safe`; a name that would not survive that (an
+shown through :func:`~jarvis.common.textsafe.terminal_safe`; a name that would not survive that (an
 escape or control character) is completed as typed, never inserted raw into the input line.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from jarvis.textsafe import terminal_safe
+from jarvis.common.textsafe import terminal_safe
 
 #: The command whose argument is completed.
 FILE_COMMAND = "/file "

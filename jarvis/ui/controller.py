@@ -26,7 +26,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jarvis.turn import OncePerTurn
+from jarvis.runtime.turn import OncePerTurn
 from jarvis.ui import completion
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs

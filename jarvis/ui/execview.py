@@ -3,7 +3,7 @@
 ``/exec [-o] [-t SECONDS] COMMAND...`` splits COMMAND with :mod:`shlex` (no shell) and calls the
 daemon's ``exec.run`` on the UI's own connection with a progress callback: each output chunk
 becomes local lines of the conversation area (:meth:`MessengerModel.add_local`: shown here,
-never sent), made terminal-safe (:func:`jarvis.textsafe.terminal_safe`: controls and bidi
+never sent), made terminal-safe (:func:`jarvis.common.textsafe.terminal_safe`: controls and bidi
 characters turn into visible escapes), at most :data:`MAX_LINES` lines of one run.  With
 ``-o`` the output (as shown, at most :data:`MESSAGE_LIMIT` bytes, with a note when cut) is
 sent to the conversation open when the command started, as one message, once it ended.
@@ -30,7 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from jarvis.textsafe import human_duration, terminal_safe
+from jarvis.common.textsafe import human_duration, terminal_safe
 from jarvis.ui.calls import error_text, is_cancel
 from jarvis.ui.model import MessengerModel
 

@@ -17,9 +17,15 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from jarvis.message_states import MESSAGE_STATES, may_advance
-from jarvis.summary import AMBER, GREEN, GREY, RED, summary_level
-from jarvis.textsafe import human_bytes, human_duration, human_since, strip_bidi, terminal_safe
+from jarvis.common.message_states import MESSAGE_STATES, may_advance
+from jarvis.common.summary import AMBER, GREEN, GREY, RED, summary_level
+from jarvis.common.textsafe import (
+    human_bytes,
+    human_duration,
+    human_since,
+    strip_bidi,
+    terminal_safe,
+)
 
 #: Connection summary levels and what they mean.
 
@@ -269,7 +275,8 @@ class ConnectionSummary:
 
     @classmethod
     def from_counts(cls, online: int, total: int) -> ConnectionSummary:
-        """Summarise *online* of *total* peers (the rule: :func:`jarvis.summary.summary_level`)."""
+        """Summarise *online* of *total* peers (the rule:
+        :func:`jarvis.common.summary.summary_level`)."""
         return cls(summary_level(online, total), online, total)
 
     @classmethod

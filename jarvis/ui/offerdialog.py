@@ -4,7 +4,7 @@ accept into a folder you type, decline, or decide later.
 The controller opens it when an offer (``transfer.offered``) arrives in the conversation that is
 open on the main screen and no other dialog is up; offers elsewhere keep their line with the
 ``/accept`` hint.  "Later" has the focus, so an Enter typed for a message as the dialog appears
-accepts nothing.  Names are shown through :func:`~jarvis.textsafe.terminal_safe`.
+accepts nothing.  Names are shown through :func:`~jarvis.common.textsafe.terminal_safe`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import urwid
 
-from jarvis.textsafe import human_bytes, terminal_safe
+from jarvis.common.textsafe import human_bytes, terminal_safe
 from jarvis.ui.widgets import Dialog, ReadlineEdit, button, field
 
 #: ``on_answer(verb, args)``: ``("accept", (id,))``, ``("accept", (id, folder))`` or

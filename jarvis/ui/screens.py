@@ -15,7 +15,7 @@ from typing import Any
 
 import urwid
 
-from jarvis.textsafe import human_bytes, human_duration, human_since, local_time, strip_bidi
+from jarvis.common.textsafe import human_bytes, human_duration, human_since, local_time, strip_bidi
 from jarvis.ui import keymap
 from jarvis.ui.banner import TAGLINE, BannerText
 from jarvis.ui.model import (

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from jarvis.textsafe import human_bytes, terminal_safe
+from jarvis.common.textsafe import human_bytes, terminal_safe
 from jarvis.ui.host import UiHost
 from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
 

@@ -22,12 +22,12 @@ class JarvisServiceMaker:
 
     @property
     def options(self) -> Any:
-        from jarvis.daemon import DaemonOptions
+        from jarvis.app.daemon import DaemonOptions
 
         return DaemonOptions
 
     def makeService(self, options: Any) -> IService:
-        from jarvis.daemon import make_service
+        from jarvis.app.daemon import make_service
 
         return make_service(options)
 

@@ -1,6 +1,7 @@
 """Read a password from a file or stdin, for the CLI and the daemon's ``--password-file``.
 
-Shared by the composition roots (:mod:`jarvis.cli`, :mod:`jarvis.daemon`) so that neither imports
+Shared by the composition roots (:mod:`jarvis.app.cli`, :mod:`jarvis.app.daemon`) so that neither
+imports
 the other.  It must not prompt (the CLI does that) nor log what it reads.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from jarvis import errors
+from jarvis.common import errors
 
 
 def read_password_file(path: str, stdin: Any = None) -> str:

@@ -1,12 +1,13 @@
 """The ``jarvis`` commands that talk to the daemon: one coroutine per command, run by :func:`run`.
 
-:mod:`jarvis.cli` parses the command line, reads passwords and files, installs the reactor and
+:mod:`jarvis.app.cli` parses the command line, reads passwords and files, installs the reactor and
 hands over to :func:`run` (``task.react``).  Keeping the commands here keeps them off the terminal
-UI's start-up path (``jarvis`` with no command imports only :mod:`jarvis.cli`).  Output is plain
+UI's start-up path (``jarvis`` with no command imports only :mod:`jarvis.app.cli`).  Output is plain
 text, or one JSON document with ``--json``; errors become one line and an exit status.
 
-Like :mod:`jarvis.cli`, this module must not import ``jarvis.core``: it only talks to the daemon
-through the API (:mod:`jarvis.ipc.client`).  It must not import :mod:`jarvis.cli` either (the CLI
+Like :mod:`jarvis.app.cli`, this module must not import ``jarvis.core``: it only talks to the daemon
+through the API (:mod:`jarvis.ipc.client`).  It must not import :mod:`jarvis.app.cli` either (the
+CLI
 is the composition root that calls it); the parsed options arrive as a :class:`CommandLine`.
 """
 
@@ -24,17 +25,23 @@ from twisted.internet import defer, error
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from jarvis import errors
-from jarvis.exitstatus import (
+from jarvis.app.exitstatus import (
     EXIT_BROKEN_PIPE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_TOO_MANY_ATTEMPTS,
 )
+from jarvis.app.launcher import process_state, recorded_pids
+from jarvis.common import errors
+from jarvis.common.message_states import states_from
+from jarvis.common.textsafe import (
+    human_bytes,
+    human_duration,
+    human_since,
+    is_unsafe,
+    terminal_safe,
+)
 from jarvis.ipc.jsonrpc import RemoteError, too_many_attempts_text
-from jarvis.launcher import process_state, recorded_pids
-from jarvis.message_states import states_from
-from jarvis.textsafe import human_bytes, human_duration, human_since, is_unsafe, terminal_safe
 
 #: How long ``daemon start`` waits for the new daemon's API, and ``daemon stop`` for its exit.
 START_DEADLINE = 15.0
@@ -42,7 +49,7 @@ STOP_DEADLINE = 15.0
 
 
 class CommandLine(Protocol):
-    """What the commands need of the parsed command line (:class:`jarvis.cli.Options` is one):
+    """What the commands need of the parsed command line (:class:`jarvis.app.cli.Options` is one):
     the commands never import the CLI, the CLI hands its options over."""
 
     subCommand: str | None
@@ -68,13 +75,13 @@ class Session:
 
     def endpoint(self) -> str:
         """Return the API endpoint of the data directory's daemon."""
-        from jarvis import paths
+        from jarvis.common import paths
 
         return paths.client_endpoint_for(self.data_dir)
 
     def token(self, endpoint: str) -> str | None:
         """Return the TCP token from the data directory, for TCP endpoints."""
-        from jarvis import paths
+        from jarvis.common import paths
 
         return paths.client_token_for(self.data_dir, endpoint)
 
@@ -111,7 +118,7 @@ class Session:
     def emit(self, text: str | None, document: Any) -> None:
         """Print *text*, or *document* as JSON with ``--json``.
 
-        Text goes through :func:`~jarvis.textsafe.terminal_safe` (names and bodies from peers
+        Text goes through :func:`~jarvis.common.textsafe.terminal_safe` (names and bodies from peers
         cannot drive the terminal); JSON stays exact (see :func:`json_text`).
         """
         if self.options.wants_json():
@@ -184,7 +191,7 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
     :raises errors.AlreadyRunning: if a daemon already answers.
     :raises errors.DaemonNotRunning: if it did not come up within :data:`START_DEADLINE`.
     """
-    from jarvis.launcher import replacement_argv, spawn_detached_daemon, wait_until
+    from jarvis.app.launcher import replacement_argv, spawn_detached_daemon, wait_until
 
     running = await _status_or_none(session)
     if running is not None:
@@ -215,7 +222,7 @@ async def start_daemon(session: Session, sub: usage.Options | None = None) -> di
 
 def _start_failure(data_dir: str, output: str, code: int) -> str:
     """Return the most telling line about a failed start: twistd's output, else its log."""
-    from jarvis import paths
+    from jarvis.common import paths
 
     lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
     reason = lines[-1] if lines else f"exit status {code}"
@@ -229,7 +236,7 @@ def _start_failure(data_dir: str, output: str, code: int) -> str:
         return f"{reason} ({logfile})"
     for line in reversed(tail):
         text = line.split("] ", 1)[-1].strip()
-        if text.startswith("jarvis.errors."):
+        if text.startswith("jarvis.common.errors."):
             # a JarvisError's text is written for the user: it says what to do
             return f"{text.split(': ', 1)[-1]} (log: {logfile})"
         if "Error" in text or "error:" in text:
@@ -243,7 +250,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def _pidfile_pid(data_dir: str) -> int | None:
-    from jarvis import paths
+    from jarvis.common import paths
 
     try:
         with open(paths.pidfile_path(data_dir), encoding="ascii") as f:
@@ -286,7 +293,7 @@ async def _wait_previous_gone(session: Session) -> None:
 
     :raises errors.AlreadyRunning: if that process runs without answering, or lingers.
     """
-    from jarvis.launcher import wait_until
+    from jarvis.app.launcher import wait_until
 
     for pid in recorded_pids(session.data_dir):
 
@@ -311,7 +318,7 @@ async def _wait_previous_gone(session: Session) -> None:
 
 async def _wait_exit(reactor: Any, pid: int) -> bool:
     # another process's exit (not our child) has no event: check with backoff to the deadline
-    from jarvis.launcher import wait_until
+    from jarvis.app.launcher import wait_until
 
     async def exited() -> bool | None:
         return True if not pid_alive(pid) else None
@@ -362,7 +369,7 @@ async def cmd_daemon(session: Session, sub: usage.Options, inputs: dict[str, Any
 
 def install_unit(session: Session, sub: usage.Options) -> None:
     """``daemon install-unit [--force] [--print]``: write (or print) the systemd user unit."""
-    from jarvis import launcher, systemd
+    from jarvis.app import launcher, systemd
 
     daemon_args = launcher.replacement_argv(
         session.data_dir, {"listen": sub["listen"], "advertise": sub["advertise"]}
@@ -503,7 +510,7 @@ async def cmd_whoami(session: Session, sub: usage.Options, inputs: dict[str, Any
 def _write_card(path: str, text: str) -> None:
     """Write the contact card (public: mode 0644), replacing *path* atomically: a symbolic link
     or another user's file there is replaced, never written through."""
-    from jarvis.atomicfile import write_text_atomically
+    from jarvis.common.atomicfile import write_text_atomically
 
     write_text_atomically(path, text, mode=0o644)
 
@@ -629,7 +636,7 @@ async def history_messages(
 
 async def cmd_history(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``history CONTACT [--limit N|--all] [--before ID] [--after ID]``: oldest first."""
-    from jarvis.textsafe import terminal_safe
+    from jarvis.common.textsafe import terminal_safe
 
     messages = await history_messages(
         session, sub["contact"], limit=sub["limit"], before=sub["before"], after=sub["after"]
@@ -652,7 +659,7 @@ async def _show_contact(session: Session, ref: str) -> dict[str, Any]:
 
 
 def _safe_name(contact: dict[str, Any]) -> str:
-    from jarvis.textsafe import terminal_safe
+    from jarvis.common.textsafe import terminal_safe
 
     return terminal_safe(_contact_name(contact), keep_newlines=False)
 
@@ -800,7 +807,7 @@ async def cmd_settings(session: Session, sub: usage.Options, inputs: dict[str, A
 
 
 def _ago(timestamp: Any, now: float) -> str | None:
-    from jarvis.textsafe import human_since
+    from jarvis.common.textsafe import human_since
 
     if not isinstance(timestamp, int | float):
         return None
@@ -809,7 +816,7 @@ def _ago(timestamp: Any, now: float) -> str | None:
 
 def peer_lines(peer: dict[str, Any], now: float) -> list[str]:
     """Return the text lines that describe one entry of ``peers.status``."""
-    from jarvis.textsafe import human_bytes, terminal_safe
+    from jarvis.common.textsafe import human_bytes, terminal_safe
 
     name = terminal_safe(str(peer.get("name") or peer.get("uid", "?")[:12]), keep_newlines=False)
     status = str(peer.get("status") or "offline")
@@ -942,7 +949,7 @@ def exec_status(result: dict[str, Any]) -> int:
 
 
 def _run_lines(runs: list[dict[str, Any]]) -> list[str]:
-    from jarvis.textsafe import human_bytes, human_duration
+    from jarvis.common.textsafe import human_bytes, human_duration
 
     lines = []
     for run in runs:

@@ -18,8 +18,9 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import jarvis
-from jarvis import errors, launcher
-from jarvis.atomicfile import write_text_atomically
+from jarvis.app import launcher
+from jarvis.common import errors
+from jarvis.common.atomicfile import write_text_atomically
 
 UNIT_NAME = "jarvis.service"
 

@@ -26,8 +26,8 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from jarvis import paths
-from jarvis.atomicfile import write_atomically
+from jarvis.common import paths
+from jarvis.common.atomicfile import write_atomically
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jarvis.errors import UntrustedDaemon
+from jarvis.common.errors import UntrustedDaemon
 
 __all__ = ["PeerCredentials", "check_local_server", "peer_credentials", "socket_owner"]
 

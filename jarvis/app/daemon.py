@@ -6,7 +6,7 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 - the blocking-work thread pool (Argon2id, key file I/O),
 - the reactor-lag probe,
 - the :class:`~jarvis.core.node.Node` (identity, store, peers),
-- LAN discovery (:class:`~jarvis.lanservice.LanService`), running while unlocked and the
+- LAN discovery (:class:`~jarvis.app.lanservice.LanService`), running while unlocked and the
   ``lan_discovery`` setting is on,
 - the peer listener (``--listen``), a ``strports`` service, refusing connections while locked,
 - the local API listener (``--ipc``), a ``strports`` service,
@@ -15,7 +15,7 @@ returns a :class:`JarvisDaemon` (a ``MultiService``) with these children, starte
 
 A failed listen aborts start-up with the reason.  A second daemon on the same data directory is
 refused by a lock file before anything is written.  Starting records the start options in
-``daemon.json`` (for a replacement daemon, see :mod:`jarvis.launcher`) and the pid that
+``daemon.json`` (for a replacement daemon, see :mod:`jarvis.app.launcher`) and the pid that
 ``daemon.status`` reports: twistd builds the service before it forks to daemonize, so the pid is
 read when the service starts.  Stopping (SIGTERM, Ctrl-C, ``daemon.stop``) closes the listeners,
 the peer sessions and the store, then removes the endpoint file and the lock.
@@ -45,10 +45,11 @@ from twisted.python.lockfile import FilesystemLock
 from twisted.python.threadpool import ThreadPool
 
 import jarvis
-from jarvis import paths
-from jarvis.atomicfile import write_text_atomically
-from jarvis.errors import AlreadyRunning, CannotListen, JarvisError
-from jarvis.logs import (
+from jarvis.app.passwordfile import read_password_file
+from jarvis.common import paths
+from jarvis.common.atomicfile import write_text_atomically
+from jarvis.common.errors import AlreadyRunning, CannotListen, JarvisError
+from jarvis.common.logs import (
     LEVELS,
     json_file_observer,
     load_log_key,
@@ -58,7 +59,6 @@ from jarvis.logs import (
     text_observer,
 )
 from jarvis.mailbox.attach import MailboxConnector
-from jarvis.passwordfile import read_password_file
 
 #: The accept queue of the peer listener.  Twisted's default is 50: after a daemon restart every
 #: contact redials within a few seconds, and connections beyond a full queue are dropped by the
@@ -315,7 +315,7 @@ class JarvisDaemon(MultiService):
         from jarvis.core.node import Node
         from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
         from jarvis.ipc.server import IpcServerFactory
-        from jarvis.lag import ReactorLagProbe
+        from jarvis.runtime.lag import ReactorLagProbe
 
         self.reactor = reactor
         self.options = options
@@ -345,7 +345,7 @@ class JarvisDaemon(MultiService):
             mailbox_factory=lambda: MailboxConnector(reactor, time.time),
         )
         self.node.setServiceParent(self)
-        from jarvis.lanservice import LanService, lan_discovery_factory
+        from jarvis.app.lanservice import LanService, lan_discovery_factory
 
         self._lan_knock_keys: Any = None  # the current network's, shared with discovery
         self.lan = LanService(
@@ -407,7 +407,7 @@ class JarvisDaemon(MultiService):
         self.ipc_listener = reporting_service(ipc_listen_description(ipc_desc), factory, reactor)
         self.ipc_listener.setServiceParent(self)
 
-        from jarvis.notify import Notifier
+        from jarvis.app.notify import Notifier
 
         def is_shown(uid: str) -> bool:
             return any(getattr(c, "focus", None) == uid for c in factory.connections)
@@ -490,7 +490,7 @@ class JarvisDaemon(MultiService):
 
         twistd builds the application from :func:`make_service` and then starts logging with
         the application's ``ILogObserver`` component if it has one: ours rotates the text log
-        (see :func:`jarvis.logs.text_observer`), twistd's own would keep every rotated file.
+        (see :func:`jarvis.common.logs.text_observer`), twistd's own would keep every rotated file.
         """
         twistd_options = getattr(self.options, "parent", None)
         if isinstance(parent, Componentized) and twistd_options is not None:
@@ -558,8 +558,8 @@ class JarvisDaemon(MultiService):
             )
 
     def _remember_options(self) -> None:
-        """Record the start options for a replacement daemon (see :mod:`jarvis.launcher`)."""
-        from jarvis import launcher
+        """Record the start options for a replacement daemon (see :mod:`jarvis.app.launcher`)."""
+        from jarvis.app import launcher
 
         try:
             launcher.write_daemon_options(self.data_dir, self.options)
@@ -608,7 +608,7 @@ def make_service(options: DaemonOptions, reactor: Any = None) -> JarvisDaemon:
     :param options: parsed :class:`DaemonOptions`.
     :param reactor: the reactor to use (tests pass a fake); default: the installed asyncio reactor.
     """
-    from jarvis import reactor as jreactor
+    from jarvis.runtime import reactor as jreactor
 
     try:
         if reactor is None:

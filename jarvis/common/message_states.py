@@ -4,13 +4,14 @@ An outgoing message goes ``queued -> sent -> delivered -> read``, an incoming on
 ``received -> read``.  The store's UPDATEs (:func:`jarvis.store.queries.advance_states`,
 ``deliver_through``, ``mark_read``), its outbox (the outgoing states before ``delivered``), the
 UI's model (a late report of an earlier state never takes a message back) and ``jarvis send
---wait`` all ask this module.  It holds no I/O and imports nothing but :mod:`jarvis.errors`, so
+--wait`` all ask this module.  It holds no I/O and imports nothing but :mod:`jarvis.common.errors`,
+so
 every layer may use it.
 """
 
 from __future__ import annotations
 
-from jarvis.errors import InvalidInput
+from jarvis.common.errors import InvalidInput
 
 #: The states of an outgoing message, in the only order they may advance.
 OUTGOING_STATES: tuple[str, ...] = ("queued", "sent", "delivered", "read")

@@ -5,7 +5,7 @@ Every command except ``daemon start``/``stop`` is one or two calls to the runnin
 one JSON document with ``--json``.  Errors are one line on stderr and exit status 1; usage errors
 exit 2; a password refused unchecked after too many wrong ones exits 75; Ctrl+C cancels the call
 in the daemon too and exits 130 (``watch`` exits 0); a closed stdout (``| head -1``) exits 141
-quietly.  (:mod:`jarvis.exitstatus`.)
+quietly.  (:mod:`jarvis.app.exitstatus`.)
 
 Passwords come from ``--password-file FILE`` (its first line; ``-`` reads stdin) or from a
 ``getpass`` prompt on a terminal; they are read before the reactor starts, sent only to the
@@ -15,7 +15,7 @@ With no command, ``jarvis`` starts the terminal UI (``jarvis.ui.app.run(options)
 installed, else prints help.  This module must not import ``jarvis.core``: it only talks to the
 daemon through the API.  It is on the UI's start-up path, so what only some commands need
 (prompts, child processes, threads, the IPC client) is imported where it is used, and the
-commands themselves live in :mod:`jarvis.commands`.
+commands themselves live in :mod:`jarvis.app.commands`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from twisted.internet import task
 from twisted.python import usage
 
 import jarvis
-from jarvis import errors
-from jarvis.exitstatus import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
-from jarvis.passwordfile import read_password_file
+from jarvis.app.exitstatus import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
+from jarvis.app.passwordfile import read_password_file
+from jarvis.common import errors
 
 __all__ = ["EXIT_INTERRUPTED", "Options", "main", "read_password_file"]
 #: How many messages ``history`` shows without --limit or --all.
@@ -905,7 +905,7 @@ class Options(usage.Options):
 
     def data_dir(self) -> str:
         """Return the data directory (absolute)."""
-        from jarvis import paths
+        from jarvis.common import paths
 
         chosen = self["data-dir"] or paths.default_data_dir()
         return os.path.abspath(os.path.expanduser(chosen))
@@ -1014,7 +1014,7 @@ def _start_ui(options: Options) -> int | None:
     embedded_service = None
     if options["embedded"]:
         # the composition root wires: the UI is handed the daemon's service builder
-        from jarvis.daemon import make_embedded_service
+        from jarvis.app.daemon import make_embedded_service
 
         embedded_service = make_embedded_service
     status = app.run(options.data_dir(), embedded_service=embedded_service)
@@ -1025,7 +1025,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     """The ``jarvis`` console script.
 
     Output to a closed pipe (``jarvis --help | head -1``) ends the command quietly with
-    :data:`~jarvis.exitstatus.EXIT_BROKEN_PIPE` (141), with no traceback.
+    :data:`~jarvis.app.exitstatus.EXIT_BROKEN_PIPE` (141), with no traceback.
 
     :param argv: the arguments (default ``sys.argv[1:]``).
     """
@@ -1044,7 +1044,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
 
 
 def _broken_pipe() -> int:
-    from jarvis.commands import quiet_stdout
+    from jarvis.app.commands import quiet_stdout
 
     quiet_stdout()
     return EXIT_BROKEN_PIPE
@@ -1077,8 +1077,8 @@ def _main(argv: list[str] | None) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED)
-    from jarvis import reactor as jarvis_reactor
-    from jarvis.commands import run
+    from jarvis.app.commands import run
+    from jarvis.runtime import reactor as jarvis_reactor
 
     reactor = jarvis_reactor.install()
     task.react(run, (options, inputs), _reactor=reactor)

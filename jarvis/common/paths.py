@@ -18,7 +18,7 @@ import os
 import stat
 import tempfile
 
-from jarvis.errors import DataDirError
+from jarvis.common.errors import DataDirError
 
 #: Default peer-to-peer listening endpoint: TCP port 7770 on every interface.
 DEFAULT_PEER_PORT = 7770

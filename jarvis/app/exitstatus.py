@@ -1,6 +1,7 @@
 """The ``jarvis`` command's exit statuses, one constant per meaning.
 
-Shared by the command line (:mod:`jarvis.cli`) and the commands (:mod:`jarvis.commands`) so that
+Shared by the command line (:mod:`jarvis.app.cli`) and the commands (:mod:`jarvis.app.commands`) so
+that
 the commands never import the CLI.  It must import nothing.
 """
 

@@ -1,0 +1,2 @@
+"""Running on the reactor: installing it, the asyncio bridge, once-per-turn work and the lag
+probe."""
