@@ -549,16 +549,11 @@ class Groups:
         contact = self._contacts.resolve(contact_ref)
         if not contact.public_key:
             raise InvalidInput("the contact's key is not known yet: connect with it once first")
-        previous = group.state
-        try:
-            addresses = ",".join(contact.addresses).encode("ascii", "ignore")[:512]
-            state = invite(previous, identity, bytes(contact.public_key), addresses=addresses)
-        except StateRefused as e:
-            raise InvalidInput(f"not allowed: {e.reason}") from e
-        except ValueError as e:
-            raise InvalidInput(str(e)) from e
-        yield self._adopt(group, [state])
-        yield self._fan_state(previous, state)
+        addresses = ",".join(contact.addresses).encode("ascii", "ignore")[:512]
+        state = yield self._change(
+            group,
+            lambda s: invite(s, identity, bytes(contact.public_key), addresses=addresses),
+        )
         chain = encode_payload(KIND_INVITE, encode_chain(group.states))
         yield self._send(contact.uid, None, chain)
         return {"group": group.group_id.hex(), "invited": contact.uid, "version": state.version}
@@ -688,13 +683,9 @@ class Groups:
         group = self._live(ref)
         member = self._member(group, member_ref)
         head = group.log.head(member.public_key)
-        previous = group.state
-        try:
-            state = remove(previous, identity, member.uid, last_seq=head.seq if head else 0)
-        except StateRefused as e:
-            raise InvalidInput(f"not allowed: {e.reason}") from e
-        yield self._adopt(group, [state])
-        yield self._fan_state(previous, state)
+        state = yield self._change(
+            group, lambda s: remove(s, identity, member.uid, last_seq=head.seq if head else 0)
+        )
         return {"group": group.group_id.hex(), "removed": member.uid, "version": state.version}
 
     @defer.inlineCallbacks
@@ -703,13 +694,9 @@ class Groups:
         _store, identity = self._require()
         group = self._live(ref)
         head = group.log.head(self._own_key())
-        previous = group.state
-        try:
-            state = leave(previous, identity, last_seq=head.seq if head else 0)
-        except StateRefused as e:
-            raise InvalidInput(f"not allowed: {e.reason}") from e
-        yield self._adopt(group, [state])
-        yield self._fan_state(previous, state)
+        state = yield self._change(
+            group, lambda s: leave(s, identity, last_seq=head.seq if head else 0)
+        )
         return {"group": group.group_id.hex(), "left": True, "version": state.version}
 
     @defer.inlineCallbacks
@@ -720,15 +707,7 @@ class Groups:
         group = self._live(ref)
         if name is None and topic is None:
             raise InvalidInput("give a new name or a new topic")
-        previous = group.state
-        try:
-            state = rename(previous, identity, name=name, topic=topic)
-        except StateRefused as e:
-            raise InvalidInput(f"not allowed: {e.reason}") from e
-        except ValueError as e:
-            raise InvalidInput(str(e)) from e
-        yield self._adopt(group, [state])
-        yield self._fan_state(previous, state)
+        yield self._change(group, lambda s: rename(s, identity, name=name, topic=topic))
         return self._view(group)
 
     @defer.inlineCallbacks
@@ -748,13 +727,7 @@ class Groups:
                 "role": role,
                 "version": group.state.version,
             }
-        previous = group.state
-        try:
-            state = set_role(previous, identity, member.uid, wanted)
-        except StateRefused as e:
-            raise InvalidInput(f"not allowed: {e.reason}") from e
-        yield self._adopt(group, [state])
-        yield self._fan_state(previous, state)
+        state = yield self._change(group, lambda s: set_role(s, identity, member.uid, wanted))
         return {
             "group": group.group_id.hex(),
             "member": member.uid,
@@ -786,6 +759,25 @@ class Groups:
         raise NotFound(f"{ref!r} is not a member of {group.state.name!r}")
 
     # -- states --------------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _change(self, group: Any, make: Callable[[GroupState], GroupState]) -> Any:
+        """Make the next state of *group* with *make* (invite, remove, leave, rename, role),
+        keep it and fan it out to the members; a refused change is ``InvalidInput`` ("not
+        allowed: ...") and changes nothing.
+
+        :returns: a Deferred firing with the new state.
+        """
+        previous = group.state
+        try:
+            state = make(previous)
+        except StateRefused as e:
+            raise InvalidInput(f"not allowed: {e.reason}") from e
+        except ValueError as e:
+            raise InvalidInput(str(e)) from e
+        yield self._adopt(group, [state])
+        yield self._fan_state(previous, state)
+        return state
 
     @defer.inlineCallbacks
     def _adopt(self, group: Group, states: list[GroupState]) -> Any:
