@@ -17,6 +17,7 @@ from jarvis.ui.model import (
     group_key,
     parse_input,
 )
+from jarvis.ui.widgets import delivery_mark
 from tests.ui_fakes import (
     ME_UID,
     UID_ALICE,
@@ -174,6 +175,118 @@ class GroupModelTests(SynchronousTestCase):
         self.assertIsInstance(parse_input("/group delete x"), InputError)
 
 
+def delivery(ident: str, delivered: int, members: int) -> dict[str, Any]:
+    return {"group": GID, "id": ident, "delivered": delivered, "members": members}
+
+
+def line_of(text: str, body: str) -> str:
+    """The one screen line showing *body*, its padding before the mark squeezed to a space."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if body in line]
+    if len(lines) != 1:
+        raise AssertionError(f"{body!r} on {len(lines)} lines of {text!r}")
+    return lines[0]
+
+
+class GroupDeliveryModelTests(SynchronousTestCase):
+    """ "Delivered to 3 of 9" in the model: my group messages' counts, kept only growing."""
+
+    def loaded(self, **mine: Any) -> MessengerModel:
+        model = unlocked_model()
+        model.load_groups({"groups": [group_view()]})
+        history = [
+            group_message("g1", UID_BOB, "hi", 0, delivered=None, members=None),
+            group_message("g2", ME_UID, "yo", 1, **({"delivered": 1, "members": 3} | mine)),
+        ]
+        model.load_history(KEY, {"group": GID, "messages": history})
+        return model
+
+    def counts(self, model: MessengerModel, ident: str = "g2") -> tuple[Any, Any, str]:
+        message = model.conversations[KEY].messages[ident]
+        return message.group_delivered, message.group_members, message.state
+
+    def test_history_then_events_count_up(self) -> None:
+        """When my message loads at 1 of 3 and group.delivery says 2 then 3, then it counts up
+        and is delivered at 3 of 3; a late event (2) or an older page (1) never takes it
+        back; another member's message carries no count."""
+        model = self.loaded()
+        self.assertEqual(self.counts(model), (1, 3, "sent"))
+        self.assertEqual(self.counts(model, "g1"), (None, None, "received"))
+        model.apply_event(
+            "group.delivery", {"group": GID, "id": "g2", "delivered": 2, "members": 3}
+        )
+        self.assertEqual(self.counts(model), (2, 3, "sent"))
+        model.apply_event(
+            "group.delivery", {"group": GID, "id": "g2", "delivered": 3, "members": 3}
+        )
+        self.assertEqual(self.counts(model), (3, 3, "delivered"))
+        model.apply_event(
+            "group.delivery", {"group": GID, "id": "g2", "delivered": 2, "members": 3}
+        )
+        self.assertEqual(self.counts(model), (3, 3, "delivered"))
+        older = [group_message("g2", ME_UID, "yo", 1, delivered=1, members=3)]
+        model.load_history(KEY, {"group": GID, "messages": older})
+        self.assertEqual(self.counts(model), (3, 3, "delivered"))
+
+    def test_event_before_the_send_answer(self) -> None:
+        """When group.delivery for my new message arrives before the send's answer (which
+        says 0 of 2), then the line shows the event's 1 of 2, not 0."""
+        model = self.loaded()
+        model.apply_event(
+            "group.delivery", {"group": GID, "id": "g9", "delivered": 1, "members": 2}
+        )
+        self.assertNotIn("g9", model.conversations[KEY].messages)
+        answer = group_message("g9", ME_UID, "new", 2, delivered=0, members=2)
+        model.add_message(Message.from_group(answer, ME_UID))
+        self.assertEqual(self.counts(model, "g9"), (1, 2, "sent"))
+        # the group.message event of the same send (also 0 of 2) changes nothing
+        model.apply_event("group.message", {"message": answer})
+        self.assertEqual(self.counts(model, "g9"), (1, 2, "sent"))
+        # a group not open yet: the event waits for its history page (which says 0 of 3)
+        model.conversations.clear()
+        model.apply_event("group.delivery", delivery("g2", 3, 3))
+        self.assertNotIn(KEY, model.conversations)
+        mine = [group_message("g2", ME_UID, "yo", 1, delivered=0, members=3)]
+        model.load_history(KEY, {"group": GID, "messages": mine})
+        self.assertEqual(self.counts(model), (3, 3, "delivered"))
+
+    def test_malformed_or_foreign_delivery_ignored(self) -> None:
+        """When group.delivery names another member's message, an unknown group, or carries
+        a count that is not a non-negative integer, then nothing changes (no conversation
+        appears for the unknown group)."""
+        model = self.loaded()
+        bad = [
+            {"group": GID, "id": "g1", "delivered": 2, "members": 3},
+            {"group": "cd" * 16, "id": "g2", "delivered": 3, "members": 3},
+            {"group": GID, "id": "g2", "delivered": True, "members": 3},
+            {"group": GID, "id": "g2", "delivered": -1, "members": 3},
+            {"group": GID, "id": "g2", "delivered": "3", "members": 3},
+            {"group": GID, "id": "g2", "delivered": 3, "members": None},
+            {"group": GID, "delivered": 3, "members": 3},
+        ]
+        for payload in bad:
+            model.apply_event("group.delivery", payload)
+        self.assertEqual(self.counts(model), (1, 3, "sent"))
+        self.assertEqual(self.counts(model, "g1"), (None, None, "received"))
+        self.assertNotIn(group_key("cd" * 16), model.conversations)
+
+    def test_marks(self) -> None:
+        """When a line's mark is chosen, then my group message says ✓ n/m while some members
+        lack it and ✓✓ m/m once all have it; a group of one and 1:1 messages keep the plain
+        marks (with ✉ for the mailbox)."""
+        base = Message.from_group(group_message("g2", ME_UID, "yo", 1), ME_UID)
+        self.assertEqual(delivery_mark(base.with_group_delivery(3, 9)), ("✓ 3/9", "mark_sent"))
+        self.assertEqual(
+            delivery_mark(base.with_group_delivery(9, 9)), ("✓✓ 9/9", "mark_delivered")
+        )
+        self.assertEqual(delivery_mark(base.with_group_delivery(0, 0)), ("✓", "mark_sent"))
+        direct = Message("m1", UID_ALICE, "out", "hi", "delivered", 0.0, path="mailbox")
+        self.assertEqual(delivery_mark(direct), ("✉✓✓", "mark_delivered"))
+        body = "\x1b[31mred\u202e"
+        hostile = group_message("g3", ME_UID, body, 2, delivered="\x1b[2J", members=2)
+        message = Message.from_group(hostile, ME_UID)
+        self.assertEqual((message.group_delivered, delivery_mark(message)[0]), (None, "✓"))
+
+
 def started_with_group(**fields: Any) -> tuple[Any, Any]:
     client = make_populated_client()
     client.add_group(GID, "family", **fields)
@@ -230,6 +343,44 @@ class GroupControllerTests(SynchronousTestCase):
         controller.clock.advance(0)
         self.assertIn("alice: on my way", screen_text(controller.window, (100, 20)))
         self.assertIn("groups.markRead", client.methods_called())
+
+    def test_delivery_count_live(self) -> None:
+        """When I write in a group of three, then my line shows ✓ 0/2, and each group.delivery
+        updates it live: ✓ 1/2, then ✓✓ 2/2 (also on a 40-column screen)."""
+        client = make_populated_client()
+        client.add_group(GID, "family")
+        client.add_group_member(GID, UID_ALICE, "alice")
+        client.add_group_member(GID, UID_BOB, "bob")
+        controller, client, _, _ = make_controller(client)
+        open_group(controller)
+        press(controller, "see you there", "enter", size=(100, 20))
+        sent = client.group_messages[GID][-1]
+        self.assertEqual((sent["delivered"], sent["members"]), (0, 2))
+        body = "me: see you there"
+        screen = (100, 20)
+        self.assertTrue(line_of(screen_text(controller.window, screen), body).endswith(" ✓ 0/2"))
+        client.deliver_group_message(GID, sent["id"])
+        self.assertTrue(line_of(screen_text(controller.window, screen), body).endswith(" ✓ 1/2"))
+        client.deliver_group_message(GID, sent["id"])
+        text = screen_text(controller.window, screen)
+        self.assertTrue(line_of(text, body).endswith("see you there ✓✓ 2/2"))
+        self.assertIn("✓✓ 2/2", screen_text(controller.window, (40, 12)))
+
+    def test_history_shows_counts_on_my_lines_only(self) -> None:
+        """When a group opens whose history has my message stored by 1 of 2, then my line
+        shows ✓ 1/2 and the other member's line shows no mark."""
+        client = make_populated_client()
+        client.add_group(GID, "family")
+        client.add_group_member(GID, UID_ALICE, "alice")
+        client.add_group_member(GID, UID_BOB, "bob")
+        mine = client.add_group_message(GID, ME_UID, "who brings bread")
+        mine["delivered"] = 1
+        client.add_group_message(GID, UID_BOB, "I do", author_name="bob")
+        controller, client, _, _ = make_controller(client)
+        open_group(controller)
+        text = screen_text(controller.window, (100, 20))
+        self.assertTrue(line_of(text, "who brings bread").endswith("who brings bread ✓ 1/2"))
+        self.assertNotIn("✓", line_of(text, "bob: I do"))
 
     def test_create_opens_group(self) -> None:
         """When /group create NAME is typed, then groups.create is called and the new group

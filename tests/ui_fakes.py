@@ -293,6 +293,9 @@ class FakeDaemonClient(FakeGroupsMixin):
             "seq": len(messages) + 1,
             "created": NOW + self._next_id,
             "index": len(messages),
+            # my own: stored by none yet of the other members; others' carry no count
+            "delivered": 0 if author == ME_UID else None,
+            "members": len(self.group_members.get(ident, [])) - 1 if author == ME_UID else None,
         }
         self._next_id += 1
         messages.append(message)
@@ -300,6 +303,35 @@ class FakeDaemonClient(FakeGroupsMixin):
         if unread:
             self.groups[ident]["unread"] += 1
         return message
+
+    def add_group_member(self, ident: str, uid: str, name: str) -> None:
+        """Make contact *uid* a member of group *ident* (as an accepted invitation would)."""
+        self.group_members[ident].append(
+            {
+                "uid": uid,
+                "name": name,
+                "role": "member",
+                "contact": True,
+                "me": False,
+                "online": True,
+            }
+        )
+        self.groups[ident]["members"] = len(self.group_members[ident])
+
+    def deliver_group_message(self, ident: str, message_id: str) -> dict[str, Any]:
+        """One more member stored my group message: count it and emit ``group.delivery``."""
+        for message in self.group_messages[ident]:
+            if message["id"] == message_id:
+                message["delivered"] += 1
+                payload = {
+                    "group": ident,
+                    "id": message_id,
+                    "delivered": message["delivered"],
+                    "members": message["members"],
+                }
+                self.emit("group.delivery", payload)
+                return payload
+        raise KeyError(message_id)
 
     # the interface ------------------------------------------------------------------------
 

@@ -86,6 +86,14 @@ def _strings(value: object) -> tuple[str, ...]:
     return tuple(strip_bidi(str(v)) for v in value) if isinstance(value, list | tuple) else ()
 
 
+def _tally(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+#: ``group.delivery`` events kept for a message not yet shown (the event raced its send).
+EARLY_DELIVERIES = 256
+
+
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
@@ -207,6 +215,21 @@ class Message:
     seq: int = 0  # its position in the conversation (the daemon's order; 0 if not given)
     path: str | None = None  # "mailbox": deposited in the contact's mailbox; else None
     author: str = ""  # a group message's author, as shown on its line ("" in 1:1)
+    #: my group message: how many of the other members (``group_members``, of the state it was
+    #: written under) have stored it; both ``None`` on others' messages and in 1:1
+    group_delivered: int | None = None
+    group_members: int | None = None
+
+    def with_group_delivery(self, delivered: int, members: int) -> Message:
+        """This group message stored by *delivered* of *members* (never fewer than known):
+        ``delivered`` once all have it."""
+        if self.group_delivered is not None and self.group_delivered > delivered:
+            delivered = self.group_delivered
+        delivered = min(delivered, members)
+        state = self.state
+        if members and delivered >= members and may_advance(self.direction, state, "delivered"):
+            state = "delivered"
+        return replace(self, group_delivered=delivered, group_members=members, state=state)
 
     @classmethod
     def from_group(cls, data: Mapping[str, Any], me: str | None) -> Message:
@@ -223,7 +246,7 @@ class Message:
         mine = bool(me) and author == me
         name = _text(data.get("author_name")) or (author[:12] if isinstance(author, str) else "?")
         index = data.get("index")
-        return cls(
+        message = cls(
             id=str(ident),
             contact=group_key(group),
             direction="out" if mine else "in",
@@ -233,6 +256,10 @@ class Message:
             seq=index + 1 if isinstance(index, int) and index >= 0 else 0,
             author="" if mine else name,
         )
+        delivered, members = _tally(data.get("delivered")), _tally(data.get("members"))
+        if mine and delivered is not None and members is not None:
+            message = message.with_group_delivery(delivered, members)
+        return message
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> Message:
@@ -428,6 +455,12 @@ def _furthest(old: Message, new: Message) -> Message:
         new = replace(new, seq=old.seq)
     if old.path and not new.path:
         new = replace(new, path=old.path)
+    if old.group_delivered is not None and old.group_members is not None:
+        # a group message's count only grows (an answer or a page may be older than an event)
+        if new.group_members is None:
+            new = replace(new, group_delivered=old.group_delivered, group_members=old.group_members)
+        else:
+            new = new.with_group_delivery(old.group_delivered, new.group_members)
     return old if new == old else new
 
 
@@ -724,6 +757,8 @@ class MessengerModel:
         #: per group key, its members as ``groups.members`` last said
         self.members: dict[str, list[dict[str, Any]]] = {}
         self._next_operation = 1
+        #: ``group.delivery`` counts of my group messages not shown yet, by (key, id)
+        self._early_deliveries: dict[tuple[str, str], tuple[int, int]] = {}
         #: file names by transfer id (from transfer events), for the progress line
         self.transfer_names: dict[str, str] = {}
 
@@ -923,6 +958,12 @@ class MessengerModel:
                 message = Message.from_group(data, me) if is_group(uid) else Message.from_api(data)
             except ValueError:
                 continue
+            early = self._early_deliveries.pop((uid, message.id), None)
+            if early is not None and message.group_members is not None:
+                message = message.with_group_delivery(*early)
+            old = conversation.messages.get(message.id)
+            if old is not None and old.group_members is not None:
+                message = _furthest(old, message)  # keep a count an event gave meanwhile
             conversation.put(message)
         if not older:
             marker = result.get("marker")
@@ -974,6 +1015,30 @@ class MessengerModel:
         if message.contact in self.contacts:
             self.add_message(message)
 
+    def _group_delivery(self, payload: Mapping[str, Any]) -> None:
+        ident, group = payload.get("id"), payload.get("group")
+        delivered, members = _tally(payload.get("delivered")), _tally(payload.get("members"))
+        if not isinstance(ident, str | int) or not isinstance(group, str) or not group:
+            return
+        key = group_key(group)
+        if delivered is None or members is None or key not in self.contacts:
+            return
+        conversation = self.conversations.get(key)
+        message = conversation.messages.get(str(ident)) if conversation is not None else None
+        if message is None or conversation is None:
+            # the event raced the send's answer (or the group is not open): keep it for then
+            early = self._early_deliveries
+            early[(key, str(ident))] = (delivered, members)
+            while len(early) > EARLY_DELIVERIES:
+                del early[next(iter(early))]
+            return
+        if message.direction != "out":
+            return
+        updated = message.with_group_delivery(delivered, members)
+        if updated != message:
+            conversation.put(updated)
+            self._changed("messages")
+
     def _group_changed(self, payload: Mapping[str, Any]) -> None:
         data = payload.get("group")
         if isinstance(data, Mapping):
@@ -1015,6 +1080,9 @@ class MessengerModel:
         either order) is shown once, and keeps the furthest state either report gave it.
         """
         conversation = self.conversation(message.contact)
+        early = self._early_deliveries.pop((message.contact, message.id), None)
+        if early is not None and message.direction == "out":
+            message = message.with_group_delivery(*early)
         old = conversation.messages.get(message.id)
         is_new = old is None
         if old is not None:
@@ -1233,6 +1301,7 @@ class MessengerModel:
         "group.removed": _group_removed,
         "group.invited": _group_invited,
         "group.dropped": _group_dropped,
+        "group.delivery": _group_delivery,
     }
 
     # conversations -----------------------------------------------------------------------

@@ -47,6 +47,23 @@ MAILBOX_MARK = "✉"
 NEW_MESSAGES = " new messages "
 
 
+def delivery_mark(message: Message) -> tuple[str, str]:
+    """The mark (text, style) at the end of my message's line.
+
+    A group message the daemon counts says how many of the other members stored it: ``✓ 3/9``
+    while some have not, ``✓✓ 9/9`` once all have (a group of one shows the plain mark).
+    """
+    mark, style = DELIVERY_MARKS.get(message.state, DELIVERY_MARKS["queued"])
+    delivered, members = message.group_delivered, message.group_members
+    if delivered is not None and members:
+        if delivered >= members:
+            return f"✓✓ {members}/{members}", DELIVERY_MARKS["delivered"][1]
+        return f"✓ {delivered}/{members}", DELIVERY_MARKS["sent"][1]
+    if message.path == "mailbox":
+        mark = MAILBOX_MARK + mark
+    return mark, style
+
+
 def _word_start(text: str, pos: int) -> int:
     """Index where the word before *pos* starts (readline's backward-word)."""
     while pos > 0 and not text[pos - 1].isalnum():
@@ -318,10 +335,9 @@ class MessageRow(urwid.WidgetWrap[urwid.Columns]):
         body = urwid.Text([(name_style, sender[:16] + ": "), (body_style, message.body)])
         columns: list[Any] = [(6, urwid.Text(("time", stamp))), body]
         if not incoming:
-            mark, style = DELIVERY_MARKS.get(message.state, DELIVERY_MARKS["queued"])
-            if message.path == "mailbox":
-                mark = MAILBOX_MARK + mark
-            columns.append((3, urwid.Text((style, mark), align="right")))
+            mark, style = delivery_mark(message)
+            width = 3 if len(mark) <= 3 else len(mark) + 1  # a group's count keeps a space
+            columns.append((width, urwid.Text((style, mark), align="right")))
         super().__init__(urwid.Columns(columns))
 
 
