@@ -13,7 +13,7 @@ never into Jarvis's own environment).  Figures:
   system CPU seconds per GiB (``os.wait4``);
 - ``wormhole_sender_peak_rss_mib`` / ``wormhole_receiver_peak_rss_mib``: each end's peak RSS.
 
-``python -m bench.wormhole_bench --venv /work/wt/files-venv [--size-mib 1024] [--runs 3]``
+``python -m bench.wormhole_bench --venv WORMHOLE_VENV [--size-mib 1024] [--runs 3]``
 prints one line per run and the median; the received file is compared with the sent one.
 Needs root for ``unshare -n`` (it re-executes itself inside the namespace).
 """
