@@ -844,24 +844,38 @@ class PeerNetwork:
         return peer.active.path if peer is not None and peer.active is not None else None
 
     def _dial_endpoint(
-        self, peer: _Peer, endpoint: ClientEndpoint, path: PeerPath, address: str | None
+        self,
+        peer: _Peer,
+        endpoint: ClientEndpoint,
+        path: PeerPath,
+        address: str | None,
+        *,
+        creator: Any = None,
+        initiator: bool = True,
+        knock: bool = True,
     ) -> Deferred[None]:
-        creator = client_creator(self._identity, peer.uid, contexts=self._contexts)
+        """One outbound attempt through *endpoint*: (the knock,) pinned TLS as *creator*
+        (default: our client creator) and the session's hello, as initiator or not (a relayed
+        attempt may be the TLS server of its join and sends no knock: the relay joined us)."""
+        if creator is None:
+            creator = client_creator(self._identity, peer.uid, contexts=self._contexts)
         attempt = _Attempt(self, peer, creator, path, address)
         peer.connect_attempts += 1
         peer.attempts.add(attempt)
         tls_factory = TLSMemoryBIOFactory(
-            cast(IOpenSSLClientConnectionCreator, creator),
-            True,
-            cast(IProtocolFactory, self._peer_factory(attempt, initiator=True)),
+            creator,
+            initiator,
+            cast(IProtocolFactory, self._peer_factory(attempt, initiator=initiator)),
             clock=self._reactor,
         )
-        knocking = KnockSenderFactory(
-            cast(IProtocolFactory, tls_factory),
-            lambda: self._knock_for(peer),
-            attempt.peer_closed_before_tls,
-        )
-        connecting = endpoint.connect(cast(IProtocolFactory, knocking))
+        factory: Any = tls_factory
+        if knock:
+            factory = KnockSenderFactory(
+                cast(IProtocolFactory, tls_factory),
+                lambda: self._knock_for(peer),
+                attempt.peer_closed_before_tls,
+            )
+        connecting = endpoint.connect(cast(IProtocolFactory, factory))
         attempt.connecting = connecting
         connecting.addCallbacks(attempt.connected, attempt.connect_failed)
         self._update_state(peer)
@@ -904,16 +918,7 @@ class PeerNetwork:
             if is_client
             else RelayServerCreator(self._identity, uid, self._contexts)
         )
-        attempt = _Attempt(self, peer, creator, relayed_path(f"{link.host}:{link.port}"), None)
-        peer.connect_attempts += 1
-        peer.attempts.add(attempt)
         log.debug("joining {uid} through a relay", uid=log_id(uid))
-        tls_factory = TLSMemoryBIOFactory(
-            creator,
-            is_client,
-            cast(IProtocolFactory, self._peer_factory(attempt, initiator=is_client)),
-            clock=self._reactor,
-        )
         endpoint = RelayEndpoint(
             self._endpoint_for(link.host, link.port),
             relay_wire.relay_key(pair),
@@ -921,11 +926,15 @@ class PeerNetwork:
             self._reactor,
             timeout=self._relay_timeout,
         )
-        connecting = endpoint.connect(tls_factory)
-        attempt.connecting = connecting
-        connecting.addCallbacks(attempt.connected, attempt.connect_failed)
-        self._update_state(peer)
-        return attempt.result
+        return self._dial_endpoint(
+            peer,
+            endpoint,
+            relayed_path(f"{link.host}:{link.port}"),
+            None,
+            creator=creator,
+            initiator=is_client,
+            knock=False,
+        )
 
     # -- knock ----------------------------------------------------------------------------------
 
