@@ -130,3 +130,33 @@ async def until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await task.deferLater(reactor, interval, lambda: None)
+
+
+async def contacts_with_mailboxes(
+    testcase: Any,
+) -> tuple[MailboxProcess, MailboxProcess, Any, Any]:
+    """Start two mailboxes and two befriended daemons, alice (on the first) and bobby (on the
+    second), and wait until each knows the other's mailbox.
+
+    :returns: ``(box_a, box_b, alice, bob)``.
+    """
+    from tests.daemons import short_tempdir
+    from tests.peers import Peer, befriend
+
+    root = short_tempdir(testcase)
+    box_a = await start_mailbox(testcase, os.path.join(root, "ma"))
+    box_b = await start_mailbox(testcase, os.path.join(root, "mb"))
+    alice, bob = Peer(testcase, root, "alice"), Peer(testcase, root, "bobby")
+    await alice.start(create=True)
+    await bob.start(create=True)
+    await befriend(alice, bob)
+    await alice.call("mailbox.use", link=str(box_a.link()))
+    await bob.call("mailbox.use", link=str(box_b.link()))
+
+    async def reachable(peer: Any) -> bool:
+        status = await peer.call("mailbox.status")
+        return bool(status["connected"] and status["contacts_reachable"] == 1)
+
+    await until(lambda: reachable(alice), what="alice knows bob's mailbox")
+    await until(lambda: reachable(bob), what="bob knows alice's mailbox")
+    return box_a, box_b, alice, bob

@@ -5,16 +5,13 @@ and restarted each time on the same data directory and port."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.daemons import short_tempdir
-from tests.mailboxes import start_mailbox, until
-from tests.peers import Peer, befriend
+from tests.mailboxes import contacts_with_mailboxes, until
 
 FIRST = 100  # deposited before the first kill
 SECOND = 200  # deposited across it
@@ -30,22 +27,7 @@ class MailboxKilledTests(TestCase):
         directory and port, then the sender's deposits resume within seconds (not after the
         60 s retry), every deposit acknowledged before the kill survives, the recipient holds
         all 300 exactly once and in order, and the sender's messages end delivered."""
-        root = short_tempdir(self)
-        box_a = await start_mailbox(self, os.path.join(root, "ma"))
-        box_b = await start_mailbox(self, os.path.join(root, "mb"))
-        alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
-        await alice.start(create=True)
-        await bob.start(create=True)
-        await befriend(alice, bob)
-        await alice.call("mailbox.use", link=str(box_a.link()))
-        await bob.call("mailbox.use", link=str(box_b.link()))
-
-        async def reachable(peer: Peer) -> bool:
-            status = await peer.call("mailbox.status")
-            return bool(status["connected"] and status["contacts_reachable"] == 1)
-
-        await until(lambda: reachable(alice), what="alice knows bob's mailbox")
-        await until(lambda: reachable(bob), what="bob knows alice's mailbox")
+        _box_a, box_b, alice, bob = await contacts_with_mailboxes(self)
         await bob.stop()
         await alice.recorder.wait(lambda: not alice.online_with(bob)())
 

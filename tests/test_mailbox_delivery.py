@@ -12,7 +12,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
 from tests.daemons import short_tempdir
-from tests.mailboxes import MailboxProcess, start_mailbox, until
+from tests.mailboxes import MailboxProcess, contacts_with_mailboxes, until
 from tests.peers import Peer, befriend
 
 CANARY = "CANARY-7f3a9c"
@@ -29,22 +29,7 @@ class NeverOnlineTogetherTests(TestCase):
         its acks reach A when A starts again (every message ends delivered), the mailboxes'
         data directories and logs hold no canary, uid or name, and once B removes A, A's
         deposits are refused."""
-        root = short_tempdir(self)
-        box_a = await start_mailbox(self, os.path.join(root, "ma"))
-        box_b = await start_mailbox(self, os.path.join(root, "mb"))
-        alice, bob = Peer(self, root, "alice"), Peer(self, root, "bobby")
-        await alice.start(create=True)
-        await bob.start(create=True)
-        await befriend(alice, bob)
-        await alice.call("mailbox.use", link=str(box_a.link()))
-        await bob.call("mailbox.use", link=str(box_b.link()))
-
-        async def reachable(peer: Peer) -> bool:
-            status = await peer.call("mailbox.status")
-            return bool(status["connected"] and status["contacts_reachable"] == 1)
-
-        await until(lambda: reachable(alice), what="alice knows bob's mailbox")
-        await until(lambda: reachable(bob), what="bob knows alice's mailbox")
+        box_a, box_b, alice, bob = await contacts_with_mailboxes(self)
 
         # B goes offline; A sends 1,000 messages, deposited in B's mailbox
         await bob.stop()
