@@ -128,6 +128,8 @@ class TransferEntry:
     redial_delay: float = REDIAL_INITIAL
     #: Sender: the source kept open for the receiver's dial back (after our dial failed).
     pull_source: Any = None
+    #: Sender: the receiver asked to meet at the relay while a dial of ours was in flight.
+    relay_wanted: bool = False
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
     @property
@@ -446,6 +448,9 @@ class Transfers:
                 pass
         elif isinstance(record, DialBack) and not entry.sending:
             self._dial_back(entry)
+        elif isinstance(record, DialBack) and entry.sending:
+            # the receiver could not dial us either and waits at the relay: meet it there
+            self._relay_requested(entry)
         elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
             self._finish(entry, "cancelled", "declined: " + _safe(record.reason), notice="")
         elif isinstance(record, Cancel) and entry.state not in FINAL_STATES:
@@ -688,6 +693,58 @@ class Transfers:
         if entry.pull_source is not None:
             self._send_control(entry.peer, DialBack(entry.offer.transfer_id))
 
+    def _can_relay(self, uid: str) -> bool:
+        has_relay = getattr(self._network, "has_relay", None)
+        return has_relay is not None and bool(has_relay(uid))
+
+    def _meet_at_relay(self, entry: TransferEntry) -> None:
+        """Receiver: neither side could dial the other; join the relay for this transfer and
+        ask the sender (a ``DialBack`` in the other direction) to join it too."""
+        if (
+            entry.state != "accepted"
+            or entry.streaming
+            or entry.partial is None
+            or self._network is None
+            or not self._can_relay(entry.peer)
+        ):
+            return
+        entry.streaming = True
+        self.log.info("meeting at a relay for transfer {tid}", tid=log_id(entry.id))
+        self._network.relay_receive(entry.peer, entry.partial, _StreamObserver(self, entry, None))
+        if entry.streaming:
+            self._send_control(entry.peer, DialBack(entry.offer.transfer_id))
+
+    def _relay_requested(self, entry: TransferEntry) -> None:
+        """Sender: the receiver waits for us at the relay (after both dials failed)."""
+        if entry.state != "accepted" or self._network is None or not self._can_relay(entry.peer):
+            return
+        if entry.streaming:
+            entry.relay_wanted = True  # a dial of ours is in flight: join once it fails
+            return
+        self._join_relay(entry)
+
+    @defer.inlineCallbacks
+    def _join_relay(self, entry: TransferEntry) -> Any:
+        """Sender: join the relay for *entry*'s data and send the file there."""
+        self._cancel_redial(entry)
+        entry.streaming = True
+        source, entry.pull_source = entry.pull_source, None
+        try:
+            if source is None:
+                if entry.prepared is None:
+                    entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
+                source = yield self._run(FileSource, entry.prepared)
+        except (SourceChanged, OSError) as e:
+            entry.streaming = False
+            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
+            return
+        if entry.state != "accepted" or self._network is None:
+            entry.streaming = False
+            source.close()
+            return
+        self.log.info("meeting at a relay for transfer {tid}", tid=log_id(entry.id))
+        self._network.relay_send(entry.peer, source, _StreamObserver(self, entry, source))
+
     def reopen_partials(self) -> defer.Deferred[Any]:
         """Reopen (and re-verify) the partial files of accepted incoming transfers."""
         return defer.DeferredList(
@@ -730,6 +787,7 @@ class Transfers:
 
     def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
         entry.streaming = False
+        entry.relay_wanted = False
         entry.done = entry.offer.size
         if final_path is not None:
             entry.path = final_path
@@ -749,6 +807,14 @@ class Transfers:
         if entry.state == "streaming":
             entry.state = "accepted"
             self._changed(entry)
+        if entry.sending and entry.relay_wanted:
+            entry.relay_wanted = False
+            if self._sessions(entry.peer) is not None:
+                self._join_relay(entry)
+                return
+        if not entry.sending and reason.startswith(NO_DATA_CONNECTION):
+            self._meet_at_relay(entry)  # our dial back failed too
+            return
         if entry.sending and self._sessions(entry.peer) is not None:
             if reason.startswith(NO_DATA_CONNECTION):
                 self._ask_dial_back(entry)

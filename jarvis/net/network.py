@@ -91,6 +91,7 @@ from jarvis.net.transfer_link import (
     TRANSFER_PREFACE,
     TRANSFER_PULL_PREFACE,
     InboundDemux,
+    RelayedDataProtocol,
     TransferDialFactory,
     TransferDialProtocol,
 )
@@ -561,6 +562,8 @@ class PeerNetwork:
         # file transfer data connections (jarvis.net.transfer_link), by transfer id
         self._links_in: dict[bytes, PeerProtocol] = {}
         self._links_out: dict[bytes, Any] = {}
+        # relayed data connections waiting for their partner at the relay, by transfer id
+        self._relay_waits: dict[bytes, Deferred[Any]] = {}
         self._undecided: set[PeerProtocol] = set()
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
@@ -739,7 +742,7 @@ class PeerNetwork:
         for protocol in list(self._protocols):
             if protocol.session is None:
                 protocol.lose_connection()
-        for tid in list(self._links_in) + list(self._links_out):
+        for tid in list(self._links_in) + list(self._links_out) + list(self._relay_waits):
             self.stop_transfer(tid)
         for protocol in list(self._undecided):
             protocol.abort()
@@ -1357,8 +1360,121 @@ class PeerNetwork:
 
         try_next("the contact has no address")
 
+    # -- relayed data connections (jarvis.net.transfer_link.RelayedDataProtocol) ----------------
+
+    def has_relay(self, uid: str) -> bool:
+        """Whether a data connection with *uid* may go through a relay: a mailbox relay is
+        known for the pair and so is the contact's key (the pair key makes the token)."""
+        if self._relay_links is None or not self._directory.public_key(uid):
+            return False
+        return bool(self._relay_links(uid))
+
+    def relay_send(self, uid: str, source: Any, observer: Any) -> None:
+        """Meet *uid* at a relay for a file's data connection and send *source* on it.
+
+        For when neither side could dial the other: the receiver joins too
+        (:meth:`relay_receive`, asked over the session).  The relays of ``relay_links(uid)``
+        are tried in order (both sides sort them alike); *observer* hears
+        ``stream_ended(reason, True)`` if no partner came at any.
+        """
+        transfer_id = source.prepared.offer.transfer_id
+        self._relay_data(uid, transfer_id, lambda: TransferSender(source, observer), observer, True)
+
+    def relay_receive(self, uid: str, partial: Any, observer: Any) -> None:
+        """As :meth:`relay_send`, on the receiving side: receive into *partial*."""
+        transfer_id = partial.offer.transfer_id
+        self._relay_data(
+            uid,
+            transfer_id,
+            lambda: TransferReceiver(partial, observer, reread_on_finish=False),
+            observer,
+            False,
+        )
+
+    def _relay_data(
+        self,
+        uid: str,
+        transfer_id: bytes,
+        make_inner: Callable[[], Any],
+        observer: Any,
+        sending: bool,
+    ) -> None:
+        """Join the relays for *uid* in turn with the transfer's token, then pinned TLS end to
+        end (client: the lower uid; no knock: the relay joined us), then the hellos."""
+        links = list(self._relay_links(uid)) if self._relay_links is not None else []
+        public = self._directory.public_key(uid)
+        pair = self._knock_keys.key(uid, public) if public else None
+        side = relay_wire.side_of(self._identity.uid, uid)
+        is_client = side == relay_wire.SIDE_CLIENT
+
+        def try_next(reason: str) -> None:
+            self._links_out.pop(transfer_id, None)
+            self._relay_waits.pop(transfer_id, None)
+            if self._stopping or not links or pair is None:
+                observer.stream_ended(f"no relayed data connection: {reason}", True)
+                return
+            try:
+                link = parse_link(links.pop(0))
+            except BadMailboxLink as e:
+                try_next(str(e))
+                return
+            key = relay_wire.transfer_relay_key(pair)
+            link_protocol = RelayedDataProtocol(
+                make_inner(),
+                transfer_id,
+                self._reactor,
+                self._handshake_timeout,
+                try_next,
+                sending,
+            )
+            creator: Any = (
+                client_creator(self._identity, uid, contexts=self._contexts)
+                if is_client
+                else RelayServerCreator(self._identity, uid, self._contexts)
+            )
+            tls_factory = TLSMemoryBIOFactory(
+                creator,
+                is_client,
+                cast(IProtocolFactory, TransferDialFactory(lambda: link_protocol)),
+                clock=self._reactor,
+            )
+            endpoint = RelayEndpoint(
+                self._endpoint_for(link.host, link.port),
+                key,
+                side,
+                self._reactor,
+                timeout=self._relay_timeout,
+                token_for=lambda window, gen: relay_wire.transfer_token(
+                    key, transfer_id, window, gen
+                ),
+            )
+            log.debug("joining {uid} through a relay for a transfer", uid=log_id(uid))
+            self._links_out[transfer_id] = link_protocol
+            joining = endpoint.connect(cast(IProtocolFactory, tls_factory))
+            self._relay_waits[transfer_id] = joining
+
+            def paired(result: Any) -> Any:
+                self._relay_waits.pop(transfer_id, None)
+                return result
+
+            def failed(f: Failure) -> None:
+                if self._links_out.get(transfer_id) is link_protocol:
+                    try_next(describe_failure(f))
+
+            joining.addCallbacks(paired, failed)
+
+        if pair is None:
+            reason = "the contact's key is not known"
+        else:
+            reason = "no relay for this contact"
+        try_next(reason)
+
     def stop_transfer(self, transfer_id: bytes) -> None:
         """Drop the data connection of *transfer_id*, if one is open (it was cancelled)."""
+        waiting = self._relay_waits.pop(transfer_id, None)
+        if waiting is not None:
+            self._links_out.pop(transfer_id, None)
+            waiting.cancel()
         inbound = self._links_in.pop(transfer_id, None)
         if inbound is not None:
             inbound.abort()

@@ -112,6 +112,9 @@ class RelayEndpoint:
     :param clock: the reactor's time (token window, deadline).
     :param now: wall-clock seconds (the token window; defaults to ``clock.seconds``).
     :param timeout: seconds to wait for the partner, at most.
+    :param token_for: ``(window, generation) -> token``; default the session's
+        (:func:`jarvis.protocol.relay.token` with *key*); a file transfer's data connection
+        passes its own (:func:`jarvis.protocol.relay.transfer_token`).
     """
 
     def __init__(
@@ -123,7 +126,9 @@ class RelayEndpoint:
         *,
         now: Callable[[], float] | None = None,
         timeout: float = 35.0,
+        token_for: Callable[[int, int], bytes] | None = None,
     ) -> None:
+        self._token_for = token_for or (lambda window, gen: wire.token(key, window, gen))
         self._tcp = tcp
         self._key = key
         self._side = side
@@ -133,7 +138,7 @@ class RelayEndpoint:
 
     def _join(self, generation: int) -> bytes:
         window = wire.window_of(self._now())
-        return wire.Join(wire.token(self._key, window, generation), self._side).to_bytes()
+        return wire.Join(self._token_for(window, generation), self._side).to_bytes()
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         """Join the relay; fire with *protocolFactory*'s protocol once paired."""

@@ -16,6 +16,10 @@ listening side) and nothing else.
   receiver dialling back, :data:`TRANSFER_PULL_PREFACE`) makes it ask for the file's source
   and run a ``TransferSender``.  A peer that sends none within the handshake timeout is dropped.
 
+Through a relay (:class:`RelayedDataProtocol`) both ends dial out to the mailbox, join with
+the transfer's own token (:func:`jarvis.protocol.relay.transfer_token`) and write a hello: the
+sender its preface, the receiver the pull preface, each with the transfer id.
+
 The preface can never start a session by mistake: it differs from ``JARVIS\\x00\\x01`` in its
 first byte.  This module never logs file names or content.
 """
@@ -103,6 +107,67 @@ class TransferDialProtocol(Protocol):
             self.inner.connectionLost(reason)
         else:
             self._on_lost(str(reason.getErrorMessage()))
+
+
+class RelayedDataProtocol(TransferDialProtocol):
+    """Either end of a data connection through a mailbox's relay, inside TLS.
+
+    Both contacts joined the relay with the transfer's own token and neither listens, so each
+    writes a hello when TLS is up: :data:`TRANSFER_PREFACE` and the transfer id from the
+    sender, :data:`TRANSFER_PULL_PREFACE` and the transfer id from the receiver.  Each side
+    checks that the other's hello is the opposite one for the same transfer before it hands
+    the transport to *inner* (the ``TransferSender`` or ``TransferReceiver``); anything else
+    aborts the connection.  The TLS roles (client: the lower uid) are the relay's rule and
+    independent of who sends the file.
+
+    :param sending: whether this side sends the file.
+    """
+
+    def __init__(
+        self,
+        inner: Protocol,
+        transfer_id: bytes,
+        clock: Any,
+        timeout: float,
+        on_lost: Callable[[str], None],
+        sending: bool,
+    ) -> None:
+        own, other = (TRANSFER_PREFACE, TRANSFER_PULL_PREFACE)[:: 1 if sending else -1]
+        super().__init__(inner, transfer_id, clock, timeout, on_lost, own)
+        self._expected = other + transfer_id
+        self._hello = b""
+        self._tls_up = False
+
+    def handshakeCompleted(self) -> None:
+        transport: Any = self.transport
+        transport.write(self.preface + self.transfer_id)
+        self._tls_up = True
+        self._check_hello()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._started:
+            self.inner.dataReceived(data)
+            return
+        self._hello += data
+        self._check_hello()
+
+    def _check_hello(self) -> None:
+        if not self._tls_up or len(self._hello) < len(self._expected):
+            return
+        transport: Any = self.transport
+        head, rest = self._hello[: len(self._expected)], self._hello[len(self._expected) :]
+        self._hello = b""
+        if head != self._expected:
+            self._tls_up = False
+            transport.abortConnection()
+            return
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        self._started = True
+        self.inner.makeConnection(transport)
+        if rest:
+            self.inner.dataReceived(rest)
 
 
 class TransferDialFactory(Factory):

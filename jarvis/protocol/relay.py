@@ -15,6 +15,9 @@ relays bytes it cannot read.  The layout, the key derivation and test vectors ar
 
 The knock pair key (:func:`jarvis.protocol.knock.pair_key`) is computable only by the two
 contacts, so nobody else can make their token, and tokens of two windows cannot be linked.
+A file transfer's data connection joins the same way with a token of its own
+(:func:`transfer_token`: another key, another label, and the transfer id), so the relay pairs
+the transfer's two ends and keeps them apart from the session's.
 A token that has been paired is burnt at the mailbox (a join replayed from a capture is
 refused with :data:`STATUS_USED`); the pair then moves to the next *generation* of the same
 window, which both sides compute alike.
@@ -89,6 +92,39 @@ def token(key: bytes, window: int, generation: int = 0) -> bytes:
     if not 0 <= generation < 256:
         raise ValueError("a generation is one byte")
     data = _LABEL + struct.pack(">QB", window & 0xFFFFFFFFFFFFFFFF, generation)
+    return hmac.digest(key, data, "sha256")
+
+
+#: The label of a file transfer's relay tokens (:func:`transfer_token`).
+_TRANSFER_LABEL = b"jarvis-relay-transfer-v1"
+
+
+def transfer_relay_key(knock_pair_key: bytes) -> bytes:
+    """Return the pair's key for file transfer relay tokens (issue 18).
+
+    ``HKDF-SHA256(salt="jarvis-relay-v1", ikm=knock_pair_key, info="relay transfer")``: a
+    key of its own, so a transfer's token is never the session's (:func:`relay_key`) and
+    helps compute neither the session's nor another transfer's.
+    """
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_LABEL, info=b"relay transfer").derive(
+        knock_pair_key
+    )
+
+
+def transfer_token(key: bytes, transfer_id: bytes, window: int, generation: int = 0) -> bytes:
+    """Return the token that pairs the two ends of one transfer's relayed data connection.
+
+    ``HMAC-SHA256(transfer_relay_key, "jarvis-relay-transfer-v1" || transfer id (16) ||
+    u64 window || u8 generation)``: both contacts compute it from the transfer id they share,
+    so the relay pairs the transfer's two ends, never a transfer's end with a session's.
+    """
+    if len(transfer_id) != 16:
+        raise ValueError("a transfer id is 16 bytes")
+    if not 0 <= generation < 256:
+        raise ValueError("a generation is one byte")
+    data = (
+        _TRANSFER_LABEL + transfer_id + struct.pack(">QB", window & 0xFFFFFFFFFFFFFFFF, generation)
+    )
     return hmac.digest(key, data, "sha256")
 
 
