@@ -366,3 +366,130 @@ class EndpointTests(TestCase):
         await client.lost
         self.assertEqual(got, [b"\x16\x03\x01hello"])
         self.assertEqual(len(relay.connections), 0)
+
+
+class TransferTokenTests(SynchronousTestCase):
+    """A file transfer's relay token (issue 18): its own key, label and transfer id."""
+
+    def test_documented_vectors(self) -> None:
+        """When a transfer's relay key and tokens are computed from docs/protocol.md's pair key
+        and transfer id 00..0f, then they are the values that section shows, and the token is
+        the HMAC it describes."""
+        pair = bytes.fromhex("3d11176e481a05a32bf8b8d59c722fc1e60e75ee640dff14f9e1ce8bce565568")
+        key = wire.transfer_relay_key(pair)
+        window = wire.window_of(1_800_000_000)
+        tid = bytes(range(16))
+        values = [
+            key.hex(),
+            wire.transfer_token(key, tid, window, 0).hex(),
+            wire.transfer_token(key, tid, window, 1).hex(),
+        ]
+        expected = hmac.new(
+            key,
+            b"jarvis-relay-transfer-v1" + tid + window.to_bytes(8, "big") + b"\x00",
+            hashlib.sha256,
+        ).digest()
+        self.assertEqual(wire.transfer_token(key, tid, window, 0), expected)
+        docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "protocol.md")
+        with open(docs, encoding="utf-8") as f:
+            section = f.read().split("## Relayed data connections", 1)[1]
+        for value in values:
+            self.assertIn(f"`{value}`", section)
+
+    def test_distinct_from_the_session_and_from_other_transfers(self) -> None:
+        """When the pair's session token and its transfers' tokens of one window and
+        generation are computed, then they are all different (another key and label: the
+        relay cannot pair a transfer's end with the session's), two transfers' tokens differ,
+        every window and generation gives a new token, and a bad transfer id or generation is
+        refused."""
+        pair = os.urandom(32)
+        session_key, transfer_key = wire.relay_key(pair), wire.transfer_relay_key(pair)
+        self.assertNotEqual(session_key, transfer_key)
+        first, second = os.urandom(16), os.urandom(16)
+        tokens = {wire.token(session_key, 7, 0)}
+        for tid in (first, second):
+            for window in (7, 8):
+                for generation in (0, 1):
+                    tokens.add(wire.transfer_token(transfer_key, tid, window, generation))
+        self.assertEqual(len(tokens), 1 + 2 * 2 * 2)
+        # the session's key with the transfer's label is not the transfer's token either
+        self.assertNotEqual(
+            wire.transfer_token(session_key, first, 7), wire.transfer_token(transfer_key, first, 7)
+        )
+        with self.assertRaises(ValueError):
+            wire.transfer_token(transfer_key, b"short", 7)
+        with self.assertRaises(ValueError):
+            wire.transfer_token(transfer_key, first, 7, 256)
+
+    def test_both_contacts_compute_the_same_token(self) -> None:
+        """When each contact derives the token from its own side of the pair key (its seed,
+        the other's public key), then both get the same bytes: they meet at the relay."""
+        from jarvis.crypto.identity import IdentityKey
+        from jarvis.protocol.knock import pair_key
+
+        alice, bob = IdentityKey.generate(), IdentityKey.generate()
+        tid = os.urandom(16)
+        tokens = [
+            wire.transfer_token(
+                wire.transfer_relay_key(pair_key(me.private_bytes(), me.uid, other_public, other)),
+                tid,
+                9,
+            )
+            for me, other_public, other in (
+                (alice, bob.public_bytes, bob.uid),
+                (bob, alice.public_bytes, alice.uid),
+            )
+        ]
+        self.assertEqual(tokens[0], tokens[1])
+
+
+class TransferJoinTests(TestCase):
+    """Against a real relay on 127.0.0.1: a transfer's joins meet each other, never the
+    session's."""
+
+    def setUp(self) -> None:
+        self.relay = RelayFactory(reactor, RelayLimits(pairing_timeout=0.5))
+        self.port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, PortSharing(Factory.forProtocol(Protocol), self.relay), interface="127.0.0.1"
+        )
+        self.addCleanup(self.port.stopListening)
+        self.waiters = Waiters(reactor)
+
+    def endpoint(self, side: int, tid: bytes | None) -> RelayEndpoint:
+        tcp = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
+        pair = bytes(32)
+        if tid is None:
+            return RelayEndpoint(tcp, wire.relay_key(pair), side, reactor, timeout=10)
+        key = wire.transfer_relay_key(pair)
+        return RelayEndpoint(
+            tcp,
+            key,
+            side,
+            reactor,
+            timeout=10,
+            token_for=lambda window, gen: wire.transfer_token(key, tid, window, gen),
+        )
+
+    async def test_transfer_end_never_meets_the_session_end(self) -> None:
+        """When one contact joins with the session's token and the other with a transfer's
+        (same pair key, window and generation), then neither is joined: both fail with "no
+        partner"; two ends of the same transfer are joined."""
+        f = Factory.forProtocol(_Echo)
+        f.waiters = self.waiters  # type: ignore[attr-defined]
+        attempts = [
+            self.endpoint(wire.SIDE_CLIENT, None).connect(f),
+            self.endpoint(wire.SIDE_SERVER, bytes(range(16))).connect(f),
+        ]
+        for attempt in attempts:
+            failure = await self.assertFailure(attempt, RelayFailed)
+            self.assertIn("no partner", str(failure))
+        self.assertEqual(self.relay.counters["pairs"], 0)
+        tid = os.urandom(16)
+        a, b = await defer.gatherResults(
+            [self.endpoint(side, tid).connect(f) for side in (wire.SIDE_CLIENT, wire.SIDE_SERVER)]
+        )
+        self.assertEqual(self.relay.counters["pairs"], 1)
+        a.transport.write(b"chunk")
+        await self.waiters.wait(lambda: b.received == b"chunk", 10)
+        a.transport.loseConnection()
+        await defer.gatherResults([a.lost, b.lost])

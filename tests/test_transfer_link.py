@@ -15,6 +15,7 @@ from jarvis.net.transfer_link import (
     TRANSFER_PREFACE,
     TRANSFER_PULL_PREFACE,
     InboundDemux,
+    RelayedDataProtocol,
     TransferDialProtocol,
 )
 
@@ -116,3 +117,52 @@ class DemuxTests(TestCase):
         link.handshakeCompleted()
         self.assertEqual(transport.value(), TRANSFER_PULL_PREFACE + tid)
         self.assertTrue(inner.made)
+
+
+class RelayedDataTests(TestCase):
+    """Both ends of a data connection met at a relay: each writes a hello, checks the other's."""
+
+    def ends(
+        self, tid: bytes, other_tid: bytes | None = None, *, both_send: bool = False
+    ) -> tuple[Any, ...]:
+        sender, receiver = Inner(), Inner()
+        a = RelayedDataProtocol(sender, tid, Clock(), 10.0, lambda r: None, True)
+        b = RelayedDataProtocol(
+            receiver, other_tid or tid, Clock(), 10.0, lambda r: None, both_send
+        )
+        ta, tb = StringTransport(), StringTransport()
+        a.makeConnection(ta)
+        b.makeConnection(tb)
+        return a, b, ta, tb, sender, receiver
+
+    def test_hellos_cross_then_inner_protocols_start(self) -> None:
+        """When TLS is up on both ends, then the sender writes the transfer preface and the
+        receiver the pull preface, each with the transfer id; neither inner protocol starts
+        before the other's hello arrived, and bytes after it go to the inner protocol."""
+        tid = os.urandom(16)
+        a, b, ta, tb, sender, receiver = self.ends(tid)
+        a.handshakeCompleted()
+        b.handshakeCompleted()
+        self.assertEqual(ta.value(), TRANSFER_PREFACE + tid)
+        self.assertEqual(tb.value(), TRANSFER_PULL_PREFACE + tid)
+        self.assertFalse(sender.made or receiver.made)
+        a.dataReceived(tb.value()[:10])
+        self.assertFalse(sender.made)
+        a.dataReceived(tb.value()[10:] + b"have")
+        b.dataReceived(ta.value() + b"manifest")
+        self.assertTrue(sender.made and receiver.made)
+        self.assertEqual((sender.received, receiver.received), (b"have", b"manifest"))
+        self.assertFalse(ta.disconnecting or tb.disconnecting)
+
+    def test_wrong_hello_aborts(self) -> None:
+        """When the other end's hello names another transfer, or both ends would send the file,
+        then the connection is aborted and no inner protocol ever starts."""
+        tid = os.urandom(16)
+        for other, both_send in ((os.urandom(16), False), (None, True)):
+            a, b, ta, tb, sender, receiver = self.ends(tid, other, both_send=both_send)
+            a.handshakeCompleted()
+            b.handshakeCompleted()
+            a.dataReceived(tb.value() + b"x")
+            b.dataReceived(ta.value() + b"y")
+            self.assertTrue(ta.disconnecting and tb.disconnecting)
+            self.assertFalse(sender.made or receiver.made)

@@ -17,6 +17,7 @@ from jarvis.files.send import make_offer
 from jarvis.protocol.transfer import (
     Accept,
     Cancel,
+    DialBack,
     Offer,
     TransferRecord,
     encode_transfer_record,
@@ -323,3 +324,155 @@ class DialBackTests(TestCase):
         self.assertIsNone(alice.outbound_pull("c" * 52, tid))
         self.successResultOf(alice.cancel(view["id"]))
         self.assertIsNone(alice.outbound_pull(BOB, tid))
+
+
+class MeetingRelay:
+    """An in-memory relay: joins the sender's and the receiver's ends of one transfer."""
+
+    def __init__(self) -> None:
+        self.ends: dict[bool, tuple[Any, Any]] = {}
+        self.joins: list[tuple[str, bool]] = []
+
+    def join(self, uid: str, sending: bool, stream: Any, observer: Any) -> None:
+        from twisted.test.iosim import connectedServerAndClient
+
+        from jarvis.net.transfer import TransferReceiver, TransferSender
+
+        self.joins.append((uid, sending))
+        self.ends[sending] = (stream, observer)
+        if len(self.ends) < 2:
+            return
+        (source, sent_obs), (partial, recv_obs) = self.ends[True], self.ends[False]
+        self.ends = {}
+        run = lambda f, *a: defer.maybeDeferred(f, *a)  # noqa: E731
+        _server, _client, pump = connectedServerAndClient(
+            lambda: TransferSender(source, sent_obs, run_blocking=run),
+            lambda: TransferReceiver(partial, recv_obs, run_blocking=run),
+        )
+        pump.flush()
+
+
+class NoDirectPathNetwork:
+    """Either side's network when neither can dial the other: every dial (and dial back)
+    fails at once; both may meet at *relay*."""
+
+    def __init__(self, relay: MeetingRelay, relays: bool = True) -> None:
+        self.relay = relay
+        self.relays = relays
+        self.dials = self.pulls = 0
+        self.pending_dial: Any = None
+
+    def has_relay(self, uid: str) -> bool:
+        return self.relays
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        self.dials += 1
+        if self.pending_dial is False:
+            self.pending_dial = observer  # held "in flight" until the test ends it
+            return
+        observer.stream_ended("no data connection: network unreachable", True)
+
+    def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
+        self.pulls += 1
+        observer.stream_ended("no data connection: network unreachable", True)
+
+    def relay_send(self, uid: str, source: Any, observer: Any) -> None:
+        self.relay.join(uid, True, source, observer)
+
+    def relay_receive(self, uid: str, partial: Any, observer: Any) -> None:
+        self.relay.join(uid, False, partial, observer)
+
+    def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+
+class RelayMeetTests(TestCase):
+    """Neither side can dial the other: both meet at the relay for the data (issue 18)."""
+
+    def make(self, network: Any) -> tuple[Transfers, dict[str, Any]]:
+        sessions: dict[str, Any] = {}
+        transfers = Transfers(
+            clock=Clock(),
+            now=lambda: 1_700_000_000.0,
+            emit=lambda name, payload: None,
+            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
+            display_name=lambda uid: uid[:4],
+            downloads=short_tempdir(self),
+        )
+        self.successResultOf(transfers.open(FakeStore(), network, sessions.get))
+        return transfers, sessions
+
+    def pair(
+        self, relays: bool = True
+    ) -> tuple[Transfers, Transfers, NoDirectPathNetwork, NoDirectPathNetwork, MeetingRelay]:
+        relay = MeetingRelay()
+        alice_net, bob_net = NoDirectPathNetwork(relay, relays), NoDirectPathNetwork(relay, relays)
+        alice, alice_sessions = self.make(alice_net)
+        bob, bob_sessions = self.make(bob_net)
+        alice_sessions[BOB], bob_sessions[ALICE] = (
+            RoutedSession(bob, ALICE),
+            RoutedSession(alice, BOB),
+        )
+        return alice, bob, alice_net, bob_net, relay
+
+    def a_file(self, size: int) -> tuple[str, bytes]:
+        import hashlib
+
+        path = os.path.join(short_tempdir(self), "big.bin")
+        content = os.urandom(size)
+        with open(path, "wb") as f:
+            f.write(content)
+        return path, hashlib.sha256(content).digest()
+
+    def test_both_dials_fail_then_both_meet_at_the_relay(self) -> None:
+        """When the sender cannot dial the receiver and the receiver's dial back fails too,
+        then the receiver joins the relay and asks the sender (a DialBack in the other
+        direction) to join as well; the sender joins, and the file arrives byte-identical with
+        both sides complete.  Direct paths were tried first, once each."""
+        import hashlib
+
+        alice, bob, alice_net, bob_net, relay = self.pair()
+        path, digest = self.a_file(2 * 1024 * 1024 + 7)
+        view = self.successResultOf(alice.send(BOB, path))
+        self.successResultOf(bob.accept(view["id"]))
+        self.assertEqual((alice_net.dials, bob_net.pulls), (1, 1))
+        self.assertEqual(relay.joins, [(ALICE, False), (BOB, True)])  # receiver first
+        received = bob.find(view["id"])
+        self.assertEqual(received.state, "complete")
+        with open(received.path, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), digest)
+        self.assertEqual(alice.find(view["id"]).state, "complete")
+
+    def test_relay_request_during_a_dial_joins_once_the_dial_fails(self) -> None:
+        """When the receiver's request to meet at the relay reaches the sender while a dial of
+        the sender's is still in flight, then the sender does not join at once (one stream at
+        a time) but as soon as that dial fails, instead of asking for another dial back; a
+        request from another contact for the same transfer id is ignored."""
+        alice, _bob, alice_net, _bob_net, relay = self.pair()
+        path, _digest = self.a_file(5000)
+        view = self.successResultOf(alice.send(BOB, path))
+        tid = bytes.fromhex(view["id"])
+        alice_net.pending_dial = False
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        in_flight = alice_net.pending_dial
+        self.assertIsNotNone(in_flight)
+        alice.control_received("c" * 52, CONTROL_PREFIX + encode_transfer_record(DialBack(tid)))
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(DialBack(tid)))
+        self.assertEqual(relay.joins, [])
+        self.assertTrue(alice.find(view["id"]).relay_wanted)
+        in_flight.stream_ended("no data connection: timed out", True)
+        self.assertEqual(relay.joins, [(BOB, True)])
+        self.assertFalse(alice.find(view["id"]).relay_wanted)
+
+    def test_no_relay_known_no_meeting(self) -> None:
+        """When no relay is known for the pair, then a failed dial back ends there: the
+        receiver neither joins a relay nor asks the sender to (no DialBack back), and the
+        transfer stays accepted for the sender's next attempt."""
+        alice, bob, _alice_net, bob_net, relay = self.pair(relays=False)
+        path, _digest = self.a_file(5000)
+        view = self.successResultOf(alice.send(BOB, path))
+        self.successResultOf(bob.accept(view["id"]))
+        self.assertEqual(bob_net.pulls, 1)
+        self.assertEqual(relay.joins, [])
+        self.assertEqual(bob.find(view["id"]).state, "accepted")
+        self.assertEqual(alice.find(view["id"]).state, "accepted")
