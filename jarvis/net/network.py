@@ -66,6 +66,7 @@ from jarvis.crypto.identity import IdentityKey, uid_for_public_bytes
 from jarvis.crypto.linkcode import check_address
 from jarvis.net.admission import AdmissionControl
 from jarvis.net.dialling import ConnectFailed, Dialler
+from jarvis.net.eyeballs import AddressRace, RaceFailed
 from jarvis.net.knock import (
     CLOSED_BEFORE_TLS,
     DEFAULT_KNOCK_DEADLINE,
@@ -562,8 +563,8 @@ class PeerNetwork:
         # file transfer data connections (jarvis.net.transfer_link), by transfer id
         self._links_in: dict[bytes, PeerProtocol] = {}
         self._links_out: dict[bytes, Any] = {}
-        # relayed data connections waiting for their partner at the relay, by transfer id
-        self._relay_waits: dict[bytes, Deferred[Any]] = {}
+        # data connections being made (an address race, a relay join), by transfer id
+        self._data_dials: dict[bytes, Deferred[Any]] = {}
         self._undecided: set[PeerProtocol] = set()
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
@@ -742,7 +743,7 @@ class PeerNetwork:
         for protocol in list(self._protocols):
             if protocol.session is None:
                 protocol.lose_connection()
-        for tid in list(self._links_in) + list(self._links_out) + list(self._relay_waits):
+        for tid in list(self._links_in) + list(self._links_out) + list(self._data_dials):
             self.stop_transfer(tid)
         for protocol in list(self._undecided):
             protocol.abort()
@@ -1321,29 +1322,51 @@ class PeerNetwork:
         observer: Any,
         preface: bytes,
     ) -> None:
-        """Dial *uid*'s addresses in turn for a data connection running ``make_inner()``."""
-        addresses = list(self._directory.addresses(uid))
+        """Race *uid*'s addresses (happy eyeballs, :class:`~jarvis.net.eyeballs.AddressRace`,
+        as the session's dialler does) for a data connection running ``make_inner()``: the
+        first whose TLS completes carries it, the others are abandoned."""
         peer = self._peer(uid)
+        won: list[TransferDialProtocol] = []
 
-        def try_next(reason: str) -> None:
-            self._links_out.pop(transfer_id, None)
-            if self._stopping or not addresses:
-                observer.stream_ended(f"no data connection: {reason}", True)
-                return
-            address = addresses.pop(0)
+        def dial(address: str) -> Deferred[None]:
             try:
                 host, port = parse_address(address)
             except InvalidPeerAddress as e:
-                try_next(str(e))
-                return
+                return defer.fail(ConnectFailed(str(e)))
+            links: list[TransferDialProtocol] = []
+            connecting: list[Deferred[Any]] = []
+
+            def abandon(_: Deferred[None]) -> None:
+                for d in connecting:
+                    d.cancel()
+                for link in links:
+                    if link.transport is not None:
+                        link.transport.abortConnection()
+
+            ready: Deferred[None] = Deferred(abandon)
+
+            def lost(reason: str) -> None:
+                if not ready.called:
+                    ready.errback(ConnectFailed(reason))
+
+            def claim() -> bool:
+                if won or ready.called:
+                    return False
+                won.append(link)
+                self._links_out[transfer_id] = link
+                ready.callback(None)
+                return True
+
             link = TransferDialProtocol(
                 make_inner(),
                 transfer_id,
                 self._reactor,
                 self._handshake_timeout,
-                try_next,
+                lost,
                 preface,
+                claim,
             )
+            links.append(link)
             creator = client_creator(self._identity, uid, contexts=self._contexts)
             tls_factory = TLSMemoryBIOFactory(
                 cast(IOpenSSLClientConnectionCreator, creator),
@@ -1354,11 +1377,36 @@ class PeerNetwork:
             knocking = KnockSenderFactory(
                 cast(IProtocolFactory, tls_factory), lambda: self._knock_for(peer), lambda: None
             )
-            self._links_out[transfer_id] = link
-            connecting = self._endpoint_for(host, port).connect(cast(IProtocolFactory, knocking))
-            connecting.addErrback(lambda f: try_next(describe_failure(f)))
+            d = self._endpoint_for(host, port).connect(cast(IProtocolFactory, knocking))
+            connecting.append(d)
+            d.addErrback(lambda f: lost(describe_failure(f)))
+            return ready
 
-        try_next("the contact has no address")
+        race = AddressRace(self._reactor, dial)
+        self._data_dials[transfer_id] = race.result
+
+        def done(_: str) -> None:
+            if self._data_dials.get(transfer_id) is race.result:
+                del self._data_dials[transfer_id]
+
+        def failed(f: Failure) -> None:
+            if self._data_dials.get(transfer_id) is not race.result:
+                return  # stopped (cancelled, shutting down): nothing more to say
+            del self._data_dials[transfer_id]
+            if f.check(RaceFailed):
+                reason = "the contact has no address"
+            elif f.check(ConnectFailed):
+                reason = str(f.value)
+            else:
+                reason = describe_failure(f)
+            observer.stream_ended(f"no data connection: {reason}", True)
+
+        race.result.addCallbacks(done, failed)
+        if self._stopping:
+            race.result.cancel()
+            observer.stream_ended("no data connection: shutting down", True)
+            return
+        race.offer(self._directory.addresses(uid))
 
     # -- relayed data connections (jarvis.net.transfer_link.RelayedDataProtocol) ----------------
 
@@ -1409,7 +1457,7 @@ class PeerNetwork:
 
         def try_next(reason: str) -> None:
             self._links_out.pop(transfer_id, None)
-            self._relay_waits.pop(transfer_id, None)
+            self._data_dials.pop(transfer_id, None)
             if self._stopping or not links or pair is None:
                 observer.stream_ended(f"no relayed data connection: {reason}", True)
                 return
@@ -1451,10 +1499,10 @@ class PeerNetwork:
             log.debug("joining {uid} through a relay for a transfer", uid=log_id(uid))
             self._links_out[transfer_id] = link_protocol
             joining = endpoint.connect(cast(IProtocolFactory, tls_factory))
-            self._relay_waits[transfer_id] = joining
+            self._data_dials[transfer_id] = joining
 
             def paired(result: Any) -> Any:
-                self._relay_waits.pop(transfer_id, None)
+                self._data_dials.pop(transfer_id, None)
                 return result
 
             def failed(f: Failure) -> None:
@@ -1471,7 +1519,7 @@ class PeerNetwork:
 
     def stop_transfer(self, transfer_id: bytes) -> None:
         """Drop the data connection of *transfer_id*, if one is open (it was cancelled)."""
-        waiting = self._relay_waits.pop(transfer_id, None)
+        waiting = self._data_dials.pop(transfer_id, None)
         if waiting is not None:
             self._links_out.pop(transfer_id, None)
             waiting.cancel()
@@ -1479,5 +1527,5 @@ class PeerNetwork:
         if inbound is not None:
             inbound.abort()
         outbound = self._links_out.pop(transfer_id, None)
-        if outbound is not None and outbound.transport is not None:
+        if outbound is not None and outbound.transport is not None and not outbound.closed:
             outbound.transport.abortConnection()

@@ -58,6 +58,8 @@ class TransferDialProtocol(Protocol):
     :param clock: for the handshake deadline.
     :param timeout: seconds from TCP connection to the end of the TLS handshake.
     :param on_lost: called once with a reason if the connection ends before TLS completed.
+    :param claim: called when TLS is up, before anything is written: ``False`` (another
+        attempt of the same happy-eyeballs race won) aborts this connection instead.
     """
 
     def __init__(
@@ -68,7 +70,9 @@ class TransferDialProtocol(Protocol):
         timeout: float,
         on_lost: Callable[[str], None],
         preface: bytes = TRANSFER_PREFACE,
+        claim: Callable[[], bool] | None = None,
     ) -> None:
+        self._claim = claim
         self.preface = preface
         self.inner = inner
         self.transfer_id = transfer_id
@@ -77,6 +81,8 @@ class TransferDialProtocol(Protocol):
         self._on_lost = on_lost
         self._deadline: Any = None
         self._started = False
+        #: the connection has ended (nothing left to abort)
+        self.closed = False
 
     def connectionMade(self) -> None:
         self._deadline = self._clock.callLater(self._timeout, self._timed_out)
@@ -91,6 +97,9 @@ class TransferDialProtocol(Protocol):
             self._deadline.cancel()
         self._deadline = None
         transport: Any = self.transport
+        if self._claim is not None and not self._claim():
+            transport.abortConnection()  # another address of the race won
+            return
         transport.write(self.preface + self.transfer_id)
         self._started = True
         self.inner.makeConnection(transport)
@@ -100,6 +109,7 @@ class TransferDialProtocol(Protocol):
             self.inner.dataReceived(data)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closed = True
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

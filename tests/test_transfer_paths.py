@@ -1,0 +1,178 @@
+"""The paths of a file's data connection in the peer network (issue 18): a happy-eyeballs race
+over the contact's addresses, and a relayed connection met at a relay with the transfer's own
+token.  Real PeerNetworks and a real relay on 127.0.0.1; the transfer stream itself is replaced
+by recording protocols (its records are tested in tests/test_net_transfer.py)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.trial.unittest import TestCase
+
+from jarvis.crypto.identity import IdentityKey
+from jarvis.mailbox.relay import PortSharing, RelayFactory, RelayLimits
+from jarvis.net import network as net
+from jarvis.net.transfer_link import TRANSFER_PREFACE
+from tests.test_network import Node, wait_until
+
+#: An address where nothing listens: a direct dial is refused at once.
+NOWHERE = "127.0.0.1:1"
+
+
+class Stream(Protocol):
+    """Stands in for a TransferSender or TransferReceiver: records what it is given."""
+
+    made: list[Stream] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.received = b""
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        Stream.made.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
+class Ends:
+    """A TransferStreamObserver that records how the stream ended."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, bool]] = []
+
+    def stream_ended(self, reason: str, resumable: bool) -> None:
+        self.ended.append((reason, resumable))
+
+
+class Silent(Protocol):
+    """Accepts a TCP connection and never answers (a dead or black-holed address)."""
+
+    def connectionMade(self) -> None:
+        self.factory.connections.append(self)  # type: ignore[attr-defined]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.closed += 1  # type: ignore[attr-defined]
+
+
+class DataPathTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        Stream.made = []
+        self.patch(net, "TransferSender", Stream)
+        self.patch(net, "TransferReceiver", Stream)
+
+    def relay(self) -> tuple[RelayFactory, str]:
+        relay = RelayFactory(reactor, RelayLimits(pairing_timeout=5.0))
+        inner: Any = Factory.forProtocol(Protocol)
+        port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, PortSharing(inner, relay), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        pin = IdentityKey.generate().uid
+        return relay, f"jarvis-mailbox:{pin}@127.0.0.1:{port.getHost().port}"
+
+    async def test_addresses_race_and_a_dead_one_does_not_hold_the_data(self) -> None:
+        """When the receiver's first address accepts TCP but never answers and its second is
+        its real listener, then the data connection is made on the second within a fraction
+        of the handshake timeout (happy eyeballs: the next address starts after the stagger)
+        and the dead connection is abandoned; the receiver's stream gets the data."""
+        silent = Factory.forProtocol(Silent)
+        silent.connections, silent.closed = [], 0  # type: ignore[attr-defined]
+        dead = reactor.listenTCP(0, silent, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(dead.stopListening)
+        a, b = Node(self), Node(self)
+        a.directory.add(b.identity, f"127.0.0.1:{dead.getHost().port}", b.address)
+        b.knows(a)
+        tid = os.urandom(16)
+        b.observer.inbound_stream = lambda uid, t: (object(), Ends()) if t == tid else None  # type: ignore[attr-defined]
+        ends = Ends()
+        started = time.monotonic()
+        a.network._dial_data(b.uid, tid, Stream, ends, TRANSFER_PREFACE)
+        await wait_until(lambda: len(Stream.made) == 2, 10)
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, 5.0)  # the handshake timeout is 10 s
+        sender = a.network._links_out[tid].inner
+        sender.transport.write(b"chunk")
+        receiver = next(s for s in Stream.made if s is not sender)
+        await wait_until(lambda: receiver.received == b"chunk", 10)
+        await wait_until(lambda: silent.closed == 1, 10)  # type: ignore[attr-defined]
+        self.assertEqual(ends.ended, [])
+
+    async def test_no_address_answers_says_no_data_connection(self) -> None:
+        """When no address of the receiver answers, then the stream ends resumable with a
+        reason starting "no data connection" (what makes the sender ask for a dial back)."""
+        a, b = Node(self), Node(self)
+        a.directory.add(b.identity, NOWHERE, "not an address")
+        ends = Ends()
+        a.network._dial_data(b.uid, os.urandom(16), Stream, ends, TRANSFER_PREFACE)
+        await wait_until(lambda: bool(ends.ended), 10)
+        [(reason, resumable)] = ends.ended
+        self.assertTrue(reason.startswith("no data connection: "), reason)
+        self.assertTrue(resumable)
+        self.assertEqual(Stream.made, [])
+
+    async def test_relayed_data_connection_meets_beside_the_session(self) -> None:
+        """When two contacts that cannot dial each other have a relayed session and both join
+        the relay for a transfer, then the relay pairs the transfer's two ends as a second
+        pair (the session keeps its own), pinned TLS runs end to end with the relay's TLS
+        roles, and bytes flow both ways between the two streams."""
+        relay, link = self.relay()
+        options = {"relay_links": lambda uid: [link], "relay_timeout": 5.0}
+        a, b = Node(self, **options), Node(self, **options)
+        a.directory.add(b.identity, NOWHERE)
+        b.directory.add(a.identity, NOWHERE)
+        a.network.connect(b.uid)
+        b.network.connect(a.uid)
+        await a.wait_online(b)
+        await b.wait_online(a)
+        self.assertEqual(relay.counters["pairs"], 1)
+        self.assertTrue(a.network.has_relay(b.uid))
+        tid = os.urandom(16)
+        ends_a, ends_b = Ends(), Ends()
+        a.network._relay_data(b.uid, tid, Stream, ends_a, True)
+        b.network._relay_data(a.uid, tid, Stream, ends_b, False)
+        await wait_until(lambda: len(Stream.made) == 2, 10)
+        self.assertEqual(relay.counters["pairs"], 2)
+        sender, receiver = (a.network._links_out[tid].inner, b.network._links_out[tid].inner)
+        sender.transport.write(b"manifest")
+        receiver.transport.write(b"have")
+        await wait_until(lambda: (receiver.received, sender.received) == (b"manifest", b"have"))
+        self.assertEqual((ends_a.ended, ends_b.ended), ([], []))
+        self.assertIsNotNone(a.network.session(b.uid))  # chat kept its own connection
+        a.network.stop_transfer(tid)
+        await wait_until(lambda: receiver.lost, 10)
+
+    async def test_relay_without_partner_ends_resumable(self) -> None:
+        """When only one side joins the relay for a transfer, then after the relay's pairing
+        timeout the stream ends resumable, saying no relayed data connection was made; a
+        contact with no relay known is told so at once."""
+        relay = RelayFactory(reactor, RelayLimits(pairing_timeout=0.3))
+        port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, PortSharing(Factory.forProtocol(Protocol), relay), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        link = f"jarvis-mailbox:{IdentityKey.generate().uid}@127.0.0.1:{port.getHost().port}"
+        a, b = Node(self, relay_links=lambda uid: [link]), Node(self)
+        a.directory.add(b.identity, NOWHERE)
+        ends = Ends()
+        a.network._relay_data(b.uid, os.urandom(16), Stream, ends, True)
+        await wait_until(lambda: bool(ends.ended), 10)
+        [(reason, resumable)] = ends.ended
+        self.assertTrue(reason.startswith("no relayed data connection: "), reason)
+        self.assertIn("no partner", reason)
+        self.assertTrue(resumable)
+        lonely = Ends()
+        b.directory.add(a.identity, NOWHERE)
+        self.assertFalse(b.network.has_relay(a.uid))
+        b.network._relay_data(a.uid, os.urandom(16), Stream, lonely, False)
+        self.assertEqual(len(lonely.ended), 1)
+        self.assertEqual(Stream.made, [])
