@@ -17,6 +17,7 @@ import time
 from twisted.internet import defer
 from twisted.trial.unittest import SkipTest, TestCase
 
+from bench.harness import percentile
 from jarvis.protocol import relay as wire
 from tests import netns
 from tests.daemons import short_tempdir
@@ -38,6 +39,22 @@ SIZE = 32 * MiB
 #: The relay's bandwidth per pair and direction in the resume test (MiB/s): slow enough to
 #: kill the relay while the file is on its way.
 SLOW_RELAY = 4
+#: Chat messages timed before and during the relayed transfer, and the issue's bound on their
+#: p99 (or three times the same run's p99 before the transfer, on a loaded machine).
+CHATS = 200
+CHAT_P99_MS = 50.0
+
+
+async def chat_latencies(alice: Peer, bob: Peer, tag: str) -> list[float]:
+    """Send :data:`CHATS` messages one after the other; return each one's latency in ms."""
+    latencies = []
+    first = len(bob.received_bodies())
+    for i in range(CHATS):
+        sent_at = time.monotonic()
+        await alice.call("messages.send", contact=bob.uid, text=f"{tag} {i}")
+        await bob.recorder.wait(lambda n=first + i + 1: len(bob.received_bodies()) >= n, 30)
+        latencies.append((time.monotonic() - sent_at) * 1000.0)
+    return latencies
 
 
 class RelayedTransferTests(TestCase):
@@ -146,12 +163,27 @@ class RelayedTransferTests(TestCase):
         32 MiB file is on its way and started again on the same port, then the session and the
         data connection meet at the relay again (the burnt token's next generation) and the
         transfer completes byte-identical, resumed where it stopped: the receiver's progress
-        never restarts from zero."""
+        never restarts from zero.  Before the kill, 200 chat messages sent one after the other
+        while the file streams arrive with a p99 latency of at most 50 ms (or three times the
+        same run's p99 before the transfer): the session is a pair of its own at the relay, with
+        its own bandwidth (behind a 1 MiB chunk at 4 MiB/s a message would wait 250 ms)."""
         mailbox, alice, bob = await self.start(["--relay-bandwidth", str(SLOW_RELAY)])
         path = os.path.join(self.root, "big.bin")
         digest = random_file(path, SIZE)
         inbox = os.path.join(self.root, "inbox")
+        base = await chat_latencies(alice, bob, "before")
         sent, _ = await offer_and_accept(alice, bob, path, inbox)
+        await wait_state(bob, sent["id"], {"streaming"}, 60)
+        during = await chat_latencies(alice, bob, "during")
+        self.assertLess(received(bob, sent["id"]), SIZE - 4 * MiB, "no overlap with the file")
+        (b50, b99), (d50, d99) = ((percentile(v, 0.5), percentile(v, 0.99)) for v in (base, during))
+        with open("/proc/loadavg", encoding="ascii") as f:
+            load = f.read().split()[0]
+        print(
+            f"\nchat p50/p99 before the transfer {b50:.1f}/{b99:.1f} ms, during it "
+            f"{d50:.1f}/{d99:.1f} ms (load {load})"
+        )
+        self.assertLessEqual(d99, max(CHAT_P99_MS, 3 * b99))
         await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
         port = mailbox.link().port
         mailbox.listen = f"tcp:{port}:interface={netns.PUBLIC_SERVICE}"
