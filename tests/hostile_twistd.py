@@ -20,6 +20,10 @@ outbox, so what it sends travels exactly like honest group traffic:
 ``hostile.write`` ``{group, version, text, to}``
     writes a group message signed by us (seq 1) into group *group* (hex id), claiming state
     *version*, and sends it to *to* (a contact): what a non-member who learnt a group id does.
+    The result also carries the group ``payload`` (hex), for ``hostile.relay``.
+``hostile.relay`` ``{payload, to}``
+    sends a group payload (hex) as it is to each uid of the list *to*: a member passing on
+    what someone else signed.
 
 Every method returns the entries it queued as ``{"entries": [{"to": uid, "id": entry id}]}``:
 the caller waits for their ``message.stateChanged`` ``delivered`` events, which the receiving
@@ -165,7 +169,13 @@ def write(inv: Invocation) -> defer.Deferred[Any]:
         body=inv.params["text"].encode("utf-8"),
     )
     to = groups._contacts.resolve(inv.params["to"]).uid
-    return _queue(inv, [(to, encode_payload(KIND_MESSAGE, encode_message(message)))])
+    payload = encode_payload(KIND_MESSAGE, encode_message(message))
+    return _queue(inv, [(to, payload)]).addCallback(lambda r: {**r, "payload": payload.hex()})
+
+
+def relay(inv: Invocation) -> defer.Deferred[Any]:
+    payload = bytes.fromhex(inv.params["payload"])
+    return _queue(inv, [(uid, payload) for uid in inv.params["to"]])
 
 
 GROUP = Param("group", str, True, "the group (id or name)")
@@ -187,6 +197,7 @@ HOSTILE_SPECS = (
         write,
         (GROUP, Param("version", int, True), Param("text", str, True), Param("to", str, True)),
     ),
+    MethodSpec("hostile.relay", relay, (Param("payload", str, True), Param("to", list, True))),
 )
 
 

@@ -199,8 +199,9 @@ class HostileMemberTests(TestCase):
         """In a group of alice (founder), bob (a plain member, hostile) and carol, with eve a
         contact of bob only:
 
-        - when eve signs a message into the group and sends it to bob, then bob refuses it
-          and nobody shows it, while the group keeps working;
+        - when eve signs a message into the group and sends it to bob, then bob refuses it,
+          and when bob passes it on to alice and carol they refuse it too: nobody shows it,
+          and the group keeps working;
         - when bob withholds his next message from carol (in the fan-out and when her summary
           asks for it), then carol detects the gap behind his following message and fills it
           from alice: she shows both, and all three show the same order;
@@ -223,6 +224,16 @@ class HostileMemberTests(TestCase):
         await eve.recorder.wait(delivered(eve, outside["entries"]), 60)
         self.assertEqual(await history(bob, gid), [])  # bob handled it, and shows nothing
         await bob.process.wait_for(b"refused: no shared group", 10)
+        # a member (bob, hostile) passing it on: refused by the author check, not the sender's
+        relayed = await bob.call(
+            "hostile.relay", payload=outside["payload"], to=[alice.uid, carol.uid]
+        )
+        await bob.recorder.wait(delivered(bob, relayed["entries"]), 60)
+        for peer in (alice, carol):
+            self.assertEqual(await history(peer, gid), [])
+            await peer.process.wait_for(
+                b"a group message refused: not a member at that state version", 10
+            )
         await bob.call("groups.send", group=gid, text="bob after outsider")
         await all_show(members, gid, "bob after outsider")
         self.assertEqual(await same_order(self, members, gid), ["bob after outsider"])
