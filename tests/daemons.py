@@ -113,6 +113,7 @@ class DaemonProcess:
         listen: str = "tcp:0:interface=127.0.0.1",
         twistd_args: list[str] | None = None,
         pidfile: str = "twistd.pid",
+        launcher: list[str] | None = None,
     ) -> None:
         self.pidfile = os.path.join(sock_dir, pidfile)
         self.data_dir = data_dir
@@ -127,9 +128,13 @@ class DaemonProcess:
         self.generation = 0
         self.current: _Output | None = None
         self.waiters: list[tuple[bytes, defer.Deferred[None]]] = []
+        self.counters: list[tuple[bytes, int, defer.Deferred[None]]] = []
         self.transport: Any = None
         #: More environment for the child (e.g. a test hook on ``PYTHONPATH``).
         self.env: dict[str, str] = {}
+        #: The argv prefix that runs twistd (default :func:`twistd_argv`); e.g.
+        #: ``tests.hostile_twistd.LAUNCHER``, which adds a hostile member's test methods.
+        self.launcher = launcher
 
     @property
     def endpoint(self) -> str:
@@ -138,7 +143,7 @@ class DaemonProcess:
 
     def argv(self) -> list[str]:
         return [
-            *twistd_argv(),
+            *(self.launcher or twistd_argv()),
             "-n",
             "--pidfile",
             self.pidfile,
@@ -190,11 +195,26 @@ class DaemonProcess:
         d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
         return d
 
+    def wait_for_count(
+        self, needle: bytes, count: int, timeout: float = 30.0
+    ) -> defer.Deferred[None]:
+        """Fire when *needle* appears at least *count* times in the output of this run."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self.counters.append((needle, count, d))
+        self.check_waiters()
+        d.addTimeout(timeout, reactor)  # type: ignore[arg-type]
+        return d
+
     def check_waiters(self) -> None:
         ready = [(n, d) for n, d in self.waiters if n in self.output]
         self.waiters = [(n, d) for n, d in self.waiters if n not in self.output]
         for _needle, d in ready:
             d.callback(None)
+        counted = [(n, c, d) for n, c, d in self.counters if self.output.count(n) >= c]
+        self.counters = [w for w in self.counters if w not in counted]
+        for _needle, _count, d in counted:
+            if not d.called:
+                d.callback(None)
 
     def wait_exit(self, timeout: float = 30.0) -> defer.Deferred[int | None]:
         """Fire with the exit code when the process ends."""
