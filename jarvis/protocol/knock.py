@@ -341,6 +341,10 @@ class KnockKeys:
             self.add(self.compute([(peer_uid, peer_public)]))
         return self._cache[index]
 
+    def cached(self, peer_uid: str, peer_public: bytes | None) -> bytes | None:
+        """Return the cached knock key with *peer_uid*, or ``None`` (not cached, or none)."""
+        return self._cache.get((peer_uid, peer_public or b""))
+
     def missing(self, peers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
         """Return the ``(uid, public key)`` of *peers* whose pair key is not cached (public
         keys unknown yet are left out: their uid key costs one hash, not an exchange)."""
