@@ -580,7 +580,8 @@ class PeerNetwork:
         self._random_bytes = random_bytes
         self._knock_keys = KnockKeys(identity.private_bytes(), identity.uid)
         self._knock_verifier = KnockVerifier(
-            identity.uid, on_stale=self._knock_table_stale if run_blocking is not None else None
+            identity.uid,
+            on_stale=self._knock_table_stale if knock and run_blocking is not None else None,
         )
         self._run_blocking = run_blocking
         self._knock_rebuild_call: Any = None
