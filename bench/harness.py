@@ -52,6 +52,7 @@ BENCHMARKS: dict[str, str] = {
     "mailbox_path": "bench.mailbox_path_bench",
     "transfer": "bench.transfer_bench",
     "exec": "bench.exec_bench",
+    "stall": "bench.stall_bench",
     "lan": "bench.lan_bench",
     "group": "bench.group_bench",
     "files": "bench.files_bench",

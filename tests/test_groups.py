@@ -17,6 +17,7 @@ from twisted.internet import defer, task
 from twisted.trial.unittest import TestCase
 
 from jarvis.common.errors import InvalidInput, NotFound
+from jarvis.core import group_log
 from jarvis.core.groups import GAP_DELAY, Groups
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
@@ -594,3 +595,67 @@ class ConcurrentChangeTests(TestCase):
         m.restart("bob")
         m.restart("carol")
         self.assert_converged(m, gid, winner)
+
+
+class UnlockOffReactorTests(TestCase):
+    """The unlock's Ed25519 work (one signature check per stored group message) runs on the
+    thread pool, not on the reactor (task harden 3)."""
+
+    async def test_stored_signatures_checked_on_the_pool_at_unlock(self) -> None:
+        """When bob's groups are opened again from a store holding four messages and one
+        forged copy (a valid message's body changed, its signature kept), then the signature
+        checks are handed to *run_blocking* as one job, none runs on the reactor before or
+        after it, the group is rebuilt only once the job's answer came, and the forged copy
+        is still refused: bob shows the four real messages."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        for text in ("one", "two", "three"):
+            await m.groups["alice"].send(gid, text)
+        await m.groups["bob"].send(gid, "mine")
+        m.settle()
+        store = m.stores["bob"]
+        real = [parse_message(d) for (k, _), d in store.rows.items() if k == "message"]
+        forged = replace(real[0], body=real[0].body + b"!")
+        store.rows[("message", b"forged")] = encode_message(forged)
+        m.groups["bob"].close()
+
+        jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def run_blocking(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((f, args, d))
+            return d
+
+        reactor_checks: list[bytes] = []
+        real_verify = group_log.verify_message
+
+        def counting(message: Any) -> None:
+            reactor_checks.append(message.body)
+            real_verify(message)
+
+        self.patch(group_log, "verify_message", counting)
+        bob = Groups(
+            clock=m.clock,
+            now=lambda: 1_800_000_000.0,
+            emit=lambda e, p: None,
+            courier=FakeCourier(KEYS["bob"].uid, m.outbox),
+            contacts=FakeContacts(),
+            keepalive=3600.0,
+            run_blocking=run_blocking,
+        )
+        self.addCleanup(bob.close)
+        opened = bob.open(store, KEYS["bob"], ["127.0.0.1:1"])  # type: ignore[arg-type]
+        self.assertNoResult(opened)
+        self.assertEqual(len(jobs), 1)
+        f, args, d = jobs[0]
+        handed = sorted(msg.body for msg in args[0])
+        self.assertEqual(handed, sorted([*(r.body for r in real), forged.body]))
+        self.assertEqual(reactor_checks, [])
+        self.assertEqual(bob.resolve(gid).log.shown(), [])  # nothing offered before the answer
+        d.callback(f(*args))  # the pool's work, run here
+        self.successResultOf(opened)
+        # only the forged copy is checked again on the reactor (refused and logged in turn)
+        self.assertEqual(reactor_checks, [forged.body])
+        shown = [msg.body for msg in bob.resolve(gid).log.shown()]
+        self.assertEqual(sorted(shown), sorted(r.body for r in real))
+        self.assertNotIn(forged.body, shown)

@@ -318,3 +318,32 @@ class HintTableTests(SynchronousTestCase):
         later = NOW + knock.WINDOW_SECONDS
         token = alice_knock(knock.window_of(later), os.urandom(knock.NONCE_BYTES))
         self.assertEqual(verifier.verify(token, later, candidates), knock.Refused("bad knock"))
+
+    def test_with_on_stale_the_old_table_is_never_used_nor_rebuilt(self) -> None:
+        """When the verifier has an owner that makes tables (on_stale) and Alice is removed,
+        then the owner is asked once, her knock is refused at once (the old table is not
+        used), no table is built on the spot, and once the owner's table comes Carol is found
+        in it without listing the candidates; a table made before the change is dropped."""
+        carol = ("carol", os.urandom(32))
+        contacts = bob_candidates(carol)
+        candidates, calls = self.make_counted(contacts)
+        asked: list[int] = []
+        verifier = knock.KnockVerifier(BOB.uid, on_stale=lambda: asked.append(1))
+        window = knock.window_of(NOW)
+        generation = verifier.generation
+        verifier.prepared(window, verifier.prepare(window, contacts), generation)
+        self.assertEqual(verifier.verify(alice_knock(), NOW, candidates), knock.Accepted(ALICE.uid))
+        self.assertEqual(calls, [])  # the table made ahead served
+        old = verifier.prepare(window, contacts)
+        contacts.remove(contacts[-1])  # Alice
+        verifier.invalidate()
+        self.assertEqual(asked, [1])
+        verifier.prepared(window, old, generation)  # made before the change: dropped
+        token = alice_knock(nonce=os.urandom(knock.NONCE_BYTES))
+        self.assertEqual(verifier.verify(token, NOW, candidates), knock.Refused("bad knock"))
+        self.assertEqual(len(calls), 1)  # every current key tried, no table built
+        verifier.prepared(window, verifier.prepare(window, contacts), verifier.generation)
+        carol_knock = knock.make_knock(carol[1], BOB.uid, window, NONCE)
+        self.assertEqual(verifier.verify(carol_knock, NOW, candidates), knock.Accepted("carol"))
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(asked, [1])

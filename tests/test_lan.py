@@ -289,3 +289,34 @@ class ParseTests(SynchronousTestCase):
     def test_other_version(self) -> None:
         """When the TXT record has another version, then no token is read from it."""
         self.assertEqual(lan.parse_tokens({b"v": b"2", b"t0": bytes(128)}), [])
+
+
+class PreparedWindowsTests(SynchronousTestCase):
+    def test_prepared_equals_built(self) -> None:
+        """When Alice's tables are made by prepare_windows from a snapshot with nothing cached
+        (Dave has no public key), then the matcher's table and our tokens are those built on
+        the spot, Dave is left out, the computed keys are kept (the next snapshot knows
+        them), and a matcher given the table recognises Bob without building one."""
+        dave = IdentityKey.from_private_bytes(bytes(range(96, 128)))
+        keys = lan.LanKeys(ALICE.private_bytes(), ALICE.uid)
+        peers = [(BOB.uid, BOB.public_bytes), (dave.uid, None), (CAROL.uid, CAROL.public_bytes)]
+        snapshot = keys.snapshot(peers)
+        self.assertEqual([p.uid for p in snapshot], [BOB.uid, CAROL.uid])
+        made = lan.prepare_windows(keys, ALICE.uid, [WINDOW, WINDOW + 1], snapshot)
+        contact_keys = [(BOB.uid, lan_key_of(ALICE, BOB)), (CAROL.uid, lan_key_of(ALICE, CAROL))]
+        for window in (WINDOW, WINDOW + 1):
+            self.assertEqual(made.tables[window], lan.expected_tokens(window, contact_keys))
+            self.assertEqual(
+                made.announced[window],
+                [lan.token(key, window, ALICE.uid) for _, key in contact_keys],
+            )
+        keys.add(made.computed)
+        self.assertTrue(all(p.known for p in keys.snapshot(peers)))
+        matcher = lan.TokenMatcher()
+        matcher.prepared(WINDOW, made.tables[WINDOW])
+        bob_token = lan.token(lan_key_of(BOB, ALICE), WINDOW, BOB.uid)
+
+        def no_build() -> list[tuple[str, bytes]]:
+            raise AssertionError("the table was built on the spot")
+
+        self.assertEqual(matcher.match([bob_token], NOW, no_build), {BOB.uid})

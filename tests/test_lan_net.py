@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, TestCase
 from zeroconf import DNSIncoming, IPVersion
 from zeroconf.asyncio import AsyncZeroconf
@@ -23,6 +24,7 @@ from tests.waiting import Waiters
 
 ALICE = IdentityKey.from_private_bytes(bytes(range(32)))
 BOB = IdentityKey.from_private_bytes(bytes(range(32, 64)))
+CAROL = IdentityKey.from_private_bytes(bytes(range(64, 96)))
 STRANGER = IdentityKey.from_private_bytes(bytes(range(96, 128)))
 PORTS = {"a": 40001, "b": 40002, "s": 40003}
 _TXT = 16  # DNS record type TXT
@@ -275,3 +277,141 @@ class NamespaceDiscoveryTests(TestCase):
         self.assertEqual(len(made), 1)
         self.assertFalse(alice.running)
         self.assertTrue(made[0].zeroconf.done)
+
+
+class FakePool:
+    """``run_blocking`` that queues the jobs; :meth:`run` runs them, marking the thread."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[Callable[..., Any], tuple[Any, ...], Deferred[Any]]] = []
+        self.in_pool = False
+
+    def run_blocking(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run(self) -> list[Callable[..., Any]]:
+        """Run the queued jobs (as the pool's threads would); return their functions."""
+        jobs, self.jobs = self.jobs, []
+        for f, args, d in jobs:
+            self.in_pool = True
+            try:
+                result = f(*args)
+            finally:
+                self.in_pool = False
+            d.callback(result)
+        return [f for f, _, _ in jobs]
+
+
+class FakeZeroconf:
+    """What :class:`LanDiscovery` calls on an ``AsyncZeroconf``: records the services."""
+
+    zeroconf = None
+
+    def __init__(self, waiters: Waiters) -> None:
+        self.registered: list[Any] = []
+        self.waiters = waiters
+
+    async def _done(self) -> None:
+        return None
+
+    async def async_register_service(self, info: Any) -> Any:
+        self.registered.append(info)
+        self.waiters.check()
+        return self._done()
+
+    async def async_unregister_service(self, info: Any) -> Any:
+        return self._done()
+
+    async def async_close(self) -> None:
+        return None
+
+
+class FakeBrowser:
+    def __init__(self, zc: Any, types: list[str], handlers: list[Any]) -> None:
+        self.handlers = handlers
+
+    async def async_cancel(self) -> None:
+        return None
+
+
+class TablesOffReactorTests(TestCase):
+    """The token tables (three HMACs per contact and window) are made on the pool, ahead of
+    each window and after contacts change; the reactor only swaps them in (task harden 1)."""
+
+    @inlineCallbacks
+    def test_tables_made_on_the_pool(self) -> Any:
+        """When discovery starts, two contacts changes come in a burst, and a window turns,
+        then each table is made by one ``prepare_windows`` job on the pool (one for the
+        burst), no token is computed on the reactor, the announcements carry Bob's token of
+        their window, and Carol's service (added in the burst) is recognised."""
+        from jarvis.net import lan as lan_net
+
+        self.patch(lan_net, "AsyncServiceBrowser", FakeBrowser)
+        waiters = Waiters(reactor)
+        zc = FakeZeroconf(waiters)
+        pool = FakePool()
+        reactor_tokens: list[bytes] = []
+        real_token = lan.token
+
+        def token(key: bytes, window: int, uid: str) -> bytes:
+            if not pool.in_pool:
+                reactor_tokens.append(key)
+            return real_token(key, window, uid)
+
+        self.patch(lan, "token", token)
+        clock = Clock()
+        clock.advance(1_800_000_000 + 100)  # 100 s into window 3,000,000
+        window = 3_000_000
+        contacts = [(BOB.uid, BOB.public_bytes)]
+        found: list[tuple[str, str, int]] = []
+        discovery = LanDiscovery(
+            ALICE.uid,
+            PORTS["a"],
+            lan.LanKeys(ALICE.private_bytes(), ALICE.uid),
+            lambda: list(contacts),
+            lambda uid, host, port: found.append((uid, host, port)),
+            clock=clock,
+            zeroconf_factory=lambda: zc,  # type: ignore[arg-type,return-value]
+            addresses=lambda: ["192.0.2.1"],
+            run_blocking=pool.run_blocking,
+        )
+        self.addCleanup(discovery.stop)
+        alice_bob = lan.LanKeys(ALICE.private_bytes(), ALICE.uid).key(BOB.uid, BOB.public_bytes)
+        assert alice_bob is not None
+
+        started = discovery.start()
+        self.assertEqual(zc.registered, [])  # waits for its tables
+        self.assertEqual(pool.run(), [lan.prepare_windows])
+        yield started
+        self.assertEqual(len(zc.registered), 1)
+        tokens = lan.parse_tokens(zc.registered[0].properties)
+        self.assertIn(real_token(alice_bob, window, ALICE.uid), tokens)
+
+        # Carol is added (and something else changes) while her service is already seen
+        carol_alice = lan.LanKeys(CAROL.private_bytes(), CAROL.uid).key(
+            ALICE.uid, ALICE.public_bytes
+        )
+        assert carol_alice is not None
+        carol_token = real_token(carol_alice, window, CAROL.uid)
+        discovery._seen["carol._jarvis._tcp.local."] = lan_net._Seen(
+            (carol_token,), ("192.0.2.3",), 7770
+        )
+        contacts.append((CAROL.uid, CAROL.public_bytes))
+        changes = [discovery.contacts_changed(), discovery.contacts_changed()]
+        self.assertEqual(pool.jobs, [])  # debounced
+        clock.advance(lan_net.REFRESH_DELAY)
+        self.assertEqual(pool.run(), [lan.prepare_windows])  # one job for the burst
+        yield gatherResults(changes)
+        self.assertEqual(found, [(CAROL.uid, "192.0.2.3", 7770)])
+        self.assertEqual(len(zc.registered), 2)
+
+        # the next window's tables are made ahead, on the pool, then swapped in
+        clock.advance((window + 1) * 600 - lan_net.TABLE_LEAD - clock.seconds())
+        self.assertEqual(pool.run(), [lan.prepare_windows])
+        clock.advance(lan_net.TABLE_LEAD + 1)  # the window turned: announce anew
+        yield waiters.wait(lambda: len(zc.registered) == 3, 10)
+        tokens = lan.parse_tokens(zc.registered[2].properties)
+        self.assertIn(real_token(alice_bob, window + 1, ALICE.uid), tokens)
+        self.assertEqual(reactor_tokens, [])

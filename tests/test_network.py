@@ -1030,3 +1030,79 @@ class KnockKeysOffReactorTests(TestCase):
         self.assertEqual(len(self.tables), 2)
         await self.tables[1]
         network.stop()
+
+    async def test_hint_table_rebuilt_off_the_reactor_after_changes(self) -> None:
+        """When a contact is removed and a new one knocks (missing from the table), then no
+        hint is computed on the reactor: meanwhile knocks are checked against every current
+        key (the removed one refused, the newcomer and a contact accepted), and one table
+        (for both changes) is made on a thread 0.25 s later, which then finds each knock with
+        one tag."""
+        removed, kept = self.contacts[0], self.contacts[1]
+        newcomer = IdentityKey.generate()
+
+        def knock_of(sender: IdentityKey, nonce: bytes) -> bytes:
+            key = knock_protocol.pair_key(
+                sender.private_bytes(), sender.uid, self.me.public_bytes, self.me.uid
+            )
+            return knock_protocol.make_knock(key, self.me.uid, 0, nonce)
+
+        # the senders' knocks, made before the recording starts
+        knocks = {
+            (sender.uid, n): knock_of(sender, bytes([n]) * 8)
+            for sender in (removed, kept, newcomer)
+            for n in range(2)
+        }
+        hints: list[threading.Thread] = []
+        tags: list[threading.Thread] = []
+        real_hint, real_tag = knock_protocol._hint, knock_protocol._tag
+
+        def recording_hint(*args: Any) -> bytes:
+            hints.append(threading.current_thread())
+            return real_hint(*args)
+
+        def recording_tag(*args: Any) -> bytes:
+            tags.append(threading.current_thread())
+            return real_tag(*args)
+
+        self.patch(knock_protocol, "_hint", recording_hint)
+        self.patch(knock_protocol, "_tag", recording_tag)
+        network = self.make_network()
+        clock = network._reactor
+        await self.runs[0]
+        while not self.tables or not self.tables[0].called:
+            await task.deferLater(_reactor, 0.001, lambda: None)
+        await self.tables[0]
+        network.connect(removed.uid)
+        del self.directory.contacts[removed.uid]
+        network.forget(removed.uid)
+        self.directory.add(newcomer, "127.0.0.1:1")
+        network.connect(newcomer.uid)
+        await self.runs[1]  # the newcomer's pair key, on a thread
+        self.assertEqual(
+            network._verify_knock(knocks[newcomer.uid, 0]),
+            knock_protocol.Accepted(newcomer.uid),
+        )
+        self.assertEqual(
+            network._verify_knock(knocks[removed.uid, 0]), knock_protocol.Refused("bad knock")
+        )
+        self.assertEqual(
+            network._verify_knock(knocks[kept.uid, 0]), knock_protocol.Accepted(kept.uid)
+        )
+        self.assertNotIn(threading.main_thread(), hints)
+        self.assertEqual(len(self.tables), 1)  # not yet: debounced
+        clock.advance(net.KNOCK_REBUILD_DELAY)
+        self.assertEqual(len(self.tables), 2)  # one table for both changes
+        await self.tables[1]
+        self.assertNotIn(threading.main_thread(), hints)
+        for sender in (kept, newcomer):
+            tags.clear()
+            self.assertEqual(
+                network._verify_knock(knocks[sender.uid, 1]), knock_protocol.Accepted(sender.uid)
+            )
+            self.assertEqual(len(tags), 1)  # found through the new table
+        self.assertEqual(
+            network._verify_knock(knocks[removed.uid, 1]), knock_protocol.Refused("bad knock")
+        )
+        self.assertNotIn(threading.main_thread(), hints)
+        self.assertEqual(len(self.tables), 2)
+        await network.stop()

@@ -349,7 +349,9 @@ class JarvisDaemon(MultiService):
 
         self._lan_knock_keys: Any = None  # the current network's, shared with discovery
         self.lan = LanService(
-            self.node, lan_discovery_factory(reactor, lambda: self._lan_knock_keys), self._listening
+            self.node,
+            lan_discovery_factory(reactor, lambda: self._lan_knock_keys, self.run_blocking),
+            self._listening,
         )
         self.lan.setServiceParent(self)
 

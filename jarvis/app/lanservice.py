@@ -108,7 +108,9 @@ def is_loopback(host: str) -> bool:
 
 
 def lan_discovery_factory(
-    clock: Any, shared_keys: Callable[[], Any] = lambda: None
+    clock: Any,
+    shared_keys: Callable[[], Any] = lambda: None,
+    run_blocking: Callable[..., Any] | None = None,
 ) -> DiscoveryFactory:
     """Return a factory of real :class:`~jarvis.net.lan.LanDiscovery` on *clock* (the reactor).
 
@@ -119,6 +121,8 @@ def lan_discovery_factory(
         :class:`~jarvis.protocol.knock.KnockKeys` of the identity being unlocked (or
         ``None``): discovery derives its keys from them instead of computing its own X25519
         exchange per contact on the reactor.
+    :param run_blocking: the daemon's thread pool runner: discovery makes its token tables
+        there, not on the reactor.
     """
 
     def make(
@@ -155,6 +159,7 @@ def lan_discovery_factory(
             enabled=enabled,
             addresses=addresses,
             zeroconf_factory=factory,
+            run_blocking=run_blocking,
         )
 
     return make

@@ -218,8 +218,13 @@ class GroupLog:
 
     # -- input ---------------------------------------------------------------------------
 
-    def offer(self, message: GroupMessage) -> Offered:
-        """Take *message* (from its author or any relay) and say what became of it."""
+    def offer(self, message: GroupMessage, *, verified: bool = False) -> Offered:
+        """Take *message* (from its author or any relay) and say what became of it.
+
+        :param verified: the author's signature was already checked
+            (:func:`~jarvis.protocol.group_message.signatures_valid`, off the reactor at
+            unlock): every other check still runs.
+        """
         if message.group_id != self._group_id:
             return Offered(Outcome.refused, "another group")
         author = message.author
@@ -232,10 +237,11 @@ class GroupLog:
         for p in message.parents:
             if not self._membership.is_known(p.author):
                 return Offered(Outcome.refused, "a parent names a non-member")
-        try:
-            verify_message(message)
-        except BadSignature:
-            return Offered(Outcome.refused, "bad signature")
+        if not verified:
+            try:
+                verify_message(message)
+            except BadSignature:
+                return Offered(Outcome.refused, "bad signature")
         digest = message_hash(message)
         hashes = self._hashes.setdefault(author, [])
         chain = self._chains.setdefault(author, [])

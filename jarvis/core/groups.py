@@ -59,6 +59,7 @@ from jarvis.protocol.group_message import (
     message_id,
     parse_message,
     parse_summary,
+    signatures_valid,
     write_message,
 )
 from jarvis.protocol.group_state import (
@@ -170,8 +171,11 @@ class Groups:
         courier: Any,
         contacts: Any,
         keepalive: float = SYNC_INTERVAL,
+        run_blocking: Callable[..., defer.Deferred[Any]] | None = None,
     ) -> None:
         self.clock = clock
+        #: runs blocking work on a thread (the unlock's signature checks); None: inline
+        self._run_blocking = run_blocking
         self.keepalive = keepalive
         self.now = now
         self._emit = emit
@@ -244,10 +248,11 @@ class Groups:
             self._groups[gid] = Group(held, membership, GroupLog(gid, membership))
         for group in self._groups.values():
             group.left = group.group_id in left or not self._is_member(group.state)
-        for message in messages:
+        valid = yield self._signatures_valid(messages)  # Ed25519 checks off the reactor
+        for message, ok in zip(messages, valid, strict=True):
             target = self._groups.get(message.group_id)
             if target is not None:
-                self._offer(target, message)
+                self._offer(target, message, verified=ok)
         own = identity.public_bytes
         for group in self._groups.values():
             group.read = read.get(group.group_id, 0)
@@ -874,9 +879,20 @@ class Groups:
             self._gap_seen(group, uid)
         return d
 
-    def _offer(self, group: Group, message: GroupMessage) -> list[GroupMessage] | None:
-        """Offer *message*: :returns: what became shown, or None if refused or a duplicate."""
-        offered = group.log.offer(message)
+    def _signatures_valid(self, messages: list[GroupMessage]) -> defer.Deferred[list[bool]]:
+        """Check the signatures of *messages* through ``run_blocking`` (inline without it):
+        the unlock's Ed25519 work, one verification per stored message, off the reactor."""
+        if self._run_blocking is None or not messages:
+            return defer.succeed(signatures_valid(messages))
+        return self._run_blocking(signatures_valid, list(messages))
+
+    def _offer(
+        self, group: Group, message: GroupMessage, *, verified: bool = False
+    ) -> list[GroupMessage] | None:
+        """Offer *message*: :returns: what became shown, or None if refused or a duplicate.
+        *verified*: its signature was checked already (a message found invalid is offered
+        with False: checked again, refused and logged in its turn, as before)."""
+        offered = group.log.offer(message, verified=verified)
         if offered.outcome is Outcome.refused:
             if offered.reason == "state unknown":
                 group.parked.append(message)

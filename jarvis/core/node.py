@@ -152,7 +152,12 @@ class Node(Service):
         self.postbox.on_address = self.courier.schedule_mailbox
         self.contacts.on_peer_state = self.courier.peer_state_changed
         self.groups = Groups(
-            clock=clock, now=now, emit=self._emit, courier=self.courier, contacts=self.contacts
+            clock=clock,
+            now=now,
+            emit=self._emit,
+            courier=self.courier,
+            contacts=self.contacts,
+            run_blocking=run_blocking,
         )
         self.courier.on_group = self.groups.payload_received
         self.courier.group_peer = self.groups.is_peer

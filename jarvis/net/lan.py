@@ -9,7 +9,10 @@ when told the contacts changed, browses for other daemons' services, and reports
 
 The tokens, keys and names are :mod:`jarvis.protocol.lan`'s business; dialling, and deciding who
 is a contact, are the caller's.  This module must not dial, log tokens or keys, nor run
-anything off the reactor's loop.
+anything off the reactor's loop but the token tables handed to *run_blocking*: given one, the
+table of expected tokens and our own tokens of each window (three HMACs per contact, 10-25 ms
+for 1,000 contacts) are made on the pool :data:`TABLE_LEAD` seconds before the window starts,
+and again (coalesced) after the contacts changed; the reactor only swaps them in.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import asyncio
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import ifaddr
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -31,9 +36,12 @@ from jarvis.protocol.lan import (
     SERVICE_TYPE,
     WINDOW_SECONDS,
     LanKeys,
+    PreparedWindows,
     TokenMatcher,
-    make_announcement,
+    announced_tokens,
+    announcement_of,
     parse_tokens,
+    prepare_windows,
     window_of,
 )
 from jarvis.runtime import aio
@@ -42,6 +50,11 @@ from jarvis.runtime import aio
 RESOLVE_TIMEOUT_MS = 3000
 #: Services remembered at most (strangers' included): more are ignored until some go away.
 MAX_SERVICES = 256
+#: Seconds before a window starts that its token tables are made on the pool (at most half a
+#: window).
+TABLE_LEAD = 5.0
+#: Seconds a contacts change waits before its tables are made: a burst of changes makes one.
+REFRESH_DELAY = 0.25
 
 log = Logger(namespace="jarvis.net.lan")
 
@@ -92,6 +105,9 @@ class LanDiscovery:
     :param addresses: returns the IPv4 addresses to announce.
     :param zeroconf_factory: makes the ``AsyncZeroconf`` (called on the running loop).
     :param window_seconds: the window length.
+    :param run_blocking: runs a blocking callable on a thread and returns a Deferred (the
+        daemon's pool): the token tables are made there (see the module docstring); without
+        it they are built on the reactor when first needed.
     """
 
     def __init__(
@@ -108,6 +124,7 @@ class LanDiscovery:
         addresses: Callable[[], list[str]] = local_ipv4_addresses,
         zeroconf_factory: Callable[[], AsyncZeroconf] = default_zeroconf,
         window_seconds: int = WINDOW_SECONDS,
+        run_blocking: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self._uid = own_uid
         self._port = port
@@ -132,6 +149,16 @@ class LanDiscovery:
         self._stopped = False
         #: Why discovery is not running although enabled (``None`` when it runs or is off).
         self.failure: str | None = None
+        self._run_blocking = run_blocking
+        #: bumped when the contacts change: tables being made from the old ones are dropped
+        self._generation = 0
+        #: our real tokens made ahead, by window
+        self._announced: dict[int, list[bytes]] = {}
+        self._prepare_timer: DelayedCall | None = None
+        self._refreshing = False
+        self._refresh_call: DelayedCall | None = None
+        #: contacts_changed() callers waiting for the refresh in progress
+        self._waiting: list[Deferred[None]] = []
 
     # -- the interface the daemon uses ---------------------------------------------------------
 
@@ -161,14 +188,35 @@ class LanDiscovery:
         if not self.enabled or self._zc is not None:
             return succeed(None)
         self._stopped = False
-        return aio.deferred_from_coroutine(self._start())
+        if self._run_blocking is None:
+            return aio.deferred_from_coroutine(self._start())
+        return self._prepare_then_start()
+
+    def _prepare_then_start(self) -> Deferred[None]:
+        """Make this window's tables off the reactor (so the first matches and announcement
+        find them), then start; again first if the contacts changed meanwhile."""
+        generation = self._generation
+
+        def start(_: object) -> Deferred[None] | None:
+            if self._stopped:
+                return None
+            if generation != self._generation:
+                return self._prepare_then_start()
+            return aio.deferred_from_coroutine(self._start())
+
+        return self._prepare(self._windows_now()).addCallback(start)
 
     def stop(self) -> Deferred[None]:
         """Withdraw our announcement (mDNS goodbye), stop browsing and forget what was found."""
         self._stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for timer in (self._timer, self._prepare_timer, self._refresh_call):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._prepare_timer = self._refresh_call = None
+        if not self._refreshing:
+            self._release(None)
+        self._announced.clear()
+        self._matcher.drop_prepared()
         if self._zc is None:
             return succeed(None)
         return aio.deferred_from_coroutine(self._stop())
@@ -176,13 +224,98 @@ class LanDiscovery:
     def contacts_changed(self) -> Deferred[None]:
         """Announce anew for the current contacts and look again at the services already seen.
 
-        Also what the window timer calls; the Deferred fires once the new announcement is out.
+        The Deferred fires once the new announcement is out.  With *run_blocking*, the new
+        tables are made on the pool first, :data:`REFRESH_DELAY` seconds later (the changes of
+        a burst make one run; the table in use serves until the new one comes).
         """
-        self._matcher.invalidate()
+        if self._run_blocking is None:
+            self._matcher.invalidate()
+            if self._zc is None:
+                return succeed(None)
+            self._rematch()
+            return aio.deferred_from_coroutine(self._announce())
+        self._generation += 1
+        self._matcher.drop_prepared()
+        self._announced.clear()
         if self._zc is None:
-            return succeed(None)
-        self._rematch()
-        return aio.deferred_from_coroutine(self._announce())
+            return succeed(None)  # start() prepares its own
+        waiter: Deferred[None] = Deferred()
+        self._waiting.append(waiter)
+        self._schedule_refresh()
+        return waiter
+
+    # -- the token tables, made off the reactor ---------------------------------------------------
+
+    def _windows_now(self) -> list[int]:
+        """The current window, and the next one too when it starts within the lead."""
+        now = self._clock.seconds()
+        current = window_of(now, self._window_seconds)
+        if (current + 1) * self._window_seconds - now <= self._lead():
+            return [current, current + 1]
+        return [current]
+
+    def _lead(self) -> float:
+        return min(TABLE_LEAD, self._window_seconds / 2)
+
+    def _prepare(self, windows: list[int]) -> Deferred[None]:
+        """Make the tables of *windows* through *run_blocking* and keep them (unless the
+        contacts changed meanwhile).  Never fails: without them, the tables are built on the
+        reactor when needed."""
+        assert self._run_blocking is not None
+        generation = self._generation
+        peers = self._keys.snapshot(self._contacts())  # dictionary look-ups only
+
+        def keep(made: PreparedWindows) -> None:
+            if generation != self._generation or self._stopped:
+                return  # made from contacts that changed since: a newer run follows
+            self._keys.add(made.computed)
+            for window, table in made.tables.items():
+                self._matcher.prepared(window, table)
+            self._announced.update(made.announced)
+
+        def failed(failure: Failure) -> None:
+            log.failure("LAN discovery could not prepare its tokens", failure)
+
+        d = self._run_blocking(prepare_windows, self._keys, self._uid, windows, peers)
+        d.addCallbacks(keep, failed)
+        return d
+
+    def _schedule_refresh(self) -> None:
+        if self._refresh_call is None and not self._refreshing and not self._stopped:
+            self._refresh_call = self._clock.callLater(REFRESH_DELAY, self._refresh)
+
+    def _refresh(self) -> None:
+        """After a contacts change: make this window's tables on the pool, then look again
+        at the services seen and announce anew; once more if the contacts changed again."""
+        self._refresh_call = None
+        self._refreshing = True
+        generation = self._generation
+
+        def made(_: object) -> None:
+            self._refreshing = False
+            if self._zc is None or self._stopped:
+                self._release(None)
+                return
+            if generation != self._generation:
+                self._schedule_refresh()  # changed during the run: one more for all of them
+                return
+            waiting, self._waiting = self._waiting, []
+            self._rematch()
+            announced = aio.deferred_from_coroutine(self._announce())
+            announced.addBoth(lambda _: self._release(None, waiting))
+
+        self._prepare(self._windows_now()).addBoth(made)
+
+    def _release(self, result: None, waiting: list[Deferred[None]] | None = None) -> None:
+        if waiting is None:
+            waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(result)
+
+    def _prepare_next(self, window: int) -> None:
+        self._prepare_timer = None
+        if self._zc is not None and not self._stopped:
+            self._prepare([window])
 
     # -- asyncio side -------------------------------------------------------------------------
 
@@ -235,9 +368,12 @@ class LanDiscovery:
             if zc is None:
                 return
             window = window_of(self._clock.seconds(), self._window_seconds)
-            announcement = make_announcement(
-                self._uid, [key for _, key in self._contact_keys()], window, self._random_bytes
-            )
+            for old_window in [w for w in self._announced if w < window]:
+                del self._announced[old_window]
+            real = self._announced.get(window)
+            if real is None:  # not made ahead: here (on the reactor)
+                real = announced_tokens(self._uid, (key for _, key in self._contact_keys()), window)
+            announcement = announcement_of(real, self._random_bytes)
             info = AsyncServiceInfo(
                 SERVICE_TYPE,
                 f"{announcement.instance}.{SERVICE_TYPE}",
@@ -264,10 +400,25 @@ class LanDiscovery:
             self._timer.cancel()
         delay = (window + 1) * self._window_seconds - self._clock.seconds()
         self._timer = self._clock.callLater(max(delay, 0.0) + 0.5, self._window_ended)
+        if self._run_blocking is not None:
+            if self._prepare_timer is not None and self._prepare_timer.active():
+                self._prepare_timer.cancel()
+            lead = delay - self._lead()
+            self._prepare_timer = self._clock.callLater(
+                max(lead, 0.0), self._prepare_next, window + 1
+            )
 
     def _window_ended(self) -> None:
+        """A new window: look again at the services seen and announce anew, with the tables
+        made ahead for it (built here only without *run_blocking* or if not made in time)."""
         self._timer = None
-        self.contacts_changed()
+        if self._run_blocking is None:
+            self.contacts_changed()
+            return
+        if self._zc is None:
+            return
+        self._rematch()
+        aio.deferred_from_coroutine(self._announce())
 
     def _service_changed(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange

@@ -135,6 +135,9 @@ log = Logger(namespace="jarvis.net.network")
 
 #: Seconds before a knock window starts that its hint table is made (off the reactor).
 KNOCK_TABLE_LEAD = 5.0
+#: Seconds after a contacts change (removed, key learnt, a knock the table missed) before the
+#: knock hint table is made anew off the reactor: a burst of changes makes one table.
+KNOCK_REBUILD_DELAY = 0.25
 
 
 @dataclass(frozen=True)
@@ -580,8 +583,12 @@ class PeerNetwork:
         self._knock = knock
         self._random_bytes = random_bytes
         self._knock_keys = KnockKeys(identity.private_bytes(), identity.uid)
-        self._knock_verifier = KnockVerifier(identity.uid)
+        self._knock_verifier = KnockVerifier(
+            identity.uid,
+            on_stale=self._knock_table_stale if knock and run_blocking is not None else None,
+        )
         self._run_blocking = run_blocking
+        self._knock_rebuild_call: Any = None
         self._keys_in_flight: set[str] = set()
         #: fires once the contacts' knock keys known at start are computed (``None``: nothing
         #: to compute); LAN discovery waits for it and shares :attr:`knock_keys`
@@ -731,9 +738,10 @@ class PeerNetwork:
         *close_timeout*, so the Deferred fires within about that time.
         """
         self._stopping = True
-        if self._knock_table_call is not None and self._knock_table_call.active():
-            self._knock_table_call.cancel()
-        self._knock_table_call = None
+        for call in (self._knock_table_call, self._knock_rebuild_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._knock_table_call = self._knock_rebuild_call = None
         self._admission.stop()
         self._gate_factory.stop()
         for peer in list(self._peers.values()):
@@ -942,11 +950,13 @@ class PeerNetwork:
 
     # -- knock ----------------------------------------------------------------------------------
 
-    def _prepare_knock_table(self, window: int) -> None:
+    def _prepare_knock_table(self, window: int, then_next: bool = True) -> None:
         """Make the knock hint table of *window* through *run_blocking* (three HMACs per
         contact: 15-40 ms for 1,000 contacts, measured by ``python -m bench postbox``), then
-        that of the next window :data:`KNOCK_TABLE_LEAD` seconds before it starts."""
-        self._knock_table_call = None
+        (*then_next*) that of the next window :data:`KNOCK_TABLE_LEAD` seconds before it
+        starts."""
+        if then_next:
+            self._knock_table_call = None
         if self._stopping or self._run_blocking is None:
             return
         verifier = self._knock_verifier
@@ -958,7 +968,28 @@ class PeerNetwork:
 
         d = self._run_blocking(verifier.prepare, window, candidates)
         d.addCallbacks(lambda table: verifier.prepared(window, table, generation), failed)
-        d.addBoth(lambda _: self._schedule_knock_table(window + 1))
+        if then_next:
+            d.addBoth(lambda _: self._schedule_knock_table(window + 1))
+
+    def _knock_table_stale(self) -> None:
+        """The verifier's table is out of date (a contact removed, a key learnt, a knock it
+        missed): make a new one off the reactor, :data:`KNOCK_REBUILD_DELAY` seconds from now
+        (one for a burst of changes); the verifier checks every candidate meanwhile."""
+        if self._stopping or self._knock_rebuild_call is not None:
+            return
+        self._knock_rebuild_call = self._reactor.callLater(
+            KNOCK_REBUILD_DELAY, self._rebuild_knock_tables
+        )
+
+    def _rebuild_knock_tables(self) -> None:
+        """Make this window's hint table anew, and the next one's if it starts within
+        :data:`KNOCK_TABLE_LEAD` (its table made ahead was dropped by the change)."""
+        self._knock_rebuild_call = None
+        now = self._reactor.seconds()
+        current = window_of(now)
+        self._prepare_knock_table(current, then_next=False)
+        if (current + 1) * WINDOW_SECONDS - now <= KNOCK_TABLE_LEAD + KNOCK_REBUILD_DELAY:
+            self._prepare_knock_table(current + 1, then_next=False)
 
     def _schedule_knock_table(self, window: int) -> None:
         if self._stopping:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from jarvis.crypto.errors import BadSignature
@@ -235,6 +236,23 @@ def verify_message(message: GroupMessage) -> None:
     :raises BadSignature: if the signature is not the author's.
     """
     verify_signature(message.author, message.signature, _SIGN_LABEL + _body(message))
+
+
+def signatures_valid(messages: Iterable[GroupMessage]) -> list[bool]:
+    """Return, for each of *messages* in order, whether its author's signature holds.
+
+    Pure and touching no shared state: the daemon runs it on a thread at unlock (one Ed25519
+    verification each, ~50-100 µs) and offers the valid ones with ``verified=True``.
+    """
+    valid = []
+    for message in messages:
+        try:
+            verify_message(message)
+        except BadSignature:
+            valid.append(False)
+        else:
+            valid.append(True)
+    return valid
 
 
 def write_message(

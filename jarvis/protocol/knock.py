@@ -216,17 +216,32 @@ class KnockVerifier:
 
     :param listener_uid: our uid (bound into every tag, so a knock cannot be reflected).
     :param max_remembered: how many valid knocks to remember at most.
+    :param on_stale: given, the table is never rebuilt here after a change: the caller is
+        called instead, makes a new table off the reactor and hands it to :meth:`prepared`.
+        Meanwhile, after :meth:`invalidate`, every knock is checked against every candidate
+        (one HMAC each, as a knock the table misses always is), never against the old table,
+        until a table made since is given for the current window; after a valid knock the
+        table missed, the table keeps serving the others.  Only a window reached with no
+        table made for it (and no change pending) still builds one here.
     """
 
-    def __init__(self, listener_uid: str, max_remembered: int = MAX_REMEMBERED) -> None:
+    def __init__(
+        self,
+        listener_uid: str,
+        max_remembered: int = MAX_REMEMBERED,
+        on_stale: Callable[[], None] | None = None,
+    ) -> None:
         self._uid = listener_uid
         self._max = max_remembered
+        self._on_stale = on_stale
+        #: the table may hold keys no longer valid (with *on_stale*): not used until replaced
+        self._stale = False
         self._seen: dict[int, set[bytes]] = {}
         self._count = 0
         self._table: dict[bytes, list[tuple[str, bytes]]] = {}
         self._table_window: int | None = None
-        #: a table made ahead (off the reactor) for a window: ``(window, table)``
-        self._prepared: tuple[int, dict[bytes, list[tuple[str, bytes]]]] | None = None
+        #: tables made ahead (off the reactor), by window
+        self._prepared: dict[int, HintTable] = {}
         #: bumped by :meth:`invalidate`: a table prepared before is stale
         self.generation = 0
 
@@ -236,10 +251,15 @@ class KnockVerifier:
         return self._count
 
     def invalidate(self) -> None:
-        """Rebuild the table at the next knock (a contact's key changed, or it was removed)."""
-        self._table_window = None
-        self._prepared = None
+        """Rebuild the table at the next knock (a contact's key changed, or it was removed);
+        with *on_stale*, ask the caller for a new one instead."""
+        self._prepared.clear()
         self.generation += 1
+        if self._on_stale is None:
+            self._table_window = None
+        else:
+            self._stale = True
+            self._on_stale()
 
     def prepare(self, window: int, candidates: Iterable[tuple[str, bytes]]) -> HintTable:
         """Make the table for *window* without keeping it: it touches no state of this
@@ -250,9 +270,10 @@ class KnockVerifier:
     def prepared(self, window: int, table: HintTable, generation: int) -> None:
         """Keep *table* from :meth:`prepare` for *window*: the first knock of that window uses
         it instead of building one.  Dropped if :meth:`invalidate` was called since
-        *generation* (:attr:`generation` when the candidates were read)."""
+        *generation* (:attr:`generation` when the candidates were read).  A table of the
+        window in use replaces it at the next knock."""
         if generation == self.generation:
-            self._prepared = (window, table)
+            self._prepared[window] = table
 
     def verify(
         self, token: bytes, now: float, candidates: Callable[[], Iterable[tuple[str, bytes]]]
@@ -267,16 +288,17 @@ class KnockVerifier:
         if looks_like_tls(token):
             return Refused("no knock")
         current = window_of(now)
-        if self._table_window != current:
-            prepared = self._prepared
-            if prepared is not None and prepared[0] == current:
-                self._prepared = None
-                self._table, self._table_window = prepared[1], current
-            else:
-                self._build_table(current, candidates())
+        if self._prepared:
+            ready = self._prepared.pop(current, None)
+            for old in [w for w in self._prepared if w < current]:
+                del self._prepared[old]
+            if ready is not None:
+                self._table, self._table_window, self._stale = ready, current, False
+        if self._table_window != current and not self._stale:
+            self._build_table(current, candidates())
         head, tag = token[:16], token[16:]
-        uid = self._match(head, tag, self._table.get(head[:8], ()))
-        missed = uid is None
+        uid = None if self._stale else self._match(head, tag, self._table.get(head[:8], ()))
+        missed = uid is None and not self._stale
         if uid is None:
             uid = self._match(head, tag, candidates())
             if uid is None:
@@ -286,7 +308,10 @@ class KnockVerifier:
         if abs(skew) > ACCEPTED_SKEW:
             return Refused("stale knock", uid, skew)
         if missed:
-            self._table_window = None  # the table missed a contact: rebuild it next time
+            if self._on_stale is None:
+                self._table_window = None  # the table missed a contact: rebuild it next time
+            else:
+                self._on_stale()  # the table missed a contact: the caller makes a new one
         self._forget_before(current - ACCEPTED_SKEW)
         seen = self._seen.setdefault(window, set())
         nonce = head[4:]
@@ -309,6 +334,7 @@ class KnockVerifier:
     def _build_table(self, current: int, candidates: Iterable[tuple[str, bytes]]) -> None:
         self._table = hint_table(self._uid, current, candidates)
         self._table_window = current
+        self._stale = False
 
     def _forget_before(self, oldest: int) -> None:
         for window in [w for w in self._seen if w < oldest]:
@@ -340,6 +366,10 @@ class KnockKeys:
         if index not in self._cache:
             self.add(self.compute([(peer_uid, peer_public)]))
         return self._cache[index]
+
+    def cached(self, peer_uid: str, peer_public: bytes | None) -> bytes | None:
+        """Return the cached knock key with *peer_uid*, or ``None`` (not cached, or none)."""
+        return self._cache.get((peer_uid, peer_public or b""))
 
     def missing(self, peers: Iterable[tuple[str, bytes | None]]) -> list[tuple[str, bytes]]:
         """Return the ``(uid, public key)`` of *peers* whose pair key is not cached (public
