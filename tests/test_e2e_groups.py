@@ -414,10 +414,12 @@ class GroupMailboxTests(TestCase):
         await at_version(carol, 6)
         sent = await carol.call("groups.send", group=gid, text="carol while bob is away")
         await fred.recorder.wait(lambda: "carol while bob is away" in group_bodies(fred, gid), 60)
-        await fred.call("groups.send", group=gid, text="fred too")
+        too = await fred.call("groups.send", group=gid, text="fred too")
         await carol.recorder.wait(lambda: "fred too" in group_bodies(carol, gid), 60)
-        # carol's entry for bob went into bob's group queue (bob is not her contact)
+        # carol's entry for bob went into bob's group queue (bob is not her contact), fred's
+        # into bob's queue for fred (after the state that added carol, in outbox order)
         await carol.recorder.wait(lambda: sent["id"] in deposited_to(carol, bob.uid), 60)
+        await fred.recorder.wait(lambda: too["id"] in deposited_to(fred, bob.uid), 60)
         await carol.stop()
         await fred.stop()
 

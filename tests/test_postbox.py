@@ -657,6 +657,7 @@ class GroupQueueTests(PostboxCase):
         from jarvis.protocol.group_state import found_group, invite
 
         node, clock, events, bob, transport, _ring = await self.setup_pair()
+        self.bob = bob
         assert node._keys is not None
         carol = IdentityKey.generate()
         v1 = found_group(bob, "club")
@@ -752,6 +753,35 @@ class GroupQueueTests(PostboxCase):
         self.assertEqual(node.postbox.group_refused, 2)
         history = node.groups.history("club")
         self.assertEqual([m["body"] for m in history["messages"]], ["hello club"])
+
+    async def test_new_member_is_a_peer_before_its_state_is_stored(self) -> None:
+        """When a state adding Dave arrives, then Dave is a group peer at once, before the
+        state is stored: a deposit of his opened meanwhile (against the new members) is
+        taken, not dropped as from a stranger; then his group message is shown."""
+        from jarvis.protocol.group_fanout import KIND_MESSAGE as GROUP_MESSAGE
+        from jarvis.protocol.group_fanout import KIND_STATE, encode_body, encode_payload
+        from jarvis.protocol.group_message import NO_HASH, encode_message, write_message
+        from jarvis.protocol.group_state import encode_state, invite
+
+        node, clock, events, _carol, transport, gid = await self.join_club()
+        bob = self.bob
+        dave = IdentityKey.generate()
+        v5 = invite(node.groups.resolve("club").state, bob, dave.public_bytes)
+        adopted = node.groups.payload_received(
+            bob.uid, encode_payload(KIND_STATE, encode_state(v5))
+        )
+        self.assertTrue(node.groups.is_peer(dave.uid))
+        await turned(clock, adopted)
+        message = write_message(
+            dave, gid, seq=1, prev_hash=NO_HASH, state_version=5, created=0, body=b"hi"
+        )
+        body = encode_body(encode_payload(GROUP_MESSAGE, encode_message(message)))
+        plain = bytes([KIND_MESSAGE]) + int(NOW * 1000).to_bytes(8, "big") + body
+        handler = transport.handlers[node.postbox.queues["g:" + gid.hex()][0]]
+        envelope = self.seal_for_alice(node, gid, dave, plain, bytes(range(16)))
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        shown = [p["message"] for n, p in events if n == "group.message"]
+        self.assertEqual([(m["author"], m["body"]) for m in shown], [(dave.uid, "hi")])
 
     async def test_deposit_from_a_non_member_dropped_after_the_wait(self) -> None:
         """When someone who is not a member deposits into Alice's group queue, then the

@@ -701,6 +701,7 @@ class Courier:
         contact = self._contacts.get(uid)
         if contact is None:
             if not (body.startswith(BODY_MARK) and self.group_peer(uid)):
+                self.log.warn("a deposit from {uid} dropped: no contact, no group", uid=log_id(uid))
                 return defer.succeed(None)
         elif contact.blocked:
             return defer.succeed(None)

@@ -424,8 +424,8 @@ class Groups:
         """Where to deposit for group peer *uid*: the group queue in its member entry of the
         group *body* (a 1:1 body carrying a group payload) is about, or, for anything else
         (acks), of the first group we share in which it has one.  ``None``: nowhere."""
-        if uid not in self._peers:
-            return None
+        if uid not in self._peers or self._contacts.get(uid) is not None:
+            return None  # a contact: the queue it told us (chat and group entries alike)
         gid = None
         if body is not None:
             try:
@@ -936,6 +936,9 @@ class Groups:
         for state in states:
             group.states.append(state)
             group.membership.add(state)
+        # at once, not after the store: what these states admit (a member's deposit opened
+        # meanwhile against the new members) must find them peers
+        self._update_peers()
         dropped, _shown = group.log.states_added()
         if dropped:
             own = self._own_key()
@@ -1146,6 +1149,7 @@ class Groups:
         membership = Membership(states)
         log = GroupLog(group.group_id, membership)
         group.states, group.membership, group.log = states, membership, log
+        self._update_peers()
         parked, group.parked = group.parked, []
         for message in [*before, *parked]:
             self._offer(group, message)

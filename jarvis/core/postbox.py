@@ -404,6 +404,7 @@ class Postbox:
         if self._identity is not None and self.ring.rotate(self._identity, self.now()):
             self._save_config()
             self._announce_all()
+            self._changed()
             return
         self._announce(uid)
 
