@@ -35,7 +35,8 @@ group's current members only, and taken only if it carries that group's traffic 
 payload of that group, or acks of our group entries): a chat message, an address or another
 group's payload is refused, and the sender never becomes a contact.  A deposit from a key
 that is not a member yet (its state is still on its way in another queue) waits for the next
-state of the group (at most :data:`GROUP_SENDER_WAIT` seconds each time) before it is dropped.
+state of the group (at most ``jarvis.core.groups.GROUP_SENDER_WAIT`` seconds each time) before it
+is dropped.
 """
 
 from __future__ import annotations
