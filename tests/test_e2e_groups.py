@@ -345,6 +345,12 @@ class GroupDeliveryTests(TestCase):
         self.assertEqual((items[mid]["delivered"], items[mid]["members"]), (3, 3))
 
 
+#: The folder whose ``sitecustomize`` makes a daemon deposit a chat message into a group queue.
+CHAT_HOOK = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "hooks", "group_chat_depositor"
+)
+
+
 async def group_version(peer: Peer, gid: str) -> int:
     listed = await peer.call("groups.list")
     return int(next(g["version"] for g in listed["groups"] if g["id"] == gid))
@@ -358,12 +364,18 @@ class GroupMailboxTests(TestCase):
         on their own mailbox), and bob and carol are never online at the same time, then what
         carol writes reaches bob through his group queue and what bob writes reaches carol
         through hers, each returning while every other member is stopped; all three end with
-        every message once, in the same order, and neither becomes the other's contact."""
+        every message once, in the same order, and neither becomes the other's contact.  A chat
+        message bob's daemon also deposits into carol's group queue (sealed with his real key,
+        tests/hooks/group_chat_depositor) is refused: carol receives and stores nothing from
+        him but group traffic."""
+        from tests.daemons import REPO
         from tests.mailboxes import start_mailbox, until
 
         root = short_tempdir(self)
         boxes = [await start_mailbox(self, os.path.join(root, f"m{i}")) for i in range(3)]
         fred, bob, carol = (Peer(self, root, name) for name in ("fred", "bob", "carol"))
+        # bob also deposits a chat message into carol's group queue (tests/hooks)
+        bob.process.env = {"PYTHONPATH": CHAT_HOOK + os.pathsep + REPO}
 
         async def on_mailbox(peer: Peer, box: Any) -> None:
             await peer.call("mailbox.use", link=str(box.link()))
@@ -429,6 +441,7 @@ class GroupMailboxTests(TestCase):
         answer = await bob.call("groups.send", group=gid, text="bob answers")
         await bob.recorder.wait(lambda: answer["id"] in deposited_to(bob, carol.uid), 60)
         await bob.recorder.wait(lambda: answer["id"] in deposited_to(bob, fred.uid), 60)
+        await bob.process.wait_for(b"test hook: chat deposited in a group queue", 60)
         bob_order = [m["id"] for m in await history(bob, gid)]
         await bob.stop()
 
@@ -447,5 +460,8 @@ class GroupMailboxTests(TestCase):
         self.assertEqual([m["id"] for m in fred_items], bob_order)
         carol_contacts = await carol.call("contacts.list")
         self.assertNotIn(bob.uid, [c["uid"] for c in carol_contacts["contacts"]])
+        # bob's chat deposit in her group queue was refused: nothing received or stored
+        await carol.process.wait_for(b"in a group queue: not that group's traffic", 60)
+        self.assertEqual(carol.recorder.named("message.received"), [])
         members = await carol.call("groups.members", group=gid)
         self.assertIn(bob.uid, [m["uid"] for m in members["members"]])
