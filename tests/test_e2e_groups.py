@@ -343,3 +343,125 @@ class GroupDeliveryTests(TestCase):
         await alice.recorder.wait(lambda: any(p["delivered"] == 3 for p in deliveries()), 90)
         items = {m["id"]: m for m in await history(alice, gid)}
         self.assertEqual((items[mid]["delivered"], items[mid]["members"]), (3, 3))
+
+
+#: The folder whose ``sitecustomize`` makes a daemon deposit a chat message into a group queue.
+CHAT_HOOK = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "hooks", "group_chat_depositor"
+)
+
+
+async def group_version(peer: Peer, gid: str) -> int:
+    listed = await peer.call("groups.list")
+    return int(next(g["version"] for g in listed["groups"] if g["id"] == gid))
+
+
+class GroupMailboxTests(TestCase):
+    timeout = 300
+
+    async def test_members_never_online_together_exchange_through_the_mailbox(self) -> None:
+        """When fred founds a group with bob and carol (his contacts, not each other's, each
+        on their own mailbox), and bob and carol are never online at the same time, then what
+        carol writes reaches bob through his group queue and what bob writes reaches carol
+        through hers, each returning while every other member is stopped; all three end with
+        every message once, in the same order, and neither becomes the other's contact.  A chat
+        message bob's daemon also deposits into carol's group queue (sealed with his real key,
+        tests/hooks/group_chat_depositor) is refused: carol receives and stores nothing from
+        him but group traffic."""
+        from tests.daemons import REPO
+        from tests.mailboxes import start_mailbox, until
+
+        root = short_tempdir(self)
+        boxes = [await start_mailbox(self, os.path.join(root, f"m{i}")) for i in range(3)]
+        fred, bob, carol = (Peer(self, root, name) for name in ("fred", "bob", "carol"))
+        # bob also deposits a chat message into carol's group queue (tests/hooks)
+        bob.process.env = {"PYTHONPATH": CHAT_HOOK + os.pathsep + REPO}
+
+        async def on_mailbox(peer: Peer, box: Any) -> None:
+            await peer.call("mailbox.use", link=str(box.link()))
+
+        async def reaching(peer: Peer, contacts: int) -> None:
+            async def reachable() -> bool:
+                status = await peer.call("mailbox.status")
+                return bool(status["connected"] and status["contacts_reachable"] == contacts)
+
+            await until(reachable, what=f"{peer.name} knows its contacts' mailboxes")
+
+        async def at_version(peer: Peer, version: int) -> None:
+            async def check() -> bool:
+                return await group_version(peer, gid) >= version
+
+            await until(check, what=f"{peer.name} at group version {version}")
+
+        def deposited_to(peer: Peer, uid: str) -> set[str]:
+            return {
+                p["id"]
+                for p in peer.recorder.named("message.stateChanged")
+                if p.get("via") == "mailbox" and p["contact"] == uid and p["state"] == "sent"
+            }
+
+        # fred and bob: contacts, each on a mailbox; the group; bob publishes his group queue
+        await fred.start(create=True)
+        await bob.start(create=True)
+        await befriend(fred, bob)
+        await on_mailbox(fred, boxes[0])
+        await on_mailbox(bob, boxes[1])
+        await reaching(fred, 1)
+        await reaching(bob, 1)
+        gid = str((await fred.call("groups.create", name="club"))["id"])
+        await at_version(fred, 2)  # fred's own group queue in his entry
+        await invite_and_join(fred, gid, bob)  # version 3
+        await at_version(fred, 4)  # bob's group queue in his entry, signed by bob
+        await at_version(bob, 4)
+        await bob.stop()
+
+        # carol, fred's contact only, joins while bob is stopped; she writes, fred writes
+        await carol.start(create=True)
+        await befriend(fred, carol)
+        await on_mailbox(carol, boxes[2])
+        await reaching(fred, 2)
+        await reaching(carol, 1)
+        await invite_and_join(fred, gid, carol)  # version 5
+        await at_version(fred, 6)  # carol's group queue, signed by carol
+        await at_version(carol, 6)
+        sent = await carol.call("groups.send", group=gid, text="carol while bob is away")
+        await fred.recorder.wait(lambda: "carol while bob is away" in group_bodies(fred, gid), 60)
+        too = await fred.call("groups.send", group=gid, text="fred too")
+        await carol.recorder.wait(lambda: "fred too" in group_bodies(carol, gid), 60)
+        # carol's entry for bob went into bob's group queue (bob is not her contact), fred's
+        # into bob's queue for fred (after the state that added carol, in outbox order)
+        await carol.recorder.wait(lambda: sent["id"] in deposited_to(carol, bob.uid), 60)
+        await fred.recorder.wait(lambda: too["id"] in deposited_to(fred, bob.uid), 60)
+        await carol.stop()
+        await fred.stop()
+
+        # bob returns alone: everything comes from his mailbox; he answers into carol's
+        await bob.start(unlock=True)
+        await history_of_at_least(bob, gid, 2)
+        answer = await bob.call("groups.send", group=gid, text="bob answers")
+        await bob.recorder.wait(lambda: answer["id"] in deposited_to(bob, carol.uid), 60)
+        await bob.recorder.wait(lambda: answer["id"] in deposited_to(bob, fred.uid), 60)
+        await bob.process.wait_for(b"test hook: chat deposited in a group queue", 60)
+        bob_order = [m["id"] for m in await history(bob, gid)]
+        await bob.stop()
+
+        # carol returns alone, then fred
+        await carol.start(unlock=True)
+        carol_items = await history_of_at_least(carol, gid, 3)
+        await fred.start(unlock=True)
+        fred_items = await history_of_at_least(fred, gid, 3)
+
+        self.assertEqual(
+            sorted(m["body"] for m in carol_items),
+            ["bob answers", "carol while bob is away", "fred too"],
+        )
+        self.assertEqual(len(set(bob_order)), 3)
+        self.assertEqual([m["id"] for m in carol_items], bob_order)
+        self.assertEqual([m["id"] for m in fred_items], bob_order)
+        carol_contacts = await carol.call("contacts.list")
+        self.assertNotIn(bob.uid, [c["uid"] for c in carol_contacts["contacts"]])
+        # bob's chat deposit in her group queue was refused: nothing received or stored
+        await carol.process.wait_for(b"in a group queue: not that group's traffic", 60)
+        self.assertEqual(carol.recorder.named("message.received"), [])
+        members = await carol.call("groups.members", group=gid)
+        self.assertIn(bob.uid, [m["uid"] for m in members["members"]])

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.crypto.identity import IdentityKey
+from jarvis.crypto.linkcode import CardMailbox
 from jarvis.protocol.group_state import (
     MAX_ADDRESSES_BYTES,
     MAX_MEMBERS,
@@ -381,3 +382,49 @@ def _resign(state: GroupState, signer: IdentityKey) -> GroupState:
     unsigned = replace(state, signer=signer.public_bytes)
     body = group_state._body(unsigned)
     return replace(unsigned, signature=signer.sign(group_state._SIGN_LABEL + body))
+
+
+class AddressesFieldTests(SynchronousTestCase):
+    """The one encoding of a member's addresses field (docs/protocol.md, "Group state")."""
+
+    def card(self, link_chars: int = 0) -> CardMailbox:
+
+        host = "h" * link_chars if link_chars else "127.0.0.1"
+        link = f"jarvis-mailbox:{ALICE.uid}@{host}:7780"[:255]
+        return CardMailbox(link, b"s" * 24, b"k" * 32, b"p" * 112)
+
+    def test_round_trip_with_and_without_a_mailbox(self) -> None:
+        """When addresses and a group queue are encoded, then they parse back as they were;
+        without a mailbox the field is the plain comma list it always was."""
+        from jarvis.protocol.group_state import encode_addresses, parse_addresses
+
+        card = self.card()
+        raw = encode_addresses(["192.0.2.7:7770", "[2001:db8::1]:7770"], card)
+        self.assertEqual(parse_addresses(raw), (("192.0.2.7:7770", "[2001:db8::1]:7770"), card))
+        plain = encode_addresses(["192.0.2.7:7770", "198.51.100.1:7770"])
+        self.assertEqual(plain, b"192.0.2.7:7770,198.51.100.1:7770")
+        self.assertEqual(parse_addresses(plain), (("192.0.2.7:7770", "198.51.100.1:7770"), None))
+
+    def test_longest_link_kept_whole_addresses_cut(self) -> None:
+        """When the mailbox link is as long as a link may be, then the mailbox part is kept
+        whole, the field stays within MAX_ADDRESSES_BYTES, and the addresses that do not fit
+        are left out (the first ones kept)."""
+        from jarvis.protocol.group_state import encode_addresses, parse_addresses
+
+        card = self.card(link_chars=300)
+        addresses = [f"192.0.2.{i}:7770" for i in range(1, 40)]
+        raw = encode_addresses(addresses, card)
+        self.assertLessEqual(len(raw), MAX_ADDRESSES_BYTES)
+        kept, mailbox = parse_addresses(raw)
+        self.assertEqual(mailbox, card)
+        self.assertGreaterEqual(len(kept), 1)
+        self.assertEqual(list(kept), addresses[: len(kept)])
+
+    def test_malformed_mailbox_part_ignored(self) -> None:
+        """When the part after the NUL byte does not parse exactly, then the addresses are
+        still read and no mailbox is taken from it."""
+        from jarvis.protocol.group_state import encode_addresses, parse_addresses
+
+        raw = encode_addresses(["192.0.2.7:7770"], self.card())
+        self.assertEqual(parse_addresses(raw[:-1]), (("192.0.2.7:7770",), None))
+        self.assertEqual(parse_addresses(raw + b"x"), (("192.0.2.7:7770",), None))

@@ -642,3 +642,165 @@ class UnreachableMailboxTests(TestCase):
             "cannot reach the mailbox at 127.0.0.1:7780: Connection was refused by other side",
         )
         self.assertIsNone(node.mailbox_status()["link"])
+
+
+class GroupQueueTests(PostboxCase):
+    """Issue 17: members who are not contacts deposit into our group queue, for that group's
+    traffic only (docs/groups.md, "Members who are not contacts")."""
+
+    async def join_club(self) -> tuple[Node, Any, list, IdentityKey, FakeTransport, bytes]:
+        """Alice (using a mailbox) joins Bob's group "club", in which Carol, who is not her
+        contact, is a member; Alice's daemon publishes her group queue in a state she signs.
+
+        :returns: ``(node, clock, events, carol, transport, group id)``."""
+        from jarvis.protocol.group_fanout import KIND_INVITE, encode_chain, encode_payload
+        from jarvis.protocol.group_state import found_group, invite
+
+        node, clock, events, bob, transport, _ring = await self.setup_pair()
+        self.bob = bob
+        assert node._keys is not None
+        carol = IdentityKey.generate()
+        v1 = found_group(bob, "club")
+        v2 = invite(v1, bob, node._keys.identity.public_bytes)
+        v3 = invite(v2, bob, carol.public_bytes)
+        payload = encode_payload(KIND_INVITE, encode_chain([v1, v2, v3]))
+        await turned(clock, node.groups.payload_received(bob.uid, payload))
+        invited = [p for n, p in events if n == "group.invited"]
+        await turned(clock, node.groups.join(invited[-1]["invite"]["id"]))
+        gid = v1.group_id
+        await until(clock, lambda: node.groups.resolve("club").state.version == 4)
+        return node, clock, events, carol, transport, gid
+
+    def seal_for_alice(
+        self, node: Node, gid: bytes, sender: IdentityKey, plaintext: bytes, mid: bytes
+    ) -> bytes:
+        assert node._keys is not None
+        card = node.postbox.group_mailbox(gid)
+        assert card is not None
+        return mailseal.seal(
+            sender,
+            node._keys.uid,
+            node._keys.identity.public_bytes,
+            mailseal.SignedPrekey.from_bytes(card.prekey),
+            mid,
+            plaintext,
+            NOW,
+        )
+
+    async def test_own_entry_carries_the_group_queue(self) -> None:
+        """When Alice joins a group while using a mailbox, then the state she signs next
+        carries, in her member entry, her mailbox link, the sender half of a queue made for
+        this group and her current prekey; and the other members' entries are read back."""
+        from jarvis.protocol.group_state import parse_addresses
+
+        node, _clock, _events, carol, _transport, gid = await self.join_club()
+        assert node._keys is not None
+        state = node.groups.resolve("club").state
+        self.assertEqual(state.signer, node._keys.identity.public_bytes)
+        own = state.member_by_key(node._keys.identity.public_bytes)
+        assert own is not None
+        _addresses, mailbox = parse_addresses(own.addresses)
+        self.assertEqual(mailbox, node.postbox.group_mailbox(gid))
+        assert mailbox is not None
+        self.assertEqual(mailbox.link, link_for(1))
+        creds = node.postbox.queues["g:" + gid.hex()]
+        self.assertEqual((mailbox.sender_id, mailbox.sender_key), (creds[1], creds[3]))
+        self.assertIsNone(node.groups.peer_mailbox(carol.uid))  # Carol published none
+
+    async def test_chat_from_a_group_peer_refused_group_entry_taken(self) -> None:
+        """When Carol, a member who is not Alice's contact, deposits a chat message into
+        Alice's group queue, then it is refused (nothing stored, no event, Carol does not
+        become a contact); a group message of that group from her is taken and shown, and a
+        payload about another group is refused."""
+        from jarvis.protocol.group_fanout import KIND_MESSAGE as GROUP_MESSAGE
+        from jarvis.protocol.group_fanout import encode_body, encode_payload
+        from jarvis.protocol.group_message import NO_HASH, encode_message, write_message
+
+        node, clock, events, carol, transport, gid = await self.join_club()
+        handler = transport.handlers[node.postbox.queues["g:" + gid.hex()][0]]
+        created = int(NOW * 1000).to_bytes(8, "big")
+        chat = bytes([KIND_MESSAGE]) + created + b"psst, a chat message"
+        envelope = self.seal_for_alice(node, gid, carol, chat, bytes(range(16)))
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        self.assertEqual(node.postbox.group_refused, 1)
+        self.assertEqual([p for n, p in events if n == "message.received"], [])
+        contacts = await node.list_contacts()
+        self.assertNotIn(carol.uid, [c["uid"] for c in contacts])
+
+        def group_entry(group_id: bytes, text: bytes) -> bytes:
+            message = write_message(
+                carol,
+                group_id,
+                seq=1,
+                prev_hash=NO_HASH,
+                state_version=4,
+                created=int(NOW * 1000),
+                body=text,
+            )
+            return encode_body(encode_payload(GROUP_MESSAGE, encode_message(message)))
+
+        other = bytes(16)
+        wrong = bytes([KIND_MESSAGE]) + created + group_entry(other, b"elsewhere")
+        envelope = self.seal_for_alice(node, gid, carol, wrong, bytes(range(1, 17)))
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        self.assertEqual(node.postbox.group_refused, 2)
+
+        right = bytes([KIND_MESSAGE]) + created + group_entry(gid, b"hello club")
+        envelope = self.seal_for_alice(node, gid, carol, right, bytes(range(2, 18)))
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        shown = [p["message"] for n, p in events if n == "group.message"]
+        self.assertEqual([(m["author"], m["body"]) for m in shown], [(carol.uid, "hello club")])
+        self.assertEqual(node.postbox.group_refused, 2)
+        history = node.groups.history("club")
+        self.assertEqual([m["body"] for m in history["messages"]], ["hello club"])
+
+    async def test_new_member_is_a_peer_before_its_state_is_stored(self) -> None:
+        """When a state adding Dave arrives, then Dave is a group peer at once, before the
+        state is stored: a deposit of his opened meanwhile (against the new members) is
+        taken, not dropped as from a stranger; then his group message is shown."""
+        from jarvis.protocol.group_fanout import KIND_MESSAGE as GROUP_MESSAGE
+        from jarvis.protocol.group_fanout import KIND_STATE, encode_body, encode_payload
+        from jarvis.protocol.group_message import NO_HASH, encode_message, write_message
+        from jarvis.protocol.group_state import encode_state, invite
+
+        node, clock, events, _carol, transport, gid = await self.join_club()
+        bob = self.bob
+        dave = IdentityKey.generate()
+        v5 = invite(node.groups.resolve("club").state, bob, dave.public_bytes)
+        adopted = node.groups.payload_received(
+            bob.uid, encode_payload(KIND_STATE, encode_state(v5))
+        )
+        self.assertTrue(node.groups.is_peer(dave.uid))
+        await turned(clock, adopted)
+        message = write_message(
+            dave, gid, seq=1, prev_hash=NO_HASH, state_version=5, created=0, body=b"hi"
+        )
+        body = encode_body(encode_payload(GROUP_MESSAGE, encode_message(message)))
+        plain = bytes([KIND_MESSAGE]) + int(NOW * 1000).to_bytes(8, "big") + body
+        handler = transport.handlers[node.postbox.queues["g:" + gid.hex()][0]]
+        envelope = self.seal_for_alice(node, gid, dave, plain, bytes(range(16)))
+        await turned(clock, defer.maybeDeferred(handler, envelope))
+        shown = [p["message"] for n, p in events if n == "group.message"]
+        self.assertEqual([(m["author"], m["body"]) for m in shown], [(dave.uid, "hi")])
+
+    async def test_deposit_from_a_non_member_dropped_after_the_wait(self) -> None:
+        """When someone who is not a member deposits into Alice's group queue, then the
+        deposit waits for the group's next state and, none coming for GROUP_SENDER_WAIT
+        seconds, is dropped (the queue goes on); nothing is stored."""
+        from jarvis.core.groups import GROUP_SENDER_WAIT
+
+        node, clock, events, _carol, transport, gid = await self.join_club()
+        stranger = IdentityKey.generate()
+        handler = transport.handlers[node.postbox.queues["g:" + gid.hex()][0]]
+        chat = bytes([KIND_MESSAGE]) + int(NOW * 1000).to_bytes(8, "big") + b"let me in"
+        envelope = self.seal_for_alice(node, gid, stranger, chat, bytes(range(16)))
+        handled = defer.maybeDeferred(handler, envelope)
+        done: list[Any] = []
+        handled.addBoth(lambda result: done.append(result) or result)
+        for _ in range(20):
+            clock.advance(0)
+            await deferLater(reactor, 0.001, lambda: None)
+        self.assertEqual(done, [])  # waiting for a state that could make it a member
+        clock.advance(GROUP_SENDER_WAIT)
+        await turned(clock, handled)
+        self.assertEqual([p for n, p in events if n in ("message.received", "group.message")], [])

@@ -696,9 +696,14 @@ class Courier:
         """A message collected from *uid*'s queue: stored on the session messages' path
         (once, by id); acknowledged over a session if one is up, else by a deposit.  From a
         blocked contact it is dropped (the network refuses its sessions; its deposits are
-        collected and deleted unread)."""
+        collected and deleted unread).  From a group peer who is not a contact (collected
+        from one of our group queues), only a group entry is taken, never a chat message."""
         contact = self._contacts.get(uid)
-        if contact is None or contact.blocked:
+        if contact is None:
+            if not (body.startswith(BODY_MARK) and self.group_peer(uid)):
+                self.log.warn("a deposit from {uid} dropped: no contact, no group", uid=log_id(uid))
+                return defer.succeed(None)
+        elif contact.blocked:
             return defer.succeed(None)
         return self.message_received(self.mailbox_path(uid), message_id, body, created_ms)
 

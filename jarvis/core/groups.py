@@ -41,10 +41,12 @@ from jarvis.protocol.group_fanout import (
     KIND_MESSAGE,
     KIND_STATE,
     KIND_SUMMARY,
+    decode_body,
     encode_chain,
     encode_payload,
     parse_chain,
     parse_payload,
+    payload_group_id,
     plan_message,
     plan_state,
 )
@@ -69,18 +71,22 @@ from jarvis.protocol.group_state import (
     StateRefused,
     accept_chain,
     accept_next,
+    encode_addresses,
     encode_state,
     found_group,
     invite,
     leave,
+    parse_addresses,
     parse_state,
     preferred,
     remove,
     rename,
+    set_addresses,
     set_role,
     state_hash,
     verify_founding,
 )
+from jarvis.protocol.records import MailboxAddress
 from jarvis.store import group_queries
 from jarvis.store.database import Store
 from jarvis.store.records import new_message_id
@@ -91,6 +97,9 @@ SYNC_INTERVAL = 5.0
 GAP_DELAY = 0.5
 #: Most messages sent back for one summary (the rest on the next round).
 MAX_SYNC_MESSAGES = 2048
+#: Most seconds a deposit from a key that is not (yet) a member of the group waits for the
+#: group's next state before it is dropped (docs/groups.md, "Members who are not contacts").
+GROUP_SENDER_WAIT = 30.0
 #: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
 ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
@@ -198,6 +207,13 @@ class Groups:
         self._deliveries: dict[str, Delivery] = {}
         #: called with no argument when the set of group peers changed
         self.on_peers_changed: Callable[[], None] = lambda: None
+        #: the mailbox side (set by the node): our group queues, published in our entries
+        self.postbox: Any = None
+        self._address_list: list[str] = []
+        #: group ids whose mailbox publication is under way
+        self._publishing: set[bytes] = set()
+        #: per group: deposits from unknown keys waiting for its next state
+        self._member_waits: dict[bytes, list[tuple[defer.Deferred[bool], Any]]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -206,7 +222,8 @@ class Groups:
         """Read the groups back from *store* (the identity is unlocked)."""
         self._store = store
         self._identity = identity
-        self._addresses = ",".join(addresses).encode("ascii", "ignore")[:512]
+        self._address_list = list(addresses)
+        self._addresses = encode_addresses(self._address_list)
         rows = yield store.run(group_queries.load_group_records, write=False)
         states: list[GroupState] = []
         messages: list[GroupMessage] = []
@@ -328,6 +345,9 @@ class Groups:
         self._departing.clear()
         self._told.clear()
         self._network = None
+        self._publishing.clear()
+        for gid in list(self._member_waits):
+            self._wake_waiters(gid, False)
 
     def attach(self, network: Any) -> None:
         """Keep sessions with the group peers who are not contacts on *network*."""
@@ -377,7 +397,7 @@ class Groups:
             for m in members:
                 if m.public_key == own:
                     continue
-                addresses = tuple(a for a in m.addresses.decode("ascii", "replace").split(",") if a)
+                addresses, _mailbox = parse_addresses(m.addresses)
                 peers[m.uid] = (m.public_key, addresses)
         old = set(self._peers)
         self._peers = peers
@@ -402,6 +422,134 @@ class Groups:
             return False
         self._departing.add(key)
         return True
+
+    # -- the mailbox: our group queues, the members' queues ---------------------------------
+
+    def peer_mailbox(self, uid: str, body: bytes | None = None) -> MailboxAddress | None:
+        """Where to deposit for group peer *uid*: the group queue in its member entry of the
+        group *body* (a 1:1 body carrying a group payload) is about, or, for anything else
+        (acks), of the first group we share in which it has one.  ``None``: nowhere."""
+        if uid not in self._peers or self._contacts.get(uid) is not None:
+            return None  # a contact: the queue it told us (chat and group entries alike)
+        gid = None
+        if body is not None:
+            try:
+                payload = decode_body(body)
+            except ValueError:
+                payload = None
+            if payload is not None:
+                gid = payload_group_id(payload)
+            if gid is None:
+                return None
+        groups = [self._groups[gid]] if gid in self._groups else []
+        if gid is None:
+            groups = sorted(self._groups.values(), key=lambda g: g.group_id)
+        for group in groups:
+            # the latest state, or the one before it (a member it removed is told so)
+            for state in reversed(group.states[-2:]):
+                member = state.member(uid)
+                if member is None:
+                    continue
+                _addresses, mailbox = parse_addresses(member.addresses)
+                if mailbox is not None:
+                    return MailboxAddress(
+                        mailbox.link, mailbox.sender_id, mailbox.sender_key, mailbox.prekey
+                    )
+                break
+        return None
+
+    def group_senders(self, gid: bytes) -> list[tuple[str, bytes]]:
+        """Who may deposit into our queue for group *gid*: its members (and those its latest
+        state removed, whose last entries may still be on their way), not us."""
+        group = self._groups.get(gid)
+        if group is None or self._identity is None:
+            return []
+        own = self._own_key()
+        senders: dict[str, bytes] = {}
+        for state in group.states[-2:]:
+            for m in state.members:
+                if m.public_key != own:
+                    senders[m.uid] = m.public_key
+        return sorted(senders.items())
+
+    def wait_for_members(self, gid: bytes) -> defer.Deferred[bool]:
+        """A Deferred firing True at group *gid*'s next state, or False after
+        :data:`GROUP_SENDER_WAIT` seconds without one (or at lock)."""
+        d: defer.Deferred[bool] = defer.Deferred()
+        if self._identity is None or gid not in self._groups:
+            d.callback(False)
+            return d
+        clock: Any = self.clock
+        waits = self._member_waits.setdefault(gid, [])
+
+        def expire() -> None:
+            for i, (waiting, _timer) in enumerate(waits):
+                if waiting is d:
+                    del waits[i]
+                    d.callback(False)
+                    return
+
+        waits.append((d, clock.callLater(GROUP_SENDER_WAIT, expire)))
+        return d
+
+    def _wake_waiters(self, gid: bytes, changed: bool) -> None:
+        for d, timer in self._member_waits.pop(gid, []):
+            if timer.active():
+                timer.cancel()
+            d.callback(changed)
+
+    def _states_moved(self, group: Group) -> None:
+        """New states held: deposits waiting for a member are tried again, and entries
+        queued for group peers without a session go to the mailbox a state may just have
+        given them."""
+        self._wake_waiters(group.group_id, True)
+        schedule = getattr(self._courier, "schedule_mailbox", None)
+        if schedule is None:
+            return
+        for m in group.state.members:
+            if m.uid in self._peers and not self._courier.is_connected(m.uid):
+                schedule(m.uid)
+
+    def mailbox_changed(self) -> None:
+        """Our mailbox, its queues or our prekey changed: every group we are in gets our
+        group queue for it in our member entry (a state version we sign ourselves)."""
+        for group in list(self._groups.values()):
+            self._republish(group)
+
+    def _republish(self, group: Group) -> None:
+        if self.postbox is None or self._identity is None or group.left:
+            return
+        if group.group_id in self._publishing:
+            return
+        self._publishing.add(group.group_id)
+
+        def done(result: Any) -> Any:
+            self._publishing.discard(group.group_id)
+            return result
+
+        d = self._publish_mailbox(group).addBoth(done)
+        d.addErrback(lambda f: self.log.warn("our group mailbox not published: {e}", e=f.value))
+
+    @defer.inlineCallbacks
+    def _publish_mailbox(self, group: Group) -> Any:
+        """Make our queue for *group* at our mailbox if missing; if our member entry does not
+        carry it (or carries an old one: another mailbox, an expired prekey, none any more),
+        sign the next state with our own addresses replaced and fan it out."""
+        identity = self._identity
+        assert identity is not None
+        card = yield self.postbox.ensure_group_queue(group.group_id)
+        if self._identity is not identity or group.left:
+            return
+        own = group.state.member_by_key(identity.public_bytes)
+        if own is None:
+            return
+        addresses, current = parse_addresses(own.addresses)
+        if current == card:
+            return
+        new = encode_addresses(self._address_list or addresses, card)
+        if new == own.addresses:
+            return
+        yield self._change(group, lambda s: set_addresses(s, identity, identity.uid, new))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -519,6 +667,7 @@ class Groups:
         self._groups[state.group_id] = group
         view = self._view(group)
         self._emit("group.changed", {"group": view})
+        self._republish(group)
         return view
 
     def list_groups(self) -> list[dict[str, Any]]:
@@ -554,7 +703,7 @@ class Groups:
         contact = self._contacts.resolve(contact_ref)
         if not contact.public_key:
             raise InvalidInput("the contact's key is not known yet: connect with it once first")
-        addresses = ",".join(contact.addresses).encode("ascii", "ignore")[:512]
+        addresses = encode_addresses(contact.addresses)
         state = yield self._change(
             group,
             lambda s: invite(s, identity, bytes(contact.public_key), addresses=addresses),
@@ -607,6 +756,7 @@ class Groups:
         yield self._send_summary(group, [invitation.sender])
         view = self._view(group)
         self._emit("group.changed", {"group": view})
+        self._republish(group)
         return view
 
     @defer.inlineCallbacks
@@ -791,6 +941,9 @@ class Groups:
         for state in states:
             group.states.append(state)
             group.membership.add(state)
+        # at once, not after the store: what these states admit (a member's deposit opened
+        # meanwhile against the new members) must find them peers
+        self._update_peers()
         dropped, _shown = group.log.states_added()
         if dropped:
             own = self._own_key()
@@ -813,6 +966,7 @@ class Groups:
                 {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
             )
         self._announce(group, shown)
+        self._states_moved(group)
 
     def _set_left(self, group: Group, left: bool) -> defer.Deferred[Any]:
         group.left = left
@@ -948,6 +1102,7 @@ class Groups:
             yield self._adopt(group, accepted)
             if rejoined:
                 yield self._set_left(group, False)
+            self._republish(group)
         elif group.ahead:
             self._gap_seen(group, uid)
 
@@ -1010,6 +1165,7 @@ class Groups:
         membership = Membership(states)
         log = GroupLog(group.group_id, membership)
         group.states, group.membership, group.log = states, membership, log
+        self._update_peers()
         parked, group.parked = group.parked, []
         for message in [*before, *parked]:
             self._offer(group, message)
@@ -1033,6 +1189,8 @@ class Groups:
             )
         before_ids = {message_hash(m) for m in before}
         self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
+        self._states_moved(group)
+        self._republish(group)
 
     # -- sync ----------------------------------------------------------------------------------
 

@@ -161,6 +161,13 @@ class Node(Service):
         )
         self.courier.on_group = self.groups.payload_received
         self.courier.group_peer = self.groups.is_peer
+        # members who are not contacts, through the mailbox (docs/groups.md)
+        self.groups.postbox = self.postbox
+        self.postbox.group_key = self.groups.peer_key
+        self.postbox.group_address = self.groups.peer_mailbox
+        self.postbox.group_senders = self.groups.group_senders
+        self.postbox.wait_for_members = self.groups.wait_for_members
+        self.postbox.on_changed = self.groups.mailbox_changed
         self.transfers = Transfers(
             clock=clock,
             now=now,
@@ -335,7 +342,7 @@ class Node(Service):
         self.transfers.reopen_partials()
         transport = self.mailbox_factory() if self.mailbox_factory is not None else None
         yield self.postbox.open(store, keys.identity, transport)
-        for uid in list(self.postbox.peers):
+        for uid in [*self.postbox.peers, *self.groups.peer_uids()]:
             self.courier.schedule_mailbox(uid)
         self._redial_with_relays()
         self._schedule_rotation()

@@ -26,6 +26,17 @@ Deposits there do not say who sent them: they are opened against every contact
 (:func:`~jarvis.crypto.mailseal.open_sealed_any`) and dropped unless one of them sealed and
 signed it.  A contact that deposits there also deposits its own address for us
 (``KIND_ADDRESS``), and we answer likewise, so both move to per-contact queues.
+
+**Group queues** (issue 17, docs/groups.md "Members who are not contacts").  For each group
+we are a member of, one more queue, whose sender half (with our current prekey) we publish in
+our member entry of the group's signed state.  Any member may deposit there, sealed exactly as
+a contact's first deposit into the introduction queue; a deposit is opened against the
+group's current members only, and taken only if it carries that group's traffic (a group
+payload of that group, or acks of our group entries): a chat message, an address or another
+group's payload is refused, and the sender never becomes a contact.  A deposit from a key
+that is not a member yet (its state is still on its way in another queue) waits for the next
+state of the group (at most ``jarvis.core.groups.GROUP_SENDER_WAIT`` seconds each time) before it
+is dropped.
 """
 
 from __future__ import annotations
@@ -47,6 +58,7 @@ from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.linkcode import CardMailbox
 from jarvis.crypto.mailseal import PrekeyError, PrekeyRing, SealError, SignedPrekey
 from jarvis.mailbox.wire import MAX_PAYLOAD
+from jarvis.protocol.group_fanout import decode_body, payload_group_id
 from jarvis.protocol.mailbox_link import BadMailboxLink, parse_link
 from jarvis.protocol.records import MailboxAddress, MalformedRecord, encode_record, parse_record
 from jarvis.store import queries
@@ -57,6 +69,8 @@ KIND_ACKS = 2
 KIND_ADDRESS = 3
 #: The key of the introduction queue in :attr:`Postbox.queues` (never a uid).
 INTRO = ""
+#: How the key of a group queue in :attr:`Postbox.queues` starts (then the group id in hex).
+GROUP_QUEUE = "g:"
 #: Most bytes of a message body that fit in one mailbox block once sealed.
 MAX_MAILBOX_BODY = MAX_PAYLOAD - mailseal.OVERHEAD - 1 - 8
 #: Most message ids one ack deposit carries.
@@ -130,6 +144,26 @@ class Postbox:
         self.on_address: Callable[[str], Any] = lambda uid: None
         #: message ids acknowledged by a deposit since unlock
         self.acks_deposited = 0
+        #: group peers (members who are not contacts), set by the node from the groups:
+        #: their identity key by uid; where to deposit for them (``(uid, 1:1 body or None)``
+        #: -> the address from their member entry of the body's group, or of any shared group);
+        #: the members who may deposit into a group queue (group id -> ``[(uid, key)]``); and
+        #: a wait for the group's next state (group id -> Deferred firing True, or False
+        #: after a while without one)
+        self.group_key: Callable[[str], bytes | None] = lambda uid: None
+        self.group_address: Callable[[str, bytes | None], MailboxAddress | None] = (
+            lambda uid, body: None
+        )
+        self.group_senders: Callable[[bytes], list[tuple[str, bytes]]] = lambda gid: []
+        self.wait_for_members: Callable[[bytes], defer.Deferred[bool]] = lambda gid: defer.succeed(
+            False
+        )
+        #: called when our mailbox, its queues or our prekey changed (groups republish)
+        self.on_changed: Callable[[], Any] = lambda: None
+        #: deposits refused from group queues since unlock (not that group's traffic)
+        self.group_refused = 0
+        #: group queues being made (group queue key -> its waiters)
+        self._making: dict[str, list[defer.Deferred[Any]]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -181,6 +215,7 @@ class Postbox:
         self.card_peers = set()
         self._told_by_deposit = set()
         self._sessions.clear()
+        self._making.clear()
         self.ring = PrekeyRing()
         if transport is not None:
             return transport.disconnect()
@@ -200,6 +235,13 @@ class Postbox:
             yield self._save_queues()
         for uid, creds in list(self.queues.items()):
             yield self._subscribe(uid, creds)
+        self._changed()
+
+    def _changed(self) -> None:
+        try:
+            self.on_changed()
+        except Exception as e:
+            self.log.warn("a mailbox change was not handled: {error}", error=redact(str(e)))
 
     def _subscribe(self, uid: str, creds: tuple[bytes, bytes, bytes, bytes]) -> Any:
         return self._transport.subscribe(
@@ -289,6 +331,7 @@ class Postbox:
             yield self._transport.disconnect()
         yield self._save_config()
         yield self._save_queues()
+        self._changed()
         self._emit("mailbox.changed", {"link": None})
         return self.status()
 
@@ -309,7 +352,9 @@ class Postbox:
         return {
             "link": self.link,
             "connected": bool(self.link and figures.get("connected")),
-            "queues": sum(1 for uid in self.queues if uid != INTRO),
+            "queues": sum(
+                1 for uid in self.queues if uid != INTRO and not uid.startswith(GROUP_QUEUE)
+            ),
             "contacts_reachable": sum(1 for a in self.peers.values() if a.link),
             "last_collect": figures.get("last_collect"),
             "collected": figures.get("collected", 0),
@@ -360,6 +405,7 @@ class Postbox:
         if self._identity is not None and self.ring.rotate(self._identity, self.now()):
             self._save_config()
             self._announce_all()
+            self._changed()
             return
         self._announce(uid)
 
@@ -372,6 +418,7 @@ class Postbox:
             return False
         self._save_config().addErrback(lambda f: self.log.failure("saving prekeys failed", f))
         self._announce_all(by_deposit=True)
+        self._changed()
         return True
 
     def session_closed(self, session: Any) -> None:
@@ -451,6 +498,42 @@ class Postbox:
             return None
         return CardMailbox(self.link, creds[1], creds[3], prekey.signed.to_bytes())
 
+    def group_mailbox(self, group_id: bytes) -> CardMailbox | None:
+        """What our member entry of group *group_id* carries for the other members (``None``:
+        no mailbox in use, or the group's queue is not made yet)."""
+        creds = self.queues.get(GROUP_QUEUE + group_id.hex())
+        prekey = self.ring.current
+        if self.link is None or creds is None or prekey is None:
+            return None
+        return CardMailbox(self.link, creds[1], creds[3], prekey.signed.to_bytes())
+
+    @defer.inlineCallbacks
+    def ensure_group_queue(self, group_id: bytes) -> Any:
+        """Make (and subscribe) our queue for group *group_id* at our mailbox if missing.
+
+        :returns: a Deferred firing with :meth:`group_mailbox` (``None`` without a mailbox).
+        """
+        key = GROUP_QUEUE + group_id.hex()
+        if self.link is None or self._transport is None or self._store is None:
+            return None
+        if key not in self.queues:
+            waiters = self._making.get(key)
+            if waiters is not None:
+                waiter: defer.Deferred[Any] = defer.Deferred()
+                waiters.append(waiter)
+                yield waiter
+            else:
+                self._making[key] = []
+                try:
+                    creds = yield self._transport.create_queue()
+                    self.queues[key] = creds
+                    yield self._save_queues()
+                    yield self._subscribe(key, creds)
+                finally:
+                    for waiter in self._making.pop(key, []):
+                        waiter.callback(None)
+        return self.group_mailbox(group_id)
+
     def address_from_card(self, uid: str, mailbox: CardMailbox) -> None:
         """Keep the introduction queue of contact *uid*'s link code or card as where to
         deposit for it, unless it already told us its queue for us (which stays)."""
@@ -496,13 +579,27 @@ class Postbox:
 
     def can_deposit(self, uid: str) -> bool:
         """Whether we know where and how to deposit for *uid*."""
-        return self._transport is not None and uid in self.peers and self._identity is not None
+        if self._transport is None or self._identity is None:
+            return False
+        return uid in self.peers or self.group_address(uid, None) is not None
 
-    def _deposit(self, uid: str, message_id: bytes, plaintext: bytes) -> defer.Deferred[Any]:
-        """Seal *plaintext* for *uid* off the reactor, then deposit it; deposits reach the
-        transport in the order of these calls, each sealed exactly once."""
+    def _address_of(self, uid: str, body: bytes | None = None) -> MailboxAddress | None:
+        """Where to deposit for *uid*: the address it told us (a contact), else its group
+        queue from the group state (for *body*'s group when it is a group entry)."""
         address = self.peers.get(uid)
-        public = self._public_key(uid)
+        if address is None:
+            address = self.group_address(uid, body)
+        return address
+
+    def _deposit(
+        self, uid: str, message_id: bytes, plaintext: bytes, body: bytes | None = None
+    ) -> defer.Deferred[Any]:
+        """Seal *plaintext* for *uid* off the reactor, then deposit it; deposits reach the
+        transport in the order of these calls, each sealed exactly once.
+
+        :param body: the 1:1 body a message deposit carries (picks a group peer's queue)."""
+        address = self._address_of(uid, body)
+        public = self._public_key(uid) or self.group_key(uid)
         identity, transport = self._identity, self._transport
         if address is None or public is None or identity is None or transport is None:
             return defer.fail(InvalidInput("no mailbox address for this contact"))
@@ -558,7 +655,7 @@ class Postbox:
             # depositing into the contact's introduction queue (from its link code): it does
             # not know our queue for it yet; tell it first, once per unlock
             self._deposit_address(uid)
-        return self._deposit(uid, message_id, payload)
+        return self._deposit(uid, message_id, payload, body)
 
     def deposit_acks(self, uid: str, message_ids: list[bytes]) -> defer.Deferred[Any]:
         """Deposit acknowledgements for *uid*'s messages into its queue."""
@@ -586,6 +683,8 @@ class Postbox:
             return None
         if uid == INTRO:
             return self._collected_intro(envelope)
+        if uid.startswith(GROUP_QUEUE):
+            return self._collected_group(bytes.fromhex(uid[len(GROUP_QUEUE) :]), envelope)
         public = self._public_key(uid)
         if public is None:
             return None
@@ -660,6 +759,65 @@ class Postbox:
             )
 
         return opened.addCallbacks(handle, dropped)
+
+    def _collected_group(self, group_id: bytes, envelope: bytes) -> Any:
+        """One deposit from our queue for group *group_id*: find which member sealed it (off
+        the reactor), then take it if it carries that group's traffic (:meth:`_handle_group`).
+        From a key that is not a member (yet), it waits for the group's next state and is
+        tried again; once no new state comes for a while, it is dropped."""
+        identity = self._identity
+        assert identity is not None
+        candidates = self.group_senders(group_id)
+        ring = PrekeyRing(self.ring.prekeys)
+        if candidates:
+            opened = self._run_blocking(
+                mailseal.open_sealed_any, identity.uid, ring, candidates, envelope
+            )
+        else:
+            opened = defer.fail(SealError("no member of this group to open it against"))
+
+        def handle(result: tuple[str, bytes, bytes]) -> Any:
+            if self._identity is not identity:
+                return None
+            return self._handle_group(group_id, *result)
+
+        def unknown(failure: Any) -> Any:
+            failure.trap(SealError)
+            if self._identity is not identity:
+                return None
+
+            def again(changed: bool) -> Any:
+                if changed and self._identity is identity:
+                    return self._collected_group(group_id, envelope)
+                self.log.warn("dropping a deposit in a group queue: {error}", error=failure.value)
+                return None
+
+            return self.wait_for_members(group_id).addCallback(again)
+
+        return opened.addCallbacks(handle, unknown)
+
+    def _handle_group(self, group_id: bytes, uid: str, message_id: bytes, payload: bytes) -> Any:
+        """An opened deposit from member *uid* in our queue for *group_id*: a group entry of
+        that group goes to the courier (as a collected message), acks too; anything else (a
+        chat message, an address, another group's payload) is refused."""
+        if payload[:1] == bytes([KIND_MESSAGE]) and len(payload) >= 9:
+            (created_ms,) = _CREATED.unpack_from(payload, 1)
+            body = payload[9:]
+            try:
+                group_payload = decode_body(body)
+            except ValueError:
+                group_payload = None
+            if group_payload is not None and payload_group_id(group_payload) == group_id:
+                return self.on_message(uid, message_id, body, created_ms)
+        elif payload[:1] == bytes([KIND_ACKS]) and (len(payload) - 1) % 16 == 0:
+            ids = [payload[i : i + 16] for i in range(1, len(payload), 16)]
+            return self.on_acks(uid, ids)
+        self.group_refused += 1
+        self.log.warn(
+            "refused a deposit from {uid} in a group queue: not that group's traffic",
+            uid=log_id(uid),
+        )
+        return None
 
 
 def _seal(

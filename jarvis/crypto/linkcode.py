@@ -179,6 +179,24 @@ class CardMailbox:
         link = self.link.encode("ascii")
         return struct.pack(">B", len(link)) + link + self.sender_id + self.sender_key + self.prekey
 
+    @classmethod
+    def decode(cls, data: bytes) -> CardMailbox:
+        """Parse exactly the bytes :meth:`encode` gives (also the mailbox part of a group
+        member's addresses, ``jarvis.protocol.group_state.encode_addresses``).
+
+        :raises MalformedCard: if they do not parse exactly.
+        """
+        reader = _Reader(bytes(data))
+        raw_link = reader.take(reader.uint(">B", "mailbox link length"), "mailbox link")
+        mailbox = cls(
+            _text(raw_link, "ascii", "mailbox link"),
+            reader.take(_QUEUE_ID_BYTES, "mailbox sender id"),
+            reader.take(_QUEUE_KEY_BYTES, "mailbox sender key"),
+            reader.take(_PREKEY_BYTES, "mailbox prekey"),
+        )
+        reader.finish()
+        return mailbox
+
 
 @dataclass(frozen=True)
 class ContactCard:

@@ -26,7 +26,13 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from jarvis.protocol.group_message import GroupMessage, encode_message, message_id
+from jarvis.protocol.group_message import (
+    GroupMessage,
+    encode_message,
+    message_id,
+    parse_message,
+    parse_summary,
+)
 from jarvis.protocol.group_state import GroupState, encode_state, parse_state, state_hash
 
 KIND_MESSAGE = 0x01
@@ -81,6 +87,25 @@ def parse_payload(payload: bytes) -> tuple[int, bytes]:
     if not payload or payload[0] not in _KINDS:
         raise ValueError("not a group payload")
     return payload[0], bytes(payload[1:])
+
+
+def payload_group_id(payload: bytes) -> bytes | None:
+    """Return the group id a message, state or summary payload is about; ``None`` for an
+    invitation (it travels between contacts only) or anything that does not parse.
+
+    A deposit into a member's group queue is taken only if this is that queue's group
+    (docs/groups.md, "Members who are not contacts")."""
+    try:
+        kind, record = parse_payload(payload)
+        if kind == KIND_MESSAGE:
+            return parse_message(record).group_id
+        if kind == KIND_STATE:
+            return parse_state(record).group_id
+        if kind == KIND_SUMMARY:
+            return parse_summary(record).group_id
+    except ValueError:
+        return None
+    return None
 
 
 def encode_body(payload: bytes) -> bytes:

@@ -18,6 +18,13 @@ Layout (integers unsigned big-endian, ``lp16(x) = u16(len(x)) || x``; see docs/p
     member  = public_key (32) || u8(role) || lp16(addresses)
     departure = public_key (32) || u64(last_seq)
     signed  = "jarvis group state v1" || 0x00 || body
+    addresses = ASCII "host:port" joined by "," [ || 0x00 || mailbox ]
+    mailbox = u8(len(link)) || link || sender_id (24) || sender_key (32) || signed prekey (112)
+
+The ``addresses`` field is opaque to the state's rules; :func:`encode_addresses` and
+:func:`parse_addresses` are its one encoding: where to dial the member, and the mailbox part
+of a link code version 2 (``jarvis.crypto.linkcode.CardMailbox``): where and how to deposit for
+the member when no session is possible (its group queue for this group).
 
 A version that removes members (a removal or a leave) lists each of them as a *departure* with
 the sequence number of their last group message that members keep: whatever they sign beyond
@@ -44,8 +51,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
-from jarvis.crypto.errors import BadSignature
+from jarvis.crypto.errors import BadSignature, MalformedCard
 from jarvis.crypto.identity import IdentityKey, check_name, uid_for_public_bytes, verify_signature
+from jarvis.crypto.linkcode import CardMailbox
 
 #: Size of a group id (random) and of a public key, hash and signature.
 GROUP_ID_SIZE = 16
@@ -615,6 +623,38 @@ def set_role(held: GroupState, signer: IdentityKey, uid: str, role: Role) -> Gro
         raise StateRefused("the founder cannot be removed or replaced")
     members = [*_without(held.members, old.public_key).values(), replace(old, role=role)]
     return _next(held, signer, members)
+
+
+def encode_addresses(addresses: Iterable[str], mailbox: CardMailbox | None = None) -> bytes:
+    """Return a member's addresses field: the ASCII ``host:port`` addresses joined by ``,``,
+    then, with a *mailbox*, a NUL byte and its encoding.  The mailbox part is kept whole;
+    addresses that do not fit in :data:`MAX_ADDRESSES_BYTES` beside it are left out (a link
+    is at most 255 bytes, so the mailbox part is at most 424 and 87 bytes remain)."""
+    tail = b"\x00" + mailbox.encode() if mailbox is not None else b""
+    room = MAX_ADDRESSES_BYTES - len(tail)
+    kept: list[bytes] = []
+    for address in addresses:
+        raw = address.encode("ascii", "ignore")
+        if not raw or b"," in raw or b"\x00" in raw:
+            continue
+        if len(b",".join([*kept, raw])) > room:
+            break
+        kept.append(raw)
+    return b",".join(kept) + tail
+
+
+def parse_addresses(raw: bytes) -> tuple[tuple[str, ...], CardMailbox | None]:
+    """Return ``(addresses, mailbox)`` of a member's addresses field (see
+    :func:`encode_addresses`); a mailbox part that does not parse exactly is ignored (None)."""
+    text, sep, tail = bytes(raw).partition(b"\x00")
+    addresses = tuple(a for a in text.decode("ascii", "replace").split(",") if a)
+    mailbox = None
+    if sep:
+        try:
+            mailbox = CardMailbox.decode(tail)
+        except MalformedCard:
+            mailbox = None
+    return addresses, mailbox
 
 
 def set_addresses(held: GroupState, signer: IdentityKey, uid: str, addresses: bytes) -> GroupState:
