@@ -54,6 +54,7 @@ BENCHMARKS: dict[str, str] = {
     "exec": "bench.exec_bench",
     "lan": "bench.lan_bench",
     "group": "bench.group_bench",
+    "group50": "bench.group50_bench",
     "files": "bench.files_bench",
     "postbox": "bench.postbox_bench",
     "relay": "bench.relay_bench",
