@@ -55,6 +55,7 @@ BENCHMARKS: dict[str, str] = {
     "stall": "bench.stall_bench",
     "lan": "bench.lan_bench",
     "group": "bench.group_bench",
+    "group50": "bench.group50_bench",
     "files": "bench.files_bench",
     "postbox": "bench.postbox_bench",
     "relay": "bench.relay_bench",

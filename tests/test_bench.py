@@ -64,6 +64,18 @@ BENCHMARK_KEYS = {
         "sender_cpu_ms_per_msg",
         "rss_mib_per_member",
     },
+    "group50": {
+        "members",
+        "fanout_p50_ms",
+        "fanout_p99_ms",
+        "group_msgs_per_s",
+        "group_cpu_ms_per_msg",
+        "one_to_one_msgs_per_s",
+        "one_to_one_cpu_ms_per_msg",
+        "group_vs_one_to_one_cpu",
+        "store_bytes_per_group_msg",
+        "outbox_body_bytes_per_group_msg",
+    },
     "files": {
         "files_mib_per_s",
         "tls_stream_16k_mib_per_s",
@@ -145,6 +157,7 @@ BENCHMARK_KEYS = {
 
 #: Figures that may legitimately be zero (a stall or lag that did not happen, no CPU tick).
 MAY_BE_ZERO = {
+    "store_bytes_per_group_msg",
     "idle_cpu_discovery_on_pct",
     "idle_cpu_discovery_off_pct",
     "discovery_idle_cost_pct",
@@ -275,6 +288,13 @@ class BenchmarkSmokeRunTests(TestCase):
         reports the send-to-event latency per member and to the last member, the burst's
         group messages/s and the same run's 1:1 latency."""
         await self.check_smoke("group")
+
+    async def test_group50(self) -> None:
+        """When the large-group benchmark runs a real sender with six simulated members at
+        smoke size, then it reports the fan-out time to the last acknowledgement, CPU per group
+        message next to the same run's 1:1 messages/s and CPU per message (with a ratio to the
+        ceiling), and the store's growth per group message."""
+        await self.check_smoke("group50")
 
     async def test_files(self) -> None:
         """When the file benchmark sends a file between two daemons at smoke size, then it

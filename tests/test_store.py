@@ -1313,3 +1313,164 @@ class CopyUncheckedTests(StoreTestCase):
         self.assertEqual((message.seq, message.state), (0, "queued"))
         with self.assertRaises(dataclasses.FrozenInstanceError):
             copy.seq = 8  # type: ignore[misc]
+
+
+def group_entry_body(index: int) -> str:
+    """The 1:1 body of a group entry carrying a 400-byte payload (as ``encode_body`` makes)."""
+    from jarvis.protocol.group_fanout import encode_body
+
+    return encode_body(bytes([1]) + index.to_bytes(4, "big") * 100).decode("ascii")
+
+
+#: What an acknowledged group entry's body becomes: the group marker, no payload.
+GROUP_ENTRY_DONE = "\x00jarvis-group\x00"
+
+
+def outgoing_body_bytes(path: str) -> int:
+    """Bytes of sealed bodies the outgoing rows of the database at *path* hold."""
+    conn = sqlite3.connect(path)
+    try:
+        (total,) = conn.execute(
+            "SELECT coalesce(sum(length(body)), 0) FROM messages WHERE direction = 'out'"
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(total)
+
+
+def used_bytes(path: str) -> int:
+    """Bytes of the pages in use (``page_count - freelist_count``) of the database at *path*."""
+    conn = sqlite3.connect(path)
+    try:
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    finally:
+        conn.close()
+    return int((pages - free) * size)
+
+
+class GroupEntryCompactionTests(StoreTestCase):
+    """Acknowledged group entries keep their delivery detail but not their payload (issue 17)."""
+
+    MEMBERS = [c * 52 for c in "bcdefghi"]  # the 8 other members of a 9-member group
+
+    async def write_group_messages(self, store: Store, count: int) -> list[str]:
+        """Store *count* group messages, one entry per member sharing the message's id."""
+        ids = []
+        for index in range(count):
+            mid = new_message_id(time.time())
+            body = group_entry_body(index)
+            await gatherResults(
+                [
+                    store.run(
+                        queries.add_outgoing, make_message(uid, id=mid, body=body), write=True
+                    )
+                    for uid in self.MEMBERS
+                ]
+            )
+            ids.append(mid)
+        return ids
+
+    async def test_acknowledged_entries_drop_their_payload(self) -> None:
+        """When 50 group messages to 8 members are stored and every member acknowledges its
+        entries, then the outgoing bodies no longer grow by 8 payloads per message (less than
+        one payload each), while every row, its state and the "delivered to" detail survive,
+        and a chat message delivered in the same acknowledgement keeps its text."""
+        from jarvis.store import group_queries
+
+        store = await self.open_store()
+        chat = await store.run(queries.add_outgoing, make_message(BOB, body="hi"), write=True)
+        ids = await self.write_group_messages(store, 50)
+        payload = len(group_entry_body(0))
+        before = outgoing_body_bytes(self.path)
+        self.assertGreater(before, 50 * 8 * payload)  # every entry holds its payload
+        for uid in self.MEMBERS:
+            acked = [*ids, chat.id] if uid == BOB else ids
+            changed = await store.run(
+                queries.advance_states,
+                acked,
+                "delivered",
+                5.0,
+                uids=[uid] * len(acked),
+                write=True,
+            )
+            self.assertEqual(len(changed), len(acked))
+        after = outgoing_body_bytes(self.path)
+        self.assertLess(after, 50 * payload)  # per message: less than one payload, not eight
+        delivered = await store.run(group_queries.delivered_to, ids, write=False)
+        self.assertEqual(
+            {mid: sorted(uids) for mid, uids in delivered.items()},
+            {mid: self.MEMBERS for mid in ids},
+        )
+        entry = await store.run(queries.get_message, ids[0], write=False)
+        assert entry is not None
+        self.assertEqual(
+            (entry.state, entry.delivered, entry.body), ("delivered", 5.0, GROUP_ENTRY_DONE)
+        )
+        kept = await store.run(queries.get_message, chat.id, write=False)
+        assert kept is not None
+        self.assertEqual((kept.state, kept.body), ("delivered", "hi"))
+
+    async def test_unacknowledged_entries_keep_their_payload(self) -> None:
+        """When one member acknowledges and another's entry is only sent, then the sent entry
+        still holds its whole payload (it may be written again) and stays in the outbox."""
+        store = await self.open_store()
+        [mid] = await self.write_group_messages(store, 1)
+        first, second = self.MEMBERS[:2]
+        await store.run(
+            queries.advance_states, [mid, mid], "sent", 1.0, uids=[first, second], write=True
+        )
+        await store.run(queries.advance_states, [mid], "delivered", 2.0, uids=[first], write=True)
+        [waiting] = await store.run(queries.outbox, second, write=False)
+        self.assertEqual(waiting.body, group_entry_body(0))
+
+    async def test_resume_and_read_compact_too(self) -> None:
+        """When a member's Resume marks its entries delivered (``deliver_through``) and another
+        member's entry goes straight to read, then both lose their payload; an incoming chat
+        message read in the same batch is untouched."""
+        store = await self.open_store()
+        ids = await self.write_group_messages(store, 3)
+        first, second = self.MEMBERS[:2]
+        changed = await store.run(queries.deliver_through, first, ids[2], 3.0, write=True)
+        self.assertEqual([mid for mid, _, _ in changed], ids)
+        incoming = await store.run(queries.add_incoming, make_message(second, "in"), write=True)
+        assert incoming is not None
+        await store.run(
+            queries.advance_states,
+            [ids[0], incoming.id],
+            "read",
+            4.0,
+            uids=[second, second],
+            write=True,
+        )
+        page = await store.run(queries.history, first, limit=10, write=False)
+        self.assertEqual([m.body for m in page.messages], [GROUP_ENTRY_DONE] * 3)
+        page = await store.run(queries.history, second, limit=10, write=False)
+        bodies = {m.id: m.body for m in page.messages}
+        self.assertEqual(bodies[ids[0]], GROUP_ENTRY_DONE)
+        self.assertEqual(bodies[ids[1]], group_entry_body(1))
+        self.assertEqual(bodies[incoming.id], "hello")
+
+    async def test_pages_of_acknowledged_entries_are_reused(self) -> None:
+        """When 200 group messages to 8 members are written 20 at a time and each batch is
+        acknowledged before the next, then the database's pages in use grow by less than the 8
+        payloads per message the entries held before their acknowledgement (the emptied
+        pages are reused, not only the bytes inside them freed)."""
+        store = await self.open_store()
+        payload = len(group_entry_body(0))
+        await self.write_group_messages(store, 20)  # the table's first pages
+        before = used_bytes(self.path)
+        for _ in range(10):
+            ids = await self.write_group_messages(store, 20)
+            for uid in self.MEMBERS:
+                await store.run(
+                    queries.advance_states,
+                    ids,
+                    "delivered",
+                    5.0,
+                    uids=[uid] * len(ids),
+                    write=True,
+                )
+        growth = (used_bytes(self.path) - before) / 200
+        self.assertLess(growth, 8 * payload)

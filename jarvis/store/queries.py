@@ -23,6 +23,7 @@ from jarvis.store.records import Contact, HistoryPage, StoredMessage, copy_unche
 from jarvis.store.rows import (
     ADVANCE_IN_CONVERSATION_SQL,
     ADVANCE_SQL,
+    COMPACTED_STATES,
     CONTACT_COLUMNS,
     DUMP_FORMAT,
     DUMP_VERSION,
@@ -174,7 +175,10 @@ def advance_states(
     for chunk in chunks(unique):
         values = ", ".join(["(?)"] * len(chunk))
         rows = conn.execute(f"WITH ids(id) AS (VALUES {values}) {sql}", (*chunk, state, at))
-        moved.update(rows.fetchall())
+        returned = rows.fetchall()
+        moved.update((row[0], row[1]) for row in returned)
+        if state in COMPACTED_STATES:
+            db.compact_group_entries(returned)
     changed: list[tuple[str, str, str]] = []
     for mid in unique:
         conversation = moved.get(mid)
@@ -201,7 +205,10 @@ def _advance_in_conversations(
         rows = db.conn.execute(
             f"WITH ids(id, conversation) AS (VALUES {values}) {sql}", (*params, state, at)
         )
-        moved.update((mid, bytes(conv)) for mid, conv in rows.fetchall())
+        returned = rows.fetchall()
+        moved.update((row[0], bytes(row[1])) for row in returned)
+        if state in COMPACTED_STATES:
+            db.compact_group_entries(returned)
     return [(mid, uid, state) for mid, uid in pairs if (mid, db.index(uid)) in moved]
 
 
@@ -317,10 +324,11 @@ def deliver_through(db: Rows, uid: str, mid: str, at: float) -> list[tuple[str, 
         return []
     rows = db.conn.execute(
         f"UPDATE messages SET state = 'delivered', delivered = ? WHERE conversation = ? "
-        f"AND {OUTBOX_WHERE} AND seq <= ? RETURNING seq, id",
+        f"AND {OUTBOX_WHERE} AND seq <= ? RETURNING seq, id, rowid, body",
         (at, conversation, row[0]),
     ).fetchall()
-    return [(changed, uid, "delivered") for _, changed in sorted(rows)]
+    db.compact_group_entries((mid, conversation, rowid, body) for _, mid, rowid, body in rows)
+    return [(changed, uid, "delivered") for _, changed, _, _ in sorted(rows)]
 
 
 def history(

@@ -16,11 +16,12 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from jarvis.common.errors import InvalidInput, JarvisError, Locked, NotFound
 from jarvis.common.message_states import states_before
+from jarvis.protocol.group_fanout import BODY_MARK
 from jarvis.store import schema
 from jarvis.store.records import Contact, StoredMessage, copy_unchecked
 
@@ -227,6 +228,14 @@ def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
         yield items[start : start + _PER_STATEMENT]
 
 
+#: The states in which an outgoing group entry keeps no payload (issue 17): the member stored
+#: it, nothing will send it again.
+COMPACTED_STATES = frozenset({"delivered", "read"})
+#: The body an acknowledged group entry keeps: the group marker and no payload.  Its row (id,
+#: member, state, times) stays: it is the per-member delivery detail ("delivered to 7 of 9").
+GROUP_ENTRY_DONE = BODY_MARK.decode("ascii")
+
+
 def _advance_sql(state: str, in_conversation: bool = False) -> str | None:
     """The UPDATE moving, per id of the ``ids`` CTE, the first row that may advance to *state*.
 
@@ -245,10 +254,15 @@ def _advance_sql(state: str, in_conversation: bool = False) -> str | None:
         return None
     column = _TIME_COLUMN[state]
     where = " AND conversation = ids.conversation" if in_conversation else ""
+    # Delivered and read outgoing rows come back with their rowid and sealed body, for
+    # Rows.compact_group_entries (the payload of a group entry is not kept once acknowledged).
+    returning = "id, conversation"
+    if state in COMPACTED_STATES:
+        returning += ", rowid, CASE WHEN direction = 'out' THEN body END"
     return (
         f"UPDATE messages SET state = ?, {column} = ? WHERE rowid IN (SELECT ("
         f"SELECT rowid FROM messages WHERE id = ids.id{where} AND ({' OR '.join(clauses)}) "
-        "ORDER BY rowid LIMIT 1) FROM ids) RETURNING id, conversation"
+        f"ORDER BY rowid LIMIT 1) FROM ids) RETURNING {returning}"
     )
 
 
@@ -290,7 +304,9 @@ class Rows:
         # conversation by :meth:`write_conversations`, not once per message.
         self._touched: dict[bytes, float] = {}
         # conversation -> associated data prefix of its message bodies (the id follows).
-        self._body_ad: dict[bytes, bytes] = {}
+        self._body_prefixes: dict[bytes, bytes] = {}
+        #: the sealed size of GROUP_ENTRY_DONE: a body no longer than that has nothing to drop
+        self._done_size = len(cipher.seal(BODY_MARK, b""))
         self.transactions = 0
 
     # -- connection -------------------------------------------------------------------------
@@ -357,7 +373,7 @@ class Rows:
         conn, self._conn = self._conn, None
         self._uids.clear()
         self._indexes.clear()
-        self._body_ad.clear()
+        self._body_prefixes.clear()
         self.forget_transaction()
         if conn is not None:
             conn.close()
@@ -483,15 +499,58 @@ class Rows:
         when = touched.get(conversation)
         touched[conversation] = created if when is None or created > when else when
 
+    def _body_ad(self, conversation: bytes, mid: str) -> bytes:
+        """The associated data of a message body (as :func:`associated_data`), its
+        conversation's prefix cached."""
+        prefix = self._body_prefixes.get(conversation)
+        if prefix is None:
+            if len(self._body_prefixes) >= _INDEX_CACHE:
+                self._body_prefixes.clear()
+            prefix = associated_data("messages", "body", conversation)
+            self._body_prefixes[conversation] = prefix
+        key = mid.encode()
+        return prefix + len(key).to_bytes(2, "big") + key
+
     def _seal_body(self, body: str, conversation: bytes, mid: str) -> bytes:
         """Seal a message body bound to its conversation and id (as :func:`associated_data`)."""
-        prefix = self._body_ad.get(conversation)
-        if prefix is None:
-            if len(self._body_ad) >= _INDEX_CACHE:
-                self._body_ad.clear()
-            prefix = self._body_ad[conversation] = associated_data("messages", "body", conversation)
-        key = mid.encode()
-        return self._cipher.seal(body.encode(), prefix + len(key).to_bytes(2, "big") + key)
+        return self._cipher.seal(body.encode(), self._body_ad(conversation, mid))
+
+    def compact_group_entries(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Drop the payload of the acknowledged outgoing group entries among *rows*.
+
+        A group message is one outbox entry per member (issue 17); once a member stored its
+        entry, nothing sends it again, so its body becomes :data:`GROUP_ENTRY_DONE` (the marker
+        alone, still sealed to its row) and the row keeps only what the delivery detail needs:
+        its id, member, state and times.  Chat messages are left as they are.
+
+        :param rows: ``(id, conversation, rowid, sealed body or None)`` as the delivered and
+            read :data:`ADVANCE_SQL` statements return them (None: an incoming row).
+        :returns: how many rows were compacted.
+        """
+        updates: list[tuple[bytes, int]] = []
+        floor = self._done_size
+        for mid, conversation, rowid, body in rows:
+            if body is None or len(body) <= floor:
+                continue  # incoming, or nothing to gain (already compacted)
+            ad = self._body_ad(bytes(conversation), mid)
+            try:
+                text = self._cipher.open(bytes(body), ad)
+            except Exception:
+                continue  # a damaged row stays as it is: reading it reports it
+            if text.startswith(BODY_MARK):
+                updates.append((self._cipher.seal(BODY_MARK, ad), rowid))
+        if not updates:
+            return 0
+        # The short row moves to the end of the table (a new rowid; seq, which orders a
+        # conversation, stays): its old leaf page empties as its neighbours are acknowledged
+        # and goes back to the free list, where an in-place update would leave every page
+        # holding the space of the payload (appends never reuse it).
+        (last,) = self.conn.execute("SELECT max(rowid) FROM messages").fetchone()
+        self.conn.executemany(
+            "UPDATE messages SET body = ?, rowid = ? WHERE rowid = ?",
+            [(body, last + 1 + i, rowid) for i, (body, rowid) in enumerate(updates)],
+        )
+        return len(updates)
 
     # -- contacts ---------------------------------------------------------------------------
 
