@@ -41,10 +41,10 @@ from zope.interface import implementer
 
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
-from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, new_epoch
+from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
 from jarvis.files.receive import ChunkMismatch, PartialFile, VerificationFailed
 from jarvis.files.send import FileSource, SourceChanged
-from jarvis.protocol.framing import FrameDecoder, FramingError, encode_frame
+from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK,
     CHUNK_OVERHEAD,
@@ -52,7 +52,6 @@ from jarvis.protocol.transfer import (
     MAX_HASHES_PER_PAGE,
     TRANSFER_VERSION,
     Cancel,
-    Chunk,
     Complete,
     End,
     Have,
@@ -74,8 +73,76 @@ DEFAULT_WINDOW = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
+_U64 = struct.Struct(">Q")
+_CHUNK_TYPE = bytes([TRANSFER_VERSION, CHUNK])
+
+_LENGTH = struct.Struct(">I")
+#: Bytes before the sealed data in a Chunk record: version, type, index.
+_CHUNK_PREFIX = 2 + 8
+#: Spare chunk-frame buffers a receiver keeps for reuse.
+_FRAME_POOL = 4
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+class ChunkFrameReader:
+    """Cut the sender's byte stream into frames, copying each byte once.
+
+    TLS hands the stream over in pieces of up to 32 KiB; each frame's payload is copied
+    straight into a ``bytearray`` of its own length (a full chunk frame's buffer comes from a
+    small pool and goes back with :meth:`give_back` once the chunk is stored), instead of
+    growing a buffer and slicing a payload and then a record out of it (three more 1 MiB copies
+    and as many fresh allocations per chunk, on the reactor thread).  A length above
+    *max_frame* is refused as soon as its header arrives, before any of its body is buffered.
+
+    :param max_frame: the largest payload accepted.
+    :param pooled: the payload length whose buffers are reused (a full chunk's frame).
+    """
+
+    def __init__(self, max_frame: int, pooled: int) -> None:
+        self._max_frame = max_frame
+        self._pooled = pooled
+        self._head = bytearray()
+        self._frame: bytearray | None = None
+        self._filled = 0
+        self._pool: list[bytearray] = []
+        #: Complete payloads not yet taken, oldest first.
+        self.frames: deque[bytearray] = deque()
+
+    def receive(self, data: bytes) -> None:
+        """Take the next piece of the stream.
+
+        :raises FrameTooLarge: if a header announces more than *max_frame*.
+        """
+        view = memoryview(data)
+        off, end = 0, len(data)
+        while off < end:
+            frame = self._frame
+            if frame is None:
+                need = 4 - len(self._head)
+                self._head += view[off : off + need]
+                off += min(need, end - off)
+                if len(self._head) < 4:
+                    return
+                (length,) = _LENGTH.unpack(self._head)
+                self._head.clear()
+                if length > self._max_frame:
+                    raise FrameTooLarge(length, self._max_frame)
+                frame = self._pool.pop() if length == self._pooled and self._pool else None
+                frame = frame if frame is not None else bytearray(length)
+                self._frame, self._filled = frame, 0
+            take = min(len(frame) - self._filled, end - off)
+            frame[self._filled : self._filled + take] = view[off : off + take]
+            self._filled += take
+            off += take
+            if self._filled == len(frame):
+                self.frames.append(frame)
+                self._frame = None
+
+    def give_back(self, frame: bytearray) -> None:
+        """Return a payload buffer nobody uses any more, for reuse."""
+        if len(frame) == self._pooled and len(self._pool) < _FRAME_POOL:
+            self._pool.append(frame)
 
 
 class TransferStreamObserver(TypingProtocol):
@@ -128,8 +195,9 @@ class TransferSender(protocol.Protocol):
         self._decoder = FrameDecoder(_CONTROL_MAX_FRAME)
         self._queue: deque[int] = deque()
         self._cipher: ChunkCipher | None = None
+        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
         self._in_flight = 0
-        self._ready: deque[tuple[bytes, bytes]] = deque()
+        self._ready: deque[tuple[int, bytes]] = deque()
         self._pumping = False
         self._pump_again = False
         self._paused = False
@@ -187,11 +255,13 @@ class TransferSender(protocol.Protocol):
         else:
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
-    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[bytes, bytes]:
-        # Worker thread: read, check against the manifest, seal, and build the frame header.
-        sealed = cipher.seal(index, self._source.read_chunk(index))
-        head = _CHUNK_HEAD.pack(2 + 8 + len(sealed), TRANSFER_VERSION, CHUNK, index)
-        return head, sealed
+    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[int, bytes]:
+        # Worker thread: read (checking the file did not change), seal, and build the whole
+        # frame as one bytes object, which the TLS transport takes without another copy.
+        data = self._source.read_chunk(index)
+        head = _CHUNK_HEAD.pack(2 + 8 + len(data) + CHUNK_OVERHEAD, TRANSFER_VERSION, CHUNK, index)
+        with self._work.pair() as work:
+            return len(data), cipher.seal_frame(index, data, head, work)
 
     def _pump(self) -> None:
         # Chunks are read and sealed ahead while the transport is paused, up to *window*
@@ -216,10 +286,10 @@ class TransferSender(protocol.Protocol):
                     d = self._run(self._read_sealed, cipher, index)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
                 if self._ready and not self._paused:
-                    parts = self._ready.popleft()
-                    self._out.writeSequence(parts)  # may pause us at once
+                    length, frame = self._ready.popleft()
+                    self._out.write(frame)  # may pause us at once
                     self.chunks_sent += 1
-                    self.bytes_sent += len(parts[1]) - CHUNK_OVERHEAD
+                    self.bytes_sent += length
                     self._observer.bytes_done(self.bytes_sent)
                     continue
                 if not self._pump_again:
@@ -236,7 +306,7 @@ class TransferSender(protocol.Protocol):
             self._end_sent = True
             self._out.write(_frame(End()))
 
-    def _chunk_ready(self, parts: tuple[bytes, bytes]) -> None:
+    def _chunk_ready(self, parts: tuple[int, bytes]) -> None:
         self._in_flight -= 1
         if not self._stopped:
             self._ready.append(parts)
@@ -328,8 +398,9 @@ class TransferReceiver(protocol.Protocol):
         self._observer = observer
         self._run = run_blocking
         self._window = window
-        max_frame = max(_CONTROL_MAX_FRAME, self._offer.chunk_size + CHUNK_OVERHEAD + 16)
-        self._decoder = FrameDecoder(max_frame)
+        full_chunk = _CHUNK_PREFIX + self._offer.chunk_size + CHUNK_OVERHEAD
+        self._reader = ChunkFrameReader(max(_CONTROL_MAX_FRAME, full_chunk), full_chunk)
+        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
         self._assembler = ManifestAssembler(self._offer)
         self._manifest_ready = False
         self._cipher: ChunkCipher | None = None
@@ -358,19 +429,25 @@ class TransferReceiver(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            self._decoder.receive(data)
+            self._reader.receive(data)
         except FramingError as e:
             self._end(f"bad frame from the sender ({e})", resumable=True)
             return
         self._process()
 
     def _process(self) -> None:
+        frames = self._reader.frames
         try:
-            while not self._ended and self._pending < self._window:
-                payload = self._decoder.next_frame()
-                if payload is None:
-                    break
-                self._handle(parse_transfer_record(payload))
+            while not self._ended and self._pending < self._window and frames:
+                frame = frames.popleft()
+                if (
+                    len(frame) >= _CHUNK_PREFIX
+                    and frame[0] == TRANSFER_VERSION
+                    and frame[1] == CHUNK
+                ):
+                    self._handle_chunk(frame)
+                else:
+                    self._handle(parse_transfer_record(bytes(frame)))
         except (FramingError, MalformedTransferRecord) as e:
             lying = isinstance(e, ManifestMismatch)
             self._end(f"bad record from the sender ({e})", resumable=not lying, discard=lying)
@@ -384,14 +461,25 @@ class TransferReceiver(protocol.Protocol):
             self._reading_paused = True
             self._out.pauseProducing()
 
+    def _handle_chunk(self, frame: bytearray) -> None:
+        # A Chunk record, parsed in place: its sealed bytes go to the worker thread without a
+        # copy, and the buffer back to the reader once the chunk is stored.
+        (index,) = _U64.unpack_from(frame, 2)
+        if not self._manifest_ready or index >= self._offer.chunks:
+            raise MalformedTransferRecord("chunk before the manifest or out of range")
+        if len(frame) < _CHUNK_PREFIX + CHUNK_OVERHEAD:
+            raise MalformedTransferRecord("sealed chunk size out of range")
+        self._pending += 1
+        d = self._run(self._open_and_store, self._cipher, index, frame)
+        d.addBoth(self._give_back, frame)
+        d.addCallbacks(self._chunk_stored, self._chunk_failed)
+
+    def _give_back(self, result: object, frame: bytearray) -> object:
+        self._reader.give_back(frame)
+        return result
+
     def _handle(self, record: TransferRecord) -> None:
-        if isinstance(record, Chunk):
-            if not self._manifest_ready or record.index >= self._offer.chunks:
-                raise MalformedTransferRecord("chunk before the manifest or out of range")
-            self._pending += 1
-            d = self._run(self._open_and_store, self._cipher, record.index, record.sealed)
-            d.addCallbacks(self._chunk_stored, self._chunk_failed)
-        elif isinstance(record, ManifestPage):
+        if isinstance(record, ManifestPage):
             hashes = self._assembler.add(record)
             if hashes is not None:
                 self._manifest_ready = True
@@ -408,9 +496,11 @@ class TransferReceiver(protocol.Protocol):
         else:
             raise MalformedTransferRecord(f"unexpected {type(record).__name__} record")
 
-    def _open_and_store(self, cipher: ChunkCipher, index: int, sealed: bytes) -> bool:
-        # Worker thread.
-        return self._partial.store_chunk(index, cipher.open(index, sealed))
+    def _open_and_store(self, cipher: ChunkCipher, index: int, frame: bytearray) -> bool:
+        # Worker thread: open into a pair of work buffers, verify and write from there.
+        with self._work.pair() as work:
+            plain = cipher.open_into(index, memoryview(frame)[_CHUNK_PREFIX:], work)
+            return self._partial.store_chunk(index, plain)
 
     def _chunk_stored(self, new: object) -> None:
         self._pending -= 1
