@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -33,6 +34,7 @@ from jarvis.protocol.transfer import (
     CHUNK_OVERHEAD,
     MAX_TRANSFER_FRAME,
     MIN_CHUNK_SIZE,
+    Ack,
     Cancel,
     Chunk,
     Complete,
@@ -229,7 +231,9 @@ class BackpressureTests(TestCase):
         while not ended:
             for payload in feed(decoder, transport.drain(100_000)):
                 record = parse_transfer_record(payload)
-                chunks += isinstance(record, Chunk)
+                if isinstance(record, Chunk):
+                    chunks += 1
+                    sender.dataReceived(frame(Ack(record.index)))
                 ended = isinstance(record, End)
         bound = SlowTransport.high_water + DEFAULT_WINDOW * (CHUNK + CHUNK_OVERHEAD + 14)
         self.assertLessEqual(transport.max_buffered, bound)
@@ -276,6 +280,9 @@ class BackpressureTests(TestCase):
         self.assertEqual(kind, "completed")
         self.assertEqual(file_sha256(final), file_sha256(prepared.path))
         self.assertIn(frame(Complete(offer.transfer_id)), transport.value())
+        sent_back = [parse_transfer_record(p) for p in feed(FrameDecoder(4096), transport.value())]
+        acks = [r.index for r in sent_back if isinstance(r, Ack)]
+        self.assertEqual(acks, list(range(offer.chunks)))
 
     def test_chunks_buffered_when_the_connection_drops_are_kept(self) -> None:
         """When the connection is lost while complete chunks still wait behind a slow disk,
@@ -328,6 +335,71 @@ class BackpressureTests(TestCase):
         receiver.dataReceived(frame(Cancel(prepared.offer.transfer_id, "user\x1b[2J\u202e")))
         expected = ("ended", ("the sender cancelled: user\\x1b[2J\\u202e", False))
         self.assertEqual(self.successResultOf(recorder.finished), expected)
+
+
+class AckTests(TestCase):
+    def start(self, chunks: int, **kwargs: Any) -> tuple[TransferSender, StringTransport, Any]:
+        prepared = make_prepared(self, chunks * CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        recorder = Recorder()
+        sender = TransferSender(source, recorder, run_blocking=run_now, **kwargs)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        sender.dataReceived(frame(Have(prepared.offer.transfer_id, b"\x01" * 16, ())))
+        return sender, transport, recorder
+
+    def chunks_in(self, transport: StringTransport) -> list[int]:
+        payloads = feed(FrameDecoder(2 * CHUNK), transport.value())
+        records = [parse_transfer_record(p) for p in payloads]
+        return [r.index for r in records if isinstance(r, Chunk)]
+
+    def test_one_chunk_unacknowledged_then_the_next(self) -> None:
+        """When the receiver acknowledges each chunk, then the sender never has more than one
+        on the connection, yet has the next one sealed and written as soon as the ack comes."""
+        sender, transport, _ = self.start(5)
+        self.assertEqual(self.chunks_in(transport), [0])
+        self.assertEqual(sender.max_in_flight, DEFAULT_WINDOW)  # sealed ahead meanwhile
+        for i in range(5):
+            self.assertEqual(self.chunks_in(transport)[-1], i)
+            sender.dataReceived(frame(Ack(i)))
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3, 4])
+        self.assertEqual(sender.max_unacked, 1)
+        self.assertTrue(transport.value().endswith(frame(End())))
+
+    def test_silent_receiver_times_out_resumably(self) -> None:
+        """When the receiver never acknowledges (a stuck disk, an older peer), then exactly one
+        chunk goes out, and after the ack timeout the connection is dropped as resumable."""
+        clock = Clock()
+        _sender, transport, recorder = self.start(3, clock=clock, ack_timeout=60)
+        self.assertEqual(self.chunks_in(transport), [0])
+        clock.advance(59)
+        self.assertFalse(recorder.finished.called)
+        clock.advance(1)
+        self.assertEqual(
+            self.successResultOf(recorder.finished),
+            ("ended", ("the receiver acknowledged no chunk in 60 s", True)),
+        )
+        self.assertEqual(self.chunks_in(transport), [0])
+        self.assertTrue(transport.disconnecting)
+
+    def test_ack_of_a_chunk_not_sent_is_refused(self) -> None:
+        """When an acknowledgement names a chunk that is not on the connection, then the
+        connection ends (resumable) and no further chunk goes out."""
+        sender, transport, recorder = self.start(3)
+        sender.dataReceived(frame(Ack(2)))
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("acknowledgement of chunk 2", reason)
+        self.assertEqual(self.chunks_in(transport), [0])
+
+    def test_wider_window_keeps_that_many(self) -> None:
+        """When the ack window is 3, then three chunks go out before any acknowledgement."""
+        sender, transport, _ = self.start(5, ack_window=3, window=3)
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2])
+        sender.dataReceived(frame(Ack(1)))
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3])
+        self.assertEqual(sender.max_unacked, 3)
 
 
 class LoopbackTests(TestCase):

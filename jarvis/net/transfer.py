@@ -7,9 +7,16 @@ their order are in :mod:`jarvis.protocol.transfer` and ``docs/protocol.md``, "Fi
     receiver                                    sender
        Have(transfer id, epoch, held ranges) -->
                                             <-- ManifestPage ...
-                                            <-- Chunk ... (only the missing ones)
+                                            <-- Chunk (only the missing ones)
+       Ack(index) ---------------------------->
+                                            <-- Chunk ...
                                             <-- End
        Complete (or Cancel) ------------------>
+
+The receiver acknowledges each chunk once it is written and marked held; the sender keeps at
+most *ack_window* (1) chunks unacknowledged on the connection and seals the next ones ahead on
+its threads meanwhile, so a killed receiver costs at most one chunk sent again, and the data in
+the socket buffers is bounded by acknowledgements rather than by their size.
 
 Memory stays bounded whatever the file size and the receiver's disk speed:
 
@@ -51,6 +58,7 @@ from jarvis.protocol.transfer import (
     HASH_SIZE,
     MAX_HASHES_PER_PAGE,
     TRANSFER_VERSION,
+    Ack,
     Cancel,
     Complete,
     End,
@@ -70,11 +78,25 @@ from jarvis.protocol.transfer import (
 #: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about
 #: 16 MiB during a transfer (4 doubled that, tests/test_e2e_files.py measures it).
 DEFAULT_WINDOW = 2
+#: Chunks the sender puts on the connection before the receiver acknowledges one (written and
+#: marked held): 1 means a killed receiver never costs more than one chunk sent again
+#: (docs/files.md, "Acknowledgements", measures what it costs).
+DEFAULT_ACK_WINDOW = 1
+#: Seconds the sender waits for an acknowledgement before it drops the connection (resumable:
+#: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).
+ACK_TIMEOUT = 60.0
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
 _U64 = struct.Struct(">Q")
 _CHUNK_TYPE = bytes([TRANSFER_VERSION, CHUNK])
+
+
+def frame_index(frame: bytes) -> int:
+    """Return the chunk index of a whole Chunk frame (length header included)."""
+    index: int = _U64.unpack_from(frame, 4 + 2)[0]
+    return index
+
 
 _LENGTH = struct.Struct(">I")
 #: Bytes before the sealed data in a Chunk record: version, type, index.
@@ -175,6 +197,9 @@ class TransferSender(protocol.Protocol):
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
     :param window: the most chunks read and sealed ahead of the transport.
+    :param ack_window: the most chunks on the connection not yet acknowledged by the receiver.
+    :param clock: an ``IReactorTime`` for the acknowledgement timeout (``None``: no timeout).
+    :param ack_timeout: seconds without an acknowledgement before the connection is dropped.
     """
 
     log = Logger()
@@ -186,7 +211,16 @@ class TransferSender(protocol.Protocol):
         *,
         run_blocking: RunBlocking = deferToThread,
         window: int = DEFAULT_WINDOW,
+        ack_window: int = DEFAULT_ACK_WINDOW,
+        clock: Any = None,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
+        self._ack_window = ack_window
+        self._clock = clock
+        self._ack_timeout = ack_timeout
+        self._ack_timer: Any = None  # an IDelayedCall
+        #: Chunks on the connection not yet acknowledged, oldest first.
+        self._unacked: deque[int] = deque()
         self._source = source
         self._offer = source.prepared.offer
         self._observer = observer
@@ -210,6 +244,8 @@ class TransferSender(protocol.Protocol):
         self.bytes_sent = 0
         #: Most chunks being read or waiting to be written at any time (a memory bound check).
         self.max_in_flight = 0
+        #: Most chunks on the connection not yet acknowledged at any time.
+        self.max_unacked = 0
 
     @property
     def _out(self) -> Any:
@@ -245,8 +281,16 @@ class TransferSender(protocol.Protocol):
             )
             self._observer.stream_opened()
             self._pump()
+        elif isinstance(record, Ack) and self._cipher is not None:
+            if record.index not in self._unacked:
+                self._end(f"acknowledgement of chunk {record.index}, not sent", resumable=True)
+                return
+            self._unacked.remove(record.index)
+            self._arm_ack_timer()
+            self._pump()
         elif isinstance(record, Complete) and record.transfer_id == offer.transfer_id:
             self._ended = True
+            self._stop_ack_timer()
             self._observer.stream_completed(None)
             self._out.loseConnection()
         elif isinstance(record, Cancel) and record.transfer_id == offer.transfer_id:
@@ -285,8 +329,11 @@ class TransferSender(protocol.Protocol):
                     self.max_in_flight = max(self.max_in_flight, held)
                     d = self._run(self._read_sealed, cipher, index)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
-                if self._ready and not self._paused:
+                if self._ready and not self._paused and len(self._unacked) < self._ack_window:
                     length, frame = self._ready.popleft()
+                    self._unacked.append(frame_index(frame))
+                    self.max_unacked = max(self.max_unacked, len(self._unacked))
+                    self._arm_ack_timer()
                     self._out.write(frame)  # may pause us at once
                     self.chunks_sent += 1
                     self.bytes_sent += length
@@ -305,6 +352,23 @@ class TransferSender(protocol.Protocol):
         ):
             self._end_sent = True
             self._out.write(_frame(End()))
+
+    def _arm_ack_timer(self) -> None:
+        # Runs while a chunk waits for its acknowledgement; restarted by each one.
+        self._stop_ack_timer()
+        if self._unacked and self._clock is not None and not self._stopped:
+            self._ack_timer = self._clock.callLater(self._ack_timeout, self._ack_timed_out)
+
+    def _stop_ack_timer(self) -> None:
+        if self._ack_timer is not None and self._ack_timer.active():
+            self._ack_timer.cancel()
+        self._ack_timer = None
+
+    def _ack_timed_out(self) -> None:
+        self._ack_timer = None
+        self._end(
+            f"the receiver acknowledged no chunk in {self._ack_timeout:.0f} s", resumable=True
+        )
 
     def _chunk_ready(self, parts: tuple[int, bytes]) -> None:
         self._in_flight -= 1
@@ -327,6 +391,7 @@ class TransferSender(protocol.Protocol):
             return
         self._ended = True
         self._stopped = True
+        self._stop_ack_timer()
         if cancel and not resumable:
             self._out.write(_frame(Cancel(self._offer.transfer_id, reason[:200])))
         self._observer.stream_ended(reason, resumable)
@@ -346,6 +411,7 @@ class TransferSender(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._stopped = True
+        self._stop_ack_timer()
         self.log.info(
             "transfer {transfer}: {sent} chunks sent on this connection",
             transfer=log_id(self._offer.transfer_id.hex()),
@@ -472,7 +538,7 @@ class TransferReceiver(protocol.Protocol):
         self._pending += 1
         d = self._run(self._open_and_store, self._cipher, index, frame)
         d.addBoth(self._give_back, frame)
-        d.addCallbacks(self._chunk_stored, self._chunk_failed)
+        d.addCallbacks(self._chunk_stored, self._chunk_failed, callbackArgs=(index,))
 
     def _give_back(self, result: object, frame: bytearray) -> object:
         self._reader.give_back(frame)
@@ -502,8 +568,11 @@ class TransferReceiver(protocol.Protocol):
             plain = cipher.open_into(index, memoryview(frame)[_CHUNK_PREFIX:], work)
             return self._partial.store_chunk(index, plain)
 
-    def _chunk_stored(self, new: object) -> None:
+    def _chunk_stored(self, new: object, index: int | None = None) -> None:
         self._pending -= 1
+        if index is not None and not self._gone and not self._ended:
+            # Written and marked held: the sender may put the next chunk on the connection.
+            self._out.write(_frame(Ack(index)))
         if new is True:
             self.chunks_stored += 1
             self._observer.bytes_done(self._partial.held_bytes)
