@@ -383,6 +383,25 @@ class AckTests(TestCase):
         self.assertEqual(self.chunks_in(transport), [0])
         self.assertTrue(transport.disconnecting)
 
+    def test_ack_wait_restarts_when_the_transport_takes_the_chunk(self) -> None:
+        """When the transport keeps the sender paused for a while (a slow path), then the ack
+        timeout counts from when it resumes the sender, not from the write."""
+        clock = Clock()
+        sender, transport, recorder = self.start(3, clock=clock, ack_timeout=120)
+        sender.pauseProducing()
+        clock.advance(100)
+        sender.resumeProducing()
+        clock.advance(100)
+        self.assertFalse(recorder.finished.called)
+        sender.dataReceived(frame(Ack(0)))
+        self.assertEqual(self.chunks_in(transport), [0, 1])
+        clock.advance(119)
+        self.assertFalse(recorder.finished.called)
+        clock.advance(1)
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("acknowledged no chunk in 120 s", reason)
+
     def test_ack_of_a_chunk_not_sent_is_refused(self) -> None:
         """When an acknowledgement names a chunk that is not on the connection, then the
         connection ends (resumable) and no further chunk goes out."""

@@ -83,8 +83,10 @@ DEFAULT_WINDOW = 2
 #: (docs/files.md, "Acknowledgements", measures what it costs).
 DEFAULT_ACK_WINDOW = 1
 #: Seconds the sender waits for an acknowledgement before it drops the connection (resumable:
-#: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).
-ACK_TIMEOUT = 60.0
+#: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).  The
+#: wait restarts when the transport has taken the chunk (it resumes the sender), so a slow path
+#: only needs to carry one chunk in that time (1 MiB in 120 s: about 9 KiB/s).
+ACK_TIMEOUT = 120.0
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
@@ -404,6 +406,8 @@ class TransferSender(protocol.Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._unacked:
+            self._arm_ack_timer()  # the transport took what was written: wait from now
         self._pump()
 
     def stopProducing(self) -> None:
