@@ -402,6 +402,34 @@ class AckTests(TestCase):
         self.assertEqual((kind, resumable), ("ended", True))
         self.assertIn("acknowledged no chunk in 120 s", reason)
 
+    def test_both_ends_turn_nagle_off(self) -> None:
+        """When a transfer connection starts, then the sender and the receiver turn Nagle's
+        algorithm off on their TCP transport (each chunk waits for an Ack: a delayed segment
+        would stall every chunk), and a transport that refuses is left alone."""
+
+        class TcpLike(StringTransport):
+            def __init__(self, fail: bool = False) -> None:
+                super().__init__()
+                self.calls: list[bool] = []
+                self.fail = fail
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.calls.append(enabled)
+                if self.fail:
+                    raise OSError("not a TCP socket")
+
+        prepared = make_prepared(self, CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        for fail in (False, True):
+            sending, receiving = TcpLike(fail), TcpLike(fail)
+            TransferSender(source, Recorder(), run_blocking=run_now).makeConnection(sending)
+            TransferReceiver(partial, Recorder(), run_blocking=run_now).makeConnection(receiving)
+            self.assertEqual((sending.calls, receiving.calls), ([True], [True]))
+            self.assertTrue(receiving.value())  # the Have went out all the same
+
     def test_ack_of_a_chunk_not_sent_is_refused(self) -> None:
         """When an acknowledgement names a chunk that is not on the connection, then the
         connection ends (resumable) and no further chunk goes out."""
