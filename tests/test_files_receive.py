@@ -261,14 +261,42 @@ class PartialFileTests(SynchronousTestCase):
 
 class FileSourceTests(SynchronousTestCase):
     def test_offer_and_changed_source(self) -> None:
-        """When a file is offered and then changed, then reading the changed chunk raises
-        SourceChanged and the untouched chunks still read."""
+        """When a file is offered and then changed, then reading any chunk raises
+        SourceChanged (the file's signature changed: the sender does not hash chunks again)."""
         prepared = make_prepared(self, 3 * CHUNK + 5, name="photo.JPG")
         self.assertEqual(prepared.offer.media_type, "image/jpeg")
         self.assertEqual(prepared.offer.chunks, 4)
+        self.assertIsNotNone(prepared.signature)
         source = FileSource(prepared)
         self.addCleanup(source.close)
         self.assertEqual(source.read_chunk(3), read_chunk(prepared, 3))
+        with open(prepared.path, "r+b") as f:
+            f.seek(CHUNK)
+            f.write(b"changed")
+        with self.assertRaises(SourceChanged):
+            source.read_chunk(1)
+        with self.assertRaises(SourceChanged):
+            source.read_chunk(0)
+
+    def test_changed_source_same_times(self) -> None:
+        """When a file is changed and its modification time set back, then its change time
+        still differs and reading raises SourceChanged."""
+        prepared = make_prepared(self, 2 * CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        before = os.stat(prepared.path)
+        with open(prepared.path, "r+b") as f:
+            f.write(b"x")
+        os.utime(prepared.path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        with self.assertRaises(SourceChanged):
+            source.read_chunk(1)
+
+    def test_without_signature_each_chunk_is_hashed(self) -> None:
+        """When a prepared file has no signature (it changed while being hashed), then each
+        chunk is checked against its hash: a changed chunk raises, the others still read."""
+        prepared = replace(make_prepared(self, 3 * CHUNK), signature=None)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
         with open(prepared.path, "r+b") as f:
             f.seek(CHUNK)
             f.write(b"changed")

@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionLost
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -22,12 +23,18 @@ from twisted.trial.unittest import TestCase
 from jarvis.crypto.transfer_keys import ChunkCipher
 from jarvis.files.receive import PartialFile
 from jarvis.files.send import FileSource, PreparedFile, make_offer
-from jarvis.net.transfer import DEFAULT_WINDOW, TransferReceiver, TransferSender
-from jarvis.protocol.framing import FrameDecoder, encode_frame
+from jarvis.net.transfer import (
+    DEFAULT_WINDOW,
+    ChunkFrameReader,
+    TransferReceiver,
+    TransferSender,
+)
+from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK_OVERHEAD,
     MAX_TRANSFER_FRAME,
     MIN_CHUNK_SIZE,
+    Ack,
     Cancel,
     Chunk,
     Complete,
@@ -224,7 +231,9 @@ class BackpressureTests(TestCase):
         while not ended:
             for payload in feed(decoder, transport.drain(100_000)):
                 record = parse_transfer_record(payload)
-                chunks += isinstance(record, Chunk)
+                if isinstance(record, Chunk):
+                    chunks += 1
+                    sender.dataReceived(frame(Ack(record.index)))
                 ended = isinstance(record, End)
         bound = SlowTransport.high_water + DEFAULT_WINDOW * (CHUNK + CHUNK_OVERHEAD + 14)
         self.assertLessEqual(transport.max_buffered, bound)
@@ -271,6 +280,9 @@ class BackpressureTests(TestCase):
         self.assertEqual(kind, "completed")
         self.assertEqual(file_sha256(final), file_sha256(prepared.path))
         self.assertIn(frame(Complete(offer.transfer_id)), transport.value())
+        sent_back = [parse_transfer_record(p) for p in feed(FrameDecoder(4096), transport.value())]
+        acks = [r.index for r in sent_back if isinstance(r, Ack)]
+        self.assertEqual(acks, list(range(offer.chunks)))
 
     def test_chunks_buffered_when_the_connection_drops_are_kept(self) -> None:
         """When the connection is lost while complete chunks still wait behind a slow disk,
@@ -323,6 +335,118 @@ class BackpressureTests(TestCase):
         receiver.dataReceived(frame(Cancel(prepared.offer.transfer_id, "user\x1b[2J\u202e")))
         expected = ("ended", ("the sender cancelled: user\\x1b[2J\\u202e", False))
         self.assertEqual(self.successResultOf(recorder.finished), expected)
+
+
+class AckTests(TestCase):
+    def start(self, chunks: int, **kwargs: Any) -> tuple[TransferSender, StringTransport, Any]:
+        prepared = make_prepared(self, chunks * CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        recorder = Recorder()
+        sender = TransferSender(source, recorder, run_blocking=run_now, **kwargs)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        sender.dataReceived(frame(Have(prepared.offer.transfer_id, b"\x01" * 16, ())))
+        return sender, transport, recorder
+
+    def chunks_in(self, transport: StringTransport) -> list[int]:
+        payloads = feed(FrameDecoder(2 * CHUNK), transport.value())
+        records = [parse_transfer_record(p) for p in payloads]
+        return [r.index for r in records if isinstance(r, Chunk)]
+
+    def test_one_chunk_unacknowledged_then_the_next(self) -> None:
+        """When the receiver acknowledges each chunk, then the sender never has more than one
+        on the connection, yet has the next one sealed and written as soon as the ack comes."""
+        sender, transport, _ = self.start(5)
+        self.assertEqual(self.chunks_in(transport), [0])
+        self.assertEqual(sender.max_in_flight, DEFAULT_WINDOW)  # sealed ahead meanwhile
+        for i in range(5):
+            self.assertEqual(self.chunks_in(transport)[-1], i)
+            sender.dataReceived(frame(Ack(i)))
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3, 4])
+        self.assertEqual(sender.max_unacked, 1)
+        self.assertTrue(transport.value().endswith(frame(End())))
+
+    def test_silent_receiver_times_out_resumably(self) -> None:
+        """When the receiver never acknowledges (a stuck disk, an older peer), then exactly one
+        chunk goes out, and after the ack timeout the connection is dropped as resumable."""
+        clock = Clock()
+        _sender, transport, recorder = self.start(3, clock=clock, ack_timeout=60)
+        self.assertEqual(self.chunks_in(transport), [0])
+        clock.advance(59)
+        self.assertFalse(recorder.finished.called)
+        clock.advance(1)
+        self.assertEqual(
+            self.successResultOf(recorder.finished),
+            ("ended", ("the receiver acknowledged no chunk in 60 s", True)),
+        )
+        self.assertEqual(self.chunks_in(transport), [0])
+        self.assertTrue(transport.disconnecting)
+
+    def test_ack_wait_restarts_when_the_transport_takes_the_chunk(self) -> None:
+        """When the transport keeps the sender paused for a while (a slow path), then the ack
+        timeout counts from when it resumes the sender, not from the write."""
+        clock = Clock()
+        sender, transport, recorder = self.start(3, clock=clock, ack_timeout=120)
+        sender.pauseProducing()
+        clock.advance(100)
+        sender.resumeProducing()
+        clock.advance(100)
+        self.assertFalse(recorder.finished.called)
+        sender.dataReceived(frame(Ack(0)))
+        self.assertEqual(self.chunks_in(transport), [0, 1])
+        clock.advance(119)
+        self.assertFalse(recorder.finished.called)
+        clock.advance(1)
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("acknowledged no chunk in 120 s", reason)
+
+    def test_both_ends_turn_nagle_off(self) -> None:
+        """When a transfer connection starts, then the sender and the receiver turn Nagle's
+        algorithm off on their TCP transport (each chunk waits for an Ack: a delayed segment
+        would stall every chunk), and a transport that refuses is left alone."""
+
+        class TcpLike(StringTransport):
+            def __init__(self, fail: bool = False) -> None:
+                super().__init__()
+                self.calls: list[bool] = []
+                self.fail = fail
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.calls.append(enabled)
+                if self.fail:
+                    raise OSError("not a TCP socket")
+
+        prepared = make_prepared(self, CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        for fail in (False, True):
+            sending, receiving = TcpLike(fail), TcpLike(fail)
+            TransferSender(source, Recorder(), run_blocking=run_now).makeConnection(sending)
+            TransferReceiver(partial, Recorder(), run_blocking=run_now).makeConnection(receiving)
+            self.assertEqual((sending.calls, receiving.calls), ([True], [True]))
+            self.assertTrue(receiving.value())  # the Have went out all the same
+
+    def test_ack_of_a_chunk_not_sent_is_refused(self) -> None:
+        """When an acknowledgement names a chunk that is not on the connection, then the
+        connection ends (resumable) and no further chunk goes out."""
+        sender, transport, recorder = self.start(3)
+        sender.dataReceived(frame(Ack(2)))
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("acknowledgement of chunk 2", reason)
+        self.assertEqual(self.chunks_in(transport), [0])
+
+    def test_wider_window_keeps_that_many(self) -> None:
+        """When the ack window is 3, then three chunks go out before any acknowledgement."""
+        sender, transport, _ = self.start(5, ack_window=3, window=3)
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2])
+        sender.dataReceived(frame(Ack(1)))
+        self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3])
+        self.assertEqual(sender.max_unacked, 3)
 
 
 class LoopbackTests(TestCase):
@@ -460,3 +584,33 @@ class LoopbackTests(TestCase):
             f"{size / (1 << 20) / (first_seconds + second_seconds):.0f} MiB/s overall; "
             f"{lost} chunks were in flight when the connection died"
         )
+
+
+class ChunkFrameReaderTests(TestCase):
+    def test_frames_cut_anywhere_and_buffers_reused(self) -> None:
+        """When frames arrive cut at any byte (1, 7 or 32 KiB pieces), then each payload comes
+        out whole and in order, and a given-back chunk buffer is reused for the next chunk."""
+        big = os.urandom(3000)
+        payloads = [b"control", big, b"", b"x" * 5, big[::-1]]
+        stream = b"".join(encode_frame(p) for p in payloads)
+        for piece in (1, 7, 32 * 1024):
+            reader = ChunkFrameReader(4000, pooled=3000)
+            for at in range(0, len(stream), piece):
+                reader.receive(stream[at : at + piece])
+            got = list(reader.frames)
+            self.assertEqual([bytes(f) for f in got], payloads)
+            reader.frames.clear()
+            reader.give_back(got[1])
+            reader.give_back(got[0])  # not a chunk's size: not kept
+            reader.receive(encode_frame(big))
+            self.assertIs(reader.frames[0], got[1])
+            self.assertEqual(bytes(reader.frames[0]), big)
+
+    def test_oversized_frame_refused_at_its_header(self) -> None:
+        """When a header announces more than the maximum, then FrameTooLarge as soon as the
+        four header bytes are in, before any of the body is buffered."""
+        reader = ChunkFrameReader(100, pooled=100)
+        reader.receive(encode_frame(b"ok") + (101).to_bytes(4, "big")[:3])
+        self.assertEqual([bytes(f) for f in reader.frames], [b"ok"])
+        with self.assertRaises(FrameTooLarge):
+            reader.receive((101).to_bytes(4, "big")[3:])

@@ -12,6 +12,7 @@ from jarvis.crypto.errors import CryptoError
 from jarvis.crypto.transfer_keys import (
     ChunkCipher,
     ChunkRejected,
+    WorkBuffers,
     chunk_associated_data,
     derive_chunk_keys,
     new_epoch,
@@ -59,6 +60,40 @@ class ChunkCipherTests(SynchronousTestCase):
         """When any chunk is sealed and opened under the same connection, then it is unchanged."""
         cipher = ChunkCipher.for_connection(SECRET, TID, EPOCH)
         self.assertEqual(cipher.open(index, cipher.seal(index, data)), data)
+
+    @given(st.binary(max_size=3000), st.integers(0, 2**40))
+    def test_buffered_seal_and_open_match(self, data: bytes, index: int) -> None:
+        """When a chunk is sealed as a frame and opened into work buffers, then the frame is
+        the header plus exactly what seal() gives, and open_into() gives the chunk back."""
+        cipher = ChunkCipher.for_connection(SECRET, TID, EPOCH)
+        work = WorkBuffers(3000 + OVERHEAD)
+        with work.pair() as pair:
+            frame = cipher.seal_frame(index, data, b"HEAD", pair)
+        self.assertEqual(frame, b"HEAD" + cipher.seal(index, data))
+        with work.pair() as pair:
+            self.assertEqual(bytes(cipher.open_into(index, memoryview(frame)[4:], pair)), data)
+
+    def test_work_buffers_reused_and_tampering_refused_in_place(self) -> None:
+        """When chunks are opened one after the other with the same pool, then one pair of
+        buffers serves them all, and an altered or moved chunk is refused (ChunkRejected)
+        without disturbing the next one."""
+        cipher = ChunkCipher.for_connection(SECRET, TID, EPOCH)
+        work = WorkBuffers(1000 + OVERHEAD)
+        seen = set()
+        for index in range(3):
+            sealed = bytearray(cipher.seal(index, bytes([index]) * 1000))
+            with work.pair() as pair:
+                seen.add(id(pair[0]))
+                opened = cipher.open_into(index, sealed, pair)
+                self.assertEqual(bytes(opened), bytes([index]) * 1000)
+                with self.assertRaises(ChunkRejected):
+                    cipher.open_into(index + 1, sealed, pair)
+                sealed[5] ^= 1
+                with self.assertRaises(ChunkRejected):
+                    cipher.open_into(index, sealed, pair)
+                with self.assertRaises(ChunkRejected):
+                    cipher.open_into(index, sealed[: OVERHEAD - 1], pair)
+        self.assertEqual(len(seen), 1)
 
     def test_tampering_refused(self) -> None:
         """When a chunk is altered, moved to another index, truncated, or opened on another

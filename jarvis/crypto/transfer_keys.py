@@ -16,13 +16,20 @@ ChaCha20-Poly1305, AES-256-GCM, innermost first, 80 bytes of tags):
 
 One AEAD object per key, built once per connection (building one per chunk costs as much as
 sealing a small chunk).  The objects keep no per-call state, so sealing and opening run on
-worker threads.  Pure computation: no I/O, no reactor, never logs keys or data.
+worker threads.  :meth:`ChunkCipher.seal_frame` and :meth:`ChunkCipher.open_into` run the
+inner layers into two caller-owned work buffers (:class:`WorkBuffers`) instead of five fresh
+1 MiB objects per chunk: fresh buffers of that size cost a page fault per 4 KiB each time,
+which was most of the transfer's CPU (``docs/benchmarks.md``, 2026-12-05 night).
+Pure computation: no I/O, no reactor, never logs keys or data.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -32,6 +39,7 @@ from jarvis.crypto.cascade import (
     KEY_SIZE,
     LAYERS,
     OVERHEAD,
+    TAG_SIZE,
     CascadeError,
     DirectionKeys,
     _layer_ciphers,
@@ -93,6 +101,35 @@ def chunk_associated_data(transfer_id: bytes, index: int, length: int) -> bytes:
     return CHUNK_AD_CONTEXT + bytes(transfer_id) + _AD_TAIL.pack(index, length)
 
 
+class WorkBuffers:
+    """A small pool of reusable pairs of work buffers for :class:`ChunkCipher` (thread-safe).
+
+    Each pair holds two ``bytearray`` of *size* bytes; a job takes a pair with :meth:`pair`
+    and gives it back when done, so a transfer keeps at most one pair per job running at once
+    (its window) instead of allocating new buffers per chunk.
+
+    :param size: bytes per buffer: the largest sealed chunk (chunk size + overhead).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._free: list[tuple[bytearray, bytearray]] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def pair(self) -> Iterator[tuple[bytearray, bytearray]]:
+        """Lend a pair of buffers for the duration of the ``with`` block."""
+        with self._lock:
+            pair = self._free.pop() if self._free else None
+        if pair is None:
+            pair = (bytearray(self.size), bytearray(self.size))
+        try:
+            yield pair
+        finally:
+            with self._lock:
+                self._free.append(pair)
+
+
 class ChunkCipher:
     """Seal and open the chunks of one transfer connection.
 
@@ -116,6 +153,56 @@ class ChunkCipher:
         for layer, cipher in enumerate(self._ciphers):
             data = cipher.encrypt(pack(layer, index), data, ad)
         return data
+
+    def seal_frame(
+        self, index: int, data: bytes, head: bytes, work: tuple[bytearray, bytearray]
+    ) -> bytes:
+        """Seal chunk *index* and return ``head || sealed`` as one ``bytes`` (a whole frame the
+        transport writes without another copy); the inner layers run in the *work* buffers
+        (each at least ``len(data) + OVERHEAD`` bytes), the result equals
+        ``head + seal(index, data)``."""
+        ad = chunk_associated_data(self._transfer_id, index, len(data))
+        pack = _NONCE.pack
+        ciphers = self._ciphers
+        a, b = memoryview(work[0]), memoryview(work[1])
+        src: bytes | memoryview = data
+        length = len(data)
+        for layer in range(len(ciphers) - 1):
+            length += TAG_SIZE
+            dst = a[:length]
+            ciphers[layer].encrypt_into(pack(layer, index), src, ad, dst)
+            src = dst
+            a, b = b, a
+        last = len(ciphers) - 1
+        return head + ciphers[last].encrypt(pack(last, index), src, ad)
+
+    def open_into(
+        self, index: int, sealed: bytes | bytearray | memoryview, work: tuple[bytearray, bytearray]
+    ) -> memoryview:
+        """Open chunk *index* into one of the *work* buffers (each at least ``len(sealed)``
+        bytes) and return a view of the plaintext there (valid until the buffers are reused).
+
+        :raises ChunkRejected: if it is too short or any layer fails to authenticate.
+        """
+        if len(sealed) < OVERHEAD:
+            raise ChunkRejected("sealed chunk too short")
+        length = len(sealed)
+        ad = chunk_associated_data(self._transfer_id, index, length - OVERHEAD)
+        pack = _NONCE.pack
+        ciphers = self._ciphers
+        a, b = memoryview(work[0]), memoryview(work[1])
+        src: bytes | bytearray | memoryview = sealed
+        try:
+            for layer in range(len(ciphers) - 1, -1, -1):
+                length -= TAG_SIZE
+                dst = a[:length]
+                ciphers[layer].decrypt_into(pack(layer, index), src, ad, dst)
+                src = dst
+                a, b = b, a
+        except InvalidTag:
+            raise ChunkRejected("a layer failed to authenticate") from None
+        assert isinstance(src, memoryview)
+        return src
 
     def open(self, index: int, sealed: bytes) -> bytes:
         """Open chunk *index*.

@@ -373,7 +373,7 @@ class PartialFile:
         assert self._manifest is not None
         return self._manifest[index * HASH_SIZE : (index + 1) * HASH_SIZE]
 
-    def store_chunk(self, index: int, data: bytes) -> bool:
+    def store_chunk(self, index: int, data: bytes | memoryview) -> bool:
         """Verify chunk *index* against the manifest, write it, then mark it held.
 
         :returns: whether the chunk was new (``False`` for a chunk already held).

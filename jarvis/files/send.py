@@ -2,9 +2,16 @@
 
 :func:`make_offer` reads the file once to compute each chunk's SHA-256 and the content hash
 (:func:`~jarvis.protocol.transfer.manifest_root`), and draws the transfer id and secret.
-:class:`FileSource` reads chunks by index with ``pread`` and checks each against the manifest
-before it is sealed, so a file changed after the offer fails the transfer instead of sending
-content the receiver would refuse at the end.
+:class:`FileSource` reads chunks by index with ``pread`` and checks, before each chunk is
+sealed, that the file is still the one that was hashed: same device, inode, size, modification
+and change times (``fstat``, taken when the file was hashed).  Any write to the file changes its
+change time (which no user can set back), so a file changed after the offer fails the transfer
+at the next chunk instead of sending content the receiver would refuse.  This replaces a
+SHA-256 of every chunk (0.6 CPU ms per MiB, a quarter of the sender's work): the receiver still
+checks every chunk against the manifest and the whole file against the offered hash, so a
+change this misses (a file system that does not keep those times) still never lands under the
+file's name -- the receiver refuses the chunk.  A :class:`PreparedFile` without that signature
+(built by hand) falls back to hashing each chunk.
 
 Every function blocks on the file system: run it off the reactor thread.  No reactor import.
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jarvis.crypto.transfer_keys import new_transfer_secret
 from jarvis.protocol.transfer import (
@@ -40,6 +47,16 @@ class PreparedFile:
     path: str
     offer: Offer
     chunk_hashes: tuple[bytes, ...]
+    #: ``(device, inode, size, mtime ns, ctime ns)`` of the file as hashed, or ``None`` if it
+    #: changed while it was hashed (then every chunk read is hashed again).
+    signature: tuple[int, ...] | None = field(default=None, compare=False)
+
+
+def file_signature(fd: int) -> tuple[int, ...]:
+    """Return what :class:`FileSource` compares to notice a change: device, inode, size,
+    modification and change times of the open file *fd*."""
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def guess_media_type(name: str) -> str:
@@ -55,10 +72,12 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
     """
     hashes = []
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
+        before = file_signature(f.fileno())
+        size = before[2]
         for index in range(chunk_count(size, chunk_size)):
             data = os.pread(f.fileno(), chunk_length(index, size, chunk_size), index * chunk_size)
             hashes.append(hashlib.sha256(data).digest())
+        signature = before if file_signature(f.fileno()) == before else None
     name = os.path.basename(path) or "file"
     offer = Offer(
         transfer_id=os.urandom(16),
@@ -69,7 +88,7 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
         chunk_size=chunk_size,
         secret=new_transfer_secret(),
     )
-    return PreparedFile(path, offer, tuple(hashes))
+    return PreparedFile(path, offer, tuple(hashes), signature)
 
 
 def prepare_again(path: str, offer: Offer) -> PreparedFile:
@@ -81,16 +100,18 @@ def prepare_again(path: str, offer: Offer) -> PreparedFile:
     """
     hashes = []
     with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
+        before = file_signature(f.fileno())
+        size = before[2]
         if size != offer.size:
             raise SourceChanged("the size changed")
         for index in range(offer.chunks):
             length = chunk_length(index, size, offer.chunk_size)
             data = os.pread(f.fileno(), length, index * offer.chunk_size)
             hashes.append(hashlib.sha256(data).digest())
+        signature = before if file_signature(f.fileno()) == before else None
     if manifest_root(size, offer.chunk_size, hashes) != offer.content_hash:
         raise SourceChanged("the content changed")
-    return PreparedFile(path, offer, tuple(hashes))
+    return PreparedFile(path, offer, tuple(hashes), signature)
 
 
 class FileSource:
@@ -104,17 +125,21 @@ class FileSource:
         self._fd = os.open(prepared.path, os.O_RDONLY)
 
     def read_chunk(self, index: int) -> bytes:
-        """Return chunk *index*, checked against its hash.
+        """Return chunk *index*, read while the file is unchanged since it was hashed (its
+        signature, see the module docstring), or checked against its hash without a signature.
 
         :raises SourceChanged: if the file changed since the offer.
         """
-        offer = self.prepared.offer
+        prepared = self.prepared
+        offer = prepared.offer
         length = chunk_length(index, offer.size, offer.chunk_size)
         data = os.pread(self._fd, length, index * offer.chunk_size)
-        if (
-            len(data) != length
-            or hashlib.sha256(data).digest() != self.prepared.chunk_hashes[index]
-        ):
+        if len(data) != length:
+            raise SourceChanged(f"chunk {index}")
+        if prepared.signature is not None:
+            if file_signature(self._fd) != prepared.signature:
+                raise SourceChanged(f"the file changed (chunk {index})")
+        elif hashlib.sha256(data).digest() != prepared.chunk_hashes[index]:
             raise SourceChanged(f"chunk {index}")
         return data
 

@@ -1306,7 +1306,7 @@ class PeerNetwork:
                 return None
             source, observer = found
             self._links_in[transfer_id] = protocol
-            return TransferSender(source, observer)
+            return TransferSender(source, observer, clock=self._reactor)
 
         return InboundDemux(
             protocol,
@@ -1328,7 +1328,11 @@ class PeerNetwork:
         """
         transfer_id = source.prepared.offer.transfer_id
         self._dial_data(
-            uid, transfer_id, lambda: TransferSender(source, observer), observer, TRANSFER_PREFACE
+            uid,
+            transfer_id,
+            lambda: TransferSender(source, observer, clock=self._reactor),
+            observer,
+            TRANSFER_PREFACE,
         )
 
     def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:

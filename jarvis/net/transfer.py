@@ -7,9 +7,16 @@ their order are in :mod:`jarvis.protocol.transfer` and ``docs/protocol.md``, "Fi
     receiver                                    sender
        Have(transfer id, epoch, held ranges) -->
                                             <-- ManifestPage ...
-                                            <-- Chunk ... (only the missing ones)
+                                            <-- Chunk (only the missing ones)
+       Ack(index) ---------------------------->
+                                            <-- Chunk ...
                                             <-- End
        Complete (or Cancel) ------------------>
+
+The receiver acknowledges each chunk once it is written and marked held; the sender keeps at
+most *ack_window* (1) chunks unacknowledged on the connection and seals the next ones ahead on
+its threads meanwhile, so a killed receiver costs at most one chunk sent again, and the data in
+the socket buffers is bounded by acknowledgements rather than by their size.
 
 Memory stays bounded whatever the file size and the receiver's disk speed:
 
@@ -41,18 +48,18 @@ from zope.interface import implementer
 
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
-from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, new_epoch
+from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
 from jarvis.files.receive import ChunkMismatch, PartialFile, VerificationFailed
 from jarvis.files.send import FileSource, SourceChanged
-from jarvis.protocol.framing import FrameDecoder, FramingError, encode_frame
+from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK,
     CHUNK_OVERHEAD,
     HASH_SIZE,
     MAX_HASHES_PER_PAGE,
     TRANSFER_VERSION,
+    Ack,
     Cancel,
-    Chunk,
     Complete,
     End,
     Have,
@@ -71,11 +78,95 @@ from jarvis.protocol.transfer import (
 #: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about
 #: 16 MiB during a transfer (4 doubled that, tests/test_e2e_files.py measures it).
 DEFAULT_WINDOW = 2
+#: Chunks the sender puts on the connection before the receiver acknowledges one (written and
+#: marked held): 1 means a killed receiver never costs more than one chunk sent again
+#: (docs/files.md, "Acknowledgements", measures what it costs).
+DEFAULT_ACK_WINDOW = 1
+#: Seconds the sender waits for an acknowledgement before it drops the connection (resumable:
+#: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).  The
+#: wait restarts when the transport has taken the chunk (it resumes the sender), so a slow path
+#: only needs to carry one chunk in that time (1 MiB in 120 s: about 9 KiB/s).
+ACK_TIMEOUT = 120.0
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
+_U64 = struct.Struct(">Q")
+_CHUNK_TYPE = bytes([TRANSFER_VERSION, CHUNK])
+
+
+def frame_index(frame: bytes) -> int:
+    """Return the chunk index of a whole Chunk frame (length header included)."""
+    index: int = _U64.unpack_from(frame, 4 + 2)[0]
+    return index
+
+
+_LENGTH = struct.Struct(">I")
+#: Bytes before the sealed data in a Chunk record: version, type, index.
+_CHUNK_PREFIX = 2 + 8
+#: Spare chunk-frame buffers a receiver keeps for reuse.
+_FRAME_POOL = 4
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
+
+
+class ChunkFrameReader:
+    """Cut the sender's byte stream into frames, copying each byte once.
+
+    TLS hands the stream over in pieces of up to 32 KiB; each frame's payload is copied
+    straight into a ``bytearray`` of its own length (a full chunk frame's buffer comes from a
+    small pool and goes back with :meth:`give_back` once the chunk is stored), instead of
+    growing a buffer and slicing a payload and then a record out of it (three more 1 MiB copies
+    and as many fresh allocations per chunk, on the reactor thread).  A length above
+    *max_frame* is refused as soon as its header arrives, before any of its body is buffered.
+
+    :param max_frame: the largest payload accepted.
+    :param pooled: the payload length whose buffers are reused (a full chunk's frame).
+    """
+
+    def __init__(self, max_frame: int, pooled: int) -> None:
+        self._max_frame = max_frame
+        self._pooled = pooled
+        self._head = bytearray()
+        self._frame: bytearray | None = None
+        self._filled = 0
+        self._pool: list[bytearray] = []
+        #: Complete payloads not yet taken, oldest first.
+        self.frames: deque[bytearray] = deque()
+
+    def receive(self, data: bytes) -> None:
+        """Take the next piece of the stream.
+
+        :raises FrameTooLarge: if a header announces more than *max_frame*.
+        """
+        view = memoryview(data)
+        off, end = 0, len(data)
+        while off < end:
+            frame = self._frame
+            if frame is None:
+                need = 4 - len(self._head)
+                self._head += view[off : off + need]
+                off += min(need, end - off)
+                if len(self._head) < 4:
+                    return
+                (length,) = _LENGTH.unpack(self._head)
+                self._head.clear()
+                if length > self._max_frame:
+                    raise FrameTooLarge(length, self._max_frame)
+                frame = self._pool.pop() if length == self._pooled and self._pool else None
+                frame = frame if frame is not None else bytearray(length)
+                self._frame, self._filled = frame, 0
+            take = min(len(frame) - self._filled, end - off)
+            frame[self._filled : self._filled + take] = view[off : off + take]
+            self._filled += take
+            off += take
+            if self._filled == len(frame):
+                self.frames.append(frame)
+                self._frame = None
+
+    def give_back(self, frame: bytearray) -> None:
+        """Return a payload buffer nobody uses any more, for reuse."""
+        if len(frame) == self._pooled and len(self._pool) < _FRAME_POOL:
+            self._pool.append(frame)
 
 
 class TransferStreamObserver(TypingProtocol):
@@ -100,6 +191,21 @@ def _frame(record: TransferRecord) -> bytes:
     return encode_frame(encode_transfer_record(record))
 
 
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on the TCP connection under *transport* (TLS and the knock
+    wrappers pass the call down), where there is one.
+
+    Chunks are acknowledged one at a time: with Nagle on, a frame's short last segment or a
+    small Ack waits for the peer's delayed TCP acknowledgement, and every chunk pays that wait.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass  # not a TCP socket (a UNIX socket in a test): nothing to turn off
+
+
 @implementer(IPushProducer)
 class TransferSender(protocol.Protocol):
     """Send one offered file's missing chunks on this connection.
@@ -108,6 +214,9 @@ class TransferSender(protocol.Protocol):
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
     :param window: the most chunks read and sealed ahead of the transport.
+    :param ack_window: the most chunks on the connection not yet acknowledged by the receiver.
+    :param clock: an ``IReactorTime`` for the acknowledgement timeout (``None``: no timeout).
+    :param ack_timeout: seconds without an acknowledgement before the connection is dropped.
     """
 
     log = Logger()
@@ -119,7 +228,16 @@ class TransferSender(protocol.Protocol):
         *,
         run_blocking: RunBlocking = deferToThread,
         window: int = DEFAULT_WINDOW,
+        ack_window: int = DEFAULT_ACK_WINDOW,
+        clock: Any = None,
+        ack_timeout: float = ACK_TIMEOUT,
     ) -> None:
+        self._ack_window = ack_window
+        self._clock = clock
+        self._ack_timeout = ack_timeout
+        self._ack_timer: Any = None  # an IDelayedCall
+        #: Chunks on the connection not yet acknowledged, oldest first.
+        self._unacked: deque[int] = deque()
         self._source = source
         self._offer = source.prepared.offer
         self._observer = observer
@@ -128,8 +246,9 @@ class TransferSender(protocol.Protocol):
         self._decoder = FrameDecoder(_CONTROL_MAX_FRAME)
         self._queue: deque[int] = deque()
         self._cipher: ChunkCipher | None = None
+        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
         self._in_flight = 0
-        self._ready: deque[tuple[bytes, bytes]] = deque()
+        self._ready: deque[tuple[int, bytes]] = deque()
         self._pumping = False
         self._pump_again = False
         self._paused = False
@@ -142,6 +261,8 @@ class TransferSender(protocol.Protocol):
         self.bytes_sent = 0
         #: Most chunks being read or waiting to be written at any time (a memory bound check).
         self.max_in_flight = 0
+        #: Most chunks on the connection not yet acknowledged at any time.
+        self.max_unacked = 0
 
     @property
     def _out(self) -> Any:
@@ -149,6 +270,7 @@ class TransferSender(protocol.Protocol):
         return self.transport
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self._out.registerProducer(self, True)
         for page in manifest_pages(self._source.prepared.chunk_hashes):
             self._out.write(_frame(page))
@@ -177,8 +299,16 @@ class TransferSender(protocol.Protocol):
             )
             self._observer.stream_opened()
             self._pump()
+        elif isinstance(record, Ack) and self._cipher is not None:
+            if record.index not in self._unacked:
+                self._end(f"acknowledgement of chunk {record.index}, not sent", resumable=True)
+                return
+            self._unacked.remove(record.index)
+            self._arm_ack_timer()
+            self._pump()
         elif isinstance(record, Complete) and record.transfer_id == offer.transfer_id:
             self._ended = True
+            self._stop_ack_timer()
             self._observer.stream_completed(None)
             self._out.loseConnection()
         elif isinstance(record, Cancel) and record.transfer_id == offer.transfer_id:
@@ -187,11 +317,13 @@ class TransferSender(protocol.Protocol):
         else:
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
-    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[bytes, bytes]:
-        # Worker thread: read, check against the manifest, seal, and build the frame header.
-        sealed = cipher.seal(index, self._source.read_chunk(index))
-        head = _CHUNK_HEAD.pack(2 + 8 + len(sealed), TRANSFER_VERSION, CHUNK, index)
-        return head, sealed
+    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[int, bytes]:
+        # Worker thread: read (checking the file did not change), seal, and build the whole
+        # frame as one bytes object, which the TLS transport takes without another copy.
+        data = self._source.read_chunk(index)
+        head = _CHUNK_HEAD.pack(2 + 8 + len(data) + CHUNK_OVERHEAD, TRANSFER_VERSION, CHUNK, index)
+        with self._work.pair() as work:
+            return len(data), cipher.seal_frame(index, data, head, work)
 
     def _pump(self) -> None:
         # Chunks are read and sealed ahead while the transport is paused, up to *window*
@@ -215,11 +347,14 @@ class TransferSender(protocol.Protocol):
                     self.max_in_flight = max(self.max_in_flight, held)
                     d = self._run(self._read_sealed, cipher, index)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
-                if self._ready and not self._paused:
-                    parts = self._ready.popleft()
-                    self._out.writeSequence(parts)  # may pause us at once
+                if self._ready and not self._paused and len(self._unacked) < self._ack_window:
+                    length, frame = self._ready.popleft()
+                    self._unacked.append(frame_index(frame))
+                    self.max_unacked = max(self.max_unacked, len(self._unacked))
+                    self._arm_ack_timer()
+                    self._out.write(frame)  # may pause us at once
                     self.chunks_sent += 1
-                    self.bytes_sent += len(parts[1]) - CHUNK_OVERHEAD
+                    self.bytes_sent += length
                     self._observer.bytes_done(self.bytes_sent)
                     continue
                 if not self._pump_again:
@@ -236,7 +371,24 @@ class TransferSender(protocol.Protocol):
             self._end_sent = True
             self._out.write(_frame(End()))
 
-    def _chunk_ready(self, parts: tuple[bytes, bytes]) -> None:
+    def _arm_ack_timer(self) -> None:
+        # Runs while a chunk waits for its acknowledgement; restarted by each one.
+        self._stop_ack_timer()
+        if self._unacked and self._clock is not None and not self._stopped:
+            self._ack_timer = self._clock.callLater(self._ack_timeout, self._ack_timed_out)
+
+    def _stop_ack_timer(self) -> None:
+        if self._ack_timer is not None and self._ack_timer.active():
+            self._ack_timer.cancel()
+        self._ack_timer = None
+
+    def _ack_timed_out(self) -> None:
+        self._ack_timer = None
+        self._end(
+            f"the receiver acknowledged no chunk in {self._ack_timeout:.0f} s", resumable=True
+        )
+
+    def _chunk_ready(self, parts: tuple[int, bytes]) -> None:
         self._in_flight -= 1
         if not self._stopped:
             self._ready.append(parts)
@@ -257,6 +409,7 @@ class TransferSender(protocol.Protocol):
             return
         self._ended = True
         self._stopped = True
+        self._stop_ack_timer()
         if cancel and not resumable:
             self._out.write(_frame(Cancel(self._offer.transfer_id, reason[:200])))
         self._observer.stream_ended(reason, resumable)
@@ -269,6 +422,8 @@ class TransferSender(protocol.Protocol):
 
     def resumeProducing(self) -> None:
         self._paused = False
+        if self._unacked:
+            self._arm_ack_timer()  # the transport took what was written: wait from now
         self._pump()
 
     def stopProducing(self) -> None:
@@ -276,6 +431,7 @@ class TransferSender(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self._stopped = True
+        self._stop_ack_timer()
         self.log.info(
             "transfer {transfer}: {sent} chunks sent on this connection",
             transfer=log_id(self._offer.transfer_id.hex()),
@@ -328,8 +484,9 @@ class TransferReceiver(protocol.Protocol):
         self._observer = observer
         self._run = run_blocking
         self._window = window
-        max_frame = max(_CONTROL_MAX_FRAME, self._offer.chunk_size + CHUNK_OVERHEAD + 16)
-        self._decoder = FrameDecoder(max_frame)
+        full_chunk = _CHUNK_PREFIX + self._offer.chunk_size + CHUNK_OVERHEAD
+        self._reader = ChunkFrameReader(max(_CONTROL_MAX_FRAME, full_chunk), full_chunk)
+        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
         self._assembler = ManifestAssembler(self._offer)
         self._manifest_ready = False
         self._cipher: ChunkCipher | None = None
@@ -349,6 +506,7 @@ class TransferReceiver(protocol.Protocol):
         return self.transport
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         epoch = new_epoch()
         offer = self._offer
         self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, epoch)
@@ -358,19 +516,25 @@ class TransferReceiver(protocol.Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         try:
-            self._decoder.receive(data)
+            self._reader.receive(data)
         except FramingError as e:
             self._end(f"bad frame from the sender ({e})", resumable=True)
             return
         self._process()
 
     def _process(self) -> None:
+        frames = self._reader.frames
         try:
-            while not self._ended and self._pending < self._window:
-                payload = self._decoder.next_frame()
-                if payload is None:
-                    break
-                self._handle(parse_transfer_record(payload))
+            while not self._ended and self._pending < self._window and frames:
+                frame = frames.popleft()
+                if (
+                    len(frame) >= _CHUNK_PREFIX
+                    and frame[0] == TRANSFER_VERSION
+                    and frame[1] == CHUNK
+                ):
+                    self._handle_chunk(frame)
+                else:
+                    self._handle(parse_transfer_record(bytes(frame)))
         except (FramingError, MalformedTransferRecord) as e:
             lying = isinstance(e, ManifestMismatch)
             self._end(f"bad record from the sender ({e})", resumable=not lying, discard=lying)
@@ -384,14 +548,25 @@ class TransferReceiver(protocol.Protocol):
             self._reading_paused = True
             self._out.pauseProducing()
 
+    def _handle_chunk(self, frame: bytearray) -> None:
+        # A Chunk record, parsed in place: its sealed bytes go to the worker thread without a
+        # copy, and the buffer back to the reader once the chunk is stored.
+        (index,) = _U64.unpack_from(frame, 2)
+        if not self._manifest_ready or index >= self._offer.chunks:
+            raise MalformedTransferRecord("chunk before the manifest or out of range")
+        if len(frame) < _CHUNK_PREFIX + CHUNK_OVERHEAD:
+            raise MalformedTransferRecord("sealed chunk size out of range")
+        self._pending += 1
+        d = self._run(self._open_and_store, self._cipher, index, frame)
+        d.addBoth(self._give_back, frame)
+        d.addCallbacks(self._chunk_stored, self._chunk_failed, callbackArgs=(index,))
+
+    def _give_back(self, result: object, frame: bytearray) -> object:
+        self._reader.give_back(frame)
+        return result
+
     def _handle(self, record: TransferRecord) -> None:
-        if isinstance(record, Chunk):
-            if not self._manifest_ready or record.index >= self._offer.chunks:
-                raise MalformedTransferRecord("chunk before the manifest or out of range")
-            self._pending += 1
-            d = self._run(self._open_and_store, self._cipher, record.index, record.sealed)
-            d.addCallbacks(self._chunk_stored, self._chunk_failed)
-        elif isinstance(record, ManifestPage):
+        if isinstance(record, ManifestPage):
             hashes = self._assembler.add(record)
             if hashes is not None:
                 self._manifest_ready = True
@@ -408,12 +583,17 @@ class TransferReceiver(protocol.Protocol):
         else:
             raise MalformedTransferRecord(f"unexpected {type(record).__name__} record")
 
-    def _open_and_store(self, cipher: ChunkCipher, index: int, sealed: bytes) -> bool:
-        # Worker thread.
-        return self._partial.store_chunk(index, cipher.open(index, sealed))
+    def _open_and_store(self, cipher: ChunkCipher, index: int, frame: bytearray) -> bool:
+        # Worker thread: open into a pair of work buffers, verify and write from there.
+        with self._work.pair() as work:
+            plain = cipher.open_into(index, memoryview(frame)[_CHUNK_PREFIX:], work)
+            return self._partial.store_chunk(index, plain)
 
-    def _chunk_stored(self, new: object) -> None:
+    def _chunk_stored(self, new: object, index: int | None = None) -> None:
         self._pending -= 1
+        if index is not None and not self._gone and not self._ended:
+            # Written and marked held: the sender may put the next chunk on the connection.
+            self._out.write(_frame(Ack(index)))
         if new is True:
             self.chunks_stored += 1
             self._observer.bytes_done(self._partial.held_bytes)

@@ -10,7 +10,9 @@ A transfer has two halves (see ``docs/protocol.md``, "File transfer"):
   holds verified (:class:`Have`, with a fresh epoch the chunk keys of this connection are derived
   from), the sender sends the chunk hashes (:class:`ManifestPage`, checked against the offered
   content hash), the missing chunks (:class:`Chunk`, sealed by the five-layer cascade), then
-  :class:`End`; the receiver verifies the whole file and answers :class:`Complete` (or
+  :class:`End`; the receiver acknowledges each chunk once it is written and marked held
+  (:class:`Ack`; the sender keeps at most one chunk unacknowledged, so a killed receiver costs
+  at most one chunk sent again), verifies the whole file and answers :class:`Complete` (or
   :class:`Cancel`).
 
 Every record is ``version (1 byte) || type (1 byte) || fields`` with one deterministic encoding
@@ -49,6 +51,7 @@ CHUNK = 0x07
 END = 0x08
 COMPLETE = 0x09
 DIAL_BACK = 0x0A
+ACK = 0x0B
 
 TRANSFER_ID_SIZE = 16
 SECRET_SIZE = 32
@@ -298,6 +301,18 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """The receiver wrote chunk *index* and marked it held (a stream record): the sender may
+    put the next chunk on the connection."""
+
+    index: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index <= MAX_FILE_SIZE:
+            raise ValueError("index out of range")
+
+
+@dataclass(frozen=True)
 class End:
     """The sender sent every chunk the receiver lacked."""
 
@@ -325,7 +340,17 @@ class DialBack:
 
 
 TransferRecord = (
-    Offer | Accept | Decline | Cancel | Have | ManifestPage | Chunk | End | Complete | DialBack
+    Offer
+    | Accept
+    | Decline
+    | Cancel
+    | Have
+    | ManifestPage
+    | Chunk
+    | Ack
+    | End
+    | Complete
+    | DialBack
 )
 
 
@@ -385,6 +410,8 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
             + _U32.pack(len(record.hashes))
             + b"".join(record.hashes)
         )
+    if isinstance(record, Ack):
+        return _HEADER.pack(TRANSFER_VERSION, ACK) + _U64.pack(record.index)
     if isinstance(record, End):
         return _HEADER.pack(TRANSFER_VERSION, END)
     if isinstance(record, Complete):
@@ -482,6 +509,8 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             raw = r.take(count * HASH_SIZE, "hashes")
             hashes = tuple(raw[i : i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE))
             record = ManifestPage(first, hashes)
+        elif kind == ACK:
+            record = Ack(r.u64("index"))
         elif kind == END:
             record = End()
         elif kind == COMPLETE:
