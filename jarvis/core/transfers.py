@@ -642,8 +642,10 @@ class Transfers:
         abandon = getattr(self._network, "abandon_data_dial", None)
         if abandon is None or entry.state != "accepted" or not entry.streaming or entry.at_relay:
             return False
-        self.log.info("no direct data connection yet for transfer {tid}", tid=log_id(entry.id))
-        return bool(abandon(entry.offer.transfer_id))
+        if not abandon(entry.offer.transfer_id):
+            return False  # it connected (or none is in flight): nothing to give up
+        self.log.info("no direct data connection in time for transfer {tid}", tid=log_id(entry.id))
+        return True
 
     @defer.inlineCallbacks
     def _start_stream(self, entry: TransferEntry) -> Any:
