@@ -125,11 +125,17 @@ class NatTopology:
     not forward (``ip_forward`` is 0 in a new namespace), so dialling another host fails at
     once with "network unreachable" and the service is the only meeting point.
 
+    With *drop*, a NAT that drops packets instead: each host routes the other hosts' addresses
+    through the public namespace, which forwards but silently discards (a ``blackhole``
+    policy rule on each host's link) every packet from a host to another host, so a direct
+    dial is never refused: it waits for its timeout.  The service still answers.
+
     :param prefix: namespace name prefix (short).
     :param hosts: host names.
+    :param drop: drop direct packets between hosts instead of refusing them.
     """
 
-    def __init__(self, prefix: str, hosts: list[str]) -> None:
+    def __init__(self, prefix: str, hosts: list[str], drop: bool = False) -> None:
         self.public_ns = f"{prefix}-pub"
         self.namespaces: dict[str, str] = {}
         self.addresses: dict[str, str] = {}
@@ -138,6 +144,8 @@ class NatTopology:
             self._add_ns(self.public_ns)
             _ip("-n", self.public_ns, "link", "set", "lo", "up")
             _ip("-n", self.public_ns, "addr", "add", f"{PUBLIC_SERVICE}/32", "dev", "lo")
+            if drop:  # forward, so that the blackhole rule discards silently (no ICMP)
+                _ip("netns", "exec", self.public_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
             for index, host in enumerate(hosts):
                 ns = f"{prefix}-{host}"
                 net = f"10.214.{index + 1}"
@@ -151,6 +159,10 @@ class NatTopology:
                 _ip("-n", ns, "addr", "add", f"{net}.2/24", "dev", "eth0")
                 _ip("-n", ns, "link", "set", "eth0", "up")
                 _ip("-n", ns, "route", "add", f"{PUBLIC_SERVICE}/32", "via", f"{net}.1")
+                if drop:
+                    _ip("-n", ns, "route", "add", "10.214.0.0/16", "via", f"{net}.1")
+                    _ip("-n", self.public_ns, "rule", "add", "iif", side, "to", "10.214.0.0/16",
+                        "blackhole")  # fmt: skip
                 self.namespaces[host] = ns
                 self.addresses[host] = f"{net}.2"
         except BaseException:

@@ -176,3 +176,34 @@ class DataPathTests(TestCase):
         b.network._relay_data(a.uid, os.urandom(16), Stream, lonely, False)
         self.assertEqual(len(lonely.ended), 1)
         self.assertEqual(Stream.made, [])
+
+    async def test_an_unanswered_dial_is_abandoned_for_the_relay(self) -> None:
+        """When the receiver's only address accepts TCP but never answers (packets dropped
+        past the connect) and the node abandons the dial, then the stream ends at once,
+        resumable, saying "no data connection" (what moves the transfer towards the relay),
+        the silent connection is closed, and nothing else is abandoned: a second call, or one
+        while a relay join waits for its partner, does nothing."""
+        silent = Factory.forProtocol(Silent)
+        silent.connections, silent.closed = [], 0  # type: ignore[attr-defined]
+        dead = reactor.listenTCP(0, silent, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(dead.stopListening)
+        _relay, link = self.relay()
+        a, b = Node(self, relay_links=lambda uid: [link]), Node(self)
+        a.directory.add(b.identity, f"127.0.0.1:{dead.getHost().port}")
+        tid = os.urandom(16)
+        ends = Ends()
+        a.network._dial_data(b.uid, tid, Stream, ends, TRANSFER_PREFACE)
+        await wait_until(lambda: len(silent.connections) == 1, 10)  # type: ignore[attr-defined]
+        self.assertTrue(a.network.abandon_data_dial(tid))
+        [(reason, resumable)] = ends.ended
+        self.assertTrue(reason.startswith("no data connection: "), reason)
+        self.assertIn("head start", reason)
+        self.assertTrue(resumable)
+        await wait_until(lambda: silent.closed == 1, 10)  # type: ignore[attr-defined]
+        self.assertFalse(a.network.abandon_data_dial(tid))
+        joining = Ends()
+        a.network._relay_data(b.uid, tid, Stream, joining, True)
+        self.assertFalse(a.network.abandon_data_dial(tid))  # a relay join is not a dial
+        self.assertEqual(joining.ended, [])
+        a.network.stop_transfer(tid)
+        self.assertEqual(Stream.made, [])

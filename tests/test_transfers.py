@@ -476,3 +476,179 @@ class RelayMeetTests(TestCase):
         self.assertEqual(relay.joins, [])
         self.assertEqual(bob.find(view["id"]).state, "accepted")
         self.assertEqual(alice.find(view["id"]).state, "accepted")
+
+
+#: Seconds a dial into a NAT that drops packets waits before it fails (the handshake timeout).
+DROP_TIMEOUT = 10.0
+
+
+class DroppingNetwork(NoDirectPathNetwork):
+    """Either side's network behind a NAT that drops direct packets: a dial (or dial back)
+    never answers and fails only after :data:`DROP_TIMEOUT` on *clock*, unless abandoned
+    first (``abandon_data_dial``, as the real network's); the relay works.  *relayed* says
+    whether the session with the contact runs through the relay (``path_of``)."""
+
+    def __init__(self, relay: MeetingRelay, clock: Clock, relayed: bool = False) -> None:
+        super().__init__(relay)
+        self.clock = clock
+        self.relayed = relayed
+        self.in_flight: dict[bytes, tuple[Any, Any]] = {}
+        self.abandoned = 0
+
+    def path_of(self, uid: str) -> Any:
+        from jarvis.protocol.peerpath import accepted, relayed
+
+        return relayed("127.0.0.1:1") if self.relayed else accepted()
+
+    def _hang(self, transfer_id: bytes, observer: Any) -> None:
+        def timed_out() -> None:
+            del self.in_flight[transfer_id]
+            observer.stream_ended("no data connection: timed out", True)
+
+        self.in_flight[transfer_id] = (observer, self.clock.callLater(DROP_TIMEOUT, timed_out))
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        self.dials += 1
+        self._hang(source.prepared.offer.transfer_id, observer)
+
+    def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
+        self.pulls += 1
+        self._hang(partial.offer.transfer_id, observer)
+
+    def abandon_data_dial(self, transfer_id: bytes) -> bool:
+        held = self.in_flight.pop(transfer_id, None)
+        if held is None:
+            return False
+        observer, timer = held
+        timer.cancel()
+        self.abandoned += 1
+        observer.stream_ended("no data connection: no address answered within the head start", True)
+        return True
+
+
+class RelayHeadStartTests(TestCase):
+    """Relayed transfers start fast (issue 18): a dial that does not answer is not waited for
+    when a relay is known, and a relayed session sends its data through the relay at once."""
+
+    def pair(
+        self, relayed: bool
+    ) -> tuple[Transfers, Transfers, DroppingNetwork, DroppingNetwork, MeetingRelay, Clock]:
+        clock = Clock()
+        relay = MeetingRelay()
+        nets = DroppingNetwork(relay, clock, relayed), DroppingNetwork(relay, clock, relayed)
+        sides: list[Transfers] = []
+        sessions: list[dict[str, Any]] = []
+        for network in nets:
+            mine: dict[str, Any] = {}
+            transfers = Transfers(
+                clock=clock,
+                now=lambda: 1_700_000_000.0,
+                emit=lambda name, payload: None,
+                run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
+                display_name=lambda uid: uid[:4],
+                downloads=short_tempdir(self),
+            )
+            self.successResultOf(transfers.open(FakeStore(), network, mine.get))
+            sides.append(transfers)
+            sessions.append(mine)
+        alice, bob = sides
+        sessions[0][BOB], sessions[1][ALICE] = RoutedSession(bob, ALICE), RoutedSession(alice, BOB)
+        joined_at: list[float] = []
+        join = relay.join
+
+        def timed_join(uid: str, sending: bool, stream: Any, observer: Any) -> None:
+            joined_at.append(clock.seconds())
+            join(uid, sending, stream, observer)
+
+        relay.join = timed_join  # type: ignore[method-assign]
+        self.joined_at = joined_at
+        return alice, bob, nets[0], nets[1], relay, clock
+
+    def send_one(self, alice: Transfers, bob: Transfers) -> tuple[str, bytes]:
+        import hashlib
+
+        path = os.path.join(short_tempdir(self), "photo.jpg")
+        content = os.urandom(300_000)
+        with open(path, "wb") as f:
+            f.write(content)
+        view = self.successResultOf(alice.send(BOB, path))
+        self.successResultOf(bob.accept(view["id"]))
+        return view["id"], hashlib.sha256(content).digest()
+
+    def assert_received(self, alice: Transfers, bob: Transfers, tid: str, digest: bytes) -> None:
+        import hashlib
+
+        received = bob.find(tid)
+        self.assertEqual((received.state, alice.find(tid).state), ("complete", "complete"))
+        with open(received.path, "rb") as f:
+            self.assertEqual(hashlib.sha256(f.read()).digest(), digest)
+
+    def test_dials_that_never_answer_give_way_to_the_relay_after_the_head_start(self) -> None:
+        """When a NAT drops both sides' direct packets (dials never answer, each would fail
+        only after its 10 s timeout) and a relay is known, then the sender's dial is abandoned
+        after the head start, the receiver's dial back after its own, both meet at the relay
+        two head starts after the accept (not after both timeouts, 20 s), and the file
+        arrives byte-identical; no dial is left in flight."""
+        from jarvis.core.transfers import RELAY_HEAD_START
+
+        alice, bob, alice_net, bob_net, relay, clock = self.pair(relayed=False)
+        tid, digest = self.send_one(alice, bob)
+        self.assertEqual((alice_net.dials, bob_net.pulls, relay.joins), (1, 0, []))
+        clock.advance(RELAY_HEAD_START - 0.01)
+        self.assertEqual((bob_net.pulls, relay.joins), (0, []))  # still the head start
+        while bob.find(tid).state != "complete" and clock.seconds() < 3 * DROP_TIMEOUT:
+            clock.advance(0.01)
+        started = max(self.joined_at)
+        print(f"\nrelayed data connection started {started:.2f} s after the accept (clock)")
+        self.assertLessEqual(started, 2 * RELAY_HEAD_START + 0.02)
+        self.assertEqual(bob_net.pulls, 1)
+        self.assertEqual(sorted(relay.joins), [(ALICE, False), (BOB, True)])
+        self.assert_received(alice, bob, tid, digest)
+        self.assertEqual((alice_net.in_flight, bob_net.in_flight), ({}, {}))
+        self.assertGreaterEqual(alice_net.abandoned + bob_net.abandoned, 2)
+        waiting = [c.func.__name__ for c in clock.getDelayedCalls()]
+        self.assertEqual([name for name in waiting if name != "_tick"], [])  # progress only
+
+    def test_a_relayed_session_sends_its_data_through_the_relay_at_once(self) -> None:
+        """When the session with the contact is relayed right now, then neither side dials
+        directly: the sender joins the relay when the accept arrives and asks the receiver,
+        which joins at once too (clock not advanced); the file arrives byte-identical."""
+        alice, bob, alice_net, bob_net, relay, _clock = self.pair(relayed=True)
+        tid, digest = self.send_one(alice, bob)
+        print(f"\nrelayed session: data connection started {max(self.joined_at):.2f} s (clock)")
+        self.assertEqual((alice_net.dials, bob_net.pulls), (0, 0))
+        self.assertEqual(relay.joins, [(BOB, True), (ALICE, False)])  # sender first
+        self.assertEqual(self.joined_at, [0.0, 0.0])
+        self.assert_received(alice, bob, tid, digest)
+
+    def test_a_receiver_not_ready_is_asked_again_when_it_accepts_again(self) -> None:
+        """When the sender waits at the relay and its ask to meet there did not reach the
+        receiver (it restarted, its partial file was not open yet), then the receiver's next
+        Accept (sent once its partial file is reopened) makes the sender ask again, and the
+        receiver joins; the sender does not join twice and the file arrives."""
+        alice, bob, _alice_net, _bob_net, relay, _clock = self.pair(relayed=True)
+        route = alice._sessions(BOB)  # type: ignore[attr-defined]
+        deliver = route.send_message
+        dropped: list[bytes] = []
+
+        def lossy(message_id: bytes, body: bytes, created_ms: int) -> None:
+            record = parse_transfer_record(body[len(CONTROL_PREFIX) :])
+            if isinstance(record, DialBack) and not dropped:
+                dropped.append(body)
+                return
+            deliver(message_id, body, created_ms)
+
+        route.send_message = lossy
+        path = os.path.join(short_tempdir(self), "doc.pdf")
+        with open(path, "wb") as f:
+            f.write(os.urandom(5000))
+        view = self.successResultOf(alice.send(BOB, path))
+        self.successResultOf(bob.accept(view["id"]))
+        self.assertEqual((len(dropped), relay.joins), (1, [(BOB, True)]))
+        self.assertEqual(bob.find(view["id"]).state, "accepted")
+        tid = bytes.fromhex(view["id"])
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        self.assertEqual(relay.joins, [(BOB, True), (ALICE, False)])
+        self.assertEqual(
+            (bob.find(view["id"]).state, alice.find(view["id"]).state), ("complete",) * 2
+        )

@@ -79,6 +79,10 @@ REDIAL_MAX = 30.0
 #: How the network's ``stream_ended`` reason starts when no address of the receiver answered
 #: the sender's dial (then the sender asks the receiver to dial back: ``DialBack``).
 NO_DATA_CONNECTION = "no data connection"
+#: Seconds a direct data dial (or dial back) may go without connecting before it is abandoned
+#: for the relay, when one is known for the pair: a NAT that drops packets would otherwise hold
+#: each stage for its whole connect timeout (about 10 s) before the relay is tried.
+RELAY_HEAD_START = 2.0
 #: The default folder received files go to (under the user's home).
 DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 
@@ -130,6 +134,10 @@ class TransferEntry:
     pull_source: Any = None
     #: Sender: the receiver asked to meet at the relay while a dial of ours was in flight.
     relay_wanted: bool = False
+    #: This side's data connection is a relay join (waiting for the peer there, or running).
+    at_relay: bool = False
+    #: The pending call that abandons a direct dial still unanswered for the relay.
+    head_start: Any = None
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
     @property
@@ -444,6 +452,9 @@ class Transfers:
             if entry.state == "accepted" and not entry.streaming:
                 entry.redial_delay = REDIAL_INITIAL
                 self._start_stream(entry)
+            elif entry.state == "accepted" and entry.at_relay:
+                # the receiver (restarted, or not ready at our first ask) has not joined yet
+                self._send_control(uid, DialBack(entry.offer.transfer_id))
             elif entry.state == "complete":
                 pass
         elif isinstance(record, DialBack) and not entry.sending:
@@ -600,11 +611,49 @@ class Transfers:
         if entry.redial is not None and entry.redial.active():
             entry.redial.cancel()
         entry.redial = None
+        self._cancel_head_start(entry)
+
+    def _cancel_head_start(self, entry: TransferEntry) -> None:
+        if entry.head_start is not None and entry.head_start.active():
+            entry.head_start.cancel()
+        entry.head_start = None
+
+    def _relayed_now(self, uid: str) -> bool:
+        """Whether the live session with *uid* runs through a relay right now (then a direct
+        data dial would only wait for its timeouts: the transfer goes to the relay at once)."""
+        path_of = getattr(self._network, "path_of", None)
+        path = path_of(uid) if path_of is not None else None
+        return getattr(path, "kind", None) == "relayed"
+
+    def _start_head_start(self, entry: TransferEntry) -> None:
+        """A direct dial (or dial back) of *entry* started: abandon it for the relay if it has
+        not connected within :data:`RELAY_HEAD_START` seconds and a relay is known."""
+        self._cancel_head_start(entry)
+        if self._can_relay(entry.peer):
+            entry.head_start = self.clock.callLater(RELAY_HEAD_START, self._head_start_over, entry)
+
+    def _head_start_over(self, entry: TransferEntry) -> None:
+        entry.head_start = None
+        self._abandon_dial(entry)
+
+    def _abandon_dial(self, entry: TransferEntry) -> bool:
+        """Give up *entry*'s direct dial still in flight (the network ends its stream with
+        :data:`NO_DATA_CONNECTION`, which moves the transfer on towards the relay)."""
+        abandon = getattr(self._network, "abandon_data_dial", None)
+        if abandon is None or entry.state != "accepted" or not entry.streaming or entry.at_relay:
+            return False
+        if not abandon(entry.offer.transfer_id):
+            return False  # it connected (or none is in flight): nothing to give up
+        self.log.info("no direct data connection in time for transfer {tid}", tid=log_id(entry.id))
+        return True
 
     @defer.inlineCallbacks
     def _start_stream(self, entry: TransferEntry) -> Any:
         """Sender: dial the data connection for *entry* (rebuilding the manifest if needed)."""
         if entry.streaming or self._network is None or entry.state != "accepted":
+            return
+        if self._relayed_now(entry.peer) and self._can_relay(entry.peer):
+            yield self._join_relay(entry)  # the session is relayed: so is its data
             return
         self._cancel_redial(entry)
         entry.streaming = True
@@ -622,6 +671,8 @@ class Transfers:
             return
         observer = _StreamObserver(self, entry, source)
         self._network.open_transfer(entry.peer, source, observer)
+        if entry.streaming and entry.state == "accepted":
+            self._start_head_start(entry)
 
     def inbound_stream(self, uid: str, transfer_id: bytes) -> Any:
         """The network asks for the partial file and observer of an inbound data connection.
@@ -674,9 +725,14 @@ class Transfers:
             or getattr(self._network, "pull_transfer", None) is None
         ):
             return
+        if self._relayed_now(entry.peer) and self._can_relay(entry.peer):
+            self._meet_at_relay(entry)  # the session is relayed: a dial back would time out
+            return
         entry.streaming = True
         self.log.info("dialling back for transfer {tid}", tid=log_id(entry.id))
         self._network.pull_transfer(entry.peer, entry.partial, _StreamObserver(self, entry, None))
+        if entry.streaming and entry.state == "accepted":
+            self._start_head_start(entry)
 
     @defer.inlineCallbacks
     def _ask_dial_back(self, entry: TransferEntry) -> Any:
@@ -708,7 +764,9 @@ class Transfers:
             or not self._can_relay(entry.peer)
         ):
             return
+        self._cancel_head_start(entry)
         entry.streaming = True
+        entry.at_relay = True
         self.log.info("meeting at a relay for transfer {tid}", tid=log_id(entry.id))
         self._network.relay_receive(entry.peer, entry.partial, _StreamObserver(self, entry, None))
         if entry.streaming:
@@ -718,16 +776,22 @@ class Transfers:
         """Sender: the receiver waits for us at the relay (after both dials failed)."""
         if entry.state != "accepted" or self._network is None or not self._can_relay(entry.peer):
             return
+        if entry.at_relay:
+            return  # we are there already (we asked first, or both asked at once)
         if entry.streaming:
-            entry.relay_wanted = True  # a dial of ours is in flight: join once it fails
+            entry.relay_wanted = True  # a dial of ours is in flight: join once it fails,
+            self._abandon_dial(entry)  # which is now if it has not connected yet
             return
         self._join_relay(entry)
 
     @defer.inlineCallbacks
     def _join_relay(self, entry: TransferEntry) -> Any:
-        """Sender: join the relay for *entry*'s data and send the file there."""
+        """Sender: join the relay for *entry*'s data and send the file there, and ask the
+        receiver (a ``DialBack``: it joins at once while the session is relayed, else once
+        its dial back fails) to meet us there."""
         self._cancel_redial(entry)
         entry.streaming = True
+        entry.at_relay = True
         source, entry.pull_source = entry.pull_source, None
         try:
             if source is None:
@@ -735,15 +799,17 @@ class Transfers:
                     entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
                 source = yield self._run(FileSource, entry.prepared)
         except (SourceChanged, OSError) as e:
-            entry.streaming = False
+            entry.streaming = entry.at_relay = False
             yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
             return
         if entry.state != "accepted" or self._network is None:
-            entry.streaming = False
+            entry.streaming = entry.at_relay = False
             source.close()
             return
         self.log.info("meeting at a relay for transfer {tid}", tid=log_id(entry.id))
         self._network.relay_send(entry.peer, source, _StreamObserver(self, entry, source))
+        if entry.at_relay and entry.state == "accepted":
+            self._send_control(entry.peer, DialBack(entry.offer.transfer_id))
 
     def reopen_partials(self) -> defer.Deferred[Any]:
         """Reopen (and re-verify) the partial files of accepted incoming transfers."""
@@ -776,6 +842,7 @@ class Transfers:
         return d
 
     def stream_opened(self, entry: TransferEntry) -> None:
+        self._cancel_head_start(entry)
         entry.meter = ProgressMeter(entry.offer.size, self.clock.seconds)
         if entry.state == "accepted":
             entry.state = "streaming"
@@ -786,8 +853,9 @@ class Transfers:
         entry.done = done
 
     def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
-        entry.streaming = False
+        entry.streaming = entry.at_relay = False
         entry.relay_wanted = False
+        self._cancel_head_start(entry)
         entry.done = entry.offer.size
         if final_path is not None:
             entry.path = final_path
@@ -797,7 +865,8 @@ class Transfers:
             self._finish(entry, "complete", "", "")
 
     def stream_ended(self, entry: TransferEntry, reason: str, resumable: bool) -> None:
-        entry.streaming = False
+        entry.streaming = entry.at_relay = False
+        self._cancel_head_start(entry)
         entry.rate, entry.eta = 0.0, None
         if entry.state in FINAL_STATES:
             return

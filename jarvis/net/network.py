@@ -568,6 +568,8 @@ class PeerNetwork:
         self._links_out: dict[bytes, Any] = {}
         # data connections being made (an address race, a relay join), by transfer id
         self._data_dials: dict[bytes, Deferred[Any]] = {}
+        # the direct address races among _data_dials (not relay joins), by transfer id
+        self._direct_dials: dict[bytes, Deferred[Any]] = {}
         self._undecided: set[PeerProtocol] = set()
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
@@ -1389,6 +1391,7 @@ class PeerNetwork:
                     return False
                 won.append(link)
                 self._links_out[transfer_id] = link
+                self._direct_dials.pop(transfer_id, None)  # connected: no longer abandoned
                 ready.callback(None)
                 return True
 
@@ -1419,17 +1422,24 @@ class PeerNetwork:
 
         race = AddressRace(self._reactor, dial)
         self._data_dials[transfer_id] = race.result
+        self._direct_dials[transfer_id] = race.result
 
         def done(_: str) -> None:
+            if self._direct_dials.get(transfer_id) is race.result:
+                del self._direct_dials[transfer_id]
             if self._data_dials.get(transfer_id) is race.result:
                 del self._data_dials[transfer_id]
 
         def failed(f: Failure) -> None:
+            if self._direct_dials.get(transfer_id) is race.result:
+                del self._direct_dials[transfer_id]
             if self._data_dials.get(transfer_id) is not race.result:
                 return  # stopped (cancelled, shutting down): nothing more to say
             del self._data_dials[transfer_id]
             if f.check(RaceFailed):
                 reason = "the contact has no address"
+            elif f.check(defer.CancelledError):
+                reason = "no address answered within the head start"  # abandon_data_dial
             elif f.check(ConnectFailed):
                 reason = str(f.value)
             else:
@@ -1442,6 +1452,21 @@ class PeerNetwork:
             observer.stream_ended("no data connection: shutting down", True)
             return
         race.offer(self._directory.addresses(uid))
+
+    def abandon_data_dial(self, transfer_id: bytes) -> bool:
+        """Give up the direct dial (or dial back) of *transfer_id* while no address has
+        connected yet, so the transfer can meet at a relay instead of waiting for every
+        address's timeout.  Its observer hears ``stream_ended("no data connection: ...",
+        True)`` at once.
+
+        :returns: whether a dial was abandoned (``False``: none in flight, a relay join, or a
+            connection already carries the transfer).
+        """
+        dialling = self._data_dials.get(transfer_id)
+        if dialling is None or self._direct_dials.get(transfer_id) is not dialling:
+            return False
+        dialling.cancel()
+        return True
 
     # -- relayed data connections (jarvis.net.transfer_link.RelayedDataProtocol) ----------------
 
