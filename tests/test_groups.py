@@ -18,7 +18,15 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.core import group_log
-from jarvis.core.groups import GAP_DELAY, Groups
+from jarvis.core.groups import (
+    GAP_DELAY,
+    MAX_AHEAD_PER_SENDER,
+    MAX_MEMBER_WAITS,
+    MAX_PARKED,
+    MAX_PARKED_BYTES,
+    MAX_STATES_AHEAD,
+    Groups,
+)
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
     KIND_INVITE,
@@ -29,7 +37,14 @@ from jarvis.protocol.group_fanout import (
     encode_payload,
     parse_payload,
 )
-from jarvis.protocol.group_message import NO_HASH, encode_message, parse_message, write_message
+from jarvis.protocol.group_message import (
+    MAX_BODY_BYTES,
+    NO_HASH,
+    encode_message,
+    message_hash,
+    parse_message,
+    write_message,
+)
 from jarvis.protocol.group_state import (
     Member,
     Role,
@@ -595,6 +610,132 @@ class ConcurrentChangeTests(TestCase):
         m.restart("bob")
         m.restart("carol")
         self.assert_converged(m, gid, winner)
+
+
+def forged_ahead(held: Any, version: int, signer: IdentityKey, name: str = "x") -> Any:
+    """A state *signer* signs for *version* (beyond the next one) of the group of *held*."""
+    return _sign(replace(held, version=version, prev_hash=os.urandom(32), name=name), signer)
+
+
+class HostileBufferTests(TestCase):
+    """A hostile member cannot fill another member's memory through the group buffers."""
+
+    async def test_forged_future_states_are_capped_and_the_real_chain_still_comes(self) -> None:
+        """When bob (a plain member) sends carol 200 forged states of versions beyond the
+        next one, then carol keeps at most MAX_AHEAD_PER_SENDER of them, none further than
+        MAX_STATES_AHEAD versions ahead; alice's two real changes, delivered in the wrong
+        order, are still taken, and carol's sync brings the rest: carol holds alice's
+        state."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        held = carol.resolve(gid).state
+        for version in range(held.version + 2, held.version + 202):
+            payload = encode_payload(
+                KIND_STATE, encode_state(forged_ahead(held, version, KEYS["bob"]))
+            )
+            carol.payload_received(KEYS["bob"].uid, payload)
+        group = carol.resolve(gid)
+        kept = [v for by_version in group.ahead.values() for v in by_version]
+        self.assertLessEqual(len(kept), MAX_AHEAD_PER_SENDER)
+        self.assertLessEqual(max(kept), held.version + MAX_STATES_AHEAD)
+        self.assertEqual(group.state, held)
+        await m.groups["alice"].rename(gid, name="one")
+        await m.groups["alice"].rename(gid, name="two")
+        to_carol = [e for e in m.outbox if e[1] == KEYS["carol"].uid]
+        m.outbox[:] = [e for e in m.outbox if e[1] != KEYS["carol"].uid]
+        for sender, _recipient, payload in reversed(to_carol):  # "two" first
+            carol.payload_received(sender, payload)
+        self.assertEqual(carol.resolve(gid).state.name, "two")
+        self.assertEqual(carol.resolve(gid).state, m.groups["alice"].resolve(gid).state)
+        m.settle()
+        await m.groups["bob"].send(gid, "still fine")
+        m.settle()
+        self.assertEqual(m.bodies("carol", gid), ["still fine"])
+
+    async def test_messages_naming_unknown_states_are_capped(self) -> None:
+        """When bob sends carol 2,000 signed messages naming state versions carol does not
+        hold (most too far ahead, the rest beyond the parking budget), then carol parks at
+        most MAX_PARKED of them, within MAX_PARKED_BYTES, none naming a version further than
+        MAX_STATES_AHEAD; alice's real message is still shown."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        group = carol.resolve(gid)
+        held = group.state.version
+        for i in range(2000):
+            message = write_message(
+                KEYS["bob"],
+                group.group_id,
+                seq=1,
+                prev_hash=NO_HASH,
+                state_version=held + 1 + i % (4 * MAX_STATES_AHEAD),
+                created=i,
+                body=b"x" * 4000,
+            )
+            carol.payload_received(
+                KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(message))
+            )
+        self.assertLessEqual(len(group.parked), MAX_PARKED)
+        self.assertLessEqual(sum(len(p.body) for p in group.parked), MAX_PARKED_BYTES)
+        self.assertTrue(group.parked)
+        self.assertLessEqual(max(p.state_version for p in group.parked), held + MAX_STATES_AHEAD)
+        await m.groups["alice"].send(gid, "real")
+        m.deliver()
+        self.assertEqual(m.bodies("carol", gid), ["real"])
+
+    async def test_messages_ahead_of_a_gap_are_capped_in_bytes(self) -> None:
+        """When bob sends carol 300 of his messages of the largest body after a gap (his
+        first never sent), then carol buffers at most MAX_BUFFERED_BYTES_PER_AUTHOR of them
+        (not 300 x 16 KiB); once his first message comes, those buffered are shown in
+        order."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        group = carol.resolve(gid)
+        written = []
+        prev = NO_HASH
+        for seq in range(1, 302):
+            message = write_message(
+                KEYS["bob"],
+                group.group_id,
+                seq=seq,
+                prev_hash=prev,
+                state_version=group.state.version,
+                created=seq,
+                body=bytes([65 + seq % 26]) * MAX_BODY_BYTES,
+            )
+            prev = message_hash(message)
+            written.append(message)
+        for message in written[1:]:
+            carol.payload_received(
+                KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(message))
+            )
+        buffered = group.log._buffer[KEYS["bob"].public_bytes]
+        held = sum(group_log.held_size(b) for b in buffered.values())
+        self.assertLessEqual(held, group_log.MAX_BUFFERED_BYTES_PER_AUTHOR)
+        self.assertTrue(buffered)
+        carol.payload_received(
+            KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(written[0]))
+        )
+        shown = [m.seq for m in group.log.shown()]
+        self.assertEqual(shown, list(range(1, len(shown) + 1)))
+        self.assertGreater(len(shown), 1)
+
+    async def test_deposits_waiting_for_a_member_are_capped(self) -> None:
+        """When 100 deposits from unknown keys wait for a group's next state, then only
+        MAX_MEMBER_WAITS wait (the rest are dropped at once: False), and the next state
+        wakes the waiting ones (True)."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        group_id = bytes.fromhex(gid)
+        results: list[bool] = []
+        for _ in range(100):
+            m.groups["bob"].wait_for_members(group_id).addCallback(results.append)
+        self.assertEqual(results, [False] * (100 - MAX_MEMBER_WAITS))
+        await m.groups["alice"].rename(gid, name="next")
+        m.deliver()
+        self.assertEqual(results[100 - MAX_MEMBER_WAITS :], [True] * MAX_MEMBER_WAITS)
 
 
 class UnlockOffReactorTests(TestCase):

@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from jarvis.common.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.common.logs import log_id
-from jarvis.core.group_log import GroupLog, Outcome
+from jarvis.core.group_log import GroupLog, Outcome, held_size
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
     ENTRY_ID_SIZE,
@@ -100,6 +100,20 @@ MAX_SYNC_MESSAGES = 2048
 #: Most seconds a deposit from a key that is not (yet) a member of the group waits for the
 #: group's next state before it is dropped (docs/groups.md, "Members who are not contacts").
 GROUP_SENDER_WAIT = 30.0
+#: Most versions beyond the one held that a state received out of order may have to be kept
+#: (``Group.ahead``) and a message naming an unknown version may name to be parked: anything
+#: further is dropped, and the summary sync fetches the real chain in order later.
+MAX_STATES_AHEAD = 16
+#: Most states kept ahead per sender, and their bytes; and all senders' bytes per group.
+MAX_AHEAD_PER_SENDER = 8
+MAX_AHEAD_BYTES_PER_SENDER = 256 * 1024
+MAX_AHEAD_BYTES = 1024 * 1024
+#: Most messages parked (naming a state version not held yet) per group, and their bytes
+#: (:func:`~jarvis.core.group_log.held_size`); the excess is dropped and fetched by sync later.
+MAX_PARKED = 512
+MAX_PARKED_BYTES = 1024 * 1024
+#: Most deposits from keys that are not (yet) members waiting for a group's next state.
+MAX_MEMBER_WAITS = 64
 #: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
 ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
@@ -113,8 +127,10 @@ class Group:
     log: GroupLog
     #: messages naming a state version not held yet: offered again when it arrives
     parked: list[GroupMessage] = field(default_factory=list)
-    #: states received ahead of the next version, by version
-    ahead: dict[int, GroupState] = field(default_factory=dict)
+    #: states received ahead of the next version: by sender uid, by version, with their size
+    ahead: dict[str, dict[int, tuple[GroupState, int]]] = field(default_factory=dict)
+    #: the highest version heard of that was dropped as too far ahead (sync asks for it)
+    behind: int = 0
     #: how many messages of other members are shown
     others_shown: int = 0
     #: how many of them were shown when the group was last marked read (stored)
@@ -481,6 +497,13 @@ class Groups:
             return d
         clock: Any = self.clock
         waits = self._member_waits.setdefault(gid, [])
+        if len(waits) >= MAX_MEMBER_WAITS:
+            self.log.warn(
+                "a deposit from a key that is not a member dropped: {n} already wait",
+                n=len(waits),
+            )
+            d.callback(False)
+            return d
 
         def expire() -> None:
             for i, (waiting, _timer) in enumerate(waits):
@@ -999,7 +1022,7 @@ class Groups:
             if kind == KIND_MESSAGE:
                 return self._message_received(uid, parse_message(record))
             if kind == KIND_STATE:
-                return self._state_received(uid, parse_state(record))
+                return self._state_received(uid, parse_state(record), len(record))
             if kind == KIND_SUMMARY:
                 return self._summary_received(uid, parse_summary(record))
             if kind == KIND_INVITE:
@@ -1049,7 +1072,7 @@ class Groups:
         offered = group.log.offer(message, verified=verified)
         if offered.outcome is Outcome.refused:
             if offered.reason == "state unknown":
-                group.parked.append(message)
+                self._park(group, message)
             else:
                 self.log.info("a group message refused: {reason}", reason=offered.reason)
             return None
@@ -1059,6 +1082,32 @@ class Groups:
         if offered.outcome is Outcome.duplicate:
             return None
         return list(offered.shown)
+
+    def _park(self, group: Group, message: GroupMessage) -> None:
+        """Keep *message* (naming a state version not held yet) until that state comes,
+        within the group's budget (:data:`MAX_STATES_AHEAD`, :data:`MAX_PARKED`,
+        :data:`MAX_PARKED_BYTES`): beyond it, drop it and let the sync fetch it later."""
+        if message in group.parked:
+            return
+        held = group.state.version
+        why = None
+        if message.state_version > held + MAX_STATES_AHEAD:
+            why = "too far ahead"
+        elif len(group.parked) >= MAX_PARKED:
+            why = "too many parked"
+        elif sum(held_size(m) for m in group.parked) + held_size(message) > MAX_PARKED_BYTES:
+            why = "too many bytes parked"
+        if why is None:
+            group.parked.append(message)
+            return
+        group.behind = max(group.behind, min(message.state_version, held + MAX_STATES_AHEAD))
+        self.log.warn(
+            "a group message naming state version {version} (ours {held}) dropped: {why};"
+            " sync fetches it later",
+            version=message.state_version,
+            held=held,
+            why=why,
+        )
 
     def _announce(self, group: Group, shown: Iterable[GroupMessage]) -> None:
         own = self._own_key()
@@ -1072,8 +1121,69 @@ class Groups:
                 {"message": self._message_view(group, m, total - len(shown) + i)},
             )
 
+    def _keep_ahead(self, group: Group, uid: str, state: GroupState, size: int) -> bool:
+        """Keep *state* (beyond the next version) from *uid* until the versions before it
+        come, within the budgets (:data:`MAX_STATES_AHEAD`, :data:`MAX_AHEAD_PER_SENDER`,
+        :data:`MAX_AHEAD_BYTES_PER_SENDER`, :data:`MAX_AHEAD_BYTES`); beyond them it is
+        dropped (the sync fetches the real chain in order later).  :returns: whether kept."""
+        held = group.state.version
+        mine = group.ahead.get(uid, {})
+        why = None
+        if state.version == held + 1:
+            pass  # the next version is always tried at once, whatever is kept ahead
+        elif state.version > held + MAX_STATES_AHEAD:
+            why = "too far ahead"
+        elif state.version not in mine and len(mine) >= MAX_AHEAD_PER_SENDER:
+            why = "too many states ahead from this sender"
+        elif sum(n for v, (_, n) in mine.items() if v != state.version) + size > (
+            MAX_AHEAD_BYTES_PER_SENDER
+        ):
+            why = "too many bytes ahead from this sender"
+        elif (
+            sum(n for sender, kept in group.ahead.items() for v, (_, n) in kept.items())
+            - (mine[state.version][1] if state.version in mine else 0)
+            + size
+            > MAX_AHEAD_BYTES
+        ):
+            why = "too many bytes ahead in this group"
+        if why is None:
+            group.ahead.setdefault(uid, {})[state.version] = (state, size)
+            return True
+        group.behind = max(group.behind, min(state.version, held + MAX_STATES_AHEAD))
+        self.log.warn(
+            "a group state from {uid} (version {version}, ours {held}) dropped: {why};"
+            " sync fetches the chain later",
+            uid=log_id(uid),
+            version=state.version,
+            held=held,
+            why=why,
+        )
+        return False
+
+    def _next_ahead(self, group: Group, held: GroupState) -> GroupState | None:
+        """Take the states kept for the version after *held* (from every sender) off
+        ``group.ahead``: :returns: the valid one (:func:`preferred` of several), or None."""
+        found: GroupState | None = None
+        for sender, kept in list(group.ahead.items()):
+            entry = kept.pop(held.version + 1, None)
+            if not kept:
+                del group.ahead[sender]
+            if entry is None:
+                continue
+            try:
+                candidate = accept_next(held, entry[0])
+            except StateRefused as e:
+                self.log.warn(
+                    "a group state from {uid} refused: {reason}",
+                    uid=log_id(sender),
+                    reason=e.reason,
+                )
+                continue
+            found = candidate if found is None else preferred(found, candidate)
+        return found
+
     @defer.inlineCallbacks
-    def _state_received(self, uid: str, state: GroupState) -> Any:
+    def _state_received(self, uid: str, state: GroupState, size: int = 0) -> Any:
         group = self._groups.get(state.group_id)
         if group is None:
             return
@@ -1082,21 +1192,22 @@ class Groups:
             return
         if state.version <= group.state.version:
             return  # a relay of what we hold, or a rollback / replay: refused
-        group.ahead[state.version] = state
+        if not self._keep_ahead(group, uid, state, size or len(encode_state(state))):
+            self._gap_seen(group, uid)
+            return
         accepted: list[GroupState] = []
         held = group.state
-        while held.version + 1 in group.ahead:
-            candidate = group.ahead.pop(held.version + 1)
-            try:
-                held = accept_next(held, candidate)
-            except StateRefused as e:
-                self.log.warn(
-                    "a group state from {uid} refused: {reason}", uid=log_id(uid), reason=e.reason
-                )
+        while True:
+            following = self._next_ahead(group, held)
+            if following is None:
                 break
+            held = following
             accepted.append(held)
-        for version in [v for v in group.ahead if v <= held.version]:
-            del group.ahead[version]
+        for sender, kept in list(group.ahead.items()):
+            for version in [v for v in kept if v <= held.version]:
+                del kept[version]
+            if not kept:
+                del group.ahead[sender]
         if accepted:
             rejoined = group.left and self._is_member(accepted[-1])
             yield self._adopt(group, accepted)
@@ -1208,7 +1319,9 @@ class Groups:
         group = self._groups.get(gid)
         if group is None or group.left or self._store is None:
             return
-        if not (group.log.gaps() or group.parked or group.ahead):
+        if not (
+            group.log.gaps() or group.parked or group.ahead or group.behind > group.state.version
+        ):
             return
         targets = [uid, *self._connected_members(group)]
         self._send_summary(group, list(dict.fromkeys(targets))).addErrback(
