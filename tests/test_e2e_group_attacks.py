@@ -104,9 +104,11 @@ class RemovedMemberTests(TestCase):
         write afterwards and refuses to send; when dave's data directory is restored from a
         copy taken before his removal (a removed member with an old backup,
         who does not know it was removed) and he writes to the group, then alice, bob and carol
-        (all three his contacts, so it reaches each of them) refuse it and keep working; and
+        (all three his contacts, so it reaches each of them) refuse it, keep working and tell
+        him: dave's daemon ends up knowing he was removed (group.removed, groups.list shows
+        the group left at the removal's version, nothing later) and refuses to send; and
         when bob re-sends every older state (one still listing dave), nothing changes anywhere:
-        same name, version and members, and dave's next message is refused too."""
+        same name, version and members, and a message dave signs anyway is refused too."""
         alice, bob, carol, dave = await start_peers(
             self, ["alice", "bob", "carol", "dave"], hostile={"bob", "dave"}
         )
@@ -165,6 +167,8 @@ class RemovedMemberTests(TestCase):
         believed = next(g for g in (await dave.call("groups.list"))["groups"] if g["id"] == gid)
         self.assertFalse(believed["left"])
         self.assertEqual(believed["version"], version - 1)
+        still_writes = b"still writes at version %d:" % (version - 1)
+        tells_before = {p.name: p.process.output.count(still_writes) for p in honest}
         ghost = await dave.call("groups.send", group=gid, text="ghost")
         await dave.recorder.wait(
             delivered(dave, [{"id": ghost["id"], "to": p.uid} for p in honest]), 60
@@ -174,6 +178,16 @@ class RemovedMemberTests(TestCase):
             await peer.process.wait_for(
                 b"a group message refused: written after the author was removed", 10
             )
+        # the members tell the restored dave of his removal: he learns it and stops writing
+        await dave.recorder.wait(lambda: bool(dave.recorder.named("group.removed")), 60)
+        told = next(g for g in (await dave.call("groups.list"))["groups"] if g["id"] == gid)
+        self.assertTrue(told["left"])
+        self.assertEqual(told["version"], version)  # the removal, nothing later
+        with self.assertRaises(RemoteError):
+            await dave.call("groups.send", group=gid, text="refused once told")
+        self.assertTrue(
+            [p for p in honest if p.process.output.count(still_writes) > tells_before[p.name]]
+        )
         await carol.call("groups.send", group=gid, text="still working")
         await all_show(honest, gid, "still working")
         order = await same_order(self, honest, gid)
@@ -187,10 +201,14 @@ class RemovedMemberTests(TestCase):
         replayed = await bob.call("hostile.replay", group=gid)
         self.assertEqual(len(replayed["entries"]), 2 * (version - 1))
         await bob.recorder.wait(delivered(bob, replayed["entries"]), 60)
-        ghost2 = await dave.call("groups.send", group=gid, text="ghost after replay")
-        await dave.recorder.wait(
-            delivered(dave, [{"id": ghost2["id"], "to": p.uid} for p in honest]), 60
-        )
+        # dave's daemon refuses to send now: he signs one anyway (hostile), as of before
+        ghosts = [
+            await dave.call(
+                "hostile.write", group=gid, version=version - 1, text="ghost after replay", to=p.uid
+            )
+            for p in honest
+        ]
+        await dave.recorder.wait(delivered(dave, [e for g in ghosts for e in g["entries"]]), 60)
         await alice.call("groups.send", group=gid, text="after replay")
         await all_show(honest, gid, "after replay")
         order = await same_order(self, honest, gid)
@@ -200,10 +218,8 @@ class RemovedMemberTests(TestCase):
             self.assertNotIn("ghost after replay", group_bodies(peer, gid))
         for peer in honest:
             await chat_barrier(peer, dave, f"last barrier from {peer.name}")
-        self.assertEqual(
-            [m["body"] for m in await history(dave, gid)],
-            ["dave before", "dave withheld from alice", "ghost", "ghost after replay"],
-        )
+        # told, dave dropped what the removal does not keep: he shows what the others show
+        self.assertEqual([m["body"] for m in await history(dave, gid)], kept)
 
 
 class HostileMemberTests(TestCase):

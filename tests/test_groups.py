@@ -25,6 +25,8 @@ from jarvis.core.groups import (
     MAX_PARKED,
     MAX_PARKED_BYTES,
     MAX_STATES_AHEAD,
+    REMOVED_TELL_WINDOW,
+    REMOVED_TELLS,
     Groups,
 )
 from jarvis.crypto.identity import IdentityKey
@@ -32,6 +34,7 @@ from jarvis.protocol.group_fanout import (
     KIND_INVITE,
     KIND_MESSAGE,
     KIND_STATE,
+    KIND_SUMMARY,
     encode_body,
     encode_chain,
     encode_payload,
@@ -51,6 +54,7 @@ from jarvis.protocol.group_state import (
     _sign,
     encode_state,
     found_group,
+    parse_state,
     preferred,
     state_hash,
 )
@@ -300,6 +304,92 @@ class RemovalTests(TestCase):
         for name in ("alice", "bob", "carol"):
             m.groups[name].payload_received(KEYS["dave"].uid, payload)
             self.assertEqual(m.bodies(name, gid), ["before", "after"])
+
+
+class RestoredRemovedMemberTests(TestCase):
+    """A removed member restored from a backup taken before its removal is told."""
+
+    async def test_restored_member_told_of_its_removal_and_nothing_later(self) -> None:
+        """When dave's store is restored from a copy taken before alice removed him (and
+        alice renamed the group after), then dave believes he is a member and writes; the
+        members answer with the removal state only (not the later rename), so dave shows
+        group.removed, is marked left and refuses to send, and nobody shows his message."""
+        m = Members(self, ["alice", "bob", "carol", "dave"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave"])
+        await m.groups["dave"].send(gid, "before")
+        m.settle()
+        backup = dict(m.stores["dave"].rows)
+        removed = await m.groups["alice"].remove(gid, "dave")
+        m.settle()
+        await m.groups["alice"].rename(gid, name="after dave")
+        m.settle()
+        self.assertTrue(m.groups["dave"].resolve(gid).left)
+        m.stores["dave"].rows = backup
+        m.restart("dave")
+        m.events["dave"].clear()
+        self.assertFalse(m.groups["dave"].resolve(gid).left)
+        await m.groups["dave"].send(gid, "ghost")
+        held_for_dave = []
+        while m.outbox:  # deliver dave's message; hold what is sent back to him
+            entry = m.outbox.pop(0)
+            if entry[1] == KEYS["dave"].uid:
+                held_for_dave.append(entry)
+            else:
+                m.groups[m.by_uid[entry[1]]].payload_received(entry[0], entry[2])
+        m.outbox[:] = held_for_dave
+        told = [
+            parse_state(parse_payload(p)[1])
+            for _s, r, p in m.outbox
+            if r == KEYS["dave"].uid and parse_payload(p)[0] == KIND_STATE
+        ]
+        self.assertEqual({s.version for s in told}, {removed["version"]})
+        m.settle()
+        dave = m.groups["dave"].resolve(gid)
+        self.assertTrue(dave.left)
+        self.assertEqual(dave.state.version, removed["version"])
+        self.assertNotEqual(dave.state.name, "after dave")
+        self.assertTrue([p for e, p in m.events["dave"] if e == "group.removed"])
+        listed = next(v for v in m.groups["dave"].list_groups() if v["id"] == gid)
+        self.assertTrue(listed["left"])
+        with self.assertRaises(InvalidInput):
+            await m.groups["dave"].send(gid, "still here?")
+        for name in ("alice", "bob", "carol"):
+            self.assertEqual(m.bodies(name, gid), ["before"])
+            self.assertEqual(m.groups[name].resolve(gid).state.name, "after dave")
+
+    async def test_telling_is_rate_limited(self) -> None:
+        """When a removed member sends bob the same old summary 20 times, then bob answers
+        with the removal state REMOVED_TELLS times only, not again within
+        REMOVED_TELL_WINDOW seconds, and REMOVED_TELLS times more after it."""
+        m = Members(self, ["alice", "bob", "dave"])
+        gid = await m.group_of("alice", ["bob", "dave"])
+        group = m.groups["dave"].resolve(gid)
+        await m.groups["dave"]._send_summary(group, [KEYS["bob"].uid])
+        summary = m.outbox.pop()[2]
+        self.assertEqual(parse_payload(summary)[0], KIND_SUMMARY)
+        await m.groups["alice"].remove(gid, "dave")
+        m.deliver()
+        m.outbox.clear()
+
+        def tells() -> int:
+            return sum(
+                1
+                for s, r, p in m.outbox
+                if s == KEYS["bob"].uid
+                and r == KEYS["dave"].uid
+                and parse_payload(p)[0] == KIND_STATE
+            )
+
+        for _ in range(20):
+            m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), REMOVED_TELLS)
+        m.clock.advance(REMOVED_TELL_WINDOW / 2)
+        m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), REMOVED_TELLS)
+        m.clock.advance(REMOVED_TELL_WINDOW / 2)
+        for _ in range(20):
+            m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), 2 * REMOVED_TELLS)
 
 
 class GapTests(TestCase):

@@ -114,6 +114,11 @@ MAX_PARKED = 512
 MAX_PARKED_BYTES = 1024 * 1024
 #: Most deposits from keys that are not (yet) members waiting for a group's next state.
 MAX_MEMBER_WAITS = 64
+#: How often a member answers one removed member (per group) that still writes as a member
+#: (a summary or a message from a key a held state removed): at most
+#: :data:`REMOVED_TELLS` times per :data:`REMOVED_TELL_WINDOW` seconds.
+REMOVED_TELLS = 3
+REMOVED_TELL_WINDOW = 3600.0
 #: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
 ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
@@ -230,6 +235,8 @@ class Groups:
         self._publishing: set[bytes] = set()
         #: per group: deposits from unknown keys waiting for its next state
         self._member_waits: dict[bytes, list[tuple[defer.Deferred[bool], Any]]] = {}
+        #: (group id, uid) -> when we last told that removed member of its removal
+        self._removal_told: dict[tuple[bytes, str], list[float]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -360,6 +367,7 @@ class Groups:
         self._deliveries.clear()
         self._departing.clear()
         self._told.clear()
+        self._removal_told.clear()
         self._network = None
         self._publishing.clear()
         for gid in list(self._member_waits):
@@ -1042,6 +1050,8 @@ class Groups:
 
     def _message_received(self, uid: str, message: GroupMessage) -> defer.Deferred[Any]:
         group = self._groups.get(message.group_id)
+        if group is not None and message.author_uid == uid:
+            self._tell_removed(group, uid, message.state_version)
         if group is None or group.left or not self._sender_may_relay(group, uid):
             self.log.info("a group message from {uid} refused: no shared group", uid=log_id(uid))
             return defer.succeed(None)
@@ -1346,6 +1356,8 @@ class Groups:
     @defer.inlineCallbacks
     def _summary_received(self, uid: str, summary: Any) -> Any:
         group = self._groups.get(summary.group_id)
+        if group is not None:
+            self._tell_removed(group, uid, summary.state_version)
         if group is None or group.left or group.state.member(uid) is None:
             return
         sends = []
@@ -1372,6 +1384,38 @@ class Groups:
         if group.log.wanted_from(summary) or summary.state_version > group.state.version:
             yield self._send_summary(group, [uid])
 
+    def _tell_removed(self, group: Group, uid: str, since: int) -> None:
+        """*uid* wrote to us (a summary or its own message) as a member at state version
+        *since*, but a state we hold removed it: send it the states after *since* up to the
+        first one that removed it, which it was sent at its removal already (nothing later,
+        so nothing new leaks), at most :data:`REMOVED_TELLS` times per
+        :data:`REMOVED_TELL_WINDOW` per group and peer.  A restored backup of a removed
+        member so learns it was removed (``group.removed``) and stops writing."""
+        if group.left or group.state.member(uid) is not None:
+            return
+        states = removal_states(group.states, uid, since)
+        if not states:
+            return
+        if self._contacts.get(uid) is None and uid not in self._peers:
+            return  # no way to reach it (no session accepted, no mailbox queue known)
+        clock: Any = self.clock
+        now = clock.seconds()
+        key = (group.group_id, uid)
+        told = [t for t in self._removal_told.get(key, []) if now - t < REMOVED_TELL_WINDOW]
+        if len(told) >= REMOVED_TELLS:
+            self._removal_told[key] = told
+            return
+        self._removal_told[key] = [*told, now]
+        self.log.info(
+            "a removed member {uid} still writes at version {since}: told it of its removal"
+            " (version {version})",
+            uid=log_id(uid),
+            since=since,
+            version=states[-1].version,
+        )
+        for state in states:
+            self._send(uid, None, encode_payload(KIND_STATE, encode_state(state)))
+
     def _schedule_keepalive(self) -> None:
         clock: Any = self.clock
         self._keepalive = clock.callLater(self.keepalive * (0.5 + random.random()), self._tick)
@@ -1390,6 +1434,19 @@ class Groups:
                     lambda f: self.log.failure("group keepalive not sent", f)
                 )
         self._schedule_keepalive()
+
+
+def removal_states(states: list[GroupState], uid: str, since: int) -> list[GroupState]:
+    """The states of *states* (a chain in version order) after version *since*, up to the
+    first one that removed *uid* (its departure: the version before listed it, this one does
+    not); empty if none after *since* removed it."""
+    for i in range(1, len(states)):
+        state = states[i]
+        if state.version <= since:
+            continue
+        if states[i - 1].member(uid) is not None and state.member(uid) is None:
+            return [s for s in states[: i + 1] if s.version > since]
+    return []
 
 
 def _key(invite_id: str) -> bytes:
