@@ -322,3 +322,39 @@ class HostileMemberTests(TestCase):
         for peer in members:
             self.assertEqual(await view(peer, gid), ("kin", version + 1, uids))
         self.assertEqual(await same_order(self, members, gid), [*carol_saw, "bob still here"])
+
+
+class FloodTests(TestCase):
+    timeout = 240
+
+    async def test_forged_future_states_capped_group_keeps_working(self) -> None:
+        """When bob (a plain member, hostile) sends alice and carol 100 forged states each,
+        of versions beyond the next one, then each keeps only a few (its log says the rest
+        were dropped: too many from this sender, or too far ahead), and the group keeps
+        working: alice's rename reaches carol, carol's message reaches everyone, and name
+        and version stay the same on all three."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"], hostile={"bob"})
+        gid = await found_with(alice, [bob, carol], "flooded")
+        flooded = await bob.call("hostile.flood", group=gid, count=100)
+        self.assertEqual(len(flooded["entries"]), 200)
+        await bob.recorder.wait(delivered(bob, flooded["entries"]), 120)
+        for peer in (alice, carol):
+            await peer.process.wait_for(b"too many states ahead from this sender", 10)
+            await peer.process.wait_for(b"too far ahead", 10)
+            self.assertLessEqual(peer.process.output.count(b"sync fetches the chain later"), 100)
+            self.assertGreaterEqual(
+                peer.process.output.count(b"sync fetches the chain later"), 100 - 8
+            )
+        await alice.call("groups.rename", group=gid, name="still ours")
+        await carol.recorder.wait(
+            lambda: any(
+                p["group"]["name"] == "still ours" for p in carol.recorder.named("group.changed")
+            ),
+            60,
+        )
+        await carol.call("groups.send", group=gid, text="after the flood")
+        await all_show([alice, bob, carol], gid, "after the flood")
+        views = [await view(p, gid) for p in (alice, bob, carol)]
+        self.assertEqual(views[0][:2], ("still ours", views[0][1]))
+        self.assertEqual(views[1], views[0])
+        self.assertEqual(views[2], views[0])
