@@ -658,22 +658,31 @@ class ConcurrentChangeTests(TestCase):
         self.assertNotEqual(state_hash(by_bob), state_hash(by_carol))
         return m, gid, by_bob, by_carol
 
-    def assert_converged(self, m: Members, gid: str, winner: Any) -> None:
+    def assert_converged(self, m: Members, gid: str, winner: Any) -> Any:
+        """Every member holds the same chain: *winner* at its version, then the losing
+        admin's change made again on top, so both changes hold (bob's name, carol's topic).
+        :returns: the state they all hold."""
+        final = m.groups["alice"].resolve(gid).state
         for name, g in m.groups.items():
-            held = g.resolve(gid).state
-            self.assertEqual(state_hash(held), state_hash(winner), name)
+            group = g.resolve(gid)
+            self.assertEqual(state_hash(group.state), state_hash(final), name)
+            self.assertIn(winner, group.states, name)
+        self.assertEqual(final.version, winner.version + 1)
+        self.assertEqual((final.name, final.topic), ("bob's name", "carol's topic"))
+        return final
 
     async def test_direct_exchange_converges_on_preferred(self) -> None:
         """When both states reach everyone in any order, then every member holds the one
         `preferred` picks (the lower hash: neither is the founder's), the other admin
-        included, and a message written after reaches everyone."""
+        included, and that admin makes its change again on top (both changes hold); a
+        message written after reaches everyone."""
         m, gid, by_bob, by_carol = await self.make()
         m.settle()
         winner = preferred(by_bob, by_carol)
-        self.assert_converged(m, gid, winner)
+        final = self.assert_converged(m, gid, winner)
         loser = "carol" if winner is by_bob else "bob"
         changed = [p["group"] for e, p in m.events[loser] if e == "group.changed"]
-        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (winner.name, winner.topic))
+        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (final.name, final.topic))
         await m.groups["dave"].send(gid, "after the race")
         m.settle()
         for name in m.groups:
@@ -682,8 +691,9 @@ class ConcurrentChangeTests(TestCase):
     async def test_summary_state_hash_converges_when_the_states_never_crossed(self) -> None:
         """When no state reaches the admin whose change loses (every copy to it is dropped),
         then the others converge and the keepalive summaries, which carry the state hash,
-        bring that admin over: all hold `preferred`; the same after a restart of both
-        admins (the store holds both states of that version)."""
+        bring that admin over: all hold `preferred`, then that admin's change made again;
+        the same after a restart of both admins (the store holds both states of that
+        version)."""
         m, gid, by_bob, by_carol = await self.make()
         winner = preferred(by_bob, by_carol)
         loser = "carol" if winner is by_bob else "bob"
@@ -826,6 +836,67 @@ class HostileBufferTests(TestCase):
         await m.groups["alice"].rename(gid, name="next")
         m.deliver()
         self.assertEqual(results[100 - MAX_MEMBER_WAITS :], [True] * MAX_MEMBER_WAITS)
+
+
+class LostBranchTests(TestCase):
+    """Members already further on the branch that loses switch to the preferred one."""
+
+    async def test_members_further_on_the_lost_branch_switch_and_changes_are_made_again(
+        self,
+    ) -> None:
+        """When bob and carol (admins) change the group at once and the admin whose change
+        loses is cut off from the other (with everything it sends or receives held back),
+        and it then makes a second change (a rename) that alice, dave and eve take on top of
+        the losing one, then once everything flows again every member (those two versions
+        further on the losing branch included) holds the same chain: the preferred change at
+        its version, then the losing admin's two changes made again on top; the same after a
+        restart of everyone; and a message written after reaches everyone."""
+        m = Members(self, ["alice", "bob", "carol", "dave", "eve"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave", "eve"])
+        await m.groups["alice"].set_role(gid, "bob", "admin")
+        await m.groups["alice"].set_role(gid, "carol", "admin")
+        m.settle()
+        await m.groups["bob"].rename(gid, name="bob's name")
+        await m.groups["carol"].rename(gid, topic="carol's topic")
+        by_bob = m.groups["bob"].resolve(gid).state
+        by_carol = m.groups["carol"].resolve(gid).state
+        winner = preferred(by_bob, by_carol)
+        winning = "bob" if winner is by_bob else "carol"
+        losing = "carol" if winning == "bob" else "bob"
+        held: list[tuple[str, str, bytes]] = []
+
+        def cut_off(sender: str, recipient: str, payload: bytes) -> bool:
+            if KEYS[winning].uid in (sender, recipient):
+                held.append((sender, recipient, payload))
+                return True
+            return False
+
+        m.deliver(drop=cut_off)
+        await m.groups[losing].rename(gid, name=f"second from {losing}")
+        m.deliver(drop=cut_off)
+        further = m.groups["alice"].resolve(gid).state
+        self.assertEqual(further.version, winner.version + 1)  # on the losing branch
+        self.assertEqual(further.name, f"second from {losing}")
+        for name in ("alice", "dave", "eve", losing):
+            self.assertNotIn(winner, m.groups[name].resolve(gid).states)
+        m.outbox[:0] = held
+        m.settle()
+        for _ in range(4):  # keepalives, then delivery
+            m.clock.advance(3600 * 1.5)
+            m.settle()
+        final = m.groups[winning].resolve(gid).state
+        for name, g in m.groups.items():
+            group = g.resolve(gid)
+            self.assertEqual(state_hash(group.state), state_hash(final), name)
+            self.assertEqual(group.states[winner.version - 1], winner, name)
+        self.assertEqual((final.name, final.topic), (f"second from {losing}", "carol's topic"))
+        for name in m.groups:
+            m.restart(name)
+            self.assertEqual(state_hash(m.groups[name].resolve(gid).state), state_hash(final))
+        await m.groups["dave"].send(gid, "after the branches met")
+        m.settle()
+        for name in m.groups:
+            self.assertEqual(m.bodies(name, gid), ["after the branches met"])
 
 
 class UnlockOffReactorTests(TestCase):

@@ -1197,11 +1197,19 @@ class Groups:
         group = self._groups.get(state.group_id)
         if group is None:
             return
-        if state.version == group.state.version and len(group.states) > 1:
-            yield self._concurrent_state(group, uid, state)
-            return
         if state.version <= group.state.version:
-            return  # a relay of what we hold, or a rollback / replay: refused
+            # a relay or replay of what we hold, or another branch (docs/groups.md,
+            # "Concurrent changes")
+            yield self._branch_state(group, uid, state)
+            return
+        if state.version == group.state.version + 1 and state.prev_hash != state_hash(group.state):
+            self.log.warn(
+                "a group state from {uid} refused: it follows a version we do not hold"
+                " (another branch?); ours sent back",
+                uid=log_id(uid),
+            )
+            self._answer_fork(group, uid, group.state)
+            return
         if not self._keep_ahead(group, uid, state, size or len(encode_state(state))):
             self._gap_seen(group, uid)
             return
@@ -1257,32 +1265,67 @@ class Groups:
             )
         self._emit("group.invited", {"invite": self._invite_view(invitation)})
 
+    def _state_at(self, group: Group, version: int) -> GroupState | None:
+        """Our state of *version* (None if we hold none of it)."""
+        index = version - group.states[0].version
+        if 0 <= index < len(group.states) and group.states[index].version == version:
+            return group.states[index]
+        return None
+
+    def _answer_fork(self, group: Group, uid: str, state: GroupState) -> None:
+        """Send *state* (ours) to member *uid*, which holds another state of its version or
+        built on another one: it compares, and the preferred branch wins on both sides."""
+        if group.left or group.state.member(uid) is None:
+            return
+        self._send(uid, None, encode_payload(KIND_STATE, encode_state(state)))
+
     @defer.inlineCallbacks
-    def _concurrent_state(self, group: Group, uid: str, state: GroupState) -> Any:
-        """*state* has the version of the one we hold: the same (a relay), or another change
-        made at once on the same previous version (two admins).  Every member keeps
-        :func:`preferred` of the two; if ours is kept, the sender gets it back."""
-        held = group.state
-        if state == held:
+    def _branch_state(self, group: Group, uid: str, state: GroupState) -> Any:
+        """*state* has a version we hold already: the same state (a relay or replay:
+        nothing), or another change made at once on the same previous version (two admins),
+        or one built on another such change further down.  Of two states of one version on
+        the same previous one, every member keeps :func:`preferred`: if ours is kept, the
+        sender gets our chain from there; if the sender's is, we switch to it (dropping our
+        later versions, :meth:`_switch_branch`).  A state built on a previous version we do
+        not hold is answered with ours of that version, so the sender finds where the two
+        chains part (one round trip per version down to the fork)."""
+        index = state.version - group.states[0].version
+        ours = self._state_at(group, state.version)
+        if ours is None or state == ours:
+            return
+        if index == 0:
+            self.log.warn("a group state from {uid} refused: another founding", uid=log_id(uid))
+            return
+        parent = group.states[index - 1]
+        if state.prev_hash != state_hash(parent):
+            self._answer_fork(group, uid, parent)
             return
         try:
-            accept_next(group.states[-2], state)
+            accept_next(parent, state)
         except StateRefused as e:
             self.log.warn("a group state from {uid} refused: {r}", uid=log_id(uid), r=e.reason)
             return
-        if preferred(held, state) == held:
-            payload = encode_payload(KIND_STATE, encode_state(held))
-            yield self._send(uid, None, payload)
+        if preferred(ours, state) == ours:
+            if not group.left and group.state.member(uid) is not None:
+                for kept in group.states[index:]:
+                    yield self._send(uid, None, encode_payload(KIND_STATE, encode_state(kept)))
             return
-        yield self._replace_head(group, state)
+        yield self._switch_branch(group, index, state)
 
     @defer.inlineCallbacks
-    def _replace_head(self, group: Group, state: GroupState) -> Any:
-        """Hold *state* instead of our latest state (same version, preferred): membership and
-        log rebuilt from the states, every message held offered again."""
+    def _switch_branch(self, group: Group, index: int, state: GroupState) -> Any:
+        """Hold *state* instead of our state of its version (the one at *index*, same
+        previous version, *state* preferred), dropping our later versions: membership and log
+        rebuilt from the states, every message held offered again (a message naming a
+        version we no longer hold waits for it).  Then the changes we signed on the dropped
+        versions are made again on top (:meth:`_reapply`)."""
         was_member = not group.left
         before = group.log.shown()
-        states = [*group.states[:-1], state]
+        lost = group.states[index:]
+        own = self._own_key()
+        previous = [group.states[index - 1], *lost[:-1]]
+        mine = [(p, s) for p, s in zip(previous, lost, strict=True) if s.signer == own]
+        states = [*group.states[:index], state]
         membership = Membership(states)
         log = GroupLog(group.group_id, membership)
         group.states, group.membership, group.log = states, membership, log
@@ -1291,7 +1334,6 @@ class Groups:
         for message in [*before, *parked]:
             self._offer(group, message)
         yield self._persist([("state", state_hash(state), encode_state(state))])
-        own = self._own_key()
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
         kept = {message_hash(m) for m in log.shown()}
         dropped = [m for m in before if message_hash(m) not in kept]
@@ -1312,6 +1354,35 @@ class Groups:
         self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
         self._states_moved(group)
         self._republish(group)
+        if mine:
+            yield self._reapply(group, mine)
+
+    @defer.inlineCallbacks
+    def _reapply(self, group: Group, changes: list[tuple[GroupState, GroupState]]) -> Any:
+        """Make again, on the chain we switched to, the changes we signed on the branch that
+        lost (each ``(previous, lost)`` pair: rename/topic, members added, roles, removals,
+        our leaving), those not already true there; a change the new chain does not allow
+        (e.g. we are no longer an admin) is logged and skipped."""
+        identity = self._identity
+        if identity is None:
+            return
+        for previous, lost in changes:
+            for make in _lost_changes(previous, lost, identity, group.log):
+                if self._identity is not identity or not self._is_member(group.state):
+                    return
+                try:
+                    state = make(group.state)
+                except (StateRefused, ValueError) as e:
+                    reason = e.reason if isinstance(e, StateRefused) else str(e)
+                    self.log.warn("a lost group change not made again: {r}", r=reason)
+                    continue
+                if state is None:
+                    continue
+                self.log.info(
+                    "a group change lost to a concurrent one made again (version {v})",
+                    v=state.version,
+                )
+                yield self._change(group, _constantly(state))
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -1361,16 +1432,12 @@ class Groups:
         if group is None or group.left or group.state.member(uid) is None:
             return
         sends = []
-        if (
-            summary.state_version == group.state.version
-            and summary.state_hash
-            and summary.state_hash != state_hash(group.state)
-        ):
-            # the same version, another state: both sides keep `preferred` once they hold both
-            sends.append(
-                self._send(uid, None, encode_payload(KIND_STATE, encode_state(group.state)))
-            )
-        if summary.state_version < group.state.version:
+        ours = self._state_at(group, summary.state_version)
+        if ours is not None and summary.state_hash and summary.state_hash != state_hash(ours):
+            # the same version, another state: both sides keep `preferred` once they hold
+            # both (and find where the chains part first if they part further down)
+            sends.append(self._send(uid, None, encode_payload(KIND_STATE, encode_state(ours))))
+        elif summary.state_version < group.state.version:
             for state in group.states:
                 if state.version > summary.state_version:
                     payload = encode_payload(KIND_STATE, encode_state(state))
@@ -1447,6 +1514,64 @@ def removal_states(states: list[GroupState], uid: str, since: int) -> list[Group
         if states[i - 1].member(uid) is not None and state.member(uid) is None:
             return [s for s in states[: i + 1] if s.version > since]
     return []
+
+
+def _constantly(state: GroupState) -> Callable[[GroupState], GroupState]:
+    """A ``make`` for :meth:`Groups._change` that gives *state* (made on the held state)."""
+    return lambda _held: state
+
+
+def _lost_changes(
+    previous: GroupState, lost: GroupState, identity: IdentityKey, log: GroupLog
+) -> list[Callable[[GroupState], GroupState | None]]:
+    """What *lost* (signed by *identity*) changed from *previous*, as functions making that
+    change on another held state (None: already so there)."""
+    changes: list[Callable[[GroupState], GroupState | None]] = []
+    if (lost.name, lost.topic) != (previous.name, previous.topic):
+
+        def renamed(held: GroupState) -> GroupState | None:
+            name = lost.name if lost.name != previous.name and held.name != lost.name else None
+            topic = (
+                lost.topic if lost.topic != previous.topic and held.topic != lost.topic else None
+            )
+            if name is None and topic is None:
+                return None
+            return rename(held, identity, name=name, topic=topic)
+
+        changes.append(renamed)
+    for m in lost.members:
+        before = previous.member_by_key(m.public_key)
+        if before is None:
+
+            def invited(held: GroupState, m: Any = m) -> GroupState | None:
+                if held.member_by_key(m.public_key) is not None:
+                    return None
+                return invite(held, identity, m.public_key, addresses=m.addresses, role=m.role)
+
+            changes.append(invited)
+        elif before.role is not m.role:
+
+            def role_set(held: GroupState, m: Any = m) -> GroupState | None:
+                now = held.member_by_key(m.public_key)
+                if now is None or now.role is m.role:
+                    return None
+                return set_role(held, identity, m.uid, m.role)
+
+            changes.append(role_set)
+    for d in lost.departed:
+
+        def departed(held: GroupState, key: bytes = d.public_key) -> GroupState | None:
+            gone = held.member_by_key(key)
+            if gone is None:
+                return None
+            head = log.head(key)
+            last_seq = head.seq if head else 0
+            if key == identity.public_bytes:
+                return leave(held, identity, last_seq=last_seq)
+            return remove(held, identity, gone.uid, last_seq=last_seq)
+
+        changes.append(departed)
+    return changes
 
 
 def _key(invite_id: str) -> bytes:
