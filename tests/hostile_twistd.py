@@ -21,6 +21,10 @@ outbox, so what it sends travels exactly like honest group traffic:
     writes a group message signed by us (seq 1) into group *group* (hex id), claiming state
     *version*, and sends it to *to* (a contact): what a non-member who learnt a group id does.
     The result also carries the group ``payload`` (hex), for ``hostile.relay``.
+``hostile.flood`` ``{group, count}``
+    signs *count* states of versions beyond the next one (2 to *count* + 1 ahead of the one
+    held, on no real history) and sends them all to every other member: a member trying to
+    fill the others' memory with states they keep until the versions before them come.
 ``hostile.relay`` ``{payload, to}``
     sends a group payload (hex) as it is to each uid of the list *to*: a member passing on
     what someone else signed.
@@ -173,6 +177,28 @@ def write(inv: Invocation) -> defer.Deferred[Any]:
     return _queue(inv, [(to, payload)]).addCallback(lambda r: {**r, "payload": payload.hex()})
 
 
+def flood(inv: Invocation) -> defer.Deferred[Any]:
+    groups = _node(inv).groups
+    group = groups.resolve(inv.params["group"])
+    held = group.state
+    states = [
+        _sign(
+            replace(held, version=held.version + 1 + i, prev_hash=bytes([i % 256]) * 32),
+            groups._identity,
+        )
+        for i in range(1, inv.params["count"] + 1)
+    ]
+    log.info("hostile: flooding {n} states ahead", n=len(states))
+    return _queue(
+        inv,
+        [
+            (uid, encode_payload(KIND_STATE, encode_state(s)))
+            for uid in _others(groups, held)
+            for s in states
+        ],
+    )
+
+
 def relay(inv: Invocation) -> defer.Deferred[Any]:
     payload = bytes.fromhex(inv.params["payload"])
     return _queue(inv, [(uid, payload) for uid in inv.params["to"]])
@@ -198,6 +224,7 @@ HOSTILE_SPECS = (
         (GROUP, Param("version", int, True), Param("text", str, True), Param("to", str, True)),
     ),
     MethodSpec("hostile.relay", relay, (Param("payload", str, True), Param("to", list, True))),
+    MethodSpec("hostile.flood", flood, (GROUP, Param("count", int, True))),
 )
 
 

@@ -104,9 +104,11 @@ class RemovedMemberTests(TestCase):
         write afterwards and refuses to send; when dave's data directory is restored from a
         copy taken before his removal (a removed member with an old backup,
         who does not know it was removed) and he writes to the group, then alice, bob and carol
-        (all three his contacts, so it reaches each of them) refuse it and keep working; and
+        (all three his contacts, so it reaches each of them) refuse it, keep working and tell
+        him: dave's daemon ends up knowing he was removed (group.removed, groups.list shows
+        the group left at the removal's version, nothing later) and refuses to send; and
         when bob re-sends every older state (one still listing dave), nothing changes anywhere:
-        same name, version and members, and dave's next message is refused too."""
+        same name, version and members, and a message dave signs anyway is refused too."""
         alice, bob, carol, dave = await start_peers(
             self, ["alice", "bob", "carol", "dave"], hostile={"bob", "dave"}
         )
@@ -165,6 +167,8 @@ class RemovedMemberTests(TestCase):
         believed = next(g for g in (await dave.call("groups.list"))["groups"] if g["id"] == gid)
         self.assertFalse(believed["left"])
         self.assertEqual(believed["version"], version - 1)
+        still_writes = b"still writes at version %d:" % (version - 1)
+        tells_before = {p.name: p.process.output.count(still_writes) for p in honest}
         ghost = await dave.call("groups.send", group=gid, text="ghost")
         await dave.recorder.wait(
             delivered(dave, [{"id": ghost["id"], "to": p.uid} for p in honest]), 60
@@ -174,6 +178,16 @@ class RemovedMemberTests(TestCase):
             await peer.process.wait_for(
                 b"a group message refused: written after the author was removed", 10
             )
+        # the members tell the restored dave of his removal: he learns it and stops writing
+        await dave.recorder.wait(lambda: bool(dave.recorder.named("group.removed")), 60)
+        told = next(g for g in (await dave.call("groups.list"))["groups"] if g["id"] == gid)
+        self.assertTrue(told["left"])
+        self.assertEqual(told["version"], version)  # the removal, nothing later
+        with self.assertRaises(RemoteError):
+            await dave.call("groups.send", group=gid, text="refused once told")
+        self.assertTrue(
+            [p for p in honest if p.process.output.count(still_writes) > tells_before[p.name]]
+        )
         await carol.call("groups.send", group=gid, text="still working")
         await all_show(honest, gid, "still working")
         order = await same_order(self, honest, gid)
@@ -187,10 +201,14 @@ class RemovedMemberTests(TestCase):
         replayed = await bob.call("hostile.replay", group=gid)
         self.assertEqual(len(replayed["entries"]), 2 * (version - 1))
         await bob.recorder.wait(delivered(bob, replayed["entries"]), 60)
-        ghost2 = await dave.call("groups.send", group=gid, text="ghost after replay")
-        await dave.recorder.wait(
-            delivered(dave, [{"id": ghost2["id"], "to": p.uid} for p in honest]), 60
-        )
+        # dave's daemon refuses to send now: he signs one anyway (hostile), as of before
+        ghosts = [
+            await dave.call(
+                "hostile.write", group=gid, version=version - 1, text="ghost after replay", to=p.uid
+            )
+            for p in honest
+        ]
+        await dave.recorder.wait(delivered(dave, [e for g in ghosts for e in g["entries"]]), 60)
         await alice.call("groups.send", group=gid, text="after replay")
         await all_show(honest, gid, "after replay")
         order = await same_order(self, honest, gid)
@@ -200,10 +218,8 @@ class RemovedMemberTests(TestCase):
             self.assertNotIn("ghost after replay", group_bodies(peer, gid))
         for peer in honest:
             await chat_barrier(peer, dave, f"last barrier from {peer.name}")
-        self.assertEqual(
-            [m["body"] for m in await history(dave, gid)],
-            ["dave before", "dave withheld from alice", "ghost", "ghost after replay"],
-        )
+        # told, dave dropped what the removal does not keep: he shows what the others show
+        self.assertEqual([m["body"] for m in await history(dave, gid)], kept)
 
 
 class HostileMemberTests(TestCase):
@@ -306,3 +322,39 @@ class HostileMemberTests(TestCase):
         for peer in members:
             self.assertEqual(await view(peer, gid), ("kin", version + 1, uids))
         self.assertEqual(await same_order(self, members, gid), [*carol_saw, "bob still here"])
+
+
+class FloodTests(TestCase):
+    timeout = 240
+
+    async def test_forged_future_states_capped_group_keeps_working(self) -> None:
+        """When bob (a plain member, hostile) sends alice and carol 100 forged states each,
+        of versions beyond the next one, then each keeps only a few (its log says the rest
+        were dropped: too many from this sender, or too far ahead), and the group keeps
+        working: alice's rename reaches carol, carol's message reaches everyone, and name
+        and version stay the same on all three."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"], hostile={"bob"})
+        gid = await found_with(alice, [bob, carol], "flooded")
+        flooded = await bob.call("hostile.flood", group=gid, count=100)
+        self.assertEqual(len(flooded["entries"]), 200)
+        await bob.recorder.wait(delivered(bob, flooded["entries"]), 120)
+        for peer in (alice, carol):
+            await peer.process.wait_for(b"too many states ahead from this sender", 10)
+            await peer.process.wait_for(b"too far ahead", 10)
+            self.assertLessEqual(peer.process.output.count(b"sync fetches the chain later"), 100)
+            self.assertGreaterEqual(
+                peer.process.output.count(b"sync fetches the chain later"), 100 - 8
+            )
+        await alice.call("groups.rename", group=gid, name="still ours")
+        await carol.recorder.wait(
+            lambda: any(
+                p["group"]["name"] == "still ours" for p in carol.recorder.named("group.changed")
+            ),
+            60,
+        )
+        await carol.call("groups.send", group=gid, text="after the flood")
+        await all_show([alice, bob, carol], gid, "after the flood")
+        views = [await view(p, gid) for p in (alice, bob, carol)]
+        self.assertEqual(views[0][:2], ("still ours", views[0][1]))
+        self.assertEqual(views[1], views[0])
+        self.assertEqual(views[2], views[0])

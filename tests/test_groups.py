@@ -18,24 +18,43 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.core import group_log
-from jarvis.core.groups import GAP_DELAY, Groups
+from jarvis.core.groups import (
+    GAP_DELAY,
+    MAX_AHEAD_PER_SENDER,
+    MAX_MEMBER_WAITS,
+    MAX_PARKED,
+    MAX_PARKED_BYTES,
+    MAX_STATES_AHEAD,
+    REMOVED_TELL_WINDOW,
+    REMOVED_TELLS,
+    Groups,
+)
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
     KIND_INVITE,
     KIND_MESSAGE,
     KIND_STATE,
+    KIND_SUMMARY,
     encode_body,
     encode_chain,
     encode_payload,
     parse_payload,
 )
-from jarvis.protocol.group_message import NO_HASH, encode_message, parse_message, write_message
+from jarvis.protocol.group_message import (
+    MAX_BODY_BYTES,
+    NO_HASH,
+    encode_message,
+    message_hash,
+    parse_message,
+    write_message,
+)
 from jarvis.protocol.group_state import (
     Member,
     Role,
     _sign,
     encode_state,
     found_group,
+    parse_state,
     preferred,
     state_hash,
 )
@@ -285,6 +304,92 @@ class RemovalTests(TestCase):
         for name in ("alice", "bob", "carol"):
             m.groups[name].payload_received(KEYS["dave"].uid, payload)
             self.assertEqual(m.bodies(name, gid), ["before", "after"])
+
+
+class RestoredRemovedMemberTests(TestCase):
+    """A removed member restored from a backup taken before its removal is told."""
+
+    async def test_restored_member_told_of_its_removal_and_nothing_later(self) -> None:
+        """When dave's store is restored from a copy taken before alice removed him (and
+        alice renamed the group after), then dave believes he is a member and writes; the
+        members answer with the removal state only (not the later rename), so dave shows
+        group.removed, is marked left and refuses to send, and nobody shows his message."""
+        m = Members(self, ["alice", "bob", "carol", "dave"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave"])
+        await m.groups["dave"].send(gid, "before")
+        m.settle()
+        backup = dict(m.stores["dave"].rows)
+        removed = await m.groups["alice"].remove(gid, "dave")
+        m.settle()
+        await m.groups["alice"].rename(gid, name="after dave")
+        m.settle()
+        self.assertTrue(m.groups["dave"].resolve(gid).left)
+        m.stores["dave"].rows = backup
+        m.restart("dave")
+        m.events["dave"].clear()
+        self.assertFalse(m.groups["dave"].resolve(gid).left)
+        await m.groups["dave"].send(gid, "ghost")
+        held_for_dave = []
+        while m.outbox:  # deliver dave's message; hold what is sent back to him
+            entry = m.outbox.pop(0)
+            if entry[1] == KEYS["dave"].uid:
+                held_for_dave.append(entry)
+            else:
+                m.groups[m.by_uid[entry[1]]].payload_received(entry[0], entry[2])
+        m.outbox[:] = held_for_dave
+        told = [
+            parse_state(parse_payload(p)[1])
+            for _s, r, p in m.outbox
+            if r == KEYS["dave"].uid and parse_payload(p)[0] == KIND_STATE
+        ]
+        self.assertEqual({s.version for s in told}, {removed["version"]})
+        m.settle()
+        dave = m.groups["dave"].resolve(gid)
+        self.assertTrue(dave.left)
+        self.assertEqual(dave.state.version, removed["version"])
+        self.assertNotEqual(dave.state.name, "after dave")
+        self.assertTrue([p for e, p in m.events["dave"] if e == "group.removed"])
+        listed = next(v for v in m.groups["dave"].list_groups() if v["id"] == gid)
+        self.assertTrue(listed["left"])
+        with self.assertRaises(InvalidInput):
+            await m.groups["dave"].send(gid, "still here?")
+        for name in ("alice", "bob", "carol"):
+            self.assertEqual(m.bodies(name, gid), ["before"])
+            self.assertEqual(m.groups[name].resolve(gid).state.name, "after dave")
+
+    async def test_telling_is_rate_limited(self) -> None:
+        """When a removed member sends bob the same old summary 20 times, then bob answers
+        with the removal state REMOVED_TELLS times only, not again within
+        REMOVED_TELL_WINDOW seconds, and REMOVED_TELLS times more after it."""
+        m = Members(self, ["alice", "bob", "dave"])
+        gid = await m.group_of("alice", ["bob", "dave"])
+        group = m.groups["dave"].resolve(gid)
+        await m.groups["dave"]._send_summary(group, [KEYS["bob"].uid])
+        summary = m.outbox.pop()[2]
+        self.assertEqual(parse_payload(summary)[0], KIND_SUMMARY)
+        await m.groups["alice"].remove(gid, "dave")
+        m.deliver()
+        m.outbox.clear()
+
+        def tells() -> int:
+            return sum(
+                1
+                for s, r, p in m.outbox
+                if s == KEYS["bob"].uid
+                and r == KEYS["dave"].uid
+                and parse_payload(p)[0] == KIND_STATE
+            )
+
+        for _ in range(20):
+            m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), REMOVED_TELLS)
+        m.clock.advance(REMOVED_TELL_WINDOW / 2)
+        m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), REMOVED_TELLS)
+        m.clock.advance(REMOVED_TELL_WINDOW / 2)
+        for _ in range(20):
+            m.groups["bob"].payload_received(KEYS["dave"].uid, summary)
+        self.assertEqual(tells(), 2 * REMOVED_TELLS)
 
 
 class GapTests(TestCase):
@@ -553,22 +658,31 @@ class ConcurrentChangeTests(TestCase):
         self.assertNotEqual(state_hash(by_bob), state_hash(by_carol))
         return m, gid, by_bob, by_carol
 
-    def assert_converged(self, m: Members, gid: str, winner: Any) -> None:
+    def assert_converged(self, m: Members, gid: str, winner: Any) -> Any:
+        """Every member holds the same chain: *winner* at its version, then the losing
+        admin's change made again on top, so both changes hold (bob's name, carol's topic).
+        :returns: the state they all hold."""
+        final = m.groups["alice"].resolve(gid).state
         for name, g in m.groups.items():
-            held = g.resolve(gid).state
-            self.assertEqual(state_hash(held), state_hash(winner), name)
+            group = g.resolve(gid)
+            self.assertEqual(state_hash(group.state), state_hash(final), name)
+            self.assertIn(winner, group.states, name)
+        self.assertEqual(final.version, winner.version + 1)
+        self.assertEqual((final.name, final.topic), ("bob's name", "carol's topic"))
+        return final
 
     async def test_direct_exchange_converges_on_preferred(self) -> None:
         """When both states reach everyone in any order, then every member holds the one
         `preferred` picks (the lower hash: neither is the founder's), the other admin
-        included, and a message written after reaches everyone."""
+        included, and that admin makes its change again on top (both changes hold); a
+        message written after reaches everyone."""
         m, gid, by_bob, by_carol = await self.make()
         m.settle()
         winner = preferred(by_bob, by_carol)
-        self.assert_converged(m, gid, winner)
+        final = self.assert_converged(m, gid, winner)
         loser = "carol" if winner is by_bob else "bob"
         changed = [p["group"] for e, p in m.events[loser] if e == "group.changed"]
-        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (winner.name, winner.topic))
+        self.assertEqual((changed[-1]["name"], changed[-1]["topic"]), (final.name, final.topic))
         await m.groups["dave"].send(gid, "after the race")
         m.settle()
         for name in m.groups:
@@ -577,8 +691,9 @@ class ConcurrentChangeTests(TestCase):
     async def test_summary_state_hash_converges_when_the_states_never_crossed(self) -> None:
         """When no state reaches the admin whose change loses (every copy to it is dropped),
         then the others converge and the keepalive summaries, which carry the state hash,
-        bring that admin over: all hold `preferred`; the same after a restart of both
-        admins (the store holds both states of that version)."""
+        bring that admin over: all hold `preferred`, then that admin's change made again;
+        the same after a restart of both admins (the store holds both states of that
+        version)."""
         m, gid, by_bob, by_carol = await self.make()
         winner = preferred(by_bob, by_carol)
         loser = "carol" if winner is by_bob else "bob"
@@ -595,6 +710,193 @@ class ConcurrentChangeTests(TestCase):
         m.restart("bob")
         m.restart("carol")
         self.assert_converged(m, gid, winner)
+
+
+def forged_ahead(held: Any, version: int, signer: IdentityKey, name: str = "x") -> Any:
+    """A state *signer* signs for *version* (beyond the next one) of the group of *held*."""
+    return _sign(replace(held, version=version, prev_hash=os.urandom(32), name=name), signer)
+
+
+class HostileBufferTests(TestCase):
+    """A hostile member cannot fill another member's memory through the group buffers."""
+
+    async def test_forged_future_states_are_capped_and_the_real_chain_still_comes(self) -> None:
+        """When bob (a plain member) sends carol 200 forged states of versions beyond the
+        next one, then carol keeps at most MAX_AHEAD_PER_SENDER of them, none further than
+        MAX_STATES_AHEAD versions ahead; alice's two real changes, delivered in the wrong
+        order, are still taken, and carol's sync brings the rest: carol holds alice's
+        state."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        held = carol.resolve(gid).state
+        for version in range(held.version + 2, held.version + 202):
+            payload = encode_payload(
+                KIND_STATE, encode_state(forged_ahead(held, version, KEYS["bob"]))
+            )
+            carol.payload_received(KEYS["bob"].uid, payload)
+        group = carol.resolve(gid)
+        kept = [v for by_version in group.ahead.values() for v in by_version]
+        self.assertLessEqual(len(kept), MAX_AHEAD_PER_SENDER)
+        self.assertLessEqual(max(kept), held.version + MAX_STATES_AHEAD)
+        self.assertEqual(group.state, held)
+        await m.groups["alice"].rename(gid, name="one")
+        await m.groups["alice"].rename(gid, name="two")
+        to_carol = [e for e in m.outbox if e[1] == KEYS["carol"].uid]
+        m.outbox[:] = [e for e in m.outbox if e[1] != KEYS["carol"].uid]
+        for sender, _recipient, payload in reversed(to_carol):  # "two" first
+            carol.payload_received(sender, payload)
+        self.assertEqual(carol.resolve(gid).state.name, "two")
+        self.assertEqual(carol.resolve(gid).state, m.groups["alice"].resolve(gid).state)
+        m.settle()
+        await m.groups["bob"].send(gid, "still fine")
+        m.settle()
+        self.assertEqual(m.bodies("carol", gid), ["still fine"])
+
+    async def test_messages_naming_unknown_states_are_capped(self) -> None:
+        """When bob sends carol 2,000 signed messages naming state versions carol does not
+        hold (most too far ahead, the rest beyond the parking budget), then carol parks at
+        most MAX_PARKED of them, within MAX_PARKED_BYTES, none naming a version further than
+        MAX_STATES_AHEAD; alice's real message is still shown."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        group = carol.resolve(gid)
+        held = group.state.version
+        for i in range(2000):
+            message = write_message(
+                KEYS["bob"],
+                group.group_id,
+                seq=1,
+                prev_hash=NO_HASH,
+                state_version=held + 1 + i % (4 * MAX_STATES_AHEAD),
+                created=i,
+                body=b"x" * 4000,
+            )
+            carol.payload_received(
+                KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(message))
+            )
+        self.assertLessEqual(len(group.parked), MAX_PARKED)
+        self.assertLessEqual(sum(len(p.body) for p in group.parked), MAX_PARKED_BYTES)
+        self.assertTrue(group.parked)
+        self.assertLessEqual(max(p.state_version for p in group.parked), held + MAX_STATES_AHEAD)
+        await m.groups["alice"].send(gid, "real")
+        m.deliver()
+        self.assertEqual(m.bodies("carol", gid), ["real"])
+
+    async def test_messages_ahead_of_a_gap_are_capped_in_bytes(self) -> None:
+        """When bob sends carol 300 of his messages of the largest body after a gap (his
+        first never sent), then carol buffers at most MAX_BUFFERED_BYTES_PER_AUTHOR of them
+        (not 300 x 16 KiB); once his first message comes, those buffered are shown in
+        order."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        carol = m.groups["carol"]
+        group = carol.resolve(gid)
+        written = []
+        prev = NO_HASH
+        for seq in range(1, 302):
+            message = write_message(
+                KEYS["bob"],
+                group.group_id,
+                seq=seq,
+                prev_hash=prev,
+                state_version=group.state.version,
+                created=seq,
+                body=bytes([65 + seq % 26]) * MAX_BODY_BYTES,
+            )
+            prev = message_hash(message)
+            written.append(message)
+        for message in written[1:]:
+            carol.payload_received(
+                KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(message))
+            )
+        buffered = group.log._buffer[KEYS["bob"].public_bytes]
+        held = sum(group_log.held_size(b) for b in buffered.values())
+        self.assertLessEqual(held, group_log.MAX_BUFFERED_BYTES_PER_AUTHOR)
+        self.assertTrue(buffered)
+        carol.payload_received(
+            KEYS["bob"].uid, encode_payload(KIND_MESSAGE, encode_message(written[0]))
+        )
+        shown = [m.seq for m in group.log.shown()]
+        self.assertEqual(shown, list(range(1, len(shown) + 1)))
+        self.assertGreater(len(shown), 1)
+
+    async def test_deposits_waiting_for_a_member_are_capped(self) -> None:
+        """When 100 deposits from unknown keys wait for a group's next state, then only
+        MAX_MEMBER_WAITS wait (the rest are dropped at once: False), and the next state
+        wakes the waiting ones (True)."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        group_id = bytes.fromhex(gid)
+        results: list[bool] = []
+        for _ in range(100):
+            m.groups["bob"].wait_for_members(group_id).addCallback(results.append)
+        self.assertEqual(results, [False] * (100 - MAX_MEMBER_WAITS))
+        await m.groups["alice"].rename(gid, name="next")
+        m.deliver()
+        self.assertEqual(results[100 - MAX_MEMBER_WAITS :], [True] * MAX_MEMBER_WAITS)
+
+
+class LostBranchTests(TestCase):
+    """Members already further on the branch that loses switch to the preferred one."""
+
+    async def test_members_further_on_the_lost_branch_switch_and_changes_are_made_again(
+        self,
+    ) -> None:
+        """When bob and carol (admins) change the group at once and the admin whose change
+        loses is cut off from the other (with everything it sends or receives held back),
+        and it then makes a second change (a rename) that alice, dave and eve take on top of
+        the losing one, then once everything flows again every member (those two versions
+        further on the losing branch included) holds the same chain: the preferred change at
+        its version, then the losing admin's two changes made again on top; the same after a
+        restart of everyone; and a message written after reaches everyone."""
+        m = Members(self, ["alice", "bob", "carol", "dave", "eve"])
+        gid = await m.group_of("alice", ["bob", "carol", "dave", "eve"])
+        await m.groups["alice"].set_role(gid, "bob", "admin")
+        await m.groups["alice"].set_role(gid, "carol", "admin")
+        m.settle()
+        await m.groups["bob"].rename(gid, name="bob's name")
+        await m.groups["carol"].rename(gid, topic="carol's topic")
+        by_bob = m.groups["bob"].resolve(gid).state
+        by_carol = m.groups["carol"].resolve(gid).state
+        winner = preferred(by_bob, by_carol)
+        winning = "bob" if winner is by_bob else "carol"
+        losing = "carol" if winning == "bob" else "bob"
+        held: list[tuple[str, str, bytes]] = []
+
+        def cut_off(sender: str, recipient: str, payload: bytes) -> bool:
+            if KEYS[winning].uid in (sender, recipient):
+                held.append((sender, recipient, payload))
+                return True
+            return False
+
+        m.deliver(drop=cut_off)
+        await m.groups[losing].rename(gid, name=f"second from {losing}")
+        m.deliver(drop=cut_off)
+        further = m.groups["alice"].resolve(gid).state
+        self.assertEqual(further.version, winner.version + 1)  # on the losing branch
+        self.assertEqual(further.name, f"second from {losing}")
+        for name in ("alice", "dave", "eve", losing):
+            self.assertNotIn(winner, m.groups[name].resolve(gid).states)
+        m.outbox[:0] = held
+        m.settle()
+        for _ in range(4):  # keepalives, then delivery
+            m.clock.advance(3600 * 1.5)
+            m.settle()
+        final = m.groups[winning].resolve(gid).state
+        for name, g in m.groups.items():
+            group = g.resolve(gid)
+            self.assertEqual(state_hash(group.state), state_hash(final), name)
+            self.assertEqual(group.states[winner.version - 1], winner, name)
+        self.assertEqual((final.name, final.topic), (f"second from {losing}", "carol's topic"))
+        for name in m.groups:
+            m.restart(name)
+            self.assertEqual(state_hash(m.groups[name].resolve(gid).state), state_hash(final))
+        await m.groups["dave"].send(gid, "after the branches met")
+        m.settle()
+        for name in m.groups:
+            self.assertEqual(m.bodies(name, gid), ["after the branches met"])
 
 
 class UnlockOffReactorTests(TestCase):

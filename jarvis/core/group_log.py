@@ -47,6 +47,16 @@ from jarvis.protocol.group_state import Membership
 
 #: Most messages buffered ahead of a gap, per author; more are refused until the gap fills.
 MAX_BUFFERED_PER_AUTHOR = 1024
+#: Most bytes (:func:`held_size`) buffered ahead of a gap, per author: 1,024 messages of the
+#: largest body would be 16 MiB; beyond this budget they are refused until the gap fills
+#: (sync sends them again then).
+MAX_BUFFERED_BYTES_PER_AUTHOR = 1024 * 1024
+
+
+def held_size(message: GroupMessage) -> int:
+    """About how many bytes *message* takes while it waits in memory (body, parents,
+    signature and fixed fields): what the per-author and per-group byte budgets count."""
+    return len(message.body) + 40 * len(message.parents) + 160
 
 
 class Outcome(Enum):
@@ -258,6 +268,9 @@ class GroupLog:
                 return self._forked(held, message)
             if len(buffered) >= MAX_BUFFERED_PER_AUTHOR:
                 return Offered(Outcome.refused, "too many messages ahead of a gap")
+            used = sum(held_size(m) for m in buffered.values())
+            if used + held_size(message) > MAX_BUFFERED_BYTES_PER_AUTHOR:
+                return Offered(Outcome.refused, "too many bytes ahead of a gap")
             buffered[message.seq] = message
             return Offered(Outcome.buffered)
         refusal = self._append(message, digest)

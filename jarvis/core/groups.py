@@ -33,7 +33,7 @@ from twisted.logger import Logger
 
 from jarvis.common.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.common.logs import log_id
-from jarvis.core.group_log import GroupLog, Outcome
+from jarvis.core.group_log import GroupLog, Outcome, held_size
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
     ENTRY_ID_SIZE,
@@ -100,6 +100,25 @@ MAX_SYNC_MESSAGES = 2048
 #: Most seconds a deposit from a key that is not (yet) a member of the group waits for the
 #: group's next state before it is dropped (docs/groups.md, "Members who are not contacts").
 GROUP_SENDER_WAIT = 30.0
+#: Most versions beyond the one held that a state received out of order may have to be kept
+#: (``Group.ahead``) and a message naming an unknown version may name to be parked: anything
+#: further is dropped, and the summary sync fetches the real chain in order later.
+MAX_STATES_AHEAD = 16
+#: Most states kept ahead per sender, and their bytes; and all senders' bytes per group.
+MAX_AHEAD_PER_SENDER = 8
+MAX_AHEAD_BYTES_PER_SENDER = 256 * 1024
+MAX_AHEAD_BYTES = 1024 * 1024
+#: Most messages parked (naming a state version not held yet) per group, and their bytes
+#: (:func:`~jarvis.core.group_log.held_size`); the excess is dropped and fetched by sync later.
+MAX_PARKED = 512
+MAX_PARKED_BYTES = 1024 * 1024
+#: Most deposits from keys that are not (yet) members waiting for a group's next state.
+MAX_MEMBER_WAITS = 64
+#: How often a member answers one removed member (per group) that still writes as a member
+#: (a summary or a message from a key a held state removed): at most
+#: :data:`REMOVED_TELLS` times per :data:`REMOVED_TELL_WINDOW` seconds.
+REMOVED_TELLS = 3
+REMOVED_TELL_WINDOW = 3600.0
 #: The roles ``groups.setRole`` gives, by their API name (the founder role is not given).
 ROLES = {"admin": Role.ADMIN, "member": Role.MEMBER}
 
@@ -113,8 +132,10 @@ class Group:
     log: GroupLog
     #: messages naming a state version not held yet: offered again when it arrives
     parked: list[GroupMessage] = field(default_factory=list)
-    #: states received ahead of the next version, by version
-    ahead: dict[int, GroupState] = field(default_factory=dict)
+    #: states received ahead of the next version: by sender uid, by version, with their size
+    ahead: dict[str, dict[int, tuple[GroupState, int]]] = field(default_factory=dict)
+    #: the highest version heard of that was dropped as too far ahead (sync asks for it)
+    behind: int = 0
     #: how many messages of other members are shown
     others_shown: int = 0
     #: how many of them were shown when the group was last marked read (stored)
@@ -214,6 +235,8 @@ class Groups:
         self._publishing: set[bytes] = set()
         #: per group: deposits from unknown keys waiting for its next state
         self._member_waits: dict[bytes, list[tuple[defer.Deferred[bool], Any]]] = {}
+        #: (group id, uid) -> when we last told that removed member of its removal
+        self._removal_told: dict[tuple[bytes, str], list[float]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -344,6 +367,7 @@ class Groups:
         self._deliveries.clear()
         self._departing.clear()
         self._told.clear()
+        self._removal_told.clear()
         self._network = None
         self._publishing.clear()
         for gid in list(self._member_waits):
@@ -481,6 +505,13 @@ class Groups:
             return d
         clock: Any = self.clock
         waits = self._member_waits.setdefault(gid, [])
+        if len(waits) >= MAX_MEMBER_WAITS:
+            self.log.warn(
+                "a deposit from a key that is not a member dropped: {n} already wait",
+                n=len(waits),
+            )
+            d.callback(False)
+            return d
 
         def expire() -> None:
             for i, (waiting, _timer) in enumerate(waits):
@@ -999,7 +1030,7 @@ class Groups:
             if kind == KIND_MESSAGE:
                 return self._message_received(uid, parse_message(record))
             if kind == KIND_STATE:
-                return self._state_received(uid, parse_state(record))
+                return self._state_received(uid, parse_state(record), len(record))
             if kind == KIND_SUMMARY:
                 return self._summary_received(uid, parse_summary(record))
             if kind == KIND_INVITE:
@@ -1019,6 +1050,8 @@ class Groups:
 
     def _message_received(self, uid: str, message: GroupMessage) -> defer.Deferred[Any]:
         group = self._groups.get(message.group_id)
+        if group is not None and message.author_uid == uid:
+            self._tell_removed(group, uid, message.state_version)
         if group is None or group.left or not self._sender_may_relay(group, uid):
             self.log.info("a group message from {uid} refused: no shared group", uid=log_id(uid))
             return defer.succeed(None)
@@ -1049,7 +1082,7 @@ class Groups:
         offered = group.log.offer(message, verified=verified)
         if offered.outcome is Outcome.refused:
             if offered.reason == "state unknown":
-                group.parked.append(message)
+                self._park(group, message)
             else:
                 self.log.info("a group message refused: {reason}", reason=offered.reason)
             return None
@@ -1059,6 +1092,32 @@ class Groups:
         if offered.outcome is Outcome.duplicate:
             return None
         return list(offered.shown)
+
+    def _park(self, group: Group, message: GroupMessage) -> None:
+        """Keep *message* (naming a state version not held yet) until that state comes,
+        within the group's budget (:data:`MAX_STATES_AHEAD`, :data:`MAX_PARKED`,
+        :data:`MAX_PARKED_BYTES`): beyond it, drop it and let the sync fetch it later."""
+        if message in group.parked:
+            return
+        held = group.state.version
+        why = None
+        if message.state_version > held + MAX_STATES_AHEAD:
+            why = "too far ahead"
+        elif len(group.parked) >= MAX_PARKED:
+            why = "too many parked"
+        elif sum(held_size(m) for m in group.parked) + held_size(message) > MAX_PARKED_BYTES:
+            why = "too many bytes parked"
+        if why is None:
+            group.parked.append(message)
+            return
+        group.behind = max(group.behind, min(message.state_version, held + MAX_STATES_AHEAD))
+        self.log.warn(
+            "a group message naming state version {version} (ours {held}) dropped: {why};"
+            " sync fetches it later",
+            version=message.state_version,
+            held=held,
+            why=why,
+        )
 
     def _announce(self, group: Group, shown: Iterable[GroupMessage]) -> None:
         own = self._own_key()
@@ -1072,31 +1131,101 @@ class Groups:
                 {"message": self._message_view(group, m, total - len(shown) + i)},
             )
 
+    def _keep_ahead(self, group: Group, uid: str, state: GroupState, size: int) -> bool:
+        """Keep *state* (beyond the next version) from *uid* until the versions before it
+        come, within the budgets (:data:`MAX_STATES_AHEAD`, :data:`MAX_AHEAD_PER_SENDER`,
+        :data:`MAX_AHEAD_BYTES_PER_SENDER`, :data:`MAX_AHEAD_BYTES`); beyond them it is
+        dropped (the sync fetches the real chain in order later).  :returns: whether kept."""
+        held = group.state.version
+        mine = group.ahead.get(uid, {})
+        why = None
+        if state.version == held + 1:
+            pass  # the next version is always tried at once, whatever is kept ahead
+        elif state.version > held + MAX_STATES_AHEAD:
+            why = "too far ahead"
+        elif state.version not in mine and len(mine) >= MAX_AHEAD_PER_SENDER:
+            why = "too many states ahead from this sender"
+        elif sum(n for v, (_, n) in mine.items() if v != state.version) + size > (
+            MAX_AHEAD_BYTES_PER_SENDER
+        ):
+            why = "too many bytes ahead from this sender"
+        elif (
+            sum(n for sender, kept in group.ahead.items() for v, (_, n) in kept.items())
+            - (mine[state.version][1] if state.version in mine else 0)
+            + size
+            > MAX_AHEAD_BYTES
+        ):
+            why = "too many bytes ahead in this group"
+        if why is None:
+            group.ahead.setdefault(uid, {})[state.version] = (state, size)
+            return True
+        group.behind = max(group.behind, min(state.version, held + MAX_STATES_AHEAD))
+        self.log.warn(
+            "a group state from {uid} (version {version}, ours {held}) dropped: {why};"
+            " sync fetches the chain later",
+            uid=log_id(uid),
+            version=state.version,
+            held=held,
+            why=why,
+        )
+        return False
+
+    def _next_ahead(self, group: Group, held: GroupState) -> GroupState | None:
+        """Take the states kept for the version after *held* (from every sender) off
+        ``group.ahead``: :returns: the valid one (:func:`preferred` of several), or None."""
+        found: GroupState | None = None
+        for sender, kept in list(group.ahead.items()):
+            entry = kept.pop(held.version + 1, None)
+            if not kept:
+                del group.ahead[sender]
+            if entry is None:
+                continue
+            try:
+                candidate = accept_next(held, entry[0])
+            except StateRefused as e:
+                self.log.warn(
+                    "a group state from {uid} refused: {reason}",
+                    uid=log_id(sender),
+                    reason=e.reason,
+                )
+                continue
+            found = candidate if found is None else preferred(found, candidate)
+        return found
+
     @defer.inlineCallbacks
-    def _state_received(self, uid: str, state: GroupState) -> Any:
+    def _state_received(self, uid: str, state: GroupState, size: int = 0) -> Any:
         group = self._groups.get(state.group_id)
         if group is None:
             return
-        if state.version == group.state.version and len(group.states) > 1:
-            yield self._concurrent_state(group, uid, state)
-            return
         if state.version <= group.state.version:
-            return  # a relay of what we hold, or a rollback / replay: refused
-        group.ahead[state.version] = state
+            # a relay or replay of what we hold, or another branch (docs/groups.md,
+            # "Concurrent changes")
+            yield self._branch_state(group, uid, state)
+            return
+        if state.version == group.state.version + 1 and state.prev_hash != state_hash(group.state):
+            self.log.warn(
+                "a group state from {uid} refused: it follows a version we do not hold"
+                " (another branch?); ours sent back",
+                uid=log_id(uid),
+            )
+            self._answer_fork(group, uid, group.state)
+            return
+        if not self._keep_ahead(group, uid, state, size or len(encode_state(state))):
+            self._gap_seen(group, uid)
+            return
         accepted: list[GroupState] = []
         held = group.state
-        while held.version + 1 in group.ahead:
-            candidate = group.ahead.pop(held.version + 1)
-            try:
-                held = accept_next(held, candidate)
-            except StateRefused as e:
-                self.log.warn(
-                    "a group state from {uid} refused: {reason}", uid=log_id(uid), reason=e.reason
-                )
+        while True:
+            following = self._next_ahead(group, held)
+            if following is None:
                 break
+            held = following
             accepted.append(held)
-        for version in [v for v in group.ahead if v <= held.version]:
-            del group.ahead[version]
+        for sender, kept in list(group.ahead.items()):
+            for version in [v for v in kept if v <= held.version]:
+                del kept[version]
+            if not kept:
+                del group.ahead[sender]
         if accepted:
             rejoined = group.left and self._is_member(accepted[-1])
             yield self._adopt(group, accepted)
@@ -1136,32 +1265,67 @@ class Groups:
             )
         self._emit("group.invited", {"invite": self._invite_view(invitation)})
 
+    def _state_at(self, group: Group, version: int) -> GroupState | None:
+        """Our state of *version* (None if we hold none of it)."""
+        index = version - group.states[0].version
+        if 0 <= index < len(group.states) and group.states[index].version == version:
+            return group.states[index]
+        return None
+
+    def _answer_fork(self, group: Group, uid: str, state: GroupState) -> None:
+        """Send *state* (ours) to member *uid*, which holds another state of its version or
+        built on another one: it compares, and the preferred branch wins on both sides."""
+        if group.left or group.state.member(uid) is None:
+            return
+        self._send(uid, None, encode_payload(KIND_STATE, encode_state(state)))
+
     @defer.inlineCallbacks
-    def _concurrent_state(self, group: Group, uid: str, state: GroupState) -> Any:
-        """*state* has the version of the one we hold: the same (a relay), or another change
-        made at once on the same previous version (two admins).  Every member keeps
-        :func:`preferred` of the two; if ours is kept, the sender gets it back."""
-        held = group.state
-        if state == held:
+    def _branch_state(self, group: Group, uid: str, state: GroupState) -> Any:
+        """*state* has a version we hold already: the same state (a relay or replay:
+        nothing), or another change made at once on the same previous version (two admins),
+        or one built on another such change further down.  Of two states of one version on
+        the same previous one, every member keeps :func:`preferred`: if ours is kept, the
+        sender gets our chain from there; if the sender's is, we switch to it (dropping our
+        later versions, :meth:`_switch_branch`).  A state built on a previous version we do
+        not hold is answered with ours of that version, so the sender finds where the two
+        chains part (one round trip per version down to the fork)."""
+        index = state.version - group.states[0].version
+        ours = self._state_at(group, state.version)
+        if ours is None or state == ours:
+            return
+        if index == 0:
+            self.log.warn("a group state from {uid} refused: another founding", uid=log_id(uid))
+            return
+        parent = group.states[index - 1]
+        if state.prev_hash != state_hash(parent):
+            self._answer_fork(group, uid, parent)
             return
         try:
-            accept_next(group.states[-2], state)
+            accept_next(parent, state)
         except StateRefused as e:
             self.log.warn("a group state from {uid} refused: {r}", uid=log_id(uid), r=e.reason)
             return
-        if preferred(held, state) == held:
-            payload = encode_payload(KIND_STATE, encode_state(held))
-            yield self._send(uid, None, payload)
+        if preferred(ours, state) == ours:
+            if not group.left and group.state.member(uid) is not None:
+                for kept in group.states[index:]:
+                    yield self._send(uid, None, encode_payload(KIND_STATE, encode_state(kept)))
             return
-        yield self._replace_head(group, state)
+        yield self._switch_branch(group, index, state)
 
     @defer.inlineCallbacks
-    def _replace_head(self, group: Group, state: GroupState) -> Any:
-        """Hold *state* instead of our latest state (same version, preferred): membership and
-        log rebuilt from the states, every message held offered again."""
+    def _switch_branch(self, group: Group, index: int, state: GroupState) -> Any:
+        """Hold *state* instead of our state of its version (the one at *index*, same
+        previous version, *state* preferred), dropping our later versions: membership and log
+        rebuilt from the states, every message held offered again (a message naming a
+        version we no longer hold waits for it).  Then the changes we signed on the dropped
+        versions are made again on top (:meth:`_reapply`)."""
         was_member = not group.left
         before = group.log.shown()
-        states = [*group.states[:-1], state]
+        lost = group.states[index:]
+        own = self._own_key()
+        previous = [group.states[index - 1], *lost[:-1]]
+        mine = [(p, s) for p, s in zip(previous, lost, strict=True) if s.signer == own]
+        states = [*group.states[:index], state]
         membership = Membership(states)
         log = GroupLog(group.group_id, membership)
         group.states, group.membership, group.log = states, membership, log
@@ -1170,7 +1334,6 @@ class Groups:
         for message in [*before, *parked]:
             self._offer(group, message)
         yield self._persist([("state", state_hash(state), encode_state(state))])
-        own = self._own_key()
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
         kept = {message_hash(m) for m in log.shown()}
         dropped = [m for m in before if message_hash(m) not in kept]
@@ -1191,6 +1354,35 @@ class Groups:
         self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
         self._states_moved(group)
         self._republish(group)
+        if mine:
+            yield self._reapply(group, mine)
+
+    @defer.inlineCallbacks
+    def _reapply(self, group: Group, changes: list[tuple[GroupState, GroupState]]) -> Any:
+        """Make again, on the chain we switched to, the changes we signed on the branch that
+        lost (each ``(previous, lost)`` pair: rename/topic, members added, roles, removals,
+        our leaving), those not already true there; a change the new chain does not allow
+        (e.g. we are no longer an admin) is logged and skipped."""
+        identity = self._identity
+        if identity is None:
+            return
+        for previous, lost in changes:
+            for make in _lost_changes(previous, lost, identity, group.log):
+                if self._identity is not identity or not self._is_member(group.state):
+                    return
+                try:
+                    state = make(group.state)
+                except (StateRefused, ValueError) as e:
+                    reason = e.reason if isinstance(e, StateRefused) else str(e)
+                    self.log.warn("a lost group change not made again: {r}", r=reason)
+                    continue
+                if state is None:
+                    continue
+                self.log.info(
+                    "a group change lost to a concurrent one made again (version {v})",
+                    v=state.version,
+                )
+                yield self._change(group, _constantly(state))
 
     # -- sync ----------------------------------------------------------------------------------
 
@@ -1208,7 +1400,9 @@ class Groups:
         group = self._groups.get(gid)
         if group is None or group.left or self._store is None:
             return
-        if not (group.log.gaps() or group.parked or group.ahead):
+        if not (
+            group.log.gaps() or group.parked or group.ahead or group.behind > group.state.version
+        ):
             return
         targets = [uid, *self._connected_members(group)]
         self._send_summary(group, list(dict.fromkeys(targets))).addErrback(
@@ -1233,19 +1427,17 @@ class Groups:
     @defer.inlineCallbacks
     def _summary_received(self, uid: str, summary: Any) -> Any:
         group = self._groups.get(summary.group_id)
+        if group is not None:
+            self._tell_removed(group, uid, summary.state_version)
         if group is None or group.left or group.state.member(uid) is None:
             return
         sends = []
-        if (
-            summary.state_version == group.state.version
-            and summary.state_hash
-            and summary.state_hash != state_hash(group.state)
-        ):
-            # the same version, another state: both sides keep `preferred` once they hold both
-            sends.append(
-                self._send(uid, None, encode_payload(KIND_STATE, encode_state(group.state)))
-            )
-        if summary.state_version < group.state.version:
+        ours = self._state_at(group, summary.state_version)
+        if ours is not None and summary.state_hash and summary.state_hash != state_hash(ours):
+            # the same version, another state: both sides keep `preferred` once they hold
+            # both (and find where the chains part first if they part further down)
+            sends.append(self._send(uid, None, encode_payload(KIND_STATE, encode_state(ours))))
+        elif summary.state_version < group.state.version:
             for state in group.states:
                 if state.version > summary.state_version:
                     payload = encode_payload(KIND_STATE, encode_state(state))
@@ -1258,6 +1450,38 @@ class Groups:
         yield defer.gatherResults(sends)
         if group.log.wanted_from(summary) or summary.state_version > group.state.version:
             yield self._send_summary(group, [uid])
+
+    def _tell_removed(self, group: Group, uid: str, since: int) -> None:
+        """*uid* wrote to us (a summary or its own message) as a member at state version
+        *since*, but a state we hold removed it: send it the states after *since* up to the
+        first one that removed it, which it was sent at its removal already (nothing later,
+        so nothing new leaks), at most :data:`REMOVED_TELLS` times per
+        :data:`REMOVED_TELL_WINDOW` per group and peer.  A restored backup of a removed
+        member so learns it was removed (``group.removed``) and stops writing."""
+        if group.left or group.state.member(uid) is not None:
+            return
+        states = removal_states(group.states, uid, since)
+        if not states:
+            return
+        if self._contacts.get(uid) is None and uid not in self._peers:
+            return  # no way to reach it (no session accepted, no mailbox queue known)
+        clock: Any = self.clock
+        now = clock.seconds()
+        key = (group.group_id, uid)
+        told = [t for t in self._removal_told.get(key, []) if now - t < REMOVED_TELL_WINDOW]
+        if len(told) >= REMOVED_TELLS:
+            self._removal_told[key] = told
+            return
+        self._removal_told[key] = [*told, now]
+        self.log.info(
+            "a removed member {uid} still writes at version {since}: told it of its removal"
+            " (version {version})",
+            uid=log_id(uid),
+            since=since,
+            version=states[-1].version,
+        )
+        for state in states:
+            self._send(uid, None, encode_payload(KIND_STATE, encode_state(state)))
 
     def _schedule_keepalive(self) -> None:
         clock: Any = self.clock
@@ -1277,6 +1501,77 @@ class Groups:
                     lambda f: self.log.failure("group keepalive not sent", f)
                 )
         self._schedule_keepalive()
+
+
+def removal_states(states: list[GroupState], uid: str, since: int) -> list[GroupState]:
+    """The states of *states* (a chain in version order) after version *since*, up to the
+    first one that removed *uid* (its departure: the version before listed it, this one does
+    not); empty if none after *since* removed it."""
+    for i in range(1, len(states)):
+        state = states[i]
+        if state.version <= since:
+            continue
+        if states[i - 1].member(uid) is not None and state.member(uid) is None:
+            return [s for s in states[: i + 1] if s.version > since]
+    return []
+
+
+def _constantly(state: GroupState) -> Callable[[GroupState], GroupState]:
+    """A ``make`` for :meth:`Groups._change` that gives *state* (made on the held state)."""
+    return lambda _held: state
+
+
+def _lost_changes(
+    previous: GroupState, lost: GroupState, identity: IdentityKey, log: GroupLog
+) -> list[Callable[[GroupState], GroupState | None]]:
+    """What *lost* (signed by *identity*) changed from *previous*, as functions making that
+    change on another held state (None: already so there)."""
+    changes: list[Callable[[GroupState], GroupState | None]] = []
+    if (lost.name, lost.topic) != (previous.name, previous.topic):
+
+        def renamed(held: GroupState) -> GroupState | None:
+            name = lost.name if lost.name != previous.name and held.name != lost.name else None
+            topic = (
+                lost.topic if lost.topic != previous.topic and held.topic != lost.topic else None
+            )
+            if name is None and topic is None:
+                return None
+            return rename(held, identity, name=name, topic=topic)
+
+        changes.append(renamed)
+    for m in lost.members:
+        before = previous.member_by_key(m.public_key)
+        if before is None:
+
+            def invited(held: GroupState, m: Any = m) -> GroupState | None:
+                if held.member_by_key(m.public_key) is not None:
+                    return None
+                return invite(held, identity, m.public_key, addresses=m.addresses, role=m.role)
+
+            changes.append(invited)
+        elif before.role is not m.role:
+
+            def role_set(held: GroupState, m: Any = m) -> GroupState | None:
+                now = held.member_by_key(m.public_key)
+                if now is None or now.role is m.role:
+                    return None
+                return set_role(held, identity, m.uid, m.role)
+
+            changes.append(role_set)
+    for d in lost.departed:
+
+        def departed(held: GroupState, key: bytes = d.public_key) -> GroupState | None:
+            gone = held.member_by_key(key)
+            if gone is None:
+                return None
+            head = log.head(key)
+            last_seq = head.seq if head else 0
+            if key == identity.public_bytes:
+                return leave(held, identity, last_seq=last_seq)
+            return remove(held, identity, gone.uid, last_seq=last_seq)
+
+        changes.append(departed)
+    return changes
 
 
 def _key(invite_id: str) -> bytes:
