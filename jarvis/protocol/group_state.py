@@ -509,9 +509,9 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
         raise StateRefused("the departures are not the members removed")
     before = {m.public_key: m for m in previous.members}
     after = {m.public_key: m for m in candidate.members}
-    for key, new in after.items():
-        old = before.get(key)
-        if new.display_name != (old.display_name if old else "") and key != signer.public_key:
+    for key, entry in after.items():
+        was = before.get(key)
+        if entry.display_name != (was.display_name if was else "") and key != signer.public_key:
             raise StateRefused("only a member sets its own display name")
     if candidate.founder.public_key != previous.founder.public_key:
         _check_hand_over(previous, candidate, signer)
@@ -542,13 +542,13 @@ def _check_hand_over(previous: GroupState, candidate: GroupState, signer: Member
         raise StateRefused("the founder cannot be removed or replaced")
     if candidate.member_by_key(old.public_key) is not None:
         raise StateRefused("the founder hands the group over only when leaving")
-    heir = previous.member_by_key(new.public_key)
+    chosen = previous.member_by_key(new.public_key)
     if heir is None:
         raise StateRefused("the new founder must already be a member")
     unchanged = (
         candidate.name == previous.name
         and candidate.topic == previous.topic
-        and replace(heir, role=Role.FOUNDER) == new
+        and replace(chosen, role=Role.FOUNDER) == new
         and _without(_without(previous.members, old.public_key).values(), new.public_key)
         == _without(candidate.members, new.public_key)
     )
