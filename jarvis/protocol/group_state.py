@@ -543,7 +543,7 @@ def _check_hand_over(previous: GroupState, candidate: GroupState, signer: Member
     if candidate.member_by_key(old.public_key) is not None:
         raise StateRefused("the founder hands the group over only when leaving")
     chosen = previous.member_by_key(new.public_key)
-    if heir is None:
+    if chosen is None:
         raise StateRefused("the new founder must already be a member")
     unchanged = (
         candidate.name == previous.name
