@@ -100,12 +100,21 @@ class GroupBasicsTests(TestCase):
 
 async def found_with(founder: Peer, members: list[Peer], name: str) -> str:
     """*founder* befriends every member, founds group *name* and brings them all in; returns
-    the group id once every member holds the last state."""
+    the group id once every member holds the last state (each member's invitation, then the
+    version in which the member publishes its own display name)."""
     await defer.gatherResults([defer.ensureDeferred(befriend(founder, m)) for m in members])
     gid = str((await founder.call("groups.create", name=name))["id"])
-    for member in members:
+    for done, member in enumerate(members, 1):
         await invite_and_join(founder, gid, member)
-    version = 1 + len(members)
+
+        def named(done: int = done) -> bool:
+            return any(
+                p["group"]["id"] == gid and p["group"]["version"] == 1 + 2 * done
+                for p in founder.recorder.named("group.changed")
+            )
+
+        await founder.recorder.wait(named, 60)
+    version = 1 + 2 * len(members)
 
     async def holds_last(member: Peer) -> None:
         def check() -> bool:
