@@ -703,6 +703,7 @@ class DisplayNameTests(TestCase):
         strangers(m, "carol", "bob")
         gid = await m.group_of("alice", ["bob", "carol"])
         await m.groups["bob"].send(gid, "hi from bob")
+        m.settle()
         await m.groups["alice"].send(gid, "hi from alice")
         m.settle()
         bob, alice = KEYS["bob"].uid, KEYS["alice"].uid
