@@ -173,6 +173,67 @@ class GroupScaleTests(TestCase):
             self.assertEqual(order, orders[0])
 
 
+async def until_version(peer: Peer, gid: str, version: int) -> None:
+    """Wait until *peer* announced group *gid* at *version* (or later)."""
+
+    def check() -> bool:
+        return any(
+            p["group"]["id"] == gid and p["group"]["version"] >= version
+            for p in peer.recorder.named("group.changed")
+        )
+
+    await peer.recorder.wait(check, 60)
+
+
+class GroupNamesAndFounderTests(TestCase):
+    timeout = 240
+
+    async def test_names_shown_and_founder_leaves_new_founder_acts(self) -> None:
+        """When alice founds a group with bob and carol (her contacts, not each other's) and
+        bob writes, then carol shows him as ~bob (the name he chose, unverified) with his uid
+        as author; when alice (the founder) leaves, then bob (the longest-standing member)
+        is the founder on every member; bob invites dave (his contact) and renames the group,
+        and bob, carol and dave agree on name, version, founder and members, while alice has
+        left and holds the hand-over version."""
+        alice, bob, carol, dave = await start_peers(self, ["alice", "bob", "carol", "dave"])
+        gid = await found_with(alice, [bob, carol], "names")
+        await bob.call("groups.send", group=gid, text="hi from bob")
+        await carol.recorder.wait(lambda: group_bodies(carol, gid) == ["hi from bob"], 60)
+        items = await history(carol, gid)
+        self.assertEqual([(m["author"], m["author_name"]) for m in items], [(bob.uid, "~bob")])
+        listed = await carol.call("groups.members", group=gid)
+        shown = {m["uid"]: (m["name"], m["display_name"]) for m in listed["members"]}
+        self.assertEqual(shown[bob.uid], ("~bob", "bob"))
+        self.assertEqual(shown[alice.uid], ("alice", "alice"))  # a contact: carol's name
+
+        left = await alice.call("groups.leave", group=gid)
+        self.assertEqual(left["founder"], bob.uid)
+        for peer in (bob, carol):
+            await until_version(peer, gid, left["version"])
+            members = (await peer.call("groups.members", group=gid))["members"]
+            roles = {m["uid"]: m["role"] for m in members}
+            self.assertEqual(roles, {bob.uid: "founder", carol.uid: "member"})
+        await befriend(bob, dave)
+        await invite_and_join(bob, gid, dave)
+        await until_version(bob, gid, left["version"] + 2)  # dave's own name, signed by dave
+        renamed = await bob.call("groups.rename", group=gid, name="kin")
+        version = renamed["version"]
+        self.assertEqual(version, left["version"] + 3)
+        views = []
+        for peer in (bob, carol, dave):
+            await until_version(peer, gid, version)
+            group = next(g for g in (await peer.call("groups.list"))["groups"] if g["id"] == gid)
+            members = (await peer.call("groups.members", group=gid))["members"]
+            views.append(
+                (group["name"], group["version"], sorted((m["uid"], m["role"]) for m in members))
+            )
+        expected = sorted([(bob.uid, "founder"), (carol.uid, "member"), (dave.uid, "member")])
+        self.assertEqual(views, [("kin", version, expected)] * 3)
+        mine = next(g for g in (await alice.call("groups.list"))["groups"] if g["id"] == gid)
+        self.assertTrue(mine["left"])
+        self.assertEqual(mine["version"], left["version"])
+
+
 class GroupOfflineTests(TestCase):
     timeout = 300
 
