@@ -296,7 +296,8 @@ class GroupCliTests(TestCase):
         """When alice and bob use the ``jarvis group`` commands against real daemons, then
         create prints the group id, the invitation reaches bob's daemon and is listed with an
         id, join, send, history (JSON items with id, author, body, seq), members and remove
-        work, and a removed member's send fails with one line (exit 1)."""
+        work, a removed member's send fails with one line (exit 1), and the founder left
+        alone cannot leave (nobody to hand the group to; `leave --help` documents --to)."""
         from tests.test_e2e_cli import Cli, write
 
         root = short_tempdir(self)
@@ -359,6 +360,10 @@ class GroupCliTests(TestCase):
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertIn("no longer a member", err)
+        code, _out, err = await alice.run("group", "leave", "relatives")
+        self.assertEqual(code, 1)  # the founder alone has nobody to hand the group to
+        self.assertIn("nobody to hand the group to", err)
+        self.assertIn("--to", await alice.ok("group", "leave", "--help"))
         code, _out, _err = await alice.run("group")
         self.assertEqual(code, 2)
 
