@@ -78,7 +78,7 @@ class GroupBasicsTests(TestCase):
         await carol.recorder.wait(lambda: group_bodies(carol, gid) == ["hello from bob"], 60)
         await carol.call("groups.send", group=gid, text="hello from carol")
         await bob.recorder.wait(lambda: "hello from carol" in group_bodies(bob, gid), 60)
-        await alice.recorder.wait(lambda: len(group_bodies(alice, gid)) == 2, 60)
+        await history_of_at_least(alice, gid, 2)
         orders = [[m["id"] for m in await history(p, gid)] for p in (alice, bob, carol)]
         self.assertEqual(len(orders[0]), 2)
         self.assertEqual(orders[0], orders[1])

@@ -1282,6 +1282,10 @@ class Groups:
         parked, group.parked = group.parked, []
         for message in [*before, *parked]:
             self._offer(group, message)
+        # what this replacement shows anew, taken now: a message offered while the state is
+        # stored (our own send) is announced by whoever offered it, not twice
+        before_ids = {message_hash(m) for m in before}
+        fresh = [m for m in log.shown() if message_hash(m) not in before_ids]
         yield self._persist([("state", state_hash(state), encode_state(state))])
         own = self._own_key()
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
@@ -1300,8 +1304,7 @@ class Groups:
                 "group.dropped",
                 {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
             )
-        before_ids = {message_hash(m) for m in before}
-        self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
+        self._announce(group, fresh)
         self._states_moved(group)
         self._republish(group)
 
