@@ -41,6 +41,7 @@ from jarvis.protocol.group_state import (
 )
 from jarvis.protocol.group_state import invite as state_invite
 from jarvis.protocol.group_state import remove as state_remove
+from jarvis.protocol.group_state import set_addresses as state_set_addresses
 from jarvis.store import group_queries
 from jarvis.store.records import Contact
 from tests.test_node import FakeSession, node_with_bob, turned
@@ -807,3 +808,41 @@ class FounderLeavesTests(TestCase):
         alone = str((await m2.groups["bob"].create("solo"))["id"])
         with self.assertRaises(InvalidInput):
             await m2.groups["bob"].leave(alone)
+
+
+class AnnouncedOnceTests(TestCase):
+    """A message is announced once even when a concurrent state replaces ours meanwhile."""
+
+    async def test_send_while_a_preferred_state_is_stored(self) -> None:
+        """When bob's own state loses to alice's concurrent one and bob sends a message while
+        alice's state is still being stored, then bob's daemon announces that message once
+        (group.message), and his history holds it once."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob"])
+        await m.groups["bob"]._change(
+            m.groups["bob"].resolve(gid),
+            lambda s: state_set_addresses(s, KEYS["bob"], KEYS["bob"].uid, b"elsewhere"),
+        )
+        m.outbox.clear()  # alice never gets bob's version: hers wins anyway (the founder's)
+        await m.groups["alice"].invite(gid, "carol")
+        store = m.stores["bob"]
+        held: list[defer.Deferred[Any]] = []
+        real_run = store.run
+
+        def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
+            if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append(d)
+                return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
+            return real_run(fn, *args, write=write, **kwargs)
+
+        store.run = run  # type: ignore[method-assign]
+        states = [p for s, r, p in m.outbox if r == KEYS["bob"].uid]
+        for payload in states:
+            m.groups["bob"].payload_received(KEYS["alice"].uid, payload)
+        self.assertEqual(len(held), 1)  # bob is replacing his head, the store not done yet
+        await m.groups["bob"].send(gid, "while replacing")
+        held[0].callback(None)
+        announced = [p["message"]["body"] for e, p in m.events["bob"] if e == "group.message"]
+        self.assertEqual(announced.count("while replacing"), 1)
+        self.assertEqual(m.bodies("bob", gid), ["while replacing"])
