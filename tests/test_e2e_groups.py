@@ -78,7 +78,7 @@ class GroupBasicsTests(TestCase):
         await carol.recorder.wait(lambda: group_bodies(carol, gid) == ["hello from bob"], 60)
         await carol.call("groups.send", group=gid, text="hello from carol")
         await bob.recorder.wait(lambda: "hello from carol" in group_bodies(bob, gid), 60)
-        await alice.recorder.wait(lambda: len(group_bodies(alice, gid)) == 2, 60)
+        await history_of_at_least(alice, gid, 2)
         orders = [[m["id"] for m in await history(p, gid)] for p in (alice, bob, carol)]
         self.assertEqual(len(orders[0]), 2)
         self.assertEqual(orders[0], orders[1])
@@ -100,12 +100,21 @@ class GroupBasicsTests(TestCase):
 
 async def found_with(founder: Peer, members: list[Peer], name: str) -> str:
     """*founder* befriends every member, founds group *name* and brings them all in; returns
-    the group id once every member holds the last state."""
+    the group id once every member holds the last state (each member's invitation, then the
+    version in which the member publishes its own display name)."""
     await defer.gatherResults([defer.ensureDeferred(befriend(founder, m)) for m in members])
     gid = str((await founder.call("groups.create", name=name))["id"])
-    for member in members:
+    for done, member in enumerate(members, 1):
         await invite_and_join(founder, gid, member)
-    version = 1 + len(members)
+
+        def named(done: int = done) -> bool:
+            return any(
+                p["group"]["id"] == gid and p["group"]["version"] == 1 + 2 * done
+                for p in founder.recorder.named("group.changed")
+            )
+
+        await founder.recorder.wait(named, 60)
+    version = 1 + 2 * len(members)
 
     async def holds_last(member: Peer) -> None:
         def check() -> bool:
@@ -162,6 +171,67 @@ class GroupScaleTests(TestCase):
             orders.append([m["id"] for m in items])
         for order in orders[1:]:
             self.assertEqual(order, orders[0])
+
+
+async def until_version(peer: Peer, gid: str, version: int) -> None:
+    """Wait until *peer* announced group *gid* at *version* (or later)."""
+
+    def check() -> bool:
+        return any(
+            p["group"]["id"] == gid and p["group"]["version"] >= version
+            for p in peer.recorder.named("group.changed")
+        )
+
+    await peer.recorder.wait(check, 60)
+
+
+class GroupNamesAndFounderTests(TestCase):
+    timeout = 240
+
+    async def test_names_shown_and_founder_leaves_new_founder_acts(self) -> None:
+        """When alice founds a group with bob and carol (her contacts, not each other's) and
+        bob writes, then carol shows him as ~bob (the name he chose, unverified) with his uid
+        as author; when alice (the founder) leaves, then bob (the longest-standing member)
+        is the founder on every member; bob invites dave (his contact) and renames the group,
+        and bob, carol and dave agree on name, version, founder and members, while alice has
+        left and holds the hand-over version."""
+        alice, bob, carol, dave = await start_peers(self, ["alice", "bob", "carol", "dave"])
+        gid = await found_with(alice, [bob, carol], "names")
+        await bob.call("groups.send", group=gid, text="hi from bob")
+        await carol.recorder.wait(lambda: group_bodies(carol, gid) == ["hi from bob"], 60)
+        items = await history(carol, gid)
+        self.assertEqual([(m["author"], m["author_name"]) for m in items], [(bob.uid, "~bob")])
+        listed = await carol.call("groups.members", group=gid)
+        shown = {m["uid"]: (m["name"], m["display_name"]) for m in listed["members"]}
+        self.assertEqual(shown[bob.uid], ("~bob", "bob"))
+        self.assertEqual(shown[alice.uid], ("alice", "alice"))  # a contact: carol's name
+
+        left = await alice.call("groups.leave", group=gid)
+        self.assertEqual(left["founder"], bob.uid)
+        for peer in (bob, carol):
+            await until_version(peer, gid, left["version"])
+            members = (await peer.call("groups.members", group=gid))["members"]
+            roles = {m["uid"]: m["role"] for m in members}
+            self.assertEqual(roles, {bob.uid: "founder", carol.uid: "member"})
+        await befriend(bob, dave)
+        await invite_and_join(bob, gid, dave)
+        await until_version(bob, gid, left["version"] + 2)  # dave's own name, signed by dave
+        renamed = await bob.call("groups.rename", group=gid, name="kin")
+        version = renamed["version"]
+        self.assertEqual(version, left["version"] + 3)
+        views = []
+        for peer in (bob, carol, dave):
+            await until_version(peer, gid, version)
+            group = next(g for g in (await peer.call("groups.list"))["groups"] if g["id"] == gid)
+            members = (await peer.call("groups.members", group=gid))["members"]
+            views.append(
+                (group["name"], group["version"], sorted((m["uid"], m["role"]) for m in members))
+            )
+        expected = sorted([(bob.uid, "founder"), (carol.uid, "member"), (dave.uid, "member")])
+        self.assertEqual(views, [("kin", version, expected)] * 3)
+        mine = next(g for g in (await alice.call("groups.list"))["groups"] if g["id"] == gid)
+        self.assertTrue(mine["left"])
+        self.assertEqual(mine["version"], left["version"])
 
 
 class GroupOfflineTests(TestCase):
@@ -226,7 +296,8 @@ class GroupCliTests(TestCase):
         """When alice and bob use the ``jarvis group`` commands against real daemons, then
         create prints the group id, the invitation reaches bob's daemon and is listed with an
         id, join, send, history (JSON items with id, author, body, seq), members and remove
-        work, and a removed member's send fails with one line (exit 1)."""
+        work, a removed member's send fails with one line (exit 1), and the founder left
+        alone cannot leave (nobody to hand the group to; `leave --help` documents --to)."""
         from tests.test_e2e_cli import Cli, write
 
         root = short_tempdir(self)
@@ -289,6 +360,10 @@ class GroupCliTests(TestCase):
         self.assertEqual(code, 1)
         self.assertEqual(len(err.strip().splitlines()), 1, err)
         self.assertIn("no longer a member", err)
+        code, _out, err = await alice.run("group", "leave", "relatives")
+        self.assertEqual(code, 1)  # the founder alone has nobody to hand the group to
+        self.assertIn("nobody to hand the group to", err)
+        self.assertIn("--to", await alice.ok("group", "leave", "--help"))
         code, _out, _err = await alice.run("group")
         self.assertEqual(code, 2)
 

@@ -28,6 +28,8 @@ from jarvis.protocol.group_state import (
     accept_next,
     encode_state,
     found_group,
+    hand_over,
+    heir,
     invite,
     leave,
     parse_state,
@@ -428,3 +430,160 @@ class AddressesFieldTests(SynchronousTestCase):
         raw = encode_addresses(["192.0.2.7:7770"], self.card())
         self.assertEqual(parse_addresses(raw[:-1]), (("192.0.2.7:7770",), None))
         self.assertEqual(parse_addresses(raw + b"x"), (("192.0.2.7:7770",), None))
+
+
+def _named(state: GroupState, key: IdentityKey, name: str) -> tuple[Member, ...]:
+    return tuple(replace(m, display_name=name) if m.uid == key.uid else m for m in state.members)
+
+
+class DisplayNameTests(SynchronousTestCase):
+    """Members' self-chosen display names: one encoding, set only by the member itself."""
+
+    def test_own_name_round_trip_and_change(self) -> None:
+        """When Carol publishes her name and later changes it, then both versions are accepted,
+        round-trip in format 2, and the names are hers."""
+        v4 = make_family()[-1]
+        v5 = set_addresses(v4, CAROL, CAROL.uid, b"", display_name="Carol")
+        v6 = set_addresses(v5, CAROL, CAROL.uid, b"", display_name="Caro \u00e9")
+        self.assertEqual(accept_chain(v4, [v5, v6]), v6)
+        self.assertEqual(encode_state(v5)[0], 2)
+        self.assertEqual(encode_state(v4)[0], 1)
+        self.assertEqual(parse_state(encode_state(v6)), v6)
+        self.assertEqual(v6.member(CAROL.uid).display_name, "Caro \u00e9")  # type: ignore[union-attr]
+        self.assertEqual(v6.member(BOB.uid).display_name, "")  # type: ignore[union-attr]
+
+    def test_founding_with_name(self) -> None:
+        """When Alice founds a group with her name, then version 1 carries it and verifies."""
+        v1 = found_group(ALICE, "Family", group_id=GROUP_ID, display_name="Alice")
+        verify_founding(parse_state(encode_state(v1)))
+        self.assertEqual(v1.founder.display_name, "Alice")
+
+    def test_nobody_sets_another_members_name(self) -> None:
+        """When the founder (or an admin) writes a name into Carol's entry, or invites Dave with
+        a name, then it is refused and Carol's entry keeps no name."""
+        v4 = make_family()[-1]
+        for signer in (ALICE, BOB):
+            forged = _resign(replace(_next_of(v4), members=_named(v4, CAROL, "alice")), signer)
+            with self.assertRaises(StateRefused) as caught:
+                accept_next(v4, forged)
+            self.assertEqual(caught.exception.reason, "only a member sets its own display name")
+        self.assertRaises(StateRefused, set_addresses, v4, ALICE, CAROL.uid, b"", display_name="x")
+        dave = Member(DAVE.public_bytes, Role.MEMBER, b"", "Dave")
+        members = tuple(sorted((*v4.members, dave), key=lambda m: m.public_key))
+        forged = _resign(replace(_next_of(v4), members=members), ALICE)
+        self.assertRaises(StateRefused, accept_next, v4, forged)
+        self.assertEqual(v4.member(CAROL.uid).display_name, "")  # type: ignore[union-attr]
+
+    def test_names_refused_and_cleaned(self) -> None:
+        """When a name has control, bidi or zero-width characters, padding or more than 64
+        bytes, then a member entry refuses it, and clean_display_name makes it acceptable."""
+        from jarvis.protocol.group_state import (
+            MAX_DISPLAY_NAME_BYTES,
+            check_display_name,
+            clean_display_name,
+        )
+
+        for bad in ("\x1b[2Jbob", "bob\u202e", "b\u200bob", " bob", "bob\n", "\u00e9" * 33):
+            self.assertRaises(ValueError, Member, BOB.public_bytes, Role.MEMBER, b"", bad)
+        self.assertEqual(clean_display_name(" \u202ebob\x1b[2J\n "), "bob[2J")
+        long = clean_display_name("\u00e9" * 40)
+        self.assertLessEqual(len(long.encode()), MAX_DISPLAY_NAME_BYTES)
+        self.assertEqual(long, "\u00e9" * 32)
+        self.assertEqual(check_display_name(long), long)
+        self.assertEqual(clean_display_name("\u202e\n"), "")
+
+    def test_non_canonical_and_bad_names_on_the_wire(self) -> None:
+        """When a format 2 state carries no name, a name of control characters or invalid
+        UTF-8, then parsing refuses it (a state has exactly one encoding)."""
+        v4 = make_family()[-1]
+        v5 = set_addresses(v4, CAROL, CAROL.uid, b"", display_name="Carol")
+        data = encode_state(v5)
+        self.assertRaises(MalformedState, parse_state, b"\x02" + encode_state(v4)[1:])
+        for bad in (b"Ca\x1bol", b"Car\xff\xfe"):
+            self.assertRaises(MalformedState, parse_state, data.replace(b"Carol", bad))
+        self.assertRaises(MalformedState, parse_state, b"\x03" + data[1:])
+
+
+class HandOverTests(SynchronousTestCase):
+    """The founder leaves by handing the founder role to another member."""
+
+    def test_founder_hands_over_and_leaves(self) -> None:
+        """When Alice hands over to Bob, then every member accepts it: Alice departed with her
+        last seq, Bob is the founder, Carol unchanged; Bob can then invite and rename."""
+        v4 = make_family()[-1]
+        v5 = hand_over(v4, ALICE, BOB.uid, last_seq=7)
+        self.assertEqual(accept_next(v4, v5), v5)
+        self.assertIsNone(v5.member(ALICE.uid))
+        self.assertEqual(v5.founder.uid, BOB.uid)
+        self.assertEqual(v5.departed, (Departure(ALICE.public_bytes, 7),))
+        self.assertEqual(v5.member(CAROL.uid), v4.member(CAROL.uid))
+        v6 = invite(v5, BOB, DAVE.public_bytes)
+        v7 = rename(v6, BOB, name="Kin")
+        self.assertEqual(accept_chain(v4, [v5, v6, v7]).name, "Kin")
+        history = Membership([*make_family(), v5])
+        self.assertFalse(history.may_write(ALICE.public_bytes, 4, 8))
+        self.assertTrue(history.may_write(ALICE.public_bytes, 4, 7))
+
+    def test_heir_is_longest_standing_admin_else_member(self) -> None:
+        """When the founder leaves without naming anyone, then the heir is the longest-standing
+        admin; with no admin, the longest-standing member; alone, nobody."""
+        chain = make_family()
+        v5 = invite(chain[-1], ALICE, DAVE.public_bytes, role=Role.ADMIN)
+        history = Membership([*chain, v5])
+        self.assertEqual(heir(v5, history).uid, BOB.uid)  # type: ignore[union-attr]
+        v6 = set_role(v5, ALICE, BOB.uid, Role.MEMBER)
+        history.add(v6)
+        self.assertEqual(heir(v6, history).uid, DAVE.uid)  # type: ignore[union-attr]
+        v7 = set_role(v6, ALICE, DAVE.uid, Role.MEMBER)
+        history.add(v7)
+        self.assertEqual(heir(v7, history).uid, BOB.uid)  # type: ignore[union-attr]
+        self.assertIsNone(heir(chain[0], Membership(chain[:1])))
+
+    def test_non_founder_cannot_hand_over(self) -> None:
+        """When Bob, an admin, or Carol signs a hand-over of Alice's role (to themselves or
+        another), then it is refused and Alice stays the founder."""
+        v4 = make_family()[-1]
+        self.assertRaises(StateRefused, hand_over, v4, BOB, CAROL.uid, last_seq=0)
+        honest = hand_over(v4, ALICE, BOB.uid, last_seq=0)
+        for signer in (BOB, CAROL):
+            forged = _resign(honest, signer)
+            with self.assertRaises(StateRefused) as caught:
+                accept_next(v4, forged)
+            self.assertEqual(caught.exception.reason, "the founder cannot be removed or replaced")
+        self.assertEqual(v4.founder.uid, ALICE.uid)
+
+    def test_hand_over_plus_another_change_refused(self) -> None:
+        """When the founder's hand-over also renames, removes Carol, keeps Alice, or crowns a
+        stranger, then each is refused: a hand-over changes nothing but the founder."""
+        v4 = make_family()[-1]
+        honest = hand_over(v4, ALICE, BOB.uid, last_seq=0)
+        renamed = _resign(replace(honest, name="Mine"), ALICE)
+        self.assertRaises(StateRefused, accept_next, v4, renamed)
+        without_carol = tuple(m for m in honest.members if m.uid != CAROL.uid)
+        departed = tuple(sorted((*honest.departed, Departure(CAROL.public_bytes, 0))))
+        removed = _resign(replace(honest, members=without_carol, departed=departed), ALICE)
+        self.assertRaises(StateRefused, accept_next, v4, removed)
+        demoted = tuple(
+            replace(m, role=Role.MEMBER if m.uid == ALICE.uid else m.role) for m in [*v4.members]
+        )
+        crowned = tuple(replace(m, role=Role.FOUNDER) if m.uid == BOB.uid else m for m in demoted)
+        kept = _resign(replace(_next_of(v4), members=crowned), ALICE)
+        with self.assertRaises(StateRefused) as caught:
+            accept_next(v4, kept)
+        self.assertEqual(
+            caught.exception.reason, "the founder hands the group over only when leaving"
+        )
+        dave = Member(DAVE.public_bytes, Role.FOUNDER)
+        stranger = tuple(
+            sorted(
+                (*(m for m in v4.members if m.uid != ALICE.uid), dave), key=lambda m: m.public_key
+            )
+        )
+        alien = _resign(
+            replace(_next_of(v4), members=stranger, departed=(Departure(ALICE.public_bytes, 0),)),
+            ALICE,
+        )
+        with self.assertRaises(StateRefused) as caught:
+            accept_next(v4, alien)
+        self.assertEqual(caught.exception.reason, "the new founder must already be a member")
+        self.assertRaises(ValueError, hand_over, v4, ALICE, ALICE.uid, last_seq=0)

@@ -60,6 +60,7 @@ from jarvis.protocol.group_state import (
 )
 from jarvis.protocol.group_state import invite as state_invite
 from jarvis.protocol.group_state import remove as state_remove
+from jarvis.protocol.group_state import set_addresses as state_set_addresses
 from jarvis.store import group_queries
 from jarvis.store.records import Contact
 from tests.test_node import FakeSession, node_with_bob, turned
@@ -136,7 +137,10 @@ class FakeContacts:
 class Members:
     """A few members' :class:`Groups`, a shared outbox and a clock."""
 
-    def __init__(self, testcase: TestCase, names: list[str]) -> None:
+    def __init__(
+        self, testcase: TestCase, names: list[str], display_names: dict[str, str] | None = None
+    ) -> None:
+        self.display_names = display_names or {}
         self.clock = task.Clock()
         self.outbox: list[tuple[str, str, bytes]] = []
         self.groups: dict[str, Groups] = {}
@@ -154,7 +158,12 @@ class Members:
                 keepalive=3600.0,  # no keepalive during a test: only gaps ask
             )
             self.stores[name] = FakeStore()
-            g.open(self.stores[name], KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
+            g.open(
+                self.stores[name],  # type: ignore[arg-type]
+                KEYS[name],
+                ["127.0.0.1:1"],
+                display_name=self.display_names.get(name, ""),
+            )
             testcase.addCleanup(g.close)
             self.groups[name] = g
             self.events[name] = events
@@ -178,7 +187,12 @@ class Members:
         """Close *name*'s groups and open them again from its store (a daemon restart)."""
         g = self.groups[name]
         g.close()
-        g.open(self.stores[name], KEYS[name], ["127.0.0.1:1"])  # type: ignore[arg-type]
+        g.open(
+            self.stores[name],  # type: ignore[arg-type]
+            KEYS[name],
+            ["127.0.0.1:1"],
+            display_name=self.display_names.get(name, ""),
+        )
 
     def settle(self) -> None:
         """Deliver, let the gap timers fire, deliver again, until quiet."""
@@ -443,7 +457,7 @@ class LeaveTests(TestCase):
         await m.groups["bob"].send(gid, "after carol left")
         self.assertEqual({r for _, r, _ in m.outbox}, {KEYS["alice"].uid})
         with self.assertRaises(InvalidInput):
-            await m.groups["alice"].leave(gid)  # the founder cannot leave
+            await m.groups["bob"].leave(gid, to="alice")  # only the founder hands over
 
 
 class RenameAndRoleTests(TestCase):
@@ -961,3 +975,176 @@ class UnlockOffReactorTests(TestCase):
         shown = [msg.body for msg in bob.resolve(gid).log.shown()]
         self.assertEqual(sorted(shown), sorted(r.body for r in real))
         self.assertNotIn(forged.body, shown)
+
+
+def strangers(m: Members, name: str, *others: str) -> None:
+    """Make *others* not contacts of *name* (they meet only through the group)."""
+    for other in others:
+        del m.groups[name]._contacts.by_uid[KEYS[other].uid]
+
+
+def author_names(m: Members, name: str, gid: str) -> list[tuple[str, str, str]]:
+    items = m.groups[name].history(gid, limit=100)["messages"]
+    return [(i["author"], i["author_name"], i["body"]) for i in items]
+
+
+def shown_members(m: Members, name: str, gid: str) -> dict[str, tuple[str, str]]:
+    members = m.groups[name].members(gid)["members"]
+    return {x["uid"]: (x["name"], x["display_name"]) for x in members}
+
+
+class DisplayNameTests(TestCase):
+    """Members who are not contacts are shown by the name they chose, marked unverified."""
+
+    NAMES = {"alice": "Alice", "bob": "Bob", "carol": "Carol"}
+
+    async def test_non_contact_shown_by_own_name_contact_by_petname(self) -> None:
+        """When bob (not carol's contact) writes to the group, then carol's history and member
+        list show him as ~Bob with his uid as author, while alice (carol's contact) keeps the
+        name carol gave her, not the one she chose; every member's state carries all names."""
+        m = Members(self, ["alice", "bob", "carol"], self.NAMES)
+        strangers(m, "carol", "bob")
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["bob"].send(gid, "hi from bob")
+        m.settle()
+        await m.groups["alice"].send(gid, "hi from alice")
+        m.settle()
+        bob, alice = KEYS["bob"].uid, KEYS["alice"].uid
+        self.assertEqual(
+            author_names(m, "carol", gid),
+            [(bob, "~Bob", "hi from bob"), (alice, "alice", "hi from alice")],
+        )
+        listed = shown_members(m, "carol", gid)
+        self.assertEqual(listed[bob], ("~Bob", "Bob"))
+        self.assertEqual(listed[alice], ("alice", "Alice"))
+        self.assertEqual(listed[KEYS["carol"].uid], ("me", "Carol"))
+        for name in ("alice", "bob", "carol"):
+            state = m.groups[name].resolve(gid).state
+            self.assertEqual(
+                sorted(x.display_name for x in state.members), ["Alice", "Bob", "Carol"]
+            )
+
+    async def test_member_posing_as_a_contact_is_marked_with_its_uid(self) -> None:
+        """When bob, not carol's contact, calls himself "alice" (the name of carol's contact
+        alice), then carol sees him as ~alice plus his short uid, and alice as alice: the
+        chosen name never stands for a contact."""
+        m = Members(self, ["alice", "bob", "carol"], {**self.NAMES, "bob": "alice"})
+        strangers(m, "carol", "bob")
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["bob"].send(gid, "it's me, alice")
+        m.settle()
+        bob = KEYS["bob"].uid
+        self.assertEqual(
+            author_names(m, "carol", gid), [(bob, f"~alice ({bob[:8]})", "it's me, alice")]
+        )
+        listed = shown_members(m, "carol", gid)
+        self.assertEqual(listed[KEYS["alice"].uid][0], "alice")
+        self.assertEqual(listed[bob][0], f"~alice ({bob[:8]})")
+
+    async def test_member_changes_its_name(self) -> None:
+        """When bob's daemon starts with another name, then he signs his own entry again and
+        carol shows him by the new name; a member without a name shows as a uid prefix."""
+        m = Members(self, ["alice", "bob", "carol"], {**self.NAMES, "bob": ""})
+        strangers(m, "carol", "bob")
+        gid = await m.group_of("alice", ["bob", "carol"])
+        bob = KEYS["bob"].uid
+        self.assertEqual(shown_members(m, "carol", gid)[bob], (bob[:12], ""))
+        m.display_names["bob"] = "Robert \u202eevil\x1b[2J"
+        m.restart("bob")
+        m.settle()
+        self.assertEqual(shown_members(m, "carol", gid)[bob], ("~Robert evil[2J", "Robert evil[2J"))
+        self.assertEqual(m.groups["alice"].resolve(gid).state.version, 5)
+
+
+class FounderLeavesTests(TestCase):
+    """The founder leaves by handing the founder role over in the same state."""
+
+    async def test_founder_hands_over_to_longest_standing_then_new_founder_acts(self) -> None:
+        """When alice (founder) leaves a group of alice, bob and carol (no admins), then bob,
+        the longest-standing member, is the founder on every member, alice is gone and holds
+        nothing new; bob then invites dave and renames the group, and carol and dave agree."""
+        m = Members(self, ["alice", "bob", "carol", "dave"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        left = await m.groups["alice"].leave(gid)
+        self.assertEqual(left["founder"], KEYS["bob"].uid)
+        m.settle()
+        self.assertTrue(m.groups["alice"].resolve(gid).left)
+        for name in ("bob", "carol"):
+            state = m.groups[name].resolve(gid).state
+            self.assertEqual(state.founder.uid, KEYS["bob"].uid)
+            self.assertIsNone(state.member(KEYS["alice"].uid))
+        await m.groups["bob"].invite(gid, "dave")
+        m.deliver()
+        await m.groups["dave"].join(m.groups["dave"].invites()[-1]["id"])
+        m.settle()
+        await m.groups["bob"].rename(gid, name="kin")
+        m.settle()
+        views = {n: m.groups[n].resolve(gid).state for n in ("bob", "carol", "dave")}
+        self.assertEqual(
+            {(s.name, s.version, s.founder.uid) for s in views.values()},
+            {("kin", 6, KEYS["bob"].uid)},
+        )
+        self.assertEqual(m.groups["alice"].resolve(gid).state.version, 4)
+
+    async def test_founder_hands_over_to_named_member_or_admin(self) -> None:
+        """When carol is an admin, alice's leaving hands over to her (an admin before a
+        longer-standing member); with --to bob it goes to bob; alone, the founder cannot
+        leave and a non-member is refused."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        await m.groups["alice"].set_role(gid, "carol", "admin")
+        m.settle()
+        with self.assertRaises(NotFound):
+            await m.groups["alice"].leave(gid, to="dave")
+        left = await m.groups["alice"].leave(gid, to="bob")
+        m.settle()
+        self.assertEqual(left["founder"], KEYS["bob"].uid)
+        self.assertEqual(m.groups["carol"].resolve(gid).state.founder.uid, KEYS["bob"].uid)
+
+        m2 = Members(self, ["alice", "bob", "carol"])
+        gid2 = await m2.group_of("alice", ["bob", "carol"])
+        await m2.groups["alice"].set_role(gid2, "carol", "admin")
+        m2.settle()
+        left = await m2.groups["alice"].leave(gid2)
+        self.assertEqual(left["founder"], KEYS["carol"].uid)
+        alone = str((await m2.groups["bob"].create("solo"))["id"])
+        with self.assertRaises(InvalidInput):
+            await m2.groups["bob"].leave(alone)
+
+
+class AnnouncedOnceTests(TestCase):
+    """A message is announced once even when a concurrent state replaces ours meanwhile."""
+
+    async def test_send_while_a_preferred_state_is_stored(self) -> None:
+        """When bob's own state loses to alice's concurrent one and bob sends a message while
+        alice's state is still being stored, then bob's daemon announces that message once
+        (group.message), and his history holds it once."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob"])
+        await m.groups["bob"]._change(
+            m.groups["bob"].resolve(gid),
+            lambda s: state_set_addresses(s, KEYS["bob"], KEYS["bob"].uid, b"elsewhere"),
+        )
+        m.outbox.clear()  # alice never gets bob's version: hers wins anyway (the founder's)
+        await m.groups["alice"].invite(gid, "carol")
+        store = m.stores["bob"]
+        held: list[defer.Deferred[Any]] = []
+        real_run = store.run
+
+        def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
+            if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append(d)
+                return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
+            return real_run(fn, *args, write=write, **kwargs)
+
+        store.run = run  # type: ignore[method-assign]
+        states = [p for s, r, p in m.outbox if r == KEYS["bob"].uid]
+        for payload in states:
+            m.groups["bob"].payload_received(KEYS["alice"].uid, payload)
+        self.assertEqual(len(held), 1)  # bob is replacing his head, the store not done yet
+        await m.groups["bob"].send(gid, "while replacing")
+        held[0].callback(None)
+        announced = [p["message"]["body"] for e, p in m.events["bob"] if e == "group.message"]
+        self.assertEqual(announced.count("while replacing"), 1)
+        self.assertEqual(m.bodies("bob", gid), ["while replacing"])

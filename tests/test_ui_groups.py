@@ -438,6 +438,18 @@ class GroupControllerTests(SynchronousTestCase):
         self.assertIn(("groups.leave", {"group": GID}), client.calls)
         self.assertTrue(controller.model.contacts[KEY].left)
 
+    def test_founder_leave_says_the_role_is_handed_over(self) -> None:
+        """When the founder types /leave, then the confirmation says the founder role goes to
+        the longest-standing admin (else member), and confirming calls groups.leave."""
+        controller, client = started_with_group(role="founder")
+        open_group(controller)
+        press(controller, "/leave", "enter", size=(120, 20))
+        self.assertEqual(controller.window.dialog.kind, "leave_group")
+        text = " ".join(screen_text(controller.window, (120, 20)).split())
+        self.assertIn("the founder role goes to the longest-standing admin", text)
+        press(controller, "down", "enter", size=(120, 20))
+        self.assertIn(("groups.leave", {"group": GID}), client.calls)
+
     def test_f3_shows_members(self) -> None:
         """When F3 is pressed in an open group, then the member list shows each member's role
         and presence (from groups.members), not the contact dialog."""

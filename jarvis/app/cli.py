@@ -639,8 +639,10 @@ class GroupSendOptions(CommandOptions):
 
 
 class GroupHistoryOptions(CommandOptions):
-    """Show a group's last messages, oldest first, in the order every member shows them. JSON
-    items carry id, author, body and seq."""
+    """Show a group's last messages, oldest first, in the order every member shows them. A
+    member who is not your contact is shown by the name it chose, marked unverified: ~bob
+    (with its short uid when two go by one name). JSON items carry id, author (uid),
+    author_name, body and seq."""
 
     synopsis = "GROUP [--limit N]"
     optParameters = [["limit", "n", DEFAULT_HISTORY, "How many messages (N >= 1).", int]]
@@ -654,7 +656,8 @@ class GroupHistoryOptions(CommandOptions):
 
 
 class GroupMembersOptions(CommandOptions):
-    """List a group's members with their role and whether they are online."""
+    """List a group's members with their role and whether they are online. A contact is shown
+    by your name for it; another member by the name it chose, marked unverified (~bob)."""
 
     synopsis = "GROUP"
 
@@ -673,9 +676,14 @@ class GroupRemoveOptions(CommandOptions):
 
 
 class GroupLeaveOptions(CommandOptions):
-    """Leave GROUP (the founder cannot)."""
+    """Leave GROUP. The founder hands the founder role over in the same signed change: to
+    MEMBER with --to, else to the longest-standing admin, else to the longest-standing
+    member."""
 
-    synopsis = "GROUP"
+    synopsis = "GROUP [--to MEMBER]"
+    optParameters = [
+        ["to", None, None, "The founder only: who becomes the founder (a contact name or uid)."]
+    ]
 
     def parseArgs(self, group: str) -> None:  # type: ignore[override]
         self["group"] = group

@@ -1114,8 +1114,14 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
         )
         session.emit(f"removed {result['removed']}", result)
     elif action == "leave":
-        result = await session.call("groups.leave", {"group": opts["group"]})
-        session.emit("left the group", result)
+        params = {"group": opts["group"]}
+        if opts.get("to"):
+            params["to"] = opts["to"]
+        result = await session.call("groups.leave", params)
+        text = "left the group"
+        if result.get("founder"):
+            text += f"; the founder is now {result['founder']}"
+        session.emit(text, result)
     elif action == "rename":
         result = await session.call("groups.rename", {"group": opts["group"], "name": opts["name"]})
         session.emit(f"renamed to {result['name']}", result)

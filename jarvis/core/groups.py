@@ -71,9 +71,12 @@ from jarvis.protocol.group_state import (
     StateRefused,
     accept_chain,
     accept_next,
+    clean_display_name,
     encode_addresses,
     encode_state,
     found_group,
+    hand_over,
+    heir,
     invite,
     leave,
     parse_addresses,
@@ -237,14 +240,28 @@ class Groups:
         self._member_waits: dict[bytes, list[tuple[defer.Deferred[bool], Any]]] = {}
         #: (group id, uid) -> when we last told that removed member of its removal
         self._removal_told: dict[tuple[bytes, str], list[float]] = {}
+        #: our own display name, published in our member entry of every group
+        self._display_name = ""
+        #: per group: (the state they were read from, uid -> the member's self-chosen name)
+        self._chosen: dict[bytes, tuple[GroupState, dict[str, str]]] = {}
 
     # -- life cycle ----------------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def open(self, store: Store, identity: IdentityKey, addresses: Iterable[str]) -> Any:
-        """Read the groups back from *store* (the identity is unlocked)."""
+    def open(
+        self,
+        store: Store,
+        identity: IdentityKey,
+        addresses: Iterable[str],
+        *,
+        display_name: str = "",
+    ) -> Any:
+        """Read the groups back from *store* (the identity is unlocked); *display_name* (our
+        own name, cleaned of control and bidi characters and cut to 64 bytes) goes into our
+        member entry of every group we are in."""
         self._store = store
         self._identity = identity
+        self._display_name = clean_display_name(display_name)
         self._address_list = list(addresses)
         self._addresses = encode_addresses(self._address_list)
         rows = yield store.run(group_queries.load_group_records, write=False)
@@ -308,6 +325,8 @@ class Groups:
             for mid, uids in delivered.items():
                 self._deliveries[mid].delivered.update(uids)
         self._update_peers()
+        for group in self._groups.values():
+            self._publish_name(group)
         if self._departing:
             told = yield store.run(
                 group_queries.delivered_to, [mid for mid, _ in self._departing], write=False
@@ -547,8 +566,26 @@ class Groups:
         for group in list(self._groups.values()):
             self._republish(group)
 
+    def _publish_name(self, group: Group) -> None:
+        """Sign the next state of *group* with our display name in our own member entry if it
+        carries another one (a name chosen before, none yet); the addresses stay."""
+        identity = self._identity
+        own = group.state.member_by_key(self._own_key())
+        if identity is None or group.left or own is None:
+            return
+        name, addresses = self._display_name, own.addresses
+        if own.display_name == name:
+            return
+        d = self._change(
+            group,
+            lambda s: set_addresses(s, identity, identity.uid, addresses, display_name=name),
+        )
+        d.addErrback(
+            lambda f: self.log.warn("our group display name not published: {e}", e=f.value)
+        )
+
     def _republish(self, group: Group) -> None:
-        if self.postbox is None or self._identity is None or group.left:
+        if self._identity is None or group.left:
             return
         if group.group_id in self._publishing:
             return
@@ -568,19 +605,28 @@ class Groups:
         sign the next state with our own addresses replaced and fan it out."""
         identity = self._identity
         assert identity is not None
-        card = yield self.postbox.ensure_group_queue(group.group_id)
+        own = group.state.member_by_key(identity.public_bytes)
+        if own is None:
+            return
+        card = parse_addresses(own.addresses)[1]
+        if self.postbox is not None:
+            card = yield self.postbox.ensure_group_queue(group.group_id)
         if self._identity is not identity or group.left:
             return
         own = group.state.member_by_key(identity.public_bytes)
         if own is None:
             return
         addresses, current = parse_addresses(own.addresses)
-        if current == card:
+        new = own.addresses
+        if current != card:
+            new = encode_addresses(self._address_list or addresses, card)
+        name = self._display_name
+        if new == own.addresses and name == own.display_name:
             return
-        new = encode_addresses(self._address_list or addresses, card)
-        if new == own.addresses:
-            return
-        yield self._change(group, lambda s: set_addresses(s, identity, identity.uid, new))
+        yield self._change(
+            group,
+            lambda s: set_addresses(s, identity, identity.uid, new, display_name=name),
+        )
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -620,10 +666,45 @@ class Groups:
             raise NotFound(f"no group called {ref!r}: 'jarvis group list' lists them")
         return named[0]
 
-    def _name_of(self, uid: str) -> str:
+    def _name_of(self, uid: str, group: Group | None = None) -> str:
+        """How *uid* is shown: "me"; a contact by the name we gave it (a petname wins); a
+        member who is not a contact by its self-chosen name marked unverified, ``~bob``, with
+        its short uid when another member or contact goes by the same name; else a uid
+        prefix."""
         if uid == (self._identity.uid if self._identity else None):
             return "me"
-        return str(self._contacts.display_name(uid))
+        if group is None or self._contacts.get(uid) is not None:
+            return str(self._contacts.display_name(uid))
+        chosen = self._chosen_names(group)
+        name = chosen.get(uid, "")
+        if not name:
+            return uid[:12]
+        wanted = name.casefold()
+        clash = wanted in (self._display_name.casefold(), "me") or any(
+            other != uid and theirs.casefold() == wanted for other, theirs in chosen.items()
+        )
+        if not clash:
+            clash = any(
+                str(self._contacts.display_name(m.uid)).casefold() == wanted
+                for m in group.state.members
+                if self._contacts.get(m.uid) is not None
+            )
+        return f"~{name} ({uid[:8]})" if clash else f"~{name}"
+
+    def _chosen_names(self, group: Group) -> dict[str, str]:
+        """uid -> the name each member (or departed member) last chose for itself."""
+        cached = self._chosen.get(group.group_id)
+        if cached is not None and cached[0] is group.state:
+            return cached[1]
+        chosen: dict[str, str] = {}
+        for state in group.states:
+            for m in state.members:
+                if m.display_name:
+                    chosen[m.uid] = m.display_name
+                else:
+                    chosen.pop(m.uid, None)
+        self._chosen[group.group_id] = (group.state, chosen)
+        return chosen
 
     def _view(self, group: Group) -> dict[str, Any]:
         state = group.state
@@ -648,7 +729,7 @@ class Groups:
             "members": delivery.members if delivery else None,
             "group": group.group_id.hex(),
             "author": m.author_uid,
-            "author_name": self._name_of(m.author_uid),
+            "author_name": self._name_of(m.author_uid, group),
             "body": m.body.decode("utf-8", "replace"),
             "seq": m.seq,
             "created": m.created / 1000.0,
@@ -689,7 +770,13 @@ class Groups:
         """Found a group with us as its only member; :returns: its view (``id``: the group id)."""
         _store, identity = self._require()
         try:
-            state = found_group(identity, name, topic=topic, addresses=self._addresses)
+            state = found_group(
+                identity,
+                name,
+                topic=topic,
+                addresses=self._addresses,
+                display_name=self._display_name,
+            )
         except ValueError as e:
             raise InvalidInput(str(e)) from e
         membership = Membership([state])
@@ -716,7 +803,8 @@ class Groups:
             members.append(
                 {
                     "uid": m.uid,
-                    "name": self._name_of(m.uid),
+                    "name": self._name_of(m.uid, group),
+                    "display_name": m.display_name,
                     "role": m.role.name.lower(),
                     "contact": self._contacts.get(m.uid) is not None,
                     "me": m.public_key == own,
@@ -875,15 +963,40 @@ class Groups:
         return {"group": group.group_id.hex(), "removed": member.uid, "version": state.version}
 
     @defer.inlineCallbacks
-    def leave(self, ref: str) -> Any:
-        """Leave a group (not the founder): a new state to every member, then nothing more."""
+    def leave(self, ref: str, to: str | None = None) -> Any:
+        """Leave a group: a new state to every member, then nothing more.  The founder hands
+        the founder role over in that same state: to the member *to*, else to the
+        longest-standing admin, else to the longest-standing member.
+
+        :returns: ``{group, left, version, founder}`` (founder: the founder's uid now).
+        """
         _store, identity = self._require()
         group = self._live(ref)
         head = group.log.head(self._own_key())
-        state = yield self._change(
-            group, lambda s: leave(s, identity, last_seq=head.seq if head else 0)
-        )
-        return {"group": group.group_id.hex(), "left": True, "version": state.version}
+        last_seq = head.seq if head else 0
+        own = group.state.member_by_key(self._own_key())
+        if own is not None and own.role is Role.FOUNDER:
+            successor = (
+                self._member(group, to) if to is not None else heir(group.state, group.membership)
+            )
+            if successor is None:
+                raise InvalidInput("you are the only member: there is nobody to hand the group to")
+            if successor.public_key == own.public_key:
+                raise InvalidInput("hand the group over to another member")
+            uid = successor.uid
+            state = yield self._change(
+                group, lambda s: hand_over(s, identity, uid, last_seq=last_seq)
+            )
+        else:
+            if to is not None:
+                raise InvalidInput("only the founder hands the group over (--to)")
+            state = yield self._change(group, lambda s: leave(s, identity, last_seq=last_seq))
+        return {
+            "group": group.group_id.hex(),
+            "left": True,
+            "version": state.version,
+            "founder": state.founder.uid,
+        }
 
     @defer.inlineCallbacks
     def rename(self, ref: str, *, name: str | None = None, topic: str | None = None) -> Any:
@@ -1333,6 +1446,10 @@ class Groups:
         parked, group.parked = group.parked, []
         for message in [*before, *parked]:
             self._offer(group, message)
+        # what this replacement shows anew, taken now: a message offered while the state is
+        # stored (our own send) is announced by whoever offered it, not twice
+        before_ids = {message_hash(m) for m in before}
+        fresh = [m for m in log.shown() if message_hash(m) not in before_ids]
         yield self._persist([("state", state_hash(state), encode_state(state))])
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
         kept = {message_hash(m) for m in log.shown()}
@@ -1350,8 +1467,7 @@ class Groups:
                 "group.dropped",
                 {"group": group.group_id.hex(), "ids": [message_id(m).hex() for m in dropped]},
             )
-        before_ids = {message_hash(m) for m in before}
-        self._announce(group, [m for m in log.shown() if message_hash(m) not in before_ids])
+        self._announce(group, fresh)
         self._states_moved(group)
         self._republish(group)
         if mine:

@@ -330,7 +330,7 @@ class Node(Service):
             except (ValueError, AttributeError):
                 self.log.warn("stored settings unreadable: using defaults")
         self._addresses = yield self.run_blocking(local_addresses, self.advertise, self.listening())
-        yield self.groups.open(store, keys.identity, self._addresses)
+        yield self.groups.open(store, keys.identity, self._addresses, display_name=keys.name)
         if self.network_factory is not None:
             directory = GroupDirectory(self.contacts, self.groups)
             self._network = self.network_factory(keys.identity, directory, self)

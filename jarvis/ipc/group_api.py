@@ -70,7 +70,7 @@ def groups_remove(inv: Invocation) -> Any:
 
 
 def groups_leave(inv: Invocation) -> Any:
-    return defer.maybeDeferred(_groups(inv).leave, inv.params["group"])
+    return defer.maybeDeferred(_groups(inv).leave, inv.params["group"], inv.params.get("to"))
 
 
 def groups_mark_read(inv: Invocation) -> Any:
@@ -179,9 +179,11 @@ def group_specs() -> tuple[MethodSpec, ...]:
             "groups.members",
             groups_members,
             (_GROUP,),
-            result="{group, members: [{uid, name, role, contact, me, online}]}",
+            result="{group, members: [{uid, name, display_name, role, contact, me, online}]}",
             doc="The group's members, their role, whether they are your contacts and whether "
-            "a session with them is up.",
+            "a session with them is up. `name` is how to show them: your name for a contact, "
+            "else `~` and the name the member chose (`display_name`, unverified; with the "
+            "short uid when two go by one name), else a uid prefix.",
         ),
         MethodSpec(
             "groups.remove",
@@ -194,9 +196,20 @@ def group_specs() -> tuple[MethodSpec, ...]:
         MethodSpec(
             "groups.leave",
             groups_leave,
-            (_GROUP,),
-            result="{group, left: true, version}",
-            doc="Leave the group (not its founder): the members are told, and stop sending to you.",
+            (
+                _GROUP,
+                Param(
+                    "to",
+                    str,
+                    False,
+                    "the founder only: the member who becomes the founder (contact name or uid)",
+                    nullable=True,
+                ),
+            ),
+            result="{group, left: true, version, founder (uid)}",
+            doc="Leave the group: the members are told, and stop sending to you. The founder "
+            "hands the founder role over in the same signed state: to `to`, else to the "
+            "longest-standing admin, else to the longest-standing member.",
         ),
         MethodSpec(
             "groups.markRead",

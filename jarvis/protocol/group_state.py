@@ -12,10 +12,11 @@ Layout (integers unsigned big-endian, ``lp16(x) = u16(len(x)) || x``; see docs/p
 "Groups")::
 
     state   = body || signature (64)
-    body    = u8(1) || group_id (16) || u64(version) || prev_hash (32)
+    body    = u8(format) || group_id (16) || u64(version) || prev_hash (32)
               || lp16(name) || lp16(topic) || u16(count) || member * count
               || u16(gone) || departure * gone || signer_key (32)
-    member  = public_key (32) || u8(role) || lp16(addresses)
+    member  = public_key (32) || u8(role) || lp16(addresses)            (format 1)
+    member  = public_key (32) || u8(role) || lp16(addresses) || lp8(display_name)  (format 2)
     departure = public_key (32) || u64(last_seq)
     signed  = "jarvis group state v1" || 0x00 || body
     addresses = ASCII "host:port" joined by "," [ || 0x00 || mailbox ]
@@ -30,6 +31,13 @@ A version that removes members (a removal or a leave) lists each of them as a *d
 the sequence number of their last group message that members keep: whatever they sign beyond
 it is refused, whichever state version it claims (:meth:`Membership.may_write`), so "removed"
 means the same on every member.
+
+Format 2 adds each member's *display name*: the name the member chose for itself (at most
+:data:`MAX_DISPLAY_NAME_BYTES` bytes of UTF-8, no control, format or bidi characters, see
+:func:`check_display_name`), set only by the member itself.  A state is encoded in format 1
+exactly when no member has a display name (so every state written before names existed keeps
+its bytes and hash), in format 2 otherwise; a format 2 state without a name is non-canonical.
+A name is never trusted for anything: it is what a member calls itself.
 
 Members and departures are sorted by public key and unique, so a state has exactly one
 encoding.  A member is
@@ -51,6 +59,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
+from jarvis.common.textsafe import strip_bidi
 from jarvis.crypto.errors import BadSignature, MalformedCard
 from jarvis.crypto.identity import IdentityKey, check_name, uid_for_public_bytes, verify_signature
 from jarvis.crypto.linkcode import CardMailbox
@@ -68,15 +77,20 @@ MAX_MEMBERS = 100
 MAX_TOPIC_CHARS = 256
 #: Most bytes of a member's opaque addresses field (addresses, mailbox queue credentials).
 MAX_ADDRESSES_BYTES = 512
+#: Most bytes of a member's self-chosen display name (UTF-8).
+MAX_DISPLAY_NAME_BYTES = 64
 #: Most bytes of an encoded state: with every field at its maximum it still fits one 1:1 body.
 MAX_STATE_BYTES = (
     1 + GROUP_ID_SIZE + 8 + HASH_SIZE + 2 + 4 * 64 + 2 + 4 * MAX_TOPIC_CHARS + 2
-    + MAX_MEMBERS * (KEY_SIZE + 1 + 2 + MAX_ADDRESSES_BYTES) + 2 + MAX_MEMBERS * (KEY_SIZE + 8)
+    + MAX_MEMBERS * (KEY_SIZE + 1 + 2 + MAX_ADDRESSES_BYTES + 1 + MAX_DISPLAY_NAME_BYTES)
+    + 2 + MAX_MEMBERS * (KEY_SIZE + 8)
     + KEY_SIZE + SIGNATURE_SIZE
 )  # fmt: skip
 MAX_VERSION = 0xFFFFFFFFFFFFFFFF
 
 _FORMAT = 1
+#: The format with members' display names.
+_FORMAT_NAMES = 2
 _SIGN_LABEL = b"jarvis group state v1\x00"
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
@@ -123,12 +137,15 @@ class Member:
     :ivar role: :class:`Role`.
     :ivar addresses: opaque bytes other members need to reach this one (addresses, mailbox
         queues); at most :data:`MAX_ADDRESSES_BYTES`.
+    :ivar display_name: the name the member chose for itself ("" until it publishes one);
+        unverified, see :func:`check_display_name`.
     :ivar uid: derived from *public_key*.
     """
 
     public_key: bytes
     role: Role
     addresses: bytes = b""
+    display_name: str = ""
     uid: str = field(init=False, compare=False, repr=True)
 
     def __post_init__(self) -> None:
@@ -138,6 +155,7 @@ class Member:
         if len(self.addresses) > MAX_ADDRESSES_BYTES:
             raise ValueError(f"a member's addresses are at most {MAX_ADDRESSES_BYTES} bytes")
         object.__setattr__(self, "addresses", bytes(self.addresses))
+        check_display_name(self.display_name)
         object.__setattr__(self, "uid", uid_for_public_bytes(self.public_key))
 
 
@@ -201,6 +219,40 @@ class GroupState:
         return frozenset(m.uid for m in self.members)
 
 
+def check_display_name(name: object) -> str:
+    """Return *name* if it is an acceptable member display name, else raise ValueError.
+
+    "" (no name) or at most :data:`MAX_DISPLAY_NAME_BYTES` bytes of UTF-8 with no control,
+    format (bidi, zero-width), surrogate or line-separator character and no white space at
+    either end.
+    """
+    if not isinstance(name, str):
+        raise ValueError("a display name must be text")
+    if not name:
+        return name
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_DISPLAY_NAME_BYTES:
+        raise ValueError(f"a display name is at most {MAX_DISPLAY_NAME_BYTES} bytes")
+    if name != name.strip():
+        raise ValueError("a display name starts or ends with white space")
+    for char in name:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ValueError(f"a display name contains the control character U+{ord(char):04X}")
+    return name
+
+
+def clean_display_name(text: str) -> str:
+    """Return *text* made an acceptable display name (see :func:`check_display_name`): bidi,
+    control and format characters dropped, white space trimmed, cut to at most
+    :data:`MAX_DISPLAY_NAME_BYTES` bytes on a character boundary ("" if nothing is left)."""
+    kept = "".join(
+        c for c in strip_bidi(str(text)) if unicodedata.category(c) not in _REFUSED_CATEGORIES
+    )
+    kept = kept.strip()
+    while len(kept.encode("utf-8")) > MAX_DISPLAY_NAME_BYTES:
+        kept = kept[:-1].rstrip()
+    return check_display_name(kept)
+
+
 def _check_topic(topic: str) -> str:
     if not isinstance(topic, str):
         raise ValueError("the topic must be text")
@@ -250,8 +302,9 @@ def _check_structure(state: GroupState) -> None:
 
 
 def _body(state: GroupState) -> bytes:
+    named = any(m.display_name for m in state.members)
     parts = [
-        bytes([_FORMAT]),
+        bytes([_FORMAT_NAMES if named else _FORMAT]),
         state.group_id,
         _U64.pack(state.version),
         state.prev_hash,
@@ -261,6 +314,9 @@ def _body(state: GroupState) -> bytes:
     ]
     for m in state.members:
         parts += [m.public_key, bytes([m.role]), _lp16(m.addresses)]
+        if named:
+            raw = m.display_name.encode("utf-8")
+            parts += [bytes([len(raw)]), raw]
     parts.append(_U16.pack(len(state.departed)))
     parts += [d.public_key + _U64.pack(d.last_seq) for d in state.departed]
     parts.append(state.signer)
@@ -328,7 +384,8 @@ def parse_state(data: bytes) -> GroupState:
     if len(data) > MAX_STATE_BYTES:
         raise MalformedState(f"larger than {MAX_STATE_BYTES} bytes")
     r = _Reader(bytes(data))
-    if r.u8("format") != _FORMAT:
+    form = r.u8("format")
+    if form not in (_FORMAT, _FORMAT_NAMES):
         raise MalformedState("unknown format")
     group_id = r.take(GROUP_ID_SIZE, "group id")
     version = r.u64("version")
@@ -345,8 +402,15 @@ def parse_state(data: bytes) -> GroupState:
         if role not in Role._value2member_map_:
             raise MalformedState("unknown role")
         addresses = r.lp16("addresses", MAX_ADDRESSES_BYTES)
+        display_name = ""
+        if form == _FORMAT_NAMES:
+            raw = r.take(r.u8("display name length"), "display name")
+            try:
+                display_name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedState("a display name is not UTF-8") from None
         try:
-            members.append(Member(key, Role(role), addresses))
+            members.append(Member(key, Role(role), addresses, display_name))
         except ValueError as e:
             raise MalformedState(str(e)) from None
     gone = r.u16("departure count")
@@ -358,6 +422,8 @@ def parse_state(data: bytes) -> GroupState:
     signer = r.take(KEY_SIZE, "signer")
     signature = r.take(SIGNATURE_SIZE, "signature")
     r.finish()
+    if form == _FORMAT_NAMES and not any(m.display_name for m in members):
+        raise MalformedState("format 2 without a display name is not canonical")
     state = GroupState(
         group_id, version, prev_hash, name, topic, tuple(members), signer, signature, departed
     )
@@ -409,12 +475,15 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
       rollback or replay, a higher one needs the versions in between: :func:`accept_chain`);
       ``prev_hash`` is :func:`state_hash` of *previous*; a valid signature;
     * the signer is a member of *previous*;
-    * the founder stays the founder: nobody removes or demotes them, nobody else becomes one;
+    * the founder stays the founder: nobody removes or demotes them, nobody else becomes one,
+      except in a *hand-over* (:func:`hand_over`): a version signed by the founder whose only
+      change is the founder's departure and one member of *previous* made the founder;
+    * a member's display name is set only by that member (a new member enters without one);
     * the founder may make any other change;
     * an admin may rename, change the topic, invite plain members, remove plain members and
       change addresses; only the founder appoints, demotes or removes admins;
     * any member (admin or plain) may sign a version whose only change is removing themself
-      (leaving) or replacing their own addresses;
+      (leaving) or replacing their own addresses and/or display name;
     * the departures list exactly the members of *previous* missing from *candidate*.
 
     :raises StateRefused: if *candidate* breaks a rule.
@@ -435,15 +504,20 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
     signer = previous.member_by_key(candidate.signer)
     if signer is None:
         raise StateRefused("the signer is not a member")
-    if candidate.founder.public_key != previous.founder.public_key:
-        raise StateRefused("the founder cannot be removed or replaced")
     gone = {m.public_key for m in previous.members} - {m.public_key for m in candidate.members}
     if {d.public_key for d in candidate.departed} != gone:
         raise StateRefused("the departures are not the members removed")
-    if signer.role is Role.FOUNDER:
-        return
     before = {m.public_key: m for m in previous.members}
     after = {m.public_key: m for m in candidate.members}
+    for key, entry in after.items():
+        was = before.get(key)
+        if entry.display_name != (was.display_name if was else "") and key != signer.public_key:
+            raise StateRefused("only a member sets its own display name")
+    if candidate.founder.public_key != previous.founder.public_key:
+        _check_hand_over(previous, candidate, signer)
+        return
+    if signer.role is Role.FOUNDER:
+        return
     same_settings = candidate.name == previous.name and candidate.topic == previous.topic
     others_before = _without(previous.members, signer.public_key)
     others_after = _without(candidate.members, signer.public_key)
@@ -459,6 +533,27 @@ def verify_successor(previous: GroupState, candidate: GroupState) -> None:
         new_role = new.role if new else None
         if old_role != new_role and Role.ADMIN in (old_role, new_role):
             raise StateRefused("only the founder appoints, demotes or removes admins")
+
+
+def _check_hand_over(previous: GroupState, candidate: GroupState, signer: Member) -> None:
+    """Refuse a change of founder unless it is exactly a hand-over by the founder."""
+    old, new = previous.founder, candidate.founder
+    if signer.role is not Role.FOUNDER:
+        raise StateRefused("the founder cannot be removed or replaced")
+    if candidate.member_by_key(old.public_key) is not None:
+        raise StateRefused("the founder hands the group over only when leaving")
+    chosen = previous.member_by_key(new.public_key)
+    if chosen is None:
+        raise StateRefused("the new founder must already be a member")
+    unchanged = (
+        candidate.name == previous.name
+        and candidate.topic == previous.topic
+        and replace(chosen, role=Role.FOUNDER) == new
+        and _without(_without(previous.members, old.public_key).values(), new.public_key)
+        == _without(candidate.members, new.public_key)
+    )
+    if not unchanged:
+        raise StateRefused("a hand-over changes nothing but the founder")
 
 
 def accept_next(held: GroupState, candidate: GroupState) -> GroupState:
@@ -516,10 +611,12 @@ def found_group(
     topic: str = "",
     addresses: bytes = b"",
     group_id: bytes | None = None,
+    display_name: str = "",
 ) -> GroupState:
     """Return version 1 of a new group whose only member is *founder*.
 
     :param group_id: 16 bytes (default: random from the operating system).
+    :param display_name: the founder's own name in the group (:func:`check_display_name`).
     :raises ValueError: if the name, topic or addresses are not acceptable.
     """
     state = GroupState(
@@ -528,7 +625,7 @@ def found_group(
         prev_hash=NO_HASH,
         name=check_name(name),
         topic=_check_topic(topic),
-        members=(Member(founder.public_bytes, Role.FOUNDER, addresses),),
+        members=(Member(founder.public_bytes, Role.FOUNDER, addresses, display_name),),
         signer=founder.public_bytes,
         signature=bytes(SIGNATURE_SIZE),
     )
@@ -607,9 +704,45 @@ def leave(held: GroupState, member: IdentityKey, *, last_seq: int) -> GroupState
 
     :param last_seq: the sequence number of *member*'s last group message.
     :raises ValueError: if *member* is not a member.
-    :raises StateRefused: if *member* is the founder (the founder cannot leave).
+    :raises StateRefused: if *member* is the founder (the founder leaves with
+        :func:`hand_over`).
     """
     return remove(held, member, member.uid, last_seq=last_seq)
+
+
+def hand_over(held: GroupState, founder: IdentityKey, uid: str, *, last_seq: int) -> GroupState:
+    """Return the next version, signed by the *founder*, in which the founder leaves and the
+    member *uid* becomes the founder (nothing else changes).
+
+    :param last_seq: the sequence number of the founder's last group message.
+    :raises ValueError: if *uid* is not a member or is the founder itself.
+    :raises StateRefused: if *founder* is not the founder.
+    """
+    heir = _require(held, uid)
+    me = _require(held, founder.uid)
+    if heir.public_key == me.public_key:
+        raise ValueError("the founder hands the group over to another member")
+    if me.role is not Role.FOUNDER:
+        raise StateRefused("only the founder hands the group over")
+    members = [*_without(held.members, me.public_key).values()]
+    members = [replace(m, role=Role.FOUNDER) if m.uid == uid else m for m in members]
+    return _next(held, founder, members, departed=[Departure(me.public_key, last_seq)])
+
+
+def heir(held: GroupState, membership: Membership) -> Member | None:
+    """Return who takes the founder role when the founder leaves: the longest-standing admin,
+    else the longest-standing member (ties by key); None if the founder is alone."""
+    founder = held.founder.public_key
+    others = [m for m in held.members if m.public_key != founder]
+    if not others:
+        return None
+    admins = [m for m in others if m.role is Role.ADMIN] or others
+
+    def since(m: Member) -> tuple[int, bytes]:
+        start = membership.member_since(m.public_key)
+        return (start if start is not None else held.version, m.public_key)
+
+    return min(admins, key=since)
 
 
 def set_role(held: GroupState, signer: IdentityKey, uid: str, role: Role) -> GroupState:
@@ -657,14 +790,24 @@ def parse_addresses(raw: bytes) -> tuple[tuple[str, ...], CardMailbox | None]:
     return addresses, mailbox
 
 
-def set_addresses(held: GroupState, signer: IdentityKey, uid: str, addresses: bytes) -> GroupState:
-    """Return the next version with member *uid*'s addresses replaced (any member for itself).
+def set_addresses(
+    held: GroupState,
+    signer: IdentityKey,
+    uid: str,
+    addresses: bytes,
+    *,
+    display_name: str | None = None,
+) -> GroupState:
+    """Return the next version with member *uid*'s addresses (and, given, its *display_name*)
+    replaced: any member for itself; nobody sets another member's name.
 
-    :raises ValueError: if *uid* is not a member or *addresses* is too long.
+    :raises ValueError: if *uid* is not a member, *addresses* is too long or the name is not
+        acceptable (:func:`check_display_name`).
     :raises StateRefused: if *signer* may not.
     """
     old = _require(held, uid)
-    new = Member(old.public_key, old.role, addresses)
+    name = old.display_name if display_name is None else display_name
+    new = Member(old.public_key, old.role, addresses, name)
     return _next(held, signer, [*_without(held.members, old.public_key).values(), new])
 
 
@@ -726,6 +869,12 @@ class Membership:
                 gone[-1].end = state.version
                 gone[-1].last_seq = d.last_seq
         self._version = state.version
+
+    def member_since(self, public_key: bytes) -> int | None:
+        """Return the version from which *public_key* has been a member without a break, or
+        None if it is not a member now."""
+        spans = self._spans.get(public_key)
+        return spans[-1].start if spans and spans[-1].end is None else None
 
     def is_known(self, public_key: bytes) -> bool:
         """Return whether *public_key* was ever a member."""

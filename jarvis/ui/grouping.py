@@ -152,6 +152,12 @@ class GroupActions:
     def confirm_leave(self, group: Contact) -> None:
         """Ask, then leave *group* (``groups.leave``)."""
         window = self._controller.window
+        question = f"Leave {group.display_name}? Its members stop sending to you."
+        if group.role == "founder":
+            question += (
+                " You are its founder: the founder role goes to the longest-standing admin"
+                " (else member)."
+            )
 
         def leave() -> None:
             window.close_dialog()
@@ -177,7 +183,7 @@ class GroupActions:
         window.open_dialog(
             confirm_dialog(
                 "leave_group",
-                f"Leave {group.display_name}? Its members stop sending to you.",
+                question,
                 leave,
                 window.close_dialog,
             )
