@@ -175,6 +175,26 @@ class PartialFileTests(SynchronousTestCase):
             partial2.finish(reread=False)
         self.assertEqual(os.listdir(directory2), [])
 
+    def test_prepare_chunks_asks_for_missing_ones_and_writes_nothing(self) -> None:
+        """When the receiver prepares the pages of chunks ahead of their writes, then only the
+        chunks not held are asked for, nothing is written or marked held, and the file still
+        lands verified once every chunk is stored."""
+        prepared, _directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        partial.store_chunk(1, read_chunk(prepared, 1))
+        with open(partial.partial_path, "rb") as f:
+            before = f.read()
+        asked = partial.prepare_chunks(0, prepared.offer.chunks + 5)
+        expected = prepared.offer.chunks - 1 if hasattr(os, "posix_fadvise") else 0
+        self.assertEqual(asked, expected)
+        with open(partial.partial_path, "rb") as f:
+            self.assertEqual(f.read(), before)
+        self.assertEqual(partial.held_ranges(), ((1, 2),))
+        for i in range(prepared.offer.chunks):
+            partial.store_chunk(i, read_chunk(prepared, i))
+        self.assertEqual(sha256_file(partial.finish()), sha256_file(prepared.path))
+        self.assertEqual(partial.prepare_chunks(0, 1), 0)  # closed: nothing asked
+
     def test_chunk_not_matching_manifest_not_written(self) -> None:
         """When a chunk does not match its hash, then ChunkMismatch and it is not held."""
         prepared, _directory, partial = self.make()

@@ -25,6 +25,7 @@ from jarvis.files.receive import PartialFile
 from jarvis.files.send import FileSource, PreparedFile, make_offer
 from jarvis.net.transfer import (
     DEFAULT_WINDOW,
+    PREPARE_AHEAD,
     ChunkFrameReader,
     TransferReceiver,
     TransferSender,
@@ -271,7 +272,8 @@ class BackpressureTests(TestCase):
         self.assertLessEqual(len(jobs), DEFAULT_WINDOW)
         most = 0
         while jobs:
-            most = max(most, len(jobs))
+            # Page-preparation jobs hold no chunk buffer: the window bounds the chunks.
+            most = max(most, sum(1 for j in jobs if j[0] != partial.prepare_chunks))
             f, args, d = jobs.pop(0)
             d.callback(f(*args))
         self.assertLessEqual(most, DEFAULT_WINDOW)
@@ -322,6 +324,52 @@ class BackpressureTests(TestCase):
         self.assertEqual((kind, resumable), ("ended", True))
         self.assertIn("connection lost", reason)
         self.assertEqual(partial.held_ranges(), ((0, 10),))
+
+    def test_next_chunks_pages_prepared_after_each_ack(self) -> None:
+        """When a chunk is stored and acknowledged, then a worker job prepares the next chunks'
+        pages (PREPARE_AHEAD of them, each asked for once), and the receiver does not report
+        itself settled (the partial file may be closed) while that job still runs."""
+        prepared = make_prepared(self, 6 * CHUNK)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def slow_disk(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((f, args, d))
+            return d
+
+        def run(job: tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]) -> None:
+            f, args, d = job
+            d.callback(f(*args))
+
+        receiver = TransferReceiver(partial, Recorder(), run_blocking=slow_disk)
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
+        assert isinstance(have, Have)
+        offer = prepared.offer
+        cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+        receiver.dataReceived(b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes)))
+        run(jobs.pop(0))  # the manifest
+        prepares: list[tuple[Any, ...]] = []
+        with open(prepared.path, "rb") as f:
+            for i in range(2):
+                receiver.dataReceived(frame(Chunk(i, cipher.seal(i, f.read(CHUNK)))))
+                run(jobs.pop(0))  # the chunk: stored, acknowledged
+                self.assertEqual([j[0] for j in jobs], [partial.prepare_chunks])
+                prepares.append(jobs[0][1])
+                if i == 0:
+                    run(jobs.pop(0))
+        self.assertEqual(prepares, [(1, 1 + PREPARE_AHEAD), (1 + PREPARE_AHEAD, 2 + PREPARE_AHEAD)])
+        settled = receiver.when_settled()
+        receiver.connectionLost(Failure(ConnectionLost("gone")))
+        self.assertNoResult(settled)  # the second prepare job still runs
+        run(jobs.pop(0))
+        self.successResultOf(settled)
+        self.assertEqual(partial.held_ranges(), ((0, 2),))
+        sent_back = [parse_transfer_record(p) for p in feed(FrameDecoder(4096), transport.value())]
+        self.assertEqual([r.index for r in sent_back if isinstance(r, Ack)], [0, 1])
 
     def test_cancel_from_sender_ends_for_good(self) -> None:
         """When the sender cancels, then the receiver reports a final end, not a resumable one,

@@ -87,6 +87,9 @@ DEFAULT_ACK_WINDOW = 1
 #: wait restarts when the transport has taken the chunk (it resumes the sender), so a slow path
 #: only needs to carry one chunk in that time (1 MiB in 120 s: about 9 KiB/s).
 ACK_TIMEOUT = 120.0
+#: Chunks past the last acknowledged one whose pages the receiver brings into the page cache
+#: ahead of their writes (:meth:`~jarvis.files.receive.PartialFile.prepare_chunks`).
+PREPARE_AHEAD = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 _CHUNK_HEAD = struct.Struct(">IBBQ")
@@ -491,6 +494,10 @@ class TransferReceiver(protocol.Protocol):
         self._manifest_ready = False
         self._cipher: ChunkCipher | None = None
         self._pending = 0
+        #: Page-cache preparation jobs running (the file stays open until they end).
+        self._preparing = 0
+        #: Chunks below this index were already asked for (prepare_chunks).
+        self._prepared_to = 0
         self._reading_paused = False
         self._end_received = False
         self._finishing = False
@@ -594,10 +601,28 @@ class TransferReceiver(protocol.Protocol):
         if index is not None and not self._gone and not self._ended:
             # Written and marked held: the sender may put the next chunk on the connection.
             self._out.write(_frame(Ack(index)))
+            self._prepare_after(index)
         if new is True:
             self.chunks_stored += 1
             self._observer.bytes_done(self._partial.held_bytes)
         self._after_job()
+
+    def _prepare_after(self, index: int) -> None:
+        # While the next chunk crosses the network, a worker thread gets its pages ready, so
+        # its write (and so the acknowledgement) does not wait for the kernel's allocation.
+        end = min(index + 1 + PREPARE_AHEAD, self._offer.chunks)
+        first = max(self._prepared_to, index + 1)
+        if first >= end or self._preparing:
+            return
+        self._prepared_to = end
+        self._preparing += 1
+        d = self._run(self._partial.prepare_chunks, first, end)
+        d.addErrback(lambda f: self.log.failure("preparing pages failed", f))
+        d.addBoth(self._prepared)
+
+    def _prepared(self, _: object) -> None:
+        self._preparing -= 1
+        self._check_settled()
 
     def _chunk_failed(self, failure: Failure) -> None:
         self._pending -= 1
@@ -695,7 +720,7 @@ class TransferReceiver(protocol.Protocol):
         return d
 
     def _check_settled(self) -> None:
-        if not (self._gone and self._pending == 0):
+        if not (self._gone and self._pending == 0 and self._preparing == 0):
             return
         if self._discard_when_idle:
             self._discard_when_idle = False
