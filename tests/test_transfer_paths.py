@@ -207,3 +207,44 @@ class DataPathTests(TestCase):
         self.assertEqual(joining.ended, [])
         a.network.stop_transfer(tid)
         self.assertEqual(Stream.made, [])
+
+
+class StreamMadeTests(TestCase):
+    """Every way of making a data connection builds its stream alike."""
+
+    def test_every_sending_stream_has_the_acknowledgement_timeout(self) -> None:
+        """When a file's sending stream is made for a direct dial, for a receiver's dial back,
+        and for a meeting at a relay, then each is given the network's reactor for its
+        acknowledgement timeout (a relayed transfer whose receiver stops acknowledging is
+        dropped, resumable, like a direct one, instead of waiting for ever), and every
+        receiving stream skips the final re-read alike."""
+        made: list[tuple[str, dict[str, Any]]] = []
+
+        def recorder(kind: str) -> Any:
+            def make(*args: Any, **kwargs: Any) -> Protocol:
+                made.append((kind, kwargs))
+                return Protocol()
+
+            return make
+
+        self.patch(net, "TransferSender", recorder("send"))
+        self.patch(net, "TransferReceiver", recorder("receive"))
+        a = Node(self)
+        offer = type("Offer", (), {"transfer_id": os.urandom(16)})()
+        source = type("Source", (), {"prepared": type("Prepared", (), {"offer": offer})()})()
+        partial = type("Partial", (), {"offer": offer})()
+        captured: list[Any] = []
+        self.patch(a.network, "_dial_data", lambda *args: captured.append(args[2]))
+        self.patch(a.network, "_relay_data", lambda *args: captured.append(args[2]))
+        a.network.open_transfer("someone", source, Ends())
+        a.network.pull_transfer("someone", partial, Ends())
+        a.network.relay_send("someone", source, Ends())
+        a.network.relay_receive("someone", partial, Ends())
+        for make_inner in captured:
+            make_inner()
+        self.assertEqual([kind for kind, _ in made], ["send", "receive", "send", "receive"])
+        for kind, kwargs in made:
+            if kind == "send":
+                self.assertIs(kwargs.get("clock"), a.network._reactor)
+            else:
+                self.assertEqual(kwargs.get("reread_on_finish"), False)

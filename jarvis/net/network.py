@@ -1292,10 +1292,7 @@ class PeerNetwork:
                 return None
             partial, observer = found
             self._links_in[transfer_id] = protocol
-            # Every chunk was checked against the verified manifest as it arrived (and again at
-            # each reopen): re-reading the whole file at the end would add a serial pass over
-            # it (about 1 s per GiB) before the file gets its name.
-            return TransferReceiver(partial, observer, reread_on_finish=False)
+            return self._transfer_receiver(partial, observer)
 
         def open_pull(transfer_id: bytes) -> Any:
             # The receiver dials back (the sender could not dial it): send the file on this one.
@@ -1308,7 +1305,7 @@ class PeerNetwork:
                 return None
             source, observer = found
             self._links_in[transfer_id] = protocol
-            return TransferSender(source, observer, clock=self._reactor)
+            return self._transfer_sender(source, observer)
 
         return InboundDemux(
             protocol,
@@ -1321,6 +1318,20 @@ class PeerNetwork:
             open_pull=open_pull,
         )
 
+    def _transfer_sender(self, source: Any, observer: Any) -> TransferSender:
+        """The sending stream of a data connection, whichever way it was made (dialled,
+        dialled back, met at a relay): the acknowledgement timeout runs on our reactor."""
+        return TransferSender(source, observer, clock=self._reactor)
+
+    def _transfer_receiver(self, partial: Any, observer: Any) -> TransferReceiver:
+        """The receiving stream of a data connection, whichever way it was made.
+
+        Every chunk was checked against the verified manifest as it arrived (and again at each
+        reopen): re-reading the whole file at the end would add a serial pass over it (about
+        1 s per GiB) before the file gets its name.
+        """
+        return TransferReceiver(partial, observer, reread_on_finish=False)
+
     def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
         """Dial *uid* for a file's data connection and send *source* on it.
 
@@ -1332,7 +1343,7 @@ class PeerNetwork:
         self._dial_data(
             uid,
             transfer_id,
-            lambda: TransferSender(source, observer, clock=self._reactor),
+            lambda: self._transfer_sender(source, observer),
             observer,
             TRANSFER_PREFACE,
         )
@@ -1346,7 +1357,7 @@ class PeerNetwork:
         self._dial_data(
             uid,
             transfer_id,
-            lambda: TransferReceiver(partial, observer, reread_on_finish=False),
+            lambda: self._transfer_receiver(partial, observer),
             observer,
             TRANSFER_PULL_PREFACE,
         )
@@ -1486,7 +1497,9 @@ class PeerNetwork:
         ``stream_ended(reason, True)`` if no partner came at any.
         """
         transfer_id = source.prepared.offer.transfer_id
-        self._relay_data(uid, transfer_id, lambda: TransferSender(source, observer), observer, True)
+        self._relay_data(
+            uid, transfer_id, lambda: self._transfer_sender(source, observer), observer, True
+        )
 
     def relay_receive(self, uid: str, partial: Any, observer: Any) -> None:
         """As :meth:`relay_send`, on the receiving side: receive into *partial*."""
@@ -1494,7 +1507,7 @@ class PeerNetwork:
         self._relay_data(
             uid,
             transfer_id,
-            lambda: TransferReceiver(partial, observer, reread_on_finish=False),
+            lambda: self._transfer_receiver(partial, observer),
             observer,
             False,
         )
