@@ -97,12 +97,6 @@ _U64 = struct.Struct(">Q")
 _CHUNK_TYPE = bytes([TRANSFER_VERSION, CHUNK])
 
 
-def frame_index(frame: bytes) -> int:
-    """Return the chunk index of a whole Chunk frame (length header included)."""
-    index: int = _U64.unpack_from(frame, 4 + 2)[0]
-    return index
-
-
 _LENGTH = struct.Struct(">I")
 #: Bytes before the sealed data in a Chunk record: version, type, index.
 _CHUNK_PREFIX = 2 + 8
@@ -251,7 +245,8 @@ class TransferSender(protocol.Protocol):
         self._cipher: ChunkCipher | None = None
         self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
         self._in_flight = 0
-        self._ready: deque[tuple[int, bytes]] = deque()
+        #: Sealed chunks waiting for the transport: (index, plaintext length, whole frame).
+        self._ready: deque[tuple[int, int, bytes]] = deque()
         self._pumping = False
         self._pump_again = False
         self._paused = False
@@ -320,13 +315,13 @@ class TransferSender(protocol.Protocol):
         else:
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
-    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[int, bytes]:
+    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[int, int, bytes]:
         # Worker thread: read (checking the file did not change), seal, and build the whole
         # frame as one bytes object, which the TLS transport takes without another copy.
         data = self._source.read_chunk(index)
         head = _CHUNK_HEAD.pack(2 + 8 + len(data) + CHUNK_OVERHEAD, TRANSFER_VERSION, CHUNK, index)
         with self._work.pair() as work:
-            return len(data), cipher.seal_frame(index, data, head, work)
+            return index, len(data), cipher.seal_frame(index, data, head, work)
 
     def _pump(self) -> None:
         # Chunks are read and sealed ahead while the transport is paused, up to *window*
@@ -351,8 +346,8 @@ class TransferSender(protocol.Protocol):
                     d = self._run(self._read_sealed, cipher, index)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
                 if self._ready and not self._paused and len(self._unacked) < self._ack_window:
-                    length, frame = self._ready.popleft()
-                    self._unacked.append(frame_index(frame))
+                    index, length, frame = self._ready.popleft()
+                    self._unacked.append(index)
                     self.max_unacked = max(self.max_unacked, len(self._unacked))
                     self._arm_ack_timer()
                     self._out.write(frame)  # may pause us at once
@@ -391,7 +386,7 @@ class TransferSender(protocol.Protocol):
             f"the receiver acknowledged no chunk in {self._ack_timeout:.0f} s", resumable=True
         )
 
-    def _chunk_ready(self, parts: tuple[int, bytes]) -> None:
+    def _chunk_ready(self, parts: tuple[int, int, bytes]) -> None:
         self._in_flight -= 1
         if not self._stopped:
             self._ready.append(parts)
