@@ -59,6 +59,18 @@ def file_signature(fd: int) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _hash_chunks(fd: int, chunk_size: int) -> tuple[int, list[bytes], tuple[int, ...] | None]:
+    """Read the open file *fd* once: return its size, each chunk's SHA-256, and its
+    :func:`file_signature` if it did not change while it was read (else ``None``)."""
+    before = file_signature(fd)
+    size = before[2]
+    hashes = []
+    for index in range(chunk_count(size, chunk_size)):
+        data = os.pread(fd, chunk_length(index, size, chunk_size), index * chunk_size)
+        hashes.append(hashlib.sha256(data).digest())
+    return size, hashes, before if file_signature(fd) == before else None
+
+
 def guess_media_type(name: str) -> str:
     """Return the media type guessed from *name*'s extension, or ``application/octet-stream``."""
     kind, _encoding = mimetypes.guess_type(name, strict=False)
@@ -70,14 +82,8 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
 
     :raises OSError: if the file cannot be read.
     """
-    hashes = []
     with open(path, "rb", buffering=0) as f:
-        before = file_signature(f.fileno())
-        size = before[2]
-        for index in range(chunk_count(size, chunk_size)):
-            data = os.pread(f.fileno(), chunk_length(index, size, chunk_size), index * chunk_size)
-            hashes.append(hashlib.sha256(data).digest())
-        signature = before if file_signature(f.fileno()) == before else None
+        size, hashes, signature = _hash_chunks(f.fileno(), chunk_size)
     name = os.path.basename(path) or "file"
     offer = Offer(
         transfer_id=os.urandom(16),
@@ -98,17 +104,10 @@ def prepare_again(path: str, offer: Offer) -> PreparedFile:
     :raises SourceChanged: if the file no longer hashes to the offered content hash.
     :raises OSError: if the file cannot be read.
     """
-    hashes = []
     with open(path, "rb", buffering=0) as f:
-        before = file_signature(f.fileno())
-        size = before[2]
-        if size != offer.size:
+        if os.fstat(f.fileno()).st_size != offer.size:
             raise SourceChanged("the size changed")
-        for index in range(offer.chunks):
-            length = chunk_length(index, size, offer.chunk_size)
-            data = os.pread(f.fileno(), length, index * offer.chunk_size)
-            hashes.append(hashlib.sha256(data).digest())
-        signature = before if file_signature(f.fileno()) == before else None
+        size, hashes, signature = _hash_chunks(f.fileno(), offer.chunk_size)
     if manifest_root(size, offer.chunk_size, hashes) != offer.content_hash:
         raise SourceChanged("the content changed")
     return PreparedFile(path, offer, tuple(hashes), signature)
