@@ -657,22 +657,33 @@ class Transfers:
             return
         self._cancel_redial(entry)
         entry.streaming = True
-        try:
-            if entry.prepared is None:
-                entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
-            source = yield self._run(FileSource, entry.prepared)
-        except (SourceChanged, OSError) as e:
-            entry.streaming = False
-            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
-            return
-        if entry.state != "accepted" or self._network is None:
-            entry.streaming = False
-            source.close()
+        source = yield self._open_source(entry)
+        if source is None or self._network is None:
             return
         observer = _StreamObserver(self, entry, source)
         self._network.open_transfer(entry.peer, source, observer)
         if entry.streaming and entry.state == "accepted":
             self._start_head_start(entry)
+
+    @defer.inlineCallbacks
+    def _open_source(self, entry: TransferEntry) -> Any:
+        """Sender: open *entry*'s file for a data connection (its manifest rebuilt first after
+        a restart).  :returns: a Deferred firing with the :class:`FileSource`, or ``None`` when
+        the file changed or is gone (the transfer fails, and the receiver is told) or the
+        transfer moved on meanwhile; then *entry* is no longer streaming."""
+        try:
+            if entry.prepared is None:
+                entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
+            source = yield self._run(FileSource, entry.prepared)
+        except (SourceChanged, OSError) as e:
+            entry.streaming = entry.at_relay = False
+            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
+            return None
+        if entry.state != "accepted" or self._network is None:
+            entry.streaming = entry.at_relay = False
+            source.close()
+            return None
+        return source
 
     def inbound_stream(self, uid: str, transfer_id: bytes) -> Any:
         """The network asks for the partial file and observer of an inbound data connection.
@@ -793,18 +804,13 @@ class Transfers:
         entry.streaming = True
         entry.at_relay = True
         source, entry.pull_source = entry.pull_source, None
-        try:
-            if source is None:
-                if entry.prepared is None:
-                    entry.prepared = yield self._run(prepare_again, entry.path, entry.offer)
-                source = yield self._run(FileSource, entry.prepared)
-        except (SourceChanged, OSError) as e:
-            entry.streaming = entry.at_relay = False
-            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
-            return
-        if entry.state != "accepted" or self._network is None:
+        if source is None:
+            source = yield self._open_source(entry)
+        elif entry.state != "accepted" or self._network is None:
             entry.streaming = entry.at_relay = False
             source.close()
+            return
+        if source is None or self._network is None:
             return
         self.log.info("meeting at a relay for transfer {tid}", tid=log_id(entry.id))
         self._network.relay_send(entry.peer, source, _StreamObserver(self, entry, source))
