@@ -37,7 +37,7 @@ from jarvis.protocol.transfer import (
     MIN_CHUNK_SIZE,
     Ack,
     Cancel,
-    Chunk,
+    Piece,
     Complete,
     End,
     Have,
@@ -232,9 +232,9 @@ class BackpressureTests(TestCase):
         while not ended:
             for payload in feed(decoder, transport.drain(100_000)):
                 record = parse_transfer_record(payload)
-                if isinstance(record, Chunk):
+                if isinstance(record, Piece):
                     chunks += 1
-                    sender.dataReceived(frame(Ack(record.index)))
+                    sender.dataReceived(frame(Ack(record.index, record.piece)))
                 ended = isinstance(record, End)
         bound = SlowTransport.high_water + DEFAULT_WINDOW * (CHUNK + CHUNK_OVERHEAD + 14)
         self.assertLessEqual(transport.max_buffered, bound)
@@ -265,7 +265,7 @@ class BackpressureTests(TestCase):
         stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
         with open(prepared.path, "rb") as f:
             for i in range(offer.chunks):
-                stream += frame(Chunk(i, cipher.seal(i, f.read(CHUNK))))
+                stream += frame(Piece(i, 0, cipher.seal(i, f.read(CHUNK))))
         stream += frame(End())
         receiver.dataReceived(stream)
         self.assertEqual(transport.producerState, "paused")
@@ -311,8 +311,8 @@ class BackpressureTests(TestCase):
         stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
         with open(prepared.path, "rb") as f:
             for i in range(10):
-                stream += frame(Chunk(i, cipher.seal(i, f.read(CHUNK))))
-            cut = frame(Chunk(10, cipher.seal(10, f.read(CHUNK))))
+                stream += frame(Piece(i, 0, cipher.seal(i, f.read(CHUNK))))
+            cut = frame(Piece(10, 0, cipher.seal(10, f.read(CHUNK))))
         receiver.dataReceived(stream + cut[: len(cut) // 2])
         self.assertLessEqual(len(jobs), DEFAULT_WINDOW)
         receiver.connectionLost(Failure(ConnectionLost("gone")))
@@ -355,7 +355,7 @@ class BackpressureTests(TestCase):
         prepares: list[tuple[Any, ...]] = []
         with open(prepared.path, "rb") as f:
             for i in range(2):
-                receiver.dataReceived(frame(Chunk(i, cipher.seal(i, f.read(CHUNK)))))
+                receiver.dataReceived(frame(Piece(i, 0, cipher.seal(i, f.read(CHUNK)))))
                 run(jobs.pop(0))  # the chunk: stored, acknowledged
                 self.assertEqual([j[0] for j in jobs], [partial.prepare_chunks])
                 prepares.append(jobs[0][1])
@@ -400,7 +400,7 @@ class AckTests(TestCase):
     def chunks_in(self, transport: StringTransport) -> list[int]:
         payloads = feed(FrameDecoder(2 * CHUNK), transport.value())
         records = [parse_transfer_record(p) for p in payloads]
-        return [r.index for r in records if isinstance(r, Chunk)]
+        return [r.index for r in records if isinstance(r, Piece)]
 
     def test_one_chunk_unacknowledged_then_the_next(self) -> None:
         """When the receiver acknowledges each chunk, then the sender never has more than one
@@ -412,7 +412,7 @@ class AckTests(TestCase):
             self.assertEqual(self.chunks_in(transport)[-1], i)
             sender.dataReceived(frame(Ack(i)))
         self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3, 4])
-        self.assertEqual(sender.max_unacked, 1)
+        self.assertEqual(sender.max_unacked_bytes, CHUNK)
         self.assertTrue(transport.value().endswith(frame(End())))
 
     def test_silent_receiver_times_out_resumably(self) -> None:
@@ -479,22 +479,22 @@ class AckTests(TestCase):
             self.assertTrue(receiving.value())  # the Have went out all the same
 
     def test_ack_of_a_chunk_not_sent_is_refused(self) -> None:
-        """When an acknowledgement names a chunk that is not on the connection, then the
-        connection ends (resumable) and no further chunk goes out."""
+        """When an acknowledgement names a piece that is not the oldest on the connection,
+        then the connection ends (resumable) and no further chunk goes out."""
         sender, transport, recorder = self.start(3)
         sender.dataReceived(frame(Ack(2)))
         kind, (reason, resumable) = self.successResultOf(recorder.finished)
         self.assertEqual((kind, resumable), ("ended", True))
-        self.assertIn("acknowledgement of chunk 2", reason)
+        self.assertIn("acknowledgement of piece 0 of chunk 2, not the next one sent", reason)
         self.assertEqual(self.chunks_in(transport), [0])
 
     def test_wider_window_keeps_that_many(self) -> None:
         """When the ack window is 3, then three chunks go out before any acknowledgement."""
         sender, transport, _ = self.start(5, ack_window=3, window=3)
         self.assertEqual(self.chunks_in(transport), [0, 1, 2])
-        sender.dataReceived(frame(Ack(1)))
+        sender.dataReceived(frame(Ack(0)))
         self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3])
-        self.assertEqual(sender.max_unacked, 3)
+        self.assertEqual(sender.max_unacked_bytes, 3 * CHUNK)
 
 
 class LoopbackTests(TestCase):

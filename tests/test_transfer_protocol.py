@@ -17,7 +17,6 @@ from jarvis.protocol.transfer import (
     Accept,
     Ack,
     Cancel,
-    Chunk,
     Complete,
     Decline,
     DialBack,
@@ -28,6 +27,8 @@ from jarvis.protocol.transfer import (
     ManifestMismatch,
     ManifestPage,
     Offer,
+    OutdatedPeer,
+    Piece,
     ProgressMeter,
     Transfer,
     TransferStatus,
@@ -57,20 +58,22 @@ VECTORS = {
     "decline": (Decline(TID, "no"), "0103000102030405060708090a0b0c0d0e0f00026e6f"),
     "cancel": (Cancel(TID, "stop"), "0104000102030405060708090a0b0c0d0e0f000473746f70"),
     "have": (
-        Have(TID, b"\xee" * 16, ((0, 3), (5, 6))),
+        Have(TID, b"\xee" * 16, ((0, 3), (5, 6)), ((4, 2),)),
         "0105000102030405060708090a0b0c0d0e0f" + "ee" * 16 + "00000002"
         "00000000000000000000000000000003"
-        "00000000000000050000000000000006",
+        "00000000000000050000000000000006"
+        "00000001"
+        "000000000000000400000002",
     ),
     "manifest page": (
         ManifestPage(0, (b"\x11" * 32,)),
         "0106000000000000000000000001" + "11" * 32,
     ),
     "end": (End(), "0108"),
-    "ack": (Ack(7), "010b0000000000000007"),
+    "ack": (Ack(7, 3), "010b000000000000000700000003"),
     "complete": (Complete(TID), "0109000102030405060708090a0b0c0d0e0f"),
     "dial back": (DialBack(TID), "010a000102030405060708090a0b0c0d0e0f"),
-    "chunk": (Chunk(7, b"\x5a" * 80), "01070000000000000007" + "5a" * 80),
+    "piece": (Piece(7, 2, b"\x5a" * 80), "010c000000000000000700000002" + "5a" * 80),
 }
 
 ROOT_VECTOR = "72c4d42b4c61f280e10cb39639a25f36f761785d75393e093eb7808d39d02b36"
@@ -127,19 +130,37 @@ class ParseRefusalTests(SynchronousTestCase):
         offer = bytearray(bytes.fromhex(VECTORS["offer"][1]))
         bad_chunk = bytes(offer[:-36]) + (3 * 65536).to_bytes(4, "big") + SECRET
         self.assertRefused(bad_chunk)
-        head = encode_transfer_record(Have(TID, b"\x00" * 16, ()))[:-4]
+        head = encode_transfer_record(Have(TID, b"\x00" * 16, ()))[:-8]
         ranges = [(5, 6), (0, 1)]
         unsorted = (
             head
             + b"\x00\x00\x00\x02"
             + b"".join(s.to_bytes(8, "big") + e.to_bytes(8, "big") for s, e in ranges)
+            + b"\x00\x00\x00\x00"
         )
         self.assertRefused(unsorted)
         self.assertRefused(head + (MAX_RANGES + 1).to_bytes(4, "big"))
         self.assertRefused(bytes.fromhex("0103000102030405060708090a0b0c0d0e0f0002ff80"))
         with self.assertRaises(ValueError):
             Offer(TID, "x", 1, b"\x00" * 32, "Image/JPEG", 65536, SECRET)
-        self.assertRefused(b"\x01\x07" + b"\x00" * 8 + b"\x00" * 79)
+        self.assertRefused(b"\x01\x0c" + b"\x00" * 12 + b"\x00" * 79)
+        too_many_pieces = b"\x01\x0c" + b"\x00" * 8 + (16).to_bytes(4, "big") + b"\x00" * 80
+        self.assertRefused(too_many_pieces)
+        no_partial_count = encode_transfer_record(Have(TID, b"\x00" * 16, ()))[:-4]
+        self.assertRefused(no_partial_count)
+        whole_piece_partial = (
+            encode_transfer_record(Have(TID, b"\x00" * 16, ()))[:-4]
+            + b"\x00\x00\x00\x01"
+            + (3).to_bytes(8, "big")
+            + (16).to_bytes(4, "big")
+        )
+        self.assertRefused(whole_piece_partial)
+
+    def test_whole_chunk_records_name_an_outdated_peer(self) -> None:
+        """When a whole-chunk record of a Jarvis from before pieces arrives, then it is refused
+        as OutdatedPeer (the transfer fails with that reason instead of retrying)."""
+        with self.assertRaises(OutdatedPeer):
+            parse_transfer_record(b"\x01\x07" + b"\x00" * 8 + b"\x5a" * 80)
 
     @given(
         held=st.sets(st.integers(0, 5000), max_size=200),

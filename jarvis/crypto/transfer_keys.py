@@ -9,10 +9,14 @@ fresh random bytes from the receiver's ``Have``) and info ``b"jarvis/file-chunks
 Chunks are sealed with the same cascade as messages (AES-256-GCM, ChaCha20-Poly1305, AES-256-GCM,
 ChaCha20-Poly1305, AES-256-GCM, innermost first, 80 bytes of tags):
 
-- nonce of layer *i* for chunk *n*: ``u32(i) || u64(n)`` -- unique because keys are fresh per
-  connection (a chunk re-sent after a reconnect is sealed under other keys);
-- associated data: ``b"jarvis/file-chunk/v1\\x00" || transfer id || u64(n) || u32(length)``,
-  so a chunk cannot be moved to another index or transfer, or truncated.
+A chunk travels as pieces (:data:`~jarvis.protocol.transfer.PIECE_SIZE` bytes, the last one
+may be short), each sealed on its own:
+
+- nonce of layer *i* for piece *p* of chunk *n*: ``u32(p * 256 + i) || u64(n)`` -- unique
+  because keys are fresh per connection (a chunk re-sent after a reconnect is sealed under
+  other keys) and each piece of each chunk is sent once per connection;
+- associated data: ``b"jarvis/file-piece/v1\\x00" || transfer id || u64(n) || u32(length) ||
+  u32(p)``, so a piece cannot be moved to another place, chunk or transfer, or truncated.
 
 One AEAD object per key, built once per connection (building one per chunk costs as much as
 sealing a small chunk).  The objects keep no per-call state, so sealing and opening run on
@@ -50,10 +54,12 @@ SECRET_SIZE = 32
 #: Bytes of a connection epoch.
 EPOCH_SIZE = 16
 CHUNK_KEYS_INFO = b"jarvis/file-chunks/v1 keys"
-CHUNK_AD_CONTEXT = b"jarvis/file-chunk/v1\x00"
+CHUNK_AD_CONTEXT = b"jarvis/file-piece/v1\x00"
 
 _NONCE = struct.Struct(">IQ")
-_AD_TAIL = struct.Struct(">QI")
+_AD_TAIL = struct.Struct(">QII")
+#: Nonce values between two pieces' layers (layers are numbered 0 to 4 within a piece).
+_PIECE_STRIDE = 256
 
 
 class ChunkRejected(CascadeError):
@@ -96,9 +102,18 @@ def derive_chunk_keys(secret: bytes, transfer_id: bytes, epoch: bytes) -> Direct
     return DirectionKeys(tuple(okm[i * KEY_SIZE : (i + 1) * KEY_SIZE] for i in range(len(LAYERS))))
 
 
-def chunk_associated_data(transfer_id: bytes, index: int, length: int) -> bytes:
-    """Return the associated data of chunk *index* (plaintext *length* bytes)."""
-    return CHUNK_AD_CONTEXT + bytes(transfer_id) + _AD_TAIL.pack(index, length)
+def chunk_associated_data(transfer_id: bytes, index: int, length: int, piece: int = 0) -> bytes:
+    """Return the associated data of piece *piece* of chunk *index* (plaintext *length*
+    bytes)."""
+    return CHUNK_AD_CONTEXT + bytes(transfer_id) + _AD_TAIL.pack(index, length, piece)
+
+
+def _nonces(index: int, piece: int) -> list[bytes]:
+    """The nonce of each layer of piece *piece* of chunk *index*, innermost layer first."""
+    if not 0 <= piece < 1 << 24:
+        raise ValueError("piece out of range")
+    base = piece * _PIECE_STRIDE
+    return [_NONCE.pack(base + layer, index) for layer in range(len(LAYERS))]
 
 
 class WorkBuffers:
@@ -146,23 +161,28 @@ class ChunkCipher:
         """Build the cipher of one connection from the offer's secret and the Have's epoch."""
         return cls(derive_chunk_keys(secret, transfer_id, epoch), transfer_id)
 
-    def seal(self, index: int, data: bytes) -> bytes:
-        """Seal chunk *index*; the result is :data:`~jarvis.crypto.cascade.OVERHEAD` longer."""
-        ad = chunk_associated_data(self._transfer_id, index, len(data))
-        pack = _NONCE.pack
-        for layer, cipher in enumerate(self._ciphers):
-            data = cipher.encrypt(pack(layer, index), data, ad)
+    def seal(self, index: int, data: bytes, piece: int = 0) -> bytes:
+        """Seal piece *piece* of chunk *index*; the result is
+        :data:`~jarvis.crypto.cascade.OVERHEAD` longer."""
+        ad = chunk_associated_data(self._transfer_id, index, len(data), piece)
+        for nonce, cipher in zip(_nonces(index, piece), self._ciphers, strict=True):
+            data = cipher.encrypt(nonce, data, ad)
         return data
 
     def seal_frame(
-        self, index: int, data: bytes, head: bytes, work: tuple[bytearray, bytearray]
+        self,
+        index: int,
+        data: bytes | memoryview,
+        head: bytes,
+        work: tuple[bytearray, bytearray],
+        piece: int = 0,
     ) -> bytes:
-        """Seal chunk *index* and return ``head || sealed`` as one ``bytes`` (a whole frame the
-        transport writes without another copy); the inner layers run in the *work* buffers
-        (each at least ``len(data) + OVERHEAD`` bytes), the result equals
-        ``head + seal(index, data)``."""
-        ad = chunk_associated_data(self._transfer_id, index, len(data))
-        pack = _NONCE.pack
+        """Seal piece *piece* of chunk *index* and return ``head || sealed`` as one ``bytes``
+        (a whole frame the transport writes without another copy); the inner layers run in the
+        *work* buffers (each at least ``len(data) + OVERHEAD`` bytes), the result equals
+        ``head + seal(index, data, piece)``."""
+        ad = chunk_associated_data(self._transfer_id, index, len(data), piece)
+        nonces = _nonces(index, piece)
         ciphers = self._ciphers
         a, b = memoryview(work[0]), memoryview(work[1])
         src: bytes | memoryview = data
@@ -170,25 +190,30 @@ class ChunkCipher:
         for layer in range(len(ciphers) - 1):
             length += TAG_SIZE
             dst = a[:length]
-            ciphers[layer].encrypt_into(pack(layer, index), src, ad, dst)
+            ciphers[layer].encrypt_into(nonces[layer], src, ad, dst)
             src = dst
             a, b = b, a
         last = len(ciphers) - 1
-        return head + ciphers[last].encrypt(pack(last, index), src, ad)
+        return head + ciphers[last].encrypt(nonces[last], src, ad)
 
     def open_into(
-        self, index: int, sealed: bytes | bytearray | memoryview, work: tuple[bytearray, bytearray]
+        self,
+        index: int,
+        sealed: bytes | bytearray | memoryview,
+        work: tuple[bytearray, bytearray],
+        piece: int = 0,
     ) -> memoryview:
-        """Open chunk *index* into one of the *work* buffers (each at least ``len(sealed)``
-        bytes) and return a view of the plaintext there (valid until the buffers are reused).
+        """Open piece *piece* of chunk *index* into one of the *work* buffers (each at least
+        ``len(sealed)`` bytes) and return a view of the plaintext there (valid until the
+        buffers are reused).
 
         :raises ChunkRejected: if it is too short or any layer fails to authenticate.
         """
         if len(sealed) < OVERHEAD:
             raise ChunkRejected("sealed chunk too short")
         length = len(sealed)
-        ad = chunk_associated_data(self._transfer_id, index, length - OVERHEAD)
-        pack = _NONCE.pack
+        ad = chunk_associated_data(self._transfer_id, index, length - OVERHEAD, piece)
+        nonces = _nonces(index, piece)
         ciphers = self._ciphers
         a, b = memoryview(work[0]), memoryview(work[1])
         src: bytes | bytearray | memoryview = sealed
@@ -196,7 +221,7 @@ class ChunkCipher:
             for layer in range(len(ciphers) - 1, -1, -1):
                 length -= TAG_SIZE
                 dst = a[:length]
-                ciphers[layer].decrypt_into(pack(layer, index), src, ad, dst)
+                ciphers[layer].decrypt_into(nonces[layer], src, ad, dst)
                 src = dst
                 a, b = b, a
         except InvalidTag:
@@ -204,20 +229,20 @@ class ChunkCipher:
         assert isinstance(src, memoryview)
         return src
 
-    def open(self, index: int, sealed: bytes) -> bytes:
-        """Open chunk *index*.
+    def open(self, index: int, sealed: bytes, piece: int = 0) -> bytes:
+        """Open piece *piece* of chunk *index*.
 
         :raises ChunkRejected: if it is too short or any layer fails to authenticate.
         """
         if len(sealed) < OVERHEAD:
             raise ChunkRejected("sealed chunk too short")
-        ad = chunk_associated_data(self._transfer_id, index, len(sealed) - OVERHEAD)
-        pack = _NONCE.pack
+        ad = chunk_associated_data(self._transfer_id, index, len(sealed) - OVERHEAD, piece)
+        nonces = _nonces(index, piece)
         ciphers = self._ciphers
         data = sealed
         try:
             for layer in range(len(ciphers) - 1, -1, -1):
-                data = ciphers[layer].decrypt(pack(layer, index), data, ad)
+                data = ciphers[layer].decrypt(nonces[layer], data, ad)
         except InvalidTag:
             raise ChunkRejected("a layer failed to authenticate") from None
         return data

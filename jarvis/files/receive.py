@@ -33,14 +33,18 @@ import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from jarvis.common.atomicfile import sync_directory
 from jarvis.common.textsafe import is_unsafe
 from jarvis.protocol.transfer import (
     HASH_SIZE,
+    PIECE_SIZE,
     Offer,
     chunk_length,
     manifest_root,
+    piece_count,
+    piece_length,
     ranges_from_indexes,
 )
 
@@ -67,6 +71,9 @@ _STATE_HEAD = struct.Struct(">8s16sQI32sB")
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
 _READ_BLOCK = 1024 * 1024
+#: A sidecar chunk mark with this bit set counts the pieces written of a chunk not yet held
+#: (0 is missing, 1 held verified).
+_PIECES_WRITTEN = 0x80
 
 
 class ReceiveError(Exception):
@@ -99,6 +106,12 @@ class ChunkMismatch(ReceiveError):
 
     The chunk is not written; the transfer connection is closed.
     """
+
+
+class PieceDamaged(ReceiveError):
+    """A chunk resumed from pieces written before a cut did not match its hash: those pieces
+    changed on the disk meanwhile.  The chunk is marked missing and fetched whole again (the
+    sender is not to blame)."""
 
 
 class VerificationFailed(ReceiveError):
@@ -220,6 +233,12 @@ class PartialFile:
         self._held_bytes = 0
         self._unsynced = 0
         self._lock = threading.Lock()
+        #: The running hash of each chunk whose pieces are being stored (store_piece), and
+        #: whether it began with pieces read back from the disk (a resumed chunk).
+        self._hashing: dict[int, Any] = {}
+        self._resumed: set[int] = set()
+        #: Pieces written of each chunk not held (a transfer cut off mid-chunk).
+        self._pieces: dict[int, int] = {}
 
     # -- offsets in the sidecar
 
@@ -320,14 +339,23 @@ class PartialFile:
         for index in range(count):
             if not bitmap[index] or self._manifest is None:
                 continue
+            if bitmap[index] & _PIECES_WRITTEN:
+                pieces = bitmap[index] & ~_PIECES_WRITTEN
+                length = chunk_length(index, offer.size, offer.chunk_size)
+                if 0 < pieces < piece_count(length):
+                    self._pieces[index] = pieces  # checked with the chunk's last piece
+                continue
             data = os.pread(
                 data_fd, chunk_length(index, offer.size, offer.chunk_size), _at(offer, index)
             )
             if hashlib.sha256(data).digest() == self._expected(index):
                 self._held[index] = 1
                 self._held_bytes += len(data)
-        # Make the sidecar say exactly what was verified.
-        os.pwrite(state_fd, bytes(self._held), self._bitmap_at)
+        # Make the sidecar say exactly what was verified (and which chunks are part written).
+        marks = bytearray(self._held)
+        for index, pieces in self._pieces.items():
+            marks[index] = _PIECES_WRITTEN | pieces
+        os.pwrite(state_fd, bytes(marks), self._bitmap_at)
         return self
 
     # -- state
@@ -346,6 +374,11 @@ class PartialFile:
         """Return the chunk ranges held verified (for the ``Have`` record)."""
         with self._lock:
             return ranges_from_indexes(i for i, h in enumerate(self._held) if h)
+
+    def partial_pieces(self) -> tuple[tuple[int, int], ...]:
+        """Return ``(index, pieces written)`` of the chunks cut off mid-way (for ``Have``)."""
+        with self._lock:
+            return tuple(sorted(self._pieces.items()))
 
     def is_complete(self) -> bool:
         """Whether every chunk is held verified."""
@@ -390,6 +423,82 @@ class PartialFile:
         if self._held[index]:
             return False
         os.pwrite(self._data_fd, data, _at(offer, index))
+        return self._mark_held(index, len(data))
+
+    def store_piece(self, index: int, piece: int, data: bytes | memoryview) -> bool | None:
+        """Hash and write piece *piece* of chunk *index*; after its last piece, verify the
+        chunk against the manifest and mark it held.
+
+        Pieces of a chunk come in order, each from one caller at a time (the piece lane);
+        they are written as they come, before the chunk is verified: a chunk is held only
+        once its last piece matched, and a crash before that leaves it missing.
+
+        :returns: ``None`` before the chunk's last piece; then whether the chunk was new
+            (``False`` for a chunk already held, which is not written again).
+        :raises ChunkMismatch: if a piece has the wrong length or comes out of order, or the
+            whole chunk does not match its hash (it is not marked held).
+        :raises ValueError: before the manifest is set, or for an index out of range.
+        """
+        if self._manifest is None:
+            raise ValueError("no manifest yet")
+        offer = self.offer
+        length = chunk_length(index, offer.size, offer.chunk_size)
+        try:
+            expected_length = piece_length(length, piece)
+        except ValueError:
+            raise ChunkMismatch(f"chunk {index} has no piece {piece}") from None
+        if len(data) != expected_length:
+            raise ChunkMismatch(f"piece {piece} of chunk {index} has the wrong length")
+        hasher = self._hashing.get(index) if piece else None
+        if piece == 0:
+            hasher = self._hashing[index] = hashlib.sha256()
+            self._resumed.discard(index)
+        elif hasher is None and self._pieces.get(index) == piece:
+            hasher = self._hashing[index] = self._hash_written(index, piece)
+            self._resumed.add(index)
+        if hasher is None:
+            raise ChunkMismatch(f"piece {piece} of chunk {index} came out of order")
+        hasher.update(data)
+        held = self._held[index]
+        if not held:
+            os.pwrite(self._data_fd, data, _at(offer, index) + piece * PIECE_SIZE)
+        if piece + 1 < piece_count(length):
+            if not held:
+                # Recorded after the data, so a resumed transfer asks only for the rest.
+                with self._lock:
+                    os.pwrite(
+                        self._state_fd, bytes([_PIECES_WRITTEN | piece + 1]), self._mark(index)
+                    )
+                    self._pieces[index] = piece + 1
+            return None
+        del self._hashing[index]
+        if hasher.digest() != self._expected(index):
+            if index in self._resumed:
+                # The pieces read back from the disk changed since they were written: the
+                # sender is not to blame; the chunk is fetched whole again.
+                self._resumed.discard(index)
+                with self._lock:
+                    self._pieces.pop(index, None)
+                    os.pwrite(self._state_fd, b"\x00", self._mark(index))
+                raise PieceDamaged(f"chunk {index} changed on the disk while cut off")
+            raise ChunkMismatch(f"chunk {index} does not match the manifest")
+        self._resumed.discard(index)
+        return self._mark_held(index, length)
+
+    def _mark(self, index: int) -> int:
+        return self._bitmap_at + index
+
+    def _hash_written(self, index: int, pieces: int) -> Any:
+        # The running hash of the first *pieces* pieces of chunk *index*, read back.
+        hasher = hashlib.sha256()
+        start = _at(self.offer, index)
+        length = min(
+            pieces * PIECE_SIZE, chunk_length(index, self.offer.size, self.offer.chunk_size)
+        )
+        hasher.update(os.pread(self._data_fd, length, start))
+        return hasher
+
+    def _mark_held(self, index: int, length: int) -> bool:
         with self._lock:
             if self._held[index]:
                 return False
@@ -397,8 +506,9 @@ class PartialFile:
             # the chunk missing, never falsely held.
             os.pwrite(self._state_fd, b"\x01", self._bitmap_at + index)
             self._held[index] = 1
-            self._held_bytes += len(data)
-            self._unsynced += len(data)
+            self._pieces.pop(index, None)
+            self._held_bytes += length
+            self._unsynced += length
             if self._unsynced >= SYNC_EVERY:
                 self._unsynced = 0
                 os.fsync(self._data_fd)

@@ -34,6 +34,7 @@ File reads, hashing, sealing, opening and writes all run through *run_blocking* 
 from __future__ import annotations
 
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +50,7 @@ from zope.interface import implementer
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
-from jarvis.files.receive import ChunkMismatch, PartialFile, VerificationFailed
+from jarvis.files.receive import ChunkMismatch, PartialFile, PieceDamaged, VerificationFailed
 from jarvis.files.send import FileSource, SourceChanged
 from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
 from jarvis.protocol.transfer import (
@@ -57,6 +58,8 @@ from jarvis.protocol.transfer import (
     CHUNK_OVERHEAD,
     HASH_SIZE,
     MAX_HASHES_PER_PAGE,
+    PIECE,
+    PIECE_SIZE,
     TRANSFER_VERSION,
     Ack,
     Cancel,
@@ -67,11 +70,15 @@ from jarvis.protocol.transfer import (
     ManifestAssembler,
     ManifestMismatch,
     ManifestPage,
+    OutdatedPeer,
     TransferRecord,
+    chunk_length,
     encode_transfer_record,
     manifest_pages,
     missing_indexes,
     parse_transfer_record,
+    piece_count,
+    piece_length,
 )
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
@@ -92,16 +99,16 @@ ACK_TIMEOUT = 120.0
 PREPARE_AHEAD = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
-_CHUNK_HEAD = struct.Struct(">IBBQ")
-_U64 = struct.Struct(">Q")
-_CHUNK_TYPE = bytes([TRANSFER_VERSION, CHUNK])
+#: Frame length, version, type, chunk index, piece number: what precedes a sealed piece.
+_PIECE_HEAD = struct.Struct(">IBBQI")
+_INDEX_PIECE = struct.Struct(">QI")
 
 
 _LENGTH = struct.Struct(">I")
-#: Bytes before the sealed data in a Chunk record: version, type, index.
-_CHUNK_PREFIX = 2 + 8
-#: Spare chunk-frame buffers a receiver keeps for reuse.
-_FRAME_POOL = 4
+#: Bytes before the sealed data in a Piece record: version, type, index, piece.
+_PIECE_PREFIX = 2 + 8 + 4
+#: Spare piece-frame buffers a receiver keeps for reuse (a 4 MiB chunk's pieces and some).
+_FRAME_POOL = 20
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
@@ -184,6 +191,18 @@ class TransferStreamObserver(TypingProtocol):
         Cancel reason is quoted in *reason* with control and bidi characters escaped."""
 
 
+def _to_reactor(home: int, f: Callable[..., object], *args: object) -> None:
+    """Run ``f(*args)`` on the reactor thread (*home*, the thread that built the protocol):
+    at once when already there (a synchronous *run_blocking* in unit tests), else through
+    ``callFromThread``."""
+    if threading.get_ident() == home:
+        f(*args)
+    else:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(f, *args)  # type: ignore[attr-defined]
+
+
 def _frame(record: TransferRecord) -> bytes:
     return encode_frame(encode_transfer_record(record))
 
@@ -233,20 +252,27 @@ class TransferSender(protocol.Protocol):
         self._clock = clock
         self._ack_timeout = ack_timeout
         self._ack_timer: Any = None  # an IDelayedCall
-        #: Chunks on the connection not yet acknowledged, oldest first.
-        self._unacked: deque[int] = deque()
+        #: Pieces on the connection not yet acknowledged, oldest first: (chunk index, piece,
+        #: plaintext bytes), and their bytes.  At most *ack_window* chunks' worth.
+        self._unacked: deque[tuple[int, int, int]] = deque()
+        self._unacked_bytes = 0
+        self._ack_budget = ack_window * source.prepared.offer.chunk_size
         self._source = source
         self._offer = source.prepared.offer
         self._observer = observer
         self._run = run_blocking
         self._window = window
         self._decoder = FrameDecoder(_CONTROL_MAX_FRAME)
-        self._queue: deque[int] = deque()
+        #: Chunks to send: (index, first piece).
+        self._queue: deque[tuple[int, int]] = deque()
         self._cipher: ChunkCipher | None = None
-        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
+        self._work = WorkBuffers(min(self._offer.chunk_size, PIECE_SIZE) + CHUNK_OVERHEAD)
         self._in_flight = 0
-        #: Sealed chunks waiting for the transport: (index, plaintext length, whole frame).
-        self._ready: deque[tuple[int, int, bytes]] = deque()
+        #: Sealed chunks waiting for the transport: their pieces (index, piece, plaintext
+        #: bytes, whole frame).
+        self._ready: deque[list[tuple[int, int, int, bytes]]] = deque()
+        #: The pieces of the chunk being written.
+        self._writing: deque[tuple[int, int, int, bytes]] = deque()
         self._pumping = False
         self._pump_again = False
         self._paused = False
@@ -259,8 +285,8 @@ class TransferSender(protocol.Protocol):
         self.bytes_sent = 0
         #: Most chunks being read or waiting to be written at any time (a memory bound check).
         self.max_in_flight = 0
-        #: Most chunks on the connection not yet acknowledged at any time.
-        self.max_unacked = 0
+        #: Most plaintext bytes on the connection not yet acknowledged at any time.
+        self.max_unacked_bytes = 0
 
     @property
     def _out(self) -> Any:
@@ -287,8 +313,14 @@ class TransferSender(protocol.Protocol):
             if record.transfer_id != offer.transfer_id:
                 self._end("the receiver asked for another transfer", resumable=False)
                 return
+            partial = dict(record.partial)
+            for index in missing_indexes(offer.chunks, record.held):
+                first = partial.get(index, 0)
+                if first >= piece_count(chunk_length(index, offer.size, offer.chunk_size)):
+                    self._end("the receiver holds more pieces than a chunk has", resumable=True)
+                    return
+                self._queue.append((index, first))
             self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, record.epoch)
-            self._queue.extend(missing_indexes(offer.chunks, record.held))
             self.log.info(
                 "sending {missing} of {chunks} chunks of transfer {transfer}",
                 missing=len(self._queue),
@@ -298,10 +330,14 @@ class TransferSender(protocol.Protocol):
             self._observer.stream_opened()
             self._pump()
         elif isinstance(record, Ack) and self._cipher is not None:
-            if record.index not in self._unacked:
-                self._end(f"acknowledgement of chunk {record.index}, not sent", resumable=True)
+            if not self._unacked or self._unacked[0][:2] != (record.index, record.piece):
+                self._end(
+                    f"acknowledgement of piece {record.piece} of chunk {record.index}, "
+                    "not the next one sent",
+                    resumable=True,
+                )
                 return
-            self._unacked.remove(record.index)
+            self._unacked_bytes -= self._unacked.popleft()[2]
             self._arm_ack_timer()
             self._pump()
         elif isinstance(record, Complete) and record.transfer_id == offer.transfer_id:
@@ -315,13 +351,27 @@ class TransferSender(protocol.Protocol):
         else:
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
-    def _read_sealed(self, cipher: ChunkCipher, index: int) -> tuple[int, int, bytes]:
-        # Worker thread: read (checking the file did not change), seal, and build the whole
-        # frame as one bytes object, which the TLS transport takes without another copy.
-        data = self._source.read_chunk(index)
-        head = _CHUNK_HEAD.pack(2 + 8 + len(data) + CHUNK_OVERHEAD, TRANSFER_VERSION, CHUNK, index)
+    def _read_sealed(
+        self, cipher: ChunkCipher, index: int, first: int
+    ) -> list[tuple[int, int, int, bytes]]:
+        # Worker thread: read (checking the file did not change), seal each piece from
+        # *first*, and build each piece's whole frame as one bytes object, which the TLS
+        # transport takes without another copy.
+        data = memoryview(self._source.read_chunk(index))
+        frames = []
         with self._work.pair() as work:
-            return index, len(data), cipher.seal_frame(index, data, head, work)
+            for piece in range(first, piece_count(len(data))):
+                plain = data[piece * PIECE_SIZE : (piece + 1) * PIECE_SIZE]
+                head = _PIECE_HEAD.pack(
+                    _PIECE_PREFIX + len(plain) + CHUNK_OVERHEAD,
+                    TRANSFER_VERSION,
+                    PIECE,
+                    index,
+                    piece,
+                )
+                sealed = cipher.seal_frame(index, plain, head, work, piece)
+                frames.append((index, piece, len(plain), sealed))
+        return frames
 
     def _pump(self) -> None:
         # Chunks are read and sealed ahead while the transport is paused, up to *window*
@@ -339,19 +389,29 @@ class TransferSender(protocol.Protocol):
             while not self._stopped:
                 self._pump_again = False
                 while self._in_flight + len(self._ready) < self._window and self._queue:
-                    index = self._queue.popleft()
+                    index, first = self._queue.popleft()
                     self._in_flight += 1
                     held = self._in_flight + len(self._ready)
                     self.max_in_flight = max(self.max_in_flight, held)
-                    d = self._run(self._read_sealed, cipher, index)
+                    d = self._run(self._read_sealed, cipher, index, first)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
-                if self._ready and not self._paused and len(self._unacked) < self._ack_window:
-                    index, length, frame = self._ready.popleft()
-                    self._unacked.append(index)
-                    self.max_unacked = max(self.max_unacked, len(self._unacked))
+                if not self._writing and self._ready:
+                    self._writing.extend(self._ready.popleft())
+                    self.chunks_sent += 1
+                    continue
+                if (
+                    self._writing
+                    and not self._paused
+                    and self._unacked_bytes + self._writing[0][2] <= self._ack_budget
+                ):
+                    # One piece per round, so a transport that pauses us stops the chunk
+                    # mid-way until it drains, and acknowledgements let more out as they come.
+                    index, piece, length, frame = self._writing.popleft()
+                    self._unacked.append((index, piece, length))
+                    self._unacked_bytes += length
+                    self.max_unacked_bytes = max(self.max_unacked_bytes, self._unacked_bytes)
                     self._arm_ack_timer()
                     self._out.write(frame)  # may pause us at once
-                    self.chunks_sent += 1
                     self.bytes_sent += length
                     self._observer.bytes_done(self.bytes_sent)
                     continue
@@ -362,6 +422,7 @@ class TransferSender(protocol.Protocol):
         if (
             not self._queue
             and not self._ready
+            and not self._writing
             and self._in_flight == 0
             and not self._end_sent
             and not self._stopped
@@ -386,7 +447,7 @@ class TransferSender(protocol.Protocol):
             f"the receiver acknowledged no chunk in {self._ack_timeout:.0f} s", resumable=True
         )
 
-    def _chunk_ready(self, parts: tuple[int, int, bytes]) -> None:
+    def _chunk_ready(self, parts: list[tuple[int, int, int, bytes]]) -> None:
         self._in_flight -= 1
         if not self._stopped:
             self._ready.append(parts)
@@ -482,9 +543,19 @@ class TransferReceiver(protocol.Protocol):
         self._observer = observer
         self._run = run_blocking
         self._window = window
-        full_chunk = _CHUNK_PREFIX + self._offer.chunk_size + CHUNK_OVERHEAD
-        self._reader = ChunkFrameReader(max(_CONTROL_MAX_FRAME, full_chunk), full_chunk)
-        self._work = WorkBuffers(self._offer.chunk_size + CHUNK_OVERHEAD)
+        full_piece = min(self._offer.chunk_size, PIECE_SIZE)
+        full_frame = _PIECE_PREFIX + full_piece + CHUNK_OVERHEAD
+        self._reader = ChunkFrameReader(max(_CONTROL_MAX_FRAME, full_frame), full_frame)
+        self._work = WorkBuffers(full_piece + CHUNK_OVERHEAD)
+        #: Most pieces waiting for the disk before the socket is paused (*window* chunks).
+        self._limit = window * piece_count(self._offer.chunk_size)
+        #: Pieces waiting for the worker, in order: (chunk index, piece, frame buffer).  The
+        #: reactor thread appends; the one worker job draining it (``_lane_busy``) pops.
+        self._lane: deque[tuple[int, int, bytearray]] = deque()
+        self._lane_busy = False
+        self._home = threading.get_ident()
+        #: The next piece expected of each chunk whose first piece arrived.
+        self._next_piece: dict[int, int] = {}
         self._assembler = ManifestAssembler(self._offer)
         self._manifest_ready = False
         self._cipher: ChunkCipher | None = None
@@ -512,7 +583,9 @@ class TransferReceiver(protocol.Protocol):
         epoch = new_epoch()
         offer = self._offer
         self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, epoch)
-        have = Have(offer.transfer_id, epoch, self._partial.held_ranges())
+        partial = self._partial.partial_pieces()
+        self._next_piece = dict(partial)
+        have = Have(offer.transfer_id, epoch, self._partial.held_ranges(), partial)
         self._out.write(_frame(have))
         self._observer.stream_opened()
 
@@ -527,22 +600,28 @@ class TransferReceiver(protocol.Protocol):
     def _process(self) -> None:
         frames = self._reader.frames
         try:
-            while not self._ended and self._pending < self._window and frames:
+            while not self._ended and self._pending < self._limit and frames:
                 frame = frames.popleft()
-                if (
-                    len(frame) >= _CHUNK_PREFIX
-                    and frame[0] == TRANSFER_VERSION
-                    and frame[1] == CHUNK
-                ):
-                    self._handle_chunk(frame)
-                else:
-                    self._handle(parse_transfer_record(bytes(frame)))
+                if len(frame) >= _PIECE_PREFIX and frame[0] == TRANSFER_VERSION:
+                    if frame[1] == PIECE:
+                        self._handle_piece(frame)
+                        continue
+                    if frame[1] == CHUNK:
+                        raise OutdatedPeer("a whole-chunk record of an older Jarvis")
+                self._handle(parse_transfer_record(bytes(frame)))
         except (FramingError, MalformedTransferRecord) as e:
+            if isinstance(e, OutdatedPeer):
+                self._end(
+                    "the sender's Jarvis is too old (it sends whole chunks): both sides "
+                    "need Jarvis with file pieces",
+                    resumable=False,
+                )
+                return
             lying = isinstance(e, ManifestMismatch)
             self._end(f"bad record from the sender ({e})", resumable=not lying, discard=lying)
             return
         if (
-            self._pending >= self._window
+            self._pending >= self._limit
             and not self._reading_paused
             and not self._ended
             and not self._gone
@@ -550,22 +629,82 @@ class TransferReceiver(protocol.Protocol):
             self._reading_paused = True
             self._out.pauseProducing()
 
-    def _handle_chunk(self, frame: bytearray) -> None:
-        # A Chunk record, parsed in place: its sealed bytes go to the worker thread without a
-        # copy, and the buffer back to the reader once the chunk is stored.
-        (index,) = _U64.unpack_from(frame, 2)
-        if not self._manifest_ready or index >= self._offer.chunks:
-            raise MalformedTransferRecord("chunk before the manifest or out of range")
-        if len(frame) < _CHUNK_PREFIX + CHUNK_OVERHEAD:
-            raise MalformedTransferRecord("sealed chunk size out of range")
+    def _handle_piece(self, frame: bytearray) -> None:
+        # A Piece record, parsed in place: its sealed bytes go to the worker without a copy,
+        # and the buffer back to the reader once the piece is written.
+        index, piece = _INDEX_PIECE.unpack_from(frame, 2)
+        offer = self._offer
+        if not self._manifest_ready or index >= offer.chunks:
+            raise MalformedTransferRecord("piece before the manifest or out of range")
+        length = chunk_length(index, offer.size, offer.chunk_size)
+        pieces = piece_count(length)
+        if piece != self._next_piece.get(index, 0) or piece >= pieces:
+            raise MalformedTransferRecord(f"piece {piece} of chunk {index} out of order")
+        if len(frame) != _PIECE_PREFIX + piece_length(length, piece) + CHUNK_OVERHEAD:
+            raise MalformedTransferRecord("sealed piece size out of range")
+        if piece + 1 == pieces:
+            self._next_piece.pop(index, None)
+        else:
+            self._next_piece[index] = piece + 1
         self._pending += 1
-        d = self._run(self._open_and_store, self._cipher, index, frame)
-        d.addBoth(self._give_back, frame)
-        d.addCallbacks(self._chunk_stored, self._chunk_failed, callbackArgs=(index,))
+        self._lane.append((index, piece, frame))
+        if not self._lane_busy:
+            self._start_lane()
 
-    def _give_back(self, result: object, frame: bytearray) -> object:
+    def _start_lane(self) -> None:
+        self._lane_busy = True
+        d = self._run(self._drain_lane, self._cipher)
+        d.addErrback(lambda f: self.log.failure("the piece worker failed", f))
+        d.addBoth(self._lane_idle)
+
+    def _drain_lane(self, cipher: ChunkCipher) -> None:
+        # Worker thread: open, hash and write the queued pieces in order until none is left
+        # (pieces that arrive meanwhile are taken in the same job), handing each result to
+        # the reactor thread at once so its acknowledgement leaves while the next piece is
+        # worked on.
+        lane = self._lane
+        with self._work.pair() as work:
+            while lane:
+                index, piece, frame = lane.popleft()
+                try:
+                    sealed = memoryview(frame)[_PIECE_PREFIX:]
+                    plain = cipher.open_into(index, sealed, work, piece)
+                    stored = self._partial.store_piece(index, piece, plain)
+                except BaseException:
+                    _to_reactor(self._home, self._piece_failed, frame, Failure())
+                    return
+                _to_reactor(self._home, self._piece_stored, frame, index, piece, stored)
+
+    def _piece_stored(self, frame: bytearray, index: int, piece: int, stored: bool | None) -> None:
+        self._pending -= 1
         self._reader.give_back(frame)
-        return result
+        if not self._gone and not self._ended:
+            # Written and recorded (after a chunk's last piece: verified and marked held): the
+            # sender may put more on the connection.
+            self._out.write(_frame(Ack(index, piece)))
+            if stored is not None:
+                self._prepare_after(index)
+        if stored:
+            self.chunks_stored += 1
+            self._observer.bytes_done(self._partial.held_bytes)
+        self._after_job()
+
+    def _piece_failed(self, frame: bytearray, failure: Failure) -> None:
+        self._pending -= 1
+        self._reader.give_back(frame)
+        self._store_failed(failure)
+        self._after_job()
+
+    def _lane_idle(self, _: object) -> None:
+        # The worker job ended (every piece it took was reported before this runs).
+        self._lane_busy = False
+        if self._lane:
+            if self._ended:
+                self._pending -= len(self._lane)
+                self._lane.clear()
+            else:
+                self._start_lane()
+        self._after_job()
 
     def _handle(self, record: TransferRecord) -> None:
         if isinstance(record, ManifestPage):
@@ -575,7 +714,7 @@ class TransferReceiver(protocol.Protocol):
                 if not self._partial.manifest_known:
                     self._pending += 1
                     d = self._run(self._partial.set_manifest, hashes)
-                    d.addCallbacks(self._chunk_stored, self._chunk_failed)
+                    d.addCallbacks(self._job_done, self._chunk_failed)
         elif isinstance(record, End):
             self._end_received = True
             self._maybe_finish()
@@ -585,21 +724,8 @@ class TransferReceiver(protocol.Protocol):
         else:
             raise MalformedTransferRecord(f"unexpected {type(record).__name__} record")
 
-    def _open_and_store(self, cipher: ChunkCipher, index: int, frame: bytearray) -> bool:
-        # Worker thread: open into a pair of work buffers, verify and write from there.
-        with self._work.pair() as work:
-            plain = cipher.open_into(index, memoryview(frame)[_CHUNK_PREFIX:], work)
-            return self._partial.store_chunk(index, plain)
-
-    def _chunk_stored(self, new: object, index: int | None = None) -> None:
+    def _job_done(self, _: object) -> None:
         self._pending -= 1
-        if index is not None and not self._gone and not self._ended:
-            # Written and marked held: the sender may put the next chunk on the connection.
-            self._out.write(_frame(Ack(index)))
-            self._prepare_after(index)
-        if new is True:
-            self.chunks_stored += 1
-            self._observer.bytes_done(self._partial.held_bytes)
         self._after_job()
 
     def _prepare_after(self, index: int) -> None:
@@ -621,8 +747,14 @@ class TransferReceiver(protocol.Protocol):
 
     def _chunk_failed(self, failure: Failure) -> None:
         self._pending -= 1
+        self._store_failed(failure)
+        self._after_job()
+
+    def _store_failed(self, failure: Failure) -> None:
         if failure.check(ChunkRejected):
             self._end("a chunk failed to open", resumable=True)
+        elif failure.check(PieceDamaged):
+            self._end("a part-written chunk changed on the disk: fetching it again", resumable=True)
         elif failure.check(ChunkMismatch):
             # The chunk opened (only the sender has the key) yet does not match the manifest
             # that matches the offer: the sender lies.
@@ -630,11 +762,10 @@ class TransferReceiver(protocol.Protocol):
         else:
             self.log.failure("storing a chunk failed", failure)
             self._end(f"writing the file failed: {failure.getErrorMessage()}", resumable=False)
-        self._after_job()
 
     def _after_job(self) -> None:
         if not self._ended:
-            if self._reading_paused and self._pending < self._window and not self._gone:
+            if self._reading_paused and self._pending < self._limit and not self._gone:
                 self._reading_paused = False
                 self._out.resumeProducing()
             self._process()
@@ -650,7 +781,13 @@ class TransferReceiver(protocol.Protocol):
             self._observer.stream_ended(self._lost_reason, True)
 
     def _maybe_finish(self) -> None:
-        if self._ended or not self._end_received or self._pending or self._finishing:
+        if (
+            self._ended
+            or not self._end_received
+            or self._pending
+            or self._lane_busy
+            or self._finishing
+        ):
             return
         if not self._partial.is_complete():
             self._end("the sender ended with chunks missing", resumable=True)
@@ -716,6 +853,8 @@ class TransferReceiver(protocol.Protocol):
 
     def _check_settled(self) -> None:
         if not (self._gone and self._pending == 0 and self._preparing == 0):
+            return
+        if self._lane_busy:
             return
         if self._discard_when_idle:
             self._discard_when_idle = False

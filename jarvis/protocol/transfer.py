@@ -9,7 +9,8 @@ A transfer has two halves (see ``docs/protocol.md``, "File transfer"):
 - **Stream records** travel on the transfer's own connection: the receiver says which chunks it
   holds verified (:class:`Have`, with a fresh epoch the chunk keys of this connection are derived
   from), the sender sends the chunk hashes (:class:`ManifestPage`, checked against the offered
-  content hash), the missing chunks (:class:`Chunk`, sealed by the five-layer cascade), then
+  content hash), the missing chunks (as :class:`Piece` records sealed by the five-layer
+  cascade), then
   :class:`End`; the receiver acknowledges each chunk once it is written and marked held
   (:class:`Ack`; the sender keeps at most one chunk unacknowledged, so a killed receiver costs
   at most one chunk sent again), verifies the whole file and answers :class:`Complete` (or
@@ -47,11 +48,13 @@ DECLINE = 0x03
 CANCEL = 0x04
 HAVE = 0x05
 MANIFEST_PAGE = 0x06
+#: Whole-chunk records of Jarvis before pieces: refused with :class:`OutdatedPeer`.
 CHUNK = 0x07
 END = 0x08
 COMPLETE = 0x09
 DIAL_BACK = 0x0A
 ACK = 0x0B
+PIECE = 0x0C
 
 TRANSFER_ID_SIZE = 16
 SECRET_SIZE = 32
@@ -64,6 +67,13 @@ MAX_CHUNK_SIZE = 4 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 #: Bytes the five-layer cascade adds to a chunk.
 CHUNK_OVERHEAD = 80
+#: A chunk travels as pieces of this many bytes (the last one may be short), each sealed on
+#: its own, so the receiver opens, hashes and writes a chunk while its later pieces are still
+#: arriving: the acknowledgement of a chunk follows its last piece by one piece's work, not a
+#: whole chunk's (docs/files.md, "Pieces").
+PIECE_SIZE = 256 * 1024
+#: Most pieces of a chunk (a largest chunk's).
+MAX_PIECES = MAX_CHUNK_SIZE // PIECE_SIZE
 #: Largest file size on the wire (1 TiB); the receiver's own cap is usually lower.
 MAX_FILE_SIZE = 1 << 40
 #: Most UTF-8 bytes of an offered name (the receiver sanitises and shortens it anyway).
@@ -86,6 +96,10 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQ")
+#: version, type, chunk index, piece number: the bytes before a Piece's sealed data.
+_PIECE_HEAD = struct.Struct(">BBQI")
+#: A chunk index and a piece number (or a count of pieces).
+_PARTIAL = struct.Struct(">QI")
 _TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
 
 
@@ -109,6 +123,14 @@ class ManifestMismatch(MalformedTransferRecord):
     """
 
 
+class OutdatedPeer(MalformedTransferRecord):
+    """The peer sent whole-chunk records (:data:`CHUNK`) of a Jarvis from before pieces.
+
+    The transfer fails with this reason instead of retrying: both sides need a Jarvis that
+    sends chunks as pieces (``docs/files.md``, "Pieces").
+    """
+
+
 def chunk_count(size: int, chunk_size: int) -> int:
     """Return how many chunks a file of *size* bytes has (an empty file has none)."""
     return -(-size // chunk_size)
@@ -123,6 +145,21 @@ def chunk_length(index: int, size: int, chunk_size: int) -> int:
     if not 0 <= index < count:
         raise ValueError("chunk index out of range")
     return min(chunk_size, size - index * chunk_size)
+
+
+def piece_count(chunk_bytes: int) -> int:
+    """Return how many pieces carry a chunk of *chunk_bytes* bytes (at least one)."""
+    return max(1, -(-chunk_bytes // PIECE_SIZE))
+
+
+def piece_length(chunk_bytes: int, piece: int) -> int:
+    """Return the length of piece *piece* of a chunk of *chunk_bytes* bytes.
+
+    :raises ValueError: if *piece* is not a piece of that chunk.
+    """
+    if not 0 <= piece < piece_count(chunk_bytes):
+        raise ValueError("piece out of range")
+    return min(PIECE_SIZE, chunk_bytes - piece * PIECE_SIZE)
 
 
 def manifest_root(size: int, chunk_size: int, chunk_hashes: Sequence[bytes]) -> bytes:
@@ -251,11 +288,14 @@ class Have:
     :ivar epoch: 16 fresh random bytes; this connection's chunk keys are derived from them, so
         a chunk sealed on one connection never opens on another and no nonce repeats.
     :ivar held: sorted, disjoint half-open ``(start, end)`` chunk index ranges.
+    :ivar partial: ``(index, pieces)`` for each chunk not held of which the first *pieces*
+        pieces are written (a transfer cut off mid-chunk): the sender sends only the rest.
     """
 
     transfer_id: bytes
     epoch: bytes
     held: tuple[tuple[int, int], ...]
+    partial: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         _check_id(self.transfer_id)
@@ -268,6 +308,11 @@ class Have:
             if not last < start < end or end > MAX_FILE_SIZE:
                 raise ValueError("ranges must be sorted, disjoint and non-empty")
             last = end
+        if len(self.partial) > MAX_RANGES:
+            raise ValueError("too many partial chunks")
+        for index, pieces in self.partial:
+            if not 0 <= index <= MAX_FILE_SIZE or not 0 < pieces < MAX_PIECES:
+                raise ValueError("a partial chunk has 1 to 15 pieces written")
 
 
 @dataclass(frozen=True)
@@ -287,29 +332,37 @@ class ManifestPage:
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """One sealed chunk: its index and the cascade's ciphertext (data + 80 bytes of tags)."""
+class Piece:
+    """One sealed piece of a chunk: the chunk's index, the piece's number in it and the
+    cascade's ciphertext (data + 80 bytes of tags)."""
 
     index: int
+    piece: int
     sealed: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.index <= MAX_FILE_SIZE:
             raise ValueError("index out of range")
-        if not CHUNK_OVERHEAD <= len(self.sealed) <= MAX_CHUNK_SIZE + CHUNK_OVERHEAD:
-            raise ValueError("sealed chunk size out of range")
+        if not 0 <= self.piece < MAX_PIECES:
+            raise ValueError("piece out of range")
+        if not CHUNK_OVERHEAD <= len(self.sealed) <= PIECE_SIZE + CHUNK_OVERHEAD:
+            raise ValueError("sealed piece size out of range")
 
 
 @dataclass(frozen=True)
 class Ack:
-    """The receiver wrote chunk *index* and marked it held (a stream record): the sender may
-    put the next chunk on the connection."""
+    """The receiver wrote piece *piece* of chunk *index* and recorded it (after a chunk's last
+    piece: verified the chunk and marked it held), a stream record: the sender may put more
+    on the connection."""
 
     index: int
+    piece: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.index <= MAX_FILE_SIZE:
             raise ValueError("index out of range")
+        if not 0 <= self.piece < MAX_PIECES:
+            raise ValueError("piece out of range")
 
 
 @dataclass(frozen=True)
@@ -346,7 +399,7 @@ TransferRecord = (
     | Cancel
     | Have
     | ManifestPage
-    | Chunk
+    | Piece
     | Ack
     | End
     | Complete
@@ -373,8 +426,9 @@ def _text(value: str) -> bytes:
 
 def encode_transfer_record(record: TransferRecord) -> bytes:
     """Return the wire form of *record*: ``version || type || fields``."""
-    if isinstance(record, Chunk):
-        return _HEADER.pack(TRANSFER_VERSION, CHUNK) + _U64.pack(record.index) + record.sealed
+    if isinstance(record, Piece):
+        head = _PIECE_HEAD.pack(TRANSFER_VERSION, PIECE, record.index, record.piece)
+        return head + record.sealed
     if isinstance(record, Offer):
         body = b"".join(
             [
@@ -396,12 +450,15 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
         return _HEADER.pack(TRANSFER_VERSION, CANCEL) + record.transfer_id + _text(record.reason)
     if isinstance(record, Have):
         ranges = b"".join(_RANGE.pack(s, e) for s, e in record.held)
+        partial = b"".join(_PARTIAL.pack(i, n) for i, n in record.partial)
         return (
             _HEADER.pack(TRANSFER_VERSION, HAVE)
             + record.transfer_id
             + record.epoch
             + _U32.pack(len(record.held))
             + ranges
+            + _U32.pack(len(record.partial))
+            + partial
         )
     if isinstance(record, ManifestPage):
         return (
@@ -411,7 +468,7 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
             + b"".join(record.hashes)
         )
     if isinstance(record, Ack):
-        return _HEADER.pack(TRANSFER_VERSION, ACK) + _U64.pack(record.index)
+        return _HEADER.pack(TRANSFER_VERSION, ACK) + _PARTIAL.pack(record.index, record.piece)
     if isinstance(record, End):
         return _HEADER.pack(TRANSFER_VERSION, END)
     if isinstance(record, Complete):
@@ -472,10 +529,13 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
     r = _Reader(payload, _HEADER.size)
     try:
         record: TransferRecord
-        if kind == CHUNK:
+        if kind == PIECE:
             index = r.u64("index")
-            record = Chunk(index, bytes(payload[r.offset :]))
+            piece = r.u32("piece")
+            record = Piece(index, piece, bytes(payload[r.offset :]))
             return record
+        if kind == CHUNK:
+            raise OutdatedPeer("a whole-chunk record of an older Jarvis")
         if kind == OFFER:
             record = Offer(
                 transfer_id=r.take(TRANSFER_ID_SIZE, "transfer id"),
@@ -500,7 +560,11 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
                 raise MalformedTransferRecord("too many ranges")
             raw = r.take(count * _RANGE.size, "ranges")
             held = tuple(_RANGE.iter_unpack(raw))
-            record = Have(tid, epoch, held)
+            count = r.u32("partial count")
+            if count > MAX_RANGES:
+                raise MalformedTransferRecord("too many partial chunks")
+            raw = r.take(count * _PARTIAL.size, "partial chunks")
+            record = Have(tid, epoch, held, tuple(_PARTIAL.iter_unpack(raw)))
         elif kind == MANIFEST_PAGE:
             first = r.u64("first index")
             count = r.u32("hash count")
@@ -510,7 +574,8 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             hashes = tuple(raw[i : i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE))
             record = ManifestPage(first, hashes)
         elif kind == ACK:
-            record = Ack(r.u64("index"))
+            index = r.u64("index")
+            record = Ack(index, r.u32("piece"))
         elif kind == END:
             record = End()
         elif kind == COMPLETE:
