@@ -17,6 +17,7 @@ from jarvis.files.receive import (
     NotEnoughSpace,
     PartialFile,
     PartialFileMismatch,
+    PieceDamaged,
     ReceivePolicy,
     VerificationFailed,
     numbered_name,
@@ -30,10 +31,11 @@ from jarvis.files.send import (
     make_offer,
     prepare_again,
 )
-from jarvis.protocol.transfer import MIN_CHUNK_SIZE, missing_indexes
+from jarvis.protocol.transfer import MIN_CHUNK_SIZE, PIECE_SIZE, missing_indexes
 from tests.daemons import short_tempdir
 
 CHUNK = MIN_CHUNK_SIZE
+MIB = 1024 * 1024
 
 
 def make_prepared(testcase: SynchronousTestCase, size: int, name: str = "a.bin") -> PreparedFile:
@@ -339,3 +341,74 @@ class FileSourceTests(SynchronousTestCase):
             f.write(b"more")
         with self.assertRaises(SourceChanged):
             prepare_again(prepared.path, prepared.offer)
+
+
+class PieceTests(SynchronousTestCase):
+    """A 1 MiB chunk stored as four 256 KiB pieces (``store_piece``)."""
+
+    def setUp(self) -> None:
+        source_dir = short_tempdir(self)
+        self.path = os.path.join(source_dir, "p.bin")
+        with open(self.path, "wb") as f:
+            f.write(os.urandom(2 * MIB))
+        self.prepared = make_offer(self.path, chunk_size=MIB)
+        self.directory = short_tempdir(self)
+        self.partial = PartialFile.create(self.directory, self.prepared.offer)
+        self.addCleanup(lambda: self.partial.close())
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+        self.partial.set_manifest(self.prepared.chunk_hashes)
+
+    def piece(self, index: int, piece: int) -> bytes:
+        start = index * MIB + piece * PIECE_SIZE
+        return self.data[start : start + PIECE_SIZE]
+
+    def test_pieces_in_order_hold_the_chunk_after_the_last(self) -> None:
+        """When a chunk's four pieces are stored in order, then the first three report None
+        (written, not yet held) and the last one True (verified and held)."""
+        results = [self.partial.store_piece(1, p, self.piece(1, p)) for p in range(4)]
+        self.assertEqual(results, [None, None, None, True])
+        self.assertEqual(self.partial.held_ranges(), ((1, 2),))
+        self.assertEqual(self.partial.partial_pieces(), ())
+
+    def test_piece_out_of_order_is_refused(self) -> None:
+        """When a chunk's second piece comes before its first, or a piece has the wrong length,
+        then ChunkMismatch, and nothing is recorded."""
+        with self.assertRaises(ChunkMismatch):
+            self.partial.store_piece(0, 1, self.piece(0, 1))
+        with self.assertRaises(ChunkMismatch):
+            self.partial.store_piece(0, 0, self.piece(0, 0)[:-1])
+        self.assertEqual(self.partial.partial_pieces(), ())
+
+    def test_cut_off_mid_chunk_resumes_from_the_next_piece(self) -> None:
+        """When two pieces of a chunk are written and the partial file is reopened (a restart),
+        then it reports them (for Have), and the chunk completes from its third piece: the
+        written pieces are read back into the chunk's hash."""
+        self.partial.store_piece(0, 0, self.piece(0, 0))
+        self.partial.store_piece(0, 1, self.piece(0, 1))
+        self.partial.close()
+        self.partial = PartialFile.reopen(self.directory, self.prepared.offer)
+        self.assertEqual(self.partial.partial_pieces(), ((0, 2),))
+        self.assertEqual(self.partial.held_ranges(), ())
+        self.assertIsNone(self.partial.store_piece(0, 2, self.piece(0, 2)))
+        self.assertTrue(self.partial.store_piece(0, 3, self.piece(0, 3)))
+        self.assertEqual(self.partial.held_ranges(), ((0, 1),))
+
+    def test_written_piece_damaged_while_cut_off_is_fetched_again(self) -> None:
+        """When a written piece changes on the disk before the chunk resumes, then the chunk's
+        last piece raises PieceDamaged (not ChunkMismatch: the sender is not blamed), and the
+        chunk is marked missing, so the next connection fetches it whole."""
+        self.partial.store_piece(0, 0, self.piece(0, 0))
+        self.partial.close()
+        with open(self.partial.partial_path, "r+b") as f:
+            f.seek(100)
+            f.write(b"\x00damaged\x00")
+        self.partial = PartialFile.reopen(self.directory, self.prepared.offer)
+        for p in (1, 2):
+            self.partial.store_piece(0, p, self.piece(0, p))
+        with self.assertRaises(PieceDamaged):
+            self.partial.store_piece(0, 3, self.piece(0, 3))
+        self.assertEqual(self.partial.partial_pieces(), ())
+        self.partial.close()
+        self.partial = PartialFile.reopen(self.directory, self.prepared.offer)
+        self.assertEqual((self.partial.partial_pieces(), self.partial.held_ranges()), ((), ()))

@@ -37,10 +37,10 @@ from jarvis.protocol.transfer import (
     MIN_CHUNK_SIZE,
     Ack,
     Cancel,
-    Piece,
     Complete,
     End,
     Have,
+    Piece,
     encode_transfer_record,
     manifest_pages,
     parse_transfer_record,
@@ -495,6 +495,62 @@ class AckTests(TestCase):
         sender.dataReceived(frame(Ack(0)))
         self.assertEqual(self.chunks_in(transport), [0, 1, 2, 3])
         self.assertEqual(sender.max_unacked_bytes, 3 * CHUNK)
+
+
+MiB = 1024 * 1024
+
+
+def ack_all(sender: TransferSender, case: Any, transport: StringTransport, start: int = 0) -> None:
+    """Acknowledge every piece on *transport* from the *start*-th, oldest first, as each
+    acknowledgement lets more out."""
+    acked = start
+    while acked < len(case.pieces_in(transport)):
+        sender.dataReceived(frame(Ack(*case.pieces_in(transport)[acked])))
+        acked += 1
+
+
+class PieceSendingTests(TestCase):
+    """A 1 MiB chunk goes out as four 256 KiB pieces, acknowledged one by one."""
+
+    def start(self, partial: tuple[tuple[int, int], ...] = ()) -> Any:
+        prepared = make_prepared(self, 3 * MiB, chunk=MiB)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        sender = TransferSender(source, Recorder(), run_blocking=run_now)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        tid = prepared.offer.transfer_id
+        sender.dataReceived(frame(Have(tid, b"\x01" * 16, (), partial)))
+        return sender, transport
+
+    def pieces_in(self, transport: StringTransport) -> list[tuple[int, int]]:
+        payloads = feed(FrameDecoder(2 * MiB), transport.value())
+        records = [parse_transfer_record(p) for p in payloads]
+        return [(r.index, r.piece) for r in records if isinstance(r, Piece)]
+
+    def test_one_chunks_bytes_unacknowledged_across_chunks(self) -> None:
+        """When the receiver has acknowledged nothing, then the four pieces of the first chunk
+        (one chunk's bytes) are on the connection and no more; each acknowledgement lets one
+        more piece out, the next chunk's first pieces while the first chunk's last are still
+        unacknowledged, so the unacknowledged bytes never exceed one chunk."""
+        sender, transport = self.start()
+        self.assertEqual(self.pieces_in(transport), [(0, 0), (0, 1), (0, 2), (0, 3)])
+        sender.dataReceived(frame(Ack(0, 0)))
+        self.assertEqual(self.pieces_in(transport)[-1], (1, 0))
+        ack_all(sender, self, transport, start=1)
+        self.assertEqual(len(self.pieces_in(transport)), 12)
+        self.assertEqual(sender.max_unacked_bytes, MiB)
+
+    def test_receiver_cut_off_mid_chunk_gets_only_the_rest(self) -> None:
+        """When the receiver's Have says two pieces of chunk 1 are written, then chunk 1 goes
+        out from its third piece, and the other chunks whole."""
+        sender, transport = self.start(partial=((1, 2),))
+        self.assertEqual(self.pieces_in(transport), [(0, 0), (0, 1), (0, 2), (0, 3)])
+        ack_all(sender, self, transport)
+        self.assertEqual(
+            self.pieces_in(transport),
+            [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)],
+        )
 
 
 class LoopbackTests(TestCase):

@@ -492,9 +492,10 @@ class TransferSender(protocol.Protocol):
         self._stopped = True
         self._stop_ack_timer()
         self.log.info(
-            "transfer {transfer}: {sent} chunks sent on this connection",
+            "transfer {transfer}: {sent} chunks ({sent_bytes} bytes) sent on this connection",
             transfer=log_id(self._offer.transfer_id.hex()),
             sent=self.chunks_sent,
+            sent_bytes=self.bytes_sent,
         )
         if not self._ended:
             self._ended = True
