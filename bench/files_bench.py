@@ -11,6 +11,9 @@ other; the sender calls ``files.send`` on a random file, the receiver ``files.ac
   process (all its threads) during that time, per GiB;
 - ``sender_rss_growth_mib`` / ``receiver_rss_growth_mib``: each daemon's peak RSS (``VmHWM``)
   after the transfer minus its RSS before it (goal: at most 32 MiB);
+- ``sender_peak_rss_mib`` / ``receiver_peak_rss_mib``: each whole daemon's peak RSS during the
+  transfer (the peak is reset before it where the kernel allows), to set beside
+  magic-wormhole's whole processes (``bench.wormhole_bench``);
 - ``chat_p50_ms`` / ``chat_p99_ms``: one chat message at a time during the transfer, from the
   sender's ``messages.send`` to the receiver's ``message.received`` event;
 - the received file is compared byte for byte with the sent one (the run fails otherwise);
@@ -163,7 +166,8 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
         if states["bob"][tid] != "complete":
             raise RuntimeError(f"the transfer ended {states['bob'][tid]}")
         cpu = {n: proc_cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
-        growth = {n: proc_memory_mib(p, "VmHWM") - rss_before[n] for n, p in pids.items()}
+        peak = {n: proc_memory_mib(p, "VmHWM") for n, p in pids.items()}
+        growth = {n: peak[n] - rss_before[n] for n, p in pids.items()}
         landed = os.path.join(root, "inbox", "payload.bin")
         if not filecmp.cmp(path, landed, shallow=False):
             raise RuntimeError("the received file differs from the sent one")
@@ -193,6 +197,8 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
             "unit": "MiB",
             "goal": GOAL_RSS_GROWTH_MIB,
         },
+        "sender_peak_rss_mib": {"value": peak["alice"], "unit": "MiB (whole daemon)"},
+        "receiver_peak_rss_mib": {"value": peak["bob"], "unit": "MiB (whole daemon)"},
     }
     if chat:
         figures["chat_p50_ms"] = {

@@ -325,6 +325,41 @@ class BackpressureTests(TestCase):
         self.assertIn("connection lost", reason)
         self.assertEqual(partial.held_ranges(), ((0, 10),))
 
+    def test_pieces_wait_for_the_manifest_to_be_stored(self) -> None:
+        """When pieces arrive while the manifest is still being written to the sidecar (a
+        worker job not yet done), then no piece job starts until it is (a piece checked
+        before the manifest is stored would fail the transfer), and then they are stored."""
+        prepared = make_prepared(self, 4 * CHUNK)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def slow_disk(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((f, args, d))
+            return d
+
+        recorder = Recorder()
+        receiver = TransferReceiver(partial, recorder, run_blocking=slow_disk)
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
+        assert isinstance(have, Have)
+        offer = prepared.offer
+        cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+        stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
+        with open(prepared.path, "rb") as f:
+            for i in range(2):
+                stream += frame(Piece(i, 0, cipher.seal(i, f.read(CHUNK))))
+        receiver.dataReceived(stream)
+        self.assertEqual([j[0] for j in jobs], [partial.set_manifest])
+        f, args, d = jobs.pop(0)
+        d.callback(f(*args))
+        self.assertEqual(len(jobs), 1)  # the piece lane, now
+        f, args, d = jobs.pop(0)
+        d.callback(f(*args))
+        self.assertEqual(partial.held_ranges(), ((0, 2),))
+
     def test_next_chunks_pages_prepared_after_each_ack(self) -> None:
         """When a chunk is stored and acknowledged, then a worker job prepares the next chunks'
         pages (PREPARE_AHEAD of them, each asked for once), and the receiver does not report

@@ -36,6 +36,7 @@ class ChildReceiver(protocol.ProcessProtocol):
         self.ended: defer.Deferred[None] = defer.Deferred()
         self.last_held = 0
         self.killed = False
+        self.early_end = ""
         self._buffer = b""
 
     def outReceived(self, data: bytes) -> None:
@@ -44,6 +45,10 @@ class ChildReceiver(protocol.ProcessProtocol):
         for line in lines:
             if not self.port.called:
                 self.port.callback(int(line))
+            elif line.startswith(b"ended ") and not self.killed:
+                # The connection ended before the kill: say why rather than wait for ever.
+                self.early_end = line.decode(errors="replace")
+                os.kill(self.transport.pid, signal.SIGKILL)  # type: ignore[union-attr]
             elif line.startswith(b"held ") and not self.killed:
                 self.last_held = int(line.split()[1])
                 if self.last_held >= self.kill_at:
@@ -93,6 +98,7 @@ class ReceiverKilledTests(TestCase):
         await endpoints.connectProtocol(endpoint, first)
         await child.ended
         await first.when_settled()
+        self.assertEqual(child.early_end, "")
         self.assertTrue(child.killed)
 
         partial = await deferToThread(PartialFile.reopen, directory, offer)

@@ -39,7 +39,7 @@ def main(directory: str, offer_hex: str) -> None:
             os.write(1, b"completed\n")
 
         def stream_ended(self, reason: str, resumable: bool) -> None:
-            os.write(1, b"ended\n")
+            os.write(1, f"ended {reason}\n".encode())
 
     factory = protocol.Factory()
     factory.buildProtocol = lambda addr: TransferReceiver(partial, Reporter())  # type: ignore[method-assign]

@@ -559,6 +559,8 @@ class TransferReceiver(protocol.Protocol):
         self._next_piece: dict[int, int] = {}
         self._assembler = ManifestAssembler(self._offer)
         self._manifest_ready = False
+        #: The manifest is in the sidecar: pieces may be stored.
+        self._manifest_stored = False
         self._cipher: ChunkCipher | None = None
         self._pending = 0
         #: Page-cache preparation jobs running (the file stays open until they end).
@@ -649,7 +651,7 @@ class TransferReceiver(protocol.Protocol):
             self._next_piece[index] = piece + 1
         self._pending += 1
         self._lane.append((index, piece, frame))
-        if not self._lane_busy:
+        if not self._lane_busy and self._manifest_stored:
             self._start_lane()
 
     def _start_lane(self) -> None:
@@ -712,10 +714,14 @@ class TransferReceiver(protocol.Protocol):
             hashes = self._assembler.add(record)
             if hashes is not None:
                 self._manifest_ready = True
-                if not self._partial.manifest_known:
+                if self._partial.manifest_known:
+                    self._manifest_stored = True
+                else:
+                    # Pieces wait in the lane until the manifest they are checked against
+                    # is stored.
                     self._pending += 1
                     d = self._run(self._partial.set_manifest, hashes)
-                    d.addCallbacks(self._job_done, self._chunk_failed)
+                    d.addCallbacks(self._manifest_done, self._chunk_failed)
         elif isinstance(record, End):
             self._end_received = True
             self._maybe_finish()
@@ -725,8 +731,11 @@ class TransferReceiver(protocol.Protocol):
         else:
             raise MalformedTransferRecord(f"unexpected {type(record).__name__} record")
 
-    def _job_done(self, _: object) -> None:
+    def _manifest_done(self, _: object) -> None:
         self._pending -= 1
+        self._manifest_stored = True
+        if self._lane and not self._lane_busy and not self._ended:
+            self._start_lane()
         self._after_job()
 
     def _prepare_after(self, index: int) -> None:
@@ -822,6 +831,10 @@ class TransferReceiver(protocol.Protocol):
         if self._ended:
             return
         self._ended = True
+        if not self._lane_busy:
+            # Pieces still waiting (for the manifest) will never be stored.
+            self._pending -= len(self._lane)
+            self._lane.clear()
         if not self._gone:
             if send and not resumable:
                 self._out.write(_frame(Cancel(self._offer.transfer_id, reason[:200])))
