@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from jarvis.protocol.transfer import DEFAULT_CHUNK_SIZE, PIECE_SIZE
 from tests.daemons import short_tempdir
 from tests.peers import Peer, befriend
 
@@ -254,16 +255,16 @@ class TransferTests(TestCase):
         self.assertLessEqual(lost, LOST_BOUND * CHUNK)
 
 
-#: The file of the kill tests and its chunk size (the default offered).
+#: The file of the kill tests and its chunk size (the default offered, 4 MiB).
 SIZE = 192 * MiB
-CHUNK = MiB
+CHUNK = DEFAULT_CHUNK_SIZE
 #: Chunks' bytes sent again in total after a kill: at most one chunk's bytes of pieces in
 #: flight (the sender keeps at most one chunk's bytes unacknowledged; the receiver acknowledges
 #: each piece once written and recorded, and a chunk cut off resumes from its next piece).
 LOST_BOUND = 1
 #: The sidecar mark of a chunk not held with some of its pieces written (0x80 | pieces).
 PIECES_WRITTEN = 0x80
-PIECE = 256 * 1024
+PIECE = PIECE_SIZE
 
 
 def on_disk(inbox: str, size: int = 0) -> tuple[int, int]:

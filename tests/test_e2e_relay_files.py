@@ -27,6 +27,7 @@ from tests.daemons import short_tempdir
 from tests.mailboxes import NamespacedMailbox
 from tests.peers import Peer
 from tests.test_e2e_files import (
+    CHUNK,
     LOST_BOUND,
     MiB,
     chunks_resent,
@@ -278,12 +279,12 @@ class DroppedPacketsTests(TestCase):
         sent, _ = await offer_and_accept(alice, bob, path, inbox)
         await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
         await bob.kill()
-        verified_before_kill = received(bob, sent["id"]) // MiB
+        verified_before_kill = received(bob, sent["id"]) // CHUNK
         await wait_state(alice, sent["id"], {"accepted"}, 60)
         partials = [n for n in os.listdir(inbox) if n.endswith(".jarvis-partial")]
         self.assertEqual(len(partials), 1)
         held, written = on_disk(inbox, SIZE)
-        self.assertLess(held, SIZE // MiB, "the transfer ended before the kill")
+        self.assertLess(held, SIZE // CHUNK, "the transfer ended before the kill")
         self.assertLessEqual(max(0, verified_before_kill - held), 1)
         await alice.process.wait_for(b"sent on this connection")
         first_connection = sent_per_connection(alice)
@@ -293,14 +294,14 @@ class DroppedPacketsTests(TestCase):
         await wait_state(alice, sent["id"], {"complete", "failed", "cancelled"}, 180)
         self.assertEqual(state_of(alice, sent["id"]), "complete")
         self.assertEqual(sha256_of(os.path.join(inbox, "big.bin")), digest)
-        await alice.process.wait_for(f"sending {SIZE // MiB - held} of".encode())
-        self.assertEqual(chunks_resent(alice), [SIZE // MiB, SIZE // MiB - held])
+        await alice.process.wait_for(f"sending {SIZE // CHUNK - held} of".encode())
+        self.assertEqual(chunks_resent(alice), [SIZE // CHUNK, SIZE // CHUNK - held])
         lost = first_connection[0] - written
         print(
-            f"\nrelayed receiver kill at {held} of {SIZE // MiB} chunks: "
+            f"\nrelayed receiver kill at {held} of {SIZE // CHUNK} chunks: "
             f"{max(0, verified_before_kill - held)} verified chunk(s) sent again, {lost} bytes "
             f"in flight sent again; complete {time.monotonic() - restarted:.1f} s after the "
             "restart",
             file=sys.stderr,
         )
-        self.assertLessEqual(lost, LOST_BOUND * MiB)
+        self.assertLessEqual(lost, LOST_BOUND * CHUNK)

@@ -26,7 +26,6 @@ or the transfer's own thread).  No reactor import, no logging of names or conten
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import threading
@@ -41,6 +40,8 @@ from jarvis.protocol.transfer import (
     HASH_SIZE,
     PIECE_SIZE,
     Offer,
+    chunk_hash,
+    chunk_hasher,
     chunk_length,
     manifest_root,
     piece_count,
@@ -348,7 +349,7 @@ class PartialFile:
             data = os.pread(
                 data_fd, chunk_length(index, offer.size, offer.chunk_size), _at(offer, index)
             )
-            if hashlib.sha256(data).digest() == self._expected(index):
+            if chunk_hash(data) == self._expected(index):
                 self._held[index] = 1
                 self._held_bytes += len(data)
         # Make the sidecar say exactly what was verified (and which chunks are part written).
@@ -418,7 +419,7 @@ class PartialFile:
         offer = self.offer
         if len(data) != chunk_length(index, offer.size, offer.chunk_size):
             raise ChunkMismatch(f"chunk {index} has the wrong length")
-        if hashlib.sha256(data).digest() != self._expected(index):
+        if chunk_hash(data) != self._expected(index):
             raise ChunkMismatch(f"chunk {index} does not match the manifest")
         if self._held[index]:
             return False
@@ -451,7 +452,7 @@ class PartialFile:
             raise ChunkMismatch(f"piece {piece} of chunk {index} has the wrong length")
         hasher = self._hashing.get(index) if piece else None
         if piece == 0:
-            hasher = self._hashing[index] = hashlib.sha256()
+            hasher = self._hashing[index] = chunk_hasher()
             self._resumed.discard(index)
         elif hasher is None and self._pieces.get(index) == piece:
             hasher = self._hashing[index] = self._hash_written(index, piece)
@@ -490,7 +491,7 @@ class PartialFile:
 
     def _hash_written(self, index: int, pieces: int) -> Any:
         # The running hash of the first *pieces* pieces of chunk *index*, read back.
-        hasher = hashlib.sha256()
+        hasher = chunk_hasher()
         start = _at(self.offer, index)
         length = min(
             pieces * PIECE_SIZE, chunk_length(index, self.offer.size, self.offer.chunk_size)
@@ -579,7 +580,7 @@ class PartialFile:
         hashes = []
         for index in range(offer.chunks):
             length = chunk_length(index, offer.size, offer.chunk_size)
-            h = hashlib.sha256()
+            h = chunk_hasher()
             pos = _at(offer, index)
             end = pos + length
             while pos < end:

@@ -851,7 +851,7 @@ def file_specs() -> tuple[MethodSpec, ...]:
                 Param("wait", bool, False, "answer only once the transfer ended"),
             ),
             result=_TRANSFER_VIEW,
-            doc="Offer a file to a contact: the daemon hashes it (SHA-256 per chunk), sends the "
+            doc="Offer a file to a contact: the daemon hashes it (BLAKE3 per chunk), sends the "
             "offer inside the session, and streams it on a connection of its own once the "
             "contact accepts. With wait, progress ({id, bytes, size, rate, eta} and {id, "
             "state}) is reported with $/progress and the answer comes when the transfer is "

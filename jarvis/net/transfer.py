@@ -82,12 +82,13 @@ from jarvis.protocol.transfer import (
 )
 
 #: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
-#: receiver): 2 keeps a core busy on each side while the peak RSS of a daemon grows by about
-#: 16 MiB during a transfer (4 doubled that, tests/test_e2e_files.py measures it).
-DEFAULT_WINDOW = 2
-#: Chunks the sender puts on the connection before the receiver acknowledges one (written and
-#: marked held): 1 means a killed receiver never costs more than one chunk sent again
-#: (docs/files.md, "Acknowledgements", measures what it costs).
+#: receiver): with 4 MiB chunks, 1 keeps the next chunk sealed while one is on the connection,
+#: and the peak RSS of the sending daemon grows by 13-19 MiB during a 1 GiB transfer (2 made it
+#: 30 MiB for the same speed; tests/test_e2e_files.py measures it).
+DEFAULT_WINDOW = 1
+#: Chunks' worth of bytes the sender keeps on the connection unacknowledged (the receiver
+#: acknowledges each piece once written and recorded): 1 means a killed receiver never costs
+#: more than one chunk's bytes sent again (docs/protocol.md, "Pieces and acknowledgements").
 DEFAULT_ACK_WINDOW = 1
 #: Seconds the sender waits for an acknowledgement before it drops the connection (resumable:
 #: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).  The
