@@ -494,7 +494,7 @@ class LyingSenderTests(TestCase):
         alice, bob = Peer(self, root, "alice"), Peer(self, root, "bob")
         alice.process.env = {
             "PYTHONPATH": LYING_HOOK + os.pathsep + REPO,
-            "JARVIS_TEST_LIE_CHUNK": "3",
+            "JARVIS_TEST_LIE_CHUNK": "1",
         }
         await defer.gatherResults(
             [
