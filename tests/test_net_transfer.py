@@ -24,11 +24,13 @@ from jarvis.crypto.transfer_keys import ChunkCipher
 from jarvis.files.receive import PartialFile
 from jarvis.files.send import FileSource, PreparedFile, make_offer
 from jarvis.net.transfer import (
+    DATA_BUFFER,
     DEFAULT_WINDOW,
     PREPARE_AHEAD,
     ChunkFrameReader,
     TransferReceiver,
     TransferSender,
+    widen_buffer,
 )
 from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
 from jarvis.protocol.transfer import (
@@ -753,3 +755,25 @@ class ChunkFrameReaderTests(TestCase):
         self.assertEqual([bytes(f) for f in reader.frames], [b"ok"])
         with self.assertRaises(FrameTooLarge):
             reader.receive((101).to_bytes(4, "big")[3:])
+
+
+class WidenBufferTests(TestCase):
+    def test_reaches_the_tcp_connection_under_the_wrappers(self) -> None:
+        """When a data connection starts, then the TCP transport under its wrappers (TLS, the
+        knock) reads 1 MiB at a time, and an in-memory transport is left alone."""
+        from twisted.internet.abstract import FileDescriptor
+        from twisted.internet.testing import MemoryReactor
+
+        tcp = FileDescriptor(MemoryReactor())
+        knock = Wrapper(tcp)
+        tls = Wrapper(knock)
+        self.assertTrue(widen_buffer(tls))
+        self.assertEqual(tcp.bufferSize, DATA_BUFFER)
+        self.assertFalse(widen_buffer(StringTransport()))
+
+
+class Wrapper:
+    """A transport wrapping another (as TLS or the knock do)."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport

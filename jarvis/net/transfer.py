@@ -41,6 +41,7 @@ from typing import Any
 from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer, protocol
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -208,6 +209,28 @@ def _frame(record: TransferRecord) -> bytes:
     return encode_frame(encode_transfer_record(record))
 
 
+#: Bytes a data connection's TCP transport reads at once, and buffers before it pauses the
+#: sender (Twisted's default is 64 KiB): 1 MiB takes a 4 MiB chunk in four reactor turns instead
+#: of 64, 7.9 -> 7.3 CPU ms per MiB for both sides together (docs/benchmarks.md).
+DATA_BUFFER = 1024 * 1024
+
+
+def widen_buffer(transport: Any, size: int = DATA_BUFFER) -> bool:
+    """Give the TCP connection under *transport* (TLS, the knock or the relay wrap it) reads
+    and a pausing threshold of *size* bytes; return whether there was one (a test's in-memory
+    transport is left alone)."""
+    inner = transport
+    for _ in range(16):
+        below = getattr(inner, "transport", None)
+        if below is None:
+            break
+        inner = below
+    if not isinstance(inner, FileDescriptor):
+        return False
+    inner.bufferSize = size
+    return True
+
+
 def no_delay(transport: Any) -> None:
     """Turn Nagle's algorithm off on the TCP connection under *transport* (TLS and the knock
     wrappers pass the call down), where there is one.
@@ -296,6 +319,7 @@ class TransferSender(protocol.Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        widen_buffer(self.transport)
         self._out.registerProducer(self, True)
         for page in manifest_pages(self._source.prepared.chunk_hashes):
             self._out.write(_frame(page))
@@ -584,6 +608,7 @@ class TransferReceiver(protocol.Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        widen_buffer(self.transport)
         epoch = new_epoch()
         offer = self._offer
         self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, epoch)
