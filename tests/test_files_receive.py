@@ -35,7 +35,8 @@ from jarvis.protocol.transfer import MIN_CHUNK_SIZE, PIECE_SIZE, missing_indexes
 from tests.daemons import short_tempdir
 
 CHUNK = MIN_CHUNK_SIZE
-MIB = 1024 * 1024
+#: A chunk size of four pieces.
+FOUR_PIECES = 4 * PIECE_SIZE
 
 
 def make_prepared(testcase: SynchronousTestCase, size: int, name: str = "a.bin") -> PreparedFile:
@@ -344,14 +345,14 @@ class FileSourceTests(SynchronousTestCase):
 
 
 class PieceTests(SynchronousTestCase):
-    """A 1 MiB chunk stored as four 256 KiB pieces (``store_piece``)."""
+    """A chunk of four pieces stored piece by piece (``store_piece``)."""
 
     def setUp(self) -> None:
         source_dir = short_tempdir(self)
         self.path = os.path.join(source_dir, "p.bin")
         with open(self.path, "wb") as f:
-            f.write(os.urandom(2 * MIB))
-        self.prepared = make_offer(self.path, chunk_size=MIB)
+            f.write(os.urandom(2 * FOUR_PIECES))
+        self.prepared = make_offer(self.path, chunk_size=FOUR_PIECES)
         self.directory = short_tempdir(self)
         self.partial = PartialFile.create(self.directory, self.prepared.offer)
         self.addCleanup(lambda: self.partial.close())
@@ -360,7 +361,7 @@ class PieceTests(SynchronousTestCase):
         self.partial.set_manifest(self.prepared.chunk_hashes)
 
     def piece(self, index: int, piece: int) -> bytes:
-        start = index * MIB + piece * PIECE_SIZE
+        start = index * FOUR_PIECES + piece * PIECE_SIZE
         return self.data[start : start + PIECE_SIZE]
 
     def test_pieces_in_order_hold_the_chunk_after_the_last(self) -> None:

@@ -37,6 +37,7 @@ from jarvis.protocol.transfer import (
     CHUNK_OVERHEAD,
     MAX_TRANSFER_FRAME,
     MIN_CHUNK_SIZE,
+    PIECE_SIZE,
     Ack,
     Cancel,
     Complete,
@@ -534,7 +535,8 @@ class AckTests(TestCase):
         self.assertEqual(sender.max_unacked_bytes, 3 * CHUNK)
 
 
-MiB = 1024 * 1024
+#: A chunk size of four pieces.
+FOUR_PIECES = 4 * PIECE_SIZE
 
 
 def ack_all(sender: TransferSender, case: Any, transport: StringTransport, start: int = 0) -> None:
@@ -547,10 +549,10 @@ def ack_all(sender: TransferSender, case: Any, transport: StringTransport, start
 
 
 class PieceSendingTests(TestCase):
-    """A 1 MiB chunk goes out as four 256 KiB pieces, acknowledged one by one."""
+    """A chunk of four pieces goes out piece by piece, acknowledged one by one."""
 
     def start(self, partial: tuple[tuple[int, int], ...] = ()) -> Any:
-        prepared = make_prepared(self, 3 * MiB, chunk=MiB)
+        prepared = make_prepared(self, 3 * FOUR_PIECES, chunk=FOUR_PIECES)
         source = FileSource(prepared)
         self.addCleanup(source.close)
         sender = TransferSender(source, Recorder(), run_blocking=run_now)
@@ -561,7 +563,7 @@ class PieceSendingTests(TestCase):
         return sender, transport
 
     def pieces_in(self, transport: StringTransport) -> list[tuple[int, int]]:
-        payloads = feed(FrameDecoder(2 * MiB), transport.value())
+        payloads = feed(FrameDecoder(2 * FOUR_PIECES), transport.value())
         records = [parse_transfer_record(p) for p in payloads]
         return [(r.index, r.piece) for r in records if isinstance(r, Piece)]
 
@@ -576,7 +578,7 @@ class PieceSendingTests(TestCase):
         self.assertEqual(self.pieces_in(transport)[-1], (1, 0))
         ack_all(sender, self, transport, start=1)
         self.assertEqual(len(self.pieces_in(transport)), 12)
-        self.assertEqual(sender.max_unacked_bytes, MiB)
+        self.assertEqual(sender.max_unacked_bytes, FOUR_PIECES)
 
     def test_receiver_cut_off_mid_chunk_gets_only_the_rest(self) -> None:
         """When the receiver's Have says two pieces of chunk 1 are written, then chunk 1 goes

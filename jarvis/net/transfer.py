@@ -109,8 +109,8 @@ _INDEX_PIECE = struct.Struct(">QI")
 _LENGTH = struct.Struct(">I")
 #: Bytes before the sealed data in a Piece record: version, type, index, piece.
 _PIECE_PREFIX = 2 + 8 + 4
-#: Spare piece-frame buffers a receiver keeps for reuse (a 4 MiB chunk's pieces and some).
-_FRAME_POOL = 20
+#: Spare piece-frame buffers a receiver keeps for reuse (the eight pieces of a 4 MiB chunk and two).
+_FRAME_POOL = 10
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 

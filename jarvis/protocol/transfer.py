@@ -74,7 +74,7 @@ CHUNK_OVERHEAD = 80
 #: its own, so the receiver opens, hashes and writes a chunk while its later pieces are still
 #: arriving: the acknowledgement of a chunk follows its last piece by one piece's work, not a
 #: whole chunk's (docs/protocol.md, "Pieces and acknowledgements").
-PIECE_SIZE = 256 * 1024
+PIECE_SIZE = 512 * 1024
 #: Most pieces of a chunk (a largest chunk's).
 MAX_PIECES = MAX_CHUNK_SIZE // PIECE_SIZE
 #: Largest file size on the wire (1 TiB); the receiver's own cap is usually lower.
@@ -330,7 +330,7 @@ class Have:
             raise ValueError("too many partial chunks")
         for index, pieces in self.partial:
             if not 0 <= index <= MAX_FILE_SIZE or not 0 < pieces < MAX_PIECES:
-                raise ValueError("a partial chunk has 1 to 15 pieces written")
+                raise ValueError(f"a partial chunk has 1 to {MAX_PIECES - 1} pieces written")
 
 
 @dataclass(frozen=True)
