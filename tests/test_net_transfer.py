@@ -762,7 +762,7 @@ class ChunkFrameReaderTests(TestCase):
 class WidenBufferTests(TestCase):
     def test_reaches_the_tcp_connection_under_the_wrappers(self) -> None:
         """When a data connection starts, then the TCP transport under its wrappers (TLS, the
-        knock) reads 1 MiB at a time, and an in-memory transport is left alone."""
+        knock) reads DATA_BUFFER bytes at a time, and an in-memory transport is left alone."""
         from twisted.internet.abstract import FileDescriptor
         from twisted.internet.testing import MemoryReactor
 

@@ -210,9 +210,10 @@ def _frame(record: TransferRecord) -> bytes:
 
 
 #: Bytes a data connection's TCP transport reads at once, and buffers before it pauses the
-#: sender (Twisted's default is 64 KiB): 1 MiB takes a 4 MiB chunk in four reactor turns instead
-#: of 64, 7.9 -> 7.3 CPU ms per MiB for both sides together (docs/benchmarks.md).
-DATA_BUFFER = 1024 * 1024
+#: sender (Twisted's default is 64 KiB, 64 reactor turns per 4 MiB chunk): 256 KiB gave 204-215
+#: MiB/s against 200-207 with 64 KiB, and 1 MiB no more rate but chat p50 18 ms instead of 15
+#: during a transfer (docs/benchmarks.md, 2026-12-06).
+DATA_BUFFER = 256 * 1024
 
 
 def widen_buffer(transport: Any, size: int = DATA_BUFFER) -> bool:
