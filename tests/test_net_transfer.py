@@ -217,6 +217,35 @@ class SlowTransport(StringTransport):
         return data[:n]
 
 
+Job = tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]
+
+
+class SlowDisk:
+    """A receiver of *prepared* whose worker jobs wait in :attr:`jobs` until the test runs them."""
+
+    def __init__(self, case: TestCase, prepared: PreparedFile) -> None:
+        self.partial = PartialFile.create(short_tempdir(case), prepared.offer)
+        case.addCleanup(self.partial.close)
+        self.jobs: list[Job] = []
+        self.recorder = Recorder()
+        self.receiver = TransferReceiver(self.partial, self.recorder, run_blocking=self.run)
+        self.transport = StringTransport()
+        self.receiver.makeConnection(self.transport)
+        have = parse_transfer_record(feed(FrameDecoder(4096), self.transport.value())[0])
+        assert isinstance(have, Have)
+        offer = prepared.offer
+        self.cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+
+    def run(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.jobs.append((f, args, d))
+        return d
+
+    def run_next(self) -> None:
+        f, args, d = self.jobs.pop(0)
+        d.callback(f(*args))
+
+
 class BackpressureTests(TestCase):
     def test_slow_consumer_bounds_sender_buffer(self) -> None:
         """When the network drains slowly while a 16 MiB file is sent, then the sender's
@@ -294,23 +323,9 @@ class BackpressureTests(TestCase):
         then they are stored before the (resumable) loss is reported, so the next connection's
         Have holds every chunk that had arrived whole and only the one cut off is sent again."""
         prepared = make_prepared(self, 12 * CHUNK)
-        partial = PartialFile.create(short_tempdir(self), prepared.offer)
-        self.addCleanup(partial.close)
-        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
-
-        def slow_disk(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            jobs.append((f, args, d))
-            return d
-
-        recorder = Recorder()
-        receiver = TransferReceiver(partial, recorder, run_blocking=slow_disk)
-        transport = StringTransport()
-        receiver.makeConnection(transport)
-        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
-        assert isinstance(have, Have)
-        offer = prepared.offer
-        cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+        disk = SlowDisk(self, prepared)
+        jobs, partial, recorder, receiver = disk.jobs, disk.partial, disk.recorder, disk.receiver
+        cipher = disk.cipher
         stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
         with open(prepared.path, "rb") as f:
             for i in range(10):
@@ -333,35 +348,17 @@ class BackpressureTests(TestCase):
         worker job not yet done), then no piece job starts until it is (a piece checked
         before the manifest is stored would fail the transfer), and then they are stored."""
         prepared = make_prepared(self, 4 * CHUNK)
-        partial = PartialFile.create(short_tempdir(self), prepared.offer)
-        self.addCleanup(partial.close)
-        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
-
-        def slow_disk(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
-            d: defer.Deferred[Any] = defer.Deferred()
-            jobs.append((f, args, d))
-            return d
-
-        recorder = Recorder()
-        receiver = TransferReceiver(partial, recorder, run_blocking=slow_disk)
-        transport = StringTransport()
-        receiver.makeConnection(transport)
-        have = parse_transfer_record(feed(FrameDecoder(4096), transport.value())[0])
-        assert isinstance(have, Have)
-        offer = prepared.offer
-        cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, have.epoch)
+        disk = SlowDisk(self, prepared)
         stream = b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
         with open(prepared.path, "rb") as f:
             for i in range(2):
-                stream += frame(Piece(i, 0, cipher.seal(i, f.read(CHUNK))))
-        receiver.dataReceived(stream)
-        self.assertEqual([j[0] for j in jobs], [partial.set_manifest])
-        f, args, d = jobs.pop(0)
-        d.callback(f(*args))
-        self.assertEqual(len(jobs), 1)  # the piece lane, now
-        f, args, d = jobs.pop(0)
-        d.callback(f(*args))
-        self.assertEqual(partial.held_ranges(), ((0, 2),))
+                stream += frame(Piece(i, 0, disk.cipher.seal(i, f.read(CHUNK))))
+        disk.receiver.dataReceived(stream)
+        self.assertEqual([j[0] for j in disk.jobs], [disk.partial.set_manifest])
+        disk.run_next()
+        self.assertEqual(len(disk.jobs), 1)  # the piece lane, now
+        disk.run_next()
+        self.assertEqual(disk.partial.held_ranges(), ((0, 2),))
 
     def test_next_chunks_pages_prepared_after_each_ack(self) -> None:
         """When a chunk is stored and acknowledged, then a worker job prepares the next chunks'
