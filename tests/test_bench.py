@@ -85,6 +85,8 @@ BENCHMARK_KEYS = {
         "receiver_cpu_s_per_gib",
         "sender_rss_growth_mib",
         "receiver_rss_growth_mib",
+        "sender_peak_rss_mib",
+        "receiver_peak_rss_mib",
         "chat_p50_ms",
         "chat_p99_ms",
     },
