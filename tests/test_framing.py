@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from jarvis.protocol.framing import (
     MAX_FRAME,
     PROLOGUE,
     BadPrologue,
+    ChunkFrameReader,
     FrameDecoder,
     FrameTooLarge,
     encode_frame,
@@ -171,3 +173,33 @@ class PrologueTests(SynchronousTestCase):
         decoder = FrameDecoder(100, expect_prologue=True)
         self.assertEqual(feed(decoder, PROLOGUE[:3]), [])
         self.assertEqual(feed(decoder, PROLOGUE[3:] + encode_frame(b"a")), [b"a"])
+
+
+class ChunkFrameReaderTests(SynchronousTestCase):
+    def test_frames_cut_anywhere_and_buffers_reused(self) -> None:
+        """When frames arrive cut at any byte (1, 7 or 32 KiB pieces), then each payload comes
+        out whole and in order, and a given-back chunk buffer is reused for the next chunk."""
+        big = os.urandom(3000)
+        payloads = [b"control", big, b"", b"x" * 5, big[::-1]]
+        stream = b"".join(encode_frame(p) for p in payloads)
+        for piece in (1, 7, 32 * 1024):
+            reader = ChunkFrameReader(4000, pooled=3000)
+            for at in range(0, len(stream), piece):
+                reader.receive(stream[at : at + piece])
+            got = list(reader.frames)
+            self.assertEqual([bytes(f) for f in got], payloads)
+            reader.frames.clear()
+            reader.give_back(got[1])
+            reader.give_back(got[0])  # not a chunk's size: not kept
+            reader.receive(encode_frame(big))
+            self.assertIs(reader.frames[0], got[1])
+            self.assertEqual(bytes(reader.frames[0]), big)
+
+    def test_oversized_frame_refused_at_its_header(self) -> None:
+        """When a header announces more than the maximum, then FrameTooLarge as soon as the
+        four header bytes are in, before any of the body is buffered."""
+        reader = ChunkFrameReader(100, pooled=100)
+        reader.receive(encode_frame(b"ok") + (101).to_bytes(4, "big")[:3])
+        self.assertEqual([bytes(f) for f in reader.frames], [b"ok"])
+        with self.assertRaises(FrameTooLarge):
+            reader.receive((101).to_bytes(4, "big")[3:])

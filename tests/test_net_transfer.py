@@ -27,12 +27,11 @@ from jarvis.net.transfer import (
     DATA_BUFFER,
     DEFAULT_WINDOW,
     PREPARE_AHEAD,
-    ChunkFrameReader,
     TransferReceiver,
     TransferSender,
     widen_buffer,
 )
-from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, encode_frame
+from jarvis.protocol.framing import FrameDecoder, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK_OVERHEAD,
     MAX_TRANSFER_FRAME,
@@ -724,36 +723,6 @@ class LoopbackTests(TestCase):
             f"{size / (1 << 20) / (first_seconds + second_seconds):.0f} MiB/s overall; "
             f"{lost} chunks were in flight when the connection died"
         )
-
-
-class ChunkFrameReaderTests(TestCase):
-    def test_frames_cut_anywhere_and_buffers_reused(self) -> None:
-        """When frames arrive cut at any byte (1, 7 or 32 KiB pieces), then each payload comes
-        out whole and in order, and a given-back chunk buffer is reused for the next chunk."""
-        big = os.urandom(3000)
-        payloads = [b"control", big, b"", b"x" * 5, big[::-1]]
-        stream = b"".join(encode_frame(p) for p in payloads)
-        for piece in (1, 7, 32 * 1024):
-            reader = ChunkFrameReader(4000, pooled=3000)
-            for at in range(0, len(stream), piece):
-                reader.receive(stream[at : at + piece])
-            got = list(reader.frames)
-            self.assertEqual([bytes(f) for f in got], payloads)
-            reader.frames.clear()
-            reader.give_back(got[1])
-            reader.give_back(got[0])  # not a chunk's size: not kept
-            reader.receive(encode_frame(big))
-            self.assertIs(reader.frames[0], got[1])
-            self.assertEqual(bytes(reader.frames[0]), big)
-
-    def test_oversized_frame_refused_at_its_header(self) -> None:
-        """When a header announces more than the maximum, then FrameTooLarge as soon as the
-        four header bytes are in, before any of the body is buffered."""
-        reader = ChunkFrameReader(100, pooled=100)
-        reader.receive(encode_frame(b"ok") + (101).to_bytes(4, "big")[:3])
-        self.assertEqual([bytes(f) for f in reader.frames], [b"ok"])
-        with self.assertRaises(FrameTooLarge):
-            reader.receive((101).to_bytes(4, "big")[3:])
 
 
 class WidenBufferTests(TestCase):

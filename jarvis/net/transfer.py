@@ -53,7 +53,7 @@ from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
 from jarvis.files.receive import ChunkMismatch, PartialFile, PieceDamaged, VerificationFailed
 from jarvis.files.send import FileSource, SourceChanged
-from jarvis.protocol.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
+from jarvis.protocol.framing import ChunkFrameReader, FrameDecoder, FramingError, encode_frame
 from jarvis.protocol.transfer import (
     CHUNK,
     CHUNK_OVERHEAD,
@@ -106,73 +106,12 @@ _PIECE_HEAD = struct.Struct(">IBBQI")
 _INDEX_PIECE = struct.Struct(">QI")
 
 
-_LENGTH = struct.Struct(">I")
 #: Bytes before the sealed data in a Piece record: version, type, index, piece.
 _PIECE_PREFIX = 2 + 8 + 4
 #: Spare piece-frame buffers a receiver keeps for reuse (the eight pieces of a 4 MiB chunk and two).
 _FRAME_POOL = 10
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
-
-
-class ChunkFrameReader:
-    """Cut the sender's byte stream into frames, copying each byte once.
-
-    TLS hands the stream over in pieces of up to 32 KiB; each frame's payload is copied
-    straight into a ``bytearray`` of its own length (a full chunk frame's buffer comes from a
-    small pool and goes back with :meth:`give_back` once the chunk is stored), instead of
-    growing a buffer and slicing a payload and then a record out of it (three more 1 MiB copies
-    and as many fresh allocations per chunk, on the reactor thread).  A length above
-    *max_frame* is refused as soon as its header arrives, before any of its body is buffered.
-
-    :param max_frame: the largest payload accepted.
-    :param pooled: the payload length whose buffers are reused (a full chunk's frame).
-    """
-
-    def __init__(self, max_frame: int, pooled: int) -> None:
-        self._max_frame = max_frame
-        self._pooled = pooled
-        self._head = bytearray()
-        self._frame: bytearray | None = None
-        self._filled = 0
-        self._pool: list[bytearray] = []
-        #: Complete payloads not yet taken, oldest first.
-        self.frames: deque[bytearray] = deque()
-
-    def receive(self, data: bytes) -> None:
-        """Take the next piece of the stream.
-
-        :raises FrameTooLarge: if a header announces more than *max_frame*.
-        """
-        view = memoryview(data)
-        off, end = 0, len(data)
-        while off < end:
-            frame = self._frame
-            if frame is None:
-                need = 4 - len(self._head)
-                self._head += view[off : off + need]
-                off += min(need, end - off)
-                if len(self._head) < 4:
-                    return
-                (length,) = _LENGTH.unpack(self._head)
-                self._head.clear()
-                if length > self._max_frame:
-                    raise FrameTooLarge(length, self._max_frame)
-                frame = self._pool.pop() if length == self._pooled and self._pool else None
-                frame = frame if frame is not None else bytearray(length)
-                self._frame, self._filled = frame, 0
-            take = min(len(frame) - self._filled, end - off)
-            frame[self._filled : self._filled + take] = view[off : off + take]
-            self._filled += take
-            off += take
-            if self._filled == len(frame):
-                self.frames.append(frame)
-                self._frame = None
-
-    def give_back(self, frame: bytearray) -> None:
-        """Return a payload buffer nobody uses any more, for reuse."""
-        if len(frame) == self._pooled and len(self._pool) < _FRAME_POOL:
-            self._pool.append(frame)
 
 
 class TransferStreamObserver(TypingProtocol):
@@ -572,7 +511,9 @@ class TransferReceiver(protocol.Protocol):
         self._window = window
         full_piece = min(self._offer.chunk_size, PIECE_SIZE)
         full_frame = _PIECE_PREFIX + full_piece + CHUNK_OVERHEAD
-        self._reader = ChunkFrameReader(max(_CONTROL_MAX_FRAME, full_frame), full_frame)
+        self._reader = ChunkFrameReader(
+            max(_CONTROL_MAX_FRAME, full_frame), full_frame, pool=_FRAME_POOL
+        )
         self._work = WorkBuffers(full_piece + CHUNK_OVERHEAD)
         #: Most pieces waiting for the disk before the socket is paused (*window* chunks).
         self._limit = window * piece_count(self._offer.chunk_size)
