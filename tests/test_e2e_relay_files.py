@@ -279,13 +279,13 @@ class DroppedPacketsTests(TestCase):
         sent, _ = await offer_and_accept(alice, bob, path, inbox)
         await bob.recorder.wait(lambda: received(bob, sent["id"]) >= 8 * MiB, 120)
         await bob.kill()
-        verified_before_kill = received(bob, sent["id"]) // CHUNK
+        announced = received(bob, sent["id"])
         await wait_state(alice, sent["id"], {"accepted"}, 60)
         partials = [n for n in os.listdir(inbox) if n.endswith(".jarvis-partial")]
         self.assertEqual(len(partials), 1)
         held, written = on_disk(inbox, SIZE)
         self.assertLess(held, SIZE // CHUNK, "the transfer ended before the kill")
-        self.assertLessEqual(max(0, verified_before_kill - held), 1)
+        self.assertLessEqual(announced, written)  # what was announced written survived
         await alice.process.wait_for(b"sent on this connection")
         first_connection = sent_per_connection(alice)
         self.assertEqual(len(first_connection), 1)
@@ -299,7 +299,7 @@ class DroppedPacketsTests(TestCase):
         lost = first_connection[0] - written
         print(
             f"\nrelayed receiver kill at {held} of {SIZE // CHUNK} chunks: "
-            f"{max(0, verified_before_kill - held)} verified chunk(s) sent again, {lost} bytes "
+            f"{announced} bytes announced written, {written} on disk, {lost} bytes "
             f"in flight sent again; complete {time.monotonic() - restarted:.1f} s after the "
             "restart",
             file=sys.stderr,

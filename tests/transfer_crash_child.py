@@ -2,8 +2,8 @@
 
 Usage: ``python -m tests.transfer_crash_child DIRECTORY OFFER_HEX`` with the repository on
 ``PYTHONPATH``.  It creates the partial file, listens on 127.0.0.1, prints the port, then prints
-``held N`` (unbuffered) each time N bytes are held verified, i.e. after the chunk and its mark
-were written.  The parent kills it with SIGKILL; it must never be run by the test runner.
+``held N`` (unbuffered) each time N bytes are written and recorded, i.e. after a piece and its
+mark were written.  The parent kills it with SIGKILL; it must never be run by the test runner.
 """
 
 from __future__ import annotations

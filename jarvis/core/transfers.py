@@ -839,7 +839,7 @@ class Transfers:
                 partial.close()
                 return
             entry.partial = partial
-            entry.done = partial.held_bytes
+            entry.done = partial.written_bytes
             self._send_control(entry.peer, Accept(entry.offer.transfer_id))
 
         d = self._run(_reopen_partial, entry.directory, entry.offer)

@@ -367,6 +367,18 @@ class PartialFile:
         return self._held_bytes
 
     @property
+    def written_bytes(self) -> int:
+        """Bytes on disk and recorded: the chunks held verified and the pieces written of the
+        chunks cut off mid-way (what a resumed transfer will not ask for again)."""
+        offer = self.offer
+        with self._lock:
+            pieces = sum(
+                min(n * PIECE_SIZE, chunk_length(i, offer.size, offer.chunk_size))
+                for i, n in self._pieces.items()
+            )
+            return self._held_bytes + pieces
+
+    @property
     def manifest_known(self) -> bool:
         """Whether a manifest matching the offer is stored."""
         return self._manifest is not None

@@ -121,7 +121,8 @@ class TransferStreamObserver(TypingProtocol):
         """The records of this transfer flow (the receiver sent, or the sender got, Have)."""
 
     def bytes_done(self, done: int) -> None:
-        """Sender: bytes handed to the transport on this connection; receiver: bytes held."""
+        """Sender: bytes handed to the transport on this connection; receiver: bytes written
+        and recorded (the chunks held and the pieces written of a chunk not yet held)."""
 
     def stream_completed(self, final_path: str | None) -> None:
         """The receiver verified the file (*final_path* on the receiving side, else ``None``)."""
@@ -657,7 +658,9 @@ class TransferReceiver(protocol.Protocol):
                 self._prepare_after(index)
         if stored:
             self.chunks_stored += 1
-            self._observer.bytes_done(self._partial.held_bytes)
+        if stored is not False:
+            # Progress by piece, not by chunk: on a slow path a 4 MiB chunk takes a while.
+            self._observer.bytes_done(self._partial.written_bytes)
         self._after_job()
 
     def _piece_failed(self, frame: bytearray, failure: Failure) -> None:
