@@ -52,7 +52,6 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
 )
 from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
 )
@@ -857,6 +856,29 @@ class PeerNetwork:
         peer = self._peers.get(uid)
         return peer.active.path if peer is not None and peer.active is not None else None
 
+    def _pinned_factory(
+        self,
+        creator: Any,
+        is_client: bool,
+        inner: IProtocolFactory,
+        knock_to: _Peer | None = None,
+        closed_before_tls: Callable[[], None] = lambda: None,
+    ) -> IProtocolFactory:
+        """The factory of an outbound connection: pinned TLS as *creator* (the TLS client or,
+        for a relay join, the server) around *inner*, behind the knock to *knock_to* when
+        given (*closed_before_tls* is told when the peer closes before TLS starts).  Sessions
+        and data connections, dialled or joined at a relay, are all built here."""
+        tls = TLSMemoryBIOFactory(creator, is_client, inner, clock=self._reactor)
+        if knock_to is None:
+            return cast(IProtocolFactory, tls)
+        peer = knock_to
+        return cast(
+            IProtocolFactory,
+            KnockSenderFactory(
+                cast(IProtocolFactory, tls), lambda: self._knock_for(peer), closed_before_tls
+            ),
+        )
+
     def _dial_endpoint(
         self,
         peer: _Peer,
@@ -876,20 +898,14 @@ class PeerNetwork:
         attempt = _Attempt(self, peer, creator, path, address)
         peer.connect_attempts += 1
         peer.attempts.add(attempt)
-        tls_factory = TLSMemoryBIOFactory(
+        factory = self._pinned_factory(
             creator,
             initiator,
             cast(IProtocolFactory, self._peer_factory(attempt, initiator=initiator)),
-            clock=self._reactor,
+            peer if knock else None,
+            attempt.peer_closed_before_tls,
         )
-        factory: Any = tls_factory
-        if knock:
-            factory = KnockSenderFactory(
-                cast(IProtocolFactory, tls_factory),
-                lambda: self._knock_for(peer),
-                attempt.peer_closed_before_tls,
-            )
-        connecting = endpoint.connect(cast(IProtocolFactory, factory))
+        connecting = endpoint.connect(factory)
         attempt.connecting = connecting
         connecting.addCallbacks(attempt.connected, attempt.connect_failed)
         self._update_state(peer)
@@ -1416,17 +1432,13 @@ class PeerNetwork:
                 claim,
             )
             links.append(link)
-            creator = client_creator(self._identity, uid, contexts=self._contexts)
-            tls_factory = TLSMemoryBIOFactory(
-                cast(IOpenSSLClientConnectionCreator, creator),
+            knocking = self._pinned_factory(
+                client_creator(self._identity, uid, contexts=self._contexts),
                 True,
                 cast(IProtocolFactory, TransferDialFactory(lambda: link)),
-                clock=self._reactor,
+                peer,
             )
-            knocking = KnockSenderFactory(
-                cast(IProtocolFactory, tls_factory), lambda: self._knock_for(peer), lambda: None
-            )
-            d = self._endpoint_for(host, port).connect(cast(IProtocolFactory, knocking))
+            d = self._endpoint_for(host, port).connect(knocking)
             connecting.append(d)
             d.addErrback(lambda f: lost(describe_failure(f)))
             return ready
@@ -1553,11 +1565,10 @@ class PeerNetwork:
                 if is_client
                 else RelayServerCreator(self._identity, uid, self._contexts)
             )
-            tls_factory = TLSMemoryBIOFactory(
+            tls_factory = self._pinned_factory(
                 creator,
                 is_client,
                 cast(IProtocolFactory, TransferDialFactory(lambda: link_protocol)),
-                clock=self._reactor,
             )
             endpoint = RelayEndpoint(
                 self._endpoint_for(link.host, link.port),
@@ -1571,7 +1582,7 @@ class PeerNetwork:
             )
             log.debug("joining {uid} through a relay for a transfer", uid=log_id(uid))
             self._links_out[transfer_id] = link_protocol
-            joining = endpoint.connect(cast(IProtocolFactory, tls_factory))
+            joining = endpoint.connect(tls_factory)
             self._data_dials[transfer_id] = joining
 
             def paired(result: Any) -> Any:
