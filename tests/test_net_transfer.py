@@ -588,6 +588,69 @@ class PieceSendingTests(TestCase):
         )
 
 
+class HostilePieceTests(TestCase):
+    """Pieces that break the rules end the connection with a clear reason and store nothing."""
+
+    def receiver_with_manifest(self) -> tuple[SlowDisk, PreparedFile]:
+        prepared = make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES)
+        disk = SlowDisk(self, prepared)
+        disk.receiver.dataReceived(
+            b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes))
+        )
+        disk.run_next()  # the manifest is stored
+        return disk, prepared
+
+    def piece(self, disk: SlowDisk, prepared: PreparedFile, index: int, n: int) -> bytes:
+        with open(prepared.path, "rb") as f:
+            f.seek(index * FOUR_PIECES + n * PIECE_SIZE)
+            data = f.read(PIECE_SIZE)
+        return frame(Piece(index, n, disk.cipher.seal(index, data, n)))
+
+    def test_piece_out_of_order_ends_the_connection(self) -> None:
+        """When a chunk's second piece comes before its first, then the connection ends
+        (resumable: a new connection starts the chunk over), with the reason, and no piece
+        job ran."""
+        disk, prepared = self.receiver_with_manifest()
+        disk.receiver.dataReceived(self.piece(disk, prepared, 0, 1))
+        kind, (reason, resumable) = self.successResultOf(disk.recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("piece 1 of chunk 0 out of order", reason)
+        self.assertEqual(disk.jobs, [])
+        self.assertTrue(disk.transport.disconnecting)
+
+    def test_piece_of_the_wrong_size_ends_the_connection(self) -> None:
+        """When a piece is shorter than its place in the chunk says, then the connection ends
+        before the piece is opened."""
+        disk, _prepared = self.receiver_with_manifest()
+        short = frame(Piece(0, 0, disk.cipher.seal(0, b"x" * 100, 0)))
+        disk.receiver.dataReceived(short)
+        kind, (reason, resumable) = self.successResultOf(disk.recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("sealed piece size out of range", reason)
+        self.assertEqual(disk.jobs, [])
+
+    def test_have_claiming_more_pieces_than_a_chunk_has_is_refused(self) -> None:
+        """When the receiver's Have says a chunk has as many pieces written as it has in all,
+        then the sender ends the connection (resumable) and sends no piece."""
+        prepared = make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        recorder = Recorder()
+        sender = TransferSender(source, recorder, run_blocking=run_now)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        tid = prepared.offer.transfer_id
+        # Have refuses this at parse time; a record built in memory gets past that.
+        have = Have(tid, b"\x01" * 16, (), ((1, 3),))
+        object.__setattr__(have, "partial", ((1, 4),))
+        sender.dataReceived(frame(have))
+        kind, (reason, resumable) = self.successResultOf(recorder.finished)
+        self.assertEqual((kind, resumable), ("ended", True))
+        self.assertIn("holds more pieces than a chunk has", reason)
+        records = [parse_transfer_record(p) for p in feed(FrameDecoder(1 << 20), transport.value())]
+        self.assertFalse([r for r in records if isinstance(r, Piece)])
+
+
 class LoopbackTests(TestCase):
     timeout = 120
 
