@@ -93,8 +93,9 @@ DEFAULT_WINDOW = 1
 DEFAULT_ACK_WINDOW = 1
 #: Seconds the sender waits for an acknowledgement before it drops the connection (resumable:
 #: a stuck disk, or a peer that never acknowledges, does not hang the transfer for ever).  The
-#: wait restarts when the transport has taken the chunk (it resumes the sender), so a slow path
-#: only needs to carry one chunk in that time (1 MiB in 120 s: about 9 KiB/s).
+#: wait restarts with each piece the transport takes (it resumes the sender) and each
+#: acknowledgement, so a slow path only needs to carry about one piece in that time (512 KiB in
+#: 120 s: about 4.4 KiB/s).
 ACK_TIMEOUT = 120.0
 #: Chunks past the last acknowledged one whose pages the receiver brings into the page cache
 #: ahead of their writes (:meth:`~jarvis.files.receive.PartialFile.prepare_chunks`).
