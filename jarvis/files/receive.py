@@ -443,8 +443,9 @@ class PartialFile:
         chunk against the manifest and mark it held.
 
         Pieces of a chunk come in order, each from one caller at a time (the piece lane);
-        they are written as they come, before the chunk is verified: a chunk is held only
-        once its last piece matched, and a crash before that leaves it missing.
+        they are written as they come, before the chunk is verified, and each is recorded in
+        the sidecar after its data (a crash keeps them: a resumed transfer sends only the
+        rest); a chunk is held only once its last piece matched.
 
         :returns: ``None`` before the chunk's last piece; then whether the chunk was new
             (``False`` for a chunk already held, which is not written again).
