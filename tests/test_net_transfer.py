@@ -110,7 +110,8 @@ class LyingSource(FileSource):
 
     def read_chunk(self, index: int) -> bytes:
         data = super().read_chunk(index)
-        return data if index != 1 else b"\x00" + data[1:]
+        # Flip the first byte (setting it to 0 would be no lie when it already is: 1 in 256).
+        return data if index != 1 else bytes([data[0] ^ 0xFF]) + data[1:]
 
 
 class PairTests(TestCase):
