@@ -370,13 +370,14 @@ class PartialFile:
     def written_bytes(self) -> int:
         """Bytes on disk and recorded: the chunks held verified and the pieces written of the
         chunks cut off mid-way (what a resumed transfer will not ask for again)."""
+        # Read on the reactor thread at every piece: no lock, which the worker holds across
+        # its sidecar writes and fsyncs (a dict copy is atomic under the GIL).
         offer = self.offer
-        with self._lock:
-            pieces = sum(
-                min(n * PIECE_SIZE, chunk_length(i, offer.size, offer.chunk_size))
-                for i, n in self._pieces.items()
-            )
-            return self._held_bytes + pieces
+        pieces = sum(
+            min(n * PIECE_SIZE, chunk_length(i, offer.size, offer.chunk_size))
+            for i, n in self._pieces.copy().items()
+        )
+        return self._held_bytes + pieces
 
     @property
     def manifest_known(self) -> bool:
