@@ -254,7 +254,7 @@ class TransferTests(TestCase):
         self.assertLessEqual(lost, LOST_BOUND * CHUNK)
 
 
-#: The file of the kill tests and its chunk size (the default offered, 4 MiB).
+#: The file of the kill tests and its chunk size (the default offered, 8 MiB).
 SIZE = 192 * MiB
 CHUNK = DEFAULT_CHUNK_SIZE
 #: Chunks' bytes sent again in total after a kill: at most one chunk's bytes of pieces in
@@ -503,7 +503,7 @@ class LyingSenderTests(TestCase):
         )
         await befriend(alice, bob)
         path = os.path.join(root, "lie.bin")
-        random_file(path, 8 * MiB)
+        random_file(path, 3 * CHUNK)  # the lie is in chunk 1 of 3
         inbox = os.path.join(root, "inbox")
         sent, accepted = await offer_and_accept(alice, bob, path, inbox)
         self.assertEqual(accepted["state"], "accepted")

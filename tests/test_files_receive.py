@@ -39,19 +39,22 @@ CHUNK = MIN_CHUNK_SIZE
 FOUR_PIECES = 4 * PIECE_SIZE
 
 
-def make_prepared(testcase: SynchronousTestCase, size: int, name: str = "a.bin") -> PreparedFile:
+def make_prepared(
+    testcase: SynchronousTestCase, size: int, name: str = "a.bin", chunk: int = CHUNK
+) -> PreparedFile:
     """Write a random file of *size* bytes and return it prepared for sending."""
     source_dir = short_tempdir(testcase)
     path = os.path.join(source_dir, name)
     with open(path, "wb") as f:
         f.write(os.urandom(size))
-    return make_offer(path, chunk_size=CHUNK)
+    return make_offer(path, chunk_size=chunk)
 
 
 def read_chunk(prepared: PreparedFile, index: int) -> bytes:
+    chunk = prepared.offer.chunk_size
     with open(prepared.path, "rb") as f:
-        f.seek(index * CHUNK)
-        return f.read(CHUNK)
+        f.seek(index * chunk)
+        return f.read(chunk)
 
 
 def sha256_file(path: str) -> str:
@@ -326,6 +329,39 @@ class FileSourceTests(SynchronousTestCase):
         with self.assertRaises(SourceChanged):
             source.read_chunk(1)
         self.assertEqual(source.read_chunk(0), read_chunk(prepared, 0))
+
+    def test_read_pieces_of_a_chunk(self) -> None:
+        """When pieces of a chunk are read, then they are the chunk's bytes from the first
+        piece to the end piece (the last piece short); after a change they raise
+        SourceChanged, and a range with no piece in it is refused."""
+        prepared = make_prepared(self, 2 * FOUR_PIECES + 1000, chunk=FOUR_PIECES)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        whole = read_chunk(prepared, 1)
+        self.assertEqual(source.read_pieces(1, 1, 3), whole[PIECE_SIZE : 3 * PIECE_SIZE])
+        self.assertEqual(source.read_pieces(2, 0, 4), read_chunk(prepared, 2))
+        self.assertEqual(len(source.read_pieces(2, 0, 4)), 1000)
+        with self.assertRaises(ValueError):
+            source.read_pieces(2, 1, 4)  # the last chunk has one piece
+        with open(prepared.path, "r+b") as f:
+            f.write(b"changed")
+        with self.assertRaises(SourceChanged):
+            source.read_pieces(1, 0, 2)
+
+    def test_read_pieces_without_signature_checks_the_chunk(self) -> None:
+        """When a prepared file has no signature, then reading pieces checks their whole chunk
+        against its hash: a change in another piece of the chunk raises."""
+        prepared = replace(
+            make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES), signature=None
+        )
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        with open(prepared.path, "r+b") as f:
+            f.seek(FOUR_PIECES + 3 * PIECE_SIZE)
+            f.write(b"changed")
+        self.assertEqual(source.read_pieces(0, 2, 4), read_chunk(prepared, 0)[2 * PIECE_SIZE :])
+        with self.assertRaises(SourceChanged):
+            source.read_pieces(1, 0, 1)
 
     def test_prepare_again_after_restart(self) -> None:
         """When the sender restarts, then the same offer is rebuilt from the file, and refused

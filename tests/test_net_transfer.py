@@ -24,6 +24,7 @@ from jarvis.crypto.transfer_keys import ChunkCipher
 from jarvis.files.receive import PartialFile
 from jarvis.files.send import FileSource, PreparedFile, make_offer
 from jarvis.net.transfer import (
+    BATCH_PIECES,
     DATA_BUFFER,
     DEFAULT_WINDOW,
     PREPARE_AHEAD,
@@ -108,10 +109,11 @@ def frame(record: Any) -> bytes:
 class LyingSource(FileSource):
     """A sender whose chunk 1 differs from what its manifest and offer say."""
 
-    def read_chunk(self, index: int) -> bytes:
-        data = super().read_chunk(index)
-        # Flip the first byte (setting it to 0 would be no lie when it already is: 1 in 256).
-        return data if index != 1 else bytes([data[0] ^ 0xFF]) + data[1:]
+    def read_pieces(self, index: int, first: int, end: int) -> bytes:
+        data = super().read_pieces(index, first, end)
+        # Flip the chunk's first byte (setting it to 0 would be no lie when it already is: 1
+        # in 256).
+        return data if (index, first) != (1, 0) else bytes([data[0] ^ 0xFF]) + data[1:]
 
 
 class PairTests(TestCase):
@@ -587,6 +589,47 @@ class PieceSendingTests(TestCase):
             self.pieces_in(transport),
             [(0, 0), (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 0), (2, 1), (2, 2), (2, 3)],
         )
+
+
+class BatchTests(TestCase):
+    """A chunk of more pieces than a batch is read and sealed a batch at a time."""
+
+    def test_big_chunk_read_and_sealed_a_batch_at_a_time(self) -> None:
+        """When a chunk has twice BATCH_PIECES pieces, then the sender reads and seals it in
+        two jobs of BATCH_PIECES pieces, and holds at most one sealed batch besides the one
+        being written (the next chunk's two batches once all of chunk 0 is out); all the
+        chunk's pieces go out before any acknowledgement (one chunk's bytes), and no piece of
+        the next chunk."""
+        chunk = 2 * BATCH_PIECES * PIECE_SIZE
+        prepared = make_prepared(self, 2 * chunk, chunk=chunk)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        jobs: list[tuple[Any, ...]] = []
+
+        def run(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            if getattr(f, "__name__", "") == "_read_sealed":
+                jobs.append(args[1:])
+            return run_now(f, *args)
+
+        sender = TransferSender(source, Recorder(), run_blocking=run)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        sender.dataReceived(frame(Have(prepared.offer.transfer_id, b"\x01" * 16, (), ())))
+        payloads = feed(FrameDecoder(2 * PIECE_SIZE), transport.value())
+        records = [parse_transfer_record(p) for p in payloads]
+        pieces = [(r.index, r.piece) for r in records if isinstance(r, Piece)]
+        self.assertEqual(pieces, [(0, p) for p in range(2 * BATCH_PIECES)])
+        self.assertEqual(
+            jobs,
+            [
+                (0, 0, BATCH_PIECES),
+                (0, BATCH_PIECES, 2 * BATCH_PIECES),
+                (1, 0, BATCH_PIECES),
+                (1, BATCH_PIECES, 2 * BATCH_PIECES),
+            ],
+        )
+        self.assertEqual(sender.max_in_flight, DEFAULT_WINDOW)
+        self.assertEqual(sender.max_unacked_bytes, chunk)
 
 
 class HostilePieceTests(TestCase):

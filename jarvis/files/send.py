@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from jarvis.crypto.transfer_keys import new_transfer_secret
 from jarvis.protocol.transfer import (
     DEFAULT_CHUNK_SIZE,
+    PIECE_SIZE,
     Offer,
     chunk_count,
     chunk_hash,
@@ -140,6 +141,30 @@ class FileSource:
                 raise SourceChanged(f"the file changed (chunk {index})")
         elif chunk_hash(data) != prepared.chunk_hashes[index]:
             raise SourceChanged(f"chunk {index}")
+        return data
+
+    def read_pieces(self, index: int, first: int, end: int) -> bytes:
+        """Return pieces *first* to *end* - 1 of chunk *index* (``PIECE_SIZE`` bytes each, the
+        chunk's last one may be short), read while the file is unchanged since it was hashed.
+
+        Without a signature the whole chunk is read and checked against its hash
+        (:meth:`read_chunk`) and the pieces are cut from it.
+
+        :raises SourceChanged: if the file changed since the offer.
+        """
+        prepared = self.prepared
+        offer = prepared.offer
+        length = chunk_length(index, offer.size, offer.chunk_size)
+        start, stop = first * PIECE_SIZE, min(end * PIECE_SIZE, length)
+        if not 0 <= start < stop:
+            raise ValueError(f"no pieces {first} to {end} in chunk {index}")
+        if prepared.signature is None:
+            return self.read_chunk(index)[start:stop]
+        data = os.pread(self._fd, stop - start, index * offer.chunk_size + start)
+        if len(data) != stop - start:
+            raise SourceChanged(f"chunk {index}")
+        if file_signature(self._fd) != prepared.signature:
+            raise SourceChanged(f"the file changed (chunk {index})")
         return data
 
     def close(self) -> None:

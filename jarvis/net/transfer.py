@@ -5,27 +5,31 @@ the knock, and picks the transfer by its id), so a file never delays chat messag
 their order are in :mod:`jarvis.protocol.transfer` and ``docs/protocol.md``, "File transfer"::
 
     receiver                                    sender
-       Have(transfer id, epoch, held ranges) -->
+       Have(transfer id, epoch, held ranges,
+            part-written chunks) -------------->
                                             <-- ManifestPage ...
-                                            <-- Chunk (only the missing ones)
-       Ack(index) ---------------------------->
-                                            <-- Chunk ...
+                                            <-- Piece (of the missing chunks only)
+       Ack(index, piece) --------------------->
+                                            <-- Piece ...
                                             <-- End
        Complete (or Cancel) ------------------>
 
-The receiver acknowledges each chunk once it is written and marked held; the sender keeps at
-most *ack_window* (1) chunks unacknowledged on the connection and seals the next ones ahead on
-its threads meanwhile, so a killed receiver costs at most one chunk sent again, and the data in
-the socket buffers is bounded by acknowledgements rather than by their size.
+A chunk (8 MiB) travels as 512 KiB pieces, each sealed on its own.  The receiver acknowledges
+each piece once it is written and recorded (a chunk's last piece once the chunk is verified and
+marked held); the sender keeps at most *ack_window* (1) chunks' bytes unacknowledged on the
+connection and seals the next pieces ahead on its threads meanwhile, so a killed receiver costs
+at most one chunk sent again, and the data in the socket buffers is bounded by
+acknowledgements rather than by their size.
 
-Memory stays bounded whatever the file size and the receiver's disk speed:
+Memory stays bounded whatever the file size, the chunk size and the receiver's disk speed:
 
 - :class:`TransferSender` is an ``IPushProducer`` registered with its transport: it keeps at
-  most *window* chunks being read and sealed on worker threads, and starts no new read while the
-  transport has paused it (its buffer is full because the network or the receiver is slow);
-- :class:`TransferReceiver` opens, checks and writes chunks on worker threads and stops reading
-  the socket (``transport.pauseProducing()``) while *window* chunks are waiting for the disk, so
-  TCP's flow control slows the sender down.
+  most *window* batches of :data:`BATCH_PIECES` pieces (4 MiB) being read and sealed on worker
+  threads or waiting, and starts no new read while the transport has paused it (its buffer is
+  full because the network or the receiver is slow);
+- :class:`TransferReceiver` opens, checks and writes pieces on a worker thread and stops
+  reading the socket (``transport.pauseProducing()``) while *window* batches' worth of pieces
+  are waiting for the disk, so TCP's flow control slows the sender down.
 
 File reads, hashing, sealing, opening and writes all run through *run_blocking* (by default
 ``deferToThread``); the reactor thread only cuts frames and moves buffers.
@@ -82,10 +86,13 @@ from jarvis.protocol.transfer import (
     piece_length,
 )
 
-#: Chunks a side keeps in flight on worker threads (reads on the sender, writes on the
-#: receiver): with 4 MiB chunks, 1 keeps the next chunk sealed while one is on the connection,
-#: and the peak RSS of the sending daemon grows by 13-19 MiB during a 1 GiB transfer (2 made it
-#: 30 MiB for the same speed; tests/test_e2e_files.py measures it).
+#: Pieces read and sealed in one worker job on the sender (4 MiB): the unit of *window*, so
+#: memory does not grow with the chunk size.
+BATCH_PIECES = 8
+#: Batches of pieces a side keeps in flight on worker threads (reads and seals on the sender,
+#: pieces waiting for the disk on the receiver): 1 keeps the next 4 MiB sealed while one batch
+#: is on the connection, and the peak RSS of the sending daemon grows by 13-24 MiB during a
+#: 1 GiB transfer (2 made it 30 MiB for the same speed; tests/test_e2e_files.py measures it).
 DEFAULT_WINDOW = 1
 #: Chunks' worth of bytes the sender keeps on the connection unacknowledged (the receiver
 #: acknowledges each piece once written and recorded): 1 means a killed receiver never costs
@@ -109,8 +116,8 @@ _INDEX_PIECE = struct.Struct(">QI")
 
 #: Bytes before the sealed data in a Piece record: version, type, index, piece.
 _PIECE_PREFIX = 2 + 8 + 4
-#: Spare piece-frame buffers a receiver keeps for reuse (the eight pieces of a 4 MiB chunk and two).
-_FRAME_POOL = 10
+#: Spare piece-frame buffers a receiver keeps for reuse (a batch of pieces and two).
+_FRAME_POOL = BATCH_PIECES + 2
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]
 
@@ -195,7 +202,8 @@ class TransferSender(protocol.Protocol):
     :param source: the file being sent.
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
-    :param window: the most chunks read and sealed ahead of the transport.
+    :param window: the most batches of pieces (:data:`BATCH_PIECES`) read and sealed ahead of the
+        transport.
     :param ack_window: the most chunks on the connection not yet acknowledged by the receiver.
     :param clock: an ``IReactorTime`` for the acknowledgement timeout (``None``: no timeout).
     :param ack_timeout: seconds without an acknowledgement before the connection is dropped.
@@ -229,15 +237,15 @@ class TransferSender(protocol.Protocol):
         self._run = run_blocking
         self._window = window
         self._decoder = FrameDecoder(_CONTROL_MAX_FRAME)
-        #: Chunks to send: (index, first piece).
-        self._queue: deque[tuple[int, int]] = deque()
+        #: Batches of pieces to send: (chunk index, first piece, end piece).
+        self._queue: deque[tuple[int, int, int]] = deque()
         self._cipher: ChunkCipher | None = None
         self._work = WorkBuffers(min(self._offer.chunk_size, PIECE_SIZE) + CHUNK_OVERHEAD)
         self._in_flight = 0
-        #: Sealed chunks waiting for the transport: their pieces (index, piece, plaintext
+        #: Sealed batches waiting for the transport: their pieces (index, piece, plaintext
         #: bytes, whole frame).
         self._ready: deque[list[tuple[int, int, int, bytes]]] = deque()
-        #: The pieces of the chunk being written.
+        #: The pieces of the batch being written.
         self._writing: deque[tuple[int, int, int, bytes]] = deque()
         self._pumping = False
         self._pump_again = False
@@ -246,10 +254,10 @@ class TransferSender(protocol.Protocol):
         self._end_sent = False
         self._ended = False
         self._settled: list[defer.Deferred[None]] = []
-        #: Chunks and bytes handed to the transport on this connection.
+        #: Chunks (their last piece) and bytes handed to the transport on this connection.
         self.chunks_sent = 0
         self.bytes_sent = 0
-        #: Most chunks being read or waiting to be written at any time (a memory bound check).
+        #: Most batches being read or waiting to be written at any time (a memory bound check).
         self.max_in_flight = 0
         #: Most plaintext bytes on the connection not yet acknowledged at any time.
         self.max_unacked_bytes = 0
@@ -281,16 +289,20 @@ class TransferSender(protocol.Protocol):
                 self._end("the receiver asked for another transfer", resumable=False)
                 return
             partial = dict(record.partial)
+            missing = 0
             for index in missing_indexes(offer.chunks, record.held):
                 first = partial.get(index, 0)
-                if first >= piece_count(chunk_length(index, offer.size, offer.chunk_size)):
+                pieces = piece_count(chunk_length(index, offer.size, offer.chunk_size))
+                if first >= pieces:
                     self._end("the receiver holds more pieces than a chunk has", resumable=True)
                     return
-                self._queue.append((index, first))
+                missing += 1
+                for start in range(first, pieces, BATCH_PIECES):
+                    self._queue.append((index, start, min(start + BATCH_PIECES, pieces)))
             self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, record.epoch)
             self.log.info(
                 "sending {missing} of {chunks} chunks of transfer {transfer}",
-                missing=len(self._queue),
+                missing=missing,
                 chunks=offer.chunks,
                 transfer=log_id(offer.transfer_id.hex()),
             )
@@ -319,16 +331,17 @@ class TransferSender(protocol.Protocol):
             self._end(f"unexpected {type(record).__name__} record", resumable=True)
 
     def _read_sealed(
-        self, cipher: ChunkCipher, index: int, first: int
+        self, cipher: ChunkCipher, index: int, first: int, end: int
     ) -> list[tuple[int, int, int, bytes]]:
-        # Worker thread: read (checking the file did not change), seal each piece from
-        # *first*, and build each piece's whole frame as one bytes object, which the TLS
-        # transport takes without another copy.
-        data = memoryview(self._source.read_chunk(index))
+        # Worker thread: read pieces *first* to *end* - 1 of chunk *index* (checking the file
+        # did not change), seal each, and build each piece's whole frame as one bytes object,
+        # which the TLS transport takes without another copy.
+        data = memoryview(self._source.read_pieces(index, first, end))
         frames = []
         with self._work.pair() as work:
-            for piece in range(first, piece_count(len(data))):
-                plain = data[piece * PIECE_SIZE : (piece + 1) * PIECE_SIZE]
+            for piece in range(first, end):
+                at = (piece - first) * PIECE_SIZE
+                plain = data[at : at + PIECE_SIZE]
                 head = _PIECE_HEAD.pack(
                     _PIECE_PREFIX + len(plain) + CHUNK_OVERHEAD,
                     TRANSFER_VERSION,
@@ -341,8 +354,8 @@ class TransferSender(protocol.Protocol):
         return frames
 
     def _pump(self) -> None:
-        # Chunks are read and sealed ahead while the transport is paused, up to *window*
-        # held (being read, or sealed and waiting): the socket never waits for a read after a
+        # Batches of pieces are read and sealed ahead while the transport is paused, up to
+        # *window* held (being read, or sealed and waiting): the socket never waits for a read after a
         # resume, and memory stays bounded.  Re-entrant calls (a synchronous run_blocking, a
         # write that pauses or resumes us) only ask the running loop for another round.
         if self._pumping:
@@ -356,15 +369,18 @@ class TransferSender(protocol.Protocol):
             while not self._stopped:
                 self._pump_again = False
                 while self._in_flight + len(self._ready) < self._window and self._queue:
-                    index, first = self._queue.popleft()
+                    index, first, end = self._queue.popleft()
                     self._in_flight += 1
                     held = self._in_flight + len(self._ready)
                     self.max_in_flight = max(self.max_in_flight, held)
-                    d = self._run(self._read_sealed, cipher, index, first)
+                    d = self._run(self._read_sealed, cipher, index, first, end)
                     d.addCallbacks(self._chunk_ready, self._read_failed)
                 if not self._writing and self._ready:
-                    self._writing.extend(self._ready.popleft())
-                    self.chunks_sent += 1
+                    batch = self._ready.popleft()
+                    self._writing.extend(batch)
+                    index, piece = batch[-1][:2]
+                    if piece + 1 == self._pieces_of(index):
+                        self.chunks_sent += 1
                     continue
                 if (
                     self._writing
@@ -396,6 +412,10 @@ class TransferSender(protocol.Protocol):
         ):
             self._end_sent = True
             self._out.write(_frame(End()))
+
+    def _pieces_of(self, index: int) -> int:
+        offer = self._offer
+        return piece_count(chunk_length(index, offer.size, offer.chunk_size))
 
     def _arm_ack_timer(self) -> None:
         # Runs while a chunk waits for its acknowledgement; restarted by each one.
@@ -489,7 +509,8 @@ class TransferReceiver(protocol.Protocol):
     :param partial: the partial file (created or reopened off the reactor thread).
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
-    :param window: the most chunks waiting for the disk before the socket is paused.
+    :param window: the most batches of pieces (:data:`BATCH_PIECES`) waiting for the disk
+        before the socket is paused.
     :param reread_on_finish: re-read the whole file for the final check
         (:meth:`PartialFile.finish`); off saves about 1 CPU second per GiB.
     """
@@ -517,8 +538,8 @@ class TransferReceiver(protocol.Protocol):
             max(_CONTROL_MAX_FRAME, full_frame), full_frame, pool=_FRAME_POOL
         )
         self._work = WorkBuffers(full_piece + CHUNK_OVERHEAD)
-        #: Most pieces waiting for the disk before the socket is paused (*window* chunks).
-        self._limit = window * piece_count(self._offer.chunk_size)
+        #: Most pieces waiting for the disk before the socket is paused (*window* batches).
+        self._limit = window * min(BATCH_PIECES, piece_count(self._offer.chunk_size))
         #: Pieces waiting for the worker, in order: (chunk index, piece, frame buffer).  The
         #: reactor thread appends; the one worker job draining it (``_lane_busy``) pops.
         self._lane: deque[tuple[int, int, bytearray]] = deque()

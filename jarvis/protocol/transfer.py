@@ -60,14 +60,15 @@ TRANSFER_ID_SIZE = 16
 SECRET_SIZE = 32
 HASH_SIZE = 32
 EPOCH_SIZE = 16
-#: Chunk sizes a receiver accepts (powers of two between 64 KiB and 4 MiB).
+#: Chunk sizes a receiver accepts (powers of two between 64 KiB and 8 MiB).
 MIN_CHUNK_SIZE = 64 * 1024
-MAX_CHUNK_SIZE = 4 * 1024 * 1024
+MAX_CHUNK_SIZE = 8 * 1024 * 1024
 #: The chunk size Jarvis offers.  A chunk is the unit of hashing and of "held", and the sender
 #: keeps at most one chunk's bytes unacknowledged, so it is also what a killed receiver may cost
-#: sent again: 4 MiB keeps the pipe full between acknowledgements (1 MiB left the two cores
-#: idle a third of the time waiting for them: 147-165 MiB/s against 194-198, docs/benchmarks.md).
-DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+#: sent again, and the depth of the pipe between acknowledgements: 1 MiB left the two cores
+#: idle a third of the time (147-165 MiB/s), 4 MiB gave 214-219 and 8 MiB 230-242 in the same
+#: hour; 16 MiB unacknowledged gave no more (218).  docs/benchmarks.md has the runs.
+DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
 #: Bytes the five-layer cascade adds to a chunk.
 CHUNK_OVERHEAD = 80
 #: A chunk travels as pieces of this many bytes (the last one may be short), each sealed on
@@ -229,7 +230,7 @@ class Offer:
     :ivar size: the file size in bytes.
     :ivar content_hash: :func:`manifest_root` of the file.
     :ivar media_type: a lowercase ``type/subtype`` (``application/octet-stream`` if unknown).
-    :ivar chunk_size: bytes per chunk, a power of two in [64 KiB, 4 MiB].
+    :ivar chunk_size: bytes per chunk, a power of two in [64 KiB, 8 MiB].
     :ivar secret: 32 random bytes the chunk keys are derived from (never shown by ``repr``).
     """
 
@@ -254,7 +255,7 @@ class Offer:
             MIN_CHUNK_SIZE <= self.chunk_size <= MAX_CHUNK_SIZE
             and self.chunk_size & (self.chunk_size - 1) == 0
         ):
-            raise ValueError("chunk size must be a power of two in [64 KiB, 4 MiB]")
+            raise ValueError("chunk size must be a power of two in [64 KiB, 8 MiB]")
         if len(self.secret) != SECRET_SIZE:
             raise ValueError("secret is 32 bytes")
 
