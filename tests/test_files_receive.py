@@ -31,7 +31,7 @@ from jarvis.files.send import (
     make_offer,
     prepare_again,
 )
-from jarvis.protocol.transfer import MIN_CHUNK_SIZE, PIECE_SIZE, missing_indexes
+from jarvis.protocol.transfer import MIN_CHUNK_SIZE, PIECE_SIZE, missing_indexes, piece_count
 from tests.daemons import short_tempdir
 
 CHUNK = MIN_CHUNK_SIZE
@@ -55,6 +55,17 @@ def read_chunk(prepared: PreparedFile, index: int) -> bytes:
     with open(prepared.path, "rb") as f:
         f.seek(index * chunk)
         return f.read(chunk)
+
+
+def store_whole(partial: PartialFile, index: int, data: bytes) -> bool | None:
+    """Store chunk *index* piece by piece, as the daemon does; return the last piece's result
+    (whether the chunk was new)."""
+    result = None
+    for piece in range(piece_count(len(data))):
+        result = partial.store_piece(
+            index, piece, data[piece * PIECE_SIZE : (piece + 1) * PIECE_SIZE]
+        )
+    return result
 
 
 def sha256_file(path: str) -> str:
@@ -155,8 +166,8 @@ class PartialFileTests(SynchronousTestCase):
             f.write(b"mine")
         partial.set_manifest(prepared.chunk_hashes)
         for i in range(prepared.offer.chunks):
-            self.assertTrue(partial.store_chunk(i, read_chunk(prepared, i)))
-        self.assertFalse(partial.store_chunk(0, read_chunk(prepared, 0)))
+            self.assertTrue(store_whole(partial, i, read_chunk(prepared, i)))
+        self.assertFalse(store_whole(partial, 0, read_chunk(prepared, 0)))
         self.assertTrue(partial.is_complete())
         final = partial.finish()
         self.assertEqual(os.path.basename(final), "a (1).bin")
@@ -171,12 +182,12 @@ class PartialFileTests(SynchronousTestCase):
         prepared, _directory, partial = self.make()
         partial.set_manifest(prepared.chunk_hashes)
         for i in range(prepared.offer.chunks):
-            partial.store_chunk(i, read_chunk(prepared, i))
+            store_whole(partial, i, read_chunk(prepared, i))
         final = partial.finish(reread=False)
         self.assertEqual(sha256_file(final), sha256_file(prepared.path))
         prepared2, directory2, partial2 = self.make()
         partial2.set_manifest(prepared2.chunk_hashes)
-        partial2.store_chunk(0, read_chunk(prepared2, 0))
+        store_whole(partial2, 0, read_chunk(prepared2, 0))
         with self.assertRaises(VerificationFailed):
             partial2.finish(reread=False)
         self.assertEqual(os.listdir(directory2), [])
@@ -187,7 +198,7 @@ class PartialFileTests(SynchronousTestCase):
         lands verified once every chunk is stored."""
         prepared, _directory, partial = self.make()
         partial.set_manifest(prepared.chunk_hashes)
-        partial.store_chunk(1, read_chunk(prepared, 1))
+        store_whole(partial, 1, read_chunk(prepared, 1))
         with open(partial.partial_path, "rb") as f:
             before = f.read()
         asked = partial.prepare_chunks(0, prepared.offer.chunks + 5)
@@ -197,18 +208,18 @@ class PartialFileTests(SynchronousTestCase):
             self.assertEqual(f.read(), before)
         self.assertEqual(partial.held_ranges(), ((1, 2),))
         for i in range(prepared.offer.chunks):
-            partial.store_chunk(i, read_chunk(prepared, i))
+            store_whole(partial, i, read_chunk(prepared, i))
         self.assertEqual(sha256_file(partial.finish()), sha256_file(prepared.path))
         self.assertEqual(partial.prepare_chunks(0, 1), 0)  # closed: nothing asked
 
-    def test_chunk_not_matching_manifest_not_written(self) -> None:
+    def test_chunk_not_matching_manifest_not_held(self) -> None:
         """When a chunk does not match its hash, then ChunkMismatch and it is not held."""
         prepared, _directory, partial = self.make()
         with self.assertRaises(ValueError):
-            partial.store_chunk(0, read_chunk(prepared, 0))  # no manifest yet
+            store_whole(partial, 0, read_chunk(prepared, 0))  # no manifest yet
         partial.set_manifest(prepared.chunk_hashes)
         with self.assertRaises(ChunkMismatch):
-            partial.store_chunk(1, read_chunk(prepared, 2))
+            store_whole(partial, 1, read_chunk(prepared, 2))
         self.assertEqual(partial.held_ranges(), ())
 
     def test_resume_after_crash_resends_at_most_one_chunk(self) -> None:
@@ -221,7 +232,7 @@ class PartialFileTests(SynchronousTestCase):
         sent = 0
         half = count // 2
         for i in range(half):
-            partial.store_chunk(i, read_chunk(prepared, i))
+            store_whole(partial, i, read_chunk(prepared, i))
             sent += 1
         # "kill -9" in the middle of the next chunk: its data reached the file, its mark did not.
         with open(partial.partial_path, "r+b") as f:
@@ -237,7 +248,7 @@ class PartialFileTests(SynchronousTestCase):
         self.assertEqual(reopened.held_ranges(), ((0, half),))
         missing = missing_indexes(count, reopened.held_ranges())
         for i in missing:
-            reopened.store_chunk(i, read_chunk(prepared, i))
+            store_whole(reopened, i, read_chunk(prepared, i))
             sent += 1
         self.assertEqual(sent - count, 1)
         final = reopened.finish()
@@ -248,7 +259,7 @@ class PartialFileTests(SynchronousTestCase):
         prepared, directory, partial = self.make()
         partial.set_manifest(prepared.chunk_hashes)
         for i in range(4):
-            partial.store_chunk(i, read_chunk(prepared, i))
+            store_whole(partial, i, read_chunk(prepared, i))
         partial.close()
         with open(partial.partial_path, "r+b") as f:
             f.seek(2 * CHUNK + 7)
@@ -266,7 +277,7 @@ class PartialFileTests(SynchronousTestCase):
         prepared, directory, partial = self.make()
         partial.set_manifest(prepared.chunk_hashes)
         for i in range(prepared.offer.chunks):
-            partial.store_chunk(i, read_chunk(prepared, i))
+            store_whole(partial, i, read_chunk(prepared, i))
         with open(partial.partial_path, "r+b") as f:
             f.write(b"\x00" * 16)
         with self.assertRaises(VerificationFailed):
@@ -351,9 +362,7 @@ class FileSourceTests(SynchronousTestCase):
     def test_read_pieces_without_signature_checks_the_chunk(self) -> None:
         """When a prepared file has no signature, then reading pieces checks their whole chunk
         against its hash: a change in another piece of the chunk raises."""
-        prepared = replace(
-            make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES), signature=None
-        )
+        prepared = replace(make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES), signature=None)
         source = FileSource(prepared)
         self.addCleanup(source.close)
         with open(prepared.path, "r+b") as f:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.protocol.framing import encode_frame
 from jarvis.protocol.transfer import (
     FINAL_STATES,
     MAX_RANGES,
@@ -38,6 +39,8 @@ from jarvis.protocol.transfer import (
     manifest_root,
     missing_indexes,
     parse_transfer_record,
+    piece_frame_head,
+    piece_position,
     ranges_from_indexes,
 )
 
@@ -107,6 +110,26 @@ class RecordVectorTests(SynchronousTestCase):
         offer = VECTORS["offer"][0]
         self.assertNotIn(SECRET.hex(), repr(offer))
         self.assertNotIn(repr(SECRET), repr(offer))
+
+
+class PieceHeadTests(SynchronousTestCase):
+    @given(
+        st.integers(0, 2**40),
+        st.integers(0, 15),
+        st.binary(min_size=80, max_size=300),
+    )
+    def test_head_and_position_agree_with_the_record(
+        self, index: int, piece: int, sealed: bytes
+    ) -> None:
+        """When the sender builds a Piece frame from its head and the sealed bytes, then it is
+        the frame of the encoded record, and the receiver reads the index and piece back from
+        the record in place."""
+        record = Piece(index, piece, sealed)
+        encoded = encode_transfer_record(record)
+        self.assertEqual(
+            piece_frame_head(index, piece, len(sealed)) + sealed, encode_frame(encoded)
+        )
+        self.assertEqual(piece_position(bytearray(encoded)), (index, piece))
 
 
 class ParseRefusalTests(SynchronousTestCase):

@@ -217,7 +217,10 @@ class PartialFile:
     """A file being received: the hidden partial file and its sidecar, both open.
 
     Build it with :meth:`create` (a new transfer) or :meth:`reopen` (after a restart).
-    :meth:`store_chunk` may run on several threads at once (each chunk has its own offset).
+    :meth:`store_piece` runs on a worker thread, the pieces of a chunk one at a time and in
+    order (the piece lane); the sidecar writes take a lock, and what the reactor thread reads
+    (:attr:`written_bytes`, :meth:`held_ranges`, :meth:`partial_pieces`, :meth:`is_complete`)
+    is copied without it, so the reactor never waits behind a write or an fsync.
     """
 
     def __init__(
@@ -386,18 +389,17 @@ class PartialFile:
 
     def held_ranges(self) -> tuple[tuple[int, int], ...]:
         """Return the chunk ranges held verified (for the ``Have`` record)."""
-        with self._lock:
-            return ranges_from_indexes(i for i, h in enumerate(self._held) if h)
+        # Read on the reactor thread: no lock (see written_bytes); a bytearray copy is atomic
+        # under the GIL.
+        return ranges_from_indexes(i for i, h in enumerate(bytes(self._held)) if h)
 
     def partial_pieces(self) -> tuple[tuple[int, int], ...]:
         """Return ``(index, pieces written)`` of the chunks cut off mid-way (for ``Have``)."""
-        with self._lock:
-            return tuple(sorted(self._pieces.items()))
+        return tuple(sorted(self._pieces.copy().items()))
 
     def is_complete(self) -> bool:
         """Whether every chunk is held verified."""
-        with self._lock:
-            return all(self._held)
+        return all(bytes(self._held))
 
     def set_manifest(self, hashes: Sequence[bytes]) -> None:
         """Store the chunk hashes (already checked against the offer) in the sidecar.
@@ -419,25 +421,6 @@ class PartialFile:
     def _expected(self, index: int) -> bytes:
         assert self._manifest is not None
         return self._manifest[index * HASH_SIZE : (index + 1) * HASH_SIZE]
-
-    def store_chunk(self, index: int, data: bytes | memoryview) -> bool:
-        """Verify chunk *index* against the manifest, write it, then mark it held.
-
-        :returns: whether the chunk was new (``False`` for a chunk already held).
-        :raises ChunkMismatch: if the chunk does not match its hash (nothing is written).
-        :raises ValueError: before the manifest is set, or for an index out of range.
-        """
-        if self._manifest is None:
-            raise ValueError("no manifest yet")
-        offer = self.offer
-        if len(data) != chunk_length(index, offer.size, offer.chunk_size):
-            raise ChunkMismatch(f"chunk {index} has the wrong length")
-        if chunk_hash(data) != self._expected(index):
-            raise ChunkMismatch(f"chunk {index} does not match the manifest")
-        if self._held[index]:
-            return False
-        os.pwrite(self._data_fd, data, _at(offer, index))
-        return self._mark_held(index, len(data))
 
     def store_piece(self, index: int, piece: int, data: bytes | memoryview) -> bool | None:
         """Hash and write piece *piece* of chunk *index*; after its last piece, verify the

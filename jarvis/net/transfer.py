@@ -37,7 +37,6 @@ File reads, hashing, sealing, opening and writes all run through *run_blocking* 
 
 from __future__ import annotations
 
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from jarvis.protocol.transfer import (
     HASH_SIZE,
     MAX_HASHES_PER_PAGE,
     PIECE,
+    PIECE_PREFIX,
     PIECE_SIZE,
     TRANSFER_VERSION,
     Ack,
@@ -83,7 +83,9 @@ from jarvis.protocol.transfer import (
     missing_indexes,
     parse_transfer_record,
     piece_count,
+    piece_frame_head,
     piece_length,
+    piece_position,
 )
 
 #: Pieces read and sealed in one worker job on the sender (4 MiB): the unit of *window*, so
@@ -109,13 +111,6 @@ ACK_TIMEOUT = 120.0
 PREPARE_AHEAD = 2
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
-#: Frame length, version, type, chunk index, piece number: what precedes a sealed piece.
-_PIECE_HEAD = struct.Struct(">IBBQI")
-_INDEX_PIECE = struct.Struct(">QI")
-
-
-#: Bytes before the sealed data in a Piece record: version, type, index, piece.
-_PIECE_PREFIX = 2 + 8 + 4
 #: Spare piece-frame buffers a receiver keeps for reuse (a batch of pieces and two).
 _FRAME_POOL = BATCH_PIECES + 2
 
@@ -342,21 +337,15 @@ class TransferSender(protocol.Protocol):
             for piece in range(first, end):
                 at = (piece - first) * PIECE_SIZE
                 plain = data[at : at + PIECE_SIZE]
-                head = _PIECE_HEAD.pack(
-                    _PIECE_PREFIX + len(plain) + CHUNK_OVERHEAD,
-                    TRANSFER_VERSION,
-                    PIECE,
-                    index,
-                    piece,
-                )
+                head = piece_frame_head(index, piece, len(plain) + CHUNK_OVERHEAD)
                 sealed = cipher.seal_frame(index, plain, head, work, piece)
                 frames.append((index, piece, len(plain), sealed))
         return frames
 
     def _pump(self) -> None:
         # Batches of pieces are read and sealed ahead while the transport is paused, up to
-        # *window* held (being read, or sealed and waiting): the socket never waits for a read after a
-        # resume, and memory stays bounded.  Re-entrant calls (a synchronous run_blocking, a
+        # *window* held (being read, or sealed and waiting): the socket never waits for a read
+        # after a resume, and memory stays bounded.  Re-entrant calls (a synchronous run_blocking, a
         # write that pauses or resumes us) only ask the running loop for another round.
         if self._pumping:
             self._pump_again = True
@@ -533,7 +522,7 @@ class TransferReceiver(protocol.Protocol):
         self._run = run_blocking
         self._window = window
         full_piece = min(self._offer.chunk_size, PIECE_SIZE)
-        full_frame = _PIECE_PREFIX + full_piece + CHUNK_OVERHEAD
+        full_frame = PIECE_PREFIX + full_piece + CHUNK_OVERHEAD
         self._reader = ChunkFrameReader(
             max(_CONTROL_MAX_FRAME, full_frame), full_frame, pool=_FRAME_POOL
         )
@@ -596,7 +585,7 @@ class TransferReceiver(protocol.Protocol):
         try:
             while not self._ended and self._pending < self._limit and frames:
                 frame = frames.popleft()
-                if len(frame) >= _PIECE_PREFIX and frame[0] == TRANSFER_VERSION:
+                if len(frame) >= PIECE_PREFIX and frame[0] == TRANSFER_VERSION:
                     if frame[1] == PIECE:
                         self._handle_piece(frame)
                         continue
@@ -626,7 +615,7 @@ class TransferReceiver(protocol.Protocol):
     def _handle_piece(self, frame: bytearray) -> None:
         # A Piece record, parsed in place: its sealed bytes go to the worker without a copy,
         # and the buffer back to the reader once the piece is written.
-        index, piece = _INDEX_PIECE.unpack_from(frame, 2)
+        index, piece = piece_position(frame)
         offer = self._offer
         if not self._manifest_ready or index >= offer.chunks:
             raise MalformedTransferRecord("piece before the manifest or out of range")
@@ -634,7 +623,7 @@ class TransferReceiver(protocol.Protocol):
         pieces = piece_count(length)
         if piece != self._next_piece.get(index, 0) or piece >= pieces:
             raise MalformedTransferRecord(f"piece {piece} of chunk {index} out of order")
-        if len(frame) != _PIECE_PREFIX + piece_length(length, piece) + CHUNK_OVERHEAD:
+        if len(frame) != PIECE_PREFIX + piece_length(length, piece) + CHUNK_OVERHEAD:
             raise MalformedTransferRecord("sealed piece size out of range")
         if piece + 1 == pieces:
             self._next_piece.pop(index, None)
@@ -661,7 +650,7 @@ class TransferReceiver(protocol.Protocol):
             while lane:
                 index, piece, frame = lane.popleft()
                 try:
-                    sealed = memoryview(frame)[_PIECE_PREFIX:]
+                    sealed = memoryview(frame)[PIECE_PREFIX:]
                     plain = cipher.open_into(index, sealed, work, piece)
                     stored = self._partial.store_piece(index, piece, plain)
                 except BaseException:

@@ -102,6 +102,10 @@ _U64 = struct.Struct(">Q")
 _RANGE = struct.Struct(">QQ")
 #: version, type, chunk index, piece number: the bytes before a Piece's sealed data.
 _PIECE_HEAD = struct.Struct(">BBQI")
+#: The same with the frame's length in front: what precedes a sealed piece on the stream.
+_PIECE_FRAME_HEAD = struct.Struct(">IBBQI")
+#: Bytes of a Piece record before its sealed data (version, type, index, piece).
+PIECE_PREFIX = _PIECE_HEAD.size
 #: A chunk index and a piece number (or a count of pieces).
 _PARTIAL = struct.Struct(">QI")
 _TYPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
@@ -441,6 +445,22 @@ def _check_text(text: str, limit: int, what: str, *, allow_empty: bool = True) -
 def _text(value: str) -> bytes:
     data = value.encode("utf-8")
     return _U16.pack(len(data)) + data
+
+
+def piece_frame_head(index: int, piece: int, sealed_length: int) -> bytes:
+    """Return the frame header and record prefix of a Piece of *sealed_length* sealed bytes,
+    which the sealed bytes follow on the stream (``encode_frame(encode_transfer_record(p))``
+    without building the record: the sender seals each piece straight after its head)."""
+    return _PIECE_FRAME_HEAD.pack(
+        PIECE_PREFIX + sealed_length, TRANSFER_VERSION, PIECE, index, piece
+    )
+
+
+def piece_position(record: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """Return ``(chunk index, piece)`` of a Piece *record* (whose first two bytes the caller
+    checked), read in place: the receiver keeps the sealed bytes in the frame buffer."""
+    _version, _kind, index, piece = _PIECE_HEAD.unpack_from(record)
+    return index, piece
 
 
 def encode_transfer_record(record: TransferRecord) -> bytes:
