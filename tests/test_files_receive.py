@@ -254,6 +254,21 @@ class PartialFileTests(SynchronousTestCase):
         final = reopened.finish()
         self.assertEqual(sha256_file(final), sha256_file(prepared.path))
 
+    def test_sync_is_due_every_sync_every_bytes(self) -> None:
+        """When chunks are held, then a sync is due once SYNC_EVERY bytes were held since the
+        last one was asked for, and the count starts again; sync flushes without error."""
+        from jarvis.files import receive
+
+        self.patch(receive, "SYNC_EVERY", 2 * CHUNK)
+        prepared, _directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        due = []
+        for i in range(5):
+            store_whole(partial, i, read_chunk(prepared, i))
+            due.append(partial.sync_due())
+        self.assertEqual(due, [False, True, False, True, False])
+        partial.sync()
+
     def test_chunk_corrupted_on_disk_is_fetched_again(self) -> None:
         """When a held chunk is damaged on disk between runs, then reopening marks it missing."""
         prepared, directory, partial = self.make()

@@ -408,6 +408,42 @@ class BackpressureTests(TestCase):
         sent_back = [parse_transfer_record(p) for p in feed(FrameDecoder(4096), transport.value())]
         self.assertEqual([r.index for r in sent_back if isinstance(r, Ack)], [0, 1])
 
+    def test_periodic_sync_runs_beside_the_lane(self) -> None:
+        """When SYNC_EVERY bytes are held, then the fsync runs as a job of its own while the
+        lane goes on storing the next chunk (the lane never waits for the disk); the file is
+        finished only after that job, and the receiver is not settled while it runs."""
+        from jarvis.files import receive
+
+        self.patch(receive, "SYNC_EVERY", 2 * CHUNK)
+        prepared = make_prepared(self, 3 * CHUNK)
+        disk = SlowDisk(self, prepared)
+        partial, receiver = disk.partial, disk.receiver
+        receiver.dataReceived(b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes)))
+        disk.run_next()  # the manifest
+
+        def names() -> list[str]:
+            return [getattr(f, "__name__", "") for f, _args, _d in disk.jobs]
+
+        with open(prepared.path, "rb") as f:
+            for i in range(3):
+                receiver.dataReceived(frame(Piece(i, 0, disk.cipher.seal(i, f.read(CHUNK)))))
+                while "_drain_lane" in names():
+                    f_, args, d = disk.jobs.pop(names().index("_drain_lane"))
+                    d.callback(f_(*args))
+                if i == 1:
+                    self.assertIn("sync", names())  # due after the second chunk
+                    sync_job = disk.jobs.pop(names().index("sync"))
+        receiver.dataReceived(frame(End()))
+        self.assertEqual(partial.held_ranges(), ((0, 3),))  # the lane went on meanwhile
+        self.assertNotIn("<lambda>", names())  # no finish while the sync runs
+        f_, args, d = sync_job
+        d.callback(f_(*args))
+        self.assertIn("<lambda>", names())  # now the finish job
+        while disk.jobs:
+            disk.run_next()
+        kind, _detail = self.successResultOf(disk.recorder.finished)
+        self.assertEqual(kind, "completed")
+
     def test_cancel_from_sender_ends_for_good(self) -> None:
         """When the sender cancels, then the receiver reports a final end, not a resumable one,
         quoting the sender's reason with its escape and bidi characters made visible."""

@@ -544,6 +544,9 @@ class TransferReceiver(protocol.Protocol):
         self._pending = 0
         #: Page-cache preparation jobs running (the file stays open until they end).
         self._preparing = 0
+        #: fsync jobs running beside the lane (at most one) and whether another is due.
+        self._syncing = 0
+        self._sync_wanted = False
         #: Chunks below this index were already asked for (prepare_chunks).
         self._prepared_to = 0
         self._reading_paused = False
@@ -653,14 +656,19 @@ class TransferReceiver(protocol.Protocol):
                     sealed = memoryview(frame)[PIECE_PREFIX:]
                     plain = cipher.open_into(index, sealed, work, piece)
                     stored = self._partial.store_piece(index, piece, plain)
+                    sync = stored is True and self._partial.sync_due()
                 except BaseException:
                     _to_reactor(self._home, self._piece_failed, frame, Failure())
                     return
-                _to_reactor(self._home, self._piece_stored, frame, index, piece, stored)
+                _to_reactor(self._home, self._piece_stored, frame, index, piece, stored, sync)
 
-    def _piece_stored(self, frame: bytearray, index: int, piece: int, stored: bool | None) -> None:
+    def _piece_stored(
+        self, frame: bytearray, index: int, piece: int, stored: bool | None, sync: bool = False
+    ) -> None:
         self._pending -= 1
         self._reader.give_back(frame)
+        if sync:
+            self._start_sync()
         if not self._gone and not self._ended:
             # Written and recorded (after a chunk's last piece: verified and marked held): the
             # sender may put more on the connection.
@@ -677,6 +685,29 @@ class TransferReceiver(protocol.Protocol):
     def _piece_failed(self, frame: bytearray, failure: Failure) -> None:
         self._pending -= 1
         self._reader.give_back(frame)
+        self._store_failed(failure)
+        self._after_job()
+
+    def _start_sync(self) -> None:
+        # The periodic fsync runs as a job of its own, so the lane keeps writing meanwhile.
+        if self._syncing:
+            self._sync_wanted = True
+            return
+        if self._ended or self._gone:
+            return
+        self._syncing += 1
+        d = self._run(self._partial.sync)
+        d.addCallbacks(self._synced, self._sync_failed)
+
+    def _synced(self, _: object) -> None:
+        self._syncing -= 1
+        if self._sync_wanted:
+            self._sync_wanted = False
+            self._start_sync()
+        self._after_job()
+
+    def _sync_failed(self, failure: Failure) -> None:
+        self._syncing -= 1
         self._store_failed(failure)
         self._after_job()
 
@@ -778,6 +809,7 @@ class TransferReceiver(protocol.Protocol):
             or not self._end_received
             or self._pending
             or self._lane_busy
+            or self._syncing
             or self._finishing
         ):
             return
@@ -848,7 +880,7 @@ class TransferReceiver(protocol.Protocol):
         return d
 
     def _check_settled(self) -> None:
-        if not (self._gone and self._pending == 0 and self._preparing == 0):
+        if not (self._gone and self._pending == 0 and self._preparing == 0 and not self._syncing):
             return
         if self._lane_busy:
             return
