@@ -29,9 +29,13 @@ from jarvis.protocol.transfer import (
     Offer,
     chunk_count,
     chunk_hash,
+    chunk_hasher,
     chunk_length,
     manifest_root,
 )
+
+#: Bytes read at a time while a file is hashed for its offer.
+_HASH_BLOCK = 1024 * 1024
 
 
 class SourceChanged(Exception):
@@ -66,9 +70,21 @@ def _hash_chunks(fd: int, chunk_size: int) -> tuple[int, list[bytes], tuple[int,
     before = file_signature(fd)
     size = before[2]
     hashes = []
+    # One reused buffer: a fresh 8 MiB bytes per chunk left the daemon's heap 9 MiB bigger
+    # for good (the allocator keeps such blocks once it has seen them freed).
+    block = bytearray(min(_HASH_BLOCK, chunk_size))
+    view = memoryview(block)
     for index in range(chunk_count(size, chunk_size)):
-        data = os.pread(fd, chunk_length(index, size, chunk_size), index * chunk_size)
-        hashes.append(chunk_hash(data))
+        hasher = chunk_hasher()
+        pos = index * chunk_size
+        end = pos + chunk_length(index, size, chunk_size)
+        while pos < end:
+            got = os.preadv(fd, [view[: min(len(block), end - pos)]], pos)
+            if got <= 0:
+                break  # shorter than it was: the signature check below notices
+            hasher.update(view[:got])
+            pos += got
+        hashes.append(hasher.digest())
     return size, hashes, before if file_signature(fd) == before else None
 
 
