@@ -67,10 +67,13 @@ DEVICE_NAMES = frozenset(
 _RESERVED = set('<>:"|?*')
 #: Bytes held between two fsyncs of the partial file and its sidecar (:meth:`PartialFile.sync`).
 #: The fsync runs beside the writes: inline, each one (17-20 ms for 32 MiB here) stopped the
-#: piece lane, and 1 GiB went 5-10 % slower (docs/benchmarks.md, "File transfer: 8 MiB
-#: chunks").  A power cut loses at most what was not synced yet: reopening re-hashes what the
-#: sidecar claims, so a mark that reached the disk before its data is caught there.
-SYNC_EVERY = 32 * 1024 * 1024
+#: piece lane, and 1 GiB went 5-15 % slower (docs/benchmarks.md, "File transfer: 8 MiB
+#: chunks").  Every 8 MiB rather than 32: the daemon's own store commits (a chat message) wait
+#: behind a flush in progress, and a small fsync's p99 fell from 14 ms to 2-5 ms here (chat
+#: p99 during 1 GiB: 40-42 ms against 44-53).  A power cut loses at most what was not synced
+#: yet: reopening re-hashes what the sidecar claims, so a mark that reached the disk before
+#: its data is caught there.
+SYNC_EVERY = 8 * 1024 * 1024
 PARTIAL_SUFFIX = ".jarvis-partial"
 STATE_SUFFIX = ".jarvis-partial.state"
 _MAGIC = b"JVPART\x00\x01"
