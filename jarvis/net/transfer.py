@@ -93,7 +93,7 @@ from jarvis.protocol.transfer import (
 BATCH_PIECES = 8
 #: Batches of pieces a side keeps in flight on worker threads (reads and seals on the sender,
 #: pieces waiting for the disk on the receiver): 1 keeps the next 4 MiB sealed while one batch
-#: is on the connection, and the peak RSS of the sending daemon grows by 13-24 MiB during a
+#: is on the connection, and the peak RSS of the sending daemon grows by 18-25 MiB during a
 #: 1 GiB transfer (2 made it 30 MiB for the same speed; tests/test_e2e_files.py measures it).
 DEFAULT_WINDOW = 1
 #: Chunks' worth of bytes the sender keeps on the connection unacknowledged (the receiver
