@@ -31,7 +31,13 @@ from jarvis.files.send import (
     make_offer,
     prepare_again,
 )
-from jarvis.protocol.transfer import MIN_CHUNK_SIZE, PIECE_SIZE, missing_indexes, piece_count
+from jarvis.protocol.transfer import (
+    MIN_CHUNK_SIZE,
+    PIECE_SIZE,
+    chunk_hash,
+    missing_indexes,
+    piece_count,
+)
 from tests.daemons import short_tempdir
 
 CHUNK = MIN_CHUNK_SIZE
@@ -402,6 +408,24 @@ class FileSourceTests(SynchronousTestCase):
             f.write(b"more")
         with self.assertRaises(SourceChanged):
             prepare_again(prepared.path, prepared.offer)
+
+
+class HashRangeTests(SynchronousTestCase):
+    def test_range_hashed_block_by_block(self) -> None:
+        """When a range longer than one block is hashed through a small reused buffer, then the
+        hash is the range's chunk hash; a range past the end of the file hashes what is there."""
+        from jarvis.files.hashing import hash_range
+
+        path = os.path.join(short_tempdir(self), "r.bin")
+        data = os.urandom(3 * 1000 + 17)
+        with open(path, "wb") as f:
+            f.write(data)
+        fd = os.open(path, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        buffer = bytearray(1000)
+        self.assertEqual(hash_range(fd, 5, 2500, buffer).digest(), chunk_hash(data[5:2505]))
+        self.assertEqual(hash_range(fd, 2000, 5000, buffer).digest(), chunk_hash(data[2000:]))
+        self.assertEqual(hash_range(fd, 0, len(data)).digest(), chunk_hash(data))
 
 
 class PieceTests(SynchronousTestCase):

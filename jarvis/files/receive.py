@@ -38,11 +38,11 @@ from typing import Any
 
 from jarvis.common.atomicfile import sync_directory
 from jarvis.common.textsafe import is_unsafe
+from jarvis.files.hashing import HASH_BLOCK, hash_range
 from jarvis.protocol.transfer import (
     HASH_SIZE,
     PIECE_SIZE,
     Offer,
-    chunk_hash,
     chunk_hasher,
     chunk_length,
     manifest_root,
@@ -80,7 +80,6 @@ _MAGIC = b"JVPART\x00\x01"
 _STATE_HEAD = struct.Struct(">8s16sQI32sB")
 _CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
 _OPEN_FLAGS = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)
-_READ_BLOCK = 1024 * 1024
 #: A sidecar chunk mark with this bit set counts the pieces written of a chunk not yet held
 #: (0 is missing, 1 held verified).
 _PIECES_WRITTEN = 0x80
@@ -349,6 +348,7 @@ class PartialFile:
             raise
         self = cls(directory, offer, data_fd, state_fd, manifest if known else None)
         bitmap = raw[self._bitmap_at :]
+        buffer = bytearray(HASH_BLOCK)
         for index in range(count):
             if not bitmap[index] or self._manifest is None:
                 continue
@@ -358,12 +358,11 @@ class PartialFile:
                 if 0 < pieces < piece_count(length):
                     self._pieces[index] = pieces  # checked with the chunk's last piece
                 continue
-            data = os.pread(
-                data_fd, chunk_length(index, offer.size, offer.chunk_size), _at(offer, index)
-            )
-            if chunk_hash(data) == self._expected(index):
+            length = chunk_length(index, offer.size, offer.chunk_size)
+            hasher = hash_range(data_fd, _at(offer, index), length, buffer)
+            if hasher.digest() == self._expected(index):
                 self._held[index] = 1
-                self._held_bytes += len(data)
+                self._held_bytes += length
         # Make the sidecar say exactly what was verified (and which chunks are part written).
         marks = bytearray(self._held)
         for index, pieces in self._pieces.items():
@@ -497,13 +496,10 @@ class PartialFile:
 
     def _hash_written(self, index: int, pieces: int) -> Any:
         # The running hash of the first *pieces* pieces of chunk *index*, read back.
-        hasher = chunk_hasher()
-        start = _at(self.offer, index)
         length = min(
             pieces * PIECE_SIZE, chunk_length(index, self.offer.size, self.offer.chunk_size)
         )
-        hasher.update(os.pread(self._data_fd, length, start))
-        return hasher
+        return hash_range(self._data_fd, _at(self.offer, index), length)
 
     def _mark_held(self, index: int, length: int) -> bool:
         with self._lock:
@@ -594,19 +590,16 @@ class PartialFile:
     def _hash_on_disk(self) -> bytes:
         """Return the content hash of the partial file as it is on disk."""
         offer = self.offer
-        hashes = []
-        for index in range(offer.chunks):
-            length = chunk_length(index, offer.size, offer.chunk_size)
-            h = chunk_hasher()
-            pos = _at(offer, index)
-            end = pos + length
-            while pos < end:
-                block = os.pread(self._data_fd, min(_READ_BLOCK, end - pos), pos)
-                if not block:
-                    break
-                h.update(block)
-                pos += len(block)
-            hashes.append(h.digest())
+        buffer = bytearray(HASH_BLOCK)
+        hashes = [
+            hash_range(
+                self._data_fd,
+                _at(offer, index),
+                chunk_length(index, offer.size, offer.chunk_size),
+                buffer,
+            ).digest()
+            for index in range(offer.chunks)
+        ]
         return manifest_root(offer.size, offer.chunk_size, hashes)
 
     def close(self) -> None:

@@ -23,19 +23,16 @@ import os
 from dataclasses import dataclass, field
 
 from jarvis.crypto.transfer_keys import new_transfer_secret
+from jarvis.files.hashing import HASH_BLOCK, hash_range
 from jarvis.protocol.transfer import (
     DEFAULT_CHUNK_SIZE,
     PIECE_SIZE,
     Offer,
     chunk_count,
     chunk_hash,
-    chunk_hasher,
     chunk_length,
     manifest_root,
 )
-
-#: Bytes read at a time while a file is hashed for its offer.
-_HASH_BLOCK = 1024 * 1024
 
 
 class SourceChanged(Exception):
@@ -70,21 +67,10 @@ def _hash_chunks(fd: int, chunk_size: int) -> tuple[int, list[bytes], tuple[int,
     before = file_signature(fd)
     size = before[2]
     hashes = []
-    # One reused buffer: a fresh 8 MiB bytes per chunk left the daemon's heap 9 MiB bigger
-    # for good (the allocator keeps such blocks once it has seen them freed).
-    block = bytearray(min(_HASH_BLOCK, chunk_size))
-    view = memoryview(block)
+    buffer = bytearray(HASH_BLOCK)
     for index in range(chunk_count(size, chunk_size)):
-        hasher = chunk_hasher()
-        pos = index * chunk_size
-        end = pos + chunk_length(index, size, chunk_size)
-        while pos < end:
-            got = os.preadv(fd, [view[: min(len(block), end - pos)]], pos)
-            if got <= 0:
-                break  # shorter than it was: the signature check below notices
-            hasher.update(view[:got])
-            pos += got
-        hashes.append(hasher.digest())
+        length = chunk_length(index, size, chunk_size)
+        hashes.append(hash_range(fd, index * chunk_size, length, buffer).digest())
     return size, hashes, before if file_signature(fd) == before else None
 
 

@@ -287,7 +287,7 @@ class TransferSender(protocol.Protocol):
             missing = 0
             for index in missing_indexes(offer.chunks, record.held):
                 first = partial.get(index, 0)
-                pieces = piece_count(chunk_length(index, offer.size, offer.chunk_size))
+                pieces = self._pieces_of(index)
                 if first >= pieces:
                     self._end("the receiver holds more pieces than a chunk has", resumable=True)
                     return
@@ -345,8 +345,9 @@ class TransferSender(protocol.Protocol):
     def _pump(self) -> None:
         # Batches of pieces are read and sealed ahead while the transport is paused, up to
         # *window* held (being read, or sealed and waiting): the socket never waits for a read
-        # after a resume, and memory stays bounded.  Re-entrant calls (a synchronous run_blocking, a
-        # write that pauses or resumes us) only ask the running loop for another round.
+        # after a resume, and memory stays bounded.  Re-entrant calls (a synchronous
+        # run_blocking, a write that pauses or resumes us) only ask the running loop for
+        # another round.
         if self._pumping:
             self._pump_again = True
             return
