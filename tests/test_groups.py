@@ -1148,3 +1148,57 @@ class AnnouncedOnceTests(TestCase):
         announced = [p["message"]["body"] for e, p in m.events["bob"] if e == "group.message"]
         self.assertEqual(announced.count("while replacing"), 1)
         self.assertEqual(m.bodies("bob", gid), ["while replacing"])
+
+
+class SwitchRaceTests(TestCase):
+    """A state that arrives while a branch switch is being stored counts."""
+
+    async def test_reinvited_during_a_switch_stays_a_member(self) -> None:
+        """When carol joined on a branch that loses (bob's own change, then alice's invitation
+        of carol) and, while her switch to the preferred branch (dave's own change, on which
+        carol is not yet a member) is still being stored, the next version arrives (alice's
+        invitation of carol made again), then carol ends on that version as a member, not as
+        a member who left (she kept syncing and receiving; before, she stayed "left" for good
+        and never saw another message)."""
+        m = Members(self, ["alice", "bob", "carol", "dave"])
+        gid = await m.group_of("alice", ["bob", "dave"])
+        alice = m.groups["alice"].resolve(gid)
+        base = alice.state
+        by_bob = state_set_addresses(base, KEYS["bob"], KEYS["bob"].uid, b"bob elsewhere")
+        by_dave = state_set_addresses(base, KEYS["dave"], KEYS["dave"].uid, b"dave elsewhere")
+        winner = preferred(by_bob, by_dave)
+        loser = by_dave if winner is by_bob else by_bob
+        carol_key = KEYS["carol"].public_bytes
+        lost_invite = state_invite(loser, KEYS["alice"], carol_key)
+        won_invite = state_invite(winner, KEYS["alice"], carol_key)
+        m.outbox.clear()
+        chain = [*alice.states, loser, lost_invite]
+        carol = m.groups["carol"]
+        carol.payload_received(KEYS["alice"].uid, encode_payload(KIND_INVITE, encode_chain(chain)))
+        await carol.join(carol.invites()[-1]["id"])
+        self.assertEqual(carol.resolve(gid).state, lost_invite)
+        store = m.stores["carol"]
+        held: list[defer.Deferred[Any]] = []
+        real_run = store.run
+
+        def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
+            if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
+                d: defer.Deferred[Any] = defer.Deferred()
+                held.append(d)
+                return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
+            return real_run(fn, *args, write=write, **kwargs)
+
+        store.run = run  # type: ignore[method-assign]
+        for state in (winner, won_invite):
+            carol.payload_received(
+                KEYS["alice"].uid, encode_payload(KIND_STATE, encode_state(state))
+            )
+        self.assertEqual(len(held), 1)  # the switch to the winner is still being stored
+        held[0].callback(None)
+        group = carol.resolve(gid)
+        self.assertEqual(group.state, won_invite)
+        self.assertFalse(group.left)
+        self.assertFalse(carol.list_groups()[0]["left"])
+        await carol.send(gid, "still here")
+        to_others = {r for s, r, p in m.outbox if s == KEYS["carol"].uid}
+        self.assertEqual(to_others, {KEYS[n].uid for n in ("alice", "bob", "dave")})

@@ -1432,7 +1432,6 @@ class Groups:
         rebuilt from the states, every message held offered again (a message naming a
         version we no longer hold waits for it).  Then the changes we signed on the dropped
         versions are made again on top (:meth:`_reapply`)."""
-        was_member = not group.left
         before = group.log.shown()
         lost = group.states[index:]
         own = self._own_key()
@@ -1454,11 +1453,14 @@ class Groups:
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
         kept = {message_hash(m) for m in log.shown()}
         dropped = [m for m in before if message_hash(m) not in kept]
-        is_member = self._is_member(state)
-        if was_member and not is_member:
+        # The state held now, not *state*: a next version may have been adopted while the
+        # switch was being stored (and that adoption judged membership against *state*).
+        held = group.state
+        is_member = self._is_member(held)
+        if not group.left and not is_member:
             yield self._set_left(group, True)
-            self._emit("group.removed", {"group": group.group_id.hex(), "name": state.name})
-        elif not was_member and is_member:
+            self._emit("group.removed", {"group": group.group_id.hex(), "name": held.name})
+        elif group.left and is_member:
             yield self._set_left(group, False)
         self._update_peers()
         self._emit("group.changed", {"group": self._view(group)})
