@@ -37,6 +37,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python import usage
@@ -284,6 +285,53 @@ class LagProbeService(Service):
         return None
 
 
+class AllocatorService(Service):
+    """Sets the C allocator's thresholds (:mod:`jarvis.runtime.allocator`) and hands free
+    memory back to the kernel every :data:`~jarvis.runtime.allocator.RELEASE_INTERVAL`
+    seconds, off the reactor thread."""
+
+    log = Logger()
+
+    def __init__(self, clock: Any, run_blocking: Callable[..., defer.Deferred[Any]]) -> None:
+        self._clock = clock
+        self._run_blocking = run_blocking
+        self._loop: LoopingCall | None = None
+        self._releasing = False
+
+    def startService(self) -> None:
+        from jarvis.runtime import allocator
+
+        super().startService()
+        if not allocator.tune():
+            self.log.info("allocator thresholds not set: the C library is not glibc")
+            return
+        loop = LoopingCall(self._release)
+        loop.clock = self._clock
+        loop.start(allocator.RELEASE_INTERVAL, now=False)
+        self._loop = loop
+
+    def _release(self) -> None:
+        from jarvis.runtime import allocator
+
+        if self._releasing:
+            return
+        self._releasing = True
+
+        def done(result: Any) -> Any:
+            self._releasing = False
+            return result
+
+        d = self._run_blocking(allocator.release_free_memory).addBoth(done)
+        d.addErrback(lambda f: self.log.failure("releasing free memory failed", f))
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return None
+
+
 def ipc_client_description(server_description: str, port: Any) -> str:
     """Return the client endpoint description matching an IPC server description.
 
@@ -332,6 +380,7 @@ class JarvisDaemon(MultiService):
         # alone costs ~2% of a core on the asyncio reactor)
         self.lag_probe = ReactorLagProbe(reactor, interval=0.05)
         LagProbeService(self.lag_probe).setServiceParent(self)
+        AllocatorService(reactor, self.run_blocking).setServiceParent(self)
 
         self.peer_factory = PeerListenerFactory()
         self.node = Node(

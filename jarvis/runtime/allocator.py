@@ -1,0 +1,70 @@
+"""The C allocator's thresholds for the daemon's large, short-lived buffers.
+
+A file transfer allocates and frees a few MiB every few milliseconds: 4 MiB reads, 512 KiB
+sealed pieces, TLS records.  With glibc's defaults, blocks above a moving threshold are mapped
+and unmapped one by one, and free memory above 128 KiB at the top of a heap is handed back to
+the kernel at once; either way the next buffer touches fresh pages, and the kernel faults and
+zeroes each one.  On a 1 GiB transfer that was about a seventh of the sending daemon's CPU
+(``docs/benchmarks.md``, "The allocator's thresholds").
+
+:func:`tune` keeps blocks up to :data:`MMAP_THRESHOLD` in the heaps and free memory up to
+:data:`TRIM_THRESHOLD` mapped, so the same pages serve buffer after buffer;
+:func:`release_free_memory` hands what is free back to the kernel (the daemon calls it every
+:data:`RELEASE_INTERVAL` seconds off the reactor thread, so an idle daemon shrinks again after
+a transfer).  Both are no-ops where the C library is not glibc.
+
+No reactor, no I/O besides the C library's own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+#: ``mallopt`` parameters (glibc's ``malloc.h``).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Blocks this large or larger are mapped on their own (glibc's largest allowed value).
+MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Free memory at the top of a heap beyond this is handed back at once.
+TRIM_THRESHOLD = 128 * 1024 * 1024
+#: Seconds between two :func:`release_free_memory` calls in the daemon.
+RELEASE_INTERVAL = 60.0
+
+
+def glibc() -> Any:
+    """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def tune(libc: Any = None) -> bool:
+    """Set the thresholds (:data:`MMAP_THRESHOLD`, :data:`TRIM_THRESHOLD`).
+
+    :param libc: the C library (default: :func:`glibc`).
+    :returns: whether both were set.
+    """
+    libc = glibc() if libc is None else libc
+    if libc is None:
+        return False
+    mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    trimmed = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    return bool(mapped) and bool(trimmed)
+
+
+def release_free_memory(libc: Any = None) -> bool:
+    """Hand the heaps' free pages back to the kernel (``malloc_trim(0)``); it walks every heap,
+    so call it off the reactor thread.
+
+    :returns: whether any memory was released.
+    """
+    libc = glibc() if libc is None else libc
+    if libc is None:
+        return False
+    return bool(libc.malloc_trim(0))
