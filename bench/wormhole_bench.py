@@ -8,7 +8,8 @@ address, and only loopback must be reachable), from the virtual environment give
 never into Jarvis's own environment).  Figures:
 
 - ``wormhole_mib_per_s``: file bytes per second from starting both ends to the receiver's exit
-  (pairing, about 0.1 s, included);
+  (both programs' start and the pairing included: a 1 MiB file takes 0.50 s here, so the rate
+  while the bytes flow is higher; ``docs/benchmarks.md`` compares both ways);
 - ``wormhole_sender_cpu_s_per_gib`` / ``wormhole_receiver_cpu_s_per_gib``: each end's user +
   system CPU seconds per GiB (``os.wait4``);
 - ``wormhole_sender_peak_rss_mib`` / ``wormhole_receiver_peak_rss_mib``: each end's peak RSS.
