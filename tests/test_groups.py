@@ -1112,6 +1112,23 @@ class FounderLeavesTests(TestCase):
             await m2.groups["bob"].leave(alone)
 
 
+def hold_first_state_write(store: FakeStore) -> list[defer.Deferred[Any]]:
+    """Make *store* hold back its next write of group states until the test fires the
+    Deferred it puts in the returned list (a state still being stored); later writes go on."""
+    held: list[defer.Deferred[Any]] = []
+    real_run = store.run
+
+    def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
+        if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
+            d: defer.Deferred[Any] = defer.Deferred()
+            held.append(d)
+            return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
+        return real_run(fn, *args, write=write, **kwargs)
+
+    store.run = run  # type: ignore[method-assign]
+    return held
+
+
 class AnnouncedOnceTests(TestCase):
     """A message is announced once even when a concurrent state replaces ours meanwhile."""
 
@@ -1127,18 +1144,7 @@ class AnnouncedOnceTests(TestCase):
         )
         m.outbox.clear()  # alice never gets bob's version: hers wins anyway (the founder's)
         await m.groups["alice"].invite(gid, "carol")
-        store = m.stores["bob"]
-        held: list[defer.Deferred[Any]] = []
-        real_run = store.run
-
-        def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
-            if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
-                d: defer.Deferred[Any] = defer.Deferred()
-                held.append(d)
-                return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
-            return real_run(fn, *args, write=write, **kwargs)
-
-        store.run = run  # type: ignore[method-assign]
+        held = hold_first_state_write(m.stores["bob"])
         states = [p for s, r, p in m.outbox if r == KEYS["bob"].uid]
         for payload in states:
             m.groups["bob"].payload_received(KEYS["alice"].uid, payload)
@@ -1177,18 +1183,7 @@ class SwitchRaceTests(TestCase):
         carol.payload_received(KEYS["alice"].uid, encode_payload(KIND_INVITE, encode_chain(chain)))
         await carol.join(carol.invites()[-1]["id"])
         self.assertEqual(carol.resolve(gid).state, lost_invite)
-        store = m.stores["carol"]
-        held: list[defer.Deferred[Any]] = []
-        real_run = store.run
-
-        def run(fn: Any, *args: Any, write: bool, **kwargs: Any) -> defer.Deferred[Any]:
-            if fn is group_queries.put_group_records and args[0][0][0] == "state" and not held:
-                d: defer.Deferred[Any] = defer.Deferred()
-                held.append(d)
-                return d.addCallback(lambda _: real_run(fn, *args, write=write, **kwargs))
-            return real_run(fn, *args, write=write, **kwargs)
-
-        store.run = run  # type: ignore[method-assign]
+        held = hold_first_state_write(m.stores["carol"])
         for state in (winner, won_invite):
             carol.payload_received(
                 KEYS["alice"].uid, encode_payload(KIND_STATE, encode_state(state))
