@@ -55,9 +55,9 @@ class FakeLibc:
 class TuneTests(SynchronousTestCase):
     """:func:`allocator.tune` and :func:`allocator.release_free_memory`."""
 
-    def test_sets_both_thresholds(self) -> None:
-        """When the C library is glibc, then tune sets the mmap threshold to 32 MiB and the
-        trim threshold to 128 MiB, and says so."""
+    def test_sets_thresholds_and_one_arena(self) -> None:
+        """When the C library is glibc, then tune sets the mmap threshold to 32 MiB, the trim
+        threshold to 128 MiB and one heap for all threads, and says so."""
         libc = FakeLibc()
         self.assertTrue(allocator.tune(libc))
         self.assertEqual(
@@ -65,6 +65,7 @@ class TuneTests(SynchronousTestCase):
             [
                 ("mallopt", (allocator.M_MMAP_THRESHOLD, 32 * 1024 * 1024)),
                 ("mallopt", (allocator.M_TRIM_THRESHOLD, 128 * 1024 * 1024)),
+                ("mallopt", (allocator.M_ARENA_MAX, 1)),
             ],
         )
 
@@ -124,7 +125,7 @@ class AllocatorServiceTests(SynchronousTestCase):
 
         service = AllocatorService(clock, run_blocking)
         service.startService()
-        self.assertEqual([c for c, _ in libc.calls], ["mallopt", "mallopt"])
+        self.assertEqual([c for c, _ in libc.calls], ["mallopt"] * 3)
         clock.advance(allocator.RELEASE_INTERVAL - 1)
         self.assertEqual(ran, [])
         clock.advance(1)
