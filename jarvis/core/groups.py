@@ -1081,7 +1081,6 @@ class Groups:
     @defer.inlineCallbacks
     def _adopt(self, group: Group, states: list[GroupState]) -> Any:
         """Hold *states* (already checked, in version order): membership, log, peers, store."""
-        was_member = not group.left
         for state in states:
             group.states.append(state)
             group.membership.add(state)
@@ -1099,9 +1098,7 @@ class Groups:
             offered = self._offer(group, message)
             if offered is not None:
                 shown += offered
-        if was_member and not self._is_member(group.state):
-            yield self._set_left(group, True)
-            self._emit("group.removed", {"group": group.group_id.hex(), "name": group.state.name})
+        yield self._follow_membership(group)
         self._update_peers()
         self._emit("group.changed", {"group": self._view(group)})
         if dropped:
@@ -1111,6 +1108,17 @@ class Groups:
             )
         self._announce(group, shown)
         self._states_moved(group)
+
+    @defer.inlineCallbacks
+    def _follow_membership(self, group: Group) -> Any:
+        """Mark the group left (``group.removed``) or not as the state held *now* says: after a
+        store, since a next version may have been adopted, or a branch switched, meanwhile."""
+        is_member = self._is_member(group.state)
+        if not group.left and not is_member:
+            yield self._set_left(group, True)
+            self._emit("group.removed", {"group": group.group_id.hex(), "name": group.state.name})
+        elif group.left and is_member:
+            yield self._set_left(group, False)
 
     def _set_left(self, group: Group, left: bool) -> defer.Deferred[Any]:
         group.left = left
@@ -1340,10 +1348,7 @@ class Groups:
             if not kept:
                 del group.ahead[sender]
         if accepted:
-            rejoined = group.left and self._is_member(accepted[-1])
             yield self._adopt(group, accepted)
-            if rejoined:
-                yield self._set_left(group, False)
             self._republish(group)
         elif group.ahead:
             self._gap_seen(group, uid)
@@ -1453,15 +1458,7 @@ class Groups:
         group.others_shown = sum(1 for m in log.shown() if m.author != own)
         kept = {message_hash(m) for m in log.shown()}
         dropped = [m for m in before if message_hash(m) not in kept]
-        # The state held now, not *state*: a next version may have been adopted while the
-        # switch was being stored (and that adoption judged membership against *state*).
-        held = group.state
-        is_member = self._is_member(held)
-        if not group.left and not is_member:
-            yield self._set_left(group, True)
-            self._emit("group.removed", {"group": group.group_id.hex(), "name": held.name})
-        elif group.left and is_member:
-            yield self._set_left(group, False)
+        yield self._follow_membership(group)
         self._update_peers()
         self._emit("group.changed", {"group": self._view(group)})
         if dropped:
