@@ -296,7 +296,6 @@ class AllocatorService(Service):
         self._clock = clock
         self._run_blocking = run_blocking
         self._loop: LoopingCall | None = None
-        self._releasing = False
 
     def startService(self) -> None:
         from jarvis.runtime import allocator
@@ -310,19 +309,12 @@ class AllocatorService(Service):
         loop.start(allocator.RELEASE_INTERVAL, now=False)
         self._loop = loop
 
-    def _release(self) -> None:
+    def _release(self) -> defer.Deferred[Any]:
+        # LoopingCall waits for the returned Deferred: one release at a time.
         from jarvis.runtime import allocator
 
-        if self._releasing:
-            return
-        self._releasing = True
-
-        def done(result: Any) -> Any:
-            self._releasing = False
-            return result
-
-        d = self._run_blocking(allocator.release_free_memory).addBoth(done)
-        d.addErrback(lambda f: self.log.failure("releasing free memory failed", f))
+        d = self._run_blocking(allocator.release_free_memory)
+        return d.addErrback(lambda f: self.log.failure("releasing free memory failed", f))
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()

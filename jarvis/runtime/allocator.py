@@ -20,6 +20,7 @@ No reactor, no I/O besides the C library's own.
 from __future__ import annotations
 
 import ctypes
+import functools
 from typing import Any
 
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
@@ -39,6 +40,7 @@ ARENAS = 1
 RELEASE_INTERVAL = 60.0
 
 
+@functools.cache
 def glibc() -> Any:
     """The C library if it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
     try:
