@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import stat
 from dataclasses import replace
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from jarvis.common.textsafe import BIDI_CONTROLS
 from jarvis.files.receive import (
@@ -204,6 +205,7 @@ class PartialFileTests(SynchronousTestCase):
         lands verified once every chunk is stored."""
         prepared, _directory, partial = self.make()
         partial.set_manifest(prepared.chunk_hashes)
+        partial.stop_direct_writes()  # the page cache is prepared only for writes through it
         store_whole(partial, 1, read_chunk(prepared, 1))
         with open(partial.partial_path, "rb") as f:
             before = f.read()
@@ -315,6 +317,56 @@ class PartialFileTests(SynchronousTestCase):
         lying = replace(lying, content_hash=b"\x00" * 32)
         with self.assertRaises(PartialFileMismatch):
             PartialFile.reopen(directory, lying)
+
+
+class DirectWriteTests(SynchronousTestCase):
+    """Pieces written with ``O_DIRECT``, past the page cache."""
+
+    def setUp(self) -> None:
+        self.prepared = make_prepared(self, 2 * FOUR_PIECES + 1000, chunk=FOUR_PIECES)
+        self.directory = short_tempdir(self)
+        self.partial = PartialFile.create(self.directory, self.prepared.offer)
+        self.addCleanup(lambda: self.partial.close())
+        if not self.partial.writes_direct:
+            raise SkipTest("no O_DIRECT for this file system or platform")
+        self.partial.set_manifest(self.prepared.chunk_hashes)
+        with open(self.prepared.path, "rb") as f:
+            self.data = f.read()
+
+    def store(self, index: int, aligned: mmap.mmap, shift: int = 0) -> None:
+        """Store chunk *index* piece by piece from the page-aligned *aligned* (at *shift*)."""
+        chunk = self.data[index * FOUR_PIECES : (index + 1) * FOUR_PIECES]
+        for piece in range(piece_count(len(chunk))):
+            part = chunk[piece * PIECE_SIZE : (piece + 1) * PIECE_SIZE]
+            aligned[shift : shift + len(part)] = part
+            self.partial.store_piece(index, piece, memoryview(aligned)[shift : shift + len(part)])
+
+    def test_aligned_pieces_go_past_the_page_cache(self) -> None:
+        """When every piece comes from page-aligned memory (as the transfer's work buffers
+        are), then the aligned ones are written with O_DIRECT to the end, the short last piece
+        through the page cache, nothing is prepared in the page cache, and the file lands
+        byte for byte, its re-read check included."""
+        aligned = mmap.mmap(-1, PIECE_SIZE)
+        for index in range(self.prepared.offer.chunks):
+            self.store(index, aligned)
+        self.assertTrue(self.partial.writes_direct)
+        self.assertEqual(self.partial.prepare_chunks(0, self.prepared.offer.chunks), 0)
+        final = self.partial.finish(reread=True)
+        self.assertEqual(sha256_file(final), sha256_file(self.prepared.path))
+
+    def test_a_refused_direct_write_falls_back_to_the_page_cache(self) -> None:
+        """When the kernel refuses a direct write (here a buffer one byte off alignment), then
+        that piece and every later one are written through the page cache, and the file still
+        lands byte for byte."""
+        aligned = mmap.mmap(-1, PIECE_SIZE + 1)
+        self.store(0, aligned)
+        self.assertTrue(self.partial.writes_direct)
+        self.store(1, aligned, shift=1)
+        if self.partial.writes_direct:
+            raise SkipTest("this file system accepts direct writes from unaligned memory")
+        self.store(2, aligned)
+        final = self.partial.finish(reread=True)
+        self.assertEqual(sha256_file(final), sha256_file(self.prepared.path))
 
 
 class FileSourceTests(SynchronousTestCase):

@@ -29,6 +29,7 @@ Pure computation: no I/O, no reactor, never logs keys or data.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import threading
@@ -108,6 +109,10 @@ def chunk_associated_data(transfer_id: bytes, index: int, length: int, piece: in
     return CHUNK_AD_CONTEXT + bytes(transfer_id) + _AD_TAIL.pack(index, length, piece)
 
 
+#: A pair of work buffers (:class:`WorkBuffers` lends memory maps; tests may pass bytearrays).
+WorkPair = tuple[bytearray | mmap.mmap, bytearray | mmap.mmap]
+
+
 def _nonces(index: int, piece: int) -> list[bytes]:
     """The nonce of each layer of piece *piece* of chunk *index*, innermost layer first."""
     if not 0 <= piece < 1 << 24:
@@ -119,25 +124,27 @@ def _nonces(index: int, piece: int) -> list[bytes]:
 class WorkBuffers:
     """A small pool of reusable pairs of work buffers for :class:`ChunkCipher` (thread-safe).
 
-    Each pair holds two ``bytearray`` of *size* bytes; a job takes a pair with :meth:`pair`
+    Each pair holds two writable buffers of *size* bytes; a job takes a pair with :meth:`pair`
     and gives it back when done, so a transfer keeps at most one pair per job running at once
-    (its window) instead of allocating new buffers per chunk.
+    (its window) instead of allocating new buffers per chunk.  The buffers are anonymous
+    memory maps, so each starts on a page boundary: the receiver writes opened pieces from
+    them with ``O_DIRECT``, which needs aligned memory.
 
     :param size: bytes per buffer: the largest sealed chunk (chunk size + overhead).
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._free: list[tuple[bytearray, bytearray]] = []
+        self._free: list[WorkPair] = []
         self._lock = threading.Lock()
 
     @contextmanager
-    def pair(self) -> Iterator[tuple[bytearray, bytearray]]:
+    def pair(self) -> Iterator[WorkPair]:
         """Lend a pair of buffers for the duration of the ``with`` block."""
         with self._lock:
             pair = self._free.pop() if self._free else None
         if pair is None:
-            pair = (bytearray(self.size), bytearray(self.size))
+            pair = (mmap.mmap(-1, self.size), mmap.mmap(-1, self.size))
         try:
             yield pair
         finally:
@@ -174,7 +181,7 @@ class ChunkCipher:
         index: int,
         data: bytes | memoryview,
         head: bytes,
-        work: tuple[bytearray, bytearray],
+        work: WorkPair,
         piece: int = 0,
     ) -> bytes:
         """Seal piece *piece* of chunk *index* and return ``head || sealed`` as one ``bytes``
@@ -200,7 +207,7 @@ class ChunkCipher:
         self,
         index: int,
         sealed: bytes | bytearray | memoryview,
-        work: tuple[bytearray, bytearray],
+        work: WorkPair,
         piece: int = 0,
     ) -> memoryview:
         """Open piece *piece* of chunk *index* into one of the *work* buffers (each at least

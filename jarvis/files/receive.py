@@ -74,6 +74,9 @@ _RESERVED = set('<>:"|?*')
 #: yet: reopening re-hashes what the sidecar claims, so a mark that reached the disk before
 #: its data is caught there.
 SYNC_EVERY = 8 * 1024 * 1024
+#: Pieces whose offset and length are multiples of this are written with ``O_DIRECT`` where
+#: the file system allows it (:meth:`PartialFile.store_piece`).
+DIRECT_ALIGN = 4096
 PARTIAL_SUFFIX = ".jarvis-partial"
 STATE_SUFFIX = ".jarvis-partial.state"
 _MAGIC = b"JVPART\x00\x01"
@@ -239,6 +242,10 @@ class PartialFile:
         self.partial_path, self.state_path = partial_paths(directory, offer)
         self._data_fd = data_fd
         self._state_fd = state_fd
+        #: A second descriptor of the same file opened with ``O_DIRECT`` (-1 where the
+        #: platform or the file system has none): aligned pieces go to the disk without
+        #: passing through the page cache (see :meth:`store_piece`).
+        self._direct_fd = _open_direct(data_fd)
         self._count = offer.chunks
         self._manifest = manifest  # count * 32 bytes, or None until set_manifest()
         self._held = bytearray(self._count)
@@ -467,7 +474,7 @@ class PartialFile:
         hasher.update(data)
         held = self._held[index]
         if not held:
-            os.pwrite(self._data_fd, data, _at(offer, index) + piece * PIECE_SIZE)
+            self._write(data, _at(offer, index) + piece * PIECE_SIZE)
         if piece + 1 < piece_count(length):
             if not held:
                 # Recorded after the data, so a resumed transfer asks only for the rest.
@@ -490,6 +497,39 @@ class PartialFile:
             raise ChunkMismatch(f"chunk {index} does not match the manifest")
         self._resumed.discard(index)
         return self._mark_held(index, length)
+
+    def _write(self, data: bytes | memoryview, offset: int) -> None:
+        # A piece whose offset and length are aligned (all but a file's last) goes through the
+        # O_DIRECT descriptor: the kernel copies it straight to the disk instead of first
+        # giving the file fresh page-cache pages, which costs more CPU here than any other
+        # step of receiving (docs/benchmarks.md, "File transfer: writes past the page
+        # cache").  Its buffer must be aligned too: the transfer's work buffers are
+        # (jarvis.crypto.transfer_keys.WorkBuffers).  Should the kernel refuse one (EINVAL),
+        # this file is written through the page cache from then on.
+        fd = self._direct_fd
+        if fd >= 0 and not (offset % DIRECT_ALIGN or len(data) % DIRECT_ALIGN):
+            try:
+                os.pwrite(fd, data, offset)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self.stop_direct_writes()
+        os.pwrite(self._data_fd, data, offset)
+
+    @property
+    def writes_direct(self) -> bool:
+        """Whether aligned pieces are written with ``O_DIRECT`` (past the page cache)."""
+        return self._direct_fd >= 0
+
+    def stop_direct_writes(self) -> None:
+        """Write every piece through the page cache from now on."""
+        fd, self._direct_fd = self._direct_fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _mark(self, index: int) -> int:
         return self._bitmap_at + index
@@ -537,12 +577,14 @@ class PartialFile:
         (page allocation inside ``pwrite``), against ~0.8 ms to read the same unwritten range
         ahead and ~0.7 ms to write over it then; called on a worker thread while the chunk is
         still on the network, it takes that cost off the acknowledgement's path.  Only a
-        hint: nothing is written, and a file system without it is left alone.
+        hint: nothing is written, and a file system without it is left alone.  Nothing is
+        asked while pieces are written with ``O_DIRECT`` (they need no pages).
         """
         advise = getattr(os, "posix_fadvise", None)
         offer = self.offer
         asked = 0
-        if advise is None or self._data_fd < 0:
+        if advise is None or self._data_fd < 0 or self._direct_fd >= 0:
+            # Direct writes need no pages: preparing them would be work thrown away.
             return asked
         for index in range(max(first, 0), min(end, self._count)):
             if self._held[index]:
@@ -604,6 +646,7 @@ class PartialFile:
 
     def close(self) -> None:
         """Close the file descriptors (the files stay for a later :meth:`reopen`)."""
+        self.stop_direct_writes()
         for fd in (self._data_fd, self._state_fd):
             try:
                 os.close(fd)
@@ -620,6 +663,20 @@ class PartialFile:
             except FileNotFoundError:
                 pass
         sync_directory(self.directory)
+
+
+def _open_direct(data_fd: int) -> int:
+    """Open the file behind *data_fd* once more, with ``O_DIRECT``; -1 where that fails.
+
+    Reopened through ``/proc/self/fd`` (Linux), so it is the same file whatever happened to
+    the directory since: never a name looked up again."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct or data_fd < 0:
+        return -1
+    try:
+        return os.open(f"/proc/self/fd/{data_fd}", os.O_WRONLY | direct)
+    except OSError:
+        return -1
 
 
 def _at(offer: Offer, index: int) -> int:

@@ -61,7 +61,7 @@ class BatchingTLSProtocol(BufferingTLSTransport):
         elif chunks:
             self.transport.write(b"".join(chunks))
 
-    def _write(self, bytes: Any) -> None:  # noqa: A002 (the name Twisted's method uses)
+    def _write(self, bytes: Any) -> None:
         """Hand every record of *bytes* to OpenSSL, then flush the ciphertext once."""
         if self._lostTLSConnection:
             return
