@@ -21,6 +21,7 @@ from jarvis.files.receive import (
     PieceDamaged,
     ReceivePolicy,
     VerificationFailed,
+    _open_direct,
     numbered_name,
     partial_paths,
     safe_file_name,
@@ -367,6 +368,23 @@ class DirectWriteTests(SynchronousTestCase):
         self.store(2, aligned)
         final = self.partial.finish(reread=True)
         self.assertEqual(sha256_file(final), sha256_file(self.prepared.path))
+
+    def test_the_direct_descriptor_is_the_same_file_whatever_its_name_becomes(self) -> None:
+        """When another file takes the partial file's name before the direct descriptor is
+        opened (a meddler swapping files in the directory), then the descriptor still opens
+        the file already open, never the one now under the name."""
+        directory = short_tempdir(self)
+        path = os.path.join(directory, "p")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self.addCleanup(os.close, fd)
+        os.rename(path, path + ".moved")
+        with open(path, "wb") as planted:
+            planted.write(b"planted")
+        direct = _open_direct(fd)
+        self.assertGreaterEqual(direct, 0)
+        self.addCleanup(os.close, direct)
+        self.assertEqual(os.fstat(direct).st_ino, os.fstat(fd).st_ino)
+        self.assertNotEqual(os.stat(path).st_ino, os.fstat(fd).st_ino)
 
 
 class FileSourceTests(SynchronousTestCase):

@@ -56,7 +56,6 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
 )
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from jarvis.common.errors import InvalidInput
@@ -86,6 +85,7 @@ from jarvis.net.tls import (
     peer_public_bytes_of,
     server_creator,
 )
+from jarvis.net.tls_batching import BatchingTLSFactory
 from jarvis.net.transfer import TransferReceiver, TransferSender
 from jarvis.net.transfer_link import (
     TRANSFER_PREFACE,
@@ -575,7 +575,7 @@ class PeerNetwork:
         self._server_creator = server_creator(
             identity, self._accept_uid, on_refused=self._refused, contexts=self._contexts
         )
-        self._server_factory = TLSMemoryBIOFactory(
+        self._server_factory = BatchingTLSFactory(
             cast(IOpenSSLServerConnectionCreator, self._server_creator),
             False,
             cast(IProtocolFactory, self._peer_factory(_InboundHooks(self), initiator=False)),
@@ -655,7 +655,7 @@ class PeerNetwork:
         (``peerpath.relayed(...)``), so both ends of the join rank it as relayed and a direct
         session replaces it.  Not under the listener's admission control: we dialled the relay.
         """
-        tls = TLSMemoryBIOFactory(
+        tls = BatchingTLSFactory(
             cast(IOpenSSLServerConnectionCreator, self._server_creator),
             False,
             cast(
@@ -868,7 +868,7 @@ class PeerNetwork:
         for a relay join, the server) around *inner*, behind the knock to *knock_to* when
         given (*closed_before_tls* is told when the peer closes before TLS starts).  Sessions
         and data connections, dialled or joined at a relay, are all built here."""
-        tls = TLSMemoryBIOFactory(creator, is_client, inner, clock=self._reactor)
+        tls = BatchingTLSFactory(creator, is_client, inner, clock=self._reactor)
         if knock_to is None:
             return cast(IProtocolFactory, tls)
         peer = knock_to
