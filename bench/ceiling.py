@@ -336,15 +336,16 @@ class CeilingRun:
         """Open one connection to the peer.
 
         :param transport: ``"tcp"``, ``"tls"`` (Twisted's default TLS protocol, which
-            aggregates small writes until the next reactor turn) or ``"tls_unbuffered"``.
+            aggregates small writes until the next reactor turn), ``"tls_unbuffered"``, or
+            ``"tls_batching"`` (Jarvis's own TLS protocol on this end,
+            :mod:`jarvis.net.tls_batching`, to the ``"tls"`` port).
         :param mode: the connection's mode frame.
         """
         from twisted.internet.endpoints import TCP4ClientEndpoint
         from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 
-        endpoint = TCP4ClientEndpoint(
-            self._reactor, "127.0.0.1", self._ports[transport], timeout=10
-        )
+        port = self._ports["tls" if transport == "tls_batching" else transport]
+        endpoint = TCP4ClientEndpoint(self._reactor, "127.0.0.1", port, timeout=10)
         factory: Any = EchoClientFactory(mode, self._reactor)
         if transport == "tcp":
             protocol: EchoClientProtocol = await endpoint.connect(factory)
@@ -353,6 +354,10 @@ class CeilingRun:
         tls_factory: Any = TLSMemoryBIOFactory(creator, True, factory)
         if transport == "tls_unbuffered":
             tls_factory.protocol = TLSMemoryBIOProtocol
+        if transport == "tls_batching":
+            from jarvis.net.tls_batching import BatchingTLSFactory
+
+            tls_factory = BatchingTLSFactory(creator, True, factory)
         wrapper = await endpoint.connect(tls_factory)
         return wrapper.wrappedProtocol  # type: ignore[no-any-return]
 

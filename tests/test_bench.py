@@ -79,6 +79,7 @@ BENCHMARK_KEYS = {
     "files": {
         "files_mib_per_s",
         "tls_stream_16k_mib_per_s",
+        "tls_batching_stream_16k_mib_per_s",
         "files_vs_tls_ceiling",
         "offer_hash_s",
         "sender_cpu_s_per_gib",

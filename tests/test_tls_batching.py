@@ -53,7 +53,7 @@ class Pair:
             clock=cast(IReactorTime, self.clock),
         )
         address = cast(IAddress, iosim.FakeAddress())
-        client_tls, server_tls, self.pump = iosim.connectedServerAndClient(
+        client_tls, _server_tls, self.pump = iosim.connectedServerAndClient(
             lambda: server_factory.buildProtocol(address),
             lambda: client_factory.buildProtocol(address),
             greet=False,

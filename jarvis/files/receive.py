@@ -16,6 +16,9 @@
   :meth:`PartialFile.reopen`
   re-hashes every chunk the sidecar claims, so a chunk lost or corrupted on disk (a power cut,
   a bad sector, a meddler) is fetched again.  At most the chunk in flight is sent twice.
+  Aligned pieces are written with ``O_DIRECT`` through a second descriptor of the same file
+  (:meth:`PartialFile.store_piece`): the file gets no page-cache pages of its own while it
+  arrives, which were the costliest step of receiving here.
 - :meth:`PartialFile.finish` re-reads the whole file, checks it against the offered content
   hash, and only then links it into place under a name that does not exist yet
   (``name (1).ext``, ``name (2).ext``...): nothing is ever overwritten, and a file that does not
