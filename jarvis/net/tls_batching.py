@@ -16,6 +16,10 @@ The bytes on the wire are the same records as Twisted's (OpenSSL still cuts them
 so either end may run either class.  :class:`BatchingTLSFactory` is
 :class:`~twisted.protocols.tls.TLSMemoryBIOFactory` with this protocol; every Jarvis TLS
 connection (sessions, transfer data connections, relay joins) is built with it.
+
+It overrides two private methods of Twisted's protocol (``_write`` and ``_flushSendBIO``).
+Should a Twisted release rename or reshape them, ``tests/test_tls_batching.py`` fails (it
+counts the transport writes of a large write) rather than the change going unseen.
 """
 
 from __future__ import annotations
