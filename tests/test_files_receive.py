@@ -463,6 +463,27 @@ class FileSourceTests(SynchronousTestCase):
         with self.assertRaises(SourceChanged):
             source.read_pieces(1, 0, 1)
 
+    def test_read_pieces_without_signature_reads_each_chunk_once(self) -> None:
+        """When a file without a signature is sent in batches of pieces (two per chunk), then
+        each chunk is read and checked once, not once per batch, and every batch holds the
+        chunk's right bytes."""
+        prepared = replace(make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES), signature=None)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        reads: list[int] = []
+        real_read_chunk = source.read_chunk
+
+        def read_chunk_counted(index: int) -> bytes:
+            reads.append(index)
+            return real_read_chunk(index)
+
+        source.read_chunk = read_chunk_counted  # type: ignore[method-assign]
+        for index in (0, 1):
+            whole = read_chunk(prepared, index)
+            self.assertEqual(source.read_pieces(index, 0, 2), whole[: 2 * PIECE_SIZE])
+            self.assertEqual(source.read_pieces(index, 2, 4), whole[2 * PIECE_SIZE :])
+        self.assertEqual(reads, [0, 1])
+
     def test_prepare_again_after_restart(self) -> None:
         """When the sender restarts, then the same offer is rebuilt from the file, and refused
         once the file changed."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import threading
 from dataclasses import dataclass, field
 
 from jarvis.crypto.transfer_keys import new_transfer_secret
@@ -125,6 +126,11 @@ class FileSource:
     def __init__(self, prepared: PreparedFile) -> None:
         self.prepared = prepared
         self._fd = os.open(prepared.path, os.O_RDONLY)
+        # Without a signature: the last chunk read and checked against its hash, kept so the
+        # chunk's other batches of pieces are cut from it instead of reading and hashing it
+        # again (at most one chunk held; jobs reading at once take turns).
+        self._checked: tuple[int, bytes] | None = None
+        self._checked_lock = threading.Lock()
 
     def read_chunk(self, index: int) -> bytes:
         """Return chunk *index*, read while the file is unchanged since it was hashed (its
@@ -150,7 +156,8 @@ class FileSource:
         chunk's last one may be short), read while the file is unchanged since it was hashed.
 
         Without a signature the whole chunk is read and checked against its hash
-        (:meth:`read_chunk`) and the pieces are cut from it.
+        (:meth:`read_chunk`) and the pieces are cut from it; the chunk is kept until another
+        chunk is asked for, so its other pieces are not read and hashed again.
 
         :raises SourceChanged: if the file changed since the offer.
         """
@@ -161,7 +168,11 @@ class FileSource:
         if not 0 <= start < stop:
             raise ValueError(f"no pieces {first} to {end} in chunk {index}")
         if prepared.signature is None:
-            return self.read_chunk(index)[start:stop]
+            with self._checked_lock:
+                checked = self._checked
+                if checked is None or checked[0] != index:
+                    checked = self._checked = (index, self.read_chunk(index))
+            return checked[1][start:stop]
         data = os.pread(self._fd, stop - start, index * offer.chunk_size + start)
         if len(data) != stop - start:
             raise SourceChanged(f"chunk {index}")
@@ -171,4 +182,5 @@ class FileSource:
 
     def close(self) -> None:
         """Close the file."""
+        self._checked = None
         os.close(self._fd)
