@@ -237,6 +237,19 @@ class RetryTests(PostboxCase):
         await until(clock, lambda: not node.courier._depositing)
         self.assertEqual(node.courier._mailbox_timers, {})
 
+    async def test_a_new_message_does_not_wait_for_an_earlier_retry(self) -> None:
+        """When a deposit failed (the mailbox unreachable) and waits for its retry, and a new
+        message is sent, then both are deposited at once, not MAILBOX_RETRY later."""
+        node, clock, _events, _bob, transport, _ring = await self.setup_pair()
+        transport.failures.append(ConnectionRefusedError("mailbox down"))
+        await node.send_message("Bob", "first")
+        clock.advance(MAILBOX_GRACE)
+        await until(clock, lambda: bool(node.courier._mailbox_timers))
+        await until(clock, lambda: not node.courier._depositing)
+        await node.send_message("Bob", "second")
+        clock.advance(MAILBOX_GRACE)
+        await until(clock, lambda: len(transport.deposits) == 2)
+
 
 class CollectTests(PostboxCase):
     async def test_collected_once_and_acked_by_deposit(self) -> None:

@@ -587,7 +587,12 @@ class Courier:
             return
         timer = self._mailbox_timers.get(uid)
         if timer is not None and timer.active():
-            return
+            if uid in self._grace_waits:
+                return  # a deposit is due within the grace anyway
+            # A retry after an earlier failure (up to MAILBOX_RETRY away): what is new to
+            # deposit goes now instead of waiting for it.
+            timer.cancel()
+            del self._mailbox_timers[uid]
         if self._contacts.status_of(uid) == "connecting":
             self._grace_waits.add(uid)
             self._mailbox_timers[uid] = self._call_later(MAILBOX_GRACE, self._deposit_outbox, uid)
