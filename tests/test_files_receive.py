@@ -65,6 +65,15 @@ def read_chunk(prepared: PreparedFile, index: int) -> bytes:
         return f.read(chunk)
 
 
+def read_pieces(source: FileSource, index: int, first: int, end: int) -> bytes:
+    """Pieces *first* to *end* - 1 of chunk *index* as a sender's job reads them: each into
+    the same reused buffer, then the file checked unchanged."""
+    into = bytearray(PIECE_SIZE)
+    pieces = [bytes(source.read_piece(index, piece, into)) for piece in range(first, end)]
+    source.check_unchanged()
+    return b"".join(pieces)
+
+
 def store_whole(partial: PartialFile, index: int, data: bytes) -> bool | None:
     """Store chunk *index* piece by piece, as the daemon does; return the last piece's result
     (whether the chunk was new)."""
@@ -433,22 +442,37 @@ class FileSourceTests(SynchronousTestCase):
         self.assertEqual(source.read_chunk(0), read_chunk(prepared, 0))
 
     def test_read_pieces_of_a_chunk(self) -> None:
-        """When pieces of a chunk are read, then they are the chunk's bytes from the first
-        piece to the end piece (the last piece short); after a change they raise
-        SourceChanged, and a range with no piece in it is refused."""
+        """When pieces of a chunk are read into one reused buffer, then they are the chunk's
+        bytes from the first piece to the end piece (the last piece short); after a change the
+        check raises SourceChanged, and a piece that is not in the chunk is refused."""
         prepared = make_prepared(self, 2 * FOUR_PIECES + 1000, chunk=FOUR_PIECES)
         source = FileSource(prepared)
         self.addCleanup(source.close)
         whole = read_chunk(prepared, 1)
-        self.assertEqual(source.read_pieces(1, 1, 3), whole[PIECE_SIZE : 3 * PIECE_SIZE])
-        self.assertEqual(source.read_pieces(2, 0, 4), read_chunk(prepared, 2))
-        self.assertEqual(len(source.read_pieces(2, 0, 4)), 1000)
+        self.assertEqual(read_pieces(source, 1, 1, 3), whole[PIECE_SIZE : 3 * PIECE_SIZE])
+        self.assertEqual(read_pieces(source, 2, 0, 1), read_chunk(prepared, 2))
+        self.assertEqual(len(read_pieces(source, 2, 0, 1)), 1000)
         with self.assertRaises(ValueError):
-            source.read_pieces(2, 1, 4)  # the last chunk has one piece
+            source.read_piece(2, 1, bytearray(PIECE_SIZE))  # the last chunk has one piece
         with open(prepared.path, "r+b") as f:
             f.write(b"changed")
         with self.assertRaises(SourceChanged):
-            source.read_pieces(1, 0, 2)
+            read_pieces(source, 1, 0, 2)
+
+    def test_a_piece_is_read_into_the_callers_buffer(self) -> None:
+        """When a piece is read from a file with a signature, then its bytes are in the
+        caller's buffer (no buffer of its own), and a file cut shorter raises SourceChanged."""
+        prepared = make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        into = mmap.mmap(-1, PIECE_SIZE)
+        view = source.read_piece(1, 2, into)
+        self.assertEqual(bytes(view), read_chunk(prepared, 1)[2 * PIECE_SIZE : 3 * PIECE_SIZE])
+        self.assertEqual(into[:], bytes(view))
+        view.release()
+        os.truncate(prepared.path, FOUR_PIECES + PIECE_SIZE)
+        with self.assertRaises(SourceChanged):
+            source.read_piece(1, 2, into)
 
     def test_read_pieces_without_signature_checks_the_chunk(self) -> None:
         """When a prepared file has no signature, then reading pieces checks their whole chunk
@@ -459,9 +483,9 @@ class FileSourceTests(SynchronousTestCase):
         with open(prepared.path, "r+b") as f:
             f.seek(FOUR_PIECES + 3 * PIECE_SIZE)
             f.write(b"changed")
-        self.assertEqual(source.read_pieces(0, 2, 4), read_chunk(prepared, 0)[2 * PIECE_SIZE :])
+        self.assertEqual(read_pieces(source, 0, 2, 4), read_chunk(prepared, 0)[2 * PIECE_SIZE :])
         with self.assertRaises(SourceChanged):
-            source.read_pieces(1, 0, 1)
+            read_pieces(source, 1, 0, 1)
 
     def test_read_pieces_without_signature_reads_each_chunk_once(self) -> None:
         """When a file without a signature is sent in batches of pieces (two per chunk), then
@@ -480,8 +504,8 @@ class FileSourceTests(SynchronousTestCase):
         source.read_chunk = read_chunk_counted  # type: ignore[method-assign]
         for index in (0, 1):
             whole = read_chunk(prepared, index)
-            self.assertEqual(source.read_pieces(index, 0, 2), whole[: 2 * PIECE_SIZE])
-            self.assertEqual(source.read_pieces(index, 2, 4), whole[2 * PIECE_SIZE :])
+            self.assertEqual(read_pieces(source, index, 0, 2), whole[: 2 * PIECE_SIZE])
+            self.assertEqual(read_pieces(source, index, 2, 4), whole[2 * PIECE_SIZE :])
         self.assertEqual(reads, [0, 1])
 
     def test_prepare_again_after_restart(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import time
 from collections.abc import Callable
@@ -109,11 +110,15 @@ def frame(record: Any) -> bytes:
 class LyingSource(FileSource):
     """A sender whose chunk 1 differs from what its manifest and offer say."""
 
-    def read_pieces(self, index: int, first: int, end: int) -> bytes:
-        data = super().read_pieces(index, first, end)
+    def read_piece(self, index: int, piece: int, into: bytearray | mmap.mmap) -> memoryview:
+        data = super().read_piece(index, piece, into)
+        if (index, piece) != (1, 0):
+            return data
         # Flip the chunk's first byte (setting it to 0 would be no lie when it already is: 1
         # in 256).
-        return data if (index, first) != (1, 0) else bytes([data[0] ^ 0xFF]) + data[1:]
+        lie = bytearray(data)
+        lie[0] ^= 0xFF
+        return memoryview(lie)
 
 
 class PairTests(TestCase):

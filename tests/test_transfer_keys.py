@@ -73,6 +73,17 @@ class ChunkCipherTests(SynchronousTestCase):
         with work.pair() as pair:
             self.assertEqual(bytes(cipher.open_into(index, memoryview(frame)[4:], pair)), data)
 
+    @given(st.binary(max_size=3000), st.integers(0, 2**40))
+    def test_seal_frame_of_data_in_the_second_work_buffer(self, data: bytes, index: int) -> None:
+        """When the chunk to seal lies in the pair's second buffer (where the sender reads
+        pieces), then the frame is the same as from a chunk of its own."""
+        cipher = ChunkCipher.for_connection(SECRET, TID, EPOCH)
+        work = WorkBuffers(3000 + OVERHEAD)
+        with work.pair() as pair:
+            pair[1][: len(data)] = data
+            frame = cipher.seal_frame(index, memoryview(pair[1])[: len(data)], b"HEAD", pair)
+        self.assertEqual(frame, b"HEAD" + cipher.seal(index, data))
+
     def test_work_buffers_reused_and_tampering_refused_in_place(self) -> None:
         """When chunks are opened one after the other with the same pool, then one pair of
         buffers serves them all, and an altered or moved chunk is refused (ChunkRejected)

@@ -187,7 +187,8 @@ class ChunkCipher:
         """Seal piece *piece* of chunk *index* and return ``head || sealed`` as one ``bytes``
         (a whole frame the transport writes without another copy); the inner layers run in the
         *work* buffers (each at least ``len(data) + OVERHEAD`` bytes), the result equals
-        ``head + seal(index, data, piece)``."""
+        ``head + seal(index, data, piece)``.  *data* may be a view of ``work[1]``: the first
+        layer reads it into ``work[0]`` before the second layer overwrites ``work[1]``."""
         ad = chunk_associated_data(self._transfer_id, index, len(data), piece)
         nonces = _nonces(index, piece)
         ciphers = self._ciphers

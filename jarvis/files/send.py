@@ -2,8 +2,8 @@
 
 :func:`make_offer` reads the file once to compute each chunk's BLAKE3 hash and the content hash
 (:func:`~jarvis.protocol.transfer.manifest_root`), and draws the transfer id and secret.
-:class:`FileSource` reads chunks by index with ``pread`` and checks, before each chunk is
-sealed, that the file is still the one that was hashed: same device, inode, size, modification
+:class:`FileSource` reads pieces of chunks into the caller's buffer with ``preadv`` and checks,
+before the sealed pieces leave, that the file is still the one that was hashed: same device, inode, size, modification
 and change times (``fstat``, taken when the file was hashed).  Any write to the file changes its
 change time (which no user can set back), so a file changed after the offer fails the transfer
 at the next chunk instead of sending content the receiver would refuse.  This replaces a
@@ -19,6 +19,7 @@ Every function blocks on the file system: run it off the reactor thread.  No rea
 from __future__ import annotations
 
 import mimetypes
+import mmap
 import os
 import threading
 from dataclasses import dataclass, field
@@ -151,34 +152,43 @@ class FileSource:
             raise SourceChanged(f"chunk {index}")
         return data
 
-    def read_pieces(self, index: int, first: int, end: int) -> bytes:
-        """Return pieces *first* to *end* - 1 of chunk *index* (``PIECE_SIZE`` bytes each, the
-        chunk's last one may be short), read while the file is unchanged since it was hashed.
+    def read_piece(self, index: int, piece: int, into: bytearray | mmap.mmap) -> memoryview:
+        """Return piece *piece* of chunk *index* (``PIECE_SIZE`` bytes, the chunk's last one may
+        be short), read into the caller's buffer *into* so a transfer reuses one buffer instead
+        of a new one per read.  Call :meth:`check_unchanged` after the reads and before the
+        pieces leave: only then are they the file that was hashed.
 
         Without a signature the whole chunk is read and checked against its hash
-        (:meth:`read_chunk`) and the pieces are cut from it; the chunk is kept until another
+        (:meth:`read_chunk`) and the piece is a view of it; the chunk is kept until another
         chunk is asked for, so its other pieces are not read and hashed again.
 
-        :raises SourceChanged: if the file changed since the offer.
+        :raises SourceChanged: if the file is shorter than it was, or (without a signature) the
+            chunk does not match its hash.
         """
         prepared = self.prepared
         offer = prepared.offer
         length = chunk_length(index, offer.size, offer.chunk_size)
-        start, stop = first * PIECE_SIZE, min(end * PIECE_SIZE, length)
+        start = piece * PIECE_SIZE
+        stop = min(start + PIECE_SIZE, length)
         if not 0 <= start < stop:
-            raise ValueError(f"no pieces {first} to {end} in chunk {index}")
+            raise ValueError(f"no piece {piece} in chunk {index}")
         if prepared.signature is None:
             with self._checked_lock:
                 checked = self._checked
                 if checked is None or checked[0] != index:
                     checked = self._checked = (index, self.read_chunk(index))
-            return checked[1][start:stop]
-        data = os.pread(self._fd, stop - start, index * offer.chunk_size + start)
-        if len(data) != stop - start:
+            return memoryview(checked[1])[start:stop]
+        view = memoryview(into)[: stop - start]
+        if os.preadv(self._fd, [view], index * offer.chunk_size + start) != stop - start:
             raise SourceChanged(f"chunk {index}")
-        if file_signature(self._fd) != prepared.signature:
-            raise SourceChanged(f"the file changed (chunk {index})")
-        return data
+        return view
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`SourceChanged` if the file changed since it was hashed (its signature;
+        without one each chunk was checked against its hash as it was read)."""
+        signature = self.prepared.signature
+        if signature is not None and file_signature(self._fd) != signature:
+            raise SourceChanged("the file changed after it was offered")
 
     def close(self) -> None:
         """Close the file."""

@@ -1,7 +1,7 @@
 """The C allocator's thresholds for the daemon's large, short-lived buffers.
 
-A file transfer allocates and frees a few MiB every few milliseconds: 4 MiB reads, 512 KiB
-sealed pieces, TLS records.  With glibc's defaults, blocks above a moving threshold are mapped
+A file transfer allocates and frees a few MiB every few milliseconds: 512 KiB sealed pieces,
+their TLS records, the receiver's frames.  With glibc's defaults, blocks above a moving threshold are mapped
 and unmapped one by one, and free memory above 128 KiB at the top of a heap is handed back to
 the kernel at once; either way the next buffer touches fresh pages, and the kernel faults and
 zeroes each one.  On a 1 GiB transfer that was about a seventh of the sending daemon's CPU

@@ -11,14 +11,16 @@ import os
 from jarvis.files import send
 
 _LIE = int(os.environ["JARVIS_TEST_LIE_CHUNK"])
-_honest_read = send.FileSource.read_pieces
+_honest_read = send.FileSource.read_piece
 
 
-def _lying_read(self: send.FileSource, index: int, first: int, end: int) -> bytes:
-    data = _honest_read(self, index, first, end)
-    if index == _LIE and first == 0:
-        data = bytes([data[0] ^ 0xFF]) + data[1:]
+def _lying_read(self: send.FileSource, index: int, piece: int, into: bytearray) -> memoryview:
+    data = _honest_read(self, index, piece, into)
+    if index == _LIE and piece == 0:
+        lie = bytearray(data)
+        lie[0] ^= 0xFF
+        data = memoryview(lie)
     return data
 
 
-send.FileSource.read_pieces = _lying_read  # type: ignore[method-assign]
+send.FileSource.read_piece = _lying_read  # type: ignore[method-assign]
