@@ -1,11 +1,11 @@
 """The C allocator's thresholds for the daemon's large, short-lived buffers.
 
 A file transfer allocates and frees a few MiB every few milliseconds: 512 KiB sealed pieces,
-their TLS records, the receiver's frames.  With glibc's defaults, blocks above a moving threshold are mapped
-and unmapped one by one, and free memory above 128 KiB at the top of a heap is handed back to
-the kernel at once; either way the next buffer touches fresh pages, and the kernel faults and
-zeroes each one.  On a 1 GiB transfer that was about a seventh of the sending daemon's CPU
-(``docs/benchmarks.md``, "The allocator's thresholds").
+their TLS records, the receiver's frames. With glibc's defaults, blocks above a moving threshold
+are mapped and unmapped one by one, and free memory above 128 KiB at the top of a heap is handed
+back to the kernel at once; either way the next buffer touches fresh pages, and the kernel
+faults and zeroes each one. On a 1 GiB transfer that was about a seventh of the sending daemon's
+CPU (``docs/benchmarks.md``, "The allocator's thresholds").
 
 :func:`tune` keeps blocks up to :data:`MMAP_THRESHOLD` in the heaps and free memory up to
 :data:`TRIM_THRESHOLD` mapped, so the same pages serve buffer after buffer, and has the threads
