@@ -121,6 +121,17 @@ class LyingSource(FileSource):
         return memoryview(lie)
 
 
+class ChangingSource(FileSource):
+    """A sender whose file is written to while chunk 1's pieces are being read."""
+
+    def read_piece(self, index: int, piece: int, into: bytearray | mmap.mmap) -> memoryview:
+        if (index, piece) == (1, 0):
+            with open(self.prepared.path, "r+b") as f:
+                f.seek(self.prepared.offer.size - 1)
+                f.write(b"\0")
+        return super().read_piece(index, piece, into)
+
+
 class PairTests(TestCase):
     def make_pair(
         self, prepared: PreparedFile, source: FileSource | None = None
@@ -172,6 +183,21 @@ class PairTests(TestCase):
         kind, (reason, resumable) = self.successResultOf(send_rec.finished)
         self.assertEqual((kind, resumable), ("ended", False))
         self.assertIn("receiver cancelled", reason)
+
+    def test_file_changed_while_its_pieces_are_read_is_not_sent(self) -> None:
+        """When the sender's file is written to while a batch of its pieces is read, then none
+        of that batch leaves (no more than chunk 0's bytes were handed to the connection): the
+        sender ends for good saying the file changed, and the receiver is told."""
+        prepared = make_prepared(self, 3 * CHUNK)
+        source = ChangingSource(prepared)
+        sender, _receiver, send_rec, recv_rec, _directory = self.make_pair(prepared, source)
+        self.assertLessEqual(sender.bytes_sent, CHUNK)
+        kind, (reason, resumable) = self.successResultOf(send_rec.finished)
+        self.assertEqual((kind, resumable), ("ended", False))
+        self.assertIn("the file changed after it was offered", reason)
+        kind, (reason, resumable) = self.successResultOf(recv_rec.finished)
+        self.assertEqual((kind, resumable), ("ended", False))
+        self.assertIn("the file changed", reason)
 
     def test_lying_manifest_refused_and_removed(self) -> None:
         """When the manifest does not hash to the offered content hash, then the receiver
