@@ -132,11 +132,12 @@ class RelayedTransferTests(TestCase):
         await bob.recorder.wait(lambda: "during the transfer" in bob.received_bodies(), 30)
         print(f"\nrelayed 4 MiB file: {elapsed:.2f} s from the offer", file=sys.stderr)
         seen = capture.stop()
-        # the data met at the relay on both sides (the capture thread may miss frames: 2.9
-        # of 4 MiB seen once, so its size proves little)
+        # the data met at the relay on both sides, and it crossed Alice's link (4.2 MB of
+        # frames captured for the 4 MiB file; with the capture's default buffer it once saw
+        # 0.6 MB, so the check leaves room for a few lost frames)
         await alice.process.wait_for(b"meeting at a relay for transfer", 10)
         await bob.process.wait_for(b"meeting at a relay for transfer", 10)
-        self.assertGreater(len(seen), MiB)
+        self.assertGreater(len(seen), 3 * MiB)
         self.assertIn(wire.MAGIC, seen)  # the file's join (the session joined before the capture)
         self.assertNotIn(canary.encode(), seen)
         self.assertNotIn(canary.encode().hex().encode(), seen)
