@@ -116,8 +116,15 @@ class NeverOnlineTogetherTests(TestCase):
                 lambda: bool(alice.recorder.named("mailbox.depositFailed")), timeout=60
             )
         except Exception:
+            # say where alice's message stands (its state, her path to bob and why), then
+            # both logs' ends
+            status = await alice.call("mailbox.status")
+            history = await alice.all_history(bob.uid)
+            last = [(m["body"], m["state"]) for m in history[-1:]]
             tail = b"\n".join(p.process.output[-3000:] for p in (alice, bob))
-            raise AssertionError(tail.decode("utf-8", "replace")) from None
+            raise AssertionError(
+                f"{last} {status['contacts']}\n" + tail.decode("utf-8", "replace")
+            ) from None
         refused = alice.recorder.named("mailbox.depositFailed")[0]
         self.assertEqual(refused["contact"], bob.uid)
 

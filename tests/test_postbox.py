@@ -367,6 +367,30 @@ class ChangeTests(PostboxCase):
         self.assertIsNone(node.mailbox_status()["link"])
 
 
+class EarlySessionTests(PostboxCase):
+    async def test_a_session_before_the_state_is_loaded_hears_our_address_after(self) -> None:
+        """When a contact's session comes up while the postbox has not loaded its stored state
+        yet (the network dials before it at unlock), then we tell the contact nothing rather
+        than "no mailbox" (it would forget our address), tell it our real address once the
+        state is loaded, and keep the address it told us meanwhile instead of the stored,
+        older one."""
+        node, _clock, _events, bob, _transport, ring = await self.setup_pair()
+        await node.lock(wipe=True)
+        session = FakeSession(bob.uid)
+        sent: list[MailboxAddress] = []
+        session.send_mailbox_address = sent.append  # type: ignore[attr-defined]
+        node.postbox.session_established(session)
+        current = ring.current
+        assert current is not None
+        newer = MailboxAddress(link_for(4), b"n" * 24, b"m" * 32, current.signed.to_bytes())
+        node.postbox._address_received(session, newer)
+        self.assertEqual(sent, [])
+        await node.unlock("pw")
+        self.assertEqual([a.link for a in sent], [link_for(1)])
+        self.assertEqual(node.postbox.peers[bob.uid], newer)
+        self.assertEqual(node.courier.path_of(bob.uid), "mailbox")
+
+
 class RotationTests(PostboxCase):
     async def test_daily_check_rotates_and_announces(self) -> None:
         """When a week passes while unlocked, then the daily check makes a new prekey, tells

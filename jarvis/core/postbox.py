@@ -137,6 +137,12 @@ class Postbox:
         self._told_by_deposit: set[str] = set()
         #: uid -> the session currently up with them (to announce changes)
         self._sessions: dict[str, Any] = {}
+        #: whether :meth:`open` has loaded the stored state: until then a session hears no
+        #: address from us (we would say "no mailbox" only because ours is not loaded yet,
+        #: and the contact would forget it), and an address heard is kept for then
+        self._loaded = False
+        #: addresses heard on sessions before the state was loaded, by uid (the last one)
+        self._early: dict[str, MailboxAddress] = {}
         #: called with ``(uid, message_id, body, created_ms)`` / ``(uid, ids)``: the courier
         self.on_message: Callable[[str, bytes, bytes, int], Any] = lambda *a: None
         self.on_acks: Callable[[str, list[bytes]], Any] = lambda *a: None
@@ -197,6 +203,12 @@ class Postbox:
                     self.card_peers.add(uid)
         if self.ring.rotate(identity, self.now()):
             yield self._save_config()
+        self._loaded = True
+        early, self._early = self._early, {}
+        for uid, address in early.items():
+            self._address_learnt(uid, address)
+        for uid in list(self._sessions):
+            self._announce(uid)
         if self.link is not None and transport is not None:
             self._start().addErrback(
                 lambda f: self.log.warn(
@@ -215,6 +227,8 @@ class Postbox:
         self.card_peers = set()
         self._told_by_deposit = set()
         self._sessions.clear()
+        self._loaded = False
+        self._early = {}
         self._making.clear()
         self.ring = PrekeyRing()
         if transport is not None:
@@ -402,6 +416,8 @@ class Postbox:
         self._sessions[uid] = session
         if hasattr(session, "on_mailbox_address"):
             session.on_mailbox_address = self._address_received
+        if not self._loaded:
+            return  # open() announces once our state is loaded
         if self._identity is not None and self.ring.rotate(self._identity, self.now()):
             self._save_config()
             self._announce_all()
@@ -545,6 +561,9 @@ class Postbox:
         self._address_learnt(uid, address, from_card=True)
 
     def _address_received(self, session: Any, address: MailboxAddress) -> None:
+        if not self._loaded:
+            self._early[session.peer_uid] = address  # taken once open() loaded ours
+            return
         self._address_learnt(session.peer_uid, address)
 
     def _address_learnt(
