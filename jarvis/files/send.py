@@ -6,12 +6,12 @@
 before the sealed pieces leave, that the file is still the one that was hashed: same device,
 inode, size, modification and change times (``fstat``, taken when the file was hashed). Any
 write to the file changes its change time (which no user can set back), so a file changed after
-the offer fails the transfer at the next chunk instead of sending content the receiver would
-refuse. This replaces a hash of every chunk (0.6 CPU ms per MiB with SHA-256 then): the receiver
-still checks every chunk against the manifest and the whole file against the offered hash, so a
-change this misses (a file system that does not keep those times) still never lands under the
-file's name -- the receiver refuses the chunk. A :class:`PreparedFile` without that signature
-(built by hand) falls back to hashing each chunk.
+the offer fails the transfer at the next batch of pieces instead of sending content the receiver
+would refuse. This replaces a hash of every chunk (0.6 CPU ms per MiB with SHA-256 then): the
+receiver still checks every chunk against the manifest and the whole file against the offered
+hash, so a change this misses (a file system that does not keep those times) still never lands
+under the file's name -- the receiver refuses the chunk. A :class:`PreparedFile` without that
+signature (built by hand) falls back to hashing each chunk.
 
 Every function blocks on the file system: run it off the reactor thread.  No reactor import.
 """
