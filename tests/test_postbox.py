@@ -368,13 +368,14 @@ class ChangeTests(PostboxCase):
 
 
 class EarlySessionTests(PostboxCase):
-    async def test_a_session_before_the_state_is_loaded_hears_our_address_after(self) -> None:
-        """When a contact's session comes up while the postbox has not loaded its stored state
-        yet (the network dials before it at unlock), then we tell the contact nothing rather
-        than "no mailbox" (it would forget our address), tell it our real address once the
-        state is loaded, and keep the address it told us meanwhile instead of the stored,
-        older one."""
+    async def test_a_session_while_the_keys_are_wiped_hears_nothing(self) -> None:
+        """When a contact's session reaches the postbox while the keys are wiped (the network
+        closes its sessions after the postbox is closed), then we tell the contact nothing
+        rather than "no mailbox" (it would forget our address) and keep nothing it tells us;
+        after the unlock the session hears our real address and the stored address of the
+        contact stands."""
         node, _clock, _events, bob, _transport, ring = await self.setup_pair()
+        stored = node.postbox.peers[bob.uid]
         await node.lock(wipe=True)
         session = FakeSession(bob.uid)
         sent: list[MailboxAddress] = []
@@ -382,12 +383,13 @@ class EarlySessionTests(PostboxCase):
         node.postbox.session_established(session)
         current = ring.current
         assert current is not None
-        newer = MailboxAddress(link_for(4), b"n" * 24, b"m" * 32, current.signed.to_bytes())
-        node.postbox._address_received(session, newer)
+        other = MailboxAddress(link_for(4), b"n" * 24, b"m" * 32, current.signed.to_bytes())
+        node.postbox._address_received(session, other)
         self.assertEqual(sent, [])
+        self.assertEqual(node.postbox.peers, {})
         await node.unlock("pw")
         self.assertEqual([a.link for a in sent], [link_for(1)])
-        self.assertEqual(node.postbox.peers[bob.uid], newer)
+        self.assertEqual(node.postbox.peers[bob.uid], stored)
         self.assertEqual(node.courier.path_of(bob.uid), "mailbox")
 
 

@@ -1,7 +1,9 @@
-"""The node's part of the relayed path: which relays a contact is dialled through, and a new
-dial round once they are known after an unlock."""
+"""The node's part of the relayed path: which relays a contact is dialled through, known from
+the first dial round after an unlock."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -17,14 +19,25 @@ class RelayLinksTests(PostboxCase):
         self.assertEqual(node.postbox.relay_links(bob.uid), sorted([link_for(1), link_for(2)]))
         self.assertEqual(node.postbox.relay_links("someone-else"), [link_for(1)])
 
-    async def test_unlock_redials_with_the_relays(self) -> None:
-        """When the daemon unlocks with a mailbox in use, then after the postbox is open every
-        contact not online is redialled (its first round ran before the relays were known)."""
+    async def test_first_dial_after_unlock_knows_the_relays(self) -> None:
+        """When the daemon unlocks with a mailbox in use, then the postbox's state is loaded
+        before the network is built: the first dial round already has both relays and our
+        mailbox address for the first session, and each contact is dialled once."""
         node, _clock, _events, bob, _transport, _ring = await self.setup_pair()
         await node.lock(wipe=True)
+        seen: list[tuple[list[str], str | None]] = []
+        build = node.network_factory
+        assert build is not None
+
+        def network_factory(identity: Any, directory: Any, observer: Any) -> Any:
+            seen.append((node.postbox.relay_links(bob.uid), node.postbox.own_address(bob.uid).link))
+            return build(identity, directory, observer)
+
+        node.network_factory = network_factory
         await node.unlock("pw")
+        self.assertEqual(seen, [(sorted([link_for(1), link_for(2)]), link_for(1))])
         calls = node.networks[-1].calls  # type: ignore[attr-defined]
-        self.assertEqual(calls, [("connect", bob.uid), ("redial", bob.uid)])
+        self.assertEqual(calls, [("connect", bob.uid)])
 
 
 class NoMailboxTests(TestCase):

@@ -331,6 +331,10 @@ class Node(Service):
                 self.log.warn("stored settings unreadable: using defaults")
         self._addresses = yield self.run_blocking(local_addresses, self.advertise, self.listening())
         yield self.groups.open(store, keys.identity, self._addresses, display_name=keys.name)
+        # The postbox's state before the network: the first dial round knows the mailboxes'
+        # relays, and a session that comes up at once hears our real mailbox address.
+        transport = self.mailbox_factory() if self.mailbox_factory is not None else None
+        yield self.postbox.open(store, keys.identity, transport)
         if self.network_factory is not None:
             directory = GroupDirectory(self.contacts, self.groups)
             self._network = self.network_factory(keys.identity, directory, self)
@@ -340,21 +344,10 @@ class Node(Service):
         self.contacts.publish_summary()
         yield self.transfers.open(store, self._network, self._live_session)
         self.transfers.reopen_partials()
-        transport = self.mailbox_factory() if self.mailbox_factory is not None else None
-        yield self.postbox.open(store, keys.identity, transport)
+        self.postbox.start()
         for uid in [*self.postbox.peers, *self.groups.peer_uids()]:
             self.courier.schedule_mailbox(uid)
-        self._redial_with_relays()
         self._schedule_rotation()
-
-    def _redial_with_relays(self) -> None:
-        """Issue 16: the first dial round ran before the postbox was open, so without any
-        mailbox's relay; start a fresh round for every contact not online, with them."""
-        if self._network is None or not (self.postbox.link or self.postbox.peers):
-            return
-        for uid in list(self.contacts.acceptable_uids()):
-            if self.contacts.status_of(uid) != "online":
-                self._network.redial(uid)
 
     def _schedule_rotation(self) -> None:
         """Check the mailbox prekeys once a day while unlocked (rotation, deletion)."""

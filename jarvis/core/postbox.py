@@ -137,12 +137,12 @@ class Postbox:
         self._told_by_deposit: set[str] = set()
         #: uid -> the session currently up with them (to announce changes)
         self._sessions: dict[str, Any] = {}
-        #: whether :meth:`open` has loaded the stored state: until then a session hears no
-        #: address from us (we would say "no mailbox" only because ours is not loaded yet,
-        #: and the contact would forget it), and an address heard is kept for then
+        #: whether the stored state is loaded (from :meth:`open` to :meth:`close`): outside
+        #: that a session hears no address from us (we would say "no mailbox" only because
+        #: ours is not loaded, and the contact would forget it) and what it tells us is not
+        #: kept.  The node opens the postbox before it builds the network, so at unlock every
+        #: session comes after; this covers the sessions still up while the keys are wiped.
         self._loaded = False
-        #: addresses heard on sessions before the state was loaded, by uid (the last one)
-        self._early: dict[str, MailboxAddress] = {}
         #: called with ``(uid, message_id, body, created_ms)`` / ``(uid, ids)``: the courier
         self.on_message: Callable[[str, bytes, bytes, int], Any] = lambda *a: None
         self.on_acks: Callable[[str, list[bytes]], Any] = lambda *a: None
@@ -175,7 +175,10 @@ class Postbox:
 
     @defer.inlineCallbacks
     def open(self, store: Store, identity: IdentityKey, transport: Any) -> Any:
-        """Load the mailbox state; connect and collect when a mailbox is in use."""
+        """Load the mailbox state (:meth:`start` then connects to the mailbox).
+
+        The node calls this before it builds the peer network, so the first dial round knows
+        the relays (:meth:`relay_links`) and the first session hears our real address."""
         self._store = store
         self._identity = identity
         self._transport = transport
@@ -204,12 +207,13 @@ class Postbox:
         if self.ring.rotate(identity, self.now()):
             yield self._save_config()
         self._loaded = True
-        early, self._early = self._early, {}
-        for uid, address in early.items():
-            self._address_learnt(uid, address)
         for uid in list(self._sessions):
             self._announce(uid)
-        if self.link is not None and transport is not None:
+
+    def start(self) -> None:
+        """Connect to our mailbox, if one is in use, make the missing queues and collect, in
+        the background (a mailbox out of reach is logged)."""
+        if self._loaded and self.link is not None and self._transport is not None:
             self._start().addErrback(
                 lambda f: self.log.warn(
                     "mailbox not reachable: {error}", error=redact(str(f.value))
@@ -228,7 +232,6 @@ class Postbox:
         self._told_by_deposit = set()
         self._sessions.clear()
         self._loaded = False
-        self._early = {}
         self._making.clear()
         self.ring = PrekeyRing()
         if transport is not None:
@@ -417,7 +420,7 @@ class Postbox:
         if hasattr(session, "on_mailbox_address"):
             session.on_mailbox_address = self._address_received
         if not self._loaded:
-            return  # open() announces once our state is loaded
+            return  # open() announces once our state is loaded; close() ended it
         if self._identity is not None and self.ring.rotate(self._identity, self.now()):
             self._save_config()
             self._announce_all()
@@ -561,10 +564,8 @@ class Postbox:
         self._address_learnt(uid, address, from_card=True)
 
     def _address_received(self, session: Any, address: MailboxAddress) -> None:
-        if not self._loaded:
-            self._early[session.peer_uid] = address  # taken once open() loaded ours
-            return
-        self._address_learnt(session.peer_uid, address)
+        if self._loaded:
+            self._address_learnt(session.peer_uid, address)
 
     def _address_learnt(
         self, uid: str, address: MailboxAddress, *, from_card: bool = False
