@@ -23,17 +23,38 @@ other; the sender calls ``files.send`` on a random file, the receiver ``files.ac
   protocol (:mod:`jarvis.net.tls_batching`), which hands each write's records to TCP at once;
   ``files_vs_tls_ceiling`` divides by the higher of the two.
 
-``python -m bench.files_bench [--quick] [--smoke] [--no-chat] [--json-out FILE]`` (1 GiB;
-256 MiB with ``--quick``; 16 MiB with ``--smoke``).  ``--no-chat`` leaves the chat loop out
-(the benchmark only waits for the transfer's end), so the CPU figures are the transfer's alone
-and ``chat_p50_ms`` / ``chat_p99_ms`` are not reported.  magic-wormhole is measured next to it by
-:mod:`bench.wormhole_bench` in its own virtual environment (``pip install .[bench]``).
+``python -m bench.files_bench [--quick] [--smoke] [--no-chat] [--wormhole-venv DIR]
+[--rounds N] [--json-out FILE]`` (1 GiB; 256 MiB with ``--quick``; 16 MiB with ``--smoke``).
+``--no-chat`` leaves the chat loop out (the benchmark only waits for the transfer's end), so the
+CPU figures are the transfer's alone and ``chat_p50_ms`` / ``chat_p99_ms`` are not reported.
+
+``--wormhole-venv DIR`` puts magic-wormhole beside Jarvis in the same run: each round first
+sends the same size with ``wormhole send``/``receive`` (:mod:`bench.wormhole_bench`, one run,
+from the virtual environment *DIR* that ``pip install .[bench]`` filled; root, for its
+loopback-only namespace), then with Jarvis, and adds:
+
+- ``wormhole_mib_per_s``, ``wormhole_sender_cpu_s_per_gib``,
+  ``wormhole_receiver_cpu_s_per_gib``, ``wormhole_sender_peak_rss_mib``,
+  ``wormhole_receiver_peak_rss_mib``: magic-wormhole's figures;
+- ``files_vs_wormhole``: Jarvis's MiB/s over magic-wormhole's in the same round (goal: at
+  least 1.0);
+- ``sender_rss_vs_wormhole`` / ``receiver_rss_vs_wormhole``: each daemon's peak RSS over the
+  matching wormhole end's (goal: at most 1.0).
+
+``--rounds N`` (default 1) repeats the round; every figure is then the median over the rounds
+(the ratios too: each round's ratio, then their median), and each round is printed as it ends.
+Rounds alternate the two programs because this machine's state moves between runs
+(``docs/benchmarks.md``, "why magic-wormhole's figure moves").
 """
 
 from __future__ import annotations
 
+import argparse
 import filecmp
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +64,7 @@ from typing import Any
 from bench.harness import percentile
 
 MIB = 1024 * 1024
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 #: Set by ``--no-chat``: no chat messages during the transfer.
 NO_CHAT_FLAG = "--no-chat"
 GOAL_RSS_GROWTH_MIB = 32.0
@@ -231,20 +253,116 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
     return {"figures": figures}
 
 
-def run(quick: bool, chat_loop: bool = True) -> dict[str, Any]:
+def run_wormhole(venv: str, size: int) -> dict[str, float]:
+    """One magic-wormhole run of *size* bytes (:mod:`bench.wormhole_bench`); its figures.
+
+    Blocking (a child process for the whole transfer): call it off the reactor thread.
+    """
+    command = [sys.executable, "-m", "bench.wormhole_bench", "--venv", venv]
+    command += ["--size-mib", str(max(1, size // MIB)), "--runs", "1"]
+    done = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("run 1: "):
+            return {k: float(v) for k, v in json.loads(line[len("run 1: ") :]).items()}
+    raise RuntimeError(
+        f"magic-wormhole's run failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
+    )
+
+
+def side_by_side(jarvis: dict[str, Any], wormhole: dict[str, float]) -> dict[str, Any]:
+    """Jarvis's figures of one round with magic-wormhole's of the same round and the ratios."""
+    figures = dict(jarvis)
+    for key, value in wormhole.items():
+        unit = "CPU s/GiB" if "cpu" in key else "MiB" if "rss" in key else "MiB/s"
+        figures[key] = {"value": value, "unit": f"{unit} (magic-wormhole, same round)"}
+    figures["files_vs_wormhole"] = {
+        "value": jarvis["files_mib_per_s"]["value"] / wormhole["wormhole_mib_per_s"],
+        "unit": "ratio (same round)",
+        "goal": 1.0,
+    }
+    for side in ("sender", "receiver"):
+        figures[f"{side}_rss_vs_wormhole"] = {
+            "value": jarvis[f"{side}_peak_rss_mib"]["value"]
+            / wormhole[f"wormhole_{side}_peak_rss_mib"],
+            "unit": "ratio (whole processes, same round; goal: at most)",
+            "goal": 1.0,
+        }
+    return figures
+
+
+def median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over *rounds* (units and goals from the first round)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    merged = {}
+    for key, figure in rounds[0].items():
+        values = [r[key]["value"] for r in rounds if key in r]
+        merged[key] = dict(figure, value=statistics.median(values))
+        merged[key]["unit"] = f"{figure['unit']}; median of {len(values)} rounds"
+    return merged
+
+
+async def measure_rounds(
+    reactor: Any, quick: bool, chat_loop: bool, venv: str | None, rounds: int
+) -> dict[str, Any]:
+    """*rounds* rounds of magic-wormhole (with *venv*) then Jarvis; the medians."""
+    from twisted.internet import threads
+
+    done: list[dict[str, Any]] = []
+    for n in range(rounds):
+        wormhole = None
+        if venv is not None:
+            wormhole = await threads.deferToThread(run_wormhole, venv, file_size(quick))
+            print(
+                f"files: round {n + 1}: magic-wormhole {wormhole['wormhole_mib_per_s']:.0f} MiB/s",
+                file=sys.stderr,
+            )
+        figures = (await measure(reactor, quick, chat_loop))["figures"]
+        if wormhole is not None:
+            figures = side_by_side(figures, wormhole)
+        done.append(figures)
+        line = {k: round(f["value"], 2) for k, f in figures.items()}
+        print(f"files: round {n + 1}: {json.dumps(line)}", file=sys.stderr)
+    return {"figures": median_figures(done)}
+
+
+def run(
+    quick: bool, chat_loop: bool = True, wormhole_venv: str | None = None, rounds: int = 1
+) -> dict[str, Any]:
     """Send one file between two real daemons; see the module docstring."""
     from bench.harness import run_on_reactor
 
-    return dict(run_on_reactor(lambda reactor: measure(reactor, quick, chat_loop)))
+    return dict(
+        run_on_reactor(
+            lambda reactor: measure_rounds(reactor, quick, chat_loop, wormhole_venv, rounds)
+        )
+    )
+
+
+OWN_OPTIONS = """this benchmark's own options:
+  --no-chat             no chat messages during the transfer (CPU figures of the transfer alone)
+  --wormhole-venv DIR   magic-wormhole from virtual environment DIR beside Jarvis, each round
+  --rounds N            rounds (each: magic-wormhole, then Jarvis); figures are medians"""
 
 
 def main(argv: list[str]) -> int:
-    """The command line: the harness's options, plus ``--no-chat``."""
+    """The command line: the harness's options, plus ``--no-chat``, ``--wormhole-venv DIR`` and
+    ``--rounds N``."""
     from bench.harness import run_standalone
 
-    chat_loop = NO_CHAT_FLAG not in argv
-    rest = [a for a in argv if a != NO_CHAT_FLAG]
-    return run_standalone("files", lambda quick: run(quick, chat_loop), rest)
+    own = argparse.ArgumentParser(prog="python -m bench.files_bench", add_help=False)
+    own.add_argument(NO_CHAT_FLAG, action="store_true")
+    own.add_argument("--wormhole-venv")
+    own.add_argument("--rounds", type=int, default=1)
+    options, rest = own.parse_known_args(argv)
+    if options.rounds < 1:
+        own.error("--rounds must be at least 1")
+    return run_standalone(
+        "files",
+        lambda quick: run(quick, not options.no_chat, options.wormhole_venv, options.rounds),
+        rest,
+        epilog=OWN_OPTIONS,
+    )
 
 
 if __name__ == "__main__":

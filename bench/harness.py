@@ -435,7 +435,12 @@ def run_child(module: str, *, quick: bool, json_out: Path) -> int:
     return 0
 
 
-def run_standalone(name: str, run: Callable[[bool], dict[str, Any]], argv: Sequence[str]) -> int:
+def run_standalone(
+    name: str,
+    run: Callable[[bool], dict[str, Any]],
+    argv: Sequence[str],
+    epilog: str | None = None,
+) -> int:
     """Run one benchmark in this process, for a benchmark module's ``__main__`` block.
 
     Understands ``--quick``, ``--smoke`` and ``--json-out FILE``; prints the table.
@@ -443,9 +448,16 @@ def run_standalone(name: str, run: Callable[[bool], dict[str, Any]], argv: Seque
     :param name: the benchmark's registered name.
     :param run: the module's ``run`` function.
     :param argv: the command-line arguments after the program name.
+    :param epilog: shown after the options by ``--help`` (a module's own options, which it
+        takes out of *argv* before calling this).
     :returns: the process exit status.
     """
-    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=run.__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}",
+        description=run.__doc__,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="short run (seconds, not minutes)")
     parser.add_argument("--smoke", action="store_true", help="tiny run, to test the benchmark")
     parser.add_argument("--json-out", type=Path, help="also write the figures to this file")

@@ -485,3 +485,55 @@ class WriteResultTests(SynchronousTestCase):
         self.assertEqual(path, results / "ceiling.json")
         self.assertEqual(json.loads(path.read_text(encoding="utf-8")), document)
         self.assertEqual(sorted(p.name for p in results.iterdir()), ["ceiling.json"])
+
+
+class FilesBesideWormholeTests(SynchronousTestCase):
+    """How ``bench.files_bench --wormhole-venv DIR --rounds N`` puts its figures together."""
+
+    def jarvis_round(self, mib_per_s: float, sender_rss: float) -> dict[str, Any]:
+        return {
+            "files_mib_per_s": {"value": mib_per_s, "unit": "MiB/s"},
+            "sender_peak_rss_mib": {"value": sender_rss, "unit": "MiB"},
+            "receiver_peak_rss_mib": {"value": 66.0, "unit": "MiB"},
+        }
+
+    def wormhole_round(self, mib_per_s: float) -> dict[str, float]:
+        return {
+            "wormhole_mib_per_s": mib_per_s,
+            "wormhole_sender_cpu_s_per_gib": 3.0,
+            "wormhole_receiver_cpu_s_per_gib": 4.0,
+            "wormhole_sender_peak_rss_mib": 60.0,
+            "wormhole_receiver_peak_rss_mib": 55.0,
+        }
+
+    def test_ratios_are_of_the_same_round(self) -> None:
+        """When a round has Jarvis's and magic-wormhole's figures, then the speed ratio is
+        Jarvis's MiB/s over wormhole's with goal 1.0, and each side's peak RSS is divided by
+        the matching wormhole end's."""
+        from bench.files_bench import side_by_side
+
+        figures = side_by_side(self.jarvis_round(300.0, 72.0), self.wormhole_round(200.0))
+        self.assertEqual(figures["files_vs_wormhole"]["value"], 1.5)
+        self.assertEqual(figures["files_vs_wormhole"]["goal"], 1.0)
+        self.assertEqual(figures["sender_rss_vs_wormhole"]["value"], 72.0 / 60.0)
+        self.assertEqual(figures["receiver_rss_vs_wormhole"]["value"], 66.0 / 55.0)
+        self.assertEqual(figures["wormhole_receiver_cpu_s_per_gib"]["value"], 4.0)
+        self.assertEqual(figures["files_mib_per_s"]["value"], 300.0)
+
+    def test_rounds_give_medians_of_each_round_ratio(self) -> None:
+        """When three rounds ran, then each figure is the median of its three values, the
+        ratio included (the median of the rounds' ratios, not a ratio of medians)."""
+        from bench.files_bench import median_figures, side_by_side
+
+        rounds = [
+            side_by_side(self.jarvis_round(300.0, 72.0), self.wormhole_round(200.0)),  # 1.5
+            side_by_side(self.jarvis_round(330.0, 73.0), self.wormhole_round(330.0)),  # 1.0
+            side_by_side(self.jarvis_round(320.0, 71.0), self.wormhole_round(160.0)),  # 2.0
+        ]
+        merged = median_figures(rounds)
+        self.assertEqual(merged["files_mib_per_s"]["value"], 320.0)
+        self.assertEqual(merged["wormhole_mib_per_s"]["value"], 200.0)
+        self.assertEqual(merged["files_vs_wormhole"]["value"], 1.5)
+        self.assertEqual(merged["sender_peak_rss_mib"]["value"], 72.0)
+        self.assertIn("median of 3 rounds", merged["files_vs_wormhole"]["unit"])
+        self.assertIs(median_figures(rounds[:1]), rounds[0])
