@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
@@ -760,6 +762,74 @@ class HostilePieceTests(TestCase):
         self.assertIn("holds more pieces than a chunk has", reason)
         records = [parse_transfer_record(p) for p in feed(FrameDecoder(1 << 20), transport.value())]
         self.assertFalse([r for r in records if isinstance(r, Piece)])
+
+
+#: What a broken or hostile peer may put on a transfer connection: raw bytes, and frames of
+#: version-1 records of any type (known or not) with arbitrary bodies.
+GARBAGE = st.lists(
+    st.one_of(
+        st.binary(max_size=64),
+        st.builds(
+            lambda kind, body: encode_frame(bytes([1, kind]) + body),
+            st.integers(0, 15),
+            st.binary(max_size=200),
+        ),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+class GarbageTests(TestCase):
+    """Whatever bytes the other end sends, an end waits for more or ends with a reason."""
+
+    def assertEndedCleanly(self, recorder: Recorder, transport: StringTransport) -> None:
+        # Ended through the observer exactly when the connection is being closed, with words.
+        self.assertEqual(recorder.finished.called, transport.disconnecting)
+        if recorder.finished.called:
+            kind, (reason, _resumable) = self.successResultOf(recorder.finished)
+            self.assertEqual(kind, "ended")
+            self.assertIsInstance(reason, str)
+            self.assertTrue(reason)
+
+    @settings(max_examples=40, deadline=None)
+    @given(GARBAGE)
+    def test_receiver_after_the_manifest(self, garbage: list[bytes]) -> None:
+        """When the sender's side of a connection sends arbitrary bytes and records after a
+        valid manifest, then no exception escapes the receiver, it ends the connection only
+        through its observer and with a reason, and no chunk is held."""
+        prepared = make_prepared(self, 3 * CHUNK)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        self.addCleanup(partial.close)
+        recorder = Recorder()
+        receiver = TransferReceiver(partial, recorder, run_blocking=run_now)
+        transport = StringTransport()
+        receiver.makeConnection(transport)
+        receiver.dataReceived(b"".join(frame(p) for p in manifest_pages(prepared.chunk_hashes)))
+        self.assertTrue(partial.manifest_known)
+        for data in garbage:
+            receiver.dataReceived(data)
+        self.assertEndedCleanly(recorder, transport)
+        self.assertEqual(partial.held_bytes, 0)
+
+    @settings(max_examples=40, deadline=None)
+    @given(GARBAGE)
+    def test_sender_before_a_have(self, garbage: list[bytes]) -> None:
+        """When the receiver's side of a connection sends arbitrary bytes and records instead
+        of its Have, then no exception escapes the sender, it ends the connection only
+        through its observer and with a reason, and it sends no piece of the file."""
+        prepared = make_prepared(self, 3 * CHUNK)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        recorder = Recorder()
+        sender = TransferSender(source, recorder, run_blocking=run_now)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        for data in garbage:
+            sender.dataReceived(data)
+        self.assertEndedCleanly(recorder, transport)
+        sent = [parse_transfer_record(p) for p in feed(FrameDecoder(1 << 20), transport.value())]
+        self.assertFalse([r for r in sent if isinstance(r, Piece)])
 
 
 class LoopbackTests(TestCase):

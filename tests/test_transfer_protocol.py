@@ -179,6 +179,31 @@ class ParseRefusalTests(SynchronousTestCase):
         )
         self.assertRefused(whole_piece_partial)
 
+    @given(
+        name=st.sampled_from(sorted(VECTORS)),
+        cut=st.integers(0, 200),
+        flips=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)), max_size=4),
+        extra=st.binary(max_size=40),
+    )
+    def test_mutated_records_parse_canonically_or_are_refused(
+        self, name: str, cut: int, flips: list[tuple[int, int]], extra: bytes
+    ) -> None:
+        """When a valid record is cut short, has bytes changed or bytes added (what a broken or
+        hostile peer could send), then parsing either refuses it with MalformedTransferRecord
+        or returns a record whose encoding is exactly those bytes; no other error escapes and
+        no two encodings parse to the same record."""
+        payload = bytearray(bytes.fromhex(VECTORS[name][1]))
+        del payload[min(cut, len(payload)) :]
+        for at, xor in flips:
+            if payload:
+                payload[at % len(payload)] ^= xor
+        payload += extra
+        try:
+            record = parse_transfer_record(bytes(payload))
+        except MalformedTransferRecord:
+            return
+        self.assertEqual(encode_transfer_record(record), bytes(payload))
+
     def test_whole_chunk_records_name_an_outdated_peer(self) -> None:
         """When a whole-chunk record of a Jarvis from before pieces arrives, then it is refused
         as OutdatedPeer (the transfer fails with that reason instead of retrying)."""
