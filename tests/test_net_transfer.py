@@ -3,6 +3,7 @@ transports and real loopback TCP (a 64 MiB file, the connection killed halfway, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import mmap
@@ -30,6 +31,7 @@ from jarvis.net.transfer import (
     BATCH_PIECES,
     DATA_BUFFER,
     DEFAULT_WINDOW,
+    DISK_FULL,
     PREPARE_AHEAD,
     TransferReceiver,
     TransferSender,
@@ -215,6 +217,53 @@ class PairTests(TestCase):
         self.assertEqual(receiver.chunks_stored, 0)
         self.successResultOf(receiver.when_settled())
         self.assertEqual(os.listdir(directory), [])
+
+
+class DiskFullTests(TestCase):
+    def test_disk_full_keeps_what_is_held_and_resumes(self) -> None:
+        """When the receiver's disk fills up at chunk 1 (a write fails with ENOSPC), then the
+        connection ends as resumable with the disk-full reason, chunk 0 stays held and the
+        partial file stays; once there is room, a new connection fetches only the rest and
+        the file arrives byte-identical."""
+        prepared = make_prepared(self, 3 * CHUNK)
+        directory = short_tempdir(self)
+        partial = PartialFile.create(directory, prepared.offer)
+        write = partial._write
+
+        def full_from_chunk_1(data: Any, offset: int) -> None:
+            if offset >= CHUNK:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            write(data, offset)
+
+        partial._write = full_from_chunk_1  # type: ignore[method-assign]
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        send_rec, recv_rec = Recorder(), Recorder()
+        _s, receiver, pump = connectedServerAndClient(
+            lambda: TransferReceiver(partial, recv_rec, run_blocking=run_now),
+            lambda: TransferSender(source, send_rec, run_blocking=run_now),
+        )
+        pump.flush()
+        kind, (reason, resumable) = self.successResultOf(recv_rec.finished)
+        self.assertEqual((kind, reason, resumable), ("ended", DISK_FULL, True))
+        self.successResultOf(receiver.when_settled())
+        self.assertEqual(partial.held_ranges(), ((0, 1),))
+        partial.close()
+        again = PartialFile.reopen(directory, prepared.offer)  # room again: plain writes
+        self.addCleanup(again.close)
+        self.assertEqual(again.held_ranges(), ((0, 1),))
+        source2 = FileSource(prepared)
+        self.addCleanup(source2.close)
+        send2, recv2 = Recorder(), Recorder()
+        sender2, _r, pump2 = connectedServerAndClient(
+            lambda: TransferReceiver(again, recv2, run_blocking=run_now),
+            lambda: TransferSender(source2, send2, run_blocking=run_now),
+        )
+        pump2.flush()
+        kind, final = self.successResultOf(recv2.finished)
+        self.assertEqual(kind, "completed")
+        self.assertEqual(file_sha256(final), file_sha256(prepared.path))
+        self.assertEqual(sender2.bytes_sent, 2 * CHUNK)
 
 
 class SlowTransport(StringTransport):

@@ -14,6 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.core.transfers import CONTROL_PREFIX, Transfers, is_control_body
 from jarvis.files.send import make_offer
+from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
     Accept,
     Cancel,
@@ -652,3 +653,32 @@ class RelayHeadStartTests(TestCase):
         self.assertEqual(
             (bob.find(view["id"]).state, alice.find(view["id"]).state), ("complete",) * 2
         )
+
+
+class WaitingReasonTests(TestCase):
+    def test_resumable_end_says_why_until_a_stream_opens(self) -> None:
+        """When a receiving stream ends as resumable because the disk is full, then the
+        transfer is accepted again with the reason in files.list and its transfer.changed
+        event (kept across a restart), and the reason is cleared when a stream opens."""
+        store = FakeStore()
+        transfers, _sessions, events, _ = make_transfers(self, store)
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        self.successResultOf(transfers.accept(tid))
+        entry = transfers.find(tid)
+        transfers.stream_opened(entry)
+        self.assertEqual(transfers.find(tid).state, "streaming")
+        transfers.stream_ended(entry, DISK_FULL, True)
+        (listed,) = transfers.list()
+        self.assertEqual((listed["state"], listed["reason"]), ("accepted", DISK_FULL))
+        changed = [p["transfer"] for name, p in events if name == "transfer.changed"]
+        self.assertEqual((changed[-1]["state"], changed[-1]["reason"]), ("accepted", DISK_FULL))
+        transfers.close()
+        again, _sessions, _events, _ = make_transfers(self, store)
+        (listed,) = again.list()
+        self.assertEqual((listed["state"], listed["reason"]), ("accepted", DISK_FULL))
+        transfers, entry = again, again.find(tid)
+        transfers.stream_opened(entry)
+        (listed,) = transfers.list()
+        self.assertEqual((listed["state"], listed["reason"]), ("streaming", ""))

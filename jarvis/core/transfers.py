@@ -852,6 +852,7 @@ class Transfers:
         entry.meter = ProgressMeter(entry.offer.size, self.clock.seconds)
         if entry.state == "accepted":
             entry.state = "streaming"
+            entry.reason = ""  # why it waited, if it did
             self._changed(entry)
         self._tick()
 
@@ -880,7 +881,10 @@ class Transfers:
             self._finish(entry, "failed", reason, "cancel")
             return
         if entry.state == "streaming":
+            # Back to waiting for the next connection; the reason says why (a lost connection,
+            # a full disk here) until a stream opens again.
             entry.state = "accepted"
+            entry.reason = _safe(reason)
             self._changed(entry)
         if entry.sending and entry.relay_wanted:
             entry.relay_wanted = False

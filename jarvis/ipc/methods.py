@@ -864,7 +864,9 @@ def file_specs() -> tuple[MethodSpec, ...]:
             files_list,
             result="{transfers: [" + _TRANSFER_VIEW + "]}",
             doc="List every file transfer, both directions, newest first; they survive "
-            "restarts of the daemon.",
+            "restarts of the daemon. reason: why a transfer ended (cancelled, failed), or why "
+            "an accepted one waits for its next connection (e.g. 'disk full: ...' on the "
+            "receiving side; it resumes by itself), cleared when a stream opens.",
         ),
         MethodSpec(
             "files.accept",

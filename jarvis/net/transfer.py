@@ -37,6 +37,7 @@ File reads, hashing, sealing, opening and writes all run through *run_blocking* 
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -111,6 +112,10 @@ ACK_TIMEOUT = 120.0
 #: Chunks past the last acknowledged one whose pages the receiver brings into the page cache
 #: ahead of their writes (:meth:`~jarvis.files.receive.PartialFile.prepare_chunks`).
 PREPARE_AHEAD = 2
+#: The reason a receiver gives when the disk fills up under a transfer: resumable, because the
+#: chunks already verified stay and the sender keeps redialling (docs/protocol.md, "Disk full").
+DISK_FULL = "disk full: free space where the file is received; it resumes by itself then"
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
 #: Spare piece-frame buffers a receiver keeps for reuse (a batch of pieces and two).
@@ -787,6 +792,9 @@ class TransferReceiver(protocol.Protocol):
             # The chunk opened (only the sender has the key) yet does not match the manifest
             # that matches the offer: the sender lies.
             self._end("a chunk does not match the offered file", resumable=False, discard=True)
+        elif isinstance(failure.value, OSError) and failure.value.errno in _DISK_FULL_ERRNOS:
+            # What is verified stays; the sender's redials resume it once there is room.
+            self._end(DISK_FULL, resumable=True)
         else:
             self.log.failure("storing a chunk failed", failure)
             self._end(f"writing the file failed: {failure.getErrorMessage()}", resumable=False)
