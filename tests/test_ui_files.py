@@ -144,6 +144,27 @@ class ConversationProgressTests(SynchronousTestCase):
         self.assertIn("file holiday.jpg: complete", text)
         self.assertIn("open the folder: xdg-open '/srv/my in'", text)
 
+    def test_waiting_reason_on_the_progress_line(self) -> None:
+        """When a transfer's stream ends and it waits with a reason (the receiving disk is
+        full), then its progress line says it waits and why, in place; the next progress
+        event puts the bar back on the same line."""
+        controller, client, _clock = started()
+        press(controller, "meta 1")
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        size = 4 * 1024 * 1024
+        event = {"id": TID, "bytes": 1024 * 1024, "size": size, "rate": 2.0**20, "eta": 3.0}
+        client.emit("transfer.progress", {**event, "contact": UID_ALICE})
+        full = "disk full: free space where the file is received; it resumes by itself then"
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted", reason=full)})
+        text = screen_text(controller.window, (160, 30))
+        self.assertIn(f"file holiday.jpg: waiting ({full})", text)
+        self.assertNotIn("file holiday.jpg [", text)  # nor on the status line
+        self.assertIsNone(controller.model.status)
+        client.emit("transfer.progress", {**event, "bytes": 2 * 1024 * 1024, "contact": UID_ALICE})
+        text = screen_text(controller.window, (160, 30))
+        self.assertNotIn("waiting", text)
+        self.assertIn("file holiday.jpg [##########..........]  50%", text)
+
 
 class PathCompletionTests(SynchronousTestCase):
     def make_folder(self) -> str:

@@ -1222,6 +1222,13 @@ class MessengerModel:
         self.transfer_names[str(t.get("id"))] = terminal_safe(
             str(t.get("name", "")), keep_newlines=False
         )
+        if state == "accepted" and t.get("reason"):
+            # Its stream ended and it waits for the next one (e.g. a full disk): say why on
+            # its progress line; the next progress event puts the bar back.
+            reason = terminal_safe(str(t["reason"]), keep_newlines=False)
+            self._transfer_line_says(str(t.get("id")), f"waiting ({reason})")
+            if self.status is not None and self.status.text.startswith("file "):
+                self.clear_status()  # its bar stopped
         if state not in ("complete", "cancelled", "failed"):
             return
         text = f"file {_file_label(t)}: {state}"
@@ -1276,12 +1283,15 @@ class MessengerModel:
 
     def _transfer_line_ends(self, tid: str, state: str) -> None:
         """Say the end state on the transfer's progress line, if it has one."""
+        self._transfer_line_says(tid, state)
+
+    def _transfer_line_says(self, tid: str, what: str) -> None:
+        """Put "file NAME: *what*" on the transfer's progress line, if it has one."""
         line_id = TRANSFER_LINE_PREFIX + tid
         for uid, conversation in self.conversations.items():
-            old = conversation.messages.get(line_id)
-            if old is not None:
-                body = old.body.split(" [", 1)[0]
-                self._put_transfer_line(uid, tid, f"{body}: {state}")
+            if line_id in conversation.messages:
+                name = self.transfer_names.get(tid, "")
+                self._put_transfer_line(uid, tid, f"file {name}: {what}")
 
     _EVENTS: dict[str, Callable[[MessengerModel, Mapping[str, Any]], None]] = {
         "transfer.offered": _transfer_offered,
