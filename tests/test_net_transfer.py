@@ -136,21 +136,41 @@ class ChangingSource(FileSource):
         return super().read_piece(index, piece, into)
 
 
+def connect_pair(
+    case: TestCase, partial: PartialFile, source: FileSource
+) -> tuple[TransferSender, TransferReceiver, Recorder, Recorder]:
+    """Run a sender of *source* and a receiver into *partial* over an in-memory connection until
+    nothing more moves; the sender, the receiver and their observers."""
+    case.addCleanup(source.close)
+    send_rec, recv_rec = Recorder(), Recorder()
+    sender, receiver, pump = connectedServerAndClient(
+        lambda: TransferReceiver(partial, recv_rec, run_blocking=run_now),
+        lambda: TransferSender(source, send_rec, run_blocking=run_now),
+    )
+    pump.flush()
+    return sender, receiver, send_rec, recv_rec
+
+
+def connected_sender(
+    case: TestCase, prepared: PreparedFile
+) -> tuple[TransferSender, Recorder, StringTransport]:
+    """A sender of *prepared* on an in-memory transport, its observer and the transport."""
+    source = FileSource(prepared)
+    case.addCleanup(source.close)
+    recorder = Recorder()
+    sender = TransferSender(source, recorder, run_blocking=run_now)
+    transport = StringTransport()
+    sender.makeConnection(transport)
+    return sender, recorder, transport
+
+
 class PairTests(TestCase):
     def make_pair(
         self, prepared: PreparedFile, source: FileSource | None = None
     ) -> tuple[TransferSender, TransferReceiver, Recorder, Recorder, str]:
         directory = short_tempdir(self)
         partial = PartialFile.create(directory, prepared.offer)
-        source = source or FileSource(prepared)
-        self.addCleanup(source.close)
-        send_rec, recv_rec = Recorder(), Recorder()
-        sender, receiver, pump = connectedServerAndClient(
-            lambda: TransferReceiver(partial, recv_rec, run_blocking=run_now),
-            lambda: TransferSender(source, send_rec, run_blocking=run_now),
-        )
-        pump.flush()
-        return sender, receiver, send_rec, recv_rec, directory
+        return (*connect_pair(self, partial, source or FileSource(prepared)), directory)
 
     def test_small_file_arrives(self) -> None:
         """When a 5-chunk file is sent over a connected pair, then the receiver gets it
@@ -236,14 +256,7 @@ class DiskFullTests(TestCase):
             write(data, offset)
 
         partial._write = full_from_chunk_1  # type: ignore[method-assign]
-        source = FileSource(prepared)
-        self.addCleanup(source.close)
-        send_rec, recv_rec = Recorder(), Recorder()
-        _s, receiver, pump = connectedServerAndClient(
-            lambda: TransferReceiver(partial, recv_rec, run_blocking=run_now),
-            lambda: TransferSender(source, send_rec, run_blocking=run_now),
-        )
-        pump.flush()
+        _s, receiver, _send_rec, recv_rec = connect_pair(self, partial, FileSource(prepared))
         kind, (reason, resumable) = self.successResultOf(recv_rec.finished)
         self.assertEqual((kind, reason, resumable), ("ended", DISK_FULL, True))
         self.successResultOf(receiver.when_settled())
@@ -252,14 +265,7 @@ class DiskFullTests(TestCase):
         again = PartialFile.reopen(directory, prepared.offer)  # room again: plain writes
         self.addCleanup(again.close)
         self.assertEqual(again.held_ranges(), ((0, 1),))
-        source2 = FileSource(prepared)
-        self.addCleanup(source2.close)
-        send2, recv2 = Recorder(), Recorder()
-        sender2, _r, pump2 = connectedServerAndClient(
-            lambda: TransferReceiver(again, recv2, run_blocking=run_now),
-            lambda: TransferSender(source2, send2, run_blocking=run_now),
-        )
-        pump2.flush()
+        sender2, _r, _send2, recv2 = connect_pair(self, again, FileSource(prepared))
         kind, final = self.successResultOf(recv2.finished)
         self.assertEqual(kind, "completed")
         self.assertEqual(file_sha256(final), file_sha256(prepared.path))
@@ -795,12 +801,7 @@ class HostilePieceTests(TestCase):
         """When the receiver's Have says a chunk has as many pieces written as it has in all,
         then the sender ends the connection (resumable) and sends no piece."""
         prepared = make_prepared(self, 2 * FOUR_PIECES, chunk=FOUR_PIECES)
-        source = FileSource(prepared)
-        self.addCleanup(source.close)
-        recorder = Recorder()
-        sender = TransferSender(source, recorder, run_blocking=run_now)
-        transport = StringTransport()
-        sender.makeConnection(transport)
+        sender, recorder, transport = connected_sender(self, prepared)
         tid = prepared.offer.transfer_id
         # Have refuses this at parse time; a record built in memory gets past that.
         have = Have(tid, b"\x01" * 16, (), ((1, 3),))
@@ -867,13 +868,7 @@ class GarbageTests(TestCase):
         """When the receiver's side of a connection sends arbitrary bytes and records instead
         of its Have, then no exception escapes the sender, it ends the connection only
         through its observer and with a reason, and it sends no piece of the file."""
-        prepared = make_prepared(self, 3 * CHUNK)
-        source = FileSource(prepared)
-        self.addCleanup(source.close)
-        recorder = Recorder()
-        sender = TransferSender(source, recorder, run_blocking=run_now)
-        transport = StringTransport()
-        sender.makeConnection(transport)
+        sender, recorder, transport = connected_sender(self, make_prepared(self, 3 * CHUNK))
         for data in garbage:
             sender.dataReceived(data)
         self.assertEndedCleanly(recorder, transport)
