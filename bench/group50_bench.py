@@ -67,7 +67,7 @@ class Sizes:
         from bench.harness import smoke_requested
 
         if smoke_requested():
-            return cls(members=7, samples=5, burst=10, timeout=60.0)
+            return cls(members=7, samples=5, burst=40, timeout=60.0)
         if quick:
             return cls(members=50, samples=30, burst=100, timeout=120.0)
         return cls(members=50, samples=200, burst=400, timeout=300.0)
@@ -200,6 +200,9 @@ async def measure(reactor: Any, sizes: Sizes) -> dict[str, Any]:
         await sender.cleanup()
         shutil.rmtree(root, ignore_errors=True)
     fanout.sort()
+    if one_cpu <= 0:
+        # /proc counts CPU in clock ticks (10 ms): the smoke size is chosen to use several.
+        raise RuntimeError("the 1:1 burst used less than one clock tick of CPU: too short")
     group_cpu_ms = group_cpu / sizes.burst * 1e3
     one_cpu_ms = one_cpu / one_count * 1e3
     return {
