@@ -52,7 +52,7 @@ class Sizes:
         from bench.harness import smoke_requested
 
         if smoke_requested():
-            return cls(members=4, samples=5, burst=20)
+            return cls(members=4, samples=5, burst=80)
         if quick:
             return cls(members=10, samples=30, burst=300)
         return cls(members=10, samples=100, burst=1000)
