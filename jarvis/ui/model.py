@@ -1240,7 +1240,7 @@ class MessengerModel:
                 f" (folder: {terminal_safe(str(t.get('directory') or ''), keep_newlines=False)})"
             )
             text += open_folder_hint(str(t.get("directory") or ""))
-        self._transfer_line_ends(str(t.get("id")), state)
+        self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
         self.add_local(t["contact"], text, float(t.get("created") or 0.0))
         if self.status is not None and self.status.text.startswith("file "):
             self.clear_status()
@@ -1280,10 +1280,6 @@ class MessengerModel:
             line = replace(old, body=strip_bidi(text))
         conversation.put(line)
         self._changed("messages")
-
-    def _transfer_line_ends(self, tid: str, state: str) -> None:
-        """Say the end state on the transfer's progress line, if it has one."""
-        self._transfer_line_says(tid, state)
 
     def _transfer_line_says(self, tid: str, what: str) -> None:
         """Put "file NAME: *what*" on the transfer's progress line, if it has one."""
