@@ -54,7 +54,6 @@ import filecmp
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -253,20 +252,21 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
     return {"figures": figures}
 
 
-def run_wormhole(venv: str, size: int) -> dict[str, float]:
-    """One magic-wormhole run of *size* bytes (:mod:`bench.wormhole_bench`); its figures.
+async def run_wormhole(reactor: Any, venv: str, size: int) -> dict[str, float]:
+    """One magic-wormhole run of *size* bytes (:mod:`bench.wormhole_bench`, a child process
+    through the reactor's process API); its figures."""
+    from twisted.internet.utils import getProcessOutputAndValue
 
-    Blocking (a child process for the whole transfer): call it off the reactor thread.
-    """
-    command = [sys.executable, "-m", "bench.wormhole_bench", "--venv", venv]
-    command += ["--size-mib", str(max(1, size // MIB)), "--runs", "1"]
-    done = subprocess.run(command, cwd=REPOSITORY_ROOT, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
+    args = ["-m", "bench.wormhole_bench", "--venv", venv]
+    args += ["--size-mib", str(max(1, size // MIB)), "--runs", "1"]
+    out, err, code = await getProcessOutputAndValue(
+        sys.executable, args, env=dict(os.environ), path=str(REPOSITORY_ROOT), reactor=reactor
+    )
+    for line in out.decode("utf-8", "replace").splitlines():
         if line.startswith("run 1: "):
             return {k: float(v) for k, v in json.loads(line[len("run 1: ") :]).items()}
-    raise RuntimeError(
-        f"magic-wormhole's run failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}"
-    )
+    stderr = err.decode("utf-8", "replace").strip()[-2000:]
+    raise RuntimeError(f"magic-wormhole's run failed (exit {code}): {stderr}")
 
 
 def side_by_side(jarvis: dict[str, Any], wormhole: dict[str, float]) -> dict[str, Any]:
@@ -306,13 +306,11 @@ async def measure_rounds(
     reactor: Any, quick: bool, chat_loop: bool, venv: str | None, rounds: int
 ) -> dict[str, Any]:
     """*rounds* rounds of magic-wormhole (with *venv*) then Jarvis; the medians."""
-    from twisted.internet import threads
-
     done: list[dict[str, Any]] = []
     for n in range(rounds):
         wormhole = None
         if venv is not None:
-            wormhole = await threads.deferToThread(run_wormhole, venv, file_size(quick))
+            wormhole = await run_wormhole(reactor, venv, file_size(quick))
             print(
                 f"files: round {n + 1}: magic-wormhole {wormhole['wormhole_mib_per_s']:.0f} MiB/s",
                 file=sys.stderr,
