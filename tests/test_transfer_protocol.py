@@ -57,6 +57,13 @@ VECTORS = {
         + "000a696d6167652f6a70656700100000202122232425262728292a2b2c2d2e2f303132333435363738"
         "393a3b3c3d3e3f",
     ),
+    "group offer": (
+        Offer(TID, "a", 1, b"\xaa" * 32, "text/plain", 65536, SECRET, group_id=b"\x77" * 16),
+        "010d000102030405060708090a0b0c0d0e0f0001610000000000000001"
+        + "aa" * 32
+        + "000a746578742f706c61696e00010000202122232425262728292a2b2c2d2e2f303132333435363738"
+        "393a3b3c3d3e3f" + "77" * 16,
+    ),
     "accept": (Accept(TID), "0102000102030405060708090a0b0c0d0e0f"),
     "decline": (Decline(TID, "no"), "0103000102030405060708090a0b0c0d0e0f00026e6f"),
     "cancel": (Cancel(TID, "stop"), "0104000102030405060708090a0b0c0d0e0f000473746f70"),
@@ -166,6 +173,11 @@ class ParseRefusalTests(SynchronousTestCase):
         self.assertRefused(bytes.fromhex("0103000102030405060708090a0b0c0d0e0f0002ff80"))
         with self.assertRaises(ValueError):
             Offer(TID, "x", 1, b"\x00" * 32, "Image/JPEG", 65536, SECRET)
+        with self.assertRaises(ValueError):
+            Offer(TID, "x", 1, b"\x00" * 32, "text/plain", 65536, SECRET, group_id=b"\x01" * 15)
+        group_offer = bytes.fromhex(VECTORS["group offer"][1])
+        self.assertRefused(group_offer[:-1])  # a group id cut short
+        self.assertRefused(bytes.fromhex(VECTORS["offer"][1]) + b"\x77" * 16)  # not type 0x0d
         self.assertRefused(b"\x01\x0c" + b"\x00" * 12 + b"\x00" * 79)
         too_many_pieces = b"\x01\x0c" + b"\x00" * 8 + (16).to_bytes(4, "big") + b"\x00" * 80
         self.assertRefused(too_many_pieces)

@@ -55,8 +55,11 @@ COMPLETE = 0x09
 DIAL_BACK = 0x0A
 ACK = 0x0B
 PIECE = 0x0C
+#: An :class:`Offer` into a group: the offer's fields, then the group id (16 bytes).
+GROUP_OFFER = 0x0D
 
 TRANSFER_ID_SIZE = 16
+GROUP_ID_SIZE = 16
 SECRET_SIZE = 32
 HASH_SIZE = 32
 EPOCH_SIZE = 16
@@ -236,6 +239,9 @@ class Offer:
     :ivar media_type: a lowercase ``type/subtype`` (``application/octet-stream`` if unknown).
     :ivar chunk_size: bytes per chunk, a power of two in [64 KiB, 8 MiB].
     :ivar secret: 32 random bytes the chunk keys are derived from (never shown by ``repr``).
+    :ivar group_id: the group the file was sent into (16 bytes), or ``b""`` for a file sent to
+        one contact.  A group offer travels as :data:`GROUP_OFFER`; the receiver takes it only
+        from a member of that group while we are one (``docs/groups.md``, "Files").
     """
 
     transfer_id: bytes
@@ -245,6 +251,7 @@ class Offer:
     media_type: str
     chunk_size: int
     secret: bytes = field(repr=False)
+    group_id: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id(self.transfer_id)
@@ -262,6 +269,8 @@ class Offer:
             raise ValueError("chunk size must be a power of two in [64 KiB, 8 MiB]")
         if len(self.secret) != SECRET_SIZE:
             raise ValueError("secret is 32 bytes")
+        if self.group_id and len(self.group_id) != GROUP_ID_SIZE:
+            raise ValueError("group id is 16 bytes")
 
     @property
     def chunks(self) -> int:
@@ -478,9 +487,11 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
                 _text(record.media_type),
                 _U32.pack(record.chunk_size),
                 record.secret,
+                record.group_id,
             ]
         )
-        return _HEADER.pack(TRANSFER_VERSION, OFFER) + body
+        kind = GROUP_OFFER if record.group_id else OFFER
+        return _HEADER.pack(TRANSFER_VERSION, kind) + body
     if isinstance(record, Accept):
         return _HEADER.pack(TRANSFER_VERSION, ACCEPT) + record.transfer_id
     if isinstance(record, Decline):
@@ -575,7 +586,7 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             return record
         if kind == CHUNK:
             raise OutdatedPeer("a whole-chunk record of an older Jarvis")
-        if kind == OFFER:
+        if kind in (OFFER, GROUP_OFFER):
             record = Offer(
                 transfer_id=r.take(TRANSFER_ID_SIZE, "transfer id"),
                 name=r.text("name", MAX_NAME_BYTES),
@@ -584,6 +595,7 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
                 media_type=r.text("media type", MAX_TYPE_BYTES),
                 chunk_size=r.u32("chunk size"),
                 secret=r.take(SECRET_SIZE, "secret"),
+                group_id=r.take(GROUP_ID_SIZE, "group id") if kind == GROUP_OFFER else b"",
             )
         elif kind == ACCEPT:
             record = Accept(r.take(TRANSFER_ID_SIZE, "transfer id"))
