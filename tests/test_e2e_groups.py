@@ -6,10 +6,11 @@ waits for the events it expects.  What each test tries and what must survive is 
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from jarvis.ipc.jsonrpc import RemoteError
@@ -297,7 +298,12 @@ class GroupCliTests(TestCase):
         create prints the group id, the invitation reaches bob's daemon and is listed with an
         id, join, send, history (JSON items with id, author, body, seq), members and remove
         work, a removed member's send fails with one line (exit 1), and the founder left
-        alone cannot leave (nobody to hand the group to; `leave --help` documents --to)."""
+        alone cannot leave (nobody to hand the group to; `leave --help` documents --to); bob's
+        ``group send-file --wait`` answers with alice's transfer complete once she accepted it
+        with ``accept``, and her copy is identical."""
+        from jarvis.common import paths
+        from jarvis.ipc.client import IpcClient
+        from tests.peers import EventRecorder
         from tests.test_e2e_cli import Cli, write
 
         root = short_tempdir(self)
@@ -336,6 +342,31 @@ class GroupCliTests(TestCase):
         self.assertIn("hello family", await alice.ok("group", "history", "family"))
         members = await bob.json("group", "members", "family")
         self.assertEqual(sorted(m["uid"] for m in members), sorted([me_a["uid"], me_b["uid"]]))
+
+        # a file into the group: bob waits on the command line while alice accepts hers
+        seen = EventRecorder()
+        client = await IpcClient.connect(reactor, paths.client_endpoint_for(alice.data_dir))
+        self.addCleanup(client.close)
+        await client.subscribe(seen)
+        menu = write(os.path.join(root, "menu.txt"), "soup\n" * 1000)
+        waiting = defer.ensureDeferred(
+            bob.run("--json", "group", "send-file", "family", menu, "--wait")
+        )
+        await seen.wait(lambda: bool(seen.named("transfer.offered")), 60)
+        offer = seen.named("transfer.offered")[0]["transfer"]
+        self.assertEqual((offer["group"], offer["name"]), (gid, "menu.txt"))
+        inbox = os.path.join(root, "inbox")
+        await alice.ok("accept", offer["id"][:8], "--to", inbox)
+        code, out, err = await waiting
+        self.assertEqual(code, 0, err)
+        sent = json.loads(out)
+        self.assertEqual(sent["group"], gid)
+        self.assertEqual(
+            [(t["contact"], t["state"]) for t in sent["transfers"]], [(me_a["uid"], "complete")]
+        )
+        with open(os.path.join(inbox, "menu.txt"), encoding="utf-8") as f:
+            self.assertEqual(f.read(), "soup\n" * 1000)
+        self.assertIn("menu.txt", await bob.ok("files"))
 
         role = await alice.json("group", "role", "family", "Bob", "admin")
         self.assertEqual((role["member"], role["role"]), (me_b["uid"], "admin"))
@@ -540,3 +571,88 @@ class GroupMailboxTests(TestCase):
         self.assertEqual(carol.recorder.named("message.received"), [])
         members = await carol.call("groups.members", group=gid)
         self.assertIn(bob.uid, [m["uid"] for m in members["members"]])
+
+
+def offers_into(peer: Peer, gid: str) -> list[dict[str, Any]]:
+    """The transfer.offered views *peer* saw for files sent into group *gid*."""
+    return [
+        p["transfer"]
+        for p in peer.recorder.named("transfer.offered")
+        if p["transfer"]["group"] == gid
+    ]
+
+
+def transfer_state(peer: Peer, transfer_id: str) -> str | None:
+    for payload in reversed(peer.recorder.named("transfer.changed")):
+        if payload["transfer"]["id"] == transfer_id:
+            return str(payload["transfer"]["state"])
+    return None
+
+
+async def shown_as(peer: Peer, gid: str, uid: str, name: str) -> None:
+    """Wait until *peer* shows member *uid* of group *gid* as *name* (checked after each of
+    its events: a member's chosen name arrives in a later group state)."""
+    while True:
+        seen = len(peer.recorder.events)
+        members = (await peer.call("groups.members", group=gid))["members"]
+        if any(m["uid"] == uid and m["name"] == name for m in members):
+            return
+        await peer.recorder.wait(lambda seen=seen: len(peer.recorder.events) > seen, 60)
+
+
+class GroupFileTests(TestCase):
+    timeout = 240
+
+    async def test_a_file_into_a_group_reaches_every_member_who_accepts(self) -> None:
+        """When bob sends a 3 MiB file into a group with alice (his contact) and carol (not
+        his contact), then each gets one offer marked with the group and named as the group
+        shows the sender; carol accepts hers, alice declines hers, and carol's copy is
+        byte-identical; bob sees one transfer per member ending complete and cancelled
+        (declined); carol and bob still are not each other's contacts, and carol cannot send
+        a file to bob outside the group."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        await befriend(alice, bob)
+        await befriend(alice, carol)
+        created = await alice.call("groups.create", name="family")
+        gid = created["id"]
+        await invite_and_join(alice, gid, bob)
+        await invite_and_join(alice, gid, carol)
+        path = os.path.join(short_tempdir(self), "photos.tar")
+        data = os.urandom(3 * 1024 * 1024 + 17)
+        with open(path, "wb") as f:
+            f.write(data)
+        await shown_as(carol, gid, bob.uid, "~bob")
+        sent = await bob.call("groups.sendFile", group="family", path=path)
+        self.assertEqual(sent["group"], gid)
+        by_member = {t["contact"]: t for t in sent["transfers"]}
+        self.assertEqual(set(by_member), {alice.uid, carol.uid})
+        self.assertTrue(
+            all(t["group"] == gid and t["direction"] == "out" for t in by_member.values())
+        )
+        for peer in (alice, carol):
+            await peer.recorder.wait(lambda peer=peer: bool(offers_into(peer, gid)), 60)
+        [at_carol] = offers_into(carol, gid)
+        [at_alice] = offers_into(alice, gid)
+        self.assertEqual(at_carol["id"], by_member[carol.uid]["id"])
+        self.assertEqual(at_alice["id"], by_member[alice.uid]["id"])
+        self.assertEqual(at_carol["contact"], bob.uid)
+        self.assertEqual(at_carol["contact_name"], "~bob")  # bob's chosen name, unverified
+        inbox = os.path.join(short_tempdir(self), "inbox")
+        await carol.call("files.accept", id=at_carol["id"], directory=inbox)
+        await alice.call("files.decline", id=at_alice["id"])
+        await carol.recorder.wait(lambda: transfer_state(carol, at_carol["id"]) == "complete", 120)
+        with open(os.path.join(inbox, "photos.tar"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        await bob.recorder.wait(
+            lambda: (
+                {transfer_state(bob, t) for t in (at_carol["id"], at_alice["id"])}
+                == {"complete", "cancelled"}
+            ),
+            60,
+        )
+        listed = {t["id"]: t for t in (await bob.call("files.list"))["transfers"]}
+        self.assertEqual(listed[at_alice["id"]]["reason"], "declined: declined")
+        bob_contacts = await bob.call("contacts.list")
+        self.assertNotIn(carol.uid, [c["uid"] for c in bob_contacts["contacts"]])
+        with self.assertRaises(RemoteError):
+            await carol.call("files.send", contact=bob.uid, path=path)

@@ -1197,3 +1197,31 @@ class SwitchRaceTests(TestCase):
         await carol.send(gid, "still here")
         to_others = {r for s, r, p in m.outbox if s == KEYS["carol"].uid}
         self.assertEqual(to_others, {KEYS[n].uid for n in ("alice", "bob", "dave")})
+
+
+class FileRecipientsTests(TestCase):
+    """Who a file sent into a group goes to, and whose group offers a member takes."""
+
+    async def test_recipients_and_shared_membership_follow_the_state(self) -> None:
+        """When alice, bob and carol share a group, then a file alice sends into it goes to bob
+        and carol, and bob takes a group offer from carol but not from a stranger nor into
+        another group; once carol left, bob no longer takes hers and carol takes none, and a
+        group whose only member is its founder has nobody to send a file to."""
+        m = Members(self, ["alice", "bob", "carol"])
+        gid = await m.group_of("alice", ["bob", "carol"])
+        raw = bytes.fromhex(gid)
+        alice, bob, carol = (KEYS[n].uid for n in ("alice", "bob", "carol"))
+        got_gid, uids = m.groups["alice"].file_recipients("team")
+        self.assertEqual((got_gid, sorted(uids)), (raw, sorted([bob, carol])))
+        self.assertTrue(m.groups["bob"].shares(raw, carol))
+        self.assertFalse(m.groups["bob"].shares(raw, "s" * 52))
+        self.assertFalse(m.groups["bob"].shares(b"\x00" * 16, carol))
+        self.assertFalse(m.groups["bob"].shares(raw, bob))  # ourselves
+        await m.groups["carol"].leave(gid)
+        m.settle()
+        self.assertFalse(m.groups["bob"].shares(raw, carol))
+        self.assertFalse(m.groups["carol"].shares(raw, alice))
+        self.assertEqual(sorted(m.groups["alice"].file_recipients(gid)[1]), [bob])
+        await m.groups["bob"].create("solo")
+        with self.assertRaises(InvalidInput):
+            m.groups["bob"].file_recipients("solo")

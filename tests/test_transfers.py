@@ -681,3 +681,81 @@ class WaitingReasonTests(TestCase):
         again.stream_opened(again.find(tid))
         (listed,) = again.list()
         self.assertEqual((listed["state"], listed["reason"]), ("streaming", ""))
+
+
+CAROL = "c" * 52
+GROUP = b"\x42" * 16
+
+
+class GroupFileTests(TestCase):
+    def test_one_hash_one_transfer_per_member_each_with_its_own_keys(self) -> None:
+        """When a file is sent into a group of three others, then there is one transfer per
+        member, each offered into the group over its own session, with the same content hash
+        but its own transfer id and secret; a member's Accept dials that member only."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        hashed: list[str] = []
+        run = transfers._run
+        transfers._run = lambda f, *a: (hashed.append(f.__name__), run(f, *a))[1]
+        path = os.path.join(short_tempdir(self), "notes.txt")
+        with open(path, "wb") as f:
+            f.write(os.urandom(9000))
+        members = [ALICE, BOB, CAROL]
+        for uid in members:
+            sessions[uid] = FakeSession()
+        views = self.successResultOf(transfers.send_many(members, path, GROUP))
+        self.assertEqual(hashed, ["_prepare"])
+        self.assertEqual([v["contact"] for v in views], members)
+        self.assertEqual({v["group"] for v in views}, {GROUP.hex()})
+        offers = []
+        for uid in members:
+            session = sessions[uid]
+            assert session is not None
+            [record] = session.records
+            assert isinstance(record, Offer)
+            offers.append(record)
+        self.assertEqual([o.transfer_id.hex() for o in offers], [v["id"] for v in views])
+        self.assertEqual({o.group_id for o in offers}, {GROUP})
+        self.assertEqual(len({o.content_hash for o in offers}), 1)
+        self.assertEqual(len({o.transfer_id for o in offers}), 3)
+        self.assertEqual(len({o.secret for o in offers}), 3)
+        accept = Accept(offers[1].transfer_id)
+        transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(accept))
+        network: Any = transfers._network
+        self.assertEqual(network.opened, [BOB])
+        self.assertEqual(transfers.find(views[0]["id"]).state, "offered")
+
+    def test_offers_are_taken_only_where_the_node_allows(self) -> None:
+        """When offers arrive and the node allows a group's offers from its members only
+        (and no offer from a stranger outside a group), then an offer into the group from a
+        member is listed with the group's id, while one from a non-member into it, one into
+        another group and one from a stranger outside any group are dropped unseen."""
+        transfers, _sessions, events, _store = make_transfers(self)
+        members = {(ALICE, GROUP)}
+        contacts = {BOB}
+        transfers.may_offer = lambda uid, gid: (uid, gid) in members if gid else uid in contacts
+        transfers.member_name = lambda gid, uid: "~alice" if gid == GROUP else None
+        base = an_offer(self)
+
+        def offer_from(uid: str, group_id: bytes) -> str:
+            offer = Offer(
+                os.urandom(16),
+                base.name,
+                base.size,
+                base.content_hash,
+                base.media_type,
+                base.chunk_size,
+                os.urandom(32),
+                group_id=group_id,
+            )
+            transfers.control_received(uid, CONTROL_PREFIX + encode_transfer_record(offer))
+            return offer.transfer_id.hex()
+
+        taken = offer_from(ALICE, GROUP)
+        from_contact = offer_from(BOB, b"")
+        offer_from(CAROL, GROUP)  # not a member
+        offer_from(ALICE, b"\x43" * 16)  # a group we do not share
+        offer_from(ALICE, b"")  # a member, not a contact, outside the group
+        self.assertEqual(offered(events), [taken, from_contact])
+        view = transfers.view(transfers.find(taken))
+        self.assertEqual((view["group"], view["contact_name"]), (GROUP.hex(), "~alice"))
+        self.assertIsNone(transfers.view(transfers.find(from_contact))["group"])

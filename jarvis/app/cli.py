@@ -719,13 +719,27 @@ class GroupRoleOptions(CommandOptions):
         self["group"], self["member"], self["role"] = group, member, role
 
 
+class GroupSendFileOptions(CommandOptions):
+    """Send a file into GROUP: hashed once, offered to every other member (one transfer each,
+    listed by 'jarvis files'); each member accepts it on its own. Prints one line per
+    transfer. With --wait, wait until every transfer ended (one progress bar for all of them
+    on a terminal); the exit status is 1 unless every one completed."""
+
+    synopsis = "GROUP PATH [--wait]"
+    optFlags = [["wait", "w", "Wait until every member's transfer ended."]]
+
+    def parseArgs(self, group: str, path: str) -> None:  # type: ignore[override]
+        self["group"] = group
+        self["path"] = os.path.abspath(os.path.expanduser(path))
+
+
 class GroupCommandOptions(CommandOptions):
     """Private groups: every member gets every message once, in the same order; members need
     not be each other's contacts (docs/groups.md). GROUP is a group id or name."""
 
     synopsis = (
-        "create|list|invite|invites|join|decline|send|history|members|remove|leave|"
-        "rename|topic|role"
+        "create|list|invite|invites|join|decline|send|send-file|history|members|remove|"
+        "leave|rename|topic|role"
     )
     subCommands = [
         ["create", None, GroupCreateOptions, "Found a group; prints its id."],
@@ -735,6 +749,7 @@ class GroupCommandOptions(CommandOptions):
         ["join", None, GroupJoinOptions, "Join a group you were invited to."],
         ["decline", None, GroupDeclineOptions, "Forget an invitation."],
         ["send", None, GroupSendOptions, "Send a message to a group."],
+        ["send-file", None, GroupSendFileOptions, "Send a file to every member of a group."],
         ["history", None, GroupHistoryOptions, "Show a group's messages."],
         ["members", None, GroupMembersOptions, "List a group's members."],
         ["remove", None, GroupRemoveOptions, "Remove a member from a group."],

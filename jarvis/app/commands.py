@@ -1059,8 +1059,8 @@ def _group_line(g: dict[str, Any]) -> str:
 
 
 async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``group create|list|invite|invites|join|decline|send|history|members|remove|leave|
-    rename|topic|role``."""
+    """``group create|list|invite|invites|join|decline|send|send-file|history|members|remove|
+    leave|rename|topic|role``."""
     action, opts = sub.subCommand, sub.subOptions
     result: Any
     if action == "create":
@@ -1093,6 +1093,8 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
     elif action == "send":
         result = await session.call("groups.send", {"group": opts["group"], "text": opts["text"]})
         session.emit(result["id"], result)
+    elif action == "send-file":
+        await group_send_file(session, opts)
     elif action == "history":
         result = await session.call(
             "groups.history", {"group": opts["group"], "limit": opts["limit"]}
@@ -1200,6 +1202,47 @@ async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, 
     session.emit(transfer_line(result), result)
     if result.get("state") != "complete":
         raise SystemExit(1)
+
+
+async def group_send_file(session: Session, opts: usage.Options) -> None:
+    """``group send-file GROUP PATH [--wait]``: one line per member's transfer (their end
+    states with --wait; exit status 1 unless every one completed)."""
+    params: dict[str, Any] = {"group": opts["group"], "path": opts["path"]}
+    bar = None
+    if opts["wait"]:
+        params["wait"] = True
+        bar = _combined(_progress_bar())
+    result = await session.call("groups.sendFile", params, progress=bar)
+    if bar is not None:
+        sys.stderr.write("\n")
+    transfers = result["transfers"]
+    session.emit("\n".join(transfer_line(t) for t in transfers), result)
+    if opts["wait"] and any(t.get("state") != "complete" for t in transfers):
+        raise SystemExit(1)
+
+
+def _combined(show: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    """One progress bar for several transfers: *show* gets their bytes, sizes and rates
+    summed, and the longest ETA."""
+    if show is None:
+        return None
+    latest: dict[str, dict[str, Any]] = {}
+
+    def each(value: Any) -> None:
+        if not isinstance(value, dict) or "size" not in value:
+            return
+        latest[str(value.get("id"))] = value
+        etas = [v["eta"] for v in latest.values() if isinstance(v.get("eta"), int | float)]
+        show(
+            {
+                "bytes": sum(int(v.get("bytes") or 0) for v in latest.values()),
+                "size": sum(int(v.get("size") or 0) for v in latest.values()),
+                "rate": sum(float(v.get("rate") or 0) for v in latest.values()),
+                "eta": max(etas) if etas else None,
+            }
+        )
+
+    return each
 
 
 def policy_lines(policy: dict[str, Any], names: dict[str, str]) -> list[str]:

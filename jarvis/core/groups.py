@@ -416,6 +416,40 @@ class Groups:
     def peer_uids(self) -> list[str]:
         return list(self._peers)
 
+    # -- files into a group (jarvis.core.transfers) --------------------------------------------
+
+    def shares(self, gid: bytes, uid: str) -> bool:
+        """Whether *uid* is a member of group *gid* while we are one too (a file offered into
+        that group by *uid* is ours to show)."""
+        group = self._groups.get(gid)
+        return (
+            group is not None
+            and not group.left
+            and self._identity is not None
+            and self._is_member(group.state)
+            and uid != self._identity.uid
+            and group.state.member(uid) is not None
+        )
+
+    def file_recipients(self, ref: str) -> tuple[bytes, list[str]]:
+        """``(group id, uids)``: whom a file sent into group *ref* is offered to, every other
+        member.
+
+        :raises InvalidInput: if we left it or are its only member.
+        """
+        self._require()
+        group = self._live(ref)
+        own = self._own_key()
+        uids = [m.uid for m in group.state.members if m.public_key != own]
+        if not uids:
+            raise InvalidInput("the group has no other member to send the file to")
+        return group.group_id, uids
+
+    def member_name(self, gid: bytes, uid: str) -> str | None:
+        """How *uid* is shown in group *gid* (None if we hold no such group)."""
+        group = self._groups.get(gid)
+        return self._name_of(uid, group) if group is not None else None
+
     def _update_peers(self) -> None:
         """Recompute the group peers: the members of every group we are in, the members the
         latest state removed (they are told of their removal once), and, for a group we left

@@ -175,6 +175,8 @@ class Node(Service):
             run_blocking=run_blocking,
             display_name=self.contacts.display_name,
         )
+        self.transfers.may_offer = self._may_offer
+        self.transfers.member_name = self.groups.member_name
         self._events.subscribe(self.groups.event_seen)  # per-member delivery of group messages
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
@@ -663,22 +665,60 @@ class Node(Service):
         view = yield self.transfers.send(contact.uid, path)
         if not wait:
             return view
+        (final,) = yield self._wait_transfers([view["id"]], progress)
+        return final
+
+    @defer.inlineCallbacks
+    def send_group_file(
+        self, ref: str, path: str, *, wait: bool = False, progress: Any = None
+    ) -> Any:
+        """Offer the file at *path* into a group: hashed once, one transfer per other member
+        (each accepts on its own); with *wait*, answer once every one of them ended."""
+        self._require_store()
+        gid, uids = self.groups.file_recipients(ref)
+        views = yield self.transfers.send_many(uids, path, gid)
+        result = {"group": gid.hex(), "transfers": views}
+        if not wait:
+            return result
+        finals = yield self._wait_transfers([v["id"] for v in views], progress)
+        return {"group": gid.hex(), "transfers": finals}
+
+    @defer.inlineCallbacks
+    def _wait_transfers(self, ids: list[str], progress: Any) -> Any:
+        """The final views of the transfers *ids*, once each is complete, cancelled or failed;
+        meanwhile *progress* (if given) hears their ``{id, bytes, size, rate, eta}`` and
+        ``{id, state}``."""
+        wanted = set(ids)
         unsubscribe = None
         if progress is not None:
 
             def relay(event: str, payload: dict[str, Any]) -> None:
-                if event == "transfer.progress" and payload.get("id") == view["id"]:
+                if event == "transfer.progress" and payload.get("id") in wanted:
                     progress(payload)
-                elif event == "transfer.changed" and payload["transfer"]["id"] == view["id"]:
-                    progress({"id": view["id"], "state": payload["transfer"]["state"]})
+                elif event == "transfer.changed" and payload["transfer"]["id"] in wanted:
+                    progress(
+                        {"id": payload["transfer"]["id"], "state": payload["transfer"]["state"]}
+                    )
 
             unsubscribe = self._events.subscribe(relay)
         try:
-            final = yield self.transfers.wait(self.transfers.find(view["id"]))
+            finals = yield defer.gatherResults(
+                [self.transfers.wait(self.transfers.find(tid)) for tid in ids], consumeErrors=True
+            )
         finally:
             if unsubscribe is not None:
                 unsubscribe()
-        return final
+        return finals
+
+    def _may_offer(self, uid: str, group_id: bytes) -> bool:
+        """A file offer from *uid* is taken from a contact who is not blocked, or, into a
+        group, from a member of a group we are in: a group peer who is not a contact may
+        offer files into the groups we share only (as it may send nothing but group
+        traffic)."""
+        if group_id:
+            return self.groups.shares(group_id, uid)
+        contact = self.contacts.get(uid)
+        return contact is not None and not contact.blocked
 
     def list_transfers(self) -> list[dict[str, Any]]:
         """Every transfer, both directions, newest first."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,14 @@ from jarvis.files.receive import (
     ReceivePolicy,
     check_acceptable,
 )
-from jarvis.files.send import FileSource, PreparedFile, SourceChanged, make_offer, prepare_again
+from jarvis.files.send import (
+    FileSource,
+    PreparedFile,
+    SourceChanged,
+    make_offer,
+    offer_again,
+    prepare_again,
+)
 from jarvis.protocol.transfer import (
     FINAL_STATES,
     Accept,
@@ -215,6 +222,11 @@ class Transfers:
         self._ticker: Any = None
         self._saving: defer.Deferred[Any] | None = None
         self._save_again = False
+        #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
+        #: node allows contacts for ``b""`` and the members of a group we are in for a group.
+        self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
+        #: How a member of group *gid* is shown there (None: as a contact is).
+        self.member_name: Callable[[bytes, str], str | None] = lambda gid, uid: None
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -340,7 +352,8 @@ class Transfers:
         return {
             "id": entry.id,
             "contact": entry.peer,
-            "contact_name": self._display_name(entry.peer),
+            "contact_name": (offer.group_id and self.member_name(offer.group_id, entry.peer))
+            or self._display_name(entry.peer),
             "direction": "out" if entry.sending else "in",
             "name": offer.name,
             "size": offer.size,
@@ -353,6 +366,7 @@ class Transfers:
             "path": entry.path or None,
             "directory": entry.directory or None,
             "created": entry.created,
+            "group": offer.group_id.hex() or None,
         }
 
     def list(self) -> list[dict[str, Any]]:
@@ -482,6 +496,15 @@ class Transfers:
             elif known.state == "complete" and not known.sending:
                 self._send_control(uid, Complete(offer.transfer_id))
             return
+        if not self.may_offer(uid, offer.group_id):
+            # A group peer who is not a contact offering outside a group, or an offer into a
+            # group we are not in (or the sender is not in): not ours to show.
+            self.log.warn(
+                "file offer from {uid} dropped: {why}",
+                uid=log_id(uid),
+                why="not a member of that group" if offer.group_id else "not a contact",
+            )
+            return
         entry = TransferEntry(
             offer=offer, peer=uid, sending=False, state="offered", created=self.now()
         )
@@ -508,12 +531,37 @@ class Transfers:
 
         :raises InvalidInput: if *path* is not a readable regular file.
         """
+        prepared = yield self._hash(path)
+        return self._offer_prepared(uid, prepared)
+
+    @defer.inlineCallbacks
+    def send_many(self, uids: Sequence[str], path: str, group_id: bytes) -> Any:
+        """Hash the file at *path* once (off the reactor) and offer it into group *group_id* to
+        each of *uids*: one transfer per member, each with its own id and secret (so its own
+        keys), offered over that member's session now or when it comes up.
+
+        :returns: the views, in the order of *uids*.
+        :raises InvalidInput: if *path* is not a readable regular file.
+        """
+        prepared = yield self._hash(path)
+        views = []
+        for uid in uids:
+            views.append(self._offer_prepared(uid, offer_again(prepared, group_id=group_id)))
+        return views
+
+    @defer.inlineCallbacks
+    def _hash(self, path: str) -> Any:
+        """Hash the file at *path* off the reactor: a Deferred firing with its
+        :class:`PreparedFile` (:raises InvalidInput: if it is not a readable regular file)."""
         if not os.path.isabs(path):
             raise InvalidInput("the path must be absolute")
         try:
             prepared = yield self._run(_prepare, path)
         except OSError as e:
             raise InvalidInput(f"cannot read the file: {e.strerror or e}") from None
+        return prepared
+
+    def _offer_prepared(self, uid: str, prepared: PreparedFile) -> dict[str, Any]:
         entry = TransferEntry(
             offer=prepared.offer,
             peer=uid,
@@ -915,6 +963,7 @@ class Transfers:
                 {
                     "id": entry.id,
                     "contact": entry.peer,
+                    "group": entry.offer.group_id.hex() or None,
                     "direction": "out" if entry.sending else "in",
                     "bytes": p.done,
                     "size": p.total,

@@ -22,7 +22,7 @@ import mimetypes
 import mmap
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from jarvis.crypto.transfer_keys import new_transfer_secret
 from jarvis.files.hashing import HASH_BLOCK, hash_range
@@ -100,6 +100,19 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
         secret=new_transfer_secret(),
     )
     return PreparedFile(path, offer, tuple(hashes), signature)
+
+
+def offer_again(prepared: PreparedFile, *, group_id: bytes = b"") -> PreparedFile:
+    """The same hashed file offered once more (to another member of a group): a fresh
+    transfer id and secret, so each receiver's transfer has its own keys; *group_id* names the
+    group it is sent into.  No file access (the manifest is shared)."""
+    offer = replace(
+        prepared.offer,
+        transfer_id=os.urandom(16),
+        secret=new_transfer_secret(),
+        group_id=group_id,
+    )
+    return replace(prepared, offer=offer)
 
 
 def prepare_again(path: str, offer: Offer) -> PreparedFile:

@@ -788,7 +788,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
 _TRANSFER_VIEW = (
     "{id, contact, contact_name, direction ('in'|'out'), name, size, media_type, state "
     "('offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, bytes, rate, "
-    "eta, path, directory, created}"
+    "eta, path, directory, created, group (the group's id for a file sent into a group, else "
+    "null)}"
 )
 TRANSFER = Param(
     "id", str, True, "the transfer id, or a unique prefix of it (4+ hex digits)", _non_empty
@@ -800,6 +801,17 @@ def files_send(inv: Invocation) -> defer.Deferred[Any]:
     return defer.maybeDeferred(
         inv.ctx.node.send_file,
         p["contact"],
+        p["path"],
+        wait=bool(p.get("wait")),
+        progress=inv.progress,
+    )
+
+
+def groups_send_file(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.send_group_file,
+        p["group"],
         p["path"],
         wait=bool(p.get("wait")),
         progress=inv.progress,
@@ -856,6 +868,25 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "contact accepts. With wait, progress ({id, bytes, size, rate, eta} and {id, "
             "state}) is reported with $/progress and the answer comes when the transfer is "
             "complete, cancelled or failed.",
+            deadline=None,
+            progress=True,
+        ),
+        MethodSpec(
+            "groups.sendFile",
+            groups_send_file,
+            (
+                Param("group", str, True, "the group: its id (or 4+ hex digits of it) or its name"),
+                Param("path", str, True, "the file to send (absolute path)", _path),
+                Param("wait", bool, False, "answer only once every transfer ended"),
+            ),
+            result="{group, transfers: [" + _TRANSFER_VIEW + "]}",
+            doc="Send a file into a group: the daemon hashes it once and offers it to every "
+            "other member, one transfer each (its own id and keys), over that member's session "
+            "now or when it comes up; each member accepts or declines on its own (a member's "
+            "daemon takes the offer only while both are in the group). The offers carry the "
+            "group's id, so every client shows them in the group. With wait, each transfer's "
+            "progress is reported with $/progress ({id, bytes, size, rate, eta} and {id, "
+            "state}) and the answer comes when every one is complete, cancelled or failed.",
             deadline=None,
             progress=True,
         ),
