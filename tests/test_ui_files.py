@@ -7,9 +7,10 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from jarvis.ui.model import InputError, SlashCommand, parse_input, progress_bar
+from jarvis.ui.model import InputError, SlashCommand, group_key, parse_input, progress_bar
 from tests.ui_fakes import (
     UID_ALICE,
+    UID_BOB,
     FakeDaemonClient,
     make_controller,
     make_populated_client,
@@ -18,6 +19,9 @@ from tests.ui_fakes import (
 )
 
 TID = "0123456789abcdef" * 2
+TID2 = "fedcba9876543210" * 2
+GID = "ab" * 16
+KEY = group_key(GID)
 
 
 def started() -> tuple[Any, FakeDaemonClient, Any]:
@@ -287,4 +291,124 @@ class OfferDialogTests(SynchronousTestCase):
         self.offered(controller, client, direction="out")
         self.assertIsNone(controller.window.dialog)
         self.offered(controller, client, contact="someone-else")
+        self.assertIsNone(controller.window.dialog)
+
+
+def started_with_group() -> tuple[Any, FakeDaemonClient, Any]:
+    """A started controller whose daemon has group #family (GID) with alice and bob in it."""
+    client = make_populated_client()
+    client.add_group(GID, "family")
+    client.add_group_member(GID, UID_ALICE, "alice")
+    client.add_group_member(GID, UID_BOB, "bob")
+    controller, client, clock, _connector = make_controller(client)
+    assert client is not None
+    return controller, client, clock
+
+
+def lines(controller: Any, key: str) -> list[str]:
+    """The bodies of the lines in conversation *key* (none if it was never made)."""
+    conversation = controller.model.conversations.get(key)
+    return [m.body for m in conversation.ordered()] if conversation is not None else []
+
+
+class GroupFileTests(SynchronousTestCase):
+    """Files sent into a group: their lines show in the group's conversation, /file in a group
+    offers to every member, and an offer into the open group prompts."""
+
+    def test_group_offer_line_in_the_group(self) -> None:
+        """When alice offers a file into the group, then the offer line with /accept is in the
+        group's conversation and not in alice's."""
+        controller, client, _clock = started_with_group()
+        client.emit("transfer.offered", {"transfer": transfer(group=GID)})
+        offer = "alice offers holiday.jpg (3.0 MiB): /accept 01234567 [DIR] or /decline 01234567"
+        self.assertIn(offer, lines(controller, KEY))
+        self.assertFalse([b for b in lines(controller, UID_ALICE) if "offers" in b])
+
+    def test_group_progress_and_end_in_the_group(self) -> None:
+        """When my file offered into the group to bob makes progress and completes, then its
+        progress line (named "holiday.jpg to bob") and its end line are in the group's
+        conversation and not in bob's; an incoming group transfer's name has no "to"."""
+        controller, client, _clock = started_with_group()
+        mine = transfer(direction="out", contact=UID_BOB, contact_name="bob", group=GID)
+        client.emit("transfer.changed", {"transfer": mine})
+        size = 4 * 1024 * 1024
+        event = {"id": TID, "bytes": size // 2, "size": size, "rate": 2.0**20, "eta": 2.0}
+        client.emit(
+            "transfer.progress", {**event, "contact": UID_BOB, "group": GID, "direction": "out"}
+        )
+        self.assertIn(
+            "file holiday.jpg to bob [##########..........]  50%", lines(controller, KEY)[-1]
+        )
+        self.assertIn("file holiday.jpg to bob [", controller.model.status.text)
+        client.emit("transfer.changed", {"transfer": {**mine, "state": "complete"}})
+        group_lines = lines(controller, KEY)
+        self.assertIn("file holiday.jpg to bob: complete", group_lines)
+        self.assertEqual(group_lines[-1], "file holiday.jpg (3.0 MiB) to bob: complete")
+        self.assertFalse([b for b in lines(controller, UID_BOB) if "holiday" in b])
+
+        theirs = transfer(id=TID2, state="accepted", group=GID)
+        client.emit("transfer.changed", {"transfer": theirs})
+        client.emit("transfer.progress", {**event, "id": TID2, "contact": UID_ALICE, "group": GID})
+        self.assertIn("file holiday.jpg [##########", lines(controller, KEY)[-1])
+        self.assertFalse([b for b in lines(controller, UID_ALICE) if "holiday" in b])
+
+    def test_file_in_a_group_offers_to_every_member(self) -> None:
+        """When /file PATH is typed in the open group, then groups.sendFile is called with the
+        group's id and the path (files.send is not), and the group's conversation says it was
+        offered to alice and bob, each with the /cancel id of their own transfer."""
+        controller, client, clock = started_with_group()
+        client.m_groups_sendFile = lambda params: {
+            "group": GID,
+            "transfers": [
+                transfer(direction="out", name="report.pdf", group=GID),
+                transfer(
+                    id=TID2,
+                    direction="out",
+                    name="report.pdf",
+                    contact=UID_BOB,
+                    contact_name="bob",
+                    group=GID,
+                ),
+            ],
+        }
+        controller.open_conversation(KEY)
+        press(controller, "/file /tmp/report.pdf", "enter")
+        clock.advance(0)
+        self.assertIn(("groups.sendFile", {"group": GID, "path": "/tmp/report.pdf"}), client.calls)
+        self.assertNotIn("files.send", client.methods_called())
+        said = "offered report.pdf (3.0 MiB) to alice (/cancel 01234567), bob (/cancel fedcba98)"
+        self.assertIn(said, lines(controller, KEY))
+
+    def test_offer_into_the_open_group_prompts(self) -> None:
+        """When an offer into the open group arrives, then the accept prompt opens naming the
+        sender (a member who is no contact by the name the view gives) and accepting calls
+        files.accept; an offer into a group that is not open, or alice's own offer while the
+        group is open, or a group offer while alice's conversation is open, does not prompt."""
+        controller, client, clock = started_with_group()
+        client.m_files_accept = lambda params: transfer(state="accepted", group=GID)
+        controller.open_conversation(KEY)
+        client.emit("transfer.offered", {"transfer": transfer(group=GID)})
+        self.assertEqual(controller.window.dialog.kind, "file_offer")
+        self.assertIn(
+            "alice offers holiday.jpg (3.0 MiB).", screen_text(controller.window, (120, 30))
+        )
+        controller.window.dialog.accept_default()
+        clock.advance(0)
+        self.assertIn(("files.accept", {"id": TID}), client.calls)
+        self.assertIsNone(controller.window.dialog)
+
+        stranger = transfer(contact="d" * 52, contact_name="dave", group=GID)
+        client.emit("transfer.offered", {"transfer": stranger})
+        self.assertEqual(controller.window.dialog.kind, "file_offer")
+        self.assertIn(
+            "dave offers holiday.jpg (3.0 MiB).", screen_text(controller.window, (120, 30))
+        )
+        press(controller, "esc")
+        self.assertIsNone(controller.window.dialog)
+
+        client.emit("transfer.offered", {"transfer": transfer(group="cd" * 16)})
+        client.emit("transfer.offered", {"transfer": transfer()})
+        self.assertIsNone(controller.window.dialog)
+        controller.open_conversation(UID_ALICE)
+        client.emit("transfer.offered", {"transfer": transfer(group=GID)})
         self.assertIsNone(controller.window.dialog)

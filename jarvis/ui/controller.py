@@ -26,6 +26,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from jarvis.common.textsafe import terminal_safe
 from jarvis.runtime.turn import OncePerTurn
 from jarvis.ui import completion
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
@@ -35,9 +36,7 @@ from jarvis.ui.execview import ExecRuns
 from jarvis.ui.grouping import GroupActions
 from jarvis.ui.keys import KeyRouter
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
-from jarvis.ui.model import (
-    MessengerModel,
-)
+from jarvis.ui.model import MessengerModel, transfer_conversation
 from jarvis.ui.offerdialog import OfferDialog
 from jarvis.ui.reading import Reader
 from jarvis.ui.screens import (
@@ -554,10 +553,15 @@ class Controller:
         if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
             return
         uid = t.get("contact")
-        if uid != self.model.current_uid or not self.on_main_screen() or self.window.dialog:
+        if (
+            transfer_conversation(t) != self.model.current_uid
+            or not self.on_main_screen()
+            or self.window.dialog
+        ):
             return
         contact = self.model.contacts.get(str(uid))
-        sender = contact.display_name if contact is not None else "a contact"
+        name = terminal_safe(str(t.get("contact_name") or "a contact"), keep_newlines=False)
+        sender = contact.display_name if contact is not None else name
         self.window.open_dialog(
             OfferDialog(t, sender, self.sender.answer_file, self.window.close_dialog)
         )

@@ -1208,7 +1208,7 @@ class MessengerModel:
             return
         ident = str(t.get("id", ""))[:8]
         self.add_local(
-            t["contact"],
+            transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
             f"/decline {ident}",
             float(t.get("created") or 0.0),
@@ -1219,9 +1219,12 @@ class MessengerModel:
         if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
             return
         state = t.get("state")
-        self.transfer_names[str(t.get("id"))] = terminal_safe(
-            str(t.get("name", "")), keep_newlines=False
-        )
+        label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+        to = ""
+        if t.get("group") and t.get("direction") == "out":
+            # one transfer per member: their lines in the group say whose each is
+            to = " to " + terminal_safe(str(t.get("contact_name") or ""), keep_newlines=False)
+        self.transfer_names[str(t.get("id"))] = label + to
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.
@@ -1231,7 +1234,7 @@ class MessengerModel:
                 self.clear_status()  # its bar stopped
         if state not in ("complete", "cancelled", "failed"):
             return
-        text = f"file {_file_label(t)}: {state}"
+        text = f"file {_file_label(t)}{to}: {state}"
         if t.get("reason"):
             text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
         if state == "complete" and t.get("direction") == "in" and t.get("path"):
@@ -1241,7 +1244,7 @@ class MessengerModel:
             )
             text += open_folder_hint(str(t.get("directory") or ""))
         self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
-        self.add_local(t["contact"], text, float(t.get("created") or 0.0))
+        self.add_local(transfer_conversation(t), text, float(t.get("created") or 0.0))
         if self.status is not None and self.status.text.startswith("file "):
             self.clear_status()
 
@@ -1253,9 +1256,9 @@ class MessengerModel:
         name = self.transfer_names.get(str(payload.get("id")), "")
         bar = progress_bar(done, size, payload.get("rate"), payload.get("eta"))
         self.notify(f"file {name} {bar}")
-        contact = payload.get("contact")
-        if isinstance(contact, str):
-            self._put_transfer_line(contact, str(payload.get("id")), f"file {name} {bar}")
+        if isinstance(payload.get("contact"), str):
+            key = transfer_conversation(payload)
+            self._put_transfer_line(key, str(payload.get("id")), f"file {name} {bar}")
 
     def _put_transfer_line(self, uid: str, tid: str, text: str) -> None:
         """Show *text* on the transfer's own line in *uid*'s conversation: added at the end the
@@ -1543,6 +1546,13 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
 def _file_label(t: Mapping[str, Any]) -> str:
     name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
     return f"{name} ({human_bytes(int(t.get('size') or 0))})"
+
+
+def transfer_conversation(t: Mapping[str, Any]) -> str:
+    """The conversation a transfer shows in: its group's for a file sent into a group, else
+    its contact's."""
+    group = t.get("group")
+    return group_key(group) if isinstance(group, str) and group else str(t.get("contact"))
 
 
 def _sender_name(model: MessengerModel, t: Mapping[str, Any]) -> str:

@@ -17,7 +17,15 @@ from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import human_bytes, terminal_safe
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
+from jarvis.ui.model import (
+    GROUP_PREFIX,
+    InputError,
+    Message,
+    SendText,
+    SlashCommand,
+    is_group,
+    parse_input,
+)
 
 
 class Sender:
@@ -97,16 +105,31 @@ class Sender:
         if uid is None:
             self.model.notify("open a conversation first (Alt+1), then /file PATH", "error")
             return
-        d = self._controller.call("files.send", {"contact": uid, "path": path}, label="hashing")
-
-        def offered(t: Mapping[str, Any]) -> None:
-            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-            self.model.add_local(
-                uid,
-                f"offered {label} ({human_bytes(int(t.get('size') or 0))}); "
-                f"/cancel {str(t.get('id'))[:8]} stops it",
-                self._controller.clock.seconds(),
+        if is_group(uid):
+            d = self._controller.call(
+                "groups.sendFile",
+                {"group": uid[len(GROUP_PREFIX) :], "path": path},
+                label="hashing",
             )
+        else:
+            d = self._controller.call("files.send", {"contact": uid, "path": path}, label="hashing")
+
+        def offered(result: Mapping[str, Any]) -> None:
+            sent = result.get("transfers")
+            views = sent if isinstance(sent, list) else [result]
+            t = views[0] if views else {}
+            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+            size = human_bytes(int(t.get("size") or 0))
+            if is_group(uid):
+                each = ", ".join(
+                    terminal_safe(str(v.get("contact_name") or ""), keep_newlines=False)
+                    + f" (/cancel {str(v.get('id'))[:8]})"
+                    for v in views
+                )
+                text = f"offered {label} ({size}) to {each}"
+            else:
+                text = f"offered {label} ({size}); /cancel {str(t.get('id'))[:8]} stops it"
+            self.model.add_local(uid, text, self._controller.clock.seconds())
             self._controller.redraw()
 
         d.addCallbacks(offered, self._controller.report, errbackArgs=("/file",))
