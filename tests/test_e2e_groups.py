@@ -651,7 +651,7 @@ class GroupFileTests(TestCase):
             60,
         )
         listed = {t["id"]: t for t in (await bob.call("files.list"))["transfers"]}
-        self.assertEqual(listed[at_alice["id"]]["reason"], "declined: declined")
+        self.assertEqual(listed[at_alice["id"]]["reason"], "declined")
         bob_contacts = await bob.call("contacts.list")
         self.assertNotIn(carol.uid, [c["uid"] for c in bob_contacts["contacts"]])
         with self.assertRaises(RemoteError):

@@ -18,6 +18,7 @@ from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
     Accept,
     Cancel,
+    Decline,
     DialBack,
     Offer,
     TransferRecord,
@@ -759,3 +760,23 @@ class GroupFileTests(TestCase):
         view = transfers.view(transfers.find(taken))
         self.assertEqual((view["group"], view["contact_name"]), (GROUP.hex(), "~alice"))
         self.assertIsNone(transfers.view(transfers.find(from_contact))["group"])
+
+
+class DeclineReasonTests(TestCase):
+    def test_the_receivers_reason_is_shown_once(self) -> None:
+        """When two offers are declined, one with the default reason and one with the
+        receiver's own words, then the first ends as "declined" (not "declined: declined")
+        and the second as "declined: " and those words."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        reasons = []
+        for said in ("declined", "too big \x1b[2J"):
+            view = self.successResultOf(transfers.send(BOB, path))
+            decline = Decline(bytes.fromhex(view["id"]), said)
+            transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(decline))
+            reasons.append(transfers.find(view["id"]).reason)
+        self.assertEqual(reasons[0], "declined")
+        self.assertTrue(reasons[1].startswith("declined: too big "), reasons[1])
+        self.assertNotIn("\x1b", reasons[1])

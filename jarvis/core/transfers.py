@@ -477,7 +477,10 @@ class Transfers:
             # the receiver could not dial us either and waits at the relay: meet it there
             self._relay_requested(entry)
         elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
-            self._finish(entry, "cancelled", "declined: " + _safe(record.reason), notice="")
+            said = _safe(record.reason)
+            # a decline with no reason of its own carries "declined": not "declined: declined"
+            reason = "declined" if said in ("", "declined") else "declined: " + said
+            self._finish(entry, "cancelled", reason, notice="")
         elif isinstance(record, Cancel) and entry.state not in FINAL_STATES:
             self._finish(entry, "cancelled", "the peer cancelled: " + _safe(record.reason), "")
         elif isinstance(record, Complete) and entry.sending and entry.state not in FINAL_STATES:
