@@ -12,6 +12,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from jarvis.core import transfers as transfers_module
 from jarvis.core.transfers import CONTROL_PREFIX, Transfers, is_control_body
 from jarvis.files.send import make_offer
 from jarvis.net.transfer import DISK_FULL
@@ -682,6 +683,56 @@ class WaitingReasonTests(TestCase):
         again.stream_opened(again.find(tid))
         (listed,) = again.list()
         self.assertEqual((listed["state"], listed["reason"]), ("streaming", ""))
+
+    def test_a_full_disk_refuses_data_connections_until_a_chunk_fits(self) -> None:
+        """When a receiving stream ends because the disk is full, then the sender's data
+        connections are refused (nothing is put on the wire to be refused again) while the
+        free space is short, looked at every few seconds (also after a restart); once a
+        chunk fits, the receiver writes Accept again (the sender dials at once) and the next
+        data connection is taken; a cancel stops the looking."""
+        free = {"bytes": 1000}
+        looked: list[str] = []
+
+        def fake_free(directory: str) -> int:
+            looked.append(directory)
+            return free["bytes"]
+
+        self.patch(transfers_module, "free_bytes", fake_free)
+        store = FakeStore()
+        transfers, sessions, _events, _ = make_transfers(self, store)
+        offer = an_offer(self, size=70_000)
+        transfers._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        self.successResultOf(transfers.accept(tid))
+        entry = transfers.find(tid)
+        self.assertIsNotNone(transfers.inbound_stream(ALICE, offer.transfer_id))
+        transfers.stream_opened(entry)
+        transfers.stream_ended(entry, DISK_FULL, True)
+        self.assertIsNone(transfers.inbound_stream(ALICE, offer.transfer_id))
+        clock: Any = transfers.clock
+        clock.advance(transfers_module.SPACE_PROBE_INTERVAL)
+        self.assertEqual(len(looked), 1)
+        self.assertIsNone(transfers.inbound_stream(ALICE, offer.transfer_id))
+
+        transfers.close()  # a restart while the disk is still full
+        again, sessions, _events, _ = make_transfers(self, store)
+        self.assertEqual(again.find(tid).reason, DISK_FULL)
+        self.successResultOf(again.reopen_partials())
+        self.assertIsNone(again.inbound_stream(ALICE, offer.transfer_id))
+        session = FakeSession()
+        sessions[ALICE] = session
+        free["bytes"] = 70_000
+        again.clock.advance(transfers_module.SPACE_PROBE_INTERVAL)  # type: ignore[attr-defined]
+        self.assertEqual(len(looked), 2)
+        self.assertEqual(session.records, [Accept(offer.transfer_id)])
+        self.assertIsNotNone(again.inbound_stream(ALICE, offer.transfer_id))
+
+        entry = again.find(tid)
+        again.stream_opened(entry)
+        again.stream_ended(entry, DISK_FULL, True)
+        self.successResultOf(again.cancel(tid))
+        again.clock.advance(10 * transfers_module.SPACE_PROBE_INTERVAL)  # type: ignore[attr-defined]
+        self.assertEqual(len(looked), 2)
 
 
 CAROL = "c" * 52

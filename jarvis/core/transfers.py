@@ -40,11 +40,13 @@ from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
 from jarvis.files.receive import (
+    DISK_FULL,
     FileTooLarge,
     NotEnoughSpace,
     PartialFile,
     ReceivePolicy,
     check_acceptable,
+    free_bytes,
 )
 from jarvis.files.send import (
     FileSource,
@@ -90,6 +92,8 @@ NO_DATA_CONNECTION = "no data connection"
 #: for the relay, when one is known for the pair: a NAT that drops packets would otherwise hold
 #: each stage for its whole connect timeout (about 10 s) before the relay is tried.
 RELAY_HEAD_START = 2.0
+#: Seconds between two looks at the free space while a receiving transfer waits for room.
+SPACE_PROBE_INTERVAL = 5.0
 #: The default folder received files go to (under the user's home).
 DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 
@@ -145,6 +149,10 @@ class TransferEntry:
     at_relay: bool = False
     #: The pending call that abandons a direct dial still unanswered for the relay.
     head_start: Any = None
+    #: Receiver waiting for disk space: the next look at the free space (a pending call), or
+    #: ``True`` while one runs; ``None`` when not waiting.  Data connections are refused
+    #: meanwhile.
+    space_probe: Any = None
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
     @property
@@ -255,11 +263,14 @@ class Transfers:
         for entry in self._entries.values():
             if entry.state == "streaming":
                 entry.state = "accepted"  # the stream died with the previous run
+            if not entry.sending and entry.state == "accepted" and entry.reason == DISK_FULL:
+                self._wait_for_space(entry)
 
     def close(self) -> None:
         """Forget the runtime state (at lock); the kept state stays in the store."""
         for entry in self._entries.values():
             self._cancel_redial(entry)
+            self._stop_space_probe(entry)
             if entry.partial is not None and not entry.streaming:
                 entry.partial.close()
             entry.partial = None
@@ -637,6 +648,7 @@ class Transfers:
         entry.reason = reason
         entry.notice = notice
         self._cancel_redial(entry)
+        self._stop_space_probe(entry)
         if entry.pull_source is not None:
             entry.pull_source.close()
             entry.pull_source = None
@@ -749,6 +761,7 @@ class Transfers:
             or entry.state not in ("accepted",)
             or entry.streaming
             or entry.partial is None
+            or entry.space_probe is not None
         ):
             if entry is not None and entry.partial is None and entry.state == "accepted":
                 self._reopen(entry)
@@ -783,6 +796,7 @@ class Transfers:
             entry.state != "accepted"
             or entry.streaming
             or entry.partial is None
+            or entry.space_probe is not None
             or self._network is None
             or getattr(self._network, "pull_transfer", None) is None
         ):
@@ -822,6 +836,7 @@ class Transfers:
             entry.state != "accepted"
             or entry.streaming
             or entry.partial is None
+            or entry.space_probe is not None
             or self._network is None
             or not self._can_relay(entry.peer)
         ):
@@ -942,6 +957,9 @@ class Transfers:
             if self._sessions(entry.peer) is not None:
                 self._join_relay(entry)
                 return
+        if not entry.sending and reason == DISK_FULL:
+            self._wait_for_space(entry)
+            return
         if not entry.sending and reason.startswith(NO_DATA_CONNECTION):
             self._meet_at_relay(entry)  # our dial back failed too
             return
@@ -950,6 +968,43 @@ class Transfers:
                 self._ask_dial_back(entry)
             delay, entry.redial_delay = entry.redial_delay, min(entry.redial_delay * 2, REDIAL_MAX)
             entry.redial = self.clock.callLater(delay, self._start_stream, entry)
+
+    # -- waiting for disk space (receiver) ----------------------------------------------------
+
+    def _wait_for_space(self, entry: TransferEntry) -> None:
+        """The disk filled up under *entry*'s stream: refuse its data connections (each of the
+        sender's redials would put up to a chunk on the wire only to be refused again) and
+        look at the free space every :data:`SPACE_PROBE_INTERVAL` seconds; once the next chunk
+        fits, write ``Accept`` again, which makes the sender dial at once."""
+        if entry.space_probe is None:
+            entry.space_probe = self.clock.callLater(SPACE_PROBE_INTERVAL, self._probe_space, entry)
+
+    def _probe_space(self, entry: TransferEntry) -> None:
+        entry.space_probe = True
+        d = self._run(free_bytes, entry.directory)
+        d.addCallbacks(
+            lambda free: self._space_probed(entry, free),
+            lambda failure: self._space_probed(entry, None),
+        )
+
+    def _space_probed(self, entry: TransferEntry, free: int | None) -> None:
+        if entry.space_probe is not True:
+            return  # stopped meanwhile (locked, cancelled)
+        entry.space_probe = None
+        if self._store is None or entry.state != "accepted":
+            return
+        needed = min(entry.offer.chunk_size, max(entry.offer.size - entry.done, 0))
+        if free is None or free < needed:
+            self._wait_for_space(entry)
+            return
+        self.log.info("room again for transfer {tid}", tid=log_id(entry.id))
+        self._send_control(entry.peer, Accept(entry.offer.transfer_id))
+
+    def _stop_space_probe(self, entry: TransferEntry) -> None:
+        probe = entry.space_probe
+        if probe is not None and probe is not True and probe.active():
+            probe.cancel()
+        entry.space_probe = None
 
     # -- progress -----------------------------------------------------------------------------
 

@@ -195,6 +195,11 @@ class ReceivePolicy:
     reserve_bytes: int = 64 * 1024**2
 
 
+#: Why a receiving stream ended when the disk filled up (``ENOSPC``/``EDQUOT``): what is held
+#: stays, and the transfer resumes once there is room (the receiver watches the free space).
+DISK_FULL = "disk full: free space where the file is received; it resumes by itself then"
+
+
 def free_bytes(directory: str) -> int:
     """Return the bytes an unprivileged user may still write in *directory*'s file system."""
     st = os.statvfs(directory)

@@ -55,7 +55,13 @@ from zope.interface import implementer
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
-from jarvis.files.receive import ChunkMismatch, PartialFile, PieceDamaged, VerificationFailed
+from jarvis.files.receive import (
+    DISK_FULL,
+    ChunkMismatch,
+    PartialFile,
+    PieceDamaged,
+    VerificationFailed,
+)
 from jarvis.files.send import FileSource, SourceChanged
 from jarvis.protocol.framing import ChunkFrameReader, FrameDecoder, FramingError, encode_frame
 from jarvis.protocol.transfer import (
@@ -114,7 +120,6 @@ ACK_TIMEOUT = 120.0
 PREPARE_AHEAD = 2
 #: The reason a receiver gives when the disk fills up under a transfer: resumable, because the
 #: chunks already verified stay and the sender keeps redialling (docs/protocol.md, "Disk full").
-DISK_FULL = "disk full: free space where the file is received; it resumes by itself then"
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
