@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from jarvis.core import transfers as transfers_module
-from jarvis.core.transfers import CONTROL_PREFIX, Transfers, is_control_body
+from jarvis.core.transfers import CONTROL_PREFIX, REDIAL_INITIAL, Transfers, is_control_body
 from jarvis.files.send import make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
@@ -831,3 +831,51 @@ class DeclineReasonTests(TestCase):
         self.assertEqual(reasons[0], "declined")
         self.assertTrue(reasons[1].startswith("declined: too big "), reasons[1])
         self.assertNotIn("\x1b", reasons[1])
+
+
+class SendingSlotsTests(TestCase):
+    def test_at_most_three_outgoing_streams_the_rest_queued_in_order(self) -> None:
+        """When five accepted files (a file sent into a group of five) are to stream at once,
+        then three streams are dialled and the other two wait with a "queued" reason, whatever
+        starts them (the Accept, a session); as each stream ends (complete, a lost connection,
+        a cancel) the oldest queued one is dialled, and the total never passes three."""
+        transfers, sessions, events, _store = make_transfers(self)
+        clock: Any = transfers.clock
+        network: Any = transfers._network
+        path = os.path.join(short_tempdir(self), "album.zip")
+        with open(path, "wb") as f:
+            f.write(os.urandom(20_000))
+        members = [chr(ord("d") + i) * 52 for i in range(5)]
+        for uid in members:
+            sessions[uid] = FakeSession()
+        views = self.successResultOf(transfers.send_many(members, path, GROUP))
+        for view, uid in zip(views, members, strict=True):
+            accept = Accept(bytes.fromhex(view["id"]))
+            transfers.control_received(uid, CONTROL_PREFIX + encode_transfer_record(accept))
+        self.assertEqual(network.opened, members[:3])
+        entries = [transfers.find(v["id"]) for v in views]
+        for entry in entries[3:]:
+            self.assertTrue(entry.reason.startswith("queued: 3 files are being sent"), entry.reason)
+        self.assertEqual(transfers.view(entries[3])["state"], "accepted")
+        transfers.session_established(members[4])  # a new session does not jump the queue
+        self.assertEqual(network.opened, members[:3])
+
+        transfers.stream_completed(entries[0], None)
+        clock.advance(0)
+        self.assertEqual(network.opened, members[:4])
+        transfers.stream_ended(entries[1], "the connection was lost", True)
+        clock.advance(0)
+        self.assertEqual(network.opened, members[:5])
+        self.assertEqual(sum(e.streaming for e in entries), 3)
+        clock.advance(REDIAL_INITIAL)  # the lost one's redial finds no free slot: queued
+        self.assertEqual(network.opened, members[:5])
+        self.assertTrue(entries[1].queued)
+        self.successResultOf(transfers.cancel(views[2]["id"]))
+        transfers.stream_ended(entries[2], "cancelled", False)  # the network stops its stream
+        clock.advance(0)
+        self.assertEqual(network.opened, [*members[:5], members[1]])
+        self.assertEqual(sum(e.streaming for e in entries), 3)
+        queued = [
+            p for n, p in events if n == "transfer.changed" and "queued" in p["transfer"]["reason"]
+        ]
+        self.assertTrue(queued)

@@ -92,6 +92,10 @@ NO_DATA_CONNECTION = "no data connection"
 #: for the relay, when one is known for the pair: a NAT that drops packets would otherwise hold
 #: each stage for its whole connect timeout (about 10 s) before the relay is tried.
 RELAY_HEAD_START = 2.0
+#: Most outgoing streams at once (each holds up to about 12 MiB of sealed pieces and TLS
+#: records, and they share one uplink): a file sent into a group of 20 would otherwise stream
+#: to every member who accepts at once.  More wait, "queued", and start as others end.
+MAX_SENDING_STREAMS = 3
 #: Seconds between two looks at the free space while a receiving transfer waits for room.
 SPACE_PROBE_INTERVAL = 5.0
 #: The default folder received files go to (under the user's home).
@@ -153,6 +157,8 @@ class TransferEntry:
     #: ``True`` while one runs; ``None`` when not waiting.  Data connections are refused
     #: meanwhile.
     space_probe: Any = None
+    #: Sender: waiting for one of the :data:`MAX_SENDING_STREAMS` slots.
+    queued: bool = False
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
 
     @property
@@ -230,6 +236,8 @@ class Transfers:
         self._ticker: Any = None
         self._saving: defer.Deferred[Any] | None = None
         self._save_again = False
+        #: The pending call that starts queued outgoing streams once a slot freed.
+        self._dequeue: Any = None
         #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
         #: node allows contacts for ``b""`` and the members of a group we are in for a group.
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
@@ -277,6 +285,9 @@ class Transfers:
         if self._ticker is not None and self._ticker.active():
             self._ticker.cancel()
         self._ticker = None
+        if self._dequeue is not None and self._dequeue.active():
+            self._dequeue.cancel()
+        self._dequeue = None
         self._store = None
         self._network = None
 
@@ -649,6 +660,7 @@ class Transfers:
         entry.notice = notice
         self._cancel_redial(entry)
         self._stop_space_probe(entry)
+        entry.queued = False
         if entry.pull_source is not None:
             entry.pull_source.close()
             entry.pull_source = None
@@ -712,9 +724,20 @@ class Transfers:
 
     @defer.inlineCallbacks
     def _start_stream(self, entry: TransferEntry) -> Any:
-        """Sender: dial the data connection for *entry* (rebuilding the manifest if needed)."""
+        """Sender: dial the data connection for *entry* (rebuilding the manifest if needed),
+        or queue it while :data:`MAX_SENDING_STREAMS` streams run."""
         if entry.streaming or self._network is None or entry.state != "accepted":
             return
+        sending = self._sending_streams()
+        if sending >= MAX_SENDING_STREAMS:
+            self._cancel_redial(entry)
+            entry.queued = True
+            reason = f"queued: {sending} files are being sent; it starts when one of them ends"
+            if entry.reason != reason:
+                entry.reason = reason
+                self._changed(entry)
+            return
+        entry.queued = False
         if self._relayed_now(entry.peer) and self._can_relay(entry.peer):
             yield self._join_relay(entry)  # the session is relayed: so is its data
             return
@@ -727,6 +750,35 @@ class Transfers:
         self._network.open_transfer(entry.peer, source, observer)
         if entry.streaming and entry.state == "accepted":
             self._start_head_start(entry)
+
+    def _sending_streams(self) -> int:
+        """Outgoing streams running (or dialling).  A dial back the receiver makes after ours
+        failed is answered outside this count: its slot was freed when our dial failed, and
+        holding it for a receiver that may never dial would starve the queue."""
+        return sum(1 for e in self._entries.values() if e.sending and e.streaming)
+
+    def _slot_freed(self) -> None:
+        """An outgoing stream ended: start queued ones on the next turn (once, however many
+        ended in this one)."""
+        if self._dequeue is None and any(e.queued for e in self._entries.values()):
+            self._dequeue = self.clock.callLater(0, self._start_queued)
+
+    def _start_queued(self) -> None:
+        self._dequeue = None
+        waiting = sorted(
+            (
+                e
+                for e in self._entries.values()
+                if e.queued and e.sending and e.state == "accepted" and not e.streaming
+            ),
+            key=lambda e: e.created,
+        )
+        for entry in waiting:
+            if self._network is None or self._sending_streams() >= MAX_SENDING_STREAMS:
+                return
+            if self._sessions(entry.peer) is not None:  # else: at its next session
+                entry.redial_delay = REDIAL_INITIAL
+                self._start_stream(entry)
 
     @defer.inlineCallbacks
     def _open_source(self, entry: TransferEntry) -> Any:
@@ -927,6 +979,8 @@ class Transfers:
 
     def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
         entry.streaming = entry.at_relay = False
+        if entry.sending:
+            self._slot_freed()
         entry.relay_wanted = False
         self._cancel_head_start(entry)
         entry.done = entry.offer.size
@@ -939,6 +993,8 @@ class Transfers:
 
     def stream_ended(self, entry: TransferEntry, reason: str, resumable: bool) -> None:
         entry.streaming = entry.at_relay = False
+        if entry.sending:
+            self._slot_freed()
         self._cancel_head_start(entry)
         entry.rate, entry.eta = 0.0, None
         if entry.state in FINAL_STATES:

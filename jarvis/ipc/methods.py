@@ -897,7 +897,8 @@ def file_specs() -> tuple[MethodSpec, ...]:
             doc="List every file transfer, both directions, newest first; they survive "
             "restarts of the daemon. reason: why a transfer ended (cancelled, failed), or why "
             "an accepted one waits for its next connection (e.g. 'disk full: ...' on the "
-            "receiving side; it resumes by itself), cleared when a stream opens.",
+            "receiving side, 'queued: ...' on the sending side while three other files are "
+            "being sent; it resumes by itself), cleared when a stream opens.",
         ),
         MethodSpec(
             "files.accept",
