@@ -656,3 +656,50 @@ class GroupFileTests(TestCase):
         self.assertNotIn(carol.uid, [c["uid"] for c in bob_contacts["contacts"]])
         with self.assertRaises(RemoteError):
             await carol.call("files.send", contact=bob.uid, path=path)
+
+    async def test_a_file_into_a_group_of_five_streams_to_three_at_a_time(self) -> None:
+        """When alice sends a 48 MiB file into a group of five whose four other members
+        auto-accept her files, then every member gets a byte-identical copy, while alice never
+        streams to more than three of them at once: the fourth waits with a "queued" reason
+        and starts when one ends."""
+        peers = await start_peers(self, ["alice", "bob", "carol", "dave", "erin"])
+        alice, others = peers[0], peers[1:]
+        await defer.gatherResults([defer.ensureDeferred(befriend(alice, p)) for p in others])
+        gid = (await alice.call("groups.create", name="club"))["id"]
+        for peer in others:
+            await invite_and_join(alice, gid, peer)
+            await peer.call("files.policy", contact=alice.uid, auto_accept=64 * 1024 * 1024)
+        root = short_tempdir(self)
+        path = os.path.join(root, "video.mp4")
+        data = os.urandom(48 * 1024 * 1024)
+        with open(path, "wb") as f:
+            f.write(data)
+        for peer in others:  # each receives into its own folder
+            await peer.call("files.policy", downloads=os.path.join(root, peer.name))
+        sent = await alice.call("groups.sendFile", group=gid, path=path)
+        ids = {t["id"] for t in sent["transfers"]}
+        self.assertEqual(len(ids), 4)
+
+        def states() -> list[tuple[str, str, str]]:
+            return [
+                (p["transfer"]["id"], p["transfer"]["state"], p["transfer"]["reason"])
+                for p in alice.recorder.named("transfer.changed")
+                if p["transfer"]["id"] in ids
+            ]
+
+        await alice.recorder.wait(
+            lambda: {i for i, s, _ in states() if s == "complete"} == ids, 180
+        )
+        running: set[str] = set()
+        most = 0
+        for tid, state, _reason in states():
+            if state == "streaming":
+                running.add(tid)
+            else:
+                running.discard(tid)
+            most = max(most, len(running))
+        self.assertEqual(most, 3)
+        self.assertTrue([r for _i, _s, r in states() if r.startswith("queued: 3 files")])
+        for peer in others:
+            with open(os.path.join(root, peer.name, "video.mp4"), "rb") as f:
+                self.assertEqual(f.read(), data, peer.name)
