@@ -589,17 +589,6 @@ def transfer_state(peer: Peer, transfer_id: str) -> str | None:
     return None
 
 
-async def shown_as(peer: Peer, gid: str, uid: str, name: str) -> None:
-    """Wait until *peer* shows member *uid* of group *gid* as *name* (checked after each of
-    its events: a member's chosen name arrives in a later group state)."""
-    while True:
-        seen = len(peer.recorder.events)
-        members = (await peer.call("groups.members", group=gid))["members"]
-        if any(m["uid"] == uid and m["name"] == name for m in members):
-            return
-        await peer.recorder.wait(lambda seen=seen: len(peer.recorder.events) > seen, 60)
-
-
 class GroupFileTests(TestCase):
     timeout = 240
 
@@ -611,17 +600,11 @@ class GroupFileTests(TestCase):
         (declined); carol and bob still are not each other's contacts, and carol cannot send
         a file to bob outside the group."""
         alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
-        await befriend(alice, bob)
-        await befriend(alice, carol)
-        created = await alice.call("groups.create", name="family")
-        gid = created["id"]
-        await invite_and_join(alice, gid, bob)
-        await invite_and_join(alice, gid, carol)
+        gid = await found_with(alice, [bob, carol], "family")  # every name known to all
         path = os.path.join(short_tempdir(self), "photos.tar")
         data = os.urandom(3 * 1024 * 1024 + 17)
         with open(path, "wb") as f:
             f.write(data)
-        await shown_as(carol, gid, bob.uid, "~bob")
         sent = await bob.call("groups.sendFile", group="family", path=path)
         self.assertEqual(sent["group"], gid)
         by_member = {t["contact"]: t for t in sent["transfers"]}
@@ -664,10 +647,8 @@ class GroupFileTests(TestCase):
         and starts when one ends."""
         peers = await start_peers(self, ["alice", "bob", "carol", "dave", "erin"])
         alice, others = peers[0], peers[1:]
-        await defer.gatherResults([defer.ensureDeferred(befriend(alice, p)) for p in others])
-        gid = (await alice.call("groups.create", name="club"))["id"]
+        gid = await found_with(alice, others, "club")
         for peer in others:
-            await invite_and_join(alice, gid, peer)
             await peer.call("files.policy", contact=alice.uid, auto_accept=64 * 1024 * 1024)
         root = short_tempdir(self)
         path = os.path.join(root, "video.mp4")

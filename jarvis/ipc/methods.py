@@ -796,26 +796,19 @@ TRANSFER = Param(
 )
 
 
-def files_send(inv: Invocation) -> defer.Deferred[Any]:
+def _send_file(inv: Invocation, send: Callable[..., Any], to: str) -> defer.Deferred[Any]:
     p = inv.params
     return defer.maybeDeferred(
-        inv.ctx.node.send_file,
-        p["contact"],
-        p["path"],
-        wait=bool(p.get("wait")),
-        progress=inv.progress,
+        send, p[to], p["path"], wait=bool(p.get("wait")), progress=inv.progress
     )
+
+
+def files_send(inv: Invocation) -> defer.Deferred[Any]:
+    return _send_file(inv, inv.ctx.node.send_file, "contact")
 
 
 def groups_send_file(inv: Invocation) -> defer.Deferred[Any]:
-    p = inv.params
-    return defer.maybeDeferred(
-        inv.ctx.node.send_group_file,
-        p["group"],
-        p["path"],
-        wait=bool(p.get("wait")),
-        progress=inv.progress,
-    )
+    return _send_file(inv, inv.ctx.node.send_group_file, "group")
 
 
 def files_list(inv: Invocation) -> defer.Deferred[Any]:
