@@ -118,8 +118,9 @@ ACK_TIMEOUT = 120.0
 #: Chunks past the last acknowledged one whose pages the receiver brings into the page cache
 #: ahead of their writes (:meth:`~jarvis.files.receive.PartialFile.prepare_chunks`).
 PREPARE_AHEAD = 2
-#: The reason a receiver gives when the disk fills up under a transfer: resumable, because the
-#: chunks already verified stay and the sender keeps redialling (docs/protocol.md, "Disk full").
+#: The errors that end a receiving stream with :data:`~jarvis.files.receive.DISK_FULL`:
+#: resumable, because the chunks already verified stay and the transfer goes on once there is
+#: room (docs/protocol.md, "Disk full").
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 #: Largest non-chunk frame: a full manifest page.
 _CONTROL_MAX_FRAME = 16 + 4 + MAX_HASHES_PER_PAGE * HASH_SIZE + 64
