@@ -35,7 +35,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/msg NAME TEXT", "Send TEXT to the contact called NAME (quote names with spaces)"),
     ("/exec [-o] [-t S] CMD", "Run CMD here, its output shown locally (-o: then sent)"),
     ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
-    ("/file PATH", "Offer the file at PATH to the open conversation"),
+    ("/file PATH", "Offer the file at PATH to the open conversation (in a group: every member)"),
     ("/accept ID [DIR]", "Accept an offered file (into DIR; default ~/Downloads)"),
     ("/decline ID", "Decline an offered file"),
     ("/cancel ID", "Cancel a file transfer, either way"),

@@ -100,7 +100,8 @@ class Sender:
         return any(str(i.get("id", "")).startswith(ident) for i in self.model.invites)
 
     def offer_file(self, path: str) -> None:
-        """``/file PATH``: offer the file to the open conversation's contact."""
+        """``/file PATH``: offer the file to the open conversation's contact, or in a group to
+        every other member (``groups.sendFile``)."""
         uid = self.model.current_uid
         if uid is None:
             self.model.notify("open a conversation first (Alt+1), then /file PATH", "error")
