@@ -668,9 +668,15 @@ class GroupFileTests(TestCase):
                 if p["transfer"]["id"] in ids
             ]
 
-        await alice.recorder.wait(
-            lambda: {i for i, s, _ in states() if s == "complete"} == ids, 180
-        )
+        try:
+            await alice.recorder.wait(
+                lambda: {i for i, s, _ in states() if s == "complete"} == ids, 180
+            )
+        except defer.TimeoutError:
+            received = {p.name: p.recorder.named("transfer.changed")[-1:] for p in others}
+            lines = alice.process.output.decode("utf-8", "replace").splitlines()
+            told = [line for line in lines if "transfer" in line or "offer" in line][-40:]
+            self.fail(f"not all complete: {states()}\nreceivers: {received}\n" + "\n".join(told))
         running: set[str] = set()
         most = 0
         for tid, state, _reason in states():
