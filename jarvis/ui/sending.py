@@ -17,15 +17,7 @@ from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import human_bytes, terminal_safe
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import (
-    GROUP_PREFIX,
-    InputError,
-    Message,
-    SendText,
-    SlashCommand,
-    is_group,
-    parse_input,
-)
+from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
 
 
 class Sender:
@@ -106,11 +98,10 @@ class Sender:
         if uid is None:
             self.model.notify("open a conversation first (Alt+1), then /file PATH", "error")
             return
-        if is_group(uid):
+        group = self.model.contacts.get(uid) if is_group(uid) else None
+        if group is not None:
             d = self._controller.call(
-                "groups.sendFile",
-                {"group": uid[len(GROUP_PREFIX) :], "path": path},
-                label="hashing",
+                "groups.sendFile", {"group": group.group_id, "path": path}, label="hashing"
             )
         else:
             d = self._controller.call("files.send", {"contact": uid, "path": path}, label="hashing")
@@ -121,7 +112,7 @@ class Sender:
             t = views[0] if views else {}
             label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
             size = human_bytes(int(t.get("size") or 0))
-            if is_group(uid):
+            if group is not None:
                 each = ", ".join(
                     terminal_safe(str(v.get("contact_name") or ""), keep_newlines=False)
                     + f" (/cancel {str(v.get('id'))[:8]})"
