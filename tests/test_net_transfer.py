@@ -28,11 +28,11 @@ from jarvis.crypto.transfer_keys import ChunkCipher
 from jarvis.files.receive import PartialFile
 from jarvis.files.send import FileSource, PreparedFile, make_offer
 from jarvis.net.transfer import (
-    BATCH_PIECES,
     DATA_BUFFER,
     DEFAULT_WINDOW,
     DISK_FULL,
     PREPARE_AHEAD,
+    SEND_BATCH_PIECES,
     TransferReceiver,
     TransferSender,
     widen_buffer,
@@ -719,12 +719,12 @@ class BatchTests(TestCase):
     """A chunk of more pieces than a batch is read and sealed a batch at a time."""
 
     def test_big_chunk_read_and_sealed_a_batch_at_a_time(self) -> None:
-        """When a chunk has twice BATCH_PIECES pieces, then the sender reads and seals it in
-        two jobs of BATCH_PIECES pieces, and holds at most one sealed batch besides the one
+        """When a chunk has twice SEND_BATCH_PIECES pieces, then the sender reads and seals it in
+        two jobs of SEND_BATCH_PIECES pieces, and holds at most one sealed batch besides the one
         being written (the next chunk's two batches once all of chunk 0 is out); all the
         chunk's pieces go out before any acknowledgement (one chunk's bytes), and no piece of
         the next chunk."""
-        chunk = 2 * BATCH_PIECES * PIECE_SIZE
+        chunk = 2 * SEND_BATCH_PIECES * PIECE_SIZE
         prepared = make_prepared(self, 2 * chunk, chunk=chunk)
         source = FileSource(prepared)
         self.addCleanup(source.close)
@@ -742,18 +742,59 @@ class BatchTests(TestCase):
         payloads = feed(FrameDecoder(2 * PIECE_SIZE), transport.value())
         records = [parse_transfer_record(p) for p in payloads]
         pieces = [(r.index, r.piece) for r in records if isinstance(r, Piece)]
-        self.assertEqual(pieces, [(0, p) for p in range(2 * BATCH_PIECES)])
+        self.assertEqual(pieces, [(0, p) for p in range(2 * SEND_BATCH_PIECES)])
         self.assertEqual(
             jobs,
             [
-                (0, 0, BATCH_PIECES),
-                (0, BATCH_PIECES, 2 * BATCH_PIECES),
-                (1, 0, BATCH_PIECES),
-                (1, BATCH_PIECES, 2 * BATCH_PIECES),
+                (0, 0, SEND_BATCH_PIECES),
+                (0, SEND_BATCH_PIECES, 2 * SEND_BATCH_PIECES),
+                (1, 0, SEND_BATCH_PIECES),
+                (1, SEND_BATCH_PIECES, 2 * SEND_BATCH_PIECES),
             ],
         )
         self.assertEqual(sender.max_in_flight, DEFAULT_WINDOW)
         self.assertEqual(sender.max_unacked_bytes, chunk)
+
+    def test_batches_sealed_at_once_go_out_in_order(self) -> None:
+        """When the window lets three batches be sealed at once and their jobs end in another
+        order than they started (last first), then the pieces still go out in order, each
+        batch once the ones before it are out, and never more than three batches are held."""
+        chunk = 4 * SEND_BATCH_PIECES * PIECE_SIZE
+        prepared = make_prepared(self, chunk, chunk=chunk)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+        jobs: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def held(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            jobs.append((f, args, d))
+            return d
+
+        sender = TransferSender(source, Recorder(), run_blocking=held, window=3)
+        transport = StringTransport()
+        sender.makeConnection(transport)
+        sender.dataReceived(frame(Have(prepared.offer.transfer_id, b"\x01" * 16, (), ())))
+        b = SEND_BATCH_PIECES
+        self.assertEqual(
+            [args[1:] for _f, args, _d in jobs], [(0, 0, b), (0, b, 2 * b), (0, 2 * b, 3 * b)]
+        )
+
+        def pieces_out() -> list[tuple[int, int]]:
+            payloads = feed(FrameDecoder(2 * PIECE_SIZE), transport.value())
+            records = [parse_transfer_record(p) for p in payloads]
+            return [(r.index, r.piece) for r in records if isinstance(r, Piece)]
+
+        last = jobs.pop()
+        last[2].callback(last[0](*last[1]))
+        self.assertEqual(pieces_out(), [])  # the third batch waits for the first two
+        middle = jobs.pop()
+        middle[2].callback(middle[0](*middle[1]))
+        self.assertEqual(pieces_out(), [])
+        first = jobs.pop()
+        first[2].callback(first[0](*first[1]))
+        self.assertEqual(pieces_out(), [(0, p) for p in range(3 * b)])
+        self.assertEqual([args[1:] for _f, args, _d in jobs], [(0, 3 * b, 4 * b)])
+        self.assertEqual(sender.max_in_flight, 3)
 
 
 class HostilePieceTests(TestCase):

@@ -24,9 +24,10 @@ acknowledgements rather than by their size.
 Memory stays bounded whatever the file size, the chunk size and the receiver's disk speed:
 
 - :class:`TransferSender` is an ``IPushProducer`` registered with its transport: it keeps at
-  most *window* batches of :data:`BATCH_PIECES` pieces (4 MiB) being read and sealed on worker
-  threads or waiting, and starts no new read while the transport has paused it (its buffer is
-  full because the network or the receiver is slow);
+  most *window* batches of :data:`SEND_BATCH_PIECES` pieces (2 MiB) being read and sealed on
+  worker threads or waiting, besides the batch being written, and starts no new read while
+  the transport has paused it (its buffer is full because the network or the receiver is
+  slow);
 - :class:`TransferReceiver` opens, checks and writes pieces on a worker thread and stops
   reading the socket (``transport.pauseProducing()``) while *window* batches' worth of pieces
   are waiting for the disk, so TCP's flow control slows the sender down.
@@ -95,15 +96,19 @@ from jarvis.protocol.transfer import (
     piece_position,
 )
 
-#: Pieces read and sealed in one worker job on the sender (4 MiB): the unit of *window*, so
-#: memory does not grow with the chunk size.
+#: Pieces read and sealed in one worker job on the sender (2 MiB): the unit of the sender's
+#: *window*, so memory does not grow with the chunk size.  With 8 (4 MiB) the sending daemon's
+#: peak RSS grew by 11-12 MiB during a 1 GiB transfer, with 4 by 7.5-8 at the same rate: the
+#: sender waits for its socket or for acknowledgements, almost never for a sealed batch
+#: (docs/benchmarks.md, "The sender's batches").
+SEND_BATCH_PIECES = 4
+#: Pieces (a batch's worth) the receiver keeps waiting for the disk, per *window*, before it
+#: pauses the socket (4 was 5 % slower: docs/benchmarks.md, 2026-12-06 18:13).
 BATCH_PIECES = 8
 #: Batches of pieces a side keeps in flight on worker threads (reads and seals on the sender,
-#: pieces waiting for the disk on the receiver): 1 keeps the next 4 MiB sealed while one batch
-#: is on the connection, and the peak RSS of the sending daemon grows by 11-12 MiB during a
-#: 1 GiB transfer, its pieces read into a work buffer (2 made it 30 MiB for the same speed
-#: when each batch was read into a 4 MiB buffer of its own; tests/test_e2e_files.py measures
-#: it).
+#: pieces waiting for the disk on the receiver): 1 keeps the next batch sealed while one is on
+#: the connection (tests/test_e2e_files.py measures the memory).  Above 1, the sender's jobs
+#: run on several threads at once and are written in the order they started.
 DEFAULT_WINDOW = 1
 #: Chunks' worth of bytes the sender keeps on the connection unacknowledged (the receiver
 #: acknowledges each piece once written and recorded): 1 means a killed receiver never costs
@@ -210,8 +215,8 @@ class TransferSender(protocol.Protocol):
     :param source: the file being sent.
     :param observer: told of progress and the end.
     :param run_blocking: runs a blocking callable off the reactor thread, returning a Deferred.
-    :param window: the most batches of pieces (:data:`BATCH_PIECES`) read and sealed ahead of the
-        transport.
+    :param window: the most batches of pieces (:data:`SEND_BATCH_PIECES`) read and sealed ahead
+        of the transport.
     :param ack_window: the most chunks on the connection not yet acknowledged by the receiver.
     :param clock: an ``IReactorTime`` for the acknowledgement timeout (``None``: no timeout).
     :param ack_timeout: seconds without an acknowledgement before the connection is dropped.
@@ -250,9 +255,13 @@ class TransferSender(protocol.Protocol):
         self._cipher: ChunkCipher | None = None
         self._work = WorkBuffers(min(self._offer.chunk_size, PIECE_SIZE) + CHUNK_OVERHEAD)
         self._in_flight = 0
-        #: Sealed batches waiting for the transport: their pieces (index, piece, plaintext
-        #: bytes, whole frame).
-        self._ready: deque[list[tuple[int, int, int, bytes]]] = deque()
+        #: Sealed batches waiting for the transport, by the number of the job that sealed them:
+        #: their pieces (index, piece, plaintext bytes, whole frame).  With a *window* above 1
+        #: jobs run on several threads and may end in any order; batches go out in the order
+        #: their jobs started.
+        self._ready: dict[int, list[tuple[int, int, int, bytes]]] = {}
+        self._jobs_started = 0
+        self._next_job = 0
         #: The pieces of the batch being written.
         self._writing: deque[tuple[int, int, int, bytes]] = deque()
         self._pumping = False
@@ -305,8 +314,8 @@ class TransferSender(protocol.Protocol):
                     self._end("the receiver holds more pieces than a chunk has", resumable=True)
                     return
                 missing += 1
-                for start in range(first, pieces, BATCH_PIECES):
-                    self._queue.append((index, start, min(start + BATCH_PIECES, pieces)))
+                for start in range(first, pieces, SEND_BATCH_PIECES):
+                    self._queue.append((index, start, min(start + SEND_BATCH_PIECES, pieces)))
             self._cipher = ChunkCipher.for_connection(offer.secret, offer.transfer_id, record.epoch)
             self.log.info(
                 "sending {missing} of {chunks} chunks of transfer {transfer}",
@@ -379,9 +388,11 @@ class TransferSender(protocol.Protocol):
                     held = self._in_flight + len(self._ready)
                     self.max_in_flight = max(self.max_in_flight, held)
                     d = self._run(self._read_sealed, cipher, index, first, end)
-                    d.addCallbacks(self._chunk_ready, self._read_failed)
-                if not self._writing and self._ready:
-                    batch = self._ready.popleft()
+                    d.addCallbacks(self._chunk_ready, self._read_failed, (self._jobs_started,))
+                    self._jobs_started += 1
+                if not self._writing and self._next_job in self._ready:
+                    batch = self._ready.pop(self._next_job)
+                    self._next_job += 1
                     self._writing.extend(batch)
                     index, piece = batch[-1][:2]
                     if piece + 1 == self._pieces_of(index):
@@ -439,10 +450,10 @@ class TransferSender(protocol.Protocol):
             f"the receiver acknowledged no chunk in {self._ack_timeout:.0f} s", resumable=True
         )
 
-    def _chunk_ready(self, parts: list[tuple[int, int, int, bytes]]) -> None:
+    def _chunk_ready(self, parts: list[tuple[int, int, int, bytes]], job: int) -> None:
         self._in_flight -= 1
         if not self._stopped:
-            self._ready.append(parts)
+            self._ready[job] = parts
         self._pump()
         self._check_settled()
 
