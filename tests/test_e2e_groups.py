@@ -640,6 +640,53 @@ class GroupFileTests(TestCase):
         with self.assertRaises(RemoteError):
             await carol.call("files.send", contact=bob.uid, path=path)
 
+    async def test_a_member_removed_or_a_contact_blocked_loses_its_transfers(self) -> None:
+        """When bob has offered a file into a group to alice and carol, and one to alice alone,
+        and alice, the founder, removes carol before she accepts, then the transfer to carol
+        ends cancelled on both sides ("not in the group any more") and she can no longer
+        accept it, while both of alice's offers stay open; when alice then blocks bob, her
+        offer from him alone ends ("the contact is blocked") and bob is not told, while his
+        offer into the group, where he still is a member, stays open."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob, carol], "family")
+        path = os.path.join(short_tempdir(self), "plans.pdf")
+        with open(path, "wb") as f:
+            f.write(os.urandom(256 * 1024))
+        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        by_member = {t["contact"]: t["id"] for t in sent["transfers"]}
+        to_carol, to_alice = by_member[carol.uid], by_member[alice.uid]
+        direct = (await bob.call("files.send", contact=alice.uid, path=path))["id"]
+        for peer, ids in ((alice, {to_alice, direct}), (carol, {to_carol})):
+            await peer.recorder.wait(
+                lambda peer=peer, ids=ids: (
+                    ids <= {p["transfer"]["id"] for p in peer.recorder.named("transfer.offered")}
+                ),
+                60,
+            )
+
+        async def states(peer: Peer) -> dict[str, tuple[str, str]]:
+            listed = (await peer.call("files.list"))["transfers"]
+            return {t["id"]: (t["state"], t["reason"]) for t in listed}
+
+        await alice.call("groups.remove", group=gid, member=carol.uid)
+        for peer in (bob, carol):
+            await peer.recorder.wait(
+                lambda peer=peer: transfer_state(peer, to_carol) == "cancelled", 60
+            )
+            _state, reason = (await states(peer))[to_carol]
+            self.assertIn("not in the group any more", reason)
+        with self.assertRaises(RemoteError):
+            await carol.call("files.accept", id=to_carol)
+        at_alice = await states(alice)
+        self.assertEqual((at_alice[to_alice][0], at_alice[direct][0]), ("offered", "offered"))
+
+        await alice.call("contacts.update", contact=bob.uid, blocked=True)
+        await alice.recorder.wait(lambda: transfer_state(alice, direct) == "cancelled", 30)
+        at_alice = await states(alice)
+        self.assertEqual(at_alice[direct], ("cancelled", "the contact is blocked"))
+        self.assertEqual(at_alice[to_alice][0], "offered")  # a group file: the group decides
+        self.assertEqual((await states(bob))[direct][0], "offered")  # bob is not told
+
     async def test_a_file_into_a_group_of_five_streams_to_three_at_a_time(self) -> None:
         """When alice sends a 48 MiB file into a group of five whose four other members
         auto-accept her files, then every member gets a byte-identical copy, while alice never

@@ -813,6 +813,77 @@ class GroupFileTests(TestCase):
         self.assertIsNone(transfers.view(transfers.find(from_contact))["group"])
 
 
+class RevokeTests(TestCase):
+    """Transfers with those we no longer exchange files with end (Transfers.revoke)."""
+
+    def test_a_group_sweep_ends_only_that_groups_refused_transfers(self) -> None:
+        """When bob is no longer in the group and the group's transfers are swept, then the
+        file offered into it to bob ends cancelled with the reason and bob is told (Cancel),
+        while the same group's transfer to alice, a file sent to bob outside any group and one
+        into another group go on."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        path = os.path.join(short_tempdir(self), "notes.txt")
+        with open(path, "wb") as f:
+            f.write(os.urandom(9000))
+        for uid in (ALICE, BOB):
+            sessions[uid] = FakeSession()
+        other_group = b"\x43" * 16
+        into_group = self.successResultOf(transfers.send_many([ALICE, BOB], path, GROUP))
+        into_other = self.successResultOf(transfers.send_many([BOB], path, other_group))
+        direct = self.successResultOf(transfers.send(BOB, path))
+        asked: list[tuple[str, bytes]] = []
+
+        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
+            asked.append((uid, gid))
+            return ("not in the group any more", True) if uid == BOB else None
+
+        self.successResultOf(transfers.revoke(refusal, group_id=GROUP))
+        self.assertEqual(sorted(asked), sorted([(ALICE, GROUP), (BOB, GROUP)]))
+        to_alice, to_bob = (transfers.find(v["id"]) for v in into_group)
+        self.assertEqual((to_bob.state, to_bob.reason), ("cancelled", "not in the group any more"))
+        self.assertEqual(to_alice.state, "offered")
+        self.assertEqual(transfers.find(into_other[0]["id"]).state, "offered")
+        self.assertEqual(transfers.find(direct["id"]).state, "offered")
+        bob_session = sessions[BOB]
+        assert bob_session is not None
+        cancels = [r for r in bob_session.records if isinstance(r, Cancel)]
+        self.assertEqual([c.transfer_id.hex() for c in cancels], [to_bob.id])
+
+    def test_a_contact_sweep_leaves_group_files_and_may_keep_quiet(self) -> None:
+        """When alice is swept as a contact (blocked: not told), then her accepted incoming
+        file outside any group ends cancelled, its partial file is removed and no Cancel is
+        written to her, while her offer into a group goes on (the group decides)."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[ALICE] = FakeSession()
+        direct = an_offer(self)
+        transfers._offer_received(ALICE, direct)
+        base = an_offer(self)
+        grouped = Offer(
+            os.urandom(16),
+            base.name,
+            base.size,
+            base.content_hash,
+            base.media_type,
+            base.chunk_size,
+            os.urandom(32),
+            group_id=GROUP,
+        )
+        transfers._offer_received(ALICE, grouped)
+        self.successResultOf(transfers.accept(direct.transfer_id.hex()))
+        entry = transfers.find(direct.transfer_id.hex())
+        assert entry.partial is not None
+        part = entry.partial.partial_path
+        self.assertTrue(os.path.exists(part))
+        written_before = list(sessions[ALICE].records)  # type: ignore[union-attr]
+        self.successResultOf(
+            transfers.revoke(lambda uid, gid: ("the contact is blocked", False), peer=ALICE)
+        )
+        self.assertEqual((entry.state, entry.reason), ("cancelled", "the contact is blocked"))
+        self.assertFalse(os.path.exists(part))
+        self.assertEqual(transfers.find(grouped.transfer_id.hex()).state, "offered")
+        self.assertEqual(sessions[ALICE].records, written_before)  # type: ignore[union-attr]
+
+
 class DeclineReasonTests(TestCase):
     def test_the_receivers_reason_is_shown_once(self) -> None:
         """When two offers are declined, one with the default reason and one with the

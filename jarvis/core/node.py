@@ -178,6 +178,7 @@ class Node(Service):
         self.transfers.may_offer = self._may_offer
         self.transfers.member_name = self.groups.member_name
         self._events.subscribe(self.groups.event_seen)  # per-member delivery of group messages
+        self._events.subscribe(self._peers_moved)  # transfers with those we no longer share
         # What exists only while unlocked:
         self._keys: keyfile.UnlockedKeys | None = None
         self._store: Store | None = None
@@ -719,6 +720,35 @@ class Node(Service):
             return self.groups.shares(group_id, uid)
         contact = self.contacts.get(uid)
         return contact is not None and not contact.blocked
+
+    def _transfer_refusal(self, uid: str, group_id: bytes) -> tuple[str, bool] | None:
+        """Why a transfer with *uid* (into group *group_id*, if any) may not go on, and
+        whether *uid* is told; ``None`` while :meth:`_may_offer` would still take its offer.
+        A blocked contact is not told (blocking says nothing to the one blocked)."""
+        if group_id:
+            return (
+                None if self.groups.shares(group_id, uid) else ("not in the group any more", True)
+            )
+        contact = self.contacts.get(uid)
+        if contact is None:
+            return ("not a contact any more", True)
+        if contact.blocked:
+            return ("the contact is blocked", False)
+        return None
+
+    def _peers_moved(self, event: str, payload: dict[str, Any]) -> None:
+        """A group's members or a contact changed: the transfers the change refuses end
+        (a member removed or gone, our own leaving, a contact removed or blocked)."""
+        if event in ("group.changed", "group.removed"):
+            group = payload.get("group")
+            ident = group.get("id") if isinstance(group, dict) else group
+            if isinstance(ident, str):
+                self.transfers.revoke(self._transfer_refusal, group_id=bytes.fromhex(ident))
+        elif event == "contact.changed":
+            contact = payload.get("contact")
+            uid = contact.get("uid") if isinstance(contact, dict) else payload.get("uid")
+            if isinstance(uid, str):
+                self.transfers.revoke(self._transfer_refusal, peer=uid)
 
     def list_transfers(self) -> list[dict[str, Any]]:
         """Every transfer, both directions, newest first."""

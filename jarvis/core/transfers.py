@@ -653,6 +653,38 @@ class Transfers:
         yield self._finish(entry, "cancelled", reason or "cancelled", notice="cancel")
         return self.view(entry)
 
+    def revoke(
+        self,
+        refusal: Callable[[str, bytes], tuple[str, bool] | None],
+        *,
+        peer: str | None = None,
+        group_id: bytes | None = None,
+    ) -> defer.Deferred[Any]:
+        """End the transfers not over yet with whom we no longer exchange files: those with
+        *peer* outside any group, or those into group *group_id* (either direction).
+
+        *refusal(uid, group id)* says why a transfer may not go on (a contact removed or
+        blocked, a member who left the group or was removed, our own leaving), and whether
+        the peer is told: ``(reason, tell)``, or ``None`` if it may.  Each one refused is
+        cancelled as :meth:`cancel` would (its partial file removed).
+        """
+        ending = []
+        for entry in list(self._entries.values()):
+            if entry.state in FINAL_STATES:
+                continue
+            gid = entry.offer.group_id
+            if group_id is not None and gid != group_id:
+                continue
+            if peer is not None and (gid or entry.peer != peer):
+                continue
+            refused = refusal(entry.peer, gid)
+            if refused is None:
+                continue
+            reason, tell = refused
+            self.log.info("transfer {tid} refused now: {why}", tid=log_id(entry.id), why=reason)
+            ending.append(self._finish(entry, "cancelled", reason, notice="cancel" if tell else ""))
+        return defer.gatherResults(ending, consumeErrors=True)
+
     @defer.inlineCallbacks
     def _finish(self, entry: TransferEntry, state: str, reason: str, notice: str) -> Any:
         entry.state = state
