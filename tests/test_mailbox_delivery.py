@@ -286,3 +286,58 @@ class TellEveryContactTests(TestCase):
 async def deposits_of(peer: Peer, count: int) -> bool:
     """Whether *peer*'s daemon made at least *count* deposits since its unlock."""
     return bool((await peer.call("mailbox.status"))["deposited"] >= count)
+
+
+class FileOfferTests(TestCase):
+    timeout = 300
+
+    async def test_an_offer_and_its_accept_cross_while_never_online_together(self) -> None:
+        """When alice offers bob a file while his daemon is stopped and stops before he starts,
+        then bob finds the offer (from his mailbox) and accepts it while she is stopped; his
+        Accept reaches her, through hers, while he is stopped (her transfer turns accepted
+        alone); once both run again the file streams without anyone accepting again and lands
+        byte-identical."""
+        _box_a, _box_b, alice, bob = await contacts_with_mailboxes(self)
+        await bob.stop()
+        await alice.recorder.wait(lambda: not alice.online_with(bob)())
+        root = short_tempdir(self)
+        path = os.path.join(root, "report.pdf")
+        data = os.urandom(1024 * 1024 + 3)
+        with open(path, "wb") as f:
+            f.write(data)
+        tid = (await alice.call("files.send", contact=bob.uid, path=path))["id"]
+        await alice.recorder.wait(lambda: deposited_to(alice, bob), timeout=60)  # the offer
+        await alice.stop()
+
+        async def state_at(peer: Peer) -> str | None:
+            for t in (await peer.call("files.list"))["transfers"]:
+                if t["id"] == tid:
+                    return str(t["state"])
+            return None
+
+        async def until_state(peer: Peer, state: str) -> bool:
+            return await state_at(peer) == state
+
+        await bob.start(unlock=True)
+        await until(lambda: until_state(bob, "offered"), what="bob finds the offer in his mailbox")
+        inbox = os.path.join(root, "inbox")
+        await bob.call("files.accept", id=tid, directory=inbox)
+        await bob.recorder.wait(lambda: deposited_to(bob, alice), timeout=60)  # the accept
+        await bob.stop()
+
+        await alice.start(unlock=True)
+        await until(lambda: until_state(alice, "accepted"), what="alice collects the accept")
+        await bob.start(unlock=True)
+        await until(lambda: until_state(bob, "complete"), timeout=120, what="the file lands")
+        with open(os.path.join(inbox, "report.pdf"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        await until(lambda: until_state(alice, "complete"), what="alice sees it complete")
+
+
+def deposited_to(peer: Peer, to: Peer) -> bool:
+    """Whether *peer* deposited an entry (a message or a transfer's record) for *to* in its
+    mailbox since the daemon started."""
+    return any(
+        p.get("via") == "mailbox" and p["contact"] == to.uid and p["state"] == "sent"
+        for p in peer.recorder.named("message.stateChanged")
+    )

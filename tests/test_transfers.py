@@ -884,6 +884,62 @@ class RevokeTests(TestCase):
         self.assertEqual(sessions[ALICE].records, written_before)  # type: ignore[union-attr]
 
 
+class DepositTests(TestCase):
+    """With no session up, an offer and the answers to it go as durable entries (the node
+    puts them in the peer's mailbox); a DialBack never does."""
+
+    def test_records_without_a_session_are_deposited_where_the_node_takes_them(self) -> None:
+        """When bob has no session and the node takes deposits for him, then the offer to him,
+        and later his Accept's answers on our side (a cancel), are handed to the deposit in
+        order, a DialBack is not, and once his session is up records go over it instead."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        deposited: list[tuple[str, Any]] = []
+
+        def deposit(uid: str, record: bytes) -> bool:
+            deposited.append((uid, parse_transfer_record(record)))
+            return True
+
+        transfers.deposit = deposit
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        view = self.successResultOf(transfers.send(BOB, path))
+        tid = bytes.fromhex(view["id"])
+        self.assertFalse(transfers._send_control(BOB, DialBack(tid)))
+        self.successResultOf(transfers.cancel(view["id"]))
+        self.assertEqual([uid for uid, _ in deposited], [BOB, BOB])
+        offer, cancel = (record for _, record in deposited)
+        assert isinstance(offer, Offer) and isinstance(cancel, Cancel)
+        self.assertEqual((offer.transfer_id, cancel.transfer_id), (tid, tid))
+        self.assertEqual(transfers.find(view["id"]).notice, "")  # taken: not written again
+        sessions[BOB] = FakeSession()
+        second = self.successResultOf(transfers.send(BOB, path))
+        bob_session = sessions[BOB]
+        assert bob_session is not None
+        self.assertEqual(len(deposited), 2)
+        self.assertEqual(
+            [r.transfer_id.hex() for r in bob_session.records if isinstance(r, Offer)],
+            [second["id"]],
+        )
+
+    def test_a_refused_deposit_waits_for_the_session(self) -> None:
+        """When the node takes no deposit for bob (no mailbox known, not a contact), then a
+        cancel with no session stays owed and is written when his session comes up."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        transfers.deposit = lambda uid, record: False
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        view = self.successResultOf(transfers.send(BOB, path))
+        self.successResultOf(transfers.cancel(view["id"]))
+        self.assertEqual(transfers.find(view["id"]).notice, "cancel")
+        sessions[BOB] = FakeSession()
+        transfers.session_established(BOB)
+        bob_session = sessions[BOB]
+        assert bob_session is not None
+        self.assertEqual([type(r).__name__ for r in bob_session.records], ["Cancel"])
+
+
 class DeclineReasonTests(TestCase):
     def test_the_receivers_reason_is_shown_once(self) -> None:
         """When two offers are declined, one with the default reason and one with the

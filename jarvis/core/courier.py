@@ -288,9 +288,10 @@ class Courier:
         )
 
     def queue_group_entry(self, uid: str, entry_id: str, payload: bytes) -> defer.Deferred[Any]:
-        """Store one durable outbox entry to *uid* carrying a group *payload* (issue 17): it
-        streams, is retransmitted, acknowledged and deposited like a chat message, but is never
-        shown in the 1:1 conversation nor announced as a message.
+        """Store one durable outbox entry to *uid* carrying a group *payload* (issue 17), or a
+        file transfer's control record (payload kind ``KIND_TRANSFER``): it streams, is
+        retransmitted, acknowledged and deposited like a chat message, but is never shown in
+        the 1:1 conversation nor announced as a message.
 
         :param entry_id: the entry's 32-hex-digit id (a group message id, unique per member).
         """

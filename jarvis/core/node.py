@@ -21,6 +21,7 @@ network (``network_factory``) are injected by :mod:`jarvis.app.daemon`, and test
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,9 +53,10 @@ from jarvis.core.limits import (
     WINDOW_MESSAGES,
 )
 from jarvis.core.postbox import Postbox
-from jarvis.core.transfers import Transfers, is_control_body
+from jarvis.core.transfers import CONTROL_PREFIX, Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
+from jarvis.protocol.group_fanout import KIND_TRANSFER, encode_payload
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
@@ -159,7 +161,7 @@ class Node(Service):
             contacts=self.contacts,
             run_blocking=run_blocking,
         )
-        self.courier.on_group = self.groups.payload_received
+        self.courier.on_group = self._entry_received  # group payloads, and transfer records
         self.courier.group_peer = self.groups.is_peer
         # members who are not contacts, through the mailbox (docs/groups.md)
         self.groups.postbox = self.postbox
@@ -176,6 +178,7 @@ class Node(Service):
             display_name=self.contacts.display_name,
         )
         self.transfers.may_offer = self._may_offer
+        self.transfers.deposit = self._deposit_control
         self.transfers.member_name = self.groups.member_name
         self._events.subscribe(self.groups.event_seen)  # per-member delivery of group messages
         self._events.subscribe(self._peers_moved)  # transfers with those we no longer share
@@ -720,6 +723,29 @@ class Node(Service):
             return self.groups.shares(group_id, uid)
         contact = self.contacts.get(uid)
         return contact is not None and not contact.blocked
+
+    def _entry_received(self, uid: str, payload: bytes) -> defer.Deferred[Any]:
+        """A durable 1:1 entry's payload from *uid* (over a session or from the mailbox): a
+        transfer's control record goes to the transfers (their gate decides, as for one that
+        came over a session), anything else to the groups."""
+        if payload[:1] == bytes([KIND_TRANSFER]):
+            self.transfers.control_received(uid, CONTROL_PREFIX + payload[1:])
+            return defer.succeed(None)
+        return self.groups.payload_received(uid, payload)
+
+    def _deposit_control(self, uid: str, record: bytes) -> bool:
+        """Queue a transfer's control record for contact *uid*, who has no session now, as a
+        durable entry (hidden from the conversation) that the courier deposits in its mailbox
+        or streams at the next session; ``False`` (the record waits for a session) for a
+        peer who is not a contact, a blocked one, or one whose mailbox we do not know."""
+        contact = self.contacts.get(uid)
+        if contact is None or contact.blocked or not self.postbox.can_deposit(uid):
+            return False
+        d = self.courier.queue_group_entry(
+            uid, os.urandom(16).hex(), encode_payload(KIND_TRANSFER, record)
+        )
+        d.addErrback(lambda f: self.log.failure("queueing a transfer record failed", f))
+        return True
 
     def _transfer_refusal(self, uid: str, group_id: bytes) -> tuple[str, bool] | None:
         """Why a transfer with *uid* (into group *group_id*, if any) may not go on, and

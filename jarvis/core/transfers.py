@@ -108,6 +108,11 @@ class TransferNotFound(NotFound):
     kind = "not_found"
 
 
+#: The control records that may travel through the mailbox (durable entries): an offer and
+#: the answers to it.  ``DialBack`` asks for a connection now and goes over a session only.
+_DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete)
+
+
 def is_control_body(body: bytes) -> bool:
     """Whether a message body carries a transfer control record."""
     return body.startswith(CONTROL_PREFIX)
@@ -243,6 +248,10 @@ class Transfers:
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
         #: How a member of group *gid* is shown there (None: as a contact is).
         self.member_name: Callable[[bytes, str], str | None] = lambda gid, uid: None
+        #: Writes a control record (encoded) for *uid* as a durable entry when no session is
+        #: up, so the peer gets it through its mailbox; returns whether it was taken (the node:
+        #: a contact whose mailbox we know).  While it is not, records wait for a session.
+        self.deposit: Callable[[str, bytes], bool] = lambda uid, record: False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -428,6 +437,11 @@ class Transfers:
     def _send_control(self, uid: str, record: TransferRecord) -> bool:
         session = self._sessions(uid)
         if session is None:
+            # No session: an offer and the answers to it go as a durable entry, through the
+            # peer's mailbox where it has one (the node decides); a DialBack only makes sense
+            # live.
+            if isinstance(record, _DURABLE_RECORDS):
+                return self.deposit(uid, encode_transfer_record(record))
             return False
         try:
             session.send_message(os.urandom(16), control_body(record), int(self.now() * 1000))

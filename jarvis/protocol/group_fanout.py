@@ -40,7 +40,12 @@ KIND_STATE = 0x02
 KIND_SUMMARY = 0x03
 #: An invitation: the whole chain of states from version 1, sent to the invitee only.
 KIND_INVITE = 0x04
-_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY, KIND_INVITE})
+#: Not about a group: a file transfer's control record (``Offer``, ``Accept``, ``Decline``,
+#: ``Cancel``, ``Complete``) to a contact with no session up, riding the same durable 1:1
+#: entries so that it is deposited in the contact's mailbox (docs/protocol.md, "Control records
+#: through the mailbox").  An older peer refuses it as an unknown kind and drops it.
+KIND_TRANSFER = 0x05
+_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY, KIND_INVITE, KIND_TRANSFER})
 #: Most states in an invitation's chain.
 MAX_CHAIN = 4096
 #: How a group payload travels as a 1:1 message body: this marker, then the payload in
