@@ -697,7 +697,9 @@ class Transfers:
             reason, tell = refused
             self.log.info("transfer {tid} refused now: {why}", tid=log_id(entry.id), why=reason)
             ending.append(self._finish(entry, "cancelled", reason, notice="cancel" if tell else ""))
-        return defer.gatherResults(ending, consumeErrors=True)
+        done = defer.gatherResults(ending, consumeErrors=True)
+        done.addErrback(lambda f: self.log.failure("ending refused transfers failed", f))
+        return done
 
     @defer.inlineCallbacks
     def _finish(self, entry: TransferEntry, state: str, reason: str, notice: str) -> Any:
