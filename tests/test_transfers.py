@@ -889,9 +889,10 @@ class DepositTests(TestCase):
     puts them in the peer's mailbox); a DialBack never does."""
 
     def test_records_without_a_session_are_deposited_where_the_node_takes_them(self) -> None:
-        """When bob has no session and the node takes deposits for him, then the offer to him,
-        and later his Accept's answers on our side (a cancel), are handed to the deposit in
-        order, a DialBack is not, and once his session is up records go over it instead."""
+        """When bob has no session and the node takes deposits for him, then the offer to him
+        and our cancel of it are handed to the deposit in order, a DialBack is not; once his
+        session is up the cancel is written over it once more (a deposit may be lost, or
+        dropped by an older peer) and new records go over the session only."""
         transfers, sessions, _events, _store = make_transfers(self)
         deposited: list[tuple[str, Any]] = []
 
@@ -911,16 +912,18 @@ class DepositTests(TestCase):
         offer, cancel = (record for _, record in deposited)
         assert isinstance(offer, Offer) and isinstance(cancel, Cancel)
         self.assertEqual((offer.transfer_id, cancel.transfer_id), (tid, tid))
-        self.assertEqual(transfers.find(view["id"]).notice, "")  # taken: not written again
+        self.assertEqual(transfers.find(view["id"]).notice, "cancel")  # owed to a session too
         sessions[BOB] = FakeSession()
+        transfers.session_established(BOB)
         second = self.successResultOf(transfers.send(BOB, path))
         bob_session = sessions[BOB]
         assert bob_session is not None
         self.assertEqual(len(deposited), 2)
         self.assertEqual(
-            [r.transfer_id.hex() for r in bob_session.records if isinstance(r, Offer)],
-            [second["id"]],
+            [(type(r).__name__, r.transfer_id.hex()) for r in bob_session.records],
+            [("Cancel", view["id"]), ("Offer", second["id"])],
         )
+        self.assertEqual(transfers.find(view["id"]).notice, "")
 
     def test_a_refused_deposit_waits_for_the_session(self) -> None:
         """When the node takes no deposit for bob (no mailbox known, not a contact), then a

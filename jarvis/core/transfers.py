@@ -462,7 +462,11 @@ class Transfers:
 
     def _send_notice(self, entry: TransferEntry) -> None:
         record = self._notice_record(entry)
-        if record is not None and self._send_control(entry.peer, record):
+        live = self._sessions(entry.peer) is not None
+        if record is not None and self._send_control(entry.peer, record) and live:
+            # Written over a session: done.  One that went to the mailbox is written again
+            # over the next session too (a peer that dropped it, or a lost deposit, still
+            # hears it; a second copy changes nothing).
             entry.notice = ""
             self._save()
 
