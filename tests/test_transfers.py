@@ -4,6 +4,7 @@ re-sending at session start, and the body prefix that keeps chat text apart."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given
@@ -857,16 +858,8 @@ class RevokeTests(TestCase):
         sessions[ALICE] = FakeSession()
         direct = an_offer(self)
         transfers._offer_received(ALICE, direct)
-        base = an_offer(self)
-        grouped = Offer(
-            os.urandom(16),
-            base.name,
-            base.size,
-            base.content_hash,
-            base.media_type,
-            base.chunk_size,
-            os.urandom(32),
-            group_id=GROUP,
+        grouped = replace(
+            an_offer(self), transfer_id=os.urandom(16), secret=os.urandom(32), group_id=GROUP
         )
         transfers._offer_received(ALICE, grouped)
         self.successResultOf(transfers.accept(direct.transfer_id.hex()))
