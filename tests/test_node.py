@@ -10,6 +10,7 @@ import base64
 import os
 import secrets
 import stat
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet import reactor, threads
@@ -24,6 +25,9 @@ from jarvis.crypto import linkcode
 from jarvis.crypto.errors import LinkCodeError, WrongPassword
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.keyfile import KdfParams
+from jarvis.files.send import make_offer
+from jarvis.protocol.group_fanout import BODY_MARK, KIND_TRANSFER, encode_body, encode_payload
+from jarvis.protocol.transfer import encode_transfer_record
 
 FAST = KdfParams(time_cost=1, memory_cost_kib=8, parallelism=1)
 
@@ -395,6 +399,47 @@ class MessagingTests(TestCase):
         with self.assertRaises(TooLarge):
             await node.send_message("Bob", "x" * (64 * 1024 + 1))
         self.assertEqual((await node.history("Bob"))["messages"], [])
+
+
+class TransferEntryTests(TestCase):
+    """A transfer's control record arriving as a durable entry (payload kind 5: how one
+    crosses through the mailbox) goes to the transfers, never to the conversation."""
+
+    async def test_an_offer_entry_is_listed_and_garbage_is_dropped_acknowledged(self) -> None:
+        """When Bob's offer arrives as an entry of kind 5, then it is listed as an incoming
+        offer and acknowledged, and nothing shows in the conversation; when an entry of kind 5
+        carries bytes that are no transfer record, a kind-5 body is not base64, or the record
+        is an offer from a stranger, then each is acknowledged (the sender stops sending it),
+        nothing is listed or stored, and the node goes on."""
+        node, clock, _events, key = await node_with_bob(self)
+        path = os.path.join(self.mktemp() + "d")
+        os.makedirs(path)
+        with open(os.path.join(path, "menu.pdf"), "wb") as f:
+            f.write(os.urandom(5000))
+        offer = make_offer(os.path.join(path, "menu.pdf")).offer
+        session = FakeSession(key.uid)
+
+        def entry(record: bytes) -> bytes:
+            return encode_body(encode_payload(KIND_TRANSFER, record))
+
+        good, garbage, bad_base64 = (secrets.token_bytes(16) for _ in range(3))
+        await node.message_received(session, good, entry(encode_transfer_record(offer)), 1)
+        await node.message_received(session, garbage, entry(b"\x01\x7fnot a record"), 2)
+        await node.message_received(session, bad_base64, BODY_MARK + b"***", 3)
+        stranger = FakeSession(IdentityKey.generate().uid)
+        other = replace(offer, transfer_id=os.urandom(16))
+        await node.message_received(
+            stranger, secrets.token_bytes(16), entry(encode_transfer_record(other)), 4
+        )
+        clock.advance(0)  # acks of one turn leave together
+        self.assertEqual(session.acks, [good, garbage, bad_base64])
+        listed = node.list_transfers()
+        self.assertEqual(
+            [(t["id"], t["direction"], t["state"]) for t in listed],
+            [(offer.transfer_id.hex(), "in", "offered")],
+        )
+        history = await node.history("Bob")
+        self.assertEqual(history["messages"], [])
 
 
 class AtRestTests(TestCase):
