@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from jarvis.core.transfers import ACCEPT_IN_MAILBOX, OFFER_IN_MAILBOX
 from tests.daemons import short_tempdir
 from tests.mailboxes import MailboxProcess, contacts_with_mailboxes, until
 from tests.peers import Peer, befriend
@@ -305,7 +306,9 @@ class FileOfferTests(TestCase):
         data = os.urandom(1024 * 1024 + 3)
         with open(path, "wb") as f:
             f.write(data)
-        tid = (await alice.call("files.send", contact=bob.uid, path=path))["id"]
+        sent = await alice.call("files.send", contact=bob.uid, path=path)
+        tid = sent["id"]
+        self.assertEqual(sent["reason"], OFFER_IN_MAILBOX)  # alice is told where it went
         await alice.recorder.wait(lambda: deposited_to(alice, bob), timeout=60)  # the offer
         await alice.stop()
 
@@ -321,7 +324,8 @@ class FileOfferTests(TestCase):
         await bob.start(unlock=True)
         await until(lambda: until_state(bob, "offered"), what="bob finds the offer in his mailbox")
         inbox = os.path.join(root, "inbox")
-        await bob.call("files.accept", id=tid, directory=inbox)
+        accepted = await bob.call("files.accept", id=tid, directory=inbox)
+        self.assertEqual(accepted["reason"], ACCEPT_IN_MAILBOX)
         await bob.recorder.wait(lambda: deposited_to(bob, alice), timeout=60)  # the accept
         await bob.stop()
 

@@ -14,7 +14,14 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from jarvis.core import transfers as transfers_module
-from jarvis.core.transfers import CONTROL_PREFIX, REDIAL_INITIAL, Transfers, is_control_body
+from jarvis.core.transfers import (
+    ACCEPT_IN_MAILBOX,
+    CONTROL_PREFIX,
+    OFFER_IN_MAILBOX,
+    REDIAL_INITIAL,
+    Transfers,
+    is_control_body,
+)
 from jarvis.files.send import make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
@@ -898,6 +905,7 @@ class DepositTests(TestCase):
         with open(path, "wb") as f:
             f.write(b"x" * 5000)
         view = self.successResultOf(transfers.send(BOB, path))
+        self.assertEqual(view["reason"], OFFER_IN_MAILBOX)  # says where the offer went
         tid = bytes.fromhex(view["id"])
         self.assertFalse(transfers._send_control(BOB, DialBack(tid)))
         self.successResultOf(transfers.cancel(view["id"]))
@@ -917,6 +925,33 @@ class DepositTests(TestCase):
             [("Cancel", view["id"]), ("Offer", second["id"])],
         )
         self.assertEqual(transfers.find(view["id"]).notice, "")
+        self.assertEqual(second["reason"], "")  # over the session: nothing to say
+
+    def test_the_mailbox_reasons_last_until_a_session_or_the_answer(self) -> None:
+        """When an offer and an accept go to the mailbox, then each transfer says so (the
+        sender's offer, the receiver's accept), the sender's until the accept comes back and
+        the receiver's until a session with the sender comes up."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        transfers.deposit = lambda uid, record: True
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        out = transfers.find(self.successResultOf(transfers.send(BOB, path))["id"])
+        self.assertEqual(out.reason, OFFER_IN_MAILBOX)
+        accept = Accept(out.offer.transfer_id)
+        transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(accept))
+        self.assertEqual((out.state, out.reason), ("accepted", ""))
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        view = self.successResultOf(transfers.accept(offer.transfer_id.hex()))
+        self.assertEqual((view["state"], view["reason"]), ("accepted", ACCEPT_IN_MAILBOX))
+        sessions[ALICE] = FakeSession()
+        transfers.session_established(ALICE)
+        entry = transfers.find(offer.transfer_id.hex())
+        self.assertEqual(entry.reason, "")
+        alice_session = sessions[ALICE]
+        assert alice_session is not None
+        self.assertEqual([type(r).__name__ for r in alice_session.records], ["Accept"])
 
     def test_a_refused_deposit_waits_for_the_session(self) -> None:
         """When the node takes no deposit for bob (no mailbox known, not a contact), then a

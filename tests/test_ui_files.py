@@ -84,6 +84,25 @@ class TransferUiTests(SynchronousTestCase):
         text = screen_text(controller.window, (120, 24))
         self.assertIn("offered report.pdf (3.0 MiB); /cancel 01234567", text)
 
+    def test_an_offer_to_an_offline_contact_says_it_went_to_their_mailbox(self) -> None:
+        """When /file is typed for a contact who is offline and the daemon put the offer in
+        their mailbox, then the conversation's line says so after the /cancel hint."""
+        controller, client, clock = started()
+        client.m_files_send = lambda params: transfer(
+            direction="out",
+            name="report.pdf",
+            reason="offline: the offer goes through their mailbox",
+        )
+        press(controller, "meta 1")
+        press(controller, "/file /tmp/report.pdf", "enter")
+        clock.advance(0)
+        text = screen_text(controller.window, (160, 24))
+        self.assertIn(
+            "offered report.pdf (3.0 MiB); /cancel 01234567 stops it (offline: the offer goes "
+            "through their mailbox)",
+            text,
+        )
+
     def test_file_without_a_conversation_says_so(self) -> None:
         """When /file is typed with no conversation open, then nothing is sent and the status
         line says to open one."""

@@ -111,6 +111,12 @@ class TransferNotFound(NotFound):
 #: The control records that may travel through the mailbox (durable entries): an offer and
 #: the answers to it.  ``DialBack`` asks for a connection now and goes over a session only.
 _DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete)
+#: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
+#: Cleared once a session carries it, or the answer or the stream comes.
+OFFER_IN_MAILBOX = "offline: the offer goes through their mailbox"
+ACCEPT_IN_MAILBOX = (
+    "offline: the accept goes through their mailbox; the file comes when both are online"
+)
 
 
 def is_control_body(body: bytes) -> bool:
@@ -450,6 +456,12 @@ class Transfers:
             return False
         return True
 
+    def _deposited(self, uid: str, record: TransferRecord) -> bool:
+        """Write *record* to *uid* (:meth:`_send_control`); whether it went to the mailbox
+        (no session was up) rather than over a session."""
+        live = self._sessions(uid) is not None
+        return self._send_control(uid, record) and not live
+
     def _notice_record(self, entry: TransferEntry) -> TransferRecord | None:
         tid = entry.offer.transfer_id
         if entry.notice == "cancel":
@@ -475,6 +487,9 @@ class Transfers:
         for entry in list(self._entries.values()):
             if entry.peer != uid:
                 continue
+            if entry.reason in (OFFER_IN_MAILBOX, ACCEPT_IN_MAILBOX):
+                entry.reason = ""  # written over this session below
+                self._changed(entry)
             if entry.notice:
                 self._send_notice(entry)
             elif entry.state == "offered" and entry.sending:
@@ -502,6 +517,8 @@ class Transfers:
         if isinstance(record, Accept) and entry.sending:
             if entry.state == "offered":
                 entry.state = "accepted"
+                if entry.reason == OFFER_IN_MAILBOX:
+                    entry.reason = ""
                 self._changed(entry)
             if entry.state == "accepted" and not entry.streaming:
                 entry.redial_delay = REDIAL_INITIAL
@@ -615,8 +632,9 @@ class Transfers:
             prepared=prepared,
         )
         self._entries[entry.id] = entry
+        if self._deposited(uid, entry.offer):
+            entry.reason = OFFER_IN_MAILBOX
         self._changed(entry)
-        self._send_control(uid, entry.offer)
         self.log.info(
             "offering transfer {tid} to {uid}: {size} bytes",
             tid=log_id(entry.id),
@@ -649,8 +667,9 @@ class Transfers:
         entry.partial = partial
         entry.directory = directory
         entry.state = "accepted"
+        if self._deposited(entry.peer, Accept(entry.offer.transfer_id)):
+            entry.reason = ACCEPT_IN_MAILBOX
         self._changed(entry)
-        self._send_control(entry.peer, Accept(entry.offer.transfer_id))
         return self.view(entry)
 
     @defer.inlineCallbacks

@@ -121,6 +121,8 @@ class Sender:
                 text = f"offered {label} ({size}) to {each}"
             else:
                 text = f"offered {label} ({size}); /cancel {str(t.get('id'))[:8]} stops it"
+                if t.get("reason"):  # e.g. the contact is offline: it went to their mailbox
+                    text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
             self.model.add_local(uid, text, self._controller.clock.seconds())
             self._controller.redraw()
 
