@@ -103,6 +103,19 @@ class TransferUiTests(SynchronousTestCase):
             text,
         )
 
+    def test_an_accept_that_went_to_the_mailbox_says_so(self) -> None:
+        """When an offer is accepted while its sender is offline (the daemon put the accept in
+        their mailbox), then the status line says it is accepted and why the file waits."""
+        controller, client, clock = started()
+        reason = (
+            "offline: the accept goes through their mailbox; the file comes when both are online"
+        )
+        client.m_files_accept = lambda params: transfer(state="accepted", reason=reason)
+        press(controller, "meta 1")
+        press(controller, "/accept 01234567", "enter")
+        clock.advance(0)
+        self.assertEqual(controller.model.status.text, f"file holiday.jpg: accepted ({reason})")
+
     def test_file_without_a_conversation_says_so(self) -> None:
         """When /file is typed with no conversation open, then nothing is sent and the status
         line says to open one."""

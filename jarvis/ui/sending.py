@@ -137,7 +137,10 @@ class Sender:
 
         def answered(t: Mapping[str, Any]) -> None:
             label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-            self.model.notify(f"file {label}: {t.get('state')}")
+            said = f"file {label}: {t.get('state')}"
+            if t.get("reason") and t.get("state") == "accepted":  # e.g. through their mailbox
+                said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+            self.model.notify(said)
             self._controller.redraw()
 
         d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
