@@ -16,8 +16,10 @@ from twisted.trial.unittest import TestCase
 from jarvis.core import transfers as transfers_module
 from jarvis.core.transfers import (
     ACCEPT_IN_MAILBOX,
+    ACCEPT_WAITS,
     CONTROL_PREFIX,
     OFFER_IN_MAILBOX,
+    OFFER_WAITS,
     REDIAL_INITIAL,
     Transfers,
     is_control_body,
@@ -954,14 +956,20 @@ class DepositTests(TestCase):
         self.assertEqual([type(r).__name__ for r in alice_session.records], ["Accept"])
 
     def test_a_refused_deposit_waits_for_the_session(self) -> None:
-        """When the node takes no deposit for bob (no mailbox known, not a contact), then a
-        cancel with no session stays owed and is written when his session comes up."""
+        """When the node takes no deposit for bob (no mailbox known, not a contact), then the
+        offer says it goes when he comes online, and a cancel with no session stays owed and
+        is written when his session comes up."""
         transfers, sessions, _events, _store = make_transfers(self)
         transfers.deposit = lambda uid, record: False
         path = os.path.join(short_tempdir(self), "doc.txt")
         with open(path, "wb") as f:
             f.write(b"x" * 5000)
         view = self.successResultOf(transfers.send(BOB, path))
+        self.assertEqual(view["reason"], OFFER_WAITS)
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        accepted = self.successResultOf(transfers.accept(offer.transfer_id.hex()))
+        self.assertEqual(accepted["reason"], ACCEPT_WAITS)
         self.successResultOf(transfers.cancel(view["id"]))
         self.assertEqual(transfers.find(view["id"]).notice, "cancel")
         sessions[BOB] = FakeSession()

@@ -117,6 +117,12 @@ OFFER_IN_MAILBOX = "offline: the offer goes through their mailbox"
 ACCEPT_IN_MAILBOX = (
     "offline: the accept goes through their mailbox; the file comes when both are online"
 )
+#: The same when the peer has no mailbox we can use: the record waits for its session.
+OFFER_WAITS = "offline: the offer goes when they come online"
+ACCEPT_WAITS = "offline: the accept goes when they come online"
+_OFFER_REASONS = {"session": "", "mailbox": OFFER_IN_MAILBOX, "held": OFFER_WAITS}
+_ACCEPT_REASONS = {"session": "", "mailbox": ACCEPT_IN_MAILBOX, "held": ACCEPT_WAITS}
+_UNTIL_SESSION = frozenset({OFFER_IN_MAILBOX, ACCEPT_IN_MAILBOX, OFFER_WAITS, ACCEPT_WAITS})
 
 
 def is_control_body(body: bytes) -> bool:
@@ -456,11 +462,13 @@ class Transfers:
             return False
         return True
 
-    def _deposited(self, uid: str, record: TransferRecord) -> bool:
-        """Write *record* to *uid* (:meth:`_send_control`); whether it went to the mailbox
-        (no session was up) rather than over a session."""
+    def _write(self, uid: str, record: TransferRecord) -> str:
+        """Write *record* to *uid* (:meth:`_send_control`); say how: ``"session"``,
+        ``"mailbox"`` (no session was up; it went as a durable entry), or ``"held"`` (it waits
+        for the next session)."""
         live = self._sessions(uid) is not None
-        return self._send_control(uid, record) and not live
+        written = self._send_control(uid, record)
+        return "session" if live else "mailbox" if written else "held"
 
     def _notice_record(self, entry: TransferEntry) -> TransferRecord | None:
         tid = entry.offer.transfer_id
@@ -487,7 +495,7 @@ class Transfers:
         for entry in list(self._entries.values()):
             if entry.peer != uid:
                 continue
-            if entry.reason in (OFFER_IN_MAILBOX, ACCEPT_IN_MAILBOX):
+            if entry.reason in _UNTIL_SESSION:
                 entry.reason = ""  # written over this session below
                 self._changed(entry)
             if entry.notice:
@@ -517,7 +525,7 @@ class Transfers:
         if isinstance(record, Accept) and entry.sending:
             if entry.state == "offered":
                 entry.state = "accepted"
-                if entry.reason == OFFER_IN_MAILBOX:
+                if entry.reason in _UNTIL_SESSION:
                     entry.reason = ""
                 self._changed(entry)
             if entry.state == "accepted" and not entry.streaming:
@@ -632,8 +640,7 @@ class Transfers:
             prepared=prepared,
         )
         self._entries[entry.id] = entry
-        if self._deposited(uid, entry.offer):
-            entry.reason = OFFER_IN_MAILBOX
+        entry.reason = _OFFER_REASONS[self._write(uid, entry.offer)]
         self._changed(entry)
         self.log.info(
             "offering transfer {tid} to {uid}: {size} bytes",
@@ -667,8 +674,7 @@ class Transfers:
         entry.partial = partial
         entry.directory = directory
         entry.state = "accepted"
-        if self._deposited(entry.peer, Accept(entry.offer.transfer_id)):
-            entry.reason = ACCEPT_IN_MAILBOX
+        entry.reason = _ACCEPT_REASONS[self._write(entry.peer, Accept(entry.offer.transfer_id))]
         self._changed(entry)
         return self.view(entry)
 
