@@ -53,7 +53,7 @@ from jarvis.core.limits import (
     WINDOW_MESSAGES,
 )
 from jarvis.core.postbox import Postbox
-from jarvis.core.transfers import CONTROL_PREFIX, Transfers, is_control_body
+from jarvis.core.transfers import Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
 from jarvis.protocol.group_fanout import KIND_TRANSFER, encode_payload
@@ -718,18 +718,16 @@ class Node(Service):
         """A file offer from *uid* is taken from a contact who is not blocked, or, into a
         group, from a member of a group we are in: a group peer who is not a contact may
         offer files into the groups we share only (as it may send nothing but group
-        traffic)."""
-        if group_id:
-            return self.groups.shares(group_id, uid)
-        contact = self.contacts.get(uid)
-        return contact is not None and not contact.blocked
+        traffic).  One rule with :meth:`_transfer_refusal`, which ends a transfer once its
+        offer would no longer be taken."""
+        return self._transfer_refusal(uid, group_id) is None
 
     def _entry_received(self, uid: str, payload: bytes) -> defer.Deferred[Any]:
         """A durable 1:1 entry's payload from *uid* (over a session or from the mailbox): a
         transfer's control record goes to the transfers (their gate decides, as for one that
         came over a session), anything else to the groups."""
         if payload[:1] == bytes([KIND_TRANSFER]):
-            self.transfers.control_received(uid, CONTROL_PREFIX + payload[1:])
+            self.transfers.record_received(uid, payload[1:])
             return defer.succeed(None)
         return self.groups.payload_received(uid, payload)
 

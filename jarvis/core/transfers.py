@@ -510,8 +510,13 @@ class Transfers:
 
     def control_received(self, uid: str, body: bytes) -> None:
         """A control record arrived from *uid* (a message body with :data:`CONTROL_PREFIX`)."""
+        self.record_received(uid, body[len(CONTROL_PREFIX) :])
+
+    def record_received(self, uid: str, data: bytes) -> None:
+        """A control record's bytes arrived from *uid*: over a session (in a message body) or
+        as a durable entry (through the mailbox); refused if malformed, else handled."""
         try:
-            record = parse_transfer_record(body[len(CONTROL_PREFIX) :])
+            record = parse_transfer_record(data)
         except MalformedTransferRecord as e:
             self.log.warn("bad transfer record from {uid}: {e}", uid=log_id(uid), e=e.reason)
             return
