@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given
@@ -30,14 +31,19 @@ from jarvis.protocol.transfer import (
     OutdatedPeer,
     Piece,
     ProgressMeter,
+    Request,
+    SharedFile,
     Transfer,
     TransferStatus,
     chunk_count,
     chunk_hash,
+    encode_shared_file,
     encode_transfer_record,
+    is_shared_file_body,
     manifest_pages,
     manifest_root,
     missing_indexes,
+    parse_shared_file,
     parse_transfer_record,
     piece_frame_head,
     piece_position,
@@ -84,7 +90,21 @@ VECTORS = {
     "complete": (Complete(TID), "0109000102030405060708090a0b0c0d0e0f"),
     "dial back": (DialBack(TID), "010a000102030405060708090a0b0c0d0e0f"),
     "piece": (Piece(7, 2, b"\x5a" * 80), "010c000000000000000700000002" + "5a" * 80),
+    "request": (
+        Request(TID, b"\x77" * 16, b"\xaa" * 32),
+        "010e000102030405060708090a0b0c0d0e0f" + "77" * 16 + "aa" * 32,
+    ),
 }
+
+#: A shared-file group message body (docs/protocol.md, "A file shared into a group").
+SHARED_VECTOR = (
+    SharedFile("a", 1, b"\xaa" * 32, "text/plain", 65536),
+    "006a61727669732f7368617265642d66696c652f763100"
+    + "00016100000000000000"
+    + "01"
+    + "aa" * 32
+    + "000a746578742f706c61696e00010000",
+)
 
 ROOT_VECTOR = "cd4d247c1d7ee5cdf46140a41e546901bcf383014c23a638e4932c4a69f93b37"
 
@@ -137,6 +157,44 @@ class PieceHeadTests(SynchronousTestCase):
             piece_frame_head(index, piece, len(sealed)) + sealed, encode_frame(encoded)
         )
         self.assertEqual(piece_position(bytearray(encoded)), (index, piece))
+
+
+class SharedFileTests(SynchronousTestCase):
+    def test_vector_encodes_parses_and_is_documented(self) -> None:
+        """When the documented shared file is encoded, then it gives the documented body,
+        which parses back, is told apart from text, and is printed in docs/protocol.md."""
+        shared, hex_ = SHARED_VECTOR
+        self.assertEqual(encode_shared_file(shared).hex(), hex_)
+        self.assertEqual(parse_shared_file(bytes.fromhex(hex_)), shared)
+        self.assertTrue(is_shared_file_body(bytes.fromhex(hex_)))
+        self.assertFalse(is_shared_file_body(b"shared a file: a"))
+        self.assertIn(hex_, "".join(DOC.read_text(encoding="utf-8").split()))
+
+    def test_matches_only_the_same_content(self) -> None:
+        """When an offer is checked against a shared file, then one with the same size, chunk
+        size and content hash matches whatever its name and id, and one differing in any of
+        those three does not."""
+        shared = SharedFile.of(VECTORS["offer"][0])  # type: ignore[arg-type]
+        offer = VECTORS["offer"][0]
+        assert isinstance(offer, Offer)
+        self.assertTrue(shared.matches(replace(offer, name="other", transfer_id=b"\x01" * 16)))
+        self.assertFalse(shared.matches(replace(offer, size=offer.size + 1)))
+        self.assertFalse(shared.matches(replace(offer, chunk_size=offer.chunk_size * 2)))
+        self.assertFalse(shared.matches(replace(offer, content_hash=b"\xbb" * 32)))
+
+    def test_malformed_bodies_are_refused(self) -> None:
+        """When a shared-file body is cut, has bytes added, an invalid media type or chunk
+        size, or is text, then parsing refuses it with MalformedTransferRecord."""
+        good = bytes.fromhex(SHARED_VECTOR[1])
+        for bad in (
+            good[:-1],
+            good + b"\x00",
+            good[:-4] + (3 * 65536).to_bytes(4, "big"),
+            good.replace(b"text/plain", b"Text/Plain"),
+            b"hello",
+        ):
+            with self.subTest(bad=bad[-12:]), self.assertRaises(MalformedTransferRecord):
+                parse_shared_file(bad)
 
 
 class ParseRefusalTests(SynchronousTestCase):

@@ -57,6 +57,8 @@ ACK = 0x0B
 PIECE = 0x0C
 #: An :class:`Offer` into a group: the offer's fields, then the group id (16 bytes).
 GROUP_OFFER = 0x0D
+#: A member asks the author of a file shared into a group for a transfer of it (``Request``).
+REQUEST = 0x0E
 
 TRANSFER_ID_SIZE = 16
 GROUP_ID_SIZE = 16
@@ -424,8 +426,33 @@ class DialBack:
         _check_id(self.transfer_id)
 
 
+@dataclass(frozen=True)
+class Request:
+    """A group member asks for a file shared into the group (control record, requester to
+    author): the author answers with an :class:`Offer` of that *transfer_id* (chosen by the
+    requester, so both sides name the transfer before the offer exists) or a
+    :class:`Decline` of it.
+
+    :ivar transfer_id: 16 random bytes the requester chose.
+    :ivar group_id: the group the file was shared into.
+    :ivar content_hash: the shared file's :func:`manifest_root` (as in its :class:`SharedFile`).
+    """
+
+    transfer_id: bytes
+    group_id: bytes
+    content_hash: bytes
+
+    def __post_init__(self) -> None:
+        _check_id(self.transfer_id)
+        if len(self.group_id) != GROUP_ID_SIZE:
+            raise ValueError("group id is 16 bytes")
+        if len(self.content_hash) != HASH_SIZE:
+            raise ValueError("content hash is 32 bytes")
+
+
 TransferRecord = (
     Offer
+    | Request
     | Accept
     | Decline
     | Cancel
@@ -525,6 +552,13 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
         return _HEADER.pack(TRANSFER_VERSION, COMPLETE) + record.transfer_id
     if isinstance(record, DialBack):
         return _HEADER.pack(TRANSFER_VERSION, DIAL_BACK) + record.transfer_id
+    if isinstance(record, Request):
+        return (
+            _HEADER.pack(TRANSFER_VERSION, REQUEST)
+            + record.transfer_id
+            + record.group_id
+            + record.content_hash
+        )
     raise TypeError(f"not a transfer record: {type(record).__name__}")
 
 
@@ -633,12 +667,105 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             record = Complete(r.take(TRANSFER_ID_SIZE, "transfer id"))
         elif kind == DIAL_BACK:
             record = DialBack(r.take(TRANSFER_ID_SIZE, "transfer id"))
+        elif kind == REQUEST:
+            record = Request(
+                r.take(TRANSFER_ID_SIZE, "transfer id"),
+                r.take(GROUP_ID_SIZE, "group id"),
+                r.take(HASH_SIZE, "content hash"),
+            )
         else:
             raise MalformedTransferRecord(f"unknown record type {kind}")
     except ValueError as e:
         raise MalformedTransferRecord(str(e)) from None
     r.done()
     return record
+
+
+# -- a file shared into a group: the group message that records it ---------------------------
+
+#: The start of a group message body that records a shared file rather than text (a NUL
+#: first: no text a member writes starts with it, ``Groups.send`` refuses one that does).
+SHARED_FILE_MARK = b"\x00jarvis/shared-file/v1\x00"
+
+
+@dataclass(frozen=True)
+class SharedFile:
+    """What a group message says of a file its author shared into the group: enough for the
+    history to show it and for a member to ask the author for it (:class:`Request`); no
+    transfer id and no secret (each transfer has its own)."""
+
+    name: str
+    size: int
+    content_hash: bytes
+    media_type: str
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        # the same rules as an offer's fields
+        Offer(
+            bytes(TRANSFER_ID_SIZE),
+            self.name,
+            self.size,
+            self.content_hash,
+            self.media_type,
+            self.chunk_size,
+            bytes(SECRET_SIZE),
+        )
+
+    @classmethod
+    def of(cls, offer: Offer) -> SharedFile:
+        """The shared file an *offer* is a transfer of."""
+        return cls(offer.name, offer.size, offer.content_hash, offer.media_type, offer.chunk_size)
+
+    def matches(self, offer: Offer) -> bool:
+        """Whether *offer* is a transfer of this very file (its name may differ: the receiver
+        sanitises names anyway; size, chunk size and content hash may not)."""
+        return (offer.size, offer.chunk_size, offer.content_hash) == (
+            self.size,
+            self.chunk_size,
+            self.content_hash,
+        )
+
+
+def encode_shared_file(shared: SharedFile) -> bytes:
+    """The group message body recording *shared*: :data:`SHARED_FILE_MARK` then its fields."""
+    return b"".join(
+        [
+            SHARED_FILE_MARK,
+            _text(shared.name),
+            _U64.pack(shared.size),
+            shared.content_hash,
+            _text(shared.media_type),
+            _U32.pack(shared.chunk_size),
+        ]
+    )
+
+
+def is_shared_file_body(body: bytes) -> bool:
+    """Whether a group message *body* records a shared file (well formed or not)."""
+    return body.startswith(SHARED_FILE_MARK)
+
+
+def parse_shared_file(body: bytes) -> SharedFile:
+    """Parse a group message body that :func:`is_shared_file_body`.
+
+    :raises MalformedTransferRecord: if it is not exactly one well-formed shared file.
+    """
+    if not is_shared_file_body(body):
+        raise MalformedTransferRecord("not a shared file")
+    r = _Reader(body, len(SHARED_FILE_MARK))
+    try:
+        shared = SharedFile(
+            name=r.text("name", MAX_NAME_BYTES),
+            size=r.u64("size"),
+            content_hash=r.take(HASH_SIZE, "content hash"),
+            media_type=r.text("media type", MAX_TYPE_BYTES),
+            chunk_size=r.u32("chunk size"),
+        )
+    except ValueError as e:
+        raise MalformedTransferRecord(str(e)) from None
+    r.done()
+    return shared
 
 
 def manifest_pages(chunk_hashes: Sequence[bytes]) -> list[ManifestPage]:
