@@ -640,6 +640,89 @@ class GroupFileTests(TestCase):
         with self.assertRaises(RemoteError):
             await carol.call("files.send", contact=bob.uid, path=path)
 
+    async def test_a_later_member_asks_for_a_file_shared_before_it_joined(self) -> None:
+        """When bob shares a 2 MiB file into a group with alice (who declines it), then the
+        group's history records it ("shared a file", name, size, hash) at both; when carol,
+        who is not bob's contact, joins later, the record reaches her with the history, she
+        asks bob for the file (groups.fetchFile), it is offered to her alone and accepted by
+        itself, and her copy is byte-identical; alice, who declined, asks too and gets it;
+        once bob changed the file on his disk, a new request is declined ("the file changed
+        or is gone at the sender") and nothing lands."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob], "family")
+        root = short_tempdir(self)
+        path = os.path.join(root, "report.pdf")
+        data = os.urandom(2 * 1024 * 1024 + 5)
+        with open(path, "wb") as f:
+            f.write(data)
+        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        [to_alice] = sent["transfers"]
+        await alice.recorder.wait(lambda: bool(offers_into(alice, gid)), 60)
+        await alice.call("files.decline", id=to_alice["id"])
+        record = await self._shared_in_history(alice, gid, sent["message"])
+        self.assertEqual(record["author"], bob.uid)
+        self.assertEqual(record["file"]["name"], "report.pdf")
+        self.assertEqual(record["file"]["size"], len(data))
+        self.assertTrue(record["body"].startswith("shared a file: report.pdf"))
+
+        await befriend(alice, carol)
+        await invite_and_join(alice, gid, carol)
+        seen = await self._shared_in_history(carol, gid, sent["message"])
+        self.assertEqual(seen["file"], record["file"])
+        self.assertNotIn(
+            carol.uid, [c["uid"] for c in (await bob.call("contacts.list"))["contacts"]]
+        )
+        inbox = os.path.join(root, "carol-inbox")
+        asked = await carol.call(
+            "groups.fetchFile", group=gid, message=sent["message"][:12], directory=inbox
+        )
+        self.assertEqual(
+            (asked["state"], asked["contact"], asked["group"]), ("requested", bob.uid, gid)
+        )
+        with self.assertRaises(RemoteError):  # one transfer of a file at a time
+            await carol.call("groups.fetchFile", group=gid, message=sent["message"])
+        await carol.recorder.wait(lambda: transfer_state(carol, asked["id"]) == "complete", 120)
+        with open(os.path.join(inbox, "report.pdf"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        at_bob = {t["id"]: t for t in (await bob.call("files.list"))["transfers"]}
+        self.assertEqual(at_bob[asked["id"]]["contact"], carol.uid)
+        self.assertEqual(at_bob[asked["id"]]["direction"], "out")
+
+        again = await alice.call(
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=os.path.join(root, "a"),
+        )
+        await alice.recorder.wait(lambda: transfer_state(alice, again["id"]) == "complete", 120)
+        with open(os.path.join(root, "a", "report.pdf"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+        with open(path, "r+b") as f:
+            f.write(b"changed")
+        late = os.path.join(root, "late")
+        refused = await carol.call(
+            "groups.fetchFile", group=gid, message=sent["message"], directory=late
+        )
+        await carol.recorder.wait(lambda: transfer_state(carol, refused["id"]) == "cancelled", 60)
+        listed = {t["id"]: t for t in (await carol.call("files.list"))["transfers"]}
+        self.assertEqual(
+            listed[refused["id"]]["reason"],
+            "the sender declined: the file changed or is gone at the sender",
+        )
+        self.assertFalse(os.path.exists(os.path.join(late, "report.pdf")))
+
+    async def _shared_in_history(self, peer: Peer, gid: str, message: str) -> dict[str, Any]:
+        """The history item *message* of group *gid* at *peer*, once it holds it."""
+        while True:
+            seen = len(peer.recorder.named("group.message"))
+            items = {m["id"]: m for m in await history(peer, gid)}
+            if message in items:
+                return items[message]
+            await peer.recorder.wait(
+                lambda seen=seen: len(peer.recorder.named("group.message")) > seen, 60
+            )
+
     async def test_a_member_removed_or_a_contact_blocked_loses_its_transfers(self) -> None:
         """When bob has offered a file into a group to alice and carol, and one to alice alone,
         and alice, the founder, removes carol before she accepts, then the transfer to carol

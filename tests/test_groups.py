@@ -61,6 +61,7 @@ from jarvis.protocol.group_state import (
 from jarvis.protocol.group_state import invite as state_invite
 from jarvis.protocol.group_state import remove as state_remove
 from jarvis.protocol.group_state import set_addresses as state_set_addresses
+from jarvis.protocol.transfer import SharedFile
 from jarvis.store import group_queries
 from jarvis.store.records import Contact
 from tests.test_node import FakeSession, node_with_bob, turned
@@ -1225,3 +1226,46 @@ class FileRecipientsTests(TestCase):
         await m.groups["bob"].create("solo")
         with self.assertRaises(InvalidInput):
             m.groups["bob"].file_recipients("solo")
+
+
+class SharedFileRecordTests(TestCase):
+    """A file shared into a group is a group message: in every member's history, shown in
+    words with a ``file`` field, and the record a member asks the author by."""
+
+    async def test_the_record_reaches_the_history_and_names_its_author(self) -> None:
+        """When alice shares a file into a group with bob, then both histories hold one
+        message saying "shared a file: NAME (SIZE)" with its name, size, media type and
+        hash; bob finds it by an id prefix with alice as its author, while alice cannot ask
+        herself for it, a text message is no shared file, a too-short prefix names nothing,
+        and a text starting with NUL (which could pose as a record) is refused."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        shared = SharedFile("plan.pdf", 3 * 1024 * 1024, b"\x33" * 32, "application/pdf", 1 << 23)
+        view = await m.groups["alice"].share_file(bytes.fromhex(gid), shared)
+        text = await m.groups["alice"].send(gid, "see the plan")
+        m.settle()
+        for name in ("alice", "bob"):
+            items = m.groups[name].history(gid)["messages"]
+            [item] = [i for i in items if i["id"] == view["id"]]
+            self.assertEqual(item["body"], "shared a file: plan.pdf (3.0 MiB)")
+            self.assertEqual(
+                item["file"],
+                {
+                    "name": "plan.pdf",
+                    "size": 3 * 1024 * 1024,
+                    "media_type": "application/pdf",
+                    "hash": "33" * 32,
+                },
+            )
+            [said] = [i for i in items if i["id"] == text["id"]]
+            self.assertIsNone(said["file"])
+        got = m.groups["bob"].shared_file(gid, view["id"][:10])
+        self.assertEqual(got, (bytes.fromhex(gid), KEYS["alice"].uid, shared))
+        with self.assertRaises(InvalidInput):
+            m.groups["alice"].shared_file(gid, view["id"])
+        with self.assertRaises(InvalidInput):
+            m.groups["bob"].shared_file(gid, text["id"])
+        with self.assertRaises(NotFound):
+            m.groups["bob"].shared_file(gid, view["id"][:6])
+        with self.assertRaises(InvalidInput):
+            await m.groups["bob"].send(gid, "\x00jarvis/shared-file/v1\x00")

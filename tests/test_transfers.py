@@ -13,6 +13,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from jarvis.common.errors import InvalidInput
 from jarvis.core import transfers as transfers_module
 from jarvis.core.transfers import (
     ACCEPT_IN_MAILBOX,
@@ -32,6 +33,8 @@ from jarvis.protocol.transfer import (
     Decline,
     DialBack,
     Offer,
+    Request,
+    SharedFile,
     TransferRecord,
     encode_transfer_record,
     parse_transfer_record,
@@ -1045,3 +1048,143 @@ class SendingSlotsTests(TestCase):
             p for n, p in events if n == "transfer.changed" and "queued" in p["transfer"]["reason"]
         ]
         self.assertTrue(queued)
+
+
+class RequestTests(TestCase):
+    """A member asks the author of a file shared into a group for it (``Request``); the
+    author answers with an offer of that transfer id, or a decline."""
+
+    def pair(self) -> tuple[Transfers, Transfers, dict[str, Any], str]:
+        """Bob (the author, who sent notes.txt into GROUP to alice) and carol (the
+        requester), their sessions routed to each other; returns the author, the requester,
+        bob's sessions and the file's path."""
+        bob, bob_sessions, _e, _s = make_transfers(self)
+        carol, carol_sessions, _e2, _s2 = make_transfers(self)
+        path = os.path.join(short_tempdir(self), "notes.txt")
+        with open(path, "wb") as f:
+            f.write(os.urandom(90_000))
+        bob_sessions[ALICE] = FakeSession()
+        self.successResultOf(bob.send_many([ALICE], path, GROUP))
+        bob_sessions[CAROL] = RoutedSession(carol, BOB)
+        carol_sessions[BOB] = RoutedSession(bob, CAROL)
+        return bob, carol, bob_sessions, path
+
+    def shared(self, bob: Transfers) -> SharedFile:
+        [entry] = bob._entries.values()
+        return SharedFile.of(entry.offer)
+
+    def test_a_request_is_answered_with_an_offer_of_that_file_accepted_at_once(self) -> None:
+        """When carol asks bob for the file he shared, then her transfer is "requested", bob
+        hashes his copy again and offers it to her under the id she chose, with a secret of
+        its own; her daemon takes it as the file asked for and accepts it at once into the
+        folder she chose, and bob dials her for the data."""
+        bob, carol, _sessions, _path = self.pair()
+        hashed: list[str] = []
+        run = bob._run
+        bob._run = lambda f, *a: (hashed.append(f.__name__), run(f, *a))[1]
+        inbox = os.path.join(short_tempdir(self), "inbox")
+        shared = self.shared(bob)
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox))
+        self.assertEqual((view["contact"], view["group"]), (BOB, GROUP.hex()))
+        self.assertEqual(hashed[:1], ["prepare_again"])  # then the stream opens the file
+        self.assertEqual(hashed.count("prepare_again"), 1)
+        at_bob = bob.find(view["id"])
+        at_carol = carol.find(view["id"])
+        self.assertEqual((at_bob.sending, at_bob.peer, at_bob.state), (True, CAROL, "accepted"))
+        self.assertEqual((at_carol.state, at_carol.directory), ("accepted", inbox))
+        self.assertEqual(at_carol.offer.secret, at_bob.offer.secret)
+        [original] = [e for e in bob._entries.values() if e.peer == ALICE]
+        self.assertNotEqual(at_bob.offer.secret, original.offer.secret)
+        network: Any = bob._network
+        self.assertEqual(network.opened, [CAROL])
+        refused = self.failureResultOf(carol.request(BOB, GROUP, shared, inbox), InvalidInput)
+        self.assertIn("is already accepted", refused.getErrorMessage())  # one at a time
+
+    def test_a_request_for_a_file_gone_changed_or_never_shared_is_declined(self) -> None:
+        """When carol asks for a file bob never shared from this device, then bob declines
+        ("not shared from this device any more"); when he changed the file on his disk, then
+        he declines ("changed or is gone"); carol's transfers end cancelled with bob's
+        reason, and no partial file is left in her folder."""
+        bob, carol, _sessions, path = self.pair()
+        inbox = os.path.join(short_tempdir(self), "inbox")
+        shared = self.shared(bob)
+        other = replace(shared, content_hash=b"\x01" * 32)
+        never = self.successResultOf(carol.request(BOB, GROUP, other, inbox))
+        self.assertEqual(
+            (carol.find(never["id"]).state, carol.find(never["id"]).reason),
+            ("cancelled", "the sender declined: " + transfers_module.NOT_SHARED_HERE),
+        )
+        with open(path, "r+b") as f:
+            f.write(b"changed")
+        changed = self.successResultOf(carol.request(BOB, GROUP, shared, inbox))
+        self.assertEqual(
+            carol.find(changed["id"]).reason,
+            "the sender declined: " + transfers_module.SOURCE_GONE,
+        )
+        self.assertEqual(os.listdir(inbox), [])
+        self.assertNotIn(changed["id"], bob._entries)
+
+    def test_a_request_from_a_non_member_is_dropped_unanswered(self) -> None:
+        """When the node says carol is not a member of the group, then bob neither offers
+        nor declines: her request stays "requested" and bob hashes nothing."""
+        bob, carol, _sessions, _path = self.pair()
+        bob.may_offer = lambda uid, gid: uid != CAROL
+        view = self.successResultOf(carol.request(BOB, GROUP, self.shared(bob)))
+        self.assertEqual(carol.find(view["id"]).state, "requested")
+        self.assertNotIn(view["id"], bob._entries)
+
+    def test_an_offer_that_is_not_the_file_asked_for_is_refused(self) -> None:
+        """When the offer answering carol's request carries another content hash (a lying or
+        confused author), then carol does not accept it: her transfer ends cancelled and
+        bob is told."""
+        carol, sessions, _events, _store = make_transfers(self)
+        sessions[BOB] = FakeSession()
+        base = an_offer(self)
+        shared = SharedFile.of(base)
+        view = self.successResultOf(carol.request(BOB, GROUP, shared))
+        tid = bytes.fromhex(view["id"])
+        lying = replace(base, transfer_id=tid, group_id=GROUP, content_hash=b"\x02" * 32)
+        carol.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(lying))
+        entry = carol.find(view["id"])
+        self.assertEqual(entry.state, "cancelled")
+        self.assertIn("another file", entry.reason)
+        session = sessions[BOB]
+        assert session is not None
+        self.assertEqual([type(r).__name__ for r in session.records], ["Request", "Cancel"])
+
+    def test_a_request_goes_to_the_mailbox_and_again_at_the_next_session(self) -> None:
+        """When carol asks while bob has no session, then the request is deposited and her
+        transfer says so; when his session comes up, then the request is written again over
+        it and the reason clears; bob answering it twice (the same id) makes one transfer."""
+        bob, carol, _sessions, _path = self.pair()
+        carol_sessions: dict[str, Any] = {}
+        carol._sessions = carol_sessions.get
+        deposited: list[Any] = []
+        carol.deposit = lambda uid, record: deposited.append(parse_transfer_record(record)) or True
+        view = self.successResultOf(carol.request(BOB, GROUP, self.shared(bob)))
+        self.assertEqual(view["reason"], transfers_module.REQUEST_IN_MAILBOX)
+        [request] = deposited
+        assert isinstance(request, Request)
+        bob.record_received(CAROL, encode_transfer_record(request))  # from the mailbox
+        carol_sessions[BOB] = RoutedSession(bob, CAROL)
+        carol.session_established(BOB)  # the offer came meanwhile: accepted at once
+        entry = carol.find(view["id"])
+        self.assertEqual((entry.state, entry.reason), ("accepted", ""))
+        self.assertEqual(len([e for e in bob._entries.values() if e.peer == CAROL]), 1)
+
+    def test_asking_again_supersedes_the_earlier_transfer(self) -> None:
+        """When carol asks twice for the same file with two ids (her first transfer lost,
+        say), then bob cancels his first transfer to her ("asked for again") before offering
+        the second: one live transfer of a file to a member."""
+        bob, _carol, sessions, _path = self.pair()
+        sessions[CAROL] = FakeSession()
+        shared = self.shared(bob)
+        first, second = os.urandom(16), os.urandom(16)
+        for tid in (first, second):
+            request = Request(tid, GROUP, shared.content_hash)
+            bob.record_received(CAROL, encode_transfer_record(request))
+        self.assertEqual(
+            (bob.find(first.hex()).state, bob.find(first.hex()).reason),
+            ("cancelled", "asked for again"),
+        )
+        self.assertEqual(bob.find(second.hex()).state, "offered")

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 
 from jarvis.common.errors import Ambiguous, InvalidInput, NotFound
 from jarvis.common.logs import log_id
+from jarvis.common.textsafe import human_bytes
 from jarvis.core.group_log import GroupLog, Outcome, held_size
 from jarvis.crypto.identity import IdentityKey
 from jarvis.protocol.group_fanout import (
@@ -90,6 +91,13 @@ from jarvis.protocol.group_state import (
     verify_founding,
 )
 from jarvis.protocol.records import MailboxAddress
+from jarvis.protocol.transfer import (
+    MalformedTransferRecord,
+    SharedFile,
+    encode_shared_file,
+    is_shared_file_body,
+    parse_shared_file,
+)
 from jarvis.store import group_queries
 from jarvis.store.database import Store
 from jarvis.store.records import new_message_id
@@ -757,6 +765,19 @@ class Groups:
     def _message_view(self, group: Group, m: GroupMessage, index: int) -> dict[str, Any]:
         mid = message_id(m).hex()
         delivery = self._deliveries.get(mid)
+        shared = _shared_file(m)
+        if shared is not None:
+            body = f"shared a file: {shared.name} ({human_bytes(shared.size)})"
+            file: dict[str, Any] | None = {
+                "name": shared.name,
+                "size": shared.size,
+                "media_type": shared.media_type,
+                "hash": shared.content_hash.hex(),
+            }
+        elif is_shared_file_body(m.body):
+            body, file = "shared a file (unreadable)", None
+        else:
+            body, file = m.body.decode("utf-8", "replace"), None
         return {
             "id": mid,
             "delivered": len(delivery.delivered) if delivery else None,
@@ -764,7 +785,8 @@ class Groups:
             "group": group.group_id.hex(),
             "author": m.author_uid,
             "author_name": self._name_of(m.author_uid, group),
-            "body": m.body.decode("utf-8", "replace"),
+            "body": body,
+            "file": file,
             "seq": m.seq,
             "created": m.created / 1000.0,
             "index": index,
@@ -924,13 +946,59 @@ class Groups:
     @defer.inlineCallbacks
     def send(self, ref: str, text: str) -> Any:
         """Write a message to a group: stored, then one entry per other member."""
-        _store, identity = self._require()
+        self._require()
         group = self._live(ref)
         if not isinstance(text, str) or not text:
             raise InvalidInput("a message needs some text")
         body = text.encode("utf-8")
         if len(body) > MAX_BODY_BYTES:
             raise InvalidInput(f"a group message holds at most {MAX_BODY_BYTES} bytes")
+        if is_shared_file_body(body):
+            raise InvalidInput("a message may not start with a NUL character")
+        view = yield self._write(group, body)
+        return view
+
+    @defer.inlineCallbacks
+    def share_file(self, gid: bytes, shared: SharedFile) -> Any:
+        """Record in group *gid* that we shared the file *shared* into it: a group message
+        (in every member's history, and a later member's) that members ask us for the file
+        by (``Transfers.request``)."""
+        self._require()
+        group = self._groups.get(gid)
+        if group is None or group.left:
+            raise InvalidInput("you are no longer a member of this group")
+        view = yield self._write(group, encode_shared_file(shared))
+        return view
+
+    def shared_file(self, ref: str, message_ref: str) -> tuple[bytes, str, SharedFile]:
+        """``(group id, author uid, file)`` of the shared file message *message_ref* (its id,
+        or a unique prefix of 8 or more hex digits) in group *ref*, for asking its author.
+
+        :raises NotFound: if no single message of that group has that id.
+        :raises InvalidInput: if it is not a shared file, or we shared it ourselves.
+        """
+        self._require()
+        group = self._live(ref)
+        wanted = message_ref.strip().lower() if isinstance(message_ref, str) else ""
+        found = [
+            m
+            for m in group.log.shown()
+            if len(wanted) >= 8 and message_id(m).hex().startswith(wanted)
+        ]
+        if len(found) != 1:
+            raise NotFound(f"no single message {wanted[:32]!r} in this group")
+        (m,) = found
+        shared = _shared_file(m)
+        if shared is None:
+            raise InvalidInput("that message is not a shared file")
+        if m.author == self._own_key():
+            raise InvalidInput("you shared that file yourself")
+        return group.group_id, m.author_uid, shared
+
+    @defer.inlineCallbacks
+    def _write(self, group: Group, body: bytes) -> Any:
+        """Write a message with *body* to *group*: stored, then one entry per other member."""
+        _store, identity = self._require()
         own = self._own_key()
         head = group.log.head(own)
         message = write_message(
@@ -1725,6 +1793,16 @@ def _lost_changes(
 
 def _key(invite_id: str) -> bytes:
     return invite_id.encode("ascii")
+
+
+def _shared_file(m: GroupMessage) -> SharedFile | None:
+    """The file a message records as shared, or None (text, or a malformed record)."""
+    if not is_shared_file_body(m.body):
+        return None
+    try:
+        return parse_shared_file(m.body)
+    except MalformedTransferRecord:
+        return None
 
 
 def _role_name(state: GroupState, key: bytes) -> str | None:

@@ -57,6 +57,7 @@ from jarvis.core.transfers import Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
 from jarvis.protocol.group_fanout import KIND_TRANSFER, encode_payload
+from jarvis.protocol.transfer import SharedFile
 from jarvis.store import queries
 from jarvis.store.database import Store
 from jarvis.store.records import Contact
@@ -681,11 +682,43 @@ class Node(Service):
         self._require_store()
         gid, uids = self.groups.file_recipients(ref)
         views = yield self.transfers.send_many(uids, path, gid)
-        result = {"group": gid.hex(), "transfers": views}
+        # The group's history records the file (later members see it and may ask for it).
+        shared = SharedFile.of(self.transfers.find(views[0]["id"]).offer)
+        try:
+            message = yield self.groups.share_file(gid, shared)
+        except Exception as e:  # the offers went: the file still reaches the members
+            self.log.warn("the shared file was not recorded in the group: {e}", e=e)
+            message = None
+        result = {
+            "group": gid.hex(),
+            "message": message["id"] if message else None,
+            "transfers": views,
+        }
         if not wait:
             return result
         finals = yield self._wait_transfers([v["id"] for v in views], progress)
-        return {"group": gid.hex(), "transfers": finals}
+        return {**result, "transfers": finals}
+
+    @defer.inlineCallbacks
+    def fetch_group_file(
+        self,
+        ref: str,
+        message_ref: str,
+        directory: str | None = None,
+        *,
+        wait: bool = False,
+        progress: Any = None,
+    ) -> Any:
+        """Ask the member who shared the file of group message *message_ref* for it (a file
+        shared before we joined, or one we declined); it is accepted into *directory* as soon
+        as the offer comes.  With *wait*, answer once it ended."""
+        self._require_store()
+        gid, author, shared = self.groups.shared_file(ref, message_ref)
+        view = yield self.transfers.request(author, gid, shared, directory)
+        if not wait:
+            return view
+        (final,) = yield self._wait_transfers([view["id"]], progress)
+        return final
 
     @defer.inlineCallbacks
     def _wait_transfers(self, ids: list[str], progress: Any) -> Any:

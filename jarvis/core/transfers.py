@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet import defer
@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from jarvis.common.errors import InvalidInput, NotFound
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
+from jarvis.crypto.transfer_keys import new_transfer_secret
 from jarvis.files.receive import (
     DISK_FULL,
     FileTooLarge,
@@ -66,6 +67,8 @@ from jarvis.protocol.transfer import (
     MalformedTransferRecord,
     Offer,
     ProgressMeter,
+    Request,
+    SharedFile,
     TransferRecord,
     encode_transfer_record,
     parse_transfer_record,
@@ -110,7 +113,14 @@ class TransferNotFound(NotFound):
 
 #: The control records that may travel through the mailbox (durable entries): an offer and
 #: the answers to it.  ``DialBack`` asks for a connection now and goes over a session only.
-_DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete)
+_DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete, Request)
+#: The state of a transfer we asked a group member for (a file it shared into the group,
+#: ``Request``) until its offer comes; the offer is then accepted at once, into the folder
+#: chosen when asking.
+REQUESTED = "requested"
+#: Why the author of a shared file declines a request for it.
+NOT_SHARED_HERE = "the file is not shared from this device any more"
+SOURCE_GONE = "the file changed or is gone at the sender"
 #: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
 #: Cleared once a session carries it, or the answer or the stream comes.
 OFFER_IN_MAILBOX = "offline: the offer goes through their mailbox"
@@ -122,7 +132,19 @@ OFFER_WAITS = "offline: the offer goes when they come online"
 ACCEPT_WAITS = "offline: the accept goes when they come online"
 _OFFER_REASONS = {"session": "", "mailbox": OFFER_IN_MAILBOX, "held": OFFER_WAITS}
 _ACCEPT_REASONS = {"session": "", "mailbox": ACCEPT_IN_MAILBOX, "held": ACCEPT_WAITS}
-_UNTIL_SESSION = frozenset({OFFER_IN_MAILBOX, ACCEPT_IN_MAILBOX, OFFER_WAITS, ACCEPT_WAITS})
+REQUEST_IN_MAILBOX = "offline: the request goes through their mailbox"
+REQUEST_WAITS = "offline: the request goes when they come online"
+_REQUEST_REASONS = {"session": "", "mailbox": REQUEST_IN_MAILBOX, "held": REQUEST_WAITS}
+_UNTIL_SESSION = frozenset(
+    {
+        OFFER_IN_MAILBOX,
+        ACCEPT_IN_MAILBOX,
+        OFFER_WAITS,
+        ACCEPT_WAITS,
+        REQUEST_IN_MAILBOX,
+        REQUEST_WAITS,
+    }
+)
 
 
 def is_control_body(body: bytes) -> bool:
@@ -255,6 +277,9 @@ class Transfers:
         self._save_again = False
         #: The pending call that starts queued outgoing streams once a slot freed.
         self._dequeue: Any = None
+        #: Members whose request for a shared file is being answered (the file hashed again
+        #: off the reactor): one at a time each, so a member cannot make us hash in a loop.
+        self._answering: set[str] = set()
         #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
         #: node allows contacts for ``b""`` and the members of a group we are in for a group.
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
@@ -504,6 +529,8 @@ class Transfers:
                 self._send_control(uid, entry.offer)
             elif not entry.sending and entry.state in ("accepted", "streaming"):
                 self._send_control(uid, Accept(entry.offer.transfer_id))
+            elif not entry.sending and entry.state == REQUESTED:
+                self._send_control(uid, _request_of(entry))
             elif entry.sending and entry.state == "accepted":
                 entry.redial_delay = REDIAL_INITIAL
                 self._start_stream(entry)
@@ -522,6 +549,9 @@ class Transfers:
             return
         if isinstance(record, Offer):
             self._offer_received(uid, record)
+            return
+        if isinstance(record, Request):
+            self._request_received(uid, record)
             return
         tid = getattr(record, "transfer_id", b"")
         entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
@@ -546,6 +576,9 @@ class Transfers:
         elif isinstance(record, DialBack) and entry.sending:
             # the receiver could not dial us either and waits at the relay: meet it there
             self._relay_requested(entry)
+        elif isinstance(record, Decline) and not entry.sending and entry.state == REQUESTED:
+            said = _safe(record.reason)
+            self._finish(entry, "cancelled", "the sender declined: " + (said or "declined"), "")
         elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
             said = _safe(record.reason)
             # a decline with no reason of its own carries "declined": not "declined: declined"
@@ -562,7 +595,9 @@ class Transfers:
         if known is not None:
             if known.peer != uid:
                 return
-            if known.notice:
+            if known.state == REQUESTED and not known.sending:
+                self._requested_offer(known, offer)
+            elif known.notice:
                 self._send_notice(known)
             elif known.state in ("accepted", "streaming") and not known.sending:
                 self._send_control(uid, Accept(offer.transfer_id))
@@ -596,7 +631,142 @@ class Transfers:
                 lambda f: self.log.warn("auto-accept refused: {e}", e=f.getErrorMessage())
             )
 
+    def _requested_offer(self, entry: TransferEntry, offer: Offer) -> None:
+        """The offer answering our request arrived: taken if it is the file asked for, and
+        accepted at once into the folder chosen when asking."""
+        asked = SharedFile.of(entry.offer)
+        if offer.group_id != entry.offer.group_id or not asked.matches(offer):
+            self.log.warn(
+                "transfer {tid}: the offer is not the file asked for", tid=log_id(entry.id)
+            )
+            self._finish(
+                entry,
+                "cancelled",
+                "the sender offered another file than the one asked for",
+                "cancel",
+            )
+            return
+        if not self.may_offer(entry.peer, offer.group_id):
+            return  # no longer members together: the sweep ends it
+        entry.offer = offer
+        entry.state = "offered"
+        entry.reason = ""
+        self._changed(entry)
+
+        def not_accepted(failure: Any) -> None:
+            entry.reason = "not accepted: " + failure.getErrorMessage()
+            self._changed(entry)
+
+        self.accept(entry.id, entry.directory or None).addErrback(not_accepted)
+
+    def _request_received(self, uid: str, request: Request) -> None:
+        """A member asks for a file we shared into a group: offer it (a transfer of its own,
+        under the id the member chose) if we still have it unchanged, else decline."""
+        tid = request.transfer_id
+        known = self._entries.get(tid.hex())
+        if known is not None:
+            # asked again (a restart, a new session): answer as before, idempotently
+            if known.peer == uid and known.sending and known.notice:
+                self._send_notice(known)
+            elif known.peer == uid and known.sending and known.state == "offered":
+                self._send_control(uid, known.offer)
+            return
+        if not self.may_offer(uid, request.group_id):
+            self.log.warn("file request from {uid} dropped: not a member", uid=log_id(uid))
+            return
+        if uid in self._answering:
+            return  # its next session asks again
+        sources = [
+            e
+            for e in self._entries.values()
+            if e.sending
+            and e.path
+            and e.offer.group_id == request.group_id
+            and e.offer.content_hash == request.content_hash
+        ]
+        if not sources:
+            self._write(uid, Decline(tid, NOT_SHARED_HERE))
+            return
+        source = max(sources, key=lambda e: e.created)
+        offer = replace(source.offer, transfer_id=tid, secret=new_transfer_secret())
+        superseded = [e for e in sources if e.peer == uid and e.state not in FINAL_STATES]
+        self._answering.add(uid)
+        self.log.info(
+            "file request from {uid}: transfer {tid}", uid=log_id(uid), tid=log_id(tid.hex())
+        )
+
+        def prepared(ready: PreparedFile) -> None:
+            if tid.hex() in self._entries:
+                return
+            for old in superseded:  # one live transfer of a file to a member at a time
+                self._finish(old, "cancelled", "asked for again", "cancel")
+            self._offer_prepared(uid, ready)
+
+        def gone(failure: Any) -> None:
+            failure.trap(OSError, SourceChanged)
+            self._write(uid, Decline(tid, SOURCE_GONE))
+
+        d = self._run(prepare_again, source.path, offer)
+        d.addCallbacks(prepared, gone)
+        d.addErrback(lambda f: self.log.failure("answering a file request failed", f))
+        d.addBoth(lambda _: self._answering.discard(uid))
+
     # -- user actions ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def request(
+        self, uid: str, group_id: bytes, shared: SharedFile, directory: str | None = None
+    ) -> Any:
+        """Ask member *uid* for the file it *shared* into group *group_id*: a transfer in state
+        ``requested`` until the offer comes, then accepted at once into *directory* (default:
+        the downloads folder).  Returns the view.
+
+        :raises InvalidInput: if a transfer of this file from this group is already on its
+            way to us, or the file cannot be taken (over the size cap, no room, no folder).
+        """
+        for e in self._entries.values():
+            if (
+                not e.sending
+                and e.offer.group_id == group_id
+                and e.offer.content_hash == shared.content_hash
+                and e.state not in FINAL_STATES
+            ):
+                raise InvalidInput(f"transfer {e.id[:8]} of this file is already {e.state}")
+        directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
+        asked = Offer(
+            os.urandom(16),
+            shared.name,
+            shared.size,
+            shared.content_hash,
+            shared.media_type,
+            shared.chunk_size,
+            bytes(32),  # the author's offer brings the transfer's secret
+            group_id,
+        )
+        policy, _auto = self._policy(uid)
+        try:
+            yield self._run(_check_folder, directory, asked, policy)
+        except (FileTooLarge, NotEnoughSpace) as e:
+            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
+        except OSError as e:
+            raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        entry = TransferEntry(
+            offer=asked,
+            peer=uid,
+            sending=False,
+            state=REQUESTED,
+            created=self.now(),
+            directory=directory,
+        )
+        self._entries[entry.id] = entry
+        how = self._write(uid, _request_of(entry))
+        if entry.state == REQUESTED:  # not answered already
+            entry.reason = _REQUEST_REASONS[how]
+        self._changed(entry)
+        self.log.info(
+            "asked {uid} for a shared file: transfer {tid}", uid=log_id(uid), tid=log_id(entry.id)
+        )
+        return self.view(entry)
 
     @defer.inlineCallbacks
     def send(self, uid: str, path: str) -> Any:
@@ -1209,6 +1379,16 @@ def _safe(text: str) -> str:
     return terminal_safe(text, keep_newlines=False)[:200]
 
 
+def _request_of(entry: TransferEntry) -> Request:
+    offer = entry.offer
+    return Request(offer.transfer_id, offer.group_id, offer.content_hash)
+
+
+def _check_folder(directory: str, offer: Offer, policy: ReceivePolicy) -> None:
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    check_acceptable(directory, offer, policy)
+
+
 def _prepare(path: str) -> PreparedFile:
     import stat
 
@@ -1219,8 +1399,7 @@ def _prepare(path: str) -> PreparedFile:
 
 
 def _create_partial(directory: str, offer: Offer, policy: ReceivePolicy) -> PartialFile:
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    check_acceptable(directory, offer, policy)
+    _check_folder(directory, offer, policy)
     return PartialFile.create(directory, offer, policy)
 
 

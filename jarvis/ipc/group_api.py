@@ -101,9 +101,11 @@ _VIEW = (
     "unread, messages (count), left}"
 )
 _MESSAGE = (
-    "{id, group, author (uid), author_name, body, seq, created, index, delivered, members} "
-    "(delivered: how many of the members the message was written to have stored it; both null "
-    "on other authors' messages)"
+    "{id, group, author (uid), author_name, body, file, seq, created, index, delivered, "
+    "members} (delivered: how many of the members the message was written to have stored it; "
+    "both null on other authors' messages; file: {name, size, media_type, hash} when the "
+    "message records a file its author shared into the group (body then says so in words: "
+    "'shared a file: NAME (SIZE)'; ask for it with groups.fetchFile), else null)"
 )
 
 

@@ -787,7 +787,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
 
 _TRANSFER_VIEW = (
     "{id, contact, contact_name, direction ('in'|'out'), name, size, media_type, state "
-    "('offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, bytes, rate, "
+    "('requested'|'offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, "
+    "bytes, rate, "
     "eta, path, directory, created, group (the group's id for a file sent into a group, else "
     "null)}"
 )
@@ -809,6 +810,18 @@ def files_send(inv: Invocation) -> defer.Deferred[Any]:
 
 def groups_send_file(inv: Invocation) -> defer.Deferred[Any]:
     return _send_file(inv, inv.ctx.node.send_group_file, "group")
+
+
+def groups_fetch_file(inv: Invocation) -> defer.Deferred[Any]:
+    p = inv.params
+    return defer.maybeDeferred(
+        inv.ctx.node.fetch_group_file,
+        p["group"],
+        p["message"],
+        p.get("directory"),
+        wait=bool(p.get("wait")),
+        progress=inv.progress,
+    )
 
 
 def files_list(inv: Invocation) -> defer.Deferred[Any]:
@@ -872,14 +885,52 @@ def file_specs() -> tuple[MethodSpec, ...]:
                 Param("path", str, True, "the file to send (absolute path)", _path),
                 Param("wait", bool, False, "answer only once every transfer ended"),
             ),
-            result="{group, transfers: [" + _TRANSFER_VIEW + "]}",
+            result="{group, message, transfers: [" + _TRANSFER_VIEW + "]}",
             doc="Send a file into a group: the daemon hashes it once and offers it to every "
             "other member, one transfer each (its own id and keys), over that member's session "
             "now or when it comes up; each member accepts or declines on its own (a member's "
             "daemon takes the offer only while both are in the group). The offers carry the "
-            "group's id, so every client shows them in the group. With wait, each transfer's "
+            "group's id, so every client shows them in the group. The group's history records "
+            "the file too (message: the id of that group message, whose history item has "
+            "file: {name, size, media_type, hash}), so a member who joins later, or declined, "
+            "can ask for it with groups.fetchFile. With wait, each transfer's "
             "progress is reported with $/progress ({id, bytes, size, rate, eta} and {id, "
             "state}) and the answer comes when every one is complete, cancelled or failed.",
+            deadline=None,
+            progress=True,
+        ),
+        MethodSpec(
+            "groups.fetchFile",
+            groups_fetch_file,
+            (
+                Param("group", str, True, "the group: its id (or 4+ hex digits of it) or its name"),
+                Param(
+                    "message",
+                    str,
+                    True,
+                    "the group message that records the file (its id, or 8+ hex digits of it)",
+                    _non_empty,
+                ),
+                Param(
+                    "directory",
+                    str,
+                    False,
+                    "the folder to save into (absolute; default ~/Downloads)",
+                    _path,
+                    nullable=True,
+                ),
+                Param("wait", bool, False, "answer only once the transfer ended"),
+            ),
+            result=_TRANSFER_VIEW,
+            doc="Ask the member who shared a file into the group (a history item with a file) "
+            "for it: a file shared before we joined, or one we declined. The transfer is "
+            "'requested' until the member's daemon answers with an offer of that very file "
+            "(size, chunk size and content hash as recorded; anything else is refused), which "
+            "is accepted at once into directory; the member declines if it no longer has the "
+            "file unchanged ('the sender declined: ...'). The request goes over the member's "
+            "session, or its mailbox when it is a contact (reason says which while it waits). "
+            "Refused if a transfer of this file from this group is already under way. With "
+            "wait, progress as for groups.sendFile.",
             deadline=None,
             progress=True,
         ),
