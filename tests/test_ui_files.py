@@ -444,3 +444,55 @@ class GroupFileTests(SynchronousTestCase):
         controller.open_conversation(UID_ALICE)
         client.emit("transfer.offered", {"transfer": transfer(group=GID)})
         self.assertIsNone(controller.window.dialog)
+
+
+class SharedFileUiTests(SynchronousTestCase):
+    """A file shared into a group is a line of its history, and /fetch asks for it."""
+
+    def test_a_shared_file_line_says_how_to_fetch_it_and_fetch_asks_the_daemon(self) -> None:
+        """When alice's shared file arrives as a group message, then its line in the group
+        ends with "(/fetch ID)"; typing /fetch ID DIR in the open group calls groups.fetchFile
+        with the group, the id and the folder, and the status line says the file is
+        requested and why it waits; /fetch with no group open calls nothing and says so."""
+        controller, client, clock = started_with_group()
+        mid = "5a" * 16
+        message = {
+            "id": mid,
+            "group": GID,
+            "author": UID_ALICE,
+            "author_name": "alice",
+            "body": "shared a file: report.pdf (3.0 MiB)",
+            "file": {"name": "report.pdf", "size": 3 * 1024 * 1024, "media_type": "x/y"},
+            "seq": 1,
+            "created": 1_700_000_000.0,
+            "index": 0,
+        }
+        client.emit("group.message", {"message": message})
+        self.assertIn(
+            "shared a file: report.pdf (3.0 MiB)  (/fetch 5a5a5a5a)", lines(controller, KEY)
+        )
+        client.m_groups_fetchFile = lambda params: transfer(
+            state="requested",
+            name="report.pdf",
+            group=GID,
+            reason="offline: the request goes when they come online",
+        )
+        press(controller, "/fetch 5a5a5a5a", "enter")  # alice's conversation is open
+        clock.advance(0)
+        self.assertNotIn("groups.fetchFile", client.methods_called())
+        self.assertIn("open the group", controller.model.status.text)
+        controller.open_conversation(KEY)
+        press(controller, "/fetch 5a5a5a5a /srv/in", "enter")
+        clock.advance(0)
+        self.assertIn(
+            (
+                "groups.fetchFile",
+                {"group": GID, "message": "5a5a5a5a", "directory": "/srv/in"},
+            ),
+            client.calls,
+        )
+        self.assertEqual(
+            controller.model.status.text,
+            "file report.pdf: requested; it is accepted when offered "
+            "(offline: the request goes when they come online)",
+        )

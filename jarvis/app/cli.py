@@ -733,13 +733,33 @@ class GroupSendFileOptions(CommandOptions):
         self["path"] = os.path.abspath(os.path.expanduser(path))
 
 
+class GroupFetchFileOptions(CommandOptions):
+    """Ask the member who shared a file into GROUP for it: MESSAGE is the id (8+ hex digits)
+    that 'jarvis group history' shows in brackets after 'shared a file: ...'. For a file shared
+    before you joined, or one you declined. The transfer is 'requested' until the member's
+    daemon offers that very file (checked against the recorded size and hash), then accepted
+    at once into --to; prints the transfer id. With --wait, wait until it ended (a progress
+    bar on a terminal); the exit status is 1 unless it completed."""
+
+    synopsis = "GROUP MESSAGE [--to DIR] [--wait]"
+    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
+    optFlags = [["wait", "w", "Wait until the transfer is complete, cancelled or failed."]]
+
+    def parseArgs(self, group: str, message: str) -> None:  # type: ignore[override]
+        self["group"], self["message"] = group, message
+
+    def postOptions(self) -> None:
+        if self["to"] is not None:
+            self["to"] = os.path.abspath(os.path.expanduser(self["to"]))
+
+
 class GroupCommandOptions(CommandOptions):
     """Private groups: every member gets every message once, in the same order; members need
     not be each other's contacts (docs/groups.md). GROUP is a group id or name."""
 
     synopsis = (
-        "create|list|invite|invites|join|decline|send|send-file|history|members|remove|"
-        "leave|rename|topic|role"
+        "create|list|invite|invites|join|decline|send|send-file|fetch-file|history|members|"
+        "remove|leave|rename|topic|role"
     )
     subCommands = [
         ["create", None, GroupCreateOptions, "Found a group; prints its id."],
@@ -750,6 +770,12 @@ class GroupCommandOptions(CommandOptions):
         ["decline", None, GroupDeclineOptions, "Forget an invitation."],
         ["send", None, GroupSendOptions, "Send a message to a group."],
         ["send-file", None, GroupSendFileOptions, "Send a file to every member of a group."],
+        [
+            "fetch-file",
+            None,
+            GroupFetchFileOptions,
+            "Ask a member for a file it shared into a group.",
+        ],
         ["history", None, GroupHistoryOptions, "Show a group's messages."],
         ["members", None, GroupMembersOptions, "List a group's members."],
         ["remove", None, GroupRemoveOptions, "Remove a member from a group."],

@@ -1095,12 +1095,18 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
         session.emit(result["id"], result)
     elif action == "send-file":
         await group_send_file(session, opts)
+    elif action == "fetch-file":
+        await group_fetch_file(session, opts)
     elif action == "history":
         result = await session.call(
             "groups.history", {"group": opts["group"], "limit": opts["limit"]}
         )
         messages = result["messages"]
-        lines = [f"{_when(m.get('created'))} {m['author_name']}: {m['body']}" for m in messages]
+        lines = [
+            f"{_when(m.get('created'))} {m['author_name']}: {m['body']}"
+            + (f"  [{m['id'][:12]}]" if m.get("file") else "")
+            for m in messages
+        ]
         session.emit("\n".join(lines) or "no messages", messages)
     elif action == "members":
         result = await session.call("groups.members", {"group": opts["group"]})
@@ -1191,12 +1197,20 @@ def _progress_bar() -> Callable[[Any], None] | None:
 async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``send-file CONTACT PATH [--wait]``: prints the transfer id (its end state with --wait)."""
     params = {"contact": sub["contact"], "path": sub["path"]}
-    if not sub["wait"]:
-        result = await session.call("files.send", params)
+    await _one_transfer(session, "files.send", params, wait=bool(sub["wait"]))
+
+
+async def _one_transfer(
+    session: Session, method: str, params: dict[str, Any], *, wait: bool
+) -> None:
+    """Call *method*, which starts one transfer: print its id, or with *wait* its end state
+    after a progress bar on a terminal (exit status 1 unless it completed)."""
+    if not wait:
+        result = await session.call(method, params)
         session.emit(result["id"], result)
         return
     bar = _progress_bar()
-    result = await session.call("files.send", {**params, "wait": True}, progress=bar)
+    result = await session.call(method, {**params, "wait": True}, progress=bar)
     if bar is not None:
         sys.stderr.write("\n")
     session.emit(transfer_line(result), result)
@@ -1219,6 +1233,15 @@ async def group_send_file(session: Session, opts: usage.Options) -> None:
     session.emit("\n".join(transfer_line(t) for t in transfers), result)
     if opts["wait"] and any(t.get("state") != "complete" for t in transfers):
         raise SystemExit(1)
+
+
+async def group_fetch_file(session: Session, opts: usage.Options) -> None:
+    """``group fetch-file GROUP MESSAGE [--to DIR] [--wait]``: prints the transfer id (its end
+    state with --wait; exit status 1 unless it completed)."""
+    params: dict[str, Any] = {"group": opts["group"], "message": opts["message"]}
+    if opts["to"] is not None:
+        params["directory"] = opts["to"]
+    await _one_transfer(session, "groups.fetchFile", params, wait=bool(opts["wait"]))
 
 
 def _combined(show: Callable[[Any], None] | None) -> Callable[[Any], None] | None:

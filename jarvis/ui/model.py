@@ -39,6 +39,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/accept ID [DIR]", "Accept an offered file (into DIR; default ~/Downloads)"),
     ("/decline ID", "Decline an offered file"),
     ("/cancel ID", "Cancel a file transfer, either way"),
+    ("/fetch ID [DIR]", "Ask for a file shared into the open group (ID: on its line)"),
     ("/group create NAME", "Found a private group called NAME (it opens)"),
     ("/invite CONTACT", "Invite a contact to the open group"),
     ("/kick MEMBER", "Remove a member (name or uid) from the open group"),
@@ -246,11 +247,14 @@ class Message:
         mine = bool(me) and author == me
         name = _text(data.get("author_name")) or (author[:12] if isinstance(author, str) else "?")
         index = data.get("index")
+        body = _text(data.get("body"))
+        if isinstance(data.get("file"), Mapping) and not mine:
+            body += f"  (/fetch {str(ident)[:8]})"  # a shared file: how to ask for it
         message = cls(
             id=str(ident),
             contact=group_key(group),
             direction="out" if mine else "in",
-            body=_text(data.get("body")),
+            body=body,
             state="sent" if mine else "received",
             created=_number(data.get("created")) or 0.0,
             seq=index + 1 if isinstance(index, int) and index >= 0 else 0,
@@ -601,10 +605,11 @@ def parse_input(line: str) -> InputAction | None:
         if not rest:
             return InputError("usage: /file PATH")
         return SlashCommand("file", (os.path.abspath(os.path.expanduser(rest)),))
-    if name in ("accept", "decline", "cancel"):
+    if name in ("accept", "decline", "cancel", "fetch"):
         ident, _, directory = rest.partition(" ")
-        if not ident or (directory.strip() and name != "accept"):
-            return InputError(f"usage: /{name} ID" + (" [DIR]" if name == "accept" else ""))
+        takes_dir = name in ("accept", "fetch")
+        if not ident or (directory.strip() and not takes_dir):
+            return InputError(f"usage: /{name} ID" + (" [DIR]" if takes_dir else ""))
         if directory.strip():
             folder = os.path.abspath(os.path.expanduser(directory.strip()))
             return SlashCommand(name, (ident, folder))

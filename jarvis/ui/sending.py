@@ -81,6 +81,8 @@ class Sender:
             self._groups.slash(action)  # /decline of a group invitation, not of a file
         elif action.name in ("accept", "decline", "cancel"):
             self.answer_file(action.name, action.args)
+        elif action.name == "fetch":
+            self.fetch_file(action.args)
         elif action.name == "mailbox" and self._mailbox is not None:
             self._mailbox(action.args)
         elif self._groups is not None:
@@ -144,6 +146,29 @@ class Sender:
             self._controller.redraw()
 
         d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
+
+    def fetch_file(self, args: tuple[str, ...]) -> None:
+        """``/fetch ID [DIR]``: ask the member who shared a file into the open group for it
+        (``groups.fetchFile``; ID is the shared file's message id shown on its line)."""
+        uid = self.model.current_uid
+        group = self.model.contacts.get(uid) if uid is not None and is_group(uid) else None
+        if group is None:
+            self.model.notify("open the group the file was shared in, then /fetch ID", "error")
+            return
+        params: dict[str, Any] = {"group": group.group_id, "message": args[0]}
+        if len(args) > 1:
+            params["directory"] = args[1]
+        d = self._controller.call("groups.fetchFile", params, label="fetch")
+
+        def asked(t: Mapping[str, Any]) -> None:
+            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+            said = f"file {label}: {t.get('state')}; it is accepted when offered"
+            if t.get("reason"):  # e.g. the member is offline
+                said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+            self.model.notify(said)
+            self._controller.redraw()
+
+        d.addCallbacks(asked, self._controller.report, errbackArgs=("/fetch",))
 
     def message_to(self, name: str, text: str, *, restore: str | None = None) -> None:
         """``/msg NAME TEXT``: send *text* to the one contact called *name*.
