@@ -1069,6 +1069,23 @@ class RequestTests(TestCase):
         carol_sessions[BOB] = RoutedSession(bob, CAROL)
         return bob, carol, bob_sessions, path
 
+    def hold_hashing(self, bob: Transfers) -> list[defer.Deferred[Any]]:
+        """Make bob's rehashing of a requested file wait: each waits on a Deferred in the
+        list returned, fired by the test."""
+        pending: list[defer.Deferred[Any]] = []
+        run = bob._run
+
+        def held(f: Any, *a: Any) -> defer.Deferred[Any]:
+            if f.__name__ != "prepare_again":
+                return run(f, *a)
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append(d)
+            d.addCallback(lambda _: f(*a))
+            return d
+
+        bob._run = held
+        return pending
+
     def shared(self, bob: Transfers) -> SharedFile:
         [entry] = bob._entries.values()
         return SharedFile.of(entry.offer)
@@ -1188,3 +1205,58 @@ class RequestTests(TestCase):
             ("cancelled", "asked for again"),
         )
         self.assertEqual(bob.find(second.hex()).state, "offered")
+
+    def test_a_request_cancelled_while_the_author_hashes_ends_at_the_author_too(self) -> None:
+        """When carol cancels her request while bob is still hashing the file (her Cancel
+        names a transfer bob does not have yet), then the offer bob sends afterwards is
+        answered with a Cancel and his transfer ends too, instead of waiting "offered"."""
+        bob, carol, _sessions, _path = self.pair()
+        pending = self.hold_hashing(bob)
+        view = self.successResultOf(carol.request(BOB, GROUP, self.shared(bob)))
+        self.successResultOf(carol.cancel(view["id"]))
+        self.assertNotIn(view["id"], bob._entries)  # the cancel found nothing to end
+        [hashing] = pending
+        hashing.callback(None)
+        self.assertEqual(bob.find(view["id"]).state, "cancelled")
+
+    def test_requests_for_two_files_at_once_are_both_answered(self) -> None:
+        """When carol asks bob for two files he shared while the first is still being
+        hashed, then both are offered (one hash at a time per member and file, not per
+        member)."""
+        bob, carol, _sessions, _path = self.pair()
+        second = os.path.join(short_tempdir(self), "more.txt")
+        with open(second, "wb") as f:
+            f.write(os.urandom(70_000))
+        self.successResultOf(bob.send_many([ALICE], second, GROUP))
+        pending = self.hold_hashing(bob)
+        views = [
+            self.successResultOf(carol.request(BOB, GROUP, SharedFile.of(e.offer)))
+            for e in list(bob._entries.values())
+        ]
+        self.assertEqual(len(pending), 2)
+        for d in pending:
+            d.callback(None)
+        self.assertEqual({carol.find(v["id"]).state for v in views}, {"accepted"})
+
+
+class LostAnswerTests(TestCase):
+    def test_an_offer_sent_again_after_a_decline_is_told_again(self) -> None:
+        """When an offer we declined arrives again (the sender never heard the decline: it
+        restarted, the record was lost), then we answer Cancel with the reason, so the
+        sender's transfer ends instead of staying "offered"; a blocked sender (the node no
+        longer takes its offers) is told nothing."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[ALICE] = FakeSession()
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        self.successResultOf(transfers.decline(offer.transfer_id.hex()))
+        session = sessions[ALICE]
+        assert session is not None
+        transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
+        self.assertEqual([type(r).__name__ for r in session.records], ["Decline", "Cancel"])
+        cancel = session.records[-1]
+        assert isinstance(cancel, Cancel)
+        self.assertEqual((cancel.transfer_id, cancel.reason), (offer.transfer_id, "declined"))
+        transfers.may_offer = lambda uid, gid: False
+        transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
+        self.assertEqual(len(session.records), 2)

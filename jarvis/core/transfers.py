@@ -277,9 +277,10 @@ class Transfers:
         self._save_again = False
         #: The pending call that starts queued outgoing streams once a slot freed.
         self._dequeue: Any = None
-        #: Members whose request for a shared file is being answered (the file hashed again
-        #: off the reactor): one at a time each, so a member cannot make us hash in a loop.
-        self._answering: set[str] = set()
+        #: ``(member, content hash)`` of the requests for a shared file being answered (the
+        #: file hashed again off the reactor): one at a time each, so a member cannot make us
+        #: hash a file in a loop.
+        self._answering: set[tuple[str, bytes]] = set()
         #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
         #: node allows contacts for ``b""`` and the members of a group we are in for a group.
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
@@ -603,6 +604,14 @@ class Transfers:
                 self._send_control(uid, Accept(offer.transfer_id))
             elif known.state == "complete" and not known.sending:
                 self._send_control(uid, Complete(offer.transfer_id))
+            elif (
+                known.state in ("cancelled", "failed")
+                and not known.sending
+                and self.may_offer(uid, offer.group_id)  # a blocked sender is told nothing
+            ):
+                # offered again after our answer was lost (or, for a request we cancelled,
+                # offered after our cancel passed the sender's hashing): say it again
+                self._send_control(uid, Cancel(offer.transfer_id, known.reason[:200]))
             return
         if not self.may_offer(uid, offer.group_id):
             # A group peer who is not a contact offering outside a group, or an offer into a
@@ -674,8 +683,9 @@ class Transfers:
         if not self.may_offer(uid, request.group_id):
             self.log.warn("file request from {uid} dropped: not a member", uid=log_id(uid))
             return
-        if uid in self._answering:
-            return  # its next session asks again
+        answering = (uid, request.content_hash)
+        if answering in self._answering:
+            return  # a flood of requests for the file being hashed: one at a time
         sources = [
             e
             for e in self._entries.values()
@@ -690,14 +700,14 @@ class Transfers:
         source = max(sources, key=lambda e: e.created)
         offer = replace(source.offer, transfer_id=tid, secret=new_transfer_secret())
         superseded = [e for e in sources if e.peer == uid and e.state not in FINAL_STATES]
-        self._answering.add(uid)
+        self._answering.add(answering)
         self.log.info(
             "file request from {uid}: transfer {tid}", uid=log_id(uid), tid=log_id(tid.hex())
         )
 
         def prepared(ready: PreparedFile) -> None:
-            if tid.hex() in self._entries:
-                return
+            if tid.hex() in self._entries or not self.may_offer(uid, request.group_id):
+                return  # answered meanwhile, or no longer members together
             for old in superseded:  # one live transfer of a file to a member at a time
                 self._finish(old, "cancelled", "asked for again", "cancel")
             self._offer_prepared(uid, ready)
@@ -709,7 +719,7 @@ class Transfers:
         d = self._run(prepare_again, source.path, offer)
         d.addCallbacks(prepared, gone)
         d.addErrback(lambda f: self.log.failure("answering a file request failed", f))
-        d.addBoth(lambda _: self._answering.discard(uid))
+        d.addBoth(lambda _: self._answering.discard(answering))
 
     # -- user actions ------------------------------------------------------------------------
 
