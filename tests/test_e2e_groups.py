@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
+from jarvis.core.transfers import ACCEPT_IN_MAILBOX, OFFER_IN_MAILBOX
 from jarvis.ipc.jsonrpc import RemoteError
 from tests.daemons import short_tempdir
 from tests.peers import Peer, befriend
@@ -571,6 +572,95 @@ class GroupMailboxTests(TestCase):
         self.assertEqual(carol.recorder.named("message.received"), [])
         members = await carol.call("groups.members", group=gid)
         self.assertIn(bob.uid, [m["uid"] for m in members["members"]])
+
+    async def test_a_file_crosses_between_members_who_are_not_contacts_never_online_together(
+        self,
+    ) -> None:
+        """When fred founds a group with bob and carol (his contacts, not each other's, each
+        on their own mailbox) and carol sends a file into it while bob is stopped, then her
+        offer goes into bob's queue for the group and she stops; bob, started alone, finds it
+        there and accepts it, and his accept goes into carol's queue for the group while she
+        is stopped; carol, started alone, sees her transfer accepted; once both run the file
+        streams without anyone acting again and lands byte-identical; bob and carol are still
+        not each other's contacts."""
+        from tests.mailboxes import start_mailbox, until
+
+        root = short_tempdir(self)
+        boxes = [await start_mailbox(self, os.path.join(root, f"m{i}")) for i in range(3)]
+        fred, bob, carol = (Peer(self, root, name) for name in ("fred", "bob", "carol"))
+
+        async def at_version(peer: Peer, version: int) -> None:
+            async def check() -> bool:
+                return await group_version(peer, gid) >= version
+
+            await until(check, what=f"{peer.name} at group version {version}")
+
+        async def reaching(peer: Peer, contacts: int) -> None:
+            async def reachable() -> bool:
+                status = await peer.call("mailbox.status")
+                return bool(status["connected"] and status["contacts_reachable"] == contacts)
+
+            await until(reachable, what=f"{peer.name} knows its contacts' mailboxes")
+
+        for peer, box in ((fred, boxes[0]), (bob, boxes[1]), (carol, boxes[2])):
+            await peer.start(create=True)
+            await peer.call("mailbox.use", link=str(box.link()))
+        await befriend(fred, bob)
+        await befriend(fred, carol)
+        for peer, contacts in ((fred, 2), (bob, 1), (carol, 1)):
+            await reaching(peer, contacts)
+        gid = str((await fred.call("groups.create", name="club"))["id"])
+        await at_version(fred, 2)  # fred's group queue in his entry
+        await invite_and_join(fred, gid, bob)
+        await at_version(fred, 4)  # bob's group queue, signed by bob
+        await invite_and_join(fred, gid, carol)
+        for peer in (fred, bob, carol):
+            await at_version(peer, 6)  # carol's group queue: every member knows every queue
+
+        await bob.stop()
+        await carol.recorder.wait(lambda: not carol.online_with(bob)(), 60)
+        path = os.path.join(root, "minutes.odt")
+        data = os.urandom(1024 * 1024 + 9)
+        with open(path, "wb") as f:
+            f.write(data)
+        sent = await carol.call("groups.sendFile", group=gid, path=path)
+        [to_bob] = [t for t in sent["transfers"] if t["contact"] == bob.uid]
+        tid = to_bob["id"]
+        self.assertEqual(to_bob["reason"], OFFER_IN_MAILBOX)
+        await carol.recorder.wait(lambda: deposited_to(carol, bob), 60)
+        await carol.stop()
+
+        async def state_is(peer: Peer, state: str) -> bool:
+            listed = {t["id"]: t["state"] for t in (await peer.call("files.list"))["transfers"]}
+            return listed.get(tid) == state
+
+        await bob.start(unlock=True)
+        await until(lambda: state_is(bob, "offered"), what="bob finds the offer in his group queue")
+        inbox = os.path.join(root, "inbox")
+        accepted = await bob.call("files.accept", id=tid, directory=inbox)
+        self.assertEqual(accepted["reason"], ACCEPT_IN_MAILBOX)
+        await bob.recorder.wait(lambda: deposited_to(bob, carol), 60)  # the accept
+        await bob.stop()
+
+        await carol.start(unlock=True)
+        await until(lambda: state_is(carol, "accepted"), what="carol collects the accept")
+        await bob.start(unlock=True)
+        await until(lambda: state_is(bob, "complete"), timeout=120, what="the file lands")
+        with open(os.path.join(inbox, "minutes.odt"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        await until(lambda: state_is(carol, "complete"), what="carol sees it complete")
+        for peer, other in ((bob, carol), (carol, bob)):
+            contacts = (await peer.call("contacts.list"))["contacts"]
+            self.assertNotIn(other.uid, [c["uid"] for c in contacts])
+
+
+def deposited_to(peer: Peer, to: Peer) -> bool:
+    """Whether *peer* deposited an entry (a message or a transfer's record) for *to* in its
+    mailbox since the daemon started."""
+    return any(
+        p.get("via") == "mailbox" and p["contact"] == to.uid and p["state"] == "sent"
+        for p in peer.recorder.named("message.stateChanged")
+    )
 
 
 def offers_into(peer: Peer, gid: str) -> list[dict[str, Any]]:

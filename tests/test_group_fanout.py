@@ -175,3 +175,20 @@ class BodyAndChainTests(SynchronousTestCase):
         for bad in (data[:-1], data + b"\x00", b"\x00\x00", b""):
             with self.assertRaises(ValueError):
                 parse_chain(bad)
+
+    def test_a_group_transfer_record_names_its_group(self) -> None:
+        """When a transfer record travels by a group's queue (kind 6: group id then record),
+        then the payload is about that group (a member's queue for it takes it); one with no
+        record after the id, and a transfer record between contacts (kind 5), name none."""
+        from jarvis.protocol.group_fanout import (
+            KIND_GROUP_TRANSFER,
+            KIND_TRANSFER,
+            payload_group_id,
+        )
+
+        record = b"\x01\x02" + bytes(16)
+        self.assertEqual(
+            payload_group_id(encode_payload(KIND_GROUP_TRANSFER, GROUP_ID + record)), GROUP_ID
+        )
+        self.assertIsNone(payload_group_id(encode_payload(KIND_GROUP_TRANSFER, GROUP_ID)))
+        self.assertIsNone(payload_group_id(encode_payload(KIND_TRANSFER, record)))

@@ -26,7 +26,13 @@ from jarvis.crypto.errors import LinkCodeError, WrongPassword
 from jarvis.crypto.identity import IdentityKey
 from jarvis.crypto.keyfile import KdfParams
 from jarvis.files.send import make_offer
-from jarvis.protocol.group_fanout import BODY_MARK, KIND_TRANSFER, encode_body, encode_payload
+from jarvis.protocol.group_fanout import (
+    BODY_MARK,
+    KIND_GROUP_TRANSFER,
+    KIND_TRANSFER,
+    encode_body,
+    encode_payload,
+)
 from jarvis.protocol.transfer import encode_transfer_record
 
 FAST = KdfParams(time_cost=1, memory_cost_kib=8, parallelism=1)
@@ -440,6 +446,28 @@ class TransferEntryTests(TestCase):
         )
         history = await node.history("Bob")
         self.assertEqual(history["messages"], [])
+
+    async def test_a_group_transfer_entry_goes_to_the_transfers_with_its_group(self) -> None:
+        """When an entry of kind 6 (a transfer record by a group's queue) arrives, then the
+        record goes to the transfers with the group id the entry names (they check the
+        record is about it); one too short to hold a group id and a record is dropped; both
+        are acknowledged and nothing reaches the conversation."""
+        node, clock, _events, key = await node_with_bob(self)
+        calls: list[tuple[str, bytes, bytes | None]] = []
+        node.transfers.record_received = lambda uid, data, gid=None: calls.append(  # type: ignore[method-assign]
+            (uid, data, gid)
+        )
+        session = FakeSession(key.uid)
+        gid, record = b"\x42" * 16, b"\x01\x02" + os.urandom(16)
+        good, short = secrets.token_bytes(16), secrets.token_bytes(16)
+        body = encode_body(encode_payload(KIND_GROUP_TRANSFER, gid + record))
+        await node.message_received(session, good, body, 1)
+        truncated = encode_body(encode_payload(KIND_GROUP_TRANSFER, gid[:10]))
+        await node.message_received(session, short, truncated, 2)
+        clock.advance(0)
+        self.assertEqual(calls, [(key.uid, record, gid)])
+        self.assertEqual(session.acks, [good, short])
+        self.assertEqual((await node.history("Bob"))["messages"], [])
 
 
 class AtRestTests(TestCase):

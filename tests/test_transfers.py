@@ -901,7 +901,7 @@ class DepositTests(TestCase):
         transfers, sessions, _events, _store = make_transfers(self)
         deposited: list[tuple[str, Any]] = []
 
-        def deposit(uid: str, record: bytes) -> bool:
+        def deposit(uid: str, record: bytes, group_id: bytes) -> bool:
             deposited.append((uid, parse_transfer_record(record)))
             return True
 
@@ -937,7 +937,7 @@ class DepositTests(TestCase):
         sender's offer, the receiver's accept), the sender's until the accept comes back and
         the receiver's until a session with the sender comes up."""
         transfers, sessions, _events, _store = make_transfers(self)
-        transfers.deposit = lambda uid, record: True
+        transfers.deposit = lambda uid, record, gid: True
         path = os.path.join(short_tempdir(self), "doc.txt")
         with open(path, "wb") as f:
             f.write(b"x" * 5000)
@@ -963,7 +963,7 @@ class DepositTests(TestCase):
         offer says it goes when he comes online, and a cancel with no session stays owed and
         is written when his session comes up."""
         transfers, sessions, _events, _store = make_transfers(self)
-        transfers.deposit = lambda uid, record: False
+        transfers.deposit = lambda uid, record, gid: False
         path = os.path.join(short_tempdir(self), "doc.txt")
         with open(path, "wb") as f:
             f.write(b"x" * 5000)
@@ -980,6 +980,56 @@ class DepositTests(TestCase):
         bob_session = sessions[BOB]
         assert bob_session is not None
         self.assertEqual([type(r).__name__ for r in bob_session.records], ["Cancel"])
+
+
+class GroupDepositTests(TestCase):
+    """Records of a file sent into a group name the group to the deposit (so they can go to
+    a member's queue for it), and a record that came by a group's queue must be about it."""
+
+    def test_a_group_transfers_records_go_with_its_group(self) -> None:
+        """When an offer into GROUP and a 1:1 offer are made with no session, and the group
+        one is cancelled, then the group's offer and cancel reach the deposit with GROUP and
+        the 1:1 offer with no group."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        deposited: list[tuple[str, bytes]] = []
+
+        def deposit(uid: str, record: bytes, group_id: bytes) -> bool:
+            deposited.append((type(parse_transfer_record(record)).__name__, group_id))
+            return True
+
+        transfers.deposit = deposit
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        [view] = self.successResultOf(transfers.send_many([BOB], path, GROUP))
+        self.successResultOf(transfers.send(BOB, path))
+        self.successResultOf(transfers.cancel(view["id"]))
+        self.assertEqual(deposited, [("Offer", GROUP), ("Offer", b""), ("Cancel", GROUP)])
+
+    def test_a_record_from_a_groups_queue_must_be_about_that_group(self) -> None:
+        """When records arrive marked as coming by GROUP's queue, then an offer into another
+        group, a 1:1 offer and an accept of a 1:1 transfer are dropped, while an offer into
+        GROUP is listed."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[ALICE] = FakeSession()
+        base = an_offer(self)
+        other = replace(base, transfer_id=os.urandom(16), group_id=b"\x43" * 16)
+        alone = replace(base, transfer_id=os.urandom(16))
+        into = replace(base, transfer_id=os.urandom(16), group_id=GROUP)
+        for offer in (other, alone, into):
+            transfers.record_received(ALICE, encode_transfer_record(offer), GROUP)
+        self.assertEqual(
+            [e.offer.transfer_id for e in transfers._entries.values()], [into.transfer_id]
+        )
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        mine = self.successResultOf(transfers.send(ALICE, path))
+        accept = Accept(bytes.fromhex(mine["id"]))
+        transfers.record_received(ALICE, encode_transfer_record(accept), GROUP)
+        self.assertEqual(transfers.find(mine["id"]).state, "offered")
+        transfers.record_received(ALICE, encode_transfer_record(accept))
+        self.assertEqual(transfers.find(mine["id"]).state, "accepted")
 
 
 class DeclineReasonTests(TestCase):
@@ -1177,12 +1227,15 @@ class RequestTests(TestCase):
         carol_sessions: dict[str, Any] = {}
         carol._sessions = carol_sessions.get
         deposited: list[Any] = []
-        carol.deposit = lambda uid, record: deposited.append(parse_transfer_record(record)) or True
+        carol.deposit = lambda uid, record, gid: (
+            deposited.append((parse_transfer_record(record), gid)) or True
+        )
         view = self.successResultOf(carol.request(BOB, GROUP, self.shared(bob)))
         self.assertEqual(view["reason"], transfers_module.REQUEST_IN_MAILBOX)
-        [request] = deposited
+        [(request, gid)] = deposited
         assert isinstance(request, Request)
-        bob.record_received(CAROL, encode_transfer_record(request))  # from the mailbox
+        self.assertEqual(gid, GROUP)  # a member who is not a contact: its queue for GROUP
+        bob.record_received(CAROL, encode_transfer_record(request), GROUP)  # from the mailbox
         carol_sessions[BOB] = RoutedSession(bob, CAROL)
         carol.session_established(BOB)  # the offer came meanwhile: accepted at once
         entry = carol.find(view["id"])

@@ -56,7 +56,13 @@ from jarvis.core.postbox import Postbox
 from jarvis.core.transfers import Transfers, is_control_body
 from jarvis.crypto import keyfile, linkcode
 from jarvis.crypto.identity import IdentityKey, fingerprint
-from jarvis.protocol.group_fanout import KIND_TRANSFER, encode_payload
+from jarvis.protocol.group_fanout import (
+    KIND_GROUP_TRANSFER,
+    KIND_TRANSFER,
+    encode_body,
+    encode_payload,
+    payload_group_id,
+)
 from jarvis.protocol.transfer import SharedFile
 from jarvis.store import queries
 from jarvis.store.database import Store
@@ -762,19 +768,34 @@ class Node(Service):
         if payload[:1] == bytes([KIND_TRANSFER]):
             self.transfers.record_received(uid, payload[1:])
             return defer.succeed(None)
+        if payload[:1] == bytes([KIND_GROUP_TRANSFER]):
+            gid = payload_group_id(payload)
+            if gid is not None:  # the transfers check the record is about that group
+                self.transfers.record_received(uid, payload[1 + len(gid) :], gid)
+            return defer.succeed(None)
         return self.groups.payload_received(uid, payload)
 
-    def _deposit_control(self, uid: str, record: bytes) -> bool:
-        """Queue a transfer's control record for contact *uid*, who has no session now, as a
-        durable entry (hidden from the conversation) that the courier deposits in its mailbox
-        or streams at the next session; ``False`` (the record waits for a session) for a
-        peer who is not a contact, a blocked one, or one whose mailbox we do not know."""
+    def _deposit_control(self, uid: str, record: bytes, group_id: bytes = b"") -> bool:
+        """Queue a transfer's control record for *uid*, who has no session now, as a durable
+        entry (hidden from the conversation) that the courier deposits in its mailbox or
+        streams at the next session: to a contact who is not blocked, into the queue it told
+        us; to a member of group *group_id* (the transfer's file was sent into it) who is not
+        a contact, into its queue for that group.  ``False`` (the record waits for a
+        session) when neither applies or we know no mailbox for it."""
         contact = self.contacts.get(uid)
-        if contact is None or contact.blocked or not self.postbox.can_deposit(uid):
+        if not self.postbox.can_deposit(uid):
             return False
-        d = self.courier.queue_group_entry(
-            uid, os.urandom(16).hex(), encode_payload(KIND_TRANSFER, record)
-        )
+        if contact is not None:
+            if contact.blocked:
+                return False
+            payload = encode_payload(KIND_TRANSFER, record)
+        elif group_id and self.groups.shares(group_id, uid):
+            payload = encode_payload(KIND_GROUP_TRANSFER, group_id + record)
+            if self.groups.peer_mailbox(uid, encode_body(payload)) is None:
+                return False  # no queue of its for this group
+        else:
+            return False
+        d = self.courier.queue_group_entry(uid, os.urandom(16).hex(), payload)
         d.addErrback(lambda f: self.log.failure("queueing a transfer record failed", f))
         return True
 

@@ -287,9 +287,11 @@ class Transfers:
         #: How a member of group *gid* is shown there (None: as a contact is).
         self.member_name: Callable[[bytes, str], str | None] = lambda gid, uid: None
         #: Writes a control record (encoded) for *uid* as a durable entry when no session is
-        #: up, so the peer gets it through its mailbox; returns whether it was taken (the node:
-        #: a contact whose mailbox we know).  While it is not, records wait for a session.
-        self.deposit: Callable[[str, bytes], bool] = lambda uid, record: False
+        #: up, so the peer gets it through its mailbox; the third argument is the group the
+        #: transfer's file was sent into (``b""``: none).  Returns whether it was taken (the
+        #: node: a contact whose mailbox we know, or a member of that group whose queue for it
+        #: we know).  While it is not, records wait for a session.
+        self.deposit: Callable[[str, bytes, bytes], bool] = lambda uid, record, gid: False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -472,14 +474,17 @@ class Transfers:
 
     # -- control records -------------------------------------------------------------------------
 
-    def _send_control(self, uid: str, record: TransferRecord) -> bool:
+    def _send_control(
+        self, uid: str, record: TransferRecord, group_id: bytes | None = None
+    ) -> bool:
         session = self._sessions(uid)
         if session is None:
             # No session: an offer and the answers to it go as a durable entry, through the
             # peer's mailbox where it has one (the node decides); a DialBack only makes sense
             # live.
             if isinstance(record, _DURABLE_RECORDS):
-                return self.deposit(uid, encode_transfer_record(record))
+                gid = self._group_of(record) if group_id is None else group_id
+                return self.deposit(uid, encode_transfer_record(record), gid)
             return False
         try:
             session.send_message(os.urandom(16), control_body(record), int(self.now() * 1000))
@@ -488,12 +493,20 @@ class Transfers:
             return False
         return True
 
-    def _write(self, uid: str, record: TransferRecord) -> str:
+    def _group_of(self, record: TransferRecord) -> bytes:
+        """The group the transfer *record* is about (``b""``: none, or not known here)."""
+        if isinstance(record, Offer | Request):
+            return record.group_id
+        tid = getattr(record, "transfer_id", None)
+        entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
+        return entry.offer.group_id if entry is not None else b""
+
+    def _write(self, uid: str, record: TransferRecord, group_id: bytes | None = None) -> str:
         """Write *record* to *uid* (:meth:`_send_control`); say how: ``"session"``,
         ``"mailbox"`` (no session was up; it went as a durable entry), or ``"held"`` (it waits
         for the next session)."""
         live = self._sessions(uid) is not None
-        written = self._send_control(uid, record)
+        written = self._send_control(uid, record, group_id)
         return "session" if live else "mailbox" if written else "held"
 
     def _notice_record(self, entry: TransferEntry) -> TransferRecord | None:
@@ -540,13 +553,21 @@ class Transfers:
         """A control record arrived from *uid* (a message body with :data:`CONTROL_PREFIX`)."""
         self.record_received(uid, body[len(CONTROL_PREFIX) :])
 
-    def record_received(self, uid: str, data: bytes) -> None:
+    def record_received(self, uid: str, data: bytes, group_id: bytes | None = None) -> None:
         """A control record's bytes arrived from *uid*: over a session (in a message body) or
-        as a durable entry (through the mailbox); refused if malformed, else handled."""
+        as a durable entry (through the mailbox); refused if malformed, else handled.
+
+        :param group_id: the group a member's entry said the record is about (it came by a
+            group's queue); a record about another transfer, or outside that group, is
+            dropped.
+        """
         try:
             record = parse_transfer_record(data)
         except MalformedTransferRecord as e:
             self.log.warn("bad transfer record from {uid}: {e}", uid=log_id(uid), e=e.reason)
+            return
+        if group_id is not None and self._group_of(record) != group_id:
+            self.log.warn("transfer record from {uid} outside its group", uid=log_id(uid))
             return
         if isinstance(record, Offer):
             self._offer_received(uid, record)
@@ -695,7 +716,7 @@ class Transfers:
             and e.offer.content_hash == request.content_hash
         ]
         if not sources:
-            self._write(uid, Decline(tid, NOT_SHARED_HERE))
+            self._write(uid, Decline(tid, NOT_SHARED_HERE), request.group_id)
             return
         source = max(sources, key=lambda e: e.created)
         offer = replace(source.offer, transfer_id=tid, secret=new_transfer_secret())
@@ -714,7 +735,7 @@ class Transfers:
 
         def gone(failure: Any) -> None:
             failure.trap(OSError, SourceChanged)
-            self._write(uid, Decline(tid, SOURCE_GONE))
+            self._write(uid, Decline(tid, SOURCE_GONE), request.group_id)
 
         d = self._run(prepare_again, source.path, offer)
         d.addCallbacks(prepared, gone)

@@ -928,7 +928,8 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "(size, chunk size and content hash as recorded; anything else is refused), which "
             "is accepted at once into directory; the member declines if it no longer has the "
             "file unchanged ('the sender declined: ...'). The request goes over the member's "
-            "session, or its mailbox when it is a contact (reason says which while it waits). "
+            "session, or into its mailbox (its queue for the group when it is not a contact; "
+            "reason says which while it waits). "
             "Refused if a transfer of this file from this group is already under way. With "
             "wait, progress as for groups.sendFile.",
             deadline=None,

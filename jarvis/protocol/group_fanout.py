@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jarvis.protocol.group_message import (
+    GROUP_ID_SIZE,
     GroupMessage,
     encode_message,
     message_id,
@@ -45,7 +46,13 @@ KIND_INVITE = 0x04
 #: entries so that it is deposited in the contact's mailbox (docs/protocol.md, "Control records
 #: through the mailbox").  An older peer refuses it as an unknown kind and drops it.
 KIND_TRANSFER = 0x05
-_KINDS = frozenset({KIND_MESSAGE, KIND_STATE, KIND_SUMMARY, KIND_INVITE, KIND_TRANSFER})
+#: A file transfer's control record about a file sent into a group, to a member who is not a
+#: contact and has no session up: ``group id (16) || transfer record``, so that it goes into
+#: (and is taken from) that member's queue for this group like the group's own entries.
+KIND_GROUP_TRANSFER = 0x06
+_KINDS = frozenset(
+    {KIND_MESSAGE, KIND_STATE, KIND_SUMMARY, KIND_INVITE, KIND_TRANSFER, KIND_GROUP_TRANSFER}
+)
 #: Most states in an invitation's chain.
 MAX_CHAIN = 4096
 #: How a group payload travels as a 1:1 message body: this marker, then the payload in
@@ -95,7 +102,8 @@ def parse_payload(payload: bytes) -> tuple[int, bytes]:
 
 
 def payload_group_id(payload: bytes) -> bytes | None:
-    """Return the group id a message, state or summary payload is about; ``None`` for an
+    """Return the group id a message, state, summary or group transfer record payload is
+    about; ``None`` for an
     invitation (it travels between contacts only) or anything that does not parse.
 
     A deposit into a member's group queue is taken only if this is that queue's group
@@ -108,6 +116,8 @@ def payload_group_id(payload: bytes) -> bytes | None:
             return parse_state(record).group_id
         if kind == KIND_SUMMARY:
             return parse_summary(record).group_id
+        if kind == KIND_GROUP_TRANSFER and len(record) > GROUP_ID_SIZE:
+            return record[:GROUP_ID_SIZE]
     except ValueError:
         return None
     return None
