@@ -1313,3 +1313,67 @@ class LostAnswerTests(TestCase):
         transfers.may_offer = lambda uid, gid: False
         transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
         self.assertEqual(len(session.records), 2)
+
+
+class RetentionTests(TestCase):
+    """Finished transfers do not pile up for ever in the kept document."""
+
+    def test_finished_transfers_beyond_the_limits_are_forgotten(self) -> None:
+        """When more than MAX_FINISHED transfers have finished, some of them over
+        FINISHED_KEPT old, then at the next load only the newest MAX_FINISHED finished ones
+        younger than that are kept, plus every one not finished, one whose cancel the peer
+        has yet to hear, and the newest outgoing transfer of a file shared into a group
+        (a member may still ask for it), however old; the store holds the same."""
+        store = FakeStore()
+        transfers, _sessions, _events, _store = make_transfers(self, store)
+        now = transfers.now()
+        base = an_offer(self)
+
+        def kept(state: str, age: float, **fields: Any) -> str:
+            offer = replace(base, transfer_id=os.urandom(16), group_id=fields.pop("group", b""))
+            entry = transfers_module.TransferEntry(
+                offer=offer, peer=ALICE, sending=False, state=state, created=now - age
+            )
+            for name, value in fields.items():
+                setattr(entry, name, value)
+            transfers._entries[entry.id] = entry
+            return entry.id
+
+        limit = transfers_module.MAX_FINISHED
+        recent = [kept("complete", 10.0 + i) for i in range(limit + 20)]
+        old = kept("cancelled", transfers_module.FINISHED_KEPT + 5)
+        waiting = kept("offered", transfers_module.FINISHED_KEPT * 3)
+        owed = kept("cancelled", transfers_module.FINISHED_KEPT * 2, notice="cancel")
+        source = kept(
+            "complete", transfers_module.FINISHED_KEPT * 2, group=GROUP, sending=True, path="/f"
+        )
+        self.successResultOf(transfers._save())
+        again, _s, _e, _st = make_transfers(self, store)
+        ids = set(again._entries)
+        self.assertEqual(ids & set(recent), set(recent[:limit]))  # the newest
+        self.assertNotIn(old, ids)
+        self.assertTrue({waiting, owed, source} <= ids)
+        self.assertEqual(len(ids), limit + 3)
+        third, _s, _e, _st = make_transfers(self, store)  # what was forgotten was stored
+        self.assertEqual(set(third._entries), ids)
+
+    def test_a_transfer_ending_prunes_the_others(self) -> None:
+        """When a transfer ends while more than MAX_FINISHED have finished, then the oldest
+        finished ones are forgotten at once, not only at the next load."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        now = transfers.now()
+        base = an_offer(self)
+        for i in range(transfers_module.MAX_FINISHED + 3):
+            entry = transfers_module.TransferEntry(
+                offer=replace(base, transfer_id=os.urandom(16)),
+                peer=ALICE,
+                sending=False,
+                state="complete",
+                created=now - 100.0 - i,
+            )
+            transfers._entries[entry.id] = entry
+        transfers._offer_received(ALICE, replace(base, transfer_id=os.urandom(16)))
+        [live] = [e for e in transfers._entries.values() if e.state == "offered"]
+        self.successResultOf(transfers.decline(live.id))
+        self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED)
+        self.assertIn(live.id, transfers._entries)

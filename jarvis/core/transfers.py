@@ -103,6 +103,13 @@ MAX_SENDING_STREAMS = 3
 SPACE_PROBE_INTERVAL = 5.0
 #: The default folder received files go to (under the user's home).
 DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
+#: Finished transfers (complete, cancelled, failed) stay listed for this long after they were
+#: offered, and at most :data:`MAX_FINISHED` of them (the newest): every transfer is kept in
+#: one document written at each change, so it must not grow for ever.  Kept whatever their
+#: age: those with a record the peer still has to hear, and the newest outgoing transfer of
+#: each file shared into a group (where a member's ``Request`` for it is answered from).
+FINISHED_KEPT = 30 * 86400.0
+MAX_FINISHED = 500
 
 
 class TransferNotFound(NotFound):
@@ -317,6 +324,8 @@ class Transfers:
                     self._entries[entry.id] = entry
             except (ValueError, KeyError, TypeError, MalformedTransferRecord):
                 self.log.warn("kept transfers unreadable: starting with none")
+        if self._prune():
+            self._save()
         for entry in self._entries.values():
             if entry.state == "streaming":
                 entry.state = "accepted"  # the stream died with the previous run
@@ -456,7 +465,36 @@ class Transfers:
             raise TransferNotFound(f"no single transfer with id {terminal_safe(ref)!r}")
         return matches[0]
 
+    def _prune(self) -> bool:
+        """Forget the finished transfers beyond :data:`FINISHED_KEPT` and
+        :data:`MAX_FINISHED`; returns whether any was."""
+        finished = [e for e in self._entries.values() if e.state in FINAL_STATES]
+        if not finished:
+            return False
+        now = self.now()
+        sources: dict[tuple[bytes, bytes], TransferEntry] = {}
+        for e in self._entries.values():
+            key = (e.offer.group_id, e.offer.content_hash)
+            if e.sending and e.path and e.offer.group_id:
+                if key not in sources or e.created > sources[key].created:
+                    sources[key] = e
+        kept = {e.id for e in sources.values()}
+        finished.sort(key=lambda e: e.created, reverse=True)
+        dropped = [
+            e.id
+            for i, e in enumerate(finished)
+            if (i >= MAX_FINISHED or now - e.created > FINISHED_KEPT)
+            and e.id not in kept
+            and not e.notice
+            and not e.waiters
+        ]
+        for tid in dropped:
+            del self._entries[tid]
+        return bool(dropped)
+
     def _changed(self, entry: TransferEntry) -> None:
+        if entry.state in FINAL_STATES:
+            self._prune()
         self._save()
         self._emit("transfer.changed", {"transfer": self.view(entry)})
         if entry.state in FINAL_STATES:
@@ -521,8 +559,7 @@ class Transfers:
 
     def _send_notice(self, entry: TransferEntry) -> None:
         record = self._notice_record(entry)
-        live = self._sessions(entry.peer) is not None
-        if record is not None and self._send_control(entry.peer, record) and live:
+        if record is not None and self._write(entry.peer, record) == "session":
             # Written over a session: done.  One that went to the mailbox is written again
             # over the next session too (a peer that dropped it, or a lost deposit, still
             # hears it; a second copy changes nothing).

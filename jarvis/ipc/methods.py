@@ -943,7 +943,11 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "restarts of the daemon. reason: why a transfer ended (cancelled, failed), or why "
             "an accepted one waits for its next connection (e.g. 'disk full: ...' on the "
             "receiving side, 'queued: ...' on the sending side while three other files are "
-            "being sent; it resumes by itself), cleared when a stream opens.",
+            "being sent; it resumes by itself), cleared when a stream opens. Finished "
+            "transfers (complete, cancelled, failed) are listed for 30 days after they were "
+            "offered, the newest 500 at most (the daemon keeps every transfer in one "
+            "document; the newest outgoing transfer of a file shared into a group stays, so "
+            "members can still ask for it).",
         ),
         MethodSpec(
             "files.accept",
