@@ -160,3 +160,51 @@ async def contacts_with_mailboxes(
     await until(lambda: reachable(alice), what="alice knows bob's mailbox")
     await until(lambda: reachable(bob), what="bob knows alice's mailbox")
     return box_a, box_b, alice, bob
+
+
+def deposited_to(peer: Any, to: Any) -> bool:
+    """Whether *peer* deposited an entry (a message or a transfer's record) for *to* in a
+    mailbox since its daemon started."""
+    return any(
+        p.get("via") == "mailbox" and p["contact"] == to.uid and p["state"] == "sent"
+        for p in peer.recorder.named("message.stateChanged")
+    )
+
+
+async def transfer_state(peer: Any, tid: str) -> str | None:
+    """The state of transfer *tid* in *peer*'s list (None: not listed)."""
+    for t in (await peer.call("files.list"))["transfers"]:
+        if t["id"] == tid:
+            return str(t["state"])
+    return None
+
+
+async def accept_while_apart(
+    sender: Any, receiver: Any, tid: str, inbox: str, name: str, data: bytes
+) -> None:
+    """Both stopped, *sender* having offered transfer *tid* to *receiver* through its mailbox:
+    the receiver, started alone, finds the offer and accepts it into *inbox* (its accept goes
+    through the sender's mailbox: it says so), and stops; the sender, started alone, collects
+    the accept; once both run the file lands as *name*, byte-identical to *data*, and both see
+    it complete.  Nobody acts after the accept."""
+    from jarvis.core.transfers import ACCEPT_IN_MAILBOX
+
+    async def state_is(peer: Any, state: str) -> bool:
+        return await transfer_state(peer, tid) == state
+
+    await receiver.start(unlock=True)
+    await until(lambda: state_is(receiver, "offered"), what="the offer found in the mailbox")
+    accepted = await receiver.call("files.accept", id=tid, directory=inbox)
+    if accepted["reason"] != ACCEPT_IN_MAILBOX:
+        raise AssertionError(f"the accept did not say it went to the mailbox: {accepted}")
+    await receiver.recorder.wait(lambda: deposited_to(receiver, sender), 60)  # the accept
+    await receiver.stop()
+
+    await sender.start(unlock=True)
+    await until(lambda: state_is(sender, "accepted"), what="the sender collects the accept")
+    await receiver.start(unlock=True)
+    await until(lambda: state_is(receiver, "complete"), timeout=120, what="the file lands")
+    with open(os.path.join(inbox, name), "rb") as f:
+        if f.read() != data:
+            raise AssertionError(f"{name} arrived different")
+    await until(lambda: state_is(sender, "complete"), what="the sender sees it complete")

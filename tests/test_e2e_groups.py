@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
-from jarvis.core.transfers import ACCEPT_IN_MAILBOX, OFFER_IN_MAILBOX
+from jarvis.core.transfers import OFFER_IN_MAILBOX
 from jarvis.ipc.jsonrpc import RemoteError
 from tests.daemons import short_tempdir
 from tests.peers import Peer, befriend
@@ -583,7 +583,7 @@ class GroupMailboxTests(TestCase):
         is stopped; carol, started alone, sees her transfer accepted; once both run the file
         streams without anyone acting again and lands byte-identical; bob and carol are still
         not each other's contacts."""
-        from tests.mailboxes import start_mailbox, until
+        from tests.mailboxes import accept_while_apart, deposited_to, start_mailbox, until
 
         root = short_tempdir(self)
         boxes = [await start_mailbox(self, os.path.join(root, f"m{i}")) for i in range(3)]
@@ -629,38 +629,11 @@ class GroupMailboxTests(TestCase):
         self.assertEqual(to_bob["reason"], OFFER_IN_MAILBOX)
         await carol.recorder.wait(lambda: deposited_to(carol, bob), 60)
         await carol.stop()
-
-        async def state_is(peer: Peer, state: str) -> bool:
-            listed = {t["id"]: t["state"] for t in (await peer.call("files.list"))["transfers"]}
-            return listed.get(tid) == state
-
-        await bob.start(unlock=True)
-        await until(lambda: state_is(bob, "offered"), what="bob finds the offer in his group queue")
         inbox = os.path.join(root, "inbox")
-        accepted = await bob.call("files.accept", id=tid, directory=inbox)
-        self.assertEqual(accepted["reason"], ACCEPT_IN_MAILBOX)
-        await bob.recorder.wait(lambda: deposited_to(bob, carol), 60)  # the accept
-        await bob.stop()
-
-        await carol.start(unlock=True)
-        await until(lambda: state_is(carol, "accepted"), what="carol collects the accept")
-        await bob.start(unlock=True)
-        await until(lambda: state_is(bob, "complete"), timeout=120, what="the file lands")
-        with open(os.path.join(inbox, "minutes.odt"), "rb") as f:
-            self.assertEqual(f.read(), data)
-        await until(lambda: state_is(carol, "complete"), what="carol sees it complete")
+        await accept_while_apart(carol, bob, tid, inbox, "minutes.odt", data)
         for peer, other in ((bob, carol), (carol, bob)):
             contacts = (await peer.call("contacts.list"))["contacts"]
             self.assertNotIn(other.uid, [c["uid"] for c in contacts])
-
-
-def deposited_to(peer: Peer, to: Peer) -> bool:
-    """Whether *peer* deposited an entry (a message or a transfer's record) for *to* in its
-    mailbox since the daemon started."""
-    return any(
-        p.get("via") == "mailbox" and p["contact"] == to.uid and p["state"] == "sent"
-        for p in peer.recorder.named("message.stateChanged")
-    )
 
 
 def offers_into(peer: Peer, gid: str) -> list[dict[str, Any]]:

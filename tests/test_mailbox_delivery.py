@@ -11,9 +11,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from jarvis.core.transfers import ACCEPT_IN_MAILBOX, OFFER_IN_MAILBOX
+from jarvis.core.transfers import OFFER_IN_MAILBOX
 from tests.daemons import short_tempdir
-from tests.mailboxes import MailboxProcess, contacts_with_mailboxes, until
+from tests.mailboxes import (
+    MailboxProcess,
+    accept_while_apart,
+    contacts_with_mailboxes,
+    deposited_to,
+    until,
+)
 from tests.peers import Peer, befriend
 
 CANARY = "CANARY-7f3a9c"
@@ -311,37 +317,4 @@ class FileOfferTests(TestCase):
         self.assertEqual(sent["reason"], OFFER_IN_MAILBOX)  # alice is told where it went
         await alice.recorder.wait(lambda: deposited_to(alice, bob), timeout=60)  # the offer
         await alice.stop()
-
-        async def state_at(peer: Peer) -> str | None:
-            for t in (await peer.call("files.list"))["transfers"]:
-                if t["id"] == tid:
-                    return str(t["state"])
-            return None
-
-        async def until_state(peer: Peer, state: str) -> bool:
-            return await state_at(peer) == state
-
-        await bob.start(unlock=True)
-        await until(lambda: until_state(bob, "offered"), what="bob finds the offer in his mailbox")
-        inbox = os.path.join(root, "inbox")
-        accepted = await bob.call("files.accept", id=tid, directory=inbox)
-        self.assertEqual(accepted["reason"], ACCEPT_IN_MAILBOX)
-        await bob.recorder.wait(lambda: deposited_to(bob, alice), timeout=60)  # the accept
-        await bob.stop()
-
-        await alice.start(unlock=True)
-        await until(lambda: until_state(alice, "accepted"), what="alice collects the accept")
-        await bob.start(unlock=True)
-        await until(lambda: until_state(bob, "complete"), timeout=120, what="the file lands")
-        with open(os.path.join(inbox, "report.pdf"), "rb") as f:
-            self.assertEqual(f.read(), data)
-        await until(lambda: until_state(alice, "complete"), what="alice sees it complete")
-
-
-def deposited_to(peer: Peer, to: Peer) -> bool:
-    """Whether *peer* deposited an entry (a message or a transfer's record) for *to* in its
-    mailbox since the daemon started."""
-    return any(
-        p.get("via") == "mailbox" and p["contact"] == to.uid and p["state"] == "sent"
-        for p in peer.recorder.named("message.stateChanged")
-    )
+        await accept_while_apart(alice, bob, tid, os.path.join(root, "inbox"), "report.pdf", data)

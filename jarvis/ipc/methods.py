@@ -796,6 +796,16 @@ TRANSFER = Param(
     "id", str, True, "the transfer id, or a unique prefix of it (4+ hex digits)", _non_empty
 )
 
+#: Where a received file goes (files.accept, groups.fetchFile).
+_DIRECTORY = Param(
+    "directory",
+    str,
+    False,
+    "the folder to save into (absolute; default ~/Downloads)",
+    _path,
+    nullable=True,
+)
+
 
 def _send_file(inv: Invocation, send: Callable[..., Any], to: str) -> defer.Deferred[Any]:
     p = inv.params
@@ -911,14 +921,7 @@ def file_specs() -> tuple[MethodSpec, ...]:
                     "the group message that records the file (its id, or 8+ hex digits of it)",
                     _non_empty,
                 ),
-                Param(
-                    "directory",
-                    str,
-                    False,
-                    "the folder to save into (absolute; default ~/Downloads)",
-                    _path,
-                    nullable=True,
-                ),
+                _DIRECTORY,
                 Param("wait", bool, False, "answer only once the transfer ended"),
             ),
             result=_TRANSFER_VIEW,
@@ -954,14 +957,7 @@ def file_specs() -> tuple[MethodSpec, ...]:
             files_accept,
             (
                 TRANSFER,
-                Param(
-                    "directory",
-                    str,
-                    False,
-                    "the folder to save into (absolute; default ~/Downloads)",
-                    _path,
-                    nullable=True,
-                ),
+                _DIRECTORY,
             ),
             result=_TRANSFER_VIEW,
             doc="Accept an offered file: checks the size cap and the free disk space, creates "
