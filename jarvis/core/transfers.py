@@ -792,14 +792,6 @@ class Transfers:
         :raises InvalidInput: if a transfer of this file from this group is already on its
             way to us, or the file cannot be taken (over the size cap, no room, no folder).
         """
-        for e in self._entries.values():
-            if (
-                not e.sending
-                and e.offer.group_id == group_id
-                and e.offer.content_hash == shared.content_hash
-                and e.state not in FINAL_STATES
-            ):
-                raise InvalidInput(f"transfer {e.id[:8]} of this file is already {e.state}")
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         asked = Offer(
             os.urandom(16),
@@ -818,6 +810,14 @@ class Transfers:
             raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
         except OSError as e:
             raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        for e in self._entries.values():  # checked after the folder: two asks at once
+            if (
+                not e.sending
+                and e.offer.group_id == group_id
+                and e.offer.content_hash == shared.content_hash
+                and e.state not in FINAL_STATES
+            ):
+                raise InvalidInput(f"transfer {e.id[:8]} of this file is already {e.state}")
         entry = TransferEntry(
             offer=asked,
             peer=uid,
