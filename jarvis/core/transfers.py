@@ -810,14 +810,16 @@ class Transfers:
             raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
         except OSError as e:
             raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
-        for e in self._entries.values():  # checked after the folder: two asks at once
+        for known in self._entries.values():  # checked after the folder: two asks at once
             if (
-                not e.sending
-                and e.offer.group_id == group_id
-                and e.offer.content_hash == shared.content_hash
-                and e.state not in FINAL_STATES
+                not known.sending
+                and known.offer.group_id == group_id
+                and known.offer.content_hash == shared.content_hash
+                and known.state not in FINAL_STATES
             ):
-                raise InvalidInput(f"transfer {e.id[:8]} of this file is already {e.state}")
+                raise InvalidInput(
+                    f"transfer {known.id[:8]} of this file is already {known.state}"
+                )
         entry = TransferEntry(
             offer=asked,
             peer=uid,
