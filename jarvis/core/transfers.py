@@ -817,9 +817,7 @@ class Transfers:
                 and known.offer.content_hash == shared.content_hash
                 and known.state not in FINAL_STATES
             ):
-                raise InvalidInput(
-                    f"transfer {known.id[:8]} of this file is already {known.state}"
-                )
+                raise InvalidInput(f"transfer {known.id[:8]} of this file is already {known.state}")
         entry = TransferEntry(
             offer=asked,
             peer=uid,
