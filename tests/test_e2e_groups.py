@@ -775,6 +775,51 @@ class GroupFileTests(TestCase):
         )
         self.assertFalse(os.path.exists(os.path.join(late, "report.pdf")))
 
+    async def test_a_member_who_received_a_file_serves_it_while_its_author_is_away(
+        self,
+    ) -> None:
+        """When bob shares a file into a group, alice receives it complete, and bob stops,
+        then carol, who joins later, asks alice for it (groups.fetchFile with from) and gets it
+        byte-identical; the record still names bob as its author; asking bob meanwhile waits
+        ("requested")."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob], "family")
+        root = short_tempdir(self)
+        path = os.path.join(root, "tour.mp4")
+        data = os.urandom(3 * 1024 * 1024 + 1)
+        with open(path, "wb") as f:
+            f.write(data)
+        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        [to_alice] = sent["transfers"]
+        await alice.recorder.wait(lambda: bool(offers_into(alice, gid)), 60)
+        await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
+        await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
+        await bob.stop()
+
+        await befriend(alice, carol)
+        await invite_and_join(alice, gid, carol)
+        record = await self._shared_in_history(carol, gid, sent["message"])
+        self.assertEqual(record["author"], bob.uid)
+        waiting = await carol.call(
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=os.path.join(root, "w"),
+        )
+        self.assertEqual(waiting["state"], "requested")  # bob is away
+        await carol.call("files.cancel", id=waiting["id"])
+        asked = await carol.call(
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=os.path.join(root, "c"),
+            **{"from": alice.uid[:8]},
+        )
+        self.assertEqual(asked["contact"], alice.uid)
+        await carol.recorder.wait(lambda: transfer_state(carol, asked["id"]) == "complete", 120)
+        with open(os.path.join(root, "c", "tour.mp4"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
     async def _shared_in_history(self, peer: Peer, gid: str, message: str) -> dict[str, Any]:
         """The history item *message* of group *gid* at *peer*, once it holds it."""
         while True:

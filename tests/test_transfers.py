@@ -1169,7 +1169,7 @@ class RequestTests(TestCase):
 
     def test_a_request_for_a_file_gone_changed_or_never_shared_is_declined(self) -> None:
         """When carol asks for a file bob never shared from this device, then bob declines
-        ("not shared from this device any more"); when he changed the file on his disk, then
+        ("the file is not on this device"); when he changed the file on his disk, then
         he declines ("changed or is gone"); carol's transfers end cancelled with bob's
         reason, and no partial file is left in her folder."""
         bob, carol, _sessions, path = self.pair()
@@ -1377,3 +1377,48 @@ class RetentionTests(TestCase):
         self.successResultOf(transfers.decline(live.id))
         self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED)
         self.assertIn(live.id, transfers._entries)
+
+
+class HolderTests(TestCase):
+    """A member who received a shared file complete serves it to a member who asks."""
+
+    def test_a_member_who_received_the_file_serves_it(self) -> None:
+        """When alice holds a file shared into GROUP (received complete, at its final path)
+        and carol asks her for it, then alice hashes her copy and offers it under carol's id,
+        and carol takes it (it is the recorded file) and accepts it at once; once alice's copy
+        is gone, she declines ("changed or is gone"), and had her transfer of it not
+        completed, she would decline "not on this device"."""
+        alice, alice_sessions, _e, _s = make_transfers(self)
+        carol, carol_sessions, _e2, _s2 = make_transfers(self)
+        alice_sessions[CAROL] = RoutedSession(carol, ALICE)
+        carol_sessions[ALICE] = RoutedSession(alice, CAROL)
+        path = os.path.join(short_tempdir(self), "song.ogg")
+        with open(path, "wb") as f:
+            f.write(os.urandom(80_000))
+        offer = replace(make_offer(path).offer, group_id=GROUP)
+        received = transfers_module.TransferEntry(
+            offer=offer, peer=BOB, sending=False, state="complete", created=1.0, path=path
+        )
+        alice._entries[received.id] = received
+        shared = SharedFile.of(offer)
+        view = self.successResultOf(carol.request(ALICE, GROUP, shared))
+        entry = carol.find(view["id"])
+        self.assertEqual((entry.state, entry.peer), ("accepted", ALICE))
+        served = alice.find(view["id"])
+        self.assertEqual((served.sending, served.path), (True, path))
+
+        self.successResultOf(carol.cancel(view["id"]))
+        os.remove(path)
+        gone = self.successResultOf(carol.request(ALICE, GROUP, shared))
+        self.assertEqual(
+            carol.find(gone["id"]).reason, "the sender declined: " + transfers_module.SOURCE_GONE
+        )
+        for e in list(alice._entries.values()):  # alice never had it complete
+            if e is not received:
+                del alice._entries[e.id]
+        received.state, received.path = "cancelled", ""
+        never = self.successResultOf(carol.request(ALICE, GROUP, shared))
+        self.assertEqual(
+            carol.find(never["id"]).reason,
+            "the sender declined: " + transfers_module.NOT_SHARED_HERE,
+        )

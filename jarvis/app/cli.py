@@ -736,13 +736,17 @@ class GroupSendFileOptions(CommandOptions):
 class GroupFetchFileOptions(CommandOptions):
     """Ask the member who shared a file into GROUP for it: MESSAGE is the id (8+ hex digits)
     that 'jarvis group history' shows in brackets after 'shared a file: ...'. For a file shared
-    before you joined, or one you declined. The transfer is 'requested' until the member's
+    before you joined, or one you declined. With --from, ask another member who received it
+    (when the author is offline or gone). The transfer is 'requested' until the member's
     daemon offers that very file (checked against the recorded size and hash), then accepted
     at once into --to; prints the transfer id. With --wait, wait until it ended (a progress
     bar on a terminal); the exit status is 1 unless it completed."""
 
-    synopsis = "GROUP MESSAGE [--to DIR] [--wait]"
-    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
+    synopsis = "GROUP MESSAGE [--to DIR] [--from MEMBER] [--wait]"
+    optParameters = [
+        ["to", "t", None, "Folder to save into (default: ~/Downloads)."],
+        ["from", "f", None, "Ask this member (uid, uid prefix or contact name), not the author."],
+    ]
     optFlags = [["wait", "w", "Wait until the transfer is complete, cancelled or failed."]]
 
     def parseArgs(self, group: str, message: str) -> None:  # type: ignore[override]

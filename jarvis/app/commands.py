@@ -1236,11 +1236,13 @@ async def group_send_file(session: Session, opts: usage.Options) -> None:
 
 
 async def group_fetch_file(session: Session, opts: usage.Options) -> None:
-    """``group fetch-file GROUP MESSAGE [--to DIR] [--wait]``: prints the transfer id (its end
-    state with --wait; exit status 1 unless it completed)."""
+    """``group fetch-file GROUP MESSAGE [--to DIR] [--from MEMBER] [--wait]``: prints the
+    transfer id (its end state with --wait; exit status 1 unless it completed)."""
     params: dict[str, Any] = {"group": opts["group"], "message": opts["message"]}
     if opts["to"] is not None:
         params["directory"] = opts["to"]
+    if opts["from"] is not None:
+        params["from"] = opts["from"]
     await _one_transfer(session, "groups.fetchFile", params, wait=bool(opts["wait"]))
 
 

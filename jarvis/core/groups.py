@@ -970,12 +970,16 @@ class Groups:
         view = yield self._write(group, encode_shared_file(shared))
         return view
 
-    def shared_file(self, ref: str, message_ref: str) -> tuple[bytes, str, SharedFile]:
-        """``(group id, author uid, file)`` of the shared file message *message_ref* (its id,
-        or a unique prefix of 8 or more hex digits) in group *ref*, for asking its author.
+    def shared_file(
+        self, ref: str, message_ref: str, holder: str | None = None
+    ) -> tuple[bytes, str, SharedFile]:
+        """``(group id, uid to ask, file)`` of the shared file message *message_ref* (its id,
+        or a unique prefix of 8 or more hex digits) in group *ref*: its author is asked, or the
+        member *holder* (a uid, a uid prefix or a contact's name) when given.
 
-        :raises NotFound: if no single message of that group has that id.
-        :raises InvalidInput: if it is not a shared file, or we shared it ourselves.
+        :raises NotFound: if no single message of that group has that id, or *holder* is not
+            a member.
+        :raises InvalidInput: if it is not a shared file, or we would ask ourselves.
         """
         self._require()
         group = self._live(ref)
@@ -991,6 +995,11 @@ class Groups:
         shared = _shared_file(m)
         if shared is None:
             raise InvalidInput("that message is not a shared file")
+        if holder is not None:
+            member = self._member(group, holder)
+            if member.public_key == self._own_key():
+                raise InvalidInput("you cannot ask yourself for a file")
+            return group.group_id, member.uid, shared
         if m.author == self._own_key():
             raise InvalidInput("you shared that file yourself")
         return group.group_id, m.author_uid, shared

@@ -712,15 +712,17 @@ class Node(Service):
         message_ref: str,
         directory: str | None = None,
         *,
+        holder: str | None = None,
         wait: bool = False,
         progress: Any = None,
     ) -> Any:
         """Ask the member who shared the file of group message *message_ref* for it (a file
-        shared before we joined, or one we declined); it is accepted into *directory* as soon
-        as the offer comes.  With *wait*, answer once it ended."""
+        shared before we joined, or one we declined), or the member *holder* (one who received
+        it); it is accepted into *directory* as soon as the offer comes.  With *wait*, answer
+        once it ended."""
         self._require_store()
-        gid, author, shared = self.groups.shared_file(ref, message_ref)
-        view = yield self.transfers.request(author, gid, shared, directory)
+        gid, uid, shared = self.groups.shared_file(ref, message_ref, holder)
+        view = yield self.transfers.request(uid, gid, shared, directory)
         if not wait:
             return view
         (final,) = yield self._wait_transfers([view["id"]], progress)

@@ -106,8 +106,9 @@ DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 #: Finished transfers (complete, cancelled, failed) stay listed for this long after they were
 #: offered, and at most :data:`MAX_FINISHED` of them (the newest): every transfer is kept in
 #: one document written at each change, so it must not grow for ever.  Kept whatever their
-#: age: those with a record the peer still has to hear, and the newest outgoing transfer of
-#: each file shared into a group (where a member's ``Request`` for it is answered from).
+#: age: those with a record the peer still has to hear, and the newest transfer that says
+#: where we hold each file shared into a group, sent or received (where a member's
+#: ``Request`` for it is answered from).
 FINISHED_KEPT = 30 * 86400.0
 MAX_FINISHED = 500
 
@@ -126,7 +127,7 @@ _DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete, Request)
 #: chosen when asking.
 REQUESTED = "requested"
 #: Why the author of a shared file declines a request for it.
-NOT_SHARED_HERE = "the file is not shared from this device any more"
+NOT_SHARED_HERE = "the file is not on this device (any more)"
 SOURCE_GONE = "the file changed or is gone at the sender"
 #: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
 #: Cleared once a session carries it, or the answer or the stream comes.
@@ -475,7 +476,7 @@ class Transfers:
         sources: dict[tuple[bytes, bytes], TransferEntry] = {}
         for e in self._entries.values():
             key = (e.offer.group_id, e.offer.content_hash)
-            if e.sending and e.path and e.offer.group_id:
+            if _holds(e) and e.offer.group_id:
                 if key not in sources or e.created > sources[key].created:
                     sources[key] = e
         kept = {e.id for e in sources.values()}
@@ -727,8 +728,10 @@ class Transfers:
         self.accept(entry.id, entry.directory or None).addErrback(not_accepted)
 
     def _request_received(self, uid: str, request: Request) -> None:
-        """A member asks for a file we shared into a group: offer it (a transfer of its own,
-        under the id the member chose) if we still have it unchanged, else decline."""
+        """A member asks for a file shared into a group, by us or received by us complete:
+        offer it (a transfer of its own, under the id the member chose) if we still have it
+        unchanged, else decline.  The requester checks the offer against the group's record
+        of the file, so it does not matter who serves it."""
         tid = request.transfer_id
         known = self._entries.get(tid.hex())
         if known is not None:
@@ -747,8 +750,7 @@ class Transfers:
         sources = [
             e
             for e in self._entries.values()
-            if e.sending
-            and e.path
+            if _holds(e)
             and e.offer.group_id == request.group_id
             and e.offer.content_hash == request.content_hash
         ]
@@ -757,7 +759,9 @@ class Transfers:
             return
         source = max(sources, key=lambda e: e.created)
         offer = replace(source.offer, transfer_id=tid, secret=new_transfer_secret())
-        superseded = [e for e in sources if e.peer == uid and e.state not in FINAL_STATES]
+        superseded = [
+            e for e in sources if e.sending and e.peer == uid and e.state not in FINAL_STATES
+        ]
         self._answering.add(answering)
         self.log.info(
             "file request from {uid}: transfer {tid}", uid=log_id(uid), tid=log_id(tid.hex())
@@ -1445,6 +1449,12 @@ class _StreamObserver:
 
 def _safe(text: str) -> str:
     return terminal_safe(text, keep_newlines=False)[:200]
+
+
+def _holds(entry: TransferEntry) -> bool:
+    """Whether *entry* says where this side has its file: the file we sent (any state), or the
+    one we received complete."""
+    return bool(entry.path) and (entry.sending or entry.state == "complete")
 
 
 def _request_of(entry: TransferEntry) -> Request:

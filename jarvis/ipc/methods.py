@@ -829,6 +829,7 @@ def groups_fetch_file(inv: Invocation) -> defer.Deferred[Any]:
         p["group"],
         p["message"],
         p.get("directory"),
+        holder=p.get("from"),
         wait=bool(p.get("wait")),
         progress=inv.progress,
     )
@@ -922,11 +923,22 @@ def file_specs() -> tuple[MethodSpec, ...]:
                     _non_empty,
                 ),
                 _DIRECTORY,
+                Param(
+                    "from",
+                    str,
+                    False,
+                    "a member to ask instead of the author, one who received the file (its "
+                    "uid, 4+ characters of it, or a contact's name)",
+                    nullable=True,
+                ),
                 Param("wait", bool, False, "answer only once the transfer ended"),
             ),
             result=_TRANSFER_VIEW,
             doc="Ask the member who shared a file into the group (a history item with a file) "
-            "for it: a file shared before we joined, or one we declined. The transfer is "
+            "for it: a file shared before we joined, or one we declined; with from, ask "
+            "another member who received it instead (the author is offline, or gone): the "
+            "offer is checked against the group's record of the file whoever serves it. The "
+            "transfer is "
             "'requested' until the member's daemon answers with an offer of that very file "
             "(size, chunk size and content hash as recorded; anything else is refused), which "
             "is accepted at once into directory; the member declines if it no longer has the "
