@@ -9,7 +9,13 @@ the parts that already exist (see ``docs/protocol.md``, "File transfer"):
   one).  They are not kept in the chat history: every transfer's state is kept (encrypted) in
   the store, and the record a peer still needs is written again at each new session with it
   (the sender's ``Offer`` while unanswered, the receiver's ``Accept`` while incomplete, a
-  pending ``Cancel``/``Decline``/``Complete``).  Handling each record is idempotent.
+  pending ``Cancel``/``Decline``/``Complete``, a member's ``Request`` for a file shared into
+  a group while unanswered).  Handling each record is idempotent.  With no session up, they
+  go as durable entries through the peer's mailbox where the node can (:attr:`deposit`).
+- **Shared files**: a member asks the author of a file shared into a group, or a member who
+  received it, for the file (:meth:`Transfers.request`, a ``Request`` under a transfer id the
+  requester chose); the member asked hashes its copy again and offers it under that id, or
+  declines; the requester accepts at once an offer of exactly the recorded file.
 - **Data** travels on a connection of its own to the same peer (pinned TLS and the knock, see
   :mod:`jarvis.net.transfer_link`), so a file never delays chat: the sender dials it when the
   ``Accept`` arrives (again after every session start, so either side's restart resumes), the

@@ -5,7 +5,8 @@ A transfer has two halves (see ``docs/protocol.md``, "File transfer"):
 - **Control records** travel inside the existing end-to-end session, as message bodies:
   :class:`Offer` (name, size, content hash, media type, chunk size, a 16-byte transfer id and the
   32-byte transfer secret the chunk keys come from), :class:`Accept`, :class:`Decline`,
-  :class:`Cancel`.
+  :class:`Cancel`, and a group member's :class:`Request` for a file shared into the group
+  (whose group message body is a :class:`SharedFile`, :func:`encode_shared_file`).
 - **Stream records** travel on the transfer's own connection: the receiver says which chunks it
   holds verified (:class:`Have`, with a fresh epoch the chunk keys of this connection are derived
   from), the sender sends the chunk hashes (:class:`ManifestPage`, checked against the offered
