@@ -711,16 +711,10 @@ class GroupFileTests(TestCase):
         itself, and her copy is byte-identical; alice, who declined, asks too and gets it;
         once bob changed the file on his disk, a new request is declined ("the file changed
         or is gone at the sender") and nothing lands."""
-        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
-        gid = await found_with(alice, [bob], "family")
-        root = short_tempdir(self)
-        path = os.path.join(root, "report.pdf")
-        data = os.urandom(2 * 1024 * 1024 + 5)
-        with open(path, "wb") as f:
-            f.write(data)
-        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        alice, bob, carol, gid, root, path, data, sent = await self._bob_shares(
+            "report.pdf", 2 * 1024 * 1024 + 5
+        )
         [to_alice] = sent["transfers"]
-        await alice.recorder.wait(lambda: bool(offers_into(alice, gid)), 60)
         await alice.call("files.decline", id=to_alice["id"])
         record = await self._shared_in_history(alice, gid, sent["message"])
         self.assertEqual(record["author"], bob.uid)
@@ -782,16 +776,10 @@ class GroupFileTests(TestCase):
         then carol, who joins later, asks alice for it (groups.fetchFile with from) and gets it
         byte-identical; the record still names bob as its author; asking bob meanwhile waits
         ("requested")."""
-        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
-        gid = await found_with(alice, [bob], "family")
-        root = short_tempdir(self)
-        path = os.path.join(root, "tour.mp4")
-        data = os.urandom(3 * 1024 * 1024 + 1)
-        with open(path, "wb") as f:
-            f.write(data)
-        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        alice, bob, carol, gid, root, _path, data, sent = await self._bob_shares(
+            "tour.mp4", 3 * 1024 * 1024 + 1
+        )
         [to_alice] = sent["transfers"]
-        await alice.recorder.wait(lambda: bool(offers_into(alice, gid)), 60)
         await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
         await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
         await bob.stop()
@@ -819,6 +807,24 @@ class GroupFileTests(TestCase):
         await carol.recorder.wait(lambda: transfer_state(carol, asked["id"]) == "complete", 120)
         with open(os.path.join(root, "c", "tour.mp4"), "rb") as f:
             self.assertEqual(f.read(), data)
+
+    async def _bob_shares(
+        self, name: str, size: int
+    ) -> tuple[Peer, Peer, Peer, str, str, str, bytes, dict[str, Any]]:
+        """Start alice, bob and carol; alice founds "family" with bob, who shares a file of
+        *size* random bytes called *name* into it, and waits until alice's daemon lists the
+        offer.  Returns ``(alice, bob, carol, group id, folder, path, data, the
+        groups.sendFile answer)``."""
+        alice, bob, carol = await start_peers(self, ["alice", "bob", "carol"])
+        gid = await found_with(alice, [bob], "family")
+        root = short_tempdir(self)
+        path = os.path.join(root, name)
+        data = os.urandom(size)
+        with open(path, "wb") as f:
+            f.write(data)
+        sent = await bob.call("groups.sendFile", group=gid, path=path)
+        await alice.recorder.wait(lambda: bool(offers_into(alice, gid)), 60)
+        return alice, bob, carol, gid, root, path, data, sent
 
     async def _shared_in_history(self, peer: Peer, gid: str, message: str) -> dict[str, Any]:
         """The history item *message* of group *gid* at *peer*, once it holds it."""
