@@ -1002,6 +1002,12 @@ class Groups:
             return group.group_id, member.uid, shared
         if m.author == self._own_key():
             raise InvalidInput("you shared that file yourself")
+        if group.state.member(m.author_uid) is None:
+            # it would drop the request unanswered: say so now
+            raise InvalidInput(
+                "its author is no longer a member of the group: ask a member who received "
+                "it (from, --from MEMBER)"
+            )
         return group.group_id, m.author_uid, shared
 
     @defer.inlineCallbacks
