@@ -814,12 +814,7 @@ class Transfers:
             group_id,
         )
         policy, _auto = self._policy(uid)
-        try:
-            yield self._run(_check_folder, directory, asked, policy)
-        except (FileTooLarge, NotEnoughSpace) as e:
-            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
-        except OSError as e:
-            raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        yield self._in_folder(_check_folder, directory, asked, policy)
         for known in self._entries.values():  # checked after the folder: two asks at once
             if (
                 not known.sending
@@ -915,12 +910,7 @@ class Transfers:
             raise InvalidInput(f"transfer {entry.id[:8]} is not waiting to be accepted")
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         policy, _auto = self._policy(entry.peer)
-        try:
-            partial = yield self._run(_create_partial, directory, entry.offer, policy)
-        except (FileTooLarge, NotEnoughSpace) as e:
-            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
-        except OSError as e:
-            raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        partial = yield self._in_folder(_create_partial, directory, entry.offer, policy)
         if entry.state != "offered":  # cancelled meanwhile
             yield self._run(partial.discard)
             raise InvalidInput(f"transfer {entry.id[:8]} was {entry.state} meanwhile")
@@ -930,6 +920,24 @@ class Transfers:
         entry.reason = _ACCEPT_REASONS[self._write(entry.peer, Accept(entry.offer.transfer_id))]
         self._changed(entry)
         return self.view(entry)
+
+    @defer.inlineCallbacks
+    def _in_folder(
+        self,
+        f: Callable[[str, Offer, ReceivePolicy], Any],
+        directory: str,
+        offer: Offer,
+        policy: ReceivePolicy,
+    ) -> Any:
+        """Run *f* (a check or the creation of a partial file in *directory*) off the reactor;
+        a file that cannot be taken there is ``InvalidInput`` saying why."""
+        try:
+            result = yield self._run(f, directory, offer, policy)
+        except (FileTooLarge, NotEnoughSpace) as e:
+            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
+        except OSError as e:
+            raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
+        return result
 
     @defer.inlineCallbacks
     def decline(self, ref: str, reason: str = "") -> Any:

@@ -138,14 +138,20 @@ class Sender:
         d = self._controller.call(f"files.{verb}", params, label=verb)
 
         def answered(t: Mapping[str, Any]) -> None:
-            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-            said = f"file {label}: {t.get('state')}"
-            if t.get("reason") and t.get("state") == "accepted":  # e.g. through their mailbox
-                said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
-            self.model.notify(said)
-            self._controller.redraw()
+            # the reason of an accepted one: e.g. it went through their mailbox
+            self._say_file(t, "", with_reason=t.get("state") == "accepted")
 
         d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
+
+    def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
+        """Say a transfer's state on the status line: "file NAME: STATE*after*", then its
+        reason if *with_reason* and it has one."""
+        label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+        said = f"file {label}: {t.get('state')}{after}"
+        if with_reason and t.get("reason"):
+            said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+        self.model.notify(said)
+        self._controller.redraw()
 
     def fetch_file(self, args: tuple[str, ...]) -> None:
         """``/fetch ID [DIR]``: ask the member who shared a file into the open group for it
@@ -160,13 +166,8 @@ class Sender:
             params["directory"] = args[1]
         d = self._controller.call("groups.fetchFile", params, label="fetch")
 
-        def asked(t: Mapping[str, Any]) -> None:
-            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-            said = f"file {label}: {t.get('state')}; it is accepted when offered"
-            if t.get("reason"):  # e.g. the member is offline
-                said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
-            self.model.notify(said)
-            self._controller.redraw()
+        def asked(t: Mapping[str, Any]) -> None:  # the reason: e.g. the member is offline
+            self._say_file(t, "; it is accepted when offered", with_reason=True)
 
         d.addCallbacks(asked, self._controller.report, errbackArgs=("/fetch",))
 
