@@ -758,8 +758,12 @@ class GroupFileTests(TestCase):
         with open(path, "r+b") as f:
             f.write(b"changed")
         late = os.path.join(root, "late")
-        refused = await carol.call(
-            "groups.fetchFile", group=gid, message=sent["message"], directory=late
+        refused = await carol.call(  # bob alone: alice, who now holds it, would serve it
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=late,
+            **{"from": bob.uid},
         )
         await carol.recorder.wait(lambda: transfer_state(carol, refused["id"]) == "cancelled", 60)
         listed = {t["id"]: t for t in (await carol.call("files.list"))["transfers"]}
@@ -773,9 +777,10 @@ class GroupFileTests(TestCase):
         self,
     ) -> None:
         """When bob shares a file into a group, alice receives it complete, and bob stops,
-        then carol, who joins later, asks alice for it (groups.fetchFile with from) and gets it
-        byte-identical; the record still names bob as its author; asking bob meanwhile waits
-        ("requested")."""
+        then carol, who joins later, fetches it without naming anyone (groups.fetchFile): bob
+        is away, so alice, online, is asked and serves it byte-identical; the record still
+        names bob as its author; asking bob alone (from) meanwhile waits ("requested"), and
+        asking alice alone (from) serves it again."""
         alice, bob, carol, gid, root, _path, data, sent = await self._bob_shares(
             "tour.mp4", 3 * 1024 * 1024 + 1
         )
@@ -788,13 +793,25 @@ class GroupFileTests(TestCase):
         await invite_and_join(alice, gid, carol)
         record = await self._shared_in_history(carol, gid, sent["message"])
         self.assertEqual(record["author"], bob.uid)
+        fetched = await carol.call(
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=os.path.join(root, "f"),
+        )
+        self.assertEqual(fetched["contact"], alice.uid)  # bob is away: alice is asked
+        await carol.recorder.wait(lambda: transfer_state(carol, fetched["id"]) == "complete", 120)
+        with open(os.path.join(root, "f", "tour.mp4"), "rb") as f:
+            self.assertEqual(f.read(), data)
+
         waiting = await carol.call(
             "groups.fetchFile",
             group=gid,
             message=sent["message"],
             directory=os.path.join(root, "w"),
+            **{"from": bob.uid[:8]},
         )
-        self.assertEqual(waiting["state"], "requested")  # bob is away
+        self.assertEqual((waiting["state"], waiting["contact"]), ("requested", bob.uid))
         await carol.call("files.cancel", id=waiting["id"])
         asked = await carol.call(
             "groups.fetchFile",

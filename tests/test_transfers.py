@@ -4,6 +4,7 @@ re-sending at session start, and the body prefix that keeps chat text apart."""
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import replace
 from typing import Any
 
@@ -1100,6 +1101,23 @@ class SendingSlotsTests(TestCase):
         self.assertTrue(queued)
 
 
+def author_and_requester(
+    testcase: TestCase,
+) -> tuple[Transfers, Transfers, dict[str, Any], dict[str, Any], str]:
+    """Bob (the author, who sent notes.txt into GROUP to alice) and carol (who will ask for
+    it), their sessions routed to each other; returns both, both's sessions and the path."""
+    bob, bob_sessions, _e, _s = make_transfers(testcase)
+    carol, carol_sessions, _e2, _s2 = make_transfers(testcase)
+    path = os.path.join(short_tempdir(testcase), "notes.txt")
+    with open(path, "wb") as f:
+        f.write(os.urandom(90_000))
+    bob_sessions[ALICE] = FakeSession()
+    testcase.successResultOf(bob.send_many([ALICE], path, GROUP))
+    bob_sessions[CAROL] = RoutedSession(carol, BOB)
+    carol_sessions[BOB] = RoutedSession(bob, CAROL)
+    return bob, carol, bob_sessions, carol_sessions, path
+
+
 class RequestTests(TestCase):
     """A member asks the author of a file shared into a group for it (``Request``); the
     author answers with an offer of that transfer id, or a decline."""
@@ -1108,15 +1126,7 @@ class RequestTests(TestCase):
         """Bob (the author, who sent notes.txt into GROUP to alice) and carol (the
         requester), their sessions routed to each other; returns the author, the requester,
         bob's sessions and the file's path."""
-        bob, bob_sessions, _e, _s = make_transfers(self)
-        carol, carol_sessions, _e2, _s2 = make_transfers(self)
-        path = os.path.join(short_tempdir(self), "notes.txt")
-        with open(path, "wb") as f:
-            f.write(os.urandom(90_000))
-        bob_sessions[ALICE] = FakeSession()
-        self.successResultOf(bob.send_many([ALICE], path, GROUP))
-        bob_sessions[CAROL] = RoutedSession(carol, BOB)
-        carol_sessions[BOB] = RoutedSession(bob, CAROL)
+        bob, carol, bob_sessions, _carol_sessions, path = author_and_requester(self)
         return bob, carol, bob_sessions, path
 
     def hold_hashing(self, bob: Transfers) -> list[defer.Deferred[Any]]:
@@ -1377,6 +1387,102 @@ class RetentionTests(TestCase):
         self.successResultOf(transfers.decline(live.id))
         self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED)
         self.assertIn(live.id, transfers._entries)
+
+
+DAVE = "d" * 52
+
+
+class AskAnotherTests(TestCase):
+    """Fetching a shared file without naming a member: the author when online, else the
+    members online in turn, the author last (``Transfers.request`` with *others*)."""
+
+    def members(self) -> tuple[Transfers, Transfers, dict[str, Any], SharedFile, str, str]:
+        """Bob (the author, who sent notes.txt into GROUP to alice, offline for carol), alice
+        (online, who received it complete and holds it), dave (online, without it) and carol,
+        who asks; returns bob, carol, carol's sessions, the file, carol's folder and the path
+        of alice's copy."""
+        bob, carol, _bob_sessions, carol_sessions, path = author_and_requester(self)
+        [source] = bob._entries.values()
+        alice, alice_sessions, _e, _s = make_transfers(self)
+        copy = os.path.join(short_tempdir(self), "notes.txt")
+        shutil.copyfile(path, copy)
+        offer = replace(source.offer, transfer_id=b"\x07" * 16)
+        alice._entries[offer.transfer_id.hex()] = transfers_module.TransferEntry(
+            offer=offer, peer=BOB, sending=False, state="complete", created=1.0, path=copy
+        )
+        dave, dave_sessions, _e2, _s2 = make_transfers(self)
+        for who, sessions, uid in ((alice, alice_sessions, ALICE), (dave, dave_sessions, DAVE)):
+            sessions[CAROL] = RoutedSession(carol, uid)
+            carol_sessions[uid] = RoutedSession(who, CAROL)
+        carol_sessions[BOB] = None  # bob is offline for carol
+        inbox = os.path.join(short_tempdir(self), "inbox")
+        return bob, carol, carol_sessions, SharedFile.of(source.offer), inbox, copy
+
+    def test_while_the_author_is_offline_a_member_online_who_has_it_serves_it(self) -> None:
+        """When carol fetches bob's file while bob is offline and dave (online, asked first)
+        does not have it, then alice (online, who received it) is asked next and serves it:
+        carol's transfer is accepted from alice, and bob is never asked."""
+        bob, carol, _sessions, shared, inbox, _copy = self.members()
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [DAVE, ALICE]))
+        entry = carol.find(view["id"])
+        self.assertEqual((entry.state, entry.peer, entry.asked), ("accepted", ALICE, 2))
+        self.assertEqual(entry.directory, inbox)
+        self.assertNotIn(view["id"], bob._entries)
+
+    def test_members_without_it_pass_the_request_on_to_the_author_asked_last(self) -> None:
+        """When neither dave nor alice (both online) has the file and bob, its author, is
+        offline, then after both decline (alice's copy is gone) carol's request waits for bob
+        ("requested", the request held for his session, what is left to ask kept across a
+        restart); when bob comes online he is asked and serves it."""
+        bob, carol, sessions, shared, inbox, copy = self.members()
+        os.remove(copy)
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [DAVE, ALICE]))
+        entry = carol.find(view["id"])
+        self.assertEqual(
+            (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
+        )
+        self.assertEqual(entry.reason, transfers_module.REQUEST_WAITS)
+        self.assertEqual((entry.ask_next, entry.ask_last), ([], ""))
+        again = transfers_module.TransferEntry.from_json(entry.to_json())
+        self.assertEqual((again.peer, again.asked, again.ask_last), (BOB, 3, ""))
+
+        sessions[BOB] = RoutedSession(bob, CAROL)
+        carol.session_established(BOB)
+        self.assertEqual((entry.state, entry.peer), ("accepted", BOB))
+
+    def test_when_nobody_asked_has_it_the_transfer_says_how_many_were_asked(self) -> None:
+        """When bob (online, asked first) changed his file and dave (online) never had it,
+        and alice is offline, then carol's transfer ends cancelled saying that none of the 2
+        members asked has it, with the last answer; alice, offline, is not asked, and what
+        is left to ask survives a restart until then."""
+        bob, carol, sessions, shared, inbox, _copy = self.members()
+        sessions[BOB] = RoutedSession(bob, CAROL)
+        sessions[ALICE] = None
+        [source] = bob._entries.values()
+        with open(source.path, "r+b") as f:
+            f.write(b"changed")
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [ALICE, DAVE]))
+        entry = carol.find(view["id"])
+        self.assertEqual(entry.state, "cancelled")
+        self.assertEqual(
+            entry.reason,
+            "none of the 2 members asked has it (the last: "
+            + transfers_module.NOT_SHARED_HERE
+            + ")",
+        )
+        self.assertEqual(entry.peer, DAVE)
+        waiting = transfers_module.TransferEntry(
+            offer=entry.offer,
+            peer=DAVE,
+            sending=False,
+            state=transfers_module.REQUESTED,
+            created=1.0,
+            ask_next=[ALICE],
+            ask_last=BOB,
+            asked=2,
+        )
+        again = transfers_module.TransferEntry.from_json(waiting.to_json())
+        self.assertEqual((again.ask_next, again.ask_last, again.asked), ([ALICE], BOB, 2))
 
 
 class HolderTests(TestCase):

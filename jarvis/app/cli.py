@@ -734,18 +734,20 @@ class GroupSendFileOptions(CommandOptions):
 
 
 class GroupFetchFileOptions(CommandOptions):
-    """Ask the member who shared a file into GROUP for it: MESSAGE is the id (8+ hex digits)
-    that 'jarvis group history' shows in brackets after 'shared a file: ...'. For a file shared
-    before you joined, or one you declined. With --from, ask another member who received it
-    (when the author is offline or gone). The transfer is 'requested' until the member's
-    daemon offers that very file (checked against the recorded size and hash), then accepted
-    at once into --to; prints the transfer id. With --wait, wait until it ended (a progress
-    bar on a terminal); the exit status is 1 unless it completed."""
+    """Ask for a file shared into GROUP: MESSAGE is the id (8+ hex digits) that 'jarvis group
+    history' shows in brackets after 'shared a file: ...'. For a file shared before you
+    joined, or one you declined. The member who shared it is asked when it is online; else,
+    or when it does not have it, the other members online in turn (those who received it
+    serve it), and an author who was offline last. With --from, only that member is asked.
+    The transfer is 'requested' until a member's daemon offers that very file (checked
+    against the recorded size and hash), then accepted at once into --to; prints the
+    transfer id. With --wait, wait until it ended (a progress bar on a terminal); the exit
+    status is 1 unless it completed."""
 
     synopsis = "GROUP MESSAGE [--to DIR] [--from MEMBER] [--wait]"
     optParameters = [
         ["to", "t", None, "Folder to save into (default: ~/Downloads)."],
-        ["from", "f", None, "Ask this member (uid, uid prefix or contact name), not the author."],
+        ["from", "f", None, "Ask only this member (uid, uid prefix or contact name)."],
     ]
     optFlags = [["wait", "w", "Wait until the transfer is complete, cancelled or failed."]]
 

@@ -716,13 +716,18 @@ class Node(Service):
         wait: bool = False,
         progress: Any = None,
     ) -> Any:
-        """Ask the member who shared the file of group message *message_ref* for it (a file
-        shared before we joined, or one we declined), or the member *holder* (one who received
-        it); it is accepted into *directory* as soon as the offer comes.  With *wait*, answer
-        once it ended."""
+        """Ask for the file of group message *message_ref* (a file shared before we joined, or
+        one we declined): the member who shared it when it is online, else the other members
+        online in turn (those who received it serve it), the author last; or only the member
+        *holder* when given.  It is accepted into *directory* as soon as an offer of the
+        recorded file comes.  With *wait*, answer once it ended."""
         self._require_store()
         gid, uid, shared = self.groups.shared_file(ref, message_ref, holder)
-        view = yield self.transfers.request(uid, gid, shared, directory)
+        others: list[str] = []
+        if holder is None:
+            _gid, members = self.groups.file_recipients(ref)
+            others = [m for m in members if m != uid]
+        view = yield self.transfers.request(uid, gid, shared, directory, others)
         if not wait:
             return view
         (final,) = yield self._wait_transfers([view["id"]], progress)

@@ -213,6 +213,14 @@ class TransferEntry:
     #: Sender: waiting for one of the :data:`MAX_SENDING_STREAMS` slots.
     queued: bool = False
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
+    #: Requester: members still to ask for the file when the one asked (``peer``) does not
+    #: have it; each is asked only while a session with it is up.
+    ask_next: list[str] = field(default_factory=list)
+    #: Requester: the file's author, asked last (its request may wait for it to come online)
+    #: when it was offline at first; ``""`` once asked, or when it was asked first.
+    ask_last: str = ""
+    #: Requester: how many members were asked so far.
+    asked: int = 1
 
     @property
     def id(self) -> str:
@@ -230,6 +238,9 @@ class TransferEntry:
             "reason": self.reason,
             "notice": self.notice,
             "done": self.done,
+            "ask_next": self.ask_next,
+            "ask_last": self.ask_last,
+            "asked": self.asked,
         }
 
     @classmethod
@@ -248,6 +259,9 @@ class TransferEntry:
             reason=str(data.get("reason", "")),
             notice=str(data.get("notice", "")),
             done=int(data.get("done", 0)),
+            ask_next=[str(u) for u in data.get("ask_next", [])],
+            ask_last=str(data.get("ask_last", "")),
+            asked=int(data.get("asked", 1)),
         )
 
 
@@ -643,8 +657,14 @@ class Transfers:
             # the receiver could not dial us either and waits at the relay: meet it there
             self._relay_requested(entry)
         elif isinstance(record, Decline) and not entry.sending and entry.state == REQUESTED:
-            said = _safe(record.reason)
-            self._finish(entry, "cancelled", "the sender declined: " + (said or "declined"), "")
+            said = _safe(record.reason) or "declined"
+            if self._ask_another(entry):
+                return
+            if entry.asked > 1:
+                reason = f"none of the {entry.asked} members asked has it (the last: {said})"
+            else:
+                reason = "the sender declined: " + said
+            self._finish(entry, "cancelled", reason, "")
         elif isinstance(record, Decline) and entry.sending and entry.state == "offered":
             said = _safe(record.reason)
             # a decline with no reason of its own carries "declined": not "declined: declined"
@@ -793,11 +813,22 @@ class Transfers:
 
     @defer.inlineCallbacks
     def request(
-        self, uid: str, group_id: bytes, shared: SharedFile, directory: str | None = None
+        self,
+        uid: str,
+        group_id: bytes,
+        shared: SharedFile,
+        directory: str | None = None,
+        others: Sequence[str] = (),
     ) -> Any:
         """Ask member *uid* for the file it *shared* into group *group_id*: a transfer in state
         ``requested`` until the offer comes, then accepted at once into *directory* (default:
         the downloads folder).  Returns the view.
+
+        *others* are members who may hold the file too (who received it): while *uid* is
+        offline, those online are asked first and *uid* last; when *uid* is online it is asked
+        first.  Whoever does not have it declines, and the next one online is asked
+        (:meth:`_ask_another`); the offer is taken only if it is the recorded file, whoever
+        serves it.
 
         :raises InvalidInput: if a transfer of this file from this group is already on its
             way to us, or the file cannot be taken (over the size cap, no room, no folder).
@@ -823,23 +854,56 @@ class Transfers:
                 and known.state not in FINAL_STATES
             ):
                 raise InvalidInput(f"transfer {known.id[:8]} of this file is already {known.state}")
+        others = [o for o in dict.fromkeys(others) if o != uid]
+        first = uid
+        if self._sessions(uid) is None:
+            first = next((o for o in others if self._sessions(o) is not None), uid)
         entry = TransferEntry(
             offer=asked,
-            peer=uid,
+            peer=first,
             sending=False,
             state=REQUESTED,
             created=self.now(),
             directory=directory,
+            ask_next=[o for o in others if o != first],
+            ask_last=uid if first != uid else "",
         )
         self._entries[entry.id] = entry
-        how = self._write(uid, _request_of(entry))
-        if entry.state == REQUESTED:  # not answered already
+        how = self._write(first, _request_of(entry))
+        if entry.state == REQUESTED and entry.peer == first:  # not answered already
             entry.reason = _REQUEST_REASONS[how]
         self._changed(entry)
         self.log.info(
-            "asked {uid} for a shared file: transfer {tid}", uid=log_id(uid), tid=log_id(entry.id)
+            "asked {uid} for a shared file: transfer {tid}",
+            uid=log_id(first),
+            tid=log_id(entry.id),
         )
         return self.view(entry)
+
+    def _ask_another(self, entry: TransferEntry) -> bool:
+        """The member asked for a requested file does not have it: ask the next member with a
+        session up (members offline meanwhile are passed over), else the author kept for last
+        (its request may wait for it); return whether anyone was asked."""
+        following = iter(entry.ask_next)
+        ask = next((o for o in following if self._sessions(o) is not None), "")
+        entry.ask_next = list(following)
+        if not ask and entry.ask_last:
+            ask, entry.ask_last, entry.ask_next = entry.ask_last, "", []
+        if not ask:
+            return False
+        entry.peer = ask
+        entry.asked += 1
+        entry.reason = ""
+        how = self._write(ask, _request_of(entry))
+        if entry.state == REQUESTED and entry.peer == ask:  # not answered already
+            entry.reason = _REQUEST_REASONS[how]
+            self._changed(entry)
+        self.log.info(
+            "transfer {tid}: not at the member asked, asking {uid}",
+            tid=log_id(entry.id),
+            uid=log_id(ask),
+        )
+        return True
 
     @defer.inlineCallbacks
     def send(self, uid: str, path: str) -> Any:

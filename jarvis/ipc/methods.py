@@ -927,22 +927,26 @@ def file_specs() -> tuple[MethodSpec, ...]:
                     "from",
                     str,
                     False,
-                    "a member to ask instead of the author, one who received the file (its "
-                    "uid, 4+ characters of it, or a contact's name)",
+                    "ask only this member, one who received the file (its uid, 4+ "
+                    "characters of it, or a contact's name)",
                     nullable=True,
                 ),
                 Param("wait", bool, False, "answer only once the transfer ended"),
             ),
             result=_TRANSFER_VIEW,
-            doc="Ask the member who shared a file into the group (a history item with a file) "
-            "for it: a file shared before we joined, or one we declined; with from, ask "
-            "another member who received it instead (the author is offline, or gone): the "
-            "offer is checked against the group's record of the file whoever serves it. The "
-            "transfer is "
-            "'requested' until the member's daemon answers with an offer of that very file "
+            doc="Ask for a file shared into the group (a history item with a file): a file "
+            "shared before we joined, or one we declined. Without from, the member who shared "
+            "it is asked when it is online; else, or when it does not have the file, the other "
+            "members online are asked in turn (those who received it complete serve it), and "
+            "an author who was offline last; contact says who is being asked. With from, only "
+            "that member is asked. The offer is checked against the group's record of the file "
+            "whoever serves it. The transfer is "
+            "'requested' until a member's daemon answers with an offer of that very file "
             "(size, chunk size and content hash as recorded; anything else is refused), which "
-            "is accepted at once into directory; the member declines if it no longer has the "
-            "file unchanged ('the sender declined: ...'). The request goes over the member's "
+            "is accepted at once into directory; a member who does not have the file "
+            "unchanged declines, and when nobody left to ask has it the transfer ends "
+            "cancelled ('the sender declined: ...', or 'none of the N members asked has it "
+            "(the last: ...)'). The request goes over the member's "
             "session, or into its mailbox (its queue for the group when it is not a contact; "
             "reason says which while it waits). "
             "Refused if a transfer of this file from this group is already under way. With "

@@ -154,8 +154,9 @@ class Sender:
         self._controller.redraw()
 
     def fetch_file(self, args: tuple[str, ...]) -> None:
-        """``/fetch ID [DIR]``: ask the member who shared a file into the open group for it
-        (``groups.fetchFile``; ID is the shared file's message id shown on its line)."""
+        """``/fetch ID [DIR]``: ask for a file shared into the open group (``groups.fetchFile``:
+        its author, else a member online who received it; ID is the shared file's message id
+        shown on its line)."""
         uid = self.model.current_uid
         group = self.model.contacts.get(uid) if uid is not None and is_group(uid) else None
         if group is None:
