@@ -142,6 +142,39 @@ class AllocatorServiceTests(SynchronousTestCase):
         self.assertEqual(len(ran), 2)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_a_settled_daemon_releases_once_soon(self) -> None:
+        """When the daemon says it settled (unlocked) twice, then one release runs
+        SETTLE_DELAY seconds after the second call, off the reactor, besides the interval's;
+        after stop, a pending one is cancelled; before start, settling does nothing."""
+        libc = FakeLibc()
+        self.patch(allocator, "glibc", lambda: libc)
+        clock = task.Clock()
+        ran: list[Any] = []
+
+        def run_blocking(f: Any, *args: Any) -> defer.Deferred[Any]:
+            ran.append(f)
+            return defer.maybeDeferred(f, *args)
+
+        service = AllocatorService(clock, run_blocking)
+        service.settled()
+        self.assertEqual(clock.getDelayedCalls(), [])  # not started
+        service.startService()
+        service.settled()
+        clock.advance(1)
+        service.settled()
+        clock.advance(allocator.SETTLE_DELAY - 0.5)
+        self.assertEqual(ran, [])
+        clock.advance(0.5)
+        self.assertEqual(ran, [allocator.release_free_memory])
+        self.assertEqual(libc.calls[-1], ("malloc_trim", (0,)))
+        clock.advance(allocator.SETTLE_DELAY)
+        self.assertEqual(len(ran), 1)  # once per settling
+        service.settled()
+        service.stopService()
+        clock.advance(allocator.RELEASE_INTERVAL * 2)
+        self.assertEqual(len(ran), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_not_glibc_no_loop(self) -> None:
         """When the C library is not glibc, then the service starts without a release loop."""
         self.patch(allocator, "glibc", lambda: None)

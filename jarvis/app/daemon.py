@@ -288,7 +288,8 @@ class LagProbeService(Service):
 class AllocatorService(Service):
     """Sets the C allocator's thresholds (:mod:`jarvis.runtime.allocator`) and hands free
     memory back to the kernel every :data:`~jarvis.runtime.allocator.RELEASE_INTERVAL`
-    seconds, off the reactor thread."""
+    seconds, and once :data:`~jarvis.runtime.allocator.SETTLE_DELAY` seconds after each
+    :meth:`settled` (the identity unlocked), off the reactor thread."""
 
     log = Logger()
 
@@ -296,6 +297,19 @@ class AllocatorService(Service):
         self._clock = clock
         self._run_blocking = run_blocking
         self._loop: LoopingCall | None = None
+        self._settle: Any = None
+
+    def settled(self) -> None:
+        """A burst of start-up work just ended (the identity unlocked): release the memory it
+        left free once, :data:`~jarvis.runtime.allocator.SETTLE_DELAY` seconds from now (a
+        second call moves that release)."""
+        from jarvis.runtime import allocator
+
+        if self._loop is None:
+            return  # not running, or not glibc
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        self._settle = self._clock.callLater(allocator.SETTLE_DELAY, self._release)
 
     def startService(self) -> None:
         from jarvis.runtime import allocator
@@ -321,6 +335,9 @@ class AllocatorService(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+        if self._settle is not None and self._settle.active():
+            self._settle.cancel()
+        self._settle = None
         return None
 
 
@@ -372,7 +389,8 @@ class JarvisDaemon(MultiService):
         # alone costs ~2% of a core on the asyncio reactor)
         self.lag_probe = ReactorLagProbe(reactor, interval=0.05)
         LagProbeService(self.lag_probe).setServiceParent(self)
-        AllocatorService(reactor, self.run_blocking).setServiceParent(self)
+        self.allocator = AllocatorService(reactor, self.run_blocking)
+        self.allocator.setServiceParent(self)
 
         self.peer_factory = PeerListenerFactory()
         self.node = Node(
@@ -491,6 +509,7 @@ class JarvisDaemon(MultiService):
         self.peer_factory.current = network.server_factory()
         self._lan_knock_keys = network.knock_keys
         self.lan.unlocked(identity, network.knock_keys_prepared)
+        self.allocator.settled()
         return network
 
     def _listening(self) -> tuple[str, int] | None:

@@ -38,6 +38,10 @@ TRIM_THRESHOLD = 128 * 1024 * 1024
 ARENAS = 1
 #: Seconds between two :func:`release_free_memory` calls in the daemon.
 RELEASE_INTERVAL = 60.0
+#: Seconds after the identity is unlocked to the first release: unlocking (the key's
+#: derivation, loading the store) leaves a few MiB free in the heap that a first transfer would
+#: otherwise start on top of (its peak RSS 1.5 MiB higher, ``docs/benchmarks.md``).
+SETTLE_DELAY = 5.0
 
 
 @functools.cache
