@@ -1450,6 +1450,32 @@ class AskAnotherTests(TestCase):
         carol.session_established(BOB)
         self.assertEqual((entry.state, entry.peer), ("accepted", BOB))
 
+    def test_a_member_asked_who_leaves_the_group_passes_the_request_on(self) -> None:
+        """When carol waits on alice (online, asked, her answer not come yet) and alice leaves
+        the group, then the request goes on to dave, the next member online, who does not
+        have it, then to bob, offline, asked last; when bob leaves too, carol's transfer ends
+        cancelled with the reason of his leaving."""
+        _bob, carol, sessions, shared, inbox, _copy = self.members()
+        silent = FakeSession()  # alice: her answer has not come
+        sessions[ALICE] = silent
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [ALICE, DAVE]))
+        entry = carol.find(view["id"])
+        self.assertEqual((entry.state, entry.peer), (transfers_module.REQUESTED, ALICE))
+        self.assertEqual([type(r).__name__ for r in silent.records], ["Request"])
+        gone = {ALICE}
+
+        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
+            return ("they left the group", False) if uid in gone else None
+
+        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.assertEqual(
+            (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
+        )
+        self.assertEqual(entry.reason, transfers_module.REQUEST_WAITS)
+        gone.add(BOB)
+        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.assertEqual((entry.state, entry.reason), ("cancelled", "they left the group"))
+
     def test_when_nobody_asked_has_it_the_transfer_says_how_many_were_asked(self) -> None:
         """When bob (online, asked first) changed his file and dave (online) never had it,
         and alice is offline, then carol's transfer ends cancelled saying that none of the 2

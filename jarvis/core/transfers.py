@@ -1034,7 +1034,9 @@ class Transfers:
         *refusal(uid, group id)* says why a transfer may not go on (a contact removed or
         blocked, a member who left the group or was removed, our own leaving), and whether
         the peer is told: ``(reason, tell)``, or ``None`` if it may.  Each one refused is
-        cancelled as :meth:`cancel` would (its partial file removed).
+        cancelled as :meth:`cancel` would (its partial file removed), except a shared file we
+        asked a member for and are still waiting on: the request goes on to the next member
+        left to ask whom *refusal* allows (:meth:`_ask_another`), if any.
         """
         ending = []
         for entry in list(self._entries.values()):
@@ -1048,6 +1050,12 @@ class Transfers:
             refused = refusal(entry.peer, gid)
             if refused is None:
                 continue
+            if entry.state == REQUESTED and not entry.sending:
+                entry.ask_next = [u for u in entry.ask_next if refusal(u, gid) is None]
+                if entry.ask_last and refusal(entry.ask_last, gid) is not None:
+                    entry.ask_last = ""
+                if self._ask_another(entry):
+                    continue
             reason, tell = refused
             self.log.info("transfer {tid} refused now: {why}", tid=log_id(entry.id), why=reason)
             ending.append(self._finish(entry, "cancelled", reason, notice="cancel" if tell else ""))
