@@ -227,6 +227,11 @@ class TransferEntry:
         return self.offer.transfer_id.hex()
 
     def to_json(self) -> dict[str, Any]:
+        asking = (
+            {"ask_next": self.ask_next, "ask_last": self.ask_last, "asked": self.asked}
+            if self.ask_next or self.ask_last or self.asked != 1
+            else {}
+        )
         return {
             "offer": encode_transfer_record(self.offer).hex(),
             "peer": self.peer,
@@ -238,9 +243,7 @@ class TransferEntry:
             "reason": self.reason,
             "notice": self.notice,
             "done": self.done,
-            "ask_next": self.ask_next,
-            "ask_last": self.ask_last,
-            "asked": self.asked,
+            **asking,
         }
 
     @classmethod
