@@ -872,16 +872,21 @@ class Transfers:
             ask_last=uid if first != uid else "",
         )
         self._entries[entry.id] = entry
-        how = self._write(first, _request_of(entry))
-        if entry.state == REQUESTED and entry.peer == first:  # not answered already
-            entry.reason = _REQUEST_REASONS[how]
-        self._changed(entry)
-        self.log.info(
-            "asked {uid} for a shared file: transfer {tid}",
-            uid=log_id(first),
-            tid=log_id(entry.id),
-        )
+        self._ask(entry, first)
         return self.view(entry)
+
+    def _ask(self, entry: TransferEntry, uid: str) -> None:
+        """Send the request of *entry* to member *uid*; unless answered at once, its reason
+        says where the request went."""
+        entry.peer = uid
+        entry.reason = ""
+        how = self._write(uid, _request_of(entry))
+        if entry.state == REQUESTED and entry.peer == uid:  # not answered already
+            entry.reason = _REQUEST_REASONS[how]
+            self._changed(entry)
+        self.log.info(
+            "asked {uid} for a shared file: transfer {tid}", uid=log_id(uid), tid=log_id(entry.id)
+        )
 
     def _ask_another(self, entry: TransferEntry) -> bool:
         """The member asked for a requested file does not have it: ask the next member with a
@@ -894,18 +899,8 @@ class Transfers:
             ask, entry.ask_last, entry.ask_next = entry.ask_last, "", []
         if not ask:
             return False
-        entry.peer = ask
         entry.asked += 1
-        entry.reason = ""
-        how = self._write(ask, _request_of(entry))
-        if entry.state == REQUESTED and entry.peer == ask:  # not answered already
-            entry.reason = _REQUEST_REASONS[how]
-            self._changed(entry)
-        self.log.info(
-            "transfer {tid}: not at the member asked, asking {uid}",
-            tid=log_id(entry.id),
-            uid=log_id(ask),
-        )
+        self._ask(entry, ask)
         return True
 
     @defer.inlineCallbacks
