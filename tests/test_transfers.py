@@ -1476,6 +1476,44 @@ class AskAnotherTests(TestCase):
         self.successResultOf(carol.revoke(refusal, group_id=GROUP))
         self.assertEqual((entry.state, entry.reason), ("cancelled", "they left the group"))
 
+    def test_a_member_who_does_not_answer_is_passed_over_and_its_late_offer_cancelled(
+        self,
+    ) -> None:
+        """When alice, online, is asked and does not answer (her daemon dropped the request)
+        for REQUEST_PATIENCE seconds, then dave is asked, who does not have it, then bob,
+        offline, last, and no deadline runs while the request waits for bob; when alice's
+        offer then comes late, carol cancels it ("asked of another member") and keeps waiting
+        on bob.  A member asked with nobody left to ask has no deadline."""
+        bob, carol, sessions, shared, inbox, _copy = self.members()
+        silent = FakeSession()
+        sessions[ALICE] = silent
+        clock: Any = carol.clock
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [ALICE, DAVE]))
+        entry = carol.find(view["id"])
+        clock.advance(transfers_module.REQUEST_PATIENCE - 1)
+        self.assertEqual((entry.state, entry.peer), (transfers_module.REQUESTED, ALICE))
+        clock.advance(1)
+        self.assertEqual(
+            (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
+        )
+        self.assertEqual(entry.reason, transfers_module.REQUEST_WAITS)
+        self.assertIsNone(entry.patience)
+
+        [source] = bob._entries.values()
+        late = replace(source.offer, transfer_id=entry.offer.transfer_id)
+        carol.record_received(ALICE, encode_transfer_record(late))
+        self.assertEqual(
+            [(type(r).__name__, getattr(r, "reason", "")) for r in silent.records],
+            [("Request", ""), ("Cancel", transfers_module.ASKED_ANOTHER)],
+        )
+        self.assertEqual((entry.state, entry.peer), (transfers_module.REQUESTED, BOB))
+
+        self.successResultOf(carol.cancel(view["id"]))
+        alone = self.successResultOf(carol.request(ALICE, GROUP, shared, inbox))
+        self.assertEqual(carol.find(alone["id"]).peer, ALICE)
+        self.assertIsNone(carol.find(alone["id"]).patience)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_when_nobody_asked_has_it_the_transfer_says_how_many_were_asked(self) -> None:
         """When bob (online, asked first) changed his file and dave (online) never had it,
         and alice is offline, then carol's transfer ends cancelled saying that none of the 2

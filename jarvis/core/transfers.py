@@ -101,6 +101,12 @@ NO_DATA_CONNECTION = "no data connection"
 #: for the relay, when one is known for the pair: a NAT that drops packets would otherwise hold
 #: each stage for its whole connect timeout (about 10 s) before the relay is tried.
 RELAY_HEAD_START = 2.0
+#: Seconds a member asked for a shared file over a live session has to answer (it hashes the
+#: file again first: about 10 s for 10 GiB here) before the next member left to ask is asked:
+#: a member whose daemon drops the request (it does not yet know us as a member) would
+#: otherwise hold the request for ever while others could serve it.  A late answer is then
+#: refused (:meth:`Transfers._offer_received`).
+REQUEST_PATIENCE = 60.0
 #: Most outgoing streams at once (each holds up to about 12 MiB of sealed pieces and TLS
 #: records, and they share one uplink): a file sent into a group of 20 would otherwise stream
 #: to every member who accepts at once.  More wait, "queued", and start as others end.
@@ -148,6 +154,8 @@ _OFFER_REASONS = {"session": "", "mailbox": OFFER_IN_MAILBOX, "held": OFFER_WAIT
 _ACCEPT_REASONS = {"session": "", "mailbox": ACCEPT_IN_MAILBOX, "held": ACCEPT_WAITS}
 REQUEST_IN_MAILBOX = "offline: the request goes through their mailbox"
 REQUEST_WAITS = "offline: the request goes when they come online"
+#: Why a member's late answer to a request is cancelled: another member was asked meanwhile.
+ASKED_ANOTHER = "the file was asked of another member meanwhile"
 _REQUEST_REASONS = {"session": "", "mailbox": REQUEST_IN_MAILBOX, "held": REQUEST_WAITS}
 _UNTIL_SESSION = frozenset(
     {
@@ -221,6 +229,9 @@ class TransferEntry:
     ask_last: str = ""
     #: Requester: how many members were asked so far.
     asked: int = 1
+    #: Requester: the pending call that asks the next member when the one asked over a
+    #: session does not answer in :data:`REQUEST_PATIENCE` seconds.
+    patience: Any = None
 
     @property
     def id(self) -> str:
@@ -360,6 +371,7 @@ class Transfers:
         """Forget the runtime state (at lock); the kept state stays in the store."""
         for entry in self._entries.values():
             self._cancel_redial(entry)
+            self._stop_patience(entry)
             self._stop_space_probe(entry)
             if entry.partial is not None and not entry.streaming:
                 entry.partial.close()
@@ -606,6 +618,7 @@ class Transfers:
                 self._send_control(uid, Accept(entry.offer.transfer_id))
             elif not entry.sending and entry.state == REQUESTED:
                 self._send_control(uid, _request_of(entry))
+                self._be_patient(entry)
             elif entry.sending and entry.state == "accepted":
                 entry.redial_delay = REDIAL_INITIAL
                 self._start_stream(entry)
@@ -683,6 +696,15 @@ class Transfers:
         known = self._entries.get(offer.transfer_id.hex())
         if known is not None:
             if known.peer != uid:
+                if (
+                    not known.sending
+                    and known.offer.group_id
+                    and known.offer.group_id == offer.group_id
+                    and self.may_offer(uid, offer.group_id)
+                ):
+                    # A member we asked for this file before asking another: its answer came
+                    # late (REQUEST_PATIENCE), and the file comes from the other.
+                    self._send_control(uid, Cancel(offer.transfer_id, ASKED_ANOTHER))
                 return
             if known.state == REQUESTED and not known.sending:
                 self._requested_offer(known, offer)
@@ -745,6 +767,7 @@ class Transfers:
             return
         if not self.may_offer(entry.peer, offer.group_id):
             return  # no longer members together: the sweep ends it
+        self._stop_patience(entry)
         entry.offer = offer
         entry.state = "offered"
         entry.reason = ""
@@ -878,15 +901,42 @@ class Transfers:
     def _ask(self, entry: TransferEntry, uid: str) -> None:
         """Send the request of *entry* to member *uid*; unless answered at once, its reason
         says where the request went."""
+        self._stop_patience(entry)
         entry.peer = uid
         entry.reason = ""
         how = self._write(uid, _request_of(entry))
         if entry.state == REQUESTED and entry.peer == uid:  # not answered already
             entry.reason = _REQUEST_REASONS[how]
             self._changed(entry)
+            if how == "session":
+                self._be_patient(entry)
         self.log.info(
             "asked {uid} for a shared file: transfer {tid}", uid=log_id(uid), tid=log_id(entry.id)
         )
+
+    def _be_patient(self, entry: TransferEntry) -> None:
+        """Give the member just asked over a session :data:`REQUEST_PATIENCE` seconds to
+        answer, when someone else is left to ask."""
+        self._stop_patience(entry)
+        if entry.ask_next or entry.ask_last:
+            entry.patience = self.clock.callLater(
+                REQUEST_PATIENCE, self._out_of_patience, entry, entry.peer
+            )
+
+    def _stop_patience(self, entry: TransferEntry) -> None:
+        if entry.patience is not None and entry.patience.active():
+            entry.patience.cancel()
+        entry.patience = None
+
+    def _out_of_patience(self, entry: TransferEntry, asked: str) -> None:
+        entry.patience = None
+        if entry.state == REQUESTED and entry.peer == asked and not entry.sending:
+            self.log.info(
+                "transfer {tid}: {uid} did not answer the request",
+                tid=log_id(entry.id),
+                uid=log_id(asked),
+            )
+            self._ask_another(entry)
 
     def _ask_another(self, entry: TransferEntry) -> bool:
         """The member asked for a requested file does not have it: ask the next member with a
@@ -1067,6 +1117,7 @@ class Transfers:
         entry.reason = reason
         entry.notice = notice
         self._cancel_redial(entry)
+        self._stop_patience(entry)
         self._stop_space_probe(entry)
         entry.queued = False
         if entry.pull_source is not None:
