@@ -493,6 +493,6 @@ class SharedFileUiTests(SynchronousTestCase):
         )
         self.assertEqual(
             controller.model.status.text,
-            "file report.pdf: requested; it is accepted when offered "
+            "file report.pdf: requested from alice; it is accepted when offered "
             "(offline: the request goes when they come online)",
         )

@@ -168,7 +168,9 @@ class Sender:
         d = self._controller.call("groups.fetchFile", params, label="fetch")
 
         def asked(t: Mapping[str, Any]) -> None:  # the reason: e.g. the member is offline
-            self._say_file(t, "; it is accepted when offered", with_reason=True)
+            member = terminal_safe(str(t.get("contact_name") or ""), keep_newlines=False)
+            whom = f" from {member}" if member and t.get("state") == "requested" else ""
+            self._say_file(t, whom + "; it is accepted when offered", with_reason=True)
 
         d.addCallbacks(asked, self._controller.report, errbackArgs=("/fetch",))
 
