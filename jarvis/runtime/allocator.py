@@ -40,8 +40,9 @@ ARENAS = 1
 RELEASE_INTERVAL = 60.0
 #: Seconds after the identity is unlocked to the first release: unlocking (the key's
 #: derivation, loading the store) leaves a few MiB free in the heap that a first transfer would
-#: otherwise start on top of (its peak RSS 1.5 MiB higher, ``docs/benchmarks.md``).
-SETTLE_DELAY = 5.0
+#: otherwise start on top of (its peak RSS up to 1.5 MiB higher, ``docs/benchmarks.md``); a
+#: transfer may start a few seconds after unlocking.
+SETTLE_DELAY = 1.0
 
 
 @functools.cache
