@@ -160,11 +160,11 @@ class AllocatorServiceTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])  # not started
         service.startService()
         service.settled()
-        clock.advance(1)
-        service.settled()
-        clock.advance(allocator.SETTLE_DELAY - 0.5)
+        clock.advance(allocator.SETTLE_DELAY / 2)
+        service.settled()  # moves the release
+        clock.advance(allocator.SETTLE_DELAY * 0.9)
         self.assertEqual(ran, [])
-        clock.advance(0.5)
+        clock.advance(allocator.SETTLE_DELAY * 0.1)
         self.assertEqual(ran, [allocator.release_free_memory])
         self.assertEqual(libc.calls[-1], ("malloc_trim", (0,)))
         clock.advance(allocator.SETTLE_DELAY)
