@@ -162,9 +162,9 @@ class AllocatorServiceTests(SynchronousTestCase):
         service.settled()
         clock.advance(allocator.SETTLE_DELAY / 2)
         service.settled()  # moves the release
-        clock.advance(allocator.SETTLE_DELAY * 0.9)
+        clock.advance(allocator.SETTLE_DELAY * 0.75)
         self.assertEqual(ran, [])
-        clock.advance(allocator.SETTLE_DELAY * 0.1)
+        clock.advance(allocator.SETTLE_DELAY * 0.25)
         self.assertEqual(ran, [allocator.release_free_memory])
         self.assertEqual(libc.calls[-1], ("malloc_trim", (0,)))
         clock.advance(allocator.SETTLE_DELAY)
