@@ -1476,14 +1476,16 @@ class AskAnotherTests(TestCase):
         self.successResultOf(carol.revoke(refusal, group_id=GROUP))
         self.assertEqual((entry.state, entry.reason), ("cancelled", "they left the group"))
 
-    def test_a_member_who_does_not_answer_is_passed_over_and_its_late_offer_cancelled(
+    def test_a_member_who_does_not_answer_is_passed_over_and_a_late_offer_still_taken(
         self,
     ) -> None:
-        """When alice, online, is asked and does not answer (her daemon dropped the request)
-        for REQUEST_PATIENCE seconds, then dave is asked, who does not have it, then bob,
-        offline, last, and no deadline runs while the request waits for bob; when alice's
-        offer then comes late, carol cancels it ("asked of another member") and keeps waiting
-        on bob.  A member asked with nobody left to ask has no deadline."""
+        """When alice, online, is asked and does not answer (her daemon is slow or dropped the
+        request) for REQUEST_PATIENCE seconds, then dave is asked, who does not have it, then
+        bob, offline, last, and no deadline runs while the request waits for bob; a late
+        offer of another file under carol's id (dave's) is cancelled and changes nothing;
+        alice's late offer of the very file is taken while carol still waits, and bob's,
+        coming after it, is cancelled ("another member sent the file meanwhile").  A member
+        asked with nobody left to ask has no deadline."""
         bob, carol, sessions, shared, inbox, _copy = self.members()
         silent = FakeSession()
         sessions[ALICE] = silent
@@ -1500,13 +1502,22 @@ class AskAnotherTests(TestCase):
         self.assertIsNone(entry.patience)
 
         [source] = bob._entries.values()
-        late = replace(source.offer, transfer_id=entry.offer.transfer_id)
-        carol.record_received(ALICE, encode_transfer_record(late))
-        self.assertEqual(
-            [(type(r).__name__, getattr(r, "reason", "")) for r in silent.records],
-            [("Request", ""), ("Cancel", transfers_module.ASKED_ANOTHER)],
-        )
+        tid = entry.offer.transfer_id
+        bogus = replace(source.offer, transfer_id=tid, content_hash=b"\x05" * 32)
+        carol.record_received(DAVE, encode_transfer_record(bogus))
         self.assertEqual((entry.state, entry.peer), (transfers_module.REQUESTED, BOB))
+        self.assertIsInstance(sessions[DAVE].records[-1], Cancel)
+
+        carol.record_received(ALICE, encode_transfer_record(replace(source.offer, transfer_id=tid)))
+        self.assertEqual((entry.state, entry.peer), ("accepted", ALICE))
+        self.assertEqual([type(r).__name__ for r in silent.records], ["Request", "Accept"])
+        sessions[BOB] = FakeSession()
+        carol.record_received(BOB, encode_transfer_record(replace(source.offer, transfer_id=tid)))
+        self.assertEqual(
+            [(type(r).__name__, getattr(r, "reason", "")) for r in sessions[BOB].records],
+            [("Cancel", transfers_module.ASKED_ANOTHER)],
+        )
+        self.assertEqual((entry.state, entry.peer), ("accepted", ALICE))
 
         self.successResultOf(carol.cancel(view["id"]))
         alone = self.successResultOf(carol.request(ALICE, GROUP, shared, inbox))

@@ -104,8 +104,8 @@ RELAY_HEAD_START = 2.0
 #: Seconds a member asked for a shared file over a live session has to answer (it hashes the
 #: file again first: about 10 s for 10 GiB here) before the next member left to ask is asked:
 #: a member whose daemon drops the request (it does not yet know us as a member) would
-#: otherwise hold the request for ever while others could serve it.  A late answer is then
-#: refused (:meth:`Transfers._offer_received`).
+#: otherwise hold the request for ever while others could serve it.  A late offer is still
+#: taken while nobody else's came, else cancelled (:meth:`Transfers._offer_received`).
 REQUEST_PATIENCE = 60.0
 #: Most outgoing streams at once (each holds up to about 12 MiB of sealed pieces and TLS
 #: records, and they share one uplink): a file sent into a group of 20 would otherwise stream
@@ -154,8 +154,8 @@ _OFFER_REASONS = {"session": "", "mailbox": OFFER_IN_MAILBOX, "held": OFFER_WAIT
 _ACCEPT_REASONS = {"session": "", "mailbox": ACCEPT_IN_MAILBOX, "held": ACCEPT_WAITS}
 REQUEST_IN_MAILBOX = "offline: the request goes through their mailbox"
 REQUEST_WAITS = "offline: the request goes when they come online"
-#: Why a member's late answer to a request is cancelled: another member was asked meanwhile.
-ASKED_ANOTHER = "the file was asked of another member meanwhile"
+#: Why a member's late offer answering a request is cancelled: another member's came first.
+ASKED_ANOTHER = "another member sent the file meanwhile"
 _REQUEST_REASONS = {"session": "", "mailbox": REQUEST_IN_MAILBOX, "held": REQUEST_WAITS}
 _UNTIL_SESSION = frozenset(
     {
@@ -702,9 +702,14 @@ class Transfers:
                     and known.offer.group_id == offer.group_id
                     and self.may_offer(uid, offer.group_id)
                 ):
-                    # A member we asked for this file before asking another: its answer came
-                    # late (REQUEST_PATIENCE), and the file comes from the other.
-                    self._send_control(uid, Cancel(offer.transfer_id, ASKED_ANOTHER))
+                    # A member we asked for this file before asking another (our transfer id
+                    # went to nobody else), answering late (REQUEST_PATIENCE): while we still
+                    # wait, its offer of the very file is taken; else it is cancelled.
+                    if known.state == REQUESTED and SharedFile.of(known.offer).matches(offer):
+                        known.peer = uid
+                        self._requested_offer(known, offer)
+                    else:
+                        self._send_control(uid, Cancel(offer.transfer_id, ASKED_ANOTHER))
                 return
             if known.state == REQUESTED and not known.sending:
                 self._requested_offer(known, offer)
