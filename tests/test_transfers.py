@@ -1525,6 +1525,24 @@ class AskAnotherTests(TestCase):
         self.assertIsNone(carol.find(alone["id"]).patience)
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_with_its_author_gone_only_the_members_online_are_asked(self) -> None:
+        """When the author has left the group (no uid to ask), then the members online are
+        asked in turn and alice, who holds it, serves it; with none of them online, the fetch
+        is refused at once, naming the way out (--from), and no transfer is kept."""
+        _bob, carol, sessions, shared, inbox, _copy = self.members()
+        view = self.successResultOf(carol.request("", GROUP, shared, inbox, [DAVE, ALICE]))
+        entry = carol.find(view["id"])
+        self.assertEqual(
+            (entry.state, entry.peer, entry.asked, entry.ask_last), ("accepted", ALICE, 2, "")
+        )
+        self.successResultOf(carol.cancel(view["id"]))
+        sessions[ALICE] = sessions[DAVE] = None
+        refused = self.failureResultOf(
+            carol.request("", GROUP, shared, inbox, [DAVE, ALICE]), InvalidInput
+        )
+        self.assertIn("--from", refused.getErrorMessage())
+        self.assertEqual(len(carol._entries), 1)
+
     def test_when_nobody_asked_has_it_the_transfer_says_how_many_were_asked(self) -> None:
         """When bob (online, asked first) changed his file and dave (online) never had it,
         and alice is offline, then carol's transfer ends cancelled saying that none of the 2

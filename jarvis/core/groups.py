@@ -974,8 +974,10 @@ class Groups:
         self, ref: str, message_ref: str, holder: str | None = None
     ) -> tuple[bytes, str, SharedFile]:
         """``(group id, uid to ask, file)`` of the shared file message *message_ref* (its id,
-        or a unique prefix of 8 or more hex digits) in group *ref*: its author is asked, or the
-        member *holder* (a uid, a uid prefix or a contact's name) when given.
+        or a unique prefix of 8 or more hex digits) in group *ref*: its author, or the member
+        *holder* (a uid, a uid prefix or a contact's name) when given; ``""`` instead of the
+        author when it has left the group (its daemon would drop the request: other members
+        are asked, :meth:`jarvis.core.transfers.Transfers.request`).
 
         :raises NotFound: if no single message of that group has that id, or *holder* is not
             a member.
@@ -1003,11 +1005,7 @@ class Groups:
         if m.author == self._own_key():
             raise InvalidInput("you shared that file yourself")
         if group.state.member(m.author_uid) is None:
-            # it would drop the request unanswered: say so now
-            raise InvalidInput(
-                "its author is no longer a member of the group: ask a member who received "
-                "it (from, --from MEMBER)"
-            )
+            return group.group_id, "", shared  # it would drop the request unanswered
         return group.group_id, m.author_uid, shared
 
     @defer.inlineCallbacks

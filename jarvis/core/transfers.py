@@ -857,12 +857,13 @@ class Transfers:
 
         *others* are members who may hold the file too (who received it): while *uid* is
         offline, those online are asked first and *uid* last; when *uid* is online it is asked
-        first.  Whoever does not have it declines, and the next one online is asked
-        (:meth:`_ask_another`); the offer is taken only if it is the recorded file, whoever
-        serves it.
+        first; *uid* ``""`` (the author left the group) asks only them.  Whoever does not have
+        it declines, and the next one online is asked (:meth:`_ask_another`); the offer is
+        taken only if it is the recorded file, whoever serves it.
 
         :raises InvalidInput: if a transfer of this file from this group is already on its
-            way to us, or the file cannot be taken (over the size cap, no room, no folder).
+            way to us, or the file cannot be taken (over the size cap, no room, no folder),
+            or *uid* is ``""`` and none of *others* is online.
         """
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         asked = Offer(
@@ -887,8 +888,13 @@ class Transfers:
                 raise InvalidInput(f"transfer {known.id[:8]} of this file is already {known.state}")
         others = [o for o in dict.fromkeys(others) if o != uid]
         first = uid
-        if self._sessions(uid) is None:
+        if not uid or self._sessions(uid) is None:
             first = next((o for o in others if self._sessions(o) is not None), uid)
+        if not first:
+            raise InvalidInput(
+                "its author has left the group and no other member is online: try again "
+                "later, or ask a member who received it (from, --from MEMBER)"
+            )
         entry = TransferEntry(
             offer=asked,
             peer=first,
