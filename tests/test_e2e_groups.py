@@ -826,6 +826,37 @@ class GroupFileTests(TestCase):
         with open(os.path.join(root, "c", "tour.mp4"), "rb") as f:
             self.assertEqual(f.read(), data)
 
+    async def test_a_file_whose_author_left_the_group_comes_from_a_member(self) -> None:
+        """When bob shares a file into a group, alice receives it complete and bob leaves the
+        group, then carol, who joins later, fetches it without naming anyone: bob (gone) is
+        not asked, alice is, and serves it byte-identical; the history still names bob as
+        the author."""
+        alice, bob, carol, gid, root, _path, data, sent = await self._bob_shares(
+            "plans.odt", 1024 * 1024 + 3
+        )
+        [to_alice] = sent["transfers"]
+        await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
+        await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
+        left = await bob.call("groups.leave", group=gid)
+        await until_version(alice, gid, left["version"])
+
+        await befriend(alice, carol)
+        await invite_and_join(alice, gid, carol)
+        record = await self._shared_in_history(carol, gid, sent["message"])
+        self.assertEqual(record["author"], bob.uid)
+        fetched = await carol.call(
+            "groups.fetchFile",
+            group=gid,
+            message=sent["message"],
+            directory=os.path.join(root, "c"),
+        )
+        self.assertEqual(fetched["contact"], alice.uid)
+        await carol.recorder.wait(lambda: transfer_state(carol, fetched["id"]) == "complete", 120)
+        with open(os.path.join(root, "c", "plans.odt"), "rb") as f:
+            self.assertEqual(f.read(), data)
+        at_bob = {t["id"] for t in (await bob.call("files.list"))["transfers"]}
+        self.assertNotIn(fetched["id"], at_bob)
+
     async def _bob_shares(
         self, name: str, size: int
     ) -> tuple[Peer, Peer, Peer, str, str, str, bytes, dict[str, Any]]:
