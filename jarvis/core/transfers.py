@@ -101,11 +101,12 @@ NO_DATA_CONNECTION = "no data connection"
 #: for the relay, when one is known for the pair: a NAT that drops packets would otherwise hold
 #: each stage for its whole connect timeout (about 10 s) before the relay is tried.
 RELAY_HEAD_START = 2.0
-#: Seconds a member asked for a shared file over a live session has to answer (it hashes the
-#: file again first: about 10 s for 10 GiB here) before the next member left to ask is asked:
-#: a member whose daemon drops the request (it does not yet know us as a member) would
-#: otherwise hold the request for ever while others could serve it.  A late offer is still
-#: taken while nobody else's came, else cancelled (:meth:`Transfers._offer_received`).
+#: Seconds a member asked for a shared file over a live session has to answer before the
+#: next member left to ask is asked (it hashes the file again first: 0.25-0.27 s a GiB here
+#: from the page cache, the files benchmark's offer_hash_s): a member whose daemon drops the
+#: request (it does not yet know us as a member) would otherwise hold the request for ever
+#: while others could serve it.  A late offer is still taken while nobody else's came, else
+#: cancelled (:meth:`Transfers._offer_received`).
 REQUEST_PATIENCE = 60.0
 #: Most outgoing streams at once (each holds up to about 12 MiB of sealed pieces and TLS
 #: records, and they share one uplink): a file sent into a group of 20 would otherwise stream
