@@ -785,25 +785,13 @@ class GroupFileTests(TestCase):
         alice, bob, carol, gid, root, _path, data, sent = await self._bob_shares(
             "tour.mp4", 3 * 1024 * 1024 + 1
         )
-        [to_alice] = sent["transfers"]
-        await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
-        await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
+        await self._alice_receives(alice, sent, root)
         await bob.stop()
 
-        await befriend(alice, carol)
-        await invite_and_join(alice, gid, carol)
-        record = await self._shared_in_history(carol, gid, sent["message"])
-        self.assertEqual(record["author"], bob.uid)
-        fetched = await carol.call(
-            "groups.fetchFile",
-            group=gid,
-            message=sent["message"],
-            directory=os.path.join(root, "f"),
-        )
+        await self._carol_joins(alice, bob, carol, gid, sent)
+        got = os.path.join(root, "f")
+        fetched = await self._fetched(carol, gid, sent, got, "tour.mp4", data)
         self.assertEqual(fetched["contact"], alice.uid)  # bob is away: alice is asked
-        await carol.recorder.wait(lambda: transfer_state(carol, fetched["id"]) == "complete", 120)
-        with open(os.path.join(root, "f", "tour.mp4"), "rb") as f:
-            self.assertEqual(f.read(), data)
 
         waiting = await carol.call(
             "groups.fetchFile",
@@ -814,17 +802,9 @@ class GroupFileTests(TestCase):
         )
         self.assertEqual((waiting["state"], waiting["contact"]), ("requested", bob.uid))
         await carol.call("files.cancel", id=waiting["id"])
-        asked = await carol.call(
-            "groups.fetchFile",
-            group=gid,
-            message=sent["message"],
-            directory=os.path.join(root, "c"),
-            **{"from": alice.uid[:8]},
-        )
+        got = os.path.join(root, "c")
+        asked = await self._fetched(carol, gid, sent, got, "tour.mp4", data, alice.uid[:8])
         self.assertEqual(asked["contact"], alice.uid)
-        await carol.recorder.wait(lambda: transfer_state(carol, asked["id"]) == "complete", 120)
-        with open(os.path.join(root, "c", "tour.mp4"), "rb") as f:
-            self.assertEqual(f.read(), data)
 
     async def test_a_file_whose_author_left_the_group_comes_from_a_member(self) -> None:
         """When bob shares a file into a group, alice receives it complete and bob leaves the
@@ -834,28 +814,53 @@ class GroupFileTests(TestCase):
         alice, bob, carol, gid, root, _path, data, sent = await self._bob_shares(
             "plans.odt", 1024 * 1024 + 3
         )
-        [to_alice] = sent["transfers"]
-        await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
-        await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
+        await self._alice_receives(alice, sent, root)
         left = await bob.call("groups.leave", group=gid)
         await until_version(alice, gid, left["version"])
 
+        await self._carol_joins(alice, bob, carol, gid, sent)
+        fetched = await self._fetched(carol, gid, sent, os.path.join(root, "c"), "plans.odt", data)
+        self.assertEqual(fetched["contact"], alice.uid)
+        at_bob = {t["id"] for t in (await bob.call("files.list"))["transfers"]}
+        self.assertNotIn(fetched["id"], at_bob)
+
+    async def _alice_receives(self, alice: Peer, sent: dict[str, Any], root: str) -> None:
+        """Alice accepts bob's offer of the shared file into ROOT/a and it completes."""
+        [to_alice] = sent["transfers"]
+        await alice.call("files.accept", id=to_alice["id"], directory=os.path.join(root, "a"))
+        await alice.recorder.wait(lambda: transfer_state(alice, to_alice["id"]) == "complete", 120)
+
+    async def _carol_joins(
+        self, alice: Peer, bob: Peer, carol: Peer, gid: str, sent: dict[str, Any]
+    ) -> None:
+        """Carol befriends alice and joins the group; its history reaches her, naming bob as
+        the author of the shared file."""
         await befriend(alice, carol)
         await invite_and_join(alice, gid, carol)
         record = await self._shared_in_history(carol, gid, sent["message"])
         self.assertEqual(record["author"], bob.uid)
-        fetched = await carol.call(
-            "groups.fetchFile",
-            group=gid,
-            message=sent["message"],
-            directory=os.path.join(root, "c"),
+
+    async def _fetched(
+        self,
+        peer: Peer,
+        gid: str,
+        sent: dict[str, Any],
+        folder: str,
+        name: str,
+        data: bytes,
+        holder: str | None = None,
+    ) -> dict[str, Any]:
+        """*peer* fetches the shared file into *folder* (from *holder* alone when given); once
+        complete, its copy is byte-identical.  Returns the fetch's answer (the transfer as it
+        was asked)."""
+        params = {} if holder is None else {"from": holder}
+        view = await peer.call(
+            "groups.fetchFile", group=gid, message=sent["message"], directory=folder, **params
         )
-        self.assertEqual(fetched["contact"], alice.uid)
-        await carol.recorder.wait(lambda: transfer_state(carol, fetched["id"]) == "complete", 120)
-        with open(os.path.join(root, "c", "plans.odt"), "rb") as f:
+        await peer.recorder.wait(lambda: transfer_state(peer, view["id"]) == "complete", 120)
+        with open(os.path.join(folder, name), "rb") as f:
             self.assertEqual(f.read(), data)
-        at_bob = {t["id"] for t in (await bob.call("files.list"))["transfers"]}
-        self.assertNotIn(fetched["id"], at_bob)
+        return dict(view)
 
     async def _bob_shares(
         self, name: str, size: int
