@@ -1467,6 +1467,7 @@ class AskAnotherTests(TestCase):
         def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
             return ("they left the group", False) if uid in gone else None
 
+        carol.may_offer = lambda uid, gid: refusal(uid, gid) is None  # one rule, as the node
         self.successResultOf(carol.revoke(refusal, group_id=GROUP))
         self.assertEqual(
             (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
@@ -1475,6 +1476,25 @@ class AskAnotherTests(TestCase):
         gone.add(BOB)
         self.successResultOf(carol.revoke(refusal, group_id=GROUP))
         self.assertEqual((entry.state, entry.reason), ("cancelled", "they left the group"))
+
+    def test_members_who_left_before_their_turn_are_not_asked(self) -> None:
+        """When alice (asked, silent) and dave (online, next to ask) both leave the group, then
+        the request passes dave over and goes to bob, asked last: dave never hears it."""
+        _bob, carol, sessions, shared, inbox, _copy = self.members()
+        sessions[ALICE] = FakeSession()
+        view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [ALICE, DAVE]))
+        entry = carol.find(view["id"])
+        gone = {ALICE, DAVE}
+
+        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
+            return ("they left the group", False) if uid in gone else None
+
+        carol.may_offer = lambda uid, gid: refusal(uid, gid) is None  # one rule, as the node
+        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.assertEqual(
+            (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 2)
+        )
+        self.assertEqual(sessions[DAVE].records, [])
 
     def test_a_member_who_does_not_answer_is_passed_over_and_a_late_offer_still_taken(
         self,

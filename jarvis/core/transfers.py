@@ -951,14 +951,22 @@ class Transfers:
             self._ask_another(entry)
 
     def _ask_another(self, entry: TransferEntry) -> bool:
-        """The member asked for a requested file does not have it: ask the next member with a
-        session up (members offline meanwhile are passed over), else the author kept for last
-        (its request may wait for it); return whether anyone was asked."""
+        """The member asked for a requested file does not have it (or left): ask the next
+        member with a session up, else the author kept for last (its request may wait for
+        it); members offline meanwhile, or with whom we no longer exchange files in that
+        group (:attr:`may_offer`: one left, or we did), are passed over.  Return whether
+        anyone was asked."""
+        gid = entry.offer.group_id
         following = iter(entry.ask_next)
-        ask = next((o for o in following if self._sessions(o) is not None), "")
+        ask = next(
+            (o for o in following if self._sessions(o) is not None and self.may_offer(o, gid)),
+            "",
+        )
         entry.ask_next = list(following)
-        if not ask and entry.ask_last:
-            ask, entry.ask_last, entry.ask_next = entry.ask_last, "", []
+        if not ask:
+            if entry.ask_last and self.may_offer(entry.ask_last, gid):
+                ask = entry.ask_last
+            entry.ask_last = ""
         if not ask:
             return False
         entry.asked += 1
@@ -1096,7 +1104,8 @@ class Transfers:
         the peer is told: ``(reason, tell)``, or ``None`` if it may.  Each one refused is
         cancelled as :meth:`cancel` would (its partial file removed), except a shared file we
         asked a member for and are still waiting on: the request goes on to the next member
-        left to ask whom *refusal* allows (:meth:`_ask_another`), if any.
+        left to ask, if any (:meth:`_ask_another`, which passes over those :attr:`may_offer`
+        refuses: the same rule as *refusal* in the node).
         """
         ending = []
         for entry in list(self._entries.values()):
@@ -1110,12 +1119,8 @@ class Transfers:
             refused = refusal(entry.peer, gid)
             if refused is None:
                 continue
-            if entry.state == REQUESTED and not entry.sending:
-                entry.ask_next = [u for u in entry.ask_next if refusal(u, gid) is None]
-                if entry.ask_last and refusal(entry.ask_last, gid) is not None:
-                    entry.ask_last = ""
-                if self._ask_another(entry):
-                    continue
+            if entry.state == REQUESTED and not entry.sending and self._ask_another(entry):
+                continue
             reason, tell = refused
             self.log.info("transfer {tid} refused now: {why}", tid=log_id(entry.id), why=reason)
             ending.append(self._finish(entry, "cancelled", reason, notice="cancel" if tell else ""))
