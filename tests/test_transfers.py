@@ -3,6 +3,7 @@ re-sending at session start, and the body prefix that keeps chat text apart."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import replace
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
 from jarvis.common.errors import InvalidInput
@@ -1051,6 +1053,72 @@ class DeclineReasonTests(TestCase):
         self.assertEqual(reasons[0], "declined")
         self.assertTrue(reasons[1].startswith("declined: too big "), reasons[1])
         self.assertNotIn("\x1b", reasons[1])
+
+
+class OpenOffersCapTests(TestCase):
+    """An offer flood: what one contact (or all together) may leave waiting for an answer."""
+
+    def flood(self, transfers: Transfers, uid: str, count: int) -> list[Offer]:
+        base = an_offer(self, size=3000)
+        offers = [replace(base, transfer_id=os.urandom(16)) for _ in range(count)]
+        for offer in offers:
+            transfers.control_received(uid, CONTROL_PREFIX + encode_transfer_record(offer))
+        return offers
+
+    def test_offers_beyond_the_cap_are_declined_unseen(self) -> None:
+        """When a contact offers more files than may wait for an answer from one peer, then
+        each further offer is declined at once with a reason that says why, nothing of it is
+        listed, kept or announced, the earlier offers all stay listed, other contacts can
+        still offer, and once one waiting offer is declined the contact's next offer is
+        listed."""
+        self.patch(transfers_module, "MAX_OPEN_FROM_PEER", 3)
+        transfers, sessions, events, store = make_transfers(self)
+        alice = sessions[ALICE] = FakeSession()
+        offers = self.flood(transfers, ALICE, 5)
+        kept = [o.transfer_id.hex() for o in offers[:3]]
+        self.assertEqual(sorted(t["id"] for t in transfers.list()), sorted(kept))
+        self.assertEqual(offered(events), kept)
+        self.assertEqual(
+            alice.records,
+            [Decline(o.transfer_id, transfers_module.TOO_MANY_OPEN) for o in offers[3:]],
+        )
+        self.assertEqual(sorted(json.loads(store.settings["transfers"])), sorted(kept))
+        (bobs,) = self.flood(transfers, BOB, 1)
+        self.assertEqual(offered(events)[-1], bobs.transfer_id.hex())
+        self.successResultOf(transfers.decline(kept[0]))
+        (again,) = self.flood(transfers, ALICE, 1)
+        self.assertEqual(offered(events)[-1], again.transfer_id.hex())
+        self.assertEqual(transfers.find(again.transfer_id.hex()).state, "offered")
+
+    def test_accepted_transfers_count_until_complete_and_all_peers_share_a_cap(self) -> None:
+        """When accepted (not yet complete) transfers and offers from several peers together
+        reach the cap for all, then the next offer, from any peer, is declined with the
+        reason for all; an offer sent again under a listed id is still answered as before."""
+        self.patch(transfers_module, "MAX_OPEN_FROM_PEER", 3)
+        self.patch(transfers_module, "MAX_OPEN_INCOMING", 4)
+        transfers, sessions, _events, _store = make_transfers(self)
+        bob = sessions[BOB] = FakeSession()
+        alices = self.flood(transfers, ALICE, 3)
+        self.successResultOf(transfers.accept(alices[0].transfer_id.hex()))
+        bobs = self.flood(transfers, BOB, 2)
+        self.assertEqual(len(transfers.list()), 4)
+        self.assertEqual(
+            bob.records, [Decline(bobs[1].transfer_id, transfers_module.TOO_MANY_OPEN_ALL)]
+        )
+        transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(alices[0]))
+        self.assertEqual(transfers.find(alices[0].transfer_id.hex()).state, "accepted")
+
+    def test_a_flooding_peer_is_logged_a_bounded_number_of_times(self) -> None:
+        """When one peer's offers are declined 1,000 times, then the daemon's log says so
+        about ten times (at the 1st, 2nd, 4th ... refusal), each with the count so far."""
+        self.patch(transfers_module, "MAX_OPEN_FROM_PEER", 1)
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[ALICE] = FakeSession()
+        logged: list[dict[str, Any]] = []
+        transfers.log = Logger(observer=logged.append)  # type: ignore[misc]
+        self.flood(transfers, ALICE, 1001)
+        counts = [e["count"] for e in logged if "count" in e]
+        self.assertEqual(counts, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
 
 
 class SendingSlotsTests(TestCase):

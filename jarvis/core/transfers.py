@@ -157,6 +157,22 @@ REQUEST_IN_MAILBOX = "offline: the request goes through their mailbox"
 REQUEST_WAITS = "offline: the request goes when they come online"
 #: Why a member's late offer answering a request is cancelled: another member's came first.
 ASKED_ANOTHER = "another member sent the file meanwhile"
+#: Incoming transfers one peer may have open here at once (offered and waiting for our answer,
+#: or accepted and not yet complete), and all peers together.  Every transfer is kept in one
+#: document written at each change (:meth:`Transfers._save`, on the reactor thread), so a
+#: contact or group member offering without end would make every write longer and the list
+#: unreadable: a further offer is declined at once (:data:`TOO_MANY_OPEN`), nothing is kept
+#: for it, and its sender may offer it again once some are answered.  500 photos of an album
+#: still wait together; 2,000 entries take about 10 ms to write.
+MAX_OPEN_FROM_PEER = 500
+MAX_OPEN_INCOMING = 2000
+TOO_MANY_OPEN = (
+    "too many files from you wait here for an answer: offer it again once some are taken or "
+    "declined"
+)
+TOO_MANY_OPEN_ALL = (
+    "too many files wait here for an answer: offer it again once some are taken or declined"
+)
 _REQUEST_REASONS = {"session": "", "mailbox": REQUEST_IN_MAILBOX, "held": REQUEST_WAITS}
 _UNTIL_SESSION = frozenset(
     {
@@ -324,6 +340,8 @@ class Transfers:
         #: file hashed again off the reactor): one at a time each, so a member cannot make us
         #: hash a file in a loop.
         self._answering: set[tuple[str, bytes]] = set()
+        #: Offers declined unseen per peer (:meth:`_too_many_open`), for a bounded log.
+        self._refused: dict[str, int] = {}
         #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
         #: node allows contacts for ``b""`` and the members of a group we are in for a group.
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
@@ -738,6 +756,19 @@ class Transfers:
                 why="not a member of that group" if offer.group_id else "not a contact",
             )
             return
+        crowded = self._too_many_open(uid)
+        if crowded:
+            self._refused[uid] = self._refused.get(uid, 0) + 1
+            count = self._refused[uid]
+            if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... refusal: a bounded log
+                self.log.warn(
+                    "file offers from {uid} declined: {why} ({count} so far)",
+                    uid=log_id(uid),
+                    why=crowded,
+                    count=count,
+                )
+            self._write(uid, Decline(offer.transfer_id, crowded), offer.group_id or None)
+            return
         entry = TransferEntry(
             offer=offer, peer=uid, sending=False, state="offered", created=self.now()
         )
@@ -755,6 +786,20 @@ class Transfers:
             self.accept(entry.id).addErrback(
                 lambda f: self.log.warn("auto-accept refused: {e}", e=f.getErrorMessage())
             )
+
+    def _too_many_open(self, uid: str) -> str:
+        """Why a new offer from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,
+        :data:`MAX_OPEN_INCOMING`), or ``""`` if it may be listed."""
+        mine = every = 0
+        for e in self._entries.values():
+            if not e.sending and e.state not in FINAL_STATES and e.state != REQUESTED:
+                every += 1
+                mine += e.peer == uid
+        if mine >= MAX_OPEN_FROM_PEER:
+            return TOO_MANY_OPEN
+        if every >= MAX_OPEN_INCOMING:
+            return TOO_MANY_OPEN_ALL
+        return ""
 
     def _requested_offer(self, entry: TransferEntry, offer: Offer) -> None:
         """The offer answering our request arrived: taken if it is the file asked for, and
