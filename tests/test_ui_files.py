@@ -9,8 +9,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.ui.model import InputError, SlashCommand, group_key, parse_input, progress_bar
 from tests.ui_fakes import (
+    NOW,
     UID_ALICE,
     UID_BOB,
+    UID_CAROL,
     FakeDaemonClient,
     make_controller,
     make_populated_client,
@@ -202,6 +204,110 @@ class ConversationProgressTests(SynchronousTestCase):
         self.assertIn("file holiday.jpg [##########..........]  50%", text)
 
 
+class TransfersAtStartTests(SynchronousTestCase):
+    """A UI started after offers came, or while files stream (transfers live in the daemon)."""
+
+    def client_with_transfers(self) -> FakeDaemonClient:
+        client = make_populated_client()
+        client.transfers = [  # newest first, as the daemon lists them
+            transfer(
+                id=TID2,
+                contact=UID_BOB,
+                contact_name="bob",
+                name="film.mkv",
+                state="streaming",
+                size=8 * 1024 * 1024,
+                bytes=2 * 1024 * 1024,
+            ),
+            transfer(created=NOW - 20),  # alice's offer, waiting for us
+            transfer(
+                id="11" * 16,
+                direction="out",
+                name="notes.txt",
+                size=2048,
+                reason="offline: the offer goes through their mailbox",
+                created=NOW - 30,
+            ),
+            transfer(id="22" * 16, name="old.jpg", state="complete", path="/in/old.jpg"),
+            transfer(id="33" * 16, contact=UID_BOB, name="gone.zip", state="cancelled"),
+        ]
+        return client
+
+    def test_waiting_offers_and_running_transfers_show_when_the_ui_starts(self) -> None:
+        """When the UI starts while alice's offer waits for an answer, bob's file streams and
+        an offer of ours waits in alice's mailbox, then the status line says a file waits for
+        an answer, alice's conversation shows her offer (with /accept and /decline) and ours
+        with its reason, among her history by time (the list comes newest first), bob's
+        shows the bar where it stands; the finished transfers show nowhere; the same offer
+        arriving again as an event, or the UI loading again (a reconnect), adds no second
+        line."""
+        client = self.client_with_transfers()
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+        self.assertIn(("files.list", {}), client.calls)
+        self.assertEqual(
+            controller.model.status.text,
+            "a file offered to you waits for an answer: /accept ID or /decline ID",
+        )
+        press(controller, "meta 1")
+        text = screen_text(controller.window, (160, 40))
+        offer = "alice offers holiday.jpg (3.0 MiB): /accept 01234567 [DIR] or /decline 01234567"
+        self.assertIn(offer, text)
+        self.assertIn(
+            "file notes.txt: offered (offline: the offer goes through their mailbox)", text
+        )
+        # by time: after the message sent 1,000 s before and our offer 30 s before, before
+        # the message 10 s before
+        self.assertLess(text.index("sent one"), text.index("file notes.txt"))
+        self.assertLess(text.index("file notes.txt"), text.index(offer))
+        self.assertLess(text.index(offer), text.index("news!"))
+        self.assertNotIn("old.jpg", text)
+        client.emit("transfer.offered", {"transfer": transfer(created=NOW - 20)})
+        self.assertEqual(controller.window.dialog.kind, "file_offer")
+        press(controller, "esc")  # its accept prompt: later
+        controller.load_unlocked()
+        text = screen_text(controller.window, (160, 40))
+        self.assertEqual(text.count("alice offers holiday.jpg"), 1)
+        self.assertEqual(text.count("file notes.txt"), 1)
+        press(controller, "meta 2")
+        text = screen_text(controller.window, (160, 40))
+        self.assertIn("file film.mkv [#####...............]  25% 2.0 MiB of 8.0 MiB", text)
+        self.assertNotIn("gone.zip", text)
+
+    def test_a_line_added_later_comes_after_the_offer_lines(self) -> None:
+        """When carol's offer shown at start is the newest line of her conversation and one of
+        her transfers then ends, then its end line comes below the offer line (not above it,
+        as a tie of times sorted by the lines' ids put it)."""
+        client = make_populated_client()
+        client.transfers = [transfer(contact=UID_CAROL, contact_name="carol", created=NOW)]
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+        ended = transfer(
+            id=TID2,
+            contact=UID_CAROL,
+            name="earlier.txt",
+            state="cancelled",
+            reason="declined",
+            created=NOW - 60,
+        )
+        client.emit("transfer.changed", {"transfer": ended})
+        press(controller, "meta 3")
+        text = screen_text(controller.window, (160, 40))
+        self.assertLess(
+            text.index("carol offers holiday.jpg"), text.index("file earlier.txt (3.0 MiB)")
+        )
+
+    def test_a_daemon_without_the_list_still_shows_the_ui(self) -> None:
+        """When files.list fails (an older daemon), then the main screen shows as before and
+        the status line says nothing of files."""
+        client = make_populated_client()
+        client.failures["files.list"] = RuntimeError("no such method")
+        controller, client, _clock, _connector = make_controller(client)
+        press(controller, "meta 1")
+        self.assertIn("news!", screen_text(controller.window, (160, 40)))
+        self.assertIsNone(controller.model.status)
+
+
 class PathCompletionTests(SynchronousTestCase):
     def make_folder(self) -> str:
         import os
@@ -287,7 +393,9 @@ class OfferDialogTests(SynchronousTestCase):
         self.assertNotIn("\u202e", text)
         press(controller, "enter")
         self.assertIsNone(controller.window.dialog)
-        self.assertFalse([c for c in client.calls if c[0].startswith("files.")])
+        self.assertFalse(
+            [c for c in client.calls if c[0].startswith("files.") and c[0] != "files.list"]
+        )
 
         self.offered(controller, client)
         controller.window.dialog.accept_default()

@@ -209,6 +209,8 @@ class FakeDaemonClient(FakeGroupsMixin):
         self.group_messages: dict[str, list[dict[str, Any]]] = {}
         self.group_members: dict[str, list[dict[str, Any]]] = {}
         self.group_invites: list[dict[str, Any]] = []
+        #: ``files.list``: transfer views, newest first
+        self.transfers: list[dict[str, Any]] = []
 
     # setting up ---------------------------------------------------------------------------
 
@@ -622,6 +624,9 @@ class FakeDaemonClient(FakeGroupsMixin):
     def m_ui_focus(self, params: dict[str, Any]) -> dict[str, Any]:
         self.focus = params.get("contact")
         return {"focus": self.focus}
+
+    def m_files_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"transfers": list(self.transfers)}
 
     def m_settings_get(self, params: dict[str, Any]) -> dict[str, Any]:
         return dict(self.settings)

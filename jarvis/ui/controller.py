@@ -376,6 +376,29 @@ class Controller:
         d.addCallback(lambda _: self.redraw())
         return d
 
+    def fetch_transfers(self) -> defer.Deferred[Any]:
+        """Ask ``files.list`` for the transfers not finished (offers that came while no UI
+        ran, files streaming) and show them in their conversations; the status line says how
+        many offers wait for an answer."""
+        d = self.call("files.list")
+
+        def loaded(result: Mapping[str, Any]) -> None:
+            if not isinstance(result, Mapping):
+                return
+            waiting = self.model.load_transfers(result)
+            if waiting and self.model.status is None:
+                files = (
+                    "a file offered to you waits"
+                    if waiting == 1
+                    else (f"{waiting} files offered to you wait")
+                )
+                self.model.notify(f"{files} for an answer: /accept ID or /decline ID")
+            self.redraw()
+
+        d.addCallback(loaded)
+        d.addErrback(lambda f: self.log.info("files.list: {e}", e=type(f.value).__name__))
+        return d
+
     def _show_main(self) -> None:
         if self.model.locked:
             return
@@ -386,6 +409,7 @@ class Controller:
         self.main_screen.refresh()
         self._load_settings()
         self.fetch_paths()
+        self.fetch_transfers()
         self.groups.reload()
         self.announce_focus()
         uid = self.model.current_uid

@@ -979,6 +979,7 @@ class MessengerModel:
                 if len(incoming) >= entry.unread:
                     marker = incoming[-entry.unread].id
             conversation.marker = str(marker) if isinstance(marker, str | int) else None
+            _seat_local_lines(conversation)
         conversation.older = result.get("next")
         conversation.loaded = True
         self._changed("messages")
@@ -1211,25 +1212,69 @@ class MessengerModel:
         t = payload.get("transfer")
         if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
             return
+        self._offer_line(t)
+
+    def _offer_line(self, t: Mapping[str, Any]) -> None:
+        """The line that shows an offer waiting for our answer, once per transfer (an offer
+        seen again, by its event and by :meth:`load_transfers`, keeps its line)."""
         ident = str(t.get("id", ""))[:8]
         self.add_local(
             transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
             f"/decline {ident}",
             float(t.get("created") or 0.0),
+            line_id=OFFER_LINE_PREFIX + str(t.get("id", "")),
         )
+
+    def load_transfers(self, result: Mapping[str, Any]) -> int:
+        """Show the transfers not yet finished when this UI attaches (``files.list``): a UI
+        started after an offer came, or while a file streams, shows them as one that was
+        running then would (the offer line with ``/accept``, the transfer's line with its
+        bar or what it waits for).  Finished ones are left to ``jarvis files``.
+
+        :returns: how many offers wait for our answer.
+        """
+        waiting = 0
+        views = [
+            t
+            for t in result.get("transfers") or ()
+            if isinstance(t, Mapping) and isinstance(t.get("contact"), str)
+        ]
+        # oldest first: each line sorts after those shown before it
+        views.sort(key=_created)
+        for t in views:
+            state = t.get("state")
+            if state in ("complete", "cancelled", "failed"):
+                continue
+            tid = str(t.get("id", ""))
+            self.transfer_names[tid] = _transfer_name(t)
+            if state == "offered" and t.get("direction") == "in":
+                self._offer_line(t)
+                waiting += 1
+                continue
+            reason = terminal_safe(str(t.get("reason") or ""), keep_newlines=False)
+            size, done = t.get("size"), t.get("bytes")
+            if state in ("accepted", "streaming") and not reason:
+                if not isinstance(size, int) or not isinstance(done, int):
+                    continue
+                text = f"file {self.transfer_names[tid]} {progress_bar(done, size, None, None)}"
+            else:
+                who = terminal_safe(str(t.get("contact_name") or ""), keep_newlines=False)
+                what = f"requested from {who}" if state == "requested" else str(state)
+                text = f"file {self.transfer_names[tid]}: {what}"
+                if reason:
+                    text += f" ({reason})"
+            self._put_transfer_line(
+                transfer_conversation(t), tid, text, float(t.get("created") or 0.0)
+            )
+        return waiting
 
     def _transfer_changed(self, payload: Mapping[str, Any]) -> None:
         t = payload.get("transfer")
         if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
             return
         state = t.get("state")
-        label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-        to = ""
-        if t.get("group") and t.get("direction") == "out":
-            # one transfer per member: their lines in the group say whose each is
-            to = " to " + terminal_safe(str(t.get("contact_name") or ""), keep_newlines=False)
-        self.transfer_names[str(t.get("id"))] = label + to
+        self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.
@@ -1239,7 +1284,7 @@ class MessengerModel:
                 self.clear_status()  # its bar stopped
         if state not in ("complete", "cancelled", "failed"):
             return
-        text = f"file {_file_label(t)}{to}: {state}"
+        text = f"file {_file_label(t)}{_recipient(t)}: {state}"
         if t.get("reason"):
             text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
         if state == "complete" and t.get("direction") == "in" and t.get("path"):
@@ -1265,10 +1310,11 @@ class MessengerModel:
             key = transfer_conversation(payload)
             self._put_transfer_line(key, str(payload.get("id")), f"file {name} {bar}")
 
-    def _put_transfer_line(self, uid: str, tid: str, text: str) -> None:
+    def _put_transfer_line(self, uid: str, tid: str, text: str, created: float = 0.0) -> None:
         """Show *text* on the transfer's own line in *uid*'s conversation: added at the end the
         first time, then replaced in place (one progress bar per transfer, not one line per
-        event)."""
+        event).  *created*: the transfer's time, for a line added before the conversation's
+        history is loaded (:meth:`_seat_local_lines` places it then)."""
         line_id = TRANSFER_LINE_PREFIX + tid
         conversation = self.conversation(uid)
         old = conversation.messages.get(line_id)
@@ -1281,7 +1327,7 @@ class MessengerModel:
                 direction=LOCAL,
                 body=strip_bidi(text),
                 state="received",
-                created=last.created if last is not None else 0.0,
+                created=_after(last, created),
                 seq=last.seq if last is not None else 0,
             )
         else:
@@ -1431,23 +1477,28 @@ class MessengerModel:
 
     # local lines -------------------------------------------------------------------------
 
-    def add_local(self, uid: str | None, text: str, now: float) -> None:
+    def add_local(
+        self, uid: str | None, text: str, now: float, *, line_id: str | None = None
+    ) -> None:
         """Show *text* as a local line at the end of *uid*'s conversation (``None``: the view
         with no conversation open): it is never sent and goes when the UI locks or closes.
 
-        The line sorts after the newest message loaded now and before any later one.
+        The line sorts after the newest message loaded now and before any later one.  With
+        *line_id*, a line of that id already shown stays where it is and nothing is added.
         """
         conversation = self.conversation(uid or NO_CONVERSATION)
+        if line_id is not None and line_id in conversation.messages:
+            return
         order = conversation.ordered()
         last = order[-1] if order else None
         self._local_lines += 1
         line = Message(
-            id=f"~local{self._local_lines:010d}",
+            id=line_id or f"~local{self._local_lines:010d}",
             contact=uid or NO_CONVERSATION,
             direction=LOCAL,
             body=strip_bidi(text),
             state="received",
-            created=max(now, last.created) if last is not None else now,
+            created=_after(last, now),
             seq=last.seq if last is not None else 0,
         )
         conversation.put(line)
@@ -1524,6 +1575,48 @@ def password_hint(password: str) -> PasswordHint:
 
 #: Id prefix of a transfer's progress line in its conversation (a local line, never sent).
 TRANSFER_LINE_PREFIX = "~transfer-"
+#: Id prefix of the line showing an offer that waits for our answer (a local line).
+OFFER_LINE_PREFIX = "~offer-"
+
+
+def _seat_local_lines(conversation: Conversation) -> None:
+    """Local lines put into *conversation* before its history was loaded (sequence 0: an
+    offer or a transfer shown at start, an event meanwhile) go after the messages no newer
+    than they are, not above the whole history."""
+    loose = [m for m in conversation.messages.values() if m.direction == LOCAL and m.seq == 0]
+    if not loose:
+        return
+    history = [(m.created, m.seq) for m in conversation.messages.values() if m.direction != LOCAL]
+    for line in loose:
+        seq = max((s for created, s in history if created <= line.created), default=0)
+        if seq:
+            conversation.put(replace(line, seq=seq))
+
+
+def _after(last: Message | None, now: float) -> float:
+    """The time of a local line put after *last* (the conversation's newest line): *now*, or
+    a microsecond after *last* when that is later, so the line sorts after it whatever their
+    ids."""
+    return now if last is None else max(now, last.created + 1e-6)
+
+
+def _created(t: Mapping[str, Any]) -> float:
+    created = t.get("created")
+    return float(created) if isinstance(created, int | float) else 0.0
+
+
+def _transfer_name(t: Mapping[str, Any]) -> str:
+    """How a transfer's lines name it: the file's name and, for a file we send into a group
+    (one transfer per member), " to MEMBER"."""
+    return terminal_safe(str(t.get("name", "")), keep_newlines=False) + _recipient(t)
+
+
+def _recipient(t: Mapping[str, Any]) -> str:
+    """ " to MEMBER" for a file we send into a group (one transfer per member: their lines in
+    the group say whose each is), else ``""``."""
+    if t.get("group") and t.get("direction") == "out":
+        return " to " + terminal_safe(str(t.get("contact_name") or ""), keep_newlines=False)
+    return ""
 
 
 def open_folder_hint(directory: str) -> str:
