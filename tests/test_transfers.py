@@ -190,6 +190,39 @@ class ReceiverTests(TestCase):
         self.assertEqual(session.records, [Cancel(offer.transfer_id, "cancelled")])
 
 
+class AcceptFolderTests(TestCase):
+    def test_a_folder_that_cannot_take_the_file_says_why(self) -> None:
+        """When an offer is accepted into a path that is a file, into a folder without room
+        for the file and the reserve, or over the size cap, then each accept is refused with
+        a sentence that names the problem in sizes people read, and the offer still waits."""
+        from jarvis.files import receive
+
+        transfers, _sessions, _events, _store = make_transfers(self)
+        offer = an_offer(self, size=3 * 1024 * 1024)
+        transfers._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        a_file = os.path.join(short_tempdir(self), "notes.txt")
+        with open(a_file, "w") as f:
+            f.write("x")
+        refused = self.failureResultOf(transfers.accept(tid, a_file), InvalidInput)
+        self.assertEqual(refused.getErrorMessage(), f"{a_file} is not a folder: choose a folder")
+        self.patch(receive, "free_bytes", lambda directory: 1024 * 1024)
+        refused = self.failureResultOf(transfers.accept(tid), InvalidInput)
+        self.assertEqual(
+            refused.getErrorMessage(),
+            "the folder the file would go to does not have enough free space for it: 1.0 MiB "
+            "free, 67 MiB needed: what is missing of the file and 64 MiB left free",
+        )
+        self.successResultOf(transfers.set_policy(max_size=1024 * 1024))
+        refused = self.failureResultOf(transfers.accept(tid), InvalidInput)
+        self.assertEqual(
+            refused.getErrorMessage(),
+            "the offered file is larger than the size you accept from this contact: 3.0 MiB, "
+            "over the limit of 1.0 MiB",
+        )
+        self.assertEqual(transfers.find(tid).state, "offered")
+
+
 class SenderTests(TestCase):
     def test_offer_written_until_answered_then_stream_dialled(self) -> None:
         """When alice offers a file to offline bob, then the Offer is written at his session;

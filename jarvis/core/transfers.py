@@ -1111,7 +1111,10 @@ class Transfers:
         try:
             result = yield self._run(f, directory, offer, policy)
         except (FileTooLarge, NotEnoughSpace) as e:
-            raise InvalidInput(f"{type(e).__doc__.splitlines()[0]} ({e})") from None  # type: ignore[union-attr]
+            said = (type(e).__doc__ or "").splitlines()[0].rstrip(".")
+            raise InvalidInput(f"{said[:1].lower()}{said[1:]}: {e}") from None
+        except (FileExistsError, NotADirectoryError):
+            raise InvalidInput(f"{directory} is not a folder: choose a folder") from None
         except OSError as e:
             raise InvalidInput(f"cannot write into {directory}: {e.strerror or e}") from None
         return result

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jarvis.common.atomicfile import sync_directory
-from jarvis.common.textsafe import is_unsafe
+from jarvis.common.textsafe import human_bytes, is_unsafe
 from jarvis.files.hashing import HASH_BLOCK, hash_range
 from jarvis.protocol.transfer import (
     HASH_SIZE,
@@ -216,11 +216,16 @@ def check_acceptable(
     :raises NotEnoughSpace: if the free space minus the reserve cannot hold what is missing.
     """
     if offer.size > policy.max_size:
-        raise FileTooLarge(f"{offer.size} bytes, limit {policy.max_size}")
+        raise FileTooLarge(
+            f"{human_bytes(offer.size)}, over the limit of {human_bytes(policy.max_size)}"
+        )
     needed = offer.size - already_held + policy.reserve_bytes
     available = free_bytes(directory)
     if available < needed:
-        raise NotEnoughSpace(f"{available} bytes free, {needed} needed")
+        raise NotEnoughSpace(
+            f"{human_bytes(available)} free, {human_bytes(needed)} needed: what is missing of "
+            f"the file and {human_bytes(policy.reserve_bytes)} left free"
+        )
 
 
 def partial_paths(directory: str, offer: Offer) -> tuple[str, str]:
