@@ -249,6 +249,36 @@ class SenderTests(TestCase):
         self.assertEqual(events[-1][1]["transfer"]["state"], "cancelled")
 
 
+class SendWhatTests(TestCase):
+    def test_what_cannot_be_sent_is_refused_with_what_to_do(self) -> None:
+        """When a folder, a named pipe or a file the kernel makes up as it is read (its size
+        0, its content not) is sent, then each is refused before any offer, saying what it is
+        and what to send instead; an empty regular file is offered (0 bytes)."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        folder = short_tempdir(self)
+        fifo = os.path.join(folder, "pipe")
+        os.mkfifo(fifo)
+        empty = os.path.join(folder, "empty.txt")
+        open(empty, "wb").close()
+        said = {
+            path: self.failureResultOf(transfers.send(BOB, path), InvalidInput).getErrorMessage()
+            for path in (folder, fifo)
+        }
+        self.assertEqual(
+            said[folder],
+            "cannot read the file: it is a folder: send its files, or one archive of it",
+        )
+        self.assertEqual(
+            said[fifo], "cannot read the file: not a regular file (a device, pipe or socket)"
+        )
+        if os.path.exists("/proc/self/status"):
+            refused = self.failureResultOf(transfers.send(BOB, "/proc/self/status"), InvalidInput)
+            self.assertIn("its size is not known before it is read", refused.getErrorMessage())
+        self.assertEqual(transfers.list(), [])
+        view = self.successResultOf(transfers.send(BOB, empty))
+        self.assertEqual((view["name"], view["size"]), ("empty.txt", 0))
+
+
 class RoutedSession:
     """A session whose control records go straight to the peer's Transfers."""
 

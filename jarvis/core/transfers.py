@@ -1671,8 +1671,20 @@ def _prepare(path: str) -> PreparedFile:
     import stat
 
     st = os.stat(path)
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(0, "it is a folder: send its files, or one archive of it")
     if not stat.S_ISREG(st.st_mode):
-        raise OSError(0, "not a regular file")
+        raise OSError(0, "not a regular file (a device, pipe or socket)")
+    if st.st_size == 0:
+        with open(path, "rb", buffering=0) as f:
+            if f.read(1):
+                # a file the kernel makes up as it is read (/proc, /sys): its size says 0,
+                # and the receiver would get an empty file
+                raise OSError(
+                    0,
+                    "its size is not known before it is read (a file the system makes up, "
+                    "like those under /proc): copy it to a regular file and send that",
+                )
     return make_offer(path)
 
 
