@@ -3,6 +3,7 @@ line, the progress bar on the status line and the end line (headless, fake daemo
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -53,14 +54,22 @@ def transfer(**fields: Any) -> dict[str, Any]:
 class ParseTests(SynchronousTestCase):
     def test_file_commands(self) -> None:
         """When /file, /accept, /decline and /cancel are typed, then they parse to commands
-        with an absolute path or folder, and a missing argument is a usage error."""
+        with an absolute path or folder; /accept and /decline without an id (the newest offer
+        here), /accept with only a folder; a missing path or id elsewhere is a usage error."""
         self.assertEqual(parse_input("/file /tmp/a b.txt"), SlashCommand("file", ("/tmp/a b.txt",)))
         self.assertEqual(parse_input("/accept 0123abcd"), SlashCommand("accept", ("0123abcd",)))
         self.assertEqual(
             parse_input("/accept 0123abcd /srv/in"), SlashCommand("accept", ("0123abcd", "/srv/in"))
         )
         self.assertEqual(parse_input("/cancel 0123abcd"), SlashCommand("cancel", ("0123abcd",)))
-        for line in ("/file", "/accept", "/decline", "/decline a b"):
+        self.assertEqual(parse_input("/accept"), SlashCommand("accept"))
+        self.assertEqual(parse_input("/decline"), SlashCommand("decline"))
+        self.assertEqual(parse_input("/accept /srv/in"), SlashCommand("accept", ("", "/srv/in")))
+        home = os.path.expanduser("~")
+        self.assertEqual(
+            parse_input("/accept ~/in"), SlashCommand("accept", ("", os.path.join(home, "in")))
+        )
+        for line in ("/file", "/cancel", "/fetch", "/decline a b"):
             self.assertIsInstance(parse_input(line), InputError, line)
 
     def test_progress_bar(self) -> None:
@@ -306,6 +315,43 @@ class TransfersAtStartTests(SynchronousTestCase):
         press(controller, "meta 1")
         self.assertIn("news!", screen_text(controller.window, (160, 40)))
         self.assertIsNone(controller.model.status)
+
+
+class AnswerWithoutIdTests(SynchronousTestCase):
+    def test_accept_and_decline_without_an_id_answer_the_newest_offer_here(self) -> None:
+        """When two of alice's offers wait (one shown at start, one arriving later) and one of
+        bob's, then /accept with only a folder in alice's conversation accepts her newer one
+        there; once it is no longer offered, /decline without an id declines her older one;
+        then nothing waits there and /accept says so without calling the daemon; bob's offer
+        is never answered from alice's conversation."""
+        client = make_populated_client()
+        client.transfers = [transfer(id=TID2, created=NOW - 50)]
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+        client.m_files_accept = lambda params: transfer(state="accepted")
+        client.m_files_decline = lambda params: transfer(id=TID2, state="cancelled")
+        bobs = "99" * 16
+        client.emit(
+            "transfer.offered",
+            {"transfer": transfer(id=bobs, contact=UID_BOB, contact_name="bob", created=NOW)},
+        )
+        press(controller, "meta 1")
+        client.emit("transfer.offered", {"transfer": transfer(created=NOW - 5)})
+        press(controller, "esc")  # its accept prompt: later
+        press(controller, "/accept /srv/in", "enter")
+        self.assertIn(("files.accept", {"id": TID, "directory": "/srv/in"}), client.calls)
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        press(controller, "/decline", "enter")
+        self.assertIn(("files.decline", {"id": TID2}), client.calls)
+        client.emit("transfer.changed", {"transfer": transfer(id=TID2, state="cancelled")})
+        answered = len(client.calls)
+        press(controller, "/accept", "enter")
+        self.assertEqual(len(client.calls), answered)
+        self.assertEqual(
+            controller.model.status.text,
+            "no offer waits for an answer here: /accept ID (jarvis files lists them)",
+        )
+        self.assertNotIn(bobs, str(client.calls))
 
 
 class PathCompletionTests(SynchronousTestCase):

@@ -36,8 +36,8 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/exec [-o] [-t S] CMD", "Run CMD here, its output shown locally (-o: then sent)"),
     ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
     ("/file PATH", "Offer the file at PATH to the open conversation (in a group: every member)"),
-    ("/accept ID [DIR]", "Accept an offered file (into DIR; default ~/Downloads)"),
-    ("/decline ID", "Decline an offered file"),
+    ("/accept [ID] [DIR]", "Accept an offered file (no ID: the newest here; into DIR)"),
+    ("/decline [ID]", "Decline an offered file (no ID: the newest here)"),
     ("/cancel ID", "Cancel a file transfer, either way"),
     ("/fetch ID [DIR]", "Ask for a file shared into the open group (ID: on its line)"),
     ("/group create NAME", "Found a private group called NAME (it opens)"),
@@ -605,6 +605,10 @@ def parse_input(line: str) -> InputAction | None:
         if not rest:
             return InputError("usage: /file PATH")
         return SlashCommand("file", (os.path.abspath(os.path.expanduser(rest)),))
+    if name in ("accept", "decline") and not rest:
+        return SlashCommand(name)  # the newest offer waiting in the open conversation
+    if name == "accept" and rest[:1] in ("/", "~", "."):
+        return SlashCommand(name, ("", os.path.abspath(os.path.expanduser(rest))))
     if name in ("accept", "decline", "cancel", "fetch"):
         ident, _, directory = rest.partition(" ")
         takes_dir = name in ("accept", "fetch")
@@ -766,6 +770,9 @@ class MessengerModel:
         self._early_deliveries: dict[tuple[str, str], tuple[int, int]] = {}
         #: file names by transfer id (from transfer events), for the progress line
         self.transfer_names: dict[str, str] = {}
+        #: offers waiting for our answer: transfer id -> (conversation, offered at), for
+        #: ``/accept`` and ``/decline`` without an id (the newest in the open conversation)
+        self.waiting_offers: dict[str, tuple[str, float]] = {}
 
     # observers ---------------------------------------------------------------------------
 
@@ -1197,6 +1204,7 @@ class MessengerModel:
                 conversation.loaded = False
                 conversation.marker = None
             self.contacts = {}
+            self.waiting_offers = {}
         changed = locked != self.locked
         self.locked = locked
         if changed:
@@ -1218,6 +1226,8 @@ class MessengerModel:
         """The line that shows an offer waiting for our answer, once per transfer (an offer
         seen again, by its event and by :meth:`load_transfers`, keeps its line)."""
         ident = str(t.get("id", ""))[:8]
+        if t.get("state", "offered") == "offered" and t.get("direction", "in") == "in":
+            self.waiting_offers[str(t.get("id", ""))] = (transfer_conversation(t), _created(t))
         self.add_local(
             transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
@@ -1225,6 +1235,11 @@ class MessengerModel:
             float(t.get("created") or 0.0),
             line_id=OFFER_LINE_PREFIX + str(t.get("id", "")),
         )
+
+    def newest_offer(self, uid: str | None) -> str | None:
+        """The id of the newest offer waiting for our answer in conversation *uid*."""
+        here = [(at, tid) for tid, (where, at) in self.waiting_offers.items() if where == uid]
+        return max(here)[1] if here else None
 
     def load_transfers(self, result: Mapping[str, Any]) -> int:
         """Show the transfers not yet finished when this UI attaches (``files.list``): a UI
@@ -1275,6 +1290,8 @@ class MessengerModel:
             return
         state = t.get("state")
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
+        if state != "offered":
+            self.waiting_offers.pop(str(t.get("id")), None)
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.

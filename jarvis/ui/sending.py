@@ -91,7 +91,9 @@ class Sender:
     def _is_invite(self, action: SlashCommand) -> bool:
         """Whether ``/decline ID`` names a group invitation (else it is a file's)."""
         ident = str(action.args[0]) if action.args else ""
-        return any(str(i.get("id", "")).startswith(ident) for i in self.model.invites)
+        return bool(ident) and any(
+            str(i.get("id", "")).startswith(ident) for i in self.model.invites
+        )
 
     def offer_file(self, path: str) -> None:
         """``/file PATH``: offer the file to the open conversation's contact, or in a group to
@@ -131,7 +133,18 @@ class Sender:
         d.addCallbacks(offered, self._controller.report, errbackArgs=("/file",))
 
     def answer_file(self, verb: str, args: tuple[str, ...]) -> None:
-        """``/accept ID [DIR]``, ``/decline ID``, ``/cancel ID``."""
+        """``/accept [ID] [DIR]``, ``/decline [ID]``, ``/cancel ID``; without an id, the
+        newest offer waiting in the open conversation."""
+        if not args or not args[0]:
+            newest = self.model.newest_offer(self.model.current_uid)
+            if newest is None:
+                self.model.notify(
+                    f"no offer waits for an answer here: /{verb} ID (jarvis files lists them)",
+                    "error",
+                )
+                self._controller.redraw()
+                return
+            args = (newest, *args[1:])
         params: dict[str, Any] = {"id": args[0]}
         if verb == "accept" and len(args) > 1:
             params["directory"] = args[1]
