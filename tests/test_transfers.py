@@ -1184,6 +1184,80 @@ class OpenOffersCapTests(TestCase):
         self.assertEqual(counts, [1, 2, 4, 8, 16, 32, 64, 128, 256, 512])
 
 
+class PullRecordingNetwork(FakeNetwork):
+    """Records the dials back asked of it, and connects none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pulls: list[bytes] = []
+
+    def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
+        self.pulls.append(partial.offer.transfer_id)
+
+
+class ReceivingStreamsCapTests(TestCase):
+    def accepted(self, count: int, uid: str = ALICE) -> tuple[Transfers, list[bytes], Any]:
+        network = PullRecordingNetwork()
+        transfers = Transfers(
+            clock=Clock(),
+            now=lambda: 1_700_000_000.0,
+            emit=lambda name, payload: None,
+            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
+            display_name=lambda uid: uid[:4],
+            downloads=short_tempdir(self),
+        )
+        self.sessions: dict[str, FakeSession] = {}
+        self.successResultOf(transfers.open(FakeStore(), network, self.sessions.get))
+        base = an_offer(self, size=5000)
+        ids = []
+        for _ in range(count):
+            offer = replace(base, transfer_id=os.urandom(16))
+            transfers._offer_received(uid, offer)
+            self.successResultOf(transfers.accept(offer.transfer_id.hex()))
+            ids.append(offer.transfer_id)
+        return transfers, ids, network
+
+    def test_one_sender_gets_at_most_three_receiving_streams_at_once(self) -> None:
+        """When alice, five of whose files bob accepted, opens a data connection for each at
+        once, then three are taken and the fourth and fifth refused (still accepted, nothing
+        changed); a dial back she asks for meanwhile is not dialled; once one stream ends, the
+        first refused is called for (Accept again) and its connection taken; another sender
+        still gets its own streams."""
+        transfers, ids, network = self.accepted(5)
+        alice = self.sessions[ALICE] = FakeSession()
+        taken = [transfers.inbound_stream(ALICE, tid) for tid in ids]
+        self.assertEqual([t is not None for t in taken], [True, True, True, False, False])
+        self.assertEqual(
+            [transfers.find(tid.hex()).streaming for tid in ids], [True, True, True, False, False]
+        )
+        self.assertEqual(transfers.find(ids[3].hex()).state, "accepted")
+        transfers.record_received(ALICE, encode_transfer_record(DialBack(ids[4])))
+        self.assertEqual(network.pulls, [])
+        _partial, observer = taken[0]
+        observer.stream_ended("connection lost", True)
+        # the first connection refused is called for at once (not at her next redial)
+        self.assertEqual(alice.records[-1], Accept(ids[3]))
+        self.assertIsNotNone(transfers.inbound_stream(ALICE, ids[3]))
+        base = an_offer(self, size=5000)
+        transfers._offer_received(BOB, base)
+        self.successResultOf(transfers.accept(base.transfer_id.hex()))
+        self.assertIsNotNone(transfers.inbound_stream(BOB, base.transfer_id))
+
+    def test_all_senders_together_get_at_most_twelve(self) -> None:
+        """When twelve receiving streams run (from several senders), then a thirteenth is
+        refused whoever opens it, and a dial back is not dialled."""
+        self.patch(transfers_module, "MAX_RECEIVING_FROM_PEER", 20)
+        transfers, ids, network = self.accepted(14)
+        taken = [transfers.inbound_stream(ALICE, tid) for tid in ids[:13]]
+        self.assertEqual(sum(t is not None for t in taken), 12)
+        self.assertIsNone(taken[12])
+        transfers.record_received(ALICE, encode_transfer_record(DialBack(ids[13])))
+        self.assertEqual(network.pulls, [])
+        self.patch(transfers_module, "MAX_RECEIVING_STREAMS", 13)
+        transfers.record_received(ALICE, encode_transfer_record(DialBack(ids[13])))
+        self.assertEqual(network.pulls, [ids[13]])
+
+
 class SendingSlotsTests(TestCase):
     def test_at_most_three_outgoing_streams_the_rest_queued_in_order(self) -> None:
         """When five accepted files (a file sent into a group of five) are to stream at once,

@@ -112,6 +112,13 @@ REQUEST_PATIENCE = 60.0
 #: records, and they share one uplink): a file sent into a group of 20 would otherwise stream
 #: to every member who accepts at once.  More wait, "queued", and start as others end.
 MAX_SENDING_STREAMS = 3
+#: Receiving streams (data connections bringing a file here) at once from one peer, and from
+#: everyone together: each holds about 5.5 MiB of frame and work buffers while it runs.  An
+#: honest sender runs at most :data:`MAX_SENDING_STREAMS` to everyone; a hostile one whose
+#: many files we accepted (an auto-accept limit) could open a connection per file.  One more
+#: is refused (its sender dials again later, or asks again for a dial back).
+MAX_RECEIVING_FROM_PEER = MAX_SENDING_STREAMS
+MAX_RECEIVING_STREAMS = 12
 #: Seconds between two looks at the free space while a receiving transfer waits for room.
 SPACE_PROBE_INTERVAL = 5.0
 #: The default folder received files go to (under the user's home).
@@ -342,6 +349,11 @@ class Transfers:
         self._answering: set[tuple[str, bytes]] = set()
         #: Offers declined unseen per peer (:meth:`_too_many_open`), for a bounded log.
         self._refused: dict[str, int] = {}
+        #: Receiving streams made to wait per peer (:meth:`_receiving_full`), for the same.
+        self._streams_refused: dict[str, int] = {}
+        #: Transfers whose data connection was refused while the receiving slots were full,
+        #: in order (an ordered set): the first is called for when a slot frees.
+        self._waiting_slot: dict[str, None] = {}
         #: Whether an offer from *uid* into group *gid* (``b""``: to us alone) is taken: the
         #: node allows contacts for ``b""`` and the members of a group we are in for a group.
         self.may_offer: Callable[[str, bytes], bool] = lambda uid, gid: True
@@ -1342,8 +1354,46 @@ class Transfers:
             if entry is not None and entry.partial is None and entry.state == "accepted":
                 self._reopen(entry)
             return None
+        if self._receiving_full(uid):
+            self._waiting_slot[entry.id] = None  # called for when one ends
+            return None
         entry.streaming = True
+        self._waiting_slot.pop(entry.id, None)
         return entry.partial, _StreamObserver(self, entry, None)
+
+    def _receiving_slot_freed(self) -> None:
+        """A receiving stream ended: write ``Accept`` again for the first transfer whose data
+        connection was refused while the slots were full, which makes its sender dial at once
+        (instead of at the end of its back-off, up to :data:`REDIAL_MAX`)."""
+        for tid in list(self._waiting_slot):
+            entry = self._entries.get(tid)
+            del self._waiting_slot[tid]
+            if entry is None or entry.state != "accepted" or entry.streaming:
+                continue
+            self._send_control(entry.peer, Accept(entry.offer.transfer_id))
+            return
+
+    def _receiving_full(self, uid: str) -> bool:
+        """Whether one more receiving stream from *uid* would pass
+        :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS` (then it waits)."""
+        mine = every = 0
+        for e in self._entries.values():
+            if not e.sending and e.streaming:
+                every += 1
+                mine += e.peer == uid
+        if mine < MAX_RECEIVING_FROM_PEER and every < MAX_RECEIVING_STREAMS:
+            return False
+        self._streams_refused[uid] = count = self._streams_refused.get(uid, 0) + 1
+        if count & (count - 1) == 0:  # the 1st, 2nd, 4th ... time: a bounded log
+            self.log.warn(
+                "a receiving stream from {uid} waits: {mine} of its and {every} in all run "
+                "({count} so far)",
+                uid=log_id(uid),
+                mine=mine,
+                every=every,
+                count=count,
+            )
+        return True
 
     def outbound_pull(self, uid: str, transfer_id: bytes) -> Any:
         """The network asks for the source of a data connection the receiver dialled back.
@@ -1375,6 +1425,7 @@ class Transfers:
             or entry.space_probe is not None
             or self._network is None
             or getattr(self._network, "pull_transfer", None) is None
+            or self._receiving_full(entry.peer)  # the sender asks again after its next dial
         ):
             return
         if self._relayed_now(entry.peer) and self._can_relay(entry.peer):
@@ -1415,6 +1466,7 @@ class Transfers:
             or entry.space_probe is not None
             or self._network is None
             or not self._can_relay(entry.peer)
+            or self._receiving_full(entry.peer)
         ):
             return
         self._cancel_head_start(entry)
@@ -1502,9 +1554,12 @@ class Transfers:
         entry.done = done
 
     def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
-        entry.streaming = entry.at_relay = False
+        was_streaming, entry.streaming = entry.streaming, False
+        entry.at_relay = False
         if entry.sending:
             self._slot_freed()
+        elif was_streaming:
+            self._receiving_slot_freed()
         entry.relay_wanted = False
         self._cancel_head_start(entry)
         entry.done = entry.offer.size
@@ -1516,9 +1571,12 @@ class Transfers:
             self._finish(entry, "complete", "", "")
 
     def stream_ended(self, entry: TransferEntry, reason: str, resumable: bool) -> None:
-        entry.streaming = entry.at_relay = False
+        was_streaming, entry.streaming = entry.streaming, False
+        entry.at_relay = False
         if entry.sending:
             self._slot_freed()
+        elif was_streaming:
+            self._receiving_slot_freed()
         self._cancel_head_start(entry)
         entry.rate, entry.eta = 0.0, None
         if entry.state in FINAL_STATES:
