@@ -770,15 +770,9 @@ class Transfers:
             return
         crowded = self._too_many_open(uid)
         if crowded:
-            self._refused[uid] = self._refused.get(uid, 0) + 1
-            count = self._refused[uid]
-            if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... refusal: a bounded log
-                self.log.warn(
-                    "file offers from {uid} declined: {why} ({count} so far)",
-                    uid=log_id(uid),
-                    why=crowded,
-                    count=count,
-                )
+            self._warn_bounded(
+                self._refused, uid, "file offers from {uid} declined: {why}", why=crowded
+            )
             self._write(uid, Decline(offer.transfer_id, crowded), offer.group_id or None)
             return
         entry = TransferEntry(
@@ -802,11 +796,9 @@ class Transfers:
     def _too_many_open(self, uid: str) -> str:
         """Why a new offer from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,
         :data:`MAX_OPEN_INCOMING`), or ``""`` if it may be listed."""
-        mine = every = 0
-        for e in self._entries.values():
-            if not e.sending and e.state not in FINAL_STATES and e.state != REQUESTED:
-                every += 1
-                mine += e.peer == uid
+        mine, every = self._incoming(
+            uid, lambda e: e.state not in FINAL_STATES and e.state != REQUESTED
+        )
         if mine >= MAX_OPEN_FROM_PEER:
             return TOO_MANY_OPEN
         if every >= MAX_OPEN_INCOMING:
@@ -1354,8 +1346,7 @@ class Transfers:
             if entry is not None and entry.partial is None and entry.state == "accepted":
                 self._reopen(entry)
             return None
-        if self._receiving_full(uid):
-            self._waiting_slot[entry.id] = None  # called for when one ends
+        if self._receiving_full(entry):
             return None
         entry.streaming = True
         self._waiting_slot.pop(entry.id, None)
@@ -1373,27 +1364,38 @@ class Transfers:
             self._send_control(entry.peer, Accept(entry.offer.transfer_id))
             return
 
-    def _receiving_full(self, uid: str) -> bool:
-        """Whether one more receiving stream from *uid* would pass
-        :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS` (then it waits)."""
-        mine = every = 0
-        for e in self._entries.values():
-            if not e.sending and e.streaming:
-                every += 1
-                mine += e.peer == uid
+    def _receiving_full(self, entry: TransferEntry) -> bool:
+        """Whether one more receiving stream, *entry*'s, would pass
+        :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`; then it waits, and
+        is called for when one ends (:meth:`_receiving_slot_freed`)."""
+        mine, every = self._incoming(entry.peer, lambda e: e.streaming)
         if mine < MAX_RECEIVING_FROM_PEER and every < MAX_RECEIVING_STREAMS:
             return False
-        self._streams_refused[uid] = count = self._streams_refused.get(uid, 0) + 1
-        if count & (count - 1) == 0:  # the 1st, 2nd, 4th ... time: a bounded log
-            self.log.warn(
-                "a receiving stream from {uid} waits: {mine} of its and {every} in all run "
-                "({count} so far)",
-                uid=log_id(uid),
-                mine=mine,
-                every=every,
-                count=count,
-            )
+        self._waiting_slot[entry.id] = None
+        self._warn_bounded(
+            self._streams_refused,
+            entry.peer,
+            "a receiving stream from {uid} waits: {mine} of its and {every} in all run",
+            mine=mine,
+            every=every,
+        )
         return True
+
+    def _incoming(self, uid: str, counted: Callable[[TransferEntry], bool]) -> tuple[int, int]:
+        """How many incoming transfers are *counted*: *uid*'s, and everyone's."""
+        mine = every = 0
+        for e in self._entries.values():
+            if not e.sending and counted(e):
+                every += 1
+                mine += e.peer == uid
+        return mine, every
+
+    def _warn_bounded(self, counts: dict[str, int], uid: str, text: str, **fields: Any) -> None:
+        """Log *text* about *uid* the 1st, 2nd, 4th, 8th ... time (*counts* keeps how many):
+        a flood writes a bounded log."""
+        counts[uid] = count = counts.get(uid, 0) + 1
+        if count & (count - 1) == 0:
+            self.log.warn(text + " ({count} so far)", uid=log_id(uid), count=count, **fields)
 
     def outbound_pull(self, uid: str, transfer_id: bytes) -> Any:
         """The network asks for the source of a data connection the receiver dialled back.
@@ -1425,7 +1427,7 @@ class Transfers:
             or entry.space_probe is not None
             or self._network is None
             or getattr(self._network, "pull_transfer", None) is None
-            or self._receiving_full(entry.peer)  # the sender asks again after its next dial
+            or self._receiving_full(entry)
         ):
             return
         if self._relayed_now(entry.peer) and self._can_relay(entry.peer):
@@ -1466,7 +1468,7 @@ class Transfers:
             or entry.space_probe is not None
             or self._network is None
             or not self._can_relay(entry.peer)
-            or self._receiving_full(entry.peer)
+            or self._receiving_full(entry)
         ):
             return
         self._cancel_head_start(entry)
