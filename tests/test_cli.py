@@ -421,6 +421,28 @@ class FakeDaemonTests(SocketTestCase):
         self.assertNotEqual(code, 0)
         self.assertIn("mailbox needs use, status or drop", err)
 
+    async def test_several_transfers_answered_at_once(self) -> None:
+        """When decline gets three ids, one of them unknown, then the two known are declined
+        (a line each), the unknown one is said on stderr with its reason, and the exit status
+        is 1; with --json the answer lists the declined and the failed; one id answers as
+        before (its transfer alone)."""
+        a, b, c = (self.node.send_file("alice", f"/tmp/f{i}.txt") for i in range(3))
+        code, out, err = await self.run_cli("decline", a["id"], "ffff", b["id"])
+        self.assertEqual(code, 1)
+        self.assertEqual([line.split()[0] for line in out.splitlines()], [a["id"][:8], b["id"][:8]])
+        self.assertIn("jarvis: ffff: no single transfer with id 'ffff'", err)
+        self.assertIn("1 of 3 transfers were not answered", err)
+        self.assertEqual(
+            [t["state"] for t in self.node.transfers], ["cancelled", "cancelled", "offered"]
+        )
+        code, out, err = await self.run_cli("--json", "accept", c["id"], "eeee")
+        self.assertEqual(code, 1)
+        answer = json.loads(out)
+        self.assertEqual([t["id"] for t in answer["transfers"]], [c["id"]])
+        self.assertEqual([f["id"] for f in answer["failed"]], ["eeee"])
+        code, out, err = await self.run_cli("--json", "cancel", c["id"])
+        self.assertEqual((code, json.loads(out)["id"]), (0, c["id"]), err)
+
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""
         code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")

@@ -855,39 +855,40 @@ class FilesOptions(CommandOptions):
             self["auto-accept"] = (contact, parse_size(size))
 
 
-class AcceptOptions(CommandOptions):
-    """Accept an offered file (ID from 'jarvis files', or a unique prefix of 4+ characters).
-    The file is saved under its sanitised name, never overwriting ('name (1).ext'), once
-    verified; until then it is a hidden 0600 partial file in the same folder."""
+class _TransferIdsOptions(CommandOptions):
+    """One or more transfer ids: ``id`` is the first, ``ids`` all of them, in order."""
 
-    synopsis = "ID [--to DIR]"
-    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
-
-    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
+    def parseArgs(self, transfer: str, *more: str) -> None:  # type: ignore[override]
         self["id"] = transfer
+        self["ids"] = list(dict.fromkeys((transfer, *more)))
+
+
+class AcceptOptions(_TransferIdsOptions):
+    """Accept offered files (each ID from 'jarvis files', or a unique prefix of 4+
+    characters). Each file is saved under its sanitised name, never overwriting
+    ('name (1).ext'), once verified; until then it is a hidden 0600 partial file in the same
+    folder. With several IDs, each is answered in turn: one that fails is said on stderr and
+    the others still go (exit status 1 if any failed)."""
+
+    synopsis = "ID [ID ...] [--to DIR]"
+    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
 
     def postOptions(self) -> None:
         if self["to"] is not None:
             self["to"] = os.path.abspath(os.path.expanduser(self["to"]))
 
 
-class DeclineOptions(CommandOptions):
-    """Decline an offered file (the sender is told)."""
+class DeclineOptions(_TransferIdsOptions):
+    """Decline offered files (each sender is told); several IDs as for accept."""
 
-    synopsis = "ID"
-
-    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
-        self["id"] = transfer
+    synopsis = "ID [ID ...]"
 
 
-class CancelOptions(CommandOptions):
-    """Cancel a file transfer, sending or receiving (the contact is told; a partial file is
-    removed)."""
+class CancelOptions(_TransferIdsOptions):
+    """Cancel file transfers, sending or receiving (the contact is told; a partial file is
+    removed); several IDs as for accept."""
 
-    synopsis = "ID"
-
-    def parseArgs(self, transfer: str) -> None:  # type: ignore[override]
-        self["id"] = transfer
+    synopsis = "ID [ID ...]"
 
 
 class Options(usage.Options):

@@ -1303,24 +1303,50 @@ async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]
 
 
 async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``accept ID [--to DIR]``."""
-    params: dict[str, Any] = {"id": sub["id"]}
-    if sub["to"]:
-        params["directory"] = sub["to"]
-    result = await session.call("files.accept", params)
-    session.emit(transfer_line(result), result)
+    """``accept ID [ID ...] [--to DIR]``."""
+    extra = {"directory": sub["to"]} if sub["to"] else {}
+    await _answer_transfers(session, "files.accept", sub["ids"], extra)
 
 
 async def cmd_decline(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``decline ID``."""
-    result = await session.call("files.decline", {"id": sub["id"]})
-    session.emit(transfer_line(result), result)
+    """``decline ID [ID ...]``."""
+    await _answer_transfers(session, "files.decline", sub["ids"], {})
 
 
 async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``cancel ID``."""
-    result = await session.call("files.cancel", {"id": sub["id"]})
-    session.emit(transfer_line(result), result)
+    """``cancel ID [ID ...]``."""
+    await _answer_transfers(session, "files.cancel", sub["ids"], {})
+
+
+async def _answer_transfers(
+    session: Session, method: str, ids: list[str], extra: dict[str, Any]
+) -> None:
+    """Call *method* for each of *ids* in turn.  One id: its transfer's line (``--json``: the
+    transfer), a failure is the command's.  Several: a line for each answered, each failure
+    said on stderr ("ID: why") while the others still go; ``--json`` prints ``{"transfers":
+    [...], "failed": [{"id", "error"}]}``; any failure makes the exit status 1."""
+    if len(ids) == 1:
+        result = await session.call(method, {"id": ids[0], **extra})
+        session.emit(transfer_line(result), result)
+        return
+    answered: list[Any] = []
+    failed: list[dict[str, str]] = []
+    for ident in ids:
+        try:
+            result = await session.call(method, {"id": ident, **extra})
+        except (RemoteError, errors.JarvisError) as e:
+            said = error_line(Failure(e)) or type(e).__name__
+            failed.append({"id": ident, "error": said})
+            if not session.options.wants_json():
+                print(f"jarvis: {terminal_safe(ident)}: {terminal_safe(said)}", file=sys.stderr)
+            continue
+        answered.append(result)
+        if not session.options.wants_json():
+            print(terminal_safe(transfer_line(result)))
+    if session.options.wants_json():
+        print(json_text({"transfers": answered, "failed": failed}, indent=2))
+    if failed:
+        raise errors.InvalidInput(f"{len(failed)} of {len(ids)} transfers were not answered")
 
 
 COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
