@@ -9,6 +9,11 @@ other; the sender calls ``files.send`` on a random file, the receiver ``files.ac
   hashing at offer time is not: ``offer_hash_s``);
 - ``sender_cpu_s_per_gib`` / ``receiver_cpu_s_per_gib``: user + system CPU seconds of each daemon
   process (all its threads) during that time, per GiB;
+- ``sender_sys_cpu_s_per_gib`` / ``receiver_sys_cpu_s_per_gib``: the kernel's part of those
+  (system time: socket copies, the direct writes, waking and switching threads);
+- ``sender_switches_per_mib`` / ``receiver_switches_per_mib``: context switches (voluntary and
+  not) of each daemon's threads during the transfer, per MiB (threads that ended meanwhile are
+  not counted);
 - ``sender_rss_growth_mib`` / ``receiver_rss_growth_mib``: each daemon's peak RSS (``VmHWM``)
   after the transfer minus its RSS before it (goal: at most 32 MiB);
 - ``sender_peak_rss_mib`` / ``receiver_peak_rss_mib``: each whole daemon's peak RSS during the
@@ -79,10 +84,33 @@ def file_size(quick: bool) -> int:
 
 def proc_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process *pid* so far (all its threads)."""
+    return sum(proc_cpu_split(pid))
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """``(user, system)`` CPU seconds of process *pid* so far (all its threads)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def proc_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of *pid*'s threads alive now, so far."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+    return total
 
 
 def proc_memory_mib(pid: int, key: str) -> float:
@@ -188,6 +216,8 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
             reset_peak(pid)
         rss_before = {n: proc_memory_mib(p, "VmRSS") for n, p in pids.items()}
         cpu_before = {n: proc_cpu_seconds(p) for n, p in pids.items()}
+        sys_before = {n: proc_cpu_split(p)[1] for n, p in pids.items()}
+        switches_before = {n: proc_switches(p) for n, p in pids.items()}
         started = time.perf_counter()
         await bob.call("files.accept", id=tid, directory=os.path.join(root, "inbox"))
         chat: list[float] = []
@@ -205,6 +235,8 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
         if states["bob"][tid] != "complete":
             raise RuntimeError(f"the transfer ended {states['bob'][tid]}")
         cpu = {n: proc_cpu_seconds(p) - cpu_before[n] for n, p in pids.items()}
+        system = {n: proc_cpu_split(p)[1] - sys_before[n] for n, p in pids.items()}
+        switches = {n: proc_switches(p) - switches_before[n] for n, p in pids.items()}
         peak = {n: proc_memory_mib(p, "VmHWM") for n, p in pids.items()}
         growth = {n: peak[n] - rss_before[n] for n, p in pids.items()}
         landed = os.path.join(root, "inbox", "payload.bin")
@@ -230,6 +262,16 @@ async def measure(reactor: Any, quick: bool, chat_loop: bool = True) -> dict[str
         "offer_hash_s": {"value": offer_hash_s, "unit": "s (sender hashes the file)"},
         "sender_cpu_s_per_gib": {"value": cpu["alice"] / gib, "unit": "CPU s/GiB"},
         "receiver_cpu_s_per_gib": {"value": cpu["bob"] / gib, "unit": "CPU s/GiB"},
+        "sender_sys_cpu_s_per_gib": {"value": system["alice"] / gib, "unit": "CPU s/GiB (kernel)"},
+        "receiver_sys_cpu_s_per_gib": {"value": system["bob"] / gib, "unit": "CPU s/GiB (kernel)"},
+        "sender_switches_per_mib": {
+            "value": switches["alice"] / (size / MIB),
+            "unit": "context switches/MiB",
+        },
+        "receiver_switches_per_mib": {
+            "value": switches["bob"] / (size / MIB),
+            "unit": "context switches/MiB",
+        },
         "sender_rss_growth_mib": {
             "value": growth["alice"],
             "unit": "MiB",

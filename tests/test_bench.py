@@ -84,6 +84,10 @@ BENCHMARK_KEYS = {
         "offer_hash_s",
         "sender_cpu_s_per_gib",
         "receiver_cpu_s_per_gib",
+        "sender_sys_cpu_s_per_gib",
+        "receiver_sys_cpu_s_per_gib",
+        "sender_switches_per_mib",
+        "receiver_switches_per_mib",
         "sender_rss_growth_mib",
         "receiver_rss_growth_mib",
         "sender_peak_rss_mib",
@@ -161,6 +165,9 @@ BENCHMARK_KEYS = {
 #: Figures that may legitimately be zero (a stall or lag that did not happen, no CPU tick).
 MAY_BE_ZERO = {
     "store_bytes_per_group_msg",
+    # 16 MiB at smoke size can take less than a clock tick of kernel time
+    "sender_sys_cpu_s_per_gib",
+    "receiver_sys_cpu_s_per_gib",
     "idle_cpu_discovery_on_pct",
     "idle_cpu_discovery_off_pct",
     "discovery_idle_cost_pct",
@@ -301,9 +308,26 @@ class BenchmarkSmokeRunTests(TestCase):
 
     async def test_files(self) -> None:
         """When the file benchmark sends a file between two daemons at smoke size, then it
-        reports throughput next to the same run's TLS ceiling, CPU and RSS growth per side and
-        chat latency during the transfer."""
+        reports throughput next to the same run's TLS ceiling, CPU (and its kernel part),
+        context switches and RSS growth per side and chat latency during the transfer."""
         await self.check_smoke("files")
+
+    def test_thread_figures_of_a_process(self) -> None:
+        """When this process's CPU split and context switches are read twice around some
+        work and a sleep, then user and system time are each never negative and do not go
+        back, and the switches grow (the sleep is one)."""
+        import time
+
+        from bench.files_bench import proc_cpu_split, proc_switches
+
+        user, system = proc_cpu_split(os.getpid())
+        switches = proc_switches(os.getpid())
+        sum(i * i for i in range(200_000))
+        time.sleep(0.02)
+        user2, system2 = proc_cpu_split(os.getpid())
+        self.assertGreaterEqual(min(user, system), 0.0)
+        self.assertGreaterEqual((user2, system2 >= system), (user, True))
+        self.assertGreater(proc_switches(os.getpid()), switches)
 
     async def test_scale(self) -> None:
         """When the scale benchmark runs a daemon with 20 simulated peers, then it reports
