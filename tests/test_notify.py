@@ -68,6 +68,17 @@ class FakeNode:
         for o in list(self.observers):
             o("message.received", {"message": message, "muted": muted})
 
+    def offer(self, **fields: Any) -> None:
+        transfer = {"contact": "u1", "direction": "in", "group": None, "name": "a.pdf"}
+        transfer.update(fields)
+        for o in list(self.observers):
+            o("transfer.offered", {"transfer": transfer})
+
+
+class _Contact:
+    def __init__(self, muted: bool) -> None:
+        self.muted = muted
+
 
 def fake_notifier(directory: str, body: str) -> str:
     """Install an executable called notify-send in *directory* running *body* (Python)."""
@@ -157,6 +168,66 @@ class RealProcessTests(TestCase):
         node.settings["notifications"] = False
         node.emit({"contact": "u2", "body": "x"})
         self.assertEqual(notifier.raised, 0)
+
+
+class FileOfferTests(TestCase):
+    timeout = 30
+
+    async def test_a_file_offer_notifies_naming_the_file_only_with_previews(self) -> None:
+        """When a contact offers a file whose name holds $(...) and a newline, then the
+        notification names the sender, and the file (one flat argument, nothing executed) with
+        its size only when previews are on; "Offers a file" otherwise."""
+        notifier, node, directory = RealProcessTests.make(
+            self,  # type: ignore[arg-type]
+            "import pathlib\n"
+            "out = pathlib.Path(os.path.dirname(sys.argv[0])) / f'argv-{time.time_ns()}.json'\n"
+            "out.write_text(json.dumps(sys.argv[1:]))",
+        )
+        canary = os.path.join(directory, "pwned")
+        name = f"plan $(touch {canary})\n.pdf"
+        node.offer(name=name, size=3 * 1024 * 1024)
+        await _wait(lambda: len(_argvs(directory)) == 1, 10)
+        node.settings["previews"] = False
+        node.offer(name="secret.pdf", size=10)
+        await _wait(lambda: len(_argvs(directory)) == 2, 10)
+        first, second = sorted(_argvs(directory), key=lambda a: "a file" in a[3])
+        self.assertEqual(first[2], "Jarvis: Bob $(whoami)")
+        flat = notify.clean(name, notify.PREVIEW_CHARS - 20)
+        self.assertTrue(flat.startswith("plan $(touch "), flat)
+        self.assertEqual(first[3], f"Offers {flat} (3.0 MiB)")
+        self.assertEqual(second[3], "Offers a file")
+        self.assertFalse(os.path.exists(canary))
+        await _wait(lambda: notifier.semaphore.tokens == notify.MAX_CONCURRENT, 10)
+
+    async def test_offers_into_a_group_ours_or_from_a_muted_contact_raise_nothing(self) -> None:
+        """When a file is offered into a group, is one we send, comes from a muted contact or
+        from one whose conversation a client shows, then no notifier runs."""
+        notifier, node, _directory = RealProcessTests.make(
+            self,  # type: ignore[arg-type]
+            "pass",
+            shown={"shown"},
+        )
+        node.contacts = {"muted": _Contact(True), "u1": _Contact(False)}  # type: ignore[attr-defined]
+        node.offer(group="ab" * 16)
+        node.offer(direction="out")
+        node.offer(contact="muted")
+        node.offer(contact="shown")
+        self.assertEqual(notifier.raised, 0)
+        node.offer()
+        self.assertEqual(notifier.raised, 1)
+        await _wait(lambda: notifier.semaphore.tokens == notify.MAX_CONCURRENT, 10)
+
+
+def _argvs(directory: str) -> list[list[str]]:
+    found = []
+    for name in os.listdir(directory):
+        if name.startswith("argv-") and name.endswith(".json"):
+            with open(os.path.join(directory, name)) as f:
+                try:
+                    found.append(json.load(f))
+                except ValueError:
+                    continue  # still being written
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -1,7 +1,9 @@
-"""Desktop notifications for new messages, raised by the daemon (so they come with no UI open).
+"""Desktop notifications for new messages and file offers, raised by the daemon (so they come
+with no UI open).
 
-For each ``message.received`` event the :class:`Notifier` decides whether to notify (setting on,
-contact not muted, no attached client shows that conversation) and runs the platform's notifier:
+For each ``message.received`` event, and each ``transfer.offered`` of a file a contact offers us,
+the :class:`Notifier` decides whether to notify (setting on, contact not muted, no attached
+client shows that conversation) and runs the platform's notifier:
 ``notify-send`` on Linux, ``termux-notification`` on Termux, ``osascript`` on macOS.
 
 Message text is hostile input.  It only ever travels as one element of an argument list given to
@@ -25,6 +27,8 @@ from twisted.application.service import Service
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from jarvis.common.textsafe import human_bytes
 
 #: Longest preview text shown, in characters.
 PREVIEW_CHARS = 100
@@ -61,6 +65,21 @@ def compose(sender: str, text: str, *, previews: bool) -> Notification:
     title = f"Jarvis: {clean(sender, 64)}"
     body = clean(text, PREVIEW_CHARS) if previews else "New message"
     return Notification(title=title, body=body)
+
+
+def compose_body(message: Mapping[str, Any], previews: bool) -> str:
+    """A message's notification text: its start with *previews*, else "New message"."""
+    return compose("", str(message.get("body", "")), previews=previews).body
+
+
+def offer_body(transfer: Mapping[str, Any], previews: bool) -> str:
+    """A file offer's notification text: the file's name and size with *previews* (a name can
+    say as much as a message), else "Offers a file"."""
+    if not previews:
+        return "Offers a file"
+    size = transfer.get("size")
+    label = human_bytes(size) if isinstance(size, int) else "?"
+    return f"Offers {clean(str(transfer.get('name', '')), PREVIEW_CHARS - 20)} ({label})"
 
 
 def detect_platform(env: Mapping[str, str] | None = None, platform: str | None = None) -> str:
@@ -155,13 +174,30 @@ class Notifier(Service):
         return None
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
-        """Node event observer: notify for new incoming messages when appropriate."""
-        if name != "message.received" or self.platform == "none":
+        """Node event observer: notify for new incoming messages and files offered to us (by
+        a contact, not into a group: group messages raise none either) when appropriate."""
+        if self.platform == "none":
             return
-        message = payload.get("message") or {}
-        uid = message.get("contact")
-        if not isinstance(uid, str) or payload.get("muted"):
-            return
+        if name == "message.received":
+            message = payload.get("message") or {}
+            uid = message.get("contact")
+            if isinstance(uid, str) and not payload.get("muted"):
+                self._notify(uid, lambda previews: compose_body(message, previews))
+        elif name == "transfer.offered":
+            t = payload.get("transfer") or {}
+            uid = t.get("contact")
+            if isinstance(uid, str) and t.get("direction") == "in" and not t.get("group"):
+                if not self._muted(uid):
+                    self._notify(uid, lambda previews: offer_body(t, previews))
+
+    def _muted(self, uid: str) -> bool:
+        book = getattr(self.node, "contacts", None)
+        contact = book.get(uid) if book is not None else None
+        return bool(getattr(contact, "muted", False))
+
+    def _notify(self, uid: str, body: Callable[[bool], str]) -> None:
+        """Show ``body(previews)`` under *uid*'s name, unless notifications are off, a client
+        shows that conversation, or a burst already has one waiting."""
         settings = self.node.settings
         if not settings.get("notifications", True) or self.is_shown(uid):
             return
@@ -172,7 +208,9 @@ class Notifier(Service):
             self.coalesced += 1
             return
         sender = self.node.display_name(uid)
-        note = compose(sender, str(message.get("body", "")), previews=settings.get("previews"))
+        note = Notification(
+            title=f"Jarvis: {clean(sender, 64)}", body=body(bool(settings.get("previews")))
+        )
         argv = command_for(self.platform, note)
         if argv is None:
             return

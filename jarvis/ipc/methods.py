@@ -608,9 +608,9 @@ def method_specs() -> tuple[MethodSpec, ...]:
             "settings.get",
             settings_get,
             result="{notifications, previews, bell, lan_discovery}",
-            doc="Read the settings: desktop notifications on new messages, message text in "
-            "them (opt-in), the terminal bell in UIs, and LAN discovery (announce to and find "
-            "contacts on the local network, docs/net.md).",
+            doc="Read the settings: desktop notifications on new messages and files offered, "
+            "message text and file names in them (opt-in), the terminal bell in UIs, and LAN "
+            "discovery (announce to and find contacts on the local network, docs/net.md).",
         ),
         MethodSpec(
             "settings.set",
