@@ -88,7 +88,7 @@ class FakeNetwork:
 
 
 def make_transfers(
-    testcase: TestCase, store: FakeStore | None = None
+    testcase: TestCase, store: FakeStore | None = None, network: Any = None
 ) -> tuple[Transfers, dict[str, FakeSession | None], list[tuple[str, dict[str, Any]]], FakeStore]:
     events: list[tuple[str, dict[str, Any]]] = []
     sessions: dict[str, FakeSession | None] = {}
@@ -101,7 +101,7 @@ def make_transfers(
         display_name=lambda uid: uid[:4],
         downloads=short_tempdir(testcase),
     )
-    testcase.successResultOf(transfers.open(store, FakeNetwork(), sessions.get))
+    testcase.successResultOf(transfers.open(store, network or FakeNetwork(), sessions.get))
     return transfers, sessions, events, store
 
 
@@ -1198,16 +1198,7 @@ class PullRecordingNetwork(FakeNetwork):
 class ReceivingStreamsCapTests(TestCase):
     def accepted(self, count: int, uid: str = ALICE) -> tuple[Transfers, list[bytes], Any]:
         network = PullRecordingNetwork()
-        transfers = Transfers(
-            clock=Clock(),
-            now=lambda: 1_700_000_000.0,
-            emit=lambda name, payload: None,
-            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
-            display_name=lambda uid: uid[:4],
-            downloads=short_tempdir(self),
-        )
-        self.sessions: dict[str, FakeSession] = {}
-        self.successResultOf(transfers.open(FakeStore(), network, self.sessions.get))
+        transfers, self.sessions, _events, _store = make_transfers(self, network=network)
         base = an_offer(self, size=5000)
         ids = []
         for _ in range(count):
