@@ -322,7 +322,8 @@ class AnswerWithoutIdTests(SynchronousTestCase):
         """When two of alice's offers wait (one shown at start, one arriving later) and one of
         bob's, then /accept with only a folder in alice's conversation accepts her newer one
         there; once it is no longer offered, /decline without an id declines her older one;
-        then nothing waits there and /accept says so without calling the daemon; bob's offer
+        then nothing waits there and /accept says so without calling the daemon; an offer
+        answered elsewhere while the UI was away is forgotten when it loads again; bob's offer
         is never answered from alice's conversation."""
         client = make_populated_client()
         client.transfers = [transfer(id=TID2, created=NOW - 50)]
@@ -351,6 +352,14 @@ class AnswerWithoutIdTests(SynchronousTestCase):
             controller.model.status.text,
             "no offer waits for an answer here: /accept ID (jarvis files lists them)",
         )
+        # an offer answered elsewhere while this UI was away is forgotten at the next load
+        client.emit("transfer.offered", {"transfer": transfer(id="77" * 16, created=NOW)})
+        press(controller, "esc")
+        client.transfers = []
+        controller.load_unlocked()
+        press(controller, "/decline", "enter")
+        self.assertNotIn(("files.decline", {"id": "77" * 16}), client.calls)
+        self.assertTrue(controller.model.status.text.startswith("no offer waits"))
         self.assertNotIn(bobs, str(client.calls))
 
 

@@ -1257,6 +1257,7 @@ class MessengerModel:
         ]
         # oldest first: each line sorts after those shown before it
         views.sort(key=_created)
+        self.waiting_offers = {}  # the daemon's list is the truth (answered meanwhile elsewhere)
         for t in views:
             state = t.get("state")
             if state in ("complete", "cancelled", "failed"):
