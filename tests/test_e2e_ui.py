@@ -424,6 +424,38 @@ class TwoUiTests(TestCase):
         )
 
 
+class OfferWhileAwayTests(TestCase):
+    timeout = 90
+
+    async def test_an_offer_made_while_no_ui_ran_shows_and_accept_takes_it(self) -> None:
+        """When bob offers alice a file while no UI of hers runs, then the UI she starts says a
+        file waits for an answer, bob's conversation shows the offer with its /accept line,
+        and "/accept FOLDER" (no id: the newest offer there) brings the file, byte-identical,
+        with the "saved as" line."""
+        root, (alice, bob) = await start_peers(self, "alice", "bob")
+        await befriend(alice, bob)
+        path = os.path.join(root, "notes.txt")
+        content = os.urandom(300_000)
+        with open(path, "wb") as f:
+            f.write(content)
+        sent = await bob.call("files.send", contact=alice.uid, path=path)
+        await alice.recorder.wait(lambda: bool(alice.recorder.named("transfer.offered")))
+        ui = start_ui(self, alice.data_dir, root, columns=120)
+        await ui.wait_for("a file offered to you waits for an answer")
+        ui.press("meta 1")
+        await ui.wait_for(f"bob offers notes.txt (293 KiB): /accept {sent['id'][:8]}")
+        inbox = os.path.join(root, "inbox")
+        ui.type(f"/accept {inbox}")
+        ui.press("enter")
+        await ui.wait_for("saved as", 30)
+        with open(os.path.join(inbox, "notes.txt"), "rb") as f:
+            self.assertEqual(f.read(), content)
+        listed = await alice.call("files.list")
+        self.assertEqual(
+            [(t["id"], t["state"]) for t in listed["transfers"]], [(sent["id"], "complete")]
+        )
+
+
 class MsgCommandTests(TestCase):
     timeout = 60
 
