@@ -10,6 +10,8 @@ This module must not import urwid, the reactor or the IPC client: it is tested o
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import os
 import shlex
 import sys
@@ -1604,11 +1606,15 @@ def _seat_local_lines(conversation: Conversation) -> None:
     loose = [m for m in conversation.messages.values() if m.direction == LOCAL and m.seq == 0]
     if not loose:
         return
-    history = [(m.created, m.seq) for m in conversation.messages.values() if m.direction != LOCAL]
+    history = sorted(
+        (m.created, m.seq) for m in conversation.messages.values() if m.direction != LOCAL
+    )
+    times = [created for created, _seq in history]
+    highest = list(itertools.accumulate((seq for _created, seq in history), max))
     for line in loose:
-        seq = max((s for created, s in history if created <= line.created), default=0)
-        if seq:
-            conversation.put(replace(line, seq=seq))
+        older = bisect.bisect_right(times, line.created)  # the messages no newer than it
+        if older and highest[older - 1]:
+            conversation.put(replace(line, seq=highest[older - 1]))
 
 
 def _after(last: Message | None, now: float) -> float:
