@@ -1592,6 +1592,16 @@ class AskAnotherTests(TestCase):
     """Fetching a shared file without naming a member: the author when online, else the
     members online in turn, the author last (``Transfers.request`` with *others*)."""
 
+    def leave(self, carol: Transfers, gone: set[str]) -> None:
+        """The members in *gone* have left the group: carol's node refuses them (its one rule
+        for the sweep and for :attr:`Transfers.may_offer`) and sweeps her transfers."""
+
+        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
+            return ("they left the group", False) if uid in gone else None
+
+        carol.may_offer = lambda uid, gid: refusal(uid, gid) is None
+        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+
     def members(self) -> tuple[Transfers, Transfers, dict[str, Any], SharedFile, str, str]:
         """Bob (the author, who sent notes.txt into GROUP to alice, offline for carol), alice
         (online, who received it complete and holds it), dave (online, without it) and carol,
@@ -1659,18 +1669,13 @@ class AskAnotherTests(TestCase):
         self.assertEqual((entry.state, entry.peer), (transfers_module.REQUESTED, ALICE))
         self.assertEqual([type(r).__name__ for r in silent.records], ["Request"])
         gone = {ALICE}
-
-        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
-            return ("they left the group", False) if uid in gone else None
-
-        carol.may_offer = lambda uid, gid: refusal(uid, gid) is None  # one rule, as the node
-        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.leave(carol, gone)
         self.assertEqual(
             (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
         )
         self.assertEqual(entry.reason, transfers_module.REQUEST_WAITS)
         gone.add(BOB)
-        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.leave(carol, gone)
         self.assertEqual((entry.state, entry.reason), ("cancelled", "they left the group"))
 
     def test_members_who_left_before_their_turn_are_not_asked(self) -> None:
@@ -1680,13 +1685,7 @@ class AskAnotherTests(TestCase):
         sessions[ALICE] = FakeSession()
         view = self.successResultOf(carol.request(BOB, GROUP, shared, inbox, [ALICE, DAVE]))
         entry = carol.find(view["id"])
-        gone = {ALICE, DAVE}
-
-        def refusal(uid: str, gid: bytes) -> tuple[str, bool] | None:
-            return ("they left the group", False) if uid in gone else None
-
-        carol.may_offer = lambda uid, gid: refusal(uid, gid) is None  # one rule, as the node
-        self.successResultOf(carol.revoke(refusal, group_id=GROUP))
+        self.leave(carol, {ALICE, DAVE})
         self.assertEqual(
             (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 2)
         )
