@@ -1234,6 +1234,31 @@ class ReceivingStreamsCapTests(TestCase):
         self.successResultOf(transfers.accept(base.transfer_id.hex()))
         self.assertIsNotNone(transfers.inbound_stream(BOB, base.transfer_id))
 
+    def test_a_freed_slot_goes_to_a_sender_with_room(self) -> None:
+        """When alice runs her three streams and bob one, with four allowed in all, and a
+        fourth file of alice's then one of bob's are refused, then when bob's stream ends the
+        slot goes to bob's waiting file (Accept to bob), not to alice's, who is still at her
+        own cap."""
+        self.patch(transfers_module, "MAX_RECEIVING_STREAMS", 4)
+        transfers, ids, _network = self.accepted(4)
+        bobs = []
+        for _ in range(2):
+            offer = replace(an_offer(self, size=5000), transfer_id=os.urandom(16))
+            transfers._offer_received(BOB, offer)
+            self.successResultOf(transfers.accept(offer.transfer_id.hex()))
+            bobs.append(offer.transfer_id)
+        alice = self.sessions[ALICE] = FakeSession()
+        bob = self.sessions[BOB] = FakeSession()
+        self.assertTrue(all(transfers.inbound_stream(ALICE, tid) for tid in ids[:3]))
+        taken = transfers.inbound_stream(BOB, bobs[0])
+        self.assertIsNotNone(taken)
+        self.assertIsNone(transfers.inbound_stream(ALICE, ids[3]))
+        self.assertIsNone(transfers.inbound_stream(BOB, bobs[1]))
+        _partial, observer = taken
+        observer.stream_ended("connection lost", True)
+        self.assertEqual(bob.records, [Accept(bobs[1])])
+        self.assertEqual(alice.records, [])
+
     def test_all_senders_together_get_at_most_twelve(self) -> None:
         """When twelve receiving streams run (from several senders), then a thirteenth is
         refused whoever opens it, and a dial back is not dialled."""

@@ -1358,19 +1358,30 @@ class Transfers:
         (instead of at the end of its back-off, up to :data:`REDIAL_MAX`)."""
         for tid in list(self._waiting_slot):
             entry = self._entries.get(tid)
-            del self._waiting_slot[tid]
             if entry is None or entry.state != "accepted" or entry.streaming:
-                continue
-            self._send_control(entry.peer, Accept(entry.offer.transfer_id))
-            return
+                del self._waiting_slot[tid]
+            elif self._receiving_at_cap(entry.peer) is None:  # one still at its cap waits on
+                del self._waiting_slot[tid]
+                self._send_control(entry.peer, Accept(entry.offer.transfer_id))
+                return
+
+    def _receiving_at_cap(self, uid: str) -> tuple[int, int] | None:
+        """How many receiving streams run, ``(uid's, everyone's)``, when one more from *uid*
+        would pass :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`; else
+        ``None``."""
+        mine, every = self._incoming(uid, lambda e: e.streaming)
+        if mine < MAX_RECEIVING_FROM_PEER and every < MAX_RECEIVING_STREAMS:
+            return None
+        return mine, every
 
     def _receiving_full(self, entry: TransferEntry) -> bool:
-        """Whether one more receiving stream, *entry*'s, would pass
-        :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`; then it waits, and
-        is called for when one ends (:meth:`_receiving_slot_freed`)."""
-        mine, every = self._incoming(entry.peer, lambda e: e.streaming)
-        if mine < MAX_RECEIVING_FROM_PEER and every < MAX_RECEIVING_STREAMS:
+        """Whether one more receiving stream, *entry*'s, would pass the caps
+        (:meth:`_receiving_at_cap`); then it waits, and is called for when one ends
+        (:meth:`_receiving_slot_freed`)."""
+        running = self._receiving_at_cap(entry.peer)
+        if running is None:
             return False
+        mine, every = running
         self._waiting_slot[entry.id] = None
         self._warn_bounded(
             self._streams_refused,
@@ -1555,13 +1566,18 @@ class Transfers:
     def bytes_done(self, entry: TransferEntry, done: int) -> None:
         entry.done = done
 
-    def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
+    def _stream_gone(self, entry: TransferEntry) -> None:
+        """*entry*'s data connection ended (complete or not): its sending or receiving slot
+        goes to the next transfer waiting for one."""
         was_streaming, entry.streaming = entry.streaming, False
         entry.at_relay = False
         if entry.sending:
             self._slot_freed()
         elif was_streaming:
             self._receiving_slot_freed()
+
+    def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
+        self._stream_gone(entry)
         entry.relay_wanted = False
         self._cancel_head_start(entry)
         entry.done = entry.offer.size
@@ -1573,12 +1589,7 @@ class Transfers:
             self._finish(entry, "complete", "", "")
 
     def stream_ended(self, entry: TransferEntry, reason: str, resumable: bool) -> None:
-        was_streaming, entry.streaming = entry.streaming, False
-        entry.at_relay = False
-        if entry.sending:
-            self._slot_freed()
-        elif was_streaming:
-            self._receiving_slot_freed()
+        self._stream_gone(entry)
         self._cancel_head_start(entry)
         entry.rate, entry.eta = 0.0, None
         if entry.state in FINAL_STATES:
