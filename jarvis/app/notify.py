@@ -62,14 +62,17 @@ def clean(text: str, limit: int) -> str:
 
 def compose(sender: str, text: str, *, previews: bool) -> Notification:
     """Return the notification for a message from *sender*: text only with *previews*."""
-    title = f"Jarvis: {clean(sender, 64)}"
-    body = clean(text, PREVIEW_CHARS) if previews else "New message"
-    return Notification(title=title, body=body)
+    return Notification(title=title_for(sender), body=message_body(text, previews))
 
 
-def compose_body(message: Mapping[str, Any], previews: bool) -> str:
+def title_for(sender: str) -> str:
+    """A notification's title: "Jarvis: " and the sender's name, flat and cut."""
+    return f"Jarvis: {clean(sender, 64)}"
+
+
+def message_body(text: str, previews: bool) -> str:
     """A message's notification text: its start with *previews*, else "New message"."""
-    return compose("", str(message.get("body", "")), previews=previews).body
+    return clean(text, PREVIEW_CHARS) if previews else "New message"
 
 
 def offer_body(transfer: Mapping[str, Any], previews: bool) -> str:
@@ -182,7 +185,8 @@ class Notifier(Service):
             message = payload.get("message") or {}
             uid = message.get("contact")
             if isinstance(uid, str) and not payload.get("muted"):
-                self._notify(uid, lambda previews: compose_body(message, previews))
+                text = str(message.get("body", ""))
+                self._notify(uid, lambda previews: message_body(text, previews))
         elif name == "transfer.offered":
             t = payload.get("transfer") or {}
             uid = t.get("contact")
@@ -208,9 +212,7 @@ class Notifier(Service):
             self.coalesced += 1
             return
         sender = self.node.display_name(uid)
-        note = Notification(
-            title=f"Jarvis: {clean(sender, 64)}", body=body(bool(settings.get("previews")))
-        )
+        note = Notification(title_for(sender), body(bool(settings.get("previews"))))
         argv = command_for(self.platform, note)
         if argv is None:
             return
