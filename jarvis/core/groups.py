@@ -445,13 +445,20 @@ class Groups:
 
         :raises InvalidInput: if we left it or are its only member.
         """
+        gid, uids = self.other_members(ref)
+        if not uids:
+            raise InvalidInput("the group has no other member to send the file to")
+        return gid, uids
+
+    def other_members(self, ref: str) -> tuple[bytes, list[str]]:
+        """``(group id, uids)``: every member of group *ref* but us (maybe none).
+
+        :raises InvalidInput: if we left it.
+        """
         self._require()
         group = self._live(ref)
         own = self._own_key()
-        uids = [m.uid for m in group.state.members if m.public_key != own]
-        if not uids:
-            raise InvalidInput("the group has no other member to send the file to")
-        return group.group_id, uids
+        return group.group_id, [m.uid for m in group.state.members if m.public_key != own]
 
     def member_name(self, gid: bytes, uid: str) -> str | None:
         """How *uid* is shown in group *gid* (None if we hold no such group)."""

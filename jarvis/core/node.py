@@ -725,10 +725,7 @@ class Node(Service):
         gid, uid, shared = self.groups.shared_file(ref, message_ref, holder)
         others: list[str] = []
         if holder is None:
-            try:
-                _gid, members = self.groups.file_recipients(ref)
-            except InvalidInput:  # nobody but us (and an author who left)
-                members = []
+            _gid, members = self.groups.other_members(ref)
             others = [m for m in members if m != uid]
         view = yield self.transfers.request(uid, gid, shared, directory, others)
         if not wait:
