@@ -431,7 +431,7 @@ class OfferWhileAwayTests(TestCase):
         """When bob offers alice a file while no UI of hers runs, then the UI she starts says a
         file waits for an answer, bob's conversation shows the offer with its /accept line,
         and "/accept FOLDER" (no id: the newest offer there) brings the file, byte-identical,
-        with the "saved as" line."""
+        with the "saved as" line; a UI started after it ended shows that line too."""
         root, (alice, bob) = await start_peers(self, "alice", "bob")
         await befriend(alice, bob)
         path = os.path.join(root, "notes.txt")
@@ -454,6 +454,10 @@ class OfferWhileAwayTests(TestCase):
         self.assertEqual(
             [(t["id"], t["state"]) for t in listed["transfers"]], [(sent["id"], "complete")]
         )
+        later = start_ui(self, alice.data_dir, root, columns=120)
+        await later.wait_for("1/1 online")
+        later.press("meta 1")
+        await later.wait_for("file notes.txt (293 KiB): complete, saved as")
 
 
 class MsgCommandTests(TestCase):

@@ -237,8 +237,21 @@ class TransfersAtStartTests(SynchronousTestCase):
                 reason="offline: the offer goes through their mailbox",
                 created=NOW - 30,
             ),
-            transfer(id="22" * 16, name="old.jpg", state="complete", path="/in/old.jpg"),
-            transfer(id="33" * 16, contact=UID_BOB, name="gone.zip", state="cancelled"),
+            transfer(
+                id="22" * 16,
+                name="old.jpg",
+                state="complete",
+                path="/in/old.jpg",
+                directory="/in",
+                created=NOW - 500,
+            ),
+            transfer(
+                id="33" * 16,
+                contact=UID_BOB,
+                name="gone.zip",
+                state="cancelled",
+                reason="declined",
+            ),
         ]
         return client
 
@@ -247,9 +260,10 @@ class TransfersAtStartTests(SynchronousTestCase):
         an offer of ours waits in alice's mailbox, then the status line says a file waits for
         an answer, alice's conversation shows her offer (with /accept and /decline) and ours
         with its reason, among her history by time (the list comes newest first), bob's
-        shows the bar where it stands; the finished transfers show nowhere; the same offer
-        arriving again as an event, or the UI loading again (a reconnect), adds no second
-        line."""
+        shows the bar where it stands; the finished transfers show how they ended, in their
+        conversations by time (a file received: where it was saved); the same offer arriving
+        again as an event, the same end as an event, or the UI loading again (a reconnect),
+        adds no second line."""
         client = self.client_with_transfers()
         controller, client, _clock, _connector = make_controller(client)
         assert client is not None
@@ -270,7 +284,10 @@ class TransfersAtStartTests(SynchronousTestCase):
         self.assertLess(text.index("sent one"), text.index("file notes.txt"))
         self.assertLess(text.index("file notes.txt"), text.index(offer))
         self.assertLess(text.index(offer), text.index("news!"))
-        self.assertNotIn("old.jpg", text)
+        ended = "file old.jpg (3.0 MiB): complete, saved as /in/old.jpg (folder: /in)"
+        self.assertIn(ended, text)
+        self.assertLess(text.index("sent one"), text.index(ended))
+        self.assertLess(text.index(ended), text.index("file notes.txt"))
         client.emit("transfer.offered", {"transfer": transfer(created=NOW - 20)})
         self.assertEqual(controller.window.dialog.kind, "file_offer")
         press(controller, "esc")  # its accept prompt: later
@@ -278,10 +295,17 @@ class TransfersAtStartTests(SynchronousTestCase):
         text = screen_text(controller.window, (160, 40))
         self.assertEqual(text.count("alice offers holiday.jpg"), 1)
         self.assertEqual(text.count("file notes.txt"), 1)
+        self.assertEqual(text.count("file old.jpg"), 1)
         press(controller, "meta 2")
         text = screen_text(controller.window, (160, 40))
         self.assertIn("file film.mkv [#####...............]  25% 2.0 MiB of 8.0 MiB", text)
-        self.assertNotIn("gone.zip", text)
+        self.assertIn("file gone.zip (3.0 MiB): cancelled (declined)", text)
+        gone = transfer(
+            id="33" * 16, contact=UID_BOB, name="gone.zip", state="cancelled", reason="declined"
+        )
+        client.emit("transfer.changed", {"transfer": gone})
+        text = screen_text(controller.window, (160, 40))
+        self.assertEqual(text.count("gone.zip"), 1)
 
     def test_a_line_added_later_comes_after_the_offer_lines(self) -> None:
         """When carol's offer shown at start is the newest line of her conversation and one of

@@ -377,9 +377,9 @@ class Controller:
         return d
 
     def fetch_transfers(self) -> defer.Deferred[Any]:
-        """Ask ``files.list`` for the transfers not finished (offers that came while no UI
-        ran, files streaming) and show them in their conversations; the status line says how
-        many offers wait for an answer."""
+        """Ask ``files.list`` for the transfers (offers that came while no UI ran, files
+        streaming, transfers that ended) and show them in their conversations; the status
+        line says how many offers wait for an answer."""
         d = self.call("files.list")
 
         def loaded(result: Mapping[str, Any]) -> None:

@@ -1244,10 +1244,13 @@ class MessengerModel:
         return max(here)[1] if here else None
 
     def load_transfers(self, result: Mapping[str, Any]) -> int:
-        """Show the transfers not yet finished when this UI attaches (``files.list``): a UI
-        started after an offer came, or while a file streams, shows them as one that was
-        running then would (the offer line with ``/accept``, the transfer's line with its
-        bar or what it waits for).  Finished ones are left to ``jarvis files``.
+        """Show the transfers the daemon lists when this UI attaches (``files.list``): a UI
+        started after an offer came, while a file streams, or after transfers ended, shows
+        them as one that was running then would (the offer line with ``/accept``, the
+        transfer's line with its bar or what it waits for, the line that says how it ended:
+        complete and where it was saved, declined, cancelled, failed and why), each in its
+        conversation at the time it was offered.  The daemon lists finished transfers for 30
+        days (the newest 500).
 
         :returns: how many offers wait for our answer.
         """
@@ -1262,9 +1265,10 @@ class MessengerModel:
         self.waiting_offers = {}  # the daemon's list is the truth (answered meanwhile elsewhere)
         for t in views:
             state = t.get("state")
-            if state in ("complete", "cancelled", "failed"):
-                continue
             tid = str(t.get("id", ""))
+            if state in FINAL_TRANSFER_STATES:
+                self._ended_line(t)
+                continue
             self.transfer_names[tid] = _transfer_name(t)
             if state == "offered" and t.get("direction") == "in":
                 self._offer_line(t)
@@ -1302,8 +1306,17 @@ class MessengerModel:
             self._transfer_line_says(str(t.get("id")), f"waiting ({reason})")
             if self.status is not None and self.status.text.startswith("file "):
                 self.clear_status()  # its bar stopped
-        if state not in ("complete", "cancelled", "failed"):
+        if state not in FINAL_TRANSFER_STATES:
             return
+        self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
+        self._ended_line(t)
+        if self.status is not None and self.status.text.startswith("file "):
+            self.clear_status()
+
+    def _ended_line(self, t: Mapping[str, Any]) -> None:
+        """The line that says how transfer *t* ended, once per transfer (its event and
+        :meth:`load_transfers` after a reconnect show the same line)."""
+        state = str(t.get("state"))
         text = f"file {_file_label(t)}{_recipient(t)}: {state}"
         if t.get("reason"):
             text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
@@ -1313,10 +1326,12 @@ class MessengerModel:
                 f" (folder: {terminal_safe(str(t.get('directory') or ''), keep_newlines=False)})"
             )
             text += open_folder_hint(str(t.get("directory") or ""))
-        self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
-        self.add_local(transfer_conversation(t), text, float(t.get("created") or 0.0))
-        if self.status is not None and self.status.text.startswith("file "):
-            self.clear_status()
+        self.add_local(
+            transfer_conversation(t),
+            text,
+            float(t.get("created") or 0.0),
+            line_id=ENDED_LINE_PREFIX + str(t.get("id", "")),
+        )
 
     def _transfer_progress(self, payload: Mapping[str, Any]) -> None:
         size = payload.get("size")
@@ -1597,6 +1612,10 @@ def password_hint(password: str) -> PasswordHint:
 TRANSFER_LINE_PREFIX = "~transfer-"
 #: Id prefix of the line showing an offer that waits for our answer (a local line).
 OFFER_LINE_PREFIX = "~offer-"
+#: Id prefix of the line saying how a transfer ended (a local line).
+ENDED_LINE_PREFIX = "~ended-"
+#: The states a transfer ends in.
+FINAL_TRANSFER_STATES = frozenset({"complete", "cancelled", "failed"})
 
 
 def _seat_local_lines(conversation: Conversation) -> None:
