@@ -529,6 +529,21 @@ class FakeNode:
         self.transfers.append(view)
         return view
 
+    def offered_file(self, ref: str, name: str, created: float) -> dict[str, Any]:
+        """Record a file that contact *ref* offers us at *created*, waiting for an answer."""
+        view = {
+            "id": "%032x" % (len(self.transfers) + 1),
+            "contact": self.resolve(ref).uid,
+            "direction": "in",
+            "name": name,
+            "size": 0,
+            "state": "offered",
+            "bytes": 0,
+            "created": created,
+        }
+        self.transfers.append(view)
+        return view
+
     def list_transfers(self) -> list[dict[str, Any]]:
         """Answer like ``Node.list_transfers``."""
         return list(self.transfers)

@@ -443,6 +443,54 @@ class FakeDaemonTests(SocketTestCase):
         code, out, err = await self.run_cli("--json", "cancel", c["id"])
         self.assertEqual((code, json.loads(out)["id"]), (0, c["id"]), err)
 
+    async def test_all_offers_answered_at_once(self) -> None:
+        """When accept --all --from bob runs while bob's two offers and alice's one wait (and
+        a file of ours is offered to alice), then bob's two are accepted, oldest first, into
+        --to; decline --all then declines alice's; with nothing left, decline --all says so
+        and exits 0 (--json: empty lists); IDs with --all, --from without it, or neither
+        IDs nor --all are usage errors (exit 2)."""
+        self.node.add_contact(link=fake_link("bob"))
+        self.node.send_file("alice", "/tmp/ours.txt")
+        newer = self.node.offered_file("bob", "b2.txt", 1_800_000_010.0)
+        older = self.node.offered_file("bob", "b1.txt", 1_800_000_000.0)
+        alices = self.node.offered_file("alice", "a.txt", 1_799_999_990.0)
+        accepted: list[tuple[str, str | None]] = []
+        accept = self.node.accept_transfer
+
+        def recording(ref: str, directory: str | None = None) -> dict[str, Any]:
+            accepted.append((ref, directory))
+            return accept(ref, directory)
+
+        self.node.accept_transfer = recording  # type: ignore[method-assign]
+        code, out, err = await self.run_cli("accept", "--all", "--from", "bob", "--to", "/srv/in")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(accepted, [(older["id"], "/srv/in"), (newer["id"], "/srv/in")])
+        self.assertEqual(
+            [line.split()[0] for line in out.splitlines()], [older["id"][:8], newer["id"][:8]]
+        )
+        code, out, err = await self.run_cli("--json", "decline", "--all")
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(
+            ([t["id"] for t in answer["transfers"]], answer["failed"]), ([alices["id"]], [])
+        )
+        self.assertEqual(
+            [t["state"] for t in self.node.transfers],
+            ["offered", "accepted", "accepted", "cancelled"],
+        )
+        code, out, err = await self.run_cli("decline", "--all")
+        self.assertEqual((code, out, err.strip()), (0, "", "no offer waits for your answer"))
+        code, out, err = await self.run_cli("--json", "accept", "--all")
+        self.assertEqual((code, json.loads(out)), (0, {"transfers": [], "failed": []}))
+        for args, said in (
+            (("accept", "--all", alices["id"]), "give IDs or --all, not both"),
+            (("decline", "--from", "bob", alices["id"]), "--from goes with --all"),
+            (("accept",), "give a transfer ID ('jarvis files' lists them), or --all"),
+        ):
+            code, _out, err = await self.run_cli(*args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(said, err)
+
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""
         code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")

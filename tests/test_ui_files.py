@@ -18,6 +18,7 @@ from tests.ui_fakes import (
     make_controller,
     make_populated_client,
     press,
+    remote_error,
     screen_text,
 )
 
@@ -385,6 +386,59 @@ class AnswerWithoutIdTests(SynchronousTestCase):
         self.assertNotIn(("files.decline", {"id": "77" * 16}), client.calls)
         self.assertTrue(controller.model.status.text.startswith("no offer waits"))
         self.assertNotIn(bobs, str(client.calls))
+
+
+class AnswerAllTests(SynchronousTestCase):
+    def test_accept_all_answers_every_offer_waiting_here_and_says_how_many(self) -> None:
+        """When three of alice's offers wait (two shown at start, one arriving later) and one
+        of bob's, then /accept all DIR in alice's conversation accepts her three, oldest
+        first, into DIR, and the status line says one was not answered and why (the daemon
+        refused it); bob's is not answered; /decline all in bob's conversation declines his;
+        /decline all where nothing waits says so without calling the daemon."""
+        third, bobs = "33" * 16, "99" * 16
+        client = make_populated_client()
+        client.transfers = [transfer(id=TID2, created=NOW - 50), transfer(created=NOW - 60)]
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+
+        def accept(params: dict[str, Any]) -> dict[str, Any]:
+            if params["id"] == TID2:
+                raise remote_error("invalid_input", "the folder is full")
+            return transfer(id=params["id"], state="accepted")
+
+        client.m_files_accept = accept
+        client.m_files_decline = lambda params: transfer(id=bobs, state="cancelled")
+        client.emit(
+            "transfer.offered",
+            {"transfer": transfer(id=bobs, contact=UID_BOB, contact_name="bob", created=NOW)},
+        )
+        press(controller, "esc")
+        client.emit("transfer.offered", {"transfer": transfer(id=third, created=NOW - 5)})
+        press(controller, "meta 1", "/accept all /srv/in", "enter")
+        accepted = [p for m, p in client.calls if m == "files.accept"]
+        self.assertEqual(
+            accepted,
+            [
+                {"id": TID, "directory": "/srv/in"},
+                {"id": TID2, "directory": "/srv/in"},
+                {"id": third, "directory": "/srv/in"},
+            ],
+        )
+        self.assertEqual(
+            controller.model.status.text,
+            "accepted 2 of 3 files offered here; not answered: the folder is full",
+        )
+        self.assertEqual([m for m, _p in client.calls if m == "files.decline"], [])
+        press(controller, "meta 2", "/decline all", "enter")
+        self.assertEqual([p for m, p in client.calls if m == "files.decline"], [{"id": bobs}])
+        self.assertEqual(controller.model.status.text, "declined 1 of 1 files offered here")
+        client.emit("transfer.changed", {"transfer": transfer(id=bobs, state="cancelled")})
+        calls = len(client.calls)
+        press(controller, "/decline all", "enter")
+        self.assertEqual(len(client.calls), calls)
+        self.assertEqual(
+            controller.model.status.text, "no offer waits for an answer here: /decline all"
+        )
 
 
 class PathCompletionTests(SynchronousTestCase):

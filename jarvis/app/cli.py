@@ -863,25 +863,51 @@ class _TransferIdsOptions(CommandOptions):
         self["ids"] = list(dict.fromkeys((transfer, *more)))
 
 
-class AcceptOptions(_TransferIdsOptions):
-    """Accept offered files (each ID from 'jarvis files', or a unique prefix of 4+
-    characters). Each file is saved under its sanitised name, never overwriting
-    ('name (1).ext'), once verified; until then it is a hidden 0600 partial file in the same
-    folder. With several IDs, each is answered in turn: one that fails is said on stderr and
-    the others still go (exit status 1 if any failed)."""
+class _OffersOptions(CommandOptions):
+    """Offers waiting for our answer: one or more ids, or ``--all`` of them (``--from``
+    CONTACT's only)."""
 
-    synopsis = "ID [ID ...] [--to DIR]"
-    optParameters = [["to", "t", None, "Folder to save into (default: ~/Downloads)."]]
+    optFlags = [["all", "a", "Every offer waiting for your answer, oldest first."]]
+    optParameters = [["from", "f", None, "With --all: only CONTACT's offers."]]
+
+    def parseArgs(self, *ids: str) -> None:  # type: ignore[override]
+        self["ids"] = list(dict.fromkeys(ids))
+        self["id"] = ids[0] if ids else None
 
     def postOptions(self) -> None:
+        if self["all"] and self["ids"]:
+            raise usage.UsageError("give IDs or --all, not both")
+        if not self["all"] and not self["ids"]:
+            raise usage.UsageError("give a transfer ID ('jarvis files' lists them), or --all")
+        if self["from"] is not None and not self["all"]:
+            raise usage.UsageError("--from goes with --all")
+
+
+class AcceptOptions(_OffersOptions):
+    """Accept offered files (each ID from 'jarvis files', or a unique prefix of 4+
+    characters; --all: every offer waiting, --from CONTACT: only theirs). Each file is saved
+    under its sanitised name, never overwriting ('name (1).ext'), once verified; until then
+    it is a hidden 0600 partial file in the same folder. With several IDs or --all, each is
+    answered in turn: one that fails is said on stderr and the others still go (exit status
+    1 if any failed)."""
+
+    synopsis = "(ID [ID ...] | --all [--from CONTACT]) [--to DIR]"
+    optParameters = [
+        *_OffersOptions.optParameters,
+        ["to", "t", None, "Folder to save into (default: ~/Downloads)."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
         if self["to"] is not None:
             self["to"] = os.path.abspath(os.path.expanduser(self["to"]))
 
 
-class DeclineOptions(_TransferIdsOptions):
-    """Decline offered files (each sender is told); several IDs as for accept."""
+class DeclineOptions(_OffersOptions):
+    """Decline offered files (each sender is told); several IDs, or --all [--from CONTACT],
+    as for accept."""
 
-    synopsis = "ID [ID ...]"
+    synopsis = "ID [ID ...] | --all [--from CONTACT]"
 
 
 class CancelOptions(_TransferIdsOptions):

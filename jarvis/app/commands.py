@@ -1303,14 +1303,40 @@ async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]
 
 
 async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``accept ID [ID ...] [--to DIR]``."""
+    """``accept (ID [ID ...] | --all [--from CONTACT]) [--to DIR]``."""
     extra = {"directory": sub["to"]} if sub["to"] else {}
-    await _answer_transfers(session, "files.accept", sub["ids"], extra)
+    await _answer_offers(session, "files.accept", sub, extra)
 
 
 async def cmd_decline(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``decline ID [ID ...]``."""
-    await _answer_transfers(session, "files.decline", sub["ids"], {})
+    """``decline ID [ID ...] | --all [--from CONTACT]``."""
+    await _answer_offers(session, "files.decline", sub, {})
+
+
+async def _answer_offers(
+    session: Session, method: str, sub: usage.Options, extra: dict[str, Any]
+) -> None:
+    """Answer the offers *sub* names: its ids, or with ``--all`` every offer waiting for our
+    answer (``--from``: that contact's), oldest first, always in the several-ids form."""
+    if not sub["all"]:
+        await _answer_transfers(session, method, sub["ids"], extra)
+        return
+    sender = None
+    if sub["from"] is not None:
+        contact = await session.call("contacts.show", {"contact": sub["from"]})
+        sender = contact["uid"]
+    listed = await session.call("files.list", {})
+    waiting = [
+        t
+        for t in listed["transfers"]
+        if t["state"] == "offered"
+        and t["direction"] == "in"
+        and (sender is None or t["contact"] == sender)
+    ]
+    waiting.sort(key=lambda t: t.get("created") or 0.0)
+    if not waiting and not session.options.wants_json():
+        print("no offer waits for your answer", file=sys.stderr)
+    await _answer_transfers(session, method, [t["id"] for t in waiting], extra, several=True)
 
 
 async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -1319,13 +1345,19 @@ async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any
 
 
 async def _answer_transfers(
-    session: Session, method: str, ids: list[str], extra: dict[str, Any]
+    session: Session,
+    method: str,
+    ids: list[str],
+    extra: dict[str, Any],
+    *,
+    several: bool = False,
 ) -> None:
-    """Call *method* for each of *ids* in turn.  One id: its transfer's line (``--json``: the
-    transfer), a failure is the command's.  Several: a line for each answered, each failure
-    said on stderr ("ID: why") while the others still go; ``--json`` prints ``{"transfers":
-    [...], "failed": [{"id", "error"}]}``; any failure makes the exit status 1."""
-    if len(ids) == 1:
+    """Call *method* for each of *ids* in turn.  One id (unless *several*): its transfer's
+    line (``--json``: the transfer), a failure is the command's.  Several: a line for each
+    answered, each failure said on stderr ("ID: why") while the others still go; ``--json``
+    prints ``{"transfers": [...], "failed": [{"id", "error"}]}``; any failure makes the exit
+    status 1."""
+    if len(ids) == 1 and not several:
         result = await session.call(method, {"id": ids[0], **extra})
         session.emit(transfer_line(result), result)
         return

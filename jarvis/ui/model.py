@@ -39,7 +39,9 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
     ("/file PATH", "Offer the file at PATH to the open conversation (in a group: every member)"),
     ("/accept [ID] [DIR]", "Accept an offered file (no ID: the newest here; into DIR)"),
+    ("/accept all [DIR]", "Accept every file offered in the open conversation"),
     ("/decline [ID]", "Decline an offered file (no ID: the newest here)"),
+    ("/decline all", "Decline every file offered in the open conversation"),
     ("/cancel ID", "Cancel a file transfer, either way"),
     ("/fetch ID [DIR]", "Ask for a file shared into the open group (ID: on its line)"),
     ("/group create NAME", "Found a private group called NAME (it opens)"),
@@ -1240,8 +1242,13 @@ class MessengerModel:
 
     def newest_offer(self, uid: str | None) -> str | None:
         """The id of the newest offer waiting for our answer in conversation *uid*."""
+        here = self.offers_waiting_in(uid)
+        return here[-1] if here else None
+
+    def offers_waiting_in(self, uid: str | None) -> list[str]:
+        """The ids of the offers waiting for our answer in conversation *uid*, oldest first."""
         here = [(at, tid) for tid, (where, at) in self.waiting_offers.items() if where == uid]
-        return max(here)[1] if here else None
+        return [tid for _at, tid in sorted(here)]
 
     def load_transfers(self, result: Mapping[str, Any]) -> int:
         """Show the transfers the daemon lists when this UI attaches (``files.list``): a UI

@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import human_bytes, terminal_safe
+from jarvis.ui.calls import error_text, is_cancel
 from jarvis.ui.host import UiHost
 from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
 
@@ -134,7 +135,11 @@ class Sender:
 
     def answer_file(self, verb: str, args: tuple[str, ...]) -> None:
         """``/accept [ID] [DIR]``, ``/decline [ID]``, ``/cancel ID``; without an id, the
-        newest offer waiting in the open conversation."""
+        newest offer waiting in the open conversation; ``all`` for the id, every offer waiting
+        there (:meth:`answer_all`)."""
+        if verb in ("accept", "decline") and args[:1] == ("all",):
+            self.answer_all(verb, args[1] if len(args) > 1 else None)
+            return
         if not args or not args[0]:
             newest = self.model.newest_offer(self.model.current_uid)
             if newest is None:
@@ -155,6 +160,37 @@ class Sender:
             self._say_file(t, "", with_reason=t.get("state") == "accepted")
 
         d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
+
+    def answer_all(self, verb: str, directory: str | None) -> None:
+        """``/accept all [DIR]``, ``/decline all``: answer every offer waiting in the open
+        conversation, oldest first, one call each; the status line then says how many were
+        answered and, if any was not, the first reason."""
+        ids = self.model.offers_waiting_in(self.model.current_uid)
+        if not ids:
+            self.model.notify(f"no offer waits for an answer here: /{verb} all", "error")
+            self._controller.redraw()
+            return
+        extra = {"directory": directory} if directory else {}
+        done = "accepted" if verb == "accept" else "declined"
+
+        @defer.inlineCallbacks
+        def answer() -> Any:
+            failures: list[Failure] = []
+            for tid in ids:
+                try:
+                    yield self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb)
+                except Exception:
+                    failures.append(Failure())
+                    if is_cancel(failures[-1]):  # Ctrl+C: the rest stay waiting
+                        break
+            said = f"{done} {len(ids) - len(failures)} of {len(ids)} files offered here"
+            if failures:
+                self.model.notify(f"{said}; not answered: {error_text(failures[0])}", "error")
+            else:
+                self.model.notify(said)
+            self._controller.redraw()
+
+        answer()
 
     def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
         """Say a transfer's state on the status line: "file NAME: STATE*after*", then its
