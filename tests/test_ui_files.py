@@ -285,8 +285,9 @@ class TransfersAtStartTests(SynchronousTestCase):
         self.assertLess(text.index("sent one"), text.index("file notes.txt"))
         self.assertLess(text.index("file notes.txt"), text.index(offer))
         self.assertLess(text.index(offer), text.index("news!"))
-        ended = "file old.jpg (3.0 MiB): complete, saved as /in/old.jpg (folder: /in)"
+        ended = "file old.jpg (3.0 MiB): complete, saved as /in/old.jpg"
         self.assertIn(ended, text)
+        self.assertNotIn("xdg-open", text)  # the folder's command only when it ends now
         self.assertLess(text.index("sent one"), text.index(ended))
         self.assertLess(text.index(ended), text.index("file notes.txt"))
         client.emit("transfer.offered", {"transfer": transfer(created=NOW - 20)})

@@ -1274,7 +1274,7 @@ class MessengerModel:
             state = t.get("state")
             tid = str(t.get("id", ""))
             if state in FINAL_TRANSFER_STATES:
-                self._ended_line(t)
+                self._ended_line(t, hint=False)
                 continue
             self.transfer_names[tid] = _transfer_name(t)
             if state == "offered" and t.get("direction") == "in":
@@ -1316,23 +1316,24 @@ class MessengerModel:
         if state not in FINAL_TRANSFER_STATES:
             return
         self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
-        self._ended_line(t)
+        self._ended_line(t, hint=True)
         if self.status is not None and self.status.text.startswith("file "):
             self.clear_status()
 
-    def _ended_line(self, t: Mapping[str, Any]) -> None:
+    def _ended_line(self, t: Mapping[str, Any], *, hint: bool) -> None:
         """The line that says how transfer *t* ended, once per transfer (its event and
-        :meth:`load_transfers` after a reconnect show the same line)."""
+        :meth:`load_transfers` after a reconnect show the same line).  With *hint* (it ends
+        now), a received file's line also names its folder and the command that opens it;
+        a line shown from the list at attach names the saved file only."""
         state = str(t.get("state"))
         text = f"file {_file_label(t)}{_recipient(t)}: {state}"
         if t.get("reason"):
             text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
         if state == "complete" and t.get("direction") == "in" and t.get("path"):
             text += f", saved as {terminal_safe(str(t['path']), keep_newlines=False)}"
-            text += (
-                f" (folder: {terminal_safe(str(t.get('directory') or ''), keep_newlines=False)})"
-            )
-            text += open_folder_hint(str(t.get("directory") or ""))
+            if hint:
+                folder = terminal_safe(str(t.get("directory") or ""), keep_newlines=False)
+                text += f" (folder: {folder})" + open_folder_hint(str(t.get("directory") or ""))
         self.add_local(
             transfer_conversation(t),
             text,
