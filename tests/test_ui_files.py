@@ -441,6 +441,23 @@ class AnswerAllTests(SynchronousTestCase):
             controller.model.status.text, "no offer waits for an answer here: /decline all"
         )
 
+    def test_ctrl_c_stops_the_rest(self) -> None:
+        """When /accept all waits for the daemon's answer to the first of two offers and
+        Ctrl+C is pressed, then that call is cancelled, the second offer is not answered, and
+        the status line says the operation was cancelled."""
+        client = make_populated_client()
+        client.transfers = [transfer(id=TID2, created=NOW - 50), transfer(created=NOW - 60)]
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+        client.slow.add("files.accept")
+        press(controller, "meta 1", "/accept all", "enter")
+        self.assertEqual([p for m, p in client.calls if m == "files.accept"], [{"id": TID}])
+        press(controller, "ctrl c")
+        self.assertEqual(client.cancelled, ["files.accept"])
+        self.assertEqual([p for m, p in client.calls if m == "files.accept"], [{"id": TID}])
+        self.assertEqual(controller.model.status.text, "cancelled 1 operation")
+        self.assertEqual(controller.model.offers_waiting_in(UID_ALICE), [TID, TID2])
+
 
 class PathCompletionTests(SynchronousTestCase):
     def make_folder(self) -> str:

@@ -175,22 +175,24 @@ class Sender:
 
         @defer.inlineCallbacks
         def answer() -> Any:
-            failures: list[Failure] = []
+            answered, failures = 0, []
             for tid in ids:
                 try:
                     yield self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb)
                 except Exception:
                     failures.append(Failure())
-                    if is_cancel(failures[-1]):  # Ctrl+C: the rest stay waiting
-                        break
-            said = f"{done} {len(ids) - len(failures)} of {len(ids)} files offered here"
+                    if is_cancel(failures[-1]):  # Ctrl+C (it says so): the rest stay waiting
+                        return
+                else:
+                    answered += 1
+            said = f"{done} {answered} of {len(ids)} files offered here"
             if failures:
                 self.model.notify(f"{said}; not answered: {error_text(failures[0])}", "error")
             else:
                 self.model.notify(said)
             self._controller.redraw()
 
-        answer()
+        answer().addErrback(self._controller.internal_error, f"/{verb} all")
 
     def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
         """Say a transfer's state on the status line: "file NAME: STATE*after*", then its
