@@ -401,6 +401,10 @@ class AnswerAllTests(SynchronousTestCase):
         client.transfers = [transfer(id=TID2, created=NOW - 50), transfer(created=NOW - 60)]
         controller, client, _clock, _connector = make_controller(client)
         assert client is not None
+        self.assertEqual(
+            controller.model.status.text,
+            "2 files offered to you wait for an answer: /accept ID|all or /decline ID|all",
+        )
 
         def accept(params: dict[str, Any]) -> dict[str, Any]:
             if params["id"] == TID2:

@@ -386,13 +386,15 @@ class Controller:
             if not isinstance(result, Mapping):
                 return
             waiting = self.model.load_transfers(result)
-            if waiting and self.model.status is None:
-                files = (
-                    "a file offered to you waits"
-                    if waiting == 1
-                    else (f"{waiting} files offered to you wait")
+            if waiting == 1 and self.model.status is None:
+                self.model.notify(
+                    "a file offered to you waits for an answer: /accept ID or /decline ID"
                 )
-                self.model.notify(f"{files} for an answer: /accept ID or /decline ID")
+            elif waiting and self.model.status is None:
+                self.model.notify(
+                    f"{waiting} files offered to you wait for an answer: /accept ID|all or "
+                    "/decline ID|all"
+                )
             self.redraw()
 
         d.addCallback(loaded)
