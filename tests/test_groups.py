@@ -556,6 +556,34 @@ class UnreadTests(TestCase):
         self.assertEqual(unread(), 1)
 
 
+class MuteTests(TestCase):
+    """A group muted on one device: stored, ours only."""
+
+    async def test_a_muted_group_raises_no_notice_and_stays_muted_after_a_restart(self) -> None:
+        """When bob mutes the group, then its view says so (group.changed tells his clients),
+        alice's messages there no longer give a notice (before: the group's name; his own
+        never do); after a restart it is still muted; unmuted, alice's give notices again;
+        alice's view of the group never says muted (she is not told)."""
+        m = Members(self, ["alice", "bob"])
+        gid = await m.group_of("alice", ["bob"])
+        bob = m.groups["bob"]
+        alices = {"group": gid, "author": KEYS["alice"].uid, "body": "hi"}
+        own = {"group": gid, "author": KEYS["bob"].uid, "body": "mine"}
+        self.assertEqual((bob.notice_for(alices), bob.notice_for(own)), ("team", None))
+        self.assertIsNone(bob.notice_for({"group": "zz", "author": KEYS["alice"].uid}))
+        view = await bob.set_muted(gid, True)
+        self.assertTrue(view["muted"])
+        self.assertEqual(m.events["bob"][-1], ("group.changed", {"group": view}))
+        self.assertIsNone(bob.notice_for(alices))
+        m.restart("bob")
+        self.assertTrue(bob.list_groups()[0]["muted"])
+        self.assertIsNone(bob.notice_for(alices))
+        self.assertFalse((await bob.set_muted(gid, False))["muted"])
+        m.restart("bob")
+        self.assertEqual(bob.notice_for(alices), "team")
+        self.assertFalse(m.groups["alice"].list_groups()[0]["muted"])
+
+
 def group_body(kind: int, record: bytes) -> bytes:
     """A 1:1 message body carrying a group payload, as a member's daemon sends it."""
     return encode_body(encode_payload(kind, record))

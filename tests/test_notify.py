@@ -68,11 +68,34 @@ class FakeNode:
         for o in list(self.observers):
             o("message.received", {"message": message, "muted": muted})
 
+    def group_message(self, **fields: Any) -> None:
+        message = {"group": GID, "author": "u2", "author_name": "carol", "body": "hi there"}
+        message.update(fields)
+        for o in list(self.observers):
+            o("group.message", {"message": message})
+
     def offer(self, **fields: Any) -> None:
         transfer = {"contact": "u1", "direction": "in", "group": None, "name": "a.pdf"}
         transfer.update(fields)
         for o in list(self.observers):
             o("transfer.offered", {"transfer": transfer})
+
+
+GID = "ab" * 16
+
+
+class _Groups:
+    """What the notifier asks of the groups: a group's name, unless the message is ours or
+    the group muted (``Groups.notice_for``, tested in tests/test_groups.py)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.muted = False
+
+    def notice_for(self, message: dict[str, Any]) -> str | None:
+        if self.muted or message.get("author") == "me" or message.get("group") != GID:
+            return None
+        return self.name
 
 
 class _Contact:
@@ -214,6 +237,63 @@ class FileOfferTests(TestCase):
         node.offer(contact="shown")
         self.assertEqual(notifier.raised, 0)
         node.offer()
+        self.assertEqual(notifier.raised, 1)
+        await _wait(lambda: notifier.semaphore.tokens == notify.MAX_CONCURRENT, 10)
+
+
+class GroupMessageTests(TestCase):
+    timeout = 30
+
+    async def test_a_group_message_names_its_author_and_the_group(self) -> None:
+        """When another member writes in a group (its name holding $(...) and a newline), then
+        the notification's title names the author and the group, flat, in one argument, and
+        its text is the message with previews on, "New message" without; nothing runs."""
+        notifier, node, directory = RealProcessTests.make(
+            self,  # type: ignore[arg-type]
+            "import pathlib\n"
+            "out = pathlib.Path(os.path.dirname(sys.argv[0])) / f'argv-{time.time_ns()}.json'\n"
+            "out.write_text(json.dumps(sys.argv[1:]))",
+        )
+        canary = os.path.join(directory, "pwned")
+        node.groups = _Groups(f"team $(touch {canary})\nnews")  # type: ignore[attr-defined]
+        node.group_message()
+        await _wait(lambda: len(_argvs(directory)) == 1, 10)
+        node.settings["previews"] = False
+        node.group_message(body="the secret plan")
+        await _wait(lambda: len(_argvs(directory)) == 2, 10)
+        first, second = sorted(_argvs(directory), key=lambda a: a[3] == "New message")
+        flat = notify.clean(f"carol in team $(touch {canary})\nnews", 64)
+        self.assertEqual(first[2], f"Jarvis: {flat}")
+        self.assertTrue(flat.startswith("carol in team $(touch "), flat)
+        self.assertEqual(first[3], "hi there")
+        self.assertEqual(second[2:], [first[2], "New message"])
+        self.assertFalse(os.path.exists(canary))
+        await _wait(lambda: notifier.semaphore.tokens == notify.MAX_CONCURRENT, 10)
+
+    async def test_ours_muted_shown_or_off_raise_nothing(self) -> None:
+        """When a group message is ours, its group is muted, a client shows the group, its
+        author is a muted contact, or notifications are off, then no notifier runs; a group
+        file offer raises none either (its group message does)."""
+        notifier, node, _directory = RealProcessTests.make(
+            self,  # type: ignore[arg-type]
+            "pass",
+            shown={"group:" + "cd" * 16},
+        )
+        groups = _Groups("team")
+        node.groups = groups  # type: ignore[attr-defined]
+        node.contacts = {"muted": _Contact(True)}  # type: ignore[attr-defined]
+        node.group_message(author="me")
+        node.group_message(author="muted")
+        node.group_message(group="cd" * 16)
+        node.offer(group=GID)
+        groups.muted = True
+        node.group_message()
+        groups.muted = False
+        node.settings["notifications"] = False
+        node.group_message()
+        self.assertEqual(notifier.raised, 0)
+        node.settings["notifications"] = True
+        node.group_message()
         self.assertEqual(notifier.raised, 1)
         await _wait(lambda: notifier.semaphore.tokens == notify.MAX_CONCURRENT, 10)
 

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from jarvis.common.errors import NotFound
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.methods import DaemonInfo, MethodContext, build_registry
 from jarvis.ipc.registry import (
@@ -354,6 +355,41 @@ class MethodTests(SynchronousTestCase):
         older = self.call("messages.history", contact="alice", before=page["next"])
         self.assertEqual([m["body"] for m in older["messages"]], ["hello"])
         self.assertEqual(self.call("messages.markRead", contact="alice"), {"count": 1})
+
+    def test_focus_on_a_contact_or_a_group(self) -> None:
+        """When a client says it shows alice's conversation, then its focus is her uid; a
+        group (by name), "group:" and the group's id; none, nothing; a contact and a group
+        at once, or a group the node does not hold, is an error and the focus stays."""
+
+        class Shown:
+            focus: str | None = None
+
+            def subscribe_events(self, names: Any = None) -> None:
+                pass
+
+        class Group:
+            group_id = bytes.fromhex("ab" * 16)
+
+        class Groups:
+            def resolve(self, ref: str) -> Group:
+                if ref != "team":
+                    raise NotFound(f"no group {ref!r}")
+                return Group()
+
+        self.node.groups = Groups()  # type: ignore[attr-defined]
+        session = Shown()
+
+        def focus(**params: Any) -> defer.Deferred[Any]:
+            return self.registry.call("ui.focus", params, self.ctx, session=session)
+
+        alice = self.successResultOf(focus(contact="alice"))["focus"]
+        self.assertEqual(session.focus, alice)
+        self.assertEqual(self.successResultOf(focus(group="team")), {"focus": "group:" + "ab" * 16})
+        self.assertEqual(session.focus, "group:" + "ab" * 16)
+        for params in ({"contact": "alice", "group": "team"}, {"group": "other"}):
+            self.failureResultOf(focus(**params))
+            self.assertEqual(session.focus, "group:" + "ab" * 16)
+        self.assertEqual(self.successResultOf(focus(group=None)), {"focus": None})
 
     def test_too_large(self) -> None:
         """When a message is over 64 KiB, then the error is -32005."""

@@ -405,6 +405,26 @@ class GroupControllerTests(SynchronousTestCase):
         self.assertIn(("groups.remove", {"group": GID, "member": "alice"}), client.calls)
         self.assertEqual(len(client.group_members[GID]), 1)
 
+    def test_mute_and_focus(self) -> None:
+        """When the group opens, then the daemon is told a group is shown (ui.focus with the
+        group's id, so none of its messages raises a notification then); /mute and /unmute
+        call groups.setMuted and say what they did."""
+        controller, client = started_with_group()
+        open_group(controller)
+        self.assertEqual(client.focus, "group:" + GID)
+        self.assertIn(("ui.focus", {"group": GID}), client.calls)
+        press(controller, "/mute", "enter", size=(100, 20))
+        self.assertIn(("groups.setMuted", {"group": GID, "muted": True}), client.calls)
+        self.assertEqual(
+            controller.model.status.text,
+            "muted #family: its messages raise no desktop notification",
+        )
+        press(controller, "/unmute", "enter", size=(100, 20))
+        self.assertIn(("groups.setMuted", {"group": GID, "muted": False}), client.calls)
+        self.assertTrue(controller.model.status.text.startswith("unmuted #family"))
+        controller.open_conversation(UID_ALICE)
+        self.assertEqual(client.focus, UID_ALICE)
+
     def test_group_command_outside_group(self) -> None:
         """When /invite is typed with a contact's conversation open, then nothing is called
         and the status line says it needs a group."""

@@ -132,6 +132,11 @@ class FakeGroupsMixin:
         view["version"] += 1
         return {"group": view["id"], "removed": gone[0]["uid"], "version": view["version"]}
 
+    def m_groups_setMuted(self, params: dict[str, Any]) -> dict[str, Any]:
+        view = self._group(params)
+        view["muted"] = bool(params["muted"])
+        return dict(view)
+
     def m_groups_leave(self, params: dict[str, Any]) -> dict[str, Any]:
         view = self._group(params)
         if view["role"] == "founder":
@@ -622,7 +627,8 @@ class FakeDaemonClient(FakeGroupsMixin):
         return {"unread": counts}
 
     def m_ui_focus(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.focus = params.get("contact")
+        group = params.get("group")
+        self.focus = "group:" + group if group else params.get("contact")
         return {"focus": self.focus}
 
     def m_files_list(self, params: dict[str, Any]) -> dict[str, Any]:

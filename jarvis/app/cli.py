@@ -707,6 +707,16 @@ class GroupTopicOptions(CommandOptions):
         self["group"], self["text"] = group, text
 
 
+class GroupMuteOptions(CommandOptions):
+    """No desktop notification for GROUP's messages on this device (unmute: again). The other
+    members are not told."""
+
+    synopsis = "GROUP"
+
+    def parseArgs(self, group: str) -> None:  # type: ignore[override]
+        self["group"] = group
+
+
 class GroupRoleOptions(CommandOptions):
     """Make MEMBER (a contact name or a uid) an admin or a plain member of GROUP (the founder
     only). Admins may rename, set the topic, invite and remove plain members."""
@@ -765,7 +775,7 @@ class GroupCommandOptions(CommandOptions):
 
     synopsis = (
         "create|list|invite|invites|join|decline|send|send-file|fetch-file|history|members|"
-        "remove|leave|rename|topic|role"
+        "remove|leave|rename|topic|role|mute|unmute"
     )
     subCommands = [
         ["create", None, GroupCreateOptions, "Found a group; prints its id."],
@@ -789,6 +799,8 @@ class GroupCommandOptions(CommandOptions):
         ["rename", None, GroupRenameOptions, "Rename a group."],
         ["topic", None, GroupTopicOptions, "Set a group's topic."],
         ["role", None, GroupRoleOptions, "Make a member an admin or a plain member."],
+        ["mute", None, GroupMuteOptions, "No desktop notifications for a group's messages."],
+        ["unmute", None, GroupMuteOptions, "Desktop notifications for a group's messages again."],
     ]
 
     def postOptions(self) -> None:

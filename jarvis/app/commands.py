@@ -1055,12 +1055,13 @@ async def cmd_hook(session: Session, sub: usage.Options, inputs: dict[str, Any])
 def _group_line(g: dict[str, Any]) -> str:
     unread = f", {g['unread']} unread" if g.get("unread") else ""
     left = " (left)" if g.get("left") else ""
-    return f"{g['id']}  {g['name']}  {g['members']} members{unread}{left}"
+    muted = " (muted)" if g.get("muted") else ""
+    return f"{g['id']}  {g['name']}  {g['members']} members{unread}{left}{muted}"
 
 
 async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``group create|list|invite|invites|join|decline|send|send-file|history|members|remove|
-    leave|rename|topic|role``."""
+    leave|rename|topic|role|mute|unmute``."""
     action, opts = sub.subCommand, sub.subOptions
     result: Any
     if action == "create":
@@ -1144,6 +1145,11 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
             {"group": opts["group"], "member": opts["member"], "role": opts["role"]},
         )
         session.emit(f"{result['member']} is now {result['role']}", result)
+    elif action in ("mute", "unmute"):
+        result = await session.call(
+            "groups.setMuted", {"group": opts["group"], "muted": action == "mute"}
+        )
+        session.emit(f"{result['name']}: {'muted' if result['muted'] else 'unmuted'}", result)
 
 
 # file transfers (issue 18) ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import human_bytes
+from jarvis.core.groups import GROUP_FOCUS_PREFIX
 
 #: Longest preview text shown, in characters.
 PREVIEW_CHARS = 100
@@ -177,11 +178,14 @@ class Notifier(Service):
         return None
 
     def event(self, name: str, payload: dict[str, Any]) -> None:
-        """Node event observer: notify for new incoming messages and files offered to us (by
-        a contact, not into a group: group messages raise none either) when appropriate."""
+        """Node event observer: notify for new incoming messages, other members' messages in
+        the groups we did not mute (a file shared into a group is such a message, so its
+        offers raise no second one) and files a contact offers us, when appropriate."""
         if self.platform == "none":
             return
-        if name == "message.received":
+        if name == "group.message":
+            self._group_message(payload.get("message") or {})
+        elif name == "message.received":
             message = payload.get("message") or {}
             uid = message.get("contact")
             if isinstance(uid, str) and not payload.get("muted"):
@@ -194,14 +198,31 @@ class Notifier(Service):
                 if not self._muted(uid):
                     self._notify(uid, lambda previews: offer_body(t, previews))
 
+    def _group_message(self, message: Mapping[str, Any]) -> None:
+        """A group message: "AUTHOR in GROUP", unless it is ours, the group is muted or shown
+        by a client, or its author is a muted contact."""
+        groups = getattr(self.node, "groups", None)
+        group_name = groups.notice_for(message) if groups is not None else None
+        author = message.get("author")
+        if group_name is None or not isinstance(author, str) or self._muted(author):
+            return
+        sender = f"{message.get('author_name') or author[:8]} in {group_name}"
+        text = str(message.get("body", ""))
+        self._notify(
+            GROUP_FOCUS_PREFIX + str(message.get("group")),
+            lambda previews: message_body(text, previews),
+            sender=sender,
+        )
+
     def _muted(self, uid: str) -> bool:
         book = getattr(self.node, "contacts", None)
         contact = book.get(uid) if book is not None else None
         return bool(getattr(contact, "muted", False))
 
-    def _notify(self, uid: str, body: Callable[[bool], str]) -> None:
-        """Show ``body(previews)`` under *uid*'s name, unless notifications are off, a client
-        shows that conversation, or a burst already has one waiting."""
+    def _notify(self, uid: str, body: Callable[[bool], str], *, sender: str | None = None) -> None:
+        """Show ``body(previews)`` under *sender* (default: *uid*'s name), unless
+        notifications are off, a client shows conversation *uid* (a contact's uid, or
+        :data:`GROUP_FOCUS_PREFIX` and a group's id), or a burst already has one waiting."""
         settings = self.node.settings
         if not settings.get("notifications", True) or self.is_shown(uid):
             return
@@ -211,7 +232,8 @@ class Notifier(Service):
             # messages a second must not queue thousands of processes; the user sees one.
             self.coalesced += 1
             return
-        sender = self.node.display_name(uid)
+        if sender is None:
+            sender = self.node.display_name(uid)
         note = Notification(title_for(sender), body(bool(settings.get("previews"))))
         argv = command_for(self.platform, note)
         if argv is None:

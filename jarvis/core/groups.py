@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from dataclasses import replace as replaced
 from typing import Any
@@ -102,6 +102,8 @@ from jarvis.store import group_queries
 from jarvis.store.database import Store
 from jarvis.store.records import new_message_id
 
+#: A client's focus (``ui.focus``) on a group's conversation: this, then the group's id (hex).
+GROUP_FOCUS_PREFIX = "group:"
 #: Seconds between keepalive summaries to connected members of each group.
 SYNC_INTERVAL = 5.0
 #: Seconds a gap waits before a summary asks for it (more messages may fill it first).
@@ -152,6 +154,8 @@ class Group:
     #: how many of them were shown when the group was last marked read (stored)
     read: int = 0
     left: bool = False
+    #: no desktop notification for its messages (stored, ours only)
+    muted: bool = False
 
     @property
     def unread(self) -> int:
@@ -276,6 +280,7 @@ class Groups:
         states: list[GroupState] = []
         messages: list[GroupMessage] = []
         left: set[bytes] = set()
+        muted: set[bytes] = set()
         read: dict[bytes, int] = {}
         for kind, data in rows:
             try:
@@ -291,6 +296,8 @@ class Groups:
                     record = json.loads(data)
                     if record.get("left"):
                         left.add(bytes.fromhex(record["group"]))
+                    if record.get("muted"):
+                        muted.add(bytes.fromhex(record["group"]))
                     read[bytes.fromhex(record["group"])] = int(record.get("read", 0))
             except (ValueError, KeyError):
                 self.log.warn("an unreadable group record was skipped")
@@ -313,6 +320,7 @@ class Groups:
             self._groups[gid] = Group(held, membership, GroupLog(gid, membership))
         for group in self._groups.values():
             group.left = group.group_id in left or not self._is_member(group.state)
+            group.muted = group.group_id in muted
         valid = yield self._signatures_valid(messages)  # Ed25519 checks off the reactor
         for message, ok in zip(messages, valid, strict=True):
             target = self._groups.get(message.group_id)
@@ -767,6 +775,7 @@ class Groups:
             "unread": group.unread,
             "messages": len(group.log.shown()),
             "left": group.left,
+            "muted": group.muted,
         }
 
     def _message_view(self, group: Group, m: GroupMessage, index: int) -> dict[str, Any]:
@@ -1072,6 +1081,31 @@ class Groups:
         return {"group": group.group_id.hex(), "unread": 0}
 
     @defer.inlineCallbacks
+    def set_muted(self, ref: str, muted: bool) -> Any:
+        """Mute or unmute a group: a muted group's messages raise no desktop notification.
+        Ours only (the other members are not told); stored.  :returns: the group's view."""
+        self._require()
+        group = self.resolve(ref)
+        group.muted = bool(muted)
+        yield self._put_setting(group)
+        view = self._view(group)
+        self._emit("group.changed", {"group": view})
+        return view
+
+    def notice_for(self, message: Mapping[str, Any]) -> str | None:
+        """The name of the group of *message* (a ``group.message`` view) if it may raise a
+        desktop notification: another member's, in a group we hold, are still in and did not
+        mute; else ``None``."""
+        try:
+            group = self._groups.get(bytes.fromhex(str(message.get("group"))))
+        except ValueError:
+            return None
+        mine = self._identity is not None and message.get("author") == self._identity.uid
+        if group is None or group.muted or group.left or mine:
+            return None
+        return group.state.name
+
+    @defer.inlineCallbacks
     def remove(self, ref: str, member_ref: str) -> Any:
         """Remove a member (admins and the founder): nobody fans out to them from now on, and
         their later messages are refused by every member."""
@@ -1247,11 +1281,17 @@ class Groups:
         return self._put_setting(group)
 
     def _put_setting(self, group: Group) -> defer.Deferred[Any]:
-        """Store the group's own settings: whether we left, how many messages were read."""
+        """Store the group's own settings: whether we left, how many messages were read,
+        whether it is muted."""
         store = self._store
         if store is None:
             return defer.succeed(None)
-        setting = {"group": group.group_id.hex(), "left": group.left, "read": group.read}
+        setting = {
+            "group": group.group_id.hex(),
+            "left": group.left,
+            "read": group.read,
+            "muted": group.muted,
+        }
         data = json.dumps(setting).encode()
         return store.run(
             group_queries.put_group_record,

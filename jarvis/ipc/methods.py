@@ -19,12 +19,13 @@ from typing import Any
 from twisted.internet import defer
 
 from jarvis.core.events import EVENT_DOCS
+from jarvis.core.groups import GROUP_FOCUS_PREFIX
 from jarvis.core.interfaces import NodeApi
 from jarvis.core.limits import MAX_HISTORY_PAGE, MAX_TEXT_BYTES
 from jarvis.crypto.identity import check_name
 from jarvis.ipc import jsonrpc
 from jarvis.ipc.exec_methods import exec_specs
-from jarvis.ipc.group_api import group_specs
+from jarvis.ipc.group_api import group_specs, node_groups
 from jarvis.ipc.registry import ConcurrencyGroup, Invocation, MethodSpec, Param, Registry
 
 #: The longest message text, in UTF-8 bytes (the node's rule, named here for the docs).
@@ -287,10 +288,15 @@ def settings_set(inv: Invocation) -> defer.Deferred[Any]:
 def ui_focus(inv: Invocation) -> dict[str, Any]:
     if inv.session is None:
         raise jsonrpc.RpcError(jsonrpc.INVALID_REQUEST, "ui.focus needs a connection")
-    contact = inv.params.get("contact")
-    uid = inv.ctx.node.resolve(contact).uid if contact else None
-    inv.session.focus = uid
-    return {"focus": uid}
+    contact, group = inv.params.get("contact"), inv.params.get("group")
+    if contact and group:
+        raise jsonrpc.invalid_params("group", "give a contact or a group, not both")
+    if group:
+        focus = GROUP_FOCUS_PREFIX + node_groups(inv).resolve(group).group_id.hex()
+    else:
+        focus = inv.ctx.node.resolve(contact).uid if contact else None
+    inv.session.focus = focus
+    return {"focus": focus}
 
 
 # account.* -------------------------------------------------------------------------------------
@@ -641,11 +647,18 @@ def method_specs() -> tuple[MethodSpec, ...]:
                     "the contact whose conversation this client now shows; absent or null: none",
                     nullable=True,
                 ),
+                Param(
+                    "group",
+                    str,
+                    False,
+                    "or the group (id, unique prefix or name) whose conversation it shows",
+                    nullable=True,
+                ),
             ),
-            result="{focus: uid or null}",
+            result="{focus: uid, 'group:' and the group's id, or null}",
             doc="Tell the daemon which conversation this client shows: no desktop notification "
-            "is raised for a conversation that an attached client shows. Cleared when the "
-            "connection closes.",
+            "is raised for a conversation (a contact's or a group's) that an attached client "
+            "shows. Cleared when the connection closes.",
         ),
         MethodSpec(
             "account.export",

@@ -39,7 +39,8 @@ ProgressCallback = Callable[[Any], None]
 class Session(Protocol):
     """What a method may ask of the connection that called it."""
 
-    #: the contact whose conversation this client shows (set by ``ui.focus``)
+    #: the conversation this client shows (set by ``ui.focus``): a contact's uid, or "group:"
+    #: and a group's id
     focus: str | None
 
     def subscribe_events(self, names: frozenset[str] | None = None) -> None:

@@ -36,7 +36,7 @@ from jarvis.ui.execview import ExecRuns
 from jarvis.ui.grouping import GroupActions
 from jarvis.ui.keys import KeyRouter
 from jarvis.ui.link import FIRST_RETRY, DaemonLink
-from jarvis.ui.model import MessengerModel, transfer_conversation
+from jarvis.ui.model import GROUP_PREFIX, MessengerModel, is_group, transfer_conversation
 from jarvis.ui.offerdialog import OfferDialog
 from jarvis.ui.reading import Reader
 from jarvis.ui.screens import (
@@ -348,7 +348,10 @@ class Controller:
         uid = self.model.current_uid if self.on_main_screen() else None
         if self.client is None:
             return
-        d = self.call("ui.focus", {"contact": uid})
+        shown = {"contact": uid}
+        if uid is not None and is_group(uid):
+            shown = {"group": uid[len(GROUP_PREFIX) :]}
+        d = self.call("ui.focus", shown)
         d.addErrback(lambda f: self.log.info("ui.focus: {e}", e=type(f.value).__name__))
 
     def _load_settings(self) -> defer.Deferred[Any]:

@@ -123,6 +123,8 @@ class GroupActions:
                 self.set_topic(group, action.args[0])
             elif name == "members":
                 self.open_info(group)
+            elif name in ("mute", "unmute"):
+                self.set_muted(group, name == "mute")
 
     def create(self, name: str) -> None:
         """``/group create NAME``: found a group and open it."""
@@ -147,6 +149,24 @@ class GroupActions:
             self.refresh(group.uid)
 
         d.addCallbacks(done, self._controller.report, errbackArgs=(label,))
+        d.addBoth(lambda _: self._controller.redraw())
+
+    def set_muted(self, group: Contact, muted: bool) -> None:
+        """``/mute``, ``/unmute``: no desktop notification for *group*'s messages, or again
+        (``groups.setMuted``, this device only)."""
+        d = self._controller.call(
+            "groups.setMuted", {"group": group.group_id, "muted": muted}, label="muting"
+        )
+
+        if muted:
+            said = f"muted {group.display_name}: its messages raise no desktop notification"
+        else:
+            said = f"unmuted {group.display_name}: its messages raise desktop notifications"
+        d.addCallbacks(
+            lambda _result: self.model.notify(said),
+            self._controller.report,
+            errbackArgs=("/mute" if muted else "/unmute",),
+        )
         d.addBoth(lambda _: self._controller.redraw())
 
     def confirm_leave(self, group: Contact) -> None:

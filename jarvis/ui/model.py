@@ -48,6 +48,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/invite CONTACT", "Invite a contact to the open group"),
     ("/kick MEMBER", "Remove a member (name or uid) from the open group"),
     ("/leave", "Leave the open group"),
+    ("/mute, /unmute", "No desktop notifications for the open group's messages, or again"),
     ("/topic TEXT", "Set the open group's topic (if the daemon can)"),
     ("/invites", "List the group invitations received"),
     ("/join ID", "Join the group of invitation ID (/decline ID forgets it)"),
@@ -638,7 +639,7 @@ _GROUP_USAGE = {
 
 
 def _group_command(head: str, name: str, rest: str) -> InputAction:
-    if name in ("leave", "invites", "members"):
+    if name in ("leave", "invites", "members", "mute", "unmute"):
         return SlashCommand(name)
     if name in _GROUP_USAGE:
         if not rest:
