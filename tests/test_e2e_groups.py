@@ -298,7 +298,8 @@ class GroupCliTests(TestCase):
         """When alice and bob use the ``jarvis group`` commands against real daemons, then
         create prints the group id, the invitation reaches bob's daemon and is listed with an
         id, join, send, history (JSON items with id, author, body, seq), members and remove
-        work, a removed member's send fails with one line (exit 1), and the founder left
+        work, bob mutes and unmutes the group (alice is not told), a removed member's send
+        fails with one line (exit 1), and the founder left
         alone cannot leave (nobody to hand the group to; `leave --help` documents --to); bob's
         ``group send-file --wait`` answers with alice's transfer complete once she accepted it
         with ``accept``, and her copy is identical."""
@@ -379,6 +380,10 @@ class GroupCliTests(TestCase):
         await alice.ok("send", "Bob", "barrier 1b", "--wait", "delivered")
         listed = await bob.json("group", "list")
         self.assertEqual([(g["name"], g["topic"]) for g in listed], [("relatives", "sunday lunch")])
+        self.assertIn("relatives: muted", await bob.ok("group", "mute", "relatives"))
+        self.assertIn("(muted)", await bob.ok("group", "list"))
+        self.assertFalse((await alice.json("group", "list"))[0]["muted"])  # she is not told
+        self.assertFalse((await bob.json("group", "unmute", gid))["muted"])
         code, _out, err = await bob.run("group", "role", "relatives", "Alice", "admin")
         self.assertEqual(code, 1)  # only the founder gives roles, and not to itself
         code, _out, _err = await bob.run("group", "role", "relatives", "Alice", "boss")
