@@ -98,6 +98,15 @@ class _Groups:
         return self.name
 
 
+#: A fake notifier's body that records each call's arguments in a file of its own (see
+#: :func:`_argvs`).
+RECORD_ARGV = (
+    "import pathlib\n"
+    "out = pathlib.Path(os.path.dirname(sys.argv[0])) / f'argv-{time.time_ns()}.json'\n"
+    "out.write_text(json.dumps(sys.argv[1:]))"
+)
+
+
 class _Contact:
     def __init__(self, muted: bool) -> None:
         self.muted = muted
@@ -200,12 +209,7 @@ class FileOfferTests(TestCase):
         """When a contact offers a file whose name holds $(...) and a newline, then the
         notification names the sender, and the file (one flat argument, nothing executed) with
         its size only when previews are on; "Offers a file" otherwise."""
-        notifier, node, directory = RealProcessTests.make(
-            self,  # type: ignore[arg-type]
-            "import pathlib\n"
-            "out = pathlib.Path(os.path.dirname(sys.argv[0])) / f'argv-{time.time_ns()}.json'\n"
-            "out.write_text(json.dumps(sys.argv[1:]))",
-        )
+        notifier, node, directory = RealProcessTests.make(self, RECORD_ARGV)  # type: ignore[arg-type]
         canary = os.path.join(directory, "pwned")
         name = f"plan $(touch {canary})\n.pdf"
         node.offer(name=name, size=3 * 1024 * 1024)
@@ -248,12 +252,7 @@ class GroupMessageTests(TestCase):
         """When another member writes in a group (its name holding $(...) and a newline), then
         the notification's title names the author and the group, flat, in one argument, and
         its text is the message with previews on, "New message" without; nothing runs."""
-        notifier, node, directory = RealProcessTests.make(
-            self,  # type: ignore[arg-type]
-            "import pathlib\n"
-            "out = pathlib.Path(os.path.dirname(sys.argv[0])) / f'argv-{time.time_ns()}.json'\n"
-            "out.write_text(json.dumps(sys.argv[1:]))",
-        )
+        notifier, node, directory = RealProcessTests.make(self, RECORD_ARGV)  # type: ignore[arg-type]
         canary = os.path.join(directory, "pwned")
         node.groups = _Groups(f"team $(touch {canary})\nnews")  # type: ignore[attr-defined]
         node.group_message()
