@@ -1,9 +1,10 @@
-"""Desktop notifications for new messages and file offers, raised by the daemon (so they come
-with no UI open).
+"""Desktop notifications for new messages, other members' group messages (unless the group is
+muted) and file offers, raised by the daemon (so they come with no UI open).
 
-For each ``message.received`` event, and each ``transfer.offered`` of a file a contact offers us,
-the :class:`Notifier` decides whether to notify (setting on, contact not muted, no attached
-client shows that conversation) and runs the platform's notifier:
+For each ``message.received`` event, each ``group.message`` of another member, and each
+``transfer.offered`` of a file a contact offers us, the :class:`Notifier` decides whether to
+notify (setting on, contact or group not muted, no attached client shows that conversation)
+and runs the platform's notifier:
 ``notify-send`` on Linux, ``termux-notification`` on Termux, ``osascript`` on macOS.
 
 Message text is hostile input.  It only ever travels as one element of an argument list given to
