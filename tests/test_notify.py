@@ -16,11 +16,16 @@ from jarvis.app import notify
 HOSTILE = "hi\" '; $(touch {canary}) `id` \n-rf --help & | > /tmp/x"
 
 
+def compose(sender: str, text: str, *, previews: bool) -> notify.Notification:
+    """A message's notification, as the notifier builds it."""
+    return notify.Notification(notify.title_for(sender), notify.message_body(text, previews))
+
+
 class CommandTests(SynchronousTestCase):
     def test_each_platform_argument_list(self) -> None:
         """When a hostile preview is composed for each platform, then the command is an
         argument list without a shell, and the text is one argument, unchanged but flattened."""
-        note = notify.compose("Bob; rm -rf ~", HOSTILE, previews=True)
+        note = compose("Bob; rm -rf ~", HOSTILE, previews=True)
         self.assertNotIn("\n", note.body)
         self.assertIn("$(touch {canary})", note.body)
         expected_tail = [note.title, note.body]
@@ -42,13 +47,13 @@ class CommandTests(SynchronousTestCase):
 
     def test_sender_only_by_default(self) -> None:
         """When previews are off (the default), then the notification names the sender only."""
-        note = notify.compose("Bob", "the secret plan", previews=False)
+        note = compose("Bob", "the secret plan", previews=False)
         self.assertIn("Bob", note.title)
         self.assertNotIn("secret", note.title + note.body)
 
     def test_preview_cut(self) -> None:
         """When a preview is long, then it is cut to the documented length."""
-        note = notify.compose("Bob", "x" * 500, previews=True)
+        note = compose("Bob", "x" * 500, previews=True)
         self.assertEqual(len(note.body), notify.PREVIEW_CHARS)
 
 

@@ -62,11 +62,6 @@ def clean(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def compose(sender: str, text: str, *, previews: bool) -> Notification:
-    """Return the notification for a message from *sender*: text only with *previews*."""
-    return Notification(title=title_for(sender), body=message_body(text, previews))
-
-
 def title_for(sender: str) -> str:
     """A notification's title: "Jarvis: " and the sender's name, flat and cut."""
     return f"Jarvis: {clean(sender, 64)}"

@@ -389,13 +389,11 @@ class Controller:
             if not isinstance(result, Mapping):
                 return
             waiting = self.model.load_transfers(result)
-            if waiting == 1 and self.model.status is None:
+            if waiting and self.model.status is None:
                 self.model.notify(
                     "a file offered to you waits for an answer: /accept ID or /decline ID"
-                )
-            elif waiting and self.model.status is None:
-                self.model.notify(
-                    f"{waiting} files offered to you wait for an answer: /accept ID|all or "
+                    if waiting == 1
+                    else f"{waiting} files offered to you wait for an answer: /accept ID|all or "
                     "/decline ID|all"
                 )
             self.redraw()
