@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from jarvis.app import cli
 from jarvis.app.exitstatus import EXIT_BROKEN_PIPE, EXIT_TOO_MANY_ATTEMPTS
+from jarvis.common import errors
 from jarvis.testing import fake_link
 from tests.test_client import REPO, child_env
 from tests.test_ipc_server import SocketTestCase
@@ -490,6 +491,74 @@ class FakeDaemonTests(SocketTestCase):
             code, _out, err = await self.run_cli(*args)
             self.assertEqual(code, 2, args)
             self.assertIn(said, err)
+
+    async def test_several_files_offered_at_once(self) -> None:
+        """When send-file gets three paths (relative, from the CLI's folder) and the daemon
+        cannot read the middle one, then the other two are offered in order (a line each, as
+        absolute paths), the failed one is said on stderr with its path and reason, and the
+        exit status is 1; with --json the answer lists the offered and the failed; with --wait
+        the command waits for all of them (files.wait) and prints each one's end, exit status
+        1 unless all completed; no path, or an unknown contact, offers nothing."""
+        sent: list[str] = []
+        send = self.node.send_file
+
+        def recording(ref: str, path: str, **kw: Any) -> dict[str, Any]:
+            if path.endswith("unreadable.jpg"):
+                raise errors.InvalidInput("cannot read the file: Permission denied")
+            sent.append(path)
+            return send(ref, path, **kw)
+
+        self.node.send_file = recording  # type: ignore[method-assign]
+        here = REPO  # the CLI's working directory
+        code, out, err = await self.run_cli(
+            "send-file", "alice", "a.jpg", "unreadable.jpg", "/srv/c.jpg"
+        )
+        self.assertEqual(code, 1)
+        self.assertEqual(sent, [os.path.join(here, "a.jpg"), "/srv/c.jpg"])
+        self.assertEqual([line.split()[-1] for line in out.splitlines()], ["a.jpg", "c.jpg"])
+        self.assertIn(
+            f"jarvis: {os.path.join(here, 'unreadable.jpg')}: cannot read the file: "
+            "Permission denied",
+            err,
+        )
+        self.assertIn("1 of 3 files were not offered", err)
+        code, out, err = await self.run_cli(
+            "--json", "send-file", "alice", "/srv/d.jpg", "/srv/unreadable.jpg"
+        )
+        answer = json.loads(out)
+        self.assertEqual(code, 1)
+        self.assertEqual([t["name"] for t in answer["transfers"]], ["d.jpg"])
+        self.assertEqual([f["path"] for f in answer["failed"]], ["/srv/unreadable.jpg"])
+        waited: list[list[str]] = []
+        wait = self.node.wait_transfers
+
+        def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
+            waited.append(refs)
+            views = wait(refs, progress)
+            for view in views:
+                view["state"] = "complete"
+            return views
+
+        self.node.wait_transfers = completing  # type: ignore[method-assign]
+        code, out, err = await self.run_cli("send-file", "alice", "/srv/e.jpg", "/srv/f.jpg", "-w")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(len(waited), 1)
+        self.assertEqual(
+            [t["name"] for t in self.node.transfers if t["id"] in waited[0]], ["e.jpg", "f.jpg"]
+        )
+        self.assertEqual([line.split()[3] for line in out.splitlines()], ["complete"] * 2)
+        self.node.wait_transfers = wait  # type: ignore[method-assign]
+        code, out, err = await self.run_cli("send-file", "alice", "/srv/g.jpg", "/srv/h.jpg", "-w")
+        self.assertEqual(
+            (code, [line.split()[3] for line in out.splitlines()]), (1, ["offered"] * 2)
+        )
+        before = len(sent)
+        code, _out, err = await self.run_cli("send-file", "alice")
+        self.assertEqual(code, 2)
+        self.assertIn("send-file needs CONTACT and at least one PATH", err)
+        code, _out, err = await self.run_cli("send-file", "nobody", "/srv/x.jpg", "/srv/y.jpg")
+        self.assertEqual(code, 1)
+        self.assertEqual(len(sent), before)
 
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""

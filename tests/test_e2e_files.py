@@ -395,7 +395,9 @@ class CliTests(TestCase):
         """When files go through the CLI: send-file --wait answers once bob accepts and prints
         the complete transfer; files --json lists it on both sides; an auto-accept limit takes
         a small file without asking and leaves a larger one offered; a size cap refuses an
-        oversize accept with the reason; cancel ends a waiting offer on both sides."""
+        oversize accept with the reason; cancel ends a waiting offer on both sides; send-file
+        with several paths and --wait offers each (a missing one is said, the others go) and
+        answers once all ended."""
         from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from tests.peers import EventRecorder
@@ -470,6 +472,18 @@ class CliTests(TestCase):
         self.assertEqual(cancelled["state"], "cancelled")
         await reach("bob", sent_big["id"], "cancelled")
         self.assertFalse([n for n in os.listdir(inbox) if "partial" in n])
+
+        # Several files in one command, one of them missing: the two others are taken by the
+        # auto-accept limit, and --wait answers once both are complete.
+        photos = [os.path.join(root, f"photo{i}.jpg") for i in (1, 2)]
+        digests = [random_file(p, 200_000) for p in photos]
+        missing = os.path.join(root, "missing.jpg")
+        code, out, err = await alice.run("send-file", "Bob", photos[0], missing, photos[1], "-w")
+        self.assertEqual(code, 1)
+        self.assertEqual([line.split()[3] for line in out.splitlines()], ["complete"] * 2)
+        self.assertIn(f"jarvis: {missing}: cannot read the file: No such file", err)
+        for p, d in zip(photos, digests, strict=True):
+            self.assertEqual(sha256_of(os.path.join(inbox, os.path.basename(p))), d)
 
 
 #: The folder whose ``sitecustomize`` turns a daemon into a lying sender.

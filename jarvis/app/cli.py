@@ -812,16 +812,20 @@ class SendFileOptions(CommandOptions):
     """Offer a file to a contact; prints the transfer id. The contact accepts it ('jarvis
     accept ID'); the file then streams on a connection of its own, resuming after a restart
     of either side. With --wait, wait until the transfer ended (a progress bar on a terminal);
-    the exit status is 1 unless it completed."""
+    the exit status is 1 unless it completed. Several PATHs (e.g. photos/*.jpg) are offered
+    one after the other, a line each (a path that cannot be sent is said on stderr and the
+    others still go; exit status 1); with --wait, one bar for all, then each one's end."""
 
-    synopsis = "CONTACT PATH [--wait]"
+    synopsis = "CONTACT PATH [PATH ...] [--wait]"
     optFlags = [
-        ["wait", "w", "Wait until the transfer is complete, declined, cancelled or failed."]
+        ["wait", "w", "Wait until the transfers are complete, declined, cancelled or failed."]
     ]
 
-    def parseArgs(self, contact: str, path: str) -> None:  # type: ignore[override]
+    def parseArgs(self, contact: str, *paths: str) -> None:  # type: ignore[override]
+        if not paths:
+            raise usage.UsageError("send-file needs CONTACT and at least one PATH")
         self["contact"] = contact
-        self["path"] = os.path.abspath(os.path.expanduser(path))
+        self["paths"] = [os.path.abspath(os.path.expanduser(p)) for p in paths]
 
 
 def parse_size(text: str) -> int:

@@ -1201,9 +1201,58 @@ def _progress_bar() -> Callable[[Any], None] | None:
 
 
 async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``send-file CONTACT PATH [--wait]``: prints the transfer id (its end state with --wait)."""
-    params = {"contact": sub["contact"], "path": sub["path"]}
+    """``send-file CONTACT PATH [PATH ...] [--wait]``: one path prints the transfer id (its end
+    state with --wait); several, :func:`_send_files`."""
+    paths = sub["paths"]
+    if len(paths) > 1:
+        await _send_files(session, sub["contact"], paths, wait=bool(sub["wait"]))
+        return
+    params = {"contact": sub["contact"], "path": paths[0]}
     await _one_transfer(session, "files.send", params, wait=bool(sub["wait"]))
+
+
+#: Errors of ``files.send`` that concern one path only (unreadable, a folder, too large): the
+#: other paths still go.  Any other (the contact, a locked identity) ends the command.
+_PATH_ERRORS = frozenset({"invalid", "too_large"})
+
+
+async def _send_files(session: Session, contact: str, paths: list[str], *, wait: bool) -> None:
+    """Offer each of *paths* to *contact* in turn: a line each as it is offered, or with
+    *wait* one progress bar for all (``files.wait``) and then a line for each one's end.  A
+    path that cannot be sent is said on stderr ("PATH: why") while the others still go.
+    ``--json``: ``{"transfers": [...], "failed": [{"path", "error"}]}``.  Exit status 1 if a
+    path failed, or with *wait* if a transfer did not complete."""
+    quiet = session.options.wants_json()
+    uid = (await session.call("contacts.show", {"contact": contact}))["uid"]
+    offered: list[Any] = []
+    failed: list[dict[str, str]] = []
+    for path in paths:
+        try:
+            result = await session.call("files.send", {"contact": uid, "path": path})
+        except RemoteError as e:
+            if e.kind not in _PATH_ERRORS:
+                raise
+            failed.append({"path": path, "error": str(e)})
+            if not quiet:
+                print(f"jarvis: {terminal_safe(path)}: {terminal_safe(str(e))}", file=sys.stderr)
+            continue
+        offered.append(result)
+        if not wait and not quiet:
+            print(terminal_safe(transfer_line(result)))
+    if wait and offered:
+        bar = _combined(_progress_bar())
+        ids = [t["id"] for t in offered]
+        offered = (await session.call("files.wait", {"ids": ids}, progress=bar))["transfers"]
+        if bar is not None:
+            sys.stderr.write("\n")
+        if not quiet:
+            print("\n".join(terminal_safe(transfer_line(t)) for t in offered))
+    if quiet:
+        print(json_text({"transfers": offered, "failed": failed}, indent=2))
+    if failed:
+        raise errors.InvalidInput(f"{len(failed)} of {len(paths)} files were not offered")
+    if wait and any(t.get("state") != "complete" for t in offered):
+        raise SystemExit(1)
 
 
 async def _one_transfer(

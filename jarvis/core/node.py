@@ -733,6 +733,18 @@ class Node(Service):
         (final,) = yield self._wait_transfers([view["id"]], progress)
         return final
 
+    def wait_transfers(self, refs: list[str], progress: Any = None) -> Any:
+        """Answer with the views of the transfers *refs* (ids, or unique prefixes of 4+ hex
+        digits), in that order, once each is complete, cancelled or failed; meanwhile
+        *progress* hears them as with ``send_file``'s *wait*.  Cancelling the wait leaves the
+        transfers as they are.
+
+        :raises TransferNotFound: if a ref names no single transfer (before any wait).
+        """
+        self._require_keys()
+        ids = list(dict.fromkeys(self.transfers.find(ref).id for ref in refs))
+        return self._wait_transfers(ids, progress)
+
     @defer.inlineCallbacks
     def _wait_transfers(self, ids: list[str], progress: Any) -> Any:
         """The final views of the transfers *ids*, once each is complete, cancelled or failed;

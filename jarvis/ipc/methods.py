@@ -853,6 +853,23 @@ def files_list(inv: Invocation) -> defer.Deferred[Any]:
     return d.addCallback(lambda views: {"transfers": views})
 
 
+def files_wait(inv: Invocation) -> defer.Deferred[Any]:
+    d = defer.maybeDeferred(inv.ctx.node.wait_transfers, inv.params["ids"], inv.progress)
+    return d.addCallback(lambda views: {"transfers": views})
+
+
+#: The most transfers one files.wait names.
+MAX_WAITED = 1000
+
+
+def _transfer_ids(value: list[Any]) -> str | None:
+    if not value or len(value) > MAX_WAITED:
+        return f"must name 1 to {MAX_WAITED} transfers"
+    if all(isinstance(v, str) and v.strip() for v in value):
+        return None
+    return "must be an array of transfer ids (or unique prefixes of 4+ hex digits)"
+
+
 def files_accept(inv: Invocation) -> defer.Deferred[Any]:
     p = inv.params
     return defer.maybeDeferred(inv.ctx.node.accept_transfer, p["id"], p.get("directory"))
@@ -980,6 +997,27 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "offered, the newest 500 at most (the daemon keeps every transfer in one "
             "document; the newest outgoing transfer of a file shared into a group stays, so "
             "members can still ask for it).",
+        ),
+        MethodSpec(
+            "files.wait",
+            files_wait,
+            (
+                Param(
+                    "ids",
+                    list,
+                    True,
+                    "the transfers: ids, or unique prefixes of 4+ hex digits",
+                    _transfer_ids,
+                ),
+            ),
+            result="{transfers: [" + _TRANSFER_VIEW + "]}",
+            doc="Answer once every transfer named is complete, cancelled or failed (at once for "
+            "those that ended already), with their views in the order named; meanwhile their "
+            "progress is reported with $/progress ({id, bytes, size, rate, eta} and {id, "
+            "state}), as for files.send with wait. Refused before any wait if an id names no "
+            "single transfer. Cancelling the call stops the wait, not the transfers.",
+            deadline=None,
+            progress=True,
         ),
         MethodSpec(
             "files.accept",
