@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from jarvis.ui import completion
 from jarvis.ui.model import InputError, SlashCommand, group_key, parse_input, progress_bar
 from tests.ui_fakes import (
     NOW,
@@ -461,6 +463,68 @@ class AnswerAllTests(SynchronousTestCase):
         self.assertEqual([p for m, p in client.calls if m == "files.accept"], [{"id": TID}])
         self.assertEqual(controller.model.status.text, "cancelled 1 operation")
         self.assertEqual(controller.model.offers_waiting_in(UID_ALICE), [TID, TID2])
+
+
+class FilePatternTests(SynchronousTestCase):
+    def make_folder(self) -> str:
+        root = self.mktemp()
+        os.makedirs(os.path.join(root, "d.jpg"))  # a folder: never offered
+        for name in ("b.jpg", "a.jpg", "c.txt", ".hidden.jpg", "x*y.jpg"):
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"x")
+        return os.path.abspath(root)
+
+    def test_a_pattern_offers_each_file_it_matches(self) -> None:
+        """When /file FOLDER/*.jpg is typed in alice's conversation and the daemon refuses
+        b.jpg, then a.jpg, b.jpg and x*y.jpg are offered in that order (not the folder d.jpg,
+        not the hidden file, not c.txt), the offered ones get their lines, and the status line
+        says how many went and why one did not; a pattern matching nothing says so without a
+        call; a name that holds a * itself is offered as one file."""
+        root = self.make_folder()
+        controller, client, _clock = started()
+        controller.expand_paths = lambda pattern: defer.succeed(completion.matching(pattern))
+
+        def send(params: dict[str, Any]) -> dict[str, Any]:
+            name = os.path.basename(params["path"])
+            if name == "b.jpg":
+                raise remote_error("invalid", "cannot read the file: Permission denied")
+            return transfer(id=f"{len(client.calls):032x}", direction="out", name=name)
+
+        client.m_files_send = send
+        press(controller, "meta 1", f"/file {root}/*.jpg", "enter")
+        sent = [p["path"] for m, p in client.calls if m == "files.send"]
+        self.assertEqual(sent, [os.path.join(root, n) for n in ("a.jpg", "b.jpg", "x*y.jpg")])
+        self.assertEqual(
+            controller.model.status.text,
+            "offered 2 of 3 files; not offered: b.jpg: cannot read the file: Permission denied",
+        )
+        text = screen_text(controller.window, (120, 24))
+        self.assertIn("offered a.jpg (3.0 MiB)", text)
+        self.assertIn("offered x*y.jpg (3.0 MiB)", text)
+        calls = len(client.calls)
+        press(controller, f"/file {root}/*.png", "enter")
+        self.assertEqual(len(client.calls), calls)
+        self.assertEqual(controller.model.status.text, f"no file matches {root}/*.png")
+        press(controller, f"/file {root}/x*y.jpg", "enter")
+        self.assertEqual(
+            [p["path"] for m, p in client.calls[calls:] if m == "files.send"],
+            [os.path.join(root, "x*y.jpg")],
+        )
+
+    def test_ctrl_c_stops_the_rest(self) -> None:
+        """When a pattern matched two files and the daemon still hashes the first when Ctrl+C
+        is pressed, then the second is never offered."""
+        root = self.make_folder()
+        controller, client, _clock = started()
+        controller.expand_paths = lambda pattern: defer.succeed(completion.matching(pattern))
+        client.slow.add("files.send")
+        press(controller, "meta 1", f"/file {root}/[ab].jpg", "enter")
+        press(controller, "ctrl c")
+        self.assertEqual(
+            [p["path"] for m, p in client.calls if m == "files.send"],
+            [os.path.join(root, "a.jpg")],
+        )
+        self.assertEqual(controller.model.status.text, "cancelled 1 operation")
 
 
 class PathCompletionTests(SynchronousTestCase):

@@ -2,13 +2,15 @@
 
 :func:`file_argument` finds the path being typed, :func:`listing` reads the folder it names
 (blocking: the controller runs it off the reactor thread) and :func:`complete` extends the typed
-path to the longest prefix the matching names share, adding ``/`` after a folder.  Names are
+path to the longest prefix the matching names share, adding ``/`` after a folder.
+:func:`matching` expands a ``/file`` pattern such as ``~/photos/*.jpg`` (blocking too).  Names are
 shown through :func:`~jarvis.common.textsafe.terminal_safe`; a name that would not survive that (an
 escape or control character) is completed as typed, never inserted raw into the input line.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 
 from jarvis.common.textsafe import terminal_safe
@@ -46,6 +48,21 @@ def listing(directory: str) -> list[tuple[str, bool]]:
             return found
     except OSError:
         return []
+
+
+def is_pattern(path: str) -> bool:
+    """Whether ``/file`` PATH is a shell-style pattern (``*``, ``?`` or ``[...]``) to expand."""
+    return glob.has_magic(path)  # type: ignore[attr-defined]
+
+
+def matching(pattern: str) -> list[str]:
+    """Return the files *pattern* names (blocking: the controller runs it off the reactor
+    thread): the path itself if it exists (a name may hold ``*``), else what the pattern
+    matches, sorted, folders left out; hidden names only when the pattern's name starts with
+    ``.``, as in a shell."""
+    if os.path.lexists(pattern):
+        return [pattern]
+    return sorted(p for p in glob.glob(pattern) if not os.path.isdir(p))
 
 
 def complete(typed: str, entries: list[tuple[str, bool]]) -> tuple[str, list[str]]:

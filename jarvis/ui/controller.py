@@ -154,6 +154,10 @@ class Controller:
         self.list_dir: Callable[[str], defer.Deferred[list[tuple[str, bool]]]] = lambda directory: (
             threads.deferToThread(completion.listing, directory)
         )
+        #: Expands a ``/file`` pattern (``~/photos/*.jpg``) off the reactor thread.
+        self.expand_paths: Callable[[str], defer.Deferred[list[str]]] = lambda pattern: (
+            threads.deferToThread(completion.matching, pattern)
+        )
         self.keys = KeyRouter(
             self,
             {

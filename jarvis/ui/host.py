@@ -7,6 +7,7 @@ the seam.  It must hold no behaviour.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet import defer
@@ -23,6 +24,8 @@ class UiHost(Protocol):
     window: AppWindow
     main_screen: MainScreen
     clock: Any
+    #: Expands a ``/file`` pattern to the files it names, off the reactor thread.
+    expand_paths: Callable[[str], defer.Deferred[list[str]]]
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, label: str | None = None

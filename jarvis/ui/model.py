@@ -37,7 +37,11 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/msg NAME TEXT", "Send TEXT to the contact called NAME (quote names with spaces)"),
     ("/exec [-o] [-t S] CMD", "Run CMD here, its output shown locally (-o: then sent)"),
     ("/exec -list", "List the running commands (/exec -kill ID stops one)"),
-    ("/file PATH", "Offer the file at PATH to the open conversation (in a group: every member)"),
+    (
+        "/file PATH",
+        "Offer the file at PATH to the open conversation (in a group: every member); a "
+        "pattern (~/photos/*.jpg) offers each file it matches",
+    ),
     ("/accept [ID] [DIR]", "Accept an offered file (no ID: the newest here; into DIR)"),
     ("/accept all [DIR]", "Accept every file offered in the open conversation"),
     ("/decline [ID]", "Decline an offered file (no ID: the newest here)"),

@@ -9,6 +9,7 @@ nor touch the connection (:mod:`jarvis.ui.link`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,9 +17,14 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import human_bytes, terminal_safe
+from jarvis.ui import completion
 from jarvis.ui.calls import error_text, is_cancel
 from jarvis.ui.host import UiHost
 from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
+
+#: The most files one ``/file`` pattern offers (a receiver takes at most 500 offers from one
+#: contact waiting at once).
+MAX_MATCHED_FILES = 500
 
 
 class Sender:
@@ -98,11 +104,57 @@ class Sender:
 
     def offer_file(self, path: str) -> None:
         """``/file PATH``: offer the file to the open conversation's contact, or in a group to
-        every other member (``groups.sendFile``)."""
+        every other member (``groups.sendFile``).  A pattern (``~/photos/*.jpg``) offers each
+        file it matches (:meth:`offer_matching`)."""
         uid = self.model.current_uid
         if uid is None:
             self.model.notify("open a conversation first (Alt+1), then /file PATH", "error")
             return
+        if completion.is_pattern(path):
+            d = self._controller.expand_paths(path)
+            d.addCallback(lambda paths: self.offer_matching(uid, path, paths))
+            d.addErrback(self._controller.internal_error, "/file")
+            return
+        self._offer(uid, path).addErrback(self._controller.report, "/file")
+
+    @defer.inlineCallbacks
+    def offer_matching(self, uid: str, pattern: str, paths: list[str]) -> Any:
+        """Offer each of *paths* (what *pattern* matched) in turn, one call after the other, a
+        line each in the conversation; the status line then says how many were offered and,
+        if any was not, the first reason.  Ctrl+C stops the rest."""
+        if paths == [pattern]:  # the name itself holds a * or ?
+            yield self._offer(uid, pattern).addErrback(self._controller.report, "/file")
+            return
+        if not paths or len(paths) > MAX_MATCHED_FILES:
+            said = (
+                f"no file matches {pattern}"
+                if not paths
+                else f"{pattern} matches {len(paths)} files: at most {MAX_MATCHED_FILES} at once"
+            )
+            self.model.notify(terminal_safe(said, keep_newlines=False), "error")
+            self._controller.redraw()
+            return
+        offered, failures = 0, []
+        for path in paths:
+            try:
+                yield self._offer(uid, path)
+            except Exception:
+                failures.append((path, Failure()))
+                if is_cancel(failures[-1][1]):  # Ctrl+C (it says so): the rest are not offered
+                    return
+            else:
+                offered += 1
+        said = f"offered {offered} of {len(paths)} files"
+        if failures:
+            name = terminal_safe(os.path.basename(failures[0][0]), keep_newlines=False)
+            self.model.notify(f"{said}; not offered: {name}: {error_text(failures[0][1])}", "error")
+        else:
+            self.model.notify(said)
+        self._controller.redraw()
+
+    def _offer(self, uid: str, path: str) -> defer.Deferred[Any]:
+        """Offer the file at *path* in conversation *uid*; the conversation says so (a
+        Deferred that fails with the daemon's refusal)."""
         group = self.model.contacts.get(uid) if is_group(uid) else None
         if group is not None:
             d = self._controller.call(
@@ -131,7 +183,7 @@ class Sender:
             self.model.add_local(uid, text, self._controller.clock.seconds())
             self._controller.redraw()
 
-        d.addCallbacks(offered, self._controller.report, errbackArgs=("/file",))
+        return d.addCallback(offered)
 
     def answer_file(self, verb: str, args: tuple[str, ...]) -> None:
         """``/accept [ID] [DIR]``, ``/decline [ID]``, ``/cancel ID``; without an id, the
