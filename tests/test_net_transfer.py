@@ -271,6 +271,45 @@ class DiskFullTests(TestCase):
         self.assertEqual(file_sha256(final), file_sha256(prepared.path))
         self.assertEqual(sender2.bytes_sent, 2 * CHUNK)
 
+    def test_failures_tell_the_peer_no_path(self) -> None:
+        """When the receiver cannot give the verified file its name (the rename fails with
+        an error naming its folder), then both ends stop for good with the reason, and the
+        sender hears it without the receiver's folder or file name; the same for a write
+        that fails otherwise than with a full disk."""
+        prepared = make_prepared(self, 2 * CHUNK)
+        directory = short_tempdir(self)
+        partial = PartialFile.create(directory, prepared.offer)
+        secret = os.path.join(directory, "private-inbox", "data.bin")
+
+        def denied(reread: bool = False) -> str:
+            raise PermissionError(errno.EACCES, "Permission denied", secret)
+
+        partial.finish = denied  # type: ignore[method-assign]
+        _s, _receiver, send_rec, recv_rec = connect_pair(self, partial, FileSource(prepared))
+        self.flushLoggedErrors(PermissionError)
+        ended = self.successResultOf(recv_rec.finished)
+        said = "finishing the file failed: Permission denied"
+        self.assertEqual(ended, ("ended", (said, False)))
+        self.assertEqual(
+            self.successResultOf(send_rec.finished),
+            ("ended", (f"the receiver cancelled: {said}", False)),
+        )
+        other = PartialFile.create(short_tempdir(self), prepared.offer)
+
+        def broken(data: Any, offset: int) -> None:
+            raise OSError(errno.EIO, "Input/output error", secret)
+
+        other._write = broken  # type: ignore[method-assign]
+        _s, _r, send_rec, _recv_rec = connect_pair(self, other, FileSource(prepared))
+        self.flushLoggedErrors(OSError)
+        self.assertEqual(
+            self.successResultOf(send_rec.finished),
+            (
+                "ended",
+                ("the receiver cancelled: writing the file failed: Input/output error", False),
+            ),
+        )
+
 
 class SlowTransport(StringTransport):
     """A transport whose buffer drains only when the test says so, pausing its producer."""

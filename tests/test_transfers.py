@@ -248,6 +248,30 @@ class SenderTests(TestCase):
         self.assertIn("\\x1b", final.reason)
         self.assertEqual(events[-1][1]["transfer"]["state"], "cancelled")
 
+    def test_a_file_gone_before_the_accept_fails_without_telling_its_path(self) -> None:
+        """When alice's file is deleted after she offered it and bob then accepts, then the
+        transfer fails on her side saying why, and the Cancel written to bob says the same
+        without the file's path (nor its folder): the peer learns nothing of her disk."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        folder = os.path.join(short_tempdir(self), "private-projects")
+        os.mkdir(folder)
+        path = os.path.join(folder, "plan.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 5000)
+        view = self.successResultOf(transfers.send(BOB, path))
+        session = FakeSession()
+        sessions[BOB] = session
+        transfers.session_established(BOB)
+        os.remove(path)
+        tid = bytes.fromhex(view["id"])
+        transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        entry = transfers.find(view["id"])
+        self.assertEqual(entry.state, "failed")
+        self.assertEqual(entry.reason, "the file changed or is gone (No such file or directory)")
+        [cancel] = [r for r in session.records if isinstance(r, Cancel)]
+        self.assertEqual(cancel.reason, entry.reason)
+        self.assertNotIn("private-projects", cancel.reason)
+
 
 class SendWhatTests(TestCase):
     def test_what_cannot_be_sent_is_refused_with_what_to_do(self) -> None:

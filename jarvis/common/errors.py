@@ -129,3 +129,13 @@ class MailboxUnreachable(JarvisError):
     the link was copied whole; then use it again."""
 
     kind = "mailbox_unreachable"
+
+
+def reason_without_paths(error: BaseException | None) -> str:
+    """One line saying why a file operation failed, without the file names an ``OSError``
+    carries (``[Errno 2] No such file or directory: '/home/me/x'`` becomes ``No such file or
+    directory``): the reason a transfer ends with is also told to the peer, which must not
+    learn this device's paths."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error or "") or type(error).__name__

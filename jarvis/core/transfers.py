@@ -42,7 +42,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from jarvis.common.errors import InvalidInput, NotFound
+from jarvis.common.errors import InvalidInput, NotFound, reason_without_paths
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import new_transfer_secret
@@ -1320,7 +1320,8 @@ class Transfers:
             source = yield self._run(FileSource, entry.prepared)
         except (SourceChanged, OSError) as e:
             entry.streaming = entry.at_relay = False
-            yield self._finish(entry, "failed", f"the file changed or is gone ({e})", "cancel")
+            why = reason_without_paths(e)  # the receiver is told: no path of ours in it
+            yield self._finish(entry, "failed", f"the file changed or is gone ({why})", "cancel")
             return None
         if entry.state != "accepted" or self._network is None:
             entry.streaming = entry.at_relay = False

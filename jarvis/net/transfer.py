@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from jarvis.common.errors import reason_without_paths
 from jarvis.common.logs import log_id
 from jarvis.common.textsafe import terminal_safe
 from jarvis.crypto.transfer_keys import ChunkCipher, ChunkRejected, WorkBuffers, new_epoch
@@ -463,7 +464,8 @@ class TransferSender(protocol.Protocol):
             self._end("the file changed after it was offered", resumable=False)
         else:
             self.log.failure("reading a chunk failed", failure)
-            self._end(f"reading the file failed: {failure.getErrorMessage()}", resumable=False)
+            why = reason_without_paths(failure.value)  # the peer is told: no path of ours
+            self._end(f"reading the file failed: {why}", resumable=False)
         self._check_settled()
 
     def _end(self, reason: str, *, resumable: bool, cancel: bool = True) -> None:
@@ -814,7 +816,8 @@ class TransferReceiver(protocol.Protocol):
             self._end(DISK_FULL, resumable=True)
         else:
             self.log.failure("storing a chunk failed", failure)
-            self._end(f"writing the file failed: {failure.getErrorMessage()}", resumable=False)
+            why = reason_without_paths(failure.value)  # the peer is told: no path of ours
+            self._end(f"writing the file failed: {why}", resumable=False)
 
     def _after_job(self) -> None:
         if not self._ended:
@@ -866,7 +869,8 @@ class TransferReceiver(protocol.Protocol):
             self._end("the file does not match the offered hash", resumable=False)
         else:
             self.log.failure("finishing the file failed", failure)
-            self._end(f"finishing the file failed: {failure.getErrorMessage()}", resumable=False)
+            why = reason_without_paths(failure.value)  # the peer is told: no path of ours
+            self._end(f"finishing the file failed: {why}", resumable=False)
         self._check_settled()
 
     def _end(
