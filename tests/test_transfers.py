@@ -273,6 +273,28 @@ class SenderTests(TestCase):
         self.assertNotIn("private-projects", cancel.reason)
 
 
+class WaitTests(TestCase):
+    def test_waits_fire_at_the_end_and_a_cancelled_one_is_forgotten(self) -> None:
+        """When three waits are made on an offer and one of them is cancelled (its client
+        went), then the offer keeps only the other two, and both fire with the final view
+        when the offer is cancelled; a wait on an ended transfer fires at once."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        path = os.path.join(short_tempdir(self), "doc.txt")
+        with open(path, "wb") as f:
+            f.write(b"x" * 100)
+        view = self.successResultOf(transfers.send(BOB, path))
+        entry = transfers.find(view["id"])
+        first, gone, last = (transfers.wait(entry) for _ in range(3))
+        gone.cancel()
+        self.failureResultOf(gone, defer.CancelledError)
+        self.assertEqual(entry.waiters, [first, last])
+        self.successResultOf(transfers.cancel(view["id"]))
+        for d in (first, last):
+            self.assertEqual(self.successResultOf(d)["state"], "cancelled")
+        self.assertEqual(entry.waiters, [])
+        self.assertEqual(self.successResultOf(transfers.wait(entry))["state"], "cancelled")
+
+
 class SendWhatTests(TestCase):
     def test_what_cannot_be_sent_is_refused_with_what_to_do(self) -> None:
         """When a folder, a named pipe or a file the kernel makes up as it is read (its size

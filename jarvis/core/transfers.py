@@ -570,10 +570,17 @@ class Transfers:
                 d.callback(self.view(entry))
 
     def wait(self, entry: TransferEntry) -> defer.Deferred[Any]:
-        """A Deferred firing with the view once *entry* reaches a final state."""
+        """A Deferred firing with the view once *entry* reaches a final state.  Cancelling it
+        forgets the wait (a client that asks and goes, again and again, leaves nothing
+        behind on a transfer that lasts)."""
         if entry.state in FINAL_STATES:
             return defer.succeed(self.view(entry))
-        d: defer.Deferred[Any] = defer.Deferred()
+
+        def forget(d: defer.Deferred[Any]) -> None:
+            if d in entry.waiters:
+                entry.waiters.remove(d)
+
+        d: defer.Deferred[Any] = defer.Deferred(forget)
         entry.waiters.append(d)
         return d
 
