@@ -447,6 +447,36 @@ class AnswerAllTests(SynchronousTestCase):
             controller.model.status.text, "no offer waits for an answer here: /decline all"
         )
 
+    def test_the_count_of_offers_waiting_follows_them(self) -> None:
+        """When the UI starts with two offers waiting, then the status line counts them; an
+        offer arriving makes it three, one answered elsewhere two, another one; once the
+        last is answered the notice goes; a notice about something else is not replaced."""
+        client = make_populated_client()
+        client.transfers = [transfer(id=TID2, created=NOW - 50), transfer(created=NOW - 60)]
+        controller, client, _clock, _connector = make_controller(client)
+        assert client is not None
+        third = "33" * 16
+        client.emit(
+            "transfer.offered",
+            {"transfer": transfer(id=third, contact=UID_BOB, contact_name="bob", created=NOW)},
+        )
+        self.assertEqual(
+            controller.model.status.text,
+            "3 files offered to you wait for an answer: /accept ID|all or /decline ID|all",
+        )
+        client.emit("transfer.changed", {"transfer": transfer(id=TID, state="accepted")})
+        self.assertTrue(controller.model.status.text.startswith("2 files offered to you"))
+        client.emit("transfer.changed", {"transfer": transfer(id=TID2, state="cancelled")})
+        self.assertEqual(
+            controller.model.status.text,
+            "a file offered to you waits for an answer: /accept ID or /decline ID",
+        )
+        client.emit("transfer.changed", {"transfer": transfer(id=third, state="cancelled")})
+        self.assertIsNone(controller.model.status)
+        controller.model.notify("something else")
+        client.emit("transfer.offered", {"transfer": transfer(id="44" * 16, created=NOW)})
+        self.assertEqual(controller.model.status.text, "something else")
+
     def test_ctrl_c_stops_the_rest(self) -> None:
         """When /accept all waits for the daemon's answer to the first of two offers and
         Ctrl+C is pressed, then that call is cancelled, the second offer is not answered, and

@@ -392,14 +392,9 @@ class Controller:
         def loaded(result: Mapping[str, Any]) -> None:
             if not isinstance(result, Mapping):
                 return
-            waiting = self.model.load_transfers(result)
-            if waiting and self.model.status is None:
-                self.model.notify(
-                    "a file offered to you waits for an answer: /accept ID or /decline ID"
-                    if waiting == 1
-                    else f"{waiting} files offered to you wait for an answer: /accept ID|all or "
-                    "/decline ID|all"
-                )
+            self.model.load_transfers(result)
+            if self.model.status is None:
+                self.model.show_offers_notice()
             self.redraw()
 
         d.addCallback(loaded)

@@ -390,6 +390,9 @@ class StatusLine:
 
     text: str
     level: str = "info"  # "info" or "error"
+    #: What the notice is about when the model keeps it current ("offers": how many offers
+    #: wait for an answer); "" for a one-off notice.
+    about: str = ""
 
 
 class InputHistory:
@@ -1237,6 +1240,7 @@ class MessengerModel:
         ident = str(t.get("id", ""))[:8]
         if t.get("state", "offered") == "offered" and t.get("direction", "in") == "in":
             self.waiting_offers[str(t.get("id", ""))] = (transfer_conversation(t), _created(t))
+            self._offers_notice_changed()
         self.add_local(
             transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
@@ -1244,6 +1248,31 @@ class MessengerModel:
             float(t.get("created") or 0.0),
             line_id=OFFER_LINE_PREFIX + str(t.get("id", "")),
         )
+
+    def show_offers_notice(self) -> None:
+        """Say on the status line how many offers wait for our answer (nothing if none); the
+        notice then follows offers arriving and answered until something else is said."""
+        waiting = len(self.waiting_offers)
+        if not waiting:
+            return
+        self.status = StatusLine(
+            "a file offered to you waits for an answer: /accept ID or /decline ID"
+            if waiting == 1
+            else f"{waiting} files offered to you wait for an answer: /accept ID|all or "
+            "/decline ID|all",
+            about="offers",
+        )
+        self._changed("status")
+
+    def _offers_notice_changed(self) -> None:
+        """The offers waiting changed: a notice counting them is brought up to date (or
+        cleared when none is left)."""
+        if self.status is None or self.status.about != "offers":
+            return
+        if self.waiting_offers:
+            self.show_offers_notice()
+        else:
+            self.clear_status()
 
     def newest_offer(self, uid: str | None) -> str | None:
         """The id of the newest offer waiting for our answer in conversation *uid*."""
@@ -1301,6 +1330,7 @@ class MessengerModel:
             self._put_transfer_line(
                 transfer_conversation(t), tid, text, float(t.get("created") or 0.0)
             )
+        self._offers_notice_changed()  # e.g. all answered meanwhile from another client
         return waiting
 
     def _transfer_changed(self, payload: Mapping[str, Any]) -> None:
@@ -1309,8 +1339,8 @@ class MessengerModel:
             return
         state = t.get("state")
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
-        if state != "offered":
-            self.waiting_offers.pop(str(t.get("id")), None)
+        if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
+            self._offers_notice_changed()
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.
