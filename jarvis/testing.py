@@ -548,10 +548,10 @@ class FakeNode:
         """Answer like ``Node.list_transfers``."""
         return list(self.transfers)
 
-    def wait_transfers(self, refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
+    def wait_transfers(self, refs: list[str], progress: Any = None) -> defer.Deferred[Any]:
         """Answer like ``Node.wait_transfers``; the fake's transfers never move, so it answers
-        at once with their views as they are."""
-        return [self._transfer(ref) for ref in refs]
+        at once with their views as they are (unless paused: :meth:`pause`)."""
+        return self._call("wait_transfers", lambda: [self._transfer(ref) for ref in refs])
 
     def _transfer(self, ref: str) -> dict[str, Any]:
         for view in self.transfers:

@@ -534,7 +534,7 @@ class FakeDaemonTests(SocketTestCase):
 
         def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
             waited.append(refs)
-            views = wait(refs, progress)
+            views = [t for t in self.node.transfers if t["id"] in refs]
             for view in views:
                 view["state"] = "complete"
             return views
@@ -559,6 +559,24 @@ class FakeDaemonTests(SocketTestCase):
         code, _out, err = await self.run_cli("send-file", "nobody", "/srv/x.jpg", "/srv/y.jpg")
         self.assertEqual(code, 1)
         self.assertEqual(len(sent), before)
+
+    async def test_interrupted_wait_leaves_the_offers(self) -> None:
+        """When Ctrl+C arrives while send-file --wait waits for two offered files, then the
+        wait is cancelled in the daemon, the offers stay, the exit status is 130 and the
+        message says the offers stay and how to stop one."""
+        paused = self.node.pause("wait_transfers")
+        argv = ["--data-dir", self.data_dir, "send-file", "alice", "/srv/a.jpg", "/srv/b.jpg", "-w"]
+        proto = spawn_cli(self.reactor, argv)
+        await wait_until(self.reactor, lambda: paused.waiting)
+        os.kill(proto.transport.pid, signal.SIGINT)
+        self.assertEqual(await proto.ended, cli.EXIT_INTERRUPTED, proto.err.decode())
+        await wait_until(self.reactor, lambda: paused.cancelled)
+        self.assertEqual([t["state"] for t in self.node.transfers], ["offered", "offered"])
+        self.assertIn(
+            "jarvis: interrupted; what was offered stays offered (jarvis files lists it; "
+            "jarvis cancel ID stops it)",
+            proto.err.decode(),
+        )
 
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""

@@ -72,6 +72,9 @@ class Session:
         self.options = options
         self.data_dir = options.data_dir()
         self.client: Any = None
+        #: What Ctrl+C leaves behind, said after "jarvis: interrupted; " (a command whose
+        #: call goes on in the daemon says so; by default the call was cancelled).
+        self.interrupted_note = "the request was cancelled"
 
     def endpoint(self) -> str:
         """Return the API endpoint of the data directory's daemon."""
@@ -1203,6 +1206,7 @@ def _progress_bar() -> Callable[[Any], None] | None:
 async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``send-file CONTACT PATH [PATH ...] [--wait]``: one path prints the transfer id (its end
     state with --wait); several, :func:`_send_files`."""
+    session.interrupted_note = OFFERS_STAY
     paths = sub["paths"]
     if len(paths) > 1:
         await _send_files(session, sub["contact"], paths, wait=bool(sub["wait"]))
@@ -1210,6 +1214,9 @@ async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, 
     params = {"contact": sub["contact"], "path": paths[0]}
     await _one_transfer(session, "files.send", params, wait=bool(sub["wait"]))
 
+
+#: What Ctrl+C leaves of ``send-file`` (also while it waits): the offers already made.
+OFFERS_STAY = "what was offered stays offered (jarvis files lists it; jarvis cancel ID stops it)"
 
 #: Errors of ``files.send`` that concern one path only (unreadable, a folder, too large): the
 #: other paths still go.  Any other (the contact, a locked identity) ends the command.
@@ -1276,6 +1283,7 @@ async def _one_transfer(
 async def group_send_file(session: Session, opts: usage.Options) -> None:
     """``group send-file GROUP PATH [--wait]``: one line per member's transfer (their end
     states with --wait; exit status 1 unless every one completed)."""
+    session.interrupted_note = OFFERS_STAY
     params: dict[str, Any] = {"group": opts["group"], "path": opts["path"]}
     bar = None
     if opts["wait"]:
@@ -1516,7 +1524,7 @@ def run(reactor: Any, options: CommandLine, inputs: dict[str, Any]) -> defer.Def
         if interrupted and result.check(defer.CancelledError):
             if command == "watch":
                 return None
-            print("jarvis: interrupted; the request was cancelled", file=sys.stderr)
+            print(f"jarvis: interrupted; {session.interrupted_note}", file=sys.stderr)
             raise SystemExit(EXIT_INTERRUPTED)
         if result.check(BrokenPipeError):
             # stdout closed early (``| head -1``): nothing more to say, and nowhere to say it
