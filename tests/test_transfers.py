@@ -112,6 +112,17 @@ def an_offer(testcase: TestCase, size: int = 70_000) -> Offer:
     return make_offer(path).offer
 
 
+def send_a_file(
+    testcase: TestCase, transfers: Transfers, size: int = 5000, folder: str | None = None
+) -> dict[str, Any]:
+    """Write a file of *size* bytes into *folder* (a fresh one by default) and offer it to
+    bob; the transfer's view."""
+    path = os.path.join(folder or short_tempdir(testcase), "doc.txt")
+    with open(path, "wb") as f:
+        f.write(b"x" * size)
+    return testcase.successResultOf(transfers.send(BOB, path))
+
+
 def offered(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return [p["transfer"]["id"] for name, p in events if name == "transfer.offered"]
 
@@ -228,10 +239,7 @@ class SenderTests(TestCase):
         """When alice offers a file to offline bob, then the Offer is written at his session;
         his Accept makes her dial the data connection, and a later Cancel from him ends it."""
         transfers, sessions, events, _store = make_transfers(self)
-        path = os.path.join(short_tempdir(self), "doc.txt")
-        with open(path, "wb") as f:
-            f.write(b"x" * 5000)
-        view = self.successResultOf(transfers.send(BOB, path))
+        view = send_a_file(self, transfers)
         tid = bytes.fromhex(view["id"])
         session = FakeSession()
         sessions[BOB] = session
@@ -255,14 +263,11 @@ class SenderTests(TestCase):
         transfers, sessions, _events, _store = make_transfers(self)
         folder = os.path.join(short_tempdir(self), "private-projects")
         os.mkdir(folder)
-        path = os.path.join(folder, "plan.txt")
-        with open(path, "wb") as f:
-            f.write(b"x" * 5000)
-        view = self.successResultOf(transfers.send(BOB, path))
+        view = send_a_file(self, transfers, folder=folder)
         session = FakeSession()
         sessions[BOB] = session
         transfers.session_established(BOB)
-        os.remove(path)
+        os.remove(os.path.join(folder, "doc.txt"))
         tid = bytes.fromhex(view["id"])
         transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
         entry = transfers.find(view["id"])
@@ -279,10 +284,7 @@ class WaitTests(TestCase):
         went), then the offer keeps only the other two, and both fire with the final view
         when the offer is cancelled; a wait on an ended transfer fires at once."""
         transfers, _sessions, _events, _store = make_transfers(self)
-        path = os.path.join(short_tempdir(self), "doc.txt")
-        with open(path, "wb") as f:
-            f.write(b"x" * 100)
-        view = self.successResultOf(transfers.send(BOB, path))
+        view = send_a_file(self, transfers, size=100)
         entry = transfers.find(view["id"])
         first, gone, last = (transfers.wait(entry) for _ in range(3))
         gone.cancel()
