@@ -314,7 +314,8 @@ class SendWhatTests(TestCase):
         }
         self.assertEqual(
             said[folder],
-            "cannot read the file: it is a folder: send its files, or one archive of it",
+            "cannot read the file: it is a folder: send the files in it (FOLDER/* names them "
+            "all), or one archive of it",
         )
         self.assertEqual(
             said[fifo], "cannot read the file: not a regular file (a device, pipe or socket)"

@@ -1751,7 +1751,10 @@ def _prepare(path: str) -> PreparedFile:
 
     st = os.stat(path)
     if stat.S_ISDIR(st.st_mode):
-        raise OSError(0, "it is a folder: send its files, or one archive of it")
+        raise OSError(
+            0,
+            "it is a folder: send the files in it (FOLDER/* names them all), or one archive of it",
+        )
     if not stat.S_ISREG(st.st_mode):
         raise OSError(0, "not a regular file (a device, pipe or socket)")
     if st.st_size == 0:
