@@ -578,6 +578,43 @@ class FakeDaemonTests(SocketTestCase):
             proto.err.decode(),
         )
 
+    async def test_cancel_all_and_with_a_contact(self) -> None:
+        """When cancel --all --with bob runs while two of our offers to alice, one offer from
+        bob, one transfer of bob's that streams and one that completed are listed, then
+        bob's two not ended are cancelled, oldest first; cancel --all then cancels alice's
+        two; with nothing left it says so and exits 0; --with without --all, or IDs with
+        --all, are usage errors."""
+        self.node.add_contact(link=fake_link("bob"))
+        ours = [self.node.send_file("alice", f"/tmp/o{i}.txt") for i in range(2)]
+        ours[0]["created"], ours[1]["created"] = 1_800_000_005.0, 1_800_000_001.0
+        bobs = self.node.offered_file("bob", "b.txt", 1_800_000_010.0)
+        streaming = self.node.offered_file("bob", "s.bin", 1_800_000_000.0)
+        streaming["state"] = "streaming"
+        done = self.node.offered_file("bob", "done.txt", 1_799_999_000.0)
+        done["state"] = "complete"
+        code, out, err = await self.run_cli("cancel", "--all", "--with", "bob")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            [line.split()[0] for line in out.splitlines()],
+            [streaming["id"][:8], bobs["id"][:8]],
+        )
+        self.assertEqual(done["state"], "complete")
+        self.assertEqual([t["state"] for t in ours], ["offered", "offered"])
+        code, out, err = await self.run_cli("--json", "cancel", "--all")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(
+            [t["id"] for t in json.loads(out)["transfers"]], [ours[1]["id"], ours[0]["id"]]
+        )
+        code, out, err = await self.run_cli("cancel", "--all")
+        self.assertEqual((code, out, err.strip()), (0, "", "no transfer is under way"))
+        for args, said in (
+            (("cancel", "--with", "bob", bobs["id"]), "--with goes with --all"),
+            (("cancel", "--all", bobs["id"]), "give IDs or --all, not both"),
+        ):
+            code, _out, err = await self.run_cli(*args)
+            self.assertEqual(code, 2, args)
+            self.assertIn(said, err)
+
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""
         code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")

@@ -477,6 +477,31 @@ class AnswerAllTests(SynchronousTestCase):
         client.emit("transfer.offered", {"transfer": transfer(id="44" * 16, created=NOW)})
         self.assertEqual(controller.model.status.text, "something else")
 
+    def test_cancel_all_cancels_what_is_under_way_here(self) -> None:
+        """When /cancel all is typed in alice's conversation, then the daemon's list is asked
+        for and every transfer with alice not ended is cancelled, oldest first (an offer of
+        ours and a file streaming to us; not the complete one, nor bob's), and the status
+        line says how many; in a conversation with nothing under way it says so."""
+        ours, theirs, old, bobs = "11" * 16, "22" * 16, "33" * 16, "44" * 16
+        controller, client, _clock = started()
+        listed = [
+            transfer(id=ours, direction="out", created=NOW - 10),
+            transfer(id=theirs, state="streaming", created=NOW - 20),
+            transfer(id=old, state="complete", created=NOW - 30),
+            transfer(id=bobs, contact=UID_BOB, contact_name="bob", created=NOW - 40),
+        ]
+        client.m_files_list = lambda params: {"transfers": listed}
+        client.m_files_cancel = lambda params: transfer(id=params["id"], state="cancelled")
+        press(controller, "meta 1", "/cancel all", "enter")
+        self.assertEqual(
+            [p for m, p in client.calls if m == "files.cancel"], [{"id": theirs}, {"id": ours}]
+        )
+        self.assertEqual(controller.model.status.text, "cancelled 2 of 2 transfers here")
+        listed[:] = listed[2:3]
+        press(controller, "/cancel all", "enter")
+        self.assertEqual(len([m for m, _p in client.calls if m == "files.cancel"]), 2)
+        self.assertEqual(controller.model.status.text, "no transfer is under way here: /cancel all")
+
     def test_ctrl_c_stops_the_rest(self) -> None:
         """When /accept all waits for the daemon's answer to the first of two offers and
         Ctrl+C is pressed, then that call is cancelled, the second offer is not answered, and

@@ -871,20 +871,12 @@ class FilesOptions(CommandOptions):
             self["auto-accept"] = (contact, parse_size(size))
 
 
-class _TransferIdsOptions(CommandOptions):
-    """One or more transfer ids: ``id`` is the first, ``ids`` all of them, in order."""
+class _IdsOrAllOptions(CommandOptions):
+    """One or more transfer ids, or ``--all`` of those the command answers (the option
+    named :attr:`contact_option`: one contact's only)."""
 
-    def parseArgs(self, transfer: str, *more: str) -> None:  # type: ignore[override]
-        self["id"] = transfer
-        self["ids"] = list(dict.fromkeys((transfer, *more)))
-
-
-class _OffersOptions(CommandOptions):
-    """Offers waiting for our answer: one or more ids, or ``--all`` of them (``--from``
-    CONTACT's only)."""
-
-    optFlags = [["all", "a", "Every offer waiting for your answer, oldest first."]]
-    optParameters = [["from", "f", None, "With --all: only CONTACT's offers."]]
+    #: The option that keeps ``--all`` to one contact's transfers.
+    contact_option = "from"
 
     def parseArgs(self, *ids: str) -> None:  # type: ignore[override]
         self["ids"] = list(dict.fromkeys(ids))
@@ -895,8 +887,16 @@ class _OffersOptions(CommandOptions):
             raise usage.UsageError("give IDs or --all, not both")
         if not self["all"] and not self["ids"]:
             raise usage.UsageError("give a transfer ID ('jarvis files' lists them), or --all")
-        if self["from"] is not None and not self["all"]:
-            raise usage.UsageError("--from goes with --all")
+        if self[self.contact_option] is not None and not self["all"]:
+            raise usage.UsageError(f"--{self.contact_option} goes with --all")
+
+
+class _OffersOptions(_IdsOrAllOptions):
+    """Offers waiting for our answer: one or more ids, or ``--all`` of them (``--from``
+    CONTACT's only)."""
+
+    optFlags = [["all", "a", "Every offer waiting for your answer, oldest first."]]
+    optParameters = [["from", "f", None, "With --all: only CONTACT's offers."]]
 
 
 class AcceptOptions(_OffersOptions):
@@ -926,11 +926,16 @@ class DeclineOptions(_OffersOptions):
     synopsis = "ID [ID ...] | --all [--from CONTACT]"
 
 
-class CancelOptions(_TransferIdsOptions):
+class CancelOptions(_IdsOrAllOptions):
     """Cancel file transfers, sending or receiving (the contact is told; a partial file is
-    removed); several IDs as for accept."""
+    removed); several IDs as for accept. --all cancels every transfer not ended yet, both
+    ways (offers made or waiting for your answer, files streaming or waiting to resume),
+    oldest first; --with CONTACT only those with that contact."""
 
-    synopsis = "ID [ID ...]"
+    synopsis = "ID [ID ...] | --all [--with CONTACT]"
+    contact_option = "with"
+    optFlags = [["all", "a", "Every transfer not ended yet, both ways, oldest first."]]
+    optParameters = [["with", "w", None, "With --all: only the transfers with CONTACT."]]
 
 
 class Options(usage.Options):

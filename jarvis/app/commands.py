@@ -1376,35 +1376,51 @@ async def cmd_decline(session: Session, sub: usage.Options, inputs: dict[str, An
     await _answer_offers(session, "files.decline", sub, {})
 
 
+def _waiting_for_us(t: dict[str, Any]) -> bool:
+    """An offer waiting for our answer."""
+    return bool(t["state"] == "offered" and t["direction"] == "in")
+
+
+def _not_ended(t: dict[str, Any]) -> bool:
+    """A transfer not complete, cancelled or failed yet (either way)."""
+    return t["state"] not in ("complete", "cancelled", "failed")
+
+
 async def _answer_offers(
-    session: Session, method: str, sub: usage.Options, extra: dict[str, Any]
+    session: Session,
+    method: str,
+    sub: usage.Options,
+    extra: dict[str, Any],
+    *,
+    chosen: Callable[[dict[str, Any]], bool] = _waiting_for_us,
+    none: str = "no offer waits for your answer",
 ) -> None:
-    """Answer the offers *sub* names: its ids, or with ``--all`` every offer waiting for our
-    answer (``--from``: that contact's), oldest first, always in the several-ids form."""
+    """Answer the transfers *sub* names: its ids, or with ``--all`` every transfer *chosen*
+    keeps (by default the offers waiting for our answer; the option named by
+    ``sub.contact_option``, ``--from`` or ``--with``: that contact's only), oldest first,
+    always in the several-ids form; *none* is said when there is none."""
     if not sub["all"]:
         await _answer_transfers(session, method, sub["ids"], extra)
         return
-    sender = None
-    if sub["from"] is not None:
-        contact = await session.call("contacts.show", {"contact": sub["from"]})
-        sender = contact["uid"]
+    peer, option = None, getattr(sub, "contact_option", "from")
+    if sub[option] is not None:
+        contact = await session.call("contacts.show", {"contact": sub[option]})
+        peer = contact["uid"]
     listed = await session.call("files.list", {})
-    waiting = [
-        t
-        for t in listed["transfers"]
-        if t["state"] == "offered"
-        and t["direction"] == "in"
-        and (sender is None or t["contact"] == sender)
+    picked = [
+        t for t in listed["transfers"] if chosen(t) and (peer is None or t["contact"] == peer)
     ]
-    waiting.sort(key=lambda t: t.get("created") or 0.0)
-    if not waiting and not session.options.wants_json():
-        print("no offer waits for your answer", file=sys.stderr)
-    await _answer_transfers(session, method, [t["id"] for t in waiting], extra, several=True)
+    picked.sort(key=lambda t: t.get("created") or 0.0)
+    if not picked and not session.options.wants_json():
+        print(none, file=sys.stderr)
+    await _answer_transfers(session, method, [t["id"] for t in picked], extra, several=True)
 
 
 async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``cancel ID [ID ...]``."""
-    await _answer_transfers(session, "files.cancel", sub["ids"], {})
+    """``cancel ID [ID ...] | --all [--with CONTACT]``."""
+    await _answer_offers(
+        session, "files.cancel", sub, {}, chosen=_not_ended, none="no transfer is under way"
+    )
 
 
 async def _answer_transfers(

@@ -47,6 +47,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/decline [ID]", "Decline an offered file (no ID: the newest here)"),
     ("/decline all", "Decline every file offered in the open conversation"),
     ("/cancel ID", "Cancel a file transfer, either way"),
+    ("/cancel all", "Cancel every transfer not ended in the open conversation, both ways"),
     ("/fetch ID [DIR]", "Ask for a file shared into the open group (ID: on its line)"),
     ("/group create NAME", "Found a private group called NAME (it opens)"),
     ("/invite CONTACT", "Invite a contact to the open group"),

@@ -20,7 +20,16 @@ from jarvis.common.textsafe import human_bytes, terminal_safe
 from jarvis.ui import completion
 from jarvis.ui.calls import error_text, is_cancel
 from jarvis.ui.host import UiHost
-from jarvis.ui.model import InputError, Message, SendText, SlashCommand, is_group, parse_input
+from jarvis.ui.model import (
+    FINAL_TRANSFER_STATES,
+    InputError,
+    Message,
+    SendText,
+    SlashCommand,
+    is_group,
+    parse_input,
+    transfer_conversation,
+)
 
 #: The most files one ``/file`` pattern offers (a receiver takes at most 500 offers from one
 #: contact waiting at once).
@@ -192,6 +201,9 @@ class Sender:
         if verb in ("accept", "decline") and args[:1] == ("all",):
             self.answer_all(verb, args[1] if len(args) > 1 else None)
             return
+        if verb == "cancel" and args == ("all",):
+            self.cancel_all()
+            return
         if not args or not args[0]:
             newest = self.model.newest_offer(self.model.current_uid)
             if newest is None:
@@ -215,36 +227,73 @@ class Sender:
 
     def answer_all(self, verb: str, directory: str | None) -> None:
         """``/accept all [DIR]``, ``/decline all``: answer every offer waiting in the open
-        conversation, oldest first, one call each; the status line then says how many were
-        answered and, if any was not, the first reason."""
+        conversation, oldest first, one call each (:meth:`_answer_each`)."""
         ids = self.model.offers_waiting_in(self.model.current_uid)
         if not ids:
             self.model.notify(f"no offer waits for an answer here: /{verb} all", "error")
             self._controller.redraw()
             return
         extra = {"directory": directory} if directory else {}
-        done = "accepted" if verb == "accept" else "declined"
+        d = self._answer_each(verb, ids, extra, "files offered here")
+        d.addErrback(self._controller.internal_error, f"/{verb} all")
+
+    def cancel_all(self) -> None:
+        """``/cancel all``: cancel every transfer not ended yet in the open conversation, both
+        ways (the daemon's list says which), oldest first, one call each
+        (:meth:`_answer_each`)."""
+        uid = self.model.current_uid
+        if uid is None:
+            self.model.notify("open a conversation first (Alt+1), then /cancel all", "error")
+            return
 
         @defer.inlineCallbacks
-        def answer() -> Any:
-            answered, failures = 0, []
-            for tid in ids:
-                try:
-                    yield self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb)
-                except Exception:
-                    failures.append(Failure())
-                    if is_cancel(failures[-1]):  # Ctrl+C (it says so): the rest stay waiting
-                        return
-                else:
-                    answered += 1
-            said = f"{done} {answered} of {len(ids)} files offered here"
-            if failures:
-                self.model.notify(f"{said}; not answered: {error_text(failures[0])}", "error")
-            else:
-                self.model.notify(said)
-            self._controller.redraw()
+        def cancel() -> Any:
+            listed = yield self._controller.call("files.list", label="cancel")
+            here = sorted(
+                (
+                    t
+                    for t in listed.get("transfers") or ()
+                    if isinstance(t, Mapping)
+                    and isinstance(t.get("contact"), str)
+                    and transfer_conversation(t) == uid
+                    and t.get("state") not in FINAL_TRANSFER_STATES
+                ),
+                key=lambda t: float(t.get("created") or 0.0),
+            )
+            if not here:
+                self.model.notify("no transfer is under way here: /cancel all", "error")
+                self._controller.redraw()
+                return
+            ids = [str(t["id"]) for t in here]
+            yield self._answer_each("cancel", ids, {}, "transfers here")
 
-        answer().addErrback(self._controller.internal_error, f"/{verb} all")
+        d = cancel()
+        d.addErrback(
+            lambda f: None if is_cancel(f) else self._controller.internal_error(f, "/cancel all")
+        )
+
+    @defer.inlineCallbacks
+    def _answer_each(self, verb: str, ids: list[str], extra: dict[str, Any], what: str) -> Any:
+        """Call ``files.VERB`` for each of *ids* in turn; the status line then says how many
+        were answered ("accepted 2 of 3 *what*") and, if any was not, the first reason.
+        Ctrl+C stops the rest (the controller says so)."""
+        done = {"accept": "accepted", "decline": "declined", "cancel": "cancelled"}[verb]
+        answered, failures = 0, []
+        for tid in ids:
+            try:
+                yield self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb)
+            except Exception:
+                failures.append(Failure())
+                if is_cancel(failures[-1]):  # Ctrl+C (it says so): the rest are left as they are
+                    return
+            else:
+                answered += 1
+        said = f"{done} {answered} of {len(ids)} {what}"
+        if failures:
+            self.model.notify(f"{said}; not answered: {error_text(failures[0])}", "error")
+        else:
+            self.model.notify(said)
+        self._controller.redraw()
 
     def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
         """Say a transfer's state on the status line: "file NAME: STATE*after*", then its
