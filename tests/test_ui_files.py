@@ -769,7 +769,8 @@ class GroupFileTests(SynchronousTestCase):
     def test_file_in_a_group_offers_to_every_member(self) -> None:
         """When /file PATH is typed in the open group, then groups.sendFile is called with the
         group's id and the path (files.send is not), and the group's conversation says it was
-        offered to alice and bob, each with the /cancel id of their own transfer."""
+        offered to alice and bob, each with the /cancel id of their own transfer; a pattern
+        sends each file it matches into the group."""
         controller, client, clock = started_with_group()
         client.m_groups_sendFile = lambda params: {
             "group": GID,
@@ -792,6 +793,15 @@ class GroupFileTests(SynchronousTestCase):
         self.assertNotIn("files.send", client.methods_called())
         said = "offered report.pdf (3.0 MiB) to alice (/cancel 01234567), bob (/cancel fedcba98)"
         self.assertIn(said, lines(controller, KEY))
+        # a pattern in a group: each file it matches goes into the group
+        controller.expand_paths = lambda pattern: defer.succeed(["/tmp/a.pdf", "/tmp/b.pdf"])
+        press(controller, "/file /tmp/*.pdf", "enter")
+        self.assertEqual(
+            [p["path"] for m, p in client.calls if m == "groups.sendFile"],
+            ["/tmp/report.pdf", "/tmp/a.pdf", "/tmp/b.pdf"],
+        )
+        self.assertNotIn("files.send", client.methods_called())
+        self.assertEqual(controller.model.status.text, "offered 2 of 2 files")
 
     def test_offer_into_the_open_group_prompts(self) -> None:
         """When an offer into the open group arrives, then the accept prompt opens naming the
