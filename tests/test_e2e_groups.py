@@ -302,7 +302,8 @@ class GroupCliTests(TestCase):
         fails with one line (exit 1), and the founder left
         alone cannot leave (nobody to hand the group to; `leave --help` documents --to); bob's
         ``group send-file --wait`` answers with alice's transfer complete once she accepted it
-        with ``accept``, and her copy is identical."""
+        with ``accept``, and her copy is identical; ``group send-file`` with three paths, one
+        missing, offers the two others into the group and says which failed."""
         from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from tests.peers import EventRecorder
@@ -369,6 +370,21 @@ class GroupCliTests(TestCase):
         with open(os.path.join(inbox, "menu.txt"), encoding="utf-8") as f:
             self.assertEqual(f.read(), "soup\n" * 1000)
         self.assertIn("menu.txt", await bob.ok("files"))
+        # two files and a missing one into the group in one command
+        lists = [write(os.path.join(root, f"list{i}.txt"), f"item {i}\n") for i in (1, 2)]
+        missing = os.path.join(root, "missing.txt")
+        code, out, err = await bob.run(
+            "--json", "group", "send-file", "family", lists[0], missing, lists[1]
+        )
+        self.assertEqual(code, 1)
+        sent = json.loads(out)
+        self.assertEqual(
+            [(t["name"], t["contact"]) for t in sent["transfers"]],
+            [("list1.txt", me_a["uid"]), ("list2.txt", me_a["uid"])],
+        )
+        self.assertEqual(len(sent["messages"]), 2)
+        self.assertEqual([f["path"] for f in sent["failed"]], [missing])
+        await seen.wait(lambda: len(seen.named("transfer.offered")) == 3, 60)
 
         role = await alice.json("group", "role", "family", "Bob", "admin")
         self.assertEqual((role["member"], role["role"]), (me_b["uid"], "admin"))

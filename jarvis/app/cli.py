@@ -733,14 +733,17 @@ class GroupSendFileOptions(CommandOptions):
     """Send a file into GROUP: hashed once, offered to every other member (one transfer each,
     listed by 'jarvis files'); each member accepts it on its own. Prints one line per
     transfer. With --wait, wait until every transfer ended (one progress bar for all of them
-    on a terminal); the exit status is 1 unless every one completed."""
+    on a terminal); the exit status is 1 unless every one completed. Several PATHs are sent
+    one after the other, as with 'jarvis send-file'."""
 
-    synopsis = "GROUP PATH [--wait]"
+    synopsis = "GROUP PATH [PATH ...] [--wait]"
     optFlags = [["wait", "w", "Wait until every member's transfer ended."]]
 
-    def parseArgs(self, group: str, path: str) -> None:  # type: ignore[override]
+    def parseArgs(self, group: str, *paths: str) -> None:  # type: ignore[override]
+        if not paths:
+            raise usage.UsageError("group send-file needs GROUP and at least one PATH")
         self["group"] = group
-        self["path"] = os.path.abspath(os.path.expanduser(path))
+        self["paths"] = [os.path.abspath(os.path.expanduser(p)) for p in paths]
 
 
 class GroupFetchFileOptions(CommandOptions):

@@ -1224,18 +1224,28 @@ _PATH_ERRORS = frozenset({"invalid", "too_large"})
 
 
 async def _send_files(session: Session, contact: str, paths: list[str], *, wait: bool) -> None:
-    """Offer each of *paths* to *contact* in turn: a line each as it is offered, or with
-    *wait* one progress bar for all (``files.wait``) and then a line for each one's end.  A
-    path that cannot be sent is said on stderr ("PATH: why") while the others still go.
-    ``--json``: ``{"transfers": [...], "failed": [{"path", "error"}]}``.  Exit status 1 if a
-    path failed, or with *wait* if a transfer did not complete."""
-    quiet = session.options.wants_json()
+    """``send-file`` with several paths: :func:`_offer_each` to the contact."""
     uid = (await session.call("contacts.show", {"contact": contact}))["uid"]
+    await _offer_each(session, "files.send", {"contact": uid}, paths, wait=wait)
+
+
+async def _offer_each(
+    session: Session, method: str, params: dict[str, Any], paths: list[str], *, wait: bool
+) -> None:
+    """Call *method* (``files.send`` or ``groups.sendFile``) with *params* for each of
+    *paths* in turn: a line per transfer as it is offered, or with *wait* one progress bar
+    for all (``files.wait``) and then a line for each one's end.  A path that cannot be sent
+    is said on stderr ("PATH: why") while the others still go.  ``--json``: ``{"transfers":
+    [...], "failed": [{"path", "error"}]}``, and for a group ``"messages"``: the group
+    message recording each file sent.  Exit status 1 if a path failed, or with *wait* if a
+    transfer did not complete."""
+    quiet = session.options.wants_json()
     offered: list[Any] = []
+    messages: list[Any] = []
     failed: list[dict[str, str]] = []
     for path in paths:
         try:
-            result = await session.call("files.send", {"contact": uid, "path": path})
+            result = await session.call(method, {**params, "path": path})
         except RemoteError as e:
             if e.kind not in _PATH_ERRORS:
                 raise
@@ -1243,9 +1253,12 @@ async def _send_files(session: Session, contact: str, paths: list[str], *, wait:
             if not quiet:
                 print(f"jarvis: {terminal_safe(path)}: {terminal_safe(str(e))}", file=sys.stderr)
             continue
-        offered.append(result)
+        views = result.get("transfers", [result])
+        if "message" in result:
+            messages.append(result["message"])
+        offered.extend(views)
         if not wait and not quiet:
-            print(terminal_safe(transfer_line(result)))
+            print("\n".join(terminal_safe(transfer_line(t)) for t in views))
     if wait and offered:
         bar = _combined(_progress_bar())
         ids = [t["id"] for t in offered]
@@ -1255,7 +1268,10 @@ async def _send_files(session: Session, contact: str, paths: list[str], *, wait:
         if not quiet:
             print("\n".join(terminal_safe(transfer_line(t)) for t in offered))
     if quiet:
-        print(json_text({"transfers": offered, "failed": failed}, indent=2))
+        answer: dict[str, Any] = {"transfers": offered, "failed": failed}
+        if method == "groups.sendFile":
+            answer["messages"] = messages
+        print(json_text(answer, indent=2))
     if failed:
         raise errors.InvalidInput(f"{len(failed)} of {len(paths)} files were not offered")
     if wait and any(t.get("state") != "complete" for t in offered):
@@ -1281,10 +1297,15 @@ async def _one_transfer(
 
 
 async def group_send_file(session: Session, opts: usage.Options) -> None:
-    """``group send-file GROUP PATH [--wait]``: one line per member's transfer (their end
-    states with --wait; exit status 1 unless every one completed)."""
+    """``group send-file GROUP PATH [PATH ...] [--wait]``: one line per member's transfer
+    (their end states with --wait; exit status 1 unless every one completed); several paths,
+    :func:`_offer_each`."""
     session.interrupted_note = OFFERS_STAY
-    params: dict[str, Any] = {"group": opts["group"], "path": opts["path"]}
+    if len(opts["paths"]) > 1:
+        group = {"group": opts["group"]}
+        await _offer_each(session, "groups.sendFile", group, opts["paths"], wait=opts["wait"])
+        return
+    params: dict[str, Any] = {"group": opts["group"], "path": opts["paths"][0]}
     bar = None
     if opts["wait"]:
         params["wait"] = True
