@@ -481,7 +481,8 @@ class AnswerAllTests(SynchronousTestCase):
         """When /cancel all is typed in alice's conversation, then the daemon's list is asked
         for and every transfer with alice not ended is cancelled, oldest first (an offer of
         ours and a file streaming to us; not the complete one, nor bob's), and the status
-        line says how many; in a conversation with nothing under way it says so."""
+        line says how many; in a conversation with nothing under way it says so; a list the
+        daemon refuses is said as the call's failure."""
         ours, theirs, old, bobs = "11" * 16, "22" * 16, "33" * 16, "44" * 16
         controller, client, _clock = started()
         listed = [
@@ -501,6 +502,13 @@ class AnswerAllTests(SynchronousTestCase):
         press(controller, "/cancel all", "enter")
         self.assertEqual(len([m for m, _p in client.calls if m == "files.cancel"]), 2)
         self.assertEqual(controller.model.status.text, "no transfer is under way here: /cancel all")
+
+        def locked(params: dict[str, Any]) -> dict[str, Any]:
+            raise remote_error("locked", "the identity is locked")
+
+        client.m_files_list = locked
+        press(controller, "/cancel all", "enter")
+        self.assertEqual(controller.model.status.text, "/cancel all failed: the identity is locked")
 
     def test_ctrl_c_stops_the_rest(self) -> None:
         """When /accept all waits for the daemon's answer to the first of two offers and

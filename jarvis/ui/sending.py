@@ -267,10 +267,7 @@ class Sender:
             ids = [str(t["id"]) for t in here]
             yield self._answer_each("cancel", ids, {}, "transfers here")
 
-        d = cancel()
-        d.addErrback(
-            lambda f: None if is_cancel(f) else self._controller.internal_error(f, "/cancel all")
-        )
+        cancel().addErrback(self._controller.report, "/cancel all")  # e.g. the daemon is gone
 
     @defer.inlineCallbacks
     def _answer_each(self, verb: str, ids: list[str], extra: dict[str, Any], what: str) -> Any:
