@@ -200,6 +200,20 @@ class ReceiverTests(TestCase):
         transfers.session_established(ALICE)
         self.assertEqual(session.records, [Cancel(offer.transfer_id, "cancelled")])
 
+    def test_a_cancel_says_its_reason_once(self) -> None:
+        """When alice cancels two offers, one with the default reason "cancelled" and one
+        with her own, then bob's transfers say "the peer cancelled" and "the peer cancelled:
+        wrong file" (not "the peer cancelled: cancelled")."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        said = []
+        for reason in ("cancelled", "wrong file"):
+            offer = an_offer(self)
+            transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
+            cancel = Cancel(offer.transfer_id, reason)
+            transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(cancel))
+            said.append(transfers.find(offer.transfer_id.hex()).reason)
+        self.assertEqual(said, ["the peer cancelled", "the peer cancelled: wrong file"])
+
 
 class AcceptFolderTests(TestCase):
     def test_a_folder_that_cannot_take_the_file_says_why(self) -> None:

@@ -725,7 +725,10 @@ class Transfers:
             reason = "declined" if said in ("", "declined") else "declined: " + said
             self._finish(entry, "cancelled", reason, notice="")
         elif isinstance(record, Cancel) and entry.state not in FINAL_STATES:
-            self._finish(entry, "cancelled", "the peer cancelled: " + _safe(record.reason), "")
+            said = _safe(record.reason)
+            # as for a decline: a cancel with no reason of its own carries "cancelled"
+            reason = "the peer cancelled" + ("" if said in ("", "cancelled") else ": " + said)
+            self._finish(entry, "cancelled", reason, "")
         elif isinstance(record, Complete) and entry.sending and entry.state not in FINAL_STATES:
             entry.done = entry.offer.size
             self._finish(entry, "complete", "", "")
