@@ -39,6 +39,10 @@ _UI_RUNNER = (
     "import sys; from jarvis.ui.app import run; "
     "sys.exit(run(sys.argv[1], daemon_args=sys.argv[2:]))"
 )
+#: The UI that never starts a daemon of its own (it only attaches).
+_ATTACHING_UI = (
+    "import sys; from jarvis.ui.app import run; sys.exit(run(sys.argv[1], start_daemon=False))"
+)
 
 _DAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
 
@@ -62,13 +66,17 @@ def start_ui(
     daemon_args: list[str] | None = None,
     columns: int = 80,
     lines: int = 24,
+    start_daemon: bool = True,
 ) -> PtyTerminal:
     """Start the terminal UI for *data_dir* in a pty; it is stopped when *testcase* ends.
 
     :param daemon_args: run the UI through :func:`jarvis.ui.app.run` with these options for the
         daemon it starts; without them the UI runs as ``python -m jarvis`` (the console script).
+    :param start_daemon: ``False``: a UI that only attaches, never starting a daemon itself.
     """
-    if daemon_args is None:
+    if not start_daemon:
+        argv = [sys.executable, "-c", _ATTACHING_UI, data_dir]
+    elif daemon_args is None:
         argv = [sys.executable, "-m", "jarvis"]
     else:
         argv = [sys.executable, "-c", _UI_RUNNER, data_dir, *daemon_args]
@@ -368,7 +376,10 @@ class ReattachTests(TestCase):
             await client.call("identity.create", {"name": "alice", "password": PASSWORD})
         finally:
             await client.close()
-        ui = start_ui(self, data_dir, root)
+        # A UI that only attaches: the console script's UI starts a replacement daemon itself
+        # once the killed one is reaped, and that daemon, if first, takes the data directory
+        # and this test's own restart fails ("another Jarvis daemon already uses ...").
+        ui = start_ui(self, data_dir, root, start_daemon=False)
         await ui.wait_for(" alice │ 0/0 online")
 
         with open(paths.pidfile_path(data_dir), encoding="ascii") as f:
