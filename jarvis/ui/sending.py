@@ -143,23 +143,12 @@ class Sender:
             self.model.notify(terminal_safe(said, keep_newlines=False), "error")
             self._controller.redraw()
             return
-        offered, failures = 0, []
-        for path in paths:
-            try:
-                yield self._offer(uid, path)
-            except Exception:
-                failures.append((path, Failure()))
-                if is_cancel(failures[-1][1]):  # Ctrl+C (it says so): the rest are not offered
-                    return
-            else:
-                offered += 1
-        said = f"offered {offered} of {len(paths)} files"
-        if failures:
-            name = terminal_safe(os.path.basename(failures[0][0]), keep_newlines=False)
-            self.model.notify(f"{said}; not offered: {name}: {error_text(failures[0][1])}", "error")
-        else:
-            self.model.notify(said)
-        self._controller.redraw()
+        yield self._one_by_one(
+            paths,
+            lambda path: self._offer(uid, path),
+            ("offered", "files", "not offered"),
+            name=lambda path: terminal_safe(os.path.basename(path), keep_newlines=False) + ": ",
+        )
 
     def _offer(self, uid: str, path: str) -> defer.Deferred[Any]:
         """Offer the file at *path* in conversation *uid*; the conversation says so (a
@@ -269,27 +258,48 @@ class Sender:
 
         cancel().addErrback(self._controller.report, "/cancel all")  # e.g. the daemon is gone
 
-    @defer.inlineCallbacks
-    def _answer_each(self, verb: str, ids: list[str], extra: dict[str, Any], what: str) -> Any:
-        """Call ``files.VERB`` for each of *ids* in turn; the status line then says how many
-        were answered ("accepted 2 of 3 *what*") and, if any was not, the first reason.
-        Ctrl+C stops the rest (the controller says so)."""
+    def _answer_each(
+        self, verb: str, ids: list[str], extra: dict[str, Any], what: str
+    ) -> defer.Deferred[Any]:
+        """Call ``files.VERB`` for each of *ids* in turn (:meth:`_one_by_one`: "accepted 2 of 3
+        *what*; not answered: WHY")."""
         done = {"accept": "accepted", "decline": "declined", "cancel": "cancelled"}[verb]
-        answered, failures = 0, []
-        for tid in ids:
+        return self._one_by_one(
+            ids,
+            lambda tid: self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb),
+            (done, what, "not answered"),
+        )
+
+    @defer.inlineCallbacks
+    def _one_by_one(
+        self,
+        items: list[str],
+        call: Callable[[str], defer.Deferred[Any]],
+        words: tuple[str, str, str],
+        name: Callable[[str], str] = lambda item: "",
+    ) -> Any:
+        """Run ``call(item)`` for each of *items*, one after the other; the status line then
+        says how many went, in *words* ``(done, what, undone)``: "DONE 2 of 3 WHAT" and, if any
+        failed, "; UNDONE: NAME WHY" for the first (``name(item)``).  Ctrl+C stops the rest
+        (the controller says so)."""
+        done, what, undone = words
+        went, failed = 0, None
+        for item in items:
             try:
-                yield self._controller.call(f"files.{verb}", {"id": tid, **extra}, label=verb)
+                yield call(item)
             except Exception:
-                failures.append(Failure())
-                if is_cancel(failures[-1]):  # Ctrl+C (it says so): the rest are left as they are
+                failure = Failure()
+                if is_cancel(failure):  # the rest are left as they are
                     return
+                failed = failed or (item, failure)
             else:
-                answered += 1
-        said = f"{done} {answered} of {len(ids)} {what}"
-        if failures:
-            self.model.notify(f"{said}; not answered: {error_text(failures[0])}", "error")
-        else:
+                went += 1
+        said = f"{done} {went} of {len(items)} {what}"
+        if failed is None:
             self.model.notify(said)
+        else:
+            item, failure = failed
+            self.model.notify(f"{said}; {undone}: {name(item)}{error_text(failure)}", "error")
         self._controller.redraw()
 
     def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
