@@ -88,10 +88,13 @@ class FakeNetwork:
 
 
 def make_transfers(
-    testcase: TestCase, store: FakeStore | None = None, network: Any = None
+    testcase: TestCase,
+    store: FakeStore | None = None,
+    network: Any = None,
+    sessions: dict[str, FakeSession | None] | None = None,
 ) -> tuple[Transfers, dict[str, FakeSession | None], list[tuple[str, dict[str, Any]]], FakeStore]:
     events: list[tuple[str, dict[str, Any]]] = []
-    sessions: dict[str, FakeSession | None] = {}
+    sessions = {} if sessions is None else sessions
     store = store or FakeStore()
     transfers = Transfers(
         clock=Clock(),
@@ -213,6 +216,22 @@ class ReceiverTests(TestCase):
             transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(cancel))
             said.append(transfers.find(offer.transfer_id.hex()).reason)
         self.assertEqual(said, ["the peer cancelled", "the peer cancelled: wrong file"])
+
+    def test_a_session_up_before_the_transfers_loaded_is_caught_up(self) -> None:
+        """When alice's daemon restarts and its session with bob comes up before her kept
+        transfers are loaded (the session's event found none), then loading them does what
+        the session would have: her offer still waiting is written to bob at once (an
+        accepted one would resume its stream the same way), not at the next session."""
+        store = FakeStore()
+        first, _sessions, _events, _store = make_transfers(self, store)
+        view = send_a_file(self, first)
+        first.close()
+        session = FakeSession()
+        make_transfers(self, store, sessions={BOB: session})
+        self.assertEqual(
+            [(type(r).__name__, r.transfer_id.hex()) for r in session.records],
+            [("Offer", view["id"])],
+        )
 
 
 class AcceptFolderTests(TestCase):

@@ -397,6 +397,11 @@ class Transfers:
                 entry.state = "accepted"  # the stream died with the previous run
             if not entry.sending and entry.state == "accepted" and entry.reason == DISK_FULL:
                 self._wait_for_space(entry)
+        # A session that came up while the kept transfers were loading found none of them:
+        # catch up now, or an accepted transfer would wait for the next session to resume.
+        for uid in sorted({e.peer for e in self._entries.values()}):
+            if sessions(uid) is not None:
+                self.session_established(uid)
 
     def close(self) -> None:
         """Forget the runtime state (at lock); the kept state stays in the store."""
