@@ -477,6 +477,43 @@ class AnswerAllTests(SynchronousTestCase):
         client.emit("transfer.offered", {"transfer": transfer(id="44" * 16, created=NOW)})
         self.assertEqual(controller.model.status.text, "something else")
 
+    def test_an_offer_elsewhere_shows_on_its_row_and_the_status_bar(self) -> None:
+        """When bob offers two files while the UI shows no conversation and nothing else is
+        said, then the status line says a file waits, bob's row in the list shows "2 files"
+        and the status bar "2 offered files" (alice's row no badge); once both are answered
+        from another client the badge, the count and the notice go."""
+        controller, client, _clock = started()
+        self.assertIsNone(controller.model.current_uid)
+        self.assertIsNone(controller.model.status)
+        client.emit(
+            "transfer.offered",
+            {"transfer": transfer(contact=UID_BOB, contact_name="bob", created=NOW)},
+        )
+        self.assertEqual(
+            controller.model.status.text,
+            "a file offered to you waits for an answer: /accept ID or /decline ID",
+        )
+        client.emit(
+            "transfer.offered",
+            {"transfer": transfer(id=TID2, contact=UID_BOB, contact_name="bob", created=NOW)},
+        )
+        lines = screen_text(controller.window, (120, 24)).splitlines()
+        bob_row = next(line for line in lines if "bob" in line[:30])
+        alice_row = next(line for line in lines if "alice" in line[:30])
+        self.assertIn("2 files", bob_row)
+        self.assertNotIn("file", alice_row)
+        self.assertIn("│ 2 offered files │ 2 files offered to you wait", lines[-2])
+        for tid in (TID, TID2):
+            client.emit(
+                "transfer.changed",
+                {"transfer": transfer(id=tid, contact=UID_BOB, state="cancelled")},
+            )
+        lines = screen_text(controller.window, (120, 24)).splitlines()
+        bob_row = next(line for line in lines if "bob" in line[:30])
+        self.assertNotIn("files", bob_row)
+        self.assertNotIn("offered", lines[-2])
+        self.assertIsNone(controller.model.status)
+
     def test_cancel_all_cancels_what_is_under_way_here(self) -> None:
         """When /cancel all is typed in alice's conversation, then the daemon's list is asked
         for and every transfer with alice not ended is cancelled, oldest first (an offer of

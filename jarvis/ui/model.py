@@ -15,6 +15,7 @@ import itertools
 import os
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -1233,7 +1234,12 @@ class MessengerModel:
         t = payload.get("transfer")
         if not isinstance(t, Mapping) or not isinstance(t.get("contact"), str):
             return
+        known = str(t.get("id", "")) in self.waiting_offers
         self._offer_line(t)
+        if not known and self.status is None and str(t.get("id", "")) in self.waiting_offers:
+            # An offer arriving while nothing else is said: the status line says it waits,
+            # whichever conversation it is in (its row shows it too).
+            self.show_offers_notice()
 
     def _offer_line(self, t: Mapping[str, Any]) -> None:
         """The line that shows an offer waiting for our answer, once per transfer (an offer
@@ -1241,7 +1247,7 @@ class MessengerModel:
         ident = str(t.get("id", ""))[:8]
         if t.get("state", "offered") == "offered" and t.get("direction", "in") == "in":
             self.waiting_offers[str(t.get("id", ""))] = (transfer_conversation(t), _created(t))
-            self._offers_notice_changed()
+            self._offers_changed()
         self.add_local(
             transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
@@ -1265,6 +1271,12 @@ class MessengerModel:
         )
         self._changed("status")
 
+    def _offers_changed(self) -> None:
+        """The offers waiting changed: the conversation rows (their offer badges) and a
+        notice counting them follow."""
+        self._offers_notice_changed()
+        self._changed("contacts")
+
     def _offers_notice_changed(self) -> None:
         """The offers waiting changed: a notice counting them is brought up to date (or
         cleared when none is left)."""
@@ -1284,6 +1296,10 @@ class MessengerModel:
         """The ids of the offers waiting for our answer in conversation *uid*, oldest first."""
         here = [(at, tid) for tid, (where, at) in self.waiting_offers.items() if where == uid]
         return [tid for _at, tid in sorted(here)]
+
+    def offers_by_conversation(self) -> Counter[str]:
+        """How many offers wait for our answer in each conversation (by its uid)."""
+        return Counter(where for where, _at in self.waiting_offers.values())
 
     def load_transfers(self, result: Mapping[str, Any]) -> int:
         """Show the transfers the daemon lists when this UI attaches (``files.list``): a UI
@@ -1331,7 +1347,7 @@ class MessengerModel:
             self._put_transfer_line(
                 transfer_conversation(t), tid, text, float(t.get("created") or 0.0)
             )
-        self._offers_notice_changed()  # e.g. all answered meanwhile from another client
+        self._offers_changed()  # e.g. all answered meanwhile from another client
         return waiting
 
     def _transfer_changed(self, payload: Mapping[str, Any]) -> None:
@@ -1341,7 +1357,7 @@ class MessengerModel:
         state = t.get("state")
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
-            self._offers_notice_changed()
+            self._offers_changed()
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.

@@ -29,6 +29,7 @@ _DEFAULT: dict[str, tuple[str, str, str]] = {
     "dot_connecting": ("yellow", "default", ""),
     "dot_offline": ("dark gray", "default", ""),
     "badge": ("white,bold", "dark magenta", "standout,bold"),
+    "offer_badge": ("black", "yellow", "standout"),
     "day": ("dark cyan", "default", "underline"),
     "time": ("dark gray", "default", ""),
     "name_in": ("light cyan,bold", "default", "bold"),

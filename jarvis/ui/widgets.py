@@ -167,12 +167,13 @@ class InputLine(ReadlineEdit):
 
 
 class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
-    """One line of the conversation list: number, online dot, name, unread badge."""
+    """One line of the conversation list: number, online dot, name, unread badge, and how
+    many offered files wait for an answer there."""
 
-    def __init__(self, contact: Contact, number: int, is_open: bool) -> None:
+    def __init__(self, contact: Contact, number: int, is_open: bool, offers: int = 0) -> None:
         self.uid = contact.uid
         #: what the row shows; :class:`ConversationList` keeps a row whose key did not change
-        self.key = (contact, number, is_open)
+        self.key = (contact, number, is_open, offers)
         dot, dot_style = STATUS_DOTS.get(contact.status, STATUS_DOTS["offline"])
         if contact.group:  # a group has no one presence: its members' are in F3
             dot, dot_style = ("-", "hint") if contact.left else ("≡", "conversation")
@@ -187,6 +188,9 @@ class ConversationRow(urwid.WidgetWrap[urwid.AttrMap]):
         if contact.unread:
             count = str(contact.unread) if contact.unread < 1000 else "999+"
             columns.append(("pack", urwid.Text(("badge", f" {count} "))))
+        if offers:
+            files = "file" if offers == 1 else "files"
+            columns.append(("pack", urwid.Text(("offer_badge", f" {min(offers, 999)} {files} "))))
         focus_map: dict[Any, str] = {
             None: "conversation_focus",
             "conversation": "conversation_focus",
@@ -262,15 +266,21 @@ class ConversationList(LazyPane):
     def _bring_up_to_date(self) -> None:
         """Show the model's contacts, keeping the selection on the same contact.
 
-        A row whose contact, number and open state did not change is kept as it is, and the
-        list is left alone when no row changed (most refreshes: a message in the open
+        A row whose contact, number, open state and offers waiting did not change is kept as
+        it is, and the list is left alone when no row changed (most refreshes: a message in the open
         conversation, a delivery mark).
         """
         selected = self.selected_uid()
         kept = {row.uid: row for row in self._walker if isinstance(row, ConversationRow)}
         rows: list[urwid.Widget] = []
+        offers = self._model.offers_by_conversation()
         for index, contact in enumerate(self._model.ordered_contacts(), start=1):
-            key = (contact, index, contact.uid == self._model.current_uid)
+            key = (
+                contact,
+                index,
+                contact.uid == self._model.current_uid,
+                offers.get(contact.uid, 0),
+            )
             existing = kept.get(contact.uid)
             # (an unchanged contact is the same object: the comparison stops at identity)
             if existing is None or existing.key != key:
@@ -569,6 +579,9 @@ class StatusBar(urwid.WidgetWrap[urwid.Text]):
         unread = model.total_unread()
         if unread:
             markup += [("status", "│"), ("status", f" {unread} unread ")]
+        offers = len(model.waiting_offers)
+        if offers:
+            markup += [("status", "│"), ("status", f" {offers} offered file{'s' * (offers > 1)} ")]
         if model.operations:
             spin = SPINNER[self.spinner_step % len(SPINNER)]
             labels = ", ".join(op.label for op in list(model.operations.values())[:2])
