@@ -263,3 +263,27 @@ class DaemonSpawnTests(SynchronousTestCase):
         code, output = self.successResultOf(d)
         self.assertEqual(code, 1)
         self.assertIn("not private", output)
+
+
+class TwistdCommandTests(SynchronousTestCase):
+    def test_no_code_from_the_folder_it_is_run_in(self) -> None:
+        """When Jarvis's twistd command runs in a folder holding ``twisted/plugins/planted.py``
+        (an unpacked archive, say), then that module is not imported (it would write a
+        marker file) and the ``jarvis`` plugin is still found, whether Jarvis is installed or
+        a checkout."""
+        folder = os.path.abspath(self.mktemp())
+        plugins = os.path.join(folder, "twisted", "plugins")
+        os.makedirs(plugins)
+        marker = os.path.join(folder, "imported")
+        with open(os.path.join(plugins, "planted.py"), "w") as f:
+            f.write(f"open({marker!r}, 'w').close()\n")
+        done = subprocess.run(
+            [*launcher.twistd_argv(), "--help"],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertFalse(os.path.exists(marker), "the planted plugin module was imported")
+        self.assertRegex(done.stdout, r"\n\s+jarvis\s+Jarvis peer-to-peer")

@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+import jarvis
 from jarvis.common import paths
 from jarvis.common.atomicfile import write_atomically
 
@@ -37,8 +38,42 @@ MAX_WAIT = 0.5
 
 
 def twistd_argv() -> list[str]:
-    """Return the argv prefix that runs twistd with this interpreter."""
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    """Return the argv prefix that runs twistd with this interpreter (:func:`run_twistd`).
+
+    ``-P``: the folder the command is run from is not put on ``sys.path``.  Without it,
+    twistd's plugin scan imported any ``twisted/plugins/*.py`` found there, into the daemon
+    that holds the unlocked keys (``jarvis`` run in a folder where an archive was unpacked);
+    a checkout's own plugin is found by :func:`run_twistd` instead.
+    """
+    return [sys.executable, "-P", "-c", "from jarvis.app.launcher import run_twistd; run_twistd()"]
+
+
+def checkout_root() -> str | None:
+    """Return the checkout Jarvis runs from (the folder holding ``jarvis/`` and
+    ``twisted/plugins/jarvis_plugin.py``), or ``None`` when it runs from an installed package
+    (whose plugin twistd finds by itself)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(jarvis.__file__)))
+    if os.path.basename(root) in ("site-packages", "dist-packages"):
+        return None
+    if not os.path.isfile(os.path.join(root, "twisted", "plugins", "jarvis_plugin.py")):
+        return None
+    return root
+
+
+def run_twistd() -> None:
+    """Run twistd's command line (``sys.argv``), finding the ``jarvis`` plugin of a checkout
+    too: an editable install (``pip install -e``) hides ``twisted/plugins`` from twistd's scan,
+    which then said "Unknown command: jarvis" unless run from the checkout itself."""
+    root = checkout_root()
+    if root is not None:
+        import twisted.plugins
+
+        folder = os.path.join(root, "twisted", "plugins")
+        if folder not in twisted.plugins.__path__:
+            twisted.plugins.__path__.append(folder)
+    from twisted.scripts.twistd import run
+
+    run()
 
 
 def detached_daemon_argv(data_dir: str, extra: list[str] | None = None) -> list[str]:

@@ -17,7 +17,6 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 
-import jarvis
 from jarvis.app import launcher
 from jarvis.common import errors
 from jarvis.common.atomicfile import write_text_atomically
@@ -60,12 +59,7 @@ def twistd_command() -> list[str]:
 def source_root() -> str | None:
     """Return the directory to put on ``PYTHONPATH`` when Jarvis runs from a checkout rather than
     from an installed package (``None`` when installed: twistd finds it by itself)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(jarvis.__file__)))
-    if os.path.basename(root) in ("site-packages", "dist-packages"):
-        return None
-    if not os.path.isfile(os.path.join(root, "twisted", "plugins", "jarvis_plugin.py")):
-        return None
-    return root
+    return launcher.checkout_root()
 
 
 def quote(arg: str, *, dollar: bool = True) -> str:
