@@ -39,7 +39,8 @@ DEFAULT_TIMEOUT = 5.0
 #: At most this many notifier processes run at once; more notifications wait.
 MAX_CONCURRENT = 2
 
-#: Runs argv[1:] in a new process group: the group can then be killed as a whole.
+#: Runs argv[1:] in a new process group: the group can then be killed as a whole (run as
+#: ``python -P``, so nothing is imported from the folder the daemon was started in).
 _NEW_GROUP = "import os, sys; os.setpgid(0, 0); os.execvp(sys.argv[1], sys.argv[1:])"
 
 _APPLESCRIPT = (
@@ -244,7 +245,7 @@ class Notifier(Service):
         transport = self.reactor.spawnProcess(
             watch,
             executable,
-            [executable, "-c", _NEW_GROUP, *argv],
+            [executable, "-P", "-c", _NEW_GROUP, *argv],
             env=self.env,
             childFDs={0: "w", 1: "r", 2: "r"},
         )
