@@ -177,7 +177,8 @@ class PartialFileTests(SynchronousTestCase):
 
     def test_complete_file_gets_a_free_name(self) -> None:
         """When a file completes and a file of that name exists, then it lands as
-        ``name (1).ext`` and the existing file is untouched; the partial files are gone."""
+        ``name (1).ext``, private (0600, as the partial file was, whatever the umask), and the
+        existing file is untouched; the partial files are gone."""
         prepared, directory, partial = self.make()
         with open(os.path.join(directory, "a.bin"), "wb") as f:
             f.write(b"mine")
@@ -188,6 +189,7 @@ class PartialFileTests(SynchronousTestCase):
         self.assertTrue(partial.is_complete())
         final = partial.finish()
         self.assertEqual(os.path.basename(final), "a (1).bin")
+        self.assertEqual(stat.S_IMODE(os.lstat(final).st_mode), 0o600)
         self.assertEqual(sha256_file(final), sha256_file(prepared.path))
         with open(os.path.join(directory, "a.bin"), "rb") as f:
             self.assertEqual(f.read(), b"mine")
