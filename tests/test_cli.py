@@ -234,6 +234,74 @@ class FigureTests(SynchronousTestCase):
         self.assertRaises(errors.InvalidInput, parse_setting, "n", "x", 3)
 
 
+class TerminalStderr(io.StringIO):
+    """A stderr that says it is a terminal (80 columns)."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("no descriptor")
+
+
+class WaitBarTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.err = TerminalStderr()
+        self.patch(sys, "stderr", self.err)
+
+    def test_note_until_bytes_move_then_the_bar(self) -> None:
+        """When send-file --wait waits on a terminal, then its note says whose accept it waits
+        for, "accepted: starting" follows the accept, the bar replaces it once bytes move and
+        stays when it ends (a newline); a note no bytes followed is wiped instead."""
+        from jarvis.app.commands import _ProgressBar
+
+        bar = _ProgressBar.on_terminal("waiting for alice to accept a.bin (Ctrl+C stops waiting)")
+        assert bar is not None
+        self.assertEqual(
+            self.err.getvalue(), "\rwaiting for alice to accept a.bin (Ctrl+C stops waiting)\x1b[K"
+        )
+        bar({"id": "t1", "state": "accepted"})
+        self.assertTrue(
+            self.err.getvalue().endswith("\raccepted: starting (Ctrl+C stops waiting)\x1b[K")
+        )
+        bar({"id": "t1", "bytes": 512, "size": 1024, "rate": 2048.0, "eta": 1})
+        self.assertIn(
+            "[###############...............]  50.0% 512 B of 1.0 KiB 2.0 KiB/s ETA 1 s",
+            self.err.getvalue(),
+        )
+        bar({"id": "t1", "state": "accepted"})  # once bytes moved, no note comes back
+        bar.close()
+        self.assertEqual(self.err.getvalue().count("accepted: starting"), 1)
+        self.assertTrue(self.err.getvalue().endswith("\n"))
+
+        self.err.truncate(0)
+        self.err.seek(0)
+        declined = _ProgressBar.on_terminal("waiting for bob to accept b.bin")
+        assert declined is not None
+        declined({"id": "t2", "state": "cancelled"})
+        declined.close()
+        self.assertEqual(self.err.getvalue(), "\rwaiting for bob to accept b.bin\x1b[K\r\x1b[K")
+
+    def test_combined_bar_adds_up_and_no_bar_off_a_terminal(self) -> None:
+        """When several transfers report, then one bar adds their bytes and sizes; when stderr
+        is not a terminal, there is no bar and nothing is written; a note is cut to the
+        terminal's width and made terminal-safe."""
+        from jarvis.app.commands import _ProgressBar
+
+        bar = _ProgressBar.on_terminal("waiting\x1b]52;x\x07 " + "x" * 200, combined=True)
+        assert bar is not None
+        note = self.err.getvalue()
+        self.assertNotIn("\x1b]", note)
+        self.assertLessEqual(len(note.removeprefix("\r").removesuffix("\x1b[K")), 79)
+        bar({"id": "a", "bytes": 100, "size": 1000, "rate": 10.0, "eta": 5})
+        bar({"id": "b", "bytes": 400, "size": 1000, "rate": 30.0, "eta": 9})
+        bar({"id": "a", "bytes": 600, "size": 1000, "rate": 10.0, "eta": 2})
+        self.assertIn("50.0% 1000 B of 2.0 KiB 40 B/s ETA 9 s", self.err.getvalue())
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertIsNone(_ProgressBar.on_terminal("waiting"))
+        self.assertEqual(sys.stderr.getvalue(), "")
+
+
 class StartFailureTests(SynchronousTestCase):
     """What ``jarvis daemon start`` says when twistd exits at once."""
 

@@ -1179,28 +1179,86 @@ def transfer_line(t: dict[str, Any]) -> str:
     return line
 
 
-def _progress_bar() -> Callable[[Any], None] | None:
-    if not sys.stderr.isatty():
-        return None
+class _ProgressBar:
+    """The progress bar of a file command's ``--wait`` on a terminal (stderr): first a note of
+    what it waits for (the contact's accept), replaced by the bar once bytes move.
 
-    def show(value: Any) -> None:
-        if not isinstance(value, dict) or "size" not in value:
+    :param waiting: the note shown until then.
+    :param combined: one bar for several transfers: their bytes, sizes and rates summed,
+        and the longest ETA.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, waiting: str, *, combined: bool = False) -> None:
+        self.moved = False
+        self._combined = combined
+        self._latest: dict[str, dict[str, Any]] = {}
+        if waiting:
+            self._line(waiting)
+
+    @classmethod
+    def on_terminal(cls, waiting: str = "", *, combined: bool = False) -> _ProgressBar | None:
+        """A bar when stderr is a terminal, else ``None`` (nothing is drawn)."""
+        return cls(waiting, combined=combined) if sys.stderr.isatty() else None
+
+    @staticmethod
+    def _line(text: str) -> None:
+        # One terminal line, cut to the width: a wrapped line would not be overwritten whole.
+        try:
+            width = os.get_terminal_size(sys.stderr.fileno()).columns
+        except (OSError, ValueError):
+            width = 80
+        text = terminal_safe(text, keep_newlines=False)[: max(width - 1, 10)]
+        sys.stderr.write(f"\r{text}\x1b[K")
+        sys.stderr.flush()
+
+    def __call__(self, value: Any) -> None:
+        """Take one ``$/progress`` value: ``{id, bytes, size, rate, eta}`` or ``{id, state}``."""
+        if not isinstance(value, dict):
             return
+        if "size" not in value:
+            if not self.moved and value.get("state") == "accepted":
+                self._line("accepted: starting (Ctrl+C stops waiting)")
+            return
+        if self._combined:
+            self._latest[str(value.get("id"))] = value
+            views = self._latest.values()
+            etas = [v["eta"] for v in views if isinstance(v.get("eta"), int | float)]
+            value = {
+                "bytes": sum(int(v.get("bytes") or 0) for v in views),
+                "size": sum(int(v.get("size") or 0) for v in views),
+                "rate": sum(float(v.get("rate") or 0) for v in views),
+                "eta": max(etas) if etas else None,
+            }
+        self.moved = True
         size = int(value.get("size") or 0)
         done = int(value.get("bytes") or 0)
         fraction = done / size if size else 1.0
-        width = 30
-        filled = int(fraction * width)
+        filled = int(fraction * self.WIDTH)
         eta = value.get("eta")
         tail = f" ETA {human_duration(eta)}" if isinstance(eta, int | float) else ""
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:5.1f}% "
+        self._line(
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% "
             f"{human_bytes(done)} of {human_bytes(size)} "
-            f"{human_bytes(int(value.get('rate') or 0))}/s{tail}\x1b[K"
+            f"{human_bytes(int(value.get('rate') or 0))}/s{tail}"
         )
+
+    def close(self) -> None:
+        """End the bar's line: a bar stays (the next line goes below it), a note that no
+        bytes followed is wiped."""
+        sys.stderr.write("\n" if self.moved else "\r\x1b[K")
         sys.stderr.flush()
 
-    return show
+
+async def _waited(session: Session, method: str, params: dict[str, Any], bar: Any) -> Any:
+    """``session.call(method, params)`` with *bar* (or none) hearing its progress; the bar's
+    line is ended however the call ends."""
+    try:
+        return await session.call(method, params, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -1212,8 +1270,14 @@ async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, 
         await _send_files(session, sub["contact"], paths, wait=bool(sub["wait"]))
         return
     params = {"contact": sub["contact"], "path": paths[0]}
-    await _one_transfer(session, "files.send", params, wait=bool(sub["wait"]))
+    waiting = (
+        f"waiting for {sub['contact']} to accept {os.path.basename(paths[0])} ({STOP_WAITING})"
+    )
+    await _one_transfer(session, "files.send", params, wait=bool(sub["wait"]), waiting=waiting)
 
+
+#: What the note of ``send-file --wait`` says of Ctrl+C.
+STOP_WAITING = "Ctrl+C stops waiting; the offer stays"
 
 #: What Ctrl+C leaves of ``send-file`` (also while it waits): the offers already made.
 OFFERS_STAY = "what was offered stays offered (jarvis files lists it; jarvis cancel ID stops it)"
@@ -1226,11 +1290,17 @@ _PATH_ERRORS = frozenset({"invalid", "too_large"})
 async def _send_files(session: Session, contact: str, paths: list[str], *, wait: bool) -> None:
     """``send-file`` with several paths: :func:`_offer_each` to the contact."""
     uid = (await session.call("contacts.show", {"contact": contact}))["uid"]
-    await _offer_each(session, "files.send", {"contact": uid}, paths, wait=wait)
+    await _offer_each(session, "files.send", {"contact": uid}, paths, wait=wait, who=contact)
 
 
 async def _offer_each(
-    session: Session, method: str, params: dict[str, Any], paths: list[str], *, wait: bool
+    session: Session,
+    method: str,
+    params: dict[str, Any],
+    paths: list[str],
+    *,
+    wait: bool,
+    who: str,
 ) -> None:
     """Call *method* (``files.send`` or ``groups.sendFile``) with *params* for each of
     *paths* in turn: a line per transfer as it is offered, or with *wait* one progress bar
@@ -1238,7 +1308,7 @@ async def _offer_each(
     is said on stderr ("PATH: why") while the others still go.  ``--json``: ``{"transfers":
     [...], "failed": [{"path", "error"}]}``, and for a group ``"messages"``: the group
     message recording each file sent.  Exit status 1 if a path failed, or with *wait* if a
-    transfer did not complete."""
+    transfer did not complete.  *who*: whose accept the note of the bar waits for."""
     quiet = session.options.wants_json()
     offered: list[Any] = []
     messages: list[Any] = []
@@ -1260,11 +1330,13 @@ async def _offer_each(
         if not wait and not quiet:
             print("\n".join(terminal_safe(transfer_line(t)) for t in views))
     if wait and offered:
-        bar = _combined(_progress_bar())
+        count = len(paths) - len(failed)
+        files = "a file" if count == 1 else f"{count} files"
+        bar = _ProgressBar.on_terminal(
+            f"waiting for {who} to accept {files} ({STOP_WAITING})", combined=True
+        )
         ids = [t["id"] for t in offered]
-        offered = (await session.call("files.wait", {"ids": ids}, progress=bar))["transfers"]
-        if bar is not None:
-            sys.stderr.write("\n")
+        offered = (await _waited(session, "files.wait", {"ids": ids}, bar))["transfers"]
         if not quiet:
             print("\n".join(terminal_safe(transfer_line(t)) for t in offered))
     if quiet:
@@ -1279,18 +1351,17 @@ async def _offer_each(
 
 
 async def _one_transfer(
-    session: Session, method: str, params: dict[str, Any], *, wait: bool
+    session: Session, method: str, params: dict[str, Any], *, wait: bool, waiting: str
 ) -> None:
     """Call *method*, which starts one transfer: print its id, or with *wait* its end state
-    after a progress bar on a terminal (exit status 1 unless it completed)."""
+    after a progress bar on a terminal, which says *waiting* until bytes move (exit status 1
+    unless it completed)."""
     if not wait:
         result = await session.call(method, params)
         session.emit(result["id"], result)
         return
-    bar = _progress_bar()
-    result = await session.call(method, {**params, "wait": True}, progress=bar)
-    if bar is not None:
-        sys.stderr.write("\n")
+    bar = _ProgressBar.on_terminal(waiting)
+    result = await _waited(session, method, {**params, "wait": True}, bar)
     session.emit(transfer_line(result), result)
     if result.get("state") != "complete":
         raise SystemExit(1)
@@ -1301,18 +1372,22 @@ async def group_send_file(session: Session, opts: usage.Options) -> None:
     (their end states with --wait; exit status 1 unless every one completed); several paths,
     :func:`_offer_each`."""
     session.interrupted_note = OFFERS_STAY
+    members = f"the members of {opts['group']}"
     if len(opts["paths"]) > 1:
         group = {"group": opts["group"]}
-        await _offer_each(session, "groups.sendFile", group, opts["paths"], wait=opts["wait"])
+        await _offer_each(
+            session, "groups.sendFile", group, opts["paths"], wait=opts["wait"], who=members
+        )
         return
     params: dict[str, Any] = {"group": opts["group"], "path": opts["paths"][0]}
     bar = None
     if opts["wait"]:
         params["wait"] = True
-        bar = _combined(_progress_bar())
-    result = await session.call("groups.sendFile", params, progress=bar)
-    if bar is not None:
-        sys.stderr.write("\n")
+        name = os.path.basename(opts["paths"][0])
+        bar = _ProgressBar.on_terminal(
+            f"waiting for {members} to accept {name} ({STOP_WAITING})", combined=True
+        )
+    result = await _waited(session, "groups.sendFile", params, bar)
     transfers = result["transfers"]
     session.emit("\n".join(transfer_line(t) for t in transfers), result)
     if opts["wait"] and any(t.get("state") != "complete" for t in transfers):
@@ -1327,31 +1402,11 @@ async def group_fetch_file(session: Session, opts: usage.Options) -> None:
         params["directory"] = opts["to"]
     if opts["from"] is not None:
         params["from"] = opts["from"]
-    await _one_transfer(session, "groups.fetchFile", params, wait=bool(opts["wait"]))
-
-
-def _combined(show: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
-    """One progress bar for several transfers: *show* gets their bytes, sizes and rates
-    summed, and the longest ETA."""
-    if show is None:
-        return None
-    latest: dict[str, dict[str, Any]] = {}
-
-    def each(value: Any) -> None:
-        if not isinstance(value, dict) or "size" not in value:
-            return
-        latest[str(value.get("id"))] = value
-        etas = [v["eta"] for v in latest.values() if isinstance(v.get("eta"), int | float)]
-        show(
-            {
-                "bytes": sum(int(v.get("bytes") or 0) for v in latest.values()),
-                "size": sum(int(v.get("size") or 0) for v in latest.values()),
-                "rate": sum(float(v.get("rate") or 0) for v in latest.values()),
-                "eta": max(etas) if etas else None,
-            }
-        )
-
-    return each
+    asked = opts["from"] or f"a member of {opts['group']}"
+    waiting = f"asking {asked} for the file (Ctrl+C stops waiting)"
+    await _one_transfer(
+        session, "groups.fetchFile", params, wait=bool(opts["wait"]), waiting=waiting
+    )
 
 
 def policy_lines(policy: dict[str, Any], names: dict[str, str]) -> list[str]:
