@@ -266,6 +266,38 @@ class AcceptFolderTests(TestCase):
         )
         self.assertEqual(transfers.find(tid).state, "offered")
 
+    def test_accept_or_decline_of_what_is_not_a_waiting_offer_says_what_it_is(self) -> None:
+        """When accept or decline is asked of a file we offered, of an offer already accepted
+        and of one already declined, then each is refused saying what the transfer is (and
+        how to stop it, when it can be), and none of them changes."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        sent = send_a_file(self, transfers)["id"]
+        offer = an_offer(self, size=3000)
+        transfers._offer_received(ALICE, offer)
+        accepted = offer.transfer_id.hex()
+        self.successResultOf(transfers.accept(accepted, short_tempdir(self)))
+        other = replace(offer, transfer_id=os.urandom(16))
+        transfers._offer_received(ALICE, other)
+        declined = other.transfer_id.hex()
+        self.successResultOf(transfers.decline(declined))
+        for answer in (transfers.accept, transfers.decline):
+            said = [
+                self.failureResultOf(answer(tid), InvalidInput).getErrorMessage()
+                for tid in (sent, accepted, declined)
+            ]
+            self.assertEqual(
+                said,
+                [
+                    f"transfer {sent[:8]} is a file you offered: your contact accepts or "
+                    f"declines it (jarvis cancel {sent[:8]} withdraws it)",
+                    f"transfer {accepted[:8]} is accepted, no longer waiting for an answer "
+                    f"(jarvis cancel {accepted[:8]} stops it)",
+                    f"transfer {declined[:8]} is already cancelled",
+                ],
+            )
+        states = [transfers.find(t).state for t in (sent, accepted, declined)]
+        self.assertEqual(states, ["offered", "accepted", "cancelled"])
+
 
 class SenderTests(TestCase):
     def test_offer_written_until_answered_then_stream_dialled(self) -> None:

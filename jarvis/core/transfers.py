@@ -1102,8 +1102,7 @@ class Transfers:
             usable; ``FileTooLarge`` / ``NotEnoughSpace`` mapped to InvalidInput with the reason.
         """
         entry = self.find(ref)
-        if entry.sending or entry.state != "offered":
-            raise InvalidInput(f"transfer {entry.id[:8]} is not waiting to be accepted")
+        _check_waiting_offer(entry)
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         policy, _auto = self._policy(entry.peer)
         partial = yield self._in_folder(_create_partial, directory, entry.offer, policy)
@@ -1142,8 +1141,7 @@ class Transfers:
     def decline(self, ref: str, reason: str = "") -> Any:
         """Decline an incoming offer (the sender is told)."""
         entry = self.find(ref)
-        if entry.sending or entry.state != "offered":
-            raise InvalidInput(f"transfer {entry.id[:8]} is not waiting to be accepted")
+        _check_waiting_offer(entry)
         yield self._finish(entry, "cancelled", reason or "declined", notice="decline")
         return self.view(entry)
 
@@ -1747,6 +1745,24 @@ def _holds(entry: TransferEntry) -> bool:
 def _request_of(entry: TransferEntry) -> Request:
     offer = entry.offer
     return Request(offer.transfer_id, offer.group_id, offer.content_hash)
+
+
+def _check_waiting_offer(entry: TransferEntry) -> None:
+    """Raise :class:`InvalidInput` saying what *entry* is, unless it is an offer waiting for
+    our answer (what ``accept`` and ``decline`` take)."""
+    tid = entry.id[:8]
+    if entry.sending:
+        raise InvalidInput(
+            f"transfer {tid} is a file you offered: your contact accepts or declines it "
+            f"(jarvis cancel {tid} withdraws it)"
+        )
+    if entry.state in FINAL_STATES:
+        raise InvalidInput(f"transfer {tid} is already {entry.state}")
+    if entry.state != "offered":
+        raise InvalidInput(
+            f"transfer {tid} is {entry.state}, no longer waiting for an answer "
+            f"(jarvis cancel {tid} stops it)"
+        )
 
 
 def _check_folder(directory: str, offer: Offer, policy: ReceivePolicy) -> None:
