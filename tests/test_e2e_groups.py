@@ -326,7 +326,8 @@ class GroupCliTests(TestCase):
         int(gid, 16)
         listed = await alice.json("group", "list")
         self.assertEqual([(g["id"], g["name"]) for g in listed], [(gid, "family")])
-        await alice.ok("group", "invite", "family", "Bob")
+        said = await alice.ok("group", "invite", "family", "Bob")
+        self.assertEqual(said.strip(), f"invited Bob ({me_b['uid'][:12]}) to family")
         # the 1:1 stream is in order: once this is delivered, the invitation was handled
         await alice.ok("send", "Bob", "barrier", "--wait", "delivered")
         invites = await bob.json("group", "invites")

@@ -1081,7 +1081,9 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
         result = await session.call(
             "groups.invite", {"group": opts["group"], "contact": opts["contact"]}
         )
-        session.emit(f"invited {result['invited']}", result)
+        who = terminal_safe(opts["contact"], keep_newlines=False)
+        group = terminal_safe(opts["group"], keep_newlines=False)
+        session.emit(f"invited {who} ({result['invited'][:12]}) to {group}", result)
     elif action == "invites":
         result = await session.call("groups.invites")
         invites = result["invites"]
