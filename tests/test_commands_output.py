@@ -191,3 +191,44 @@ class HistoryPathTests(SynchronousTestCase):
         session = FakeSession(options("--json", "history", UID), {"messages.history": page})
         out, _ = run_command(commands.cmd_history(session, sub, {}))  # type: ignore[arg-type]
         self.assertEqual([m["path"] for m in json.loads(out)], ["mailbox", "direct"])
+
+
+class GroupMembershipOutputTests(SynchronousTestCase):
+    """``jarvis group invite|remove|leave``: whom, by name."""
+
+    def group(self, *args: str, answers: dict[str, Any]) -> str:
+        opts = options("group", *args)
+        session = FakeSession(opts, answers)
+        out, result = run_command(commands.cmd_group(session, opts.subOptions, {}))
+        self.assertIsNone(result)
+        return out
+
+    def test_names_not_bare_uids(self) -> None:
+        """When a contact is invited, a member removed, and the group left with its founding
+        passed on, then each line names the person (as typed, or the new founder by the name
+        the group knows, escapes made visible) with the first 12 characters of the uid,
+        where the daemon's answers hold only uids; a member who was not the founder leaving
+        is told nothing of the founder; --json still prints the answer itself."""
+        invited = {"group": "ab" * 16, "invited": UID, "version": 3}
+        out = self.group("invite", "book club", "bob", answers={"groups.invite": invited})
+        self.assertEqual(out, f"invited bob ({UID[:12]}) to book club\n")
+        removed = {"group": "ab" * 16, "removed": UID, "version": 4}
+        out = self.group("remove", "book club", "bob", answers={"groups.remove": removed})
+        self.assertEqual(out, f"removed bob ({UID[:12]}) from book club\n")
+        members = {
+            "members": [
+                {"uid": "m" * 52, "name": "me", "role": "founder", "online": True},
+                {"uid": UID, "name": "eve\x1b[2J", "role": "member", "online": False},
+            ]
+        }
+        left = {"group": "ab" * 16, "left": True, "founder": UID}
+        answers = {"groups.members": members, "groups.leave": left}
+        out = self.group("leave", "book club", answers=answers)
+        self.assertEqual(out, f"left book club; the founder is now eve\\x1b[2J ({UID[:12]})\n")
+        # a member who was not the founder leaves: the founder stays who it was, unsaid
+        members["members"][0]["role"], members["members"][1]["role"] = "member", "founder"
+        out = self.group("leave", "book club", answers=answers)
+        self.assertEqual(out, "left book club\n")
+        opts = options("--json", "group", "leave", "book club")
+        out, _ = run_command(commands.cmd_group(FakeSession(opts, answers), opts.subOptions, {}))
+        self.assertEqual(json.loads(out), left)

@@ -1126,15 +1126,23 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
         result = await session.call(
             "groups.remove", {"group": opts["group"], "member": opts["member"]}
         )
-        session.emit(f"removed {result['removed']}", result)
+        who = terminal_safe(opts["member"], keep_newlines=False)
+        group = terminal_safe(opts["group"], keep_newlines=False)
+        session.emit(f"removed {who} ({result['removed'][:12]}) from {group}", result)
     elif action == "leave":
         params = {"group": opts["group"]}
         if opts.get("to"):
             params["to"] = opts["to"]
+        # the members' names, asked before leaving: afterwards they are no longer ours to ask
+        members = (await session.call("groups.members", {"group": opts["group"]}))["members"]
+        names = {m["uid"]: m["name"] for m in members}
+        founders = {m["uid"] for m in members if m.get("role") == "founder"}
         result = await session.call("groups.leave", params)
-        text = "left the group"
-        if result.get("founder"):
-            text += f"; the founder is now {result['founder']}"
+        text = f"left {terminal_safe(opts['group'], keep_newlines=False)}"
+        founder = result.get("founder")
+        if founder and founder not in founders:  # we were the founder: handed over
+            name = terminal_safe(str(names.get(founder) or founder[:12]), keep_newlines=False)
+            text += f"; the founder is now {name} ({founder[:12]})"
         session.emit(text, result)
     elif action == "rename":
         result = await session.call("groups.rename", {"group": opts["group"], "name": opts["name"]})
