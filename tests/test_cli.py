@@ -683,6 +683,33 @@ class FakeDaemonTests(SocketTestCase):
             self.assertEqual(code, 2, args)
             self.assertIn(said, err)
 
+    async def test_files_active_lists_only_what_is_under_way(self) -> None:
+        """When an offer from bob, a transfer of his that streams and one that completed are
+        listed, then files --active (and -a) prints the first two only, --json keeps the
+        shape of files.list with those two; once none is under way it says so."""
+        self.node.add_contact(link=fake_link("bob"))
+        offer = self.node.offered_file("bob", "b.txt", 1_800_000_010.0)
+        streaming = self.node.offered_file("bob", "s.bin", 1_800_000_000.0)
+        streaming["state"] = "streaming"
+        done = self.node.offered_file("bob", "done.txt", 1_799_999_000.0)
+        done["state"] = "complete"
+        code, out, err = await self.run_cli("files")
+        self.assertEqual((code, len(out.splitlines())), (0, 3), err)
+        for flag in ("--active", "-a"):
+            code, out, err = await self.run_cli("files", flag)
+            self.assertEqual(code, 0, err)
+            self.assertEqual(
+                sorted(line.split()[0] for line in out.splitlines()),
+                sorted([offer["id"][:8], streaming["id"][:8]]),
+            )
+        code, out, err = await self.run_cli("--json", "files", "--active")
+        self.assertEqual(code, 0, err)
+        listed = json.loads(out)["transfers"]
+        self.assertEqual(sorted(t["id"] for t in listed), sorted([offer["id"], streaming["id"]]))
+        offer["state"], streaming["state"] = "cancelled", "failed"
+        code, out, err = await self.run_cli("files", "--active")
+        self.assertEqual((code, out.strip()), (0, "no transfer is under way"), err)
+
     async def test_send_without_text_reads_stdin(self) -> None:
         """When send has no TEXT, then the message is read from stdin (not the arguments)."""
         code, out, err = await self.run_cli("send", "alice", stdin=b"not in argv\n")

@@ -847,10 +847,14 @@ def parse_size(text: str) -> int:
 
 class FilesOptions(CommandOptions):
     """List file transfers, both directions, newest first (id, direction, state, progress,
-    name, contact). With --max-size, --downloads or --auto-accept: change the receiving
+    name, contact); with --active, only those not ended (offered, accepted, streaming,
+    requested). With --max-size, --downloads or --auto-accept: change the receiving
     policy instead and print it; with --policy, print it."""
 
-    optFlags = [["policy", None, "Show the receiving policy."]]
+    optFlags = [
+        ["policy", None, "Show the receiving policy."],
+        ["active", "a", "Only transfers not ended yet (not complete, cancelled or failed)."],
+    ]
     optParameters = [
         ["max-size", None, None, "Refuse offers larger than SIZE (like 2G; default 4G)."],
         ["downloads", None, None, "Default folder for accepted files (default ~/Downloads)."],

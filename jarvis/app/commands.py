@@ -1432,7 +1432,8 @@ def policy_lines(policy: dict[str, Any], names: dict[str, str]) -> list[str]:
 
 
 async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``files [--policy | --max-size SIZE | --downloads DIR | --auto-accept CONTACT=SIZE]``."""
+    """``files [--active] [--policy | --max-size SIZE | --downloads DIR | --auto-accept
+    CONTACT=SIZE]``."""
     changes: dict[str, Any] = {}
     if sub["max-size"] is not None:
         changes["max_size"] = sub["max-size"]
@@ -1447,8 +1448,11 @@ async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]
         session.emit("\n".join(policy_lines(policy, names)), policy)
         return
     result = await session.call("files.list")
+    if sub["active"]:
+        result = {**result, "transfers": [t for t in result["transfers"] if _not_ended(t)]}
     lines = [transfer_line(t) for t in result["transfers"]]
-    session.emit("\n".join(lines) if lines else "no file transfers", result)
+    none = "no transfer is under way" if sub["active"] else "no file transfers"
+    session.emit("\n".join(lines) if lines else none, result)
 
 
 async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
