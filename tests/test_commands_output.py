@@ -194,7 +194,7 @@ class HistoryPathTests(SynchronousTestCase):
 
 
 class GroupMembershipOutputTests(SynchronousTestCase):
-    """``jarvis group invite|remove|leave``: whom, by name."""
+    """``jarvis group invite|remove|role|leave``: whom, by name."""
 
     def group(self, *args: str, answers: dict[str, Any]) -> str:
         opts = options("group", *args)
@@ -204,9 +204,10 @@ class GroupMembershipOutputTests(SynchronousTestCase):
         return out
 
     def test_names_not_bare_uids(self) -> None:
-        """When a contact is invited, a member removed, and the group left with its founding
-        passed on, then each line names the person (as typed, or the new founder by the name
-        the group knows, escapes made visible) with the first 12 characters of the uid,
+        """When a contact is invited, a member removed or made admin, and the group left with
+        its founding passed on, then each line names the person (as typed, or the new founder
+        by the name the group knows, escapes made visible) with the first 12 characters of the
+        uid,
         where the daemon's answers hold only uids; a member who was not the founder leaving
         is told nothing of the founder; --json still prints the answer itself."""
         invited = {"group": "ab" * 16, "invited": UID, "version": 3}
@@ -215,6 +216,9 @@ class GroupMembershipOutputTests(SynchronousTestCase):
         removed = {"group": "ab" * 16, "removed": UID, "version": 4}
         out = self.group("remove", "book club", "bob", answers={"groups.remove": removed})
         self.assertEqual(out, f"removed bob ({UID[:12]}) from book club\n")
+        role = {"group": "ab" * 16, "member": UID, "role": "admin", "version": 5}
+        out = self.group("role", "book club", "bob", "admin", answers={"groups.setRole": role})
+        self.assertEqual(out, f"bob ({UID[:12]}) is now admin\n")
         members = {
             "members": [
                 {"uid": "m" * 52, "name": "me", "role": "founder", "online": True},

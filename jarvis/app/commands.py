@@ -1157,7 +1157,8 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
             "groups.setRole",
             {"group": opts["group"], "member": opts["member"], "role": opts["role"]},
         )
-        session.emit(f"{result['member']} is now {result['role']}", result)
+        who = terminal_safe(opts["member"], keep_newlines=False)
+        session.emit(f"{who} ({result['member'][:12]}) is now {result['role']}", result)
     elif action in ("mute", "unmute"):
         result = await session.call(
             "groups.setMuted", {"group": opts["group"], "muted": action == "mute"}
