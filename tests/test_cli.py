@@ -646,6 +646,50 @@ class FakeDaemonTests(SocketTestCase):
             proto.err.decode(),
         )
 
+    async def test_accept_wait_prints_how_the_files_arrived(self) -> None:
+        """When accept --all --wait takes two offers from bob, then both are accepted, one
+        files.wait waits for the two, and each one's end is printed (complete: exit 0);
+        accept ID --wait whose file does not complete exits 1 with its state; with --json the
+        answers are the ended views; Ctrl+C during the wait leaves the file accepted, exit
+        130, saying it still arrives."""
+        self.node.add_contact(link=fake_link("bob"))
+        first = self.node.offered_file("bob", "a.txt", 1_800_000_001.0)
+        second = self.node.offered_file("bob", "b.txt", 1_800_000_002.0)
+        waited: list[list[str]] = []
+        wait = self.node.wait_transfers
+
+        def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
+            waited.append(refs)
+            views = [t for t in self.node.transfers if t["id"] in refs]
+            for view in views:
+                view["state"] = "complete"
+            return views
+
+        self.node.wait_transfers = completing  # type: ignore[method-assign]
+        code, out, err = await self.run_cli("accept", "--all", "--wait")
+        self.assertEqual(code, 0, err)
+        self.assertEqual(waited, [[first["id"], second["id"]]])
+        self.assertEqual(
+            [(line.split()[0], line.split()[3]) for line in out.splitlines()],
+            [(first["id"][:8], "complete"), (second["id"][:8], "complete")],
+        )
+        third = self.node.offered_file("bob", "c.txt", 1_800_000_003.0)
+        code, out, err = await self.run_cli("--json", "accept", third["id"][:8], "-w")
+        self.assertEqual((code, json.loads(out)["state"]), (0, "complete"), err)
+        self.node.wait_transfers = wait  # type: ignore[method-assign]
+        fourth = self.node.offered_file("bob", "d.txt", 1_800_000_004.0)
+        code, out, err = await self.run_cli("accept", fourth["id"], "--wait")
+        self.assertEqual((code, out.split()[3]), (1, "accepted"), err)
+        fifth = self.node.offered_file("bob", "e.txt", 1_800_000_005.0)
+        paused = self.node.pause("wait_transfers")
+        argv = ["--data-dir", self.data_dir, "accept", fifth["id"], "--wait"]
+        proto = spawn_cli(self.reactor, argv)
+        await wait_until(self.reactor, lambda: paused.waiting)
+        os.kill(proto.transport.pid, signal.SIGINT)
+        self.assertEqual(await proto.ended, cli.EXIT_INTERRUPTED, proto.err.decode())
+        self.assertEqual(fifth["state"], "accepted")
+        self.assertIn("what was accepted still arrives", proto.err.decode())
+
     async def test_cancel_all_and_with_a_contact(self) -> None:
         """When cancel --all --with bob runs while two of our offers to alice, one offer from
         bob, one transfer of bob's that streams and one that completed are listed, then

@@ -912,9 +912,14 @@ class AcceptOptions(_OffersOptions):
     under its sanitised name, never overwriting ('name (1).ext'), once verified; until then
     it is a hidden 0600 partial file in the same folder. With several IDs or --all, each is
     answered in turn: one that fails is said on stderr and the others still go (exit status
-    1 if any failed)."""
+    1 if any failed). With --wait, wait until the accepted files have arrived (a progress bar
+    on a terminal), then print how each ended (exit status 1 unless all complete)."""
 
-    synopsis = "(ID [ID ...] | --all [--from CONTACT]) [--to DIR]"
+    synopsis = "(ID [ID ...] | --all [--from CONTACT]) [--to DIR] [--wait]"
+    optFlags = [
+        *_OffersOptions.optFlags,
+        ["wait", "w", "Wait until the accepted files have arrived (or ended otherwise)."],
+    ]
     optParameters = [
         *_OffersOptions.optParameters,
         ["to", "t", None, "Folder to save into (default: ~/Downloads)."],

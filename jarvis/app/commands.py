@@ -1459,7 +1459,13 @@ async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]
 async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
     """``accept (ID [ID ...] | --all [--from CONTACT]) [--to DIR]``."""
     extra = {"directory": sub["to"]} if sub["to"] else {}
-    await _answer_offers(session, "files.accept", sub, extra)
+    if sub["wait"]:
+        session.interrupted_note = ACCEPTED_STAY
+    await _answer_offers(session, "files.accept", sub, extra, wait=bool(sub["wait"]))
+
+
+#: What Ctrl+C leaves of ``accept --wait``: the files accepted go on arriving.
+ACCEPTED_STAY = "what was accepted still arrives (jarvis files lists it; jarvis cancel ID stops it)"
 
 
 async def cmd_decline(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -1485,13 +1491,15 @@ async def _answer_offers(
     *,
     chosen: Callable[[dict[str, Any]], bool] = _waiting_for_us,
     none: str = "no offer waits for your answer",
+    wait: bool = False,
 ) -> None:
     """Answer the transfers *sub* names: its ids, or with ``--all`` every transfer *chosen*
     keeps (by default the offers waiting for our answer; the option named by
     ``sub.contact_option``, ``--from`` or ``--with``: that contact's only), oldest first,
-    always in the several-ids form; *none* is said when there is none."""
+    always in the several-ids form; *none* is said when there is none.  *wait*: see
+    :func:`_answer_transfers`."""
     if not sub["all"]:
-        await _answer_transfers(session, method, sub["ids"], extra)
+        await _answer_transfers(session, method, sub["ids"], extra, wait=wait)
         return
     peer, option = None, getattr(sub, "contact_option", "from")
     if sub[option] is not None:
@@ -1504,7 +1512,8 @@ async def _answer_offers(
     picked.sort(key=lambda t: t.get("created") or 0.0)
     if not picked and not session.options.wants_json():
         print(none, file=sys.stderr)
-    await _answer_transfers(session, method, [t["id"] for t in picked], extra, several=True)
+    ids = [t["id"] for t in picked]
+    await _answer_transfers(session, method, ids, extra, several=True, wait=wait)
 
 
 async def cmd_cancel(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
@@ -1521,15 +1530,22 @@ async def _answer_transfers(
     extra: dict[str, Any],
     *,
     several: bool = False,
+    wait: bool = False,
 ) -> None:
     """Call *method* for each of *ids* in turn.  One id (unless *several*): its transfer's
     line (``--json``: the transfer), a failure is the command's.  Several: a line for each
     answered, each failure said on stderr ("ID: why") while the others still go; ``--json``
     prints ``{"transfers": [...], "failed": [{"id", "error"}]}``; any failure makes the exit
-    status 1."""
+    status 1.  With *wait* (``accept --wait``), the lines (and ``--json`` views) are those
+    of the transfers as they ended, after ``files.wait`` and a progress bar on a terminal;
+    exit status 1 unless all completed."""
     if len(ids) == 1 and not several:
         result = await session.call(method, {"id": ids[0], **extra})
+        if wait:
+            result = (await _wait_for_arrivals(session, [result]))[0]
         session.emit(transfer_line(result), result)
+        if wait and result.get("state") != "complete":
+            raise SystemExit(1)
         return
     answered: list[Any] = []
     failed: list[dict[str, str]] = []
@@ -1543,12 +1559,29 @@ async def _answer_transfers(
                 print(f"jarvis: {terminal_safe(ident)}: {terminal_safe(said)}", file=sys.stderr)
             continue
         answered.append(result)
-        if not session.options.wants_json():
+        if not session.options.wants_json() and not wait:
             print(terminal_safe(transfer_line(result)))
+    if wait and answered:
+        answered = await _wait_for_arrivals(session, answered)
+        if not session.options.wants_json():
+            print("\n".join(terminal_safe(transfer_line(t)) for t in answered))
     if session.options.wants_json():
         print(json_text({"transfers": answered, "failed": failed}, indent=2))
     if failed:
         raise errors.InvalidInput(f"{len(failed)} of {len(ids)} transfers were not answered")
+    if wait and any(t.get("state") != "complete" for t in answered):
+        raise SystemExit(1)
+
+
+async def _wait_for_arrivals(session: Session, accepted: list[Any]) -> list[Any]:
+    """The views of the *accepted* transfers once each has ended (``files.wait``), with a
+    progress bar for them all on a terminal meanwhile."""
+    files = "a file" if len(accepted) == 1 else f"{len(accepted)} files"
+    bar = _ProgressBar.on_terminal(
+        f"receiving {files} (Ctrl+C stops waiting; they still arrive)", combined=True
+    )
+    ids = [t["id"] for t in accepted]
+    return list((await _waited(session, "files.wait", {"ids": ids}, bar))["transfers"])
 
 
 COMMANDS: dict[str, Callable[[Session, Any, dict[str, Any]], Any]] = {
