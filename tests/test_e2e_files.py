@@ -397,7 +397,7 @@ class CliTests(TestCase):
         a small file without asking and leaves a larger one offered; a size cap refuses an
         oversize accept with the reason; cancel ends a waiting offer on both sides; send-file
         with several paths and --wait offers each (a missing one is said, the others go) and
-        answers once all ended."""
+        answers once all ended; accept --all --wait answers once the files it took arrived."""
         from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from tests.peers import EventRecorder
@@ -483,6 +483,22 @@ class CliTests(TestCase):
         self.assertEqual([line.split()[3] for line in out.splitlines()], ["complete"] * 2)
         self.assertIn(f"jarvis: {missing}: cannot read the file: No such file", err)
         for p, d in zip(photos, digests, strict=True):
+            self.assertEqual(sha256_of(os.path.join(inbox, os.path.basename(p))), d)
+
+        # Over the auto-accept limit, two files wait for bob, who takes both and waits for
+        # them in one command: it answers once both arrived, with their ended views.
+        scans = [os.path.join(root, f"scan{i}.pdf") for i in (1, 2)]
+        scan_digests = [random_file(p, 1536 * 1024) for p in scans]
+        offered_ids = [(await alice.json("send-file", "Bob", p))["id"] for p in scans]
+        for ident in offered_ids:
+            await reach("bob", ident, "offered")
+        code, out, err = await bob.run("--json", "accept", "--all", "--wait")
+        self.assertEqual(code, 0, err)
+        arrived = json.loads(out)
+        self.assertEqual(arrived["failed"], [])
+        self.assertEqual([t["id"] for t in arrived["transfers"]], offered_ids)
+        self.assertEqual([t["state"] for t in arrived["transfers"]], ["complete"] * 2)
+        for p, d in zip(scans, scan_digests, strict=True):
             self.assertEqual(sha256_of(os.path.join(inbox, os.path.basename(p))), d)
 
 
