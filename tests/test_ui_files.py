@@ -391,6 +391,56 @@ class AnswerWithoutIdTests(SynchronousTestCase):
         self.assertNotIn(bobs, str(client.calls))
 
 
+class ListTests(SynchronousTestCase):
+    def test_files_lists_what_is_under_way_everywhere(self) -> None:
+        """When /files is typed in bob's conversation while alice's offer waits, a file to
+        bob streams at 40 % and a finished one is listed, then two local lines in bob's
+        conversation list the two not ended, oldest first, with state, percent, name, size,
+        direction and whom, and the status line counts them; with none under way it says
+        so; /files with an argument is a usage error that calls nothing."""
+        client = make_populated_client()
+        client.transfers = [
+            transfer(created=NOW - 10),
+            transfer(
+                id=TID2,
+                contact=UID_BOB,
+                contact_name="bob",
+                direction="out",
+                name="movie.mkv",
+                size=1000,
+                bytes=400,
+                state="streaming",
+                created=NOW - 20,
+            ),
+            transfer(id="33" * 16, state="complete", created=NOW - 30),
+        ]
+        controller, client, clock, _connector = make_controller(client)
+        assert client is not None
+        press(controller, "meta 2", "/files", "enter")
+        clock.advance(0)
+        ids = tuple(f"file {t}" for t in (TID[:8], TID2[:8], "33" * 4))
+        listed = [line for line in lines(controller, UID_BOB) if line.startswith(ids)]
+        self.assertEqual(
+            listed,
+            [
+                f"file {TID2[:8]} streaming 40% movie.mkv (1000 B) to bob",
+                f"file {TID[:8]} offered 0% holiday.jpg (3.0 MiB) from alice",
+            ],
+        )
+        self.assertEqual(
+            controller.model.status.text,
+            "2 transfers under way (listed above): /accept, /decline or /cancel ID",
+        )
+        client.transfers = [transfer(state="cancelled")]
+        press(controller, "/files", "enter")
+        clock.advance(0)
+        self.assertEqual(controller.model.status.text, "no transfer is under way")
+        calls = len(client.calls)
+        press(controller, "/files all", "enter")
+        self.assertEqual(len(client.calls), calls)
+        self.assertTrue(controller.model.status.text.startswith("usage: /files"))
+
+
 class AnswerAllTests(SynchronousTestCase):
     def test_accept_all_answers_every_offer_waiting_here_and_says_how_many(self) -> None:
         """When three of alice's offers wait (two shown at start, one arriving later) and one

@@ -50,6 +50,7 @@ SLASH_COMMANDS: tuple[tuple[str, str], ...] = (
     ("/cancel ID", "Cancel a file transfer, either way"),
     ("/cancel all", "Cancel every transfer not ended in the open conversation, both ways"),
     ("/fetch ID [DIR]", "Ask for a file shared into the open group (ID: on its line)"),
+    ("/files", "List the file transfers not ended, in every conversation, here"),
     ("/group create NAME", "Found a private group called NAME (it opens)"),
     ("/invite CONTACT", "Invite a contact to the open group"),
     ("/kick MEMBER", "Remove a member (name or uid) from the open group"),
@@ -632,6 +633,10 @@ def parse_input(line: str) -> InputAction | None:
             folder = os.path.abspath(os.path.expanduser(directory.strip()))
             return SlashCommand(name, (ident, folder))
         return SlashCommand(name, (ident,))
+    if name == "files":
+        if rest:
+            return InputError("usage: /files (the transfers not ended; jarvis files lists all)")
+        return SlashCommand("files")
     if name == "mailbox":
         return SlashCommand("mailbox", (rest,) if rest else ())
     return _group_command(head, name, rest)
@@ -1747,6 +1752,22 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
 def _file_label(t: Mapping[str, Any]) -> str:
     name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
     return f"{name} ({human_bytes(int(t.get('size') or 0))})"
+
+
+def transfer_summary(model: MessengerModel, t: Mapping[str, Any]) -> str:
+    """One line of ``/files``: id prefix, direction and who, state, percent, name and size,
+    and the reason it waits, if any (terminal-safe)."""
+    size, done = int(t.get("size") or 0), int(t.get("bytes") or 0)
+    percent = 100 * done // size if size else 100
+    whom = f"{'to' if t.get('direction') == 'out' else 'from'} {_sender_name(model, t)}"
+    group = t.get("group")
+    entry = model.contacts.get(group_key(group)) if isinstance(group, str) and group else None
+    if entry is not None:
+        whom += f" in {entry.display_name}"
+    line = f"{str(t.get('id', ''))[:8]} {t.get('state')} {percent}% {_file_label(t)} {whom}"
+    if t.get("reason"):
+        line += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+    return line
 
 
 def transfer_conversation(t: Mapping[str, Any]) -> str:

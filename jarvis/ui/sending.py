@@ -29,6 +29,7 @@ from jarvis.ui.model import (
     is_group,
     parse_input,
     transfer_conversation,
+    transfer_summary,
 )
 
 #: The most files one ``/file`` pattern offers (a receiver takes at most 500 offers from one
@@ -99,6 +100,8 @@ class Sender:
             self.answer_file(action.name, action.args)
         elif action.name == "fetch":
             self.fetch_file(action.args)
+        elif action.name == "files":
+            self.list_files()
         elif action.name == "mailbox" and self._mailbox is not None:
             self._mailbox(action.args)
         elif self._groups is not None:
@@ -311,6 +314,34 @@ class Sender:
             said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
         self.model.notify(said)
         self._controller.redraw()
+
+    def list_files(self) -> None:
+        """``/files``: the transfers not ended (``files.list``), both ways and in every
+        conversation, oldest first, as local lines of the view open (as irssi's ``/dcc
+        list``); the status line says how many."""
+        view = self.model.current_uid
+        d = self._controller.call("files.list", {}, label="files")
+
+        def listed(result: Mapping[str, Any]) -> None:
+            views = [
+                t
+                for t in result.get("transfers") or ()
+                if isinstance(t, Mapping) and t.get("state") not in FINAL_TRANSFER_STATES
+            ]
+            views.sort(key=lambda t: float(t.get("created") or 0.0))
+            now = self._controller.clock.seconds()
+            for t in views:
+                self.model.add_local(view, "file " + transfer_summary(self.model, t), now)
+            count = len(views)
+            self.model.notify(
+                "no transfer is under way"
+                if not count
+                else f"{count} transfer{'s' * (count > 1)} under way (listed above): "
+                "/accept, /decline or /cancel ID"
+            )
+            self._controller.redraw()
+
+        d.addCallbacks(listed, self._controller.report, errbackArgs=("/files",))
 
     def fetch_file(self, args: tuple[str, ...]) -> None:
         """``/fetch ID [DIR]``: ask for a file shared into the open group (``groups.fetchFile``:
