@@ -1457,7 +1457,7 @@ async def cmd_files(session: Session, sub: usage.Options, inputs: dict[str, Any]
 
 
 async def cmd_accept(session: Session, sub: usage.Options, inputs: dict[str, Any]) -> None:
-    """``accept (ID [ID ...] | --all [--from CONTACT]) [--to DIR]``."""
+    """``accept (ID [ID ...] | --all [--from CONTACT]) [--to DIR] [--wait]``."""
     extra = {"directory": sub["to"]} if sub["to"] else {}
     if sub["wait"]:
         session.interrupted_note = ACCEPTED_STAY
