@@ -465,6 +465,21 @@ class FakeDaemonTests(SocketTestCase):
         code = await proto.ended
         return code, proto.out.decode(), proto.err.decode()
 
+    def complete_on_wait(self) -> list[list[str]]:
+        """Make the fake daemon's ``files.wait`` complete the transfers it is asked to wait
+        for; returns the lists of ids it was asked for, as they come."""
+        waited: list[list[str]] = []
+
+        def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
+            waited.append(refs)
+            views = [t for t in self.node.transfers if t["id"] in refs]
+            for view in views:
+                view["state"] = "complete"
+            return views
+
+        self.node.wait_transfers = completing  # type: ignore[method-assign]
+        return waited
+
     async def test_send_and_history(self) -> None:
         """When a message is sent from stdin, then its id is printed and history shows it."""
         code, out, err = await self.run_cli("send", "alice", "-", stdin=b"hello there\n")
@@ -597,17 +612,8 @@ class FakeDaemonTests(SocketTestCase):
         self.assertEqual(code, 1)
         self.assertEqual([t["name"] for t in answer["transfers"]], ["d.jpg"])
         self.assertEqual([f["path"] for f in answer["failed"]], ["/srv/unreadable.jpg"])
-        waited: list[list[str]] = []
         wait = self.node.wait_transfers
-
-        def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
-            waited.append(refs)
-            views = [t for t in self.node.transfers if t["id"] in refs]
-            for view in views:
-                view["state"] = "complete"
-            return views
-
-        self.node.wait_transfers = completing  # type: ignore[method-assign]
+        waited = self.complete_on_wait()
         code, out, err = await self.run_cli("send-file", "alice", "/srv/e.jpg", "/srv/f.jpg", "-w")
         self.assertEqual(code, 0, err)
         self.assertEqual(len(waited), 1)
@@ -655,17 +661,8 @@ class FakeDaemonTests(SocketTestCase):
         self.node.add_contact(link=fake_link("bob"))
         first = self.node.offered_file("bob", "a.txt", 1_800_000_001.0)
         second = self.node.offered_file("bob", "b.txt", 1_800_000_002.0)
-        waited: list[list[str]] = []
         wait = self.node.wait_transfers
-
-        def completing(refs: list[str], progress: Any = None) -> list[dict[str, Any]]:
-            waited.append(refs)
-            views = [t for t in self.node.transfers if t["id"] in refs]
-            for view in views:
-                view["state"] = "complete"
-            return views
-
-        self.node.wait_transfers = completing  # type: ignore[method-assign]
+        waited = self.complete_on_wait()
         code, out, err = await self.run_cli("accept", "--all", "--wait")
         self.assertEqual(code, 0, err)
         self.assertEqual(waited, [[first["id"], second["id"]]])
