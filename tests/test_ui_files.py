@@ -141,7 +141,9 @@ class TransferUiTests(SynchronousTestCase):
     def test_offer_progress_and_end_are_shown(self) -> None:
         """When alice offers a file with a hostile name, then her conversation shows the offer
         with the escape made visible and the /accept hint; /accept calls files.accept; progress
-        events fill the status line's bar; completion shows where the file was saved."""
+        events fill the status line's bar; completion shows where the file was saved, in the
+        conversation and on the status line, which also says it of a file that arrives while
+        another conversation is open."""
         controller, client, clock = started()
         client.m_files_accept = lambda params: transfer(state="accepted")
         press(controller, "meta 1")
@@ -165,7 +167,17 @@ class TransferUiTests(SynchronousTestCase):
         client.emit("transfer.changed", {"transfer": done})
         text = screen_text(controller.window, (140, 24))
         self.assertIn("complete, saved as /srv/in/evil.jpg (folder: /srv/in)", text)
-        self.assertIsNone(controller.model.status)
+        self.assertEqual(  # the bar gave way to how it ended
+            controller.model.status.text,
+            "file holiday.jpg (3.0 MiB): complete, saved as /srv/in/evil.jpg",
+        )
+        press(controller, "meta 2")  # in another conversation, the next file that arrives
+        controller.model.clear_status()
+        other = transfer(id=TID2, name="b.txt", size=10, state="complete", path="/srv/in/b.txt")
+        client.emit("transfer.changed", {"transfer": other})
+        self.assertEqual(
+            controller.model.status.text, "file b.txt (10 B): complete, saved as /srv/in/b.txt"
+        )
 
 
 class ConversationProgressTests(SynchronousTestCase):

@@ -1374,23 +1374,22 @@ class MessengerModel:
             return
         self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
         self._ended_line(t, hint=True)
-        if self.status is not None and self.status.text.startswith("file "):
-            self.clear_status()
+        showing_bar = self.status is not None and self.status.text.startswith("file ")
+        if showing_bar or (self.status is None and state in ("complete", "failed")):
+            # The bar gives way to how it ended; a free status line says a file arrived, was
+            # sent or failed, whichever conversation is open (a cancel is usually our own).
+            self.notify(_end_text(t))
 
     def _ended_line(self, t: Mapping[str, Any], *, hint: bool) -> None:
         """The line that says how transfer *t* ended, once per transfer (its event and
         :meth:`load_transfers` after a reconnect show the same line).  With *hint* (it ends
         now), a received file's line also names its folder and the command that opens it;
         a line shown from the list at attach names the saved file only."""
-        state = str(t.get("state"))
-        text = f"file {_file_label(t)}{_recipient(t)}: {state}"
-        if t.get("reason"):
-            text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
-        if state == "complete" and t.get("direction") == "in" and t.get("path"):
-            text += f", saved as {terminal_safe(str(t['path']), keep_newlines=False)}"
-            if hint:
-                folder = terminal_safe(str(t.get("directory") or ""), keep_newlines=False)
-                text += f" (folder: {folder})" + open_folder_hint(str(t.get("directory") or ""))
+        text = _end_text(t)
+        received = t.get("state") == "complete" and t.get("direction") == "in" and t.get("path")
+        if hint and received:
+            folder = terminal_safe(str(t.get("directory") or ""), keep_newlines=False)
+            text += f" (folder: {folder})" + open_folder_hint(str(t.get("directory") or ""))
         self.add_local(
             transfer_conversation(t),
             text,
@@ -1752,6 +1751,18 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
 def _file_label(t: Mapping[str, Any]) -> str:
     name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
     return f"{name} ({human_bytes(int(t.get('size') or 0))})"
+
+
+def _end_text(t: Mapping[str, Any]) -> str:
+    """How transfer *t* ended: "file NAME (SIZE)[ to WHO]: STATE (REASON)", and for a file
+    received complete ", saved as PATH" (terminal-safe)."""
+    state = str(t.get("state"))
+    text = f"file {_file_label(t)}{_recipient(t)}: {state}"
+    if t.get("reason"):
+        text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+    if state == "complete" and t.get("direction") == "in" and t.get("path"):
+        text += f", saved as {terminal_safe(str(t['path']), keep_newlines=False)}"
+    return text
 
 
 def transfer_summary(model: MessengerModel, t: Mapping[str, Any]) -> str:
