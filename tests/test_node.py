@@ -20,6 +20,7 @@ from twisted.trial.unittest import TestCase
 
 from jarvis.common.errors import Ambiguous, IdentityExists, Locked, NotFound, TooLarge
 from jarvis.core.backoff import BACKOFF_FILE, TooManyAttempts
+from jarvis.core.limits import RECEIPTS_SETTLE
 from jarvis.core.node import Node
 from jarvis.crypto import linkcode
 from jarvis.crypto.errors import LinkCodeError, WrongPassword
@@ -368,9 +369,10 @@ class MessagingTests(TestCase):
 
     async def test_read_receipts_owed_go_out_on_next_session(self) -> None:
         """When messages are read while the sender's session is down, then their receipts go out
-        once the next session is established, and only once; receipts owed when the contact's
-        read receipts are turned off are dropped, not sent later."""
-        node, _clock, _events, key = await node_with_bob(self)
+        once the next session is established, and only once that session stayed up
+        RECEIPTS_SETTLE seconds; receipts owed when the contact's read receipts are turned off
+        are dropped, not sent later."""
+        node, clock, _events, key = await node_with_bob(self)
         first = FakeSession(key.uid)
         await node.session_established(first)
         m1, m2, m3 = (secrets.token_bytes(16) for _ in range(3))
@@ -382,6 +384,7 @@ class MessagingTests(TestCase):
         second = FakeSession(key.uid)
         await node.session_established(second)
         self.assertEqual(second.reads, [m1, m2])
+        clock.advance(RECEIPTS_SETTLE)
         await node.history("Bob")  # behind the store operation that notes them sent
         node.session_closed(second, "connection lost")
         third = FakeSession(key.uid)
@@ -398,6 +401,32 @@ class MessagingTests(TestCase):
         fifth = FakeSession(key.uid)
         await node.session_established(fifth)
         self.assertEqual((fourth.reads, fifth.reads), ([], []))
+
+    async def test_receipts_written_into_a_session_that_ends_go_again(self) -> None:
+        """When messages are read on a live session that then ends before RECEIPTS_SETTLE
+        seconds (its peer was already gone: the write was lost), then the next session
+        carries the receipts again; on a session that stays up, they are owed no more."""
+        node, clock, _events, key = await node_with_bob(self)
+        first = FakeSession(key.uid)
+        await node.session_established(first)
+        m1 = secrets.token_bytes(16)
+        await node.message_received(first, m1, b"one", 1)
+        await node.mark_read("Bob")
+        self.assertEqual(first.reads, [m1])
+        clock.advance(RECEIPTS_SETTLE / 2)
+        node.session_closed(first, "connection lost")
+        clock.advance(RECEIPTS_SETTLE)  # nothing left to clear them
+        second = FakeSession(key.uid)
+        await node.session_established(second)
+        self.assertEqual(second.reads, [m1])
+        clock.advance(RECEIPTS_SETTLE)
+        await node.history("Bob")  # behind the store operation that notes them sent
+        node.session_closed(second, "connection lost")
+        third = FakeSession(key.uid)
+        await node.session_established(third)
+        self.assertEqual(third.reads, [])
+        settles = [c for c in clock.getDelayedCalls() if c.func.__name__ == "settle"]
+        self.assertEqual(settles, [])  # the closed sessions left no clear pending
 
     async def test_too_large_refused(self) -> None:
         """When a message exceeds 64 KiB, then it is refused and nothing is stored."""

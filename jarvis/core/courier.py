@@ -36,6 +36,7 @@ from jarvis.core.interfaces import SessionHandle
 from jarvis.core.limits import (
     MAX_HISTORY_PAGE,
     MAX_TEXT_BYTES,
+    RECEIPTS_SETTLE,
     RETRANSMIT_INITIAL,
     RETRANSMIT_MAX,
     WINDOW_BYTES,
@@ -143,6 +144,9 @@ class PeerPump:
     caught_up: bool = False
     retransmit: Any = None
     retransmit_delay: float = RETRANSMIT_INITIAL
+    #: Read receipts written on this session and still owed until it has stayed up
+    #: :data:`RECEIPTS_SETTLE` seconds: the pending clears.
+    receipt_settles: list[Any] = field(default_factory=list)
 
     def window_open(self) -> bool:
         """Whether the window takes another message now."""
@@ -162,10 +166,15 @@ class PeerPump:
         return bool(getattr(self.session, "writing_paused", False))
 
     def cancel_retransmit(self) -> None:
-        """Disarm the pending retransmission, if any."""
+        """Disarm the pending retransmission, if any, and the pending clears of read receipts
+        (the session ends: what it carried stays owed)."""
         if self.retransmit is not None and self.retransmit.active():
             self.retransmit.cancel()
         self.retransmit = None
+        for call in self.receipt_settles:
+            if call.active():
+                call.cancel()
+        self.receipt_settles.clear()
 
 
 class Courier:
@@ -941,10 +950,13 @@ class Courier:
     # -- read receipts -------------------------------------------------------------------------
 
     def _send_receipts(self, pump: PeerPump, uid: str, ids: Sequence[str]) -> None:
-        """Write read receipts for *ids* to the pump's session; then they are no longer owed.
+        """Write read receipts for *ids* to the pump's session; once that session has stayed
+        up :data:`RECEIPTS_SETTLE` seconds more, they are no longer owed.
 
-        Receipts not written (no session, or the write failed) stay owed in the store and go
-        out when the next session with *uid* is established.
+        Receipts not written (no session, or the write failed), or written to a session that
+        ends before then (a write into a session whose peer is already gone succeeds, and is
+        lost), stay owed in the store and go out when the next session with *uid* is
+        established; the peer takes a receipt for a message already read as a no-op.
         """
         try:
             pump.session.send_read([bytes.fromhex(i) for i in ids])
@@ -952,10 +964,19 @@ class Courier:
             self.log.warn("read receipts not sent: {error}", error=redact(str(e)))
             return
         store = self._store
-        if store is not None:
-            store.run(queries.clear_receipts, uid, list(ids), write=True).addErrback(
+        if store is None:
+            return
+        written = list(ids)
+
+        def settle() -> None:
+            pump.receipt_settles[:] = [c for c in pump.receipt_settles if c.active()]
+            if self._pumps.get(uid) is not pump or self._store is None:
+                return  # that session ended: they stay owed
+            self._store.run(queries.clear_receipts, uid, written, write=True).addErrback(
                 lambda f: self.log.failure("read receipts not noted as sent", f)
             )
+
+        pump.receipt_settles.append(self._call_later(RECEIPTS_SETTLE, settle))
 
     @defer.inlineCallbacks
     def _replay_receipts(self, pump: PeerPump, uid: str) -> Any:

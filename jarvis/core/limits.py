@@ -21,3 +21,8 @@ WINDOW_BYTES = 4 * 1024 * 1024
 RETRANSMIT_INITIAL = 5.0
 #: The retransmission delay doubles after each retransmission without progress, up to this.
 RETRANSMIT_MAX = 60.0
+#: Seconds a session must stay up after read receipts were written to it before they stop
+#: being owed: more than the 90 s after which a silent session is dropped, so receipts
+#: written into a session that was already dead (the peer gone, its close not yet seen) go
+#: again at the next session instead of being lost.
+RECEIPTS_SETTLE = 100.0
