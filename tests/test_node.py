@@ -157,6 +157,17 @@ def files_bytes(path: str, but: str = "") -> bytes:
     return b"".join(chunks)
 
 
+async def settled_then_next(node: Node, clock: Clock, session: FakeSession) -> FakeSession:
+    """Let *session* stay up RECEIPTS_SETTLE seconds (what it carried is then settled), close
+    it and establish the next session with the same peer, which is returned."""
+    clock.advance(RECEIPTS_SETTLE)
+    await node.history("Bob")  # behind the store operation that notes receipts sent
+    node.session_closed(session, "connection lost")
+    following = FakeSession(session.peer_uid)
+    await node.session_established(following)
+    return following
+
+
 class IdentityLifeCycleTests(TestCase):
     async def test_create_lock_unlock(self) -> None:
         """When an identity is created, wiped by a lock and unlocked, then it is the same uid,
@@ -384,11 +395,7 @@ class MessagingTests(TestCase):
         second = FakeSession(key.uid)
         await node.session_established(second)
         self.assertEqual(second.reads, [m1, m2])
-        clock.advance(RECEIPTS_SETTLE)
-        await node.history("Bob")  # behind the store operation that notes them sent
-        node.session_closed(second, "connection lost")
-        third = FakeSession(key.uid)
-        await node.session_established(third)
+        third = await settled_then_next(node, clock, second)
         self.assertEqual(third.reads, [])
         await node.message_received(third, m3, b"three", 3)
         node.session_closed(third, "connection lost")
@@ -419,11 +426,7 @@ class MessagingTests(TestCase):
         second = FakeSession(key.uid)
         await node.session_established(second)
         self.assertEqual(second.reads, [m1])
-        clock.advance(RECEIPTS_SETTLE)
-        await node.history("Bob")  # behind the store operation that notes them sent
-        node.session_closed(second, "connection lost")
-        third = FakeSession(key.uid)
-        await node.session_established(third)
+        third = await settled_then_next(node, clock, second)
         self.assertEqual(third.reads, [])
         settles = [c for c in clock.getDelayedCalls() if c.func.__name__ == "settle"]
         self.assertEqual(settles, [])  # the closed sessions left no clear pending
