@@ -529,6 +529,24 @@ class FakeNode:
         self.transfers.append(view)
         return view
 
+    def send_folder(
+        self, ref: str, path: str, *, wait: bool = False, progress: Any = None
+    ) -> dict[str, Any]:
+        """Answer like ``Node.send_folder``, listing the real folder (the fake sends nothing);
+        a file whose name starts with ``unreadable`` is said to have failed."""
+        from jarvis.files.send import folder_files
+
+        views, failed = [], []
+        for file_path, folder in folder_files(path):
+            if os.path.basename(file_path).startswith("unreadable"):
+                failed.append(
+                    {"path": file_path, "error": "cannot read the file: Permission denied"}
+                )
+                continue
+            views.append({**self.send_file(ref, file_path), "folder": folder})
+            self.transfers[-1] = views[-1]
+        return {"folder": os.path.basename(path), "transfers": views, "failed": failed}
+
     def offered_file(self, ref: str, name: str, created: float) -> dict[str, Any]:
         """Record a file that contact *ref* offers us at *created*, waiting for an answer."""
         view = {

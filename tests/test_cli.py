@@ -634,6 +634,33 @@ class FakeDaemonTests(SocketTestCase):
         self.assertEqual(code, 1)
         self.assertEqual(len(sent), before)
 
+    async def test_a_folder_is_offered_whole(self) -> None:
+        """When send-file gets a folder, then files.sendFolder offers its files: a line each
+        naming the folder it is in, a file that could not be read said on stderr (exit status
+        1); --json answers with the folder, the transfers and the failed; --wait waits for
+        all of them and prints their ends."""
+        album = os.path.join(self.dir, "album")
+        os.makedirs(os.path.join(album, "2024"))
+        for name in ("a.jpg", "2024/b.jpg", "2024/unreadable.jpg"):
+            open(os.path.join(album, name), "w").close()
+        code, out, err = await self.run_cli("send-file", "alice", album)
+        self.assertEqual(code, 1)
+        self.assertEqual(
+            [line.split()[-1] for line in out.splitlines()], ["album/a.jpg", "album/2024/b.jpg"]
+        )
+        self.assertIn(f"jarvis: {album}/2024/unreadable.jpg: cannot read the file", err)
+        self.assertIn("1 of 3 files were not offered", err)
+        os.remove(os.path.join(album, "2024", "unreadable.jpg"))
+        code, out, err = await self.run_cli("--json", "send-file", "alice", album)
+        self.assertEqual(code, 0, err)
+        answer = json.loads(out)
+        self.assertEqual(answer["failed"], [])
+        self.assertEqual([t["folder"] for t in answer["transfers"]], ["album", "album/2024"])
+        self.complete_on_wait()
+        code, out, err = await self.run_cli("send-file", "alice", album, "-w")
+        self.assertEqual(code, 0, err)
+        self.assertEqual([line.split()[3] for line in out.splitlines()], ["complete"] * 2)
+
     async def test_interrupted_wait_leaves_the_offers(self) -> None:
         """When Ctrl+C arrives while send-file --wait waits for two offered files, then the
         wait is cancelled in the daemon, the offers stay, the exit status is 130 and the

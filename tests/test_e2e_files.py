@@ -397,7 +397,8 @@ class CliTests(TestCase):
         a small file without asking and leaves a larger one offered; a size cap refuses an
         oversize accept with the reason; cancel ends a waiting offer on both sides; send-file
         with several paths and --wait offers each (a missing one is said, the others go) and
-        answers once all ended; accept --all --wait answers once the files it took arrived."""
+        answers once all ended; accept --all --wait answers once the files it took arrived; a
+        folder sent whole lands in one new folder beside the one of its name bob had."""
         from jarvis.common import paths
         from jarvis.ipc.client import IpcClient
         from tests.peers import EventRecorder
@@ -500,6 +501,35 @@ class CliTests(TestCase):
         self.assertEqual([t["state"] for t in arrived["transfers"]], ["complete"] * 2)
         for p, d in zip(scans, scan_digests, strict=True):
             self.assertEqual(sha256_of(os.path.join(inbox, os.path.basename(p))), d)
+
+        # A folder sent whole, where bob already has a folder of its name: its files (under
+        # the auto-accept limit) land in one new folder, with the folder below it (its
+        # escape sequence taken out of its name); the link in it is left out.
+        album = os.path.join(root, "album")
+        os.makedirs(os.path.join(album, "\x1b[31mred"))
+        tree = {"one.jpg": 300_000, "\x1b[31mred/two.jpg": 200_000}
+        tree_digests = {name: random_file(os.path.join(album, name), n) for name, n in tree.items()}
+        os.symlink(path, os.path.join(album, "link.pdf"))
+        os.makedirs(os.path.join(inbox, "album"))
+        code, out, err = await alice.run("--json", "send-file", "Bob", album, "--wait")
+        self.assertEqual(code, 0, err)
+        sent_album = json.loads(out)
+        self.assertEqual(sent_album["failed"], [])
+        self.assertEqual(
+            [(t["folder"], t["name"], t["state"]) for t in sent_album["transfers"]],
+            [("album", "one.jpg", "complete"), ("album/\x1b[31mred", "two.jpg", "complete")],
+        )
+        landed = os.path.join(inbox, "album (1)")
+        self.assertEqual(sha256_of(os.path.join(landed, "one.jpg")), tree_digests["one.jpg"])
+        self.assertEqual(
+            sha256_of(os.path.join(landed, "[31mred", "two.jpg")),
+            tree_digests["\x1b[31mred/two.jpg"],
+        )
+        self.assertEqual(sorted(os.listdir(landed)), ["[31mred", "one.jpg"])
+        self.assertEqual(os.listdir(os.path.join(inbox, "album")), [])
+        listed = await bob.ok("files")
+        self.assertIn("album/\\x1b[31mred/two.jpg", listed)  # shown, not run
+        self.assertNotIn("\x1b", listed)
 
 
 #: The folder whose ``sitecustomize`` turns a daemon into a lying sender.

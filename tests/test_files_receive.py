@@ -22,9 +22,12 @@ from jarvis.files.receive import (
     ReceivePolicy,
     VerificationFailed,
     _open_direct,
+    make_folder_root,
+    make_subfolders,
     numbered_name,
     partial_paths,
     safe_file_name,
+    safe_folder_parts,
 )
 from jarvis.files.send import (
     FileSource,
@@ -132,6 +135,56 @@ class SafeNameTests(SynchronousTestCase):
         self.assertEqual(name, "ok")
         self.assertEqual(numbered_name("a.tar.gz", 2), "a.tar (2).gz")
         self.assertEqual(numbered_name("README", 1), "README (1)")
+
+
+class FolderTests(SynchronousTestCase):
+    def test_hostile_folder_parts(self) -> None:
+        """When the folder of a file of a folder sent whole holds ``..``, leading dots,
+        backslashes, escapes, bidi controls or device names, then every part kept is a plain
+        folder name, none of them ``..`` or hidden."""
+        cases = {
+            "photos/2024": ["photos", "2024"],
+            "../../etc": ["file", "file", "etc"],
+            "..\\..\\x": ["file", "file", "x"],
+            ".ssh/keys": ["ssh", "keys"],
+            "a/./b": ["a", "file", "b"],
+            "CON/aux": ["_CON", "_aux"],
+            "x\x1b]52;c;QUFB\x07/\u202egpj": ["x]52;c;QUFB", "gpj"],
+        }
+        for offered, expected in cases.items():
+            with self.subTest(offered=offered):
+                self.assertEqual(safe_folder_parts(offered), expected)
+
+    def test_a_new_folder_each_time_never_an_existing_one(self) -> None:
+        """When the folder for a folder sent is made where one of that name exists (a folder,
+        a file, a link to elsewhere), then a new one is made beside it, ``photos (N)``, 0700,
+        and nothing is written through the link."""
+        base = short_tempdir(self)
+        elsewhere = short_tempdir(self)
+        os.mkdir(os.path.join(base, "photos"))
+        open(os.path.join(base, "photos (1)"), "w").close()
+        os.symlink(elsewhere, os.path.join(base, "photos (2)"))
+        root = make_folder_root(base, "photos")
+        self.assertEqual(root, os.path.join(base, "photos (3)"))
+        self.assertEqual(stat.S_IMODE(os.lstat(root).st_mode) & 0o077, 0)
+        self.assertEqual(make_folder_root(base, "photos"), os.path.join(base, "photos (4)"))
+        self.assertEqual(os.listdir(elsewhere), [])
+
+    def test_subfolders_are_made_but_never_through_a_link(self) -> None:
+        """When the folders below a received folder are made, then missing ones are created
+        (the root too, if it went), existing real folders are used, and a link planted where
+        a part goes is refused (NotADirectoryError) with nothing made where it points."""
+        base = short_tempdir(self)
+        elsewhere = short_tempdir(self)
+        root = os.path.join(base, "photos")
+        deep = make_subfolders(root, ["2024", "summer"])
+        self.assertEqual(deep, os.path.join(root, "2024", "summer"))
+        self.assertTrue(os.path.isdir(deep))
+        self.assertEqual(make_subfolders(root, ["2024", "summer"]), deep)
+        os.symlink(elsewhere, os.path.join(root, "2025"))
+        with self.assertRaises(NotADirectoryError):
+            make_subfolders(root, ["2025", "x"])
+        self.assertEqual(os.listdir(elsewhere), [])
 
 
 class PartialFileTests(SynchronousTestCase):

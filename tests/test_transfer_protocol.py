@@ -70,6 +70,23 @@ VECTORS = {
         + "000a746578742f706c61696e00010000202122232425262728292a2b2c2d2e2f303132333435363738"
         "393a3b3c3d3e3f" + "77" * 16,
     ),
+    "folder offer": (
+        Offer(
+            TID,
+            "a",
+            1,
+            b"\xaa" * 32,
+            "text/plain",
+            65536,
+            SECRET,
+            folder="photos/2024",
+            folder_id=b"\x66" * 16,
+        ),
+        "010f000102030405060708090a0b0c0d0e0f0001610000000000000001"
+        + "aa" * 32
+        + "000a746578742f706c61696e00010000202122232425262728292a2b2c2d2e2f303132333435363738"
+        "393a3b3c3d3e3f" + "66" * 16 + "000b70686f746f732f32303234",
+    ),
     "accept": (Accept(TID), "0102000102030405060708090a0b0c0d0e0f"),
     "decline": (Decline(TID, "no"), "0103000102030405060708090a0b0c0d0e0f00026e6f"),
     "cancel": (Cancel(TID, "stop"), "0104000102030405060708090a0b0c0d0e0f000473746f70"),
@@ -248,6 +265,31 @@ class ParseRefusalTests(SynchronousTestCase):
             + (16).to_bytes(4, "big")
         )
         self.assertRefused(whole_piece_partial)
+
+    def test_bad_folder_offers(self) -> None:
+        """When a folder offer has a folder without its id (or the reverse), is also a group
+        offer, has an empty part (``a//b``, ``/a``), more than 32 parts, an id of 15 bytes,
+        or is cut short, then it is refused."""
+        base = Offer(TID, "a", 1, b"\xaa" * 32, "text/plain", 65536, SECRET)
+        for folder, folder_id, group_id in [
+            ("photos", b"", b""),
+            ("", b"\x66" * 16, b""),
+            ("photos", b"\x66" * 16, b"\x77" * 16),
+            ("a//b", b"\x66" * 16, b""),
+            ("/a", b"\x66" * 16, b""),
+            ("/".join(["d"] * 33), b"\x66" * 16, b""),
+            ("photos", b"\x66" * 15, b""),
+        ]:
+            with self.subTest(folder=folder[:10], id=len(folder_id), group=bool(group_id)):
+                with self.assertRaises(ValueError):
+                    replace(base, folder=folder, folder_id=folder_id, group_id=group_id)
+        deep = replace(base, folder="/".join(["d"] * 32), folder_id=b"\x66" * 16)
+        self.assertEqual(parse_transfer_record(encode_transfer_record(deep)), deep)
+        good = bytes.fromhex(VECTORS["folder offer"][1])
+        self.assertRefused(good[:-1])
+        self.assertRefused(good + b"\x00")
+        empty_part = good[:-13] + b"\x00\x02a/"
+        self.assertRefused(empty_part)
 
     @given(
         name=st.sampled_from(sorted(VECTORS)),

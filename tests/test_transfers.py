@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from hypothesis import given
@@ -28,7 +29,7 @@ from jarvis.core.transfers import (
     Transfers,
     is_control_body,
 )
-from jarvis.files.send import make_offer
+from jarvis.files.send import folder_files, make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
     Accept,
@@ -380,7 +381,7 @@ class SendWhatTests(TestCase):
         self.assertEqual(
             said[folder],
             "cannot read the file: it is a folder: send the files in it (FOLDER/* names them "
-            "all), or one archive of it",
+            "all) or one archive of it; to a contact, jarvis send-file sends a folder whole",
         )
         self.assertEqual(
             said[fifo], "cannot read the file: not a regular file (a device, pipe or socket)"
@@ -391,6 +392,81 @@ class SendWhatTests(TestCase):
         self.assertEqual(transfers.list(), [])
         view = self.successResultOf(transfers.send(BOB, empty))
         self.assertEqual((view["name"], view["size"]), ("empty.txt", 0))
+
+
+class FolderTests(TestCase):
+    def test_a_folder_is_offered_file_by_file_with_the_folder_each_is_in(self) -> None:
+        """When a folder holding files in folders below it, a link to a file, a link to a
+        folder, a named pipe and an empty folder is sent, then each regular file is one
+        offer naming its folder (``photos``, ``photos/2024``), all with one folder id, and
+        nothing else is offered; an empty folder, a file and a folder of too many files are
+        refused saying so."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[BOB] = session = FakeSession()
+        top = os.path.join(short_tempdir(self), "photos")
+        os.makedirs(os.path.join(top, "2024", "summer"))
+        os.makedirs(os.path.join(top, "empty"))
+        for name, data in [("a.jpg", b"a" * 70_000), ("2024/b.jpg", b"b"), (".hidden", b"h")]:
+            with open(os.path.join(top, name), "wb") as f:
+                f.write(data)
+        os.symlink(os.path.join(top, "a.jpg"), os.path.join(top, "link.jpg"))
+        os.symlink(short_tempdir(self), os.path.join(top, "linked"))
+        os.mkfifo(os.path.join(top, "pipe"))
+        result = self.successResultOf(transfers.send_folder(BOB, top))
+        self.assertEqual(result["folder"], "photos")
+        self.assertEqual(result["failed"], [])
+        self.assertEqual(
+            [(v["folder"], v["name"], v["size"]) for v in result["transfers"]],
+            [("photos", ".hidden", 1), ("photos", "a.jpg", 70_000), ("photos/2024", "b.jpg", 1)],
+        )
+        self.assertEqual(len({r.folder_id for r in session.records}), 1)  # type: ignore[attr-defined]
+        self.assertEqual([r.folder for r in session.records], ["photos", "photos", "photos/2024"])  # type: ignore[attr-defined]
+        for path, said in [
+            (os.path.join(top, "empty"), "the folder holds no file to send (links are left out)"),
+            (os.path.join(top, "a.jpg"), "not a folder: send-file sends a file as it is"),
+        ]:
+            refused = self.failureResultOf(transfers.send_folder(BOB, path), InvalidInput)
+            self.assertEqual(refused.getErrorMessage(), said)
+        self.patch(transfers_module, "folder_files", partial(folder_files, max_files=2))
+        refused = self.failureResultOf(transfers.send_folder(BOB, top), InvalidInput)
+        self.assertEqual(
+            refused.getErrorMessage(),
+            "cannot send the folder: it holds more than 2 files: send an archive of it",
+        )
+        self.assertEqual(len(transfers.list()), 3)
+
+    def test_the_files_of_one_folder_land_in_one_new_folder(self) -> None:
+        """When bob accepts the files of a folder alice sent, where a folder of that name
+        already is, then they land in one new folder (``photos (1)``) with the folders below
+        it, also a file accepted after a restart; another folder sent lands in ``photos
+        (2)``; a hostile folder (``../../x``) stays inside the folder accepted into."""
+        store = FakeStore()
+        transfers, _sessions, _events, _ = make_transfers(self, store)
+        base = transfers.downloads
+        os.makedirs(os.path.join(base, "photos"))
+        first, other = b"\x01" * 16, b"\x02" * 16
+
+        def offer(folder: str, folder_id: bytes) -> str:
+            sent = replace(an_offer(self, size=10), folder=folder, folder_id=folder_id)
+            transfers._offer_received(ALICE, sent)
+            return sent.transfer_id.hex()
+
+        def accepted(tid: str, into: Any = transfers) -> str:
+            return str(self.successResultOf(into.accept(tid))["directory"])
+
+        a, b, c = offer("photos", first), offer("photos/2024", first), offer("photos", other)
+        hostile = offer("../../x", b"\x03" * 16)
+        late = offer("photos/2024/summer", first)
+        self.assertEqual(accepted(a), os.path.join(base, "photos (1)"))
+        self.assertEqual(accepted(b), os.path.join(base, "photos (1)", "2024"))
+        self.assertEqual(accepted(c), os.path.join(base, "photos (2)"))
+        self.assertEqual(accepted(hostile), os.path.join(base, "file", "file", "x"))
+        self.assertEqual(transfers.find(a).folder_root, os.path.join(base, "photos (1)"))
+        transfers.close()
+        again, _sessions, _events, _ = make_transfers(self, store)
+        again._default_downloads = base
+        self.assertEqual(accepted(late, again), os.path.join(base, "photos (1)", "2024", "summer"))
+        self.assertEqual(sorted(os.listdir(base)), ["file", "photos", "photos (1)", "photos (2)"])
 
 
 class RoutedSession:

@@ -10,7 +10,15 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.ui import completion
-from jarvis.ui.model import InputError, SlashCommand, group_key, parse_input, progress_bar
+from jarvis.ui.model import (
+    InputError,
+    SlashCommand,
+    file_name,
+    group_key,
+    parse_input,
+    progress_bar,
+)
+from tests.daemons import short_tempdir
 from tests.ui_fakes import (
     NOW,
     UID_ALICE,
@@ -97,6 +105,35 @@ class TransferUiTests(SynchronousTestCase):
         )
         text = screen_text(controller.window, (120, 24))
         self.assertIn("offered report.pdf (3.0 MiB); /cancel 01234567", text)
+
+    def test_a_folder_is_offered_whole(self) -> None:
+        """When /file names a folder, then files.sendFolder offers it to alice, and the
+        conversation says the folder was offered, how many files and bytes, how to cancel,
+        and how many files could not be read; an offer of a file in it shows its folder."""
+        controller, client, clock = started()
+        album = os.path.join(short_tempdir(self), "album")
+        os.mkdir(album)
+        views = [
+            transfer(direction="out", name="a.jpg", folder="album", size=1024),
+            transfer(direction="out", name="b.jpg", folder="album/2024", size=2048),
+        ]
+        client.m_files_sendFolder = lambda params: {
+            "folder": "album",
+            "transfers": views,
+            "failed": [{"path": album + "/c.jpg", "error": "cannot read the file: gone"}],
+        }
+        press(controller, "meta 1")
+        press(controller, f"/file {album}", "enter")
+        clock.advance(0)
+        self.assertIn(("files.sendFolder", {"contact": UID_ALICE, "path": album}), client.calls)
+        self.assertNotIn("files.send", [method for method, _params in client.calls])
+        text = screen_text(controller.window, (200, 24))
+        self.assertIn(
+            "offered the folder album: 2 files (3.0 KiB); /cancel all stops the transfers "
+            f"here; 1 not offered ({album}/c.jpg: cannot read the file: gone)",
+            text,
+        )
+        self.assertEqual(file_name(views[1]), "album/2024/b.jpg")
 
     def test_an_offer_to_an_offline_contact_says_it_went_to_their_mailbox(self) -> None:
         """When /file is typed for a contact who is offline and the daemon put the offer in

@@ -9,6 +9,7 @@ network, the reactor or the file system.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -762,6 +763,8 @@ def make_controller(
         on_quit=lambda: files.__setitem__("<quit>", "yes"),
     )
     controller.files = files  # type: ignore[attr-defined]
+    # a folder is told apart at once (the real one asks a thread)
+    controller.is_folder = lambda path: defer.succeed(os.path.isdir(path))
     if start:
         controller.start()
     return controller, client, clock, connector

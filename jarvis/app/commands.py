@@ -1170,12 +1170,14 @@ async def cmd_group(session: Session, sub: usage.Options, inputs: dict[str, Any]
 
 
 def transfer_line(t: dict[str, Any]) -> str:
-    """One line of ``jarvis files``: id prefix, direction, state, progress, name, contact."""
+    """One line of ``jarvis files``: id prefix, direction, state, progress, name (after the
+    folder it is in, for a file of a folder sent whole), contact."""
     size = int(t.get("size") or 0)
     done = int(t.get("bytes") or 0)
     percent = f"{100 * done // size:3d}%" if size else "100%"
     arrow = "->" if t.get("direction") == "out" else "<-"
-    name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+    shown = f"{t['folder']}/{t.get('name', '')}" if t.get("folder") else t.get("name", "")
+    name = terminal_safe(str(shown), keep_newlines=False)
     who = terminal_safe(
         str(t.get("contact_name") or t.get("contact", ""))[:20], keep_newlines=False
     )
@@ -1277,7 +1279,7 @@ async def cmd_send_file(session: Session, sub: usage.Options, inputs: dict[str, 
     state with --wait); several, :func:`_send_files`."""
     session.interrupted_note = OFFERS_STAY
     paths = sub["paths"]
-    if len(paths) > 1:
+    if len(paths) > 1 or os.path.isdir(paths[0]):
         await _send_files(session, sub["contact"], paths, wait=bool(sub["wait"]))
         return
     params = {"contact": sub["contact"], "path": paths[0]}
@@ -1299,7 +1301,7 @@ _PATH_ERRORS = frozenset({"invalid", "too_large"})
 
 
 async def _send_files(session: Session, contact: str, paths: list[str], *, wait: bool) -> None:
-    """``send-file`` with several paths: :func:`_offer_each` to the contact."""
+    """``send-file`` with several paths, or a folder: :func:`_offer_each` to the contact."""
     uid = (await session.call("contacts.show", {"contact": contact}))["uid"]
     await _offer_each(session, "files.send", {"contact": uid}, paths, wait=wait, who=contact)
 
@@ -1319,14 +1321,19 @@ async def _offer_each(
     is said on stderr ("PATH: why") while the others still go.  ``--json``: ``{"transfers":
     [...], "failed": [{"path", "error"}]}``, and for a group ``"messages"``: the group
     message recording each file sent.  Exit status 1 if a path failed, or with *wait* if a
-    transfer did not complete.  *who*: whose accept the note of the bar waits for."""
+    transfer did not complete.  *who*: whose accept the note of the bar waits for.  A folder
+    given to ``files.send`` goes whole (``files.sendFolder``): a line per file offered, and
+    its files that could not be read among the failed."""
     quiet = session.options.wants_json()
     offered: list[Any] = []
     messages: list[Any] = []
     failed: list[dict[str, str]] = []
     for path in paths:
+        called = method
+        if method == "files.send" and os.path.isdir(path):
+            called = "files.sendFolder"
         try:
-            result = await session.call(method, {**params, "path": path})
+            result = await session.call(called, {**params, "path": path})
         except RemoteError as e:
             if e.kind not in _PATH_ERRORS:
                 raise
@@ -1335,13 +1342,18 @@ async def _offer_each(
                 print(f"jarvis: {terminal_safe(path)}: {terminal_safe(str(e))}", file=sys.stderr)
             continue
         views = result.get("transfers", [result])
+        for unread in result.get("failed", []):
+            failed.append(unread)
+            if not quiet:
+                why = f"{unread['path']}: {unread['error']}"
+                print(f"jarvis: {terminal_safe(why)}", file=sys.stderr)
         if "message" in result:
             messages.append(result["message"])
         offered.extend(views)
         if not wait and not quiet:
             print("\n".join(terminal_safe(transfer_line(t)) for t in views))
     if wait and offered:
-        count = len(paths) - len(failed)
+        count = len(offered)
         files = "a file" if count == 1 else f"{count} files"
         bar = _ProgressBar.on_terminal(
             f"waiting for {who} to accept {files} ({STOP_WAITING})", combined=True
@@ -1356,7 +1368,8 @@ async def _offer_each(
             answer["messages"] = messages
         print(json_text(answer, indent=2))
     if failed:
-        raise errors.InvalidInput(f"{len(failed)} of {len(paths)} files were not offered")
+        total = len(failed) + len(offered)
+        raise errors.InvalidInput(f"{len(failed)} of {total} files were not offered")
     if wait and any(t.get("state") != "complete" for t in offered):
         raise SystemExit(1)
 

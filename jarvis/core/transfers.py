@@ -54,17 +54,24 @@ from jarvis.files.receive import (
     ReceivePolicy,
     check_acceptable,
     free_bytes,
+    make_folder_root,
+    make_subfolders,
+    safe_folder_parts,
 )
 from jarvis.files.send import (
     FileSource,
+    FolderTooBig,
     PreparedFile,
     SourceChanged,
+    folder_files,
     make_offer,
     offer_again,
+    offer_in_folder,
     prepare_again,
 )
 from jarvis.protocol.transfer import (
     FINAL_STATES,
+    FOLDER_ID_SIZE,
     Accept,
     Cancel,
     Complete,
@@ -218,6 +225,9 @@ class TransferEntry:
     created: float
     path: str = ""  # sender: the file; receiver: the final file once complete
     directory: str = ""  # receiver: where the partial file lives
+    #: Receiver, a file of a folder sent whole: the folder made for that folder (the files of
+    #: one folder sent, accepted into one place, all land below the same one).
+    folder_root: str = ""
     reason: str = ""
     notice: str = ""
     done: int = 0
@@ -275,6 +285,7 @@ class TransferEntry:
             "created": self.created,
             "path": self.path,
             "directory": self.directory,
+            **({"folder_root": self.folder_root} if self.folder_root else {}),
             "reason": self.reason,
             "notice": self.notice,
             "done": self.done,
@@ -294,6 +305,7 @@ class TransferEntry:
             created=float(data["created"]),
             path=str(data.get("path", "")),
             directory=str(data.get("directory", "")),
+            folder_root=str(data.get("folder_root", "")),
             reason=str(data.get("reason", "")),
             notice=str(data.get("notice", "")),
             done=int(data.get("done", 0)),
@@ -347,6 +359,9 @@ class Transfers:
         #: file hashed again off the reactor): one at a time each, so a member cannot make us
         #: hash a file in a loop.
         self._answering: set[tuple[str, bytes]] = set()
+        #: Held while the folder of a file of a folder sent whole is found or made, so two
+        #: files of one folder accepted at once land in the same one.
+        self._folder_lock = defer.DeferredLock()
         #: Offers declined unseen per peer (:meth:`_too_many_open`), for a bounded log.
         self._refused: dict[str, int] = {}
         #: Receiving streams made to wait per peer (:meth:`_receiving_full`), for the same.
@@ -508,6 +523,7 @@ class Transfers:
             or self._display_name(entry.peer),
             "direction": "out" if entry.sending else "in",
             "name": offer.name,
+            "folder": offer.folder or None,
             "size": offer.size,
             "media_type": offer.media_type,
             "state": entry.state,
@@ -1062,6 +1078,45 @@ class Transfers:
         return views
 
     @defer.inlineCallbacks
+    def send_folder(self, uid: str, path: str) -> Any:
+        """Offer every file of the folder at *path* to *uid*, each a transfer of its own
+        marked with the folder it is in (``Offer.folder``) and one folder id, so the receiver
+        puts them all in one new folder (:func:`~jarvis.files.send.folder_files` says which
+        files: links and special files are left out).  Files are hashed one by one off the
+        reactor and each is offered once hashed.
+
+        :returns: ``{"folder", "transfers", "failed"}``: the folder's name, the views of the
+            files offered, and ``{"path", "error"}`` for each file that could not be read
+            meanwhile (it changed or went after the folder was listed).
+        :raises InvalidInput: if *path* is not a readable folder, holds no file, or holds too
+            many (:data:`~jarvis.files.send.MAX_FOLDER_FILES`).
+        """
+        if not os.path.isabs(path):
+            raise InvalidInput("the path must be absolute")
+        try:
+            files = yield self._run(folder_files, path)
+        except FolderTooBig as e:
+            raise InvalidInput(f"cannot send the folder: {e}") from None
+        except NotADirectoryError:
+            raise InvalidInput("not a folder: send-file sends a file as it is") from None
+        except OSError as e:
+            where = f" ({e.filename})" if e.filename and e.filename != path else ""
+            raise InvalidInput(f"cannot read the folder: {e.strerror or e}{where}") from None
+        if not files:
+            raise InvalidInput("the folder holds no file to send (links are left out)")
+        folder_id = os.urandom(FOLDER_ID_SIZE)
+        views: list[dict[str, Any]] = []
+        failed: list[dict[str, str]] = []
+        for file_path, folder in files:
+            try:
+                prepared = yield self._hash(file_path)
+            except InvalidInput as e:
+                failed.append({"path": file_path, "error": str(e)})
+                continue
+            views.append(self._offer_prepared(uid, offer_in_folder(prepared, folder, folder_id)))
+        return {"folder": files[0][1].split("/")[0], "transfers": views, "failed": failed}
+
+    @defer.inlineCallbacks
     def _hash(self, path: str) -> Any:
         """Hash the file at *path* off the reactor: a Deferred firing with its
         :class:`PreparedFile` (:raises InvalidInput: if it is not a readable regular file)."""
@@ -1105,6 +1160,8 @@ class Transfers:
         _check_waiting_offer(entry)
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         policy, _auto = self._policy(entry.peer)
+        if entry.offer.folder_id:
+            directory = yield self._folder_for(entry, directory)
         partial = yield self._in_folder(_create_partial, directory, entry.offer, policy)
         if entry.state != "offered":  # cancelled meanwhile
             yield self._run(partial.discard)
@@ -1115,6 +1172,37 @@ class Transfers:
         entry.reason = _ACCEPT_REASONS[self._write(entry.peer, Accept(entry.offer.transfer_id))]
         self._changed(entry)
         return self.view(entry)
+
+    @defer.inlineCallbacks
+    def _folder_for(self, entry: TransferEntry, base: str) -> Any:
+        """Where a file of a folder sent whole goes when accepted into *base*: below the
+        folder already made there for the same folder sent (a file of it accepted before),
+        or a new one named as the sender's (``photos``, ``photos (1)`` if taken); then the
+        folders the file is in below it, every name sanitised."""
+        yield self._folder_lock.acquire()
+        try:
+            root = next(
+                (
+                    e.folder_root
+                    for e in self._entries.values()
+                    if e.folder_root
+                    and e.peer == entry.peer
+                    and e.offer.folder_id == entry.offer.folder_id
+                    and os.path.dirname(e.folder_root) == base
+                ),
+                None,
+            )
+            try:
+                root, directory = yield self._run(_folder_of, base, entry.offer.folder, root)
+            except (FileExistsError, NotADirectoryError) as e:
+                where = e.filename or base
+                raise InvalidInput(f"{where} is not a folder: choose a folder") from None
+            except OSError as e:
+                raise InvalidInput(f"cannot write into {base}: {e.strerror or e}") from None
+            entry.folder_root = root
+            return directory
+        finally:
+            self._folder_lock.release()
 
     @defer.inlineCallbacks
     def _in_folder(
@@ -1765,6 +1853,17 @@ def _check_waiting_offer(entry: TransferEntry) -> None:
         )
 
 
+def _folder_of(base: str, folder: str, root: str | None) -> tuple[str, str]:
+    """Make (or find again) the folder a file of a folder sent whole goes into: *root* if
+    known, else a new one in *base* named as the folder sent; then the folders below it.
+    Returns ``(root, the file's folder)``."""
+    parts = safe_folder_parts(folder)
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    if root is None:
+        root = make_folder_root(base, parts[0])
+    return root, make_subfolders(root, parts[1:])
+
+
 def _check_folder(directory: str, offer: Offer, policy: ReceivePolicy) -> None:
     os.makedirs(directory, mode=0o700, exist_ok=True)
     check_acceptable(directory, offer, policy)
@@ -1777,7 +1876,8 @@ def _prepare(path: str) -> PreparedFile:
     if stat.S_ISDIR(st.st_mode):
         raise OSError(
             0,
-            "it is a folder: send the files in it (FOLDER/* names them all), or one archive of it",
+            "it is a folder: send the files in it (FOLDER/* names them all) or one archive of "
+            "it; to a contact, jarvis send-file sends a folder whole",
         )
     if not stat.S_ISREG(st.st_mode):
         raise OSError(0, "not a regular file (a device, pipe or socket)")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 import threading
 import unicodedata
@@ -157,6 +158,49 @@ def safe_file_name(name: str, *, max_bytes: int = MAX_NAME_BYTES) -> str:
     if name.split(".", 1)[0].rstrip(" ").upper() in DEVICE_NAMES:
         name = "_" + name
     return _shorten(name, max_bytes)
+
+
+def safe_folder_parts(folder: str) -> list[str]:
+    """Return the parts of an offered *folder* (``photos/2024``) as folder names safe to
+    create, each made by :func:`safe_file_name` (so no ``..``, no leading dot, no control or
+    bidi characters, no device names; a part with nothing left is ``file``).  Parts are split
+    on ``/`` and ``\\``; empty ones are dropped."""
+    parts = unicodedata.normalize("NFC", folder).replace("\\", "/").split("/")
+    return [safe_file_name(p) for p in parts if p]
+
+
+def make_folder_root(directory: str, name: str, *, tries: int = 10000) -> str:
+    """Create the folder a folder sent whole is received into: *name* in *directory*, or
+    ``name (1)``, ``name (2)``... when taken (never into an existing folder, nor through a
+    planted link: ``mkdir`` creates it or fails); mode 0700.  Returns its path."""
+    for n in range(tries):
+        candidate = os.path.join(directory, name if n == 0 else f"{name} ({n})")
+        try:
+            os.mkdir(candidate, 0o700)
+        except FileExistsError:
+            continue
+        sync_directory(directory)
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free name", name)
+
+
+def make_subfolders(root: str, parts: Sequence[str]) -> str:
+    """Create the folders *parts* below *root* (made by :func:`make_folder_root`; made again
+    if it went meanwhile) and return the deepest.  A part that exists is used only if it is a
+    real folder, not a link: a link planted there cannot lead the file out of *root*.
+
+    :raises NotADirectoryError: if a part exists and is not a folder (or is a link).
+    """
+    path = root
+    for part in ["", *parts]:
+        path = os.path.join(path, part) if part else path
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a folder", path) from None
+    return path
 
 
 def _split_extension(name: str) -> tuple[str, str]:

@@ -28,6 +28,8 @@ from jarvis.crypto.transfer_keys import new_transfer_secret
 from jarvis.files.hashing import HASH_BLOCK, hash_range
 from jarvis.protocol.transfer import (
     DEFAULT_CHUNK_SIZE,
+    MAX_FOLDER_BYTES,
+    MAX_FOLDER_DEPTH,
     PIECE_SIZE,
     Offer,
     chunk_count,
@@ -35,6 +37,11 @@ from jarvis.protocol.transfer import (
     chunk_length,
     manifest_root,
 )
+
+#: Most files of one folder sent whole: as many offers as a receiver lists from one contact
+#: at a time (``jarvis.core.transfers.MAX_OPEN_FROM_PEER``); a bigger folder is better sent
+#: as one archive.
+MAX_FOLDER_FILES = 500
 
 
 class SourceChanged(Exception):
@@ -100,6 +107,65 @@ def make_offer(path: str, *, chunk_size: int = DEFAULT_CHUNK_SIZE) -> PreparedFi
         secret=new_transfer_secret(),
     )
     return PreparedFile(path, offer, tuple(hashes), signature)
+
+
+class FolderTooBig(Exception):
+    """A folder holds more files, or is deeper, than one folder sent whole may be."""
+
+
+def folder_files(
+    path: str, *, max_files: int = MAX_FOLDER_FILES, max_depth: int = MAX_FOLDER_DEPTH
+) -> list[tuple[str, str]]:
+    """List the files of the folder at *path* to send it whole: ``(file path, folder)`` pairs,
+    *folder* being the file's folder relative to *path*'s parent (``photos/2024``), sorted
+    by folder and name.  Regular files only, hidden ones included; links (to files or
+    folders) and devices, pipes and sockets are left out, and empty folders are not listed.
+
+    :raises FolderTooBig: if there are more than *max_files* files, or they are more than
+        *max_depth* folders deep.
+    :raises OSError: if a folder or a file in it cannot be read (``filename`` says which).
+    """
+    top = os.path.basename(os.path.normpath(path)) or "folder"
+    found: list[tuple[str, str]] = []
+
+    def walk(folder: str, parts: list[str]) -> None:
+        if len(parts) > max_depth:
+            raise FolderTooBig(f"its files are more than {max_depth} folders deep")
+        where = "/".join(_utf8(p) for p in parts)
+        if len(where.encode("utf-8")) > MAX_FOLDER_BYTES:
+            raise FolderTooBig(f"a folder in it is more than {MAX_FOLDER_BYTES} bytes deep")
+        with os.scandir(folder) as entries:
+            listed = sorted(entries, key=lambda e: e.name)
+        below = []
+        for entry in listed:
+            if entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                below.append(entry)
+            elif entry.is_file(follow_symlinks=False):
+                if not os.access(entry.path, os.R_OK):
+                    raise PermissionError(13, "Permission denied", entry.path)
+                found.append((entry.path, where))
+                if len(found) > max_files:
+                    raise FolderTooBig(
+                        f"it holds more than {max_files} files: send an archive of it"
+                    )
+        for entry in below:
+            walk(entry.path, [*parts, entry.name])
+
+    walk(path, [top])
+    return found
+
+
+def _utf8(name: str) -> str:
+    """*name* as UTF-8 can carry it (a name that is not valid UTF-8 gets U+FFFD)."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def offer_in_folder(prepared: PreparedFile, folder: str, folder_id: bytes) -> PreparedFile:
+    """The hashed file's offer marked as being in *folder* of the folder sent as
+    *folder_id* (:class:`~jarvis.protocol.transfer.Offer`'s ``folder``)."""
+    return replace(prepared, offer=replace(prepared.offer, folder=folder, folder_id=folder_id))
 
 
 def offer_again(prepared: PreparedFile, *, group_id: bytes = b"") -> PreparedFile:

@@ -799,7 +799,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
 # files.* (issue 18) ---------------------------------------------------------------------------
 
 _TRANSFER_VIEW = (
-    "{id, contact, contact_name, direction ('in'|'out'), name, size, media_type, state "
+    "{id, contact, contact_name, direction ('in'|'out'), name, folder (the folder the file is "
+    "in, for a file of a folder sent whole: photos/2024; else null), size, media_type, state "
     "('requested'|'offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, "
     "bytes, rate, "
     "eta, path, directory, created, group (the group's id for a file sent into a group, else "
@@ -829,6 +830,10 @@ def _send_file(inv: Invocation, send: Callable[..., Any], to: str) -> defer.Defe
 
 def files_send(inv: Invocation) -> defer.Deferred[Any]:
     return _send_file(inv, inv.ctx.node.send_file, "contact")
+
+
+def files_send_folder(inv: Invocation) -> defer.Deferred[Any]:
+    return _send_file(inv, inv.ctx.node.send_folder, "contact")
 
 
 def groups_send_file(inv: Invocation) -> defer.Deferred[Any]:
@@ -915,6 +920,27 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "contact accepts. With wait, progress ({id, bytes, size, rate, eta} and {id, "
             "state}) is reported with $/progress and the answer comes when the transfer is "
             "complete, cancelled or failed.",
+            deadline=None,
+            progress=True,
+        ),
+        MethodSpec(
+            "files.sendFolder",
+            files_send_folder,
+            (
+                CONTACT,
+                Param("path", str, True, "the folder to send (absolute path)", _path),
+                Param("wait", bool, False, "answer only once every file's transfer ended"),
+            ),
+            result="{folder, transfers: [transfer view], failed: [{path, error}]}",
+            doc="Offer every file of a folder to a contact, to be received as one folder: "
+            "each file is a transfer of its own (accepted, declined, cancelled one by one) "
+            "whose view names the folder it is in (folder: the folder sent, then the folders "
+            "below it, joined by /); the contact's daemon puts the files of one folder sent "
+            "in one new folder where they are accepted (photos, or photos (1) if taken), "
+            "every folder name sanitised. Regular files only: links, devices, pipes and "
+            "sockets are left out, and empty folders; at most 500 files, 32 folders deep. "
+            "failed lists the files that could not be read once listed. With wait, progress "
+            "as for files.wait and the answer once every transfer ended.",
             deadline=None,
             progress=True,
         ),

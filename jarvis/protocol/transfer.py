@@ -60,6 +60,9 @@ PIECE = 0x0C
 GROUP_OFFER = 0x0D
 #: A member asks the author of a file shared into a group for a transfer of it (``Request``).
 REQUEST = 0x0E
+#: An :class:`Offer` of a file inside a folder sent whole: the offer's fields, then the folder
+#: id (16 bytes) and the folder the file is in, relative to the folder sent (text).
+FOLDER_OFFER = 0x0F
 
 TRANSFER_ID_SIZE = 16
 GROUP_ID_SIZE = 16
@@ -88,6 +91,11 @@ MAX_PIECES = MAX_CHUNK_SIZE // PIECE_SIZE
 MAX_FILE_SIZE = 1 << 40
 #: Most UTF-8 bytes of an offered name (the receiver sanitises and shortens it anyway).
 MAX_NAME_BYTES = 1024
+#: Most UTF-8 bytes of the folder an offered file is in (its path inside the folder sent).
+MAX_FOLDER_BYTES = 1024
+#: Most folders deep a file of a folder sent may be (the folder sent counts as one).
+MAX_FOLDER_DEPTH = 32
+FOLDER_ID_SIZE = 16
 #: Most bytes of an offered media type (``type/subtype``).
 MAX_TYPE_BYTES = 127
 #: Most bytes of a Decline or Cancel reason.
@@ -245,6 +253,12 @@ class Offer:
     :ivar group_id: the group the file was sent into (16 bytes), or ``b""`` for a file sent to
         one contact.  A group offer travels as :data:`GROUP_OFFER`; the receiver takes it only
         from a member of that group while we are one (``docs/groups.md``, "Files").
+    :ivar folder: for a file of a folder sent whole, the folder it is in as the sender has it:
+        the folder sent, then the folders below it, joined by ``/`` (``photos/2024``); ``""``
+        for a file sent alone.  The receiver sanitises every part (``docs/protocol.md``,
+        "Folders").  Travels as :data:`FOLDER_OFFER`.
+    :ivar folder_id: 16 random bytes shared by every file of one folder sent (the receiver
+        puts them all in one new folder), or ``b""``.
     """
 
     transfer_id: bytes
@@ -255,6 +269,8 @@ class Offer:
     chunk_size: int
     secret: bytes = field(repr=False)
     group_id: bytes = b""
+    folder: str = ""
+    folder_id: bytes = b""
 
     def __post_init__(self) -> None:
         _check_id(self.transfer_id)
@@ -274,6 +290,17 @@ class Offer:
             raise ValueError("secret is 32 bytes")
         if self.group_id and len(self.group_id) != GROUP_ID_SIZE:
             raise ValueError("group id is 16 bytes")
+        if bool(self.folder) != bool(self.folder_id):
+            raise ValueError("a folder and its id go together")
+        if self.folder_id:
+            if self.group_id:
+                raise ValueError("a folder is sent to one contact, not into a group")
+            if len(self.folder_id) != FOLDER_ID_SIZE:
+                raise ValueError("folder id is 16 bytes")
+            _check_text(self.folder, MAX_FOLDER_BYTES, "folder", allow_empty=False)
+            parts = self.folder.split("/")
+            if len(parts) > MAX_FOLDER_DEPTH or not all(parts):
+                raise ValueError(f"folder is 1 to {MAX_FOLDER_DEPTH} non-empty parts")
 
     @property
     def chunks(self) -> int:
@@ -518,6 +545,9 @@ def encode_transfer_record(record: TransferRecord) -> bytes:
                 record.group_id,
             ]
         )
+        if record.folder_id:
+            body += record.folder_id + _text(record.folder)
+            return _HEADER.pack(TRANSFER_VERSION, FOLDER_OFFER) + body
         kind = GROUP_OFFER if record.group_id else OFFER
         return _HEADER.pack(TRANSFER_VERSION, kind) + body
     if isinstance(record, Accept):
@@ -621,7 +651,7 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
             return record
         if kind == CHUNK:
             raise OutdatedPeer("a whole-chunk record of an older Jarvis")
-        if kind in (OFFER, GROUP_OFFER):
+        if kind in (OFFER, GROUP_OFFER, FOLDER_OFFER):
             record = Offer(
                 transfer_id=r.take(TRANSFER_ID_SIZE, "transfer id"),
                 name=r.text("name", MAX_NAME_BYTES),
@@ -631,6 +661,8 @@ def parse_transfer_record(payload: bytes) -> TransferRecord:
                 chunk_size=r.u32("chunk size"),
                 secret=r.take(SECRET_SIZE, "secret"),
                 group_id=r.take(GROUP_ID_SIZE, "group id") if kind == GROUP_OFFER else b"",
+                folder_id=r.take(FOLDER_ID_SIZE, "folder id") if kind == FOLDER_OFFER else b"",
+                folder=r.text("folder", MAX_FOLDER_BYTES) if kind == FOLDER_OFFER else "",
             )
         elif kind == ACCEPT:
             record = Accept(r.take(TRANSFER_ID_SIZE, "transfer id"))

@@ -55,6 +55,11 @@ def is_pattern(path: str) -> bool:
     return glob.has_magic(path)  # type: ignore[attr-defined]
 
 
+def is_folder(path: str) -> bool:
+    """Whether ``/file`` PATH names a folder (then it is sent whole); blocking, as above."""
+    return os.path.isdir(path)
+
+
 def matching(pattern: str) -> list[str]:
     """Return the files *pattern* names (blocking: the controller runs it off the reactor
     thread): the path itself if it exists (a name may hold ``*``), else what the pattern

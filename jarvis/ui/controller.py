@@ -154,6 +154,10 @@ class Controller:
         self.list_dir: Callable[[str], defer.Deferred[list[tuple[str, bool]]]] = lambda directory: (
             threads.deferToThread(completion.listing, directory)
         )
+        #: Whether a ``/file`` path is a folder (sent whole), asked off the reactor thread.
+        self.is_folder: Callable[[str], defer.Deferred[bool]] = lambda path: threads.deferToThread(
+            completion.is_folder, path
+        )
         #: Expands a ``/file`` pattern (``~/photos/*.jpg``) off the reactor thread.
         self.expand_paths: Callable[[str], defer.Deferred[list[str]]] = lambda pattern: (
             threads.deferToThread(completion.matching, pattern)

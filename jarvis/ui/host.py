@@ -26,6 +26,8 @@ class UiHost(Protocol):
     clock: Any
     #: Expands a ``/file`` pattern to the files it names, off the reactor thread.
     expand_paths: Callable[[str], defer.Deferred[list[str]]]
+    #: Whether a ``/file`` path is a folder (sent whole), off the reactor thread.
+    is_folder: Callable[[str], defer.Deferred[bool]]
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, label: str | None = None

@@ -1715,7 +1715,16 @@ def _created(t: Mapping[str, Any]) -> float:
 def _transfer_name(t: Mapping[str, Any]) -> str:
     """How a transfer's lines name it: the file's name and, for a file we send into a group
     (one transfer per member), " to MEMBER"."""
-    return terminal_safe(str(t.get("name", "")), keep_newlines=False) + _recipient(t)
+    return file_name(t) + _recipient(t)
+
+
+def file_name(t: Mapping[str, Any]) -> str:
+    """A transfer's file as its lines name it (terminal-safe): its name, after the folder it
+    is in for a file of a folder sent whole (``photos/2024/b.jpg``)."""
+    name = str(t.get("name", ""))
+    if t.get("folder"):
+        name = f"{t['folder']}/{name}"
+    return terminal_safe(name, keep_newlines=False)
 
 
 def _recipient(t: Mapping[str, Any]) -> str:
@@ -1748,9 +1757,27 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
     return text
 
 
+def folder_offered(result: Mapping[str, Any]) -> str:
+    """What the conversation says of a folder offered (``files.sendFolder``'s answer):
+    "offered the folder NAME: N files (SIZE); /cancel all stops the transfers here", and how
+    many files
+    could not be read, with the first reason."""
+    views = result.get("transfers") or []
+    size = sum(int(v.get("size") or 0) for v in views)
+    files = "1 file" if len(views) == 1 else f"{len(views)} files"
+    folder = terminal_safe(str(result.get("folder", "")), keep_newlines=False)
+    text = f"offered the folder {folder}: {files} ({human_bytes(size)})"
+    text += "; /cancel all stops the transfers here"
+    failed = result.get("failed") or []
+    if failed:
+        first = failed[0]
+        why = terminal_safe(f"{first.get('path')}: {first.get('error')}", keep_newlines=False)
+        text += f"; {len(failed)} not offered ({why})"
+    return text
+
+
 def _file_label(t: Mapping[str, Any]) -> str:
-    name = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-    return f"{name} ({human_bytes(int(t.get('size') or 0))})"
+    return f"{file_name(t)} ({human_bytes(int(t.get('size') or 0))})"
 
 
 def _end_text(t: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import urwid
 
 from jarvis.common.textsafe import human_bytes, terminal_safe
+from jarvis.ui.model import file_name
 from jarvis.ui.widgets import Dialog, ReadlineEdit, button, field
 
 #: ``on_answer(verb, args)``: ``("accept", (id,))``, ``("accept", (id, folder))`` or
@@ -42,7 +43,7 @@ class OfferDialog(Dialog):
         self.transfer_id = str(transfer.get("id", ""))
         self._on_answer = on_answer
         self._on_close = on_close
-        name = terminal_safe(str(transfer.get("name", "")), keep_newlines=False)
+        name = file_name(transfer)
         kind = terminal_safe(str(transfer.get("media_type") or ""), keep_newlines=False)
         size = human_bytes(int(transfer.get("size") or 0))
         self.folder_edit = ReadlineEdit("Folder: ")

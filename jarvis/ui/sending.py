@@ -26,6 +26,8 @@ from jarvis.ui.model import (
     Message,
     SendText,
     SlashCommand,
+    file_name,
+    folder_offered,
     is_group,
     parse_input,
     transfer_conversation,
@@ -154,22 +156,34 @@ class Sender:
         )
 
     def _offer(self, uid: str, path: str) -> defer.Deferred[Any]:
-        """Offer the file at *path* in conversation *uid*; the conversation says so (a
-        Deferred that fails with the daemon's refusal)."""
+        """Offer the file at *path* in conversation *uid*, or to a contact every file of the
+        folder at *path* (``files.sendFolder``); the conversation says so (a Deferred that
+        fails with the daemon's refusal)."""
         group = self.model.contacts.get(uid) if is_group(uid) else None
         if group is not None:
             d = self._controller.call(
                 "groups.sendFile", {"group": group.group_id, "path": path}, label="hashing"
             )
         else:
-            d = self._controller.call("files.send", {"contact": uid, "path": path}, label="hashing")
+            d = self._controller.is_folder(path)
+            d.addCallback(
+                lambda folder: self._controller.call(
+                    "files.sendFolder" if folder else "files.send",
+                    {"contact": uid, "path": path},
+                    label="hashing",
+                )
+            )
 
         def offered(result: Mapping[str, Any]) -> None:
             sent = result.get("transfers")
             views = sent if isinstance(sent, list) else [result]
             t = views[0] if views else {}
-            label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
+            label = file_name(t)
             size = human_bytes(int(t.get("size") or 0))
+            if "folder" in result:
+                self.model.add_local(uid, folder_offered(result), self._controller.clock.seconds())
+                self._controller.redraw()
+                return
             if group is not None:
                 each = ", ".join(
                     terminal_safe(str(v.get("contact_name") or ""), keep_newlines=False)
@@ -308,8 +322,7 @@ class Sender:
     def _say_file(self, t: Mapping[str, Any], after: str, *, with_reason: bool) -> None:
         """Say a transfer's state on the status line: "file NAME: STATE*after*", then its
         reason if *with_reason* and it has one."""
-        label = terminal_safe(str(t.get("name", "")), keep_newlines=False)
-        said = f"file {label}: {t.get('state')}{after}"
+        said = f"file {file_name(t)}: {t.get('state')}{after}"
         if with_reason and t.get("reason"):
             said += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
         self.model.notify(said)
