@@ -282,6 +282,18 @@ class WaitBarTests(SynchronousTestCase):
         declined.close()
         self.assertEqual(self.err.getvalue(), "\rwaiting for bob to accept b.bin\x1b[K\r\x1b[K")
 
+    def test_a_folder_being_hashed_says_how_far_then_is_wiped(self) -> None:
+        """When a folder sent whole is hashed before its offers, then the line says how many
+        of its files are hashed, and is wiped once they are offered."""
+        from jarvis.app.commands import _ProgressBar
+
+        bar = _ProgressBar.on_terminal()
+        assert bar is not None
+        bar({"folder": "album", "hashed": 2, "files": 5})
+        self.assertEqual(self.err.getvalue(), "\rhashing album: 2 of 5 files\x1b[K")
+        bar.close()
+        self.assertTrue(self.err.getvalue().endswith("\r\x1b[K"))
+
     def test_combined_bar_adds_up_and_no_bar_off_a_terminal(self) -> None:
         """When several transfers report, then one bar adds their bytes and sizes; when stderr
         is not a terminal, there is no bar and nothing is written; a note is cut to the

@@ -400,7 +400,7 @@ class FolderTests(TestCase):
         folder, a named pipe and an empty folder is sent, then each regular file is one
         offer naming its folder (``photos``, ``photos/2024``), all with one folder id, and
         nothing else is offered; an empty folder, a file and a folder of too many files are
-        refused saying so."""
+        refused saying so; the hashing is reported file by file."""
         transfers, sessions, _events, _store = make_transfers(self)
         sessions[BOB] = session = FakeSession()
         top = os.path.join(short_tempdir(self), "photos")
@@ -412,8 +412,10 @@ class FolderTests(TestCase):
         os.symlink(os.path.join(top, "a.jpg"), os.path.join(top, "link.jpg"))
         os.symlink(short_tempdir(self), os.path.join(top, "linked"))
         os.mkfifo(os.path.join(top, "pipe"))
-        result = self.successResultOf(transfers.send_folder(BOB, top))
+        heard: list[dict[str, Any]] = []
+        result = self.successResultOf(transfers.send_folder(BOB, top, heard.append))
         self.assertEqual(result["folder"], "photos")
+        self.assertEqual(heard, [{"folder": "photos", "hashed": n, "files": 3} for n in (1, 2, 3)])
         self.assertEqual(result["failed"], [])
         self.assertEqual(
             [(v["folder"], v["name"], v["size"]) for v in result["transfers"]],

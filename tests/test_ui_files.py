@@ -135,6 +135,29 @@ class TransferUiTests(SynchronousTestCase):
         )
         self.assertEqual(file_name(views[1]), "album/2024/b.jpg")
 
+    def test_the_prompt_of_a_folder_answers_all_its_files(self) -> None:
+        """When the files of a folder sent whole arrive in the open conversation, then the
+        accept prompt asks about the folder, and accepting it accepts every file of that
+        folder waiting (not another offer waiting there), into the folder typed."""
+        controller, client, clock = started()
+        press(controller, "meta 1")
+        folder_id = "66" * 16
+        files = [
+            transfer(id=f"{n:032x}", name=f"{n}.jpg", folder="album", folder_id=folder_id)
+            for n in (1, 2)
+        ]
+        other = transfer(id="ab" * 16, name="other.pdf", created=1_700_000_000.0)
+        client.m_files_accept = lambda params: transfer(id=params["id"], state="accepted")
+        for t in (*files, other):
+            client.emit("transfer.offered", {"transfer": t})
+        text = screen_text(controller.window, (120, 30))
+        self.assertIn("Folder offered", text)
+        self.assertIn("alice offers the folder album, file by file (album/1.jpg, 3.0 MiB,", text)
+        press(controller, "tab", "tab", "/srv/in", "tab", "enter")
+        clock.advance(0)
+        accepted = [p for method, p in client.calls if method == "files.accept"]
+        self.assertEqual(accepted, [{"id": f"{n:032x}", "directory": "/srv/in"} for n in (1, 2)])
+
     def test_an_offer_to_an_offline_contact_says_it_went_to_their_mailbox(self) -> None:
         """When /file is typed for a contact who is offline and the daemon put the offer in
         their mailbox, then the conversation's line says so after the /cancel hint."""

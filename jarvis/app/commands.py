@@ -1227,8 +1227,14 @@ class _ProgressBar:
         sys.stderr.flush()
 
     def __call__(self, value: Any) -> None:
-        """Take one ``$/progress`` value: ``{id, bytes, size, rate, eta}`` or ``{id, state}``."""
+        """Take one ``$/progress`` value: ``{id, bytes, size, rate, eta}``, ``{id, state}``, or
+        a folder's hashing ``{folder, hashed, files}``."""
         if not isinstance(value, dict):
+            return
+        if "hashed" in value:
+            self._line(
+                f"hashing {value.get('folder')}: {value['hashed']} of {value.get('files')} files"
+            )
             return
         if "size" not in value:
             if not self.moved and value.get("state") == "accepted":
@@ -1329,11 +1335,11 @@ async def _offer_each(
     messages: list[Any] = []
     failed: list[dict[str, str]] = []
     for path in paths:
-        called = method
+        called, hashing = method, None
         if method == "files.send" and os.path.isdir(path):
-            called = "files.sendFolder"
+            called, hashing = "files.sendFolder", _ProgressBar.on_terminal()
         try:
-            result = await session.call(called, {**params, "path": path})
+            result = await _waited(session, called, {**params, "path": path}, hashing)
         except RemoteError as e:
             if e.kind not in _PATH_ERRORS:
                 raise

@@ -682,12 +682,14 @@ class Node(Service):
     @defer.inlineCallbacks
     def send_folder(self, ref: str, path: str, *, wait: bool = False, progress: Any = None) -> Any:
         """Offer every file of the folder at *path* to a contact, to be received as one folder
-        (``{"folder", "transfers", "failed"}``); with *wait*, answer once every one ended."""
+        (``{"folder", "transfers", "failed"}``); *progress* hears the hashing (``{folder,
+        hashed, files}``), and with *wait* the transfers as ``send_file``'s; with *wait*,
+        answer once every one ended."""
         self._require_store()
         contact = self.contacts.resolve(ref)
         if contact.blocked:
             raise InvalidInput("the contact is blocked: unblock them first")
-        result = yield self.transfers.send_folder(contact.uid, path)
+        result = yield self.transfers.send_folder(contact.uid, path, progress)
         if not wait or not result["transfers"]:
             return result
         finals = yield self._wait_transfers([v["id"] for v in result["transfers"]], progress)

@@ -524,6 +524,7 @@ class Transfers:
             "direction": "out" if entry.sending else "in",
             "name": offer.name,
             "folder": offer.folder or None,
+            "folder_id": offer.folder_id.hex() or None,
             "size": offer.size,
             "media_type": offer.media_type,
             "state": entry.state,
@@ -1078,12 +1079,13 @@ class Transfers:
         return views
 
     @defer.inlineCallbacks
-    def send_folder(self, uid: str, path: str) -> Any:
+    def send_folder(self, uid: str, path: str, progress: Any = None) -> Any:
         """Offer every file of the folder at *path* to *uid*, each a transfer of its own
         marked with the folder it is in (``Offer.folder``) and one folder id, so the receiver
         puts them all in one new folder (:func:`~jarvis.files.send.folder_files` says which
         files: links and special files are left out).  Files are hashed one by one off the
-        reactor and each is offered once hashed.
+        reactor (*progress*, if given, hears ``{folder, hashed, files}`` after each), then all
+        offered at once.
 
         :returns: ``{"folder", "transfers", "failed"}``: the folder's name, the views of the
             files offered, and ``{"path", "error"}`` for each file that could not be read
@@ -1105,16 +1107,22 @@ class Transfers:
         if not files:
             raise InvalidInput("the folder holds no file to send (links are left out)")
         folder_id = os.urandom(FOLDER_ID_SIZE)
-        views: list[dict[str, Any]] = []
+        top = files[0][1].split("/")[0]
+        ready: list[PreparedFile] = []
         failed: list[dict[str, str]] = []
-        for file_path, folder in files:
+        for hashed, (file_path, folder) in enumerate(files, 1):
             try:
                 prepared = yield self._hash(file_path)
             except InvalidInput as e:
                 failed.append({"path": file_path, "error": str(e)})
-                continue
-            views.append(self._offer_prepared(uid, offer_in_folder(prepared, folder, folder_id)))
-        return {"folder": files[0][1].split("/")[0], "transfers": views, "failed": failed}
+            else:
+                ready.append(offer_in_folder(prepared, folder, folder_id))
+            if progress is not None:
+                progress({"folder": top, "hashed": hashed, "files": len(files)})
+        # offered together once all are hashed: the contact sees the whole folder at once
+        # (its accept prompt answers every file of it waiting)
+        views = [self._offer_prepared(uid, prepared) for prepared in ready]
+        return {"folder": top, "transfers": views, "failed": failed}
 
     @defer.inlineCallbacks
     def _hash(self, path: str) -> Any:

@@ -800,7 +800,8 @@ def method_specs() -> tuple[MethodSpec, ...]:
 
 _TRANSFER_VIEW = (
     "{id, contact, contact_name, direction ('in'|'out'), name, folder (the folder the file is "
-    "in, for a file of a folder sent whole: photos/2024; else null), size, media_type, state "
+    "in, for a file of a folder sent whole: photos/2024; else null), folder_id (the same for "
+    "every file of one folder sent; else null), size, media_type, state "
     "('requested'|'offered'|'accepted'|'streaming'|'complete'|'cancelled'|'failed'), reason, "
     "bytes, rate, "
     "eta, path, directory, created, group (the group's id for a file sent into a group, else "
@@ -939,8 +940,9 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "in one new folder where they are accepted (photos, or photos (1) if taken), "
             "every folder name sanitised. Regular files only: links, devices, pipes and "
             "sockets are left out, and empty folders; at most 500 files, 32 folders deep. "
-            "failed lists the files that could not be read once listed. With wait, progress "
-            "as for files.wait and the answer once every transfer ended.",
+            "failed lists the files that could not be read once listed. The files are hashed "
+            "first ($/progress {folder, hashed, files} after each), then offered together. "
+            "With wait, progress as for files.wait and the answer once every transfer ended.",
             deadline=None,
             progress=True,
         ),

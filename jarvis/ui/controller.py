@@ -578,7 +578,8 @@ class Controller:
             self.model.notify(f"this UI read too slowly and {missed}: reloading", "error")
 
     def _prompt_offer(self, payload: Mapping[str, Any]) -> None:
-        """Open the accept prompt for an offer that arrives in the open conversation."""
+        """Open the accept prompt for an offer that arrives in the open conversation; for a
+        file of a folder sent whole, its answer goes to every file of that folder waiting."""
         t = payload.get("transfer")
         if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
             return
@@ -592,9 +593,14 @@ class Controller:
         contact = self.model.contacts.get(str(uid))
         name = terminal_safe(str(t.get("contact_name") or "a contact"), keep_newlines=False)
         sender = contact.display_name if contact is not None else name
-        self.window.open_dialog(
-            OfferDialog(t, sender, self.sender.answer_file, self.window.close_dialog)
-        )
+        answer = self.sender.answer_file
+        folder_id = t.get("folder_id")
+        if isinstance(folder_id, str) and folder_id:
+
+            def answer(verb: str, args: tuple[str, ...]) -> None:
+                self.sender.answer_folder(verb, folder_id, args[1] if len(args) > 1 else None)
+
+        self.window.open_dialog(OfferDialog(t, sender, answer, self.window.close_dialog))
 
     def _screen_state(self) -> ScreenState:
         dialog = self.window.dialog

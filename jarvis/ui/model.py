@@ -791,7 +791,8 @@ class MessengerModel:
         self.transfer_names: dict[str, str] = {}
         #: offers waiting for our answer: transfer id -> (conversation, offered at), for
         #: ``/accept`` and ``/decline`` without an id (the newest in the open conversation)
-        self.waiting_offers: dict[str, tuple[str, float]] = {}
+        #: Offers waiting for our answer: id -> (conversation, created, folder id or "").
+        self.waiting_offers: dict[str, tuple[str, float, str]] = {}
 
     # observers ---------------------------------------------------------------------------
 
@@ -1251,7 +1252,11 @@ class MessengerModel:
         seen again, by its event and by :meth:`load_transfers`, keeps its line)."""
         ident = str(t.get("id", ""))[:8]
         if t.get("state", "offered") == "offered" and t.get("direction", "in") == "in":
-            self.waiting_offers[str(t.get("id", ""))] = (transfer_conversation(t), _created(t))
+            self.waiting_offers[str(t.get("id", ""))] = (
+                transfer_conversation(t),
+                _created(t),
+                str(t.get("folder_id") or ""),
+            )
             self._offers_changed()
         self.add_local(
             transfer_conversation(t),
@@ -1297,14 +1302,19 @@ class MessengerModel:
         here = self.offers_waiting_in(uid)
         return here[-1] if here else None
 
-    def offers_waiting_in(self, uid: str | None) -> list[str]:
-        """The ids of the offers waiting for our answer in conversation *uid*, oldest first."""
-        here = [(at, tid) for tid, (where, at) in self.waiting_offers.items() if where == uid]
+    def offers_waiting_in(self, uid: str | None, folder_id: str | None = None) -> list[str]:
+        """The ids of the offers waiting for our answer in conversation *uid*, oldest first;
+        with *folder_id*, only the files of that folder sent whole."""
+        here = [
+            (at, tid)
+            for tid, (where, at, folder) in self.waiting_offers.items()
+            if where == uid and (folder_id is None or folder == folder_id)
+        ]
         return [tid for _at, tid in sorted(here)]
 
     def offers_by_conversation(self) -> Counter[str]:
         """How many offers wait for our answer in each conversation (by its uid)."""
-        return Counter(where for where, _at in self.waiting_offers.values())
+        return Counter(where for where, _at, _folder in self.waiting_offers.values())
 
     def load_transfers(self, result: Mapping[str, Any]) -> int:
         """Show the transfers the daemon lists when this UI attaches (``files.list``): a UI

@@ -1,5 +1,6 @@
 """The accept prompt of an incoming file offer (issue 18): accept into the download folder,
-accept into a folder you type, decline, or decide later.
+accept into a folder you type, decline, or decide later.  For a file of a folder sent whole it
+asks about the folder: the controller then answers every file of it still waiting.
 
 The controller opens it when an offer (``transfer.offered``) arrives in the conversation that is
 open on the main screen and no other dialog is up; offers elsewhere keep their line with the
@@ -48,19 +49,27 @@ class OfferDialog(Dialog):
         size = human_bytes(int(transfer.get("size") or 0))
         self.folder_edit = ReadlineEdit("Folder: ")
         self.error = urwid.Text("")
+        folder = str(transfer.get("folder") or "")
+        if transfer.get("folder_id") and folder:
+            # A file of a folder sent whole: the answer goes to every file of it waiting.
+            top = terminal_safe(folder.split("/")[0], keep_newlines=False)
+            said = f" offers the folder {top}, file by file ({name}, {size}, first)."
+            words = ("Folder offered", "its files into", "Decline its files")
+        else:
+            said = f" offers {name} ({size}{', ' + kind if kind else ''})."
+            words = ("File offered", "into", "Decline")
+        title, into, decline = words
         rows: list[urwid.Widget] = [
-            urwid.Text(
-                [("name_in", sender), f" offers {name} ({size}{', ' + kind if kind else ''})."]
-            ),
+            urwid.Text([("name_in", sender), said]),
             urwid.Divider(),
             button("Later (keep it offered: /accept or /decline)", on_close),
-            button("Accept into the download folder", self.accept_default),
+            button(f"Accept {into} the download folder", self.accept_default),
             field(self.folder_edit),
-            button("Accept into the folder above", self.accept_into_folder),
-            button("Decline", self.decline),
+            button(f"Accept {into} the folder above", self.accept_into_folder),
+            button(decline, self.decline),
             self.error,
         ]
-        super().__init__("file_offer", "File offered", rows)
+        super().__init__("file_offer", title, rows)
 
     def accept_default(self) -> None:
         """Accept into the daemon's download folder."""

@@ -243,6 +243,19 @@ class Sender:
         d = self._answer_each(verb, ids, extra, "files offered here")
         d.addErrback(self._controller.internal_error, f"/{verb} all")
 
+    def answer_folder(self, verb: str, folder_id: str, directory: str | None) -> None:
+        """Accept (into *directory*, default the download folder) or decline every file of
+        the folder sent whole *folder_id* still waiting in the open conversation, oldest first
+        (the accept prompt of a folder's file: its files arrive as offers of their own)."""
+        ids = self.model.offers_waiting_in(self.model.current_uid, folder_id)
+        if not ids:
+            self.model.notify("no file of that folder waits for an answer here", "error")
+            self._controller.redraw()
+            return
+        extra = {"directory": directory} if directory else {}
+        d = self._answer_each(verb, ids, extra, "files of the folder")
+        d.addErrback(self._controller.internal_error, f"{verb} of a folder")
+
     def cancel_all(self) -> None:
         """``/cancel all``: cancel every transfer not ended yet in the open conversation, both
         ways (the daemon's list says which), oldest first, one call each
