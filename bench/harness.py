@@ -57,6 +57,7 @@ BENCHMARKS: dict[str, str] = {
     "group": "bench.group_bench",
     "group50": "bench.group50_bench",
     "files": "bench.files_bench",
+    "folder": "bench.folder_bench",
     "postbox": "bench.postbox_bench",
     "relay": "bench.relay_bench",
 }

@@ -14,8 +14,11 @@ never into Jarvis's own environment).  Figures:
   system CPU seconds per GiB (``os.wait4``);
 - ``wormhole_sender_peak_rss_mib`` / ``wormhole_receiver_peak_rss_mib``: each end's peak RSS.
 
-``python -m bench.wormhole_bench --venv WORMHOLE_VENV [--size-mib 1024] [--runs 3]``
-prints one line per run and the median; the received file is compared with the sent one.
+``python -m bench.wormhole_bench --venv WORMHOLE_VENV [--size-mib 1024] [--runs 3]
+[--files N]`` prints one line per run and the median; the received file is compared with the
+sent one.  ``--files N`` sends a folder of *N* files of that size together instead (a quarter
+in a folder below; magic-wormhole streams it as one zip and unzips it), every file compared
+(:mod:`bench.folder_bench` puts it beside Jarvis's folder).
 Needs root for ``unshare -n`` (it re-executes itself inside the namespace).
 """
 
@@ -63,7 +66,16 @@ def reap(proc: subprocess.Popen[bytes]) -> tuple[float, float]:
     return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def one_run(venv: str, size: int, scratch: str) -> dict[str, float]:
+def same_tree(sent: str, received: str) -> bool:
+    """Whether folder *received* holds exactly the files of *sent*, byte for byte."""
+    listed = []
+    for folder, _dirs, files in os.walk(sent):
+        listed += [os.path.relpath(os.path.join(folder, f), sent) for f in files]
+    match, mismatch, errors = filecmp.cmpfiles(sent, received, listed, shallow=False)
+    return len(match) == len(listed) and not mismatch and not errors
+
+
+def one_run(venv: str, size: int, scratch: str, source: str = "payload.bin") -> dict[str, float]:
     bin_dir = os.path.join(venv, "bin")
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
     mailbox, relay = free_port(), free_port()
@@ -83,7 +95,7 @@ def one_run(venv: str, size: int, scratch: str) -> dict[str, float]:
     try:
         wait_port(mailbox)
         wait_port(relay)
-        src = os.path.join(scratch, "payload.bin")
+        src = os.path.join(scratch, source)
         out_dir = os.path.join(scratch, "out")
         os.makedirs(out_dir, exist_ok=True)
         common = [
@@ -109,10 +121,15 @@ def one_run(venv: str, size: int, scratch: str) -> dict[str, float]:
         r_cpu, r_rss = reap(receiver)
         seconds = time.perf_counter() - started
         s_cpu, s_rss = reap(sender)
-        received = os.path.join(out_dir, "payload.bin")
-        if not filecmp.cmp(src, received, shallow=False):
-            raise RuntimeError("the received file differs")
-        os.unlink(received)
+        received = os.path.join(out_dir, source)
+        if os.path.isdir(src):
+            if not same_tree(src, received):
+                raise RuntimeError("the received folder differs")
+            shutil.rmtree(received)
+        else:
+            if not filecmp.cmp(src, received, shallow=False):
+                raise RuntimeError("the received file differs")
+            os.unlink(received)
     finally:
         for server in servers:
             server.terminate()
@@ -132,12 +149,19 @@ def inside(args: argparse.Namespace) -> int:
     scratch = tempfile.mkdtemp(prefix="jvw", dir="/tmp")
     try:
         size = args.size_mib * MIB
-        with open(os.path.join(scratch, "payload.bin"), "wb") as f:
-            for _ in range(args.size_mib):
-                f.write(os.urandom(MIB))
+        source = "payload.bin"
+        if args.files:
+            from bench.folder_bench import write_folder
+
+            source = "payload"
+            write_folder(os.path.join(scratch, source), args.files, size)
+        else:
+            with open(os.path.join(scratch, source), "wb") as f:
+                for _ in range(args.size_mib):
+                    f.write(os.urandom(MIB))
         runs = []
         for n in range(args.runs):
-            figures = one_run(args.venv, size, scratch)
+            figures = one_run(args.venv, size, scratch, source)
             runs.append(figures)
             print(f"run {n + 1}: " + json.dumps({k: round(v, 2) for k, v in figures.items()}))
         median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -152,6 +176,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--venv", required=True, help="virtual environment with magic-wormhole")
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--files", type=int, help="send a folder of this many files instead")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:

@@ -95,6 +95,7 @@ BENCHMARK_KEYS = {
         "chat_p50_ms",
         "chat_p99_ms",
     },
+    "folder": {"folder_files", "folder_mib", "folder_mib_per_s", "folder_files_per_s"},
     "exec": {
         "line_latency_p50_ms",
         "line_latency_p99_ms",
@@ -311,6 +312,12 @@ class BenchmarkSmokeRunTests(TestCase):
         reports throughput next to the same run's TLS ceiling, CPU (and its kernel part),
         context switches and RSS growth per side and chat latency during the transfer."""
         await self.check_smoke("files")
+
+    async def test_folder(self) -> None:
+        """When the folder benchmark sends a folder of files between two daemons at smoke
+        size, then it reports the folder's files and size and its MiB/s and files/s (every
+        file compared)."""
+        await self.check_smoke("folder")
 
     def test_thread_figures_of_a_process(self) -> None:
         """When this process's CPU split and context switches are read twice around some
