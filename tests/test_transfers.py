@@ -187,6 +187,46 @@ class ReceiverTests(TestCase):
         self.assertIsNotNone(again.find(offer.transfer_id.hex()).partial)
         self.assertEqual(session.records, [Accept(offer.transfer_id)])  # resume, sender
 
+    def test_the_saved_document_follows_every_kept_field(self) -> None:
+        """When any field a transfer keeps changes (each in turn, with no state change to
+        announce it), then the next saved document carries it: the entries' JSON kept
+        between saves is never stale, and equals every entry encoded afresh."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        offers = [an_offer(self, size=10) for _ in range(3)]
+        for offer in offers:
+            transfers._offer_received(ALICE, offer)
+        entry = transfers.find(offers[1].transfer_id.hex())
+
+        def fresh() -> dict[str, Any]:
+            return {k: e.to_json() for k, e in transfers._entries.items()}
+
+        self.assertEqual(json.loads(transfers._document()), fresh())
+        changes: list[tuple[str, Any]] = [
+            ("offer", replace(entry.offer, name="other.jpg")),
+            ("peer", BOB),
+            ("sending", True),
+            ("state", "accepted"),
+            ("created", 1.5),
+            ("path", "/p"),
+            ("directory", "/d"),
+            ("folder_root", "/d/photos"),
+            ("reason", "why"),
+            ("notice", "cancel"),
+            ("done", 7),
+            ("ask_next", [ALICE]),
+            ("ask_last", BOB),
+            ("asked", 3),
+        ]
+        for name, value in changes:
+            with self.subTest(field=name):
+                setattr(entry, name, value)
+                self.assertEqual(json.loads(transfers._document()), fresh())
+        entry.ask_next.append(BOB)  # changed in place
+        self.assertEqual(json.loads(transfers._document()), fresh())
+        del transfers._entries[entry.id]
+        self.assertEqual(json.loads(transfers._document()), fresh())
+        self.assertEqual(set(transfers._encoded), set(transfers._entries))
+
     def test_cancel_while_offline_reaches_the_peer_later(self) -> None:
         """When bob cancels an accepted transfer while alice is offline, then his partial file
         is removed at once and the Cancel is written at her next session, once."""

@@ -292,6 +292,26 @@ class TransferEntry:
             **asking,
         }
 
+    def kept_fields(self) -> tuple[Any, ...]:
+        """Every field :meth:`to_json` writes, as they are now: the saved document re-encodes
+        an entry only when these changed (``Transfers._save``)."""
+        return (
+            self.offer,
+            self.peer,
+            self.sending,
+            self.state,
+            self.created,
+            self.path,
+            self.directory,
+            self.folder_root,
+            self.reason,
+            self.notice,
+            self.done,
+            tuple(self.ask_next),
+            self.ask_last,
+            self.asked,
+        )
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TransferEntry:
         offer = parse_transfer_record(bytes.fromhex(data["offer"]))
@@ -353,6 +373,8 @@ class Transfers:
         self._ticker: Any = None
         self._saving: defer.Deferred[Any] | None = None
         self._save_again = False
+        #: Each entry's JSON in the saved document, with the fields it was made from.
+        self._encoded: dict[str, tuple[tuple[Any, ...], str]] = {}
         #: The pending call that starts queued outgoing streams once a slot freed.
         self._dequeue: Any = None
         #: ``(member, content hash)`` of the requests for a shared file being answered (the
@@ -443,8 +465,7 @@ class Transfers:
         if self._saving is not None:
             self._save_again = True
             return self._saving
-        doc = json.dumps({k: e.to_json() for k, e in self._entries.items()})
-        d = self._store.run(queries.set_setting, SETTING, doc, write=True)
+        d = self._store.run(queries.set_setting, SETTING, self._document(), write=True)
         self._saving = d
 
         def done(result: Any) -> Any:
@@ -457,6 +478,23 @@ class Transfers:
         d.addBoth(done)
         d.addErrback(lambda f: self.log.failure("keeping the transfers failed", f))
         return d
+
+    def _document(self) -> str:
+        """The JSON document of every transfer, ``{id: entry}``.  Each entry's JSON is kept
+        and made again only when a field it writes changed: the document is written at every
+        change, and encoding every entry each time made a folder of 200 files spend half of
+        the reactor thread here (docs/benchmarks.md, "Folders")."""
+        parts = []
+        kept: dict[str, tuple[tuple[Any, ...], str]] = {}
+        for key, entry in self._entries.items():
+            fields = entry.kept_fields()
+            cached = self._encoded.get(key)
+            if cached is None or cached[0] != fields:
+                cached = (fields, json.dumps(key) + ":" + json.dumps(entry.to_json()))
+            kept[key] = cached
+            parts.append(cached[1])
+        self._encoded = kept
+        return "{" + ",".join(parts) + "}"
 
     # -- the receiving policy ------------------------------------------------------------------
 

@@ -248,6 +248,9 @@ class KnockSenderFactory(Factory):
         byte (before the wrapped protocol is told the connection is lost).
     """
 
+    #: One is made per dial (every data connection of a file): no "Starting factory" lines.
+    noisy = False
+
     def __init__(
         self,
         wrapped: IProtocolFactory,

@@ -86,6 +86,8 @@ class _Joiner(Protocol):
 
 
 class _JoinFactory(Factory):
+    noisy = False  # one per relay join, as the knock's: no "Starting factory" lines
+
     def __init__(self, wrapped: IProtocolFactory, join: bytes, done: Callable[..., None]):
         self.wrapped: Any = wrapped
         self.join = join
