@@ -810,6 +810,20 @@ class MarkerAndSettingTests(StoreTestCase):
         await store.run(queries.set_setting, "theme", "light", write=True)
         self.assertEqual(await store.run(queries.get_setting, "theme", write=False), "light")
 
+    async def test_settings_changed_and_listed_by_prefix(self) -> None:
+        """When settings are written and deleted together, then those named with a prefix
+        are listed by name (theirs only, as last written) and the deleted ones are gone."""
+        store = await self.open_store()
+        await store.run(queries.set_setting, "theme", "dark", write=True)
+        values = {"transfer/a": "1", "transfer/b": "2", "transfer/c": "3"}
+        await store.run(queries.change_settings, values, write=True)
+        await store.run(queries.change_settings, {"transfer/a": "4"}, ["transfer/b"], write=True)
+        self.assertEqual(
+            await store.run(queries.settings_named, "transfer/", write=False),
+            {"transfer/a": "4", "transfer/c": "3"},
+        )
+        self.assertEqual(await store.run(queries.get_setting, "theme", write=False), "dark")
+
 
 class DumpTests(StoreTestCase):
     async def fill(self, store: Store) -> None:

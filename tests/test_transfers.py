@@ -51,10 +51,11 @@ BOB = "b" * 52
 
 
 class FakeStore:
-    """The two queries Transfers uses, on a dict."""
+    """The setting queries Transfers uses, on a dict; counts the settings written."""
 
     def __init__(self) -> None:
         self.settings: dict[str, str] = {}
+        self.written: list[str] = []
 
     def run(self, query: Any, *args: Any, write: bool = False) -> defer.Deferred[Any]:
         if query is queries.get_setting:
@@ -62,7 +63,25 @@ class FakeStore:
         if query is queries.set_setting:
             self.settings[args[0]] = args[1]
             return defer.succeed(None)
+        if query is queries.settings_named:
+            return defer.succeed({k: v for k, v in self.settings.items() if k.startswith(args[0])})
+        if query is queries.change_settings:
+            values, removed = args
+            self.settings.update(values)
+            self.written.extend(values)
+            for key in removed:
+                self.settings.pop(key, None)
+            return defer.succeed(None)
         raise AssertionError(f"unexpected query {query}")
+
+    def transfers(self) -> dict[str, Any]:
+        """The transfers kept, by id, as JSON."""
+        prefix = transfers_module.ENTRY_PREFIX
+        return {
+            k[len(prefix) :]: json.loads(v)
+            for k, v in self.settings.items()
+            if k.startswith(prefix)
+        }
 
 
 class FakeSession:
@@ -164,7 +183,7 @@ class ReceiverTests(TestCase):
         transfers.session_established(ALICE)
         transfers.session_established(ALICE)
         self.assertEqual(session.records, [Accept(offer.transfer_id)] * 2)
-        self.assertIn("transfers", store.settings)
+        self.assertEqual(list(store.transfers()), [offer.transfer_id.hex()])
 
     def test_state_survives_a_restart(self) -> None:
         """When the daemon restarts (a new Transfers on the same store), then the accepted
@@ -187,11 +206,12 @@ class ReceiverTests(TestCase):
         self.assertIsNotNone(again.find(offer.transfer_id.hex()).partial)
         self.assertEqual(session.records, [Accept(offer.transfer_id)])  # resume, sender
 
-    def test_the_saved_document_follows_every_kept_field(self) -> None:
+    def test_each_transfer_is_kept_when_a_kept_field_changed(self) -> None:
         """When any field a transfer keeps changes (each in turn, with no state change to
-        announce it), then the next saved document carries it: the entries' JSON kept
-        between saves is never stale, and equals every entry encoded afresh."""
-        transfers, _sessions, _events, _store = make_transfers(self)
+        announce it), then the next save writes that transfer alone, as it is now; a save
+        with nothing changed writes nothing; a pruned transfer's setting is deleted."""
+        store = FakeStore()
+        transfers, _sessions, _events, _ = make_transfers(self, store)
         offers = [an_offer(self, size=10) for _ in range(3)]
         for offer in offers:
             transfers._offer_received(ALICE, offer)
@@ -200,7 +220,7 @@ class ReceiverTests(TestCase):
         def fresh() -> dict[str, Any]:
             return {k: e.to_json() for k, e in transfers._entries.items()}
 
-        self.assertEqual(json.loads(transfers._document()), fresh())
+        self.assertEqual(store.transfers(), fresh())
         changes: list[tuple[str, Any]] = [
             ("offer", replace(entry.offer, name="other.jpg")),
             ("peer", BOB),
@@ -217,15 +237,45 @@ class ReceiverTests(TestCase):
             ("ask_last", BOB),
             ("asked", 3),
         ]
+        key = transfers_module.ENTRY_PREFIX + entry.id
         for name, value in changes:
             with self.subTest(field=name):
+                store.written.clear()
                 setattr(entry, name, value)
-                self.assertEqual(json.loads(transfers._document()), fresh())
+                self.successResultOf(transfers._save())
+                self.assertEqual(store.written, [key])
+                self.assertEqual(store.transfers(), fresh())
         entry.ask_next.append(BOB)  # changed in place
-        self.assertEqual(json.loads(transfers._document()), fresh())
+        self.successResultOf(transfers._save())
+        self.assertEqual(store.transfers(), fresh())
+        store.written.clear()
+        self.successResultOf(transfers._save())
+        self.assertEqual(store.written, [])
         del transfers._entries[entry.id]
-        self.assertEqual(json.loads(transfers._document()), fresh())
-        self.assertEqual(set(transfers._encoded), set(transfers._entries))
+        self.successResultOf(transfers._save())
+        self.assertNotIn(key, store.settings)
+        self.assertEqual(store.transfers(), fresh())
+
+    def test_the_single_document_of_before_is_read_then_replaced(self) -> None:
+        """When the store holds the transfers as one document (as Jarvis kept them before),
+        then they are listed after unlock, each is written as a setting of its own, and the
+        document is deleted; the next unlock lists the same from those settings."""
+        store = FakeStore()
+        earlier, _sessions, _events, _ = make_transfers(self, store)
+        offers = [an_offer(self, size=10) for _ in range(2)]
+        for offer in offers:
+            earlier._offer_received(ALICE, offer)
+        document = {k: e.to_json() for k, e in earlier._entries.items()}
+        earlier.close()
+        store.settings = {transfers_module.SETTING: json.dumps(document)}
+        transfers, _sessions, _events, _ = make_transfers(self, store)
+        ids = sorted(o.transfer_id.hex() for o in offers)
+        self.assertEqual(sorted(t["id"] for t in transfers.list()), ids)
+        self.assertNotIn(transfers_module.SETTING, store.settings)
+        self.assertEqual(store.transfers(), document)
+        transfers.close()
+        again, _sessions, _events, _ = make_transfers(self, store)
+        self.assertEqual(sorted(t["id"] for t in again.list()), ids)
 
     def test_cancel_while_offline_reaches_the_peer_later(self) -> None:
         """When bob cancels an accepted transfer while alice is offline, then his partial file
@@ -1377,7 +1427,7 @@ class OpenOffersCapTests(TestCase):
             alice.records,
             [Decline(o.transfer_id, transfers_module.TOO_MANY_OPEN) for o in offers[3:]],
         )
-        self.assertEqual(sorted(json.loads(store.settings["transfers"])), sorted(kept))
+        self.assertEqual(sorted(store.transfers()), sorted(kept))
         (bobs,) = self.flood(transfers, BOB, 1)
         self.assertEqual(offered(events)[-1], bobs.transfer_id.hex())
         self.successResultOf(transfers.decline(kept[0]))

@@ -90,7 +90,12 @@ from jarvis.store import queries
 
 #: The first bytes of a message body that carries a transfer control record.
 CONTROL_PREFIX = b"\xffJXF"
-#: The store setting that keeps every transfer (one encrypted JSON document).
+#: Each transfer is kept (encrypted, as JSON) in the store setting named this prefix and its
+#: id, written when it changed.
+ENTRY_PREFIX = "transfer/"
+#: The one setting that kept every transfer in a single document before (read once and
+#: replaced by one setting per transfer: rewriting it whole at every change made a folder of
+#: 200 files spend a quarter of its time writing it).
 SETTING = "transfers"
 #: The store setting that keeps the receiving policy (size cap, folder, auto-accept).
 POLICY_SETTING = "files"
@@ -293,8 +298,8 @@ class TransferEntry:
         }
 
     def kept_fields(self) -> tuple[Any, ...]:
-        """Every field :meth:`to_json` writes, as they are now: the saved document re-encodes
-        an entry only when these changed (``Transfers._save``)."""
+        """Every field :meth:`to_json` writes, as they are now: a transfer is written to the
+        store again only when these changed (``Transfers._save``)."""
         return (
             self.offer,
             self.peer,
@@ -373,8 +378,12 @@ class Transfers:
         self._ticker: Any = None
         self._saving: defer.Deferred[Any] | None = None
         self._save_again = False
-        #: Each entry's JSON in the saved document, with the fields it was made from.
-        self._encoded: dict[str, tuple[tuple[Any, ...], str]] = {}
+        #: The kept fields of each transfer as last written to the store (by id).
+        self._stored: dict[str, tuple[Any, ...]] = {}
+        #: Settings of pruned transfers whose deletion failed: deleted at the next write.
+        self._unremoved: set[str] = set()
+        #: Whether the single document of an earlier Jarvis is still to be deleted.
+        self._drop_document = False
         #: The pending call that starts queued outgoing streams once a slot freed.
         self._dequeue: Any = None
         #: ``(member, content hash)`` of the requests for a shared file being answered (the
@@ -418,16 +427,27 @@ class Transfers:
                 self._settings = _checked_policy(json.loads(raw_policy))
             except (ValueError, TypeError):
                 self.log.warn("file transfer settings unreadable: using defaults")
+        kept = yield store.run(queries.settings_named, ENTRY_PREFIX, write=False)
         raw = yield store.run(queries.get_setting, SETTING, write=False)
         self._entries = {}
+        self._stored = {}
+        for key in sorted(kept):
+            try:
+                entry = TransferEntry.from_json(json.loads(kept[key]))
+            except (ValueError, KeyError, TypeError, MalformedTransferRecord):
+                self.log.warn("a kept transfer is unreadable: left out")
+                continue
+            self._entries[entry.id] = entry
+            self._stored[entry.id] = entry.kept_fields()
+        self._drop_document = raw is not None
         if raw:
             try:
                 for data in json.loads(raw).values():
                     entry = TransferEntry.from_json(data)
-                    self._entries[entry.id] = entry
+                    self._entries.setdefault(entry.id, entry)
             except (ValueError, KeyError, TypeError, MalformedTransferRecord):
                 self.log.warn("kept transfers unreadable: starting with none")
-        if self._prune():
+        if self._prune() or self._drop_document:
             self._save()
         for entry in self._entries.values():
             if entry.state == "streaming":
@@ -459,14 +479,30 @@ class Transfers:
         self._network = None
 
     def _save(self) -> defer.Deferred[Any]:
-        """Write every transfer to the store (one write at a time, the latest state wins)."""
+        """Write the transfers that changed since the last write to the store, and forget
+        those pruned (one write at a time, the latest state wins)."""
         if self._store is None:
             return defer.succeed(None)
         if self._saving is not None:
             self._save_again = True
             return self._saving
-        d = self._store.run(queries.set_setting, SETTING, self._document(), write=True)
+        values, removed = self._changes()
+        if not values and not removed:
+            return defer.succeed(None)
+        d = self._store.run(queries.change_settings, values, removed, write=True)
         self._saving = d
+
+        def written(result: Any) -> Any:
+            if SETTING in removed:
+                self._drop_document = False
+            return result
+
+        def failed(failure: Any) -> None:
+            # written again at the next save
+            for key in values:
+                self._stored.pop(key[len(ENTRY_PREFIX) :], None)
+            self._unremoved.update(k for k in removed if k != SETTING)
+            self.log.failure("keeping the transfers failed", failure)
 
         def done(result: Any) -> Any:
             self._saving = None
@@ -475,26 +511,28 @@ class Transfers:
                 self._save()
             return result
 
+        d.addCallbacks(written, failed)
         d.addBoth(done)
-        d.addErrback(lambda f: self.log.failure("keeping the transfers failed", f))
         return d
 
-    def _document(self) -> str:
-        """The JSON document of every transfer, ``{id: entry}``.  Each entry's JSON is kept
-        and made again only when a field it writes changed: the document is written at every
-        change, and encoding every entry each time made a folder of 200 files spend half of
-        the reactor thread here (docs/benchmarks.md, "Folders")."""
-        parts = []
-        kept: dict[str, tuple[tuple[Any, ...], str]] = {}
-        for key, entry in self._entries.items():
+    def _changes(self) -> tuple[dict[str, str], list[str]]:
+        """The settings to write (the transfers whose kept fields changed since they were
+        last written, as JSON) and to delete (transfers pruned since); the written state is
+        taken as stored from now on."""
+        values: dict[str, str] = {}
+        for tid, entry in self._entries.items():
             fields = entry.kept_fields()
-            cached = self._encoded.get(key)
-            if cached is None or cached[0] != fields:
-                cached = (fields, json.dumps(key) + ":" + json.dumps(entry.to_json()))
-            kept[key] = cached
-            parts.append(cached[1])
-        self._encoded = kept
-        return "{" + ",".join(parts) + "}"
+            if self._stored.get(tid) != fields:
+                values[ENTRY_PREFIX + tid] = json.dumps(entry.to_json())
+                self._stored[tid] = fields
+        gone = [tid for tid in self._stored if tid not in self._entries]
+        for tid in gone:
+            del self._stored[tid]
+        removed = sorted({ENTRY_PREFIX + tid for tid in gone} | self._unremoved)
+        self._unremoved = set()
+        if self._drop_document:
+            removed.append(SETTING)
+        return values, removed
 
     # -- the receiving policy ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import base64
 import dataclasses
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jarvis.common.errors import InvalidInput, NotFound
@@ -494,6 +494,27 @@ def get_setting(db: Rows, key: str) -> str | None:
     if row is None:
         return None
     return db.unseal(row[0], "settings", "value", "a setting", key_index).decode()
+
+
+def settings_named(db: Rows, prefix: str) -> dict[str, str]:
+    """:returns: every setting whose name starts with *prefix*, by name (names are sealed:
+    every setting is opened to find them)."""
+    found: dict[str, str] = {}
+    rows = db.conn.execute("SELECT key_index, name, value FROM settings").fetchall()
+    for key_index, name, value in rows:
+        key = db.unseal(name, "settings", "name", "a setting", key_index).decode()
+        if key.startswith(prefix):
+            found[key] = db.unseal(value, "settings", "value", "a setting", key_index).decode()
+    return found
+
+
+def change_settings(db: Rows, values: Mapping[str, str], removed: Iterable[str] = ()) -> None:
+    """Store the settings *values* and delete the settings named in *removed*, in one write
+    (each setting sealed as :func:`set_setting` seals it)."""
+    for key, value in values.items():
+        set_setting(db, key, value)
+    for key in removed:
+        db.conn.execute("DELETE FROM settings WHERE key_index = ?", (db.setting_index(key),))
 
 
 def dump(db: Rows) -> dict[str, Any]:
