@@ -61,6 +61,7 @@ from jarvis.files.receive import (
 from jarvis.files.send import (
     FileSource,
     FolderTooBig,
+    NotAFolder,
     PreparedFile,
     SourceChanged,
     folder_files,
@@ -1169,17 +1170,12 @@ class Transfers:
         :raises InvalidInput: if *path* is not a readable folder, holds no file, or holds too
             many (:data:`~jarvis.files.send.MAX_FOLDER_FILES`).
         """
-        if not os.path.isabs(path):
-            raise InvalidInput("the path must be absolute")
         try:
-            files = yield self._run(folder_files, path)
+            files = yield self._read(folder_files, path, "folder")
         except FolderTooBig as e:
             raise InvalidInput(f"cannot send the folder: {e}") from None
-        except NotADirectoryError:
+        except NotAFolder:
             raise InvalidInput("not a folder: send-file sends a file as it is") from None
-        except OSError as e:
-            where = f" ({e.filename})" if e.filename and e.filename != path else ""
-            raise InvalidInput(f"cannot read the folder: {e.strerror or e}{where}") from None
         if not files:
             raise InvalidInput("the folder holds no file to send (links are left out)")
         folder_id = os.urandom(FOLDER_ID_SIZE)
@@ -1200,17 +1196,23 @@ class Transfers:
         views = [self._offer_prepared(uid, prepared) for prepared in ready]
         return {"folder": top, "transfers": views, "failed": failed}
 
-    @defer.inlineCallbacks
     def _hash(self, path: str) -> Any:
         """Hash the file at *path* off the reactor: a Deferred firing with its
         :class:`PreparedFile` (:raises InvalidInput: if it is not a readable regular file)."""
+        return self._read(_prepare, path, "file")
+
+    @defer.inlineCallbacks
+    def _read(self, f: Callable[[str], Any], path: str, what: str) -> Any:
+        """``f(path)`` off the reactor, *path* being absolute; an ``OSError`` is
+        ``InvalidInput``: "cannot read the WHAT: why" (and which file, if another)."""
         if not os.path.isabs(path):
             raise InvalidInput("the path must be absolute")
         try:
-            prepared = yield self._run(_prepare, path)
+            result = yield self._run(f, path)
         except OSError as e:
-            raise InvalidInput(f"cannot read the file: {e.strerror or e}") from None
-        return prepared
+            where = f" ({e.filename})" if e.filename and e.filename != path else ""
+            raise InvalidInput(f"cannot read the {what}: {e.strerror or e}{where}") from None
+        return result
 
     def _offer_prepared(self, uid: str, prepared: PreparedFile) -> dict[str, Any]:
         entry = TransferEntry(

@@ -113,6 +113,10 @@ class FolderTooBig(Exception):
     """A folder holds more files, or is deeper, than one folder sent whole may be."""
 
 
+class NotAFolder(Exception):
+    """What was given to send as a folder is a file (or another thing that is not a folder)."""
+
+
 def folder_files(
     path: str, *, max_files: int = MAX_FOLDER_FILES, max_depth: int = MAX_FOLDER_DEPTH
 ) -> list[tuple[str, str]]:
@@ -123,8 +127,11 @@ def folder_files(
 
     :raises FolderTooBig: if there are more than *max_files* files, or they are more than
         *max_depth* folders deep.
+    :raises NotAFolder: if *path* is there but not a folder.
     :raises OSError: if a folder or a file in it cannot be read (``filename`` says which).
     """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise NotAFolder()
     top = os.path.basename(os.path.normpath(path)) or "folder"
     found: list[tuple[str, str]] = []
 
