@@ -789,9 +789,9 @@ class MessengerModel:
         self._early_deliveries: dict[tuple[str, str], tuple[int, int]] = {}
         #: file names by transfer id (from transfer events), for the progress line
         self.transfer_names: dict[str, str] = {}
-        #: offers waiting for our answer: transfer id -> (conversation, offered at), for
-        #: ``/accept`` and ``/decline`` without an id (the newest in the open conversation)
-        #: Offers waiting for our answer: id -> (conversation, created, folder id or "").
+        #: offers waiting for our answer: transfer id -> (conversation, offered at, the folder
+        #: id of a file of a folder sent whole or ""), for ``/accept`` and ``/decline`` without
+        #: an id (the newest in the open conversation) and a folder's accept prompt
         self.waiting_offers: dict[str, tuple[str, float, str]] = {}
 
     # observers ---------------------------------------------------------------------------
