@@ -538,10 +538,7 @@ def dump(db: Rows) -> dict[str, Any]:
             "SELECT conversation, marker FROM conversations WHERE marker IS NOT NULL"
         ).fetchall()
     }
-    settings: dict[str, str] = {}
-    for key_index, name, value in conn.execute("SELECT key_index, name, value FROM settings"):
-        key = db.unseal(name, "settings", "name", "a setting", key_index).decode()
-        settings[key] = db.unseal(value, "settings", "value", "a setting", key_index).decode()
+    settings = settings_named(db, "")
     return {
         "format": DUMP_FORMAT,
         "version": DUMP_VERSION,
