@@ -26,6 +26,7 @@ from jarvis.core.transfers import (
     OFFER_IN_MAILBOX,
     OFFER_WAITS,
     REDIAL_INITIAL,
+    TransferEntry,
     Transfers,
     is_control_body,
 )
@@ -48,6 +49,8 @@ from tests.daemons import short_tempdir
 
 ALICE = "a" * 52
 BOB = "b" * 52
+#: A file large enough that its stream counts as a whole one against the stream caps.
+LARGE = 3 * 1024 * 1024
 
 
 class FakeStore:
@@ -1478,10 +1481,14 @@ class PullRecordingNetwork(FakeNetwork):
 
 
 class ReceivingStreamsCapTests(TestCase):
-    def accepted(self, count: int, uid: str = ALICE) -> tuple[Transfers, list[bytes], Any]:
+    def accepted(
+        self, count: int, uid: str = ALICE, size: int = LARGE
+    ) -> tuple[Transfers, list[bytes], Any]:
+        """*count* files of *size* bytes (large by default: a whole stream each) offered by
+        *uid* and accepted."""
         network = PullRecordingNetwork()
         transfers, self.sessions, _events, _store = make_transfers(self, network=network)
-        base = an_offer(self, size=5000)
+        base = replace(an_offer(self, size=5000), size=size)
         ids = []
         for _ in range(count):
             offer = replace(base, transfer_id=os.urandom(16))
@@ -1511,10 +1518,24 @@ class ReceivingStreamsCapTests(TestCase):
         # the first connection refused is called for at once (not at her next redial)
         self.assertEqual(alice.records[-1], Accept(ids[3]))
         self.assertIsNotNone(transfers.inbound_stream(ALICE, ids[3]))
-        base = an_offer(self, size=5000)
+        base = replace(an_offer(self, size=5000), size=LARGE)
         transfers._offer_received(BOB, base)
         self.successResultOf(transfers.accept(base.transfer_id.hex()))
         self.assertIsNotNone(transfers.inbound_stream(BOB, base.transfer_id))
+
+    def test_small_files_take_a_share_of_a_stream(self) -> None:
+        """When alice opens a data connection for each of twelve accepted files of 10 KB, then
+        nine are taken (each a third of a large file's stream) and the rest refused; for
+        files of 2 MiB (two thirds each), four."""
+        for size, taken_at_once in ((10_000, 9), (2 * 1024 * 1024, 4)):
+            with self.subTest(size=size):
+                transfers, ids, _network = self.accepted(12, size=size)
+                self.sessions[ALICE] = FakeSession()
+                taken = [transfers.inbound_stream(ALICE, tid) for tid in ids]
+                self.assertEqual(
+                    [t is not None for t in taken],
+                    [True] * taken_at_once + [False] * (12 - taken_at_once),
+                )
 
     def test_a_freed_slot_goes_to_a_sender_with_room(self) -> None:
         """When alice runs her three streams and bob one, with four allowed in all, and a
@@ -1525,7 +1546,7 @@ class ReceivingStreamsCapTests(TestCase):
         transfers, ids, _network = self.accepted(4)
         bobs = []
         for _ in range(2):
-            offer = replace(an_offer(self, size=5000), transfer_id=os.urandom(16))
+            offer = replace(an_offer(self, size=5000), transfer_id=os.urandom(16), size=LARGE)
             transfers._offer_received(BOB, offer)
             self.successResultOf(transfers.accept(offer.transfer_id.hex()))
             bobs.append(offer.transfer_id)
@@ -1557,6 +1578,48 @@ class ReceivingStreamsCapTests(TestCase):
 
 
 class SendingSlotsTests(TestCase):
+    def test_small_files_stream_several_at_a_time_in_order(self) -> None:
+        """When eleven accepted files of 10 KB are to stream, then nine are dialled at once
+        (a third of a large file's stream each) and two queued; when a large file is queued
+        behind small ones, it is not passed: the small ones after it wait until it fits."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        clock: Any = transfers.clock
+        network: Any = transfers._network
+        folder = short_tempdir(self)
+
+        def accepted_file(name: str, size: int, uid: str) -> TransferEntry:
+            path = os.path.join(folder, name)
+            with open(path, "wb") as f:
+                f.write(os.urandom(size))
+            sessions[uid] = FakeSession()
+            view = self.successResultOf(transfers.send(uid, path))
+            accept = Accept(bytes.fromhex(view["id"]))
+            transfers.control_received(uid, CONTROL_PREFIX + encode_transfer_record(accept))
+            return transfers.find(view["id"])
+
+        members = [chr(ord("d") + i) * 52 for i in range(14)]
+        small = [accepted_file(f"s{i}", 10_000, members[i]) for i in range(11)]
+        self.assertEqual(network.opened, members[:9])
+        self.assertEqual([e.queued for e in small], [False] * 9 + [True] * 2)
+        large = accepted_file("large", LARGE, members[11])
+        after = accepted_file("s11", 10_000, members[12])
+        self.assertTrue(large.queued and after.queued)
+        transfers.stream_completed(small[0], None)
+        clock.advance(0)  # one unit free: the oldest queued small one goes
+        self.assertEqual(network.opened, [*members[:9], members[9]])
+        for entry in small[1:3]:
+            transfers.stream_completed(entry, None)
+        clock.advance(0)  # two units free: the small one, then the large one does not fit
+        self.assertEqual(network.opened, [*members[:9], members[9], members[10]])
+        self.assertTrue(large.queued and after.queued)
+        transfers.stream_completed(small[3], None)
+        clock.advance(0)  # still two units: nothing passes the large one
+        self.assertEqual(network.opened[-1], members[10])
+        transfers.stream_completed(small[4], None)
+        clock.advance(0)  # three units: the large one, and the small one behind it waits
+        self.assertEqual(network.opened[-1], members[11])
+        self.assertTrue(after.queued)
+
     def test_at_most_three_outgoing_streams_the_rest_queued_in_order(self) -> None:
         """When five accepted files (a file sent into a group of five) are to stream at once,
         then three streams are dialled and the other two wait with a "queued" reason, whatever
@@ -1567,7 +1630,7 @@ class SendingSlotsTests(TestCase):
         network: Any = transfers._network
         path = os.path.join(short_tempdir(self), "album.zip")
         with open(path, "wb") as f:
-            f.write(os.urandom(20_000))
+            f.write(os.urandom(LARGE))
         members = [chr(ord("d") + i) * 52 for i in range(5)]
         for uid in members:
             sessions[uid] = FakeSession()

@@ -132,13 +132,30 @@ MAX_SENDING_STREAMS = 3
 #: is refused (its sender dials again later, or asks again for a dial back).
 MAX_RECEIVING_FROM_PEER = MAX_SENDING_STREAMS
 MAX_RECEIVING_STREAMS = 12
+#: The caps above count streams of large files; a small file's stream holds no more than its
+#: file's pieces, so it counts as a share of one: a stream takes one unit per
+#: :data:`STREAM_UNIT_BYTES` of its file (at least one), and a large file's
+#: :data:`UNITS_PER_STREAM`.  Three streams of large files, or nine of files up to 1 MiB (four
+#: of 2 MiB), run at once, within the same memory: each file of a folder costs a connection of
+#: its own (about 30 ms here), and small files went three at a time (docs/benchmarks.md,
+#: "Folders").
+STREAM_UNIT_BYTES = 1024 * 1024
+UNITS_PER_STREAM = 3
+
+
+def stream_units(offer: Offer) -> int:
+    """The share of the stream caps a stream of *offer*'s file takes
+    (:data:`UNITS_PER_STREAM` for a large file)."""
+    return min(UNITS_PER_STREAM, max(1, -(-offer.size // STREAM_UNIT_BYTES)))
+
+
 #: Seconds between two looks at the free space while a receiving transfer waits for room.
 SPACE_PROBE_INTERVAL = 5.0
 #: The default folder received files go to (under the user's home).
 DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 #: Finished transfers (complete, cancelled, failed) stay listed for this long after they were
 #: offered, and at most :data:`MAX_FINISHED` of them (the newest): every transfer is kept in
-#: one document written at each change, so it must not grow for ever.  Kept whatever their
+#: the store, loaded at unlock and listed, so they must not grow for ever.  Kept whatever their
 #: age: those with a record the peer still has to hear, and the newest transfer that says
 #: where we hold each file shared into a group, sent or received (where a member's
 #: ``Request`` for it is answered from).
@@ -1443,10 +1460,10 @@ class Transfers:
         or queue it while :data:`MAX_SENDING_STREAMS` streams run."""
         if entry.streaming or self._network is None or entry.state != "accepted":
             return
-        sending = self._sending_streams()
-        if sending >= MAX_SENDING_STREAMS:
+        if not self._sending_room(entry):
             self._cancel_redial(entry)
             entry.queued = True
+            sending = self._sending_streams()
             reason = f"queued: {sending} files are being sent; it starts when one of them ends"
             if entry.reason != reason:
                 entry.reason = reason
@@ -1472,6 +1489,14 @@ class Transfers:
         holding it for a receiver that may never dial would starve the queue."""
         return sum(1 for e in self._entries.values() if e.sending and e.streaming)
 
+    def _sending_room(self, entry: TransferEntry) -> bool:
+        """Whether *entry*'s stream fits beside the outgoing streams running
+        (:data:`MAX_SENDING_STREAMS` large files' worth, :func:`stream_units`)."""
+        running = sum(
+            stream_units(e.offer) for e in self._entries.values() if e.sending and e.streaming
+        )
+        return running + stream_units(entry.offer) <= MAX_SENDING_STREAMS * UNITS_PER_STREAM
+
     def _slot_freed(self) -> None:
         """An outgoing stream ended: start queued ones on the next turn (once, however many
         ended in this one)."""
@@ -1489,8 +1514,8 @@ class Transfers:
             key=lambda e: e.created,
         )
         for entry in waiting:
-            if self._network is None or self._sending_streams() >= MAX_SENDING_STREAMS:
-                return
+            if self._network is None or not self._sending_room(entry):
+                return  # in order: a large file is not passed by the small ones behind it
             if self._sessions(entry.peer) is not None:  # else: at its next session
                 entry.redial_delay = REDIAL_INITIAL
                 self._start_stream(entry)
@@ -1548,25 +1573,29 @@ class Transfers:
             entry = self._entries.get(tid)
             if entry is None or entry.state != "accepted" or entry.streaming:
                 del self._waiting_slot[tid]
-            elif self._receiving_at_cap(entry.peer) is None:  # one still at its cap waits on
+            elif self._receiving_at_cap(entry) is None:  # one still at its cap waits on
                 del self._waiting_slot[tid]
                 self._send_control(entry.peer, Accept(entry.offer.transfer_id))
                 return
 
-    def _receiving_at_cap(self, uid: str) -> tuple[int, int] | None:
-        """How many receiving streams run, ``(uid's, everyone's)``, when one more from *uid*
-        would pass :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`; else
-        ``None``."""
-        mine, every = self._incoming(uid, lambda e: e.streaming)
-        if mine < MAX_RECEIVING_FROM_PEER and every < MAX_RECEIVING_STREAMS:
+    def _receiving_at_cap(self, entry: TransferEntry) -> tuple[int, int] | None:
+        """How many receiving streams run, ``(its peer's, everyone's)``, when *entry*'s
+        stream would pass :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`
+        (large files' worth, :func:`stream_units`); else ``None``."""
+        units = stream_units(entry.offer)
+        mine, every = self._incoming(entry.peer, lambda e: e.streaming, stream_units_of)
+        if (
+            mine + units <= MAX_RECEIVING_FROM_PEER * UNITS_PER_STREAM
+            and every + units <= MAX_RECEIVING_STREAMS * UNITS_PER_STREAM
+        ):
             return None
-        return mine, every
+        return self._incoming(entry.peer, lambda e: e.streaming)
 
     def _receiving_full(self, entry: TransferEntry) -> bool:
         """Whether one more receiving stream, *entry*'s, would pass the caps
         (:meth:`_receiving_at_cap`); then it waits, and is called for when one ends
         (:meth:`_receiving_slot_freed`)."""
-        running = self._receiving_at_cap(entry.peer)
+        running = self._receiving_at_cap(entry)
         if running is None:
             return False
         mine, every = running
@@ -1580,13 +1609,20 @@ class Transfers:
         )
         return True
 
-    def _incoming(self, uid: str, counted: Callable[[TransferEntry], bool]) -> tuple[int, int]:
-        """How many incoming transfers are *counted*: *uid*'s, and everyone's."""
+    def _incoming(
+        self,
+        uid: str,
+        counted: Callable[[TransferEntry], bool],
+        weight: Callable[[TransferEntry], int] = lambda e: 1,
+    ) -> tuple[int, int]:
+        """How many incoming transfers are *counted* (each its *weight*): *uid*'s, and
+        everyone's."""
         mine = every = 0
         for e in self._entries.values():
             if not e.sending and counted(e):
-                every += 1
-                mine += e.peer == uid
+                w = weight(e)
+                every += w
+                mine += w if e.peer == uid else 0
         return mine, every
 
     def _warn_bounded(self, counts: dict[str, int], uid: str, text: str, **fields: Any) -> None:
@@ -1937,6 +1973,11 @@ def _check_waiting_offer(entry: TransferEntry) -> None:
             f"transfer {tid} is {entry.state}, no longer waiting for an answer "
             f"(jarvis cancel {tid} stops it)"
         )
+
+
+def stream_units_of(entry: TransferEntry) -> int:
+    """:func:`stream_units` of *entry*'s file."""
+    return stream_units(entry.offer)
 
 
 def _folder_of(base: str, folder: str, root: str | None) -> tuple[str, str]:
