@@ -136,7 +136,9 @@ MAX_RECEIVING_STREAMS = 12
 #: file's pieces, so it counts as a share of one: a stream takes one unit per
 #: :data:`STREAM_UNIT_BYTES` of its file (at least one), and a large file's
 #: :data:`UNITS_PER_STREAM`.  Three streams of large files, or nine of files up to 1 MiB (four
-#: of 2 MiB), run at once, within the same memory: each file of a folder costs a connection of
+#: of 2 MiB), run at once, within about the same memory (a receiving stream of a 1 MiB file
+#: holds about 2 MiB of frames and work buffers: nine, 18 MiB, against three large files'
+#: 16.5; four of 2 MiB, 12): each file of a folder costs a connection of
 #: its own (about 30 ms here), and small files went three at a time (docs/benchmarks.md,
 #: "Folders").
 STREAM_UNIT_BYTES = 1024 * 1024
