@@ -198,6 +198,68 @@ class TransferUiTests(SynchronousTestCase):
         self.assertFalse([c for c in client.calls if c[0] == "files.send"])
         self.assertIn("open a conversation first", controller.model.status.text)
 
+    def test_a_folder_shows_as_one_line(self) -> None:
+        """When alice offers the three files of a folder, then her conversation shows one
+        line for the folder (how many files, their size, /accept all), not a line per file;
+        as they are accepted and move it counts them and draws one bar of the folder's bytes;
+        once all arrived it says where the folder was saved; a UI attached later shows the
+        same one line from the daemon's list."""
+        controller, client, _clock = started()
+        press(controller, "meta 1")
+        mib = 1024 * 1024
+        files = [
+            transfer(
+                id=f"{n:032x}",
+                name=name,
+                folder=folder,
+                folder_id="66" * 16,
+                size=mib,
+                created=1_700_000_100.0 + n,
+            )
+            for n, (folder, name) in enumerate(
+                [("album", "a.jpg"), ("album/2024", "b.jpg"), ("album/2024", "c.jpg")], 1
+            )
+        ]
+        for t in files:
+            client.emit("transfer.offered", {"transfer": t})
+        press(controller, "esc")  # the folder's accept prompt: later
+        text = screen_text(controller.window, (160, 30))
+        self.assertIn(
+            "folder album from alice: 3 files (3.0 MiB), 3 offered: /accept all [DIR] or "
+            "/decline all",
+            text,
+        )
+        self.assertNotIn("a.jpg", text)
+        for t in files:
+            client.emit("transfer.changed", {"transfer": {**t, "state": "accepted"}})
+        client.emit(
+            "transfer.progress",
+            {"id": files[0]["id"], "bytes": mib // 2, "size": mib, "contact": UID_ALICE},
+        )
+        text = screen_text(controller.window, (160, 30))
+        self.assertIn("folder album from alice: 3 files (3.0 MiB), 2 accepted, 1 streaming", text)
+        self.assertIn("17% 512 KiB of 3.0 MiB", text)
+        paths = ["/in/album (1)/a.jpg", "/in/album (1)/2024/b.jpg", "/in/album (1)/2024/c.jpg"]
+        for t, path in zip(files, paths, strict=True):
+            client.emit("transfer.changed", {"transfer": {**t, "state": "complete", "path": path}})
+        text = screen_text(controller.window, (200, 30))
+        self.assertIn(
+            "folder album from alice: 3 files (3.0 MiB), 3 complete; saved in /in/album (1); "
+            "open the folder: xdg-open '/in/album (1)'",
+            text,
+        )
+        self.assertEqual(text.count("folder album"), 1)
+
+        later, client2, _clock = started()
+        client2.m_files_list = lambda params: {
+            "transfers": [
+                {**t, "state": "complete", "path": p} for t, p in zip(files, paths, strict=True)
+            ]
+        }
+        later.load_unlocked()
+        press(later, "meta 1")
+        self.assertIn("3 complete; saved in /in/album (1)", screen_text(later.window, (200, 30)))
+
     def test_offer_progress_and_end_are_shown(self) -> None:
         """When alice offers a file with a hostile name, then her conversation shows the offer
         with the escape made visible and the /accept hint; /accept calls files.accept; progress

@@ -793,6 +793,9 @@ class MessengerModel:
         #: id of a file of a folder sent whole or ""), for ``/accept`` and ``/decline`` without
         #: an id (the newest in the open conversation) and a folder's accept prompt
         self.waiting_offers: dict[str, tuple[str, float, str]] = {}
+        #: The files of each folder sent whole, by folder id: their latest views by transfer
+        #: id (one line shows the whole folder: :meth:`_folder_line`).
+        self.folder_files: dict[str, dict[str, dict[str, Any]]] = {}
 
     # observers ---------------------------------------------------------------------------
 
@@ -1258,6 +1261,8 @@ class MessengerModel:
                 str(t.get("folder_id") or ""),
             )
             self._offers_changed()
+        if self._folder_line(t):
+            return
         self.add_local(
             transfer_conversation(t),
             f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
@@ -1339,13 +1344,20 @@ class MessengerModel:
         for t in views:
             state = t.get("state")
             tid = str(t.get("id", ""))
+            self.transfer_names[tid] = _transfer_name(t)
+            if state == "offered" and t.get("direction") == "in":
+                waiting += 1
+            if t.get("folder_id"):
+                if state == "offered" and t.get("direction") == "in":
+                    self._offer_line(t)  # counts it waiting, and shows its folder's line
+                else:
+                    self._folder_line(t)
+                continue
             if state in FINAL_TRANSFER_STATES:
                 self._ended_line(t, hint=False)
                 continue
-            self.transfer_names[tid] = _transfer_name(t)
             if state == "offered" and t.get("direction") == "in":
                 self._offer_line(t)
-                waiting += 1
                 continue
             reason = terminal_safe(str(t.get("reason") or ""), keep_newlines=False)
             size, done = t.get("size"), t.get("bytes")
@@ -1373,6 +1385,11 @@ class MessengerModel:
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
             self._offers_changed()
+        if self._folder_line(t):
+            if state in FINAL_TRANSFER_STATES and self.status is not None:
+                if self.status.text.startswith("file "):
+                    self.notify(_end_text(t))  # its bar gives way to how it ended
+            return
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
             # its progress line; the next progress event puts the bar back.
@@ -1415,9 +1432,71 @@ class MessengerModel:
         name = self.transfer_names.get(str(payload.get("id")), "")
         bar = progress_bar(done, size, payload.get("rate"), payload.get("eta"))
         self.notify(f"file {name} {bar}")
-        if isinstance(payload.get("contact"), str):
+        folder = self._folder_of(str(payload.get("id")))
+        if folder is not None:
+            view = self.folder_files[folder][str(payload.get("id"))]
+            self._folder_line({**view, "bytes": done, "state": "streaming"})
+        elif isinstance(payload.get("contact"), str):
             key = transfer_conversation(payload)
             self._put_transfer_line(key, str(payload.get("id")), f"file {name} {bar}")
+
+    def _folder_of(self, tid: str) -> str | None:
+        """The folder id of transfer *tid*, if it is a file of a folder sent whole."""
+        for folder, files in self.folder_files.items():
+            if tid in files:
+                return folder
+        return None
+
+    def _folder_line(self, t: Mapping[str, Any]) -> bool:
+        """For a file of a folder sent whole, show its folder's one line instead of the
+        file's own (its offer, bar and end: a folder of 500 files would otherwise be 1,500
+        lines): what the folder holds, how many of its files are where, a bar of its bytes
+        while they move, ``/accept all`` while some are offered to us, and once every file
+        ended where it was saved.  Returns whether *t* is such a file."""
+        folder = t.get("folder_id")
+        if not isinstance(folder, str) or not folder:
+            return False
+        files = self.folder_files.setdefault(folder, {})
+        files[str(t.get("id", ""))] = dict(t)
+        views = list(files.values())
+        first = min(views, key=_created)
+        top = terminal_safe(str(first.get("folder") or "").split("/")[0], keep_newlines=False)
+        incoming = first.get("direction") == "in"
+        who = _sender_name(self, first)
+        size = sum(int(v.get("size") or 0) for v in views)
+        done = sum(
+            int(v.get("size") or 0) if v.get("state") == "complete" else int(v.get("bytes") or 0)
+            for v in views
+        )
+        states = Counter(str(v.get("state")) for v in views)
+        files_said = "1 file" if len(views) == 1 else f"{len(views)} files"
+        order = ("offered", "accepted", "streaming", "complete", "declined", "cancelled", "failed")
+        counts = ", ".join(f"{states[s]} {s}" for s in order if states[s])
+        text = f"folder {top} {'from' if incoming else 'to'} {who}: {files_said} "
+        text += f"({human_bytes(size)}), {counts}"
+        ended = all(v.get("state") in FINAL_TRANSFER_STATES for v in views)
+        if not ended and (states["accepted"] or states["streaming"]):
+            text += " " + progress_bar(done, size)
+        if incoming and states["offered"]:
+            text += ": /accept all [DIR] or /decline all"
+        root = _folder_root(views) if incoming else ""
+        if ended and root:
+            safe_root = terminal_safe(root, keep_newlines=False)
+            text += f"; saved in {safe_root}" + open_folder_hint(root)
+        failed = [v for v in views if v.get("state") == "failed" and v.get("reason")]
+        if failed:
+            why = terminal_safe(str(failed[0]["reason"]), keep_newlines=False)
+            text += f" (failed: {why})"
+        line_id = FOLDER_LINE_PREFIX + folder
+        uid = transfer_conversation(first)
+        conversation = self.conversation(uid)
+        if line_id in conversation.messages:
+            line = replace(conversation.messages[line_id], body=strip_bidi(text))
+            conversation.put(line)
+            self._changed("messages")
+        else:
+            self.add_local(uid, text, _created(first), line_id=line_id)
+        return True
 
     def _put_transfer_line(self, uid: str, tid: str, text: str, created: float = 0.0) -> None:
         """Show *text* on the transfer's own line in *uid*'s conversation: added at the end the
@@ -1688,6 +1767,8 @@ TRANSFER_LINE_PREFIX = "~transfer-"
 OFFER_LINE_PREFIX = "~offer-"
 #: Id prefix of the line saying how a transfer ended (a local line).
 ENDED_LINE_PREFIX = "~ended-"
+#: The id of the one line that shows a folder sent whole (then its folder id).
+FOLDER_LINE_PREFIX = "~folder-"
 #: The states a transfer ends in.
 FINAL_TRANSFER_STATES = frozenset({"complete", "cancelled", "failed"})
 
@@ -1784,6 +1865,19 @@ def folder_offered(result: Mapping[str, Any]) -> str:
         why = terminal_safe(f"{first.get('path')}: {first.get('error')}", keep_newlines=False)
         text += f"; {len(failed)} not offered ({why})"
     return text
+
+
+def _folder_root(views: list[dict[str, Any]]) -> str:
+    """Where a folder sent whole was saved: the folder its files landed in below the folder
+    accepted into, from a complete file's path (its folders' count up from the file)."""
+    for v in views:
+        path, folder = v.get("path"), v.get("folder")
+        if v.get("state") == "complete" and isinstance(path, str) and isinstance(folder, str):
+            root = os.path.dirname(path)
+            for _ in range(len([p for p in folder.split("/") if p]) - 1):
+                root = os.path.dirname(root)
+            return root
+    return ""
 
 
 def _file_label(t: Mapping[str, Any]) -> str:
