@@ -1228,6 +1228,7 @@ class MessengerModel:
                 conversation.marker = None
             self.contacts = {}
             self.waiting_offers = {}
+            self.folder_files = {}  # names of files: shown again from the list at unlock
         changed = locked != self.locked
         self.locked = locked
         if changed:
