@@ -1278,36 +1278,37 @@ class Transfers:
         self._changed(entry)
         return self.view(entry)
 
+    def _folder_for(self, entry: TransferEntry, base: str) -> defer.Deferred[Any]:
+        """Where a file of a folder sent whole goes when accepted into *base*
+        (:meth:`_find_folder`), one at a time: two files of one folder accepted at once land
+        in the same folder."""
+        return self._folder_lock.run(self._find_folder, entry, base)
+
     @defer.inlineCallbacks
-    def _folder_for(self, entry: TransferEntry, base: str) -> Any:
-        """Where a file of a folder sent whole goes when accepted into *base*: below the
-        folder already made there for the same folder sent (a file of it accepted before),
-        or a new one named as the sender's (``photos``, ``photos (1)`` if taken); then the
-        folders the file is in below it, every name sanitised."""
-        yield self._folder_lock.acquire()
+    def _find_folder(self, entry: TransferEntry, base: str) -> Any:
+        """Below the folder already made in *base* for the same folder sent (a file of it
+        accepted before), or a new one named as the sender's (``photos``, ``photos (1)`` if
+        taken); then the folders the file is in below it, every name sanitised."""
+        root = next(
+            (
+                e.folder_root
+                for e in self._entries.values()
+                if e.folder_root
+                and e.peer == entry.peer
+                and e.offer.folder_id == entry.offer.folder_id
+                and os.path.dirname(e.folder_root) == base
+            ),
+            None,
+        )
         try:
-            root = next(
-                (
-                    e.folder_root
-                    for e in self._entries.values()
-                    if e.folder_root
-                    and e.peer == entry.peer
-                    and e.offer.folder_id == entry.offer.folder_id
-                    and os.path.dirname(e.folder_root) == base
-                ),
-                None,
-            )
-            try:
-                root, directory = yield self._run(_folder_of, base, entry.offer.folder, root)
-            except (FileExistsError, NotADirectoryError) as e:
-                where = e.filename or base
-                raise InvalidInput(f"{where} is not a folder: choose a folder") from None
-            except OSError as e:
-                raise InvalidInput(f"cannot write into {base}: {e.strerror or e}") from None
-            entry.folder_root = root
-            return directory
-        finally:
-            self._folder_lock.release()
+            root, directory = yield self._run(_folder_of, base, entry.offer.folder, root)
+        except (FileExistsError, NotADirectoryError) as e:
+            where = e.filename or base
+            raise InvalidInput(f"{where} is not a folder: choose a folder") from None
+        except OSError as e:
+            raise InvalidInput(f"cannot write into {base}: {e.strerror or e}") from None
+        entry.folder_root = root
+        return directory
 
     @defer.inlineCallbacks
     def _in_folder(
