@@ -1347,18 +1347,13 @@ class MessengerModel:
             tid = str(t.get("id", ""))
             self.transfer_names[tid] = _transfer_name(t)
             if state == "offered" and t.get("direction") == "in":
+                self._offer_line(t)  # counts it waiting (a folder's file: its folder's line)
                 waiting += 1
-            if t.get("folder_id"):
-                if state == "offered" and t.get("direction") == "in":
-                    self._offer_line(t)  # counts it waiting, and shows its folder's line
-                else:
-                    self._folder_line(t)
+                continue
+            if self._folder_line(t):
                 continue
             if state in FINAL_TRANSFER_STATES:
                 self._ended_line(t, hint=False)
-                continue
-            if state == "offered" and t.get("direction") == "in":
-                self._offer_line(t)
                 continue
             reason = terminal_safe(str(t.get("reason") or ""), keep_newlines=False)
             size, done = t.get("size"), t.get("bytes")
@@ -1387,9 +1382,9 @@ class MessengerModel:
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
             self._offers_changed()
         if self._folder_line(t):
-            if state in FINAL_TRANSFER_STATES and self.status is not None:
-                if self.status.text.startswith("file "):
-                    self.notify(_end_text(t))  # its bar gives way to how it ended
+            showing_bar = self.status is not None and self.status.text.startswith("file ")
+            if state in FINAL_TRANSFER_STATES and showing_bar:
+                self.notify(_end_text(t))  # its bar gives way to how it ended
             return
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
@@ -1488,23 +1483,20 @@ class MessengerModel:
         if failed:
             why = terminal_safe(str(failed[0]["reason"]), keep_newlines=False)
             text += f" (failed: {why})"
-        line_id = FOLDER_LINE_PREFIX + folder
         uid = transfer_conversation(first)
-        conversation = self.conversation(uid)
-        if line_id in conversation.messages:
-            line = replace(conversation.messages[line_id], body=strip_bidi(text))
-            conversation.put(line)
-            self._changed("messages")
-        else:
-            self.add_local(uid, text, _created(first), line_id=line_id)
+        self._put_line(uid, FOLDER_LINE_PREFIX + folder, text, _created(first))
         return True
 
     def _put_transfer_line(self, uid: str, tid: str, text: str, created: float = 0.0) -> None:
-        """Show *text* on the transfer's own line in *uid*'s conversation: added at the end the
-        first time, then replaced in place (one progress bar per transfer, not one line per
-        event).  *created*: the transfer's time, for a line added before the conversation's
-        history is loaded (:meth:`_seat_local_lines` places it then)."""
-        line_id = TRANSFER_LINE_PREFIX + tid
+        """Show *text* on the transfer's own line in *uid*'s conversation (:meth:`_put_line`:
+        one progress bar per transfer, not one line per event)."""
+        self._put_line(uid, TRANSFER_LINE_PREFIX + tid, text, created)
+
+    def _put_line(self, uid: str, line_id: str, text: str, created: float = 0.0) -> None:
+        """Show *text* on local line *line_id* in *uid*'s conversation: added at the end the
+        first time, then replaced in place.  *created*: the transfer's time, for a line
+        added before the conversation's history is loaded (:meth:`_seat_local_lines` places
+        it then)."""
         conversation = self.conversation(uid)
         old = conversation.messages.get(line_id)
         if old is None:
@@ -1852,8 +1844,7 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
 def folder_offered(result: Mapping[str, Any]) -> str:
     """What the conversation says of a folder offered (``files.sendFolder``'s answer):
     "offered the folder NAME: N files (SIZE); /cancel all stops the transfers here", and how
-    many files
-    could not be read, with the first reason."""
+    many files could not be read, with the first reason."""
     views = result.get("transfers") or []
     size = sum(int(v.get("size") or 0) for v in views)
     files = "1 file" if len(views) == 1 else f"{len(views)} files"
