@@ -598,7 +598,7 @@ class Controller:
         if isinstance(folder_id, str) and folder_id:
 
             def answer(verb: str, args: tuple[str, ...]) -> None:
-                self.sender.answer_folder(verb, folder_id, args[1] if len(args) > 1 else None)
+                self.sender.answer_all(verb, args[1] if len(args) > 1 else None, folder_id)
 
         self.window.open_dialog(OfferDialog(t, sender, answer, self.window.close_dialog))
 

@@ -231,30 +231,25 @@ class Sender:
 
         d.addCallbacks(answered, self._controller.report, errbackArgs=(f"/{verb}",))
 
-    def answer_all(self, verb: str, directory: str | None) -> None:
+    def answer_all(self, verb: str, directory: str | None, folder_id: str | None = None) -> None:
         """``/accept all [DIR]``, ``/decline all``: answer every offer waiting in the open
-        conversation, oldest first, one call each (:meth:`_answer_each`)."""
-        ids = self.model.offers_waiting_in(self.model.current_uid)
-        if not ids:
-            self.model.notify(f"no offer waits for an answer here: /{verb} all", "error")
-            self._controller.redraw()
-            return
-        extra = {"directory": directory} if directory else {}
-        d = self._answer_each(verb, ids, extra, "files offered here")
-        d.addErrback(self._controller.internal_error, f"/{verb} all")
-
-    def answer_folder(self, verb: str, folder_id: str, directory: str | None) -> None:
-        """Accept (into *directory*, default the download folder) or decline every file of
-        the folder sent whole *folder_id* still waiting in the open conversation, oldest first
-        (the accept prompt of a folder's file: its files arrive as offers of their own)."""
+        conversation, oldest first, one call each (:meth:`_answer_each`); with *folder_id*,
+        every file of that folder sent whole still waiting there (the accept prompt of a
+        folder's file: its files arrive as offers of their own)."""
         ids = self.model.offers_waiting_in(self.model.current_uid, folder_id)
         if not ids:
-            self.model.notify("no file of that folder waits for an answer here", "error")
+            none = (
+                f"no offer waits for an answer here: /{verb} all"
+                if folder_id is None
+                else "no file of that folder waits for an answer here"
+            )
+            self.model.notify(none, "error")
             self._controller.redraw()
             return
         extra = {"directory": directory} if directory else {}
-        d = self._answer_each(verb, ids, extra, "files of the folder")
-        d.addErrback(self._controller.internal_error, f"{verb} of a folder")
+        what = "files offered here" if folder_id is None else "files of the folder"
+        d = self._answer_each(verb, ids, extra, what)
+        d.addErrback(self._controller.internal_error, f"/{verb} all")
 
     def cancel_all(self) -> None:
         """``/cancel all``: cancel every transfer not ended yet in the open conversation, both
