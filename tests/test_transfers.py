@@ -1954,6 +1954,46 @@ class RetentionTests(TestCase):
         self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED)
         self.assertIn(live.id, transfers._entries)
 
+    def test_a_folder_is_forgotten_whole(self) -> None:
+        """When the limit falls inside a folder sent whole (its files older than
+        MAX_FINISHED - 1 newer transfers), then all its files stay, not the newest one
+        alone; a folder wholly beyond the limit goes whole; and one whose last file still
+        moves keeps its finished files too, however far beyond the limit."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        now = transfers.now()
+        base = an_offer(self)
+        limit = transfers_module.MAX_FINISHED
+
+        def add(state: str, age: float, folder_id: bytes = b"") -> str:
+            offer = replace(
+                base,
+                transfer_id=os.urandom(16),
+                folder="photos" if folder_id else "",
+                folder_id=folder_id,
+            )
+            entry = transfers_module.TransferEntry(
+                offer=offer, peer=ALICE, sending=False, state=state, created=now - age
+            )
+            transfers._entries[entry.id] = entry
+            return entry.id
+
+        newer = [add("complete", 10.0 + i) for i in range(limit - 1)]
+        straddling = [add("complete", 1000.0, b"s" * 16) for _ in range(3)]
+        beyond = [add("complete", 2000.0, b"b" * 16) for _ in range(3)]
+        moving = [add("complete", 3000.0, b"m" * 16) for _ in range(2)]
+        moving.append(add("streaming", 3000.0, b"m" * 16))
+        loose_beyond = add("cancelled", 4000.0)
+
+        self.assertTrue(transfers._prune())
+
+        ids = set(transfers._entries)
+        self.assertTrue(set(newer) <= ids)
+        self.assertTrue(set(straddling) <= ids)  # the limit fell inside it: all stay
+        self.assertFalse(set(beyond) & ids)  # wholly beyond: all go
+        self.assertTrue(set(moving) <= ids)  # a file of it still moves: all stay
+        self.assertNotIn(loose_beyond, ids)
+        self.assertEqual(len(ids), limit - 1 + 3 + 3)
+
 
 DAVE = "d" * 52
 

@@ -160,7 +160,8 @@ DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 #: the store, loaded at unlock and listed, so they must not grow for ever.  Kept whatever their
 #: age: those with a record the peer still has to hear, and the newest transfer that says
 #: where we hold each file shared into a group, sent or received (where a member's
-#: ``Request`` for it is answered from).
+#: ``Request`` for it is answered from).  A folder sent whole counts as one: its files are
+#: forgotten together, once all of them finished, so up to a folder's files more may be kept.
 FINISHED_KEPT = 30 * 86400.0
 MAX_FINISHED = 500
 
@@ -645,6 +646,8 @@ class Transfers:
         :raises TransferNotFound: if none or several match.
         """
         ref = ref.strip().lower()
+        if ref in self._entries:  # a whole id (what clients hold): no walk through the list
+            return self._entries[ref]
         matches = [e for k, e in self._entries.items() if len(ref) >= 4 and k.startswith(ref)]
         if len(matches) != 1:
             raise TransferNotFound(f"no single transfer with id {terminal_safe(ref)!r}")
@@ -654,9 +657,11 @@ class Transfers:
         """Forget the finished transfers beyond :data:`FINISHED_KEPT` and
         :data:`MAX_FINISHED`; returns whether any was."""
         finished = [e for e in self._entries.values() if e.state in FINAL_STATES]
-        if not finished:
-            return False
         now = self.now()
+        if len(finished) <= MAX_FINISHED and all(
+            now - e.created <= FINISHED_KEPT for e in finished
+        ):
+            return False  # none is over either limit
         sources: dict[tuple[bytes, bytes], TransferEntry] = {}
         for e in self._entries.values():
             key = (e.offer.group_id, e.offer.content_hash)
@@ -664,15 +669,25 @@ class Transfers:
                 if key not in sources or e.created > sources[key].created:
                     sources[key] = e
         kept = {e.id for e in sources.values()}
-        finished.sort(key=lambda e: e.created, reverse=True)
-        dropped = [
-            e.id
-            for i, e in enumerate(finished)
-            if (i >= MAX_FINISHED or now - e.created > FINISHED_KEPT)
-            and e.id not in kept
-            and not e.notice
-            and not e.waiters
-        ]
+        # The files of a folder sent whole go as one batch, once every one of them finished:
+        # its one line (the UI's, ``jarvis files``) never counts only some of them.
+        moving = {e.offer.folder_id for e in self._entries.values() if e.state not in FINAL_STATES}
+        batches: dict[object, list[TransferEntry]] = {}
+        for e in finished:
+            batches.setdefault(e.offer.folder_id or e.id, []).append(e)
+        newest_first = sorted(
+            batches.values(), key=lambda b: max(e.created for e in b), reverse=True
+        )
+        dropped: list[str] = []
+        newer = 0  # finished transfers in the batches before this one
+        for batch in newest_first:
+            age = now - max(e.created for e in batch)
+            over = newer >= MAX_FINISHED or age > FINISHED_KEPT
+            newer += len(batch)
+            if over and not (batch[0].offer.folder_id and batch[0].offer.folder_id in moving):
+                dropped.extend(
+                    e.id for e in batch if e.id not in kept and not e.notice and not e.waiters
+                )
         for tid in dropped:
             del self._entries[tid]
         return bool(dropped)

@@ -1022,9 +1022,9 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "receiving side, 'queued: ...' on the sending side while three other files are "
             "being sent; it resumes by itself), cleared when a stream opens. Finished "
             "transfers (complete, cancelled, failed) are listed for 30 days after they were "
-            "offered, the newest 500 at most (the daemon keeps every transfer in one "
-            "document; the newest outgoing transfer of a file shared into a group stays, so "
-            "members can still ask for it).",
+            "offered, the newest 500 at most, a folder sent whole counting as one (its files "
+            "are forgotten together, once all of them ended); the newest outgoing transfer "
+            "of a file shared into a group stays, so members can still ask for it.",
         ),
         MethodSpec(
             "files.wait",
