@@ -202,8 +202,9 @@ class TransferUiTests(SynchronousTestCase):
         """When alice offers the three files of a folder, then her conversation shows one
         line for the folder (how many files, their size, /accept all), not a line per file;
         as they are accepted and move it counts them and draws one bar of the folder's bytes;
-        once all arrived it says where the folder was saved; a UI attached later shows the
-        same one line from the daemon's list."""
+        once all arrived it says where the folder was saved, and so does the status line,
+        whose bar said how each file ended before; a UI attached later shows the same one
+        line from the daemon's list."""
         controller, client, _clock = started()
         press(controller, "meta 1")
         mib = 1024 * 1024
@@ -240,15 +241,23 @@ class TransferUiTests(SynchronousTestCase):
         self.assertIn("folder album from alice: 3 files (3.0 MiB), 2 accepted, 1 streaming", text)
         self.assertIn("17% 512 KiB of 3.0 MiB", text)
         paths = ["/in/album (1)/a.jpg", "/in/album (1)/2024/b.jpg", "/in/album (1)/2024/c.jpg"]
+        self.assertTrue(controller.model.status.text.startswith("file album/a.jpg"))
+        ends = []
         for t, path in zip(files, paths, strict=True):
             client.emit("transfer.changed", {"transfer": {**t, "state": "complete", "path": path}})
+            ends.append(controller.model.status.text)
         text = screen_text(controller.window, (200, 30))
-        self.assertIn(
+        line = (
             "folder album from alice: 3 files (3.0 MiB), 3 complete; saved in /in/album (1); "
-            "open the folder: xdg-open '/in/album (1)'",
-            text,
+            "open the folder: xdg-open '/in/album (1)'"
         )
-        self.assertEqual(text.count("folder album"), 1)
+        self.assertIn(line, text)
+        # the status line's bar gave way to how each file ended, then to the folder's line
+        self.assertEqual(ends[0], "file album/a.jpg (1.0 MiB): complete, saved as " + paths[0])
+        self.assertEqual(ends[2], line)
+        controller.model.clear_status()
+        text = screen_text(controller.window, (200, 30))
+        self.assertEqual(text.count("folder album"), 1)  # one line in the conversation
 
         later, client2, _clock = started()
         client2.m_files_list = lambda params: {

@@ -1262,7 +1262,7 @@ class MessengerModel:
                 str(t.get("folder_id") or ""),
             )
             self._offers_changed()
-        if self._folder_line(t):
+        if self._folder_line(t) is not None:
             return
         self.add_local(
             transfer_conversation(t),
@@ -1350,7 +1350,7 @@ class MessengerModel:
                 self._offer_line(t)  # counts it waiting (a folder's file: its folder's line)
                 waiting += 1
                 continue
-            if self._folder_line(t):
+            if self._folder_line(t) is not None:
                 continue
             if state in FINAL_TRANSFER_STATES:
                 self._ended_line(t, hint=False)
@@ -1381,10 +1381,15 @@ class MessengerModel:
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
             self._offers_changed()
-        if self._folder_line(t):
+        line = self._folder_line(t)
+        if line is not None:
             showing_bar = self.status is not None and self.status.text.startswith("file ")
             if state in FINAL_TRANSFER_STATES and showing_bar:
-                self.notify(_end_text(t))  # its bar gives way to how it ended
+                # The bar gives way to how the file ended, or to the folder's line once the
+                # last of its files ended (how many arrived, where the folder is).
+                files = self.folder_files[str(t.get("folder_id"))].values()
+                ended = all(v.get("state") in FINAL_TRANSFER_STATES for v in files)
+                self.notify(line if ended else _end_text(t))
             return
         if state == "accepted" and t.get("reason"):
             # Its stream ended and it waits for the next one (e.g. a full disk): say why on
@@ -1443,15 +1448,16 @@ class MessengerModel:
                 return folder
         return None
 
-    def _folder_line(self, t: Mapping[str, Any]) -> bool:
+    def _folder_line(self, t: Mapping[str, Any]) -> str | None:
         """For a file of a folder sent whole, show its folder's one line instead of the
         file's own (its offer, bar and end: a folder of 500 files would otherwise be 1,500
         lines): what the folder holds, how many of its files are where, a bar of its bytes
         while they move, ``/accept all`` while some are offered to us, and once every file
-        ended where it was saved.  Returns whether *t* is such a file."""
+        ended where it was saved.  Returns the line's text if *t* is such a file, else
+        ``None``."""
         folder = t.get("folder_id")
         if not isinstance(folder, str) or not folder:
-            return False
+            return None
         files = self.folder_files.setdefault(folder, {})
         files[str(t.get("id", ""))] = dict(t)
         views = list(files.values())
@@ -1485,7 +1491,7 @@ class MessengerModel:
             text += f" (failed: {why})"
         uid = transfer_conversation(first)
         self._put_line(uid, FOLDER_LINE_PREFIX + folder, text, _created(first))
-        return True
+        return text
 
     def _put_transfer_line(self, uid: str, tid: str, text: str, created: float = 0.0) -> None:
         """Show *text* on the transfer's own line in *uid*'s conversation (:meth:`_put_line`:
