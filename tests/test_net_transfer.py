@@ -184,6 +184,48 @@ class PairTests(TestCase):
         self.assertEqual(sender.chunks_sent, 5)
         self.assertEqual(os.listdir(directory), ["data.bin"])
 
+    def test_a_connection_kept_for_the_next_file(self) -> None:
+        """When both ends are given a release that keeps the connection (a folder's next file
+        follows on it), then once the file is complete neither end closes it, each release
+        is called once, after the receiver wrote Complete, and the sender is no longer the
+        transport's producer; when the releases decline, both ends close it as before."""
+        for keep in (True, False):
+            released: list[str] = []
+            sender, receiver = self.released_pair(keep, released)
+            self.assertEqual(released, ["receiver", "sender"])
+            self.assertEqual(sender.transport.disconnecting, not keep)
+            self.assertEqual(receiver.transport.disconnecting, not keep)
+            self.assertIsNone(sender.transport.producer)
+
+    def released_pair(self, keep: bool, released: list[str]) -> tuple[Any, Any]:
+        """Send a small file over an in-memory pair whose ends' releases answer *keep* (and
+        append which end asked to *released*); the sender and receiver, once complete."""
+        prepared = make_prepared(self, 2 * CHUNK + 5)
+        partial = PartialFile.create(short_tempdir(self), prepared.offer)
+        source = FileSource(prepared)
+        self.addCleanup(source.close)
+
+        def release(side: str) -> Any:
+            def it() -> bool:
+                released.append(side)
+                return keep
+
+            return it
+
+        send_rec, recv_rec = Recorder(), Recorder()
+        sender, receiver, pump = connectedServerAndClient(
+            lambda: TransferReceiver(
+                partial, recv_rec, run_blocking=run_now, release=release("receiver")
+            ),
+            lambda: TransferSender(
+                source, send_rec, run_blocking=run_now, release=release("sender")
+            ),
+        )
+        pump.flush()
+        self.assertEqual(self.successResultOf(send_rec.finished), ("completed", None))
+        self.assertEqual(self.successResultOf(recv_rec.finished)[0], "completed")
+        return sender, receiver
+
     def test_empty_file_arrives(self) -> None:
         """When an empty file is sent, then it arrives empty under its name."""
         prepared = make_prepared(self, 0)

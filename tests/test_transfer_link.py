@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet import error
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from jarvis.net.transfer_link import (
@@ -18,18 +20,23 @@ from jarvis.net.transfer_link import (
     RelayedDataProtocol,
     TransferDialProtocol,
 )
+from jarvis.protocol.framing import PROLOGUE
 
 
 class Inner(Protocol):
     def __init__(self) -> None:
         self.received = b""
         self.made = False
+        self.lost = False
 
     def connectionMade(self) -> None:
         self.made = True
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
 
 
 class FakePeerProtocol:
@@ -38,13 +45,21 @@ class FakePeerProtocol:
         self.transport.registerProducer(self, True)  # as the PeerProtocol does
         self.session: Any = None
         self.aborted = False
+        self.closed = False
 
     def abort(self) -> None:
         self.aborted = True
 
+    def lose_connection(self) -> None:
+        self.closed = True
+
 
 def demux(
-    protocol: FakePeerProtocol, opened: dict[str, list[bytes]], *, pull: bool = True
+    protocol: FakePeerProtocol,
+    opened: dict[str, list[bytes]],
+    *,
+    pull: bool = True,
+    clock: Clock | None = None,
 ) -> tuple[InboundDemux, Inner]:
     inner = Inner()
 
@@ -61,7 +76,7 @@ def demux(
         lambda: None,
         opener("transfer"),
         lambda p: None,
-        Clock(),
+        clock or Clock(),
         10.0,
         open_pull=opener("pull") if pull else None,
     )
@@ -117,6 +132,90 @@ class DemuxTests(TestCase):
         link.handshakeCompleted()
         self.assertEqual(transport.value(), TRANSFER_PULL_PREFACE + tid)
         self.assertTrue(inner.made)
+
+
+class NextFileTests(TestCase):
+    """One connection, several files: a connection whose file is complete carries the next."""
+
+    def test_an_idle_dialled_connection_carries_the_next_file(self) -> None:
+        """When the file of a dialled data connection is complete and the connection goes
+        idle, then carrying the next file writes the preface and the next transfer id again
+        and hands the transport to the next stream, which alone gets the bytes after."""
+        first, second = os.urandom(16), os.urandom(16)
+        inner, following = Inner(), Inner()
+        link = TransferDialProtocol(inner, first, Clock(), 10.0, lambda r: None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.handshakeCompleted()
+        transport.clear()
+        link.go_idle(lambda: None)
+        link.carry(following, second)
+        self.assertEqual(transport.value(), TRANSFER_PREFACE + second)
+        self.assertEqual(link.transfer_id, second)
+        self.assertTrue(following.made)
+        link.dataReceived(b"have")
+        self.assertEqual((inner.received, following.received), (b"", b"have"))
+
+    def test_bytes_or_the_end_while_idle(self) -> None:
+        """When bytes arrive on an idle connection (the receiver has nothing to say between
+        two files), then it is aborted; when an idle connection ends, then its lost callback
+        is told once and the completed stream hears nothing more."""
+        inner = Inner()
+        link = TransferDialProtocol(inner, os.urandom(16), Clock(), 10.0, lambda r: None)
+        transport = StringTransport()
+        link.makeConnection(transport)
+        link.handshakeCompleted()
+        lost: list[int] = []
+        link.go_idle(lambda: lost.append(1))
+        link.dataReceived(b"unexpected")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(inner.received, b"")
+        link.connectionLost(Failure(error.ConnectionDone()))
+        self.assertEqual(lost, [1])
+        self.assertFalse(inner.lost)
+        self.assertTrue(link.closed)
+
+    def test_the_waiting_side_takes_only_a_next_file(self) -> None:
+        """When a receiving connection waits for the sender's next file, then the transfer
+        preface opens it as on a new connection; the session prologue closes the connection
+        (a session never starts mid-connection), the pull preface aborts it, and so does
+        silence past the wait."""
+        tid = os.urandom(16)
+        opened: dict[str, list[bytes]] = {}
+        protocol = FakePeerProtocol()
+        d, inner = demux(protocol, opened)
+        d.data_received(TRANSFER_PREFACE + os.urandom(16))
+        waiting = d.for_next_file(5.0)
+        waiting.connection_made(b"")
+        waiting.data_received(TRANSFER_PREFACE + tid + b"rest")
+        self.assertEqual(opened["transfer"][-1], tid)
+        self.assertTrue(inner.received.endswith(b"rest"))
+        self.assertFalse(protocol.aborted or protocol.closed)
+
+        session_wanted = FakePeerProtocol()
+        d, _ = demux(session_wanted, opened)
+        waiting = d.for_next_file(5.0)
+        waiting.connection_made(b"")
+        waiting.data_received(PROLOGUE + b"\x00" * 16)
+        self.assertTrue(session_wanted.closed)
+
+        pulled = FakePeerProtocol()
+        d, _ = demux(pulled, opened)
+        waiting = d.for_next_file(5.0)
+        waiting.connection_made(b"")
+        waiting.data_received(TRANSFER_PULL_PREFACE + tid)
+        self.assertTrue(pulled.aborted)
+        self.assertEqual(opened.get("pull"), None)
+
+        clock = Clock()
+        silent = FakePeerProtocol()
+        d, _ = demux(silent, opened, clock=clock)
+        waiting = d.for_next_file(5.0)
+        waiting.connection_made(b"")
+        clock.advance(4.9)
+        self.assertFalse(silent.aborted)
+        clock.advance(0.2)
+        self.assertTrue(silent.aborted)
 
 
 class RelayedDataTests(TestCase):

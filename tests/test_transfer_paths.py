@@ -31,6 +31,8 @@ class Stream(Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.received = b""
         self.lost = False
+        #: what the network gives a stream to keep its connection for the next file
+        self.release = kwargs.get("release")
 
     def connectionMade(self) -> None:
         Stream.made.append(self)
@@ -207,6 +209,91 @@ class DataPathTests(TestCase):
         self.assertEqual(joining.ended, [])
         a.network.stop_transfer(tid)
         self.assertEqual(Stream.made, [])
+
+
+class NextFileTests(TestCase):
+    """One connection, several files, between two real PeerNetworks over pinned TLS."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        Stream.made = []
+        self.patch(net, "TransferSender", Stream)
+        self.patch(net, "TransferReceiver", Stream)
+
+    @staticmethod
+    def source(tid: bytes) -> Any:
+        offer = type("Offer", (), {"transfer_id": tid})()
+        return type("Source", (), {"prepared": type("Prepared", (), {"offer": offer})()})()
+
+    async def test_a_folder_s_next_file_rides_the_same_connection(self) -> None:
+        """When a file's stream is complete on both ends (each released its connection) and
+        the sender sends the next file to the same contact, then no new connection is made:
+        the next file's preface and id go on the same TLS connection, the receiver opens it
+        as on a new one, and its bytes reach its own receiving stream; with no file after
+        it, the sender closes the idle connection after IDLE_LINK_KEEP seconds and forgets
+        it."""
+        self.patch(net, "IDLE_LINK_KEEP", 0.3)
+        a, b = Node(self), Node(self)
+        a.knows(b)
+        b.knows(a)
+        first, second = os.urandom(16), os.urandom(16)
+        asked: list[bytes] = []
+
+        def inbound(uid: str, tid: bytes) -> Any:
+            asked.append(tid)
+            return (object(), Ends())
+
+        b.observer.inbound_stream = inbound  # type: ignore[attr-defined]
+        a.network.open_transfer(b.uid, self.source(first), Ends())
+        await wait_until(lambda: len(Stream.made) == 2, 10)
+        link = a.network._links_out[first]
+        sender = link.inner
+        receiver = next(s for s in Stream.made if s is not sender)
+        self.assertTrue(receiver.release())  # Complete written: it waits for the next file
+        self.assertTrue(sender.release())  # Complete read: the connection is kept
+        a.network.open_transfer(b.uid, self.source(second), Ends())
+        self.assertIs(a.network._links_out[second], link)
+        await wait_until(lambda: len(Stream.made) == 4, 10)
+        self.assertEqual(asked, [first, second])
+        next_sender = link.inner
+        next_receiver = next(s for s in Stream.made[2:] if s is not next_sender)
+        next_sender.transport.write(b"chunk")
+        await wait_until(lambda: next_receiver.received == b"chunk", 10)
+        self.assertEqual(receiver.received, b"")
+        self.assertTrue(next_receiver.release())
+        self.assertTrue(next_sender.release())
+        self.assertIn(b.uid, a.network._idle_links)
+        await wait_until(lambda: link.closed, 10)
+        self.assertEqual(a.network._idle_links, {})
+        self.assertFalse(next_sender.lost)  # a stream complete hears nothing of the close
+
+    async def test_the_receiver_closing_a_waiting_connection_is_not_a_lost_stream(
+        self,
+    ) -> None:
+        """When the receiver closes a connection waiting for a next file (its wait ran out,
+        or it stops) while the sender keeps it idle, then the sender forgets it, tells no
+        stream, and its next file to that contact dials a new connection."""
+        a, b = Node(self), Node(self)
+        a.knows(b)
+        b.knows(a)
+        first, second = os.urandom(16), os.urandom(16)
+        b.observer.inbound_stream = lambda uid, tid: (object(), Ends())  # type: ignore[attr-defined]
+        a.network.open_transfer(b.uid, self.source(first), Ends())
+        await wait_until(lambda: len(Stream.made) == 2, 10)
+        link = a.network._links_out[first]
+        sender = link.inner
+        receiver = next(s for s in Stream.made if s is not sender)
+        self.assertTrue(receiver.release())
+        self.assertTrue(sender.release())
+        receiver.transport.loseConnection()
+        await wait_until(lambda: link.closed, 10)
+        self.assertEqual(a.network._idle_links, {})
+        self.assertFalse(sender.lost)
+        a.network.open_transfer(b.uid, self.source(second), Ends())
+        await wait_until(lambda: second in a.network._links_out, 10)
+        await wait_until(lambda: len(Stream.made) == 4, 10)
+        self.assertIsNot(a.network._links_out[second], link)
 
 
 class StreamMadeTests(TestCase):

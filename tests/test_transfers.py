@@ -35,6 +35,7 @@ from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
     Accept,
     Cancel,
+    Complete,
     Decline,
     DialBack,
     Offer,
@@ -107,6 +108,9 @@ class FakeNetwork:
         source.close()
 
     def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+    def finish_stream(self, transfer_id: bytes) -> None:
         pass
 
 
@@ -415,6 +419,59 @@ class SenderTests(TestCase):
         self.assertIn("\\x1b", final.reason)
         self.assertEqual(events[-1][1]["transfer"]["state"], "cancelled")
 
+    def test_the_receivers_word_first_lets_the_stream_end_by_itself(self) -> None:
+        """When bob's Complete reaches alice over the session before her data connection's own,
+        then the transfer is complete at once (one event) but its connection is left to end
+        its stream by itself (finish_stream: it carries her next file), not dropped; the
+        stream's own end then frees its slot and changes nothing more.  A cancel still drops
+        the connection at once."""
+
+        class Recording(FakeNetwork):
+            def __init__(self) -> None:
+                super().__init__()
+                self.observers: list[Any] = []
+                self.finished: list[bytes] = []
+                self.stopped: list[bytes] = []
+
+            def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+                self.opened.append(uid)
+                self.observers.append(observer)  # its end closes the source
+
+            def stop_transfer(self, transfer_id: bytes) -> None:
+                self.stopped.append(transfer_id)
+
+            def finish_stream(self, transfer_id: bytes) -> None:
+                self.finished.append(transfer_id)
+
+        network = Recording()
+        transfers, sessions, events, _store = make_transfers(self, network=network)
+        sessions[BOB] = FakeSession()
+        transfers.session_established(BOB)
+        views = [send_a_file(self, transfers) for _ in range(2)]
+        tids = [bytes.fromhex(v["id"]) for v in views]
+        for tid in tids:
+            transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        done, cancelled = network.observers
+        done.stream_opened()
+        cancelled.stream_opened()
+        transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Complete(tids[0])))
+        entry = transfers.find(views[0]["id"])
+        self.assertEqual((entry.state, entry.streaming), ("complete", True))
+        self.assertEqual((network.finished, network.stopped), ([tids[0]], []))
+        done.stream_completed(None)
+        self.assertFalse(entry.streaming)
+        completes = [
+            p
+            for name, p in events
+            if name == "transfer.changed"
+            and p["transfer"]["id"] == views[0]["id"]
+            and p["transfer"]["state"] == "complete"
+        ]
+        self.assertEqual(len(completes), 1)
+        self.successResultOf(transfers.cancel(views[1]["id"]))
+        self.assertEqual(network.stopped, [tids[1]])
+        cancelled.stream_ended("the connection was dropped", True)  # as the network's abort
+
     def test_a_file_gone_before_the_accept_fails_without_telling_its_path(self) -> None:
         """When alice's file is deleted after she offered it and bob then accepts, then the
         transfer fails on her side saying why, and the Cancel written to bob says the same
@@ -590,6 +647,9 @@ class UndialableNetwork:
     def stop_transfer(self, transfer_id: bytes) -> None:
         pass
 
+    def finish_stream(self, transfer_id: bytes) -> None:
+        pass
+
 
 class DialBackNetwork:
     """The receiver's network: dials the sender back, in memory, through its outbound_pull."""
@@ -623,6 +683,9 @@ class DialBackNetwork:
         pump.flush()
 
     def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+    def finish_stream(self, transfer_id: bytes) -> None:
         pass
 
 
@@ -750,6 +813,9 @@ class NoDirectPathNetwork:
         self.relay.join(uid, False, partial, observer)
 
     def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+    def finish_stream(self, transfer_id: bytes) -> None:
         pass
 
 

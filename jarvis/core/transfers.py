@@ -138,9 +138,9 @@ MAX_RECEIVING_STREAMS = 12
 #: :data:`UNITS_PER_STREAM`.  Three streams of large files, or nine of files up to 1 MiB (four
 #: of 2 MiB), run at once, within about the same memory (a receiving stream of a 1 MiB file
 #: holds about 2 MiB of frames and work buffers: nine, 18 MiB, against three large files'
-#: 16.5; four of 2 MiB, 12): each file of a folder costs a connection of
-#: its own (about 30 ms here), and small files went three at a time (docs/benchmarks.md,
-#: "Folders").
+#: 16.5; four of 2 MiB, 12): each file of a folder costs a stream of its own (about 30 ms
+#: here with a connection each, before a connection carried the next file), and small files
+#: went three at a time (docs/benchmarks.md, "Folders").
 STREAM_UNIT_BYTES = 1024 * 1024
 UNITS_PER_STREAM = 3
 
@@ -1414,7 +1414,11 @@ class Transfers:
         if entry.pull_source is not None:
             entry.pull_source.close()
             entry.pull_source = None
-        if entry.streaming:
+        if entry.streaming and state == "complete" and entry.sending:
+            # The receiver said so over the session before the data connection's own
+            # Complete came: that ends the stream, and its connection carries the next file.
+            self._network.finish_stream(entry.offer.transfer_id)
+        elif entry.streaming:
             self._network.stop_transfer(entry.offer.transfer_id)
         if notice:
             self._send_notice(entry)
@@ -1820,6 +1824,8 @@ class Transfers:
 
     def stream_completed(self, entry: TransferEntry, final_path: str | None) -> None:
         self._stream_gone(entry)
+        if entry.state == "complete":
+            return  # the receiver's word over the session came first (finish_stream)
         entry.relay_wanted = False
         self._cancel_head_start(entry)
         entry.done = entry.offer.size

@@ -134,6 +134,15 @@ log = Logger(namespace="jarvis.net.network")
 
 #: Seconds before a knock window starts that its hint table is made (off the reactor).
 KNOCK_TABLE_LEAD = 5.0
+#: Seconds a data connection we dialled stays open after its file is complete, for the next
+#: file to the same contact (a folder's files follow each other within milliseconds); shorter
+#: than :data:`NEXT_FILE_WAIT`, so we never start a file on one the receiver is closing.
+IDLE_LINK_KEEP = 2.0
+#: Seconds the receiving side waits on a data connection for the sender's next file.
+NEXT_FILE_WAIT = 10.0
+#: Seconds a data connection may take to deliver its ``Complete`` once the receiver said so
+#: over the session (:meth:`PeerNetwork.finish_stream`) before it is dropped.
+COMPLETE_GRACE = 5.0
 #: Seconds after a contacts change (removed, key learnt, a knock the table missed) before the
 #: knock hint table is made anew off the reactor: a burst of changes makes one table.
 KNOCK_REBUILD_DELAY = 0.25
@@ -570,6 +579,12 @@ class PeerNetwork:
         # the direct address races among _data_dials (not relay joins), by transfer id
         self._direct_dials: dict[bytes, Deferred[Any]] = {}
         self._undecided: set[PeerProtocol] = set()
+        # data connections we dialled whose file is complete, kept a while for the next file
+        # to the same contact (oldest first), each with the call that closes it
+        self._idle_links: dict[str, list[tuple[TransferDialProtocol, Any]]] = {}
+        # transfers complete by the session whose data connection ends its stream by itself,
+        # each with the call that drops it if it does not (finish_stream)
+        self._finishing: dict[bytes, Any] = {}
         # one SSL.Context for the listener and every dial (built once per certificate)
         self._contexts = ContextCache(identity)
         self._server_creator = server_creator(
@@ -754,6 +769,13 @@ class PeerNetwork:
                 protocol.lose_connection()
         for tid in list(self._links_in) + list(self._links_out) + list(self._data_dials):
             self.stop_transfer(tid)
+        for links in list(self._idle_links.values()):
+            for link, _closing in list(links):
+                self._close_idle(link)
+        for late in self._finishing.values():
+            if late.active():
+                late.cancel()
+        self._finishing.clear()
         for protocol in list(self._undecided):
             protocol.abort()
         waiting = list(self._protocols.values())
@@ -1308,7 +1330,20 @@ class PeerNetwork:
                 return None
             partial, observer = found
             self._links_in[transfer_id] = protocol
-            return self._transfer_receiver(partial, observer)
+
+            def wait_for_next() -> bool:
+                # Complete is written: wait on this connection for the sender's next file.
+                if self._stopping or protocol.transport is None:
+                    return False
+                if self._links_in.get(transfer_id) is protocol:
+                    del self._links_in[transfer_id]
+                waiting = demux.for_next_file(NEXT_FILE_WAIT)
+                self._undecided.add(protocol)
+                protocol.session = waiting
+                waiting.connection_made(b"")
+                return True
+
+            return self._transfer_receiver(partial, observer, wait_for_next)
 
         def open_pull(transfer_id: bytes) -> Any:
             # The receiver dials back (the sender could not dial it): send the file on this one.
@@ -1323,7 +1358,7 @@ class PeerNetwork:
             self._links_in[transfer_id] = protocol
             return self._transfer_sender(source, observer)
 
-        return InboundDemux(
+        demux = InboundDemux(
             protocol,
             peer_uid,
             open_session,
@@ -1333,20 +1368,27 @@ class PeerNetwork:
             self._handshake_timeout,
             open_pull=open_pull,
         )
+        return demux
 
-    def _transfer_sender(self, source: Any, observer: Any) -> TransferSender:
+    def _transfer_sender(
+        self, source: Any, observer: Any, release: Callable[[], bool] | None = None
+    ) -> TransferSender:
         """The sending stream of a data connection, whichever way it was made (dialled,
-        dialled back, met at a relay): the acknowledgement timeout runs on our reactor."""
-        return TransferSender(source, observer, clock=self._reactor)
+        dialled back, met at a relay): the acknowledgement timeout runs on our reactor;
+        *release* keeps a connection we dialled for the next file."""
+        return TransferSender(source, observer, clock=self._reactor, release=release)
 
-    def _transfer_receiver(self, partial: Any, observer: Any) -> TransferReceiver:
-        """The receiving stream of a data connection, whichever way it was made.
+    def _transfer_receiver(
+        self, partial: Any, observer: Any, release: Callable[[], bool] | None = None
+    ) -> TransferReceiver:
+        """The receiving stream of a data connection, whichever way it was made; *release*
+        keeps a connection the sender dialled waiting for its next file.
 
         Every chunk was checked against the verified manifest as it arrived (and again at each
         reopen): re-reading the whole file at the end would add a serial pass over it (about
         1 s per GiB) before the file gets its name.
         """
-        return TransferReceiver(partial, observer, reread_on_finish=False)
+        return TransferReceiver(partial, observer, reread_on_finish=False, release=release)
 
     def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
         """Dial *uid* for a file's data connection and send *source* on it.
@@ -1356,13 +1398,65 @@ class PeerNetwork:
         answers, and the stream's events otherwise.
         """
         transfer_id = source.prepared.offer.transfer_id
-        self._dial_data(
-            uid,
-            transfer_id,
-            lambda: self._transfer_sender(source, observer),
-            observer,
-            TRANSFER_PREFACE,
-        )
+
+        def make_sender() -> TransferSender:
+            return self._transfer_sender(
+                source, observer, lambda: self._keep_idle(uid, transfer_id)
+            )
+
+        idle = self._take_idle(uid)
+        if idle is not None:
+            # a connection whose file just completed: no new TCP connection, knock or TLS
+            self._links_out[transfer_id] = idle
+            idle.carry(make_sender(), transfer_id)
+            return
+        self._dial_data(uid, transfer_id, make_sender, observer, TRANSFER_PREFACE)
+
+    def _keep_idle(self, uid: str, transfer_id: bytes) -> bool:
+        """The file of the connection we dialled for *transfer_id* is complete: keep the
+        connection :data:`IDLE_LINK_KEEP` seconds for the next file to *uid*."""
+        link = self._links_out.pop(transfer_id, None)
+        late = self._finishing.pop(transfer_id, None)
+        if late is not None and late.active():
+            late.cancel()
+        if self._stopping or not isinstance(link, TransferDialProtocol) or link.closed:
+            return False
+        closing = self._reactor.callLater(IDLE_LINK_KEEP, self._close_idle, link)
+        self._idle_links.setdefault(uid, []).append((link, closing))
+        link.go_idle(lambda: self._forget_idle(link))
+        return True
+
+    def _take_idle(self, uid: str) -> TransferDialProtocol | None:
+        """An idle data connection to *uid* (the one kept longest), no longer idle; or None."""
+        links = self._idle_links.get(uid)
+        while links:
+            link, closing = links.pop(0)
+            if closing.active():
+                closing.cancel()
+            if not link.closed and link.transport is not None:
+                if not links:
+                    del self._idle_links[uid]
+                return link
+        self._idle_links.pop(uid, None)
+        return None
+
+    def _forget_idle(self, link: TransferDialProtocol) -> None:
+        """An idle data connection ended (the receiver closed it, or we did)."""
+        for uid, links in list(self._idle_links.items()):
+            for kept in list(links):
+                if kept[0] is link:
+                    links.remove(kept)
+                    if kept[1].active():
+                        kept[1].cancel()
+            if not links:
+                del self._idle_links[uid]
+
+    def _close_idle(self, link: TransferDialProtocol) -> None:
+        """No next file came in time (or we stop): close the idle connection."""
+        self._forget_idle(link)
+        transport: Any = link.transport
+        if not link.closed and transport is not None:
+            transport.loseConnection()
 
     def pull_transfer(self, uid: str, partial: Any, observer: Any) -> None:
         """Dial *uid* (the sender, which could not dial us) and receive into *partial* on it.
@@ -1600,6 +1694,25 @@ class PeerNetwork:
         else:
             reason = "no relay for this contact"
         try_next(reason)
+
+    def finish_stream(self, transfer_id: bytes) -> None:
+        """The receiver said over the session that *transfer_id* is complete, before its data
+        connection's own ``Complete`` arrived: let that stream end by itself (the connection
+        then carries our next file to the contact), and drop it only if it still carries
+        this transfer :data:`COMPLETE_GRACE` seconds later.  A connection the receiver
+        dialled (a dial back) is dropped at once, as :meth:`stop_transfer`."""
+        link = self._links_out.get(transfer_id)
+        if not isinstance(link, TransferDialProtocol) or link.closed or self._stopping:
+            self.stop_transfer(transfer_id)
+            return
+        if transfer_id not in self._finishing:
+            self._finishing[transfer_id] = self._reactor.callLater(
+                COMPLETE_GRACE, self._finish_late, transfer_id
+            )
+
+    def _finish_late(self, transfer_id: bytes) -> None:
+        self._finishing.pop(transfer_id, None)
+        self.stop_transfer(transfer_id)
 
     def stop_transfer(self, transfer_id: bytes) -> None:
         """Drop the data connection of *transfer_id*, if one is open (it was cancelled)."""

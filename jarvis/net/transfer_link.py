@@ -20,6 +20,14 @@ Through a relay (:class:`RelayedDataProtocol`) both ends dial out to the mailbox
 the transfer's own token (:func:`jarvis.protocol.relay.transfer_token`) and write a hello: the
 sender its preface, the receiver the pull preface, each with the transfer id.
 
+One connection, several files: once the receiver wrote ``Complete``, a connection the sender
+dialled waits for the sender's next file to the same contact instead of closing
+(:meth:`TransferDialProtocol.go_idle`, :meth:`TransferDialProtocol.carry`;
+:meth:`InboundDemux.for_next_file` on the listening side): the sender writes the preface and
+the next transfer id again, and the next stream runs on the same TLS connection, with keys of
+its own as ever.  A folder of small files then pays one TCP connection, knock and TLS
+handshake, not one per file.  Dialled-back and relayed connections carry one file.
+
 The preface can never start a session by mistake: it differs from ``JARVIS\\x00\\x01`` in its
 first byte.  This module never logs file names or content.
 """
@@ -81,6 +89,8 @@ class TransferDialProtocol(Protocol):
         self._on_lost = on_lost
         self._deadline: Any = None
         self._started = False
+        #: Between two files (:meth:`go_idle`): called once if the connection ends meanwhile.
+        self._idle_lost: Callable[[], None] | None = None
         #: the connection has ended (nothing left to abort)
         self.closed = False
 
@@ -105,15 +115,37 @@ class TransferDialProtocol(Protocol):
         self.inner.makeConnection(transport)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._started:
+        if self._idle_lost is not None:
+            # Between two files the receiver has nothing to say.
+            transport: Any = self.transport
+            transport.abortConnection()
+        elif self._started:
             self.inner.dataReceived(data)
+
+    def go_idle(self, lost: Callable[[], None]) -> None:
+        """The file this connection carried is complete: keep the connection for the next
+        file to the same contact (:meth:`carry`); *lost* is called if it ends meanwhile."""
+        self._idle_lost = lost
+
+    def carry(self, inner: Protocol, transfer_id: bytes) -> None:
+        """Carry the next file on this idle connection: its preface and transfer id, then its
+        stream (*inner*, a ``TransferSender``)."""
+        self._idle_lost = None
+        self.inner = inner
+        self.transfer_id = transfer_id
+        transport: Any = self.transport
+        transport.write(self.preface + transfer_id)
+        inner.makeConnection(transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        if self._started:
+        if self._idle_lost is not None:
+            lost, self._idle_lost = self._idle_lost, None
+            lost()
+        elif self._started:
             self.inner.connectionLost(reason)
         else:
             self._on_lost(str(reason.getErrorMessage()))
@@ -254,6 +286,25 @@ class InboundDemux:
         self._binding: bytes | None = None
         self._deadline: Any = None
         self._decided = False
+        #: The PeerProtocol is still its transport's producer (until the first file starts).
+        self._producer_registered = True
+
+    def for_next_file(self, timeout: float) -> InboundDemux:
+        """A demux for this connection once its file is complete: it waits up to *timeout*
+        seconds for the sender's next file (the transfer preface only: no session, no pull)
+        and runs it as the first; the caller makes it the connection's session and calls its
+        :meth:`connection_made`."""
+        waiting = InboundDemux(
+            self._protocol,
+            self._peer_uid,
+            lambda: None,
+            self._open_transfer,
+            self._authenticated,
+            self._clock,
+            timeout,
+        )
+        waiting._producer_registered = False  # the first file's demux unregistered it
+        return waiting
 
     def connection_made(self, channel_binding: bytes) -> None:
         self._binding = channel_binding
@@ -304,7 +355,9 @@ class InboundDemux:
             return
         self._authenticated(self._protocol)
         transport: Any = self._protocol.transport
-        transport.unregisterProducer()  # the PeerProtocol registered itself; the receiver pauses
+        if self._producer_registered:
+            # the PeerProtocol registered itself; the receiver pauses the transport instead
+            transport.unregisterProducer()
         session = _ReceiverSession(receiver)
         self._protocol.session = session
         receiver.makeConnection(transport)
