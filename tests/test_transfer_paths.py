@@ -64,7 +64,9 @@ class Silent(Protocol):
         self.factory.closed += 1  # type: ignore[attr-defined]
 
 
-class DataPathTests(TestCase):
+class StandInStreams(TestCase):
+    """Real PeerNetworks whose transfer streams are :class:`Stream` stand-ins."""
+
     timeout = 60
 
     def setUp(self) -> None:
@@ -72,6 +74,14 @@ class DataPathTests(TestCase):
         self.patch(net, "TransferSender", Stream)
         self.patch(net, "TransferReceiver", Stream)
 
+
+def fake_source(tid: bytes) -> Any:
+    """What ``open_transfer`` reads of a file's source: its offer's transfer id."""
+    offer = type("Offer", (), {"transfer_id": tid})()
+    return type("Source", (), {"prepared": type("Prepared", (), {"offer": offer})()})()
+
+
+class DataPathTests(StandInStreams):
     def relay(self) -> tuple[RelayFactory, str]:
         relay = RelayFactory(reactor, RelayLimits(pairing_timeout=5.0))
         inner: Any = Factory.forProtocol(Protocol)
@@ -211,20 +221,8 @@ class DataPathTests(TestCase):
         self.assertEqual(Stream.made, [])
 
 
-class NextFileTests(TestCase):
+class NextFileTests(StandInStreams):
     """One connection, several files, between two real PeerNetworks over pinned TLS."""
-
-    timeout = 60
-
-    def setUp(self) -> None:
-        Stream.made = []
-        self.patch(net, "TransferSender", Stream)
-        self.patch(net, "TransferReceiver", Stream)
-
-    @staticmethod
-    def source(tid: bytes) -> Any:
-        offer = type("Offer", (), {"transfer_id": tid})()
-        return type("Source", (), {"prepared": type("Prepared", (), {"offer": offer})()})()
 
     async def test_a_folder_s_next_file_rides_the_same_connection(self) -> None:
         """When a file's stream is complete on both ends (each released its connection) and
@@ -245,14 +243,14 @@ class NextFileTests(TestCase):
             return (object(), Ends())
 
         b.observer.inbound_stream = inbound  # type: ignore[attr-defined]
-        a.network.open_transfer(b.uid, self.source(first), Ends())
+        a.network.open_transfer(b.uid, fake_source(first), Ends())
         await wait_until(lambda: len(Stream.made) == 2, 10)
         link = a.network._links_out[first]
         sender = link.inner
         receiver = next(s for s in Stream.made if s is not sender)
         self.assertTrue(receiver.release())  # Complete written: it waits for the next file
         self.assertTrue(sender.release())  # Complete read: the connection is kept
-        a.network.open_transfer(b.uid, self.source(second), Ends())
+        a.network.open_transfer(b.uid, fake_source(second), Ends())
         self.assertIs(a.network._links_out[second], link)
         await wait_until(lambda: len(Stream.made) == 4, 10)
         self.assertEqual(asked, [first, second])
@@ -279,7 +277,7 @@ class NextFileTests(TestCase):
         b.knows(a)
         first, second = os.urandom(16), os.urandom(16)
         b.observer.inbound_stream = lambda uid, tid: (object(), Ends())  # type: ignore[attr-defined]
-        a.network.open_transfer(b.uid, self.source(first), Ends())
+        a.network.open_transfer(b.uid, fake_source(first), Ends())
         await wait_until(lambda: len(Stream.made) == 2, 10)
         link = a.network._links_out[first]
         sender = link.inner
@@ -290,7 +288,7 @@ class NextFileTests(TestCase):
         await wait_until(lambda: link.closed, 10)
         self.assertEqual(a.network._idle_links, {})
         self.assertFalse(sender.lost)
-        a.network.open_transfer(b.uid, self.source(second), Ends())
+        a.network.open_transfer(b.uid, fake_source(second), Ends())
         await wait_until(lambda: second in a.network._links_out, 10)
         await wait_until(lambda: len(Stream.made) == 4, 10)
         self.assertIsNot(a.network._links_out[second], link)
@@ -317,9 +315,8 @@ class StreamMadeTests(TestCase):
         self.patch(net, "TransferSender", recorder("send"))
         self.patch(net, "TransferReceiver", recorder("receive"))
         a = Node(self)
-        offer = type("Offer", (), {"transfer_id": os.urandom(16)})()
-        source = type("Source", (), {"prepared": type("Prepared", (), {"offer": offer})()})()
-        partial = type("Partial", (), {"offer": offer})()
+        source = fake_source(os.urandom(16))
+        partial = type("Partial", (), {"offer": source.prepared.offer})()
         captured: list[Any] = []
         self.patch(a.network, "_dial_data", lambda *args: captured.append(args[2]))
         self.patch(a.network, "_relay_data", lambda *args: captured.append(args[2]))
