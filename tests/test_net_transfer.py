@@ -187,8 +187,9 @@ class PairTests(TestCase):
     def test_a_connection_kept_for_the_next_file(self) -> None:
         """When both ends are given a release that keeps the connection (a folder's next file
         follows on it), then once the file is complete neither end closes it, each release
-        is called once, after the receiver wrote Complete, and the sender is no longer the
-        transport's producer; when the releases decline, both ends close it as before."""
+        is called once, after the receiver wrote Complete, the sender is no longer the
+        transport's producer, and both streams settle (done with the connection, which goes
+        on); when the releases decline, both ends close it as before."""
         for keep in (True, False):
             released: list[str] = []
             sender, receiver = self.released_pair(keep, released)
@@ -196,6 +197,9 @@ class PairTests(TestCase):
             self.assertEqual(sender.transport.disconnecting, not keep)
             self.assertEqual(receiver.transport.disconnecting, not keep)
             self.assertIsNone(sender.transport.producer)
+            if keep:  # done with the connection although it goes on: both settle
+                self.successResultOf(sender.when_settled())
+                self.successResultOf(receiver.when_settled())
 
     def released_pair(self, keep: bool, released: list[str]) -> tuple[Any, Any]:
         """Send a small file over an in-memory pair whose ends' releases answer *keep* (and

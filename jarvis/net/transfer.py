@@ -347,7 +347,12 @@ class TransferSender(protocol.Protocol):
             self._stop_ack_timer()
             self._observer.stream_completed(None)
             self._out.unregisterProducer()
-            if self._release is None or not self._release():
+            if self._release is not None and self._release():
+                # The connection goes on to the next file: this stream is done with it.
+                self._stopped = True
+                self._log_sent()
+                self._check_settled()
+            else:
                 self._out.loseConnection()
         elif isinstance(record, Cancel) and record.transfer_id == offer.transfer_id:
             reason = terminal_safe(record.reason, keep_newlines=False)
@@ -500,15 +505,18 @@ class TransferSender(protocol.Protocol):
     def stopProducing(self) -> None:
         self._stopped = True
 
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self._stopped = True
-        self._stop_ack_timer()
+    def _log_sent(self) -> None:
         self.log.info(
             "transfer {transfer}: {sent} chunks ({sent_bytes} bytes) sent on this connection",
             transfer=log_id(self._offer.transfer_id.hex()),
             sent=self.chunks_sent,
             sent_bytes=self.bytes_sent,
         )
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self._stopped = True
+        self._stop_ack_timer()
+        self._log_sent()
         if not self._ended:
             self._ended = True
             self._observer.stream_ended(f"connection lost: {reason.getErrorMessage()}", True)
@@ -876,6 +884,8 @@ class TransferReceiver(protocol.Protocol):
                 self._out.resumeProducing()
             if self._release is None or not self._release():
                 self._out.loseConnection()
+            else:
+                self._gone = True  # the connection went on to the sender's next file
         self._observer.stream_completed(final_path)
         self._check_settled()
 
