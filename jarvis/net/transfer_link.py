@@ -5,7 +5,7 @@ exactly as for a session (the knock, then pinned mutual TLS on the contact's uid
 application bytes are :data:`TRANSFER_PREFACE` and the 16-byte transfer id instead of the
 session's prologue.  Then the connection carries the stream records of
 :mod:`jarvis.net.transfer` (``TransferSender`` on the dialling side, ``TransferReceiver`` on the
-listening side) and nothing else.
+listening side) and nothing else, but for the next file's preface between two files (below).
 
 - :class:`TransferDialProtocol` is the protocol inside the dialling side's TLS: when TLS is up
   it writes the preface and hands the transport to the sender.
