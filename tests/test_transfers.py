@@ -240,7 +240,7 @@ class ReceiverTests(TestCase):
             ("reason", "why"),
             ("notice", "cancel"),
             ("done", 7),
-            ("ask_next", [ALICE]),
+            ("ask_next", (ALICE,)),
             ("ask_last", BOB),
             ("asked", 3),
         ]
@@ -252,9 +252,6 @@ class ReceiverTests(TestCase):
                 self.successResultOf(transfers._save())
                 self.assertEqual(store.written, [key])
                 self.assertEqual(store.transfers(), fresh())
-        entry.ask_next.append(BOB)  # changed in place
-        self.successResultOf(transfers._save())
-        self.assertEqual(store.transfers(), fresh())
         store.written.clear()
         self.successResultOf(transfers._save())
         self.assertEqual(store.written, [])
@@ -1040,7 +1037,8 @@ class RelayHeadStartTests(TestCase):
         self.assertEqual((alice_net.in_flight, bob_net.in_flight), ({}, {}))
         self.assertGreaterEqual(alice_net.abandoned + bob_net.abandoned, 2)
         waiting = [c.func.__name__ for c in clock.getDelayedCalls()]
-        self.assertEqual([name for name in waiting if name != "_tick"], [])  # progress only
+        # progress, and the finished transfers' pruning, only
+        self.assertEqual([name for name in waiting if name not in ("_tick", "_prune_later")], [])
 
     def test_a_relayed_session_sends_its_data_through_the_relay_at_once(self) -> None:
         """When the session with the contact is relayed right now, then neither side dials
@@ -1957,6 +1955,91 @@ class LostAnswerTests(TestCase):
         self.assertEqual(len(session.records), 2)
 
 
+class TransferListTests(TestCase):
+    """The list of transfers keeps, as they change, what is asked of it at every event: what
+    to write, what was removed, which transfers stream and which wait for a slot."""
+
+    def entry(self, offer: Offer, **fields: Any) -> TransferEntry:
+        return TransferEntry(
+            offer=replace(offer, transfer_id=os.urandom(16)),
+            peer=ALICE,
+            sending=True,
+            state="accepted",
+            created=1.0,
+            **fields,
+        )
+
+    def test_the_kept_fields_are_those_written(self) -> None:
+        """When a transfer is written (every optional field set), then the fields it writes
+        are exactly those whose assignment marks it to be written again."""
+        entry = self.entry(
+            an_offer(self), folder_root="/d", ask_next=(BOB,), ask_last=ALICE, asked=2
+        )
+        self.assertEqual(set(entry.to_json()), transfers_module.KEPT_FIELDS)
+        self.assertEqual(len(entry.kept_fields()), len(transfers_module.KEPT_FIELDS))
+
+    def test_flags_and_fields_move_a_transfer_in_its_indexes(self) -> None:
+        """When transfers are added, assigned, replaced and removed, then the streaming and
+        queued indexes hold exactly the transfers whose flag is set, the dirty set the ones
+        added or assigned a kept field since it was taken (not for a runtime field), and
+        the removed set the ones removed; a transfer removed or replaced is no longer
+        watched."""
+        offer = an_offer(self)
+        kept = transfers_module.TransferList()
+        a, b = self.entry(offer), self.entry(offer, streaming=True)
+        kept[a.id] = a
+        kept[b.id] = b
+        self.assertEqual(kept.take_changes(), ({a.id, b.id}, set()))
+        self.assertEqual(list(kept.streaming), [b.id])
+        a.queued = True
+        a.rate = 5.0  # runtime only
+        self.assertEqual((list(kept.queued), kept.dirty), ([a.id], set()))
+        a.queued, a.streaming = False, True
+        b.streaming = False
+        b.done = 10
+        self.assertEqual((kept.queued, list(kept.streaming)), ({}, [a.id]))
+        self.assertEqual(kept.take_changes(), ({b.id}, set()))
+        del kept[a.id]
+        self.assertEqual((kept.streaming, kept.take_changes()), ({}, (set(), {a.id})))
+        a.state = "complete"  # no longer in the list: nothing to write
+        a.streaming = True
+        self.assertEqual((kept.dirty, kept.streaming), (set(), {}))
+        c = replace(b, streaming=True)  # the same id, another object
+        kept[b.id] = c
+        b.state = "cancelled"
+        b.streaming = False
+        self.assertEqual((kept[b.id], list(kept.streaming)), (c, [b.id]))
+        self.assertIsNone(b.watcher)
+        self.assertEqual(kept.setdefault(b.id, b), c)  # through the watched path
+        self.assertEqual(kept.pop(b.id), c)
+        self.assertEqual((len(kept), kept.streaming, kept.removed), (0, {}, {b.id}))
+
+    def test_a_save_looks_only_at_what_changed(self) -> None:
+        """When one transfer of many changes, then the save compares that one alone with
+        what was written (not the whole list), and writes it."""
+        store = FakeStore()
+        transfers, _sessions, _events, _ = make_transfers(self, store)
+        offer = an_offer(self)
+        for _ in range(50):
+            entry = self.entry(offer)
+            transfers._entries[entry.id] = entry
+        self.successResultOf(transfers._save())
+        compared: list[str] = []
+        kept_fields = TransferEntry.kept_fields
+
+        def counting(e: TransferEntry) -> tuple[Any, ...]:
+            compared.append(e.id)
+            return kept_fields(e)
+
+        self.patch(TransferEntry, "kept_fields", counting)
+        entry.reason = "why"
+        store.written.clear()
+        self.successResultOf(transfers._save())
+        self.assertEqual(
+            (compared, store.written), ([entry.id], [transfers_module.ENTRY_PREFIX + entry.id])
+        )
+
+
 class RetentionTests(TestCase):
     """Finished transfers do not pile up for ever in the kept document."""
 
@@ -2000,9 +2083,13 @@ class RetentionTests(TestCase):
         self.assertEqual(set(third._entries), ids)
 
     def test_a_transfer_ending_prunes_the_others(self) -> None:
-        """When a transfer ends while more than MAX_FINISHED have finished, then the oldest
-        finished ones are forgotten at once, not only at the next load."""
-        transfers, _sessions, _events, _store = make_transfers(self)
+        """When transfers end while more than MAX_FINISHED have finished, then PRUNE_DELAY
+        after the first of them the oldest finished ones are forgotten, in the store too, not
+        only at the next load; the list is walked once for all that ended meanwhile."""
+        transfers, _sessions, _events, store = make_transfers(self)
+        walks: list[bool] = []
+        prune = transfers._prune
+        transfers._prune = lambda: walks.append(prune()) or walks[-1]  # type: ignore[method-assign]
         now = transfers.now()
         base = an_offer(self)
         for i in range(transfers_module.MAX_FINISHED + 3):
@@ -2014,11 +2101,18 @@ class RetentionTests(TestCase):
                 created=now - 100.0 - i,
             )
             transfers._entries[entry.id] = entry
-        transfers._offer_received(ALICE, replace(base, transfer_id=os.urandom(16)))
-        [live] = [e for e in transfers._entries.values() if e.state == "offered"]
-        self.successResultOf(transfers.decline(live.id))
+        self.successResultOf(transfers._save())
+        for _ in range(3):
+            transfers._offer_received(ALICE, replace(base, transfer_id=os.urandom(16)))
+        live = [e.id for e in transfers._entries.values() if e.state == "offered"]
+        for tid in live:
+            self.successResultOf(transfers.decline(tid))
+        self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED + 6)
+        transfers.clock.advance(transfers_module.PRUNE_DELAY)
+        self.assertEqual(walks, [True])
         self.assertEqual(len(transfers._entries), transfers_module.MAX_FINISHED)
-        self.assertIn(live.id, transfers._entries)
+        self.assertTrue(set(live) <= set(transfers._entries))
+        self.assertEqual(set(store.transfers()), set(transfers._entries))
 
     def test_a_folder_is_forgotten_whole(self) -> None:
         """When the limit falls inside a folder sent whole (its files older than
@@ -2124,7 +2218,7 @@ class AskAnotherTests(TestCase):
             (entry.state, entry.peer, entry.asked), (transfers_module.REQUESTED, BOB, 3)
         )
         self.assertEqual(entry.reason, transfers_module.REQUEST_WAITS)
-        self.assertEqual((entry.ask_next, entry.ask_last), ([], ""))
+        self.assertEqual((entry.ask_next, entry.ask_last), ((), ""))
         again = transfers_module.TransferEntry.from_json(entry.to_json())
         self.assertEqual((again.peer, again.asked, again.ask_last), (BOB, 3, ""))
 
@@ -2214,7 +2308,8 @@ class AskAnotherTests(TestCase):
         alone = self.successResultOf(carol.request(ALICE, GROUP, shared, inbox))
         self.assertEqual(carol.find(alone["id"]).peer, ALICE)
         self.assertIsNone(carol.find(alone["id"]).patience)
-        self.assertEqual(clock.getDelayedCalls(), [])
+        waiting = [c.func.__name__ for c in clock.getDelayedCalls()]
+        self.assertEqual([name for name in waiting if name != "_prune_later"], [])
 
     def test_with_its_author_gone_only_the_members_online_are_asked(self) -> None:
         """When the author has left the group (no uid to ask), then the members online are
@@ -2261,12 +2356,12 @@ class AskAnotherTests(TestCase):
             sending=False,
             state=transfers_module.REQUESTED,
             created=1.0,
-            ask_next=[ALICE],
+            ask_next=(ALICE,),
             ask_last=BOB,
             asked=2,
         )
         again = transfers_module.TransferEntry.from_json(waiting.to_json())
-        self.assertEqual((again.ask_next, again.ask_last, again.asked), ([ALICE], BOB, 2))
+        self.assertEqual((again.ask_next, again.ask_last, again.asked), ((ALICE,), BOB, 2))
 
 
 class HolderTests(TestCase):

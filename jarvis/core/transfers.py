@@ -35,7 +35,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+    ValuesView,
+)
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -164,6 +172,11 @@ DEFAULT_DOWNLOADS = os.path.join("~", "Downloads")
 #: forgotten together, once all of them finished, so up to a folder's files more may be kept.
 FINISHED_KEPT = 30 * 86400.0
 MAX_FINISHED = 500
+#: Seconds a transfer that ended waits for the others to be pruned (:meth:`Transfers._prune`):
+#: one pass a second at most however many end, where a folder of 500 files ending file by file
+#: walked and sorted the whole list 500 times (a seventh of each daemon's reactor time while
+#: a folder moved, docs/benchmarks.md "The list of transfers").
+PRUNE_DELAY = 1.0
 
 
 class TransferNotFound(NotFound):
@@ -283,12 +296,17 @@ class TransferEntry:
     waiters: list[defer.Deferred[Any]] = field(default_factory=list)
     #: Requester: members still to ask for the file when the one asked (``peer``) does not
     #: have it; each is asked only while a session with it is up.
-    ask_next: list[str] = field(default_factory=list)
+    ask_next: tuple[str, ...] = ()
     #: Requester: the file's author, asked last (its request may wait for it to come online)
     #: when it was offline at first; ``""`` once asked, or when it was asked first.
     ask_last: str = ""
     #: Requester: how many members were asked so far.
     asked: int = 1
+    #: Told of every assignment to a kept field (:data:`KEPT_FIELDS`) or to ``streaming`` or
+    #: ``queued``: set by the :class:`TransferList` the transfer is in.
+    watcher: Callable[[TransferEntry, str], None] | None = field(
+        default=None, repr=False, compare=False
+    )
     #: Requester: the pending call that asks the next member when the one asked over a
     #: session does not answer in :data:`REQUEST_PATIENCE` seconds.
     patience: Any = None
@@ -299,7 +317,7 @@ class TransferEntry:
 
     def to_json(self) -> dict[str, Any]:
         asking = (
-            {"ask_next": self.ask_next, "ask_last": self.ask_last, "asked": self.asked}
+            {"ask_next": list(self.ask_next), "ask_last": self.ask_last, "asked": self.asked}
             if self.ask_next or self.ask_last or self.asked != 1
             else {}
         )
@@ -333,7 +351,7 @@ class TransferEntry:
             self.reason,
             self.notice,
             self.done,
-            tuple(self.ask_next),
+            self.ask_next,
             self.ask_last,
             self.asked,
         )
@@ -355,10 +373,130 @@ class TransferEntry:
             reason=str(data.get("reason", "")),
             notice=str(data.get("notice", "")),
             done=int(data.get("done", 0)),
-            ask_next=[str(u) for u in data.get("ask_next", [])],
+            ask_next=tuple(str(u) for u in data.get("ask_next", [])),
             ask_last=str(data.get("ask_last", "")),
             asked=int(data.get("asked", 1)),
         )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        watcher = self.__dict__.get("watcher")
+        if watcher is not None and name in _WATCHED:
+            watcher(self, name)
+
+
+#: The fields :meth:`TransferEntry.to_json` writes (what :meth:`TransferEntry.kept_fields`
+#: compares): assigning one marks the transfer to be written again.  They are assigned, never
+#: changed in place (``ask_next`` is a tuple).
+KEPT_FIELDS = frozenset(
+    {
+        "offer",
+        "peer",
+        "sending",
+        "state",
+        "created",
+        "path",
+        "directory",
+        "folder_root",
+        "reason",
+        "notice",
+        "done",
+        "ask_next",
+        "ask_last",
+        "asked",
+    }
+)
+#: What :class:`TransferList` is told of: the kept fields, and the flags it indexes.
+_WATCHED = KEPT_FIELDS | {"streaming", "queued"}
+
+
+class TransferList(MutableMapping[str, TransferEntry]):
+    """The transfers by id, keeping what :class:`Transfers` asks of them at every event
+    without a walk through all of them: which changed since the last write to the store
+    (:attr:`dirty`) and which were removed (:attr:`removed`), the streams running
+    (:attr:`streaming`) and the outgoing transfers waiting for a slot (:attr:`queued`).
+
+    Each transfer added is watched (:attr:`TransferEntry.watcher`): assigning one of its kept
+    fields marks it dirty, its ``streaming`` and ``queued`` flags move it in and out of the
+    indexes.  Reads go straight to the dict inside.
+    """
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, TransferEntry] = {}
+        #: Ids of the transfers added, or whose kept fields were assigned, since the caller
+        #: last took them (:meth:`take_changes`).
+        self.dirty: set[str] = set()
+        #: Ids of the transfers removed since the caller last took them.
+        self.removed: set[str] = set()
+        #: The transfers whose data connection runs (or is being dialled), by id.
+        self.streaming: dict[str, TransferEntry] = {}
+        #: The outgoing transfers waiting for a sending slot, by id.
+        self.queued: dict[str, TransferEntry] = {}
+
+    def __getitem__(self, tid: str) -> TransferEntry:
+        return self._by_id[tid]
+
+    def __setitem__(self, tid: str, entry: TransferEntry) -> None:
+        old = self._by_id.get(tid)
+        if old is not None and old is not entry:
+            self._forget(tid, old)
+        self._by_id[tid] = entry
+        entry.watcher = self._assigned
+        self.dirty.add(tid)
+        self.removed.discard(tid)
+        self._index(entry, "streaming")
+        self._index(entry, "queued")
+
+    def __delitem__(self, tid: str) -> None:
+        entry = self._by_id.pop(tid)
+        self._forget(tid, entry)
+        self.removed.add(tid)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __contains__(self, tid: object) -> bool:
+        return tid in self._by_id
+
+    def get(self, tid: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self._by_id.get(tid, default)
+
+    def values(self) -> ValuesView[TransferEntry]:
+        return self._by_id.values()
+
+    def items(self) -> ItemsView[str, TransferEntry]:
+        return self._by_id.items()
+
+    def take_changes(self) -> tuple[set[str], set[str]]:
+        """``(dirty, removed)`` since the last call; both start empty again."""
+        dirty, removed = self.dirty, self.removed
+        self.dirty, self.removed = set(), set()
+        return dirty, removed
+
+    def _forget(self, tid: str, entry: TransferEntry) -> None:
+        entry.watcher = None
+        self.dirty.discard(tid)
+        self.streaming.pop(tid, None)
+        self.queued.pop(tid, None)
+
+    def _assigned(self, entry: TransferEntry, name: str) -> None:
+        tid = entry.id
+        if self._by_id.get(tid) is not entry:
+            return
+        if name == "streaming" or name == "queued":
+            self._index(entry, name)
+        else:
+            self.dirty.add(tid)
+
+    def _index(self, entry: TransferEntry, flag: str) -> None:
+        index = self.streaming if flag == "streaming" else self.queued
+        if getattr(entry, flag):
+            index[entry.id] = entry
+        else:
+            index.pop(entry.id, None)
 
 
 class Transfers:
@@ -395,8 +533,10 @@ class Transfers:
         self._store: Any = None
         self._network: Any = None
         self._sessions: Callable[[str], Any] = lambda uid: None
-        self._entries: dict[str, TransferEntry] = {}
+        self._entries = TransferList()
         self._ticker: Any = None
+        #: The pending call that prunes the finished transfers (:data:`PRUNE_DELAY`).
+        self._pruning: Any = None
         self._saving: defer.Deferred[Any] | None = None
         self._save_again = False
         #: The kept fields of each transfer as last written to the store (by id).
@@ -450,7 +590,7 @@ class Transfers:
                 self.log.warn("file transfer settings unreadable: using defaults")
         kept = yield store.run(queries.settings_named, ENTRY_PREFIX, write=False)
         raw = yield store.run(queries.get_setting, SETTING, write=False)
-        self._entries = {}
+        self._entries = TransferList()
         self._stored = {}
         for key in sorted(kept):
             try:
@@ -493,9 +633,10 @@ class Transfers:
         if self._ticker is not None and self._ticker.active():
             self._ticker.cancel()
         self._ticker = None
-        if self._dequeue is not None and self._dequeue.active():
-            self._dequeue.cancel()
-        self._dequeue = None
+        for call in (self._dequeue, self._pruning):
+            if call is not None and call.active():
+                call.cancel()
+        self._dequeue = self._pruning = None
         self._store = None
         self._network = None
 
@@ -521,7 +662,10 @@ class Transfers:
         def failed(failure: Any) -> None:
             # written again at the next save
             for key in values:
-                self._stored.pop(key[len(ENTRY_PREFIX) :], None)
+                tid = key[len(ENTRY_PREFIX) :]
+                self._stored.pop(tid, None)
+                if tid in self._entries:
+                    self._entries.dirty.add(tid)
             self._unremoved.update(k for k in removed if k != SETTING)
             self.log.failure("keeping the transfers failed", failure)
 
@@ -539,14 +683,19 @@ class Transfers:
     def _changes(self) -> tuple[dict[str, str], list[str]]:
         """The settings to write (the transfers whose kept fields changed since they were
         last written, as JSON) and to delete (transfers pruned since); the written state is
-        taken as stored from now on."""
+        taken as stored from now on.  Only the transfers added, assigned or removed since the
+        last write are looked at (:meth:`TransferList.take_changes`)."""
         values: dict[str, str] = {}
-        for tid, entry in self._entries.items():
+        dirty, dropped = self._entries.take_changes()
+        for tid in dirty:
+            entry = self._entries.get(tid)
+            if entry is None:
+                continue
             fields = entry.kept_fields()
             if self._stored.get(tid) != fields:
                 values[ENTRY_PREFIX + tid] = json.dumps(entry.to_json())
                 self._stored[tid] = fields
-        gone = [tid for tid in self._stored if tid not in self._entries]
+        gone = [tid for tid in dropped if tid in self._stored and tid not in self._entries]
         for tid in gone:
             del self._stored[tid]
         removed = sorted({ENTRY_PREFIX + tid for tid in gone} | self._unremoved)
@@ -653,6 +802,11 @@ class Transfers:
             raise TransferNotFound(f"no single transfer with id {terminal_safe(ref)!r}")
         return matches[0]
 
+    def _prune_later(self) -> None:
+        self._pruning = None
+        if self._prune():
+            self._save()
+
     def _prune(self) -> bool:
         """Forget the finished transfers beyond :data:`FINISHED_KEPT` and
         :data:`MAX_FINISHED`; returns whether any was."""
@@ -693,8 +847,8 @@ class Transfers:
         return bool(dropped)
 
     def _changed(self, entry: TransferEntry) -> None:
-        if entry.state in FINAL_STATES:
-            self._prune()
+        if entry.state in FINAL_STATES and self._pruning is None:
+            self._pruning = self.clock.callLater(PRUNE_DELAY, self._prune_later)
         self._save()
         self._emit("transfer.changed", {"transfer": self.view(entry)})
         if entry.state in FINAL_STATES:
@@ -1095,7 +1249,7 @@ class Transfers:
             state=REQUESTED,
             created=self.now(),
             directory=directory,
-            ask_next=[o for o in others if o != first],
+            ask_next=tuple(o for o in others if o != first),
             ask_last=uid if first != uid else "",
         )
         self._entries[entry.id] = entry
@@ -1154,7 +1308,7 @@ class Transfers:
             (o for o in following if self._sessions(o) is not None and self.may_offer(o, gid)),
             "",
         )
-        entry.ask_next = list(following)
+        entry.ask_next = tuple(following)
         if not ask:
             if entry.ask_last and self.may_offer(entry.ask_last, gid):
                 ask = entry.ask_last
@@ -1509,20 +1663,18 @@ class Transfers:
         """Outgoing streams running (or dialling).  A dial back the receiver makes after ours
         failed is answered outside this count: its slot was freed when our dial failed, and
         holding it for a receiver that may never dial would starve the queue."""
-        return sum(1 for e in self._entries.values() if e.sending and e.streaming)
+        return sum(1 for e in self._entries.streaming.values() if e.sending)
 
     def _sending_room(self, entry: TransferEntry) -> bool:
         """Whether *entry*'s stream fits beside the outgoing streams running
         (:data:`MAX_SENDING_STREAMS` large files' worth, :func:`stream_units`)."""
-        running = sum(
-            stream_units(e.offer) for e in self._entries.values() if e.sending and e.streaming
-        )
+        running = sum(stream_units(e.offer) for e in self._entries.streaming.values() if e.sending)
         return running + stream_units(entry.offer) <= MAX_SENDING_STREAMS * UNITS_PER_STREAM
 
     def _slot_freed(self) -> None:
         """An outgoing stream ended: start queued ones on the next turn (once, however many
         ended in this one)."""
-        if self._dequeue is None and any(e.queued for e in self._entries.values()):
+        if self._dequeue is None and self._entries.queued:
             self._dequeue = self.clock.callLater(0, self._start_queued)
 
     def _start_queued(self) -> None:
@@ -1530,8 +1682,8 @@ class Transfers:
         waiting = sorted(
             (
                 e
-                for e in self._entries.values()
-                if e.queued and e.sending and e.state == "accepted" and not e.streaming
+                for e in self._entries.queued.values()
+                if e.sending and e.state == "accepted" and not e.streaming
             ),
             key=lambda e: e.created,
         )
@@ -1605,13 +1757,15 @@ class Transfers:
         stream would pass :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`
         (large files' worth, :func:`stream_units`); else ``None``."""
         units = stream_units(entry.offer)
-        mine, every = self._incoming(entry.peer, lambda e: e.streaming, stream_units_of)
+        mine, every = self._incoming(
+            entry.peer, lambda e: True, stream_units_of, self._entries.streaming.values()
+        )
         if (
             mine + units <= MAX_RECEIVING_FROM_PEER * UNITS_PER_STREAM
             and every + units <= MAX_RECEIVING_STREAMS * UNITS_PER_STREAM
         ):
             return None
-        return self._incoming(entry.peer, lambda e: e.streaming)
+        return self._incoming(entry.peer, lambda e: True, among=self._entries.streaming.values())
 
     def _receiving_full(self, entry: TransferEntry) -> bool:
         """Whether one more receiving stream, *entry*'s, would pass the caps
@@ -1636,11 +1790,12 @@ class Transfers:
         uid: str,
         counted: Callable[[TransferEntry], bool],
         weight: Callable[[TransferEntry], int] = lambda e: 1,
+        among: Iterable[TransferEntry] | None = None,
     ) -> tuple[int, int]:
-        """How many incoming transfers are *counted* (each its *weight*): *uid*'s, and
-        everyone's."""
+        """How many incoming transfers (of *among*, else all) are *counted* (each its
+        *weight*): *uid*'s, and everyone's."""
         mine = every = 0
-        for e in self._entries.values():
+        for e in self._entries.values() if among is None else among:
             if not e.sending and counted(e):
                 w = weight(e)
                 every += w
@@ -1910,7 +2065,7 @@ class Transfers:
     def _tick(self) -> None:
         if self._ticker is not None and self._ticker.active():
             return
-        active = [e for e in self._entries.values() if e.streaming and e.meter is not None]
+        active = [e for e in self._entries.streaming.values() if e.meter is not None]
         for entry in active:
             assert entry.meter is not None
             p = entry.meter.update(entry.done)
