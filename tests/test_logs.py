@@ -75,6 +75,40 @@ class RotationTests(SynchronousTestCase):
             self.assertLess(len(text), 4096 + 1024)
             self.assertNotIn("198.51.100.9", text)
 
+    def test_both_logs_rotate_side_by_side(self) -> None:
+        """When the text log and the JSON log share their directory (the daemon's
+        ``jarvis.log`` and ``jarvis.log.json``) and the JSON log has rotated files, then the
+        text log still rotates at its cap, counting only its own old files, and neither
+        touches the other's: the JSON log's ``jarvis.log.json.2`` was taken for the text
+        log's second old file, its rotation failed on a file that does not exist, and every
+        line after it raised (the text log stopped for good, each event cost a traceback)."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        json_observer, f = logs.json_file_observer(
+            os.path.join(directory, "jarvis.log.json"), LogLevel.info, rotate_bytes=4096, keep=2
+        )
+        self.addCleanup(f.close)
+        emit(json_observer, 100)  # ~30 KB: jarvis.log.json.1 and .2 exist
+        text_observer = logs.text_observer(
+            {"logfile": os.path.join(directory, "jarvis.log"), "nodaemon": False},
+            rotate_bytes=4096,
+            keep=3,
+        )
+        assert text_observer is not None
+        emit(text_observer, 200)  # raised FileNotFoundError before
+        emit(json_observer, 100)
+        self.assertEqual(
+            sorted(os.listdir(directory)),
+            [
+                *("jarvis.log", "jarvis.log.1", "jarvis.log.2", "jarvis.log.3"),
+                *("jarvis.log.json", "jarvis.log.json.1", "jarvis.log.json.2"),
+            ],
+        )
+        with open(os.path.join(directory, "jarvis.log")) as text:
+            self.assertIn("event 199", text.read())  # the last line written is there
+        with open(os.path.join(directory, "jarvis.log.json")) as lines:
+            self.assertIn('"i": 99', lines.read())
+
     def test_daemon_installs_its_text_observer_in_twistd_application(self) -> None:
         """When twistd attaches the daemon to its application, then the application carries
         the rotating text observer (twistd uses it instead of its never-pruned file)."""

@@ -140,12 +140,34 @@ class ConnectionNoiseFilter:
         return PredicateResult.maybe
 
 
+class RotatingLogFile(LogFile):
+    """Twisted's :class:`~twisted.python.logfile.LogFile`, counting as its old files only
+    ``NAME.1``, ``NAME.2``... of its own name.
+
+    Twisted's ``listLogs`` takes every ``NAME.*`` whose last dotted part is a number, so the
+    JSON log's ``jarvis.log.json.2`` beside the text log ``jarvis.log`` counted as the text
+    log's second old file: its rotation then renamed or removed ``jarvis.log.2``, which does
+    not exist, and raised; the text log stayed at its cap and every line after it raised again
+    (lost, and Twisted logged a traceback of it into the JSON log each time).
+    """
+
+    def listLogs(self) -> list[int]:
+        prefix = os.path.basename(self.path) + "."
+        found = []
+        for name in os.listdir(self.directory):
+            number = name[len(prefix) :]
+            if name.startswith(prefix) and number.isascii() and number.isdigit():
+                if int(number) > 0:
+                    found.append(int(number))
+        return sorted(found)
+
+
 def rotating_file(
     path: str, *, rotate_bytes: int = ROTATE_BYTES, keep: int = KEEP_ROTATED
 ) -> LogFile:
     """Open *path* (mode 0600) for appending, rotated at *rotate_bytes*, *keep* old files."""
     directory, name = os.path.split(os.path.abspath(path))
-    return LogFile(
+    return RotatingLogFile(
         name, directory, rotateLength=rotate_bytes, defaultMode=0o600, maxRotatedFiles=keep
     )
 
