@@ -25,6 +25,10 @@ the parts that already exist (see ``docs/protocol.md``, "File transfer"):
 - **Progress** is pushed as ``transfer.progress`` events (bytes, rate, ETA) every
   :data:`PROGRESS_INTERVAL` seconds while a stream runs, and ``transfer.changed`` at every
   change of state.
+- **The list** (:class:`TransferList`) holds hundreds of transfers (a folder's files, the
+  newest finished ones) and keeps, as they change, what is asked of it at every event: the
+  transfers to write again, the streams running, the queue; nothing done per event walks
+  the whole list (the finished ones are pruned once a second at most).
 
 Blocking work (hashing, creating, reopening, discarding files) goes through *run_blocking*.
 No reactor import; never logs file names, keys or content (ids as
