@@ -6,11 +6,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.ui import completion
 from jarvis.ui.model import (
+    FINAL_TRANSFER_STATES,
+    FolderFiles,
     InputError,
     SlashCommand,
     file_name,
@@ -945,6 +949,44 @@ class OfferDialogTests(SynchronousTestCase):
         self.offered(controller, client, contact="someone-else")
         self.assertIsNone(controller.window.dialog)
 
+    def test_an_offer_the_daemon_accepts_by_itself_does_not_prompt(self) -> None:
+        """When offers arrive in the open conversation that the daemon accepts by itself (the
+        event's auto_accept: the contact's auto-accept limit), a folder's files among them,
+        then no dialog asks about them (it stayed up over a folder already received)."""
+        controller, client, clock = started()
+        press(controller, "meta 1")
+        for n in range(3):
+            view = transfer(id=f"{n:032x}", folder="album", folder_id="f" * 32)
+            client.emit("transfer.offered", {"transfer": view, "auto_accept": True})
+        client.emit("transfer.offered", {"transfer": transfer(), "auto_accept": True})
+        clock.advance(0)
+        self.assertIsNone(controller.window.dialog)
+
+    def test_the_prompt_closes_once_nothing_it_asks_about_waits(self) -> None:
+        """When a file's prompt is up and that offer is answered elsewhere (another client,
+        the command line), then the prompt closes; a folder's prompt stays while any file of
+        the folder still waits and closes once none does; another file's change leaves a
+        prompt alone."""
+        controller, client, clock = started()
+        press(controller, "meta 1")
+        self.offered(controller, client)
+        self.assertIsNotNone(controller.window.dialog)
+        other = transfer(id="e" * 32, state="accepted", contact=UID_BOB)
+        client.emit("transfer.changed", {"transfer": other})
+        self.assertIsNotNone(controller.window.dialog)
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        self.assertIsNone(controller.window.dialog)
+
+        files = [transfer(id=f"{n:032x}", folder="album", folder_id="f" * 32) for n in range(2)]
+        for view in files:
+            client.emit("transfer.offered", {"transfer": view})
+        self.assertEqual(controller.window.dialog.folder_id, "f" * 32)
+        client.emit("transfer.changed", {"transfer": {**files[0], "state": "accepted"}})
+        self.assertIsNotNone(controller.window.dialog, "one file of the folder still waits")
+        client.emit("transfer.changed", {"transfer": {**files[1], "state": "cancelled"}})
+        self.assertIsNone(controller.window.dialog)
+        clock.advance(0)
+
 
 def started_with_group() -> tuple[Any, FakeDaemonClient, Any]:
     """A started controller whose daemon has group #family (GID) with alice and bob in it."""
@@ -1126,3 +1168,58 @@ class SharedFileUiTests(SynchronousTestCase):
             "file report.pdf: requested from alice; it is accepted when offered "
             "(offline: the request goes when they come online)",
         )
+
+
+_STATES = ("offered", "accepted", "streaming", "complete", "declined", "cancelled", "failed")
+
+
+class FolderFilesTests(SynchronousTestCase):
+    """A folder's one line is kept as its files' views change, not recounted from all of
+    them at each event."""
+
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 7),  # which file
+                st.sampled_from(_STATES),
+                st.integers(0, 5000),  # bytes
+                st.sampled_from(["", "disk full", "no room"]),
+            ),
+            max_size=60,
+        )
+    )
+    def test_the_summary_is_what_the_views_say(
+        self, events: list[tuple[int, str, int, str]]
+    ) -> None:
+        """When the views of a folder's files change in any order (a file seen again in
+        another state, with other bytes), then the kept size, bytes moved, counts by state,
+        whether it ended, the first file offered, where it was saved and its failures are
+        those counted afresh from the latest views."""
+        folder = FolderFiles()
+        saved = False
+        for n, state, done, reason in events:
+            saved = saved or state == "complete"
+            view = {
+                "id": f"t{n}",
+                "size": 1000 * (n + 1),
+                "bytes": done,
+                "state": state,
+                "created": float(n % 3),  # ties: the first seen stays first
+                "folder": "album/sub",
+                "path": "/in/album/sub/f" if state == "complete" else None,
+                "reason": reason,
+            }
+            folder.put(f"t{n}", view)
+        views = list(folder.views.values())
+        self.assertEqual(folder.size, sum(v["size"] for v in views))
+        done = sum(v["size"] if v["state"] == "complete" else v["bytes"] for v in views)
+        self.assertEqual(folder.done, done)
+        counted = {s: n for s, n in folder.states.items() if n}
+        self.assertEqual(counted, {s: sum(v["state"] == s for v in views) for s in counted})
+        self.assertEqual(sum(counted.values()), len(views))
+        self.assertEqual(folder.ended, all(v["state"] in FINAL_TRANSFER_STATES for v in views))
+        if views:
+            self.assertIs(folder.first, min(views, key=lambda v: v["created"]))
+        self.assertEqual(folder.root, "/in/album" if saved else "")  # once saved, said
+        failed = {v["id"] for v in views if v["state"] == "failed" and v["reason"]}
+        self.assertEqual(set(folder.failed), failed)

@@ -793,9 +793,11 @@ class MessengerModel:
         #: id of a file of a folder sent whole or ""), for ``/accept`` and ``/decline`` without
         #: an id (the newest in the open conversation) and a folder's accept prompt
         self.waiting_offers: dict[str, tuple[str, float, str]] = {}
-        #: The files of each folder sent whole, by folder id: their latest views by transfer
-        #: id (one line shows the whole folder: :meth:`_folder_line`).
-        self.folder_files: dict[str, dict[str, dict[str, Any]]] = {}
+        #: Each folder sent whole, by folder id: its files' latest views and what its one
+        #: line says of them (:meth:`_folder_line`).
+        self.folders: dict[str, FolderFiles] = {}
+        #: The folder id of each transfer that is a file of a folder sent whole.
+        self.folder_of: dict[str, str] = {}
 
     # observers ---------------------------------------------------------------------------
 
@@ -1228,7 +1230,8 @@ class MessengerModel:
                 conversation.marker = None
             self.contacts = {}
             self.waiting_offers = {}
-            self.folder_files = {}  # names of files: shown again from the list at unlock
+            self.folders = {}  # names of files: shown again from the list at unlock
+            self.folder_of = {}
         changed = locked != self.locked
         self.locked = locked
         if changed:
@@ -1387,8 +1390,7 @@ class MessengerModel:
             if state in FINAL_TRANSFER_STATES and showing_bar:
                 # The bar gives way to how the file ended, or to the folder's line once the
                 # last of its files ended (how many arrived, where the folder is).
-                files = self.folder_files[str(t.get("folder_id"))].values()
-                ended = all(v.get("state") in FINAL_TRANSFER_STATES for v in files)
+                ended = self.folders[str(t.get("folder_id"))].ended
                 self.notify(line if ended else _end_text(t))
             return
         if state == "accepted" and t.get("reason"):
@@ -1433,20 +1435,13 @@ class MessengerModel:
         name = self.transfer_names.get(str(payload.get("id")), "")
         bar = progress_bar(done, size, payload.get("rate"), payload.get("eta"))
         self.notify(f"file {name} {bar}")
-        folder = self._folder_of(str(payload.get("id")))
+        folder = self.folder_of.get(str(payload.get("id")))
         if folder is not None:
-            view = self.folder_files[folder][str(payload.get("id"))]
+            view = self.folders[folder].views[str(payload.get("id"))]
             self._folder_line({**view, "bytes": done, "state": "streaming"})
         elif isinstance(payload.get("contact"), str):
             key = transfer_conversation(payload)
             self._put_transfer_line(key, str(payload.get("id")), f"file {name} {bar}")
-
-    def _folder_of(self, tid: str) -> str | None:
-        """The folder id of transfer *tid*, if it is a file of a folder sent whole."""
-        for folder, files in self.folder_files.items():
-            if tid in files:
-                return folder
-        return None
 
     def _folder_line(self, t: Mapping[str, Any]) -> str | None:
         """For a file of a folder sent whole, show its folder's one line instead of the
@@ -1455,42 +1450,38 @@ class MessengerModel:
         while they move, ``/accept all`` while some are offered to us, and once every file
         ended where it was saved.  Returns the line's text if *t* is such a file, else
         ``None``."""
-        folder = t.get("folder_id")
-        if not isinstance(folder, str) or not folder:
+        folder_id = t.get("folder_id")
+        if not isinstance(folder_id, str) or not folder_id:
             return None
-        files = self.folder_files.setdefault(folder, {})
-        files[str(t.get("id", ""))] = dict(t)
-        views = list(files.values())
-        first = min(views, key=_created)
+        tid = str(t.get("id", ""))
+        folder = self.folders.setdefault(folder_id, FolderFiles())
+        self.folder_of[tid] = folder_id
+        folder.put(tid, dict(t))
+        first = folder.first
         top = terminal_safe(str(first.get("folder") or "").split("/")[0], keep_newlines=False)
         incoming = first.get("direction") == "in"
         who = _sender_name(self, first)
-        size = sum(int(v.get("size") or 0) for v in views)
-        done = sum(
-            int(v.get("size") or 0) if v.get("state") == "complete" else int(v.get("bytes") or 0)
-            for v in views
-        )
-        states = Counter(str(v.get("state")) for v in views)
-        files_said = "1 file" if len(views) == 1 else f"{len(views)} files"
+        states = folder.states
+        count = len(folder.views)
+        files_said = "1 file" if count == 1 else f"{count} files"
         order = ("offered", "accepted", "streaming", "complete", "declined", "cancelled", "failed")
         counts = ", ".join(f"{states[s]} {s}" for s in order if states[s])
         text = f"folder {top} {'from' if incoming else 'to'} {who}: {files_said} "
-        text += f"({human_bytes(size)}), {counts}"
-        ended = all(v.get("state") in FINAL_TRANSFER_STATES for v in views)
+        text += f"({human_bytes(folder.size)}), {counts}"
+        ended = folder.ended
         if not ended and (states["accepted"] or states["streaming"]):
-            text += " " + progress_bar(done, size)
+            text += " " + progress_bar(folder.done, folder.size)
         if incoming and states["offered"]:
             text += ": /accept all [DIR] or /decline all"
-        root = _folder_root(views) if incoming else ""
+        root = folder.root if incoming else ""
         if ended and root:
             safe_root = terminal_safe(root, keep_newlines=False)
             text += f"; saved in {safe_root}" + open_folder_hint(root)
-        failed = [v for v in views if v.get("state") == "failed" and v.get("reason")]
-        if failed:
-            why = terminal_safe(str(failed[0]["reason"]), keep_newlines=False)
+        if folder.failed:
+            why = terminal_safe(next(iter(folder.failed.values())), keep_newlines=False)
             text += f" (failed: {why})"
         uid = transfer_conversation(first)
-        self._put_line(uid, FOLDER_LINE_PREFIX + folder, text, _created(first))
+        self._put_line(uid, FOLDER_LINE_PREFIX + folder_id, text, _created(first))
         return text
 
     def _put_transfer_line(self, uid: str, tid: str, text: str, created: float = 0.0) -> None:
@@ -1865,17 +1856,67 @@ def folder_offered(result: Mapping[str, Any]) -> str:
     return text
 
 
-def _folder_root(views: list[dict[str, Any]]) -> str:
-    """Where a folder sent whole was saved: the folder its files landed in below the folder
-    accepted into, from a complete file's path (its folders' count up from the file)."""
-    for v in views:
-        path, folder = v.get("path"), v.get("folder")
-        if v.get("state") == "complete" and isinstance(path, str) and isinstance(folder, str):
-            root = os.path.dirname(path)
-            for _ in range(len([p for p in folder.split("/") if p]) - 1):
-                root = os.path.dirname(root)
-            return root
+def _folder_root(v: Mapping[str, Any]) -> str:
+    """Where a folder sent whole was saved, from one of its files' view: the folder its files
+    landed in below the folder accepted into, from a complete file's path (its folders' count
+    up from the file); ``""`` for a file not complete."""
+    path, folder = v.get("path"), v.get("folder")
+    if v.get("state") == "complete" and isinstance(path, str) and isinstance(folder, str):
+        root = os.path.dirname(path)
+        for _ in range(len([p for p in folder.split("/") if p]) - 1):
+            root = os.path.dirname(root)
+        return root
     return ""
+
+
+class FolderFiles:
+    """The files of one folder sent whole as the UI knows them: each file's latest view, and
+    what the folder's one line says of them (its size, the bytes moved, how many files are in
+    each state, where it was saved, the first failure) kept as each view changes, so that one
+    file's event costs the same in a folder of 3 files or of 500."""
+
+    def __init__(self) -> None:
+        #: The latest view of each file, by transfer id, in the order first seen.
+        self.views: dict[str, dict[str, Any]] = {}
+        self.size = 0
+        #: Bytes moved: a complete file's size, else the bytes its view says.
+        self.done = 0
+        self.states: Counter[str] = Counter()
+        #: The view of the file offered first (names the folder, its sender and conversation).
+        self.first: dict[str, Any] = {}
+        #: Where the folder was saved (from the first file seen complete), or ``""``.
+        self.root = ""
+        #: The reason of each failed file with one, in the order they failed (the line
+        #: says the first).
+        self.failed: dict[str, str] = {}
+
+    @property
+    def ended(self) -> bool:
+        """Whether every file ended (complete, declined, cancelled or failed)."""
+        return all(self.states[s] == 0 for s in self.states if s not in FINAL_TRANSFER_STATES)
+
+    def put(self, tid: str, view: dict[str, Any]) -> None:
+        """Take *view* as file *tid*'s latest."""
+        old = self.views.get(tid)
+        if old is not None:
+            self._count(old, -1)
+        self.views[tid] = view
+        self._count(view, 1)
+        if not self.first or self.first is old or _created(view) < _created(self.first):
+            self.first = view  # the earliest offered; of two at once, the one seen first
+        if not self.root:
+            self.root = _folder_root(view)
+        if view.get("state") == "failed" and view.get("reason"):
+            self.failed.setdefault(tid, str(view["reason"]))
+        else:
+            self.failed.pop(tid, None)
+
+    def _count(self, view: Mapping[str, Any], sign: int) -> None:
+        size = int(view.get("size") or 0)
+        self.size += sign * size
+        state = str(view.get("state"))
+        self.done += sign * (size if state == "complete" else int(view.get("bytes") or 0))
+        self.states[state] += sign
 
 
 def _file_label(t: Mapping[str, Any]) -> str:
