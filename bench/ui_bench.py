@@ -171,11 +171,14 @@ def measure_burst(shown: int, burst: int, repeats: int, contacts: int = 0) -> fl
         """A main loop whose draw renders the whole window, as urwid's draw_screen does."""
 
         screen = None
+        draws = 0
 
         def draw_screen(self) -> None:
             controller.window.render((160, 45), focus=True)
+            self.draws += 1
 
-    controller.attach_main_loop(Canvas())
+    canvas = Canvas()
+    controller.attach_main_loop(canvas)
     press(controller, "meta 1")
     created = NOW + 10
 
@@ -194,11 +197,15 @@ def measure_burst(shown: int, burst: int, repeats: int, contacts: int = 0) -> fl
     times = []
     for _ in range(repeats):
         batch = messages(burst)
+        clock.advance(1.0)  # a quiet second before each burst, as between two reconnects
+        drawn = canvas.draws
         started = time.perf_counter()
         for message in batch:
             client.emit("message.received", {"message": message})
         clock.advance(0)
         times.append(time.perf_counter() - started)
+        if canvas.draws != drawn + 1:
+            raise RuntimeError(f"the burst was drawn {canvas.draws - drawn} times, not once")
     return statistics.median(times)
 
 

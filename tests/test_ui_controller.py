@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from jarvis.common.textsafe import BIDI_CONTROLS, local_time
 from jarvis.ipc.jsonrpc import TOO_MANY_ATTEMPTS, RemoteError
-from jarvis.ui.controller import FIRST_RETRY
+from jarvis.ui.controller import FIRST_RETRY, FRAME_INTERVAL
 from jarvis.ui.screens import CreateIdentityScreen, LockScreen, WelcomeScreen
 from tests.ui_fakes import (
     NOW,
@@ -609,6 +610,43 @@ class RedrawTests(SynchronousTestCase):
         first_row = screen_text(controller.window, (120, 20)).splitlines()[1]
         self.assertIn("carol", first_row)
         self.assertIn(" 50 ", first_row)
+
+    def test_a_burst_over_many_turns_is_drawn_once_a_frame(self) -> None:
+        """When events keep coming, each in a reactor turn of its own (a folder's files
+        arriving), then after the first few draws at once the screen is drawn at most once per
+        frame interval, the last draw showing the last event; after a quiet moment one event is
+        drawn at the end of its turn again."""
+        controller, client, clock, _ = started()
+        drawn: list[tuple[float, int]] = []
+
+        class TimedLoop(FakeMainLoop):
+            def draw_screen(self) -> None:
+                super().draw_screen()
+                drawn.append((clock.seconds(), controller.model.summary.online))
+
+        loop = TimedLoop()
+        controller.attach_main_loop(loop)
+        clock.advance(1.0)
+        loop.draws = 0
+        drawn.clear()
+        step = FRAME_INTERVAL / 10
+        for n in range(100):  # ten frame intervals, ten events each, a turn each
+            summary = {"summary": "green", "online": n % 2 + 1, "total": 2}
+            client.emit("connection.summary", summary)
+            clock.advance(step)
+        last_event = clock.seconds() - step
+        clock.advance(FRAME_INTERVAL)
+        self.assertGreaterEqual(loop.draws, 10)
+        self.assertLessEqual(loop.draws, 10 + 3 + 1)  # a frame each, and the burst allowed
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(drawn)]
+        self.assertGreaterEqual(min(gaps[3:]), FRAME_INTERVAL - 1e-9)
+        self.assertGreaterEqual(drawn[-1][0], last_event)
+        self.assertEqual(drawn[-1][1], 2)  # the last event's
+        clock.advance(1.0)
+        quiet = loop.draws
+        client.emit("connection.summary", {"summary": "amber", "online": 1, "total": 2})
+        clock.advance(0)
+        self.assertEqual(loop.draws, quiet + 1)
 
     def test_no_draw_after_stop(self) -> None:
         """When the UI stops with a draw pending, then the screen is not drawn again."""

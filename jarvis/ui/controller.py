@@ -10,7 +10,7 @@ event reactions (:mod:`jarvis.ui.events`), dialogs and identity forms
 keeps the link's handshake (subscribe, reload the state: also after ``$/lagged`` and an unlock
 elsewhere), the screens shown, the daemon calls with their error reporting, and the redraw after
 network events (urwid only redraws after input), once per reactor turn however many events the
-turn brought.
+turn brought, and at most once per :data:`FRAME_INTERVAL`.
 
 It must not let an exception reach urwid or the IPC client: failures become one line on the
 status bar and the details go to the log (never message text, passwords or tokens).
@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from jarvis.common.textsafe import terminal_safe
-from jarvis.runtime.turn import OncePerTurn
+from jarvis.runtime.turn import OncePerFrame, OncePerTurn
 from jarvis.ui import completion
 from jarvis.ui.calls import CallsInFlight, Unreachable, error_text, is_cancel
 from jarvis.ui.dialogs import Dialogs
@@ -52,6 +52,11 @@ from jarvis.ui.screens import (
 from jarvis.ui.sending import Sender
 
 Callbacks = dict[str, Callable[..., Any]]
+
+#: The least time between two draws that network events ask for (30 a second at most): a
+#: folder of 500 files arriving drew the screen at every reactor turn, hundreds of times a
+#: second, most of the UI's CPU (docs/benchmarks.md, "The UI while a folder arrives").
+FRAME_INTERVAL = 1 / 30
 
 
 __all__ = ["FIRST_RETRY", "Controller", "DaemonClient", "Unreachable", "error_text"]
@@ -131,7 +136,7 @@ class Controller:
             finished=self.redraw,
         )
         self._banner_animation: Any = None
-        self._redraw = OncePerTurn(clock, self._draw)
+        self._redraw = OncePerFrame(clock, self._draw, FRAME_INTERVAL)
         self.main_screen = MainScreen(self.model, self._submit_input, self.open_conversation, tz)
         self.window = AppWindow(
             ConnectingScreen(self.model),
@@ -230,7 +235,8 @@ class Controller:
         Network events and timers are not followed by urwid's own redraw, so they ask for one
         here.  Every request of the same turn is served by one draw: a burst of events (an
         outbox flushed after a reconnect brings hundreds in one read) costs one draw, not one
-        per event.
+        per event; and a burst spread over many turns (a folder's files arriving) is drawn at
+        most once per :data:`FRAME_INTERVAL`.  Keys are drawn by urwid itself, at once.
         """
         if self.main_loop is not None and not self.quitting:
             self._redraw.request()
@@ -550,6 +556,8 @@ class Controller:
         self.model.apply_event(name, payload)
         if name == "transfer.offered":
             self._prompt_offer(payload)
+        elif name == "transfer.changed":
+            self._close_answered_offer()
         reaction = reaction_to(name, payload, self._screen_state())
         if reaction is None:
             return
@@ -583,6 +591,8 @@ class Controller:
         t = payload.get("transfer")
         if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
             return
+        if payload.get("auto_accept"):
+            return  # the daemon accepts it by itself: nothing to ask
         uid = t.get("contact")
         if (
             transfer_conversation(t) != self.model.current_uid
@@ -601,6 +611,21 @@ class Controller:
                 self.sender.answer_all(verb, args[1] if len(args) > 1 else None, folder_id)
 
         self.window.open_dialog(OfferDialog(t, sender, answer, self.window.close_dialog))
+
+    def _close_answered_offer(self) -> None:
+        """Close the accept prompt once nothing it asks about waits any more (answered from
+        another client or the command line, cancelled by the sender): for a folder's prompt,
+        once no file of that folder waits."""
+        dialog = self.window.dialog
+        if not isinstance(dialog, OfferDialog):
+            return
+        waiting = self.model.waiting_offers
+        if dialog.folder_id:
+            if any(folder == dialog.folder_id for _uid, _at, folder in waiting.values()):
+                return
+        elif dialog.transfer_id in waiting:
+            return
+        self.window.close_dialog()
 
     def _screen_state(self) -> ScreenState:
         dialog = self.window.dialog
