@@ -177,6 +177,23 @@ class ReceiverTests(TestCase):
         self.assertEqual([t["id"] for t in transfers.list()], [offer.transfer_id.hex()])
         self.assertEqual(offered(events), [offer.transfer_id.hex()])
 
+    def test_the_offer_event_says_whether_the_daemon_accepts_it(self) -> None:
+        """When an offer arrives from a contact without an auto-accept limit, then its
+        transfer.offered event says auto_accept false and it waits; when one arrives under
+        the contact's limit, the event says true and the transfer is accepted by itself (a
+        client has nothing to ask)."""
+        transfers, _sessions, events, _store = make_transfers(self)
+        asked = an_offer(self, size=5000)
+        transfers._offer_received(ALICE, asked)
+        self.successResultOf(transfers.set_policy(auto_accept=(ALICE, 10_000)))
+        taken = an_offer(self, size=5000)
+        transfers._offer_received(ALICE, taken)
+        said = {p["transfer"]["id"]: p["auto_accept"] for n, p in events if n == "transfer.offered"}
+        self.assertEqual(said, {asked.transfer_id.hex(): False, taken.transfer_id.hex(): True})
+        states = {t["id"]: t["state"] for t in transfers.list()}
+        self.assertEqual(states[asked.transfer_id.hex()], "offered")
+        self.assertEqual(states[taken.transfer_id.hex()], "accepted")
+
     def test_accept_is_written_again_at_each_session_until_complete(self) -> None:
         """When bob accepts while alice is offline, then Accept is written as soon as her
         session comes up, and again at the next session (the stream has not run)."""

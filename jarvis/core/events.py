@@ -36,7 +36,9 @@ EVENT_DOCS: dict[str, str] = {
     "group.removed": "`{group, name}`: we were removed from a group (or left it)",
     "group.dropped": "`{group, ids}`: messages taken back (written after their author's "
     "removal, learnt late)",
-    "transfer.offered": "`{transfer}`: a contact offers a file (accept with `files.accept`)",
+    "transfer.offered": "`{transfer, auto_accept}`: a contact offers a file (accept with "
+    "`files.accept`); `auto_accept`: true when the daemon accepts it by itself (the contact's "
+    "auto-accept limit, `files.policy`), so a client need not ask",
     "transfer.changed": "`{transfer}`: a file transfer changed state (see `files.list`)",
     "transfer.policyChanged": "`{policy}`: the receiving policy changed (see `files.policy`)",
     "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "

@@ -1086,10 +1086,11 @@ class Transfers:
             tid=log_id(entry.id),
             size=offer.size,
         )
-        self._emit("transfer.offered", {"transfer": self.view(entry)})
-        self._changed(entry)
         _policy, auto_limit = self._policy(uid)
-        if offer.size <= auto_limit:
+        auto = offer.size <= auto_limit
+        self._emit("transfer.offered", {"transfer": self.view(entry), "auto_accept": auto})
+        self._changed(entry)
+        if auto:
             self.accept(entry.id).addErrback(
                 lambda f: self.log.warn("auto-accept refused: {e}", e=f.getErrorMessage())
             )

@@ -3,9 +3,11 @@ accept into a folder you type, decline, or decide later.  For a file of a folder
 asks about the folder: the controller then answers every file of it still waiting.
 
 The controller opens it when an offer (``transfer.offered``) arrives in the conversation that is
-open on the main screen and no other dialog is up; offers elsewhere keep their line with the
-``/accept`` hint.  "Later" has the focus, so an Enter typed for a message as the dialog appears
-accepts nothing.  Names are shown through :func:`~jarvis.common.textsafe.terminal_safe`.
+open on the main screen and no other dialog is up, unless the daemon accepts it by itself (the
+event's ``auto_accept``); offers elsewhere keep their line with the ``/accept`` hint.  It closes
+by itself once nothing it asks about waits (answered from another client, cancelled).  "Later"
+has the focus, so an Enter typed for a message as the dialog appears accepts nothing.  Names
+are shown through :func:`~jarvis.common.textsafe.terminal_safe`.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class OfferDialog(Dialog):
         on_close: Callable[[], None],
     ) -> None:
         self.transfer_id = str(transfer.get("id", ""))
+        #: The folder id of a folder's prompt (its answer goes to every file of it), or "".
+        self.folder_id = str(transfer.get("folder_id") or "")
         self._on_answer = on_answer
         self._on_close = on_close
         name = file_name(transfer)
