@@ -10,7 +10,7 @@ event reactions (:mod:`jarvis.ui.events`), dialogs and identity forms
 keeps the link's handshake (subscribe, reload the state: also after ``$/lagged`` and an unlock
 elsewhere), the screens shown, the daemon calls with their error reporting, and the redraw after
 network events (urwid only redraws after input), once per reactor turn however many events the
-turn brought, and at most once per :data:`FRAME_INTERVAL`.
+turn brought, and on average at most once per :data:`FRAME_INTERVAL`.
 
 It must not let an exception reach urwid or the IPC client: failures become one line on the
 status bar and the details go to the log (never message text, passwords or tokens).
@@ -53,9 +53,10 @@ from jarvis.ui.sending import Sender
 
 Callbacks = dict[str, Callable[..., Any]]
 
-#: The least time between two draws that network events ask for (30 a second at most): a
-#: folder of 500 files arriving drew the screen at every reactor turn, hundreds of times a
-#: second, most of the UI's CPU (docs/benchmarks.md, "The UI while a folder arrives").
+#: The least average time between two draws that network events ask for (30 a second once a
+#: burst lasts, three at once allowed: :class:`~jarvis.runtime.turn.OncePerFrame`): a folder of
+#: 500 files arriving drew the screen at every reactor turn, hundreds of times a second, most of
+#: the UI's CPU (docs/benchmarks.md, "The UI while a folder arrives").
 FRAME_INTERVAL = 1 / 30
 
 
