@@ -10,7 +10,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.task import Clock
@@ -1974,7 +1974,14 @@ class LostAnswerTests(TestCase):
 
 class TransferListTests(TestCase):
     """The list of transfers keeps, as they change, what is asked of it at every event: what
-    to write, what was removed, which transfers stream and which wait for a slot."""
+    to write, what was removed, which transfers stream and which wait for a slot, the open
+    incoming ones by peer and the folders made for folders sent whole."""
+
+    @property
+    def offer(self) -> Offer:
+        if not hasattr(self, "_offer"):
+            self._offer = an_offer(self)
+        return self._offer
 
     def entry(self, offer: Offer, **fields: Any) -> TransferEntry:
         return TransferEntry(
@@ -2030,6 +2037,70 @@ class TransferListTests(TestCase):
         self.assertEqual(kept.setdefault(b.id, b), c)  # through the watched path
         self.assertEqual(kept.pop(b.id), c)
         self.assertEqual((len(kept), kept.streaming, kept.removed), (0, {}, {b.id}))
+
+    @settings(max_examples=300, deadline=None)
+    @example([(0, "add", "offered", False), (0, "sending", "offered", True)])
+    @example([(0, "add", "offered", False), (0, "root", "a", True), (0, "peer", "a", True)])
+    @example([(0, "add", "accepted", False), (0, "root", "a", True), (0, "remove", "a", True)])
+    @given(
+        st.lists(
+            st.tuples(
+                st.integers(0, 5),  # which transfer
+                st.sampled_from(["add", "state", "sending", "peer", "root", "remove"]),
+                st.sampled_from(["offered", "accepted", "requested", "complete", "failed"]),
+                st.booleans(),
+            ),
+            max_size=40,
+        )
+    )
+    def test_the_counts_are_those_of_the_transfers_listed(
+        self, steps: list[tuple[int, str, str, bool]]
+    ) -> None:
+        """When transfers are added, removed and their state, direction, peer and folder
+        assigned in any order, then the open incoming transfers counted by peer and the
+        folders made for folders sent whole are those found by walking the list."""
+        kept = transfers_module.TransferList()
+        offer = self.offer
+        made: dict[int, TransferEntry] = {}
+        for n, step, state, flag in steps:
+            entry = made.get(n)
+            if step == "add" or entry is None:
+                made[n] = entry = TransferEntry(
+                    offer=replace(
+                        offer, transfer_id=bytes([n]) * 16, folder="album", folder_id=b"f" * 16
+                    ),
+                    peer=ALICE,
+                    sending=flag,
+                    state=state,
+                    created=1.0,
+                )
+                kept[entry.id] = entry
+            elif step == "state":
+                entry.state = state
+            elif step == "sending":
+                entry.sending = flag
+            elif step == "peer":
+                entry.peer = BOB if flag else ALICE
+            elif step == "root":
+                entry.folder_root = f"/in/{state}" if flag else ""
+            elif entry.id in kept:
+                del kept[entry.id]
+        listed = list(kept.values())
+        open_in = {
+            e.id: e.peer
+            for e in listed
+            if not e.sending
+            and e.state not in transfers_module.FINAL_STATES
+            and e.state != transfers_module.REQUESTED
+        }
+        self.assertEqual(kept.open_in, open_in)
+        by_peer = {p: list(open_in.values()).count(p) for p in set(open_in.values())}
+        self.assertEqual(kept.open_by_peer, by_peer)
+        roots: dict[tuple[str, bytes], dict[str, str]] = {}
+        for e in listed:
+            if e.folder_root:
+                roots.setdefault((e.peer, e.offer.folder_id), {})[e.id] = e.folder_root
+        self.assertEqual(kept.roots, roots)
 
     def test_a_save_looks_only_at_what_changed(self) -> None:
         """When one transfer of many changes, then the save compares that one alone with

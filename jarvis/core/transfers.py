@@ -412,13 +412,17 @@ KEPT_FIELDS = frozenset(
 )
 #: What :class:`TransferList` is told of: the kept fields, and the flags it indexes.
 _WATCHED = KEPT_FIELDS | {"streaming", "queued"}
+#: The kept fields its counts of open incoming transfers and folder roots depend on.
+_COUNTED = frozenset({"offer", "peer", "sending", "state", "folder_root"})
 
 
 class TransferList(MutableMapping[str, TransferEntry]):
     """The transfers by id, keeping what :class:`Transfers` asks of them at every event
     without a walk through all of them: which changed since the last write to the store
     (:attr:`dirty`) and which were removed (:attr:`removed`), the streams running
-    (:attr:`streaming`) and the outgoing transfers waiting for a slot (:attr:`queued`).
+    (:attr:`streaming`), the outgoing transfers waiting for a slot (:attr:`queued`), the
+    incoming ones still open by peer (:attr:`open_by_peer`, at each offer) and the folders the
+    files of folders sent whole landed in (:attr:`roots`, at each accept).
 
     Each transfer added is watched (:attr:`TransferEntry.watcher`): assigning one of its kept
     fields marks it dirty, its ``streaming`` and ``queued`` flags move it in and out of the
@@ -436,6 +440,14 @@ class TransferList(MutableMapping[str, TransferEntry]):
         self.streaming: dict[str, TransferEntry] = {}
         #: The outgoing transfers waiting for a sending slot, by id.
         self.queued: dict[str, TransferEntry] = {}
+        #: The incoming transfers still open (not ended, not a request waiting for its
+        #: offer): the peer each is counted under, by id; and how many each peer has.
+        self.open_in: dict[str, str] = {}
+        self.open_by_peer: dict[str, int] = {}
+        #: The folder made for each folder sent whole, by ``(peer, folder id)``: the root
+        #: of each of its files given one, by id.
+        self.roots: dict[tuple[str, bytes], dict[str, str]] = {}
+        self._rooted: dict[str, tuple[str, bytes]] = {}
 
     def __getitem__(self, tid: str) -> TransferEntry:
         return self._by_id[tid]
@@ -450,6 +462,7 @@ class TransferList(MutableMapping[str, TransferEntry]):
         self.removed.discard(tid)
         self._index(entry, "streaming")
         self._index(entry, "queued")
+        self._recount(tid, entry)
 
     def __delitem__(self, tid: str) -> None:
         entry = self._by_id.pop(tid)
@@ -485,6 +498,7 @@ class TransferList(MutableMapping[str, TransferEntry]):
         self.dirty.discard(tid)
         self.streaming.pop(tid, None)
         self.queued.pop(tid, None)
+        self._recount(tid, None)
 
     def _assigned(self, entry: TransferEntry, name: str) -> None:
         tid = entry.id
@@ -494,6 +508,34 @@ class TransferList(MutableMapping[str, TransferEntry]):
             self._index(entry, name)
         else:
             self.dirty.add(tid)
+            if name in _COUNTED:
+                self._recount(tid, entry)
+
+    def _recount(self, tid: str, entry: TransferEntry | None) -> None:
+        """Count transfer *tid* again as it is now (*entry*; ``None``: removed) in
+        :attr:`open_in` and :attr:`roots`."""
+        peer = self.open_in.pop(tid, None)
+        if peer is not None:
+            left = self.open_by_peer[peer] - 1
+            if left:
+                self.open_by_peer[peer] = left
+            else:
+                del self.open_by_peer[peer]
+        key = self._rooted.pop(tid, None)
+        if key is not None:
+            roots = self.roots[key]
+            del roots[tid]
+            if not roots:
+                del self.roots[key]
+        if entry is None:
+            return
+        if not entry.sending and entry.state not in FINAL_STATES and entry.state != REQUESTED:
+            self.open_in[tid] = entry.peer
+            self.open_by_peer[entry.peer] = self.open_by_peer.get(entry.peer, 0) + 1
+        if entry.folder_root:
+            key = (entry.peer, entry.offer.folder_id)
+            self._rooted[tid] = key
+            self.roots.setdefault(key, {})[tid] = entry.folder_root
 
     def _index(self, entry: TransferEntry, flag: str) -> None:
         index = self.streaming if flag == "streaming" else self.queued
@@ -1098,9 +1140,8 @@ class Transfers:
     def _too_many_open(self, uid: str) -> str:
         """Why a new offer from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,
         :data:`MAX_OPEN_INCOMING`), or ``""`` if it may be listed."""
-        mine, every = self._incoming(
-            uid, lambda e: e.state not in FINAL_STATES and e.state != REQUESTED
-        )
+        mine = self._entries.open_by_peer.get(uid, 0)
+        every = len(self._entries.open_in)
         if mine >= MAX_OPEN_FROM_PEER:
             return TOO_MANY_OPEN
         if every >= MAX_OPEN_INCOMING:
@@ -1463,17 +1504,8 @@ class Transfers:
         """Below the folder already made in *base* for the same folder sent (a file of it
         accepted before), or a new one named as the sender's (``photos``, ``photos (1)`` if
         taken); then the folders the file is in below it, every name sanitised."""
-        root = next(
-            (
-                e.folder_root
-                for e in self._entries.values()
-                if e.folder_root
-                and e.peer == entry.peer
-                and e.offer.folder_id == entry.offer.folder_id
-                and os.path.dirname(e.folder_root) == base
-            ),
-            None,
-        )
+        made = self._entries.roots.get((entry.peer, entry.offer.folder_id), {})
+        root = next((r for r in made.values() if os.path.dirname(r) == base), None)
         try:
             root, directory = yield self._run(_folder_of, base, entry.offer.folder, root)
         except (FileExistsError, NotADirectoryError) as e:
