@@ -42,7 +42,6 @@ import os
 from collections.abc import (
     Callable,
     ItemsView,
-    Iterable,
     Iterator,
     MutableMapping,
     Sequence,
@@ -1794,15 +1793,13 @@ class Transfers:
         stream would pass :data:`MAX_RECEIVING_FROM_PEER` or :data:`MAX_RECEIVING_STREAMS`
         (large files' worth, :func:`stream_units`); else ``None``."""
         units = stream_units(entry.offer)
-        mine, every = self._incoming(
-            entry.peer, lambda e: True, stream_units_of, self._entries.streaming.values()
-        )
+        mine, every = self._receiving(entry.peer, stream_units_of)
         if (
             mine + units <= MAX_RECEIVING_FROM_PEER * UNITS_PER_STREAM
             and every + units <= MAX_RECEIVING_STREAMS * UNITS_PER_STREAM
         ):
             return None
-        return self._incoming(entry.peer, lambda e: True, among=self._entries.streaming.values())
+        return self._receiving(entry.peer)
 
     def _receiving_full(self, entry: TransferEntry) -> bool:
         """Whether one more receiving stream, *entry*'s, would pass the caps
@@ -1822,18 +1819,13 @@ class Transfers:
         )
         return True
 
-    def _incoming(
-        self,
-        uid: str,
-        counted: Callable[[TransferEntry], bool],
-        weight: Callable[[TransferEntry], int] = lambda e: 1,
-        among: Iterable[TransferEntry] | None = None,
+    def _receiving(
+        self, uid: str, weight: Callable[[TransferEntry], int] = lambda e: 1
     ) -> tuple[int, int]:
-        """How many incoming transfers (of *among*, else all) are *counted* (each its
-        *weight*): *uid*'s, and everyone's."""
+        """How many receiving streams run (each its *weight*): *uid*'s, and everyone's."""
         mine = every = 0
-        for e in self._entries.values() if among is None else among:
-            if not e.sending and counted(e):
+        for e in self._entries.streaming.values():
+            if not e.sending:
                 w = weight(e)
                 every += w
                 mine += w if e.peer == uid else 0
