@@ -194,6 +194,31 @@ class ReceiverTests(TestCase):
         self.assertEqual(states[asked.transfer_id.hex()], "offered")
         self.assertEqual(states[taken.transfer_id.hex()], "accepted")
 
+    def test_an_offer_the_daemon_cannot_accept_by_itself_waits_saying_why(self) -> None:
+        """When an offer under the contact's auto-accept limit arrives and the downloads
+        folder cannot take it (here a file where the folder should be), then the offer is not
+        lost: it waits, its reason says it was not accepted by itself and why, a
+        transfer.changed carries that reason (a client asks then), and accepting it into a
+        usable folder still works."""
+        transfers, _sessions, events, _store = make_transfers(self)
+        blocked = os.path.join(short_tempdir(self), "not-a-folder")
+        with open(blocked, "wb") as f:
+            f.write(b"x")
+        self.successResultOf(transfers.set_policy(auto_accept=(ALICE, 10_000), downloads=blocked))
+        offer = an_offer(self, size=5000)
+        transfers._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        (view,) = [t for t in transfers.list() if t["id"] == tid]
+        self.assertEqual(view["state"], "offered")
+        self.assertTrue(view["reason"].startswith("not accepted by itself: "), view["reason"])
+        self.assertGreater(len(view["reason"]), len("not accepted by itself: "))
+        changed = [p["transfer"] for n, p in events if n == "transfer.changed"]
+        self.assertEqual(changed[-1]["id"], tid)
+        self.assertEqual(changed[-1]["reason"], view["reason"])
+        accepted = self.successResultOf(transfers.accept(tid, short_tempdir(self)))
+        self.assertEqual(accepted["state"], "accepted")
+        self.assertFalse(accepted["reason"].startswith("not accepted"))
+
     def test_accept_is_written_again_at_each_session_until_complete(self) -> None:
         """When bob accepts while alice is offline, then Accept is written as soon as her
         session comes up, and again at the next session (the stream has not run)."""
@@ -367,7 +392,7 @@ class AcceptFolderTests(TestCase):
         self.assertEqual(
             refused.getErrorMessage(),
             "the folder the file would go to does not have enough free space for it: 1.0 MiB "
-            "free, 67 MiB needed: what is missing of the file and 64 MiB left free",
+            "free, 67 MiB needed (the 3.0 MiB of the file still to come and 64 MiB kept free)",
         )
         self.successResultOf(transfers.set_policy(max_size=1024 * 1024))
         refused = self.failureResultOf(transfers.accept(tid), InvalidInput)

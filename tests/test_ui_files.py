@@ -962,6 +962,32 @@ class OfferDialogTests(SynchronousTestCase):
         clock.advance(0)
         self.assertIsNone(controller.window.dialog)
 
+    def test_an_offer_the_daemon_could_not_accept_by_itself_prompts_saying_why(self) -> None:
+        """When the daemon said it accepts an offer by itself but could not (no room in the
+        downloads folder: the offer waits, its transfer.changed carrying the reason), then the
+        prompt opens after all and shows why; a later change of that offer asks no more."""
+        controller, client, clock = started()
+        press(controller, "meta 1")
+        client.emit("transfer.offered", {"transfer": transfer(), "auto_accept": True})
+        self.assertIsNone(controller.window.dialog)
+        why = "not accepted by itself: not enough free space: 5.0 MiB free, 84 MiB needed"
+        client.emit("transfer.changed", {"transfer": transfer(reason=why)})
+        dialog = controller.window.dialog
+        self.assertIsNotNone(dialog)
+        self.assertEqual(dialog.kind, "file_offer")
+        text = screen_text(controller.window, (140, 30))
+        self.assertIn("Not accepted by itself: not enough free space", text)
+        controller.window.close_dialog()
+        client.emit("transfer.changed", {"transfer": transfer(reason=why)})
+        self.assertIsNone(controller.window.dialog)
+        # an offer accepted by itself as said is never asked about
+        accepted = transfer(id="d" * 32)
+        client.emit("transfer.offered", {"transfer": accepted, "auto_accept": True})
+        client.emit("transfer.changed", {"transfer": {**accepted, "state": "accepted"}})
+        client.emit("transfer.changed", {"transfer": {**accepted, "reason": "late"}})
+        self.assertIsNone(controller.window.dialog)
+        clock.advance(0)
+
     def test_the_prompt_closes_once_nothing_it_asks_about_waits(self) -> None:
         """When a file's prompt is up and that offer is answered elsewhere (another client,
         the command line), then the prompt closes; a folder's prompt stays while any file of

@@ -38,7 +38,9 @@ EVENT_DOCS: dict[str, str] = {
     "removal, learnt late)",
     "transfer.offered": "`{transfer, auto_accept}`: a contact offers a file (accept with "
     "`files.accept`); `auto_accept`: true when the daemon accepts it by itself (the contact's "
-    "auto-accept limit, `files.policy`), so a client need not ask",
+    "auto-accept limit, `files.policy`), so a client need not ask; if it cannot (no room, "
+    "no usable downloads folder), the offer waits and its `transfer.changed` gives the "
+    '`reason` ("not accepted by itself: ..."): ask then',
     "transfer.changed": "`{transfer}`: a file transfer changed state (see `files.list`)",
     "transfer.policyChanged": "`{policy}`: the receiving policy changed (see `files.policy`)",
     "transfer.progress": "`{id, contact, direction, bytes, size, rate, eta}`: a running "

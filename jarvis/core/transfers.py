@@ -196,6 +196,8 @@ _DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete, Request)
 #: chosen when asking.
 REQUESTED = "requested"
 #: Why the author of a shared file declines a request for it.
+#: The start of an offer's reason when auto-accept could not take it (the offer waits).
+NOT_ACCEPTED_BY_ITSELF = "not accepted by itself"
 NOT_SHARED_HERE = "the file is not on this device (any more)"
 SOURCE_GONE = "the file changed or is gone at the sender"
 #: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
@@ -1132,9 +1134,21 @@ class Transfers:
         self._emit("transfer.offered", {"transfer": self.view(entry), "auto_accept": auto})
         self._changed(entry)
         if auto:
-            self.accept(entry.id).addErrback(
-                lambda f: self.log.warn("auto-accept refused: {e}", e=f.getErrorMessage())
-            )
+            self.accept(entry.id).addErrback(self._not_accepted_by_itself, entry)
+
+    def _not_accepted_by_itself(self, failure: Any, entry: TransferEntry) -> None:
+        """The daemon could not accept an offer by itself (auto-accept): no room in the
+        downloads folder, the folder gone or not writable.  The offer waits for an answer,
+        saying why (its ``reason``, in ``transfer.changed``), so that a client asks."""
+        why = failure.getErrorMessage()
+        self.log.warn(
+            "transfer {tid}: auto-accept refused ({kind})",
+            tid=log_id(entry.id),
+            kind=type(failure.value).__name__,
+        )
+        if entry.state == "offered" and self._entries.get(entry.id) is entry:
+            entry.reason = f"{NOT_ACCEPTED_BY_ITSELF}: {why}"[:500]
+            self._changed(entry)
 
     def _too_many_open(self, uid: str) -> str:
         """Why a new offer from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,

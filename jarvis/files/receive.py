@@ -267,8 +267,9 @@ def check_acceptable(
     available = free_bytes(directory)
     if available < needed:
         raise NotEnoughSpace(
-            f"{human_bytes(available)} free, {human_bytes(needed)} needed: what is missing of "
-            f"the file and {human_bytes(policy.reserve_bytes)} left free"
+            f"{human_bytes(available)} free, {human_bytes(needed)} needed (the "
+            f"{human_bytes(offer.size - already_held)} of the file still to come and "
+            f"{human_bytes(policy.reserve_bytes)} kept free)"
         )
 
 

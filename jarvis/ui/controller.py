@@ -187,6 +187,9 @@ class Controller:
         self._unread_refresh = OncePerTurn(clock, self.reader.fetch_unread)
         self._mark_read_soon = OncePerTurn(clock, self.reader.mark_open_read)
         self._paths_refresh = OncePerTurn(clock, self.fetch_paths)
+        #: Offers the daemon said it accepts by itself (``auto_accept``), not prompted for:
+        #: if it cannot (no room, no folder), its ``transfer.changed`` says why and we ask.
+        self._accepting_by_itself: set[str] = set()
         self.model.observe(self._model_changed)
         # /exec: running local programs and their output lines (jarvis/ui/execview.py)
         self.execs = ExecRuns(
@@ -559,6 +562,7 @@ class Controller:
             self._prompt_offer(payload)
         elif name == "transfer.changed":
             self._close_answered_offer()
+            self._ask_if_not_accepted(payload)
         reaction = reaction_to(name, payload, self._screen_state())
         if reaction is None:
             return
@@ -593,7 +597,9 @@ class Controller:
         if not isinstance(t, Mapping) or t.get("state") != "offered" or t.get("direction") != "in":
             return
         if payload.get("auto_accept"):
-            return  # the daemon accepts it by itself: nothing to ask
+            # the daemon accepts it by itself: nothing to ask, unless it cannot
+            self._accepting_by_itself.add(str(t.get("id", "")))
+            return
         uid = t.get("contact")
         if (
             transfer_conversation(t) != self.model.current_uid
@@ -612,6 +618,21 @@ class Controller:
                 self.sender.answer_all(verb, args[1] if len(args) > 1 else None, folder_id)
 
         self.window.open_dialog(OfferDialog(t, sender, answer, self.window.close_dialog))
+
+    def _ask_if_not_accepted(self, payload: Mapping[str, Any]) -> None:
+        """Prompt for an offer the daemon meant to accept by itself and could not: it waits,
+        its reason saying why (the prompt shows it)."""
+        t = payload.get("transfer")
+        if not isinstance(t, Mapping):
+            return
+        tid = str(t.get("id", ""))
+        if tid not in self._accepting_by_itself:
+            return
+        if t.get("state") != "offered":
+            self._accepting_by_itself.discard(tid)
+        elif t.get("reason"):
+            self._accepting_by_itself.discard(tid)
+            self._prompt_offer({"transfer": t, "auto_accept": False})
 
     def _close_answered_offer(self) -> None:
         """Close the accept prompt once nothing it asks about waits any more (answered from

@@ -4,7 +4,8 @@ asks about the folder: the controller then answers every file of it still waitin
 
 The controller opens it when an offer (``transfer.offered``) arrives in the conversation that is
 open on the main screen and no other dialog is up, unless the daemon accepts it by itself (the
-event's ``auto_accept``); offers elsewhere keep their line with the ``/accept`` hint.  It closes
+event's ``auto_accept``), or asks after all when it could not (the offer's reason, shown in the
+prompt, says why); offers elsewhere keep their line with the ``/accept`` hint.  It closes
 by itself once nothing it asks about waits (answered from another client, cancelled).  "Later"
 has the focus, so an Enter typed for a message as the dialog appears accepts nothing.  Names
 are shown through :func:`~jarvis.common.textsafe.terminal_safe`.
@@ -52,7 +53,9 @@ class OfferDialog(Dialog):
         kind = terminal_safe(str(transfer.get("media_type") or ""), keep_newlines=False)
         size = human_bytes(int(transfer.get("size") or 0))
         self.folder_edit = ReadlineEdit("Folder: ")
-        self.error = urwid.Text("")
+        # why it waits, if the daemon meant to accept it by itself and could not
+        reason = terminal_safe(str(transfer.get("reason") or ""), keep_newlines=False)
+        self.error = urwid.Text(("error", reason[:1].upper() + reason[1:] + ".") if reason else "")
         folder = str(transfer.get("folder") or "")
         if transfer.get("folder_id") and folder:
             # A file of a folder sent whole: the answer goes to every file of it waiting.
