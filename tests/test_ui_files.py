@@ -55,15 +55,34 @@ def transfer(**fields: Any) -> dict[str, Any]:
         "contact_name": "alice",
         "direction": "in",
         "name": "holiday.jpg",
+        "folder": None,
+        "folder_id": None,
         "size": 3 * 1024 * 1024,
+        "media_type": "image/jpeg",
         "state": "offered",
         "reason": "",
+        "bytes": 0,
+        "rate": 0.0,
+        "eta": None,
         "path": None,
         "directory": None,
         "created": 1_700_000_100.0,
+        "group": None,
     }
     view.update(fields)
     return view
+
+
+class FakeViewTests(SynchronousTestCase):
+    def test_the_fake_transfer_view_has_the_daemons_fields(self) -> None:
+        """When the UI's tests build a transfer view, then it has exactly the fields the
+        daemon's ``Transfers.view`` gives (a file's view lacking ``folder`` hid that the UI
+        took every file offered with /file for a folder: "offered the folder None")."""
+        from tests.test_transfers import make_transfers, send_a_file
+
+        transfers, _sessions, _events, _store = make_transfers(self)  # type: ignore[arg-type]
+        real = send_a_file(self, transfers)  # type: ignore[arg-type]
+        self.assertEqual(sorted(transfer()), sorted(real))
 
 
 class ParseTests(SynchronousTestCase):
@@ -1120,7 +1139,8 @@ class GroupFileTests(SynchronousTestCase):
         client.emit("transfer.offered", {"transfer": transfer(group=GID)})
         self.assertEqual(controller.window.dialog.kind, "file_offer")
         self.assertIn(
-            "alice offers holiday.jpg (3.0 MiB).", screen_text(controller.window, (120, 30))
+            "alice offers holiday.jpg (3.0 MiB, image/jpeg).",
+            screen_text(controller.window, (120, 30)),
         )
         controller.window.dialog.accept_default()
         clock.advance(0)
@@ -1131,7 +1151,8 @@ class GroupFileTests(SynchronousTestCase):
         client.emit("transfer.offered", {"transfer": stranger})
         self.assertEqual(controller.window.dialog.kind, "file_offer")
         self.assertIn(
-            "dave offers holiday.jpg (3.0 MiB).", screen_text(controller.window, (120, 30))
+            "dave offers holiday.jpg (3.0 MiB, image/jpeg).",
+            screen_text(controller.window, (120, 30)),
         )
         press(controller, "esc")
         self.assertIsNone(controller.window.dialog)

@@ -180,7 +180,7 @@ class Sender:
             t = views[0] if views else {}
             label = file_name(t)
             size = human_bytes(int(t.get("size") or 0))
-            if "folder" in result:
+            if isinstance(sent, list) and "failed" in result:  # files.sendFolder's answer
                 self.model.add_local(uid, folder_offered(result), self._controller.clock.seconds())
                 self._controller.redraw()
                 return
