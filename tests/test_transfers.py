@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -1995,6 +1996,119 @@ class LostAnswerTests(TestCase):
         transfers.may_offer = lambda uid, gid: False
         transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
         self.assertEqual(len(session.records), 2)
+
+
+class StaleStreamNetwork:
+    """The sender's network: its data connection reaches the receiver's Transfers
+    (``inbound_stream``); a refused one closes, as the real listener aborts it."""
+
+    def __init__(self, receiver: Transfers, me: str) -> None:
+        self.receiver = receiver
+        self.me = me
+        self.dials = 0
+
+    def open_transfer(self, uid: str, source: Any, observer: Any) -> None:
+        self.dials += 1
+        if self.receiver.inbound_stream(self.me, source.prepared.offer.transfer_id) is None:
+            observer.stream_ended("no data connection: the connection closed", True)
+
+    def stop_transfer(self, transfer_id: bytes) -> None:
+        pass
+
+    def finish_stream(self, transfer_id: bytes) -> None:
+        pass
+
+
+class StaleStreamTests(TestCase):
+    def pair(self) -> tuple[Transfers, Transfers, StaleStreamNetwork, Callable[[], None]]:
+        """Alice's Transfers (sending, her data connections reaching bob's), bob's, and a
+        call that brings up their sessions (control records routed to each other)."""
+        bob, bob_sessions, _events, _store = make_transfers(self)
+        network = StaleStreamNetwork(bob, ALICE)
+        alice, alice_sessions, _events, _store = make_transfers(self, network=network)
+
+        def connect() -> None:
+            alice_sessions[BOB] = RoutedSession(bob, ALICE)  # type: ignore[assignment]
+            bob_sessions[ALICE] = RoutedSession(alice, BOB)  # type: ignore[assignment]
+
+        return alice, bob, network, connect
+
+    def test_a_stream_the_receiver_no_longer_lists_is_cancelled_not_dialled_for_ever(
+        self,
+    ) -> None:
+        """When alice's transfer is accepted but bob no longer lists it (he pruned it after it
+        ended, and alice never heard how), then her data connection is refused and bob says
+        so over the session: her transfer ends cancelled with that reason, and she dials no
+        more (before, she dialled every 30 s for ever)."""
+        alice, bob, network, connect = self.pair()
+        view = send_a_file(self, alice)  # bob never hears the offer: as if pruned since
+        tid = bytes.fromhex(view["id"])
+        connect()
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+        self.assertEqual(network.dials, 1)
+        final = alice.find(view["id"])
+        self.assertEqual(final.state, "cancelled")
+        self.assertEqual(final.reason, "the peer cancelled: " + transfers_module.NOT_LISTED_HERE)
+        alice.clock.advance(transfers_module.REDIAL_MAX * 10)  # type: ignore[attr-defined]
+        self.assertEqual(network.dials, 1)
+        self.assertEqual(bob.list(), [])
+
+    def test_a_stream_the_receiver_finished_ends_as_it_did_there(self) -> None:
+        """When bob holds the transfer complete (or cancelled) and alice, who missed his
+        word, dials to stream it, then he answers Complete (or Cancel with his reason) over
+        the session: her transfer ends as his did, with one dial."""
+        for ending, reason, expected in (
+            ("complete", "", ("complete", "")),
+            ("cancelled", "no room", ("cancelled", "the peer cancelled: no room")),
+        ):
+            alice, bob, network, connect = self.pair()
+            connect()
+            view = send_a_file(self, alice)
+            tid = bytes.fromhex(view["id"])
+            self.assertEqual(bob.find(view["id"]).state, "offered")
+            bob._finish(bob.find(view["id"]), ending, reason, "")
+            alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(Accept(tid)))
+            final = alice.find(view["id"])
+            self.assertEqual((final.state, final.reason), expected)
+            alice.clock.advance(transfers_module.REDIAL_MAX * 10)  # type: ignore[attr-defined]
+            self.assertEqual(network.dials, 1)
+
+    def test_a_meeting_asked_for_a_finished_or_unknown_file_is_answered(self) -> None:
+        """When alice asks bob to meet (DialBack: dial her back, or join her at the relay)
+        for a file he does not list, or holds complete, then he answers Cancel with why, or
+        Complete, instead of leaving her waiting at the relay; for a file he still receives,
+        no such answer."""
+        bob, sessions, _events, _store = make_transfers(self)
+        session = FakeSession()
+        sessions[ALICE] = session
+        unknown = os.urandom(16)
+        bob.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(DialBack(unknown)))
+        self.assertEqual(session.records, [Cancel(unknown, transfers_module.NOT_LISTED_HERE)])
+        offer = an_offer(self)
+        bob._offer_received(ALICE, offer)
+        self.successResultOf(bob.accept(offer.transfer_id.hex()))
+        del session.records[:]
+        bob.control_received(
+            ALICE, CONTROL_PREFIX + encode_transfer_record(DialBack(offer.transfer_id))
+        )
+        self.assertNotIn("Cancel", [type(r).__name__ for r in session.records])
+        self.assertNotIn("Complete", [type(r).__name__ for r in session.records])
+        bob._finish(bob.find(offer.transfer_id.hex()), "complete", "", "")
+        del session.records[:]
+        bob.control_received(
+            ALICE, CONTROL_PREFIX + encode_transfer_record(DialBack(offer.transfer_id))
+        )
+        self.assertEqual(session.records, [Complete(offer.transfer_id)])
+
+    def test_no_word_for_an_unknown_stream_without_a_session(self) -> None:
+        """When a data connection names a transfer bob does not list and no session with its
+        sender is up, then nothing is written (never a mailbox entry for an id he does not
+        know)."""
+        bob, _sessions, _events, _store = make_transfers(self)
+        deposits: list[Any] = []
+        bob.deposit = lambda *a: deposits.append(a) or True  # type: ignore[method-assign]
+        self.assertIsNone(bob.inbound_stream(ALICE, os.urandom(16)))
+        self.assertEqual(deposits, [])
 
 
 class TransferListTests(TestCase):

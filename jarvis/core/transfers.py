@@ -198,6 +198,9 @@ REQUESTED = "requested"
 #: Why the author of a shared file declines a request for it.
 #: The start of an offer's reason when auto-accept could not take it (the offer waits).
 NOT_ACCEPTED_BY_ITSELF = "not accepted by itself"
+#: Why a receiver cancels the stream of a transfer it does not list (finished and pruned, or
+#: never accepted there).
+NOT_LISTED_HERE = "the receiver no longer lists this transfer"
 NOT_SHARED_HERE = "the file is not on this device (any more)"
 SOURCE_GONE = "the file changed or is gone at the sender"
 #: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
@@ -1023,6 +1026,14 @@ class Transfers:
             return
         tid = getattr(record, "transfer_id", b"")
         entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
+        if isinstance(record, DialBack) and (
+            entry is None
+            or (entry.peer == uid and not entry.sending and entry.state in FINAL_STATES)
+        ):
+            # the sender asks to meet (dial back, the relay) for a file we finished or no
+            # longer list: say how it ended, as for its data connection (inbound_stream)
+            self._answer_stale_stream(uid, tid, entry)
+            return
         if entry is None or entry.peer != uid:
             return
         if isinstance(record, Accept) and entry.sending:
@@ -1765,15 +1776,35 @@ class Transfers:
             return None
         return source
 
+    def _answer_stale_stream(
+        self, uid: str, transfer_id: bytes, entry: TransferEntry | None
+    ) -> None:
+        """*uid* dials to stream a file this side already finished, or no longer lists (the
+        sender missed our ``Complete`` or ``Cancel``, or we pruned the transfer since): say
+        how it ended, over the live session, instead of only closing the connection, which the
+        sender takes for a network failure and dials again every :data:`REDIAL_MAX` seconds
+        for ever."""
+        if entry is None:
+            if self._sessions(uid) is not None:  # never through a mailbox for an unknown id
+                self._send_control(uid, Cancel(transfer_id, NOT_LISTED_HERE))
+        elif entry.state == "complete":
+            self._send_control(uid, Complete(transfer_id))
+        elif self.may_offer(uid, entry.offer.group_id):  # a blocked sender is told nothing
+            self._send_control(uid, Cancel(transfer_id, (entry.reason or "cancelled")[:200]))
+
     def inbound_stream(self, uid: str, transfer_id: bytes) -> Any:
         """The network asks for the partial file and observer of an inbound data connection.
 
         :returns: ``(partial, observer)``, or ``None`` to refuse the connection.
         """
         entry = self._entries.get(transfer_id.hex())
+        if entry is None or (
+            entry.peer == uid and not entry.sending and entry.state in FINAL_STATES
+        ):
+            self._answer_stale_stream(uid, transfer_id, entry)
+            return None
         if (
-            entry is None
-            or entry.peer != uid
+            entry.peer != uid
             or entry.sending
             or entry.state not in ("accepted",)
             or entry.streaming
