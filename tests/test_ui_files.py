@@ -338,8 +338,8 @@ class ConversationProgressTests(SynchronousTestCase):
     def test_progress_bar_in_the_conversation_and_open_folder_hint(self) -> None:
         """When progress events of an accepted transfer arrive, then the conversation shows one
         line for the transfer whose bar moves in place (not one line per event); when it
-        completes, that line says complete and the end line gives the command that opens the
-        folder (shell-quoted)."""
+        completes, that same line says so, where the file was saved and the command that opens
+        the folder (shell-quoted): still one line for the transfer."""
         controller, client, _clock = started()
         press(controller, "meta 1")
         client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
@@ -357,8 +357,46 @@ class ConversationProgressTests(SynchronousTestCase):
         done = transfer(state="complete", path="/srv/my in/holiday.jpg", directory="/srv/my in")
         client.emit("transfer.changed", {"transfer": done})
         text = screen_text(controller.window, (220, 30))
-        self.assertIn("file holiday.jpg: complete", text)
-        self.assertIn("open the folder: xdg-open '/srv/my in'", text)
+        self.assertIn(
+            "file holiday.jpg (3.0 MiB): complete, saved as /srv/my in/holiday.jpg (folder: "
+            "/srv/my in); open the folder: xdg-open '/srv/my in'",
+            text,
+        )
+        self.assertEqual(len([b for b in lines(controller, UID_ALICE) if "holiday" in b]), 1)
+
+    def test_an_answered_offer_stops_asking_and_an_ended_one_is_one_line(self) -> None:
+        """When an offer is accepted (here, elsewhere or by the daemon itself), then its line no
+        longer says /accept or /decline but that it was accepted; when the file has arrived,
+        the transfer is one line (how it ended, where it was saved), with or without a bar
+        before, and the list read again after a reconnect adds no second one."""
+        controller, client, _clock = started()
+        press(controller, "meta 1")
+        client.emit("transfer.offered", {"transfer": transfer()})
+        press(controller, "esc")
+        self.assertIn("/accept 01234567", lines(controller, UID_ALICE)[-1])
+        client.emit("transfer.changed", {"transfer": transfer(state="accepted")})
+        said = [b for b in lines(controller, UID_ALICE) if "holiday" in b]
+        self.assertEqual(said, ["alice offered holiday.jpg (3.0 MiB): accepted"])
+        done = transfer(state="complete", path="/in/holiday.jpg", directory="/in")
+        client.emit("transfer.changed", {"transfer": done})
+        said = [b for b in lines(controller, UID_ALICE) if "holiday" in b]
+        self.assertEqual(len(said), 1, said)
+        self.assertTrue(said[0].startswith("file holiday.jpg (3.0 MiB): complete, saved as"))
+        # the same with a bar: the progress line says how it ended, and stays the only one
+        second = transfer(id=TID2, name="film.mkv")
+        client.emit("transfer.offered", {"transfer": second})
+        press(controller, "esc")
+        client.emit("transfer.changed", {"transfer": {**second, "state": "accepted"}})
+        event = {"id": TID2, "bytes": 1024, "size": 3 * 1024 * 1024, "rate": 1024.0, "eta": 9.0}
+        client.emit("transfer.progress", {**event, "contact": UID_ALICE})
+        film = {**second, "state": "complete", "path": "/in/film.mkv", "directory": "/in"}
+        client.emit("transfer.changed", {"transfer": film})
+        client.transfers = [film, done]
+        controller.model.load_transfers({"transfers": client.transfers})
+        said = [b for b in lines(controller, UID_ALICE) if "film" in b]
+        self.assertEqual(len(said), 1, said)
+        self.assertTrue(said[0].startswith("file film.mkv (3.0 MiB): complete, saved as"))
+        self.assertEqual(len([b for b in lines(controller, UID_ALICE) if "holiday" in b]), 1)
 
     def test_waiting_reason_on_the_progress_line(self) -> None:
         """When a transfer's stream ends and it waits with a reason (the receiving disk is
@@ -1081,8 +1119,9 @@ class GroupFileTests(SynchronousTestCase):
         self.assertIn("file holiday.jpg to bob [", controller.model.status.text)
         client.emit("transfer.changed", {"transfer": {**mine, "state": "complete"}})
         group_lines = lines(controller, KEY)
-        self.assertIn("file holiday.jpg to bob: complete", group_lines)
+        # its progress line says how it ended: one line for the transfer
         self.assertEqual(group_lines[-1], "file holiday.jpg (3.0 MiB) to bob: complete")
+        self.assertEqual(len([b for b in group_lines if "holiday" in b]), 1)
         self.assertFalse([b for b in lines(controller, UID_BOB) if "holiday" in b])
 
         theirs = transfer(id=TID2, state="accepted", group=GID)

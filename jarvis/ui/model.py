@@ -533,6 +533,16 @@ class Conversation:
         self.messages.clear()
         self._order = None
 
+    def discard(self, message_id: str) -> bool:
+        """Forget the message *message_id* (a local line another took the place of).
+
+        :returns: whether it was there.
+        """
+        if self.messages.pop(message_id, None) is None:
+            return False
+        self._order = None
+        return True
+
     def ordered(self) -> list[Message]:
         """Messages oldest first (the conversation's own list: read it, do not change it)."""
         order = self._order
@@ -1384,6 +1394,8 @@ class MessengerModel:
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
             self._offers_changed()
+        if state != "offered":
+            self._offer_answered(t)
         line = self._folder_line(t)
         if line is not None:
             showing_bar = self.status is not None and self.status.text.startswith("file ")
@@ -1402,7 +1414,6 @@ class MessengerModel:
                 self.clear_status()  # its bar stopped
         if state not in FINAL_TRANSFER_STATES:
             return
-        self._transfer_line_says(str(t.get("id")), state)  # its progress line ends too
         self._ended_line(t, hint=True)
         showing_bar = self.status is not None and self.status.text.startswith("file ")
         if showing_bar or (self.status is None and state in ("complete", "failed")):
@@ -1420,6 +1431,12 @@ class MessengerModel:
         if hint and received:
             folder = terminal_safe(str(t.get("directory") or ""), keep_newlines=False)
             text += f" (folder: {folder})" + open_folder_hint(str(t.get("directory") or ""))
+        uid, tid = transfer_conversation(t), str(t.get("id", ""))
+        if TRANSFER_LINE_PREFIX + tid in self.conversation(uid).messages:
+            # it streamed here: its progress line, where the user watched it, says how it
+            # ended (one line per transfer, not the bar's "complete" and an end line too)
+            self._put_transfer_line(uid, tid, text)
+            return
         self.add_local(
             transfer_conversation(t),
             text,
@@ -1512,6 +1529,21 @@ class MessengerModel:
             line = replace(old, body=strip_bidi(text))
         conversation.put(line)
         self._changed("messages")
+
+    def _offer_answered(self, t: Mapping[str, Any]) -> None:
+        """An offer to us was answered (here, from another client, by the daemon itself) or
+        ended: its line no longer says ``/accept`` or ``/decline``.  Accepted, it says so
+        while the file comes; ended, it goes (the end line, or the progress line, says how)."""
+        uid, tid = transfer_conversation(t), str(t.get("id", ""))
+        conversation = self.conversations.get(uid)
+        if conversation is None or OFFER_LINE_PREFIX + tid not in conversation.messages:
+            return
+        if t.get("state") in FINAL_TRANSFER_STATES:
+            conversation.discard(OFFER_LINE_PREFIX + tid)
+            self._changed("messages")
+            return
+        said = f"{_sender_name(self, t)} offered {_file_label(t)}: {t.get('state')}"
+        self._put_line(uid, OFFER_LINE_PREFIX + tid, said)
 
     def _transfer_line_says(self, tid: str, what: str) -> None:
         """Put "file NAME: *what*" on the transfer's progress line, if it has one."""
