@@ -128,6 +128,13 @@ class TransferUiTests(SynchronousTestCase):
         )
         text = screen_text(controller.window, (120, 24))
         self.assertIn("offered report.pdf (3.0 MiB); /cancel 01234567", text)
+        # accepted and streaming, its /cancel stands; once it ended, the end line alone says so
+        sent = transfer(direction="out", name="report.pdf", state="streaming")
+        client.emit("transfer.changed", {"transfer": sent})
+        self.assertIn("/cancel 01234567", "\n".join(lines(controller, UID_ALICE)))
+        client.emit("transfer.changed", {"transfer": {**sent, "state": "complete"}})
+        said = [b for b in lines(controller, UID_ALICE) if "report.pdf" in b]
+        self.assertEqual(said, ["file report.pdf (3.0 MiB): complete"])
 
     def test_a_folder_is_offered_whole(self) -> None:
         """When /file names a folder, then files.sendFolder offers it to alice, and the

@@ -1531,9 +1531,10 @@ class MessengerModel:
         self._changed("messages")
 
     def _offer_answered(self, t: Mapping[str, Any]) -> None:
-        """An offer to us was answered (here, from another client, by the daemon itself) or
-        ended: its line no longer says ``/accept`` or ``/decline``.  Accepted, it says so
-        while the file comes; ended, it goes (the end line, or the progress line, says how)."""
+        """An offer was answered (here, from another client, by the daemon itself) or ended:
+        an offer to us no longer says ``/accept`` or ``/decline`` but that it was accepted
+        while the file comes; an offer of ours keeps its ``/cancel`` until the transfer ends;
+        once it ended, either line goes (the end line, or the progress line, says how)."""
         uid, tid = transfer_conversation(t), str(t.get("id", ""))
         conversation = self.conversations.get(uid)
         if conversation is None or OFFER_LINE_PREFIX + tid not in conversation.messages:
@@ -1542,6 +1543,8 @@ class MessengerModel:
             conversation.discard(OFFER_LINE_PREFIX + tid)
             self._changed("messages")
             return
+        if t.get("direction") == "out":
+            return  # our own offer's line: its /cancel stands until the transfer ends
         said = f"{_sender_name(self, t)} offered {_file_label(t)}: {t.get('state')}"
         self._put_line(uid, OFFER_LINE_PREFIX + tid, said)
 

@@ -22,6 +22,7 @@ from jarvis.ui.calls import error_text, is_cancel
 from jarvis.ui.host import UiHost
 from jarvis.ui.model import (
     FINAL_TRANSFER_STATES,
+    OFFER_LINE_PREFIX,
     InputError,
     Message,
     SendText,
@@ -195,6 +196,11 @@ class Sender:
                 text = f"offered {label} ({size}); /cancel {str(t.get('id'))[:8]} stops it"
                 if t.get("reason"):  # e.g. the contact is offline: it went to their mailbox
                     text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+                # the offer's line: it gives way to the end line once the transfer ended
+                line_id = OFFER_LINE_PREFIX + str(t.get("id"))
+                self.model.add_local(uid, text, self._controller.clock.seconds(), line_id=line_id)
+                self._controller.redraw()
+                return
             self.model.add_local(uid, text, self._controller.clock.seconds())
             self._controller.redraw()
 
