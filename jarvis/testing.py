@@ -537,7 +537,8 @@ class FakeNode:
         from jarvis.files.send import folder_files
 
         views, failed = [], []
-        for file_path, folder in folder_files(path):
+        left_out: list[str] = []
+        for file_path, folder in folder_files(path, left_out=left_out):
             if os.path.basename(file_path).startswith("unreadable"):
                 failed.append(
                     {"path": file_path, "error": "cannot read the file: Permission denied"}
@@ -545,7 +546,13 @@ class FakeNode:
                 continue
             views.append({**self.send_file(ref, file_path), "folder": folder})
             self.transfers[-1] = views[-1]
-        return {"folder": os.path.basename(path), "transfers": views, "failed": failed}
+        return {
+            "folder": os.path.basename(path),
+            "transfers": views,
+            "failed": failed,
+            "left_out": len(left_out),
+            "left_out_first": left_out[0] if left_out else None,
+        }
 
     def offered_file(self, ref: str, name: str, created: float) -> dict[str, Any]:
         """Record a file that contact *ref* offers us at *created*, waiting for an answer."""

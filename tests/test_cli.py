@@ -649,12 +649,13 @@ class FakeDaemonTests(SocketTestCase):
     async def test_a_folder_is_offered_whole(self) -> None:
         """When send-file gets a folder, then files.sendFolder offers its files: a line each
         naming the folder it is in, a file that could not be read said on stderr (exit status
-        1); --json answers with the folder, the transfers and the failed; --wait waits for
-        all of them and prints their ends."""
+        1), and so is a link left out; --json answers with the folder, the transfers, the
+        failed and what was left out; --wait waits for all of them and prints their ends."""
         album = os.path.join(self.dir, "album")
         os.makedirs(os.path.join(album, "2024"))
         for name in ("a.jpg", "2024/b.jpg", "2024/unreadable.jpg"):
             open(os.path.join(album, name), "w").close()
+        os.symlink(os.path.join(album, "a.jpg"), os.path.join(album, "2024", "link.jpg"))
         code, out, err = await self.run_cli("send-file", "alice", album)
         self.assertEqual(code, 1)
         self.assertEqual(
@@ -662,11 +663,19 @@ class FakeDaemonTests(SocketTestCase):
         )
         self.assertIn(f"jarvis: {album}/2024/unreadable.jpg: cannot read the file", err)
         self.assertIn("1 of 3 files were not offered", err)
+        self.assertIn(
+            "jarvis: left out an entry that is not a regular file (links, devices, pipes, "
+            "sockets): album/2024/link.jpg",
+            err,
+        )
         os.remove(os.path.join(album, "2024", "unreadable.jpg"))
         code, out, err = await self.run_cli("--json", "send-file", "alice", album)
         self.assertEqual(code, 0, err)
         answer = json.loads(out)
+        self.assertEqual(answer["folder"], "album")
         self.assertEqual(answer["failed"], [])
+        self.assertEqual((answer["left_out"], answer["left_out_first"]), (1, "album/2024/link.jpg"))
+        self.assertNotIn("folders", answer)
         self.assertEqual([t["folder"] for t in answer["transfers"]], ["album", "album/2024"])
         self.complete_on_wait()
         code, out, err = await self.run_cli("send-file", "alice", album, "-w")

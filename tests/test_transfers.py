@@ -589,8 +589,9 @@ class FolderTests(TestCase):
         """When a folder holding files in folders below it, a link to a file, a link to a
         folder, a named pipe and an empty folder is sent, then each regular file is one
         offer naming its folder (``photos``, ``photos/2024``), all with one folder id, and
-        nothing else is offered; an empty folder, a file and a folder of too many files are
-        refused saying so; the hashing is reported file by file."""
+        nothing else is offered, the answer counting the three entries left out and naming
+        the first; an empty folder, a file and a folder of too many files are refused saying
+        so; the hashing is reported file by file."""
         transfers, sessions, _events, _store = make_transfers(self)
         sessions[BOB] = session = FakeSession()
         top = os.path.join(short_tempdir(self), "photos")
@@ -607,6 +608,7 @@ class FolderTests(TestCase):
         self.assertEqual(result["folder"], "photos")
         self.assertEqual(heard, [{"folder": "photos", "hashed": n, "files": 3} for n in (1, 2, 3)])
         self.assertEqual(result["failed"], [])
+        self.assertEqual((result["left_out"], result["left_out_first"]), (3, "photos/link.jpg"))
         self.assertEqual(
             [(v["folder"], v["name"], v["size"]) for v in result["transfers"]],
             [("photos", ".hidden", 1), ("photos", "a.jpg", 70_000), ("photos/2024", "b.jpg", 1)],

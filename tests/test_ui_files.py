@@ -139,7 +139,8 @@ class TransferUiTests(SynchronousTestCase):
     def test_a_folder_is_offered_whole(self) -> None:
         """When /file names a folder, then files.sendFolder offers it to alice, and the
         conversation says the folder was offered, how many files and bytes, how to cancel,
-        and how many files could not be read; an offer of a file in it shows its folder."""
+        how many files could not be read and how many entries were left out (links...); an
+        offer of a file in it shows its folder."""
         controller, client, clock = started()
         album = os.path.join(short_tempdir(self), "album")
         os.mkdir(album)
@@ -151,17 +152,19 @@ class TransferUiTests(SynchronousTestCase):
             "folder": "album",
             "transfers": views,
             "failed": [{"path": album + "/c.jpg", "error": "cannot read the file: gone"}],
+            "left_out": 2,
+            "left_out_first": "album/link.jpg",
         }
         press(controller, "meta 1")
         press(controller, f"/file {album}", "enter")
         clock.advance(0)
         self.assertIn(("files.sendFolder", {"contact": UID_ALICE, "path": album}), client.calls)
         self.assertNotIn("files.send", [method for method, _params in client.calls])
-        text = screen_text(controller.window, (200, 24))
         self.assertIn(
             "offered the folder album: 2 files (3.0 KiB); /cancel all stops the transfers "
-            f"here; 1 not offered ({album}/c.jpg: cannot read the file: gone)",
-            text,
+            f"here; 1 not offered ({album}/c.jpg: cannot read the file: gone); 2 left out, "
+            "not regular files (links, devices, pipes): album/link.jpg and more",
+            lines(controller, UID_ALICE),
         )
         self.assertEqual(file_name(views[1]), "album/2024/b.jpg")
 

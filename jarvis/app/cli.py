@@ -818,9 +818,10 @@ class SendFileOptions(CommandOptions):
     the exit status is 1 unless it completed. Several PATHs (e.g. photos/*.jpg) are offered
     one after the other, a line each (a path that cannot be sent is said on stderr and the
     others still go; exit status 1); with --wait, one bar for all, then each one's end. A
-    folder is sent whole: each file in it (links left out, at most 500) is offered with the
-    folder it is in, and the contact receives them in one new folder (photos, or photos (1)
-    if taken)."""
+    folder is sent whole: each file in it (at most 500) is offered with the folder it is in,
+    and the contact receives them in one new folder (photos, or photos (1) if taken); links,
+    devices, pipes and sockets in it are left out, said on stderr (--json: left_out,
+    left_out_first)."""
 
     synopsis = "CONTACT PATH [PATH ...] [--wait]"
     optFlags = [

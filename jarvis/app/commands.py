@@ -1334,6 +1334,7 @@ async def _offer_each(
     offered: list[Any] = []
     messages: list[Any] = []
     failed: list[dict[str, str]] = []
+    folders: list[dict[str, Any]] = []
     for path in paths:
         called, hashing = method, None
         if method == "files.send" and os.path.isdir(path):
@@ -1348,6 +1349,17 @@ async def _offer_each(
                 print(f"jarvis: {terminal_safe(path)}: {terminal_safe(str(e))}", file=sys.stderr)
             continue
         views = result.get("transfers", [result])
+        if called == "files.sendFolder":
+            folders.append(result)
+            left = int(result.get("left_out") or 0)
+            if left and not quiet:
+                first = terminal_safe(str(result.get("left_out_first") or ""))
+                what = "an entry that is" if left == 1 else f"{left} entries that are"
+                print(
+                    f"jarvis: left out {what} not a regular file (links, devices, pipes, "
+                    f"sockets): {first}{' and more' if left > 1 else ''}",
+                    file=sys.stderr,
+                )
         for unread in result.get("failed", []):
             failed.append(unread)
             if not quiet:
@@ -1370,6 +1382,16 @@ async def _offer_each(
             print("\n".join(terminal_safe(transfer_line(t)) for t in offered))
     if quiet:
         answer: dict[str, Any] = {"transfers": offered, "failed": failed}
+        if folders:
+            # a folder sent whole: its name and what was left out (the first folder's, with
+            # "folders" naming each when several paths were folders)
+            answer["folder"] = folders[0]["folder"]
+            answer["left_out"] = sum(int(f.get("left_out") or 0) for f in folders)
+            answer["left_out_first"] = next(
+                (f["left_out_first"] for f in folders if f.get("left_out_first")), None
+            )
+            if len(folders) > 1:
+                answer["folders"] = [f["folder"] for f in folders]
         if method == "groups.sendFile":
             answer["messages"] = messages
         print(json_text(answer, indent=2))

@@ -48,6 +48,7 @@ from collections.abc import (
     ValuesView,
 )
 from dataclasses import dataclass, field, replace
+from functools import partial as bind
 from typing import Any
 
 from twisted.internet import defer
@@ -1422,14 +1423,17 @@ class Transfers:
         reactor (*progress*, if given, hears ``{folder, hashed, files}`` after each), then all
         offered at once.
 
-        :returns: ``{"folder", "transfers", "failed"}``: the folder's name, the views of the
-            files offered, and ``{"path", "error"}`` for each file that could not be read
-            meanwhile (it changed or went after the folder was listed).
+        :returns: ``{"folder", "transfers", "failed", "left_out", "left_out_first"}``: the
+            folder's name, the views of the files offered, ``{"path", "error"}`` for each file
+            that could not be read meanwhile (it changed or went after the folder was
+            listed), and how many entries were left out (links, devices, pipes, sockets) with
+            the first of them (``folder/name``, or None).
         :raises InvalidInput: if *path* is not a readable folder, holds no file, or holds too
             many (:data:`~jarvis.files.send.MAX_FOLDER_FILES`).
         """
+        left_out: list[str] = []
         try:
-            files = yield self._read(folder_files, path, "folder")
+            files = yield self._read(bind(folder_files, left_out=left_out), path, "folder")
         except FolderTooBig as e:
             raise InvalidInput(f"cannot send the folder: {e}") from None
         except NotAFolder:
@@ -1452,7 +1456,13 @@ class Transfers:
         # offered together once all are hashed: the contact sees the whole folder at once
         # (its accept prompt answers every file of it waiting)
         views = [self._offer_prepared(uid, prepared) for prepared in ready]
-        return {"folder": top, "transfers": views, "failed": failed}
+        return {
+            "folder": top,
+            "transfers": views,
+            "failed": failed,
+            "left_out": len(left_out),
+            "left_out_first": left_out[0] if left_out else None,
+        }
 
     def _hash(self, path: str) -> Any:
         """Hash the file at *path* off the reactor: a Deferred firing with its

@@ -118,12 +118,19 @@ class NotAFolder(Exception):
 
 
 def folder_files(
-    path: str, *, max_files: int = MAX_FOLDER_FILES, max_depth: int = MAX_FOLDER_DEPTH
+    path: str,
+    *,
+    max_files: int = MAX_FOLDER_FILES,
+    max_depth: int = MAX_FOLDER_DEPTH,
+    left_out: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """List the files of the folder at *path* to send it whole: ``(file path, folder)`` pairs,
     *folder* being the file's folder relative to *path*'s parent (``photos/2024``), sorted
     by folder and name.  Regular files only, hidden ones included; links (to files or
     folders) and devices, pipes and sockets are left out, and empty folders are not listed.
+
+    :param left_out: if given, gets each entry left out (a link, device, pipe or socket) as
+        ``folder/name`` relative to *path*'s parent, so the sender can be told.
 
     :raises FolderTooBig: if there are more than *max_files* files, or they are more than
         *max_depth* folders deep.
@@ -146,9 +153,10 @@ def folder_files(
         below = []
         for entry in listed:
             if entry.is_symlink():
-                continue
-            if entry.is_dir(follow_symlinks=False):
+                pass
+            elif entry.is_dir(follow_symlinks=False):
                 below.append(entry)
+                continue
             elif entry.is_file(follow_symlinks=False):
                 if not os.access(entry.path, os.R_OK):
                     raise PermissionError(13, "Permission denied", entry.path)
@@ -157,6 +165,9 @@ def folder_files(
                     raise FolderTooBig(
                         f"it holds more than {max_files} files: send an archive of it"
                     )
+                continue
+            if left_out is not None:  # a link, device, pipe or socket
+                left_out.append(f"{where}/{_utf8(entry.name)}")
         for entry in below:
             walk(entry.path, [*parts, entry.name])
 

@@ -932,7 +932,8 @@ def file_specs() -> tuple[MethodSpec, ...]:
                 Param("path", str, True, "the folder to send (absolute path)", _path),
                 Param("wait", bool, False, "answer only once every file's transfer ended"),
             ),
-            result="{folder, transfers: [transfer view], failed: [{path, error}]}",
+            result="{folder, transfers: [transfer view], failed: [{path, error}], left_out, "
+            "left_out_first}",
             doc="Offer every file of a folder to a contact, to be received as one folder: "
             "each file is a transfer of its own (accepted, declined, cancelled one by one) "
             "whose view names the folder it is in (folder: the folder sent, then the folders "
@@ -940,7 +941,9 @@ def file_specs() -> tuple[MethodSpec, ...]:
             "in one new folder where they are accepted (photos, or photos (1) if taken), "
             "every folder name sanitised. Regular files only: links, devices, pipes and "
             "sockets are left out, and empty folders; at most 500 files, 32 folders deep. "
-            "failed lists the files that could not be read once listed. The files are hashed "
+            "failed lists the files that could not be read once listed; left_out counts "
+            "the entries left out (links, devices, pipes, sockets), left_out_first names the "
+            "first (folder/name) or is null. The files are hashed "
             "first ($/progress {folder, hashed, files} after each), then offered together. "
             "With wait, progress as for files.wait and the answer once every transfer ended.",
             deadline=None,

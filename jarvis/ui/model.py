@@ -1875,8 +1875,9 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
 
 def folder_offered(result: Mapping[str, Any]) -> str:
     """What the conversation says of a folder offered (``files.sendFolder``'s answer):
-    "offered the folder NAME: N files (SIZE); /cancel all stops the transfers here", and how
-    many files could not be read, with the first reason."""
+    "offered the folder NAME: N files (SIZE); /cancel all stops the transfers here", how
+    many files could not be read, with the first reason, and how many entries were left out
+    (links, devices, pipes, sockets), with the first."""
     views = result.get("transfers") or []
     size = sum(int(v.get("size") or 0) for v in views)
     files = "1 file" if len(views) == 1 else f"{len(views)} files"
@@ -1888,6 +1889,11 @@ def folder_offered(result: Mapping[str, Any]) -> str:
         first = failed[0]
         why = terminal_safe(f"{first.get('path')}: {first.get('error')}", keep_newlines=False)
         text += f"; {len(failed)} not offered ({why})"
+    left = int(result.get("left_out") or 0)
+    if left:
+        first = terminal_safe(str(result.get("left_out_first") or ""), keep_newlines=False)
+        more = " and more" if left > 1 else ""
+        text += f"; {left} left out, not regular files (links, devices, pipes): {first}{more}"
     return text
 
 
