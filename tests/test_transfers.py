@@ -2113,6 +2113,67 @@ class StaleStreamTests(TestCase):
         self.assertEqual(deposits, [])
 
 
+class SlowStore(FakeStore):
+    """A store whose reads wait until :meth:`release` (a large store read off the reactor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[tuple[defer.Deferred[Any], Any]] = []
+
+    def run(self, query: Any, *args: Any, write: bool = False) -> defer.Deferred[Any]:
+        if write:
+            return super().run(query, *args, write=write)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.waiting.append((d, super().run(query, *args)))
+        return d
+
+    def release(self) -> None:
+        while self.waiting:
+            d, result = self.waiting.pop(0)
+            result.addCallback(d.callback)
+
+
+class LoadingTests(TestCase):
+    def test_what_a_peer_says_while_the_kept_transfers_load_is_not_lost(self) -> None:
+        """When a peer's session comes up while the kept transfers are still being read (at
+        unlock) and it offers a file, answers a kept offer and dials a data connection, then
+        nothing is lost: the data connection is refused without a word (no "no longer
+        lists" Cancel for a transfer not loaded yet), and once loaded the new offer is listed
+        (with its transfer.offered event) and the kept offer is accepted.  Before, the load
+        replaced the list: the new offer was gone while its sender took it as delivered."""
+        kept_store = FakeStore()
+        first, _sessions, _events, _store = make_transfers(self, kept_store)
+        kept = send_a_file(self, first)  # ours to bob, kept in the store
+        first.close()
+        store = SlowStore()
+        store.settings = dict(kept_store.settings)
+        events: list[tuple[str, dict[str, Any]]] = []
+        session = FakeSession()
+        transfers = Transfers(
+            clock=Clock(),
+            now=lambda: 1_700_000_000.0,
+            emit=lambda name, payload: events.append((name, payload)),
+            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
+            display_name=lambda uid: uid[:4],
+            downloads=short_tempdir(self),
+        )
+        opened = transfers.open(store, FakeNetwork(), {ALICE: session, BOB: session}.get)
+        self.assertNoResult(opened)
+        offer = an_offer(self)
+        transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(offer))
+        accept = Accept(bytes.fromhex(kept["id"]))
+        transfers.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(accept))
+        self.assertIsNone(transfers.inbound_stream(ALICE, offer.transfer_id))
+        self.assertEqual(session.records, [])
+        self.assertEqual(offered(events), [])
+        store.release()
+        self.successResultOf(opened)
+        self.assertEqual(offered(events), [offer.transfer_id.hex()])
+        self.assertEqual(transfers.find(offer.transfer_id.hex()).state, "offered")
+        self.assertEqual(transfers.find(kept["id"]).state, "accepted")
+        self.assertNotIn("Cancel", [type(r).__name__ for r in session.records])
+
+
 class TransferListTests(TestCase):
     """The list of transfers keeps, as they change, what is asked of it at every event: what
     to write, what was removed, which transfers stream and which wait for a slot, the open

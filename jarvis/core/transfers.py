@@ -199,6 +199,9 @@ REQUESTED = "requested"
 #: Why the author of a shared file declines a request for it.
 #: The start of an offer's reason when auto-accept could not take it (the offer waits).
 NOT_ACCEPTED_BY_ITSELF = "not accepted by itself"
+#: Records held while the kept transfers load (a peer's session may come up meanwhile); more
+#: are dropped (the peer writes them again at its next session).
+MAX_HELD_RECORDS = 4096
 #: Why a receiver cancels the stream of a transfer it does not list (finished and pruned, or
 #: never accepted there).
 NOT_LISTED_HERE = "the receiver no longer lists this transfer"
@@ -585,6 +588,13 @@ class Transfers:
         self._network: Any = None
         self._sessions: Callable[[str], Any] = lambda uid: None
         self._entries = TransferList()
+        #: Whether the kept transfers are loaded (:meth:`open` done, :meth:`close` not yet):
+        #: until then records are held (:attr:`_held`) and data connections refused, so
+        #: nothing a peer says while the store is read lands in a list about to be replaced.
+        self._loaded = False
+        #: Records that arrived while loading: ``(uid, data, group_id)``, answered in order
+        #: once loaded (at most :data:`MAX_HELD_RECORDS`).
+        self._held: list[tuple[str, bytes, bytes | None]] = []
         self._ticker: Any = None
         #: The pending call that prunes the finished transfers (:data:`PRUNE_DELAY`).
         self._pruning: Any = None
@@ -628,10 +638,15 @@ class Transfers:
 
     @defer.inlineCallbacks
     def open(self, store: Any, network: Any, sessions: Callable[[str], Any]) -> Any:
-        """Load the kept transfers (after unlock); *sessions(uid)* is the live session or None."""
+        """Load the kept transfers (after unlock); *sessions(uid)* is the live session or None.
+
+        Sessions may come up (and peers write records) while the store is read: those records
+        are held and answered once the kept transfers are loaded (an offer received then was
+        lost with the list the load replaced; a stream was refused as unknown)."""
         self._store = store
         self._network = network
         self._sessions = sessions
+        self._loaded = False
         raw_policy = yield store.run(queries.get_setting, POLICY_SETTING, write=False)
         self._settings = {}
         if raw_policy:
@@ -666,14 +681,20 @@ class Transfers:
                 entry.state = "accepted"  # the stream died with the previous run
             if not entry.sending and entry.state == "accepted" and entry.reason == DISK_FULL:
                 self._wait_for_space(entry)
+        self._loaded = True
         # A session that came up while the kept transfers were loading found none of them:
         # catch up now, or an accepted transfer would wait for the next session to resume.
         for uid in sorted({e.peer for e in self._entries.values()}):
             if sessions(uid) is not None:
                 self.session_established(uid)
+        held, self._held = self._held, []
+        for uid, data, group_id in held:
+            self.record_received(uid, data, group_id)
 
     def close(self) -> None:
         """Forget the runtime state (at lock); the kept state stays in the store."""
+        self._loaded = False
+        self._held = []
         for entry in self._entries.values():
             self._cancel_redial(entry)
             self._stop_patience(entry)
@@ -1011,6 +1032,16 @@ class Transfers:
             group's queue); a record about another transfer, or outside that group, is
             dropped.
         """
+        if not self._loaded:
+            if self._store is None:
+                return  # locked: the peer writes it again at the next session
+            if len(self._held) >= MAX_HELD_RECORDS:
+                self.log.warn(
+                    "transfer record from {uid} dropped: too many while loading", uid=log_id(uid)
+                )
+                return
+            self._held.append((uid, data, group_id))
+            return
         try:
             record = parse_transfer_record(data)
         except MalformedTransferRecord as e:
@@ -1807,6 +1838,8 @@ class Transfers:
 
         :returns: ``(partial, observer)``, or ``None`` to refuse the connection.
         """
+        if not self._loaded:
+            return None  # the kept transfers are still loading: the sender dials again
         entry = self._entries.get(transfer_id.hex())
         if entry is None or (
             entry.peer == uid and not entry.sending and entry.state in FINAL_STATES
@@ -1899,6 +1932,8 @@ class Transfers:
         :returns: ``(source, observer)``, or ``None`` to refuse the connection (not a transfer
             we asked *uid* to dial back for, or one streaming already).
         """
+        if not self._loaded:
+            return None
         entry = self._entries.get(transfer_id.hex())
         if (
             entry is None
