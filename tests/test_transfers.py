@@ -2101,6 +2101,15 @@ class StaleStreamTests(TestCase):
             ALICE, CONTROL_PREFIX + encode_transfer_record(DialBack(offer.transfer_id))
         )
         self.assertEqual(session.records, [Complete(offer.transfer_id)])
+        # the receiver, waiting at the relay, asks a sender who cancelled meanwhile
+        alice, sessions, _events, _store = make_transfers(self)
+        sessions[BOB] = to_bob = FakeSession()
+        sent = send_a_file(self, alice)
+        self.successResultOf(alice.cancel(sent["id"]))
+        del to_bob.records[:]
+        tid = bytes.fromhex(sent["id"])
+        alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(DialBack(tid)))
+        self.assertEqual([type(r).__name__ for r in to_bob.records], ["Cancel"])
 
     def test_no_word_for_an_unknown_stream_without_a_session(self) -> None:
         """When a data connection names a transfer bob does not list and no session with its

@@ -196,15 +196,15 @@ _DURABLE_RECORDS = (Offer, Accept, Decline, Cancel, Complete, Request)
 #: ``Request``) until its offer comes; the offer is then accepted at once, into the folder
 #: chosen when asking.
 REQUESTED = "requested"
-#: Why the author of a shared file declines a request for it.
 #: The start of an offer's reason when auto-accept could not take it (the offer waits).
 NOT_ACCEPTED_BY_ITSELF = "not accepted by itself"
 #: Records held while the kept transfers load (a peer's session may come up meanwhile); more
 #: are dropped (the peer writes them again at its next session).
 MAX_HELD_RECORDS = 4096
-#: Why a receiver cancels the stream of a transfer it does not list (finished and pruned, or
-#: never accepted there).
-NOT_LISTED_HERE = "the receiver no longer lists this transfer"
+#: Why a side cancels a stream, or a meeting, for a transfer it does not list (finished and
+#: pruned, or never accepted there); the peer shows it as "the peer cancelled: ...".
+NOT_LISTED_HERE = "the transfer is no longer listed on their side"
+#: Why the author of a shared file declines a request for it.
 NOT_SHARED_HERE = "the file is not on this device (any more)"
 SOURCE_GONE = "the file changed or is gone at the sender"
 #: Why an offer, or an accept, waits: it went to the peer's mailbox (no session was up).
@@ -1059,11 +1059,10 @@ class Transfers:
         tid = getattr(record, "transfer_id", b"")
         entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
         if isinstance(record, DialBack) and (
-            entry is None
-            or (entry.peer == uid and not entry.sending and entry.state in FINAL_STATES)
+            entry is None or (entry.peer == uid and entry.state in FINAL_STATES)
         ):
-            # the sender asks to meet (dial back, the relay) for a file we finished or no
-            # longer list: say how it ended, as for its data connection (inbound_stream)
+            # the peer asks to meet (dial back, the relay) for a file that ended here, or that
+            # we no longer list: say how it ended, as for a data connection (inbound_stream)
             self._answer_stale_stream(uid, tid, entry)
             return
         if entry is None or entry.peer != uid:
@@ -1820,11 +1819,11 @@ class Transfers:
     def _answer_stale_stream(
         self, uid: str, transfer_id: bytes, entry: TransferEntry | None
     ) -> None:
-        """*uid* dials to stream a file this side already finished, or no longer lists (the
-        sender missed our ``Complete`` or ``Cancel``, or we pruned the transfer since): say
-        how it ended, over the live session, instead of only closing the connection, which the
-        sender takes for a network failure and dials again every :data:`REDIAL_MAX` seconds
-        for ever."""
+        """*uid* dials to stream (or asks to meet for) a file that already ended on this side,
+        or that we no longer list (it missed our ``Complete`` or ``Cancel``, or we pruned the
+        transfer since): say how it ended, over the live session, instead of only refusing,
+        which the peer takes for a network failure and tries again every :data:`REDIAL_MAX`
+        seconds for ever."""
         if entry is None:
             if self._sessions(uid) is not None:  # never through a mailbox for an unknown id
                 self._send_control(uid, Cancel(transfer_id, NOT_LISTED_HERE))
