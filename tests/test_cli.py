@@ -269,6 +269,8 @@ class WaitBarTests(SynchronousTestCase):
             "[###############...............]  50.0% 512 B of 1.0 KiB 2.0 KiB/s ETA 1 s",
             self.err.getvalue(),
         )
+        bar({"id": "t1", "bytes": 900, "size": 1024, "rate": 2048.0, "eta": 0.06})
+        self.assertTrue(self.err.getvalue().endswith("ETA 1 s\x1b[K"), self.err.getvalue())
         bar({"id": "t1", "state": "accepted"})  # once bytes moved, no note comes back
         bar.close()
         self.assertEqual(self.err.getvalue().count("accepted: starting"), 1)

@@ -107,11 +107,13 @@ class ParseTests(SynchronousTestCase):
             self.assertIsInstance(parse_input(line), InputError, line)
 
     def test_progress_bar(self) -> None:
-        """When a transfer is 45 % done, then the bar is 45 % filled and says rate and ETA."""
+        """When a transfer is 45 % done, then the bar is 45 % filled and says rate and ETA,
+        rounded up (0.6 s left is "1 s left", not "0 s")."""
         bar = progress_bar(45, 100, 10.0, 5.5, width=20)
         self.assertTrue(bar.startswith("[#########...........]  45% 45 B of 100 B"), bar)
         self.assertIn("10 B/s", bar)
-        self.assertIn("left", bar)
+        self.assertTrue(bar.endswith(", 6 s left"), bar)
+        self.assertTrue(progress_bar(90, 100, 10.0, 0.6).endswith(", 1 s left"))
 
 
 class TransferUiTests(SynchronousTestCase):

@@ -14,6 +14,7 @@ is the composition root that calls it); the parsed options arrive as a :class:`C
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -1256,7 +1257,8 @@ class _ProgressBar:
         fraction = done / size if size else 1.0
         filled = int(fraction * self.WIDTH)
         eta = value.get("eta")
-        tail = f" ETA {human_duration(eta)}" if isinstance(eta, int | float) else ""
+        # rounded up: 0.6 s left is not "0 s"
+        tail = f" ETA {human_duration(math.ceil(eta))}" if isinstance(eta, int | float) else ""
         self._line(
             f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% "
             f"{human_bytes(done)} of {human_bytes(size)} "

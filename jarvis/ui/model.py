@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 import os
 import shlex
 import sys
@@ -1869,7 +1870,7 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
     if isinstance(rate, int | float) and rate > 0:
         text += f", {human_bytes(rate)}/s"
     if isinstance(eta, int | float):
-        text += f", {human_duration(eta)} left"
+        text += f", {human_duration(math.ceil(eta))} left"  # 0.6 s left is not "0 s"
     return text
 
 
