@@ -2111,6 +2111,32 @@ class StaleStreamTests(TestCase):
         alice.control_received(BOB, CONTROL_PREFIX + encode_transfer_record(DialBack(tid)))
         self.assertEqual([type(r).__name__ for r in to_bob.records], ["Cancel"])
 
+    def test_an_accept_for_a_file_the_sender_cancelled_or_forgot_is_answered(self) -> None:
+        """When bob accepted alice's file but her Cancel never reached him (her session
+        dropped just then), then his Accept at the next session is answered with her Cancel
+        and his transfer ends, instead of waiting "accepted" for ever, writing Accept at each
+        session; the same when she no longer lists the transfer at all."""
+        for forget in (False, True):
+            bob, bob_sessions, _events, _store = make_transfers(self)
+            alice, alice_sessions, _events, _store = make_transfers(self)
+            alice_sessions[BOB] = RoutedSession(bob, ALICE)  # type: ignore[assignment]
+            bob_sessions[ALICE] = RoutedSession(alice, BOB)  # type: ignore[assignment]
+            view = send_a_file(self, alice)
+            self.successResultOf(bob.accept(view["id"]))
+            self.assertEqual(alice.find(view["id"]).state, "accepted")
+            alice_sessions[BOB] = lost = FakeSession()  # her Cancel is lost on the way
+            self.successResultOf(alice.cancel(view["id"], "changed my mind"))
+            self.assertEqual([type(r).__name__ for r in lost.records], ["Cancel"])
+            if forget:
+                del alice._entries[view["id"]]
+            alice_sessions[BOB] = RoutedSession(bob, ALICE)  # type: ignore[assignment]
+            bob.session_established(ALICE)  # he writes Accept again
+            final = bob.find(view["id"])
+            expected = transfers_module.NOT_LISTED_HERE if forget else "changed my mind"
+            self.assertEqual(
+                (final.state, final.reason), ("cancelled", "the peer cancelled: " + expected)
+            )
+
     def test_no_word_for_an_unknown_stream_without_a_session(self) -> None:
         """When a data connection names a transfer bob does not list and no session with its
         sender is up, then nothing is written (never a mailbox entry for an id he does not

@@ -1058,11 +1058,12 @@ class Transfers:
             return
         tid = getattr(record, "transfer_id", b"")
         entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
-        if isinstance(record, DialBack) and (
+        if isinstance(record, DialBack | Accept) and (
             entry is None or (entry.peer == uid and entry.state in FINAL_STATES)
         ):
-            # the peer asks to meet (dial back, the relay) for a file that ended here, or that
-            # we no longer list: say how it ended, as for a data connection (inbound_stream)
+            # the peer accepts, or asks to meet (dial back, the relay) for, a file that ended
+            # here or that we no longer list (it missed our Cancel, say, and writes Accept at
+            # each session): say how it ended, as for a data connection (inbound_stream)
             self._answer_stale_stream(uid, tid, entry)
             return
         if entry is None or entry.peer != uid:
