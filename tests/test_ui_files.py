@@ -1047,6 +1047,11 @@ class OfferDialogTests(SynchronousTestCase):
         text = screen_text(controller.window, (140, 30))
         self.assertIn("Not accepted by itself: not enough free space", text)
         controller.window.close_dialog()
+        self.assertIn(  # its line in the conversation says why it waits too
+            f"alice offers holiday.jpg (3.0 MiB): /accept 01234567 [DIR] or /decline 01234567 "
+            f"({why})",
+            lines(controller, UID_ALICE),
+        )
         client.emit("transfer.changed", {"transfer": transfer(reason=why)})
         self.assertIsNone(controller.window.dialog)
         # an offer accepted by itself as said is never asked about

@@ -1268,7 +1268,6 @@ class MessengerModel:
     def _offer_line(self, t: Mapping[str, Any]) -> None:
         """The line that shows an offer waiting for our answer, once per transfer (an offer
         seen again, by its event and by :meth:`load_transfers`, keeps its line)."""
-        ident = str(t.get("id", ""))[:8]
         if t.get("state", "offered") == "offered" and t.get("direction", "in") == "in":
             self.waiting_offers[str(t.get("id", ""))] = (
                 transfer_conversation(t),
@@ -1280,8 +1279,7 @@ class MessengerModel:
             return
         self.add_local(
             transfer_conversation(t),
-            f"{_sender_name(self, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
-            f"/decline {ident}",
+            _offer_text(self, t),
             float(t.get("created") or 0.0),
             line_id=OFFER_LINE_PREFIX + str(t.get("id", "")),
         )
@@ -1397,6 +1395,11 @@ class MessengerModel:
             self._offers_changed()
         if state != "offered":
             self._offer_answered(t)
+        elif t.get("direction") == "in" and t.get("reason"):
+            # it waits with a reason (the daemon could not accept it by itself): say why
+            uid, tid = transfer_conversation(t), str(t.get("id", ""))
+            if OFFER_LINE_PREFIX + tid in self.conversation(uid).messages:
+                self._put_line(uid, OFFER_LINE_PREFIX + tid, _offer_text(self, t))
         line = self._folder_line(t)
         if line is not None:
             showing_bar = self.status is not None and self.status.text.startswith("file ")
@@ -1959,6 +1962,17 @@ class FolderFiles:
         state = str(view.get("state"))
         self.done += sign * (size if state == "complete" else int(view.get("bytes") or 0))
         self.states[state] += sign
+
+
+def _offer_text(model: MessengerModel, t: Mapping[str, Any]) -> str:
+    """The line of an offer waiting for our answer: "alice offers NAME (SIZE): /accept ID
+    [DIR] or /decline ID", and why it waits if it says (not accepted by itself: ...)."""
+    ident = str(t.get("id", ""))[:8]
+    text = f"{_sender_name(model, t)} offers {_file_label(t)}: /accept {ident} [DIR] or "
+    text += f"/decline {ident}"
+    if t.get("reason"):
+        text += f" ({terminal_safe(str(t['reason']), keep_newlines=False)})"
+    return text
 
 
 def _file_label(t: Mapping[str, Any]) -> str:
