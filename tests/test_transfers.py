@@ -115,15 +115,9 @@ class FakeNetwork:
         pass
 
 
-def make_transfers(
-    testcase: TestCase,
-    store: FakeStore | None = None,
-    network: Any = None,
-    sessions: dict[str, FakeSession | None] | None = None,
-) -> tuple[Transfers, dict[str, FakeSession | None], list[tuple[str, dict[str, Any]]], FakeStore]:
+def new_transfers(testcase: TestCase) -> tuple[Transfers, list[tuple[str, dict[str, Any]]]]:
+    """A Transfers not opened yet, on a Clock, and the events it emits."""
     events: list[tuple[str, dict[str, Any]]] = []
-    sessions = {} if sessions is None else sessions
-    store = store or FakeStore()
     transfers = Transfers(
         clock=Clock(),
         now=lambda: 1_700_000_000.0,
@@ -132,6 +126,18 @@ def make_transfers(
         display_name=lambda uid: uid[:4],
         downloads=short_tempdir(testcase),
     )
+    return transfers, events
+
+
+def make_transfers(
+    testcase: TestCase,
+    store: FakeStore | None = None,
+    network: Any = None,
+    sessions: dict[str, FakeSession | None] | None = None,
+) -> tuple[Transfers, dict[str, FakeSession | None], list[tuple[str, dict[str, Any]]], FakeStore]:
+    sessions = {} if sessions is None else sessions
+    store = store or FakeStore()
+    transfers, events = new_transfers(testcase)
     testcase.successResultOf(transfers.open(store, network or FakeNetwork(), sessions.get))
     return transfers, sessions, events, store
 
@@ -2182,16 +2188,8 @@ class LoadingTests(TestCase):
         first.close()
         store = SlowStore()
         store.settings = dict(kept_store.settings)
-        events: list[tuple[str, dict[str, Any]]] = []
         session = FakeSession()
-        transfers = Transfers(
-            clock=Clock(),
-            now=lambda: 1_700_000_000.0,
-            emit=lambda name, payload: events.append((name, payload)),
-            run_blocking=lambda f, *a: defer.maybeDeferred(f, *a),
-            display_name=lambda uid: uid[:4],
-            downloads=short_tempdir(self),
-        )
+        transfers, events = new_transfers(self)
         opened = transfers.open(store, FakeNetwork(), {ALICE: session, BOB: session}.get)
         self.assertNoResult(opened)
         offer = an_offer(self)
