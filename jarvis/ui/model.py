@@ -1398,7 +1398,8 @@ class MessengerModel:
         elif t.get("direction") == "in" and t.get("reason"):
             # it waits with a reason (the daemon could not accept it by itself): say why
             uid, tid = transfer_conversation(t), str(t.get("id", ""))
-            if OFFER_LINE_PREFIX + tid in self.conversation(uid).messages:
+            shown = self.conversations.get(uid)
+            if shown is not None and OFFER_LINE_PREFIX + tid in shown.messages:
                 self._put_line(uid, OFFER_LINE_PREFIX + tid, _offer_text(self, t))
         line = self._folder_line(t)
         if line is not None:
