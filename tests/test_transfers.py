@@ -2143,6 +2143,28 @@ class StaleStreamTests(TestCase):
                 (final.state, final.reason), ("cancelled", "the peer cancelled: " + expected)
             )
 
+    def test_another_contacts_transfer_is_answered_as_one_not_listed(self) -> None:
+        """When carol dials a data connection, or writes DialBack or Accept, for a transfer
+        bob has with alice (she learnt its id somehow), then she gets the very answer an
+        unknown id gets (no oracle of the ids bob holds for others), and alice's transfer is
+        untouched."""
+        carol = "c" * 52
+        bob, sessions, _events, _store = make_transfers(self)
+        sessions[carol] = to_carol = FakeSession()
+        offer = an_offer(self)
+        bob._offer_received(ALICE, offer)
+        self.successResultOf(bob.accept(offer.transfer_id.hex()))
+        unknown = os.urandom(16)
+        for tid in (offer.transfer_id, unknown):
+            self.assertIsNone(bob.inbound_stream(carol, tid))
+            for record in (DialBack(tid), Accept(tid)):
+                bob.control_received(carol, CONTROL_PREFIX + encode_transfer_record(record))
+        said = [(r.transfer_id, r.reason) for r in to_carol.records]  # type: ignore[attr-defined]
+        answer = transfers_module.NOT_LISTED_HERE
+        self.assertEqual(said, [(offer.transfer_id, answer)] * 3 + [(unknown, answer)] * 3)
+        self.assertEqual(bob.find(offer.transfer_id.hex()).state, "accepted")
+        self.assertIsNotNone(bob.inbound_stream(ALICE, offer.transfer_id))
+
     def test_no_word_for_an_unknown_stream_without_a_session(self) -> None:
         """When a data connection names a transfer bob does not list and no session with its
         sender is up, then nothing is written (never a mailbox entry for an id he does not

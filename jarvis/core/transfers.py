@@ -1059,7 +1059,7 @@ class Transfers:
         tid = getattr(record, "transfer_id", b"")
         entry = self._entries.get(tid.hex()) if isinstance(tid, bytes) else None
         if isinstance(record, DialBack | Accept) and (
-            entry is None or (entry.peer == uid and entry.state in FINAL_STATES)
+            entry is None or entry.peer != uid or entry.state in FINAL_STATES
         ):
             # the peer accepts, or asks to meet (dial back, the relay) for, a file that ended
             # here or that we no longer list (it missed our Cancel, say, and writes Accept at
@@ -1824,8 +1824,10 @@ class Transfers:
         or that we no longer list (it missed our ``Complete`` or ``Cancel``, or we pruned the
         transfer since): say how it ended, over the live session, instead of only refusing,
         which the peer takes for a network failure and tries again every :data:`REDIAL_MAX`
-        seconds for ever."""
-        if entry is None:
+        seconds for ever.  A transfer of ours with someone else is answered as one we do not
+        list (the same words, and the other transfer untouched): no oracle of which ids we
+        hold for others."""
+        if entry is None or entry.peer != uid:
             if self._sessions(uid) is not None:  # never through a mailbox for an unknown id
                 self._send_control(uid, Cancel(transfer_id, NOT_LISTED_HERE))
         elif entry.state == "complete":
@@ -1841,20 +1843,21 @@ class Transfers:
         if not self._loaded:
             return None  # the kept transfers are still loading: the sender dials again
         entry = self._entries.get(transfer_id.hex())
-        if entry is None or (
-            entry.peer == uid and not entry.sending and entry.state in FINAL_STATES
+        if (
+            entry is None
+            or entry.peer != uid
+            or (not entry.sending and entry.state in FINAL_STATES)
         ):
             self._answer_stale_stream(uid, transfer_id, entry)
             return None
         if (
-            entry.peer != uid
-            or entry.sending
+            entry.sending
             or entry.state not in ("accepted",)
             or entry.streaming
             or entry.partial is None
             or entry.space_probe is not None
         ):
-            if entry is not None and entry.partial is None and entry.state == "accepted":
+            if entry.partial is None and entry.state == "accepted":
                 self._reopen(entry)
             return None
         if self._receiving_full(entry):
