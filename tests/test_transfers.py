@@ -1553,6 +1553,49 @@ class OpenOffersCapTests(TestCase):
         self.assertEqual(offered(events)[-1], again.transfer_id.hex())
         self.assertEqual(transfers.find(again.transfer_id.hex()).state, "offered")
 
+    def folder_files(self, transfers: Transfers, uid: str, folder_id: bytes, n: int) -> list[Offer]:
+        """*n* files of the folder *folder_id* offered by *uid*."""
+        base = an_offer(self, size=3000)
+        offers = [
+            replace(base, transfer_id=os.urandom(16), folder="album", folder_id=folder_id)
+            for _ in range(n)
+        ]
+        for offer in offers:
+            transfers.control_received(uid, CONTROL_PREFIX + encode_transfer_record(offer))
+        return offers
+
+    def test_a_folder_started_under_the_cap_is_taken_whole(self) -> None:
+        """When a contact with files already waiting sends a folder that takes it past its
+        cap (the cap 3, a folder at most 4 files here), then every file of that folder is
+        listed (it was cut where the cap fell, its last files declined); a new folder or a
+        lone file past the cap is still declined, and a peer interleaving the files of
+        several folders gets no more than the cap and one folder's worth listed."""
+        self.patch(transfers_module, "MAX_OPEN_FROM_PEER", 3)
+        self.patch(transfers_module, "MAX_FOLDER_FILES", 4)
+        transfers, sessions, _events, _store = make_transfers(self)
+        alice = sessions[ALICE] = FakeSession()
+        self.flood(transfers, ALICE, 2)  # two files wait
+        album = self.folder_files(transfers, ALICE, b"A" * 16, 4)
+        listed = {t["id"] for t in transfers.list()}
+        self.assertTrue({o.transfer_id.hex() for o in album} <= listed)
+        self.assertEqual((alice.records, len(listed)), ([], 6))
+        other = self.folder_files(transfers, ALICE, b"B" * 16, 2)
+        lone = self.flood(transfers, ALICE, 1)
+        self.assertEqual(
+            alice.records,
+            [Decline(o.transfer_id, transfers_module.TOO_MANY_OPEN) for o in [*other, *lone]],
+        )
+
+        transfers, sessions, _events, _store = make_transfers(self)
+        alice = sessions[ALICE] = FakeSession()
+        folders = [bytes([n]) * 16 for n in range(3)]
+        for folder_id in folders:  # each folder's first file, under the cap
+            self.folder_files(transfers, ALICE, folder_id, 1)
+        for folder_id in folders:  # then the rest of each
+            self.folder_files(transfers, ALICE, folder_id, 3)
+        self.assertEqual(len(transfers._entries.open_in), 3 + 4)
+        self.assertEqual(len(alice.records), 3 * 4 - (3 + 4))
+
     def test_accepted_transfers_count_until_complete_and_all_peers_share_a_cap(self) -> None:
         """When accepted (not yet complete) transfers and offers from several peers together
         reach the cap for all, then the next offer, from any peer, is declined with the
@@ -2314,8 +2357,9 @@ class TransferListTests(TestCase):
         self, steps: list[tuple[int, str, str, bool]]
     ) -> None:
         """When transfers are added, removed and their state, direction, peer and folder
-        assigned in any order, then the open incoming transfers counted by peer and the
-        folders made for folders sent whole are those found by walking the list."""
+        assigned in any order, then the open incoming transfers counted by peer and by folder
+        sent whole, and the folders made for folders sent whole, are those found by walking
+        the list."""
         kept = transfers_module.TransferList()
         offer = self.offer
         made: dict[int, TransferEntry] = {}
@@ -2353,6 +2397,8 @@ class TransferListTests(TestCase):
         self.assertEqual(kept.open_in, open_in)
         by_peer = {p: list(open_in.values()).count(p) for p in set(open_in.values())}
         self.assertEqual(kept.open_by_peer, by_peer)
+        folders = [(e.peer, e.offer.folder_id) for e in listed if e.id in open_in]
+        self.assertEqual(kept.open_by_folder, {f: folders.count(f) for f in set(folders)})
         roots: dict[tuple[str, bytes], dict[str, str]] = {}
         for e in listed:
             if e.folder_root:

@@ -71,6 +71,7 @@ from jarvis.files.receive import (
     safe_folder_parts,
 )
 from jarvis.files.send import (
+    MAX_FOLDER_FILES,
     FileSource,
     FolderTooBig,
     NotAFolder,
@@ -223,12 +224,13 @@ REQUEST_WAITS = "offline: the request goes when they come online"
 #: Why a member's late offer answering a request is cancelled: another member's came first.
 ASKED_ANOTHER = "another member sent the file meanwhile"
 #: Incoming transfers one peer may have open here at once (offered and waiting for our answer,
-#: or accepted and not yet complete), and all peers together.  Every transfer is kept in one
-#: document written at each change (:meth:`Transfers._save`, on the reactor thread), so a
-#: contact or group member offering without end would make every write longer and the list
-#: unreadable: a further offer is declined at once (:data:`TOO_MANY_OPEN`), nothing is kept
-#: for it, and its sender may offer it again once some are answered.  500 photos of an album
-#: still wait together; 2,000 entries take about 10 ms to write.
+#: or accepted and not yet complete), and all peers together.  Every transfer is kept in the
+#: store, loaded at unlock and listed, so a contact or group member offering without end would
+#: grow all three without end: a further offer is declined at once (:data:`TOO_MANY_OPEN`),
+#: nothing is kept for it, and its sender may offer it again once some are answered.  The
+#: files of a folder sent whole whose first file was taken under the cap are all taken (up to
+#: a folder's most files, :meth:`Transfers._too_many_open`), so one peer has at most this and
+#: one folder's worth open.
 MAX_OPEN_FROM_PEER = 500
 MAX_OPEN_INCOMING = 2000
 TOO_MANY_OPEN = (
@@ -424,6 +426,15 @@ _WATCHED = KEPT_FIELDS | {"streaming", "queued"}
 _COUNTED = frozenset({"offer", "peer", "sending", "state", "folder_root"})
 
 
+def _count_down(counts: dict[Any, int], key: Any) -> None:
+    """One less under *key* in *counts* (the key goes at zero)."""
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class TransferList(MutableMapping[str, TransferEntry]):
     """The transfers by id, keeping what :class:`Transfers` asks of them at every event
     without a walk through all of them: which changed since the last write to the store
@@ -452,6 +463,9 @@ class TransferList(MutableMapping[str, TransferEntry]):
         #: offer): the peer each is counted under, by id; and how many each peer has.
         self.open_in: dict[str, str] = {}
         self.open_by_peer: dict[str, int] = {}
+        #: Of those, the files of folders sent whole, by ``(peer, folder id)``: how many.
+        self.open_by_folder: dict[tuple[str, bytes], int] = {}
+        self._open_folder: dict[str, tuple[str, bytes]] = {}
         #: The folder made for each folder sent whole, by ``(peer, folder id)``: the root
         #: of each of its files given one, by id.
         self.roots: dict[tuple[str, bytes], dict[str, str]] = {}
@@ -524,11 +538,10 @@ class TransferList(MutableMapping[str, TransferEntry]):
         :attr:`open_in` and :attr:`roots`."""
         peer = self.open_in.pop(tid, None)
         if peer is not None:
-            left = self.open_by_peer[peer] - 1
-            if left:
-                self.open_by_peer[peer] = left
-            else:
-                del self.open_by_peer[peer]
+            _count_down(self.open_by_peer, peer)
+        folder = self._open_folder.pop(tid, None)
+        if folder is not None:
+            _count_down(self.open_by_folder, folder)
         key = self._rooted.pop(tid, None)
         if key is not None:
             roots = self.roots[key]
@@ -540,6 +553,10 @@ class TransferList(MutableMapping[str, TransferEntry]):
         if not entry.sending and entry.state not in FINAL_STATES and entry.state != REQUESTED:
             self.open_in[tid] = entry.peer
             self.open_by_peer[entry.peer] = self.open_by_peer.get(entry.peer, 0) + 1
+            if entry.offer.folder_id:
+                folder = (entry.peer, entry.offer.folder_id)
+                self._open_folder[tid] = folder
+                self.open_by_folder[folder] = self.open_by_folder.get(folder, 0) + 1
         if entry.folder_root:
             key = (entry.peer, entry.offer.folder_id)
             self._rooted[tid] = key
@@ -1155,7 +1172,7 @@ class Transfers:
                 why="not a member of that group" if offer.group_id else "not a contact",
             )
             return
-        crowded = self._too_many_open(uid)
+        crowded = self._too_many_open(uid, offer)
         if crowded:
             self._warn_bounded(
                 self._refused, uid, "file offers from {uid} declined: {why}", why=crowded
@@ -1193,13 +1210,21 @@ class Transfers:
             entry.reason = f"{NOT_ACCEPTED_BY_ITSELF}: {why}"[:500]
             self._changed(entry)
 
-    def _too_many_open(self, uid: str) -> str:
-        """Why a new offer from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,
-        :data:`MAX_OPEN_INCOMING`), or ``""`` if it may be listed."""
+    def _too_many_open(self, uid: str, offer: Offer) -> str:
+        """Why a new *offer* from *uid* is declined unseen (:data:`MAX_OPEN_FROM_PEER`,
+        :data:`MAX_OPEN_INCOMING`), or ``""`` if it may be listed.  A file of a folder sent
+        whole whose other files are listed already is taken past the peer's own cap, up to
+        the most files a folder has (:data:`~jarvis.files.send.MAX_FOLDER_FILES`): a folder
+        is taken whole, not cut where the cap fell (a folder of 500 files sent while a few
+        other files from that contact waited lost its last ones); a peer still never has
+        more than :data:`MAX_OPEN_FROM_PEER` and one folder's worth open."""
         mine = self._entries.open_by_peer.get(uid, 0)
         every = len(self._entries.open_in)
         if mine >= MAX_OPEN_FROM_PEER:
-            return TOO_MANY_OPEN
+            listed = self._entries.open_by_folder.get((uid, offer.folder_id), 0)
+            continues = bool(offer.folder_id) and 0 < listed < MAX_FOLDER_FILES
+            if not continues or mine >= MAX_OPEN_FROM_PEER + MAX_FOLDER_FILES:
+                return TOO_MANY_OPEN
         if every >= MAX_OPEN_INCOMING:
             return TOO_MANY_OPEN_ALL
         return ""
