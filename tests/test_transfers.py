@@ -31,6 +31,7 @@ from jarvis.core.transfers import (
     Transfers,
     is_control_body,
 )
+from jarvis.files.receive import partial_paths
 from jarvis.files.send import folder_files, make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
@@ -200,6 +201,35 @@ class ReceiverTests(TestCase):
         states = {t["id"]: t["state"] for t in transfers.list()}
         self.assertEqual(states[asked.transfer_id.hex()], "offered")
         self.assertEqual(states[taken.transfer_id.hex()], "accepted")
+
+    def test_an_empty_file_is_asked_about_without_an_auto_accept_limit(self) -> None:
+        """When a contact without an auto-accept limit offers an empty file, then it waits for
+        an answer like any other (its size, 0, is not "within" a limit of none: it was
+        accepted by itself, from any contact)."""
+        transfers, _sessions, events, _store = make_transfers(self)
+        empty = an_offer(self, size=0)
+        transfers._offer_received(ALICE, empty)
+        said = [p["auto_accept"] for n, p in events if n == "transfer.offered"]
+        self.assertEqual(said, [False])
+        self.assertEqual(transfers.find(empty.transfer_id.hex()).state, "offered")
+
+    def test_offers_to_accept_by_itself_left_waiting_at_a_stop_are_accepted_at_start(
+        self,
+    ) -> None:
+        """When the daemon stopped (killed, say) after offers it was to accept by itself were
+        listed but before it accepted them, then the next start accepts them; an offer from a
+        contact without an auto-accept limit still waits."""
+        store = FakeStore()
+        transfers, _sessions, _events, _ = make_transfers(self, store)
+        self.successResultOf(transfers.set_policy(auto_accept=(ALICE, 10_000)))
+        taken, asked = an_offer(self, size=5000), an_offer(self, size=5000)
+        transfers.accept = lambda *a, **k: defer.Deferred()  # type: ignore[method-assign]
+        transfers._offer_received(ALICE, taken)  # its accept never ends: the daemon stops
+        transfers._offer_received(BOB, asked)
+        transfers.close()
+        again, _sessions, _events, _ = make_transfers(self, store)
+        self.assertEqual(again.find(taken.transfer_id.hex()).state, "accepted")
+        self.assertEqual(again.find(asked.transfer_id.hex()).state, "offered")
 
     def test_an_offer_the_daemon_cannot_accept_by_itself_waits_saying_why(self) -> None:
         """When an offer under the contact's auto-accept limit arrives and the downloads
@@ -2217,6 +2247,54 @@ class StaleStreamTests(TestCase):
         bob.deposit = lambda *a: deposits.append(a) or True  # type: ignore[method-assign]
         self.assertIsNone(bob.inbound_stream(ALICE, os.urandom(16)))
         self.assertEqual(deposits, [])
+
+
+class ReopenTests(TestCase):
+    def test_a_complete_file_is_not_failed_by_a_late_reopening(self) -> None:
+        """When a restarted receiver reopens an accepted transfer's partial file (off the
+        reactor) and the sender's data connection comes meanwhile, then no second reopening
+        starts; and a reopening that ends after the file was completed (its partial renamed
+        into place) leaves it complete.  Before, the second one found the partial gone and
+        failed the complete file, telling the sender "the partial file is gone" (seen after a
+        kill -9 in a folder of 500 files)."""
+        store = FakeStore()
+        first, _sessions, _events, _ = make_transfers(self, store)
+        offer = an_offer(self)
+        first._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        self.successResultOf(first.accept(tid))
+        first.close()
+
+        pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def later(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((f, args, d))
+            return d
+
+        def run_next() -> None:
+            f, args, d = pending.pop(0)
+            d.callback(f(*args))
+
+        again, _events = new_transfers(self)
+        again._run = later
+        sessions: dict[str, Any] = {ALICE: FakeSession()}
+        self.successResultOf(again.open(store, FakeNetwork(), sessions.get))
+        again.reopen_partials()
+        self.assertEqual(len(pending), 1)
+        self.assertIsNone(again.inbound_stream(ALICE, offer.transfer_id))  # reopening runs
+        self.assertEqual(len(pending), 1, "no second reopening")
+        run_next()
+        entry = again.find(tid)
+        self.assertIsNotNone(entry.partial)
+        # a late reopening (started by any path) ending after the file completed
+        entry.partial.close()
+        entry.partial = None
+        again._reopen(entry)
+        again._finish(entry, "complete", "", "")
+        os.remove(partial_paths(entry.directory, entry.offer)[0])
+        run_next()
+        self.assertEqual((entry.state, entry.reason), ("complete", ""))
 
 
 class SlowStore(FakeStore):

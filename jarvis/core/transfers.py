@@ -612,6 +612,8 @@ class Transfers:
         #: Records that arrived while loading: ``(uid, data, group_id)``, answered in order
         #: once loaded (at most :data:`MAX_HELD_RECORDS`).
         self._held: list[tuple[str, bytes, bytes | None]] = []
+        #: Ids of the transfers whose partial file is being reopened (:meth:`_reopen`).
+        self._reopening: set[str] = set()
         self._ticker: Any = None
         #: The pending call that prunes the finished transfers (:data:`PRUNE_DELAY`).
         self._pruning: Any = None
@@ -707,11 +709,17 @@ class Transfers:
         held, self._held = self._held, []
         for uid, data, group_id in held:
             self.record_received(uid, data, group_id)
+        # Offers the daemon was to accept by itself and had not yet when it stopped (killed
+        # while a folder's offers came in, say): accepted now.
+        for entry in list(self._entries.values()):
+            if not entry.sending and entry.state == "offered" and self._takes_by_itself(entry):
+                self.accept(entry.id).addErrback(self._not_accepted_by_itself, entry)
 
     def close(self) -> None:
         """Forget the runtime state (at lock); the kept state stays in the store."""
         self._loaded = False
         self._held = []
+        self._reopening = set()
         for entry in self._entries.values():
             self._cancel_redial(entry)
             self._stop_patience(entry)
@@ -1189,12 +1197,22 @@ class Transfers:
             tid=log_id(entry.id),
             size=offer.size,
         )
-        _policy, auto_limit = self._policy(uid)
-        auto = offer.size <= auto_limit
+        auto = self._takes_by_itself(entry)
         self._emit("transfer.offered", {"transfer": self.view(entry), "auto_accept": auto})
         self._changed(entry)
         if auto:
             self.accept(entry.id).addErrback(self._not_accepted_by_itself, entry)
+
+    def _takes_by_itself(self, entry: TransferEntry) -> bool:
+        """Whether the offer of *entry* is accepted without asking: its sender has an
+        auto-accept limit (none: ask, whatever the size, an empty file too) and the file is
+        within it, and its sender may offer it."""
+        _policy, limit = self._policy(entry.peer)
+        return (
+            limit > 0
+            and entry.offer.size <= limit
+            and self.may_offer(entry.peer, entry.offer.group_id)
+        )
 
     def _not_accepted_by_itself(self, failure: Any, entry: TransferEntry) -> None:
         """The daemon could not accept an offer by itself (auto-accept): no room in the
@@ -2083,23 +2101,40 @@ class Transfers:
         )
 
     def _reopen(self, entry: TransferEntry) -> defer.Deferred[Any]:
-        if entry.directory == "":
+        """Reopen (and re-verify, off the reactor) the partial file of an accepted incoming
+        transfer, once at a time: a data connection that comes while the restart's reopening
+        runs does not start a second one.  What it finds is used only if the transfer still
+        waits for it: a reopening that ends after the file was completed (and its partial
+        renamed into place) by the first must not call it gone and fail a complete file."""
+        if entry.directory == "" or entry.id in self._reopening:
             return defer.succeed(None)
+        self._reopening.add(entry.id)
 
         def opened(partial: PartialFile | None) -> None:
+            self._reopening.discard(entry.id)
+            waiting = (
+                entry.state == "accepted"
+                and entry.partial is None
+                and self._entries.get(entry.id) is entry
+                and self._store is not None
+            )
+            if not waiting:
+                if partial is not None:
+                    partial.close()
+                return
             if partial is None:
                 self._finish(entry, "failed", "the partial file is gone", "cancel")
-                return
-            if entry.partial is not None or entry.state != "accepted":
-                partial.close()
                 return
             entry.partial = partial
             entry.done = partial.written_bytes
             self._send_control(entry.peer, Accept(entry.offer.transfer_id))
 
+        def not_opened(failure: Any) -> None:
+            self._reopening.discard(entry.id)
+            self.log.failure("reopening a partial file failed", failure)
+
         d = self._run(_reopen_partial, entry.directory, entry.offer)
-        d.addCallback(opened)
-        d.addErrback(lambda f: self.log.failure("reopening a partial file failed", f))
+        d.addCallbacks(opened, not_opened)
         return d
 
     def stream_opened(self, entry: TransferEntry) -> None:
