@@ -31,7 +31,7 @@ from jarvis.core.transfers import (
     Transfers,
     is_control_body,
 )
-from jarvis.files.receive import partial_paths
+from jarvis.files.receive import PartialFile, ReceivePolicy, partial_paths
 from jarvis.files.send import folder_files, make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
@@ -2295,6 +2295,39 @@ class ReopenTests(TestCase):
         os.remove(partial_paths(entry.directory, entry.offer)[0])
         run_next()
         self.assertEqual((entry.state, entry.reason), ("complete", ""))
+
+
+class OrphanPartialTests(TestCase):
+    def test_a_partial_left_by_a_killed_accept_is_taken_again(self) -> None:
+        """When a run was killed after it created an offer's partial file but before it
+        recorded the accept (the offer is still listed as offered), then accepting the offer
+        again, by hand or by itself, takes that partial file (its sidecar describes this very
+        offer) instead of refusing it as "not a folder"; something else planted at another
+        offer's partial name is refused, saying so, and left as it is."""
+        transfers, _sessions, _events, _store = make_transfers(self)
+        folder = short_tempdir(self)
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        PartialFile.create(folder, offer, ReceivePolicy(reserve_bytes=0)).close()  # the kill
+        view = self.successResultOf(transfers.accept(offer.transfer_id.hex(), folder))
+        self.assertEqual(view["state"], "accepted")
+        self.assertEqual(transfers.find(offer.transfer_id.hex()).partial.written_bytes, 0)
+
+        other = an_offer(self)
+        transfers._offer_received(ALICE, other)
+        planted = partial_paths(folder, other)[0]
+        with open(planted, "wb") as f:
+            f.write(b"not a partial file")
+        refused = self.failureResultOf(
+            transfers.accept(other.transfer_id.hex(), folder), InvalidInput
+        )
+        self.assertEqual(
+            refused.getErrorMessage(),
+            f"something else is at this file's partial name in {folder}: choose another folder",
+        )
+        with open(planted, "rb") as f:
+            self.assertEqual(f.read(), b"not a partial file")
+        self.assertEqual(transfers.find(other.transfer_id.hex()).state, "offered")
 
 
 class SlowStore(FakeStore):

@@ -63,6 +63,7 @@ from jarvis.files.receive import (
     FileTooLarge,
     NotEnoughSpace,
     PartialFile,
+    PartialFileMismatch,
     ReceivePolicy,
     check_acceptable,
     free_bytes,
@@ -1639,6 +1640,11 @@ class Transfers:
         except (FileTooLarge, NotEnoughSpace) as e:
             said = (type(e).__doc__ or "").splitlines()[0].rstrip(".")
             raise InvalidInput(f"{said[:1].lower()}{said[1:]}: {e}") from None
+        except PartialNameTaken:
+            raise InvalidInput(
+                f"something else is at this file's partial name in {directory}: choose "
+                "another folder"
+            ) from None
         except (FileExistsError, NotADirectoryError):
             raise InvalidInput(f"{directory} is not a folder: choose a folder") from None
         except OSError as e:
@@ -2383,8 +2389,24 @@ def _prepare(path: str) -> PreparedFile:
 
 
 def _create_partial(directory: str, offer: Offer, policy: ReceivePolicy) -> PartialFile:
+    """The partial file of a newly accepted *offer* in *directory*; or the one a run stopped
+    (killed) between creating it and recording the accept left there, if its sidecar
+    describes this very offer (its held chunks are checked again as at any reopening).
+
+    :raises PartialNameTaken: if something else is at the partial file's name.
+    """
     _check_folder(directory, offer, policy)
-    return PartialFile.create(directory, offer, policy)
+    try:
+        return PartialFile.create(directory, offer, policy)
+    except FileExistsError:
+        try:
+            return PartialFile.reopen(directory, offer)
+        except (OSError, PartialFileMismatch):
+            raise PartialNameTaken() from None
+
+
+class PartialNameTaken(Exception):
+    """Something that is not this transfer's partial file is at its name."""
 
 
 def _reopen_partial(directory: str, offer: Offer) -> PartialFile | None:
