@@ -31,7 +31,7 @@ from jarvis.core.transfers import (
     Transfers,
     is_control_body,
 )
-from jarvis.files.receive import PartialFile, ReceivePolicy, partial_paths
+from jarvis.files.receive import PartialFile, ReceivePolicy, find_received, partial_paths
 from jarvis.files.send import folder_files, make_offer
 from jarvis.net.transfer import DISK_FULL
 from jarvis.protocol.transfer import (
@@ -2295,6 +2295,69 @@ class ReopenTests(TestCase):
         os.remove(partial_paths(entry.directory, entry.offer)[0])
         run_next()
         self.assertEqual((entry.state, entry.reason), ("complete", ""))
+
+
+class CompletedBeforeAKillTests(TestCase):
+    def test_a_file_completed_just_before_a_kill_is_complete_after_the_restart(self) -> None:
+        """When the receiving daemon gave a file its name (and removed its partial file) and
+        was killed before it recorded that it was complete, then after the restart the file
+        is found by its name (the first of name, name (1)... whose content hashes to the
+        offered hash: an older file of that name is passed over) and the transfer is complete
+        with that path, the sender told; before, it failed "the partial file is gone" while
+        the file was there, whole."""
+        source = os.path.join(short_tempdir(self), "photo.jpg")
+        content = os.urandom(70_000)
+        with open(source, "wb") as f:
+            f.write(content)
+        offer = make_offer(source).offer
+        store = FakeStore()
+        first, _sessions, _events, _ = make_transfers(self, store)
+        first._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        folder = short_tempdir(self)
+        self.successResultOf(first.accept(tid, folder))
+        first.close()
+        # what the killed run had done: an older photo.jpg was there, ours got "photo (1).jpg"
+        with open(os.path.join(folder, "photo.jpg"), "wb") as f:
+            f.write(os.urandom(70_000))
+        with open(os.path.join(folder, "photo (1).jpg"), "wb") as f:
+            f.write(content)
+        for path in partial_paths(folder, offer):
+            os.remove(path)
+        sessions: dict[str, FakeSession | None] = {ALICE: FakeSession()}
+        again, _sessions, _events, _ = make_transfers(self, store, sessions=sessions)
+        self.successResultOf(again.reopen_partials())
+        entry = again.find(tid)
+        saved = os.path.join(folder, "photo (1).jpg")
+        self.assertEqual((entry.state, entry.path), ("complete", saved))
+        told = sessions[ALICE].records  # type: ignore[union-attr]
+        self.assertEqual(told[-1], Complete(offer.transfer_id))  # after the session's Accept
+        self.assertNotIn("Cancel", [type(r).__name__ for r in told])
+
+    def test_nothing_found_is_still_a_partial_file_gone(self) -> None:
+        """When neither the partial file nor a file with the offered content is there (a
+        file of that name and size holds other bytes, a link points at the right ones), then
+        the transfer fails as before, "the partial file is gone"."""
+        source = os.path.join(short_tempdir(self), "photo.jpg")
+        with open(source, "wb") as f:
+            f.write(os.urandom(70_000))
+        offer = make_offer(source).offer
+        folder = short_tempdir(self)
+        with open(os.path.join(folder, "photo.jpg"), "wb") as f:
+            f.write(os.urandom(70_000))
+        os.symlink(source, os.path.join(folder, "photo (1).jpg"))
+        self.assertIsNone(find_received(folder, offer))
+        store = FakeStore()
+        first, _sessions, _events, _ = make_transfers(self, store)
+        first._offer_received(ALICE, offer)
+        self.successResultOf(first.accept(offer.transfer_id.hex(), folder))
+        first.close()
+        for path in partial_paths(folder, offer):
+            os.remove(path)
+        again, _sessions, _events, _ = make_transfers(self, store)
+        self.successResultOf(again.reopen_partials())
+        entry = again.find(offer.transfer_id.hex())
+        self.assertEqual((entry.state, entry.reason), ("failed", "the partial file is gone"))
 
 
 class OrphanPartialTests(TestCase):

@@ -66,6 +66,7 @@ from jarvis.files.receive import (
     PartialFileMismatch,
     ReceivePolicy,
     check_acceptable,
+    find_received,
     free_bytes,
     make_folder_root,
     make_subfolders,
@@ -2111,12 +2112,14 @@ class Transfers:
         transfer, once at a time: a data connection that comes while the restart's reopening
         runs does not start a second one.  What it finds is used only if the transfer still
         waits for it: a reopening that ends after the file was completed (and its partial
-        renamed into place) by the first must not call it gone and fail a complete file."""
+        renamed into place) by the first must not call it gone and fail a complete file.  A
+        partial file gone because a run completed and named the file, then stopped before it
+        recorded so, is found by its name and content (:func:`_reopen_partial`): complete."""
         if entry.directory == "" or entry.id in self._reopening:
             return defer.succeed(None)
         self._reopening.add(entry.id)
 
-        def opened(partial: PartialFile | None) -> None:
+        def opened(partial: PartialFile | str | None) -> None:
             self._reopening.discard(entry.id)
             waiting = (
                 entry.state == "accepted"
@@ -2125,8 +2128,14 @@ class Transfers:
                 and self._store is not None
             )
             if not waiting:
-                if partial is not None:
+                if isinstance(partial, PartialFile):
                     partial.close()
+                return
+            if isinstance(partial, str):
+                # completed and given its name by a run that stopped before recording so
+                entry.done = entry.offer.size
+                entry.path = partial
+                self._finish(entry, "complete", "", "complete")
                 return
             if partial is None:
                 self._finish(entry, "failed", "the partial file is gone", "cancel")
@@ -2409,11 +2418,13 @@ class PartialNameTaken(Exception):
     """Something that is not this transfer's partial file is at its name."""
 
 
-def _reopen_partial(directory: str, offer: Offer) -> PartialFile | None:
+def _reopen_partial(directory: str, offer: Offer) -> PartialFile | str | None:
+    """The partial file of *offer* reopened; else the path of the file it became, if a run
+    completed it and stopped before recording so (:func:`find_received`); else None."""
     try:
         return PartialFile.reopen(directory, offer)
     except FileNotFoundError:
-        return None
+        return find_received(directory, offer)
 
 
 def _checked_policy(data: Any) -> dict[str, Any]:

@@ -723,6 +723,39 @@ class PartialFile:
         sync_directory(self.directory)
 
 
+def find_received(directory: str, offer: Offer, *, tries: int = 100) -> str | None:
+    """The file *offer* was saved as in *directory*, if a run completed it (linked it to its
+    name and removed the partial file) and stopped before it recorded so: the first of
+    ``name``, ``name (1).ext``... that is a regular file of the offered size whose content
+    hashes to the offered content hash; None if none is (the names are taken in order, so
+    the search ends at the first free one).  Reads each candidate of the right size whole."""
+    name = safe_file_name(offer.name)
+    buffer = bytearray(HASH_BLOCK)
+    for n in range(tries):
+        candidate = os.path.join(directory, numbered_name(name, n))
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue  # a link, or unreadable: not ours
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != offer.size:
+                continue
+            hashes = [
+                hash_range(
+                    fd, _at(offer, i), chunk_length(i, offer.size, offer.chunk_size), buffer
+                ).digest()
+                for i in range(offer.chunks)
+            ]
+            if manifest_root(offer.size, offer.chunk_size, hashes) == offer.content_hash:
+                return candidate
+        finally:
+            os.close(fd)
+    return None
+
+
 def _open_direct(data_fd: int) -> int:
     """Open the file behind *data_fd* once more, with ``O_DIRECT``; -1 where that fails.
 
