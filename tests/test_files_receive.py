@@ -248,6 +248,30 @@ class PartialFileTests(SynchronousTestCase):
             self.assertEqual(f.read(), b"mine")
         self.assertEqual(sorted(os.listdir(directory)), ["a (1).bin", "a.bin"])
 
+    def test_a_finish_killed_after_the_link_is_not_linked_twice(self) -> None:
+        """When a run gave the complete file its name and was killed before it removed the
+        partial file (the partial reopened at the restart, complete), then finishing again
+        takes that name (the same file) instead of linking it once more as ``name (1).ext``;
+        another file that holds the very same bytes under the name is still not taken."""
+        prepared, directory, partial = self.make()
+        partial.set_manifest(prepared.chunk_hashes)
+        for i in range(prepared.offer.chunks):
+            store_whole(partial, i, read_chunk(prepared, i))
+        partial.close()
+        os.link(partial.partial_path, os.path.join(directory, "a.bin"))  # then the kill
+        again = PartialFile.reopen(directory, prepared.offer)
+        final = again.finish()
+        self.assertEqual(os.path.basename(final), "a.bin")
+        self.assertEqual(sorted(n for n in os.listdir(directory)), ["a.bin"])
+        # a copy (not the same file) under the name: the next name, as before
+        prepared2, directory2, partial2 = self.make()
+        partial2.set_manifest(prepared2.chunk_hashes)
+        for i in range(prepared2.offer.chunks):
+            store_whole(partial2, i, read_chunk(prepared2, i))
+        with open(prepared2.path, "rb") as src, open(os.path.join(directory2, "a.bin"), "wb") as f:
+            f.write(src.read())
+        self.assertEqual(os.path.basename(partial2.finish()), "a (1).bin")
+
     def test_finish_without_reread(self) -> None:
         """When the final check skips the re-read, then a complete file still lands verified,
         and an incomplete one is refused and removed."""

@@ -780,12 +780,18 @@ def _root_of(offer: Offer, manifest: bytes) -> bytes:
 
 
 def _link_free_name(source: str, directory: str, name: str, *, tries: int = 10000) -> str:
-    """Give *source* the first free name among *name*, ``name (1).ext``...; return it."""
+    """Give *source* the first free name among *name*, ``name (1).ext``...; return it.  A
+    name that already is *source* (the same file: a run killed between linking it and
+    removing the partial file) is taken as it is, not linked once more under the next."""
+    linked = os.stat(source, follow_symlinks=False)
     for n in range(tries):
         candidate = os.path.join(directory, numbered_name(name, n))
         try:
             os.link(source, candidate, follow_symlinks=False)
         except FileExistsError:
+            there = os.stat(candidate, follow_symlinks=False)
+            if (there.st_dev, there.st_ino) == (linked.st_dev, linked.st_ino):
+                return candidate
             continue
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
