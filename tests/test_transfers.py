@@ -2365,7 +2365,8 @@ class OrphanPartialTests(TestCase):
         """When a run was killed after it created an offer's partial file but before it
         recorded the accept (the offer is still listed as offered), then accepting the offer
         again, by hand or by itself, takes that partial file (its sidecar describes this very
-        offer) instead of refusing it as "not a folder"; something else planted at another
+        offer) instead of refusing it as "not a folder"; one killed while it was being
+        created (a sidecar short of its header) is made again; a link planted at another
         offer's partial name is refused, saying so, and left as it is."""
         transfers, _sessions, _events, _store = make_transfers(self)
         folder = short_tempdir(self)
@@ -2376,11 +2377,23 @@ class OrphanPartialTests(TestCase):
         self.assertEqual(view["state"], "accepted")
         self.assertEqual(transfers.find(offer.transfer_id.hex()).partial.written_bytes, 0)
 
+        torn = an_offer(self)
+        transfers._offer_received(ALICE, torn)
+        data, state = partial_paths(folder, torn)
+        for path in (data, state):
+            with open(path, "wb") as f:
+                f.write(b"\0" * 7)  # killed while creating it
+        view = self.successResultOf(transfers.accept(torn.transfer_id.hex(), folder))
+        self.assertEqual(view["state"], "accepted")
+        self.assertEqual(os.path.getsize(data), torn.size)
+
         other = an_offer(self)
         transfers._offer_received(ALICE, other)
+        target = os.path.join(short_tempdir(self), "victim")
+        with open(target, "wb") as f:
+            f.write(b"keep")
         planted = partial_paths(folder, other)[0]
-        with open(planted, "wb") as f:
-            f.write(b"not a partial file")
+        os.symlink(target, planted)
         refused = self.failureResultOf(
             transfers.accept(other.transfer_id.hex(), folder), InvalidInput
         )
@@ -2388,8 +2401,9 @@ class OrphanPartialTests(TestCase):
             refused.getErrorMessage(),
             f"something else is at this file's partial name in {folder}: choose another folder",
         )
-        with open(planted, "rb") as f:
-            self.assertEqual(f.read(), b"not a partial file")
+        self.assertTrue(os.path.islink(planted))
+        with open(target, "rb") as f:
+            self.assertEqual(f.read(), b"keep")
         self.assertEqual(transfers.find(other.transfer_id.hex()).state, "offered")
 
 

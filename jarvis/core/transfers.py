@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import (
     Callable,
     ItemsView,
@@ -70,6 +71,7 @@ from jarvis.files.receive import (
     free_bytes,
     make_folder_root,
     make_subfolders,
+    partial_paths,
     safe_folder_parts,
 )
 from jarvis.files.send import (
@@ -2408,10 +2410,30 @@ def _create_partial(directory: str, offer: Offer, policy: ReceivePolicy) -> Part
     try:
         return PartialFile.create(directory, offer, policy)
     except FileExistsError:
+        pass
+    try:
+        return PartialFile.reopen(directory, offer)
+    except (OSError, PartialFileMismatch):
+        pass
+    # A run killed while it created them leaves a sidecar short of its header: our own
+    # regular files (hidden, named after this transfer) are removed and made again;
+    # anything else (a link, another user's file) is left as it is.
+    paths = partial_paths(directory, offer)
+    try:
+        found = [os.lstat(path) for path in paths if os.path.lexists(path)]
+    except OSError:
+        raise PartialNameTaken() from None
+    if not all(stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() for st in found):
+        raise PartialNameTaken()
+    for path in paths:
         try:
-            return PartialFile.reopen(directory, offer)
-        except (OSError, PartialFileMismatch):
-            raise PartialNameTaken() from None
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    try:
+        return PartialFile.create(directory, offer, policy)
+    except FileExistsError:
+        raise PartialNameTaken() from None
 
 
 class PartialNameTaken(Exception):
