@@ -2297,6 +2297,57 @@ class ReopenTests(TestCase):
         self.assertEqual((entry.state, entry.reason), ("complete", ""))
 
 
+class HeldWritesStore(FakeStore):
+    """A store whose writes wait until :meth:`release` (a store write off the reactor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[tuple[defer.Deferred[Any], Any, tuple[Any, ...]]] = []
+
+    def run(self, query: Any, *args: Any, write: bool = False) -> defer.Deferred[Any]:
+        if not write:
+            return super().run(query, *args)
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.held.append((d, query, args))
+        return d
+
+    def release(self) -> None:
+        while self.held:
+            d, query, args = self.held.pop(0)
+            super().run(query, *args, write=True).chainDeferred(d)
+
+
+class AcceptKeptFirstTests(TestCase):
+    def test_the_sender_is_asked_only_once_the_accept_is_kept(self) -> None:
+        """When bob accepts an offer, then his Accept is written to alice only once the store
+        holds the transfer as accepted: a run killed after the file came but before its accept
+        was kept found it "offered" at the restart and took it once more, a second copy
+        ("name (1)") of a file already there.  A cancel that comes while the write is under
+        way leaves nothing to ask."""
+        store = HeldWritesStore()
+        transfers, sessions, _events, _ = make_transfers(self, store)
+        sessions[ALICE] = session = FakeSession()
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        tid = offer.transfer_id.hex()
+        accepted = transfers.accept(tid)
+        self.assertNoResult(accepted)
+        self.assertEqual(session.records, [])
+        store.release()
+        self.assertEqual(store.transfers()[tid]["state"], "accepted")
+        self.assertEqual(session.records, [Accept(offer.transfer_id)])
+        self.assertEqual(self.successResultOf(accepted)["state"], "accepted")
+
+        other = an_offer(self)
+        transfers._offer_received(ALICE, other)
+        accepted = transfers.accept(other.transfer_id.hex())
+        cancel = Cancel(other.transfer_id, "not any more")
+        transfers.control_received(ALICE, CONTROL_PREFIX + encode_transfer_record(cancel))
+        store.release()
+        self.assertEqual(self.successResultOf(accepted)["state"], "cancelled")
+        self.assertNotIn(Accept(other.transfer_id), session.records)
+
+
 class CompletedBeforeAKillTests(TestCase):
     def test_a_file_completed_just_before_a_kill_is_complete_after_the_restart(self) -> None:
         """When the receiving daemon gave a file its name (and removed its partial file) and

@@ -622,6 +622,8 @@ class Transfers:
         #: The pending call that prunes the finished transfers (:data:`PRUNE_DELAY`).
         self._pruning: Any = None
         self._saving: defer.Deferred[Any] | None = None
+        #: Callers waiting for the changes made so far to be written (:meth:`_kept`).
+        self._keep_waiters: list[defer.Deferred[None]] = []
         self._save_again = False
         #: The kept fields of each transfer as last written to the store (by id).
         self._stored: dict[str, tuple[Any, ...]] = {}
@@ -745,12 +747,15 @@ class Transfers:
         """Write the transfers that changed since the last write to the store, and forget
         those pruned (one write at a time, the latest state wins)."""
         if self._store is None:
+            self._release_keep_waiters(self._keep_waiters)
             return defer.succeed(None)
         if self._saving is not None:
             self._save_again = True
             return self._saving
         values, removed = self._changes()
+        waiters, self._keep_waiters = self._keep_waiters, []
         if not values and not removed:
+            self._release_keep_waiters(waiters)
             return defer.succeed(None)
         d = self._store.run(queries.change_settings, values, removed, write=True)
         self._saving = d
@@ -772,6 +777,7 @@ class Transfers:
 
         def done(result: Any) -> Any:
             self._saving = None
+            self._release_keep_waiters(waiters)
             if self._save_again:
                 self._save_again = False
                 self._save()
@@ -780,6 +786,20 @@ class Transfers:
         d.addCallbacks(written, failed)
         d.addBoth(done)
         return d
+
+    def _kept(self) -> defer.Deferred[None]:
+        """A Deferred that fires once the changes made so far are written to the store (a
+        failed write too: it is logged, and tried again at the next)."""
+        d: defer.Deferred[None] = defer.Deferred()
+        self._keep_waiters.append(d)
+        self._save()
+        return d
+
+    @staticmethod
+    def _release_keep_waiters(waiters: list[defer.Deferred[None]]) -> None:
+        for d in waiters[:]:
+            waiters.remove(d)
+            d.callback(None)
 
     def _changes(self) -> tuple[dict[str, str], list[str]]:
         """The settings to write (the transfers whose kept fields changed since they were
@@ -1601,6 +1621,13 @@ class Transfers:
         entry.partial = partial
         entry.directory = directory
         entry.state = "accepted"
+        self._changed(entry)
+        # Kept before the sender is asked: a run killed after the file came but before its
+        # accept was kept listed it "offered" again at the restart, and took it once more
+        # (a second copy, "name (1)").
+        yield self._kept()
+        if entry.state != "accepted" or self._entries.get(entry.id) is not entry:
+            return self.view(entry)  # cancelled (or locked) meanwhile: no Accept
         entry.reason = _ACCEPT_REASONS[self._write(entry.peer, Accept(entry.offer.transfer_id))]
         self._changed(entry)
         return self.view(entry)
