@@ -150,6 +150,19 @@ def an_offer(testcase: TestCase, size: int = 70_000) -> Offer:
     return make_offer(path).offer
 
 
+def an_accepted_offer(
+    testcase: TestCase, store: FakeStore, offer: Offer | None = None, directory: str | None = None
+) -> tuple[Transfers, Offer, str]:
+    """A Transfers on *store* that took *offer* (a fresh one by default) from alice and
+    accepted it into *directory* (the downloads folder by default); and the offer, its id."""
+    transfers, _sessions, _events, _ = make_transfers(testcase, store)
+    offer = offer or an_offer(testcase)
+    transfers._offer_received(ALICE, offer)
+    tid = offer.transfer_id.hex()
+    testcase.successResultOf(transfers.accept(tid, directory))
+    return transfers, offer, tid
+
+
 def send_a_file(
     testcase: TestCase, transfers: Transfers, size: int = 5000, folder: str | None = None
 ) -> dict[str, Any]:
@@ -2258,11 +2271,7 @@ class ReopenTests(TestCase):
         failed the complete file, telling the sender "the partial file is gone" (seen after a
         kill -9 in a folder of 500 files)."""
         store = FakeStore()
-        first, _sessions, _events, _ = make_transfers(self, store)
-        offer = an_offer(self)
-        first._offer_received(ALICE, offer)
-        tid = offer.transfer_id.hex()
-        self.successResultOf(first.accept(tid))
+        first, offer, tid = an_accepted_offer(self, store)
         first.close()
 
         pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
@@ -2360,13 +2369,9 @@ class CompletedBeforeAKillTests(TestCase):
         content = os.urandom(70_000)
         with open(source, "wb") as f:
             f.write(content)
-        offer = make_offer(source).offer
         store = FakeStore()
-        first, _sessions, _events, _ = make_transfers(self, store)
-        first._offer_received(ALICE, offer)
-        tid = offer.transfer_id.hex()
         folder = short_tempdir(self)
-        self.successResultOf(first.accept(tid, folder))
+        first, offer, tid = an_accepted_offer(self, store, make_offer(source).offer, folder)
         first.close()
         # what the killed run had done: an older photo.jpg was there, ours got "photo (1).jpg"
         with open(os.path.join(folder, "photo.jpg"), "wb") as f:
