@@ -2463,6 +2463,37 @@ class OrphanPartialTests(TestCase):
         self.assertEqual(transfers.find(other.transfer_id.hex()).state, "offered")
 
 
+class TwoAcceptsTests(TestCase):
+    def test_a_second_accept_while_the_first_runs_is_refused_and_harms_nothing(self) -> None:
+        """When an offer is accepted twice at once (the UI and the command line, or a held
+        offer taken by itself while the start's sweep takes it too), then the second is
+        refused saying the first runs, and the first's partial file stays and is used: the
+        second once took that partial as a killed run's and then removed it as "accepted
+        meanwhile"."""
+        transfers, sessions, _events, _store = make_transfers(self)
+        sessions[ALICE] = FakeSession()
+        pending: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+        def later(f: Any, *args: Any) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            pending.append((f, args, d))
+            return d
+
+        offer = an_offer(self)
+        transfers._offer_received(ALICE, offer)
+        transfers._run = later
+        tid = offer.transfer_id.hex()
+        first = transfers.accept(tid)
+        refused = self.failureResultOf(transfers.accept(tid), InvalidInput)
+        self.assertEqual(refused.getErrorMessage(), f"transfer {tid[:8]} is being accepted already")
+        while pending:
+            f, args, d = pending.pop(0)
+            d.callback(f(*args))
+        self.assertEqual(self.successResultOf(first)["state"], "accepted")
+        entry = transfers.find(tid)
+        self.assertTrue(os.path.exists(entry.partial.partial_path))
+
+
 class SlowStore(FakeStore):
     """A store whose reads wait until :meth:`release` (a large store read off the reactor)."""
 

@@ -618,6 +618,8 @@ class Transfers:
         self._held: list[tuple[str, bytes, bytes | None]] = []
         #: Ids of the transfers whose partial file is being reopened (:meth:`_reopen`).
         self._reopening: set[str] = set()
+        #: Ids of the offers being accepted (:meth:`accept`, one at a time each).
+        self._accepting: set[str] = set()
         self._ticker: Any = None
         #: The pending call that prunes the finished transfers (:data:`PRUNE_DELAY`).
         self._pruning: Any = None
@@ -718,7 +720,12 @@ class Transfers:
         # Offers the daemon was to accept by itself and had not yet when it stopped (killed
         # while a folder's offers came in, say): accepted now.
         for entry in list(self._entries.values()):
-            if not entry.sending and entry.state == "offered" and self._takes_by_itself(entry):
+            if (
+                not entry.sending
+                and entry.state == "offered"
+                and entry.id not in self._accepting  # a held offer taken just now
+                and self._takes_by_itself(entry)
+            ):
                 self.accept(entry.id).addErrback(self._not_accepted_by_itself, entry)
 
     def close(self) -> None:
@@ -1610,6 +1617,19 @@ class Transfers:
         """
         entry = self.find(ref)
         _check_waiting_offer(entry)
+        if entry.id in self._accepting:
+            # one accept at a time: a second one would take the first's partial file (as a
+            # killed run's) and then remove it as "accepted meanwhile"
+            raise InvalidInput(f"transfer {entry.id[:8]} is being accepted already")
+        self._accepting.add(entry.id)
+        try:
+            view = yield self._accept(entry, directory)
+        finally:
+            self._accepting.discard(entry.id)
+        return view
+
+    @defer.inlineCallbacks
+    def _accept(self, entry: TransferEntry, directory: str | None) -> Any:
         directory = os.path.abspath(os.path.expanduser(directory or self.downloads))
         policy, _auto = self._policy(entry.peer)
         if entry.offer.folder_id:
