@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import (
     Callable,
     ItemsView,
@@ -64,14 +63,13 @@ from jarvis.files.receive import (
     FileTooLarge,
     NotEnoughSpace,
     PartialFile,
-    PartialFileMismatch,
+    PartialNameTaken,
     ReceivePolicy,
     check_acceptable,
     find_received,
     free_bytes,
     make_folder_root,
     make_subfolders,
-    partial_paths,
     safe_folder_parts,
 )
 from jarvis.files.send import (
@@ -430,6 +428,12 @@ _WATCHED = KEPT_FIELDS | {"streaming", "queued"}
 _COUNTED = frozenset({"offer", "peer", "sending", "state", "folder_root"})
 
 
+def _fire(waiters: list[defer.Deferred[None]]) -> None:
+    """Fire each of *waiters* (a list no one appends to any more)."""
+    for d in waiters:
+        d.callback(None)
+
+
 def _count_down(counts: dict[Any, int], key: Any) -> None:
     """One less under *key* in *counts* (the key goes at zero)."""
     left = counts[key] - 1
@@ -753,16 +757,13 @@ class Transfers:
     def _save(self) -> defer.Deferred[Any]:
         """Write the transfers that changed since the last write to the store, and forget
         those pruned (one write at a time, the latest state wins)."""
-        if self._store is None:
-            self._release_keep_waiters(self._keep_waiters)
-            return defer.succeed(None)
-        if self._saving is not None:
+        if self._saving is not None and self._store is not None:
             self._save_again = True
             return self._saving
-        values, removed = self._changes()
         waiters, self._keep_waiters = self._keep_waiters, []
+        values, removed = self._changes() if self._store is not None else ({}, [])
         if not values and not removed:
-            self._release_keep_waiters(waiters)
+            _fire(waiters)
             return defer.succeed(None)
         d = self._store.run(queries.change_settings, values, removed, write=True)
         self._saving = d
@@ -784,7 +785,7 @@ class Transfers:
 
         def done(result: Any) -> Any:
             self._saving = None
-            self._release_keep_waiters(waiters)
+            _fire(waiters)
             if self._save_again:
                 self._save_again = False
                 self._save()
@@ -801,12 +802,6 @@ class Transfers:
         self._keep_waiters.append(d)
         self._save()
         return d
-
-    @staticmethod
-    def _release_keep_waiters(waiters: list[defer.Deferred[None]]) -> None:
-        for d in waiters[:]:
-            waiters.remove(d)
-            d.callback(None)
 
     def _changes(self) -> tuple[dict[str, str], list[str]]:
         """The settings to write (the transfers whose kept fields changed since they were
@@ -1136,8 +1131,6 @@ class Transfers:
             elif entry.state == "accepted" and entry.at_relay:
                 # the receiver (restarted, or not ready at our first ask) has not joined yet
                 self._send_control(uid, DialBack(entry.offer.transfer_id))
-            elif entry.state == "complete":
-                pass
         elif isinstance(record, DialBack) and not entry.sending:
             self._dial_back(entry)
         elif isinstance(record, DialBack) and entry.sending:
@@ -2447,44 +2440,8 @@ def _prepare(path: str) -> PreparedFile:
 
 
 def _create_partial(directory: str, offer: Offer, policy: ReceivePolicy) -> PartialFile:
-    """The partial file of a newly accepted *offer* in *directory*; or the one a run stopped
-    (killed) between creating it and recording the accept left there, if its sidecar
-    describes this very offer (its held chunks are checked again as at any reopening).
-
-    :raises PartialNameTaken: if something else is at the partial file's name.
-    """
     _check_folder(directory, offer, policy)
-    try:
-        return PartialFile.create(directory, offer, policy)
-    except FileExistsError:
-        pass
-    try:
-        return PartialFile.reopen(directory, offer)
-    except (OSError, PartialFileMismatch):
-        pass
-    # A run killed while it created them leaves a sidecar short of its header: our own
-    # regular files (hidden, named after this transfer) are removed and made again;
-    # anything else (a link, another user's file) is left as it is.
-    paths = partial_paths(directory, offer)
-    try:
-        found = [os.lstat(path) for path in paths if os.path.lexists(path)]
-    except OSError:
-        raise PartialNameTaken() from None
-    if not all(stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() for st in found):
-        raise PartialNameTaken()
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    try:
-        return PartialFile.create(directory, offer, policy)
-    except FileExistsError:
-        raise PartialNameTaken() from None
-
-
-class PartialNameTaken(Exception):
-    """Something that is not this transfer's partial file is at its name."""
+    return PartialFile.create_or_take(directory, offer, policy)
 
 
 def _reopen_partial(directory: str, offer: Offer) -> PartialFile | str | None:

@@ -110,6 +110,10 @@ class NotEnoughSpace(ReceiveError):
     """
 
 
+class PartialNameTaken(ReceiveError):
+    """Something that is not this transfer's partial file is at its name."""
+
+
 class PartialFileMismatch(ReceiveError):
     """The partial file on disk belongs to another transfer or is damaged beyond use.
 
@@ -371,6 +375,44 @@ class PartialFile:
                 os.unlink(path)
             raise
         return cls(directory, offer, data_fd, state_fd, None)
+
+    @classmethod
+    def create_or_take(
+        cls, directory: str, offer: Offer, policy: ReceivePolicy | None = None
+    ) -> PartialFile:
+        """:meth:`create`; or, if a run stopped (killed) between creating the partial file
+        and recording the accept left one, take it when its sidecar describes this very
+        offer (:meth:`reopen`: its held chunks checked again), or make it again when the
+        sidecar is torn (killed while creating it) and both are our own regular files.
+
+        :raises PartialNameTaken: if anything else is at those names (a link, another user's
+            file); it is left as it is.
+        """
+        try:
+            return cls.create(directory, offer, policy)
+        except FileExistsError:
+            pass
+        try:
+            return cls.reopen(directory, offer)
+        except (OSError, PartialFileMismatch):
+            pass
+        paths = partial_paths(directory, offer)
+        for path in paths:
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+                raise PartialNameTaken()
+        for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        try:
+            return cls.create(directory, offer, policy)
+        except FileExistsError:
+            raise PartialNameTaken() from None
 
     @classmethod
     def reopen(cls, directory: str, offer: Offer) -> PartialFile:
