@@ -14,7 +14,6 @@ is the composition root that calls it); the parsed options arrive as a :class:`C
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -39,6 +38,7 @@ from jarvis.common.textsafe import (
     human_bytes,
     human_duration,
     human_since,
+    human_time_left,
     is_unsafe,
     terminal_safe,
 )
@@ -953,7 +953,7 @@ def exec_status(result: dict[str, Any]) -> int:
 
 
 def _run_lines(runs: list[dict[str, Any]]) -> list[str]:
-    from jarvis.common.textsafe import human_bytes, human_duration
+    from jarvis.common.textsafe import human_bytes
 
     lines = []
     for run in runs:
@@ -1257,8 +1257,7 @@ class _ProgressBar:
         fraction = done / size if size else 1.0
         filled = int(fraction * self.WIDTH)
         eta = value.get("eta")
-        # rounded up: 0.6 s left is not "0 s"
-        tail = f" ETA {human_duration(math.ceil(eta))}" if isinstance(eta, int | float) else ""
+        tail = f" ETA {human_time_left(eta)}" if isinstance(eta, int | float) else ""
         self._line(
             f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:5.1f}% "
             f"{human_bytes(done)} of {human_bytes(size)} "

@@ -14,6 +14,7 @@ This module must not import the reactor or urwid: the CLI, the UI and the daemon
 
 from __future__ import annotations
 
+import math
 import time as _time
 
 # Bidi embedding, override and isolate controls, and the marks that reorder text invisibly.
@@ -89,6 +90,12 @@ def human_duration(seconds: float) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def human_time_left(seconds: float) -> str:
+    """An ETA the way :func:`human_duration` says a duration, rounded up: 0.6 s left is
+    ``1 s``, not ``0 s`` while the bar still moves."""
+    return human_duration(math.ceil(seconds))
 
 
 def local_time(timestamp: float, now: float) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import math
 import os
 import shlex
 import sys
@@ -25,8 +24,8 @@ from jarvis.common.message_states import MESSAGE_STATES, may_advance
 from jarvis.common.summary import AMBER, GREEN, GREY, RED, summary_level
 from jarvis.common.textsafe import (
     human_bytes,
-    human_duration,
     human_since,
+    human_time_left,
     strip_bidi,
     terminal_safe,
 )
@@ -1874,7 +1873,7 @@ def progress_bar(done: int, size: int, rate: Any = None, eta: Any = None, width:
     if isinstance(rate, int | float) and rate > 0:
         text += f", {human_bytes(rate)}/s"
     if isinstance(eta, int | float):
-        text += f", {human_duration(math.ceil(eta))} left"  # 0.6 s left is not "0 s"
+        text += f", {human_time_left(eta)} left"
     return text
 
 
