@@ -1392,14 +1392,7 @@ class MessengerModel:
         self.transfer_names[str(t.get("id"))] = _transfer_name(t)
         if state != "offered" and self.waiting_offers.pop(str(t.get("id")), None) is not None:
             self._offers_changed()
-        if state != "offered":
-            self._offer_answered(t)
-        elif t.get("direction") == "in" and t.get("reason"):
-            # it waits with a reason (the daemon could not accept it by itself): say why
-            uid, tid = transfer_conversation(t), str(t.get("id", ""))
-            shown = self.conversations.get(uid)
-            if shown is not None and OFFER_LINE_PREFIX + tid in shown.messages:
-                self._put_line(uid, OFFER_LINE_PREFIX + tid, _offer_text(self, t))
+        self._offer_line_follows(t)
         line = self._folder_line(t)
         if line is not None:
             showing_bar = self.status is not None and self.status.text.startswith("file ")
@@ -1534,23 +1527,24 @@ class MessengerModel:
         conversation.put(line)
         self._changed("messages")
 
-    def _offer_answered(self, t: Mapping[str, Any]) -> None:
-        """An offer was answered (here, from another client, by the daemon itself) or ended:
-        an offer to us no longer says ``/accept`` or ``/decline`` but that it was accepted
-        while the file comes; an offer of ours keeps its ``/cancel`` until the transfer ends;
-        once it ended, either line goes (the end line, or the progress line, says how)."""
-        uid, tid = transfer_conversation(t), str(t.get("id", ""))
+    def _offer_line_follows(self, t: Mapping[str, Any]) -> None:
+        """An offer's line follows its transfer: an offer to us that waits says ``/accept``
+        and ``/decline`` (and why, if it says: the daemon could not take it by itself); once
+        answered (here, from another client, by the daemon itself) that it was accepted,
+        while the file comes; an offer of ours keeps its ``/cancel``; once the transfer
+        ended, either line goes (the end line, or the progress line, says how)."""
+        uid, line_id = transfer_conversation(t), OFFER_LINE_PREFIX + str(t.get("id", ""))
         conversation = self.conversations.get(uid)
-        if conversation is None or OFFER_LINE_PREFIX + tid not in conversation.messages:
+        if conversation is None or line_id not in conversation.messages:
             return
-        if t.get("state") in FINAL_TRANSFER_STATES:
-            conversation.discard(OFFER_LINE_PREFIX + tid)
+        state = t.get("state")
+        if state in FINAL_TRANSFER_STATES:
+            conversation.discard(line_id)
             self._changed("messages")
-            return
-        if t.get("direction") == "out":
-            return  # our own offer's line: its /cancel stands until the transfer ends
-        said = f"{_sender_name(self, t)} offered {_file_label(t)}: {t.get('state')}"
-        self._put_line(uid, OFFER_LINE_PREFIX + tid, said)
+        elif t.get("direction") != "out":
+            waiting = state == "offered"
+            said = f"{_sender_name(self, t)} offered {_file_label(t)}: {state}"
+            self._put_line(uid, line_id, _offer_text(self, t) if waiting else said)
 
     def _transfer_line_says(self, tid: str, what: str) -> None:
         """Put "file NAME: *what*" on the transfer's progress line, if it has one."""
